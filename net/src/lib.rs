@@ -1,0 +1,1 @@
+//! chainlog-net: the wire protocol (framing, limits, connections). Built by the node issue.

@@ -1,0 +1,184 @@
+//! Owned, block-aligned buffers for O_DIRECT I/O, and the fixed pool they come from.
+//!
+//! A buffer is moved into the I/O seam for the lifetime of an operation and handed back in its
+//! completion, so the kernel never sees memory that Rust code could touch meanwhile. The pool is
+//! allocated once at startup (nothing on the append path allocates); with io_uring its buffers
+//! are registered, and each buffer remembers its registration index.
+
+use std::alloc::{self, Layout};
+use std::fmt;
+use std::ptr::NonNull;
+
+use crate::format::BLOCK_SIZE;
+
+/// A heap buffer aligned to [`BLOCK_SIZE`], with a fixed capacity and a length.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    capacity: usize,
+    len: usize,
+    /// Index among the buffers registered with the I/O backend, if registered.
+    index: Option<u16>,
+}
+
+// SAFETY: the buffer owns its allocation exclusively; moving it across threads moves ownership.
+unsafe impl Send for AlignedBuf {}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `capacity` bytes (rounded up to the block size), length 0.
+    pub fn new(capacity: usize) -> AlignedBuf {
+        let capacity = crate::format::block_align(capacity.max(1));
+        let layout = Layout::from_size_align(capacity, BLOCK_SIZE).expect("buffer layout");
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(raw) else { alloc::handle_alloc_error(layout) };
+        AlignedBuf { ptr, capacity, len: 0, index: None }
+    }
+
+    /// The capacity in bytes (a multiple of the block size).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes in use.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no bytes are in use.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Sets the bytes in use. The bytes up to `len` keep whatever they held.
+    pub fn set_len(&mut self, len: usize) {
+        assert!(len <= self.capacity, "len {len} beyond capacity {}", self.capacity);
+        self.len = len;
+    }
+
+    /// The bytes in use.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is valid for `capacity` initialised bytes (zeroed at allocation) and
+        // len <= capacity.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The bytes in use, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The whole capacity, mutably.
+    pub fn spare_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_mut_slice`, over the whole (initialised) capacity.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.capacity) }
+    }
+
+    /// The start of the buffer, for handing to the kernel.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The start of the buffer, mutably, for handing to the kernel.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The buffer's registration index with the I/O backend, if it has one.
+    pub fn index(&self) -> Option<u16> {
+        self.index
+    }
+
+    /// Records the buffer's registration index (done by the backend at registration).
+    pub fn set_index(&mut self, index: Option<u16>) {
+        self.index = index;
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout = Layout::from_size_align(self.capacity, BLOCK_SIZE).expect("buffer layout");
+        // SAFETY: allocated in `new` with this very layout.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) };
+    }
+}
+
+impl fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("capacity", &self.capacity)
+            .field("len", &self.len)
+            .field("index", &self.index)
+            .finish()
+    }
+}
+
+/// A fixed set of equally sized buffers, allocated at startup.
+#[derive(Debug)]
+pub struct BufPool {
+    free: Vec<AlignedBuf>,
+    buf_bytes: usize,
+    count: usize,
+}
+
+impl BufPool {
+    /// `count` buffers of `buf_bytes` each.
+    pub fn new(count: usize, buf_bytes: usize) -> BufPool {
+        let free: Vec<AlignedBuf> = (0..count).map(|_| AlignedBuf::new(buf_bytes)).collect();
+        let buf_bytes = free.first().map_or(buf_bytes, AlignedBuf::capacity);
+        BufPool { free, buf_bytes, count }
+    }
+
+    /// Takes a buffer, length 0; `None` when all are in use.
+    pub fn take(&mut self) -> Option<AlignedBuf> {
+        self.free.pop()
+    }
+
+    /// Returns a buffer taken from this pool.
+    pub fn put(&mut self, mut buf: AlignedBuf) {
+        debug_assert_eq!(buf.capacity(), self.buf_bytes);
+        debug_assert!(self.free.len() < self.count);
+        buf.set_len(0);
+        self.free.push(buf);
+    }
+
+    /// Buffers not in use.
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Capacity of each buffer.
+    pub fn buf_bytes(&self) -> usize {
+        self.buf_bytes
+    }
+
+    /// The free buffers, for registration with the backend at startup (all must be free).
+    pub fn all_mut(&mut self) -> &mut [AlignedBuf] {
+        assert_eq!(self.free.len(), self.count, "register the pool before using it");
+        &mut self.free
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_aligned_and_zeroed() {
+        let mut buf = AlignedBuf::new(10);
+        assert_eq!(buf.capacity(), BLOCK_SIZE);
+        assert_eq!(buf.as_ptr() as usize % BLOCK_SIZE, 0);
+        assert!(buf.spare_mut().iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn pool_hands_out_each_buffer_once() {
+        let mut pool = BufPool::new(2, BLOCK_SIZE);
+        let a = pool.take().unwrap();
+        let b = pool.take().unwrap();
+        assert!(pool.take().is_none());
+        pool.put(a);
+        pool.put(b);
+        assert_eq!(pool.available(), 2);
+    }
+}

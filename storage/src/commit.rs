@@ -1,0 +1,237 @@
+//! Group commit: how appends become durable writes.
+//!
+//! Appends fill the *building* frame. Whenever fewer than `writes_in_flight_max` frame writes
+//! are in flight, [`Store::pump`] seals whatever is pending into one frame and submits it as
+//! one aligned O_DIRECT write with the chosen durability (`RWF_DSYNC`, or linked to an
+//! fdatasync). No timer: at low load every append is its own write (latency = one device
+//! write); under load, appends pile up while writes are in flight and the next frame carries
+//! them all (throughput = the device's bandwidth).
+//!
+//! Writes may complete out of order; acknowledgements do not. The durable frontier advances
+//! over the in-flight queue in sequence order, so an append is acknowledged only when its own
+//! frame and every frame before it are durable. A failed write or flush stops the store: the
+//! frontier never passes the failed frame.
+
+use crate::format::{FrameHeader, FrameKind, SnapshotEntry, FORMAT_VERSION, FRAME_HEADER_BYTES, FRAME_MAGIC, SYSTEM_LOG};
+use crate::io::{Completion, Io};
+use crate::lifecycle::Spare;
+use crate::store::{disk_len, Ack, Entry, Frame, Store};
+
+/// The operation a completion token belongs to (top byte of the token).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Op {
+    /// A frame write; the low bits are its seq.
+    Frame = 1,
+    /// A zero-fill write of the spare segment.
+    ZeroFill = 2,
+    /// The header write (with flush) that makes the spare ready.
+    SpareHeader = 3,
+    /// A directory sync after creating or deleting a segment.
+    DirSync = 4,
+}
+
+const OP_SHIFT: u32 = 56;
+
+pub(crate) fn token(op: Op, value: u64) -> u64 {
+    debug_assert!(value < 1 << OP_SHIFT);
+    (op as u64) << OP_SHIFT | value
+}
+
+fn untoken(token: u64) -> (Option<Op>, u64) {
+    let op = match token >> OP_SHIFT {
+        1 => Some(Op::Frame),
+        2 => Some(Op::ZeroFill),
+        3 => Some(Op::SpareHeader),
+        4 => Some(Op::DirSync),
+        _ => None,
+    };
+    (op, token & ((1 << OP_SHIFT) - 1))
+}
+
+impl<I: Io> Store<I> {
+    /// Submits what can be submitted: spare preparation, then frames while write slots are free.
+    pub(crate) fn pump(&mut self) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.advance_spare();
+        while self.in_flight.len() < self.config.writes_in_flight_max && self.failed.is_none() {
+            if self.need_snapshot {
+                if !self.submit_snapshot() {
+                    break;
+                }
+                continue;
+            }
+            if self.sealed.is_empty() {
+                match self.building.take() {
+                    Some(frame) if !frame.entries.is_empty() => self.sealed.push_back(frame),
+                    other => {
+                        self.building = other;
+                        break;
+                    }
+                }
+            }
+            let len = disk_len(self.sealed.front().expect("a sealed frame").bytes().len()) as u64;
+            if self.active_offset + len > self.config.segment_bytes {
+                if !self.roll_over() {
+                    break;
+                }
+                continue;
+            }
+            let frame = self.sealed.pop_front().expect("a sealed frame");
+            self.submit(frame);
+        }
+    }
+
+    /// Moves to the spare segment if it is ready; the next frame is then its snapshot.
+    fn roll_over(&mut self) -> bool {
+        if !matches!(self.spare, Spare::Ready(_)) {
+            self.metrics.rollover_waits += 1;
+            return false;
+        }
+        self.activate_spare();
+        self.advance_spare();
+        true
+    }
+
+    /// Writes the state of every log as of the frames submitted so far, as the first frame
+    /// of the active segment (recovery starts from the oldest segment's snapshot).
+    fn submit_snapshot(&mut self) -> bool {
+        let Some(mut frame) = self.take_frame() else { return false };
+        frame.kind = FrameKind::Snapshot;
+        frame.opened_us = self.clock.monotonic_us();
+        let buf = frame.buf.as_mut().expect("frame buffer");
+        let entries = self.logs.len() + 1;
+        let len = FRAME_HEADER_BYTES + entries * std::mem::size_of::<SnapshotEntry>();
+        assert!(len <= buf.capacity(), "logs_max bounds the snapshot");
+        buf.set_len(len);
+        let out = &mut buf.as_mut_slice()[FRAME_HEADER_BYTES..];
+        let system = SnapshotEntry { log_id: SYSTEM_LOG, next_lsn: self.system_submitted_lsn, trim_point: 0 };
+        let all = std::iter::once(system).chain(
+            self.logs.iter().map(|(&log_id, l)| SnapshotEntry { log_id, next_lsn: l.submitted_lsn, trim_point: l.submitted_trim }),
+        );
+        for (slot, entry) in out.chunks_exact_mut(std::mem::size_of::<SnapshotEntry>()).zip(all) {
+            slot.copy_from_slice(bytemuck::bytes_of(&entry));
+        }
+        frame.records = entries as u32;
+        self.need_snapshot = false;
+        self.submit(frame);
+        true
+    }
+
+    /// Stamps the frame header, places the frame in the active segment and writes it.
+    fn submit(&mut self, mut frame: Frame) {
+        let now = self.clock.monotonic_us();
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let segment = self.segments.back_mut().expect("an active segment");
+        let offset = self.active_offset;
+        let buf = frame.buf.as_mut().expect("frame buffer");
+        let used = buf.len();
+        let mut header = FrameHeader {
+            magic: FRAME_MAGIC,
+            version: FORMAT_VERSION,
+            kind: frame.kind as u16,
+            crc: 0,
+            body_len: (used - FRAME_HEADER_BYTES) as u32,
+            seq,
+            segment_id: segment.id,
+            durable_seq: self.durable_seq,
+            prev_crc: self.last_crc,
+            count: frame.records,
+            reserved: [0; 16],
+        };
+        header.crc = header.compute_crc(&buf.as_slice()[FRAME_HEADER_BYTES..]);
+        let disk = disk_len(used);
+        buf.set_len(disk);
+        let bytes = buf.as_mut_slice();
+        bytes[..FRAME_HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&header));
+        bytes[used..].fill(0);
+        self.last_crc = header.crc;
+        self.active_offset += disk as u64;
+        if segment.first_seq == 0 {
+            segment.first_seq = seq;
+        }
+        segment.last_seq = seq;
+        segment.end_offset = self.active_offset;
+        for entry in &frame.entries {
+            match *entry {
+                Entry::Append { log_id, first_lsn, count, .. } => {
+                    let log = self.logs.get_mut(&log_id).expect("appended log exists");
+                    log.submitted_lsn = first_lsn + u64::from(count);
+                    log.note_frame(first_lsn, segment.id, offset);
+                    segment.log_ends.insert(log_id, log.submitted_lsn);
+                }
+                Entry::Trim { log_id, before, .. } => {
+                    let log = self.logs.get_mut(&log_id).expect("trimmed log exists");
+                    log.submitted_trim = log.submitted_trim.max(before);
+                    self.system_submitted_lsn += 1;
+                }
+            }
+        }
+        self.metrics.record_batch(frame.records, disk as u64, now.saturating_sub(frame.opened_us));
+        frame.seq = seq;
+        frame.segment_id = segment.id;
+        frame.offset = offset;
+        frame.submitted_us = now;
+        let file = segment.file;
+        let buf = frame.buf.take().expect("frame buffer");
+        self.io.write(file, offset, buf, self.durability, token(Op::Frame, seq));
+        self.in_flight.push_back(frame);
+    }
+
+    /// Handles one completion.
+    pub(crate) fn handle(&mut self, completion: Completion) {
+        let Completion { token, buf, result } = completion;
+        let (op, value) = untoken(token);
+        match op {
+            Some(Op::Frame) => {
+                let front = self.in_flight.front().map_or(0, |f| f.seq);
+                let index = value.checked_sub(front).expect("completion of a frame not in flight") as usize;
+                let frame = &mut self.in_flight[index];
+                frame.buf = buf;
+                match result {
+                    Ok(_) => {
+                        frame.done = true;
+                        let write_us = self.clock.monotonic_us().saturating_sub(frame.submitted_us);
+                        self.metrics.record_write(write_us);
+                        self.advance_frontier();
+                    }
+                    Err(e) => self.fail(format!("write of frame {value} failed: {e}")),
+                }
+            }
+            Some(Op::ZeroFill | Op::SpareHeader | Op::DirSync) => self.spare_completed(op.expect("matched"), buf, result),
+            None => unreachable!("unknown completion token {token:#x}"),
+        }
+    }
+
+    /// Acknowledges every frame at the head of the in-flight queue that is durable.
+    fn advance_frontier(&mut self) {
+        while self.in_flight.front().is_some_and(|f| f.done) {
+            let frame = self.in_flight.pop_front().expect("checked");
+            debug_assert_eq!(frame.seq, self.durable_seq + 1, "frames become durable in order");
+            self.durable_seq = frame.seq;
+            for entry in &frame.entries {
+                match *entry {
+                    Entry::Append { token, log_id, first_lsn, count } => {
+                        let end = first_lsn + u64::from(count);
+                        self.logs.get_mut(&log_id).expect("log").durable_lsn = end;
+                        self.acks.push(Ack { token, log_id, lsns: first_lsn..end });
+                    }
+                    Entry::Trim { token, log_id, before } => {
+                        let log = self.logs.get_mut(&log_id).expect("log");
+                        log.durable_trim = log.durable_trim.max(before);
+                        self.acks.push(Ack { token, log_id, lsns: before..before });
+                    }
+                }
+            }
+            if frame.kind == FrameKind::Data {
+                self.tail_cache.push_back(frame);
+            } else {
+                self.free.push(frame);
+            }
+        }
+        self.reclaim();
+    }
+}

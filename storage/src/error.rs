@@ -1,0 +1,114 @@
+//! `storage::Error`: every expected failure, typed, with what the caller needs to act.
+
+use std::io;
+use std::path::PathBuf;
+
+/// An error from the storage engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O error outside the append path (opening, listing, reading).
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// A file in a shard directory that is not a chainlog segment. Nothing is deleted: move it.
+    #[error("{}: unexpected file in the data directory (not a chainlog segment); move it away", path.display())]
+    UnexpectedFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A segment written by a newer format version than this build reads.
+    #[error("{}: written in format version {found}; this build reads versions up to {supported}", path.display())]
+    UnsupportedVersion {
+        /// The segment.
+        path: PathBuf,
+        /// The version found.
+        found: u16,
+        /// The newest version this build reads.
+        supported: u16,
+    },
+    /// Committed data is damaged (never silently truncated).
+    #[error("{}: corrupt at offset {offset}: {reason}", path.display())]
+    Corrupt {
+        /// The segment (or directory).
+        path: PathBuf,
+        /// Byte offset of the damage in the file.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A record (or a batch) over the configured limit.
+    #[error("{len} bytes is over the limit of {max} bytes")]
+    TooLarge {
+        /// The size asked for.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A record's payload does not match its CRC32C (end-to-end checksum).
+    #[error("record {index} of the batch fails its checksum")]
+    Checksum {
+        /// The record's index in the batch.
+        index: usize,
+    },
+    /// An append with no records.
+    #[error("a batch needs at least one record")]
+    EmptyBatch,
+    /// The log id is reserved for the store's own use.
+    #[error("log id {0} is reserved")]
+    ReservedLog(u64),
+    /// No such log in this store.
+    #[error("unknown log {0}")]
+    UnknownLog(u64),
+    /// The records asked for are below the log's trim point.
+    #[error("records below {trim_point} are trimmed")]
+    Trimmed {
+        /// The first LSN still present.
+        trim_point: u64,
+    },
+    /// A trim beyond the end of the log.
+    #[error("cannot trim before {before}: the log's tail is {tail}")]
+    TrimBeyondTail {
+        /// The requested trim point.
+        before: u64,
+        /// The log's next LSN.
+        tail: u64,
+    },
+    /// Every write buffer is in use: retry after the next completion.
+    #[error("overloaded: all write buffers are in use")]
+    Overloaded,
+    /// The shard has as many logs as it can hold.
+    #[error("too many logs in this shard (limit {max})")]
+    TooManyLogs {
+        /// The limit.
+        max: usize,
+    },
+    /// A write or flush failed: the store acknowledges nothing more. The process should stop
+    /// ([`fatal`](crate::fatal::fatal)).
+    #[error("storage failed, nothing more is acknowledged: {0}")]
+    Fatal(String),
+    /// The configuration is not usable.
+    #[error("invalid storage configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Whether the same request may succeed later unchanged.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Overloaded)
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Error {
+        Error::Corrupt { path: path.into(), offset, reason: reason.into() }
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

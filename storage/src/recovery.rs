@@ -1,0 +1,359 @@
+//! Recovery: rebuild a shard's state from its segments, truncating a torn tail and reporting
+//! (never truncating) damage in the middle.
+//!
+//! The scan follows the frame chain from the oldest segment's snapshot frame: a frame continues
+//! the chain when its CRC holds, its `seq` is the next one and its `prev_crc` is the previous
+//! frame's CRC. When the chain stops at frame `s` (at some offset), the rest of the shard's
+//! blocks are scanned for valid frames: if any says `durable_seq >= s`, frame `s` had been
+//! durable (and maybe acknowledged) and is now damaged: that is corruption and is reported as
+//! such. Otherwise `s` and everything after it were in flight when the process stopped (never
+//! acknowledged): the tail is torn and the store resumes writing at that offset. Recovery only
+//! deletes segments past the end (keeping one as the spare), so running it twice gives the same
+//! state.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+
+use crate::buf::AlignedBuf;
+use crate::config::StoreConfig;
+use crate::error::{Error, Result};
+use crate::format::{
+    ControlRecord, FrameFault, FrameKind, Records, SnapshotEntry, BLOCK_SIZE, CONTROL_TRIM, FORMAT_VERSION, SNAPSHOT_ENTRY_BYTES,
+    SYSTEM_LOG,
+};
+use crate::io::{FileId, Io};
+use crate::log::LogState;
+use crate::segment::{check_header, parse_segment_name, read_sync, Segment, Window};
+
+/// What recovery found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments holding the recovered history.
+    pub segments: usize,
+    /// Frames replayed.
+    pub frames: u64,
+    /// Records replayed (all logs, control records included).
+    pub records: u64,
+    /// Where a torn tail was cut: the segment and the offset writing resumes at.
+    pub torn_tail: Option<(PathBuf, u64)>,
+    /// Segment files removed (past the end, or never finished).
+    pub removed: Vec<PathBuf>,
+}
+
+/// The state recovery hands to the store.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    /// Oldest first; the last is the active segment. Empty for a new store.
+    pub(crate) segments: VecDeque<Segment>,
+    /// A prepared segment after the active one, reused as the next.
+    pub(crate) spare: Option<Segment>,
+    /// Where the next frame goes in the active segment.
+    pub(crate) active_offset: u64,
+    /// The next frame must be a snapshot (the active segment has none yet).
+    pub(crate) need_snapshot: bool,
+    pub(crate) next_seq: u64,
+    pub(crate) last_crc: u32,
+    pub(crate) logs: HashMap<u64, LogState>,
+    pub(crate) system_next_lsn: u64,
+    pub(crate) report: RecoveryReport,
+}
+
+struct SegFile {
+    id: u64,
+    path: PathBuf,
+    file: FileId,
+    size: u64,
+}
+
+const WINDOW_BYTES: usize = 4 << 20;
+
+/// Recovers the shard in `dir` (created if missing).
+pub(crate) fn recover<I: Io>(io: &mut I, dir: &Path, config: &StoreConfig) -> Result<Recovered> {
+    io.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut report = RecoveryReport::default();
+    let mut ids = Vec::new();
+    for name in io.list_dir(dir).map_err(|e| Error::io(dir, e))? {
+        match parse_segment_name(&name) {
+            Some(id) => ids.push(id),
+            None => return Err(Error::UnexpectedFile { path: dir.join(name) }),
+        }
+    }
+    ids.sort_unstable();
+    for pair in ids.windows(2) {
+        if pair[1] != pair[0] + 1 {
+            let missing = dir.join(crate::segment::segment_name(pair[0] + 1));
+            return Err(Error::corrupt(missing, 0, "segment is missing: the ids around it are present"));
+        }
+    }
+    let mut files = Vec::new();
+    let mut removed_any = false;
+    for (i, &id) in ids.iter().enumerate() {
+        let path = dir.join(crate::segment::segment_name(id));
+        let file = io.open(&path, false).map_err(|e| Error::io(&path, e))?;
+        let size = io.file_size(file).map_err(|e| Error::io(&path, e))?;
+        let mut block = AlignedBuf::new(BLOCK_SIZE);
+        block.set_len(BLOCK_SIZE);
+        let (block, n) = read_sync(io, file, 0, block, &mut Vec::new()).map_err(|e| Error::io(&path, e))?;
+        let head = &block.as_slice()[..n];
+        if head.iter().all(|&b| b == 0) && i == ids.len() - 1 && i > 0 {
+            // The newest file never got its header: a spare whose preparation was cut short.
+            io.close(file);
+            io.remove(&path).map_err(|e| Error::io(&path, e))?;
+            report.removed.push(path);
+            removed_any = true;
+            continue;
+        }
+        if n < BLOCK_SIZE {
+            return Err(Error::corrupt(&path, n as u64, format!("file is {size} bytes: too short for a segment header")));
+        }
+        check_header(&path, head, id, size)?;
+        files.push(SegFile { id, path, file, size });
+    }
+    let mut recovered = Recovered {
+        segments: VecDeque::new(),
+        spare: None,
+        active_offset: BLOCK_SIZE as u64,
+        need_snapshot: true,
+        next_seq: 1,
+        last_crc: 0,
+        logs: HashMap::new(),
+        system_next_lsn: 0,
+        report,
+    };
+    if !files.is_empty() {
+        scan(io, config, &files, &mut recovered)?;
+        // Keep the active segment and one after it (the spare); remove the rest.
+        let active = recovered.segments.len();
+        for (i, f) in files.into_iter().enumerate() {
+            if i < active {
+                continue;
+            }
+            if i == active {
+                recovered.spare = Some(Segment::new(f.id, f.path, f.file));
+                continue;
+            }
+            io.close(f.file);
+            io.remove(&f.path).map_err(|e| Error::io(&f.path, e))?;
+            recovered.report.removed.push(f.path);
+            removed_any = true;
+        }
+    }
+    if removed_any {
+        crate::segment::sync_dir(io, dir)?;
+    }
+    recovered.report.segments = recovered.segments.len();
+    Ok(recovered)
+}
+
+/// Follows the frame chain through `files`, filling `out`.
+fn scan<I: Io>(io: &mut I, config: &StoreConfig, files: &[SegFile], out: &mut Recovered) -> Result<()> {
+    let mut window = Window::new(WINDOW_BYTES);
+    // Nothing else is in flight during recovery: the stash stays empty.
+    let mut stash = Vec::new();
+    let mut idx = 0;
+    let mut offset = BLOCK_SIZE as u64;
+    let mut started = false;
+    let mut segment = Segment::new(files[0].id, files[0].path.clone(), files[0].file);
+    loop {
+        let f = &files[idx];
+        let found = window.frame_at(io, &mut stash, f.file, f.size, f.id, offset, config.batch_bytes_max).map_err(|e| Error::io(&f.path, e))?;
+        let stopped_on_data = !matches!(found, Err(FrameFault::Empty));
+        let continues = match &found {
+            Ok(frame) if !started => frame.header.kind == FrameKind::Snapshot as u16 && offset == BLOCK_SIZE as u64,
+            Ok(frame) => {
+                frame.header.seq == out.next_seq
+                    && frame.header.prev_crc == out.last_crc
+                    && (frame.header.kind == FrameKind::Snapshot as u16) == (offset == BLOCK_SIZE as u64)
+            }
+            Err(_) => false,
+        };
+        if continues {
+            let frame = found.expect("checked");
+            let header = frame.header;
+            let disk_bytes = frame.disk_bytes;
+            let body = frame.body.to_vec();
+            apply_frame(out, &mut segment, f, offset, &header, &body, !started)?;
+            started = true;
+            offset += disk_bytes;
+            segment.end_offset = offset;
+            continue;
+        }
+        if let Some(FrameFault::FutureVersion(v)) = found.as_ref().err() {
+            return Err(Error::UnsupportedVersion { path: f.path.clone(), found: *v, supported: FORMAT_VERSION });
+        }
+        // The chain stops here, or continues at the start of the next segment.
+        if started && idx + 1 < files.len() {
+            let n = &files[idx + 1];
+            let next = window
+                .frame_at(io, &mut stash, n.file, n.size, n.id, BLOCK_SIZE as u64, config.batch_bytes_max)
+                .map_err(|e| Error::io(&n.path, e))?;
+            if let Ok(frame) = next {
+                let h = frame.header;
+                if h.kind == FrameKind::Snapshot as u16 && h.seq == out.next_seq && h.prev_crc == out.last_crc {
+                    out.segments.push_back(std::mem::replace(&mut segment, Segment::new(n.id, n.path.clone(), n.file)));
+                    idx += 1;
+                    offset = BLOCK_SIZE as u64;
+                    continue;
+                }
+            }
+        }
+        check_torn_tail(io, config, files, idx, offset, started.then_some(out.next_seq), &mut window)?;
+        out.segments.push_back(segment);
+        out.active_offset = offset;
+        out.need_snapshot = offset == BLOCK_SIZE as u64;
+        if stopped_on_data {
+            out.report.torn_tail = Some((f.path.clone(), offset));
+        }
+        break;
+    }
+    for log in out.logs.values() {
+        let first_indexed = log.index.front().map(|e| e.first_lsn);
+        let complete = match first_indexed {
+            Some(first) => first <= log.trim_point || log.trim_point == log.next_lsn,
+            None => log.trim_point == log.next_lsn,
+        };
+        if !complete {
+            let path = &files[0].path;
+            return Err(Error::corrupt(
+                path,
+                0,
+                format!("a log's records from its trim point {} are missing (first present: {first_indexed:?})", log.trim_point),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The chain stopped at (`files[idx]`, `offset`), where frame `expected` (if known) belongs.
+/// Fails if a later frame proves that frame was durable.
+fn check_torn_tail<I: Io>(
+    io: &mut I,
+    config: &StoreConfig,
+    files: &[SegFile],
+    idx: usize,
+    offset: u64,
+    expected: Option<u64>,
+    window: &mut Window,
+) -> Result<()> {
+    let mut stash = Vec::new();
+    // With no frame replayed yet, the missing one is the oldest segment's snapshot: only the
+    // first segment of a new shard may lack one (crash before its first write was durable).
+    let expected = match expected {
+        Some(seq) => seq,
+        None if files[0].id == 1 => 1,
+        None => return Err(Error::corrupt(&files[0].path, offset, "the oldest segment's snapshot frame is missing or damaged")),
+    };
+    for (i, f) in files.iter().enumerate().skip(idx) {
+        let mut at = if i == idx { offset } else { BLOCK_SIZE as u64 };
+        while at + BLOCK_SIZE as u64 <= f.size {
+            let found = window.frame_at(io, &mut stash, f.file, f.size, f.id, at, config.batch_bytes_max).map_err(|e| Error::io(&f.path, e))?;
+            if let Ok(frame) = found {
+                if frame.header.durable_seq >= expected {
+                    return Err(Error::corrupt(
+                        &files[idx].path,
+                        offset,
+                        format!(
+                            "frame {expected} is damaged or missing, but frame {} at {}:{at} records it as durable",
+                            frame.header.seq,
+                            f.path.display()
+                        ),
+                    ));
+                }
+            }
+            at += BLOCK_SIZE as u64;
+        }
+    }
+    Ok(())
+}
+
+fn apply_frame(
+    out: &mut Recovered,
+    segment: &mut Segment,
+    f: &SegFile,
+    offset: u64,
+    header: &crate::format::FrameHeader,
+    body: &[u8],
+    first: bool,
+) -> Result<()> {
+    let bad = |reason: String| Error::corrupt(&f.path, offset, reason);
+    if header.kind == FrameKind::Snapshot as u16 {
+        if body.len() != header.count as usize * SNAPSHOT_ENTRY_BYTES {
+            return Err(bad("snapshot frame length does not match its entry count".into()));
+        }
+        let entries: Vec<SnapshotEntry> = body.chunks_exact(SNAPSHOT_ENTRY_BYTES).map(bytemuck::pod_read_unaligned).collect();
+        if first {
+            for e in entries {
+                if e.log_id == SYSTEM_LOG {
+                    out.system_next_lsn = e.next_lsn;
+                } else {
+                    out.logs.insert(e.log_id, LogState::recovered(e.next_lsn, e.trim_point));
+                }
+            }
+        } else {
+            // A later snapshot must agree with what the frames before it built.
+            let logs = entries.iter().filter(|e| e.log_id != SYSTEM_LOG).count();
+            for e in &entries {
+                let agrees = if e.log_id == SYSTEM_LOG {
+                    e.next_lsn == out.system_next_lsn
+                } else {
+                    out.logs.get(&e.log_id).is_some_and(|l| l.next_lsn == e.next_lsn && l.trim_point == e.trim_point)
+                };
+                if !agrees {
+                    return Err(bad(format!("snapshot disagrees with the frames before it about log {}", e.log_id)));
+                }
+            }
+            if logs != out.logs.len() {
+                return Err(bad("snapshot is missing logs".into()));
+            }
+        }
+    } else {
+        let mut noted: Option<u64> = None;
+        for record in Records::new(body, header.count) {
+            let record = record.map_err(|_| bad("records overrun their frame".into()))?;
+            let h = record.header;
+            if crate::format::payload_crc(record.payload) != h.crc {
+                return Err(bad(format!("record {} of log {} fails its checksum", h.lsn, h.log_id)));
+            }
+            out.report.records += 1;
+            if h.log_id == SYSTEM_LOG {
+                if h.lsn != out.system_next_lsn || record.payload.len() != std::mem::size_of::<ControlRecord>() {
+                    return Err(bad(format!("control record {} is out of sequence or malformed", h.lsn)));
+                }
+                out.system_next_lsn += 1;
+                let control: ControlRecord = bytemuck::pod_read_unaligned(record.payload);
+                if control.kind != CONTROL_TRIM {
+                    return Err(bad(format!("unknown control record kind {}", control.kind)));
+                }
+                let log = out.logs.entry(control.log_id).or_default();
+                if control.lsn > log.next_lsn {
+                    return Err(bad(format!("trim of log {} beyond its tail", control.log_id)));
+                }
+                let trim = log.trim_point.max(control.lsn);
+                log.trim_point = trim;
+                log.submitted_trim = trim;
+                log.durable_trim = trim;
+                continue;
+            }
+            let log = out.logs.entry(h.log_id).or_default();
+            if h.lsn != log.next_lsn {
+                return Err(bad(format!("log {} record {} follows {} (LSNs must be dense)", h.log_id, h.lsn, log.next_lsn)));
+            }
+            if noted != Some(h.log_id) {
+                log.note_frame(h.lsn, f.id, offset);
+                noted = Some(h.log_id);
+            }
+            log.next_lsn += 1;
+            log.submitted_lsn = log.next_lsn;
+            log.durable_lsn = log.next_lsn;
+            segment.log_ends.insert(h.log_id, log.next_lsn);
+        }
+    }
+    if segment.first_seq == 0 {
+        segment.first_seq = header.seq;
+    }
+    segment.last_seq = header.seq;
+    out.report.frames += 1;
+    out.next_seq = header.seq + 1;
+    out.last_crc = header.crc;
+    Ok(())
+}

@@ -1,0 +1,553 @@
+//! The store: one shard's logs over its segments. Appends, trims, reads, and the state that
+//! ties them to the group-commit pipeline ([`crate::commit`]) and the segment lifecycle
+//! ([`crate::lifecycle`]).
+//!
+//! A `Store` is single-threaded and poll-driven, like the shard that owns it: `append` and
+//! `trim` only lay records into the current write buffer and return at once; `poll` submits
+//! frames, reaps completions and hands out [`Ack`]s for what became durable.
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::buf::AlignedBuf;
+use crate::calibrate::Calibration;
+use crate::clock::Clock;
+use crate::config::{DurabilityMode, StoreConfig};
+use crate::error::{Error, Result};
+use crate::format::{
+    block_align, payload_crc, record_bytes, ControlRecord, FrameKind, RecordHeader, Records, BLOCK_SIZE, CONTROL_TRIM,
+    FRAME_HEADER_BYTES, RECORD_HEADER_BYTES, SYSTEM_LOG,
+};
+use crate::io::{Completion, Durability, FileId, Io};
+use crate::log::LogState;
+use crate::metrics::StoreMetrics;
+use crate::recovery::{recover, RecoveryReport};
+use crate::segment::{Segment, Window};
+use crate::lifecycle::Spare;
+
+/// A record to append: its payload and the payload's CRC32C (computed by the client, checked
+/// before anything is written).
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    /// The bytes.
+    pub payload: &'a [u8],
+    /// CRC32C of `payload`.
+    pub crc: u32,
+}
+
+impl<'a> Record<'a> {
+    /// A record whose CRC is computed here.
+    pub fn new(payload: &'a [u8]) -> Record<'a> {
+        Record { payload, crc: payload_crc(payload) }
+    }
+}
+
+/// A durable append or trim, reported by [`Store::poll`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ack {
+    /// The caller's token.
+    pub token: u64,
+    /// The log.
+    pub log_id: u64,
+    /// The LSNs appended (for a trim: empty, starting at the trim point).
+    pub lsns: Range<u64>,
+}
+
+/// A record read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadRecord {
+    /// Its position in the log.
+    pub lsn: u64,
+    /// The log's epoch when it was appended.
+    pub epoch: u64,
+    /// Server timestamp, microseconds since the Unix epoch.
+    pub timestamp_us: u64,
+    /// The bytes.
+    pub payload: Vec<u8>,
+}
+
+/// A log's positions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogTail {
+    /// The LSN the next record gets.
+    pub next_lsn: u64,
+    /// Records below are durable and readable.
+    pub durable_lsn: u64,
+    /// Records below are trimmed.
+    pub trim_point: u64,
+}
+
+/// What a frame holds, for acknowledging it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Entry {
+    Append { token: u64, log_id: u64, first_lsn: u64, count: u32 },
+    Trim { token: u64, log_id: u64, before: u64 },
+}
+
+/// A write buffer and what is in it.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    /// The bytes (header space first); `None` while the kernel has it.
+    pub(crate) buf: Option<AlignedBuf>,
+    pub(crate) kind: FrameKind,
+    pub(crate) entries: Vec<Entry>,
+    pub(crate) records: u32,
+    /// When the first record went in (batch wait starts).
+    pub(crate) opened_us: u64,
+    // Set when submitted:
+    pub(crate) seq: u64,
+    pub(crate) segment_id: u64,
+    pub(crate) offset: u64,
+    pub(crate) submitted_us: u64,
+    pub(crate) done: bool,
+}
+
+impl Frame {
+    fn new(buf: AlignedBuf) -> Frame {
+        Frame {
+            buf: Some(buf),
+            kind: FrameKind::Data,
+            entries: Vec::new(),
+            records: 0,
+            opened_us: 0,
+            seq: 0,
+            segment_id: 0,
+            offset: 0,
+            submitted_us: 0,
+            done: false,
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.buf.as_ref().expect("frame buffer").as_slice()
+    }
+}
+
+/// One shard's storage engine.
+#[derive(Debug)]
+pub struct Store<I: Io> {
+    pub(crate) io: I,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: StoreConfig,
+    pub(crate) dir: PathBuf,
+    /// The shard directory, opened for syncing its entries.
+    pub(crate) dir_file: FileId,
+    pub(crate) durability: Durability,
+    pub(crate) calibration: Option<Calibration>,
+    pub(crate) recovery: RecoveryReport,
+    // Segments: oldest first, the last is active.
+    pub(crate) segments: VecDeque<Segment>,
+    pub(crate) active_offset: u64,
+    pub(crate) need_snapshot: bool,
+    pub(crate) spare: Spare,
+    // Frames: free, being filled, sealed (waiting for a write slot), in flight, cached.
+    pub(crate) free: Vec<Frame>,
+    pub(crate) building: Option<Frame>,
+    pub(crate) sealed: VecDeque<Frame>,
+    pub(crate) in_flight: VecDeque<Frame>,
+    pub(crate) tail_cache: VecDeque<Frame>,
+    pub(crate) next_seq: u64,
+    pub(crate) last_crc: u32,
+    pub(crate) durable_seq: u64,
+    // Logs.
+    pub(crate) logs: HashMap<u64, LogState>,
+    pub(crate) system_next_lsn: u64,
+    pub(crate) system_submitted_lsn: u64,
+    // Completions waiting to be handled, acks waiting to be handed out.
+    pub(crate) stash: Vec<Completion>,
+    pub(crate) acks: Vec<Ack>,
+    pub(crate) failed: Option<String>,
+    pub(crate) metrics: StoreMetrics,
+    pub(crate) read_window: Window,
+}
+
+impl<I: Io> Store<I> {
+    /// Opens (recovering) or creates the store in `dir`.
+    pub fn open(mut io: I, dir: &Path, config: StoreConfig, clock: Arc<dyn Clock>) -> Result<Store<I>> {
+        config.validate()?;
+        let recovered = recover(&mut io, dir, &config)?;
+        let mut free: Vec<Frame> = (0..config.write_buffers).map(|_| Frame::new(AlignedBuf::new(config.batch_bytes_max))).collect();
+        let mut bufs: Vec<AlignedBuf> = free.iter_mut().map(|f| f.buf.take().expect("new frame")).collect();
+        io.register_buffers(&mut bufs);
+        for (frame, buf) in free.iter_mut().zip(bufs) {
+            frame.buf = Some(buf);
+        }
+        let next_segment_id = recovered.segments.back().map_or(1, |s| s.id + 1);
+        let spare = match recovered.spare {
+            Some(segment) => Spare::Ready(segment),
+            None => Spare::Idle { next_id: next_segment_id },
+        };
+        tracing::info!(dir = %dir.display(), report = ?recovered.report, "store recovered");
+        let read_window = Window::new(config.batch_bytes_max.max(256 << 10));
+        let dir_file = io.open_dir(dir).map_err(|e| Error::io(dir, e))?;
+        let mut store = Store {
+            io,
+            clock,
+            dir: dir.to_path_buf(),
+            dir_file,
+            durability: Durability::Fdatasync,
+            calibration: None,
+            recovery: recovered.report,
+            segments: recovered.segments,
+            active_offset: recovered.active_offset,
+            need_snapshot: recovered.need_snapshot,
+            spare,
+            free,
+            building: None,
+            sealed: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            tail_cache: VecDeque::new(),
+            next_seq: recovered.next_seq,
+            last_crc: recovered.last_crc,
+            durable_seq: recovered.next_seq - 1,
+            system_next_lsn: recovered.system_next_lsn,
+            system_submitted_lsn: recovered.system_next_lsn,
+            logs: recovered.logs,
+            stash: Vec::new(),
+            acks: Vec::new(),
+            failed: None,
+            metrics: StoreMetrics::new(),
+            read_window,
+            config,
+        };
+        if store.segments.is_empty() {
+            // A new shard: its first segment, prepared before anything is accepted.
+            store.prepare_spare_now()?;
+            store.activate_spare();
+        }
+        store.prepare_spare_now()?;
+        store.durability = match store.config.durability {
+            DurabilityMode::Fdatasync => Durability::Fdatasync,
+            DurabilityMode::Dsync => Durability::Dsync,
+            DurabilityMode::Auto => {
+                let calibration = store.calibrate()?;
+                let chosen = calibration.chosen;
+                store.calibration = Some(calibration);
+                chosen
+            }
+        };
+        tracing::info!(durability = ?store.durability, calibration = ?store.calibration, "store open");
+        Ok(store)
+    }
+
+    /// Appends `records` to `log_id` (creating the log at its first append). Returns the LSNs
+    /// they get; they are durable once [`poll`](Self::poll) reports an [`Ack`] with `token`.
+    pub fn append(&mut self, log_id: u64, epoch: u64, records: &[Record<'_>], token: u64) -> Result<Range<u64>> {
+        self.check_failed()?;
+        if log_id == SYSTEM_LOG {
+            return Err(Error::ReservedLog(log_id));
+        }
+        if records.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        let mut bytes = 0;
+        for (index, r) in records.iter().enumerate() {
+            if r.payload.len() > self.config.record_bytes_max {
+                return Err(Error::TooLarge { len: r.payload.len(), max: self.config.record_bytes_max });
+            }
+            if payload_crc(r.payload) != r.crc {
+                return Err(Error::Checksum { index });
+            }
+            bytes += record_bytes(r.payload.len());
+        }
+        let body_max = self.config.batch_bytes_max - FRAME_HEADER_BYTES;
+        if bytes > body_max {
+            return Err(Error::TooLarge { len: bytes, max: body_max });
+        }
+        if !self.logs.contains_key(&log_id) && self.logs.len() >= self.config.logs_max {
+            return Err(Error::TooManyLogs { max: self.config.logs_max });
+        }
+        let now_wall = self.clock.wall_us();
+        self.make_room(bytes)?;
+        let log = self.logs.entry(log_id).or_default();
+        let first_lsn = log.next_lsn;
+        log.next_lsn += records.len() as u64;
+        let frame = self.building.as_mut().expect("make_room leaves a building frame");
+        let buf = frame.buf.as_mut().expect("building frame has its buffer");
+        let mut at = buf.len();
+        buf.set_len(at + bytes);
+        let out = buf.as_mut_slice();
+        for (i, r) in records.iter().enumerate() {
+            let header = RecordHeader {
+                len: r.payload.len() as u32,
+                crc: r.crc,
+                log_id,
+                lsn: first_lsn + i as u64,
+                epoch,
+                timestamp_us: now_wall,
+            };
+            out[at..at + RECORD_HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&header));
+            let payload_at = at + RECORD_HEADER_BYTES;
+            out[payload_at..payload_at + r.payload.len()].copy_from_slice(r.payload);
+            let end = at + record_bytes(r.payload.len());
+            out[payload_at + r.payload.len()..end].fill(0);
+            at = end;
+        }
+        frame.records += records.len() as u32;
+        frame.entries.push(Entry::Append { token, log_id, first_lsn, count: records.len() as u32 });
+        self.metrics.records_appended += records.len() as u64;
+        Ok(first_lsn..first_lsn + records.len() as u64)
+    }
+
+    /// Trims `log_id` below `before`: reads below fail with [`Error::Trimmed`] at once; the
+    /// trim is durable when an [`Ack`] with `token` is reported, and segments whose records
+    /// are all trimmed are deleted after that.
+    pub fn trim(&mut self, log_id: u64, before: u64, token: u64) -> Result<()> {
+        self.check_failed()?;
+        let log = self.logs.get(&log_id).ok_or(Error::UnknownLog(log_id))?;
+        if before > log.next_lsn {
+            return Err(Error::TrimBeyondTail { before, tail: log.next_lsn });
+        }
+        let payload_len = std::mem::size_of::<ControlRecord>();
+        let now_wall = self.clock.wall_us();
+        let lsn = self.system_next_lsn;
+        self.make_room(record_bytes(payload_len))?;
+        let frame = self.building.as_mut().expect("make_room leaves a building frame");
+        let control = ControlRecord { kind: CONTROL_TRIM, reserved: 0, log_id, lsn: before };
+        let payload = bytemuck::bytes_of(&control);
+        let header = RecordHeader {
+            len: payload_len as u32,
+            crc: payload_crc(payload),
+            log_id: SYSTEM_LOG,
+            lsn,
+            epoch: 0,
+            timestamp_us: now_wall,
+        };
+        let buf = frame.buf.as_mut().expect("building frame has its buffer");
+        let at = buf.len();
+        buf.set_len(at + record_bytes(payload_len));
+        let out = buf.as_mut_slice();
+        out[at..at + RECORD_HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&header));
+        out[at + RECORD_HEADER_BYTES..at + RECORD_HEADER_BYTES + payload_len].copy_from_slice(payload);
+        frame.records += 1;
+        frame.entries.push(Entry::Trim { token, log_id, before });
+        self.system_next_lsn += 1;
+        let log = self.logs.get_mut(&log_id).expect("checked above");
+        log.trim_point = log.trim_point.max(before);
+        Ok(())
+    }
+
+    /// Submits pending frames, handles completions (waiting for at least one if `wait` and
+    /// anything is in flight), and moves acknowledgements of durable appends and trims into
+    /// `acks`. An `Err(Error::Fatal)` means a write or flush failed: the acks delivered are
+    /// durable, and nothing more ever will be.
+    pub fn poll(&mut self, wait: bool, acks: &mut Vec<Ack>) -> Result<()> {
+        if self.failed.is_none() {
+            self.pump();
+            let mut completions = std::mem::take(&mut self.stash);
+            let min = usize::from(wait && completions.is_empty() && self.io.in_flight() > 0);
+            if let Err(e) = self.io.wait(min, &mut completions) {
+                self.fail(format!("I/O backend failed: {e}"));
+            }
+            for completion in completions.drain(..) {
+                self.handle(completion);
+            }
+            self.stash = completions;
+            self.pump();
+        }
+        acks.append(&mut self.acks);
+        self.check_failed()
+    }
+
+    /// Polls until everything appended so far is durable (or the store failed).
+    pub fn sync_all(&mut self, acks: &mut Vec<Ack>) -> Result<()> {
+        while self.building.as_ref().is_some_and(|f| !f.entries.is_empty()) || !self.sealed.is_empty() || !self.in_flight.is_empty()
+        {
+            self.poll(true, acks)?;
+        }
+        self.poll(false, acks)
+    }
+
+    /// Up to `max_records` durable records of `log_id` from `from` on, stopping before
+    /// `max_bytes` of payload is exceeded (at least one record is returned if any exists).
+    pub fn read(&mut self, log_id: u64, from: u64, max_records: usize, max_bytes: usize) -> Result<Vec<ReadRecord>> {
+        self.check_failed()?;
+        let log = self.logs.get(&log_id).ok_or(Error::UnknownLog(log_id))?;
+        if from < log.trim_point {
+            return Err(Error::Trimmed { trim_point: log.trim_point });
+        }
+        let end = log.durable_lsn;
+        let mut out = Vec::new();
+        if from >= end || max_records == 0 {
+            return Ok(out);
+        }
+        let Some(mut entry) = log.entry_for(from) else {
+            return Err(Error::Trimmed { trim_point: log.trim_point });
+        };
+        let mut next = from;
+        let mut bytes = 0;
+        let mut segment_id = log.index[entry].segment_id;
+        let mut offset = log.index[entry].offset;
+        'walk: while next < end {
+            let (records, disk_bytes) = self.frame_records(segment_id, offset)?;
+            for r in records {
+                if r.0.log_id != log_id || r.0.lsn < next {
+                    continue;
+                }
+                if r.0.lsn != next {
+                    let path = self.segment_path(segment_id);
+                    return Err(Error::corrupt(path, offset, format!("log {log_id}: expected record {next}, found {}", r.0.lsn)));
+                }
+                if out.len() >= max_records || (!out.is_empty() && bytes + r.1.len() > max_bytes) || next >= end {
+                    break 'walk;
+                }
+                bytes += r.1.len();
+                out.push(ReadRecord { lsn: r.0.lsn, epoch: r.0.epoch, timestamp_us: r.0.timestamp_us, payload: r.1 });
+                next += 1;
+            }
+            offset += disk_bytes;
+            let segment_end = self.segments.iter().find(|s| s.id == segment_id).map_or(0, |s| s.end_offset);
+            if offset >= segment_end {
+                // The rest of this log is in later segments: jump to its first entry there.
+                let log = &self.logs[&log_id];
+                while entry < log.index.len() && log.index[entry].segment_id <= segment_id {
+                    entry += 1;
+                }
+                let Some(e) = log.index.get(entry) else { break };
+                segment_id = e.segment_id;
+                offset = e.offset;
+            }
+        }
+        self.process_stash();
+        Ok(out)
+    }
+
+    /// The positions of `log_id`, if the store has it.
+    pub fn tail(&self, log_id: u64) -> Option<LogTail> {
+        self.logs.get(&log_id).map(|l| LogTail { next_lsn: l.next_lsn, durable_lsn: l.durable_lsn, trim_point: l.trim_point })
+    }
+
+    /// The ids of the logs in the store (unordered).
+    pub fn log_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.logs.keys().copied()
+    }
+
+    /// How appends are made durable here.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// The calibration measured at open, if the mode was `Auto`.
+    pub fn calibration(&self) -> Option<&Calibration> {
+        self.calibration.as_ref()
+    }
+
+    /// What recovery found when the store opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Group commit and segment metrics.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+
+    /// The shard directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Segment files currently in use (the spare excluded).
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        match &self.failed {
+            Some(reason) => Err(Error::Fatal(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the store for good: nothing is acknowledged after this.
+    pub(crate) fn fail(&mut self, reason: String) {
+        if self.failed.is_none() {
+            tracing::error!(%reason, "storage failure; the store stops acknowledging");
+            self.failed = Some(reason);
+        }
+    }
+
+    fn segment_path(&self, segment_id: u64) -> PathBuf {
+        self.dir.join(crate::segment::segment_name(segment_id))
+    }
+
+    /// The records of the frame at (`segment_id`, `offset`), from the tail cache or the disk,
+    /// and the bytes the frame takes on disk.
+    #[allow(clippy::type_complexity)]
+    fn frame_records(&mut self, segment_id: u64, offset: u64) -> Result<(Vec<(RecordHeader, Vec<u8>)>, u64)> {
+        let collect = |body: &[u8], count: u32| -> Option<Vec<(RecordHeader, Vec<u8>)>> {
+            Records::new(body, count).map(|r| r.ok().map(|r| (r.header, r.payload.to_vec()))).collect()
+        };
+        if let Some(frame) = self.tail_cache.iter().find(|f| f.segment_id == segment_id && f.offset == offset) {
+            let bytes = frame.bytes();
+            let header: crate::format::FrameHeader = bytemuck::pod_read_unaligned(&bytes[..FRAME_HEADER_BYTES]);
+            let body = &bytes[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.body_len as usize];
+            let records = collect(body, header.count).expect("a cached frame is well formed");
+            return Ok((records, bytes.len() as u64));
+        }
+        let path = self.segment_path(segment_id);
+        let segment = self.segments.iter().find(|s| s.id == segment_id).ok_or_else(|| Error::Trimmed { trim_point: 0 })?;
+        let file = segment.file;
+        let found = self
+            .read_window
+            .frame_at(&mut self.io, &mut self.stash, file, self.config.segment_bytes, segment_id, offset, self.config.batch_bytes_max)
+            .map_err(|e| Error::io(&path, e))?;
+        match found {
+            Ok(frame) if frame.header.kind == FrameKind::Data as u16 => {
+                let records = collect(frame.body, frame.header.count)
+                    .ok_or_else(|| Error::corrupt(&path, offset, "records overrun their frame"))?;
+                Ok((records, frame.disk_bytes))
+            }
+            Ok(frame) => Ok((Vec::new(), frame.disk_bytes)),
+            Err(fault) => Err(Error::corrupt(&path, offset, format!("a committed frame is unreadable: {fault:?}"))),
+        }
+    }
+
+    pub(crate) fn process_stash(&mut self) {
+        let completions = std::mem::take(&mut self.stash);
+        for completion in completions {
+            self.handle(completion);
+        }
+    }
+
+    /// A free frame buffer: from the free list, or the oldest cached frame.
+    pub(crate) fn take_frame(&mut self) -> Option<Frame> {
+        let mut frame = self.free.pop().or_else(|| self.tail_cache.pop_front())?;
+        frame.entries.clear();
+        frame.records = 0;
+        frame.done = false;
+        frame.buf.as_mut().expect("a free frame has its buffer").set_len(FRAME_HEADER_BYTES);
+        Some(frame)
+    }
+
+    /// The frame being filled, with room for `bytes` more; seals the current one if full.
+    fn make_room(&mut self, bytes: usize) -> Result<()> {
+        let fits = self.building.as_ref().is_some_and(|f| f.bytes().len() + bytes <= self.config.batch_bytes_max);
+        if !fits {
+            // Keep one buffer back for the snapshot frame that a segment rollover needs.
+            if self.free.len() + self.tail_cache.len() <= 1 {
+                self.metrics.overloaded += 1;
+                return Err(Error::Overloaded);
+            }
+            if let Some(full) = self.building.take() {
+                self.sealed.push_back(full);
+            }
+            let mut frame = self.take_frame().expect("checked above");
+            frame.kind = FrameKind::Data;
+            frame.opened_us = self.clock.monotonic_us();
+            self.building = Some(frame);
+        }
+        let frame = self.building.as_mut().expect("building frame");
+        if frame.entries.is_empty() {
+            frame.opened_us = self.clock.monotonic_us();
+        }
+        Ok(())
+    }
+}
+
+/// Rounds a frame's used bytes to what it takes on disk.
+pub(crate) fn disk_len(used: usize) -> usize {
+    block_align(used).max(BLOCK_SIZE)
+}

@@ -30,8 +30,15 @@ impl AlignedBuf {
         let layout = Layout::from_size_align(capacity, BLOCK_SIZE).expect("buffer layout");
         // SAFETY: the layout has a non-zero size.
         let raw = unsafe { alloc::alloc_zeroed(layout) };
-        let Some(ptr) = NonNull::new(raw) else { alloc::handle_alloc_error(layout) };
-        AlignedBuf { ptr, capacity, len: 0, index: None }
+        let Some(ptr) = NonNull::new(raw) else {
+            alloc::handle_alloc_error(layout)
+        };
+        AlignedBuf {
+            ptr,
+            capacity,
+            len: 0,
+            index: None,
+        }
     }
 
     /// The capacity in bytes (a multiple of the block size).
@@ -51,7 +58,11 @@ impl AlignedBuf {
 
     /// Sets the bytes in use. The bytes up to `len` keep whatever they held.
     pub fn set_len(&mut self, len: usize) {
-        assert!(len <= self.capacity, "len {len} beyond capacity {}", self.capacity);
+        assert!(
+            len <= self.capacity,
+            "len {len} beyond capacity {}",
+            self.capacity
+        );
         self.len = len;
     }
 
@@ -126,7 +137,11 @@ impl BufPool {
     pub fn new(count: usize, buf_bytes: usize) -> BufPool {
         let free: Vec<AlignedBuf> = (0..count).map(|_| AlignedBuf::new(buf_bytes)).collect();
         let buf_bytes = free.first().map_or(buf_bytes, AlignedBuf::capacity);
-        BufPool { free, buf_bytes, count }
+        BufPool {
+            free,
+            buf_bytes,
+            count,
+        }
     }
 
     /// Takes a buffer, length 0; `None` when all are in use.
@@ -154,7 +169,11 @@ impl BufPool {
 
     /// The free buffers, for registration with the backend at startup (all must be free).
     pub fn all_mut(&mut self) -> &mut [AlignedBuf] {
-        assert_eq!(self.free.len(), self.count, "register the pool before using it");
+        assert_eq!(
+            self.free.len(),
+            self.count,
+            "register the pool before using it"
+        );
         &mut self.free
     }
 }

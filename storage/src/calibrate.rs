@@ -6,7 +6,6 @@
 //! writes go to the spare segment's zero-filled data area and write zeros, so they change
 //! nothing on disk.
 
-
 use crate::buf::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::format::BLOCK_SIZE;
@@ -32,7 +31,9 @@ const CALIBRATION_TOKEN: u64 = u64::MAX - 1;
 impl<I: Io> Store<I> {
     /// Measures both durable write modes (nothing else may be in flight).
     pub(crate) fn calibrate(&mut self) -> Result<Calibration> {
-        let Spare::Ready(spare) = &self.spare else { unreachable!("calibration runs after the spare is prepared") };
+        let Spare::Ready(spare) = &self.spare else {
+            unreachable!("calibration runs after the spare is prepared")
+        };
         let file = spare.file;
         let mut buf = AlignedBuf::new(BLOCK_SIZE);
         buf.set_len(BLOCK_SIZE);
@@ -40,11 +41,17 @@ impl<I: Io> Store<I> {
         let mut completions = Vec::new();
         let writes = self.config.calibration_writes.max(1);
         for i in 0..writes * 2 {
-            let mode = if i % 2 == 0 { Durability::Dsync } else { Durability::Fdatasync };
+            let mode = if i % 2 == 0 {
+                Durability::Dsync
+            } else {
+                Durability::Fdatasync
+            };
             let offset = (BLOCK_SIZE * (1 + i % 16)) as u64;
             let start = self.clock.monotonic_us();
             self.io.write(file, offset, buf, mode, CALIBRATION_TOKEN);
-            self.io.wait(1, &mut completions).map_err(|e| Error::io(&self.dir, e))?;
+            self.io
+                .wait(1, &mut completions)
+                .map_err(|e| Error::io(&self.dir, e))?;
             let completion = completions.pop().expect("one completion");
             debug_assert_eq!(completion.token, CALIBRATION_TOKEN);
             if let Err(e) = completion.result {
@@ -60,8 +67,22 @@ impl<I: Io> Store<I> {
         };
         let dsync_us_p50 = median(&mut samples[0]);
         let fdatasync_us_p50 = median(&mut samples[1]);
-        let chosen = if dsync_us_p50 <= fdatasync_us_p50 { Durability::Dsync } else { Durability::Fdatasync };
-        tracing::info!(dsync_us_p50, fdatasync_us_p50, ?chosen, "durability calibrated");
-        Ok(Calibration { dsync_us_p50, fdatasync_us_p50, writes, chosen })
+        let chosen = if dsync_us_p50 <= fdatasync_us_p50 {
+            Durability::Dsync
+        } else {
+            Durability::Fdatasync
+        };
+        tracing::info!(
+            dsync_us_p50,
+            fdatasync_us_p50,
+            ?chosen,
+            "durability calibrated"
+        );
+        Ok(Calibration {
+            dsync_us_p50,
+            fdatasync_us_p50,
+            writes,
+            chosen,
+        })
     }
 }

@@ -22,7 +22,9 @@ pub struct SystemClock {
 impl SystemClock {
     /// A clock whose monotonic time starts now.
     pub fn new() -> SystemClock {
-        SystemClock { start: Instant::now() }
+        SystemClock {
+            start: Instant::now(),
+        }
     }
 }
 
@@ -34,7 +36,9 @@ impl Default for SystemClock {
 
 impl Clock for SystemClock {
     fn wall_us(&self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64)
     }
 
     fn monotonic_us(&self) -> u64 {

@@ -12,7 +12,10 @@
 //! frame and every frame before it are durable. A failed write or flush stops the store: the
 //! frontier never passes the failed frame.
 
-use crate::format::{FrameHeader, FrameKind, SnapshotEntry, FORMAT_VERSION, FRAME_HEADER_BYTES, FRAME_MAGIC, SYSTEM_LOG};
+use crate::format::{
+    FrameHeader, FrameKind, SnapshotEntry, FORMAT_VERSION, FRAME_HEADER_BYTES, FRAME_MAGIC,
+    SYSTEM_LOG,
+};
 use crate::io::{Completion, Io};
 use crate::lifecycle::Spare;
 use crate::store::{disk_len, Ack, Entry, Frame, Store};
@@ -73,7 +76,8 @@ impl<I: Io> Store<I> {
                 }
             }
             let len = disk_len(self.sealed.front().expect("a sealed frame").bytes().len()) as u64;
-            if self.active_offset + len > self.config.segment_bytes {
+            let active_bytes = self.segments.back().expect("an active segment").bytes;
+            if self.active_offset + len > active_bytes {
                 if !self.roll_over() {
                     break;
                 }
@@ -98,7 +102,9 @@ impl<I: Io> Store<I> {
     /// Writes the state of every log as of the frames submitted so far, as the first frame
     /// of the active segment (recovery starts from the oldest segment's snapshot).
     fn submit_snapshot(&mut self) -> bool {
-        let Some(mut frame) = self.take_frame() else { return false };
+        let Some(mut frame) = self.take_frame() else {
+            return false;
+        };
         frame.kind = FrameKind::Snapshot;
         frame.opened_us = self.clock.monotonic_us();
         let buf = frame.buf.as_mut().expect("frame buffer");
@@ -107,11 +113,21 @@ impl<I: Io> Store<I> {
         assert!(len <= buf.capacity(), "logs_max bounds the snapshot");
         buf.set_len(len);
         let out = &mut buf.as_mut_slice()[FRAME_HEADER_BYTES..];
-        let system = SnapshotEntry { log_id: SYSTEM_LOG, next_lsn: self.system_submitted_lsn, trim_point: 0 };
-        let all = std::iter::once(system).chain(
-            self.logs.iter().map(|(&log_id, l)| SnapshotEntry { log_id, next_lsn: l.submitted_lsn, trim_point: l.submitted_trim }),
-        );
-        for (slot, entry) in out.chunks_exact_mut(std::mem::size_of::<SnapshotEntry>()).zip(all) {
+        let system = SnapshotEntry {
+            log_id: SYSTEM_LOG,
+            next_lsn: self.system_submitted_lsn,
+            trim_point: 0,
+        };
+        let all =
+            std::iter::once(system).chain(self.logs.iter().map(|(&log_id, l)| SnapshotEntry {
+                log_id,
+                next_lsn: l.submitted_lsn,
+                trim_point: l.submitted_trim,
+            }));
+        for (slot, entry) in out
+            .chunks_exact_mut(std::mem::size_of::<SnapshotEntry>())
+            .zip(all)
+        {
             slot.copy_from_slice(bytemuck::bytes_of(&entry));
         }
         frame.records = entries as u32;
@@ -157,7 +173,12 @@ impl<I: Io> Store<I> {
         segment.end_offset = self.active_offset;
         for entry in &frame.entries {
             match *entry {
-                Entry::Append { log_id, first_lsn, count, .. } => {
+                Entry::Append {
+                    log_id,
+                    first_lsn,
+                    count,
+                    ..
+                } => {
                     let log = self.logs.get_mut(&log_id).expect("appended log exists");
                     log.submitted_lsn = first_lsn + u64::from(count);
                     log.note_frame(first_lsn, segment.id, offset);
@@ -170,14 +191,19 @@ impl<I: Io> Store<I> {
                 }
             }
         }
-        self.metrics.record_batch(frame.records, disk as u64, now.saturating_sub(frame.opened_us));
+        self.metrics.record_batch(
+            frame.records,
+            disk as u64,
+            now.saturating_sub(frame.opened_us),
+        );
         frame.seq = seq;
         frame.segment_id = segment.id;
         frame.offset = offset;
         frame.submitted_us = now;
         let file = segment.file;
         let buf = frame.buf.take().expect("frame buffer");
-        self.io.write(file, offset, buf, self.durability, token(Op::Frame, seq));
+        self.io
+            .write(file, offset, buf, self.durability, token(Op::Frame, seq));
         self.in_flight.push_back(frame);
     }
 
@@ -188,7 +214,10 @@ impl<I: Io> Store<I> {
         match op {
             Some(Op::Frame) => {
                 let front = self.in_flight.front().map_or(0, |f| f.seq);
-                let index = value.checked_sub(front).expect("completion of a frame not in flight") as usize;
+                let index = value
+                    .checked_sub(front)
+                    .expect("completion of a frame not in flight")
+                    as usize;
                 let frame = &mut self.in_flight[index];
                 frame.buf = buf;
                 match result {
@@ -201,7 +230,9 @@ impl<I: Io> Store<I> {
                     Err(e) => self.fail(format!("write of frame {value} failed: {e}")),
                 }
             }
-            Some(Op::ZeroFill | Op::SpareHeader | Op::DirSync) => self.spare_completed(op.expect("matched"), buf, result),
+            Some(Op::ZeroFill | Op::SpareHeader | Op::DirSync) => {
+                self.spare_completed(op.expect("matched"), buf, result)
+            }
             None => unreachable!("unknown completion token {token:#x}"),
         }
     }
@@ -210,19 +241,40 @@ impl<I: Io> Store<I> {
     fn advance_frontier(&mut self) {
         while self.in_flight.front().is_some_and(|f| f.done) {
             let frame = self.in_flight.pop_front().expect("checked");
-            debug_assert_eq!(frame.seq, self.durable_seq + 1, "frames become durable in order");
+            debug_assert_eq!(
+                frame.seq,
+                self.durable_seq + 1,
+                "frames become durable in order"
+            );
             self.durable_seq = frame.seq;
             for entry in &frame.entries {
                 match *entry {
-                    Entry::Append { token, log_id, first_lsn, count } => {
+                    Entry::Append {
+                        token,
+                        log_id,
+                        first_lsn,
+                        count,
+                    } => {
                         let end = first_lsn + u64::from(count);
                         self.logs.get_mut(&log_id).expect("log").durable_lsn = end;
-                        self.acks.push(Ack { token, log_id, lsns: first_lsn..end });
+                        self.acks.push(Ack {
+                            token,
+                            log_id,
+                            lsns: first_lsn..end,
+                        });
                     }
-                    Entry::Trim { token, log_id, before } => {
+                    Entry::Trim {
+                        token,
+                        log_id,
+                        before,
+                    } => {
                         let log = self.logs.get_mut(&log_id).expect("log");
                         log.durable_trim = log.durable_trim.max(before);
-                        self.acks.push(Ack { token, log_id, lsns: before..before });
+                        self.acks.push(Ack {
+                            token,
+                            log_id,
+                            lsns: before..before,
+                        });
                     }
                 }
             }

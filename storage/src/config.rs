@@ -1,7 +1,9 @@
 //! The store's configuration: every limit named, sized at startup.
 
 use crate::error::{Error, Result};
-use crate::format::{block_align, BLOCK_SIZE, FRAME_HEADER_BYTES, SNAPSHOT_ENTRY_BYTES};
+use crate::format::{
+    block_align, BLOCK_SIZE, FRAME_BYTES_MAX, FRAME_HEADER_BYTES, SNAPSHOT_ENTRY_BYTES,
+};
 
 /// How appends are made durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -23,7 +25,9 @@ impl std::str::FromStr for DurabilityMode {
             "auto" => Ok(DurabilityMode::Auto),
             "fdatasync" => Ok(DurabilityMode::Fdatasync),
             "dsync" => Ok(DurabilityMode::Dsync),
-            _ => Err(format!("unknown durability mode {s:?} (auto, fdatasync, dsync)")),
+            _ => Err(format!(
+                "unknown durability mode {s:?} (auto, fdatasync, dsync)"
+            )),
         }
     }
 }
@@ -68,31 +72,54 @@ impl StoreConfig {
     /// Checks the limits against each other.
     pub fn validate(&self) -> Result<()> {
         let fail = |why: String| Err(Error::Config(why));
+        if self.batch_bytes_max > FRAME_BYTES_MAX {
+            return fail(format!(
+                "batch_bytes_max {} is over the format's limit of {FRAME_BYTES_MAX}",
+                self.batch_bytes_max
+            ));
+        }
         if self.batch_bytes_max % BLOCK_SIZE != 0 {
-            return fail(format!("batch_bytes_max {} is not a multiple of {BLOCK_SIZE}", self.batch_bytes_max));
+            return fail(format!(
+                "batch_bytes_max {} is not a multiple of {BLOCK_SIZE}",
+                self.batch_bytes_max
+            ));
         }
         if self.segment_bytes % BLOCK_SIZE as u64 != 0 {
-            return fail(format!("segment_bytes {} is not a multiple of {BLOCK_SIZE}", self.segment_bytes));
+            return fail(format!(
+                "segment_bytes {} is not a multiple of {BLOCK_SIZE}",
+                self.segment_bytes
+            ));
         }
-        if crate::format::record_bytes(self.record_bytes_max) + FRAME_HEADER_BYTES > self.batch_bytes_max {
+        if crate::format::record_bytes(self.record_bytes_max) + FRAME_HEADER_BYTES
+            > self.batch_bytes_max
+        {
             return fail(format!(
                 "record_bytes_max {} does not fit a frame of batch_bytes_max {}",
                 self.record_bytes_max, self.batch_bytes_max
             ));
         }
         if FRAME_HEADER_BYTES + (self.logs_max + 1) * SNAPSHOT_ENTRY_BYTES > self.batch_bytes_max {
-            return fail(format!("a snapshot of logs_max {} logs does not fit batch_bytes_max", self.logs_max));
+            return fail(format!(
+                "a snapshot of logs_max {} logs does not fit batch_bytes_max",
+                self.logs_max
+            ));
         }
         // The segment header, a snapshot frame and a full data frame must fit one segment.
         if (BLOCK_SIZE + 2 * block_align(self.batch_bytes_max)) as u64 > self.segment_bytes {
-            return fail(format!("segment_bytes {} is too small for batch_bytes_max {}", self.segment_bytes, self.batch_bytes_max));
+            return fail(format!(
+                "segment_bytes {} is too small for batch_bytes_max {}",
+                self.segment_bytes, self.batch_bytes_max
+            ));
         }
         if self.writes_in_flight_max == 0 {
             return fail("writes_in_flight_max must be at least 1".into());
         }
         // In flight, one queued snapshot, one being filled, one spare.
         if self.write_buffers < self.writes_in_flight_max + 3 {
-            return fail(format!("write_buffers must be at least writes_in_flight_max + 3 = {}", self.writes_in_flight_max + 3));
+            return fail(format!(
+                "write_buffers must be at least writes_in_flight_max + 3 = {}",
+                self.writes_in_flight_max + 3
+            ));
         }
         Ok(())
     }

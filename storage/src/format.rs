@@ -22,6 +22,10 @@ pub const FORMAT_VERSION: u16 = 1;
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"CLFR");
 /// `"CLSG"` little-endian: the first bytes of every segment file.
 pub const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"CLSG");
+/// The largest frame this format allows (the configured `batch_bytes_max` is at most this).
+/// Parsing uses this bound, never the current configuration, so a frame written under another
+/// configuration still reads back.
+pub const FRAME_BYTES_MAX: usize = 64 << 20;
 /// The log id reserved for the shard's own control records (trims).
 pub const SYSTEM_LOG: u64 = u64::MAX;
 
@@ -278,7 +282,10 @@ pub struct Records<'a> {
 impl<'a> Records<'a> {
     /// Records of `body`, of which the frame header says there are `count`.
     pub fn new(body: &'a [u8], count: u32) -> Records<'a> {
-        Records { body, remaining: count }
+        Records {
+            body,
+            remaining: count,
+        }
     }
 }
 
@@ -342,7 +349,10 @@ mod tests {
 
     #[test]
     fn records_iterator_rejects_overlong_length() {
-        let header = RecordHeader { len: 1000, ..RecordHeader::default() };
+        let header = RecordHeader {
+            len: 1000,
+            ..RecordHeader::default()
+        };
         let body = bytemuck::bytes_of(&header).to_vec();
         let mut records = Records::new(&body, 1);
         assert!(matches!(records.next(), Some(Err(FrameFault::BadBody))));

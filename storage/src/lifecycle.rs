@@ -76,17 +76,31 @@ impl<I: Io> Store<I> {
                 let segment_bytes = self.config.segment_bytes;
                 if prep.next_zero < segment_bytes {
                     if let Some(mut zero) = prep.zero.take() {
-                        let len = (segment_bytes - prep.next_zero).min(zero.capacity() as u64) as usize;
+                        let len =
+                            (segment_bytes - prep.next_zero).min(zero.capacity() as u64) as usize;
                         zero.set_len(len);
-                        self.io.write(prep.file, prep.next_zero, zero, Durability::Buffered, token(Op::ZeroFill, 0));
+                        self.io.write(
+                            prep.file,
+                            prep.next_zero,
+                            zero,
+                            Durability::Buffered,
+                            token(Op::ZeroFill, 0),
+                        );
                     }
                 } else if prep.zero.is_some() && prep.dir_synced && !prep.header_in_flight {
                     let header = SegmentHeader::new(prep.id, segment_bytes);
                     let mut block = AlignedBuf::new(BLOCK_SIZE);
                     block.set_len(BLOCK_SIZE);
-                    block.as_mut_slice()[..std::mem::size_of::<SegmentHeader>()].copy_from_slice(bytemuck::bytes_of(&header));
+                    block.as_mut_slice()[..std::mem::size_of::<SegmentHeader>()]
+                        .copy_from_slice(bytemuck::bytes_of(&header));
                     // The flush also covers the zero-fill writes before it.
-                    self.io.write(prep.file, 0, block, Durability::Fdatasync, token(Op::SpareHeader, 0));
+                    self.io.write(
+                        prep.file,
+                        0,
+                        block,
+                        Durability::Fdatasync,
+                        token(Op::SpareHeader, 0),
+                    );
                     prep.header_in_flight = true;
                 }
             }
@@ -97,7 +111,8 @@ impl<I: Io> Store<I> {
         let path = self.dir.join(segment_name(id));
         let file = self.io.open(&path, true)?;
         self.io.allocate(file, self.config.segment_bytes)?;
-        self.io.sync(self.dir_file, token(Op::DirSync, DIR_SYNC_SPARE));
+        self.io
+            .sync(self.dir_file, token(Op::DirSync, DIR_SYNC_SPARE));
         Ok(Prep {
             id,
             path,
@@ -110,13 +125,22 @@ impl<I: Io> Store<I> {
     }
 
     /// Handles a completion of the spare's preparation or of a deletion's directory sync.
-    pub(crate) fn spare_completed(&mut self, op: Op, buf: Option<AlignedBuf>, result: io::Result<usize>) {
+    pub(crate) fn spare_completed(
+        &mut self,
+        op: Op,
+        buf: Option<AlignedBuf>,
+        result: io::Result<usize>,
+    ) {
         if let Err(e) = result {
             self.fail(format!("segment lifecycle {op:?} failed: {e}"));
             return;
         }
         let Spare::Preparing(prep) = &mut self.spare else {
-            assert_eq!(op, Op::DirSync, "{op:?} completion without a spare in preparation");
+            assert_eq!(
+                op,
+                Op::DirSync,
+                "{op:?} completion without a spare in preparation"
+            );
             return;
         };
         match op {
@@ -127,7 +151,12 @@ impl<I: Io> Store<I> {
             }
             Op::DirSync => prep.dir_synced = true,
             Op::SpareHeader => {
-                let segment = Segment::new(prep.id, prep.path.clone(), prep.file);
+                let segment = Segment::new(
+                    prep.id,
+                    prep.path.clone(),
+                    prep.file,
+                    self.config.segment_bytes,
+                );
                 self.spare = Spare::Ready(segment);
             }
             Op::Frame => unreachable!("frame completions are handled by group commit"),
@@ -140,7 +169,8 @@ impl<I: Io> Store<I> {
             Spare::Ready(segment) => segment.id + 1,
             other => panic!("activating a spare that is not ready: {other:?}"),
         };
-        let Spare::Ready(segment) = std::mem::replace(&mut self.spare, Spare::Idle { next_id }) else {
+        let Spare::Ready(segment) = std::mem::replace(&mut self.spare, Spare::Idle { next_id })
+        else {
             unreachable!("checked above");
         };
         self.segments.push_back(segment);
@@ -159,7 +189,9 @@ impl<I: Io> Store<I> {
             if matches!(self.spare, Spare::Ready(_)) {
                 return Ok(());
             }
-            self.io.wait(1, &mut completions).map_err(|e| Error::io(&self.dir, e))?;
+            self.io
+                .wait(1, &mut completions)
+                .map_err(|e| Error::io(&self.dir, e))?;
             for completion in completions.drain(..) {
                 self.handle(completion);
             }
@@ -174,7 +206,10 @@ impl<I: Io> Store<I> {
                 return;
             }
             let oldest = &self.segments[0];
-            let live = oldest.log_ends.iter().any(|(log_id, &end)| self.logs.get(log_id).is_some_and(|l| l.durable_trim < end));
+            let live = oldest
+                .log_ends
+                .iter()
+                .any(|(log_id, &end)| self.logs.get(log_id).is_some_and(|l| l.durable_trim < end));
             if live {
                 return;
             }
@@ -190,7 +225,8 @@ impl<I: Io> Store<I> {
                 self.fail(format!("deleting {}: {e}", oldest.path.display()));
                 return;
             }
-            self.io.sync(self.dir_file, token(Op::DirSync, DIR_SYNC_DELETE));
+            self.io
+                .sync(self.dir_file, token(Op::DirSync, DIR_SYNC_DELETE));
             self.metrics.segments_deleted += 1;
             tracing::debug!(segment = %oldest.path.display(), "trimmed segment deleted");
         }

@@ -51,12 +51,15 @@ impl LogState {
 
     /// Notes that a frame at (`segment_id`, `offset`) holds this log's records from `first_lsn`.
     pub(crate) fn note_frame(&mut self, first_lsn: u64, segment_id: u64, offset: u64) {
-        let sparse = self
-            .index
-            .back()
-            .is_some_and(|last| last.segment_id == segment_id && offset < last.offset + INDEX_INTERVAL_BYTES);
+        let sparse = self.index.back().is_some_and(|last| {
+            last.segment_id == segment_id && offset < last.offset + INDEX_INTERVAL_BYTES
+        });
         if !sparse {
-            self.index.push_back(IndexEntry { first_lsn, segment_id, offset });
+            self.index.push_back(IndexEntry {
+                first_lsn,
+                segment_id,
+                offset,
+            });
         }
     }
 
@@ -68,7 +71,11 @@ impl LogState {
 
     /// Drops the entries of a deleted segment.
     pub(crate) fn forget_segment(&mut self, segment_id: u64) {
-        while self.index.front().is_some_and(|e| e.segment_id <= segment_id) {
+        while self
+            .index
+            .front()
+            .is_some_and(|e| e.segment_id <= segment_id)
+        {
             self.index.pop_front();
         }
     }

@@ -53,7 +53,8 @@ impl StoreMetrics {
     pub(crate) fn record_batch(&mut self, records: u32, bytes: u64, wait_us: u64) {
         self.frames_written += 1;
         self.bytes_written += bytes;
-        self.batch_records.saturating_record(u64::from(records).max(1));
+        self.batch_records
+            .saturating_record(u64::from(records).max(1));
         self.batch_bytes.saturating_record(bytes.max(1));
         self.batch_wait_us.saturating_record(wait_us.max(1));
     }

@@ -15,11 +15,10 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use crate::buf::AlignedBuf;
-use crate::config::StoreConfig;
 use crate::error::{Error, Result};
 use crate::format::{
-    ControlRecord, FrameFault, FrameKind, Records, SnapshotEntry, BLOCK_SIZE, CONTROL_TRIM, FORMAT_VERSION, SNAPSHOT_ENTRY_BYTES,
-    SYSTEM_LOG,
+    ControlRecord, FrameFault, FrameKind, Records, SnapshotEntry, BLOCK_SIZE, CONTROL_TRIM,
+    FORMAT_VERSION, SNAPSHOT_ENTRY_BYTES, SYSTEM_LOG,
 };
 use crate::io::{FileId, Io};
 use crate::log::LogState;
@@ -68,21 +67,29 @@ struct SegFile {
 const WINDOW_BYTES: usize = 4 << 20;
 
 /// Recovers the shard in `dir` (created if missing).
-pub(crate) fn recover<I: Io>(io: &mut I, dir: &Path, config: &StoreConfig) -> Result<Recovered> {
+pub(crate) fn recover<I: Io>(io: &mut I, dir: &Path) -> Result<Recovered> {
     io.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut report = RecoveryReport::default();
     let mut ids = Vec::new();
     for name in io.list_dir(dir).map_err(|e| Error::io(dir, e))? {
         match parse_segment_name(&name) {
             Some(id) => ids.push(id),
-            None => return Err(Error::UnexpectedFile { path: dir.join(name) }),
+            None => {
+                return Err(Error::UnexpectedFile {
+                    path: dir.join(name),
+                })
+            }
         }
     }
     ids.sort_unstable();
     for pair in ids.windows(2) {
         if pair[1] != pair[0] + 1 {
             let missing = dir.join(crate::segment::segment_name(pair[0] + 1));
-            return Err(Error::corrupt(missing, 0, "segment is missing: the ids around it are present"));
+            return Err(Error::corrupt(
+                missing,
+                0,
+                "segment is missing: the ids around it are present",
+            ));
         }
     }
     let mut files = Vec::new();
@@ -93,7 +100,8 @@ pub(crate) fn recover<I: Io>(io: &mut I, dir: &Path, config: &StoreConfig) -> Re
         let size = io.file_size(file).map_err(|e| Error::io(&path, e))?;
         let mut block = AlignedBuf::new(BLOCK_SIZE);
         block.set_len(BLOCK_SIZE);
-        let (block, n) = read_sync(io, file, 0, block, &mut Vec::new()).map_err(|e| Error::io(&path, e))?;
+        let (block, n) =
+            read_sync(io, file, 0, block, &mut Vec::new()).map_err(|e| Error::io(&path, e))?;
         let head = &block.as_slice()[..n];
         if head.iter().all(|&b| b == 0) && i == ids.len() - 1 && i > 0 {
             // The newest file never got its header: a spare whose preparation was cut short.
@@ -104,10 +112,19 @@ pub(crate) fn recover<I: Io>(io: &mut I, dir: &Path, config: &StoreConfig) -> Re
             continue;
         }
         if n < BLOCK_SIZE {
-            return Err(Error::corrupt(&path, n as u64, format!("file is {size} bytes: too short for a segment header")));
+            return Err(Error::corrupt(
+                &path,
+                n as u64,
+                format!("file is {size} bytes: too short for a segment header"),
+            ));
         }
         check_header(&path, head, id, size)?;
-        files.push(SegFile { id, path, file, size });
+        files.push(SegFile {
+            id,
+            path,
+            file,
+            size,
+        });
     }
     let mut recovered = Recovered {
         segments: VecDeque::new(),
@@ -121,7 +138,7 @@ pub(crate) fn recover<I: Io>(io: &mut I, dir: &Path, config: &StoreConfig) -> Re
         report,
     };
     if !files.is_empty() {
-        scan(io, config, &files, &mut recovered)?;
+        scan(io, &files, &mut recovered)?;
         // Keep the active segment and one after it (the spare); remove the rest.
         let active = recovered.segments.len();
         for (i, f) in files.into_iter().enumerate() {
@@ -129,7 +146,7 @@ pub(crate) fn recover<I: Io>(io: &mut I, dir: &Path, config: &StoreConfig) -> Re
                 continue;
             }
             if i == active {
-                recovered.spare = Some(Segment::new(f.id, f.path, f.file));
+                recovered.spare = Some(Segment::new(f.id, f.path, f.file, f.size));
                 continue;
             }
             io.close(f.file);
@@ -146,24 +163,34 @@ pub(crate) fn recover<I: Io>(io: &mut I, dir: &Path, config: &StoreConfig) -> Re
 }
 
 /// Follows the frame chain through `files`, filling `out`.
-fn scan<I: Io>(io: &mut I, config: &StoreConfig, files: &[SegFile], out: &mut Recovered) -> Result<()> {
+fn scan<I: Io>(io: &mut I, files: &[SegFile], out: &mut Recovered) -> Result<()> {
     let mut window = Window::new(WINDOW_BYTES);
     // Nothing else is in flight during recovery: the stash stays empty.
     let mut stash = Vec::new();
     let mut idx = 0;
     let mut offset = BLOCK_SIZE as u64;
     let mut started = false;
-    let mut segment = Segment::new(files[0].id, files[0].path.clone(), files[0].file);
+    let mut segment = Segment::new(
+        files[0].id,
+        files[0].path.clone(),
+        files[0].file,
+        files[0].size,
+    );
     loop {
         let f = &files[idx];
-        let found = window.frame_at(io, &mut stash, f.file, f.size, f.id, offset, config.batch_bytes_max).map_err(|e| Error::io(&f.path, e))?;
+        let found = window
+            .frame_at(io, &mut stash, f.file, f.size, f.id, offset)
+            .map_err(|e| Error::io(&f.path, e))?;
         let stopped_on_data = !matches!(found, Err(FrameFault::Empty));
         let continues = match &found {
-            Ok(frame) if !started => frame.header.kind == FrameKind::Snapshot as u16 && offset == BLOCK_SIZE as u64,
+            Ok(frame) if !started => {
+                frame.header.kind == FrameKind::Snapshot as u16 && offset == BLOCK_SIZE as u64
+            }
             Ok(frame) => {
                 frame.header.seq == out.next_seq
                     && frame.header.prev_crc == out.last_crc
-                    && (frame.header.kind == FrameKind::Snapshot as u16) == (offset == BLOCK_SIZE as u64)
+                    && (frame.header.kind == FrameKind::Snapshot as u16)
+                        == (offset == BLOCK_SIZE as u64)
             }
             Err(_) => false,
         };
@@ -179,25 +206,42 @@ fn scan<I: Io>(io: &mut I, config: &StoreConfig, files: &[SegFile], out: &mut Re
             continue;
         }
         if let Some(FrameFault::FutureVersion(v)) = found.as_ref().err() {
-            return Err(Error::UnsupportedVersion { path: f.path.clone(), found: *v, supported: FORMAT_VERSION });
+            return Err(Error::UnsupportedVersion {
+                path: f.path.clone(),
+                found: *v,
+                supported: FORMAT_VERSION,
+            });
         }
         // The chain stops here, or continues at the start of the next segment.
         if started && idx + 1 < files.len() {
             let n = &files[idx + 1];
             let next = window
-                .frame_at(io, &mut stash, n.file, n.size, n.id, BLOCK_SIZE as u64, config.batch_bytes_max)
+                .frame_at(io, &mut stash, n.file, n.size, n.id, BLOCK_SIZE as u64)
                 .map_err(|e| Error::io(&n.path, e))?;
             if let Ok(frame) = next {
                 let h = frame.header;
-                if h.kind == FrameKind::Snapshot as u16 && h.seq == out.next_seq && h.prev_crc == out.last_crc {
-                    out.segments.push_back(std::mem::replace(&mut segment, Segment::new(n.id, n.path.clone(), n.file)));
+                if h.kind == FrameKind::Snapshot as u16
+                    && h.seq == out.next_seq
+                    && h.prev_crc == out.last_crc
+                {
+                    out.segments.push_back(std::mem::replace(
+                        &mut segment,
+                        Segment::new(n.id, n.path.clone(), n.file, n.size),
+                    ));
                     idx += 1;
                     offset = BLOCK_SIZE as u64;
                     continue;
                 }
             }
         }
-        check_torn_tail(io, config, files, idx, offset, started.then_some(out.next_seq), &mut window)?;
+        check_torn_tail(
+            io,
+            files,
+            idx,
+            offset,
+            started.then_some(out.next_seq),
+            &mut window,
+        )?;
         out.segments.push_back(segment);
         out.active_offset = offset;
         out.need_snapshot = offset == BLOCK_SIZE as u64;
@@ -228,7 +272,6 @@ fn scan<I: Io>(io: &mut I, config: &StoreConfig, files: &[SegFile], out: &mut Re
 /// Fails if a later frame proves that frame was durable.
 fn check_torn_tail<I: Io>(
     io: &mut I,
-    config: &StoreConfig,
     files: &[SegFile],
     idx: usize,
     offset: u64,
@@ -241,12 +284,20 @@ fn check_torn_tail<I: Io>(
     let expected = match expected {
         Some(seq) => seq,
         None if files[0].id == 1 => 1,
-        None => return Err(Error::corrupt(&files[0].path, offset, "the oldest segment's snapshot frame is missing or damaged")),
+        None => {
+            return Err(Error::corrupt(
+                &files[0].path,
+                offset,
+                "the oldest segment's snapshot frame is missing or damaged",
+            ))
+        }
     };
     for (i, f) in files.iter().enumerate().skip(idx) {
         let mut at = if i == idx { offset } else { BLOCK_SIZE as u64 };
         while at + BLOCK_SIZE as u64 <= f.size {
-            let found = window.frame_at(io, &mut stash, f.file, f.size, f.id, at, config.batch_bytes_max).map_err(|e| Error::io(&f.path, e))?;
+            let found = window
+                .frame_at(io, &mut stash, f.file, f.size, f.id, at)
+                .map_err(|e| Error::io(&f.path, e))?;
             if let Ok(frame) = found {
                 if frame.header.durable_seq >= expected {
                     return Err(Error::corrupt(
@@ -278,15 +329,21 @@ fn apply_frame(
     let bad = |reason: String| Error::corrupt(&f.path, offset, reason);
     if header.kind == FrameKind::Snapshot as u16 {
         if body.len() != header.count as usize * SNAPSHOT_ENTRY_BYTES {
-            return Err(bad("snapshot frame length does not match its entry count".into()));
+            return Err(bad(
+                "snapshot frame length does not match its entry count".into()
+            ));
         }
-        let entries: Vec<SnapshotEntry> = body.chunks_exact(SNAPSHOT_ENTRY_BYTES).map(bytemuck::pod_read_unaligned).collect();
+        let entries: Vec<SnapshotEntry> = body
+            .chunks_exact(SNAPSHOT_ENTRY_BYTES)
+            .map(bytemuck::pod_read_unaligned)
+            .collect();
         if first {
             for e in entries {
                 if e.log_id == SYSTEM_LOG {
                     out.system_next_lsn = e.next_lsn;
                 } else {
-                    out.logs.insert(e.log_id, LogState::recovered(e.next_lsn, e.trim_point));
+                    out.logs
+                        .insert(e.log_id, LogState::recovered(e.next_lsn, e.trim_point));
                 }
             }
         } else {
@@ -296,10 +353,15 @@ fn apply_frame(
                 let agrees = if e.log_id == SYSTEM_LOG {
                     e.next_lsn == out.system_next_lsn
                 } else {
-                    out.logs.get(&e.log_id).is_some_and(|l| l.next_lsn == e.next_lsn && l.trim_point == e.trim_point)
+                    out.logs
+                        .get(&e.log_id)
+                        .is_some_and(|l| l.next_lsn == e.next_lsn && l.trim_point == e.trim_point)
                 };
                 if !agrees {
-                    return Err(bad(format!("snapshot disagrees with the frames before it about log {}", e.log_id)));
+                    return Err(bad(format!(
+                        "snapshot disagrees with the frames before it about log {}",
+                        e.log_id
+                    )));
                 }
             }
             if logs != out.logs.len() {
@@ -312,12 +374,20 @@ fn apply_frame(
             let record = record.map_err(|_| bad("records overrun their frame".into()))?;
             let h = record.header;
             if crate::format::payload_crc(record.payload) != h.crc {
-                return Err(bad(format!("record {} of log {} fails its checksum", h.lsn, h.log_id)));
+                return Err(bad(format!(
+                    "record {} of log {} fails its checksum",
+                    h.lsn, h.log_id
+                )));
             }
             out.report.records += 1;
             if h.log_id == SYSTEM_LOG {
-                if h.lsn != out.system_next_lsn || record.payload.len() != std::mem::size_of::<ControlRecord>() {
-                    return Err(bad(format!("control record {} is out of sequence or malformed", h.lsn)));
+                if h.lsn != out.system_next_lsn
+                    || record.payload.len() != std::mem::size_of::<ControlRecord>()
+                {
+                    return Err(bad(format!(
+                        "control record {} is out of sequence or malformed",
+                        h.lsn
+                    )));
                 }
                 out.system_next_lsn += 1;
                 let control: ControlRecord = bytemuck::pod_read_unaligned(record.payload);
@@ -326,7 +396,10 @@ fn apply_frame(
                 }
                 let log = out.logs.entry(control.log_id).or_default();
                 if control.lsn > log.next_lsn {
-                    return Err(bad(format!("trim of log {} beyond its tail", control.log_id)));
+                    return Err(bad(format!(
+                        "trim of log {} beyond its tail",
+                        control.log_id
+                    )));
                 }
                 let trim = log.trim_point.max(control.lsn);
                 log.trim_point = trim;
@@ -336,7 +409,10 @@ fn apply_frame(
             }
             let log = out.logs.entry(h.log_id).or_default();
             if h.lsn != log.next_lsn {
-                return Err(bad(format!("log {} record {} follows {} (LSNs must be dense)", h.log_id, h.lsn, log.next_lsn)));
+                return Err(bad(format!(
+                    "log {} record {} follows {} (LSNs must be dense)",
+                    h.log_id, h.lsn, log.next_lsn
+                )));
             }
             if noted != Some(h.log_id) {
                 log.note_frame(h.lsn, f.id, offset);

@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 
 use crate::buf::AlignedBuf;
 use crate::error::{Error, Result};
-use crate::format::{block_align, check_frame, FrameFault, FrameHeader, SegmentHeader, BLOCK_SIZE, FORMAT_VERSION, FRAME_HEADER_BYTES, SEGMENT_MAGIC};
+use crate::format::{
+    block_align, check_frame, FrameFault, FrameHeader, SegmentHeader, BLOCK_SIZE, FORMAT_VERSION,
+    FRAME_BYTES_MAX, FRAME_HEADER_BYTES, SEGMENT_MAGIC,
+};
 use crate::io::{Completion, FileId, Io};
 
 /// The file name of segment `id`.
@@ -42,11 +45,22 @@ pub(crate) struct Segment {
     pub(crate) log_ends: HashMap<u64, u64>,
     /// One past the last frame written (where a reader stops).
     pub(crate) end_offset: u64,
+    /// The file's size (segments keep the size they were created with).
+    pub(crate) bytes: u64,
 }
 
 impl Segment {
-    pub(crate) fn new(id: u64, path: PathBuf, file: FileId) -> Segment {
-        Segment { id, path, file, first_seq: 0, last_seq: 0, log_ends: HashMap::new(), end_offset: BLOCK_SIZE as u64 }
+    pub(crate) fn new(id: u64, path: PathBuf, file: FileId, bytes: u64) -> Segment {
+        Segment {
+            id,
+            path,
+            file,
+            first_seq: 0,
+            last_seq: 0,
+            log_ends: HashMap::new(),
+            end_offset: BLOCK_SIZE as u64,
+            bytes,
+        }
     }
 }
 
@@ -89,28 +103,59 @@ pub(crate) fn sync_dir<I: Io>(io: &mut I, dir: &Path) -> Result<()> {
 }
 
 /// Checks a segment's header block.
-pub(crate) fn check_header(path: &Path, block: &[u8], id: u64, file_size: u64) -> Result<SegmentHeader> {
-    let header: SegmentHeader = bytemuck::pod_read_unaligned(&block[..std::mem::size_of::<SegmentHeader>()]);
+pub(crate) fn check_header(
+    path: &Path,
+    block: &[u8],
+    id: u64,
+    file_size: u64,
+) -> Result<SegmentHeader> {
+    let header: SegmentHeader =
+        bytemuck::pod_read_unaligned(&block[..std::mem::size_of::<SegmentHeader>()]);
     if header.magic != SEGMENT_MAGIC {
-        return Err(Error::corrupt(path, 0, "not a chainlog segment (bad magic)"));
+        return Err(Error::corrupt(
+            path,
+            0,
+            "not a chainlog segment (bad magic)",
+        ));
     }
     if header.version > FORMAT_VERSION {
-        return Err(Error::UnsupportedVersion { path: path.to_path_buf(), found: header.version, supported: FORMAT_VERSION });
+        return Err(Error::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found: header.version,
+            supported: FORMAT_VERSION,
+        });
     }
     if header.compute_crc() != header.crc {
         return Err(Error::corrupt(path, 0, "segment header fails its checksum"));
     }
     if header.segment_id != id {
-        return Err(Error::corrupt(path, 0, format!("header says segment {} but the file name says {id}", header.segment_id)));
+        return Err(Error::corrupt(
+            path,
+            0,
+            format!(
+                "header says segment {} but the file name says {id}",
+                header.segment_id
+            ),
+        ));
     }
     if header.block_size as usize != BLOCK_SIZE {
-        return Err(Error::corrupt(path, 0, format!("block size {} (this build uses {BLOCK_SIZE})", header.block_size)));
+        return Err(Error::corrupt(
+            path,
+            0,
+            format!(
+                "block size {} (this build uses {BLOCK_SIZE})",
+                header.block_size
+            ),
+        ));
     }
     if header.segment_bytes != file_size {
         return Err(Error::corrupt(
             path,
             file_size.min(header.segment_bytes),
-            format!("file is {file_size} bytes but was created with {} (truncated or extended)", header.segment_bytes),
+            format!(
+                "file is {file_size} bytes but was created with {} (truncated or extended)",
+                header.segment_bytes
+            ),
         ));
     }
     Ok(header)
@@ -136,7 +181,12 @@ pub(crate) struct Window {
 
 impl Window {
     pub(crate) fn new(bytes: usize) -> Window {
-        Window { buf: AlignedBuf::new(bytes), file: None, start: 0, valid: 0 }
+        Window {
+            buf: AlignedBuf::new(bytes),
+            file: None,
+            start: 0,
+            valid: 0,
+        }
     }
 
     /// Forgets the cached bytes (after the file changed or closed).
@@ -158,9 +208,13 @@ impl Window {
     ) -> io::Result<&[u8]> {
         debug_assert_eq!(offset % BLOCK_SIZE as u64, 0);
         let end = (offset + len as u64).min(file_size);
-        let cached = self.file == Some(file) && offset >= self.start && end <= self.start + self.valid as u64;
+        let cached = self.file == Some(file)
+            && offset >= self.start
+            && end <= self.start + self.valid as u64;
         if !cached {
-            let want = block_align(len).max(self.buf.capacity()).min((file_size - offset.min(file_size)) as usize);
+            let want = block_align(len)
+                .max(self.buf.capacity())
+                .min((file_size - offset.min(file_size)) as usize);
             let mut buf = std::mem::replace(&mut self.buf, AlignedBuf::new(BLOCK_SIZE));
             if buf.capacity() < block_align(want) {
                 buf = AlignedBuf::new(block_align(want));
@@ -178,7 +232,6 @@ impl Window {
     }
 
     /// The frame at `offset` of segment `segment_id`, or why there is none.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn frame_at<I: Io>(
         &mut self,
         io: &mut I,
@@ -187,7 +240,6 @@ impl Window {
         file_size: u64,
         segment_id: u64,
         offset: u64,
-        batch_bytes_max: usize,
     ) -> io::Result<std::result::Result<FoundFrame<'_>, FrameFault>> {
         if offset + BLOCK_SIZE as u64 > file_size {
             return Ok(Err(FrameFault::BadLength));
@@ -195,7 +247,9 @@ impl Window {
         let head = self.get(io, stash, file, file_size, offset, BLOCK_SIZE)?;
         let header: FrameHeader = bytemuck::pod_read_unaligned(&head[..FRAME_HEADER_BYTES]);
         let total = FRAME_HEADER_BYTES as u64 + u64::from(header.body_len);
-        if header.magic == crate::format::FRAME_MAGIC && (total > batch_bytes_max as u64 || offset + total > file_size) {
+        if header.magic == crate::format::FRAME_MAGIC
+            && (total > FRAME_BYTES_MAX as u64 || offset + total > file_size)
+        {
             return Ok(Err(FrameFault::BadLength));
         }
         let bytes = if header.magic == crate::format::FRAME_MAGIC {

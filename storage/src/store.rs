@@ -17,15 +17,15 @@ use crate::clock::Clock;
 use crate::config::{DurabilityMode, StoreConfig};
 use crate::error::{Error, Result};
 use crate::format::{
-    block_align, payload_crc, record_bytes, ControlRecord, FrameKind, RecordHeader, Records, BLOCK_SIZE, CONTROL_TRIM,
-    FRAME_HEADER_BYTES, RECORD_HEADER_BYTES, SYSTEM_LOG,
+    block_align, payload_crc, record_bytes, ControlRecord, FrameKind, RecordHeader, Records,
+    BLOCK_SIZE, CONTROL_TRIM, FRAME_HEADER_BYTES, RECORD_HEADER_BYTES, SYSTEM_LOG,
 };
 use crate::io::{Completion, Durability, FileId, Io};
+use crate::lifecycle::Spare;
 use crate::log::LogState;
 use crate::metrics::StoreMetrics;
 use crate::recovery::{recover, RecoveryReport};
 use crate::segment::{Segment, Window};
-use crate::lifecycle::Spare;
 
 /// A record to append: its payload and the payload's CRC32C (computed by the client, checked
 /// before anything is written).
@@ -40,7 +40,10 @@ pub struct Record<'a> {
 impl<'a> Record<'a> {
     /// A record whose CRC is computed here.
     pub fn new(payload: &'a [u8]) -> Record<'a> {
-        Record { payload, crc: payload_crc(payload) }
+        Record {
+            payload,
+            crc: payload_crc(payload),
+        }
     }
 }
 
@@ -82,8 +85,17 @@ pub struct LogTail {
 /// What a frame holds, for acknowledging it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Entry {
-    Append { token: u64, log_id: u64, first_lsn: u64, count: u32 },
-    Trim { token: u64, log_id: u64, before: u64 },
+    Append {
+        token: u64,
+        log_id: u64,
+        first_lsn: u64,
+        count: u32,
+    },
+    Trim {
+        token: u64,
+        log_id: u64,
+        before: u64,
+    },
 }
 
 /// A write buffer and what is in it.
@@ -165,11 +177,21 @@ pub struct Store<I: Io> {
 
 impl<I: Io> Store<I> {
     /// Opens (recovering) or creates the store in `dir`.
-    pub fn open(mut io: I, dir: &Path, config: StoreConfig, clock: Arc<dyn Clock>) -> Result<Store<I>> {
+    pub fn open(
+        mut io: I,
+        dir: &Path,
+        config: StoreConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Store<I>> {
         config.validate()?;
-        let recovered = recover(&mut io, dir, &config)?;
-        let mut free: Vec<Frame> = (0..config.write_buffers).map(|_| Frame::new(AlignedBuf::new(config.batch_bytes_max))).collect();
-        let mut bufs: Vec<AlignedBuf> = free.iter_mut().map(|f| f.buf.take().expect("new frame")).collect();
+        let recovered = recover(&mut io, dir)?;
+        let mut free: Vec<Frame> = (0..config.write_buffers)
+            .map(|_| Frame::new(AlignedBuf::new(config.batch_bytes_max)))
+            .collect();
+        let mut bufs: Vec<AlignedBuf> = free
+            .iter_mut()
+            .map(|f| f.buf.take().expect("new frame"))
+            .collect();
         io.register_buffers(&mut bufs);
         for (frame, buf) in free.iter_mut().zip(bufs) {
             frame.buf = Some(buf);
@@ -177,7 +199,9 @@ impl<I: Io> Store<I> {
         let next_segment_id = recovered.segments.back().map_or(1, |s| s.id + 1);
         let spare = match recovered.spare {
             Some(segment) => Spare::Ready(segment),
-            None => Spare::Idle { next_id: next_segment_id },
+            None => Spare::Idle {
+                next_id: next_segment_id,
+            },
         };
         tracing::info!(dir = %dir.display(), report = ?recovered.report, "store recovered");
         let read_window = Window::new(config.batch_bytes_max.max(256 << 10));
@@ -234,7 +258,13 @@ impl<I: Io> Store<I> {
 
     /// Appends `records` to `log_id` (creating the log at its first append). Returns the LSNs
     /// they get; they are durable once [`poll`](Self::poll) reports an [`Ack`] with `token`.
-    pub fn append(&mut self, log_id: u64, epoch: u64, records: &[Record<'_>], token: u64) -> Result<Range<u64>> {
+    pub fn append(
+        &mut self,
+        log_id: u64,
+        epoch: u64,
+        records: &[Record<'_>],
+        token: u64,
+    ) -> Result<Range<u64>> {
         self.check_failed()?;
         if log_id == SYSTEM_LOG {
             return Err(Error::ReservedLog(log_id));
@@ -245,7 +275,10 @@ impl<I: Io> Store<I> {
         let mut bytes = 0;
         for (index, r) in records.iter().enumerate() {
             if r.payload.len() > self.config.record_bytes_max {
-                return Err(Error::TooLarge { len: r.payload.len(), max: self.config.record_bytes_max });
+                return Err(Error::TooLarge {
+                    len: r.payload.len(),
+                    max: self.config.record_bytes_max,
+                });
             }
             if payload_crc(r.payload) != r.crc {
                 return Err(Error::Checksum { index });
@@ -254,17 +287,25 @@ impl<I: Io> Store<I> {
         }
         let body_max = self.config.batch_bytes_max - FRAME_HEADER_BYTES;
         if bytes > body_max {
-            return Err(Error::TooLarge { len: bytes, max: body_max });
+            return Err(Error::TooLarge {
+                len: bytes,
+                max: body_max,
+            });
         }
         if !self.logs.contains_key(&log_id) && self.logs.len() >= self.config.logs_max {
-            return Err(Error::TooManyLogs { max: self.config.logs_max });
+            return Err(Error::TooManyLogs {
+                max: self.config.logs_max,
+            });
         }
         let now_wall = self.clock.wall_us();
         self.make_room(bytes)?;
         let log = self.logs.entry(log_id).or_default();
         let first_lsn = log.next_lsn;
         log.next_lsn += records.len() as u64;
-        let frame = self.building.as_mut().expect("make_room leaves a building frame");
+        let frame = self
+            .building
+            .as_mut()
+            .expect("make_room leaves a building frame");
         let buf = frame.buf.as_mut().expect("building frame has its buffer");
         let mut at = buf.len();
         buf.set_len(at + bytes);
@@ -286,7 +327,12 @@ impl<I: Io> Store<I> {
             at = end;
         }
         frame.records += records.len() as u32;
-        frame.entries.push(Entry::Append { token, log_id, first_lsn, count: records.len() as u32 });
+        frame.entries.push(Entry::Append {
+            token,
+            log_id,
+            first_lsn,
+            count: records.len() as u32,
+        });
         self.metrics.records_appended += records.len() as u64;
         Ok(first_lsn..first_lsn + records.len() as u64)
     }
@@ -298,14 +344,25 @@ impl<I: Io> Store<I> {
         self.check_failed()?;
         let log = self.logs.get(&log_id).ok_or(Error::UnknownLog(log_id))?;
         if before > log.next_lsn {
-            return Err(Error::TrimBeyondTail { before, tail: log.next_lsn });
+            return Err(Error::TrimBeyondTail {
+                before,
+                tail: log.next_lsn,
+            });
         }
         let payload_len = std::mem::size_of::<ControlRecord>();
         let now_wall = self.clock.wall_us();
         let lsn = self.system_next_lsn;
         self.make_room(record_bytes(payload_len))?;
-        let frame = self.building.as_mut().expect("make_room leaves a building frame");
-        let control = ControlRecord { kind: CONTROL_TRIM, reserved: 0, log_id, lsn: before };
+        let frame = self
+            .building
+            .as_mut()
+            .expect("make_room leaves a building frame");
+        let control = ControlRecord {
+            kind: CONTROL_TRIM,
+            reserved: 0,
+            log_id,
+            lsn: before,
+        };
         let payload = bytemuck::bytes_of(&control);
         let header = RecordHeader {
             len: payload_len as u32,
@@ -320,9 +377,14 @@ impl<I: Io> Store<I> {
         buf.set_len(at + record_bytes(payload_len));
         let out = buf.as_mut_slice();
         out[at..at + RECORD_HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&header));
-        out[at + RECORD_HEADER_BYTES..at + RECORD_HEADER_BYTES + payload_len].copy_from_slice(payload);
+        out[at + RECORD_HEADER_BYTES..at + RECORD_HEADER_BYTES + payload_len]
+            .copy_from_slice(payload);
         frame.records += 1;
-        frame.entries.push(Entry::Trim { token, log_id, before });
+        frame.entries.push(Entry::Trim {
+            token,
+            log_id,
+            before,
+        });
         self.system_next_lsn += 1;
         let log = self.logs.get_mut(&log_id).expect("checked above");
         log.trim_point = log.trim_point.max(before);
@@ -353,7 +415,12 @@ impl<I: Io> Store<I> {
 
     /// Polls until everything appended so far is durable (or the store failed).
     pub fn sync_all(&mut self, acks: &mut Vec<Ack>) -> Result<()> {
-        while self.building.as_ref().is_some_and(|f| !f.entries.is_empty()) || !self.sealed.is_empty() || !self.in_flight.is_empty()
+        while self
+            .building
+            .as_ref()
+            .is_some_and(|f| !f.entries.is_empty())
+            || !self.sealed.is_empty()
+            || !self.in_flight.is_empty()
         {
             self.poll(true, acks)?;
         }
@@ -362,11 +429,19 @@ impl<I: Io> Store<I> {
 
     /// Up to `max_records` durable records of `log_id` from `from` on, stopping before
     /// `max_bytes` of payload is exceeded (at least one record is returned if any exists).
-    pub fn read(&mut self, log_id: u64, from: u64, max_records: usize, max_bytes: usize) -> Result<Vec<ReadRecord>> {
+    pub fn read(
+        &mut self,
+        log_id: u64,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<ReadRecord>> {
         self.check_failed()?;
         let log = self.logs.get(&log_id).ok_or(Error::UnknownLog(log_id))?;
         if from < log.trim_point {
-            return Err(Error::Trimmed { trim_point: log.trim_point });
+            return Err(Error::Trimmed {
+                trim_point: log.trim_point,
+            });
         }
         let end = log.durable_lsn;
         let mut out = Vec::new();
@@ -374,7 +449,9 @@ impl<I: Io> Store<I> {
             return Ok(out);
         }
         let Some(mut entry) = log.entry_for(from) else {
-            return Err(Error::Trimmed { trim_point: log.trim_point });
+            return Err(Error::Trimmed {
+                trim_point: log.trim_point,
+            });
         };
         let mut next = from;
         let mut bytes = 0;
@@ -388,17 +465,33 @@ impl<I: Io> Store<I> {
                 }
                 if r.0.lsn != next {
                     let path = self.segment_path(segment_id);
-                    return Err(Error::corrupt(path, offset, format!("log {log_id}: expected record {next}, found {}", r.0.lsn)));
+                    return Err(Error::corrupt(
+                        path,
+                        offset,
+                        format!("log {log_id}: expected record {next}, found {}", r.0.lsn),
+                    ));
                 }
-                if out.len() >= max_records || (!out.is_empty() && bytes + r.1.len() > max_bytes) || next >= end {
+                if out.len() >= max_records
+                    || (!out.is_empty() && bytes + r.1.len() > max_bytes)
+                    || next >= end
+                {
                     break 'walk;
                 }
                 bytes += r.1.len();
-                out.push(ReadRecord { lsn: r.0.lsn, epoch: r.0.epoch, timestamp_us: r.0.timestamp_us, payload: r.1 });
+                out.push(ReadRecord {
+                    lsn: r.0.lsn,
+                    epoch: r.0.epoch,
+                    timestamp_us: r.0.timestamp_us,
+                    payload: r.1,
+                });
                 next += 1;
             }
             offset += disk_bytes;
-            let segment_end = self.segments.iter().find(|s| s.id == segment_id).map_or(0, |s| s.end_offset);
+            let segment_end = self
+                .segments
+                .iter()
+                .find(|s| s.id == segment_id)
+                .map_or(0, |s| s.end_offset);
             if offset >= segment_end {
                 // The rest of this log is in later segments: jump to its first entry there.
                 let log = &self.logs[&log_id];
@@ -416,7 +509,11 @@ impl<I: Io> Store<I> {
 
     /// The positions of `log_id`, if the store has it.
     pub fn tail(&self, log_id: u64) -> Option<LogTail> {
-        self.logs.get(&log_id).map(|l| LogTail { next_lsn: l.next_lsn, durable_lsn: l.durable_lsn, trim_point: l.trim_point })
+        self.logs.get(&log_id).map(|l| LogTail {
+            next_lsn: l.next_lsn,
+            durable_lsn: l.durable_lsn,
+            trim_point: l.trim_point,
+        })
     }
 
     /// The ids of the logs in the store (unordered).
@@ -476,23 +573,45 @@ impl<I: Io> Store<I> {
     /// The records of the frame at (`segment_id`, `offset`), from the tail cache or the disk,
     /// and the bytes the frame takes on disk.
     #[allow(clippy::type_complexity)]
-    fn frame_records(&mut self, segment_id: u64, offset: u64) -> Result<(Vec<(RecordHeader, Vec<u8>)>, u64)> {
+    fn frame_records(
+        &mut self,
+        segment_id: u64,
+        offset: u64,
+    ) -> Result<(Vec<(RecordHeader, Vec<u8>)>, u64)> {
         let collect = |body: &[u8], count: u32| -> Option<Vec<(RecordHeader, Vec<u8>)>> {
-            Records::new(body, count).map(|r| r.ok().map(|r| (r.header, r.payload.to_vec()))).collect()
+            Records::new(body, count)
+                .map(|r| r.ok().map(|r| (r.header, r.payload.to_vec())))
+                .collect()
         };
-        if let Some(frame) = self.tail_cache.iter().find(|f| f.segment_id == segment_id && f.offset == offset) {
+        if let Some(frame) = self
+            .tail_cache
+            .iter()
+            .find(|f| f.segment_id == segment_id && f.offset == offset)
+        {
             let bytes = frame.bytes();
-            let header: crate::format::FrameHeader = bytemuck::pod_read_unaligned(&bytes[..FRAME_HEADER_BYTES]);
+            let header: crate::format::FrameHeader =
+                bytemuck::pod_read_unaligned(&bytes[..FRAME_HEADER_BYTES]);
             let body = &bytes[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.body_len as usize];
             let records = collect(body, header.count).expect("a cached frame is well formed");
             return Ok((records, bytes.len() as u64));
         }
         let path = self.segment_path(segment_id);
-        let segment = self.segments.iter().find(|s| s.id == segment_id).ok_or_else(|| Error::Trimmed { trim_point: 0 })?;
-        let file = segment.file;
+        let segment = self
+            .segments
+            .iter()
+            .find(|s| s.id == segment_id)
+            .ok_or_else(|| Error::Trimmed { trim_point: 0 })?;
+        let (file, file_bytes) = (segment.file, segment.bytes);
         let found = self
             .read_window
-            .frame_at(&mut self.io, &mut self.stash, file, self.config.segment_bytes, segment_id, offset, self.config.batch_bytes_max)
+            .frame_at(
+                &mut self.io,
+                &mut self.stash,
+                file,
+                file_bytes,
+                segment_id,
+                offset,
+            )
             .map_err(|e| Error::io(&path, e))?;
         match found {
             Ok(frame) if frame.header.kind == FrameKind::Data as u16 => {
@@ -501,7 +620,11 @@ impl<I: Io> Store<I> {
                 Ok((records, frame.disk_bytes))
             }
             Ok(frame) => Ok((Vec::new(), frame.disk_bytes)),
-            Err(fault) => Err(Error::corrupt(&path, offset, format!("a committed frame is unreadable: {fault:?}"))),
+            Err(fault) => Err(Error::corrupt(
+                &path,
+                offset,
+                format!("a committed frame is unreadable: {fault:?}"),
+            )),
         }
     }
 
@@ -518,13 +641,20 @@ impl<I: Io> Store<I> {
         frame.entries.clear();
         frame.records = 0;
         frame.done = false;
-        frame.buf.as_mut().expect("a free frame has its buffer").set_len(FRAME_HEADER_BYTES);
+        frame
+            .buf
+            .as_mut()
+            .expect("a free frame has its buffer")
+            .set_len(FRAME_HEADER_BYTES);
         Some(frame)
     }
 
     /// The frame being filled, with room for `bytes` more; seals the current one if full.
     fn make_room(&mut self, bytes: usize) -> Result<()> {
-        let fits = self.building.as_ref().is_some_and(|f| f.bytes().len() + bytes <= self.config.batch_bytes_max);
+        let fits = self
+            .building
+            .as_ref()
+            .is_some_and(|f| f.bytes().len() + bytes <= self.config.batch_bytes_max);
         if !fits {
             // Keep one buffer back for the snapshot frame that a segment rollover needs.
             if self.free.len() + self.tail_cache.len() <= 1 {

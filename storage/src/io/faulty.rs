@@ -35,14 +35,21 @@ impl<I: Io> FaultyIo<I> {
     /// Wraps `inner`.
     pub fn new(inner: I, plan: FaultPlan) -> FaultyIo<I> {
         let rng = SimRng::new(plan.seed);
-        FaultyIo { inner, plan, rng, writes: 0, doomed: Vec::new() }
+        FaultyIo {
+            inner,
+            plan,
+            rng,
+            writes: 0,
+            doomed: Vec::new(),
+        }
     }
 
     fn decide(&mut self, token: u64, is_write: bool) {
         if is_write {
             self.writes += 1;
         }
-        let chosen = (is_write && self.plan.fail_write_number == Some(self.writes)) || self.rng.one_in(self.plan.eio_one_in);
+        let chosen = (is_write && self.plan.fail_write_number == Some(self.writes))
+            || self.rng.one_in(self.plan.eio_one_in);
         if chosen {
             self.doomed.push(token);
         }
@@ -77,7 +84,14 @@ impl<I: Io> Io for FaultyIo<I> {
     fn remove(&mut self, path: &Path) -> io::Result<()> {
         self.inner.remove(path)
     }
-    fn write(&mut self, file: FileId, offset: u64, buf: AlignedBuf, durability: Durability, token: u64) {
+    fn write(
+        &mut self,
+        file: FileId,
+        offset: u64,
+        buf: AlignedBuf,
+        durability: Durability,
+        token: u64,
+    ) {
         self.decide(token, true);
         self.inner.write(file, offset, buf, durability, token)
     }

@@ -74,7 +74,14 @@ pub trait Io {
     /// Removes a file (not durable until the directory is synced).
     fn remove(&mut self, path: &Path) -> io::Result<()>;
     /// Submits a write of `buf.len()` bytes at `offset`.
-    fn write(&mut self, file: FileId, offset: u64, buf: AlignedBuf, durability: Durability, token: u64);
+    fn write(
+        &mut self,
+        file: FileId,
+        offset: u64,
+        buf: AlignedBuf,
+        durability: Durability,
+        token: u64,
+    );
     /// Submits a read of `buf.len()` bytes at `offset`; the completion says how many arrived.
     fn read(&mut self, file: FileId, offset: u64, buf: AlignedBuf, token: u64);
     /// Submits a sync: fdatasync for a file, fsync for a directory.

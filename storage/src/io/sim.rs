@@ -90,7 +90,10 @@ pub struct SimDisk {
 }
 
 fn not_found(path: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("{}: no such file", path.display()))
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{}: no such file", path.display()),
+    )
 }
 
 impl SimDisk {
@@ -134,7 +137,8 @@ impl SimDisk {
         }
         candidates.extend(state.in_flight.values().cloned());
         if !candidates.is_empty() && !rng.one_in(4) {
-            let (path, offset, bytes) = candidates.swap_remove(rng.below(candidates.len() as u64) as usize);
+            let (path, offset, bytes) =
+                candidates.swap_remove(rng.below(candidates.len() as u64) as usize);
             let sectors = bytes.len().div_ceil(SECTOR) as u64;
             let keep = (rng.below(sectors + 1) as usize * SECTOR).min(bytes.len());
             if let Some(file) = state.files.get_mut(&path) {
@@ -169,16 +173,36 @@ impl SimDisk {
             .files
             .iter()
             .filter(|(p, _)| p.parent() == Some(dir))
-            .map(|(p, f)| (p.file_name().unwrap_or_default().to_string_lossy().into_owned(), f.volatile.len() as u64))
+            .map(|(p, f)| {
+                (
+                    p.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned(),
+                    f.volatile.len() as u64,
+                )
+            })
             .collect()
     }
 }
 
 #[derive(Debug)]
 enum OpKind {
-    Write { path: PathBuf, offset: u64, durability: Durability, fail: bool },
-    Read { path: PathBuf, offset: u64 },
-    Sync { path: Option<PathBuf>, upto: u64, fail: bool },
+    Write {
+        path: PathBuf,
+        offset: u64,
+        durability: Durability,
+        fail: bool,
+    },
+    Read {
+        path: PathBuf,
+        offset: u64,
+    },
+    Sync {
+        path: Option<PathBuf>,
+        upto: u64,
+        fail: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -216,7 +240,11 @@ impl SimIo {
     }
 
     fn path(&self, file: FileId) -> (PathBuf, bool) {
-        self.files.get(file.0 as usize).cloned().flatten().unwrap_or_else(|| panic!("file {file:?} is not open"))
+        self.files
+            .get(file.0 as usize)
+            .cloned()
+            .flatten()
+            .unwrap_or_else(|| panic!("file {file:?} is not open"))
     }
 
     fn add_file(&mut self, path: PathBuf, is_dir: bool) -> FileId {
@@ -228,7 +256,13 @@ impl SimIo {
         1 + self.rng.below(self.faults.latency_us_max.max(1))
     }
 
-    fn enqueue(&mut self, token: u64, buf: Option<AlignedBuf>, kind: OpKind, in_flight_copy: Option<(PathBuf, u64, Vec<u8>)>) {
+    fn enqueue(
+        &mut self,
+        token: u64,
+        buf: Option<AlignedBuf>,
+        kind: OpKind,
+        in_flight_copy: Option<(PathBuf, u64, Vec<u8>)>,
+    ) {
         let ready_at_us = self.disk.clock.monotonic_now() + self.latency();
         let mut state = self.disk.lock();
         let id = state.next_op_id;
@@ -237,15 +271,35 @@ impl SimIo {
             state.in_flight.insert(id, copy);
         }
         drop(state);
-        self.pending.push(Pending { id, ready_at_us, token, buf, kind });
+        self.pending.push(Pending {
+            id,
+            ready_at_us,
+            token,
+            buf,
+            kind,
+        });
     }
 
     fn complete(&mut self, op: Pending, state: &mut DiskState) -> Completion {
-        let Pending { id, token, mut buf, kind, .. } = op;
+        let Pending {
+            id,
+            token,
+            mut buf,
+            kind,
+            ..
+        } = op;
         let result = match kind {
-            OpKind::Write { path, offset, durability, fail } => {
+            OpKind::Write {
+                path,
+                offset,
+                durability,
+                fail,
+            } => {
                 state.in_flight.remove(&id);
-                let bytes = buf.as_ref().map(|b| b.as_slice().to_vec()).unwrap_or_default();
+                let bytes = buf
+                    .as_ref()
+                    .map(|b| b.as_slice().to_vec())
+                    .unwrap_or_default();
                 match state.files.get_mut(&path) {
                     None => Err(not_found(&path)),
                     Some(_) if fail => Err(io::Error::from_raw_os_error(libc::EIO)),
@@ -323,7 +377,10 @@ impl Io for SimIo {
         let mut state = self.alive()?;
         if create {
             if state.files.contains_key(path) {
-                return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists", path.display())));
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists", path.display()),
+                ));
             }
             state.files.insert(path.to_path_buf(), SimFile::default());
         } else if !state.files.contains_key(path) {
@@ -343,7 +400,11 @@ impl Io for SimIo {
     fn file_size(&mut self, file: FileId) -> io::Result<u64> {
         let (path, _) = self.path(file);
         let state = self.alive()?;
-        state.files.get(&path).map(|f| f.volatile.len() as u64).ok_or_else(|| not_found(&path))
+        state
+            .files
+            .get(&path)
+            .map(|f| f.volatile.len() as u64)
+            .ok_or_else(|| not_found(&path))
     }
 
     fn allocate(&mut self, file: FileId, len: u64) -> io::Result<()> {
@@ -365,15 +426,37 @@ impl Io for SimIo {
     }
 
     fn remove(&mut self, path: &Path) -> io::Result<()> {
-        self.alive()?.files.remove(path).map(drop).ok_or_else(|| not_found(path))
+        self.alive()?
+            .files
+            .remove(path)
+            .map(drop)
+            .ok_or_else(|| not_found(path))
     }
 
-    fn write(&mut self, file: FileId, offset: u64, buf: AlignedBuf, durability: Durability, token: u64) {
+    fn write(
+        &mut self,
+        file: FileId,
+        offset: u64,
+        buf: AlignedBuf,
+        durability: Durability,
+        token: u64,
+    ) {
         let (path, _) = self.path(file);
         let fail = self.rng.one_in(self.faults.eio_write_one_in)
-            || (durability == Durability::Fdatasync && self.rng.one_in(self.faults.eio_sync_one_in));
+            || (durability == Durability::Fdatasync
+                && self.rng.one_in(self.faults.eio_sync_one_in));
         let copy = (path.clone(), offset, buf.as_slice().to_vec());
-        self.enqueue(token, Some(buf), OpKind::Write { path, offset, durability, fail }, Some(copy));
+        self.enqueue(
+            token,
+            Some(buf),
+            OpKind::Write {
+                path,
+                offset,
+                durability,
+                fail,
+            },
+            Some(copy),
+        );
     }
 
     fn read(&mut self, file: FileId, offset: u64, buf: AlignedBuf, token: u64) {
@@ -418,7 +501,12 @@ impl Io for SimIo {
             if done >= min {
                 return Ok(());
             }
-            let next = self.pending.iter().map(|p| p.ready_at_us).min().expect("pending operations");
+            let next = self
+                .pending
+                .iter()
+                .map(|p| p.ready_at_us)
+                .min()
+                .expect("pending operations");
             self.disk.clock.advance_to(next);
         }
     }

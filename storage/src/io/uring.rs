@@ -40,7 +40,10 @@ const PART_BITS: u64 = 1;
 
 impl std::fmt::Debug for UringIo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UringIo").field("in_flight", &self.in_flight).field("spin", &self.spin).finish_non_exhaustive()
+        f.debug_struct("UringIo")
+            .field("in_flight", &self.in_flight)
+            .field("spin", &self.spin)
+            .finish_non_exhaustive()
     }
 }
 
@@ -124,11 +127,16 @@ impl UringIo {
         }
         for (user_data, res) in done {
             let index = (user_data >> PART_BITS) as usize;
-            let slot = self.slots[index].as_mut().expect("completion for a free slot");
+            let slot = self.slots[index]
+                .as_mut()
+                .expect("completion for a free slot");
             let part_result = if res < 0 {
                 Err(io::Error::from_raw_os_error(-res))
             } else if user_data & 1 == 0 && slot.expected != 0 && (res as usize) < slot.expected {
-                Err(io::Error::new(io::ErrorKind::WriteZero, format!("short write: {res} of {} bytes", slot.expected)))
+                Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("short write: {res} of {} bytes", slot.expected),
+                ))
             } else {
                 Ok(res as usize)
             };
@@ -185,7 +193,10 @@ impl Io for UringIo {
         }
         let iovecs: Vec<libc::iovec> = bufs
             .iter_mut()
-            .map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.capacity() })
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.capacity(),
+            })
             .collect();
         // SAFETY: the buffers belong to a pool that lives as long as the store that owns this
         // ring, and the ring is dropped (unregistering them) before the pool.
@@ -230,7 +241,12 @@ impl Io for UringIo {
     fn open_dir(&mut self, path: &Path) -> io::Result<FileId> {
         let c = cstring(path)?;
         // SAFETY: c is a valid NUL-terminated path.
-        let fd = cvt(unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) })?;
+        let fd = cvt(unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        })?;
         Ok(self.add_file(fd))
     }
 
@@ -258,19 +274,52 @@ impl Io for UringIo {
         std::fs::remove_file(path)
     }
 
-    fn write(&mut self, file: FileId, offset: u64, buf: AlignedBuf, durability: Durability, token: u64) {
+    fn write(
+        &mut self,
+        file: FileId,
+        offset: u64,
+        buf: AlignedBuf,
+        durability: Durability,
+        token: u64,
+    ) {
         let fd = types::Fd(self.fd(file));
         let (ptr, len, index) = (buf.as_ptr(), buf.len() as u32, buf.index());
-        let parts = if durability == Durability::Fdatasync { 2 } else { 1 };
-        let slot = self.add_slot(Slot { token, buf: Some(buf), expected: len as usize, parts_left: parts, result: None });
-        let rw_flags = if durability == Durability::Dsync { libc::RWF_DSYNC } else { 0 };
+        let parts = if durability == Durability::Fdatasync {
+            2
+        } else {
+            1
+        };
+        let slot = self.add_slot(Slot {
+            token,
+            buf: Some(buf),
+            expected: len as usize,
+            parts_left: parts,
+            result: None,
+        });
+        let rw_flags = if durability == Durability::Dsync {
+            libc::RWF_DSYNC
+        } else {
+            0
+        };
         let write = match index {
-            Some(i) => opcode::WriteFixed::new(fd, ptr, len, i).offset(offset).rw_flags(rw_flags).build(),
-            None => opcode::Write::new(fd, ptr, len).offset(offset).rw_flags(rw_flags).build(),
+            Some(i) => opcode::WriteFixed::new(fd, ptr, len, i)
+                .offset(offset)
+                .rw_flags(rw_flags)
+                .build(),
+            None => opcode::Write::new(fd, ptr, len)
+                .offset(offset)
+                .rw_flags(rw_flags)
+                .build(),
         };
         if durability == Durability::Fdatasync {
-            self.push(&write.flags(squeue::Flags::IO_LINK).user_data(slot << PART_BITS));
-            let sync = opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build();
+            self.push(
+                &write
+                    .flags(squeue::Flags::IO_LINK)
+                    .user_data(slot << PART_BITS),
+            );
+            let sync = opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build();
             self.push(&sync.user_data((slot << PART_BITS) | 1));
         } else {
             self.push(&write.user_data(slot << PART_BITS));
@@ -280,14 +329,36 @@ impl Io for UringIo {
     fn read(&mut self, file: FileId, offset: u64, mut buf: AlignedBuf, token: u64) {
         let fd = types::Fd(self.fd(file));
         let (ptr, len) = (buf.as_mut_ptr(), buf.len() as u32);
-        let slot = self.add_slot(Slot { token, buf: Some(buf), expected: 0, parts_left: 1, result: None });
-        self.push(&opcode::Read::new(fd, ptr, len).offset(offset).build().user_data(slot << PART_BITS));
+        let slot = self.add_slot(Slot {
+            token,
+            buf: Some(buf),
+            expected: 0,
+            parts_left: 1,
+            result: None,
+        });
+        self.push(
+            &opcode::Read::new(fd, ptr, len)
+                .offset(offset)
+                .build()
+                .user_data(slot << PART_BITS),
+        );
     }
 
     fn sync(&mut self, file: FileId, token: u64) {
         let fd = types::Fd(self.fd(file));
-        let slot = self.add_slot(Slot { token, buf: None, expected: 0, parts_left: 1, result: None });
-        self.push(&opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build().user_data(slot << PART_BITS));
+        let slot = self.add_slot(Slot {
+            token,
+            buf: None,
+            expected: 0,
+            parts_left: 1,
+            result: None,
+        });
+        self.push(
+            &opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+                .user_data(slot << PART_BITS),
+        );
     }
 
     fn wait(&mut self, min_complete: usize, out: &mut Vec<Completion>) -> io::Result<()> {

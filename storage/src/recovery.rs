@@ -103,8 +103,9 @@ pub(crate) fn recover<I: Io>(io: &mut I, dir: &Path) -> Result<Recovered> {
         let (block, n) =
             read_sync(io, file, 0, block, &mut Vec::new()).map_err(|e| Error::io(&path, e))?;
         let head = &block.as_slice()[..n];
-        if head.iter().all(|&b| b == 0) && i == ids.len() - 1 && i > 0 {
-            // The newest file never got its header: a spare whose preparation was cut short.
+        if head.iter().all(|&b| b == 0) && i == ids.len() - 1 {
+            // The newest file never got its header: a segment whose preparation was cut short
+            // (frames only go to segments whose header is durable, so it holds nothing).
             io.close(file);
             io.remove(&path).map_err(|e| Error::io(&path, e))?;
             report.removed.push(path);

@@ -108,28 +108,33 @@ impl<I: Io> Store<I> {
         frame.kind = FrameKind::Snapshot;
         frame.opened_us = self.clock.monotonic_us();
         let buf = frame.buf.as_mut().expect("frame buffer");
-        let entries = self.logs.len() + 1;
-        let len = FRAME_HEADER_BYTES + entries * std::mem::size_of::<SnapshotEntry>();
-        assert!(len <= buf.capacity(), "logs_max bounds the snapshot");
-        buf.set_len(len);
-        let out = &mut buf.as_mut_slice()[FRAME_HEADER_BYTES..];
+        // Logs whose first records are not yet in a submitted frame do not exist on disk yet.
         let system = SnapshotEntry {
             log_id: SYSTEM_LOG,
             next_lsn: self.system_submitted_lsn,
             trim_point: 0,
         };
-        let all =
-            std::iter::once(system).chain(self.logs.iter().map(|(&log_id, l)| SnapshotEntry {
-                log_id,
-                next_lsn: l.submitted_lsn,
-                trim_point: l.submitted_trim,
-            }));
+        let on_disk = self.logs.iter().filter(|(_, l)| l.submitted_lsn > 0);
+        let all = std::iter::once(system).chain(on_disk.map(|(&log_id, l)| SnapshotEntry {
+            log_id,
+            next_lsn: l.submitted_lsn,
+            trim_point: l.submitted_trim,
+        }));
+        buf.set_len(buf.capacity());
+        let out = &mut buf.as_mut_slice()[FRAME_HEADER_BYTES..];
+        let mut entries = 0;
         for (slot, entry) in out
             .chunks_exact_mut(std::mem::size_of::<SnapshotEntry>())
             .zip(all)
         {
             slot.copy_from_slice(bytemuck::bytes_of(&entry));
+            entries += 1;
         }
+        assert!(
+            entries <= self.config.logs_max + 1,
+            "logs_max bounds the snapshot"
+        );
+        buf.set_len(FRAME_HEADER_BYTES + entries * std::mem::size_of::<SnapshotEntry>());
         frame.records = entries as u32;
         self.need_snapshot = false;
         self.submit(frame);

@@ -236,7 +236,7 @@ impl<I: Io> Store<I> {
                 }
             }
             Some(Op::ZeroFill | Op::SpareHeader | Op::DirSync) => {
-                self.spare_completed(op.expect("matched"), buf, result)
+                self.spare_completed(op.expect("matched"), value, buf, result)
             }
             None => unreachable!("unknown completion token {token:#x}"),
         }
@@ -244,6 +244,11 @@ impl<I: Io> Store<I> {
 
     /// Acknowledges every frame at the head of the in-flight queue that is durable.
     fn advance_frontier(&mut self) {
+        // Frames that just became durable may be in blocks the read window cached before
+        // they were written: reads must not see those stale bytes.
+        if self.in_flight.front().is_some_and(|f| f.done) {
+            self.read_window.invalidate();
+        }
         while self.in_flight.front().is_some_and(|f| f.done) {
             let frame = self.in_flight.pop_front().expect("checked");
             debug_assert_eq!(

@@ -78,13 +78,13 @@ impl StoreConfig {
                 self.batch_bytes_max
             ));
         }
-        if self.batch_bytes_max % BLOCK_SIZE != 0 {
+        if !self.batch_bytes_max.is_multiple_of(BLOCK_SIZE) {
             return fail(format!(
                 "batch_bytes_max {} is not a multiple of {BLOCK_SIZE}",
                 self.batch_bytes_max
             ));
         }
-        if self.segment_bytes % BLOCK_SIZE as u64 != 0 {
+        if !self.segment_bytes.is_multiple_of(BLOCK_SIZE as u64) {
             return fail(format!(
                 "segment_bytes {} is not a multiple of {BLOCK_SIZE}",
                 self.segment_bytes

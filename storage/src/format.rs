@@ -156,8 +156,8 @@ pub const SNAPSHOT_ENTRY_BYTES: usize = std::mem::size_of::<SnapshotEntry>();
 
 const _: () = assert!(FRAME_HEADER_BYTES == 64);
 const _: () = assert!(RECORD_HEADER_BYTES == 40);
-const _: () = assert!(RECORD_HEADER_BYTES % 8 == 0);
-const _: () = assert!(FRAME_HEADER_BYTES % 8 == 0);
+const _: () = assert!(RECORD_HEADER_BYTES.is_multiple_of(8));
+const _: () = assert!(FRAME_HEADER_BYTES.is_multiple_of(8));
 const _: () = assert!(std::mem::size_of::<SegmentHeader>() == 64);
 const _: () = assert!(SNAPSHOT_ENTRY_BYTES == 24);
 const _: () = assert!(std::mem::size_of::<ControlRecord>() == 24);

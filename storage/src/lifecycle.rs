@@ -128,6 +128,7 @@ impl<I: Io> Store<I> {
     pub(crate) fn spare_completed(
         &mut self,
         op: Op,
+        value: u64,
         buf: Option<AlignedBuf>,
         result: io::Result<usize>,
     ) {
@@ -135,13 +136,11 @@ impl<I: Io> Store<I> {
             self.fail(format!("segment lifecycle {op:?} failed: {e}"));
             return;
         }
-        let Spare::Preparing(prep) = &mut self.spare else {
-            assert_eq!(
-                op,
-                Op::DirSync,
-                "{op:?} completion without a spare in preparation"
-            );
+        if op == Op::DirSync && value == DIR_SYNC_DELETE {
             return;
+        }
+        let Spare::Preparing(prep) = &mut self.spare else {
+            unreachable!("{op:?} completion without a spare in preparation");
         };
         match op {
             Op::ZeroFill => {

@@ -600,7 +600,7 @@ impl<I: Io> Store<I> {
             .segments
             .iter()
             .find(|s| s.id == segment_id)
-            .ok_or_else(|| Error::Trimmed { trim_point: 0 })?;
+            .ok_or(Error::Trimmed { trim_point: 0 })?;
         let (file, file_bytes) = (segment.file, segment.bytes);
         let found = self
             .read_window

@@ -1,1 +1,65 @@
-fn main() {}
+//! `chainlog-bench`: chainlog's load generator. This file owns the command line (one
+//! subcommand per mode) and the process's exit code; each mode lives in its own module and
+//! shares the measurement and reporting code of [`report`].
+//!
+//! Modes today: `storage` (the storage engine alone, in this process, no network). Planned
+//! (DESIGN.md section 9): `append` against a node or cluster, `--dev N`, open loop, `plan`.
+
+mod report;
+mod storage_mode;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// chainlog's load generator: durable-append throughput and latency percentiles.
+#[derive(Debug, Parser)]
+#[command(name = "chainlog-bench", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// The storage engine alone (no network): C closed-loop clients in one thread, as a shard
+    /// runs them, each with one durable append of one record outstanding.
+    Storage(storage_mode::StorageArgs),
+}
+
+fn main() -> ExitCode {
+    // Logs go to stderr, quiet unless RUST_LOG asks: stdout is for the report.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let outcome = match cli.mode {
+        Mode::Storage(args) => storage_mode::main(args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("chainlog-bench: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exits with clap's usage-error format and exit code (2), naming subcommand `mode`: for
+/// argument values that can only be checked against each other or against the engine's
+/// limits after parsing.
+fn usage_error(mode: &str, message: impl std::fmt::Display) -> ! {
+    use clap::CommandFactory;
+    let mut cli = Cli::command();
+    cli.build();
+    let command = cli
+        .find_subcommand_mut(mode)
+        .expect("usage_error names a subcommand");
+    command
+        .error(clap::error::ErrorKind::ValueValidation, message)
+        .exit()
+}

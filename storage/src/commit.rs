@@ -91,9 +91,13 @@ impl<I: Io> Store<I> {
     /// Moves to the spare segment if it is ready; the next frame is then its snapshot.
     fn roll_over(&mut self) -> bool {
         if !matches!(self.spare, Spare::Ready(_)) {
-            self.metrics.rollover_waits += 1;
+            if !self.waiting_for_spare {
+                self.waiting_for_spare = true;
+                self.metrics.rollover_waits += 1;
+            }
             return false;
         }
+        self.waiting_for_spare = false;
         self.activate_spare();
         self.advance_spare();
         true

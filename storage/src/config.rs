@@ -56,7 +56,7 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            segment_bytes: 256 << 20,
+            segment_bytes: 64 << 20,
             batch_bytes_max: 2 << 20,
             record_bytes_max: 1 << 20,
             writes_in_flight_max: 4,

@@ -23,7 +23,7 @@ pub struct StoreMetrics {
     pub segments_created: u64,
     /// Segments deleted after trims.
     pub segments_deleted: u64,
-    /// Times a full segment had to wait for its successor to be ready.
+    /// Rollovers that had to wait for the next segment to be ready.
     pub rollover_waits: u64,
     /// Appends refused with `Overloaded`.
     pub overloaded: u64,

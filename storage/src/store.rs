@@ -154,6 +154,8 @@ pub struct Store<I: Io> {
     pub(crate) active_offset: u64,
     pub(crate) need_snapshot: bool,
     pub(crate) spare: Spare,
+    /// A full segment is waiting for the spare (counted once per rollover).
+    pub(crate) waiting_for_spare: bool,
     // Frames: free, being filled, sealed (waiting for a write slot), in flight, cached.
     pub(crate) free: Vec<Frame>,
     pub(crate) building: Option<Frame>,
@@ -218,6 +220,7 @@ impl<I: Io> Store<I> {
             active_offset: recovered.active_offset,
             need_snapshot: recovered.need_snapshot,
             spare,
+            waiting_for_spare: false,
             free,
             building: None,
             sealed: VecDeque::new(),
@@ -280,9 +283,6 @@ impl<I: Io> Store<I> {
                     max: self.config.record_bytes_max,
                 });
             }
-            if payload_crc(r.payload) != r.crc {
-                return Err(Error::Checksum { index });
-            }
             bytes += record_bytes(r.payload.len());
         }
         let body_max = self.config.batch_bytes_max - FRAME_HEADER_BYTES;
@@ -298,7 +298,12 @@ impl<I: Io> Store<I> {
             });
         }
         let now_wall = self.clock.wall_us();
+        // Room first: a refused (Overloaded) append must not cost a pass over its bytes.
         self.make_room(bytes)?;
+        // End-to-end checksum: verified before anything is written.
+        if let Some(index) = records.iter().position(|r| payload_crc(r.payload) != r.crc) {
+            return Err(Error::Checksum { index });
+        }
         let log = self.logs.entry(log_id).or_default();
         let first_lsn = log.next_lsn;
         log.next_lsn += records.len() as u64;

@@ -276,7 +276,7 @@ impl<I: Io> Store<I> {
             return Err(Error::EmptyBatch);
         }
         let mut bytes = 0;
-        for (index, r) in records.iter().enumerate() {
+        for r in records {
             if r.payload.len() > self.config.record_bytes_max {
                 return Err(Error::TooLarge {
                     len: r.payload.len(),

@@ -398,8 +398,8 @@ impl<I: Io> Store<I> {
 
     /// Submits pending frames, handles completions (waiting for at least one if `wait` and
     /// anything is in flight), and moves acknowledgements of durable appends and trims into
-    /// `acks`. An `Err(Error::Fatal)` means a write or flush failed: the acks delivered are
-    /// durable, and nothing more ever will be.
+    /// `acks`. An `Err(Error::Fatal)` means a write or flush failed: no ack comes with it or
+    /// ever after (every ack delivered before it was durable).
     pub fn poll(&mut self, wait: bool, acks: &mut Vec<Ack>) -> Result<()> {
         if self.failed.is_none() {
             self.pump();
@@ -563,8 +563,11 @@ impl<I: Io> Store<I> {
         }
     }
 
-    /// Stops the store for good: nothing is acknowledged after this.
+    /// Stops the store for good: nothing is acknowledged after this, not even acks of earlier
+    /// durable frames that were not handed out yet (their outcome stays unknown to clients,
+    /// which is allowed; an ack after the failure was reported would not be).
     pub(crate) fn fail(&mut self, reason: String) {
+        self.acks.clear();
         if self.failed.is_none() {
             tracing::error!(%reason, "storage failure; the store stops acknowledging");
             self.failed = Some(reason);

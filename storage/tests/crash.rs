@@ -1,0 +1,1279 @@
+//! Crash consistency of the store on the simulated disk.
+//!
+//! Each seed drives a random workload (appends of 0..3000-byte records across eight logs, trims,
+//! reads, polls) against a store with small segments, so that rollovers, snapshots and segment
+//! deletions happen often; at a random point the disk loses power (`SimDisk::crash`: unflushed
+//! writes dropped, one of them torn), and a new store recovers. The test keeps a model of what
+//! was appended at every LSN and checks after every recovery that:
+//!
+//! - every acknowledged append and trim survived, byte for byte;
+//! - whatever survived beyond the acknowledged data is what was appended there (never other
+//!   bytes), whole batches only, and the surviving appends and trims are a prefix of the order
+//!   they were made in: nothing after a lost write is visible (no holes);
+//! - LSNs are dense from the trim point, and new appends continue after the recovered tail.
+//!
+//! The tests differ in where the power fails: between store calls (with and without reads in
+//! the workload), between any two I/O operations inside a call or inside recovery itself (a
+//! wrapper backend pulls the plug), during a new store's first open, and right after a
+//! recovery (recovering twice must give the same state). Several crash/recover cycles run per
+//! seed; a failing run prints its seed, and
+//! `CHAINLOG_SEED=<seed> cargo test -p chainlog-storage --test crash <test>` replays just that
+//! seed (`CHAINLOG_SEED_COUNT=<n>` runs n seeds per test instead of the default, for a soak).
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::io;
+use std::ops::Range;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use chainlog_storage::format::payload_crc;
+use chainlog_storage::io::{Completion, FileId};
+use chainlog_storage::{
+    Ack, AlignedBuf, Durability, DurabilityMode, Error, FaultConfig, Io, LogTail, ReadRecord,
+    Record, RecoveryReport, SimDisk, SimIo, SimRng, Store, StoreConfig,
+};
+
+const DIR: &str = "/sim/shard";
+/// Log ids used by the workload (not dense, not starting at 0).
+const LOG_IDS: [u64; 8] = [1, 2, 3, 5, 8, 13, 21, 1 << 40];
+/// Crash/recover cycles per seed.
+const CYCLES_PER_SEED: u64 = 5;
+/// The least number of crash points one run must exercise.
+const CRASH_POINTS_MIN: u64 = 1_000;
+
+// ---------------------------------------------------------------------------------------------
+// The model
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct LogModel {
+    /// (epoch, payload) appended at each LSN (the index), acknowledged or not.
+    records: Vec<(u64, Vec<u8>)>,
+    /// Every LSN below is acknowledged (or was recovered, hence durable).
+    acked: u64,
+    /// The highest trim point asked for.
+    trim_requested: u64,
+    /// The highest trim point acknowledged (or recovered).
+    trim_acked: u64,
+    /// Whether the log existed in the last recovered state (it cannot vanish after that).
+    recovered: bool,
+}
+
+impl std::fmt::Debug for LogModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The payloads would drown the message: their count is what matters.
+        f.debug_struct("LogModel")
+            .field("next_lsn", &self.next_lsn())
+            .field("acked", &self.acked)
+            .field("trim_requested", &self.trim_requested)
+            .field("trim_acked", &self.trim_acked)
+            .field("recovered", &self.recovered)
+            .finish()
+    }
+}
+
+impl LogModel {
+    fn next_lsn(&self) -> u64 {
+        self.records.len() as u64
+    }
+}
+
+/// An append or trim accepted by the store, in the order they were made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Event {
+    Append { log: u64, lsns: Range<u64> },
+    Trim { log: u64, before: u64 },
+}
+
+#[derive(Debug, Default)]
+struct Model {
+    logs: BTreeMap<u64, LogModel>,
+    /// Appends and trims since the last recovery, in call order (which is frame order).
+    events: Vec<Event>,
+    /// The event each outstanding token stands for (index into `events`).
+    tokens: BTreeMap<u64, usize>,
+    /// Events `..acked_events` are acknowledged: acks come in exactly the order of the calls.
+    acked_events: usize,
+    next_token: u64,
+}
+
+impl Model {
+    fn accept(&mut self, event: Event) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.tokens.insert(token, self.events.len());
+        self.events.push(event);
+        token
+    }
+
+    fn on_acks(&mut self, acks: &[Ack]) {
+        for ack in acks {
+            let index = self
+                .tokens
+                .remove(&ack.token)
+                .unwrap_or_else(|| panic!("ack of an unknown or already acked token: {ack:?}"));
+            assert_eq!(
+                index, self.acked_events,
+                "acks come in the order of the calls: {ack:?}"
+            );
+            self.acked_events += 1;
+            match self.events[index].clone() {
+                Event::Append { log, lsns } => {
+                    assert_eq!((ack.log_id, &ack.lsns), (log, &lsns), "ack of {ack:?}");
+                    let m = self.logs.get_mut(&log).expect("log");
+                    assert_eq!(lsns.start, m.acked, "appends of a log are acked in order");
+                    m.acked = lsns.end;
+                }
+                Event::Trim { log, before } => {
+                    assert_eq!((ack.log_id, ack.lsns.clone()), (log, before..before));
+                    let m = self.logs.get_mut(&log).expect("log");
+                    m.trim_acked = m.trim_acked.max(before);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The workload
+// ---------------------------------------------------------------------------------------------
+
+/// What a run exercised (to check that it tests what it claims to).
+#[derive(Debug, Default)]
+struct Coverage {
+    crash_points: u64,
+    appends: u64,
+    trims: u64,
+    reads: u64,
+    segments_created: u64,
+    segments_deleted: u64,
+    torn_tails: u64,
+    files_removed_by_recovery: u64,
+    /// Recoveries that surfaced appends that had not been acknowledged before the crash.
+    unacked_survivors: u64,
+    /// Recoveries that lost appends that had been accepted (never acknowledged).
+    unacked_lost: u64,
+}
+
+fn config(rng: &mut SimRng) -> StoreConfig {
+    let writes_in_flight_max = 1 + rng.below(4) as usize;
+    StoreConfig {
+        segment_bytes: 256 << 10,
+        batch_bytes_max: 32 << 10,
+        record_bytes_max: 4 << 10,
+        writes_in_flight_max,
+        write_buffers: writes_in_flight_max + 3 + rng.below(4) as usize,
+        logs_max: 64,
+        durability: match rng.below(3) {
+            0 => DurabilityMode::Auto,
+            1 => DurabilityMode::Dsync,
+            _ => DurabilityMode::Fdatasync,
+        },
+        calibration_writes: 2,
+    }
+}
+
+fn faults(rng: &mut SimRng) -> FaultConfig {
+    FaultConfig {
+        seed: rng.next_u64(),
+        latency_us_max: [1, 20, 300, 5_000][rng.below(4) as usize],
+        ..FaultConfig::default()
+    }
+}
+
+fn random_payload(rng: &mut SimRng) -> Vec<u8> {
+    let len = match rng.below(10) {
+        0 => 0,
+        1 => 3000,
+        _ => rng.below(3001) as usize,
+    };
+    let mut p = Vec::with_capacity(len + 8);
+    while p.len() < len {
+        p.extend_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    p.truncate(len);
+    p
+}
+
+fn open(disk: &SimDisk, rng: &mut SimRng) -> Store<SimIo> {
+    Store::open(
+        disk.io(faults(rng)),
+        Path::new(DIR),
+        config(rng),
+        Arc::new(disk.clock()),
+    )
+    .unwrap_or_else(|e| panic!("recovery failed: {e}"))
+}
+
+/// A store operation failed (only expected once the disk lost power under it).
+#[derive(Debug)]
+struct Failed {
+    what: String,
+    error: Error,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Failed {
+        Failed {
+            what: String::new(),
+            error,
+        }
+    }
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.what, self.error)
+    }
+}
+
+type Step = Result<(), Failed>;
+
+fn poll<I: Io>(store: &mut Store<I>, model: &mut Model, wait: bool) -> Step {
+    let mut acks = Vec::new();
+    let result = store.poll(wait, &mut acks);
+    // Acks handed out are durable even when the store fails in the same call.
+    model.on_acks(&acks);
+    Ok(result?)
+}
+
+fn sync_all<I: Io>(store: &mut Store<I>, model: &mut Model) -> Step {
+    let mut acks = Vec::new();
+    let result = store.sync_all(&mut acks);
+    model.on_acks(&acks);
+    result?;
+    assert!(model.tokens.is_empty(), "sync_all acknowledges everything");
+    Ok(())
+}
+
+/// Checks the store's view of `log` against the model (between crashes).
+fn check_tail<I: Io>(store: &Store<I>, model: &Model, log: u64) -> Option<LogTail> {
+    let m = model.logs.get(&log);
+    let tail = store.tail(log);
+    match (m, tail) {
+        (None, None) => None,
+        (Some(m), Some(t)) => {
+            assert_eq!(t.next_lsn, m.next_lsn(), "log {log}: next LSN");
+            assert_eq!(t.trim_point, m.trim_requested, "log {log}: trim point");
+            assert!(
+                m.acked <= t.durable_lsn && t.durable_lsn <= t.next_lsn,
+                "log {log}: durable LSN {} outside acked {} ..= next {}",
+                t.durable_lsn,
+                m.acked,
+                t.next_lsn
+            );
+            Some(t)
+        }
+        (m, t) => panic!("log {log}: model {m:?}, store {t:?}"),
+    }
+}
+
+fn append<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng, epoch: u64) -> Step {
+    let log = LOG_IDS[rng.below(LOG_IDS.len() as u64) as usize];
+    let count = 1 + rng.below(4) as usize;
+    let payloads: Vec<Vec<u8>> = (0..count).map(|_| random_payload(rng)).collect();
+    let records: Vec<Record<'_>> = payloads.iter().map(|p| Record::new(p)).collect();
+    let token = model.next_token;
+    let lsns = loop {
+        match store.append(log, epoch, &records, token) {
+            Ok(lsns) => break lsns,
+            Err(Error::Overloaded) => poll(store, model, true)?,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let m = model.logs.entry(log).or_default();
+    assert_eq!(
+        lsns,
+        m.next_lsn()..m.next_lsn() + count as u64,
+        "log {log}: LSNs are dense"
+    );
+    m.records
+        .extend(payloads.into_iter().map(|payload| (epoch, payload)));
+    assert_eq!(model.accept(Event::Append { log, lsns }), token);
+    Ok(())
+}
+
+fn trim<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng) -> Step {
+    let log = LOG_IDS[rng.below(LOG_IDS.len() as u64) as usize];
+    let Some(m) = model.logs.get(&log) else {
+        match store.trim(log, 0, 0) {
+            Err(Error::UnknownLog(l)) if l == log => return Ok(()),
+            other => return Err(other.expect_err("a trim of an unknown log fails").into()),
+        }
+    };
+    let next = m.next_lsn();
+    if next == m.trim_requested {
+        return Ok(());
+    }
+    // Strictly increasing trim points: a surviving trim is then told by the trim point alone.
+    // A third trim everything (so that whole segments become free), a third a few records.
+    let before = match rng.below(3) {
+        0 => next,
+        1 => next.min(m.trim_requested + 1 + rng.below(8)),
+        _ => m.trim_requested + 1 + rng.below(next - m.trim_requested),
+    };
+    let token = model.next_token;
+    loop {
+        match store.trim(log, before, token) {
+            Ok(()) => break,
+            Err(Error::Overloaded) => poll(store, model, true)?,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    model.logs.get_mut(&log).expect("log").trim_requested = before;
+    assert_eq!(model.accept(Event::Trim { log, before }), token);
+    Ok(())
+}
+
+/// A read of random bounds, compared with exactly what the model says it must return.
+fn read<I: Io>(store: &mut Store<I>, model: &Model, rng: &mut SimRng) -> Step {
+    let log = LOG_IDS[rng.below(LOG_IDS.len() as u64) as usize];
+    let Some(tail) = check_tail(store, model, log) else {
+        match store.read(log, 0, 1, 1) {
+            Err(Error::UnknownLog(l)) if l == log => return Ok(()),
+            other => return Err(other.expect_err("a read of an unknown log fails").into()),
+        }
+    };
+    let m = &model.logs[&log];
+    let from = if tail.trim_point > 0 && rng.one_in(10) {
+        rng.below(tail.trim_point)
+    } else {
+        tail.trim_point + rng.below(tail.durable_lsn.saturating_sub(tail.trim_point) + 2)
+    };
+    let max_records = rng.below(20) as usize;
+    let max_bytes = rng.below(12_000) as usize;
+    let got = store.read(log, from, max_records, max_bytes);
+    if from < tail.trim_point {
+        match got {
+            Err(Error::Trimmed { trim_point }) if trim_point == tail.trim_point => return Ok(()),
+            Err(Error::Trimmed { .. }) | Ok(_) => {
+                panic!("log {log}: read below the trim point {tail:?}: {got:?}")
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let got = got.map_err(|error| Failed {
+        what: format!(
+            "log {log}: read(from {from}, {max_records} records, {max_bytes} bytes) with tail {tail:?}"
+        ),
+        error,
+    })?;
+    // What the read must return: records from `from` while below the durable LSN, at most
+    // `max_records`, and within `max_bytes` of payload after the first.
+    let mut want = Vec::new();
+    let mut bytes = 0;
+    for lsn in from..tail.durable_lsn {
+        let len = m.records[lsn as usize].1.len();
+        if want.len() >= max_records || (!want.is_empty() && bytes + len > max_bytes) {
+            break;
+        }
+        bytes += len;
+        want.push(lsn);
+    }
+    let got_lsns: Vec<u64> = got.iter().map(|r| r.lsn).collect();
+    assert_eq!(
+        got_lsns, want,
+        "log {log}: read(from {from}, {max_records} records, {max_bytes} bytes) with tail {tail:?}"
+    );
+    for r in &got {
+        let (epoch, payload) = &m.records[r.lsn as usize];
+        assert_eq!(
+            (&r.epoch, &r.payload),
+            (epoch, payload),
+            "log {log}: record {} read back",
+            r.lsn
+        );
+    }
+    Ok(())
+}
+
+/// Random operations until the crash point.
+fn run_workload<I: Io>(
+    store: &mut Store<I>,
+    model: &mut Model,
+    rng: &mut SimRng,
+    epoch: u64,
+    ops: u64,
+    reads: bool,
+    coverage: &mut Coverage,
+) -> Step {
+    for _ in 0..ops {
+        match rng.below(100) {
+            0..=54 => {
+                append(store, model, rng, epoch)?;
+                coverage.appends += 1;
+            }
+            55..=61 => {
+                trim(store, model, rng)?;
+                coverage.trims += 1;
+            }
+            62..=69 if reads => {
+                read(store, model, rng)?;
+                coverage.reads += 1;
+            }
+            62..=81 => poll(store, model, false)?,
+            82..=97 => poll(store, model, true)?,
+            _ => sync_all(store, model)?,
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recovery checks
+// ---------------------------------------------------------------------------------------------
+
+/// Everything readable in the store: each log's tail and records (trimmed ones excluded).
+type State = BTreeMap<u64, (LogTail, Vec<ReadRecord>)>;
+
+fn read_state<I: Io>(store: &mut Store<I>) -> State {
+    let mut ids: Vec<u64> = store.log_ids().collect();
+    ids.sort_unstable();
+    let mut state = State::new();
+    for log in ids {
+        let tail = store.tail(log).expect("a listed log");
+        let mut records = Vec::new();
+        let mut next = tail.trim_point;
+        loop {
+            let batch = store
+                .read(log, next, 64, 1 << 20)
+                .unwrap_or_else(|e| panic!("log {log}: read from {next} after recovery: {e}"));
+            if batch.is_empty() {
+                break;
+            }
+            for r in batch {
+                assert_eq!(r.lsn, next, "log {log}: LSNs are dense after recovery");
+                next += 1;
+                records.push(r);
+            }
+        }
+        assert_eq!(
+            next, tail.durable_lsn,
+            "log {log}: every durable record from the trim point is readable"
+        );
+        if tail.trim_point > 0 {
+            assert!(
+                matches!(store.read(log, tail.trim_point - 1, 1, 1), Err(Error::Trimmed { trim_point }) if trim_point == tail.trim_point),
+                "log {log}: a read below the recovered trim point fails"
+            );
+        }
+        state.insert(log, (tail, records));
+    }
+    state
+}
+
+/// Checks a freshly recovered store against the model, then makes the model match it.
+fn check_recovered<I: Io>(store: &mut Store<I>, model: &mut Model, coverage: &mut Coverage) {
+    let report: RecoveryReport = store.recovery_report().clone();
+    coverage.torn_tails += u64::from(report.torn_tail.is_some());
+    coverage.files_removed_by_recovery += report.removed.len() as u64;
+    let state = read_state(store);
+    for log in state.keys() {
+        assert!(model.logs.contains_key(log), "recovery invented log {log}");
+    }
+    let mut survivors = false;
+    for (&log, m) in &model.logs {
+        let Some((tail, records)) = state.get(&log) else {
+            assert!(
+                !m.recovered && m.acked == 0 && m.trim_acked == 0,
+                "log {log} lost: {m:?}"
+            );
+            continue;
+        };
+        assert_eq!(
+            tail.durable_lsn, tail.next_lsn,
+            "log {log}: recovered = durable"
+        );
+        assert!(
+            tail.next_lsn >= m.acked,
+            "log {log}: acknowledged records lost: recovered tail {} < acked {}",
+            tail.next_lsn,
+            m.acked
+        );
+        assert!(
+            tail.next_lsn <= m.next_lsn(),
+            "log {log}: recovered tail {} beyond anything appended ({})",
+            tail.next_lsn,
+            m.next_lsn()
+        );
+        survivors |= tail.next_lsn > m.acked;
+        assert!(
+            m.trim_acked <= tail.trim_point && tail.trim_point <= m.trim_requested,
+            "log {log}: recovered trim point {} outside acked {} ..= requested {}",
+            tail.trim_point,
+            m.trim_acked,
+            m.trim_requested
+        );
+        for r in records {
+            let (epoch, payload) = &m.records[r.lsn as usize];
+            assert!(
+                r.epoch == *epoch && r.payload == *payload,
+                "log {log}: record {} recovered with other bytes (epoch {} len {}, appended epoch {epoch} len {})",
+                r.lsn,
+                r.epoch,
+                r.payload.len(),
+                payload.len()
+            );
+            assert_eq!(payload_crc(&r.payload), payload_crc(payload));
+        }
+    }
+    // The surviving appends and trims are a prefix of those made: no holes.
+    let mut present_until = None;
+    for (i, event) in model.events.iter().enumerate() {
+        let present = match event {
+            Event::Append { log, lsns } => {
+                let next = state.get(log).map_or(0, |(t, _)| t.next_lsn);
+                assert!(
+                    next <= lsns.start || next >= lsns.end,
+                    "log {log}: batch {lsns:?} survived in part (tail {next})"
+                );
+                next >= lsns.end
+            }
+            Event::Trim { log, before } => {
+                state.get(log).is_some_and(|(t, _)| t.trim_point >= *before)
+            }
+        };
+        if i < model.acked_events {
+            assert!(present, "acknowledged {event:?} lost");
+        }
+        match (present, present_until) {
+            (true, Some(hole)) => panic!(
+                "{event:?} (call {i}) survived but call {hole} ({:?}) before it did not",
+                model.events[hole]
+            ),
+            (false, None) => present_until = Some(i),
+            _ => {}
+        }
+    }
+    if present_until.is_some() {
+        coverage.unacked_lost += 1;
+    }
+    coverage.unacked_survivors += u64::from(survivors);
+    // The model becomes what was recovered.
+    for (&log, m) in model.logs.iter_mut() {
+        match state.get(&log) {
+            Some((tail, _)) => {
+                m.records.truncate(tail.next_lsn as usize);
+                m.acked = tail.next_lsn;
+                m.trim_requested = tail.trim_point;
+                m.trim_acked = tail.trim_point;
+                m.recovered = true;
+            }
+            None => *m = LogModel::default(),
+        }
+    }
+    model.logs.retain(|log, _| state.contains_key(log));
+    model.events.clear();
+    model.tokens.clear();
+    model.acked_events = 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seeds
+// ---------------------------------------------------------------------------------------------
+
+/// Prints the seed of a failing run (the panic message comes first).
+struct SeedGuard {
+    seed: u64,
+    test: &'static str,
+}
+
+impl Drop for SeedGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "{0} failed with seed {1}: replay with CHAINLOG_SEED={1} cargo test -p chainlog-storage --test crash {0}",
+                self.test, self.seed
+            );
+        }
+    }
+}
+
+/// The seeds to run: `CHAINLOG_SEED` alone (a replay), or `range`, or as many seeds from its
+/// start as `CHAINLOG_SEED_COUNT` says (a longer soak), and whether this is a replay.
+fn seeds(range: Range<u64>) -> (Vec<u64>, bool) {
+    let number = |var: &str| {
+        std::env::var(var).ok().map(|s| {
+            s.trim()
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("{var} is a number"))
+        })
+    };
+    if let Some(seed) = number("CHAINLOG_SEED") {
+        return (vec![seed], true);
+    }
+    match number("CHAINLOG_SEED_COUNT") {
+        Some(n) => ((range.start..range.start + n).collect(), false),
+        None => (range.collect(), false),
+    }
+}
+
+/// One seed: `CYCLES_PER_SEED` workloads, each ended by a crash and checked after recovery.
+fn run_seed(seed: u64, reads: bool, coverage: &mut Coverage) {
+    let mut rng = SimRng::new(seed);
+    let disk = SimDisk::new();
+    let mut model = Model::default();
+    let mut store = open(&disk, &mut rng);
+    check_recovered(&mut store, &mut model, coverage);
+    for cycle in 0..CYCLES_PER_SEED {
+        // Mostly short runs (the interesting windows are near rollovers and early in a log's
+        // life), sometimes long ones that fill several segments.
+        let ops = if rng.one_in(4) {
+            rng.below(600)
+        } else {
+            rng.below(120)
+        };
+        run_workload(
+            &mut store,
+            &mut model,
+            &mut rng,
+            cycle + 1,
+            ops,
+            reads,
+            coverage,
+        )
+        .unwrap_or_else(|e| panic!("cycle {cycle}: the store failed with no crash: {e}"));
+        coverage.segments_created += store.metrics().segments_created;
+        coverage.segments_deleted += store.metrics().segments_deleted;
+        disk.crash(rng.next_u64());
+        drop(store);
+        coverage.crash_points += 1;
+        store = open(&disk, &mut rng);
+        check_recovered(&mut store, &mut model, coverage);
+        // Appends continue after the recovered tail.
+        append(&mut store, &mut model, &mut rng, cycle + 100)
+            .and_then(|()| sync_all(&mut store, &mut model))
+            .unwrap_or_else(|e| panic!("cycle {cycle}: append after recovery: {e}"));
+    }
+}
+
+/// Runs `seeds` and checks that they reached the windows the test is meant to cover.
+fn run_crash_test(test: &'static str, range: Range<u64>, reads: bool) {
+    let (seeds, replay) = seeds(range);
+    let runs = seeds.len() as u64 * CYCLES_PER_SEED;
+    let mut coverage = Coverage::default();
+    for seed in seeds {
+        let _guard = SeedGuard { seed, test };
+        run_seed(seed, reads, &mut coverage);
+    }
+    eprintln!("{test}: {coverage:?}");
+    if !replay {
+        assert!(coverage.segments_deleted > 0, "{coverage:?}");
+        assert!(
+            coverage.segments_created > coverage.crash_points,
+            "{coverage:?}"
+        );
+        assert!(coverage.torn_tails > 0, "{coverage:?}");
+        assert!(coverage.unacked_survivors > 0, "{coverage:?}");
+        assert!(coverage.unacked_lost > 0, "{coverage:?}");
+        assert_eq!(coverage.crash_points, runs);
+    }
+}
+
+/// Crash points of the two crash tests below; together at least `CRASH_POINTS_MIN` per run.
+const WRITES_ONLY_SEEDS: Range<u64> = 0..130;
+const WITH_READS_SEEDS: Range<u64> = 100_000..100_100;
+const _: () = assert!(
+    ((WRITES_ONLY_SEEDS.end - WRITES_ONLY_SEEDS.start)
+        + (WITH_READS_SEEDS.end - WITH_READS_SEEDS.start))
+        * CYCLES_PER_SEED
+        >= CRASH_POINTS_MIN
+);
+
+/// Appends, trims and polls (reads only after recovery): the recovery guarantees on their own.
+#[test]
+fn crashes_during_writes() {
+    run_crash_test("crashes_during_writes", WRITES_ONLY_SEEDS, false);
+}
+
+/// The same with reads of random ranges between the writes, checked against the model.
+#[test]
+fn crashes_during_writes_and_reads() {
+    run_crash_test("crashes_during_writes_and_reads", WITH_READS_SEEDS, true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Power loss in the middle of a store call, recovery included
+// ---------------------------------------------------------------------------------------------
+
+/// When the power fails, shared by the test and the backend it armed.
+#[derive(Debug, Default)]
+struct Power {
+    /// I/O operations left before the power fails (`None`: it does not).
+    ops_left: Cell<Option<u64>>,
+    /// Seed of the crash's choices (which unflushed write is torn, and where).
+    crash_seed: Cell<u64>,
+    lost: Cell<bool>,
+}
+
+/// A [`SimIo`] whose disk loses power just before the n-th I/O operation (waits included), in
+/// the middle of whatever the store is doing. Afterwards every operation fails: the process is
+/// dead, and nothing it submits reaches the disk.
+#[derive(Debug)]
+struct CrashingIo {
+    inner: SimIo,
+    disk: SimDisk,
+    power: Rc<Power>,
+    /// Operations submitted after the power failed (never completed).
+    dead: usize,
+}
+
+fn power_lost() -> io::Error {
+    io::Error::other("power lost")
+}
+
+impl CrashingIo {
+    /// Counts one operation; whether the power is still on for it.
+    fn powered(&mut self) -> bool {
+        if self.power.lost.get() {
+            return false;
+        }
+        match self.power.ops_left.get() {
+            Some(0) => {
+                self.disk.crash(self.power.crash_seed.get());
+                self.power.lost.set(true);
+                false
+            }
+            Some(n) => {
+                self.power.ops_left.set(Some(n - 1));
+                true
+            }
+            None => true,
+        }
+    }
+}
+
+impl Io for CrashingIo {
+    fn register_buffers(&mut self, bufs: &mut [AlignedBuf]) -> bool {
+        self.inner.register_buffers(bufs)
+    }
+    fn create_dir_all(&mut self, dir: &Path) -> io::Result<()> {
+        if !self.powered() {
+            return Err(power_lost());
+        }
+        self.inner.create_dir_all(dir)
+    }
+    fn list_dir(&mut self, dir: &Path) -> io::Result<Vec<String>> {
+        if !self.powered() {
+            return Err(power_lost());
+        }
+        self.inner.list_dir(dir)
+    }
+    fn open(&mut self, path: &Path, create: bool) -> io::Result<FileId> {
+        if !self.powered() {
+            return Err(power_lost());
+        }
+        self.inner.open(path, create)
+    }
+    fn open_dir(&mut self, path: &Path) -> io::Result<FileId> {
+        if !self.powered() {
+            return Err(power_lost());
+        }
+        self.inner.open_dir(path)
+    }
+    fn file_size(&mut self, file: FileId) -> io::Result<u64> {
+        if !self.powered() {
+            return Err(power_lost());
+        }
+        self.inner.file_size(file)
+    }
+    fn allocate(&mut self, file: FileId, len: u64) -> io::Result<()> {
+        if !self.powered() {
+            return Err(power_lost());
+        }
+        self.inner.allocate(file, len)
+    }
+    fn close(&mut self, file: FileId) {
+        self.inner.close(file)
+    }
+    fn remove(&mut self, path: &Path) -> io::Result<()> {
+        if !self.powered() {
+            return Err(power_lost());
+        }
+        self.inner.remove(path)
+    }
+    fn write(
+        &mut self,
+        file: FileId,
+        offset: u64,
+        buf: AlignedBuf,
+        durability: Durability,
+        token: u64,
+    ) {
+        if self.powered() {
+            self.inner.write(file, offset, buf, durability, token);
+        } else {
+            self.dead += 1;
+        }
+    }
+    fn read(&mut self, file: FileId, offset: u64, buf: AlignedBuf, token: u64) {
+        if self.powered() {
+            self.inner.read(file, offset, buf, token);
+        } else {
+            self.dead += 1;
+        }
+    }
+    fn sync(&mut self, file: FileId, token: u64) {
+        if self.powered() {
+            self.inner.sync(file, token);
+        } else {
+            self.dead += 1;
+        }
+    }
+    fn wait(&mut self, min_complete: usize, out: &mut Vec<Completion>) -> io::Result<()> {
+        if !self.powered() {
+            return Err(power_lost());
+        }
+        self.inner.wait(min_complete, out)
+    }
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight() + self.dead
+    }
+}
+
+/// Opens the store with the power armed to fail during recovery about a third of the time;
+/// returns `None` if it did.
+fn open_crashing(disk: &SimDisk, power: &Rc<Power>, rng: &mut SimRng) -> Option<Store<CrashingIo>> {
+    power.lost.set(false);
+    power.crash_seed.set(rng.next_u64());
+    power.ops_left.set(rng.one_in(3).then(|| rng.below(80)));
+    let io = CrashingIo {
+        inner: disk.io(faults(rng)),
+        disk: disk.clone(),
+        power: power.clone(),
+        dead: 0,
+    };
+    let opened = Store::open(io, Path::new(DIR), config(rng), Arc::new(disk.clock()));
+    match opened {
+        _ if power.lost.get() => None,
+        Ok(store) => Some(store),
+        Err(e) => panic!("recovery failed: {e}"),
+    }
+}
+
+/// Power fails between any two I/O operations: inside appends' group commit, rollovers,
+/// segment preparation and deletion, reads, and recovery itself.
+#[test]
+fn crashes_between_any_two_io_operations() {
+    let test = "crashes_between_any_two_io_operations";
+    let range = 200_000..200_100;
+    let (seeds, replay) = seeds(range);
+    let runs = seeds.len() as u64 * CYCLES_PER_SEED;
+    let mut coverage = Coverage::default();
+    let mut crashes_in_recovery = 0;
+    let mut crashes_in_workload = 0;
+    for seed in seeds {
+        let _guard = SeedGuard { seed, test };
+        let mut rng = SimRng::new(seed);
+        let disk = SimDisk::new();
+        let power = Rc::new(Power::default());
+        let mut model = Model::default();
+        for cycle in 0..CYCLES_PER_SEED {
+            let mut store = loop {
+                match open_crashing(&disk, &power, &mut rng) {
+                    Some(store) => break store,
+                    None => {
+                        crashes_in_recovery += 1;
+                        coverage.crash_points += 1;
+                    }
+                }
+            };
+            power.ops_left.set(None);
+            check_recovered(&mut store, &mut model, &mut coverage);
+            power.ops_left.set(Some(rng.below(200)));
+            let ops = rng.below(300);
+            let ran = run_workload(
+                &mut store,
+                &mut model,
+                &mut rng,
+                cycle + 1,
+                ops,
+                true,
+                &mut coverage,
+            );
+            coverage.segments_created += store.metrics().segments_created;
+            coverage.segments_deleted += store.metrics().segments_deleted;
+            match ran {
+                _ if power.lost.get() => crashes_in_workload += 1,
+                Ok(()) => disk.crash(rng.next_u64()),
+                Err(e) => panic!("cycle {cycle}: the store failed with no crash: {e}"),
+            }
+            coverage.crash_points += 1;
+            drop(store);
+        }
+    }
+    eprintln!("{test}: {coverage:?}, {crashes_in_recovery} in recovery, {crashes_in_workload} inside store calls");
+    if !replay {
+        assert!(coverage.crash_points >= runs);
+        assert!(crashes_in_recovery > 0 && crashes_in_workload > 0);
+        assert!(coverage.segments_deleted > 0, "{coverage:?}");
+    }
+}
+
+/// Power fails at each I/O operation of a new store's very first open in turn (nothing was
+/// ever acknowledged): opening again gives a working, empty store.
+#[test]
+fn crash_during_the_first_open_of_a_new_store() {
+    let mut k = 0;
+    loop {
+        let disk = SimDisk::new();
+        let power = Rc::new(Power::default());
+        power.crash_seed.set(k);
+        power.ops_left.set(Some(k));
+        let io = CrashingIo {
+            inner: disk.io(FaultConfig::default()),
+            disk: disk.clone(),
+            power: power.clone(),
+            dead: 0,
+        };
+        let mut rng = SimRng::new(k);
+        let opened = Store::open(io, Path::new(DIR), config(&mut rng), Arc::new(disk.clock()));
+        if !power.lost.get() {
+            opened.expect("open without a crash");
+            assert!(k > 10, "the first open does some I/O");
+            break;
+        }
+        drop(opened);
+        let mut store = Store::open(
+            disk.io(FaultConfig::default()),
+            Path::new(DIR),
+            config(&mut rng),
+            Arc::new(disk.clock()),
+        )
+        .unwrap_or_else(|e| {
+            panic!("power lost at I/O operation {k} of a new store's first open; reopening: {e}")
+        });
+        assert_eq!(store.log_ids().count(), 0);
+        let mut model = Model::default();
+        append(&mut store, &mut model, &mut rng, 1)
+            .and_then(|()| sync_all(&mut store, &mut model))
+            .expect("the recovered store works");
+        k += 1;
+    }
+}
+
+/// A write or flush fails (EIO) now and then: the store stops acknowledging (`Error::Fatal`,
+/// and nothing after it), the process dies, and recovery still finds every acknowledged append
+/// and nothing that was not appended.
+#[test]
+fn io_errors_then_crash() {
+    let test = "io_errors_then_crash";
+    let (seeds, replay) = seeds(300_000..300_060);
+    let mut coverage = Coverage::default();
+    let mut failures = 0;
+    for seed in seeds {
+        let _guard = SeedGuard { seed, test };
+        let mut rng = SimRng::new(seed);
+        let disk = SimDisk::new();
+        let mut model = Model::default();
+        for cycle in 0..CYCLES_PER_SEED {
+            let faulty = FaultConfig {
+                eio_write_one_in: 100 + rng.below(200) as u32,
+                eio_sync_one_in: 100 + rng.below(200) as u32,
+                ..faults(&mut rng)
+            };
+            let opened = Store::open(
+                disk.io(faulty),
+                Path::new(DIR),
+                config(&mut rng),
+                Arc::new(disk.clock()),
+            );
+            let mut store = match opened {
+                Ok(store) => store,
+                Err(Error::Fatal(_) | Error::Io { .. }) => {
+                    // A write of the spare's preparation or of the calibration failed, or a
+                    // sync of recovery's own.
+                    failures += 1;
+                    disk.crash(rng.next_u64());
+                    open(&disk, &mut rng)
+                }
+                Err(e) => panic!("cycle {cycle}: open: {e}"),
+            };
+            check_recovered(&mut store, &mut model, &mut coverage);
+            let ops = rng.below(400);
+            match run_workload(
+                &mut store,
+                &mut model,
+                &mut rng,
+                cycle + 1,
+                ops,
+                true,
+                &mut coverage,
+            ) {
+                Ok(()) => {}
+                Err(Failed {
+                    error: Error::Fatal(_),
+                    ..
+                }) => {
+                    failures += 1;
+                    // Failed for good: every later call fails. (Acks that still come out
+                    // must be durable like any other: the recovery below checks them. That
+                    // none should come is `no_acks_after_a_fatal_error`.)
+                    let mut acks = Vec::new();
+                    let polled = store.poll(true, &mut acks);
+                    model.on_acks(&acks);
+                    assert!(matches!(polled, Err(Error::Fatal(_))), "{polled:?}");
+                    let p = [1u8];
+                    assert!(matches!(
+                        store.append(LOG_IDS[0], 1, &[Record::new(&p)], u64::MAX),
+                        Err(Error::Fatal(_))
+                    ));
+                    assert!(matches!(
+                        store.read(LOG_IDS[0], 0, 1, 1),
+                        Err(Error::Fatal(_))
+                    ));
+                }
+                Err(e) => panic!("cycle {cycle}: {e}"),
+            }
+            disk.crash(rng.next_u64());
+            drop(store);
+            coverage.crash_points += 1;
+        }
+        let mut store = open(&disk, &mut rng);
+        check_recovered(&mut store, &mut model, &mut coverage);
+    }
+    eprintln!("{test}: {coverage:?}, {failures} I/O failures");
+    if !replay {
+        assert!(failures > 50, "{failures} I/O failures");
+    }
+}
+
+/// [`SimIo`] that fails the next write submitted once armed (EIO in its completion), and can
+/// hand that completion out before the others of the same wait.
+#[derive(Debug)]
+struct FailNextWrite {
+    inner: SimIo,
+    armed: Rc<Cell<bool>>,
+    doomed: Option<u64>,
+    failure_first: bool,
+}
+
+impl Io for FailNextWrite {
+    fn register_buffers(&mut self, bufs: &mut [AlignedBuf]) -> bool {
+        self.inner.register_buffers(bufs)
+    }
+    fn create_dir_all(&mut self, dir: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn list_dir(&mut self, dir: &Path) -> io::Result<Vec<String>> {
+        self.inner.list_dir(dir)
+    }
+    fn open(&mut self, path: &Path, create: bool) -> io::Result<FileId> {
+        self.inner.open(path, create)
+    }
+    fn open_dir(&mut self, path: &Path) -> io::Result<FileId> {
+        self.inner.open_dir(path)
+    }
+    fn file_size(&mut self, file: FileId) -> io::Result<u64> {
+        self.inner.file_size(file)
+    }
+    fn allocate(&mut self, file: FileId, len: u64) -> io::Result<()> {
+        self.inner.allocate(file, len)
+    }
+    fn close(&mut self, file: FileId) {
+        self.inner.close(file)
+    }
+    fn remove(&mut self, path: &Path) -> io::Result<()> {
+        self.inner.remove(path)
+    }
+    fn write(
+        &mut self,
+        file: FileId,
+        offset: u64,
+        buf: AlignedBuf,
+        durability: Durability,
+        token: u64,
+    ) {
+        if self.armed.replace(false) {
+            self.doomed = Some(token);
+        }
+        self.inner.write(file, offset, buf, durability, token)
+    }
+    fn read(&mut self, file: FileId, offset: u64, buf: AlignedBuf, token: u64) {
+        self.inner.read(file, offset, buf, token)
+    }
+    fn sync(&mut self, file: FileId, token: u64) {
+        self.inner.sync(file, token)
+    }
+    fn wait(&mut self, min_complete: usize, out: &mut Vec<Completion>) -> io::Result<()> {
+        let before = out.len();
+        self.inner.wait(min_complete, out)?;
+        if let Some(i) = out[before..]
+            .iter()
+            .position(|c| Some(c.token) == self.doomed)
+        {
+            self.doomed = None;
+            out[before + i].result = Err(io::Error::from_raw_os_error(libc::EIO));
+            if self.failure_first {
+                out[before..].swap(0, i);
+            }
+        }
+        Ok(())
+    }
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight()
+    }
+}
+
+/// Two frames in flight, the second one's write fails, and both complete in the same wait
+/// (the failure first, or last); the wait happens in a `poll`, or in a `read` that needs the
+/// disk. Returns every ack handed out from the first call that returned `Error::Fatal` on.
+fn acks_with_or_after_the_failure(in_read: bool, failure_first: bool) -> Vec<Ack> {
+    let disk = SimDisk::new();
+    let armed = Rc::new(Cell::new(false));
+    let io = FailNextWrite {
+        inner: disk.io(FaultConfig {
+            latency_us_max: 1,
+            ..FaultConfig::default()
+        }),
+        armed: armed.clone(),
+        doomed: None,
+        failure_first,
+    };
+    let config = StoreConfig {
+        writes_in_flight_max: 4,
+        write_buffers: 8,
+        durability: DurabilityMode::Fdatasync,
+        ..config(&mut SimRng::new(0))
+    };
+    let mut store =
+        Store::open(io, Path::new(DIR), config.clone(), Arc::new(disk.clock())).expect("open");
+    let mut acks = Vec::new();
+    let p = [5u8; 100];
+    let mut token = 0;
+    let mut append = |store: &mut Store<FailNextWrite>, log: u64| {
+        token += 1;
+        store.append(log, 1, &[Record::new(&p)], token)
+    };
+    // Log 1's record is on disk only (frames of log 2 pushed it out of the tail cache).
+    append(&mut store, 1).expect("append");
+    store.sync_all(&mut acks).expect("sync");
+    for _ in 0..2 * config.write_buffers {
+        append(&mut store, 2).expect("append");
+        store.sync_all(&mut acks).expect("sync");
+    }
+    acks.clear();
+    // Two frames in flight (every operation takes 1 virtual us: they complete together).
+    append(&mut store, 3).expect("append");
+    store.poll(false, &mut acks).expect("poll");
+    armed.set(true);
+    append(&mut store, 3).expect("append");
+    store.poll(false, &mut acks).expect("poll");
+    assert!(acks.is_empty() && !armed.get());
+    if in_read {
+        // Both complete while the read waits for the disk; the read itself may succeed.
+        let read = store.read(1, 0, 10, 1000);
+        assert!(
+            matches!(&read, Ok(r) if r.len() == 1) || matches!(read, Err(Error::Fatal(_))),
+            "{read:?}"
+        );
+        let failed = append(&mut store, 4);
+        assert!(matches!(failed, Err(Error::Fatal(_))), "{failed:?}");
+    } else {
+        let polled = store.poll(true, &mut acks);
+        assert!(matches!(polled, Err(Error::Fatal(_))), "{polled:?}");
+    }
+    let polled = store.poll(true, &mut acks);
+    assert!(matches!(polled, Err(Error::Fatal(_))), "{polled:?}");
+    acks
+}
+
+/// Once a write failed, no ack comes with the `Error::Fatal` that reports it, nor after it
+/// (`Store::poll`'s contract), whatever the order in which the failed write and an earlier,
+/// successful one complete, and whether they complete in a `poll` or in a `read`.
+#[test]
+fn no_acks_with_or_after_a_fatal_error() {
+    let mut wrong = Vec::new();
+    for in_read in [false, true] {
+        for failure_first in [false, true] {
+            let acks = acks_with_or_after_the_failure(in_read, failure_first);
+            if !acks.is_empty() {
+                wrong.push(format!(
+                    "completed in a {}, failure {}: {acks:?}",
+                    if in_read { "read" } else { "poll" },
+                    if failure_first { "first" } else { "last" }
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "acks handed out with or after Error::Fatal:\n{}",
+        wrong.join("\n")
+    );
+}
+
+/// Recovery is idempotent: recovering, losing power at once (nothing written), and recovering
+/// again gives the same logs, tails and records, and the second recovery removes nothing.
+#[test]
+fn recovering_twice_gives_the_same_state() {
+    let (seeds, _) = seeds(0..40);
+    let mut coverage = Coverage::default();
+    for seed in seeds {
+        let _guard = SeedGuard {
+            seed,
+            test: "recovering_twice_gives_the_same_state",
+        };
+        let mut rng = SimRng::new(seed ^ 0x5eed_0f7e);
+        let disk = SimDisk::new();
+        let mut model = Model::default();
+        let mut store = open(&disk, &mut rng);
+        for cycle in 0..CYCLES_PER_SEED {
+            let ops = rng.below(400);
+            run_workload(
+                &mut store,
+                &mut model,
+                &mut rng,
+                cycle + 1,
+                ops,
+                false,
+                &mut coverage,
+            )
+            .unwrap_or_else(|e| panic!("cycle {cycle}: the store failed with no crash: {e}"));
+            disk.crash(rng.next_u64());
+            drop(store);
+            let mut first = open(&disk, &mut rng);
+            let first_report = first.recovery_report().clone();
+            let first_state = read_state(&mut first);
+            let mut first_files = disk.files_in(Path::new(DIR));
+            first_files.sort();
+            disk.crash(rng.next_u64());
+            drop(first);
+            store = open(&disk, &mut rng);
+            let second_report = store.recovery_report().clone();
+            let second_state = read_state(&mut store);
+            let mut second_files = disk.files_in(Path::new(DIR));
+            second_files.sort();
+            assert_eq!(
+                second_state, first_state,
+                "cycle {cycle}: state after recovering twice"
+            );
+            assert_eq!(second_files, first_files, "cycle {cycle}: segment files");
+            assert!(
+                second_report.removed.is_empty(),
+                "cycle {cycle}: the second recovery removed {:?}",
+                second_report.removed
+            );
+            assert_eq!(
+                (
+                    second_report.segments,
+                    second_report.frames,
+                    second_report.records
+                ),
+                (
+                    first_report.segments,
+                    first_report.frames,
+                    first_report.records
+                ),
+                "cycle {cycle}: both recoveries replayed the same frames"
+            );
+            assert_eq!(
+                second_report.torn_tail, first_report.torn_tail,
+                "cycle {cycle}"
+            );
+            check_recovered(&mut store, &mut model, &mut coverage);
+        }
+    }
+}

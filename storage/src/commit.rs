@@ -218,6 +218,10 @@ impl<I: Io> Store<I> {
 
     /// Handles one completion.
     pub(crate) fn handle(&mut self, completion: Completion) {
+        if self.failed.is_some() {
+            // Nothing that completes after a failure may advance the frontier.
+            return;
+        }
         let Completion { token, buf, result } = completion;
         let (op, value) = untoken(token);
         match op {

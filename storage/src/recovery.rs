@@ -251,18 +251,24 @@ fn scan<I: Io>(io: &mut I, files: &[SegFile], out: &mut Recovered) -> Result<()>
         }
         break;
     }
-    for log in out.logs.values() {
+    let mut log_ids: Vec<u64> = out.logs.keys().copied().collect();
+    log_ids.sort_unstable();
+    for log_id in log_ids {
+        let log = &out.logs[&log_id];
         let first_indexed = log.index.front().map(|e| e.first_lsn);
         let complete = match first_indexed {
             Some(first) => first <= log.trim_point || log.trim_point == log.next_lsn,
             None => log.trim_point == log.next_lsn,
         };
         if !complete {
-            let path = &files[0].path;
+            let present = first_indexed.map_or("none".to_string(), |lsn| lsn.to_string());
             return Err(Error::corrupt(
-                path,
+                &files[0].path,
                 0,
-                format!("a log's records from its trim point {} are missing (first present: {first_indexed:?})", log.trim_point),
+                format!(
+                    "log {log_id}: records from its trim point {} are missing (first present: {present})",
+                    log.trim_point
+                ),
             ));
         }
     }

@@ -347,6 +347,9 @@ impl<I: Io> Store<I> {
     /// are all trimmed are deleted after that.
     pub fn trim(&mut self, log_id: u64, before: u64, token: u64) -> Result<()> {
         self.check_failed()?;
+        if log_id == SYSTEM_LOG {
+            return Err(Error::ReservedLog(log_id));
+        }
         let log = self.logs.get(&log_id).ok_or(Error::UnknownLog(log_id))?;
         if before > log.next_lsn {
             return Err(Error::TrimBeyondTail {
@@ -414,7 +417,9 @@ impl<I: Io> Store<I> {
             self.stash = completions;
             self.pump();
         }
-        acks.append(&mut self.acks);
+        if self.failed.is_none() {
+            acks.append(&mut self.acks);
+        }
         self.check_failed()
     }
 

@@ -132,7 +132,7 @@ fn store_append(c: &mut Criterion) {
         segment_bytes: 64 << 20,
         ..StoreConfig::default()
     };
-    let io = UringIo::new(256, Duration::ZERO).expect("io_uring");
+    let io = UringIo::new(256).expect("io_uring");
     let mut store =
         Store::open(io, dir.path(), config, Arc::new(SystemClock::new())).expect("the store opens");
     let payloads: Vec<Vec<u8>> = (0..BATCH_RECORDS[BATCH_RECORDS.len() - 1])

@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use chainlog_storage::format::{
     FrameHeader, SegmentHeader, BLOCK_SIZE, FORMAT_VERSION, FRAME_HEADER_BYTES,
@@ -130,7 +129,7 @@ impl Backend for Real {
     }
 
     fn io(&mut self) -> UringIo {
-        UringIo::new(64, Duration::ZERO).expect("io_uring is available")
+        UringIo::new(64).expect("io_uring is available")
     }
 
     fn clock(&self) -> Arc<dyn Clock> {

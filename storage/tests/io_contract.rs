@@ -9,7 +9,6 @@ use std::io::ErrorKind;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use chainlog_storage::format::BLOCK_SIZE;
 use chainlog_storage::io::{Completion, FileId};
@@ -416,7 +415,7 @@ fn real_dir() -> tempfile::TempDir {
 }
 
 fn uring() -> UringIo {
-    UringIo::new(64, Duration::ZERO).expect("io_uring is available")
+    UringIo::new(64).expect("io_uring is available")
 }
 
 macro_rules! contract_suite {

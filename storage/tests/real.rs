@@ -22,7 +22,6 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chainlog_storage::buf::AlignedBuf;
 use chainlog_storage::format::{
@@ -110,7 +109,7 @@ fn real_config(record_bytes_max: usize) -> StoreConfig {
 }
 
 fn real_io() -> UringIo {
-    UringIo::new(256, Duration::ZERO).expect("io_uring is available")
+    UringIo::new(256).expect("io_uring is available")
 }
 
 fn open_real(dir: &Path, config: StoreConfig) -> Store<UringIo> {

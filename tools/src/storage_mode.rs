@@ -107,10 +107,6 @@ pub(crate) struct StorageArgs {
     #[arg(long, value_name = "MIB", default_value_t = StoreConfig::default().segment_bytes >> 20,
           value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     pub(crate) segment_mib: u64,
-    /// Microseconds to spin on the completion queue before sleeping in the kernel (0: never
-    /// spin). A sleeping vCPU can take tens of microseconds to wake up.
-    #[arg(long, value_name = "US", default_value_t = 0)]
-    pub(crate) spin_us: u64,
     /// Seconds of warm-up before measuring (not counted).
     #[arg(long = "warmup", value_name = "SECS", default_value_t = 1.0,
           value_parser = parse_seconds)]
@@ -201,8 +197,7 @@ pub(crate) fn main(args: StorageArgs) -> Result<(), String> {
             (temp.path().to_path_buf(), Some(temp))
         }
     };
-    let io = UringIo::new(RING_ENTRIES, Duration::from_micros(args.spin_us))
-        .map_err(|e| format!("setting up io_uring: {e}"))?;
+    let io = UringIo::new(RING_ENTRIES).map_err(|e| format!("setting up io_uring: {e}"))?;
     let mut store = match Store::open(io, &dir, config, Arc::new(SystemClock::new())) {
         Ok(store) => store,
         Err(Error::Fatal(reason)) => fatal(&reason),
@@ -654,12 +649,11 @@ impl StorageReport<'_> {
         let _ = writeln!(
             out,
             "                 segments {} MiB, batch max {} KiB, writes in flight {}, \
-             write buffers {}, spin {} µs",
+             write buffers {}",
             self.store.segment_bytes >> 20,
             self.store.batch_bytes_max >> 10,
             self.store.writes_in_flight_max,
             self.store.write_buffers,
-            c.spin_us,
         );
         let durability = match &self.calibration {
             Some(cal) => format!(

@@ -5,7 +5,6 @@ use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types, IoUring};
 
@@ -31,9 +30,6 @@ pub struct UringIo {
     slots: Vec<Option<Slot>>,
     free_slots: Vec<usize>,
     in_flight: usize,
-    /// How long `wait` polls the completion queue before sleeping in the kernel. A sleeping
-    /// vCPU takes tens of microseconds to wake; a short spin hides that (BENCHMARKS.md).
-    spin: Duration,
 }
 
 const PART_BITS: u64 = 1;
@@ -42,7 +38,6 @@ impl std::fmt::Debug for UringIo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UringIo")
             .field("in_flight", &self.in_flight)
-            .field("spin", &self.spin)
             .finish_non_exhaustive()
     }
 }
@@ -61,8 +56,8 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 impl UringIo {
-    /// A ring with room for `entries` submissions; `spin` as in the field's doc.
-    pub fn new(entries: u32, spin: Duration) -> io::Result<UringIo> {
+    /// A ring with room for `entries` submissions.
+    pub fn new(entries: u32) -> io::Result<UringIo> {
         let ring = IoUring::builder().build(entries)?;
         Ok(UringIo {
             ring,
@@ -70,7 +65,6 @@ impl UringIo {
             slots: Vec::new(),
             free_slots: Vec::new(),
             in_flight: 0,
-            spin,
         })
     }
 
@@ -364,13 +358,6 @@ impl Io for UringIo {
     fn wait(&mut self, min_complete: usize, out: &mut Vec<Completion>) -> io::Result<()> {
         let before = out.len();
         let min = min_complete.min(self.in_flight);
-        if min > 0 && !self.spin.is_zero() {
-            self.ring.submit()?;
-            let start = Instant::now();
-            while self.ring.completion().len() < min && start.elapsed() < self.spin {
-                std::hint::spin_loop();
-            }
-        }
         loop {
             let got = out.len() - before;
             let want = min.saturating_sub(got + self.ring.completion().len());

@@ -16,7 +16,7 @@ use crate::format::{
     FrameHeader, FrameKind, SnapshotEntry, FORMAT_VERSION, FRAME_HEADER_BYTES, FRAME_MAGIC,
     SYSTEM_LOG,
 };
-use crate::io::{Completion, Io};
+use crate::io::{Completion, Io, EXTERNAL_TOKEN};
 use crate::lifecycle::Spare;
 use crate::store::{disk_len, Ack, Entry, Frame, Store};
 
@@ -218,6 +218,10 @@ impl<I: Io> Store<I> {
 
     /// Handles one completion.
     pub(crate) fn handle(&mut self, completion: Completion) {
+        if completion.token & EXTERNAL_TOKEN != 0 {
+            self.external.push(completion);
+            return;
+        }
         if self.failed.is_some() {
             // Nothing that completes after a failure may advance the frontier.
             return;

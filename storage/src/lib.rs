@@ -1,14 +1,14 @@
 //! chainlog-storage: the durable heart of chainlog.
 //!
 //! One [`Store`] per shard owns a directory of preallocated segments and writes every append
-//! through **group commit** ([`commit`]): pending records of all the shard's logs go out as
+//! through **group commit**: pending records of all the shard's logs go out as
 //! one aligned O_DIRECT write, made durable by `RWF_DSYNC` or a linked fdatasync (chosen by
 //! [`calibrate`] at open), and are acknowledged only when that write and every one before it
 //! completed. [`recovery`] rebuilds state after a crash, cutting a torn tail and reporting
 //! damage in the middle. All I/O goes through the [`io::Io`] seam: io_uring in production, a
 //! deterministic fault-injecting simulator in tests.
 //!
-//! The on-disk format is in [`format`]; the design and its reasons are in ARCHITECTURE.md.
+//! The on-disk format is in [`format`](mod@format); the design and its reasons are in ARCHITECTURE.md.
 
 pub mod buf;
 pub mod calibrate;
@@ -32,7 +32,9 @@ pub use clock::{Clock, SimClock, SimRng, SystemClock};
 pub use config::{DurabilityMode, StoreConfig};
 pub use error::{Error, Result};
 pub use fatal::{fatal, FATAL_EXIT_CODE};
-pub use io::{Durability, FaultConfig, FaultPlan, FaultyIo, Io, SimDisk, SimIo, UringIo};
+pub use io::{
+    Durability, FaultConfig, FaultPlan, FaultyIo, Io, SimDisk, SimIo, UringIo, EXTERNAL_TOKEN,
+};
 pub use metrics::StoreMetrics;
 pub use recovery::RecoveryReport;
 pub use store::{Ack, LogTail, ReadRecord, Record, Store};

@@ -172,6 +172,8 @@ pub struct Store<I: Io> {
     // Completions waiting to be handled, acks waiting to be handed out.
     pub(crate) stash: Vec<Completion>,
     pub(crate) acks: Vec<Ack>,
+    /// Completions of the owner's own operations ([`EXTERNAL_TOKEN`](crate::io::EXTERNAL_TOKEN)), not yet taken.
+    pub(crate) external: Vec<Completion>,
     pub(crate) failed: Option<String>,
     pub(crate) metrics: StoreMetrics,
     pub(crate) read_window: Window,
@@ -234,6 +236,7 @@ impl<I: Io> Store<I> {
             logs: recovered.logs,
             stash: Vec::new(),
             acks: Vec::new(),
+            external: Vec::new(),
             failed: None,
             metrics: StoreMetrics::new(),
             read_window,
@@ -421,6 +424,18 @@ impl<I: Io> Store<I> {
             acks.append(&mut self.acks);
         }
         self.check_failed()
+    }
+
+    /// The I/O backend, for the owner to submit its own operations (tokens with
+    /// [`EXTERNAL_TOKEN`](crate::io::EXTERNAL_TOKEN)) to the same ring; their completions come back through
+    /// [`take_external`](Self::take_external) after a [`poll`](Self::poll).
+    pub fn io_mut(&mut self) -> &mut I {
+        &mut self.io
+    }
+
+    /// Moves the completions of the owner's own operations into `out`.
+    pub fn take_external(&mut self, out: &mut Vec<Completion>) {
+        out.append(&mut self.external);
     }
 
     /// Polls until everything appended so far is durable (or the store failed).

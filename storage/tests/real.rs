@@ -1190,3 +1190,35 @@ fn trim_reclaims_space_and_survives_reopen() {
         }
     }
 }
+
+/// The shard's own operations (its sockets) go through the store's ring: an operation
+/// submitted with an external token comes back from `poll` through `take_external`, between
+/// appends, and is not mistaken for a storage completion.
+#[test]
+fn external_operations_share_the_ring() {
+    use chainlog_storage::EXTERNAL_TOKEN;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut store = open_real(tmp.path(), StoreConfig::default());
+    let token = EXTERNAL_TOKEN | 7;
+    // SAFETY: a NOP refers to no buffer and no descriptor.
+    unsafe {
+        store
+            .io_mut()
+            .submit_external(io_uring::opcode::Nop::new().build(), token)
+    };
+    let mut acks = Vec::new();
+    store
+        .append(1, 1, &[Record::new(b"with a neighbour")], 1)
+        .expect("append");
+    let mut external = Vec::new();
+    while external.is_empty() || acks.is_empty() {
+        store.poll(true, &mut acks).expect("poll");
+        store.take_external(&mut external);
+    }
+    assert_eq!(external.len(), 1);
+    assert_eq!(external[0].token, token);
+    assert!(external[0].buf.is_none());
+    assert_eq!(external[0].result.as_ref().ok(), Some(&0));
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].lsns, 0..1);
+}

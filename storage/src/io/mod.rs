@@ -22,6 +22,12 @@ pub use uring::UringIo;
 
 use crate::buf::AlignedBuf;
 
+/// Tokens with this bit belong to the store's owner, not to the store: operations the owner
+/// submits to the same backend (a shard's sockets, with [`UringIo::submit_external`]) so that
+/// one ring drives network and disk. The store never submits such tokens and hands their
+/// completions back untouched ([`Store::take_external`](crate::Store::take_external)).
+pub const EXTERNAL_TOKEN: u64 = 1 << 63;
+
 /// A file opened through an [`Io`] backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FileId(pub u32);

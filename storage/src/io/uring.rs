@@ -8,7 +8,7 @@ use std::path::Path;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::{Completion, Durability, FileId, Io};
+use super::{Completion, Durability, FileId, Io, EXTERNAL_TOKEN};
 use crate::buf::AlignedBuf;
 
 /// An operation between submission and completion.
@@ -100,6 +100,25 @@ impl UringIo {
         }
     }
 
+    /// Submits an operation built by the ring's owner (its sockets), tagged with `token`,
+    /// which must have [`EXTERNAL_TOKEN`] set. Its completion comes back from `wait` with that
+    /// token, no buffer, and the raw result (bytes transferred, or an accepted descriptor).
+    /// Only single-shot operations: each submission must produce exactly one completion.
+    ///
+    /// # Safety
+    ///
+    /// Every buffer and descriptor the entry refers to must stay valid, and buffers must not
+    /// be touched, until the completion has been returned by `wait`.
+    pub unsafe fn submit_external(&mut self, entry: squeue::Entry, token: u64) {
+        assert_ne!(
+            token & EXTERNAL_TOKEN,
+            0,
+            "external tokens carry EXTERNAL_TOKEN"
+        );
+        self.in_flight += 1;
+        self.push(&entry.user_data(token));
+    }
+
     fn push(&mut self, entry: &squeue::Entry) {
         loop {
             // SAFETY: every buffer an entry points to is owned by its slot until completion,
@@ -120,6 +139,20 @@ impl UringIo {
             done.push((cqe.user_data(), cqe.result()));
         }
         for (user_data, res) in done {
+            if user_data & EXTERNAL_TOKEN != 0 {
+                self.in_flight -= 1;
+                let result = if res < 0 {
+                    Err(io::Error::from_raw_os_error(-res))
+                } else {
+                    Ok(res as usize)
+                };
+                out.push(Completion {
+                    token: user_data,
+                    buf: None,
+                    result,
+                });
+                continue;
+            }
             let index = (user_data >> PART_BITS) as usize;
             let slot = self.slots[index]
                 .as_mut()

@@ -54,6 +54,15 @@ pub enum Error {
         /// The record's index in the batch.
         index: usize,
     },
+    /// A conditional append whose expected LSN is not the log's next LSN.
+    #[error("condition failed: the log's next LSN is {tail}")]
+    ConditionFailed {
+        /// The log's next LSN.
+        tail: u64,
+    },
+    /// Encoded records that do not add up (a caller bug or bad input).
+    #[error("malformed batch: {0}")]
+    Malformed(&'static str),
     /// An append with no records.
     #[error("a batch needs at least one record")]
     EmptyBatch,
@@ -99,6 +108,29 @@ impl Error {
     /// Whether the same request may succeed later unchanged.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Overloaded)
+    }
+
+    /// A stable snake_case name of the error's kind, for metrics and reports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Io { .. } => "io",
+            Error::UnexpectedFile { .. } => "unexpected_file",
+            Error::UnsupportedVersion { .. } => "unsupported_version",
+            Error::Corrupt { .. } => "corrupt",
+            Error::TooLarge { .. } => "too_large",
+            Error::Checksum { .. } => "checksum",
+            Error::ConditionFailed { .. } => "condition_failed",
+            Error::Malformed(_) => "malformed",
+            Error::EmptyBatch => "empty_batch",
+            Error::ReservedLog(_) => "reserved_log",
+            Error::UnknownLog(_) => "unknown_log",
+            Error::Trimmed { .. } => "trimmed",
+            Error::TrimBeyondTail { .. } => "trim_beyond_tail",
+            Error::Overloaded => "overloaded",
+            Error::TooManyLogs { .. } => "too_many_logs",
+            Error::Fatal(_) => "fatal",
+            Error::Config(_) => "config",
+        }
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {

@@ -37,4 +37,4 @@ pub use io::{
 };
 pub use metrics::StoreMetrics;
 pub use recovery::RecoveryReport;
-pub use store::{Ack, LogTail, ReadRecord, Record, Store};
+pub use store::{Ack, Batch, LogTail, ReadRecord, Record, Store};

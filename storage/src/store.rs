@@ -47,6 +47,114 @@ impl<'a> Record<'a> {
     }
 }
 
+/// The records of an append.
+#[derive(Clone, Copy, Debug)]
+pub enum Batch<'a> {
+    /// Payloads with their CRCs.
+    Records(&'a [Record<'a>]),
+    /// `count` records already in the wire and disk layout ([`RecordHeader`] with `len` and
+    /// `crc` set, the payload, zero padding to 8 bytes), as a client sends them: they are
+    /// copied to the frame as they are and stamped in place.
+    Encoded {
+        /// The encoded records.
+        bytes: &'a [u8],
+        /// How many records `bytes` holds.
+        count: u32,
+    },
+}
+
+impl Batch<'_> {
+    /// Records and frame bytes of the batch, checking every record's length (and, for an
+    /// encoded batch, that the records exactly fill `bytes`).
+    fn measure(&self, record_bytes_max: usize) -> Result<(u32, usize)> {
+        let too_large = |len: usize| Error::TooLarge {
+            len,
+            max: record_bytes_max,
+        };
+        match *self {
+            Batch::Records(records) => {
+                let mut bytes = 0;
+                for r in records {
+                    if r.payload.len() > record_bytes_max {
+                        return Err(too_large(r.payload.len()));
+                    }
+                    bytes += record_bytes(r.payload.len());
+                }
+                Ok((records.len() as u32, bytes))
+            }
+            Batch::Encoded { bytes, count } => {
+                let mut seen = 0;
+                for record in Records::new(bytes, count) {
+                    let record =
+                        record.map_err(|_| Error::Malformed("records overrun the batch"))?;
+                    if record.payload.len() > record_bytes_max {
+                        return Err(too_large(record.payload.len()));
+                    }
+                    seen += record_bytes(record.payload.len());
+                }
+                if seen != bytes.len() {
+                    return Err(Error::Malformed(
+                        "the batch holds more bytes than its records",
+                    ));
+                }
+                Ok((count, bytes.len()))
+            }
+        }
+    }
+
+    /// Writes the records into `out` (exactly the measured bytes) with their headers stamped;
+    /// `Err(index)` for the first record whose payload fails its CRC.
+    fn lay_out(
+        &self,
+        out: &mut [u8],
+        log_id: u64,
+        first_lsn: u64,
+        epoch: u64,
+        now_wall: u64,
+    ) -> Result<(), usize> {
+        let mut at = 0;
+        let stamp =
+            |out: &mut [u8], at: usize, i: usize, len: usize, crc: u32| -> Result<(), usize> {
+                let payload = &out[at + RECORD_HEADER_BYTES..at + RECORD_HEADER_BYTES + len];
+                if payload_crc(payload) != crc {
+                    return Err(i);
+                }
+                let header = RecordHeader {
+                    len: len as u32,
+                    crc,
+                    log_id,
+                    lsn: first_lsn + i as u64,
+                    epoch,
+                    timestamp_us: now_wall,
+                };
+                out[at..at + RECORD_HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&header));
+                Ok(())
+            };
+        match *self {
+            Batch::Records(records) => {
+                for (i, r) in records.iter().enumerate() {
+                    let payload_at = at + RECORD_HEADER_BYTES;
+                    let end = at + record_bytes(r.payload.len());
+                    out[payload_at..payload_at + r.payload.len()].copy_from_slice(r.payload);
+                    out[payload_at + r.payload.len()..end].fill(0);
+                    stamp(out, at, i, r.payload.len(), r.crc)?;
+                    at = end;
+                }
+            }
+            Batch::Encoded { bytes, count } => {
+                out.copy_from_slice(bytes);
+                for i in 0..count as usize {
+                    let header: RecordHeader =
+                        bytemuck::pod_read_unaligned(&out[at..at + RECORD_HEADER_BYTES]);
+                    stamp(out, at, i, header.len as usize, header.crc)?;
+                    at += record_bytes(header.len as usize);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A durable append or trim, reported by [`Store::poll`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ack {
@@ -271,22 +379,26 @@ impl<I: Io> Store<I> {
         records: &[Record<'_>],
         token: u64,
     ) -> Result<Range<u64>> {
+        self.append_batch(log_id, epoch, None, Batch::Records(records), token)
+    }
+
+    /// Appends a batch in either form, only if the log's next LSN is `expected_lsn` when one is
+    /// given (conditional append: [`Error::ConditionFailed`] otherwise). As [`append`](Self::append).
+    pub fn append_batch(
+        &mut self,
+        log_id: u64,
+        epoch: u64,
+        expected_lsn: Option<u64>,
+        batch: Batch<'_>,
+        token: u64,
+    ) -> Result<Range<u64>> {
         self.check_failed()?;
         if log_id == SYSTEM_LOG {
             return Err(Error::ReservedLog(log_id));
         }
-        if records.is_empty() {
+        let (count, bytes) = batch.measure(self.config.record_bytes_max)?;
+        if count == 0 {
             return Err(Error::EmptyBatch);
-        }
-        let mut bytes = 0;
-        for r in records {
-            if r.payload.len() > self.config.record_bytes_max {
-                return Err(Error::TooLarge {
-                    len: r.payload.len(),
-                    max: self.config.record_bytes_max,
-                });
-            }
-            bytes += record_bytes(r.payload.len());
         }
         let body_max = self.config.batch_bytes_max - FRAME_HEADER_BYTES;
         if bytes > body_max {
@@ -295,7 +407,14 @@ impl<I: Io> Store<I> {
                 max: body_max,
             });
         }
-        if !self.logs.contains_key(&log_id) && self.logs.len() >= self.config.logs_max {
+        let next_lsn = self.logs.get(&log_id).map_or(0, |l| l.next_lsn);
+        if expected_lsn.is_some_and(|expected| expected != next_lsn) {
+            return Err(Error::ConditionFailed { tail: next_lsn });
+        }
+        if next_lsn == 0
+            && !self.logs.contains_key(&log_id)
+            && self.logs.len() >= self.config.logs_max
+        {
             return Err(Error::TooManyLogs {
                 max: self.config.logs_max,
             });
@@ -303,46 +422,31 @@ impl<I: Io> Store<I> {
         let now_wall = self.clock.wall_us();
         // Room first: a refused (Overloaded) append must not cost a pass over its bytes.
         self.make_room(bytes)?;
-        // End-to-end checksum: verified before anything is written.
-        if let Some(index) = records.iter().position(|r| payload_crc(r.payload) != r.crc) {
-            return Err(Error::Checksum { index });
-        }
-        let log = self.logs.entry(log_id).or_default();
-        let first_lsn = log.next_lsn;
-        log.next_lsn += records.len() as u64;
         let frame = self
             .building
             .as_mut()
             .expect("make_room leaves a building frame");
         let buf = frame.buf.as_mut().expect("building frame has its buffer");
-        let mut at = buf.len();
-        buf.set_len(at + bytes);
-        let out = buf.as_mut_slice();
-        for (i, r) in records.iter().enumerate() {
-            let header = RecordHeader {
-                len: r.payload.len() as u32,
-                crc: r.crc,
-                log_id,
-                lsn: first_lsn + i as u64,
-                epoch,
-                timestamp_us: now_wall,
-            };
-            out[at..at + RECORD_HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&header));
-            let payload_at = at + RECORD_HEADER_BYTES;
-            out[payload_at..payload_at + r.payload.len()].copy_from_slice(r.payload);
-            let end = at + record_bytes(r.payload.len());
-            out[payload_at + r.payload.len()..end].fill(0);
-            at = end;
+        let start = buf.len();
+        buf.set_len(start + bytes);
+        let out = &mut buf.as_mut_slice()[start..];
+        // One copy from the caller's bytes into the frame; headers are stamped in place and
+        // the end-to-end checksum is verified on the copy, before anything is written.
+        let stamped = batch.lay_out(out, log_id, next_lsn, epoch, now_wall);
+        if let Err(index) = stamped {
+            buf.set_len(start);
+            return Err(Error::Checksum { index });
         }
-        frame.records += records.len() as u32;
+        frame.records += count;
         frame.entries.push(Entry::Append {
             token,
             log_id,
-            first_lsn,
-            count: records.len() as u32,
+            first_lsn: next_lsn,
+            count,
         });
-        self.metrics.records_appended += records.len() as u64;
-        Ok(first_lsn..first_lsn + records.len() as u64)
+        self.logs.entry(log_id).or_default().next_lsn = next_lsn + u64::from(count);
+        self.metrics.records_appended += u64::from(count);
+        Ok(next_lsn..next_lsn + u64::from(count))
     }
 
     /// Trims `log_id` below `before`: reads below fail with [`Error::Trimmed`] at once; the

@@ -376,7 +376,7 @@ fn run(
                     // Overloaded: no write buffer frees up before the next poll, so the other
                     // ready clients would be refused too (each refusal costs the store a CRC
                     // pass over the payload). They all wait for the next poll, in order.
-                    *errors.entry(error_kind(&e)).or_default() += 1;
+                    *errors.entry(e.kind()).or_default() += 1;
                     break;
                 }
                 Err(e) => {
@@ -469,27 +469,6 @@ fn take_ack(clients: &mut [Client], ack: &Ack) -> usize {
     );
     client.accepted = false;
     i
-}
-
-/// The name of an error kind in the report.
-fn error_kind(e: &Error) -> &'static str {
-    match e {
-        Error::Io { .. } => "io",
-        Error::UnexpectedFile { .. } => "unexpected_file",
-        Error::UnsupportedVersion { .. } => "unsupported_version",
-        Error::Corrupt { .. } => "corrupt",
-        Error::TooLarge { .. } => "too_large",
-        Error::Checksum { .. } => "checksum",
-        Error::EmptyBatch => "empty_batch",
-        Error::ReservedLog(_) => "reserved_log",
-        Error::UnknownLog(_) => "unknown_log",
-        Error::Trimmed { .. } => "trimmed",
-        Error::TrimBeyondTail { .. } => "trim_beyond_tail",
-        Error::Overloaded => "overloaded",
-        Error::TooManyLogs { .. } => "too_many_logs",
-        Error::Fatal(_) => "fatal",
-        Error::Config(_) => "config",
-    }
 }
 
 fn durability_name(d: Durability) -> &'static str {

@@ -1,1 +1,113 @@
-//! chainlog-net: the wire protocol (framing, limits, connections). Built by the node issue.
+//! chainlog-net: the wire protocol, as pure functions over byte slices.
+//!
+//! A connection carries **frames**: a 24-byte [`FrameHeader`] and a body. [`parse_frame`] finds
+//! a whole frame at the start of a buffer (or says that more bytes are needed) and checks its
+//! framing; [`decode_request`] and [`decode_response`] turn a frame into a typed [`Request`] or
+//! [`Response`] that borrows from the buffer; [`encode_request`], [`encode_response`] and
+//! [`encode_error`] append whole frames to a `Vec<u8>`. [`AppendBuilder`] and [`ReadBuilder`]
+//! lay records out directly in an output buffer, in the storage layout
+//! ([`RecordHeader`], payload, zero padding to 8 bytes), which is also the disk layout: an
+//! APPEND's [`Records::bytes`] can be copied to disk as they are.
+//!
+//! Nothing here does I/O, blocks or allocates while decoding; every decoder returns a precise
+//! [`Error`] for bad input and never panics. `PROTOCOL.md` at the workspace root is the
+//! specification this crate implements.
+
+mod decode;
+mod encode;
+pub mod error;
+pub mod frame;
+pub mod message;
+pub mod records;
+
+pub use chainlog_storage::format::{RecordHeader, RecordView, RECORD_HEADER_BYTES};
+pub use decode::{check_name, decode_request, decode_response};
+pub use encode::{encode_error, encode_request, encode_response};
+pub use error::{Error, ErrorCode};
+pub use frame::{parse_frame, Flags, Frame, FrameHeader, FRAME_HEADER_BYTES, FRAME_LENGTH_MIN};
+pub use message::{
+    AppendHeader, AppendRequest, AppendResponse, CreateLogRequest, CreateLogResponse,
+    CreditRequest, DescribeLogRequest, DescribeLogResponse, ErrorResponse, HelloRequest,
+    HelloResponse, ListLogsRequest, ListLogsResponse, LogEntries, LogEntriesIter, LogEntry, LogRef,
+    Opcode, Push, ReadRequest, ReadResponse, Request, Response, SubscribeRequest,
+    SubscribeResponse, TailResponse, TrimRequest, UnsubscribeRequest,
+};
+pub use records::{AppendBuilder, ReadBuilder, ReadKind, RecordForm, RecordIter, Records};
+
+// Headers are read and written with bytemuck (here and in chainlog-storage), which uses the
+// machine's byte order; the wire is little-endian.
+#[cfg(not(target_endian = "little"))]
+compile_error!("chainlog-net supports little-endian targets only");
+
+/// The protocol version this build speaks (the only one so far).
+pub const PROTOCOL_VERSION: u16 = 1;
+/// `"CHLG"` read as a little-endian u32 (0x474C4843): the first field of a HELLO request.
+pub const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"CHLG");
+/// APPEND `epoch`: append in whatever epoch is current.
+pub const EPOCH_CURRENT: u64 = 0;
+/// APPEND `expected_lsn`: no condition.
+pub const LSN_UNCONDITIONAL: u64 = u64::MAX;
+/// SUBSCRIBE `from_lsn`: start at the log's tail (only records committed from now on).
+pub const LSN_FROM_TAIL: u64 = u64::MAX;
+/// APPEND `fencing_token`: no fencing.
+pub const TOKEN_NONE: u64 = 0;
+/// APPEND `writer_id`: no idempotency (then `writer_seq` must be 0).
+pub const WRITER_NONE: u64 = 0;
+/// The largest ERROR message, in bytes of UTF-8. Longer messages are cut by [`encode_error`].
+pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
+/// ERROR `arg0`/`arg1` when the argument does not apply (e.g. MALFORMED about no one record).
+pub const ARG_NONE: u64 = u64::MAX;
+
+/// The limits a peer enforces. Decoders take them as a parameter; a client learns the server's
+/// frame, record and batch limits from the HELLO response ([`HelloResponse::limits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest frame, header included. Larger frames are malformed.
+    pub frame_bytes_max: u32,
+    /// The largest record payload.
+    pub record_bytes_max: u32,
+    /// The most records in one APPEND, READ response or push.
+    pub batch_records_max: u32,
+    /// The longest log name, in bytes of UTF-8. Fixed at 255 by version 1.
+    pub name_bytes_max: u16,
+    /// The most entries in one LIST_LOGS response. Fixed at 1000 by version 1.
+    pub list_max: u32,
+    /// Unanswered requests per connection beyond which a server stops reading it
+    /// (backpressure). Not used by decoding.
+    pub in_flight_max: u32,
+}
+
+impl Limits {
+    /// The defaults (and version 1's fixed values for names and listings).
+    pub const DEFAULT: Limits = Limits {
+        frame_bytes_max: (4 << 20) + (4 << 10),
+        record_bytes_max: 1 << 20,
+        batch_records_max: 4096,
+        name_bytes_max: 255,
+        list_max: 1000,
+        in_flight_max: 1024,
+    };
+
+    /// True if a frame of `frame_bytes_max` holds an APPEND of one record of
+    /// `record_bytes_max` (and so a READ response or push of one such record), and the other
+    /// limits are at least 1. A server's limits must be consistent.
+    pub const fn is_consistent(&self) -> bool {
+        let one_record = FRAME_HEADER_BYTES
+            + message::APPEND_HEADER_BYTES
+            + chainlog_storage::format::record_bytes(self.record_bytes_max as usize);
+        self.frame_bytes_max as usize >= one_record
+            && self.batch_records_max >= 1
+            && self.name_bytes_max >= 1
+            && self.list_max >= 1
+            && self.in_flight_max >= 1
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits::DEFAULT
+    }
+}
+
+const _: () = assert!(Limits::DEFAULT.is_consistent());
+const _: () = assert!(HELLO_MAGIC == 0x474C_4843);

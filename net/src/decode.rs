@@ -1,0 +1,563 @@
+//! Decoding: a parsed [`Frame`] into a typed [`Request`] or [`Response`] that borrows from
+//! it. Bodies are read with a bounds-checked cursor; every field the protocol constrains is
+//! checked (reserved fields zero, names well-formed, records intact), bodies must end exactly
+//! where their fields say, and nothing is allocated.
+
+use crate::error::ErrorCode;
+use crate::frame::{Flags, Frame};
+use crate::message::{
+    padded, AppendHeader, AppendRequest, AppendResponse, CreateLogRequest, CreateLogResponse,
+    CreditRequest, DescribeLogRequest, DescribeLogResponse, ErrorResponse, HelloRequest,
+    HelloResponse, ListLogsRequest, ListLogsResponse, LogEntries, LogRef, Opcode, Push,
+    ReadRequest, ReadResponse, Request, Response, SubscribeRequest, SubscribeResponse,
+    TailResponse, TrimRequest, UnsubscribeRequest, ENTRY_HEADER_BYTES,
+};
+use crate::records::{RecordForm, Records};
+use crate::{Error, Limits, ERROR_MESSAGE_BYTES_MAX, HELLO_MAGIC, PROTOCOL_VERSION, WRITER_NONE};
+
+/// Decodes a request frame (flags must be 0). The caller answers an error with
+/// [`Error::response`]; MALFORMED ones close the connection.
+pub fn decode_request<'a>(frame: &Frame<'a>, limits: &Limits) -> Result<Request<'a>, Error> {
+    let Some(opcode) = Opcode::from_u16(frame.opcode) else {
+        return Err(Error::UnknownOpcode {
+            opcode: frame.opcode,
+        });
+    };
+    if frame.flags != Flags::NONE {
+        return Err(Error::UnexpectedFlags {
+            opcode: frame.opcode,
+            flags: frame.flags.bits(),
+        });
+    }
+    let mut r = Reader::new(frame.body, frame.opcode);
+    let request = match opcode {
+        Opcode::Hello => Request::Hello(hello_request(&mut r)?),
+        Opcode::Append => Request::Append(append_request(&mut r, limits)?),
+        Opcode::Read => {
+            r.need(24)?;
+            Request::Read(ReadRequest {
+                log_id: r.u64()?,
+                from_lsn: r.u64()?,
+                max_records: r.u32()?,
+                max_bytes: r.u32()?,
+            })
+        }
+        Opcode::Subscribe => {
+            r.need(24)?;
+            let request = SubscribeRequest {
+                log_id: r.u64()?,
+                from_lsn: r.u64()?,
+                credit_records: r.u32()?,
+            };
+            r.reserved_u32("reserved")?;
+            Request::Subscribe(request)
+        }
+        Opcode::Credit => {
+            r.need(16)?;
+            let request = CreditRequest {
+                subscription_id: r.u64()?,
+                records: r.u32()?,
+            };
+            r.reserved_u32("reserved")?;
+            Request::Credit(request)
+        }
+        Opcode::Unsubscribe => Request::Unsubscribe(UnsubscribeRequest {
+            subscription_id: r.u64()?,
+        }),
+        Opcode::CheckTail => Request::CheckTail { log_id: r.u64()? },
+        Opcode::TailHint => Request::TailHint { log_id: r.u64()? },
+        Opcode::Trim => {
+            r.need(16)?;
+            Request::Trim(TrimRequest {
+                log_id: r.u64()?,
+                before_lsn: r.u64()?,
+            })
+        }
+        Opcode::CreateLog => {
+            r.need(4)?;
+            let replication_factor = r.u8()?;
+            if replication_factor == 0 {
+                return Err(r.invalid("replication_factor", 0));
+            }
+            r.reserved_u8("reserved")?;
+            let name = r.name(limits)?;
+            Request::CreateLog(CreateLogRequest {
+                replication_factor,
+                name,
+            })
+        }
+        Opcode::DescribeLog => Request::DescribeLog(describe_request(&mut r, limits)?),
+        Opcode::ListLogs => {
+            r.need(16)?;
+            let request = ListLogsRequest {
+                after_log_id: r.u64()?,
+                max: r.u32()?,
+            };
+            r.reserved_u32("reserved")?;
+            Request::ListLogs(request)
+        }
+        Opcode::DeleteLog => Request::DeleteLog { log_id: r.u64()? },
+    };
+    r.finish()?;
+    Ok(request)
+}
+
+fn hello_request(r: &mut Reader<'_>) -> Result<HelloRequest, Error> {
+    r.need(8)?;
+    let magic = r.u32()?;
+    if magic != HELLO_MAGIC {
+        return Err(Error::BadMagic { magic });
+    }
+    let min_version = r.u16()?;
+    let max_version = r.u16()?;
+    if min_version > max_version {
+        return Err(r.invalid("min_version", u64::from(min_version)));
+    }
+    if !(min_version..=max_version).contains(&PROTOCOL_VERSION) {
+        return Err(Error::UnsupportedVersion {
+            min: min_version,
+            max: max_version,
+        });
+    }
+    Ok(HelloRequest {
+        min_version,
+        max_version,
+    })
+}
+
+fn append_request<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<AppendRequest<'a>, Error> {
+    r.need(crate::message::APPEND_HEADER_BYTES)?;
+    let header = AppendHeader {
+        log_id: r.u64()?,
+        epoch: r.u64()?,
+        expected_lsn: r.u64()?,
+        fencing_token: r.u64()?,
+        writer_id: r.u64()?,
+        writer_seq: r.u64()?,
+    };
+    let count = r.u32()?;
+    r.reserved_u32("reserved")?;
+    if header.writer_id == WRITER_NONE && header.writer_seq != 0 {
+        return Err(r.invalid("writer_seq", header.writer_seq));
+    }
+    if count == 0 {
+        return Err(r.invalid("count", 0));
+    }
+    let records = Records::parse(r.rest(), count, RecordForm::Unstamped, limits)?;
+    Ok(AppendRequest { header, records })
+}
+
+fn describe_request<'a>(
+    r: &mut Reader<'a>,
+    limits: &Limits,
+) -> Result<DescribeLogRequest<'a>, Error> {
+    r.need(12)?;
+    let by = r.u8()?;
+    r.reserved_u8("reserved")?;
+    let name_len = r.u16()?;
+    let log_id = r.u64()?;
+    let by = match by {
+        0 => {
+            if name_len != 0 {
+                return Err(r.invalid("name_len", u64::from(name_len)));
+            }
+            LogRef::Id(log_id)
+        }
+        1 => {
+            if log_id != 0 {
+                return Err(r.invalid("log_id", log_id));
+            }
+            LogRef::Name(r.name_of_len(name_len, limits)?)
+        }
+        other => return Err(r.invalid("by", u64::from(other))),
+    };
+    Ok(DescribeLogRequest { by })
+}
+
+/// Decodes a response or push frame (flags must include RESPONSE). `limits` are the server's
+/// ([`HelloResponse::limits`]; the defaults before the HELLO response).
+pub fn decode_response<'a>(frame: &Frame<'a>, limits: &Limits) -> Result<Response<'a>, Error> {
+    let flags = frame.flags;
+    let unexpected = || Error::UnexpectedFlags {
+        opcode: frame.opcode,
+        flags: flags.bits(),
+    };
+    let opcode = Opcode::from_u16(frame.opcode);
+    if !flags.contains(Flags::RESPONSE) {
+        return Err(unexpected());
+    }
+    let push = flags.contains(Flags::PUSH);
+    let end = flags.contains(Flags::END);
+    let error = flags.contains(Flags::ERROR);
+    if end && !push {
+        return Err(unexpected());
+    }
+    if push && opcode != Some(Opcode::Subscribe) {
+        return Err(unexpected());
+    }
+    if error {
+        if push && !end {
+            return Err(unexpected());
+        }
+        if opcode.is_none() && frame.opcode != 0 {
+            return Err(Error::UnknownOpcode {
+                opcode: frame.opcode,
+            });
+        }
+        // Opcode 0: a connection-level error (the request could not be identified).
+        let mut r = Reader::new(frame.body, frame.opcode);
+        let body = error_body(&mut r)?;
+        r.finish()?;
+        return Ok(if push {
+            Response::PushError(body)
+        } else {
+            Response::Error(body)
+        });
+    }
+    let Some(opcode) = opcode else {
+        return Err(Error::UnknownOpcode {
+            opcode: frame.opcode,
+        });
+    };
+    let mut r = Reader::new(frame.body, frame.opcode);
+    let response = match opcode {
+        Opcode::Hello => Response::Hello(hello_response(&mut r)?),
+        Opcode::Append => {
+            r.need(16)?;
+            let response = AppendResponse {
+                first_lsn: r.u64()?,
+                count: r.u32()?,
+            };
+            r.reserved_u32("reserved")?;
+            if response.count == 0 {
+                return Err(r.invalid("count", 0));
+            }
+            Response::Append(response)
+        }
+        Opcode::Read => Response::Read(read_body(&mut r, limits)?),
+        Opcode::Subscribe if push => Response::Push(Push {
+            batch: read_body(&mut r, limits)?,
+            end,
+        }),
+        Opcode::Subscribe => Response::Subscribe(SubscribeResponse {
+            start_lsn: r.u64()?,
+        }),
+        Opcode::Credit => Response::Credit,
+        Opcode::Unsubscribe => Response::Unsubscribe,
+        Opcode::CheckTail => Response::CheckTail(tail_body(&mut r)?),
+        Opcode::TailHint => Response::TailHint(tail_body(&mut r)?),
+        Opcode::Trim => Response::Trim,
+        Opcode::CreateLog => {
+            r.need(16)?;
+            let response = CreateLogResponse {
+                log_id: r.u64()?,
+                shard: r.u16()?,
+            };
+            r.reserved_u16("reserved0")?;
+            r.reserved_u32("reserved1")?;
+            Response::CreateLog(response)
+        }
+        Opcode::DescribeLog => Response::DescribeLog(describe_response(&mut r, limits)?),
+        Opcode::ListLogs => Response::ListLogs(list_response(&mut r, limits)?),
+        Opcode::DeleteLog => Response::DeleteLog,
+    };
+    r.finish()?;
+    Ok(response)
+}
+
+fn hello_response(r: &mut Reader<'_>) -> Result<HelloResponse, Error> {
+    r.need(32)?;
+    let version = r.u16()?;
+    let shard_index = r.u16()?;
+    let shard_count = r.u16()?;
+    r.reserved_u16("reserved0")?;
+    let frame_bytes_max = r.u32()?;
+    let record_bytes_max = r.u32()?;
+    let batch_records_max = r.u32()?;
+    r.reserved_u32("reserved1")?;
+    let node_id = r.u64()?;
+    if version != PROTOCOL_VERSION {
+        return Err(r.invalid("version", u64::from(version)));
+    }
+    if shard_count == 0 {
+        return Err(r.invalid("shard_count", 0));
+    }
+    if shard_index >= shard_count {
+        return Err(r.invalid("shard_index", u64::from(shard_index)));
+    }
+    let response = HelloResponse {
+        version,
+        shard_index,
+        shard_count,
+        frame_bytes_max,
+        record_bytes_max,
+        batch_records_max,
+        node_id,
+    };
+    if !response.limits().is_consistent() {
+        return Err(r.invalid("frame_bytes_max", u64::from(frame_bytes_max)));
+    }
+    Ok(response)
+}
+
+fn read_body<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<ReadResponse<'a>, Error> {
+    r.need(16)?;
+    let tail = r.u64()?;
+    let count = r.u32()?;
+    r.reserved_u32("reserved")?;
+    let records = Records::parse(r.rest(), count, RecordForm::Stamped, limits)?;
+    if records.last().is_some_and(|last| last.lsn >= tail) {
+        return Err(Error::RecordOutOfSequence { index: count - 1 });
+    }
+    Ok(ReadResponse { tail, records })
+}
+
+fn tail_body(r: &mut Reader<'_>) -> Result<TailResponse, Error> {
+    r.need(24)?;
+    Ok(TailResponse {
+        tail: r.u64()?,
+        trim_point: r.u64()?,
+        epoch: r.u64()?,
+    })
+}
+
+fn describe_response<'a>(
+    r: &mut Reader<'a>,
+    limits: &Limits,
+) -> Result<DescribeLogResponse<'a>, Error> {
+    r.need(40)?;
+    let log_id = r.u64()?;
+    let tail = r.u64()?;
+    let trim_point = r.u64()?;
+    let epoch = r.u64()?;
+    let shard = r.u16()?;
+    let replication_factor = r.u8()?;
+    r.reserved_u8("reserved0")?;
+    let name_len = r.u16()?;
+    r.reserved_u16("reserved1")?;
+    let name = r.name_of_len(name_len, limits)?;
+    Ok(DescribeLogResponse {
+        log_id,
+        tail,
+        trim_point,
+        epoch,
+        shard,
+        replication_factor,
+        name,
+    })
+}
+
+fn list_response<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<ListLogsResponse<'a>, Error> {
+    r.need(8)?;
+    let count = r.u32()?;
+    r.reserved_u32("reserved")?;
+    if count > limits.list_max {
+        return Err(Error::TooManyEntries {
+            count,
+            max: limits.list_max,
+        });
+    }
+    let start = r.pos;
+    let mut previous: Option<u64> = None;
+    for index in 0..count {
+        r.need(r.pos + ENTRY_HEADER_BYTES)?;
+        let log_id = r.u64()?;
+        let name_len = r.u16()?;
+        r.reserved_u16("entry.reserved0")?;
+        r.reserved_u32("entry.reserved1")?;
+        if previous.is_some_and(|p| log_id <= p) {
+            return Err(Error::EntryOutOfOrder { index });
+        }
+        previous = Some(log_id);
+        r.name_of_len(name_len, limits)?;
+        let pad = padded(usize::from(name_len)) - usize::from(name_len);
+        if r.take(pad)?.iter().any(|&b| b != 0) {
+            return Err(r.invalid("entry.padding", u64::from(index)));
+        }
+    }
+    let bytes = &r.body[start..r.pos];
+    Ok(ListLogsResponse {
+        entries: LogEntries::encoded(bytes, count),
+    })
+}
+
+fn error_body<'a>(r: &mut Reader<'a>) -> Result<ErrorResponse<'a>, Error> {
+    r.need(24)?;
+    let code = r.u16()?;
+    let retryable = r.u8()?;
+    r.reserved_u8("reserved")?;
+    let message_len = r.u32()?;
+    let arg0 = r.u64()?;
+    let arg1 = r.u64()?;
+    let Some(code) = ErrorCode::from_u16(code) else {
+        return Err(Error::UnknownErrorCode { code });
+    };
+    if u8::from(code.is_retryable()) != retryable {
+        return Err(r.invalid("retryable", u64::from(retryable)));
+    }
+    if message_len as usize > ERROR_MESSAGE_BYTES_MAX {
+        return Err(Error::MessageTooLong { len: message_len });
+    }
+    let message =
+        std::str::from_utf8(r.take(message_len as usize)?).map_err(|_| Error::MessageNotUtf8)?;
+    Ok(ErrorResponse {
+        code,
+        arg0,
+        arg1,
+        message,
+    })
+}
+
+/// Checks a log name: 1..=`name_bytes_max` bytes of UTF-8 without NUL. Clients can use it to
+/// refuse a bad name before sending it.
+pub fn check_name<'a>(name: &'a [u8], limits: &Limits) -> Result<&'a str, Error> {
+    if name.is_empty() {
+        return Err(Error::EmptyName);
+    }
+    if name.len() > usize::from(limits.name_bytes_max) {
+        return Err(Error::NameTooLong {
+            len: u16::try_from(name.len()).unwrap_or(u16::MAX),
+            max: limits.name_bytes_max,
+        });
+    }
+    let name = std::str::from_utf8(name).map_err(|_| Error::NameNotUtf8)?;
+    if name.contains('\0') {
+        return Err(Error::NameContainsNul);
+    }
+    Ok(name)
+}
+
+/// A bounds-checked little-endian cursor over a body.
+struct Reader<'a> {
+    body: &'a [u8],
+    pos: usize,
+    opcode: u16,
+}
+
+impl<'a> Reader<'a> {
+    fn new(body: &'a [u8], opcode: u16) -> Reader<'a> {
+        Reader {
+            body,
+            pos: 0,
+            opcode,
+        }
+    }
+
+    /// Fails unless the body holds at least `bytes` (the fixed part of a message), so a short
+    /// body is reported with the size it needs rather than the first field missing.
+    fn need(&self, bytes: usize) -> Result<(), Error> {
+        if self.body.len() < bytes {
+            return Err(self.truncated(bytes));
+        }
+        Ok(())
+    }
+
+    fn truncated(&self, needed_bytes: usize) -> Error {
+        Error::BodyTruncated {
+            opcode: self.opcode,
+            body_bytes: self.body.len(),
+            needed_bytes,
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+        let end = self.pos.saturating_add(n);
+        let Some(bytes) = self.body.get(self.pos..end) else {
+            return Err(self.truncated(end));
+        };
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Error> {
+        let mut array = [0; N];
+        array.copy_from_slice(self.take(N)?);
+        Ok(array)
+    }
+
+    fn u8(&mut self) -> Result<u8, Error> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, Error> {
+        self.array().map(u16::from_le_bytes)
+    }
+
+    fn u32(&mut self) -> Result<u32, Error> {
+        self.array().map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self) -> Result<u64, Error> {
+        self.array().map(u64::from_le_bytes)
+    }
+
+    fn reserved(&self, value: u64, field: &'static str) -> Result<(), Error> {
+        if value != 0 {
+            return Err(Error::ReservedNonzero {
+                opcode: self.opcode,
+                field,
+            });
+        }
+        Ok(())
+    }
+
+    fn reserved_u8(&mut self, field: &'static str) -> Result<(), Error> {
+        let value = self.u8()?;
+        self.reserved(value.into(), field)
+    }
+
+    fn reserved_u16(&mut self, field: &'static str) -> Result<(), Error> {
+        let value = self.u16()?;
+        self.reserved(value.into(), field)
+    }
+
+    fn reserved_u32(&mut self, field: &'static str) -> Result<(), Error> {
+        let value = self.u32()?;
+        self.reserved(value.into(), field)
+    }
+
+    fn invalid(&self, field: &'static str, value: u64) -> Error {
+        Error::InvalidField {
+            opcode: self.opcode,
+            field,
+            value,
+        }
+    }
+
+    /// A `name_len` u16 and the name after it.
+    fn name(&mut self, limits: &Limits) -> Result<&'a str, Error> {
+        let len = self.u16()?;
+        self.name_of_len(len, limits)
+    }
+
+    /// A name of `len` bytes. The length is checked against the limit before the body's size,
+    /// so an overlong name is TOO_LARGE whatever follows.
+    fn name_of_len(&mut self, len: u16, limits: &Limits) -> Result<&'a str, Error> {
+        if len > limits.name_bytes_max {
+            return Err(Error::NameTooLong {
+                len,
+                max: limits.name_bytes_max,
+            });
+        }
+        let bytes = self.take(usize::from(len))?;
+        check_name(bytes, limits)
+    }
+
+    /// Everything not read yet.
+    fn rest(&mut self) -> &'a [u8] {
+        let rest = &self.body[self.pos..];
+        self.pos = self.body.len();
+        rest
+    }
+
+    /// Fails if bytes remain after the message.
+    fn finish(self) -> Result<(), Error> {
+        if self.pos != self.body.len() {
+            return Err(Error::TrailingBytes {
+                opcode: self.opcode,
+                extra_bytes: self.body.len() - self.pos,
+            });
+        }
+        Ok(())
+    }
+}

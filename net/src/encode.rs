@@ -1,0 +1,252 @@
+//! Encoding: typed requests and responses into whole frames appended to a `Vec<u8>`.
+//!
+//! Encoders write what they are given. Values the wire cannot represent (a name longer than
+//! 65535 bytes) are bugs and panic; values a peer's limits refuse (a name longer than
+//! `name_bytes_max`) are the caller's to avoid ([`check_name`](crate::check_name),
+//! [`AppendBuilder`](crate::AppendBuilder) check them).
+
+use crate::frame::{begin_frame, finish_frame, Flags};
+use crate::message::{
+    padded, AppendRequest, DescribeLogResponse, ErrorResponse, HelloResponse, LogEntries, LogRef,
+    Opcode, ReadResponse, Request, Response, TailResponse,
+};
+use crate::{ERROR_MESSAGE_BYTES_MAX, HELLO_MAGIC};
+
+/// Appends a request frame to `out`.
+pub fn encode_request(out: &mut Vec<u8>, request_id: u64, request: &Request<'_>) {
+    let start = begin_frame(out, request.opcode() as u16, Flags::NONE, request_id);
+    match *request {
+        Request::Hello(hello) => {
+            put_u32(out, HELLO_MAGIC);
+            put_u16(out, hello.min_version);
+            put_u16(out, hello.max_version);
+        }
+        Request::Append(AppendRequest { header, records }) => {
+            for field in [
+                header.log_id,
+                header.epoch,
+                header.expected_lsn,
+                header.fencing_token,
+                header.writer_id,
+                header.writer_seq,
+            ] {
+                put_u64(out, field);
+            }
+            put_u32(out, records.count());
+            put_u32(out, 0);
+            out.extend_from_slice(records.bytes());
+        }
+        Request::Read(read) => {
+            put_u64(out, read.log_id);
+            put_u64(out, read.from_lsn);
+            put_u32(out, read.max_records);
+            put_u32(out, read.max_bytes);
+        }
+        Request::Subscribe(subscribe) => {
+            put_u64(out, subscribe.log_id);
+            put_u64(out, subscribe.from_lsn);
+            put_u32(out, subscribe.credit_records);
+            put_u32(out, 0);
+        }
+        Request::Credit(credit) => {
+            put_u64(out, credit.subscription_id);
+            put_u32(out, credit.records);
+            put_u32(out, 0);
+        }
+        Request::Unsubscribe(unsubscribe) => put_u64(out, unsubscribe.subscription_id),
+        Request::CheckTail { log_id }
+        | Request::TailHint { log_id }
+        | Request::DeleteLog { log_id } => put_u64(out, log_id),
+        Request::Trim(trim) => {
+            put_u64(out, trim.log_id);
+            put_u64(out, trim.before_lsn);
+        }
+        Request::CreateLog(create) => {
+            out.push(create.replication_factor);
+            out.push(0);
+            put_u16(out, name_len(create.name));
+            out.extend_from_slice(create.name.as_bytes());
+        }
+        Request::DescribeLog(describe) => {
+            let (by, log_id, name) = match describe.by {
+                LogRef::Id(log_id) => (0, log_id, ""),
+                LogRef::Name(name) => (1, 0, name),
+            };
+            out.push(by);
+            out.push(0);
+            put_u16(out, name_len(name));
+            put_u64(out, log_id);
+            out.extend_from_slice(name.as_bytes());
+        }
+        Request::ListLogs(list) => {
+            put_u64(out, list.after_log_id);
+            put_u32(out, list.max);
+            put_u32(out, 0);
+        }
+    }
+    finish_frame(out, start);
+}
+
+/// Appends a response (or push) frame answering `request_id`, a request with `opcode`, to
+/// `out`. Panics if the response is not one to `opcode` (a bug).
+pub fn encode_response(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    opcode: Opcode,
+    response: &Response<'_>,
+) {
+    if let Some(answers) = response.opcode() {
+        assert_eq!(
+            answers, opcode,
+            "a {answers} response to a {opcode} request"
+        );
+    }
+    let start = begin_frame(out, opcode as u16, response.flags(), request_id);
+    match *response {
+        Response::Hello(hello) => hello_body(out, &hello),
+        Response::Append(append) => {
+            put_u64(out, append.first_lsn);
+            put_u32(out, append.count);
+            put_u32(out, 0);
+        }
+        Response::Read(read) => read_body(out, &read),
+        Response::Push(push) => read_body(out, &push.batch),
+        Response::Subscribe(subscribe) => put_u64(out, subscribe.start_lsn),
+        Response::Credit | Response::Unsubscribe | Response::Trim | Response::DeleteLog => {}
+        Response::CheckTail(tail) | Response::TailHint(tail) => tail_body(out, &tail),
+        Response::CreateLog(create) => {
+            put_u64(out, create.log_id);
+            put_u16(out, create.shard);
+            put_u16(out, 0);
+            put_u32(out, 0);
+        }
+        Response::DescribeLog(describe) => describe_body(out, &describe),
+        Response::ListLogs(list) => list_body(out, list.entries),
+        Response::Error(error) | Response::PushError(error) => error_body(out, &error),
+    }
+    finish_frame(out, start);
+}
+
+/// Appends an ERROR frame answering `request_id`, a request with `opcode`; `None` for a
+/// connection-level error (opcode 0: the request could not be identified). A message longer
+/// than 1024 bytes is cut at the last character boundary before it.
+pub fn encode_error(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    opcode: Option<Opcode>,
+    error: &ErrorResponse<'_>,
+) {
+    let opcode = opcode.map_or(0, |opcode| opcode as u16);
+    let start = begin_frame(out, opcode, Flags::RESPONSE | Flags::ERROR, request_id);
+    error_body(out, error);
+    finish_frame(out, start);
+}
+
+fn hello_body(out: &mut Vec<u8>, hello: &HelloResponse) {
+    put_u16(out, hello.version);
+    put_u16(out, hello.shard_index);
+    put_u16(out, hello.shard_count);
+    put_u16(out, 0);
+    put_u32(out, hello.frame_bytes_max);
+    put_u32(out, hello.record_bytes_max);
+    put_u32(out, hello.batch_records_max);
+    put_u32(out, 0);
+    put_u64(out, hello.node_id);
+}
+
+fn read_body(out: &mut Vec<u8>, read: &ReadResponse<'_>) {
+    put_u64(out, read.tail);
+    put_u32(out, read.records.count());
+    put_u32(out, 0);
+    out.extend_from_slice(read.records.bytes());
+}
+
+fn tail_body(out: &mut Vec<u8>, tail: &TailResponse) {
+    put_u64(out, tail.tail);
+    put_u64(out, tail.trim_point);
+    put_u64(out, tail.epoch);
+}
+
+fn describe_body(out: &mut Vec<u8>, describe: &DescribeLogResponse<'_>) {
+    put_u64(out, describe.log_id);
+    put_u64(out, describe.tail);
+    put_u64(out, describe.trim_point);
+    put_u64(out, describe.epoch);
+    put_u16(out, describe.shard);
+    out.push(describe.replication_factor);
+    out.push(0);
+    put_u16(out, name_len(describe.name));
+    put_u16(out, 0);
+    out.extend_from_slice(describe.name.as_bytes());
+}
+
+fn list_body(out: &mut Vec<u8>, entries: LogEntries<'_>) {
+    put_u32(
+        out,
+        u32::try_from(entries.len()).expect("entries fit a u32"),
+    );
+    put_u32(out, 0);
+    for entry in entries {
+        put_u64(out, entry.log_id);
+        put_u16(out, name_len(entry.name));
+        put_u16(out, 0);
+        put_u32(out, 0);
+        out.extend_from_slice(entry.name.as_bytes());
+        let pad = padded(entry.name.len()) - entry.name.len();
+        out.extend_from_slice(&[0; 7][..pad]);
+    }
+}
+
+fn error_body(out: &mut Vec<u8>, error: &ErrorResponse<'_>) {
+    let message = truncate_message(error.message);
+    put_u16(out, error.code as u16);
+    out.push(u8::from(error.code.is_retryable()));
+    out.push(0);
+    put_u32(out, message.len() as u32); // at most 1024
+    put_u64(out, error.arg0);
+    put_u64(out, error.arg1);
+    out.extend_from_slice(message.as_bytes());
+}
+
+/// `message` cut to at most [`ERROR_MESSAGE_BYTES_MAX`] bytes, at a character boundary.
+fn truncate_message(message: &str) -> &str {
+    if message.len() <= ERROR_MESSAGE_BYTES_MAX {
+        return message;
+    }
+    let mut end = ERROR_MESSAGE_BYTES_MAX;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
+}
+
+fn name_len(name: &str) -> u16 {
+    u16::try_from(name.len()).expect("a log name is at most 65535 bytes")
+}
+
+fn put_u16(out: &mut Vec<u8>, value: u16) {
+    out.extend_from_slice(&value.to_le_bytes());
+}
+
+fn put_u32(out: &mut Vec<u8>, value: u32) {
+    out.extend_from_slice(&value.to_le_bytes());
+}
+
+fn put_u64(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(&value.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        let ascii = "a".repeat(2000);
+        assert_eq!(truncate_message(&ascii).len(), 1024);
+        // 'é' is two bytes: 1023 'a' then 'é' straddles the limit.
+        let straddling = format!("{}é", "a".repeat(1023));
+        assert_eq!(truncate_message(&straddling).len(), 1023);
+        assert_eq!(truncate_message("short"), "short");
+    }
+}

@@ -1,0 +1,320 @@
+//! Helpers shared by the integration tests: raw frames with any header, record batches, and a
+//! corpus of one valid frame of every request and response kind.
+#![allow(dead_code, unreachable_pub)]
+
+use chainlog_net::*;
+
+/// A frame with exactly these header fields and body, length and CRC computed (so decoders
+/// see whatever the body holds).
+pub fn raw_frame(opcode: u16, flags: u16, request_id: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(20 + body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&opcode.to_le_bytes());
+    out.extend_from_slice(&flags.to_le_bytes());
+    out.extend_from_slice(&request_id.to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(body);
+    fix_crc(&mut out);
+    out
+}
+
+/// Recomputes the CRC of the frame at the start of `frame`.
+pub fn fix_crc(frame: &mut [u8]) {
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&frame[4..16]), &frame[24..]);
+    frame[16..20].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A record header followed by the payload and padding.
+pub fn record(header: RecordHeader, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = bytemuck::bytes_of(&header).to_vec();
+    bytes.extend_from_slice(payload);
+    bytes.resize(bytes.len().next_multiple_of(8), 0);
+    bytes
+}
+
+/// Unstamped records, as a client sends them.
+pub fn unstamped(payloads: &[&[u8]]) -> Vec<u8> {
+    payloads
+        .iter()
+        .flat_map(|p| {
+            record(
+                RecordHeader {
+                    len: p.len() as u32,
+                    crc: crc32c::crc32c(p),
+                    ..RecordHeader::default()
+                },
+                p,
+            )
+        })
+        .collect()
+}
+
+/// Stamped records of `log_id` from `first_lsn`, as a server returns them.
+pub fn stamped(log_id: u64, first_lsn: u64, payloads: &[&[u8]]) -> Vec<u8> {
+    payloads
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| {
+            record(
+                RecordHeader {
+                    len: p.len() as u32,
+                    crc: crc32c::crc32c(p),
+                    log_id,
+                    lsn: first_lsn + i as u64,
+                    epoch: 3,
+                    timestamp_us: 1_700_000_000_000_000 + i as u64,
+                },
+                p,
+            )
+        })
+        .collect()
+}
+
+/// An APPEND body: the 56-byte header (count as given) and `records`.
+pub fn append_body(header: &AppendHeader, count: u32, records: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for field in [
+        header.log_id,
+        header.epoch,
+        header.expected_lsn,
+        header.fencing_token,
+        header.writer_id,
+        header.writer_seq,
+    ] {
+        body.extend_from_slice(&field.to_le_bytes());
+    }
+    body.extend_from_slice(&count.to_le_bytes());
+    body.extend_from_slice(&[0; 4]);
+    body.extend_from_slice(records);
+    body
+}
+
+pub const PAYLOADS: [&[u8]; 4] = [
+    b"hello",
+    b"",
+    b"exactly8",
+    b"a longer payload of some bytes",
+];
+
+/// One valid request of every kind (and a few variants), encoded, with request ids 1, 2, ...
+pub fn request_corpus() -> Vec<Vec<u8>> {
+    let records = unstamped(&PAYLOADS);
+    let records = Records::parse(&records, 4, RecordForm::Unstamped, &Limits::DEFAULT).unwrap();
+    let requests = [
+        Request::Hello(HelloRequest::CURRENT),
+        Request::Hello(HelloRequest {
+            min_version: 0,
+            max_version: 9,
+        }),
+        Request::Append(AppendRequest {
+            header: AppendHeader {
+                log_id: 7,
+                epoch: 2,
+                expected_lsn: 100,
+                fencing_token: 5,
+                writer_id: 11,
+                writer_seq: 12,
+            },
+            records,
+        }),
+        Request::Append(AppendRequest {
+            header: AppendHeader::new(u64::MAX - 1),
+            records,
+        }),
+        Request::Read(ReadRequest {
+            log_id: 7,
+            from_lsn: 10,
+            max_records: 100,
+            max_bytes: 1 << 20,
+        }),
+        Request::Subscribe(SubscribeRequest {
+            log_id: 7,
+            from_lsn: LSN_FROM_TAIL,
+            credit_records: 64,
+        }),
+        Request::Credit(CreditRequest {
+            subscription_id: 6,
+            records: 32,
+        }),
+        Request::Unsubscribe(UnsubscribeRequest { subscription_id: 6 }),
+        Request::CheckTail { log_id: 7 },
+        Request::TailHint { log_id: 8 },
+        Request::Trim(TrimRequest {
+            log_id: 7,
+            before_lsn: 50,
+        }),
+        Request::CreateLog(CreateLogRequest {
+            replication_factor: 3,
+            name: "orders",
+        }),
+        Request::CreateLog(CreateLogRequest {
+            replication_factor: 1,
+            name: "ünïcödé/журнал",
+        }),
+        Request::DescribeLog(DescribeLogRequest { by: LogRef::Id(7) }),
+        Request::DescribeLog(DescribeLogRequest {
+            by: LogRef::Name("orders"),
+        }),
+        Request::ListLogs(ListLogsRequest {
+            after_log_id: 0,
+            max: 1000,
+        }),
+        Request::DeleteLog { log_id: 7 },
+    ];
+    requests
+        .iter()
+        .enumerate()
+        .map(|(i, request)| {
+            let mut out = Vec::new();
+            encode_request(&mut out, i as u64 + 1, request);
+            out
+        })
+        .collect()
+}
+
+/// One valid response of every kind (and every error code), encoded.
+pub fn response_corpus() -> Vec<Vec<u8>> {
+    let records = stamped(7, 10, &PAYLOADS);
+    let records = Records::parse(&records, 4, RecordForm::Stamped, &Limits::DEFAULT).unwrap();
+    let entries = [
+        LogEntry {
+            log_id: 3,
+            name: "a",
+        },
+        LogEntry {
+            log_id: 7,
+            name: "orders",
+        },
+        LogEntry {
+            log_id: 9,
+            name: "exactly8",
+        },
+    ];
+    let read = ReadResponse { tail: 20, records };
+    let tail = TailResponse {
+        tail: 20,
+        trim_point: 5,
+        epoch: 3,
+    };
+    let responses = [
+        Response::Hello(HelloResponse {
+            version: 1,
+            shard_index: 1,
+            shard_count: 2,
+            frame_bytes_max: Limits::DEFAULT.frame_bytes_max,
+            record_bytes_max: Limits::DEFAULT.record_bytes_max,
+            batch_records_max: Limits::DEFAULT.batch_records_max,
+            node_id: 42,
+        }),
+        Response::Append(AppendResponse {
+            first_lsn: 10,
+            count: 4,
+        }),
+        Response::Read(read),
+        Response::Read(ReadResponse {
+            tail: 0,
+            records: Records::EMPTY,
+        }),
+        Response::Subscribe(SubscribeResponse { start_lsn: 10 }),
+        Response::Push(Push {
+            batch: read,
+            end: false,
+        }),
+        Response::Push(Push {
+            batch: ReadResponse {
+                tail: 20,
+                records: Records::EMPTY,
+            },
+            end: true,
+        }),
+        Response::PushError(ErrorResponse::new(
+            ErrorCode::UnknownLog,
+            ARG_NONE,
+            "deleted",
+        )),
+        Response::Credit,
+        Response::Unsubscribe,
+        Response::CheckTail(tail),
+        Response::TailHint(tail),
+        Response::Trim,
+        Response::CreateLog(CreateLogResponse {
+            log_id: 7,
+            shard: 1,
+        }),
+        Response::DescribeLog(DescribeLogResponse {
+            log_id: 7,
+            tail: 20,
+            trim_point: 5,
+            epoch: 3,
+            shard: 1,
+            replication_factor: 3,
+            name: "orders",
+        }),
+        Response::ListLogs(ListLogsResponse {
+            entries: LogEntries::from_slice(&entries),
+        }),
+        Response::ListLogs(ListLogsResponse {
+            entries: LogEntries::from_slice(&[]),
+        }),
+        Response::DeleteLog,
+    ];
+    let mut frames: Vec<Vec<u8>> = responses
+        .iter()
+        .enumerate()
+        .map(|(i, response)| {
+            let mut out = Vec::new();
+            let opcode = response.opcode().unwrap();
+            encode_response(&mut out, i as u64 + 1, opcode, response);
+            out
+        })
+        .collect();
+    for code in ErrorCode::ALL {
+        let mut out = Vec::new();
+        let error = ErrorResponse {
+            code,
+            arg0: code as u64 * 1000,
+            arg1: 17,
+            message: code.name(),
+        };
+        encode_error(&mut out, 100 + code as u64, Some(Opcode::Append), &error);
+        frames.push(out);
+    }
+    let mut out = Vec::new();
+    encode_error(
+        &mut out,
+        0,
+        None,
+        &ErrorResponse::new(ErrorCode::Malformed, ARG_NONE, "bad frame crc"),
+    );
+    frames.push(out);
+    frames
+}
+
+/// Parses one whole frame that must be valid framing.
+pub fn frame(bytes: &[u8]) -> Frame<'_> {
+    let frame = parse_frame(bytes, &Limits::DEFAULT)
+        .expect("valid framing")
+        .expect("a whole frame");
+    assert_eq!(frame.frame_bytes(), bytes.len());
+    frame
+}
+
+/// Encodes a decoded response again, as the server would have.
+pub fn reencode_response(frame: &Frame<'_>, response: &Response<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    match response {
+        Response::Error(error) => encode_error(
+            &mut out,
+            frame.request_id,
+            Opcode::from_u16(frame.opcode),
+            error,
+        ),
+        _ => encode_response(
+            &mut out,
+            frame.request_id,
+            Opcode::from_u16(frame.opcode).unwrap(),
+            response,
+        ),
+    }
+    out
+}

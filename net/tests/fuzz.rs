@@ -1,0 +1,196 @@
+//! Property tests: decoding arbitrary bytes, and arbitrary mutations of valid frames, never
+//! panics; whatever decodes re-encodes to the very same bytes (the encoding is canonical);
+//! arbitrary valid requests round-trip.
+
+mod common;
+
+use chainlog_net::*;
+use common::*;
+use proptest::prelude::*;
+
+/// Runs every decoder over `bytes` under `limits`; checks that a successful decode re-encodes
+/// to the same frame. Returns how many frames decoded.
+fn decode_everything(bytes: &[u8], limits: &Limits) -> usize {
+    let mut decoded = 0;
+    let mut rest = bytes;
+    // Framing errors end the stream, as they end a connection.
+    while let Ok(Some(frame)) = parse_frame(rest, limits) {
+        let this = &rest[..frame.frame_bytes()];
+        if let Ok(request) = decode_request(&frame, limits) {
+            let mut again = Vec::new();
+            encode_request(&mut again, frame.request_id, &request);
+            assert_eq!(again, this, "{request:?}");
+            decoded += 1;
+        }
+        if let Ok(response) = decode_response(&frame, limits) {
+            assert_eq!(reencode_response(&frame, &response), this, "{response:?}");
+            decoded += 1;
+        }
+        rest = &rest[frame.frame_bytes()..];
+    }
+    decoded
+}
+
+fn corpus() -> Vec<Vec<u8>> {
+    let mut corpus = request_corpus();
+    corpus.extend(response_corpus());
+    corpus
+}
+
+#[derive(Clone, Debug)]
+enum Mutation {
+    Flip { at: usize, bit: u8 },
+    Set { at: usize, value: u8 },
+    Truncate { len: usize },
+    Insert { at: usize, value: u8 },
+    Remove { at: usize },
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<usize>(), 0u8..8).prop_map(|(at, bit)| Mutation::Flip { at, bit }),
+        (any::<usize>(), any::<u8>()).prop_map(|(at, value)| Mutation::Set { at, value }),
+        any::<usize>().prop_map(|len| Mutation::Truncate { len }),
+        (any::<usize>(), any::<u8>()).prop_map(|(at, value)| Mutation::Insert { at, value }),
+        any::<usize>().prop_map(|at| Mutation::Remove { at }),
+    ]
+}
+
+fn apply(bytes: &mut Vec<u8>, mutation: &Mutation) {
+    if bytes.is_empty() {
+        return;
+    }
+    let n = bytes.len();
+    match *mutation {
+        Mutation::Flip { at, bit } => bytes[at % n] ^= 1 << bit,
+        Mutation::Set { at, value } => bytes[at % n] = value,
+        Mutation::Truncate { len } => bytes.truncate(len % n),
+        Mutation::Insert { at, value } => bytes.insert(at % (n + 1), value),
+        Mutation::Remove { at } => {
+            bytes.remove(at % n);
+        }
+    }
+}
+
+/// Sets `length` to the buffer's size and recomputes the CRC, so mutations reach the message
+/// decoders instead of stopping at framing.
+fn reframe(bytes: &mut [u8]) {
+    if bytes.len() >= 24 {
+        let length = (bytes.len() - 4) as u32;
+        bytes[..4].copy_from_slice(&length.to_le_bytes());
+        fix_crc(bytes);
+    }
+}
+
+fn small_limits() -> Limits {
+    Limits {
+        frame_bytes_max: 512,
+        record_bytes_max: 64,
+        batch_records_max: 3,
+        name_bytes_max: 8,
+        list_max: 2,
+        in_flight_max: 1,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        decode_everything(&bytes, &Limits::DEFAULT);
+        decode_everything(&bytes, &small_limits());
+    }
+
+    #[test]
+    fn arbitrary_bodies_in_valid_frames_never_panic(
+        opcode in 0u16..16,
+        flags in 0u16..16,
+        request_id in any::<u64>(),
+        body in proptest::collection::vec(any::<u8>(), 0..200),
+    ) {
+        let bytes = raw_frame(opcode, flags, request_id, &body);
+        decode_everything(&bytes, &Limits::DEFAULT);
+        decode_everything(&bytes, &small_limits());
+    }
+
+    #[test]
+    fn mutated_valid_frames_never_panic(
+        pick in any::<prop::sample::Index>(),
+        mutations in proptest::collection::vec(mutation(), 1..4),
+        fix_framing in any::<bool>(),
+    ) {
+        let corpus = corpus();
+        let mut bytes = pick.get(&corpus).clone();
+        for m in &mutations {
+            apply(&mut bytes, m);
+        }
+        if fix_framing {
+            reframe(&mut bytes);
+        }
+        decode_everything(&bytes, &Limits::DEFAULT);
+        decode_everything(&bytes, &small_limits());
+    }
+
+    #[test]
+    fn valid_appends_round_trip(
+        log_id in any::<u64>(),
+        epoch in any::<u64>(),
+        expected_lsn in any::<u64>(),
+        fencing_token in any::<u64>(),
+        writer in proptest::option::of((1u64.., any::<u64>())),
+        payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..6),
+        request_id in any::<u64>(),
+    ) {
+        let (writer_id, writer_seq) = writer.unwrap_or((0, 0));
+        let header = AppendHeader { log_id, epoch, expected_lsn, fencing_token, writer_id, writer_seq };
+        let mut out = Vec::new();
+        let mut batch = AppendBuilder::new(&mut out, request_id, &header, &Limits::DEFAULT);
+        for p in &payloads {
+            batch.push(p).unwrap();
+        }
+        batch.finish();
+        let frame = parse_frame(&out, &Limits::DEFAULT).unwrap().unwrap();
+        prop_assert_eq!(frame.request_id, request_id);
+        let Request::Append(append) = decode_request(&frame, &Limits::DEFAULT).unwrap() else {
+            panic!("not an append");
+        };
+        prop_assert_eq!(append.header, header);
+        let got: Vec<&[u8]> = append.records.iter().map(|r| r.payload).collect();
+        let want: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
+        prop_assert_eq!(got, want);
+        prop_assert_eq!(decode_everything(&out, &Limits::DEFAULT), 1);
+    }
+
+    #[test]
+    fn valid_small_requests_round_trip(
+        a in any::<u64>(),
+        b in any::<u64>(),
+        c in any::<u32>(),
+        d in any::<u32>(),
+        name in "[a-z0-9/._\u{e0}-\u{ff}-]{1,60}",
+        rf in 1u8..,
+        request_id in any::<u64>(),
+    ) {
+        let requests = [
+            Request::Read(ReadRequest { log_id: a, from_lsn: b, max_records: c, max_bytes: d }),
+            Request::Subscribe(SubscribeRequest { log_id: a, from_lsn: b, credit_records: c }),
+            Request::Credit(CreditRequest { subscription_id: a, records: c }),
+            Request::Unsubscribe(UnsubscribeRequest { subscription_id: a }),
+            Request::CheckTail { log_id: a },
+            Request::TailHint { log_id: b },
+            Request::Trim(TrimRequest { log_id: a, before_lsn: b }),
+            Request::CreateLog(CreateLogRequest { replication_factor: rf, name: &name }),
+            Request::DescribeLog(DescribeLogRequest { by: LogRef::Id(a) }),
+            Request::DescribeLog(DescribeLogRequest { by: LogRef::Name(&name) }),
+            Request::ListLogs(ListLogsRequest { after_log_id: a, max: c }),
+            Request::DeleteLog { log_id: a },
+        ];
+        for request in requests {
+            let mut out = Vec::new();
+            encode_request(&mut out, request_id, &request);
+            let frame = parse_frame(&out, &Limits::DEFAULT).unwrap().unwrap();
+            prop_assert_eq!(decode_request(&frame, &Limits::DEFAULT).unwrap(), request);
+        }
+    }
+}

@@ -1,0 +1,846 @@
+//! Invalid input: each case is one specific way to get the protocol wrong, mapped to the exact
+//! `Error` the decoder must return (and so to the ERROR a server answers with).
+
+mod common;
+
+use chainlog_net::*;
+use common::*;
+
+const REQ: u16 = 0;
+const RESP: u16 = Flags::RESPONSE.bits();
+const ERR: u16 = Flags::RESPONSE.bits() | Flags::ERROR.bits();
+const APPEND: u16 = Opcode::Append as u16;
+
+/// Which decoder a case goes through after framing.
+#[derive(Clone, Copy, Debug)]
+enum As {
+    Request,
+    Response,
+}
+
+struct Case {
+    name: &'static str,
+    bytes: Vec<u8>,
+    decoder: As,
+    expected: Error,
+}
+
+fn decode(bytes: &[u8], decoder: As, limits: &Limits) -> Result<(), Error> {
+    let frame = parse_frame(bytes, limits)?.expect("a whole frame");
+    assert_eq!(frame.frame_bytes(), bytes.len());
+    match decoder {
+        As::Request => decode_request(&frame, limits).map(drop),
+        As::Response => decode_response(&frame, limits).map(drop),
+    }
+}
+
+fn request(name: &'static str, opcode: u16, body: &[u8], expected: Error) -> Case {
+    Case {
+        name,
+        bytes: raw_frame(opcode, REQ, 1, body),
+        decoder: As::Request,
+        expected,
+    }
+}
+
+fn response(name: &'static str, opcode: u16, flags: u16, body: &[u8], expected: Error) -> Case {
+    Case {
+        name,
+        bytes: raw_frame(opcode, flags, 1, body),
+        decoder: As::Response,
+        expected,
+    }
+}
+
+fn hello_body(magic: u32, min: u16, max: u16) -> Vec<u8> {
+    let mut body = magic.to_le_bytes().to_vec();
+    body.extend_from_slice(&min.to_le_bytes());
+    body.extend_from_slice(&max.to_le_bytes());
+    body
+}
+
+fn create_body(rf: u8, name: &[u8]) -> Vec<u8> {
+    let mut body = vec![rf, 0];
+    body.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    body.extend_from_slice(name);
+    body
+}
+
+fn describe_body(by: u8, name_len: u16, log_id: u64, name: &[u8]) -> Vec<u8> {
+    let mut body = vec![by, 0];
+    body.extend_from_slice(&name_len.to_le_bytes());
+    body.extend_from_slice(&log_id.to_le_bytes());
+    body.extend_from_slice(name);
+    body
+}
+
+fn error_body(code: u16, retryable: u8, message: &[u8]) -> Vec<u8> {
+    let mut body = code.to_le_bytes().to_vec();
+    body.extend_from_slice(&[retryable, 0]);
+    body.extend_from_slice(&(message.len() as u32).to_le_bytes());
+    body.extend_from_slice(&[0; 16]);
+    body.extend_from_slice(message);
+    body
+}
+
+fn read_body(tail: u64, count: u32, records: &[u8]) -> Vec<u8> {
+    let mut body = tail.to_le_bytes().to_vec();
+    body.extend_from_slice(&count.to_le_bytes());
+    body.extend_from_slice(&[0; 4]);
+    body.extend_from_slice(records);
+    body
+}
+
+fn list_entry(log_id: u64, name: &[u8], pad_byte: u8) -> Vec<u8> {
+    let mut entry = log_id.to_le_bytes().to_vec();
+    entry.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    entry.extend_from_slice(&[0; 6]);
+    entry.extend_from_slice(name);
+    while !entry.len().is_multiple_of(8) {
+        entry.push(pad_byte);
+    }
+    entry
+}
+
+fn list_body(count: u32, entries: &[Vec<u8>]) -> Vec<u8> {
+    let mut body = count.to_le_bytes().to_vec();
+    body.extend_from_slice(&[0; 4]);
+    body.extend(entries.concat());
+    body
+}
+
+fn hello_response_body(version: u16, index: u16, count: u16, frame_max: u32) -> Vec<u8> {
+    let mut body = Vec::new();
+    for v in [version, index, count, 0] {
+        body.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [frame_max, 1 << 20, 4096, 0] {
+        body.extend_from_slice(&v.to_le_bytes());
+    }
+    body.extend_from_slice(&1u64.to_le_bytes());
+    body
+}
+
+fn cases() -> Vec<Case> {
+    let limits = Limits::DEFAULT;
+    let valid_hello = request_corpus().swap_remove(0);
+    let two = unstamped(&[b"first", b"second"]);
+    let first_len = 48; // record_bytes(5)
+    let header = AppendHeader::new(7);
+    let append = |count: u32, records: &[u8]| append_body(&header, count, records);
+    let mut cases = Vec::new();
+
+    // Framing.
+    let with_length = |length: u32| {
+        let mut bytes = valid_hello.clone();
+        bytes[..4].copy_from_slice(&length.to_le_bytes());
+        bytes
+    };
+    for (name, length, expected) in [
+        ("length 0", 0, Error::FrameTooShort { length: 0 }),
+        ("length 19", 19, Error::FrameTooShort { length: 19 }),
+        (
+            "length u32::MAX",
+            u32::MAX,
+            Error::FrameTooLarge {
+                frame_bytes: 4 + u64::from(u32::MAX),
+                max: limits.frame_bytes_max,
+            },
+        ),
+        (
+            "length one over frame_bytes_max",
+            limits.frame_bytes_max - 3,
+            Error::FrameTooLarge {
+                frame_bytes: u64::from(limits.frame_bytes_max) + 1,
+                max: limits.frame_bytes_max,
+            },
+        ),
+    ] {
+        cases.push(Case {
+            name,
+            bytes: with_length(length),
+            decoder: As::Request,
+            expected,
+        });
+    }
+    let mut flipped_body = valid_hello.clone();
+    flipped_body[25] ^= 0x01;
+    let mut flipped_id = valid_hello.clone();
+    flipped_id[8] ^= 0x80;
+    for (name, bytes) in [
+        ("crc: flipped body bit", flipped_body),
+        ("crc: flipped request_id bit", flipped_id),
+    ] {
+        let stored = u32::from_le_bytes(bytes[16..20].try_into().unwrap());
+        let computed = crc32c::crc32c_append(crc32c::crc32c(&bytes[4..16]), &bytes[24..]);
+        cases.push(Case {
+            name,
+            bytes,
+            decoder: As::Request,
+            expected: Error::BadFrameCrc { stored, computed },
+        });
+    }
+    let mut reserved = valid_hello.clone();
+    reserved[20] = 1; // not covered by the crc
+    cases.push(Case {
+        name: "frame reserved nonzero",
+        bytes: reserved,
+        decoder: As::Request,
+        expected: Error::FrameReservedNonzero { value: 1 },
+    });
+    let body = hello_body(HELLO_MAGIC, 1, 1);
+    for flags in [1 << 4, 1 << 15] {
+        cases.push(Case {
+            name: "unknown flag bit",
+            bytes: raw_frame(1, flags, 1, &body),
+            decoder: As::Request,
+            expected: Error::UnknownFlags { flags },
+        });
+    }
+
+    // Request headers.
+    cases.push(request(
+        "opcode 0",
+        0,
+        &body,
+        Error::UnknownOpcode { opcode: 0 },
+    ));
+    cases.push(request(
+        "opcode 14",
+        14,
+        &body,
+        Error::UnknownOpcode { opcode: 14 },
+    ));
+    for (name, flags) in [
+        ("RESPONSE flag on a request", RESP),
+        ("ERROR flags on a request", ERR),
+        ("PUSH flag on a request", Flags::PUSH.bits()),
+    ] {
+        cases.push(Case {
+            name,
+            bytes: raw_frame(1, flags, 1, &body),
+            decoder: As::Request,
+            expected: Error::UnexpectedFlags { opcode: 1, flags },
+        });
+    }
+
+    // HELLO.
+    cases.push(request(
+        "HELLO bad magic",
+        1,
+        &hello_body(u32::from_le_bytes(*b"GLHC"), 1, 1),
+        Error::BadMagic {
+            magic: u32::from_le_bytes(*b"GLHC"),
+        },
+    ));
+    cases.push(request(
+        "HELLO versions 2..=3",
+        1,
+        &hello_body(HELLO_MAGIC, 2, 3),
+        Error::UnsupportedVersion { min: 2, max: 3 },
+    ));
+    cases.push(request(
+        "HELLO versions 0..=0",
+        1,
+        &hello_body(HELLO_MAGIC, 0, 0),
+        Error::UnsupportedVersion { min: 0, max: 0 },
+    ));
+    cases.push(request(
+        "HELLO min > max",
+        1,
+        &hello_body(HELLO_MAGIC, 2, 1),
+        Error::InvalidField {
+            opcode: 1,
+            field: "min_version",
+            value: 2,
+        },
+    ));
+    cases.push(request(
+        "HELLO truncated",
+        1,
+        &body[..6],
+        Error::BodyTruncated {
+            opcode: 1,
+            body_bytes: 6,
+            needed_bytes: 8,
+        },
+    ));
+    let mut long = body.clone();
+    long.push(0);
+    cases.push(request(
+        "HELLO trailing byte",
+        1,
+        &long,
+        Error::TrailingBytes {
+            opcode: 1,
+            extra_bytes: 1,
+        },
+    ));
+
+    // APPEND.
+    cases.push(request(
+        "APPEND header truncated",
+        APPEND,
+        &append(2, &two)[..40],
+        Error::BodyTruncated {
+            opcode: APPEND,
+            body_bytes: 40,
+            needed_bytes: 56,
+        },
+    ));
+    cases.push(request(
+        "APPEND count 0",
+        APPEND,
+        &append(0, &[]),
+        Error::InvalidField {
+            opcode: APPEND,
+            field: "count",
+            value: 0,
+        },
+    ));
+    let mut body = append(2, &two);
+    body[52] = 1;
+    cases.push(request(
+        "APPEND reserved nonzero",
+        APPEND,
+        &body,
+        Error::ReservedNonzero {
+            opcode: APPEND,
+            field: "reserved",
+        },
+    ));
+    let no_writer = AppendHeader {
+        writer_seq: 5,
+        ..header
+    };
+    cases.push(request(
+        "APPEND writer_seq without writer_id",
+        APPEND,
+        &append_body(&no_writer, 2, &two),
+        Error::InvalidField {
+            opcode: APPEND,
+            field: "writer_seq",
+            value: 5,
+        },
+    ));
+    cases.push(request(
+        "APPEND count over batch_records_max",
+        APPEND,
+        &append(4097, &two),
+        Error::TooManyRecords {
+            count: 4097,
+            max: 4096,
+        },
+    ));
+    let huge = RecordHeader {
+        len: limits.record_bytes_max + 1,
+        ..RecordHeader::default()
+    };
+    cases.push(request(
+        "APPEND record len over record_bytes_max",
+        APPEND,
+        &append(1, bytemuck::bytes_of(&huge)),
+        Error::RecordTooLarge {
+            index: 0,
+            len: u64::from(limits.record_bytes_max) + 1,
+            max: limits.record_bytes_max,
+        },
+    ));
+    cases.push(request(
+        "APPEND record header truncated",
+        APPEND,
+        &append(2, &two[..first_len + 20]),
+        Error::RecordTruncated { index: 1 },
+    ));
+    cases.push(request(
+        "APPEND record payload truncated",
+        APPEND,
+        &append(2, &two[..two.len() - 8]),
+        Error::RecordTruncated { index: 1 },
+    ));
+    cases.push(request(
+        "APPEND fewer records than count",
+        APPEND,
+        &append(3, &two),
+        Error::CountMismatch {
+            declared: 3,
+            found: 2,
+        },
+    ));
+    cases.push(request(
+        "APPEND more records than count",
+        APPEND,
+        &append(1, &two),
+        Error::BytesAfterRecords {
+            count: 1,
+            extra_bytes: two.len() - first_len,
+        },
+    ));
+    let mut bad_crc = two.clone();
+    bad_crc[first_len + 40] ^= 0x20; // "second" -> "Second"
+    cases.push(request(
+        "APPEND bad record crc names the record",
+        APPEND,
+        &append(2, &bad_crc),
+        Error::BadRecordCrc {
+            index: 1,
+            stored: crc32c::crc32c(b"second"),
+            computed: crc32c::crc32c(b"Second"),
+        },
+    ));
+    let mut stamped_lsn = two.clone();
+    stamped_lsn[first_len + 16] = 9;
+    cases.push(request(
+        "APPEND record with an lsn",
+        APPEND,
+        &append(2, &stamped_lsn),
+        Error::RecordFieldNonzero {
+            index: 1,
+            field: "lsn",
+        },
+    ));
+    let mut stamped_time = two.clone();
+    stamped_time[39] = 1;
+    cases.push(request(
+        "APPEND record with a timestamp",
+        APPEND,
+        &append(2, &stamped_time),
+        Error::RecordFieldNonzero {
+            index: 0,
+            field: "timestamp_us",
+        },
+    ));
+    let mut padding = two.clone();
+    padding[first_len - 1] = 0xff;
+    cases.push(request(
+        "APPEND record padding nonzero",
+        APPEND,
+        &append(2, &padding),
+        Error::RecordPaddingNonzero { index: 0 },
+    ));
+
+    // Other requests.
+    let mut subscribe = [0u8; 24];
+    subscribe[20] = 1;
+    cases.push(request(
+        "SUBSCRIBE reserved nonzero",
+        4,
+        &subscribe,
+        Error::ReservedNonzero {
+            opcode: 4,
+            field: "reserved",
+        },
+    ));
+    cases.push(request(
+        "CREDIT truncated",
+        5,
+        &[0; 12],
+        Error::BodyTruncated {
+            opcode: 5,
+            body_bytes: 12,
+            needed_bytes: 16,
+        },
+    ));
+    cases.push(request(
+        "READ trailing bytes",
+        3,
+        &[0; 32],
+        Error::TrailingBytes {
+            opcode: 3,
+            extra_bytes: 8,
+        },
+    ));
+    cases.push(request(
+        "CHECK_TAIL empty body",
+        7,
+        &[],
+        Error::BodyTruncated {
+            opcode: 7,
+            body_bytes: 0,
+            needed_bytes: 8,
+        },
+    ));
+    cases.push(request(
+        "CREATE_LOG empty name",
+        10,
+        &create_body(3, b""),
+        Error::EmptyName,
+    ));
+    cases.push(request(
+        "CREATE_LOG name too long",
+        10,
+        &create_body(3, &[b'n'; 256]),
+        Error::NameTooLong { len: 256, max: 255 },
+    ));
+    cases.push(request(
+        "CREATE_LOG name not UTF-8",
+        10,
+        &create_body(3, b"bad \xff name"),
+        Error::NameNotUtf8,
+    ));
+    cases.push(request(
+        "CREATE_LOG name with NUL",
+        10,
+        &create_body(3, b"a\0b"),
+        Error::NameContainsNul,
+    ));
+    cases.push(request(
+        "CREATE_LOG replication factor 0",
+        10,
+        &create_body(0, b"orders"),
+        Error::InvalidField {
+            opcode: 10,
+            field: "replication_factor",
+            value: 0,
+        },
+    ));
+    let mut short_name = create_body(3, b"orders");
+    short_name.truncate(8);
+    cases.push(request(
+        "CREATE_LOG name_len past the body",
+        10,
+        &short_name,
+        Error::BodyTruncated {
+            opcode: 10,
+            body_bytes: 8,
+            needed_bytes: 10,
+        },
+    ));
+    cases.push(request(
+        "DESCRIBE_LOG by 2",
+        11,
+        &describe_body(2, 0, 7, b""),
+        Error::InvalidField {
+            opcode: 11,
+            field: "by",
+            value: 2,
+        },
+    ));
+    cases.push(request(
+        "DESCRIBE_LOG by id with a name",
+        11,
+        &describe_body(0, 3, 7, b"abc"),
+        Error::InvalidField {
+            opcode: 11,
+            field: "name_len",
+            value: 3,
+        },
+    ));
+    cases.push(request(
+        "DESCRIBE_LOG by name with a log id",
+        11,
+        &describe_body(1, 3, 7, b"abc"),
+        Error::InvalidField {
+            opcode: 11,
+            field: "log_id",
+            value: 7,
+        },
+    ));
+
+    // Responses.
+    cases.push(response(
+        "response without RESPONSE",
+        2,
+        REQ,
+        &[0; 16],
+        Error::UnexpectedFlags {
+            opcode: 2,
+            flags: 0,
+        },
+    ));
+    let end_only = RESP | Flags::END.bits();
+    cases.push(response(
+        "END without PUSH",
+        4,
+        end_only,
+        &read_body(0, 0, &[]),
+        Error::UnexpectedFlags {
+            opcode: 4,
+            flags: end_only,
+        },
+    ));
+    let push = RESP | Flags::PUSH.bits();
+    cases.push(response(
+        "PUSH on READ",
+        3,
+        push,
+        &read_body(0, 0, &[]),
+        Error::UnexpectedFlags {
+            opcode: 3,
+            flags: push,
+        },
+    ));
+    let push_error = ERR | Flags::PUSH.bits();
+    cases.push(response(
+        "ERROR push without END",
+        4,
+        push_error,
+        &error_body(3, 0, b""),
+        Error::UnexpectedFlags {
+            opcode: 4,
+            flags: push_error,
+        },
+    ));
+    cases.push(response(
+        "opcode 0 without ERROR",
+        0,
+        RESP,
+        &[],
+        Error::UnknownOpcode { opcode: 0 },
+    ));
+    cases.push(response(
+        "ERROR code 0",
+        2,
+        ERR,
+        &error_body(0, 0, b""),
+        Error::UnknownErrorCode { code: 0 },
+    ));
+    cases.push(response(
+        "ERROR code 15",
+        2,
+        ERR,
+        &error_body(15, 0, b""),
+        Error::UnknownErrorCode { code: 15 },
+    ));
+    cases.push(response(
+        "ERROR retryable disagrees with the code",
+        2,
+        ERR,
+        &error_body(ErrorCode::Overloaded as u16, 0, b""),
+        Error::InvalidField {
+            opcode: 2,
+            field: "retryable",
+            value: 0,
+        },
+    ));
+    cases.push(response(
+        "ERROR message over 1024 bytes",
+        2,
+        ERR,
+        &error_body(1, 0, &[b'm'; 1025]),
+        Error::MessageTooLong { len: 1025 },
+    ));
+    cases.push(response(
+        "ERROR message not UTF-8",
+        2,
+        ERR,
+        &error_body(1, 0, b"\xc3\x28"),
+        Error::MessageNotUtf8,
+    ));
+    let mut gap = stamped(7, 10, &[b"a"]);
+    gap.extend(stamped(7, 12, &[b"b"]));
+    cases.push(response(
+        "READ records with a gap",
+        3,
+        RESP,
+        &read_body(20, 2, &gap),
+        Error::RecordOutOfSequence { index: 1 },
+    ));
+    let mut two_logs = stamped(7, 10, &[b"a"]);
+    two_logs.extend(stamped(8, 11, &[b"b"]));
+    cases.push(response(
+        "READ records of two logs",
+        3,
+        RESP,
+        &read_body(20, 2, &two_logs),
+        Error::RecordOutOfSequence { index: 1 },
+    ));
+    cases.push(response(
+        "READ record at the tail",
+        3,
+        RESP,
+        &read_body(11, 2, &stamped(7, 10, &[b"a", b"b"])),
+        Error::RecordOutOfSequence { index: 1 },
+    ));
+    cases.push(response(
+        "LIST_LOGS over list_max",
+        12,
+        RESP,
+        &list_body(1001, &[]),
+        Error::TooManyEntries {
+            count: 1001,
+            max: 1000,
+        },
+    ));
+    cases.push(response(
+        "LIST_LOGS ids not ascending",
+        12,
+        RESP,
+        &list_body(2, &[list_entry(7, b"b", 0), list_entry(7, b"c", 0)]),
+        Error::EntryOutOfOrder { index: 1 },
+    ));
+    cases.push(response(
+        "LIST_LOGS padding nonzero",
+        12,
+        RESP,
+        &list_body(1, &[list_entry(7, b"abc", 1)]),
+        Error::InvalidField {
+            opcode: 12,
+            field: "entry.padding",
+            value: 0,
+        },
+    ));
+    cases.push(response(
+        "HELLO response shard_index >= shard_count",
+        1,
+        RESP,
+        &hello_response_body(1, 2, 2, limits.frame_bytes_max),
+        Error::InvalidField {
+            opcode: 1,
+            field: "shard_index",
+            value: 2,
+        },
+    ));
+    cases.push(response(
+        "HELLO response version 2",
+        1,
+        RESP,
+        &hello_response_body(2, 0, 1, limits.frame_bytes_max),
+        Error::InvalidField {
+            opcode: 1,
+            field: "version",
+            value: 2,
+        },
+    ));
+    cases.push(response(
+        "HELLO response frame too small for one record",
+        1,
+        RESP,
+        &hello_response_body(1, 0, 1, 1 << 20),
+        Error::InvalidField {
+            opcode: 1,
+            field: "frame_bytes_max",
+            value: 1 << 20,
+        },
+    ));
+    cases.push(response(
+        "APPEND response count 0",
+        2,
+        RESP,
+        &[0; 16],
+        Error::InvalidField {
+            opcode: 2,
+            field: "count",
+            value: 0,
+        },
+    ));
+    cases.push(response(
+        "TRIM response with a body",
+        9,
+        RESP,
+        &[0; 8],
+        Error::TrailingBytes {
+            opcode: 9,
+            extra_bytes: 8,
+        },
+    ));
+    cases
+}
+
+#[test]
+fn each_malformed_input_gets_its_precise_error() {
+    let cases = cases();
+    assert!(cases.len() >= 30, "{} cases", cases.len());
+    let mut failures = Vec::new();
+    for case in &cases {
+        let got = decode(&case.bytes, case.decoder, &Limits::DEFAULT);
+        if got != Err(case.expected) {
+            failures.push(format!(
+                "{}: expected {:?}, got {got:?}",
+                case.name, case.expected
+            ));
+        }
+        // Every error has a message for people.
+        assert!(!case.expected.to_string().is_empty());
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn the_errors_map_to_the_documented_codes() {
+    for case in cases() {
+        let code = case.expected.code();
+        let expected = match case.expected {
+            Error::TooManyRecords { .. }
+            | Error::RecordTooLarge { .. }
+            | Error::NameTooLong { .. }
+            | Error::TooManyEntries { .. } => ErrorCode::TooLarge,
+            Error::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+            _ => ErrorCode::Malformed,
+        };
+        assert_eq!(code, expected, "{}", case.name);
+        assert_eq!(
+            case.expected.response("").arg0,
+            case.expected.arg0(),
+            "{}",
+            case.name
+        );
+    }
+    let bad_crc = Error::BadRecordCrc {
+        index: 1,
+        stored: 0,
+        computed: 0,
+    };
+    assert_eq!((bad_crc.code(), bad_crc.arg0()), (ErrorCode::Malformed, 1));
+}
+
+#[test]
+fn an_oversized_length_is_refused_before_the_frame_arrives() {
+    let limits = Limits::DEFAULT;
+    let length = limits.frame_bytes_max; // 4 + length is one byte over
+    let prefix = length.to_le_bytes();
+    assert_eq!(
+        parse_frame(&prefix, &limits),
+        Err(Error::FrameTooLarge {
+            frame_bytes: u64::from(limits.frame_bytes_max) + 4,
+            max: limits.frame_bytes_max
+        })
+    );
+    assert_eq!(
+        parse_frame(&7u32.to_le_bytes(), &limits),
+        Err(Error::FrameTooShort { length: 7 })
+    );
+    // Fewer than 4 bytes: nothing to judge yet.
+    assert_eq!(parse_frame(&[0xff; 3], &limits), Ok(None));
+}
+
+#[test]
+fn smaller_limits_are_enforced() {
+    let limits = Limits {
+        record_bytes_max: 4,
+        batch_records_max: 1,
+        name_bytes_max: 3,
+        ..Limits::DEFAULT
+    };
+    let two = unstamped(&[b"ab", b"cd"]);
+    let header = AppendHeader::new(1);
+    assert_eq!(
+        decode(
+            &raw_frame(APPEND, REQ, 1, &append_body(&header, 2, &two)),
+            As::Request,
+            &limits
+        ),
+        Err(Error::TooManyRecords { count: 2, max: 1 })
+    );
+    let big = unstamped(&[b"abcde"]);
+    assert_eq!(
+        decode(
+            &raw_frame(APPEND, REQ, 1, &append_body(&header, 1, &big)),
+            As::Request,
+            &limits
+        ),
+        Err(Error::RecordTooLarge {
+            index: 0,
+            len: 5,
+            max: 4
+        })
+    );
+    assert_eq!(
+        decode(
+            &raw_frame(10, REQ, 1, &create_body(1, b"abcd")),
+            As::Request,
+            &limits
+        ),
+        Err(Error::NameTooLong { len: 4, max: 3 })
+    );
+}

@@ -1,0 +1,444 @@
+//! Valid frames: every request, response and error code survives encode → parse → decode and
+//! re-encodes to the same bytes; the PROTOCOL.md examples are what the encoder writes; partial
+//! frames ask for more bytes; pipelined frames split cleanly; the builders agree with the
+//! encoders.
+
+mod common;
+
+use chainlog_net::*;
+use common::*;
+
+#[test]
+fn every_request_round_trips_byte_for_byte() {
+    let corpus = request_corpus();
+    assert_eq!(corpus.len(), 17);
+    let mut seen = std::collections::HashSet::new();
+    for bytes in &corpus {
+        let frame = frame(bytes);
+        let request = decode_request(&frame, &Limits::DEFAULT).unwrap();
+        assert_eq!(request.opcode() as u16, frame.opcode);
+        seen.insert(request.opcode());
+        let mut again = Vec::new();
+        encode_request(&mut again, frame.request_id, &request);
+        assert_eq!(&again, bytes, "{request:?}");
+    }
+    assert_eq!(seen.len(), Opcode::ALL.len(), "every opcode has a request");
+}
+
+#[test]
+fn request_fields_survive_decoding() {
+    let corpus = request_corpus();
+    let append = frame(&corpus[2]);
+    let Request::Append(append) = decode_request(&append, &Limits::DEFAULT).unwrap() else {
+        panic!("not an append");
+    };
+    assert_eq!(
+        append.header,
+        AppendHeader {
+            log_id: 7,
+            epoch: 2,
+            expected_lsn: 100,
+            fencing_token: 5,
+            writer_id: 11,
+            writer_seq: 12,
+        }
+    );
+    assert_eq!(append.records.count(), 4);
+    let payloads: Vec<&[u8]> = append.records.iter().map(|r| r.payload).collect();
+    assert_eq!(payloads, PAYLOADS);
+    for r in append.records {
+        assert_eq!(r.header.crc, crc32c::crc32c(r.payload));
+        assert_eq!(r.header.len as usize, r.payload.len());
+    }
+    // The records are the frame's bytes, ready for the disk.
+    assert_eq!(append.records.bytes(), &corpus[2][24 + 56..]);
+
+    let create = frame(&corpus[12]);
+    assert_eq!(
+        decode_request(&create, &Limits::DEFAULT).unwrap(),
+        Request::CreateLog(CreateLogRequest {
+            replication_factor: 1,
+            name: "ünïcödé/журнал",
+        })
+    );
+    assert_eq!(
+        decode_request(&frame(&corpus[14]), &Limits::DEFAULT).unwrap(),
+        Request::DescribeLog(DescribeLogRequest {
+            by: LogRef::Name("orders")
+        })
+    );
+    assert_eq!(
+        decode_request(&frame(&corpus[5]), &Limits::DEFAULT)
+            .unwrap()
+            .routed_log(),
+        Some(7)
+    );
+}
+
+#[test]
+fn every_response_and_error_code_round_trips_byte_for_byte() {
+    let corpus = response_corpus();
+    let mut codes = Vec::new();
+    let mut kinds = std::collections::HashSet::new();
+    for bytes in &corpus {
+        let frame = frame(bytes);
+        let response = decode_response(&frame, &Limits::DEFAULT).unwrap();
+        assert_eq!(response.flags(), frame.flags, "{response:?}");
+        kinds.insert(std::mem::discriminant(&response));
+        if let Response::Error(error) = response {
+            codes.push(error.code);
+            if frame.opcode != 0 {
+                assert_eq!(error.message, error.code.name());
+                assert_eq!((error.arg0, error.arg1), (error.code as u64 * 1000, 17));
+            }
+            assert_eq!(error.retryable(), error.code.is_retryable());
+        }
+        assert_eq!(&reencode_response(&frame, &response), bytes, "{response:?}");
+    }
+    assert_eq!(kinds.len(), 16, "every Response variant");
+    // Every code, then the connection-level MALFORMED.
+    let mut expected = ErrorCode::ALL.to_vec();
+    expected.push(ErrorCode::Malformed);
+    assert_eq!(codes, expected);
+}
+
+#[test]
+fn response_fields_survive_decoding() {
+    let corpus = response_corpus();
+    let Response::Read(read) = decode_response(&frame(&corpus[2]), &Limits::DEFAULT).unwrap()
+    else {
+        panic!("not a read");
+    };
+    assert_eq!(read.tail, 20);
+    let lsns: Vec<u64> = read.records.iter().map(|r| r.header.lsn).collect();
+    assert_eq!(lsns, [10, 11, 12, 13]);
+    assert!(read
+        .records
+        .iter()
+        .all(|r| r.header.log_id == 7 && r.header.epoch == 3));
+
+    let Response::ListLogs(list) = decode_response(&frame(&corpus[15]), &Limits::DEFAULT).unwrap()
+    else {
+        panic!("not a list");
+    };
+    let names: Vec<(u64, &str)> = list.entries.iter().map(|e| (e.log_id, e.name)).collect();
+    assert_eq!(names, [(3, "a"), (7, "orders"), (9, "exactly8")]);
+    assert_eq!(list.entries.len(), 3);
+
+    let Response::Hello(hello) = decode_response(&frame(&corpus[0]), &Limits::DEFAULT).unwrap()
+    else {
+        panic!("not a hello");
+    };
+    assert_eq!(hello.limits(), Limits::DEFAULT);
+    assert_eq!(hello.shard_of(7), 1);
+    assert_eq!(hello.shard_of(8), 0);
+
+    let connection_level = frame(corpus.last().unwrap());
+    assert_eq!(connection_level.opcode, 0);
+    assert_eq!(connection_level.request_id, 0);
+}
+
+/// The blocks after `<!-- golden: NAME -->` in PROTOCOL.md, as bytes. Each line is
+/// `0xOFFSET: hex bytes | comment`; the offsets are checked too.
+fn golden(name: &str) -> Vec<u8> {
+    let doc = include_str!("../../PROTOCOL.md");
+    let marker = format!("<!-- golden: {name} -->\n```text\n");
+    let start = doc.find(&marker).expect("golden block in PROTOCOL.md") + marker.len();
+    let block = &doc[start..start + doc[start..].find("```").unwrap()];
+    let mut bytes = Vec::new();
+    for line in block.lines() {
+        let (offset, rest) = line.split_once(':').unwrap();
+        let offset = usize::from_str_radix(offset.trim_start_matches("0x"), 16).unwrap();
+        assert_eq!(offset, bytes.len(), "{name}: offset of {line:?}");
+        let hex = rest.split('|').next().unwrap();
+        bytes.extend(
+            hex.split_whitespace()
+                .map(|b| u8::from_str_radix(b, 16).unwrap()),
+        );
+    }
+    bytes
+}
+
+#[test]
+fn protocol_md_hello_example_is_what_the_encoder_writes() {
+    let mut request = Vec::new();
+    encode_request(&mut request, 1, &Request::Hello(HelloRequest::CURRENT));
+    assert_eq!(request, golden("hello-request"));
+    assert_eq!(
+        decode_request(&frame(&request), &Limits::DEFAULT).unwrap(),
+        Request::Hello(HelloRequest {
+            min_version: 1,
+            max_version: 1
+        })
+    );
+
+    let hello = HelloResponse {
+        version: 1,
+        shard_index: 1,
+        shard_count: 2,
+        frame_bytes_max: 4_198_400,
+        record_bytes_max: 1_048_576,
+        batch_records_max: 4096,
+        node_id: 1,
+    };
+    let mut response = Vec::new();
+    encode_response(&mut response, 1, Opcode::Hello, &Response::Hello(hello));
+    assert_eq!(response, golden("hello-response"));
+    assert_eq!(
+        decode_response(&frame(&response), &Limits::DEFAULT).unwrap(),
+        Response::Hello(hello)
+    );
+}
+
+#[test]
+fn protocol_md_append_example_is_what_the_encoder_and_builder_write() {
+    let expected = golden("append-request");
+    let mut built = Vec::new();
+    let mut batch = AppendBuilder::new(&mut built, 2, &AppendHeader::new(7), &Limits::DEFAULT);
+    batch.push(b"hello").unwrap();
+    batch.finish();
+    assert_eq!(built, expected);
+
+    let frame = frame(&expected);
+    let Request::Append(append) = decode_request(&frame, &Limits::DEFAULT).unwrap() else {
+        panic!("not an append");
+    };
+    assert_eq!(append.header, AppendHeader::new(7));
+    assert_eq!(append.header.expected_lsn, LSN_UNCONDITIONAL);
+    let record = append.records.iter().next().unwrap();
+    assert_eq!(record.payload, b"hello");
+    assert_eq!(record.header.crc, 0x9a71_bb4c);
+    let mut encoded = Vec::new();
+    encode_request(&mut encoded, 2, &Request::Append(append));
+    assert_eq!(encoded, expected);
+
+    let mut response = Vec::new();
+    let ack = Response::Append(AppendResponse {
+        first_lsn: 0,
+        count: 1,
+    });
+    encode_response(&mut response, 2, Opcode::Append, &ack);
+    assert_eq!(response, golden("append-response"));
+
+    let mut error = Vec::new();
+    let wrong_shard = ErrorResponse::new(ErrorCode::WrongShard, 1, "log 7 is on shard 1");
+    encode_error(&mut error, 2, Some(Opcode::Append), &wrong_shard);
+    assert_eq!(error, golden("append-wrong-shard"));
+    let decoded = decode_response(&crate::frame(&error), &Limits::DEFAULT).unwrap();
+    assert_eq!(decoded, Response::Error(wrong_shard));
+}
+
+#[test]
+fn every_prefix_of_a_valid_frame_asks_for_more() {
+    for bytes in request_corpus().iter().chain(&response_corpus()) {
+        for len in 0..bytes.len() {
+            assert_eq!(
+                parse_frame(&bytes[..len], &Limits::DEFAULT),
+                Ok(None),
+                "prefix {len} of {}",
+                bytes.len()
+            );
+        }
+        assert!(parse_frame(bytes, &Limits::DEFAULT).unwrap().is_some());
+    }
+}
+
+#[test]
+fn pipelined_frames_in_one_buffer_parse_one_after_another() {
+    let corpus = request_corpus();
+    let stream: Vec<u8> = corpus.concat();
+    let mut rest = &stream[..];
+    let mut ids = Vec::new();
+    while let Some(frame) = parse_frame(rest, &Limits::DEFAULT).unwrap() {
+        decode_request(&frame, &Limits::DEFAULT).unwrap();
+        ids.push(frame.request_id);
+        rest = &rest[frame.frame_bytes()..];
+    }
+    assert!(rest.is_empty());
+    assert_eq!(ids, (1..=corpus.len() as u64).collect::<Vec<_>>());
+}
+
+#[test]
+fn append_builder_and_encoder_agree() {
+    let header = AppendHeader {
+        log_id: 9,
+        epoch: 4,
+        expected_lsn: 33,
+        fencing_token: 2,
+        writer_id: 5,
+        writer_seq: 6,
+    };
+    let mut built = Vec::new();
+    let mut batch = AppendBuilder::new(&mut built, 77, &header, &Limits::DEFAULT);
+    for (i, payload) in PAYLOADS.iter().enumerate() {
+        if i % 2 == 0 {
+            batch.push(payload).unwrap();
+        } else {
+            batch
+                .push_with(payload.len(), |slot| slot.copy_from_slice(payload))
+                .unwrap();
+        }
+    }
+    assert_eq!(batch.count(), 4);
+    let frame_bytes = batch.frame_bytes();
+    batch.finish();
+    assert_eq!(built.len(), frame_bytes);
+
+    let records = unstamped(&PAYLOADS);
+    let records = Records::parse(&records, 4, RecordForm::Unstamped, &Limits::DEFAULT).unwrap();
+    let mut encoded = Vec::new();
+    encode_request(
+        &mut encoded,
+        77,
+        &Request::Append(AppendRequest { header, records }),
+    );
+    assert_eq!(built, encoded);
+}
+
+#[test]
+fn read_builder_writes_what_decoders_accept() {
+    let payloads: [&[u8]; 3] = [b"one", b"two", b"three"];
+    for kind in [ReadKind::Read, ReadKind::Push, ReadKind::PushEnd] {
+        let mut out = Vec::new();
+        let mut batch = ReadBuilder::new(&mut out, 5, kind, 103, &Limits::DEFAULT);
+        for (i, payload) in payloads.iter().enumerate() {
+            let header = RecordHeader {
+                len: payload.len() as u32,
+                crc: crc32c::crc32c(payload),
+                log_id: 7,
+                lsn: 100 + i as u64,
+                epoch: 2,
+                timestamp_us: 9,
+            };
+            batch.push(&header, payload).unwrap();
+        }
+        assert_eq!(batch.count(), 3);
+        batch.finish();
+        let frame = frame(&out);
+        let batch = match decode_response(&frame, &Limits::DEFAULT).unwrap() {
+            Response::Read(read) => {
+                assert_eq!(kind, ReadKind::Read);
+                read
+            }
+            Response::Push(push) => {
+                assert_eq!(push.end, kind == ReadKind::PushEnd);
+                push.batch
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(batch.tail, 103);
+        assert_eq!(batch.records.bytes(), &stamped_like(&payloads)[..]);
+        let got: Vec<&[u8]> = batch.records.iter().map(|r| r.payload).collect();
+        assert_eq!(got, payloads);
+    }
+
+    fn stamped_like(payloads: &[&[u8]]) -> Vec<u8> {
+        payloads
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| {
+                record(
+                    RecordHeader {
+                        len: p.len() as u32,
+                        crc: crc32c::crc32c(p),
+                        log_id: 7,
+                        lsn: 100 + i as u64,
+                        epoch: 2,
+                        timestamp_us: 9,
+                    },
+                    p,
+                )
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn an_empty_read_response_is_valid() {
+    let mut out = Vec::new();
+    ReadBuilder::new(&mut out, 1, ReadKind::Read, 0, &Limits::DEFAULT).finish();
+    let response = decode_response(&frame(&out), &Limits::DEFAULT).unwrap();
+    assert_eq!(
+        response,
+        Response::Read(ReadResponse {
+            tail: 0,
+            records: Records::EMPTY
+        })
+    );
+}
+
+#[test]
+fn limits_at_the_edge_are_accepted() {
+    let limits = Limits::DEFAULT;
+    // A record of exactly record_bytes_max, and a batch of exactly batch_records_max.
+    let big = vec![0x5a; limits.record_bytes_max as usize];
+    let mut out = Vec::new();
+    let mut batch = AppendBuilder::new(&mut out, 1, &AppendHeader::new(1), &limits);
+    batch.push(&big).unwrap();
+    batch.finish();
+    let frame = frame(&out);
+    assert!(decode_request(&frame, &limits).is_ok());
+
+    let mut out = Vec::new();
+    let mut batch = AppendBuilder::new(&mut out, 1, &AppendHeader::new(1), &limits);
+    for _ in 0..limits.batch_records_max {
+        batch.push(b"x").unwrap();
+    }
+    assert!(matches!(
+        batch.push(b"x"),
+        Err(Error::TooManyRecords { .. })
+    ));
+    batch.finish();
+    let Request::Append(append) = decode_request(&crate::frame(&out), &limits).unwrap() else {
+        panic!();
+    };
+    assert_eq!(append.records.count(), limits.batch_records_max);
+
+    // A name of exactly name_bytes_max.
+    let name = "n".repeat(255);
+    let mut out = Vec::new();
+    let create = Request::CreateLog(CreateLogRequest {
+        replication_factor: 3,
+        name: &name,
+    });
+    encode_request(&mut out, 1, &create);
+    assert_eq!(
+        decode_request(&crate::frame(&out), &limits).unwrap(),
+        create
+    );
+    assert_eq!(check_name(name.as_bytes(), &limits), Ok(name.as_str()));
+}
+
+#[test]
+fn decode_errors_become_the_documented_error_responses() {
+    let mut out = Vec::new();
+    let error = Error::BadRecordCrc {
+        index: 2,
+        stored: 1,
+        computed: 3,
+    };
+    let message = error.to_string();
+    encode_error(&mut out, 9, Some(Opcode::Append), &error.response(&message));
+    let Response::Error(decoded) = decode_response(&frame(&out), &Limits::DEFAULT).unwrap() else {
+        panic!();
+    };
+    assert_eq!(decoded.code, ErrorCode::Malformed);
+    assert!(decoded.code.closes_connection());
+    assert_eq!(decoded.arg0, 2);
+    assert_eq!(decoded.message, message);
+
+    // Overlong messages are cut to 1024 bytes and still decode.
+    let long = "x".repeat(5000);
+    let mut out = Vec::new();
+    encode_error(
+        &mut out,
+        9,
+        None,
+        &ErrorResponse::new(ErrorCode::Unavailable, ARG_NONE, &long),
+    );
+    let Response::Error(decoded) = decode_response(&frame(&out), &Limits::DEFAULT).unwrap() else {
+        panic!();
+    };
+    assert_eq!(decoded.message.len(), ERROR_MESSAGE_BYTES_MAX);
+    assert!(decoded.retryable());
+}

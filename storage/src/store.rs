@@ -175,6 +175,8 @@ pub struct ReadRecord {
     pub epoch: u64,
     /// Server timestamp, microseconds since the Unix epoch.
     pub timestamp_us: u64,
+    /// CRC32C of the payload, as the client computed it (verified on the way out).
+    pub crc: u32,
     /// The bytes.
     pub payload: Vec<u8>,
 }
@@ -607,10 +609,19 @@ impl<I: Io> Store<I> {
                     break 'walk;
                 }
                 bytes += r.1.len();
+                if payload_crc(&r.1) != r.0.crc {
+                    let path = self.segment_path(segment_id);
+                    return Err(Error::corrupt(
+                        path,
+                        offset,
+                        format!("log {log_id} record {next} fails its checksum"),
+                    ));
+                }
                 out.push(ReadRecord {
                     lsn: r.0.lsn,
                     epoch: r.0.epoch,
                     timestamp_us: r.0.timestamp_us,
+                    crc: r.0.crc,
                     payload: r.1,
                 });
                 next += 1;

@@ -1,0 +1,101 @@
+//! The `chainlog` command: `chainlog node` runs a storage node (admin and data commands join
+//! it as the client lands).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chainlog::node::{self, NodeConfig};
+use chainlog::storage::{DurabilityMode, StoreConfig};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chainlog",
+    version,
+    about = "chainlog: a log storage service for write-ahead-log offload"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a storage node: one shard thread per core, shard i on the base port + i.
+    Node(NodeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct NodeArgs {
+    /// Data directory (created if missing); shard i keeps its segments in DIR/shard-i.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Address of shard 0; shard i listens on the same host at port + i.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    /// Shard threads (default: one per core).
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// Durability of appends: auto measures dsync and fdatasync at open and picks the faster.
+    #[arg(long, default_value = "auto", value_parser = parse_durability)]
+    durability: DurabilityMode,
+    /// Do not pin shard threads to cores.
+    #[arg(long)]
+    no_pin: bool,
+    /// This node's id, reported to clients in HELLO.
+    #[arg(long, default_value_t = 1)]
+    node_id: u64,
+}
+
+fn parse_durability(s: &str) -> Result<DurabilityMode, String> {
+    s.parse()
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Node(args) => {
+            let shards = args
+                .shards
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            if shards == 0 || usize::from(args.listen.port()) + shards > usize::from(u16::MAX) + 1 {
+                eprintln!("chainlog node: --shards must be at least 1 and the ports base..base+shards must exist");
+                return ExitCode::from(2);
+            }
+            let store = StoreConfig {
+                durability: args.durability,
+                ..StoreConfig::default()
+            };
+            let limits = chainlog::net::Limits {
+                record_bytes_max: store.record_bytes_max as u32,
+                ..chainlog::net::Limits::DEFAULT
+            };
+            let config = NodeConfig {
+                data_dir: args.data_dir,
+                listen: args.listen,
+                shards,
+                pin: !args.no_pin,
+                recv_bytes: 2 * limits.frame_bytes_max as usize,
+                in_flight_max: limits.in_flight_max as usize,
+                limits,
+                node_id: args.node_id,
+                store,
+            };
+            match node::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("chainlog node: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

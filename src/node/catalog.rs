@@ -1,0 +1,297 @@
+//! A shard's log catalog: the names, ids and replication factors of the logs it owns, kept in
+//! one small file (`catalog`) next to the shard's store, rewritten atomically (write a
+//! temporary file, fsync it, rename it over the old one, fsync the directory) on every create
+//! and delete. Those are rare control-path operations, so the shard thread does this
+//! synchronously; appends never touch the catalog file.
+//!
+//! A log's id is derived from its name (`log_id_of`), so every shard and client can tell
+//! which shard owns a name without asking anyone; the controller will assign ids later.
+//!
+//! File layout (little-endian): magic `"CLCT"` u32, version u16, reserved u16, count u32,
+//! then per log: log_id u64, replication_factor u8, reserved u8, name_len u16, name bytes;
+//! finally the CRC32C of everything before it, u32.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const MAGIC: u32 = u32::from_le_bytes(*b"CLCT");
+const VERSION: u16 = 1;
+
+/// The id of the log called `name`: FNV-1a 64 of its UTF-8 bytes (PROTOCOL.md).
+pub fn log_id_of(name: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.as_bytes() {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// One log of the catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEntry {
+    /// The log's name.
+    pub name: String,
+    /// Replicas of each record (1 until chain replication).
+    pub replication_factor: u8,
+}
+
+/// Why the catalog cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// Reading or writing the file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The file is not a catalog of this version, or is damaged.
+    #[error("{}: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The logs a shard owns.
+#[derive(Debug)]
+pub struct Catalog {
+    path: PathBuf,
+    logs: BTreeMap<u64, LogEntry>,
+}
+
+impl Catalog {
+    /// Loads the catalog in `dir` (empty if there is none yet).
+    pub fn open(dir: &Path) -> Result<Catalog, CatalogError> {
+        fs::create_dir_all(dir).map_err(|source| CatalogError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join("catalog");
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Catalog {
+                    path,
+                    logs: BTreeMap::new(),
+                });
+            }
+            Err(source) => return Err(CatalogError::Io { path, source }),
+        };
+        let logs = decode(&bytes).map_err(|reason| CatalogError::Corrupt {
+            path: path.clone(),
+            reason,
+        })?;
+        Ok(Catalog { path, logs })
+    }
+
+    /// The log with this id.
+    pub fn get(&self, log_id: u64) -> Option<&LogEntry> {
+        self.logs.get(&log_id)
+    }
+
+    /// Logs with ids above `after`, at most `max`, in id order.
+    pub fn list(&self, after: Option<u64>, max: usize) -> impl Iterator<Item = (u64, &LogEntry)> {
+        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        self.logs
+            .range((from, std::ops::Bound::Unbounded))
+            .take(max)
+            .map(|(&id, e)| (id, e))
+    }
+
+    /// Adds a log, durably. Returns false (and changes nothing) if its id is taken.
+    pub fn create(&mut self, log_id: u64, entry: LogEntry) -> Result<bool, CatalogError> {
+        if self.logs.contains_key(&log_id) {
+            return Ok(false);
+        }
+        self.logs.insert(log_id, entry);
+        if let Err(e) = self.persist() {
+            self.logs.remove(&log_id);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Removes a log, durably. Returns false if there was none.
+    pub fn delete(&mut self, log_id: u64) -> Result<bool, CatalogError> {
+        let Some(entry) = self.logs.remove(&log_id) else {
+            return Ok(false);
+        };
+        if let Err(e) = self.persist() {
+            self.logs.insert(log_id, entry);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    fn persist(&self) -> Result<(), CatalogError> {
+        let io = |source| CatalogError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let tmp = self.path.with_extension("tmp");
+        let mut file = File::create(&tmp).map_err(io)?;
+        file.write_all(&encode(&self.logs)).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        fs::rename(&tmp, &self.path).map_err(io)?;
+        let dir = self
+            .path
+            .parent()
+            .expect("the catalog lives in a directory");
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+    }
+}
+
+fn encode(logs: &BTreeMap<u64, LogEntry>) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&MAGIC.to_le_bytes());
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&(logs.len() as u32).to_le_bytes());
+    for (id, entry) in logs {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.push(entry.replication_factor);
+        out.push(0);
+        out.extend_from_slice(&(entry.name.len() as u16).to_le_bytes());
+        out.extend_from_slice(entry.name.as_bytes());
+    }
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn decode(bytes: &[u8]) -> Result<BTreeMap<u64, LogEntry>, String> {
+    if bytes.len() < 16 {
+        return Err(format!("{} bytes is too short for a catalog", bytes.len()));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+        return Err("the catalog fails its checksum".into());
+    }
+    let mut r = Reader(body);
+    if r.u32()? != MAGIC {
+        return Err("not a chainlog catalog (bad magic)".into());
+    }
+    let version = r.u16()?;
+    if version > VERSION {
+        return Err(format!(
+            "catalog format version {version}; this build reads up to {VERSION}"
+        ));
+    }
+    r.u16()?;
+    let count = r.u32()?;
+    let mut logs = BTreeMap::new();
+    for _ in 0..count {
+        let id = r.u64()?;
+        let replication_factor = r.u8()?;
+        r.u8()?;
+        let len = usize::from(r.u16()?);
+        let name = String::from_utf8(r.take(len)?.to_vec())
+            .map_err(|_| "a log name is not UTF-8".to_string())?;
+        logs.insert(
+            id,
+            LogEntry {
+                name,
+                replication_factor,
+            },
+        );
+    }
+    if !r.0.is_empty() {
+        return Err("trailing bytes after the last log".into());
+    }
+    Ok(logs)
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err("the catalog is truncated".into());
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, String> {
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str) -> LogEntry {
+        LogEntry {
+            name: name.into(),
+            replication_factor: 1,
+        }
+    }
+
+    #[test]
+    fn creates_and_deletes_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = Catalog::open(dir.path()).expect("open");
+        assert!(c
+            .create(log_id_of("orders"), entry("orders"))
+            .expect("create"));
+        assert!(c
+            .create(log_id_of("users"), entry("users"))
+            .expect("create"));
+        assert!(!c
+            .create(log_id_of("orders"), entry("orders"))
+            .expect("duplicate"));
+        assert!(c.delete(log_id_of("users")).expect("delete"));
+        assert!(!c.delete(log_id_of("users")).expect("absent"));
+        let c = Catalog::open(dir.path()).expect("reopen");
+        assert_eq!(c.get(log_id_of("orders")), Some(&entry("orders")));
+        assert_eq!(c.get(log_id_of("users")), None);
+        assert_eq!(c.list(None, 10).count(), 1);
+    }
+
+    #[test]
+    fn a_damaged_catalog_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = Catalog::open(dir.path()).expect("open");
+        c.create(1, entry("a")).expect("create");
+        let path = dir.path().join("catalog");
+        let mut bytes = fs::read(&path).expect("read");
+        bytes[14] ^= 1;
+        fs::write(&path, &bytes).expect("write");
+        let err = Catalog::open(dir.path()).expect_err("damaged");
+        assert!(err.to_string().contains("catalog"), "{err}");
+        fs::write(&path, b"junk").expect("write");
+        assert!(matches!(
+            Catalog::open(dir.path()),
+            Err(CatalogError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn ids_follow_fnv1a() {
+        assert_eq!(log_id_of(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(log_id_of("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

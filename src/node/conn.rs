@@ -1,0 +1,178 @@
+//! One client connection of a shard: its socket, its receive buffer (frames are parsed in
+//! place, so record bytes go from this buffer straight into the store's frame), its output
+//! (double-buffered: one buffer is filled while the other is in the kernel), and its protocol
+//! session: the answers it waits for, in order.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+/// A client connection.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    fd: OwnedFd,
+    pub(crate) generation: u32,
+    /// Received bytes not yet consumed are `recv_buf[..recv_len]`.
+    recv_buf: Box<[u8]>,
+    recv_len: usize,
+    pub(crate) recv_in_flight: bool,
+    /// Bytes the kernel is sending (untouched while `send_in_flight`), and how many went.
+    sending: Vec<u8>,
+    sent: usize,
+    pub(crate) send_in_flight: bool,
+    /// The protocol's state of this connection.
+    pub(crate) session: Session,
+}
+
+/// What the protocol keeps per connection.
+#[derive(Debug, Default)]
+pub(crate) struct Session {
+    /// Encoded responses waiting for the socket.
+    pub(crate) out: Vec<u8>,
+    /// The HELLO exchange happened.
+    pub(crate) greeted: bool,
+    /// Answers owed in order: appends and trims waiting for durability, and errors of later
+    /// appends held behind them (APPEND answers come in the order the APPENDs were sent).
+    pub(crate) pending: VecDeque<Pending>,
+    /// Stop reading and close once the output is flushed (protocol error, peer gone, stop).
+    pub(crate) closing: bool,
+}
+
+/// An answer owed to a connection, in order.
+#[derive(Debug)]
+pub(crate) enum Pending {
+    /// An append waiting for its ack.
+    Append { request_id: u64 },
+    /// A trim waiting for its ack.
+    Trim { request_id: u64 },
+    /// An error, sent once everything before it is answered.
+    Failed {
+        request_id: u64,
+        opcode: u16,
+        code: chainlog_net::ErrorCode,
+        arg0: u64,
+        message: String,
+    },
+}
+
+impl Conn {
+    pub(crate) fn new(fd: OwnedFd, generation: u32, recv_bytes: usize) -> Conn {
+        Conn {
+            fd,
+            generation,
+            recv_buf: vec![0; recv_bytes].into_boxed_slice(),
+            recv_len: 0,
+            recv_in_flight: false,
+            sending: Vec::new(),
+            sent: 0,
+            send_in_flight: false,
+            session: Session::default(),
+        }
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Where the next receive goes (empty when the buffer is full: a frame larger than the
+    /// buffer is refused by the frame limit before that can happen).
+    pub(crate) fn recv_space(&mut self) -> &mut [u8] {
+        &mut self.recv_buf[self.recv_len..]
+    }
+
+    pub(crate) fn received(&mut self, n: usize) {
+        self.recv_len += n;
+        debug_assert!(self.recv_len <= self.recv_buf.len());
+    }
+
+    /// The received bytes not consumed yet, and the session to answer them in.
+    pub(crate) fn input(&mut self) -> (&[u8], &mut Session) {
+        (&self.recv_buf[..self.recv_len], &mut self.session)
+    }
+
+    /// Drops the first `n` input bytes (whole frames that were handled).
+    pub(crate) fn consume(&mut self, n: usize) {
+        debug_assert!(!self.recv_in_flight, "the kernel owns the receive buffer");
+        self.recv_buf.copy_within(n..self.recv_len, 0);
+        self.recv_len -= n;
+    }
+
+    /// If nothing is being sent and output is queued, makes it the in-flight buffer and
+    /// returns it for submission.
+    pub(crate) fn start_send(&mut self) -> Option<&[u8]> {
+        if self.send_in_flight || self.session.out.is_empty() {
+            return None;
+        }
+        std::mem::swap(&mut self.session.out, &mut self.sending);
+        self.sent = 0;
+        self.send_in_flight = true;
+        Some(&self.sending)
+    }
+
+    /// Records that `n` bytes of the in-flight buffer went out; returns the rest if any is
+    /// left (to submit again), otherwise frees the buffer for the next send.
+    pub(crate) fn sent(&mut self, n: usize) -> Option<&[u8]> {
+        self.sent += n;
+        if self.sent < self.sending.len() {
+            return Some(&self.sending[self.sent..]);
+        }
+        self.sending.clear();
+        self.send_in_flight = false;
+        None
+    }
+
+    /// No operation of this connection is in the kernel: it may be closed.
+    pub(crate) fn idle(&self) -> bool {
+        !self.recv_in_flight && !self.send_in_flight
+    }
+
+    /// Everything queued was sent.
+    pub(crate) fn flushed(&self) -> bool {
+        self.session.out.is_empty() && !self.send_in_flight
+    }
+
+    /// Ends both directions, so that in-flight operations complete at once.
+    pub(crate) fn shutdown(&self) {
+        // SAFETY: the descriptor is open (owned by self).
+        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::FromRawFd;
+
+    fn conn() -> Conn {
+        // SAFETY: a fresh descriptor from socketpair-free dup of stdin is not needed: use an
+        // eventfd, which is a valid descriptor to own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: fd was just created and is owned by nobody else.
+        Conn::new(unsafe { OwnedFd::from_raw_fd(fd) }, 1, 64)
+    }
+
+    #[test]
+    fn input_is_consumed_from_the_front() {
+        let mut c = conn();
+        c.recv_space()[..5].copy_from_slice(b"hello");
+        c.received(5);
+        c.consume(2);
+        assert_eq!(c.input().0, b"llo");
+        assert_eq!(c.recv_space().len(), 61);
+    }
+
+    #[test]
+    fn output_is_double_buffered_and_partial_sends_resume() {
+        let mut c = conn();
+        c.session.out.extend_from_slice(b"abcdef");
+        assert_eq!(c.start_send(), Some(&b"abcdef"[..]));
+        assert_eq!(c.start_send(), None, "one send at a time");
+        c.session.out.extend_from_slice(b"gh");
+        assert_eq!(c.sent(4), Some(&b"ef"[..]));
+        assert_eq!(c.sent(2), None);
+        assert!(!c.flushed(), "gh is still queued");
+        assert_eq!(c.start_send(), Some(&b"gh"[..]));
+        assert_eq!(c.sent(2), None);
+        assert!(c.flushed() && c.idle());
+    }
+}

@@ -1,0 +1,166 @@
+//! The chainlog node: one pinned shard thread per core, each owning a store, its sockets and
+//! one io_uring that drives both (ARCHITECTURE.md, "Shards"). Shard `i` listens on the base
+//! port + `i` and serves the logs with `log_id % shards == i`; the main thread only starts the
+//! shards and turns SIGTERM/SIGINT into a graceful stop.
+
+pub mod catalog;
+mod conn;
+mod ops;
+mod protocol;
+mod shard;
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chainlog_storage::StoreConfig;
+
+/// A node's settings.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Data directory: shard `i` keeps its store in `DIR/shard-i`.
+    pub data_dir: PathBuf,
+    /// Address of shard 0; shard `i` listens on the same host and port + `i`.
+    pub listen: SocketAddr,
+    /// Shard threads (default: one per core).
+    pub shards: usize,
+    /// Pin shard `i` to core `i % cores`.
+    pub pin: bool,
+    /// The store of each shard.
+    pub store: StoreConfig,
+    /// Receive buffer per connection (at least the largest frame).
+    pub recv_bytes: usize,
+    /// Requests a connection may have unanswered before the shard stops reading it.
+    pub in_flight_max: usize,
+    /// The protocol limits the node enforces.
+    pub limits: chainlog_net::Limits,
+    /// This node's id (reported in HELLO).
+    pub node_id: u64,
+}
+
+/// Why a node stopped other than by a signal.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A shard could not start or failed.
+    #[error("shard {shard}: {reason}")]
+    Shard {
+        /// The shard.
+        shard: usize,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Setting up signal handling failed.
+    #[error("signals: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs the node until SIGTERM or SIGINT (then stops gracefully: no new connections, what is
+/// in flight is finished and flushed) or until a shard fails.
+pub fn run(config: NodeConfig) -> Result<(), NodeError> {
+    let signals = block_stop_signals().map_err(NodeError::Signals)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut shards = Vec::new();
+    for index in 0..config.shards {
+        // SAFETY: eventfd takes no pointers.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(NodeError::Shard {
+                shard: index,
+                reason: format!("eventfd: {}", std::io::Error::last_os_error()),
+            });
+        }
+        // SAFETY: fd was just created and is owned by nobody else.
+        let stop = unsafe { OwnedFd::from_raw_fd(fd) };
+        let wake = stop.try_clone().map_err(|e| NodeError::Shard {
+            shard: index,
+            reason: format!("dup: {e}"),
+        })?;
+        let mut listen = config.listen;
+        listen.set_port(config.listen.port() + index as u16);
+        let ctx = shard::ShardContext {
+            index: index as u16,
+            count: config.shards as u16,
+            listen,
+            dir: config.data_dir.join(format!("shard-{index}")),
+            store: config.store.clone(),
+            recv_bytes: config.recv_bytes,
+            in_flight_max: config.in_flight_max,
+            limits: config.limits,
+            node_id: config.node_id,
+            core: config.pin.then_some(index % cores),
+            stop,
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("shard-{index}"))
+            .spawn(move || shard::run(ctx))
+            .map_err(|e| NodeError::Shard {
+                shard: index,
+                reason: format!("spawn: {e}"),
+            })?;
+        shards.push((handle, wake));
+    }
+    tracing::info!(shards = config.shards, listen = %config.listen, "node started");
+    let mut stopping = false;
+    loop {
+        let finished = shards.iter().position(|(h, _)| h.is_finished());
+        if let Some(i) = finished {
+            let (handle, _) = shards.swap_remove(i);
+            let result = handle
+                .join()
+                .unwrap_or_else(|_| Err("the shard thread panicked".into()));
+            if let Err(reason) = result {
+                stop_all(&shards);
+                for (h, _) in shards {
+                    let _ = h.join();
+                }
+                return Err(NodeError::Shard { shard: i, reason });
+            }
+            if shards.is_empty() {
+                return Ok(());
+            }
+            continue;
+        }
+        if !stopping && wait_signal(&signals, Duration::from_millis(100)) {
+            tracing::info!("stop signal: finishing what is in flight");
+            stopping = true;
+            stop_all(&shards);
+        } else if stopping {
+            std::thread::park_timeout(Duration::from_millis(20));
+        }
+    }
+}
+
+fn stop_all(shards: &[(std::thread::JoinHandle<Result<(), String>>, OwnedFd)]) {
+    for (_, wake) in shards {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
+        unsafe { libc::write(wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// Blocks SIGTERM and SIGINT in this thread (and so in the shard threads it starts), so that
+/// they are only ever taken by `wait_signal`.
+fn block_stop_signals() -> std::io::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; the calls only write to the set we pass.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        Ok(set)
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> bool {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: set and ts are valid for the call; no siginfo is asked for.
+    unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) > 0 }
+}

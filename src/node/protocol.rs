@@ -1,0 +1,650 @@
+//! The server side of the wire protocol (PROTOCOL.md) for one shard: turns the frames a
+//! connection received into store operations and encoded answers, and acknowledgements of
+//! durable appends and trims into APPEND and TRIM responses, in the order they were asked.
+//!
+//! APPEND record bytes go from the connection's receive buffer into the store's write buffer
+//! in one copy (`Batch::Encoded`: the wire layout is the disk layout). A single node serves
+//! every log in epoch [`NODE_EPOCH`]; fencing tokens and idempotency keys need the
+//! sequencer state that comes with chain replication and are refused explicitly until then.
+
+use chainlog_net::{
+    decode_request, encode_error, encode_response, parse_frame, AppendRequest, CreateLogResponse,
+    DescribeLogResponse, ErrorCode, ErrorResponse, Frame, HelloResponse, Limits, ListLogsResponse,
+    LogEntries, LogEntry, LogRef, Opcode, ReadBuilder, ReadKind, RecordHeader, Request, Response,
+    TailResponse, ARG_NONE, EPOCH_CURRENT, LSN_UNCONDITIONAL, PROTOCOL_VERSION, TOKEN_NONE,
+    WRITER_NONE,
+};
+use chainlog_storage::{fatal, Ack, Batch, Error, Store, UringIo};
+
+use super::catalog::{log_id_of, Catalog, LogEntry as CatalogEntry};
+use super::conn::{Conn, Pending, Session};
+
+/// The epoch of every log on a single node (epochs change with reconfiguration).
+pub(crate) const NODE_EPOCH: u64 = 1;
+
+/// Store token of operations nobody waits for (the trim that frees a deleted log's space):
+/// it names no connection slot.
+const UNANSWERED: u64 = u64::MAX;
+
+/// One shard's protocol state.
+#[derive(Debug)]
+pub(crate) struct Server {
+    shard_index: u16,
+    shard_count: u16,
+    node_id: u64,
+    limits: Limits,
+    catalog: Catalog,
+}
+
+/// A failed request's answer, before encoding.
+struct Refusal {
+    code: ErrorCode,
+    arg0: u64,
+    message: String,
+}
+
+fn refuse(code: ErrorCode, arg0: u64, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        arg0,
+        message: message.into(),
+    }
+}
+
+/// The wire error for a store error.
+fn store_refusal(e: &Error) -> Refusal {
+    match *e {
+        Error::Overloaded => refuse(ErrorCode::Overloaded, 1, e.to_string()),
+        Error::ConditionFailed { tail } => refuse(ErrorCode::ConditionFailed, tail, e.to_string()),
+        Error::TrimBeyondTail { tail, .. } => {
+            refuse(ErrorCode::ConditionFailed, tail, e.to_string())
+        }
+        Error::TooLarge { max, .. } => refuse(ErrorCode::TooLarge, max as u64, e.to_string()),
+        Error::TooManyLogs { max } => refuse(ErrorCode::TooLarge, max as u64, e.to_string()),
+        Error::Trimmed { trim_point } => refuse(ErrorCode::Trimmed, trim_point, e.to_string()),
+        Error::UnknownLog(_) => refuse(ErrorCode::UnknownLog, ARG_NONE, e.to_string()),
+        Error::Checksum { index } => refuse(ErrorCode::Malformed, index as u64, e.to_string()),
+        Error::Malformed(_) | Error::EmptyBatch => {
+            refuse(ErrorCode::Malformed, ARG_NONE, e.to_string())
+        }
+        _ => {
+            tracing::error!(error = %e, "storage error while serving a request");
+            refuse(ErrorCode::Unavailable, ARG_NONE, e.to_string())
+        }
+    }
+}
+
+impl Server {
+    pub(crate) fn new(
+        shard_index: u16,
+        shard_count: u16,
+        node_id: u64,
+        limits: Limits,
+        catalog: Catalog,
+    ) -> Server {
+        Server {
+            shard_index,
+            shard_count,
+            node_id,
+            limits,
+            catalog,
+        }
+    }
+
+    fn owner(&self, log_id: u64) -> u16 {
+        (log_id % u64::from(self.shard_count)) as u16
+    }
+
+    /// Handles every whole frame at the start of the connection's input; returns the bytes
+    /// consumed. Stops at the first frame that closes the connection.
+    pub(crate) fn handle_input(
+        &mut self,
+        conn: &mut Conn,
+        store: &mut Store<UringIo>,
+        token: u64,
+    ) -> usize {
+        let (input, session) = conn.input();
+        let mut consumed = 0;
+        while !session.closing {
+            match parse_frame(&input[consumed..], &self.limits) {
+                Ok(None) => break,
+                Ok(Some(frame)) => {
+                    consumed += frame.frame_bytes();
+                    self.handle_frame(&frame, session, store, token);
+                }
+                Err(e) => {
+                    // The framing is broken: answer once and close (PROTOCOL.md).
+                    let message = e.to_string();
+                    encode_error(&mut session.out, 0, None, &e.response(&message));
+                    session.closing = true;
+                    consumed = input.len();
+                }
+            }
+        }
+        consumed
+    }
+
+    /// A frame that cannot fit the receive buffer (limits misconfigured): refuse and close.
+    pub(crate) fn refuse_oversized(&self, conn: &mut Conn) {
+        let session = &mut conn.session;
+        let message = "a frame larger than the connection's receive buffer";
+        encode_error(
+            &mut session.out,
+            0,
+            None,
+            &ErrorResponse::new(
+                ErrorCode::TooLarge,
+                u64::from(self.limits.frame_bytes_max),
+                message,
+            ),
+        );
+        session.closing = true;
+    }
+
+    fn handle_frame(
+        &mut self,
+        frame: &Frame<'_>,
+        session: &mut Session,
+        store: &mut Store<UringIo>,
+        token: u64,
+    ) {
+        let request_id = frame.request_id;
+        let request = match decode_request(frame, &self.limits) {
+            Ok(request) => request,
+            Err(e) => {
+                let message = e.to_string();
+                encode_error(
+                    &mut session.out,
+                    request_id,
+                    Opcode::from_u16(frame.opcode),
+                    &e.response(&message),
+                );
+                if e.code().closes_connection() {
+                    session.closing = true;
+                }
+                return;
+            }
+        };
+        let opcode = request.opcode();
+        if !session.greeted && opcode != Opcode::Hello {
+            let refusal = refuse(
+                ErrorCode::Malformed,
+                ARG_NONE,
+                "the first frame of a connection must be HELLO",
+            );
+            answer_now(session, request_id, opcode, &refusal);
+            session.closing = true;
+            return;
+        }
+        if let Some(log_id) = request.routed_log() {
+            let owner = self.owner(log_id);
+            if owner != self.shard_index {
+                let refusal = refuse(
+                    ErrorCode::WrongShard,
+                    u64::from(owner),
+                    format!("log {log_id} lives on shard {owner}"),
+                );
+                return answer(session, request_id, opcode, refusal);
+            }
+        }
+        let result = match request {
+            Request::Hello(hello) => {
+                self.hello(session, request_id, hello.min_version, hello.max_version)
+            }
+            Request::Append(append) => self.append(session, store, request_id, &append, token),
+            Request::Read(read) => self.read(
+                session,
+                store,
+                request_id,
+                read.log_id,
+                read.from_lsn,
+                read.max_records,
+                read.max_bytes,
+            ),
+            Request::CheckTail { log_id } | Request::TailHint { log_id } => {
+                self.tail(session, store, request_id, opcode, log_id)
+            }
+            Request::Trim(trim) => self.trim(
+                session,
+                store,
+                request_id,
+                trim.log_id,
+                trim.before_lsn,
+                token,
+            ),
+            Request::CreateLog(create) => {
+                self.create_log(session, request_id, create.name, create.replication_factor)
+            }
+            Request::DescribeLog(describe) => {
+                self.describe_log(session, store, request_id, describe.by)
+            }
+            Request::ListLogs(list) => {
+                self.list_logs(session, request_id, list.after_log_id, list.max)
+            }
+            Request::DeleteLog { log_id } => self.delete_log(session, store, request_id, log_id),
+            Request::Subscribe(_) | Request::Credit(_) | Request::Unsubscribe(_) => Err(refuse(
+                ErrorCode::Unavailable,
+                ARG_NONE,
+                "subscriptions are not served by this node version yet; use READ",
+            )),
+        };
+        if let Err(refusal) = result {
+            if refusal.code == ErrorCode::Malformed || refusal.code == ErrorCode::UnsupportedVersion
+            {
+                session.closing = true;
+            }
+            answer(session, request_id, opcode, refusal);
+        }
+    }
+
+    fn hello(
+        &mut self,
+        session: &mut Session,
+        request_id: u64,
+        min: u16,
+        max: u16,
+    ) -> Result<(), Refusal> {
+        if session.greeted {
+            return Err(refuse(
+                ErrorCode::Malformed,
+                ARG_NONE,
+                "HELLO was already exchanged on this connection",
+            ));
+        }
+        if !(min..=max).contains(&PROTOCOL_VERSION) {
+            return Err(refuse(
+                ErrorCode::UnsupportedVersion,
+                u64::from(PROTOCOL_VERSION),
+                "this node speaks protocol version 1",
+            ));
+        }
+        session.greeted = true;
+        let hello = HelloResponse {
+            version: PROTOCOL_VERSION,
+            shard_index: self.shard_index,
+            shard_count: self.shard_count,
+            frame_bytes_max: self.limits.frame_bytes_max,
+            record_bytes_max: self.limits.record_bytes_max,
+            batch_records_max: self.limits.batch_records_max,
+            node_id: self.node_id,
+        };
+        encode_response(
+            &mut session.out,
+            request_id,
+            Opcode::Hello,
+            &Response::Hello(hello),
+        );
+        Ok(())
+    }
+
+    fn known(&self, log_id: u64) -> Result<(), Refusal> {
+        match self.catalog.get(log_id) {
+            Some(_) => Ok(()),
+            None => Err(refuse(
+                ErrorCode::UnknownLog,
+                ARG_NONE,
+                format!("no log {log_id} on this shard"),
+            )),
+        }
+    }
+
+    fn append(
+        &mut self,
+        session: &mut Session,
+        store: &mut Store<UringIo>,
+        request_id: u64,
+        append: &AppendRequest<'_>,
+        token: u64,
+    ) -> Result<(), Refusal> {
+        let h = append.header;
+        self.known(h.log_id)?;
+        if h.epoch != EPOCH_CURRENT && h.epoch != NODE_EPOCH {
+            return Err(refuse(
+                ErrorCode::WrongEpoch,
+                NODE_EPOCH,
+                format!("epoch {} is not current", h.epoch),
+            ));
+        }
+        if h.fencing_token != TOKEN_NONE || h.writer_id != WRITER_NONE {
+            return Err(refuse(
+                ErrorCode::Unavailable,
+                ARG_NONE,
+                "fencing tokens and idempotency keys are not served by this node version yet",
+            ));
+        }
+        let expected = (h.expected_lsn != LSN_UNCONDITIONAL).then_some(h.expected_lsn);
+        let batch = Batch::Encoded {
+            bytes: append.records.bytes(),
+            count: append.records.count(),
+        };
+        store
+            .append_batch(h.log_id, NODE_EPOCH, expected, batch, token)
+            .map_err(|e| store_refusal(&e))?;
+        session.pending.push_back(Pending::Append { request_id });
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn read(
+        &mut self,
+        session: &mut Session,
+        store: &mut Store<UringIo>,
+        request_id: u64,
+        log_id: u64,
+        from: u64,
+        max_records: u32,
+        max_bytes: u32,
+    ) -> Result<(), Refusal> {
+        self.known(log_id)?;
+        let tail = store.tail(log_id).map_or(0, |t| t.durable_lsn);
+        let records = if store.tail(log_id).is_some() {
+            let max_records = max_records.min(self.limits.batch_records_max) as usize;
+            store
+                .read(log_id, from, max_records, max_bytes as usize)
+                .map_err(|e| store_refusal(&e))?
+        } else {
+            Vec::new()
+        };
+        let mut builder = ReadBuilder::new(
+            &mut session.out,
+            request_id,
+            ReadKind::Read,
+            tail,
+            &self.limits,
+        );
+        for r in &records {
+            let header = RecordHeader {
+                len: r.payload.len() as u32,
+                crc: r.crc,
+                log_id,
+                lsn: r.lsn,
+                epoch: r.epoch,
+                timestamp_us: r.timestamp_us,
+            };
+            if builder.push(&header, &r.payload).is_err() {
+                break;
+            }
+        }
+        builder.finish();
+        Ok(())
+    }
+
+    fn tail(
+        &mut self,
+        session: &mut Session,
+        store: &Store<UringIo>,
+        request_id: u64,
+        opcode: Opcode,
+        log_id: u64,
+    ) -> Result<(), Refusal> {
+        self.known(log_id)?;
+        let t = store.tail(log_id);
+        let tail = TailResponse {
+            tail: t.map_or(0, |t| t.durable_lsn),
+            trim_point: t.map_or(0, |t| t.trim_point),
+            epoch: NODE_EPOCH,
+        };
+        let response = if opcode == Opcode::CheckTail {
+            Response::CheckTail(tail)
+        } else {
+            Response::TailHint(tail)
+        };
+        encode_response(&mut session.out, request_id, opcode, &response);
+        Ok(())
+    }
+
+    fn trim(
+        &mut self,
+        session: &mut Session,
+        store: &mut Store<UringIo>,
+        request_id: u64,
+        log_id: u64,
+        before: u64,
+        token: u64,
+    ) -> Result<(), Refusal> {
+        self.known(log_id)?;
+        if store.tail(log_id).is_none() {
+            // Nothing was ever appended: only a trim to 0 is within the tail.
+            if before > 0 {
+                return Err(refuse(
+                    ErrorCode::ConditionFailed,
+                    0,
+                    format!("cannot trim before {before}: the log's tail is 0"),
+                ));
+            }
+            encode_response(&mut session.out, request_id, Opcode::Trim, &Response::Trim);
+            return Ok(());
+        }
+        store
+            .trim(log_id, before, token)
+            .map_err(|e| store_refusal(&e))?;
+        session.pending.push_back(Pending::Trim { request_id });
+        Ok(())
+    }
+
+    fn create_log(
+        &mut self,
+        session: &mut Session,
+        request_id: u64,
+        name: &str,
+        replication_factor: u8,
+    ) -> Result<(), Refusal> {
+        let log_id = log_id_of(name);
+        if log_id == 0 || log_id == u64::MAX {
+            return Err(refuse(
+                ErrorCode::Malformed,
+                ARG_NONE,
+                "this name maps to a reserved log id; choose another",
+            ));
+        }
+        let owner = self.owner(log_id);
+        if owner != self.shard_index {
+            return Err(refuse(
+                ErrorCode::WrongShard,
+                u64::from(owner),
+                format!("log {name:?} lives on shard {owner}"),
+            ));
+        }
+        if replication_factor != 1 {
+            return Err(refuse(
+                ErrorCode::TooLarge,
+                1,
+                "a single node stores one replica (replication factor 1)",
+            ));
+        }
+        let entry = CatalogEntry {
+            name: name.to_string(),
+            replication_factor,
+        };
+        match self.catalog.create(log_id, entry) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(refuse(
+                    ErrorCode::LogExists,
+                    log_id,
+                    format!("log {name:?} exists"),
+                ))
+            }
+            Err(e) => fatal(&format!("shard {}: {e}", self.shard_index)),
+        }
+        let response = Response::CreateLog(CreateLogResponse {
+            log_id,
+            shard: owner,
+        });
+        encode_response(&mut session.out, request_id, Opcode::CreateLog, &response);
+        Ok(())
+    }
+
+    fn describe_log(
+        &mut self,
+        session: &mut Session,
+        store: &Store<UringIo>,
+        request_id: u64,
+        log: LogRef<'_>,
+    ) -> Result<(), Refusal> {
+        let log_id = match log {
+            LogRef::Id(id) => id,
+            LogRef::Name(name) => log_id_of(name),
+        };
+        let owner = self.owner(log_id);
+        if owner != self.shard_index {
+            return Err(refuse(
+                ErrorCode::WrongShard,
+                u64::from(owner),
+                format!("log {log_id} lives on shard {owner}"),
+            ));
+        }
+        let Some(entry) = self.catalog.get(log_id) else {
+            return Err(refuse(
+                ErrorCode::UnknownLog,
+                ARG_NONE,
+                format!("no log {log_id}"),
+            ));
+        };
+        let t = store.tail(log_id);
+        let response = Response::DescribeLog(DescribeLogResponse {
+            log_id,
+            tail: t.map_or(0, |t| t.durable_lsn),
+            trim_point: t.map_or(0, |t| t.trim_point),
+            epoch: NODE_EPOCH,
+            shard: owner,
+            replication_factor: entry.replication_factor,
+            name: &entry.name,
+        });
+        encode_response(&mut session.out, request_id, Opcode::DescribeLog, &response);
+        Ok(())
+    }
+
+    fn list_logs(
+        &mut self,
+        session: &mut Session,
+        request_id: u64,
+        after: u64,
+        max: u32,
+    ) -> Result<(), Refusal> {
+        let max = max.min(self.limits.list_max) as usize;
+        let entries: Vec<LogEntry<'_>> = self
+            .catalog
+            .list(Some(after), max)
+            .map(|(log_id, e)| LogEntry {
+                log_id,
+                name: &e.name,
+            })
+            .collect();
+        let response = Response::ListLogs(ListLogsResponse {
+            entries: LogEntries::from_slice(&entries),
+        });
+        encode_response(&mut session.out, request_id, Opcode::ListLogs, &response);
+        Ok(())
+    }
+
+    fn delete_log(
+        &mut self,
+        session: &mut Session,
+        store: &mut Store<UringIo>,
+        request_id: u64,
+        log_id: u64,
+    ) -> Result<(), Refusal> {
+        let owner = self.owner(log_id);
+        if owner != self.shard_index {
+            return Err(refuse(
+                ErrorCode::WrongShard,
+                u64::from(owner),
+                format!("log {log_id} lives on shard {owner}"),
+            ));
+        }
+        match self.catalog.delete(log_id) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(refuse(
+                    ErrorCode::UnknownLog,
+                    ARG_NONE,
+                    format!("no log {log_id}"),
+                ))
+            }
+            Err(e) => fatal(&format!("shard {}: {e}", self.shard_index)),
+        }
+        // Free its space: trim everything (nobody waits for this trim's ack).
+        if let Some(t) = store.tail(log_id) {
+            if let Err(e) = store.trim(log_id, t.next_lsn, UNANSWERED) {
+                tracing::warn!(log_id, error = %e, "could not trim a deleted log");
+            }
+        }
+        encode_response(
+            &mut session.out,
+            request_id,
+            Opcode::DeleteLog,
+            &Response::DeleteLog,
+        );
+        Ok(())
+    }
+
+    /// Answers the oldest pending append or trim of a connection, and the errors queued
+    /// behind it.
+    pub(crate) fn acknowledge(&mut self, session: &mut Session, ack: &Ack) {
+        match session.pending.pop_front() {
+            Some(Pending::Append { request_id }) => {
+                let response = chainlog_net::AppendResponse {
+                    first_lsn: ack.lsns.start,
+                    count: (ack.lsns.end - ack.lsns.start) as u32,
+                };
+                encode_response(
+                    &mut session.out,
+                    request_id,
+                    Opcode::Append,
+                    &Response::Append(response),
+                );
+            }
+            Some(Pending::Trim { request_id }) => {
+                encode_response(&mut session.out, request_id, Opcode::Trim, &Response::Trim);
+            }
+            other => unreachable!("an ack with no append or trim waiting: {other:?}"),
+        }
+        flush_failed(session);
+    }
+}
+
+/// Encodes an error now.
+fn answer_now(session: &mut Session, request_id: u64, opcode: Opcode, refusal: &Refusal) {
+    let response = ErrorResponse::new(refusal.code, refusal.arg0, &refusal.message);
+    encode_error(&mut session.out, request_id, Some(opcode), &response);
+}
+
+/// Encodes an error, or queues it behind the appends and trims still waiting, so that answers
+/// keep the order of the requests that wait for durability.
+fn answer(session: &mut Session, request_id: u64, opcode: Opcode, refusal: Refusal) {
+    let ordered = matches!(opcode, Opcode::Append | Opcode::Trim);
+    if ordered && !session.pending.is_empty() {
+        session.pending.push_back(Pending::Failed {
+            request_id,
+            opcode: opcode as u16,
+            code: refusal.code,
+            arg0: refusal.arg0,
+            message: refusal.message,
+        });
+    } else {
+        answer_now(session, request_id, opcode, &refusal);
+    }
+}
+
+fn flush_failed(session: &mut Session) {
+    while let Some(Pending::Failed { .. }) = session.pending.front() {
+        let Some(Pending::Failed {
+            request_id,
+            opcode,
+            code,
+            arg0,
+            message,
+        }) = session.pending.pop_front()
+        else {
+            unreachable!("checked above");
+        };
+        let response = ErrorResponse::new(code, arg0, &message);
+        encode_error(
+            &mut session.out,
+            request_id,
+            Opcode::from_u16(opcode),
+            &response,
+        );
+    }
+}

@@ -1,0 +1,326 @@
+//! One shard: a thread that owns a store, a listener and its connections, and drives all of
+//! them from the store's io_uring. Each turn of the loop is one `Store::poll` (one
+//! `io_uring_enter` for disk and network together), then the network completions, then the
+//! acknowledgements of durable appends, then the sends they produced.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chainlog_storage::io::Completion;
+use chainlog_storage::{fatal, Ack, Error, Store, StoreConfig, SystemClock, UringIo};
+
+use super::catalog::Catalog;
+use super::conn::Conn;
+use super::ops::{self, NetOp, NetToken, SLOTS_MAX};
+use super::protocol;
+
+/// Submission queue entries of a shard's ring.
+const RING_ENTRIES: u32 = 4096;
+
+/// What a shard is started with.
+#[derive(Debug)]
+pub(crate) struct ShardContext {
+    pub(crate) index: u16,
+    pub(crate) count: u16,
+    pub(crate) listen: SocketAddr,
+    pub(crate) dir: PathBuf,
+    pub(crate) store: StoreConfig,
+    pub(crate) recv_bytes: usize,
+    pub(crate) in_flight_max: usize,
+    pub(crate) limits: chainlog_net::Limits,
+    pub(crate) node_id: u64,
+    pub(crate) core: Option<usize>,
+    /// Readable when the node stops.
+    pub(crate) stop: OwnedFd,
+}
+
+/// Runs a shard until it is stopped (Ok) or cannot go on (Err). A storage failure ends the
+/// process through `fatal` (nothing more may be acknowledged).
+pub(crate) fn run(ctx: ShardContext) -> Result<(), String> {
+    if let Some(core) = ctx.core {
+        pin_to(core);
+    }
+    let catalog = Catalog::open(&ctx.dir).map_err(|e| e.to_string())?;
+    let store_dir = ctx.dir.join("store");
+    let io = UringIo::new(RING_ENTRIES).map_err(|e| format!("io_uring: {e}"))?;
+    let store = match Store::open(
+        io,
+        &store_dir,
+        ctx.store.clone(),
+        Arc::new(SystemClock::new()),
+    ) {
+        Ok(store) => store,
+        Err(Error::Fatal(reason)) => fatal(&reason),
+        Err(e) => return Err(format!("opening the store in {}: {e}", store_dir.display())),
+    };
+    let listener =
+        TcpListener::bind(ctx.listen).map_err(|e| format!("listening on {}: {e}", ctx.listen))?;
+    tracing::info!(shard = ctx.index, listen = %ctx.listen, durability = ?store.durability(), "shard serving");
+    let mut shard = Shard {
+        protocol: protocol::Server::new(ctx.index, ctx.count, ctx.node_id, ctx.limits, catalog),
+        ctx,
+        store,
+        listener: Some(listener),
+        conns: Vec::new(),
+        free: Vec::new(),
+        next_generation: 1,
+        acks: Vec::new(),
+        external: Vec::new(),
+        stop_buf: Box::new([0; 8]),
+        stopping: false,
+    };
+    shard.serve();
+    Ok(())
+}
+
+struct Shard {
+    ctx: ShardContext,
+    protocol: protocol::Server,
+    store: Store<UringIo>,
+    listener: Option<TcpListener>,
+    conns: Vec<Option<Conn>>,
+    free: Vec<u32>,
+    next_generation: u32,
+    acks: Vec<Ack>,
+    external: Vec<Completion>,
+    stop_buf: Box<[u8; 8]>,
+    stopping: bool,
+}
+
+impl Shard {
+    fn serve(&mut self) {
+        let listener = self.listener.as_ref().expect("listener").as_raw_fd();
+        ops::accept(self.store.io_mut(), listener);
+        ops::wait_stop(
+            self.store.io_mut(),
+            self.ctx.stop.as_raw_fd(),
+            &mut self.stop_buf,
+        );
+        loop {
+            if let Err(e) = self.store.poll(true, &mut self.acks) {
+                fatal(&format!("shard {}: {e}", self.ctx.index));
+            }
+            self.store.take_external(&mut self.external);
+            for completion in std::mem::take(&mut self.external) {
+                self.on_completion(completion);
+            }
+            for ack in std::mem::take(&mut self.acks) {
+                self.on_ack(ack);
+            }
+            self.flush();
+            if self.stopping && self.conns.iter().all(Option::is_none) {
+                break;
+            }
+        }
+        let mut acks = Vec::new();
+        if let Err(e) = self.store.sync_all(&mut acks) {
+            fatal(&format!("shard {}: {e}", self.ctx.index));
+        }
+        tracing::info!(shard = self.ctx.index, "shard stopped");
+    }
+
+    fn on_completion(&mut self, completion: Completion) {
+        let Some(token) = NetToken::decode(completion.token) else {
+            unreachable!("the store hands back only external completions");
+        };
+        match token.op {
+            NetOp::Accept => self.on_accept(completion.result),
+            NetOp::Stop => self.on_stop(),
+            NetOp::Recv | NetOp::Send => {
+                let slot = token.slot as usize;
+                let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+                    return;
+                };
+                if conn.generation != token.generation {
+                    return;
+                }
+                if token.op == NetOp::Recv {
+                    conn.recv_in_flight = false;
+                    match completion.result {
+                        Ok(0) | Err(_) => conn.session.closing = true,
+                        Ok(n) => {
+                            conn.received(n);
+                            self.on_input(slot);
+                        }
+                    }
+                } else {
+                    match completion.result {
+                        Ok(n) => {
+                            let (fd, generation) = (conn.fd(), conn.generation);
+                            if let Some(rest) = conn.sent(n) {
+                                let t = NetToken {
+                                    op: NetOp::Send,
+                                    slot: token.slot,
+                                    generation,
+                                };
+                                ops::send(self.store.io_mut(), fd, rest, t);
+                            }
+                        }
+                        Err(_) => {
+                            conn.send_in_flight = false;
+                            conn.session.closing = true;
+                            conn.session.out.clear();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_accept(&mut self, result: std::io::Result<usize>) {
+        // SAFETY: a successful accept returns a new descriptor that nobody else owns.
+        let accepted = result.map(|fd| unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        let Some(listener) = self.listener.as_ref().map(AsRawFd::as_raw_fd) else {
+            return;
+        };
+        match accepted {
+            Ok(fd) => {
+                set_nodelay(&fd);
+                let slot = match self.free.pop() {
+                    Some(slot) => slot,
+                    None if self.conns.len() < SLOTS_MAX => {
+                        self.conns.push(None);
+                        (self.conns.len() - 1) as u32
+                    }
+                    None => {
+                        tracing::warn!(
+                            shard = self.ctx.index,
+                            "connection refused: every slot is in use"
+                        );
+                        ops::accept(self.store.io_mut(), listener);
+                        return;
+                    }
+                };
+                let generation = self.next_generation;
+                self.next_generation = self.next_generation.wrapping_add(1).max(1);
+                self.conns[slot as usize] = Some(Conn::new(fd, generation, self.ctx.recv_bytes));
+                self.arm_recv(slot as usize);
+            }
+            Err(e) => tracing::warn!(shard = self.ctx.index, error = %e, "accept failed"),
+        }
+        if !self.stopping {
+            ops::accept(self.store.io_mut(), listener);
+        }
+    }
+
+    /// SIGTERM: accept nothing more, read nothing more; answer what was received, flush, close.
+    fn on_stop(&mut self) {
+        self.stopping = true;
+        if let Some(listener) = self.listener.take() {
+            // SAFETY: the listener's descriptor is open; shutting it down completes the
+            // pending accept (which then finds `listener` gone and stops).
+            unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+            drop(listener);
+        }
+        for conn in self.conns.iter_mut().flatten() {
+            conn.session.closing = true;
+        }
+    }
+
+    fn arm_recv(&mut self, slot: usize) {
+        let conn = self.conns[slot].as_mut().expect("live connection");
+        if conn.recv_in_flight
+            || conn.session.closing
+            || conn.session.pending.len() >= self.ctx.in_flight_max
+        {
+            return;
+        }
+        let token = NetToken {
+            op: NetOp::Recv,
+            slot: slot as u32,
+            generation: conn.generation,
+        };
+        let fd = conn.fd();
+        conn.recv_in_flight = true;
+        ops::recv(self.store.io_mut(), fd, conn.recv_space(), token);
+    }
+
+    /// Handles every whole frame received on `slot`.
+    fn on_input(&mut self, slot: usize) {
+        let mut conn = self.conns[slot].take().expect("live connection");
+        let token = ack_token(slot as u32, conn.generation);
+        let consumed = self
+            .protocol
+            .handle_input(&mut conn, &mut self.store, token);
+        conn.consume(consumed);
+        if !conn.session.closing && conn.recv_space().is_empty() {
+            // A frame larger than the buffer can only come from a limit mismatch: refuse it.
+            self.protocol.refuse_oversized(&mut conn);
+        }
+        self.conns[slot] = Some(conn);
+        self.arm_recv(slot);
+    }
+
+    fn on_ack(&mut self, ack: Ack) {
+        let (slot, generation) = ((ack.token & 0xffff_ffff) as usize, (ack.token >> 32) as u32);
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if conn.generation != generation {
+            return;
+        }
+        let reading = conn.session.pending.len() >= self.ctx.in_flight_max;
+        self.protocol.acknowledge(&mut conn.session, &ack);
+        if reading {
+            self.arm_recv(slot);
+        }
+    }
+
+    /// Starts sends for connections with output; closes connections that are done.
+    fn flush(&mut self) {
+        for slot in 0..self.conns.len() {
+            let Some(conn) = self.conns[slot].as_mut() else {
+                continue;
+            };
+            let (fd, generation) = (conn.fd(), conn.generation);
+            if let Some(bytes) = conn.start_send() {
+                let token = NetToken {
+                    op: NetOp::Send,
+                    slot: slot as u32,
+                    generation,
+                };
+                ops::send(self.store.io_mut(), fd, bytes, token);
+            }
+            let done = conn.session.closing && conn.session.pending.is_empty() && conn.flushed();
+            if done && conn.recv_in_flight {
+                conn.shutdown();
+            }
+            if done && conn.idle() {
+                self.conns[slot] = None;
+                self.free.push(slot as u32);
+            }
+        }
+    }
+}
+
+/// The store token of a connection's appends and trims.
+fn ack_token(slot: u32, generation: u32) -> u64 {
+    u64::from(generation) << 32 | u64::from(slot)
+}
+
+fn set_nodelay(fd: &OwnedFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket and a live int of the right size.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
+fn pin_to(core: usize) {
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity reads the set we pass.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            tracing::warn!(core, error = %std::io::Error::last_os_error(), "could not pin the shard");
+        }
+    }
+}

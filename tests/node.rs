@@ -1,0 +1,398 @@
+//! The real `chainlog node` binary on loopback, driven over the wire protocol (PROTOCOL.md) by
+//! a minimal client built from chainlog-net's encoders: log administration, appends (plain
+//! and conditional), reads, trims and tails; a restart that reads everything back; and a
+//! graceful stop on SIGTERM. Each test stops the node it started, by PID.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use chainlog::net::{
+    decode_response, encode_request, parse_frame, AppendBuilder, AppendHeader, CreateLogRequest,
+    DescribeLogRequest, ErrorCode, HelloRequest, Limits, ListLogsRequest, LogRef, ReadRequest,
+    Request, Response, TrimRequest,
+};
+
+/// A node child process, killed and reaped when dropped.
+struct Node {
+    child: Child,
+    port: u16,
+}
+
+impl Node {
+    fn start(dir: &Path, shards: u16) -> Node {
+        let port = free_ports(shards);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chainlog"))
+            .args(["node", "--data-dir"])
+            .arg(dir)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--shards",
+                &shards.to_string(),
+            ])
+            .args(["--no-pin", "--durability", "dsync"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start chainlog node");
+        // Ready once every shard logged that it serves (no sleeping, no polling).
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let mut serving = 0;
+        while serving < shards {
+            let line = lines
+                .next()
+                .expect("the node exited before serving")
+                .expect("stderr line");
+            if line.contains("shard serving") {
+                serving += 1;
+            }
+        }
+        // Keep draining stderr so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Node { child, port }
+    }
+
+    fn connect(&self, shard: u16) -> Client {
+        Client::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, self.port + shard)))
+    }
+
+    /// SIGTERM, then the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().expect("wait for the node")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `n` consecutive free ports on loopback (asked of the kernel, then released).
+fn free_ports(n: u16) -> u16 {
+    loop {
+        let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        if first.checked_add(n).is_none() {
+            continue;
+        }
+        let all_free = (0..n).all(|i| TcpListener::bind((Ipv4Addr::LOCALHOST, first + i)).is_ok());
+        if all_free {
+            return first;
+        }
+    }
+}
+
+/// A READ's answer: the committed tail and the records as (LSN, payload).
+type ReadAnswer = (u64, Vec<(u64, Vec<u8>)>);
+
+/// A blocking protocol client for tests.
+struct Client {
+    stream: TcpStream,
+    input: Vec<u8>,
+    limits: Limits,
+    next_id: u64,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        let mut client = Client {
+            stream,
+            input: Vec::new(),
+            limits: Limits::DEFAULT,
+            next_id: 1,
+        };
+        let hello = client.call(&Request::Hello(HelloRequest::CURRENT), |r| match r {
+            Response::Hello(h) => h,
+            other => panic!("HELLO answered with {other:?}"),
+        });
+        client.limits = hello.limits();
+        client
+    }
+
+    fn send(&mut self, frame: &[u8]) {
+        self.stream.write_all(frame).expect("send");
+    }
+
+    /// The next frame's response, given to `f`.
+    fn receive<R>(&mut self, f: impl FnOnce(u64, Response<'_>) -> R) -> R {
+        loop {
+            if let Some(frame) = parse_frame(&self.input, &self.limits).expect("well-formed frame")
+            {
+                let len = frame.frame_bytes();
+                let response = decode_response(&frame, &self.limits).expect("decodable response");
+                let result = f(frame.request_id, response);
+                self.input.drain(..len);
+                return result;
+            }
+            let mut chunk = [0u8; 64 << 10];
+            let n = self.stream.read(&mut chunk).expect("receive");
+            assert!(n > 0, "the node closed the connection");
+            self.input.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn call<R>(&mut self, request: &Request<'_>, f: impl FnOnce(Response<'_>) -> R) -> R {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut out = Vec::new();
+        encode_request(&mut out, id, request);
+        self.send(&out);
+        self.receive(|rid, r| {
+            assert_eq!(
+                rid, id,
+                "responses to one request at a time come back in order"
+            );
+            f(r)
+        })
+    }
+
+    fn create(&mut self, name: &str) -> u64 {
+        self.call(
+            &Request::CreateLog(CreateLogRequest {
+                replication_factor: 1,
+                name,
+            }),
+            |r| match r {
+                Response::CreateLog(c) => c.log_id,
+                other => panic!("CREATE_LOG {name}: {other:?}"),
+            },
+        )
+    }
+
+    /// Sends one APPEND of `payloads` and returns its answer: Ok(first_lsn) or the error code.
+    fn append(
+        &mut self,
+        header: &AppendHeader,
+        payloads: &[&[u8]],
+    ) -> Result<u64, (ErrorCode, u64)> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut out = Vec::new();
+        let limits = self.limits;
+        let mut builder = AppendBuilder::new(&mut out, id, header, &limits);
+        for p in payloads {
+            builder.push(p).expect("record within limits");
+        }
+        builder.finish();
+        self.send(&out);
+        self.receive(|rid, r| {
+            assert_eq!(rid, id);
+            match r {
+                Response::Append(a) => {
+                    assert_eq!(a.count as usize, payloads.len());
+                    Ok(a.first_lsn)
+                }
+                Response::Error(e) => Err((e.code, e.arg0)),
+                other => panic!("APPEND answered with {other:?}"),
+            }
+        })
+    }
+
+    fn read(&mut self, log_id: u64, from_lsn: u64) -> Result<ReadAnswer, ErrorCode> {
+        let request = Request::Read(ReadRequest {
+            log_id,
+            from_lsn,
+            max_records: 1000,
+            max_bytes: 1 << 20,
+        });
+        self.call(&request, |r| match r {
+            Response::Read(read) => Ok((
+                read.tail,
+                read.records
+                    .iter()
+                    .map(|v| (v.header.lsn, v.payload.to_vec()))
+                    .collect(),
+            )),
+            Response::Error(e) => Err(e.code),
+            other => panic!("READ answered with {other:?}"),
+        })
+    }
+}
+
+fn payload(log: u64, lsn: u64) -> Vec<u8> {
+    format!("log {log} record {lsn} ")
+        .repeat(1 + (lsn % 7) as usize)
+        .into_bytes()
+}
+
+#[test]
+fn logs_appends_reads_trims_and_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 2);
+    // Every shard owns the names that hash to it: a client goes where the id says.
+    let mut shard = [node.connect(0), node.connect(1)];
+    let name = "orders";
+    let id = chainlog::node::catalog::log_id_of(name);
+    let owner = (id % 2) as usize;
+    let wrong = &mut shard[1 - owner];
+    let refused = wrong.call(
+        &Request::CreateLog(CreateLogRequest {
+            replication_factor: 1,
+            name,
+        }),
+        |r| match r {
+            Response::Error(e) => (e.code, e.arg0),
+            other => panic!("{other:?}"),
+        },
+    );
+    assert_eq!(refused, (ErrorCode::WrongShard, owner as u64));
+    let c = &mut shard[owner];
+    assert_eq!(c.create(name), id);
+    let again = c.call(
+        &Request::CreateLog(CreateLogRequest {
+            replication_factor: 1,
+            name,
+        }),
+        |r| match r {
+            Response::Error(e) => e.code,
+            other => panic!("{other:?}"),
+        },
+    );
+    assert_eq!(again, ErrorCode::LogExists);
+
+    // Appends: batches of 1..4 records; LSNs are dense.
+    let mut next = 0;
+    for batch in 0..50u64 {
+        let count = 1 + batch % 4;
+        let payloads: Vec<Vec<u8>> = (next..next + count).map(|lsn| payload(id, lsn)).collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        assert_eq!(c.append(&AppendHeader::new(id), &refs), Ok(next));
+        next += count;
+    }
+    // Conditional append: only at the tail.
+    let stale = AppendHeader {
+        expected_lsn: next - 1,
+        ..AppendHeader::new(id)
+    };
+    assert_eq!(
+        c.append(&stale, &[b"x"]),
+        Err((ErrorCode::ConditionFailed, next))
+    );
+    let at_tail = AppendHeader {
+        expected_lsn: next,
+        ..AppendHeader::new(id)
+    };
+    let tail_payload = payload(id, next);
+    assert_eq!(c.append(&at_tail, &[&tail_payload]), Ok(next));
+    next += 1;
+    // Unknown logs and logs of another shard are refused with the right code.
+    assert_eq!(
+        c.append(&AppendHeader::new(id + 2), &[b"x"])
+            .map_err(|e| e.0),
+        Err(ErrorCode::UnknownLog)
+    );
+    assert_eq!(
+        c.append(&AppendHeader::new(id + 1), &[b"x"])
+            .map_err(|e| e.0),
+        Err(ErrorCode::WrongShard)
+    );
+
+    let (tail, records) = c.read(id, 0).expect("read");
+    assert_eq!(tail, next);
+    assert_eq!(records.len() as u64, next);
+    for (lsn, bytes) in &records {
+        assert_eq!(bytes, &payload(id, *lsn));
+    }
+    // Trim, then reads below the trim point are refused.
+    let trimmed = c.call(
+        &Request::Trim(TrimRequest {
+            log_id: id,
+            before_lsn: 10,
+        }),
+        |r| matches!(r, Response::Trim),
+    );
+    assert!(trimmed);
+    assert_eq!(c.read(id, 3).map(|_| ()), Err(ErrorCode::Trimmed));
+    let tails = c.call(&Request::CheckTail { log_id: id }, |r| match r {
+        Response::CheckTail(t) => (t.tail, t.trim_point),
+        other => panic!("{other:?}"),
+    });
+    assert_eq!(tails, (next, 10));
+    let described = c.call(
+        &Request::DescribeLog(DescribeLogRequest {
+            by: LogRef::Name(name),
+        }),
+        |r| match r {
+            Response::DescribeLog(d) => (d.log_id, d.tail, d.trim_point, d.name.to_string()),
+            other => panic!("{other:?}"),
+        },
+    );
+    assert_eq!(described, (id, next, 10, name.to_string()));
+    let listed = c.call(
+        &Request::ListLogs(ListLogsRequest {
+            after_log_id: 0,
+            max: 100,
+        }),
+        |r| match r {
+            Response::ListLogs(l) => l
+                .entries
+                .iter()
+                .map(|e| e.name.to_string())
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        },
+    );
+    assert_eq!(listed, [name]);
+
+    // SIGTERM: a clean stop, then everything is still there.
+    drop(shard);
+    let status = node.terminate();
+    assert!(status.success(), "the node exits 0 on SIGTERM: {status:?}");
+    let node = Node::start(dir.path(), 2);
+    let mut c = node.connect(owner as u16);
+    let (tail, records) = c.read(id, 10).expect("read after restart");
+    assert_eq!(tail, next);
+    assert_eq!(records.len() as u64, next - 10);
+    for (lsn, bytes) in &records {
+        assert_eq!(bytes, &payload(id, *lsn));
+    }
+    assert_eq!(
+        c.append(&AppendHeader::new(id), &[b"after restart"]),
+        Ok(next)
+    );
+    let deleted = c.call(&Request::DeleteLog { log_id: id }, |r| {
+        matches!(r, Response::DeleteLog)
+    });
+    assert!(deleted);
+    assert_eq!(c.read(id, 10).map(|_| ()), Err(ErrorCode::UnknownLog));
+    drop(c);
+    assert!(node.terminate().success());
+}
+
+#[test]
+fn pipelined_appends_are_answered_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 1);
+    let mut c = node.connect(0);
+    let id = c.create("pipelined");
+    // 200 appends in one write, then the answers: one per request, in order, dense LSNs.
+    let mut out = Vec::new();
+    let limits = c.limits;
+    for i in 0..200u64 {
+        let mut b = AppendBuilder::new(&mut out, 1000 + i, &AppendHeader::new(id), &limits);
+        b.push(&payload(id, i)).expect("record");
+        b.finish();
+    }
+    c.send(&out);
+    for i in 0..200u64 {
+        let (rid, lsn) = c.receive(|rid, r| match r {
+            Response::Append(a) => (rid, a.first_lsn),
+            other => panic!("{other:?}"),
+        });
+        assert_eq!((rid, lsn), (1000 + i, i));
+    }
+    drop(c);
+    assert!(node.terminate().success());
+}

@@ -396,3 +396,138 @@ fn pipelined_appends_are_answered_in_order() {
     drop(c);
     assert!(node.terminate().success());
 }
+
+#[test]
+fn subscriptions_push_committed_records_within_their_credit() {
+    use chainlog::net::{CreditRequest, SubscribeRequest, UnsubscribeRequest};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 1);
+    let mut writer = node.connect(0);
+    let mut reader = node.connect(0);
+    let id = writer.create("followed");
+    for lsn in 0..3 {
+        assert_eq!(
+            writer.append(&AppendHeader::new(id), &[&payload(id, lsn)]),
+            Ok(lsn)
+        );
+    }
+    // Subscribe from 0 with credit for 5 records.
+    let sub_id = 77;
+    let mut out = Vec::new();
+    let subscribe = SubscribeRequest {
+        log_id: id,
+        from_lsn: 0,
+        credit_records: 5,
+    };
+    encode_request(&mut out, sub_id, &Request::Subscribe(subscribe));
+    reader.send(&out);
+    let start = reader.receive(|rid, r| match r {
+        Response::Subscribe(s) => {
+            assert_eq!(rid, sub_id);
+            s.start_lsn
+        }
+        other => panic!("{other:?}"),
+    });
+    assert_eq!(start, 0);
+    for lsn in 3..12 {
+        assert_eq!(
+            writer.append(&AppendHeader::new(id), &[&payload(id, lsn)]),
+            Ok(lsn)
+        );
+    }
+    // Pushes: in LSN order, never beyond the credit (5 records), never empty.
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        reader.receive(|rid, r| match r {
+            Response::Push(p) => {
+                assert_eq!(rid, sub_id);
+                assert!(!p.end && p.batch.records.count() > 0);
+                for v in p.batch.records.iter() {
+                    seen.push((v.header.lsn, v.payload.to_vec()));
+                }
+            }
+            other => panic!("{other:?}"),
+        });
+    }
+    assert_eq!(seen.len(), 5, "no record beyond the credit");
+    // More credit: the rest arrives; then UNSUBSCRIBE ends the stream before its response.
+    let mut out = Vec::new();
+    encode_request(
+        &mut out,
+        78,
+        &Request::Credit(CreditRequest {
+            subscription_id: sub_id,
+            records: 100,
+        }),
+    );
+    reader.send(&out);
+    let mut credit_answered = false;
+    while seen.len() < 12 || !credit_answered {
+        reader.receive(|rid, r| match r {
+            Response::Push(p) => {
+                assert_eq!(rid, sub_id);
+                for v in p.batch.records.iter() {
+                    seen.push((v.header.lsn, v.payload.to_vec()));
+                }
+            }
+            Response::Credit => credit_answered = true,
+            other => panic!("{other:?}"),
+        });
+    }
+    let expected: Vec<(u64, Vec<u8>)> = (0..12).map(|lsn| (lsn, payload(id, lsn))).collect();
+    assert_eq!(seen, expected);
+    let mut out = Vec::new();
+    encode_request(
+        &mut out,
+        79,
+        &Request::Unsubscribe(UnsubscribeRequest {
+            subscription_id: sub_id,
+        }),
+    );
+    reader.send(&out);
+    reader.receive(|rid, r| match r {
+        Response::Push(p) => assert!(rid == sub_id && p.end),
+        other => panic!("the END push comes first: {other:?}"),
+    });
+    reader.receive(|rid, r| assert!(rid == 79 && matches!(r, Response::Unsubscribe)));
+
+    // Below the trim point: TRIMMED; a deleted log ends its subscriptions with UNKNOWN_LOG.
+    assert!(writer.call(
+        &Request::Trim(TrimRequest {
+            log_id: id,
+            before_lsn: 4
+        }),
+        |r| matches!(r, Response::Trim)
+    ));
+    let below = SubscribeRequest {
+        log_id: id,
+        from_lsn: 1,
+        credit_records: 10,
+    };
+    let refused = reader.call(&Request::Subscribe(below), |r| match r {
+        Response::Error(e) => (e.code, e.arg0),
+        other => panic!("{other:?}"),
+    });
+    assert_eq!(refused, (ErrorCode::Trimmed, 4));
+    let mut out = Vec::new();
+    let from_tail = SubscribeRequest {
+        log_id: id,
+        from_lsn: u64::MAX,
+        credit_records: 10,
+    };
+    encode_request(&mut out, 90, &Request::Subscribe(from_tail));
+    reader.send(&out);
+    reader.receive(|_, r| assert!(matches!(r, Response::Subscribe(s) if s.start_lsn == 12)));
+    assert!(
+        writer.call(&Request::DeleteLog { log_id: id }, |r| matches!(
+            r,
+            Response::DeleteLog
+        ))
+    );
+    reader.receive(|rid, r| match r {
+        Response::PushError(e) => assert!(rid == 90 && e.code == ErrorCode::UnknownLog),
+        other => panic!("{other:?}"),
+    });
+    drop((writer, reader));
+    assert!(node.terminate().success());
+}

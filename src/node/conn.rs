@@ -35,6 +35,20 @@ pub(crate) struct Session {
     pub(crate) pending: VecDeque<Pending>,
     /// Stop reading and close once the output is flushed (protocol error, peer gone, stop).
     pub(crate) closing: bool,
+    /// Active subscriptions (PROTOCOL.md section 7).
+    pub(crate) subscriptions: Vec<Subscription>,
+}
+
+/// A subscription of a connection: the log, where its stream is, and how much it may push.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    /// The SUBSCRIBE's request id (pushes carry it).
+    pub(crate) id: u64,
+    pub(crate) log_id: u64,
+    /// The LSN of the next record to push.
+    pub(crate) next_lsn: u64,
+    /// Records the server may still push.
+    pub(crate) credit: u64,
 }
 
 /// An answer owed to a connection, in order.

@@ -6,21 +6,30 @@
 //! in one copy (`Batch::Encoded`: the wire layout is the disk layout). A single node serves
 //! every log in epoch [`NODE_EPOCH`]; fencing tokens and idempotency keys need the
 //! sequencer state that comes with chain replication and are refused explicitly until then.
+//! Subscriptions are pumped from the store's tail cache after every loop turn, within their
+//! credit and while the connection's output is not backed up.
 
 use chainlog_net::{
     decode_request, encode_error, encode_response, parse_frame, AppendRequest, CreateLogResponse,
     DescribeLogResponse, ErrorCode, ErrorResponse, Frame, HelloResponse, Limits, ListLogsResponse,
     LogEntries, LogEntry, LogRef, Opcode, ReadBuilder, ReadKind, RecordHeader, Request, Response,
-    TailResponse, ARG_NONE, EPOCH_CURRENT, LSN_UNCONDITIONAL, PROTOCOL_VERSION, TOKEN_NONE,
-    WRITER_NONE,
+    SubscribeResponse, TailResponse, ARG_NONE, EPOCH_CURRENT, LSN_FROM_TAIL, LSN_UNCONDITIONAL,
+    PROTOCOL_VERSION, TOKEN_NONE, WRITER_NONE,
 };
 use chainlog_storage::{fatal, Ack, Batch, Error, Store, UringIo};
 
 use super::catalog::{log_id_of, Catalog, LogEntry as CatalogEntry};
-use super::conn::{Conn, Pending, Session};
+use super::conn::{Conn, Pending, Session, Subscription};
 
 /// The epoch of every log on a single node (epochs change with reconfiguration).
 pub(crate) const NODE_EPOCH: u64 = 1;
+
+/// Subscriptions one connection may hold.
+const SUBSCRIPTIONS_MAX: usize = 64;
+
+/// A connection's queued output above which its subscriptions wait (they resume as the
+/// socket drains), so a slow reader cannot make the shard buffer without bound.
+const PUSH_OUTPUT_MAX: usize = 4 << 20;
 
 /// Store token of operations nobody waits for (the trim that frees a deleted log's space):
 /// it names no connection slot.
@@ -222,11 +231,56 @@ impl Server {
                 self.list_logs(session, request_id, list.after_log_id, list.max)
             }
             Request::DeleteLog { log_id } => self.delete_log(session, store, request_id, log_id),
-            Request::Subscribe(_) | Request::Credit(_) | Request::Unsubscribe(_) => Err(refuse(
-                ErrorCode::Unavailable,
-                ARG_NONE,
-                "subscriptions are not served by this node version yet; use READ",
-            )),
+            Request::Subscribe(sub) => self.subscribe(
+                session,
+                store,
+                request_id,
+                sub.log_id,
+                sub.from_lsn,
+                sub.credit_records,
+            ),
+            Request::Credit(credit) => {
+                if let Some(sub) = session
+                    .subscriptions
+                    .iter_mut()
+                    .find(|s| s.id == credit.subscription_id)
+                {
+                    sub.credit = sub.credit.saturating_add(u64::from(credit.records));
+                }
+                encode_response(
+                    &mut session.out,
+                    request_id,
+                    Opcode::Credit,
+                    &Response::Credit,
+                );
+                Ok(())
+            }
+            Request::Unsubscribe(unsub) => {
+                if let Some(i) = session
+                    .subscriptions
+                    .iter()
+                    .position(|s| s.id == unsub.subscription_id)
+                {
+                    let sub = session.subscriptions.swap_remove(i);
+                    let tail = store.tail(sub.log_id).map_or(0, |t| t.durable_lsn);
+                    // The END push comes before the UNSUBSCRIBE's response (PROTOCOL.md 7).
+                    ReadBuilder::new(
+                        &mut session.out,
+                        sub.id,
+                        ReadKind::PushEnd,
+                        tail,
+                        &self.limits,
+                    )
+                    .finish();
+                }
+                encode_response(
+                    &mut session.out,
+                    request_id,
+                    Opcode::Unsubscribe,
+                    &Response::Unsubscribe,
+                );
+                Ok(())
+            }
         };
         if let Err(refusal) = result {
             if refusal.code == ErrorCode::Malformed || refusal.code == ErrorCode::UnsupportedVersion
@@ -367,6 +421,138 @@ impl Server {
         }
         builder.finish();
         Ok(())
+    }
+
+    fn subscribe(
+        &mut self,
+        session: &mut Session,
+        store: &mut Store<UringIo>,
+        request_id: u64,
+        log_id: u64,
+        from: u64,
+        credit: u32,
+    ) -> Result<(), Refusal> {
+        self.known(log_id)?;
+        if session.subscriptions.iter().any(|s| s.id == request_id) {
+            return Err(refuse(
+                ErrorCode::Malformed,
+                ARG_NONE,
+                "a subscription with this request id is active",
+            ));
+        }
+        if session.subscriptions.len() >= SUBSCRIPTIONS_MAX {
+            return Err(refuse(
+                ErrorCode::Overloaded,
+                1000,
+                format!("at most {SUBSCRIPTIONS_MAX} subscriptions per connection"),
+            ));
+        }
+        let t = store.tail(log_id);
+        let (tail, trim_point) = t.map_or((0, 0), |t| (t.durable_lsn, t.trim_point));
+        let start = if from == LSN_FROM_TAIL { tail } else { from };
+        if start < trim_point {
+            return Err(refuse(
+                ErrorCode::Trimmed,
+                trim_point,
+                format!("records below {trim_point} are trimmed"),
+            ));
+        }
+        session.subscriptions.push(Subscription {
+            id: request_id,
+            log_id,
+            next_lsn: start,
+            credit: u64::from(credit),
+        });
+        let ack = Response::Subscribe(SubscribeResponse { start_lsn: start });
+        encode_response(&mut session.out, request_id, Opcode::Subscribe, &ack);
+        self.pump(session, store);
+        Ok(())
+    }
+
+    /// Pushes committed records to the connection's subscriptions, within their credit, while
+    /// the connection's output is not backed up. Ends subscriptions whose log was deleted or
+    /// trimmed past them. Returns whether any subscription remains.
+    pub(crate) fn pump(&self, session: &mut Session, store: &mut Store<UringIo>) -> bool {
+        let mut i = 0;
+        while i < session.subscriptions.len() {
+            let sub = &mut session.subscriptions[i];
+            let ended = if self.catalog.get(sub.log_id).is_none() {
+                Some(refuse(
+                    ErrorCode::UnknownLog,
+                    ARG_NONE,
+                    format!("log {} was deleted", sub.log_id),
+                ))
+            } else {
+                loop {
+                    let Some(t) = store.tail(sub.log_id) else {
+                        break None;
+                    };
+                    if sub.next_lsn < t.trim_point {
+                        break Some(refuse(
+                            ErrorCode::Trimmed,
+                            t.trim_point,
+                            "the subscription fell below the trim point",
+                        ));
+                    }
+                    if sub.next_lsn >= t.durable_lsn
+                        || sub.credit == 0
+                        || session.out.len() >= PUSH_OUTPUT_MAX
+                    {
+                        break None;
+                    }
+                    let max = sub.credit.min(u64::from(self.limits.batch_records_max)) as usize;
+                    let body_budget = self.limits.frame_bytes_max as usize / 2;
+                    let records = match store.read(sub.log_id, sub.next_lsn, max, body_budget) {
+                        Ok(records) => records,
+                        Err(e) => break Some(store_refusal(&e)),
+                    };
+                    let mut builder = ReadBuilder::new(
+                        &mut session.out,
+                        sub.id,
+                        ReadKind::Push,
+                        t.durable_lsn,
+                        &self.limits,
+                    );
+                    let mut pushed = 0;
+                    for r in &records {
+                        let header = RecordHeader {
+                            len: r.payload.len() as u32,
+                            crc: r.crc,
+                            log_id: sub.log_id,
+                            lsn: r.lsn,
+                            epoch: r.epoch,
+                            timestamp_us: r.timestamp_us,
+                        };
+                        if builder.push(&header, &r.payload).is_err() {
+                            break;
+                        }
+                        pushed += 1;
+                    }
+                    if pushed == 0 {
+                        // Nothing fit (cannot happen within the limits): never send an empty push.
+                        drop(builder);
+                        break None;
+                    }
+                    builder.finish();
+                    sub.next_lsn += pushed;
+                    sub.credit -= pushed;
+                }
+            };
+            match ended {
+                Some(refusal) => {
+                    let sub = session.subscriptions.swap_remove(i);
+                    let response = ErrorResponse::new(refusal.code, refusal.arg0, &refusal.message);
+                    encode_response(
+                        &mut session.out,
+                        sub.id,
+                        Opcode::Subscribe,
+                        &Response::PushError(response),
+                    );
+                }
+                None => i += 1,
+            }
+        }
+        !session.subscriptions.is_empty()
     }
 
     fn tail(

@@ -70,6 +70,7 @@ pub(crate) fn run(ctx: ShardContext) -> Result<(), String> {
         external: Vec::new(),
         stop_buf: Box::new([0; 8]),
         stopping: false,
+        subscribed: Vec::new(),
     };
     shard.serve();
     Ok(())
@@ -87,6 +88,8 @@ struct Shard {
     external: Vec<Completion>,
     stop_buf: Box<[u8; 8]>,
     stopping: bool,
+    /// Slots of connections with subscriptions, pumped every turn.
+    subscribed: Vec<u32>,
 }
 
 impl Shard {
@@ -241,10 +244,14 @@ impl Shard {
     fn on_input(&mut self, slot: usize) {
         let mut conn = self.conns[slot].take().expect("live connection");
         let token = ack_token(slot as u32, conn.generation);
+        let subscribed = !conn.session.subscriptions.is_empty();
         let consumed = self
             .protocol
             .handle_input(&mut conn, &mut self.store, token);
         conn.consume(consumed);
+        if !subscribed && !conn.session.subscriptions.is_empty() {
+            self.subscribed.push(slot as u32);
+        }
         if !conn.session.closing && conn.recv_space().is_empty() {
             // A frame larger than the buffer can only come from a limit mismatch: refuse it.
             self.protocol.refuse_oversized(&mut conn);
@@ -268,8 +275,24 @@ impl Shard {
         }
     }
 
-    /// Starts sends for connections with output; closes connections that are done.
+    /// Pushes to subscriptions, starts sends for connections with output, closes connections
+    /// that are done.
     fn flush(&mut self) {
+        let mut i = 0;
+        while i < self.subscribed.len() {
+            let slot = self.subscribed[i] as usize;
+            let active = match self.conns[slot].as_mut() {
+                Some(conn) if !conn.session.closing => {
+                    self.protocol.pump(&mut conn.session, &mut self.store)
+                }
+                _ => false,
+            };
+            if active {
+                i += 1;
+            } else {
+                self.subscribed.swap_remove(i);
+            }
+        }
         for slot in 0..self.conns.len() {
             let Some(conn) = self.conns[slot].as_mut() else {
                 continue;

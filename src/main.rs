@@ -47,6 +47,10 @@ struct NodeArgs {
     /// This node's id, reported to clients in HELLO.
     #[arg(long, default_value_t = 1)]
     node_id: u64,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (default: the listen host, at the
+    /// port after the last shard's); `off` to serve none.
+    #[arg(long, value_name = "HOST:PORT|off")]
+    metrics: Option<String>,
 }
 
 fn parse_durability(s: &str) -> Result<DurabilityMode, String> {
@@ -70,6 +74,21 @@ fn main() -> ExitCode {
                 eprintln!("chainlog node: --shards must be at least 1 and the ports base..base+shards must exist");
                 return ExitCode::from(2);
             }
+            let metrics = match args.metrics.as_deref() {
+                Some("off") => None,
+                Some(addr) => match addr.parse::<SocketAddr>() {
+                    Ok(addr) => Some(addr),
+                    Err(e) => {
+                        eprintln!("chainlog node: --metrics {addr}: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => {
+                    let mut addr = args.listen;
+                    addr.set_port(args.listen.port().saturating_add(shards as u16));
+                    Some(addr)
+                }
+            };
             let store = StoreConfig {
                 durability: args.durability,
                 ..StoreConfig::default()
@@ -87,6 +106,7 @@ fn main() -> ExitCode {
                 in_flight_max: limits.in_flight_max as usize,
                 limits,
                 node_id: args.node_id,
+                metrics,
                 store,
             };
             match node::run(config) {

@@ -3,223 +3,16 @@
 //! and conditional), reads, trims and tails; a restart that reads everything back; and a
 //! graceful stop on SIGTERM. Each test stops the node it started, by PID.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
 
 use chainlog::net::{
-    decode_response, encode_request, parse_frame, AppendBuilder, AppendHeader, CreateLogRequest,
-    DescribeLogRequest, ErrorCode, HelloRequest, Limits, ListLogsRequest, LogRef, ReadRequest,
-    Request, Response, TrimRequest,
+    encode_request, AppendBuilder, AppendHeader, CreateLogRequest, DescribeLogRequest, ErrorCode,
+    ListLogsRequest, LogRef, Request, Response, TrimRequest,
 };
-
-/// A node child process, killed and reaped when dropped.
-struct Node {
-    child: Child,
-    port: u16,
-}
-
-impl Node {
-    fn start(dir: &Path, shards: u16) -> Node {
-        let port = free_ports(shards);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chainlog"))
-            .args(["node", "--data-dir"])
-            .arg(dir)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--shards",
-                &shards.to_string(),
-            ])
-            .args(["--no-pin", "--durability", "dsync"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start chainlog node");
-        // Ready once every shard logged that it serves (no sleeping, no polling).
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let mut serving = 0;
-        while serving < shards {
-            let line = lines
-                .next()
-                .expect("the node exited before serving")
-                .expect("stderr line");
-            if line.contains("shard serving") {
-                serving += 1;
-            }
-        }
-        // Keep draining stderr so the node never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Node { child, port }
-    }
-
-    fn connect(&self, shard: u16) -> Client {
-        Client::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, self.port + shard)))
-    }
-
-    /// SIGTERM, then the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().expect("wait for the node")
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `n` consecutive free ports on loopback (asked of the kernel, then released).
-fn free_ports(n: u16) -> u16 {
-    loop {
-        let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        if first.checked_add(n).is_none() {
-            continue;
-        }
-        let all_free = (0..n).all(|i| TcpListener::bind((Ipv4Addr::LOCALHOST, first + i)).is_ok());
-        if all_free {
-            return first;
-        }
-    }
-}
-
-/// A READ's answer: the committed tail and the records as (LSN, payload).
-type ReadAnswer = (u64, Vec<(u64, Vec<u8>)>);
-
-/// A blocking protocol client for tests.
-struct Client {
-    stream: TcpStream,
-    input: Vec<u8>,
-    limits: Limits,
-    next_id: u64,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
-        let mut client = Client {
-            stream,
-            input: Vec::new(),
-            limits: Limits::DEFAULT,
-            next_id: 1,
-        };
-        let hello = client.call(&Request::Hello(HelloRequest::CURRENT), |r| match r {
-            Response::Hello(h) => h,
-            other => panic!("HELLO answered with {other:?}"),
-        });
-        client.limits = hello.limits();
-        client
-    }
-
-    fn send(&mut self, frame: &[u8]) {
-        self.stream.write_all(frame).expect("send");
-    }
-
-    /// The next frame's response, given to `f`.
-    fn receive<R>(&mut self, f: impl FnOnce(u64, Response<'_>) -> R) -> R {
-        loop {
-            if let Some(frame) = parse_frame(&self.input, &self.limits).expect("well-formed frame")
-            {
-                let len = frame.frame_bytes();
-                let response = decode_response(&frame, &self.limits).expect("decodable response");
-                let result = f(frame.request_id, response);
-                self.input.drain(..len);
-                return result;
-            }
-            let mut chunk = [0u8; 64 << 10];
-            let n = self.stream.read(&mut chunk).expect("receive");
-            assert!(n > 0, "the node closed the connection");
-            self.input.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    fn call<R>(&mut self, request: &Request<'_>, f: impl FnOnce(Response<'_>) -> R) -> R {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut out = Vec::new();
-        encode_request(&mut out, id, request);
-        self.send(&out);
-        self.receive(|rid, r| {
-            assert_eq!(
-                rid, id,
-                "responses to one request at a time come back in order"
-            );
-            f(r)
-        })
-    }
-
-    fn create(&mut self, name: &str) -> u64 {
-        self.call(
-            &Request::CreateLog(CreateLogRequest {
-                replication_factor: 1,
-                name,
-            }),
-            |r| match r {
-                Response::CreateLog(c) => c.log_id,
-                other => panic!("CREATE_LOG {name}: {other:?}"),
-            },
-        )
-    }
-
-    /// Sends one APPEND of `payloads` and returns its answer: Ok(first_lsn) or the error code.
-    fn append(
-        &mut self,
-        header: &AppendHeader,
-        payloads: &[&[u8]],
-    ) -> Result<u64, (ErrorCode, u64)> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut out = Vec::new();
-        let limits = self.limits;
-        let mut builder = AppendBuilder::new(&mut out, id, header, &limits);
-        for p in payloads {
-            builder.push(p).expect("record within limits");
-        }
-        builder.finish();
-        self.send(&out);
-        self.receive(|rid, r| {
-            assert_eq!(rid, id);
-            match r {
-                Response::Append(a) => {
-                    assert_eq!(a.count as usize, payloads.len());
-                    Ok(a.first_lsn)
-                }
-                Response::Error(e) => Err((e.code, e.arg0)),
-                other => panic!("APPEND answered with {other:?}"),
-            }
-        })
-    }
-
-    fn read(&mut self, log_id: u64, from_lsn: u64) -> Result<ReadAnswer, ErrorCode> {
-        let request = Request::Read(ReadRequest {
-            log_id,
-            from_lsn,
-            max_records: 1000,
-            max_bytes: 1 << 20,
-        });
-        self.call(&request, |r| match r {
-            Response::Read(read) => Ok((
-                read.tail,
-                read.records
-                    .iter()
-                    .map(|v| (v.header.lsn, v.payload.to_vec()))
-                    .collect(),
-            )),
-            Response::Error(e) => Err(e.code),
-            other => panic!("READ answered with {other:?}"),
-        })
-    }
-}
+use common::Node;
 
 fn payload(log: u64, lsn: u64) -> Vec<u8> {
     format!("log {log} record {lsn} ")
@@ -529,5 +322,52 @@ fn subscriptions_push_committed_records_within_their_credit() {
         other => panic!("{other:?}"),
     });
     drop((writer, reader));
+    assert!(node.terminate().success());
+}
+
+/// `GET /metrics` on the port after the last shard's: Prometheus text with the append stages,
+/// group commit and per-shard counters, published by the shards once a second.
+#[test]
+fn metrics_are_served_as_prometheus_text() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 1);
+    let mut c = node.connect(0);
+    let id = c.create("measured");
+    for lsn in 0..20 {
+        assert_eq!(
+            c.append(&AppendHeader::new(id), &[&payload(id, lsn)]),
+            Ok(lsn)
+        );
+    }
+    let scrape = |path: &str| -> String {
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, node.port + 1)).expect("metrics port");
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("response");
+        body
+    };
+    assert!(scrape("/nothing").starts_with("HTTP/1.1 404"));
+    // Shards publish once a second: wait (bounded) until this shard's appends show.
+    let mut text = String::new();
+    for _ in 0..250 {
+        text = scrape("/metrics");
+        if text.contains("chainlog_records_appended_total{shard=\"0\"} 20") {
+            break;
+        }
+        std::thread::park_timeout(std::time::Duration::from_millis(20));
+    }
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for needle in [
+        "chainlog_records_appended_total{shard=\"0\"} 20",
+        "chainlog_append_stage_latency_us_count{shard=\"0\",stage=\"total\"} 20",
+        "chainlog_append_stage_latency_us{shard=\"0\",stage=\"disk\",quantile=\"0.99\"}",
+        "chainlog_group_commit_batch_records_count{shard=\"0\"}",
+        "chainlog_logs{shard=\"0\"} 1",
+        "chainlog_connections{shard=\"0\"} 1",
+        "chainlog_requests_total{shard=\"0\",opcode=\"APPEND\"} 20",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    drop(c);
     assert!(node.terminate().success());
 }

@@ -54,8 +54,8 @@ pub(crate) struct Subscription {
 /// An answer owed to a connection, in order.
 #[derive(Debug)]
 pub(crate) enum Pending {
-    /// An append waiting for its ack.
-    Append { request_id: u64 },
+    /// An append waiting for its ack; `received_us` is when its frame arrived.
+    Append { request_id: u64, received_us: u64 },
     /// A trim waiting for its ack.
     Trim { request_id: u64 },
     /// An error, sent once everything before it is answered.

@@ -5,6 +5,7 @@
 
 pub mod catalog;
 mod conn;
+mod metrics;
 mod ops;
 mod protocol;
 mod shard;
@@ -37,6 +38,8 @@ pub struct NodeConfig {
     pub limits: chainlog_net::Limits,
     /// This node's id (reported in HELLO).
     pub node_id: u64,
+    /// Where `GET /metrics` is served (Prometheus text), if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Why a node stopped other than by a signal.
@@ -60,6 +63,15 @@ pub enum NodeError {
 pub fn run(config: NodeConfig) -> Result<(), NodeError> {
     let signals = block_stop_signals().map_err(NodeError::Signals)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let board: metrics::Board =
+        std::sync::Arc::new(std::sync::Mutex::new(vec![None; config.shards]));
+    if let Some(addr) = config.metrics {
+        let local = metrics::serve(addr, board.clone()).map_err(|e| NodeError::Shard {
+            shard: 0,
+            reason: format!("metrics on {addr}: {e}"),
+        })?;
+        tracing::info!(%local, "metrics served at /metrics");
+    }
     let mut shards = Vec::new();
     for index in 0..config.shards {
         // SAFETY: eventfd takes no pointers.
@@ -89,6 +101,7 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
             limits: config.limits,
             node_id: config.node_id,
             core: config.pin.then_some(index % cores),
+            board: board.clone(),
             stop,
         };
         let handle = std::thread::Builder::new()

@@ -16,6 +16,7 @@ pub(crate) enum NetOp {
     Recv = 2,
     Send = 3,
     Stop = 4,
+    Tick = 5,
 }
 
 /// A decoded token.
@@ -50,6 +51,7 @@ impl NetToken {
             2 => NetOp::Recv,
             3 => NetOp::Send,
             4 => NetOp::Stop,
+            5 => NetOp::Tick,
             _ => return None,
         };
         Some(NetToken {
@@ -108,13 +110,31 @@ pub(crate) fn wait_stop(io: &mut UringIo, eventfd: RawFd, buf: &mut [u8; 8]) {
     unsafe { io.submit_external(entry, token.encode()) };
 }
 
+/// Submits a timeout that completes after `ts` (the shard's periodic wake-up).
+pub(crate) fn tick(io: &mut UringIo, ts: &types::Timespec) {
+    let entry = opcode::Timeout::new(ts as *const types::Timespec).build();
+    let token = NetToken {
+        op: NetOp::Tick,
+        slot: 0,
+        generation: 0,
+    };
+    // SAFETY: the shard owns the boxed timespec for the life of its loop.
+    unsafe { io.submit_external(entry, token.encode()) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn tokens_round_trip_and_carry_the_external_bit() {
-        for op in [NetOp::Accept, NetOp::Recv, NetOp::Send, NetOp::Stop] {
+        for op in [
+            NetOp::Accept,
+            NetOp::Recv,
+            NetOp::Send,
+            NetOp::Stop,
+            NetOp::Tick,
+        ] {
             let t = NetToken {
                 op,
                 slot: (1 << 24) - 1,

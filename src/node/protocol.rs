@@ -20,6 +20,8 @@ use chainlog_storage::{fatal, Ack, Batch, Error, Store, UringIo};
 
 use super::catalog::{log_id_of, Catalog, LogEntry as CatalogEntry};
 use super::conn::{Conn, Pending, Session, Subscription};
+use super::metrics::ShardMetrics;
+use std::time::Instant;
 
 /// The epoch of every log on a single node (epochs change with reconfiguration).
 pub(crate) const NODE_EPOCH: u64 = 1;
@@ -38,6 +40,14 @@ const UNANSWERED: u64 = u64::MAX;
 /// One shard's protocol state.
 #[derive(Debug)]
 pub(crate) struct Server {
+    /// What this shard measures of its requests.
+    pub(crate) metrics: ShardMetrics,
+    /// The clock of the stage latencies, and the time the current loop turn's completions
+    /// were seen (an ack's durability is seen then).
+    started: Instant,
+    turn_us: u64,
+    /// When the frames being handled arrived.
+    received_us: u64,
     shard_index: u16,
     shard_count: u16,
     node_id: u64,
@@ -92,12 +102,30 @@ impl Server {
         catalog: Catalog,
     ) -> Server {
         Server {
+            metrics: ShardMetrics::new(),
+            started: Instant::now(),
+            turn_us: 0,
+            received_us: 0,
             shard_index,
             shard_count,
             node_id,
             limits,
             catalog,
         }
+    }
+
+    pub(crate) fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
+    /// Marks the start of a loop turn: completions seen now (acks, received frames).
+    pub(crate) fn start_turn(&mut self) {
+        self.turn_us = self.now_us();
+    }
+
+    /// Logs this shard owns.
+    pub(crate) fn logs(&self) -> usize {
+        self.catalog.list(None, usize::MAX).count()
     }
 
     fn owner(&self, log_id: u64) -> u16 {
@@ -112,6 +140,7 @@ impl Server {
         store: &mut Store<UringIo>,
         token: u64,
     ) -> usize {
+        self.received_us = self.turn_us;
         let (input, session) = conn.input();
         let mut consumed = 0;
         while !session.closing {
@@ -123,6 +152,7 @@ impl Server {
                 }
                 Err(e) => {
                     // The framing is broken: answer once and close (PROTOCOL.md).
+                    self.metrics.error(e.code().name());
                     let message = e.to_string();
                     encode_error(&mut session.out, 0, None, &e.response(&message));
                     session.closing = true;
@@ -161,6 +191,7 @@ impl Server {
         let request = match decode_request(frame, &self.limits) {
             Ok(request) => request,
             Err(e) => {
+                self.metrics.error(e.code().name());
                 let message = e.to_string();
                 encode_error(
                     &mut session.out,
@@ -175,6 +206,7 @@ impl Server {
             }
         };
         let opcode = request.opcode();
+        self.metrics.request(opcode.name());
         if !session.greeted && opcode != Opcode::Hello {
             let refusal = refuse(
                 ErrorCode::Malformed,
@@ -283,6 +315,7 @@ impl Server {
             }
         };
         if let Err(refusal) = result {
+            self.metrics.error(refusal.code.name());
             if refusal.code == ErrorCode::Malformed || refusal.code == ErrorCode::UnsupportedVersion
             {
                 session.closing = true;
@@ -374,7 +407,14 @@ impl Server {
         store
             .append_batch(h.log_id, NODE_EPOCH, expected, batch, token)
             .map_err(|e| store_refusal(&e))?;
-        session.pending.push_back(Pending::Append { request_id });
+        let received_us = self.received_us;
+        self.metrics
+            .queue_us
+            .saturating_record(self.now_us().saturating_sub(received_us).max(1));
+        session.pending.push_back(Pending::Append {
+            request_id,
+            received_us,
+        });
         Ok(())
     }
 
@@ -769,7 +809,17 @@ impl Server {
     /// behind it.
     pub(crate) fn acknowledge(&mut self, session: &mut Session, ack: &Ack) {
         match session.pending.pop_front() {
-            Some(Pending::Append { request_id }) => {
+            Some(Pending::Append {
+                request_id,
+                received_us,
+            }) => {
+                let now = self.now_us();
+                self.metrics
+                    .total_us
+                    .saturating_record(now.saturating_sub(received_us).max(1));
+                self.metrics
+                    .ack_us
+                    .saturating_record(now.saturating_sub(self.turn_us).max(1));
                 let response = chainlog_net::AppendResponse {
                     first_lsn: ack.lsns.start,
                     count: (ack.lsns.end - ack.lsns.start) as u32,

@@ -13,6 +13,7 @@ use chainlog_storage::{fatal, Ack, Error, Store, StoreConfig, SystemClock, Uring
 
 use super::catalog::Catalog;
 use super::conn::Conn;
+use super::metrics::{Board, Snapshot};
 use super::ops::{self, NetOp, NetToken, SLOTS_MAX};
 use super::protocol;
 
@@ -32,6 +33,8 @@ pub(crate) struct ShardContext {
     pub(crate) limits: chainlog_net::Limits,
     pub(crate) node_id: u64,
     pub(crate) core: Option<usize>,
+    /// Where the shard publishes its metrics once a second.
+    pub(crate) board: Board,
     /// Readable when the node stops.
     pub(crate) stop: OwnedFd,
 }
@@ -71,6 +74,7 @@ pub(crate) fn run(ctx: ShardContext) -> Result<(), String> {
         stop_buf: Box::new([0; 8]),
         stopping: false,
         subscribed: Vec::new(),
+        tick: Box::new(io_uring::types::Timespec::new().sec(1)),
     };
     shard.serve();
     Ok(())
@@ -90,6 +94,8 @@ struct Shard {
     stopping: bool,
     /// Slots of connections with subscriptions, pumped every turn.
     subscribed: Vec<u32>,
+    /// The period of the metrics tick (owned here while the kernel reads it).
+    tick: Box<io_uring::types::Timespec>,
 }
 
 impl Shard {
@@ -101,10 +107,12 @@ impl Shard {
             self.ctx.stop.as_raw_fd(),
             &mut self.stop_buf,
         );
+        ops::tick(self.store.io_mut(), &self.tick);
         loop {
             if let Err(e) = self.store.poll(true, &mut self.acks) {
                 fatal(&format!("shard {}: {e}", self.ctx.index));
             }
+            self.protocol.start_turn();
             self.store.take_external(&mut self.external);
             for completion in std::mem::take(&mut self.external) {
                 self.on_completion(completion);
@@ -131,6 +139,10 @@ impl Shard {
         match token.op {
             NetOp::Accept => self.on_accept(completion.result),
             NetOp::Stop => self.on_stop(),
+            NetOp::Tick => {
+                self.publish();
+                ops::tick(self.store.io_mut(), &self.tick);
+            }
             NetOp::Recv | NetOp::Send => {
                 let slot = token.slot as usize;
                 let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
@@ -145,6 +157,7 @@ impl Shard {
                         Ok(0) | Err(_) => conn.session.closing = true,
                         Ok(n) => {
                             conn.received(n);
+                            self.protocol.metrics.bytes_received += n as u64;
                             self.on_input(slot);
                         }
                     }
@@ -199,6 +212,7 @@ impl Shard {
                 let generation = self.next_generation;
                 self.next_generation = self.next_generation.wrapping_add(1).max(1);
                 self.conns[slot as usize] = Some(Conn::new(fd, generation, self.ctx.recv_bytes));
+                self.protocol.metrics.connections_accepted += 1;
                 self.arm_recv(slot as usize);
             }
             Err(e) => tracing::warn!(shard = self.ctx.index, error = %e, "accept failed"),
@@ -273,6 +287,19 @@ impl Shard {
         if reading {
             self.arm_recv(slot);
         }
+    }
+
+    /// Publishes this shard's metrics for `/metrics` (once a second: the lock is taken on the
+    /// control path only).
+    fn publish(&mut self) {
+        let snapshot = Snapshot {
+            shard: self.protocol.metrics.clone(),
+            store: self.store.metrics().clone(),
+            logs: self.protocol.logs(),
+            connections: self.conns.iter().flatten().count(),
+        };
+        let mut board = self.ctx.board.lock().unwrap_or_else(|e| e.into_inner());
+        board[usize::from(self.ctx.index)] = Some(snapshot);
     }
 
     /// Pushes to subscriptions, starts sends for connections with output, closes connections

@@ -5,6 +5,9 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+
 use chainlog::net::{
     encode_request, AppendBuilder, AppendHeader, CreateLogRequest, DescribeLogRequest, ErrorCode,
     ListLogsRequest, LogRef, Request, Response, TrimRequest,
@@ -319,5 +322,52 @@ fn subscriptions_push_committed_records_within_their_credit() {
         other => panic!("{other:?}"),
     });
     drop((writer, reader));
+    assert!(node.terminate().success());
+}
+
+/// `GET /metrics` on the port after the last shard's: Prometheus text with the append stages,
+/// group commit and per-shard counters, published by the shards once a second.
+#[test]
+fn metrics_are_served_as_prometheus_text() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 1);
+    let mut c = node.connect(0);
+    let id = c.create("measured");
+    for lsn in 0..20 {
+        assert_eq!(
+            c.append(&AppendHeader::new(id), &[&payload(id, lsn)]),
+            Ok(lsn)
+        );
+    }
+    let scrape = |path: &str| -> String {
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, node.port + 1)).expect("metrics port");
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("response");
+        body
+    };
+    assert!(scrape("/nothing").starts_with("HTTP/1.1 404"));
+    // Shards publish once a second: wait (bounded) until this shard's appends show.
+    let mut text = String::new();
+    for _ in 0..250 {
+        text = scrape("/metrics");
+        if text.contains("chainlog_records_appended_total{shard=\"0\"} 20") {
+            break;
+        }
+        std::thread::park_timeout(std::time::Duration::from_millis(20));
+    }
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for needle in [
+        "chainlog_records_appended_total{shard=\"0\"} 20",
+        "chainlog_append_stage_latency_us_count{shard=\"0\",stage=\"total\"} 20",
+        "chainlog_append_stage_latency_us{shard=\"0\",stage=\"disk\",quantile=\"0.99\"}",
+        "chainlog_group_commit_batch_records_count{shard=\"0\"}",
+        "chainlog_logs{shard=\"0\"} 1",
+        "chainlog_connections{shard=\"0\"} 1",
+        "chainlog_requests_total{shard=\"0\",opcode=\"APPEND\"} 20",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    drop(c);
     assert!(node.terminate().success());
 }

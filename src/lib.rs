@@ -1,8 +1,9 @@
 //! chainlog: a log storage service for write-ahead-log offload.
 //!
-//! This crate holds the node ([`node`]) and, as they land, the controller, the client library
-//! and the CLI; the storage engine and the wire protocol are their own crates, re-exported.
+//! This crate holds the node ([`node`]), the async client library ([`client`]) and, as it
+//! lands, the controller; the storage engine and the wire protocol are their own crates, re-exported.
 
+pub mod client;
 pub mod node;
 
 pub use chainlog_net as net;

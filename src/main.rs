@@ -1,5 +1,7 @@
-//! The `chainlog` command: `chainlog node` runs a storage node (admin and data commands join
-//! it as the client lands).
+//! The `chainlog` command: `chainlog node` runs a storage node; the other subcommands are
+//! clients of a node (their code is in `cli/`).
+
+mod cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +27,46 @@ struct Cli {
 enum Command {
     /// Run a storage node: one shard thread per core, shard i on the base port + i.
     Node(NodeArgs),
+    /// Create, describe, list or delete logs.
+    Log {
+        #[command(subcommand)]
+        command: cli::LogCommand,
+        #[command(flatten)]
+        common: cli::Common,
+    },
+    /// Append records to a log: the arguments, else each line of stdin, or --file as one.
+    Append {
+        #[command(flatten)]
+        args: cli::AppendArgs,
+        #[command(flatten)]
+        common: cli::Common,
+    },
+    /// Print a log's records from --from up to --to (default: the tail).
+    Read {
+        #[command(flatten)]
+        args: cli::ReadArgs,
+        #[command(flatten)]
+        common: cli::Common,
+    },
+    /// Trim a log's records below --before.
+    Trim {
+        #[command(flatten)]
+        args: cli::TrimArgs,
+        #[command(flatten)]
+        common: cli::Common,
+    },
+    /// Print a log's last records; with --follow, keep printing new ones as they commit.
+    Tail {
+        #[command(flatten)]
+        args: cli::TailArgs,
+        #[command(flatten)]
+        common: cli::Common,
+    },
+    /// Per shard: reachable or not, its logs and their tails.
+    Status {
+        #[command(flatten)]
+        common: cli::Common,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -66,6 +108,12 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Log { command, common } => cli::run(common, cli::Command::Log(command)),
+        Command::Append { args, common } => cli::run(common, cli::Command::Append(args)),
+        Command::Read { args, common } => cli::run(common, cli::Command::Read(args)),
+        Command::Trim { args, common } => cli::run(common, cli::Command::Trim(args)),
+        Command::Tail { args, common } => cli::run(common, cli::Command::Tail(args)),
+        Command::Status { common } => cli::run(common, cli::Command::Status),
         Command::Node(args) => {
             let shards = args
                 .shards

@@ -1,0 +1,474 @@
+//! The client commands of `chainlog` (everything but `node`): log administration, append,
+//! read, trim, tail and status, each a thin layer over [`chainlog::client`]. Output is one
+//! line per record or answer for people, or with `--json` one JSON object per line.
+//!
+//! Exit codes: 0 ok, 1 the request failed (the server's error name and message, or why the
+//! node could not be reached), 2 bad arguments.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chainlog::client::{log_id, Client, ClientError, LogInfo, Record};
+use chainlog::net::{LogRef, LSN_FROM_TAIL};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+/// Records a READ asks for at most.
+const READ_RECORDS_MAX: u32 = 4096;
+/// Bytes of records a READ asks for at most.
+const READ_BYTES_MAX: u32 = 1 << 20;
+/// Records `tail` shows without `--from`.
+const TAIL_RECORDS_DEFAULT: u64 = 10;
+
+/// Where the node is and how to print.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Common {
+    /// Address of the node's shard 0.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:7400",
+        global = true
+    )]
+    target: String,
+    /// One JSON object per line instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum LogCommand {
+    /// Create a log (replication factor 1).
+    Create {
+        /// The log's name.
+        name: String,
+    },
+    /// A log's id, positions, epoch and shard.
+    Describe {
+        /// The log's name.
+        name: String,
+    },
+    /// Every log of the node (all shards).
+    List,
+    /// Delete a log.
+    Delete {
+        /// The log's name.
+        name: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct AppendArgs {
+    /// The log's name.
+    log: String,
+    /// Records, one per argument; without any, each line of stdin is a record.
+    records: Vec<String>,
+    /// The whole file is one record.
+    #[arg(long, value_name = "PATH", conflicts_with = "records")]
+    file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ReadArgs {
+    /// The log's name.
+    log: String,
+    /// The first LSN.
+    #[arg(long, value_name = "N")]
+    from: u64,
+    /// Stop before this LSN (default: the tail when the read started).
+    #[arg(long, value_name = "M")]
+    to: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct TrimArgs {
+    /// The log's name.
+    log: String,
+    /// Records below this LSN are trimmed.
+    #[arg(long, value_name = "LSN")]
+    before: u64,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct TailArgs {
+    /// The log's name.
+    log: String,
+    /// The first LSN (default: the last 10 records; with --follow, new records only).
+    #[arg(long, value_name = "N")]
+    from: Option<u64>,
+    /// Keep printing records as they are committed (a subscription), until interrupted.
+    #[arg(long)]
+    follow: bool,
+}
+
+/// A client command with its common options.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Log(LogCommand),
+    Append(AppendArgs),
+    Read(ReadArgs),
+    Trim(TrimArgs),
+    Tail(TailArgs),
+    Status,
+}
+
+/// Runs `command` and returns the process's exit code.
+pub(crate) fn run(common: Common, command: Command) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("chainlog: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_async(&common, command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("chainlog: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(message)) => {
+            eprintln!("chainlog: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    /// Bad arguments (exit 2).
+    Usage(String),
+    /// The request failed (exit 1).
+    Failed(String),
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Failure {
+        Failure::Failed(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Failure {
+        Failure::Failed(e.to_string())
+    }
+}
+
+async fn target(common: &Common) -> Result<SocketAddr, Failure> {
+    let mut addrs = tokio::net::lookup_host(&common.target)
+        .await
+        .map_err(|e| Failure::Usage(format!("--target {}: {e}", common.target)))?;
+    addrs
+        .next()
+        .ok_or_else(|| Failure::Usage(format!("--target {}: no address", common.target)))
+}
+
+async fn run_async(common: &Common, command: Command) -> Result<(), Failure> {
+    let addr = target(common).await?;
+    let client = Client::connect(addr).await?;
+    let json = common.json;
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Log(LogCommand::Create { name }) => {
+            let id = client.create_log(&name).await?;
+            let shard = client.shard_of(id);
+            if json {
+                print_json(
+                    &mut out,
+                    json!({"name": name, "log_id": id, "shard": shard}),
+                )?;
+            } else {
+                writeln!(out, "created log {name}: id {id}, shard {shard}")?;
+            }
+        }
+        Command::Log(LogCommand::Describe { name }) => {
+            let info = client.describe_log(LogRef::Name(&name)).await?;
+            if json {
+                print_json(&mut out, info_json(&info))?;
+            } else {
+                writeln!(
+                    out,
+                    "log {}: id {}, shard {}, tail {}, trim point {}, epoch {}, replication factor {}",
+                    info.name,
+                    info.log_id,
+                    info.shard,
+                    info.tail,
+                    info.trim_point,
+                    info.epoch,
+                    info.replication_factor
+                )?;
+            }
+        }
+        Command::Log(LogCommand::List) => {
+            for log in client.list_logs().await? {
+                if json {
+                    print_json(
+                        &mut out,
+                        json!({"name": log.name, "log_id": log.log_id, "shard": client.shard_of(log.log_id)}),
+                    )?;
+                } else {
+                    writeln!(out, "{}\t{}", log.log_id, log.name)?;
+                }
+            }
+        }
+        Command::Log(LogCommand::Delete { name }) => {
+            let id = log_id(&name);
+            client.delete_log(id).await?;
+            if json {
+                print_json(
+                    &mut out,
+                    json!({"name": name, "log_id": id, "deleted": true}),
+                )?;
+            } else {
+                writeln!(out, "deleted log {name} (id {id})")?;
+            }
+        }
+        Command::Append(args) => append(&client, &args, json, &mut out).await?,
+        Command::Read(args) => {
+            let id = log_id(&args.log);
+            let to = match args.to {
+                Some(to) => to,
+                None => client.check_tail(id).await?.tail,
+            };
+            if to < args.from {
+                return Err(Failure::Usage(format!(
+                    "--to {to} is below --from {}",
+                    args.from
+                )));
+            }
+            read_range(&client, id, args.from, to, json, &mut out).await?;
+        }
+        Command::Trim(args) => {
+            let id = log_id(&args.log);
+            client.trim(id, args.before).await?;
+            if json {
+                print_json(
+                    &mut out,
+                    json!({"name": args.log, "log_id": id, "trimmed_before": args.before}),
+                )?;
+            } else {
+                writeln!(out, "trimmed log {} below LSN {}", args.log, args.before)?;
+            }
+        }
+        Command::Tail(args) => {
+            let id = log_id(&args.log);
+            if args.follow {
+                let mut subscription = client
+                    .subscribe(id, args.from.unwrap_or(LSN_FROM_TAIL))
+                    .await?;
+                while let Some(record) = subscription.next().await {
+                    print_record(&mut out, &record?, json)?;
+                    out.flush()?;
+                }
+            } else {
+                let tail = client.check_tail(id).await?;
+                let from = args.from.unwrap_or_else(|| {
+                    tail.tail
+                        .saturating_sub(TAIL_RECORDS_DEFAULT)
+                        .max(tail.trim_point)
+                });
+                read_range(&client, id, from, tail.tail, json, &mut out).await?;
+            }
+        }
+        Command::Status => status(&client, addr, json, &mut out).await?,
+    }
+    out.flush()?;
+    Ok(())
+}
+
+async fn append(
+    client: &Client,
+    args: &AppendArgs,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let id = log_id(&args.log);
+    let records: Vec<Vec<u8>> = if let Some(path) = &args.file {
+        vec![std::fs::read(path)
+            .map_err(|e| Failure::Failed(format!("reading {}: {e}", path.display())))?]
+    } else if !args.records.is_empty() {
+        args.records.iter().map(|r| r.as_bytes().to_vec()).collect()
+    } else {
+        let mut lines = Vec::new();
+        for line in std::io::stdin().lock().lines() {
+            lines.push(line?.into_bytes());
+        }
+        lines
+    };
+    if records.is_empty() {
+        return Err(Failure::Usage("no records to append".into()));
+    }
+    // Batches within the node's limits: records, and bytes with room for the headers.
+    let limits = client.limits();
+    let batch_bytes_max = (limits.frame_bytes_max as usize).saturating_sub(4096) / 2;
+    let mut start = 0;
+    while start < records.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < records.len()
+            && end - start < limits.batch_records_max as usize
+            && (end == start || bytes + records[end].len() + 48 <= batch_bytes_max)
+        {
+            bytes += records[end].len() + 48;
+            end += 1;
+        }
+        let lsns = client.append(id, &records[start..end]).await?;
+        if json {
+            print_json(
+                out,
+                json!({"name": args.log, "log_id": id, "first_lsn": lsns.start, "count": lsns.end - lsns.start}),
+            )?;
+        } else {
+            writeln!(
+                out,
+                "appended {} record(s) to {}: LSN {}..{}",
+                lsns.end - lsns.start,
+                args.log,
+                lsns.start,
+                lsns.end
+            )?;
+        }
+        start = end;
+    }
+    Ok(())
+}
+
+async fn read_range(
+    client: &Client,
+    id: u64,
+    from: u64,
+    to: u64,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let mut next = from;
+    while next < to {
+        let want = u32::try_from(to - next)
+            .unwrap_or(u32::MAX)
+            .min(READ_RECORDS_MAX);
+        let batch = client.read(id, next, want, READ_BYTES_MAX).await?;
+        let Some(last) = batch.records.last() else {
+            break; // the tail is below `to`
+        };
+        next = last.lsn + 1;
+        for record in batch.records.iter().filter(|r| r.lsn < to) {
+            print_record(out, record, json)?;
+        }
+    }
+    Ok(())
+}
+
+async fn status(
+    client: &Client,
+    addr: SocketAddr,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    for shard in 0..client.shard_count() {
+        let port = addr.port() + shard;
+        let logs = match client.list_logs_of_shard(shard).await {
+            Ok(logs) => logs,
+            Err(e) => {
+                if json {
+                    print_json(
+                        out,
+                        json!({"shard": shard, "port": port, "reachable": false, "error": e.to_string()}),
+                    )?;
+                } else {
+                    writeln!(out, "shard {shard} (port {port}): unreachable: {e}")?;
+                }
+                continue;
+            }
+        };
+        let mut described = Vec::new();
+        for log in &logs {
+            match client.tail_hint(log.log_id).await {
+                Ok(tail) => described.push((log, Some(tail))),
+                Err(_) => described.push((log, None)),
+            }
+        }
+        if json {
+            let logs: Vec<_> = described
+                .iter()
+                .map(|(log, tail)| {
+                    json!({
+                        "name": log.name,
+                        "log_id": log.log_id,
+                        "tail": tail.map(|t| t.tail),
+                        "trim_point": tail.map(|t| t.trim_point),
+                    })
+                })
+                .collect();
+            print_json(
+                out,
+                json!({"shard": shard, "port": port, "reachable": true, "logs": logs}),
+            )?;
+        } else {
+            writeln!(
+                out,
+                "shard {shard} (port {port}): reachable, {} log(s)",
+                logs.len()
+            )?;
+            for (log, tail) in described {
+                match tail {
+                    Some(t) => writeln!(
+                        out,
+                        "  {}  id {}  tail {}  trim point {}",
+                        log.name, log.log_id, t.tail, t.trim_point
+                    )?,
+                    None => writeln!(out, "  {}  id {}  tail unknown", log.name, log.log_id)?,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn info_json(info: &LogInfo) -> serde_json::Value {
+    json!({
+        "name": info.name,
+        "log_id": info.log_id,
+        "shard": info.shard,
+        "tail": info.tail,
+        "trim_point": info.trim_point,
+        "epoch": info.epoch,
+        "replication_factor": info.replication_factor,
+    })
+}
+
+/// A record: `LSN<TAB>payload` (payload as text, invalid UTF-8 replaced), or a JSON object
+/// with `payload` (valid UTF-8) or `payload_hex`.
+fn print_record(out: &mut impl Write, record: &Record, json: bool) -> Result<(), Failure> {
+    if json {
+        let mut value = json!({
+            "lsn": record.lsn,
+            "epoch": record.epoch,
+            "timestamp_us": record.timestamp_us,
+        });
+        match std::str::from_utf8(&record.payload) {
+            Ok(text) => value["payload"] = json!(text),
+            Err(_) => {
+                let hex: String = record.payload.iter().map(|b| format!("{b:02x}")).collect();
+                value["payload_hex"] = json!(hex);
+            }
+        }
+        print_json(out, value)
+    } else {
+        writeln!(
+            out,
+            "{}\t{}",
+            record.lsn,
+            String::from_utf8_lossy(&record.payload)
+        )?;
+        Ok(())
+    }
+}
+
+fn print_json(out: &mut impl Write, value: serde_json::Value) -> Result<(), Failure> {
+    writeln!(out, "{value}")?;
+    Ok(())
+}

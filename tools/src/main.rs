@@ -2,9 +2,11 @@
 //! subcommand per mode) and the process's exit code; each mode lives in its own module and
 //! shares the measurement and reporting code of [`report`].
 //!
-//! Modes today: `storage` (the storage engine alone, in this process, no network). Planned
-//! (DESIGN.md section 9): `append` against a node or cluster, `--dev N`, open loop, `plan`.
+//! Modes today: `storage` (the storage engine alone, in this process, no network) and
+//! `append` (closed-loop appends against a running node, through the client library).
+//! Planned (DESIGN.md section 9): `--dev N`, open loop, `plan`.
 
+mod append_mode;
 mod report;
 mod storage_mode;
 
@@ -26,6 +28,9 @@ enum Mode {
     /// The storage engine alone (no network): C closed-loop clients in one thread, as a shard
     /// runs them, each with one durable append of one record outstanding.
     Storage(storage_mode::StorageArgs),
+    /// Appends against a running node over the network: C closed-loop appenders sharing one
+    /// client, each with one append of one record outstanding.
+    Append(append_mode::AppendArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +44,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.mode {
         Mode::Storage(args) => storage_mode::main(args),
+        Mode::Append(args) => append_mode::main(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -113,7 +113,7 @@ pub(crate) struct StorageArgs {
     pub(crate) warmup_s: f64,
 }
 
-fn parse_seconds(s: &str) -> Result<f64, String> {
+pub(crate) fn parse_seconds(s: &str) -> Result<f64, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
@@ -123,7 +123,7 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     Ok(secs)
 }
 
-fn parse_positive_seconds(s: &str) -> Result<f64, String> {
+pub(crate) fn parse_positive_seconds(s: &str) -> Result<f64, String> {
     let secs = parse_seconds(s)?;
     if secs <= 0.0 {
         return Err("must be more than 0 seconds".into());
@@ -238,7 +238,7 @@ pub(crate) fn main(args: StorageArgs) -> Result<(), String> {
 
 /// Payloads of `len` bytes, one per client up to [`PAYLOAD_VARIANTS`], pseudo-random so that
 /// they neither compress nor deduplicate.
-fn payloads(len: usize, clients: usize) -> Vec<Vec<u8>> {
+pub(crate) fn payloads(len: usize, clients: usize) -> Vec<Vec<u8>> {
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
     (0..clients.clamp(1, PAYLOAD_VARIANTS))
         .map(|_| {

@@ -1,0 +1,466 @@
+//! The client library, the CLI and `chainlog-bench append` against the real `chainlog node`
+//! binary on loopback: appends (plain, conditional), reads, trims, tails and log
+//! administration through `chainlog::client`; 1000 pipelined appends from 16 tasks getting
+//! dense LSNs; a subscription under credit; every CLI command, in text and `--json`; a short
+//! benchmark run writing a sane JSON report. Each test stops the processes it started (the
+//! node by `Drop`, even on failure; CLI and bench processes are waited for). No timing
+//! thresholds.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use chainlog::client::{log_id, AppendOptions, Client, ClientConfig, ClientError};
+use chainlog::net::{ErrorCode, LogRef, LSN_FROM_TAIL};
+use common::Node;
+use serde_json::Value;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn server_code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (ErrorCode, u64) {
+    match result {
+        Err(ClientError::Server(e)) => (e.code, e.arg0),
+        other => panic!("expected a server error, got {other:?}"),
+    }
+}
+
+#[test]
+fn library_appends_reads_trims_conditions_and_administers_logs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 2);
+    runtime().block_on(async {
+        let client = Client::connect(node.addr(0)).await.expect("connect");
+        assert_eq!(client.shard_count(), 2);
+        // Three logs, on whichever shards their names hash to: routing is the client's job.
+        let names = ["orders", "payments", "users"];
+        let mut ids = Vec::new();
+        for name in names {
+            let id = client.create_log(name).await.expect("create");
+            assert_eq!(id, log_id(name));
+            ids.push(id);
+        }
+        assert!(
+            ids.iter().any(|id| id % 2 == 0) && ids.iter().any(|id| id % 2 == 1),
+            "the logs cover both shards"
+        );
+        let (code, arg0) = server_code(client.create_log("orders").await);
+        assert_eq!((code, arg0), (ErrorCode::LogExists, ids[0]));
+
+        for (i, &id) in ids.iter().enumerate() {
+            let first = client.append(id, &[b"a".as_slice(), b"bb"]).await.unwrap();
+            assert_eq!(first, 0..2);
+            let second = client.append(id, &[format!("log {i}")]).await.unwrap();
+            assert_eq!(second, 2..3);
+            let batch = client.read(id, 0, 100, 1 << 20).await.unwrap();
+            assert_eq!(batch.tail, 3);
+            let payloads: Vec<&[u8]> = batch.records.iter().map(|r| &r.payload[..]).collect();
+            assert_eq!(
+                payloads,
+                [b"a".as_slice(), b"bb", format!("log {i}").as_bytes()]
+            );
+            assert_eq!(
+                batch.records.iter().map(|r| r.lsn).collect::<Vec<_>>(),
+                [0, 1, 2]
+            );
+            assert!(batch.records.iter().all(|r| r.epoch == 1));
+            assert_eq!(client.check_tail(id).await.unwrap().tail, 3);
+            assert_eq!(client.tail_hint(id).await.unwrap().tail, 3);
+        }
+
+        // Conditional appends: at the tail it succeeds, anywhere else CONDITION_FAILED(tail).
+        let id = ids[0];
+        let at_tail = AppendOptions {
+            expected_lsn: Some(3),
+            ..AppendOptions::default()
+        };
+        assert_eq!(
+            client.append_with(id, &[b"c"], &at_tail).await.unwrap(),
+            3..4
+        );
+        let stale = client.append_with(id, &[b"d"], &at_tail).await;
+        let error = stale.as_ref().unwrap_err();
+        assert!(!error.is_retryable() && !error.outcome_unknown());
+        assert_eq!(server_code(stale), (ErrorCode::ConditionFailed, 4));
+
+        // Trim: reads below fail with TRIMMED(trim point); above still work.
+        client.trim(id, 2).await.unwrap();
+        assert_eq!(
+            server_code(client.read(id, 0, 10, 1 << 20).await),
+            (ErrorCode::Trimmed, 2)
+        );
+        let rest = client.read(id, 2, 10, 1 << 20).await.unwrap();
+        assert_eq!(rest.records.len(), 2);
+        let (code, _) = server_code(client.trim(id, 100).await);
+        assert_eq!(code, ErrorCode::ConditionFailed);
+
+        // Describe by name and by id; list merges every shard, ascending by id.
+        let by_name = client.describe_log(LogRef::Name("orders")).await.unwrap();
+        let by_id = client.describe_log(LogRef::Id(id)).await.unwrap();
+        assert_eq!(by_name, by_id);
+        assert_eq!(
+            (by_name.name.as_str(), by_name.tail, by_name.trim_point),
+            ("orders", 4, 2)
+        );
+        assert_eq!(u64::from(by_name.shard), id % 2);
+        let listed = client.list_logs().await.unwrap();
+        let mut expected: Vec<(u64, &str)> = ids.iter().copied().zip(names).collect();
+        expected.sort();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|l| (l.log_id, l.name.as_str()))
+                .collect::<Vec<_>>(),
+            expected
+        );
+
+        // Delete: gone for describe, append and read.
+        client.delete_log(ids[1]).await.unwrap();
+        assert_eq!(
+            server_code(client.describe_log(LogRef::Name("payments")).await).0,
+            ErrorCode::UnknownLog
+        );
+        assert_eq!(
+            server_code(client.append(ids[1], &[b"x"]).await).0,
+            ErrorCode::UnknownLog
+        );
+        assert_eq!(client.list_logs().await.unwrap().len(), 2);
+        // Refused before sending.
+        assert!(matches!(
+            client.append::<&[u8]>(id, &[]).await,
+            Err(ClientError::Invalid(_))
+        ));
+    });
+}
+
+#[test]
+fn pipelined_appends_from_16_tasks_get_dense_lsns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 2);
+    runtime().block_on(async {
+        let client = Client::connect(node.addr(0)).await.expect("connect");
+        let id = client.create_log("pipelined").await.unwrap();
+        const TASKS: usize = 16;
+        const APPENDS: usize = 1000;
+        let mut tasks = tokio::task::JoinSet::new();
+        for task in 0..TASKS {
+            let client = client.clone();
+            tasks.spawn(async move {
+                // Every append of this task in flight at once.
+                let mut appends = tokio::task::JoinSet::new();
+                for i in (task..APPENDS).step_by(TASKS) {
+                    let client = client.clone();
+                    appends.spawn(async move {
+                        let payload = format!("append {i}");
+                        let lsns = client.append(id, &[payload]).await.expect("append");
+                        (i, lsns)
+                    });
+                }
+                let mut done = Vec::new();
+                while let Some(result) = appends.join_next().await {
+                    done.push(result.expect("append task"));
+                }
+                done
+            });
+        }
+        let mut lsn_of = vec![u64::MAX; APPENDS];
+        while let Some(result) = tasks.join_next().await {
+            for (i, lsns) in result.expect("task") {
+                assert_eq!(lsns.end - lsns.start, 1);
+                lsn_of[i] = lsns.start;
+            }
+        }
+        let distinct: BTreeSet<u64> = lsn_of.iter().copied().collect();
+        assert_eq!(distinct.len(), APPENDS, "no duplicate LSNs");
+        assert_eq!(
+            distinct.into_iter().collect::<Vec<_>>(),
+            (0..APPENDS as u64).collect::<Vec<_>>(),
+            "dense LSNs from 0"
+        );
+        // Each LSN holds the append it was acknowledged for.
+        let mut next = 0;
+        while next < APPENDS as u64 {
+            let batch = client.read(id, next, 4096, 1 << 20).await.unwrap();
+            assert!(!batch.records.is_empty());
+            for record in &batch.records {
+                let i = lsn_of.iter().position(|&l| l == record.lsn).unwrap();
+                assert_eq!(record.payload, format!("append {i}").into_bytes());
+                next = record.lsn + 1;
+            }
+        }
+        // One connection: sequential appends from one task complete in LSN order.
+        let mut last = client.check_tail(id).await.unwrap().tail;
+        for _ in 0..10 {
+            let lsns = client.append(id, &[b"seq"]).await.unwrap();
+            assert_eq!(lsns.start, last);
+            last = lsns.end;
+        }
+    });
+}
+
+#[test]
+fn subscription_yields_committed_records_in_order_within_its_credit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 2);
+    runtime().block_on(async {
+        let config = ClientConfig {
+            subscription_credit: 4,
+            ..ClientConfig::default()
+        };
+        let client = Client::connect_with(node.addr(0), config).await.unwrap();
+        let id = client.create_log("events").await.unwrap();
+        client
+            .append(id, &[b"before-0", b"before-1"])
+            .await
+            .unwrap();
+        let mut from_start = client.subscribe(id, 0).await.unwrap();
+        let mut from_tail = client.subscribe(id, LSN_FROM_TAIL).await.unwrap();
+        assert_eq!(from_start.start_lsn(), 0);
+        assert_eq!(from_tail.start_lsn(), 2);
+        for i in 0..20 {
+            client.append(id, &[format!("after-{i}")]).await.unwrap();
+        }
+        // 22 records through a credit of 4: the stream keeps granting credit as it consumes.
+        for lsn in 0..22 {
+            let record = from_start.next().await.unwrap().unwrap();
+            assert_eq!(record.lsn, lsn);
+            let expected = if lsn < 2 {
+                format!("before-{lsn}")
+            } else {
+                format!("after-{}", lsn - 2)
+            };
+            assert_eq!(record.payload, expected.into_bytes());
+        }
+        for lsn in 2..22 {
+            assert_eq!(from_tail.next().await.unwrap().unwrap().lsn, lsn);
+        }
+        // Deleting the log ends its subscriptions with UNKNOWN_LOG.
+        drop(from_start);
+        client.delete_log(id).await.unwrap();
+        match from_tail.next().await {
+            Some(Err(e)) => assert_eq!(e.code(), Some(ErrorCode::UnknownLog)),
+            other => panic!("expected UNKNOWN_LOG, got {other:?}"),
+        }
+        assert!(from_tail.next().await.is_none());
+    });
+}
+
+/// Runs `chainlog ARGS --target <node>` to completion.
+fn cli(node: &Node, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chainlog"))
+        .args(args)
+        .args(["--target", &node.addr(0).to_string()])
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run chainlog");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(input.as_bytes()).expect("write stdin");
+    }
+    child.wait_with_output().expect("wait for chainlog")
+}
+
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "chainlog failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).expect("UTF-8 output")
+}
+
+fn json_lines(output: &Output) -> Vec<Value> {
+    ok(output)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect()
+}
+
+#[test]
+fn cli_commands_against_a_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 2);
+    let id = log_id("cli-log");
+
+    let created = json_lines(&cli(&node, &["log", "create", "cli-log", "--json"], None));
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0]["log_id"], id);
+    assert_eq!(created[0]["shard"], id % 2);
+    let again = cli(&node, &["log", "create", "cli-log"], None);
+    assert_eq!(again.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("LOG_EXISTS"), "{stderr}");
+    ok(&cli(&node, &["log", "create", "other-log"], None));
+
+    // Records from arguments, from stdin lines, from a file.
+    let text = ok(&cli(&node, &["append", "cli-log", "one", "two"], None));
+    assert!(text.contains("LSN 0..2"), "{text}");
+    let appended = json_lines(&cli(
+        &node,
+        &["append", "cli-log", "--json"],
+        Some("three\nfour\n"),
+    ));
+    assert_eq!(appended.len(), 1);
+    assert_eq!(
+        (&appended[0]["first_lsn"], &appended[0]["count"]),
+        (&Value::from(2), &Value::from(2))
+    );
+    let file = dir.path().join("record.bin");
+    std::fs::write(&file, b"five\nstill five").unwrap();
+    ok(&cli(
+        &node,
+        &["append", "cli-log", "--file", file.to_str().unwrap()],
+        None,
+    ));
+
+    let read = ok(&cli(&node, &["read", "cli-log", "--from", "0"], None));
+    assert_eq!(
+        read,
+        "0\tone\n1\ttwo\n2\tthree\n3\tfour\n4\tfive\nstill five\n"
+    );
+    let records = json_lines(&cli(
+        &node,
+        &["read", "cli-log", "--from", "1", "--to", "3", "--json"],
+        None,
+    ));
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0]["lsn"], 1);
+    assert_eq!(records[0]["payload"], "two");
+    assert_eq!(records[1]["payload"], "three");
+    assert_eq!(records[1]["epoch"], 1);
+
+    ok(&cli(&node, &["trim", "cli-log", "--before", "2"], None));
+    let trimmed = cli(&node, &["read", "cli-log", "--from", "0"], None);
+    assert_eq!(trimmed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&trimmed.stderr).contains("TRIMMED"));
+
+    let described = json_lines(&cli(&node, &["log", "describe", "cli-log", "--json"], None));
+    assert_eq!(described[0]["tail"], 5);
+    assert_eq!(described[0]["trim_point"], 2);
+    assert_eq!(described[0]["name"], "cli-log");
+
+    let tail = json_lines(&cli(&node, &["tail", "cli-log", "--json"], None));
+    assert_eq!(
+        tail.iter()
+            .map(|r| r["lsn"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [2, 3, 4]
+    );
+
+    let listed = json_lines(&cli(&node, &["log", "list", "--json"], None));
+    let names: BTreeSet<&str> = listed.iter().map(|l| l["name"].as_str().unwrap()).collect();
+    assert_eq!(names, BTreeSet::from(["cli-log", "other-log"]));
+
+    let status = json_lines(&cli(&node, &["status", "--json"], None));
+    assert_eq!(status.len(), 2, "one object per shard");
+    for shard in &status {
+        assert_eq!(shard["reachable"], true);
+    }
+    let owner = &status[(id % 2) as usize];
+    let entry = owner["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "cli-log")
+        .expect("the log is on its shard");
+    assert_eq!(entry["tail"], 5);
+    let text = ok(&cli(&node, &["status"], None));
+    assert!(
+        text.contains("shard 0") && text.contains("shard 1"),
+        "{text}"
+    );
+
+    ok(&cli(&node, &["log", "delete", "other-log"], None));
+    let gone = cli(&node, &["log", "describe", "other-log"], None);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("UNKNOWN_LOG"));
+
+    // Bad arguments: exit code 2.
+    let bad = cli(&node, &["read", "cli-log"], None);
+    assert_eq!(bad.status.code(), Some(2));
+    let bad = cli(&node, &["trim", "cli-log", "--before", "x"], None);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+/// The `chainlog-bench` binary: built next to `chainlog` (a workspace build or test builds
+/// it); built here if it is missing.
+fn bench_binary() -> PathBuf {
+    let chainlog = Path::new(env!("CARGO_BIN_EXE_chainlog"));
+    let bench = chainlog.with_file_name("chainlog-bench");
+    if !bench.exists() {
+        let profile_dir = chainlog.parent().expect("target dir");
+        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        build.args(["build", "-p", "chainlog-tools", "--bin", "chainlog-bench"]);
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "building chainlog-bench failed");
+    }
+    bench
+}
+
+#[test]
+fn bench_append_runs_against_a_node_and_writes_sane_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 2);
+    let json = dir.path().join("append.json");
+    let output = Command::new(bench_binary())
+        .args(["append", "--target", &node.addr(0).to_string()])
+        .args(["--record-size", "100", "--concurrency", "4", "--logs", "3"])
+        .args(["--duration", "1", "--warmup", "0.2", "--json"])
+        .arg(&json)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chainlog-bench");
+    let stdout = ok(&output);
+    assert!(stdout.contains("chainlog-bench append"), "{stdout}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON report"))
+            .expect("JSON");
+    assert_eq!(report["mode"], "append");
+    assert_eq!(report["node"]["shard_count"], 2);
+    let records = report["records"].as_u64().unwrap();
+    assert!(records > 0, "{report:#}");
+    assert_eq!(report["bytes"].as_u64().unwrap(), records * 100);
+    assert!(report["records_per_s"].as_f64().unwrap() > 0.0);
+    assert!(report["duration_s"].as_f64().unwrap() >= 1.0);
+    let latency = &report["latency_us"];
+    let at = |k: &str| latency[k].as_u64().unwrap();
+    assert!(at("min") >= 1 && at("min") <= at("p50") && at("p50") <= at("p99"));
+    assert!(at("p99") <= at("p999") && at("p999") <= at("max"));
+    assert_eq!(report["errors"], serde_json::json!({}));
+    assert_eq!(report["config"]["concurrency"], 4);
+    // The bench created its logs, and what it acknowledged is in them.
+    runtime().block_on(async {
+        let client = Client::connect(node.addr(0)).await.unwrap();
+        let mut total = 0;
+        for i in 0..3 {
+            let info = client
+                .describe_log(LogRef::Name(&format!("bench-{i}")))
+                .await
+                .expect("bench log exists");
+            total += info.tail;
+        }
+        assert!(
+            total >= records,
+            "{total} records in the logs, {records} measured"
+        );
+    });
+}

@@ -2,18 +2,27 @@
 //! binary on loopback: appends (plain, conditional), reads, trims, tails and log
 //! administration through `chainlog::client`; 1000 pipelined appends from 16 tasks getting
 //! dense LSNs; a subscription under credit; every CLI command, in text and `--json`; a short
-//! benchmark run writing a sane JSON report. Each test stops the processes it started (the
+//! benchmark run writing a sane JSON report. Against a scripted fake node: retries of
+//! retryable errors within their bound, and timeouts and lost connections reported as
+//! "outcome unknown", never resent, with a reconnect on the next call. Each test stops the processes it started (the
 //! node by `Drop`, even on failure; CLI and bench processes are waited for). No timing
 //! thresholds.
 
 mod common;
 
 use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use chainlog::client::{log_id, AppendOptions, Client, ClientConfig, ClientError};
-use chainlog::net::{ErrorCode, LogRef, LSN_FROM_TAIL};
+use chainlog::net::{
+    decode_request, encode_error, encode_response, parse_frame, AppendResponse, ErrorCode,
+    ErrorResponse, HelloResponse, Limits, LogRef, Request, Response, TailResponse, LSN_FROM_TAIL,
+};
 use common::Node;
 use serde_json::Value;
 
@@ -462,5 +471,184 @@ fn bench_append_runs_against_a_node_and_writes_sane_json() {
             total >= records,
             "{total} records in the logs, {records} measured"
         );
+    });
+}
+
+/// What a scripted fake shard does with a request (after the HELLO, which it answers itself).
+enum Act {
+    Answer(Response<'static>),
+    Error(ErrorCode, u64),
+    /// Never answer.
+    Silent,
+    /// Close the connection without answering.
+    Close,
+}
+
+type Script = dyn Fn(u16, &Request<'_>) -> Act + Send + Sync;
+
+/// A fake node of `shards` shards on loopback, each connection served by a thread that
+/// answers by `script(shard, request)`. Returns shard 0's port and the connections accepted
+/// per shard. Its threads end with the test process (they are threads, not processes).
+fn fake_node(shards: u16, script: Arc<Script>) -> (u16, Arc<Vec<AtomicUsize>>) {
+    let port = common::free_ports(shards);
+    let accepted: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..shards).map(|_| AtomicUsize::new(0)).collect());
+    for shard in 0..shards {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port + shard)).expect("bind");
+        let script = Arc::clone(&script);
+        let accepted = Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                accepted[usize::from(shard)].fetch_add(1, Ordering::SeqCst);
+                let script = Arc::clone(&script);
+                std::thread::spawn(move || serve_fake(stream, shard, shards, &*script));
+            }
+        });
+    }
+    (port, accepted)
+}
+
+fn serve_fake(mut stream: TcpStream, shard: u16, shards: u16, script: &Script) {
+    use std::io::{Read, Write};
+    let limits = Limits::DEFAULT;
+    let mut input = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        while let Ok(Some(frame)) = parse_frame(&input, &limits) {
+            let len = frame.frame_bytes();
+            let request = decode_request(&frame, &limits).expect("a valid request");
+            let mut out = Vec::new();
+            let opcode = request.opcode();
+            match request {
+                Request::Hello(_) => {
+                    let hello = HelloResponse {
+                        version: 1,
+                        shard_index: shard,
+                        shard_count: shards,
+                        frame_bytes_max: limits.frame_bytes_max,
+                        record_bytes_max: limits.record_bytes_max,
+                        batch_records_max: limits.batch_records_max,
+                        node_id: 1,
+                    };
+                    encode_response(&mut out, frame.request_id, opcode, &Response::Hello(hello));
+                }
+                request => match script(shard, &request) {
+                    Act::Answer(response) => {
+                        encode_response(&mut out, frame.request_id, opcode, &response)
+                    }
+                    Act::Error(code, arg0) => encode_error(
+                        &mut out,
+                        frame.request_id,
+                        Some(opcode),
+                        &ErrorResponse::new(code, arg0, "scripted"),
+                    ),
+                    Act::Silent => {}
+                    Act::Close => return,
+                },
+            }
+            input.drain(..len);
+            if stream.write_all(&out).is_err() {
+                return;
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => input.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[test]
+fn retryable_errors_are_retried_within_a_bound() {
+    let appends = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&appends);
+    let refused = Arc::new(AtomicUsize::new(0));
+    let refusing = Arc::clone(&refused);
+    let even_log = 2 * 1000;
+    let script: Arc<Script> = Arc::new(move |shard, request| match request {
+        // OVERLOADED twice, then the append succeeds.
+        Request::Append(a) if a.header.log_id == even_log => {
+            if seen.fetch_add(1, Ordering::SeqCst) < 2 {
+                Act::Error(ErrorCode::Overloaded, 1)
+            } else {
+                Act::Answer(Response::Append(AppendResponse {
+                    first_lsn: 7,
+                    count: 1,
+                }))
+            }
+        }
+        // Always OVERLOADED.
+        Request::Append(_) => {
+            refusing.fetch_add(1, Ordering::SeqCst);
+            Act::Error(ErrorCode::Overloaded, 1)
+        }
+        // Shard 0 sends CHECK_TAIL to shard 1; shard 1 answers.
+        Request::CheckTail { .. } if shard == 0 => Act::Error(ErrorCode::WrongShard, 1),
+        Request::CheckTail { .. } => Act::Answer(Response::CheckTail(TailResponse {
+            tail: 5,
+            trim_point: 0,
+            epoch: 1,
+        })),
+        _ => Act::Error(ErrorCode::UnknownLog, u64::MAX),
+    });
+    let (port, accepted) = fake_node(2, script);
+    runtime().block_on(async {
+        let config = ClientConfig {
+            retries_max: 3,
+            ..ClientConfig::default()
+        };
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let client = Client::connect_with(addr, config).await.unwrap();
+        assert_eq!(client.append(even_log, &[b"x"]).await.unwrap(), 7..8);
+        assert_eq!(appends.load(Ordering::SeqCst), 3);
+
+        let tail = client.check_tail(even_log).await.unwrap();
+        assert_eq!(tail.tail, 5);
+        assert_eq!(accepted[1].load(Ordering::SeqCst), 1, "rerouted to shard 1");
+
+        // Past the bound: the last error is returned, marked retryable.
+        let error = client.append(even_log + 2, &[b"y"]).await.unwrap_err();
+        assert_eq!(error.code(), Some(ErrorCode::Overloaded));
+        assert!(error.is_retryable() && !error.outcome_unknown());
+        assert_eq!(refused.load(Ordering::SeqCst), 4, "1 try + 3 retries");
+    });
+}
+
+#[test]
+fn timeouts_and_lost_connections_are_outcome_unknown_and_the_next_call_reconnects() {
+    let appends = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&appends);
+    let script: Arc<Script> = Arc::new(move |_, request| match request {
+        Request::CheckTail { .. } => Act::Silent,
+        Request::Append(_) if seen.fetch_add(1, Ordering::SeqCst) == 0 => Act::Close,
+        Request::Append(_) => Act::Answer(Response::Append(AppendResponse {
+            first_lsn: 0,
+            count: 1,
+        })),
+        _ => Act::Error(ErrorCode::UnknownLog, u64::MAX),
+    });
+    let (port, accepted) = fake_node(1, script);
+    runtime().block_on(async {
+        let config = ClientConfig {
+            request_timeout: Duration::from_millis(200),
+            ..ClientConfig::default()
+        };
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let client = Client::connect_with(addr, config).await.unwrap();
+        let error = client.check_tail(1).await.unwrap_err();
+        assert!(matches!(error, ClientError::Timeout { .. }), "{error:?}");
+        assert!(error.outcome_unknown() && !error.is_retryable());
+
+        let error = client.append(1, &[b"x"]).await.unwrap_err();
+        assert!(
+            matches!(error, ClientError::ConnectionLost { .. }),
+            "{error:?}"
+        );
+        assert!(error.outcome_unknown() && !error.is_retryable());
+        assert_eq!(appends.load(Ordering::SeqCst), 1, "not resent");
+
+        assert_eq!(client.append(1, &[b"x"]).await.unwrap(), 0..1);
+        assert_eq!(accepted[0].load(Ordering::SeqCst), 2, "a new connection");
     });
 }

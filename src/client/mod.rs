@@ -48,7 +48,10 @@ pub struct ClientConfig {
     pub retries_max: u32,
     /// Requests outstanding per connection at most (the server reads no more than 1024).
     pub in_flight_max: usize,
-    /// Pause before retrying UNAVAILABLE (doubled on each retry).
+    /// Retries of UNAVAILABLE, per call (within `retries_max`): a node that is shutting down
+    /// or whose storage stopped rarely recovers within a call.
+    pub unavailable_retries_max: u32,
+    /// Pause before the first retry of UNAVAILABLE (doubled on each retry).
     pub unavailable_backoff: Duration,
     /// Records a subscription may have pushed to it and not yet consumed.
     pub subscription_credit: u32,
@@ -60,6 +63,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(30),
             retries_max: 8,
             in_flight_max: Limits::DEFAULT.in_flight_max as usize,
+            unavailable_retries_max: 3,
             unavailable_backoff: Duration::from_millis(50),
             subscription_credit: 1024,
         }
@@ -546,8 +550,8 @@ impl Client {
             ErrorCode::WrongShard if server.arg0 < u64::from(self.inner.shard_count) => {
                 Some(Some(server.arg0 as u16))
             }
-            ErrorCode::Unavailable => {
-                let backoff = self.inner.config.unavailable_backoff * (1 << attempt.min(6));
+            ErrorCode::Unavailable if attempt <= self.inner.config.unavailable_retries_max => {
+                let backoff = self.inner.config.unavailable_backoff * (1 << (attempt - 1).min(4));
                 tokio::time::sleep(backoff).await;
                 Some(None)
             }

@@ -117,11 +117,10 @@ impl Shared {
 }
 
 impl Conn {
-    /// Connects to `addr`, which must be shard `shard` (or any shard if `None`), and does the
-    /// HELLO. `in_flight_max` bounds the requests outstanding on the connection.
+    /// Connects to `addr`, which must be shard `shard`, and does the HELLO. `in_flight_max` bounds the requests outstanding on the connection.
     pub(crate) async fn open(
         addr: SocketAddr,
-        shard: Option<u16>,
+        shard: u16,
         in_flight_max: usize,
     ) -> Result<Conn, ClientError> {
         let mut stream = TcpStream::connect(addr)
@@ -131,7 +130,7 @@ impl Conn {
         let mut hello_frame = Vec::new();
         encode_request(&mut hello_frame, 1, &Request::Hello(HelloRequest::CURRENT));
         let lost = |e: std::io::Error| ClientError::ConnectionLost {
-            shard: shard.unwrap_or(0),
+            shard,
             reason: e.to_string(),
         };
         stream.write_all(&hello_frame).await.map_err(lost)?;
@@ -158,7 +157,7 @@ impl Conn {
             let n = stream.read_buf(&mut input).await.map_err(lost)?;
             if n == 0 {
                 return Err(ClientError::ConnectionLost {
-                    shard: shard.unwrap_or(0),
+                    shard,
                     reason: "closed during the HELLO".into(),
                 });
             }
@@ -169,15 +168,12 @@ impl Conn {
                 hello.version
             )));
         }
-        if let Some(expected) = shard {
-            if hello.shard_index != expected {
-                return Err(ClientError::Protocol(format!(
-                    "{addr} is shard {} of {}, not shard {expected}",
-                    hello.shard_index, hello.shard_count
-                )));
-            }
+        if hello.shard_index != shard {
+            return Err(ClientError::Protocol(format!(
+                "{addr} is shard {} of {}, not shard {shard}",
+                hello.shard_index, hello.shard_count
+            )));
         }
-        let shard = hello.shard_index;
         let limits = hello.limits();
         let (read_half, write_half) = stream.into_split();
         let (out, frames) = mpsc::unbounded_channel();

@@ -161,7 +161,7 @@ impl Client {
         addr: SocketAddr,
         config: ClientConfig,
     ) -> Result<Client, ClientError> {
-        let first = Conn::open(addr, Some(0), config.in_flight_max).await?;
+        let first = open_within(addr, 0, &config).await?;
         let hello = *first.hello();
         let shard_count = hello.shard_count.max(1);
         if usize::from(addr.port()) + usize::from(shard_count) > usize::from(u16::MAX) + 1 {
@@ -463,14 +463,7 @@ impl Client {
                 return Ok(Arc::clone(conn));
             }
         }
-        let conn = Arc::new(
-            Conn::open(
-                self.shard_addr(shard),
-                Some(shard),
-                self.inner.config.in_flight_max,
-            )
-            .await?,
-        );
+        let conn = Arc::new(open_within(self.shard_addr(shard), shard, &self.inner.config).await?);
         if conn.hello().shard_count != self.inner.shard_count {
             return Err(ClientError::Protocol(format!(
                 "shard {shard} says the node has {} shards, shard 0 said {}",
@@ -558,6 +551,23 @@ impl Client {
             _ => None,
         }
     }
+}
+
+/// Opens a connection to shard `shard` at `addr`, HELLO included, within the request timeout.
+async fn open_within(
+    addr: SocketAddr,
+    shard: u16,
+    config: &ClientConfig,
+) -> Result<Conn, ClientError> {
+    tokio::time::timeout(
+        config.request_timeout,
+        Conn::open(addr, shard, config.in_flight_max),
+    )
+    .await
+    .map_err(|_| ClientError::Timeout {
+        opcode: Opcode::Hello,
+        after: config.request_timeout,
+    })?
 }
 
 fn unexpected(opcode: Opcode, answer: Answer) -> ClientError {

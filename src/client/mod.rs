@@ -147,7 +147,23 @@ struct Inner {
     limits: Limits,
     config: ClientConfig,
     /// One slot per shard: the connection, opened when first needed and again after it fails.
-    conns: Vec<Mutex<Option<Arc<Conn>>>>,
+    conns: Vec<Slot>,
+}
+
+/// A shard's connection. Requests take it under a short synchronous lock; opening one is
+/// serialized by an async lock, so concurrent requests open it once.
+#[derive(Debug, Default)]
+struct Slot {
+    current: std::sync::Mutex<Option<Arc<Conn>>>,
+    opening: Mutex<()>,
+}
+
+impl Slot {
+    /// The connection, if there is one that has not failed.
+    fn live(&self) -> Option<Arc<Conn>> {
+        let current = self.current.lock().expect("slot lock");
+        current.as_ref().filter(|c| !c.is_failed()).map(Arc::clone)
+    }
 }
 
 impl Client {
@@ -170,9 +186,8 @@ impl Client {
                 addr.port()
             )));
         }
-        let mut conns: Vec<Mutex<Option<Arc<Conn>>>> =
-            (0..shard_count).map(|_| Mutex::new(None)).collect();
-        conns[0] = Mutex::new(Some(Arc::new(first)));
+        let conns: Vec<Slot> = (0..shard_count).map(|_| Slot::default()).collect();
+        *conns[0].current.lock().expect("slot lock") = Some(Arc::new(first));
         Ok(Client {
             inner: Arc::new(Inner {
                 base: addr,
@@ -457,11 +472,12 @@ impl Client {
     /// The connection to `shard`, opened if there is none or the last one failed.
     async fn conn(&self, shard: u16) -> Result<Arc<Conn>, ClientError> {
         let slot = &self.inner.conns[usize::from(shard)];
-        let mut slot = slot.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            if !conn.is_failed() {
-                return Ok(Arc::clone(conn));
-            }
+        if let Some(conn) = slot.live() {
+            return Ok(conn);
+        }
+        let _opening = slot.opening.lock().await;
+        if let Some(conn) = slot.live() {
+            return Ok(conn); // opened while this request waited
         }
         let conn = Arc::new(open_within(self.shard_addr(shard), shard, &self.inner.config).await?);
         if conn.hello().shard_count != self.inner.shard_count {
@@ -471,7 +487,7 @@ impl Client {
                 self.inner.shard_count
             )));
         }
-        *slot = Some(Arc::clone(&conn));
+        *slot.current.lock().expect("slot lock") = Some(Arc::clone(&conn));
         Ok(conn)
     }
 

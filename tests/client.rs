@@ -652,3 +652,53 @@ fn timeouts_and_lost_connections_are_outcome_unknown_and_the_next_call_reconnect
         assert_eq!(accepted[0].load(Ordering::SeqCst), 2, "a new connection");
     });
 }
+
+/// A child process killed and reaped when dropped (also when the test fails).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn cli_tail_follow_prints_records_as_they_commit() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 2);
+    ok(&cli(&node, &["log", "create", "followed"], None));
+    ok(&cli(&node, &["append", "followed", "old-0", "old-1"], None));
+    let mut tail = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_chainlog"))
+            .args(["tail", "followed", "--follow", "--from", "1", "--json"])
+            .args(["--target", &node.addr(0).to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run chainlog tail"),
+    );
+    let mut lines = std::io::BufReader::new(tail.0.stdout.take().expect("stdout")).lines();
+    let mut next_line = || -> Value {
+        let line = lines
+            .next()
+            .expect("tail exited early")
+            .expect("a line of output");
+        serde_json::from_str(&line).expect("one JSON object per line")
+    };
+    // The record already there, then new ones as they are appended.
+    let first = next_line();
+    assert_eq!(
+        (first["lsn"].as_u64(), first["payload"].as_str()),
+        (Some(1), Some("old-1"))
+    );
+    ok(&cli(&node, &["append", "followed", "new-2", "new-3"], None));
+    for lsn in 2..4 {
+        let record = next_line();
+        assert_eq!(record["lsn"], lsn);
+        assert_eq!(record["payload"], format!("new-{lsn}"));
+    }
+    drop(tail);
+}

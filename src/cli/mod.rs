@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chainlog::client::{log_id, Client, ClientError, LogInfo, Record};
-use chainlog::net::{LogRef, LSN_FROM_TAIL};
+use chainlog::net::{LogRef, LSN_FROM_TAIL, RECORD_HEADER_BYTES};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -287,36 +287,51 @@ async fn append(
     out: &mut impl Write,
 ) -> Result<(), Failure> {
     let id = log_id(&args.log);
-    let records: Vec<Vec<u8>> = if let Some(path) = &args.file {
-        vec![std::fs::read(path)
-            .map_err(|e| Failure::Failed(format!("reading {}: {e}", path.display())))?]
-    } else if !args.records.is_empty() {
-        args.records.iter().map(|r| r.as_bytes().to_vec()).collect()
-    } else {
-        let mut lines = Vec::new();
-        for line in std::io::stdin().lock().lines() {
-            lines.push(line?.into_bytes());
-        }
-        lines
-    };
-    if records.is_empty() {
-        return Err(Failure::Usage("no records to append".into()));
-    }
+    // Records are read as they are sent (stdin may be long): one batch at a time.
+    let mut records: Box<dyn Iterator<Item = std::io::Result<Vec<u8>>>> =
+        if let Some(path) = &args.file {
+            let record = std::fs::read(path)
+                .map_err(|e| Failure::Failed(format!("reading {}: {e}", path.display())))?;
+            Box::new(std::iter::once(Ok(record)))
+        } else if !args.records.is_empty() {
+            Box::new(args.records.iter().map(|r| Ok(r.as_bytes().to_vec())))
+        } else {
+            Box::new(
+                std::io::stdin()
+                    .lock()
+                    .lines()
+                    .map(|line| line.map(String::into_bytes)),
+            )
+        };
     // Batches within the node's limits: records, and bytes with room for the headers.
     let limits = client.limits();
     let batch_bytes_max = (limits.frame_bytes_max as usize).saturating_sub(4096) / 2;
-    let mut start = 0;
-    while start < records.len() {
-        let mut end = start;
+    let mut carried: Option<Vec<u8>> = None;
+    let mut appended_any = false;
+    loop {
+        let mut batch: Vec<Vec<u8>> = Vec::new();
         let mut bytes = 0;
-        while end < records.len()
-            && end - start < limits.batch_records_max as usize
-            && (end == start || bytes + records[end].len() + 48 <= batch_bytes_max)
-        {
-            bytes += records[end].len() + 48;
-            end += 1;
+        while batch.len() < limits.batch_records_max as usize {
+            let record = match carried.take() {
+                Some(record) => record,
+                None => match records.next() {
+                    Some(record) => record?,
+                    None => break,
+                },
+            };
+            let record_bytes = record.len() + RECORD_HEADER_BYTES;
+            if !batch.is_empty() && bytes + record_bytes > batch_bytes_max {
+                carried = Some(record);
+                break;
+            }
+            bytes += record_bytes;
+            batch.push(record);
         }
-        let lsns = client.append(id, &records[start..end]).await?;
+        if batch.is_empty() {
+            break;
+        }
+        let lsns = client.append(id, &batch).await?;
+        appended_any = true;
         if json {
             print_json(
                 out,
@@ -332,7 +347,9 @@ async fn append(
                 lsns.end
             )?;
         }
-        start = end;
+    }
+    if !appended_any {
+        return Err(Failure::Usage("no records to append".into()));
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chainlog::net::{
     decode_response, encode_request, parse_frame, AppendHeader, CreditRequest, ErrorCode,
@@ -408,6 +408,10 @@ struct Env {
     record_bytes_max: u32,
     frame_bytes_max: u32,
     batch_records_max: u32,
+    /// The good client's log (hostile subscribers follow it).
+    good_log: u64,
+    /// Hostile connections kept open until every kind ran.
+    parked: Mutex<Vec<Raw>>,
 }
 
 /// A kind: its name and the code that sends it and checks the answer, returning the answer.
@@ -1712,6 +1716,72 @@ fn kinds() -> Vec<Kind> {
             })
         }),
     );
+    add(
+        "a subscriber to the good client's log that never reads its pushes (parked)",
+        Box::new(|e| {
+            let mut c = Raw::greeted(e.shard0);
+            c.send(&request(
+                2,
+                &Request::Subscribe(SubscribeRequest {
+                    log_id: e.good_log,
+                    from_lsn: 0,
+                    credit_records: u32::MAX,
+                }),
+            ));
+            match c.next() {
+                Some(Answer::Ok {
+                    opcode: OP_SUBSCRIBE,
+                    request_id: 2,
+                    ..
+                }) => {}
+                other => panic!("SUBSCRIBE: {other:?}"),
+            }
+            e.parked.lock().expect("parked").push(c);
+            "acknowledged; never read again while the good client appends".into()
+        }),
+    );
+    add(
+        "500 idle connections after HELLO (parked)",
+        Box::new(|e| {
+            let mut parked = e.parked.lock().expect("parked");
+            for _ in 0..500 {
+                parked.push(Raw::greeted(e.shard0));
+            }
+            let mut c = Raw::greeted(e.shard0);
+            format!("all greeted; one more is {}", c.expect_open(2))
+        }),
+    );
+    add(
+        "a client that sends requests and then shuts down its writing side",
+        Box::new(|e| {
+            let mut c = Raw::greeted(e.shard0);
+            let mut out = append_frame(2, e.scratch, &[b"half-closed 1"]);
+            out.extend(append_frame(3, e.scratch, &[b"half-closed 2"]));
+            out.extend(list_logs(4));
+            c.send(&out);
+            c.stream.shutdown(Shutdown::Write).expect("shutdown");
+            // Answers are optional after the client closed (outcome unknown), but those that
+            // come are well-formed and APPENDs in order; then the node closes.
+            let mut ids = Vec::new();
+            while let Some(a) = c.next() {
+                match a {
+                    Answer::Ok {
+                        opcode: OP_APPEND,
+                        request_id,
+                        ..
+                    } => ids.push(request_id),
+                    Answer::Ok {
+                        opcode: OP_LIST_LOGS,
+                        request_id: 4,
+                        ..
+                    } => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+            format!("{} of 2 APPENDs answered, in order; then closed", ids.len())
+        }),
+    );
     k
 }
 
@@ -1778,6 +1848,8 @@ fn hostile_traffic_does_not_disturb_a_good_client() {
         record_bytes_max: limits.record_bytes_max,
         frame_bytes_max: limits.frame_bytes_max,
         batch_records_max: limits.batch_records_max,
+        good_log: log_id_of(&name_on("good", 0, 2)),
+        parked: Mutex::new(Vec::new()),
     };
 
     // The well-behaved client, on its own connection, throughout.
@@ -1811,6 +1883,17 @@ fn hostile_traffic_does_not_disturb_a_good_client() {
         }
         wait_good_progress(&progress);
     }
+    // The parked connections are still open; close them.
+    let parked = std::mem::take(&mut *env.parked.lock().expect("parked"));
+    let parked_count = parked.len();
+    for raw in parked {
+        let _ = raw.stream.shutdown(Shutdown::Both);
+    }
+    wait_good_progress(&progress);
+    report.push(format!(
+        "ok   {parked_count} parked hostile connections (idle, non-reading subscriber) closed at \
+         the end; the good client kept going"
+    ));
     // The silent client is still connected and unanswered; the node served everyone else.
     silent.stream.shutdown(Shutdown::Both).expect("shutdown");
     drop(silent);

@@ -32,10 +32,15 @@ const IN_FLIGHT: usize = 8;
 /// Records acknowledged (all writers together) in a round before the kill.
 const ACKED_BEFORE_KILL: u64 = 4000;
 
-/// The payload of `log`'s record at `lsn`: anyone can tell what belongs where.
+/// The payload of `log`'s record at `lsn`: anyone can tell what belongs where. Mostly small,
+/// every 16th one a few KiB, so that the kill can land inside a large write.
 fn payload(log: u64, lsn: u64) -> Vec<u8> {
     let unit = format!("{log:016x}:{lsn};");
-    let len = 8 + (lsn.wrapping_mul(37) % 300) as usize;
+    let len = if lsn % 16 == 0 {
+        4096 + (lsn.wrapping_mul(131) % 12288) as usize
+    } else {
+        8 + (lsn.wrapping_mul(37) % 300) as usize
+    };
     unit.bytes().cycle().take(len).collect()
 }
 

@@ -36,7 +36,7 @@ const ACKED_BEFORE_KILL: u64 = 4000;
 /// every 16th one a few KiB, so that the kill can land inside a large write.
 fn payload(log: u64, lsn: u64) -> Vec<u8> {
     let unit = format!("{log:016x}:{lsn};");
-    let len = if lsn % 16 == 0 {
+    let len = if lsn.is_multiple_of(16) {
         4096 + (lsn.wrapping_mul(131) % 12288) as usize
     } else {
         8 + (lsn.wrapping_mul(37) % 300) as usize

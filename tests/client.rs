@@ -702,3 +702,25 @@ fn cli_tail_follow_prints_records_as_they_commit() {
     }
     drop(tail);
 }
+
+#[test]
+fn cli_and_bench_report_an_unreachable_node_with_exit_code_1() {
+    let nobody = format!("127.0.0.1:{}", common::free_ports(1));
+    let output = Command::new(env!("CARGO_BIN_EXE_chainlog"))
+        .args(["status", "--target", &nobody])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chainlog");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("connecting to"), "{stderr}");
+    let output = Command::new(bench_binary())
+        .args(["append", "--target", &nobody, "--record-size", "8"])
+        .args(["--concurrency", "1", "--duration", "1"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chainlog-bench");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("connecting to"), "{stderr}");
+}

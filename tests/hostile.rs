@@ -1782,6 +1782,117 @@ fn kinds() -> Vec<Kind> {
             format!("{} of 2 APPENDs answered, in order; then closed", ids.len())
         }),
     );
+    add(
+        "READ with max_records and max_bytes u32::MAX over 8 MiB of records",
+        Box::new(|e| {
+            let mut c = Raw::greeted(e.shard0);
+            let name = name_on("bigread", 0, 2);
+            c.send(&request(
+                2,
+                &Request::CreateLog(chainlog::net::CreateLogRequest {
+                    replication_factor: 1,
+                    name: &name,
+                }),
+            ));
+            assert!(matches!(
+                c.next(),
+                Some(Answer::Ok {
+                    opcode: OP_CREATE_LOG,
+                    ..
+                })
+            ));
+            let log_id = log_id_of(&name);
+            let mib = vec![b'r'; e.record_bytes_max as usize];
+            for i in 0..8 {
+                c.send(&append_frame(10 + i, log_id, &[&mib]));
+                c.expect_appended(10 + i);
+            }
+            // Each answer is one frame within frame_bytes_max (Raw::next checks it with the
+            // default limits) holding at least one record; together they hold all 8.
+            let mut from = 0;
+            let mut reads = Vec::new();
+            while from < 8 {
+                c.send(&request(
+                    20 + from,
+                    &Request::Read(ReadRequest {
+                        log_id,
+                        from_lsn: from,
+                        max_records: u32::MAX,
+                        max_bytes: u32::MAX,
+                    }),
+                ));
+                let count = match c.next() {
+                    Some(Answer::Ok {
+                        opcode: OP_READ,
+                        what,
+                        ..
+                    }) => what
+                        .rsplit(' ')
+                        .next()
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .expect("a count"),
+                    other => panic!("READ: {other:?}"),
+                };
+                assert!(count >= 1, "a READ of committed records progresses");
+                reads.push(count.to_string());
+                from += count;
+            }
+            assert_eq!(from, 8);
+            format!(
+                "READs of {} records; {}",
+                reads.join(", "),
+                c.expect_open(40)
+            )
+        }),
+    );
+    add(
+        "CREATE_LOG with a 255-byte multi-byte UTF-8 name (the maximum), then DESCRIBE_LOG",
+        Box::new(|e| {
+            let mut c = Raw::greeted(e.shard0);
+            // 'é' is 2 bytes: 126 of them and a 3-byte suffix make 255 bytes.
+            let name = (0..)
+                .map(|i| format!("{}{:03}", "é".repeat(126), i))
+                .find(|n| log_id_of(n).is_multiple_of(2))
+                .expect("a name on shard 0");
+            assert_eq!(name.len(), 255);
+            c.send(&request(
+                2,
+                &Request::CreateLog(chainlog::net::CreateLogRequest {
+                    replication_factor: 1,
+                    name: &name,
+                }),
+            ));
+            let created = c.next();
+            assert!(
+                matches!(
+                    created,
+                    Some(Answer::Ok {
+                        opcode: OP_CREATE_LOG,
+                        ..
+                    })
+                ),
+                "{created:?}"
+            );
+            c.send(&request(
+                3,
+                &Request::DescribeLog(chainlog::net::DescribeLogRequest {
+                    by: chainlog::net::LogRef::Name(&name),
+                }),
+            ));
+            let described = c.next();
+            assert!(
+                matches!(
+                    described,
+                    Some(Answer::Ok {
+                        opcode: OP_DESCRIBE_LOG,
+                        ..
+                    })
+                ),
+                "{described:?}"
+            );
+            format!("created and described; {}", c.expect_open(4))
+        }),
+    );
     k
 }
 

@@ -137,13 +137,16 @@ fn main() -> ExitCode {
                     Some(addr)
                 }
             };
+            let limits = chainlog::net::Limits::DEFAULT;
+            // A store frame holds the largest APPEND the node accepts (one frame, one write).
+            let frame_bytes = chainlog::storage::format::block_align(
+                limits.frame_bytes_max as usize + chainlog::storage::format::FRAME_HEADER_BYTES,
+            );
             let store = StoreConfig {
                 durability: args.durability,
+                batch_bytes_max: frame_bytes.max(StoreConfig::default().batch_bytes_max),
+                record_bytes_max: limits.record_bytes_max as usize,
                 ..StoreConfig::default()
-            };
-            let limits = chainlog::net::Limits {
-                record_bytes_max: store.record_bytes_max as u32,
-                ..chainlog::net::Limits::DEFAULT
             };
             let config = NodeConfig {
                 data_dir: args.data_dir,

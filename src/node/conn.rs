@@ -64,6 +64,7 @@ pub(crate) enum Pending {
         opcode: u16,
         code: chainlog_net::ErrorCode,
         arg0: u64,
+        arg1: u64,
         message: String,
     },
 }

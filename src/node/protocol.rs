@@ -59,13 +59,21 @@ pub(crate) struct Server {
 struct Refusal {
     code: ErrorCode,
     arg0: u64,
+    arg1: u64,
     message: String,
 }
 
 fn refuse(code: ErrorCode, arg0: u64, message: impl Into<String>) -> Refusal {
+    // TOO_LARGE's arg1 names the offending record; none does here (PROTOCOL.md 8).
+    let arg1 = if code == ErrorCode::TooLarge {
+        ARG_NONE
+    } else {
+        0
+    };
     Refusal {
         code,
         arg0,
+        arg1,
         message: message.into(),
     }
 }
@@ -190,17 +198,52 @@ impl Server {
         let request_id = frame.request_id;
         let request = match decode_request(frame, &self.limits) {
             Ok(request) => request,
-            Err(e) => {
-                self.metrics.error(e.code().name());
-                let message = e.to_string();
+            Err(e) if !session.greeted && Opcode::from_u16(frame.opcode) != Some(Opcode::Hello) => {
+                // Whatever is wrong with it, a first frame that is not a HELLO is MALFORMED.
+                self.metrics.error(ErrorCode::Malformed.name());
+                let refusal = refuse(
+                    ErrorCode::Malformed,
+                    ARG_NONE,
+                    format!("the first frame of a connection must be HELLO ({e})"),
+                );
+                let response = ErrorResponse {
+                    code: refusal.code,
+                    arg0: refusal.arg0,
+                    arg1: refusal.arg1,
+                    message: &refusal.message,
+                };
                 encode_error(
                     &mut session.out,
                     request_id,
                     Opcode::from_u16(frame.opcode),
-                    &e.response(&message),
+                    &response,
                 );
+                session.closing = true;
+                return;
+            }
+            Err(e) => {
+                self.metrics.error(e.code().name());
                 if e.code().closes_connection() {
                     session.closing = true;
+                }
+                let refusal = Refusal {
+                    code: e.code(),
+                    arg0: e.arg0(),
+                    arg1: e.arg1(),
+                    message: e.to_string(),
+                };
+                // Even a refused APPEND is answered after the appends before it (in order).
+                match Opcode::from_u16(frame.opcode) {
+                    Some(opcode) => answer(session, request_id, opcode, refusal),
+                    None => {
+                        let response = ErrorResponse {
+                            code: refusal.code,
+                            arg0: refusal.arg0,
+                            arg1: refusal.arg1,
+                            message: &refusal.message,
+                        };
+                        encode_error(&mut session.out, request_id, None, &response);
+                    }
                 }
                 return;
             }
@@ -842,7 +885,12 @@ impl Server {
 
 /// Encodes an error now.
 fn answer_now(session: &mut Session, request_id: u64, opcode: Opcode, refusal: &Refusal) {
-    let response = ErrorResponse::new(refusal.code, refusal.arg0, &refusal.message);
+    let response = ErrorResponse {
+        code: refusal.code,
+        arg0: refusal.arg0,
+        arg1: refusal.arg1,
+        message: &refusal.message,
+    };
     encode_error(&mut session.out, request_id, Some(opcode), &response);
 }
 
@@ -856,6 +904,7 @@ fn answer(session: &mut Session, request_id: u64, opcode: Opcode, refusal: Refus
             opcode: opcode as u16,
             code: refusal.code,
             arg0: refusal.arg0,
+            arg1: refusal.arg1,
             message: refusal.message,
         });
     } else {
@@ -870,12 +919,18 @@ fn flush_failed(session: &mut Session) {
             opcode,
             code,
             arg0,
+            arg1,
             message,
         }) = session.pending.pop_front()
         else {
             unreachable!("checked above");
         };
-        let response = ErrorResponse::new(code, arg0, &message);
+        let response = ErrorResponse {
+            code,
+            arg0,
+            arg1,
+            message: &message,
+        };
         encode_error(
             &mut session.out,
             request_id,

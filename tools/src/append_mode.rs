@@ -287,14 +287,16 @@ impl AppendReport<'_> {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "chainlog-bench append: {} B records, {} appender{}, {} log{}, {} s measured after {} s warm-up",
-            c.record_size,
-            c.concurrency,
-            if c.concurrency == 1 { "" } else { "s" },
-            c.logs,
-            if c.logs == 1 { "" } else { "s" },
-            c.duration_s,
-            c.warmup_s,
+            "{}",
+            report::headline(
+                "append",
+                c.record_size,
+                c.concurrency,
+                "appender",
+                c.logs,
+                c.duration_s,
+                c.warmup_s
+            )
         );
         let _ = writeln!(
             out,

@@ -198,6 +198,24 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, report: &T) -> Result<(), St
 }
 
 /// `1234567` as `1,234,567`.
+/// The first line of a human-readable report: what ran, with how many of what.
+pub(crate) fn headline(
+    mode: &str,
+    record_size: usize,
+    concurrency: u32,
+    who: &str,
+    logs: u32,
+    duration_s: f64,
+    warmup_s: f64,
+) -> String {
+    let plural = |n: u32| if n == 1 { "" } else { "s" };
+    format!(
+        "chainlog-bench {mode}: {record_size} B records, {concurrency} {who}{}, {logs} log{}, {duration_s} s measured after {warmup_s} s warm-up",
+        plural(concurrency),
+        plural(logs),
+    )
+}
+
 pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);

@@ -606,14 +606,16 @@ impl StorageReport<'_> {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "chainlog-bench storage: {} B records, {} client{}, {} log{}, {} s measured after {} s warm-up",
-            c.record_size,
-            c.concurrency,
-            if c.concurrency == 1 { "" } else { "s" },
-            c.logs,
-            if c.logs == 1 { "" } else { "s" },
-            c.duration_s,
-            c.warmup_s,
+            "{}",
+            report::headline(
+                "storage",
+                c.record_size,
+                c.concurrency,
+                "client",
+                c.logs,
+                c.duration_s,
+                c.warmup_s
+            )
         );
         let _ = writeln!(
             out,

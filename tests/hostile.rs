@@ -5,7 +5,8 @@
 //! well-behaved client must never see an error and its LSNs must be dense at the end.
 //!
 //! Kinds run one after the other; a kind that fails is recorded and the rest still run, so one
-//! run reports every deviation. The node bugs found have their own minimal tests at the end.
+//! run reports every deviation. The node bugs these kinds found (fixed since) keep minimal
+//! regression tests at the end.
 
 mod common;
 
@@ -2056,7 +2057,7 @@ fn hostile_traffic_does_not_disturb_a_good_client() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Minimal reproductions of the node bugs the kinds above found, one per test.
+// Minimal reproductions of the node bugs the kinds above found (each failed before the fix).
 
 /// A node with one shard and one log on it; a greeted raw connection.
 fn one_log(dir: &std::path::Path, name: &str) -> (Node, u64, Raw) {
@@ -2068,10 +2069,10 @@ fn one_log(dir: &std::path::Path, name: &str) -> (Node, u64, Raw) {
 }
 
 /// PROTOCOL.md 3.3: APPEND answers, successes and errors, come in the order the APPENDs were
-/// sent. A TOO_LARGE found by the decoder is answered at once, ahead of an earlier APPEND
+/// sent. A TOO_LARGE found by the decoder was answered at once, ahead of an earlier APPEND
 /// still waiting for the disk.
 #[test]
-fn bug_too_large_append_answer_overtakes_an_earlier_append() {
+fn too_large_append_is_answered_after_earlier_appends() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (node, log_id, mut c) = one_log(dir.path(), "ordered");
     pipelined_around_too_many(&mut c, log_id, 4096);
@@ -2082,7 +2083,7 @@ fn bug_too_large_append_answer_overtakes_an_earlier_append() {
 /// PROTOCOL.md 3.3 again, for a MALFORMED APPEND (bad record CRC): its MALFORMED may be the
 /// last answer on the connection, but must not come before the answer of an earlier APPEND.
 #[test]
-fn bug_malformed_append_answer_overtakes_an_earlier_append() {
+fn malformed_append_is_answered_after_earlier_appends() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (node, log_id, mut c) = one_log(dir.path(), "ordered");
     let mut bad = record(b"bad crc");
@@ -2109,10 +2110,10 @@ fn bug_malformed_append_answer_overtakes_an_earlier_append() {
 }
 
 /// PROTOCOL.md 3.1: a first frame that is not HELLO is MALFORMED and closes the connection.
-/// An APPEND whose record is over record_bytes_max, sent first, is answered TOO_LARGE and the
-/// connection stays open (so does a CREATE_LOG with a 256-byte name).
+/// An APPEND whose record is over record_bytes_max, sent first, was answered TOO_LARGE and the
+/// connection stayed open (so did a CREATE_LOG with a 256-byte name).
 #[test]
-fn bug_too_large_request_before_hello_is_not_malformed() {
+fn too_large_request_before_hello_is_malformed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (node, log_id, c) = one_log(dir.path(), "first");
     drop(c);
@@ -2126,11 +2127,11 @@ fn bug_too_large_request_before_hello_is_not_malformed() {
 }
 
 /// PROTOCOL.md 4 and 6.2: an APPEND within every limit the node advertises (frame_bytes_max
-/// 4198400, record_bytes_max 1 MiB, batch_records_max 4096) is refused TOO_LARGE with an
-/// unadvertised limit (arg0 2097088, the store's batch size) once its records pass 2 MiB, and
-/// with arg1 0 instead of u64::MAX (no record is at fault).
+/// 4198400, record_bytes_max 1 MiB, batch_records_max 4096) was refused TOO_LARGE with an
+/// unadvertised limit (arg0 2097088, the store's batch size) once its records passed 2 MiB,
+/// and with arg1 0 instead of u64::MAX (no record is at fault).
 #[test]
-fn bug_append_of_two_one_mib_records_is_refused() {
+fn append_within_the_advertised_limits_is_accepted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (node, log_id, mut c) = one_log(dir.path(), "big");
     let mib = vec![b'm'; 1 << 20];
@@ -2142,9 +2143,9 @@ fn bug_append_of_two_one_mib_records_is_refused() {
 }
 
 /// PROTOCOL.md 8: TOO_LARGE's arg1 is the offending record's index or u64::MAX. CREATE_LOG
-/// with a replication factor above the node's (1) gets arg1 0.
+/// with a replication factor above the node's (1) got arg1 0.
 #[test]
-fn bug_replication_factor_too_large_has_arg1_zero() {
+fn replication_factor_too_large_has_no_record_index() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (node, _, mut c) = one_log(dir.path(), "rf");
     c.send(&request(

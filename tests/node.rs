@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, TcpStream};
 
 use chainlog::net::{
     encode_request, AppendBuilder, AppendHeader, CreateLogRequest, DescribeLogRequest, ErrorCode,
-    ListLogsRequest, LogRef, Request, Response, TrimRequest,
+    ListLogsRequest, LogRef, ReadRequest, Request, Response, TrimRequest,
 };
 use common::Node;
 
@@ -369,5 +369,59 @@ fn metrics_are_served_as_prometheus_text() {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
     drop(c);
+    assert!(node.terminate().success());
+}
+
+/// A client that floods READs and never reads the answers costs the node bounded memory: the
+/// shard stops handling a connection's requests while its queued output is at the limit
+/// (8 MiB), instead of answering all of them into memory. 20,000 READs of 64 KiB each would be
+/// 1.3 GB of answers.
+#[test]
+fn a_read_flood_that_is_never_read_costs_bounded_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 1);
+    let mut good = node.connect(0);
+    let id = good.create("flooded");
+    let kib = vec![b'k'; 1024];
+    for lsn in 0..64 {
+        assert_eq!(good.append(&AppendHeader::new(id), &[&kib]), Ok(lsn));
+    }
+    let rss_kib = || -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", node.pid())).expect("node status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .expect("VmRSS");
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS value")
+    };
+    let before = rss_kib();
+    let mut flood = node.connect(0);
+    let mut out = Vec::new();
+    for i in 0..20_000u64 {
+        let read = ReadRequest {
+            log_id: id,
+            from_lsn: 0,
+            max_records: 1000,
+            max_bytes: 64 << 10,
+        };
+        encode_request(&mut out, 10_000 + i, &Request::Read(read));
+    }
+    flood.send(&out);
+    // The shard handles connections in order: once the good client's requests are answered,
+    // the flood's bytes that had arrived were handled as far as the node is willing to.
+    for lsn in 64..164 {
+        assert_eq!(good.append(&AppendHeader::new(id), &[&kib]), Ok(lsn));
+        let _ = good.read(id, lsn);
+    }
+    let after = rss_kib();
+    assert!(
+        after < before + 256 * 1024,
+        "the node's memory grew from {before} KiB to {after} KiB while a client did not read"
+    );
+    drop((good, flood));
     assert!(node.terminate().success());
 }

@@ -32,6 +32,8 @@ const GENERATION_BITS: u64 = 24;
 const OP_SHIFT: u64 = SLOT_BITS + GENERATION_BITS;
 /// Connections one shard holds at most (slots are 24-bit).
 pub(crate) const SLOTS_MAX: usize = 1 << SLOT_BITS;
+/// Connection generations are 24-bit (they wrap there).
+pub(crate) const GENERATION_MASK: u32 = (1 << GENERATION_BITS) - 1;
 
 impl NetToken {
     pub(crate) fn encode(self) -> u64 {

@@ -26,6 +26,10 @@ use std::time::Instant;
 /// The epoch of every log on a single node (epochs change with reconfiguration).
 pub(crate) const NODE_EPOCH: u64 = 1;
 
+/// Queued output of a connection at which the shard stops handling its requests (and reading
+/// it) until the socket drains.
+pub(crate) const OUTPUT_MAX: usize = 8 << 20;
+
 /// Subscriptions one connection may hold.
 const SUBSCRIPTIONS_MAX: usize = 64;
 
@@ -140,8 +144,11 @@ impl Server {
         (log_id % u64::from(self.shard_count)) as u16
     }
 
-    /// Handles every whole frame at the start of the connection's input; returns the bytes
-    /// consumed. Stops at the first frame that closes the connection.
+    /// Handles the whole frames at the start of the connection's input; returns the bytes
+    /// consumed. Stops at the first frame that closes the connection, and while the
+    /// connection's queued output is at [`OUTPUT_MAX`] (the rest waits in the receive buffer
+    /// until the socket drains: a client that sends requests and never reads the answers
+    /// costs bounded memory).
     pub(crate) fn handle_input(
         &mut self,
         conn: &mut Conn,
@@ -151,7 +158,7 @@ impl Server {
         self.received_us = self.turn_us;
         let (input, session) = conn.input();
         let mut consumed = 0;
-        while !session.closing {
+        while !session.closing && session.out.len() < OUTPUT_MAX {
             match parse_frame(&input[consumed..], &self.limits) {
                 Ok(None) => break,
                 Ok(Some(frame)) => {

@@ -14,8 +14,8 @@ use chainlog_storage::{fatal, Ack, Error, Store, StoreConfig, SystemClock, Uring
 use super::catalog::Catalog;
 use super::conn::Conn;
 use super::metrics::{Board, Snapshot};
-use super::ops::{self, NetOp, NetToken, SLOTS_MAX};
-use super::protocol;
+use super::ops::{self, NetOp, NetToken, GENERATION_MASK, SLOTS_MAX};
+use super::protocol::{self, OUTPUT_MAX};
 
 /// Submission queue entries of a shard's ring.
 const RING_ENTRIES: u32 = 4096;
@@ -210,7 +210,9 @@ impl Shard {
                     }
                 };
                 let generation = self.next_generation;
-                self.next_generation = self.next_generation.wrapping_add(1).max(1);
+                // Tokens carry 24 bits of generation: wrap there (0 is never used).
+                self.next_generation = (self.next_generation + 1) & GENERATION_MASK;
+                self.next_generation = self.next_generation.max(1);
                 self.conns[slot as usize] = Some(Conn::new(fd, generation, self.ctx.recv_bytes));
                 self.protocol.metrics.connections_accepted += 1;
                 self.arm_recv(slot as usize);
@@ -241,6 +243,7 @@ impl Shard {
         if conn.recv_in_flight
             || conn.session.closing
             || conn.session.pending.len() >= self.ctx.in_flight_max
+            || conn.session.out.len() >= OUTPUT_MAX
         {
             return;
         }
@@ -266,7 +269,8 @@ impl Shard {
         if !subscribed && !conn.session.subscriptions.is_empty() {
             self.subscribed.push(slot as u32);
         }
-        if !conn.session.closing && conn.recv_space().is_empty() {
+        let output_full = conn.session.out.len() >= OUTPUT_MAX;
+        if !conn.session.closing && !output_full && conn.recv_space().is_empty() {
             // A frame larger than the buffer can only come from a limit mismatch: refuse it.
             self.protocol.refuse_oversized(&mut conn);
         }
@@ -282,10 +286,21 @@ impl Shard {
         if conn.generation != generation {
             return;
         }
-        let reading = conn.session.pending.len() >= self.ctx.in_flight_max;
         self.protocol.acknowledge(&mut conn.session, &ack);
-        if reading {
-            self.arm_recv(slot);
+    }
+
+    /// A connection that was paused (no receive in flight: too many unanswered requests, or
+    /// too much queued output) handles the frames it has buffered and is read again, once
+    /// there is room.
+    fn resume(&mut self, slot: usize) {
+        let Some(conn) = self.conns[slot].as_mut() else {
+            return;
+        };
+        let paused = !conn.recv_in_flight && !conn.session.closing;
+        let room = conn.session.pending.len() < self.ctx.in_flight_max
+            && conn.session.out.len() < OUTPUT_MAX;
+        if paused && room {
+            self.on_input(slot);
         }
     }
 
@@ -321,6 +336,7 @@ impl Shard {
             }
         }
         for slot in 0..self.conns.len() {
+            self.resume(slot);
             let Some(conn) = self.conns[slot].as_mut() else {
                 continue;
             };

@@ -8,7 +8,10 @@ mod conn;
 mod metrics;
 mod ops;
 mod protocol;
+mod settings;
 mod shard;
+
+pub use settings::NodeSettings;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

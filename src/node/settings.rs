@@ -1,0 +1,198 @@
+//! `chainlog node`'s settings: a TOML file (`--config FILE`) and command-line flags, the flags
+//! winning, resolved into a [`NodeConfig`]. Unknown keys in the file are errors (a typo must
+//! not silently fall back to a default).
+//!
+//! ```toml
+//! data_dir = "/var/lib/chainlog"
+//! listen = "127.0.0.1:7400"   # shard i listens on port + i
+//! shards = 2                  # default: one per core
+//! pin = true
+//! node_id = 1
+//! metrics = "127.0.0.1:7402"  # or "off"; default: the port after the last shard's
+//! durability = "auto"         # auto, dsync or fdatasync
+//! segment_mib = 64
+//! writes_in_flight_max = 4
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use chainlog_storage::format::{block_align, FRAME_HEADER_BYTES};
+use chainlog_storage::{DurabilityMode, StoreConfig};
+use serde::Deserialize;
+
+use super::NodeConfig;
+
+/// The node's settings, as given by a file or by flags (every field optional).
+#[derive(clap::Args, Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSettings {
+    /// Data directory (created if missing); shard i keeps its data in DIR/shard-i.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of shard 0; shard i listens on the same host at port + i [default: 127.0.0.1:7400].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Shard threads [default: one per core].
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// Durability of appends: auto measures dsync and fdatasync at startup and picks the
+    /// faster [default: auto].
+    #[arg(long, value_name = "auto|dsync|fdatasync")]
+    pub durability: Option<String>,
+    /// Pin shard threads to cores (a file setting; the flag is --no-pin).
+    #[arg(skip)]
+    pub pin: Option<bool>,
+    /// This node's id, reported to clients in HELLO [default: 1].
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<u64>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics, or `off` [default: the listen
+    /// host, at the port after the last shard's].
+    #[arg(long, value_name = "HOST:PORT|off")]
+    pub metrics: Option<String>,
+    /// Segment size in MiB [default: 64].
+    #[arg(long, value_name = "MIB")]
+    pub segment_mib: Option<u64>,
+    /// Group-commit writes in flight per shard at most [default: 4].
+    #[arg(long, value_name = "N")]
+    pub writes_in_flight_max: Option<usize>,
+}
+
+impl NodeSettings {
+    /// Reads a settings file.
+    pub fn load(path: &Path) -> Result<NodeSettings, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// These settings, with `base`'s where these have none.
+    pub fn or(self, base: NodeSettings) -> NodeSettings {
+        NodeSettings {
+            data_dir: self.data_dir.or(base.data_dir),
+            listen: self.listen.or(base.listen),
+            shards: self.shards.or(base.shards),
+            durability: self.durability.or(base.durability),
+            pin: self.pin.or(base.pin),
+            node_id: self.node_id.or(base.node_id),
+            metrics: self.metrics.or(base.metrics),
+            segment_mib: self.segment_mib.or(base.segment_mib),
+            writes_in_flight_max: self.writes_in_flight_max.or(base.writes_in_flight_max),
+        }
+    }
+
+    /// The node configuration, defaults filled in and every value checked.
+    pub fn resolve(self) -> Result<NodeConfig, String> {
+        let data_dir = self
+            .data_dir
+            .ok_or("a data directory is required (--data-dir, or data_dir in --config)")?;
+        let listen = self
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7400)));
+        let shards = self
+            .shards
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if shards == 0 || usize::from(listen.port()) + shards + 1 > usize::from(u16::MAX) + 1 {
+            return Err(format!(
+                "shards must be at least 1, and ports {}..={} must exist",
+                listen.port(),
+                usize::from(listen.port()) + shards
+            ));
+        }
+        let durability: DurabilityMode = self.durability.as_deref().unwrap_or("auto").parse()?;
+        let metrics = match self.metrics.as_deref() {
+            Some("off") => None,
+            Some(addr) => Some(
+                addr.parse::<SocketAddr>()
+                    .map_err(|e| format!("metrics address {addr:?}: {e}"))?,
+            ),
+            None => {
+                let mut addr = listen;
+                addr.set_port(listen.port() + shards as u16);
+                Some(addr)
+            }
+        };
+        let limits = chainlog_net::Limits::DEFAULT;
+        let defaults = StoreConfig::default();
+        // A store frame holds the largest APPEND the node accepts (one frame, one write).
+        let frame_bytes = block_align(limits.frame_bytes_max as usize + FRAME_HEADER_BYTES);
+        let writes_in_flight_max = self
+            .writes_in_flight_max
+            .unwrap_or(defaults.writes_in_flight_max);
+        let store = StoreConfig {
+            durability,
+            batch_bytes_max: frame_bytes.max(defaults.batch_bytes_max),
+            record_bytes_max: limits.record_bytes_max as usize,
+            segment_bytes: self
+                .segment_mib
+                .map_or(defaults.segment_bytes, |mib| mib << 20),
+            writes_in_flight_max,
+            write_buffers: defaults.write_buffers.max(writes_in_flight_max + 3),
+            ..defaults
+        };
+        store.validate().map_err(|e| e.to_string())?;
+        Ok(NodeConfig {
+            data_dir,
+            listen,
+            shards,
+            pin: self.pin.unwrap_or(true),
+            recv_bytes: 2 * limits.frame_bytes_max as usize,
+            in_flight_max: limits.in_flight_max as usize,
+            limits,
+            node_id: self.node_id.unwrap_or(1),
+            metrics,
+            store,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_fill_the_rest() {
+        let file: NodeSettings = toml::from_str(
+            "data_dir = \"/data\"\nlisten = \"127.0.0.1:9000\"\nshards = 3\nsegment_mib = 16\nmetrics = \"off\"\npin = false",
+        )
+        .expect("valid file");
+        let flags = NodeSettings {
+            shards: Some(2),
+            ..NodeSettings::default()
+        };
+        let config = flags.or(file).resolve().expect("resolves");
+        assert_eq!(config.data_dir, PathBuf::from("/data"));
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.shards, 2);
+        assert_eq!(config.store.segment_bytes, 16 << 20);
+        assert_eq!(config.metrics, None);
+        assert!(!config.pin);
+        assert_eq!(config.node_id, 1);
+    }
+
+    #[test]
+    fn bad_settings_are_clear_errors() {
+        let unknown =
+            toml::from_str::<NodeSettings>("data_dir = \"/d\"\nshard = 2").expect_err("typo");
+        assert!(unknown.to_string().contains("shard"), "{unknown}");
+        let none = NodeSettings::default().resolve().expect_err("no data dir");
+        assert!(none.contains("data directory"), "{none}");
+        let bad = NodeSettings {
+            data_dir: Some("/d".into()),
+            durability: Some("sometimes".into()),
+            ..NodeSettings::default()
+        };
+        assert!(bad
+            .resolve()
+            .expect_err("bad durability")
+            .contains("sometimes"));
+        let tiny = NodeSettings {
+            data_dir: Some("/d".into()),
+            segment_mib: Some(1),
+            ..NodeSettings::default()
+        };
+        assert!(tiny
+            .resolve()
+            .expect_err("segment too small")
+            .contains("segment_bytes"));
+    }
+}

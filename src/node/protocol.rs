@@ -16,7 +16,7 @@ use chainlog_net::{
     SubscribeResponse, TailResponse, ARG_NONE, EPOCH_CURRENT, LSN_FROM_TAIL, LSN_UNCONDITIONAL,
     PROTOCOL_VERSION, TOKEN_NONE, WRITER_NONE,
 };
-use chainlog_storage::{fatal, Ack, Batch, Error, Store, UringIo};
+use chainlog_storage::{fatal, Ack, Batch, Error, ReadRecord, Store, UringIo};
 
 use super::catalog::{log_id_of, Catalog, LogEntry as CatalogEntry};
 use super::conn::{Conn, Pending, Session, Subscription};
@@ -496,19 +496,7 @@ impl Server {
             tail,
             &self.limits,
         );
-        for r in &records {
-            let header = RecordHeader {
-                len: r.payload.len() as u32,
-                crc: r.crc,
-                log_id,
-                lsn: r.lsn,
-                epoch: r.epoch,
-                timestamp_us: r.timestamp_us,
-            };
-            if builder.push(&header, &r.payload).is_err() {
-                break;
-            }
-        }
+        push_records(&mut builder, log_id, &records);
         builder.finish();
         Ok(())
     }
@@ -603,21 +591,7 @@ impl Server {
                         t.durable_lsn,
                         &self.limits,
                     );
-                    let mut pushed = 0;
-                    for r in &records {
-                        let header = RecordHeader {
-                            len: r.payload.len() as u32,
-                            crc: r.crc,
-                            log_id: sub.log_id,
-                            lsn: r.lsn,
-                            epoch: r.epoch,
-                            timestamp_us: r.timestamp_us,
-                        };
-                        if builder.push(&header, &r.payload).is_err() {
-                            break;
-                        }
-                        pushed += 1;
-                    }
+                    let pushed = push_records(&mut builder, sub.log_id, &records);
                     if pushed == 0 {
                         // Nothing fit (cannot happen within the limits): never send an empty push.
                         drop(builder);
@@ -888,6 +862,27 @@ impl Server {
         }
         flush_failed(session);
     }
+}
+
+/// Adds stored records to a READ answer or a push, until the frame is full; returns how many
+/// went in. The records' CRCs travel unchanged (end to end).
+fn push_records(builder: &mut ReadBuilder<'_>, log_id: u64, records: &[ReadRecord]) -> u64 {
+    let mut pushed = 0;
+    for r in records {
+        let header = RecordHeader {
+            len: r.payload.len() as u32,
+            crc: r.crc,
+            log_id,
+            lsn: r.lsn,
+            epoch: r.epoch,
+            timestamp_us: r.timestamp_us,
+        };
+        if builder.push(&header, &r.payload).is_err() {
+            break;
+        }
+        pushed += 1;
+    }
+    pushed
 }
 
 /// Encodes an error now.

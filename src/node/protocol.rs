@@ -140,8 +140,19 @@ impl Server {
         self.catalog.list(None, usize::MAX).count()
     }
 
-    fn owner(&self, log_id: u64) -> u16 {
-        (log_id % u64::from(self.shard_count)) as u16
+    /// The shard that owns `log_id` if it is this one; otherwise the WRONG_SHARD answer that
+    /// names the owner (`name` for the message, when the request named the log).
+    fn route(&self, log_id: u64, name: Option<&str>) -> Result<u16, Refusal> {
+        let owner = (log_id % u64::from(self.shard_count)) as u16;
+        if owner == self.shard_index {
+            return Ok(owner);
+        }
+        let what = name.map_or_else(|| log_id.to_string(), |name| format!("{name:?}"));
+        Err(refuse(
+            ErrorCode::WrongShard,
+            u64::from(owner),
+            format!("log {what} lives on shard {owner}"),
+        ))
     }
 
     /// Handles the whole frames at the start of the connection's input; returns the bytes
@@ -268,13 +279,7 @@ impl Server {
             return;
         }
         if let Some(log_id) = request.routed_log() {
-            let owner = self.owner(log_id);
-            if owner != self.shard_index {
-                let refusal = refuse(
-                    ErrorCode::WrongShard,
-                    u64::from(owner),
-                    format!("log {log_id} lives on shard {owner}"),
-                );
+            if let Err(refusal) = self.route(log_id, None) {
                 return answer(session, request_id, opcode, refusal);
             }
         }
@@ -687,14 +692,7 @@ impl Server {
                 "this name maps to a reserved log id; choose another",
             ));
         }
-        let owner = self.owner(log_id);
-        if owner != self.shard_index {
-            return Err(refuse(
-                ErrorCode::WrongShard,
-                u64::from(owner),
-                format!("log {name:?} lives on shard {owner}"),
-            ));
-        }
+        let owner = self.route(log_id, Some(name))?;
         if replication_factor != 1 {
             return Err(refuse(
                 ErrorCode::TooLarge,
@@ -736,14 +734,7 @@ impl Server {
             LogRef::Id(id) => id,
             LogRef::Name(name) => log_id_of(name),
         };
-        let owner = self.owner(log_id);
-        if owner != self.shard_index {
-            return Err(refuse(
-                ErrorCode::WrongShard,
-                u64::from(owner),
-                format!("log {log_id} lives on shard {owner}"),
-            ));
-        }
+        let owner = self.route(log_id, None)?;
         let Some(entry) = self.catalog.get(log_id) else {
             return Err(refuse(
                 ErrorCode::UnknownLog,
@@ -795,14 +786,7 @@ impl Server {
         request_id: u64,
         log_id: u64,
     ) -> Result<(), Refusal> {
-        let owner = self.owner(log_id);
-        if owner != self.shard_index {
-            return Err(refuse(
-                ErrorCode::WrongShard,
-                u64::from(owner),
-                format!("log {log_id} lives on shard {owner}"),
-            ));
-        }
+        self.route(log_id, None)?;
         match self.catalog.delete(log_id) {
             Ok(true) => {}
             Ok(false) => {

@@ -39,11 +39,15 @@ pub enum ErrorCode {
     LogExists = 13,
     /// The node is shutting down or its storage has stopped.
     Unavailable = 14,
+    /// The APPEND's `writer_seq` is neither above the writer's last nor one of its remembered
+    /// batches: a retry too old to resolve, or out of order. `arg0`: the writer's last
+    /// `writer_seq`.
+    WriterSeq = 15,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::Malformed,
         ErrorCode::UnsupportedVersion,
         ErrorCode::UnknownLog,
@@ -58,6 +62,7 @@ impl ErrorCode {
         ErrorCode::WrongShard,
         ErrorCode::LogExists,
         ErrorCode::Unavailable,
+        ErrorCode::WriterSeq,
     ];
 
     /// Decodes a wire code; `None` if version 1 does not define it.
@@ -103,6 +108,7 @@ impl ErrorCode {
             ErrorCode::WrongShard => "WRONG_SHARD",
             ErrorCode::LogExists => "LOG_EXISTS",
             ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::WriterSeq => "WRITER_SEQ",
         }
     }
 }
@@ -412,7 +418,7 @@ mod tests {
             assert_eq!(ErrorCode::from_u16(*code as u16), Some(*code));
         }
         assert_eq!(ErrorCode::from_u16(0), None);
-        assert_eq!(ErrorCode::from_u16(15), None);
+        assert_eq!(ErrorCode::from_u16(16), None);
         assert_eq!(ErrorCode::from_u16(u16::MAX), None);
     }
 

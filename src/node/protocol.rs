@@ -4,8 +4,9 @@
 //!
 //! APPEND record bytes go from the connection's receive buffer into the store's write buffer
 //! in one copy (`Batch::Encoded`: the wire layout is the disk layout). A single node serves
-//! every log in epoch [`NODE_EPOCH`]; fencing tokens and idempotency keys need the
-//! sequencer state that comes with chain replication and are refused explicitly until then.
+//! every log in epoch [`NODE_EPOCH`]. Conditions, fencing tokens and idempotency keys are
+//! checked by the store (`AppendOptions`), which keeps their state durable; a retried batch
+//! is answered with its original LSNs once they are durable, in its place in the order.
 //! Subscriptions are pumped from the store's tail cache after every loop turn, within their
 //! credit and while the connection's output is not backed up.
 
@@ -16,7 +17,7 @@ use chainlog_net::{
     SubscribeResponse, TailResponse, ARG_NONE, EPOCH_CURRENT, LSN_FROM_TAIL, LSN_UNCONDITIONAL,
     PROTOCOL_VERSION, TOKEN_NONE, WRITER_NONE,
 };
-use chainlog_storage::{fatal, Ack, Batch, Error, ReadRecord, Store, UringIo};
+use chainlog_storage::{fatal, Ack, AppendOptions, Batch, Error, ReadRecord, Store, UringIo};
 
 use super::catalog::{log_id_of, Catalog, LogEntry as CatalogEntry};
 use super::conn::{Conn, Pending, Session, Subscription};
@@ -87,6 +88,8 @@ fn store_refusal(e: &Error) -> Refusal {
     match *e {
         Error::Overloaded => refuse(ErrorCode::Overloaded, 1, e.to_string()),
         Error::ConditionFailed { tail } => refuse(ErrorCode::ConditionFailed, tail, e.to_string()),
+        Error::Fenced { token } => refuse(ErrorCode::Fenced, token, e.to_string()),
+        Error::WriterSeq { last, .. } => refuse(ErrorCode::WriterSeq, last, e.to_string()),
         Error::TrimBeyondTail { tail, .. } => {
             refuse(ErrorCode::ConditionFailed, tail, e.to_string())
         }
@@ -447,20 +450,17 @@ impl Server {
                 format!("epoch {} is not current", h.epoch),
             ));
         }
-        if h.fencing_token != TOKEN_NONE || h.writer_id != WRITER_NONE {
-            return Err(refuse(
-                ErrorCode::Unavailable,
-                ARG_NONE,
-                "fencing tokens and idempotency keys are not served by this node version yet",
-            ));
-        }
-        let expected = (h.expected_lsn != LSN_UNCONDITIONAL).then_some(h.expected_lsn);
+        let options = AppendOptions {
+            expected_lsn: (h.expected_lsn != LSN_UNCONDITIONAL).then_some(h.expected_lsn),
+            fencing_token: (h.fencing_token != TOKEN_NONE).then_some(h.fencing_token),
+            writer: (h.writer_id != WRITER_NONE).then_some((h.writer_id, h.writer_seq)),
+        };
         let batch = Batch::Encoded {
             bytes: append.records.bytes(),
             count: append.records.count(),
         };
         store
-            .append_batch(h.log_id, NODE_EPOCH, expected, batch, token)
+            .append_batch(h.log_id, NODE_EPOCH, &options, batch, token)
             .map_err(|e| store_refusal(&e))?;
         let received_us = self.received_us;
         self.metrics

@@ -14,7 +14,7 @@
 
 use crate::format::{
     FrameHeader, FrameKind, SnapshotEntry, FORMAT_VERSION, FRAME_HEADER_BYTES, FRAME_MAGIC,
-    SYSTEM_LOG,
+    SNAPSHOT_ENTRY_BYTES, STATE_RECORD_BYTES, SYSTEM_LOG,
 };
 use crate::io::{Completion, Io, EXTERNAL_TOKEN};
 use crate::lifecycle::Spare;
@@ -104,42 +104,51 @@ impl<I: Io> Store<I> {
     }
 
     /// Writes the state of every log as of the frames submitted so far, as the first frame
-    /// of the active segment (recovery starts from the oldest segment's snapshot).
+    /// of the active segment (recovery starts from the oldest segment's snapshot): an entry
+    /// per log, then the idempotency table.
     fn submit_snapshot(&mut self) -> bool {
         let Some(mut frame) = self.take_frame() else {
             return false;
         };
         frame.kind = FrameKind::Snapshot;
         frame.opened_us = self.clock.monotonic_us();
-        let buf = frame.buf.as_mut().expect("frame buffer");
         // Logs whose first records are not yet in a submitted frame do not exist on disk yet.
         let system = SnapshotEntry {
             log_id: SYSTEM_LOG,
             next_lsn: self.system_submitted_lsn,
             trim_point: 0,
+            fence: 0,
         };
         let on_disk = self.logs.iter().filter(|(_, l)| l.submitted_lsn > 0);
-        let all = std::iter::once(system).chain(on_disk.map(|(&log_id, l)| SnapshotEntry {
-            log_id,
-            next_lsn: l.submitted_lsn,
-            trim_point: l.submitted_trim,
-        }));
-        buf.set_len(buf.capacity());
-        let out = &mut buf.as_mut_slice()[FRAME_HEADER_BYTES..];
-        let mut entries = 0;
-        for (slot, entry) in out
-            .chunks_exact_mut(std::mem::size_of::<SnapshotEntry>())
-            .zip(all)
-        {
-            slot.copy_from_slice(bytemuck::bytes_of(&entry));
-            entries += 1;
-        }
+        let entries: Vec<SnapshotEntry> = std::iter::once(system)
+            .chain(on_disk.map(|(&log_id, l)| SnapshotEntry {
+                log_id,
+                next_lsn: l.submitted_lsn,
+                trim_point: l.submitted_trim,
+                fence: l.submitted_fence,
+            }))
+            .collect();
         assert!(
-            entries <= self.config.logs_max + 1,
+            entries.len() <= self.config.logs_max + 1,
             "logs_max bounds the snapshot"
         );
-        buf.set_len(FRAME_HEADER_BYTES + entries * std::mem::size_of::<SnapshotEntry>());
-        frame.records = entries as u32;
+        let logs = &self.logs;
+        let writers = self.writers.records(|log_id, first_lsn| {
+            logs.get(&log_id)
+                .is_some_and(|l| first_lsn < l.submitted_lsn)
+        });
+        let body = entries.len() * SNAPSHOT_ENTRY_BYTES + writers.len() * STATE_RECORD_BYTES;
+        let buf = frame.buf.as_mut().expect("frame buffer");
+        assert!(
+            FRAME_HEADER_BYTES + body <= buf.capacity(),
+            "logs_max and writers_max bound the snapshot (StoreConfig::validate)"
+        );
+        buf.set_len(FRAME_HEADER_BYTES + body);
+        let out = &mut buf.as_mut_slice()[FRAME_HEADER_BYTES..];
+        let (log_bytes, writer_bytes) = out.split_at_mut(entries.len() * SNAPSHOT_ENTRY_BYTES);
+        log_bytes.copy_from_slice(bytemuck::cast_slice(&entries));
+        writer_bytes.copy_from_slice(bytemuck::cast_slice(&writers));
+        frame.records = entries.len() as u32;
         self.need_snapshot = false;
         self.submit(frame);
         true
@@ -198,6 +207,14 @@ impl<I: Io> Store<I> {
                     log.submitted_trim = log.submitted_trim.max(before);
                     self.system_submitted_lsn += 1;
                 }
+                Entry::State { log_id, fence } => {
+                    if let Some(token) = fence {
+                        let log = self.logs.get_mut(&log_id).expect("fenced log exists");
+                        log.submitted_fence = log.submitted_fence.max(token);
+                    }
+                    self.system_submitted_lsn += 1;
+                }
+                Entry::Echo { .. } => {}
             }
         }
         self.metrics.record_batch(
@@ -298,6 +315,17 @@ impl<I: Io> Store<I> {
                             lsns: before..before,
                         });
                     }
+                    Entry::State { .. } => {}
+                    Entry::Echo {
+                        token,
+                        log_id,
+                        first_lsn,
+                        count,
+                    } => self.acks.push(Ack {
+                        token,
+                        log_id,
+                        lsns: first_lsn..first_lsn + u64::from(count),
+                    }),
                 }
             }
             if frame.kind == FrameKind::Data {

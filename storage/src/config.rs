@@ -3,7 +3,9 @@
 use crate::error::{Error, Result};
 use crate::format::{
     block_align, BLOCK_SIZE, FRAME_BYTES_MAX, FRAME_HEADER_BYTES, SNAPSHOT_ENTRY_BYTES,
+    STATE_RECORD_BYTES,
 };
+use crate::writers::WRITER_WINDOW;
 
 /// How appends are made durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -47,6 +49,9 @@ pub struct StoreConfig {
     pub write_buffers: usize,
     /// Logs one shard holds at most (bounded so a segment's snapshot frame fits one buffer).
     pub logs_max: usize,
+    /// Writers (log, `writer_id`) whose idempotency windows one shard remembers at most;
+    /// the least recently appending is forgotten first (bounded so the snapshot fits too).
+    pub writers_max: usize,
     /// How appends are made durable.
     pub durability: DurabilityMode,
     /// Writes per mode when calibrating.
@@ -61,7 +66,8 @@ impl Default for StoreConfig {
             record_bytes_max: 1 << 20,
             writes_in_flight_max: 4,
             write_buffers: 16,
-            logs_max: 65_536,
+            logs_max: 32_768,
+            writers_max: 512,
             durability: DurabilityMode::Auto,
             calibration_writes: 64,
         }
@@ -98,10 +104,17 @@ impl StoreConfig {
                 self.record_bytes_max, self.batch_bytes_max
             ));
         }
-        if FRAME_HEADER_BYTES + (self.logs_max + 1) * SNAPSHOT_ENTRY_BYTES > self.batch_bytes_max {
+        let snapshot_bytes = FRAME_HEADER_BYTES
+            + (self.logs_max + 1) * SNAPSHOT_ENTRY_BYTES
+            + self.writers_max * WRITER_WINDOW * STATE_RECORD_BYTES;
+        if self.writers_max == 0 {
+            return fail("writers_max must be at least 1".into());
+        }
+        if snapshot_bytes > self.batch_bytes_max {
             return fail(format!(
-                "a snapshot of logs_max {} logs does not fit batch_bytes_max",
-                self.logs_max
+                "a snapshot of logs_max {} logs and writers_max {} writers ({snapshot_bytes} \
+                 bytes) does not fit batch_bytes_max",
+                self.logs_max, self.writers_max
             ));
         }
         // The segment header, a snapshot frame and a full data frame must fit one segment.

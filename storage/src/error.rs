@@ -60,6 +60,22 @@ pub enum Error {
         /// The log's next LSN.
         tail: u64,
     },
+    /// The append's fencing token is lower than the log's.
+    #[error("fenced: the log's fencing token is {token}")]
+    Fenced {
+        /// The log's fencing token.
+        token: u64,
+    },
+    /// The writer's sequence number is neither above its last batch's nor one of its
+    /// remembered batches (a reordered or too old retry): appending it would reorder the
+    /// writer's batches, and its original LSNs are not known.
+    #[error("writer sequence number {seq} is out of order: the writer's last is {last}")]
+    WriterSeq {
+        /// The sequence number asked for.
+        seq: u64,
+        /// The writer's last sequence number.
+        last: u64,
+    },
     /// Encoded records that do not add up (a caller bug or bad input).
     #[error("malformed batch: {0}")]
     Malformed(&'static str),
@@ -120,6 +136,8 @@ impl Error {
             Error::TooLarge { .. } => "too_large",
             Error::Checksum { .. } => "checksum",
             Error::ConditionFailed { .. } => "condition_failed",
+            Error::Fenced { .. } => "fenced",
+            Error::WriterSeq { .. } => "writer_seq",
             Error::Malformed(_) => "malformed",
             Error::EmptyBatch => "empty_batch",
             Error::ReservedLog(_) => "reserved_log",

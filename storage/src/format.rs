@@ -11,13 +11,21 @@
 //! `prev_crc` chains each frame to the one before it and `durable_seq` says which earlier
 //! frames were already durable when this one was built; recovery uses both to tell a torn
 //! tail (truncate) from corruption in the middle (report). See ARCHITECTURE.md.
+//!
+//! A snapshot frame's body is `count` [`SnapshotEntry`] values (24 bytes each in format
+//! version 1, 32 from version 2, which added `fence`), followed (version 2) by any number of
+//! [`StateRecord`]s: the idempotency windows of the shard's writers. Control records (the
+//! system log's payloads) are a [`ControlRecord`] (trims) or a [`StateRecord`] (fencing-token
+//! raises and idempotency keys), told apart by their first four bytes, the kind.
 
 use bytemuck::{Pod, Zeroable};
 
 /// The unit of alignment for every write, read and frame (O_DIRECT needs it).
 pub const BLOCK_SIZE: usize = 4096;
-/// The format version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this build writes and the newest it reads. Version 2 added fencing
+/// tokens and idempotency keys (snapshot entries of 32 bytes, [`StateRecord`]s); version 1
+/// segments are still read.
+pub const FORMAT_VERSION: u16 = 2;
 /// `"CLFR"` little-endian: the first bytes of every frame.
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"CLFR");
 /// `"CLSG"` little-endian: the first bytes of every segment file.
@@ -26,7 +34,8 @@ pub const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"CLSG");
 /// Parsing uses this bound, never the current configuration, so a frame written under another
 /// configuration still reads back.
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
-/// The log id reserved for the shard's own control records (trims).
+/// The log id reserved for the shard's own control records (trims, fencing tokens,
+/// idempotency keys).
 pub const SYSTEM_LOG: u64 = u64::MAX;
 
 /// What a frame's body holds.
@@ -128,6 +137,31 @@ pub struct SnapshotEntry {
     pub next_lsn: u64,
     /// Records below this LSN are trimmed.
     pub trim_point: u64,
+    /// The log's fencing token (0: never fenced). Absent in format version 1.
+    pub fence: u64,
+}
+
+impl SnapshotEntry {
+    /// Decodes an entry of a snapshot written in format `version` (`bytes` holds
+    /// [`snapshot_entry_bytes`]`(version)` bytes).
+    pub fn decode(bytes: &[u8], version: u16) -> SnapshotEntry {
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        SnapshotEntry {
+            log_id: u64_at(0),
+            next_lsn: u64_at(8),
+            trim_point: u64_at(16),
+            fence: if version >= 2 { u64_at(24) } else { 0 },
+        }
+    }
+}
+
+/// Bytes of a snapshot entry in format `version`.
+pub const fn snapshot_entry_bytes(version: u16) -> usize {
+    if version >= 2 {
+        SNAPSHOT_ENTRY_BYTES
+    } else {
+        24
+    }
 }
 
 /// The payload of a system-log record.
@@ -146,21 +180,51 @@ pub struct ControlRecord {
 
 /// [`ControlRecord::kind`] of a trim.
 pub const CONTROL_TRIM: u32 = 1;
+/// [`StateRecord::kind`] of a fencing-token raise: the log's token became `value`.
+pub const CONTROL_FENCE: u32 = 2;
+/// [`StateRecord::kind`] of an idempotency key: writer `writer_id`'s batch `writer_seq` got
+/// LSNs `value .. value + count` (its records are in the same frame, before this record).
+pub const CONTROL_WRITER: u32 = 3;
+
+/// Durable per-log state beyond positions: a fencing-token raise or one batch of a writer.
+/// The payload of `CONTROL_FENCE` and `CONTROL_WRITER` system records, and the trailing
+/// entries of a snapshot frame (idempotency windows).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[repr(C)]
+pub struct StateRecord {
+    /// `CONTROL_FENCE` or `CONTROL_WRITER`.
+    pub kind: u32,
+    /// The batch's records (`CONTROL_WRITER`), else 0.
+    pub count: u32,
+    /// The log.
+    pub log_id: u64,
+    /// The writer (`CONTROL_WRITER`), else 0.
+    pub writer_id: u64,
+    /// The writer's sequence number of the batch (`CONTROL_WRITER`), else 0.
+    pub writer_seq: u64,
+    /// The new fencing token (`CONTROL_FENCE`) or the batch's first LSN (`CONTROL_WRITER`).
+    pub value: u64,
+}
 
 /// Size of [`FrameHeader`].
 pub const FRAME_HEADER_BYTES: usize = std::mem::size_of::<FrameHeader>();
 /// Size of [`RecordHeader`].
 pub const RECORD_HEADER_BYTES: usize = std::mem::size_of::<RecordHeader>();
-/// Size of [`SnapshotEntry`].
+/// Size of [`SnapshotEntry`] (format version 2).
 pub const SNAPSHOT_ENTRY_BYTES: usize = std::mem::size_of::<SnapshotEntry>();
+/// Size of [`StateRecord`].
+pub const STATE_RECORD_BYTES: usize = std::mem::size_of::<StateRecord>();
+/// Size of [`ControlRecord`].
+pub const CONTROL_RECORD_BYTES: usize = std::mem::size_of::<ControlRecord>();
 
 const _: () = assert!(FRAME_HEADER_BYTES == 64);
 const _: () = assert!(RECORD_HEADER_BYTES == 40);
 const _: () = assert!(RECORD_HEADER_BYTES.is_multiple_of(8));
 const _: () = assert!(FRAME_HEADER_BYTES.is_multiple_of(8));
 const _: () = assert!(std::mem::size_of::<SegmentHeader>() == 64);
-const _: () = assert!(SNAPSHOT_ENTRY_BYTES == 24);
-const _: () = assert!(std::mem::size_of::<ControlRecord>() == 24);
+const _: () = assert!(SNAPSHOT_ENTRY_BYTES == 32);
+const _: () = assert!(CONTROL_RECORD_BYTES == 24);
+const _: () = assert!(STATE_RECORD_BYTES == 40);
 const _: () = assert!(BLOCK_SIZE.is_power_of_two() && BLOCK_SIZE >= 512);
 
 /// Rounds `n` up to a multiple of [`BLOCK_SIZE`].

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod recovery;
 mod segment;
 mod store;
+mod writers;
 
 pub use buf::AlignedBuf;
 pub use calibrate::Calibration;
@@ -37,4 +38,5 @@ pub use io::{
 };
 pub use metrics::StoreMetrics;
 pub use recovery::RecoveryReport;
-pub use store::{Ack, Batch, LogTail, ReadRecord, Record, Store};
+pub use store::{Ack, AppendOptions, Batch, LogTail, ReadRecord, Record, Store};
+pub use writers::WRITER_WINDOW;

@@ -31,13 +31,17 @@ pub(crate) struct LogState {
     pub(crate) submitted_trim: u64,
     /// The durable trim point (what space reclamation may rely on).
     pub(crate) durable_trim: u64,
+    /// The log's fencing token: appends with a lower one are refused (0: never fenced).
+    pub(crate) fence: u64,
+    /// The fencing token of the submitted frames (what a snapshot may claim).
+    pub(crate) submitted_fence: u64,
     /// Sparse index, oldest first.
     pub(crate) index: VecDeque<IndexEntry>,
 }
 
 impl LogState {
-    /// A log whose next LSN and trim point are as given, all of it durable.
-    pub(crate) fn recovered(next_lsn: u64, trim_point: u64) -> LogState {
+    /// A log whose next LSN, trim point and fencing token are as given, all of it durable.
+    pub(crate) fn recovered(next_lsn: u64, trim_point: u64, fence: u64) -> LogState {
         LogState {
             next_lsn,
             submitted_lsn: next_lsn,
@@ -45,6 +49,8 @@ impl LogState {
             trim_point,
             submitted_trim: trim_point,
             durable_trim: trim_point,
+            fence,
+            submitted_fence: fence,
             index: VecDeque::new(),
         }
     }

@@ -27,6 +27,8 @@ pub struct StoreMetrics {
     pub rollover_waits: u64,
     /// Appends refused with `Overloaded`.
     pub overloaded: u64,
+    /// Appends answered with the LSNs of an earlier batch with the same idempotency key.
+    pub duplicates: u64,
 }
 
 fn histogram(high: u64) -> Histogram<u64> {
@@ -47,6 +49,7 @@ impl StoreMetrics {
             segments_deleted: 0,
             rollover_waits: 0,
             overloaded: 0,
+            duplicates: 0,
         }
     }
 

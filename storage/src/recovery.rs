@@ -17,12 +17,14 @@ use std::path::{Path, PathBuf};
 use crate::buf::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::format::{
-    ControlRecord, FrameFault, FrameKind, Records, SnapshotEntry, BLOCK_SIZE, CONTROL_TRIM,
-    FORMAT_VERSION, SNAPSHOT_ENTRY_BYTES, SYSTEM_LOG,
+    snapshot_entry_bytes, ControlRecord, FrameFault, FrameKind, Records, SnapshotEntry,
+    StateRecord, BLOCK_SIZE, CONTROL_FENCE, CONTROL_RECORD_BYTES, CONTROL_TRIM, CONTROL_WRITER,
+    FORMAT_VERSION, STATE_RECORD_BYTES, SYSTEM_LOG,
 };
 use crate::io::{FileId, Io};
 use crate::log::LogState;
 use crate::segment::{check_header, parse_segment_name, read_sync, Segment, Window};
+use crate::writers::Writers;
 
 /// What recovery found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,6 +56,8 @@ pub(crate) struct Recovered {
     pub(crate) last_crc: u32,
     pub(crate) logs: HashMap<u64, LogState>,
     pub(crate) system_next_lsn: u64,
+    /// The idempotency table.
+    pub(crate) writers: Writers,
     pub(crate) report: RecoveryReport,
 }
 
@@ -66,8 +70,9 @@ struct SegFile {
 
 const WINDOW_BYTES: usize = 4 << 20;
 
-/// Recovers the shard in `dir` (created if missing).
-pub(crate) fn recover<I: Io>(io: &mut I, dir: &Path) -> Result<Recovered> {
+/// Recovers the shard in `dir` (created if missing), remembering at most `writers_max`
+/// writers' idempotency windows.
+pub(crate) fn recover<I: Io>(io: &mut I, dir: &Path, writers_max: usize) -> Result<Recovered> {
     io.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut report = RecoveryReport::default();
     let mut ids = Vec::new();
@@ -136,6 +141,7 @@ pub(crate) fn recover<I: Io>(io: &mut I, dir: &Path) -> Result<Recovered> {
         last_crc: 0,
         logs: HashMap::new(),
         system_next_lsn: 0,
+        writers: Writers::new(writers_max),
         report,
     };
     if !files.is_empty() {
@@ -335,22 +341,25 @@ fn apply_frame(
 ) -> Result<()> {
     let bad = |reason: String| Error::corrupt(&f.path, offset, reason);
     if header.kind == FrameKind::Snapshot as u16 {
-        if body.len() != header.count as usize * SNAPSHOT_ENTRY_BYTES {
+        let entry_bytes = snapshot_entry_bytes(header.version);
+        let logs_len = header.count as usize * entry_bytes;
+        if body.len() < logs_len || !(body.len() - logs_len).is_multiple_of(STATE_RECORD_BYTES) {
             return Err(bad(
                 "snapshot frame length does not match its entry count".into()
             ));
         }
-        let entries: Vec<SnapshotEntry> = body
-            .chunks_exact(SNAPSHOT_ENTRY_BYTES)
-            .map(bytemuck::pod_read_unaligned)
+        let (log_bytes, writer_bytes) = body.split_at(logs_len);
+        let entries: Vec<SnapshotEntry> = log_bytes
+            .chunks_exact(entry_bytes)
+            .map(|e| SnapshotEntry::decode(e, header.version))
             .collect();
         if first {
             for e in entries {
                 if e.log_id == SYSTEM_LOG {
                     out.system_next_lsn = e.next_lsn;
                 } else {
-                    out.logs
-                        .insert(e.log_id, LogState::recovered(e.next_lsn, e.trim_point));
+                    let log = LogState::recovered(e.next_lsn, e.trim_point, e.fence);
+                    out.logs.insert(e.log_id, log);
                 }
             }
         } else {
@@ -360,9 +369,11 @@ fn apply_frame(
                 let agrees = if e.log_id == SYSTEM_LOG {
                     e.next_lsn == out.system_next_lsn
                 } else {
-                    out.logs
-                        .get(&e.log_id)
-                        .is_some_and(|l| l.next_lsn == e.next_lsn && l.trim_point == e.trim_point)
+                    out.logs.get(&e.log_id).is_some_and(|l| {
+                        l.next_lsn == e.next_lsn
+                            && l.trim_point == e.trim_point
+                            && l.fence == e.fence
+                    })
                 };
                 if !agrees {
                     return Err(bad(format!(
@@ -373,6 +384,16 @@ fn apply_frame(
             }
             if logs != out.logs.len() {
                 return Err(bad("snapshot is missing logs".into()));
+            }
+        }
+        // The idempotency table: from the oldest snapshot it is the starting point; a later
+        // one holds nothing the records before it did not (applying it changes nothing that
+        // matters, but it is checked like everything else).
+        for bytes in writer_bytes.chunks_exact(STATE_RECORD_BYTES) {
+            let state: StateRecord = bytemuck::pod_read_unaligned(bytes);
+            check_writer(out, &state).map_err(bad)?;
+            if first {
+                out.writers.apply(&state);
             }
         }
     } else {
@@ -388,30 +409,12 @@ fn apply_frame(
             }
             out.report.records += 1;
             if h.log_id == SYSTEM_LOG {
-                if h.lsn != out.system_next_lsn
-                    || record.payload.len() != std::mem::size_of::<ControlRecord>()
-                {
-                    return Err(bad(format!(
-                        "control record {} is out of sequence or malformed",
-                        h.lsn
-                    )));
+                if h.lsn != out.system_next_lsn {
+                    return Err(bad(format!("control record {} is out of sequence", h.lsn)));
                 }
                 out.system_next_lsn += 1;
-                let control: ControlRecord = bytemuck::pod_read_unaligned(record.payload);
-                if control.kind != CONTROL_TRIM {
-                    return Err(bad(format!("unknown control record kind {}", control.kind)));
-                }
-                let log = out.logs.entry(control.log_id).or_default();
-                if control.lsn > log.next_lsn {
-                    return Err(bad(format!(
-                        "trim of log {} beyond its tail",
-                        control.log_id
-                    )));
-                }
-                let trim = log.trim_point.max(control.lsn);
-                log.trim_point = trim;
-                log.submitted_trim = trim;
-                log.durable_trim = trim;
+                apply_control(out, record.payload)
+                    .map_err(|reason| bad(format!("control record {}: {reason}", h.lsn)))?;
                 continue;
             }
             let log = out.logs.entry(h.log_id).or_default();
@@ -438,5 +441,55 @@ fn apply_frame(
     out.report.frames += 1;
     out.next_seq = header.seq + 1;
     out.last_crc = header.crc;
+    Ok(())
+}
+
+/// Applies a control record (a system-log payload) to the recovered state.
+fn apply_control(out: &mut Recovered, payload: &[u8]) -> std::result::Result<(), String> {
+    let kind = payload
+        .get(..4)
+        .map(|k| u32::from_le_bytes(k.try_into().expect("4 bytes")));
+    match kind {
+        Some(CONTROL_TRIM) if payload.len() == CONTROL_RECORD_BYTES => {
+            let control: ControlRecord = bytemuck::pod_read_unaligned(payload);
+            let log = out.logs.entry(control.log_id).or_default();
+            if control.lsn > log.next_lsn {
+                return Err(format!("trim of log {} beyond its tail", control.log_id));
+            }
+            let trim = log.trim_point.max(control.lsn);
+            log.trim_point = trim;
+            log.submitted_trim = trim;
+            log.durable_trim = trim;
+            Ok(())
+        }
+        Some(CONTROL_FENCE) if payload.len() == STATE_RECORD_BYTES => {
+            let state: StateRecord = bytemuck::pod_read_unaligned(payload);
+            let log = out.logs.get_mut(&state.log_id).ok_or_else(|| {
+                format!("fencing token of log {} before its records", state.log_id)
+            })?;
+            log.fence = log.fence.max(state.value);
+            log.submitted_fence = log.fence;
+            Ok(())
+        }
+        Some(CONTROL_WRITER) if payload.len() == STATE_RECORD_BYTES => {
+            let state: StateRecord = bytemuck::pod_read_unaligned(payload);
+            check_writer(out, &state)?;
+            out.writers.apply(&state);
+            Ok(())
+        }
+        _ => Err(format!("unknown kind or length ({} bytes)", payload.len())),
+    }
+}
+
+/// An idempotency key must name a batch of records that precede it.
+fn check_writer(out: &Recovered, state: &StateRecord) -> std::result::Result<(), String> {
+    let end = state.value.checked_add(u64::from(state.count));
+    let next_lsn = out.logs.get(&state.log_id).map_or(0, |l| l.next_lsn);
+    if state.kind != CONTROL_WRITER || state.count == 0 || end.is_none_or(|end| end > next_lsn) {
+        return Err(format!(
+            "idempotency key of log {} names records it does not have",
+            state.log_id
+        ));
+    }
     Ok(())
 }

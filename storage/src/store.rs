@@ -18,7 +18,8 @@ use crate::config::{DurabilityMode, StoreConfig};
 use crate::error::{Error, Result};
 use crate::format::{
     block_align, payload_crc, record_bytes, ControlRecord, FrameKind, RecordHeader, Records,
-    BLOCK_SIZE, CONTROL_TRIM, FRAME_HEADER_BYTES, RECORD_HEADER_BYTES, SYSTEM_LOG,
+    StateRecord, BLOCK_SIZE, CONTROL_FENCE, CONTROL_TRIM, CONTROL_WRITER, FRAME_HEADER_BYTES,
+    RECORD_HEADER_BYTES, STATE_RECORD_BYTES, SYSTEM_LOG,
 };
 use crate::io::{Completion, Durability, FileId, Io};
 use crate::lifecycle::Spare;
@@ -26,6 +27,21 @@ use crate::log::LogState;
 use crate::metrics::StoreMetrics;
 use crate::recovery::{recover, RecoveryReport};
 use crate::segment::{Segment, Window};
+use crate::writers::{Lookup, WriterBatch, Writers};
+
+/// The conditions of an append (all optional): where the batch must start, the writer's
+/// fencing token, and its idempotency key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AppendOptions {
+    /// Append only if the log's next LSN is this ([`Error::ConditionFailed`] otherwise).
+    pub expected_lsn: Option<u64>,
+    /// Refuse with [`Error::Fenced`] if lower than the log's token; a higher one becomes the
+    /// log's token (durably, with the batch).
+    pub fencing_token: Option<u64>,
+    /// `(writer_id, writer_seq)`: a batch with a key already appended is not appended again,
+    /// its original LSNs are returned (and acknowledged once durable); see [`crate::writers`].
+    pub writer: Option<(u64, u64)>,
+}
 
 /// A record to append: its payload and the payload's CRC32C (computed by the client, checked
 /// before anything is written).
@@ -190,6 +206,8 @@ pub struct LogTail {
     pub durable_lsn: u64,
     /// Records below are trimmed.
     pub trim_point: u64,
+    /// The log's fencing token (0: never fenced).
+    pub fencing_token: u64,
 }
 
 /// What a frame holds, for acknowledging it.
@@ -205,6 +223,15 @@ pub(crate) enum Entry {
         token: u64,
         log_id: u64,
         before: u64,
+    },
+    /// A fencing-token raise or an idempotency key (one control record in the frame).
+    State { log_id: u64, fence: Option<u64> },
+    /// A retried batch, acknowledged with its original LSNs when this frame is durable.
+    Echo {
+        token: u64,
+        log_id: u64,
+        first_lsn: u64,
+        count: u32,
     },
 }
 
@@ -279,6 +306,7 @@ pub struct Store<I: Io> {
     pub(crate) logs: HashMap<u64, LogState>,
     pub(crate) system_next_lsn: u64,
     pub(crate) system_submitted_lsn: u64,
+    pub(crate) writers: Writers,
     // Completions waiting to be handled, acks waiting to be handed out.
     pub(crate) stash: Vec<Completion>,
     pub(crate) acks: Vec<Ack>,
@@ -298,7 +326,7 @@ impl<I: Io> Store<I> {
         clock: Arc<dyn Clock>,
     ) -> Result<Store<I>> {
         config.validate()?;
-        let recovered = recover(&mut io, dir)?;
+        let recovered = recover(&mut io, dir, config.writers_max)?;
         let mut free: Vec<Frame> = (0..config.write_buffers)
             .map(|_| Frame::new(AlignedBuf::new(config.batch_bytes_max)))
             .collect();
@@ -344,6 +372,7 @@ impl<I: Io> Store<I> {
             system_next_lsn: recovered.system_next_lsn,
             system_submitted_lsn: recovered.system_next_lsn,
             logs: recovered.logs,
+            writers: recovered.writers,
             stash: Vec::new(),
             acks: Vec::new(),
             external: Vec::new(),
@@ -381,16 +410,18 @@ impl<I: Io> Store<I> {
         records: &[Record<'_>],
         token: u64,
     ) -> Result<Range<u64>> {
-        self.append_batch(log_id, epoch, None, Batch::Records(records), token)
+        let options = AppendOptions::default();
+        self.append_batch(log_id, epoch, &options, Batch::Records(records), token)
     }
 
-    /// Appends a batch in either form, only if the log's next LSN is `expected_lsn` when one is
-    /// given (conditional append: [`Error::ConditionFailed`] otherwise). As [`append`](Self::append).
+    /// Appends a batch in either form under `options` (condition, fencing token, idempotency
+    /// key). As [`append`](Self::append); a batch whose idempotency key was appended before
+    /// returns that batch's LSNs, and its ack (with `token`) comes once they are durable.
     pub fn append_batch(
         &mut self,
         log_id: u64,
         epoch: u64,
-        expected_lsn: Option<u64>,
+        options: &AppendOptions,
         batch: Batch<'_>,
         token: u64,
     ) -> Result<Range<u64>> {
@@ -402,15 +433,38 @@ impl<I: Io> Store<I> {
         if count == 0 {
             return Err(Error::EmptyBatch);
         }
+        // A retry is answered as the original was, whatever changed since (the tail, the
+        // token): the original succeeded.
+        if let Some((writer_id, seq)) = options.writer {
+            match self.writers.lookup(log_id, writer_id, seq) {
+                Lookup::New => {}
+                Lookup::Duplicate(original) => return Ok(self.echo(token, log_id, original)),
+                Lookup::OutOfOrder { last } => return Err(Error::WriterSeq { seq, last }),
+            }
+        }
+        let (next_lsn, fence) = self
+            .logs
+            .get(&log_id)
+            .map_or((0, 0), |l| (l.next_lsn, l.fence));
+        if let Some(token) = options.fencing_token {
+            if token < fence {
+                return Err(Error::Fenced { token: fence });
+            }
+        }
+        let raise = options.fencing_token.filter(|&t| t > fence);
+        let controls = usize::from(raise.is_some()) + usize::from(options.writer.is_some());
+        let frame_bytes = bytes + controls * record_bytes(STATE_RECORD_BYTES);
         let body_max = self.config.batch_bytes_max - FRAME_HEADER_BYTES;
-        if bytes > body_max {
+        if frame_bytes > body_max {
             return Err(Error::TooLarge {
-                len: bytes,
+                len: frame_bytes,
                 max: body_max,
             });
         }
-        let next_lsn = self.logs.get(&log_id).map_or(0, |l| l.next_lsn);
-        if expected_lsn.is_some_and(|expected| expected != next_lsn) {
+        if options
+            .expected_lsn
+            .is_some_and(|expected| expected != next_lsn)
+        {
             return Err(Error::ConditionFailed { tail: next_lsn });
         }
         if next_lsn == 0
@@ -422,8 +476,9 @@ impl<I: Io> Store<I> {
             });
         }
         let now_wall = self.clock.wall_us();
-        // Room first: a refused (Overloaded) append must not cost a pass over its bytes.
-        self.make_room(bytes)?;
+        // Room first (for the records and their control records: one frame, so they are
+        // durable together): a refused (Overloaded) append must not cost a pass over its bytes.
+        self.make_room(frame_bytes)?;
         let frame = self
             .building
             .as_mut()
@@ -446,9 +501,72 @@ impl<I: Io> Store<I> {
             first_lsn: next_lsn,
             count,
         });
-        self.logs.entry(log_id).or_default().next_lsn = next_lsn + u64::from(count);
+        let log = self.logs.entry(log_id).or_default();
+        log.next_lsn = next_lsn + u64::from(count);
         self.metrics.records_appended += u64::from(count);
+        if let Some(token) = raise {
+            log.fence = token;
+            let state = StateRecord {
+                kind: CONTROL_FENCE,
+                log_id,
+                value: token,
+                ..StateRecord::default()
+            };
+            self.push_control(bytemuck::bytes_of(&state), now_wall);
+            self.push_entry(Entry::State {
+                log_id,
+                fence: Some(token),
+            });
+        }
+        if let Some((writer_id, writer_seq)) = options.writer {
+            let batch = WriterBatch {
+                seq: writer_seq,
+                first_lsn: next_lsn,
+                count,
+            };
+            self.writers.record(log_id, writer_id, batch);
+            let state = StateRecord {
+                kind: CONTROL_WRITER,
+                count,
+                log_id,
+                writer_id,
+                writer_seq,
+                value: next_lsn,
+            };
+            self.push_control(bytemuck::bytes_of(&state), now_wall);
+            self.push_entry(Entry::State {
+                log_id,
+                fence: None,
+            });
+        }
         Ok(next_lsn..next_lsn + u64::from(count))
+    }
+
+    /// Answers a retried batch with its original LSNs: the ack goes with the newest frame
+    /// (so it follows every ack owed before it, and the original's), or at once if everything
+    /// is durable.
+    fn echo(&mut self, token: u64, log_id: u64, original: WriterBatch) -> Range<u64> {
+        self.metrics.duplicates += 1;
+        let lsns = original.first_lsn..original.first_lsn + u64::from(original.count);
+        let entry = Entry::Echo {
+            token,
+            log_id,
+            first_lsn: original.first_lsn,
+            count: original.count,
+        };
+        let newest = match self.building.as_mut().filter(|f| !f.entries.is_empty()) {
+            Some(frame) => Some(frame),
+            None => self.sealed.back_mut().or(self.in_flight.back_mut()),
+        };
+        match newest {
+            Some(frame) => frame.entries.push(entry),
+            None => self.acks.push(Ack {
+                token,
+                log_id,
+                lsns: lsns.clone(),
+            }),
+        }
+        lsns
     }
 
     /// Trims `log_id` below `before`: reads below fail with [`Error::Trimmed`] at once; the
@@ -466,46 +584,51 @@ impl<I: Io> Store<I> {
                 tail: log.next_lsn,
             });
         }
-        let payload_len = std::mem::size_of::<ControlRecord>();
-        let now_wall = self.clock.wall_us();
-        let lsn = self.system_next_lsn;
-        self.make_room(record_bytes(payload_len))?;
-        let frame = self
-            .building
-            .as_mut()
-            .expect("make_room leaves a building frame");
         let control = ControlRecord {
             kind: CONTROL_TRIM,
             reserved: 0,
             log_id,
             lsn: before,
         };
-        let payload = bytemuck::bytes_of(&control);
-        let header = RecordHeader {
-            len: payload_len as u32,
-            crc: payload_crc(payload),
-            log_id: SYSTEM_LOG,
-            lsn,
-            epoch: 0,
-            timestamp_us: now_wall,
-        };
-        let buf = frame.buf.as_mut().expect("building frame has its buffer");
-        let at = buf.len();
-        buf.set_len(at + record_bytes(payload_len));
-        let out = buf.as_mut_slice();
-        out[at..at + RECORD_HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&header));
-        out[at + RECORD_HEADER_BYTES..at + RECORD_HEADER_BYTES + payload_len]
-            .copy_from_slice(payload);
-        frame.records += 1;
-        frame.entries.push(Entry::Trim {
+        let now_wall = self.clock.wall_us();
+        self.make_room(record_bytes(std::mem::size_of::<ControlRecord>()))?;
+        self.push_control(bytemuck::bytes_of(&control), now_wall);
+        self.push_entry(Entry::Trim {
             token,
             log_id,
             before,
         });
-        self.system_next_lsn += 1;
         let log = self.logs.get_mut(&log_id).expect("checked above");
         log.trim_point = log.trim_point.max(before);
         Ok(())
+    }
+
+    /// Lays a system-log record with `payload` into the building frame (room already made).
+    fn push_control(&mut self, payload: &[u8], now_wall: u64) {
+        let header = RecordHeader {
+            len: payload.len() as u32,
+            crc: payload_crc(payload),
+            log_id: SYSTEM_LOG,
+            lsn: self.system_next_lsn,
+            epoch: 0,
+            timestamp_us: now_wall,
+        };
+        self.system_next_lsn += 1;
+        let frame = self.building.as_mut().expect("room was made");
+        frame.records += 1;
+        let buf = frame.buf.as_mut().expect("building frame has its buffer");
+        let at = buf.len();
+        buf.set_len(at + record_bytes(payload.len()));
+        let out = buf.as_mut_slice();
+        out[at..at + RECORD_HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&header));
+        let end = at + RECORD_HEADER_BYTES + payload.len();
+        out[at + RECORD_HEADER_BYTES..end].copy_from_slice(payload);
+        out[end..at + record_bytes(payload.len())].fill(0);
+    }
+
+    fn push_entry(&mut self, entry: Entry) {
+        let frame = self.building.as_mut().expect("room was made");
+        frame.entries.push(entry);
     }
 
     /// Submits pending frames, handles completions (waiting for at least one if `wait` and
@@ -653,6 +776,7 @@ impl<I: Io> Store<I> {
             next_lsn: l.next_lsn,
             durable_lsn: l.durable_lsn,
             trim_point: l.trim_point,
+            fencing_token: l.fence,
         })
     }
 

@@ -1,12 +1,14 @@
 //! `Store::append_batch`: records already in the wire layout (copied once and stamped in
-//! place), and conditional appends (`expected_lsn`), on the simulator.
+//! place), conditional appends (`expected_lsn`), fencing tokens and idempotency keys, on the
+//! simulator.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use chainlog_storage::format::{record_bytes, RecordHeader, RECORD_HEADER_BYTES};
 use chainlog_storage::{
-    Ack, Batch, DurabilityMode, Error, FaultConfig, Record, SimDisk, SimIo, Store, StoreConfig,
+    Ack, AppendOptions, Batch, DurabilityMode, Error, FaultConfig, Record, SimDisk, SimIo, Store,
+    StoreConfig,
 };
 
 const DIR: &str = "/sim/shard";
@@ -17,6 +19,7 @@ fn open(disk: &SimDisk, seed: u64) -> Store<SimIo> {
         batch_bytes_max: 64 << 10,
         record_bytes_max: 16 << 10,
         logs_max: 16,
+        writers_max: 8,
         durability: DurabilityMode::Dsync,
         ..StoreConfig::default()
     };
@@ -26,6 +29,14 @@ fn open(disk: &SimDisk, seed: u64) -> Store<SimIo> {
         ..FaultConfig::default()
     });
     Store::open(io, Path::new(DIR), config, Arc::new(disk.clock())).expect("open")
+}
+
+/// A conditional append at `lsn`.
+fn at(lsn: u64) -> AppendOptions {
+    AppendOptions {
+        expected_lsn: Some(lsn),
+        ..AppendOptions::default()
+    }
 }
 
 /// Lays payloads out as a client does: header with `len` and `crc` only, payload, padding.
@@ -67,7 +78,7 @@ fn encoded_batches_read_back_like_record_batches_and_survive_reopen() {
         .append_batch(
             1,
             3,
-            None,
+            &AppendOptions::default(),
             Batch::Encoded {
                 bytes: &encoded,
                 count: 3,
@@ -101,24 +112,24 @@ fn conditional_append_succeeds_only_at_the_tail() {
     let mut store = open(&disk, 3);
     let one = [Record::new(b"x")];
     assert!(matches!(
-        store.append_batch(5, 1, Some(1), Batch::Records(&one), 1),
+        store.append_batch(5, 1, &at(1), Batch::Records(&one), 1),
         Err(Error::ConditionFailed { tail: 0 })
     ));
     assert_eq!(store.tail(5), None, "a failed condition creates no log");
     assert_eq!(
         store
-            .append_batch(5, 1, Some(0), Batch::Records(&one), 2)
+            .append_batch(5, 1, &at(0), Batch::Records(&one), 2)
             .expect("at 0"),
         0..1
     );
     assert_eq!(
         store
-            .append_batch(5, 1, Some(1), Batch::Records(&one), 3)
+            .append_batch(5, 1, &at(1), Batch::Records(&one), 3)
             .expect("at 1"),
         1..2
     );
     assert!(matches!(
-        store.append_batch(5, 1, Some(1), Batch::Records(&one), 4),
+        store.append_batch(5, 1, &at(1), Batch::Records(&one), 4),
         Err(Error::ConditionFailed { tail: 2 })
     ));
     let mut acks = Vec::new();
@@ -145,7 +156,7 @@ fn bad_encoded_batches_are_refused_and_write_nothing() {
         let result = store.append_batch(
             1,
             1,
-            None,
+            &AppendOptions::default(),
             Batch::Encoded {
                 bytes,
                 count: *count,
@@ -167,7 +178,7 @@ fn bad_encoded_batches_are_refused_and_write_nothing() {
         store.append_batch(
             1,
             1,
-            None,
+            &AppendOptions::default(),
             Batch::Encoded {
                 bytes: &bad_crc,
                 count: 2
@@ -182,7 +193,7 @@ fn bad_encoded_batches_are_refused_and_write_nothing() {
             .append_batch(
                 1,
                 1,
-                None,
+                &AppendOptions::default(),
                 Batch::Encoded {
                     bytes: &good,
                     count: 2
@@ -197,5 +208,146 @@ fn bad_encoded_batches_are_refused_and_write_nothing() {
     assert_eq!(
         payloads_of(&mut store, 1),
         [b"abc".to_vec(), b"defg".to_vec()]
+    );
+}
+
+/// `assert_eq!` for store results (`Error` has no `PartialEq`: compared by message).
+macro_rules! assert_res {
+    ($left:expr, $right:expr $(, $msg:expr)?) => {
+        assert_eq!(
+            ($left).map_err(|e| e.to_string()),
+            ($right).map_err(|e: Error| e.to_string())
+            $(, $msg)?
+        )
+    };
+}
+
+fn fenced(token: u64) -> AppendOptions {
+    AppendOptions {
+        fencing_token: Some(token),
+        ..AppendOptions::default()
+    }
+}
+
+fn keyed(writer_id: u64, seq: u64) -> AppendOptions {
+    AppendOptions {
+        writer: Some((writer_id, seq)),
+        ..AppendOptions::default()
+    }
+}
+
+#[test]
+fn fencing_tokens_only_rise_and_survive_reopen() {
+    let disk = SimDisk::new();
+    let mut store = open(&disk, 5);
+    let one = [Record::new(b"x")];
+    let mut append = |store: &mut Store<SimIo>, options: &AppendOptions| {
+        store.append_batch(9, 1, options, Batch::Records(&one), 0)
+    };
+    assert_res!(append(&mut store, &AppendOptions::default()), Ok(0..1));
+    assert_res!(append(&mut store, &fenced(5)), Ok(1..2), "raises the token");
+    assert_eq!(store.tail(9).expect("log").fencing_token, 5);
+    assert_res!(append(&mut store, &fenced(5)), Ok(2..3), "an equal token");
+    assert_res!(
+        append(&mut store, &fenced(4)),
+        Err(Error::Fenced { token: 5 })
+    );
+    assert_res!(
+        append(&mut store, &AppendOptions::default()),
+        Ok(3..4),
+        "appends without a token are not fenced"
+    );
+    // A refused append (here its condition) does not raise the token.
+    let conditional = AppendOptions {
+        expected_lsn: Some(0),
+        fencing_token: Some(9),
+        ..AppendOptions::default()
+    };
+    assert_res!(
+        append(&mut store, &conditional),
+        Err(Error::ConditionFailed { tail: 4 })
+    );
+    assert_eq!(store.tail(9).expect("log").fencing_token, 5);
+    store.sync_all(&mut Vec::new()).expect("sync");
+    drop(store);
+    let mut store = open(&disk, 6);
+    assert_eq!(store.tail(9).expect("log").fencing_token, 5);
+    assert_res!(
+        append(&mut store, &fenced(4)),
+        Err(Error::Fenced { token: 5 })
+    );
+    assert_res!(append(&mut store, &fenced(6)), Ok(4..5));
+}
+
+#[test]
+fn a_retried_batch_gets_its_original_lsns_in_ack_order() {
+    let disk = SimDisk::new();
+    let mut store = open(&disk, 7);
+    let a = [Record::new(b"a")];
+    let bc = [Record::new(b"b"), Record::new(b"c")];
+    let mut acks = Vec::new();
+    // The original and its retry before anything is durable: the retry is acked after it.
+    assert_res!(
+        store.append_batch(1, 1, &keyed(7, 1), Batch::Records(&bc), 1),
+        Ok(0..2)
+    );
+    assert_res!(
+        store.append_batch(2, 1, &AppendOptions::default(), Batch::Records(&a), 2),
+        Ok(0..1)
+    );
+    assert_res!(
+        store.append_batch(1, 1, &keyed(7, 1), Batch::Records(&a), 3),
+        Ok(0..2)
+    );
+    store.sync_all(&mut acks).expect("sync");
+    let order: Vec<(u64, u64, std::ops::Range<u64>)> = acks
+        .iter()
+        .map(|a| (a.token, a.log_id, a.lsns.clone()))
+        .collect();
+    assert_eq!(order, [(1, 1, 0..2), (2, 2, 0..1), (3, 1, 0..2)]);
+    assert_eq!(payloads_of(&mut store, 1), [b"b".to_vec(), b"c".to_vec()]);
+    assert_eq!(store.metrics().duplicates, 1);
+    // A retry of a durable batch is acknowledged at the next poll; a new sequence number
+    // appends; an old one that is not remembered is refused; other writers are independent.
+    assert_res!(
+        store.append_batch(1, 1, &keyed(7, 1), Batch::Records(&a), 4),
+        Ok(0..2)
+    );
+    acks.clear();
+    store.poll(false, &mut acks).expect("poll");
+    assert_eq!(acks.len(), 1);
+    assert_eq!((acks[0].token, acks[0].lsns.clone()), (4, 0..2));
+    assert_res!(
+        store.append_batch(1, 1, &keyed(7, 5), Batch::Records(&a), 5),
+        Ok(2..3)
+    );
+    assert_res!(
+        store.append_batch(1, 1, &keyed(7, 3), Batch::Records(&a), 6),
+        Err(Error::WriterSeq { seq: 3, last: 5 })
+    );
+    assert_res!(
+        store.append_batch(1, 1, &keyed(8, 1), Batch::Records(&a), 7),
+        Ok(3..4)
+    );
+    store.sync_all(&mut Vec::new()).expect("sync");
+    // The keys survive a reopen.
+    drop(store);
+    let mut store = open(&disk, 8);
+    assert_res!(
+        store.append_batch(1, 1, &keyed(7, 1), Batch::Records(&a), 8),
+        Ok(0..2)
+    );
+    assert_res!(
+        store.append_batch(1, 1, &keyed(7, 5), Batch::Records(&a), 9),
+        Ok(2..3)
+    );
+    assert_res!(
+        store.append_batch(1, 1, &keyed(8, 1), Batch::Records(&a), 10),
+        Ok(3..4)
+    );
+    assert_eq!(
+        store.tail(1).expect("log").next_lsn,
+        4,
+        "nothing appended twice"
     );
 }

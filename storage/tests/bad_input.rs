@@ -174,6 +174,7 @@ fn config() -> StoreConfig {
         writes_in_flight_max: 2,
         write_buffers: 6,
         logs_max: 16,
+        writers_max: 4,
         durability: DurabilityMode::Fdatasync,
         calibration_writes: 2,
     }

@@ -10,7 +10,12 @@
 //! - whatever survived beyond the acknowledged data is what was appended there (never other
 //!   bytes), whole batches only, and the surviving appends and trims are a prefix of the order
 //!   they were made in: nothing after a lost write is visible (no holes);
-//! - LSNs are dense from the trim point, and new appends continue after the recovered tail.
+//! - LSNs are dense from the trim point, and new appends continue after the recovered tail;
+//! - every append carries an idempotency key (one writer per log) and some a fencing token:
+//!   the recovered fencing token is the one of the last surviving append, and retrying any
+//!   surviving batch among the writer's last `WRITER_WINDOW` returns its original LSNs and
+//!   appends nothing (retries are also made during the workload, where their acks must come
+//!   in call order, after the original's).
 //!
 //! The tests differ in where the power fails: between store calls (with and without reads in
 //! the workload), between any two I/O operations inside a call or inside recovery itself (a
@@ -31,13 +36,16 @@ use std::sync::Arc;
 use chainlog_storage::format::payload_crc;
 use chainlog_storage::io::{Completion, FileId};
 use chainlog_storage::{
-    Ack, AlignedBuf, Durability, DurabilityMode, Error, FaultConfig, Io, LogTail, ReadRecord,
-    Record, RecoveryReport, SimDisk, SimIo, SimRng, Store, StoreConfig,
+    Ack, AlignedBuf, AppendOptions, Batch, Durability, DurabilityMode, Error, FaultConfig, Io,
+    LogTail, ReadRecord, Record, RecoveryReport, SimDisk, SimIo, SimRng, Store, StoreConfig,
+    WRITER_WINDOW,
 };
 
 const DIR: &str = "/sim/shard";
 /// Log ids used by the workload (not dense, not starting at 0).
 const LOG_IDS: [u64; 8] = [1, 2, 3, 5, 8, 13, 21, 1 << 40];
+/// The writer of every log's appends (idempotency keys).
+const WRITER_ID: u64 = 7;
 /// Crash/recover cycles per seed.
 const CYCLES_PER_SEED: u64 = 5;
 /// The least number of crash points one run must exercise.
@@ -59,6 +67,15 @@ struct LogModel {
     trim_acked: u64,
     /// Whether the log existed in the last recovered state (it cannot vanish after that).
     recovered: bool,
+    /// The writer's batches, in the order they were accepted: sequence number, LSNs, and
+    /// whether a crash lost them.
+    batches: Vec<(u64, Range<u64>, bool)>,
+    /// The writer's next sequence number.
+    next_seq: u64,
+    /// The log's fencing token, as sequenced.
+    fence: u64,
+    /// The log's fencing token at the last recovery.
+    fence_recovered: u64,
 }
 
 impl std::fmt::Debug for LogModel {
@@ -78,13 +95,37 @@ impl LogModel {
     fn next_lsn(&self) -> u64 {
         self.records.len() as u64
     }
+
+    /// The batches a retry must resolve: those not lost among the writer's last
+    /// `WRITER_WINDOW` accepted ones.
+    fn retryable(&self) -> Vec<(u64, Range<u64>)> {
+        let from = self.batches.len().saturating_sub(WRITER_WINDOW);
+        self.batches[from..]
+            .iter()
+            .filter(|(_, _, lost)| !lost)
+            .map(|(seq, lsns, _)| (*seq, lsns.clone()))
+            .collect()
+    }
 }
 
 /// An append or trim accepted by the store, in the order they were made.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Event {
-    Append { log: u64, lsns: Range<u64> },
-    Trim { log: u64, before: u64 },
+    /// `fence`: the log's fencing token after this append.
+    Append {
+        log: u64,
+        lsns: Range<u64>,
+        fence: u64,
+    },
+    Trim {
+        log: u64,
+        before: u64,
+    },
+    /// A retried batch, answered with its original LSNs.
+    Retry {
+        log: u64,
+        lsns: Range<u64>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -120,7 +161,7 @@ impl Model {
             );
             self.acked_events += 1;
             match self.events[index].clone() {
-                Event::Append { log, lsns } => {
+                Event::Append { log, lsns, .. } => {
                     assert_eq!((ack.log_id, &ack.lsns), (log, &lsns), "ack of {ack:?}");
                     let m = self.logs.get_mut(&log).expect("log");
                     assert_eq!(lsns.start, m.acked, "appends of a log are acked in order");
@@ -130,6 +171,11 @@ impl Model {
                     assert_eq!((ack.log_id, ack.lsns.clone()), (log, before..before));
                     let m = self.logs.get_mut(&log).expect("log");
                     m.trim_acked = m.trim_acked.max(before);
+                }
+                Event::Retry { log, lsns } => {
+                    assert_eq!((ack.log_id, &ack.lsns), (log, &lsns), "ack of {ack:?}");
+                    let m = &self.logs[&log];
+                    assert!(m.acked >= lsns.end, "a retry is acked after its original");
                 }
             }
         }
@@ -146,6 +192,9 @@ struct Coverage {
     crash_points: u64,
     appends: u64,
     trims: u64,
+    retries: u64,
+    /// Batches retried (and found by their idempotency key) right after a recovery.
+    retries_after_recovery: u64,
     reads: u64,
     segments_created: u64,
     segments_deleted: u64,
@@ -166,6 +215,7 @@ fn config(rng: &mut SimRng) -> StoreConfig {
         writes_in_flight_max,
         write_buffers: writes_in_flight_max + 3 + rng.below(4) as usize,
         logs_max: 64,
+        writers_max: LOG_IDS.len(),
         durability: match rng.below(3) {
             0 => DurabilityMode::Auto,
             1 => DurabilityMode::Dsync,
@@ -275,15 +325,41 @@ fn append<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng, epoc
     let count = 1 + rng.below(4) as usize;
     let payloads: Vec<Vec<u8>> = (0..count).map(|_| random_payload(rng)).collect();
     let records: Vec<Record<'_>> = payloads.iter().map(|p| Record::new(p)).collect();
+    let m = model.logs.entry(log).or_default();
+    // Sequence numbers increase, sometimes with gaps.
+    let seq = m.next_seq + rng.below(2);
+    let fence = m.fence;
+    let token_asked = rng.one_in(4).then(|| match rng.below(3) {
+        0 => fence.saturating_sub(1),
+        1 => fence,
+        _ => fence + 1 + rng.below(3),
+    });
+    let options = AppendOptions {
+        writer: Some((WRITER_ID, seq)),
+        fencing_token: token_asked,
+        ..AppendOptions::default()
+    };
     let token = model.next_token;
     let lsns = loop {
-        match store.append(log, epoch, &records, token) {
+        match store.append_batch(log, epoch, &options, Batch::Records(&records), token) {
             Ok(lsns) => break lsns,
             Err(Error::Overloaded) => poll(store, model, true)?,
+            Err(Error::Fenced { token: current }) => {
+                assert!(
+                    token_asked < Some(fence),
+                    "log {log}: fenced at {fence} by {token_asked:?}"
+                );
+                assert_eq!(current, fence);
+                return Ok(());
+            }
             Err(e) => return Err(e.into()),
         }
     };
-    let m = model.logs.entry(log).or_default();
+    assert!(
+        token_asked.is_none_or(|t| t >= fence),
+        "log {log}: a lower token was accepted"
+    );
+    let m = model.logs.get_mut(&log).expect("log");
     assert_eq!(
         lsns,
         m.next_lsn()..m.next_lsn() + count as u64,
@@ -291,7 +367,48 @@ fn append<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng, epoc
     );
     m.records
         .extend(payloads.into_iter().map(|payload| (epoch, payload)));
-    assert_eq!(model.accept(Event::Append { log, lsns }), token);
+    m.fence = m.fence.max(token_asked.unwrap_or(0));
+    m.next_seq = seq + 1;
+    m.batches.push((seq, lsns.clone(), false));
+    let fence = m.fence;
+    assert_eq!(model.accept(Event::Append { log, lsns, fence }), token);
+    Ok(())
+}
+
+/// Sends a batch of the writer's window again: it gets its original LSNs, nothing is appended.
+fn retry<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng) -> Step {
+    let log = LOG_IDS[rng.below(LOG_IDS.len() as u64) as usize];
+    let Some(m) = model.logs.get(&log) else {
+        return Ok(());
+    };
+    let window = m.retryable();
+    if window.is_empty() {
+        return Ok(());
+    }
+    let (seq, lsns) = window[rng.below(window.len() as u64) as usize].clone();
+    let before = store.tail(log);
+    let payload = random_payload(rng);
+    let options = AppendOptions {
+        writer: Some((WRITER_ID, seq)),
+        // Conditions no longer true do not matter: the original succeeded.
+        expected_lsn: Some(lsns.start),
+        ..AppendOptions::default()
+    };
+    let token = model.next_token;
+    let got = store.append_batch(
+        log,
+        1,
+        &options,
+        Batch::Records(&[Record::new(&payload)]),
+        token,
+    )?;
+    assert_eq!(got, lsns, "log {log}: retry of batch {seq}");
+    assert_eq!(
+        store.tail(log),
+        before,
+        "log {log}: a retry appends nothing"
+    );
+    assert_eq!(model.accept(Event::Retry { log, lsns }), token);
     Ok(())
 }
 
@@ -405,9 +522,13 @@ fn run_workload<I: Io>(
                 append(store, model, rng, epoch)?;
                 coverage.appends += 1;
             }
-            55..=61 => {
+            55..=58 => {
                 trim(store, model, rng)?;
                 coverage.trims += 1;
+            }
+            59..=61 => {
+                retry(store, model, rng)?;
+                coverage.retries += 1;
             }
             62..=69 if reads => {
                 read(store, model, rng)?;
@@ -521,19 +642,25 @@ fn check_recovered<I: Io>(store: &mut Store<I>, model: &mut Model, coverage: &mu
     }
     // The surviving appends and trims are a prefix of those made: no holes.
     let mut present_until = None;
+    let mut fences: BTreeMap<u64, u64> = BTreeMap::new();
     for (i, event) in model.events.iter().enumerate() {
         let present = match event {
-            Event::Append { log, lsns } => {
+            Event::Append { log, lsns, fence } => {
                 let next = state.get(log).map_or(0, |(t, _)| t.next_lsn);
                 assert!(
                     next <= lsns.start || next >= lsns.end,
                     "log {log}: batch {lsns:?} survived in part (tail {next})"
                 );
+                if next >= lsns.end {
+                    fences.insert(*log, *fence);
+                }
                 next >= lsns.end
             }
             Event::Trim { log, before } => {
                 state.get(log).is_some_and(|(t, _)| t.trim_point >= *before)
             }
+            // Nothing of a retry is written.
+            Event::Retry { .. } => continue,
         };
         if i < model.acked_events {
             assert!(present, "acknowledged {event:?} lost");
@@ -555,11 +682,21 @@ fn check_recovered<I: Io>(store: &mut Store<I>, model: &mut Model, coverage: &mu
     for (&log, m) in model.logs.iter_mut() {
         match state.get(&log) {
             Some((tail, _)) => {
+                let fence = fences.get(&log).copied().unwrap_or(m.fence_recovered);
+                assert_eq!(
+                    tail.fencing_token, fence,
+                    "log {log}: recovered fencing token"
+                );
                 m.records.truncate(tail.next_lsn as usize);
                 m.acked = tail.next_lsn;
                 m.trim_requested = tail.trim_point;
                 m.trim_acked = tail.trim_point;
                 m.recovered = true;
+                m.fence = fence;
+                m.fence_recovered = fence;
+                for (_, lsns, lost) in &mut m.batches {
+                    *lost |= lsns.end > tail.next_lsn;
+                }
             }
             None => *m = LogModel::default(),
         }
@@ -568,6 +705,44 @@ fn check_recovered<I: Io>(store: &mut Store<I>, model: &mut Model, coverage: &mu
     model.events.clear();
     model.tokens.clear();
     model.acked_events = 0;
+    coverage.retries_after_recovery += check_retries(store, model);
+}
+
+/// Every batch of a writer's window that survived is still known by its idempotency key.
+/// Returns how many were retried.
+fn check_retries<I: Io>(store: &mut Store<I>, model: &Model) -> u64 {
+    let mut expected = Vec::new();
+    for (&log, m) in &model.logs {
+        let before = store.tail(log);
+        for (seq, lsns) in m.retryable() {
+            let token = u64::MAX - expected.len() as u64;
+            let options = AppendOptions {
+                writer: Some((WRITER_ID, seq)),
+                ..AppendOptions::default()
+            };
+            let got = store
+                .append_batch(
+                    log,
+                    1,
+                    &options,
+                    Batch::Records(&[Record::new(b"again")]),
+                    token,
+                )
+                .unwrap_or_else(|e| panic!("log {log}: retry of batch {seq} after recovery: {e}"));
+            assert_eq!(got, lsns, "log {log}: retry of batch {seq} after recovery");
+            expected.push(Ack {
+                token,
+                log_id: log,
+                lsns,
+            });
+        }
+        assert_eq!(store.tail(log), before, "log {log}: retries append nothing");
+    }
+    // Everything is durable after recovery: the retries are acknowledged at once.
+    let mut acks = Vec::new();
+    store.poll(false, &mut acks).expect("poll after recovery");
+    assert_eq!(acks, expected);
+    expected.len() as u64
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -666,6 +841,8 @@ fn run_crash_test(test: &'static str, range: Range<u64>, reads: bool) {
             "{coverage:?}"
         );
         assert!(coverage.torn_tails > 0, "{coverage:?}");
+        assert!(coverage.retries > 0, "{coverage:?}");
+        assert!(coverage.retries_after_recovery > 0, "{coverage:?}");
         assert!(coverage.unacked_survivors > 0, "{coverage:?}");
         assert!(coverage.unacked_lost > 0, "{coverage:?}");
         assert_eq!(coverage.crash_points, runs);

@@ -503,6 +503,7 @@ fn scenario_config() -> StoreConfig {
         writes_in_flight_max: 3,
         write_buffers: 8,
         logs_max: 64,
+        writers_max: 4,
         durability: DurabilityMode::Fdatasync,
         calibration_writes: 4,
     }

@@ -103,6 +103,7 @@ fn real_config(record_bytes_max: usize) -> StoreConfig {
         writes_in_flight_max: 4,
         write_buffers: 16,
         logs_max: 64,
+        writers_max: 4,
         durability: DurabilityMode::Auto,
         calibration_writes: 8,
     }

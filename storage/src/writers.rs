@@ -1,0 +1,202 @@
+//! Idempotency keys: the batches each writer appended recently, so that a batch sent again
+//! with the same (`writer_id`, `writer_seq`) is answered with the LSNs it got the first time
+//! instead of being appended twice.
+//!
+//! A writer is a (log, `writer_id`) pair. For each, the store remembers its last
+//! [`WRITER_WINDOW`] batches (sequence number, first LSN, count); at most `writers_max`
+//! writers per shard are remembered, the one that appended least recently is forgotten first.
+//! A writer's sequence numbers increase: a `writer_seq` above the writer's last is a new
+//! batch; one equal to a remembered batch is a retry of it; anything else (below the window,
+//! or a gap that was never appended) is refused, because appending it now would reorder the
+//! writer's batches. The table is durable: every new batch of a writer is followed, in the
+//! same frame, by a `CONTROL_WRITER` record, and every snapshot frame lists the whole table
+//! (in least-recently-used order, so that recovery rebuilds the same eviction order).
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::format::{StateRecord, CONTROL_WRITER};
+
+/// Batches remembered per writer: a writer may have this many batches outstanding (sent,
+/// outcome unknown) and still resolve every one of them by retrying.
+pub const WRITER_WINDOW: usize = 32;
+
+/// One remembered batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct WriterBatch {
+    pub(crate) seq: u64,
+    pub(crate) first_lsn: u64,
+    pub(crate) count: u32,
+}
+
+/// What the table says of a (writer, sequence number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// A batch the writer has not appended: append it.
+    New,
+    /// The writer appended this batch already.
+    Duplicate(WriterBatch),
+    /// Neither new nor remembered; `last` is the writer's last sequence number.
+    OutOfOrder { last: u64 },
+}
+
+#[derive(Debug)]
+struct Writer {
+    /// When the writer last appended, in table ticks (for eviction).
+    touched: u64,
+    /// Oldest first, sequence numbers increasing.
+    batches: VecDeque<WriterBatch>,
+}
+
+/// The shard's idempotency table.
+#[derive(Debug)]
+pub(crate) struct Writers {
+    writers: HashMap<(u64, u64), Writer>,
+    writers_max: usize,
+    tick: u64,
+}
+
+impl Writers {
+    pub(crate) fn new(writers_max: usize) -> Writers {
+        Writers {
+            writers: HashMap::new(),
+            writers_max,
+            tick: 0,
+        }
+    }
+
+    pub(crate) fn lookup(&self, log_id: u64, writer_id: u64, seq: u64) -> Lookup {
+        let Some(writer) = self.writers.get(&(log_id, writer_id)) else {
+            return Lookup::New;
+        };
+        let last = writer.batches.back().expect("a writer has a batch").seq;
+        if seq > last {
+            return Lookup::New;
+        }
+        match writer.batches.iter().find(|b| b.seq == seq) {
+            Some(batch) => Lookup::Duplicate(*batch),
+            None => Lookup::OutOfOrder { last },
+        }
+    }
+
+    /// Remembers a new batch of a writer (its sequence number above the writer's last).
+    pub(crate) fn record(&mut self, log_id: u64, writer_id: u64, batch: WriterBatch) {
+        let key = (log_id, writer_id);
+        if !self.writers.contains_key(&key) && self.writers.len() >= self.writers_max {
+            let oldest = self
+                .writers
+                .iter()
+                .min_by_key(|(_, w)| w.touched)
+                .map(|(k, _)| *k)
+                .expect("writers_max is at least 1");
+            self.writers.remove(&oldest);
+        }
+        self.tick += 1;
+        let writer = self.writers.entry(key).or_insert_with(|| Writer {
+            touched: 0,
+            batches: VecDeque::with_capacity(WRITER_WINDOW),
+        });
+        debug_assert!(writer.batches.back().is_none_or(|b| b.seq < batch.seq));
+        writer.touched = self.tick;
+        if writer.batches.len() == WRITER_WINDOW {
+            writer.batches.pop_front();
+        }
+        writer.batches.push_back(batch);
+    }
+
+    /// Applies a `CONTROL_WRITER` record (recovery): as [`record`](Self::record), except that
+    /// a batch already remembered (a snapshot and the records after it overlap) is skipped.
+    pub(crate) fn apply(&mut self, record: &StateRecord) {
+        debug_assert_eq!(record.kind, CONTROL_WRITER);
+        if let Lookup::New = self.lookup(record.log_id, record.writer_id, record.writer_seq) {
+            let batch = WriterBatch {
+                seq: record.writer_seq,
+                first_lsn: record.value,
+                count: record.count,
+            };
+            self.record(record.log_id, record.writer_id, batch);
+        }
+    }
+
+    /// The table as `CONTROL_WRITER` records, least recently used writer first, keeping only
+    /// batches for which `keep(log_id, first_lsn)` holds (those already in submitted frames).
+    pub(crate) fn records(&self, keep: impl Fn(u64, u64) -> bool) -> Vec<StateRecord> {
+        let mut writers: Vec<_> = self.writers.iter().collect();
+        writers.sort_unstable_by_key(|(_, w)| w.touched);
+        writers
+            .into_iter()
+            .flat_map(|(&(log_id, writer_id), w)| {
+                w.batches.iter().map(move |b| StateRecord {
+                    kind: CONTROL_WRITER,
+                    count: b.count,
+                    log_id,
+                    writer_id,
+                    writer_seq: b.seq,
+                    value: b.first_lsn,
+                })
+            })
+            .filter(|r| keep(r.log_id, r.value))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(seq: u64, first_lsn: u64) -> WriterBatch {
+        WriterBatch {
+            seq,
+            first_lsn,
+            count: 1,
+        }
+    }
+
+    #[test]
+    fn retries_find_the_original_and_gaps_are_refused() {
+        let mut w = Writers::new(8);
+        assert_eq!(w.lookup(1, 7, 5), Lookup::New);
+        w.record(1, 7, batch(5, 100));
+        w.record(1, 7, batch(9, 140));
+        assert_eq!(w.lookup(1, 7, 5), Lookup::Duplicate(batch(5, 100)));
+        assert_eq!(w.lookup(1, 7, 9), Lookup::Duplicate(batch(9, 140)));
+        assert_eq!(w.lookup(1, 7, 7), Lookup::OutOfOrder { last: 9 });
+        assert_eq!(w.lookup(1, 7, 4), Lookup::OutOfOrder { last: 9 });
+        assert_eq!(w.lookup(1, 7, 10), Lookup::New);
+        assert_eq!(w.lookup(2, 7, 5), Lookup::New, "writers are per log");
+    }
+
+    #[test]
+    fn the_window_and_the_writer_count_are_bounded() {
+        let mut w = Writers::new(2);
+        for seq in 0..WRITER_WINDOW as u64 + 3 {
+            w.record(1, 1, batch(seq, seq));
+        }
+        assert_eq!(w.lookup(1, 1, 2), Lookup::OutOfOrder { last: 34 });
+        assert_eq!(w.lookup(1, 1, 3), Lookup::Duplicate(batch(3, 3)));
+        w.record(1, 2, batch(0, 50));
+        w.record(1, 1, batch(40, 60)); // writer 1 is now the most recent
+        w.record(1, 3, batch(0, 70)); // evicts writer 2
+        assert_eq!(w.lookup(1, 2, 0), Lookup::New);
+        assert_eq!(w.lookup(1, 1, 40), Lookup::Duplicate(batch(40, 60)));
+        assert_eq!(w.lookup(1, 3, 0), Lookup::Duplicate(batch(0, 70)));
+    }
+
+    #[test]
+    fn records_rebuild_the_same_table() {
+        let mut w = Writers::new(2);
+        w.record(1, 1, batch(0, 0));
+        w.record(2, 1, batch(0, 0));
+        w.record(1, 1, batch(1, 1));
+        let records = w.records(|_, _| true);
+        let mut again = Writers::new(2);
+        for r in &records {
+            again.apply(r);
+        }
+        assert_eq!(again.records(|_, _| true), records);
+        // The same eviction follows: log 2's writer is the least recent in both.
+        w.record(3, 1, batch(0, 0));
+        again.record(3, 1, batch(0, 0));
+        assert_eq!(again.records(|_, _| true), w.records(|_, _| true));
+        assert_eq!(w.records(|_, lsn| lsn == 0).len(), 2);
+    }
+}

@@ -7,6 +7,7 @@
 //! Planned (DESIGN.md section 9): `--dev N`, open loop, `plan`.
 
 mod append_mode;
+mod load;
 mod report;
 mod storage_mode;
 

@@ -1,0 +1,1014 @@
+//! The load engine of `chainlog-bench append` and `plan`: who sends which append when, and what
+//! is measured about it. It owns the two loop models, the arrival schedules, record sizes and
+//! payloads, the per-second time series, and the send-lateness accounting.
+//!
+//! **Closed loop** (`concurrency C`): `C` slots each keep one append outstanding; when its
+//! acknowledgement arrives the slot sends its next append at once. Latency runs from the send
+//! to the acknowledgement. A stalled target slows the senders down, so a stall shows up once
+//! per slot, however long it lasts (coordinated omission).
+//!
+//! **Open loop** (`rate R`): sends are due at times fixed in advance by the arrival schedule
+//! (`uniform`: exactly every `1/R`; `poisson`: exponential gaps of mean `1/R` from a seeded
+//! generator), whatever the target does. Latency runs from the **intended** send time, so
+//! requests queued behind a stall carry the stall in their latency (coordinated omission
+//! corrected). Outstanding appends are bounded (`outstanding_max`): a send due while the
+//! bound is full waits for a free slot and goes out late; one still waiting when the measured
+//! window ends never went out and is counted in `not_sent`. Each send's lateness (actual minus
+//! intended send time) is recorded; sends later than `late_after` are counted as late.
+//!
+//! The engine is one future, generic over a [`Clock`] and a [`Target`]: the real run passes
+//! [`TokioClock`] and the client library; tests pass a simulated clock and a fake target and
+//! get exact, repeatable timings. It spawns nothing: outstanding appends are futures polled in
+//! place, and each one takes its completion time the moment it is polled ready.
+//!
+//! Only appends acknowledged inside the measured window (after the warm-up) count. Payloads
+//! carry their send time (clock microseconds, little endian) in their first 8 bytes, so a
+//! tailer can measure end-to-end latency.
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use hdrhistogram::Histogram;
+use serde::{Serialize, Serializer};
+
+use crate::report::{self, Errors, LatencyPercentiles};
+
+/// Length of one interval of the time series.
+pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
+/// Bytes at the start of a payload that carry its send time.
+pub(crate) const STAMP_BYTES: usize = 8;
+
+/// A source of time: the engine reads it and sleeps on it, never on the system clock.
+pub(crate) trait Clock {
+    /// Time since the clock's origin.
+    fn now(&self) -> Duration;
+    /// Completes once [`Clock::now`] is at least `at`.
+    fn sleep_until(&self, at: Duration) -> impl Future<Output = ()>;
+}
+
+/// The real clock: tokio's monotonic time from when it was made. Its timer has a resolution of
+/// one millisecond, so an open-loop send may go out up to about 1 ms after its intended time
+/// on an idle machine (shown as lateness, and included in the corrected latency).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TokioClock {
+    origin: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock whose origin is now.
+    pub(crate) fn new() -> TokioClock {
+        TokioClock {
+            origin: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    fn sleep_until(&self, at: Duration) -> impl Future<Output = ()> {
+        tokio::time::sleep_until(self.origin + at)
+    }
+}
+
+/// Why an append failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum TargetError {
+    /// Counted under this kind (snake_case), and the run goes on.
+    Counted(&'static str),
+    /// The run cannot go on (connection refused, the log deleted under the bench...).
+    Fatal(String),
+}
+
+/// What the engine appends to.
+pub(crate) trait Target {
+    /// Appends one record, `payload`, to log number `log` (0-based, below the spec's `logs`);
+    /// completes once it is durable.
+    fn append(&self, log: usize, payload: Vec<u8>)
+        -> impl Future<Output = Result<(), TargetError>>;
+}
+
+/// Open-loop arrival schedules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Arrivals {
+    /// Exactly every `1/rate`.
+    Uniform,
+    /// A Poisson process: independent exponential gaps of mean `1/rate`.
+    Poisson,
+}
+
+/// How sends are paced.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum LoopMode {
+    /// `concurrency` slots, each with one append outstanding.
+    Closed {
+        /// Slots.
+        concurrency: u32,
+    },
+    /// Sends due at `rate_per_s` on average, by `arrivals`, at most `outstanding_max` at once.
+    Open {
+        /// Offered load, records per second.
+        rate_per_s: f64,
+        /// The schedule of intended send times.
+        arrivals: Arrivals,
+        /// Appends outstanding at most; a send due beyond that waits.
+        outstanding_max: usize,
+    },
+}
+
+impl LoopMode {
+    /// `"closed"` or `"open"`, as reports name it.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            LoopMode::Closed { .. } => "closed",
+            LoopMode::Open { .. } => "open",
+        }
+    }
+}
+
+/// Payload sizes: `--record-size 128` (every record 128 bytes) or `--record-size 64..4096`
+/// (each record's size drawn uniformly from 64 to 4096 bytes, both included).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RecordSizes {
+    /// Every record this many bytes.
+    Fixed(usize),
+    /// Uniform over `min..=max` bytes.
+    Uniform {
+        /// Smallest size.
+        min: usize,
+        /// Largest size.
+        max: usize,
+    },
+}
+
+impl RecordSizes {
+    /// The largest size a record can have.
+    pub(crate) fn max(&self) -> usize {
+        match *self {
+            RecordSizes::Fixed(n) => n,
+            RecordSizes::Uniform { max, .. } => max,
+        }
+    }
+
+    /// The smallest size a record can have.
+    pub(crate) fn min(&self) -> usize {
+        match *self {
+            RecordSizes::Fixed(n) => n,
+            RecordSizes::Uniform { min, .. } => min,
+        }
+    }
+
+    /// The mean size, bytes.
+    pub(crate) fn mean_bytes(&self) -> f64 {
+        (self.min() + self.max()) as f64 / 2.0
+    }
+
+    fn draw(&self, rng: &mut SplitMix64) -> usize {
+        match *self {
+            RecordSizes::Fixed(n) => n,
+            RecordSizes::Uniform { min, max } => {
+                min + (rng.next_u64() % (max - min + 1) as u64) as usize
+            }
+        }
+    }
+}
+
+/// Parses `--record-size`: `BYTES` or `MIN..MAX` (both included, `MIN < MAX`).
+pub(crate) fn parse_record_sizes(s: &str) -> Result<RecordSizes, String> {
+    let bytes = |t: &str| {
+        t.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("{t:?} is not a number of bytes (BYTES or MIN..MAX)"))
+    };
+    match s.split_once("..") {
+        None => Ok(RecordSizes::Fixed(bytes(s)?)),
+        Some((min, max)) => {
+            let (min, max) = (bytes(min)?, bytes(max)?);
+            if min >= max {
+                return Err(format!("{s}: MIN must be below MAX"));
+            }
+            Ok(RecordSizes::Uniform { min, max })
+        }
+    }
+}
+
+impl fmt::Display for RecordSizes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecordSizes::Fixed(n) => write!(f, "{n}"),
+            RecordSizes::Uniform { min, max } => write!(f, "{min}..{max}"),
+        }
+    }
+}
+
+/// A fixed size is a number in JSON (as it always was); a range is its `MIN..MAX` string.
+impl Serialize for RecordSizes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RecordSizes::Fixed(n) => s.serialize_u64(*n as u64),
+            RecordSizes::Uniform { .. } => s.collect_str(self),
+        }
+    }
+}
+
+/// A run of the engine.
+#[derive(Clone, Debug)]
+pub(crate) struct LoadSpec {
+    /// Closed or open loop.
+    pub(crate) loop_mode: LoopMode,
+    /// Logs appended to, round robin (closed loop: slot `i` appends to log `i % logs`).
+    pub(crate) logs: usize,
+    /// Payload sizes.
+    pub(crate) record_sizes: RecordSizes,
+    /// Not measured, from the start.
+    pub(crate) warmup: Duration,
+    /// Measured, after the warm-up.
+    pub(crate) duration: Duration,
+    /// A send later than this after its intended time counts as late.
+    pub(crate) late_after: Duration,
+    /// Seeds arrivals, sizes and payload bytes.
+    pub(crate) seed: u64,
+}
+
+/// Send accounting of an open-loop run, over the sends intended inside the measured window.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct SendStats {
+    /// Sends the schedule intended in the measured window.
+    pub(crate) intended: u64,
+    /// Of those, sends that went out.
+    pub(crate) sent: u64,
+    /// Of those sent, sends later than `late_after_us` after their intended time.
+    pub(crate) late: u64,
+    /// Intended sends that never went out (the outstanding bound was full to the end).
+    pub(crate) not_sent: u64,
+    /// The lateness that counts as late, microseconds.
+    pub(crate) late_after_us: u64,
+    /// Lateness of the sends that went out (actual minus intended send time), microseconds.
+    pub(crate) lateness_us: LatencyPercentiles,
+}
+
+/// One interval of the time series, as the HTML report and the JSON report show it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub(crate) struct IntervalStats {
+    /// Start of the interval, seconds after the measured window began.
+    pub(crate) start_s: f64,
+    /// Length of the interval (the last one may be short), seconds.
+    pub(crate) duration_s: f64,
+    /// Appends acknowledged in it, per second.
+    pub(crate) records_per_s: f64,
+    /// Payload bytes acknowledged in it, per second.
+    pub(crate) bytes_per_s: f64,
+    /// Latency (corrected in open loop) of the appends acknowledged in it, microseconds.
+    pub(crate) latency_us_p50: u64,
+    /// 99th percentile, microseconds.
+    pub(crate) latency_us_p99: u64,
+    /// 99.9th percentile, microseconds.
+    pub(crate) latency_us_p999: u64,
+    /// The slowest, microseconds.
+    pub(crate) latency_us_max: u64,
+}
+
+/// One interval's histogram, kept for the HdrHistogram interval log.
+#[derive(Debug)]
+pub(crate) struct Interval {
+    /// Start, after the measured window began.
+    pub(crate) start: Duration,
+    /// Length.
+    pub(crate) duration: Duration,
+    /// Latencies (corrected in open loop), microseconds.
+    pub(crate) latency: Histogram<u64>,
+    /// Appends acknowledged.
+    pub(crate) records: u64,
+    /// Their payload bytes.
+    pub(crate) bytes: u64,
+}
+
+impl Interval {
+    fn new(start: Duration, duration: Duration) -> Interval {
+        Interval {
+            start,
+            duration,
+            latency: report::latency_histogram(),
+            records: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Its line of the time series.
+    pub(crate) fn stats(&self) -> IntervalStats {
+        let duration_s = self.duration.as_secs_f64();
+        let p = LatencyPercentiles::of(&self.latency);
+        IntervalStats {
+            start_s: self.start.as_secs_f64(),
+            duration_s,
+            records_per_s: self.records as f64 / duration_s,
+            bytes_per_s: self.bytes as f64 / duration_s,
+            latency_us_p50: p.p50,
+            latency_us_p99: p.p99,
+            latency_us_p999: p.p999,
+            latency_us_max: p.max,
+        }
+    }
+}
+
+/// What a run measured.
+#[derive(Debug)]
+pub(crate) struct LoadResult {
+    /// The measured window.
+    pub(crate) duration: Duration,
+    /// Appends acknowledged in it.
+    pub(crate) records: u64,
+    /// Their payload bytes.
+    pub(crate) bytes: u64,
+    /// Their latencies, microseconds: from the intended send time in open loop (corrected),
+    /// from the send in closed loop.
+    pub(crate) latency: Histogram<u64>,
+    /// Their latencies from the actual send, microseconds (the uncorrected view; the same as
+    /// `latency` in closed loop).
+    pub(crate) service_latency: Histogram<u64>,
+    /// Failed appends by kind.
+    pub(crate) errors: Errors,
+    /// Open loop only: how the sends kept to the schedule.
+    pub(crate) sends: Option<SendStats>,
+    /// The time series, one interval per [`INTERVAL`].
+    pub(crate) intervals: Vec<Interval>,
+}
+
+impl LoadResult {
+    /// The time series.
+    pub(crate) fn time_series(&self) -> Vec<IntervalStats> {
+        self.intervals.iter().map(Interval::stats).collect()
+    }
+}
+
+/// SplitMix64: a small, fast, seedable generator (arrivals, sizes, payload bytes need
+/// repeatability, not cryptographic quality).
+#[derive(Clone, Debug)]
+pub(crate) struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A generator seeded with `seed`.
+    pub(crate) fn new(seed: u64) -> SplitMix64 {
+        SplitMix64(seed)
+    }
+
+    /// The next 64 random bits.
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub(crate) fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The intended send times of an open-loop run, from its start.
+#[derive(Clone, Debug)]
+pub(crate) struct Schedule {
+    arrivals: Arrivals,
+    rate_per_s: f64,
+    rng: SplitMix64,
+    /// Sends scheduled so far.
+    index: u64,
+    /// The next intended time, nanoseconds after the start (fractional: no drift).
+    next_ns: f64,
+}
+
+impl Schedule {
+    /// The schedule of `rate_per_s` sends per second by `arrivals`; the first is due at the
+    /// start.
+    pub(crate) fn new(arrivals: Arrivals, rate_per_s: f64, seed: u64) -> Schedule {
+        assert!(
+            rate_per_s > 0.0 && rate_per_s.is_finite(),
+            "rate {rate_per_s}"
+        );
+        Schedule {
+            arrivals,
+            rate_per_s,
+            rng: SplitMix64::new(seed),
+            index: 0,
+            next_ns: 0.0,
+        }
+    }
+
+    /// The next intended send time, after the start.
+    pub(crate) fn peek(&self) -> Duration {
+        Duration::from_nanos(self.next_ns.round() as u64)
+    }
+
+    /// Moves to the send after the one [`Schedule::peek`] shows.
+    pub(crate) fn advance(&mut self) {
+        self.index += 1;
+        self.next_ns = match self.arrivals {
+            // From the index, not by adding gaps: exact spacing, no accumulated rounding.
+            Arrivals::Uniform => self.index as f64 * 1e9 / self.rate_per_s,
+            // Exponential gap by inversion; 1 - u is in (0, 1], so the logarithm is finite.
+            Arrivals::Poisson => {
+                self.next_ns - (1.0 - self.rng.next_f64()).ln() * 1e9 / self.rate_per_s
+            }
+        };
+    }
+}
+
+/// Builds payloads: pseudo-random bytes (they neither compress nor deduplicate) with the send
+/// time in the first [`STAMP_BYTES`].
+#[derive(Debug)]
+struct Payloads {
+    sizes: RecordSizes,
+    rng: SplitMix64,
+    /// Random bytes of twice the largest size; a payload is a window of it.
+    pattern: Vec<u8>,
+}
+
+impl Payloads {
+    fn new(sizes: RecordSizes, seed: u64) -> Payloads {
+        let mut rng = SplitMix64::new(seed ^ 0x5EED_F00D);
+        let pattern = (0..sizes.max() * 2).map(|_| rng.next_u64() as u8).collect();
+        Payloads {
+            sizes,
+            rng,
+            pattern,
+        }
+    }
+
+    fn next(&mut self, sent: Duration) -> Vec<u8> {
+        let len = self.sizes.draw(&mut self.rng);
+        let offset = (self.rng.next_u64() % (self.sizes.max() as u64 + 1)) as usize;
+        let mut payload = self.pattern[offset..offset + len].to_vec();
+        if len >= STAMP_BYTES {
+            let us = u64::try_from(sent.as_micros()).unwrap_or(u64::MAX);
+            payload[..STAMP_BYTES].copy_from_slice(&us.to_le_bytes());
+        }
+        payload
+    }
+}
+
+/// The send time carried by `payload` (see [`STAMP_BYTES`]), if it is long enough.
+pub(crate) fn stamp_of(payload: &[u8]) -> Option<Duration> {
+    let bytes: [u8; STAMP_BYTES] = payload.get(..STAMP_BYTES)?.try_into().ok()?;
+    Some(Duration::from_micros(u64::from_le_bytes(bytes)))
+}
+
+/// One append's outcome, as its future yields it.
+struct Done {
+    /// Closed loop: the slot that sent it.
+    slot: usize,
+    intended: Duration,
+    sent: Duration,
+    bytes: u64,
+    result: Result<(), TargetError>,
+    at: Duration,
+}
+
+/// The measurements as they accumulate.
+struct Recorder<'a> {
+    measure_start: Duration,
+    end: Duration,
+    result: LoadResult,
+    /// The interval being filled.
+    current: Interval,
+    on_interval: &'a mut dyn FnMut(&IntervalStats),
+}
+
+impl Recorder<'_> {
+    /// When the interval being filled ends, clock time.
+    fn current_end(&self) -> Duration {
+        self.measure_start + self.current.start + self.current.duration
+    }
+
+    /// Closes every interval that ends at or before `now`.
+    fn close_intervals(&mut self, now: Duration) {
+        while now >= self.current_end()
+            && self.current.start + self.current.duration < self.end - self.measure_start
+        {
+            let start = self.current.start + self.current.duration;
+            let next = Interval::new(start, INTERVAL.min(self.end - self.measure_start - start));
+            self.close(next);
+        }
+    }
+
+    fn close(&mut self, next: Interval) {
+        let closed = std::mem::replace(&mut self.current, next);
+        (self.on_interval)(&closed.stats());
+        self.result.intervals.push(closed);
+    }
+
+    fn record(&mut self, done: &Done) -> Result<(), String> {
+        if done.at < self.measure_start || done.at >= self.end {
+            return match &done.result {
+                Err(TargetError::Fatal(reason)) => Err(reason.clone()),
+                _ => Ok(()),
+            };
+        }
+        self.close_intervals(done.at);
+        match &done.result {
+            Ok(()) => {
+                let latency = done.at - done.intended;
+                report::record_latency(&mut self.result.latency, latency);
+                report::record_latency(&mut self.current.latency, latency);
+                report::record_latency(&mut self.result.service_latency, done.at - done.sent);
+                self.result.records += 1;
+                self.result.bytes += done.bytes;
+                self.current.records += 1;
+                self.current.bytes += done.bytes;
+            }
+            Err(TargetError::Counted(kind)) => {
+                *self.result.errors.entry(kind).or_default() += 1;
+            }
+            Err(TargetError::Fatal(reason)) => return Err(reason.clone()),
+        }
+        Ok(())
+    }
+}
+
+/// Runs `spec` against `target` from clock time `start`: warm-up, then the measured window.
+/// `on_interval` sees each interval of the time series as it closes (the progress line).
+pub(crate) async fn run<C: Clock, T: Target>(
+    clock: &C,
+    target: &T,
+    spec: &LoadSpec,
+    start: Duration,
+    on_interval: &mut dyn FnMut(&IntervalStats),
+) -> Result<LoadResult, String> {
+    assert!(spec.logs > 0, "at least one log");
+    assert!(!spec.duration.is_zero(), "a measured window");
+    let measure_start = start + spec.warmup;
+    let end = measure_start + spec.duration;
+    let mut recorder = Recorder {
+        measure_start,
+        end,
+        result: LoadResult {
+            duration: spec.duration,
+            records: 0,
+            bytes: 0,
+            latency: report::latency_histogram(),
+            service_latency: report::latency_histogram(),
+            errors: Errors::new(),
+            sends: None,
+            intervals: Vec::new(),
+        },
+        current: Interval::new(Duration::ZERO, INTERVAL.min(spec.duration)),
+        on_interval,
+    };
+    let mut payloads = Payloads::new(spec.record_sizes, spec.seed);
+    let mut in_flight = FuturesUnordered::new();
+    let send = |slot: usize, log: usize, intended: Duration, payload: Vec<u8>| {
+        let sent = clock.now();
+        let bytes = payload.len() as u64;
+        async move {
+            let result = target.append(log, payload).await;
+            Done {
+                slot,
+                intended,
+                sent,
+                bytes,
+                result,
+                at: clock.now(),
+            }
+        }
+    };
+    match spec.loop_mode {
+        LoopMode::Closed { concurrency } => {
+            for slot in 0..concurrency as usize {
+                let now = clock.now();
+                in_flight.push(send(slot, slot % spec.logs, now, payloads.next(now)));
+            }
+            loop {
+                let now = clock.now();
+                recorder.close_intervals(now);
+                if now >= end {
+                    break;
+                }
+                let wake = end.min(recorder.current_end());
+                tokio::select! {
+                    biased;
+                    Some(done) = in_flight.next() => {
+                        recorder.record(&done)?;
+                        let now = clock.now();
+                        if now < end {
+                            let slot = done.slot;
+                            in_flight.push(send(slot, slot % spec.logs, now, payloads.next(now)));
+                        }
+                    }
+                    () = clock.sleep_until(wake) => {}
+                }
+            }
+        }
+        LoopMode::Open {
+            rate_per_s,
+            arrivals,
+            outstanding_max,
+        } => {
+            assert!(outstanding_max > 0, "room for one append");
+            let mut schedule = Schedule::new(arrivals, rate_per_s, spec.seed);
+            let mut lateness = report::latency_histogram();
+            let mut stats = SendStats {
+                intended: 0,
+                sent: 0,
+                late: 0,
+                not_sent: 0,
+                late_after_us: u64::try_from(spec.late_after.as_micros()).unwrap_or(u64::MAX),
+                lateness_us: LatencyPercentiles::default(),
+            };
+            let mut sends: u64 = 0;
+            loop {
+                let now = clock.now();
+                recorder.close_intervals(now);
+                if now >= end {
+                    break;
+                }
+                let mut due = start + schedule.peek();
+                while due <= now && due < end && in_flight.len() < outstanding_max {
+                    let log = (sends % spec.logs as u64) as usize;
+                    in_flight.push(send(0, log, due, payloads.next(now)));
+                    sends += 1;
+                    if due >= measure_start {
+                        stats.intended += 1;
+                        stats.sent += 1;
+                        let late_by = now - due;
+                        // Zero is a lateness like any other (record_latency rounds up to 1).
+                        lateness.saturating_record(
+                            u64::try_from(late_by.as_micros()).unwrap_or(u64::MAX),
+                        );
+                        if late_by > spec.late_after {
+                            stats.late += 1;
+                        }
+                    }
+                    schedule.advance();
+                    due = start + schedule.peek();
+                }
+                let blocked = in_flight.len() >= outstanding_max;
+                let mut wake = end.min(recorder.current_end());
+                if !blocked {
+                    wake = wake.min(due);
+                }
+                tokio::select! {
+                    biased;
+                    Some(done) = in_flight.next() => recorder.record(&done)?,
+                    () = clock.sleep_until(wake) => {}
+                }
+            }
+            // Sends due in the window that the bound kept back to the end.
+            let mut due = start + schedule.peek();
+            while due < end {
+                if due >= measure_start {
+                    stats.intended += 1;
+                    stats.not_sent += 1;
+                }
+                schedule.advance();
+                due = start + schedule.peek();
+            }
+            stats.lateness_us = LatencyPercentiles::of(&lateness);
+            recorder.result.sends = Some(stats);
+        }
+    }
+    // The last interval ends with the window.
+    let last = Interval::new(spec.duration, Duration::ZERO);
+    recorder.close(last);
+    Ok(recorder.result)
+}
+
+#[cfg(test)]
+pub(crate) mod sim {
+    //! A simulated clock and a one-future executor that moves it: time jumps to the next
+    //! sleeper's deadline whenever the future under test cannot make progress.
+
+    use std::cell::{Cell, RefCell};
+    use std::future::Future;
+    use std::pin::pin;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+    use std::time::Duration;
+
+    use super::Clock;
+
+    /// Simulated time, moved only by [`SimClock::block_on`].
+    #[derive(Debug, Default)]
+    pub(crate) struct SimClock {
+        now: Cell<Duration>,
+        /// Sleepers' deadlines and wakers.
+        sleepers: RefCell<Vec<(Duration, Waker)>>,
+    }
+
+    impl Clock for SimClock {
+        fn now(&self) -> Duration {
+            self.now.get()
+        }
+
+        fn sleep_until(&self, at: Duration) -> impl Future<Output = ()> {
+            std::future::poll_fn(move |cx| {
+                if self.now.get() >= at {
+                    Poll::Ready(())
+                } else {
+                    self.sleepers.borrow_mut().push((at, cx.waker().clone()));
+                    Poll::Pending
+                }
+            })
+        }
+    }
+
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+
+    impl SimClock {
+        /// Runs `future` to completion, advancing time to the earliest deadline whenever it
+        /// waits on nothing but sleepers.
+        pub(crate) fn block_on<F: Future>(&self, future: F) -> F::Output {
+            let flag = Arc::new(Flag(AtomicBool::new(false)));
+            let waker = Waker::from(Arc::clone(&flag));
+            let mut cx = Context::from_waker(&waker);
+            let mut future = pin!(future);
+            loop {
+                if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+                    return output;
+                }
+                if flag.0.swap(false, Ordering::AcqRel) {
+                    continue;
+                }
+                let mut sleepers = self.sleepers.borrow_mut();
+                let next = sleepers
+                    .iter()
+                    .map(|(at, _)| *at)
+                    .min()
+                    .expect("the future waits on nothing: it would never complete");
+                self.now.set(next.max(self.now.get()));
+                for (_, waker) in sleepers.extract_if(.., |(at, _)| *at <= next) {
+                    waker.wake();
+                }
+                flag.0.swap(false, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::sim::SimClock;
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// One server, first come first served: each append takes `service`, except append number
+    /// `stall_index` (0-based), which takes `stall`.
+    struct FakeTarget<'a> {
+        clock: &'a SimClock,
+        service: Duration,
+        stall_index: u64,
+        stall: Duration,
+        appends: Cell<u64>,
+        busy_until: Cell<Duration>,
+    }
+
+    impl<'a> FakeTarget<'a> {
+        fn new(clock: &'a SimClock, service: Duration, stall_index: u64, stall: Duration) -> Self {
+            FakeTarget {
+                clock,
+                service,
+                stall_index,
+                stall,
+                appends: Cell::new(0),
+                busy_until: Cell::new(Duration::ZERO),
+            }
+        }
+    }
+
+    impl Target for FakeTarget<'_> {
+        async fn append(&self, _log: usize, _payload: Vec<u8>) -> Result<(), TargetError> {
+            let index = self.appends.replace(self.appends.get() + 1);
+            let service = if index == self.stall_index {
+                self.stall
+            } else {
+                self.service
+            };
+            let done = self.busy_until.get().max(self.clock.now()) + service;
+            self.busy_until.set(done);
+            self.clock.sleep_until(done).await;
+            Ok(())
+        }
+    }
+
+    fn spec(loop_mode: LoopMode, duration: Duration) -> LoadSpec {
+        LoadSpec {
+            loop_mode,
+            logs: 1,
+            record_sizes: RecordSizes::Fixed(128),
+            warmup: Duration::ZERO,
+            duration,
+            late_after: Duration::ZERO,
+            seed: 7,
+        }
+    }
+
+    fn run_sim(target: &FakeTarget<'_>, clock: &SimClock, spec: &LoadSpec) -> LoadResult {
+        let mut seen = 0;
+        let result = clock
+            .block_on(run(clock, target, spec, Duration::ZERO, &mut |_| seen += 1))
+            .expect("the run succeeds");
+        assert_eq!(seen, result.intervals.len());
+        result
+    }
+
+    #[test]
+    fn open_loop_latency_carries_a_stall_that_closed_loop_hides() {
+        // 10 s at 500/s; each append takes 1 ms, append 2000 takes 100 ms.
+        let duration = Duration::from_secs(10);
+        let clock = SimClock::default();
+        let target = FakeTarget::new(&clock, MS, 2_000, 100 * MS);
+        let open = run_sim(
+            &target,
+            &clock,
+            &spec(
+                LoopMode::Open {
+                    rate_per_s: 500.0,
+                    arrivals: Arrivals::Uniform,
+                    outstanding_max: 1_000,
+                },
+                duration,
+            ),
+        );
+        let open_p = LatencyPercentiles::of(&open.latency);
+        // The ~99 appends queued behind the stall wait 100, 99, 98 ... ms: 2% of 5000.
+        assert!(open_p.p99 >= 40_000, "open p99 {open_p:?}");
+        assert!(open_p.max >= 100_000 && open_p.max <= 100_100, "{open_p:?}");
+        assert!(open_p.p50 <= 1_001, "{open_p:?}");
+        let sends = open.sends.as_ref().expect("open loop counts sends");
+        assert_eq!(sends.intended, 5_000);
+        assert_eq!((sends.sent, sends.late, sends.not_sent), (5_000, 0, 0));
+        assert_eq!(open.records, 5_000);
+        // The stall is in the time series too: second 4 holds append 2000.
+        let series = open.time_series();
+        assert_eq!(series.len(), 10);
+        assert!(series[4].latency_us_max >= 100_000, "{:?}", series[4]);
+        assert!(series[0].latency_us_max <= 1_001, "{:?}", series[0]);
+
+        // Closed loop, one slot, the same target: the stall is one sample among thousands.
+        let clock = SimClock::default();
+        let target = FakeTarget::new(&clock, MS, 2_000, 100 * MS);
+        let closed = run_sim(
+            &target,
+            &clock,
+            &spec(LoopMode::Closed { concurrency: 1 }, duration),
+        );
+        let closed_p = LatencyPercentiles::of(&closed.latency);
+        assert!(closed_p.p99 <= 1_001, "closed p99 {closed_p:?}");
+        assert!(closed_p.max >= 100_000, "{closed_p:?}");
+        assert!(closed.sends.is_none());
+        // 10,000 ms of 1 ms appends, less the 99 ms the stall adds, less the one acked at the
+        // very end of the window.
+        assert_eq!(closed.records, 10_000 - 99 - 1);
+    }
+
+    #[test]
+    fn sends_held_back_by_the_bound_are_late_by_exactly_the_wait() {
+        // 1000/s from 0 ms, one outstanding, appends take 0.5 ms, append 3 (sent at 3 ms)
+        // takes 10.5 ms: sends 4..=22 wait for it and go out 9.5, 9, ... 0.5 ms late; send 23
+        // is on time again.
+        let clock = SimClock::default();
+        let target = FakeTarget::new(&clock, MS / 2, 3, 21 * MS / 2);
+        let result = run_sim(
+            &target,
+            &clock,
+            &spec(
+                LoopMode::Open {
+                    rate_per_s: 1_000.0,
+                    arrivals: Arrivals::Uniform,
+                    outstanding_max: 1,
+                },
+                Duration::from_secs(1),
+            ),
+        );
+        let sends = result.sends.as_ref().expect("open loop");
+        assert_eq!(sends.intended, 1_000);
+        assert_eq!(sends.late, 19);
+        assert_eq!(sends.not_sent, 0);
+        // Within the histogram's precision (3 significant digits).
+        assert!(
+            (9_500..=9_510).contains(&sends.lateness_us.max),
+            "{sends:?}"
+        );
+        // Corrected latency counts the wait; the uncorrected view does not.
+        assert!(LatencyPercentiles::of(&result.latency).max >= 10_000);
+        assert!(LatencyPercentiles::of(&result.service_latency).p99 <= 500);
+    }
+
+    #[test]
+    fn sends_the_bound_kept_back_to_the_end_are_not_sent() {
+        // 1000/s for 1 s from 0 ms, one outstanding, append 899 (sent at 899 ms) stalls for
+        // 10 s: the 100 sends due after it (900 .. 999 ms) never go out.
+        let clock = SimClock::default();
+        let target = FakeTarget::new(&clock, MS / 2, 899, Duration::from_secs(10));
+        let result = run_sim(
+            &target,
+            &clock,
+            &spec(
+                LoopMode::Open {
+                    rate_per_s: 1_000.0,
+                    arrivals: Arrivals::Uniform,
+                    outstanding_max: 1,
+                },
+                Duration::from_secs(1),
+            ),
+        );
+        let sends = result.sends.as_ref().expect("open loop");
+        assert_eq!(sends.intended, 1_000);
+        assert_eq!(sends.sent, 900);
+        assert_eq!(sends.not_sent, 100);
+        assert_eq!(sends.late, 0);
+        assert_eq!(result.records, 899);
+    }
+
+    #[test]
+    fn uniform_arrivals_are_exactly_spaced() {
+        let mut schedule = Schedule::new(Arrivals::Uniform, 1_000.0, 1);
+        for i in 0..10_000u64 {
+            assert_eq!(schedule.peek(), Duration::from_micros(1_000 * i));
+            schedule.advance();
+        }
+        let mut schedule = Schedule::new(Arrivals::Uniform, 3.0, 1);
+        schedule.advance();
+        assert_eq!(schedule.peek(), Duration::from_nanos(333_333_333));
+        schedule.advance();
+        assert_eq!(schedule.peek(), Duration::from_nanos(666_666_667));
+        schedule.advance();
+        assert_eq!(schedule.peek(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn poisson_arrivals_have_the_asked_mean_rate() {
+        let rate = 20_000.0;
+        let mut schedule = Schedule::new(Arrivals::Poisson, rate, 42);
+        let n = 200_000;
+        let mut gaps_ns = Vec::with_capacity(n);
+        let mut last = Duration::ZERO;
+        for _ in 0..n {
+            let t = schedule.peek();
+            assert!(t >= last, "arrivals go forward");
+            gaps_ns.push((t - last).as_nanos() as f64);
+            last = t;
+            schedule.advance();
+        }
+        let achieved = n as f64 / last.as_secs_f64();
+        assert!((achieved / rate - 1.0).abs() < 0.01, "rate {achieved}");
+        // Exponential gaps: the standard deviation equals the mean.
+        let mean = gaps_ns.iter().sum::<f64>() / n as f64;
+        let var = gaps_ns.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / n as f64;
+        assert!(
+            (var.sqrt() / mean - 1.0).abs() < 0.02,
+            "cv {}",
+            var.sqrt() / mean
+        );
+        // Same seed, same schedule.
+        let mut again = Schedule::new(Arrivals::Poisson, rate, 42);
+        let mut other = Schedule::new(Arrivals::Poisson, rate, 43);
+        again.advance();
+        other.advance();
+        let mut first = Schedule::new(Arrivals::Poisson, rate, 42);
+        first.advance();
+        assert_eq!(again.peek(), first.peek());
+        assert_ne!(again.peek(), other.peek());
+    }
+
+    #[test]
+    fn record_sizes_parse_and_draw_in_range() {
+        assert_eq!(parse_record_sizes("128"), Ok(RecordSizes::Fixed(128)));
+        let range = parse_record_sizes("64..4096").unwrap();
+        assert_eq!(range, RecordSizes::Uniform { min: 64, max: 4096 });
+        assert_eq!(range.to_string(), "64..4096");
+        assert!(parse_record_sizes("10..10").is_err());
+        assert!(parse_record_sizes("big").is_err());
+        assert_eq!(
+            serde_json::to_string(&RecordSizes::Fixed(128)).unwrap(),
+            "128"
+        );
+        assert_eq!(serde_json::to_string(&range).unwrap(), "\"64..4096\"");
+        let mut payloads = Payloads::new(range, 3);
+        let mut seen = (usize::MAX, 0);
+        for i in 0..10_000u64 {
+            let p = payloads.next(Duration::from_micros(i));
+            assert!((64..=4096).contains(&p.len()));
+            assert_eq!(stamp_of(&p), Some(Duration::from_micros(i)));
+            seen = (seen.0.min(p.len()), seen.1.max(p.len()));
+        }
+        assert!(seen.0 < 100 && seen.1 > 4000, "{seen:?}");
+        let mut small = Payloads::new(RecordSizes::Fixed(4), 3);
+        assert_eq!(stamp_of(&small.next(Duration::from_secs(1))), None);
+    }
+}

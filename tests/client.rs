@@ -400,11 +400,176 @@ fn cli_commands_against_a_node() {
     assert_eq!(gone.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&gone.stderr).contains("UNKNOWN_LOG"));
 
+    // Conditional appends: at the tail, and not.
+    let at_tail = json_lines(&cli(
+        &node,
+        &["append", "cli-log", "--expected-lsn", "5", "--json", "six"],
+        None,
+    ));
+    assert_eq!(at_tail[0]["first_lsn"], 5);
+    let stale = cli(
+        &node,
+        &["append", "cli-log", "--expected-lsn", "5", "again"],
+        None,
+    );
+    assert_eq!(stale.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&stale.stderr);
+    assert!(
+        stderr.contains("CONDITION_FAILED") && stderr.contains('6'),
+        "{stderr}"
+    );
+
+    // Idempotent retry: the same command with the same key returns the same LSNs and
+    // appends nothing; stdin lines go in batches with consecutive sequence numbers.
+    let keyed = [
+        "append",
+        "cli-log",
+        "--writer-id",
+        "77",
+        "--writer-seq",
+        "10",
+        "--json",
+    ];
+    let first = json_lines(&cli(&node, &keyed, Some("seven\neight\n")));
+    let again = json_lines(&cli(&node, &keyed, Some("seven\neight\n")));
+    assert_eq!(first, again, "a retry answers with the original LSNs");
+    assert_eq!(
+        (&first[0]["first_lsn"], &first[0]["count"]),
+        (&Value::from(6), &Value::from(2))
+    );
+    let read = json_lines(&cli(
+        &node,
+        &["read", "cli-log", "--from", "5", "--json"],
+        None,
+    ));
+    let payloads: Vec<&str> = read
+        .iter()
+        .map(|r| r["payload"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        payloads,
+        ["six", "seven", "eight"],
+        "nothing appended twice"
+    );
+
+    // Fencing: a token raises the log's; a lower one is refused.
+    ok(&cli(
+        &node,
+        &["append", "cli-log", "--fencing-token", "9", "nine"],
+        None,
+    ));
+    let fenced = cli(
+        &node,
+        &["append", "cli-log", "--fencing-token", "8", "old leader"],
+        None,
+    );
+    assert_eq!(fenced.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&fenced.stderr).contains("FENCED"));
+
     // Bad arguments: exit code 2.
     let bad = cli(&node, &["read", "cli-log"], None);
     assert_eq!(bad.status.code(), Some(2));
     let bad = cli(&node, &["trim", "cli-log", "--before", "x"], None);
     assert_eq!(bad.status.code(), Some(2));
+    let bad = cli(&node, &["append", "cli-log", "--writer-id", "1", "x"], None);
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "a writer id needs a sequence number"
+    );
+    let bad = cli(
+        &node,
+        &[
+            "append",
+            "cli-log",
+            "--writer-id",
+            "0",
+            "--writer-seq",
+            "1",
+            "x",
+        ],
+        None,
+    );
+    assert_eq!(bad.status.code(), Some(2), "writer id 0 means none");
+}
+
+#[test]
+fn idempotency_keys_and_fencing_tokens_hold_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 1);
+    let keyed = |seq| AppendOptions {
+        idempotency: Some((42, seq)),
+        ..AppendOptions::default()
+    };
+    let token = |t| AppendOptions {
+        fencing_token: Some(t),
+        ..AppendOptions::default()
+    };
+    let id = runtime().block_on(async {
+        let client = Client::connect(node.addr(0)).await.expect("connect");
+        let id = client.create_log("wal").await.unwrap();
+        let batch = [b"a".as_slice(), b"b"];
+        assert_eq!(
+            client.append_with(id, &batch, &keyed(1)).await.unwrap(),
+            0..2
+        );
+        assert_eq!(
+            client.append_with(id, &batch, &keyed(1)).await.unwrap(),
+            0..2
+        );
+        assert_eq!(
+            client.append_with(id, &[b"c"], &keyed(2)).await.unwrap(),
+            2..3
+        );
+        // Below the writer's last and not one of its batches: refused, terminal.
+        let error = client
+            .append_with(id, &[b"x"], &keyed(0))
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Some(ErrorCode::WriterSeq));
+        assert_eq!(
+            server_code::<()>(Err(error)).1,
+            2,
+            "arg0: the writer's last"
+        );
+
+        assert_eq!(
+            client.append_with(id, &[b"d"], &token(5)).await.unwrap(),
+            3..4
+        );
+        let (code, arg0) = server_code(client.append_with(id, &[b"x"], &token(3)).await);
+        assert_eq!((code, arg0), (ErrorCode::Fenced, 5));
+        assert_eq!(
+            client.append_with(id, &[b"e"], &token(7)).await.unwrap(),
+            4..5
+        );
+        id
+    });
+    assert!(node.terminate().success());
+    let node = Node::start(dir.path(), 1);
+    runtime().block_on(async {
+        let client = Client::connect(node.addr(0)).await.expect("connect");
+        assert_eq!(
+            client.append_with(id, &[b"c"], &keyed(2)).await.unwrap(),
+            2..3
+        );
+        assert_eq!(
+            client
+                .append_with(id, &[b"a", b"b"], &keyed(1))
+                .await
+                .unwrap(),
+            0..2
+        );
+        let (code, arg0) = server_code(client.append_with(id, &[b"x"], &token(6)).await);
+        assert_eq!((code, arg0), (ErrorCode::Fenced, 7));
+        let read = client.read(id, 0, 100, 1 << 20).await.unwrap();
+        let payloads: Vec<&[u8]> = read.records.iter().map(|r| r.payload.as_slice()).collect();
+        assert_eq!(
+            payloads,
+            [b"a".as_slice(), b"b", b"c", b"d", b"e"],
+            "no duplicates"
+        );
+    });
 }
 
 /// The `chainlog-bench` binary: built next to `chainlog` (a workspace build or test builds
@@ -650,6 +815,46 @@ fn timeouts_and_lost_connections_are_outcome_unknown_and_the_next_call_reconnect
 
         assert_eq!(client.append(1, &[b"x"]).await.unwrap(), 0..1);
         assert_eq!(accepted[0].load(Ordering::SeqCst), 2, "a new connection");
+    });
+}
+
+#[test]
+fn an_append_with_an_idempotency_key_is_resent_after_a_lost_connection() {
+    let keys = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&keys);
+    let script: Arc<Script> = Arc::new(move |_, request| match request {
+        Request::Append(a) => {
+            let mut seen = seen.lock().unwrap();
+            seen.push((a.header.writer_id, a.header.writer_seq));
+            if seen.len() == 1 {
+                Act::Close // the outcome of the first attempt is unknown to the client
+            } else {
+                Act::Answer(Response::Append(AppendResponse {
+                    first_lsn: 5,
+                    count: 1,
+                }))
+            }
+        }
+        _ => Act::Error(ErrorCode::UnknownLog, u64::MAX),
+    });
+    let (port, accepted) = fake_node(1, script);
+    runtime().block_on(async {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let client = Client::connect(addr).await.unwrap();
+        let options = AppendOptions {
+            idempotency: Some((9, 3)),
+            ..AppendOptions::default()
+        };
+        assert_eq!(
+            client.append_with(1, &[b"x"], &options).await.unwrap(),
+            5..6
+        );
+        assert_eq!(
+            *keys.lock().unwrap(),
+            [(9, 3), (9, 3)],
+            "resent with the same key"
+        );
+        assert_eq!(accepted[0].load(Ordering::SeqCst), 2, "on a new connection");
     });
 }
 

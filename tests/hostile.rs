@@ -987,14 +987,32 @@ fn kinds() -> Vec<Kind> {
         }),
     );
     add(
-        "APPEND with a fencing token (not served by this node version)",
+        "APPEND with a fencing token below the log's",
         Box::new(|e| {
             let mut c = Raw::greeted(e.shard0);
-            let mut body = append_body(e.scratch, 0, 1, &record(b"fenced"));
-            body[24] = 1;
+            let mut body = append_body(e.scratch, 0, 1, &record(b"leader 5"));
+            body[24..32].copy_from_slice(&5u64.to_le_bytes());
             c.send(&frame(OP_APPEND, 0, 2, &body));
-            let a = c.expect_error(OP_APPEND, 2, ErrorCode::Unavailable, NONE, 0);
-            format!("{a}; {}", c.expect_open(3))
+            let a = c.expect_appended(2);
+            body[24..32].copy_from_slice(&1u64.to_le_bytes());
+            c.send(&frame(OP_APPEND, 0, 3, &body));
+            let f = c.expect_error(OP_APPEND, 3, ErrorCode::Fenced, 5, 0);
+            format!("{a}; {f}; {}", c.expect_open(4))
+        }),
+    );
+    add(
+        "APPEND with a writer_seq below the writer's last and never appended",
+        Box::new(|e| {
+            let mut c = Raw::greeted(e.shard0);
+            let mut body = append_body(e.scratch, 0, 1, &record(b"writer"));
+            body[32..40].copy_from_slice(&0xfeedu64.to_le_bytes());
+            body[40..48].copy_from_slice(&10u64.to_le_bytes());
+            c.send(&frame(OP_APPEND, 0, 2, &body));
+            let a = c.expect_appended(2);
+            body[40..48].copy_from_slice(&9u64.to_le_bytes());
+            c.send(&frame(OP_APPEND, 0, 3, &body));
+            let w = c.expect_error(OP_APPEND, 3, ErrorCode::WriterSeq, 10, 0);
+            format!("{a}; {w}; {}", c.expect_open(4))
         }),
     );
     add(

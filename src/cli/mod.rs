@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use chainlog::client::{log_id, Client, ClientError, LogInfo, Record};
+use chainlog::client::{log_id, AppendOptions, Client, ClientError, LogInfo, Record};
 use chainlog::net::{LogRef, LSN_FROM_TAIL, RECORD_HEADER_BYTES};
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -68,6 +68,23 @@ pub(crate) struct AppendArgs {
     /// The whole file is one record.
     #[arg(long, value_name = "PATH", conflicts_with = "records")]
     file: Option<PathBuf>,
+    /// Append only if the first record gets this LSN (each later batch: right after the
+    /// previous one); otherwise fail with CONDITION_FAILED and the log's tail.
+    #[arg(long, value_name = "LSN")]
+    expected_lsn: Option<u64>,
+    /// The writer's fencing token: refused (FENCED) if lower than the log's; a higher one
+    /// becomes the log's.
+    #[arg(long, value_name = "TOKEN", value_parser = clap::value_parser!(u64).range(1..))]
+    fencing_token: Option<u64>,
+    /// Idempotency key's writer (nonzero): the same command run again with the same
+    /// --writer-id, --writer-seq and records returns the original LSNs and appends nothing.
+    #[arg(long, value_name = "ID", requires = "writer_seq",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    writer_id: Option<u64>,
+    /// Idempotency key's sequence number of the first batch; later batches of the command
+    /// take the next numbers.
+    #[arg(long, value_name = "SEQ", requires = "writer_id")]
+    writer_seq: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -308,6 +325,12 @@ async fn append(
     let batch_bytes_max = (limits.frame_bytes_max as usize).saturating_sub(4096) / 2;
     let mut carried: Option<Vec<u8>> = None;
     let mut appended_any = false;
+    let mut options = AppendOptions {
+        expected_lsn: args.expected_lsn,
+        fencing_token: args.fencing_token,
+        idempotency: args.writer_id.zip(args.writer_seq),
+        ..AppendOptions::default()
+    };
     loop {
         let mut batch: Vec<Vec<u8>> = Vec::new();
         let mut bytes = 0;
@@ -330,8 +353,12 @@ async fn append(
         if batch.is_empty() {
             break;
         }
-        let lsns = client.append(id, &batch).await?;
+        let lsns = client.append_with(id, &batch, &options).await?;
         appended_any = true;
+        options.expected_lsn = options.expected_lsn.map(|_| lsns.end);
+        if let Some((_, seq)) = &mut options.idempotency {
+            *seq += 1;
+        }
         if json {
             print_json(
                 out,

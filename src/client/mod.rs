@@ -79,7 +79,10 @@ pub struct AppendOptions {
     pub epoch: Option<u64>,
     /// Refused with FENCED if lower than the log's token (`None`: no fencing).
     pub fencing_token: Option<u64>,
-    /// Idempotency key: `(writer_id, writer_seq)`, `writer_id` nonzero.
+    /// Idempotency key: `(writer_id, writer_seq)`, `writer_id` nonzero. A writer's sequence
+    /// numbers increase (one batch at a time, or pipelined in order); an append with a key
+    /// whose outcome is unknown (lost connection, timeout) is sent again with the same key,
+    /// and answered with the original LSNs if the first attempt was appended.
     pub idempotency: Option<(u64, u64)>,
 }
 
@@ -258,17 +261,27 @@ impl Client {
             header.writer_id = writer_id;
             header.writer_seq = writer_seq;
         }
+        let retry = if options.idempotency.is_some() {
+            Retry::EvenIfUnknown
+        } else {
+            Retry::Safe
+        };
         let answer = self
-            .call(self.shard_of(log_id), Opcode::Append, |out, id, limits| {
-                let mut batch = AppendBuilder::new(out, id, &header, limits);
-                for payload in payloads {
-                    batch
-                        .push(payload.as_ref())
-                        .map_err(|e| ClientError::Invalid(e.to_string()))?;
-                }
-                batch.finish();
-                Ok(())
-            })
+            .call(
+                self.shard_of(log_id),
+                Opcode::Append,
+                retry,
+                |out, id, limits| {
+                    let mut batch = AppendBuilder::new(out, id, &header, limits);
+                    for payload in payloads {
+                        batch
+                            .push(payload.as_ref())
+                            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+                    }
+                    batch.finish();
+                    Ok(())
+                },
+            )
             .await?;
         match answer {
             Answer::Append { first_lsn, count } if count as usize == payloads.len() => {
@@ -442,7 +455,7 @@ impl Client {
                 }
                 Some(conn::SubEvent::Failed(e)) => {
                     attempt += 1;
-                    match self.retry_wait(&e, attempt).await {
+                    match self.retry_wait(&e, attempt, Retry::Safe).await {
                         Some(Some(next)) => shard = next,
                         Some(None) => {}
                         None => return Err(e),
@@ -493,7 +506,7 @@ impl Client {
 
     /// Sends `request` to `shard` and waits for its answer, retrying retryable errors.
     async fn simple(&self, shard: u16, request: &Request<'_>) -> Result<Answer, ClientError> {
-        self.call(shard, request.opcode(), |out, id, _| {
+        self.call(shard, request.opcode(), Retry::Safe, |out, id, _| {
             encode_request(out, id, request);
             Ok(())
         })
@@ -506,14 +519,33 @@ impl Client {
         &self,
         mut shard: u16,
         opcode: Opcode,
+        retry: Retry,
         encode: impl Fn(&mut Vec<u8>, u64, &Limits) -> Result<(), ClientError>,
     ) -> Result<Answer, ClientError> {
         let timeout = self.inner.config.request_timeout;
         let mut attempt = 0;
         loop {
-            let conn = self.conn(shard).await?;
-            let limits = *conn.limits();
-            let (id, answer, permit) = conn.send(|out, id| encode(out, id, &limits)).await?;
+            let sent = match self.conn(shard).await {
+                Ok(conn) => {
+                    let limits = *conn.limits();
+                    conn.send(|out, id| encode(out, id, &limits))
+                        .await
+                        .map(|(id, answer, permit)| (conn, id, answer, permit))
+                }
+                Err(e) => Err(e),
+            };
+            let (conn, id, answer, permit) = match sent {
+                Ok(sent) => sent,
+                Err(e) => {
+                    attempt += 1;
+                    match self.retry_wait(&e, attempt, retry).await {
+                        Some(Some(next)) => shard = next,
+                        Some(None) => {}
+                        None => return Err(e),
+                    }
+                    continue;
+                }
+            };
             let result = match tokio::time::timeout(timeout, answer).await {
                 Ok(Ok(result)) => result,
                 Ok(Err(_)) => Err(ClientError::ConnectionLost {
@@ -533,7 +565,7 @@ impl Client {
                 Ok(answer) => return Ok(answer),
                 Err(e) => {
                     attempt += 1;
-                    match self.retry_wait(&e, attempt).await {
+                    match self.retry_wait(&e, attempt, retry).await {
                         Some(Some(next)) => shard = next,
                         Some(None) => {}
                         None => return Err(e),
@@ -545,9 +577,23 @@ impl Client {
 
     /// Whether to retry after `error` (the `attempt`-th failure): `None` no; `Some(shard)`
     /// yes, after waiting here, at `shard` if it is another one.
-    async fn retry_wait(&self, error: &ClientError, attempt: u32) -> Option<Option<u16>> {
-        if attempt > self.inner.config.retries_max {
+    async fn retry_wait(
+        &self,
+        error: &ClientError,
+        attempt: u32,
+        retry: Retry,
+    ) -> Option<Option<u16>> {
+        let config = &self.inner.config;
+        if attempt > config.retries_max {
             return None;
+        }
+        let unknown_but_safe = retry == Retry::EvenIfUnknown
+            && (error.outcome_unknown() || matches!(error, ClientError::Connect { .. }));
+        if unknown_but_safe {
+            // The node may be restarting: back off, then reconnect and resend the same key.
+            let backoff = config.unavailable_backoff * (1 << (attempt - 1).min(4));
+            tokio::time::sleep(backoff).await;
+            return Some(None);
         }
         let server = error.server()?;
         match server.code {
@@ -584,6 +630,16 @@ async fn open_within(
         opcode: Opcode::Hello,
         after: config.request_timeout,
     })?
+}
+
+/// Which failures a request may be sent again after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retry {
+    /// Only those that prove it did not take effect (retryable server codes).
+    Safe,
+    /// Also those whose outcome is unknown (an APPEND with an idempotency key: sending it
+    /// again cannot append it twice).
+    EvenIfUnknown,
 }
 
 fn unexpected(opcode: Opcode, answer: Answer) -> ClientError {

@@ -596,11 +596,11 @@ fn cases() -> Vec<Case> {
         Error::UnknownErrorCode { code: 0 },
     ));
     cases.push(response(
-        "ERROR code 15",
+        "ERROR code 16",
         2,
         ERR,
-        &error_body(15, 0, b""),
-        Error::UnknownErrorCode { code: 15 },
+        &error_body(16, 0, b""),
+        Error::UnknownErrorCode { code: 16 },
     ));
     cases.push(response(
         "ERROR retryable disagrees with the code",

@@ -4,6 +4,7 @@
 //! lands, the controller; the storage engine and the wire protocol are their own crates, re-exported.
 
 pub mod client;
+pub mod dev;
 pub mod node;
 
 pub use chainlog_net as net;

@@ -1,12 +1,16 @@
-//! The `chainlog` command: `chainlog node` runs a storage node; the other subcommands are
-//! clients of a node (their code is in `cli/`).
+//! The `chainlog` command: `chainlog node` runs a storage node, `chainlog dev` a local dev
+//! cluster of them ([`chainlog::dev`]); the other subcommands are clients of a node (their
+//! code is in `cli/`).
 
 mod cli;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use chainlog::node::{self, NodeSettings};
+use chainlog::dev::{DevCluster, DevError, DevOptions, Launcher, StopSignals};
+use chainlog::node::NodeArgs;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -25,6 +29,8 @@ struct Cli {
 enum Command {
     /// Run a storage node: one shard thread per core, shard i on the base port + i.
     Node(NodeArgs),
+    /// Run a local dev cluster (nodes as child processes on loopback) until Ctrl-C or SIGTERM.
+    Dev(DevArgs),
     /// Create, describe, list or delete logs.
     Log {
         #[command(subcommand)]
@@ -67,16 +73,21 @@ enum Command {
     },
 }
 
+/// `chainlog dev`'s arguments.
 #[derive(clap::Args, Debug)]
-struct NodeArgs {
-    /// A TOML settings file (keys as the flags, with underscores); flags override it.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    #[command(flatten)]
-    settings: NodeSettings,
-    /// Do not pin shard threads to cores.
-    #[arg(long)]
-    no_pin: bool,
+struct DevArgs {
+    /// Nodes (more than 1 needs chain replication, not built yet).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    nodes: usize,
+    /// Replication factor of the logs (at most the nodes).
+    #[arg(long, value_name = "R", default_value_t = 1)]
+    rf: usize,
+    /// Shards per node.
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    shards: usize,
+    /// Keep the nodes' data and logs here (default: a temp dir, removed on stop).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -94,32 +105,107 @@ fn main() -> ExitCode {
         Command::Trim { args, common } => cli::run(common, cli::Command::Trim(args)),
         Command::Tail { args, common } => cli::run(common, cli::Command::Tail(args)),
         Command::Status { common } => cli::run(common, cli::Command::Status),
-        Command::Node(args) => {
-            let file = match args.config.as_deref().map(NodeSettings::load).transpose() {
-                Ok(file) => file.unwrap_or_default(),
-                Err(e) => {
-                    eprintln!("chainlog node: --config {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let mut flags = args.settings;
-            if args.no_pin {
-                flags.pin = Some(false);
-            }
-            let config = match flags.or(file).resolve() {
-                Ok(config) => config,
-                Err(e) => {
-                    eprintln!("chainlog node: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            match node::run(config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("chainlog node: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Node(args) => args.run("chainlog node"),
+        Command::Dev(args) => dev(args),
+    }
+}
+
+/// How often `chainlog dev` looks whether a node died while it waits for Ctrl-C.
+const DEV_CHECK_EVERY: Duration = Duration::from_millis(200);
+
+/// `chainlog dev`: starts the cluster, prints where it is, waits for SIGINT or SIGTERM, stops
+/// every node. Exit codes: 0 stopped by a signal, 1 a node failed, 2 bad arguments.
+fn dev(args: DevArgs) -> ExitCode {
+    // Before any thread starts, so that every thread inherits the block and only `wait`
+    // takes the signals; the nodes start with an empty mask (std resets it).
+    let signals = match StopSignals::block() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("chainlog dev: signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let launcher = match Launcher::current_exe(&["node"]) {
+        Ok(launcher) => launcher,
+        Err(e) => {
+            eprintln!("chainlog dev: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = DevOptions {
+        nodes: args.nodes,
+        rf: args.rf,
+        shards: args.shards,
+        data_dir: args.data_dir,
+        ..DevOptions::new(launcher)
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("chainlog dev: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut cluster = match runtime.block_on(DevCluster::start(options)) {
+        Ok(cluster) => cluster,
+        Err(e @ (DevError::Invalid(_) | DevError::ReplicationNotBuilt { .. })) => {
+            eprintln!("chainlog dev: {e}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("chainlog dev: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    drop(runtime);
+    print_dev(&cluster);
+    loop {
+        if signals.wait(DEV_CHECK_EVERY) {
+            eprintln!("chainlog dev: stopping every node");
+            cluster.stop();
+            return ExitCode::SUCCESS;
+        }
+        if let Err(e) = cluster.check() {
+            eprintln!("chainlog dev: {e}");
+            cluster.stop();
+            return ExitCode::FAILURE;
         }
     }
+}
+
+/// One line per node, then how to use the cluster (stdout, flushed: scripts read it).
+fn print_dev(cluster: &DevCluster) {
+    let dir = cluster.data_dir().display();
+    let fate = if cluster.is_temporary() {
+        "removed on stop"
+    } else {
+        "kept"
+    };
+    let target = cluster.target();
+    let mut out = std::io::stdout().lock();
+    let mut lines = vec![format!("chainlog dev: data in {dir} ({fate})")];
+    for node in cluster.nodes() {
+        lines.push(format!(
+            "node {} (pid {}): shard 0 at {}, metrics at {}, data in {}, log in {}",
+            node.id(),
+            node.pid(),
+            node.addr(),
+            node.metrics_url(),
+            node.data_dir().display(),
+            node.log_file().display()
+        ));
+    }
+    lines.push(format!("use it:  chainlog status --target {target}"));
+    lines.push(format!(
+        "         chainlog-bench append --target {target} --record-size 1024 --concurrency 8 --duration 10"
+    ));
+    lines.push("Ctrl-C (or SIGTERM) stops every node.".to_string());
+    for line in lines {
+        // A closed stdout must not stop the cluster from running or being torn down.
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = out.flush();
 }

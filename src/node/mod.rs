@@ -11,7 +11,7 @@ mod protocol;
 mod settings;
 mod shard;
 
-pub use settings::NodeSettings;
+pub use settings::{NodeArgs, NodeSettings};
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -1,6 +1,7 @@
 //! `chainlog node`'s settings: a TOML file (`--config FILE`) and command-line flags, the flags
 //! winning, resolved into a [`NodeConfig`]. Unknown keys in the file are errors (a typo must
-//! not silently fall back to a default).
+//! not silently fall back to a default). [`NodeArgs`] is the whole command line of a node, so
+//! that every binary that runs one (`chainlog node`, `chainlog-bench node`) takes the same flags.
 //!
 //! ```toml
 //! data_dir = "/var/lib/chainlog"
@@ -16,12 +17,61 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use chainlog_storage::format::{block_align, FRAME_HEADER_BYTES};
 use chainlog_storage::{DurabilityMode, StoreConfig};
 use serde::Deserialize;
 
 use super::NodeConfig;
+
+/// A node's command line: `--config FILE`, the settings flags and `--no-pin`.
+#[derive(clap::Args, Debug, Default)]
+pub struct NodeArgs {
+    /// A TOML settings file (keys as the flags, with underscores); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: NodeSettings,
+    /// Do not pin shard threads to cores.
+    #[arg(long)]
+    pub no_pin: bool,
+}
+
+impl NodeArgs {
+    /// The node configuration: the file's settings under the flags', resolved.
+    pub fn resolve(self) -> Result<NodeConfig, String> {
+        let file = match self.config.as_deref() {
+            Some(path) => NodeSettings::load(path).map_err(|e| format!("--config {e}"))?,
+            None => NodeSettings::default(),
+        };
+        let mut flags = self.settings;
+        if self.no_pin {
+            flags.pin = Some(false);
+        }
+        flags.or(file).resolve()
+    }
+
+    /// Runs the node until it is stopped (see [`super::run`]). Errors go to stderr after
+    /// `program` (e.g. `chainlog node`); the exit code is 2 for bad settings, 1 for a node
+    /// that failed, 0 for a graceful stop.
+    pub fn run(self, program: &str) -> ExitCode {
+        let config = match self.resolve() {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("{program}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match super::run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{program}: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
 
 /// The node's settings, as given by a file or by flags (every field optional).
 #[derive(clap::Args, Deserialize, Debug, Default)]

@@ -1,0 +1,285 @@
+//! The dev cluster with real processes: [`chainlog::dev::DevCluster`] in this process, and the
+//! `chainlog dev` command (serves through the address it prints; SIGINT stops its node and
+//! exits 0; a `kill -9` of it takes its node down too; more than one node is refused until
+//! chain replication exists).
+//!
+//! Every process a test starts is killed by PID and reaped when the test ends, failed or not
+//! ([`Dev`]'s `Drop`). Waits have generous deadlines, as guards against hanging, never as
+//! timing assertions.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use chainlog::client::{log_id, Client};
+use chainlog::dev::{DevCluster, DevError, DevOptions, Launcher};
+
+/// How long a test waits for anything (a process to print, answer or exit) before failing.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn chainlog() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_chainlog"))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Whether process `pid` exists and is not a zombie (a zombie has exited).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesized command name, which may itself hold spaces.
+        Ok(stat) => match stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+        {
+            Some(state) => state != "Z" && state != "X",
+            None => true,
+        },
+        Err(_) => false,
+    }
+}
+
+/// Waits until `pid` is gone; whether it went before the deadline.
+fn gone_within(pid: u32, deadline: Duration) -> bool {
+    let end = Instant::now() + deadline;
+    while alive(pid) {
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Writes, appends three records, reads them back, through `addr`.
+async fn round_trip(addr: SocketAddr) {
+    let client = Client::connect(addr).await.expect("connect");
+    let id = client.create_log("dev-test").await.expect("create");
+    assert_eq!(id, log_id("dev-test"));
+    let records = [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()];
+    let lsns = client.append(id, &records).await.expect("append");
+    assert_eq!(lsns.end - lsns.start, 3);
+    let batch = client
+        .read(id, lsns.start, 16, 1 << 20)
+        .await
+        .expect("read");
+    let payloads: Vec<Vec<u8>> = batch.records.into_iter().map(|r| r.payload).collect();
+    assert_eq!(payloads, records);
+}
+
+#[test]
+fn dev_cluster_in_process_serves_then_stops_and_removes_its_temp_dir() {
+    let runtime = runtime();
+    let options = DevOptions {
+        shards: 2,
+        ..DevOptions::new(Launcher {
+            program: chainlog(),
+            args_prefix: vec!["node".into()],
+        })
+    };
+    let cluster = runtime.block_on(DevCluster::start(options)).expect("start");
+    assert!(cluster.is_temporary());
+    let node = &cluster.nodes()[0];
+    let (pid, dir) = (node.pid(), cluster.data_dir().to_path_buf());
+    assert_eq!(node.addr(), cluster.target());
+    assert_eq!(node.metrics().port(), node.addr().port() + 2);
+    assert!(node.data_dir().join("shard-1").is_dir());
+    runtime.block_on(round_trip(cluster.target()));
+    cluster.stop();
+    assert!(!alive(pid), "node {pid} outlived stop()");
+    assert!(!dir.exists(), "{} outlived stop()", dir.display());
+}
+
+#[test]
+fn dev_cluster_keeps_a_given_data_dir_and_refuses_replication() {
+    let runtime = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let launcher = Launcher {
+        program: chainlog(),
+        args_prefix: vec!["node".into()],
+    };
+    let options = DevOptions {
+        data_dir: Some(dir.path().join("cluster")),
+        ..DevOptions::new(launcher.clone())
+    };
+    let cluster = runtime.block_on(DevCluster::start(options)).expect("start");
+    assert!(!cluster.is_temporary());
+    let pid = cluster.nodes()[0].pid();
+    cluster.stop();
+    assert!(!alive(pid));
+    assert!(dir.path().join("cluster/node-1/shard-0").is_dir());
+    assert!(dir.path().join("cluster/node-1.log").is_file());
+
+    let three = DevOptions {
+        nodes: 3,
+        rf: 3,
+        ..DevOptions::new(launcher)
+    };
+    let refused = runtime
+        .block_on(DevCluster::start(three))
+        .expect_err("rf 3");
+    assert!(
+        matches!(refused, DevError::ReplicationNotBuilt { nodes: 3, rf: 3 }),
+        "{refused}"
+    );
+}
+
+/// A `chainlog dev` process and the nodes it printed; all killed by PID and reaped on drop.
+struct Dev {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    node_pids: Vec<u32>,
+    /// The data directory it printed.
+    data_dir: Option<PathBuf>,
+}
+
+impl Dev {
+    fn start(args: &[&str]) -> Dev {
+        let mut child = Command::new(chainlog())
+            .arg("dev")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chainlog dev");
+        let stdout = child.stdout.take().expect("stdout");
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Dev {
+            child,
+            lines,
+            node_pids: Vec::new(),
+            data_dir: None,
+        }
+    }
+
+    /// Reads the banner up to the `use it:` line: the target; the node pids (kept for
+    /// `Drop`) and the data directory on the way.
+    fn target(&mut self) -> SocketAddr {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(DEADLINE)
+                .expect("chainlog dev printed its target");
+            if let Some(rest) = line.strip_prefix("chainlog dev: data in ") {
+                let (dir, _) = rest.rsplit_once(" (").expect("data dir line");
+                self.data_dir = Some(PathBuf::from(dir));
+            }
+            if let Some(rest) = line.strip_prefix("node ") {
+                let pid = rest
+                    .split_once("(pid ")
+                    .and_then(|(_, r)| r.split_once(')'))
+                    .map(|(pid, _)| pid.parse::<u32>().expect("pid"))
+                    .expect("a node line names its pid");
+                self.node_pids.push(pid);
+            }
+            if line.starts_with("use it:") {
+                let mut words = line.split_whitespace();
+                words.find(|w| *w == "--target");
+                return words
+                    .next()
+                    .expect("an address after --target")
+                    .parse()
+                    .expect("a socket address");
+            }
+        }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+    }
+
+    fn wait(&mut self) -> ExitStatus {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < end, "chainlog dev did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for &pid in &self.node_pids {
+            if alive(pid) {
+                // SAFETY: kill(2) on a node this test started and saw alive just now.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+#[test]
+fn chainlog_dev_serves_then_sigint_stops_its_node_and_exits_0() {
+    let mut dev = Dev::start(&["--nodes", "1"]);
+    let target = dev.target();
+    assert_eq!(dev.node_pids.len(), 1);
+    let node = dev.node_pids[0];
+    assert!(alive(node));
+    runtime().block_on(round_trip(target));
+    dev.signal(libc::SIGINT);
+    let status = dev.wait();
+    assert!(status.success(), "{status}");
+    // The node was reaped by `chainlog dev` before it exited.
+    assert!(!alive(node), "node {node} outlived chainlog dev");
+    let dir = dev.data_dir.clone().expect("a data dir was printed");
+    assert!(
+        !dir.exists(),
+        "the temp dir {} outlived chainlog dev",
+        dir.display()
+    );
+}
+
+#[test]
+fn a_kill_9_of_chainlog_dev_takes_its_node_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8 temp path").to_string();
+    let mut dev = Dev::start(&["--nodes", "1", "--shards", "2", "--data-dir", &data]);
+    let target = dev.target();
+    let node = dev.node_pids[0];
+    runtime().block_on(round_trip(target));
+    dev.signal(libc::SIGKILL);
+    let status = dev.wait();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    assert!(
+        gone_within(node, DEADLINE),
+        "node {node} outlived chainlog dev"
+    );
+}
+
+#[test]
+fn chainlog_dev_with_two_nodes_says_replication_is_not_built() {
+    let output = Command::new(chainlog())
+        .args(["dev", "--nodes", "2"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chainlog dev");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("chain replication"), "{stderr}");
+    assert!(stderr.contains("not built yet"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}

@@ -17,7 +17,7 @@
 //! intended send time) is recorded; sends later than `late_after` are counted as late.
 //!
 //! The engine is one future, generic over a [`Clock`] and a [`Target`]: the real run passes
-//! [`TokioClock`] and the client library; tests pass a simulated clock and a fake target and
+//! [`SystemClock`] and the client library; tests pass a simulated clock and a fake target and
 //! get exact, repeatable timings. It spawns nothing: outstanding appends are futures polled in
 //! place, and each one takes its completion time the moment it is polled ready.
 //!
@@ -27,11 +27,13 @@
 
 use std::fmt;
 use std::future::Future;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use hdrhistogram::Histogram;
 use serde::{Serialize, Serializer};
+use tokio::io::unix::AsyncFd;
 
 use crate::report::{self, Errors, LatencyPercentiles};
 
@@ -48,31 +50,147 @@ pub(crate) trait Clock {
     fn sleep_until(&self, at: Duration) -> impl Future<Output = ()>;
 }
 
-/// The real clock: tokio's monotonic time from when it was made. Its timer has a resolution of
-/// one millisecond, so an open-loop send may go out up to about 1 ms after its intended time
-/// on an idle machine (shown as lateness, and included in the corrected latency).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct TokioClock {
-    origin: tokio::time::Instant,
+/// The real clock: `CLOCK_MONOTONIC` from when it was made, with a timerfd (armed at absolute
+/// deadlines, woken through tokio's reactor) for sleeps. tokio's own timer rounds every
+/// deadline up to the next whole millisecond, which would send each open-loop append up to
+/// 1 ms after its intended time even on an idle machine; the timerfd wakes within tens of
+/// microseconds. One sleeper at a time (the engine has one): a sleep re-arms the timer.
+#[derive(Debug)]
+pub(crate) struct SystemClock {
+    now: MonotonicClock,
+    timer: AsyncFd<OwnedFd>,
 }
 
-impl TokioClock {
-    /// A clock whose origin is now.
-    pub(crate) fn new() -> TokioClock {
-        TokioClock {
-            origin: tokio::time::Instant::now(),
+impl SystemClock {
+    /// A clock whose origin is now. Must be called inside a tokio runtime with I/O enabled.
+    pub(crate) fn new() -> std::io::Result<SystemClock> {
+        // SAFETY: a plain system call with constant arguments; the result is checked below.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: an `OwnedFd` is open, and always answers the same descriptor, until the
+        // `AsyncFd` that owns it drops it.
+        let timer = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(SystemClock {
+            now: MonotonicClock::new(),
+            timer,
+        })
+    }
+
+    /// The clock's reading alone, to share with other tasks (the tailers).
+    pub(crate) fn monotonic(&self) -> MonotonicClock {
+        self.now
+    }
+
+    /// Arms the timer to fire at `deadline_ns` on `CLOCK_MONOTONIC`.
+    fn arm(&self, deadline_ns: u64) -> std::io::Result<()> {
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: (deadline_ns / 1_000_000_000) as libc::time_t,
+                tv_nsec: (deadline_ns % 1_000_000_000) as libc::c_long,
+            },
+        };
+        // SAFETY: the descriptor is a live timerfd we own; `spec` outlives the call; a null
+        // old value is allowed.
+        let rc = unsafe {
+            libc::timerfd_settime(
+                self.timer.as_raw_fd(),
+                libc::TFD_TIMER_ABSTIME,
+                &spec,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    /// Whether the timer has fired since it was armed (consumes the expiration).
+    fn fired(&self) -> bool {
+        let mut expirations = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a buffer of 8 from a live timerfd we own.
+        let n = unsafe {
+            libc::read(
+                self.timer.as_raw_fd(),
+                expirations.as_mut_ptr().cast(),
+                expirations.len(),
+            )
+        };
+        n == expirations.len() as isize
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        self.now.now()
+    }
+
+    async fn sleep_until(&self, at: Duration) {
+        let deadline_ns = self.now.origin_ns + u64::try_from(at.as_nanos()).unwrap_or(u64::MAX);
+        if self.now() >= at {
+            return;
+        }
+        if let Err(e) = self.arm(deadline_ns) {
+            panic!("arming a timerfd failed: {e}");
+        }
+        while self.now() < at {
+            let mut ready = match self.timer.readable().await {
+                Ok(ready) => ready,
+                Err(e) => panic!("waiting on a timerfd failed: {e}"),
+            };
+            if self.fired() {
+                return;
+            }
+            // Readiness left over from an earlier arming: wait for this one.
+            ready.clear_ready();
         }
     }
 }
 
-impl Clock for TokioClock {
-    fn now(&self) -> Duration {
-        self.origin.elapsed()
+/// `CLOCK_MONOTONIC` time since an origin: the reading half of [`SystemClock`], copyable.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MonotonicClock {
+    origin_ns: u64,
+}
+
+impl MonotonicClock {
+    fn new() -> MonotonicClock {
+        MonotonicClock {
+            origin_ns: monotonic_ns(),
+        }
     }
 
-    fn sleep_until(&self, at: Duration) -> impl Future<Output = ()> {
-        tokio::time::sleep_until(self.origin + at)
+    /// Time since the origin.
+    pub(crate) fn now(&self) -> Duration {
+        Duration::from_nanos(monotonic_ns().saturating_sub(self.origin_ns))
     }
+}
+
+/// `CLOCK_MONOTONIC`, nanoseconds.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill; CLOCK_MONOTONIC always exists.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC)");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Why an append failed.

@@ -25,6 +25,7 @@
 //! carry their send time (clock microseconds, little endian) in their first 8 bytes, so a
 //! tailer can measure end-to-end latency.
 
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
@@ -59,6 +60,9 @@ pub(crate) trait Clock {
 pub(crate) struct SystemClock {
     now: MonotonicClock,
     timer: AsyncFd<OwnedFd>,
+    /// The deadline the timer is armed at: a sleep until the same deadline (the engine asks
+    /// again after every completion) does not re-arm it.
+    armed_ns: Cell<u64>,
 }
 
 impl SystemClock {
@@ -83,6 +87,7 @@ impl SystemClock {
         Ok(SystemClock {
             now: MonotonicClock::new(),
             timer,
+            armed_ns: Cell::new(0),
         })
     }
 
@@ -145,8 +150,11 @@ impl Clock for SystemClock {
         if self.now() >= at {
             return;
         }
-        if let Err(e) = self.arm(deadline_ns) {
-            panic!("arming a timerfd failed: {e}");
+        if self.armed_ns.get() != deadline_ns {
+            if let Err(e) = self.arm(deadline_ns) {
+                panic!("arming a timerfd failed: {e}");
+            }
+            self.armed_ns.set(deadline_ns);
         }
         while self.now() < at {
             let mut ready = match self.timer.readable().await {

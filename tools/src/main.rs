@@ -19,6 +19,9 @@ mod report;
 #[cfg_attr(not(test), allow(dead_code))]
 mod stages;
 mod storage_mode;
+// Used by append once its --target is TargetArgs (contract in target.rs).
+#[allow(dead_code)]
+mod target;
 
 use std::process::ExitCode;
 
@@ -41,6 +44,10 @@ enum Mode {
     /// Appends against a running node over the network: C closed-loop appenders sharing one
     /// client, each with one append of one record outstanding.
     Append(append_mode::AppendArgs),
+    /// Run a storage node with `chainlog node`'s flags: how `--dev` starts its nodes from
+    /// this executable.
+    #[command(hide = true)]
+    Node(chainlog::node::NodeArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +62,7 @@ fn main() -> ExitCode {
     let outcome = match cli.mode {
         Mode::Storage(args) => storage_mode::main(args),
         Mode::Append(args) => append_mode::main(args),
+        Mode::Node(args) => return args.run("chainlog-bench node"),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -136,8 +136,8 @@ pub enum DevError {
     Invalid(String),
     /// More than one node, or rf > 1: that needs chain replication.
     #[error(
-        "{nodes} node(s) with rf {rf}: chain replication and the controller are not built \
-         yet, so a dev cluster is one node with rf 1 for now (--nodes 1 --rf 1)"
+        "a dev cluster of {nodes} node(s) with rf {rf} needs chain replication and the \
+         controller, which are not built yet: for now it is one node with rf 1 (--nodes 1 --rf 1)"
     )]
     ReplicationNotBuilt {
         /// The nodes asked for.

@@ -220,6 +220,35 @@ mod tests {
     }
 
     #[test]
+    fn node_args_put_the_flags_over_the_config_file() {
+        use clap::Parser;
+        #[derive(Parser, Debug)]
+        struct Cli {
+            #[command(flatten)]
+            node: NodeArgs,
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "data_dir = \"/data\"\nshards = 3\npin = true\n").expect("write");
+        let file = file.to_str().expect("utf-8 path");
+        let cli = Cli::try_parse_from(["node", "--config", file, "--shards", "2", "--no-pin"])
+            .expect("parses");
+        let config = cli.node.resolve().expect("resolves");
+        assert_eq!(config.data_dir, PathBuf::from("/data"));
+        assert_eq!(config.shards, 2);
+        assert!(!config.pin);
+        let missing = Cli::try_parse_from(["node", "--config", "/nonexistent/node.toml"])
+            .expect("parses")
+            .node
+            .resolve()
+            .expect_err("no such file");
+        assert!(
+            missing.starts_with("--config /nonexistent/node.toml"),
+            "{missing}"
+        );
+    }
+
+    #[test]
     fn bad_settings_are_clear_errors() {
         let unknown =
             toml::from_str::<NodeSettings>("data_dir = \"/d\"\nshard = 2").expect_err("typo");

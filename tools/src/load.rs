@@ -228,6 +228,16 @@ pub(crate) enum Arrivals {
     Poisson,
 }
 
+impl Arrivals {
+    /// `"uniform"` or `"poisson"`, as the command line and the reports name it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Arrivals::Uniform => "uniform",
+            Arrivals::Poisson => "poisson",
+        }
+    }
+}
+
 /// How sends are paced.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum LoopMode {

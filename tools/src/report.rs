@@ -2,6 +2,9 @@
 //! throughput/latency/errors summary that every JSON report starts with, the human-readable
 //! lines of the report, the JSON file, and the progress line on stderr.
 //!
+//! Also the other outputs of a load run: the HdrHistogram interval log and the time series as
+//! the HTML report takes it.
+//!
 //! The JSON field names are a contract with scripts (README, `chainlog-bench` section): add
 //! fields, never rename or remove one.
 
@@ -9,10 +12,15 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::Histogram;
 use serde::Serialize;
+
+use crate::html::SecondSample;
+use crate::load::{Interval, IntervalStats};
 
 /// Significant digits of every latency histogram (values within 0.1% of the truth).
 pub(crate) const SIGNIFICANT_DIGITS: u8 = 3;
@@ -117,8 +125,9 @@ pub(crate) struct LoadSummary {
     pub(crate) records_per_s: f64,
     /// `bytes / duration_s` (payload bytes only; headers and padding excluded).
     pub(crate) bytes_per_s: f64,
-    /// Latency of each record, from the call that issued it to the moment its durable
-    /// acknowledgement was seen, microseconds.
+    /// Latency of each record, from the call that issued it (open loop: from its intended
+    /// send time, coordinated omission corrected) to the moment its durable acknowledgement
+    /// was seen, microseconds.
     pub(crate) latency_us: LatencyPercentiles,
     /// Errors by kind.
     pub(crate) errors: Errors,
@@ -134,8 +143,19 @@ impl LoadSummary {
         latency: &Histogram<u64>,
         errors: Errors,
     ) -> LoadSummary {
+        LoadSummary::of_bytes(duration, records, records * record_bytes, latency, errors)
+    }
+
+    /// The summary of `records` of `bytes` in all (sizes may differ) acknowledged in
+    /// `duration`, with their latencies in `latency`.
+    pub(crate) fn of_bytes(
+        duration: Duration,
+        records: u64,
+        bytes: u64,
+        latency: &Histogram<u64>,
+        errors: Errors,
+    ) -> LoadSummary {
         let duration_s = duration.as_secs_f64();
-        let bytes = records * record_bytes;
         let per_s = |n: u64| {
             if duration_s > 0.0 {
                 n as f64 / duration_s
@@ -197,7 +217,6 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, report: &T) -> Result<(), St
     std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
-/// `1234567` as `1,234,567`.
 /// The first line of a human-readable report: what ran, with how many of what.
 pub(crate) fn headline(
     mode: &str,
@@ -208,14 +227,34 @@ pub(crate) fn headline(
     duration_s: f64,
     warmup_s: f64,
 ) -> String {
-    let plural = |n: u32| if n == 1 { "" } else { "s" };
-    format!(
-        "chainlog-bench {mode}: {record_size} B records, {concurrency} {who}{}, {logs} log{}, {duration_s} s measured after {warmup_s} s warm-up",
-        plural(concurrency),
-        plural(logs),
+    let plural = if concurrency == 1 { "" } else { "s" };
+    headline_with(
+        mode,
+        record_size,
+        &format!("{concurrency} {who}{plural}"),
+        logs,
+        duration_s,
+        warmup_s,
     )
 }
 
+/// [`headline`] with the load described by the caller (`"4 appenders"`, `"open loop at
+/// ..."`) and any record size description (`128`, `64..4096`).
+pub(crate) fn headline_with(
+    mode: &str,
+    record_size: impl std::fmt::Display,
+    load: &str,
+    logs: u32,
+    duration_s: f64,
+    warmup_s: f64,
+) -> String {
+    let plural = if logs == 1 { "" } else { "s" };
+    format!(
+        "chainlog-bench {mode}: {record_size} B records, {load}, {logs} log{plural}, {duration_s} s measured after {warmup_s} s warm-up",
+    )
+}
+
+/// `1234567` as `1,234,567`.
 pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
@@ -226,6 +265,50 @@ pub(crate) fn thousands(n: u64) -> String {
         out.push(c);
     }
     out
+}
+
+/// Writes `intervals` (latencies in microseconds) as an HdrHistogram interval log to `path`
+/// (replacing it): one compressed V2 histogram per interval, timestamps in seconds after
+/// `measure_start` (the log's BaseTime and StartTime), values in microseconds.
+pub(crate) fn write_hdr_log(
+    path: &Path,
+    intervals: &[Interval],
+    measure_start: SystemTime,
+) -> Result<(), String> {
+    let failed = |e: &dyn std::fmt::Display| format!("writing {}: {e}", path.display());
+    let mut out = Vec::new();
+    let mut serializer = V2DeflateSerializer::new();
+    let mut log = IntervalLogWriterBuilder::new()
+        .add_comment("chainlog-bench latency, microseconds, one interval per second")
+        .with_start_time(measure_start)
+        .with_base_time(measure_start)
+        .begin_log_with(&mut out, &mut serializer)
+        .map_err(|e| failed(&e))?;
+    for interval in intervals {
+        log.write_histogram(&interval.latency, interval.start, interval.duration, None)
+            .map_err(|e| failed(&e))?;
+    }
+    std::fs::write(path, out).map_err(|e| failed(&e))
+}
+
+/// The command line of this process, as one string (for reports).
+pub(crate) fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+/// The time series as the HTML report plots it.
+pub(crate) fn timeline(intervals: &[IntervalStats]) -> Vec<SecondSample> {
+    intervals
+        .iter()
+        .map(|i| SecondSample {
+            t_s: i.start_s + i.duration_s,
+            records_per_s: i.records_per_s,
+            latency_us_p50: i.latency_us_p50,
+            latency_us_p99: i.latency_us_p99,
+            latency_us_p999: i.latency_us_p999,
+            latency_us_max: i.latency_us_max,
+        })
+        .collect()
 }
 
 /// The progress line on stderr: rewritten in place (`\r`) on a terminal, one plain line per

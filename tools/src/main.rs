@@ -2,25 +2,18 @@
 //! subcommand per mode) and the process's exit code; each mode lives in its own module and
 //! shares the measurement and reporting code of [`report`].
 //!
-//! Modes today: `storage` (the storage engine alone, in this process, no network) and
-//! `append` (closed-loop appends against a running node, through the client library).
-//! Planned (DESIGN.md section 9): `--dev N`, open loop, `plan`.
+//! Modes: `storage` (the storage engine alone, in this process, no network), `append`
+//! (closed- or open-loop appends against a running node, through the client library; the
+//! load engine is [`load`]) and `plan` (the capacity planner: an open-loop sweep to the knee).
 
 mod append_mode;
-// used by plan/append once wired (issue 4)
-#[cfg_attr(not(test), allow(dead_code))]
 mod fingerprint;
-// used by plan/append once wired (issue 4)
-#[cfg_attr(not(test), allow(dead_code))]
 mod html;
 mod load;
+mod plan;
 mod report;
-// used by plan/append once wired (issue 4)
-#[cfg_attr(not(test), allow(dead_code))]
 mod stages;
 mod storage_mode;
-// Used by append once its --target is TargetArgs (contract in target.rs).
-#[allow(dead_code)]
 mod target;
 
 use std::process::ExitCode;
@@ -41,9 +34,13 @@ enum Mode {
     /// The storage engine alone (no network): C closed-loop clients in one thread, as a shard
     /// runs them, each with one durable append of one record outstanding.
     Storage(storage_mode::StorageArgs),
-    /// Appends against a running node over the network: C closed-loop appenders sharing one
-    /// client, each with one append of one record outstanding.
+    /// Appends against a running node over the network, through one client: closed loop
+    /// (--concurrency C appenders, one append outstanding each) or open loop (--rate R
+    /// records/s, latency from the intended send time).
     Append(append_mode::AppendArgs),
+    /// Capacity planning: calibrate, sweep offered load in open loop, and answer the highest
+    /// rate a node sustains at p99 <= --p99-ms for records of --record-size.
+    Plan(plan::PlanArgs),
     /// Run a storage node with `chainlog node`'s flags: how `--dev` starts its nodes from
     /// this executable.
     #[command(hide = true)]
@@ -62,6 +59,7 @@ fn main() -> ExitCode {
     let outcome = match cli.mode {
         Mode::Storage(args) => storage_mode::main(args),
         Mode::Append(args) => append_mode::main(args),
+        Mode::Plan(args) => plan::main(args),
         Mode::Node(args) => return args.run("chainlog-bench node"),
     };
     match outcome {

@@ -432,16 +432,23 @@ fn latency_label(us: f64) -> String {
     format!("{value:.digits$}{unit}")
 }
 
-/// A rate as an axis label: `500`, `12k`, `1.2M`.
+/// A rate as an axis label: `500`, `2.5k`, `5k`, `40k`, `1.2M`.
 fn rate_label(per_s: f64) -> String {
     if per_s >= 1e6 {
-        format!("{:.1}M", per_s / 1e6)
-    } else if per_s >= 1e4 {
-        format!("{:.0}k", per_s / 1e3)
+        format!("{}M", trimmed(per_s / 1e6))
     } else if per_s >= 1e3 {
-        format!("{:.1}k", per_s / 1e3)
+        format!("{}k", trimmed(per_s / 1e3))
     } else {
-        format!("{per_s:.0}")
+        trimmed(per_s)
+    }
+}
+
+/// `value` with at most one decimal, none if it is whole: `5`, `2.5`.
+fn trimmed(value: f64) -> String {
+    let text = format!("{value:.1}");
+    match text.strip_suffix(".0") {
+        Some(whole) => whole.to_string(),
+        None => text,
     }
 }
 
@@ -488,6 +495,7 @@ fn plot_load(sweep: &Sweep) -> std::io::Result<String> {
         let mut chart = ChartBuilder::on(root)
             .caption(TITLE_LOAD, (FONT, CAPTION_PX))
             .margin(16)
+            .margin_right(40)
             .x_label_area_size(50)
             .y_label_area_size(70)
             .build_cartesian_2d(0.0..x_top, y.clone().log_scale())
@@ -594,13 +602,14 @@ fn plot_spectrum(spectrum: &[SpectrumPoint]) -> std::io::Result<String> {
         let mut chart = ChartBuilder::on(root)
             .caption(TITLE_SPECTRUM, (FONT, CAPTION_PX))
             .margin(16)
+            .margin_right(40)
             .x_label_area_size(50)
             .y_label_area_size(70)
             .build_cartesian_2d(0.0..x_top, y.clone().log_scale())
             .map_err(plot_error)?;
         chart
             .configure_mesh()
-            .x_desc("percentile (%, log scale of 1 - q: one step per nine)")
+            .x_desc("percentile (%, log scale: one step per nine)")
             .y_desc("latency (µs, log scale)")
             .axis_desc_style((FONT, AXIS_DESC_PX))
             .label_style((FONT, LABEL_PX))
@@ -642,6 +651,7 @@ fn plot_latency_time(timeline: &[SecondSample]) -> std::io::Result<String> {
         let mut chart = ChartBuilder::on(root)
             .caption(TITLE_LATENCY_TIME, (FONT, CAPTION_PX))
             .margin(16)
+            .margin_right(40)
             .x_label_area_size(50)
             .y_label_area_size(70)
             .build_cartesian_2d(0.0..x_top, y.clone().log_scale())
@@ -649,6 +659,7 @@ fn plot_latency_time(timeline: &[SecondSample]) -> std::io::Result<String> {
         chart
             .configure_mesh()
             .x_desc("time (s)")
+            .x_label_formatter(&|t| trimmed(*t))
             .y_desc("latency per second (µs, log scale)")
             .axis_desc_style((FONT, AXIS_DESC_PX))
             .label_style((FONT, LABEL_PX))
@@ -692,6 +703,7 @@ fn plot_throughput_time(timeline: &[SecondSample]) -> std::io::Result<String> {
         let mut chart = ChartBuilder::on(root)
             .caption(TITLE_THROUGHPUT_TIME, (FONT, CAPTION_PX))
             .margin(16)
+            .margin_right(40)
             .x_label_area_size(50)
             .y_label_area_size(70)
             .build_cartesian_2d(0.0..x_top, 0.0..y_top)
@@ -699,6 +711,7 @@ fn plot_throughput_time(timeline: &[SecondSample]) -> std::io::Result<String> {
         chart
             .configure_mesh()
             .x_desc("time (s)")
+            .x_label_formatter(&|t| trimmed(*t))
             .y_desc("throughput (records/s)")
             .axis_desc_style((FONT, AXIS_DESC_PX))
             .label_style((FONT, LABEL_PX))
@@ -968,6 +981,8 @@ mod tests {
         assert_eq!(latency_label(3e6), "3M");
         assert_eq!(rate_label(500.0), "500");
         assert_eq!(rate_label(2_500.0), "2.5k");
+        assert_eq!(rate_label(5_000.0), "5k");
+        assert_eq!(rate_label(0.0), "0");
         assert_eq!(rate_label(40_000.0), "40k");
         assert_eq!(latency_range_us([120, 800].into_iter()), 100.0..1000.0);
         assert_eq!(latency_range_us([100].into_iter()), 100.0..1000.0);

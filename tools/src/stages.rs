@@ -168,11 +168,13 @@ fn http_get(addr: &str, path: &str) -> Result<String, String> {
         .set_read_timeout(Some(SCRAPE_TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(SCRAPE_TIMEOUT)))
         .map_err(|e| format!("setting timeouts on {addr}: {e}"))?;
-    write!(
-        stream,
+    // One buffer, one write: `write!` on the stream would send each piece in its own segment.
+    let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("sending GET {path} to {addr}: {e}"))?;
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("sending GET {path} to {addr}: {e}"))?;
     let mut answer = Vec::new();
     stream
         .take(SCRAPE_BYTES_MAX + 1)
@@ -652,9 +654,15 @@ mod tests {
         let addr = listener.local_addr().unwrap().to_string();
         let server = std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
-            let mut request = [0u8; 1024];
-            let n = stream.read(&mut request).unwrap();
-            let request = String::from_utf8_lossy(&request[..n]).into_owned();
+            // Read the whole request: closing with unread bytes would reset the connection.
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 256];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = stream.read(&mut chunk).unwrap();
+                assert!(n > 0, "the request ends with a blank line");
+                request.extend_from_slice(&chunk[..n]);
+            }
+            let request = String::from_utf8(request).unwrap();
             write!(
                 stream,
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\

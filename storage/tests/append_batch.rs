@@ -241,7 +241,7 @@ fn fencing_tokens_only_rise_and_survive_reopen() {
     let disk = SimDisk::new();
     let mut store = open(&disk, 5);
     let one = [Record::new(b"x")];
-    let mut append = |store: &mut Store<SimIo>, options: &AppendOptions| {
+    let append = |store: &mut Store<SimIo>, options: &AppendOptions| {
         store.append_batch(9, 1, options, Batch::Records(&one), 0)
     };
     assert_res!(append(&mut store, &AppendOptions::default()), Ok(0..1));

@@ -760,9 +760,8 @@ pub(crate) async fn run<C: Clock, T: Target>(
             loop {
                 let now = clock.now();
                 recorder.close_intervals(now);
-                if now >= end {
-                    break;
-                }
+                // Sends due before the end go out even when the loop wakes at or after it:
+                // only the outstanding bound keeps a send back.
                 let mut due = start + schedule.peek();
                 while due <= now && due < end && in_flight.len() < outstanding_max {
                     let log = (sends % spec.logs as u64) as usize;
@@ -782,6 +781,9 @@ pub(crate) async fn run<C: Clock, T: Target>(
                     }
                     schedule.advance();
                     due = start + schedule.peek();
+                }
+                if now >= end {
+                    break;
                 }
                 let blocked = in_flight.len() >= outstanding_max;
                 let mut wake = end.min(recorder.current_end());

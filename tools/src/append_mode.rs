@@ -214,13 +214,18 @@ impl LoadFacts {
     }
 }
 
+/// What the node said in HELLO.
 #[derive(Debug, Serialize)]
 struct NodeSettings {
     /// The address of shard 0.
     addr: String,
+    /// Shards of the node (shard i listens on shard 0's port + i).
     shard_count: u16,
+    /// Largest record payload the node accepts.
     record_bytes_max: u32,
+    /// Most records in one APPEND.
     batch_records_max: u32,
+    /// Largest frame the node accepts.
     frame_bytes_max: u32,
 }
 
@@ -282,6 +287,7 @@ pub(crate) async fn create_logs(client: &Client, n: u32) -> Result<Vec<String>, 
     Ok(log_names)
 }
 
+/// Runs `chainlog-bench append`: prints the report on stdout and writes the files asked for.
 pub(crate) fn main(args: AppendArgs) -> Result<(), String> {
     if args.readers > 0 && args.record_size.min() < load::STAMP_BYTES {
         crate::usage_error(
@@ -334,6 +340,8 @@ pub(crate) fn main(args: AppendArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Connects (starting the dev cluster with `--dev`), creates the logs, runs the load; returns
+/// the report, what was measured, and the dev cluster's guard.
 async fn run(args: &AppendArgs) -> Result<(AppendReport<'_>, Measured, Option<DevGuard>), String> {
     let (addr, client, guard) = connect(&args.target).await?;
     let limits = client.limits();

@@ -231,6 +231,8 @@ fn next_rate(held_max: Option<f64>, failed_min: Option<f64>) -> Option<f64> {
     }
 }
 
+/// Runs `chainlog-bench plan`: prints the calibration, the sweep table and the answer on
+/// stdout (each step's row also on stderr as it completes) and writes the files asked for.
 pub(crate) fn main(args: PlanArgs) -> Result<(), String> {
     // Before any load: the probe writes to the disk.
     eprintln!("plan: calibrating the disk (storage engine calibration on a scratch store)");

@@ -109,6 +109,8 @@ pub(crate) struct SpectrumPoint {
 const SPECTRUM_POINTS_PER_NINE: u32 = 20;
 /// The spectrum's x axis shows at least 99.999 (five nines), however few records there were.
 const SPECTRUM_NINES_MIN: f64 = 5.0;
+/// Per-second plots mark each sample with a dot up to this many samples.
+const MARKED_SAMPLES_MAX: usize = 120;
 /// Plot size, pixels.
 const PLOT_SIZE: (u32, u32) = (960, 440);
 const FONT: &str = "sans-serif";
@@ -462,6 +464,26 @@ fn linear_top(values: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
+/// A linear axis range over `values` (not negative) with 5% of their span on each side, so
+/// that the first and last points are not drawn on the frame; never empty.
+fn padded_range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+    let (low, high) = values.fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    let low = low.min(high);
+    let pad = match high - low {
+        span if span > 0.0 => span * 0.05,
+        _ if high > 0.0 => high * 0.1,
+        _ => 1.0,
+    };
+    (low - pad).max(0.0)..high + pad
+}
+
+/// The time axis of the per-second plots: from 0 to a little past the last sample.
+fn time_range(timeline: &[SecondSample]) -> std::ops::Range<f64> {
+    0.0..padded_range(timeline.iter().map(|s| s.t_s)).end
+}
+
 /// Runs `draw` on a fresh SVG canvas and returns the SVG text.
 fn svg(
     draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, Shift>) -> std::io::Result<()>,
@@ -485,7 +507,7 @@ fn plot_load(sweep: &Sweep) -> std::io::Result<String> {
     svg(|root| {
         let points = &sweep.points;
         let slo_us = sweep.slo_p99_ms * 1000.0;
-        let x_top = linear_top(points.iter().map(|p| p.offered_records_per_s));
+        let x = padded_range(points.iter().map(|p| p.offered_records_per_s));
         let y = latency_range_us(
             points
                 .iter()
@@ -498,7 +520,7 @@ fn plot_load(sweep: &Sweep) -> std::io::Result<String> {
             .margin_right(40)
             .x_label_area_size(50)
             .y_label_area_size(70)
-            .build_cartesian_2d(0.0..x_top, y.clone().log_scale())
+            .build_cartesian_2d(x.clone(), y.clone().log_scale())
             .map_err(plot_error)?;
         chart
             .configure_mesh()
@@ -535,7 +557,7 @@ fn plot_load(sweep: &Sweep) -> std::io::Result<String> {
         }
         chart
             .draw_series(DashedLineSeries::new(
-                [(0.0, slo_us), (x_top, slo_us)],
+                [(x.start, slo_us), (x.end, slo_us)],
                 8,
                 5,
                 GREY.stroke_width(2),
@@ -639,10 +661,26 @@ fn plot_spectrum(spectrum: &[SpectrumPoint]) -> std::io::Result<String> {
     })
 }
 
+/// A dot per sample when there are few enough to tell apart (a run of one or two seconds
+/// would otherwise show no line at all).
+fn markers(
+    timeline: &[SecondSample],
+    colour: RGBColor,
+    value: impl Fn(&SecondSample) -> f64,
+) -> Vec<Circle<(f64, f64), u32>> {
+    if timeline.len() > MARKED_SAMPLES_MAX {
+        return Vec::new();
+    }
+    timeline
+        .iter()
+        .map(|s| Circle::new((s.t_s, value(s)), 3, colour.filled()))
+        .collect()
+}
+
 /// (c) p50, p99 and max per second.
 fn plot_latency_time(timeline: &[SecondSample]) -> std::io::Result<String> {
     svg(|root| {
-        let x_top = linear_top(timeline.iter().map(|s| s.t_s)) / 1.1;
+        let x = time_range(timeline);
         let y = latency_range_us(
             timeline
                 .iter()
@@ -654,7 +692,7 @@ fn plot_latency_time(timeline: &[SecondSample]) -> std::io::Result<String> {
             .margin_right(40)
             .x_label_area_size(50)
             .y_label_area_size(70)
-            .build_cartesian_2d(0.0..x_top, y.clone().log_scale())
+            .build_cartesian_2d(x, y.clone().log_scale())
             .map_err(plot_error)?;
         chart
             .configure_mesh()
@@ -667,10 +705,12 @@ fn plot_latency_time(timeline: &[SecondSample]) -> std::io::Result<String> {
             .draw()
             .map_err(plot_error)?;
         type Pick = fn(&SecondSample) -> u64;
+        // Slowest first, so that a p99 equal to the max (few records in a second) is drawn
+        // over it and stays visible.
         let lines: [(&str, RGBColor, Pick); 3] = [
-            ("p50", BLUE, |s| s.latency_us_p50),
-            ("p99", VERMILION, |s| s.latency_us_p99),
             ("max", ORANGE, |s| s.latency_us_max),
+            ("p99", VERMILION, |s| s.latency_us_p99),
+            ("p50", BLUE, |s| s.latency_us_p50),
         ];
         for (name, colour, pick) in lines {
             chart
@@ -683,6 +723,9 @@ fn plot_latency_time(timeline: &[SecondSample]) -> std::io::Result<String> {
                 .legend(move |(x, y)| {
                     PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2))
                 });
+            chart
+                .draw_series(markers(timeline, colour, |s| pick(s) as f64))
+                .map_err(plot_error)?;
         }
         chart
             .configure_series_labels()
@@ -698,7 +741,7 @@ fn plot_latency_time(timeline: &[SecondSample]) -> std::io::Result<String> {
 /// (d) records acknowledged per second.
 fn plot_throughput_time(timeline: &[SecondSample]) -> std::io::Result<String> {
     svg(|root| {
-        let x_top = linear_top(timeline.iter().map(|s| s.t_s)) / 1.1;
+        let x = time_range(timeline);
         let y_top = linear_top(timeline.iter().map(|s| s.records_per_s)) * 1.15;
         let mut chart = ChartBuilder::on(root)
             .caption(TITLE_THROUGHPUT_TIME, (FONT, CAPTION_PX))
@@ -706,7 +749,7 @@ fn plot_throughput_time(timeline: &[SecondSample]) -> std::io::Result<String> {
             .margin_right(40)
             .x_label_area_size(50)
             .y_label_area_size(70)
-            .build_cartesian_2d(0.0..x_top, 0.0..y_top)
+            .build_cartesian_2d(x, 0.0..y_top)
             .map_err(plot_error)?;
         chart
             .configure_mesh()
@@ -726,6 +769,9 @@ fn plot_throughput_time(timeline: &[SecondSample]) -> std::io::Result<String> {
             .map_err(plot_error)?
             .label("records acknowledged per second")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], GREEN.stroke_width(2)));
+        chart
+            .draw_series(markers(timeline, GREEN, |s| s.records_per_s))
+            .map_err(plot_error)?;
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::LowerRight)
@@ -951,6 +997,17 @@ mod tests {
     }
 
     #[test]
+    fn a_one_second_run_still_shows_its_sample() {
+        let mut report = synthetic_report(probed_fingerprint());
+        report.timeline.truncate(1);
+        let html = render(&report).unwrap();
+        let plots = svgs(&html);
+        // One dot per line: max, p99 and p50, then throughput.
+        assert_eq!(plots[2].matches("<circle").count(), 3);
+        assert_eq!(plots[3].matches("<circle").count(), 1);
+    }
+
+    #[test]
     fn spectrum_spans_the_nines_the_count_resolves() {
         assert!(spectrum_of(&latency_histogram()).is_empty());
         let mut h = latency_histogram();
@@ -984,6 +1041,12 @@ mod tests {
         assert_eq!(rate_label(5_000.0), "5k");
         assert_eq!(rate_label(0.0), "0");
         assert_eq!(rate_label(40_000.0), "40k");
+        assert_eq!(
+            padded_range([2_000.0, 4_000.0].into_iter()),
+            1_900.0..4_100.0
+        );
+        assert_eq!(padded_range([10.0].into_iter()), 9.0..11.0);
+        assert_eq!(padded_range(std::iter::empty()), 0.0..1.0);
         assert_eq!(latency_range_us([120, 800].into_iter()), 100.0..1000.0);
         assert_eq!(latency_range_us([100].into_iter()), 100.0..1000.0);
         assert_eq!(

@@ -129,8 +129,9 @@ pub(crate) struct CalibrationProbe {
 impl Fingerprint {
     /// Probes this machine, with the disk and calibration of `data_dir` (the node's or the
     /// store's data directory; the system's temporary directory if `None`). Runs the storage
-    /// engine's calibration on a scratch store in a temporary directory under `data_dir`
-    /// (a few hundred small durable writes, well under a second here).
+    /// engine's calibration on a scratch store in a temporary directory next to `data_dir`
+    /// (see [`scratch_parent`]; a few hundred small durable writes, well under a second
+    /// here).
     pub(crate) fn probe(data_dir: Option<&Path>) -> Fingerprint {
         let mut errors = BTreeMap::new();
         let mut note = |what: &'static str, result: Result<(), String>| {
@@ -140,10 +141,10 @@ impl Fingerprint {
         };
         let read = |path: &str| read_trimmed(Path::new(path));
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let dir = data_dir.map_or_else(std::env::temp_dir, Path::to_path_buf);
+        let dir = data_dir.map_or_else(std::env::temp_dir, existing_ancestor);
         let io_uring = io_uring_features();
         let disk = disk_of(&dir);
-        let calibration = calibrate(&dir);
+        let calibration = calibrate(&scratch_parent(&dir));
         let fingerprint = Fingerprint {
             version: env!("CARGO_PKG_VERSION"),
             git_revision: GIT_REVISION,
@@ -469,6 +470,33 @@ fn scratch_config() -> StoreConfig {
     }
 }
 
+/// `path` if it exists, else its nearest ancestor that does (a data directory that a run is
+/// about to create will be on that one's file system).
+fn existing_ancestor(path: &Path) -> PathBuf {
+    path.ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(path)
+        .to_path_buf()
+}
+
+/// Where the calibration's scratch store goes: beside `data_dir` (in its parent) when that is
+/// on the same file system, so that nothing appears inside a data directory that a store or
+/// node may be using (a store refuses to open next to files it does not know, and a killed
+/// probe would leave its scratch directory behind); in `data_dir` itself when it is a mount
+/// point or has no parent.
+fn scratch_parent(data_dir: &Path) -> PathBuf {
+    let device = |p: &Path| std::fs::metadata(p).ok().map(|m| m.dev());
+    let Ok(dir) = data_dir.canonicalize() else {
+        return data_dir.to_path_buf();
+    };
+    match dir.parent() {
+        Some(parent) if device(parent).is_some() && device(parent) == device(&dir) => {
+            parent.to_path_buf()
+        }
+        _ => dir,
+    }
+}
+
 /// The storage engine's own calibration (`chainlog_storage::calibrate`), run by opening a
 /// small scratch store with durability `auto` in a temporary directory under `dir`.
 fn calibrate(dir: &Path) -> Result<CalibrationProbe, String> {
@@ -546,6 +574,19 @@ mod tests {
     }
 
     #[test]
+    fn the_scratch_store_goes_beside_the_data_directory() {
+        let parent = tempfile::tempdir().unwrap();
+        let data = parent.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        assert_eq!(scratch_parent(&data), parent.path().canonicalize().unwrap());
+        // Not there yet: the nearest directory that is.
+        let missing = parent.path().join("missing/too");
+        assert_eq!(existing_ancestor(&missing), parent.path());
+        assert_eq!(existing_ancestor(&data), data);
+        assert_eq!(scratch_parent(Path::new("/")), PathBuf::from("/"));
+    }
+
+    #[test]
     fn probe_fills_what_this_machine_has() {
         let dir = tempfile::tempdir().unwrap();
         let started = Instant::now();
@@ -564,6 +605,7 @@ mod tests {
         assert!(disk.filesystem.is_some());
         // The calibration needs io_uring and O_DIRECT; where it runs, its medians are real.
         if let Some(c) = &f.calibration {
+            assert_eq!(c.dir.parent(), dir.path().canonicalize().unwrap().parent());
             assert!(c.dsync_us_p50 > 0 && c.fdatasync_us_p50 > 0);
             assert_eq!(c.writes, CALIBRATION_WRITES);
             assert!(!c.dir.exists(), "the scratch store is removed");

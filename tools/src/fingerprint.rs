@@ -264,7 +264,7 @@ impl Fingerprint {
             }
             if let Some(r) = d.rotational {
                 disk.push_str(if r {
-                    ", rotational"
+                    ", reported rotational"
                 } else {
                     ", non-rotational"
                 });

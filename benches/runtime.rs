@@ -17,12 +17,17 @@
 //! - `tokio_uring`: `tokio_uring::start`, a task per connection, a committer task, the file
 //!   opened with `custom_flags(O_DIRECT | O_DSYNC)` and written with `write_at`.
 //!
-//! One client thread (epoll, blocking nothing) keeps `c` connections with one request
-//! outstanding each; one iteration is one answered request, so criterion's throughput is
-//! requests/s. After each function a `SUMMARY` line gives latency percentiles, the group
-//! commit size and the server thread's syscalls per request (a perf tracepoint counter on that
-//! thread: every syscall, and `io_uring_enter` alone; "n/a" where perf events are refused).
-//! `tools/scripts/compare-runtime.sh` runs it three times and prints the ratios.
+//! One client thread (epoll) keeps `c` connections with one request outstanding each; one
+//! iteration is one answered request, so criterion's throughput is requests/s. After each
+//! function a `SUMMARY` line gives latency percentiles, the group commit size and, for the
+//! server thread: syscalls per request (a perf tracepoint counter on that thread, every
+//! syscall and `io_uring_enter` alone; "n/a" where perf events are refused), CPU time and
+//! sleeps (voluntary context switches) per request (`RUSAGE_THREAD`).
+//!
+//! Criterion measures the servers one after the other, so on a shared machine a change of load
+//! between them skews the ratio. With `CHAINLOG_RUNTIME_SLICE_MS` set, the binary instead runs
+//! all servers of a configuration at once and loads them in turn, slice by slice, and prints
+//! `RATIO` lines; `tools/scripts/compare-runtime.sh` does that three times (the spread).
 
 use std::cell::{Cell, RefCell};
 use std::ffi::CString;
@@ -90,6 +95,8 @@ struct ServerStats {
     io_uring_enters: Option<u64>,
     /// CPU time of the server thread (user + system).
     cpu: Duration,
+    /// Times the server thread went to sleep (voluntary context switches).
+    sleeps: u64,
 }
 
 /// Where the servers write: a file of `FILE_BYTES`, already written once (writes into
@@ -210,7 +217,7 @@ fn serve_own(
     ready: Ready,
 ) -> ServerStats {
     let counter = SyscallCounter::start();
-    let cpu = thread_cpu();
+    let (cpu, sleeps) = thread_cpu();
     let mut io = UringIo::new(1024).expect("io_uring");
     let mut backend = match disk {
         None => Backend::NoDisk,
@@ -363,7 +370,9 @@ fn serve_own(
     }
     stats.syscalls = counter.all();
     stats.io_uring_enters = counter.io_uring_enters();
-    stats.cpu = thread_cpu() - cpu;
+    let (cpu_end, sleeps_end) = thread_cpu();
+    stats.cpu = cpu_end - cpu;
+    stats.sleeps = sleeps_end - sleeps;
     stats
 }
 
@@ -403,7 +412,7 @@ fn serve_own_store(
     ready: Ready,
 ) -> ServerStats {
     let counter = SyscallCounter::start();
-    let cpu = thread_cpu();
+    let (cpu, sleeps) = thread_cpu();
     let config = StoreConfig {
         segment_bytes: 64 << 20,
         // As the bare servers: one write in flight, group-committing what arrives meanwhile.
@@ -511,7 +520,9 @@ fn serve_own_store(
     stats.writes = store.metrics().frames_written - writes_before;
     stats.syscalls = counter.all();
     stats.io_uring_enters = counter.io_uring_enters();
-    stats.cpu = thread_cpu() - cpu;
+    let (cpu_end, sleeps_end) = thread_cpu();
+    stats.cpu = cpu_end - cpu;
+    stats.sleeps = sleeps_end - sleeps;
     drop(store);
     stats
 }
@@ -563,7 +574,7 @@ fn serve_tokio_uring(
     ready: Ready,
 ) -> ServerStats {
     let counter = SyscallCounter::start();
-    let cpu = thread_cpu();
+    let (cpu, sleeps) = thread_cpu();
     let file = disk.map(|d| d.file.clone());
     let mut stats = tokio_uring::start(async move {
         let listener = tokio_uring::net::TcpListener::from_std(listener);
@@ -611,7 +622,9 @@ fn serve_tokio_uring(
     });
     stats.syscalls = counter.all();
     stats.io_uring_enters = counter.io_uring_enters();
-    stats.cpu = thread_cpu() - cpu;
+    let (cpu_end, sleeps_end) = thread_cpu();
+    stats.cpu = cpu_end - cpu;
+    stats.sleeps = sleeps_end - sleeps;
     stats
 }
 
@@ -806,15 +819,18 @@ fn perf_counter(id: u64, filter: Option<&str>) -> Option<OwnedFd> {
     Some(fd)
 }
 
-/// CPU time (user + system) of the calling thread so far.
-fn thread_cpu() -> Duration {
+/// CPU time (user + system) of the calling thread so far, and its voluntary context switches.
+fn thread_cpu() -> (Duration, u64) {
     // SAFETY: zeroed rusage is a valid out-parameter.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: RUSAGE_THREAD fills the struct for the calling thread.
     let r = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
     assert_eq!(r, 0, "getrusage: {}", std::io::Error::last_os_error());
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    (
+        tv(usage.ru_utime) + tv(usage.ru_stime),
+        usage.ru_nvcsw as u64,
+    )
 }
 
 fn read_counter(fd: &OwnedFd) -> Option<u64> {
@@ -1094,7 +1110,7 @@ impl Running {
             "SUMMARY {name}: requests={answered} rate={:.0}/s p50={:.1}us p99={:.1}us \
              p99.9={:.1}us max={:.1}us requests_per_write={group} \
              server_syscalls_per_request={} io_uring_enter_per_request={} \
-             server_cpu_us_per_request={:.2}",
+             server_cpu_us_per_request={:.2} server_sleeps_per_request={:.3}",
             summary.rate,
             summary.p50_us,
             summary.p99_us,
@@ -1103,6 +1119,7 @@ impl Running {
             show(summary.syscalls_per_request),
             show(per_request(stats.io_uring_enters)),
             summary.cpu_us_per_request,
+            stats.sleeps as f64 / stats.requests.max(1) as f64,
         );
         Some(summary)
     }

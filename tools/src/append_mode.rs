@@ -336,6 +336,7 @@ pub(crate) fn main(args: AppendArgs) -> Result<(), String> {
         };
         crate::html::write_report(path, &html)
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        println!("  report         {}", path.display());
     }
     Ok(())
 }

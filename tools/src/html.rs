@@ -39,7 +39,8 @@ pub(crate) struct HtmlReport {
     pub(crate) summary: LoadSummary,
     /// The offered-load sweep of `chainlog-bench plan`, if this was one.
     pub(crate) sweep: Option<Sweep>,
-    /// One sample per second of the measured window, in time order.
+    /// One sample per second of the measured window, in time order (for a sweep: of every
+    /// step, in the order they ran, on one time axis).
     pub(crate) timeline: Vec<SecondSample>,
     /// The percentile spectrum of the summary's latencies, in increasing percentile order
     /// ([`spectrum_of`] computes it from a histogram).

@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use crate::append_mode::{self, ClientTarget, Measured, LATE_AFTER};
 use crate::fingerprint::{CalibrationProbe, Fingerprint};
-use crate::html::{self, HtmlReport, Sweep, SweepPoint};
+use crate::html::{self, HtmlReport, SecondSample, Sweep, SweepPoint};
 use crate::load::{self, Arrivals, IntervalStats, LoadSpec, LoopMode, RecordSizes, SendStats};
 use crate::report::{self, Errors, LatencyPercentiles, LoadSummary};
 use crate::stages::{self, StageBreakdown};
@@ -251,12 +251,31 @@ pub(crate) fn main(args: PlanArgs) -> Result<(), String> {
     if let Some(path) = &args.html {
         let html = html_report(&report, knee_run.as_ref(), fingerprint);
         html::write_report(path, &html).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        println!("report: {}", path.display());
     }
     Ok(())
 }
 
+/// The whole sweep as one time series: every step's per-second samples, in the order the
+/// steps ran, on one time axis (warm-ups left out), so the over-time plots show how latency
+/// and throughput followed the offered load.
+fn sweep_timeline(report: &PlanReport) -> Vec<SecondSample> {
+    let mut timeline = Vec::new();
+    let mut offset_s = 0.0;
+    for step in &report.steps {
+        let samples = report::timeline(&step.intervals);
+        let end_s = samples.last().map_or(0.0, |s| s.t_s);
+        timeline.extend(samples.into_iter().map(|s| SecondSample {
+            t_s: s.t_s + offset_s,
+            ..s
+        }));
+        offset_s += end_s;
+    }
+    timeline
+}
+
 /// The HTML report: the sweep, and the knee's step (or the last step if none held) as the
-/// run the summary, spectrum and time series are about.
+/// run the summary and spectrum are about; the time series cover the whole sweep.
 fn html_report(
     report: &PlanReport,
     knee_run: Option<&Measured>,
@@ -271,8 +290,8 @@ fn html_report(
             .iter()
             .find(|s| s.held && s.offered_records_per_s == k.records_per_s)
     });
-    let (summary, timeline, spectrum) = match (knee_run, knee_step.or(report.steps.last())) {
-        (Some(run), Some(step)) => (
+    let (summary, timeline, spectrum) = match knee_run {
+        Some(run) => (
             LoadSummary::of_bytes(
                 run.result.duration,
                 run.result.records,
@@ -280,7 +299,7 @@ fn html_report(
                 &run.result.latency,
                 run.result.errors.clone(),
             ),
-            report::timeline(&step.intervals),
+            sweep_timeline(report),
             html::spectrum_of(&run.result.latency),
         ),
         _ => (

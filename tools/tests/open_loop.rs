@@ -132,8 +132,11 @@ fn open_loop_append_reports_sends_readers_and_intervals() {
 fn plan_sweeps_and_answers() {
     let scratch = tempfile::tempdir().unwrap();
     let json = scratch.path().join("plan.json");
+    let html = scratch.path().join("plan.html");
     let output = bench(&[
         "plan",
+        "--html",
+        html.to_str().unwrap(),
         "--dev",
         "1",
         "--record-size",
@@ -155,6 +158,21 @@ fn plan_sweeps_and_answers() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("max sustainable:"), "{stdout}");
     assert!(stdout.contains("network        round trip"), "{stdout}");
+
+    // The HTML report: self-contained, with every plot and the fingerprint.
+    let page = std::fs::read_to_string(&html).expect("the HTML report was written");
+    for title in [
+        "Latency vs offered load",
+        "Latency by percentile",
+        "Latency over time",
+        "Throughput over time",
+        "Machine fingerprint",
+        "Where the time goes",
+    ] {
+        assert!(page.contains(title), "the report has no {title:?}");
+    }
+    assert_eq!(page.matches("<svg").count(), 4, "four plots");
+    assert!(!page.contains("<script") && !page.contains("src=\"http"));
 
     let r = read_json(&json);
     assert_eq!(r["mode"], "plan");

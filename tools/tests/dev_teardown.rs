@@ -1,0 +1,160 @@
+//! `chainlog-bench --dev`: the dev cluster it starts is torn down when the run ends and when
+//! the run is interrupted (Ctrl-C, i.e. SIGINT): no node process and no temp dir is left.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The bench process, killed and reaped if the test fails before it exits.
+struct Bench(Child);
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Processes whose parent is `pid`, with their command lines.
+fn children_of(pid: u32) -> Vec<(u32, Vec<String>)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc") {
+        let Ok(entry) = entry else { continue };
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let after = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+        let ppid = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            let args = cmdline
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            found.push((child, args));
+        }
+    }
+    found
+}
+
+fn alive(pid: u32) -> bool {
+    // A reaped process has no /proc entry; a zombie would still show "Z" in its stat.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat[stat.rfind(')').map_or(0, |i| i + 1)..]
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn ctrl_c_during_a_dev_run_stops_the_cluster() {
+    let mut bench = Bench(
+        Command::new(env!("CARGO_BIN_EXE_chainlog-bench"))
+            .args([
+                "append",
+                "--dev",
+                "1",
+                "--record-size",
+                "64",
+                "--concurrency",
+                "2",
+            ])
+            .args(["--duration", "600", "--warmup", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("chainlog-bench starts"),
+    );
+    let pid = bench.0.id();
+    // The run is under way once the progress line appears.
+    let stderr = bench.0.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let progress = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("append:"));
+    assert!(progress.is_some(), "the run never started");
+    let nodes = children_of(pid);
+    assert_eq!(nodes.len(), 1, "one node child: {nodes:?}");
+    let (node, args) = &nodes[0];
+    assert!(args.iter().any(|a| a == "node"), "{args:?}");
+    let data_dir: PathBuf = args
+        .iter()
+        .position(|a| a == "--data-dir")
+        .map(|i| PathBuf::from(&args[i + 1]))
+        .expect("the node has a --data-dir");
+    assert!(data_dir.exists());
+
+    let sent = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status();
+    assert!(sent.expect("kill runs").success());
+    // Drain stderr so the bench never blocks on a full pipe while stopping.
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = bench.0.wait().expect("the bench exits");
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit code after Ctrl-C; stderr: {rest:?}"
+    );
+    wait_until("the node to be gone", || !alive(*node));
+    assert!(
+        !data_dir.exists(),
+        "the dev cluster's temp dir {} is left",
+        data_dir.display()
+    );
+}
+
+#[test]
+fn a_dev_run_leaves_nothing_behind() {
+    let mut bench = Bench(
+        Command::new(env!("CARGO_BIN_EXE_chainlog-bench"))
+            .args([
+                "append",
+                "--dev",
+                "1",
+                "--record-size",
+                "64",
+                "--concurrency",
+                "1",
+            ])
+            .args(["--duration", "0.5", "--warmup", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chainlog-bench starts"),
+    );
+    let pid = bench.0.id();
+    let mut nodes = Vec::new();
+    wait_until("the node child", || {
+        nodes = children_of(pid);
+        !nodes.is_empty() || bench.0.try_wait().ok().flatten().is_some()
+    });
+    assert_eq!(nodes.len(), 1, "the node starts before the run: {nodes:?}");
+    let status = bench.0.wait().expect("the bench exits");
+    assert!(status.success(), "{status}");
+    for (node, _) in nodes {
+        wait_until("the node to be gone", || !alive(node));
+    }
+}

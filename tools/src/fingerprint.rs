@@ -144,7 +144,12 @@ impl Fingerprint {
         let dir = data_dir.map_or_else(std::env::temp_dir, existing_ancestor);
         let io_uring = io_uring_features();
         let disk = disk_of(&dir);
-        let calibration = calibrate(&scratch_parent(&dir));
+        // Without a data directory the scratch store goes in the temp dir itself (its parent
+        // would be `/`).
+        let calibration = calibrate(&match data_dir {
+            Some(_) => scratch_parent(&dir),
+            None => dir.clone(),
+        });
         let fingerprint = Fingerprint {
             version: env!("CARGO_PKG_VERSION"),
             git_revision: GIT_REVISION,

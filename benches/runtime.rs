@@ -16,6 +16,10 @@
 //!   segments), the node's loop without its protocol: `Store::poll`, `take_external`, acks.
 //! - `tokio_uring`: `tokio_uring::start`, a task per connection, a committer task, the file
 //!   opened with `custom_flags(O_DIRECT | O_DSYNC)` and written with `write_at`.
+//! - `own_raw_ring`, `own_raw_defer_taskrun` (no disk only): the own loop's socket path on a
+//!   bare `io_uring::IoUring`, with default setup flags (the control: it should match
+//!   `own_loop`) and with `COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN`, the flags
+//!   `UringIo::new` does not set today.
 //!
 //! One client thread (epoll) keeps `c` connections with one request outstanding each; one
 //! iteration is one answered request, so criterion's throughput is requests/s. After each
@@ -48,7 +52,7 @@ use chainlog::storage::{
 };
 use criterion::{criterion_group, Criterion, Throughput};
 use hdrhistogram::Histogram;
-use io_uring::{opcode, types};
+use io_uring::{opcode, squeue, types};
 use tokio::sync::Notify;
 
 /// Bytes of a request; its first 8 are the client's request id.
@@ -73,6 +77,10 @@ enum Server {
     Own,
     OwnStore,
     TokioUring,
+    /// The own loop without disk on a bare ring with default setup flags (the control).
+    RawDefault,
+    /// ... with `COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN`.
+    RawDeferTaskrun,
 }
 
 impl Server {
@@ -81,6 +89,8 @@ impl Server {
             Server::Own => "own_loop",
             Server::OwnStore => "own_loop_store",
             Server::TokioUring => "tokio_uring",
+            Server::RawDefault => "own_raw_ring",
+            Server::RawDeferTaskrun => "own_raw_defer_taskrun",
         }
     }
 }
@@ -119,6 +129,59 @@ fn net_token(op: u64, slot: usize) -> u64 {
     EXTERNAL_TOKEN | op << 32 | slot as u64
 }
 
+/// Where the own loop submits its socket operations: the store's backend, or a bare ring
+/// built with other setup flags (the `own_raw_*` experiments).
+trait Submit {
+    /// Submits `entry` with `token` (which has `EXTERNAL_TOKEN`).
+    ///
+    /// # Safety
+    ///
+    /// As [`UringIo::submit_external`]: what the entry points to stays valid and untouched
+    /// until its completion is reaped.
+    unsafe fn submit(&mut self, entry: squeue::Entry, token: u64);
+}
+
+impl Submit for UringIo {
+    unsafe fn submit(&mut self, entry: squeue::Entry, token: u64) {
+        // SAFETY: the caller keeps the contract of submit_external.
+        unsafe { self.submit_external(entry, token) }
+    }
+}
+
+/// A bare ring: the own loop's socket path with chosen setup flags, to see what they change.
+struct RawRing {
+    ring: io_uring::IoUring,
+    in_flight: usize,
+}
+
+impl Submit for RawRing {
+    unsafe fn submit(&mut self, entry: squeue::Entry, token: u64) {
+        let entry = entry.user_data(token);
+        self.in_flight += 1;
+        // SAFETY: the caller keeps what the entry points to valid until its completion.
+        while unsafe { self.ring.submission().push(&entry) }.is_err() {
+            self.ring.submit().expect("io_uring submit");
+        }
+    }
+}
+
+impl RawRing {
+    /// As `UringIo::wait(1, ..)`: one `io_uring_enter` that submits and, unless completions
+    /// are already there, waits for one.
+    fn wait(&mut self, out: &mut Vec<(u64, i32)>) {
+        let want = usize::from(self.ring.completion().is_empty() && self.in_flight > 0);
+        match self.ring.submit_and_wait(want) {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
+            Err(e) => panic!("io_uring_enter: {e}"),
+        }
+        for cqe in self.ring.completion() {
+            out.push((cqe.user_data(), cqe.result()));
+            self.in_flight -= 1;
+        }
+    }
+}
+
 /// A server connection of the own loop: input parsed in place, answers double-buffered
 /// (one buffer in the kernel, one being filled), as `src/node/conn.rs` does.
 struct OwnConn {
@@ -137,7 +200,22 @@ struct OwnConn {
 }
 
 impl OwnConn {
-    fn arm_recv(&mut self, io: &mut UringIo, slot: usize) {
+    fn new(fd: OwnedFd) -> OwnConn {
+        OwnConn {
+            fd,
+            input: vec![0; RECV_BYTES].into_boxed_slice(),
+            filled: 0,
+            out: Vec::with_capacity(RECV_BYTES),
+            sending: Vec::with_capacity(RECV_BYTES),
+            sent: 0,
+            recv_in_flight: false,
+            send_in_flight: false,
+            open: true,
+            send_failed: false,
+        }
+    }
+
+    fn arm_recv(&mut self, io: &mut impl Submit, slot: usize) {
         if !self.open || self.recv_in_flight {
             return;
         }
@@ -150,11 +228,11 @@ impl OwnConn {
         .build();
         // SAFETY: the connection owns `input` (never reallocated) and its socket until the
         // receive completes: the loop ends only when nothing is in flight.
-        unsafe { io.submit_external(entry, net_token(OP_RECV, slot)) };
+        unsafe { io.submit(entry, net_token(OP_RECV, slot)) };
         self.recv_in_flight = true;
     }
 
-    fn send_rest(&mut self, io: &mut UringIo, slot: usize) {
+    fn send_rest(&mut self, io: &mut impl Submit, slot: usize) {
         let rest = &self.sending[self.sent..];
         let entry = opcode::Send::new(
             types::Fd(self.fd.as_raw_fd()),
@@ -165,11 +243,11 @@ impl OwnConn {
         .build();
         // SAFETY: `sending` is not touched while the send is in flight, and the loop ends
         // only when nothing is in flight.
-        unsafe { io.submit_external(entry, net_token(OP_SEND, slot)) };
+        unsafe { io.submit(entry, net_token(OP_SEND, slot)) };
         self.send_in_flight = true;
     }
 
-    fn flush(&mut self, io: &mut UringIo, slot: usize) {
+    fn flush(&mut self, io: &mut impl Submit, slot: usize) {
         if self.open && !self.send_failed && !self.send_in_flight && !self.out.is_empty() {
             std::mem::swap(&mut self.out, &mut self.sending);
             self.out.clear();
@@ -264,18 +342,7 @@ fn serve_own(
                         OwnedFd::from_raw_fd(completion.result.expect("accept") as RawFd)
                     };
                     set_nodelay(fd.as_raw_fd());
-                    conns.push(OwnConn {
-                        fd,
-                        input: vec![0; RECV_BYTES].into_boxed_slice(),
-                        filled: 0,
-                        out: Vec::with_capacity(RECV_BYTES),
-                        sending: Vec::with_capacity(RECV_BYTES),
-                        sent: 0,
-                        recv_in_flight: false,
-                        send_in_flight: false,
-                        open: true,
-                        send_failed: false,
-                    });
+                    conns.push(OwnConn::new(fd));
                     let slot = conns.len() - 1;
                     conns[slot].arm_recv(&mut io, slot);
                     if conns.len() < conns_expected {
@@ -376,7 +443,7 @@ fn serve_own(
     stats
 }
 
-fn submit_accept(io: &mut UringIo, listener: &TcpListener) {
+fn submit_accept(io: &mut impl Submit, listener: &TcpListener) {
     let entry = opcode::Accept::new(
         types::Fd(listener.as_raw_fd()),
         std::ptr::null_mut(),
@@ -385,7 +452,7 @@ fn submit_accept(io: &mut UringIo, listener: &TcpListener) {
     .flags(libc::SOCK_CLOEXEC)
     .build();
     // SAFETY: no buffer; the listener outlives the loop.
-    unsafe { io.submit_external(entry, net_token(OP_ACCEPT, 0)) };
+    unsafe { io.submit(entry, net_token(OP_ACCEPT, 0)) };
 }
 
 fn set_nodelay(fd: RawFd) {
@@ -400,6 +467,96 @@ fn set_nodelay(fd: RawFd) {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
+}
+
+/// The own loop without disk on a bare ring (`RawRing`): the same connections and turns as
+/// `serve_own`, with the ring's setup flags as the variable.
+fn serve_raw(
+    listener: TcpListener,
+    conns_expected: usize,
+    defer_taskrun: bool,
+    ready: Ready,
+) -> ServerStats {
+    let counter = SyscallCounter::start();
+    let (cpu, sleeps) = thread_cpu();
+    let mut builder = io_uring::IoUring::builder();
+    if defer_taskrun {
+        builder
+            .setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun();
+    }
+    let mut ring = RawRing {
+        ring: builder
+            .build(1024)
+            .expect("io_uring with these setup flags"),
+        in_flight: 0,
+    };
+    let mut stats = ServerStats::default();
+    let mut conns: Vec<OwnConn> = Vec::with_capacity(conns_expected);
+    let mut completions: Vec<(u64, i32)> = Vec::with_capacity(256);
+    let mut closed = 0;
+    ready.signal();
+    submit_accept(&mut ring, &listener);
+    while closed < conns_expected || ring.in_flight > 0 {
+        ring.wait(&mut completions);
+        for (token, result) in completions.drain(..) {
+            let slot = (token & 0xffff_ffff) as usize;
+            match (token >> 32) & 0xff {
+                OP_ACCEPT => {
+                    assert!(result >= 0, "accept: {result}");
+                    // SAFETY: a successful accept returns a new descriptor nobody else owns.
+                    let fd = unsafe { OwnedFd::from_raw_fd(result) };
+                    set_nodelay(fd.as_raw_fd());
+                    conns.push(OwnConn::new(fd));
+                    let slot = conns.len() - 1;
+                    conns[slot].arm_recv(&mut ring, slot);
+                    if conns.len() < conns_expected {
+                        submit_accept(&mut ring, &listener);
+                    }
+                }
+                OP_RECV => {
+                    let conn = &mut conns[slot];
+                    conn.recv_in_flight = false;
+                    if result <= 0 {
+                        conn.open = false;
+                        closed += 1;
+                        continue;
+                    }
+                    conn.filled += result as usize;
+                    let requests = conn.requests().len();
+                    stats.requests += (requests / REQUEST_BYTES) as u64;
+                    for request in conn.input[..requests].chunks_exact(REQUEST_BYTES) {
+                        answer(&mut conn.out, request);
+                    }
+                    conn.consumed(requests);
+                    conn.arm_recv(&mut ring, slot);
+                }
+                OP_SEND => {
+                    let conn = &mut conns[slot];
+                    conn.send_in_flight = false;
+                    if result < 0 {
+                        conn.send_failed = true;
+                    } else if conn.sent + (result as usize) < conn.sending.len() {
+                        conn.sent += result as usize;
+                        conn.send_rest(&mut ring, slot);
+                    } else {
+                        conn.sending.clear();
+                    }
+                }
+                op => unreachable!("unknown operation {op}"),
+            }
+        }
+        for (slot, conn) in conns.iter_mut().enumerate() {
+            conn.flush(&mut ring, slot);
+        }
+    }
+    stats.syscalls = counter.all();
+    stats.io_uring_enters = counter.io_uring_enters();
+    let (cpu_end, sleeps_end) = thread_cpu();
+    stats.cpu = cpu_end - cpu;
+    stats.sleeps = sleeps_end - sleeps;
+    stats
 }
 
 /// The own loop around the real store: the node's loop (`src/node/shard.rs`) without the
@@ -448,18 +605,7 @@ fn serve_own_store(
                         OwnedFd::from_raw_fd(completion.result.expect("accept") as RawFd)
                     };
                     set_nodelay(fd.as_raw_fd());
-                    conns.push(OwnConn {
-                        fd,
-                        input: vec![0; RECV_BYTES].into_boxed_slice(),
-                        filled: 0,
-                        out: Vec::with_capacity(RECV_BYTES),
-                        sending: Vec::with_capacity(RECV_BYTES),
-                        sent: 0,
-                        recv_in_flight: false,
-                        send_in_flight: false,
-                        open: true,
-                        send_failed: false,
-                    });
+                    conns.push(OwnConn::new(fd));
                     let slot = conns.len() - 1;
                     conns[slot].arm_recv(store.io_mut(), slot);
                     if conns.len() < conns_expected {
@@ -1054,6 +1200,8 @@ fn start(server: Server, conns: usize, disk: Option<Arc<Disk>>) -> Running {
                 ready,
             ),
             Server::TokioUring => serve_tokio_uring(listener, conns, disk.as_deref(), ready),
+            Server::RawDefault => serve_raw(listener, conns, false, ready),
+            Server::RawDeferTaskrun => serve_raw(listener, conns, true, ready),
         })
         .expect("server thread");
     set_up.recv().expect("the server sets up");
@@ -1158,6 +1306,8 @@ fn runtime(c: &mut Criterion) {
             }
             if disk {
                 servers.push(Server::OwnStore);
+            } else {
+                servers.extend([Server::RawDefault, Server::RawDeferTaskrun]);
             }
             for server in servers {
                 let files = disk.then(|| {
@@ -1192,6 +1342,8 @@ fn interleaved(slice: Duration, rounds: usize) {
             let mut servers = vec![Server::Own, Server::TokioUring];
             if disk {
                 servers.push(Server::OwnStore);
+            } else {
+                servers.extend([Server::RawDefault, Server::RawDeferTaskrun]);
             }
             let mut running: Vec<Running> = servers
                 .iter()

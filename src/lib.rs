@@ -1,11 +1,14 @@
 //! chainlog: a log storage service for write-ahead-log offload.
 //!
-//! This crate holds the node ([`node`]), the async client library ([`client`]) and, as it
-//! lands, the controller; the storage engine and the wire protocol are their own crates, re-exported.
+//! This crate holds the node ([`node`]), the async client library ([`client`]), the local
+//! cluster of node processes ([`dev`]), the stop-signal handling they share ([`signals`]) and,
+//! as it lands, the controller; the storage engine and the wire protocol are their own crates,
+//! re-exported.
 
 pub mod client;
 pub mod dev;
 pub mod node;
+pub mod signals;
 
 pub use chainlog_net as net;
 pub use chainlog_storage as storage;

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use chainlog::dev::{DevCluster, DevError, DevOptions, Launcher, StopSignals};
+use chainlog::dev::{DevCluster, DevError, DevOptions, Launcher};
 use chainlog::node::NodeArgs;
+use chainlog::signals::StopSignals;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 

@@ -522,46 +522,9 @@ impl Client {
         retry: Retry,
         encode: impl Fn(&mut Vec<u8>, u64, &Limits) -> Result<(), ClientError>,
     ) -> Result<Answer, ClientError> {
-        let timeout = self.inner.config.request_timeout;
         let mut attempt = 0;
         loop {
-            let sent = match self.conn(shard).await {
-                Ok(conn) => {
-                    let limits = *conn.limits();
-                    conn.send(|out, id| encode(out, id, &limits))
-                        .await
-                        .map(|(id, answer, permit)| (conn, id, answer, permit))
-                }
-                Err(e) => Err(e),
-            };
-            let (conn, id, answer, permit) = match sent {
-                Ok(sent) => sent,
-                Err(e) => {
-                    attempt += 1;
-                    match self.retry_wait(&e, attempt, retry).await {
-                        Some(Some(next)) => shard = next,
-                        Some(None) => {}
-                        None => return Err(e),
-                    }
-                    continue;
-                }
-            };
-            let result = match tokio::time::timeout(timeout, answer).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(ClientError::ConnectionLost {
-                    shard,
-                    reason: "the connection went away".into(),
-                }),
-                Err(_) => {
-                    conn.forget(id);
-                    Err(ClientError::Timeout {
-                        opcode,
-                        after: timeout,
-                    })
-                }
-            };
-            drop(permit);
-            match result {
+            match self.attempt(shard, opcode, &encode).await {
                 Ok(answer) => return Ok(answer),
                 Err(e) => {
                     attempt += 1;
@@ -571,6 +534,34 @@ impl Client {
                         None => return Err(e),
                     }
                 }
+            }
+        }
+    }
+
+    /// One try of [`call`](Self::call): connect if needed, send, wait for the answer within
+    /// the request timeout.
+    async fn attempt(
+        &self,
+        shard: u16,
+        opcode: Opcode,
+        encode: &impl Fn(&mut Vec<u8>, u64, &Limits) -> Result<(), ClientError>,
+    ) -> Result<Answer, ClientError> {
+        let timeout = self.inner.config.request_timeout;
+        let conn = self.conn(shard).await?;
+        let limits = *conn.limits();
+        let (id, answer, _permit) = conn.send(|out, id| encode(out, id, &limits)).await?;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ClientError::ConnectionLost {
+                shard,
+                reason: "the connection went away".into(),
+            }),
+            Err(_) => {
+                conn.forget(id);
+                Err(ClientError::Timeout {
+                    opcode,
+                    after: timeout,
+                })
             }
         }
     }

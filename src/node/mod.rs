@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use chainlog_storage::StoreConfig;
 
+use crate::signals::StopSignals;
+
 /// A node's settings.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -64,7 +66,8 @@ pub enum NodeError {
 /// Runs the node until SIGTERM or SIGINT (then stops gracefully: no new connections, what is
 /// in flight is finished and flushed) or until a shard fails.
 pub fn run(config: NodeConfig) -> Result<(), NodeError> {
-    let signals = block_stop_signals().map_err(NodeError::Signals)?;
+    // Blocked before the shard threads start, so that they inherit the block.
+    let signals = StopSignals::block().map_err(NodeError::Signals)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let board: metrics::Board =
         std::sync::Arc::new(std::sync::Mutex::new(vec![None; config.shards]));
@@ -137,7 +140,7 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
             }
             continue;
         }
-        if !stopping && wait_signal(&signals, Duration::from_millis(100)) {
+        if !stopping && signals.wait(Duration::from_millis(100)) {
             tracing::info!("stop signal: finishing what is in flight");
             stopping = true;
             stop_all(&shards);
@@ -153,30 +156,4 @@ fn stop_all(shards: &[(std::thread::JoinHandle<Result<(), String>>, OwnedFd)]) {
         // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
         unsafe { libc::write(wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
-}
-
-/// Blocks SIGTERM and SIGINT in this thread (and so in the shard threads it starts), so that
-/// they are only ever taken by `wait_signal`.
-fn block_stop_signals() -> std::io::Result<libc::sigset_t> {
-    // SAFETY: sigset_t is plain data; the calls only write to the set we pass.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if rc != 0 {
-            return Err(std::io::Error::from_raw_os_error(rc));
-        }
-        Ok(set)
-    }
-}
-
-fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> bool {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: set and ts are valid for the call; no siginfo is asked for.
-    unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) > 0 }
 }

@@ -1,44 +1,10 @@
 //! Runs the real `chainlog-bench storage` binary briefly and checks its JSON report: the fields
 //! scripts rely on are there and hang together. No timing thresholds: only counts and order.
 
+mod common;
+
+use common::{bench, f64_at, read_json, succeeded, u64_at};
 use std::path::Path;
-use std::process::{Command, Output};
-
-use serde_json::Value;
-
-fn bench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_chainlog-bench"))
-        .args(args)
-        .output()
-        .expect("chainlog-bench runs")
-}
-
-fn succeeded(output: &Output) {
-    assert!(
-        output.status.success(),
-        "chainlog-bench failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).expect("the JSON report was written");
-    serde_json::from_str(&text).expect("the report is JSON")
-}
-
-fn u64_at(v: &Value, pointer: &str) -> u64 {
-    v.pointer(pointer)
-        .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("{pointer} is not an unsigned integer in {v:#}"))
-}
-
-fn f64_at(v: &Value, pointer: &str) -> f64 {
-    v.pointer(pointer)
-        .and_then(Value::as_f64)
-        .unwrap_or_else(|| panic!("{pointer} is not a number in {v:#}"))
-}
 
 #[test]
 fn storage_run_writes_a_consistent_json_report() {

@@ -237,7 +237,11 @@ pub(crate) fn main(args: PlanArgs) -> Result<(), String> {
     // Before any load: the probe writes to the disk.
     eprintln!("plan: calibrating the disk (storage engine calibration on a scratch store)");
     let fingerprint = Fingerprint::probe(args.target.dev_dir.as_deref());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread for the load engine and the client's connections: an ack is handled on the
+    // thread that received it, with no cross-thread wake-up per append (on a 2-vCPU VM a
+    // multi-threaded runtime added 40-70 µs to the c=1 p50 and cost a third of the c=64
+    // throughput: ARCHITECTURE.md section 16).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;

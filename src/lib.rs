@@ -8,6 +8,7 @@
 pub mod client;
 pub mod dev;
 pub mod node;
+pub mod replication;
 pub mod signals;
 
 pub use chainlog_net as net;

@@ -1,0 +1,629 @@
+//! Chain replication of one log on one node, as a deterministic state machine: events in
+//! (records stored here, records durable here, the successor answered, the link to the
+//! successor went up or down, a REPLICATE arrived from the predecessor), actions out (answer
+//! the predecessor, send a trim, a barrier or the committed LSN to the successor, catch the
+//! successor up from the store). No I/O, no clock, no randomness: the shard drives it from its
+//! loop, and the unit tests drive whole chains in memory with reordered, delayed and
+//! duplicated messages (ARCHITECTURE.md, "Chain replication").
+//!
+//! Positions, for a chain `head -> ... -> tail` in one epoch:
+//!
+//! ```text
+//!            trim_point   committed   durable here   next_lsn
+//!                 |            |            |            |
+//!   ... trimmed   | committed  | durable    | stored,    |  (not yet)
+//!                 |  (on every | here, not  | not yet    |
+//!                 |   replica) | everywhere | durable    |
+//! ```
+//!
+//! - The **head** sequences: records get their LSNs there ([`Replica::stored`]), and are
+//!   forwarded to the successor at once, from the same buffer that goes to disk
+//!   ([`Forwarding::Now`]), while the head's own write is in flight.
+//! - Every node answers its predecessor's REPLICATE once the records are durable here and
+//!   (unless it is the tail) its successor answered them: answers carry the cumulative
+//!   `durable_lsn` of this node and every node after it. At the head that is the committed
+//!   LSN; it travels downstream on later REPLICATEs (and as COMMIT when there is nothing else
+//!   to send), so every replica serves reads up to the committed LSN it knows.
+//! - Nothing is kept for resending but positions: what a successor lacks after a reconnect
+//!   is in this node's store, from the successor's `next_lsn` (learned by a barrier when the
+//!   link comes up, or from a GAP answer) to ours ([`Replica::catch_up_from`]).
+//! - Trims, barriers and the committed LSN are cumulative, so the latest value is all that is
+//!   sent, and sending it again after a reconnect is harmless.
+//!
+//! Work items (records up to an LSN, a trim, a barrier) complete in the order they were
+//! queued; each completes when its local part is durable and the successor answered it (the
+//! tail has no successor).
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+
+/// A node's id in the cluster (nonzero).
+pub type NodeId = u64;
+
+/// Where this node is in a log's chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Position {
+    /// The first node: the sequencer (with one replica it is also the tail).
+    Head,
+    /// Between the head and the tail.
+    Middle,
+    /// The last node (not the head).
+    Tail,
+}
+
+/// What the shard does with records it just stored at the head or from the predecessor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarding {
+    /// Send them to the successor now, from the store's buffer (the link is in sync).
+    Now,
+    /// Not now: there is no successor, or the link is down or catching up (the records go
+    /// later, read from the store).
+    Later,
+}
+
+/// What to do with a REPLICATE of records `[first, end)` from the predecessor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Receive {
+    /// Store the records from `from` (the first `from - first` are already here), then call
+    /// [`Replica::stored`].
+    Store {
+        /// The first LSN to store.
+        from: u64,
+    },
+    /// Every record is already here: nothing to store; the request is answered in its turn
+    /// (call [`Replica::duplicate`]).
+    Duplicate,
+    /// The records start above this node's next LSN: refuse with GAP (nothing is written).
+    Gap {
+        /// The LSN this node expects next.
+        expected: u64,
+    },
+}
+
+/// What a node's answer to its predecessor says (a REPLICATE response).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The predecessor's request this answers.
+    pub request_id: u64,
+    /// Durable on this node and every node after it, below this LSN.
+    pub durable_lsn: u64,
+    /// Trimmed durably on this node and every node after it, below this LSN.
+    pub trim_point: u64,
+    /// This node's next LSN (records stored, durable or not).
+    pub next_lsn: u64,
+}
+
+/// A message for the successor that the machine decided on (records go by
+/// [`Forwarding::Now`] and [`Replica::catch_up_from`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Send {
+    /// REPLICATE TRIM to `before`.
+    Trim {
+        /// The trim point.
+        before: u64,
+    },
+    /// REPLICATE BARRIER, answered once the successor and everything after it answered what
+    /// came before it; `covers` is the barrier sequence number it settles (passed back in
+    /// [`Reply::barrier`]).
+    Barrier {
+        /// Barriers up to this sequence number are settled by its answer.
+        covers: u64,
+    },
+    /// REPLICATE COMMIT: records below `committed` are committed (not answered).
+    Commit {
+        /// The committed LSN.
+        committed: u64,
+    },
+}
+
+/// The successor's answer to a REPLICATE, as the shard passes it in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// Durable on the successor and after it, below this LSN.
+    pub durable_lsn: u64,
+    /// Trimmed durably on the successor and after it, below this LSN.
+    pub trim_point: u64,
+    /// The successor's next LSN.
+    pub next_lsn: u64,
+    /// For the answer to a barrier: the `covers` it was sent with.
+    pub barrier: Option<u64>,
+}
+
+/// Why the head may not append to a log now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blocked {
+    /// This node is not the head.
+    NotHead,
+    /// The successor has records this head does not (this head lost records it had
+    /// forwarded, in a crash): appending would give their LSNs to other records. Only a
+    /// new epoch (reconfiguration) can resolve it.
+    SuccessorAhead {
+        /// The successor's next LSN.
+        successor_next: u64,
+    },
+}
+
+/// The state of the link to the successor, for this log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    /// No connection (or no successor).
+    Down,
+    /// Connected; a barrier asks for the successor's next LSN (sent at `covers`).
+    Probing { covers: u64 },
+    /// The successor has (or has been sent) every record below `forwarded`, which is below
+    /// our next LSN: the rest is read from the store and sent.
+    CatchingUp,
+    /// Every record stored here has been sent: new records are forwarded as they are stored.
+    InSync,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    /// Records below `end`.
+    Records { end: u64 },
+    /// A trim to `before`.
+    Trim { before: u64 },
+    /// Barrier number `seq`.
+    Barrier { seq: u64 },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Item {
+    work: Work,
+    /// The predecessor's request to answer when it completes.
+    upstream: Option<u64>,
+}
+
+/// One log's replication state on one node, in one epoch.
+#[derive(Debug)]
+pub struct Replica {
+    log_id: u64,
+    epoch: u64,
+    chain: Vec<NodeId>,
+    /// This node's index in `chain`.
+    index: usize,
+    /// Records below are stored here (durable or not).
+    next_lsn: u64,
+    /// Records below are durable here.
+    durable_lsn: u64,
+    /// Trimmed durably here, below this LSN.
+    trim_durable: u64,
+    /// The highest trim asked of this node.
+    trim_requested: u64,
+    /// What this node knows is committed (at the head: durable on every replica).
+    committed: u64,
+    /// At the head: trimmed durably on every replica.
+    trim_committed: u64,
+    /// Barriers issued here, and settled (answered by the whole rest of the chain).
+    barriers_issued: u64,
+    barriers_settled: u64,
+    items: VecDeque<Item>,
+    answers: Vec<Answer>,
+    // The successor (unused at the tail).
+    link: Link,
+    /// Records below are on the successor or on their way to it (meaningful when the link
+    /// is catching up or in sync).
+    forwarded: u64,
+    /// The successor's cumulative answers.
+    down_durable: u64,
+    down_trim: u64,
+    down_barrier: u64,
+    /// What was last sent to the successor on this link (trim, barrier, committed).
+    sent_trim: u64,
+    sent_barrier: u64,
+    sent_commit: u64,
+    /// The head found its successor ahead of it.
+    successor_ahead: Option<u64>,
+}
+
+impl Replica {
+    /// A log's replica on node `me` of `chain` (head first) in `epoch`, over a store that
+    /// holds records below `next_lsn`, all durable, trimmed below `trim_point`.
+    ///
+    /// Panics if `me` is not in the chain (the caller installs only its own logs).
+    pub fn new(
+        log_id: u64,
+        me: NodeId,
+        epoch: u64,
+        chain: Vec<NodeId>,
+        next_lsn: u64,
+        trim_point: u64,
+    ) -> Replica {
+        let index = chain
+            .iter()
+            .position(|&n| n == me)
+            .expect("a node holds replicas only of the chains it is in");
+        assert!(trim_point <= next_lsn, "trimmed past the tail");
+        let sole = chain.len() == 1;
+        Replica {
+            log_id,
+            epoch,
+            chain,
+            index,
+            next_lsn,
+            durable_lsn: next_lsn,
+            trim_durable: trim_point,
+            trim_requested: trim_point,
+            // A sole replica's durable records are committed; in a chain, what is
+            // committed is learned (from the head's messages, or at the head from answers).
+            committed: if sole { next_lsn } else { 0 },
+            trim_committed: if sole { trim_point } else { 0 },
+            barriers_issued: 0,
+            barriers_settled: 0,
+            items: VecDeque::new(),
+            answers: Vec::new(),
+            link: Link::Down,
+            forwarded: 0,
+            down_durable: 0,
+            down_trim: 0,
+            down_barrier: 0,
+            sent_trim: 0,
+            sent_barrier: 0,
+            sent_commit: 0,
+            successor_ahead: None,
+        }
+    }
+
+    /// The log.
+    pub fn log_id(&self) -> u64 {
+        self.log_id
+    }
+
+    /// The epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The chain, head first.
+    pub fn chain(&self) -> &[NodeId] {
+        &self.chain
+    }
+
+    /// This node's position.
+    pub fn position(&self) -> Position {
+        if self.index == 0 {
+            Position::Head
+        } else if self.index + 1 == self.chain.len() {
+            Position::Tail
+        } else {
+            Position::Middle
+        }
+    }
+
+    /// The head's node id.
+    pub fn head(&self) -> NodeId {
+        self.chain[0]
+    }
+
+    /// The predecessor, if this node is not the head.
+    pub fn predecessor(&self) -> Option<NodeId> {
+        self.index.checked_sub(1).map(|i| self.chain[i])
+    }
+
+    /// The successor, if this node is not the tail.
+    pub fn successor(&self) -> Option<NodeId> {
+        self.chain.get(self.index + 1).copied()
+    }
+
+    /// Records below are stored here.
+    pub fn next_lsn(&self) -> u64 {
+        self.next_lsn
+    }
+
+    /// Records below are durable here.
+    pub fn durable_lsn(&self) -> u64 {
+        self.durable_lsn
+    }
+
+    /// Records below are committed, as far as this node knows (at the head: exactly).
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// Records below may be served to readers here: committed and durable here.
+    pub fn readable(&self) -> u64 {
+        self.committed.min(self.durable_lsn)
+    }
+
+    /// At the head: trimmed durably on every replica below this (a client's TRIM is
+    /// answered when this reaches it).
+    pub fn trim_committed(&self) -> u64 {
+        self.trim_committed
+    }
+
+    /// Barriers issued here so far, and settled.
+    pub fn barriers(&self) -> (u64, u64) {
+        (self.barriers_issued, self.barriers_settled)
+    }
+
+    /// Records the successor has not yet answered as durable (at the tail: 0).
+    pub fn lag(&self) -> u64 {
+        match self.successor() {
+            Some(_) => self.next_lsn.saturating_sub(self.down_durable),
+            None => 0,
+        }
+    }
+
+    /// Whether the head can append now.
+    pub fn can_append(&self) -> Result<(), Blocked> {
+        if self.index != 0 {
+            return Err(Blocked::NotHead);
+        }
+        match self.successor_ahead {
+            Some(successor_next) => Err(Blocked::SuccessorAhead { successor_next }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records `[first, end)` were stored here: sequenced by this head, or received from the
+    /// predecessor for `upstream` (its request id). Says whether to forward them now.
+    pub fn stored(&mut self, first: u64, end: u64, upstream: Option<u64>) -> Forwarding {
+        assert_eq!(first, self.next_lsn, "records are stored densely");
+        assert!(end > first, "a batch holds records");
+        self.next_lsn = end;
+        self.items.push_back(Item {
+            work: Work::Records { end },
+            upstream,
+        });
+        if self.link == Link::InSync && self.forwarded == first {
+            self.forwarded = end;
+            Forwarding::Now
+        } else {
+            if self.link == Link::InSync {
+                // Cannot happen (in sync means everything stored was sent); fall back to
+                // catching up rather than leave a hole.
+                self.link = Link::CatchingUp;
+            }
+            Forwarding::Later
+        }
+    }
+
+    /// Decides what to do with a REPLICATE of records `[first, end)` from the predecessor.
+    pub fn receive(&self, first: u64, end: u64) -> Receive {
+        if first > self.next_lsn {
+            Receive::Gap {
+                expected: self.next_lsn,
+            }
+        } else if end <= self.next_lsn {
+            Receive::Duplicate
+        } else {
+            Receive::Store {
+                from: self.next_lsn,
+            }
+        }
+    }
+
+    /// A REPLICATE whose records are all here already: answered in its turn.
+    pub fn duplicate(&mut self, end: u64, upstream: u64) {
+        self.items.push_back(Item {
+            work: Work::Records { end },
+            upstream: Some(upstream),
+        });
+        self.settle();
+    }
+
+    /// Records below `end` are durable here.
+    pub fn durable(&mut self, end: u64) {
+        debug_assert!(end <= self.next_lsn, "durable beyond what was stored");
+        self.durable_lsn = self.durable_lsn.max(end);
+        self.settle();
+    }
+
+    /// A trim to `before` was asked (at the head by a client, elsewhere by the predecessor
+    /// for `upstream`) and laid into the store here.
+    pub fn trim(&mut self, before: u64, upstream: Option<u64>) {
+        self.trim_requested = self.trim_requested.max(before);
+        self.items.push_back(Item {
+            work: Work::Trim { before },
+            upstream,
+        });
+        self.settle();
+    }
+
+    /// The store made a trim to `before` durable here.
+    pub fn trim_durable(&mut self, before: u64) {
+        self.trim_durable = self.trim_durable.max(before);
+        self.settle();
+    }
+
+    /// A barrier (CHECK_TAIL at the head, or the predecessor's for `upstream`). Returns its
+    /// sequence number: it is settled when [`barriers`](Self::barriers)' second value
+    /// reaches it.
+    pub fn barrier(&mut self, upstream: Option<u64>) -> u64 {
+        self.barriers_issued += 1;
+        let seq = self.barriers_issued;
+        self.items.push_back(Item {
+            work: Work::Barrier { seq },
+            upstream,
+        });
+        self.settle();
+        seq
+    }
+
+    /// The predecessor says records below `committed` are committed.
+    pub fn learn_committed(&mut self, committed: u64) {
+        if self.index == 0 {
+            return;
+        }
+        self.committed = self.committed.max(committed.min(self.next_lsn));
+    }
+
+    /// The link to the successor is up (connected, PEER accepted): probe it with a barrier,
+    /// whose answer says where the successor is.
+    pub fn link_up(&mut self) -> Option<Send> {
+        self.successor()?;
+        let covers = self.barriers_issued;
+        self.link = Link::Probing { covers };
+        self.sent_barrier = covers;
+        // The probe re-sends what a reconnect may have lost: trims and the committed LSN
+        // go again once it is answered.
+        self.sent_trim = 0;
+        self.sent_commit = 0;
+        Some(Send::Barrier { covers })
+    }
+
+    /// The link to the successor is down: what was in flight on it is lost (it is sent
+    /// again after the next probe).
+    pub fn link_down(&mut self) {
+        self.link = Link::Down;
+    }
+
+    /// Whether the link to the successor is down (the shard reconnects).
+    pub fn link_is_down(&self) -> bool {
+        self.successor().is_some() && self.link == Link::Down
+    }
+
+    /// The successor answered a REPLICATE.
+    pub fn reply(&mut self, reply: Reply) {
+        if self.successor().is_none() {
+            return;
+        }
+        self.down_durable = self.down_durable.max(reply.durable_lsn);
+        self.down_trim = self.down_trim.max(reply.trim_point);
+        if let Some(covers) = reply.barrier {
+            self.down_barrier = self.down_barrier.max(covers);
+            if self.link == (Link::Probing { covers }) {
+                self.probed(reply.next_lsn);
+            }
+        }
+        self.settle();
+    }
+
+    /// The probe's answer: the successor holds records below `next`.
+    fn probed(&mut self, next: u64) {
+        if next > self.next_lsn {
+            if self.index == 0 {
+                tracing::error!(
+                    log_id = self.log_id,
+                    head_next = self.next_lsn,
+                    successor_next = next,
+                    "the successor holds records this head lost: appends refused until a \
+                     new epoch"
+                );
+                self.successor_ahead = Some(next);
+            }
+            // A middle node whose successor is ahead receives the missing records from its
+            // predecessor and forwards them (the successor takes them as duplicates).
+            self.forwarded = self.next_lsn;
+        } else {
+            self.forwarded = next;
+        }
+        self.link = if self.forwarded == self.next_lsn {
+            Link::InSync
+        } else {
+            Link::CatchingUp
+        };
+    }
+
+    /// The successor refused records with GAP: it expects `expected` next (or refused them
+    /// with OVERLOADED: then `expected` is the first refused LSN). Sending resumes from there,
+    /// read from the store.
+    pub fn refused(&mut self, expected: u64) {
+        if matches!(self.link, Link::InSync | Link::CatchingUp) && expected < self.forwarded {
+            self.forwarded = expected;
+            self.link = Link::CatchingUp;
+        }
+    }
+
+    /// Where to read records from the store for the successor, if the link is catching up.
+    /// The shard sends some of `[from, next_lsn)` and reports it with
+    /// [`caught_up`](Self::caught_up).
+    pub fn catch_up_from(&self) -> Option<u64> {
+        (self.link == Link::CatchingUp && self.forwarded < self.next_lsn).then_some(self.forwarded)
+    }
+
+    /// Records `[first, end)` were read from the store and sent to the successor.
+    pub fn caught_up(&mut self, first: u64, end: u64) {
+        assert_eq!(first, self.forwarded, "catch-up continues where it was");
+        assert!(end <= self.next_lsn, "sent beyond what is stored");
+        self.forwarded = end;
+        if self.link == Link::CatchingUp && self.forwarded == self.next_lsn {
+            self.link = Link::InSync;
+        }
+    }
+
+    /// The trim, barrier and committed LSN to send the successor now, if they changed since
+    /// they were last sent (the link must be up and probed). `records_going` says whether a
+    /// REPLICATE of records is going out in this turn anyway (it carries the committed LSN,
+    /// so no COMMIT is needed).
+    pub fn to_send(&mut self, records_going: bool, out: &mut Vec<Send>) {
+        if self.successor().is_none() || !matches!(self.link, Link::InSync | Link::CatchingUp) {
+            return;
+        }
+        if self.trim_requested > self.sent_trim && self.trim_requested <= self.forwarded {
+            self.sent_trim = self.trim_requested;
+            out.push(Send::Trim {
+                before: self.trim_requested,
+            });
+        }
+        if self.barriers_issued > self.sent_barrier {
+            self.sent_barrier = self.barriers_issued;
+            out.push(Send::Barrier {
+                covers: self.barriers_issued,
+            });
+        }
+        let committed = self.committed.min(self.forwarded);
+        if committed > self.sent_commit {
+            self.sent_commit = committed;
+            if !records_going {
+                out.push(Send::Commit { committed });
+            }
+        }
+    }
+
+    /// The committed LSN a REPLICATE of records carries (and counts as sent).
+    pub fn committed_for_forward(&mut self, end: u64) -> u64 {
+        let committed = self.committed.min(end);
+        self.sent_commit = self.sent_commit.max(committed);
+        committed
+    }
+
+    /// Answers owed to the predecessor, in order.
+    pub fn take_answers(&mut self, out: &mut Vec<Answer>) {
+        out.append(&mut self.answers);
+    }
+
+    /// Completes the items at the front of the queue that are done, in order.
+    fn settle(&mut self) {
+        let tail = self.successor().is_none();
+        let chain_durable = if tail {
+            self.durable_lsn
+        } else {
+            self.durable_lsn.min(self.down_durable)
+        };
+        let chain_trim = if tail {
+            self.trim_durable
+        } else {
+            self.trim_durable.min(self.down_trim)
+        };
+        while let Some(item) = self.items.front().copied() {
+            let done = match item.work {
+                Work::Records { end } => chain_durable >= end,
+                Work::Trim { before } => chain_trim >= before,
+                Work::Barrier { seq } => tail || self.down_barrier >= seq,
+            };
+            if !done {
+                break;
+            }
+            self.items.pop_front();
+            if let Work::Barrier { seq } = item.work {
+                self.barriers_settled = self.barriers_settled.max(seq);
+            }
+            if let Some(request_id) = item.upstream {
+                self.answers.push(Answer {
+                    request_id,
+                    durable_lsn: chain_durable,
+                    trim_point: chain_trim,
+                    next_lsn: self.next_lsn,
+                });
+            }
+        }
+        if self.index == 0 {
+            // At the head, durable on every node of the chain is what committed means.
+            self.committed = self.committed.max(chain_durable);
+            self.trim_committed = self.trim_committed.max(chain_trim);
+        }
+    }
+}

@@ -33,6 +33,11 @@ pub(crate) struct Session {
     /// Answers owed in order: appends and trims waiting for durability, and errors of later
     /// appends held behind them (APPEND answers come in the order the APPENDs were sent).
     pub(crate) pending: VecDeque<Pending>,
+    /// Index in `pending` of the first append or trim whose store ack has not come (the
+    /// store acks a connection's operations in the order it took them).
+    pub(crate) local_next: usize,
+    /// CHECK_TAILs waiting for their barrier to settle down the chain.
+    pub(crate) barriers: Vec<Barrier>,
     /// Stop reading and close once the output is flushed (protocol error, peer gone, stop).
     pub(crate) closing: bool,
     /// Active subscriptions (PROTOCOL.md section 7).
@@ -51,13 +56,35 @@ pub(crate) struct Subscription {
     pub(crate) credit: u64,
 }
 
+/// A CHECK_TAIL waiting for barrier `seq` of its log to settle.
+#[derive(Debug)]
+pub(crate) struct Barrier {
+    pub(crate) request_id: u64,
+    pub(crate) log_id: u64,
+    pub(crate) seq: u64,
+}
+
 /// An answer owed to a connection, in order.
 #[derive(Debug)]
 pub(crate) enum Pending {
-    /// An append waiting for its ack; `received_us` is when its frame arrived.
-    Append { request_id: u64, received_us: u64 },
-    /// A trim waiting for its ack.
-    Trim { request_id: u64 },
+    /// An append waiting until its records (below `end`) are durable here (`local`: its store
+    /// ack came) and committed on the log's whole chain; `received_us` is when its frame
+    /// arrived.
+    Append {
+        request_id: u64,
+        received_us: u64,
+        log_id: u64,
+        first: u64,
+        end: u64,
+        local: bool,
+    },
+    /// A trim waiting until it is durable here and on the whole chain.
+    Trim {
+        request_id: u64,
+        log_id: u64,
+        before: u64,
+        local: bool,
+    },
     /// An error, sent once everything before it is answered.
     Failed {
         request_id: u64,

@@ -3,12 +3,17 @@
 //! durable appends and trims into APPEND and TRIM responses, in the order they were asked.
 //!
 //! APPEND record bytes go from the connection's receive buffer into the store's write buffer
-//! in one copy (`Batch::Encoded`: the wire layout is the disk layout). A single node serves
-//! every log in epoch [`NODE_EPOCH`]. Conditions, fencing tokens and idempotency keys are
-//! checked by the store (`AppendOptions`), which keeps their state durable; a retried batch
-//! is answered with its original LSNs once they are durable, in its place in the order.
-//! Subscriptions are pumped from the store's tail cache after every loop turn, within their
-//! credit and while the connection's output is not backed up.
+//! in one copy (`Batch::Encoded`: the wire layout is the disk layout). Conditions, fencing
+//! tokens and idempotency keys are checked by the store (`AppendOptions`), which keeps their
+//! state durable; a retried batch is answered with its original LSNs once they are durable,
+//! in its place in the order.
+//!
+//! Every log has its replication state ([`Replica`]): an append is answered once its records
+//! are durable here *and* committed on the log's chain; reads, tails and subscriptions serve
+//! only committed records. A standalone node's logs are chains of one in epoch
+//! [`NODE_EPOCH`], where durable here is committed. Subscriptions are pumped from the store's
+//! tail cache after every loop turn, within their credit and while the connection's output
+//! is not backed up.
 
 use chainlog_net::{
     decode_request, encode_error, encode_response, parse_frame, AppendRequest, CreateLogResponse,
@@ -20,8 +25,10 @@ use chainlog_net::{
 use chainlog_storage::{fatal, Ack, AppendOptions, Batch, Error, ReadRecord, Store, UringIo};
 
 use super::catalog::{log_id_of, Catalog, LogEntry as CatalogEntry};
-use super::conn::{Conn, Pending, Session, Subscription};
+use super::conn::{Barrier, Conn, Pending, Session, Subscription};
 use super::metrics::ShardMetrics;
+use crate::replication::{Blocked, Replica};
+use std::collections::HashMap;
 use std::time::Instant;
 
 /// The epoch of every log on a single node (epochs change with reconfiguration).
@@ -58,6 +65,9 @@ pub(crate) struct Server {
     node_id: u64,
     limits: Limits,
     catalog: Catalog,
+    /// The replication state of every log of the catalog (a single node's logs are chains of
+    /// one: durable here is committed).
+    replicas: HashMap<u64, Replica>,
 }
 
 /// A failed request's answer, before encoding.
@@ -115,7 +125,12 @@ impl Server {
         node_id: u64,
         limits: Limits,
         catalog: Catalog,
+        store: &Store<UringIo>,
     ) -> Server {
+        let replicas = catalog
+            .list(None, usize::MAX)
+            .map(|(log_id, _)| (log_id, sole_replica(log_id, node_id, store)))
+            .collect();
         Server {
             metrics: ShardMetrics::new(),
             started: Instant::now(),
@@ -126,6 +141,7 @@ impl Server {
             node_id,
             limits,
             catalog,
+            replicas,
         }
     }
 
@@ -311,9 +327,13 @@ impl Server {
                 trim.before_lsn,
                 token,
             ),
-            Request::CreateLog(create) => {
-                self.create_log(session, request_id, create.name, create.replication_factor)
-            }
+            Request::CreateLog(create) => self.create_log(
+                session,
+                store,
+                request_id,
+                create.name,
+                create.replication_factor,
+            ),
             Request::DescribeLog(describe) => {
                 self.describe_log(session, store, request_id, describe.by)
             }
@@ -352,7 +372,7 @@ impl Server {
                     .position(|s| s.id == unsub.subscription_id)
                 {
                     let sub = session.subscriptions.swap_remove(i);
-                    let tail = store.tail(sub.log_id).map_or(0, |t| t.durable_lsn);
+                    let tail = self.readable(sub.log_id);
                     // The END push comes before the UNSUBSCRIBE's response (PROTOCOL.md 7).
                     ReadBuilder::new(
                         &mut session.out,
@@ -423,14 +443,45 @@ impl Server {
     }
 
     fn known(&self, log_id: u64) -> Result<(), Refusal> {
-        match self.catalog.get(log_id) {
-            Some(_) => Ok(()),
-            None => Err(refuse(
+        self.replica(log_id).map(|_| ())
+    }
+
+    /// The replication state of a log of this shard.
+    fn replica(&self, log_id: u64) -> Result<&Replica, Refusal> {
+        self.replicas.get(&log_id).ok_or_else(|| {
+            refuse(
                 ErrorCode::UnknownLog,
                 ARG_NONE,
                 format!("no log {log_id} on this shard"),
-            )),
+            )
+        })
+    }
+
+    /// The log's replica if this node is its head (appends, trims and CHECK_TAIL go there).
+    fn head_replica(&mut self, log_id: u64) -> Result<&mut Replica, Refusal> {
+        let replica = self.replica(log_id)?;
+        match replica.can_append() {
+            Ok(()) => {}
+            Err(Blocked::NotHead) => {
+                let head = replica.head();
+                return Err(refuse(
+                    ErrorCode::NotHead,
+                    head,
+                    format!("node {head} is the head of log {log_id}"),
+                ));
+            }
+            Err(Blocked::SuccessorAhead { successor_next }) => {
+                return Err(refuse(
+                    ErrorCode::Unavailable,
+                    ARG_NONE,
+                    format!(
+                        "log {log_id}: the chain holds records up to {successor_next} that \
+                         this head lost; appends wait for a new epoch"
+                    ),
+                ))
+            }
         }
+        Ok(self.replicas.get_mut(&log_id).expect("checked above"))
     }
 
     fn append(
@@ -442,12 +493,12 @@ impl Server {
         token: u64,
     ) -> Result<(), Refusal> {
         let h = append.header;
-        self.known(h.log_id)?;
-        if h.epoch != EPOCH_CURRENT && h.epoch != NODE_EPOCH {
+        let epoch = self.head_replica(h.log_id)?.epoch();
+        if h.epoch != EPOCH_CURRENT && h.epoch != epoch {
             return Err(refuse(
                 ErrorCode::WrongEpoch,
-                NODE_EPOCH,
-                format!("epoch {} is not current", h.epoch),
+                epoch,
+                format!("epoch {} is not current (it is {epoch})", h.epoch),
             ));
         }
         let options = AppendOptions {
@@ -459,9 +510,15 @@ impl Server {
             bytes: append.records.bytes(),
             count: append.records.count(),
         };
-        store
-            .append_batch(h.log_id, NODE_EPOCH, &options, batch, token)
+        let lsns = store
+            .append_batch(h.log_id, epoch, &options, batch, token)
             .map_err(|e| store_refusal(&e))?;
+        let replica = self.replicas.get_mut(&h.log_id).expect("checked above");
+        // A retried batch (its idempotency key was seen) gets its original LSNs: nothing new
+        // was stored.
+        if lsns.start == replica.next_lsn() {
+            replica.stored(lsns.start, lsns.end, None);
+        }
         let received_us = self.received_us;
         self.metrics
             .queue_us
@@ -469,6 +526,10 @@ impl Server {
         session.pending.push_back(Pending::Append {
             request_id,
             received_us,
+            log_id: h.log_id,
+            first: lsns.start,
+            end: lsns.end,
+            local: false,
         });
         Ok(())
     }
@@ -484,10 +545,12 @@ impl Server {
         max_records: u32,
         max_bytes: u32,
     ) -> Result<(), Refusal> {
-        self.known(log_id)?;
-        let tail = store.tail(log_id).map_or(0, |t| t.durable_lsn);
+        let tail = self.replica(log_id)?.readable();
         let records = if store.tail(log_id).is_some() {
-            let max_records = max_records.min(self.limits.batch_records_max) as usize;
+            // Only committed records are served (a replica may hold durable ones that are
+            // not committed yet).
+            let max_records = u64::from(max_records.min(self.limits.batch_records_max))
+                .min(tail.saturating_sub(from)) as usize;
             store
                 .read(log_id, from, max_records, max_bytes as usize)
                 .map_err(|e| store_refusal(&e))?
@@ -530,8 +593,8 @@ impl Server {
                 format!("at most {SUBSCRIPTIONS_MAX} subscriptions per connection"),
             ));
         }
-        let t = store.tail(log_id);
-        let (tail, trim_point) = t.map_or((0, 0), |t| (t.durable_lsn, t.trim_point));
+        let tail = self.readable(log_id);
+        let trim_point = store.tail(log_id).map_or(0, |t| t.trim_point);
         let start = if from == LSN_FROM_TAIL { tail } else { from };
         if start < trim_point {
             return Err(refuse(
@@ -559,6 +622,7 @@ impl Server {
         let mut i = 0;
         while i < session.subscriptions.len() {
             let sub = &mut session.subscriptions[i];
+            let readable = self.readable(sub.log_id);
             let ended = if self.catalog.get(sub.log_id).is_none() {
                 Some(refuse(
                     ErrorCode::UnknownLog,
@@ -577,13 +641,16 @@ impl Server {
                             "the subscription fell below the trim point",
                         ));
                     }
-                    if sub.next_lsn >= t.durable_lsn
+                    if sub.next_lsn >= readable
                         || sub.credit == 0
                         || session.out.len() >= PUSH_OUTPUT_MAX
                     {
                         break None;
                     }
-                    let max = sub.credit.min(u64::from(self.limits.batch_records_max)) as usize;
+                    let max = sub
+                        .credit
+                        .min(u64::from(self.limits.batch_records_max))
+                        .min(readable - sub.next_lsn) as usize;
                     let body_budget = self.limits.frame_bytes_max as usize / 2;
                     let records = match store.read(sub.log_id, sub.next_lsn, max, body_budget) {
                         Ok(records) => records,
@@ -593,7 +660,7 @@ impl Server {
                         &mut session.out,
                         sub.id,
                         ReadKind::Push,
-                        t.durable_lsn,
+                        readable,
                         &self.limits,
                     );
                     let pushed = push_records(&mut builder, sub.log_id, &records);
@@ -632,20 +699,66 @@ impl Server {
         opcode: Opcode,
         log_id: u64,
     ) -> Result<(), Refusal> {
-        self.known(log_id)?;
-        let t = store.tail(log_id);
+        if opcode == Opcode::CheckTail {
+            // A barrier through the chain: answered when every replica has answered what
+            // came before it (at once on a single node).
+            let seq = self.head_replica(log_id)?.barrier(None);
+            session.barriers.push(Barrier {
+                request_id,
+                log_id,
+                seq,
+            });
+            self.answer_barriers(session, store);
+            return Ok(());
+        }
+        let replica = self.replica(log_id)?;
         let tail = TailResponse {
-            tail: t.map_or(0, |t| t.durable_lsn),
-            trim_point: t.map_or(0, |t| t.trim_point),
-            epoch: NODE_EPOCH,
+            tail: replica.readable(),
+            trim_point: store.tail(log_id).map_or(0, |t| t.trim_point),
+            epoch: replica.epoch(),
         };
-        let response = if opcode == Opcode::CheckTail {
-            Response::CheckTail(tail)
-        } else {
-            Response::TailHint(tail)
-        };
-        encode_response(&mut session.out, request_id, opcode, &response);
+        encode_response(
+            &mut session.out,
+            request_id,
+            opcode,
+            &Response::TailHint(tail),
+        );
         Ok(())
+    }
+
+    /// Answers the connection's CHECK_TAILs whose barriers settled (with UNAVAILABLE, if the
+    /// connection is closing or the log is gone).
+    fn answer_barriers(&self, session: &mut Session, store: &Store<UringIo>) {
+        let mut i = 0;
+        while i < session.barriers.len() {
+            let b = &session.barriers[i];
+            let answer = match self.replicas.get(&b.log_id) {
+                Some(r) if r.barriers().1 >= b.seq => Ok(TailResponse {
+                    tail: r.committed(),
+                    trim_point: store.tail(b.log_id).map_or(0, |t| t.trim_point),
+                    epoch: r.epoch(),
+                }),
+                Some(_) if !session.closing => {
+                    i += 1;
+                    continue;
+                }
+                _ => Err(refuse(
+                    ErrorCode::Unavailable,
+                    ARG_NONE,
+                    "the barrier did not settle before the connection closed",
+                )),
+            };
+            let b = session.barriers.swap_remove(i);
+            match answer {
+                Ok(tail) => encode_response(
+                    &mut session.out,
+                    b.request_id,
+                    Opcode::CheckTail,
+                    &Response::CheckTail(tail),
+                ),
+                Err(refusal) => answer_now(session, b.request_id, Opcode::CheckTail, &refusal),
+            }
+        }
     }
 
     fn trim(
@@ -657,7 +770,7 @@ impl Server {
         before: u64,
         token: u64,
     ) -> Result<(), Refusal> {
-        self.known(log_id)?;
+        let committed = self.head_replica(log_id)?.committed();
         if store.tail(log_id).is_none() {
             // Nothing was ever appended: only a trim to 0 is within the tail.
             if before > 0 {
@@ -670,16 +783,35 @@ impl Server {
             encode_response(&mut session.out, request_id, Opcode::Trim, &Response::Trim);
             return Ok(());
         }
+        if before > committed {
+            // Only committed records are trimmed: a trim travels down the chain after the
+            // records it trims, and every replica has them.
+            return Err(refuse(
+                ErrorCode::ConditionFailed,
+                committed,
+                format!("cannot trim before {before}: the log's committed tail is {committed}"),
+            ));
+        }
         store
             .trim(log_id, before, token)
             .map_err(|e| store_refusal(&e))?;
-        session.pending.push_back(Pending::Trim { request_id });
+        self.replicas
+            .get_mut(&log_id)
+            .expect("checked above")
+            .trim(before, None);
+        session.pending.push_back(Pending::Trim {
+            request_id,
+            log_id,
+            before,
+            local: false,
+        });
         Ok(())
     }
 
     fn create_log(
         &mut self,
         session: &mut Session,
+        store: &Store<UringIo>,
         request_id: u64,
         name: &str,
         replication_factor: u8,
@@ -715,6 +847,8 @@ impl Server {
             }
             Err(e) => fatal(&format!("shard {}: {e}", self.shard_index)),
         }
+        self.replicas
+            .insert(log_id, sole_replica(log_id, self.node_id, store));
         let response = Response::CreateLog(CreateLogResponse {
             log_id,
             shard: owner,
@@ -735,19 +869,19 @@ impl Server {
             LogRef::Name(name) => log_id_of(name),
         };
         let owner = self.route(log_id, None)?;
-        let Some(entry) = self.catalog.get(log_id) else {
+        let (Some(entry), Some(replica)) = (self.catalog.get(log_id), self.replicas.get(&log_id))
+        else {
             return Err(refuse(
                 ErrorCode::UnknownLog,
                 ARG_NONE,
                 format!("no log {log_id}"),
             ));
         };
-        let t = store.tail(log_id);
         let response = Response::DescribeLog(DescribeLogResponse {
             log_id,
-            tail: t.map_or(0, |t| t.durable_lsn),
-            trim_point: t.map_or(0, |t| t.trim_point),
-            epoch: NODE_EPOCH,
+            tail: replica.readable(),
+            trim_point: store.tail(log_id).map_or(0, |t| t.trim_point),
+            epoch: replica.epoch(),
             shard: owner,
             replication_factor: entry.replication_factor,
             name: &entry.name,
@@ -798,6 +932,7 @@ impl Server {
             }
             Err(e) => fatal(&format!("shard {}: {e}", self.shard_index)),
         }
+        self.replicas.remove(&log_id);
         // Free its space: trim everything (nobody waits for this trim's ack).
         if let Some(t) = store.tail(log_id) {
             if let Err(e) = store.trim(log_id, t.next_lsn, UNANSWERED) {
@@ -813,39 +948,139 @@ impl Server {
         Ok(())
     }
 
-    /// Answers the oldest pending append or trim of a connection, and the errors queued
-    /// behind it.
-    pub(crate) fn acknowledge(&mut self, session: &mut Session, ack: &Ack) {
-        match session.pending.pop_front() {
-            Some(Pending::Append {
-                request_id,
-                received_us,
-            }) => {
-                let now = self.now_us();
-                self.metrics
-                    .total_us
-                    .saturating_record(now.saturating_sub(received_us).max(1));
-                self.metrics
-                    .ack_us
-                    .saturating_record(now.saturating_sub(self.turn_us).max(1));
-                let response = chainlog_net::AppendResponse {
-                    first_lsn: ack.lsns.start,
-                    count: (ack.lsns.end - ack.lsns.start) as u32,
-                };
-                encode_response(
-                    &mut session.out,
-                    request_id,
-                    Opcode::Append,
-                    &Response::Append(response),
-                );
-            }
-            Some(Pending::Trim { request_id }) => {
-                encode_response(&mut session.out, request_id, Opcode::Trim, &Response::Trim);
-            }
-            other => unreachable!("an ack with no append or trim waiting: {other:?}"),
+    /// A store ack: records or a trim of a log became durable here.
+    pub(crate) fn on_store_ack(&mut self, ack: &Ack) {
+        let Some(replica) = self.replicas.get_mut(&ack.log_id) else {
+            return;
+        };
+        if ack.lsns.is_empty() {
+            replica.trim_durable(ack.lsns.start);
+        } else {
+            replica.durable(ack.lsns.end);
         }
-        flush_failed(session);
     }
+
+    /// A store ack for one of the connection's appends or trims (they come in the order
+    /// the connection's operations were taken): it is durable here. Answers what is ready.
+    pub(crate) fn acknowledge(&mut self, session: &mut Session, store: &Store<UringIo>) {
+        let mut i = session.local_next;
+        loop {
+            match session.pending.get_mut(i) {
+                Some(Pending::Append { local, .. } | Pending::Trim { local, .. }) => {
+                    *local = true;
+                    break;
+                }
+                Some(Pending::Failed { .. }) => i += 1,
+                None => unreachable!("a store ack with no append or trim waiting"),
+            }
+        }
+        session.local_next = i + 1;
+        self.drain(session, store);
+    }
+
+    /// Answers, in order, the connection's appends and trims that are durable here and
+    /// committed on the whole chain, the errors queued behind them, and its settled
+    /// CHECK_TAILs.
+    pub(crate) fn drain(&mut self, session: &mut Session, store: &Store<UringIo>) {
+        while let Some(front) = session.pending.front() {
+            let ready = match *front {
+                Pending::Append {
+                    log_id, end, local, ..
+                } => {
+                    local
+                        && self
+                            .replicas
+                            .get(&log_id)
+                            .is_none_or(|r| r.committed() >= end)
+                }
+                Pending::Trim {
+                    log_id,
+                    before,
+                    local,
+                    ..
+                } => {
+                    local
+                        && self
+                            .replicas
+                            .get(&log_id)
+                            .is_none_or(|r| r.trim_committed() >= before)
+                }
+                Pending::Failed { .. } => true,
+            };
+            if !ready {
+                break;
+            }
+            let front = session.pending.pop_front().expect("checked");
+            session.local_next = session.local_next.saturating_sub(1);
+            match front {
+                Pending::Append {
+                    request_id,
+                    received_us,
+                    first,
+                    end,
+                    ..
+                } => {
+                    let now = self.now_us();
+                    self.metrics
+                        .total_us
+                        .saturating_record(now.saturating_sub(received_us).max(1));
+                    self.metrics
+                        .ack_us
+                        .saturating_record(now.saturating_sub(self.turn_us).max(1));
+                    let response = chainlog_net::AppendResponse {
+                        first_lsn: first,
+                        count: (end - first) as u32,
+                    };
+                    encode_response(
+                        &mut session.out,
+                        request_id,
+                        Opcode::Append,
+                        &Response::Append(response),
+                    );
+                }
+                Pending::Trim { request_id, .. } => {
+                    encode_response(&mut session.out, request_id, Opcode::Trim, &Response::Trim);
+                }
+                Pending::Failed {
+                    request_id,
+                    opcode,
+                    code,
+                    arg0,
+                    arg1,
+                    message,
+                } => {
+                    let response = ErrorResponse {
+                        code,
+                        arg0,
+                        arg1,
+                        message: &message,
+                    };
+                    encode_error(
+                        &mut session.out,
+                        request_id,
+                        Opcode::from_u16(opcode),
+                        &response,
+                    );
+                }
+            }
+        }
+        if !session.barriers.is_empty() {
+            self.answer_barriers(session, store);
+        }
+    }
+
+    /// Records of `log_id` that may be served to readers here (committed and durable here).
+    fn readable(&self, log_id: u64) -> u64 {
+        self.replicas.get(&log_id).map_or(0, Replica::readable)
+    }
+}
+
+/// The replica of a log on a single node (a chain of one), over what the store holds.
+fn sole_replica(log_id: u64, node_id: u64, store: &Store<UringIo>) -> Replica {
+    let (next, trim) = store
+        .tail(log_id)
+        .map_or((0, 0), |t| (t.next_lsn, t.trim_point));
+    Replica::new(log_id, node_id, NODE_EPOCH, vec![node_id], next, trim)
 }
 
 /// Adds stored records to a READ answer or a push, until the frame is full; returns how many
@@ -895,33 +1130,5 @@ fn answer(session: &mut Session, request_id: u64, opcode: Opcode, refusal: Refus
         });
     } else {
         answer_now(session, request_id, opcode, &refusal);
-    }
-}
-
-fn flush_failed(session: &mut Session) {
-    while let Some(Pending::Failed { .. }) = session.pending.front() {
-        let Some(Pending::Failed {
-            request_id,
-            opcode,
-            code,
-            arg0,
-            arg1,
-            message,
-        }) = session.pending.pop_front()
-        else {
-            unreachable!("checked above");
-        };
-        let response = ErrorResponse {
-            code,
-            arg0,
-            arg1,
-            message: &message,
-        };
-        encode_error(
-            &mut session.out,
-            request_id,
-            Opcode::from_u16(opcode),
-            &response,
-        );
     }
 }

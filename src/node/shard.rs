@@ -62,7 +62,14 @@ pub(crate) fn run(ctx: ShardContext) -> Result<(), String> {
         TcpListener::bind(ctx.listen).map_err(|e| format!("listening on {}: {e}", ctx.listen))?;
     tracing::info!(shard = ctx.index, listen = %ctx.listen, durability = ?store.durability(), "shard serving");
     let mut shard = Shard {
-        protocol: protocol::Server::new(ctx.index, ctx.count, ctx.node_id, ctx.limits, catalog),
+        protocol: protocol::Server::new(
+            ctx.index,
+            ctx.count,
+            ctx.node_id,
+            ctx.limits,
+            catalog,
+            &store,
+        ),
         ctx,
         store,
         listener: Some(listener),
@@ -279,6 +286,7 @@ impl Shard {
     }
 
     fn on_ack(&mut self, ack: Ack) {
+        self.protocol.on_store_ack(&ack);
         let (slot, generation) = ((ack.token & 0xffff_ffff) as usize, (ack.token >> 32) as u32);
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
             return;
@@ -286,7 +294,7 @@ impl Shard {
         if conn.generation != generation {
             return;
         }
-        self.protocol.acknowledge(&mut conn.session, &ack);
+        self.protocol.acknowledge(&mut conn.session, &self.store);
     }
 
     /// A connection that was paused (no receive in flight: too many unanswered requests, or
@@ -340,6 +348,10 @@ impl Shard {
             let Some(conn) = self.conns[slot].as_mut() else {
                 continue;
             };
+            if !conn.session.pending.is_empty() || !conn.session.barriers.is_empty() {
+                // Answers that waited for the rest of the chain.
+                self.protocol.drain(&mut conn.session, &self.store);
+            }
             let (fd, generation) = (conn.fd(), conn.generation);
             if let Some(bytes) = conn.start_send() {
                 let token = NetToken {
@@ -349,7 +361,10 @@ impl Shard {
                 };
                 ops::send(self.store.io_mut(), fd, bytes, token);
             }
-            let done = conn.session.closing && conn.session.pending.is_empty() && conn.flushed();
+            let done = conn.session.closing
+                && conn.session.pending.is_empty()
+                && conn.session.barriers.is_empty()
+                && conn.flushed();
             if done && conn.recv_in_flight {
                 conn.shutdown();
             }

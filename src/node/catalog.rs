@@ -5,11 +5,18 @@
 //! synchronously; appends never touch the catalog file.
 //!
 //! A log's id is derived from its name (`log_id_of`), so every shard and client can tell
-//! which shard owns a name without asking anyone; the controller will assign ids later.
+//! which shard owns a name without asking anyone (the controller assigns the same ids).
+//!
+//! On a cluster node the catalog also keeps each log's epoch and chain as the controller
+//! last gave them, so that a restarted node knows its chains before it hears from the
+//! controller.
 //!
 //! File layout (little-endian): magic `"CLCT"` u32, version u16, reserved u16, count u32,
-//! then per log: log_id u64, replication_factor u8, reserved u8, name_len u16, name bytes;
-//! finally the CRC32C of everything before it, u32.
+//! then per log: log_id u64, replication_factor u8, chain_len u8, name_len u16, reserved
+//! u32, epoch u64, `chain_len` node ids u64 (head first; none on a standalone node), name
+//! bytes; finally the CRC32C of everything before it, u32. Version 1 files (log_id u64,
+//! replication_factor u8, reserved u8, name_len u16, name: standalone logs in epoch 1) are
+//! still read.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -17,7 +24,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const MAGIC: u32 = u32::from_le_bytes(*b"CLCT");
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
+/// The epoch of a standalone node's logs.
+const STANDALONE_EPOCH: u64 = 1;
 
 /// The id of the log called `name`: FNV-1a 64 of its UTF-8 bytes (PROTOCOL.md).
 pub fn log_id_of(name: &str) -> u64 {
@@ -34,8 +43,24 @@ pub fn log_id_of(name: &str) -> u64 {
 pub struct LogEntry {
     /// The log's name.
     pub name: String,
-    /// Replicas of each record (1 until chain replication).
+    /// Replicas of each record.
     pub replication_factor: u8,
+    /// The log's current epoch.
+    pub epoch: u64,
+    /// The epoch's chain, head first; empty on a standalone node (the node alone).
+    pub chain: Vec<u64>,
+}
+
+impl LogEntry {
+    /// A standalone node's log: one replica, epoch 1, the node alone.
+    pub fn standalone(name: &str) -> LogEntry {
+        LogEntry {
+            name: name.to_string(),
+            replication_factor: 1,
+            epoch: STANDALONE_EPOCH,
+            chain: Vec::new(),
+        }
+    }
 }
 
 /// Why the catalog cannot be used.
@@ -118,6 +143,23 @@ impl Catalog {
         Ok(true)
     }
 
+    /// Adds or replaces a log, durably (a cluster node installing what the controller says).
+    /// Returns false (and writes nothing) if the entry is already exactly this.
+    pub fn install(&mut self, log_id: u64, entry: LogEntry) -> Result<bool, CatalogError> {
+        if self.logs.get(&log_id) == Some(&entry) {
+            return Ok(false);
+        }
+        let old = self.logs.insert(log_id, entry);
+        if let Err(e) = self.persist() {
+            match old {
+                Some(old) => self.logs.insert(log_id, old),
+                None => self.logs.remove(&log_id),
+            };
+            return Err(e);
+        }
+        Ok(true)
+    }
+
     /// Removes a log, durably. Returns false if there was none.
     pub fn delete(&mut self, log_id: u64) -> Result<bool, CatalogError> {
         let Some(entry) = self.logs.remove(&log_id) else {
@@ -155,10 +197,19 @@ fn encode(logs: &BTreeMap<u64, LogEntry>) -> Vec<u8> {
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&(logs.len() as u32).to_le_bytes());
     for (id, entry) in logs {
+        assert!(
+            entry.chain.len() <= usize::from(u8::MAX),
+            "chains are short"
+        );
         out.extend_from_slice(&id.to_le_bytes());
         out.push(entry.replication_factor);
-        out.push(0);
+        out.push(entry.chain.len() as u8);
         out.extend_from_slice(&(entry.name.len() as u16).to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&entry.epoch.to_le_bytes());
+        for node in &entry.chain {
+            out.extend_from_slice(&node.to_le_bytes());
+        }
         out.extend_from_slice(entry.name.as_bytes());
     }
     let crc = crc32c::crc32c(&out);
@@ -190,8 +241,16 @@ fn decode(bytes: &[u8]) -> Result<BTreeMap<u64, LogEntry>, String> {
     for _ in 0..count {
         let id = r.u64()?;
         let replication_factor = r.u8()?;
-        r.u8()?;
+        let chain_len = r.u8()?;
         let len = usize::from(r.u16()?);
+        let (epoch, chain) = if version == 1 {
+            (STANDALONE_EPOCH, Vec::new())
+        } else {
+            r.u32()?;
+            let epoch = r.u64()?;
+            let chain = (0..chain_len).map(|_| r.u64()).collect::<Result<_, _>>()?;
+            (epoch, chain)
+        };
         let name = String::from_utf8(r.take(len)?.to_vec())
             .map_err(|_| "a log name is not UTF-8".to_string())?;
         logs.insert(
@@ -199,6 +258,8 @@ fn decode(bytes: &[u8]) -> Result<BTreeMap<u64, LogEntry>, String> {
             LogEntry {
                 name,
                 replication_factor,
+                epoch,
+                chain,
             },
         );
     }
@@ -244,10 +305,7 @@ mod tests {
     use super::*;
 
     fn entry(name: &str) -> LogEntry {
-        LogEntry {
-            name: name.into(),
-            replication_factor: 1,
-        }
+        LogEntry::standalone(name)
     }
 
     #[test]
@@ -287,6 +345,40 @@ mod tests {
             Catalog::open(dir.path()),
             Err(CatalogError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn installed_chains_survive_reopen_and_version_1_files_are_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = Catalog::open(dir.path()).expect("open");
+        let chained = LogEntry {
+            name: "orders".into(),
+            replication_factor: 3,
+            epoch: 7,
+            chain: vec![3, 1, 2],
+        };
+        assert!(c.install(9, chained.clone()).expect("install"));
+        assert!(
+            !c.install(9, chained.clone()).expect("same again"),
+            "no rewrite"
+        );
+        let c = Catalog::open(dir.path()).expect("reopen");
+        assert_eq!(c.get(9), Some(&chained));
+        // A version 1 file, as earlier builds wrote it.
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(&MAGIC.to_le_bytes());
+        v1.extend_from_slice(&1u16.to_le_bytes());
+        v1.extend_from_slice(&0u16.to_le_bytes());
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&5u64.to_le_bytes());
+        v1.extend_from_slice(&[1, 0]);
+        v1.extend_from_slice(&3u16.to_le_bytes());
+        v1.extend_from_slice(b"old");
+        let crc = crc32c::crc32c(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        fs::write(dir.path().join("catalog"), &v1).expect("write");
+        let c = Catalog::open(dir.path()).expect("v1");
+        assert_eq!(c.get(5), Some(&LogEntry::standalone("old")));
     }
 
     #[test]

@@ -10,8 +10,8 @@
 //!
 //! Every log has its replication state ([`Replica`]): an append is answered once its records
 //! are durable here *and* committed on the log's chain; reads, tails and subscriptions serve
-//! only committed records. A standalone node's logs are chains of one in epoch
-//! [`NODE_EPOCH`], where durable here is committed. Subscriptions are pumped from the store's
+//! only committed records. A standalone node's logs are chains of one in epoch 1, where
+//! durable here is committed. Subscriptions are pumped from the store's
 //! tail cache after every loop turn, within their credit and while the connection's output
 //! is not backed up.
 
@@ -30,9 +30,6 @@ use super::metrics::ShardMetrics;
 use crate::replication::{Blocked, Replica};
 use std::collections::HashMap;
 use std::time::Instant;
-
-/// The epoch of every log on a single node (epochs change with reconfiguration).
-pub(crate) const NODE_EPOCH: u64 = 1;
 
 /// Queued output of a connection at which the shard stops handling its requests (and reading
 /// it) until the socket drains.
@@ -129,7 +126,7 @@ impl Server {
     ) -> Server {
         let replicas = catalog
             .list(None, usize::MAX)
-            .map(|(log_id, _)| (log_id, sole_replica(log_id, node_id, store)))
+            .map(|(log_id, entry)| (log_id, replica_of(log_id, entry, node_id, store)))
             .collect();
         Server {
             metrics: ShardMetrics::new(),
@@ -832,10 +829,8 @@ impl Server {
                 "a single node stores one replica (replication factor 1)",
             ));
         }
-        let entry = CatalogEntry {
-            name: name.to_string(),
-            replication_factor,
-        };
+        let entry = CatalogEntry::standalone(name);
+        let replica = replica_of(log_id, &entry, self.node_id, store);
         match self.catalog.create(log_id, entry) {
             Ok(true) => {}
             Ok(false) => {
@@ -847,8 +842,7 @@ impl Server {
             }
             Err(e) => fatal(&format!("shard {}: {e}", self.shard_index)),
         }
-        self.replicas
-            .insert(log_id, sole_replica(log_id, self.node_id, store));
+        self.replicas.insert(log_id, replica);
         let response = Response::CreateLog(CreateLogResponse {
             log_id,
             shard: owner,
@@ -1075,12 +1069,18 @@ impl Server {
     }
 }
 
-/// The replica of a log on a single node (a chain of one), over what the store holds.
-fn sole_replica(log_id: u64, node_id: u64, store: &Store<UringIo>) -> Replica {
+/// The replication state of a catalog's log on this node, over what the store holds (a
+/// standalone node's log is a chain of one).
+fn replica_of(log_id: u64, entry: &CatalogEntry, node_id: u64, store: &Store<UringIo>) -> Replica {
     let (next, trim) = store
         .tail(log_id)
         .map_or((0, 0), |t| (t.next_lsn, t.trim_point));
-    Replica::new(log_id, node_id, NODE_EPOCH, vec![node_id], next, trim)
+    let chain = if entry.chain.is_empty() {
+        vec![node_id]
+    } else {
+        entry.chain.clone()
+    };
+    Replica::new(log_id, node_id, entry.epoch, chain, next, trim)
 }
 
 /// Adds stored records to a READ answer or a push, until the frame is full; returns how many

@@ -9,7 +9,7 @@ use crate::message::{
     padded, AppendHeader, AppendRequest, AppendResponse, CreateLogRequest, CreateLogResponse,
     CreditRequest, DescribeLogRequest, DescribeLogResponse, ErrorResponse, HelloRequest,
     HelloResponse, ListLogsRequest, ListLogsResponse, LogEntries, LogRef, Opcode, Push,
-    ReadRequest, ReadResponse, Request, Response, SubscribeRequest, SubscribeResponse,
+    ReadRequest, ReadResponse, Request, Response, Role, SubscribeRequest, SubscribeResponse,
     TailResponse, TrimRequest, UnsubscribeRequest, ENTRY_HEADER_BYTES,
 };
 use crate::records::{RecordForm, Records};
@@ -270,12 +270,15 @@ fn hello_response(r: &mut Reader<'_>) -> Result<HelloResponse, Error> {
     let version = r.u16()?;
     let shard_index = r.u16()?;
     let shard_count = r.u16()?;
-    r.reserved_u16("reserved0")?;
+    let role = r.u16()?;
     let frame_bytes_max = r.u32()?;
     let record_bytes_max = r.u32()?;
     let batch_records_max = r.u32()?;
-    r.reserved_u32("reserved1")?;
+    r.reserved_u32("reserved")?;
     let node_id = r.u64()?;
+    let Some(role) = Role::from_u16(role) else {
+        return Err(r.invalid("role", u64::from(role)));
+    };
     if version != PROTOCOL_VERSION {
         return Err(r.invalid("version", u64::from(version)));
     }
@@ -293,6 +296,7 @@ fn hello_response(r: &mut Reader<'_>) -> Result<HelloResponse, Error> {
         record_bytes_max,
         batch_records_max,
         node_id,
+        role,
     };
     if !response.limits().is_consistent() {
         return Err(r.invalid("frame_bytes_max", u64::from(frame_bytes_max)));

@@ -146,7 +146,7 @@ fn hello_body(out: &mut Vec<u8>, hello: &HelloResponse) {
     put_u16(out, hello.version);
     put_u16(out, hello.shard_index);
     put_u16(out, hello.shard_count);
-    put_u16(out, 0);
+    put_u16(out, hello.role as u16);
     put_u32(out, hello.frame_bytes_max);
     put_u32(out, hello.record_bytes_max);
     put_u32(out, hello.batch_records_max);

@@ -29,7 +29,7 @@ pub use message::{
     AppendHeader, AppendRequest, AppendResponse, CreateLogRequest, CreateLogResponse,
     CreditRequest, DescribeLogRequest, DescribeLogResponse, ErrorResponse, HelloRequest,
     HelloResponse, ListLogsRequest, ListLogsResponse, LogEntries, LogEntriesIter, LogEntry, LogRef,
-    Opcode, Push, ReadRequest, ReadResponse, Request, Response, SubscribeRequest,
+    Opcode, Push, ReadRequest, ReadResponse, Request, Response, Role, SubscribeRequest,
     SubscribeResponse, TailResponse, TrimRequest, UnsubscribeRequest,
 };
 pub use records::{AppendBuilder, ReadBuilder, ReadKind, RecordForm, RecordIter, Records};

@@ -423,8 +423,32 @@ pub struct HelloResponse {
     pub record_bytes_max: u32,
     /// The server's `batch_records_max`.
     pub batch_records_max: u32,
-    /// The node's id.
+    /// The node's id (0 from the controller).
     pub node_id: u64,
+    /// What answered: a node or the controller.
+    pub role: Role,
+}
+
+/// What answered a HELLO (the response's `role`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Role {
+    /// A chainlog node, standalone or a cluster member (role 0).
+    Node = 0,
+    /// The cluster's controller (role 1): it answers HELLO with shard 0 of 1, the default
+    /// limits and node id 0.
+    Controller = 1,
+}
+
+impl Role {
+    /// Decodes a role; `None` if version 1 does not define it.
+    pub fn from_u16(role: u16) -> Option<Role> {
+        match role {
+            0 => Some(Role::Node),
+            1 => Some(Role::Controller),
+            _ => None,
+        }
+    }
 }
 
 impl HelloResponse {

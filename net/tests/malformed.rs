@@ -713,6 +713,19 @@ fn cases() -> Vec<Case> {
             value: 1 << 20,
         },
     ));
+    let mut bad_role = hello_response_body(1, 0, 1, limits.frame_bytes_max);
+    bad_role[6] = 2;
+    cases.push(response(
+        "HELLO response role 2",
+        1,
+        RESP,
+        &bad_role,
+        Error::InvalidField {
+            opcode: 1,
+            field: "role",
+            value: 2,
+        },
+    ));
     cases.push(response(
         "APPEND response count 0",
         2,

@@ -133,6 +133,18 @@ fn response_fields_survive_decoding() {
     assert_eq!(hello.shard_of(7), 1);
     assert_eq!(hello.shard_of(8), 0);
 
+    // A node's and a controller's HELLO answers.
+    let roles: Vec<Role> = corpus
+        .iter()
+        .filter_map(
+            |bytes| match decode_response(&frame(bytes), &Limits::DEFAULT) {
+                Ok(Response::Hello(hello)) => Some(hello.role),
+                _ => None,
+            },
+        )
+        .collect();
+    assert_eq!(roles, [Role::Node, Role::Controller]);
+
     let connection_level = frame(corpus.last().unwrap());
     assert_eq!(connection_level.opcode, 0);
     assert_eq!(connection_level.request_id, 0);
@@ -180,6 +192,7 @@ fn protocol_md_hello_example_is_what_the_encoder_writes() {
         record_bytes_max: 1_048_576,
         batch_records_max: 4096,
         node_id: 1,
+        role: Role::Node,
     };
     let mut response = Vec::new();
     encode_response(&mut response, 1, Opcode::Hello, &Response::Hello(hello));

@@ -205,6 +205,7 @@ pub fn response_corpus() -> Vec<Vec<u8>> {
             record_bytes_max: Limits::DEFAULT.record_bytes_max,
             batch_records_max: Limits::DEFAULT.batch_records_max,
             node_id: 42,
+            role: Role::Node,
         }),
         Response::Append(AppendResponse {
             first_lsn: 10,
@@ -257,6 +258,17 @@ pub fn response_corpus() -> Vec<Vec<u8>> {
             entries: LogEntries::from_slice(&[]),
         }),
         Response::DeleteLog,
+        // A controller's HELLO answer.
+        Response::Hello(HelloResponse {
+            version: 1,
+            shard_index: 0,
+            shard_count: 1,
+            frame_bytes_max: Limits::DEFAULT.frame_bytes_max,
+            record_bytes_max: Limits::DEFAULT.record_bytes_max,
+            batch_records_max: Limits::DEFAULT.batch_records_max,
+            node_id: 0,
+            role: Role::Controller,
+        }),
     ];
     let mut frames: Vec<Vec<u8>> = responses
         .iter()

@@ -43,11 +43,21 @@ pub enum ErrorCode {
     /// batches: a retry too old to resolve, or out of order. `arg0`: the writer's last
     /// `writer_seq`.
     WriterSeq = 15,
+    /// A REPLICATE starts above the replica's next LSN: nothing was written. `arg0`: the LSN
+    /// the replica expects next (resend from there).
+    Gap = 16,
+    /// The REPLICATE's connection declared no PEER, or its PEER node is not the receiver's
+    /// predecessor in the log's chain; or a HEARTBEAT from a node that never registered.
+    /// `arg0`: the node id expected (the predecessor), or [`ARG_NONE`].
+    UnknownNode = 17,
+    /// Only the controller serves this request (a controller verb sent to a node, or a
+    /// CREATE_LOG or DELETE_LOG sent to a cluster node): send it to the controller.
+    NotController = 18,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::Malformed,
         ErrorCode::UnsupportedVersion,
         ErrorCode::UnknownLog,
@@ -63,6 +73,9 @@ impl ErrorCode {
         ErrorCode::LogExists,
         ErrorCode::Unavailable,
         ErrorCode::WriterSeq,
+        ErrorCode::Gap,
+        ErrorCode::UnknownNode,
+        ErrorCode::NotController,
     ];
 
     /// Decodes a wire code; `None` if version 1 does not define it.
@@ -73,9 +86,9 @@ impl ErrorCode {
     }
 
     /// True if the same request, sent again unchanged (after `arg0` milliseconds for
-    /// OVERLOADED; to the shard or node `arg0` names for WRONG_SHARD and NOT_HEAD), can
-    /// succeed. The request did not take effect. Terminal codes need the caller to change
-    /// something first (or to give up).
+    /// OVERLOADED; to the shard or node `arg0` names for WRONG_SHARD and NOT_HEAD; from the
+    /// LSN `arg0` names for GAP), can succeed. The request did not take effect. Terminal codes
+    /// need the caller to change something first (or to give up).
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
@@ -83,6 +96,7 @@ impl ErrorCode {
                 | ErrorCode::Overloaded
                 | ErrorCode::WrongShard
                 | ErrorCode::Unavailable
+                | ErrorCode::Gap
         )
     }
 
@@ -109,6 +123,9 @@ impl ErrorCode {
             ErrorCode::LogExists => "LOG_EXISTS",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::WriterSeq => "WRITER_SEQ",
+            ErrorCode::Gap => "GAP",
+            ErrorCode::UnknownNode => "UNKNOWN_NODE",
+            ErrorCode::NotController => "NOT_CONTROLLER",
         }
     }
 }
@@ -418,12 +435,12 @@ mod tests {
             assert_eq!(ErrorCode::from_u16(*code as u16), Some(*code));
         }
         assert_eq!(ErrorCode::from_u16(0), None);
-        assert_eq!(ErrorCode::from_u16(16), None);
+        assert_eq!(ErrorCode::from_u16(19), None);
         assert_eq!(ErrorCode::from_u16(u16::MAX), None);
     }
 
     #[test]
-    fn retryable_codes_are_the_documented_four() {
+    fn retryable_codes_are_the_documented_five() {
         let retryable: Vec<_> = ErrorCode::ALL
             .iter()
             .filter(|c| c.is_retryable())
@@ -431,8 +448,24 @@ mod tests {
             .collect();
         assert_eq!(
             retryable,
-            ["NOT_HEAD", "OVERLOADED", "WRONG_SHARD", "UNAVAILABLE"]
+            [
+                "NOT_HEAD",
+                "OVERLOADED",
+                "WRONG_SHARD",
+                "UNAVAILABLE",
+                "GAP"
+            ]
         );
+    }
+
+    #[test]
+    fn only_malformed_and_unsupported_version_close() {
+        let closing: Vec<_> = ErrorCode::ALL
+            .iter()
+            .filter(|c| c.closes_connection())
+            .map(|c| c.name())
+            .collect();
+        assert_eq!(closing, ["MALFORMED", "UNSUPPORTED_VERSION"]);
     }
 
     #[test]

@@ -596,11 +596,11 @@ fn cases() -> Vec<Case> {
         Error::UnknownErrorCode { code: 0 },
     ));
     cases.push(response(
-        "ERROR code 16",
+        "ERROR code 19",
         2,
         ERR,
-        &error_body(16, 0, b""),
-        Error::UnknownErrorCode { code: 16 },
+        &error_body(19, 0, b""),
+        Error::UnknownErrorCode { code: 19 },
     ));
     cases.push(response(
         "ERROR retryable disagrees with the code",

@@ -8,9 +8,10 @@ use crate::frame::{Flags, Frame};
 use crate::message::{
     padded, AppendHeader, AppendRequest, AppendResponse, CreateLogRequest, CreateLogResponse,
     CreditRequest, DescribeLogRequest, DescribeLogResponse, ErrorResponse, HelloRequest,
-    HelloResponse, ListLogsRequest, ListLogsResponse, LogEntries, LogRef, Opcode, Push,
-    ReadRequest, ReadResponse, Request, Response, Role, SubscribeRequest, SubscribeResponse,
-    TailResponse, TrimRequest, UnsubscribeRequest, ENTRY_HEADER_BYTES,
+    HelloResponse, ListLogsRequest, ListLogsResponse, LogEntries, LogRef, Opcode, PeerRequest,
+    Push, ReadRequest, ReadResponse, ReplicateHeader, ReplicateKind, ReplicateRequest,
+    ReplicateResponse, Request, Response, Role, SubscribeRequest, SubscribeResponse, TailResponse,
+    TrimRequest, UnsubscribeRequest, ENTRY_HEADER_BYTES, REPLICATE_HEADER_BYTES,
 };
 use crate::records::{RecordForm, Records};
 use crate::{Error, Limits, ERROR_MESSAGE_BYTES_MAX, HELLO_MAGIC, PROTOCOL_VERSION, WRITER_NONE};
@@ -97,6 +98,14 @@ pub fn decode_request<'a>(frame: &Frame<'a>, limits: &Limits) -> Result<Request<
             Request::ListLogs(request)
         }
         Opcode::DeleteLog => Request::DeleteLog { log_id: r.u64()? },
+        Opcode::Peer => {
+            let node_id = r.u64()?;
+            if node_id == 0 {
+                return Err(r.invalid("node_id", 0));
+            }
+            Request::Peer(PeerRequest { node_id })
+        }
+        Opcode::Replicate => Request::Replicate(replicate_request(&mut r, limits)?),
     };
     r.finish()?;
     Ok(request)
@@ -145,6 +154,71 @@ fn append_request<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<AppendReque
     }
     let records = Records::parse(r.rest(), count, RecordForm::Unstamped, limits)?;
     Ok(AppendRequest { header, records })
+}
+
+fn replicate_request<'a>(
+    r: &mut Reader<'a>,
+    limits: &Limits,
+) -> Result<ReplicateRequest<'a>, Error> {
+    r.need(REPLICATE_HEADER_BYTES)?;
+    let log_id = r.u64()?;
+    let epoch = r.u64()?;
+    let first_lsn = r.u64()?;
+    let committed_lsn = r.u64()?;
+    let fencing_token = r.u64()?;
+    let writer_id = r.u64()?;
+    let writer_seq = r.u64()?;
+    let trim_before = r.u64()?;
+    let count = r.u32()?;
+    let kind = r.u8()?;
+    r.reserved_u8("reserved0")?;
+    r.reserved_u16("reserved1")?;
+    let Some(kind) = ReplicateKind::from_u8(kind) else {
+        return Err(r.invalid("kind", u64::from(kind)));
+    };
+    if writer_id == WRITER_NONE && writer_seq != 0 {
+        return Err(r.invalid("writer_seq", writer_seq));
+    }
+    if kind != ReplicateKind::Trim && trim_before != 0 {
+        return Err(r.invalid("trim_before", trim_before));
+    }
+    let records = if kind == ReplicateKind::Records {
+        if count == 0 {
+            return Err(r.invalid("count", 0));
+        }
+        let form = RecordForm::Replicated {
+            log_id,
+            epoch,
+            first_lsn,
+        };
+        Records::parse(r.rest(), count, form, limits)?
+    } else {
+        // Only a batch of records carries the head's decisions about it.
+        for (field, value) in [
+            ("fencing_token", fencing_token),
+            ("writer_id", writer_id),
+            ("count", u64::from(count)),
+        ] {
+            if value != 0 {
+                return Err(r.invalid(field, value));
+            }
+        }
+        Records::EMPTY
+    };
+    Ok(ReplicateRequest {
+        header: ReplicateHeader {
+            log_id,
+            epoch,
+            first_lsn,
+            committed_lsn,
+            fencing_token,
+            writer_id,
+            writer_seq,
+            trim_before,
+            kind,
+        },
+        records,
+    })
 }
 
 fn describe_request<'a>(
@@ -260,6 +334,16 @@ pub fn decode_response<'a>(frame: &Frame<'a>, limits: &Limits) -> Result<Respons
         Opcode::DescribeLog => Response::DescribeLog(describe_response(&mut r, limits)?),
         Opcode::ListLogs => Response::ListLogs(list_response(&mut r, limits)?),
         Opcode::DeleteLog => Response::DeleteLog,
+        Opcode::Peer => Response::Peer,
+        Opcode::Replicate => {
+            r.need(32)?;
+            Response::Replicate(ReplicateResponse {
+                log_id: r.u64()?,
+                durable_lsn: r.u64()?,
+                trim_point: r.u64()?,
+                next_lsn: r.u64()?,
+            })
+        }
     };
     r.finish()?;
     Ok(response)

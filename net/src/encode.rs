@@ -8,7 +8,7 @@
 use crate::frame::{begin_frame, finish_frame, Flags};
 use crate::message::{
     padded, AppendRequest, DescribeLogResponse, ErrorResponse, HelloResponse, LogEntries, LogRef,
-    Opcode, ReadResponse, Request, Response, TailResponse,
+    Opcode, ReadResponse, ReplicateRequest, Request, Response, TailResponse,
 };
 use crate::{ERROR_MESSAGE_BYTES_MAX, HELLO_MAGIC};
 
@@ -83,6 +83,26 @@ pub fn encode_request(out: &mut Vec<u8>, request_id: u64, request: &Request<'_>)
             put_u32(out, list.max);
             put_u32(out, 0);
         }
+        Request::Peer(peer) => put_u64(out, peer.node_id),
+        Request::Replicate(ReplicateRequest { header, records }) => {
+            for field in [
+                header.log_id,
+                header.epoch,
+                header.first_lsn,
+                header.committed_lsn,
+                header.fencing_token,
+                header.writer_id,
+                header.writer_seq,
+                header.trim_before,
+            ] {
+                put_u64(out, field);
+            }
+            put_u32(out, records.count());
+            out.push(header.kind as u8);
+            out.push(0);
+            put_u16(out, 0);
+            out.extend_from_slice(records.bytes());
+        }
     }
     finish_frame(out, start);
 }
@@ -112,7 +132,11 @@ pub fn encode_response(
         Response::Read(read) => read_body(out, &read),
         Response::Push(push) => read_body(out, &push.batch),
         Response::Subscribe(subscribe) => put_u64(out, subscribe.start_lsn),
-        Response::Credit | Response::Unsubscribe | Response::Trim | Response::DeleteLog => {}
+        Response::Credit
+        | Response::Unsubscribe
+        | Response::Trim
+        | Response::DeleteLog
+        | Response::Peer => {}
         Response::CheckTail(tail) | Response::TailHint(tail) => tail_body(out, &tail),
         Response::CreateLog(create) => {
             put_u64(out, create.log_id);
@@ -122,6 +146,12 @@ pub fn encode_response(
         }
         Response::DescribeLog(describe) => describe_body(out, &describe),
         Response::ListLogs(list) => list_body(out, list.entries),
+        Response::Replicate(replicate) => {
+            put_u64(out, replicate.log_id);
+            put_u64(out, replicate.durable_lsn);
+            put_u64(out, replicate.trim_point);
+            put_u64(out, replicate.next_lsn);
+        }
         Response::Error(error) | Response::PushError(error) => error_body(out, &error),
     }
     finish_frame(out, start);

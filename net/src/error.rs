@@ -292,11 +292,25 @@ pub enum Error {
         computed: u32,
     },
     /// In a READ response or push, a record is not the next one (another log, a gap in LSNs,
-    /// or an LSN at or past the batch's `tail`).
+    /// or an LSN at or past the batch's `tail`); in a REPLICATE, `first_lsn + index` is past
+    /// `u64::MAX`.
     #[error("record {index} is out of sequence")]
     RecordOutOfSequence {
         /// The record's index in its batch.
         index: u32,
+    },
+    /// In a REPLICATE, a record's `log_id`, `lsn` or `epoch` is not the one the header says
+    /// (record `i` is of the header's log, at `first_lsn + i`, in its epoch).
+    #[error("record {index}: {field} is {value}, the REPLICATE header says {expected}")]
+    RecordStampMismatch {
+        /// The record's index in its batch.
+        index: u32,
+        /// The field.
+        field: &'static str,
+        /// The record's value.
+        value: u64,
+        /// The value the header says.
+        expected: u64,
     },
     /// The body ends before `count` records.
     #[error("count says {declared} records but the body holds {found}")]
@@ -385,7 +399,8 @@ impl Error {
             | Error::RecordFieldNonzero { index, .. }
             | Error::RecordPaddingNonzero { index }
             | Error::BadRecordCrc { index, .. }
-            | Error::RecordOutOfSequence { index } => Some(index),
+            | Error::RecordOutOfSequence { index }
+            | Error::RecordStampMismatch { index, .. } => Some(index),
             _ => None,
         }
     }

@@ -6,8 +6,9 @@
 //! [`Response`] that borrows from the buffer; [`encode_request`], [`encode_response`] and
 //! [`encode_error`] append whole frames to a `Vec<u8>`. [`AppendBuilder`] and [`ReadBuilder`]
 //! lay records out directly in an output buffer, in the storage layout
-//! ([`RecordHeader`], payload, zero padding to 8 bytes), which is also the disk layout: an
-//! APPEND's [`Records::bytes`] can be copied to disk as they are.
+//! ([`RecordHeader`], payload, zero padding to 8 bytes), which is also the disk layout: the
+//! [`Records::bytes`] of an APPEND, and the stamped ones of a REPLICATE between nodes, can be
+//! copied to disk as they are.
 //!
 //! Nothing here does I/O, blocks or allocates while decoding; every decoder returns a precise
 //! [`Error`] for bad input and never panics. `PROTOCOL.md` at the workspace root is the
@@ -29,7 +30,8 @@ pub use message::{
     AppendHeader, AppendRequest, AppendResponse, CreateLogRequest, CreateLogResponse,
     CreditRequest, DescribeLogRequest, DescribeLogResponse, ErrorResponse, HelloRequest,
     HelloResponse, ListLogsRequest, ListLogsResponse, LogEntries, LogEntriesIter, LogEntry, LogRef,
-    Opcode, Push, ReadRequest, ReadResponse, Request, Response, Role, SubscribeRequest,
+    Opcode, PeerRequest, Push, ReadRequest, ReadResponse, ReplicateHeader, ReplicateKind,
+    ReplicateRequest, ReplicateResponse, Request, Response, Role, SubscribeRequest,
     SubscribeResponse, TailResponse, TrimRequest, UnsubscribeRequest,
 };
 pub use records::{AppendBuilder, ReadBuilder, ReadKind, RecordForm, RecordIter, Records};
@@ -101,7 +103,22 @@ impl Limits {
             && self.list_max >= 1
             && self.in_flight_max >= 1
     }
+
+    /// The limits a node reads a connection with once it declared PEER: `frame_bytes_max`
+    /// grows by [`REPLICATE_EXTRA_BYTES`], so a batch that fit an APPEND frame is forwarded in
+    /// one REPLICATE frame.
+    pub const fn replication(&self) -> Limits {
+        Limits {
+            frame_bytes_max: self.frame_bytes_max.saturating_add(REPLICATE_EXTRA_BYTES),
+            ..*self
+        }
+    }
 }
+
+/// How much larger a REPLICATE frame is than the APPEND frame of the same records: its header
+/// is 72 bytes, an APPEND's 56.
+pub const REPLICATE_EXTRA_BYTES: u32 =
+    (message::REPLICATE_HEADER_BYTES - message::APPEND_HEADER_BYTES) as u32;
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -111,3 +128,4 @@ impl Default for Limits {
 
 const _: () = assert!(Limits::DEFAULT.is_consistent());
 const _: () = assert!(HELLO_MAGIC == 0x474C_4843);
+const _: () = assert!(REPLICATE_EXTRA_BYTES == 16);

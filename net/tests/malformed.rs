@@ -10,6 +10,8 @@ const REQ: u16 = 0;
 const RESP: u16 = Flags::RESPONSE.bits();
 const ERR: u16 = Flags::RESPONSE.bits() | Flags::ERROR.bits();
 const APPEND: u16 = Opcode::Append as u16;
+const PEER: u16 = Opcode::Peer as u16;
+const REPLICATE: u16 = Opcode::Replicate as u16;
 
 /// Which decoder a case goes through after framing.
 #[derive(Clone, Copy, Debug)]
@@ -205,11 +207,14 @@ fn cases() -> Vec<Case> {
         &body,
         Error::UnknownOpcode { opcode: 0 },
     ));
+    let past_the_last = Opcode::ALL.len() as u16 + 1;
     cases.push(request(
-        "opcode 14",
-        14,
+        "opcode past the last",
+        past_the_last,
         &body,
-        Error::UnknownOpcode { opcode: 14 },
+        Error::UnknownOpcode {
+            opcode: past_the_last,
+        },
     ));
     for (name, flags) in [
         ("RESPONSE flag on a request", RESP),
@@ -537,6 +542,306 @@ fn cases() -> Vec<Case> {
         },
     ));
 
+    // PEER.
+    cases.push(request(
+        "PEER node_id 0",
+        PEER,
+        &0u64.to_le_bytes(),
+        Error::InvalidField {
+            opcode: PEER,
+            field: "node_id",
+            value: 0,
+        },
+    ));
+    cases.push(request(
+        "PEER truncated",
+        PEER,
+        &[1, 0, 0, 0],
+        Error::BodyTruncated {
+            opcode: PEER,
+            body_bytes: 4,
+            needed_bytes: 8,
+        },
+    ));
+    cases.push(request(
+        "PEER trailing bytes",
+        PEER,
+        &[1, 0, 0, 0, 0, 0, 0, 0, 0],
+        Error::TrailingBytes {
+            opcode: PEER,
+            extra_bytes: 1,
+        },
+    ));
+
+    // REPLICATE.
+    let records_header = ReplicateHeader::new(ReplicateKind::Records, 7, 3, 10, 10);
+    let two = replicated(7, 3, 10, &[b"first", b"second"]);
+    let replicate = |count: u32, records: &[u8]| replicate_body(&records_header, count, 1, records);
+    let invalid = |field: &'static str, value: u64| Error::InvalidField {
+        opcode: REPLICATE,
+        field,
+        value,
+    };
+    cases.push(request(
+        "REPLICATE header truncated",
+        REPLICATE,
+        &replicate(2, &two)[..64],
+        Error::BodyTruncated {
+            opcode: REPLICATE,
+            body_bytes: 64,
+            needed_bytes: 72,
+        },
+    ));
+    for kind in [0, 5, 0xff] {
+        cases.push(request(
+            "REPLICATE bad kind",
+            REPLICATE,
+            &replicate_body(&records_header, 2, kind, &two),
+            invalid("kind", u64::from(kind)),
+        ));
+    }
+    for (name, at, field) in [
+        ("REPLICATE reserved0 nonzero", 69, "reserved0"),
+        ("REPLICATE reserved1 nonzero", 71, "reserved1"),
+    ] {
+        let mut body = replicate(2, &two);
+        body[at] = 1;
+        cases.push(request(
+            name,
+            REPLICATE,
+            &body,
+            Error::ReservedNonzero {
+                opcode: REPLICATE,
+                field,
+            },
+        ));
+    }
+    cases.push(request(
+        "REPLICATE RECORDS count 0",
+        REPLICATE,
+        &replicate(0, &[]),
+        invalid("count", 0),
+    ));
+    let trim = ReplicateHeader {
+        trim_before: 5,
+        ..ReplicateHeader::new(ReplicateKind::Trim, 7, 3, 12, 12)
+    };
+    cases.push(request(
+        "REPLICATE TRIM with records",
+        REPLICATE,
+        &replicate_body(&trim, 2, 2, &two),
+        invalid("count", 2),
+    ));
+    let barrier = ReplicateHeader::new(ReplicateKind::Barrier, 7, 3, 12, 12);
+    cases.push(request(
+        "REPLICATE BARRIER with bytes after the header",
+        REPLICATE,
+        &replicate_body(&barrier, 0, 3, &two),
+        Error::TrailingBytes {
+            opcode: REPLICATE,
+            extra_bytes: two.len(),
+        },
+    ));
+    let commit = ReplicateHeader::new(ReplicateKind::Commit, 7, 3, 12, 12);
+    cases.push(request(
+        "REPLICATE COMMIT with trim_before",
+        REPLICATE,
+        &replicate_body(
+            &ReplicateHeader {
+                trim_before: 5,
+                ..commit
+            },
+            0,
+            4,
+            &[],
+        ),
+        invalid("trim_before", 5),
+    ));
+    cases.push(request(
+        "REPLICATE RECORDS with trim_before",
+        REPLICATE,
+        &replicate_body(
+            &ReplicateHeader {
+                trim_before: 5,
+                ..records_header
+            },
+            2,
+            1,
+            &two,
+        ),
+        invalid("trim_before", 5),
+    ));
+    cases.push(request(
+        "REPLICATE BARRIER with a fencing token",
+        REPLICATE,
+        &replicate_body(
+            &ReplicateHeader {
+                fencing_token: 4,
+                ..barrier
+            },
+            0,
+            3,
+            &[],
+        ),
+        invalid("fencing_token", 4),
+    ));
+    cases.push(request(
+        "REPLICATE TRIM with a writer",
+        REPLICATE,
+        &replicate_body(
+            &ReplicateHeader {
+                writer_id: 9,
+                writer_seq: 1,
+                ..trim
+            },
+            0,
+            2,
+            &[],
+        ),
+        invalid("writer_id", 9),
+    ));
+    cases.push(request(
+        "REPLICATE writer_seq without writer_id",
+        REPLICATE,
+        &replicate_body(
+            &ReplicateHeader {
+                writer_seq: 3,
+                ..records_header
+            },
+            2,
+            1,
+            &two,
+        ),
+        invalid("writer_seq", 3),
+    ));
+    let mismatch =
+        |index: u32, field: &'static str, value: u64, expected: u64| Error::RecordStampMismatch {
+            index,
+            field,
+            value,
+            expected,
+        };
+    let mut wrong_lsn = replicated(7, 3, 10, &[b"first"]);
+    wrong_lsn.extend(replicated(7, 3, 12, &[b"second"]));
+    cases.push(request(
+        "REPLICATE record with the wrong lsn",
+        REPLICATE,
+        &replicate(2, &wrong_lsn),
+        mismatch(1, "lsn", 12, 11),
+    ));
+    cases.push(request(
+        "REPLICATE records starting at another lsn",
+        REPLICATE,
+        &replicate(2, &replicated(7, 3, 0, &[b"first", b"second"])),
+        mismatch(0, "lsn", 0, 10),
+    ));
+    let mut wrong_log = replicated(7, 3, 10, &[b"first"]);
+    wrong_log.extend(replicated(8, 3, 11, &[b"second"]));
+    cases.push(request(
+        "REPLICATE record of another log",
+        REPLICATE,
+        &replicate(2, &wrong_log),
+        mismatch(1, "log_id", 8, 7),
+    ));
+    cases.push(request(
+        "REPLICATE record of another epoch",
+        REPLICATE,
+        &replicate(2, &replicated(7, 2, 10, &[b"first", b"second"])),
+        mismatch(0, "epoch", 2, 3),
+    ));
+    cases.push(request(
+        "REPLICATE unstamped records",
+        REPLICATE,
+        &replicate(2, &unstamped(&[b"first", b"second"])),
+        mismatch(0, "log_id", 0, 7),
+    ));
+    let at_the_end = ReplicateHeader::new(ReplicateKind::Records, 7, 3, u64::MAX, 0);
+    cases.push(request(
+        "REPLICATE records past the last lsn",
+        REPLICATE,
+        &replicate_body(
+            &at_the_end,
+            2,
+            1,
+            &[
+                replicated(7, 3, u64::MAX, &[b"first"]),
+                replicated(7, 3, 0, &[b"second"]),
+            ]
+            .concat(),
+        ),
+        Error::RecordOutOfSequence { index: 1 },
+    ));
+    let mut bad_crc = two.clone();
+    bad_crc[first_len + 40] ^= 0x20; // "second" -> "Second"
+    cases.push(request(
+        "REPLICATE bad record crc names the record",
+        REPLICATE,
+        &replicate(2, &bad_crc),
+        Error::BadRecordCrc {
+            index: 1,
+            stored: crc32c::crc32c(b"second"),
+            computed: crc32c::crc32c(b"Second"),
+        },
+    ));
+    let mut padding = two.clone();
+    padding[first_len - 1] = 0xff;
+    cases.push(request(
+        "REPLICATE record padding nonzero",
+        REPLICATE,
+        &replicate(2, &padding),
+        Error::RecordPaddingNonzero { index: 0 },
+    ));
+    cases.push(request(
+        "REPLICATE count over batch_records_max",
+        REPLICATE,
+        &replicate(4097, &two),
+        Error::TooManyRecords {
+            count: 4097,
+            max: 4096,
+        },
+    ));
+    let huge = RecordHeader {
+        len: limits.record_bytes_max + 1,
+        log_id: 7,
+        lsn: 10,
+        epoch: 3,
+        ..RecordHeader::default()
+    };
+    cases.push(request(
+        "REPLICATE record len over record_bytes_max",
+        REPLICATE,
+        &replicate(1, bytemuck::bytes_of(&huge)),
+        Error::RecordTooLarge {
+            index: 0,
+            len: u64::from(limits.record_bytes_max) + 1,
+            max: limits.record_bytes_max,
+        },
+    ));
+    cases.push(request(
+        "REPLICATE record payload truncated",
+        REPLICATE,
+        &replicate(2, &two[..two.len() - 8]),
+        Error::RecordTruncated { index: 1 },
+    ));
+    cases.push(request(
+        "REPLICATE fewer records than count",
+        REPLICATE,
+        &replicate(3, &two),
+        Error::CountMismatch {
+            declared: 3,
+            found: 2,
+        },
+    ));
+    cases.push(request(
+        "REPLICATE more records than count",
+        REPLICATE,
+        &replicate(1, &two),
+        Error::BytesAfterRecords {
+            count: 1,
+            extra_bytes: two.len() - first_len,
+        },
+    ));
+
     // Responses.
     cases.push(response(
         "response without RESPONSE",
@@ -735,6 +1040,37 @@ fn cases() -> Vec<Case> {
             opcode: 2,
             field: "count",
             value: 0,
+        },
+    ));
+    cases.push(response(
+        "PEER response with a body",
+        PEER,
+        RESP,
+        &[0; 8],
+        Error::TrailingBytes {
+            opcode: PEER,
+            extra_bytes: 8,
+        },
+    ));
+    cases.push(response(
+        "REPLICATE response of 24 bytes",
+        REPLICATE,
+        RESP,
+        &[0; 24],
+        Error::BodyTruncated {
+            opcode: REPLICATE,
+            body_bytes: 24,
+            needed_bytes: 32,
+        },
+    ));
+    cases.push(response(
+        "REPLICATE response trailing bytes",
+        REPLICATE,
+        RESP,
+        &[0; 40],
+        Error::TrailingBytes {
+            opcode: REPLICATE,
+            extra_bytes: 8,
         },
     ));
     cases.push(response(

@@ -345,6 +345,12 @@ impl Server {
                 );
                 Ok(())
             }
+            // A standalone node is in no chain: no node is its predecessor (PROTOCOL.md 6.11).
+            Request::Peer(_) | Request::Replicate(_) => Err(refuse(
+                ErrorCode::UnknownNode,
+                ARG_NONE,
+                "this node is standalone: it replicates no log",
+            )),
             Request::Unsubscribe(unsub) => {
                 if let Some(i) = session
                     .subscriptions

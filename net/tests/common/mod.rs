@@ -70,6 +70,48 @@ pub fn stamped(log_id: u64, first_lsn: u64, payloads: &[&[u8]]) -> Vec<u8> {
         .collect()
 }
 
+/// Records of `log_id` in `epoch` from `first_lsn`, as a head replicates them.
+pub fn replicated(log_id: u64, epoch: u64, first_lsn: u64, payloads: &[&[u8]]) -> Vec<u8> {
+    payloads
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| {
+            record(
+                RecordHeader {
+                    len: p.len() as u32,
+                    crc: crc32c::crc32c(p),
+                    log_id,
+                    lsn: first_lsn + i as u64,
+                    epoch,
+                    timestamp_us: 1_700_000_000_000_000 + i as u64,
+                },
+                p,
+            )
+        })
+        .collect()
+}
+
+/// A REPLICATE body: the 72-byte header (count and kind byte as given) and `records`.
+pub fn replicate_body(header: &ReplicateHeader, count: u32, kind: u8, records: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for field in [
+        header.log_id,
+        header.epoch,
+        header.first_lsn,
+        header.committed_lsn,
+        header.fencing_token,
+        header.writer_id,
+        header.writer_seq,
+        header.trim_before,
+    ] {
+        body.extend_from_slice(&field.to_le_bytes());
+    }
+    body.extend_from_slice(&count.to_le_bytes());
+    body.extend_from_slice(&[kind, 0, 0, 0]);
+    body.extend_from_slice(records);
+    body
+}
+
 /// An APPEND body: the 56-byte header (count as given) and `records`.
 pub fn append_body(header: &AppendHeader, count: u32, records: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
@@ -100,6 +142,13 @@ pub const PAYLOADS: [&[u8]; 4] = [
 pub fn request_corpus() -> Vec<Vec<u8>> {
     let records = unstamped(&PAYLOADS);
     let records = Records::parse(&records, 4, RecordForm::Unstamped, &Limits::DEFAULT).unwrap();
+    let replicated = replicated(7, 3, 10, &PAYLOADS);
+    let form = RecordForm::Replicated {
+        log_id: 7,
+        epoch: 3,
+        first_lsn: 10,
+    };
+    let replicated = Records::parse(&replicated, 4, form, &Limits::DEFAULT).unwrap();
     let requests = [
         Request::Hello(HelloRequest::CURRENT),
         Request::Hello(HelloRequest {
@@ -160,6 +209,31 @@ pub fn request_corpus() -> Vec<Vec<u8>> {
             max: 1000,
         }),
         Request::DeleteLog { log_id: 7 },
+        Request::Peer(PeerRequest { node_id: 2 }),
+        Request::Replicate(ReplicateRequest {
+            header: ReplicateHeader {
+                fencing_token: 5,
+                writer_id: 11,
+                writer_seq: 12,
+                ..ReplicateHeader::new(ReplicateKind::Records, 7, 3, 10, 8)
+            },
+            records: replicated,
+        }),
+        Request::Replicate(ReplicateRequest {
+            header: ReplicateHeader {
+                trim_before: 9,
+                ..ReplicateHeader::new(ReplicateKind::Trim, 7, 3, 14, 14)
+            },
+            records: Records::EMPTY,
+        }),
+        Request::Replicate(ReplicateRequest {
+            header: ReplicateHeader::new(ReplicateKind::Barrier, 7, 3, 14, 12),
+            records: Records::EMPTY,
+        }),
+        Request::Replicate(ReplicateRequest {
+            header: ReplicateHeader::new(ReplicateKind::Commit, 7, 3, 14, 14),
+            records: Records::EMPTY,
+        }),
     ];
     requests
         .iter()
@@ -258,6 +332,13 @@ pub fn response_corpus() -> Vec<Vec<u8>> {
             entries: LogEntries::from_slice(&[]),
         }),
         Response::DeleteLog,
+        Response::Peer,
+        Response::Replicate(ReplicateResponse {
+            log_id: 7,
+            durable_lsn: 14,
+            trim_point: 9,
+            next_lsn: 15,
+        }),
         // A controller's HELLO answer.
         Response::Hello(HelloResponse {
             version: 1,

@@ -345,7 +345,7 @@ pub enum Error {
     /// A log name containing a NUL byte.
     #[error("log name contains a NUL byte")]
     NameContainsNul,
-    /// A LIST_LOGS response with more entries than `list_max`.
+    /// A LIST_LOGS or GET_MAP response with more (log) entries than `list_max`.
     #[error("{count} entries exceed list_max {max}")]
     TooManyEntries {
         /// The count.
@@ -353,12 +353,21 @@ pub enum Error {
         /// The limit.
         max: u32,
     },
-    /// A LIST_LOGS entry whose id is not above the previous entry's.
+    /// A LIST_LOGS entry or GET_MAP log entry whose id is not above the previous entry's.
     #[error("entry {index} is out of order (log ids must ascend)")]
     EntryOutOfOrder {
         /// The entry's index.
         index: u32,
     },
+    /// A GET_MAP node entry whose id is not above the previous node's.
+    #[error("node entry {index} is out of order (node ids must ascend)")]
+    NodeOutOfOrder {
+        /// The node entry's index.
+        index: u32,
+    },
+    /// A node address (REGISTER_NODE, GET_MAP) that is not UTF-8.
+    #[error("node address is not valid UTF-8")]
+    AddrNotUtf8,
     /// An ERROR with a code version 1 does not define.
     #[error("unknown error code {code}")]
     UnknownErrorCode {

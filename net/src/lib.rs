@@ -18,6 +18,7 @@ mod decode;
 mod encode;
 pub mod error;
 pub mod frame;
+pub mod map;
 pub mod message;
 pub mod records;
 
@@ -26,12 +27,14 @@ pub use decode::{check_name, decode_request, decode_response};
 pub use encode::{encode_error, encode_request, encode_response};
 pub use error::{Error, ErrorCode};
 pub use frame::{parse_frame, Flags, Frame, FrameHeader, FRAME_HEADER_BYTES, FRAME_LENGTH_MIN};
+pub use map::{Chain, ChainIter, MapEntries, MapEntriesIter, MapLog, MapLogs, MapNode, MapNodes};
 pub use message::{
     AppendHeader, AppendRequest, AppendResponse, CreateLogRequest, CreateLogResponse,
-    CreditRequest, DescribeLogRequest, DescribeLogResponse, ErrorResponse, HelloRequest,
-    HelloResponse, ListLogsRequest, ListLogsResponse, LogEntries, LogEntriesIter, LogEntry, LogRef,
-    Opcode, PeerRequest, Push, ReadRequest, ReadResponse, ReplicateHeader, ReplicateKind,
-    ReplicateRequest, ReplicateResponse, Request, Response, Role, SubscribeRequest,
+    CreditRequest, DescribeLogRequest, DescribeLogResponse, ErrorResponse, GetMapRequest,
+    GetMapResponse, HeartbeatRequest, HelloRequest, HelloResponse, ListLogsRequest,
+    ListLogsResponse, LogEntries, LogEntriesIter, LogEntry, LogRef, MapVersionResponse, Opcode,
+    PeerRequest, Push, ReadRequest, ReadResponse, RegisterNodeRequest, ReplicateHeader,
+    ReplicateKind, ReplicateRequest, ReplicateResponse, Request, Response, Role, SubscribeRequest,
     SubscribeResponse, TailResponse, TrimRequest, UnsubscribeRequest,
 };
 pub use records::{AppendBuilder, ReadBuilder, ReadKind, RecordForm, RecordIter, Records};
@@ -59,6 +62,10 @@ pub const WRITER_NONE: u64 = 0;
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 /// ERROR `arg0`/`arg1` when the argument does not apply (e.g. MALFORMED about no one record).
 pub const ARG_NONE: u64 = u64::MAX;
+/// The longest node address (REGISTER_NODE, GET_MAP), in bytes of UTF-8. Fixed by version 1.
+pub const ADDR_BYTES_MAX: u16 = 255;
+/// GET_MAP `last_heartbeat_ms` of a node that never heartbeated.
+pub const HEARTBEAT_MS_NEVER: u64 = u64::MAX;
 
 /// The limits a peer enforces. Decoders take them as a parameter; a client learns the server's
 /// frame, record and batch limits from the HELLO response ([`HelloResponse::limits`]).

@@ -4,6 +4,7 @@
 //! kept as they are on the wire; see the constants at the crate root.
 
 use crate::error::ErrorCode;
+use crate::map::{MapLogs, MapNodes};
 use crate::records::Records;
 use crate::{Limits, EPOCH_CURRENT, LSN_UNCONDITIONAL, PROTOCOL_VERSION, TOKEN_NONE, WRITER_NONE};
 
@@ -41,11 +42,17 @@ pub enum Opcode {
     Peer = 14,
     /// Node to node: records, a trim, a barrier or a commit point for a replica.
     Replicate = 15,
+    /// Node to controller: a node joins the cluster (or rejoins after a restart).
+    RegisterNode = 16,
+    /// Node to controller: the node is alive and has applied a map version.
+    Heartbeat = 17,
+    /// To the controller: a page of the cluster map.
+    GetMap = 18,
 }
 
 impl Opcode {
     /// Every opcode, in wire order.
-    pub const ALL: [Opcode; 15] = [
+    pub const ALL: [Opcode; 18] = [
         Opcode::Hello,
         Opcode::Append,
         Opcode::Read,
@@ -61,6 +68,9 @@ impl Opcode {
         Opcode::DeleteLog,
         Opcode::Peer,
         Opcode::Replicate,
+        Opcode::RegisterNode,
+        Opcode::Heartbeat,
+        Opcode::GetMap,
     ];
 
     /// Decodes an opcode; `None` if version 1 does not define it.
@@ -88,6 +98,9 @@ impl Opcode {
             Opcode::DeleteLog => "DELETE_LOG",
             Opcode::Peer => "PEER",
             Opcode::Replicate => "REPLICATE",
+            Opcode::RegisterNode => "REGISTER_NODE",
+            Opcode::Heartbeat => "HEARTBEAT",
+            Opcode::GetMap => "GET_MAP",
         }
     }
 
@@ -165,6 +178,12 @@ pub enum Request<'a> {
     Peer(PeerRequest),
     /// REPLICATE.
     Replicate(ReplicateRequest<'a>),
+    /// REGISTER_NODE.
+    RegisterNode(RegisterNodeRequest<'a>),
+    /// HEARTBEAT.
+    Heartbeat(HeartbeatRequest),
+    /// GET_MAP.
+    GetMap(GetMapRequest),
 }
 
 impl Request<'_> {
@@ -186,6 +205,9 @@ impl Request<'_> {
             Request::DeleteLog { .. } => Opcode::DeleteLog,
             Request::Peer(_) => Opcode::Peer,
             Request::Replicate(_) => Opcode::Replicate,
+            Request::RegisterNode(_) => Opcode::RegisterNode,
+            Request::Heartbeat(_) => Opcode::Heartbeat,
+            Request::GetMap(_) => Opcode::GetMap,
         }
     }
 
@@ -447,6 +469,37 @@ pub struct ReplicateRequest<'a> {
     pub records: Records<'a>,
 }
 
+/// REGISTER_NODE request: a node joins the cluster, or rejoins with a new address or shard
+/// count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegisterNodeRequest<'a> {
+    /// The node's id (nonzero).
+    pub node_id: u64,
+    /// Its shards (at least 1).
+    pub shard_count: u16,
+    /// `"host:port"` of its shard 0 (1..=[`ADDR_BYTES_MAX`](crate::ADDR_BYTES_MAX) bytes of
+    /// UTF-8).
+    pub addr: &'a str,
+}
+
+/// HEARTBEAT request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeartbeatRequest {
+    /// The node's id (nonzero).
+    pub node_id: u64,
+    /// The newest map version every shard of the node has applied.
+    pub applied_version: u64,
+}
+
+/// GET_MAP request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GetMapRequest {
+    /// Only logs with a greater id are listed (0 for the first page).
+    pub after_log_id: u64,
+    /// At most this many logs (the controller also caps it at `list_max`).
+    pub max: u32,
+}
+
 /// A decoded response (or push).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Response<'a> {
@@ -482,6 +535,12 @@ pub enum Response<'a> {
     Peer,
     /// REPLICATE response (RECORDS, TRIM and BARRIER; COMMIT is not answered on success).
     Replicate(ReplicateResponse),
+    /// REGISTER_NODE response.
+    RegisterNode(MapVersionResponse),
+    /// HEARTBEAT response.
+    Heartbeat(MapVersionResponse),
+    /// GET_MAP response.
+    GetMap(GetMapResponse<'a>),
     /// The request failed (flags RESPONSE|ERROR).
     Error(ErrorResponse<'a>),
     /// A subscription ended because of this error: its last push (flags
@@ -510,6 +569,9 @@ impl Response<'_> {
             Response::DeleteLog => Opcode::DeleteLog,
             Response::Peer => Opcode::Peer,
             Response::Replicate(_) => Opcode::Replicate,
+            Response::RegisterNode(_) => Opcode::RegisterNode,
+            Response::Heartbeat(_) => Opcode::Heartbeat,
+            Response::GetMap(_) => Opcode::GetMap,
             Response::Error(_) => return None,
         })
     }
@@ -675,6 +737,24 @@ pub struct ReplicateResponse {
     pub trim_point: u64,
     /// The receiver's own next LSN for the log.
     pub next_lsn: u64,
+}
+
+/// REGISTER_NODE and HEARTBEAT response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapVersionResponse {
+    /// The controller's current map version (a node that has applied less fetches the map).
+    pub map_version: u64,
+}
+
+/// GET_MAP response: a page of the cluster map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GetMapResponse<'a> {
+    /// The map's version (if it changes between pages, start again).
+    pub version: u64,
+    /// Every node, on every page, ascending by id.
+    pub nodes: MapNodes<'a>,
+    /// This page's logs, ascending by id, all above the request's `after_log_id`.
+    pub logs: MapLogs<'a>,
 }
 
 /// LIST_LOGS response.

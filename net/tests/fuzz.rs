@@ -200,6 +200,66 @@ proptest! {
     }
 
     #[test]
+    fn valid_map_pages_round_trip(
+        version in any::<u64>(),
+        nodes in proptest::collection::btree_map(
+            1u64..,
+            (1u16.., any::<bool>(), any::<u64>(), "[a-z0-9.:\\[\\]-]{1,40}"),
+            0..6,
+        ),
+        logs in proptest::collection::btree_map(
+            any::<u64>(),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                1u8..,
+                any::<u64>(),
+                proptest::collection::vec(1u64.., 1..8),
+                "[a-z0-9/._\u{e0}-\u{ff}-]{1,60}",
+            ),
+            0..6,
+        ),
+        request_id in any::<u64>(),
+    ) {
+        let nodes: Vec<MapNode<'_>> = nodes
+            .iter()
+            .map(|(&node_id, (shard_count, alive, last_heartbeat_ms, addr))| MapNode {
+                node_id,
+                shard_count: *shard_count,
+                alive: *alive,
+                last_heartbeat_ms: *last_heartbeat_ms,
+                addr,
+            })
+            .collect();
+        let logs: Vec<MapLog<'_>> = logs
+            .iter()
+            .map(|(&log_id, (epoch, start_lsn, rf, created_version, chain, name))| MapLog {
+                log_id,
+                epoch: *epoch,
+                start_lsn: *start_lsn,
+                replication_factor: *rf,
+                created_version: *created_version,
+                chain: Chain::from_slice(chain),
+                name,
+            })
+            .collect();
+        let page = Response::GetMap(GetMapResponse {
+            version,
+            nodes: MapNodes::from_slice(&nodes),
+            logs: MapLogs::from_slice(&logs),
+        });
+        let mut out = Vec::new();
+        encode_response(&mut out, request_id, Opcode::GetMap, &page);
+        let frame = parse_frame(&out, &Limits::DEFAULT).unwrap().unwrap();
+        let decoded = decode_response(&frame, &Limits::DEFAULT).unwrap();
+        prop_assert_eq!(decoded, page);
+        let Response::GetMap(decoded) = decoded else { panic!("not a GET_MAP response") };
+        prop_assert_eq!(decoded.nodes.iter().collect::<Vec<_>>(), nodes.clone());
+        prop_assert_eq!(decoded.logs.iter().collect::<Vec<_>>(), logs.clone());
+        prop_assert_eq!(decode_everything(&out, &Limits::DEFAULT), 1);
+    }
+
+    #[test]
     fn valid_small_requests_round_trip(
         a in any::<u64>(),
         b in any::<u64>(),
@@ -223,6 +283,13 @@ proptest! {
             Request::ListLogs(ListLogsRequest { after_log_id: a, max: c }),
             Request::DeleteLog { log_id: a },
             Request::Peer(PeerRequest { node_id: a.max(1) }),
+            Request::RegisterNode(RegisterNodeRequest {
+                node_id: a.max(1),
+                shard_count: (c as u16).max(1),
+                addr: &name,
+            }),
+            Request::Heartbeat(HeartbeatRequest { node_id: a.max(1), applied_version: b }),
+            Request::GetMap(GetMapRequest { after_log_id: a, max: c }),
         ];
         for request in requests {
             let mut out = Vec::new();

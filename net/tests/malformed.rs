@@ -12,6 +12,9 @@ const ERR: u16 = Flags::RESPONSE.bits() | Flags::ERROR.bits();
 const APPEND: u16 = Opcode::Append as u16;
 const PEER: u16 = Opcode::Peer as u16;
 const REPLICATE: u16 = Opcode::Replicate as u16;
+const REGISTER: u16 = Opcode::RegisterNode as u16;
+const HEARTBEAT: u16 = Opcode::Heartbeat as u16;
+const GET_MAP: u16 = Opcode::GetMap as u16;
 
 /// Which decoder a case goes through after framing.
 #[derive(Clone, Copy, Debug)]
@@ -107,6 +110,59 @@ fn list_entry(log_id: u64, name: &[u8], pad_byte: u8) -> Vec<u8> {
 fn list_body(count: u32, entries: &[Vec<u8>]) -> Vec<u8> {
     let mut body = count.to_le_bytes().to_vec();
     body.extend_from_slice(&[0; 4]);
+    body.extend(entries.concat());
+    body
+}
+
+fn register_body(node_id: u64, shard_count: u16, addr_len: u16, addr: &[u8]) -> Vec<u8> {
+    let mut body = node_id.to_le_bytes().to_vec();
+    body.extend_from_slice(&shard_count.to_le_bytes());
+    body.extend_from_slice(&addr_len.to_le_bytes());
+    body.extend_from_slice(&[0; 4]);
+    body.extend_from_slice(addr);
+    body
+}
+
+/// A GET_MAP node entry, its padding made of `pad_byte`.
+fn map_node_entry(node_id: u64, shard_count: u16, alive: u8, addr: &[u8], pad_byte: u8) -> Vec<u8> {
+    let mut entry = node_id.to_le_bytes().to_vec();
+    entry.extend_from_slice(&shard_count.to_le_bytes());
+    entry.extend_from_slice(&(addr.len() as u16).to_le_bytes());
+    entry.extend_from_slice(&[alive, 0, 0, 0]);
+    entry.extend_from_slice(&77u64.to_le_bytes());
+    entry.extend_from_slice(addr);
+    while !entry.len().is_multiple_of(8) {
+        entry.push(pad_byte);
+    }
+    entry
+}
+
+/// A GET_MAP log entry (epoch 1 from LSN 0, created at version 1), its padding made of
+/// `pad_byte`.
+fn map_log_entry(log_id: u64, rf: u8, chain: &[u64], name: &[u8], pad_byte: u8) -> Vec<u8> {
+    let mut entry = Vec::new();
+    for v in [log_id, 1, 0] {
+        entry.extend_from_slice(&v.to_le_bytes());
+    }
+    entry.extend_from_slice(&[rf, chain.len() as u8]);
+    entry.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    entry.extend_from_slice(&[0; 4]);
+    entry.extend_from_slice(&1u64.to_le_bytes());
+    for id in chain {
+        entry.extend_from_slice(&id.to_le_bytes());
+    }
+    entry.extend_from_slice(name);
+    while !entry.len().is_multiple_of(8) {
+        entry.push(pad_byte);
+    }
+    entry
+}
+
+fn map_body(node_count: u32, log_count: u32, entries: &[Vec<u8>]) -> Vec<u8> {
+    let mut body = 9u64.to_le_bytes().to_vec();
+    body.extend_from_slice(&node_count.to_le_bytes());
+    body.extend_from_slice(&log_count.to_le_bytes());
+    body.extend_from_slice(&[0; 8]);
     body.extend(entries.concat());
     body
 }
@@ -842,6 +898,138 @@ fn cases() -> Vec<Case> {
         },
     ));
 
+    // REGISTER_NODE, HEARTBEAT, GET_MAP.
+    let addr = b"10.0.0.2:7400";
+    let register = |node_id: u64, shard_count: u16, addr: &[u8]| {
+        register_body(node_id, shard_count, addr.len() as u16, addr)
+    };
+    let invalid = |opcode: u16, field: &'static str, value: u64| Error::InvalidField {
+        opcode,
+        field,
+        value,
+    };
+    cases.push(request(
+        "REGISTER_NODE node_id 0",
+        REGISTER,
+        &register(0, 1, addr),
+        invalid(REGISTER, "node_id", 0),
+    ));
+    cases.push(request(
+        "REGISTER_NODE shard_count 0",
+        REGISTER,
+        &register(2, 0, addr),
+        invalid(REGISTER, "shard_count", 0),
+    ));
+    cases.push(request(
+        "REGISTER_NODE empty addr",
+        REGISTER,
+        &register(2, 1, b""),
+        invalid(REGISTER, "addr_len", 0),
+    ));
+    cases.push(request(
+        "REGISTER_NODE addr over 255 bytes",
+        REGISTER,
+        &register(2, 1, &[b'a'; 256]),
+        invalid(REGISTER, "addr_len", 256),
+    ));
+    cases.push(request(
+        "REGISTER_NODE addr not UTF-8",
+        REGISTER,
+        &register(2, 1, b"host\xff:1"),
+        Error::AddrNotUtf8,
+    ));
+    let mut body = register(2, 1, addr);
+    body[12] = 1;
+    cases.push(request(
+        "REGISTER_NODE reserved nonzero",
+        REGISTER,
+        &body,
+        Error::ReservedNonzero {
+            opcode: REGISTER,
+            field: "reserved",
+        },
+    ));
+    cases.push(request(
+        "REGISTER_NODE truncated",
+        REGISTER,
+        &register(2, 1, addr)[..10],
+        Error::BodyTruncated {
+            opcode: REGISTER,
+            body_bytes: 10,
+            needed_bytes: 16,
+        },
+    ));
+    cases.push(request(
+        "REGISTER_NODE addr_len past the body",
+        REGISTER,
+        &register_body(2, 1, 16, addr),
+        Error::BodyTruncated {
+            opcode: REGISTER,
+            body_bytes: 16 + addr.len(),
+            needed_bytes: 32,
+        },
+    ));
+    cases.push(request(
+        "REGISTER_NODE bytes after the addr",
+        REGISTER,
+        &register_body(2, 1, 8, addr),
+        Error::TrailingBytes {
+            opcode: REGISTER,
+            extra_bytes: addr.len() - 8,
+        },
+    ));
+    let heartbeat = |node_id: u64| {
+        let mut body = node_id.to_le_bytes().to_vec();
+        body.extend_from_slice(&41u64.to_le_bytes());
+        body
+    };
+    cases.push(request(
+        "HEARTBEAT node_id 0",
+        HEARTBEAT,
+        &heartbeat(0),
+        invalid(HEARTBEAT, "node_id", 0),
+    ));
+    cases.push(request(
+        "HEARTBEAT truncated",
+        HEARTBEAT,
+        &heartbeat(2)[..8],
+        Error::BodyTruncated {
+            opcode: HEARTBEAT,
+            body_bytes: 8,
+            needed_bytes: 16,
+        },
+    ));
+    cases.push(request(
+        "HEARTBEAT trailing bytes",
+        HEARTBEAT,
+        &[heartbeat(2), vec![0; 8]].concat(),
+        Error::TrailingBytes {
+            opcode: HEARTBEAT,
+            extra_bytes: 8,
+        },
+    ));
+    let mut get_map = [0u8; 16];
+    get_map[15] = 1;
+    cases.push(request(
+        "GET_MAP reserved nonzero",
+        GET_MAP,
+        &get_map,
+        Error::ReservedNonzero {
+            opcode: GET_MAP,
+            field: "reserved",
+        },
+    ));
+    cases.push(request(
+        "GET_MAP truncated",
+        GET_MAP,
+        &get_map[..12],
+        Error::BodyTruncated {
+            opcode: GET_MAP,
+            body_bytes: 12,
+            needed_bytes: 16,
+        },
+    ));
+
     // Responses.
     cases.push(response(
         "response without RESPONSE",
@@ -1074,6 +1262,191 @@ fn cases() -> Vec<Case> {
         },
     ));
     cases.push(response(
+        "REGISTER_NODE response truncated",
+        REGISTER,
+        RESP,
+        &[0; 4],
+        Error::BodyTruncated {
+            opcode: REGISTER,
+            body_bytes: 4,
+            needed_bytes: 8,
+        },
+    ));
+    cases.push(response(
+        "HEARTBEAT response trailing bytes",
+        HEARTBEAT,
+        RESP,
+        &[0; 9],
+        Error::TrailingBytes {
+            opcode: HEARTBEAT,
+            extra_bytes: 1,
+        },
+    ));
+    let node = |node_id: u64| map_node_entry(node_id, 1, 1, b"h:1", 0);
+    let log = |log_id: u64| map_log_entry(log_id, 3, &[1, 2], b"log", 0);
+    let map_case = |name: &'static str, body: Vec<u8>, expected: Error| {
+        response(name, GET_MAP, RESP, &body, expected)
+    };
+    let map_invalid = |field: &'static str, value: u64| invalid(GET_MAP, field, value);
+    cases.push(map_case(
+        "GET_MAP header truncated",
+        map_body(0, 0, &[])[..16].to_vec(),
+        Error::BodyTruncated {
+            opcode: GET_MAP,
+            body_bytes: 16,
+            needed_bytes: 24,
+        },
+    ));
+    let mut body = map_body(0, 0, &[]);
+    body[23] = 1;
+    cases.push(map_case(
+        "GET_MAP reserved nonzero",
+        body,
+        Error::ReservedNonzero {
+            opcode: GET_MAP,
+            field: "reserved",
+        },
+    ));
+    cases.push(map_case(
+        "GET_MAP over list_max logs",
+        map_body(0, 1001, &[]),
+        Error::TooManyEntries {
+            count: 1001,
+            max: 1000,
+        },
+    ));
+    cases.push(map_case(
+        "GET_MAP fewer nodes than node_count",
+        map_body(3, 0, &[node(1), node(2)]),
+        Error::BodyTruncated {
+            opcode: GET_MAP,
+            body_bytes: 24 + 64,
+            needed_bytes: 24 + 64 + 24,
+        },
+    ));
+    cases.push(map_case(
+        "GET_MAP fewer logs than log_count",
+        map_body(1, 2, &[node(1), log(3)]),
+        Error::BodyTruncated {
+            opcode: GET_MAP,
+            body_bytes: 24 + 32 + 64,
+            needed_bytes: 24 + 32 + 64 + 40,
+        },
+    ));
+    cases.push(map_case(
+        "GET_MAP more entries than the counts",
+        map_body(1, 1, &[node(1), log(3), log(4)]),
+        Error::TrailingBytes {
+            opcode: GET_MAP,
+            extra_bytes: 64,
+        },
+    ));
+    cases.push(map_case(
+        "GET_MAP node ids not ascending",
+        map_body(3, 0, &[node(1), node(5), node(2)]),
+        Error::NodeOutOfOrder { index: 2 },
+    ));
+    cases.push(map_case(
+        "GET_MAP node listed twice",
+        map_body(2, 0, &[node(1), node(1)]),
+        Error::NodeOutOfOrder { index: 1 },
+    ));
+    cases.push(map_case(
+        "GET_MAP node id 0",
+        map_body(1, 0, &[node(0)]),
+        map_invalid("node.node_id", 0),
+    ));
+    cases.push(map_case(
+        "GET_MAP node shard_count 0",
+        map_body(1, 0, &[map_node_entry(1, 0, 1, b"h:1", 0)]),
+        map_invalid("node.shard_count", 0),
+    ));
+    cases.push(map_case(
+        "GET_MAP node alive 2",
+        map_body(1, 0, &[map_node_entry(1, 1, 2, b"h:1", 0)]),
+        map_invalid("node.alive", 2),
+    ));
+    cases.push(map_case(
+        "GET_MAP node empty addr",
+        map_body(1, 0, &[map_node_entry(1, 1, 1, b"", 0)]),
+        map_invalid("node.addr_len", 0),
+    ));
+    cases.push(map_case(
+        "GET_MAP node addr not UTF-8",
+        map_body(1, 0, &[map_node_entry(1, 1, 1, b"h\xc3\x28:1", 0)]),
+        Error::AddrNotUtf8,
+    ));
+    cases.push(map_case(
+        "GET_MAP node padding nonzero",
+        map_body(2, 0, &[node(1), map_node_entry(2, 1, 1, b"h:1", 9)]),
+        map_invalid("node.padding", 1),
+    ));
+    let mut reserved = node(1);
+    reserved[14] = 1;
+    cases.push(map_case(
+        "GET_MAP node reserved nonzero",
+        map_body(1, 0, &[reserved]),
+        Error::ReservedNonzero {
+            opcode: GET_MAP,
+            field: "node.reserved1",
+        },
+    ));
+    cases.push(map_case(
+        "GET_MAP log ids not ascending",
+        map_body(1, 3, &[node(1), log(3), log(9), log(7)]),
+        Error::EntryOutOfOrder { index: 2 },
+    ));
+    cases.push(map_case(
+        "GET_MAP chain_len 0",
+        map_body(1, 1, &[node(1), map_log_entry(3, 3, &[], b"log", 0)]),
+        map_invalid("log.chain_len", 0),
+    ));
+    cases.push(map_case(
+        "GET_MAP chain naming node 0",
+        map_body(1, 1, &[node(1), map_log_entry(3, 3, &[1, 0], b"log", 0)]),
+        map_invalid("log.chain", 0),
+    ));
+    cases.push(map_case(
+        "GET_MAP replication_factor 0",
+        map_body(1, 1, &[node(1), map_log_entry(3, 0, &[1], b"log", 0)]),
+        map_invalid("log.replication_factor", 0),
+    ));
+    cases.push(map_case(
+        "GET_MAP log padding nonzero",
+        map_body(
+            1,
+            2,
+            &[node(1), log(3), map_log_entry(4, 3, &[1], b"log", 1)],
+        ),
+        map_invalid("log.padding", 1),
+    ));
+    let mut reserved = log(3);
+    reserved[28] = 1;
+    cases.push(map_case(
+        "GET_MAP log reserved nonzero",
+        map_body(1, 1, &[node(1), reserved]),
+        Error::ReservedNonzero {
+            opcode: GET_MAP,
+            field: "log.reserved",
+        },
+    ));
+    for (name, log_name, expected) in [
+        ("GET_MAP log name empty", &b""[..], Error::EmptyName),
+        ("GET_MAP log name not UTF-8", b"\xff", Error::NameNotUtf8),
+        ("GET_MAP log name with NUL", b"a\0b", Error::NameContainsNul),
+        (
+            "GET_MAP log name too long",
+            &[b'n'; 256],
+            Error::NameTooLong { len: 256, max: 255 },
+        ),
+    ] {
+        cases.push(map_case(
+            name,
+            map_body(1, 1, &[node(1), map_log_entry(3, 3, &[1], log_name, 0)]),
+            expected,
+        ));
+    }
+    cases.push(response(
         "TRIM response with a body",
         9,
         RESP,
@@ -1089,7 +1462,7 @@ fn cases() -> Vec<Case> {
 #[test]
 fn each_malformed_input_gets_its_precise_error() {
     let cases = cases();
-    assert!(cases.len() >= 30, "{} cases", cases.len());
+    assert!(cases.len() >= 140, "{} cases", cases.len());
     let mut failures = Vec::new();
     for case in &cases {
         let got = decode(&case.bytes, case.decoder, &Limits::DEFAULT);

@@ -11,7 +11,7 @@ use common::*;
 #[test]
 fn every_request_round_trips_byte_for_byte() {
     let corpus = request_corpus();
-    assert_eq!(corpus.len(), 22);
+    assert_eq!(corpus.len(), 26);
     let mut seen = std::collections::HashSet::new();
     for bytes in &corpus {
         let frame = frame(bytes);
@@ -172,6 +172,61 @@ fn a_batch_that_fits_an_append_frame_fits_a_replicate_frame_on_a_peer_connection
 }
 
 #[test]
+fn cluster_map_pages_survive_decoding() {
+    let corpus = response_corpus();
+    let pages: Vec<GetMapResponse<'_>> = corpus
+        .iter()
+        .filter_map(
+            |bytes| match decode_response(&frame(bytes), &Limits::DEFAULT) {
+                Ok(Response::GetMap(page)) => Some(page),
+                _ => None,
+            },
+        )
+        .collect();
+    assert_eq!(pages.len(), 3);
+    let page = pages[0];
+    assert_eq!(page.version, 42);
+    let nodes: Vec<MapNode<'_>> = page.nodes.iter().collect();
+    assert_eq!(nodes, MAP_NODES);
+    assert_eq!(page.nodes.len(), 3);
+    assert_eq!(page.nodes.iter().len(), 3);
+    let logs: Vec<MapLog<'_>> = page.logs.into_iter().collect();
+    assert_eq!(logs, map_logs());
+    for (log, chain) in logs.iter().zip(MAP_CHAINS) {
+        assert_eq!(log.chain.iter().collect::<Vec<u64>>(), chain);
+        assert_eq!(log.chain.len(), chain.len());
+        assert!(!log.chain.is_empty());
+    }
+    // A decoded page equals the page it was encoded from.
+    let logs = map_logs();
+    let given = GetMapResponse {
+        version: 42,
+        nodes: MapNodes::from_slice(&MAP_NODES),
+        logs: MapLogs::from_slice(&logs),
+    };
+    assert_eq!(page, given);
+    assert_eq!(pages[1].nodes, given.nodes);
+    assert!(pages[1].logs.is_empty());
+    assert!(pages[2].nodes.is_empty() && pages[2].logs.is_empty());
+
+    let versions: Vec<Response<'_>> = corpus
+        .iter()
+        .filter_map(|bytes| {
+            let response = decode_response(&frame(bytes), &Limits::DEFAULT).unwrap();
+            matches!(response, Response::RegisterNode(_) | Response::Heartbeat(_))
+                .then_some(response)
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            Response::RegisterNode(MapVersionResponse { map_version: 41 }),
+            Response::Heartbeat(MapVersionResponse { map_version: 42 }),
+        ]
+    );
+}
+
+#[test]
 fn every_response_and_error_code_round_trips_byte_for_byte() {
     let corpus = response_corpus();
     let mut codes = Vec::new();
@@ -191,7 +246,7 @@ fn every_response_and_error_code_round_trips_byte_for_byte() {
         }
         assert_eq!(&reencode_response(&frame, &response), bytes, "{response:?}");
     }
-    assert_eq!(kinds.len(), 18, "every Response variant");
+    assert_eq!(kinds.len(), 21, "every Response variant");
     // Every code, then the connection-level MALFORMED.
     let mut expected = ErrorCode::ALL.to_vec();
     expected.push(ErrorCode::Malformed);
@@ -566,6 +621,54 @@ fn limits_at_the_edge_are_accepted() {
         create
     );
     assert_eq!(check_name(name.as_bytes(), &limits), Ok(name.as_str()));
+
+    // An address of exactly ADDR_BYTES_MAX, a chain of 255 nodes, a page of list_max logs.
+    let addr = "a".repeat(usize::from(ADDR_BYTES_MAX));
+    let register = Request::RegisterNode(RegisterNodeRequest {
+        node_id: 1,
+        shard_count: u16::MAX,
+        addr: &addr,
+    });
+    let mut out = Vec::new();
+    encode_request(&mut out, 1, &register);
+    assert_eq!(
+        decode_request(&crate::frame(&out), &limits).unwrap(),
+        register
+    );
+    let node_ids: Vec<u64> = (1..=255).collect();
+    let nodes: Vec<MapNode<'_>> = node_ids
+        .iter()
+        .map(|&node_id| MapNode {
+            node_id,
+            shard_count: 1,
+            alive: true,
+            last_heartbeat_ms: 0,
+            addr: &addr,
+        })
+        .collect();
+    let logs: Vec<MapLog<'_>> = (1..=u64::from(limits.list_max))
+        .map(|log_id| MapLog {
+            log_id,
+            epoch: 1,
+            start_lsn: 0,
+            replication_factor: 255,
+            created_version: log_id,
+            chain: Chain::from_slice(if log_id == 1 {
+                &node_ids
+            } else {
+                &node_ids[..1]
+            }),
+            name: if log_id == 1 { &name } else { "n" },
+        })
+        .collect();
+    let page = Response::GetMap(GetMapResponse {
+        version: 1,
+        nodes: MapNodes::from_slice(&nodes),
+        logs: MapLogs::from_slice(&logs),
+    });
+    let mut out = Vec::new();
+    encode_response(&mut out, 1, Opcode::GetMap, &page);
+    assert_eq!(decode_response(&crate::frame(&out), &limits).unwrap(), page);
 }
 
 #[test]

@@ -351,6 +351,11 @@ impl Server {
                 ARG_NONE,
                 "this node is standalone: it replicates no log",
             )),
+            Request::RegisterNode(_) | Request::Heartbeat(_) | Request::GetMap(_) => Err(refuse(
+                ErrorCode::NotController,
+                ARG_NONE,
+                "this is a node, not the controller",
+            )),
             Request::Unsubscribe(unsub) => {
                 if let Some(i) = session
                     .subscriptions

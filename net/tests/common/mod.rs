@@ -234,6 +234,24 @@ pub fn request_corpus() -> Vec<Vec<u8>> {
             header: ReplicateHeader::new(ReplicateKind::Commit, 7, 3, 14, 14),
             records: Records::EMPTY,
         }),
+        Request::RegisterNode(RegisterNodeRequest {
+            node_id: 2,
+            shard_count: 4,
+            addr: "10.0.0.2:7400",
+        }),
+        Request::RegisterNode(RegisterNodeRequest {
+            node_id: u64::MAX,
+            shard_count: 1,
+            addr: "[::1]:1",
+        }),
+        Request::Heartbeat(HeartbeatRequest {
+            node_id: 2,
+            applied_version: 41,
+        }),
+        Request::GetMap(GetMapRequest {
+            after_log_id: 7,
+            max: 1000,
+        }),
     ];
     requests
         .iter()
@@ -244,6 +262,67 @@ pub fn request_corpus() -> Vec<Vec<u8>> {
             out
         })
         .collect()
+}
+
+/// Nodes of a cluster map: addresses of odd and even lengths, one never heard from.
+pub const MAP_NODES: [MapNode<'static>; 3] = [
+    MapNode {
+        node_id: 1,
+        shard_count: 2,
+        alive: true,
+        last_heartbeat_ms: 150,
+        addr: "node-1.example:7400",
+    },
+    MapNode {
+        node_id: 2,
+        shard_count: 1,
+        alive: false,
+        last_heartbeat_ms: 9_000,
+        addr: "10.0.0.2:7400",
+    },
+    MapNode {
+        node_id: 5,
+        shard_count: 4,
+        alive: false,
+        last_heartbeat_ms: HEARTBEAT_MS_NEVER,
+        addr: "h:1",
+    },
+];
+
+/// Chains for [`map_logs`].
+pub const MAP_CHAINS: [&[u64]; 3] = [&[1, 2, 5], &[5], &[2, 1]];
+
+/// Logs of a cluster map page: chains of 3, 1 and 2 nodes, names of odd and even lengths.
+pub fn map_logs() -> [MapLog<'static>; 3] {
+    [
+        MapLog {
+            log_id: 3,
+            epoch: 1,
+            start_lsn: 0,
+            replication_factor: 3,
+            created_version: 4,
+            chain: Chain::from_slice(MAP_CHAINS[0]),
+            name: "a",
+        },
+        MapLog {
+            log_id: 7,
+            epoch: 4,
+            start_lsn: 1_000,
+            replication_factor: 3,
+            created_version: 6,
+            chain: Chain::from_slice(MAP_CHAINS[1]),
+            name: "orders",
+        },
+        MapLog {
+            log_id: 9,
+            epoch: 2,
+            start_lsn: 17,
+            replication_factor: 2,
+            created_version: 9,
+            chain: Chain::from_slice(MAP_CHAINS[2]),
+            name: "exactly8",
+        },
+    ]
 }
 
 /// One valid response of every kind (and every error code), encoded.
@@ -265,6 +344,7 @@ pub fn response_corpus() -> Vec<Vec<u8>> {
         },
     ];
     let read = ReadResponse { tail: 20, records };
+    let map_logs = map_logs();
     let tail = TailResponse {
         tail: 20,
         trim_point: 5,
@@ -338,6 +418,25 @@ pub fn response_corpus() -> Vec<Vec<u8>> {
             durable_lsn: 14,
             trim_point: 9,
             next_lsn: 15,
+        }),
+        Response::RegisterNode(MapVersionResponse { map_version: 41 }),
+        Response::Heartbeat(MapVersionResponse { map_version: 42 }),
+        Response::GetMap(GetMapResponse {
+            version: 42,
+            nodes: MapNodes::from_slice(&MAP_NODES),
+            logs: MapLogs::from_slice(&map_logs),
+        }),
+        // The last page: every node, no more logs.
+        Response::GetMap(GetMapResponse {
+            version: 42,
+            nodes: MapNodes::from_slice(&MAP_NODES),
+            logs: MapLogs::from_slice(&[]),
+        }),
+        // A cluster without nodes yet.
+        Response::GetMap(GetMapResponse {
+            version: 0,
+            nodes: MapNodes::from_slice(&[]),
+            logs: MapLogs::from_slice(&[]),
         }),
         // A controller's HELLO answer.
         Response::Hello(HelloResponse {

@@ -519,5 +519,19 @@ mod tests {
         };
         assert_eq!((crc.code(), crc.arg0()), (ErrorCode::Malformed, ARG_NONE));
         assert_eq!(crc.response("m").message, "m");
+        let stamp = Error::RecordStampMismatch {
+            index: 4,
+            field: "lsn",
+            value: 9,
+            expected: 8,
+        };
+        assert_eq!(stamp.code(), ErrorCode::Malformed);
+        assert_eq!((stamp.arg0(), stamp.arg1()), (4, 0));
+        for error in [Error::AddrNotUtf8, Error::NodeOutOfOrder { index: 1 }] {
+            assert_eq!(
+                (error.code(), error.arg0()),
+                (ErrorCode::Malformed, ARG_NONE)
+            );
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Messages: the opcodes and the typed requests and responses, one struct per body. Types
 //! that hold records, names or messages borrow them from the frame they were decoded from.
 //! Wire sentinels (epoch 0 = current, `expected_lsn` `u64::MAX` = unconditional, ...) are
-//! kept as they are on the wire; see the constants at the crate root.
+//! kept as they are on the wire; see the constants at the crate root. The entries of a
+//! GET_MAP response (the cluster map) are in [`map`](crate::map).
 
 use crate::error::ErrorCode;
 use crate::map::{MapLogs, MapNodes};

@@ -5,12 +5,49 @@
 //! `name_bytes_max`) are the caller's to avoid ([`check_name`](crate::check_name),
 //! [`AppendBuilder`](crate::AppendBuilder) check them).
 
-use crate::frame::{begin_frame, finish_frame, Flags};
+use crate::frame::{begin_frame, finish_frame, finish_frame_before, Flags};
 use crate::message::{
     padded, AppendRequest, DescribeLogResponse, ErrorResponse, GetMapResponse, HelloResponse,
-    LogEntries, LogRef, Opcode, ReadResponse, ReplicateRequest, Request, Response, TailResponse,
+    LogEntries, LogRef, Opcode, ReadResponse, ReplicateHeader, ReplicateRequest, Request, Response,
+    TailResponse,
 };
 use crate::{ERROR_MESSAGE_BYTES_MAX, HELLO_MAGIC};
+
+/// Appends the head of a REPLICATE request frame to `out`: the frame header and the REPLICATE
+/// header of `count` records whose bytes, `records`, are **not** copied: the frame's length and
+/// CRC cover them, and the caller sends them right after the head (from where they are
+/// stored: zero-copy forwarding). `records` must be `count` records in the stamped form
+/// PROTOCOL.md 6.11 describes (a receiver checks them; empty for kinds other than RECORDS).
+pub fn encode_replicate_head(
+    out: &mut Vec<u8>,
+    request_id: u64,
+    header: &ReplicateHeader,
+    count: u32,
+    records: &[u8],
+) {
+    let start = begin_frame(out, Opcode::Replicate as u16, Flags::NONE, request_id);
+    replicate_header(out, header, count);
+    finish_frame_before(out, start, records);
+}
+
+fn replicate_header(out: &mut Vec<u8>, header: &ReplicateHeader, count: u32) {
+    for field in [
+        header.log_id,
+        header.epoch,
+        header.first_lsn,
+        header.committed_lsn,
+        header.fencing_token,
+        header.writer_id,
+        header.writer_seq,
+        header.trim_before,
+    ] {
+        put_u64(out, field);
+    }
+    put_u32(out, count);
+    out.push(header.kind as u8);
+    out.push(0);
+    put_u16(out, 0);
+}
 
 /// Appends a request frame to `out`.
 pub fn encode_request(out: &mut Vec<u8>, request_id: u64, request: &Request<'_>) {
@@ -85,22 +122,7 @@ pub fn encode_request(out: &mut Vec<u8>, request_id: u64, request: &Request<'_>)
         }
         Request::Peer(peer) => put_u64(out, peer.node_id),
         Request::Replicate(ReplicateRequest { header, records }) => {
-            for field in [
-                header.log_id,
-                header.epoch,
-                header.first_lsn,
-                header.committed_lsn,
-                header.fencing_token,
-                header.writer_id,
-                header.writer_seq,
-                header.trim_before,
-            ] {
-                put_u64(out, field);
-            }
-            put_u32(out, records.count());
-            out.push(header.kind as u8);
-            out.push(0);
-            put_u16(out, 0);
+            replicate_header(out, &header, records.count());
             out.extend_from_slice(records.bytes());
         }
         Request::RegisterNode(register) => {

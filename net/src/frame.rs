@@ -197,6 +197,23 @@ pub(crate) fn begin_frame(out: &mut Vec<u8>, opcode: u16, flags: Flags, request_
     start
 }
 
+/// Completes the frame that starts at `start`, runs to the end of `out` and goes on with
+/// `tail`, which the caller sends right after it (it is not copied into `out`): fills `length`
+/// and `crc`, both covering `tail`.
+pub(crate) fn finish_frame_before(out: &mut [u8], start: usize, tail: &[u8]) {
+    let frame = &mut out[start..];
+    assert!(
+        frame.len() >= FRAME_HEADER_BYTES,
+        "finish_frame_before without begin_frame"
+    );
+    let length = u32::try_from(frame.len() + tail.len() - LENGTH_BYTES)
+        .expect("a frame's length fits a u32");
+    frame[..LENGTH_BYTES].copy_from_slice(&length.to_le_bytes());
+    let (head, body) = frame.split_at_mut(FRAME_HEADER_BYTES);
+    let crc = crc32c::crc32c_append(frame_crc(head, body), tail);
+    head[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// Completes the frame that starts at `start` and runs to the end of `out`: fills `length`
 /// and `crc`.
 pub(crate) fn finish_frame(out: &mut [u8], start: usize) {

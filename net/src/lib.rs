@@ -24,7 +24,7 @@ pub mod records;
 
 pub use chainlog_storage::format::{RecordHeader, RecordView, RECORD_HEADER_BYTES};
 pub use decode::{check_name, decode_request, decode_response};
-pub use encode::{encode_error, encode_request, encode_response};
+pub use encode::{encode_error, encode_replicate_head, encode_request, encode_response};
 pub use error::{Error, ErrorCode};
 pub use frame::{parse_frame, Flags, Frame, FrameHeader, FRAME_HEADER_BYTES, FRAME_LENGTH_MIN};
 pub use map::{Chain, ChainIter, MapEntries, MapEntriesIter, MapLog, MapLogs, MapNode, MapNodes};

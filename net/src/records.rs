@@ -152,6 +152,20 @@ impl<'a> Records<'a> {
         }
     }
 
+    /// The records after the first `n` (all of them if `n` is 0, none if `n >= count`): what
+    /// a replica that has the first `n` still needs.
+    pub fn skip(&self, n: u32) -> Records<'a> {
+        let n = n.min(self.count);
+        let mut at = 0;
+        for record in self.iter().take(n as usize) {
+            at += record_bytes(record.payload.len());
+        }
+        Records {
+            bytes: &self.bytes[at..],
+            count: self.count - n,
+        }
+    }
+
     /// The last record's header, if any.
     pub(crate) fn last(&self) -> Option<RecordHeader> {
         self.iter().last().map(|r| r.header)

@@ -131,6 +131,38 @@ fn replicate_fields_survive_decoding() {
 }
 
 #[test]
+fn a_replicate_head_followed_by_its_records_is_the_whole_frame() {
+    let corpus = request_corpus();
+    for (bytes, replicate) in replicates(&corpus) {
+        let request_id = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+        let mut head = Vec::new();
+        encode_replicate_head(
+            &mut head,
+            request_id,
+            &replicate.header,
+            replicate.records.count(),
+            replicate.records.bytes(),
+        );
+        assert_eq!(head.len(), 24 + 72, "the head holds no record");
+        head.extend_from_slice(replicate.records.bytes());
+        assert_eq!(head, bytes, "{:?}", replicate.header.kind);
+    }
+}
+
+#[test]
+fn records_skip_drops_the_first_ones() {
+    let corpus = request_corpus();
+    let (_, replicate) = replicates(&corpus)[0];
+    let all = replicate.records;
+    assert_eq!(all.skip(0), all);
+    let rest = all.skip(2);
+    assert_eq!(rest.count(), 2);
+    let lsns: Vec<u64> = rest.iter().map(|r| r.header.lsn).collect();
+    assert_eq!(lsns, [12, 13]);
+    assert!(all.skip(4).is_empty() && all.skip(9).bytes().is_empty());
+}
+
+#[test]
 fn a_batch_that_fits_an_append_frame_fits_a_replicate_frame_on_a_peer_connection() {
     let limits = Limits {
         record_bytes_max: 64,

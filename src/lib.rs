@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod dev;
+mod durable_file;
 pub mod node;
 pub mod signals;
 

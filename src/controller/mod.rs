@@ -1,0 +1,10 @@
+//! The controller (`chainlog controller`): the one process that knows the cluster. Nodes
+//! register and heartbeat with it; it places each new log's chain over live nodes, keeps the
+//! cluster state durable, and serves the versioned cluster map to nodes and clients
+//! (ARCHITECTURE.md, "The controller").
+//!
+//! - [`state`]: the cluster state as plain data and pure transitions (placement, liveness).
+
+pub mod state;
+
+pub use state::{ClusterMap, ClusterState, MapLog, MapNode, StateError};

@@ -4,7 +4,10 @@
 //! (ARCHITECTURE.md, "The controller").
 //!
 //! - [`state`]: the cluster state as plain data and pure transitions (placement, liveness).
+//! - [`store`]: the state's file, rewritten atomically and checksummed.
 
 pub mod state;
+pub mod store;
 
 pub use state::{ClusterMap, ClusterState, MapLog, MapNode, StateError};
+pub use store::{StateStore, StoreError};

@@ -6,6 +6,7 @@
 //! crates, re-exported.
 
 pub mod client;
+mod command;
 pub mod controller;
 pub mod dev;
 mod durable_file;

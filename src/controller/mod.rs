@@ -5,9 +5,14 @@
 //!
 //! - [`state`]: the cluster state as plain data and pure transitions (placement, liveness).
 //! - [`store`]: the state's file, rewritten atomically and checksummed.
+//! - [`server`]: the process: connections, requests, waiting creates, graceful stop.
 
+pub mod server;
+mod settings;
 pub mod state;
 pub mod store;
 
+pub use server::{run, ControllerConfig, ControllerError};
+pub use settings::{ControllerArgs, ControllerSettings, CREATE_TIMEOUT_DEFAULT, LISTEN_DEFAULT};
 pub use state::{ClusterMap, ClusterState, MapLog, MapNode, StateError};
 pub use store::{StateStore, StoreError};

@@ -6,7 +6,9 @@
 //! - [`state`]: the cluster state as plain data and pure transitions (placement, liveness).
 //! - [`store`]: the state's file, rewritten atomically and checksummed.
 //! - [`server`]: the process: connections, requests, waiting creates, graceful stop.
+//! - [`client`]: a blocking client of it, for a node's control thread and for tools.
 
+pub mod client;
 pub mod server;
 mod settings;
 pub mod state;

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod raw;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,20 +1,16 @@
 //! The real `chainlog controller` binary on loopback, driven by the blocking controller client
-//! (`chainlog::controller::client`) and by raw frames: hostile input that must not disturb a
+//! (`chainlog::controller::client`) and by raw frames (`common::raw`): hostile input that must not disturb a
 //! good client, and a damaged state file that must stop the controller with a clear error.
 //! Each test stops the controller it started, by PID.
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use chainlog::controller::client::{Client as ControllerClient, ClientError};
-use chainlog::net::{
-    decode_response, encode_request, parse_frame, ErrorCode, HelloRequest, Limits, Request,
-    Response,
-};
-use common::{Controller, SOCKET_TIMEOUT};
+use chainlog::net::{ErrorCode, HelloRequest, Limits, Opcode, Request};
+use common::raw::{frame, request, Answer, Raw};
+use common::Controller;
 
 /// The blocking client's timeout: a guard against hanging, never a timing assertion.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,84 +27,18 @@ fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
     }
 }
 
-/// A raw connection: bytes in, frames out.
-struct Raw {
-    stream: TcpStream,
-    input: Vec<u8>,
-}
-
-impl Raw {
-    fn connect(addr: SocketAddr) -> Raw {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(SOCKET_TIMEOUT))
-            .expect("timeout");
-        Raw {
-            stream,
-            input: Vec::new(),
-        }
+/// Expects `raw` to get `code` as the answer to `request_id` (0: a connection-level error),
+/// then to be closed.
+fn expect_refused_and_closed(raw: &mut Raw, request_id: u64, code: ErrorCode) {
+    match raw.next() {
+        Some(Answer::Error {
+            request_id: r,
+            code: c,
+            ..
+        }) if (r, c) == (request_id, code) => {}
+        other => panic!("expected {code} for request {request_id}, got {other:?}"),
     }
-
-    fn greeted(addr: SocketAddr) -> Raw {
-        let mut raw = Raw::connect(addr);
-        let mut hello = Vec::new();
-        encode_request(&mut hello, 1, &Request::Hello(HelloRequest::CURRENT));
-        raw.send(&hello);
-        let (id, answer) = raw.next().expect("a HELLO answer");
-        assert_eq!((id, answer.as_str()), (1, "HELLO"));
-        raw
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("send");
-    }
-
-    /// The next frame as (request id, opcode name or error code name), or `None` once the
-    /// controller closed the connection.
-    fn next(&mut self) -> Option<(u64, String)> {
-        loop {
-            let limits = Limits::DEFAULT;
-            if let Some(frame) = parse_frame(&self.input, &limits).expect("a valid frame") {
-                let len = frame.frame_bytes();
-                let id = frame.request_id;
-                let what = match decode_response(&frame, &limits).expect("a valid response") {
-                    Response::Error(e) => e.code.name().to_string(),
-                    other => other.opcode().expect("an opcode").name().to_string(),
-                };
-                self.input.drain(..len);
-                return Some((id, what));
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.input.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(e) => panic!("receive: {e}"),
-            }
-        }
-    }
-
-    /// The connection got `code` as a connection-level error (request id 0) or as the answer
-    /// to `request_id`, and was then closed.
-    fn expect_refused_and_closed(&mut self, request_id: u64, code: ErrorCode) {
-        let (id, what) = self.next().expect("an error before the close");
-        assert_eq!((id, what.as_str()), (request_id, code.name()));
-        assert_eq!(self.next(), None, "the controller closes the connection");
-    }
-}
-
-/// A frame with `body`, a correct CRC and the given header fields.
-fn frame(opcode: u16, request_id: u64, body: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&(20 + body.len() as u32).to_le_bytes());
-    f.extend_from_slice(&opcode.to_le_bytes());
-    f.extend_from_slice(&0u16.to_le_bytes());
-    f.extend_from_slice(&request_id.to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&f[4..16]), body);
-    f.extend_from_slice(&crc.to_le_bytes());
-    f.extend_from_slice(&0u32.to_le_bytes());
-    f.extend_from_slice(body);
-    f
+    raw.expect_closed();
 }
 
 #[test]
@@ -121,43 +51,40 @@ fn hostile_input_is_refused_and_a_good_client_keeps_being_served() {
     // Garbage before HELLO: a framing error, answered at connection level.
     let mut raw = Raw::connect(controller.addr);
     raw.send(b"GET / HTTP/1.1\r\nHost: controller\r\n\r\n");
-    raw.expect_refused_and_closed(0, ErrorCode::Malformed);
+    expect_refused_and_closed(&mut raw, 0, ErrorCode::Malformed);
     // A well-formed frame that is not HELLO, first.
     let mut raw = Raw::connect(controller.addr);
-    raw.send(&frame(12, 7, &[0; 16]));
-    raw.expect_refused_and_closed(7, ErrorCode::Malformed);
+    raw.send(&frame(Opcode::ListLogs as u16, 0, 7, &[0; 16]));
+    expect_refused_and_closed(&mut raw, 7, ErrorCode::Malformed);
     // After HELLO: a bad CRC, a length above the limit, an unknown opcode, a short body, a
     // second HELLO.
-    let mut bad_crc = frame(12, 2, &[0; 16]);
+    let list = Opcode::ListLogs as u16;
+    let mut bad_crc = frame(list, 0, 2, &[0; 16]);
     bad_crc[30] ^= 1;
     let too_long = (Limits::DEFAULT.frame_bytes_max).to_le_bytes();
-    let mut second_hello = Vec::new();
-    encode_request(&mut second_hello, 6, &Request::Hello(HelloRequest::CURRENT));
     for (bytes, id) in [
         (bad_crc, 0),
         (too_long.to_vec(), 0),
-        (frame(999, 4, &[]), 4),
-        (frame(12, 5, &[0; 3]), 5),
-        (second_hello, 6),
+        (frame(999, 0, 4, &[]), 4),
+        (frame(list, 0, 5, &[0; 3]), 5),
+        (request(6, &Request::Hello(HelloRequest::CURRENT)), 6),
     ] {
         let mut raw = Raw::greeted(controller.addr);
         raw.send(&bytes);
-        raw.expect_refused_and_closed(id, ErrorCode::Malformed);
+        expect_refused_and_closed(&mut raw, id, ErrorCode::Malformed);
         assert_eq!(good.list_logs().expect("still served"), []);
     }
     // A request only nodes serve: refused, the connection stays open.
     let mut raw = Raw::greeted(controller.addr);
-    let mut read = Vec::new();
-    encode_request(
-        &mut read,
+    let log_id = chainlog::client::log_id("a");
+    raw.send(&request(9, &Request::CheckTail { log_id }));
+    raw.expect_error(
+        Opcode::CheckTail as u16,
         9,
-        &Request::CheckTail {
-            log_id: chainlog::client::log_id("a"),
-        },
+        ErrorCode::Malformed,
+        u64::MAX,
+        0,
     );
-    raw.send(&read);
-    let (id, _) = raw.next().expect("an answer");
-    assert_eq!(id, 9);
 
     // A log needs live nodes; none has registered.
     assert_eq!(code(good.create_log("a", 1)), ErrorCode::TooLarge);

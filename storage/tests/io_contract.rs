@@ -17,6 +17,8 @@ use chainlog_storage::{
     LogTail, Record, SimDisk, SimRng, Store, StoreConfig, SystemClock, UringIo,
 };
 
+mod common;
+
 const BLOCK: u64 = BLOCK_SIZE as u64;
 
 // ---------------------------------------------------------------------------------------------
@@ -405,13 +407,8 @@ fn contract_many_in_flight<I: Io>(io: &mut I, dir: &Path) {
 // The backends
 // ---------------------------------------------------------------------------------------------
 
-/// A directory on the real file system (under the target dir: O_DIRECT needs a real file
-/// system, which /tmp may not be), removed when dropped.
 fn real_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("io-contract-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("tempdir")
+    common::real_dir("io-contract-")
 }
 
 fn uring() -> UringIo {

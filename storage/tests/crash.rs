@@ -895,6 +895,8 @@ struct CrashingIo {
     power: Rc<Power>,
     /// Operations submitted after the power failed (never completed).
     dead: usize,
+    /// Their buffers: kept until the backend is dropped, as the `Io` contract says.
+    dead_bufs: Vec<AlignedBuf>,
 }
 
 fn power_lost() -> io::Error {
@@ -983,6 +985,7 @@ impl Io for CrashingIo {
             self.inner.write(file, offset, buf, durability, token);
         } else {
             self.dead += 1;
+            self.dead_bufs.push(buf);
         }
     }
     fn read(&mut self, file: FileId, offset: u64, buf: AlignedBuf, token: u64) {
@@ -990,6 +993,7 @@ impl Io for CrashingIo {
             self.inner.read(file, offset, buf, token);
         } else {
             self.dead += 1;
+            self.dead_bufs.push(buf);
         }
     }
     fn sync(&mut self, file: FileId, token: u64) {
@@ -1021,6 +1025,7 @@ fn open_crashing(disk: &SimDisk, power: &Rc<Power>, rng: &mut SimRng) -> Option<
         disk: disk.clone(),
         power: power.clone(),
         dead: 0,
+        dead_bufs: Vec::new(),
     };
     let opened = Store::open(io, Path::new(DIR), config(rng), Arc::new(disk.clock()));
     match opened {
@@ -1104,6 +1109,7 @@ fn crash_during_the_first_open_of_a_new_store() {
             disk: disk.clone(),
             power: power.clone(),
             dead: 0,
+            dead_bufs: Vec::new(),
         };
         let mut rng = SimRng::new(k);
         let opened = Store::open(io, Path::new(DIR), config(&mut rng), Arc::new(disk.clock()));

@@ -7,6 +7,7 @@
 
 use std::alloc::{self, Layout};
 use std::fmt;
+use std::ops::Range;
 use std::ptr::NonNull;
 
 use crate::format::BLOCK_SIZE;
@@ -77,6 +78,19 @@ impl AlignedBuf {
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as in `as_slice`, and `&mut self` makes the access exclusive.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Bytes `range` of those in use, mutably, and only those: the rest of the buffer is not
+    /// borrowed, so whoever reads other bytes of it meanwhile is not disturbed.
+    pub fn range_mut(&mut self, range: Range<usize>) -> &mut [u8] {
+        assert!(
+            range.start <= range.end && range.end <= self.len,
+            "range {range:?} beyond len {}",
+            self.len
+        );
+        // SAFETY: the range is within the initialised bytes in use, and `&mut self` makes the
+        // access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(range.start), range.len()) }
     }
 
     /// The whole capacity, mutably.
@@ -188,6 +202,14 @@ mod tests {
         assert_eq!(buf.capacity(), BLOCK_SIZE);
         assert_eq!(buf.as_ptr() as usize % BLOCK_SIZE, 0);
         assert!(buf.spare_mut().iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    #[should_panic(expected = "beyond len")]
+    fn range_mut_stays_within_the_bytes_in_use() {
+        let mut buf = AlignedBuf::new(BLOCK_SIZE);
+        buf.set_len(8);
+        buf.range_mut(4..9);
     }
 
     #[test]

@@ -144,7 +144,7 @@ impl<I: Io> Store<I> {
             "logs_max and writers_max bound the snapshot (StoreConfig::validate)"
         );
         buf.set_len(FRAME_HEADER_BYTES + body);
-        let out = &mut buf.as_mut_slice()[FRAME_HEADER_BYTES..];
+        let out = buf.range_mut(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + body);
         let (log_bytes, writer_bytes) = out.split_at_mut(entries.len() * SNAPSHOT_ENTRY_BYTES);
         log_bytes.copy_from_slice(bytemuck::cast_slice(&entries));
         writer_bytes.copy_from_slice(bytemuck::cast_slice(&writers));
@@ -154,7 +154,8 @@ impl<I: Io> Store<I> {
         true
     }
 
-    /// Stamps the frame header, places the frame in the active segment and writes it.
+    /// Stamps the frame header, places the frame in the active segment and writes it. Only the
+    /// header and the padding are written here: the records stay as they are.
     fn submit(&mut self, mut frame: Frame) {
         let now = self.clock.monotonic_us();
         let seq = self.next_seq;
@@ -179,9 +180,9 @@ impl<I: Io> Store<I> {
         header.crc = header.compute_crc(&buf.as_slice()[FRAME_HEADER_BYTES..]);
         let disk = disk_len(used);
         buf.set_len(disk);
-        let bytes = buf.as_mut_slice();
-        bytes[..FRAME_HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&header));
-        bytes[used..].fill(0);
+        buf.range_mut(0..FRAME_HEADER_BYTES)
+            .copy_from_slice(bytemuck::bytes_of(&header));
+        buf.range_mut(used..disk).fill(0);
         self.last_crc = header.crc;
         self.active_offset += disk as u64;
         if segment.first_seq == 0 {

@@ -99,21 +99,8 @@ impl Batch<'_> {
                 Ok((records.len() as u32, bytes))
             }
             Batch::Encoded { bytes, count } => {
-                let mut seen = 0;
-                for record in Records::new(bytes, count) {
-                    let record =
-                        record.map_err(|_| Error::Malformed("records overrun the batch"))?;
-                    if record.payload.len() > record_bytes_max {
-                        return Err(too_large(record.payload.len()));
-                    }
-                    seen += record_bytes(record.payload.len());
-                }
-                if seen != bytes.len() {
-                    return Err(Error::Malformed(
-                        "the batch holds more bytes than its records",
-                    ));
-                }
-                Ok((count, bytes.len()))
+                let bytes = measure_encoded(bytes, count, record_bytes_max, |_, _| Ok(()))?;
+                Ok((count, bytes))
             }
         }
     }
@@ -169,6 +156,34 @@ impl Batch<'_> {
         }
         Ok(())
     }
+}
+
+/// Checks that `count` encoded records exactly fill `bytes`, none over `record_bytes_max`, and
+/// that `check(index, header)` accepts each; returns the bytes.
+pub(crate) fn measure_encoded(
+    bytes: &[u8],
+    count: u32,
+    record_bytes_max: usize,
+    mut check: impl FnMut(usize, &RecordHeader) -> Result<()>,
+) -> Result<usize> {
+    let mut seen = 0;
+    for (i, record) in Records::new(bytes, count).enumerate() {
+        let record = record.map_err(|_| Error::Malformed("records overrun the batch"))?;
+        if record.payload.len() > record_bytes_max {
+            return Err(Error::TooLarge {
+                len: record.payload.len(),
+                max: record_bytes_max,
+            });
+        }
+        check(i, &record.header)?;
+        seen += record_bytes(record.payload.len());
+    }
+    if seen != bytes.len() {
+        return Err(Error::Malformed(
+            "the batch holds more bytes than its records",
+        ));
+    }
+    Ok(bytes.len())
 }
 
 /// A durable append or trim, reported by [`Store::poll`].
@@ -271,6 +286,60 @@ impl Frame {
 
     pub(crate) fn bytes(&self) -> &[u8] {
         self.buf.as_ref().expect("frame buffer").as_slice()
+    }
+}
+
+/// A batch that passed the checks of its kind of append, about to be stored
+/// ([`Store::store_admitted`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Admitted {
+    pub(crate) token: u64,
+    pub(crate) log_id: u64,
+    pub(crate) first_lsn: u64,
+    pub(crate) count: u32,
+    /// Bytes of the records in the frame.
+    pub(crate) bytes: usize,
+    /// A fencing token above the log's, to become the log's.
+    pub(crate) raise: Option<u64>,
+    /// The idempotency key (`writer_id`, `writer_seq`) to remember for the batch.
+    pub(crate) writer: Option<(u64, u64)>,
+}
+
+/// The records a read gathers, within its limits.
+#[derive(Debug)]
+pub(crate) struct Gather {
+    pub(crate) out: Vec<ReadRecord>,
+    bytes: usize,
+    max_records: usize,
+    max_bytes: usize,
+}
+
+impl Gather {
+    pub(crate) fn new(max_records: usize, max_bytes: usize) -> Gather {
+        Gather {
+            out: Vec::new(),
+            bytes: 0,
+            max_records,
+            max_bytes,
+        }
+    }
+
+    /// Whether a record with `len` bytes of payload still fits (the first one always does,
+    /// whatever its size, unless no record may be returned at all).
+    pub(crate) fn fits(&self, len: usize) -> bool {
+        self.out.len() < self.max_records
+            && (self.out.is_empty() || self.bytes + len <= self.max_bytes)
+    }
+
+    pub(crate) fn push(&mut self, header: &RecordHeader, payload: Vec<u8>) {
+        self.bytes += payload.len();
+        self.out.push(ReadRecord {
+            lsn: header.lsn,
+            epoch: header.epoch,
+            timestamp_us: header.timestamp_us,
+            crc: header.crc,
+            payload,
+        });
     }
 }
 
@@ -451,8 +520,48 @@ impl<I: Io> Store<I> {
                 return Err(Error::Fenced { token: fence });
             }
         }
-        let raise = options.fencing_token.filter(|&t| t > fence);
-        let controls = usize::from(raise.is_some()) + usize::from(options.writer.is_some());
+        if options
+            .expected_lsn
+            .is_some_and(|expected| expected != next_lsn)
+        {
+            return Err(Error::ConditionFailed { tail: next_lsn });
+        }
+        let admitted = Admitted {
+            token,
+            log_id,
+            first_lsn: next_lsn,
+            count,
+            bytes,
+            raise: options.fencing_token.filter(|&t| t > fence),
+            writer: options.writer,
+        };
+        // Headers are stamped in place on the copy.
+        self.store_admitted(admitted, |out, now_wall| {
+            batch.lay_out(out, log_id, next_lsn, epoch, now_wall)
+        })
+    }
+
+    /// Stores a batch that passed the checks of its kind of append
+    /// ([`append_batch`](Self::append_batch)'s, so far): makes room in the building frame for its records and their control records (one frame, so
+    /// they are durable together), copies the records in once with `lay_out(out, now_wall)`,
+    /// which verifies each record's checksum on the copy (`Err(index)` for the first that
+    /// fails: nothing is kept), then does the log's bookkeeping and lays the control records
+    /// of a fencing-token raise and an idempotency key.
+    pub(crate) fn store_admitted(
+        &mut self,
+        batch: Admitted,
+        lay_out: impl FnOnce(&mut [u8], u64) -> Result<(), usize>,
+    ) -> Result<Range<u64>> {
+        let Admitted {
+            token,
+            log_id,
+            first_lsn,
+            count,
+            bytes,
+            raise,
+            writer,
+        } = batch;
+        let controls = usize::from(raise.is_some()) + usize::from(writer.is_some());
         let frame_bytes = bytes + controls * record_bytes(STATE_RECORD_BYTES);
         let body_max = self.config.batch_bytes_max - FRAME_HEADER_BYTES;
         if frame_bytes > body_max {
@@ -461,23 +570,13 @@ impl<I: Io> Store<I> {
                 max: body_max,
             });
         }
-        if options
-            .expected_lsn
-            .is_some_and(|expected| expected != next_lsn)
-        {
-            return Err(Error::ConditionFailed { tail: next_lsn });
-        }
-        if next_lsn == 0
-            && !self.logs.contains_key(&log_id)
-            && self.logs.len() >= self.config.logs_max
-        {
+        if !self.logs.contains_key(&log_id) && self.logs.len() >= self.config.logs_max {
             return Err(Error::TooManyLogs {
                 max: self.config.logs_max,
             });
         }
         let now_wall = self.clock.wall_us();
-        // Room first (for the records and their control records: one frame, so they are
-        // durable together): a refused (Overloaded) append must not cost a pass over its bytes.
+        // Room first: a refused (Overloaded) append must not cost a pass over its bytes.
         self.make_room(frame_bytes)?;
         let frame = self
             .building
@@ -486,11 +585,8 @@ impl<I: Io> Store<I> {
         let buf = frame.buf.as_mut().expect("building frame has its buffer");
         let start = buf.len();
         buf.set_len(start + bytes);
-        let out = &mut buf.as_mut_slice()[start..];
-        // One copy from the caller's bytes into the frame; headers are stamped in place and
-        // the end-to-end checksum is verified on the copy, before anything is written.
-        let stamped = batch.lay_out(out, log_id, next_lsn, epoch, now_wall);
-        if let Err(index) = stamped {
+        // One copy from the caller's bytes into the frame, checked before anything is written.
+        if let Err(index) = lay_out(buf.range_mut(start..start + bytes), now_wall) {
             buf.set_len(start);
             return Err(Error::Checksum { index });
         }
@@ -498,13 +594,18 @@ impl<I: Io> Store<I> {
         frame.entries.push(Entry::Append {
             token,
             log_id,
-            first_lsn: next_lsn,
+            first_lsn,
             count,
         });
         let log = self.logs.entry(log_id).or_default();
-        log.next_lsn = next_lsn + u64::from(count);
+        assert_eq!(log.next_lsn, first_lsn, "log {log_id}: LSNs are dense");
+        log.next_lsn = first_lsn + u64::from(count);
         self.metrics.records_appended += u64::from(count);
         if let Some(token) = raise {
+            assert!(
+                token > log.fence,
+                "log {log_id}: a fencing token only rises"
+            );
             log.fence = token;
             let state = StateRecord {
                 kind: CONTROL_FENCE,
@@ -518,28 +619,23 @@ impl<I: Io> Store<I> {
                 fence: Some(token),
             });
         }
-        if let Some((writer_id, writer_seq)) = options.writer {
-            let batch = WriterBatch {
-                seq: writer_seq,
-                first_lsn: next_lsn,
-                count,
-            };
-            self.writers.record(log_id, writer_id, batch);
+        if let Some((writer_id, writer_seq)) = writer {
             let state = StateRecord {
                 kind: CONTROL_WRITER,
                 count,
                 log_id,
                 writer_id,
                 writer_seq,
-                value: next_lsn,
+                value: first_lsn,
             };
+            self.writers.apply(&state);
             self.push_control(bytemuck::bytes_of(&state), now_wall);
             self.push_entry(Entry::State {
                 log_id,
                 fence: None,
             });
         }
-        Ok(next_lsn..next_lsn + u64::from(count))
+        Ok(first_lsn..first_lsn + u64::from(count))
     }
 
     /// Answers a retried batch with its original LSNs: the ack goes with the newest frame
@@ -618,12 +714,13 @@ impl<I: Io> Store<I> {
         frame.records += 1;
         let buf = frame.buf.as_mut().expect("building frame has its buffer");
         let at = buf.len();
-        buf.set_len(at + record_bytes(payload.len()));
-        let out = buf.as_mut_slice();
-        out[at..at + RECORD_HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&header));
-        let end = at + RECORD_HEADER_BYTES + payload.len();
-        out[at + RECORD_HEADER_BYTES..end].copy_from_slice(payload);
-        out[end..at + record_bytes(payload.len())].fill(0);
+        let size = record_bytes(payload.len());
+        buf.set_len(at + size);
+        let out = buf.range_mut(at..at + size);
+        let (head, rest) = out.split_at_mut(RECORD_HEADER_BYTES);
+        head.copy_from_slice(bytemuck::bytes_of(&header));
+        rest[..payload.len()].copy_from_slice(payload);
+        rest[payload.len()..].fill(0);
     }
 
     fn push_entry(&mut self, entry: Entry) {
@@ -690,6 +787,22 @@ impl<I: Io> Store<I> {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<ReadRecord>> {
+        let mut gather = Gather::new(max_records, max_bytes);
+        self.read_durable(log_id, from, &mut gather)?;
+        self.process_stash();
+        Ok(gather.out)
+    }
+
+    /// Gathers durable records of `log_id` from `from` on (from the tail cache or the disk)
+    /// and returns the LSN after the last one gathered (`from` if none). Completions that
+    /// arrive meanwhile are stashed, not handled, so no frame moves and no LSN becomes
+    /// durable during the call.
+    pub(crate) fn read_durable(
+        &mut self,
+        log_id: u64,
+        from: u64,
+        gather: &mut Gather,
+    ) -> Result<u64> {
         self.check_failed()?;
         let log = self.logs.get(&log_id).ok_or(Error::UnknownLog(log_id))?;
         if from < log.trim_point {
@@ -698,9 +811,8 @@ impl<I: Io> Store<I> {
             });
         }
         let end = log.durable_lsn;
-        let mut out = Vec::new();
-        if from >= end || max_records == 0 {
-            return Ok(out);
+        if from >= end || !gather.fits(0) {
+            return Ok(from);
         }
         let Some(mut entry) = log.entry_for(from) else {
             return Err(Error::Trimmed {
@@ -708,7 +820,6 @@ impl<I: Io> Store<I> {
             });
         };
         let mut next = from;
-        let mut bytes = 0;
         let mut segment_id = log.index[entry].segment_id;
         let mut offset = log.index[entry].offset;
         'walk: while next < end {
@@ -725,13 +836,9 @@ impl<I: Io> Store<I> {
                         format!("log {log_id}: expected record {next}, found {}", r.0.lsn),
                     ));
                 }
-                if out.len() >= max_records
-                    || (!out.is_empty() && bytes + r.1.len() > max_bytes)
-                    || next >= end
-                {
+                if !gather.fits(r.1.len()) || next >= end {
                     break 'walk;
                 }
-                bytes += r.1.len();
                 if payload_crc(&r.1) != r.0.crc {
                     let path = self.segment_path(segment_id);
                     return Err(Error::corrupt(
@@ -740,13 +847,7 @@ impl<I: Io> Store<I> {
                         format!("log {log_id} record {next} fails its checksum"),
                     ));
                 }
-                out.push(ReadRecord {
-                    lsn: r.0.lsn,
-                    epoch: r.0.epoch,
-                    timestamp_us: r.0.timestamp_us,
-                    crc: r.0.crc,
-                    payload: r.1,
-                });
+                gather.push(&r.0, r.1);
                 next += 1;
             }
             offset += disk_bytes;
@@ -766,8 +867,7 @@ impl<I: Io> Store<I> {
                 offset = e.offset;
             }
         }
-        self.process_stash();
-        Ok(out)
+        Ok(next)
     }
 
     /// The positions of `log_id`, if the store has it.

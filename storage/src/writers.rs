@@ -103,8 +103,10 @@ impl Writers {
         writer.batches.push_back(batch);
     }
 
-    /// Applies a `CONTROL_WRITER` record (recovery): as [`record`](Self::record), except that
-    /// a batch already remembered (a snapshot and the records after it overlap) is skipped.
+    /// Applies a `CONTROL_WRITER` record: as [`record`](Self::record), except that a batch
+    /// that is not new for its writer is skipped. Appends apply their key this way, and so
+    /// does recovery (where a snapshot and the records after it overlap), so both build the
+    /// same table.
     pub(crate) fn apply(&mut self, record: &StateRecord) {
         debug_assert_eq!(record.kind, CONTROL_WRITER);
         if let Lookup::New = self.lookup(record.log_id, record.writer_id, record.writer_seq) {

@@ -4,7 +4,8 @@
 //!
 //! A `Store` is single-threaded and poll-driven, like the shard that owns it: `append` and
 //! `trim` only lay records into the current write buffer and return at once; `poll` submits
-//! frames, reaps completions and hands out [`Ack`]s for what became durable.
+//! frames, reaps completions and hands out [`Ack`]s for what became durable. Replica appends
+//! are in [`crate::replica`].
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
@@ -542,7 +543,8 @@ impl<I: Io> Store<I> {
     }
 
     /// Stores a batch that passed the checks of its kind of append
-    /// ([`append_batch`](Self::append_batch)'s, so far): makes room in the building frame for its records and their control records (one frame, so
+    /// ([`append_batch`](Self::append_batch), [`append_replica`](Self::append_replica)): makes
+    /// room in the building frame for its records and their control records (one frame, so
     /// they are durable together), copies the records in once with `lay_out(out, now_wall)`,
     /// which verifies each record's checksum on the copy (`Err(index)` for the first that
     /// fails: nothing is kept), then does the log's bookkeeping and lays the control records
@@ -915,7 +917,7 @@ impl<I: Io> Store<I> {
         self.segments.len()
     }
 
-    fn check_failed(&self) -> Result<()> {
+    pub(crate) fn check_failed(&self) -> Result<()> {
         match &self.failed {
             Some(reason) => Err(Error::Fatal(reason.clone())),
             None => Ok(()),

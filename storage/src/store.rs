@@ -5,14 +5,14 @@
 //! A `Store` is single-threaded and poll-driven, like the shard that owns it: `append` and
 //! `trim` only lay records into the current write buffer and return at once; `poll` submits
 //! frames, reaps completions and hands out [`Ack`]s for what became durable. Replica appends
-//! are in [`crate::replica`].
+//! and pins are in [`crate::replica`].
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::buf::AlignedBuf;
+use crate::buf::{AlignedBuf, BufAddr};
 use crate::calibrate::Calibration;
 use crate::clock::Clock;
 use crate::config::{DurabilityMode, StoreConfig};
@@ -27,6 +27,7 @@ use crate::lifecycle::Spare;
 use crate::log::LogState;
 use crate::metrics::StoreMetrics;
 use crate::recovery::{recover, RecoveryReport};
+use crate::replica::next_store_id;
 use crate::segment::{Segment, Window};
 use crate::writers::{Lookup, WriterBatch, Writers};
 
@@ -254,6 +255,10 @@ pub(crate) enum Entry {
 /// A write buffer and what is in it.
 #[derive(Debug)]
 pub(crate) struct Frame {
+    /// Which of the store's buffers this is (its index in [`Store::pins`]).
+    pub(crate) slot: usize,
+    /// Where the buffer's bytes are, also while the buffer is moved into its write.
+    pub(crate) base: BufAddr,
     /// The bytes (header space first); `None` while the kernel has it.
     pub(crate) buf: Option<AlignedBuf>,
     pub(crate) kind: FrameKind,
@@ -270,8 +275,10 @@ pub(crate) struct Frame {
 }
 
 impl Frame {
-    fn new(buf: AlignedBuf) -> Frame {
+    fn new(slot: usize, buf: AlignedBuf) -> Frame {
         Frame {
+            slot,
+            base: buf.addr(),
             buf: Some(buf),
             kind: FrameKind::Data,
             entries: Vec::new(),
@@ -288,6 +295,15 @@ impl Frame {
     pub(crate) fn bytes(&self) -> &[u8] {
         self.buf.as_ref().expect("frame buffer").as_slice()
     }
+}
+
+/// Where the records of the last append went (what [`Store::pin_last`] pins).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stored {
+    pub(crate) slot: usize,
+    /// Offset of the first record in the frame buffer.
+    pub(crate) start: usize,
+    pub(crate) len: usize,
 }
 
 /// A batch that passed the checks of its kind of append, about to be stored
@@ -347,7 +363,12 @@ impl Gather {
 /// One shard's storage engine.
 #[derive(Debug)]
 pub struct Store<I: Io> {
+    /// The first field, so the first dropped: the backend finishes (or abandons, keeping their
+    /// buffers) every operation in flight, frame writes and the owner's sends from pinned
+    /// frames alike, before any frame buffer is freed.
     pub(crate) io: I,
+    /// Tells this store's pins from another's.
+    pub(crate) id: u64,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: StoreConfig,
     pub(crate) dir: PathBuf,
@@ -369,6 +390,10 @@ pub struct Store<I: Io> {
     pub(crate) sealed: VecDeque<Frame>,
     pub(crate) in_flight: VecDeque<Frame>,
     pub(crate) tail_cache: VecDeque<Frame>,
+    /// Pins of each frame buffer (by [`Frame::slot`]): a pinned buffer is never reused.
+    pub(crate) pins: Vec<u32>,
+    /// The records of the last append, while nothing else happened since.
+    pub(crate) last_stored: Option<Stored>,
     pub(crate) next_seq: u64,
     pub(crate) last_crc: u32,
     pub(crate) durable_seq: u64,
@@ -398,7 +423,7 @@ impl<I: Io> Store<I> {
         config.validate()?;
         let recovered = recover(&mut io, dir, config.writers_max)?;
         let mut free: Vec<Frame> = (0..config.write_buffers)
-            .map(|_| Frame::new(AlignedBuf::new(config.batch_bytes_max)))
+            .map(|slot| Frame::new(slot, AlignedBuf::new(config.batch_bytes_max)))
             .collect();
         let mut bufs: Vec<AlignedBuf> = free
             .iter_mut()
@@ -420,6 +445,7 @@ impl<I: Io> Store<I> {
         let dir_file = io.open_dir(dir).map_err(|e| Error::io(dir, e))?;
         let mut store = Store {
             io,
+            id: next_store_id(),
             clock,
             dir: dir.to_path_buf(),
             dir_file,
@@ -436,6 +462,8 @@ impl<I: Io> Store<I> {
             sealed: VecDeque::new(),
             in_flight: VecDeque::new(),
             tail_cache: VecDeque::new(),
+            pins: vec![0; config.write_buffers],
+            last_stored: None,
             next_seq: recovered.next_seq,
             last_crc: recovered.last_crc,
             durable_seq: recovered.next_seq - 1,
@@ -495,6 +523,7 @@ impl<I: Io> Store<I> {
         batch: Batch<'_>,
         token: u64,
     ) -> Result<Range<u64>> {
+        self.last_stored = None;
         self.check_failed()?;
         if log_id == SYSTEM_LOG {
             return Err(Error::ReservedLog(log_id));
@@ -599,6 +628,11 @@ impl<I: Io> Store<I> {
             first_lsn,
             count,
         });
+        self.last_stored = Some(Stored {
+            slot: frame.slot,
+            start,
+            len: bytes,
+        });
         let log = self.logs.entry(log_id).or_default();
         assert_eq!(log.next_lsn, first_lsn, "log {log_id}: LSNs are dense");
         log.next_lsn = first_lsn + u64::from(count);
@@ -671,6 +705,7 @@ impl<I: Io> Store<I> {
     /// trim is durable when an [`Ack`] with `token` is reported, and segments whose records
     /// are all trimmed are deleted after that.
     pub fn trim(&mut self, log_id: u64, before: u64, token: u64) -> Result<()> {
+        self.last_stored = None;
         self.check_failed()?;
         if log_id == SYSTEM_LOG {
             return Err(Error::ReservedLog(log_id));
@@ -735,6 +770,8 @@ impl<I: Io> Store<I> {
     /// `acks`. An `Err(Error::Fatal)` means a write or flush failed: no ack comes with it or
     /// ever after (every ack delivered before it was durable).
     pub fn poll(&mut self, wait: bool, acks: &mut Vec<Ack>) -> Result<()> {
+        // Frames move from here on: the last append's records may leave the building frame.
+        self.last_stored = None;
         if self.failed.is_none() {
             self.pump();
             let mut completions = std::mem::take(&mut self.stash);
@@ -767,15 +804,24 @@ impl<I: Io> Store<I> {
     }
 
     /// Polls until everything appended so far is durable (or the store failed).
+    /// [`Error::Overloaded`] if pinned buffers keep it from getting there (a segment rollover
+    /// needs a buffer for its snapshot and every one is pinned): unpin, then call it again.
     pub fn sync_all(&mut self, acks: &mut Vec<Ack>) -> Result<()> {
-        while self
-            .building
-            .as_ref()
-            .is_some_and(|f| !f.entries.is_empty())
-            || !self.sealed.is_empty()
-            || !self.in_flight.is_empty()
-        {
+        let pending = |store: &Self| {
+            store
+                .building
+                .as_ref()
+                .is_some_and(|f| !f.entries.is_empty())
+                || !store.sealed.is_empty()
+                || !store.in_flight.is_empty()
+        };
+        while pending(self) {
             self.poll(true, acks)?;
+            if pending(self) && self.io.in_flight() == 0 {
+                // Nothing to wait for and still something to write: only a buffer can help.
+                self.metrics.overloaded += 1;
+                return Err(Error::Overloaded);
+            }
         }
         self.poll(false, acks)
     }
@@ -1004,9 +1050,20 @@ impl<I: Io> Store<I> {
         }
     }
 
-    /// A free frame buffer: from the free list, or the oldest cached frame.
+    /// A free frame buffer: from the free list, or the oldest cached frame that is not pinned.
     pub(crate) fn take_frame(&mut self) -> Option<Frame> {
-        let mut frame = self.free.pop().or_else(|| self.tail_cache.pop_front())?;
+        let mut frame = match self.free.pop() {
+            Some(frame) => frame,
+            None => {
+                let pins = &self.pins;
+                let i = self.tail_cache.iter().position(|f| pins[f.slot] == 0)?;
+                self.tail_cache.remove(i).expect("found above")
+            }
+        };
+        assert_eq!(
+            self.pins[frame.slot], 0,
+            "a pinned frame buffer is never reused"
+        );
         frame.entries.clear();
         frame.records = 0;
         frame.done = false;
@@ -1025,8 +1082,11 @@ impl<I: Io> Store<I> {
             .as_ref()
             .is_some_and(|f| f.bytes().len() + bytes <= self.config.batch_bytes_max);
         if !fits {
-            // Keep one buffer back for the snapshot frame that a segment rollover needs.
-            if self.free.len() + self.tail_cache.len() <= 1 {
+            // Keep one buffer back for the snapshot frame that a segment rollover needs. Pinned
+            // buffers cannot be had: when they are all that is left, this is the backpressure.
+            let pins = &self.pins;
+            let reusable = self.tail_cache.iter().filter(|f| pins[f.slot] == 0).count();
+            if self.free.len() + reusable <= 1 {
                 self.metrics.overloaded += 1;
                 return Err(Error::Overloaded);
             }

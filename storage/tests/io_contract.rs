@@ -1,7 +1,7 @@
 //! The contract of the [`Io`] seam, written once and run against every backend: io_uring on a
 //! real file system, the simulated disk, and the fault-injecting wrapper with no faults planned
 //! (it must be transparent). Buffers come back from their operations at the address they went
-//! in with. A store-level scenario then checks that the engine behaves the same
+//! in with, which pinned frames rely on. A store-level scenario then checks that the engine behaves the same
 //! on the real backend and on the simulator (same LSNs, same payloads), which is what makes the
 //! simulator's verdicts worth trusting.
 
@@ -405,7 +405,8 @@ fn contract_many_in_flight<I: Io>(io: &mut I, dir: &Path) {
 }
 
 /// The buffer of a write or a read comes back in its completion: the same allocation at the
-/// same address, and a write leaves its buffer's bytes as they were.
+/// same address (a pinned frame is sent from that memory while it goes to disk), and a write
+/// leaves its buffer's bytes as they were.
 fn contract_buffers_come_back_at_their_address<I: Io>(io: &mut I, dir: &Path) {
     io.create_dir_all(dir).expect("create_dir_all");
     let f = io.open(&dir.join("addr.seg"), true).expect("create");

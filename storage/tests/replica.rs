@@ -1,16 +1,18 @@
-//! The store as a chain replica, on the simulator and on io_uring: `append_replica` refuses
-//! anything but the log's next records, as the head stamped them, with nothing written, and
-//! the head's fencing tokens and idempotency keys survive a reopen so the replica can become
-//! the head.
+//! The store as a chain replica, on the simulator and on io_uring: `append_replica` stores
+//! the head's records as they are (and refuses anything else with nothing written), the head's
+//! fencing tokens and idempotency keys survive a reopen so the replica can become the head,
+//! pinned records stay byte-identical in their frame buffer through its write, completion,
+//! tail-cache life and a store failure, and a pinned buffer is never reused (every buffer
+//! pinned is `Overloaded`).
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chainlog_storage::format::{record_bytes, SYSTEM_LOG};
+use chainlog_storage::format::{record_bytes, RecordHeader, Records, SYSTEM_LOG};
 use chainlog_storage::{
-    AppendOptions, Batch, Clock, DurabilityMode, Error, FaultConfig, Io, ReadRecord, Record,
-    ReplicaState, SimDisk, Store, StoreConfig, SystemClock, UringIo,
+    AppendOptions, Batch, Clock, DurabilityMode, Error, FaultConfig, FaultPlan, FaultyIo, Io,
+    ReadRecord, Record, ReplicaState, SimDisk, Store, StoreConfig, SystemClock, UringIo,
 };
 
 mod common;
@@ -127,8 +129,12 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    a_replica_stores_the_heads_records_as_they_are,
     the_heads_state_survives_a_reopen_and_the_replica_can_lead,
     refused_replica_appends_write_nothing,
+    pinned_bytes_stay_identical_through_the_frames_life,
+    a_pinned_buffer_is_never_reused,
+    pins_of_a_failed_store_stay_valid_until_unpinned,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -141,6 +147,16 @@ fn payloads(n: usize, len: usize, seed: u8) -> Vec<Vec<u8>> {
             (0..len + i)
                 .map(|j| seed ^ (j as u8).wrapping_mul(13) ^ i as u8)
                 .collect()
+        })
+        .collect()
+}
+
+/// The records of stored-layout bytes.
+fn parse(bytes: &[u8], count: u32) -> Vec<(RecordHeader, Vec<u8>)> {
+    Records::new(bytes, count)
+        .map(|r| {
+            let r = r.expect("well formed");
+            (r.header, r.payload.to_vec())
         })
         .collect()
 }
@@ -178,6 +194,64 @@ fn keyed_and_fenced(writer: (u64, u64), token: u64) -> ReplicaState {
 // ---------------------------------------------------------------------------------------------
 // Replica appends
 // ---------------------------------------------------------------------------------------------
+
+/// The head's pinned bytes, replicated: the replica stores and pins the very same bytes, and
+/// reads back the head's LSNs, epochs and timestamps.
+fn a_replica_stores_the_heads_records_as_they_are<B: Backend>(b: &mut B) {
+    let mut head = b.open("head");
+    let mut replica = b.open("replica");
+    let batches = [payloads(3, 10, 1), payloads(2, 5000, 2)];
+    let options = [
+        AppendOptions {
+            fencing_token: Some(5),
+            writer: Some((9, 1)),
+            ..AppendOptions::default()
+        },
+        AppendOptions::default(),
+    ];
+    let mut next = 0;
+    for (i, (batch, options)) in batches.iter().zip(&options).enumerate() {
+        let records: Vec<Record<'_>> = batch.iter().map(|p| Record::new(p)).collect();
+        let token = i as u64;
+        let lsns = head
+            .append_batch(LOG, 3, options, Batch::Records(&records), token)
+            .expect("head append");
+        assert_eq!(lsns, next..next + batch.len() as u64);
+        let pin = head.pin_last().expect("records were stored");
+        let bytes = head.pinned(&pin).to_vec();
+        let state = ReplicaState {
+            fencing_token: options.fencing_token,
+            writer: options.writer,
+        };
+        let count = batch.len() as u32;
+        assert_res!(
+            replica.append_replica(LOG, 3, next, &bytes, count, &state, 10 + token),
+            Ok(lsns.clone())
+        );
+        let copy = replica.pin_last().expect("records were stored");
+        assert_eq!(replica.pinned(&copy), bytes, "stored as they came");
+        let parsed = parse(&bytes, count);
+        for (k, (header, payload)) in parsed.iter().enumerate() {
+            assert_eq!(
+                (header.log_id, header.lsn, header.epoch),
+                (LOG, next + k as u64, 3)
+            );
+            assert_eq!(payload, &batch[k]);
+        }
+        head.unpin(pin);
+        replica.unpin(copy);
+        next = lsns.end;
+    }
+    assert_eq!(sync(&mut head), [0, 1]);
+    assert_eq!(sync(&mut replica), [10, 11], "acked like appends");
+    assert_eq!(read_all(&mut replica, LOG), read_all(&mut head, LOG));
+    assert_eq!(
+        replica.tail(LOG),
+        head.tail(LOG),
+        "same positions and token"
+    );
+    assert_eq!(replica.metrics().frames_pinned, 0);
+}
 
 /// Fencing tokens and idempotency keys that came with replicated batches are applied without
 /// checks, survive a reopen, and then work as on a head: a lower token is fenced, a retry
@@ -355,6 +429,7 @@ fn refused_replica_appends_write_nothing<B: Backend>(b: &mut B) {
         let got = store.append_replica(LOG, 3, first_lsn, &bytes, count, &none, 99);
         assert_eq!(got.map_err(|e| e.to_string()), Err(expected), "{what}");
         assert_eq!(store.tail(LOG), before, "{what}: nothing written");
+        assert!(store.pin_last().is_none(), "{what}: nothing to pin");
     }
     let system = stamped(SYSTEM_LOG, 0, 3, &good);
     assert_res!(
@@ -389,4 +464,189 @@ fn refused_replica_appends_write_nothing<B: Backend>(b: &mut B) {
         .collect();
     assert_eq!(got, [good, three].concat());
     assert_eq!(store.tail(200), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pins
+// ---------------------------------------------------------------------------------------------
+
+/// A pin taken right after an append: the bytes and their address stay the same while the
+/// frame is built further, written, completed, cached, and while every other buffer is reused
+/// many times over (segments roll over meanwhile); the records read back from disk are the
+/// pinned ones.
+fn pinned_bytes_stay_identical_through_the_frames_life<B: Backend>(b: &mut B) {
+    let mut store = b.open("head");
+    let batch = payloads(3, 700, 7);
+    let records: Vec<Record<'_>> = batch.iter().map(|p| Record::new(p)).collect();
+    let options = AppendOptions {
+        fencing_token: Some(2),
+        writer: Some((1, 1)),
+        ..AppendOptions::default()
+    };
+    store
+        .append_batch(LOG, 1, &options, Batch::Records(&records), 1)
+        .expect("append");
+    let pin = store.pin_last().expect("records were stored");
+    let first = store.pin_last().expect("again");
+    store.unpin(first);
+    let bytes = store.pinned(&pin).to_vec();
+    let at = store.pinned(&pin).as_ptr();
+    assert_eq!(pin.len(), bytes.len());
+    assert_eq!(
+        bytes.len(),
+        batch.iter().map(|p| record_bytes(p.len())).sum()
+    );
+    let parsed = parse(&bytes, 3);
+    for (i, (header, payload)) in parsed.iter().enumerate() {
+        assert_eq!(
+            (header.log_id, header.lsn, header.epoch),
+            (LOG, i as u64, 1)
+        );
+        assert_eq!(payload, &batch[i]);
+    }
+    assert_eq!(store.metrics().frames_pinned, 1);
+    let check = |store: &Store<B::Io>, when: &str| {
+        assert_eq!(store.pinned(&pin).as_ptr(), at, "{when}: the same memory");
+        assert_eq!(store.pinned(&pin), bytes, "{when}: the same bytes");
+    };
+    // More records in the same frame, after the pinned ones.
+    store
+        .append(LOG, 1, &[Record::new(&[9; 300])], 2)
+        .expect("append");
+    check(&store, "building");
+    store.poll(false, &mut Vec::new()).expect("poll");
+    check(&store, "submitted");
+    sync(&mut store);
+    check(&store, "durable");
+    let filler = [0x5a_u8; 12 << 10];
+    for token in 0..(12 * WRITE_BUFFERS) as u64 {
+        // Each frame of another log takes a buffer of its own and goes through the cache.
+        let four = [Record::new(&filler); 4];
+        store.append(LOG + 1, 1, &four, 10 + token).expect("append");
+        store.poll(false, &mut Vec::new()).expect("poll");
+        check(&store, "other frames written");
+        sync(&mut store);
+        check(&store, "other frames durable");
+    }
+    assert!(
+        store.metrics().segments_created >= 4,
+        "segments rolled over meanwhile"
+    );
+    let read: Vec<Vec<u8>> = store
+        .read(LOG, 0, 3, usize::MAX)
+        .expect("read")
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    assert_eq!(read, batch);
+    store.unpin(pin);
+    assert_eq!(store.metrics().frames_pinned, 0);
+}
+
+/// Each frame pinned stays out of use: with every buffer but the one kept for a rollover's
+/// snapshot pinned, appends (and replica appends) get `Overloaded`, reads still work, and
+/// after an unpin appends succeed again.
+fn a_pinned_buffer_is_never_reused<B: Backend>(b: &mut B) {
+    let mut store = b.open("head");
+    // Over half a frame: every append needs a frame of its own.
+    let big = vec![3u8; RECORD_BYTES_MAX];
+    let two = [Record::new(&big), Record::new(&big)];
+    let mut pins = Vec::new();
+    let mut lsn = 0;
+    let overloaded = loop {
+        match store.append(LOG, 1, &two, lsn) {
+            Ok(lsns) => {
+                assert_eq!(lsns, lsn..lsn + 2);
+                lsn += 2;
+                let pin = store.pin_last().expect("stored");
+                let bytes = store.pinned(&pin).to_vec();
+                pins.push((pin, bytes));
+                sync(&mut store);
+            }
+            Err(e) => break e,
+        }
+        assert!(pins.len() < WRITE_BUFFERS, "a pinned buffer was reused");
+    };
+    assert!(matches!(overloaded, Error::Overloaded), "{overloaded}");
+    assert_eq!(pins.len(), WRITE_BUFFERS - 1, "all but one buffer pinned");
+    assert_eq!(store.metrics().frames_pinned, pins.len() as u64);
+    let stamped_two = stamped(LOG, lsn, 3, &[big.clone(), big.clone()]);
+    assert_res!(
+        store.append_replica(LOG, 3, lsn, &stamped_two, 2, &ReplicaState::default(), 99),
+        Err(Error::Overloaded)
+    );
+    assert_eq!(
+        store
+            .read(LOG, 0, usize::MAX, usize::MAX)
+            .expect("read")
+            .len() as u64,
+        lsn
+    );
+    for (pin, bytes) in &pins {
+        assert_eq!(store.pinned(pin), bytes);
+    }
+    let (pin, _) = pins.remove(0);
+    store.unpin(pin);
+    assert_res!(store.append(LOG, 1, &two, lsn), Ok(lsn..lsn + 2));
+    assert_res!(
+        store.append_replica(
+            LOG,
+            3,
+            lsn + 2,
+            &stamped(LOG, lsn + 2, 3, &[vec![1]]),
+            1,
+            &ReplicaState::default(),
+            100
+        ),
+        Ok(lsn + 2..lsn + 3),
+        "room in the same frame"
+    );
+    sync(&mut store);
+    for (pin, bytes) in pins {
+        assert_eq!(store.pinned(&pin), bytes);
+        store.unpin(pin);
+    }
+    assert_eq!(store.metrics().frames_pinned, 0);
+}
+
+/// Writes a new store makes before its first frame (`Dsync`, no calibration): zero-fill (one
+/// 1 MiB write) and header of the first segment, then of the spare.
+const WRITES_AT_OPEN: u64 = 4;
+
+/// A frame write fails: the store stops (`Fatal`), and its pins, one of the failed frame and
+/// one of a frame never written, still read the same bytes and unpin.
+fn pins_of_a_failed_store_stay_valid_until_unpinned<B: Backend>(b: &mut B) {
+    // The first segment's snapshot is the next write, then the first data frame fails.
+    let plan = FaultPlan {
+        fail_write_number: Some(WRITES_AT_OPEN + 2),
+        ..FaultPlan::default()
+    };
+    let dir = b.dir("failing");
+    let io = FaultyIo::new(b.io(), plan);
+    let mut store = Store::open(io, &dir, config(), b.clock()).expect("open");
+    let one = payloads(2, 100, 8);
+    let records: Vec<Record<'_>> = one.iter().map(|p| Record::new(p)).collect();
+    store.append(LOG, 1, &records, 1).expect("append");
+    let failing = store.pin_last().expect("stored");
+    store.poll(false, &mut Vec::new()).expect("submitted");
+    store.append(LOG, 1, &records, 2).expect("append");
+    let unwritten = store.pin_last().expect("stored");
+    let bytes = [
+        store.pinned(&failing).to_vec(),
+        store.pinned(&unwritten).to_vec(),
+    ];
+    let mut acks = Vec::new();
+    let failed = store.sync_all(&mut acks);
+    assert!(matches!(failed, Err(Error::Fatal(_))), "{failed:?}");
+    assert!(acks.is_empty());
+    assert!(matches!(
+        store.append(LOG, 1, &records, 3),
+        Err(Error::Fatal(_))
+    ));
+    assert!(store.pin_last().is_none());
+    assert_eq!(store.pinned(&failing), bytes[0]);
+    assert_eq!(store.pinned(&unwritten), bytes[1]);
+    store.unpin(failing);
+    store.unpin(unwritten);
+    assert_eq!(store.metrics().frames_pinned, 0);
 }

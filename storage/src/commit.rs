@@ -160,6 +160,7 @@ impl<I: Io> Store<I> {
     /// Stamps the frame header, places the frame in the active segment and writes it. Only the
     /// header and the padding are written here: the records (maybe pinned) stay as they are.
     fn submit(&mut self, mut frame: Frame) {
+        assert_eq!(frame.seq, 0, "a frame is submitted once");
         let now = self.clock.monotonic_us();
         let seq = self.next_seq;
         self.next_seq += 1;

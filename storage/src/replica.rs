@@ -1,6 +1,7 @@
 //! Chain replication's side of the store: appending records that another node sequenced
-//! ([`Store::append_replica`]), and pinning stored records so that they are forwarded from the
-//! frame buffer that goes to disk ([`Pin`]).
+//! ([`Store::append_replica`]), pinning stored records so that they are forwarded from the
+//! frame buffer that goes to disk ([`Pin`]), and reading records that are stored but not yet
+//! durable, to catch a successor up ([`Store::read_stored`]).
 //!
 //! A replica stores the head's records as they are: same bytes, same LSNs, epochs and
 //! timestamps, and the head's fencing-token raises and idempotency keys as the same control
@@ -21,7 +22,7 @@ use crate::buf::BufAddr;
 use crate::error::{Error, Result};
 use crate::format::{payload_crc, RecordHeader, Records, SYSTEM_LOG};
 use crate::io::Io;
-use crate::store::{measure_encoded, Admitted, Store};
+use crate::store::{measure_encoded, Admitted, Entry, Gather, ReadRecord, Store};
 
 /// The head's decisions about a replicated batch, applied by the replica without checking
 /// them (the head checked them).
@@ -197,5 +198,53 @@ impl<I: Io> Store<I> {
         if *pins == 0 {
             self.metrics.frames_pinned -= 1;
         }
+    }
+
+    /// As [`read`](Self::read), and then the records stored but not yet durable (in frames
+    /// being filled, sealed or in flight, read from memory): what a successor that is behind
+    /// needs. Never anything that was not appended, and never part of a record.
+    pub fn read_stored(
+        &mut self,
+        log_id: u64,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<ReadRecord>> {
+        let mut gather = Gather::new(max_records, max_bytes);
+        let mut next = self.read_durable(log_id, from, &mut gather)?;
+        // No frame moved during `read_durable`: every record from the durable LSN on is in a
+        // frame in flight, sealed or being filled, in that order.
+        if next >= self.logs[&log_id].durable_lsn {
+            let frames = self.in_flight.iter().chain(&self.sealed);
+            'frames: for frame in frames.chain(self.building.as_ref()) {
+                let holds = frame.entries.iter().any(|e| {
+                    matches!(*e, Entry::Append { log_id: l, first_lsn, count, .. }
+                        if l == log_id && first_lsn + u64::from(count) > next)
+                });
+                if !holds {
+                    continue;
+                }
+                for record in frame.contents() {
+                    let record = record.expect("a frame in memory is well formed");
+                    let header = record.header;
+                    if header.log_id != log_id || header.lsn < next {
+                        continue;
+                    }
+                    assert_eq!(header.lsn, next, "log {log_id}: stored records are dense");
+                    if !gather.fits(record.payload.len()) {
+                        break 'frames;
+                    }
+                    assert_eq!(
+                        payload_crc(record.payload),
+                        header.crc,
+                        "log {log_id} record {next} changed in memory"
+                    );
+                    gather.push(&header, record.payload.to_vec());
+                    next += 1;
+                }
+            }
+        }
+        self.process_stash();
+        Ok(gather.out)
     }
 }

@@ -4,8 +4,8 @@
 //!
 //! A `Store` is single-threaded and poll-driven, like the shard that owns it: `append` and
 //! `trim` only lay records into the current write buffer and return at once; `poll` submits
-//! frames, reaps completions and hands out [`Ack`]s for what became durable. Replica appends
-//! and pins are in [`crate::replica`].
+//! frames, reaps completions and hands out [`Ack`]s for what became durable. Replica appends,
+//! pins and reads of stored records are in [`crate::replica`].
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
@@ -18,9 +18,9 @@ use crate::clock::Clock;
 use crate::config::{DurabilityMode, StoreConfig};
 use crate::error::{Error, Result};
 use crate::format::{
-    block_align, payload_crc, record_bytes, ControlRecord, FrameKind, RecordHeader, Records,
-    StateRecord, BLOCK_SIZE, CONTROL_FENCE, CONTROL_TRIM, CONTROL_WRITER, FRAME_HEADER_BYTES,
-    RECORD_HEADER_BYTES, STATE_RECORD_BYTES, SYSTEM_LOG,
+    block_align, payload_crc, record_bytes, ControlRecord, FrameHeader, FrameKind, RecordHeader,
+    Records, StateRecord, BLOCK_SIZE, CONTROL_FENCE, CONTROL_TRIM, CONTROL_WRITER,
+    FRAME_HEADER_BYTES, RECORD_HEADER_BYTES, STATE_RECORD_BYTES, SYSTEM_LOG,
 };
 use crate::io::{Completion, Durability, FileId, Io};
 use crate::lifecycle::Spare;
@@ -267,6 +267,7 @@ pub(crate) struct Frame {
     /// When the first record went in (batch wait starts).
     pub(crate) opened_us: u64,
     // Set when submitted:
+    /// The frame's sequence number; 0 until it is submitted.
     pub(crate) seq: u64,
     pub(crate) segment_id: u64,
     pub(crate) offset: u64,
@@ -294,6 +295,22 @@ impl Frame {
 
     pub(crate) fn bytes(&self) -> &[u8] {
         self.buf.as_ref().expect("frame buffer").as_slice()
+    }
+
+    /// The records laid into the frame so far, wherever its buffer is: in the frame (being
+    /// filled, sealed, back from its write) or moved into its in-flight write.
+    pub(crate) fn contents(&self) -> Records<'_> {
+        if self.seq == 0 {
+            return Records::new(&self.bytes()[FRAME_HEADER_BYTES..], self.records);
+        }
+        // SAFETY: the buffer lives (here, or in its write until the completion: the Io
+        // contract), its header and body were written at submission, and nothing writes a
+        // submitted frame (the store does not; a backend only reads a write's buffer).
+        let header: FrameHeader =
+            bytemuck::pod_read_unaligned(unsafe { self.base.slice(0..FRAME_HEADER_BYTES) });
+        let body = FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.body_len as usize;
+        // SAFETY: as above.
+        Records::new(unsafe { self.base.slice(body) }, header.count)
     }
 }
 
@@ -993,8 +1010,8 @@ impl<I: Io> Store<I> {
         segment_id: u64,
         offset: u64,
     ) -> Result<(Vec<(RecordHeader, Vec<u8>)>, u64)> {
-        let collect = |body: &[u8], count: u32| -> Option<Vec<(RecordHeader, Vec<u8>)>> {
-            Records::new(body, count)
+        let collect = |records: Records<'_>| -> Option<Vec<(RecordHeader, Vec<u8>)>> {
+            records
                 .map(|r| r.ok().map(|r| (r.header, r.payload.to_vec())))
                 .collect()
         };
@@ -1003,12 +1020,8 @@ impl<I: Io> Store<I> {
             .iter()
             .find(|f| f.segment_id == segment_id && f.offset == offset)
         {
-            let bytes = frame.bytes();
-            let header: crate::format::FrameHeader =
-                bytemuck::pod_read_unaligned(&bytes[..FRAME_HEADER_BYTES]);
-            let body = &bytes[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.body_len as usize];
-            let records = collect(body, header.count).expect("a cached frame is well formed");
-            return Ok((records, bytes.len() as u64));
+            let records = collect(frame.contents()).expect("a cached frame is well formed");
+            return Ok((records, frame.bytes().len() as u64));
         }
         let path = self.segment_path(segment_id);
         let segment = self
@@ -1030,7 +1043,7 @@ impl<I: Io> Store<I> {
             .map_err(|e| Error::io(&path, e))?;
         match found {
             Ok(frame) if frame.header.kind == FrameKind::Data as u16 => {
-                let records = collect(frame.body, frame.header.count)
+                let records = collect(Records::new(frame.body, frame.header.count))
                     .ok_or_else(|| Error::corrupt(&path, offset, "records overrun their frame"))?;
                 Ok((records, frame.disk_bytes))
             }
@@ -1067,6 +1080,7 @@ impl<I: Io> Store<I> {
         frame.entries.clear();
         frame.records = 0;
         frame.done = false;
+        frame.seq = 0;
         frame
             .buf
             .as_mut()

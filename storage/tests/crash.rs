@@ -18,7 +18,8 @@
 //!   in call order, after the original's);
 //! - a third of the appends are replica appends (`append_replica`: records stamped by a head,
 //!   with the head's token and key applied unconditionally), and their token and key survive
-//!   exactly like a head's, so that the retries above find them too.
+//!   exactly like a head's, so that the retries above find them too;
+//! - half the reads are `read_stored`, which must also return every record not yet durable.
 //!
 //! The tests differ in where the power fails: between store calls (with and without reads in
 //! the workload), between any two I/O operations inside a call or inside recovery itself (a
@@ -203,6 +204,8 @@ struct Coverage {
     /// Batches retried (and found by their idempotency key) right after a recovery.
     retries_after_recovery: u64,
     reads: u64,
+    /// Reads made with `read_stored` that returned records not durable yet.
+    stored_reads: u64,
     segments_created: u64,
     segments_deleted: u64,
     torn_tails: u64,
@@ -473,27 +476,41 @@ fn trim<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng) -> Ste
     Ok(())
 }
 
-/// A read of random bounds, compared with exactly what the model says it must return.
-fn read<I: Io>(store: &mut Store<I>, model: &Model, rng: &mut SimRng) -> Step {
+/// A read of random bounds, with `read` or (half the time) `read_stored`, compared with
+/// exactly what the model says it must return; returns whether it was a `read_stored` that
+/// returned records not durable yet.
+fn read<I: Io>(store: &mut Store<I>, model: &Model, rng: &mut SimRng) -> Result<bool, Failed> {
     let log = LOG_IDS[rng.below(LOG_IDS.len() as u64) as usize];
     let Some(tail) = check_tail(store, model, log) else {
         match store.read(log, 0, 1, 1) {
-            Err(Error::UnknownLog(l)) if l == log => return Ok(()),
+            Err(Error::UnknownLog(l)) if l == log => return Ok(false),
             other => return Err(other.expect_err("a read of an unknown log fails").into()),
         }
     };
     let m = &model.logs[&log];
+    let stored = rng.one_in(2);
+    let end = if stored {
+        tail.next_lsn
+    } else {
+        tail.durable_lsn
+    };
     let from = if tail.trim_point > 0 && rng.one_in(10) {
         rng.below(tail.trim_point)
     } else {
-        tail.trim_point + rng.below(tail.durable_lsn.saturating_sub(tail.trim_point) + 2)
+        tail.trim_point + rng.below(end.saturating_sub(tail.trim_point) + 2)
     };
     let max_records = rng.below(20) as usize;
     let max_bytes = rng.below(12_000) as usize;
-    let got = store.read(log, from, max_records, max_bytes);
+    let got = if stored {
+        store.read_stored(log, from, max_records, max_bytes)
+    } else {
+        store.read(log, from, max_records, max_bytes)
+    };
     if from < tail.trim_point {
         match got {
-            Err(Error::Trimmed { trim_point }) if trim_point == tail.trim_point => return Ok(()),
+            Err(Error::Trimmed { trim_point }) if trim_point == tail.trim_point => {
+                return Ok(false)
+            }
             Err(Error::Trimmed { .. }) | Ok(_) => {
                 panic!("log {log}: read below the trim point {tail:?}: {got:?}")
             }
@@ -506,11 +523,12 @@ fn read<I: Io>(store: &mut Store<I>, model: &Model, rng: &mut SimRng) -> Step {
         ),
         error,
     })?;
-    // What the read must return: records from `from` while below the durable LSN, at most
-    // `max_records`, and within `max_bytes` of payload after the first.
+    // What the read must return: records from `from` while below the durable LSN (or, for
+    // `read_stored`, the next LSN), at most `max_records`, and within `max_bytes` of payload
+    // after the first.
     let mut want = Vec::new();
     let mut bytes = 0;
-    for lsn in from..tail.durable_lsn {
+    for lsn in from..end {
         let len = m.records[lsn as usize].1.len();
         if want.len() >= max_records || (!want.is_empty() && bytes + len > max_bytes) {
             break;
@@ -532,7 +550,7 @@ fn read<I: Io>(store: &mut Store<I>, model: &Model, rng: &mut SimRng) -> Step {
             r.lsn
         );
     }
-    Ok(())
+    Ok(stored && got.last().is_some_and(|r| r.lsn >= tail.durable_lsn))
 }
 
 /// Random operations until the crash point.
@@ -560,7 +578,7 @@ fn run_workload<I: Io>(
                 coverage.retries += 1;
             }
             62..=69 if reads => {
-                read(store, model, rng)?;
+                coverage.stored_reads += u64::from(read(store, model, rng)?);
                 coverage.reads += 1;
             }
             62..=81 => poll(store, model, false)?,
@@ -872,6 +890,9 @@ fn run_crash_test(test: &'static str, range: Range<u64>, reads: bool) {
         assert!(coverage.torn_tails > 0, "{coverage:?}");
         assert!(coverage.retries > 0, "{coverage:?}");
         assert!(coverage.replica_appends > 0, "{coverage:?}");
+        if reads {
+            assert!(coverage.stored_reads > 0, "{coverage:?}");
+        }
         assert!(coverage.retries_after_recovery > 0, "{coverage:?}");
         assert!(coverage.unacked_survivors > 0, "{coverage:?}");
         assert!(coverage.unacked_lost > 0, "{coverage:?}");

@@ -2,8 +2,8 @@
 //! the head's records as they are (and refuses anything else with nothing written), the head's
 //! fencing tokens and idempotency keys survive a reopen so the replica can become the head,
 //! pinned records stay byte-identical in their frame buffer through its write, completion,
-//! tail-cache life and a store failure, and a pinned buffer is never reused (every buffer
-//! pinned is `Overloaded`).
+//! tail-cache life and a store failure, a pinned buffer is never reused (every buffer pinned is
+//! `Overloaded`), and `read_stored` returns the records not yet durable, and nothing else.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -135,6 +135,7 @@ on_both_backends!(
     pinned_bytes_stay_identical_through_the_frames_life,
     a_pinned_buffer_is_never_reused,
     pins_of_a_failed_store_stay_valid_until_unpinned,
+    read_stored_sees_every_stored_record_and_nothing_else,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -649,4 +650,99 @@ fn pins_of_a_failed_store_stay_valid_until_unpinned<B: Backend>(b: &mut B) {
     store.unpin(failing);
     store.unpin(unwritten);
     assert_eq!(store.metrics().frames_pinned, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads of stored records
+// ---------------------------------------------------------------------------------------------
+
+/// Records durable (in the tail cache), in flight, sealed and being filled: `read` returns the
+/// durable ones, `read_stored` all of them, byte for byte, within its limits, and nothing of
+/// another log or beyond the tail.
+fn read_stored_sees_every_stored_record_and_nothing_else<B: Backend>(b: &mut B) {
+    let mut store = b.open("head");
+    let small = payloads(2, 10, 9);
+    let big = vec![4u8; RECORD_BYTES_MAX];
+    let mut appended: Vec<Vec<u8>> = Vec::new();
+    let mut token = 0;
+    let mut append = |store: &mut Store<B::Io>, log: u64, batch: &[Vec<u8>]| {
+        token += 1;
+        let records: Vec<Record<'_>> = batch.iter().map(|p| Record::new(p)).collect();
+        store.append(log, 1, &records, token).expect("append");
+        if log == LOG {
+            appended.extend(batch.iter().cloned());
+        }
+    };
+    append(&mut store, LOG, &small);
+    sync(&mut store);
+    let durable = store.tail(LOG).expect("log").durable_lsn;
+    assert_eq!(durable, 2);
+    append(&mut store, LOG, &small);
+    append(&mut store, LOG + 1, &small);
+    store.poll(false, &mut Vec::new()).expect("poll"); // submitted
+    append(&mut store, LOG, &[big.clone(), big.clone()]); // a frame of its own, sealed below
+    append(&mut store, LOG, &[big.clone(), big.clone()]); // seals the previous frame
+    append(&mut store, LOG, &small);
+    let tail = store.tail(LOG).expect("log");
+    assert_eq!(tail.next_lsn, appended.len() as u64);
+    assert!(tail.durable_lsn < tail.next_lsn, "{tail:?}");
+    let durable_now = tail.durable_lsn;
+    let payloads_of = |records: Vec<ReadRecord>| -> Vec<(u64, Vec<u8>)> {
+        records.into_iter().map(|r| (r.lsn, r.payload)).collect()
+    };
+    let want = |from: u64, to: u64| -> Vec<(u64, Vec<u8>)> {
+        (from..to)
+            .map(|i| (i, appended[i as usize].clone()))
+            .collect()
+    };
+    let all = store
+        .read_stored(LOG, 0, usize::MAX, usize::MAX)
+        .expect("read_stored");
+    assert!(all.iter().all(|r| r.epoch == 1));
+    assert_eq!(payloads_of(all), want(0, tail.next_lsn));
+    let durable_only = store.read(LOG, 0, usize::MAX, usize::MAX).expect("read");
+    assert_eq!(payloads_of(durable_only), want(0, durable_now));
+    for (from, max_records, max_bytes, to) in [
+        (1, 2, usize::MAX, 3),                      // across the durable end
+        (3, 3, usize::MAX, 6),                      // from not yet durable records on
+        (4, usize::MAX, RECORD_BYTES_MAX + 100, 5), // the byte limit
+        (5, usize::MAX, 1, 6),                      // at least one record
+        (7, usize::MAX, usize::MAX, 10),
+        (10, usize::MAX, usize::MAX, 10), // at the tail: nothing
+        (2, 0, usize::MAX, 2),
+    ] {
+        let got = store
+            .read_stored(LOG, from, max_records, max_bytes)
+            .expect("read_stored");
+        assert_eq!(
+            payloads_of(got),
+            want(from, to),
+            "from {from}, {max_records}, {max_bytes}"
+        );
+    }
+    let other = store
+        .read_stored(LOG + 1, 0, usize::MAX, usize::MAX)
+        .expect("read_stored");
+    assert_eq!(
+        payloads_of(other),
+        [(0, small[0].clone()), (1, small[1].clone())]
+    );
+    assert!(matches!(
+        store.read_stored(99, 0, 1, 1),
+        Err(Error::UnknownLog(99))
+    ));
+    store.trim(LOG, 1, 100).expect("trim");
+    assert!(matches!(
+        store.read_stored(LOG, 0, 1, 1),
+        Err(Error::Trimmed { trim_point: 1 })
+    ));
+    sync(&mut store);
+    let stored = store
+        .read_stored(LOG, 1, usize::MAX, usize::MAX)
+        .expect("read_stored");
+    let durable = store.read(LOG, 1, usize::MAX, usize::MAX).expect("read");
+    assert_eq!(
+        stored, durable,
+        "once everything is durable, the same as read"
+    );
 }

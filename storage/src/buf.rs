@@ -4,9 +4,16 @@
 //! completion, so the kernel never sees memory that Rust code could touch meanwhile. The pool is
 //! allocated once at startup (nothing on the append path allocates); with io_uring its buffers
 //! are registered, and each buffer remembers its registration index.
+//!
+//! An [`AlignedBuf`] holds a raw pointer to its allocation, not a `Box`: moving the buffer (into
+//! a write, back out of its completion, between the store's queues) moves neither its bytes nor
+//! its address, and asserts no exclusive access to them. That is what lets the store read a
+//! frame while its write is in flight, and hand out pinned bytes for a zero-copy send
+//! (through the buffer's address, kept aside: ARCHITECTURE.md 9b).
 
 use std::alloc::{self, Layout};
 use std::fmt;
+use std::ops::Range;
 use std::ptr::NonNull;
 
 use crate::format::BLOCK_SIZE;
@@ -79,6 +86,29 @@ impl AlignedBuf {
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 
+    /// Bytes `range` of those in use, mutably, and only those: the rest of the buffer is not
+    /// borrowed, so bytes that someone reads through the buffer's address meanwhile (pinned
+    /// records, sent from the buffer) are not disturbed by writes around them.
+    pub fn range_mut(&mut self, range: Range<usize>) -> &mut [u8] {
+        assert!(
+            range.start <= range.end && range.end <= self.len,
+            "range {range:?} beyond len {}",
+            self.len
+        );
+        // SAFETY: the range is within the initialised bytes in use, and `&mut self` makes the
+        // access exclusive (readers through a `BufAddr` never read bytes being written: the
+        // store's invariant, see `BufAddr::slice`).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(range.start), range.len()) }
+    }
+
+    /// Where the bytes are; stays true however the buffer is moved, for as long as it lives.
+    pub(crate) fn addr(&self) -> BufAddr {
+        BufAddr {
+            ptr: self.ptr,
+            capacity: self.capacity,
+        }
+    }
+
     /// The whole capacity, mutably.
     pub fn spare_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `as_mut_slice`, over the whole (initialised) capacity.
@@ -103,6 +133,44 @@ impl AlignedBuf {
     /// Records the buffer's registration index (done by the backend at registration).
     pub fn set_index(&mut self, index: Option<u16>) {
         self.index = index;
+    }
+}
+
+/// The address of an [`AlignedBuf`]'s bytes, kept while the buffer itself is elsewhere (moved
+/// into an in-flight write): the store reads in-flight frames and pinned records through it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BufAddr {
+    ptr: NonNull<u8>,
+    capacity: usize,
+}
+
+// SAFETY: only an address; reading through it is `unsafe` (`slice`), and its callers keep the
+// buffer alive and unwritten on whatever thread owns the buffer's store.
+unsafe impl Send for BufAddr {}
+
+impl BufAddr {
+    /// The address of byte `offset`.
+    pub(crate) fn at(&self, offset: usize) -> NonNull<u8> {
+        assert!(offset <= self.capacity, "offset {offset} beyond the buffer");
+        // SAFETY: within the allocation (or one past its end).
+        unsafe { self.ptr.add(offset) }
+    }
+
+    /// Bytes `range` of the buffer, for a lifetime `'a` the caller picks.
+    ///
+    /// # Safety
+    ///
+    /// For all of `'a`, the buffer is alive (wherever it is: in the store or moved into an I/O
+    /// operation) and nothing writes the bytes in `range` (an in-flight write's backend only
+    /// reads its buffer: the [`Io`](crate::io::Io) contract).
+    pub(crate) unsafe fn slice<'a>(self, range: Range<usize>) -> &'a [u8] {
+        assert!(
+            range.start <= range.end && range.end <= self.capacity,
+            "range {range:?} beyond the buffer"
+        );
+        // SAFETY: in bounds (checked), initialised (zeroed at allocation), alive and not
+        // written meanwhile (the caller's contract).
+        unsafe { std::slice::from_raw_parts(self.at(range.start).as_ptr(), range.len()) }
     }
 }
 
@@ -188,6 +256,32 @@ mod tests {
         assert_eq!(buf.capacity(), BLOCK_SIZE);
         assert_eq!(buf.as_ptr() as usize % BLOCK_SIZE, 0);
         assert!(buf.spare_mut().iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn moving_a_buffer_keeps_its_bytes_where_they_are() {
+        let mut buf = AlignedBuf::new(2 * BLOCK_SIZE);
+        buf.set_len(BLOCK_SIZE);
+        buf.range_mut(10..13).copy_from_slice(b"abc");
+        let addr = buf.addr();
+        let mut holder = vec![Some(buf)];
+        let buf = holder
+            .pop()
+            .flatten()
+            .expect("moved through a Vec and an Option");
+        let buf = Box::new(buf);
+        assert_eq!(buf.addr(), addr);
+        assert_eq!(buf.as_ptr(), addr.at(0).as_ptr().cast_const());
+        // SAFETY: `buf` is alive and nothing writes it.
+        assert_eq!(unsafe { addr.slice(10..13) }, b"abc");
+    }
+
+    #[test]
+    #[should_panic(expected = "beyond len")]
+    fn range_mut_stays_within_the_bytes_in_use() {
+        let mut buf = AlignedBuf::new(BLOCK_SIZE);
+        buf.set_len(8);
+        buf.range_mut(4..9);
     }
 
     #[test]

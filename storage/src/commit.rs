@@ -12,6 +12,9 @@
 //! frame and every frame before it are durable. A failed write or flush stops the store: the
 //! frontier never passes the failed frame.
 
+use std::io;
+
+use crate::buf::AlignedBuf;
 use crate::format::{
     FrameHeader, FrameKind, SnapshotEntry, FORMAT_VERSION, FRAME_HEADER_BYTES, FRAME_MAGIC,
     SNAPSHOT_ENTRY_BYTES, STATE_RECORD_BYTES, SYSTEM_LOG,
@@ -144,7 +147,7 @@ impl<I: Io> Store<I> {
             "logs_max and writers_max bound the snapshot (StoreConfig::validate)"
         );
         buf.set_len(FRAME_HEADER_BYTES + body);
-        let out = &mut buf.as_mut_slice()[FRAME_HEADER_BYTES..];
+        let out = buf.range_mut(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + body);
         let (log_bytes, writer_bytes) = out.split_at_mut(entries.len() * SNAPSHOT_ENTRY_BYTES);
         log_bytes.copy_from_slice(bytemuck::cast_slice(&entries));
         writer_bytes.copy_from_slice(bytemuck::cast_slice(&writers));
@@ -154,8 +157,10 @@ impl<I: Io> Store<I> {
         true
     }
 
-    /// Stamps the frame header, places the frame in the active segment and writes it.
+    /// Stamps the frame header, places the frame in the active segment and writes it. Only the
+    /// header and the padding are written here: the records (maybe pinned) stay as they are.
     fn submit(&mut self, mut frame: Frame) {
+        assert_eq!(frame.seq, 0, "a frame is submitted once");
         let now = self.clock.monotonic_us();
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -179,9 +184,9 @@ impl<I: Io> Store<I> {
         header.crc = header.compute_crc(&buf.as_slice()[FRAME_HEADER_BYTES..]);
         let disk = disk_len(used);
         buf.set_len(disk);
-        let bytes = buf.as_mut_slice();
-        bytes[..FRAME_HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&header));
-        bytes[used..].fill(0);
+        buf.range_mut(0..FRAME_HEADER_BYTES)
+            .copy_from_slice(bytemuck::bytes_of(&header));
+        buf.range_mut(used..disk).fill(0);
         self.last_crc = header.crc;
         self.active_offset += disk as u64;
         if segment.first_seq == 0 {
@@ -239,35 +244,46 @@ impl<I: Io> Store<I> {
             self.external.push(completion);
             return;
         }
+        let Completion { token, buf, result } = completion;
+        let (op, value) = untoken(token);
+        match op {
+            Some(Op::Frame) => self.frame_written(value, buf, result),
+            // Nothing that completes after a failure may advance anything.
+            Some(_) if self.failed.is_some() => {}
+            Some(op @ (Op::ZeroFill | Op::SpareHeader | Op::DirSync)) => {
+                self.spare_completed(op, value, buf, result)
+            }
+            None => unreachable!("unknown completion token {token:#x}"),
+        }
+    }
+
+    /// The write of frame `seq` completed: its buffer goes back to the frame (also after a
+    /// failure: pinned bytes live in it), and the frontier advances over what is durable.
+    fn frame_written(&mut self, seq: u64, buf: Option<AlignedBuf>, result: io::Result<usize>) {
+        let front = self.in_flight.front().map_or(0, |f| f.seq);
+        let index = seq
+            .checked_sub(front)
+            .expect("completion of a frame not in flight") as usize;
+        let frame = &mut self.in_flight[index];
+        assert!(frame.buf.is_none(), "a frame write completes once");
+        assert_eq!(
+            buf.as_ref().map(AlignedBuf::addr),
+            Some(frame.base),
+            "a frame's buffer comes back from its write, at the same address"
+        );
+        frame.buf = buf;
         if self.failed.is_some() {
             // Nothing that completes after a failure may advance the frontier.
             return;
         }
-        let Completion { token, buf, result } = completion;
-        let (op, value) = untoken(token);
-        match op {
-            Some(Op::Frame) => {
-                let front = self.in_flight.front().map_or(0, |f| f.seq);
-                let index = value
-                    .checked_sub(front)
-                    .expect("completion of a frame not in flight")
-                    as usize;
-                let frame = &mut self.in_flight[index];
-                frame.buf = buf;
-                match result {
-                    Ok(_) => {
-                        frame.done = true;
-                        let write_us = self.clock.monotonic_us().saturating_sub(frame.submitted_us);
-                        self.metrics.record_write(write_us);
-                        self.advance_frontier();
-                    }
-                    Err(e) => self.fail(format!("write of frame {value} failed: {e}")),
-                }
+        match result {
+            Ok(_) => {
+                frame.done = true;
+                let write_us = self.clock.monotonic_us().saturating_sub(frame.submitted_us);
+                self.metrics.record_write(write_us);
+                self.advance_frontier();
             }
-            Some(Op::ZeroFill | Op::SpareHeader | Op::DirSync) => {
-                self.spare_completed(op.expect("matched"), value, buf, result)
-            }
-            None => unreachable!("unknown completion token {token:#x}"),
+            Err(e) => self.fail(format!("write of frame {seq} failed: {e}")),
         }
     }
 

@@ -76,6 +76,13 @@ pub enum Error {
         /// The writer's last sequence number.
         last: u64,
     },
+    /// A replica append whose first LSN is not the log's next LSN: nothing was written. Send
+    /// again from `expected` (records below it are here already, those from it on missing).
+    #[error("gap: the log's next LSN is {expected}")]
+    Gap {
+        /// The log's next LSN.
+        expected: u64,
+    },
     /// Encoded records that do not add up (a caller bug or bad input).
     #[error("malformed batch: {0}")]
     Malformed(&'static str),
@@ -138,6 +145,7 @@ impl Error {
             Error::ConditionFailed { .. } => "condition_failed",
             Error::Fenced { .. } => "fenced",
             Error::WriterSeq { .. } => "writer_seq",
+            Error::Gap { .. } => "gap",
             Error::Malformed(_) => "malformed",
             Error::EmptyBatch => "empty_batch",
             Error::ReservedLog(_) => "reserved_log",

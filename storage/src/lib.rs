@@ -23,6 +23,7 @@ mod lifecycle;
 mod log;
 pub mod metrics;
 pub mod recovery;
+mod replica;
 mod segment;
 mod store;
 mod writers;
@@ -38,5 +39,6 @@ pub use io::{
 };
 pub use metrics::StoreMetrics;
 pub use recovery::RecoveryReport;
+pub use replica::{Pin, ReplicaState};
 pub use store::{Ack, AppendOptions, Batch, LogTail, ReadRecord, Record, Store};
 pub use writers::WRITER_WINDOW;

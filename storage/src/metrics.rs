@@ -29,6 +29,9 @@ pub struct StoreMetrics {
     pub overloaded: u64,
     /// Appends answered with the LSNs of an earlier batch with the same idempotency key.
     pub duplicates: u64,
+    /// Frame buffers pinned now (a gauge, not a count since open): they cannot be reused
+    /// until unpinned ([`Store::pin_last`](crate::Store::pin_last)).
+    pub frames_pinned: u64,
 }
 
 fn histogram(high: u64) -> Histogram<u64> {
@@ -50,6 +53,7 @@ impl StoreMetrics {
             rollover_waits: 0,
             overloaded: 0,
             duplicates: 0,
+            frames_pinned: 0,
         }
     }
 

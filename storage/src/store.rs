@@ -4,28 +4,30 @@
 //!
 //! A `Store` is single-threaded and poll-driven, like the shard that owns it: `append` and
 //! `trim` only lay records into the current write buffer and return at once; `poll` submits
-//! frames, reaps completions and hands out [`Ack`]s for what became durable.
+//! frames, reaps completions and hands out [`Ack`]s for what became durable. Replica appends,
+//! pins and reads of stored records are in [`crate::replica`].
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::buf::AlignedBuf;
+use crate::buf::{AlignedBuf, BufAddr};
 use crate::calibrate::Calibration;
 use crate::clock::Clock;
 use crate::config::{DurabilityMode, StoreConfig};
 use crate::error::{Error, Result};
 use crate::format::{
-    block_align, payload_crc, record_bytes, ControlRecord, FrameKind, RecordHeader, Records,
-    StateRecord, BLOCK_SIZE, CONTROL_FENCE, CONTROL_TRIM, CONTROL_WRITER, FRAME_HEADER_BYTES,
-    RECORD_HEADER_BYTES, STATE_RECORD_BYTES, SYSTEM_LOG,
+    block_align, payload_crc, record_bytes, ControlRecord, FrameHeader, FrameKind, RecordHeader,
+    Records, StateRecord, BLOCK_SIZE, CONTROL_FENCE, CONTROL_TRIM, CONTROL_WRITER,
+    FRAME_HEADER_BYTES, RECORD_HEADER_BYTES, STATE_RECORD_BYTES, SYSTEM_LOG,
 };
 use crate::io::{Completion, Durability, FileId, Io};
 use crate::lifecycle::Spare;
 use crate::log::LogState;
 use crate::metrics::StoreMetrics;
 use crate::recovery::{recover, RecoveryReport};
+use crate::replica::next_store_id;
 use crate::segment::{Segment, Window};
 use crate::writers::{Lookup, WriterBatch, Writers};
 
@@ -99,21 +101,8 @@ impl Batch<'_> {
                 Ok((records.len() as u32, bytes))
             }
             Batch::Encoded { bytes, count } => {
-                let mut seen = 0;
-                for record in Records::new(bytes, count) {
-                    let record =
-                        record.map_err(|_| Error::Malformed("records overrun the batch"))?;
-                    if record.payload.len() > record_bytes_max {
-                        return Err(too_large(record.payload.len()));
-                    }
-                    seen += record_bytes(record.payload.len());
-                }
-                if seen != bytes.len() {
-                    return Err(Error::Malformed(
-                        "the batch holds more bytes than its records",
-                    ));
-                }
-                Ok((count, bytes.len()))
+                let bytes = measure_encoded(bytes, count, record_bytes_max, |_, _| Ok(()))?;
+                Ok((count, bytes))
             }
         }
     }
@@ -169,6 +158,34 @@ impl Batch<'_> {
         }
         Ok(())
     }
+}
+
+/// Checks that `count` encoded records exactly fill `bytes`, none over `record_bytes_max`, and
+/// that `check(index, header)` accepts each; returns the bytes.
+pub(crate) fn measure_encoded(
+    bytes: &[u8],
+    count: u32,
+    record_bytes_max: usize,
+    mut check: impl FnMut(usize, &RecordHeader) -> Result<()>,
+) -> Result<usize> {
+    let mut seen = 0;
+    for (i, record) in Records::new(bytes, count).enumerate() {
+        let record = record.map_err(|_| Error::Malformed("records overrun the batch"))?;
+        if record.payload.len() > record_bytes_max {
+            return Err(Error::TooLarge {
+                len: record.payload.len(),
+                max: record_bytes_max,
+            });
+        }
+        check(i, &record.header)?;
+        seen += record_bytes(record.payload.len());
+    }
+    if seen != bytes.len() {
+        return Err(Error::Malformed(
+            "the batch holds more bytes than its records",
+        ));
+    }
+    Ok(bytes.len())
 }
 
 /// A durable append or trim, reported by [`Store::poll`].
@@ -238,6 +255,10 @@ pub(crate) enum Entry {
 /// A write buffer and what is in it.
 #[derive(Debug)]
 pub(crate) struct Frame {
+    /// Which of the store's buffers this is (its index in [`Store::pins`]).
+    pub(crate) slot: usize,
+    /// Where the buffer's bytes are, also while the buffer is moved into its write.
+    pub(crate) base: BufAddr,
     /// The bytes (header space first); `None` while the kernel has it.
     pub(crate) buf: Option<AlignedBuf>,
     pub(crate) kind: FrameKind,
@@ -246,6 +267,7 @@ pub(crate) struct Frame {
     /// When the first record went in (batch wait starts).
     pub(crate) opened_us: u64,
     // Set when submitted:
+    /// The frame's sequence number; 0 until it is submitted.
     pub(crate) seq: u64,
     pub(crate) segment_id: u64,
     pub(crate) offset: u64,
@@ -254,8 +276,10 @@ pub(crate) struct Frame {
 }
 
 impl Frame {
-    fn new(buf: AlignedBuf) -> Frame {
+    fn new(slot: usize, buf: AlignedBuf) -> Frame {
         Frame {
+            slot,
+            base: buf.addr(),
             buf: Some(buf),
             kind: FrameKind::Data,
             entries: Vec::new(),
@@ -272,12 +296,96 @@ impl Frame {
     pub(crate) fn bytes(&self) -> &[u8] {
         self.buf.as_ref().expect("frame buffer").as_slice()
     }
+
+    /// The records laid into the frame so far, wherever its buffer is: in the frame (being
+    /// filled, sealed, back from its write) or moved into its in-flight write.
+    pub(crate) fn contents(&self) -> Records<'_> {
+        if self.seq == 0 {
+            return Records::new(&self.bytes()[FRAME_HEADER_BYTES..], self.records);
+        }
+        // SAFETY: the buffer lives (here, or in its write until the completion: the Io
+        // contract), its header and body were written at submission, and nothing writes a
+        // submitted frame (the store does not; a backend only reads a write's buffer).
+        let header: FrameHeader =
+            bytemuck::pod_read_unaligned(unsafe { self.base.slice(0..FRAME_HEADER_BYTES) });
+        let body = FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.body_len as usize;
+        // SAFETY: as above.
+        Records::new(unsafe { self.base.slice(body) }, header.count)
+    }
+}
+
+/// Where the records of the last append went (what [`Store::pin_last`] pins).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stored {
+    pub(crate) slot: usize,
+    /// Offset of the first record in the frame buffer.
+    pub(crate) start: usize,
+    pub(crate) len: usize,
+}
+
+/// A batch that passed the checks of its kind of append, about to be stored
+/// ([`Store::store_admitted`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Admitted {
+    pub(crate) token: u64,
+    pub(crate) log_id: u64,
+    pub(crate) first_lsn: u64,
+    pub(crate) count: u32,
+    /// Bytes of the records in the frame.
+    pub(crate) bytes: usize,
+    /// A fencing token above the log's, to become the log's.
+    pub(crate) raise: Option<u64>,
+    /// The idempotency key (`writer_id`, `writer_seq`) to remember for the batch.
+    pub(crate) writer: Option<(u64, u64)>,
+}
+
+/// The records a read gathers, within its limits.
+#[derive(Debug)]
+pub(crate) struct Gather {
+    pub(crate) out: Vec<ReadRecord>,
+    bytes: usize,
+    max_records: usize,
+    max_bytes: usize,
+}
+
+impl Gather {
+    pub(crate) fn new(max_records: usize, max_bytes: usize) -> Gather {
+        Gather {
+            out: Vec::new(),
+            bytes: 0,
+            max_records,
+            max_bytes,
+        }
+    }
+
+    /// Whether a record with `len` bytes of payload still fits (the first one always does,
+    /// whatever its size, unless no record may be returned at all).
+    pub(crate) fn fits(&self, len: usize) -> bool {
+        self.out.len() < self.max_records
+            && (self.out.is_empty() || self.bytes + len <= self.max_bytes)
+    }
+
+    pub(crate) fn push(&mut self, header: &RecordHeader, payload: Vec<u8>) {
+        self.bytes += payload.len();
+        self.out.push(ReadRecord {
+            lsn: header.lsn,
+            epoch: header.epoch,
+            timestamp_us: header.timestamp_us,
+            crc: header.crc,
+            payload,
+        });
+    }
 }
 
 /// One shard's storage engine.
 #[derive(Debug)]
 pub struct Store<I: Io> {
+    /// The first field, so the first dropped: the backend finishes (or abandons, keeping their
+    /// buffers) every operation in flight, frame writes and the owner's sends from pinned
+    /// frames alike, before any frame buffer is freed.
     pub(crate) io: I,
+    /// Tells this store's pins from another's.
+    pub(crate) id: u64,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: StoreConfig,
     pub(crate) dir: PathBuf,
@@ -299,6 +407,10 @@ pub struct Store<I: Io> {
     pub(crate) sealed: VecDeque<Frame>,
     pub(crate) in_flight: VecDeque<Frame>,
     pub(crate) tail_cache: VecDeque<Frame>,
+    /// Pins of each frame buffer (by [`Frame::slot`]): a pinned buffer is never reused.
+    pub(crate) pins: Vec<u32>,
+    /// The records of the last append, while nothing else happened since.
+    pub(crate) last_stored: Option<Stored>,
     pub(crate) next_seq: u64,
     pub(crate) last_crc: u32,
     pub(crate) durable_seq: u64,
@@ -328,7 +440,7 @@ impl<I: Io> Store<I> {
         config.validate()?;
         let recovered = recover(&mut io, dir, config.writers_max)?;
         let mut free: Vec<Frame> = (0..config.write_buffers)
-            .map(|_| Frame::new(AlignedBuf::new(config.batch_bytes_max)))
+            .map(|slot| Frame::new(slot, AlignedBuf::new(config.batch_bytes_max)))
             .collect();
         let mut bufs: Vec<AlignedBuf> = free
             .iter_mut()
@@ -350,6 +462,7 @@ impl<I: Io> Store<I> {
         let dir_file = io.open_dir(dir).map_err(|e| Error::io(dir, e))?;
         let mut store = Store {
             io,
+            id: next_store_id(),
             clock,
             dir: dir.to_path_buf(),
             dir_file,
@@ -366,6 +479,8 @@ impl<I: Io> Store<I> {
             sealed: VecDeque::new(),
             in_flight: VecDeque::new(),
             tail_cache: VecDeque::new(),
+            pins: vec![0; config.write_buffers],
+            last_stored: None,
             next_seq: recovered.next_seq,
             last_crc: recovered.last_crc,
             durable_seq: recovered.next_seq - 1,
@@ -425,6 +540,7 @@ impl<I: Io> Store<I> {
         batch: Batch<'_>,
         token: u64,
     ) -> Result<Range<u64>> {
+        self.last_stored = None;
         self.check_failed()?;
         if log_id == SYSTEM_LOG {
             return Err(Error::ReservedLog(log_id));
@@ -451,8 +567,49 @@ impl<I: Io> Store<I> {
                 return Err(Error::Fenced { token: fence });
             }
         }
-        let raise = options.fencing_token.filter(|&t| t > fence);
-        let controls = usize::from(raise.is_some()) + usize::from(options.writer.is_some());
+        if options
+            .expected_lsn
+            .is_some_and(|expected| expected != next_lsn)
+        {
+            return Err(Error::ConditionFailed { tail: next_lsn });
+        }
+        let admitted = Admitted {
+            token,
+            log_id,
+            first_lsn: next_lsn,
+            count,
+            bytes,
+            raise: options.fencing_token.filter(|&t| t > fence),
+            writer: options.writer,
+        };
+        // Headers are stamped in place on the copy.
+        self.store_admitted(admitted, |out, now_wall| {
+            batch.lay_out(out, log_id, next_lsn, epoch, now_wall)
+        })
+    }
+
+    /// Stores a batch that passed the checks of its kind of append
+    /// ([`append_batch`](Self::append_batch), [`append_replica`](Self::append_replica)): makes
+    /// room in the building frame for its records and their control records (one frame, so
+    /// they are durable together), copies the records in once with `lay_out(out, now_wall)`,
+    /// which verifies each record's checksum on the copy (`Err(index)` for the first that
+    /// fails: nothing is kept), then does the log's bookkeeping and lays the control records
+    /// of a fencing-token raise and an idempotency key.
+    pub(crate) fn store_admitted(
+        &mut self,
+        batch: Admitted,
+        lay_out: impl FnOnce(&mut [u8], u64) -> Result<(), usize>,
+    ) -> Result<Range<u64>> {
+        let Admitted {
+            token,
+            log_id,
+            first_lsn,
+            count,
+            bytes,
+            raise,
+            writer,
+        } = batch;
+        let controls = usize::from(raise.is_some()) + usize::from(writer.is_some());
         let frame_bytes = bytes + controls * record_bytes(STATE_RECORD_BYTES);
         let body_max = self.config.batch_bytes_max - FRAME_HEADER_BYTES;
         if frame_bytes > body_max {
@@ -461,23 +618,13 @@ impl<I: Io> Store<I> {
                 max: body_max,
             });
         }
-        if options
-            .expected_lsn
-            .is_some_and(|expected| expected != next_lsn)
-        {
-            return Err(Error::ConditionFailed { tail: next_lsn });
-        }
-        if next_lsn == 0
-            && !self.logs.contains_key(&log_id)
-            && self.logs.len() >= self.config.logs_max
-        {
+        if !self.logs.contains_key(&log_id) && self.logs.len() >= self.config.logs_max {
             return Err(Error::TooManyLogs {
                 max: self.config.logs_max,
             });
         }
         let now_wall = self.clock.wall_us();
-        // Room first (for the records and their control records: one frame, so they are
-        // durable together): a refused (Overloaded) append must not cost a pass over its bytes.
+        // Room first: a refused (Overloaded) append must not cost a pass over its bytes.
         self.make_room(frame_bytes)?;
         let frame = self
             .building
@@ -486,11 +633,8 @@ impl<I: Io> Store<I> {
         let buf = frame.buf.as_mut().expect("building frame has its buffer");
         let start = buf.len();
         buf.set_len(start + bytes);
-        let out = &mut buf.as_mut_slice()[start..];
-        // One copy from the caller's bytes into the frame; headers are stamped in place and
-        // the end-to-end checksum is verified on the copy, before anything is written.
-        let stamped = batch.lay_out(out, log_id, next_lsn, epoch, now_wall);
-        if let Err(index) = stamped {
+        // One copy from the caller's bytes into the frame, checked before anything is written.
+        if let Err(index) = lay_out(buf.range_mut(start..start + bytes), now_wall) {
             buf.set_len(start);
             return Err(Error::Checksum { index });
         }
@@ -498,13 +642,23 @@ impl<I: Io> Store<I> {
         frame.entries.push(Entry::Append {
             token,
             log_id,
-            first_lsn: next_lsn,
+            first_lsn,
             count,
         });
+        self.last_stored = Some(Stored {
+            slot: frame.slot,
+            start,
+            len: bytes,
+        });
         let log = self.logs.entry(log_id).or_default();
-        log.next_lsn = next_lsn + u64::from(count);
+        assert_eq!(log.next_lsn, first_lsn, "log {log_id}: LSNs are dense");
+        log.next_lsn = first_lsn + u64::from(count);
         self.metrics.records_appended += u64::from(count);
         if let Some(token) = raise {
+            assert!(
+                token > log.fence,
+                "log {log_id}: a fencing token only rises"
+            );
             log.fence = token;
             let state = StateRecord {
                 kind: CONTROL_FENCE,
@@ -518,28 +672,23 @@ impl<I: Io> Store<I> {
                 fence: Some(token),
             });
         }
-        if let Some((writer_id, writer_seq)) = options.writer {
-            let batch = WriterBatch {
-                seq: writer_seq,
-                first_lsn: next_lsn,
-                count,
-            };
-            self.writers.record(log_id, writer_id, batch);
+        if let Some((writer_id, writer_seq)) = writer {
             let state = StateRecord {
                 kind: CONTROL_WRITER,
                 count,
                 log_id,
                 writer_id,
                 writer_seq,
-                value: next_lsn,
+                value: first_lsn,
             };
+            self.writers.apply(&state);
             self.push_control(bytemuck::bytes_of(&state), now_wall);
             self.push_entry(Entry::State {
                 log_id,
                 fence: None,
             });
         }
-        Ok(next_lsn..next_lsn + u64::from(count))
+        Ok(first_lsn..first_lsn + u64::from(count))
     }
 
     /// Answers a retried batch with its original LSNs: the ack goes with the newest frame
@@ -573,6 +722,7 @@ impl<I: Io> Store<I> {
     /// trim is durable when an [`Ack`] with `token` is reported, and segments whose records
     /// are all trimmed are deleted after that.
     pub fn trim(&mut self, log_id: u64, before: u64, token: u64) -> Result<()> {
+        self.last_stored = None;
         self.check_failed()?;
         if log_id == SYSTEM_LOG {
             return Err(Error::ReservedLog(log_id));
@@ -618,12 +768,13 @@ impl<I: Io> Store<I> {
         frame.records += 1;
         let buf = frame.buf.as_mut().expect("building frame has its buffer");
         let at = buf.len();
-        buf.set_len(at + record_bytes(payload.len()));
-        let out = buf.as_mut_slice();
-        out[at..at + RECORD_HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&header));
-        let end = at + RECORD_HEADER_BYTES + payload.len();
-        out[at + RECORD_HEADER_BYTES..end].copy_from_slice(payload);
-        out[end..at + record_bytes(payload.len())].fill(0);
+        let size = record_bytes(payload.len());
+        buf.set_len(at + size);
+        let out = buf.range_mut(at..at + size);
+        let (head, rest) = out.split_at_mut(RECORD_HEADER_BYTES);
+        head.copy_from_slice(bytemuck::bytes_of(&header));
+        rest[..payload.len()].copy_from_slice(payload);
+        rest[payload.len()..].fill(0);
     }
 
     fn push_entry(&mut self, entry: Entry) {
@@ -636,6 +787,8 @@ impl<I: Io> Store<I> {
     /// `acks`. An `Err(Error::Fatal)` means a write or flush failed: no ack comes with it or
     /// ever after (every ack delivered before it was durable).
     pub fn poll(&mut self, wait: bool, acks: &mut Vec<Ack>) -> Result<()> {
+        // Frames move from here on: the last append's records may leave the building frame.
+        self.last_stored = None;
         if self.failed.is_none() {
             self.pump();
             let mut completions = std::mem::take(&mut self.stash);
@@ -668,15 +821,24 @@ impl<I: Io> Store<I> {
     }
 
     /// Polls until everything appended so far is durable (or the store failed).
+    /// [`Error::Overloaded`] if pinned buffers keep it from getting there (a segment rollover
+    /// needs a buffer for its snapshot and every one is pinned): unpin, then call it again.
     pub fn sync_all(&mut self, acks: &mut Vec<Ack>) -> Result<()> {
-        while self
-            .building
-            .as_ref()
-            .is_some_and(|f| !f.entries.is_empty())
-            || !self.sealed.is_empty()
-            || !self.in_flight.is_empty()
-        {
+        let pending = |store: &Self| {
+            store
+                .building
+                .as_ref()
+                .is_some_and(|f| !f.entries.is_empty())
+                || !store.sealed.is_empty()
+                || !store.in_flight.is_empty()
+        };
+        while pending(self) {
             self.poll(true, acks)?;
+            if pending(self) && self.io.in_flight() == 0 {
+                // Nothing to wait for and still something to write: only a buffer can help.
+                self.metrics.overloaded += 1;
+                return Err(Error::Overloaded);
+            }
         }
         self.poll(false, acks)
     }
@@ -690,6 +852,22 @@ impl<I: Io> Store<I> {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<ReadRecord>> {
+        let mut gather = Gather::new(max_records, max_bytes);
+        self.read_durable(log_id, from, &mut gather)?;
+        self.process_stash();
+        Ok(gather.out)
+    }
+
+    /// Gathers durable records of `log_id` from `from` on (from the tail cache or the disk)
+    /// and returns the LSN after the last one gathered (`from` if none). Completions that
+    /// arrive meanwhile are stashed, not handled, so no frame moves and no LSN becomes
+    /// durable during the call.
+    pub(crate) fn read_durable(
+        &mut self,
+        log_id: u64,
+        from: u64,
+        gather: &mut Gather,
+    ) -> Result<u64> {
         self.check_failed()?;
         let log = self.logs.get(&log_id).ok_or(Error::UnknownLog(log_id))?;
         if from < log.trim_point {
@@ -698,9 +876,8 @@ impl<I: Io> Store<I> {
             });
         }
         let end = log.durable_lsn;
-        let mut out = Vec::new();
-        if from >= end || max_records == 0 {
-            return Ok(out);
+        if from >= end || !gather.fits(0) {
+            return Ok(from);
         }
         let Some(mut entry) = log.entry_for(from) else {
             return Err(Error::Trimmed {
@@ -708,7 +885,6 @@ impl<I: Io> Store<I> {
             });
         };
         let mut next = from;
-        let mut bytes = 0;
         let mut segment_id = log.index[entry].segment_id;
         let mut offset = log.index[entry].offset;
         'walk: while next < end {
@@ -725,13 +901,9 @@ impl<I: Io> Store<I> {
                         format!("log {log_id}: expected record {next}, found {}", r.0.lsn),
                     ));
                 }
-                if out.len() >= max_records
-                    || (!out.is_empty() && bytes + r.1.len() > max_bytes)
-                    || next >= end
-                {
+                if !gather.fits(r.1.len()) || next >= end {
                     break 'walk;
                 }
-                bytes += r.1.len();
                 if payload_crc(&r.1) != r.0.crc {
                     let path = self.segment_path(segment_id);
                     return Err(Error::corrupt(
@@ -740,13 +912,7 @@ impl<I: Io> Store<I> {
                         format!("log {log_id} record {next} fails its checksum"),
                     ));
                 }
-                out.push(ReadRecord {
-                    lsn: r.0.lsn,
-                    epoch: r.0.epoch,
-                    timestamp_us: r.0.timestamp_us,
-                    crc: r.0.crc,
-                    payload: r.1,
-                });
+                gather.push(&r.0, r.1);
                 next += 1;
             }
             offset += disk_bytes;
@@ -766,8 +932,7 @@ impl<I: Io> Store<I> {
                 offset = e.offset;
             }
         }
-        self.process_stash();
-        Ok(out)
+        Ok(next)
     }
 
     /// The positions of `log_id`, if the store has it.
@@ -815,7 +980,7 @@ impl<I: Io> Store<I> {
         self.segments.len()
     }
 
-    fn check_failed(&self) -> Result<()> {
+    pub(crate) fn check_failed(&self) -> Result<()> {
         match &self.failed {
             Some(reason) => Err(Error::Fatal(reason.clone())),
             None => Ok(()),
@@ -845,8 +1010,8 @@ impl<I: Io> Store<I> {
         segment_id: u64,
         offset: u64,
     ) -> Result<(Vec<(RecordHeader, Vec<u8>)>, u64)> {
-        let collect = |body: &[u8], count: u32| -> Option<Vec<(RecordHeader, Vec<u8>)>> {
-            Records::new(body, count)
+        let collect = |records: Records<'_>| -> Option<Vec<(RecordHeader, Vec<u8>)>> {
+            records
                 .map(|r| r.ok().map(|r| (r.header, r.payload.to_vec())))
                 .collect()
         };
@@ -855,12 +1020,8 @@ impl<I: Io> Store<I> {
             .iter()
             .find(|f| f.segment_id == segment_id && f.offset == offset)
         {
-            let bytes = frame.bytes();
-            let header: crate::format::FrameHeader =
-                bytemuck::pod_read_unaligned(&bytes[..FRAME_HEADER_BYTES]);
-            let body = &bytes[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + header.body_len as usize];
-            let records = collect(body, header.count).expect("a cached frame is well formed");
-            return Ok((records, bytes.len() as u64));
+            let records = collect(frame.contents()).expect("a cached frame is well formed");
+            return Ok((records, frame.bytes().len() as u64));
         }
         let path = self.segment_path(segment_id);
         let segment = self
@@ -882,7 +1043,7 @@ impl<I: Io> Store<I> {
             .map_err(|e| Error::io(&path, e))?;
         match found {
             Ok(frame) if frame.header.kind == FrameKind::Data as u16 => {
-                let records = collect(frame.body, frame.header.count)
+                let records = collect(Records::new(frame.body, frame.header.count))
                     .ok_or_else(|| Error::corrupt(&path, offset, "records overrun their frame"))?;
                 Ok((records, frame.disk_bytes))
             }
@@ -902,12 +1063,24 @@ impl<I: Io> Store<I> {
         }
     }
 
-    /// A free frame buffer: from the free list, or the oldest cached frame.
+    /// A free frame buffer: from the free list, or the oldest cached frame that is not pinned.
     pub(crate) fn take_frame(&mut self) -> Option<Frame> {
-        let mut frame = self.free.pop().or_else(|| self.tail_cache.pop_front())?;
+        let mut frame = match self.free.pop() {
+            Some(frame) => frame,
+            None => {
+                let pins = &self.pins;
+                let i = self.tail_cache.iter().position(|f| pins[f.slot] == 0)?;
+                self.tail_cache.remove(i).expect("found above")
+            }
+        };
+        assert_eq!(
+            self.pins[frame.slot], 0,
+            "a pinned frame buffer is never reused"
+        );
         frame.entries.clear();
         frame.records = 0;
         frame.done = false;
+        frame.seq = 0;
         frame
             .buf
             .as_mut()
@@ -923,8 +1096,11 @@ impl<I: Io> Store<I> {
             .as_ref()
             .is_some_and(|f| f.bytes().len() + bytes <= self.config.batch_bytes_max);
         if !fits {
-            // Keep one buffer back for the snapshot frame that a segment rollover needs.
-            if self.free.len() + self.tail_cache.len() <= 1 {
+            // Keep one buffer back for the snapshot frame that a segment rollover needs. Pinned
+            // buffers cannot be had: when they are all that is left, this is the backpressure.
+            let pins = &self.pins;
+            let reusable = self.tail_cache.iter().filter(|f| pins[f.slot] == 0).count();
+            if self.free.len() + reusable <= 1 {
                 self.metrics.overloaded += 1;
                 return Err(Error::Overloaded);
             }

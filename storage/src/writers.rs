@@ -103,8 +103,11 @@ impl Writers {
         writer.batches.push_back(batch);
     }
 
-    /// Applies a `CONTROL_WRITER` record (recovery): as [`record`](Self::record), except that
-    /// a batch already remembered (a snapshot and the records after it overlap) is skipped.
+    /// Applies a `CONTROL_WRITER` record: as [`record`](Self::record), except that a batch
+    /// that is not new for its writer is skipped. Appends apply their key this way, and so
+    /// does recovery, so both build the same table: in recovery a snapshot and the records
+    /// after it overlap; a replica appends the head's keys unconditionally, and its table may
+    /// have forgotten other writers than the head's (`writers_max` may differ).
     pub(crate) fn apply(&mut self, record: &StateRecord) {
         debug_assert_eq!(record.kind, CONTROL_WRITER);
         if let Lookup::New = self.lookup(record.log_id, record.writer_id, record.writer_seq) {

@@ -11,6 +11,9 @@ use chainlog_storage::{
     StoreConfig,
 };
 
+mod common;
+use common::assert_res;
+
 const DIR: &str = "/sim/shard";
 
 fn open(disk: &SimDisk, seed: u64) -> Store<SimIo> {
@@ -209,17 +212,6 @@ fn bad_encoded_batches_are_refused_and_write_nothing() {
         payloads_of(&mut store, 1),
         [b"abc".to_vec(), b"defg".to_vec()]
     );
-}
-
-/// `assert_eq!` for store results (`Error` has no `PartialEq`: compared by message).
-macro_rules! assert_res {
-    ($left:expr, $right:expr $(, $msg:expr)?) => {
-        assert_eq!(
-            ($left).map_err(|e| e.to_string()),
-            ($right).map_err(|e: Error| e.to_string())
-            $(, $msg)?
-        )
-    };
 }
 
 fn fenced(token: u64) -> AppendOptions {

@@ -21,6 +21,8 @@ use chainlog_storage::{
     StoreConfig, SystemClock, UringIo,
 };
 
+mod common;
+
 // ---------------------------------------------------------------------------------------------
 // The two backends, and a way to look at and damage their files
 // ---------------------------------------------------------------------------------------------
@@ -112,12 +114,9 @@ struct Real {
 
 impl Real {
     fn new() -> Real {
-        // Under the target dir: O_DIRECT needs a real file system, which /tmp may not be.
-        let root = tempfile::Builder::new()
-            .prefix("bad-input-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .expect("tempdir");
-        Real { root }
+        Real {
+            root: common::real_dir("bad-input-"),
+        }
     }
 }
 

@@ -15,7 +15,11 @@
 //!   the recovered fencing token is the one of the last surviving append, and retrying any
 //!   surviving batch among the writer's last `WRITER_WINDOW` returns its original LSNs and
 //!   appends nothing (retries are also made during the workload, where their acks must come
-//!   in call order, after the original's).
+//!   in call order, after the original's);
+//! - a third of the appends are replica appends (`append_replica`: records stamped by a head,
+//!   with the head's token and key applied unconditionally), and their token and key survive
+//!   exactly like a head's, so that the retries above find them too;
+//! - half the reads are `read_stored`, which must also return every record not yet durable.
 //!
 //! The tests differ in where the power fails: between store calls (with and without reads in
 //! the workload), between any two I/O operations inside a call or inside recovery itself (a
@@ -37,9 +41,11 @@ use chainlog_storage::format::payload_crc;
 use chainlog_storage::io::{Completion, FileId};
 use chainlog_storage::{
     Ack, AlignedBuf, AppendOptions, Batch, Durability, DurabilityMode, Error, FaultConfig, Io,
-    LogTail, ReadRecord, Record, RecoveryReport, SimDisk, SimIo, SimRng, Store, StoreConfig,
-    WRITER_WINDOW,
+    LogTail, ReadRecord, Record, RecoveryReport, ReplicaState, SimDisk, SimIo, SimRng, Store,
+    StoreConfig, WRITER_WINDOW,
 };
+
+mod common;
 
 const DIR: &str = "/sim/shard";
 /// Log ids used by the workload (not dense, not starting at 0).
@@ -191,11 +197,15 @@ impl Model {
 struct Coverage {
     crash_points: u64,
     appends: u64,
+    /// Appends made with `append_replica`.
+    replica_appends: u64,
     trims: u64,
     retries: u64,
     /// Batches retried (and found by their idempotency key) right after a recovery.
     retries_after_recovery: u64,
     reads: u64,
+    /// Reads made with `read_stored` that returned records not durable yet.
+    stored_reads: u64,
     segments_created: u64,
     segments_deleted: u64,
     torn_tails: u64,
@@ -320,7 +330,14 @@ fn check_tail<I: Io>(store: &Store<I>, model: &Model, log: u64) -> Option<LogTai
     }
 }
 
-fn append<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng, epoch: u64) -> Step {
+/// Appends a batch, with `append_batch` or (a third of the time) as a replica of a head that
+/// sequenced it with the same token and key; returns whether it was a replica append.
+fn append<I: Io>(
+    store: &mut Store<I>,
+    model: &mut Model,
+    rng: &mut SimRng,
+    epoch: u64,
+) -> Result<bool, Failed> {
     let log = LOG_IDS[rng.below(LOG_IDS.len() as u64) as usize];
     let count = 1 + rng.below(4) as usize;
     let payloads: Vec<Vec<u8>> = (0..count).map(|_| random_payload(rng)).collect();
@@ -339,24 +356,39 @@ fn append<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng, epoc
         fencing_token: token_asked,
         ..AppendOptions::default()
     };
+    // A replica gets the batch stamped, with the head's decisions (the head took a lower
+    // token than the log's because it is the head's to check, not the replica's).
+    let replica = rng.one_in(3);
+    let first_lsn = m.next_lsn();
+    let stamped = common::stamped(log, first_lsn, epoch, &payloads);
+    let state = ReplicaState {
+        fencing_token: token_asked,
+        writer: options.writer,
+    };
     let token = model.next_token;
     let lsns = loop {
-        match store.append_batch(log, epoch, &options, Batch::Records(&records), token) {
+        let appended = if replica {
+            let count = count as u32;
+            store.append_replica(log, epoch, first_lsn, &stamped, count, &state, token)
+        } else {
+            store.append_batch(log, epoch, &options, Batch::Records(&records), token)
+        };
+        match appended {
             Ok(lsns) => break lsns,
             Err(Error::Overloaded) => poll(store, model, true)?,
-            Err(Error::Fenced { token: current }) => {
+            Err(Error::Fenced { token: current }) if !replica => {
                 assert!(
                     token_asked < Some(fence),
                     "log {log}: fenced at {fence} by {token_asked:?}"
                 );
                 assert_eq!(current, fence);
-                return Ok(());
+                return Ok(false);
             }
             Err(e) => return Err(e.into()),
         }
     };
     assert!(
-        token_asked.is_none_or(|t| t >= fence),
+        replica || token_asked.is_none_or(|t| t >= fence),
         "log {log}: a lower token was accepted"
     );
     let m = model.logs.get_mut(&log).expect("log");
@@ -372,7 +404,7 @@ fn append<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng, epoc
     m.batches.push((seq, lsns.clone(), false));
     let fence = m.fence;
     assert_eq!(model.accept(Event::Append { log, lsns, fence }), token);
-    Ok(())
+    Ok(replica)
 }
 
 /// Sends a batch of the writer's window again: it gets its original LSNs, nothing is appended.
@@ -444,27 +476,41 @@ fn trim<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng) -> Ste
     Ok(())
 }
 
-/// A read of random bounds, compared with exactly what the model says it must return.
-fn read<I: Io>(store: &mut Store<I>, model: &Model, rng: &mut SimRng) -> Step {
+/// A read of random bounds, with `read` or (half the time) `read_stored`, compared with
+/// exactly what the model says it must return; returns whether it was a `read_stored` that
+/// returned records not durable yet.
+fn read<I: Io>(store: &mut Store<I>, model: &Model, rng: &mut SimRng) -> Result<bool, Failed> {
     let log = LOG_IDS[rng.below(LOG_IDS.len() as u64) as usize];
     let Some(tail) = check_tail(store, model, log) else {
         match store.read(log, 0, 1, 1) {
-            Err(Error::UnknownLog(l)) if l == log => return Ok(()),
+            Err(Error::UnknownLog(l)) if l == log => return Ok(false),
             other => return Err(other.expect_err("a read of an unknown log fails").into()),
         }
     };
     let m = &model.logs[&log];
+    let stored = rng.one_in(2);
+    let end = if stored {
+        tail.next_lsn
+    } else {
+        tail.durable_lsn
+    };
     let from = if tail.trim_point > 0 && rng.one_in(10) {
         rng.below(tail.trim_point)
     } else {
-        tail.trim_point + rng.below(tail.durable_lsn.saturating_sub(tail.trim_point) + 2)
+        tail.trim_point + rng.below(end.saturating_sub(tail.trim_point) + 2)
     };
     let max_records = rng.below(20) as usize;
     let max_bytes = rng.below(12_000) as usize;
-    let got = store.read(log, from, max_records, max_bytes);
+    let got = if stored {
+        store.read_stored(log, from, max_records, max_bytes)
+    } else {
+        store.read(log, from, max_records, max_bytes)
+    };
     if from < tail.trim_point {
         match got {
-            Err(Error::Trimmed { trim_point }) if trim_point == tail.trim_point => return Ok(()),
+            Err(Error::Trimmed { trim_point }) if trim_point == tail.trim_point => {
+                return Ok(false)
+            }
             Err(Error::Trimmed { .. }) | Ok(_) => {
                 panic!("log {log}: read below the trim point {tail:?}: {got:?}")
             }
@@ -477,11 +523,12 @@ fn read<I: Io>(store: &mut Store<I>, model: &Model, rng: &mut SimRng) -> Step {
         ),
         error,
     })?;
-    // What the read must return: records from `from` while below the durable LSN, at most
-    // `max_records`, and within `max_bytes` of payload after the first.
+    // What the read must return: records from `from` while below the durable LSN (or, for
+    // `read_stored`, the next LSN), at most `max_records`, and within `max_bytes` of payload
+    // after the first.
     let mut want = Vec::new();
     let mut bytes = 0;
-    for lsn in from..tail.durable_lsn {
+    for lsn in from..end {
         let len = m.records[lsn as usize].1.len();
         if want.len() >= max_records || (!want.is_empty() && bytes + len > max_bytes) {
             break;
@@ -503,7 +550,7 @@ fn read<I: Io>(store: &mut Store<I>, model: &Model, rng: &mut SimRng) -> Step {
             r.lsn
         );
     }
-    Ok(())
+    Ok(stored && got.last().is_some_and(|r| r.lsn >= tail.durable_lsn))
 }
 
 /// Random operations until the crash point.
@@ -519,7 +566,7 @@ fn run_workload<I: Io>(
     for _ in 0..ops {
         match rng.below(100) {
             0..=54 => {
-                append(store, model, rng, epoch)?;
+                coverage.replica_appends += u64::from(append(store, model, rng, epoch)?);
                 coverage.appends += 1;
             }
             55..=58 => {
@@ -531,7 +578,7 @@ fn run_workload<I: Io>(
                 coverage.retries += 1;
             }
             62..=69 if reads => {
-                read(store, model, rng)?;
+                coverage.stored_reads += u64::from(read(store, model, rng)?);
                 coverage.reads += 1;
             }
             62..=81 => poll(store, model, false)?,
@@ -819,7 +866,7 @@ fn run_seed(seed: u64, reads: bool, coverage: &mut Coverage) {
         check_recovered(&mut store, &mut model, coverage);
         // Appends continue after the recovered tail.
         append(&mut store, &mut model, &mut rng, cycle + 100)
-            .and_then(|()| sync_all(&mut store, &mut model))
+            .and_then(|_| sync_all(&mut store, &mut model))
             .unwrap_or_else(|e| panic!("cycle {cycle}: append after recovery: {e}"));
     }
 }
@@ -842,6 +889,10 @@ fn run_crash_test(test: &'static str, range: Range<u64>, reads: bool) {
         );
         assert!(coverage.torn_tails > 0, "{coverage:?}");
         assert!(coverage.retries > 0, "{coverage:?}");
+        assert!(coverage.replica_appends > 0, "{coverage:?}");
+        if reads {
+            assert!(coverage.stored_reads > 0, "{coverage:?}");
+        }
         assert!(coverage.retries_after_recovery > 0, "{coverage:?}");
         assert!(coverage.unacked_survivors > 0, "{coverage:?}");
         assert!(coverage.unacked_lost > 0, "{coverage:?}");
@@ -895,6 +946,9 @@ struct CrashingIo {
     power: Rc<Power>,
     /// Operations submitted after the power failed (never completed).
     dead: usize,
+    /// Their buffers: kept until the backend is dropped, as the `Io` contract says (the store
+    /// reads frames whose writes are in flight).
+    dead_bufs: Vec<AlignedBuf>,
 }
 
 fn power_lost() -> io::Error {
@@ -983,6 +1037,7 @@ impl Io for CrashingIo {
             self.inner.write(file, offset, buf, durability, token);
         } else {
             self.dead += 1;
+            self.dead_bufs.push(buf);
         }
     }
     fn read(&mut self, file: FileId, offset: u64, buf: AlignedBuf, token: u64) {
@@ -990,6 +1045,7 @@ impl Io for CrashingIo {
             self.inner.read(file, offset, buf, token);
         } else {
             self.dead += 1;
+            self.dead_bufs.push(buf);
         }
     }
     fn sync(&mut self, file: FileId, token: u64) {
@@ -1021,6 +1077,7 @@ fn open_crashing(disk: &SimDisk, power: &Rc<Power>, rng: &mut SimRng) -> Option<
         disk: disk.clone(),
         power: power.clone(),
         dead: 0,
+        dead_bufs: Vec::new(),
     };
     let opened = Store::open(io, Path::new(DIR), config(rng), Arc::new(disk.clock()));
     match opened {
@@ -1104,6 +1161,7 @@ fn crash_during_the_first_open_of_a_new_store() {
             disk: disk.clone(),
             power: power.clone(),
             dead: 0,
+            dead_bufs: Vec::new(),
         };
         let mut rng = SimRng::new(k);
         let opened = Store::open(io, Path::new(DIR), config(&mut rng), Arc::new(disk.clock()));
@@ -1125,7 +1183,7 @@ fn crash_during_the_first_open_of_a_new_store() {
         assert_eq!(store.log_ids().count(), 0);
         let mut model = Model::default();
         append(&mut store, &mut model, &mut rng, 1)
-            .and_then(|()| sync_all(&mut store, &mut model))
+            .and_then(|_| sync_all(&mut store, &mut model))
             .expect("the recovered store works");
         k += 1;
     }

@@ -1,6 +1,7 @@
 //! The contract of the [`Io`] seam, written once and run against every backend: io_uring on a
 //! real file system, the simulated disk, and the fault-injecting wrapper with no faults planned
-//! (it must be transparent). A store-level scenario then checks that the engine behaves the same
+//! (it must be transparent). Buffers come back from their operations at the address they went
+//! in with, which pinned frames rely on. A store-level scenario then checks that the engine behaves the same
 //! on the real backend and on the simulator (same LSNs, same payloads), which is what makes the
 //! simulator's verdicts worth trusting.
 
@@ -16,6 +17,8 @@ use chainlog_storage::{
     AlignedBuf, Clock, Durability, DurabilityMode, Error, FaultConfig, FaultPlan, FaultyIo, Io,
     LogTail, Record, SimDisk, SimRng, Store, StoreConfig, SystemClock, UringIo,
 };
+
+mod common;
 
 const BLOCK: u64 = BLOCK_SIZE as u64;
 
@@ -401,17 +404,53 @@ fn contract_many_in_flight<I: Io>(io: &mut I, dir: &Path) {
     }
 }
 
+/// The buffer of a write or a read comes back in its completion: the same allocation at the
+/// same address (a pinned frame is sent from that memory while it goes to disk), and a write
+/// leaves its buffer's bytes as they were.
+fn contract_buffers_come_back_at_their_address<I: Io>(io: &mut I, dir: &Path) {
+    io.create_dir_all(dir).expect("create_dir_all");
+    let f = io.open(&dir.join("addr.seg"), true).expect("create");
+    io.allocate(f, 8 * BLOCK).expect("allocate");
+    let mut sent = BTreeMap::new();
+    let modes = [
+        Durability::Buffered,
+        Durability::Dsync,
+        Durability::Fdatasync,
+    ];
+    for (i, mode) in modes.into_iter().enumerate() {
+        let buf = pattern(2, i as u8);
+        let token = 100 + i as u64;
+        sent.insert(token, (buf.as_ptr(), Some(expected_pattern(2, i as u8))));
+        io.write(f, 2 * BLOCK * i as u64, buf, mode, token);
+    }
+    let buf = zeroed(2);
+    sent.insert(200, (buf.as_ptr(), None));
+    io.read(f, 6 * BLOCK, buf, 200);
+    let completions = drain(io);
+    assert_eq!(completions.len(), sent.len());
+    for c in completions {
+        let (at, bytes) = sent.remove(&c.token).expect("a token submitted once");
+        c.result.expect("the operation succeeds");
+        let buf = c.buf.expect("the buffer comes back");
+        assert_eq!(buf.as_ptr(), at, "token {}: the same memory", c.token);
+        if let Some(bytes) = bytes {
+            assert_eq!(
+                buf.as_slice(),
+                bytes,
+                "token {}: a write leaves its buffer",
+                c.token
+            );
+        }
+    }
+    io.close(f);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The backends
 // ---------------------------------------------------------------------------------------------
 
-/// A directory on the real file system (under the target dir: O_DIRECT needs a real file
-/// system, which /tmp may not be), removed when dropped.
 fn real_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("io-contract-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("tempdir")
+    common::real_dir("io-contract-")
 }
 
 fn uring() -> UringIo {
@@ -433,6 +472,7 @@ macro_rules! contract_suite {
                 read_past_eof_is_short => contract_read_past_eof_is_short,
                 sync_file_and_dir => contract_sync_file_and_dir,
                 many_in_flight => contract_many_in_flight,
+                buffers_come_back_at_their_address => contract_buffers_come_back_at_their_address,
             );
         }
     };

@@ -59,6 +59,13 @@ pub struct Completion {
 ///
 /// Offsets and lengths of `write` and `read` are multiples of
 /// [`BLOCK_SIZE`](crate::format::BLOCK_SIZE), and buffers are block-aligned (O_DIRECT).
+///
+/// Buffers: the buffer moved into `write` or `read` comes back in that operation's
+/// [`Completion`], the same allocation at the same address, and until then the backend keeps
+/// it alive (also when the backend itself fails or the process "crashed": then until the
+/// backend is dropped). A backend only reads a write's buffer, never writes it. The store
+/// relies on both: it reads frames whose writes are in flight, and the bytes of pinned frames
+/// are sent from the same memory while it goes to disk (ARCHITECTURE.md 9b).
 pub trait Io {
     /// Registers fixed buffers with the backend (all of a pool at startup). Returns whether
     /// the backend registered them; unregistered buffers work too, slightly slower.

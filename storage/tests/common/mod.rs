@@ -1,0 +1,49 @@
+//! Helpers shared by the storage test suites (each suite uses some of them).
+#![allow(dead_code, unused_macros, unused_imports)]
+
+use chainlog_storage::format::{record_bytes, RecordHeader, RECORD_HEADER_BYTES};
+
+/// `assert_eq!` for store results (`Error` has no `PartialEq`: compared by message).
+macro_rules! assert_res {
+    ($left:expr, $right:expr $(, $msg:expr)?) => {
+        assert_eq!(
+            ($left).map_err(|e| e.to_string()),
+            ($right).map_err(|e: chainlog_storage::Error| e.to_string())
+            $(, $msg)?
+        )
+    };
+}
+pub(crate) use assert_res;
+
+/// A directory on the real file system, removed when dropped: under the target dir, because
+/// O_DIRECT needs a real file system, which /tmp may not be.
+pub(crate) fn real_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("tempdir")
+}
+
+/// `payloads` in the stored layout, as a head sequenced them: every header field set, LSNs
+/// from `first_lsn`, a timestamp derived from the LSN (so it is recognisable when read back).
+pub(crate) fn stamped(log_id: u64, first_lsn: u64, epoch: u64, payloads: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, p) in payloads.iter().enumerate() {
+        let lsn = first_lsn + i as u64;
+        let header = RecordHeader {
+            len: p.len() as u32,
+            crc: crc32c::crc32c(p),
+            log_id,
+            lsn,
+            epoch,
+            timestamp_us: 1_700_000_000_000_000 + lsn,
+        };
+        out.extend_from_slice(bytemuck::bytes_of(&header));
+        out.extend_from_slice(p);
+        out.resize(
+            out.len() + record_bytes(p.len()) - RECORD_HEADER_BYTES - p.len(),
+            0,
+        );
+    }
+    out
+}

@@ -21,7 +21,8 @@ use std::time::Duration;
 use chainlog::client::{log_id, AppendOptions, Client, ClientConfig, ClientError};
 use chainlog::net::{
     decode_request, encode_error, encode_response, parse_frame, AppendResponse, ErrorCode,
-    ErrorResponse, HelloResponse, Limits, LogRef, Request, Response, TailResponse, LSN_FROM_TAIL,
+    ErrorResponse, HelloResponse, Limits, LogRef, Request, Response, Role, TailResponse,
+    LSN_FROM_TAIL,
 };
 use common::Node;
 use serde_json::Value;
@@ -695,6 +696,7 @@ fn serve_fake(mut stream: TcpStream, shard: u16, shards: u16, script: &Script) {
                         record_bytes_max: limits.record_bytes_max,
                         batch_records_max: limits.batch_records_max,
                         node_id: 1,
+                        role: Role::Node,
                     };
                     encode_response(&mut out, frame.request_id, opcode, &Response::Hello(hello));
                 }

@@ -5,15 +5,25 @@
 
 use crate::error::ErrorCode;
 use crate::frame::{Flags, Frame};
+use crate::map::{
+    Chain, MapLog, MapLogs, MapNode, MapNodes, LOG_ENTRY_HEADER_BYTES, MAP_HEADER_BYTES,
+    NODE_ENTRY_HEADER_BYTES,
+};
 use crate::message::{
     padded, AppendHeader, AppendRequest, AppendResponse, CreateLogRequest, CreateLogResponse,
-    CreditRequest, DescribeLogRequest, DescribeLogResponse, ErrorResponse, HelloRequest,
-    HelloResponse, ListLogsRequest, ListLogsResponse, LogEntries, LogRef, Opcode, Push,
-    ReadRequest, ReadResponse, Request, Response, SubscribeRequest, SubscribeResponse,
-    TailResponse, TrimRequest, UnsubscribeRequest, ENTRY_HEADER_BYTES,
+    CreditRequest, DescribeLogRequest, DescribeLogResponse, ErrorResponse, GetMapRequest,
+    GetMapResponse, HeartbeatRequest, HelloRequest, HelloResponse, ListLogsRequest,
+    ListLogsResponse, LogEntries, LogRef, MapVersionResponse, Opcode, PeerRequest, Push,
+    ReadRequest, ReadResponse, RegisterNodeRequest, ReplicateHeader, ReplicateKind,
+    ReplicateRequest, ReplicateResponse, Request, Response, Role, SubscribeRequest,
+    SubscribeResponse, TailResponse, TrimRequest, UnsubscribeRequest, ENTRY_HEADER_BYTES,
+    REPLICATE_HEADER_BYTES,
 };
 use crate::records::{RecordForm, Records};
-use crate::{Error, Limits, ERROR_MESSAGE_BYTES_MAX, HELLO_MAGIC, PROTOCOL_VERSION, WRITER_NONE};
+use crate::{
+    Error, Limits, ADDR_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX, HELLO_MAGIC, PROTOCOL_VERSION,
+    WRITER_NONE,
+};
 
 /// Decodes a request frame (flags must be 0). The caller answers an error with
 /// [`Error::response`]; MALFORMED ones close the connection.
@@ -97,6 +107,41 @@ pub fn decode_request<'a>(frame: &Frame<'a>, limits: &Limits) -> Result<Request<
             Request::ListLogs(request)
         }
         Opcode::DeleteLog => Request::DeleteLog { log_id: r.u64()? },
+        Opcode::Peer => Request::Peer(PeerRequest {
+            node_id: r.node_id("node_id")?,
+        }),
+        Opcode::Replicate => Request::Replicate(replicate_request(&mut r, limits)?),
+        Opcode::RegisterNode => {
+            r.need(16)?;
+            let node_id = r.node_id("node_id")?;
+            let shard_count = r.u16()?;
+            let addr_len = r.u16()?;
+            r.reserved_u32("reserved")?;
+            if shard_count == 0 {
+                return Err(r.invalid("shard_count", 0));
+            }
+            Request::RegisterNode(RegisterNodeRequest {
+                node_id,
+                shard_count,
+                addr: r.addr(addr_len, "addr_len")?,
+            })
+        }
+        Opcode::Heartbeat => {
+            r.need(16)?;
+            Request::Heartbeat(HeartbeatRequest {
+                node_id: r.node_id("node_id")?,
+                applied_version: r.u64()?,
+            })
+        }
+        Opcode::GetMap => {
+            r.need(16)?;
+            let request = GetMapRequest {
+                after_log_id: r.u64()?,
+                max: r.u32()?,
+            };
+            r.reserved_u32("reserved")?;
+            Request::GetMap(request)
+        }
     };
     r.finish()?;
     Ok(request)
@@ -145,6 +190,71 @@ fn append_request<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<AppendReque
     }
     let records = Records::parse(r.rest(), count, RecordForm::Unstamped, limits)?;
     Ok(AppendRequest { header, records })
+}
+
+fn replicate_request<'a>(
+    r: &mut Reader<'a>,
+    limits: &Limits,
+) -> Result<ReplicateRequest<'a>, Error> {
+    r.need(REPLICATE_HEADER_BYTES)?;
+    let log_id = r.u64()?;
+    let epoch = r.u64()?;
+    let first_lsn = r.u64()?;
+    let committed_lsn = r.u64()?;
+    let fencing_token = r.u64()?;
+    let writer_id = r.u64()?;
+    let writer_seq = r.u64()?;
+    let trim_before = r.u64()?;
+    let count = r.u32()?;
+    let kind = r.u8()?;
+    r.reserved_u8("reserved0")?;
+    r.reserved_u16("reserved1")?;
+    let Some(kind) = ReplicateKind::from_u8(kind) else {
+        return Err(r.invalid("kind", u64::from(kind)));
+    };
+    if writer_id == WRITER_NONE && writer_seq != 0 {
+        return Err(r.invalid("writer_seq", writer_seq));
+    }
+    if kind != ReplicateKind::Trim && trim_before != 0 {
+        return Err(r.invalid("trim_before", trim_before));
+    }
+    let records = if kind == ReplicateKind::Records {
+        if count == 0 {
+            return Err(r.invalid("count", 0));
+        }
+        let form = RecordForm::Replicated {
+            log_id,
+            epoch,
+            first_lsn,
+        };
+        Records::parse(r.rest(), count, form, limits)?
+    } else {
+        // Only a batch of records carries the head's decisions about it.
+        for (field, value) in [
+            ("fencing_token", fencing_token),
+            ("writer_id", writer_id),
+            ("count", u64::from(count)),
+        ] {
+            if value != 0 {
+                return Err(r.invalid(field, value));
+            }
+        }
+        Records::EMPTY
+    };
+    Ok(ReplicateRequest {
+        header: ReplicateHeader {
+            log_id,
+            epoch,
+            first_lsn,
+            committed_lsn,
+            fencing_token,
+            writer_id,
+            writer_seq,
+            trim_before,
+            kind,
+        },
+        records,
+    })
 }
 
 fn describe_request<'a>(
@@ -260,6 +370,23 @@ pub fn decode_response<'a>(frame: &Frame<'a>, limits: &Limits) -> Result<Respons
         Opcode::DescribeLog => Response::DescribeLog(describe_response(&mut r, limits)?),
         Opcode::ListLogs => Response::ListLogs(list_response(&mut r, limits)?),
         Opcode::DeleteLog => Response::DeleteLog,
+        Opcode::Peer => Response::Peer,
+        Opcode::Replicate => {
+            r.need(32)?;
+            Response::Replicate(ReplicateResponse {
+                log_id: r.u64()?,
+                durable_lsn: r.u64()?,
+                trim_point: r.u64()?,
+                next_lsn: r.u64()?,
+            })
+        }
+        Opcode::RegisterNode => Response::RegisterNode(MapVersionResponse {
+            map_version: r.u64()?,
+        }),
+        Opcode::Heartbeat => Response::Heartbeat(MapVersionResponse {
+            map_version: r.u64()?,
+        }),
+        Opcode::GetMap => Response::GetMap(map_response(&mut r, limits)?),
     };
     r.finish()?;
     Ok(response)
@@ -270,12 +397,15 @@ fn hello_response(r: &mut Reader<'_>) -> Result<HelloResponse, Error> {
     let version = r.u16()?;
     let shard_index = r.u16()?;
     let shard_count = r.u16()?;
-    r.reserved_u16("reserved0")?;
+    let role = r.u16()?;
     let frame_bytes_max = r.u32()?;
     let record_bytes_max = r.u32()?;
     let batch_records_max = r.u32()?;
-    r.reserved_u32("reserved1")?;
+    r.reserved_u32("reserved")?;
     let node_id = r.u64()?;
+    let Some(role) = Role::from_u16(role) else {
+        return Err(r.invalid("role", u64::from(role)));
+    };
     if version != PROTOCOL_VERSION {
         return Err(r.invalid("version", u64::from(version)));
     }
@@ -293,6 +423,7 @@ fn hello_response(r: &mut Reader<'_>) -> Result<HelloResponse, Error> {
         record_bytes_max,
         batch_records_max,
         node_id,
+        role,
     };
     if !response.limits().is_consistent() {
         return Err(r.invalid("frame_bytes_max", u64::from(frame_bytes_max)));
@@ -370,14 +501,119 @@ fn list_response<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<ListLogsResp
         }
         previous = Some(log_id);
         r.name_of_len(name_len, limits)?;
-        let pad = padded(usize::from(name_len)) - usize::from(name_len);
-        if r.take(pad)?.iter().any(|&b| b != 0) {
-            return Err(r.invalid("entry.padding", u64::from(index)));
-        }
+        r.padding(name_len, "entry.padding", index)?;
     }
     let bytes = &r.body[start..r.pos];
     Ok(ListLogsResponse {
         entries: LogEntries::encoded(bytes, count),
+    })
+}
+
+fn map_response<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<GetMapResponse<'a>, Error> {
+    r.need(MAP_HEADER_BYTES)?;
+    let version = r.u64()?;
+    let node_count = r.u32()?;
+    let log_count = r.u32()?;
+    r.reserved_u64("reserved")?;
+    if log_count > limits.list_max {
+        return Err(Error::TooManyEntries {
+            count: log_count,
+            max: limits.list_max,
+        });
+    }
+    let start = r.pos;
+    let mut previous: Option<u64> = None;
+    for index in 0..node_count {
+        let node = map_node(r, index)?;
+        if previous.is_some_and(|p| node.node_id <= p) {
+            return Err(Error::NodeOutOfOrder { index });
+        }
+        previous = Some(node.node_id);
+    }
+    let nodes = MapNodes::encoded(&r.body[start..r.pos], node_count, *limits);
+    let start = r.pos;
+    let mut previous: Option<u64> = None;
+    for index in 0..log_count {
+        let log = map_log(r, index, limits)?;
+        if previous.is_some_and(|p| log.log_id <= p) {
+            return Err(Error::EntryOutOfOrder { index });
+        }
+        previous = Some(log.log_id);
+    }
+    let logs = MapLogs::encoded(&r.body[start..r.pos], log_count, *limits);
+    Ok(GetMapResponse {
+        version,
+        nodes,
+        logs,
+    })
+}
+
+/// Reads and checks one GET_MAP node entry at the reader's position; `index` names it in
+/// errors. [`MapNodes`] iterates with it too.
+pub(crate) fn map_node<'a>(r: &mut Reader<'a>, index: u32) -> Result<MapNode<'a>, Error> {
+    r.need(r.pos.saturating_add(NODE_ENTRY_HEADER_BYTES))?;
+    let node_id = r.node_id("node.node_id")?;
+    let shard_count = r.u16()?;
+    let addr_len = r.u16()?;
+    let alive = r.u8()?;
+    r.reserved_u8("node.reserved0")?;
+    r.reserved_u16("node.reserved1")?;
+    let last_heartbeat_ms = r.u64()?;
+    if shard_count == 0 {
+        return Err(r.invalid("node.shard_count", 0));
+    }
+    let alive = match alive {
+        0 => false,
+        1 => true,
+        other => return Err(r.invalid("node.alive", u64::from(other))),
+    };
+    let addr = r.addr(addr_len, "node.addr_len")?;
+    r.padding(addr_len, "node.padding", index)?;
+    Ok(MapNode {
+        node_id,
+        shard_count,
+        alive,
+        last_heartbeat_ms,
+        addr,
+    })
+}
+
+/// Reads and checks one GET_MAP log entry at the reader's position (its name under
+/// `limits`); `index` names it in errors. [`MapLogs`] iterates with it too.
+pub(crate) fn map_log<'a>(
+    r: &mut Reader<'a>,
+    index: u32,
+    limits: &Limits,
+) -> Result<MapLog<'a>, Error> {
+    r.need(r.pos.saturating_add(LOG_ENTRY_HEADER_BYTES))?;
+    let log_id = r.u64()?;
+    let epoch = r.u64()?;
+    let start_lsn = r.u64()?;
+    let replication_factor = r.u8()?;
+    let chain_len = r.u8()?;
+    let name_len = r.u16()?;
+    r.reserved_u32("log.reserved")?;
+    let created_version = r.u64()?;
+    if replication_factor == 0 {
+        return Err(r.invalid("log.replication_factor", 0));
+    }
+    if chain_len == 0 {
+        return Err(r.invalid("log.chain_len", 0));
+    }
+    let chain = r.take(8 * usize::from(chain_len))?;
+    if chain.chunks_exact(8).any(|id| id.iter().all(|&b| b == 0)) {
+        return Err(r.invalid("log.chain", 0));
+    }
+    let name = r.name_of_len(name_len, limits)?;
+    r.padding(name_len, "log.padding", index)?;
+    Ok(MapLog {
+        log_id,
+        epoch,
+        start_lsn,
+        replication_factor,
+        created_version,
+        chain: Chain::encoded(chain),
+        name,
     })
 }
 
@@ -428,14 +664,14 @@ pub fn check_name<'a>(name: &'a [u8], limits: &Limits) -> Result<&'a str, Error>
 }
 
 /// A bounds-checked little-endian cursor over a body.
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     body: &'a [u8],
     pos: usize,
     opcode: u16,
 }
 
 impl<'a> Reader<'a> {
-    fn new(body: &'a [u8], opcode: u16) -> Reader<'a> {
+    pub(crate) fn new(body: &'a [u8], opcode: u16) -> Reader<'a> {
         Reader {
             body,
             pos: 0,
@@ -516,6 +752,39 @@ impl<'a> Reader<'a> {
         self.reserved(value.into(), field)
     }
 
+    fn reserved_u64(&mut self, field: &'static str) -> Result<(), Error> {
+        let value = self.u64()?;
+        self.reserved(value, field)
+    }
+
+    /// A node id: nonzero (0 names the controller in a HELLO response, never a node).
+    fn node_id(&mut self, field: &'static str) -> Result<u64, Error> {
+        let node_id = self.u64()?;
+        if node_id == 0 {
+            return Err(self.invalid(field, 0));
+        }
+        Ok(node_id)
+    }
+
+    /// A node address of `len` bytes (its length field is `field`): 1..=`ADDR_BYTES_MAX`
+    /// bytes of UTF-8.
+    fn addr(&mut self, len: u16, field: &'static str) -> Result<&'a str, Error> {
+        if len == 0 || len > ADDR_BYTES_MAX {
+            return Err(self.invalid(field, u64::from(len)));
+        }
+        std::str::from_utf8(self.take(usize::from(len))?).map_err(|_| Error::AddrNotUtf8)
+    }
+
+    /// The zero padding after `len` bytes of a name or address, up to a multiple of 8; a
+    /// nonzero byte is an invalid `field` whose value is the entry's `index`.
+    fn padding(&mut self, len: u16, field: &'static str, index: u32) -> Result<(), Error> {
+        let len = usize::from(len);
+        if self.take(padded(len) - len)?.iter().any(|&b| b != 0) {
+            return Err(self.invalid(field, u64::from(index)));
+        }
+        Ok(())
+    }
+
     fn invalid(&self, field: &'static str, value: u64) -> Error {
         Error::InvalidField {
             opcode: self.opcode,
@@ -544,7 +813,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Everything not read yet.
-    fn rest(&mut self) -> &'a [u8] {
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
         let rest = &self.body[self.pos..];
         self.pos = self.body.len();
         rest

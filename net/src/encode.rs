@@ -7,8 +7,8 @@
 
 use crate::frame::{begin_frame, finish_frame, Flags};
 use crate::message::{
-    padded, AppendRequest, DescribeLogResponse, ErrorResponse, HelloResponse, LogEntries, LogRef,
-    Opcode, ReadResponse, Request, Response, TailResponse,
+    padded, AppendRequest, DescribeLogResponse, ErrorResponse, GetMapResponse, HelloResponse,
+    LogEntries, LogRef, Opcode, ReadResponse, ReplicateRequest, Request, Response, TailResponse,
 };
 use crate::{ERROR_MESSAGE_BYTES_MAX, HELLO_MAGIC};
 
@@ -83,6 +83,42 @@ pub fn encode_request(out: &mut Vec<u8>, request_id: u64, request: &Request<'_>)
             put_u32(out, list.max);
             put_u32(out, 0);
         }
+        Request::Peer(peer) => put_u64(out, peer.node_id),
+        Request::Replicate(ReplicateRequest { header, records }) => {
+            for field in [
+                header.log_id,
+                header.epoch,
+                header.first_lsn,
+                header.committed_lsn,
+                header.fencing_token,
+                header.writer_id,
+                header.writer_seq,
+                header.trim_before,
+            ] {
+                put_u64(out, field);
+            }
+            put_u32(out, records.count());
+            out.push(header.kind as u8);
+            out.push(0);
+            put_u16(out, 0);
+            out.extend_from_slice(records.bytes());
+        }
+        Request::RegisterNode(register) => {
+            put_u64(out, register.node_id);
+            put_u16(out, register.shard_count);
+            put_u16(out, addr_len(register.addr));
+            put_u32(out, 0);
+            out.extend_from_slice(register.addr.as_bytes());
+        }
+        Request::Heartbeat(heartbeat) => {
+            put_u64(out, heartbeat.node_id);
+            put_u64(out, heartbeat.applied_version);
+        }
+        Request::GetMap(get) => {
+            put_u64(out, get.after_log_id);
+            put_u32(out, get.max);
+            put_u32(out, 0);
+        }
     }
     finish_frame(out, start);
 }
@@ -112,7 +148,11 @@ pub fn encode_response(
         Response::Read(read) => read_body(out, &read),
         Response::Push(push) => read_body(out, &push.batch),
         Response::Subscribe(subscribe) => put_u64(out, subscribe.start_lsn),
-        Response::Credit | Response::Unsubscribe | Response::Trim | Response::DeleteLog => {}
+        Response::Credit
+        | Response::Unsubscribe
+        | Response::Trim
+        | Response::DeleteLog
+        | Response::Peer => {}
         Response::CheckTail(tail) | Response::TailHint(tail) => tail_body(out, &tail),
         Response::CreateLog(create) => {
             put_u64(out, create.log_id);
@@ -122,6 +162,16 @@ pub fn encode_response(
         }
         Response::DescribeLog(describe) => describe_body(out, &describe),
         Response::ListLogs(list) => list_body(out, list.entries),
+        Response::Replicate(replicate) => {
+            put_u64(out, replicate.log_id);
+            put_u64(out, replicate.durable_lsn);
+            put_u64(out, replicate.trim_point);
+            put_u64(out, replicate.next_lsn);
+        }
+        Response::RegisterNode(version) | Response::Heartbeat(version) => {
+            put_u64(out, version.map_version);
+        }
+        Response::GetMap(map) => map_body(out, &map),
         Response::Error(error) | Response::PushError(error) => error_body(out, &error),
     }
     finish_frame(out, start);
@@ -146,7 +196,7 @@ fn hello_body(out: &mut Vec<u8>, hello: &HelloResponse) {
     put_u16(out, hello.version);
     put_u16(out, hello.shard_index);
     put_u16(out, hello.shard_count);
-    put_u16(out, 0);
+    put_u16(out, hello.role as u16);
     put_u32(out, hello.frame_bytes_max);
     put_u32(out, hello.record_bytes_max);
     put_u32(out, hello.batch_records_max);
@@ -181,19 +231,45 @@ fn describe_body(out: &mut Vec<u8>, describe: &DescribeLogResponse<'_>) {
 }
 
 fn list_body(out: &mut Vec<u8>, entries: LogEntries<'_>) {
-    put_u32(
-        out,
-        u32::try_from(entries.len()).expect("entries fit a u32"),
-    );
+    put_u32(out, entry_count(entries.len()));
     put_u32(out, 0);
     for entry in entries {
         put_u64(out, entry.log_id);
         put_u16(out, name_len(entry.name));
         put_u16(out, 0);
         put_u32(out, 0);
-        out.extend_from_slice(entry.name.as_bytes());
-        let pad = padded(entry.name.len()) - entry.name.len();
-        out.extend_from_slice(&[0; 7][..pad]);
+        put_padded(out, entry.name.as_bytes());
+    }
+}
+
+fn map_body(out: &mut Vec<u8>, map: &GetMapResponse<'_>) {
+    put_u64(out, map.version);
+    put_u32(out, entry_count(map.nodes.len()));
+    put_u32(out, entry_count(map.logs.len()));
+    put_u64(out, 0);
+    for node in map.nodes {
+        put_u64(out, node.node_id);
+        put_u16(out, node.shard_count);
+        put_u16(out, addr_len(node.addr));
+        out.push(u8::from(node.alive));
+        out.push(0);
+        put_u16(out, 0);
+        put_u64(out, node.last_heartbeat_ms);
+        put_padded(out, node.addr.as_bytes());
+    }
+    for log in map.logs {
+        put_u64(out, log.log_id);
+        put_u64(out, log.epoch);
+        put_u64(out, log.start_lsn);
+        out.push(log.replication_factor);
+        out.push(u8::try_from(log.chain.len()).expect("a chain has at most 255 nodes"));
+        put_u16(out, name_len(log.name));
+        put_u32(out, 0);
+        put_u64(out, log.created_version);
+        for node_id in log.chain {
+            put_u64(out, node_id);
+        }
+        put_padded(out, log.name.as_bytes());
     }
 }
 
@@ -222,6 +298,20 @@ fn truncate_message(message: &str) -> &str {
 
 fn name_len(name: &str) -> u16 {
     u16::try_from(name.len()).expect("a log name is at most 65535 bytes")
+}
+
+fn addr_len(addr: &str) -> u16 {
+    u16::try_from(addr.len()).expect("a node address is at most 65535 bytes")
+}
+
+fn entry_count(len: usize) -> u32 {
+    u32::try_from(len).expect("entries fit a u32")
+}
+
+/// `bytes`, then zeros up to a multiple of 8.
+fn put_padded(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(&[0; 7][..padded(bytes.len()) - bytes.len()]);
 }
 
 fn put_u16(out: &mut Vec<u8>, value: u16) {

@@ -43,11 +43,21 @@ pub enum ErrorCode {
     /// batches: a retry too old to resolve, or out of order. `arg0`: the writer's last
     /// `writer_seq`.
     WriterSeq = 15,
+    /// A REPLICATE starts above the replica's next LSN: nothing was written. `arg0`: the LSN
+    /// the replica expects next (resend from there).
+    Gap = 16,
+    /// The REPLICATE's connection declared no PEER, or its PEER node is not the receiver's
+    /// predecessor in the log's chain; or a HEARTBEAT from a node that never registered.
+    /// `arg0`: the node id expected (the predecessor), or [`ARG_NONE`].
+    UnknownNode = 17,
+    /// Only the controller serves this request (a controller verb sent to a node, or a
+    /// CREATE_LOG or DELETE_LOG sent to a cluster node): send it to the controller.
+    NotController = 18,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::Malformed,
         ErrorCode::UnsupportedVersion,
         ErrorCode::UnknownLog,
@@ -63,6 +73,9 @@ impl ErrorCode {
         ErrorCode::LogExists,
         ErrorCode::Unavailable,
         ErrorCode::WriterSeq,
+        ErrorCode::Gap,
+        ErrorCode::UnknownNode,
+        ErrorCode::NotController,
     ];
 
     /// Decodes a wire code; `None` if version 1 does not define it.
@@ -73,9 +86,9 @@ impl ErrorCode {
     }
 
     /// True if the same request, sent again unchanged (after `arg0` milliseconds for
-    /// OVERLOADED; to the shard or node `arg0` names for WRONG_SHARD and NOT_HEAD), can
-    /// succeed. The request did not take effect. Terminal codes need the caller to change
-    /// something first (or to give up).
+    /// OVERLOADED; to the shard or node `arg0` names for WRONG_SHARD and NOT_HEAD; from the
+    /// LSN `arg0` names for GAP), can succeed. The request did not take effect. Terminal codes
+    /// need the caller to change something first (or to give up).
     pub fn is_retryable(self) -> bool {
         matches!(
             self,
@@ -83,6 +96,7 @@ impl ErrorCode {
                 | ErrorCode::Overloaded
                 | ErrorCode::WrongShard
                 | ErrorCode::Unavailable
+                | ErrorCode::Gap
         )
     }
 
@@ -109,6 +123,9 @@ impl ErrorCode {
             ErrorCode::LogExists => "LOG_EXISTS",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::WriterSeq => "WRITER_SEQ",
+            ErrorCode::Gap => "GAP",
+            ErrorCode::UnknownNode => "UNKNOWN_NODE",
+            ErrorCode::NotController => "NOT_CONTROLLER",
         }
     }
 }
@@ -275,11 +292,25 @@ pub enum Error {
         computed: u32,
     },
     /// In a READ response or push, a record is not the next one (another log, a gap in LSNs,
-    /// or an LSN at or past the batch's `tail`).
+    /// or an LSN at or past the batch's `tail`); in a REPLICATE, `first_lsn + index` is past
+    /// `u64::MAX`.
     #[error("record {index} is out of sequence")]
     RecordOutOfSequence {
         /// The record's index in its batch.
         index: u32,
+    },
+    /// In a REPLICATE, a record's `log_id`, `lsn` or `epoch` is not the one the header says
+    /// (record `i` is of the header's log, at `first_lsn + i`, in its epoch).
+    #[error("record {index}: {field} is {value}, the REPLICATE header says {expected}")]
+    RecordStampMismatch {
+        /// The record's index in its batch.
+        index: u32,
+        /// The field.
+        field: &'static str,
+        /// The record's value.
+        value: u64,
+        /// The value the header says.
+        expected: u64,
     },
     /// The body ends before `count` records.
     #[error("count says {declared} records but the body holds {found}")]
@@ -314,7 +345,7 @@ pub enum Error {
     /// A log name containing a NUL byte.
     #[error("log name contains a NUL byte")]
     NameContainsNul,
-    /// A LIST_LOGS response with more entries than `list_max`.
+    /// A LIST_LOGS or GET_MAP response with more (log) entries than `list_max`.
     #[error("{count} entries exceed list_max {max}")]
     TooManyEntries {
         /// The count.
@@ -322,12 +353,21 @@ pub enum Error {
         /// The limit.
         max: u32,
     },
-    /// A LIST_LOGS entry whose id is not above the previous entry's.
+    /// A LIST_LOGS entry or GET_MAP log entry whose id is not above the previous entry's.
     #[error("entry {index} is out of order (log ids must ascend)")]
     EntryOutOfOrder {
         /// The entry's index.
         index: u32,
     },
+    /// A GET_MAP node entry whose id is not above the previous node's.
+    #[error("node entry {index} is out of order (node ids must ascend)")]
+    NodeOutOfOrder {
+        /// The node entry's index.
+        index: u32,
+    },
+    /// A node address (REGISTER_NODE, GET_MAP) that is not UTF-8.
+    #[error("node address is not valid UTF-8")]
+    AddrNotUtf8,
     /// An ERROR with a code version 1 does not define.
     #[error("unknown error code {code}")]
     UnknownErrorCode {
@@ -368,7 +408,8 @@ impl Error {
             | Error::RecordFieldNonzero { index, .. }
             | Error::RecordPaddingNonzero { index }
             | Error::BadRecordCrc { index, .. }
-            | Error::RecordOutOfSequence { index } => Some(index),
+            | Error::RecordOutOfSequence { index }
+            | Error::RecordStampMismatch { index, .. } => Some(index),
             _ => None,
         }
     }
@@ -418,12 +459,12 @@ mod tests {
             assert_eq!(ErrorCode::from_u16(*code as u16), Some(*code));
         }
         assert_eq!(ErrorCode::from_u16(0), None);
-        assert_eq!(ErrorCode::from_u16(16), None);
+        assert_eq!(ErrorCode::from_u16(19), None);
         assert_eq!(ErrorCode::from_u16(u16::MAX), None);
     }
 
     #[test]
-    fn retryable_codes_are_the_documented_four() {
+    fn retryable_codes_are_the_documented_five() {
         let retryable: Vec<_> = ErrorCode::ALL
             .iter()
             .filter(|c| c.is_retryable())
@@ -431,8 +472,24 @@ mod tests {
             .collect();
         assert_eq!(
             retryable,
-            ["NOT_HEAD", "OVERLOADED", "WRONG_SHARD", "UNAVAILABLE"]
+            [
+                "NOT_HEAD",
+                "OVERLOADED",
+                "WRONG_SHARD",
+                "UNAVAILABLE",
+                "GAP"
+            ]
         );
+    }
+
+    #[test]
+    fn only_malformed_and_unsupported_version_close() {
+        let closing: Vec<_> = ErrorCode::ALL
+            .iter()
+            .filter(|c| c.closes_connection())
+            .map(|c| c.name())
+            .collect();
+        assert_eq!(closing, ["MALFORMED", "UNSUPPORTED_VERSION"]);
     }
 
     #[test]
@@ -462,5 +519,19 @@ mod tests {
         };
         assert_eq!((crc.code(), crc.arg0()), (ErrorCode::Malformed, ARG_NONE));
         assert_eq!(crc.response("m").message, "m");
+        let stamp = Error::RecordStampMismatch {
+            index: 4,
+            field: "lsn",
+            value: 9,
+            expected: 8,
+        };
+        assert_eq!(stamp.code(), ErrorCode::Malformed);
+        assert_eq!((stamp.arg0(), stamp.arg1()), (4, 0));
+        for error in [Error::AddrNotUtf8, Error::NodeOutOfOrder { index: 1 }] {
+            assert_eq!(
+                (error.code(), error.arg0()),
+                (ErrorCode::Malformed, ARG_NONE)
+            );
+        }
     }
 }

@@ -6,8 +6,9 @@
 //! [`Response`] that borrows from the buffer; [`encode_request`], [`encode_response`] and
 //! [`encode_error`] append whole frames to a `Vec<u8>`. [`AppendBuilder`] and [`ReadBuilder`]
 //! lay records out directly in an output buffer, in the storage layout
-//! ([`RecordHeader`], payload, zero padding to 8 bytes), which is also the disk layout: an
-//! APPEND's [`Records::bytes`] can be copied to disk as they are.
+//! ([`RecordHeader`], payload, zero padding to 8 bytes), which is also the disk layout: the
+//! [`Records::bytes`] of an APPEND, and the stamped ones of a REPLICATE between nodes, can be
+//! copied to disk as they are.
 //!
 //! Nothing here does I/O, blocks or allocates while decoding; every decoder returns a precise
 //! [`Error`] for bad input and never panics. `PROTOCOL.md` at the workspace root is the
@@ -17,6 +18,7 @@ mod decode;
 mod encode;
 pub mod error;
 pub mod frame;
+pub mod map;
 pub mod message;
 pub mod records;
 
@@ -25,11 +27,14 @@ pub use decode::{check_name, decode_request, decode_response};
 pub use encode::{encode_error, encode_request, encode_response};
 pub use error::{Error, ErrorCode};
 pub use frame::{parse_frame, Flags, Frame, FrameHeader, FRAME_HEADER_BYTES, FRAME_LENGTH_MIN};
+pub use map::{Chain, ChainIter, MapEntries, MapEntriesIter, MapLog, MapLogs, MapNode, MapNodes};
 pub use message::{
     AppendHeader, AppendRequest, AppendResponse, CreateLogRequest, CreateLogResponse,
-    CreditRequest, DescribeLogRequest, DescribeLogResponse, ErrorResponse, HelloRequest,
-    HelloResponse, ListLogsRequest, ListLogsResponse, LogEntries, LogEntriesIter, LogEntry, LogRef,
-    Opcode, Push, ReadRequest, ReadResponse, Request, Response, SubscribeRequest,
+    CreditRequest, DescribeLogRequest, DescribeLogResponse, ErrorResponse, GetMapRequest,
+    GetMapResponse, HeartbeatRequest, HelloRequest, HelloResponse, ListLogsRequest,
+    ListLogsResponse, LogEntries, LogEntriesIter, LogEntry, LogRef, MapVersionResponse, Opcode,
+    PeerRequest, Push, ReadRequest, ReadResponse, RegisterNodeRequest, ReplicateHeader,
+    ReplicateKind, ReplicateRequest, ReplicateResponse, Request, Response, Role, SubscribeRequest,
     SubscribeResponse, TailResponse, TrimRequest, UnsubscribeRequest,
 };
 pub use records::{AppendBuilder, ReadBuilder, ReadKind, RecordForm, RecordIter, Records};
@@ -57,6 +62,10 @@ pub const WRITER_NONE: u64 = 0;
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 /// ERROR `arg0`/`arg1` when the argument does not apply (e.g. MALFORMED about no one record).
 pub const ARG_NONE: u64 = u64::MAX;
+/// The longest node address (REGISTER_NODE, GET_MAP), in bytes of UTF-8. Fixed by version 1.
+pub const ADDR_BYTES_MAX: u16 = 255;
+/// GET_MAP `last_heartbeat_ms` of a node that never heartbeated.
+pub const HEARTBEAT_MS_NEVER: u64 = u64::MAX;
 
 /// The limits a peer enforces. Decoders take them as a parameter; a client learns the server's
 /// frame, record and batch limits from the HELLO response ([`HelloResponse::limits`]).
@@ -101,7 +110,22 @@ impl Limits {
             && self.list_max >= 1
             && self.in_flight_max >= 1
     }
+
+    /// The limits a node reads a connection with once it declared PEER: `frame_bytes_max`
+    /// grows by [`REPLICATE_EXTRA_BYTES`], so a batch that fit an APPEND frame is forwarded in
+    /// one REPLICATE frame.
+    pub const fn replication(&self) -> Limits {
+        Limits {
+            frame_bytes_max: self.frame_bytes_max.saturating_add(REPLICATE_EXTRA_BYTES),
+            ..*self
+        }
+    }
 }
+
+/// How much larger a REPLICATE frame is than the APPEND frame of the same records: its header
+/// is 72 bytes, an APPEND's 56.
+pub const REPLICATE_EXTRA_BYTES: u32 =
+    (message::REPLICATE_HEADER_BYTES - message::APPEND_HEADER_BYTES) as u32;
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -111,3 +135,4 @@ impl Default for Limits {
 
 const _: () = assert!(Limits::DEFAULT.is_consistent());
 const _: () = assert!(HELLO_MAGIC == 0x474C_4843);
+const _: () = assert!(REPLICATE_EXTRA_BYTES == 16);

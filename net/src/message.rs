@@ -1,9 +1,11 @@
 //! Messages: the opcodes and the typed requests and responses, one struct per body. Types
 //! that hold records, names or messages borrow them from the frame they were decoded from.
 //! Wire sentinels (epoch 0 = current, `expected_lsn` `u64::MAX` = unconditional, ...) are
-//! kept as they are on the wire; see the constants at the crate root.
+//! kept as they are on the wire; see the constants at the crate root. The entries of a
+//! GET_MAP response (the cluster map) are in [`map`](crate::map).
 
 use crate::error::ErrorCode;
+use crate::map::{MapLogs, MapNodes};
 use crate::records::Records;
 use crate::{Limits, EPOCH_CURRENT, LSN_UNCONDITIONAL, PROTOCOL_VERSION, TOKEN_NONE, WRITER_NONE};
 
@@ -37,11 +39,21 @@ pub enum Opcode {
     ListLogs = 12,
     /// Delete a log.
     DeleteLog = 13,
+    /// Node to node: this connection carries replication traffic from a node.
+    Peer = 14,
+    /// Node to node: records, a trim, a barrier or a commit point for a replica.
+    Replicate = 15,
+    /// Node to controller: a node joins the cluster (or rejoins after a restart).
+    RegisterNode = 16,
+    /// Node to controller: the node is alive and has applied a map version.
+    Heartbeat = 17,
+    /// To the controller: a page of the cluster map.
+    GetMap = 18,
 }
 
 impl Opcode {
     /// Every opcode, in wire order.
-    pub const ALL: [Opcode; 13] = [
+    pub const ALL: [Opcode; 18] = [
         Opcode::Hello,
         Opcode::Append,
         Opcode::Read,
@@ -55,6 +67,11 @@ impl Opcode {
         Opcode::DescribeLog,
         Opcode::ListLogs,
         Opcode::DeleteLog,
+        Opcode::Peer,
+        Opcode::Replicate,
+        Opcode::RegisterNode,
+        Opcode::Heartbeat,
+        Opcode::GetMap,
     ];
 
     /// Decodes an opcode; `None` if version 1 does not define it.
@@ -80,6 +97,11 @@ impl Opcode {
             Opcode::DescribeLog => "DESCRIBE_LOG",
             Opcode::ListLogs => "LIST_LOGS",
             Opcode::DeleteLog => "DELETE_LOG",
+            Opcode::Peer => "PEER",
+            Opcode::Replicate => "REPLICATE",
+            Opcode::RegisterNode => "REGISTER_NODE",
+            Opcode::Heartbeat => "HEARTBEAT",
+            Opcode::GetMap => "GET_MAP",
         }
     }
 
@@ -94,6 +116,7 @@ impl Opcode {
                 | Opcode::CheckTail
                 | Opcode::TailHint
                 | Opcode::Trim
+                | Opcode::Replicate
         )
     }
 }
@@ -152,6 +175,16 @@ pub enum Request<'a> {
         /// The log.
         log_id: u64,
     },
+    /// PEER.
+    Peer(PeerRequest),
+    /// REPLICATE.
+    Replicate(ReplicateRequest<'a>),
+    /// REGISTER_NODE.
+    RegisterNode(RegisterNodeRequest<'a>),
+    /// HEARTBEAT.
+    Heartbeat(HeartbeatRequest),
+    /// GET_MAP.
+    GetMap(GetMapRequest),
 }
 
 impl Request<'_> {
@@ -171,6 +204,11 @@ impl Request<'_> {
             Request::DescribeLog(_) => Opcode::DescribeLog,
             Request::ListLogs(_) => Opcode::ListLogs,
             Request::DeleteLog { .. } => Opcode::DeleteLog,
+            Request::Peer(_) => Opcode::Peer,
+            Request::Replicate(_) => Opcode::Replicate,
+            Request::RegisterNode(_) => Opcode::RegisterNode,
+            Request::Heartbeat(_) => Opcode::Heartbeat,
+            Request::GetMap(_) => Opcode::GetMap,
         }
     }
 
@@ -179,6 +217,7 @@ impl Request<'_> {
     pub fn routed_log(&self) -> Option<u64> {
         match *self {
             Request::Append(AppendRequest { header, .. }) => Some(header.log_id),
+            Request::Replicate(ReplicateRequest { header, .. }) => Some(header.log_id),
             Request::Read(ReadRequest { log_id, .. })
             | Request::Subscribe(SubscribeRequest { log_id, .. })
             | Request::CheckTail { log_id }
@@ -334,6 +373,134 @@ pub struct ListLogsRequest {
     pub max: u32,
 }
 
+/// PEER request: the connection carries replication traffic from `node_id` (sent once, after
+/// HELLO).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerRequest {
+    /// The sending node (nonzero).
+    pub node_id: u64,
+}
+
+/// What a REPLICATE carries (its `kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ReplicateKind {
+    /// Records the head sequenced, stamped, from `first_lsn` on.
+    Records = 1,
+    /// A trim to `trim_before`.
+    Trim = 2,
+    /// Answered once everything before it is durable down the chain (CHECK_TAIL).
+    Barrier = 3,
+    /// The commit point (`committed_lsn`) only; never answered on success.
+    Commit = 4,
+}
+
+impl ReplicateKind {
+    /// Decodes a kind; `None` if version 1 does not define it.
+    pub fn from_u8(kind: u8) -> Option<ReplicateKind> {
+        match kind {
+            1 => Some(ReplicateKind::Records),
+            2 => Some(ReplicateKind::Trim),
+            3 => Some(ReplicateKind::Barrier),
+            4 => Some(ReplicateKind::Commit),
+            _ => None,
+        }
+    }
+}
+
+/// Size of a REPLICATE body before its records.
+pub(crate) const REPLICATE_HEADER_BYTES: usize = 72;
+
+/// The fixed part of a REPLICATE body (everything but `count` and the records).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicateHeader {
+    /// The log.
+    pub log_id: u64,
+    /// The log's epoch at the sender; the records' `epoch`.
+    pub epoch: u64,
+    /// RECORDS: the first record's LSN; other kinds: the log's next LSN at the sender.
+    pub first_lsn: u64,
+    /// Records below this LSN are committed (durable on every replica), as the sender knows.
+    pub committed_lsn: u64,
+    /// RECORDS: the log's fencing token after this batch if the batch raised it, else
+    /// [`TOKEN_NONE`]; 0 for other kinds.
+    pub fencing_token: u64,
+    /// RECORDS: the batch's idempotency key's writer, or [`WRITER_NONE`]; 0 for other kinds.
+    pub writer_id: u64,
+    /// RECORDS: the key's sequence number (0 without a writer); 0 for other kinds.
+    pub writer_seq: u64,
+    /// TRIM: the new trim point; 0 for other kinds.
+    pub trim_before: u64,
+    /// What the REPLICATE carries.
+    pub kind: ReplicateKind,
+}
+
+impl ReplicateHeader {
+    /// A REPLICATE of `kind` for `log_id` in `epoch` at `first_lsn` with `committed_lsn`,
+    /// without a fencing token, idempotency key or trim point.
+    pub const fn new(
+        kind: ReplicateKind,
+        log_id: u64,
+        epoch: u64,
+        first_lsn: u64,
+        committed_lsn: u64,
+    ) -> ReplicateHeader {
+        ReplicateHeader {
+            log_id,
+            epoch,
+            first_lsn,
+            committed_lsn,
+            fencing_token: TOKEN_NONE,
+            writer_id: WRITER_NONE,
+            writer_seq: 0,
+            trim_before: 0,
+            kind,
+        }
+    }
+}
+
+/// REPLICATE request: the header and, for [`ReplicateKind::Records`], a validated, zero-copy
+/// view of the stamped records ([`Records::EMPTY`] for the other kinds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicateRequest<'a> {
+    /// Log, epoch, LSNs, the head's decisions, kind.
+    pub header: ReplicateHeader,
+    /// The records, in the storage layout, stamped as the header says, every CRC checked:
+    /// [`Records::bytes`] can be stored as they are.
+    pub records: Records<'a>,
+}
+
+/// REGISTER_NODE request: a node joins the cluster, or rejoins with a new address or shard
+/// count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegisterNodeRequest<'a> {
+    /// The node's id (nonzero).
+    pub node_id: u64,
+    /// Its shards (at least 1).
+    pub shard_count: u16,
+    /// `"host:port"` of its shard 0 (1..=[`ADDR_BYTES_MAX`](crate::ADDR_BYTES_MAX) bytes of
+    /// UTF-8).
+    pub addr: &'a str,
+}
+
+/// HEARTBEAT request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeartbeatRequest {
+    /// The node's id (nonzero).
+    pub node_id: u64,
+    /// The newest map version every shard of the node has applied.
+    pub applied_version: u64,
+}
+
+/// GET_MAP request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GetMapRequest {
+    /// Only logs with a greater id are listed (0 for the first page).
+    pub after_log_id: u64,
+    /// At most this many logs (the controller also caps it at `list_max`).
+    pub max: u32,
+}
+
 /// A decoded response (or push).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Response<'a> {
@@ -365,6 +532,16 @@ pub enum Response<'a> {
     ListLogs(ListLogsResponse<'a>),
     /// DELETE_LOG response (empty).
     DeleteLog,
+    /// PEER response (empty).
+    Peer,
+    /// REPLICATE response (RECORDS, TRIM and BARRIER; COMMIT is not answered on success).
+    Replicate(ReplicateResponse),
+    /// REGISTER_NODE response.
+    RegisterNode(MapVersionResponse),
+    /// HEARTBEAT response.
+    Heartbeat(MapVersionResponse),
+    /// GET_MAP response.
+    GetMap(GetMapResponse<'a>),
     /// The request failed (flags RESPONSE|ERROR).
     Error(ErrorResponse<'a>),
     /// A subscription ended because of this error: its last push (flags
@@ -391,6 +568,11 @@ impl Response<'_> {
             Response::DescribeLog(_) => Opcode::DescribeLog,
             Response::ListLogs(_) => Opcode::ListLogs,
             Response::DeleteLog => Opcode::DeleteLog,
+            Response::Peer => Opcode::Peer,
+            Response::Replicate(_) => Opcode::Replicate,
+            Response::RegisterNode(_) => Opcode::RegisterNode,
+            Response::Heartbeat(_) => Opcode::Heartbeat,
+            Response::GetMap(_) => Opcode::GetMap,
             Response::Error(_) => return None,
         })
     }
@@ -423,8 +605,32 @@ pub struct HelloResponse {
     pub record_bytes_max: u32,
     /// The server's `batch_records_max`.
     pub batch_records_max: u32,
-    /// The node's id.
+    /// The node's id (0 from the controller).
     pub node_id: u64,
+    /// What answered: a node or the controller.
+    pub role: Role,
+}
+
+/// What answered a HELLO (the response's `role`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Role {
+    /// A chainlog node, standalone or a cluster member (role 0).
+    Node = 0,
+    /// The cluster's controller (role 1): it answers HELLO with shard 0 of 1, the default
+    /// limits and node id 0.
+    Controller = 1,
+}
+
+impl Role {
+    /// Decodes a role; `None` if version 1 does not define it.
+    pub fn from_u16(role: u16) -> Option<Role> {
+        match role {
+            0 => Some(Role::Node),
+            1 => Some(Role::Controller),
+            _ => None,
+        }
+    }
 }
 
 impl HelloResponse {
@@ -517,6 +723,39 @@ pub struct DescribeLogResponse<'a> {
     pub replication_factor: u8,
     /// The log's name.
     pub name: &'a str,
+}
+
+/// REPLICATE response: how far the log is durable on the receiver and every node after it in
+/// the chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicateResponse {
+    /// The log.
+    pub log_id: u64,
+    /// Every record below this LSN is durable on this node and every node after it
+    /// (cumulative).
+    pub durable_lsn: u64,
+    /// The trim point durable on this node and every node after it.
+    pub trim_point: u64,
+    /// The receiver's own next LSN for the log.
+    pub next_lsn: u64,
+}
+
+/// REGISTER_NODE and HEARTBEAT response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapVersionResponse {
+    /// The controller's current map version (a node that has applied less fetches the map).
+    pub map_version: u64,
+}
+
+/// GET_MAP response: a page of the cluster map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GetMapResponse<'a> {
+    /// The map's version (if it changes between pages, start again).
+    pub version: u64,
+    /// Every node, on every page, ascending by id.
+    pub nodes: MapNodes<'a>,
+    /// This page's logs, ascending by id, all above the request's `after_log_id`.
+    pub logs: MapLogs<'a>,
 }
 
 /// LIST_LOGS response.

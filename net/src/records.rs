@@ -5,7 +5,8 @@
 //! A record is the storage layout: a 40-byte [`RecordHeader`] (`len`, `crc`, `log_id`, `lsn`,
 //! `epoch`, `timestamp_us`), the payload, and zero padding to a multiple of 8. In an APPEND
 //! only `len` and `crc` are set (the server stamps the rest in place); in a READ response or a
-//! push every field is.
+//! push every field is; in a REPLICATE every field is too, and `log_id`, `lsn` and `epoch` are
+//! the ones the REPLICATE header names, so a replica stores the bytes as they are.
 
 use crate::frame::{begin_frame, finish_frame, Flags, FRAME_HEADER_BYTES};
 use crate::message::{AppendHeader, Opcode, APPEND_HEADER_BYTES};
@@ -21,6 +22,16 @@ pub enum RecordForm {
     Unstamped,
     /// As a server returns them: every field set, one log, consecutive LSNs.
     Stamped,
+    /// As a head sends them to a replica in a REPLICATE: every field set, record `i` of log
+    /// `log_id` with LSN `first_lsn + i` in `epoch` (any `timestamp_us`).
+    Replicated {
+        /// The log every record belongs to.
+        log_id: u64,
+        /// The epoch every record was appended in.
+        epoch: u64,
+        /// The first record's LSN.
+        first_lsn: u64,
+    },
 }
 
 /// A validated batch of `count` records, borrowed from a frame: the bytes are exactly the
@@ -89,6 +100,11 @@ impl<'a> Records<'a> {
                     }
                     previous = Some(header);
                 }
+                RecordForm::Replicated {
+                    log_id,
+                    epoch,
+                    first_lsn,
+                } => check_replicated(&header, index, log_id, epoch, first_lsn)?,
             }
             let (payload, padding) = record[RECORD_HEADER_BYTES..].split_at(len);
             if padding.iter().any(|&b| b != 0) {
@@ -160,6 +176,33 @@ fn check_unstamped(header: &RecordHeader, index: u32) -> Result<(), Error> {
     ];
     match stamped.iter().find(|(_, value)| *value != 0) {
         Some(&(field, _)) => Err(Error::RecordFieldNonzero { index, field }),
+        None => Ok(()),
+    }
+}
+
+fn check_replicated(
+    header: &RecordHeader,
+    index: u32,
+    log_id: u64,
+    epoch: u64,
+    first_lsn: u64,
+) -> Result<(), Error> {
+    // Past u64::MAX there is no LSN for this record to have.
+    let Some(lsn) = first_lsn.checked_add(u64::from(index)) else {
+        return Err(Error::RecordOutOfSequence { index });
+    };
+    let fields = [
+        ("log_id", header.log_id, log_id),
+        ("lsn", header.lsn, lsn),
+        ("epoch", header.epoch, epoch),
+    ];
+    match fields.iter().find(|(_, value, expected)| value != expected) {
+        Some(&(field, value, expected)) => Err(Error::RecordStampMismatch {
+            index,
+            field,
+            value,
+            expected,
+        }),
         None => Ok(()),
     }
 }

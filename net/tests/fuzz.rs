@@ -104,7 +104,8 @@ proptest! {
 
     #[test]
     fn arbitrary_bodies_in_valid_frames_never_panic(
-        opcode in 0u16..16,
+        // Every opcode, opcode 0 and the first undefined one.
+        opcode in 0u16..=Opcode::ALL.len() as u16 + 1,
         flags in 0u16..16,
         request_id in any::<u64>(),
         body in proptest::collection::vec(any::<u8>(), 0..200),
@@ -163,6 +164,102 @@ proptest! {
     }
 
     #[test]
+    fn valid_replicates_round_trip(
+        log_id in any::<u64>(),
+        epoch in any::<u64>(),
+        first_lsn in 0u64..u64::MAX - 8,
+        committed_lsn in any::<u64>(),
+        fencing_token in any::<u64>(),
+        writer in proptest::option::of((1u64.., any::<u64>())),
+        trim_before in any::<u64>(),
+        kind in 1u8..=4,
+        payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..6),
+        request_id in any::<u64>(),
+    ) {
+        let kind = ReplicateKind::from_u8(kind).unwrap();
+        let base = ReplicateHeader::new(kind, log_id, epoch, first_lsn, committed_lsn);
+        let (header, bytes) = match kind {
+            ReplicateKind::Records => {
+                let (writer_id, writer_seq) = writer.unwrap_or((0, 0));
+                let payloads: Vec<&[u8]> = payloads.iter().map(|p| &p[..]).collect();
+                let header = ReplicateHeader { fencing_token, writer_id, writer_seq, ..base };
+                (header, replicated(log_id, epoch, first_lsn, &payloads))
+            }
+            ReplicateKind::Trim => (ReplicateHeader { trim_before, ..base }, Vec::new()),
+            ReplicateKind::Barrier | ReplicateKind::Commit => (base, Vec::new()),
+        };
+        let count = if bytes.is_empty() { 0 } else { payloads.len() as u32 };
+        let form = RecordForm::Replicated { log_id, epoch, first_lsn };
+        let records = Records::parse(&bytes, count, form, &Limits::DEFAULT).unwrap();
+        let request = Request::Replicate(ReplicateRequest { header, records });
+        let mut out = Vec::new();
+        encode_request(&mut out, request_id, &request);
+        let frame = parse_frame(&out, &Limits::DEFAULT).unwrap().unwrap();
+        prop_assert_eq!(decode_request(&frame, &Limits::DEFAULT).unwrap(), request);
+        prop_assert_eq!(decode_everything(&out, &Limits::DEFAULT), 1);
+    }
+
+    #[test]
+    fn valid_map_pages_round_trip(
+        version in any::<u64>(),
+        nodes in proptest::collection::btree_map(
+            1u64..,
+            (1u16.., any::<bool>(), any::<u64>(), "[a-z0-9.:\\[\\]-]{1,40}"),
+            0..6,
+        ),
+        logs in proptest::collection::btree_map(
+            any::<u64>(),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                1u8..,
+                any::<u64>(),
+                proptest::collection::vec(1u64.., 1..8),
+                "[a-z0-9/._\u{e0}-\u{ff}-]{1,60}",
+            ),
+            0..6,
+        ),
+        request_id in any::<u64>(),
+    ) {
+        let nodes: Vec<MapNode<'_>> = nodes
+            .iter()
+            .map(|(&node_id, (shard_count, alive, last_heartbeat_ms, addr))| MapNode {
+                node_id,
+                shard_count: *shard_count,
+                alive: *alive,
+                last_heartbeat_ms: *last_heartbeat_ms,
+                addr,
+            })
+            .collect();
+        let logs: Vec<MapLog<'_>> = logs
+            .iter()
+            .map(|(&log_id, (epoch, start_lsn, rf, created_version, chain, name))| MapLog {
+                log_id,
+                epoch: *epoch,
+                start_lsn: *start_lsn,
+                replication_factor: *rf,
+                created_version: *created_version,
+                chain: Chain::from_slice(chain),
+                name,
+            })
+            .collect();
+        let page = Response::GetMap(GetMapResponse {
+            version,
+            nodes: MapNodes::from_slice(&nodes),
+            logs: MapLogs::from_slice(&logs),
+        });
+        let mut out = Vec::new();
+        encode_response(&mut out, request_id, Opcode::GetMap, &page);
+        let frame = parse_frame(&out, &Limits::DEFAULT).unwrap().unwrap();
+        let decoded = decode_response(&frame, &Limits::DEFAULT).unwrap();
+        prop_assert_eq!(decoded, page);
+        let Response::GetMap(decoded) = decoded else { panic!("not a GET_MAP response") };
+        prop_assert_eq!(decoded.nodes.iter().collect::<Vec<_>>(), nodes.clone());
+        prop_assert_eq!(decoded.logs.iter().collect::<Vec<_>>(), logs.clone());
+        prop_assert_eq!(decode_everything(&out, &Limits::DEFAULT), 1);
+    }
+
+    #[test]
     fn valid_small_requests_round_trip(
         a in any::<u64>(),
         b in any::<u64>(),
@@ -185,6 +282,14 @@ proptest! {
             Request::DescribeLog(DescribeLogRequest { by: LogRef::Name(&name) }),
             Request::ListLogs(ListLogsRequest { after_log_id: a, max: c }),
             Request::DeleteLog { log_id: a },
+            Request::Peer(PeerRequest { node_id: a.max(1) }),
+            Request::RegisterNode(RegisterNodeRequest {
+                node_id: a.max(1),
+                shard_count: (c as u16).max(1),
+                addr: &name,
+            }),
+            Request::Heartbeat(HeartbeatRequest { node_id: a.max(1), applied_version: b }),
+            Request::GetMap(GetMapRequest { after_log_id: a, max: c }),
         ];
         for request in requests {
             let mut out = Vec::new();

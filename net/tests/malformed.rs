@@ -10,6 +10,11 @@ const REQ: u16 = 0;
 const RESP: u16 = Flags::RESPONSE.bits();
 const ERR: u16 = Flags::RESPONSE.bits() | Flags::ERROR.bits();
 const APPEND: u16 = Opcode::Append as u16;
+const PEER: u16 = Opcode::Peer as u16;
+const REPLICATE: u16 = Opcode::Replicate as u16;
+const REGISTER: u16 = Opcode::RegisterNode as u16;
+const HEARTBEAT: u16 = Opcode::Heartbeat as u16;
+const GET_MAP: u16 = Opcode::GetMap as u16;
 
 /// Which decoder a case goes through after framing.
 #[derive(Clone, Copy, Debug)]
@@ -105,6 +110,59 @@ fn list_entry(log_id: u64, name: &[u8], pad_byte: u8) -> Vec<u8> {
 fn list_body(count: u32, entries: &[Vec<u8>]) -> Vec<u8> {
     let mut body = count.to_le_bytes().to_vec();
     body.extend_from_slice(&[0; 4]);
+    body.extend(entries.concat());
+    body
+}
+
+fn register_body(node_id: u64, shard_count: u16, addr_len: u16, addr: &[u8]) -> Vec<u8> {
+    let mut body = node_id.to_le_bytes().to_vec();
+    body.extend_from_slice(&shard_count.to_le_bytes());
+    body.extend_from_slice(&addr_len.to_le_bytes());
+    body.extend_from_slice(&[0; 4]);
+    body.extend_from_slice(addr);
+    body
+}
+
+/// A GET_MAP node entry, its padding made of `pad_byte`.
+fn map_node_entry(node_id: u64, shard_count: u16, alive: u8, addr: &[u8], pad_byte: u8) -> Vec<u8> {
+    let mut entry = node_id.to_le_bytes().to_vec();
+    entry.extend_from_slice(&shard_count.to_le_bytes());
+    entry.extend_from_slice(&(addr.len() as u16).to_le_bytes());
+    entry.extend_from_slice(&[alive, 0, 0, 0]);
+    entry.extend_from_slice(&77u64.to_le_bytes());
+    entry.extend_from_slice(addr);
+    while !entry.len().is_multiple_of(8) {
+        entry.push(pad_byte);
+    }
+    entry
+}
+
+/// A GET_MAP log entry (epoch 1 from LSN 0, created at version 1), its padding made of
+/// `pad_byte`.
+fn map_log_entry(log_id: u64, rf: u8, chain: &[u64], name: &[u8], pad_byte: u8) -> Vec<u8> {
+    let mut entry = Vec::new();
+    for v in [log_id, 1, 0] {
+        entry.extend_from_slice(&v.to_le_bytes());
+    }
+    entry.extend_from_slice(&[rf, chain.len() as u8]);
+    entry.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    entry.extend_from_slice(&[0; 4]);
+    entry.extend_from_slice(&1u64.to_le_bytes());
+    for id in chain {
+        entry.extend_from_slice(&id.to_le_bytes());
+    }
+    entry.extend_from_slice(name);
+    while !entry.len().is_multiple_of(8) {
+        entry.push(pad_byte);
+    }
+    entry
+}
+
+fn map_body(node_count: u32, log_count: u32, entries: &[Vec<u8>]) -> Vec<u8> {
+    let mut body = 9u64.to_le_bytes().to_vec();
+    body.extend_from_slice(&node_count.to_le_bytes());
+    body.extend_from_slice(&log_count.to_le_bytes());
+    body.extend_from_slice(&[0; 8]);
     body.extend(entries.concat());
     body
 }
@@ -205,11 +263,14 @@ fn cases() -> Vec<Case> {
         &body,
         Error::UnknownOpcode { opcode: 0 },
     ));
+    let past_the_last = Opcode::ALL.len() as u16 + 1;
     cases.push(request(
-        "opcode 14",
-        14,
+        "opcode past the last",
+        past_the_last,
         &body,
-        Error::UnknownOpcode { opcode: 14 },
+        Error::UnknownOpcode {
+            opcode: past_the_last,
+        },
     ));
     for (name, flags) in [
         ("RESPONSE flag on a request", RESP),
@@ -537,6 +598,438 @@ fn cases() -> Vec<Case> {
         },
     ));
 
+    // PEER.
+    cases.push(request(
+        "PEER node_id 0",
+        PEER,
+        &0u64.to_le_bytes(),
+        Error::InvalidField {
+            opcode: PEER,
+            field: "node_id",
+            value: 0,
+        },
+    ));
+    cases.push(request(
+        "PEER truncated",
+        PEER,
+        &[1, 0, 0, 0],
+        Error::BodyTruncated {
+            opcode: PEER,
+            body_bytes: 4,
+            needed_bytes: 8,
+        },
+    ));
+    cases.push(request(
+        "PEER trailing bytes",
+        PEER,
+        &[1, 0, 0, 0, 0, 0, 0, 0, 0],
+        Error::TrailingBytes {
+            opcode: PEER,
+            extra_bytes: 1,
+        },
+    ));
+
+    // REPLICATE.
+    let records_header = ReplicateHeader::new(ReplicateKind::Records, 7, 3, 10, 10);
+    let two = replicated(7, 3, 10, &[b"first", b"second"]);
+    let replicate = |count: u32, records: &[u8]| replicate_body(&records_header, count, 1, records);
+    let invalid = |field: &'static str, value: u64| Error::InvalidField {
+        opcode: REPLICATE,
+        field,
+        value,
+    };
+    cases.push(request(
+        "REPLICATE header truncated",
+        REPLICATE,
+        &replicate(2, &two)[..64],
+        Error::BodyTruncated {
+            opcode: REPLICATE,
+            body_bytes: 64,
+            needed_bytes: 72,
+        },
+    ));
+    for kind in [0, 5, 0xff] {
+        cases.push(request(
+            "REPLICATE bad kind",
+            REPLICATE,
+            &replicate_body(&records_header, 2, kind, &two),
+            invalid("kind", u64::from(kind)),
+        ));
+    }
+    for (name, at, field) in [
+        ("REPLICATE reserved0 nonzero", 69, "reserved0"),
+        ("REPLICATE reserved1 nonzero", 71, "reserved1"),
+    ] {
+        let mut body = replicate(2, &two);
+        body[at] = 1;
+        cases.push(request(
+            name,
+            REPLICATE,
+            &body,
+            Error::ReservedNonzero {
+                opcode: REPLICATE,
+                field,
+            },
+        ));
+    }
+    cases.push(request(
+        "REPLICATE RECORDS count 0",
+        REPLICATE,
+        &replicate(0, &[]),
+        invalid("count", 0),
+    ));
+    let trim = ReplicateHeader {
+        trim_before: 5,
+        ..ReplicateHeader::new(ReplicateKind::Trim, 7, 3, 12, 12)
+    };
+    cases.push(request(
+        "REPLICATE TRIM with records",
+        REPLICATE,
+        &replicate_body(&trim, 2, 2, &two),
+        invalid("count", 2),
+    ));
+    let barrier = ReplicateHeader::new(ReplicateKind::Barrier, 7, 3, 12, 12);
+    cases.push(request(
+        "REPLICATE BARRIER with bytes after the header",
+        REPLICATE,
+        &replicate_body(&barrier, 0, 3, &two),
+        Error::TrailingBytes {
+            opcode: REPLICATE,
+            extra_bytes: two.len(),
+        },
+    ));
+    let commit = ReplicateHeader::new(ReplicateKind::Commit, 7, 3, 12, 12);
+    cases.push(request(
+        "REPLICATE COMMIT with trim_before",
+        REPLICATE,
+        &replicate_body(
+            &ReplicateHeader {
+                trim_before: 5,
+                ..commit
+            },
+            0,
+            4,
+            &[],
+        ),
+        invalid("trim_before", 5),
+    ));
+    cases.push(request(
+        "REPLICATE RECORDS with trim_before",
+        REPLICATE,
+        &replicate_body(
+            &ReplicateHeader {
+                trim_before: 5,
+                ..records_header
+            },
+            2,
+            1,
+            &two,
+        ),
+        invalid("trim_before", 5),
+    ));
+    cases.push(request(
+        "REPLICATE BARRIER with a fencing token",
+        REPLICATE,
+        &replicate_body(
+            &ReplicateHeader {
+                fencing_token: 4,
+                ..barrier
+            },
+            0,
+            3,
+            &[],
+        ),
+        invalid("fencing_token", 4),
+    ));
+    cases.push(request(
+        "REPLICATE TRIM with a writer",
+        REPLICATE,
+        &replicate_body(
+            &ReplicateHeader {
+                writer_id: 9,
+                writer_seq: 1,
+                ..trim
+            },
+            0,
+            2,
+            &[],
+        ),
+        invalid("writer_id", 9),
+    ));
+    cases.push(request(
+        "REPLICATE writer_seq without writer_id",
+        REPLICATE,
+        &replicate_body(
+            &ReplicateHeader {
+                writer_seq: 3,
+                ..records_header
+            },
+            2,
+            1,
+            &two,
+        ),
+        invalid("writer_seq", 3),
+    ));
+    let mismatch =
+        |index: u32, field: &'static str, value: u64, expected: u64| Error::RecordStampMismatch {
+            index,
+            field,
+            value,
+            expected,
+        };
+    let mut wrong_lsn = replicated(7, 3, 10, &[b"first"]);
+    wrong_lsn.extend(replicated(7, 3, 12, &[b"second"]));
+    cases.push(request(
+        "REPLICATE record with the wrong lsn",
+        REPLICATE,
+        &replicate(2, &wrong_lsn),
+        mismatch(1, "lsn", 12, 11),
+    ));
+    cases.push(request(
+        "REPLICATE records starting at another lsn",
+        REPLICATE,
+        &replicate(2, &replicated(7, 3, 0, &[b"first", b"second"])),
+        mismatch(0, "lsn", 0, 10),
+    ));
+    let mut wrong_log = replicated(7, 3, 10, &[b"first"]);
+    wrong_log.extend(replicated(8, 3, 11, &[b"second"]));
+    cases.push(request(
+        "REPLICATE record of another log",
+        REPLICATE,
+        &replicate(2, &wrong_log),
+        mismatch(1, "log_id", 8, 7),
+    ));
+    cases.push(request(
+        "REPLICATE record of another epoch",
+        REPLICATE,
+        &replicate(2, &replicated(7, 2, 10, &[b"first", b"second"])),
+        mismatch(0, "epoch", 2, 3),
+    ));
+    cases.push(request(
+        "REPLICATE unstamped records",
+        REPLICATE,
+        &replicate(2, &unstamped(&[b"first", b"second"])),
+        mismatch(0, "log_id", 0, 7),
+    ));
+    let at_the_end = ReplicateHeader::new(ReplicateKind::Records, 7, 3, u64::MAX, 0);
+    cases.push(request(
+        "REPLICATE records past the last lsn",
+        REPLICATE,
+        &replicate_body(
+            &at_the_end,
+            2,
+            1,
+            &[
+                replicated(7, 3, u64::MAX, &[b"first"]),
+                replicated(7, 3, 0, &[b"second"]),
+            ]
+            .concat(),
+        ),
+        Error::RecordOutOfSequence { index: 1 },
+    ));
+    let mut bad_crc = two.clone();
+    bad_crc[first_len + 40] ^= 0x20; // "second" -> "Second"
+    cases.push(request(
+        "REPLICATE bad record crc names the record",
+        REPLICATE,
+        &replicate(2, &bad_crc),
+        Error::BadRecordCrc {
+            index: 1,
+            stored: crc32c::crc32c(b"second"),
+            computed: crc32c::crc32c(b"Second"),
+        },
+    ));
+    let mut padding = two.clone();
+    padding[first_len - 1] = 0xff;
+    cases.push(request(
+        "REPLICATE record padding nonzero",
+        REPLICATE,
+        &replicate(2, &padding),
+        Error::RecordPaddingNonzero { index: 0 },
+    ));
+    cases.push(request(
+        "REPLICATE count over batch_records_max",
+        REPLICATE,
+        &replicate(4097, &two),
+        Error::TooManyRecords {
+            count: 4097,
+            max: 4096,
+        },
+    ));
+    let huge = RecordHeader {
+        len: limits.record_bytes_max + 1,
+        log_id: 7,
+        lsn: 10,
+        epoch: 3,
+        ..RecordHeader::default()
+    };
+    cases.push(request(
+        "REPLICATE record len over record_bytes_max",
+        REPLICATE,
+        &replicate(1, bytemuck::bytes_of(&huge)),
+        Error::RecordTooLarge {
+            index: 0,
+            len: u64::from(limits.record_bytes_max) + 1,
+            max: limits.record_bytes_max,
+        },
+    ));
+    cases.push(request(
+        "REPLICATE record payload truncated",
+        REPLICATE,
+        &replicate(2, &two[..two.len() - 8]),
+        Error::RecordTruncated { index: 1 },
+    ));
+    cases.push(request(
+        "REPLICATE fewer records than count",
+        REPLICATE,
+        &replicate(3, &two),
+        Error::CountMismatch {
+            declared: 3,
+            found: 2,
+        },
+    ));
+    cases.push(request(
+        "REPLICATE more records than count",
+        REPLICATE,
+        &replicate(1, &two),
+        Error::BytesAfterRecords {
+            count: 1,
+            extra_bytes: two.len() - first_len,
+        },
+    ));
+
+    // REGISTER_NODE, HEARTBEAT, GET_MAP.
+    let addr = b"10.0.0.2:7400";
+    let register = |node_id: u64, shard_count: u16, addr: &[u8]| {
+        register_body(node_id, shard_count, addr.len() as u16, addr)
+    };
+    let invalid = |opcode: u16, field: &'static str, value: u64| Error::InvalidField {
+        opcode,
+        field,
+        value,
+    };
+    cases.push(request(
+        "REGISTER_NODE node_id 0",
+        REGISTER,
+        &register(0, 1, addr),
+        invalid(REGISTER, "node_id", 0),
+    ));
+    cases.push(request(
+        "REGISTER_NODE shard_count 0",
+        REGISTER,
+        &register(2, 0, addr),
+        invalid(REGISTER, "shard_count", 0),
+    ));
+    cases.push(request(
+        "REGISTER_NODE empty addr",
+        REGISTER,
+        &register(2, 1, b""),
+        invalid(REGISTER, "addr_len", 0),
+    ));
+    cases.push(request(
+        "REGISTER_NODE addr over 255 bytes",
+        REGISTER,
+        &register(2, 1, &[b'a'; 256]),
+        invalid(REGISTER, "addr_len", 256),
+    ));
+    cases.push(request(
+        "REGISTER_NODE addr not UTF-8",
+        REGISTER,
+        &register(2, 1, b"host\xff:1"),
+        Error::AddrNotUtf8,
+    ));
+    let mut body = register(2, 1, addr);
+    body[12] = 1;
+    cases.push(request(
+        "REGISTER_NODE reserved nonzero",
+        REGISTER,
+        &body,
+        Error::ReservedNonzero {
+            opcode: REGISTER,
+            field: "reserved",
+        },
+    ));
+    cases.push(request(
+        "REGISTER_NODE truncated",
+        REGISTER,
+        &register(2, 1, addr)[..10],
+        Error::BodyTruncated {
+            opcode: REGISTER,
+            body_bytes: 10,
+            needed_bytes: 16,
+        },
+    ));
+    cases.push(request(
+        "REGISTER_NODE addr_len past the body",
+        REGISTER,
+        &register_body(2, 1, 16, addr),
+        Error::BodyTruncated {
+            opcode: REGISTER,
+            body_bytes: 16 + addr.len(),
+            needed_bytes: 32,
+        },
+    ));
+    cases.push(request(
+        "REGISTER_NODE bytes after the addr",
+        REGISTER,
+        &register_body(2, 1, 8, addr),
+        Error::TrailingBytes {
+            opcode: REGISTER,
+            extra_bytes: addr.len() - 8,
+        },
+    ));
+    let heartbeat = |node_id: u64| {
+        let mut body = node_id.to_le_bytes().to_vec();
+        body.extend_from_slice(&41u64.to_le_bytes());
+        body
+    };
+    cases.push(request(
+        "HEARTBEAT node_id 0",
+        HEARTBEAT,
+        &heartbeat(0),
+        invalid(HEARTBEAT, "node_id", 0),
+    ));
+    cases.push(request(
+        "HEARTBEAT truncated",
+        HEARTBEAT,
+        &heartbeat(2)[..8],
+        Error::BodyTruncated {
+            opcode: HEARTBEAT,
+            body_bytes: 8,
+            needed_bytes: 16,
+        },
+    ));
+    cases.push(request(
+        "HEARTBEAT trailing bytes",
+        HEARTBEAT,
+        &[heartbeat(2), vec![0; 8]].concat(),
+        Error::TrailingBytes {
+            opcode: HEARTBEAT,
+            extra_bytes: 8,
+        },
+    ));
+    let mut get_map = [0u8; 16];
+    get_map[15] = 1;
+    cases.push(request(
+        "GET_MAP reserved nonzero",
+        GET_MAP,
+        &get_map,
+        Error::ReservedNonzero {
+            opcode: GET_MAP,
+            field: "reserved",
+        },
+    ));
+    cases.push(request(
+        "GET_MAP truncated",
+        GET_MAP,
+        &get_map[..12],
+        Error::BodyTruncated {
+            opcode: GET_MAP,
+            body_bytes: 12,
+            needed_bytes: 16,
+        },
+    ));
+
     // Responses.
     cases.push(response(
         "response without RESPONSE",
@@ -596,11 +1089,11 @@ fn cases() -> Vec<Case> {
         Error::UnknownErrorCode { code: 0 },
     ));
     cases.push(response(
-        "ERROR code 16",
+        "ERROR code 19",
         2,
         ERR,
-        &error_body(16, 0, b""),
-        Error::UnknownErrorCode { code: 16 },
+        &error_body(19, 0, b""),
+        Error::UnknownErrorCode { code: 19 },
     ));
     cases.push(response(
         "ERROR retryable disagrees with the code",
@@ -713,6 +1206,19 @@ fn cases() -> Vec<Case> {
             value: 1 << 20,
         },
     ));
+    let mut bad_role = hello_response_body(1, 0, 1, limits.frame_bytes_max);
+    bad_role[6] = 2;
+    cases.push(response(
+        "HELLO response role 2",
+        1,
+        RESP,
+        &bad_role,
+        Error::InvalidField {
+            opcode: 1,
+            field: "role",
+            value: 2,
+        },
+    ));
     cases.push(response(
         "APPEND response count 0",
         2,
@@ -724,6 +1230,222 @@ fn cases() -> Vec<Case> {
             value: 0,
         },
     ));
+    cases.push(response(
+        "PEER response with a body",
+        PEER,
+        RESP,
+        &[0; 8],
+        Error::TrailingBytes {
+            opcode: PEER,
+            extra_bytes: 8,
+        },
+    ));
+    cases.push(response(
+        "REPLICATE response of 24 bytes",
+        REPLICATE,
+        RESP,
+        &[0; 24],
+        Error::BodyTruncated {
+            opcode: REPLICATE,
+            body_bytes: 24,
+            needed_bytes: 32,
+        },
+    ));
+    cases.push(response(
+        "REPLICATE response trailing bytes",
+        REPLICATE,
+        RESP,
+        &[0; 40],
+        Error::TrailingBytes {
+            opcode: REPLICATE,
+            extra_bytes: 8,
+        },
+    ));
+    cases.push(response(
+        "REGISTER_NODE response truncated",
+        REGISTER,
+        RESP,
+        &[0; 4],
+        Error::BodyTruncated {
+            opcode: REGISTER,
+            body_bytes: 4,
+            needed_bytes: 8,
+        },
+    ));
+    cases.push(response(
+        "HEARTBEAT response trailing bytes",
+        HEARTBEAT,
+        RESP,
+        &[0; 9],
+        Error::TrailingBytes {
+            opcode: HEARTBEAT,
+            extra_bytes: 1,
+        },
+    ));
+    let node = |node_id: u64| map_node_entry(node_id, 1, 1, b"h:1", 0);
+    let log = |log_id: u64| map_log_entry(log_id, 3, &[1, 2], b"log", 0);
+    let map_case = |name: &'static str, body: Vec<u8>, expected: Error| {
+        response(name, GET_MAP, RESP, &body, expected)
+    };
+    let map_invalid = |field: &'static str, value: u64| invalid(GET_MAP, field, value);
+    cases.push(map_case(
+        "GET_MAP header truncated",
+        map_body(0, 0, &[])[..16].to_vec(),
+        Error::BodyTruncated {
+            opcode: GET_MAP,
+            body_bytes: 16,
+            needed_bytes: 24,
+        },
+    ));
+    let mut body = map_body(0, 0, &[]);
+    body[23] = 1;
+    cases.push(map_case(
+        "GET_MAP reserved nonzero",
+        body,
+        Error::ReservedNonzero {
+            opcode: GET_MAP,
+            field: "reserved",
+        },
+    ));
+    cases.push(map_case(
+        "GET_MAP over list_max logs",
+        map_body(0, 1001, &[]),
+        Error::TooManyEntries {
+            count: 1001,
+            max: 1000,
+        },
+    ));
+    cases.push(map_case(
+        "GET_MAP fewer nodes than node_count",
+        map_body(3, 0, &[node(1), node(2)]),
+        Error::BodyTruncated {
+            opcode: GET_MAP,
+            body_bytes: 24 + 64,
+            needed_bytes: 24 + 64 + 24,
+        },
+    ));
+    cases.push(map_case(
+        "GET_MAP fewer logs than log_count",
+        map_body(1, 2, &[node(1), log(3)]),
+        Error::BodyTruncated {
+            opcode: GET_MAP,
+            body_bytes: 24 + 32 + 64,
+            needed_bytes: 24 + 32 + 64 + 40,
+        },
+    ));
+    cases.push(map_case(
+        "GET_MAP more entries than the counts",
+        map_body(1, 1, &[node(1), log(3), log(4)]),
+        Error::TrailingBytes {
+            opcode: GET_MAP,
+            extra_bytes: 64,
+        },
+    ));
+    cases.push(map_case(
+        "GET_MAP node ids not ascending",
+        map_body(3, 0, &[node(1), node(5), node(2)]),
+        Error::NodeOutOfOrder { index: 2 },
+    ));
+    cases.push(map_case(
+        "GET_MAP node listed twice",
+        map_body(2, 0, &[node(1), node(1)]),
+        Error::NodeOutOfOrder { index: 1 },
+    ));
+    cases.push(map_case(
+        "GET_MAP node id 0",
+        map_body(1, 0, &[node(0)]),
+        map_invalid("node.node_id", 0),
+    ));
+    cases.push(map_case(
+        "GET_MAP node shard_count 0",
+        map_body(1, 0, &[map_node_entry(1, 0, 1, b"h:1", 0)]),
+        map_invalid("node.shard_count", 0),
+    ));
+    cases.push(map_case(
+        "GET_MAP node alive 2",
+        map_body(1, 0, &[map_node_entry(1, 1, 2, b"h:1", 0)]),
+        map_invalid("node.alive", 2),
+    ));
+    cases.push(map_case(
+        "GET_MAP node empty addr",
+        map_body(1, 0, &[map_node_entry(1, 1, 1, b"", 0)]),
+        map_invalid("node.addr_len", 0),
+    ));
+    cases.push(map_case(
+        "GET_MAP node addr not UTF-8",
+        map_body(1, 0, &[map_node_entry(1, 1, 1, b"h\xc3\x28:1", 0)]),
+        Error::AddrNotUtf8,
+    ));
+    cases.push(map_case(
+        "GET_MAP node padding nonzero",
+        map_body(2, 0, &[node(1), map_node_entry(2, 1, 1, b"h:1", 9)]),
+        map_invalid("node.padding", 1),
+    ));
+    let mut reserved = node(1);
+    reserved[14] = 1;
+    cases.push(map_case(
+        "GET_MAP node reserved nonzero",
+        map_body(1, 0, &[reserved]),
+        Error::ReservedNonzero {
+            opcode: GET_MAP,
+            field: "node.reserved1",
+        },
+    ));
+    cases.push(map_case(
+        "GET_MAP log ids not ascending",
+        map_body(1, 3, &[node(1), log(3), log(9), log(7)]),
+        Error::EntryOutOfOrder { index: 2 },
+    ));
+    cases.push(map_case(
+        "GET_MAP chain_len 0",
+        map_body(1, 1, &[node(1), map_log_entry(3, 3, &[], b"log", 0)]),
+        map_invalid("log.chain_len", 0),
+    ));
+    cases.push(map_case(
+        "GET_MAP chain naming node 0",
+        map_body(1, 1, &[node(1), map_log_entry(3, 3, &[1, 0], b"log", 0)]),
+        map_invalid("log.chain", 0),
+    ));
+    cases.push(map_case(
+        "GET_MAP replication_factor 0",
+        map_body(1, 1, &[node(1), map_log_entry(3, 0, &[1], b"log", 0)]),
+        map_invalid("log.replication_factor", 0),
+    ));
+    cases.push(map_case(
+        "GET_MAP log padding nonzero",
+        map_body(
+            1,
+            2,
+            &[node(1), log(3), map_log_entry(4, 3, &[1], b"log", 1)],
+        ),
+        map_invalid("log.padding", 1),
+    ));
+    let mut reserved = log(3);
+    reserved[28] = 1;
+    cases.push(map_case(
+        "GET_MAP log reserved nonzero",
+        map_body(1, 1, &[node(1), reserved]),
+        Error::ReservedNonzero {
+            opcode: GET_MAP,
+            field: "log.reserved",
+        },
+    ));
+    for (name, log_name, expected) in [
+        ("GET_MAP log name empty", &b""[..], Error::EmptyName),
+        ("GET_MAP log name not UTF-8", b"\xff", Error::NameNotUtf8),
+        ("GET_MAP log name with NUL", b"a\0b", Error::NameContainsNul),
+        (
+            "GET_MAP log name too long",
+            &[b'n'; 256],
+            Error::NameTooLong { len: 256, max: 255 },
+        ),
+    ] {
+        cases.push(map_case(
+            name,
+            map_body(1, 1, &[node(1), map_log_entry(3, 3, &[1], log_name, 0)]),
+            expected,
+        ));
+    }
     cases.push(response(
         "TRIM response with a body",
         9,
@@ -740,7 +1462,7 @@ fn cases() -> Vec<Case> {
 #[test]
 fn each_malformed_input_gets_its_precise_error() {
     let cases = cases();
-    assert!(cases.len() >= 30, "{} cases", cases.len());
+    assert!(cases.len() >= 140, "{} cases", cases.len());
     let mut failures = Vec::new();
     for case in &cases {
         let got = decode(&case.bytes, case.decoder, &Limits::DEFAULT);

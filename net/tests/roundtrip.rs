@@ -11,7 +11,7 @@ use common::*;
 #[test]
 fn every_request_round_trips_byte_for_byte() {
     let corpus = request_corpus();
-    assert_eq!(corpus.len(), 17);
+    assert_eq!(corpus.len(), 26);
     let mut seen = std::collections::HashSet::new();
     for bytes in &corpus {
         let frame = frame(bytes);
@@ -75,6 +75,157 @@ fn request_fields_survive_decoding() {
     );
 }
 
+/// The REPLICATE requests of `corpus`, decoded, with their frames.
+fn replicates(corpus: &[Vec<u8>]) -> Vec<(&[u8], ReplicateRequest<'_>)> {
+    corpus
+        .iter()
+        .filter_map(
+            |bytes| match decode_request(&frame(bytes), &Limits::DEFAULT) {
+                Ok(Request::Replicate(replicate)) => Some((&bytes[..], replicate)),
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+#[test]
+fn replicate_fields_survive_decoding() {
+    let corpus = request_corpus();
+    let replicates = replicates(&corpus);
+    let (bytes, replicate) = replicates[0];
+    assert_eq!(
+        replicate.header,
+        ReplicateHeader {
+            log_id: 7,
+            epoch: 3,
+            first_lsn: 10,
+            committed_lsn: 8,
+            fencing_token: 5,
+            writer_id: 11,
+            writer_seq: 12,
+            trim_before: 0,
+            kind: ReplicateKind::Records,
+        }
+    );
+    // The stamped records are the frame's bytes, ready to be stored as they are.
+    assert_eq!(replicate.records.bytes(), &bytes[24 + 72..]);
+    let stamps: Vec<(u64, u64, u64)> = replicate
+        .records
+        .iter()
+        .map(|r| (r.header.log_id, r.header.lsn, r.header.epoch))
+        .collect();
+    assert_eq!(stamps, [(7, 10, 3), (7, 11, 3), (7, 12, 3), (7, 13, 3)]);
+    let payloads: Vec<&[u8]> = replicate.records.iter().map(|r| r.payload).collect();
+    assert_eq!(payloads, PAYLOADS);
+
+    let request = Request::Replicate(replicate);
+    assert!(request.opcode().is_routed());
+    assert_eq!(request.routed_log(), Some(7));
+    let peer = Request::Peer(PeerRequest { node_id: 2 });
+    assert!(!peer.opcode().is_routed());
+    assert_eq!(peer.routed_log(), None);
+
+    let kinds: Vec<ReplicateKind> = replicates.iter().map(|(_, r)| r.header.kind).collect();
+    use ReplicateKind::*;
+    assert_eq!(kinds, [Records, Trim, Barrier, Commit]);
+}
+
+#[test]
+fn a_batch_that_fits_an_append_frame_fits_a_replicate_frame_on_a_peer_connection() {
+    let limits = Limits {
+        record_bytes_max: 64,
+        frame_bytes_max: 24 + 56 + 40 + 64,
+        ..Limits::DEFAULT
+    };
+    assert!(limits.is_consistent());
+    let payload = [0x42; 64];
+    let mut append = Vec::new();
+    let mut batch = AppendBuilder::new(&mut append, 1, &AppendHeader::new(7), &limits);
+    batch.push(&payload).unwrap();
+    batch.finish();
+    assert_eq!(append.len(), limits.frame_bytes_max as usize);
+
+    let stored = replicated(7, 1, 0, &[&payload]);
+    let form = RecordForm::Replicated {
+        log_id: 7,
+        epoch: 1,
+        first_lsn: 0,
+    };
+    let records = Records::parse(&stored, 1, form, &limits).unwrap();
+    let request = Request::Replicate(ReplicateRequest {
+        header: ReplicateHeader::new(ReplicateKind::Records, 7, 1, 0, 0),
+        records,
+    });
+    let mut replicate = Vec::new();
+    encode_request(&mut replicate, 2, &request);
+    assert_eq!(
+        replicate.len(),
+        append.len() + REPLICATE_EXTRA_BYTES as usize
+    );
+    assert!(matches!(
+        parse_frame(&replicate, &limits),
+        Err(Error::FrameTooLarge { .. })
+    ));
+    let peer = limits.replication();
+    let frame = parse_frame(&replicate, &peer).unwrap().unwrap();
+    assert_eq!(decode_request(&frame, &peer).unwrap(), request);
+}
+
+#[test]
+fn cluster_map_pages_survive_decoding() {
+    let corpus = response_corpus();
+    let pages: Vec<GetMapResponse<'_>> = corpus
+        .iter()
+        .filter_map(
+            |bytes| match decode_response(&frame(bytes), &Limits::DEFAULT) {
+                Ok(Response::GetMap(page)) => Some(page),
+                _ => None,
+            },
+        )
+        .collect();
+    assert_eq!(pages.len(), 3);
+    let page = pages[0];
+    assert_eq!(page.version, 42);
+    let nodes: Vec<MapNode<'_>> = page.nodes.iter().collect();
+    assert_eq!(nodes, MAP_NODES);
+    assert_eq!(page.nodes.len(), 3);
+    assert_eq!(page.nodes.iter().len(), 3);
+    let logs: Vec<MapLog<'_>> = page.logs.into_iter().collect();
+    assert_eq!(logs, map_logs());
+    for (log, chain) in logs.iter().zip(MAP_CHAINS) {
+        assert_eq!(log.chain.iter().collect::<Vec<u64>>(), chain);
+        assert_eq!(log.chain.len(), chain.len());
+        assert!(!log.chain.is_empty());
+    }
+    // A decoded page equals the page it was encoded from.
+    let logs = map_logs();
+    let given = GetMapResponse {
+        version: 42,
+        nodes: MapNodes::from_slice(&MAP_NODES),
+        logs: MapLogs::from_slice(&logs),
+    };
+    assert_eq!(page, given);
+    assert_eq!(pages[1].nodes, given.nodes);
+    assert!(pages[1].logs.is_empty());
+    assert!(pages[2].nodes.is_empty() && pages[2].logs.is_empty());
+
+    let versions: Vec<Response<'_>> = corpus
+        .iter()
+        .filter_map(|bytes| {
+            let response = decode_response(&frame(bytes), &Limits::DEFAULT).unwrap();
+            matches!(response, Response::RegisterNode(_) | Response::Heartbeat(_))
+                .then_some(response)
+        })
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            Response::RegisterNode(MapVersionResponse { map_version: 41 }),
+            Response::Heartbeat(MapVersionResponse { map_version: 42 }),
+        ]
+    );
+}
+
 #[test]
 fn every_response_and_error_code_round_trips_byte_for_byte() {
     let corpus = response_corpus();
@@ -95,7 +246,7 @@ fn every_response_and_error_code_round_trips_byte_for_byte() {
         }
         assert_eq!(&reencode_response(&frame, &response), bytes, "{response:?}");
     }
-    assert_eq!(kinds.len(), 16, "every Response variant");
+    assert_eq!(kinds.len(), 21, "every Response variant");
     // Every code, then the connection-level MALFORMED.
     let mut expected = ErrorCode::ALL.to_vec();
     expected.push(ErrorCode::Malformed);
@@ -132,6 +283,18 @@ fn response_fields_survive_decoding() {
     assert_eq!(hello.limits(), Limits::DEFAULT);
     assert_eq!(hello.shard_of(7), 1);
     assert_eq!(hello.shard_of(8), 0);
+
+    // A node's and a controller's HELLO answers.
+    let roles: Vec<Role> = corpus
+        .iter()
+        .filter_map(
+            |bytes| match decode_response(&frame(bytes), &Limits::DEFAULT) {
+                Ok(Response::Hello(hello)) => Some(hello.role),
+                _ => None,
+            },
+        )
+        .collect();
+    assert_eq!(roles, [Role::Node, Role::Controller]);
 
     let connection_level = frame(corpus.last().unwrap());
     assert_eq!(connection_level.opcode, 0);
@@ -180,6 +343,7 @@ fn protocol_md_hello_example_is_what_the_encoder_writes() {
         record_bytes_max: 1_048_576,
         batch_records_max: 4096,
         node_id: 1,
+        role: Role::Node,
     };
     let mut response = Vec::new();
     encode_response(&mut response, 1, Opcode::Hello, &Response::Hello(hello));
@@ -226,6 +390,56 @@ fn protocol_md_append_example_is_what_the_encoder_and_builder_write() {
     assert_eq!(error, golden("append-wrong-shard"));
     let decoded = decode_response(&crate::frame(&error), &Limits::DEFAULT).unwrap();
     assert_eq!(decoded, Response::Error(wrong_shard));
+}
+
+#[test]
+fn protocol_md_replicate_example_is_what_the_encoder_writes() {
+    let expected = golden("replicate-request");
+    let stored = replicated(7, 1, 0, &[b"hello"]);
+    let form = RecordForm::Replicated {
+        log_id: 7,
+        epoch: 1,
+        first_lsn: 0,
+    };
+    let records = Records::parse(&stored, 1, form, &Limits::DEFAULT).unwrap();
+    let request = Request::Replicate(ReplicateRequest {
+        header: ReplicateHeader::new(ReplicateKind::Records, 7, 1, 0, 0),
+        records,
+    });
+    let mut encoded = Vec::new();
+    encode_request(&mut encoded, 3, &request);
+    assert_eq!(encoded, expected);
+
+    let frame = frame(&expected);
+    let decoded = decode_request(&frame, &Limits::DEFAULT).unwrap();
+    assert_eq!(decoded, request);
+    let Request::Replicate(replicate) = decoded else {
+        panic!("not a replicate");
+    };
+    let record = replicate.records.iter().next().unwrap();
+    assert_eq!(record.payload, b"hello");
+    assert_eq!(record.header.crc, 0x9a71_bb4c);
+    assert_eq!(record.header.timestamp_us, 1_700_000_000_000_000);
+    // The record is the APPEND example's, stamped: its len and crc travel unchanged.
+    let append = golden("append-request");
+    assert_eq!(
+        &replicate.records.bytes()[..8],
+        &append[24 + 56..24 + 56 + 8]
+    );
+
+    let mut response = Vec::new();
+    let ack = Response::Replicate(ReplicateResponse {
+        log_id: 7,
+        durable_lsn: 1,
+        trim_point: 0,
+        next_lsn: 1,
+    });
+    encode_response(&mut response, 3, Opcode::Replicate, &ack);
+    assert_eq!(response, golden("replicate-response"));
+    assert_eq!(
+        decode_response(&crate::frame(&response), &Limits::DEFAULT).unwrap(),
+        ack
+    );
 }
 
 #[test]
@@ -407,6 +621,54 @@ fn limits_at_the_edge_are_accepted() {
         create
     );
     assert_eq!(check_name(name.as_bytes(), &limits), Ok(name.as_str()));
+
+    // An address of exactly ADDR_BYTES_MAX, a chain of 255 nodes, a page of list_max logs.
+    let addr = "a".repeat(usize::from(ADDR_BYTES_MAX));
+    let register = Request::RegisterNode(RegisterNodeRequest {
+        node_id: 1,
+        shard_count: u16::MAX,
+        addr: &addr,
+    });
+    let mut out = Vec::new();
+    encode_request(&mut out, 1, &register);
+    assert_eq!(
+        decode_request(&crate::frame(&out), &limits).unwrap(),
+        register
+    );
+    let node_ids: Vec<u64> = (1..=255).collect();
+    let nodes: Vec<MapNode<'_>> = node_ids
+        .iter()
+        .map(|&node_id| MapNode {
+            node_id,
+            shard_count: 1,
+            alive: true,
+            last_heartbeat_ms: 0,
+            addr: &addr,
+        })
+        .collect();
+    let logs: Vec<MapLog<'_>> = (1..=u64::from(limits.list_max))
+        .map(|log_id| MapLog {
+            log_id,
+            epoch: 1,
+            start_lsn: 0,
+            replication_factor: 255,
+            created_version: log_id,
+            chain: Chain::from_slice(if log_id == 1 {
+                &node_ids
+            } else {
+                &node_ids[..1]
+            }),
+            name: if log_id == 1 { &name } else { "n" },
+        })
+        .collect();
+    let page = Response::GetMap(GetMapResponse {
+        version: 1,
+        nodes: MapNodes::from_slice(&nodes),
+        logs: MapLogs::from_slice(&logs),
+    });
+    let mut out = Vec::new();
+    encode_response(&mut out, 1, Opcode::GetMap, &page);
+    assert_eq!(decode_response(&crate::frame(&out), &limits).unwrap(), page);
 }
 
 #[test]

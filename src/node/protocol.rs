@@ -14,8 +14,8 @@ use chainlog_net::{
     decode_request, encode_error, encode_response, parse_frame, AppendRequest, CreateLogResponse,
     DescribeLogResponse, ErrorCode, ErrorResponse, Frame, HelloResponse, Limits, ListLogsResponse,
     LogEntries, LogEntry, LogRef, Opcode, ReadBuilder, ReadKind, RecordHeader, Request, Response,
-    SubscribeResponse, TailResponse, ARG_NONE, EPOCH_CURRENT, LSN_FROM_TAIL, LSN_UNCONDITIONAL,
-    PROTOCOL_VERSION, TOKEN_NONE, WRITER_NONE,
+    Role, SubscribeResponse, TailResponse, ARG_NONE, EPOCH_CURRENT, LSN_FROM_TAIL,
+    LSN_UNCONDITIONAL, PROTOCOL_VERSION, TOKEN_NONE, WRITER_NONE,
 };
 use chainlog_storage::{fatal, Ack, AppendOptions, Batch, Error, ReadRecord, Store, UringIo};
 
@@ -345,6 +345,17 @@ impl Server {
                 );
                 Ok(())
             }
+            // A standalone node is in no chain: no node is its predecessor (PROTOCOL.md 6.11).
+            Request::Peer(_) | Request::Replicate(_) => Err(refuse(
+                ErrorCode::UnknownNode,
+                ARG_NONE,
+                "this node is standalone: it replicates no log",
+            )),
+            Request::RegisterNode(_) | Request::Heartbeat(_) | Request::GetMap(_) => Err(refuse(
+                ErrorCode::NotController,
+                ARG_NONE,
+                "this is a node, not the controller",
+            )),
             Request::Unsubscribe(unsub) => {
                 if let Some(i) = session
                     .subscriptions
@@ -412,6 +423,7 @@ impl Server {
             record_bytes_max: self.limits.record_bytes_max,
             batch_records_max: self.limits.batch_records_max,
             node_id: self.node_id,
+            role: Role::Node,
         };
         encode_response(
             &mut session.out,

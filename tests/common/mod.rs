@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use chainlog::net::{
     decode_response, encode_request, parse_frame, AppendBuilder, AppendHeader, CreateLogRequest,
-    ErrorCode, HelloRequest, HelloResponse, Limits, ReadRequest, Request, Response,
+    ErrorCode, HelloRequest, HelloResponse, Limits, ReadRequest, Request, Response, Role,
 };
 
 /// How long a test socket waits for bytes before the test fails: a guard against hanging for
@@ -241,6 +241,7 @@ impl Client {
                 record_bytes_max: 0,
                 batch_records_max: 0,
                 node_id: 0,
+                role: Role::Node,
             },
         };
         client.send(&out);

@@ -70,6 +70,48 @@ pub fn stamped(log_id: u64, first_lsn: u64, payloads: &[&[u8]]) -> Vec<u8> {
         .collect()
 }
 
+/// Records of `log_id` in `epoch` from `first_lsn`, as a head replicates them.
+pub fn replicated(log_id: u64, epoch: u64, first_lsn: u64, payloads: &[&[u8]]) -> Vec<u8> {
+    payloads
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| {
+            record(
+                RecordHeader {
+                    len: p.len() as u32,
+                    crc: crc32c::crc32c(p),
+                    log_id,
+                    lsn: first_lsn + i as u64,
+                    epoch,
+                    timestamp_us: 1_700_000_000_000_000 + i as u64,
+                },
+                p,
+            )
+        })
+        .collect()
+}
+
+/// A REPLICATE body: the 72-byte header (count and kind byte as given) and `records`.
+pub fn replicate_body(header: &ReplicateHeader, count: u32, kind: u8, records: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for field in [
+        header.log_id,
+        header.epoch,
+        header.first_lsn,
+        header.committed_lsn,
+        header.fencing_token,
+        header.writer_id,
+        header.writer_seq,
+        header.trim_before,
+    ] {
+        body.extend_from_slice(&field.to_le_bytes());
+    }
+    body.extend_from_slice(&count.to_le_bytes());
+    body.extend_from_slice(&[kind, 0, 0, 0]);
+    body.extend_from_slice(records);
+    body
+}
+
 /// An APPEND body: the 56-byte header (count as given) and `records`.
 pub fn append_body(header: &AppendHeader, count: u32, records: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
@@ -100,6 +142,13 @@ pub const PAYLOADS: [&[u8]; 4] = [
 pub fn request_corpus() -> Vec<Vec<u8>> {
     let records = unstamped(&PAYLOADS);
     let records = Records::parse(&records, 4, RecordForm::Unstamped, &Limits::DEFAULT).unwrap();
+    let replicated = replicated(7, 3, 10, &PAYLOADS);
+    let form = RecordForm::Replicated {
+        log_id: 7,
+        epoch: 3,
+        first_lsn: 10,
+    };
+    let replicated = Records::parse(&replicated, 4, form, &Limits::DEFAULT).unwrap();
     let requests = [
         Request::Hello(HelloRequest::CURRENT),
         Request::Hello(HelloRequest {
@@ -160,6 +209,49 @@ pub fn request_corpus() -> Vec<Vec<u8>> {
             max: 1000,
         }),
         Request::DeleteLog { log_id: 7 },
+        Request::Peer(PeerRequest { node_id: 2 }),
+        Request::Replicate(ReplicateRequest {
+            header: ReplicateHeader {
+                fencing_token: 5,
+                writer_id: 11,
+                writer_seq: 12,
+                ..ReplicateHeader::new(ReplicateKind::Records, 7, 3, 10, 8)
+            },
+            records: replicated,
+        }),
+        Request::Replicate(ReplicateRequest {
+            header: ReplicateHeader {
+                trim_before: 9,
+                ..ReplicateHeader::new(ReplicateKind::Trim, 7, 3, 14, 14)
+            },
+            records: Records::EMPTY,
+        }),
+        Request::Replicate(ReplicateRequest {
+            header: ReplicateHeader::new(ReplicateKind::Barrier, 7, 3, 14, 12),
+            records: Records::EMPTY,
+        }),
+        Request::Replicate(ReplicateRequest {
+            header: ReplicateHeader::new(ReplicateKind::Commit, 7, 3, 14, 14),
+            records: Records::EMPTY,
+        }),
+        Request::RegisterNode(RegisterNodeRequest {
+            node_id: 2,
+            shard_count: 4,
+            addr: "10.0.0.2:7400",
+        }),
+        Request::RegisterNode(RegisterNodeRequest {
+            node_id: u64::MAX,
+            shard_count: 1,
+            addr: "[::1]:1",
+        }),
+        Request::Heartbeat(HeartbeatRequest {
+            node_id: 2,
+            applied_version: 41,
+        }),
+        Request::GetMap(GetMapRequest {
+            after_log_id: 7,
+            max: 1000,
+        }),
     ];
     requests
         .iter()
@@ -170,6 +262,67 @@ pub fn request_corpus() -> Vec<Vec<u8>> {
             out
         })
         .collect()
+}
+
+/// Nodes of a cluster map: addresses of odd and even lengths, one never heard from.
+pub const MAP_NODES: [MapNode<'static>; 3] = [
+    MapNode {
+        node_id: 1,
+        shard_count: 2,
+        alive: true,
+        last_heartbeat_ms: 150,
+        addr: "node-1.example:7400",
+    },
+    MapNode {
+        node_id: 2,
+        shard_count: 1,
+        alive: false,
+        last_heartbeat_ms: 9_000,
+        addr: "10.0.0.2:7400",
+    },
+    MapNode {
+        node_id: 5,
+        shard_count: 4,
+        alive: false,
+        last_heartbeat_ms: HEARTBEAT_MS_NEVER,
+        addr: "h:1",
+    },
+];
+
+/// Chains for [`map_logs`].
+pub const MAP_CHAINS: [&[u64]; 3] = [&[1, 2, 5], &[5], &[2, 1]];
+
+/// Logs of a cluster map page: chains of 3, 1 and 2 nodes, names of odd and even lengths.
+pub fn map_logs() -> [MapLog<'static>; 3] {
+    [
+        MapLog {
+            log_id: 3,
+            epoch: 1,
+            start_lsn: 0,
+            replication_factor: 3,
+            created_version: 4,
+            chain: Chain::from_slice(MAP_CHAINS[0]),
+            name: "a",
+        },
+        MapLog {
+            log_id: 7,
+            epoch: 4,
+            start_lsn: 1_000,
+            replication_factor: 3,
+            created_version: 6,
+            chain: Chain::from_slice(MAP_CHAINS[1]),
+            name: "orders",
+        },
+        MapLog {
+            log_id: 9,
+            epoch: 2,
+            start_lsn: 17,
+            replication_factor: 2,
+            created_version: 9,
+            chain: Chain::from_slice(MAP_CHAINS[2]),
+            name: "exactly8",
+        },
+    ]
 }
 
 /// One valid response of every kind (and every error code), encoded.
@@ -191,6 +344,7 @@ pub fn response_corpus() -> Vec<Vec<u8>> {
         },
     ];
     let read = ReadResponse { tail: 20, records };
+    let map_logs = map_logs();
     let tail = TailResponse {
         tail: 20,
         trim_point: 5,
@@ -205,6 +359,7 @@ pub fn response_corpus() -> Vec<Vec<u8>> {
             record_bytes_max: Limits::DEFAULT.record_bytes_max,
             batch_records_max: Limits::DEFAULT.batch_records_max,
             node_id: 42,
+            role: Role::Node,
         }),
         Response::Append(AppendResponse {
             first_lsn: 10,
@@ -257,6 +412,43 @@ pub fn response_corpus() -> Vec<Vec<u8>> {
             entries: LogEntries::from_slice(&[]),
         }),
         Response::DeleteLog,
+        Response::Peer,
+        Response::Replicate(ReplicateResponse {
+            log_id: 7,
+            durable_lsn: 14,
+            trim_point: 9,
+            next_lsn: 15,
+        }),
+        Response::RegisterNode(MapVersionResponse { map_version: 41 }),
+        Response::Heartbeat(MapVersionResponse { map_version: 42 }),
+        Response::GetMap(GetMapResponse {
+            version: 42,
+            nodes: MapNodes::from_slice(&MAP_NODES),
+            logs: MapLogs::from_slice(&map_logs),
+        }),
+        // The last page: every node, no more logs.
+        Response::GetMap(GetMapResponse {
+            version: 42,
+            nodes: MapNodes::from_slice(&MAP_NODES),
+            logs: MapLogs::from_slice(&[]),
+        }),
+        // A cluster without nodes yet.
+        Response::GetMap(GetMapResponse {
+            version: 0,
+            nodes: MapNodes::from_slice(&[]),
+            logs: MapLogs::from_slice(&[]),
+        }),
+        // A controller's HELLO answer.
+        Response::Hello(HelloResponse {
+            version: 1,
+            shard_index: 0,
+            shard_count: 1,
+            frame_bytes_max: Limits::DEFAULT.frame_bytes_max,
+            record_bytes_max: Limits::DEFAULT.record_bytes_max,
+            batch_records_max: Limits::DEFAULT.batch_records_max,
+            node_id: 0,
+            role: Role::Controller,
+        }),
     ];
     let mut frames: Vec<Vec<u8>> = responses
         .iter()

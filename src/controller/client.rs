@@ -84,9 +84,9 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the controller at `addr` and does the HELLO; `timeout` bounds the
-    /// connection and every call's wait for its answer (CREATE_LOG waits up to the
-    /// controller's create timeout, 5 s by default: give more).
+    /// Connects to the controller at `addr` and does the HELLO; `timeout` bounds connecting
+    /// and every wait for the controller's bytes (CREATE_LOG waits up to the controller's
+    /// create timeout, 5 s by default: give more).
     pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Client, ClientError> {
         let connect_error = |source| ClientError::Connect { addr, source };
         let stream = TcpStream::connect_timeout(&addr, timeout).map_err(connect_error)?;

@@ -216,6 +216,7 @@ struct Controller {
 struct Refusal {
     code: ErrorCode,
     arg0: u64,
+    arg1: u64,
     message: String,
 }
 
@@ -224,7 +225,23 @@ impl Refusal {
         Refusal {
             code,
             arg0,
+            // TOO_LARGE's arg1 names an offending record; none does here (PROTOCOL.md 8).
+            arg1: if code == ErrorCode::TooLarge {
+                ARG_NONE
+            } else {
+                0
+            },
             message: message.into(),
+        }
+    }
+
+    /// The answer to a frame the decoder refused.
+    fn of_decoding(e: &chainlog_net::Error) -> Refusal {
+        Refusal {
+            code: e.code(),
+            arg0: e.arg0(),
+            arg1: e.arg1(),
+            message: e.to_string(),
         }
     }
 
@@ -232,12 +249,7 @@ impl Refusal {
         ErrorResponse {
             code: self.code,
             arg0: self.arg0,
-            // TOO_LARGE's arg1 names an offending record; none does here (PROTOCOL.md 8).
-            arg1: if self.code == ErrorCode::TooLarge {
-                ARG_NONE
-            } else {
-                0
-            },
+            arg1: self.arg1,
             message: &self.message,
         }
     }
@@ -431,7 +443,7 @@ impl Controller {
                         format!("the first frame of a connection must be HELLO ({e})"),
                     )
                 } else {
-                    Refusal::new(e.code(), e.arg0(), e.to_string())
+                    Refusal::of_decoding(&e)
                 };
                 session.closing |= refusal.code.closes_connection();
                 encode_error(out, request_id, opcode, &refusal.response());
@@ -557,14 +569,12 @@ impl Controller {
         loop {
             let pending = state.pending_replicas(created.log_id)?;
             if pending.is_empty() {
-                let log = MapLog::from(
-                    state
-                        .log(created.log_id)
-                        .expect("pending_replicas found it"),
-                );
+                let log = state
+                    .log(created.log_id)
+                    .expect("pending_replicas found it");
                 return Ok(Answer::CreateLog(CreateLogResponse {
                     log_id: log.log_id,
-                    shard: shard_at_head(&state, &log),
+                    shard: shard_at_head(&state, log.log_id, log.current().chain[0]),
                 }));
             }
             let now = Instant::now();
@@ -609,7 +619,7 @@ impl Controller {
                 },
             ));
         };
-        let shard = shard_at_head(&state, &log);
+        let shard = shard_at_head(&state, log.log_id, log.head());
         Ok(Answer::DescribeLog { log, shard })
     }
 
@@ -642,13 +652,11 @@ impl Controller {
     }
 }
 
-/// The shard of `log` on its head node (where a client sends its appends).
-fn shard_at_head(state: &ClusterState, log: &MapLog) -> u16 {
-    let shards = state
-        .node(log.head())
-        .map_or(1, |node| node.shard_count.max(1));
+/// The shard of `log_id` on its head node `head` (where a client sends its appends).
+fn shard_at_head(state: &ClusterState, log_id: u64, head: u64) -> u16 {
+    let shards = state.node(head).map_or(1, |node| node.shard_count.max(1));
     // The remainder is below the shard count, a u16.
-    (log.log_id % u64::from(shards)) as u16
+    (log_id % u64::from(shards)) as u16
 }
 
 /// A successful answer, owning what it says (the state's lock is released before encoding).

@@ -17,8 +17,8 @@ use chainlog_storage::format::{
     RECORD_HEADER_BYTES, SYSTEM_LOG,
 };
 use chainlog_storage::{
-    Clock, DurabilityMode, Error, FaultConfig, Io, Record, SimDisk, SimIo, SimRng, Store,
-    StoreConfig, SystemClock, UringIo,
+    Clock, DurabilityMode, Error, Io, Record, SimIo, SimRng, Store, StoreConfig, SystemClock,
+    UringIo,
 };
 
 mod common;
@@ -52,19 +52,7 @@ trait Backend {
     }
 }
 
-struct Sim {
-    disk: SimDisk,
-    seed: u64,
-}
-
-impl Sim {
-    fn new() -> Sim {
-        Sim {
-            disk: SimDisk::new(),
-            seed: 0,
-        }
-    }
-}
+use common::Sim;
 
 impl Backend for Sim {
     type Io = SimIo;
@@ -74,16 +62,11 @@ impl Backend for Sim {
     }
 
     fn io(&mut self) -> SimIo {
-        self.seed += 1;
-        self.disk.io(FaultConfig {
-            seed: self.seed,
-            latency_us_max: 100,
-            ..FaultConfig::default()
-        })
+        self.next_io(100)
     }
 
     fn clock(&self) -> Arc<dyn Clock> {
-        Arc::new(self.disk.clock())
+        self.sim_clock()
     }
 
     fn write(&self, name: &str, bytes: &[u8]) {

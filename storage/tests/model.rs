@@ -3,10 +3,15 @@
 //!
 //! The model is, per log, the payloads appended (index = LSN) and the trim point. Appends must
 //! get the next LSNs, trims move the trim point (or fail as documented), reads return exactly
-//! the durable records asked for (within the record and byte limits), `tail` agrees, and a
-//! reopen after a clean `sync_all` finds everything as it was. Durability timing belongs to the
-//! engine, so the model only bounds it: everything acknowledged is durable, nothing beyond what
-//! was appended is, and `sync_all` makes everything durable.
+//! the durable records asked for (within the record and byte limits; `read_stored` every
+//! record appended), `tail` agrees, and a reopen after a clean `sync_all` finds everything as
+//! it was. Durability timing belongs to the engine, so the model only bounds it: everything
+//! acknowledged is durable, nothing beyond what was appended is, and `sync_all` makes
+//! everything durable.
+//!
+//! Some appends come as replica appends (`append_replica`, at the log's next LSN or, refused
+//! with `Gap`, elsewhere), and the records of some appends are pinned and released later: after
+//! every operation each held pin must still read the bytes it read when it was taken.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -14,9 +19,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chainlog_storage::{
-    Ack, DurabilityMode, Error, FaultConfig, Record, SimDisk, SimIo, Store, StoreConfig,
+    Ack, DurabilityMode, Error, FaultConfig, Pin, Record, ReplicaState, SimDisk, SimIo, Store,
+    StoreConfig,
 };
 use proptest::prelude::*;
+
+mod common;
 
 const DIR: &str = "/sim/model";
 /// The logs the operations pick from (by index).
@@ -38,23 +46,32 @@ fn config() -> StoreConfig {
 
 #[derive(Clone, Debug)]
 enum Op {
-    /// Append records of these payload lengths (contents derived from `fill`).
+    /// Append records of these payload lengths (contents derived from `fill`), as a replica
+    /// at `skew` from the log's next LSN if `replica` (refused unless `skew` is 0), and pin
+    /// them if `pin`.
     Append {
         log: usize,
         lens: Vec<usize>,
         fill: u8,
+        replica: bool,
+        skew: i64,
+        pin: bool,
     },
+    /// Release the oldest pin.
+    Unpin,
     /// Trim at `percent` of the way from the trim point to the tail (over 100: beyond it).
     Trim {
         log: usize,
         percent: u64,
     },
-    /// Read from the trim point plus `offset` (negative: below it).
+    /// Read from the trim point plus `offset` (negative: below it), with `read_stored` if
+    /// `stored`.
     Read {
         log: usize,
         offset: i64,
         max_records: usize,
         max_bytes: usize,
+        stored: bool,
     },
     Poll {
         wait: bool,
@@ -72,17 +89,30 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(0usize),
         1 => 400usize..=4096,
     ];
+    let skew = prop_oneof![8 => Just(0i64), 1 => -2i64..=2];
+    let append = (
+        (0..LOGS.len(), prop::collection::vec(len, 1..5), any::<u8>()),
+        (any::<bool>(), skew, prop::bool::weighted(0.3)),
+    );
     prop_oneof![
-        10 => (0..LOGS.len(), prop::collection::vec(len, 1..5), any::<u8>())
-            .prop_map(|(log, lens, fill)| Op::Append { log, lens, fill }),
+        10 => append.prop_map(|((log, lens, fill), (replica, skew, pin))| Op::Append {
+            log,
+            lens,
+            fill,
+            replica,
+            skew,
+            pin
+        }),
+        2 => Just(Op::Unpin),
         2 => (0..LOGS.len(), prop_oneof![9 => 0u64..=100, 1 => 101u64..200])
             .prop_map(|(log, percent)| Op::Trim { log, percent }),
-        3 => (0..LOGS.len(), -3i64..60, 0usize..12, 0usize..6000).prop_map(
-            |(log, offset, max_records, max_bytes)| Op::Read {
+        3 => (0..LOGS.len(), -3i64..60, 0usize..12, 0usize..6000, any::<bool>()).prop_map(
+            |(log, offset, max_records, max_bytes, stored)| Op::Read {
                 log,
                 offset,
                 max_records,
-                max_bytes
+                max_bytes,
+                stored,
             }
         ),
         3 => any::<bool>().prop_map(|wait| Op::Poll { wait }),
@@ -185,9 +215,59 @@ fn check_tails(store: &Store<SimIo>, model: &Model, synced: bool) {
     assert_eq!(ids, model.logs.keys().copied().collect::<Vec<_>>());
 }
 
-fn sync_all(store: &mut Store<SimIo>, model: &mut Model) {
+/// The pins held, oldest first, each with the bytes it read when it was taken.
+#[derive(Debug, Default)]
+struct Pins(Vec<(Pin, Vec<u8>)>);
+
+impl Pins {
+    /// Every pin still reads its bytes; the store counts no more pinned frames than pins.
+    fn check(&self, store: &Store<SimIo>) {
+        for (i, (pin, bytes)) in self.0.iter().enumerate() {
+            assert_eq!(store.pinned(pin), bytes, "pin {i} changed");
+        }
+        let frames = store.metrics().frames_pinned;
+        let held = self.0.len() as u64;
+        assert!(
+            frames <= held && (frames == 0) == (held == 0),
+            "{frames} frames, {held} pins"
+        );
+    }
+
+    /// Releases the oldest pin; false if none is held.
+    fn release_one(&mut self, store: &mut Store<SimIo>) -> bool {
+        if self.0.is_empty() {
+            return false;
+        }
+        let (pin, bytes) = self.0.remove(0);
+        assert_eq!(store.pinned(&pin), bytes);
+        store.unpin(pin);
+        true
+    }
+
+    fn release_all(&mut self, store: &mut Store<SimIo>) {
+        while self.release_one(store) {}
+        assert_eq!(store.metrics().frames_pinned, 0);
+    }
+}
+
+/// After `Overloaded`: a buffer comes back when a pin is released or a write completes.
+fn relieve(store: &mut Store<SimIo>, model: &mut Model, pins: &mut Pins) {
+    if !pins.release_one(store) {
+        let mut acks = Vec::new();
+        store.poll(true, &mut acks).expect("poll");
+        model.on_acks(acks);
+    }
+}
+
+fn sync_all(store: &mut Store<SimIo>, model: &mut Model, pins: &mut Pins) {
     let mut acks = Vec::new();
-    store.sync_all(&mut acks).expect("sync_all");
+    while let Err(e) = store.sync_all(&mut acks) {
+        assert!(matches!(e, Error::Overloaded), "sync_all: {e}");
+        assert!(
+            pins.release_one(store),
+            "only pins keep sync_all from finishing"
+        );
+    }
     model.on_acks(acks);
     assert!(model.pending.is_empty(), "sync_all acks everything");
     check_tails(store, model, true);
@@ -197,9 +277,17 @@ fn run(ops: &[Op], seed: u64) {
     let disk = SimDisk::new();
     let mut store = open(&disk, seed);
     let mut model = Model::default();
+    let mut pins = Pins::default();
     for (step, op) in ops.iter().enumerate() {
         match op {
-            Op::Append { log, lens, fill } => {
+            Op::Append {
+                log,
+                lens,
+                fill,
+                replica,
+                skew,
+                pin,
+            } => {
                 let log = LOGS[*log];
                 let payloads: Vec<Vec<u8>> = lens
                     .iter()
@@ -207,24 +295,65 @@ fn run(ops: &[Op], seed: u64) {
                     .map(|(i, &len)| payload(len, *fill, step + i))
                     .collect();
                 let records: Vec<Record<'_>> = payloads.iter().map(|p| Record::new(p)).collect();
+                let next = model.logs.get(&log).map_or(0, |m| m.payloads.len() as u64);
+                let epoch = step as u64;
                 let token = model.next_token;
-                let lsns = loop {
-                    match store.append(log, step as u64, &records, token) {
-                        Ok(lsns) => break lsns,
-                        Err(Error::Overloaded) => {
-                            let mut acks = Vec::new();
-                            store.poll(true, &mut acks).expect("poll");
-                            model.on_acks(acks);
+                let first_lsn = next.saturating_add_signed(*skew);
+                let gap = *replica && first_lsn != next;
+                let got = if *replica {
+                    let stamped = common::stamped(log, first_lsn, epoch, &payloads);
+                    let count = payloads.len() as u32;
+                    let state = ReplicaState::default();
+                    loop {
+                        match store
+                            .append_replica(log, epoch, first_lsn, &stamped, count, &state, token)
+                        {
+                            Err(Error::Overloaded) => relieve(&mut store, &mut model, &mut pins),
+                            other => break other,
                         }
-                        Err(e) => panic!("step {step}: append: {e}"),
+                    }
+                } else {
+                    loop {
+                        match store.append(log, epoch, &records, token) {
+                            Err(Error::Overloaded) => relieve(&mut store, &mut model, &mut pins),
+                            other => break other,
+                        }
                     }
                 };
-                let m = model.logs.entry(log).or_default();
-                let next = m.payloads.len() as u64;
-                assert_eq!(lsns, next..next + records.len() as u64, "step {step}");
-                m.payloads.extend(payloads);
-                model.next_token += 1;
-                model.pending.insert(token, Pending::Append(log, lsns));
+                if gap {
+                    assert!(
+                        matches!(got, Err(Error::Gap { expected }) if expected == next),
+                        "step {step}: a replica append at {first_lsn}, next LSN {next}: {got:?}"
+                    );
+                    assert!(store.pin_last().is_none());
+                } else {
+                    let lsns = got.unwrap_or_else(|e| panic!("step {step}: append: {e}"));
+                    assert_eq!(lsns, next..next + records.len() as u64, "step {step}");
+                    if *pin {
+                        let pin = store.pin_last().expect("records were stored");
+                        let bytes = store.pinned(&pin).to_vec();
+                        let stamped: Vec<_> =
+                            chainlog_storage::format::Records::new(&bytes, lens.len() as u32)
+                                .map(|r| {
+                                    r.map(|r| (r.header.log_id, r.header.lsn, r.payload.to_vec()))
+                                })
+                                .collect::<Result<_, _>>()
+                                .expect("pinned records are well formed");
+                        let want: Vec<_> = (next..)
+                            .zip(&payloads)
+                            .map(|(lsn, p)| (log, lsn, p.clone()))
+                            .collect();
+                        assert_eq!(stamped, want, "step {step}: the pin holds the records");
+                        pins.0.push((pin, bytes));
+                    }
+                    let m = model.logs.entry(log).or_default();
+                    m.payloads.extend(payloads);
+                    model.next_token += 1;
+                    model.pending.insert(token, Pending::Append(log, lsns));
+                }
+            }
+            Op::Unpin => {
+                pins.release_one(&mut store);
             }
             Op::Trim { log, percent } => {
                 let log = LOGS[*log];
@@ -243,11 +372,7 @@ fn run(ops: &[Op], seed: u64) {
                     + u64::from(*percent > 100);
                 let got = loop {
                     match store.trim(log, before, token) {
-                        Err(Error::Overloaded) => {
-                            let mut acks = Vec::new();
-                            store.poll(true, &mut acks).expect("poll");
-                            model.on_acks(acks);
-                        }
+                        Err(Error::Overloaded) => relieve(&mut store, &mut model, &mut pins),
                         other => break other,
                     }
                 };
@@ -269,6 +394,7 @@ fn run(ops: &[Op], seed: u64) {
                 offset,
                 max_records,
                 max_bytes,
+                stored,
             } => {
                 let log = LOGS[*log];
                 let Some(m) = model.logs.get(&log) else {
@@ -283,7 +409,11 @@ fn run(ops: &[Op], seed: u64) {
                 let Some(from) = m.trim_point.checked_add_signed(*offset) else {
                     continue;
                 };
-                let got = store.read(log, from, *max_records, *max_bytes);
+                let got = if *stored {
+                    store.read_stored(log, from, *max_records, *max_bytes)
+                } else {
+                    store.read(log, from, *max_records, *max_bytes)
+                };
                 if from < m.trim_point {
                     assert!(
                         matches!(got, Err(Error::Trimmed { trim_point }) if trim_point == m.trim_point),
@@ -298,7 +428,12 @@ fn run(ops: &[Op], seed: u64) {
                 });
                 let mut want = Vec::new();
                 let mut bytes = 0;
-                for lsn in from..tail.durable_lsn {
+                let end = if *stored {
+                    tail.next_lsn
+                } else {
+                    tail.durable_lsn
+                };
+                for lsn in from..end {
                     let p = &m.payloads[lsn as usize];
                     if want.len() >= *max_records
                         || (!want.is_empty() && bytes + p.len() > *max_bytes)
@@ -320,18 +455,21 @@ fn run(ops: &[Op], seed: u64) {
                 store.poll(*wait, &mut acks).expect("poll");
                 model.on_acks(acks);
             }
-            Op::SyncAll => sync_all(&mut store, &mut model),
+            Op::SyncAll => sync_all(&mut store, &mut model, &mut pins),
             Op::Reopen { seed } => {
-                sync_all(&mut store, &mut model);
+                sync_all(&mut store, &mut model, &mut pins);
+                pins.release_all(&mut store);
                 drop(store);
                 store = open(&disk, *seed);
                 check_tails(&store, &model, true);
             }
         }
         check_tails(&store, &model, false);
+        pins.check(&store);
     }
     // Finally everything reads back, before and after a reopen.
-    sync_all(&mut store, &mut model);
+    sync_all(&mut store, &mut model, &mut pins);
+    pins.release_all(&mut store);
     for pass in 0..2 {
         for (&log, m) in &model.logs {
             let mut next = m.trim_point;

@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use chainlog_storage::format::{record_bytes, RecordHeader, Records, SYSTEM_LOG};
 use chainlog_storage::{
-    AppendOptions, Batch, Clock, DurabilityMode, Error, FaultConfig, FaultPlan, FaultyIo, Io,
-    ReadRecord, Record, ReplicaState, SimDisk, Store, StoreConfig, SystemClock, UringIo,
+    AppendOptions, Batch, Clock, DurabilityMode, Error, FaultPlan, FaultyIo, Io, ReadRecord,
+    Record, ReplicaState, Store, StoreConfig, SystemClock, UringIo,
 };
 
 mod common;
-use common::{assert_res, real_dir, stamped};
+use common::{assert_res, real_dir, stamped, Sim};
 
 const LOG: u64 = 7;
 const RECORD_BYTES_MAX: usize = 16 << 10;
@@ -57,36 +57,17 @@ trait Backend {
     }
 }
 
-struct Sim {
-    disk: SimDisk,
-    seed: u64,
-}
-
-impl Sim {
-    fn new() -> Sim {
-        Sim {
-            disk: SimDisk::new(),
-            seed: 0,
-        }
-    }
-}
-
 impl Backend for Sim {
     type Io = chainlog_storage::SimIo;
     fn io(&mut self) -> Self::Io {
-        self.seed += 1;
         // Latency, so that a `poll(false)` leaves the frames it submits in flight.
-        self.disk.io(FaultConfig {
-            seed: self.seed,
-            latency_us_max: 500,
-            ..FaultConfig::default()
-        })
+        self.next_io(500)
     }
     fn dir(&self, name: &str) -> PathBuf {
         Path::new("/sim").join(name)
     }
     fn clock(&self) -> Arc<dyn Clock> {
-        Arc::new(self.disk.clock())
+        self.sim_clock()
     }
 }
 

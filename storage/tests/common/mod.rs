@@ -1,7 +1,10 @@
 //! Helpers shared by the storage test suites (each suite uses some of them).
 #![allow(dead_code, unused_macros, unused_imports)]
 
+use std::sync::Arc;
+
 use chainlog_storage::format::{record_bytes, RecordHeader, RECORD_HEADER_BYTES};
+use chainlog_storage::{Clock, FaultConfig, SimDisk, SimIo};
 
 /// `assert_eq!` for store results (`Error` has no `PartialEq`: compared by message).
 macro_rules! assert_res {
@@ -22,6 +25,35 @@ pub(crate) fn real_dir(prefix: &str) -> tempfile::TempDir {
         .prefix(prefix)
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .expect("tempdir")
+}
+
+/// A simulated disk, and the backends ("processes") opened on it in turn.
+pub(crate) struct Sim {
+    pub(crate) disk: SimDisk,
+    seed: u64,
+}
+
+impl Sim {
+    pub(crate) fn new() -> Sim {
+        Sim {
+            disk: SimDisk::new(),
+            seed: 0,
+        }
+    }
+
+    /// The next process on the disk: the next seed, completions within `latency_us_max`.
+    pub(crate) fn next_io(&mut self, latency_us_max: u64) -> SimIo {
+        self.seed += 1;
+        self.disk.io(FaultConfig {
+            seed: self.seed,
+            latency_us_max,
+            ..FaultConfig::default()
+        })
+    }
+
+    pub(crate) fn sim_clock(&self) -> Arc<dyn Clock> {
+        Arc::new(self.disk.clock())
+    }
 }
 
 /// `payloads` in the stored layout, as a head sequenced them: every header field set, LSNs

@@ -38,6 +38,8 @@ pub(crate) struct Session {
     pub(crate) local_next: usize,
     /// CHECK_TAILs waiting for their barrier to settle down the chain.
     pub(crate) barriers: Vec<Barrier>,
+    /// The node this connection carries replication traffic from (PEER).
+    pub(crate) peer: Option<u64>,
     /// Stop reading and close once the output is flushed (protocol error, peer gone, stop).
     pub(crate) closing: bool,
     /// Active subscriptions (PROTOCOL.md section 7).
@@ -67,16 +69,16 @@ pub(crate) struct Barrier {
 /// An answer owed to a connection, in order.
 #[derive(Debug)]
 pub(crate) enum Pending {
-    /// An append waiting until its records (below `end`) are durable here (`local`: its store
-    /// ack came) and committed on the log's whole chain; `received_us` is when its frame
-    /// arrived.
+    /// An append waiting until its records (below `end`) are durable here (`durable_us`:
+    /// when its store ack was seen) and committed on the log's whole chain; `received_us` is
+    /// when its frame arrived.
     Append {
         request_id: u64,
         received_us: u64,
         log_id: u64,
         first: u64,
         end: u64,
-        local: bool,
+        durable_us: Option<u64>,
     },
     /// A trim waiting until it is durable here and on the whole chain.
     Trim {

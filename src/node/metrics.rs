@@ -19,6 +19,8 @@ use hdrhistogram::Histogram;
 #[derive(Clone, Debug)]
 pub(crate) struct ShardMetrics {
     pub(crate) queue_us: Histogram<u64>,
+    /// From the records durable here to the append committed on its whole chain.
+    pub(crate) replication_us: Histogram<u64>,
     pub(crate) ack_us: Histogram<u64>,
     pub(crate) total_us: Histogram<u64>,
     /// Requests by opcode name.
@@ -27,6 +29,12 @@ pub(crate) struct ShardMetrics {
     pub(crate) errors: Vec<(&'static str, u64)>,
     pub(crate) connections_accepted: u64,
     pub(crate) bytes_received: u64,
+    /// Appended or received batches forwarded to the successor from the store's buffer.
+    pub(crate) forwards: u64,
+    /// Records sent to a successor that was behind, read from the store.
+    pub(crate) catch_up_records: u64,
+    /// Replication links closed (they reconnect).
+    pub(crate) link_resets: u64,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -44,12 +52,16 @@ impl ShardMetrics {
     pub(crate) fn new() -> ShardMetrics {
         ShardMetrics {
             queue_us: histogram(),
+            replication_us: histogram(),
             ack_us: histogram(),
             total_us: histogram(),
             requests: Vec::new(),
             errors: Vec::new(),
             connections_accepted: 0,
             bytes_received: 0,
+            forwards: 0,
+            catch_up_records: 0,
+            link_resets: 0,
         }
     }
 
@@ -69,6 +81,10 @@ pub(crate) struct Snapshot {
     pub(crate) store: StoreMetrics,
     pub(crate) logs: usize,
     pub(crate) connections: usize,
+    /// Logs whose successor has not answered every record stored here, and how many records
+    /// it is behind in all.
+    pub(crate) lagging_logs: usize,
+    pub(crate) lag_records: u64,
 }
 
 /// The latest snapshot of every shard, by index.
@@ -80,10 +96,11 @@ type CountOf = fn(&Snapshot) -> u64;
 type NamedCountsOf = fn(&Snapshot) -> &Vec<(&'static str, u64)>;
 
 const STAGES_NAME: &str = "chainlog_append_stage_latency_us";
-const STAGES: [(&str, HistogramOf); 5] = [
+const STAGES: [(&str, HistogramOf); 6] = [
     ("queue", |s| &s.shard.queue_us),
     ("batch_wait", |s| &s.store.batch_wait_us),
     ("disk", |s| &s.store.write_us),
+    ("replication", |s| &s.shard.replication_us),
     ("ack", |s| &s.shard.ack_us),
     ("total", |s| &s.shard.total_us),
 ];
@@ -99,7 +116,37 @@ const BATCHES: [(&str, &str, HistogramOf); 2] = [
         |s| &s.store.batch_bytes,
     ),
 ];
-const COUNTS: [(&str, &str, &str, CountOf); 8] = [
+const COUNTS: [(&str, &str, &str, CountOf); 13] = [
+    (
+        "chainlog_replication_forwards_total",
+        "counter",
+        "Batches forwarded to the successor from the store's buffer.",
+        |s| s.shard.forwards,
+    ),
+    (
+        "chainlog_replication_catch_up_records_total",
+        "counter",
+        "Records sent to a successor that was behind, read from the store.",
+        |s| s.shard.catch_up_records,
+    ),
+    (
+        "chainlog_replication_link_resets_total",
+        "counter",
+        "Replication links closed (they reconnect).",
+        |s| s.shard.link_resets,
+    ),
+    (
+        "chainlog_replication_lagging_logs",
+        "gauge",
+        "Logs whose successor has not answered every record stored here.",
+        |s| s.lagging_logs as u64,
+    ),
+    (
+        "chainlog_replication_lag_records",
+        "gauge",
+        "Records stored here and not yet answered by the successors.",
+        |s| s.lag_records,
+    ),
     (
         "chainlog_records_appended_total",
         "counter",
@@ -188,7 +235,8 @@ pub(crate) fn render(snapshots: &[Option<Snapshot>]) -> String {
             .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
     };
     let mut out = String::new();
-    let help = "Append latency by stage in microseconds (queue, batch_wait, disk, ack, total).";
+    let help = "Append latency by stage in microseconds (queue, batch_wait, disk, replication, \
+                ack, total).";
     family(&mut out, STAGES_NAME, "summary", help);
     for (stage, get) in STAGES {
         for (i, s) in shards() {

@@ -1,10 +1,15 @@
 //! The chainlog node: one pinned shard thread per core, each owning a store, its sockets and
 //! one io_uring that drives both (ARCHITECTURE.md, "Shards"). Shard `i` listens on the base
 //! port + `i` and serves the logs with `log_id % shards == i`; the main thread only starts the
-//! shards and turns SIGTERM/SIGINT into a graceful stop.
+//! shards and turns SIGTERM/SIGINT into a graceful stop. A cluster member also runs a control
+//! thread ([`control`]) that talks to the controller and hands the cluster map to the shards,
+//! which replicate their logs along their chains ([`chain`]).
 
 pub mod catalog;
+mod chain;
 mod conn;
+mod control;
+mod link;
 mod metrics;
 mod ops;
 mod protocol;
@@ -45,6 +50,10 @@ pub struct NodeConfig {
     pub node_id: u64,
     /// Where `GET /metrics` is served (Prometheus text), if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// The controller of the cluster this node is a member of (`None`: standalone).
+    pub controller: Option<SocketAddr>,
+    /// Where other nodes and clients reach shard 0.
+    pub advertise: SocketAddr,
 }
 
 /// Why a node stopped other than by a signal.
@@ -79,21 +88,22 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         tracing::info!(%local, "metrics served at /metrics");
     }
     let mut shards = Vec::new();
+    let mut controls = Vec::new();
     for index in 0..config.shards {
-        // SAFETY: eventfd takes no pointers.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(NodeError::Shard {
-                shard: index,
-                reason: format!("eventfd: {}", std::io::Error::last_os_error()),
-            });
-        }
-        // SAFETY: fd was just created and is owned by nobody else.
-        let stop = unsafe { OwnedFd::from_raw_fd(fd) };
-        let wake = stop.try_clone().map_err(|e| NodeError::Shard {
+        let setup = |what: &str, e: std::io::Error| NodeError::Shard {
             shard: index,
-            reason: format!("dup: {e}"),
-        })?;
+            reason: format!("{what}: {e}"),
+        };
+        let stop = eventfd().map_err(|e| setup("eventfd", e))?;
+        let wake = stop.try_clone().map_err(|e| setup("dup", e))?;
+        let control = match config.controller {
+            Some(_) => {
+                let (control, inbox) = control::channel().map_err(|e| setup("eventfd", e))?;
+                controls.push(control);
+                Some(inbox)
+            }
+            None => None,
+        };
         let mut listen = config.listen;
         listen.set_port(config.listen.port() + index as u16);
         let ctx = shard::ShardContext {
@@ -109,6 +119,7 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
             core: config.pin.then_some(index % cores),
             board: board.clone(),
             stop,
+            control,
         };
         let handle = std::thread::Builder::new()
             .name(format!("shard-{index}"))
@@ -120,6 +131,38 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         shards.push((handle, wake));
     }
     tracing::info!(shards = config.shards, listen = %config.listen, "node started");
+    let control_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let control_thread = match config.controller {
+        Some(controller) => {
+            let me = control::Identity {
+                node_id: config.node_id,
+                advertise: config.advertise,
+                shards: config.shards as u16,
+            };
+            let stop = control_stop.clone();
+            let spawned = std::thread::Builder::new()
+                .name("control".into())
+                .spawn(move || control::run(controller, me, controls, stop));
+            Some(spawned.map_err(|e| NodeError::Shard {
+                shard: 0,
+                reason: format!("spawn the control thread: {e}"),
+            })?)
+        }
+        None => None,
+    };
+    let result = supervise(shards, &signals);
+    control_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(thread) = control_thread {
+        let _ = thread.join();
+    }
+    result
+}
+
+/// Waits for a stop signal (then stops every shard gracefully) or for a shard to end.
+fn supervise(
+    mut shards: Vec<(std::thread::JoinHandle<Result<(), String>>, OwnedFd)>,
+    signals: &StopSignals,
+) -> Result<(), NodeError> {
     let mut stopping = false;
     loop {
         let finished = shards.iter().position(|(h, _)| h.is_finished());
@@ -148,6 +191,17 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
             std::thread::park_timeout(Duration::from_millis(20));
         }
     }
+}
+
+/// A new eventfd (a shard's ring reads it to learn of a stop or of news).
+fn eventfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: eventfd takes no pointers.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn stop_all(shards: &[(std::thread::JoinHandle<Result<(), String>>, OwnedFd)]) {

@@ -1,5 +1,6 @@
-//! The shard's own operations on its ring: accept, receive, send and the stop signal, tagged
-//! with tokens that carry [`EXTERNAL_TOKEN`] so the store hands their completions back.
+//! The shard's own operations on its ring: accept, receive, send, the stop signal and the
+//! timers, and the replication links' connect, receive and `sendmsg`, tagged with tokens that
+//! carry [`EXTERNAL_TOKEN`] so the store hands their completions back.
 //!
 //! Token layout: bit 63 external, bits 48..56 the operation, bits 24..48 the connection's
 //! generation (a stale completion for a reused slot is recognised), bits 0..24 the slot.
@@ -17,6 +18,18 @@ pub(crate) enum NetOp {
     Send = 3,
     Stop = 4,
     Tick = 5,
+    /// A replication link's connect (slot: the link).
+    LinkConnect = 6,
+    /// A replication link's receive.
+    LinkRecv = 7,
+    /// A replication link's `sendmsg`.
+    LinkSend = 8,
+    /// The replication timer (link retries, held logs).
+    Timer = 9,
+    /// The control thread has news (a new cluster map).
+    Control = 10,
+    /// A cancellation of operations on a descriptor (its completion means nothing).
+    Cancel = 11,
 }
 
 /// A decoded token.
@@ -54,6 +67,12 @@ impl NetToken {
             3 => NetOp::Send,
             4 => NetOp::Stop,
             5 => NetOp::Tick,
+            6 => NetOp::LinkConnect,
+            7 => NetOp::LinkRecv,
+            8 => NetOp::LinkSend,
+            9 => NetOp::Timer,
+            10 => NetOp::Control,
+            11 => NetOp::Cancel,
             _ => return None,
         };
         Some(NetToken {
@@ -100,11 +119,50 @@ pub(crate) fn send(io: &mut UringIo, fd: RawFd, buf: &[u8], token: NetToken) {
     unsafe { io.submit_external(entry, token.encode()) };
 }
 
-/// Submits a read of the stop eventfd into `buf`.
-pub(crate) fn wait_stop(io: &mut UringIo, eventfd: RawFd, buf: &mut [u8; 8]) {
+/// Submits a connect of `fd` to `addr` (which must stay valid until the completion).
+pub(crate) fn connect(
+    io: &mut UringIo,
+    fd: RawFd,
+    addr: *const libc::sockaddr,
+    len: libc::socklen_t,
+    token: NetToken,
+) {
+    let entry = opcode::Connect::new(types::Fd(fd), addr, len).build();
+    // SAFETY: the link owns the socket and the boxed address until this connect completes
+    // (Link::connect_in_flight).
+    unsafe { io.submit_external(entry, token.encode()) };
+}
+
+/// Submits a `sendmsg` of `msg` (whose iovecs and their bytes must stay untouched until the
+/// completion).
+pub(crate) fn sendmsg(io: &mut UringIo, fd: RawFd, msg: *const libc::msghdr, token: NetToken) {
+    let entry = opcode::SendMsg::new(types::Fd(fd), msg)
+        .flags(libc::MSG_NOSIGNAL as u32)
+        .build();
+    // SAFETY: the link keeps its boxed msghdr and iovecs, the chunks they point into (owned
+    // bytes or pinned store bytes) and the socket until this send completes
+    // (Link::send_in_flight).
+    unsafe { io.submit_external(entry, token.encode()) };
+}
+
+/// Cancels every operation in flight on `fd` (they complete with ECANCELED).
+pub(crate) fn cancel_fd(io: &mut UringIo, fd: RawFd) {
+    let entry = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all()).build();
+    let token = NetToken {
+        op: NetOp::Cancel,
+        slot: 0,
+        generation: 0,
+    };
+    // SAFETY: no buffer; the descriptor stays open until its operations completed.
+    unsafe { io.submit_external(entry, token.encode()) };
+}
+
+/// Submits a read of an eventfd into `buf` (`op`: the stop signal or the control thread's
+/// news).
+pub(crate) fn wait_event(io: &mut UringIo, eventfd: RawFd, buf: &mut [u8; 8], op: NetOp) {
     let entry = opcode::Read::new(types::Fd(eventfd), buf.as_mut_ptr(), 8).build();
     let token = NetToken {
-        op: NetOp::Stop,
+        op,
         slot: 0,
         generation: 0,
     };
@@ -112,11 +170,12 @@ pub(crate) fn wait_stop(io: &mut UringIo, eventfd: RawFd, buf: &mut [u8; 8]) {
     unsafe { io.submit_external(entry, token.encode()) };
 }
 
-/// Submits a timeout that completes after `ts` (the shard's periodic wake-up).
-pub(crate) fn tick(io: &mut UringIo, ts: &types::Timespec) {
+/// Submits a timeout that completes after `ts` (`op`: the shard's periodic metrics tick or
+/// the replication timer).
+pub(crate) fn timeout(io: &mut UringIo, ts: &types::Timespec, op: NetOp) {
     let entry = opcode::Timeout::new(ts as *const types::Timespec).build();
     let token = NetToken {
-        op: NetOp::Tick,
+        op,
         slot: 0,
         generation: 0,
     };
@@ -136,6 +195,12 @@ mod tests {
             NetOp::Send,
             NetOp::Stop,
             NetOp::Tick,
+            NetOp::LinkConnect,
+            NetOp::LinkRecv,
+            NetOp::LinkSend,
+            NetOp::Timer,
+            NetOp::Control,
+            NetOp::Cancel,
         ] {
             let t = NetToken {
                 op,

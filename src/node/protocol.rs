@@ -25,10 +25,14 @@ use chainlog_net::{
 use chainlog_storage::{fatal, Ack, AppendOptions, Batch, Error, ReadRecord, Store, UringIo};
 
 use super::catalog::{log_id_of, Catalog, LogEntry as CatalogEntry};
+use super::chain::Forward;
 use super::conn::{Barrier, Conn, Pending, Session, Subscription};
 use super::metrics::ShardMetrics;
-use crate::replication::{Blocked, Replica};
-use std::collections::HashMap;
+use crate::controller::ClusterMap;
+use crate::replication::{Answer, Blocked, Forwarding, Receive, Replica};
+use chainlog_net::{ReplicateKind, ReplicateRequest, ReplicateResponse};
+use chainlog_storage::ReplicaState;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 /// Queued output of a connection at which the shard stops handling its requests (and reading
@@ -64,7 +68,19 @@ pub(crate) struct Server {
     catalog: Catalog,
     /// The replication state of every log of the catalog (a single node's logs are chains of
     /// one: durable here is committed).
-    replicas: HashMap<u64, Replica>,
+    pub(crate) replicas: HashMap<u64, Replica>,
+    /// Records stored in this turn that go to the successor now (pinned in the store).
+    pub(crate) forwards: Vec<Forward>,
+    /// Logs whose replication state changed in this turn.
+    pub(crate) touched: HashSet<u64>,
+    /// Logs whose link to the successor is over its budget: their appends are OVERLOADED.
+    pub(crate) congested: HashSet<u64>,
+    /// The store token of the connection each log's REPLICATEs came from last (its answers
+    /// go there).
+    upstream: HashMap<u64, u64>,
+    /// A cluster member: logs come from the controller, which serves CREATE_LOG and
+    /// DELETE_LOG.
+    cluster: bool,
 }
 
 /// A failed request's answer, before encoding.
@@ -103,6 +119,7 @@ fn store_refusal(e: &Error) -> Refusal {
         Error::TooLarge { max, .. } => refuse(ErrorCode::TooLarge, max as u64, e.to_string()),
         Error::TooManyLogs { max } => refuse(ErrorCode::TooLarge, max as u64, e.to_string()),
         Error::Trimmed { trim_point } => refuse(ErrorCode::Trimmed, trim_point, e.to_string()),
+        Error::Gap { expected } => refuse(ErrorCode::Gap, expected, e.to_string()),
         Error::UnknownLog(_) => refuse(ErrorCode::UnknownLog, ARG_NONE, e.to_string()),
         Error::Checksum { index } => refuse(ErrorCode::Malformed, index as u64, e.to_string()),
         Error::Malformed(_) | Error::EmptyBatch => {
@@ -123,6 +140,7 @@ impl Server {
         limits: Limits,
         catalog: Catalog,
         store: &Store<UringIo>,
+        cluster: bool,
     ) -> Server {
         let replicas = catalog
             .list(None, usize::MAX)
@@ -139,6 +157,11 @@ impl Server {
             limits,
             catalog,
             replicas,
+            forwards: Vec::new(),
+            touched: HashSet::new(),
+            congested: HashSet::new(),
+            upstream: HashMap::new(),
+            cluster,
         }
     }
 
@@ -186,7 +209,14 @@ impl Server {
         let (input, session) = conn.input();
         let mut consumed = 0;
         while !session.closing && session.out.len() < OUTPUT_MAX {
-            match parse_frame(&input[consumed..], &self.limits) {
+            // A peer's REPLICATE header is larger than an APPEND's: its frames may be too
+            // (PROTOCOL.md 6.11).
+            let limits = if session.peer.is_some() {
+                self.limits.replication()
+            } else {
+                self.limits
+            };
+            match parse_frame(&input[consumed..], &limits) {
                 Ok(None) => break,
                 Ok(Some(frame)) => {
                     consumed += frame.frame_bytes();
@@ -338,6 +368,10 @@ impl Server {
                 self.list_logs(session, request_id, list.after_log_id, list.max)
             }
             Request::DeleteLog { log_id } => self.delete_log(session, store, request_id, log_id),
+            Request::Peer(peer) => self.peer(session, request_id, peer.node_id),
+            Request::Replicate(replicate) => {
+                self.replicate(session, store, request_id, &replicate, token)
+            }
             Request::Subscribe(sub) => self.subscribe(
                 session,
                 store,
@@ -362,12 +396,6 @@ impl Server {
                 );
                 Ok(())
             }
-            // A standalone node is in no chain: no node is its predecessor (PROTOCOL.md 6.11).
-            Request::Peer(_) | Request::Replicate(_) => Err(refuse(
-                ErrorCode::UnknownNode,
-                ARG_NONE,
-                "this node is standalone: it replicates no log",
-            )),
             Request::RegisterNode(_) | Request::Heartbeat(_) | Request::GetMap(_) => Err(refuse(
                 ErrorCode::NotController,
                 ARG_NONE,
@@ -503,6 +531,13 @@ impl Server {
     ) -> Result<(), Refusal> {
         let h = append.header;
         let epoch = self.head_replica(h.log_id)?.epoch();
+        if self.congested.contains(&h.log_id) {
+            return Err(refuse(
+                ErrorCode::Overloaded,
+                10,
+                format!("log {}: its successor is behind", h.log_id),
+            ));
+        }
         if h.epoch != EPOCH_CURRENT && h.epoch != epoch {
             return Err(refuse(
                 ErrorCode::WrongEpoch,
@@ -526,7 +561,19 @@ impl Server {
         // A retried batch (its idempotency key was seen) gets its original LSNs: nothing new
         // was stored.
         if lsns.start == replica.next_lsn() {
-            replica.stored(lsns.start, lsns.end, None);
+            self.touched.insert(h.log_id);
+            if replica.stored(lsns.start, lsns.end, None) == Forwarding::Now {
+                let pin = store.pin_last().expect("the records just stored");
+                self.forwards.push(Forward {
+                    log_id: h.log_id,
+                    epoch,
+                    first: lsns.start,
+                    end: lsns.end,
+                    fencing_token: h.fencing_token,
+                    writer: (h.writer_id, h.writer_seq),
+                    pin,
+                });
+            }
         }
         let received_us = self.received_us;
         self.metrics
@@ -538,7 +585,7 @@ impl Server {
             log_id: h.log_id,
             first: lsns.start,
             end: lsns.end,
-            local: false,
+            durable_us: None,
         });
         Ok(())
     }
@@ -712,6 +759,7 @@ impl Server {
             // A barrier through the chain: answered when every replica has answered what
             // came before it (at once on a single node).
             let seq = self.head_replica(log_id)?.barrier(None);
+            self.touched.insert(log_id);
             session.barriers.push(Barrier {
                 request_id,
                 log_id,
@@ -808,6 +856,7 @@ impl Server {
             .get_mut(&log_id)
             .expect("checked above")
             .trim(before, None);
+        self.touched.insert(log_id);
         session.pending.push_back(Pending::Trim {
             request_id,
             log_id,
@@ -825,6 +874,7 @@ impl Server {
         name: &str,
         replication_factor: u8,
     ) -> Result<(), Refusal> {
+        self.not_in_cluster()?;
         let log_id = log_id_of(name);
         if log_id == 0 || log_id == u64::MAX {
             return Err(refuse(
@@ -926,6 +976,7 @@ impl Server {
         request_id: u64,
         log_id: u64,
     ) -> Result<(), Refusal> {
+        self.not_in_cluster()?;
         self.route(log_id, None)?;
         match self.catalog.delete(log_id) {
             Ok(true) => {}
@@ -939,12 +990,7 @@ impl Server {
             Err(e) => fatal(&format!("shard {}: {e}", self.shard_index)),
         }
         self.replicas.remove(&log_id);
-        // Free its space: trim everything (nobody waits for this trim's ack).
-        if let Some(t) = store.tail(log_id) {
-            if let Err(e) = store.trim(log_id, t.next_lsn, UNANSWERED) {
-                tracing::warn!(log_id, error = %e, "could not trim a deleted log");
-            }
-        }
+        self.free_space(log_id, store);
         encode_response(
             &mut session.out,
             request_id,
@@ -954,11 +1000,269 @@ impl Server {
         Ok(())
     }
 
+    /// Installs the logs of a cluster map that this shard holds a replica of (new logs, new
+    /// epochs), durably in the catalog, and removes those that are gone from it (their space
+    /// is trimmed away).
+    pub(crate) fn apply_map(&mut self, map: &ClusterMap, store: &mut Store<UringIo>) {
+        let me = self.node_id;
+        let mine = map.logs().iter().filter(|l| {
+            l.chain.contains(&me)
+                && (l.log_id % u64::from(self.shard_count)) as u16 == self.shard_index
+        });
+        let mut kept = HashSet::new();
+        for log in mine {
+            kept.insert(log.log_id);
+            let entry = CatalogEntry {
+                name: log.name.clone(),
+                replication_factor: log.replication_factor,
+                epoch: log.epoch,
+                chain: log.chain.clone(),
+            };
+            let current = self
+                .replicas
+                .get(&log.log_id)
+                .is_some_and(|r| r.epoch() == log.epoch && r.chain() == log.chain.as_slice());
+            if let Err(e) = self.catalog.install(log.log_id, entry.clone()) {
+                fatal(&format!("shard {}: {e}", self.shard_index));
+            }
+            if !current {
+                tracing::info!(log_id = log.log_id, name = log.name, epoch = log.epoch, chain = ?log.chain, "log installed");
+                self.replicas
+                    .insert(log.log_id, replica_of(log.log_id, &entry, me, store));
+                self.touched.insert(log.log_id);
+            }
+        }
+        let gone: Vec<u64> = self
+            .catalog
+            .list(None, usize::MAX)
+            .map(|(id, _)| id)
+            .filter(|id| !kept.contains(id))
+            .collect();
+        for log_id in gone {
+            tracing::info!(log_id, "log removed from the cluster map: deleting it here");
+            if let Err(e) = self.catalog.delete(log_id) {
+                fatal(&format!("shard {}: {e}", self.shard_index));
+            }
+            self.replicas.remove(&log_id);
+            self.free_space(log_id, store);
+        }
+    }
+
+    /// Trims away a deleted log's records (nobody waits for this trim's ack).
+    fn free_space(&mut self, log_id: u64, store: &mut Store<UringIo>) {
+        if let Some(t) = store.tail(log_id) {
+            if let Err(e) = store.trim(log_id, t.next_lsn, UNANSWERED) {
+                tracing::warn!(log_id, error = %e, "could not trim a deleted log");
+            }
+        }
+    }
+
+    /// CREATE_LOG and DELETE_LOG belong to the controller in a cluster.
+    fn not_in_cluster(&self) -> Result<(), Refusal> {
+        if self.cluster {
+            return Err(refuse(
+                ErrorCode::NotController,
+                ARG_NONE,
+                "this node is a cluster member: create and delete logs through the controller",
+            ));
+        }
+        Ok(())
+    }
+
+    /// PEER: the connection carries replication traffic from node `node_id`.
+    fn peer(
+        &mut self,
+        session: &mut Session,
+        request_id: u64,
+        node_id: u64,
+    ) -> Result<(), Refusal> {
+        if session.peer.is_some() {
+            return Err(refuse(
+                ErrorCode::Malformed,
+                ARG_NONE,
+                "PEER was already sent on this connection",
+            ));
+        }
+        if node_id == self.node_id {
+            return Err(refuse(
+                ErrorCode::UnknownNode,
+                ARG_NONE,
+                format!("node {node_id} is this node"),
+            ));
+        }
+        session.peer = Some(node_id);
+        encode_response(&mut session.out, request_id, Opcode::Peer, &Response::Peer);
+        Ok(())
+    }
+
+    /// REPLICATE from the predecessor: checked (it must come from the log's predecessor in
+    /// its current epoch), then stored, forwarded and answered as the log's replica decides.
+    /// Nothing refused is written.
+    fn replicate(
+        &mut self,
+        session: &mut Session,
+        store: &mut Store<UringIo>,
+        request_id: u64,
+        r: &ReplicateRequest<'_>,
+        token: u64,
+    ) -> Result<(), Refusal> {
+        let h = r.header;
+        let log_id = h.log_id;
+        let replica = self.replica(log_id)?;
+        let predecessor = replica.predecessor();
+        if session.peer.is_none() || session.peer != predecessor {
+            let from = session.peer.map_or_else(
+                || "a connection without PEER".to_string(),
+                |p| format!("node {p}"),
+            );
+            return Err(refuse(
+                ErrorCode::UnknownNode,
+                predecessor.unwrap_or(ARG_NONE),
+                format!("log {log_id}: {from} is not this replica's predecessor"),
+            ));
+        }
+        let epoch = replica.epoch();
+        if h.epoch != epoch {
+            return Err(refuse(
+                ErrorCode::WrongEpoch,
+                epoch,
+                format!("log {log_id} is in epoch {epoch}, not {}", h.epoch),
+            ));
+        }
+        self.upstream.insert(log_id, token);
+        self.touched.insert(log_id);
+        let replica = self.replicas.get_mut(&log_id).expect("checked");
+        match h.kind {
+            ReplicateKind::Records => {
+                let count = r.records.count();
+                let end = h.first_lsn + u64::from(count);
+                replica.learn_committed(h.committed_lsn);
+                match replica.receive(h.first_lsn, end) {
+                    Receive::Gap { expected } => {
+                        return Err(refuse(
+                            ErrorCode::Gap,
+                            expected,
+                            format!(
+                                "log {log_id}: records from {} leave a gap after {expected}",
+                                h.first_lsn
+                            ),
+                        ))
+                    }
+                    Receive::Duplicate => replica.duplicate(end, request_id),
+                    Receive::Store { from } => {
+                        if self.congested.contains(&log_id) {
+                            return Err(refuse(
+                                ErrorCode::Overloaded,
+                                10,
+                                format!("log {log_id}: this replica's successor is behind"),
+                            ));
+                        }
+                        let skip = (from - h.first_lsn) as usize;
+                        let bytes = r.records.skip(skip as u32).bytes();
+                        // The head's decisions go with the whole batch only (a partial resend
+                        // has no key of its own).
+                        let state = ReplicaState {
+                            fencing_token: (h.fencing_token != TOKEN_NONE)
+                                .then_some(h.fencing_token),
+                            writer: (h.writer_id != WRITER_NONE && skip == 0)
+                                .then_some((h.writer_id, h.writer_seq)),
+                        };
+                        store
+                            .append_replica(
+                                log_id,
+                                epoch,
+                                from,
+                                bytes,
+                                count - skip as u32,
+                                &state,
+                                UNANSWERED,
+                            )
+                            .map_err(|e| store_refusal(&e))?;
+                        let replica = self.replicas.get_mut(&log_id).expect("checked");
+                        if replica.stored(from, end, Some(request_id)) == Forwarding::Now {
+                            let pin = store.pin_last().expect("the records just stored");
+                            self.forwards.push(Forward {
+                                log_id,
+                                epoch,
+                                first: from,
+                                end,
+                                fencing_token: h.fencing_token,
+                                writer: if skip == 0 {
+                                    (h.writer_id, h.writer_seq)
+                                } else {
+                                    (WRITER_NONE, 0)
+                                },
+                                pin,
+                            });
+                        }
+                    }
+                }
+            }
+            ReplicateKind::Trim => {
+                let next = replica.next_lsn();
+                if h.trim_before > next {
+                    return Err(refuse(
+                        ErrorCode::ConditionFailed,
+                        next,
+                        format!("log {log_id}: cannot trim before {}: this replica holds records up to {next}", h.trim_before),
+                    ));
+                }
+                store
+                    .trim(log_id, h.trim_before, UNANSWERED)
+                    .map_err(|e| store_refusal(&e))?;
+                let replica = self.replicas.get_mut(&log_id).expect("checked");
+                replica.trim(h.trim_before, Some(request_id));
+            }
+            ReplicateKind::Barrier => {
+                replica.barrier(Some(request_id));
+            }
+            ReplicateKind::Commit => replica.learn_committed(h.committed_lsn),
+        }
+        Ok(())
+    }
+
+    /// Sends a log's answers to the connection its REPLICATEs came from (dropped if it is
+    /// gone: the predecessor resends after it reconnects).
+    pub(crate) fn answer_upstream(
+        &mut self,
+        log_id: u64,
+        answers: &mut Vec<Answer>,
+        conns: &mut [Option<Conn>],
+    ) {
+        let token = self.upstream.get(&log_id).copied();
+        let conn = token.and_then(|token| {
+            let (slot, generation) = ((token & 0xffff_ffff) as usize, (token >> 32) as u32);
+            conns
+                .get_mut(slot)
+                .and_then(Option::as_mut)
+                .filter(|c| c.generation == generation)
+        });
+        let Some(conn) = conn else {
+            answers.clear();
+            return;
+        };
+        for a in answers.drain(..) {
+            let response = Response::Replicate(ReplicateResponse {
+                log_id,
+                durable_lsn: a.durable_lsn,
+                trim_point: a.trim_point,
+                next_lsn: a.next_lsn,
+            });
+            encode_response(
+                &mut conn.session.out,
+                a.request_id,
+                Opcode::Replicate,
+                &response,
+            );
+        }
+    }
+
     /// A store ack: records or a trim of a log became durable here.
     pub(crate) fn on_store_ack(&mut self, ack: &Ack) {
         let Some(replica) = self.replicas.get_mut(&ack.log_id) else {
             return;
         };
+        self.touched.insert(ack.log_id);
         if ack.lsns.is_empty() {
             replica.trim_durable(ack.lsns.start);
         } else {
@@ -972,12 +1276,23 @@ impl Server {
         let mut i = session.local_next;
         loop {
             match session.pending.get_mut(i) {
-                Some(Pending::Append { local, .. } | Pending::Trim { local, .. }) => {
+                Some(Pending::Append { durable_us, .. }) => {
+                    *durable_us = Some(self.turn_us);
+                    break;
+                }
+                Some(Pending::Trim { local, .. }) => {
                     *local = true;
                     break;
                 }
                 Some(Pending::Failed { .. }) => i += 1,
-                None => unreachable!("a store ack with no append or trim waiting"),
+                None => {
+                    // Only a connection given up on at a stop drops what it waited for.
+                    assert!(
+                        session.closing,
+                        "a store ack with no append or trim waiting"
+                    );
+                    return;
+                }
             }
         }
         session.local_next = i + 1;
@@ -991,9 +1306,12 @@ impl Server {
         while let Some(front) = session.pending.front() {
             let ready = match *front {
                 Pending::Append {
-                    log_id, end, local, ..
+                    log_id,
+                    end,
+                    durable_us,
+                    ..
                 } => {
-                    local
+                    durable_us.is_some()
                         && self
                             .replicas
                             .get(&log_id)
@@ -1024,9 +1342,16 @@ impl Server {
                     received_us,
                     first,
                     end,
+                    durable_us,
                     ..
                 } => {
                     let now = self.now_us();
+                    // How long the answer waited for the rest of the chain after the
+                    // records were durable here.
+                    let durable_us = durable_us.expect("ready appends are durable here");
+                    self.metrics
+                        .replication_us
+                        .saturating_record(self.turn_us.saturating_sub(durable_us).max(1));
                     self.metrics
                         .total_us
                         .saturating_record(now.saturating_sub(received_us).max(1));

@@ -13,6 +13,8 @@
 //! durability = "auto"         # auto, dsync or fdatasync
 //! segment_mib = 64
 //! writes_in_flight_max = 4
+//! controller = "127.0.0.1:7300" # a cluster member (node_id required); default: standalone
+//! advertise = "10.0.0.5:7400" # where other nodes and clients reach shard 0 [default: listen]
 //! ```
 
 use std::net::SocketAddr;
@@ -93,6 +95,14 @@ pub struct NodeSettings {
     /// Group-commit writes in flight per shard at most [default: 4].
     #[arg(long, value_name = "N")]
     pub writes_in_flight_max: Option<usize>,
+    /// Join the cluster of the controller at HOST:PORT (needs --node-id): the node registers,
+    /// heartbeats, takes its logs and chains from the controller's map and replicates them
+    /// [default: none, a standalone node].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub controller: Option<String>,
+    /// The address of shard 0 that other nodes and clients use [default: --listen].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<SocketAddr>,
 }
 
 impl NodeSettings {
@@ -113,6 +123,8 @@ impl NodeSettings {
             metrics: self.metrics.or(base.metrics),
             segment_mib: self.segment_mib.or(base.segment_mib),
             writes_in_flight_max: self.writes_in_flight_max.or(base.writes_in_flight_max),
+            controller: self.controller.or(base.controller),
+            advertise: self.advertise.or(base.advertise),
         }
     }
 
@@ -166,6 +178,25 @@ impl NodeSettings {
             ..defaults
         };
         store.validate().map_err(|e| e.to_string())?;
+        let controller = match self.controller.as_deref() {
+            None => None,
+            Some(addr) => {
+                if self.node_id.is_none() {
+                    return Err(
+                        "a cluster member needs its own --node-id (unique in the cluster)".into(),
+                    );
+                }
+                let resolved = std::net::ToSocketAddrs::to_socket_addrs(addr)
+                    .map_err(|e| format!("controller address {addr:?}: {e}"))?
+                    .next()
+                    .ok_or_else(|| format!("controller address {addr:?} resolves to nothing"))?;
+                Some(resolved)
+            }
+        };
+        let node_id = self.node_id.unwrap_or(1);
+        if node_id == 0 || node_id == u64::MAX {
+            return Err(format!("node id {node_id} is reserved; choose another"));
+        }
         Ok(NodeConfig {
             data_dir,
             listen,
@@ -174,9 +205,11 @@ impl NodeSettings {
             recv_bytes: 2 * limits.frame_bytes_max as usize,
             in_flight_max: limits.in_flight_max as usize,
             limits,
-            node_id: self.node_id.unwrap_or(1),
+            node_id,
             metrics,
             store,
+            controller,
+            advertise: self.advertise.unwrap_or(listen),
         })
     }
 }

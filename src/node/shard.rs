@@ -12,13 +12,23 @@ use chainlog_storage::io::Completion;
 use chainlog_storage::{fatal, Ack, Error, Store, StoreConfig, SystemClock, UringIo};
 
 use super::catalog::Catalog;
+use super::chain::Chain;
 use super::conn::Conn;
+use super::control::ControlInbox;
 use super::metrics::{Board, Snapshot};
 use super::ops::{self, NetOp, NetToken, GENERATION_MASK, SLOTS_MAX};
 use super::protocol::{self, OUTPUT_MAX};
 
 /// Submission queue entries of a shard's ring.
 const RING_ENTRIES: u32 = 4096;
+/// Period of the replication timer (link reconnects, held logs) of a cluster member.
+const REPLICATION_TICK_MS: u32 = 20;
+/// How long a stopping shard waits for appends that wait on the rest of their chain, before
+/// it closes their connections unanswered (their outcome is unknown to the clients).
+const STOP_WAIT_US: u64 = 5_000_000;
+/// How long a stopping shard waits for its links' operations to finish before it cancels
+/// them (a connect to a host that does not answer).
+const LINKS_CLOSE_WAIT_US: u64 = 2_000_000;
 
 /// What a shard is started with.
 #[derive(Debug)]
@@ -37,6 +47,8 @@ pub(crate) struct ShardContext {
     pub(crate) board: Board,
     /// Readable when the node stops.
     pub(crate) stop: OwnedFd,
+    /// A cluster member's news from the control thread (`None`: standalone).
+    pub(crate) control: Option<ControlInbox>,
 }
 
 /// Runs a shard until it is stopped (Ok) or cannot go on (Err). A storage failure ends the
@@ -69,7 +81,9 @@ pub(crate) fn run(ctx: ShardContext) -> Result<(), String> {
             ctx.limits,
             catalog,
             &store,
+            ctx.control.is_some(),
         ),
+        chain: Chain::new(ctx.node_id, ctx.limits, ctx.recv_bytes),
         ctx,
         store,
         listener: Some(listener),
@@ -82,6 +96,11 @@ pub(crate) fn run(ctx: ShardContext) -> Result<(), String> {
         stopping: false,
         subscribed: Vec::new(),
         tick: Box::new(io_uring::types::Timespec::new().sec(1)),
+        replication_tick: Box::new(
+            io_uring::types::Timespec::new().nsec(REPLICATION_TICK_MS * 1_000_000),
+        ),
+        control_buf: Box::new([0; 8]),
+        stop_deadline_us: None,
     };
     shard.serve();
     Ok(())
@@ -103,18 +122,37 @@ struct Shard {
     subscribed: Vec<u32>,
     /// The period of the metrics tick (owned here while the kernel reads it).
     tick: Box<io_uring::types::Timespec>,
+    /// Replication links and forwarding.
+    chain: Chain,
+    /// The period of the replication timer, and the control eventfd's read buffer (owned
+    /// here while the kernel uses them).
+    replication_tick: Box<io_uring::types::Timespec>,
+    control_buf: Box<[u8; 8]>,
+    /// When a stopping shard gives up on appends still waiting for their chain.
+    stop_deadline_us: Option<u64>,
 }
 
 impl Shard {
     fn serve(&mut self) {
         let listener = self.listener.as_ref().expect("listener").as_raw_fd();
         ops::accept(self.store.io_mut(), listener);
-        ops::wait_stop(
+        ops::wait_event(
             self.store.io_mut(),
             self.ctx.stop.as_raw_fd(),
             &mut self.stop_buf,
+            NetOp::Stop,
         );
-        ops::tick(self.store.io_mut(), &self.tick);
+        ops::timeout(self.store.io_mut(), &self.tick, NetOp::Tick);
+        if let Some(control) = &self.ctx.control {
+            let fd = control.wake.as_raw_fd();
+            ops::wait_event(
+                self.store.io_mut(),
+                fd,
+                &mut self.control_buf,
+                NetOp::Control,
+            );
+            ops::timeout(self.store.io_mut(), &self.replication_tick, NetOp::Timer);
+        }
         loop {
             if let Err(e) = self.store.poll(true, &mut self.acks) {
                 fatal(&format!("shard {}: {e}", self.ctx.index));
@@ -132,6 +170,7 @@ impl Shard {
                 break;
             }
         }
+        self.close_links();
         let mut acks = Vec::new();
         if let Err(e) = self.store.sync_all(&mut acks) {
             fatal(&format!("shard {}: {e}", self.ctx.index));
@@ -148,7 +187,23 @@ impl Shard {
             NetOp::Stop => self.on_stop(),
             NetOp::Tick => {
                 self.publish();
-                ops::tick(self.store.io_mut(), &self.tick);
+                ops::timeout(self.store.io_mut(), &self.tick, NetOp::Tick);
+            }
+            NetOp::Timer => {
+                // Waking is the point: the end of the turn retries links and held logs.
+                ops::timeout(self.store.io_mut(), &self.replication_tick, NetOp::Timer);
+            }
+            NetOp::Control => self.on_control(),
+            NetOp::Cancel => {}
+            NetOp::LinkConnect | NetOp::LinkRecv | NetOp::LinkSend => {
+                let now = self.protocol.now_us();
+                self.chain.on_completion(
+                    token,
+                    completion.result,
+                    &mut self.protocol,
+                    &mut self.store,
+                    now,
+                );
             }
             NetOp::Recv | NetOp::Send => {
                 let slot = token.slot as usize;
@@ -231,9 +286,77 @@ impl Shard {
         }
     }
 
+    /// The control thread has a new cluster map: install it.
+    fn on_control(&mut self) {
+        let Some(control) = &self.ctx.control else {
+            return;
+        };
+        if let Some(update) = control.newest() {
+            self.protocol.apply_map(&update.map, &mut self.store);
+            self.chain.set_peers(update.peers.clone());
+            control
+                .applied
+                .store(update.map.version(), std::sync::atomic::Ordering::Relaxed);
+        }
+        let fd = control.wake.as_raw_fd();
+        ops::wait_event(
+            self.store.io_mut(),
+            fd,
+            &mut self.control_buf,
+            NetOp::Control,
+        );
+    }
+
+    /// After the last connection closed: closes the replication links and waits until the
+    /// kernel is done with them (cancelling what lingers: a connect to a host that does not
+    /// answer), then gives their pins back; and completes the control eventfd's pending read,
+    /// so that no operation of the shard is left in the ring when it is dropped.
+    fn close_links(&mut self) {
+        self.chain.close_all();
+        let mut acks = Vec::new();
+        let cancel_at = self.protocol.now_us() + LINKS_CLOSE_WAIT_US;
+        let mut cancelled = false;
+        while !self.chain.all_idle() {
+            if !cancelled && self.protocol.now_us() >= cancel_at {
+                self.chain.cancel_busy(&mut self.store);
+                cancelled = true;
+            }
+            if let Err(e) = self.store.poll(true, &mut acks) {
+                fatal(&format!("shard {}: {e}", self.ctx.index));
+            }
+            self.store.take_external(&mut self.external);
+            for completion in std::mem::take(&mut self.external) {
+                if let Some(token) = NetToken::decode(completion.token) {
+                    if matches!(
+                        token.op,
+                        NetOp::LinkConnect | NetOp::LinkRecv | NetOp::LinkSend
+                    ) {
+                        let now = self.protocol.now_us();
+                        self.chain.on_completion(
+                            token,
+                            completion.result,
+                            &mut self.protocol,
+                            &mut self.store,
+                            now,
+                        );
+                    }
+                }
+            }
+            acks.clear();
+        }
+        let now = self.protocol.now_us();
+        self.chain.release(&mut self.store, now);
+        if let Some(control) = &self.ctx.control {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to an eventfd the shard owns.
+            unsafe { libc::write(control.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
     /// SIGTERM: accept nothing more, read nothing more; answer what was received, flush, close.
     fn on_stop(&mut self) {
         self.stopping = true;
+        self.stop_deadline_us = Some(self.protocol.now_us() + STOP_WAIT_US);
         if let Some(listener) = self.listener.take() {
             // SAFETY: the listener's descriptor is open; shutting it down completes the
             // pending accept (which then finds `listener` gone and stops).
@@ -315,11 +438,14 @@ impl Shard {
     /// Publishes this shard's metrics for `/metrics` (once a second: the lock is taken on the
     /// control path only).
     fn publish(&mut self) {
+        let (lagging_logs, lag_records) = Chain::lag(&self.protocol);
         let snapshot = Snapshot {
             shard: self.protocol.metrics.clone(),
             store: self.store.metrics().clone(),
             logs: self.protocol.logs(),
             connections: self.conns.iter().flatten().count(),
+            lagging_logs,
+            lag_records,
         };
         let mut board = self.ctx.board.lock().unwrap_or_else(|e| e.into_inner());
         board[usize::from(self.ctx.index)] = Some(snapshot);
@@ -328,6 +454,10 @@ impl Shard {
     /// Pushes to subscriptions, starts sends for connections with output, closes connections
     /// that are done.
     fn flush(&mut self) {
+        let now = self.protocol.now_us();
+        self.chain
+            .pump(&mut self.protocol, &mut self.store, &mut self.conns, now);
+        let give_up = self.stop_deadline_us.is_some_and(|d| now >= d);
         let mut i = 0;
         while i < self.subscribed.len() {
             let slot = self.subscribed[i] as usize;
@@ -351,6 +481,17 @@ impl Shard {
             if !conn.session.pending.is_empty() || !conn.session.barriers.is_empty() {
                 // Answers that waited for the rest of the chain.
                 self.protocol.drain(&mut conn.session, &self.store);
+                if give_up && !conn.session.pending.is_empty() {
+                    tracing::warn!(
+                        shard = self.ctx.index,
+                        unanswered = conn.session.pending.len(),
+                        "stopping: appends still wait for their chain; closing their connection"
+                    );
+                    conn.session.pending.clear();
+                    conn.session.local_next = 0;
+                    conn.session.barriers.clear();
+                    conn.shutdown();
+                }
             }
             let (fd, generation) = (conn.fd(), conn.generation);
             if let Some(bytes) = conn.start_send() {
@@ -381,7 +522,7 @@ fn ack_token(slot: u32, generation: u32) -> u64 {
     u64::from(generation) << 32 | u64::from(slot)
 }
 
-fn set_nodelay(fd: &OwnedFd) {
+pub(crate) fn set_nodelay(fd: &OwnedFd) {
     let one: libc::c_int = 1;
     // SAFETY: a valid socket and a live int of the right size.
     unsafe {

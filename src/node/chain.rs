@@ -1,0 +1,838 @@
+//! The shard's side of chain replication: its links to successors, what goes out on them,
+//! and what their answers mean for each log's [`Replica`] (the state machine of
+//! `crate::replication`).
+//!
+//! - **Forwarding**: records stored by an APPEND (at the head) or a REPLICATE (further down)
+//!   while the log's link is in sync are sent at once, pinned in the store's frame buffer:
+//!   the frame head is encoded, the records follow from the buffer that goes to disk.
+//! - **Catching up**: a successor that is behind (after a reconnect, a GAP, an OVERLOADED)
+//!   gets the records it lacks read from this node's store, a bounded batch per turn.
+//! - **Answers** flow back to the predecessor on the connection its REPLICATEs came from;
+//!   trims, barriers and the committed LSN go down when they change.
+//! - **Backpressure**: a link with more than [`LINK_UNACKED_BYTES_MAX`] of records sent and
+//!   not answered makes appends to its logs OVERLOADED; a successor that refuses (OVERLOADED,
+//!   or a log it does not have yet) makes this node hold that log's traffic for a while.
+//!
+//! Links are keyed by (successor node, its shard): the logs of one shard that share a
+//! successor shard share a connection. Request ids are unique per shard for its whole life, so
+//! a late answer to a closed link's request can never be taken for another's.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use chainlog_net::{
+    decode_response, encode_replicate_head, encode_request, parse_frame, ErrorCode, HelloRequest,
+    Limits, PeerRequest, RecordHeader, ReplicateHeader, ReplicateKind, Request, Response, Role,
+    PROTOCOL_VERSION,
+};
+use chainlog_storage::{Pin, Store, UringIo};
+
+use super::link::{Link, LinkState, Sent, BACKOFF_MIN_MS};
+use super::ops::{self, NetOp, NetToken, GENERATION_MASK};
+use super::protocol::Server;
+use crate::replication::{NodeId, Reply, Send};
+
+/// Record bytes a link may have sent and not had answered; beyond, appends to its logs get
+/// OVERLOADED (and a middle node refuses REPLICATEs of those logs the same way).
+pub(crate) const LINK_UNACKED_BYTES_MAX: usize = 32 << 20;
+/// Record bytes one catch-up REPLICATE carries at most.
+const CATCH_UP_BYTES_MAX: usize = 1 << 20;
+/// How long a log's traffic waits after its successor refused it for a reason other than
+/// OVERLOADED (which names its own wait), e.g. a log it does not have yet.
+const HOLD_MS: u64 = 100;
+
+/// A node of the cluster, as the shard needs it: where its shard 0 listens, how many shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Peer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) shards: u16,
+}
+
+impl Peer {
+    /// The shard that holds `log_id` on this peer, and its address.
+    fn shard_addr(&self, log_id: u64) -> (u16, SocketAddr) {
+        let shard = (log_id % u64::from(self.shards.max(1))) as u16;
+        (shard, self.addr_of(shard))
+    }
+
+    /// The address of shard `shard`.
+    fn addr_of(&self, shard: u16) -> SocketAddr {
+        let mut addr = self.addr;
+        addr.set_port(addr.port().wrapping_add(shard));
+        addr
+    }
+}
+
+/// Records stored here that go to the successor now, pinned where they were stored.
+#[derive(Debug)]
+pub(crate) struct Forward {
+    pub(crate) log_id: u64,
+    pub(crate) epoch: u64,
+    pub(crate) first: u64,
+    pub(crate) end: u64,
+    /// The batch's fencing token (0: none) and idempotency key (0, 0: none).
+    pub(crate) fencing_token: u64,
+    pub(crate) writer: (u64, u64),
+    pub(crate) pin: Pin,
+}
+
+/// The shard's replication links and what it knows of the other nodes.
+#[derive(Debug)]
+pub(crate) struct Chain {
+    me: NodeId,
+    limits: Limits,
+    recv_bytes: usize,
+    peers: HashMap<NodeId, Peer>,
+    links: Vec<Option<Link>>,
+    by_peer: HashMap<(NodeId, u16), u32>,
+    next_request: u64,
+    next_generation: u32,
+    /// Logs whose traffic to the successor waits until the time given (µs).
+    hold: HashMap<u64, u64>,
+    /// Logs to look at in the next turn (catching up, held, probing).
+    again: HashSet<u64>,
+}
+
+impl Chain {
+    pub(crate) fn new(me: NodeId, limits: Limits, recv_bytes: usize) -> Chain {
+        Chain {
+            me,
+            limits,
+            recv_bytes,
+            peers: HashMap::new(),
+            links: Vec::new(),
+            by_peer: HashMap::new(),
+            next_request: 1,
+            next_generation: 1,
+            hold: HashMap::new(),
+            again: HashSet::new(),
+        }
+    }
+
+    /// The cluster's nodes changed (a new map). Links to shards whose address moved (a node
+    /// restarted elsewhere, or left the map) are retired: closed, and replaced by a new link
+    /// to the new address when a log needs one.
+    pub(crate) fn set_peers(&mut self, peers: HashMap<NodeId, Peer>) {
+        for link in self.links.iter_mut().flatten() {
+            let moved = peers
+                .get(&link.peer)
+                .is_none_or(|p| link.shard >= p.shards || p.addr_of(link.shard) != link.addr);
+            if moved && !link.retired {
+                link.retired = true;
+                self.by_peer.remove(&(link.peer, link.shard));
+                if link.state != LinkState::Closing {
+                    link.close();
+                }
+            }
+        }
+        self.peers = peers;
+    }
+
+    fn request_id(&mut self) -> u64 {
+        let id = self.next_request;
+        self.next_request += 1;
+        id
+    }
+
+    /// The link that carries `log_id` to `successor`, created (idle) if there is none.
+    fn link_for(&mut self, log_id: u64, successor: NodeId) -> Option<u32> {
+        let peer = *self.peers.get(&successor)?;
+        let (shard, addr) = peer.shard_addr(log_id);
+        if let Some(&slot) = self.by_peer.get(&(successor, shard)) {
+            return Some(slot);
+        }
+        let generation = self.next_generation;
+        self.next_generation = ((self.next_generation + 1) & GENERATION_MASK).max(1);
+        let link = Link::new(successor, shard, addr, generation, self.recv_bytes);
+        let slot = match self.links.iter().position(Option::is_none) {
+            Some(free) => {
+                self.links[free] = Some(link);
+                free
+            }
+            None => {
+                self.links.push(Some(link));
+                self.links.len() - 1
+            }
+        } as u32;
+        self.by_peer.insert((successor, shard), slot);
+        Some(slot)
+    }
+
+    /// The up link of a log, if it has one.
+    fn up_link(&mut self, server: &Server, log_id: u64) -> Option<u32> {
+        let successor = server.replicas.get(&log_id)?.successor()?;
+        let slot = self.link_for(log_id, successor)?;
+        let link = self.links[slot as usize].as_ref()?;
+        (link.state == LinkState::Up).then_some(slot)
+    }
+
+    /// Queues a forward of records pinned in the store on the log's link (or gives the pin
+    /// back if the link went away meanwhile: the records go by catch-up).
+    fn forward(&mut self, server: &mut Server, store: &mut Store<UringIo>, f: Forward) {
+        let Some(slot) = self.up_link(server, f.log_id) else {
+            store.unpin(f.pin);
+            return;
+        };
+        let replica = server.replicas.get_mut(&f.log_id).expect("forwarded log");
+        let committed = replica.committed_for_forward(f.end);
+        let header = ReplicateHeader {
+            fencing_token: f.fencing_token,
+            writer_id: f.writer.0,
+            writer_seq: f.writer.1,
+            ..ReplicateHeader::new(
+                ReplicateKind::Records,
+                f.log_id,
+                f.epoch,
+                f.first,
+                committed,
+            )
+        };
+        let request_id = self.request_id();
+        let count = (f.end - f.first) as u32;
+        let mut head = Vec::with_capacity(128);
+        encode_replicate_head(&mut head, request_id, &header, count, store.pinned(&f.pin));
+        let bytes = f.pin.len();
+        let link = self.links[slot as usize].as_mut().expect("up link");
+        link.push_bytes(head);
+        link.push_pinned(f.pin);
+        link.unacked_bytes += bytes;
+        link.requests.insert(
+            request_id,
+            Sent::Records {
+                log_id: f.log_id,
+                first: f.first,
+                bytes,
+            },
+        );
+        server.metrics.forwards += 1;
+    }
+
+    /// Queues a REPLICATE of `kind` without records.
+    fn send_control(&mut self, server: &mut Server, log_id: u64, slot: u32, send: Send) {
+        let replica = &server.replicas[&log_id];
+        let (kind, sent) = match send {
+            Send::Trim { .. } => (ReplicateKind::Trim, Some(Sent::Trim { log_id })),
+            Send::Barrier { covers } => (
+                ReplicateKind::Barrier,
+                Some(Sent::Barrier { log_id, covers }),
+            ),
+            Send::Commit { .. } => (ReplicateKind::Commit, None),
+        };
+        let committed = match send {
+            Send::Commit { committed } => committed,
+            _ => replica.committed().min(replica.next_lsn()),
+        };
+        let mut header =
+            ReplicateHeader::new(kind, log_id, replica.epoch(), replica.next_lsn(), committed);
+        if let Send::Trim { before } = send {
+            header.trim_before = before;
+        }
+        let request_id = self.request_id();
+        let mut out = Vec::with_capacity(128);
+        encode_replicate_head(&mut out, request_id, &header, 0, &[]);
+        let link = self.links[slot as usize].as_mut().expect("up link");
+        link.push_bytes(out);
+        if let Some(sent) = sent {
+            link.requests.insert(request_id, sent);
+        }
+    }
+
+    /// Sends the successor the records it lacks, read from the store (at most one batch per
+    /// turn and log, within the link's budget).
+    fn catch_up(
+        &mut self,
+        server: &mut Server,
+        store: &mut Store<UringIo>,
+        log_id: u64,
+        slot: u32,
+    ) -> bool {
+        let replica = &server.replicas[&log_id];
+        let Some(from) = replica.catch_up_from() else {
+            return false;
+        };
+        let link = self.links[slot as usize].as_ref().expect("up link");
+        if link.unacked_bytes >= LINK_UNACKED_BYTES_MAX {
+            return true;
+        }
+        let epoch = replica.epoch();
+        let max = (replica.next_lsn() - from).min(u64::from(self.limits.batch_records_max));
+        let records = match store.read_stored(log_id, from, max as usize, CATCH_UP_BYTES_MAX) {
+            Ok(records) if !records.is_empty() => records,
+            Ok(_) => return true,
+            Err(e) => {
+                tracing::warn!(log_id, from, error = %e, "cannot read records to catch a successor up");
+                return true;
+            }
+        };
+        let end = from + records.len() as u64;
+        let replica = server.replicas.get_mut(&log_id).expect("checked");
+        let committed = replica.committed_for_forward(end);
+        let mut body = Vec::new();
+        for r in &records {
+            let header = RecordHeader {
+                len: r.payload.len() as u32,
+                crc: r.crc,
+                log_id,
+                lsn: r.lsn,
+                epoch: r.epoch,
+                timestamp_us: r.timestamp_us,
+            };
+            body.extend_from_slice(bytemuck::bytes_of(&header));
+            body.extend_from_slice(&r.payload);
+            body.resize(
+                body.len() + (r.payload.len().next_multiple_of(8) - r.payload.len()),
+                0,
+            );
+        }
+        let header = ReplicateHeader::new(ReplicateKind::Records, log_id, epoch, from, committed);
+        let request_id = self.request_id();
+        let mut out = Vec::with_capacity(128 + body.len());
+        encode_replicate_head(&mut out, request_id, &header, records.len() as u32, &body);
+        let bytes = body.len();
+        out.extend_from_slice(&body);
+        let link = self.links[slot as usize].as_mut().expect("up link");
+        link.push_bytes(out);
+        link.unacked_bytes += bytes;
+        link.requests.insert(
+            request_id,
+            Sent::Records {
+                log_id,
+                first: from,
+                bytes,
+            },
+        );
+        replica.caught_up(from, end);
+        server.metrics.catch_up_records += records.len() as u64;
+        replica.catch_up_from().is_some()
+    }
+
+    /// The end of a loop turn: forwards what was stored, answers predecessors, sends what
+    /// changed, catches successors up, connects links and starts their sends.
+    pub(crate) fn pump(
+        &mut self,
+        server: &mut Server,
+        store: &mut Store<UringIo>,
+        conns: &mut [Option<super::conn::Conn>],
+        now_us: u64,
+    ) {
+        for f in std::mem::take(&mut server.forwards) {
+            self.forward(server, store, f);
+        }
+        let mut logs: Vec<u64> = server.touched.drain().collect();
+        logs.extend(self.again.drain());
+        logs.sort_unstable();
+        logs.dedup();
+        let mut answers = Vec::new();
+        let mut sends = Vec::new();
+        for log_id in logs {
+            let Some(replica) = server.replicas.get_mut(&log_id) else {
+                self.hold.remove(&log_id);
+                continue;
+            };
+            replica.take_answers(&mut answers);
+            let successor = replica.successor();
+            if !answers.is_empty() {
+                server.answer_upstream(log_id, &mut answers, conns);
+            }
+            let Some(successor) = successor else {
+                continue;
+            };
+            if let Some(&until) = self.hold.get(&log_id) {
+                if now_us < until {
+                    self.again.insert(log_id);
+                    continue;
+                }
+                self.hold.remove(&log_id);
+            }
+            let Some(slot) = self.link_for(log_id, successor) else {
+                // The successor is not in the map (yet): look again later.
+                self.hold.insert(log_id, now_us + HOLD_MS * 1000);
+                self.again.insert(log_id);
+                continue;
+            };
+            let link = self.links[slot as usize].as_ref().expect("link");
+            if link.state != LinkState::Up {
+                continue; // Probed when the link comes up.
+            }
+            let replica = server.replicas.get_mut(&log_id).expect("checked");
+            if replica.link_is_down() {
+                // Refused earlier (held meanwhile): probe again.
+                if let Some(probe) = replica.link_up() {
+                    self.send_control(server, log_id, slot, probe);
+                }
+                continue;
+            }
+            let more = self.catch_up(server, store, log_id, slot);
+            if more {
+                self.again.insert(log_id);
+            }
+            let replica = server.replicas.get_mut(&log_id).expect("checked");
+            replica.to_send(false, &mut sends);
+            for send in sends.drain(..) {
+                self.send_control(server, log_id, slot, send);
+            }
+        }
+        self.update_congestion(server);
+        for slot in 0..self.links.len() {
+            self.drive_link(slot as u32, server, store, now_us);
+        }
+    }
+
+    /// Recomputes which logs' links are over their budget.
+    fn update_congestion(&mut self, server: &mut Server) {
+        let full: HashSet<u32> = self
+            .links
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                l.as_ref()
+                    .filter(|l| l.unacked_bytes >= LINK_UNACKED_BYTES_MAX)
+                    .map(|_| i as u32)
+            })
+            .collect();
+        if full.is_empty() && server.congested.is_empty() {
+            return;
+        }
+        server.congested.clear();
+        let by_peer = &self.by_peer;
+        let peers = &self.peers;
+        for (&log_id, replica) in &server.replicas {
+            let Some(successor) = replica.successor() else {
+                continue;
+            };
+            let Some(peer) = peers.get(&successor) else {
+                continue;
+            };
+            let (shard, _) = peer.shard_addr(log_id);
+            if by_peer
+                .get(&(successor, shard))
+                .is_some_and(|s| full.contains(s))
+            {
+                server.congested.insert(log_id);
+            }
+        }
+    }
+
+    /// Connects, sends, or finishes closing a link, as its state asks.
+    fn drive_link(
+        &mut self,
+        slot: u32,
+        server: &mut Server,
+        store: &mut Store<UringIo>,
+        now_us: u64,
+    ) {
+        let Some(link) = self.links[slot as usize].as_mut() else {
+            return;
+        };
+        let generation = link.generation;
+        let token = move |op| NetToken {
+            op,
+            slot,
+            generation,
+        };
+        match link.state {
+            LinkState::Idle { retry_at_us } if now_us >= retry_at_us => match link.open_socket() {
+                Ok((fd, addr, len)) => {
+                    ops::connect(store.io_mut(), fd, addr, len, token(NetOp::LinkConnect))
+                }
+                Err(e) => {
+                    tracing::warn!(peer = link.peer, error = %e, "cannot open a socket for a replication link");
+                    link.reset(store, now_us);
+                }
+            },
+            LinkState::Greeting | LinkState::Up => {
+                if let (Some(fd), Some(msg)) = (link.fd(), link.start_send(store)) {
+                    ops::sendmsg(store.io_mut(), fd, msg, token(NetOp::LinkSend));
+                }
+            }
+            LinkState::Closing if link.idle() => {
+                let (peer, shard, retired) = (link.peer, link.shard, link.retired);
+                link.reset(store, now_us);
+                server.metrics.link_resets += 1;
+                if retired {
+                    tracing::info!(peer, shard, "replication link to a moved shard closed");
+                    self.links[slot as usize] = None;
+                } else {
+                    tracing::info!(peer, shard, "replication link closed; reconnecting");
+                }
+                self.links_down(server, peer, shard);
+            }
+            _ => {}
+        }
+    }
+
+    /// Every log carried by the link to (`peer`, `shard`) lost it.
+    fn links_down(&mut self, server: &mut Server, peer: NodeId, shard: u16) {
+        let shards = self.peers.get(&peer).map_or(1, |p| p.shards.max(1));
+        for (&log_id, replica) in server.replicas.iter_mut() {
+            if replica.successor() == Some(peer) && (log_id % u64::from(shards)) as u16 == shard {
+                replica.link_down();
+            }
+        }
+    }
+
+    /// Every log carried by the link to (`peer`, `shard`) may use it: probe each.
+    fn links_up(&mut self, server: &mut Server, slot: u32, peer: NodeId, shard: u16) {
+        let shards = self.peers.get(&peer).map_or(1, |p| p.shards.max(1));
+        let logs: Vec<u64> = server
+            .replicas
+            .iter()
+            .filter(|(&log_id, r)| {
+                r.successor() == Some(peer) && (log_id % u64::from(shards)) as u16 == shard
+            })
+            .map(|(&log_id, _)| log_id)
+            .collect();
+        for log_id in logs {
+            if self.hold.contains_key(&log_id) {
+                self.again.insert(log_id);
+                continue;
+            }
+            let replica = server.replicas.get_mut(&log_id).expect("listed");
+            if let Some(probe) = replica.link_up() {
+                self.send_control(server, log_id, slot, probe);
+            }
+        }
+    }
+
+    /// A completion of a link's operation.
+    pub(crate) fn on_completion(
+        &mut self,
+        token: NetToken,
+        result: std::io::Result<usize>,
+        server: &mut Server,
+        store: &mut Store<UringIo>,
+        now_us: u64,
+    ) {
+        let slot = token.slot;
+        let Some(link) = self.links.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if link.generation != token.generation {
+            return;
+        }
+        match token.op {
+            NetOp::LinkConnect => {
+                link.connect_in_flight = false;
+                match result {
+                    Ok(_) if link.state == LinkState::Connecting => {
+                        let mut out = Vec::new();
+                        let hello = HelloRequest {
+                            min_version: PROTOCOL_VERSION,
+                            max_version: PROTOCOL_VERSION,
+                        };
+                        let hello_id = self.next_request;
+                        let peer_id = hello_id + 1;
+                        self.next_request += 2;
+                        encode_request(&mut out, hello_id, &Request::Hello(hello));
+                        let me = PeerRequest { node_id: self.me };
+                        encode_request(&mut out, peer_id, &Request::Peer(me));
+                        link.push_bytes(out);
+                        link.requests.insert(hello_id, Sent::Hello);
+                        link.requests.insert(peer_id, Sent::Peer);
+                        link.state = LinkState::Greeting;
+                        self.arm_recv(slot, store);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(peer = link.peer, addr = %link.addr, error = %e, "replication link: connect failed");
+                        link.close();
+                    }
+                }
+            }
+            NetOp::LinkSend => match result {
+                Ok(n) => link.sent(n, store),
+                Err(_) => {
+                    link.sent(0, store);
+                    link.close();
+                }
+            },
+            NetOp::LinkRecv => {
+                link.recv_in_flight = false;
+                match result {
+                    Ok(0) | Err(_) => link.close(),
+                    Ok(n) => {
+                        link.received(n);
+                        self.on_input(slot, server, now_us);
+                        self.arm_recv(slot, store);
+                    }
+                }
+            }
+            _ => unreachable!("not a link operation"),
+        }
+    }
+
+    fn arm_recv(&mut self, slot: u32, store: &mut Store<UringIo>) {
+        let Some(link) = self.links[slot as usize].as_mut() else {
+            return;
+        };
+        if link.recv_in_flight || matches!(link.state, LinkState::Closing | LinkState::Idle { .. })
+        {
+            return;
+        }
+        let Some(fd) = link.fd() else {
+            return;
+        };
+        let token = NetToken {
+            op: NetOp::LinkRecv,
+            slot,
+            generation: link.generation,
+        };
+        link.recv_in_flight = true;
+        ops::recv(store.io_mut(), fd, link.recv_space(), token);
+    }
+
+    /// Handles the whole answers received on a link.
+    fn on_input(&mut self, slot: u32, server: &mut Server, now_us: u64) {
+        let mut consumed = 0;
+        loop {
+            let link = self.links[slot as usize].as_mut().expect("live link");
+            if link.state == LinkState::Closing {
+                return;
+            }
+            let Some(event) = next_answer(link, &mut consumed, &self.limits) else {
+                break;
+            };
+            let (peer, shard) = (link.peer, link.shard);
+            match event {
+                LinkEvent::Close => {
+                    link.close();
+                    return;
+                }
+                LinkEvent::Up => {
+                    link.state = LinkState::Up;
+                    link.backoff_ms = BACKOFF_MIN_MS;
+                    tracing::info!(peer, shard, addr = %link.addr, "replication link up");
+                    self.links_up(server, slot, peer, shard);
+                }
+                LinkEvent::Greeted => {}
+                LinkEvent::Answered {
+                    log_id,
+                    reply,
+                    bytes,
+                } => {
+                    link.unacked_bytes -= bytes;
+                    if let Some(replica) = server.replicas.get_mut(&log_id) {
+                        replica.reply(reply);
+                        server.touched.insert(log_id);
+                    }
+                }
+                LinkEvent::Refused {
+                    log_id,
+                    sent,
+                    code,
+                    arg0,
+                    message,
+                    bytes,
+                } => {
+                    link.unacked_bytes -= bytes;
+                    self.refused(server, log_id, sent, code, arg0, &message, now_us);
+                }
+            }
+        }
+        let link = self.links[slot as usize].as_mut().expect("live link");
+        link.consume(consumed);
+    }
+
+    /// The successor refused a REPLICATE of `log_id`.
+    #[allow(clippy::too_many_arguments)]
+    fn refused(
+        &mut self,
+        server: &mut Server,
+        log_id: u64,
+        sent: Sent,
+        code: ErrorCode,
+        arg0: u64,
+        message: &str,
+        now_us: u64,
+    ) {
+        let Some(replica) = server.replicas.get_mut(&log_id) else {
+            return;
+        };
+        server.touched.insert(log_id);
+        match (code, sent) {
+            (ErrorCode::Gap, Sent::Records { .. }) => replica.refused(arg0),
+            (ErrorCode::Overloaded, Sent::Records { first, .. }) => {
+                replica.refused(first);
+                self.hold
+                    .insert(log_id, now_us + arg0.clamp(1, 1000) * 1000);
+            }
+            _ => {
+                // The successor does not (yet) have this log in this epoch, or does not take
+                // it from us: probe again after a pause.
+                tracing::debug!(
+                    log_id,
+                    code = code.name(),
+                    message,
+                    "successor refused a REPLICATE; holding"
+                );
+                replica.link_down();
+                self.hold.insert(log_id, now_us + HOLD_MS * 1000);
+            }
+        }
+        self.again.insert(log_id);
+    }
+
+    /// Lag of the logs this shard forwards: (logs whose successor is behind, records behind).
+    pub(crate) fn lag(server: &Server) -> (usize, u64) {
+        let mut behind = 0;
+        let mut records = 0;
+        for replica in server.replicas.values() {
+            let lag = replica.lag();
+            if lag > 0 {
+                behind += 1;
+                records += lag;
+            }
+        }
+        (behind, records)
+    }
+
+    /// Closes every link (the shard stops).
+    pub(crate) fn close_all(&mut self) {
+        for link in self.links.iter_mut().flatten() {
+            if link.state != LinkState::Closing {
+                link.close();
+            }
+        }
+    }
+
+    /// Cancels the operations of every link that still has some in the kernel (a connect to
+    /// a host that does not answer).
+    pub(crate) fn cancel_busy(&mut self, store: &mut Store<UringIo>) {
+        for link in self.links.iter().flatten().filter(|l| !l.idle()) {
+            if let Some(fd) = link.fd() {
+                ops::cancel_fd(store.io_mut(), fd);
+            }
+        }
+    }
+
+    /// True once no link has an operation in the kernel.
+    pub(crate) fn all_idle(&self) -> bool {
+        self.links.iter().flatten().all(Link::idle)
+    }
+
+    /// Gives back the pins of the links (the shard stops; every link is idle).
+    pub(crate) fn release(&mut self, store: &mut Store<UringIo>, now_us: u64) {
+        for link in self.links.iter_mut().flatten() {
+            link.reset(store, now_us);
+        }
+    }
+}
+
+/// What one answer on a link means, decoded (owning what it needs, so that the link's input
+/// buffer is free again).
+enum LinkEvent {
+    /// Close the link (a malformed or unexpected answer, or a refused handshake).
+    Close,
+    /// The HELLO was answered as expected.
+    Greeted,
+    /// The PEER was accepted: the link is up.
+    Up,
+    /// A REPLICATE was answered (`bytes` of records are no longer unacked).
+    Answered {
+        log_id: u64,
+        reply: Reply,
+        bytes: usize,
+    },
+    /// A REPLICATE was refused.
+    Refused {
+        log_id: u64,
+        sent: Sent,
+        code: ErrorCode,
+        arg0: u64,
+        message: String,
+        bytes: usize,
+    },
+}
+
+/// The next whole answer in the link's input from `consumed` on (advancing it), decoded; or
+/// `None` if it has not fully arrived.
+fn next_answer(link: &mut Link, consumed: &mut usize, limits: &Limits) -> Option<LinkEvent> {
+    let peer = link.peer;
+    let shard = link.shard;
+    let (input, requests) = link.input_and_requests();
+    let frame = match parse_frame(&input[*consumed..], limits) {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(peer, error = %e, "replication link: malformed answer");
+            return Some(LinkEvent::Close);
+        }
+    };
+    *consumed += frame.frame_bytes();
+    let response = match decode_response(&frame, limits) {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::warn!(peer, error = %e, "replication link: malformed answer");
+            return Some(LinkEvent::Close);
+        }
+    };
+    let request_id = frame.request_id;
+    let Some(sent) = requests.remove(&request_id) else {
+        if let Response::Error(e) = response {
+            tracing::warn!(
+                peer,
+                code = e.code.name(),
+                message = e.message,
+                "replication link: refused"
+            );
+        } else {
+            tracing::warn!(
+                peer,
+                request_id,
+                "replication link: an answer to no request"
+            );
+        }
+        return Some(LinkEvent::Close);
+    };
+    let (log_id, barrier, bytes) = match sent {
+        Sent::Hello => {
+            return Some(match response {
+                Response::Hello(hello)
+                    if hello.role == Role::Node && hello.shard_index == shard =>
+                {
+                    LinkEvent::Greeted
+                }
+                other => {
+                    tracing::warn!(peer, shard, answer = ?other, "replication link reached the wrong server");
+                    LinkEvent::Close
+                }
+            })
+        }
+        Sent::Peer => {
+            return Some(match response {
+                Response::Peer => LinkEvent::Up,
+                other => {
+                    tracing::warn!(peer, answer = ?other, "replication link: the peer refused us");
+                    LinkEvent::Close
+                }
+            })
+        }
+        Sent::Records { log_id, bytes, .. } => (log_id, None, bytes),
+        Sent::Trim { log_id } => (log_id, None, 0),
+        Sent::Barrier { log_id, covers } => (log_id, Some(covers), 0),
+    };
+    Some(match response {
+        Response::Replicate(answer) if answer.log_id == log_id => LinkEvent::Answered {
+            log_id,
+            reply: Reply {
+                durable_lsn: answer.durable_lsn,
+                trim_point: answer.trim_point,
+                next_lsn: answer.next_lsn,
+                barrier,
+            },
+            bytes,
+        },
+        Response::Error(e) => LinkEvent::Refused {
+            log_id,
+            sent,
+            code: e.code,
+            arg0: e.arg0,
+            message: e.message.to_string(),
+            bytes,
+        },
+        other => {
+            tracing::warn!(peer, answer = ?other, "replication link: an answer that does not fit its request");
+            LinkEvent::Close
+        }
+    })
+}

@@ -37,9 +37,15 @@ pub(crate) struct Node {
 impl Node {
     /// Starts `chainlog node` on `dir` with `shards` shards and returns once every shard serves.
     pub(crate) fn start(dir: &Path, shards: u16) -> Node {
+        Node::start_with(dir, shards, None, &[])
+    }
+
+    /// As [`Node::start`], on `port` if given (a restart at the same address), with `args`
+    /// added (e.g. `--controller ADDR --node-id N`).
+    pub(crate) fn start_with(dir: &Path, shards: u16, port: Option<u16>, args: &[&str]) -> Node {
         // One port more than the shards: the node may serve metrics at the port after the last
         // shard's.
-        let port = free_ports(shards + 1);
+        let port = port.unwrap_or_else(|| free_ports(shards + 1));
         let mut child = Command::new(env!("CARGO_BIN_EXE_chainlog"))
             .args(["node", "--data-dir"])
             .arg(dir)
@@ -50,6 +56,7 @@ impl Node {
                 &shards.to_string(),
             ])
             .args(["--no-pin", "--durability", "dsync"])
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -135,10 +142,15 @@ impl Controller {
     /// Starts `chainlog controller` on `dir`, listening on a port the kernel picks, with
     /// `args` added; returns once it printed where it serves (so it serves).
     pub(crate) fn start(dir: &Path, args: &[&str]) -> Controller {
+        Controller::start_on(dir, "127.0.0.1:0", args)
+    }
+
+    /// As [`Controller::start`], listening on `listen` (a restart at the same address).
+    pub(crate) fn start_on(dir: &Path, listen: &str, args: &[&str]) -> Controller {
         let log = dir.with_extension("log");
         let stderr = std::fs::File::create(&log).expect("controller log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_chainlog"))
-            .args(["controller", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["controller", "--listen", listen, "--data-dir"])
             .arg(dir)
             .args(args)
             .env("RUST_LOG", "info")

@@ -1,0 +1,461 @@
+//! Chain replication with real processes on loopback: a `chainlog controller` and three
+//! `chainlog node`s that are members of its cluster. Logs are created through the controller
+//! with replication factor 3 (or 2), appended to at their head and read from every replica.
+//!
+//! - Several writers append; every replica holds the same records (a digest of the committed
+//!   range), reads from head, middle and tail agree; conditional appends and idempotent
+//!   retries work through the chain; other replicas send appends to the head (NOT_HEAD).
+//! - Every process stops and starts again on the same directories and ports: everything
+//!   committed is still there on every replica, and appends continue.
+//! - Bad input on the replication port (no PEER, a node that is not the predecessor, a wrong
+//!   epoch, a gap, a bad CRC, an unknown log) gets a typed error and writes nothing.
+//!
+//! Every process is stopped by PID when a test ends (the harness's `Drop`). Waits poll with
+//! generous deadlines, as guards against hanging, never as timing assertions.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use chainlog::controller::client::Client as ControllerClient;
+use chainlog::controller::ClusterMap;
+use chainlog::net::{
+    AppendHeader, ErrorCode, Opcode, PeerRequest, RecordHeader, Records, ReplicateHeader,
+    ReplicateKind, ReplicateRequest, Request, Response, RECORD_HEADER_BYTES,
+};
+use common::raw::{request, Answer, Raw};
+use common::{Client, Controller, Node};
+
+/// How long anything may take before the test fails (a guard, not a measurement).
+const DEADLINE: Duration = Duration::from_secs(120);
+const SHARDS: u16 = 2;
+
+/// A controller and its member nodes (node `i` has id `i + 1`).
+struct Cluster {
+    controller: Controller,
+    nodes: Vec<Node>,
+    ports: Vec<u16>,
+}
+
+impl Cluster {
+    fn start(dir: &Path, nodes: usize) -> Cluster {
+        let controller = Controller::start(&dir.join("controller"), &[]);
+        let mut cluster = Cluster {
+            controller,
+            nodes: Vec::new(),
+            ports: Vec::new(),
+        };
+        for i in 0..nodes {
+            let node = cluster.start_node(dir, i, None);
+            cluster.ports.push(node.port);
+            cluster.nodes.push(node);
+        }
+        cluster.wait_members(nodes);
+        cluster
+    }
+
+    fn start_node(&self, dir: &Path, i: usize, port: Option<u16>) -> Node {
+        let controller = self.controller.addr.to_string();
+        let id = (i + 1).to_string();
+        Node::start_with(
+            &dir.join(format!("node-{}", i + 1)),
+            SHARDS,
+            port,
+            &["--controller", &controller, "--node-id", &id],
+        )
+    }
+
+    fn controller(&self) -> ControllerClient {
+        ControllerClient::connect(self.controller.addr, Duration::from_secs(30))
+            .expect("controller")
+    }
+
+    /// Waits until the map shows `n` live nodes.
+    fn wait_members(&self, n: usize) -> ClusterMap {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let map = self.controller().map().expect("map");
+            if map.nodes().iter().filter(|node| node.alive).count() == n {
+                return map;
+            }
+            assert!(Instant::now() < end, "{n} nodes never registered: {map:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The log's chain, head first, as node indexes.
+    fn chain(&self, log_id: u64) -> Vec<usize> {
+        let map = self.controller().map().expect("map");
+        let log = map.log(log_id).expect("the log is in the map");
+        log.chain.iter().map(|&id| id as usize - 1).collect()
+    }
+
+    /// A client of node `i`'s shard that holds `log_id`.
+    fn client(&self, i: usize, log_id: u64) -> Client {
+        self.nodes[i].connect((log_id % u64::from(SHARDS)) as u16)
+    }
+}
+
+fn payload(writer: u64, n: u64) -> Vec<u8> {
+    let len = 8 + ((writer * 31 + n * 17) % 300) as usize;
+    let mut p = format!("w{writer}-{n}-").into_bytes();
+    p.resize(len, b'a' + (n % 26) as u8);
+    p
+}
+
+/// Every committed record of `log_id` as node `i` serves it, once it knows `tail` is
+/// committed (a replica learns the committed LSN from the head shortly after the head does).
+fn records_at(cluster: &Cluster, i: usize, log_id: u64, tail: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut client = cluster.client(i, log_id);
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let (known, records) = client.read_all(log_id, 0).expect("read");
+        if known >= tail {
+            return records;
+        }
+        assert!(
+            Instant::now() < end,
+            "node {} knows records up to {known} committed, not {tail}",
+            i + 1
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn check_tail(client: &mut Client, log_id: u64) -> u64 {
+    client.call(&Request::CheckTail { log_id }, |r| match r {
+        Response::CheckTail(t) => t.tail,
+        other => panic!("CHECK_TAIL: {other:?}"),
+    })
+}
+
+fn digest(records: &[(u64, Vec<u8>)]) -> u32 {
+    let mut crc = 0;
+    for (lsn, payload) in records {
+        crc = crc32c::crc32c_append(crc, &lsn.to_le_bytes());
+        crc = crc32c::crc32c_append(crc, payload);
+    }
+    crc
+}
+
+#[test]
+fn three_replicas_agree_and_conditions_hold_through_the_chain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::start(dir.path(), 3);
+    let log_id = cluster
+        .controller()
+        .create_log("chained", 3)
+        .expect("create rf 3");
+    let chain = cluster.chain(log_id);
+    assert_eq!(chain.len(), 3, "three distinct replicas");
+    let (head, middle, tail) = (chain[0], chain[1], chain[2]);
+
+    // Four writers append at the head at once, each its own connection.
+    const WRITERS: u64 = 4;
+    const APPENDS: u64 = 150;
+    let acked: Vec<Vec<(u64, Vec<u8>)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let mut client = cluster.client(head, log_id);
+                s.spawn(move || {
+                    (0..APPENDS)
+                        .map(|n| {
+                            let p = payload(w, n);
+                            let lsn = client
+                                .append(&AppendHeader::new(log_id), &[&p])
+                                .expect("append at the head");
+                            (lsn, p)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("writer"))
+            .collect()
+    });
+    let mut expected: Vec<(u64, Vec<u8>)> = acked.into_iter().flatten().collect();
+    expected.sort();
+    let committed = WRITERS * APPENDS;
+    assert_eq!(
+        expected.iter().map(|(lsn, _)| *lsn).collect::<Vec<_>>(),
+        (0..committed).collect::<Vec<_>>(),
+        "acknowledged LSNs are dense"
+    );
+    let mut at_head = cluster.client(head, log_id);
+    assert_eq!(check_tail(&mut at_head, log_id), committed);
+
+    // Every replica serves exactly what was acknowledged.
+    for i in [head, middle, tail] {
+        let records = records_at(&cluster, i, log_id, committed);
+        assert_eq!(
+            digest(&records),
+            digest(&expected),
+            "node {} differs from what was acknowledged",
+            i + 1
+        );
+        assert_eq!(records, expected);
+    }
+
+    // Conditional appends through the chain.
+    let next = at_head
+        .append(
+            &AppendHeader {
+                expected_lsn: committed,
+                ..AppendHeader::new(log_id)
+            },
+            &[b"conditional"],
+        )
+        .expect("the condition holds");
+    assert_eq!(next, committed);
+    let refused = at_head.append(
+        &AppendHeader {
+            expected_lsn: committed + 7,
+            ..AppendHeader::new(log_id)
+        },
+        &[b"never"],
+    );
+    assert_eq!(refused, Err((ErrorCode::ConditionFailed, committed + 1)));
+
+    // An idempotent retry gets the original LSN and appends nothing.
+    let keyed = AppendHeader {
+        writer_id: 99,
+        writer_seq: 1,
+        ..AppendHeader::new(log_id)
+    };
+    let first = at_head.append(&keyed, &[b"once"]).expect("keyed append");
+    let again = at_head.append(&keyed, &[b"once"]).expect("retry");
+    assert_eq!((first, again), (committed + 1, committed + 1));
+    let end = check_tail(&mut at_head, log_id);
+    assert_eq!(end, committed + 2, "the retry appended nothing");
+    for i in [middle, tail] {
+        let records = records_at(&cluster, i, log_id, end);
+        assert_eq!(records.len() as u64, end);
+        assert_eq!(records[committed as usize].1, b"conditional");
+        assert_eq!(records[committed as usize + 1].1, b"once");
+    }
+
+    // The other replicas send writers to the head.
+    let head_id = head as u64 + 1;
+    for i in [middle, tail] {
+        let mut client = cluster.client(i, log_id);
+        let answer = client.append(&AppendHeader::new(log_id), &[b"not here"]);
+        assert_eq!(answer, Err((ErrorCode::NotHead, head_id)));
+    }
+    // Trims travel down the chain.
+    at_head.call(
+        &Request::Trim(chainlog::net::TrimRequest {
+            log_id,
+            before_lsn: 10,
+        }),
+        |r| assert!(matches!(r, Response::Trim), "{r:?}"),
+    );
+    for i in [middle, tail] {
+        let mut client = cluster.client(i, log_id);
+        let end = Instant::now() + DEADLINE;
+        while client.read(log_id, 0) != Err(ErrorCode::Trimmed) {
+            assert!(
+                Instant::now() < end,
+                "the trim never reached node {}",
+                i + 1
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn stopping_and_restarting_every_process_keeps_what_was_committed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = Cluster::start(dir.path(), 3);
+    let logs = [
+        cluster.controller().create_log("three", 3).expect("rf 3"),
+        cluster.controller().create_log("two", 2).expect("rf 2"),
+    ];
+    let mut written = Vec::new();
+    for &log_id in &logs {
+        let head = cluster.chain(log_id)[0];
+        let mut client = cluster.client(head, log_id);
+        let mut records = Vec::new();
+        for n in 0..100 {
+            let p = payload(log_id % 7, n);
+            let lsn = client
+                .append(&AppendHeader::new(log_id), &[&p])
+                .expect("append");
+            records.push((lsn, p));
+        }
+        written.push(records);
+    }
+
+    // Stop everything (nodes, then the controller), start it all again where it was.
+    let controller_addr = cluster.controller.addr;
+    for node in std::mem::take(&mut cluster.nodes) {
+        let status = node.terminate();
+        assert!(status.success(), "a node's graceful stop: {status}");
+    }
+    let Cluster {
+        controller, ports, ..
+    } = cluster;
+    assert!(controller.terminate().success());
+    let controller = Controller::start_on(
+        &dir.path().join("controller"),
+        &controller_addr.to_string(),
+        &[],
+    );
+    let mut cluster = Cluster {
+        controller,
+        nodes: Vec::new(),
+        ports: ports.clone(),
+    };
+    for (i, &port) in ports.iter().enumerate() {
+        let node = cluster.start_node(dir.path(), i, Some(port));
+        cluster.nodes.push(node);
+    }
+    cluster.wait_members(3);
+
+    for (&log_id, records) in logs.iter().zip(&written) {
+        let chain = cluster.chain(log_id);
+        let head = chain[0];
+        // Appends continue after the restart (the head's links come back).
+        let mut client = cluster.client(head, log_id);
+        let end = Instant::now() + DEADLINE;
+        let lsn = loop {
+            match client.append(&AppendHeader::new(log_id), &[b"after the restart"]) {
+                Ok(lsn) => break lsn,
+                Err((code, _)) if code.is_retryable() && Instant::now() < end => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => panic!("append after the restart: {e:?}"),
+            }
+        };
+        assert_eq!(lsn, 100, "the log continues where it stopped");
+        let mut expected = records.clone();
+        expected.push((100, b"after the restart".to_vec()));
+        for &i in &chain {
+            assert_eq!(
+                records_at(&cluster, i, log_id, 101),
+                expected,
+                "node {} after the restart",
+                i + 1
+            );
+        }
+    }
+}
+
+/// A REPLICATE of records `payloads` stamped for `log_id` at `first` in `epoch`.
+fn replicate_frame(
+    request_id: u64,
+    log_id: u64,
+    epoch: u64,
+    first: u64,
+    payloads: &[&[u8]],
+) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for (i, p) in payloads.iter().enumerate() {
+        let header = RecordHeader {
+            len: p.len() as u32,
+            crc: crc32c::crc32c(p),
+            log_id,
+            lsn: first + i as u64,
+            epoch,
+            timestamp_us: 1,
+        };
+        bytes.extend_from_slice(bytemuck::bytes_of(&header));
+        bytes.extend_from_slice(p);
+        bytes.resize(bytes.len().next_multiple_of(8), 0);
+    }
+    let records = Records::parse(
+        &bytes,
+        payloads.len() as u32,
+        chainlog::net::RecordForm::Replicated {
+            log_id,
+            epoch,
+            first_lsn: first,
+        },
+        &chainlog::net::Limits::DEFAULT,
+    )
+    .expect("well-formed records");
+    let header = ReplicateHeader::new(ReplicateKind::Records, log_id, epoch, first, 0);
+    request(
+        request_id,
+        &Request::Replicate(ReplicateRequest { header, records }),
+    )
+}
+
+/// A connection to `addr` past HELLO and PEER as `node_id`.
+fn peer(addr: std::net::SocketAddr, node_id: u64) -> Raw {
+    let mut raw = Raw::greeted(addr);
+    raw.send(&request(2, &Request::Peer(PeerRequest { node_id })));
+    match raw.next() {
+        Some(Answer::Ok { request_id: 2, .. }) => raw,
+        other => panic!("PEER answered with {other:?}"),
+    }
+}
+
+#[test]
+fn the_replication_port_refuses_bad_forwards_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::start(dir.path(), 3);
+    let log_id = cluster
+        .controller()
+        .create_log("guarded", 3)
+        .expect("create");
+    let chain = cluster.chain(log_id);
+    let (head, middle, tail) = (chain[0], chain[1], chain[2]);
+    let map = cluster.controller().map().expect("map");
+    let epoch = map.log(log_id).expect("log").epoch;
+    let mut at_head = cluster.client(head, log_id);
+    for n in 0..5 {
+        at_head
+            .append(&AppendHeader::new(log_id), &[&payload(1, n)])
+            .expect("append");
+    }
+    let before = records_at(&cluster, middle, log_id, 5);
+    let addr = cluster.nodes[middle].addr((log_id % u64::from(SHARDS)) as u16);
+    let op = Opcode::Replicate as u16;
+    let head_id = head as u64 + 1;
+
+    // No PEER on the connection.
+    let mut raw = Raw::greeted(addr);
+    raw.send(&replicate_frame(5, log_id, epoch, 5, &[b"x"]));
+    raw.expect_error(op, 5, ErrorCode::UnknownNode, head_id, 0);
+    // A node that is not the middle's predecessor (the tail).
+    let mut raw = peer(addr, tail as u64 + 1);
+    raw.send(&replicate_frame(6, log_id, epoch, 5, &[b"x"]));
+    raw.expect_error(op, 6, ErrorCode::UnknownNode, head_id, 0);
+    // From the predecessor's id: a wrong epoch, a gap, an unknown log.
+    let mut raw = peer(addr, head_id);
+    raw.send(&replicate_frame(7, log_id, epoch + 1, 5, &[b"x"]));
+    raw.expect_error(op, 7, ErrorCode::WrongEpoch, epoch, 0);
+    raw.send(&replicate_frame(8, log_id, epoch, 50, &[b"x"]));
+    raw.expect_error(op, 8, ErrorCode::Gap, 5, 0);
+    let unknown = log_id + u64::from(SHARDS) * 1000;
+    raw.send(&replicate_frame(9, unknown, epoch, 0, &[b"x"]));
+    raw.expect_error(op, 9, ErrorCode::UnknownLog, u64::MAX, 0);
+    // A bad record CRC: MALFORMED, and the connection closes.
+    let mut bad = replicate_frame(10, log_id, epoch, 5, &[b"corrupt me"]);
+    let at = 24 + 72 + RECORD_HEADER_BYTES;
+    bad[at] ^= 0x55;
+    common::raw::fix_crc(&mut bad);
+    raw.send(&bad);
+    raw.expect_error(op, 10, ErrorCode::Malformed, 0, 0);
+    raw.expect_closed();
+
+    // Nothing of it was written, and the chain keeps working.
+    let lsn = at_head
+        .append(&AppendHeader::new(log_id), &[b"still fine"])
+        .expect("append after the hostile traffic");
+    assert_eq!(lsn, 5);
+    let mut expected = before;
+    expected.push((5, b"still fine".to_vec()));
+    for i in [head, middle, tail] {
+        assert_eq!(
+            records_at(&cluster, i, log_id, 6),
+            expected,
+            "node {}",
+            i + 1
+        );
+    }
+}

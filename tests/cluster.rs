@@ -459,3 +459,110 @@ fn the_replication_port_refuses_bad_forwards_and_writes_nothing() {
         );
     }
 }
+
+/// Sends `n` APPENDs of `batch` small records each on `client` without reading answers.
+fn send_appends(client: &mut Client, log_id: u64, n: usize, batch: usize) {
+    let payloads: Vec<Vec<u8>> = (0..batch).map(|i| payload(9, i as u64)).collect();
+    let mut out = Vec::new();
+    let limits = client.limits;
+    for _ in 0..n {
+        let id = client.next_id;
+        client.next_id += 1;
+        let mut builder =
+            chainlog::net::AppendBuilder::new(&mut out, id, &AppendHeader::new(log_id), &limits);
+        for p in &payloads {
+            builder.push(p).expect("within limits");
+        }
+        builder.finish();
+    }
+    client.send(&out);
+}
+
+/// Reads `n` APPEND answers: the first LSNs of those that succeeded, and how many were
+/// OVERLOADED.
+fn append_answers(client: &mut Client, n: usize) -> (Vec<u64>, usize) {
+    let mut lsns = Vec::new();
+    let mut overloaded = 0;
+    for _ in 0..n {
+        client.receive(|_, r| match r {
+            Response::Append(a) => lsns.push(a.first_lsn),
+            Response::Error(e) if e.code == ErrorCode::Overloaded => overloaded += 1,
+            other => panic!("APPEND answered with {other:?}"),
+        });
+    }
+    (lsns, overloaded)
+}
+
+#[test]
+fn a_stopped_replica_makes_appends_overloaded_and_the_chain_catches_up_when_it_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::start(dir.path(), 3);
+    let log_id = cluster.controller().create_log("slow", 3).expect("create");
+    let chain = cluster.chain(log_id);
+    let (head, tail) = (chain[0], chain[2]);
+    let tail_pid = cluster.nodes[tail].pid() as libc::pid_t;
+    // SAFETY: kill(2) on our own child (not reaped, so the pid is ours).
+    unsafe { libc::kill(tail_pid, libc::SIGSTOP) };
+    // With the tail stopped nothing commits. Two writers pipeline 2 x 600 APPENDs of 64
+    // records: once 65,536 records wait for the rest of the chain, the head refuses more
+    // with OVERLOADED instead of piling them up. (Answers come in order per connection, so
+    // they are read once the tail is back.)
+    const APPENDS: usize = 600;
+    const BATCH: usize = 64;
+    let mut writers = [cluster.client(head, log_id), cluster.client(head, log_id)];
+    for w in &mut writers {
+        send_appends(w, log_id, APPENDS, BATCH);
+        // A TAIL_HINT behind them is handled after them, and its answer does not wait for
+        // theirs: once it arrives, the head has taken or refused every one of them.
+        let id = w.next_id;
+        w.next_id += 1;
+        w.send(&request(id, &Request::TailHint { log_id }));
+        w.receive(|rid, r| match r {
+            Response::TailHint(t) if rid == id => {
+                assert_eq!(t.tail, 0, "nothing commits while the tail is stopped")
+            }
+            other => panic!("before the TAIL_HINT's answer: {other:?}"),
+        });
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(tail_pid, libc::SIGCONT) };
+    let mut accepted = Vec::new();
+    let mut overloaded = 0;
+    for w in &mut writers {
+        let (lsns, refused) = append_answers(w, APPENDS);
+        accepted.extend(lsns);
+        overloaded += refused;
+    }
+    assert!(
+        overloaded > 0,
+        "the head took every append while nothing committed"
+    );
+    let accepted_records = (accepted.len() * BATCH) as u64;
+    assert!(
+        accepted_records <= 1 << 16,
+        "{accepted_records} records accepted while nothing could commit"
+    );
+    accepted.sort_unstable();
+    let dense: Vec<u64> = (0..accepted.len() as u64)
+        .map(|i| i * BATCH as u64)
+        .collect();
+    assert_eq!(accepted, dense, "the accepted appends got dense LSNs");
+
+    // Everything accepted commits, every replica agrees, and appends are taken again.
+    let mut at_head = cluster.client(head, log_id);
+    let lsn = at_head
+        .append(&AppendHeader::new(log_id), &[b"after"])
+        .expect("appends are taken again");
+    assert_eq!(lsn, accepted_records);
+    let committed = check_tail(&mut at_head, log_id);
+    assert_eq!(committed, lsn + 1);
+    let expected = records_at(&cluster, head, log_id, committed);
+    for &i in &chain[1..] {
+        assert_eq!(
+            digest(&records_at(&cluster, i, log_id, committed)),
+            digest(&expected),
+            "node {}",
+            i + 1
+        );
+    }
+}

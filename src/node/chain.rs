@@ -22,14 +22,13 @@ use std::net::SocketAddr;
 
 use chainlog_net::{
     decode_response, encode_replicate_head, encode_request, parse_frame, ErrorCode, HelloRequest,
-    Limits, PeerRequest, RecordHeader, ReplicateHeader, ReplicateKind, Request, Response, Role,
-    PROTOCOL_VERSION,
+    Limits, PeerRequest, ReplicateHeader, ReplicateKind, Request, Response, Role, PROTOCOL_VERSION,
 };
 use chainlog_storage::{Pin, Store, UringIo};
 
 use super::link::{Link, LinkState, Sent, BACKOFF_MIN_MS};
 use super::ops::{self, NetOp, NetToken, GENERATION_MASK};
-use super::protocol::Server;
+use super::protocol::{stored_header, Server};
 use crate::replication::{NodeId, Reply, Send};
 
 /// Record bytes a link may have sent and not had answered; beyond, appends to its logs get
@@ -269,15 +268,7 @@ impl Chain {
         let committed = replica.committed_for_forward(end);
         let mut body = Vec::new();
         for r in &records {
-            let header = RecordHeader {
-                len: r.payload.len() as u32,
-                crc: r.crc,
-                log_id,
-                lsn: r.lsn,
-                epoch: r.epoch,
-                timestamp_us: r.timestamp_us,
-            };
-            body.extend_from_slice(bytemuck::bytes_of(&header));
+            body.extend_from_slice(bytemuck::bytes_of(&stored_header(log_id, r)));
             body.extend_from_slice(&r.payload);
             body.resize(
                 body.len() + (r.payload.len().next_multiple_of(8) - r.payload.len()),
@@ -367,7 +358,7 @@ impl Chain {
                 self.again.insert(log_id);
             }
             let replica = server.replicas.get_mut(&log_id).expect("checked");
-            replica.to_send(false, &mut sends);
+            replica.to_send(&mut sends);
             for send in sends.drain(..) {
                 self.send_control(server, log_id, slot, send);
             }

@@ -1434,20 +1434,24 @@ fn replica_of(log_id: u64, entry: &CatalogEntry, node_id: u64, store: &Store<Uri
     Replica::new(log_id, node_id, entry.epoch, chain, next, trim)
 }
 
+/// The header a record read back was stored with (its CRC is the client's: end to end).
+pub(crate) fn stored_header(log_id: u64, r: &ReadRecord) -> RecordHeader {
+    RecordHeader {
+        len: r.payload.len() as u32,
+        crc: r.crc,
+        log_id,
+        lsn: r.lsn,
+        epoch: r.epoch,
+        timestamp_us: r.timestamp_us,
+    }
+}
+
 /// Adds stored records to a READ answer or a push, until the frame is full; returns how many
 /// went in. The records' CRCs travel unchanged (end to end).
 fn push_records(builder: &mut ReadBuilder<'_>, log_id: u64, records: &[ReadRecord]) -> u64 {
     let mut pushed = 0;
     for r in records {
-        let header = RecordHeader {
-            len: r.payload.len() as u32,
-            crc: r.crc,
-            log_id,
-            lsn: r.lsn,
-            epoch: r.epoch,
-            timestamp_us: r.timestamp_us,
-        };
-        if builder.push(&header, &r.payload).is_err() {
+        if builder.push(&stored_header(log_id, r), &r.payload).is_err() {
             break;
         }
         pushed += 1;

@@ -196,14 +196,7 @@ impl Shard {
             NetOp::Control => self.on_control(),
             NetOp::Cancel => {}
             NetOp::LinkConnect | NetOp::LinkRecv | NetOp::LinkSend => {
-                let now = self.protocol.now_us();
-                self.chain.on_completion(
-                    token,
-                    completion.result,
-                    &mut self.protocol,
-                    &mut self.store,
-                    now,
-                );
+                self.on_link(token, completion.result)
             }
             NetOp::Recv | NetOp::Send => {
                 let slot = token.slot as usize;
@@ -286,6 +279,13 @@ impl Shard {
         }
     }
 
+    /// A completion of a replication link's operation.
+    fn on_link(&mut self, token: NetToken, result: std::io::Result<usize>) {
+        let now = self.protocol.now_us();
+        self.chain
+            .on_completion(token, result, &mut self.protocol, &mut self.store, now);
+    }
+
     /// The control thread has a new cluster map: install it.
     fn on_control(&mut self) {
         let Some(control) = &self.ctx.control else {
@@ -331,14 +331,7 @@ impl Shard {
                         token.op,
                         NetOp::LinkConnect | NetOp::LinkRecv | NetOp::LinkSend
                     ) {
-                        let now = self.protocol.now_us();
-                        self.chain.on_completion(
-                            token,
-                            completion.result,
-                            &mut self.protocol,
-                            &mut self.store,
-                            now,
-                        );
+                        self.on_link(token, completion.result);
                     }
                 }
             }

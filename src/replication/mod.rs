@@ -545,10 +545,10 @@ impl Replica {
     }
 
     /// The trim, barrier and committed LSN to send the successor now, if they changed since
-    /// they were last sent (the link must be up and probed). `records_going` says whether a
-    /// REPLICATE of records is going out in this turn anyway (it carries the committed LSN,
-    /// so no COMMIT is needed).
-    pub fn to_send(&mut self, records_going: bool, out: &mut Vec<Send>) {
+    /// they were last sent (the link must be up and probed). The committed LSN goes as a
+    /// COMMIT only if no REPLICATE of records carried it ([`committed_for_forward`]
+    /// (Self::committed_for_forward)).
+    pub fn to_send(&mut self, out: &mut Vec<Send>) {
         if self.successor().is_none() || !matches!(self.link, Link::InSync | Link::CatchingUp) {
             return;
         }
@@ -567,9 +567,7 @@ impl Replica {
         let committed = self.committed.min(self.forwarded);
         if committed > self.sent_commit {
             self.sent_commit = committed;
-            if !records_going {
-                out.push(Send::Commit { committed });
-            }
+            out.push(Send::Commit { committed });
         }
     }
 

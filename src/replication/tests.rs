@@ -207,7 +207,7 @@ impl Sim {
             self.stats.catch_ups += 1;
         }
         let mut sends = Vec::new();
-        self.nodes[i].rep.to_send(false, &mut sends);
+        self.nodes[i].rep.to_send(&mut sends);
         for s in sends {
             match s {
                 Send::Trim { before } => {
@@ -593,10 +593,10 @@ fn the_head_forwards_at_once_when_in_sync_and_commits_on_the_answer() {
     });
     assert_eq!(head.committed(), 3);
     let mut sends = Vec::new();
-    head.to_send(false, &mut sends);
+    head.to_send(&mut sends);
     assert_eq!(sends, vec![Send::Commit { committed: 3 }]);
     sends.clear();
-    head.to_send(false, &mut sends);
+    head.to_send(&mut sends);
     assert!(sends.is_empty(), "the committed LSN is sent once");
 }
 
@@ -666,7 +666,7 @@ fn barriers_settle_only_after_the_whole_chain_answers() {
         "not settled by a probe sent before it"
     );
     let mut sends = Vec::new();
-    head.to_send(false, &mut sends);
+    head.to_send(&mut sends);
     assert_eq!(sends, vec![Send::Barrier { covers: seq }]);
     assert_eq!(head.barriers(), (seq, 0));
     head.reply(Reply {

@@ -1,6 +1,7 @@
-//! The `chainlog` command: `chainlog node` runs a storage node, `chainlog dev` a local dev
-//! cluster of them ([`chainlog::dev`]); the other subcommands are clients of a node (their
-//! code is in `cli/`).
+//! The `chainlog` command: `chainlog node` runs a storage node, `chainlog controller` the
+//! cluster's controller ([`chainlog::controller`]), `chainlog dev` a local dev cluster of
+//! nodes ([`chainlog::dev`]); the other subcommands are clients of a node (their code is in
+//! `cli/`).
 
 mod cli;
 
@@ -9,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use chainlog::controller::ControllerArgs;
 use chainlog::dev::{DevCluster, DevError, DevOptions, Launcher};
 use chainlog::node::NodeArgs;
 use chainlog::signals::StopSignals;
@@ -30,6 +32,9 @@ struct Cli {
 enum Command {
     /// Run a storage node: one shard thread per core, shard i on the base port + i.
     Node(NodeArgs),
+    /// Run the controller: nodes register and heartbeat with it, it places logs and serves
+    /// the cluster map; until SIGTERM or SIGINT.
+    Controller(ControllerArgs),
     /// Run a local dev cluster (nodes as child processes on loopback) until Ctrl-C or SIGTERM.
     Dev(DevArgs),
     /// Create, describe, list or delete logs.
@@ -107,6 +112,7 @@ fn main() -> ExitCode {
         Command::Tail { args, common } => cli::run(common, cli::Command::Tail(args)),
         Command::Status { common } => cli::run(common, cli::Command::Status),
         Command::Node(args) => args.run("chainlog node"),
+        Command::Controller(args) => args.run("chainlog controller"),
         Command::Dev(args) => dev(args),
     }
 }

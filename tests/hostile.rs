@@ -10,19 +10,19 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use chainlog::net::{
-    decode_response, encode_request, parse_frame, AppendHeader, CreditRequest, ErrorCode,
-    HelloRequest, Limits, ListLogsRequest, ReadRequest, Request, Response, SubscribeRequest,
-    TrimRequest, UnsubscribeRequest, HELLO_MAGIC,
+    AppendHeader, CreditRequest, ErrorCode, HelloRequest, ListLogsRequest, ReadRequest, Request,
+    SubscribeRequest, TrimRequest, UnsubscribeRequest, HELLO_MAGIC,
 };
 use chainlog::node::catalog::log_id_of;
+use common::raw::{frame, request, Answer, Raw};
 use common::{Client, Node, SOCKET_TIMEOUT};
 
 const NONE: u64 = u64::MAX;
@@ -42,32 +42,6 @@ const OP_DELETE_LOG: u16 = 13;
 
 // ---------------------------------------------------------------------------------------------
 // Frames built by hand, so that any field can be wrong.
-
-/// A frame with a correct CRC.
-fn frame(opcode: u16, flags: u16, request_id: u64, body: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(24 + body.len());
-    f.extend_from_slice(&(20 + body.len() as u32).to_le_bytes());
-    f.extend_from_slice(&opcode.to_le_bytes());
-    f.extend_from_slice(&flags.to_le_bytes());
-    f.extend_from_slice(&request_id.to_le_bytes());
-    f.extend_from_slice(&[0; 8]);
-    f.extend_from_slice(body);
-    fix_crc(&mut f);
-    f
-}
-
-/// Recomputes a frame's CRC after its bytes were changed.
-fn fix_crc(f: &mut [u8]) {
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&f[4..16]), &f[24..]);
-    f[16..20].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// The encoder's frame for `request`.
-fn request(request_id: u64, request: &Request<'_>) -> Vec<u8> {
-    let mut out = Vec::new();
-    encode_request(&mut out, request_id, request);
-    out
-}
 
 fn hello_body(magic: u32, min: u16, max: u16) -> Vec<u8> {
     let mut b = magic.to_le_bytes().to_vec();
@@ -124,158 +98,9 @@ fn list_logs(request_id: u64) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A raw connection: sends anything, reads the node's frames one by one, or to EOF.
-
-/// A frame the node sent, decoded.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Answer {
-    /// An ERROR (flags RESPONSE|ERROR).
-    Error {
-        opcode: u16,
-        request_id: u64,
-        code: ErrorCode,
-        arg0: u64,
-        arg1: u64,
-        message: String,
-    },
-    /// Any other response, summarized.
-    Ok {
-        opcode: u16,
-        request_id: u64,
-        what: String,
-    },
-}
-
-struct Raw {
-    stream: TcpStream,
-    input: Vec<u8>,
-}
+// What this test adds to the raw connection (common::raw).
 
 impl Raw {
-    fn connect(addr: SocketAddr) -> Raw {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(SOCKET_TIMEOUT))
-            .expect("read timeout");
-        stream
-            .set_write_timeout(Some(SOCKET_TIMEOUT))
-            .expect("write timeout");
-        stream.set_nodelay(true).expect("nodelay");
-        Raw {
-            stream,
-            input: Vec::new(),
-        }
-    }
-
-    /// Connected and past the handshake.
-    fn greeted(addr: SocketAddr) -> Raw {
-        let mut raw = Raw::connect(addr);
-        raw.send(&request(1, &Request::Hello(HelloRequest::CURRENT)));
-        match raw.next() {
-            Some(Answer::Ok {
-                opcode: OP_HELLO,
-                request_id: 1,
-                ..
-            }) => raw,
-            other => panic!("HELLO answered with {other:?}"),
-        }
-    }
-
-    /// Sends `bytes`; a node that already closed the connection may refuse them, which is
-    /// not an error here (what it answered before closing is still read).
-    fn send(&mut self, bytes: &[u8]) {
-        match self.stream.write_all(bytes) {
-            Ok(()) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {}
-            Err(e) => panic!("send: {e}"),
-        }
-    }
-
-    /// The next frame, or None at EOF (or a reset: the node closed with our bytes unread).
-    fn next(&mut self) -> Option<Answer> {
-        loop {
-            if let Some(frame) =
-                parse_frame(&self.input, &Limits::DEFAULT).expect("the node sends valid frames")
-            {
-                let len = frame.frame_bytes();
-                let response =
-                    decode_response(&frame, &Limits::DEFAULT).expect("a decodable response");
-                let answer = match response {
-                    Response::Error(e) => Answer::Error {
-                        opcode: frame.opcode,
-                        request_id: frame.request_id,
-                        code: e.code,
-                        arg0: e.arg0,
-                        arg1: e.arg1,
-                        message: e.message.to_string(),
-                    },
-                    other => Answer::Ok {
-                        opcode: frame.opcode,
-                        request_id: frame.request_id,
-                        what: summarize(&other),
-                    },
-                };
-                self.input.drain(..len);
-                return Some(answer);
-            }
-            let mut chunk = [0u8; 64 << 10];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => {
-                    assert!(self.input.is_empty(), "EOF inside a frame");
-                    return None;
-                }
-                Ok(n) => self.input.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => {
-                    assert!(self.input.is_empty(), "reset inside a frame");
-                    return None;
-                }
-                Err(e) => panic!("receive (the node did not answer or close): {e}"),
-            }
-        }
-    }
-
-    /// Expects an ERROR with exactly these fields; returns it for the record.
-    fn expect_error(
-        &mut self,
-        opcode: u16,
-        request_id: u64,
-        code: ErrorCode,
-        arg0: u64,
-        arg1: u64,
-    ) -> String {
-        match self.next() {
-            Some(Answer::Error {
-                opcode: o,
-                request_id: r,
-                code: c,
-                arg0: a0,
-                arg1: a1,
-                message,
-            }) => {
-                assert_eq!(
-                    (o, r, c, a0, a1),
-                    (opcode, request_id, code, arg0, arg1),
-                    "ERROR fields (opcode, request_id, code, arg0, arg1); message {message:?}"
-                );
-                format!(
-                    "{} (opcode {o}, request_id {r}, arg0 {}, arg1 {}) {message:?}",
-                    c.name(),
-                    arg(a0),
-                    arg(a1)
-                )
-            }
-            other => panic!("expected {} (opcode {opcode}), got {other:?}", code.name()),
-        }
-    }
-
-    /// Expects the node to close the connection, having sent nothing more.
-    fn expect_closed(&mut self) -> &'static str {
-        if let Some(extra) = self.next() {
-            panic!("the connection must close, but the node sent {extra:?}");
-        }
-        "closed"
-    }
-
     /// Expects the connection to be open and serving: a LIST_LOGS is answered.
     fn expect_open(&mut self, request_id: u64) -> &'static str {
         self.send(&list_logs(request_id));
@@ -299,30 +124,6 @@ impl Raw {
             }) if r == request_id => what,
             other => panic!("expected APPEND {request_id} to succeed, got {other:?}"),
         }
-    }
-}
-
-fn arg(v: u64) -> String {
-    if v == NONE {
-        "MAX".to_string()
-    } else {
-        v.to_string()
-    }
-}
-
-fn summarize(r: &Response<'_>) -> String {
-    match r {
-        Response::Append(a) => format!("APPEND ok first_lsn {} count {}", a.first_lsn, a.count),
-        Response::Read(r) => format!("READ ok tail {} count {}", r.tail, r.records.count()),
-        Response::Hello(h) => format!("HELLO ok shard {}/{}", h.shard_index, h.shard_count),
-        Response::CheckTail(t) => format!("CHECK_TAIL ok tail {}", t.tail),
-        Response::ListLogs(l) => format!("LIST_LOGS ok {} entries", l.entries.len()),
-        Response::Push(p) => format!(
-            "PUSH{} count {}",
-            if p.end { " END" } else { "" },
-            p.batch.records.count()
-        ),
-        other => format!("{:?} ok", other.opcode()),
     }
 }
 

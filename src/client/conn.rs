@@ -433,23 +433,9 @@ fn dispatch(
         }),
         Response::CheckTail(t) | Response::TailHint(t) => Ok(Answer::Tail(t)),
         Response::CreateLog(c) => Ok(Answer::Created { log_id: c.log_id }),
-        Response::DescribeLog(d) => Ok(Answer::Described(super::LogInfo {
-            log_id: d.log_id,
-            name: d.name.to_string(),
-            tail: d.tail,
-            trim_point: d.trim_point,
-            epoch: d.epoch,
-            shard: d.shard,
-            replication_factor: d.replication_factor,
-        })),
+        Response::DescribeLog(d) => Ok(Answer::Described(super::LogInfo::from(&d))),
         Response::ListLogs(list) => Ok(Answer::Listed(
-            list.entries
-                .iter()
-                .map(|e| super::LogName {
-                    log_id: e.log_id,
-                    name: e.name.to_string(),
-                })
-                .collect(),
+            list.entries.iter().map(super::LogName::from).collect(),
         )),
         Response::Trim | Response::DeleteLog | Response::Credit | Response::Unsubscribe => {
             Ok(Answer::Empty)

@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chainlog_net::{
-    encode_request, AppendBuilder, AppendHeader, CreateLogRequest, DescribeLogRequest, ErrorCode,
-    Limits, ListLogsRequest, LogRef, Opcode, ReadRequest, Request, SubscribeRequest, TailResponse,
-    TrimRequest,
+    encode_request, AppendBuilder, AppendHeader, CreateLogRequest, DescribeLogRequest,
+    DescribeLogResponse, ErrorCode, Limits, ListLogsRequest, LogRef, Opcode, ReadRequest, Request,
+    SubscribeRequest, TailResponse, TrimRequest,
 };
 use tokio::sync::Mutex;
 
@@ -127,6 +127,20 @@ pub struct LogInfo {
     pub replication_factor: u8,
 }
 
+impl From<&DescribeLogResponse<'_>> for LogInfo {
+    fn from(d: &DescribeLogResponse<'_>) -> LogInfo {
+        LogInfo {
+            log_id: d.log_id,
+            name: d.name.to_string(),
+            tail: d.tail,
+            trim_point: d.trim_point,
+            epoch: d.epoch,
+            shard: d.shard,
+            replication_factor: d.replication_factor,
+        }
+    }
+}
+
 /// A log as LIST_LOGS names it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LogName {
@@ -134,6 +148,15 @@ pub struct LogName {
     pub log_id: u64,
     /// The name.
     pub name: String,
+}
+
+impl From<chainlog_net::LogEntry<'_>> for LogName {
+    fn from(e: chainlog_net::LogEntry<'_>) -> LogName {
+        LogName {
+            log_id: e.log_id,
+            name: e.name.to_string(),
+        }
+    }
 }
 
 /// A client of one node. Cheap to clone (clones share the connections); usable from many

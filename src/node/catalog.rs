@@ -1,6 +1,6 @@
 //! A shard's log catalog: the names, ids and replication factors of the logs it owns, kept in
-//! one small file (`catalog`) next to the shard's store, rewritten atomically (write a
-//! temporary file, fsync it, rename it over the old one, fsync the directory) on every create
+//! one small file (`catalog`) next to the shard's store, rewritten atomically
+//! (`crate::durable_file`: temporary file, fsync, rename, directory fsync) on every create
 //! and delete. Those are rare control-path operations, so the shard thread does this
 //! synchronously; appends never touch the catalog file.
 //!
@@ -19,8 +19,7 @@
 //! still read.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 const MAGIC: u32 = u32::from_le_bytes(*b"CLCT");
@@ -173,20 +172,12 @@ impl Catalog {
     }
 
     fn persist(&self) -> Result<(), CatalogError> {
-        let io = |source| CatalogError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let tmp = self.path.with_extension("tmp");
-        let mut file = File::create(&tmp).map_err(io)?;
-        file.write_all(&encode(&self.logs)).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        fs::rename(&tmp, &self.path).map_err(io)?;
-        let dir = self
-            .path
-            .parent()
-            .expect("the catalog lives in a directory");
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+        crate::durable_file::replace(&self.path, &encode(&self.logs)).map_err(|source| {
+            CatalogError::Io {
+                path: self.path.clone(),
+                source,
+            }
+        })
     }
 }
 

@@ -56,20 +56,7 @@ impl NodeArgs {
     /// `program` (e.g. `chainlog node`); the exit code is 2 for bad settings, 1 for a node
     /// that failed, 0 for a graceful stop.
     pub fn run(self, program: &str) -> ExitCode {
-        let config = match self.resolve() {
-            Ok(config) => config,
-            Err(e) => {
-                eprintln!("{program}: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        match super::run(config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("{program}: {e}");
-                ExitCode::FAILURE
-            }
-        }
+        crate::command::run_resolved(program, self.resolve(), super::run)
     }
 }
 
@@ -111,8 +98,7 @@ pub struct NodeSettings {
 impl NodeSettings {
     /// Reads a settings file.
     pub fn load(path: &Path) -> Result<NodeSettings, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+        crate::command::load_settings(path)
     }
 
     /// These settings, with `base`'s where these have none.

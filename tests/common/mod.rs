@@ -1,15 +1,18 @@
 //! Shared by the tests that run the real `chainlog node` binary on loopback: [`Node`] starts it
 //! (ready once every shard logged "shard serving", no sleeping) and kills and reaps it when
-//! dropped, even when a test fails; [`Client`] is a minimal blocking protocol client built from
-//! chainlog-net's encoders and decoders.
+//! dropped, even when a test fails; [`Controller`] does the same for `chainlog controller`
+//! (ready once it printed its address); [`Client`] is a minimal blocking protocol client built
+//! from chainlog-net's encoders and decoders.
 //!
 //! Each test binary compiles this module and uses part of it, hence `dead_code` is allowed.
 
 #![allow(dead_code)]
 
+pub(crate) mod raw;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -112,6 +115,70 @@ impl Node {
 }
 
 impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `chainlog controller` child process, killed and reaped when dropped.
+#[derive(Debug)]
+pub(crate) struct Controller {
+    pub(crate) child: Child,
+    /// Where it serves.
+    pub(crate) addr: SocketAddr,
+    /// Its stderr (its log).
+    pub(crate) log: PathBuf,
+}
+
+impl Controller {
+    /// Starts `chainlog controller` on `dir`, listening on a port the kernel picks, with
+    /// `args` added; returns once it printed where it serves (so it serves).
+    pub(crate) fn start(dir: &Path, args: &[&str]) -> Controller {
+        let log = dir.with_extension("log");
+        let stderr = std::fs::File::create(&log).expect("controller log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chainlog"))
+            .args(["controller", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start chainlog controller");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut controller = Controller {
+            child,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            log,
+        };
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("stdout");
+        let Some(addr) = line.trim().strip_prefix("chainlog controller: serving at ") else {
+            let status = controller.child.wait().expect("wait");
+            panic!(
+                "the controller did not start ({status}): {}",
+                std::fs::read_to_string(&controller.log).unwrap_or_default()
+            );
+        };
+        controller.addr = addr.parse().expect("an address");
+        controller
+    }
+
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then the exit status.
+    pub(crate) fn terminate(mut self) -> ExitStatus {
+        // SAFETY: kill(2) on our own child's pid, not yet reaped (so not reused).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().expect("wait for the controller")
+    }
+}
+
+impl Drop for Controller {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

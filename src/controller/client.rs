@@ -1,0 +1,286 @@
+//! A small blocking client of the controller, for a node's control thread and for tools: one
+//! `std::net::TcpStream` with read and write timeouts, one request at a time.
+//!
+//! Errors are typed ([`ClientError`]). An ERROR answer ([`ClientError::Server`]) means the
+//! request did not take effect and the connection stays usable (unless the code closes it).
+//! Anything else (a timeout, a lost connection, a broken answer) leaves the outcome unknown
+//! and the connection unusable: it is shut down, every later call fails, and the caller
+//! connects again.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use chainlog_net::{
+    decode_response, encode_request, parse_frame, CreateLogRequest, DescribeLogRequest,
+    HelloRequest, Limits, ListLogsRequest, LogRef, Opcode, Request, Response,
+};
+
+use crate::client::{LogInfo, LogName, ServerError};
+
+/// Bytes read from the socket at once.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// Why a call to the controller did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No connection could be made (nothing was sent).
+    #[error("connecting to the controller at {addr}: {source}")]
+    Connect {
+        /// The controller's address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The controller answered with an ERROR: the request did not take effect.
+    #[error("{0}")]
+    Server(ServerError),
+    /// No answer within the timeout: the outcome is unknown; the connection is closed.
+    #[error("no answer to {opcode} within {after:?}: the outcome is unknown")]
+    Timeout {
+        /// The request.
+        opcode: Opcode,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The connection failed or was closed before the answer came: the outcome is unknown.
+    #[error("connection to the controller lost during {opcode}: {reason}")]
+    ConnectionLost {
+        /// The request.
+        opcode: Opcode,
+        /// What happened.
+        reason: String,
+    },
+    /// The peer broke the protocol, or is not a controller; the connection is closed.
+    #[error("protocol violation by the controller: {0}")]
+    Protocol(String),
+    /// The request was refused before it was sent (e.g. a name the protocol cannot carry).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// A connection to the controller, past the handshake.
+#[derive(Debug)]
+pub struct Client {
+    stream: TcpStream,
+    /// Received bytes not yet consumed as frames.
+    input: Vec<u8>,
+    /// The frame being sent.
+    output: Vec<u8>,
+    limits: Limits,
+    timeout: Duration,
+    next_id: u64,
+    /// Set once the connection is unusable (module documentation).
+    broken: Option<String>,
+}
+
+impl Client {
+    /// Connects to the controller at `addr` and does the HELLO; `timeout` bounds the
+    /// connection and every call's wait for its answer (CREATE_LOG waits up to the
+    /// controller's create timeout, 5 s by default: give more).
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Client, ClientError> {
+        let connect_error = |source| ClientError::Connect { addr, source };
+        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(connect_error)?;
+        stream.set_nodelay(true).map_err(connect_error)?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(connect_error)?;
+        stream
+            .set_write_timeout(Some(timeout))
+            .map_err(connect_error)?;
+        let mut client = Client {
+            stream,
+            input: Vec::new(),
+            output: Vec::new(),
+            limits: Limits::DEFAULT,
+            timeout,
+            next_id: 1,
+            broken: None,
+        };
+        let hello = client.call(&Request::Hello(HelloRequest::CURRENT), |r| match r {
+            Response::Hello(hello) => Some(hello),
+            _ => None,
+        })?;
+        client.limits = hello.limits();
+        Ok(client)
+    }
+
+    /// Creates the log `name` with `rf` replicas; returns its id once every replica's node
+    /// has applied the map that holds it. Creating a log that exists with the same
+    /// replication factor succeeds (so a create that timed out can be retried).
+    pub fn create_log(&mut self, name: &str, rf: u8) -> Result<u64, ClientError> {
+        self.check_name(name)?;
+        if rf == 0 {
+            return Err(ClientError::Invalid(
+                "a log needs a replication factor of at least 1".into(),
+            ));
+        }
+        let request = Request::CreateLog(CreateLogRequest {
+            replication_factor: rf,
+            name,
+        });
+        self.call(&request, |r| match r {
+            Response::CreateLog(created) => Some(created.log_id),
+            _ => None,
+        })
+    }
+
+    /// Deletes log `log_id`.
+    pub fn delete_log(&mut self, log_id: u64) -> Result<(), ClientError> {
+        self.call(&Request::DeleteLog { log_id }, |r| {
+            matches!(r, Response::DeleteLog).then_some(())
+        })
+    }
+
+    /// The log called `name`, from the map: its id, epoch, replication factor and the shard
+    /// that owns it on its head; `tail` and `trim_point` are `u64::MAX` (ask the head).
+    pub fn describe_log(&mut self, name: &str) -> Result<LogInfo, ClientError> {
+        self.check_name(name)?;
+        let request = Request::DescribeLog(DescribeLogRequest {
+            by: LogRef::Name(name),
+        });
+        self.call(&request, |r| match r {
+            Response::DescribeLog(described) => Some(LogInfo::from(&described)),
+            _ => None,
+        })
+    }
+
+    /// Every log, ascending by id (LIST_LOGS, every page).
+    pub fn list_logs(&mut self) -> Result<Vec<LogName>, ClientError> {
+        let mut logs: Vec<LogName> = Vec::new();
+        loop {
+            let after = logs.last().map_or(0, |log| log.log_id);
+            let request = Request::ListLogs(ListLogsRequest {
+                after_log_id: after,
+                max: self.limits.list_max,
+            });
+            let page = self.call(&request, |r| match r {
+                Response::ListLogs(list) => {
+                    Some(list.entries.iter().map(LogName::from).collect::<Vec<_>>())
+                }
+                _ => None,
+            })?;
+            match page.first() {
+                None => return Ok(logs),
+                Some(first) if first.log_id <= after => {
+                    return Err(self.broken(format!(
+                        "a LIST_LOGS page after log {after} starts at log {}",
+                        first.log_id
+                    )));
+                }
+                Some(_) => logs.extend(page),
+            }
+        }
+    }
+
+    /// Refuses a name the protocol cannot carry before anything is sent.
+    fn check_name(&self, name: &str) -> Result<(), ClientError> {
+        chainlog_net::check_name(name.as_bytes(), &self.limits)
+            .map(drop)
+            .map_err(|e| ClientError::Invalid(e.to_string()))
+    }
+
+    /// Marks the connection unusable (shutting it down) and returns the protocol error.
+    fn broken(&mut self, reason: String) -> ClientError {
+        let _ = self.stream.shutdown(Shutdown::Both);
+        self.broken = Some(reason.clone());
+        ClientError::Protocol(reason)
+    }
+
+    /// Sends `request` and waits for its answer, which `accept` turns into the result
+    /// (`None`: not an answer to this request, a protocol violation).
+    fn call<R>(
+        &mut self,
+        request: &Request<'_>,
+        accept: impl FnOnce(Response<'_>) -> Option<R>,
+    ) -> Result<R, ClientError> {
+        let opcode = request.opcode();
+        if let Some(reason) = &self.broken {
+            return Err(ClientError::ConnectionLost {
+                opcode,
+                reason: format!("unusable since: {reason}"),
+            });
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.output.clear();
+        encode_request(&mut self.output, id, request);
+        let result = match self.stream.write_all(&self.output) {
+            Ok(()) => self.receive(id, opcode, accept),
+            Err(e) => Err(self.io_error(opcode, e)),
+        };
+        match &result {
+            Err(ClientError::Server(e)) if !e.code.closes_connection() => {}
+            Err(e) => {
+                let reason = e.to_string();
+                let _ = self.stream.shutdown(Shutdown::Both);
+                self.broken.get_or_insert(reason);
+            }
+            Ok(_) => {}
+        }
+        result
+    }
+
+    /// Reads until the answer to request `id` is whole.
+    fn receive<R>(
+        &mut self,
+        id: u64,
+        opcode: Opcode,
+        accept: impl FnOnce(Response<'_>) -> Option<R>,
+    ) -> Result<R, ClientError> {
+        let protocol = |what: String| ClientError::Protocol(what);
+        loop {
+            let parsed =
+                parse_frame(&self.input, &self.limits).map_err(|e| protocol(e.to_string()))?;
+            if let Some(frame) = parsed {
+                let len = frame.frame_bytes();
+                if frame.request_id != id {
+                    return Err(protocol(format!(
+                        "an answer to request {} while request {id} ({opcode}) waits",
+                        frame.request_id
+                    )));
+                }
+                let result = match decode_response(&frame, &self.limits) {
+                    Err(e) => Err(protocol(e.to_string())),
+                    Ok(Response::Error(e)) => Err(ClientError::Server(ServerError::of(&e))),
+                    Ok(response) => {
+                        let answered = response.opcode().map_or("?", Opcode::name);
+                        accept(response).ok_or_else(|| {
+                            protocol(format!("{opcode} answered with a {answered} response"))
+                        })
+                    }
+                };
+                self.input.drain(..len);
+                return result;
+            }
+            let start = self.input.len();
+            self.input.resize(start + READ_CHUNK_BYTES, 0);
+            let read = self.stream.read(&mut self.input[start..]);
+            self.input.truncate(start + *read.as_ref().unwrap_or(&0));
+            match read {
+                Ok(0) => {
+                    return Err(ClientError::ConnectionLost {
+                        opcode,
+                        reason: "the controller closed the connection".into(),
+                    })
+                }
+                Ok(_) => {}
+                Err(e) => return Err(self.io_error(opcode, e)),
+            }
+        }
+    }
+
+    fn io_error(&self, opcode: Opcode, e: io::Error) -> ClientError {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout {
+                opcode,
+                after: self.timeout,
+            },
+            _ => ClientError::ConnectionLost {
+                opcode,
+                reason: e.to_string(),
+            },
+        }
+    }
+}

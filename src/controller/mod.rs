@@ -1,0 +1,20 @@
+//! The controller (`chainlog controller`): the one process that knows the cluster. Nodes
+//! register and heartbeat with it; it places each new log's chain over live nodes, keeps the
+//! cluster state durable, and serves the versioned cluster map to nodes and clients
+//! (ARCHITECTURE.md, "The controller").
+//!
+//! - [`state`]: the cluster state as plain data and pure transitions (placement, liveness).
+//! - [`store`]: the state's file, rewritten atomically and checksummed.
+//! - [`server`]: the process: connections, requests, waiting creates, graceful stop.
+//! - [`client`]: a blocking client of it, for a node's control thread and for tools.
+
+pub mod client;
+pub mod server;
+mod settings;
+pub mod state;
+pub mod store;
+
+pub use server::{run, ControllerConfig, ControllerError};
+pub use settings::{ControllerArgs, ControllerSettings, CREATE_TIMEOUT_DEFAULT, LISTEN_DEFAULT};
+pub use state::{ClusterMap, ClusterState, MapLog, MapNode, StateError};
+pub use store::{StateStore, StoreError};

@@ -1,0 +1,161 @@
+//! `chainlog controller`'s settings: a TOML file (`--config FILE`) and command-line flags,
+//! the flags winning, resolved into a [`ControllerConfig`]. Unknown keys in the file are
+//! errors, as for the node (`crate::node::NodeArgs`).
+//!
+//! ```toml
+//! data_dir = "/var/lib/chainlog-controller"
+//! listen = "127.0.0.1:7300"
+//! liveness_ms = 2000        # a node is alive this long after its last heartbeat
+//! create_timeout_ms = 5000  # CREATE_LOG waits this long for the replicas to apply the map
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::server::ControllerConfig;
+use super::state::LIVENESS_DEFAULT;
+
+/// How long CREATE_LOG waits for every replica's node to apply the new map, by default.
+pub const CREATE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// Where the controller listens by default.
+pub const LISTEN_DEFAULT: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    7300,
+));
+
+/// A controller's command line: `--config FILE` and the settings flags.
+#[derive(clap::Args, Debug, Default)]
+pub struct ControllerArgs {
+    /// A TOML settings file (keys as the flags, with underscores); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: ControllerSettings,
+}
+
+impl ControllerArgs {
+    /// The controller configuration: the file's settings under the flags', resolved.
+    pub fn resolve(self) -> Result<ControllerConfig, String> {
+        let file = match self.config.as_deref() {
+            Some(path) => ControllerSettings::load(path).map_err(|e| format!("--config {e}"))?,
+            None => ControllerSettings::default(),
+        };
+        self.settings.or(file).resolve()
+    }
+
+    /// Runs the controller until SIGTERM or SIGINT ([`super::server::run`]). Errors go to
+    /// stderr after `program`; the exit code is 2 for bad settings, 1 for a controller that
+    /// failed (its state unreadable, its address taken, ...), 0 for a graceful stop.
+    pub fn run(self, program: &str) -> ExitCode {
+        crate::command::run_resolved(program, self.resolve(), super::server::run)
+    }
+}
+
+/// The controller's settings, as given by a file or by flags (every field optional).
+#[derive(clap::Args, Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerSettings {
+    /// Data directory (created if missing): the cluster state is DIR/state.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to serve nodes and clients on [default: 127.0.0.1:7300].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// A node is alive for this long after its last heartbeat [default: 2000].
+    #[arg(long, value_name = "N")]
+    pub liveness_ms: Option<u64>,
+    /// CREATE_LOG waits this long for every replica's node to apply the new map before it
+    /// answers UNAVAILABLE [default: 5000].
+    #[arg(long, value_name = "N")]
+    pub create_timeout_ms: Option<u64>,
+}
+
+impl ControllerSettings {
+    /// Reads a settings file.
+    pub fn load(path: &Path) -> Result<ControllerSettings, String> {
+        crate::command::load_settings(path)
+    }
+
+    /// These settings, with `base`'s where these have none.
+    pub fn or(self, base: ControllerSettings) -> ControllerSettings {
+        ControllerSettings {
+            data_dir: self.data_dir.or(base.data_dir),
+            listen: self.listen.or(base.listen),
+            liveness_ms: self.liveness_ms.or(base.liveness_ms),
+            create_timeout_ms: self.create_timeout_ms.or(base.create_timeout_ms),
+        }
+    }
+
+    /// The controller configuration, defaults filled in and every value checked.
+    pub fn resolve(self) -> Result<ControllerConfig, String> {
+        let data_dir = self
+            .data_dir
+            .ok_or("a data directory is required (--data-dir, or data_dir in --config)")?;
+        let positive = |what: &str, ms: Option<u64>, default: Duration| match ms {
+            Some(0) => Err(format!("{what} must be at least 1 ms")),
+            Some(ms) => Ok(Duration::from_millis(ms)),
+            None => Ok(default),
+        };
+        Ok(ControllerConfig {
+            data_dir,
+            listen: self.listen.unwrap_or(LISTEN_DEFAULT),
+            liveness: positive("liveness_ms", self.liveness_ms, LIVENESS_DEFAULT)?,
+            create_timeout: positive(
+                "create_timeout_ms",
+                self.create_timeout_ms,
+                CREATE_TIMEOUT_DEFAULT,
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        controller: ControllerArgs,
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("controller.toml");
+        std::fs::write(&file, "data_dir = \"/data\"\nliveness_ms = 500\n").expect("write");
+        let file = file.to_str().expect("utf-8 path");
+        let cli =
+            Cli::try_parse_from(["c", "--config", file, "--liveness-ms", "700"]).expect("parses");
+        let config = cli.controller.resolve().expect("resolves");
+        assert_eq!(config.data_dir, PathBuf::from("/data"));
+        assert_eq!(config.listen, LISTEN_DEFAULT);
+        assert_eq!(config.liveness, Duration::from_millis(700));
+        assert_eq!(config.create_timeout, CREATE_TIMEOUT_DEFAULT);
+    }
+
+    #[test]
+    fn bad_settings_are_clear_errors() {
+        let unknown = toml::from_str::<ControllerSettings>("data_dir = \"/d\"\nlivenes_ms = 2")
+            .expect_err("typo");
+        assert!(unknown.to_string().contains("livenes_ms"), "{unknown}");
+        let none = ControllerSettings::default()
+            .resolve()
+            .expect_err("no data dir");
+        assert!(none.contains("data directory"), "{none}");
+        let zero = ControllerSettings {
+            data_dir: Some("/d".into()),
+            create_timeout_ms: Some(0),
+            ..ControllerSettings::default()
+        };
+        assert!(zero
+            .resolve()
+            .expect_err("zero")
+            .contains("create_timeout_ms"));
+    }
+}

@@ -1,0 +1,836 @@
+//! The cluster state as plain data, and its transitions as pure functions (no I/O, no clock
+//! of their own: the time is passed in, so tests need no sleeping).
+//!
+//! [`ClusterState`] holds the registered nodes, the logs with their epochs and chains, and the
+//! map version, which goes up by one with every change of what the map says (a node
+//! registered or moved, a log created or deleted); heartbeats change only what is not
+//! durable (when a node was last heard of, the newest map version it has applied). The
+//! durable part is what [`super::store`] writes; the rest starts empty after a restart and
+//! fills up with the next heartbeats.
+//!
+//! **Placement.** A new log of replication factor R goes on R distinct live nodes: those in
+//! the fewest current chains first, ties broken by the fewest heads, then the lowest id. Its
+//! head is the placed node with the fewest heads (ties: lowest id), the others follow in the
+//! order they were picked. So heads and replicas spread evenly as logs are created.
+//!
+//! [`ClusterMap`] is what nodes and clients learn of the state: the version, every node
+//! (address, shards, whether it is alive) and every log's current epoch and chain.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::node::catalog::log_id_of;
+
+/// How long after its last heartbeat a node still counts as alive, by default.
+pub const LIVENESS_DEFAULT: Duration = Duration::from_secs(2);
+/// The epoch every new log starts in (the one a standalone node serves every log in).
+pub const EPOCH_FIRST: u64 = 1;
+/// [`MapNode::last_heartbeat_ms`] of a node not heard of since the controller started.
+pub const HEARTBEAT_NEVER: u64 = u64::MAX;
+/// The longest node address (`host:port` of its shard 0), in bytes.
+pub const ADDR_BYTES_MAX: usize = 255;
+
+/// A registered node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// Its id (nonzero).
+    pub node_id: u64,
+    /// `host:port` of its shard 0; shard `i` listens on port + `i`.
+    pub addr: String,
+    /// Its shards (a log is on shard `log_id % shard_count` of the node).
+    pub shard_count: u16,
+    /// When it last registered or heartbeated (not durable: `None` after a restart).
+    #[serde(skip)]
+    pub last_heartbeat: Option<Instant>,
+    /// The newest map version it reported applied on every shard (not durable: 0 after a
+    /// restart, or after the node registers again).
+    #[serde(skip)]
+    pub applied_version: u64,
+}
+
+/// One epoch of a log: which nodes replicate it, from which LSN on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Epoch {
+    /// The epoch number (from [`EPOCH_FIRST`], increasing).
+    pub epoch: u64,
+    /// The chain's node ids, head first.
+    pub chain: Vec<u64>,
+    /// The first LSN of this epoch.
+    pub start_lsn: u64,
+}
+
+/// A log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogState {
+    /// Its id: FNV-1a 64 of the name ([`log_id_of`]).
+    pub log_id: u64,
+    /// Its name.
+    pub name: String,
+    /// Replicas per chain.
+    pub replication_factor: u8,
+    /// The map version that created it: the create is complete once every replica's node
+    /// has applied it.
+    pub created_version: u64,
+    /// Its epochs, oldest first; never empty, the last is current.
+    pub epochs: Vec<Epoch>,
+}
+
+impl LogState {
+    /// The current epoch.
+    pub fn current(&self) -> &Epoch {
+        self.epochs.last().expect("a log has at least one epoch")
+    }
+}
+
+/// Why a transition was refused. Nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// Node id 0 names no node.
+    #[error("node id 0 is not a node id")]
+    NodeIdZero,
+    /// A node has at least one shard.
+    #[error("node {node_id} registered with 0 shards")]
+    NoShards {
+        /// The node.
+        node_id: u64,
+    },
+    /// The address is empty or longer than [`ADDR_BYTES_MAX`].
+    #[error("node {node_id}: an address of {len} bytes (1..={ADDR_BYTES_MAX})")]
+    BadAddr {
+        /// The node.
+        node_id: u64,
+        /// The address's length.
+        len: usize,
+    },
+    /// No node with this id registered.
+    #[error("node {node_id} is not registered")]
+    UnknownNode {
+        /// The node.
+        node_id: u64,
+    },
+    /// Replication factor 0.
+    #[error("a log needs a replication factor of at least 1")]
+    ZeroReplicationFactor,
+    /// Fewer live nodes than the replication factor.
+    #[error("replication factor {rf} needs {rf} live nodes; {live} are alive")]
+    NotEnoughNodes {
+        /// The replication factor asked for.
+        rf: u8,
+        /// Live nodes.
+        live: usize,
+    },
+    /// The name cannot name a log.
+    #[error("log name {name:?}: {reason}")]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// Why not.
+        reason: String,
+    },
+    /// A log with this name (with another replication factor), or another log with the same
+    /// id, exists.
+    #[error("log {name:?} exists (id {log_id}, replication factor {replication_factor})")]
+    LogExists {
+        /// The existing log's id.
+        log_id: u64,
+        /// The existing log's name.
+        name: String,
+        /// The existing log's replication factor.
+        replication_factor: u8,
+    },
+    /// No log with this id.
+    #[error("no log {log_id}")]
+    UnknownLog {
+        /// The id asked for.
+        log_id: u64,
+    },
+}
+
+/// What [`ClusterState::create_log`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Created {
+    /// The log's id.
+    pub log_id: u64,
+    /// True if the log was created now (the state changed and must be persisted); false if
+    /// it existed with the same name and replication factor (a retried create).
+    pub new: bool,
+}
+
+/// The nodes, logs and map version. See the module documentation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    version: u64,
+    nodes: BTreeMap<u64, NodeState>,
+    logs: BTreeMap<u64, LogState>,
+    /// A setting, not state: how recent a heartbeat keeps a node alive.
+    #[serde(skip, default = "liveness_default")]
+    liveness: Duration,
+}
+
+fn liveness_default() -> Duration {
+    LIVENESS_DEFAULT
+}
+
+impl Default for ClusterState {
+    fn default() -> ClusterState {
+        ClusterState::new(LIVENESS_DEFAULT)
+    }
+}
+
+impl ClusterState {
+    /// An empty cluster (version 0) whose nodes are alive for `liveness` after a heartbeat.
+    pub fn new(liveness: Duration) -> ClusterState {
+        ClusterState {
+            version: 0,
+            nodes: BTreeMap::new(),
+            logs: BTreeMap::new(),
+            liveness,
+        }
+    }
+
+    /// This state with nodes alive for `liveness` after a heartbeat (the setting is not
+    /// stored with the state).
+    pub fn with_liveness(self, liveness: Duration) -> ClusterState {
+        ClusterState { liveness, ..self }
+    }
+
+    /// The map version: 0 for an empty cluster, one more with every change of the map.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The node with this id.
+    pub fn node(&self, node_id: u64) -> Option<&NodeState> {
+        self.nodes.get(&node_id)
+    }
+
+    /// Every registered node, ascending id.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeState> {
+        self.nodes.values()
+    }
+
+    /// The log with this id.
+    pub fn log(&self, log_id: u64) -> Option<&LogState> {
+        self.logs.get(&log_id)
+    }
+
+    /// The log called `name`.
+    pub fn log_named(&self, name: &str) -> Option<&LogState> {
+        self.log(log_id_of(name)).filter(|log| log.name == name)
+    }
+
+    /// Logs with ids above `after`, ascending, at most `max`.
+    pub fn logs_after(&self, after: u64, max: usize) -> impl Iterator<Item = &LogState> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        self.logs
+            .range((Excluded(after), Unbounded))
+            .map(|(_, log)| log)
+            .take(max)
+    }
+
+    /// True if `node` registered or heartbeated within the liveness timeout before `now`.
+    pub fn is_alive(&self, node: &NodeState, now: Instant) -> bool {
+        node.last_heartbeat
+            .is_some_and(|at| now.saturating_duration_since(at) <= self.liveness)
+    }
+
+    /// Registers node `node_id` (a registration is also a heartbeat, with nothing applied
+    /// yet). The same id registering again, after a restart, replaces its address and shard
+    /// count. Returns the map version (bumped if the map changed).
+    pub fn register(
+        &mut self,
+        node_id: u64,
+        addr: &str,
+        shard_count: u16,
+        now: Instant,
+    ) -> Result<u64, StateError> {
+        if node_id == 0 {
+            return Err(StateError::NodeIdZero);
+        }
+        if shard_count == 0 {
+            return Err(StateError::NoShards { node_id });
+        }
+        if addr.is_empty() || addr.len() > ADDR_BYTES_MAX {
+            return Err(StateError::BadAddr {
+                node_id,
+                len: addr.len(),
+            });
+        }
+        let node = self.nodes.entry(node_id).or_insert_with(|| NodeState {
+            node_id,
+            addr: String::new(),
+            shard_count: 0,
+            last_heartbeat: None,
+            applied_version: 0,
+        });
+        node.last_heartbeat = Some(now);
+        node.applied_version = 0;
+        if node.addr != addr || node.shard_count != shard_count {
+            node.addr = addr.to_string();
+            node.shard_count = shard_count;
+            self.version += 1;
+        }
+        Ok(self.version)
+    }
+
+    /// Records a heartbeat of `node_id`, which has applied map version `applied_version` on
+    /// every shard. Returns the current map version (a node behind it fetches the map).
+    pub fn heartbeat(
+        &mut self,
+        node_id: u64,
+        applied_version: u64,
+        now: Instant,
+    ) -> Result<u64, StateError> {
+        let node = self
+            .nodes
+            .get_mut(&node_id)
+            .ok_or(StateError::UnknownNode { node_id })?;
+        node.last_heartbeat = Some(now);
+        node.applied_version = applied_version;
+        Ok(self.version)
+    }
+
+    /// Creates the log `name` with `rf` replicas, placed over live nodes (module
+    /// documentation), in epoch [`EPOCH_FIRST`] from LSN 0, and bumps the version. A log of
+    /// that name and replication factor that exists already is not an error (a retried
+    /// create): it is returned with `new` false, and nothing changes.
+    pub fn create_log(&mut self, name: &str, rf: u8, now: Instant) -> Result<Created, StateError> {
+        let invalid = |reason: String| StateError::InvalidName {
+            name: name.to_string(),
+            reason,
+        };
+        chainlog_net::check_name(name.as_bytes(), &chainlog_net::Limits::DEFAULT)
+            .map_err(|e| invalid(e.to_string()))?;
+        let log_id = log_id_of(name);
+        if log_id == 0 || log_id == u64::MAX {
+            return Err(invalid(format!("its id {log_id:#x} is reserved")));
+        }
+        if rf == 0 {
+            return Err(StateError::ZeroReplicationFactor);
+        }
+        if let Some(log) = self.logs.get(&log_id) {
+            if log.name == name && log.replication_factor == rf {
+                return Ok(Created { log_id, new: false });
+            }
+            return Err(StateError::LogExists {
+                log_id,
+                name: log.name.clone(),
+                replication_factor: log.replication_factor,
+            });
+        }
+        let chain = self.place(rf, now)?;
+        self.version += 1;
+        self.logs.insert(
+            log_id,
+            LogState {
+                log_id,
+                name: name.to_string(),
+                replication_factor: rf,
+                created_version: self.version,
+                epochs: vec![Epoch {
+                    epoch: EPOCH_FIRST,
+                    chain,
+                    start_lsn: 0,
+                }],
+            },
+        );
+        Ok(Created { log_id, new: true })
+    }
+
+    /// The chain for a new log of `rf` replicas (module documentation), head first.
+    fn place(&self, rf: u8, now: Instant) -> Result<Vec<u64>, StateError> {
+        // Per live node: (chains it is in, chains it heads).
+        let mut load: BTreeMap<u64, (usize, usize)> = self
+            .nodes
+            .values()
+            .filter(|node| self.is_alive(node, now))
+            .map(|node| (node.node_id, (0, 0)))
+            .collect();
+        for log in self.logs.values() {
+            for (position, node_id) in log.current().chain.iter().enumerate() {
+                if let Some((chains, heads)) = load.get_mut(node_id) {
+                    *chains += 1;
+                    *heads += usize::from(position == 0);
+                }
+            }
+        }
+        if load.len() < usize::from(rf) {
+            return Err(StateError::NotEnoughNodes {
+                rf,
+                live: load.len(),
+            });
+        }
+        let mut picked: Vec<(usize, usize, u64)> = load
+            .into_iter()
+            .map(|(node_id, (chains, heads))| (chains, heads, node_id))
+            .collect();
+        picked.sort_unstable();
+        picked.truncate(usize::from(rf));
+        let (head, _) = picked
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, &(_, heads, node_id))| (heads, node_id))
+            .expect("rf is at least 1");
+        let head = picked.remove(head);
+        Ok(std::iter::once(head)
+            .chain(picked)
+            .map(|(_, _, node_id)| node_id)
+            .collect())
+    }
+
+    /// The nodes of `log_id`'s current chain that have not yet reported applying the map
+    /// version that created it, in chain order: the create is complete when there are none.
+    pub fn pending_replicas(&self, log_id: u64) -> Result<Vec<u64>, StateError> {
+        let log = self
+            .logs
+            .get(&log_id)
+            .ok_or(StateError::UnknownLog { log_id })?;
+        Ok(log
+            .current()
+            .chain
+            .iter()
+            .copied()
+            .filter(|node_id| {
+                self.nodes
+                    .get(node_id)
+                    .is_none_or(|node| node.applied_version < log.created_version)
+            })
+            .collect())
+    }
+
+    /// Deletes log `log_id` and bumps the version; returns the new version.
+    pub fn delete_log(&mut self, log_id: u64) -> Result<u64, StateError> {
+        self.logs
+            .remove(&log_id)
+            .ok_or(StateError::UnknownLog { log_id })?;
+        self.version += 1;
+        Ok(self.version)
+    }
+
+    /// `node` as the map shows it at `now`.
+    pub fn map_node(&self, node: &NodeState, now: Instant) -> MapNode {
+        MapNode {
+            node_id: node.node_id,
+            addr: node.addr.clone(),
+            shard_count: node.shard_count,
+            alive: self.is_alive(node, now),
+            last_heartbeat_ms: node.last_heartbeat.map_or(HEARTBEAT_NEVER, |at| {
+                u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX)
+            }),
+        }
+    }
+
+    /// The whole cluster map at `now`.
+    pub fn map(&self, now: Instant) -> ClusterMap {
+        ClusterMap::new(
+            self.version,
+            self.nodes().map(|node| self.map_node(node, now)).collect(),
+            self.logs.values().map(MapLog::from).collect(),
+        )
+    }
+
+    /// Checks what a loaded state must satisfy: ids match their keys and names, versions
+    /// are not ahead of the map's, every log has epochs in increasing order whose chains are
+    /// nonempty, within the replication factor, of distinct registered nodes.
+    pub fn check(&self) -> Result<(), String> {
+        for (&id, node) in &self.nodes {
+            if id == 0 || node.node_id != id || node.shard_count == 0 {
+                return Err(format!("node {id}: bad id or shard count"));
+            }
+            if node.addr.is_empty() || node.addr.len() > ADDR_BYTES_MAX {
+                return Err(format!("node {id}: bad address"));
+            }
+        }
+        for (&id, log) in &self.logs {
+            if log.log_id != id || log_id_of(&log.name) != id {
+                return Err(format!(
+                    "log {id}: the id is not its name's ({:?})",
+                    log.name
+                ));
+            }
+            if log.created_version == 0 || log.created_version > self.version {
+                return Err(format!(
+                    "log {id}: created by version {}, the map is at {}",
+                    log.created_version, self.version
+                ));
+            }
+            if log.epochs.is_empty() || log.epochs.windows(2).any(|w| w[0].epoch >= w[1].epoch) {
+                return Err(format!("log {id}: no epochs, or not in increasing order"));
+            }
+            for epoch in &log.epochs {
+                let chain = &epoch.chain;
+                let distinct = chain
+                    .iter()
+                    .enumerate()
+                    .all(|(i, node)| !chain[..i].contains(node));
+                if chain.is_empty()
+                    || chain.len() > usize::from(log.replication_factor)
+                    || !distinct
+                    || !chain.iter().all(|node| self.nodes.contains_key(node))
+                {
+                    return Err(format!(
+                        "log {id} epoch {}: chain {chain:?} is not of 1..={} distinct registered nodes",
+                        epoch.epoch, log.replication_factor
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A node as the cluster map shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapNode {
+    /// Its id.
+    pub node_id: u64,
+    /// `host:port` of its shard 0; shard `i` listens on port + `i`.
+    pub addr: String,
+    /// Its shards.
+    pub shard_count: u16,
+    /// It heartbeated within the controller's liveness timeout when the map was served.
+    pub alive: bool,
+    /// Milliseconds since its last heartbeat when the map was served, or
+    /// [`HEARTBEAT_NEVER`].
+    pub last_heartbeat_ms: u64,
+}
+
+/// A log as the cluster map shows it: its current epoch and chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapLog {
+    /// Its id.
+    pub log_id: u64,
+    /// Its name.
+    pub name: String,
+    /// Replicas per chain.
+    pub replication_factor: u8,
+    /// The current epoch.
+    pub epoch: u64,
+    /// The first LSN of the current epoch.
+    pub start_lsn: u64,
+    /// The current chain's node ids, head first (never empty).
+    pub chain: Vec<u64>,
+    /// The map version that created the log.
+    pub created_version: u64,
+}
+
+impl MapLog {
+    /// The head's node id: where appends go.
+    pub fn head(&self) -> u64 {
+        self.chain[0]
+    }
+
+    /// The node after `node_id` in the chain (`None` for the tail, or a node not in it).
+    pub fn successor(&self, node_id: u64) -> Option<u64> {
+        let position = self.chain.iter().position(|&n| n == node_id)?;
+        self.chain.get(position + 1).copied()
+    }
+
+    /// The node before `node_id` in the chain (`None` for the head, or a node not in it).
+    pub fn predecessor(&self, node_id: u64) -> Option<u64> {
+        let position = self.chain.iter().position(|&n| n == node_id)?;
+        position.checked_sub(1).map(|p| self.chain[p])
+    }
+}
+
+impl From<&LogState> for MapLog {
+    fn from(log: &LogState) -> MapLog {
+        let epoch = log.current();
+        MapLog {
+            log_id: log.log_id,
+            name: log.name.clone(),
+            replication_factor: log.replication_factor,
+            epoch: epoch.epoch,
+            start_lsn: epoch.start_lsn,
+            chain: epoch.chain.clone(),
+            created_version: log.created_version,
+        }
+    }
+}
+
+/// The cluster map: a version, every node and every log's current epoch and chain, as nodes
+/// and clients learn it (GET_MAP, PROTOCOL.md). Immutable and cheap to clone (the nodes and
+/// logs are shared); a newer version is a new map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterMap {
+    version: u64,
+    nodes: Arc<[MapNode]>,
+    logs: Arc<[MapLog]>,
+}
+
+impl ClusterMap {
+    /// The map of `version` with these nodes and logs (in any order; kept ascending by id).
+    pub fn new(version: u64, mut nodes: Vec<MapNode>, mut logs: Vec<MapLog>) -> ClusterMap {
+        nodes.sort_unstable_by_key(|node| node.node_id);
+        logs.sort_unstable_by_key(|log| log.log_id);
+        ClusterMap {
+            version,
+            nodes: nodes.into(),
+            logs: logs.into(),
+        }
+    }
+
+    /// Its version.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Every node, ascending id.
+    pub fn nodes(&self) -> &[MapNode] {
+        &self.nodes
+    }
+
+    /// The node with this id.
+    pub fn node(&self, node_id: u64) -> Option<&MapNode> {
+        find(&self.nodes, node_id, |node| node.node_id)
+    }
+
+    /// Every log, ascending id.
+    pub fn logs(&self) -> &[MapLog] {
+        &self.logs
+    }
+
+    /// The log with this id.
+    pub fn log(&self, log_id: u64) -> Option<&MapLog> {
+        find(&self.logs, log_id, |log| log.log_id)
+    }
+
+    /// The log called `name`.
+    pub fn log_named(&self, name: &str) -> Option<&MapLog> {
+        self.log(log_id_of(name)).filter(|log| log.name == name)
+    }
+}
+
+/// The item of `items` (ascending by `id_of`) whose id is `id`.
+fn find<T>(items: &[T], id: u64, id_of: impl Fn(&T) -> u64) -> Option<&T> {
+    let i = items.binary_search_by_key(&id, id_of).ok()?;
+    Some(&items[i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// A state with nodes `1..=n` registered (and so alive) at `t0`.
+    fn cluster(n: u64, t0: Instant) -> ClusterState {
+        let mut state = ClusterState::default();
+        for id in 1..=n {
+            state
+                .register(id, &format!("10.0.0.{id}:7400"), 2, t0)
+                .expect("register");
+        }
+        state
+    }
+
+    #[test]
+    fn placement_spreads_heads_and_replicas_evenly() {
+        let t0 = Instant::now();
+        let mut state = cluster(3, t0);
+        for i in 0..9 {
+            state
+                .create_log(&format!("log-{i}"), 2, t0)
+                .expect("create");
+        }
+        for node in 1..=3 {
+            let chains = state
+                .logs
+                .values()
+                .filter(|l| l.current().chain.contains(&node));
+            let heads = state.logs.values().filter(|l| l.current().chain[0] == node);
+            assert_eq!((chains.count(), heads.count()), (6, 3), "node {node}");
+        }
+        // The first three follow the rule step by step: [1,2], then node 3 (in no chain)
+        // with node 2 (in one, heading none) led by 2, then 3 and 1 led by 3.
+        let chains: Vec<Vec<u64>> = ["log-0", "log-1", "log-2"]
+            .iter()
+            .map(|name| state.log_named(name).expect("log").current().chain.clone())
+            .collect();
+        assert_eq!(chains, [vec![1, 2], vec![2, 3], vec![3, 1]]);
+    }
+
+    #[test]
+    fn placement_uses_live_nodes_only_and_refuses_rf_above_them() {
+        let t0 = Instant::now();
+        let mut state = cluster(3, t0);
+        let later = t0 + 3 * SECOND;
+        state.heartbeat(2, 0, later).expect("heartbeat");
+        state.heartbeat(3, 0, later).expect("heartbeat");
+        assert!(!state.is_alive(state.node(1).expect("node"), later));
+        let created = state.create_log("a", 2, later).expect("two are alive");
+        let log = state.log(created.log_id).expect("log");
+        assert_eq!(log.current().chain, [2, 3]);
+        let before = state.clone();
+        assert_eq!(
+            state.create_log("b", 3, later),
+            Err(StateError::NotEnoughNodes { rf: 3, live: 2 })
+        );
+        assert_eq!(
+            state.create_log("b", 0, later),
+            Err(StateError::ZeroReplicationFactor)
+        );
+        assert_eq!(state, before, "a refused create changes nothing");
+    }
+
+    #[test]
+    fn liveness_is_a_heartbeat_within_the_timeout() {
+        let t0 = Instant::now();
+        let mut state = cluster(1, t0).with_liveness(SECOND);
+        let node = |s: &ClusterState| s.node(1).expect("node").clone();
+        assert!(state.is_alive(&node(&state), t0 + SECOND));
+        assert!(!state.is_alive(&node(&state), t0 + SECOND + Duration::from_millis(1)));
+        let map = state.map(t0 + 2 * SECOND);
+        assert_eq!(map.node(1).expect("node").last_heartbeat_ms, 2000);
+        assert!(!map.node(1).expect("node").alive);
+        state.heartbeat(1, 0, t0 + 2 * SECOND).expect("heartbeat");
+        assert!(state.is_alive(&node(&state), t0 + 2 * SECOND));
+        assert_eq!(
+            state.heartbeat(9, 0, t0),
+            Err(StateError::UnknownNode { node_id: 9 })
+        );
+    }
+
+    #[test]
+    fn registering_again_replaces_the_address_and_bumps_only_on_change() {
+        let t0 = Instant::now();
+        let mut state = cluster(2, t0);
+        assert_eq!(state.version(), 2);
+        assert_eq!(
+            state.register(1, "10.0.0.1:7400", 2, t0),
+            Ok(2),
+            "no change"
+        );
+        assert_eq!(state.register(1, "10.0.0.9:8000", 4, t0), Ok(3));
+        let node = state.node(1).expect("node");
+        assert_eq!((node.addr.as_str(), node.shard_count), ("10.0.0.9:8000", 4));
+        assert_eq!(state.register(0, "x:1", 1, t0), Err(StateError::NodeIdZero));
+        assert_eq!(
+            state.register(5, "x:1", 0, t0),
+            Err(StateError::NoShards { node_id: 5 })
+        );
+        assert_eq!(
+            state.register(5, "", 1, t0),
+            Err(StateError::BadAddr { node_id: 5, len: 0 })
+        );
+        assert_eq!(state.nodes().count(), 2);
+    }
+
+    #[test]
+    fn creates_wait_for_every_replica_to_apply_their_version() {
+        let t0 = Instant::now();
+        let mut state = cluster(3, t0);
+        let created = state.create_log("orders", 3, t0).expect("create");
+        assert!(created.new);
+        let version = state.version();
+        assert_eq!(
+            state.log(created.log_id).expect("log").created_version,
+            version
+        );
+        assert_eq!(state.pending_replicas(created.log_id), Ok(vec![1, 2, 3]));
+        state.heartbeat(1, version, t0).expect("heartbeat");
+        state.heartbeat(3, version + 5, t0).expect("heartbeat");
+        assert_eq!(state.pending_replicas(created.log_id), Ok(vec![2]));
+        state.heartbeat(2, version, t0).expect("heartbeat");
+        assert_eq!(state.pending_replicas(created.log_id), Ok(vec![]));
+        // A node that registers again (restarted) has applied nothing yet.
+        state.register(2, "10.0.0.2:7400", 2, t0).expect("register");
+        assert_eq!(state.pending_replicas(created.log_id), Ok(vec![2]));
+    }
+
+    #[test]
+    fn a_retried_create_is_the_same_log_and_another_rf_is_log_exists() {
+        let t0 = Instant::now();
+        let mut state = cluster(3, t0);
+        let first = state.create_log("orders", 2, t0).expect("create");
+        let version = state.version();
+        let again = state.create_log("orders", 2, t0).expect("retry");
+        assert_eq!((again.log_id, again.new), (first.log_id, false));
+        assert_eq!(state.version(), version, "a retry changes nothing");
+        assert_eq!(
+            state.create_log("orders", 3, t0),
+            Err(StateError::LogExists {
+                log_id: first.log_id,
+                name: "orders".into(),
+                replication_factor: 2
+            })
+        );
+        assert!(matches!(
+            state.create_log("", 1, t0),
+            Err(StateError::InvalidName { .. })
+        ));
+    }
+
+    #[test]
+    fn delete_removes_the_log_and_bumps_the_version() {
+        let t0 = Instant::now();
+        let mut state = cluster(1, t0);
+        let created = state.create_log("a", 1, t0).expect("create");
+        let version = state.version();
+        assert_eq!(state.delete_log(created.log_id), Ok(version + 1));
+        assert_eq!(state.log(created.log_id), None);
+        assert_eq!(
+            state.delete_log(created.log_id),
+            Err(StateError::UnknownLog {
+                log_id: created.log_id
+            })
+        );
+        assert_eq!(state.version(), version + 1);
+        // Heartbeats never bump the version.
+        assert_eq!(state.heartbeat(1, version + 1, t0), Ok(version + 1));
+    }
+
+    #[test]
+    fn the_map_shows_current_chains_and_pages_in_id_order() {
+        let t0 = Instant::now();
+        let mut state = cluster(3, t0);
+        let names = ["a", "b", "c", "d"];
+        for name in names {
+            state.create_log(name, 3, t0).expect("create");
+        }
+        let map = state.map(t0);
+        assert_eq!(map.version(), state.version());
+        assert_eq!(map.nodes().len(), 3);
+        assert_eq!(map.logs().len(), 4);
+        assert!(map.logs().windows(2).all(|w| w[0].log_id < w[1].log_id));
+        let b = map.log_named("b").expect("b");
+        assert_eq!((b.epoch, b.start_lsn, b.chain.len()), (EPOCH_FIRST, 0, 3));
+        assert_eq!(b.successor(b.head()), Some(b.chain[1]));
+        assert_eq!(b.predecessor(b.chain[2]), Some(b.chain[1]));
+        assert_eq!(
+            (b.predecessor(b.head()), b.successor(b.chain[2])),
+            (None, None)
+        );
+        assert_eq!(map.log(log_id_of("e")), None);
+        let first = map.logs()[1].log_id;
+        let page: Vec<u64> = state.logs_after(first, 2).map(|l| l.log_id).collect();
+        assert_eq!(page, [map.logs()[2].log_id, map.logs()[3].log_id]);
+        let clone = map.clone();
+        assert!(
+            Arc::ptr_eq(&clone.logs, &map.logs),
+            "a clone shares the logs"
+        );
+    }
+
+    #[test]
+    fn check_finds_inconsistent_states() {
+        let t0 = Instant::now();
+        let mut state = cluster(2, t0);
+        state.create_log("a", 2, t0).expect("create");
+        assert_eq!(state.check(), Ok(()));
+        let mut bad = state.clone();
+        bad.logs
+            .values_mut()
+            .for_each(|l| l.epochs[0].chain = vec![1, 1]);
+        assert!(bad.check().is_err());
+        let mut bad = state.clone();
+        bad.version = 0;
+        assert!(bad.check().is_err());
+        let mut bad = state.clone();
+        bad.nodes.remove(&2);
+        assert!(bad.check().is_err());
+    }
+}

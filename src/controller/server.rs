@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use chainlog_net::{
     decode_request, encode_error, encode_response, parse_frame, CreateLogResponse,
     DescribeLogResponse, ErrorCode, ErrorResponse, Frame, HelloResponse, Limits, ListLogsResponse,
-    LogEntries, LogEntry, LogRef, Opcode, Request, Response, ARG_NONE, PROTOCOL_VERSION,
+    LogEntries, LogEntry, LogRef, Opcode, Request, Response, Role, ARG_NONE, PROTOCOL_VERSION,
 };
 
 use super::state::{ClusterState, MapLog, StateError};
@@ -446,6 +446,7 @@ impl Controller {
                     record_bytes_max: LIMITS.record_bytes_max,
                     batch_records_max: LIMITS.batch_records_max,
                     node_id: 0,
+                    role: Role::Controller,
                 }))
             }
             Request::CreateLog(create) => self.create_log(create.name, create.replication_factor),

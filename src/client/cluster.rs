@@ -128,13 +128,18 @@ impl Cluster {
                     return Ok(None);
                 };
                 let chain = &log.chain;
-                match at {
-                    Replica::Reader(ReadFrom::Tail) => chain[chain.len() - 1],
+                let picked = match at {
+                    Replica::Reader(ReadFrom::Tail) => chain.last(),
                     Replica::Reader(ReadFrom::Any) => {
-                        chain[self.next_replica.fetch_add(1, Ordering::Relaxed) % chain.len()]
+                        let turn = self.next_replica.fetch_add(1, Ordering::Relaxed);
+                        chain.get(turn % chain.len().max(1))
                     }
-                    _ => chain[0],
-                }
+                    _ => chain.first(),
+                };
+                // The decoder refuses empty chains; a map made otherwise could have one.
+                *picked.ok_or_else(|| {
+                    ClientError::Protocol(format!("log {log_id} has an empty chain in the map"))
+                })?
             }
         };
         view.node(node_id).map(Some)

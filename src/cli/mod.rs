@@ -586,7 +586,9 @@ async fn cluster_status(
                 let role = if i == 0 { " (head)" } else { "" };
                 match tail {
                     Ok(t) => {
-                        let lag = lag(t.tail).map_or(String::new(), |lag| format!("  lag {lag}"));
+                        let lag = lag(t.tail)
+                            .filter(|_| i > 0)
+                            .map_or(String::new(), |lag| format!("  lag {lag}"));
                         writeln!(
                             out,
                             "  node {node_id}{role}  tail {}  trim point {}{lag}",

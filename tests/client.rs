@@ -322,6 +322,17 @@ fn cli_commands_against_a_node() {
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(stderr.contains("LOG_EXISTS"), "{stderr}");
     ok(&cli(&node, &["log", "create", "other-log"], None));
+    // A standalone node offers one replica: the node's error, exit code 1.
+    let replicated = cli(&node, &["log", "create", "rf-2", "--rf", "2"], None);
+    assert_eq!(replicated.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&replicated.stderr);
+    assert!(stderr.starts_with("chainlog: TOO_LARGE"), "{stderr}");
+    assert_eq!(
+        cli(&node, &["log", "create", "x", "--rf", "0"], None)
+            .status
+            .code(),
+        Some(2)
+    );
 
     // Records from arguments, from stdin lines, from a file.
     let text = ok(&cli(&node, &["append", "cli-log", "one", "two"], None));

@@ -1,16 +1,24 @@
 //! The real `chainlog controller` binary on loopback, driven by the blocking controller client
-//! (`chainlog::controller::client`) and by raw frames (`common::raw`): hostile input that must not disturb a
-//! good client, and a damaged state file that must stop the controller with a clear error.
-//! Each test stops the controller it started, by PID.
+//! (`chainlog::controller::client`), by fake nodes that heartbeat from a thread, and by raw
+//! frames (`common::raw`): registration and placement, creates that wait for the replicas to
+//! apply the map (and time out when one does not), describe, list and delete, a restart that
+//! keeps the map, hostile input that must not disturb a good client, a damaged state file that
+//! must stop the controller with a clear error, and a stop while a create waits. Each test
+//! stops the controller it started, by PID.
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chainlog::controller::client::{Client as ControllerClient, ClientError};
-use chainlog::net::{ErrorCode, HelloRequest, Limits, Opcode, Request};
+use chainlog::controller::{ClusterMap, MapLog};
+use chainlog::net::{ErrorCode, GetMapRequest, HelloRequest, Limits, Opcode, Request, Response};
 use common::raw::{frame, request, Answer, Raw};
-use common::Controller;
+use common::{Controller, Node};
 
 /// The blocking client's timeout: a guard against hanging, never a timing assertion.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,13 +64,28 @@ fn hostile_input_is_refused_and_a_good_client_keeps_being_served() {
     let mut raw = Raw::connect(controller.addr);
     raw.send(&frame(Opcode::ListLogs as u16, 0, 7, &[0; 16]));
     expect_refused_and_closed(&mut raw, 7, ErrorCode::Malformed);
-    // After HELLO: a bad CRC, a length above the limit, an unknown opcode, a short body, a
-    // second HELLO.
+    // After HELLO: REGISTER_NODE without a node id, shards or a UTF-8 address, HEARTBEAT of
+    // node 0, a bad CRC, a length above the limit, an unknown opcode, a short body, a second
+    // HELLO.
     let list = Opcode::ListLogs as u16;
     let mut bad_crc = frame(list, 0, 2, &[0; 16]);
     bad_crc[30] ^= 1;
     let too_long = (Limits::DEFAULT.frame_bytes_max).to_le_bytes();
+    // REGISTER_NODE bodies: node_id, shard_count, addr_len, reserved, addr.
+    let register = |node_id: u64, shards: u16, addr: &[u8]| {
+        let mut body = node_id.to_le_bytes().to_vec();
+        body.extend_from_slice(&shards.to_le_bytes());
+        body.extend_from_slice(&(addr.len() as u16).to_le_bytes());
+        body.extend_from_slice(&[0; 4]);
+        body.extend_from_slice(addr);
+        frame(Opcode::RegisterNode as u16, 0, 8, &body)
+    };
     for (bytes, id) in [
+        (register(0, 1, b"127.0.0.1:1"), 8),
+        (register(1, 0, b"127.0.0.1:1"), 8),
+        (register(1, 1, b""), 8),
+        (register(1, 1, b"\xff:1"), 8),
+        (frame(Opcode::Heartbeat as u16, 0, 8, &[0; 16]), 8),
         (bad_crc, 0),
         (too_long.to_vec(), 0),
         (frame(999, 0, 4, &[]), 4),
@@ -74,17 +97,12 @@ fn hostile_input_is_refused_and_a_good_client_keeps_being_served() {
         expect_refused_and_closed(&mut raw, id, ErrorCode::Malformed);
         assert_eq!(good.list_logs().expect("still served"), []);
     }
-    // A request only nodes serve: refused, the connection stays open.
+    // A request only nodes serve: the HELLO answer said this is the controller, so a client
+    // that sends it anyway is broken (MALFORMED, closed).
     let mut raw = Raw::greeted(controller.addr);
     let log_id = chainlog::client::log_id("a");
     raw.send(&request(9, &Request::CheckTail { log_id }));
-    raw.expect_error(
-        Opcode::CheckTail as u16,
-        9,
-        ErrorCode::Malformed,
-        u64::MAX,
-        0,
-    );
+    expect_refused_and_closed(&mut raw, 9, ErrorCode::Malformed);
 
     // A log needs live nodes; none has registered.
     assert_eq!(code(good.create_log("a", 1)), ErrorCode::TooLarge);
@@ -118,4 +136,283 @@ fn a_damaged_state_file_stops_the_controller_with_an_error_naming_it() {
             && stderr.contains("not a chainlog controller state file"),
         "{stderr}"
     );
+}
+
+/// Fake nodes: a thread that heartbeats each node every few milliseconds on its own
+/// connection, reporting as applied the version the previous heartbeat returned (a node
+/// that applies every map at once), except for frozen nodes, which keep reporting what they
+/// had applied when frozen.
+struct FakeNodes {
+    stop: Arc<AtomicBool>,
+    frozen: Arc<Mutex<BTreeSet<u64>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeNodes {
+    /// Heartbeats `ids` (registered already) at the controller at `addr`.
+    fn start(addr: SocketAddr, ids: &[u64]) -> FakeNodes {
+        let stop = Arc::new(AtomicBool::new(false));
+        let frozen = Arc::new(Mutex::new(BTreeSet::new()));
+        let mut client = ControllerClient::connect(addr, CALL_TIMEOUT).expect("connect");
+        let mut applied: BTreeMap<u64, u64> = ids.iter().map(|&id| (id, 0)).collect();
+        let thread = {
+            let (stop, frozen) = (stop.clone(), frozen.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    for (&id, version) in applied.iter_mut() {
+                        let current = client.heartbeat(id, *version).expect("heartbeat");
+                        if !frozen.lock().expect("frozen").contains(&id) {
+                            *version = current;
+                        }
+                    }
+                    std::thread::sleep(HEARTBEAT_EVERY);
+                }
+            })
+        };
+        FakeNodes {
+            stop,
+            frozen,
+            thread: Some(thread),
+        }
+    }
+
+    /// Node `id` stops applying new maps (it still heartbeats).
+    fn freeze(&self, id: u64) {
+        self.frozen.lock().expect("frozen").insert(id);
+    }
+
+    /// Node `id` applies maps again.
+    fn thaw(&self, id: u64) {
+        self.frozen.lock().expect("frozen").remove(&id);
+    }
+}
+
+impl Drop for FakeNodes {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let joined = thread.join();
+            if !std::thread::panicking() {
+                joined.expect("the heartbeat thread ran without errors");
+            }
+        }
+    }
+}
+
+/// How often the fake nodes heartbeat.
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(5);
+
+/// The map without what changes by itself (liveness, time since the last heartbeat).
+fn durable(map: &ClusterMap) -> (u64, Vec<(u64, String, u16)>, Vec<MapLog>) {
+    let nodes = map
+        .nodes()
+        .iter()
+        .map(|n| (n.node_id, n.addr.clone(), n.shard_count))
+        .collect();
+    (map.version(), nodes, map.logs().to_vec())
+}
+
+#[test]
+fn nodes_register_logs_are_placed_and_a_restart_keeps_the_map() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("controller");
+    // Liveness long enough that no node dies while the test runs on a slow machine; a short
+    // create timeout for the create that must time out.
+    let flags = ["--liveness-ms", "600000", "--create-timeout-ms", "500"];
+    let controller = Controller::start(&data, &flags);
+    let mut c = connect(&controller);
+
+    // Three nodes register; registering again with the same address changes nothing, a new
+    // address is a new map version.
+    for id in 1..=3 {
+        let version = c
+            .register(id, &format!("127.0.0.1:{}", 17000 + id), 2)
+            .expect("register");
+        assert_eq!(version, id);
+    }
+    assert_eq!(c.register(3, "127.0.0.1:17003", 2).expect("again"), 3);
+    assert_eq!(c.register(3, "127.0.0.1:18003", 2).expect("moved"), 4);
+    assert_eq!(code(c.heartbeat(99, 0)), ErrorCode::UnknownNode);
+    let nodes = FakeNodes::start(controller.addr, &[1, 2, 3]);
+
+    // Placement: fewest chains first, then fewest heads; the head has the fewest heads.
+    let one = c.create_log("rf1", 1).expect("rf 1");
+    let two = c.create_log("rf2", 2).expect("rf 2");
+    let three = c.create_log("rf3", 3).expect("rf 3");
+    assert_eq!(one, chainlog::client::log_id("rf1"));
+    let map = c.map().expect("map");
+    assert_eq!(map.version(), 7);
+    assert_eq!(map.nodes().len(), 3);
+    assert!(map.nodes().iter().all(|n| n.alive && n.shard_count == 2));
+    assert_eq!(map.node(3).expect("node 3").addr, "127.0.0.1:18003");
+    let chain = |id| map.log(id).expect("log").chain.clone();
+    assert_eq!(
+        [chain(one), chain(two), chain(three)],
+        [vec![1], vec![2, 3], vec![3, 1, 2]]
+    );
+    let log = map.log_named("rf2").expect("rf2");
+    assert_eq!(
+        (log.epoch, log.start_lsn, log.replication_factor),
+        (1, 0, 2)
+    );
+    assert_eq!(log.created_version, 6);
+
+    // GET_MAP pages, one log at a time: every node on every page, ids ascending, then an
+    // empty page.
+    let mut pages = common::Client::connect(controller.addr);
+    let mut ids = vec![one, two, three];
+    ids.sort_unstable();
+    let mut after = 0;
+    for expected in ids.iter().map(|&id| vec![id]).chain([vec![]]) {
+        let get = Request::GetMap(GetMapRequest {
+            after_log_id: after,
+            max: 1,
+        });
+        let page = pages.call(&get, |r| match r {
+            Response::GetMap(page) => (
+                page.version,
+                page.nodes.len(),
+                page.logs.iter().map(|l| l.log_id).collect::<Vec<_>>(),
+            ),
+            other => panic!("GET_MAP answered with {other:?}"),
+        });
+        assert_eq!(page, (7, 3, expected));
+        after = page.2.first().copied().unwrap_or(after);
+    }
+
+    // Describe, list; a create retried is the same log, another rf is LOG_EXISTS; rf above
+    // the live nodes is TOO_LARGE with the live count.
+    let info = c.describe_log("rf2").expect("describe");
+    assert_eq!(
+        (info.log_id, info.epoch, info.replication_factor, info.shard),
+        (two, 1, 2, (two % 2) as u16)
+    );
+    assert_eq!((info.tail, info.trim_point), (u64::MAX, u64::MAX));
+    let listed: Vec<u64> = c
+        .list_logs()
+        .expect("list")
+        .iter()
+        .map(|l| l.log_id)
+        .collect();
+    assert_eq!(listed, ids);
+    assert_eq!(c.create_log("rf2", 2).expect("retried"), two);
+    match c.create_log("rf2", 3) {
+        Err(ClientError::Server(e)) => assert_eq!((e.code, e.arg0), (ErrorCode::LogExists, two)),
+        other => panic!("{other:?}"),
+    }
+    match c.create_log("big", 4) {
+        Err(ClientError::Server(e)) => assert_eq!((e.code, e.arg0), (ErrorCode::TooLarge, 3)),
+        other => panic!("{other:?}"),
+    }
+    // rf 0 never leaves the client; sent raw, the decoder refuses it.
+    assert!(matches!(
+        c.create_log("zero", 0),
+        Err(ClientError::Invalid(_))
+    ));
+    let mut raw = Raw::greeted(controller.addr);
+    raw.send(&frame(Opcode::CreateLog as u16, 0, 3, b"\0\0\x04\0zero"));
+    expect_refused_and_closed(&mut raw, 3, ErrorCode::Malformed);
+
+    // Delete: gone from the map, a new version.
+    c.delete_log(one).expect("delete");
+    assert_eq!(code(c.delete_log(one)), ErrorCode::UnknownLog);
+    assert_eq!(code(c.describe_log("rf1")), ErrorCode::UnknownLog);
+    let map = c.map().expect("map");
+    assert_eq!((map.version(), map.log(one)), (8, None));
+
+    // A replica that does not apply the new map: the create times out (UNAVAILABLE), the log
+    // stays placed; once the node applies, the same create completes.
+    nodes.freeze(3);
+    assert_eq!(code(c.create_log("slow", 3)), ErrorCode::Unavailable);
+    let slow = chainlog::client::log_id("slow");
+    assert_eq!(
+        c.map().expect("map").log(slow).expect("placed").chain.len(),
+        3
+    );
+    nodes.thaw(3);
+    assert_eq!(c.create_log("slow", 3).expect("completes"), slow);
+
+    // A restart: the same version, nodes and logs; no node has heartbeated since.
+    let before = c.map().expect("map");
+    drop(nodes);
+    drop(c);
+    assert!(controller.terminate().success(), "exit 0 on SIGTERM");
+    let controller = Controller::start(&data, &flags);
+    let after = connect(&controller).map().expect("map");
+    assert_eq!(durable(&after), durable(&before));
+    assert!(after
+        .nodes()
+        .iter()
+        .all(|n| !n.alive && n.last_heartbeat_ms == u64::MAX));
+    assert!(controller.terminate().success());
+}
+
+#[test]
+fn a_stop_answers_a_waiting_create_and_exits_0() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let controller = Controller::start(
+        &dir.path().join("controller"),
+        &["--liveness-ms", "600000", "--create-timeout-ms", "600000"],
+    );
+    let mut c = connect(&controller);
+    c.register(1, "127.0.0.1:17001", 1).expect("register");
+    // Node 1 never heartbeats the new version: the create waits until the stop.
+    let addr = controller.addr;
+    let waiting = std::thread::spawn(move || {
+        ControllerClient::connect(addr, CALL_TIMEOUT)
+            .expect("connect")
+            .create_log("waits", 1)
+    });
+    let id = chainlog::client::log_id("waits");
+    while c.map().expect("map").log(id).is_none() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(controller.terminate().success(), "exit 0 on SIGTERM");
+    match waiting.join().expect("the creating thread") {
+        Err(ClientError::Server(e)) => {
+            assert_eq!(e.code, ErrorCode::Unavailable);
+            assert!(e.message.contains("stopping"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_client_refuses_a_node_for_the_controller() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 1);
+    match ControllerClient::connect(node.addr(0), CALL_TIMEOUT) {
+        Err(ClientError::Protocol(reason)) => assert!(reason.contains("not the controller")),
+        other => panic!("{other:?}"),
+    }
+    assert!(node.terminate().success());
+}
+
+#[test]
+fn connections_are_bounded_and_a_freed_slot_serves_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let controller = Controller::start(&dir.path().join("controller"), &[]);
+    let mut open: Vec<Raw> = (0..chainlog::controller::server::CONNECTIONS_MAX)
+        .map(|_| Raw::greeted(controller.addr))
+        .collect();
+    // One more is closed without an answer.
+    let mut refused = Raw::connect(controller.addr);
+    refused.send(&request(1, &Request::Hello(HelloRequest::CURRENT)));
+    refused.expect_closed();
+    // Once a connection closes, its slot serves a new one (the controller notices the close
+    // on its own time: try until it has).
+    open.pop();
+    let mut tries = 0;
+    loop {
+        let mut raw = Raw::connect(controller.addr);
+        raw.send(&request(1, &Request::Hello(HelloRequest::CURRENT)));
+        if raw.next().is_some() {
+            break;
+        }
+        tries += 1;
+        assert!(tries < 1000, "a freed slot never served again");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(open);
+    assert!(controller.terminate().success());
 }

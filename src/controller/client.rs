@@ -13,13 +13,18 @@ use std::time::Duration;
 
 use chainlog_net::{
     decode_response, encode_request, parse_frame, CreateLogRequest, DescribeLogRequest,
-    HelloRequest, Limits, ListLogsRequest, LogRef, Opcode, Request, Response,
+    GetMapRequest, HeartbeatRequest, HelloRequest, Limits, ListLogsRequest, LogRef, Opcode,
+    RegisterNodeRequest, Request, Response, Role,
 };
 
+use super::state::{ClusterMap, MapLog, MapNode};
 use crate::client::{LogInfo, LogName, ServerError};
 
 /// Bytes read from the socket at once.
 const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Times [`Client::map`] starts again because the map changed between its pages, before it
+/// gives up ([`ClientError::MapUnsettled`]).
+pub const MAP_RESTARTS_MAX: u32 = 16;
 
 /// Why a call to the controller did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +63,9 @@ pub enum ClientError {
     /// The request was refused before it was sent (e.g. a name the protocol cannot carry).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The map changed between the pages of every one of [`MAP_RESTARTS_MAX`] reads.
+    #[error("the cluster map changed during each of {MAP_RESTARTS_MAX} reads; try again")]
+    MapUnsettled,
 }
 
 /// A connection to the controller, past the handshake.
@@ -76,9 +84,9 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the controller at `addr` and does the HELLO; `timeout` bounds the
-    /// connection and every call's wait for its answer (CREATE_LOG waits up to the
-    /// controller's create timeout, 5 s by default: give more).
+    /// Connects to the controller at `addr` and does the HELLO; `timeout` bounds connecting
+    /// and every wait for the controller's bytes (CREATE_LOG waits up to the controller's
+    /// create timeout, 5 s by default: give more).
     pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Client, ClientError> {
         let connect_error = |source| ClientError::Connect { addr, source };
         let stream = TcpStream::connect_timeout(&addr, timeout).map_err(connect_error)?;
@@ -102,8 +110,102 @@ impl Client {
             Response::Hello(hello) => Some(hello),
             _ => None,
         })?;
+        if hello.role != Role::Controller {
+            return Err(client.broken(format!(
+                "{addr} is a node (node id {}), not the controller",
+                hello.node_id
+            )));
+        }
         client.limits = hello.limits();
         Ok(client)
+    }
+
+    /// Registers node `node_id` whose shard 0 listens at `shard0_addr` (`host:port`) with
+    /// `shard_count` shards; returns the map version. Registering again (after a restart)
+    /// replaces the address and shard count.
+    pub fn register(
+        &mut self,
+        node_id: u64,
+        shard0_addr: &str,
+        shard_count: u16,
+    ) -> Result<u64, ClientError> {
+        if node_id == 0 || shard_count == 0 {
+            return Err(ClientError::Invalid(format!(
+                "node id {node_id} and shard count {shard_count} must be nonzero"
+            )));
+        }
+        if shard0_addr.is_empty() || shard0_addr.len() > usize::from(chainlog_net::ADDR_BYTES_MAX) {
+            return Err(ClientError::Invalid(format!(
+                "an address of {} bytes (1..={})",
+                shard0_addr.len(),
+                chainlog_net::ADDR_BYTES_MAX
+            )));
+        }
+        let request = Request::RegisterNode(RegisterNodeRequest {
+            node_id,
+            shard_count,
+            addr: shard0_addr,
+        });
+        self.call(&request, |r| match r {
+            Response::RegisterNode(version) => Some(version.map_version),
+            _ => None,
+        })
+    }
+
+    /// Says node `node_id` is alive and has applied map version `applied_version` on every
+    /// shard; returns the controller's map version (fetch the map if it is newer). A node
+    /// that never registered gets UNKNOWN_NODE ([`ClientError::Server`]).
+    pub fn heartbeat(&mut self, node_id: u64, applied_version: u64) -> Result<u64, ClientError> {
+        if node_id == 0 {
+            return Err(ClientError::Invalid("node id 0 is not a node".into()));
+        }
+        let request = Request::Heartbeat(HeartbeatRequest {
+            node_id,
+            applied_version,
+        });
+        self.call(&request, |r| match r {
+            Response::Heartbeat(version) => Some(version.map_version),
+            _ => None,
+        })
+    }
+
+    /// The whole cluster map: GET_MAP page after page; if the version changes between
+    /// pages, it starts again (at most [`MAP_RESTARTS_MAX`] times).
+    pub fn map(&mut self) -> Result<ClusterMap, ClientError> {
+        'read: for _ in 0..=MAP_RESTARTS_MAX {
+            let mut version = None;
+            let mut logs: Vec<MapLog> = Vec::new();
+            loop {
+                let after = logs.last().map_or(0, |log| log.log_id);
+                let request = Request::GetMap(GetMapRequest {
+                    after_log_id: after,
+                    max: self.limits.list_max,
+                });
+                let (page_version, page_nodes, page_logs) = self.call(&request, |r| match r {
+                    Response::GetMap(page) => Some((
+                        page.version,
+                        page.nodes.iter().map(MapNode::from).collect::<Vec<_>>(),
+                        page.logs.iter().map(MapLog::from).collect::<Vec<_>>(),
+                    )),
+                    _ => None,
+                })?;
+                if *version.get_or_insert(page_version) != page_version {
+                    continue 'read;
+                }
+                if let Some(first) = page_logs.first().filter(|log| log.log_id <= after) {
+                    return Err(self.broken(format!(
+                        "a GET_MAP page after log {after} starts at log {}",
+                        first.log_id
+                    )));
+                }
+                if page_logs.is_empty() {
+                    // Every page carries every node: the last page's are the map's.
+                    return Ok(ClusterMap::new(page_version, page_nodes, logs));
+                }
+                logs.extend(page_logs);
+            }
+        }
+        Err(ClientError::MapUnsettled)
     }
 
     /// Creates the log `name` with `rf` replicas; returns its id once every replica's node
@@ -282,5 +384,116 @@ impl Client {
                 reason: e.to_string(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chainlog_net::{
+        decode_request, encode_response, Chain, GetMapResponse, HelloResponse, MapLogs, MapNodes,
+    };
+    use std::net::TcpListener;
+
+    /// A fake controller that answers HELLO, then each GET_MAP with the next of `pages`
+    /// (version, log ids), every page with one node.
+    fn scripted(pages: Vec<(u64, Vec<u64>)>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let limits = Limits::DEFAULT;
+            let mut pages = pages.into_iter();
+            let mut input = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let Some(frame) = parse_frame(&input, &limits).expect("frame") else {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => input.extend_from_slice(&chunk[..n]),
+                    }
+                    continue;
+                };
+                let len = frame.frame_bytes();
+                let mut out = Vec::new();
+                let opcode = Opcode::from_u16(frame.opcode).expect("opcode");
+                let (nodes, logs);
+                let chain = [1];
+                let response = match decode_request(&frame, &limits).expect("request") {
+                    Request::Hello(_) => Response::Hello(HelloResponse {
+                        version: 1,
+                        shard_index: 0,
+                        shard_count: 1,
+                        frame_bytes_max: limits.frame_bytes_max,
+                        record_bytes_max: limits.record_bytes_max,
+                        batch_records_max: limits.batch_records_max,
+                        node_id: 0,
+                        role: Role::Controller,
+                    }),
+                    Request::GetMap(_) => {
+                        let (version, ids) = pages.next().expect("a scripted page");
+                        let node = chainlog_net::MapNode {
+                            node_id: 1,
+                            shard_count: 1,
+                            alive: true,
+                            last_heartbeat_ms: 0,
+                            addr: "127.0.0.1:1",
+                        };
+                        logs = ids
+                            .iter()
+                            .map(|&log_id| chainlog_net::MapLog {
+                                log_id,
+                                epoch: 1,
+                                start_lsn: 0,
+                                replication_factor: 1,
+                                created_version: 1,
+                                chain: Chain::from_slice(&chain),
+                                name: "log",
+                            })
+                            .collect::<Vec<_>>();
+                        nodes = [node];
+                        Response::GetMap(GetMapResponse {
+                            version,
+                            nodes: MapNodes::from_slice(&nodes),
+                            logs: MapLogs::from_slice(&logs),
+                        })
+                    }
+                    other => panic!("unexpected {other:?}"),
+                };
+                encode_response(&mut out, frame.request_id, opcode, &response);
+                input.drain(..len);
+                stream.write_all(&out).expect("send");
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn map_reads_every_page_and_starts_again_when_the_version_changes() {
+        let addr = scripted(vec![
+            (1, vec![10]),
+            (2, vec![20]),
+            (2, vec![10]),
+            (2, vec![20]),
+            (2, vec![]),
+        ]);
+        let mut client = Client::connect(addr, Duration::from_secs(30)).expect("connect");
+        let map = client.map().expect("map");
+        assert_eq!(map.version(), 2);
+        let ids: Vec<u64> = map.logs().iter().map(|log| log.log_id).collect();
+        assert_eq!(ids, [10, 20]);
+        assert_eq!(map.nodes().len(), 1);
+        assert_eq!(map.log(20).expect("log").chain, [1]);
+    }
+
+    #[test]
+    fn a_page_that_goes_backwards_breaks_the_connection() {
+        let addr = scripted(vec![(1, vec![10]), (1, vec![5])]);
+        let mut client = Client::connect(addr, Duration::from_secs(30)).expect("connect");
+        assert!(matches!(client.map(), Err(ClientError::Protocol(_))));
+        assert!(matches!(
+            client.heartbeat(1, 0),
+            Err(ClientError::ConnectionLost { .. })
+        ));
     }
 }

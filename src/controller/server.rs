@@ -19,6 +19,20 @@
 //! own. Malformed frames are answered with MALFORMED and the connection is closed; nothing
 //! a peer sends can panic the controller or stop it serving other connections.
 //!
+//! **Errors the controller chooses** (PROTOCOL.md 6.12 leaves them open):
+//!
+//! | request | answer |
+//! |---|---|
+//! | a node's request (APPEND, READ, SUBSCRIBE, CREDIT, UNSUBSCRIBE, CHECK_TAIL, TAIL_HINT, TRIM, PEER, REPLICATE) | MALFORMED, closes: no code says "this is not a node" (NOT_CONTROLLER says the reverse), and the HELLO answer's `role` 1 already told the client what it reached, so sending these is a client bug |
+//! | CREATE_LOG with a replication factor above the live nodes | TOO_LARGE, `arg0` = the live nodes (the limit exceeded; terminal until nodes join) |
+//! | REGISTER_NODE of a new node when [`NODES_MAX`] are registered; CREATE_LOG when `LOGS_MAX` logs exist | TOO_LARGE, `arg0` = the bound |
+//! | CREATE_LOG whose replicas did not apply the map in time, or during a stop | UNAVAILABLE (retryable: the same create completes) |
+//! | CREATE_LOG of an existing name with the same replication factor | success (a retry), with another one LOG_EXISTS |
+//! | HEARTBEAT of a node that never registered | UNKNOWN_NODE, `arg0` = `u64::MAX` |
+//!
+//! Connections beyond [`CONNECTIONS_MAX`] are closed at once, unanswered (as a node does with
+//! connections beyond its slots).
+//!
 //! **Stop.** SIGTERM or SIGINT (taken by the main thread, [`crate::signals`]): the listener
 //! and every connection's reading side are shut down, waiting creates answer UNAVAILABLE,
 //! every thread is joined, and [`run`] returns.
@@ -34,11 +48,12 @@ use std::time::{Duration, Instant};
 
 use chainlog_net::{
     decode_request, encode_error, encode_response, parse_frame, CreateLogResponse,
-    DescribeLogResponse, ErrorCode, ErrorResponse, Frame, HelloResponse, Limits, ListLogsResponse,
-    LogEntries, LogEntry, LogRef, Opcode, Request, Response, Role, ARG_NONE, PROTOCOL_VERSION,
+    DescribeLogResponse, ErrorCode, ErrorResponse, Frame, GetMapResponse, HelloResponse, Limits,
+    ListLogsResponse, LogEntries, LogEntry, LogRef, MapLogs, MapNodes, MapVersionResponse, Opcode,
+    Request, Response, Role, ADDR_BYTES_MAX, ARG_NONE, FRAME_HEADER_BYTES, PROTOCOL_VERSION,
 };
 
-use super::state::{ClusterState, MapLog, StateError};
+use super::state::{ClusterState, MapLog, MapNode, StateError, NODES_MAX};
 use super::store::{StateStore, StoreError};
 use crate::signals::StopSignals;
 
@@ -55,6 +70,19 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const LINGER: Duration = Duration::from_millis(500);
 /// Bytes read from a socket at once.
 const READ_CHUNK_BYTES: usize = 64 << 10;
+/// The largest GET_MAP page: every node (each entry 24 bytes and an address padded to 8)
+/// and `list_max` logs (40 bytes, a chain of up to 255 ids, a name padded to 8), after the
+/// frame and page headers. It fits a frame, so a page never needs cutting by size.
+const GET_MAP_PAGE_BYTES_MAX: usize = FRAME_HEADER_BYTES
+    + 24
+    + NODES_MAX * (24 + padded(ADDR_BYTES_MAX as usize))
+    + LIMITS.list_max as usize * (40 + 8 * 255 + padded(LIMITS.name_bytes_max as usize));
+const _: () = assert!(GET_MAP_PAGE_BYTES_MAX <= LIMITS.frame_bytes_max as usize);
+
+const fn padded(n: usize) -> usize {
+    n.next_multiple_of(8)
+}
+
 /// How often the main thread looks whether the accepting thread died while it waits for a
 /// signal.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -188,6 +216,7 @@ struct Controller {
 struct Refusal {
     code: ErrorCode,
     arg0: u64,
+    arg1: u64,
     message: String,
 }
 
@@ -196,7 +225,23 @@ impl Refusal {
         Refusal {
             code,
             arg0,
+            // TOO_LARGE's arg1 names an offending record; none does here (PROTOCOL.md 8).
+            arg1: if code == ErrorCode::TooLarge {
+                ARG_NONE
+            } else {
+                0
+            },
             message: message.into(),
+        }
+    }
+
+    /// The answer to a frame the decoder refused.
+    fn of_decoding(e: &chainlog_net::Error) -> Refusal {
+        Refusal {
+            code: e.code(),
+            arg0: e.arg0(),
+            arg1: e.arg1(),
+            message: e.to_string(),
         }
     }
 
@@ -204,12 +249,7 @@ impl Refusal {
         ErrorResponse {
             code: self.code,
             arg0: self.arg0,
-            // TOO_LARGE's arg1 names an offending record; none does here (PROTOCOL.md 8).
-            arg1: if self.code == ErrorCode::TooLarge {
-                ARG_NONE
-            } else {
-                0
-            },
+            arg1: self.arg1,
             message: &self.message,
         }
     }
@@ -222,16 +262,19 @@ impl From<StateError> for Refusal {
             StateError::LogExists { log_id, .. } => {
                 return Refusal::new(ErrorCode::LogExists, log_id, e.to_string())
             }
-            // The limit exceeded is the number of live nodes.
-            StateError::NotEnoughNodes { live, .. } => {
-                return Refusal::new(ErrorCode::TooLarge, live as u64, e.to_string())
+            StateError::UnknownNode { .. } => ErrorCode::UnknownNode,
+            // TOO_LARGE's arg0 is the limit: the live nodes, or the cluster's bound.
+            StateError::NotEnoughNodes { live: max, .. }
+            | StateError::TooManyNodes { max }
+            | StateError::TooManyLogs { max } => {
+                return Refusal::new(ErrorCode::TooLarge, max as u64, e.to_string())
             }
+            // The decoder refuses these before the state sees them.
             StateError::NodeIdZero
             | StateError::NoShards { .. }
             | StateError::BadAddr { .. }
             | StateError::ZeroReplicationFactor
-            | StateError::InvalidName { .. }
-            | StateError::UnknownNode { .. } => ErrorCode::Malformed,
+            | StateError::InvalidName { .. } => ErrorCode::Malformed,
         };
         Refusal::new(code, ARG_NONE, e.to_string())
     }
@@ -400,7 +443,7 @@ impl Controller {
                         format!("the first frame of a connection must be HELLO ({e})"),
                     )
                 } else {
-                    Refusal::new(e.code(), e.arg0(), e.to_string())
+                    Refusal::of_decoding(&e)
                 };
                 session.closing |= refusal.code.closes_connection();
                 encode_error(out, request_id, opcode, &refusal.response());
@@ -449,6 +492,40 @@ impl Controller {
                     role: Role::Controller,
                 }))
             }
+            Request::RegisterNode(register) => {
+                let mut state = self.lock();
+                let before = state.version();
+                let map_version = state.register(
+                    register.node_id,
+                    register.addr,
+                    register.shard_count,
+                    Instant::now(),
+                )?;
+                if map_version != before {
+                    self.persist(&state);
+                    tracing::info!(
+                        node_id = register.node_id,
+                        addr = register.addr,
+                        shards = register.shard_count,
+                        version = map_version,
+                        "node registered"
+                    );
+                }
+                // A node that registers again has applied nothing: waiting creates look again.
+                self.changed.notify_all();
+                Ok(Answer::Registered(MapVersionResponse { map_version }))
+            }
+            Request::Heartbeat(heartbeat) => {
+                let mut state = self.lock();
+                let map_version = state.heartbeat(
+                    heartbeat.node_id,
+                    heartbeat.applied_version,
+                    Instant::now(),
+                )?;
+                self.changed.notify_all();
+                Ok(Answer::Heartbeat(MapVersionResponse { map_version }))
+            }
+            Request::GetMap(get) => Ok(self.map_page(get.after_log_id, get.max)),
             Request::CreateLog(create) => self.create_log(create.name, create.replication_factor),
             Request::DescribeLog(describe) => self.describe_log(describe.by),
             Request::ListLogs(list) => Ok(self.list_logs(list.after_log_id, list.max)),
@@ -459,11 +536,13 @@ impl Controller {
                 tracing::info!(log_id, version, "log deleted");
                 Ok(Answer::DeleteLog)
             }
+            // No code says "this is not a node" (NOT_CONTROLLER says the reverse); the HELLO
+            // answer's role already said what this is, so a client sending these is broken.
             other => Err(Refusal::new(
                 ErrorCode::Malformed,
                 ARG_NONE,
                 format!(
-                    "{} is served by nodes, not by the controller",
+                    "{} is served by nodes; this is the controller (HELLO role 1)",
                     other.opcode()
                 ),
             )),
@@ -490,14 +569,12 @@ impl Controller {
         loop {
             let pending = state.pending_replicas(created.log_id)?;
             if pending.is_empty() {
-                let log = MapLog::from(
-                    state
-                        .log(created.log_id)
-                        .expect("pending_replicas found it"),
-                );
+                let log = state
+                    .log(created.log_id)
+                    .expect("pending_replicas found it");
                 return Ok(Answer::CreateLog(CreateLogResponse {
                     log_id: log.log_id,
-                    shard: shard_at_head(&state, &log),
+                    shard: shard_at_head(&state, log.log_id, log.current().chain[0]),
                 }));
             }
             let now = Instant::now();
@@ -542,8 +619,24 @@ impl Controller {
                 },
             ));
         };
-        let shard = shard_at_head(&state, &log);
+        let shard = shard_at_head(&state, log.log_id, log.head());
         Ok(Answer::DescribeLog { log, shard })
+    }
+
+    /// A GET_MAP page: every node, and the logs with ids above `after`, at most `max` (and
+    /// `list_max`).
+    fn map_page(&self, after: u64, max: u32) -> Answer {
+        let max = max.min(LIMITS.list_max) as usize;
+        let now = Instant::now();
+        let state = self.lock();
+        Answer::GetMap {
+            version: state.version(),
+            nodes: state
+                .nodes()
+                .map(|node| state.map_node(node, now))
+                .collect(),
+            logs: state.logs_after(after, max).map(MapLog::from).collect(),
+        }
     }
 
     /// A LIST_LOGS page: ids above `after`, at most `max` (and `list_max`).
@@ -559,13 +652,11 @@ impl Controller {
     }
 }
 
-/// The shard of `log` on its head node (where a client sends its appends).
-fn shard_at_head(state: &ClusterState, log: &MapLog) -> u16 {
-    let shards = state
-        .node(log.head())
-        .map_or(1, |node| node.shard_count.max(1));
+/// The shard of `log_id` on its head node `head` (where a client sends its appends).
+fn shard_at_head(state: &ClusterState, log_id: u64, head: u64) -> u16 {
+    let shards = state.node(head).map_or(1, |node| node.shard_count.max(1));
     // The remainder is below the shard count, a u16.
-    (log.log_id % u64::from(shards)) as u16
+    (log_id % u64::from(shards)) as u16
 }
 
 /// A successful answer, owning what it says (the state's lock is released before encoding).
@@ -573,9 +664,19 @@ fn shard_at_head(state: &ClusterState, log: &MapLog) -> u16 {
 enum Answer {
     Hello(HelloResponse),
     CreateLog(CreateLogResponse),
-    DescribeLog { log: MapLog, shard: u16 },
+    DescribeLog {
+        log: MapLog,
+        shard: u16,
+    },
     ListLogs(Vec<(u64, String)>),
     DeleteLog,
+    Registered(MapVersionResponse),
+    Heartbeat(MapVersionResponse),
+    GetMap {
+        version: u64,
+        nodes: Vec<MapNode>,
+        logs: Vec<MapLog>,
+    },
 }
 
 impl Answer {
@@ -583,6 +684,8 @@ impl Answer {
     /// answer).
     fn encode(&self, out: &mut Vec<u8>, request_id: u64, opcode: Opcode) {
         let entries: Vec<LogEntry<'_>>;
+        let map_nodes: Vec<chainlog_net::MapNode<'_>>;
+        let map_logs: Vec<chainlog_net::MapLog<'_>>;
         let response = match self {
             Answer::Hello(hello) => Response::Hello(*hello),
             Answer::CreateLog(create) => Response::CreateLog(*create),
@@ -608,6 +711,21 @@ impl Answer {
                 })
             }
             Answer::DeleteLog => Response::DeleteLog,
+            Answer::Registered(version) => Response::RegisterNode(*version),
+            Answer::Heartbeat(version) => Response::Heartbeat(*version),
+            Answer::GetMap {
+                version,
+                nodes,
+                logs,
+            } => {
+                map_nodes = nodes.iter().map(MapNode::wire).collect();
+                map_logs = logs.iter().map(MapLog::wire).collect();
+                Response::GetMap(GetMapResponse {
+                    version: *version,
+                    nodes: MapNodes::from_slice(&map_nodes),
+                    logs: MapLogs::from_slice(&map_logs),
+                })
+            }
         };
         encode_response(out, request_id, opcode, &response);
     }

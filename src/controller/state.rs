@@ -22,16 +22,20 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use chainlog_net::{ADDR_BYTES_MAX, HEARTBEAT_MS_NEVER};
+
 use crate::node::catalog::log_id_of;
 
 /// How long after its last heartbeat a node still counts as alive, by default.
 pub const LIVENESS_DEFAULT: Duration = Duration::from_secs(2);
 /// The epoch every new log starts in (the one a standalone node serves every log in).
 pub const EPOCH_FIRST: u64 = 1;
-/// [`MapNode::last_heartbeat_ms`] of a node not heard of since the controller started.
-pub const HEARTBEAT_NEVER: u64 = u64::MAX;
-/// The longest node address (`host:port` of its shard 0), in bytes.
-pub const ADDR_BYTES_MAX: usize = 255;
+/// Nodes a cluster may register: a GET_MAP page carries every node, so this bounds the page
+/// (with `list_max` logs) below the frame limit (`super::server`).
+pub const NODES_MAX: usize = 1024;
+/// Logs a cluster may hold: the state file is rewritten whole on every change, so this
+/// bounds the rewrite (a few MiB).
+pub const LOGS_MAX: usize = 65_536;
 
 /// A registered node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,13 +101,25 @@ pub enum StateError {
         /// The node.
         node_id: u64,
     },
-    /// The address is empty or longer than [`ADDR_BYTES_MAX`].
+    /// The address is empty or longer than `ADDR_BYTES_MAX` (255).
     #[error("node {node_id}: an address of {len} bytes (1..={ADDR_BYTES_MAX})")]
     BadAddr {
         /// The node.
         node_id: u64,
         /// The address's length.
         len: usize,
+    },
+    /// [`NODES_MAX`] nodes are registered already.
+    #[error("{max} nodes are registered, the most a cluster may have")]
+    TooManyNodes {
+        /// [`NODES_MAX`].
+        max: usize,
+    },
+    /// [`LOGS_MAX`] logs exist already.
+    #[error("{max} logs exist, the most a cluster may hold")]
+    TooManyLogs {
+        /// [`LOGS_MAX`].
+        max: usize,
     },
     /// No node with this id registered.
     #[error("node {node_id} is not registered")]
@@ -253,11 +269,14 @@ impl ClusterState {
         if shard_count == 0 {
             return Err(StateError::NoShards { node_id });
         }
-        if addr.is_empty() || addr.len() > ADDR_BYTES_MAX {
+        if addr.is_empty() || addr.len() > usize::from(ADDR_BYTES_MAX) {
             return Err(StateError::BadAddr {
                 node_id,
                 len: addr.len(),
             });
+        }
+        if !self.nodes.contains_key(&node_id) && self.nodes.len() >= NODES_MAX {
+            return Err(StateError::TooManyNodes { max: NODES_MAX });
         }
         let node = self.nodes.entry(node_id).or_insert_with(|| NodeState {
             node_id,
@@ -320,6 +339,9 @@ impl ClusterState {
                 name: log.name.clone(),
                 replication_factor: log.replication_factor,
             });
+        }
+        if self.logs.len() >= LOGS_MAX {
+            return Err(StateError::TooManyLogs { max: LOGS_MAX });
         }
         let chain = self.place(rf, now)?;
         self.version += 1;
@@ -417,7 +439,7 @@ impl ClusterState {
             addr: node.addr.clone(),
             shard_count: node.shard_count,
             alive: self.is_alive(node, now),
-            last_heartbeat_ms: node.last_heartbeat.map_or(HEARTBEAT_NEVER, |at| {
+            last_heartbeat_ms: node.last_heartbeat.map_or(HEARTBEAT_MS_NEVER, |at| {
                 u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX)
             }),
         }
@@ -440,9 +462,16 @@ impl ClusterState {
             if id == 0 || node.node_id != id || node.shard_count == 0 {
                 return Err(format!("node {id}: bad id or shard count"));
             }
-            if node.addr.is_empty() || node.addr.len() > ADDR_BYTES_MAX {
+            if node.addr.is_empty() || node.addr.len() > usize::from(ADDR_BYTES_MAX) {
                 return Err(format!("node {id}: bad address"));
             }
+        }
+        if self.nodes.len() > NODES_MAX || self.logs.len() > LOGS_MAX {
+            return Err(format!(
+                "{} nodes and {} logs, more than the {NODES_MAX} and {LOGS_MAX} allowed",
+                self.nodes.len(),
+                self.logs.len()
+            ));
         }
         for (&id, log) in &self.logs {
             if log.log_id != id || log_id_of(&log.name) != id {
@@ -493,9 +522,34 @@ pub struct MapNode {
     pub shard_count: u16,
     /// It heartbeated within the controller's liveness timeout when the map was served.
     pub alive: bool,
-    /// Milliseconds since its last heartbeat when the map was served, or
-    /// [`HEARTBEAT_NEVER`].
+    /// Milliseconds since its last heartbeat when the map was served, or `u64::MAX`
+    /// (`chainlog_net::HEARTBEAT_MS_NEVER`) if none since the controller started.
     pub last_heartbeat_ms: u64,
+}
+
+impl MapNode {
+    /// As a GET_MAP page carries it.
+    pub(crate) fn wire(&self) -> chainlog_net::MapNode<'_> {
+        chainlog_net::MapNode {
+            node_id: self.node_id,
+            shard_count: self.shard_count,
+            alive: self.alive,
+            last_heartbeat_ms: self.last_heartbeat_ms,
+            addr: &self.addr,
+        }
+    }
+}
+
+impl From<chainlog_net::MapNode<'_>> for MapNode {
+    fn from(node: chainlog_net::MapNode<'_>) -> MapNode {
+        MapNode {
+            node_id: node.node_id,
+            addr: node.addr.to_string(),
+            shard_count: node.shard_count,
+            alive: node.alive,
+            last_heartbeat_ms: node.last_heartbeat_ms,
+        }
+    }
 }
 
 /// A log as the cluster map shows it: its current epoch and chain.
@@ -511,14 +565,16 @@ pub struct MapLog {
     pub epoch: u64,
     /// The first LSN of the current epoch.
     pub start_lsn: u64,
-    /// The current chain's node ids, head first (never empty).
+    /// The current chain's node ids, head first (never empty, at most the replication
+    /// factor).
     pub chain: Vec<u64>,
     /// The map version that created the log.
     pub created_version: u64,
 }
 
 impl MapLog {
-    /// The head's node id: where appends go.
+    /// The head's node id: where appends go. (A map's chains are never empty: the decoder
+    /// and the controller's state both refuse empty ones.)
     pub fn head(&self) -> u64 {
         self.chain[0]
     }
@@ -533,6 +589,33 @@ impl MapLog {
     pub fn predecessor(&self, node_id: u64) -> Option<u64> {
         let position = self.chain.iter().position(|&n| n == node_id)?;
         position.checked_sub(1).map(|p| self.chain[p])
+    }
+
+    /// As a GET_MAP page carries it.
+    pub(crate) fn wire(&self) -> chainlog_net::MapLog<'_> {
+        chainlog_net::MapLog {
+            log_id: self.log_id,
+            epoch: self.epoch,
+            start_lsn: self.start_lsn,
+            replication_factor: self.replication_factor,
+            created_version: self.created_version,
+            chain: chainlog_net::Chain::from_slice(&self.chain),
+            name: &self.name,
+        }
+    }
+}
+
+impl From<chainlog_net::MapLog<'_>> for MapLog {
+    fn from(log: chainlog_net::MapLog<'_>) -> MapLog {
+        MapLog {
+            log_id: log.log_id,
+            name: log.name.to_string(),
+            replication_factor: log.replication_factor,
+            epoch: log.epoch,
+            start_lsn: log.start_lsn,
+            chain: log.chain.iter().collect(),
+            created_version: log.created_version,
+        }
     }
 }
 

@@ -47,7 +47,7 @@ use chainlog_net::{
     ReadRequest, Request, Role, SubscribeRequest, TailResponse, TrimRequest,
 };
 
-use crate::controller::pages::MapPages;
+use crate::controller::pages::{MapPages, MapPagesError};
 use crate::controller::ClusterMap;
 use cluster::{Cluster, Replica};
 use conn::Answer;
@@ -780,7 +780,7 @@ impl Client {
             ClientError::Connect { .. }
             | ClientError::ConnectionLost { .. }
             | ClientError::Timeout { .. } => true,
-            ClientError::Protocol(_) | ClientError::Invalid(_) => false,
+            ClientError::Protocol(_) | ClientError::Invalid(_) | ClientError::MapUnsettled => false,
         };
         if !stale_map {
             return Next::Stop;
@@ -832,11 +832,13 @@ impl Client {
                 Answer::MapPage(page) => page,
                 other => return Err(unexpected(Opcode::GetMap, other)),
             };
-            if let Some(map) = pages
-                .add(page)
-                .map_err(|e| ClientError::Protocol(e.to_string()))?
-            {
-                return Ok(map);
+            match pages.add(page) {
+                Ok(Some(map)) => return Ok(map),
+                Ok(None) => {}
+                Err(MapPagesError::Unstable { .. }) => return Err(ClientError::MapUnsettled),
+                Err(e @ MapPagesError::OutOfOrder { .. }) => {
+                    return Err(ClientError::Protocol(e.to_string()))
+                }
             }
         }
     }

@@ -28,30 +28,8 @@ impl From<&GetMapResponse<'_>> for MapPage {
     fn from(page: &GetMapResponse<'_>) -> MapPage {
         MapPage {
             version: page.version,
-            nodes: page
-                .nodes
-                .iter()
-                .map(|node| MapNode {
-                    node_id: node.node_id,
-                    addr: node.addr.to_string(),
-                    shard_count: node.shard_count,
-                    alive: node.alive,
-                    last_heartbeat_ms: node.last_heartbeat_ms,
-                })
-                .collect(),
-            logs: page
-                .logs
-                .iter()
-                .map(|log| MapLog {
-                    log_id: log.log_id,
-                    name: log.name.to_string(),
-                    replication_factor: log.replication_factor,
-                    epoch: log.epoch,
-                    start_lsn: log.start_lsn,
-                    chain: log.chain.iter().collect(),
-                    created_version: log.created_version,
-                })
-                .collect(),
+            nodes: page.nodes.iter().map(MapNode::from).collect(),
+            logs: page.logs.iter().map(MapLog::from).collect(),
         }
     }
 }

@@ -585,6 +585,7 @@ fn error_kind(e: &ClientError) -> &'static str {
         ClientError::Timeout { .. } => "timeout",
         ClientError::Protocol(_) => "protocol",
         ClientError::Invalid(_) => "invalid",
+        ClientError::MapUnsettled => "map_unsettled",
     }
 }
 

@@ -1,22 +1,25 @@
-//! The local dev cluster (`chainlog dev`, `chainlog-bench --dev N`): node processes on
-//! loopback, children of this process, always torn down.
+//! The local dev cluster (`chainlog dev`, `chainlog-bench --dev N`): a controller and node
+//! processes on loopback, children of this process, always torn down.
 //!
-//! [`DevCluster::start`] picks free loopback ports, launches each node with a [`Launcher`]
-//! (this executable's `node` subcommand, usually), waits until every node answers a client and
-//! returns the addresses. [`DevCluster::stop`] (and `Drop`) sends SIGTERM, waits, then
-//! SIGKILLs what is left. If this process dies without stopping them (kill -9), the kernel
-//! kills the nodes: each is started with `PR_SET_PDEATHSIG`. So no node outlives its cluster.
+//! [`DevCluster::start`] picks free loopback ports and launches the processes with a
+//! [`Launcher`] (this executable's `controller` and `node` subcommands, usually). One node
+//! with replication factor 1 is a standalone node, as `chainlog node` runs it alone. More
+//! nodes, or rf above 1, make a cluster: the controller starts first, then the nodes with
+//! `--controller ADDR --node-id i`; the cluster is ready once the controller's map shows every
+//! node alive and every node answers, and clients use the controller's address
+//! ([`DevCluster::target`]). [`DevCluster::stop`] (and `Drop`) sends SIGTERM to the nodes,
+//! waits, SIGKILLs what is left, then does the same to the controller. If this process dies
+//! without stopping them (kill -9), the kernel kills them: each is started with
+//! `PR_SET_PDEATHSIG`. So no process outlives its cluster.
 //!
 //! Layout of the data directory (a temp dir removed on stop, or a given one that is kept):
 //! node `i` (from 1) keeps its data in `DIR/node-i` and writes its log (stderr) to
-//! `DIR/node-i.log`.
-//!
-//! Today a cluster is one node with replication factor 1. More nodes or rf > 1 need the
-//! controller and chain replication (DESIGN.md sections 5 and 6), which are not built yet, so
-//! [`DevOptions`] asking for them is refused with [`DevError::ReplicationNotBuilt`]; when they
-//! land, the cluster starts the controller first and points the nodes at it.
+//! `DIR/node-i.log`; the controller keeps its state in `DIR/controller` and its log in
+//! `DIR/controller.log`.
 
+use std::ffi::OsString;
 use std::fs::File;
+use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
@@ -26,41 +29,54 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::client::{Client, ClientError};
+use crate::client::Client;
 
-/// How long [`DevCluster::start`] waits for every node to answer, by default: generous,
+/// How long [`DevCluster::start`] waits for every process to answer, by default: generous,
 /// because a node measures the disk at startup (`--durability auto`).
 pub const READY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
-/// How long [`DevCluster::stop`] lets the nodes finish after SIGTERM before it SIGKILLs them.
+/// How long [`DevCluster::stop`] lets the processes finish after SIGTERM before it SIGKILLs
+/// them.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause between two readiness probes of a node, and between two looks at a stopping one.
+/// Pause between two readiness probes of a process, and between two looks at a stopping one.
 const POLL_EVERY: Duration = Duration::from_millis(20);
-/// Lines of a node's log quoted when it fails to start.
+/// Lines of a process's log quoted when it fails to start.
 const LOG_TAIL_LINES: usize = 20;
 /// Tries at finding a run of free consecutive ports before giving up.
 const PORT_TRIES_MAX: usize = 64;
+/// Replicas of a chain at most (the wire's `replication_factor` is a u8).
+const RF_MAX: usize = u8::MAX as usize;
 
-/// How to run a node: `program args_prefix... --data-dir D --listen A ...`, where
-/// `args_prefix` selects the node subcommand (e.g. `["node"]`) and the rest are `chainlog
-/// node`'s flags ([`crate::node::NodeArgs`]).
+/// How to run the cluster's processes: `program node_prefix... --data-dir D --listen A ...`
+/// for a node, where `node_prefix` selects the node subcommand (e.g. `["node"]`) and the
+/// rest are `chainlog node`'s flags ([`crate::node::NodeArgs`]); `program
+/// controller_prefix... --data-dir D --listen A` for the controller, whose flags are
+/// `chainlog controller`'s ([`crate::controller::ControllerArgs`]).
 #[derive(Clone, Debug)]
 pub struct Launcher {
     /// The executable.
     pub program: PathBuf,
-    /// The arguments before the node's flags.
-    pub args_prefix: Vec<String>,
+    /// The arguments before a node's flags.
+    pub node_prefix: Vec<String>,
+    /// The arguments before the controller's flags.
+    pub controller_prefix: Vec<String>,
 }
 
 impl Launcher {
-    /// This process's own executable, with `args_prefix` (e.g. `["node"]`).
-    pub fn current_exe(args_prefix: &[&str]) -> Result<Launcher, DevError> {
+    /// This process's own executable, with the node's and the controller's argument prefixes
+    /// (e.g. `["node"]` and `["controller"]`).
+    pub fn current_exe(
+        node_prefix: &[&str],
+        controller_prefix: &[&str],
+    ) -> Result<Launcher, DevError> {
         let program = std::env::current_exe().map_err(|source| DevError::Io {
             what: "finding this executable".into(),
             source,
         })?;
+        let owned = |prefix: &[&str]| prefix.iter().map(|a| a.to_string()).collect();
         Ok(Launcher {
             program,
-            args_prefix: args_prefix.iter().map(|a| a.to_string()).collect(),
+            node_prefix: owned(node_prefix),
+            controller_prefix: owned(controller_prefix),
         })
     }
 }
@@ -68,18 +84,19 @@ impl Launcher {
 /// What [`DevCluster::start`] starts.
 #[derive(Clone, Debug)]
 pub struct DevOptions {
-    /// Nodes (at least 1; more than 1 needs chain replication, not built yet).
+    /// Nodes (at least 1).
     pub nodes: usize,
-    /// Replication factor of the logs (at least 1, at most `nodes`).
+    /// Replication factor of the logs (at least 1, at most `nodes`); above 1, or with more
+    /// than one node, the cluster has a controller.
     pub rf: usize,
     /// Shards per node (at least 1).
     pub shards: usize,
-    /// Where the nodes keep their data and logs; kept after stop. `None`: a temp dir,
+    /// Where the processes keep their data and logs; kept after stop. `None`: a temp dir,
     /// removed on stop.
     pub data_dir: Option<PathBuf>,
-    /// How to run a node.
+    /// How to run a node and the controller.
     pub launcher: Launcher,
-    /// How long to wait for every node to answer.
+    /// How long to wait for every process to answer.
     pub ready_timeout: Duration,
 }
 
@@ -96,8 +113,13 @@ impl DevOptions {
         }
     }
 
-    /// Refuses what cannot run: zero counts, rf above the nodes, shards whose ports cannot
-    /// exist, and (today) anything but one node with rf 1.
+    /// Whether the cluster has a controller: more than one node, or rf above 1.
+    pub fn is_cluster(&self) -> bool {
+        self.nodes > 1 || self.rf > 1
+    }
+
+    /// Refuses what cannot run: zero counts, rf above the nodes or the protocol's 255,
+    /// shards whose ports cannot exist.
     fn check(&self) -> Result<(), DevError> {
         if self.nodes == 0 || self.rf == 0 || self.shards == 0 {
             return Err(DevError::Invalid(format!(
@@ -111,6 +133,12 @@ impl DevOptions {
                 self.rf, self.rf, self.nodes
             )));
         }
+        if self.rf > RF_MAX {
+            return Err(DevError::Invalid(format!(
+                "rf {} is above the {RF_MAX} replicas a chain can have",
+                self.rf
+            )));
+        }
         // A node needs a port per shard and one for its metrics, below 65536.
         if self.shards >= usize::from(u16::MAX) / 2 {
             return Err(DevError::Invalid(format!(
@@ -118,13 +146,25 @@ impl DevOptions {
                 self.shards
             )));
         }
-        if self.nodes > 1 || self.rf > 1 {
-            return Err(DevError::ReplicationNotBuilt {
-                nodes: self.nodes,
-                rf: self.rf,
-            });
-        }
         Ok(())
+    }
+}
+
+/// A process of a dev cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Member {
+    /// The controller.
+    Controller,
+    /// The node with this id.
+    Node(u64),
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Member::Controller => write!(f, "the controller"),
+            Member::Node(id) => write!(f, "node {id}"),
+        }
     }
 }
 
@@ -134,17 +174,6 @@ pub enum DevError {
     /// The options are not a cluster that can exist.
     #[error("{0}")]
     Invalid(String),
-    /// More than one node, or rf > 1: that needs chain replication.
-    #[error(
-        "a dev cluster of {nodes} node(s) with rf {rf} needs chain replication and the \
-         controller, which are not built yet: for now it is one node with rf 1 (--nodes 1 --rf 1)"
-    )]
-    ReplicationNotBuilt {
-        /// The nodes asked for.
-        nodes: usize,
-        /// The replication factor asked for.
-        rf: usize,
-    },
     /// A system call failed.
     #[error("{what}: {source}")]
     Io {
@@ -153,14 +182,14 @@ pub enum DevError {
         /// The error.
         source: io::Error,
     },
-    /// A node failed: it exited (before it served, or later while the cluster ran), or it
+    /// A process failed: it exited (before it served, or later while the cluster ran), or it
     /// did not answer in time.
-    #[error("node {node} {failure}; the end of its log {}:\n{tail}", log.display())]
-    Node {
-        /// The node's id.
-        node: u64,
+    #[error("{member} {failure}; the end of its log {}:\n{tail}", log.display())]
+    Failed {
+        /// Which process.
+        member: Member,
         /// What happened (boxed: keeps every `Result<_, DevError>` small).
-        failure: Box<NodeFailure>,
+        failure: Box<Failure>,
         /// Its log file.
         log: PathBuf,
         /// The last lines of its log.
@@ -168,30 +197,30 @@ pub enum DevError {
     },
 }
 
-/// How a node failed ([`DevError::Node`]).
+/// How a process failed ([`DevError::Failed`]).
 #[derive(Debug, thiserror::Error)]
-pub enum NodeFailure {
+pub enum Failure {
     /// It exited.
     #[error("exited ({0})")]
     Exited(ExitStatus),
-    /// It did not answer within the readiness timeout.
-    #[error("did not answer at {addr} within {after:?} (last: {last})")]
+    /// It was not ready within the readiness timeout.
+    #[error("was not ready at {addr} within {after:?} (last: {last})")]
     NotReady {
-        /// Its shard-0 address.
+        /// Where it serves.
         addr: SocketAddr,
         /// How long it was waited for.
         after: Duration,
-        /// The last probe's error.
+        /// What the last probe found.
         last: String,
     },
 }
 
-/// One node of a dev cluster: a child process.
+/// A child process of the cluster.
 #[derive(Debug)]
-pub struct DevNode {
-    id: u64,
+struct Process {
+    member: Member,
+    /// Where it serves (a node's shard 0).
     addr: SocketAddr,
-    metrics: SocketAddr,
     data_dir: PathBuf,
     log: PathBuf,
     child: Child,
@@ -199,43 +228,8 @@ pub struct DevNode {
     exited: Option<ExitStatus>,
 }
 
-impl DevNode {
-    /// The node's id (1, 2, ...).
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// Shard 0's address; shard `i` listens on the same host at port + `i`.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Where the node serves Prometheus metrics.
-    pub fn metrics(&self) -> SocketAddr {
-        self.metrics
-    }
-
-    /// `http://ADDR/metrics`.
-    pub fn metrics_url(&self) -> String {
-        format!("http://{}/metrics", self.metrics)
-    }
-
-    /// The node's data directory.
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
-
-    /// The node's log file (its stderr).
-    pub fn log_file(&self) -> &Path {
-        &self.log
-    }
-
-    /// The node's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// How the node exited, if it has (reaping it), without waiting.
+impl Process {
+    /// How the process exited, if it has (reaping it), without waiting.
     fn poll_exit(&mut self) -> Option<ExitStatus> {
         if self.exited.is_none() {
             // An error here means the child is already reaped, which only this type does.
@@ -244,9 +238,9 @@ impl DevNode {
         self.exited
     }
 
-    fn failed(&self, failure: NodeFailure) -> DevError {
-        DevError::Node {
-            node: self.id,
+    fn failed(&self, failure: Failure) -> DevError {
+        DevError::Failed {
+            member: self.member,
             failure: Box::new(failure),
             log: self.log.clone(),
             tail: log_tail(&self.log),
@@ -261,9 +255,83 @@ impl DevNode {
     }
 }
 
+/// One node of a dev cluster: a child process.
+#[derive(Debug)]
+pub struct DevNode {
+    id: u64,
+    metrics: SocketAddr,
+    process: Process,
+}
+
+impl DevNode {
+    /// The node's id (1, 2, ...).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Shard 0's address; shard `i` listens on the same host at port + `i`.
+    pub fn addr(&self) -> SocketAddr {
+        self.process.addr
+    }
+
+    /// Where the node serves Prometheus metrics.
+    pub fn metrics(&self) -> SocketAddr {
+        self.metrics
+    }
+
+    /// `http://ADDR/metrics`.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics)
+    }
+
+    /// The node's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.process.data_dir
+    }
+
+    /// The node's log file (its stderr).
+    pub fn log_file(&self) -> &Path {
+        &self.process.log
+    }
+
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
+    }
+}
+
+/// The controller of a dev cluster: a child process.
+#[derive(Debug)]
+pub struct DevController {
+    process: Process,
+}
+
+impl DevController {
+    /// Where it serves nodes and clients.
+    pub fn addr(&self) -> SocketAddr {
+        self.process.addr
+    }
+
+    /// Its data directory (the cluster state).
+    pub fn data_dir(&self) -> &Path {
+        &self.process.data_dir
+    }
+
+    /// Its log file (its stderr).
+    pub fn log_file(&self) -> &Path {
+        &self.process.log
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
+    }
+}
+
 /// A running dev cluster. Dropping it stops it (see [`DevCluster::stop`]).
 #[derive(Debug)]
 pub struct DevCluster {
+    controller: Option<DevController>,
     nodes: Vec<DevNode>,
     spawner: Spawner,
     dir: DataDir,
@@ -271,7 +339,7 @@ pub struct DevCluster {
 
 #[derive(Debug)]
 enum DataDir {
-    /// Removed when dropped, after the nodes have stopped.
+    /// Removed when dropped, after the processes have stopped.
     Temp(tempfile::TempDir),
     Kept(PathBuf),
 }
@@ -286,8 +354,9 @@ impl DataDir {
 }
 
 impl DevCluster {
-    /// Starts the cluster and returns once every node answers (a HELLO and a LIST_LOGS on
-    /// every shard). On any error, what was started is stopped again.
+    /// Starts the cluster and returns once it serves: every node answers (a HELLO and a
+    /// LIST_LOGS on every shard) and, with a controller, the controller's map shows every
+    /// node alive. On any error, what was started is stopped again.
     pub async fn start(options: DevOptions) -> Result<DevCluster, DevError> {
         options.check()?;
         let dir = match &options.data_dir {
@@ -309,74 +378,163 @@ impl DevCluster {
             ),
         };
         let mut cluster = DevCluster {
+            controller: None,
             nodes: Vec::new(),
             spawner: Spawner::start()?,
             dir,
         };
-        // From here on an error drops `cluster`, which stops every node started so far.
-        let ports = u16::try_from(options.shards + 1).expect("checked by DevOptions::check");
-        // Every node's ports are held until all are chosen, so that no two nodes share one.
+        // From here on an error drops `cluster`, which stops every process started so far.
+        let node_ports = u16::try_from(options.shards + 1).expect("checked by DevOptions::check");
+        // Every process's ports are held until all are chosen, so that no two share one.
         let mut held = Vec::new();
-        let mut bases = Vec::new();
-        for _ in 0..options.nodes {
-            let (base, listeners) = reserve_ports(ports).map_err(|source| DevError::Io {
-                what: format!("finding {ports} free consecutive loopback ports"),
+        let mut reserve = |count: u16| {
+            let (base, listeners) = reserve_ports(count).map_err(|source| DevError::Io {
+                what: format!("finding {count} free consecutive loopback ports"),
                 source,
             })?;
             held.extend(listeners);
-            bases.push(base);
+            Ok::<u16, DevError>(base)
+        };
+        let controller_port = match options.is_cluster() {
+            true => Some(reserve(1)?),
+            false => None,
+        };
+        let mut bases = Vec::new();
+        for _ in 0..options.nodes {
+            bases.push(reserve(node_ports)?);
         }
         drop(held);
+        let deadline = Instant::now() + options.ready_timeout;
+        let controller = match controller_port {
+            Some(port) => {
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+                let process = cluster.launch_controller(&options, addr)?;
+                cluster.controller = Some(DevController { process });
+                cluster
+                    .wait_ready(Member::Controller, deadline, options.ready_timeout, || {
+                        probe_controller(addr)
+                    })
+                    .await?;
+                Some(addr)
+            }
+            None => None,
+        };
         for (index, base) in bases.into_iter().enumerate() {
-            let id = index as u64 + 1;
-            let node = cluster.launch(&options, id, base)?;
+            let node = cluster.launch_node(&options, index as u64 + 1, base, controller)?;
             cluster.nodes.push(node);
         }
-        let deadline = Instant::now() + options.ready_timeout;
-        for node in &mut cluster.nodes {
-            wait_ready(node, deadline, options.ready_timeout).await?;
+        let nodes: Vec<(u64, SocketAddr)> =
+            cluster.nodes.iter().map(|n| (n.id, n.addr())).collect();
+        for (id, addr) in nodes {
+            cluster
+                .wait_ready(
+                    Member::Node(id),
+                    deadline,
+                    options.ready_timeout,
+                    || async move {
+                        if let Some(controller) = controller {
+                            alive_in_map(controller, id).await?;
+                        }
+                        probe_node(addr).await
+                    },
+                )
+                .await?;
         }
         Ok(cluster)
     }
 
-    fn launch(&self, options: &DevOptions, id: u64, base: u16) -> Result<DevNode, DevError> {
+    fn launch_controller(
+        &self,
+        options: &DevOptions,
+        addr: SocketAddr,
+    ) -> Result<Process, DevError> {
+        let flags = [OsString::from("--listen"), addr.to_string().into()];
+        self.launch(
+            options,
+            Member::Controller,
+            "controller",
+            addr,
+            &options.launcher.controller_prefix,
+            &flags,
+        )
+    }
+
+    fn launch_node(
+        &self,
+        options: &DevOptions,
+        id: u64,
+        base: u16,
+        controller: Option<SocketAddr>,
+    ) -> Result<DevNode, DevError> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, base));
         let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, base + options.shards as u16));
-        let data_dir = self.dir.path().join(format!("node-{id}"));
-        let log = self.dir.path().join(format!("node-{id}.log"));
+        let mut flags: Vec<OsString> = vec![
+            "--listen".into(),
+            addr.to_string().into(),
+            "--shards".into(),
+            options.shards.to_string().into(),
+            "--metrics".into(),
+            metrics.to_string().into(),
+            "--node-id".into(),
+            id.to_string().into(),
+            // Several nodes share this machine's cores: pinning each node's shard i to core i
+            // would stack them.
+            "--no-pin".into(),
+        ];
+        if let Some(controller) = controller {
+            flags.extend(["--controller".into(), controller.to_string().into()]);
+        }
+        let process = self.launch(
+            options,
+            Member::Node(id),
+            &format!("node-{id}"),
+            addr,
+            &options.launcher.node_prefix,
+            &flags,
+        )?;
+        Ok(DevNode {
+            id,
+            metrics,
+            process,
+        })
+    }
+
+    /// Starts `program prefix... --data-dir DIR/name flags...` with its stderr in
+    /// `DIR/name.log`: in its own process group, killed by the kernel if this process dies.
+    fn launch(
+        &self,
+        options: &DevOptions,
+        member: Member,
+        name: &str,
+        addr: SocketAddr,
+        prefix: &[String],
+        flags: &[OsString],
+    ) -> Result<Process, DevError> {
+        let data_dir = self.dir.path().join(name);
+        let log = self.dir.path().join(format!("{name}.log"));
         let log_file = File::create(&log).map_err(|source| DevError::Io {
             what: format!("creating {}", log.display()),
             source,
         })?;
         let mut command = Command::new(&options.launcher.program);
         command
-            .args(&options.launcher.args_prefix)
+            .args(prefix)
             .arg("--data-dir")
             .arg(&data_dir)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--shards")
-            .arg(options.shards.to_string())
-            .arg("--metrics")
-            .arg(metrics.to_string())
-            .arg("--node-id")
-            .arg(id.to_string())
-            // Several nodes share this machine's cores: pinning each node's shard i to core i
-            // would stack them.
-            .arg("--no-pin")
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
             // Its own process group: a Ctrl-C at the terminal reaches this process only,
-            // which then stops the nodes in order.
+            // which then stops the cluster in order.
             .process_group(0);
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: the closure runs in the forked child before exec and only makes
         // async-signal-safe calls (prctl, getppid), without allocating.
         unsafe {
             command.pre_exec(move || {
-                // SIGKILL, not SIGTERM: a parent that died without stopping its nodes left
-                // nobody to wait for a graceful stop, and a node's store recovers from a kill.
+                // SIGKILL, not SIGTERM: a parent that died without stopping its cluster left
+                // nobody to wait for a graceful stop, and a store recovers from a kill.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -388,15 +546,14 @@ impl DevCluster {
             });
         }
         // std resets the child's signal mask and dispositions, so a parent that blocks
-        // SIGTERM (to take it with sigtimedwait) does not pass the block on to its nodes.
+        // SIGTERM (to take it with sigtimedwait) does not pass the block on to its children.
         let child = self.spawner.spawn(command).map_err(|source| DevError::Io {
             what: format!("starting {}", options.launcher.program.display()),
             source,
         })?;
-        Ok(DevNode {
-            id,
+        Ok(Process {
+            member,
             addr,
-            metrics,
             data_dir,
             log,
             child,
@@ -409,9 +566,17 @@ impl DevCluster {
         &self.nodes
     }
 
-    /// Where clients connect: node 1's shard 0.
+    /// The controller, if the cluster has one (more than one node, or rf above 1).
+    pub fn controller(&self) -> Option<&DevController> {
+        self.controller.as_ref()
+    }
+
+    /// Where clients connect: the controller, or the only node's shard 0.
     pub fn target(&self) -> SocketAddr {
-        self.nodes[0].addr
+        match &self.controller {
+            Some(controller) => controller.addr(),
+            None => self.nodes[0].addr(),
+        }
     }
 
     /// The cluster's data directory.
@@ -424,64 +589,112 @@ impl DevCluster {
         matches!(self.dir, DataDir::Temp(_))
     }
 
-    /// `Err` if a node has exited on its own (with its log's tail), without waiting.
+    /// `Err` if a process has exited on its own (with its log's tail), without waiting.
     pub fn check(&mut self) -> Result<(), DevError> {
-        for node in &mut self.nodes {
-            if let Some(status) = node.poll_exit() {
-                return Err(node.failed(NodeFailure::Exited(status)));
+        for process in self.processes() {
+            if let Some(status) = process.poll_exit() {
+                return Err(process.failed(Failure::Exited(status)));
             }
         }
         Ok(())
     }
 
-    /// Stops every node: SIGTERM (a graceful stop), up to [`STOP_TIMEOUT`] to finish, then
-    /// SIGKILL; every child is reaped. Then removes the data directory if it is a temp dir.
+    /// Stops every process, the nodes first and the controller last: SIGTERM (a graceful
+    /// stop), up to [`STOP_TIMEOUT`] to finish, then SIGKILL; every child is reaped. Then
+    /// removes the data directory if it is a temp dir.
     pub fn stop(self) {
         drop(self)
     }
 
-    fn stop_nodes(&mut self) {
-        // Reverse order: when there is a controller it goes first and stops last.
-        for node in self.nodes.iter_mut().rev() {
-            node.poll_exit();
-            node.signal(libc::SIGTERM);
+    /// Every process: the controller first, then the nodes.
+    fn processes(&mut self) -> impl Iterator<Item = &mut Process> {
+        let controller = self.controller.iter_mut().map(|c| &mut c.process);
+        controller.chain(self.nodes.iter_mut().map(|n| &mut n.process))
+    }
+
+    /// Waits until `probe` succeeds for `member`, or any process exits, or `deadline` passes
+    /// (after `after` in all).
+    async fn wait_ready<F, P>(
+        &mut self,
+        member: Member,
+        deadline: Instant,
+        after: Duration,
+        probe: P,
+    ) -> Result<(), DevError>
+    where
+        P: Fn() -> F,
+        F: Future<Output = Result<(), String>>,
+    {
+        let mut last = "no answer".to_string();
+        loop {
+            self.check()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, probe()).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => last = e,
+                // Cut short by the deadline: what the probe found before says more.
+                Err(_) => {}
+            }
+            if Instant::now() >= deadline {
+                let process = self
+                    .processes()
+                    .find(|p| p.member == member)
+                    .expect("a member waited for was started");
+                return Err(process.failed(Failure::NotReady {
+                    addr: process.addr,
+                    after,
+                    last,
+                }));
+            }
+            tokio::time::sleep(POLL_EVERY).await;
         }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        for node in self.nodes.iter_mut().rev() {
-            while node.poll_exit().is_none() && Instant::now() < deadline {
-                std::thread::sleep(POLL_EVERY);
-            }
-            if node.poll_exit().is_none() {
-                tracing::warn!(
-                    node = node.id,
-                    pid = node.pid(),
-                    "no stop after SIGTERM: SIGKILL"
-                );
-                node.signal(libc::SIGKILL);
-                node.exited = node.child.wait().ok();
-            }
-            match node.exited {
-                Some(status) if !status.success() => {
-                    tracing::warn!(node = node.id, %status, log = %node.log.display(), "node exited with a failure");
-                }
-                _ => {}
-            }
-        }
-        self.nodes.clear();
     }
 }
 
 impl Drop for DevCluster {
     fn drop(&mut self) {
-        self.stop_nodes();
-        // Only now may the spawning thread end (its end would SIGKILL the nodes); the temp
-        // dir is removed after this, when `dir` drops.
+        stop_all(self.nodes.iter_mut().map(|n| &mut n.process).collect());
+        self.nodes.clear();
+        stop_all(self.controller.iter_mut().map(|c| &mut c.process).collect());
+        self.controller = None;
+        // Only now may the spawning thread end (its end would SIGKILL the processes); the
+        // temp dir is removed after this, when `dir` drops.
         self.spawner.finish();
     }
 }
 
-/// The thread that forks the nodes. `PR_SET_PDEATHSIG` fires when the *thread* that forked a
-/// child exits, not the process: a node forked from a tokio worker or from some short-lived
+/// SIGTERM to each of `processes`, up to [`STOP_TIMEOUT`] for all to exit, SIGKILL to the
+/// rest; every one reaped.
+fn stop_all(mut processes: Vec<&mut Process>) {
+    for process in processes.iter_mut() {
+        process.poll_exit();
+        process.signal(libc::SIGTERM);
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    for process in processes {
+        while process.poll_exit().is_none() && Instant::now() < deadline {
+            std::thread::sleep(POLL_EVERY);
+        }
+        if process.poll_exit().is_none() {
+            tracing::warn!(
+                member = %process.member,
+                pid = process.child.id(),
+                "no stop after SIGTERM: SIGKILL"
+            );
+            process.signal(libc::SIGKILL);
+            process.exited = process.child.wait().ok();
+        }
+        match process.exited {
+            Some(status) if !status.success() => {
+                tracing::warn!(member = %process.member, %status, log = %process.log.display(), "exited with a failure");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The thread that forks the processes. `PR_SET_PDEATHSIG` fires when the *thread* that forked
+/// a child exits, not the process: a child forked from a tokio worker or from some short-lived
 /// thread would be killed when that thread ends. This thread lives as long as the cluster.
 #[derive(Debug)]
 struct Spawner {
@@ -562,41 +775,45 @@ fn reserve_ports(count: u16) -> io::Result<(u16, Vec<TcpListener>)> {
     ))
 }
 
-/// Waits until `node` answers on every shard, or exits, or `deadline` passes.
-async fn wait_ready(
-    node: &mut DevNode,
-    deadline: Instant,
-    after: Duration,
-) -> Result<(), DevError> {
-    loop {
-        if let Some(status) = node.poll_exit() {
-            return Err(node.failed(NodeFailure::Exited(status)));
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let last = match tokio::time::timeout(left, probe(node.addr)).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "no answer".to_string(),
-        };
-        if Instant::now() >= deadline {
-            return Err(node.failed(NodeFailure::NotReady {
-                addr: node.addr,
-                after,
-                last,
-            }));
-        }
-        tokio::time::sleep(POLL_EVERY).await;
+/// A node answers: a HELLO on shard 0, then a LIST_LOGS on every shard.
+async fn probe_node(addr: SocketAddr) -> Result<(), String> {
+    let client = Client::connect(addr).await.map_err(|e| e.to_string())?;
+    if client.map().is_some() {
+        return Err(format!("{addr} is a controller, not a node"));
     }
-}
-
-/// A HELLO on shard 0, then a LIST_LOGS on every shard.
-async fn probe(addr: SocketAddr) -> Result<(), ClientError> {
-    let client = Client::connect(addr).await?;
-    client.list_logs().await?;
+    client.list_logs().await.map_err(|e| e.to_string())?;
     Ok(())
 }
 
-/// The last lines of a node's log, or why it could not be read.
+/// The controller answers, as a controller (HELLO role), with its map.
+async fn probe_controller(addr: SocketAddr) -> Result<(), String> {
+    let client = Client::connect(addr).await.map_err(|e| e.to_string())?;
+    match client.map() {
+        Some(_) => Ok(()),
+        None => Err(format!("{addr} is a node, not a controller")),
+    }
+}
+
+/// The controller's map shows node `node_id` alive.
+async fn alive_in_map(controller: SocketAddr, node_id: u64) -> Result<(), String> {
+    let client = Client::connect(controller)
+        .await
+        .map_err(|e| format!("the controller: {e}"))?;
+    let map = client.map().ok_or("the controller answered as a node")?;
+    match map.node(node_id) {
+        Some(node) if node.alive => Ok(()),
+        Some(_) => Err(format!(
+            "not alive in the controller's map (version {})",
+            map.version()
+        )),
+        None => Err(format!(
+            "not registered in the controller's map (version {})",
+            map.version()
+        )),
+    }
+}
+
+/// The last lines of a process's log, or why it could not be read.
 fn log_tail(path: &Path) -> String {
     match std::fs::read(path) {
         Ok(bytes) => {
@@ -617,29 +834,37 @@ fn log_tail(path: &Path) -> String {
 mod tests {
     use super::*;
 
+    /// A launcher whose node and controller are `sh -c SCRIPT` (the cluster's flags follow,
+    /// as the script's `$0...`).
+    fn sh(node: &str, controller: &str) -> Launcher {
+        let prefix = |script: &str| vec!["-c".to_string(), script.to_string()];
+        Launcher {
+            program: PathBuf::from("/bin/sh"),
+            node_prefix: prefix(node),
+            controller_prefix: prefix(controller),
+        }
+    }
+
     fn options(nodes: usize, rf: usize) -> DevOptions {
         DevOptions {
             nodes,
             rf,
-            ..DevOptions::new(Launcher {
-                program: PathBuf::from("/bin/true"),
-                args_prefix: Vec::new(),
-            })
+            ..DevOptions::new(sh("exit 0", "exit 0"))
         }
     }
 
     #[test]
-    fn more_than_one_node_or_rf_is_refused_until_replication_exists() {
+    fn counts_are_checked_and_more_than_one_node_or_rf_makes_a_cluster() {
         assert!(options(1, 1).check().is_ok());
+        assert!(!options(1, 1).is_cluster());
         for (nodes, rf) in [(2, 1), (3, 3), (2, 2)] {
-            let e = options(nodes, rf).check().expect_err("needs replication");
-            assert!(matches!(e, DevError::ReplicationNotBuilt { .. }), "{e}");
-            assert!(e.to_string().contains("chain replication"), "{e}");
+            assert!(options(nodes, rf).check().is_ok());
+            assert!(options(nodes, rf).is_cluster());
         }
-        let e = options(1, 2).check().expect_err("rf above nodes");
-        assert!(matches!(e, DevError::Invalid(_)), "{e}");
-        let e = options(0, 1).check().expect_err("no nodes");
-        assert!(matches!(e, DevError::Invalid(_)), "{e}");
+        for (nodes, rf) in [(1, 2), (0, 1), (3, 0), (300, 256)] {
+            let e = options(nodes, rf).check().expect_err("not a cluster");
+            assert!(matches!(e, DevError::Invalid(_)), "{e}");
+        }
     }
 
     #[test]
@@ -651,34 +876,45 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_launcher_that_exits_at_once_is_reported_with_its_log() {
-        let mut options = options(1, 1);
-        options.launcher = Launcher {
-            program: PathBuf::from("/bin/sh"),
-            args_prefix: vec!["-c".into(), "echo cannot start >&2; exit 3".into()],
-        };
+    /// Starts `options`, expecting `member` to exit with `code` and its log to say `says`.
+    fn expect_exit(options: DevOptions, member: Member, code: i32, says: &str) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         let e = runtime
             .block_on(DevCluster::start(options))
-            .expect_err("the node exits");
+            .expect_err("a process exits");
         match &e {
-            DevError::Node {
-                node,
+            DevError::Failed {
+                member: failed,
                 failure,
                 tail,
                 ..
             } => {
-                let NodeFailure::Exited(status) = **failure else {
+                let Failure::Exited(status) = **failure else {
                     panic!("{e}")
                 };
-                assert_eq!((*node, status.code()), (1, Some(3)));
-                assert!(tail.contains("cannot start"), "{e}");
+                assert_eq!((*failed, status.code()), (member, Some(code)));
+                assert!(tail.contains(says), "{e}");
             }
             other => panic!("{other}"),
         }
+    }
+
+    #[test]
+    fn a_node_that_exits_at_once_is_reported_with_its_log() {
+        let options = DevOptions::new(sh("echo cannot start >&2; exit 3", "exit 0"));
+        expect_exit(options, Member::Node(1), 3, "cannot start");
+    }
+
+    #[test]
+    fn a_controller_that_exits_at_once_is_reported_with_its_log() {
+        let options = DevOptions {
+            nodes: 3,
+            rf: 3,
+            ..DevOptions::new(sh("exit 0", "echo no controller >&2; exit 4"))
+        };
+        expect_exit(options, Member::Controller, 4, "no controller");
     }
 }

@@ -1,7 +1,7 @@
 //! The `chainlog` command: `chainlog node` runs a storage node, `chainlog controller` the
-//! cluster's controller ([`chainlog::controller`]), `chainlog dev` a local dev cluster of
-//! nodes ([`chainlog::dev`]); the other subcommands are clients of a node (their code is in
-//! `cli/`).
+//! cluster's controller ([`chainlog::controller`]), `chainlog dev` a local dev cluster
+//! ([`chainlog::dev`]); the other subcommands are clients of a node or of a cluster (their
+//! code is in `cli/`).
 
 mod cli;
 
@@ -35,7 +35,8 @@ enum Command {
     /// Run the controller: nodes register and heartbeat with it, it places logs and serves
     /// the cluster map; until SIGTERM or SIGINT.
     Controller(ControllerArgs),
-    /// Run a local dev cluster (nodes as child processes on loopback) until Ctrl-C or SIGTERM.
+    /// Run a local dev cluster (a controller and nodes as child processes on loopback) until
+    /// Ctrl-C or SIGTERM.
     Dev(DevArgs),
     /// Create, describe, list or delete logs.
     Log {
@@ -72,7 +73,8 @@ enum Command {
         #[command(flatten)]
         common: cli::Common,
     },
-    /// Per shard: reachable or not, its logs and their tails.
+    /// A cluster (--target the controller): its nodes, its logs with their chains, and each
+    /// replica's tail. A node: per shard, reachable or not, its logs and their tails.
     Status {
         #[command(flatten)]
         common: cli::Common,
@@ -82,7 +84,7 @@ enum Command {
 /// `chainlog dev`'s arguments.
 #[derive(clap::Args, Debug)]
 struct DevArgs {
-    /// Nodes (more than 1 needs chain replication, not built yet).
+    /// Nodes (more than 1, or --rf above 1, starts the controller too).
     #[arg(long, value_name = "N", default_value_t = 1)]
     nodes: usize,
     /// Replication factor of the logs (at most the nodes).
@@ -91,7 +93,7 @@ struct DevArgs {
     /// Shards per node.
     #[arg(long, value_name = "S", default_value_t = 1)]
     shards: usize,
-    /// Keep the nodes' data and logs here (default: a temp dir, removed on stop).
+    /// Keep the processes' data and logs here (default: a temp dir, removed on stop).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
 }
@@ -117,14 +119,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// How often `chainlog dev` looks whether a node died while it waits for Ctrl-C.
+/// How often `chainlog dev` looks whether a process died while it waits for Ctrl-C.
 const DEV_CHECK_EVERY: Duration = Duration::from_millis(200);
 
 /// `chainlog dev`: starts the cluster, prints where it is, waits for SIGINT or SIGTERM, stops
-/// every node. Exit codes: 0 stopped by a signal, 1 a node failed, 2 bad arguments.
+/// every process. Exit codes: 0 stopped by a signal, 1 a process failed, 2 bad arguments.
 fn dev(args: DevArgs) -> ExitCode {
     // Before any thread starts, so that every thread inherits the block and only `wait`
-    // takes the signals; the nodes start with an empty mask (std resets it).
+    // takes the signals; the children start with an empty mask (std resets it).
     let signals = match StopSignals::block() {
         Ok(signals) => signals,
         Err(e) => {
@@ -132,13 +134,14 @@ fn dev(args: DevArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let launcher = match Launcher::current_exe(&["node"]) {
+    let launcher = match Launcher::current_exe(&["node"], &["controller"]) {
         Ok(launcher) => launcher,
         Err(e) => {
             eprintln!("chainlog dev: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let rf = args.rf;
     let options = DevOptions {
         nodes: args.nodes,
         rf: args.rf,
@@ -158,7 +161,7 @@ fn dev(args: DevArgs) -> ExitCode {
     };
     let mut cluster = match runtime.block_on(DevCluster::start(options)) {
         Ok(cluster) => cluster,
-        Err(e @ (DevError::Invalid(_) | DevError::ReplicationNotBuilt { .. })) => {
+        Err(e @ DevError::Invalid(_)) => {
             eprintln!("chainlog dev: {e}");
             return ExitCode::from(2);
         }
@@ -168,10 +171,10 @@ fn dev(args: DevArgs) -> ExitCode {
         }
     };
     drop(runtime);
-    print_dev(&cluster);
+    print_dev(&cluster, rf);
     loop {
         if signals.wait(DEV_CHECK_EVERY) {
-            eprintln!("chainlog dev: stopping every node");
+            eprintln!("chainlog dev: stopping every process");
             cluster.stop();
             return ExitCode::SUCCESS;
         }
@@ -183,8 +186,9 @@ fn dev(args: DevArgs) -> ExitCode {
     }
 }
 
-/// One line per node, then how to use the cluster (stdout, flushed: scripts read it).
-fn print_dev(cluster: &DevCluster) {
+/// One line for the controller (if any) and one per node, then how to use the cluster
+/// (stdout, flushed: scripts read it).
+fn print_dev(cluster: &DevCluster, rf: usize) {
     let dir = cluster.data_dir().display();
     let fate = if cluster.is_temporary() {
         "removed on stop"
@@ -194,6 +198,15 @@ fn print_dev(cluster: &DevCluster) {
     let target = cluster.target();
     let mut out = std::io::stdout().lock();
     let mut lines = vec![format!("chainlog dev: data in {dir} ({fate})")];
+    if let Some(controller) = cluster.controller() {
+        lines.push(format!(
+            "controller (pid {}): at {}, data in {}, log in {}",
+            controller.pid(),
+            controller.addr(),
+            controller.data_dir().display(),
+            controller.log_file().display()
+        ));
+    }
     for node in cluster.nodes() {
         lines.push(format!(
             "node {} (pid {}): shard 0 at {}, metrics at {}, data in {}, log in {}",
@@ -205,11 +218,21 @@ fn print_dev(cluster: &DevCluster) {
             node.log_file().display()
         ));
     }
-    lines.push(format!("use it:  chainlog status --target {target}"));
+    if cluster.controller().is_some() {
+        lines.push(format!(
+            "use it:  chainlog log create orders --rf {rf} --target {target}"
+        ));
+        lines.push(format!(
+            "         chainlog append orders hello --target {target}"
+        ));
+        lines.push(format!("         chainlog status --target {target}"));
+    } else {
+        lines.push(format!("use it:  chainlog status --target {target}"));
+    }
     lines.push(format!(
         "         chainlog-bench append --target {target} --record-size 1024 --concurrency 8 --duration 10"
     ));
-    lines.push("Ctrl-C (or SIGTERM) stops every node.".to_string());
+    lines.push("Ctrl-C (or SIGTERM) stops every process.".to_string());
     for line in lines {
         // A closed stdout must not stop the cluster from running or being torn down.
         let _ = writeln!(out, "{line}");

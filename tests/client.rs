@@ -4,9 +4,12 @@
 //! dense LSNs; a subscription under credit; every CLI command, in text and `--json`; a short
 //! benchmark run writing a sane JSON report. Against a scripted fake node: retries of
 //! retryable errors within their bound, and timeouts and lost connections reported as
-//! "outcome unknown", never resent, with a reconnect on the next call. Each test stops the processes it started (the
-//! node by `Drop`, even on failure; CLI and bench processes are waited for). No timing
-//! thresholds.
+//! "outcome unknown", never resent, with a reconnect on the next call. Against a scripted fake
+//! cluster (a controller serving a map, two nodes): appends at the head, NOT_HEAD and
+//! WRONG_EPOCH followed by a map fetch and a retry where the newer map says, reads where
+//! `ReadFrom` says, log administration at the controller. Each test stops the processes it
+//! started (the node by `Drop`, even on failure; CLI and bench processes are waited for). No
+//! timing thresholds.
 
 mod common;
 
@@ -14,14 +17,16 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use chainlog::client::{log_id, AppendOptions, Client, ClientConfig, ClientError};
+use chainlog::client::{log_id, AppendOptions, Client, ClientConfig, ClientError, ReadFrom};
 use chainlog::net::{
-    decode_request, encode_error, encode_response, parse_frame, AppendResponse, ErrorCode,
-    ErrorResponse, HelloResponse, Limits, LogRef, Request, Response, Role, TailResponse,
+    decode_request, encode_error, encode_response, parse_frame, AppendResponse, Chain,
+    CreateLogResponse, DescribeLogResponse, ErrorCode, ErrorResponse, GetMapResponse,
+    HelloResponse, Limits, ListLogsResponse, LogEntries, LogEntry, LogRef, MapLog, MapLogs,
+    MapNode, MapNodes, Opcode, ReadResponse, Records, Request, Response, Role, TailResponse,
     LSN_FROM_TAIL,
 };
 use common::Node;
@@ -317,6 +322,17 @@ fn cli_commands_against_a_node() {
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(stderr.contains("LOG_EXISTS"), "{stderr}");
     ok(&cli(&node, &["log", "create", "other-log"], None));
+    // A standalone node offers one replica: the node's error, exit code 1.
+    let replicated = cli(&node, &["log", "create", "rf-2", "--rf", "2"], None);
+    assert_eq!(replicated.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&replicated.stderr);
+    assert!(stderr.starts_with("chainlog: TOO_LARGE"), "{stderr}");
+    assert_eq!(
+        cli(&node, &["log", "create", "x", "--rf", "0"], None)
+            .status
+            .code(),
+        Some(2)
+    );
 
     // Records from arguments, from stdin lines, from a file.
     let text = ok(&cli(&node, &["append", "cli-log", "one", "two"], None));
@@ -643,6 +659,8 @@ fn bench_append_runs_against_a_node_and_writes_sane_json() {
 /// What a scripted fake shard does with a request (after the HELLO, which it answers itself).
 enum Act {
     Answer(Response<'static>),
+    /// Answer a GET_MAP with this map's logs above the request's `after_log_id`.
+    Map(FakeMap),
     Error(ErrorCode, u64),
     /// Never answer.
     Silent,
@@ -650,12 +668,32 @@ enum Act {
     Close,
 }
 
+/// A cluster map as a fake controller serves it.
+struct FakeMap {
+    version: u64,
+    /// (node id, shard 0's port, shards), ascending by id.
+    nodes: Vec<(u64, u16, u16)>,
+    /// (name, chain), ascending by the name's log id; each in epoch 3.
+    logs: Vec<(&'static str, Vec<u64>)>,
+}
+
 type Script = dyn Fn(u16, &Request<'_>) -> Act + Send + Sync;
 
-/// A fake node of `shards` shards on loopback, each connection served by a thread that
-/// answers by `script(shard, request)`. Returns shard 0's port and the connections accepted
-/// per shard. Its threads end with the test process (they are threads, not processes).
+/// A fake node (node id 1) of `shards` shards on loopback; see [`fake_server`].
 fn fake_node(shards: u16, script: Arc<Script>) -> (u16, Arc<Vec<AtomicUsize>>) {
+    fake_server(shards, 1, Role::Node, script)
+}
+
+/// A fake server of `shards` shards on loopback that says it is `role` with id `node_id`,
+/// each connection served by a thread that answers by `script(shard, request)`. Returns
+/// shard 0's port and the connections accepted per shard. Its threads end with the test
+/// process (they are threads, not processes).
+fn fake_server(
+    shards: u16,
+    node_id: u64,
+    role: Role,
+    script: Arc<Script>,
+) -> (u16, Arc<Vec<AtomicUsize>>) {
     let port = common::free_ports(shards);
     let accepted: Arc<Vec<AtomicUsize>> =
         Arc::new((0..shards).map(|_| AtomicUsize::new(0)).collect());
@@ -668,14 +706,24 @@ fn fake_node(shards: u16, script: Arc<Script>) -> (u16, Arc<Vec<AtomicUsize>>) {
                 let Ok(stream) = stream else { return };
                 accepted[usize::from(shard)].fetch_add(1, Ordering::SeqCst);
                 let script = Arc::clone(&script);
-                std::thread::spawn(move || serve_fake(stream, shard, shards, &*script));
+                let hello = HelloResponse {
+                    version: 1,
+                    shard_index: shard,
+                    shard_count: shards,
+                    frame_bytes_max: Limits::DEFAULT.frame_bytes_max,
+                    record_bytes_max: Limits::DEFAULT.record_bytes_max,
+                    batch_records_max: Limits::DEFAULT.batch_records_max,
+                    node_id,
+                    role,
+                };
+                std::thread::spawn(move || serve_fake(stream, hello, &*script));
             }
         });
     }
     (port, accepted)
 }
 
-fn serve_fake(mut stream: TcpStream, shard: u16, shards: u16, script: &Script) {
+fn serve_fake(mut stream: TcpStream, hello: HelloResponse, script: &Script) {
     use std::io::{Read, Write};
     let limits = Limits::DEFAULT;
     let mut input = Vec::new();
@@ -688,21 +736,17 @@ fn serve_fake(mut stream: TcpStream, shard: u16, shards: u16, script: &Script) {
             let opcode = request.opcode();
             match request {
                 Request::Hello(_) => {
-                    let hello = HelloResponse {
-                        version: 1,
-                        shard_index: shard,
-                        shard_count: shards,
-                        frame_bytes_max: limits.frame_bytes_max,
-                        record_bytes_max: limits.record_bytes_max,
-                        batch_records_max: limits.batch_records_max,
-                        node_id: 1,
-                        role: Role::Node,
-                    };
                     encode_response(&mut out, frame.request_id, opcode, &Response::Hello(hello));
                 }
-                request => match script(shard, &request) {
+                request => match script(hello.shard_index, &request) {
                     Act::Answer(response) => {
                         encode_response(&mut out, frame.request_id, opcode, &response)
+                    }
+                    Act::Map(map) => {
+                        let Request::GetMap(get) = request else {
+                            panic!("a map answers GET_MAP, not {request:?}")
+                        };
+                        encode_map(&mut out, frame.request_id, &map, get.after_log_id);
                     }
                     Act::Error(code, arg0) => encode_error(
                         &mut out,
@@ -724,6 +768,47 @@ fn serve_fake(mut stream: TcpStream, shard: u16, shards: u16, script: &Script) {
             Ok(n) => input.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+/// Appends the GET_MAP response frame of `map`'s logs above `after`.
+fn encode_map(out: &mut Vec<u8>, request_id: u64, map: &FakeMap, after: u64) {
+    let addrs: Vec<String> = map
+        .nodes
+        .iter()
+        .map(|&(_, port, _)| format!("127.0.0.1:{port}"))
+        .collect();
+    let nodes: Vec<MapNode<'_>> = map
+        .nodes
+        .iter()
+        .zip(&addrs)
+        .map(|(&(node_id, _, shard_count), addr)| MapNode {
+            node_id,
+            shard_count,
+            alive: true,
+            last_heartbeat_ms: 10,
+            addr,
+        })
+        .collect();
+    let logs: Vec<MapLog<'_>> = map
+        .logs
+        .iter()
+        .filter(|(name, _)| log_id(name) > after)
+        .map(|(name, chain)| MapLog {
+            log_id: log_id(name),
+            epoch: 3,
+            start_lsn: 0,
+            replication_factor: chain.len() as u8,
+            created_version: 1,
+            chain: Chain::from_slice(chain),
+            name,
+        })
+        .collect();
+    let page = GetMapResponse {
+        version: map.version,
+        nodes: MapNodes::from_slice(&nodes),
+        logs: MapLogs::from_slice(&logs),
+    };
+    encode_response(out, request_id, Opcode::GetMap, &Response::GetMap(page));
 }
 
 #[test]
@@ -857,6 +942,295 @@ fn an_append_with_an_idempotency_key_is_resent_after_a_lost_connection() {
             "resent with the same key"
         );
         assert_eq!(accepted[0].load(Ordering::SeqCst), 2, "on a new connection");
+    });
+}
+
+/// The log of [`FakeCluster`]'s map.
+const ROUTED: &str = "routed";
+
+/// What a fake cluster node answers: given its id, the current head and the request.
+type NodeScript = fn(u64, u64, &Request<'_>) -> Act;
+
+/// A fake cluster on loopback: a controller (role controller) whose map lists node 1 (one
+/// shard) and node 2 (two shards) and the log [`ROUTED`] with the chain `[head, the other]`,
+/// and the two nodes, answering by a [`NodeScript`]. The controller answers GET_MAP itself and
+/// everything else by `admin`. Every request a node's shard gets is recorded.
+struct FakeCluster {
+    controller: SocketAddr,
+    head: Arc<AtomicU64>,
+    version: Arc<AtomicU64>,
+    /// Maps served: GET_MAPs of the first page.
+    maps_served: Arc<AtomicUsize>,
+    /// (node, shard, opcode) of every request to a node, in arrival order.
+    requests: Arc<Mutex<Vec<(u64, u16, Opcode)>>>,
+}
+
+impl FakeCluster {
+    fn start(node: NodeScript, admin: fn(&Request<'_>) -> Act) -> FakeCluster {
+        let head = Arc::new(AtomicU64::new(2));
+        let version = Arc::new(AtomicU64::new(1));
+        let maps_served = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let mut ports = Vec::new();
+        for (node_id, shards) in [(1, 1), (2, 2)] {
+            let head = Arc::clone(&head);
+            let requests = Arc::clone(&requests);
+            let script: Arc<Script> = Arc::new(move |shard, request| {
+                requests
+                    .lock()
+                    .unwrap()
+                    .push((node_id, shard, request.opcode()));
+                node(node_id, head.load(Ordering::SeqCst), request)
+            });
+            ports.push((
+                node_id,
+                fake_server(shards, node_id, Role::Node, script).0,
+                shards,
+            ));
+        }
+        let script: Arc<Script> = {
+            let (head, version, served) = (
+                Arc::clone(&head),
+                Arc::clone(&version),
+                Arc::clone(&maps_served),
+            );
+            Arc::new(move |_, request| match request {
+                Request::GetMap(get) => {
+                    if get.after_log_id == 0 {
+                        served.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let head = head.load(Ordering::SeqCst);
+                    Act::Map(FakeMap {
+                        version: version.load(Ordering::SeqCst),
+                        nodes: ports.clone(),
+                        logs: vec![(ROUTED, vec![head, 3 - head])],
+                    })
+                }
+                other => admin(other),
+            })
+        };
+        let (port, _) = fake_server(1, 0, Role::Controller, script);
+        FakeCluster {
+            controller: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            head,
+            version,
+            maps_served,
+            requests,
+        }
+    }
+
+    /// The controller makes `node` the head: a new map version.
+    fn move_head(&self, node: u64) {
+        self.head.store(node, Ordering::SeqCst);
+        self.bump_version();
+    }
+
+    fn bump_version(&self) {
+        self.version.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn maps_served(&self) -> usize {
+        self.maps_served.load(Ordering::SeqCst)
+    }
+
+    /// Where the requests of `opcode` went: (node, shard) each.
+    fn sent(&self, opcode: Opcode) -> Vec<(u64, u16)> {
+        let requests = self.requests.lock().unwrap();
+        requests
+            .iter()
+            .filter(|r| r.2 == opcode)
+            .map(|&(node, shard, _)| (node, shard))
+            .collect()
+    }
+}
+
+/// A fake cluster node: appends at the head (LSN 10 × its id; epoch 7 is refused with
+/// WRONG_EPOCH, epoch 3 too the first time), NOT_HEAD elsewhere; reads and tail hints answer
+/// a tail of 100 × its id.
+fn cluster_node(node_id: u64, head: u64, request: &Request<'_>) -> Act {
+    static EPOCH_3_REFUSED: AtomicUsize = AtomicUsize::new(0);
+    match request {
+        Request::Append(_) if node_id != head => Act::Error(ErrorCode::NotHead, head),
+        Request::Append(a) if a.header.epoch == 7 => Act::Error(ErrorCode::WrongEpoch, 3),
+        Request::Append(a)
+            if a.header.epoch == 3 && EPOCH_3_REFUSED.fetch_add(1, Ordering::SeqCst) == 0 =>
+        {
+            Act::Error(ErrorCode::WrongEpoch, 3)
+        }
+        Request::Append(_) => Act::Answer(Response::Append(AppendResponse {
+            first_lsn: 10 * node_id,
+            count: 1,
+        })),
+        Request::Read(_) => Act::Answer(Response::Read(ReadResponse {
+            tail: 100 * node_id,
+            records: Records::EMPTY,
+        })),
+        Request::TailHint { .. } => Act::Answer(Response::TailHint(TailResponse {
+            tail: 100 * node_id,
+            trim_point: node_id,
+            epoch: 3,
+        })),
+        _ => Act::Error(ErrorCode::UnknownLog, u64::MAX),
+    }
+}
+
+/// A fake controller's answers besides GET_MAP: CREATE_LOG, DESCRIBE_LOG (positions
+/// `u64::MAX`) and LIST_LOGS of [`ROUTED`].
+fn cluster_admin(request: &Request<'_>) -> Act {
+    static LISTED: OnceLock<[LogEntry<'static>; 1]> = OnceLock::new();
+    let id = log_id(ROUTED);
+    match request {
+        Request::CreateLog(create) if create.name == ROUTED && create.replication_factor == 2 => {
+            Act::Answer(Response::CreateLog(CreateLogResponse {
+                log_id: id,
+                shard: (id % 2) as u16,
+            }))
+        }
+        Request::DescribeLog(_) => Act::Answer(Response::DescribeLog(DescribeLogResponse {
+            log_id: id,
+            tail: u64::MAX,
+            trim_point: u64::MAX,
+            epoch: 3,
+            shard: (id % 2) as u16,
+            replication_factor: 2,
+            name: ROUTED,
+        })),
+        Request::ListLogs(list) => {
+            let entries: &[LogEntry<'static>] = if list.after_log_id < id {
+                LISTED.get_or_init(|| {
+                    [LogEntry {
+                        log_id: id,
+                        name: ROUTED,
+                    }]
+                })
+            } else {
+                &[]
+            };
+            Act::Answer(Response::ListLogs(ListLogsResponse {
+                entries: LogEntries::from_slice(entries),
+            }))
+        }
+        _ => Act::Error(ErrorCode::Malformed, u64::MAX),
+    }
+}
+
+#[test]
+fn a_cluster_client_appends_at_the_head_and_follows_not_head_to_the_new_head() {
+    let cluster = FakeCluster::start(cluster_node, cluster_admin);
+    let id = log_id(ROUTED);
+    let on_node_2 = (id % 2) as u16;
+    runtime().block_on(async {
+        let client = Client::connect(cluster.controller).await.unwrap();
+        let map = client
+            .map()
+            .expect("the controller's client is a cluster client");
+        assert_eq!((map.version(), map.nodes().len()), (1, 2));
+        assert_eq!(map.log(id).expect("the log").chain, [2, 1]);
+        assert_eq!(cluster.maps_served(), 1);
+
+        // At the head, node 2, on its shard of the log.
+        assert_eq!(client.append(id, &[b"x"]).await.unwrap(), 20..21);
+        assert_eq!(cluster.sent(Opcode::Append), [(2, on_node_2)]);
+        assert_eq!(client.shard_of(id), on_node_2);
+
+        // Node 1 becomes the head: node 2 answers NOT_HEAD, the client fetches the map once
+        // and sends the append again, to node 1.
+        cluster.move_head(1);
+        assert_eq!(client.append(id, &[b"y"]).await.unwrap(), 10..11);
+        assert_eq!(
+            cluster.sent(Opcode::Append),
+            [(2, on_node_2), (2, on_node_2), (1, 0)]
+        );
+        assert_eq!(cluster.maps_served(), 2);
+        assert_eq!(client.map().unwrap().version(), 2);
+
+        // WRONG_EPOCH: sent again by a newer map if the caller's epoch is the current one
+        // (3 here)...
+        cluster.bump_version();
+        let current = AppendOptions {
+            epoch: Some(3),
+            ..AppendOptions::default()
+        };
+        assert_eq!(
+            client.append_with(id, &[b"z"], &current).await.unwrap(),
+            10..11
+        );
+        assert_eq!(
+            cluster.sent(Opcode::Append).len(),
+            5,
+            "refused once, then sent again"
+        );
+        // ... and not if the caller asked for another epoch: the map is fetched, the append
+        // is not sent again.
+        cluster.bump_version();
+        let stale = AppendOptions {
+            epoch: Some(7),
+            ..AppendOptions::default()
+        };
+        let error = client.append_with(id, &[b"z"], &stale).await;
+        assert_eq!(server_code(error), (ErrorCode::WrongEpoch, 3));
+        assert_eq!(cluster.sent(Opcode::Append).len(), 6);
+        assert_eq!(cluster.maps_served(), 4);
+
+        // A log the map does not hold: fetched once more, then UNKNOWN_LOG; nothing is sent
+        // to a node.
+        let error = client.append(log_id("nowhere"), &[b"x"]).await;
+        assert_eq!(server_code(error).0, ErrorCode::UnknownLog);
+        assert_eq!(cluster.maps_served(), 5);
+        assert_eq!(cluster.sent(Opcode::Append).len(), 6);
+    });
+}
+
+#[test]
+fn a_cluster_client_reads_where_read_from_says_and_administers_logs_at_the_controller() {
+    let cluster = FakeCluster::start(cluster_node, cluster_admin);
+    let id = log_id(ROUTED);
+    runtime().block_on(async {
+        let read_from = |read_from| async move {
+            let config = ClientConfig {
+                read_from,
+                ..ClientConfig::default()
+            };
+            Client::connect_with(cluster.controller, config)
+                .await
+                .unwrap()
+        };
+        // The chain is [2, 1]: the head is node 2, the tail node 1.
+        let head = read_from(ReadFrom::Head).await;
+        assert_eq!(head.read(id, 0, 10, 1 << 20).await.unwrap().tail, 200);
+        assert_eq!(head.tail_hint(id).await.unwrap().tail, 200);
+        let tail = read_from(ReadFrom::Tail).await;
+        assert_eq!(tail.read(id, 0, 10, 1 << 20).await.unwrap().tail, 100);
+        assert_eq!(tail.tail_hint_at(2, id).await.unwrap().tail, 200);
+        let any = read_from(ReadFrom::Any).await;
+        let mut tails = BTreeSet::new();
+        for _ in 0..4 {
+            tails.insert(any.read(id, 0, 10, 1 << 20).await.unwrap().tail);
+        }
+        assert_eq!(tails, BTreeSet::from([100, 200]), "both replicas serve");
+        assert!(cluster.sent(Opcode::Read).contains(&(2, (id % 2) as u16)));
+
+        // Metadata goes to the controller; DESCRIBE_LOG takes its positions from the head.
+        let maps = cluster.maps_served();
+        assert_eq!(head.create_log_with(ROUTED, 2).await.unwrap(), id);
+        assert_eq!(
+            cluster.maps_served(),
+            maps + 1,
+            "the map is fetched after a create"
+        );
+        let info = head.describe_log(LogRef::Name(ROUTED)).await.unwrap();
+        assert_eq!(
+            (info.tail, info.trim_point, info.replication_factor),
+            (200, 2, 2)
+        );
+        let listed = head.list_logs().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].log_id, listed[0].name.as_str()), (id, ROUTED));
+        assert_eq!(
+            cluster.sent(Opcode::ListLogs),
+            [],
+            "no node was asked to list"
+        );
     });
 }
 

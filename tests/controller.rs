@@ -3,8 +3,9 @@
 //! frames (`common::raw`): registration and placement, creates that wait for the replicas to
 //! apply the map (and time out when one does not), describe, list and delete, a restart that
 //! keeps the map, hostile input that must not disturb a good client, a damaged state file that
-//! must stop the controller with a clear error, and a stop while a create waits. Each test
-//! stops the controller it started, by PID.
+//! must stop the controller with a clear error, and a stop while a create waits; and the CLI
+//! against it (`log create --rf 2`, `status` with every node, the log's chain and each
+//! replica's lag). Each test stops the controller it started, by PID.
 
 mod common;
 
@@ -414,5 +415,113 @@ fn connections_are_bounded_and_a_freed_slot_serves_again() {
         std::thread::sleep(Duration::from_millis(10));
     }
     drop(open);
+    assert!(controller.terminate().success());
+}
+
+/// Runs `chainlog ARGS` to completion and returns its stdout, which must be a success.
+fn cli_ok(args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chainlog"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run chainlog");
+    assert!(
+        output.status.success(),
+        "chainlog {args:?} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+/// `chainlog ARGS --json`: one JSON object per line.
+fn cli_json(args: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = args.to_vec();
+    args.push("--json");
+    cli_ok(&args)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect()
+}
+
+#[test]
+fn the_cli_creates_a_replicated_log_and_status_shows_nodes_chains_and_replica_lag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let controller = Controller::start(&dir.path().join("controller"), &[]);
+    // Two standalone nodes stand in for cluster nodes: registered and heartbeating by hand,
+    // each answers TAIL_HINT for the log once it is created on it.
+    let nodes = [
+        Node::start(&dir.path().join("node-1"), 1),
+        Node::start(&dir.path().join("node-2"), 1),
+    ];
+    let mut client = connect(&controller);
+    for (node_id, node) in (1..).zip(&nodes) {
+        let addr = node.addr(0).to_string();
+        client.register(node_id, &addr, 1).expect("register");
+    }
+    let heartbeats = FakeNodes::start(controller.addr, &[1, 2]);
+    let target = controller.addr.to_string();
+    let target = ["--target", target.as_str()];
+
+    let created = cli_json(&[&["log", "create", "replicated", "--rf", "2"][..], &target].concat());
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0]["replication_factor"], 2);
+    let chain: Vec<u64> = serde_json::from_value(created[0]["chain"].clone()).expect("a chain");
+    assert_eq!(
+        chain.iter().copied().collect::<BTreeSet<u64>>(),
+        [1, 2].into()
+    );
+
+    // What the replicas hold (the stand-ins are fed directly): 3 records at the head, 1 at
+    // the other.
+    let id = chainlog::client::log_id("replicated");
+    for (node_id, records) in [(chain[0], 3), (chain[1], 1)] {
+        let mut node = nodes[node_id as usize - 1].connect(0);
+        node.create("replicated");
+        let payloads = vec![b"r".as_slice(); records];
+        node.append(&chainlog::net::AppendHeader::new(id), &payloads)
+            .expect("append");
+    }
+
+    let status = cli_json(&[&["status"][..], &target].concat());
+    let of_kind = |kind: &str| -> Vec<&serde_json::Value> {
+        status.iter().filter(|v| v["kind"] == kind).collect()
+    };
+    let listed = of_kind("node");
+    assert_eq!(listed.len(), 2, "{status:?}");
+    for (node, listed) in nodes.iter().zip(&listed) {
+        assert_eq!(listed["addr"], node.addr(0).to_string());
+        assert_eq!(
+            (listed["shard_count"].as_u64(), listed["alive"].as_bool()),
+            (Some(1), Some(true))
+        );
+        assert!(listed["last_heartbeat_ms"].is_u64(), "{listed}");
+    }
+    let logs = of_kind("log");
+    assert_eq!(logs.len(), 1, "{status:?}");
+    let log = logs[0];
+    assert_eq!(
+        (log["name"].as_str(), log["log_id"].as_u64()),
+        (Some("replicated"), Some(id))
+    );
+    assert_eq!(log["chain"], serde_json::json!(chain));
+    let replicas: Vec<(u64, u64, u64)> = log["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .map(|r| {
+            let field = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
+            (field("node_id"), field("tail"), field("lag"))
+        })
+        .collect();
+    assert_eq!(replicas, [(chain[0], 3, 0), (chain[1], 1, 2)]);
+
+    let text = cli_ok(&[&["status"][..], &target].concat());
+    assert!(
+        text.contains(&format!("chain {} -> {}", chain[0], chain[1])),
+        "{text}"
+    );
+    assert!(text.contains("lag 2"), "{text}");
+    drop(heartbeats);
     assert!(controller.terminate().success());
 }

@@ -1,6 +1,8 @@
-//! The client commands of `chainlog` (everything but `node`): log administration, append,
-//! read, trim, tail and status, each a thin layer over [`chainlog::client`]. Output is one
-//! line per record or answer for people, or with `--json` one JSON object per line.
+//! The client commands of `chainlog` (everything but `node`, `controller` and `dev`): log
+//! administration, append, read, trim, tail and status, each a thin layer over
+//! [`chainlog::client`]. `--target` is a standalone node's shard 0 or a cluster's controller
+//! (the client library routes from there). Output is one line per record or answer for
+//! people, or with `--json` one JSON object per line.
 //!
 //! Exit codes: 0 ok, 1 the request failed (the server's error name and message, or why the
 //! node could not be reached), 2 bad arguments.
@@ -11,7 +13,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chainlog::client::{log_id, AppendOptions, Client, ClientError, LogInfo, Record};
-use chainlog::net::{LogRef, LSN_FROM_TAIL, RECORD_HEADER_BYTES};
+use chainlog::controller::{ClusterMap, MapLog};
+use chainlog::net::{LogRef, HEARTBEAT_MS_NEVER, LSN_FROM_TAIL, RECORD_HEADER_BYTES};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -22,10 +25,10 @@ const READ_BYTES_MAX: u32 = 1 << 20;
 /// Records `tail` shows without `--from`.
 const TAIL_RECORDS_DEFAULT: u64 = 10;
 
-/// Where the node is and how to print.
+/// Where the node or the cluster is and how to print.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct Common {
-    /// Address of the node's shard 0.
+    /// Address of the node's shard 0, or of the cluster's controller.
     #[arg(
         long,
         value_name = "HOST:PORT",
@@ -40,17 +43,21 @@ pub(crate) struct Common {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum LogCommand {
-    /// Create a log (replication factor 1).
+    /// Create a log.
     Create {
         /// The log's name.
         name: String,
+        /// Replicas per chain (above 1 needs a cluster: --target the controller).
+        #[arg(long, value_name = "R", default_value_t = 1,
+              value_parser = clap::value_parser!(u8).range(1..))]
+        rf: u8,
     },
     /// A log's id, positions, epoch and shard.
     Describe {
         /// The log's name.
         name: String,
     },
-    /// Every log of the node (all shards).
+    /// Every log of the node (all shards), or of the cluster.
     List,
     /// Delete a log.
     Delete {
@@ -190,16 +197,28 @@ async fn run_async(common: &Common, command: Command) -> Result<(), Failure> {
     let json = common.json;
     let mut out = std::io::stdout().lock();
     match command {
-        Command::Log(LogCommand::Create { name }) => {
-            let id = client.create_log(&name).await?;
+        Command::Log(LogCommand::Create { name, rf }) => {
+            let id = client.create_log_with(&name, rf).await?;
             let shard = client.shard_of(id);
+            let chain = client
+                .map()
+                .and_then(|map| map.log(id).map(|l| l.chain.clone()));
             if json {
-                print_json(
-                    &mut out,
-                    json!({"name": name, "log_id": id, "shard": shard}),
-                )?;
+                let mut created =
+                    json!({"name": name, "log_id": id, "shard": shard, "replication_factor": rf});
+                if let Some(chain) = &chain {
+                    created["chain"] = json!(chain);
+                }
+                print_json(&mut out, created)?;
             } else {
-                writeln!(out, "created log {name}: id {id}, shard {shard}")?;
+                match &chain {
+                    Some(chain) => writeln!(
+                        out,
+                        "created log {name}: id {id}, rf {rf}, chain {}, shard {shard} at the head",
+                        chain_text(chain)
+                    )?,
+                    None => writeln!(out, "created log {name}: id {id}, shard {shard}")?,
+                }
             }
         }
         Command::Log(LogCommand::Describe { name }) => {
@@ -291,7 +310,10 @@ async fn run_async(common: &Common, command: Command) -> Result<(), Failure> {
                 read_range(&client, id, from, tail.tail, json, &mut out).await?;
             }
         }
-        Command::Status => status(&client, addr, json, &mut out).await?,
+        Command::Status => match client.map() {
+            Some(map) => cluster_status(&client, &map, json, &mut out).await?,
+            None => status(&client, addr, json, &mut out).await?,
+        },
     }
     out.flush()?;
     Ok(())
@@ -470,6 +492,133 @@ async fn status(
         }
     }
     Ok(())
+}
+
+/// A cluster's status: every node (id, address, shards, alive, last heartbeat), then every log
+/// (name, id, rf, epoch, chain) with each replica's tail as that replica knows it (TAIL_HINT
+/// to it) and its lag behind the head's.
+async fn cluster_status(
+    client: &Client,
+    map: &ClusterMap,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    if !json {
+        writeln!(
+            out,
+            "cluster map version {}: {} node(s), {} log(s)",
+            map.version(),
+            map.nodes().len(),
+            map.logs().len()
+        )?;
+    }
+    for node in map.nodes() {
+        let heartbeat_ms =
+            (node.last_heartbeat_ms != HEARTBEAT_MS_NEVER).then_some(node.last_heartbeat_ms);
+        if json {
+            print_json(
+                out,
+                json!({
+                    "kind": "node",
+                    "node_id": node.node_id,
+                    "addr": node.addr,
+                    "shard_count": node.shard_count,
+                    "alive": node.alive,
+                    "last_heartbeat_ms": heartbeat_ms,
+                }),
+            )?;
+        } else {
+            let heartbeat = heartbeat_ms.map_or("never".to_string(), |ms| format!("{ms} ms ago"));
+            writeln!(
+                out,
+                "node {}  {}  {} shard(s)  {}  last heartbeat {heartbeat}",
+                node.node_id,
+                node.addr,
+                node.shard_count,
+                if node.alive { "alive" } else { "not alive" },
+            )?;
+        }
+    }
+    for log in map.logs() {
+        let tails = replica_tails(client, log).await;
+        let head_tail = tails
+            .first()
+            .and_then(|(_, tail)| tail.as_ref().ok())
+            .map(|t| t.tail);
+        let lag = |tail: u64| head_tail.map(|head| head.saturating_sub(tail));
+        if json {
+            let replicas: Vec<_> = tails
+                .iter()
+                .map(|(node_id, tail)| match tail {
+                    Ok(t) => json!({
+                        "node_id": node_id,
+                        "tail": t.tail,
+                        "trim_point": t.trim_point,
+                        "lag": lag(t.tail),
+                    }),
+                    Err(e) => json!({"node_id": node_id, "error": e.to_string()}),
+                })
+                .collect();
+            print_json(
+                out,
+                json!({
+                    "kind": "log",
+                    "name": log.name,
+                    "log_id": log.log_id,
+                    "replication_factor": log.replication_factor,
+                    "epoch": log.epoch,
+                    "start_lsn": log.start_lsn,
+                    "chain": log.chain,
+                    "replicas": replicas,
+                }),
+            )?;
+        } else {
+            writeln!(
+                out,
+                "log {}  id {}  rf {}  epoch {}  chain {}",
+                log.name,
+                log.log_id,
+                log.replication_factor,
+                log.epoch,
+                chain_text(&log.chain)
+            )?;
+            for (i, (node_id, tail)) in tails.iter().enumerate() {
+                let role = if i == 0 { " (head)" } else { "" };
+                match tail {
+                    Ok(t) => {
+                        let lag = lag(t.tail)
+                            .filter(|_| i > 0)
+                            .map_or(String::new(), |lag| format!("  lag {lag}"));
+                        writeln!(
+                            out,
+                            "  node {node_id}{role}  tail {}  trim point {}{lag}",
+                            t.tail, t.trim_point
+                        )?
+                    }
+                    Err(e) => writeln!(out, "  node {node_id}{role}  tail unknown: {e}")?,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Each replica of `log`'s chain (head first) with its tail as it knows it.
+async fn replica_tails(
+    client: &Client,
+    log: &MapLog,
+) -> Vec<(u64, Result<chainlog::net::TailResponse, ClientError>)> {
+    let mut tails = Vec::with_capacity(log.chain.len());
+    for &node_id in &log.chain {
+        tails.push((node_id, client.tail_hint_at(node_id, log.log_id).await));
+    }
+    tails
+}
+
+/// A chain as `2 -> 1 -> 3` (head first).
+fn chain_text(chain: &[u64]) -> String {
+    let ids: Vec<String> = chain.iter().map(u64::to_string).collect();
+    ids.join(" -> ")
 }
 
 fn info_json(info: &LogInfo) -> serde_json::Value {

@@ -36,6 +36,7 @@ pub(crate) enum Answer {
     Created { log_id: u64 },
     Described(super::LogInfo),
     Listed(Vec<super::LogName>),
+    MapPage(crate::controller::pages::MapPage),
     Empty,
 }
 
@@ -437,6 +438,7 @@ fn dispatch(
         Response::ListLogs(list) => Ok(Answer::Listed(
             list.entries.iter().map(super::LogName::from).collect(),
         )),
+        Response::GetMap(page) => Ok(Answer::MapPage((&page).into())),
         Response::Trim | Response::DeleteLog | Response::Credit | Response::Unsubscribe => {
             Ok(Answer::Empty)
         }

@@ -77,6 +77,10 @@ pub enum ClientError {
     /// server's limits, a bad name).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The cluster map changed between the GET_MAP pages of every read, more than
+    /// [`MAP_RESTARTS_MAX`](crate::controller::pages::MAP_RESTARTS_MAX) times; try again.
+    #[error("the cluster map kept changing while it was read; try again")]
+    MapUnsettled,
 }
 
 impl ClientError {

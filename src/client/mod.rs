@@ -1,36 +1,58 @@
 //! `chainlog::client`: the async (tokio) client library of the wire protocol (PROTOCOL.md).
 //!
-//! [`Client::connect`] does the HELLO with shard 0 and learns the node's shard count; it then
-//! opens one connection per shard, lazily, the first time a request needs that shard (shard i
-//! listens on the port of shard 0 + i). Every request about a log goes to the shard that owns
-//! it (`log_id % shard_count`). A connection carries many requests at once (pipelining): a
-//! writer task and a reader task per connection, each request's answer matched by request id.
-//! Appends on one connection complete in the order they were sent, which is LSN order.
+//! [`Client::connect`] does the HELLO with the target and learns what it is (its role):
+//!
+//! - **A node** (standalone): the client learns the node's shard count and opens one
+//!   connection per shard, lazily, the first time a request needs that shard (shard i listens
+//!   on the port of shard 0 + i). Every request about a log goes to the shard that owns it
+//!   (`log_id % shard_count`).
+//! - **The controller**: the client becomes a cluster client. It fetches the cluster map
+//!   (GET_MAP, every page) and keeps, per node of the map, the same per-shard connections.
+//!   Appends, trims and CHECK_TAIL go to the log's head (shard `log_id % that node's shard
+//!   count`); reads, subscriptions and TAIL_HINT to the replica [`ClientConfig::read_from`]
+//!   picks; log administration (create, describe, list, delete) to the controller. The map is
+//!   fetched again, at most once per failure and one fetch at a time, when a node answers
+//!   NOT_HEAD, WRONG_EPOCH or UNKNOWN_LOG (the map may be stale), when a node cannot be
+//!   reached, and when a request names a log the map does not hold; the request is then sent
+//!   again if the newer map routes it anew (and, after WRONG_EPOCH, only if the caller did
+//!   not ask for another epoch than the map's). A log the controller's map does not hold is
+//!   UNKNOWN_LOG, as a node would answer.
+//!
+//! A connection carries many requests at once (pipelining): a writer task and a reader task
+//! per connection, each request's answer matched by request id. Appends on one connection
+//! complete in the order they were sent, which is LSN order.
 //!
 //! Errors are typed ([`ClientError`]). Retryable server errors (OVERLOADED after the wait it
 //! names, WRONG_SHARD at the shard it names, UNAVAILABLE after a pause) are retried up to
 //! [`ClientConfig::retries_max`] times: an ERROR means the request did not take effect, so
 //! resending is safe. A timeout or a lost connection is "outcome unknown" and is never
-//! retried by the client.
+//! retried by the client, except an append with an idempotency key.
 
+mod cluster;
 mod conn;
 mod error;
+mod node;
 mod subscription;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chainlog_net::{
     encode_request, AppendBuilder, AppendHeader, CreateLogRequest, DescribeLogRequest,
-    DescribeLogResponse, ErrorCode, Limits, ListLogsRequest, LogRef, Opcode, ReadRequest, Request,
-    SubscribeRequest, TailResponse, TrimRequest,
+    DescribeLogResponse, ErrorCode, HelloResponse, Limits, ListLogsRequest, LogRef, Opcode,
+    ReadRequest, Request, Role, SubscribeRequest, TailResponse, TrimRequest,
 };
-use tokio::sync::Mutex;
 
-use conn::{Answer, Conn};
+use crate::controller::pages::{MapPages, MapPagesError};
+use crate::controller::ClusterMap;
+use cluster::{Cluster, Replica};
+use conn::Answer;
 pub use error::{ClientError, ServerError};
+use node::NodeConns;
 pub use subscription::Subscription;
 
 /// The id of the log called `name` (FNV-1a 64, PROTOCOL.md section 3.2).
@@ -55,6 +77,22 @@ pub struct ClientConfig {
     pub unavailable_backoff: Duration,
     /// Records a subscription may have pushed to it and not yet consumed.
     pub subscription_credit: u32,
+    /// In a cluster, the replica that serves reads, subscriptions and TAIL_HINT.
+    pub read_from: ReadFrom,
+}
+
+/// Which replica of a log's chain a cluster client reads from. Every replica serves records
+/// up to the committed LSN it knows (CRAQ-style), so any of them may be read; a replica behind
+/// the head answers with a lower tail.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// The head, which knows the newest committed LSN.
+    #[default]
+    Head,
+    /// The tail, which does not forward: reading there takes load off the head.
+    Tail,
+    /// Each request at the next replica of the chain in turn: reads spread over all.
+    Any,
 }
 
 impl Default for ClientConfig {
@@ -66,6 +104,7 @@ impl Default for ClientConfig {
             unavailable_retries_max: 3,
             unavailable_backoff: Duration::from_millis(50),
             subscription_credit: 1024,
+            read_from: ReadFrom::Head,
         }
     }
 }
@@ -159,8 +198,8 @@ impl From<chainlog_net::LogEntry<'_>> for LogName {
     }
 }
 
-/// A client of one node. Cheap to clone (clones share the connections); usable from many
-/// tasks at once.
+/// A client of a standalone node or of a cluster (through its controller). Cheap to clone
+/// (clones share the connections and the map); usable from many tasks at once.
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -168,83 +207,108 @@ pub struct Client {
 
 #[derive(Debug)]
 struct Inner {
-    base: SocketAddr,
-    shard_count: u16,
-    limits: Limits,
     config: ClientConfig,
-    /// One slot per shard: the connection, opened when first needed and again after it fails.
-    conns: Vec<Slot>,
+    /// What [`Client::connect`] reached: the node, or the controller.
+    target: Arc<NodeConns>,
+    /// The target's HELLO response.
+    hello: HelloResponse,
+    /// Set when the target is the controller.
+    cluster: Option<Cluster>,
 }
 
-/// A shard's connection. Requests take it under a short synchronous lock; opening one is
-/// serialized by an async lock, so concurrent requests open it once.
-#[derive(Debug, Default)]
-struct Slot {
-    current: std::sync::Mutex<Option<Arc<Conn>>>,
-    opening: Mutex<()>,
+/// Where a request goes.
+#[derive(Clone, Copy, Debug)]
+enum Dest {
+    /// Shard `shard` of the target: the node's, or the controller's only one.
+    Target(u16),
+    /// Log `log_id`'s data: its shard on the node, or on the replica `at` of its chain.
+    Log { log_id: u64, at: Replica },
 }
 
-impl Slot {
-    /// The connection, if there is one that has not failed.
-    fn live(&self) -> Option<Arc<Conn>> {
-        let current = self.current.lock().expect("slot lock");
-        current.as_ref().filter(|c| !c.is_failed()).map(Arc::clone)
-    }
+/// Where one try of a request goes.
+#[derive(Debug)]
+struct Route {
+    node: Arc<NodeConns>,
+    shard: u16,
+    /// The map version that chose the node (`None`: the target, no map involved).
+    map_version: Option<u64>,
+}
+
+/// What to do after a failed try.
+#[derive(Debug)]
+enum Next {
+    /// Send it again, to the same shard.
+    Again,
+    /// Send it again to this shard of the same node.
+    Shard(u16),
+    /// Route it again (by a newer map) and send it again.
+    Reroute,
+    /// Give the error to the caller.
+    Stop,
 }
 
 impl Client {
-    /// Connects to shard 0 of a node at `addr` with the default configuration.
+    /// Connects to the node or controller at `addr` with the default configuration.
     pub async fn connect(addr: SocketAddr) -> Result<Client, ClientError> {
         Client::connect_with(addr, ClientConfig::default()).await
     }
 
-    /// Connects to shard 0 of a node at `addr`: does the HELLO and learns the shard count.
+    /// Connects to `addr`: shard 0 of a standalone node, or the controller (the HELLO says
+    /// which); a cluster client fetches the map before it returns.
     pub async fn connect_with(
         addr: SocketAddr,
         config: ClientConfig,
     ) -> Result<Client, ClientError> {
-        let first = open_within(addr, 0, &config).await?;
-        let hello = *first.hello();
-        let shard_count = hello.shard_count.max(1);
-        if usize::from(addr.port()) + usize::from(shard_count) > usize::from(u16::MAX) + 1 {
-            return Err(ClientError::Protocol(format!(
-                "{shard_count} shards from port {} do not fit the port range",
-                addr.port()
-            )));
-        }
-        let conns: Vec<Slot> = (0..shard_count).map(|_| Slot::default()).collect();
-        *conns[0].current.lock().expect("slot lock") = Some(Arc::new(first));
-        Ok(Client {
+        let (target, hello) = NodeConns::connect(addr, &config).await?;
+        let cluster = (hello.role == Role::Controller).then(Cluster::new);
+        let client = Client {
             inner: Arc::new(Inner {
-                base: addr,
-                shard_count,
-                limits: hello.limits(),
                 config,
-                conns,
+                target: Arc::new(target),
+                hello,
+                cluster,
             }),
-        })
+        };
+        if client.inner.cluster.is_some() {
+            client.refresh(0).await?;
+        }
+        Ok(client)
     }
 
-    /// The node's shards.
+    /// The cluster map this client routes by (a cluster client), or `None` (a standalone
+    /// node's client).
+    pub fn map(&self) -> Option<ClusterMap> {
+        let cluster = self.inner.cluster.as_ref()?;
+        Some(cluster.view().map.clone())
+    }
+
+    /// The target's shards (a controller has one).
     pub fn shard_count(&self) -> u16 {
-        self.inner.shard_count
+        self.inner.target.shard_count()
     }
 
-    /// The node's limits (from shard 0's HELLO).
+    /// The target's limits (from its HELLO; a controller announces the defaults, and each
+    /// node's own limits apply to the requests sent to it).
     pub fn limits(&self) -> Limits {
-        self.inner.limits
+        self.inner.hello.limits()
     }
 
-    /// The address of shard `shard`.
+    /// The address of the target's shard `shard`.
     pub fn shard_addr(&self, shard: u16) -> SocketAddr {
-        let mut addr = self.inner.base;
-        addr.set_port(addr.port() + shard);
-        addr
+        self.inner.target.shard_addr(shard)
     }
 
-    /// The shard that owns `log_id`.
+    /// The shard that owns `log_id`: on the node (standalone), or on the log's head as the
+    /// map says (a cluster client; 0 for a log the map does not hold).
     pub fn shard_of(&self, log_id: u64) -> u16 {
-        (log_id % u64::from(self.inner.shard_count)) as u16
+        let Some(cluster) = &self.inner.cluster else {
+            return self.inner.target.shard_of(log_id);
+        };
+        let view = cluster.view();
+        match cluster.replica(&view, log_id, Replica::Head) {
+            Ok(Some(head)) => head.shard_of(log_id),
+            _ => 0,
+        }
     }
 
     /// Appends `payloads` (one record each, at least one) to log `log_id`; returns their
@@ -289,11 +353,16 @@ impl Client {
         } else {
             Retry::Safe
         };
+        let dest = Dest::Log {
+            log_id,
+            at: Replica::Head,
+        };
         let answer = self
             .call(
-                self.shard_of(log_id),
+                dest,
                 Opcode::Append,
                 retry,
+                header.epoch,
                 |out, id, limits| {
                     let mut batch = AppendBuilder::new(out, id, &header, limits);
                     for payload in payloads {
@@ -329,7 +398,11 @@ impl Client {
             max_records,
             max_bytes,
         });
-        match self.simple(self.shard_of(log_id), &request).await? {
+        let dest = Dest::Log {
+            log_id,
+            at: self.reader(),
+        };
+        match self.simple(dest, &request).await? {
             Answer::Read { tail, records } => Ok(ReadBatch { tail, records }),
             other => Err(unexpected(Opcode::Read, other)),
         }
@@ -337,21 +410,40 @@ impl Client {
 
     /// The linearizable committed tail of `log_id`, with its trim point and epoch.
     pub async fn check_tail(&self, log_id: u64) -> Result<TailResponse, ClientError> {
-        match self
-            .simple(self.shard_of(log_id), &Request::CheckTail { log_id })
-            .await?
-        {
+        let dest = Dest::Log {
+            log_id,
+            at: Replica::Head,
+        };
+        match self.simple(dest, &Request::CheckTail { log_id }).await? {
             Answer::Tail(tail) => Ok(tail),
             other => Err(unexpected(Opcode::CheckTail, other)),
         }
     }
 
-    /// The node's view of the tail of `log_id` (cheap, possibly stale).
+    /// The tail of `log_id` as a replica knows it (cheap, possibly stale): the node's
+    /// (standalone), or the replica's [`ClientConfig::read_from`] picks.
     pub async fn tail_hint(&self, log_id: u64) -> Result<TailResponse, ClientError> {
-        match self
-            .simple(self.shard_of(log_id), &Request::TailHint { log_id })
-            .await?
-        {
+        self.tail_hint_to(log_id, self.reader()).await
+    }
+
+    /// The tail of `log_id` as node `node_id` of the cluster knows it (TAIL_HINT to that
+    /// node's shard of the log): how far a replica is. Only for a cluster client.
+    pub async fn tail_hint_at(
+        &self,
+        node_id: u64,
+        log_id: u64,
+    ) -> Result<TailResponse, ClientError> {
+        if self.inner.cluster.is_none() {
+            return Err(ClientError::Invalid(
+                "a node is named only in a cluster (this client's target is a node)".into(),
+            ));
+        }
+        self.tail_hint_to(log_id, Replica::Node(node_id)).await
+    }
+
+    async fn tail_hint_to(&self, log_id: u64, at: Replica) -> Result<TailResponse, ClientError> {
+        let dest = Dest::Log { log_id, at };
+        match self.simple(dest, &Request::TailHint { log_id }).await? {
             Answer::Tail(tail) => Ok(tail),
             other => Err(unexpected(Opcode::TailHint, other)),
         }
@@ -360,61 +452,95 @@ impl Client {
     /// Trims the records of `log_id` below `before_lsn`, durably.
     pub async fn trim(&self, log_id: u64, before_lsn: u64) -> Result<(), ClientError> {
         let request = Request::Trim(TrimRequest { log_id, before_lsn });
-        match self.simple(self.shard_of(log_id), &request).await? {
+        let dest = Dest::Log {
+            log_id,
+            at: Replica::Head,
+        };
+        match self.simple(dest, &request).await? {
             Answer::Empty => Ok(()),
             other => Err(unexpected(Opcode::Trim, other)),
         }
     }
 
-    /// Creates the log called `name` (replication factor 1); returns its id.
+    /// Creates the log called `name` with replication factor 1; returns its id.
     pub async fn create_log(&self, name: &str) -> Result<u64, ClientError> {
-        self.check_name(name)?;
-        let request = Request::CreateLog(CreateLogRequest {
-            replication_factor: 1,
-            name,
-        });
-        match self.simple(self.shard_of(log_id(name)), &request).await? {
-            Answer::Created { log_id, .. } => Ok(log_id),
-            other => Err(unexpected(Opcode::CreateLog, other)),
-        }
+        self.create_log_with(name, 1).await
     }
 
-    /// A log's metadata and positions, by id or by name.
+    /// Creates the log called `name` with `rf` replicas per chain; returns its id. A cluster
+    /// client asks the controller, which answers once every replica's node has the log (and
+    /// then fetches the map, to route the log at once); a standalone node offers rf 1 only
+    /// (TOO_LARGE).
+    pub async fn create_log_with(&self, name: &str, rf: u8) -> Result<u64, ClientError> {
+        self.check_name(name)?;
+        if rf == 0 {
+            return Err(ClientError::Invalid(
+                "a log needs a replication factor of at least 1".into(),
+            ));
+        }
+        let request = Request::CreateLog(CreateLogRequest {
+            replication_factor: rf,
+            name,
+        });
+        let dest = Dest::Target(self.inner.target.shard_of(log_id(name)));
+        let log_id = match self.simple(dest, &request).await? {
+            Answer::Created { log_id } => log_id,
+            other => return Err(unexpected(Opcode::CreateLog, other)),
+        };
+        if let Some(cluster) = &self.inner.cluster {
+            // Not needed for correctness (a log the map misses makes the client fetch it).
+            if let Err(e) = self.refresh(cluster.view().map.version()).await {
+                tracing::debug!(log_id, error = %e, "no map after a create");
+            }
+        }
+        Ok(log_id)
+    }
+
+    /// A log's metadata and positions, by id or by name. A cluster client asks the
+    /// controller, then the log's head for the tail and trim point (TAIL_HINT).
     pub async fn describe_log(&self, log: LogRef<'_>) -> Result<LogInfo, ClientError> {
         let shard = match log {
-            LogRef::Id(id) => self.shard_of(id),
+            LogRef::Id(id) => self.inner.target.shard_of(id),
             LogRef::Name(name) => {
                 self.check_name(name)?;
-                self.shard_of(log_id(name))
+                self.inner.target.shard_of(log_id(name))
             }
         };
         let request = Request::DescribeLog(DescribeLogRequest { by: log });
-        match self.simple(shard, &request).await? {
-            Answer::Described(info) => Ok(info),
-            other => Err(unexpected(Opcode::DescribeLog, other)),
+        let mut info = match self.simple(Dest::Target(shard), &request).await? {
+            Answer::Described(info) => info,
+            other => return Err(unexpected(Opcode::DescribeLog, other)),
+        };
+        if self.inner.cluster.is_some() {
+            // The controller answers u64::MAX for both: the head knows them.
+            let at_head = self.tail_hint_to(info.log_id, Replica::Head).await?;
+            info.tail = at_head.tail;
+            info.trim_point = at_head.trim_point;
         }
+        Ok(info)
     }
 
-    /// Every log of the node (every shard is asked), ascending by id.
+    /// Every log, ascending by id: of the node (every shard is asked), or of the cluster
+    /// (the controller's list).
     pub async fn list_logs(&self) -> Result<Vec<LogName>, ClientError> {
         let mut all = Vec::new();
-        for shard in 0..self.inner.shard_count {
+        for shard in 0..self.inner.target.shard_count() {
             all.extend(self.list_logs_of_shard(shard).await?);
         }
         all.sort();
         Ok(all)
     }
 
-    /// The logs of one shard, ascending by id (every page).
+    /// The logs of the target's shard `shard`, ascending by id (every page).
     pub async fn list_logs_of_shard(&self, shard: u16) -> Result<Vec<LogName>, ClientError> {
-        let list_max = self.inner.limits.list_max;
+        let list_max = self.limits().list_max;
         let mut logs: Vec<LogName> = Vec::new();
         loop {
             let request = Request::ListLogs(ListLogsRequest {
                 after_log_id: logs.last().map_or(0, |l| l.log_id),
                 max: list_max,
             });
-            match self.simple(shard, &request).await? {
+            match self.simple(Dest::Target(shard), &request).await? {
                 Answer::Listed(page) if page.is_empty() => return Ok(logs),
                 Answer::Listed(page) => {
                     if let (Some(last), Some(first)) = (logs.last(), page.first()) {
@@ -433,10 +559,8 @@ impl Client {
 
     /// Deletes log `log_id`.
     pub async fn delete_log(&self, log_id: u64) -> Result<(), ClientError> {
-        match self
-            .simple(self.shard_of(log_id), &Request::DeleteLog { log_id })
-            .await?
-        {
+        let dest = Dest::Target(self.inner.target.shard_of(log_id));
+        match self.simple(dest, &Request::DeleteLog { log_id }).await? {
             Answer::Empty => Ok(()),
             other => Err(unexpected(Opcode::DeleteLog, other)),
         }
@@ -447,20 +571,18 @@ impl Client {
     /// the server credit as records are consumed ([`ClientConfig::subscription_credit`]
     /// outstanding at most) and unsubscribes when dropped.
     pub async fn subscribe(&self, log_id: u64, from_lsn: u64) -> Result<Subscription, ClientError> {
-        let credit = self.inner.config.subscription_credit.max(2);
-        let mut shard = self.shard_of(log_id);
-        let mut attempt = 0;
-        loop {
-            let conn = self.conn(shard).await?;
-            let (id, mut events) = conn.send_stream(|out, id| {
-                let request = Request::Subscribe(SubscribeRequest {
-                    log_id,
-                    from_lsn,
-                    credit_records: credit,
-                });
-                encode_request(out, id, &request);
-            })?;
-            let first = tokio::time::timeout(self.inner.config.request_timeout, events.recv())
+        let config = &self.inner.config;
+        let credit = config.subscription_credit.max(2);
+        let request = Request::Subscribe(SubscribeRequest {
+            log_id,
+            from_lsn,
+            credit_records: credit,
+        });
+        let request = &request;
+        let start = move |node: Arc<NodeConns>, shard: u16| async move {
+            let conn = node.conn(shard, config).await?;
+            let (id, mut events) = conn.send_stream(|out, id| encode_request(out, id, request))?;
+            let first = tokio::time::timeout(config.request_timeout, events.recv())
                 .await
                 .map_err(|_| {
                     conn.forget(id);
@@ -469,181 +591,257 @@ impl Client {
                     }));
                     ClientError::Timeout {
                         opcode: Opcode::Subscribe,
-                        after: self.inner.config.request_timeout,
+                        after: config.request_timeout,
                     }
                 })?;
             match first {
                 Some(conn::SubEvent::Started(start_lsn)) => {
-                    return Ok(Subscription::new(conn, id, start_lsn, credit, events));
+                    Ok(Subscription::new(conn, id, start_lsn, credit, events))
                 }
-                Some(conn::SubEvent::Failed(e)) => {
-                    attempt += 1;
-                    match self.retry_wait(&e, attempt, Retry::Safe).await {
-                        Some(Some(next)) => shard = next,
-                        Some(None) => {}
-                        None => return Err(e),
-                    }
-                }
-                Some(conn::SubEvent::Records { .. }) => {
-                    return Err(ClientError::Protocol(
-                        "a subscription pushed before its acknowledgement".into(),
-                    ))
-                }
-                None => {
-                    return Err(ClientError::ConnectionLost {
-                        shard,
-                        reason: "the subscription ended before it started".into(),
-                    })
-                }
+                Some(conn::SubEvent::Failed(e)) => Err(e),
+                Some(conn::SubEvent::Records { .. }) => Err(ClientError::Protocol(
+                    "a subscription pushed before its acknowledgement".into(),
+                )),
+                None => Err(ClientError::ConnectionLost {
+                    shard,
+                    reason: "the subscription ended before it started".into(),
+                }),
             }
-        }
+        };
+        let dest = Dest::Log {
+            log_id,
+            at: self.reader(),
+        };
+        self.with_retries(dest, Retry::Safe, 0, start).await
     }
 
     fn check_name(&self, name: &str) -> Result<(), ClientError> {
-        chainlog_net::check_name(name.as_bytes(), &self.inner.limits)
+        chainlog_net::check_name(name.as_bytes(), &self.limits())
             .map(|_| ())
             .map_err(|e| ClientError::Invalid(e.to_string()))
     }
 
-    /// The connection to `shard`, opened if there is none or the last one failed.
-    async fn conn(&self, shard: u16) -> Result<Arc<Conn>, ClientError> {
-        let slot = &self.inner.conns[usize::from(shard)];
-        if let Some(conn) = slot.live() {
-            return Ok(conn);
-        }
-        let _opening = slot.opening.lock().await;
-        if let Some(conn) = slot.live() {
-            return Ok(conn); // opened while this request waited
-        }
-        let conn = Arc::new(open_within(self.shard_addr(shard), shard, &self.inner.config).await?);
-        if conn.hello().shard_count != self.inner.shard_count {
-            return Err(ClientError::Protocol(format!(
-                "shard {shard} says the node has {} shards, shard 0 said {}",
-                conn.hello().shard_count,
-                self.inner.shard_count
-            )));
-        }
-        *slot.current.lock().expect("slot lock") = Some(Arc::clone(&conn));
-        Ok(conn)
+    /// The replica reads go to.
+    fn reader(&self) -> Replica {
+        Replica::Reader(self.inner.config.read_from)
     }
 
-    /// Sends `request` to `shard` and waits for its answer, retrying retryable errors.
-    async fn simple(&self, shard: u16, request: &Request<'_>) -> Result<Answer, ClientError> {
-        self.call(shard, request.opcode(), Retry::Safe, |out, id, _| {
+    /// Sends `request` to `dest` and waits for its answer, retrying retryable errors.
+    async fn simple(&self, dest: Dest, request: &Request<'_>) -> Result<Answer, ClientError> {
+        self.call(dest, request.opcode(), Retry::Safe, 0, |out, id, _| {
             encode_request(out, id, request);
             Ok(())
         })
         .await
     }
 
-    /// Sends the request `encode` writes to `shard` and waits for its answer. Retryable server
-    /// errors are retried (at most `retries_max` times); everything else is returned.
+    /// Sends the request `encode` writes to `dest` and waits for its answer; `epoch` is the
+    /// epoch the request names (0: any). Retries as [`Client::with_retries`] says.
     async fn call(
         &self,
-        mut shard: u16,
+        dest: Dest,
         opcode: Opcode,
         retry: Retry,
+        epoch: u64,
         encode: impl Fn(&mut Vec<u8>, u64, &Limits) -> Result<(), ClientError>,
     ) -> Result<Answer, ClientError> {
-        let mut attempt = 0;
+        let config = &self.inner.config;
+        let encode = &encode;
+        let attempt = move |node: Arc<NodeConns>, shard: u16| async move {
+            node.attempt(shard, opcode, config, encode).await
+        };
+        self.with_retries(dest, retry, epoch, attempt).await
+    }
+
+    /// Runs `attempt` at the shard and node `dest` routes to until it succeeds, or fails
+    /// with an error not to retry, or has failed `retries_max` + 1 times. `epoch` is the epoch
+    /// the request names (0: any).
+    async fn with_retries<T, F>(
+        &self,
+        dest: Dest,
+        retry: Retry,
+        epoch: u64,
+        attempt: impl Fn(Arc<NodeConns>, u16) -> F,
+    ) -> Result<T, ClientError>
+    where
+        F: Future<Output = Result<T, ClientError>>,
+    {
+        let mut route = self.route(dest).await?;
+        let mut failures = 0;
         loop {
-            match self.attempt(shard, opcode, &encode).await {
+            let error = match attempt(Arc::clone(&route.node), route.shard).await {
                 Ok(answer) => return Ok(answer),
-                Err(e) => {
-                    attempt += 1;
-                    match self.retry_wait(&e, attempt, retry).await {
-                        Some(Some(next)) => shard = next,
-                        Some(None) => {}
-                        None => return Err(e),
-                    }
+                Err(e) => e,
+            };
+            failures += 1;
+            match self
+                .after_failure(&error, failures, retry, dest, &route, epoch)
+                .await
+            {
+                Next::Again => {}
+                Next::Shard(shard) => route.shard = shard,
+                Next::Reroute => route = self.route(dest).await?,
+                Next::Stop => return Err(error),
+            }
+        }
+    }
+
+    /// Where `dest` goes now. A cluster client fetches the map once if it does not hold the
+    /// log (it may be newer than the map), then answers UNKNOWN_LOG if it still does not.
+    async fn route(&self, dest: Dest) -> Result<Route, ClientError> {
+        let (log_id, at, cluster) = match (dest, &self.inner.cluster) {
+            (Dest::Target(shard), _) => return Ok(self.to_target(shard)),
+            (Dest::Log { log_id, .. }, None) => {
+                return Ok(self.to_target(self.inner.target.shard_of(log_id)))
+            }
+            (Dest::Log { log_id, at }, Some(cluster)) => (log_id, at, cluster),
+        };
+        let mut view = cluster.view();
+        let mut replica = cluster.replica(&view, log_id, at)?;
+        if replica.is_none() {
+            self.refresh(view.map.version()).await?;
+            view = cluster.view();
+            replica = cluster.replica(&view, log_id, at)?;
+        }
+        let node = replica.ok_or_else(|| cluster::not_in_map(log_id, view.map.version()))?;
+        Ok(Route {
+            shard: node.shard_of(log_id),
+            node,
+            map_version: Some(view.map.version()),
+        })
+    }
+
+    fn to_target(&self, shard: u16) -> Route {
+        Route {
+            node: Arc::clone(&self.inner.target),
+            shard,
+            map_version: None,
+        }
+    }
+
+    /// What to do after `error`, the `failures`-th failure of a request to `dest` sent by
+    /// `route`; waits here when a retry must wait. `epoch` is the epoch the request names.
+    async fn after_failure(
+        &self,
+        error: &ClientError,
+        failures: u32,
+        retry: Retry,
+        dest: Dest,
+        route: &Route,
+        epoch: u64,
+    ) -> Next {
+        let config = &self.inner.config;
+        if failures > config.retries_max {
+            return Next::Stop;
+        }
+        let backoff = config.unavailable_backoff * (1 << (failures - 1).min(4));
+        if retry == Retry::EvenIfUnknown
+            && (error.outcome_unknown() || matches!(error, ClientError::Connect { .. }))
+        {
+            // The node may be restarting, or no longer the head: back off, then reconnect
+            // and resend the same key (by a newer map in a cluster).
+            tokio::time::sleep(backoff).await;
+            return match route.map_version {
+                Some(seen) => {
+                    self.refresh_quietly(seen).await;
+                    Next::Reroute
+                }
+                None => Next::Again,
+            };
+        }
+        if let Some(server) = error.server() {
+            match server.code {
+                ErrorCode::Overloaded => {
+                    let ms = server.arg0.clamp(1, 1_000);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    return Next::Again;
+                }
+                ErrorCode::WrongShard if server.arg0 < u64::from(route.node.shard_count()) => {
+                    return Next::Shard(server.arg0 as u16);
+                }
+                ErrorCode::Unavailable if failures <= config.unavailable_retries_max => {
+                    tokio::time::sleep(backoff).await;
+                    return Next::Again;
+                }
+                _ => {}
+            }
+        }
+        // In a cluster, a node's answer or its silence may mean that the map is stale.
+        let (Some(seen), Some(cluster), Dest::Log { log_id, .. }) =
+            (route.map_version, &self.inner.cluster, dest)
+        else {
+            return Next::Stop;
+        };
+        let stale_map = match error {
+            ClientError::Server(e) => matches!(
+                e.code,
+                ErrorCode::NotHead | ErrorCode::WrongEpoch | ErrorCode::UnknownLog
+            ),
+            ClientError::Connect { .. }
+            | ClientError::ConnectionLost { .. }
+            | ClientError::Timeout { .. } => true,
+            ClientError::Protocol(_) | ClientError::Invalid(_) | ClientError::MapUnsettled => false,
+        };
+        if !stale_map {
+            return Next::Stop;
+        }
+        self.refresh_quietly(seen).await;
+        let view = cluster.view();
+        if view.map.version() <= seen || error.outcome_unknown() {
+            // Nothing new to route by, or the request may have taken effect: the newer map
+            // serves the next call.
+            return Next::Stop;
+        }
+        if error.code() == Some(ErrorCode::WrongEpoch) {
+            let current = view.map.log(log_id).map(|log| log.epoch);
+            if epoch != 0 && current != Some(epoch) {
+                return Next::Stop; // the caller asked for an epoch that is not current
+            }
+        }
+        Next::Reroute
+    }
+
+    /// Fetches the map (a cluster client) unless it is already newer than version `seen`;
+    /// one fetch at a time. Boxed: fetching sends requests, whose failures may fetch again.
+    fn refresh(
+        &self,
+        seen: u64,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ClientError>> + Send + '_>> {
+        Box::pin(async move {
+            let Some(cluster) = &self.inner.cluster else {
+                return Ok(());
+            };
+            cluster.refresh(seen, self.fetch_map()).await
+        })
+    }
+
+    /// [`Client::refresh`] after a failed request: a map that cannot be fetched leaves the
+    /// request's own error to report.
+    async fn refresh_quietly(&self, seen: u64) {
+        if let Err(e) = self.refresh(seen).await {
+            tracing::debug!(error = %e, "the cluster map could not be fetched");
+        }
+    }
+
+    /// The whole map, GET_MAP page by page from the controller.
+    async fn fetch_map(&self) -> Result<ClusterMap, ClientError> {
+        let mut pages = MapPages::new(self.limits().list_max);
+        loop {
+            let request = Request::GetMap(pages.request());
+            let page = match self.simple(Dest::Target(0), &request).await? {
+                Answer::MapPage(page) => page,
+                other => return Err(unexpected(Opcode::GetMap, other)),
+            };
+            match pages.add(page) {
+                Ok(Some(map)) => return Ok(map),
+                Ok(None) => {}
+                Err(MapPagesError::Unstable { .. }) => return Err(ClientError::MapUnsettled),
+                Err(e @ MapPagesError::OutOfOrder { .. }) => {
+                    return Err(ClientError::Protocol(e.to_string()))
                 }
             }
         }
     }
-
-    /// One try of [`call`](Self::call): connect if needed, send, wait for the answer within
-    /// the request timeout.
-    async fn attempt(
-        &self,
-        shard: u16,
-        opcode: Opcode,
-        encode: &impl Fn(&mut Vec<u8>, u64, &Limits) -> Result<(), ClientError>,
-    ) -> Result<Answer, ClientError> {
-        let timeout = self.inner.config.request_timeout;
-        let conn = self.conn(shard).await?;
-        let limits = *conn.limits();
-        let (id, answer, _permit) = conn.send(|out, id| encode(out, id, &limits)).await?;
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ClientError::ConnectionLost {
-                shard,
-                reason: "the connection went away".into(),
-            }),
-            Err(_) => {
-                conn.forget(id);
-                Err(ClientError::Timeout {
-                    opcode,
-                    after: timeout,
-                })
-            }
-        }
-    }
-
-    /// Whether to retry after `error` (the `attempt`-th failure): `None` no; `Some(shard)`
-    /// yes, after waiting here, at `shard` if it is another one.
-    async fn retry_wait(
-        &self,
-        error: &ClientError,
-        attempt: u32,
-        retry: Retry,
-    ) -> Option<Option<u16>> {
-        let config = &self.inner.config;
-        if attempt > config.retries_max {
-            return None;
-        }
-        let unknown_but_safe = retry == Retry::EvenIfUnknown
-            && (error.outcome_unknown() || matches!(error, ClientError::Connect { .. }));
-        if unknown_but_safe {
-            // The node may be restarting: back off, then reconnect and resend the same key.
-            let backoff = config.unavailable_backoff * (1 << (attempt - 1).min(4));
-            tokio::time::sleep(backoff).await;
-            return Some(None);
-        }
-        let server = error.server()?;
-        match server.code {
-            ErrorCode::Overloaded => {
-                let ms = server.arg0.clamp(1, 1_000);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                Some(None)
-            }
-            ErrorCode::WrongShard if server.arg0 < u64::from(self.inner.shard_count) => {
-                Some(Some(server.arg0 as u16))
-            }
-            ErrorCode::Unavailable if attempt <= self.inner.config.unavailable_retries_max => {
-                let backoff = self.inner.config.unavailable_backoff * (1 << (attempt - 1).min(4));
-                tokio::time::sleep(backoff).await;
-                Some(None)
-            }
-            _ => None,
-        }
-    }
-}
-
-/// Opens a connection to shard `shard` at `addr`, HELLO included, within the request timeout.
-async fn open_within(
-    addr: SocketAddr,
-    shard: u16,
-    config: &ClientConfig,
-) -> Result<Conn, ClientError> {
-    tokio::time::timeout(
-        config.request_timeout,
-        Conn::open(addr, shard, config.in_flight_max),
-    )
-    .await
-    .map_err(|_| ClientError::Timeout {
-        opcode: Opcode::Hello,
-        after: config.request_timeout,
-    })?
 }
 
 /// Which failures a request may be sent again after.

@@ -13,18 +13,16 @@ use std::time::Duration;
 
 use chainlog_net::{
     decode_response, encode_request, parse_frame, CreateLogRequest, DescribeLogRequest,
-    GetMapRequest, HeartbeatRequest, HelloRequest, Limits, ListLogsRequest, LogRef, Opcode,
-    RegisterNodeRequest, Request, Response, Role,
+    HeartbeatRequest, HelloRequest, Limits, ListLogsRequest, LogRef, Opcode, RegisterNodeRequest,
+    Request, Response, Role,
 };
 
-use super::state::{ClusterMap, MapLog, MapNode};
+use super::pages::{MapPage, MapPages, MapPagesError, MAP_RESTARTS_MAX};
+use super::state::ClusterMap;
 use crate::client::{LogInfo, LogName, ServerError};
 
 /// Bytes read from the socket at once.
 const READ_CHUNK_BYTES: usize = 64 << 10;
-/// Times [`Client::map`] starts again because the map changed between its pages, before it
-/// gives up ([`ClientError::MapUnsettled`]).
-pub const MAP_RESTARTS_MAX: u32 = 16;
 
 /// Why a call to the controller did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -172,40 +170,19 @@ impl Client {
     /// The whole cluster map: GET_MAP page after page; if the version changes between
     /// pages, it starts again (at most [`MAP_RESTARTS_MAX`] times).
     pub fn map(&mut self) -> Result<ClusterMap, ClientError> {
-        'read: for _ in 0..=MAP_RESTARTS_MAX {
-            let mut version = None;
-            let mut logs: Vec<MapLog> = Vec::new();
-            loop {
-                let after = logs.last().map_or(0, |log| log.log_id);
-                let request = Request::GetMap(GetMapRequest {
-                    after_log_id: after,
-                    max: self.limits.list_max,
-                });
-                let (page_version, page_nodes, page_logs) = self.call(&request, |r| match r {
-                    Response::GetMap(page) => Some((
-                        page.version,
-                        page.nodes.iter().map(MapNode::from).collect::<Vec<_>>(),
-                        page.logs.iter().map(MapLog::from).collect::<Vec<_>>(),
-                    )),
-                    _ => None,
-                })?;
-                if *version.get_or_insert(page_version) != page_version {
-                    continue 'read;
-                }
-                if let Some(first) = page_logs.first().filter(|log| log.log_id <= after) {
-                    return Err(self.broken(format!(
-                        "a GET_MAP page after log {after} starts at log {}",
-                        first.log_id
-                    )));
-                }
-                if page_logs.is_empty() {
-                    // Every page carries every node: the last page's are the map's.
-                    return Ok(ClusterMap::new(page_version, page_nodes, logs));
-                }
-                logs.extend(page_logs);
+        let mut pages = MapPages::new(self.limits.list_max);
+        loop {
+            let page = self.call(&Request::GetMap(pages.request()), |r| match r {
+                Response::GetMap(page) => Some(MapPage::from(&page)),
+                _ => None,
+            })?;
+            match pages.add(page) {
+                Ok(Some(map)) => return Ok(map),
+                Ok(None) => {}
+                Err(MapPagesError::Unstable { .. }) => return Err(ClientError::MapUnsettled),
+                Err(e @ MapPagesError::OutOfOrder { .. }) => return Err(self.broken(e.to_string())),
             }
         }
-        Err(ClientError::MapUnsettled)
     }
 
     /// Creates the log `name` with `rf` replicas; returns its id once every replica's node

@@ -7,8 +7,10 @@
 //! - [`store`]: the state's file, rewritten atomically and checksummed.
 //! - [`server`]: the process: connections, requests, waiting creates, graceful stop.
 //! - [`client`]: a blocking client of it, for a node's control thread and for tools.
+//! - [`pages`]: reading the whole map from GET_MAP pages, for both clients.
 
 pub mod client;
+pub mod pages;
 pub mod server;
 mod settings;
 pub mod state;

@@ -274,11 +274,12 @@ pub(crate) async fn connect(
     Ok((addr, client, guard))
 }
 
-/// Creates logs `bench-0 .. bench-(n-1)` where missing; returns their names.
-pub(crate) async fn create_logs(client: &Client, n: u32) -> Result<Vec<String>, String> {
+/// Creates logs `bench-0 .. bench-(n-1)` with `rf` replicas where missing; returns their
+/// names.
+pub(crate) async fn create_logs(client: &Client, n: u32, rf: u8) -> Result<Vec<String>, String> {
     let log_names: Vec<String> = (0..n).map(|i| format!("bench-{i}")).collect();
     for name in &log_names {
-        match client.create_log(name).await {
+        match client.create_log_with(name, rf).await {
             Ok(_) => {}
             Err(e) if e.code() == Some(ErrorCode::LogExists) => {}
             Err(e) => return Err(format!("creating log {name}: {e}")),
@@ -359,7 +360,7 @@ async fn run(args: &AppendArgs) -> Result<(AppendReport<'_>, Measured, Option<De
             ),
         );
     }
-    let log_names = create_logs(&client, args.logs).await?;
+    let log_names = create_logs(&client, args.logs, args.target.rf).await?;
     let spec = LoadSpec {
         loop_mode: args.loop_mode(),
         logs: log_names.len(),
@@ -373,7 +374,7 @@ async fn run(args: &AppendArgs) -> Result<(AppendReport<'_>, Measured, Option<De
     let metrics = args
         .html
         .as_ref()
-        .map(|_| metrics_addr(args.metrics.as_deref(), addr, client.shard_count()));
+        .and_then(|_| metrics_addr(args.metrics.as_deref(), &client, &log_names[0]));
     let before = match &metrics {
         Some(addr) => scrape_metrics(addr).await,
         None => None,
@@ -411,13 +412,35 @@ async fn run(args: &AppendArgs) -> Result<(AppendReport<'_>, Measured, Option<De
     Ok((report, measured, guard))
 }
 
-/// Where the node at `node` with `shards` shards serves its metrics: `given`, or by default
-/// the port after its last shard's (the node's default, and the dev cluster's).
-pub(crate) fn metrics_addr(given: Option<&str>, node: SocketAddr, shards: u16) -> String {
-    match given {
-        Some(addr) => addr.to_string(),
-        None => SocketAddr::new(node.ip(), node.port().saturating_add(shards)).to_string(),
+/// Where the node that takes the appends to `first_log` serves its metrics: `given`, or by
+/// default the port after its last shard's (the node's default, and the dev cluster's). That
+/// node is the target (a standalone node) or the log's head (in a cluster). `None`, with a
+/// note on stderr, if the map does not say: the stage breakdown is optional.
+pub(crate) fn metrics_addr(
+    given: Option<&str>,
+    client: &Client,
+    first_log: &str,
+) -> Option<String> {
+    if let Some(addr) = given {
+        return Some(addr.to_string());
     }
+    let Some(map) = client.map() else {
+        let node = client.shard_addr(0);
+        let port = node.port().saturating_add(client.shard_count());
+        return Some(SocketAddr::new(node.ip(), port).to_string());
+    };
+    let head = map
+        .log(log_id(first_log))
+        .and_then(|log| map.node(log.head()));
+    let addr = head.and_then(|node| {
+        let (host, port) = node.addr.rsplit_once(':')?;
+        let port = port.parse::<u16>().ok()?.saturating_add(node.shard_count);
+        Some(format!("{host}:{port}"))
+    });
+    if addr.is_none() {
+        eprintln!("chainlog-bench: no stage breakdown: the cluster map does not say where the head of {first_log} is");
+    }
+    addr
 }
 
 /// Scrapes the metrics at `addr` (off the runtime's threads: it blocks); `None`, with a note
@@ -562,6 +585,7 @@ fn error_kind(e: &ClientError) -> &'static str {
         ClientError::Timeout { .. } => "timeout",
         ClientError::Protocol(_) => "protocol",
         ClientError::Invalid(_) => "invalid",
+        ClientError::MapUnsettled => "map_unsettled",
     }
 }
 

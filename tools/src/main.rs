@@ -3,8 +3,8 @@
 //! shares the measurement and reporting code of [`report`].
 //!
 //! Modes: `storage` (the storage engine alone, in this process, no network), `append`
-//! (closed- or open-loop appends against a running node, through the client library; the
-//! load engine is [`load`]) and `plan` (the capacity planner: an open-loop sweep to the knee).
+//! (closed- or open-loop appends against a running node or cluster, through the client
+//! library; the load engine is [`load`]) and `plan` (the capacity planner: an open-loop sweep to the knee).
 
 mod append_mode;
 mod fingerprint;
@@ -45,6 +45,10 @@ enum Mode {
     /// this executable.
     #[command(hide = true)]
     Node(chainlog::node::NodeArgs),
+    /// Run the controller with `chainlog controller`'s flags: how `--dev` starts a cluster's
+    /// controller from this executable.
+    #[command(hide = true)]
+    Controller(chainlog::controller::ControllerArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Mode::Append(args) => append_mode::main(args),
         Mode::Plan(args) => plan::main(args),
         Mode::Node(args) => return args.run("chainlog-bench node"),
+        Mode::Controller(args) => return args.run("chainlog-bench controller"),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

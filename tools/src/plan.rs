@@ -360,7 +360,7 @@ async fn run(
             ),
         );
     }
-    let log_names = append_mode::create_logs(&client, args.logs).await?;
+    let log_names = append_mode::create_logs(&client, args.logs, args.target.rf).await?;
     let (network_rtt_us_p50, network_rtt_us_min) = round_trips(&client, &log_names[0]).await?;
     let calibration = Calibration {
         disk,
@@ -377,7 +377,7 @@ async fn run(
     let metrics = args
         .html
         .as_ref()
-        .map(|_| append_mode::metrics_addr(args.metrics.as_deref(), addr, client.shard_count()));
+        .and_then(|_| append_mode::metrics_addr(args.metrics.as_deref(), &client, &log_names[0]));
     let mut steps: Vec<PlanStep> = Vec::new();
     let (mut held_max, mut failed_min): (Option<f64>, Option<f64>) = (None, None);
     let mut knee_run: Option<Measured> = None;

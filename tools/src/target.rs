@@ -1,11 +1,13 @@
-//! Where a load mode sends its load: `--target HOST:PORT`, a node that is already running, or
-//! `--dev N`, a local dev cluster ([`chainlog::dev`]) that this process starts for the run and
-//! always tears down: at the end of the run, on an error, and on Ctrl-C or SIGTERM (which then
-//! exit 130).
+//! Where a load mode sends its load: `--target HOST:PORT`, a node or a cluster's controller
+//! that is already running, or `--dev N [--rf R]`, a local dev cluster ([`chainlog::dev`])
+//! that this process starts for the run and always tears down: at the end of the run, on an
+//! error, and on Ctrl-C or SIGTERM (which then exit 130). More than one node, or rf above 1,
+//! makes the dev cluster a cluster with a controller; the target is then the controller, and
+//! the client library routes each append to its log's head.
 //!
-//! The nodes of a dev cluster run from this very executable (`chainlog-bench node ...`, a
-//! hidden subcommand taking `chainlog node`'s flags), so `cargo run -p chainlog-tools` needs
-//! no `chainlog` binary.
+//! The processes of a dev cluster run from this very executable (`chainlog-bench node ...` and
+//! `chainlog-bench controller ...`, hidden subcommands taking `chainlog node`'s and `chainlog
+//! controller`'s flags), so `cargo run -p chainlog-tools` needs no `chainlog` binary.
 //!
 //! # Contract for a mode (e.g. `append`)
 //!
@@ -13,8 +15,9 @@
 //!   TargetArgs`) in place of its own `--target`. It serializes as its fields (`target`, `dev`,
 //!   `rf`, `dev_shards`, `dev_dir`) in the JSON report's `config`.
 //! - Inside the mode's tokio runtime, before any load, call `args.target.resolve().await` once.
-//!   It answers the address of shard 0 of the node to connect the client to, and, with
-//!   `--dev`, a [`DevGuard`].
+//!   It answers the address to connect the client to (a node's shard 0, or the controller),
+//!   and, with `--dev`, a [`DevGuard`]. Create the mode's logs with `--rf` replicas
+//!   ([`TargetArgs::rf`], 1 without `--dev`).
 //! - Keep the guard alive until the load and the report are done: dropping it stops the
 //!   cluster (so `?` on an error path tears it down too). Do not move it into a task that may
 //!   outlive the run.
@@ -32,11 +35,12 @@ use tokio::signal::unix::{signal, SignalKind};
 /// The exit code after Ctrl-C or SIGTERM stopped a run (128 + SIGINT, as shells report it).
 const EXIT_INTERRUPTED: i32 = 130;
 
-/// Where the load goes: a running node (`--target`) or a dev cluster started for the run
-/// (`--dev`).
+/// Where the load goes: a running node or controller (`--target`) or a dev cluster started
+/// for the run (`--dev`).
 #[derive(Clone, Debug, Args, Serialize)]
 pub(crate) struct TargetArgs {
-    /// Address of a running node's shard 0 (shard i listens on port + i).
+    /// Address of a running node's shard 0 (shard i listens on port + i), or of a cluster's
+    /// controller.
     #[arg(
         long,
         value_name = "HOST:PORT",
@@ -45,13 +49,14 @@ pub(crate) struct TargetArgs {
     )]
     pub(crate) target: String,
     /// Start a local dev cluster of N nodes for this run (stopped after it) instead of using
-    /// --target; its nodes run from this executable.
+    /// --target; its processes run from this executable (more than one node, or --rf above
+    /// 1, adds the controller).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub(crate) dev: Option<u16>,
-    /// Replication factor of the dev cluster's logs.
+    /// Replication factor of the logs the run creates in the dev cluster.
     #[arg(long, value_name = "R", default_value_t = 1, requires = "dev",
-          value_parser = clap::value_parser!(u16).range(1..))]
-    pub(crate) rf: u16,
+          value_parser = clap::value_parser!(u8).range(1..))]
+    pub(crate) rf: u8,
     /// Shards per node of the dev cluster.
     #[arg(long, value_name = "S", default_value_t = 1, requires = "dev",
           value_parser = clap::value_parser!(u16).range(1..))]
@@ -62,7 +67,8 @@ pub(crate) struct TargetArgs {
 }
 
 impl TargetArgs {
-    /// The address of the node to connect to and, with `--dev`, the cluster started for it.
+    /// The address to connect to (a node's shard 0, or the controller) and, with `--dev`, the
+    /// cluster started for it.
     /// Must be called inside a tokio runtime (the signal watcher is a task of it).
     pub(crate) async fn resolve(&self) -> Result<(SocketAddr, Option<DevGuard>), String> {
         let Some(nodes) = self.dev else {
@@ -80,7 +86,8 @@ impl TargetArgs {
             signal(SignalKind::interrupt()).map_err(|e| format!("--dev: SIGINT: {e}"))?;
         let mut terminate =
             signal(SignalKind::terminate()).map_err(|e| format!("--dev: SIGTERM: {e}"))?;
-        let launcher = Launcher::current_exe(&["node"]).map_err(|e| format!("--dev: {e}"))?;
+        let launcher =
+            Launcher::current_exe(&["node"], &["controller"]).map_err(|e| format!("--dev: {e}"))?;
         let options = DevOptions {
             nodes: usize::from(nodes),
             rf: usize::from(self.rf),
@@ -115,7 +122,7 @@ impl TargetArgs {
     }
 }
 
-/// A dev cluster started for a run: dropping it stops the cluster (every node reaped, the
+/// A dev cluster started for a run: dropping it stops the cluster (every process reaped, the
 /// temp dir removed), unless the signal watcher did first.
 #[derive(Debug)]
 pub(crate) struct DevGuard {

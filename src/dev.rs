@@ -215,11 +215,11 @@ pub enum Failure {
     },
 }
 
-/// A child process of the cluster.
+/// A process of a dev cluster (the controller, or a node: [`DevNode::process`]), a child of
+/// this one.
 #[derive(Debug)]
-struct Process {
+pub struct DevProcess {
     member: Member,
-    /// Where it serves (a node's shard 0).
     addr: SocketAddr,
     data_dir: PathBuf,
     log: PathBuf,
@@ -228,7 +228,28 @@ struct Process {
     exited: Option<ExitStatus>,
 }
 
-impl Process {
+impl DevProcess {
+    /// Where it serves: the controller's address, or a node's shard 0 (shard `i` listens on
+    /// the same host at port + `i`).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Its log file (its stderr).
+    pub fn log_file(&self) -> &Path {
+        &self.log
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// How the process exited, if it has (reaping it), without waiting.
     fn poll_exit(&mut self) -> Option<ExitStatus> {
         if self.exited.is_none() {
@@ -255,23 +276,18 @@ impl Process {
     }
 }
 
-/// One node of a dev cluster: a child process.
+/// One node of a dev cluster.
 #[derive(Debug)]
 pub struct DevNode {
     id: u64,
     metrics: SocketAddr,
-    process: Process,
+    process: DevProcess,
 }
 
 impl DevNode {
     /// The node's id (1, 2, ...).
     pub fn id(&self) -> u64 {
         self.id
-    }
-
-    /// Shard 0's address; shard `i` listens on the same host at port + `i`.
-    pub fn addr(&self) -> SocketAddr {
-        self.process.addr
     }
 
     /// Where the node serves Prometheus metrics.
@@ -284,54 +300,16 @@ impl DevNode {
         format!("http://{}/metrics", self.metrics)
     }
 
-    /// The node's data directory.
-    pub fn data_dir(&self) -> &Path {
-        &self.process.data_dir
-    }
-
-    /// The node's log file (its stderr).
-    pub fn log_file(&self) -> &Path {
-        &self.process.log
-    }
-
-    /// The node's process id.
-    pub fn pid(&self) -> u32 {
-        self.process.child.id()
-    }
-}
-
-/// The controller of a dev cluster: a child process.
-#[derive(Debug)]
-pub struct DevController {
-    process: Process,
-}
-
-impl DevController {
-    /// Where it serves nodes and clients.
-    pub fn addr(&self) -> SocketAddr {
-        self.process.addr
-    }
-
-    /// Its data directory (the cluster state).
-    pub fn data_dir(&self) -> &Path {
-        &self.process.data_dir
-    }
-
-    /// Its log file (its stderr).
-    pub fn log_file(&self) -> &Path {
-        &self.process.log
-    }
-
-    /// Its process id.
-    pub fn pid(&self) -> u32 {
-        self.process.child.id()
+    /// Its process: shard 0's address, data directory, log file, pid.
+    pub fn process(&self) -> &DevProcess {
+        &self.process
     }
 }
 
 /// A running dev cluster. Dropping it stops it (see [`DevCluster::stop`]).
 #[derive(Debug)]
 pub struct DevCluster {
-    controller: Option<DevController>,
+    controller: Option<DevProcess>,
     nodes: Vec<DevNode>,
     spawner: Spawner,
     dir: DataDir,
@@ -408,8 +386,7 @@ impl DevCluster {
         let controller = match controller_port {
             Some(port) => {
                 let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-                let process = cluster.launch_controller(&options, addr)?;
-                cluster.controller = Some(DevController { process });
+                cluster.controller = Some(cluster.launch_controller(&options, addr)?);
                 cluster
                     .wait_ready(Member::Controller, deadline, options.ready_timeout, || {
                         probe_controller(addr)
@@ -423,8 +400,11 @@ impl DevCluster {
             let node = cluster.launch_node(&options, index as u64 + 1, base, controller)?;
             cluster.nodes.push(node);
         }
-        let nodes: Vec<(u64, SocketAddr)> =
-            cluster.nodes.iter().map(|n| (n.id, n.addr())).collect();
+        let nodes: Vec<(u64, SocketAddr)> = cluster
+            .nodes
+            .iter()
+            .map(|n| (n.id, n.process.addr))
+            .collect();
         for (id, addr) in nodes {
             cluster
                 .wait_ready(
@@ -447,7 +427,7 @@ impl DevCluster {
         &self,
         options: &DevOptions,
         addr: SocketAddr,
-    ) -> Result<Process, DevError> {
+    ) -> Result<DevProcess, DevError> {
         let flags = [OsString::from("--listen"), addr.to_string().into()];
         self.launch(
             options,
@@ -509,7 +489,7 @@ impl DevCluster {
         addr: SocketAddr,
         prefix: &[String],
         flags: &[OsString],
-    ) -> Result<Process, DevError> {
+    ) -> Result<DevProcess, DevError> {
         let data_dir = self.dir.path().join(name);
         let log = self.dir.path().join(format!("{name}.log"));
         let log_file = File::create(&log).map_err(|source| DevError::Io {
@@ -551,7 +531,7 @@ impl DevCluster {
             what: format!("starting {}", options.launcher.program.display()),
             source,
         })?;
-        Ok(Process {
+        Ok(DevProcess {
             member,
             addr,
             data_dir,
@@ -567,15 +547,15 @@ impl DevCluster {
     }
 
     /// The controller, if the cluster has one (more than one node, or rf above 1).
-    pub fn controller(&self) -> Option<&DevController> {
+    pub fn controller(&self) -> Option<&DevProcess> {
         self.controller.as_ref()
     }
 
     /// Where clients connect: the controller, or the only node's shard 0.
     pub fn target(&self) -> SocketAddr {
         match &self.controller {
-            Some(controller) => controller.addr(),
-            None => self.nodes[0].addr(),
+            Some(controller) => controller.addr,
+            None => self.nodes[0].process.addr,
         }
     }
 
@@ -607,9 +587,9 @@ impl DevCluster {
     }
 
     /// Every process: the controller first, then the nodes.
-    fn processes(&mut self) -> impl Iterator<Item = &mut Process> {
-        let controller = self.controller.iter_mut().map(|c| &mut c.process);
-        controller.chain(self.nodes.iter_mut().map(|n| &mut n.process))
+    fn processes(&mut self) -> impl Iterator<Item = &mut DevProcess> {
+        let nodes = self.nodes.iter_mut().map(|n| &mut n.process);
+        self.controller.iter_mut().chain(nodes)
     }
 
     /// Waits until `probe` succeeds for `member`, or any process exits, or `deadline` passes
@@ -655,7 +635,7 @@ impl Drop for DevCluster {
     fn drop(&mut self) {
         stop_all(self.nodes.iter_mut().map(|n| &mut n.process).collect());
         self.nodes.clear();
-        stop_all(self.controller.iter_mut().map(|c| &mut c.process).collect());
+        stop_all(self.controller.iter_mut().collect());
         self.controller = None;
         // Only now may the spawning thread end (its end would SIGKILL the processes); the
         // temp dir is removed after this, when `dir` drops.
@@ -665,7 +645,7 @@ impl Drop for DevCluster {
 
 /// SIGTERM to each of `processes`, up to [`STOP_TIMEOUT`] for all to exit, SIGKILL to the
 /// rest; every one reaped.
-fn stop_all(mut processes: Vec<&mut Process>) {
+fn stop_all(mut processes: Vec<&mut DevProcess>) {
     for process in processes.iter_mut() {
         process.poll_exit();
         process.signal(libc::SIGTERM);

@@ -208,14 +208,15 @@ fn print_dev(cluster: &DevCluster, rf: usize) {
         ));
     }
     for node in cluster.nodes() {
+        let process = node.process();
         lines.push(format!(
             "node {} (pid {}): shard 0 at {}, metrics at {}, data in {}, log in {}",
             node.id(),
-            node.pid(),
-            node.addr(),
+            process.pid(),
+            process.addr(),
             node.metrics_url(),
-            node.data_dir().display(),
-            node.log_file().display()
+            process.data_dir().display(),
+            process.log_file().display()
         ));
     }
     if cluster.controller().is_some() {

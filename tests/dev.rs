@@ -93,11 +93,11 @@ fn dev_cluster_in_process_serves_then_stops_and_removes_its_temp_dir() {
     };
     let cluster = runtime.block_on(DevCluster::start(options)).expect("start");
     assert!(cluster.is_temporary());
-    let node = &cluster.nodes()[0];
+    let node = cluster.nodes()[0].process();
     let (pid, dir) = (node.pid(), cluster.data_dir().to_path_buf());
     assert_eq!(node.addr(), cluster.target());
     assert!(cluster.controller().is_none(), "one node, rf 1: standalone");
-    assert_eq!(node.metrics().port(), node.addr().port() + 2);
+    assert_eq!(cluster.nodes()[0].metrics().port(), node.addr().port() + 2);
     assert!(node.data_dir().join("shard-1").is_dir());
     runtime.block_on(round_trip(cluster.target()));
     cluster.stop();
@@ -115,7 +115,7 @@ fn dev_cluster_keeps_a_given_data_dir() {
     };
     let cluster = runtime.block_on(DevCluster::start(options)).expect("start");
     assert!(!cluster.is_temporary());
-    let pid = cluster.nodes()[0].pid();
+    let pid = cluster.nodes()[0].process().pid();
     cluster.stop();
     assert!(!alive(pid));
     assert!(dir.path().join("cluster/node-1/shard-0").is_dir());

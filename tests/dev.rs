@@ -319,7 +319,6 @@ fn a_kill_9_of_chainlog_dev_takes_its_node_down() {
 }
 
 #[test]
-#[ignore = "needs cluster nodes (`chainlog node --controller`), built on the replication branch"]
 fn chainlog_dev_with_3_nodes_and_rf_3_serves_the_map_and_stops_leaving_no_process() {
     let mut dev = Dev::start(&["--nodes", "3", "--rf", "3"]);
     let target = dev.target();

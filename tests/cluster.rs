@@ -566,3 +566,171 @@ fn a_stopped_replica_makes_appends_overloaded_and_the_chain_catches_up_when_it_r
         );
     }
 }
+
+/// Every committed record of `log_id` as the client's chosen replica serves it, once it knows
+/// `tail` is committed.
+async fn read_through(
+    client: &chainlog::client::Client,
+    log_id: u64,
+    tail: u64,
+) -> Vec<(u64, Vec<u8>)> {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let mut records = Vec::new();
+        let mut next = 0;
+        let known = loop {
+            let batch = client
+                .read(log_id, next, 1000, 1 << 20)
+                .await
+                .expect("read");
+            if batch.records.is_empty() {
+                break batch.tail;
+            }
+            next = batch.records.last().expect("nonempty").lsn + 1;
+            records.extend(batch.records.into_iter().map(|r| (r.lsn, r.payload)));
+        };
+        if known >= tail {
+            return records;
+        }
+        assert!(
+            Instant::now() < end,
+            "the replica knows {known} committed, not {tail}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn a_dev_cluster_through_the_client_library_replicates_and_survives_a_restart() {
+    use chainlog::client::{AppendOptions, Client as Lib, ClientConfig, ReadFrom};
+    use chainlog::dev::{DevCluster, DevOptions, Launcher};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = DevOptions {
+        nodes: 3,
+        rf: 3,
+        shards: 2,
+        data_dir: Some(dir.path().to_path_buf()),
+        ..DevOptions::new(Launcher {
+            program: env!("CARGO_BIN_EXE_chainlog").into(),
+            node_prefix: vec!["node".into()],
+            controller_prefix: vec!["controller".into()],
+        })
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let dev = DevCluster::start(options.clone())
+            .await
+            .expect("dev cluster");
+        let client = Lib::connect(dev.target()).await.expect("connect");
+        let log_id = client.create_log_with("library", 3).await.expect("create");
+        // Eight tasks append at once through one cluster client (routed to the head).
+        let tasks: Vec<_> = (0..8u64)
+            .map(|w| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let mut acked = Vec::new();
+                    for n in 0..50 {
+                        let p = payload(w, n);
+                        let lsns = client.append(log_id, &[&p]).await.expect("append");
+                        acked.push((lsns.start, p));
+                    }
+                    acked
+                })
+            })
+            .collect();
+        let mut expected = Vec::new();
+        for t in tasks {
+            expected.extend(t.await.expect("task"));
+        }
+        expected.sort();
+        assert_eq!(expected.len(), 400);
+        // Conditional and idempotent appends through the chain.
+        let tail = client.check_tail(log_id).await.expect("check_tail").tail;
+        assert_eq!(tail, 400);
+        let at = AppendOptions {
+            expected_lsn: Some(400),
+            ..AppendOptions::default()
+        };
+        assert_eq!(
+            client
+                .append_with(log_id, &[b"cond"], &at)
+                .await
+                .expect("cond")
+                .start,
+            400
+        );
+        let refused = client.append_with(log_id, &[b"cond"], &at).await;
+        assert!(refused.is_err(), "the condition no longer holds");
+        let keyed = AppendOptions {
+            idempotency: Some((5, 1)),
+            ..AppendOptions::default()
+        };
+        let first = client
+            .append_with(log_id, &[b"key"], &keyed)
+            .await
+            .expect("keyed");
+        let again = client
+            .append_with(log_id, &[b"key"], &keyed)
+            .await
+            .expect("retry");
+        assert_eq!((first.start, again.start), (401, 401));
+        expected.push((400, b"cond".to_vec()));
+        expected.push((401, b"key".to_vec()));
+        let committed = client.check_tail(log_id).await.expect("check_tail").tail;
+        assert_eq!(committed, 402);
+        // Reads from the head, the tail and round robin all agree with what was acked, and
+        // every node, asked directly, holds the same records.
+        for read_from in [ReadFrom::Head, ReadFrom::Tail, ReadFrom::Any] {
+            let config = ClientConfig {
+                read_from,
+                ..ClientConfig::default()
+            };
+            let reader = Lib::connect_with(dev.target(), config)
+                .await
+                .expect("reader");
+            assert_eq!(
+                read_through(&reader, log_id, committed).await,
+                expected,
+                "{read_from:?}"
+            );
+        }
+        for node in dev.nodes() {
+            let direct = Lib::connect(node.process().addr()).await.expect("node");
+            let records = read_through(&direct, log_id, committed).await;
+            assert_eq!(digest(&records), digest(&expected), "node {}", node.id());
+        }
+        dev.stop();
+
+        // Every process starts again on the same directory (on new ports): everything
+        // committed is there, and appends continue where they stopped.
+        let dev = DevCluster::start(options).await.expect("dev cluster again");
+        let client = Lib::connect(dev.target()).await.expect("connect again");
+        let end = Instant::now() + DEADLINE;
+        let next = loop {
+            match client.append(log_id, &[b"again"]).await {
+                Ok(lsns) => break lsns.start,
+                Err(e) if Instant::now() < end => {
+                    // The nodes reconnect to each other at their new addresses.
+                    tracing::debug!(error = %e, "not yet");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("append after the restart: {e}"),
+            }
+        };
+        assert_eq!(next, 402);
+        expected.push((402, b"again".to_vec()));
+        for node in dev.nodes() {
+            let direct = Lib::connect(node.process().addr()).await.expect("node");
+            assert_eq!(
+                read_through(&direct, log_id, 403).await,
+                expected,
+                "node {}",
+                node.id()
+            );
+        }
+        dev.stop();
+    });
+}

@@ -2,7 +2,8 @@
 //! scrapes of its Prometheus `/metrics` (DESIGN.md section 8), one before and one after.
 //!
 //! The stages are the node's (`src/node/metrics.rs`): `queue` (frame received to handed to the
-//! store), `batch_wait` (group commit), `disk` (the durable write), `ack` (durability seen to
+//! store), `batch_wait` (group commit), `disk` (the durable write), `replication` (durable at
+//! the head to committed on the chain), `ack` (durability seen to
 //! answer queued) and `total`, in the family `chainlog_append_stage_latency_us` with labels
 //! `shard` and `stage`; group-commit batch sizes are `chainlog_group_commit_batch_records`.
 //!

@@ -90,6 +90,10 @@ pub(crate) struct Chain {
     hold: HashMap<u64, u64>,
     /// Logs to look at in the next turn (catching up, held, probing).
     again: HashSet<u64>,
+    /// Reused buffers of a turn (the loop allocates nothing once warm).
+    turn_logs: Vec<u64>,
+    answers: Vec<crate::replication::Answer>,
+    sends: Vec<Send>,
 }
 
 impl Chain {
@@ -105,6 +109,9 @@ impl Chain {
             next_generation: 1,
             hold: HashMap::new(),
             again: HashSet::new(),
+            turn_logs: Vec::new(),
+            answers: Vec::new(),
+            sends: Vec::new(),
         }
     }
 
@@ -309,13 +316,14 @@ impl Chain {
         for f in std::mem::take(&mut server.forwards) {
             self.forward(server, store, f);
         }
-        let mut logs: Vec<u64> = server.touched.drain().collect();
+        let mut logs = std::mem::take(&mut self.turn_logs);
+        logs.extend(server.touched.drain());
         logs.extend(self.again.drain());
         logs.sort_unstable();
         logs.dedup();
-        let mut answers = Vec::new();
-        let mut sends = Vec::new();
-        for log_id in logs {
+        let mut answers = std::mem::take(&mut self.answers);
+        let mut sends = std::mem::take(&mut self.sends);
+        for &log_id in &logs {
             let Some(replica) = server.replicas.get_mut(&log_id) else {
                 self.hold.remove(&log_id);
                 continue;
@@ -363,6 +371,10 @@ impl Chain {
                 self.send_control(server, log_id, slot, send);
             }
         }
+        logs.clear();
+        self.turn_logs = logs;
+        self.answers = answers;
+        self.sends = sends;
         self.update_congestion(server);
         for slot in 0..self.links.len() {
             self.drive_link(slot as u32, server, store, now_us);

@@ -20,7 +20,6 @@ pub mod fatal;
 pub mod format;
 pub mod io;
 mod lifecycle;
-pub use lifecycle::ZERO_CHUNK_BYTES;
 mod log;
 pub mod metrics;
 pub mod recovery;

@@ -2,18 +2,10 @@
 //! records are all trimmed.
 //!
 //! The *spare* is prepared in the background through the same ring as the appends: created,
-//! preallocated (fallocate), its directory entry synced, zero-filled in unsynced writes (so
-//! frame writes later overwrite written blocks and a flush never has to commit extent
-//! metadata: on ext4 here that halves the latency of a durable 4 KiB write, ARCHITECTURE.md),
-//! and finally its header written with a flush. A file with a zero header is a spare cut short
-//! and recovery removes it.
-//!
-//! The zero-fill is **paced** by the active segment: it keeps [`ZERO_LEAD`] of a segment
-//! ahead of how full the active segment is, and goes at full speed only when it is behind
-//! that (or when the store waits for it). The device's volatile cache holds the zeros until
-//! the next flush, and every append's durable write flushes it: zero-filling in one burst
-//! made the flushes of that moment carry megabytes of zeros (a p99 spike every segment),
-//! paced it adds one small chunk to some flushes.
+//! preallocated (fallocate), its directory entry synced, zero-filled in large buffered writes
+//! (so frame writes later overwrite written blocks and a flush never has to commit extent
+//! metadata: on ext4 here that halves the latency of a durable 4 KiB write, ARCHITECTURE.md), and finally its header written with a
+//! flush. A file with a zero header is a spare cut short and recovery removes it.
 //!
 //! A segment is deleted when it is the oldest, the next segment's snapshot frame is durable
 //! (it carries every log's state forward), and every log with records in it has a durable trim
@@ -30,11 +22,8 @@ use crate::io::{Durability, FileId, Io};
 use crate::segment::{segment_name, Segment};
 use crate::store::Store;
 
-/// Bytes per zero-fill write: what one flush may have to carry in addition to its frame.
-pub const ZERO_CHUNK_BYTES: usize = 128 << 10;
-/// How far (as a fraction of a segment) the spare's zero-fill keeps ahead of the active
-/// segment's fill.
-const ZERO_LEAD: f64 = 0.125;
+/// Bytes per zero-fill write.
+const ZERO_CHUNK_BYTES: usize = 1 << 20;
 /// `DirSync` token value for the spare's directory entry.
 const DIR_SYNC_SPARE: u64 = 0;
 /// `DirSync` token value after a deletion.
@@ -70,7 +59,6 @@ impl<I: Io> Store<I> {
         if self.failed.is_some() {
             return;
         }
-        let zero_until = self.zero_fill_until();
         match &mut self.spare {
             Spare::Ready(_) => {}
             Spare::Idle { next_id } => {
@@ -87,9 +75,7 @@ impl<I: Io> Store<I> {
             Spare::Preparing(prep) => {
                 let segment_bytes = self.config.segment_bytes;
                 if prep.next_zero < segment_bytes {
-                    if prep.next_zero >= zero_until {
-                        // Far enough ahead of the active segment for now (module docs).
-                    } else if let Some(mut zero) = prep.zero.take() {
+                    if let Some(mut zero) = prep.zero.take() {
                         let len =
                             (segment_bytes - prep.next_zero).min(zero.capacity() as u64) as usize;
                         zero.set_len(len);
@@ -119,20 +105,6 @@ impl<I: Io> Store<I> {
                 }
             }
         }
-    }
-
-    /// How far the spare may be zero-filled now: [`ZERO_LEAD`] of a segment ahead of the
-    /// active segment's fill; everything when the store waits for the spare, is opening, or
-    /// has no active segment.
-    fn zero_fill_until(&self) -> u64 {
-        let Some(active) = self.segments.back().filter(|_| self.pace_spare) else {
-            return u64::MAX;
-        };
-        if self.waiting_for_spare {
-            return u64::MAX;
-        }
-        let fill = self.active_offset as f64 / active.bytes as f64;
-        ((fill + ZERO_LEAD) * self.config.segment_bytes as f64) as u64
     }
 
     fn start_spare(&mut self, id: u64) -> io::Result<Prep> {
@@ -208,16 +180,6 @@ impl<I: Io> Store<I> {
     /// Prepares the spare, waiting for it (at open, before anything else is in flight).
     pub(crate) fn prepare_spare_now(&mut self) -> Result<()> {
         let mut completions = Vec::new();
-        let paced = std::mem::replace(&mut self.pace_spare, false);
-        let prepared = self.prepare_spare_unpaced(&mut completions);
-        self.pace_spare = paced;
-        prepared
-    }
-
-    fn prepare_spare_unpaced(
-        &mut self,
-        completions: &mut Vec<crate::io::Completion>,
-    ) -> Result<()> {
         loop {
             self.advance_spare();
             if let Some(reason) = &self.failed {
@@ -227,7 +189,7 @@ impl<I: Io> Store<I> {
                 return Ok(());
             }
             self.io
-                .wait(1, completions)
+                .wait(1, &mut completions)
                 .map_err(|e| Error::io(&self.dir, e))?;
             for completion in completions.drain(..) {
                 self.handle(completion);

@@ -97,6 +97,8 @@ impl<I: Io> Store<I> {
             if !self.waiting_for_spare {
                 self.waiting_for_spare = true;
                 self.metrics.rollover_waits += 1;
+                // The spare's zero-fill may have been paced: it goes at full speed now.
+                self.advance_spare();
             }
             return false;
         }

@@ -20,6 +20,7 @@ pub mod fatal;
 pub mod format;
 pub mod io;
 mod lifecycle;
+pub use lifecycle::{ZERO_CHUNK_BYTES, ZERO_CHUNK_BYTES_MAX};
 mod log;
 pub mod metrics;
 pub mod recovery;

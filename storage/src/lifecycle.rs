@@ -2,10 +2,20 @@
 //! records are all trimmed.
 //!
 //! The *spare* is prepared in the background through the same ring as the appends: created,
-//! preallocated (fallocate), its directory entry synced, zero-filled in large buffered writes
-//! (so frame writes later overwrite written blocks and a flush never has to commit extent
-//! metadata: on ext4 here that halves the latency of a durable 4 KiB write, ARCHITECTURE.md), and finally its header written with a
-//! flush. A file with a zero header is a spare cut short and recovery removes it.
+//! preallocated (fallocate), its directory entry synced, zero-filled in unsynced writes (so
+//! frame writes later overwrite written blocks and a flush never has to commit extent
+//! metadata: on ext4 here that halves the latency of a durable 4 KiB write, ARCHITECTURE.md),
+//! and finally its header written with a flush. A file with a zero header is a spare cut short
+//! and recovery removes it.
+//!
+//! The zero-fill is **paced** by the active segment: it keeps [`ZERO_LEAD`] of a segment
+//! ahead of how full the active segment is, in small writes ([`ZERO_CHUNK_BYTES`]) while it
+//! is more than a quarter of that ahead, in large ones ([`ZERO_CHUNK_BYTES_MAX`]) when it is
+//! less (large appends fill segments fast), when the store waits for the spare, and at open.
+//! The device's volatile cache holds the zeros until the next flush, and every append's
+//! durable write flushes it: zero-filling in one burst made the flushes of that moment carry
+//! megabytes of zeros (a p99 spike every segment); paced, a flush carries at most one small
+//! chunk.
 //!
 //! A segment is deleted when it is the oldest, the next segment's snapshot frame is durable
 //! (it carries every log's state forward), and every log with records in it has a durable trim
@@ -22,12 +32,41 @@ use crate::io::{Durability, FileId, Io};
 use crate::segment::{segment_name, Segment};
 use crate::store::Store;
 
-/// Bytes per zero-fill write.
-const ZERO_CHUNK_BYTES: usize = 1 << 20;
+/// Bytes per zero-fill write while the spare is well ahead of the active segment: what one
+/// flush may have to carry in addition to its frame.
+pub const ZERO_CHUNK_BYTES: usize = 128 << 10;
+/// Bytes per zero-fill write while the spare is not far ahead (large appends fill segments
+/// faster than small zero-fill writes keep up with).
+pub const ZERO_CHUNK_BYTES_MAX: usize = 1 << 20;
+/// How far (as a fraction of a segment) the spare's zero-fill keeps ahead of the active
+/// segment's fill: large writes below a quarter of it, small ones beyond.
+const ZERO_LEAD: f64 = 0.25;
 /// `DirSync` token value for the spare's directory entry.
 const DIR_SYNC_SPARE: u64 = 0;
 /// `DirSync` token value after a deletion.
 const DIR_SYNC_DELETE: u64 = 1;
+
+/// How fast the spare is zero-filled.
+#[derive(Clone, Copy, Debug)]
+enum Pace {
+    /// As fast as possible.
+    Unpaced,
+    /// Paced by the active segment: its fill corresponds to offset `fill` of the spare, and
+    /// the zero-fill stops `lead` bytes ahead of that.
+    Fill { fill: u64, lead: u64 },
+}
+
+impl Pace {
+    /// Bytes to zero-fill now at offset `next_zero` of the spare (0: not now).
+    fn chunk(self, next_zero: u64) -> usize {
+        match self {
+            Pace::Unpaced => ZERO_CHUNK_BYTES_MAX,
+            Pace::Fill { fill, lead } if next_zero < fill + lead / 4 => ZERO_CHUNK_BYTES_MAX,
+            Pace::Fill { fill, lead } if next_zero < fill + lead => ZERO_CHUNK_BYTES,
+            Pace::Fill { .. } => 0,
+        }
+    }
+}
 
 /// The next segment.
 #[derive(Debug)]
@@ -59,6 +98,7 @@ impl<I: Io> Store<I> {
         if self.failed.is_some() {
             return;
         }
+        let pace = self.zero_fill_pace();
         match &mut self.spare {
             Spare::Ready(_) => {}
             Spare::Idle { next_id } => {
@@ -75,9 +115,11 @@ impl<I: Io> Store<I> {
             Spare::Preparing(prep) => {
                 let segment_bytes = self.config.segment_bytes;
                 if prep.next_zero < segment_bytes {
-                    if let Some(mut zero) = prep.zero.take() {
-                        let len =
-                            (segment_bytes - prep.next_zero).min(zero.capacity() as u64) as usize;
+                    let chunk = pace.chunk(prep.next_zero);
+                    if chunk == 0 {
+                        // Far enough ahead of the active segment for now (module docs).
+                    } else if let Some(mut zero) = prep.zero.take() {
+                        let len = (segment_bytes - prep.next_zero).min(chunk as u64) as usize;
                         zero.set_len(len);
                         self.io.write(
                             prep.file,
@@ -107,6 +149,22 @@ impl<I: Io> Store<I> {
         }
     }
 
+    /// Where the spare's zero-fill stands against the active segment's fill, or unpaced: when
+    /// the store waits for the spare, is opening, or has no active segment.
+    fn zero_fill_pace(&self) -> Pace {
+        match self.segments.back() {
+            Some(active) if self.pace_spare && !self.waiting_for_spare => {
+                let spare_bytes = self.config.segment_bytes as f64;
+                let fill = self.active_offset as f64 / active.bytes as f64;
+                Pace::Fill {
+                    fill: (fill * spare_bytes) as u64,
+                    lead: (ZERO_LEAD * spare_bytes) as u64,
+                }
+            }
+            _ => Pace::Unpaced,
+        }
+    }
+
     fn start_spare(&mut self, id: u64) -> io::Result<Prep> {
         let path = self.dir.join(segment_name(id));
         let file = self.io.open(&path, true)?;
@@ -118,7 +176,7 @@ impl<I: Io> Store<I> {
             path,
             file,
             next_zero: BLOCK_SIZE as u64,
-            zero: Some(AlignedBuf::new(ZERO_CHUNK_BYTES)),
+            zero: Some(AlignedBuf::new(ZERO_CHUNK_BYTES_MAX)),
             dir_synced: false,
             header_in_flight: false,
         })
@@ -180,6 +238,16 @@ impl<I: Io> Store<I> {
     /// Prepares the spare, waiting for it (at open, before anything else is in flight).
     pub(crate) fn prepare_spare_now(&mut self) -> Result<()> {
         let mut completions = Vec::new();
+        let paced = std::mem::replace(&mut self.pace_spare, false);
+        let prepared = self.prepare_spare_unpaced(&mut completions);
+        self.pace_spare = paced;
+        prepared
+    }
+
+    fn prepare_spare_unpaced(
+        &mut self,
+        completions: &mut Vec<crate::io::Completion>,
+    ) -> Result<()> {
         loop {
             self.advance_spare();
             if let Some(reason) = &self.failed {
@@ -189,7 +257,7 @@ impl<I: Io> Store<I> {
                 return Ok(());
             }
             self.io
-                .wait(1, &mut completions)
+                .wait(1, completions)
                 .map_err(|e| Error::io(&self.dir, e))?;
             for completion in completions.drain(..) {
                 self.handle(completion);

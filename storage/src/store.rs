@@ -401,6 +401,8 @@ pub struct Store<I: Io> {
     pub(crate) spare: Spare,
     /// A full segment is waiting for the spare (counted once per rollover).
     pub(crate) waiting_for_spare: bool,
+    /// Whether the spare's zero-fill is paced by the active segment's fill (not at open).
+    pub(crate) pace_spare: bool,
     // Frames: free, being filled, sealed (waiting for a write slot), in flight, cached.
     pub(crate) free: Vec<Frame>,
     pub(crate) building: Option<Frame>,
@@ -474,6 +476,7 @@ impl<I: Io> Store<I> {
             need_snapshot: recovered.need_snapshot,
             spare,
             waiting_for_spare: false,
+            pace_spare: true,
             free,
             building: None,
             sealed: VecDeque::new(),

@@ -12,6 +12,8 @@
 //! Payloads are derived from (log, LSN) ([`payload`]), so a parent can check any record a
 //! child wrote, acknowledged or not, without being told its bytes.
 
+mod common;
+
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -32,6 +34,7 @@ use chainlog_storage::{
     fatal, Ack, Durability, DurabilityMode, Error, FaultConfig, FaultPlan, FaultyIo, Io, LogTail,
     ReadRecord, Record, SimDisk, SimRng, Store, StoreConfig, SystemClock, UringIo, FATAL_EXIT_CODE,
 };
+use common::writes_at_open;
 
 /// The shard directory a child works in; its presence is what makes a child test run.
 const CHILD_DIR_ENV: &str = "CHAINLOG_CHILD_DIR";
@@ -721,13 +724,6 @@ fn fault_config(segment_bytes: u64) -> StoreConfig {
         durability: DurabilityMode::Dsync,
         ..real_config(FAULT_LEN_MAX)
     }
-}
-
-/// Writes a new store makes before its first frame: zero-fill (1 MiB writes) and header of
-/// the first segment and of the spare.
-fn writes_at_open(segment_bytes: u64) -> u64 {
-    let zero_fill = (segment_bytes - 4096).div_ceil(1 << 20);
-    2 * (zero_fill + 1)
 }
 
 /// Frames written successfully before the failing one (after the first segment's snapshot).

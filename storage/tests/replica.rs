@@ -16,7 +16,7 @@ use chainlog_storage::{
 };
 
 mod common;
-use common::{assert_res, real_dir, stamped, Sim};
+use common::{assert_res, real_dir, stamped, writes_at_open, Sim};
 
 const LOG: u64 = 7;
 const RECORD_BYTES_MAX: usize = 16 << 10;
@@ -591,16 +591,12 @@ fn a_pinned_buffer_is_never_reused<B: Backend>(b: &mut B) {
     assert_eq!(store.metrics().frames_pinned, 0);
 }
 
-/// Writes a new store makes before its first frame (`Dsync`, no calibration): zero-fill (one
-/// 1 MiB write) and header of the first segment, then of the spare.
-const WRITES_AT_OPEN: u64 = 4;
-
 /// A frame write fails: the store stops (`Fatal`), and its pins, one of the failed frame and
 /// one of a frame never written, still read the same bytes and unpin.
 fn pins_of_a_failed_store_stay_valid_until_unpinned<B: Backend>(b: &mut B) {
     // The first segment's snapshot is the next write, then the first data frame fails.
     let plan = FaultPlan {
-        fail_write_number: Some(WRITES_AT_OPEN + 2),
+        fail_write_number: Some(writes_at_open(SEGMENT_BYTES) + 2),
         ..FaultPlan::default()
     };
     let dir = b.dir("failing");

@@ -79,3 +79,11 @@ pub(crate) fn stamped(log_id: u64, first_lsn: u64, epoch: u64, payloads: &[Vec<u
     }
     out
 }
+
+/// Writes a new store makes before its first frame (with `Dsync` and no calibration): the
+/// zero-fill (unpaced at open: `ZERO_CHUNK_BYTES_MAX` writes) and the header of the first segment, then the same
+/// of the spare.
+pub(crate) fn writes_at_open(segment_bytes: u64) -> u64 {
+    let zero_fill = (segment_bytes - 4096).div_ceil(chainlog_storage::ZERO_CHUNK_BYTES_MAX as u64);
+    2 * (zero_fill + 1)
+}

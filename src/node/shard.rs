@@ -143,14 +143,8 @@ impl Shard {
             NetOp::Stop,
         );
         ops::timeout(self.store.io_mut(), &self.tick, NetOp::Tick);
-        if let Some(control) = &self.ctx.control {
-            let fd = control.wake.as_raw_fd();
-            ops::wait_event(
-                self.store.io_mut(),
-                fd,
-                &mut self.control_buf,
-                NetOp::Control,
-            );
+        if self.ctx.control.is_some() {
+            self.arm_control();
             ops::timeout(self.store.io_mut(), &self.replication_tick, NetOp::Timer);
         }
         loop {
@@ -298,13 +292,20 @@ impl Shard {
                 .applied
                 .store(update.map.version(), std::sync::atomic::Ordering::Relaxed);
         }
-        let fd = control.wake.as_raw_fd();
-        ops::wait_event(
-            self.store.io_mut(),
-            fd,
-            &mut self.control_buf,
-            NetOp::Control,
-        );
+        self.arm_control();
+    }
+
+    /// Reads the control eventfd again (the next news wakes the shard).
+    fn arm_control(&mut self) {
+        if let Some(control) = &self.ctx.control {
+            let fd = control.wake.as_raw_fd();
+            ops::wait_event(
+                self.store.io_mut(),
+                fd,
+                &mut self.control_buf,
+                NetOp::Control,
+            );
+        }
     }
 
     /// After the last connection closed: closes the replication links and waits until the

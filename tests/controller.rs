@@ -365,7 +365,12 @@ fn a_stop_answers_a_waiting_create_and_exits_0() {
             .create_log("waits", 1)
     });
     let id = chainlog::client::log_id("waits");
+    let end = std::time::Instant::now() + Duration::from_secs(120);
     while c.map().expect("map").log(id).is_none() {
+        assert!(
+            std::time::Instant::now() < end,
+            "the waiting create never placed its log"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(controller.terminate().success(), "exit 0 on SIGTERM");

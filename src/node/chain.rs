@@ -226,7 +226,7 @@ impl Chain {
         };
         let committed = match send {
             Send::Commit { committed } => committed,
-            _ => replica.committed().min(replica.next_lsn()),
+            _ => replica.committed(),
         };
         let mut header =
             ReplicateHeader::new(kind, log_id, replica.epoch(), replica.next_lsn(), committed);

@@ -6,6 +6,16 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+/// The store token of a connection's appends and trims (and of its REPLICATEs' answers).
+pub(crate) fn ack_token(slot: u32, generation: u32) -> u64 {
+    u64::from(generation) << 32 | u64::from(slot)
+}
+
+/// The connection (slot, generation) a store token names ([`ack_token`]).
+pub(crate) fn token_conn(token: u64) -> (usize, u32) {
+    ((token & 0xffff_ffff) as usize, (token >> 32) as u32)
+}
+
 /// A client connection.
 #[derive(Debug)]
 pub(crate) struct Conn {

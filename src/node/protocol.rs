@@ -575,7 +575,6 @@ impl Server {
         // A retried batch (its idempotency key was seen) gets its original LSNs: nothing new
         // was stored.
         if lsns.start == replica.next_lsn() {
-            self.touched.insert(h.log_id);
             if replica.stored(lsns.start, lsns.end, None) == Forwarding::Now {
                 let pin = store.pin_last().expect("the records just stored");
                 self.forwards.push(Forward {
@@ -588,6 +587,7 @@ impl Server {
                     pin,
                 });
             }
+            self.touch(h.log_id);
         }
         let received_us = self.received_us;
         self.metrics
@@ -773,7 +773,7 @@ impl Server {
             // A barrier through the chain: answered when every replica has answered what
             // came before it (at once on a single node).
             let seq = self.head_replica(log_id)?.barrier(None);
-            self.touched.insert(log_id);
+            self.touch(log_id);
             session.barriers.push(Barrier {
                 request_id,
                 log_id,
@@ -870,7 +870,7 @@ impl Server {
             .get_mut(&log_id)
             .expect("checked above")
             .trim(before, None);
-        self.touched.insert(log_id);
+        self.touch(log_id);
         session.pending.push_back(Pending::Trim {
             request_id,
             log_id,
@@ -1245,7 +1245,7 @@ impl Server {
     ) {
         let token = self.upstream.get(&log_id).copied();
         let conn = token.and_then(|token| {
-            let (slot, generation) = ((token & 0xffff_ffff) as usize, (token >> 32) as u32);
+            let (slot, generation) = super::conn::token_conn(token);
             conns
                 .get_mut(slot)
                 .and_then(Option::as_mut)
@@ -1271,17 +1271,30 @@ impl Server {
         }
     }
 
+    /// Marks a log for the end of the turn's replication pump (answers, sends, catch-up): only
+    /// logs with more than one replica have anything there, so a standalone node's appends
+    /// skip it.
+    fn touch(&mut self, log_id: u64) {
+        if self
+            .replicas
+            .get(&log_id)
+            .is_some_and(|r| r.chain().len() > 1)
+        {
+            self.touched.insert(log_id);
+        }
+    }
+
     /// A store ack: records or a trim of a log became durable here.
     pub(crate) fn on_store_ack(&mut self, ack: &Ack) {
         let Some(replica) = self.replicas.get_mut(&ack.log_id) else {
             return;
         };
-        self.touched.insert(ack.log_id);
         if ack.lsns.is_empty() {
             replica.trim_durable(ack.lsns.start);
         } else {
             replica.durable(ack.lsns.end);
         }
+        self.touch(ack.log_id);
     }
 
     /// A store ack for one of the connection's appends or trims (they come in the order

@@ -13,7 +13,7 @@ use chainlog_storage::{fatal, Ack, Error, Store, StoreConfig, SystemClock, Uring
 
 use super::catalog::Catalog;
 use super::chain::Chain;
-use super::conn::Conn;
+use super::conn::{ack_token, token_conn, Conn};
 use super::control::ControlInbox;
 use super::metrics::{Board, Snapshot};
 use super::ops::{self, NetOp, NetToken, GENERATION_MASK, SLOTS_MAX};
@@ -404,7 +404,7 @@ impl Shard {
 
     fn on_ack(&mut self, ack: Ack) {
         self.protocol.on_store_ack(&ack);
-        let (slot, generation) = ((ack.token & 0xffff_ffff) as usize, (ack.token >> 32) as u32);
+        let (slot, generation) = token_conn(ack.token);
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
@@ -509,11 +509,6 @@ impl Shard {
             }
         }
     }
-}
-
-/// The store token of a connection's appends and trims.
-fn ack_token(slot: u32, generation: u32) -> u64 {
-    u64::from(generation) << 32 | u64::from(slot)
 }
 
 pub(crate) fn set_nodelay(fd: &OwnedFd) {

@@ -52,7 +52,9 @@ pub(crate) struct ShardContext {
 }
 
 /// Runs a shard until it is stopped (Ok) or cannot go on (Err). A storage failure ends the
-/// process through `fatal` (nothing more may be acknowledged).
+/// process through `fatal` (nothing more may be acknowledged). A store that cannot be served
+/// as it is (damaged) is logged at ERROR and the shard does not start, which stops the node:
+/// it never serves its logs shorter.
 pub(crate) fn run(ctx: ShardContext) -> Result<(), String> {
     if let Some(core) = ctx.core {
         pin_to(core);
@@ -68,12 +70,15 @@ pub(crate) fn run(ctx: ShardContext) -> Result<(), String> {
     ) {
         Ok(store) => store,
         Err(Error::Fatal(reason)) => fatal(&reason),
-        Err(e) => return Err(format!("opening the store in {}: {e}", store_dir.display())),
+        Err(e) => {
+            let reason = format!("opening the store in {}: {e}", store_dir.display());
+            return Err(refuse_to_start(ctx.index, e.kind(), reason));
+        }
     };
     let listener =
         TcpListener::bind(ctx.listen).map_err(|e| format!("listening on {}: {e}", ctx.listen))?;
     tracing::info!(shard = ctx.index, listen = %ctx.listen, durability = ?store.durability(), "shard serving");
-    let mut shard = Shard {
+    let shard = Shard {
         protocol: protocol::Server::new(
             ctx.index,
             ctx.count,
@@ -106,6 +111,14 @@ pub(crate) fn run(ctx: ShardContext) -> Result<(), String> {
     Ok(())
 }
 
+/// Reports why shard `shard` does not start (at ERROR, `kind` naming the error's kind) and
+/// returns the reason for the node's exit message. Repairing a damaged store from a peer
+/// replica is not done yet: the operator restores the data or replaces the node.
+fn refuse_to_start(shard: u16, kind: &str, reason: String) -> String {
+    tracing::error!(shard, kind, %reason, "the shard's data cannot be served as it is: the shard does not start and the node stops");
+    format!("{reason} (the shard's data is not served as it is: restore it, or replace the node)")
+}
+
 struct Shard {
     ctx: ShardContext,
     protocol: protocol::Server,
@@ -133,7 +146,7 @@ struct Shard {
 }
 
 impl Shard {
-    fn serve(&mut self) {
+    fn serve(mut self) {
         let listener = self.listener.as_ref().expect("listener").as_raw_fd();
         ops::accept(self.store.io_mut(), listener);
         ops::wait_event(
@@ -165,8 +178,9 @@ impl Shard {
             }
         }
         self.close_links();
-        let mut acks = Vec::new();
-        if let Err(e) = self.store.sync_all(&mut acks) {
+        // Everything durable, and the clean-stop record written: the next start checks the
+        // store against it.
+        if let Err(e) = self.store.close(&mut Vec::new()) {
             fatal(&format!("shard {}: {e}", self.ctx.index));
         }
         tracing::info!(shard = self.ctx.index, "shard stopped");

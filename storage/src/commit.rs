@@ -35,6 +35,8 @@ pub(crate) enum Op {
     SpareHeader = 3,
     /// A directory sync after creating or deleting a segment.
     DirSync = 4,
+    /// The clean-stop record's write and its directory sync (`Store::close` waits for them).
+    CleanStop = 5,
 }
 
 const OP_SHIFT: u32 = 56;
@@ -50,6 +52,7 @@ fn untoken(token: u64) -> (Option<Op>, u64) {
         2 => Some(Op::ZeroFill),
         3 => Some(Op::SpareHeader),
         4 => Some(Op::DirSync),
+        5 => Some(Op::CleanStop),
         _ => None,
     };
     (op, token & ((1 << OP_SHIFT) - 1))
@@ -255,6 +258,7 @@ impl<I: Io> Store<I> {
             Some(op @ (Op::ZeroFill | Op::SpareHeader | Op::DirSync)) => {
                 self.spare_completed(op, value, buf, result)
             }
+            Some(Op::CleanStop) => unreachable!("close waits for its own completions"),
             None => unreachable!("unknown completion token {token:#x}"),
         }
     }

@@ -17,6 +17,9 @@
 //! [`StateRecord`]s: the idempotency windows of the shard's writers. Control records (the
 //! system log's payloads) are a [`ControlRecord`] (trims) or a [`StateRecord`] (fencing-token
 //! raises and idempotency keys), told apart by their first four bytes, the kind.
+//!
+//! Outside the segments, a [`CleanStop`] record (the file [`CLEAN_STOP_FILE`]) says that the
+//! store was stopped cleanly and where its frame chain ends (ARCHITECTURE.md 8).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -34,6 +37,12 @@ pub const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"CLSG");
 /// Parsing uses this bound, never the current configuration, so a frame written under another
 /// configuration still reads back.
 pub const FRAME_BYTES_MAX: usize = 64 << 20;
+/// The file in a shard directory that holds the [`CleanStop`] record.
+pub const CLEAN_STOP_FILE: &str = "clean-stop";
+/// `"CLCS"` little-endian: the first bytes of a [`CleanStop`] record.
+pub const CLEAN_STOP_MAGIC: u32 = u32::from_le_bytes(*b"CLCS");
+/// The version of the [`CleanStop`] record this build writes and the newest it reads.
+pub const CLEAN_STOP_VERSION: u16 = 1;
 /// The log id reserved for the shard's own control records (trims, fencing tokens,
 /// idempotency keys).
 pub const SYSTEM_LOG: u64 = u64::MAX;
@@ -125,6 +134,53 @@ pub struct SegmentHeader {
     pub segment_bytes: u64,
     /// Zero.
     pub reserved: [u8; 32],
+}
+
+/// The clean-stop record: written (alone in the first block of [`CLEAN_STOP_FILE`], made
+/// durable) by `Store::close` once every frame is durable, and removed durably by the next
+/// open before it writes anything. While it exists, the frame chain must end exactly at frame
+/// `last_seq` with CRC `last_crc`: a chain that stops earlier is damaged committed data, never
+/// a torn tail. The record fits one 512-byte sector, so a crash while it is written leaves
+/// either all of it or none (an empty or zero file: the close did not finish).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[repr(C)]
+pub struct CleanStop {
+    /// [`CLEAN_STOP_MAGIC`].
+    pub magic: u32,
+    /// [`CLEAN_STOP_VERSION`] when written.
+    pub version: u16,
+    /// Zero.
+    pub reserved0: u16,
+    /// CRC32C of this record with `crc` = 0.
+    pub crc: u32,
+    /// `crc` of the last frame.
+    pub last_crc: u32,
+    /// `seq` of the last frame (0: the store has no frame).
+    pub last_seq: u64,
+    /// Zero.
+    pub reserved: [u64; 5],
+}
+
+impl CleanStop {
+    /// The record of a store whose last frame is `last_seq` with CRC `last_crc`, CRC filled in.
+    pub fn new(last_seq: u64, last_crc: u32) -> CleanStop {
+        let mut stop = CleanStop {
+            magic: CLEAN_STOP_MAGIC,
+            version: CLEAN_STOP_VERSION,
+            last_crc,
+            last_seq,
+            ..CleanStop::default()
+        };
+        stop.crc = stop.compute_crc();
+        stop
+    }
+
+    /// CRC32C of the record with `crc` zeroed.
+    pub fn compute_crc(&self) -> u32 {
+        let mut stop = *self;
+        stop.crc = 0;
+        crc32c::crc32c(bytemuck::bytes_of(&stop))
+    }
 }
 
 /// One log's state in a snapshot frame.
@@ -222,6 +278,7 @@ const _: () = assert!(RECORD_HEADER_BYTES == 40);
 const _: () = assert!(RECORD_HEADER_BYTES.is_multiple_of(8));
 const _: () = assert!(FRAME_HEADER_BYTES.is_multiple_of(8));
 const _: () = assert!(std::mem::size_of::<SegmentHeader>() == 64);
+const _: () = assert!(std::mem::size_of::<CleanStop>() == 64);
 const _: () = assert!(SNAPSHOT_ENTRY_BYTES == 32);
 const _: () = assert!(CONTROL_RECORD_BYTES == 24);
 const _: () = assert!(STATE_RECORD_BYTES == 40);

@@ -5,7 +5,8 @@
 //! one aligned O_DIRECT write, made durable by `RWF_DSYNC` or a linked fdatasync (chosen by
 //! [`calibrate`] at open), and are acknowledged only when that write and every one before it
 //! completed. [`recovery`] rebuilds state after a crash, cutting a torn tail and reporting
-//! damage in the middle. All I/O goes through the [`io::Io`] seam: io_uring in production, a
+//! damage to committed data; after a clean stop ([`Store::close`]) nothing is taken for a
+//! torn tail. All I/O goes through the [`io::Io`] seam: io_uring in production, a
 //! deterministic fault-injecting simulator in tests.
 //!
 //! The on-disk format is in [`format`](mod@format); the design and its reasons are in ARCHITECTURE.md.

@@ -216,7 +216,7 @@ impl<I: Io> Store<I> {
                 );
                 self.spare = Spare::Ready(segment);
             }
-            Op::Frame => unreachable!("frame completions are handled by group commit"),
+            Op::Frame | Op::CleanStop => unreachable!("{op:?} is not the spare's"),
         }
     }
 

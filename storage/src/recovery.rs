@@ -1,15 +1,25 @@
 //! Recovery: rebuild a shard's state from its segments, truncating a torn tail and reporting
-//! (never truncating) damage in the middle.
+//! (never truncating) damage to committed data.
 //!
 //! The scan follows the frame chain from the oldest segment's snapshot frame: a frame continues
 //! the chain when its CRC holds, its `seq` is the next one and its `prev_crc` is the previous
-//! frame's CRC. When the chain stops at frame `s` (at some offset), the rest of the shard's
-//! blocks are scanned for valid frames: if any says `durable_seq >= s`, frame `s` had been
-//! durable (and maybe acknowledged) and is now damaged: that is corruption and is reported as
-//! such. Otherwise `s` and everything after it were in flight when the process stopped (never
-//! acknowledged): the tail is torn and the store resumes writing at that offset. Recovery only
-//! deletes segments past the end (keeping one as the spare), so running it twice gives the same
-//! state.
+//! frame's CRC. Where the chain stops decides what the rest is:
+//!
+//! - After a clean stop (`Store::close` left a [`CleanStop`] record), every frame up to the
+//!   record's `last_seq` was durable and none was in flight: the chain must end exactly there.
+//!   If it stops before, committed data is damaged or missing: that is corruption, reported at
+//!   the offset where the chain stops. Nothing is a torn tail.
+//! - After a crash (no record), the rest of the shard's blocks are scanned for valid frames: if
+//!   any says `durable_seq >= s` (frame `s` being where the chain stopped), frame `s` had been
+//!   durable (and maybe acknowledged) and is now damaged: corruption. Otherwise `s` and
+//!   everything after it were in flight when the process stopped (never acknowledged): the tail
+//!   is torn and the store resumes writing at that offset. A frame is built with `durable_seq`
+//!   at least its `seq - writes_in_flight_max`, so at most the last `writes_in_flight_max`
+//!   frames before any surviving frame can be taken for a torn tail.
+//!
+//! Recovery only deletes segments past the end (keeping one as the spare) and, once the chain
+//! checked out, the clean-stop record (durably, before the store writes anything), so running
+//! it twice gives the same state.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -17,9 +27,10 @@ use std::path::{Path, PathBuf};
 use crate::buf::AlignedBuf;
 use crate::error::{Error, Result};
 use crate::format::{
-    snapshot_entry_bytes, ControlRecord, FrameFault, FrameKind, Records, SnapshotEntry,
-    StateRecord, BLOCK_SIZE, CONTROL_FENCE, CONTROL_RECORD_BYTES, CONTROL_TRIM, CONTROL_WRITER,
-    FORMAT_VERSION, STATE_RECORD_BYTES, SYSTEM_LOG,
+    snapshot_entry_bytes, CleanStop, ControlRecord, FrameFault, FrameKind, Records, SnapshotEntry,
+    StateRecord, BLOCK_SIZE, CLEAN_STOP_FILE, CLEAN_STOP_MAGIC, CLEAN_STOP_VERSION, CONTROL_FENCE,
+    CONTROL_RECORD_BYTES, CONTROL_TRIM, CONTROL_WRITER, FORMAT_VERSION, STATE_RECORD_BYTES,
+    SYSTEM_LOG,
 };
 use crate::io::{FileId, Io};
 use crate::log::LogState;
@@ -37,6 +48,9 @@ pub struct RecoveryReport {
     pub records: u64,
     /// Where a torn tail was cut: the segment and the offset writing resumes at.
     pub torn_tail: Option<(PathBuf, u64)>,
+    /// The store had been stopped cleanly (`Store::close`): its frames were checked to end
+    /// exactly where it stopped, and nothing was cut.
+    pub clean_stop: bool,
     /// Segment files removed (past the end, or never finished).
     pub removed: Vec<PathBuf>,
 }
@@ -76,7 +90,12 @@ pub(crate) fn recover<I: Io>(io: &mut I, dir: &Path, writers_max: usize) -> Resu
     io.create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut report = RecoveryReport::default();
     let mut ids = Vec::new();
+    let mut clean_stop_file = false;
     for name in io.list_dir(dir).map_err(|e| Error::io(dir, e))? {
+        if name == CLEAN_STOP_FILE {
+            clean_stop_file = true;
+            continue;
+        }
         match parse_segment_name(&name) {
             Some(id) => ids.push(id),
             None => {
@@ -86,6 +105,11 @@ pub(crate) fn recover<I: Io>(io: &mut I, dir: &Path, writers_max: usize) -> Resu
             }
         }
     }
+    let clean_stop_path = dir.join(CLEAN_STOP_FILE);
+    let clean_stop = match clean_stop_file {
+        true => read_clean_stop(io, &clean_stop_path)?,
+        false => None,
+    };
     ids.sort_unstable();
     for pair in ids.windows(2) {
         if pair[1] != pair[0] + 1 {
@@ -144,8 +168,16 @@ pub(crate) fn recover<I: Io>(io: &mut I, dir: &Path, writers_max: usize) -> Resu
         writers: Writers::new(writers_max),
         report,
     };
+    if files.is_empty() && clean_stop.is_some() {
+        return Err(Error::corrupt(
+            &clean_stop_path,
+            0,
+            "says the store was stopped cleanly, but the directory holds no segment",
+        ));
+    }
     if !files.is_empty() {
-        scan(io, &files, &mut recovered)?;
+        let clean_stop = clean_stop.map(|stop| (stop, clean_stop_path.as_path()));
+        scan(io, &files, clean_stop, &mut recovered)?;
         // Keep the active segment and one after it (the spare); remove the rest.
         let active = recovered.segments.len();
         for (i, f) in files.into_iter().enumerate() {
@@ -162,15 +194,77 @@ pub(crate) fn recover<I: Io>(io: &mut I, dir: &Path, writers_max: usize) -> Resu
             removed_any = true;
         }
     }
+    // The chain checked out: the record has said what it had to. It goes (durably, before
+    // anything is written) so that a crash from here on is recovered as a crash. A record cut
+    // short by a crash during the close goes too.
+    if clean_stop_file {
+        io.remove(&clean_stop_path)
+            .map_err(|e| Error::io(&clean_stop_path, e))?;
+        removed_any = true;
+    }
     if removed_any {
         crate::segment::sync_dir(io, dir)?;
     }
     recovered.report.segments = recovered.segments.len();
+    recovered.report.clean_stop = clean_stop.is_some();
     Ok(recovered)
 }
 
-/// Follows the frame chain through `files`, filling `out`.
-fn scan<I: Io>(io: &mut I, files: &[SegFile], out: &mut Recovered) -> Result<()> {
+/// Reads the clean-stop record at `path`: `None` if the file is empty or zero (a close that a
+/// crash cut short: it had not said anything yet), an error naming the file if it is anything
+/// but a valid record.
+fn read_clean_stop<I: Io>(io: &mut I, path: &Path) -> Result<Option<CleanStop>> {
+    let file = io.open(path, false).map_err(|e| Error::io(path, e))?;
+    let mut block = AlignedBuf::new(BLOCK_SIZE);
+    block.set_len(BLOCK_SIZE);
+    let read = read_sync(io, file, 0, block, &mut Vec::new());
+    io.close(file);
+    let (block, n) = read.map_err(|e| Error::io(path, e))?;
+    let bytes = &block.as_slice()[..n];
+    if bytes.iter().all(|&b| b == 0) {
+        return Ok(None);
+    }
+    let record_bytes = std::mem::size_of::<CleanStop>();
+    if n < record_bytes {
+        return Err(Error::corrupt(
+            path,
+            n as u64,
+            format!("{n} bytes: too short for a clean-stop record"),
+        ));
+    }
+    let stop: CleanStop = bytemuck::pod_read_unaligned(&bytes[..record_bytes]);
+    if stop.magic != CLEAN_STOP_MAGIC {
+        return Err(Error::corrupt(
+            path,
+            0,
+            "not a chainlog clean-stop record (bad magic)",
+        ));
+    }
+    if stop.version > CLEAN_STOP_VERSION {
+        return Err(Error::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found: stop.version,
+            supported: CLEAN_STOP_VERSION,
+        });
+    }
+    if stop.compute_crc() != stop.crc {
+        return Err(Error::corrupt(
+            path,
+            0,
+            "the clean-stop record fails its checksum",
+        ));
+    }
+    Ok(Some(stop))
+}
+
+/// Follows the frame chain through `files`, filling `out`; the chain must end where
+/// `clean_stop` (the record and its file), if any, says.
+fn scan<I: Io>(
+    io: &mut I,
+    files: &[SegFile],
+    clean_stop: Option<(CleanStop, &Path)>,
+    out: &mut Recovered,
+) -> Result<()> {
     let mut window = Window::new(WINDOW_BYTES);
     // Nothing else is in flight during recovery: the stash stays empty.
     let mut stash = Vec::new();
@@ -241,20 +335,25 @@ fn scan<I: Io>(io: &mut I, files: &[SegFile], out: &mut Recovered) -> Result<()>
                 }
             }
         }
-        check_torn_tail(
-            io,
-            files,
-            idx,
-            offset,
-            started.then_some(out.next_seq),
-            &mut window,
-        )?;
+        match clean_stop {
+            Some((stop, record)) => check_clean_end(&stop, record, &f.path, offset, out)?,
+            None => {
+                check_torn_tail(
+                    io,
+                    files,
+                    idx,
+                    offset,
+                    started.then_some(out.next_seq),
+                    &mut window,
+                )?;
+                if stopped_on_data {
+                    out.report.torn_tail = Some((f.path.clone(), offset));
+                }
+            }
+        }
         out.segments.push_back(segment);
         out.active_offset = offset;
         out.need_snapshot = offset == BLOCK_SIZE as u64;
-        if stopped_on_data {
-            out.report.torn_tail = Some((f.path.clone(), offset));
-        }
         break;
     }
     let mut log_ids: Vec<u64> = out.logs.keys().copied().collect();
@@ -277,6 +376,44 @@ fn scan<I: Io>(io: &mut I, files: &[SegFile], out: &mut Recovered) -> Result<()>
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// After a clean stop, the chain stopped at (`path`, `offset`) after the frames replayed into
+/// `out`: it must have reached the last frame the clean-stop record (in `record`) names.
+fn check_clean_end(
+    stop: &CleanStop,
+    record: &Path,
+    path: &Path,
+    offset: u64,
+    out: &Recovered,
+) -> Result<()> {
+    let last = out.next_seq - 1;
+    if last < stop.last_seq {
+        return Err(Error::corrupt(
+            path,
+            offset,
+            format!(
+                "committed data is damaged or missing here: the readable frames before this \
+                 offset end with frame {last}, but the store was stopped cleanly after frame {}",
+                stop.last_seq
+            ),
+        ));
+    }
+    if last > stop.last_seq || out.last_crc != stop.last_crc {
+        return Err(Error::corrupt(
+            record,
+            0,
+            format!(
+                "says the store stopped after frame {} (crc {:#010x}), but the frames end at \
+                 frame {last} (crc {:#010x}) in {}: the record does not belong to these segments",
+                stop.last_seq,
+                stop.last_crc,
+                out.last_crc,
+                path.display()
+            ),
+        ));
     }
     Ok(())
 }

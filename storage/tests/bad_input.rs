@@ -1,9 +1,10 @@
 //! Bad input gives a clear, typed error: never a panic, never silent loss.
 //!
 //! Damaged data directories (a stray file, a segment of random bytes, a truncated segment, a
-//! newer format version, a flipped byte in a committed frame, a missing segment) must make
-//! `Store::open` fail with an error that names the file (and the offset, where there is one),
-//! and must leave every file as it was. Bad API calls (oversized records, wrong checksums,
+//! newer format version, a flipped byte in a committed frame, a missing segment; after a clean
+//! stop, damage at the very end of the committed frames, a lost newest segment, a damaged or
+//! stale clean-stop record) must make `Store::open` fail with an error that names the file
+//! (and the offset, where there is one), and must leave every file as it was. Bad API calls (oversized records, wrong checksums,
 //! empty batches, the reserved log, trims beyond the tail, unknown logs, reads below the trim
 //! point) must fail with their own error and change nothing. Every case runs on the simulator
 //! and on the real io_uring backend.
@@ -13,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chainlog_storage::format::{
-    FrameHeader, SegmentHeader, BLOCK_SIZE, FORMAT_VERSION, FRAME_HEADER_BYTES,
-    RECORD_HEADER_BYTES, SYSTEM_LOG,
+    block_align, check_frame, CleanStop, FrameHeader, SegmentHeader, BLOCK_SIZE, CLEAN_STOP_FILE,
+    CLEAN_STOP_VERSION, FORMAT_VERSION, FRAME_HEADER_BYTES, FRAME_MAGIC, RECORD_HEADER_BYTES,
+    SYSTEM_LOG,
 };
 use chainlog_storage::{
     Clock, DurabilityMode, Error, Io, Record, SimIo, SimRng, Store, StoreConfig, SystemClock,
@@ -499,6 +501,200 @@ fn missing_segment<B: Backend>(b: &mut B) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// After a clean stop: nothing is a torn tail
+// ---------------------------------------------------------------------------------------------
+
+/// Segments large enough for 64 KiB of damage inside the newest one.
+const LARGE_SEGMENT_BYTES: u64 = 1 << 20;
+
+/// Each append of `payloads` as its own frame (synced one by one) to logs 1, 2, 3 in turn, in
+/// a store with `segment_bytes` segments, then a clean stop (`Store::close`).
+fn populate_and_close<B: Backend>(b: &mut B, payloads: &[Vec<u8>], segment_bytes: u64) {
+    let config = StoreConfig {
+        segment_bytes,
+        ..config()
+    };
+    let mut store = Store::open(b.io(), &b.dir(), config, b.clock()).expect("open a new store");
+    let mut acks = Vec::new();
+    for (i, p) in payloads.iter().enumerate() {
+        store
+            .append(1 + i as u64 % 3, 1, &[Record::new(p)], i as u64)
+            .expect("append");
+        store.sync_all(&mut acks).expect("sync");
+    }
+    store.close(&mut acks).expect("close");
+    assert_eq!(acks.len(), payloads.len());
+    assert!(b.files().contains_key(CLEAN_STOP_FILE));
+}
+
+/// Where the frames of segment `id` (its bytes) end: each frame's header says how long it is,
+/// and the first block that is not a valid frame of the segment is the end.
+fn committed_end(bytes: &[u8], id: u64) -> u64 {
+    let mut at = BLOCK_SIZE;
+    loop {
+        let Some(head) = bytes.get(at..at + FRAME_HEADER_BYTES) else {
+            return at as u64;
+        };
+        let header: FrameHeader = bytemuck::pod_read_unaligned(head);
+        let end = at + FRAME_HEADER_BYTES + header.body_len as usize;
+        if header.magic != FRAME_MAGIC
+            || end > bytes.len()
+            || check_frame(&bytes[at..end], id).is_err()
+        {
+            return at as u64;
+        }
+        at += block_align(end - at);
+    }
+}
+
+/// The store reopens whole: every record of the logs `populate_and_close` wrote is there.
+fn reopens_whole<B: Backend>(b: &mut B, payloads: &[Vec<u8>]) -> Store<B::Io> {
+    let mut store = open(b).expect("open the intact store");
+    for log in 1..=3u64 {
+        let want: Vec<&Vec<u8>> = payloads.iter().skip(log as usize - 1).step_by(3).collect();
+        let tail = store.tail(log).expect("the log");
+        assert_eq!(tail.next_lsn, want.len() as u64, "log {log}");
+        let got = store.read(log, 0, 1000, 1 << 20).expect("read");
+        let got: Vec<&Vec<u8>> = got.iter().map(|r| &r.payload).collect();
+        assert_eq!(got, want, "log {log}");
+    }
+    store
+}
+
+fn damage_at_the_end_after_a_clean_stop<B: Backend>(b: &mut B) {
+    // 40 frames of one 3000-byte record each (a frame is one 4 KiB block).
+    let payloads: Vec<Vec<u8>> = (0..40).map(|i| random_bytes(i, 3000)).collect();
+    populate_and_close(b, &payloads, LARGE_SEGMENT_BYTES);
+    let name = segment(1);
+    let path = b.path(&name);
+    let whole = b.read(&name);
+    let end = committed_end(&whole, 1);
+    assert_eq!(end, FIRST_DATA_FRAME + 40 * BLOCK_SIZE as u64);
+    let end = end as usize;
+    // (what, damaged bytes, where the chain of committed frames must be reported broken)
+    let zero = |from: usize| {
+        let mut damaged = whole.clone();
+        damaged[from..end].fill(0);
+        damaged
+    };
+    let mut flipped = whole.clone();
+    flipped[end - 2000] ^= 0x01;
+    for (what, damaged, at) in [
+        ("the last 4 KiB zeroed", zero(end - 4096), end - 4096),
+        ("the last 64 KiB zeroed", zero(end - 65536), end - 65536),
+        (
+            "a byte 2,000 bytes before the end flipped",
+            flipped,
+            end - 4096,
+        ),
+    ] {
+        b.write(&name, &damaged);
+        let err = open_fails(b);
+        assert!(
+            matches!(&err, Error::Corrupt { path: p, offset, .. } if *p == path && *offset == at as u64),
+            "{what}: {err:?}"
+        );
+        assert_names(&err, &path);
+        assert!(err.to_string().contains("stopped cleanly"), "{what}: {err}");
+    }
+    // Undamaged, it opens with every record and cuts nothing; appends continue after them.
+    b.write(&name, &whole);
+    let mut store = reopens_whole(b, &payloads);
+    let report = store.recovery_report().clone();
+    assert!(
+        report.clean_stop && report.torn_tail.is_none(),
+        "{report:?}"
+    );
+    assert!(
+        !b.files().contains_key(CLEAN_STOP_FILE),
+        "the record is used once"
+    );
+    let mut acks = Vec::new();
+    let lsns = store
+        .append(1, 2, &[Record::new(b"after")], 99)
+        .expect("append");
+    assert_eq!(lsns, 14..15);
+    store.close(&mut acks).expect("close");
+    let store = open(b).expect("reopen");
+    assert_eq!(store.tail(1).expect("log 1").next_lsn, 15);
+    assert!(store.recovery_report().clean_stop);
+}
+
+fn newest_segment_lost_after_a_clean_stop<B: Backend>(b: &mut B) {
+    let payloads: Vec<Vec<u8>> = (0..60).map(|i| vec![i as u8; 3000]).collect();
+    populate_and_close(b, &payloads, SEGMENT_BYTES);
+    let names: Vec<String> = b
+        .files()
+        .into_keys()
+        .filter(|n| n.ends_with(".seg"))
+        .collect();
+    assert!(names.len() >= 4, "several segments and a spare: {names:?}");
+    // The newest segment and the spare after it are gone: the ids left are contiguous.
+    let newest = names.len() as u64 - 1;
+    b.remove(&segment(newest + 1));
+    b.remove(&segment(newest));
+    let err = open_fails(b);
+    let path = b.path(&segment(newest - 1));
+    assert!(
+        matches!(&err, Error::Corrupt { path: p, .. } if *p == path),
+        "{err:?}"
+    );
+    assert_names(&err, &path);
+}
+
+fn damaged_clean_stop_record<B: Backend>(b: &mut B) {
+    let payloads = small_payloads(10);
+    populate_and_close(b, &payloads, SEGMENT_BYTES);
+    let path = b.path(CLEAN_STOP_FILE);
+    let record = b.read(CLEAN_STOP_FILE);
+    assert_eq!(record.len(), BLOCK_SIZE);
+    // A flipped byte: the record cannot be trusted, and it is the only witness.
+    let mut damaged = record.clone();
+    damaged[17] ^= 0x01;
+    b.write(CLEAN_STOP_FILE, &damaged);
+    let err = open_fails(b);
+    assert!(
+        matches!(&err, Error::Corrupt { path: p, offset: 0, .. } if *p == path),
+        "{err:?}"
+    );
+    assert_names(&err, &path);
+    // A newer version of the record (with a correct checksum).
+    let mut newer: CleanStop = bytemuck::pod_read_unaligned(&record[..64]);
+    newer.version = CLEAN_STOP_VERSION + 1;
+    newer.crc = newer.compute_crc();
+    let mut bytes = record.clone();
+    bytes[..64].copy_from_slice(bytemuck::bytes_of(&newer));
+    b.write(CLEAN_STOP_FILE, &bytes);
+    let err = open_fails(b);
+    assert!(
+        matches!(&err, Error::UnsupportedVersion { path: p, .. } if *p == path),
+        "{err:?}"
+    );
+    // Empty or zero (a crash cut the close short): as after a crash, and nothing is lost.
+    for cut_short in [Vec::new(), vec![0u8; BLOCK_SIZE]] {
+        b.write(CLEAN_STOP_FILE, &cut_short);
+        let store = reopens_whole(b, &payloads);
+        assert!(!store.recovery_report().clean_stop);
+        assert!(!b.files().contains_key(CLEAN_STOP_FILE));
+    }
+    // A stale record (frames were written after it): it does not belong to these segments.
+    let mut store = open(b).expect("open");
+    let mut acks = Vec::new();
+    store
+        .append(2, 1, &[Record::new(b"later")], 1)
+        .expect("append");
+    store.sync_all(&mut acks).expect("sync");
+    drop(store);
+    b.write(CLEAN_STOP_FILE, &record);
+    let err = open_fails(b);
+    assert!(
+        matches!(&err, Error::Corrupt { path: p, offset: 0, .. } if *p == path),
+        "{err:?}"
+    );
+    assert_names(&err, &path);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Bad API calls
 // ---------------------------------------------------------------------------------------------
 
@@ -694,6 +890,9 @@ on_both_backends!(
     flipped_byte_in_a_committed_frame,
     missing_segment,
     segment_under_another_name,
+    damage_at_the_end_after_a_clean_stop,
+    newest_segment_lost_after_a_clean_stop,
+    damaged_clean_stop_record,
     bad_api_calls,
     bad_config,
 );

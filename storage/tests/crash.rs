@@ -21,10 +21,15 @@
 //!   exactly like a head's, so that the retries above find them too;
 //! - half the reads are `read_stored`, which must also return every record not yet durable.
 //!
+//! Some cycles also stop the store cleanly (`Store::close`) and reopen it before the crash: the
+//! next open must find the clean stop, cut nothing and have everything that was appended.
+//!
 //! The tests differ in where the power fails: between store calls (with and without reads in
-//! the workload), between any two I/O operations inside a call or inside recovery itself (a
-//! wrapper backend pulls the plug), during a new store's first open, and right after a
-//! recovery (recovering twice must give the same state). Several crash/recover cycles run per
+//! the workload), between any two I/O operations inside a call, inside a clean stop or inside
+//! recovery itself (a wrapper backend pulls the plug), during a new store's first open, at
+//! each I/O operation of a clean stop in turn, and right after a recovery (recovering twice
+//! must give the same state). One more test crashes with frame writes in flight and damages
+//! the frames before them. Several crash/recover cycles run per
 //! seed; a failing run prints its seed, and
 //! `CHAINLOG_SEED=<seed> cargo test -p chainlog-storage --test crash <test>` replays just that
 //! seed (`CHAINLOG_SEED_COUNT=<n>` runs n seeds per test instead of the default, for a soak).
@@ -37,7 +42,9 @@ use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use chainlog_storage::format::payload_crc;
+use chainlog_storage::format::{
+    check_frame, payload_crc, FrameHeader, BLOCK_SIZE, FRAME_HEADER_BYTES, FRAME_MAGIC,
+};
 use chainlog_storage::io::{Completion, FileId};
 use chainlog_storage::{
     Ack, AlignedBuf, AppendOptions, Batch, Durability, DurabilityMode, Error, FaultConfig, Io,
@@ -209,6 +216,8 @@ struct Coverage {
     segments_created: u64,
     segments_deleted: u64,
     torn_tails: u64,
+    /// Clean stops (`Store::close`) that the next open found as such.
+    clean_stops: u64,
     files_removed_by_recovery: u64,
     /// Recoveries that surfaced appends that had not been acknowledged before the crash.
     unacked_survivors: u64,
@@ -632,9 +641,29 @@ fn read_state<I: Io>(store: &mut Store<I>) -> State {
     state
 }
 
+/// Stops the store cleanly; every append and trim made is acknowledged by then.
+fn close<I: Io>(store: Store<I>, model: &mut Model) -> Step {
+    let mut acks = Vec::new();
+    let result = store.close(&mut acks);
+    model.on_acks(&acks);
+    result?;
+    assert!(model.tokens.is_empty(), "close acknowledges everything");
+    Ok(())
+}
+
 /// Checks a freshly recovered store against the model, then makes the model match it.
 fn check_recovered<I: Io>(store: &mut Store<I>, model: &mut Model, coverage: &mut Coverage) {
     let report: RecoveryReport = store.recovery_report().clone();
+    if report.clean_stop {
+        // Everything was durable at the stop: nothing was in flight to be cut.
+        assert_eq!(report.torn_tail, None, "a torn tail after a clean stop");
+        assert_eq!(
+            model.acked_events,
+            model.events.len(),
+            "a clean stop acknowledged everything"
+        );
+        coverage.clean_stops += 1;
+    }
     coverage.torn_tails += u64::from(report.torn_tail.is_some());
     coverage.files_removed_by_recovery += report.removed.len() as u64;
     let state = read_state(store);
@@ -857,6 +886,26 @@ fn run_seed(seed: u64, reads: bool, coverage: &mut Coverage) {
             coverage,
         )
         .unwrap_or_else(|e| panic!("cycle {cycle}: the store failed with no crash: {e}"));
+        if rng.one_in(3) {
+            // A clean stop and a restart, then more of the workload before the crash.
+            coverage.segments_created += store.metrics().segments_created;
+            coverage.segments_deleted += store.metrics().segments_deleted;
+            close(store, &mut model).unwrap_or_else(|e| panic!("cycle {cycle}: clean stop: {e}"));
+            store = open(&disk, &mut rng);
+            assert!(store.recovery_report().clean_stop, "cycle {cycle}");
+            check_recovered(&mut store, &mut model, coverage);
+            let ops = rng.below(120);
+            run_workload(
+                &mut store,
+                &mut model,
+                &mut rng,
+                cycle + 1,
+                ops,
+                reads,
+                coverage,
+            )
+            .unwrap_or_else(|e| panic!("cycle {cycle}: after a clean restart: {e}"));
+        }
         coverage.segments_created += store.metrics().segments_created;
         coverage.segments_deleted += store.metrics().segments_deleted;
         disk.crash(rng.next_u64());
@@ -888,6 +937,7 @@ fn run_crash_test(test: &'static str, range: Range<u64>, reads: bool) {
             "{coverage:?}"
         );
         assert!(coverage.torn_tails > 0, "{coverage:?}");
+        assert!(coverage.clean_stops > 0, "{coverage:?}");
         assert!(coverage.retries > 0, "{coverage:?}");
         assert!(coverage.replica_appends > 0, "{coverage:?}");
         if reads {
@@ -1098,23 +1148,31 @@ fn crashes_between_any_two_io_operations() {
     let mut coverage = Coverage::default();
     let mut crashes_in_recovery = 0;
     let mut crashes_in_workload = 0;
+    let mut crashes_in_close = 0;
     for seed in seeds {
         let _guard = SeedGuard { seed, test };
         let mut rng = SimRng::new(seed);
         let disk = SimDisk::new();
         let power = Rc::new(Power::default());
         let mut model = Model::default();
+        // The last cycle ended with a clean stop (then the power failed).
+        let mut stopped_cleanly = false;
         for cycle in 0..CYCLES_PER_SEED {
             let mut store = loop {
                 match open_crashing(&disk, &power, &mut rng) {
                     Some(store) => break store,
                     None => {
+                        // Maybe after recovery removed the clean-stop record: a crash now.
+                        stopped_cleanly = false;
                         crashes_in_recovery += 1;
                         coverage.crash_points += 1;
                     }
                 }
             };
             power.ops_left.set(None);
+            if stopped_cleanly {
+                assert!(store.recovery_report().clean_stop, "cycle {cycle}");
+            }
             check_recovered(&mut store, &mut model, &mut coverage);
             power.ops_left.set(Some(rng.below(200)));
             let ops = rng.below(300);
@@ -1129,20 +1187,30 @@ fn crashes_between_any_two_io_operations() {
             );
             coverage.segments_created += store.metrics().segments_created;
             coverage.segments_deleted += store.metrics().segments_deleted;
+            stopped_cleanly = false;
             match ran {
                 _ if power.lost.get() => crashes_in_workload += 1,
+                // A clean stop with the power still armed: it may fail inside the close.
+                Ok(()) if rng.one_in(2) => match close(store, &mut model) {
+                    _ if power.lost.get() => crashes_in_close += 1,
+                    Ok(()) => {
+                        stopped_cleanly = true;
+                        disk.crash(rng.next_u64());
+                    }
+                    Err(e) => panic!("cycle {cycle}: the clean stop failed with no crash: {e}"),
+                },
                 Ok(()) => disk.crash(rng.next_u64()),
                 Err(e) => panic!("cycle {cycle}: the store failed with no crash: {e}"),
             }
             coverage.crash_points += 1;
-            drop(store);
         }
     }
-    eprintln!("{test}: {coverage:?}, {crashes_in_recovery} in recovery, {crashes_in_workload} inside store calls");
+    eprintln!("{test}: {coverage:?}, {crashes_in_recovery} in recovery, {crashes_in_workload} inside store calls, {crashes_in_close} inside a clean stop");
     if !replay {
         assert!(coverage.crash_points >= runs);
-        assert!(crashes_in_recovery > 0 && crashes_in_workload > 0);
+        assert!(crashes_in_recovery > 0 && crashes_in_workload > 0 && crashes_in_close > 0);
         assert!(coverage.segments_deleted > 0, "{coverage:?}");
+        assert!(coverage.clean_stops > 0, "{coverage:?}");
     }
 }
 
@@ -1187,6 +1255,207 @@ fn crash_during_the_first_open_of_a_new_store() {
             .expect("the recovered store works");
         k += 1;
     }
+}
+
+/// Power fails at each I/O operation of a clean stop in turn (its flushes of what was pending,
+/// the clean-stop record's write and its directory sync): reopening gives back every
+/// acknowledged record, and once the close got through, the next open finds the clean stop.
+#[test]
+fn crash_at_each_io_operation_of_a_clean_stop() {
+    let mut coverage = Coverage::default();
+    let mut k = 0;
+    loop {
+        let disk = SimDisk::new();
+        let power = Rc::new(Power::default());
+        let io = CrashingIo {
+            inner: disk.io(FaultConfig {
+                seed: 1,
+                latency_us_max: 300,
+                ..FaultConfig::default()
+            }),
+            disk: disk.clone(),
+            power: power.clone(),
+            dead: 0,
+            dead_bufs: Vec::new(),
+        };
+        // The same store and workload every time: only the crash point moves.
+        let mut rng = SimRng::new(7);
+        let config = StoreConfig {
+            durability: DurabilityMode::Fdatasync,
+            ..config(&mut rng)
+        };
+        let mut store =
+            Store::open(io, Path::new(DIR), config, Arc::new(disk.clock())).expect("open");
+        let mut model = Model::default();
+        check_recovered(&mut store, &mut model, &mut coverage);
+        run_workload(
+            &mut store,
+            &mut model,
+            &mut rng,
+            1,
+            150,
+            false,
+            &mut coverage,
+        )
+        .expect("the workload without a crash");
+        // Some appends still waiting for their frame's write when the stop begins.
+        for _ in 0..5 {
+            append(&mut store, &mut model, &mut rng, 1).expect("append");
+        }
+        assert!(model.acked_events < model.events.len());
+        power.crash_seed.set(k);
+        power.ops_left.set(Some(k));
+        let closed = close(store, &mut model);
+        let crashed = power.lost.get();
+        if !crashed {
+            closed.expect("a clean stop without a crash");
+        }
+        let mut store = open(&disk, &mut SimRng::new(k));
+        // After a crash inside the close, the record may have made it or not (a crash during
+        // its write leaves it whole or empty): check_recovered checks either way.
+        assert!(crashed || store.recovery_report().clean_stop);
+        check_recovered(&mut store, &mut model, &mut coverage);
+        if !crashed {
+            assert!(k > 5, "a clean stop does some I/O");
+            break;
+        }
+        k += 1;
+    }
+    eprintln!("{k} crash points inside a clean stop: {coverage:?}");
+}
+
+/// A crash with frame writes in flight: whichever of them reached the disk (whole, torn or
+/// not at all), they are a torn tail and are cut, and every acknowledged record is there; but
+/// when one of them survived whole, it records the frames before it as durable, and damage to
+/// those is corruption (named with its offset), not a torn tail.
+#[test]
+fn crash_with_writes_in_flight() {
+    const ACKED: u64 = 10;
+    const IN_FLIGHT: u64 = 4;
+    let payload = |i: u64| vec![i as u8; 3000];
+    let mut cut_on_data = 0;
+    let mut witnessed = 0;
+    for seed in 0..200 {
+        let disk = SimDisk::new();
+        let config = StoreConfig {
+            writes_in_flight_max: IN_FLIGHT as usize,
+            write_buffers: IN_FLIGHT as usize + 4,
+            durability: DurabilityMode::Dsync,
+            ..config(&mut SimRng::new(0))
+        };
+        let io = disk.io(FaultConfig {
+            seed,
+            latency_us_max: 5_000,
+            ..FaultConfig::default()
+        });
+        let clock = Arc::new(disk.clock());
+        let mut store =
+            Store::open(io, Path::new(DIR), config.clone(), clock.clone()).expect("open");
+        let mut acks = Vec::new();
+        for i in 0..ACKED {
+            store
+                .append(1, 1, &[Record::new(&payload(i))], i)
+                .expect("append");
+            store.sync_all(&mut acks).expect("sync");
+        }
+        // Each append its own frame, submitted and in flight (a poll that does not wait
+        // completes nothing: no virtual time passes).
+        for i in ACKED..ACKED + IN_FLIGHT {
+            store
+                .append(1, 1, &[Record::new(&payload(i))], i)
+                .expect("append");
+            store.poll(false, &mut acks).expect("poll");
+        }
+        assert_eq!(
+            acks.len() as u64,
+            ACKED,
+            "the frames in flight are not acknowledged"
+        );
+        disk.crash(seed);
+        drop(store);
+        // Frames are one block each, after the segment header and the snapshot frame.
+        let path = Path::new(DIR).join(format!("{:020}.seg", 1));
+        let crashed = disk.read_file(&path).expect("segment 1");
+        let frame_at = |i: u64| 2 * BLOCK_SIZE + i as usize * BLOCK_SIZE;
+        let whole = |bytes: &[u8], i: u64| {
+            let at = frame_at(i);
+            let header: FrameHeader =
+                bytemuck::pod_read_unaligned(&bytes[at..at + FRAME_HEADER_BYTES]);
+            let end = at + FRAME_HEADER_BYTES + header.body_len as usize;
+            header.magic == FRAME_MAGIC
+                && end <= bytes.len()
+                && check_frame(&bytes[at..end], 1).is_ok()
+        };
+        let survived: Vec<u64> = (ACKED..ACKED + IN_FLIGHT)
+            .filter(|&i| whole(&crashed, i))
+            .collect();
+        let in_chain = (ACKED..ACKED + IN_FLIGHT)
+            .take_while(|&i| whole(&crashed, i))
+            .count() as u64;
+
+        // Damage to the last acknowledged frame (and the one before it).
+        if !survived.is_empty() {
+            witnessed += 1;
+            for damaged_frame in [ACKED - 1, ACKED - 2] {
+                let mut damaged = crashed.clone();
+                damaged[frame_at(damaged_frame) + 100] ^= 0x10;
+                disk.write_file(&path, &damaged);
+                let opened = Store::open(
+                    disk.io(FaultConfig::default()),
+                    Path::new(DIR),
+                    config.clone(),
+                    clock.clone(),
+                );
+                match opened {
+                    Err(Error::Corrupt { path: p, offset, .. })
+                        if p == path && offset == frame_at(damaged_frame) as u64 => {}
+                    other => panic!(
+                        "seed {seed}: frame {damaged_frame} damaged, in-flight frames {survived:?} survived: {:?}",
+                        other.map(|s| s.tail(1))
+                    ),
+                }
+            }
+            disk.write_file(&path, &crashed);
+        }
+
+        let mut store = Store::open(
+            disk.io(FaultConfig::default()),
+            Path::new(DIR),
+            config,
+            clock,
+        )
+        .unwrap_or_else(|e| panic!("seed {seed}: recovery: {e}"));
+        let report = store.recovery_report().clone();
+        assert!(!report.clean_stop);
+        let tail = store.tail(1).expect("log 1");
+        assert_eq!(
+            tail.next_lsn,
+            ACKED + in_chain,
+            "seed {seed}: the acknowledged records and the whole frames in flight before the first missing one ({survived:?} survived)"
+        );
+        let got = store.read(1, 0, 100, 1 << 20).expect("read");
+        let want: Vec<Vec<u8>> = (0..ACKED + in_chain).map(payload).collect();
+        assert_eq!(
+            got.into_iter().map(|r| r.payload).collect::<Vec<_>>(),
+            want,
+            "seed {seed}"
+        );
+        cut_on_data += u64::from(report.torn_tail.is_some());
+        // Writing resumes where the chain stopped, and that survives a crash too.
+        store
+            .append(1, 2, &[Record::new(b"next")], 99)
+            .expect("append");
+        store.sync_all(&mut acks).expect("sync");
+        disk.crash(seed + 1);
+        drop(store);
+        let store = open(&disk, &mut SimRng::new(seed));
+        assert_eq!(store.tail(1).expect("log 1").next_lsn, ACKED + in_chain + 1);
+    }
+    eprintln!("{witnessed} crashes left a whole frame in flight; {cut_on_data} cut a torn frame");
+    assert!(
+        witnessed > 0 && cut_on_data > 0,
+        "{witnessed} {cut_on_data}"
+    );
 }
 
 /// A write or flush fails (EIO) now and then: the store stops acknowledging (`Error::Fatal`,

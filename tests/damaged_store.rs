@@ -1,7 +1,7 @@
 //! A node whose data is damaged does not start as if its logs were shorter or gone: the real
 //! `chainlog node`, stopped cleanly (SIGTERM), then its newest segment damaged at the end of
 //! the committed frames (the last 4 KiB or 64 KiB zeroed, or one byte 2,000 bytes before the
-//! end flipped). Started again, it must exit with a non-zero
+//! end flipped), or its shard's catalog deleted. Started again, it must exit with a non-zero
 //! code and the typed error naming the file (and the offset of the damage), logged at ERROR,
 //! and never serve; with the data put back, it serves every record again. Each test stops the
 //! nodes it started, by PID.
@@ -212,4 +212,23 @@ fn damage_at_the_end_of_the_newest_segment_after_a_clean_stop() {
     }
     std::fs::write(&segment, &whole).expect("restore the segment");
     serves_every_record(dir.path(), id, RECORDS);
+}
+
+#[test]
+fn a_deleted_catalog_stops_the_node() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = fill_and_stop(dir.path(), "listed", 3);
+    let catalog = dir.path().join("shard-0").join("catalog");
+    let kept = std::fs::read(&catalog).expect("the catalog");
+    std::fs::remove_file(&catalog).expect("delete the catalog");
+    let (status, log) = start_refused(dir.path());
+    assert_refused(
+        status,
+        &log,
+        &[&catalog.display().to_string(), "the catalog is missing"],
+    );
+    // The refused start left the store stopped cleanly, as it found it.
+    assert!(store_dir(dir.path()).join("clean-stop").exists());
+    std::fs::write(&catalog, &kept).expect("restore the catalog");
+    serves_every_record(dir.path(), id, 3);
 }

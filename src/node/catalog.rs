@@ -4,6 +4,14 @@
 //! and delete. Those are rare control-path operations, so the shard thread does this
 //! synchronously; appends never touch the catalog file.
 //!
+//! The catalog and the store must agree when a shard starts ([`Catalog::open`]): a missing
+//! catalog file is a new shard only if the store holds no log; a store holding logs without
+//! one (the file deleted or lost) is an error naming the file, never an empty shard that
+//! answers UNKNOWN_LOG for logs whose records are all still there. Likewise a catalog next to
+//! a store that has no segment (the store's data is gone) is an error, never logs that start
+//! again at LSN 0. The catalog file is written first on every create (and the store's first
+//! segment exists before any create), so a shard that never got that far has neither.
+//!
 //! A log's id is derived from its name (`log_id_of`), so every shard and client can tell
 //! which shard owns a name without asking anyone (the controller assigns the same ids).
 //!
@@ -62,6 +70,15 @@ impl LogEntry {
     }
 }
 
+/// What the shard's store holds, for checking the catalog against it when the shard starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreLogs {
+    /// The store had no segment before this start: a new shard (or its data is gone).
+    pub new: bool,
+    /// The logs the store holds records of (deleted ones too: their records are trimmed).
+    pub log_ids: Vec<u64>,
+}
+
 /// Why the catalog cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -81,6 +98,15 @@ pub enum CatalogError {
         /// What is wrong.
         reason: String,
     },
+    /// The file and the store disagree about whether the shard has logs: the file is missing
+    /// while the store holds logs, or the store is new while the file exists.
+    #[error("{}: {reason}", path.display())]
+    Mismatch {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// The logs a shard owns.
@@ -91,8 +117,9 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Loads the catalog in `dir` (empty if there is none yet).
-    pub fn open(dir: &Path) -> Result<Catalog, CatalogError> {
+    /// Loads the catalog in `dir`, checked against what the shard's `store` holds (module
+    /// docs): empty if there is no file yet and the store holds no log.
+    pub fn open(dir: &Path, store: &StoreLogs) -> Result<Catalog, CatalogError> {
         fs::create_dir_all(dir).map_err(|source| CatalogError::Io {
             path: dir.to_path_buf(),
             source,
@@ -101,6 +128,17 @@ impl Catalog {
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(&example) = store.log_ids.iter().min() {
+                    return Err(CatalogError::Mismatch {
+                        path,
+                        reason: format!(
+                            "the catalog is missing, but the shard's store holds records of {} \
+                             log(s) (log id {example}, ...): restore the file (the shard does \
+                             not start without it)",
+                            store.log_ids.len()
+                        ),
+                    });
+                }
                 return Ok(Catalog {
                     path,
                     logs: BTreeMap::new(),
@@ -108,6 +146,14 @@ impl Catalog {
             }
             Err(source) => return Err(CatalogError::Io { path, source }),
         };
+        if store.new {
+            return Err(CatalogError::Mismatch {
+                path,
+                reason: "the catalog exists, but the shard's store has no segment: its data \
+                         is missing (the shard does not start with its logs emptied)"
+                    .into(),
+            });
+        }
         let logs = decode(&bytes).map_err(|reason| CatalogError::Corrupt {
             path: path.clone(),
             reason,
@@ -299,10 +345,18 @@ mod tests {
         LogEntry::standalone(name)
     }
 
+    /// A store that existed before this start and holds `log_ids`.
+    fn store(log_ids: &[u64]) -> StoreLogs {
+        StoreLogs {
+            new: false,
+            log_ids: log_ids.to_vec(),
+        }
+    }
+
     #[test]
     fn creates_and_deletes_survive_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut c = Catalog::open(dir.path()).expect("open");
+        let mut c = Catalog::open(dir.path(), &store(&[])).expect("open");
         assert!(c
             .create(log_id_of("orders"), entry("orders"))
             .expect("create"));
@@ -314,7 +368,7 @@ mod tests {
             .expect("duplicate"));
         assert!(c.delete(log_id_of("users")).expect("delete"));
         assert!(!c.delete(log_id_of("users")).expect("absent"));
-        let c = Catalog::open(dir.path()).expect("reopen");
+        let c = Catalog::open(dir.path(), &store(&[])).expect("reopen");
         assert_eq!(c.get(log_id_of("orders")), Some(&entry("orders")));
         assert_eq!(c.get(log_id_of("users")), None);
         assert_eq!(c.list(None, 10).count(), 1);
@@ -323,17 +377,17 @@ mod tests {
     #[test]
     fn a_damaged_catalog_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut c = Catalog::open(dir.path()).expect("open");
+        let mut c = Catalog::open(dir.path(), &store(&[])).expect("open");
         c.create(1, entry("a")).expect("create");
         let path = dir.path().join("catalog");
         let mut bytes = fs::read(&path).expect("read");
         bytes[14] ^= 1;
         fs::write(&path, &bytes).expect("write");
-        let err = Catalog::open(dir.path()).expect_err("damaged");
+        let err = Catalog::open(dir.path(), &store(&[])).expect_err("damaged");
         assert!(err.to_string().contains("catalog"), "{err}");
         fs::write(&path, b"junk").expect("write");
         assert!(matches!(
-            Catalog::open(dir.path()),
+            Catalog::open(dir.path(), &store(&[])),
             Err(CatalogError::Corrupt { .. })
         ));
     }
@@ -341,7 +395,7 @@ mod tests {
     #[test]
     fn installed_chains_survive_reopen_and_version_1_files_are_read() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut c = Catalog::open(dir.path()).expect("open");
+        let mut c = Catalog::open(dir.path(), &store(&[])).expect("open");
         let chained = LogEntry {
             name: "orders".into(),
             replication_factor: 3,
@@ -353,7 +407,7 @@ mod tests {
             !c.install(9, chained.clone()).expect("same again"),
             "no rewrite"
         );
-        let c = Catalog::open(dir.path()).expect("reopen");
+        let c = Catalog::open(dir.path(), &store(&[])).expect("reopen");
         assert_eq!(c.get(9), Some(&chained));
         // A version 1 file, as earlier builds wrote it.
         let mut v1 = Vec::new();
@@ -368,8 +422,47 @@ mod tests {
         let crc = crc32c::crc32c(&v1);
         v1.extend_from_slice(&crc.to_le_bytes());
         fs::write(dir.path().join("catalog"), &v1).expect("write");
-        let c = Catalog::open(dir.path()).expect("v1");
+        let c = Catalog::open(dir.path(), &store(&[])).expect("v1");
         assert_eq!(c.get(5), Some(&LogEntry::standalone("old")));
+    }
+
+    #[test]
+    fn a_missing_catalog_is_an_error_when_the_store_holds_logs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("catalog");
+        // A new shard, and a store that opened before but never got a log: empty.
+        let new = StoreLogs {
+            new: true,
+            log_ids: Vec::new(),
+        };
+        for start in [&new, &store(&[])] {
+            let c = Catalog::open(dir.path(), start).expect("no log anywhere");
+            assert_eq!(c.list(None, 10).count(), 0);
+            assert!(!path.exists(), "opening writes nothing");
+        }
+        // The store holds logs the (missing) catalog would name.
+        let err = Catalog::open(dir.path(), &store(&[9, 4])).expect_err("missing");
+        assert!(
+            matches!(&err, CatalogError::Mismatch { path: p, .. } if *p == path),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        assert!(err.to_string().contains("log id 4"), "{err}");
+        // The file there and the store new: the store's data is gone.
+        Catalog::open(dir.path(), &store(&[]))
+            .expect("open")
+            .create(4, entry("a"))
+            .expect("create");
+        let err = Catalog::open(dir.path(), &new).expect_err("store gone");
+        assert!(
+            matches!(&err, CatalogError::Mismatch { path: p, .. } if *p == path),
+            "{err:?}"
+        );
+        let c = Catalog::open(dir.path(), &store(&[4])).expect("agrees");
+        assert_eq!(c.get(4), Some(&entry("a")));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use chainlog_storage::io::Completion;
 use chainlog_storage::{fatal, Ack, Error, Store, StoreConfig, SystemClock, UringIo};
 
-use super::catalog::Catalog;
+use super::catalog::{Catalog, StoreLogs};
 use super::chain::Chain;
 use super::conn::{ack_token, token_conn, Conn};
 use super::control::ControlInbox;
@@ -52,14 +52,13 @@ pub(crate) struct ShardContext {
 }
 
 /// Runs a shard until it is stopped (Ok) or cannot go on (Err). A storage failure ends the
-/// process through `fatal` (nothing more may be acknowledged). A store that cannot be served
-/// as it is (damaged) is logged at ERROR and the shard does not start, which stops the node:
-/// it never serves its logs shorter.
+/// process through `fatal` (nothing more may be acknowledged). A store or catalog that cannot
+/// be served as it is (damaged, or disagreeing) is logged at ERROR and the shard does not
+/// start, which stops the node: it never serves its logs emptied or shorter.
 pub(crate) fn run(ctx: ShardContext) -> Result<(), String> {
     if let Some(core) = ctx.core {
         pin_to(core);
     }
-    let catalog = Catalog::open(&ctx.dir).map_err(|e| e.to_string())?;
     let store_dir = ctx.dir.join("store");
     let io = UringIo::new(RING_ENTRIES).map_err(|e| format!("io_uring: {e}"))?;
     let store = match Store::open(
@@ -73,6 +72,20 @@ pub(crate) fn run(ctx: ShardContext) -> Result<(), String> {
         Err(e) => {
             let reason = format!("opening the store in {}: {e}", store_dir.display());
             return Err(refuse_to_start(ctx.index, e.kind(), reason));
+        }
+    };
+    let store_logs = StoreLogs {
+        new: store.recovery_report().segments == 0,
+        log_ids: store.log_ids().collect(),
+    };
+    let catalog = match Catalog::open(&ctx.dir, &store_logs) {
+        Ok(catalog) => catalog,
+        Err(e) => {
+            // Leave the store as it was found: stopped cleanly (recovery removed the record).
+            if let Err(e) = store.close(&mut Vec::new()) {
+                fatal(&format!("shard {}: {e}", ctx.index));
+            }
+            return Err(refuse_to_start(ctx.index, "catalog", e.to_string()));
         }
     };
     let listener =

@@ -29,7 +29,7 @@ use super::chain::Forward;
 use super::conn::{Barrier, Conn, Pending, Session, Subscription};
 use super::metrics::ShardMetrics;
 use crate::controller::ClusterMap;
-use crate::replication::{Answer, Blocked, Forwarding, Receive, Replica};
+use crate::replication::{Answer, Blocked, Forwarding, Receive, Replica, Upstream};
 use chainlog_net::{ReplicateKind, ReplicateRequest, ReplicateResponse};
 use chainlog_storage::ReplicaState;
 use std::collections::{HashMap, HashSet};
@@ -512,6 +512,16 @@ impl Server {
                     head,
                     format!("node {head} is the head of log {log_id}"),
                 ));
+            }
+            Err(Blocked::Settling) => {
+                return Err(refuse(
+                    ErrorCode::Unavailable,
+                    ARG_NONE,
+                    format!(
+                        "log {log_id}: this head restarted and waits to learn where the rest \
+                         of its chain stands"
+                    ),
+                ))
             }
             Err(Blocked::SuccessorAhead { successor_next }) => {
                 return Err(refuse(
@@ -1225,10 +1235,19 @@ impl Server {
                     .trim(log_id, h.trim_before, UNANSWERED)
                     .map_err(|e| store_refusal(&e))?;
                 let replica = self.replicas.get_mut(&log_id).expect("checked");
-                replica.trim(h.trim_before, Some(request_id));
+                replica.trim(
+                    h.trim_before,
+                    Some(Upstream {
+                        request_id,
+                        vouch: h.first_lsn,
+                    }),
+                );
             }
             ReplicateKind::Barrier => {
-                replica.barrier(Some(request_id));
+                replica.barrier(Some(Upstream {
+                    request_id,
+                    vouch: h.first_lsn,
+                }));
             }
             ReplicateKind::Commit => replica.learn_committed(h.committed_lsn),
         }

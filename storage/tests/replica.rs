@@ -745,7 +745,8 @@ fn stored_runs_carry_each_batchs_key_and_raise<B: Backend>(b: &mut B) {
     };
     let plain = ReplicaState::default();
     // (records, key, fencing token) of each batch, and the runs they must come back as.
-    let batches: [(usize, Option<(u64, u64)>, Option<u64>); 7] = [
+    type Spec = (usize, Option<(u64, u64)>, Option<u64>);
+    let batches: [Spec; 7] = [
         (2, None, None),             // [0, 2)
         (3, Some((9, 1)), None),     // [2, 5)
         (1, None, Some(10)),         // [5, 6): raises the token

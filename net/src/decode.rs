@@ -13,11 +13,11 @@ use crate::message::{
     padded, AppendHeader, AppendRequest, AppendResponse, CreateLogRequest, CreateLogResponse,
     CreditRequest, DescribeLogRequest, DescribeLogResponse, ErrorResponse, GetMapRequest,
     GetMapResponse, HeartbeatRequest, HelloRequest, HelloResponse, ListLogsRequest,
-    ListLogsResponse, LogEntries, LogRef, MapVersionResponse, Opcode, PeerRequest, Push,
-    ReadRequest, ReadResponse, RegisterNodeRequest, ReplicateHeader, ReplicateKind,
-    ReplicateRequest, ReplicateResponse, Request, Response, Role, SubscribeRequest,
+    ListLogsResponse, LogEntries, LogRef, MapVersionResponse, Opcode, PeerRequest, PullRequest,
+    PullResponse, Push, ReadRequest, ReadResponse, RegisterNodeRequest, ReplicateHeader,
+    ReplicateKind, ReplicateRequest, ReplicateResponse, Request, Response, Role, SubscribeRequest,
     SubscribeResponse, TailResponse, TrimRequest, UnsubscribeRequest, ENTRY_HEADER_BYTES,
-    REPLICATE_HEADER_BYTES,
+    PULL_REQUEST_BYTES, PULL_RESPONSE_HEADER_BYTES, REPLICATE_HEADER_BYTES,
 };
 use crate::records::{RecordForm, Records};
 use crate::{
@@ -111,6 +111,7 @@ pub fn decode_request<'a>(frame: &Frame<'a>, limits: &Limits) -> Result<Request<
             node_id: r.node_id("node_id")?,
         }),
         Opcode::Replicate => Request::Replicate(replicate_request(&mut r, limits)?),
+        Opcode::Pull => Request::Pull(pull_request(&mut r, limits)?),
         Opcode::RegisterNode => {
             r.need(16)?;
             let node_id = r.node_id("node_id")?;
@@ -257,6 +258,56 @@ fn replicate_request<'a>(
     })
 }
 
+fn pull_request(r: &mut Reader<'_>, limits: &Limits) -> Result<PullRequest, Error> {
+    r.need(PULL_REQUEST_BYTES)?;
+    let request = PullRequest {
+        log_id: r.u64()?,
+        epoch: r.u64()?,
+        from_lsn: r.u64()?,
+        max_records: r.u32()?,
+    };
+    r.reserved_u32("reserved")?;
+    if request.max_records == 0 || request.max_records > limits.batch_records_max {
+        return Err(r.invalid("max_records", u64::from(request.max_records)));
+    }
+    Ok(request)
+}
+
+fn pull_response<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<PullResponse<'a>, Error> {
+    r.need(PULL_RESPONSE_HEADER_BYTES)?;
+    let log_id = r.u64()?;
+    let epoch = r.u64()?;
+    let first_lsn = r.u64()?;
+    let next_lsn = r.u64()?;
+    let fencing_token = r.u64()?;
+    let writer_id = r.u64()?;
+    let writer_seq = r.u64()?;
+    let count = r.u32()?;
+    r.reserved_u32("reserved")?;
+    if writer_id == WRITER_NONE && writer_seq != 0 {
+        return Err(r.invalid("writer_seq", writer_seq));
+    }
+    if count == 0 && (fencing_token != 0 || writer_id != 0) {
+        return Err(r.invalid("count", 0));
+    }
+    let form = RecordForm::Replicated {
+        log_id,
+        epoch,
+        first_lsn,
+    };
+    let records = Records::parse(r.rest(), count, form, limits)?;
+    Ok(PullResponse {
+        log_id,
+        epoch,
+        first_lsn,
+        next_lsn,
+        fencing_token,
+        writer_id,
+        writer_seq,
+        records,
+    })
+}
+
 fn describe_request<'a>(
     r: &mut Reader<'a>,
     limits: &Limits,
@@ -387,6 +438,7 @@ pub fn decode_response<'a>(frame: &Frame<'a>, limits: &Limits) -> Result<Respons
             map_version: r.u64()?,
         }),
         Opcode::GetMap => Response::GetMap(map_response(&mut r, limits)?),
+        Opcode::Pull => Response::Pull(pull_response(&mut r, limits)?),
     };
     r.finish()?;
     Ok(response)

@@ -141,6 +141,13 @@ pub fn encode_request(out: &mut Vec<u8>, request_id: u64, request: &Request<'_>)
             put_u32(out, get.max);
             put_u32(out, 0);
         }
+        Request::Pull(pull) => {
+            put_u64(out, pull.log_id);
+            put_u64(out, pull.epoch);
+            put_u64(out, pull.from_lsn);
+            put_u32(out, pull.max_records);
+            put_u32(out, 0);
+        }
     }
     finish_frame(out, start);
 }
@@ -194,6 +201,22 @@ pub fn encode_response(
             put_u64(out, version.map_version);
         }
         Response::GetMap(map) => map_body(out, &map),
+        Response::Pull(pull) => {
+            for field in [
+                pull.log_id,
+                pull.epoch,
+                pull.first_lsn,
+                pull.next_lsn,
+                pull.fencing_token,
+                pull.writer_id,
+                pull.writer_seq,
+            ] {
+                put_u64(out, field);
+            }
+            put_u32(out, pull.records.count());
+            put_u32(out, 0);
+            out.extend_from_slice(pull.records.bytes());
+        }
         Response::Error(error) | Response::PushError(error) => error_body(out, &error),
     }
     finish_frame(out, start);

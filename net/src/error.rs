@@ -53,11 +53,15 @@ pub enum ErrorCode {
     /// Only the controller serves this request (a controller verb sent to a node, or a
     /// CREATE_LOG or DELETE_LOG sent to a cluster node): send it to the controller.
     NotController = 18,
+    /// A REPLICATE (or a PULL's answer) carries records at LSNs where the receiver holds
+    /// different ones: the replicas diverged, which the protocol never produces (damaged
+    /// state). Nothing was written. `arg0`: the first LSN that differs.
+    Diverged = 19,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::Malformed,
         ErrorCode::UnsupportedVersion,
         ErrorCode::UnknownLog,
@@ -76,6 +80,7 @@ impl ErrorCode {
         ErrorCode::Gap,
         ErrorCode::UnknownNode,
         ErrorCode::NotController,
+        ErrorCode::Diverged,
     ];
 
     /// Decodes a wire code; `None` if version 1 does not define it.
@@ -126,6 +131,7 @@ impl ErrorCode {
             ErrorCode::Gap => "GAP",
             ErrorCode::UnknownNode => "UNKNOWN_NODE",
             ErrorCode::NotController => "NOT_CONTROLLER",
+            ErrorCode::Diverged => "DIVERGED",
         }
     }
 }
@@ -459,7 +465,7 @@ mod tests {
             assert_eq!(ErrorCode::from_u16(*code as u16), Some(*code));
         }
         assert_eq!(ErrorCode::from_u16(0), None);
-        assert_eq!(ErrorCode::from_u16(19), None);
+        assert_eq!(ErrorCode::from_u16(ErrorCode::ALL.len() as u16 + 1), None);
         assert_eq!(ErrorCode::from_u16(u16::MAX), None);
     }
 

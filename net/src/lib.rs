@@ -33,9 +33,9 @@ pub use message::{
     CreditRequest, DescribeLogRequest, DescribeLogResponse, ErrorResponse, GetMapRequest,
     GetMapResponse, HeartbeatRequest, HelloRequest, HelloResponse, ListLogsRequest,
     ListLogsResponse, LogEntries, LogEntriesIter, LogEntry, LogRef, MapVersionResponse, Opcode,
-    PeerRequest, Push, ReadRequest, ReadResponse, RegisterNodeRequest, ReplicateHeader,
-    ReplicateKind, ReplicateRequest, ReplicateResponse, Request, Response, Role, SubscribeRequest,
-    SubscribeResponse, TailResponse, TrimRequest, UnsubscribeRequest,
+    PeerRequest, PullRequest, PullResponse, Push, ReadRequest, ReadResponse, RegisterNodeRequest,
+    ReplicateHeader, ReplicateKind, ReplicateRequest, ReplicateResponse, Request, Response, Role,
+    SubscribeRequest, SubscribeResponse, TailResponse, TrimRequest, UnsubscribeRequest,
 };
 pub use records::{AppendBuilder, ReadBuilder, ReadKind, RecordForm, RecordIter, Records};
 
@@ -109,6 +109,14 @@ impl Limits {
             && self.name_bytes_max >= 1
             && self.list_max >= 1
             && self.in_flight_max >= 1
+    }
+
+    /// Bytes of records (headers, payloads, padding) the largest APPEND frame carries; a
+    /// REPLICATE or a PULL's answer of that many fits a frame of the
+    /// [`replication`](Self::replication) limits.
+    pub const fn records_bytes_max(&self) -> usize {
+        (self.frame_bytes_max as usize)
+            .saturating_sub(FRAME_HEADER_BYTES + message::APPEND_HEADER_BYTES)
     }
 
     /// The limits a node reads a connection with once it declared PEER: `frame_bytes_max`

@@ -49,11 +49,14 @@ pub enum Opcode {
     Heartbeat = 17,
     /// To the controller: a page of the cluster map.
     GetMap = 18,
+    /// Node to node: records a successor holds beyond the sender's next LSN, with the head's
+    /// decisions about them (a restarted node takes back what it lost).
+    Pull = 19,
 }
 
 impl Opcode {
     /// Every opcode, in wire order.
-    pub const ALL: [Opcode; 18] = [
+    pub const ALL: [Opcode; 19] = [
         Opcode::Hello,
         Opcode::Append,
         Opcode::Read,
@@ -72,6 +75,7 @@ impl Opcode {
         Opcode::RegisterNode,
         Opcode::Heartbeat,
         Opcode::GetMap,
+        Opcode::Pull,
     ];
 
     /// Decodes an opcode; `None` if version 1 does not define it.
@@ -102,6 +106,7 @@ impl Opcode {
             Opcode::RegisterNode => "REGISTER_NODE",
             Opcode::Heartbeat => "HEARTBEAT",
             Opcode::GetMap => "GET_MAP",
+            Opcode::Pull => "PULL",
         }
     }
 
@@ -117,6 +122,7 @@ impl Opcode {
                 | Opcode::TailHint
                 | Opcode::Trim
                 | Opcode::Replicate
+                | Opcode::Pull
         )
     }
 }
@@ -185,6 +191,8 @@ pub enum Request<'a> {
     Heartbeat(HeartbeatRequest),
     /// GET_MAP.
     GetMap(GetMapRequest),
+    /// PULL.
+    Pull(PullRequest),
 }
 
 impl Request<'_> {
@@ -209,6 +217,7 @@ impl Request<'_> {
             Request::RegisterNode(_) => Opcode::RegisterNode,
             Request::Heartbeat(_) => Opcode::Heartbeat,
             Request::GetMap(_) => Opcode::GetMap,
+            Request::Pull(_) => Opcode::Pull,
         }
     }
 
@@ -218,6 +227,7 @@ impl Request<'_> {
         match *self {
             Request::Append(AppendRequest { header, .. }) => Some(header.log_id),
             Request::Replicate(ReplicateRequest { header, .. }) => Some(header.log_id),
+            Request::Pull(PullRequest { log_id, .. }) => Some(log_id),
             Request::Read(ReadRequest { log_id, .. })
             | Request::Subscribe(SubscribeRequest { log_id, .. })
             | Request::CheckTail { log_id }
@@ -542,6 +552,8 @@ pub enum Response<'a> {
     Heartbeat(MapVersionResponse),
     /// GET_MAP response.
     GetMap(GetMapResponse<'a>),
+    /// PULL response.
+    Pull(PullResponse<'a>),
     /// The request failed (flags RESPONSE|ERROR).
     Error(ErrorResponse<'a>),
     /// A subscription ended because of this error: its last push (flags
@@ -573,6 +585,7 @@ impl Response<'_> {
             Response::RegisterNode(_) => Opcode::RegisterNode,
             Response::Heartbeat(_) => Opcode::Heartbeat,
             Response::GetMap(_) => Opcode::GetMap,
+            Response::Pull(_) => Opcode::Pull,
             Response::Error(_) => return None,
         })
     }
@@ -738,6 +751,52 @@ pub struct ReplicateResponse {
     pub trim_point: u64,
     /// The receiver's own next LSN for the log.
     pub next_lsn: u64,
+}
+
+/// Bytes of a PULL request body.
+pub(crate) const PULL_REQUEST_BYTES: usize = 32;
+/// Bytes of a PULL response body before its records.
+pub(crate) const PULL_RESPONSE_HEADER_BYTES: usize = 64;
+// A PULL's answer carries what a REPLICATE does, and its header is no larger: the records of
+// one APPEND fit one answer under the replication limits.
+const _: () = assert!(PULL_RESPONSE_HEADER_BYTES <= REPLICATE_HEADER_BYTES);
+
+/// PULL request (node to node, on a replication connection): the receiver's records of
+/// `log_id` from `from_lsn` on, one run of them (PROTOCOL.md 6.13).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PullRequest {
+    /// The log.
+    pub log_id: u64,
+    /// The log's epoch at the sender; MUST be the receiver's (else WRONG_EPOCH).
+    pub epoch: u64,
+    /// The first LSN wanted: the sender's next LSN.
+    pub from_lsn: u64,
+    /// At most this many records (1..=`batch_records_max`).
+    pub max_records: u32,
+}
+
+/// PULL response: one run of the receiver's stored records (durable or not) from the
+/// request's `from_lsn`, with the head's decisions about it as a REPLICATE of them would
+/// carry, and the receiver's next LSN. `records` is empty when the receiver holds nothing
+/// from there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PullResponse<'a> {
+    /// The log.
+    pub log_id: u64,
+    /// The epoch the records were appended in.
+    pub epoch: u64,
+    /// The first record's LSN (the request's `from_lsn`).
+    pub first_lsn: u64,
+    /// The receiver's next LSN for the log.
+    pub next_lsn: u64,
+    /// The log's fencing token after the run if its last batch raised it, else 0.
+    pub fencing_token: u64,
+    /// The run's idempotency key if it is exactly one keyed batch (0, 0: none).
+    pub writer_id: u64,
+    /// The key's sequence number (0 when `writer_id` is 0).
+    pub writer_seq: u64,
+    /// The records, stamped (record `i` has `lsn` `first_lsn + i` and `epoch`).
+    pub records: Records<'a>,
 }
 
 /// REGISTER_NODE and HEARTBEAT response.

@@ -15,6 +15,7 @@ const REPLICATE: u16 = Opcode::Replicate as u16;
 const REGISTER: u16 = Opcode::RegisterNode as u16;
 const HEARTBEAT: u16 = Opcode::Heartbeat as u16;
 const GET_MAP: u16 = Opcode::GetMap as u16;
+const PULL: u16 = Opcode::Pull as u16;
 
 /// Which decoder a case goes through after framing.
 #[derive(Clone, Copy, Debug)]
@@ -1089,11 +1090,11 @@ fn cases() -> Vec<Case> {
         Error::UnknownErrorCode { code: 0 },
     ));
     cases.push(response(
-        "ERROR code 19",
+        "ERROR code 20",
         2,
         ERR,
-        &error_body(19, 0, b""),
-        Error::UnknownErrorCode { code: 19 },
+        &error_body(20, 0, b""),
+        Error::UnknownErrorCode { code: 20 },
     ));
     cases.push(response(
         "ERROR retryable disagrees with the code",
@@ -1454,6 +1455,83 @@ fn cases() -> Vec<Case> {
         Error::TrailingBytes {
             opcode: 9,
             extra_bytes: 8,
+        },
+    ));
+
+    // PULL.
+    let pull_request = |max_records: u32, reserved: u32| {
+        let mut body = Vec::new();
+        for field in [7u64, 3, 10] {
+            body.extend_from_slice(&field.to_le_bytes());
+        }
+        body.extend_from_slice(&max_records.to_le_bytes());
+        body.extend_from_slice(&reserved.to_le_bytes());
+        body
+    };
+    let pull_response = |fields: [u64; 7], count: u32, records: &[u8]| {
+        let mut body = Vec::new();
+        for field in fields {
+            body.extend_from_slice(&field.to_le_bytes());
+        }
+        body.extend_from_slice(&count.to_le_bytes());
+        body.extend_from_slice(&0u32.to_le_bytes());
+        body.extend_from_slice(records);
+        body
+    };
+    let invalid = |field: &'static str, value: u64| Error::InvalidField {
+        opcode: PULL,
+        field,
+        value,
+    };
+    cases.push(request(
+        "PULL max_records 0",
+        PULL,
+        &pull_request(0, 0),
+        invalid("max_records", 0),
+    ));
+    cases.push(request(
+        "PULL max_records above batch_records_max",
+        PULL,
+        &pull_request(Limits::DEFAULT.batch_records_max + 1, 0),
+        invalid(
+            "max_records",
+            u64::from(Limits::DEFAULT.batch_records_max) + 1,
+        ),
+    ));
+    cases.push(request(
+        "PULL reserved field set",
+        PULL,
+        &pull_request(1, 9),
+        Error::ReservedNonzero {
+            opcode: PULL,
+            field: "reserved",
+        },
+    ));
+    let one = replicated(7, 3, 10, &[b"first"]);
+    cases.push(response(
+        "PULL response writer_seq without writer_id",
+        PULL,
+        RESP,
+        &pull_response([7, 3, 10, 11, 0, 0, 4], 1, &one),
+        invalid("writer_seq", 4),
+    ));
+    cases.push(response(
+        "PULL response with a key and no records",
+        PULL,
+        RESP,
+        &pull_response([7, 3, 10, 10, 0, 2, 4], 0, &[]),
+        invalid("count", 0),
+    ));
+    cases.push(response(
+        "PULL response record at another lsn",
+        PULL,
+        RESP,
+        &pull_response([7, 3, 11, 12, 0, 0, 0], 1, &one),
+        Error::RecordStampMismatch {
+            index: 0,
+            field: "lsn",
+            value: 10,
+            expected: 11,
         },
     ));
     cases

@@ -6,7 +6,11 @@
 //!   while the log's link is in sync are sent at once, pinned in the store's frame buffer:
 //!   the frame head is encoded, the records follow from the buffer that goes to disk.
 //! - **Catching up**: a successor that is behind (after a reconnect, a GAP, an OVERLOADED)
-//!   gets the records it lacks read from this node's store, a bounded batch per turn.
+//!   gets the records it lacks read from this node's store, a bounded batch per turn, as
+//!   runs that carry the idempotency keys and fencing raises stored with them.
+//! - **Pulling back**: a restarted node whose successor holds records it lost takes them
+//!   back with PULLs, one run per answer, stored as a replica stores a REPLICATE, before its
+//!   link is in sync (and, at the head, before it sequences anything).
 //! - **Answers** flow back to the predecessor on the connection its REPLICATEs came from;
 //!   trims, barriers and the committed LSN go down when they change.
 //! - **Backpressure**: a link with more than [`LINK_UNACKED_BYTES_MAX`] of records sent and
@@ -22,13 +26,14 @@ use std::net::SocketAddr;
 
 use chainlog_net::{
     decode_response, encode_replicate_head, encode_request, parse_frame, ErrorCode, HelloRequest,
-    Limits, PeerRequest, ReplicateHeader, ReplicateKind, Request, Response, Role, PROTOCOL_VERSION,
+    Limits, PeerRequest, PullRequest, ReplicateHeader, ReplicateKind, Request, Response, Role,
+    PROTOCOL_VERSION,
 };
-use chainlog_storage::{Pin, Store, UringIo};
+use chainlog_storage::{Pin, ReplicaState, Store, UringIo};
 
 use super::link::{Link, LinkState, Sent, BACKOFF_MIN_MS};
 use super::ops::{self, NetOp, NetToken, GENERATION_MASK};
-use super::protocol::{stored_header, Server};
+use super::protocol::{encode_run, Server, UNANSWERED};
 use crate::replication::{NodeId, Reply, Send};
 
 /// Record bytes a link may have sent and not had answered; beyond, appends to its logs get
@@ -243,8 +248,9 @@ impl Chain {
         }
     }
 
-    /// Sends the successor the records it lacks, read from the store (at most one batch per
-    /// turn and log, within the link's budget).
+    /// Sends the successor the records it lacks, read from the store (at most one read per
+    /// turn and log, within the link's budget), a REPLICATE per run so that each carries the
+    /// key and fencing raise stored with it.
     fn catch_up(
         &mut self,
         server: &mut Server,
@@ -262,46 +268,140 @@ impl Chain {
         }
         let epoch = replica.epoch();
         let max = (replica.next_lsn() - from).min(u64::from(self.limits.batch_records_max));
-        let records = match store.read_stored(log_id, from, max as usize, CATCH_UP_BYTES_MAX) {
-            Ok(records) if !records.is_empty() => records,
+        // Whole batches fit (one APPEND's worth), so keyed batches come back whole.
+        let read = store.read_stored_runs(
+            log_id,
+            from,
+            max as usize,
+            self.limits.frame_bytes_max as usize,
+        );
+        let runs = match read {
+            Ok(runs) if !runs.is_empty() => runs,
             Ok(_) => return true,
             Err(e) => {
                 tracing::warn!(log_id, from, error = %e, "cannot read records to catch a successor up");
                 return true;
             }
         };
-        let end = from + records.len() as u64;
-        let replica = server.replicas.get_mut(&log_id).expect("checked");
-        let committed = replica.committed_for_forward(end);
-        let mut body = Vec::new();
-        for r in &records {
-            body.extend_from_slice(bytemuck::bytes_of(&stored_header(log_id, r)));
-            body.extend_from_slice(&r.payload);
-            body.resize(
-                body.len() + (r.payload.len().next_multiple_of(8) - r.payload.len()),
-                0,
+        let mut sent_bytes = 0;
+        for run in &runs {
+            if sent_bytes >= CATCH_UP_BYTES_MAX {
+                break;
+            }
+            let mut body = Vec::new();
+            let (count, state) =
+                encode_run(&mut body, log_id, run, self.limits.records_bytes_max());
+            let first = run.first_lsn();
+            let end = first + u64::from(count);
+            let replica = server.replicas.get_mut(&log_id).expect("checked");
+            let committed = replica.committed_for_forward(end);
+            let (writer_id, writer_seq) = state.writer.unwrap_or((0, 0));
+            let header = ReplicateHeader {
+                fencing_token: state.fencing_token.unwrap_or(0),
+                writer_id,
+                writer_seq,
+                ..ReplicateHeader::new(ReplicateKind::Records, log_id, epoch, first, committed)
+            };
+            let request_id = self.request_id();
+            let mut out = Vec::with_capacity(128 + body.len());
+            encode_replicate_head(&mut out, request_id, &header, count, &body);
+            let bytes = body.len();
+            out.extend_from_slice(&body);
+            let link = self.links[slot as usize].as_mut().expect("up link");
+            link.push_bytes(out);
+            link.unacked_bytes += bytes;
+            link.requests.insert(
+                request_id,
+                Sent::Records {
+                    log_id,
+                    first,
+                    bytes,
+                },
             );
+            replica.caught_up(first, end);
+            server.metrics.catch_up_records += u64::from(count);
+            sent_bytes += bytes;
+            if (count as usize) < run.records.len() {
+                break; // The rest of the run goes next turn.
+            }
         }
-        let header = ReplicateHeader::new(ReplicateKind::Records, log_id, epoch, from, committed);
+        server.replicas[&log_id].catch_up_from().is_some()
+    }
+
+    /// Asks the successor for the records it holds beyond this node, if the log is pulling
+    /// them back (one PULL outstanding per log).
+    fn pull(&mut self, server: &mut Server, log_id: u64, slot: u32) {
+        let replica = server.replicas.get_mut(&log_id).expect("checked");
+        let Some(from) = replica.pull_from() else {
+            return;
+        };
+        let request = PullRequest {
+            log_id,
+            epoch: replica.epoch(),
+            from_lsn: from,
+            max_records: self.limits.batch_records_max,
+        };
         let request_id = self.request_id();
-        let mut out = Vec::with_capacity(128 + body.len());
-        encode_replicate_head(&mut out, request_id, &header, records.len() as u32, &body);
-        let bytes = body.len();
-        out.extend_from_slice(&body);
+        let mut out = Vec::with_capacity(64);
+        encode_request(&mut out, request_id, &Request::Pull(request));
         let link = self.links[slot as usize].as_mut().expect("up link");
         link.push_bytes(out);
-        link.unacked_bytes += bytes;
-        link.requests.insert(
-            request_id,
-            Sent::Records {
+        link.requests
+            .insert(request_id, Sent::Pull { log_id, from });
+    }
+
+    /// The successor answered a PULL: store what it sent (the records this node lost), as a
+    /// replica stores a REPLICATE, with the keys and fencing raise that came with them.
+    fn on_pulled(
+        &mut self,
+        server: &mut Server,
+        store: &mut Store<UringIo>,
+        slot: u32,
+        pulled: Pulled,
+    ) {
+        let Some(replica) = server.replicas.get(&pulled.log_id) else {
+            return;
+        };
+        let log_id = pulled.log_id;
+        let here = replica.next_lsn();
+        let count = pulled.count as u64;
+        let end = pulled.first + count;
+        let mut stored_end = here;
+        if pulled.first == here && count > 0 {
+            let state = ReplicaState {
+                fencing_token: (pulled.fencing_token != 0).then_some(pulled.fencing_token),
+                writer: (pulled.writer.0 != 0).then_some(pulled.writer),
+            };
+            match store.append_replica(
                 log_id,
-                first: from,
-                bytes,
-            },
-        );
-        replica.caught_up(from, end);
-        server.metrics.catch_up_records += records.len() as u64;
-        replica.catch_up_from().is_some()
+                pulled.epoch,
+                pulled.first,
+                &pulled.records,
+                pulled.count,
+                &state,
+                UNANSWERED,
+            ) {
+                Ok(_) => stored_end = end,
+                Err(e) => {
+                    // Overloaded, or damaged records: ask again later.
+                    tracing::warn!(log_id, first = pulled.first, error = %e, "could not store pulled records");
+                }
+            }
+        } else if count > 0 {
+            tracing::warn!(
+                log_id,
+                first = pulled.first,
+                here,
+                "a PULL answer that does not start here; asking again"
+            );
+        }
+        let replica = server.replicas.get_mut(&log_id).expect("checked");
+        server.metrics.pulled_records += stored_end - here;
+        if let Some(probe) = replica.pulled(here, stored_end, pulled.next) {
+            self.send_control(server, log_id, slot, probe);
+        }
+        server.touched.insert(log_id);
+        self.again.insert(log_id);
     }
 
     /// The end of a loop turn: forwards what was stored, answers predecessors, sends what
@@ -361,6 +461,7 @@ impl Chain {
                 }
                 continue;
             }
+            self.pull(server, log_id, slot);
             let more = self.catch_up(server, store, log_id, slot);
             if more {
                 self.again.insert(log_id);
@@ -555,7 +656,7 @@ impl Chain {
                     Ok(0) | Err(_) => link.close(),
                     Ok(n) => {
                         link.received(n);
-                        self.on_input(slot, server, now_us);
+                        self.on_input(slot, server, store, now_us);
                         self.arm_recv(slot, store);
                     }
                 }
@@ -585,14 +686,22 @@ impl Chain {
     }
 
     /// Handles the whole answers received on a link.
-    fn on_input(&mut self, slot: u32, server: &mut Server, now_us: u64) {
+    fn on_input(
+        &mut self,
+        slot: u32,
+        server: &mut Server,
+        store: &mut Store<UringIo>,
+        now_us: u64,
+    ) {
         let mut consumed = 0;
         loop {
             let link = self.links[slot as usize].as_mut().expect("live link");
             if link.state == LinkState::Closing {
                 return;
             }
-            let Some(event) = next_answer(link, &mut consumed, &self.limits) else {
+            // A PULL's answer is as large as a REPLICATE: read with the replication limits.
+            let limits = self.limits.replication();
+            let Some(event) = next_answer(link, &mut consumed, &limits) else {
                 break;
             };
             let (peer, shard) = (link.peer, link.shard);
@@ -630,6 +739,7 @@ impl Chain {
                     link.unacked_bytes -= bytes;
                     self.refused(server, log_id, sent, code, arg0, &message, now_us);
                 }
+                LinkEvent::Pulled(pulled) => self.on_pulled(server, store, slot, pulled),
             }
         }
         let link = self.links[slot as usize].as_mut().expect("live link");
@@ -736,6 +846,8 @@ enum LinkEvent {
         reply: Reply,
         bytes: usize,
     },
+    /// A PULL was answered.
+    Pulled(Pulled),
     /// A REPLICATE was refused.
     Refused {
         log_id: u64,
@@ -745,6 +857,18 @@ enum LinkEvent {
         message: String,
         bytes: usize,
     },
+}
+
+/// A PULL's answer, owning its records.
+struct Pulled {
+    log_id: u64,
+    epoch: u64,
+    first: u64,
+    next: u64,
+    fencing_token: u64,
+    writer: (u64, u64),
+    count: u32,
+    records: Vec<u8>,
 }
 
 /// The next whole answer in the link's input from `consumed` on (advancing it), decoded; or
@@ -813,6 +937,34 @@ fn next_answer(link: &mut Link, consumed: &mut usize, limits: &Limits) -> Option
         Sent::Records { log_id, bytes, .. } => (log_id, None, bytes),
         Sent::Trim { log_id } => (log_id, None, 0),
         Sent::Barrier { log_id, covers } => (log_id, Some(covers), 0),
+        Sent::Pull { log_id, from } => {
+            return Some(match response {
+                Response::Pull(p) if p.log_id == log_id && p.first_lsn == from => {
+                    LinkEvent::Pulled(Pulled {
+                        log_id,
+                        epoch: p.epoch,
+                        first: p.first_lsn,
+                        next: p.next_lsn,
+                        fencing_token: p.fencing_token,
+                        writer: (p.writer_id, p.writer_seq),
+                        count: p.records.count(),
+                        records: p.records.bytes().to_vec(),
+                    })
+                }
+                Response::Error(e) => LinkEvent::Refused {
+                    log_id,
+                    sent,
+                    code: e.code,
+                    arg0: e.arg0,
+                    message: e.message.to_string(),
+                    bytes: 0,
+                },
+                other => {
+                    tracing::warn!(peer, answer = ?other, "replication link: a PULL answer that does not fit its request");
+                    LinkEvent::Close
+                }
+            });
+        }
     };
     Some(match response {
         Response::Replicate(answer) if answer.log_id == log_id => LinkEvent::Answered {

@@ -55,6 +55,11 @@ pub(crate) enum Sent {
         log_id: u64,
         covers: u64,
     },
+    /// PULL of `log_id` from `from`.
+    Pull {
+        log_id: u64,
+        from: u64,
+    },
 }
 
 /// Bytes to send.

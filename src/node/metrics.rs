@@ -33,6 +33,8 @@ pub(crate) struct ShardMetrics {
     pub(crate) forwards: u64,
     /// Records sent to a successor that was behind, read from the store.
     pub(crate) catch_up_records: u64,
+    /// Records taken back from a successor after a restart (this node had lost them).
+    pub(crate) pulled_records: u64,
     /// Replication links closed (they reconnect).
     pub(crate) link_resets: u64,
 }
@@ -61,6 +63,7 @@ impl ShardMetrics {
             bytes_received: 0,
             forwards: 0,
             catch_up_records: 0,
+            pulled_records: 0,
             link_resets: 0,
         }
     }
@@ -116,7 +119,7 @@ const BATCHES: [(&str, &str, HistogramOf); 2] = [
         |s| &s.store.batch_bytes,
     ),
 ];
-const COUNTS: [(&str, &str, &str, CountOf); 13] = [
+const COUNTS: [(&str, &str, &str, CountOf); 14] = [
     (
         "chainlog_replication_forwards_total",
         "counter",
@@ -128,6 +131,12 @@ const COUNTS: [(&str, &str, &str, CountOf); 13] = [
         "counter",
         "Records sent to a successor that was behind, read from the store.",
         |s| s.shard.catch_up_records,
+    ),
+    (
+        "chainlog_replication_pulled_records_total",
+        "counter",
+        "Records taken back from a successor after a restart (this node had lost them).",
+        |s| s.shard.pulled_records,
     ),
     (
         "chainlog_replication_link_resets_total",

@@ -29,9 +29,9 @@ use super::chain::Forward;
 use super::conn::{Barrier, Conn, Pending, Session, Subscription};
 use super::metrics::ShardMetrics;
 use crate::controller::ClusterMap;
-use crate::replication::{Answer, Blocked, Forwarding, Receive, Replica};
-use chainlog_net::{ReplicateKind, ReplicateRequest, ReplicateResponse};
-use chainlog_storage::ReplicaState;
+use crate::replication::{Answer, Blocked, Forwarding, Receive, Replica, Upstream};
+use chainlog_net::{PullRequest, PullResponse, ReplicateKind, ReplicateRequest, ReplicateResponse};
+use chainlog_storage::{ReplicaState, StoredRun};
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
@@ -54,7 +54,7 @@ const PUSH_OUTPUT_MAX: usize = 4 << 20;
 
 /// Store token of operations nobody waits for (the trim that frees a deleted log's space):
 /// it names no connection slot.
-const UNANSWERED: u64 = u64::MAX;
+pub(crate) const UNANSWERED: u64 = u64::MAX;
 
 /// One shard's protocol state.
 #[derive(Debug)]
@@ -148,9 +148,17 @@ impl Server {
         store: &Store<UringIo>,
         cluster: bool,
     ) -> Server {
-        let replicas = catalog
+        // Every replica the catalog knows at startup may have lost records that others hold.
+        let replicas: HashMap<u64, Replica> = catalog
             .list(None, usize::MAX)
-            .map(|(log_id, entry)| (log_id, replica_of(log_id, entry, node_id, store)))
+            .map(|(log_id, entry)| (log_id, replica_of(log_id, entry, node_id, store, true)))
+            .collect();
+        // Chained logs link up to their successors at once: they settle before anything
+        // else may happen to them.
+        let touched = replicas
+            .iter()
+            .filter(|(_, r)| r.successor().is_some())
+            .map(|(&log_id, _)| log_id)
             .collect();
         Server {
             metrics: ShardMetrics::new(),
@@ -164,7 +172,7 @@ impl Server {
             catalog,
             replicas,
             forwards: Vec::new(),
-            touched: HashSet::new(),
+            touched,
             congested: HashSet::new(),
             upstream: HashMap::new(),
             cluster,
@@ -378,6 +386,7 @@ impl Server {
             Request::Replicate(replicate) => {
                 self.replicate(session, store, request_id, &replicate, token)
             }
+            Request::Pull(pull) => self.pull(session, store, request_id, &pull),
             Request::Subscribe(sub) => self.subscribe(
                 session,
                 store,
@@ -512,6 +521,16 @@ impl Server {
                     head,
                     format!("node {head} is the head of log {log_id}"),
                 ));
+            }
+            Err(Blocked::Settling) => {
+                return Err(refuse(
+                    ErrorCode::Unavailable,
+                    ARG_NONE,
+                    format!(
+                        "log {log_id}: this head restarted and waits to learn where the rest \
+                         of its chain stands"
+                    ),
+                ))
             }
             Err(Blocked::SuccessorAhead { successor_next }) => {
                 return Err(refuse(
@@ -906,7 +925,7 @@ impl Server {
             ));
         }
         let entry = CatalogEntry::standalone(name);
-        let replica = replica_of(log_id, &entry, self.node_id, store);
+        let replica = replica_of(log_id, &entry, self.node_id, store, false);
         match self.catalog.create(log_id, entry) {
             Ok(true) => {}
             Ok(false) => {
@@ -1036,13 +1055,17 @@ impl Server {
                 .replicas
                 .get(&log.log_id)
                 .is_some_and(|r| r.epoch() == log.epoch && r.chain() == log.chain.as_slice());
+            // A log this node never held, with no records here, is new to the whole chain:
+            // nobody holds records of it. Anything else settles first.
+            let recovered =
+                self.catalog.get(log.log_id).is_some() || store.tail(log.log_id).is_some();
             if let Err(e) = self.catalog.install(log.log_id, entry.clone()) {
                 fatal(&format!("shard {}: {e}", self.shard_index));
             }
             if !current {
                 tracing::info!(log_id = log.log_id, name = log.name, epoch = log.epoch, chain = ?log.chain, "log installed");
-                self.replicas
-                    .insert(log.log_id, replica_of(log.log_id, &entry, me, store));
+                let replica = replica_of(log.log_id, &entry, me, store, recovered);
+                self.replicas.insert(log.log_id, replica);
                 self.touched.insert(log.log_id);
             }
         }
@@ -1109,19 +1132,9 @@ impl Server {
         Ok(())
     }
 
-    /// REPLICATE from the predecessor: checked (it must come from the log's predecessor in
-    /// its current epoch), then stored, forwarded and answered as the log's replica decides.
-    /// Nothing refused is written.
-    fn replicate(
-        &mut self,
-        session: &mut Session,
-        store: &mut Store<UringIo>,
-        request_id: u64,
-        r: &ReplicateRequest<'_>,
-        token: u64,
-    ) -> Result<(), Refusal> {
-        let h = r.header;
-        let log_id = h.log_id;
+    /// Checks that a replication request of `log_id` in `epoch` comes from the log's
+    /// predecessor in its current epoch (its connection's PEER).
+    fn check_predecessor(&self, session: &Session, log_id: u64, epoch: u64) -> Result<(), Refusal> {
         let replica = self.replica(log_id)?;
         let predecessor = replica.predecessor();
         if session.peer.is_none() || session.peer != predecessor {
@@ -1135,14 +1148,33 @@ impl Server {
                 format!("log {log_id}: {from} is not this replica's predecessor"),
             ));
         }
-        let epoch = replica.epoch();
-        if h.epoch != epoch {
+        let current = replica.epoch();
+        if epoch != current {
             return Err(refuse(
                 ErrorCode::WrongEpoch,
-                epoch,
-                format!("log {log_id} is in epoch {epoch}, not {}", h.epoch),
+                current,
+                format!("log {log_id} is in epoch {current}, not {epoch}"),
             ));
         }
+        Ok(())
+    }
+
+    /// REPLICATE from the predecessor: checked (it must come from the log's predecessor in
+    /// its current epoch), then stored, forwarded and answered as the log's replica decides.
+    /// Records it carries that are here already must be the same records (else DIVERGED).
+    /// Nothing refused is written.
+    fn replicate(
+        &mut self,
+        session: &mut Session,
+        store: &mut Store<UringIo>,
+        request_id: u64,
+        r: &ReplicateRequest<'_>,
+        token: u64,
+    ) -> Result<(), Refusal> {
+        let h = r.header;
+        let log_id = h.log_id;
+        self.check_predecessor(session, log_id, h.epoch)?;
+        let epoch = h.epoch;
         self.upstream.insert(log_id, token);
         self.touched.insert(log_id);
         let replica = self.replicas.get_mut(&log_id).expect("checked");
@@ -1151,7 +1183,12 @@ impl Server {
                 let count = r.records.count();
                 let end = h.first_lsn + u64::from(count);
                 replica.learn_committed(h.committed_lsn);
-                match replica.receive(h.first_lsn, end) {
+                let receive = replica.receive(h.first_lsn, end);
+                if let Receive::Duplicate | Receive::Store { .. } = receive {
+                    same_as_stored(store, log_id, h.first_lsn, r.records)?;
+                }
+                let replica = self.replicas.get_mut(&log_id).expect("checked");
+                match receive {
                     Receive::Gap { expected } => {
                         return Err(refuse(
                             ErrorCode::Gap,
@@ -1225,13 +1262,82 @@ impl Server {
                     .trim(log_id, h.trim_before, UNANSWERED)
                     .map_err(|e| store_refusal(&e))?;
                 let replica = self.replicas.get_mut(&log_id).expect("checked");
-                replica.trim(h.trim_before, Some(request_id));
+                replica.trim(
+                    h.trim_before,
+                    Some(Upstream {
+                        request_id,
+                        vouch: h.first_lsn,
+                    }),
+                );
             }
             ReplicateKind::Barrier => {
-                replica.barrier(Some(request_id));
+                replica.barrier(Some(Upstream {
+                    request_id,
+                    vouch: h.first_lsn,
+                }));
             }
             ReplicateKind::Commit => replica.learn_committed(h.committed_lsn),
         }
+        Ok(())
+    }
+
+    /// PULL from the predecessor (a restarted node taking back records it lost): one run of
+    /// this replica's stored records from `from_lsn` on, durable or not, with the keys and
+    /// fencing raises stored with them, and this replica's next LSN.
+    fn pull(
+        &mut self,
+        session: &mut Session,
+        store: &mut Store<UringIo>,
+        request_id: u64,
+        pull: &PullRequest,
+    ) -> Result<(), Refusal> {
+        let log_id = pull.log_id;
+        self.check_predecessor(session, log_id, pull.epoch)?;
+        let replica = &self.replicas[&log_id];
+        let (epoch, next) = (replica.epoch(), replica.next_lsn());
+        let max_records = pull.max_records.min(self.limits.batch_records_max) as usize;
+        let run = if pull.from_lsn < next {
+            store
+                .read_stored_runs(
+                    log_id,
+                    pull.from_lsn,
+                    max_records,
+                    self.limits.frame_bytes_max as usize,
+                )
+                .map_err(|e| store_refusal(&e))?
+                .into_iter()
+                .next()
+        } else {
+            None
+        };
+        let mut body = Vec::new();
+        let (first, count, run_epoch, state) = match run {
+            Some(run) => {
+                let (count, state) =
+                    encode_run(&mut body, log_id, &run, self.limits.records_bytes_max());
+                (run.first_lsn(), count, run.records[0].epoch, state)
+            }
+            None => (pull.from_lsn, 0, epoch, ReplicaState::default()),
+        };
+        let form = chainlog_net::RecordForm::Replicated {
+            log_id,
+            epoch: run_epoch,
+            first_lsn: first,
+        };
+        let records = chainlog_net::Records::parse(&body, count, form, &self.limits.replication())
+            .expect("stored records encode as a valid batch");
+        let (writer_id, writer_seq) = state.writer.unwrap_or((WRITER_NONE, 0));
+        let response = Response::Pull(PullResponse {
+            log_id,
+            epoch: run_epoch,
+            first_lsn: first,
+            next_lsn: next,
+            fencing_token: state.fencing_token.unwrap_or(TOKEN_NONE),
+            writer_id,
+            writer_seq,
+            records,
+        });
+        encode_response(&mut session.out, request_id, Opcode::Pull, &response);
         Ok(())
     }
 
@@ -1434,8 +1540,15 @@ impl Server {
 }
 
 /// The replication state of a catalog's log on this node, over what the store holds (a
-/// standalone node's log is a chain of one).
-fn replica_of(log_id: u64, entry: &CatalogEntry, node_id: u64, store: &Store<UringIo>) -> Replica {
+/// standalone node's log is a chain of one); `recovered` if other replicas may hold records
+/// this one lost (it then settles before it acts: [`Replica::recovered`]).
+fn replica_of(
+    log_id: u64,
+    entry: &CatalogEntry,
+    node_id: u64,
+    store: &Store<UringIo>,
+    recovered: bool,
+) -> Replica {
     let (next, trim) = store
         .tail(log_id)
         .map_or((0, 0), |t| (t.next_lsn, t.trim_point));
@@ -1444,11 +1557,15 @@ fn replica_of(log_id: u64, entry: &CatalogEntry, node_id: u64, store: &Store<Uri
     } else {
         entry.chain.clone()
     };
-    Replica::new(log_id, node_id, entry.epoch, chain, next, trim)
+    if recovered {
+        Replica::recovered(log_id, node_id, entry.epoch, chain, next, trim)
+    } else {
+        Replica::new(log_id, node_id, entry.epoch, chain, next, trim)
+    }
 }
 
 /// The header a record read back was stored with (its CRC is the client's: end to end).
-pub(crate) fn stored_header(log_id: u64, r: &ReadRecord) -> RecordHeader {
+fn stored_header(log_id: u64, r: &ReadRecord) -> RecordHeader {
     RecordHeader {
         len: r.payload.len() as u32,
         crc: r.crc,
@@ -1457,6 +1574,100 @@ pub(crate) fn stored_header(log_id: u64, r: &ReadRecord) -> RecordHeader {
         epoch: r.epoch,
         timestamp_us: r.timestamp_us,
     }
+}
+
+/// Appends a stored run's records to `out` in the stamped layout a REPLICATE or a PULL's
+/// answer carries, within `bytes_max`; returns how many went in and the decisions that go
+/// with them (none if the run had to be cut: they belong to its end). A keyed batch always
+/// fits (it arrived in one APPEND).
+pub(crate) fn encode_run(
+    out: &mut Vec<u8>,
+    log_id: u64,
+    run: &StoredRun,
+    bytes_max: usize,
+) -> (u32, ReplicaState) {
+    let start = out.len();
+    let mut count = 0;
+    for r in &run.records {
+        let size = chainlog_net::RECORD_HEADER_BYTES + r.payload.len().next_multiple_of(8);
+        if count > 0 && out.len() - start + size > bytes_max {
+            break;
+        }
+        out.extend_from_slice(bytemuck::bytes_of(&stored_header(log_id, r)));
+        out.extend_from_slice(&r.payload);
+        out.resize(
+            out.len() + (r.payload.len().next_multiple_of(8) - r.payload.len()),
+            0,
+        );
+        count += 1;
+    }
+    let whole = count as usize == run.records.len();
+    if !whole && run.state.writer.is_some() {
+        tracing::warn!(
+            log_id,
+            first = run.first_lsn(),
+            "a keyed batch did not fit one message: it goes without its key"
+        );
+    }
+    (
+        count,
+        if whole {
+            run.state
+        } else {
+            ReplicaState::default()
+        },
+    )
+}
+
+/// Checks that records a predecessor sent again (a resend after a reconnect) are the ones
+/// stored here at the same LSNs (same epoch, timestamp, length and CRC). Replicas that hold
+/// different records at one LSN have diverged, which the protocol never produces: refuse
+/// with DIVERGED rather than answer for records that are not the predecessor's.
+fn same_as_stored(
+    store: &mut Store<UringIo>,
+    log_id: u64,
+    first: u64,
+    records: chainlog_net::Records<'_>,
+) -> Result<(), Refusal> {
+    let Some(tail) = store.tail(log_id) else {
+        return Ok(());
+    };
+    // Below the trim point the records were committed, so on every replica: nothing to check
+    // (and nothing to read).
+    let from = first.max(tail.trim_point);
+    let end = (first + u64::from(records.count())).min(tail.next_lsn);
+    if from >= end {
+        return Ok(());
+    }
+    let here = store
+        .read_stored(log_id, from, (end - from) as usize, usize::MAX)
+        .map_err(|e| store_refusal(&e))?;
+    let sent = records.iter().skip((from - first) as usize);
+    for (mine, theirs) in here.iter().zip(sent) {
+        let h = theirs.header;
+        let same = mine.lsn == h.lsn
+            && mine.epoch == h.epoch
+            && mine.timestamp_us == h.timestamp_us
+            && mine.crc == h.crc
+            && mine.payload.len() == h.len as usize;
+        if !same {
+            tracing::error!(
+                log_id,
+                lsn = mine.lsn,
+                "the predecessor sent a record that differs from the one stored here at the \
+                 same LSN: the replicas diverged"
+            );
+            return Err(refuse(
+                ErrorCode::Diverged,
+                mine.lsn,
+                format!(
+                    "log {log_id}: record {} differs from the one stored here",
+                    mine.lsn
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Adds stored records to a READ answer or a push, until the frame is full; returns how many

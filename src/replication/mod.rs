@@ -29,6 +29,20 @@
 //!   link comes up, or from a GAP answer) to ours ([`Replica::catch_up_from`]).
 //! - Trims, barriers and the committed LSN are cumulative, so the latest value is all that is
 //!   sent, and sending it again after a reconnect is harmless.
+//! - **A replica that (re)started settles before it acts** ([`Replica::recovered`]). A node
+//!   forwards records before its own write is durable, so after a crash its successor may
+//!   hold records this node lost. Until the probe of its successor answered, a recovered head
+//!   appends nothing ([`Blocked::Settling`]); if the successor is ahead, the missing records
+//!   are **pulled** back from it ([`Replica::pull_from`], with their idempotency keys and
+//!   fencing tokens, which the shard stores as a replica would) before the link is in sync.
+//!   A node answers its predecessor's barrier only once its own link is in sync, so the
+//!   `next_lsn` a probe learns covers the whole rest of the chain: no LSN that any replica
+//!   holds is ever sequenced again, and replicas never hold different records at one LSN.
+//! - **An answer vouches only for what its request named**: `durable_lsn` never exceeds the
+//!   end of the request's records, or for a barrier or trim the predecessor's next LSN as
+//!   the request declared it; and a node never counts its successor durable beyond its own
+//!   next LSN. So a head cannot take a successor's durability of records it does not have
+//!   (yet) for its own.
 //!
 //! Work items (records up to an LSN, a trim, a barrier) complete in the order they were
 //! queued; each completes when its local part is durable and the successor answered it (the
@@ -136,13 +150,31 @@ pub struct Reply {
 pub enum Blocked {
     /// This node is not the head.
     NotHead,
-    /// The successor has records this head does not (this head lost records it had
-    /// forwarded, in a crash): appending would give their LSNs to other records. Only a
-    /// new epoch (reconfiguration) can resolve it.
+    /// This head (re)started and does not know yet where the rest of its chain stands: the
+    /// successor may hold records it sequenced and lost in a crash. Appends wait until the
+    /// link to the successor is up, probed, and what the successor had beyond this head is
+    /// pulled back.
+    Settling,
+    /// A settled head found its successor ahead of it: the successor holds records this head
+    /// never had in its life since it settled, which the protocol never produces (damaged
+    /// state). Appending would give their LSNs to other records, so it refuses until an
+    /// operator or a new epoch resolves it.
     SuccessorAhead {
         /// The successor's next LSN.
         successor_next: u64,
     },
+}
+
+/// A predecessor's request that waits for its answer: its id, and what the answer may vouch
+/// for. An answer says records are durable below `durable_lsn`, and never beyond `vouch`,
+/// the end of the request's records, or for a barrier or a trim the predecessor's next LSN
+/// as the request declared it: records above it are not the predecessor's to count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// The predecessor's request id.
+    pub request_id: u64,
+    /// The highest `durable_lsn` the answer may carry.
+    pub vouch: u64,
 }
 
 /// The state of the link to the successor, for this log.
@@ -152,6 +184,10 @@ enum Link {
     Down,
     /// Connected; a barrier asks for the successor's next LSN (sent at `covers`).
     Probing { covers: u64 },
+    /// The probe found the successor holding records below `until` that this node does not
+    /// (it lost them in a crash after forwarding them): they are pulled back before anything
+    /// is sent; then the link is probed again.
+    Pulling { until: u64 },
     /// The successor has (or has been sent) every record below `forwarded`, which is below
     /// our next LSN: the rest is read from the store and sent.
     CatchingUp,
@@ -173,7 +209,7 @@ enum Work {
 struct Item {
     work: Work,
     /// The predecessor's request to answer when it completes.
-    upstream: Option<u64>,
+    upstream: Option<Upstream>,
 }
 
 /// One log's replication state on one node, in one epoch.
@@ -214,13 +250,20 @@ pub struct Replica {
     sent_trim: u64,
     sent_barrier: u64,
     sent_commit: u64,
-    /// The head found its successor ahead of it.
+    /// A settled head found its successor ahead of it (never in a correct run).
     successor_ahead: Option<u64>,
+    /// This replica knows where the rest of its chain stands: it was created for a new log or
+    /// epoch, or its probe was answered (and anything the successor had beyond it pulled).
+    settled: bool,
+    /// A PULL is outstanding on the link.
+    pull_in_flight: bool,
 }
 
 impl Replica {
     /// A log's replica on node `me` of `chain` (head first) in `epoch`, over a store that
-    /// holds records below `next_lsn`, all durable, trimmed below `trim_point`.
+    /// holds records below `next_lsn`, all durable, trimmed below `trim_point`, that knows no
+    /// other replica holds records it does not: a new log, or a new epoch whose start every
+    /// replica agreed on.
     ///
     /// Panics if `me` is not in the chain (the caller installs only its own logs).
     pub fn new(
@@ -231,13 +274,40 @@ impl Replica {
         next_lsn: u64,
         trim_point: u64,
     ) -> Replica {
+        Replica::with_state(log_id, me, epoch, chain, next_lsn, trim_point, true)
+    }
+
+    /// As [`new`](Self::new), for a replica recovered from its store after the node
+    /// (re)started: its successor may hold records this node forwarded and lost, so it settles
+    /// first (see the module header). A replica without a successor is settled at once.
+    pub fn recovered(
+        log_id: u64,
+        me: NodeId,
+        epoch: u64,
+        chain: Vec<NodeId>,
+        next_lsn: u64,
+        trim_point: u64,
+    ) -> Replica {
+        Replica::with_state(log_id, me, epoch, chain, next_lsn, trim_point, false)
+    }
+
+    fn with_state(
+        log_id: u64,
+        me: NodeId,
+        epoch: u64,
+        chain: Vec<NodeId>,
+        next_lsn: u64,
+        trim_point: u64,
+        settled: bool,
+    ) -> Replica {
         let index = chain
             .iter()
             .position(|&n| n == me)
             .expect("a node holds replicas only of the chains it is in");
         assert!(trim_point <= next_lsn, "trimmed past the tail");
         let sole = chain.len() == 1;
-        Replica {
+        let chain_len = chain.len();
+        let replica = Replica {
             log_id,
             epoch,
             chain,
@@ -263,7 +333,11 @@ impl Replica {
             sent_barrier: 0,
             sent_commit: 0,
             successor_ahead: None,
-        }
+            settled: settled || sole || index + 1 == chain_len,
+            pull_in_flight: false,
+        };
+        replica.assert_invariants();
+        replica
     }
 
     /// The log.
@@ -351,6 +425,9 @@ impl Replica {
         if self.index != 0 {
             return Err(Blocked::NotHead);
         }
+        if !self.settled {
+            return Err(Blocked::Settling);
+        }
         match self.successor_ahead {
             Some(successor_next) => Err(Blocked::SuccessorAhead { successor_next }),
             None => Ok(()),
@@ -365,9 +442,12 @@ impl Replica {
         self.next_lsn = end;
         self.items.push_back(Item {
             work: Work::Records { end },
-            upstream,
+            upstream: upstream.map(|request_id| Upstream {
+                request_id,
+                vouch: end,
+            }),
         });
-        if self.link == Link::InSync && self.forwarded == first {
+        let forwarding = if self.link == Link::InSync && self.forwarded == first {
             self.forwarded = end;
             Forwarding::Now
         } else {
@@ -377,7 +457,9 @@ impl Replica {
                 self.link = Link::CatchingUp;
             }
             Forwarding::Later
-        }
+        };
+        self.assert_invariants();
+        forwarding
     }
 
     /// Decides what to do with a REPLICATE of records `[first, end)` from the predecessor.
@@ -399,21 +481,24 @@ impl Replica {
     pub fn duplicate(&mut self, end: u64, upstream: u64) {
         self.items.push_back(Item {
             work: Work::Records { end },
-            upstream: Some(upstream),
+            upstream: Some(Upstream {
+                request_id: upstream,
+                vouch: end,
+            }),
         });
         self.settle();
     }
 
     /// Records below `end` are durable here.
     pub fn durable(&mut self, end: u64) {
-        debug_assert!(end <= self.next_lsn, "durable beyond what was stored");
+        assert!(end <= self.next_lsn, "durable beyond what was stored");
         self.durable_lsn = self.durable_lsn.max(end);
         self.settle();
     }
 
     /// A trim to `before` was asked (at the head by a client, elsewhere by the predecessor
     /// for `upstream`) and laid into the store here.
-    pub fn trim(&mut self, before: u64, upstream: Option<u64>) {
+    pub fn trim(&mut self, before: u64, upstream: Option<Upstream>) {
         self.trim_requested = self.trim_requested.max(before);
         self.items.push_back(Item {
             work: Work::Trim { before },
@@ -431,7 +516,7 @@ impl Replica {
     /// A barrier (CHECK_TAIL at the head, or the predecessor's for `upstream`). Returns its
     /// sequence number: it is settled when [`barriers`](Self::barriers)' second value
     /// reaches it.
-    pub fn barrier(&mut self, upstream: Option<u64>) -> u64 {
+    pub fn barrier(&mut self, upstream: Option<Upstream>) -> u64 {
         self.barriers_issued += 1;
         let seq = self.barriers_issued;
         self.items.push_back(Item {
@@ -448,26 +533,40 @@ impl Replica {
             return;
         }
         self.committed = self.committed.max(committed.min(self.next_lsn));
+        self.assert_invariants();
+    }
+
+    /// Whether this replica knows where the rest of its chain stands (see
+    /// [`recovered`](Self::recovered)).
+    pub fn is_settled(&self) -> bool {
+        self.settled
     }
 
     /// The link to the successor is up (connected, PEER accepted): probe it with a barrier,
     /// whose answer says where the successor is.
     pub fn link_up(&mut self) -> Option<Send> {
         self.successor()?;
-        let covers = self.barriers_issued;
-        self.link = Link::Probing { covers };
-        self.sent_barrier = covers;
         // The probe re-sends what a reconnect may have lost: trims and the committed LSN
         // go again once it is answered.
         self.sent_trim = 0;
         self.sent_commit = 0;
-        Some(Send::Barrier { covers })
+        self.pull_in_flight = false;
+        Some(self.probe())
+    }
+
+    /// Asks the successor where it is, with a barrier covering every barrier issued so far.
+    fn probe(&mut self) -> Send {
+        let covers = self.barriers_issued;
+        self.link = Link::Probing { covers };
+        self.sent_barrier = covers;
+        Send::Barrier { covers }
     }
 
     /// The link to the successor is down: what was in flight on it is lost (it is sent
     /// again after the next probe).
     pub fn link_down(&mut self) {
         self.link = Link::Down;
+        self.pull_in_flight = false;
     }
 
     /// Whether the link to the successor is down (the shard reconnects).
@@ -475,12 +574,12 @@ impl Replica {
         self.successor().is_some() && self.link == Link::Down
     }
 
-    /// The successor answered a REPLICATE.
+    /// The successor answered a REPLICATE. It vouches for nothing this node does not hold.
     pub fn reply(&mut self, reply: Reply) {
         if self.successor().is_none() {
             return;
         }
-        self.down_durable = self.down_durable.max(reply.durable_lsn);
+        self.down_durable = self.down_durable.max(reply.durable_lsn.min(self.next_lsn));
         self.down_trim = self.down_trim.max(reply.trim_point);
         if let Some(covers) = reply.barrier {
             self.down_barrier = self.down_barrier.max(covers);
@@ -491,30 +590,94 @@ impl Replica {
         self.settle();
     }
 
-    /// The probe's answer: the successor holds records below `next`.
+    /// The probe's answer: the successor holds records below `next` (and so does every node
+    /// after it: a node answers a barrier only once its own link is in sync).
     fn probed(&mut self, next: u64) {
         if next > self.next_lsn {
-            if self.index == 0 {
-                tracing::error!(
+            if !self.settled {
+                // Records this node forwarded and lost in a crash: take them back before
+                // anything else goes to the successor (or is sequenced, at the head).
+                tracing::info!(
                     log_id = self.log_id,
-                    head_next = self.next_lsn,
+                    next = self.next_lsn,
                     successor_next = next,
-                    "the successor holds records this head lost: appends refused until a \
-                     new epoch"
+                    "the successor holds records this replica lost: pulling them back"
                 );
+                self.link = Link::Pulling { until: next };
+                self.forwarded = next;
+                return;
+            }
+            // A settled node's successor only has what this node sent it: never ahead.
+            tracing::error!(
+                log_id = self.log_id,
+                next = self.next_lsn,
+                successor_next = next,
+                "the successor holds records this settled replica never had: refusing to \
+                 sequence over them"
+            );
+            if self.index == 0 {
                 self.successor_ahead = Some(next);
             }
-            // A middle node whose successor is ahead receives the missing records from its
-            // predecessor and forwards them (the successor takes them as duplicates).
             self.forwarded = self.next_lsn;
         } else {
-            self.forwarded = next;
+            // What the successor holds but has not vouched durable (on it and after it) is
+            // sent again: it takes the records as duplicates and answers them once durable,
+            // which a barrier's answer, settled at once, would not wait for.
+            self.forwarded = next.min(self.down_durable.max(self.trim_durable));
         }
+        self.settled = true;
         self.link = if self.forwarded == self.next_lsn {
             Link::InSync
         } else {
             Link::CatchingUp
         };
+        self.assert_invariants();
+    }
+
+    /// Where to pull records from the successor now, if the link is pulling and no PULL is
+    /// outstanding: from this node's next LSN. The shard sends a PULL and reports what came
+    /// back with [`pulled`](Self::pulled).
+    pub fn pull_from(&mut self) -> Option<u64> {
+        let Link::Pulling { until } = self.link else {
+            return None;
+        };
+        if self.pull_in_flight || self.next_lsn >= until {
+            return None;
+        }
+        self.pull_in_flight = true;
+        Some(self.next_lsn)
+    }
+
+    /// A PULL was answered: the records `[first, end)` were stored here (`first` is this
+    /// node's next LSN; `end == first` if the successor had nothing from there), and the
+    /// successor's next LSN is `successor_next`. Returns the probe to send once everything
+    /// the successor had is here (its answer vouches for the pulled records).
+    pub fn pulled(&mut self, first: u64, end: u64, successor_next: u64) -> Option<Send> {
+        let Link::Pulling { until } = self.link else {
+            return None;
+        };
+        assert_eq!(first, self.next_lsn, "pulled records are stored densely");
+        assert!(end >= first, "a pull returns records in order");
+        self.pull_in_flight = false;
+        self.next_lsn = end;
+        // Nobody upstream waits for pulled records, but their answers keep the queue's order.
+        if end > first {
+            self.items.push_back(Item {
+                work: Work::Records { end },
+                upstream: None,
+            });
+        }
+        // The successor may have less than its probe said only if it restarted meanwhile
+        // (then the link resets too); never pull past what it has.
+        let until = until.min(successor_next.max(end));
+        self.forwarded = until;
+        self.assert_invariants();
+        if end >= until {
+            Some(self.probe())
+        } else {
+            self.link = Link::Pulling { until };
+            None
+        }
     }
 
     /// The successor refused records with GAP: it expects `expected` next (or refused them
@@ -542,6 +705,7 @@ impl Replica {
         if self.link == Link::CatchingUp && self.forwarded == self.next_lsn {
             self.link = Link::InSync;
         }
+        self.assert_invariants();
     }
 
     /// The trim, barrier and committed LSN to send the successor now, if they changed since
@@ -609,10 +773,10 @@ impl Replica {
             if let Work::Barrier { seq } = item.work {
                 self.barriers_settled = self.barriers_settled.max(seq);
             }
-            if let Some(request_id) = item.upstream {
+            if let Some(up) = item.upstream {
                 self.answers.push(Answer {
-                    request_id,
-                    durable_lsn: chain_durable,
+                    request_id: up.request_id,
+                    durable_lsn: chain_durable.min(up.vouch),
                     trim_point: chain_trim,
                     next_lsn: self.next_lsn,
                 });
@@ -623,5 +787,56 @@ impl Replica {
             self.committed = self.committed.max(chain_durable);
             self.trim_committed = self.trim_committed.max(chain_trim);
         }
+        self.assert_invariants();
+    }
+
+    /// The positions the module header draws, checked after every event:
+    /// `trim <= next`, `committed <= next`, `durable <= next`, and the link's bookkeeping
+    /// within what is stored (`down_durable <= next`, `forwarded <= next` once in sync or
+    /// catching up).
+    fn assert_invariants(&self) {
+        assert!(
+            self.trim_durable <= self.next_lsn,
+            "log {}: trimmed durably past the records",
+            self.log_id
+        );
+        assert!(
+            self.durable_lsn <= self.next_lsn,
+            "log {}: durable {} beyond next {}",
+            self.log_id,
+            self.durable_lsn,
+            self.next_lsn
+        );
+        assert!(
+            self.committed <= self.next_lsn,
+            "log {}: committed {} beyond next {}",
+            self.log_id,
+            self.committed,
+            self.next_lsn
+        );
+        assert!(
+            self.down_durable <= self.next_lsn,
+            "log {}: the successor counted durable beyond what is here",
+            self.log_id
+        );
+        if matches!(self.link, Link::InSync | Link::CatchingUp) {
+            assert!(
+                self.forwarded <= self.next_lsn,
+                "log {}: forwarded beyond what is here",
+                self.log_id
+            );
+        }
+        if self.index == 0 {
+            assert!(
+                self.committed <= self.durable_lsn,
+                "log {}: the head commits only what is durable here",
+                self.log_id
+            );
+        }
+        assert!(
+            self.settled || !matches!(self.link, Link::InSync | Link::CatchingUp),
+            "log {}: in sync before settling",
+            self.log_id
+        );
     }
 }

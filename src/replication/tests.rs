@@ -1,9 +1,11 @@
 //! A chain of replicas in memory: stores are vectors of values (one per LSN), links are
 //! queues. From a seed, steps interleave appends, trims and barriers at the head, store
 //! durability, deliveries (REPLICATEs in order per link, as TCP gives them; answers in any
-//! order), duplicated REPLICATEs, link drops and node restarts that lose what was not
-//! durable. Invariants are checked after every step; at the end the chain heals and must
-//! converge: every replica byte-identical, everything committed, every barrier settled.
+//! order), duplicated REPLICATEs, link drops and restarts of any node (the head included)
+//! that lose what was not durable; a restarted node pulls back from its successor what it
+//! lost. Invariants are checked after every step (no acknowledged value lost or moved, no two
+//! replicas with different values at one LSN); at the end the chain heals and must converge:
+//! every replica byte-identical, everything committed, every barrier settled.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -22,22 +24,36 @@ enum Down {
     Trim {
         req: u64,
         before: u64,
+        /// The sender's next LSN (what the answer may vouch for).
+        next: u64,
     },
     Barrier {
         req: u64,
+        next: u64,
     },
     Commit {
         committed: u64,
     },
+    Pull {
+        req: u64,
+        from: u64,
+    },
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Up {
     Answer(Answer),
     /// GAP, or OVERLOADED (then `expected` is the refused batch's first LSN).
     Gap {
         req: u64,
         expected: u64,
+    },
+    /// A PULL's answer: the successor's values from `first`, and its next LSN.
+    Pulled {
+        req: u64,
+        first: u64,
+        values: Vec<u64>,
+        next: u64,
     },
 }
 
@@ -46,6 +62,7 @@ enum Sent {
     Records,
     Trim,
     Barrier { covers: u64 },
+    Pull,
 }
 
 struct Node {
@@ -71,7 +88,6 @@ struct Sim {
     down: Vec<VecDeque<Down>>,
     up: Vec<Vec<Up>>,
     next_value: u64,
-    committed_seen: u64,
     barriers: Vec<u64>,
     /// Every value the head acknowledged (committed), by LSN.
     acked: Vec<u64>,
@@ -88,6 +104,8 @@ struct Stats {
     partial: u64,
     drops: u64,
     restarts: u64,
+    head_restarts: u64,
+    pulled: u64,
     catch_ups: u64,
     committed: u64,
 }
@@ -100,6 +118,8 @@ impl std::ops::AddAssign for Stats {
         self.partial += o.partial;
         self.drops += o.drops;
         self.restarts += o.restarts;
+        self.head_restarts += o.head_restarts;
+        self.pulled += o.pulled;
         self.catch_ups += o.catch_ups;
         self.committed += o.committed;
     }
@@ -131,7 +151,6 @@ impl Sim {
             down: (1..rf).map(|_| VecDeque::new()).collect(),
             up: (1..rf).map(|_| Vec::new()).collect(),
             next_value: 1000,
-            committed_seen: 0,
             barriers: Vec::new(),
             acked: Vec::new(),
             faults,
@@ -200,6 +219,10 @@ impl Sim {
         if i + 1 == self.nodes.len() || !self.nodes[i].connected {
             return;
         }
+        if let Some(from) = self.nodes[i].rep.pull_from() {
+            let req = self.request(i, Sent::Pull);
+            self.send_down(i, Down::Pull { req, from });
+        }
         if let Some(from) = self.nodes[i].rep.catch_up_from() {
             let end = (from + 1 + self.rng.below(5)).min(self.nodes[i].rep.next_lsn());
             self.forward(i, from, end);
@@ -212,15 +235,19 @@ impl Sim {
             match s {
                 Send::Trim { before } => {
                     let req = self.request(i, Sent::Trim);
-                    self.send_down(i, Down::Trim { req, before });
+                    let next = self.nodes[i].rep.next_lsn();
+                    self.send_down(i, Down::Trim { req, before, next });
                 }
-                Send::Barrier { covers } => {
-                    let req = self.request(i, Sent::Barrier { covers });
-                    self.send_down(i, Down::Barrier { req });
-                }
+                Send::Barrier { covers } => self.send_barrier(i, covers),
                 Send::Commit { committed } => self.send_down(i, Down::Commit { committed }),
             }
         }
+    }
+
+    fn send_barrier(&mut self, i: usize, covers: u64) {
+        let req = self.request(i, Sent::Barrier { covers });
+        let next = self.nodes[i].rep.next_lsn();
+        self.send_down(i, Down::Barrier { req, next });
     }
 
     /// Delivers the oldest REPLICATE on link i (to node i + 1).
@@ -280,16 +307,42 @@ impl Sim {
                     }
                 }
             }
-            Down::Trim { req, before } => {
+            Down::Trim { req, before, next } => {
                 let node = &mut self.nodes[j];
                 assert!(before <= node.rep.next_lsn(), "a trim beyond the records");
                 node.trim_laid = node.trim_laid.max(before);
-                node.rep.trim(before, Some(req));
+                node.rep.trim(
+                    before,
+                    Some(Upstream {
+                        request_id: req,
+                        vouch: next,
+                    }),
+                );
             }
-            Down::Barrier { req } => {
-                self.nodes[j].rep.barrier(Some(req));
+            Down::Barrier { req, next } => {
+                self.nodes[j].rep.barrier(Some(Upstream {
+                    request_id: req,
+                    vouch: next,
+                }));
             }
             Down::Commit { committed } => self.nodes[j].rep.learn_committed(committed),
+            Down::Pull { req, from } => {
+                // The successor answers from what it has stored, durable or not.
+                let node = &self.nodes[j];
+                let len = node.data.len() as u64;
+                let end = (from + 1 + self.rng.below(5)).min(len).max(from.min(len));
+                let values = if from < len {
+                    node.data[from as usize..end as usize].to_vec()
+                } else {
+                    Vec::new()
+                };
+                self.up[i].push(Up::Pulled {
+                    req,
+                    first: from,
+                    values,
+                    next: len,
+                });
+            }
         }
     }
 
@@ -309,6 +362,7 @@ impl Sim {
                 let barrier = match kind {
                     Sent::Barrier { covers } => Some(covers),
                     Sent::Records | Sent::Trim => None,
+                    Sent::Pull => unreachable!("a PULL is answered with values"),
                 };
                 node.rep.reply(Reply {
                     durable_lsn: a.durable_lsn,
@@ -320,6 +374,34 @@ impl Sim {
             Up::Gap { req, expected } => {
                 if node.sent.remove(&req).is_some() {
                     node.rep.refused(expected);
+                }
+            }
+            Up::Pulled {
+                req,
+                first,
+                values,
+                next,
+            } => {
+                if node.sent.remove(&req).is_none() {
+                    return;
+                }
+                let here = node.data.len() as u64;
+                let end = first + values.len() as u64;
+                // What is here already must be what the successor has.
+                for lsn in first..end.min(here) {
+                    assert_eq!(node.data[lsn as usize], values[(lsn - first) as usize]);
+                }
+                let from = here.max(first);
+                if first <= here && end > here {
+                    node.data
+                        .extend_from_slice(&values[(here - first) as usize..]);
+                    self.stats.pulled += end - here;
+                }
+                let stored_end = node.data.len() as u64;
+                if let Some(Send::Barrier { covers }) =
+                    node.rep.pulled(from.min(stored_end), stored_end, next)
+                {
+                    self.send_barrier(i, covers);
                 }
             }
         }
@@ -348,8 +430,7 @@ impl Sim {
         node.connected = true;
         node.sent.clear();
         if let Some(Send::Barrier { covers }) = node.rep.link_up() {
-            let req = self.request(i, Sent::Barrier { covers });
-            self.send_down(i, Down::Barrier { req });
+            self.send_barrier(i, covers);
         }
     }
 
@@ -363,19 +444,22 @@ impl Sim {
         node.rep.link_down();
     }
 
-    /// A non-head node crashes and restarts: it keeps only what was durable.
+    /// A node crashes and restarts: it keeps only what was durable, and settles before it
+    /// acts (a restarted head appends nothing until it has pulled back what it lost).
     fn restart(&mut self, j: usize) {
-        assert!(j > 0);
         self.stats.restarts += 1;
+        self.stats.head_restarts += u64::from(j == 0);
         if j < self.nodes.len() - 1 {
             self.drop_link(j);
         }
-        self.drop_link(j - 1);
+        if j > 0 {
+            self.drop_link(j - 1);
+        }
         let node = &mut self.nodes[j];
         node.data.truncate(node.durable);
         node.trim_laid = node.trim_durable;
         let chain = node.rep.chain().to_vec();
-        node.rep = Replica::new(
+        node.rep = Replica::recovered(
             LOG,
             node.id,
             EPOCH,
@@ -388,25 +472,40 @@ impl Sim {
     fn check(&mut self) {
         let head = &self.nodes[0];
         let committed = head.rep.committed();
-        assert!(committed >= self.committed_seen, "committed went back");
-        self.committed_seen = committed;
+        for lsn in self.acked.len()..committed as usize {
+            self.acked.push(head.data[lsn]);
+        }
+        let acked = self.acked.len();
         for node in &self.nodes {
+            // Every acknowledged value is durable on every replica, at its LSN (a restarted
+            // head's committed LSN starts over, so the check is against every ack so far).
             assert!(
-                committed <= node.durable as u64,
-                "committed {committed} but node {} has only {} durable",
+                acked <= node.durable,
+                "{acked} acknowledged but node {} has only {} durable",
                 node.id,
                 node.durable
             );
+            assert_eq!(
+                node.data[..acked],
+                self.acked[..],
+                "node {} lost or moved an acknowledged value",
+                node.id
+            );
             assert!(
-                node.rep.readable() <= committed,
+                node.rep.readable() <= acked as u64,
                 "a replica reads past the commit"
             );
-            let common = node.data.len().min(head.data.len());
-            assert_eq!(node.data[..common], head.data[..common], "replicas diverge");
             assert_eq!(node.rep.next_lsn(), node.data.len() as u64);
         }
-        for lsn in self.acked.len()..committed as usize {
-            self.acked.push(head.data[lsn]);
+        for (a, b) in self.nodes.iter().zip(&self.nodes[1..]) {
+            let common = a.data.len().min(b.data.len());
+            assert_eq!(
+                a.data[..common],
+                b.data[..common],
+                "nodes {} and {} hold different values at one LSN",
+                a.id,
+                b.id
+            );
         }
     }
 
@@ -444,6 +543,7 @@ impl Sim {
                 let j = 1 + self.rng.below(rf as u64 - 1) as usize;
                 self.restart(j);
             }
+            93 if self.faults && self.rng.one_in(8) => self.restart(0),
             _ => {}
         }
         for i in 0..rf {
@@ -624,7 +724,100 @@ fn a_replica_refuses_gaps_and_answers_duplicates_in_order() {
 }
 
 #[test]
-fn a_head_whose_successor_is_ahead_refuses_appends() {
+fn a_restarted_head_pulls_back_what_its_successor_holds_before_appending() {
+    // The head forwarded records 4 and 5 and lost them in a crash: it restarts at 4.
+    let mut head = Replica::recovered(1, 1, 1, vec![1, 2, 3], 4, 0);
+    assert_eq!(
+        head.can_append(),
+        Err(Blocked::Settling),
+        "not before the probe"
+    );
+    let probe = head.link_up();
+    assert_eq!(probe, Some(Send::Barrier { covers: 0 }));
+    assert_eq!(head.can_append(), Err(Blocked::Settling));
+    // The successor (and, as it answers a barrier only in sync, the rest of the chain) is at
+    // 6, and vouches only for what the probe named: durable below 4.
+    head.reply(Reply {
+        durable_lsn: 6,
+        trim_point: 0,
+        next_lsn: 6,
+        barrier: Some(0),
+    });
+    assert_eq!(head.committed(), 4, "what both hold durably, no more");
+    assert_eq!(
+        head.can_append(),
+        Err(Blocked::Settling),
+        "records to pull first"
+    );
+    assert_eq!(
+        head.catch_up_from(),
+        None,
+        "nothing goes down while pulling"
+    );
+    assert_eq!(head.pull_from(), Some(4));
+    assert_eq!(head.pull_from(), None, "one PULL at a time");
+    assert_eq!(head.pulled(4, 5, 6), None, "one more to pull");
+    assert_eq!(head.pull_from(), Some(5));
+    let probe = head.pulled(5, 6, 6);
+    assert_eq!(probe, Some(Send::Barrier { covers: 0 }), "probe again");
+    head.durable(6);
+    head.reply(Reply {
+        durable_lsn: 6,
+        trim_point: 0,
+        next_lsn: 6,
+        barrier: Some(0),
+    });
+    assert_eq!(head.can_append(), Ok(()));
+    assert_eq!(head.committed(), 6);
+    assert_eq!(head.stored(6, 7, None), Forwarding::Now, "in sync");
+}
+
+#[test]
+fn a_restarted_head_whose_successor_is_behind_settles_and_catches_it_up() {
+    let mut head = Replica::recovered(1, 1, 1, vec![1, 2], 6, 0);
+    head.link_up();
+    head.reply(Reply {
+        durable_lsn: 4,
+        trim_point: 0,
+        next_lsn: 4,
+        barrier: Some(0),
+    });
+    assert_eq!(head.can_append(), Ok(()));
+    assert_eq!(head.catch_up_from(), Some(4));
+    assert_eq!(head.pull_from(), None);
+}
+
+#[test]
+fn answers_vouch_only_for_what_their_request_named() {
+    // A tail holds 10 durable records; a predecessor that has only 4 probes it.
+    let mut tail = Replica::recovered(1, 2, 1, vec![1, 2], 10, 0);
+    assert!(tail.is_settled(), "a tail has no successor to wait for");
+    tail.barrier(Some(Upstream {
+        request_id: 7,
+        vouch: 4,
+    }));
+    let mut answers = Vec::new();
+    tail.take_answers(&mut answers);
+    assert_eq!(answers.len(), 1);
+    assert_eq!(
+        answers[0].durable_lsn, 4,
+        "never more than the predecessor holds"
+    );
+    assert_eq!(answers[0].next_lsn, 10);
+    // And a node counts its successor durable only below its own next LSN.
+    let mut head = Replica::new(1, 1, 1, vec![1, 2], 4, 0);
+    head.link_up();
+    head.reply(Reply {
+        durable_lsn: 9,
+        trim_point: 0,
+        next_lsn: 4,
+        barrier: Some(0),
+    });
+    assert_eq!(head.committed(), 4);
+}
+
+#[test]
+fn a_settled_head_whose_successor_is_ahead_refuses_appends() {
     let mut head = Replica::new(1, 1, 1, vec![1, 2, 3], 4, 0);
     head.link_up();
     head.reply(Reply {
@@ -637,16 +830,7 @@ fn a_head_whose_successor_is_ahead_refuses_appends() {
         head.can_append(),
         Err(Blocked::SuccessorAhead { successor_next: 6 })
     );
-    // A middle node in the same spot takes the records from its predecessor instead.
-    let mut middle = Replica::new(1, 2, 1, vec![1, 2, 3], 4, 0);
-    middle.link_up();
-    middle.reply(Reply {
-        durable_lsn: 6,
-        trim_point: 0,
-        next_lsn: 6,
-        barrier: Some(0),
-    });
-    assert_eq!(middle.stored(4, 6, Some(1)), Forwarding::Now);
+    assert_eq!(head.pull_from(), None, "a settled head pulls nothing");
 }
 
 #[test]
@@ -706,6 +890,8 @@ fn three_node_chain_with_reordered_answers_duplicates_drops_and_restarts() {
         ("partial resends", stats.partial),
         ("link drops", stats.drops),
         ("restarts", stats.restarts),
+        ("head restarts", stats.head_restarts),
+        ("records pulled back", stats.pulled),
         ("catch-ups", stats.catch_ups),
     ] {
         assert!(n > 100, "only {n} {what}: {stats:?}");

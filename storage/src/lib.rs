@@ -41,6 +41,6 @@ pub use io::{
 };
 pub use metrics::StoreMetrics;
 pub use recovery::RecoveryReport;
-pub use replica::{Pin, ReplicaState};
+pub use replica::{Pin, ReplicaState, StoredRun};
 pub use store::{Ack, AppendOptions, Batch, LogTail, ReadRecord, Record, Store};
 pub use writers::WRITER_WINDOW;

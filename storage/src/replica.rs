@@ -22,7 +22,7 @@ use crate::buf::BufAddr;
 use crate::error::{Error, Result};
 use crate::format::{payload_crc, RecordHeader, Records, SYSTEM_LOG};
 use crate::io::Io;
-use crate::store::{measure_encoded, Admitted, Entry, Gather, ReadRecord, Store};
+use crate::store::{measure_encoded, Admitted, BatchMark, Entry, Gather, ReadRecord, Store};
 
 /// The head's decisions about a replicated batch, applied by the replica without checking
 /// them (the head checked them).
@@ -211,12 +211,40 @@ impl<I: Io> Store<I> {
         max_bytes: usize,
     ) -> Result<Vec<ReadRecord>> {
         let mut gather = Gather::new(max_records, max_bytes);
-        let mut next = self.read_durable(log_id, from, &mut gather)?;
+        self.gather_stored(log_id, from, &mut gather)?;
+        Ok(gather.out)
+    }
+
+    /// As [`read_stored`](Self::read_stored), cut into runs that one REPLICATE each can
+    /// carry with the head's decisions: a batch stored with an idempotency key is a run of
+    /// its own, with its key; a fencing-token raise ends the run of the batch that raised it,
+    /// which carries the new token; other records run together, within one epoch. So a
+    /// replica caught up (or a head pulling back what it lost) stores the same keys and
+    /// tokens as the node that sequenced the records, and a retry finds its original LSNs
+    /// there. A keyed batch that the limits cut short ends the read (read again from its
+    /// first LSN with limits that hold a batch), unless it is the first run: then its records
+    /// go without the key.
+    pub fn read_stored_runs(
+        &mut self,
+        log_id: u64,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRun>> {
+        let mut gather = Gather::new(max_records, max_bytes);
+        gather.marks = Some(Vec::new());
+        self.gather_stored(log_id, from, &mut gather)?;
+        let marks = gather.marks.take().unwrap_or_default();
+        Ok(runs(gather.out, &marks))
+    }
+
+    fn gather_stored(&mut self, log_id: u64, from: u64, gather: &mut Gather) -> Result<()> {
+        let mut next = self.read_durable(log_id, from, gather)?;
         // No frame moved during `read_durable`: every record from the durable LSN on is in a
         // frame in flight, sealed or being filled, in that order.
         if next >= self.logs[&log_id].durable_lsn {
             let frames = self.in_flight.iter().chain(&self.sealed);
-            'frames: for frame in frames.chain(self.building.as_ref()) {
+            for frame in frames.chain(self.building.as_ref()) {
                 let holds = frame.entries.iter().any(|e| {
                     matches!(*e, Entry::Append { log_id: l, first_lsn, count, .. }
                         if l == log_id && first_lsn + u64::from(count) > next)
@@ -224,27 +252,128 @@ impl<I: Io> Store<I> {
                 if !holds {
                     continue;
                 }
+                // As in `read_durable`: once full, the rest of the frame is looked at for
+                // the key and raise of the batch the read stopped in.
+                let mut full = false;
                 for record in frame.contents() {
                     let record = record.expect("a frame in memory is well formed");
                     let header = record.header;
-                    if header.log_id != log_id || header.lsn < next {
+                    if header.log_id == SYSTEM_LOG {
+                        gather.control(log_id, from, record.payload);
+                        continue;
+                    }
+                    if full || header.log_id != log_id || header.lsn < next {
+                        if header.log_id == log_id {
+                            gather.saw(header.lsn);
+                        }
                         continue;
                     }
                     assert_eq!(header.lsn, next, "log {log_id}: stored records are dense");
                     if !gather.fits(record.payload.len()) {
-                        break 'frames;
+                        full = true;
+                        continue;
                     }
                     assert_eq!(
                         payload_crc(record.payload),
                         header.crc,
                         "log {log_id} record {next} changed in memory"
                     );
+                    gather.saw(header.lsn);
                     gather.push(&header, record.payload.to_vec());
                     next += 1;
+                }
+                if full {
+                    break;
                 }
             }
         }
         self.process_stash();
-        Ok(gather.out)
+        Ok(())
     }
+}
+
+/// Consecutive stored records of one log and one epoch, with what the node that sequenced
+/// them decided about them: what one REPLICATE (or one run of a PULL's answer) carries. From
+/// [`Store::read_stored_runs`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRun {
+    /// The records, LSNs consecutive.
+    pub records: Vec<ReadRecord>,
+    /// The idempotency key if the run is exactly one keyed batch, and the log's fencing
+    /// token after the run if its last batch raised it.
+    pub state: ReplicaState,
+}
+
+impl StoredRun {
+    /// The first record's LSN.
+    pub fn first_lsn(&self) -> u64 {
+        self.records[0].lsn
+    }
+
+    /// The LSN after the last record.
+    pub fn end_lsn(&self) -> u64 {
+        self.first_lsn() + self.records.len() as u64
+    }
+}
+
+/// Cuts records into [`StoredRun`]s at the batches `marks` describe (ascending by end).
+fn runs(records: Vec<ReadRecord>, marks: &[BatchMark]) -> Vec<StoredRun> {
+    let mut out: Vec<StoredRun> = Vec::new();
+    let mut records = records.into_iter().peekable();
+    let mut m = 0;
+    while let Some(first) = records.peek() {
+        let (lsn, epoch) = (first.lsn, first.epoch);
+        while marks.get(m).is_some_and(|k| k.end <= lsn) {
+            m += 1;
+        }
+        // Where this run must end, and what it carries if it reaches there.
+        let (end, state) = match marks.get(m) {
+            Some(&BatchMark {
+                end,
+                writer: Some((writer_id, writer_seq, first_lsn)),
+                fence,
+            }) if first_lsn <= lsn => {
+                // A keyed batch (from its start: with its key).
+                let writer = (first_lsn == lsn).then_some((writer_id, writer_seq));
+                (
+                    end,
+                    ReplicaState {
+                        fencing_token: fence,
+                        writer,
+                    },
+                )
+            }
+            Some(&BatchMark {
+                writer: Some((_, _, first_lsn)),
+                ..
+            }) => (first_lsn, ReplicaState::default()),
+            Some(&BatchMark { end, fence, .. }) => (
+                end,
+                ReplicaState {
+                    fencing_token: fence,
+                    writer: None,
+                },
+            ),
+            None => (u64::MAX, ReplicaState::default()),
+        };
+        let mut run = Vec::new();
+        while let Some(r) = records.next_if(|r| r.lsn < end && r.epoch == epoch) {
+            run.push(r);
+        }
+        let reached = run.last().is_some_and(|r| r.lsn + 1 == end);
+        let state = if reached {
+            state
+        } else if state.writer.is_some() && !out.is_empty() {
+            // A keyed batch cut short by the limits: read it again, whole, from its start.
+            break;
+        } else {
+            // Cut short by an epoch change or the limits: the decisions belong to the end.
+            ReplicaState::default()
+        };
+        out.push(StoredRun {
+            records: run,
+            state,
+        });
+    }
+    out
 }

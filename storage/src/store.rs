@@ -340,13 +340,30 @@ pub(crate) struct Admitted {
     pub(crate) writer: Option<(u64, u64)>,
 }
 
-/// The records a read gathers, within its limits.
+/// The records a read gathers, within its limits, and (for [`Store::read_stored_runs`]) the
+/// idempotency keys and fencing-token raises stored with their batches.
 #[derive(Debug)]
 pub(crate) struct Gather {
     pub(crate) out: Vec<ReadRecord>,
     bytes: usize,
     max_records: usize,
     max_bytes: usize,
+    /// `Some` when the batches' state is asked for: one mark per batch end.
+    pub(crate) marks: Option<Vec<BatchMark>>,
+    /// The LSN after the last record of the log the walk went past (gathered or not): a
+    /// fencing-token raise belongs to the batch that ends there.
+    seen_end: u64,
+}
+
+/// What was stored with a batch of a log: its idempotency key, a fencing-token raise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct BatchMark {
+    /// The LSN after the batch's last record.
+    pub(crate) end: u64,
+    /// The batch's key and its first LSN.
+    pub(crate) writer: Option<(u64, u64, u64)>,
+    /// The log's token after the batch, if the batch raised it.
+    pub(crate) fence: Option<u64>,
 }
 
 impl Gather {
@@ -356,6 +373,8 @@ impl Gather {
             bytes: 0,
             max_records,
             max_bytes,
+            marks: None,
+            seen_end: 0,
         }
     }
 
@@ -375,6 +394,46 @@ impl Gather {
             crc: header.crc,
             payload,
         });
+    }
+
+    /// The walk went past a record of the log.
+    pub(crate) fn saw(&mut self, lsn: u64) {
+        self.seen_end = lsn + 1;
+    }
+
+    /// The walk met a record of the system log: if marks are asked for and it is a key or
+    /// a raise of `log_id`'s batch ending after `from`, remember it with its batch.
+    pub(crate) fn control(&mut self, log_id: u64, from: u64, payload: &[u8]) {
+        let Some(marks) = self.marks.as_mut() else {
+            return;
+        };
+        if payload.len() != STATE_RECORD_BYTES {
+            return;
+        }
+        let state: StateRecord = bytemuck::pod_read_unaligned(payload);
+        if state.log_id != log_id {
+            return;
+        }
+        let (end, writer, fence) = match state.kind {
+            CONTROL_WRITER => (
+                state.value + u64::from(state.count),
+                Some((state.writer_id, state.writer_seq, state.value)),
+                None,
+            ),
+            CONTROL_FENCE => (self.seen_end, None, Some(state.value)),
+            _ => return,
+        };
+        if end <= from {
+            return;
+        }
+        match marks.last_mut() {
+            // A batch's raise and key follow its records, one after the other.
+            Some(last) if last.end == end => {
+                last.writer = last.writer.or(writer);
+                last.fence = last.fence.or(fence);
+            }
+            _ => marks.push(BatchMark { end, writer, fence }),
+        }
     }
 }
 
@@ -937,10 +996,20 @@ impl<I: Io> Store<I> {
         let mut next = from;
         let mut segment_id = log.index[entry].segment_id;
         let mut offset = log.index[entry].offset;
-        'walk: while next < end {
+        while next < end {
             let (records, disk_bytes) = self.frame_records(segment_id, offset)?;
+            // Once full, the rest of the frame is still looked at for the key and the raise
+            // of the batch the read stopped in (they follow its records in the frame).
+            let mut full = false;
             for r in records {
-                if r.0.log_id != log_id || r.0.lsn < next {
+                if r.0.log_id == SYSTEM_LOG {
+                    gather.control(log_id, from, &r.1);
+                    continue;
+                }
+                if full || r.0.log_id != log_id || r.0.lsn < next {
+                    if r.0.log_id == log_id {
+                        gather.saw(r.0.lsn);
+                    }
                     continue;
                 }
                 if r.0.lsn != next {
@@ -952,7 +1021,8 @@ impl<I: Io> Store<I> {
                     ));
                 }
                 if !gather.fits(r.1.len()) || next >= end {
-                    break 'walk;
+                    full = true;
+                    continue;
                 }
                 if payload_crc(&r.1) != r.0.crc {
                     let path = self.segment_path(segment_id);
@@ -962,8 +1032,12 @@ impl<I: Io> Store<I> {
                         format!("log {log_id} record {next} fails its checksum"),
                     ));
                 }
+                gather.saw(r.0.lsn);
                 gather.push(&r.0, r.1);
                 next += 1;
+            }
+            if full {
+                break;
             }
             offset += disk_bytes;
             let segment_end = self

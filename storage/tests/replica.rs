@@ -3,7 +3,9 @@
 //! fencing tokens and idempotency keys survive a reopen so the replica can become the head,
 //! pinned records stay byte-identical in their frame buffer through its write, completion,
 //! tail-cache life and a store failure, a pinned buffer is never reused (every buffer pinned is
-//! `Overloaded`), and `read_stored` returns the records not yet durable, and nothing else.
+//! `Overloaded`), `read_stored` returns the records not yet durable, and nothing else, and
+//! `read_stored_runs` cuts them where the head's keys and fencing raises belong, from memory
+//! and from disk alike.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -12,7 +14,7 @@ use std::sync::Arc;
 use chainlog_storage::format::{record_bytes, RecordHeader, Records, SYSTEM_LOG};
 use chainlog_storage::{
     AppendOptions, Batch, Clock, DurabilityMode, Error, FaultPlan, FaultyIo, Io, ReadRecord,
-    Record, ReplicaState, Store, StoreConfig, SystemClock, UringIo,
+    Record, ReplicaState, Store, StoreConfig, StoredRun, SystemClock, UringIo,
 };
 
 mod common;
@@ -117,6 +119,7 @@ on_both_backends!(
     a_pinned_buffer_is_never_reused,
     pins_of_a_failed_store_stay_valid_until_unpinned,
     read_stored_sees_every_stored_record_and_nothing_else,
+    stored_runs_carry_each_batchs_key_and_raise,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -722,4 +725,108 @@ fn read_stored_sees_every_stored_record_and_nothing_else<B: Backend>(b: &mut B) 
         stored, durable,
         "once everything is durable, the same as read"
     );
+}
+
+/// Each run's LSNs and state, for comparing.
+fn shapes(runs: &[StoredRun]) -> Vec<(std::ops::Range<u64>, ReplicaState)> {
+    runs.iter()
+        .map(|r| (r.first_lsn()..r.end_lsn(), r.state))
+        .collect()
+}
+
+fn stored_runs_carry_each_batchs_key_and_raise<B: Backend>(b: &mut B) {
+    let keyed = |writer_id, seq, fence: Option<u64>| ReplicaState {
+        fencing_token: fence,
+        writer: Some((writer_id, seq)),
+    };
+    let fenced = |token| ReplicaState {
+        fencing_token: Some(token),
+        writer: None,
+    };
+    let plain = ReplicaState::default();
+    // (records, key, fencing token) of each batch, and the runs they must come back as.
+    type Spec = (usize, Option<(u64, u64)>, Option<u64>);
+    let batches: [Spec; 7] = [
+        (2, None, None),             // [0, 2)
+        (3, Some((9, 1)), None),     // [2, 5)
+        (1, None, Some(10)),         // [5, 6): raises the token
+        (2, Some((9, 2)), Some(11)), // [6, 8): keyed, raises it again
+        (1, Some((8, 1)), Some(11)), // [8, 9): keyed, the same token (no raise)
+        (2, None, None),             // [9, 11)
+        (1, None, None),             // [11, 12): runs on with the one before
+    ];
+    let want = vec![
+        (0..2, plain),
+        (2..5, keyed(9, 1, None)),
+        (5..6, fenced(10)),
+        (6..8, keyed(9, 2, Some(11))),
+        (8..9, keyed(8, 1, None)),
+        (9..12, plain),
+    ];
+    let mut store = b.open("runs");
+    let payload = vec![3u8; 64];
+    let mut token = 0;
+    let mut append = |store: &mut Store<B::Io>, (count, writer, fence): (usize, _, _)| {
+        token += 1;
+        let records: Vec<Record<'_>> = (0..count).map(|_| Record::new(&payload)).collect();
+        let options = AppendOptions {
+            writer,
+            fencing_token: fence,
+            expected_lsn: None,
+        };
+        store
+            .append_batch(LOG, 1, &options, Batch::Records(&records), token)
+            .expect("append");
+        // Another log's batch between: runs are of one log.
+        store
+            .append(LOG + 1, 1, &[Record::new(&payload)], 1000 + token)
+            .expect("append");
+    };
+    for &batch in &batches[..4] {
+        append(&mut store, batch);
+    }
+    sync(&mut store);
+    for &batch in &batches[4..] {
+        append(&mut store, batch);
+    }
+    store.poll(false, &mut Vec::new()).expect("poll");
+    let tail = store.tail(LOG).expect("log");
+    assert!(
+        tail.durable_lsn < tail.next_lsn,
+        "some records are in memory only"
+    );
+    let read = |store: &mut Store<B::Io>, from, max_records, max_bytes| {
+        shapes(
+            &store
+                .read_stored_runs(LOG, from, max_records, max_bytes)
+                .expect("read_stored_runs"),
+        )
+    };
+    // From the tail cache and the frames in memory, then from disk after a reopen.
+    for pass in ["memory", "disk"] {
+        assert_eq!(read(&mut store, 0, usize::MAX, usize::MAX), want, "{pass}");
+        // From inside a keyed batch: the rest of it, without the key.
+        assert_eq!(
+            read(&mut store, 3, usize::MAX, usize::MAX)[0],
+            (3..5, plain),
+            "{pass}"
+        );
+        // A keyed batch cut by the limits ends the read, unless it comes first.
+        assert_eq!(read(&mut store, 0, 4, usize::MAX), want[..1], "{pass}");
+        assert_eq!(
+            read(&mut store, 2, 2, usize::MAX),
+            [(2..4, plain)],
+            "{pass}"
+        );
+        assert_eq!(
+            read(&mut store, 6, usize::MAX, usize::MAX),
+            want[3..],
+            "{pass}"
+        );
+        if pass == "memory" {
+            sync(&mut store);
+            drop(store);
+            store = b.open("runs");
+        }
+    }
 }

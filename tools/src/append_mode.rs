@@ -579,6 +579,7 @@ fn error_kind(e: &ClientError) -> &'static str {
             ErrorCode::Gap => "gap",
             ErrorCode::UnknownNode => "unknown_node",
             ErrorCode::NotController => "not_controller",
+            ErrorCode::Diverged => "diverged",
         },
         ClientError::Connect { .. } => "connect",
         ClientError::ConnectionLost { .. } => "connection_lost",

@@ -252,6 +252,12 @@ pub fn request_corpus() -> Vec<Vec<u8>> {
             after_log_id: 7,
             max: 1000,
         }),
+        Request::Pull(PullRequest {
+            log_id: 7,
+            epoch: 3,
+            from_lsn: 10,
+            max_records: 512,
+        }),
     ];
     requests
         .iter()
@@ -329,6 +335,13 @@ pub fn map_logs() -> [MapLog<'static>; 3] {
 pub fn response_corpus() -> Vec<Vec<u8>> {
     let records = stamped(7, 10, &PAYLOADS);
     let records = Records::parse(&records, 4, RecordForm::Stamped, &Limits::DEFAULT).unwrap();
+    let pulled = replicated(7, 3, 10, &PAYLOADS);
+    let form = RecordForm::Replicated {
+        log_id: 7,
+        epoch: 3,
+        first_lsn: 10,
+    };
+    let pulled = Records::parse(&pulled, 4, form, &Limits::DEFAULT).unwrap();
     let entries = [
         LogEntry {
             log_id: 3,
@@ -448,6 +461,27 @@ pub fn response_corpus() -> Vec<Vec<u8>> {
             batch_records_max: Limits::DEFAULT.batch_records_max,
             node_id: 0,
             role: Role::Controller,
+        }),
+        // A PULL's answer: one keyed batch that raised the token; and nothing to pull.
+        Response::Pull(PullResponse {
+            log_id: 7,
+            epoch: 3,
+            first_lsn: 10,
+            next_lsn: 20,
+            fencing_token: 9,
+            writer_id: 4,
+            writer_seq: 5,
+            records: pulled,
+        }),
+        Response::Pull(PullResponse {
+            log_id: 7,
+            epoch: 3,
+            first_lsn: 20,
+            next_lsn: 20,
+            fencing_token: 0,
+            writer_id: 0,
+            writer_seq: 0,
+            records: Records::EMPTY,
         }),
     ];
     let mut frames: Vec<Vec<u8>> = responses

@@ -29,10 +29,11 @@ use chainlog_net::{
     Limits, PeerRequest, PullRequest, ReplicateHeader, ReplicateKind, Request, Response, Role,
     PROTOCOL_VERSION,
 };
-use chainlog_storage::{Pin, ReplicaState, Store, UringIo};
+use chainlog_storage::{Pin, ReplicaState, Store};
 
+use super::env::Net;
 use super::link::{Link, LinkState, Sent, BACKOFF_MIN_MS};
-use super::ops::{self, NetOp, NetToken, GENERATION_MASK};
+use super::ops::{NetOp, NetToken, GENERATION_MASK};
 use super::protocol::{encode_run, Server, UNANSWERED};
 use crate::replication::{NodeId, Reply, Send};
 
@@ -129,11 +130,10 @@ impl Chain {
                 .get(&link.peer)
                 .is_none_or(|p| link.shard >= p.shards || p.addr_of(link.shard) != link.addr);
             if moved && !link.retired {
+                // Closed at the end of the turn (drive_link), then replaced by a new link to
+                // the new address when a log needs one.
                 link.retired = true;
                 self.by_peer.remove(&(link.peer, link.shard));
-                if link.state != LinkState::Closing {
-                    link.close();
-                }
             }
         }
         self.peers = peers;
@@ -179,7 +179,7 @@ impl Chain {
 
     /// Queues a forward of records pinned in the store on the log's link (or gives the pin
     /// back if the link went away meanwhile: the records go by catch-up).
-    fn forward(&mut self, server: &mut Server, store: &mut Store<UringIo>, f: Forward) {
+    fn forward<E: Net>(&mut self, server: &mut Server, store: &mut Store<E>, f: Forward) {
         let Some(slot) = self.up_link(server, f.log_id) else {
             store.unpin(f.pin);
             return;
@@ -251,10 +251,10 @@ impl Chain {
     /// Sends the successor the records it lacks, read from the store (at most one read per
     /// turn and log, within the link's budget), a REPLICATE per run so that each carries the
     /// key and fencing raise stored with it.
-    fn catch_up(
+    fn catch_up<E: Net>(
         &mut self,
         server: &mut Server,
-        store: &mut Store<UringIo>,
+        store: &mut Store<E>,
         log_id: u64,
         slot: u32,
     ) -> bool {
@@ -352,10 +352,10 @@ impl Chain {
 
     /// The successor answered a PULL: store what it sent (the records this node lost), as a
     /// replica stores a REPLICATE, with the keys and fencing raise that came with them.
-    fn on_pulled(
+    fn on_pulled<E: Net>(
         &mut self,
         server: &mut Server,
-        store: &mut Store<UringIo>,
+        store: &mut Store<E>,
         slot: u32,
         pulled: Pulled,
     ) {
@@ -406,10 +406,10 @@ impl Chain {
 
     /// The end of a loop turn: forwards what was stored, answers predecessors, sends what
     /// changed, catches successors up, connects links and starts their sends.
-    pub(crate) fn pump(
+    pub(crate) fn pump<E: Net>(
         &mut self,
         server: &mut Server,
-        store: &mut Store<UringIo>,
+        store: &mut Store<E>,
         conns: &mut [Option<super::conn::Conn>],
         now_us: u64,
     ) {
@@ -518,11 +518,11 @@ impl Chain {
     }
 
     /// Connects, sends, or finishes closing a link, as its state asks.
-    fn drive_link(
+    fn drive_link<E: Net>(
         &mut self,
         slot: u32,
         server: &mut Server,
-        store: &mut Store<UringIo>,
+        store: &mut Store<E>,
         now_us: u64,
     ) {
         let Some(link) = self.links[slot as usize].as_mut() else {
@@ -534,19 +534,28 @@ impl Chain {
             slot,
             generation,
         };
+        if link.retired && link.state != LinkState::Closing {
+            link.close(store.io_mut());
+        }
         match link.state {
-            LinkState::Idle { retry_at_us } if now_us >= retry_at_us => match link.open_socket() {
-                Ok((fd, addr, len)) => {
-                    ops::connect(store.io_mut(), fd, addr, len, token(NetOp::LinkConnect))
+            LinkState::Idle { retry_at_us } if now_us >= retry_at_us => {
+                match store.io_mut().connect(link.addr, token(NetOp::LinkConnect)) {
+                    Ok(sock) => link.connecting(sock),
+                    Err(e) => {
+                        tracing::warn!(peer = link.peer, error = %e, "cannot open a socket for a replication link");
+                        link.reset(store, now_us);
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(peer = link.peer, error = %e, "cannot open a socket for a replication link");
-                    link.reset(store, now_us);
-                }
-            },
+            }
             LinkState::Greeting | LinkState::Up => {
-                if let (Some(fd), Some(msg)) = (link.fd(), link.start_send(store)) {
-                    ops::sendmsg(store.io_mut(), fd, msg, token(NetOp::LinkSend));
+                if let Some(sock) = link.sock() {
+                    if let Some(bufs) = link.start_send(store) {
+                        let bufs = bufs.to_vec();
+                        // SAFETY: the chunks stay queued, unchanged (owned bytes are not
+                        // touched while in the kernel, pinned store bytes stay pinned), until
+                        // the send's completion reaches `Link::sent`.
+                        unsafe { store.io_mut().send(sock, &bufs, token(NetOp::LinkSend)) };
+                    }
                 }
             }
             LinkState::Closing if link.idle() => {
@@ -599,12 +608,12 @@ impl Chain {
     }
 
     /// A completion of a link's operation.
-    pub(crate) fn on_completion(
+    pub(crate) fn on_completion<E: Net>(
         &mut self,
         token: NetToken,
         result: std::io::Result<usize>,
         server: &mut Server,
-        store: &mut Store<UringIo>,
+        store: &mut Store<E>,
         now_us: u64,
     ) {
         let slot = token.slot;
@@ -639,7 +648,7 @@ impl Chain {
                     Ok(_) => {}
                     Err(e) => {
                         tracing::debug!(peer = link.peer, addr = %link.addr, error = %e, "replication link: connect failed");
-                        link.close();
+                        link.close(store.io_mut());
                     }
                 }
             }
@@ -647,13 +656,13 @@ impl Chain {
                 Ok(n) => link.sent(n, store),
                 Err(_) => {
                     link.sent(0, store);
-                    link.close();
+                    link.close(store.io_mut());
                 }
             },
             NetOp::LinkRecv => {
                 link.recv_in_flight = false;
                 match result {
-                    Ok(0) | Err(_) => link.close(),
+                    Ok(0) | Err(_) => link.close(store.io_mut()),
                     Ok(n) => {
                         link.received(n);
                         self.on_input(slot, server, store, now_us);
@@ -665,7 +674,7 @@ impl Chain {
         }
     }
 
-    fn arm_recv(&mut self, slot: u32, store: &mut Store<UringIo>) {
+    fn arm_recv<E: Net>(&mut self, slot: u32, store: &mut Store<E>) {
         let Some(link) = self.links[slot as usize].as_mut() else {
             return;
         };
@@ -673,7 +682,7 @@ impl Chain {
         {
             return;
         }
-        let Some(fd) = link.fd() else {
+        let Some(sock) = link.sock() else {
             return;
         };
         let token = NetToken {
@@ -682,15 +691,22 @@ impl Chain {
             generation: link.generation,
         };
         link.recv_in_flight = true;
-        ops::recv(store.io_mut(), fd, link.recv_space(), token);
+        let space = link.recv_space();
+        // SAFETY: the link owns its receive buffer (a boxed slice, never reallocated) and
+        // neither reads nor writes it while `recv_in_flight`.
+        unsafe {
+            store
+                .io_mut()
+                .recv(sock, space.as_mut_ptr(), space.len(), token)
+        };
     }
 
     /// Handles the whole answers received on a link.
-    fn on_input(
+    fn on_input<E: Net>(
         &mut self,
         slot: u32,
         server: &mut Server,
-        store: &mut Store<UringIo>,
+        store: &mut Store<E>,
         now_us: u64,
     ) {
         let mut consumed = 0;
@@ -707,7 +723,7 @@ impl Chain {
             let (peer, shard) = (link.peer, link.shard);
             match event {
                 LinkEvent::Close => {
-                    link.close();
+                    link.close(store.io_mut());
                     return;
                 }
                 LinkEvent::Up => {
@@ -800,20 +816,20 @@ impl Chain {
     }
 
     /// Closes every link (the shard stops).
-    pub(crate) fn close_all(&mut self) {
+    pub(crate) fn close_all(&mut self, net: &mut impl Net) {
         for link in self.links.iter_mut().flatten() {
             if link.state != LinkState::Closing {
-                link.close();
+                link.close(net);
             }
         }
     }
 
     /// Cancels the operations of every link that still has some in the kernel (a connect to
     /// a host that does not answer).
-    pub(crate) fn cancel_busy(&mut self, store: &mut Store<UringIo>) {
+    pub(crate) fn cancel_busy<E: Net>(&mut self, store: &mut Store<E>) {
         for link in self.links.iter().flatten().filter(|l| !l.idle()) {
-            if let Some(fd) = link.fd() {
-                ops::cancel_fd(store.io_mut(), fd);
+            if let Some(sock) = link.sock() {
+                store.io_mut().cancel(sock);
             }
         }
     }
@@ -824,7 +840,7 @@ impl Chain {
     }
 
     /// Gives back the pins of the links (the shard stops; every link is idle).
-    pub(crate) fn release(&mut self, store: &mut Store<UringIo>, now_us: u64) {
+    pub(crate) fn release<E: Net>(&mut self, store: &mut Store<E>, now_us: u64) {
         for link in self.links.iter_mut().flatten() {
             link.reset(store, now_us);
         }

@@ -4,7 +4,8 @@
 //! session: the answers it waits for, in order.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use super::env::Sock;
 
 /// The store token of a connection's appends and trims (and of its REPLICATEs' answers).
 pub(crate) fn ack_token(slot: u32, generation: u32) -> u64 {
@@ -19,7 +20,8 @@ pub(crate) fn token_conn(token: u64) -> (usize, u32) {
 /// A client connection.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    fd: OwnedFd,
+    /// The socket (closed by the shard once the connection is idle).
+    sock: Sock,
     pub(crate) generation: u32,
     /// Received bytes not yet consumed are `recv_buf[..recv_len]`.
     recv_buf: Box<[u8]>,
@@ -109,9 +111,9 @@ pub(crate) enum Pending {
 }
 
 impl Conn {
-    pub(crate) fn new(fd: OwnedFd, generation: u32, recv_bytes: usize) -> Conn {
+    pub(crate) fn new(sock: Sock, generation: u32, recv_bytes: usize) -> Conn {
         Conn {
-            fd,
+            sock,
             generation,
             recv_buf: vec![0; recv_bytes].into_boxed_slice(),
             recv_len: 0,
@@ -123,8 +125,8 @@ impl Conn {
         }
     }
 
-    pub(crate) fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    pub(crate) fn sock(&self) -> Sock {
+        self.sock
     }
 
     /// Where the next receive goes (empty when the buffer is full: a frame larger than the
@@ -183,26 +185,14 @@ impl Conn {
     pub(crate) fn flushed(&self) -> bool {
         self.session.out.is_empty() && !self.send_in_flight
     }
-
-    /// Ends both directions, so that in-flight operations complete at once.
-    pub(crate) fn shutdown(&self) {
-        // SAFETY: the descriptor is open (owned by self).
-        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::FromRawFd;
 
     fn conn() -> Conn {
-        // SAFETY: a fresh descriptor from socketpair-free dup of stdin is not needed: use an
-        // eventfd, which is a valid descriptor to own.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: fd was just created and is owned by nobody else.
-        Conn::new(unsafe { OwnedFd::from_raw_fd(fd) }, 1, 64)
+        Conn::new(Sock(7), 1, 64)
     }
 
     #[test]

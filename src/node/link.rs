@@ -11,14 +11,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use chainlog_storage::{Pin, Store, UringIo};
+use chainlog_storage::{Pin, Store};
 
+use super::env::{Net, RawSlice, Sock, SEND_IOV_MAX};
 use crate::replication::NodeId;
-
-/// iovecs of one `sendmsg` at most (later chunks go in the next one).
-const IOV_MAX: usize = 64;
 
 /// Where a link is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,9 +74,7 @@ pub(crate) struct Link {
     pub(crate) addr: SocketAddr,
     pub(crate) generation: u32,
     pub(crate) state: LinkState,
-    fd: Option<OwnedFd>,
-    /// The peer's address for the connect (the kernel reads it until the connect completes).
-    sockaddr: Box<(libc::sockaddr_storage, libc::socklen_t)>,
+    sock: Option<Sock>,
     pub(crate) connect_in_flight: bool,
     recv_buf: Box<[u8]>,
     recv_len: usize,
@@ -88,10 +83,10 @@ pub(crate) struct Link {
     /// Bytes of `out[0]` already sent.
     sent_offset: usize,
     pub(crate) send_in_flight: bool,
-    /// Chunks the in-flight `sendmsg` covers (from the front): the kernel reads them.
+    /// Chunks the in-flight send covers (from the front): the kernel reads them.
     in_kernel: usize,
-    iov: Box<[libc::iovec; IOV_MAX]>,
-    msg: Box<libc::msghdr>,
+    /// Where the in-flight send's chunks are (reused).
+    gather: Vec<RawSlice>,
     /// Requests sent and not answered, by request id.
     pub(crate) requests: HashMap<u64, Sent>,
     /// Record bytes sent and not yet answered (the link's backpressure measure).
@@ -121,8 +116,7 @@ impl Link {
             addr,
             generation,
             state: LinkState::Idle { retry_at_us: 0 },
-            fd: None,
-            sockaddr: Box::new(sockaddr_of(addr)),
+            sock: None,
             connect_in_flight: false,
             recv_buf: vec![0; recv_bytes].into_boxed_slice(),
             recv_len: 0,
@@ -131,10 +125,7 @@ impl Link {
             sent_offset: 0,
             send_in_flight: false,
             in_kernel: 0,
-            // SAFETY: iovec and msghdr are plain C structs for which all-zero is valid.
-            iov: Box::new(unsafe { std::mem::zeroed() }),
-            // SAFETY: as above.
-            msg: Box::new(unsafe { std::mem::zeroed() }),
+            gather: Vec::with_capacity(SEND_IOV_MAX),
             requests: HashMap::new(),
             unacked_bytes: 0,
             backoff_ms: BACKOFF_MIN_MS,
@@ -142,35 +133,16 @@ impl Link {
         }
     }
 
-    /// Opens the socket for a connect; returns it with the address to connect to (which
-    /// stays valid until the connect completes).
-    pub(crate) fn open_socket(
-        &mut self,
-    ) -> std::io::Result<(RawFd, *const libc::sockaddr, libc::socklen_t)> {
-        let family = if self.addr.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        };
-        // SAFETY: socket takes no pointers.
-        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fd was just created and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        super::shard::set_nodelay(&fd);
-        let raw = fd.as_raw_fd();
-        self.fd = Some(fd);
+    /// A connect to the peer was submitted on `sock`.
+    pub(crate) fn connecting(&mut self, sock: Sock) {
+        self.sock = Some(sock);
         self.connect_in_flight = true;
         self.state = LinkState::Connecting;
-        let (storage, len) = &*self.sockaddr;
-        Ok((raw, (storage as *const libc::sockaddr_storage).cast(), *len))
     }
 
     /// The socket, while the link has one.
-    pub(crate) fn fd(&self) -> Option<RawFd> {
-        self.fd.as_ref().map(AsRawFd::as_raw_fd)
+    pub(crate) fn sock(&self) -> Option<Sock> {
+        self.sock
     }
 
     /// Queues encoded frames.
@@ -190,14 +162,15 @@ impl Link {
         self.out.push_back(Chunk::Pinned(pin));
     }
 
-    /// If nothing is being sent and output is queued, builds the `sendmsg` of the front
-    /// chunks and returns it for submission.
-    pub(crate) fn start_send(&mut self, store: &Store<UringIo>) -> Option<*const libc::msghdr> {
+    /// If nothing is being sent and output is queued, gathers the front chunks for one send
+    /// and returns where they are (they stay put until [`sent`](Self::sent): owned chunks are
+    /// not touched while in the kernel, pinned ones stay pinned).
+    pub(crate) fn start_send<E: Net>(&mut self, store: &Store<E>) -> Option<&[RawSlice]> {
         if self.send_in_flight || self.out.is_empty() || self.state == LinkState::Closing {
             return None;
         }
-        let mut n = 0;
-        for (i, chunk) in self.out.iter().take(IOV_MAX).enumerate() {
+        self.gather.clear();
+        for (i, chunk) in self.out.iter().take(SEND_IOV_MAX).enumerate() {
             let bytes: &[u8] = match chunk {
                 Chunk::Bytes(b) => b,
                 Chunk::Pinned(pin) => store.pinned(pin),
@@ -207,21 +180,15 @@ impl Link {
             } else {
                 bytes
             };
-            self.iov[i] = libc::iovec {
-                iov_base: bytes.as_ptr() as *mut libc::c_void,
-                iov_len: bytes.len(),
-            };
-            n = i + 1;
+            self.gather.push(RawSlice::of(bytes));
         }
-        self.in_kernel = n;
-        self.msg.msg_iov = self.iov.as_mut_ptr();
-        self.msg.msg_iovlen = n;
+        self.in_kernel = self.gather.len();
         self.send_in_flight = true;
-        Some(&*self.msg as *const libc::msghdr)
+        Some(&self.gather)
     }
 
     /// `n` bytes of the in-flight send went out: drops (and unpins) the chunks fully sent.
-    pub(crate) fn sent(&mut self, mut n: usize, store: &mut Store<UringIo>) {
+    pub(crate) fn sent<E: Net>(&mut self, mut n: usize, store: &mut Store<E>) {
         self.send_in_flight = false;
         self.in_kernel = 0;
         while n > 0 {
@@ -264,10 +231,9 @@ impl Link {
     }
 
     /// Starts closing: both directions are shut down so in-flight operations complete.
-    pub(crate) fn close(&mut self) {
-        if let Some(fd) = &self.fd {
-            // SAFETY: the descriptor is open (owned by self).
-            unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+    pub(crate) fn close(&mut self, net: &mut impl Net) {
+        if let Some(sock) = self.sock {
+            net.shutdown(sock);
         }
         self.state = LinkState::Closing;
     }
@@ -279,7 +245,7 @@ impl Link {
 
     /// Finishes a close once the kernel is done: unpins what was queued, forgets requests,
     /// and waits `backoff_ms` before connecting again.
-    pub(crate) fn reset(&mut self, store: &mut Store<UringIo>, now_us: u64) {
+    pub(crate) fn reset<E: Net>(&mut self, store: &mut Store<E>, now_us: u64) {
         debug_assert!(self.idle());
         for chunk in self.out.drain(..) {
             if let Chunk::Pinned(pin) = chunk {
@@ -287,7 +253,9 @@ impl Link {
             }
         }
         self.sent_offset = 0;
-        self.fd = None;
+        if let Some(sock) = self.sock.take() {
+            store.io_mut().close_socket(sock);
+        }
         self.recv_len = 0;
         self.requests.clear();
         self.unacked_bytes = 0;
@@ -296,50 +264,4 @@ impl Link {
         };
         self.backoff_ms = (self.backoff_ms * 2).min(BACKOFF_MAX_MS);
     }
-}
-
-/// A socket address in the C layout, with its length.
-fn sockaddr_of(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_in fits in sockaddr_storage, which is suitably aligned.
-            unsafe {
-                std::ptr::write(
-                    (&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>(),
-                    sin,
-                )
-            };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sockaddr_in6 fits in sockaddr_storage, which is suitably aligned.
-            unsafe {
-                std::ptr::write(
-                    (&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>(),
-                    sin6,
-                )
-            };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
 }

@@ -9,6 +9,7 @@ pub mod catalog;
 mod chain;
 mod conn;
 mod control;
+mod env;
 mod link;
 mod metrics;
 mod ops;

@@ -1,14 +1,11 @@
-//! The shard's own operations on its ring: accept, receive, send, the stop signal and the
-//! timers, and the replication links' connect, receive and `sendmsg`, tagged with tokens that
-//! carry [`EXTERNAL_TOKEN`] so the store hands their completions back.
+//! The tokens of the shard's own operations in its environment ([`super::env::Net`]): accept,
+//! receive, send, the stop signal and the timers, and the replication links' connect, receive
+//! and send. They carry [`EXTERNAL_TOKEN`] so the store hands their completions back.
 //!
 //! Token layout: bit 63 external, bits 48..56 the operation, bits 24..48 the connection's
 //! generation (a stale completion for a reused slot is recognised), bits 0..24 the slot.
 
-use std::os::fd::RawFd;
-
-use chainlog_storage::{UringIo, EXTERNAL_TOKEN};
-use io_uring::{opcode, types};
+use chainlog_storage::EXTERNAL_TOKEN;
 
 /// What a completion of the shard's own is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +46,15 @@ pub(crate) const SLOTS_MAX: usize = 1 << SLOT_BITS;
 pub(crate) const GENERATION_MASK: u32 = (1 << GENERATION_BITS) - 1;
 
 impl NetToken {
+    /// The token of one of the shard's own operations (slot and generation 0).
+    pub(crate) fn of(op: NetOp) -> NetToken {
+        NetToken {
+            op,
+            slot: 0,
+            generation: 0,
+        }
+    }
+
     pub(crate) fn encode(self) -> u64 {
         debug_assert!((self.slot as u64) < 1 << SLOT_BITS);
         EXTERNAL_TOKEN
@@ -81,106 +87,6 @@ impl NetToken {
             generation: ((token >> SLOT_BITS) & ((1 << GENERATION_BITS) - 1)) as u32,
         })
     }
-}
-
-/// Submits an accept on `listener`.
-pub(crate) fn accept(io: &mut UringIo, listener: RawFd) {
-    let entry = opcode::Accept::new(
-        types::Fd(listener),
-        std::ptr::null_mut(),
-        std::ptr::null_mut(),
-    )
-    .flags(libc::SOCK_CLOEXEC)
-    .build();
-    let token = NetToken {
-        op: NetOp::Accept,
-        slot: 0,
-        generation: 0,
-    };
-    // SAFETY: no buffer; the listener stays open for the life of the shard loop.
-    unsafe { io.submit_external(entry, token.encode()) };
-}
-
-/// Submits a receive into `buf` (which must stay untouched until the completion).
-pub(crate) fn recv(io: &mut UringIo, fd: RawFd, buf: &mut [u8], token: NetToken) {
-    let entry = opcode::Recv::new(types::Fd(fd), buf.as_mut_ptr(), buf.len() as u32).build();
-    // SAFETY: the connection owns `buf` (a boxed slice that is never reallocated) and keeps
-    // it, and the socket, until this receive completes (Conn::recv_in_flight).
-    unsafe { io.submit_external(entry, token.encode()) };
-}
-
-/// Submits a send of `buf` (which must stay untouched until the completion).
-pub(crate) fn send(io: &mut UringIo, fd: RawFd, buf: &[u8], token: NetToken) {
-    let entry = opcode::Send::new(types::Fd(fd), buf.as_ptr(), buf.len() as u32)
-        .flags(libc::MSG_NOSIGNAL)
-        .build();
-    // SAFETY: the connection keeps `buf` (its in-flight send buffer, not touched while
-    // Conn::send_in_flight) and the socket until this send completes.
-    unsafe { io.submit_external(entry, token.encode()) };
-}
-
-/// Submits a connect of `fd` to `addr` (which must stay valid until the completion).
-pub(crate) fn connect(
-    io: &mut UringIo,
-    fd: RawFd,
-    addr: *const libc::sockaddr,
-    len: libc::socklen_t,
-    token: NetToken,
-) {
-    let entry = opcode::Connect::new(types::Fd(fd), addr, len).build();
-    // SAFETY: the link owns the socket and the boxed address until this connect completes
-    // (Link::connect_in_flight).
-    unsafe { io.submit_external(entry, token.encode()) };
-}
-
-/// Submits a `sendmsg` of `msg` (whose iovecs and their bytes must stay untouched until the
-/// completion).
-pub(crate) fn sendmsg(io: &mut UringIo, fd: RawFd, msg: *const libc::msghdr, token: NetToken) {
-    let entry = opcode::SendMsg::new(types::Fd(fd), msg)
-        .flags(libc::MSG_NOSIGNAL as u32)
-        .build();
-    // SAFETY: the link keeps its boxed msghdr and iovecs, the chunks they point into (owned
-    // bytes or pinned store bytes) and the socket until this send completes
-    // (Link::send_in_flight).
-    unsafe { io.submit_external(entry, token.encode()) };
-}
-
-/// Cancels every operation in flight on `fd` (they complete with ECANCELED).
-pub(crate) fn cancel_fd(io: &mut UringIo, fd: RawFd) {
-    let entry = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all()).build();
-    let token = NetToken {
-        op: NetOp::Cancel,
-        slot: 0,
-        generation: 0,
-    };
-    // SAFETY: no buffer; the descriptor stays open until its operations completed.
-    unsafe { io.submit_external(entry, token.encode()) };
-}
-
-/// Submits a read of an eventfd into `buf` (`op`: the stop signal or the control thread's
-/// news).
-pub(crate) fn wait_event(io: &mut UringIo, eventfd: RawFd, buf: &mut [u8; 8], op: NetOp) {
-    let entry = opcode::Read::new(types::Fd(eventfd), buf.as_mut_ptr(), 8).build();
-    let token = NetToken {
-        op,
-        slot: 0,
-        generation: 0,
-    };
-    // SAFETY: the shard owns the eventfd and the 8-byte buffer for the life of its loop.
-    unsafe { io.submit_external(entry, token.encode()) };
-}
-
-/// Submits a timeout that completes after `ts` (`op`: the shard's periodic metrics tick or
-/// the replication timer).
-pub(crate) fn timeout(io: &mut UringIo, ts: &types::Timespec, op: NetOp) {
-    let entry = opcode::Timeout::new(ts as *const types::Timespec).build();
-    let token = NetToken {
-        op,
-        slot: 0,
-        generation: 0,
-    };
-    // SAFETY: the shard owns the boxed timespec for the life of its loop.
-    unsafe { io.submit_external(entry, token.encode()) };
 }
 
 #[cfg(test)]

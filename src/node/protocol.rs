@@ -22,7 +22,8 @@ use chainlog_net::{
     Role, SubscribeResponse, TailResponse, ARG_NONE, EPOCH_CURRENT, LSN_FROM_TAIL,
     LSN_UNCONDITIONAL, PROTOCOL_VERSION, TOKEN_NONE, WRITER_NONE,
 };
-use chainlog_storage::{fatal, Ack, AppendOptions, Batch, Error, ReadRecord, Store, UringIo};
+use chainlog_storage::io::Io;
+use chainlog_storage::{fatal, Ack, AppendOptions, Batch, Clock, Error, ReadRecord, Store};
 
 use super::catalog::{log_id_of, Catalog, LogEntry as CatalogEntry};
 use super::chain::Forward;
@@ -33,7 +34,7 @@ use crate::replication::{Answer, Blocked, Forwarding, Receive, Replica, Upstream
 use chainlog_net::{PullRequest, PullResponse, ReplicateKind, ReplicateRequest, ReplicateResponse};
 use chainlog_storage::{ReplicaState, StoredRun};
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::sync::Arc;
 
 /// Queued output of a connection at which the shard stops handling its requests (and reading
 /// it) until the socket drains.
@@ -63,7 +64,7 @@ pub(crate) struct Server {
     pub(crate) metrics: ShardMetrics,
     /// The clock of the stage latencies, and the time the current loop turn's completions
     /// were seen (an ack's durability is seen then).
-    started: Instant,
+    clock: Arc<dyn Clock>,
     turn_us: u64,
     /// When the frames being handled arrived.
     received_us: u64,
@@ -87,6 +88,17 @@ pub(crate) struct Server {
     /// A cluster member: logs come from the controller, which serves CREATE_LOG and
     /// DELETE_LOG.
     cluster: bool,
+}
+
+/// Who a shard's server is: its place in its node and cluster, and the limits it enforces.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Identity {
+    pub(crate) shard_index: u16,
+    pub(crate) shard_count: u16,
+    pub(crate) node_id: u64,
+    pub(crate) limits: Limits,
+    /// A cluster member (logs come from the controller).
+    pub(crate) cluster: bool,
 }
 
 /// A failed request's answer, before encoding.
@@ -139,15 +151,19 @@ fn store_refusal(e: &Error) -> Refusal {
 }
 
 impl Server {
-    pub(crate) fn new(
-        shard_index: u16,
-        shard_count: u16,
-        node_id: u64,
-        limits: Limits,
+    pub(crate) fn new<I: Io>(
+        who: Identity,
         catalog: Catalog,
-        store: &Store<UringIo>,
-        cluster: bool,
+        store: &Store<I>,
+        clock: Arc<dyn Clock>,
     ) -> Server {
+        let Identity {
+            shard_index,
+            shard_count,
+            node_id,
+            limits,
+            cluster,
+        } = who;
         // Every replica the catalog knows at startup may have lost records that others hold.
         let replicas: HashMap<u64, Replica> = catalog
             .list(None, usize::MAX)
@@ -162,7 +178,7 @@ impl Server {
             .collect();
         Server {
             metrics: ShardMetrics::new(),
-            started: Instant::now(),
+            clock,
             turn_us: 0,
             received_us: 0,
             shard_index,
@@ -180,7 +196,7 @@ impl Server {
     }
 
     pub(crate) fn now_us(&self) -> u64 {
-        self.started.elapsed().as_micros() as u64
+        self.clock.monotonic_us()
     }
 
     /// Marks the start of a loop turn: completions seen now (acks, received frames).
@@ -213,10 +229,10 @@ impl Server {
     /// connection's queued output is at [`OUTPUT_MAX`] (the rest waits in the receive buffer
     /// until the socket drains: a client that sends requests and never reads the answers
     /// costs bounded memory).
-    pub(crate) fn handle_input(
+    pub(crate) fn handle_input<I: Io>(
         &mut self,
         conn: &mut Conn,
-        store: &mut Store<UringIo>,
+        store: &mut Store<I>,
         token: u64,
     ) -> usize {
         self.received_us = self.turn_us;
@@ -266,11 +282,11 @@ impl Server {
         session.closing = true;
     }
 
-    fn handle_frame(
+    fn handle_frame<I: Io>(
         &mut self,
         frame: &Frame<'_>,
         session: &mut Session,
-        store: &mut Store<UringIo>,
+        store: &mut Store<I>,
         token: u64,
     ) {
         let request_id = frame.request_id;
@@ -546,10 +562,10 @@ impl Server {
         Ok(self.replicas.get_mut(&log_id).expect("checked above"))
     }
 
-    fn append(
+    fn append<I: Io>(
         &mut self,
         session: &mut Session,
-        store: &mut Store<UringIo>,
+        store: &mut Store<I>,
         request_id: u64,
         append: &AppendRequest<'_>,
         token: u64,
@@ -624,10 +640,10 @@ impl Server {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn read(
+    fn read<I: Io>(
         &mut self,
         session: &mut Session,
-        store: &mut Store<UringIo>,
+        store: &mut Store<I>,
         request_id: u64,
         log_id: u64,
         from: u64,
@@ -658,10 +674,10 @@ impl Server {
         Ok(())
     }
 
-    fn subscribe(
+    fn subscribe<I: Io>(
         &mut self,
         session: &mut Session,
-        store: &mut Store<UringIo>,
+        store: &mut Store<I>,
         request_id: u64,
         log_id: u64,
         from: u64,
@@ -707,7 +723,7 @@ impl Server {
     /// Pushes committed records to the connection's subscriptions, within their credit, while
     /// the connection's output is not backed up. Ends subscriptions whose log was deleted or
     /// trimmed past them. Returns whether any subscription remains.
-    pub(crate) fn pump(&self, session: &mut Session, store: &mut Store<UringIo>) -> bool {
+    pub(crate) fn pump<I: Io>(&self, session: &mut Session, store: &mut Store<I>) -> bool {
         let mut i = 0;
         while i < session.subscriptions.len() {
             let sub = &mut session.subscriptions[i];
@@ -780,10 +796,10 @@ impl Server {
         !session.subscriptions.is_empty()
     }
 
-    fn tail(
+    fn tail<I: Io>(
         &mut self,
         session: &mut Session,
-        store: &Store<UringIo>,
+        store: &Store<I>,
         request_id: u64,
         opcode: Opcode,
         log_id: u64,
@@ -818,7 +834,7 @@ impl Server {
 
     /// Answers the connection's CHECK_TAILs whose barriers settled (with UNAVAILABLE, if the
     /// connection is closing or the log is gone).
-    fn answer_barriers(&self, session: &mut Session, store: &Store<UringIo>) {
+    fn answer_barriers<I: Io>(&self, session: &mut Session, store: &Store<I>) {
         let mut i = 0;
         while i < session.barriers.len() {
             let b = &session.barriers[i];
@@ -851,10 +867,10 @@ impl Server {
         }
     }
 
-    fn trim(
+    fn trim<I: Io>(
         &mut self,
         session: &mut Session,
-        store: &mut Store<UringIo>,
+        store: &mut Store<I>,
         request_id: u64,
         log_id: u64,
         before: u64,
@@ -899,10 +915,10 @@ impl Server {
         Ok(())
     }
 
-    fn create_log(
+    fn create_log<I: Io>(
         &mut self,
         session: &mut Session,
-        store: &Store<UringIo>,
+        store: &Store<I>,
         request_id: u64,
         name: &str,
         replication_factor: u8,
@@ -946,10 +962,10 @@ impl Server {
         Ok(())
     }
 
-    fn describe_log(
+    fn describe_log<I: Io>(
         &mut self,
         session: &mut Session,
-        store: &Store<UringIo>,
+        store: &Store<I>,
         request_id: u64,
         log: LogRef<'_>,
     ) -> Result<(), Refusal> {
@@ -1002,10 +1018,10 @@ impl Server {
         Ok(())
     }
 
-    fn delete_log(
+    fn delete_log<I: Io>(
         &mut self,
         session: &mut Session,
-        store: &mut Store<UringIo>,
+        store: &mut Store<I>,
         request_id: u64,
         log_id: u64,
     ) -> Result<(), Refusal> {
@@ -1036,7 +1052,7 @@ impl Server {
     /// Installs the logs of a cluster map that this shard holds a replica of (new logs, new
     /// epochs), durably in the catalog, and removes those that are gone from it (their space
     /// is trimmed away).
-    pub(crate) fn apply_map(&mut self, map: &ClusterMap, store: &mut Store<UringIo>) {
+    pub(crate) fn apply_map<I: Io>(&mut self, map: &ClusterMap, store: &mut Store<I>) {
         let me = self.node_id;
         let mine = map.logs().iter().filter(|l| {
             l.chain.contains(&me)
@@ -1086,7 +1102,7 @@ impl Server {
     }
 
     /// Trims away a deleted log's records (nobody waits for this trim's ack).
-    fn free_space(&mut self, log_id: u64, store: &mut Store<UringIo>) {
+    fn free_space<I: Io>(&mut self, log_id: u64, store: &mut Store<I>) {
         if let Some(t) = store.tail(log_id) {
             if let Err(e) = store.trim(log_id, t.next_lsn, UNANSWERED) {
                 tracing::warn!(log_id, error = %e, "could not trim a deleted log");
@@ -1163,10 +1179,10 @@ impl Server {
     /// its current epoch), then stored, forwarded and answered as the log's replica decides.
     /// Records it carries that are here already must be the same records (else DIVERGED).
     /// Nothing refused is written.
-    fn replicate(
+    fn replicate<I: Io>(
         &mut self,
         session: &mut Session,
-        store: &mut Store<UringIo>,
+        store: &mut Store<I>,
         request_id: u64,
         r: &ReplicateRequest<'_>,
         token: u64,
@@ -1284,10 +1300,10 @@ impl Server {
     /// PULL from the predecessor (a restarted node taking back records it lost): one run of
     /// this replica's stored records from `from_lsn` on, durable or not, with the keys and
     /// fencing raises stored with them, and this replica's next LSN.
-    fn pull(
+    fn pull<I: Io>(
         &mut self,
         session: &mut Session,
-        store: &mut Store<UringIo>,
+        store: &mut Store<I>,
         request_id: u64,
         pull: &PullRequest,
     ) -> Result<(), Refusal> {
@@ -1405,7 +1421,7 @@ impl Server {
 
     /// A store ack for one of the connection's appends or trims (they come in the order
     /// the connection's operations were taken): it is durable here. Answers what is ready.
-    pub(crate) fn acknowledge(&mut self, session: &mut Session, store: &Store<UringIo>) {
+    pub(crate) fn acknowledge<I: Io>(&mut self, session: &mut Session, store: &Store<I>) {
         let mut i = session.local_next;
         loop {
             match session.pending.get_mut(i) {
@@ -1435,7 +1451,7 @@ impl Server {
     /// Answers, in order, the connection's appends and trims that are durable here and
     /// committed on the whole chain, the errors queued behind them, and its settled
     /// CHECK_TAILs.
-    pub(crate) fn drain(&mut self, session: &mut Session, store: &Store<UringIo>) {
+    pub(crate) fn drain<I: Io>(&mut self, session: &mut Session, store: &Store<I>) {
         while let Some(front) = session.pending.front() {
             let ready = match *front {
                 Pending::Append {
@@ -1542,11 +1558,11 @@ impl Server {
 /// The replication state of a catalog's log on this node, over what the store holds (a
 /// standalone node's log is a chain of one); `recovered` if other replicas may hold records
 /// this one lost (it then settles before it acts: [`Replica::recovered`]).
-fn replica_of(
+fn replica_of<I: Io>(
     log_id: u64,
     entry: &CatalogEntry,
     node_id: u64,
-    store: &Store<UringIo>,
+    store: &Store<I>,
     recovered: bool,
 ) -> Replica {
     let (next, trim) = store
@@ -1623,8 +1639,8 @@ pub(crate) fn encode_run(
 /// stored here at the same LSNs (same epoch, timestamp, length and CRC). Replicas that hold
 /// different records at one LSN have diverged, which the protocol never produces: refuse
 /// with DIVERGED rather than answer for records that are not the predecessor's.
-fn same_as_stored(
-    store: &mut Store<UringIo>,
+fn same_as_stored<I: Io>(
+    store: &mut Store<I>,
     log_id: u64,
     first: u64,
     records: chainlog_net::Records<'_>,

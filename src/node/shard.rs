@@ -1,28 +1,34 @@
 //! One shard: a thread that owns a store, a listener and its connections, and drives all of
-//! them from the store's io_uring. Each turn of the loop is one `Store::poll` (one
-//! `io_uring_enter` for disk and network together), then the network completions, then the
-//! acknowledgements of durable appends, then the sends they produced.
+//! them from its environment ([`Net`], which is also the store's `Io`). Each turn of the loop
+//! is one `Store::poll` (on the real backend one `io_uring_enter` for disk and network
+//! together), then the network completions, then the acknowledgements of durable appends, then
+//! the sends they produced. [`Shard`] is generic over the environment: [`run`] drives it on the
+//! real one ([`RealEnv`]) in a thread; the simulator drives it turn by turn on a simulated one,
+//! telling it of a stop or a new cluster map directly instead of through eventfds.
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use chainlog_storage::io::Completion;
-use chainlog_storage::{fatal, Ack, Error, Store, StoreConfig, SystemClock, UringIo};
+use chainlog_storage::{fatal, Ack, Clock, Error, Store, StoreConfig, SystemClock, UringIo};
 
 use super::catalog::{Catalog, StoreLogs};
 use super::chain::Chain;
 use super::conn::{ack_token, token_conn, Conn};
-use super::control::ControlInbox;
+use super::control::{ControlInbox, MapUpdate};
+use super::env::{Net, RawSlice, RealEnv, Sock};
 use super::metrics::{Board, Snapshot};
-use super::ops::{self, NetOp, NetToken, GENERATION_MASK, SLOTS_MAX};
-use super::protocol::{self, OUTPUT_MAX};
+use super::ops::{NetOp, NetToken, GENERATION_MASK, SLOTS_MAX};
+use super::protocol::{self, Identity, OUTPUT_MAX};
 
 /// Submission queue entries of a shard's ring.
 const RING_ENTRIES: u32 = 4096;
 /// Period of the replication timer (link reconnects, held logs) of a cluster member.
-const REPLICATION_TICK_MS: u32 = 20;
+const REPLICATION_TICK_US: u64 = 20_000;
+/// Period of the metrics tick.
+const METRICS_TICK_US: u64 = 1_000_000;
 /// How long a stopping shard waits for appends that wait on the rest of their chain, before
 /// it closes their connections unanswered (their outcome is unknown to the clients).
 const STOP_WAIT_US: u64 = 5_000_000;
@@ -61,11 +67,12 @@ pub(crate) fn run(ctx: ShardContext) -> Result<(), String> {
     }
     let store_dir = ctx.dir.join("store");
     let io = UringIo::new(RING_ENTRIES).map_err(|e| format!("io_uring: {e}"))?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     let store = match Store::open(
-        io,
+        RealEnv::new(io),
         &store_dir,
         ctx.store.clone(),
-        Arc::new(SystemClock::new()),
+        clock.clone(),
     ) {
         Ok(store) => store,
         Err(Error::Fatal(reason)) => fatal(&reason),
@@ -91,36 +98,27 @@ pub(crate) fn run(ctx: ShardContext) -> Result<(), String> {
     let listener =
         TcpListener::bind(ctx.listen).map_err(|e| format!("listening on {}: {e}", ctx.listen))?;
     tracing::info!(shard = ctx.index, listen = %ctx.listen, durability = ?store.durability(), "shard serving");
-    let shard = Shard {
-        protocol: protocol::Server::new(
-            ctx.index,
-            ctx.count,
-            ctx.node_id,
-            ctx.limits,
-            catalog,
-            &store,
-            ctx.control.is_some(),
-        ),
-        chain: Chain::new(ctx.node_id, ctx.limits, ctx.recv_bytes),
-        ctx,
-        store,
-        listener: Some(listener),
-        conns: Vec::new(),
-        free: Vec::new(),
-        next_generation: 1,
-        acks: Vec::new(),
-        external: Vec::new(),
-        stop_buf: Box::new([0; 8]),
-        stopping: false,
-        subscribed: Vec::new(),
-        tick: Box::new(io_uring::types::Timespec::new().sec(1)),
-        replication_tick: Box::new(
-            io_uring::types::Timespec::new().nsec(REPLICATION_TICK_MS * 1_000_000),
-        ),
-        control_buf: Box::new([0; 8]),
-        stop_deadline_us: None,
+    let params = ShardParams {
+        identity: Identity {
+            shard_index: ctx.index,
+            shard_count: ctx.count,
+            node_id: ctx.node_id,
+            limits: ctx.limits,
+            cluster: ctx.control.is_some(),
+        },
+        recv_bytes: ctx.recv_bytes,
+        in_flight_max: ctx.in_flight_max,
     };
-    shard.serve();
+    let mut store = store;
+    let listener = store.io_mut().adopt(OwnedFd::from(listener));
+    let signals = Signals {
+        stop: Some(ctx.stop),
+        control: ctx.control,
+    };
+    let mut shard = Shard::new(params, store, catalog, clock, listener, ctx.board, signals);
+    shard.start();
+    while shard.turn(true) {}
+    shard.finish();
     Ok(())
 }
 
@@ -132,71 +130,136 @@ fn refuse_to_start(shard: u16, kind: &str, reason: String) -> String {
     format!("{reason} (the shard's data is not served as it is: restore it, or replace the node)")
 }
 
-struct Shard {
-    ctx: ShardContext,
+/// What a shard is, whatever its environment: its identity and its limits per connection.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ShardParams {
+    pub(crate) identity: Identity,
+    /// Receive buffer per connection (at least the largest frame).
+    pub(crate) recv_bytes: usize,
+    /// Requests a connection may have unanswered before the shard stops reading it.
+    pub(crate) in_flight_max: usize,
+}
+
+/// How a shard running in its own thread hears of a stop and of new cluster maps: eventfds
+/// read through its ring. A simulated shard has none: it is told directly.
+#[derive(Debug, Default)]
+pub(crate) struct Signals {
+    /// Readable when the node stops.
+    pub(crate) stop: Option<OwnedFd>,
+    /// A cluster member's news from the control thread.
+    pub(crate) control: Option<ControlInbox>,
+}
+
+/// A shard over its environment `E`: the store, the listener, the connections, the
+/// protocol's state and the replication links.
+#[derive(Debug)]
+pub(crate) struct Shard<E: Net> {
+    params: ShardParams,
     protocol: protocol::Server,
-    store: Store<UringIo>,
-    listener: Option<TcpListener>,
+    store: Store<E>,
+    listener: Option<Sock>,
     conns: Vec<Option<Conn>>,
     free: Vec<u32>,
     next_generation: u32,
     acks: Vec<Ack>,
     external: Vec<Completion>,
-    stop_buf: Box<[u8; 8]>,
     stopping: bool,
     /// Slots of connections with subscriptions, pumped every turn.
     subscribed: Vec<u32>,
-    /// The period of the metrics tick (owned here while the kernel reads it).
-    tick: Box<io_uring::types::Timespec>,
     /// Replication links and forwarding.
     chain: Chain,
-    /// The period of the replication timer, and the control eventfd's read buffer (owned
-    /// here while the kernel uses them).
-    replication_tick: Box<io_uring::types::Timespec>,
-    control_buf: Box<[u8; 8]>,
     /// When a stopping shard gives up on appends still waiting for their chain.
     stop_deadline_us: Option<u64>,
+    /// Where the shard publishes its metrics once a second.
+    board: Board,
+    signals: Signals,
 }
 
-impl Shard {
-    fn serve(mut self) {
-        let listener = self.listener.as_ref().expect("listener").as_raw_fd();
-        ops::accept(self.store.io_mut(), listener);
-        ops::wait_event(
-            self.store.io_mut(),
-            self.ctx.stop.as_raw_fd(),
-            &mut self.stop_buf,
-            NetOp::Stop,
-        );
-        ops::timeout(self.store.io_mut(), &self.tick, NetOp::Tick);
-        if self.ctx.control.is_some() {
+impl<E: Net> Shard<E> {
+    /// A shard over an opened store and catalog, listening on `listener`.
+    pub(crate) fn new(
+        params: ShardParams,
+        store: Store<E>,
+        catalog: Catalog,
+        clock: Arc<dyn Clock>,
+        listener: Sock,
+        board: Board,
+        signals: Signals,
+    ) -> Shard<E> {
+        let id = params.identity;
+        Shard {
+            protocol: protocol::Server::new(id, catalog, &store, clock),
+            chain: Chain::new(id.node_id, id.limits, params.recv_bytes),
+            params,
+            store,
+            listener: Some(listener),
+            conns: Vec::new(),
+            free: Vec::new(),
+            next_generation: 1,
+            acks: Vec::new(),
+            external: Vec::new(),
+            stopping: false,
+            subscribed: Vec::new(),
+            stop_deadline_us: None,
+            board,
+            signals,
+        }
+    }
+
+    fn index(&self) -> u16 {
+        self.params.identity.shard_index
+    }
+
+    /// Arms what runs for the shard's whole life: the accept, the timers, the signals.
+    pub(crate) fn start(&mut self) {
+        let listener = self.listener.expect("a new shard listens");
+        let accept = NetToken::of(NetOp::Accept);
+        self.store.io_mut().accept(listener, accept);
+        self.store
+            .io_mut()
+            .timeout(METRICS_TICK_US, NetToken::of(NetOp::Tick));
+        if let Some(stop) = &self.signals.stop {
+            let fd = stop.as_raw_fd();
+            self.store
+                .io_mut()
+                .read_event(fd, NetToken::of(NetOp::Stop));
+        }
+        if self.params.identity.cluster {
             self.arm_control();
-            ops::timeout(self.store.io_mut(), &self.replication_tick, NetOp::Timer);
+            self.store
+                .io_mut()
+                .timeout(REPLICATION_TICK_US, NetToken::of(NetOp::Timer));
         }
-        loop {
-            if let Err(e) = self.store.poll(true, &mut self.acks) {
-                fatal(&format!("shard {}: {e}", self.ctx.index));
-            }
-            self.protocol.start_turn();
-            self.store.take_external(&mut self.external);
-            for completion in std::mem::take(&mut self.external) {
-                self.on_completion(completion);
-            }
-            for ack in std::mem::take(&mut self.acks) {
-                self.on_ack(ack);
-            }
-            self.flush();
-            if self.stopping && self.conns.iter().all(Option::is_none) {
-                break;
-            }
+    }
+
+    /// One turn of the loop: waits for completions (if `wait`; otherwise takes those that
+    /// are ready), handles them, acknowledges what became durable, sends. Returns false once
+    /// the shard has stopped serving (then [`finish`](Self::finish) it).
+    pub(crate) fn turn(&mut self, wait: bool) -> bool {
+        if let Err(e) = self.store.poll(wait, &mut self.acks) {
+            fatal(&format!("shard {}: {e}", self.index()));
         }
+        self.protocol.start_turn();
+        self.store.take_external(&mut self.external);
+        for completion in std::mem::take(&mut self.external) {
+            self.on_completion(completion);
+        }
+        for ack in std::mem::take(&mut self.acks) {
+            self.on_ack(ack);
+        }
+        self.flush();
+        !(self.stopping && self.conns.iter().all(Option::is_none))
+    }
+
+    /// After the last turn: closes the links and the store (everything durable, and the
+    /// clean-stop record written: the next start checks the store against it).
+    pub(crate) fn finish(mut self) {
         self.close_links();
-        // Everything durable, and the clean-stop record written: the next start checks the
-        // store against it.
+        let index = self.index();
         if let Err(e) = self.store.close(&mut Vec::new()) {
-            fatal(&format!("shard {}: {e}", self.ctx.index));
+            fatal(&format!("shard {index}: {e}"));
         }
-        tracing::info!(shard = self.ctx.index, "shard stopped");
+        tracing::info!(shard = index, "shard stopped");
     }
 
     fn on_completion(&mut self, completion: Completion) {
@@ -208,11 +271,15 @@ impl Shard {
             NetOp::Stop => self.on_stop(),
             NetOp::Tick => {
                 self.publish();
-                ops::timeout(self.store.io_mut(), &self.tick, NetOp::Tick);
+                self.store
+                    .io_mut()
+                    .timeout(METRICS_TICK_US, NetToken::of(NetOp::Tick));
             }
             NetOp::Timer => {
                 // Waking is the point: the end of the turn retries links and held logs.
-                ops::timeout(self.store.io_mut(), &self.replication_tick, NetOp::Timer);
+                self.store
+                    .io_mut()
+                    .timeout(REPLICATION_TICK_US, NetToken::of(NetOp::Timer));
             }
             NetOp::Control => self.on_control(),
             NetOp::Cancel => {}
@@ -240,14 +307,17 @@ impl Shard {
                 } else {
                     match completion.result {
                         Ok(n) => {
-                            let (fd, generation) = (conn.fd(), conn.generation);
+                            let (sock, generation) = (conn.sock(), conn.generation);
                             if let Some(rest) = conn.sent(n) {
                                 let t = NetToken {
                                     op: NetOp::Send,
                                     slot: token.slot,
                                     generation,
                                 };
-                                ops::send(self.store.io_mut(), fd, rest, t);
+                                let rest = [RawSlice::of(rest)];
+                                // SAFETY: the connection keeps its in-flight send buffer,
+                                // untouched, until this send's completion.
+                                unsafe { self.store.io_mut().send(sock, &rest, t) };
                             }
                         }
                         Err(_) => {
@@ -262,14 +332,17 @@ impl Shard {
     }
 
     fn on_accept(&mut self, result: std::io::Result<usize>) {
-        // SAFETY: a successful accept returns a new descriptor that nobody else owns.
-        let accepted = result.map(|fd| unsafe { OwnedFd::from_raw_fd(fd as i32) });
-        let Some(listener) = self.listener.as_ref().map(AsRawFd::as_raw_fd) else {
+        let Some(listener) = self.listener else {
+            if let Ok(n) = result {
+                // Accepted as the shard stopped: closed at once.
+                let sock = self.store.io_mut().accepted(n);
+                self.store.io_mut().close_socket(sock);
+            }
             return;
         };
-        match accepted {
-            Ok(fd) => {
-                set_nodelay(&fd);
+        match result {
+            Ok(n) => {
+                let sock = self.store.io_mut().accepted(n);
                 let slot = match self.free.pop() {
                     Some(slot) => slot,
                     None if self.conns.len() < SLOTS_MAX => {
@@ -278,10 +351,13 @@ impl Shard {
                     }
                     None => {
                         tracing::warn!(
-                            shard = self.ctx.index,
+                            shard = self.index(),
                             "connection refused: every slot is in use"
                         );
-                        ops::accept(self.store.io_mut(), listener);
+                        self.store.io_mut().close_socket(sock);
+                        self.store
+                            .io_mut()
+                            .accept(listener, NetToken::of(NetOp::Accept));
                         return;
                     }
                 };
@@ -289,14 +365,17 @@ impl Shard {
                 // Tokens carry 24 bits of generation: wrap there (0 is never used).
                 self.next_generation = (self.next_generation + 1) & GENERATION_MASK;
                 self.next_generation = self.next_generation.max(1);
-                self.conns[slot as usize] = Some(Conn::new(fd, generation, self.ctx.recv_bytes));
+                let conn = Conn::new(sock, generation, self.params.recv_bytes);
+                self.conns[slot as usize] = Some(conn);
                 self.protocol.metrics.connections_accepted += 1;
                 self.arm_recv(slot as usize);
             }
-            Err(e) => tracing::warn!(shard = self.ctx.index, error = %e, "accept failed"),
+            Err(e) => tracing::warn!(shard = self.index(), error = %e, "accept failed"),
         }
         if !self.stopping {
-            ops::accept(self.store.io_mut(), listener);
+            self.store
+                .io_mut()
+                .accept(listener, NetToken::of(NetOp::Accept));
         }
     }
 
@@ -307,31 +386,34 @@ impl Shard {
             .on_completion(token, result, &mut self.protocol, &mut self.store, now);
     }
 
-    /// The control thread has a new cluster map: install it.
+    /// The control thread has news: install the newest cluster map, and read the eventfd
+    /// again.
     fn on_control(&mut self) {
-        let Some(control) = &self.ctx.control else {
-            return;
-        };
-        if let Some(update) = control.newest() {
-            self.protocol.apply_map(&update.map, &mut self.store);
-            self.chain.set_peers(update.peers.clone());
-            control
-                .applied
-                .store(update.map.version(), std::sync::atomic::Ordering::Relaxed);
+        let update = self.signals.control.as_ref().and_then(ControlInbox::newest);
+        if let Some(update) = update {
+            self.install(&update);
+            if let Some(control) = &self.signals.control {
+                control
+                    .applied
+                    .store(update.map.version(), std::sync::atomic::Ordering::Relaxed);
+            }
         }
         self.arm_control();
     }
 
+    /// Installs a cluster map: the logs this shard holds a replica of, and the nodes.
+    pub(crate) fn install(&mut self, update: &MapUpdate) {
+        self.protocol.apply_map(&update.map, &mut self.store);
+        self.chain.set_peers(update.peers.clone());
+    }
+
     /// Reads the control eventfd again (the next news wakes the shard).
     fn arm_control(&mut self) {
-        if let Some(control) = &self.ctx.control {
+        if let Some(control) = &self.signals.control {
             let fd = control.wake.as_raw_fd();
-            ops::wait_event(
-                self.store.io_mut(),
-                fd,
-                &mut self.control_buf,
-                NetOp::Control,
-            );
+            self.store
+                .io_mut()
+                .read_event(fd, NetToken::of(NetOp::Control));
         }
     }
 
@@ -340,7 +422,7 @@ impl Shard {
     /// answer), then gives their pins back; and completes the control eventfd's pending read,
     /// so that no operation of the shard is left in the ring when it is dropped.
     fn close_links(&mut self) {
-        self.chain.close_all();
+        self.chain.close_all(self.store.io_mut());
         let mut acks = Vec::new();
         let cancel_at = self.protocol.now_us() + LINKS_CLOSE_WAIT_US;
         let mut cancelled = false;
@@ -350,7 +432,7 @@ impl Shard {
                 cancelled = true;
             }
             if let Err(e) = self.store.poll(true, &mut acks) {
-                fatal(&format!("shard {}: {e}", self.ctx.index));
+                fatal(&format!("shard {}: {e}", self.index()));
             }
             self.store.take_external(&mut self.external);
             for completion in std::mem::take(&mut self.external) {
@@ -367,7 +449,7 @@ impl Shard {
         }
         let now = self.protocol.now_us();
         self.chain.release(&mut self.store, now);
-        if let Some(control) = &self.ctx.control {
+        if let Some(control) = &self.signals.control {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a live u64 to an eventfd the shard owns.
             unsafe { libc::write(control.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
@@ -375,14 +457,13 @@ impl Shard {
     }
 
     /// SIGTERM: accept nothing more, read nothing more; answer what was received, flush, close.
-    fn on_stop(&mut self) {
+    pub(crate) fn on_stop(&mut self) {
         self.stopping = true;
         self.stop_deadline_us = Some(self.protocol.now_us() + STOP_WAIT_US);
         if let Some(listener) = self.listener.take() {
-            // SAFETY: the listener's descriptor is open; shutting it down completes the
-            // pending accept (which then finds `listener` gone and stops).
-            unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
-            drop(listener);
+            // Shutting it down completes the pending accept (which then finds no listener
+            // and stops); closed with the environment.
+            self.store.io_mut().shutdown(listener);
         }
         for conn in self.conns.iter_mut().flatten() {
             conn.session.closing = true;
@@ -393,7 +474,7 @@ impl Shard {
         let conn = self.conns[slot].as_mut().expect("live connection");
         if conn.recv_in_flight
             || conn.session.closing
-            || conn.session.pending.len() >= self.ctx.in_flight_max
+            || conn.session.pending.len() >= self.params.in_flight_max
             || conn.session.out.len() >= OUTPUT_MAX
         {
             return;
@@ -403,9 +484,16 @@ impl Shard {
             slot: slot as u32,
             generation: conn.generation,
         };
-        let fd = conn.fd();
+        let sock = conn.sock();
         conn.recv_in_flight = true;
-        ops::recv(self.store.io_mut(), fd, conn.recv_space(), token);
+        let space = conn.recv_space();
+        // SAFETY: the connection owns its receive buffer (a boxed slice, never reallocated)
+        // and neither reads nor writes it while `recv_in_flight`.
+        unsafe {
+            self.store
+                .io_mut()
+                .recv(sock, space.as_mut_ptr(), space.len(), token)
+        };
     }
 
     /// Handles every whole frame received on `slot`.
@@ -449,7 +537,7 @@ impl Shard {
             return;
         };
         let paused = !conn.recv_in_flight && !conn.session.closing;
-        let room = conn.session.pending.len() < self.ctx.in_flight_max
+        let room = conn.session.pending.len() < self.params.in_flight_max
             && conn.session.out.len() < OUTPUT_MAX;
         if paused && room {
             self.on_input(slot);
@@ -468,8 +556,8 @@ impl Shard {
             lagging_logs,
             lag_records,
         };
-        let mut board = self.ctx.board.lock().unwrap_or_else(|e| e.into_inner());
-        board[usize::from(self.ctx.index)] = Some(snapshot);
+        let mut board = self.board.lock().unwrap_or_else(|e| e.into_inner());
+        board[usize::from(self.index())] = Some(snapshot);
     }
 
     /// Pushes to subscriptions, starts sends for connections with output, closes connections
@@ -504,52 +592,42 @@ impl Shard {
                 self.protocol.drain(&mut conn.session, &self.store);
                 if give_up && !conn.session.pending.is_empty() {
                     tracing::warn!(
-                        shard = self.ctx.index,
+                        shard = self.params.identity.shard_index,
                         unanswered = conn.session.pending.len(),
                         "stopping: appends still wait for their chain; closing their connection"
                     );
                     conn.session.pending.clear();
                     conn.session.local_next = 0;
                     conn.session.barriers.clear();
-                    conn.shutdown();
+                    self.store.io_mut().shutdown(conn.sock());
                 }
             }
-            let (fd, generation) = (conn.fd(), conn.generation);
+            let (sock, generation) = (conn.sock(), conn.generation);
             if let Some(bytes) = conn.start_send() {
                 let token = NetToken {
                     op: NetOp::Send,
                     slot: slot as u32,
                     generation,
                 };
-                ops::send(self.store.io_mut(), fd, bytes, token);
+                let bytes = [RawSlice::of(bytes)];
+                // SAFETY: the connection keeps its in-flight send buffer, untouched, until
+                // this send's completion.
+                unsafe { self.store.io_mut().send(sock, &bytes, token) };
             }
             let done = conn.session.closing
                 && conn.session.pending.is_empty()
                 && conn.session.barriers.is_empty()
                 && conn.flushed();
             if done && conn.recv_in_flight {
-                conn.shutdown();
+                self.store.io_mut().shutdown(sock);
             }
             if done && conn.idle() {
                 self.conns[slot] = None;
                 self.free.push(slot as u32);
+                self.store.io_mut().close_socket(sock);
             }
         }
     }
-}
-
-pub(crate) fn set_nodelay(fd: &OwnedFd) {
-    let one: libc::c_int = 1;
-    // SAFETY: a valid socket and a live int of the right size.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
 }
 
 fn pin_to(core: usize) {

@@ -12,6 +12,9 @@ pub mod dev;
 mod durable_file;
 pub mod node;
 pub mod replication;
+#[allow(dead_code)]
+pub(crate) mod history;
+pub mod sim;
 pub mod signals;
 
 pub use chainlog_net as net;

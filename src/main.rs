@@ -38,6 +38,9 @@ enum Command {
     /// Run a local dev cluster (a controller and nodes as child processes on loopback) until
     /// Ctrl-C or SIGTERM.
     Dev(DevArgs),
+    /// Run whole clusters in one thread from seeds, with faults, and check every history
+    /// (the deterministic simulator; a failing seed replays exactly).
+    Sim(SimArgs),
     /// Create, describe, list or delete logs.
     Log {
         #[command(subcommand)]
@@ -98,6 +101,35 @@ struct DevArgs {
     data_dir: Option<PathBuf>,
 }
 
+/// `chainlog sim`'s arguments.
+#[derive(clap::Args, Debug)]
+struct SimArgs {
+    /// The first seed.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    from: u64,
+    /// Seeds to run (from --from on).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    seeds: u64,
+    /// Threads running seeds (default: one per core).
+    #[arg(long, value_name = "T")]
+    threads: Option<usize>,
+    /// Nodes per cluster.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Shards per node.
+    #[arg(long, default_value_t = 1)]
+    shards: u16,
+    /// No faults (only the workload).
+    #[arg(long)]
+    no_faults: bool,
+    /// Virtual seconds of load and faults per run.
+    #[arg(long, value_name = "SECS", default_value_t = 1.5)]
+    active_secs: f64,
+    /// Put a known bug in (to see the checks catch it): head-skips-settling.
+    #[arg(long, value_name = "BUG")]
+    canary: Option<String>,
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -116,6 +148,75 @@ fn main() -> ExitCode {
         Command::Node(args) => args.run("chainlog node"),
         Command::Controller(args) => args.run("chainlog controller"),
         Command::Dev(args) => dev(args),
+        Command::Sim(args) => sim(args),
+    }
+}
+
+/// `chainlog sim`: runs the seeds, prints a progress line, then every failing seed with the
+/// command that replays it. Exit codes: 0 no violation, 1 violations, 2 bad arguments.
+fn sim(args: SimArgs) -> ExitCode {
+    let canary = match args.canary.as_deref() {
+        None => None,
+        Some("head-skips-settling") => Some(chainlog::sim::Canary::HeadSkipsSettling),
+        Some(other) => {
+            eprintln!("chainlog sim: no canary {other:?} (there is head-skips-settling)");
+            return ExitCode::from(2);
+        }
+    };
+    let options = chainlog::sim::Options {
+        nodes: args.nodes,
+        shards: args.shards,
+        faults: !args.no_faults,
+        active_us: (args.active_secs * 1e6) as u64,
+        canary,
+        ..chainlog::sim::Options::default()
+    };
+    if options.nodes < usize::from(options.rf) {
+        eprintln!("chainlog sim: --nodes must be at least {}", options.rf);
+        return ExitCode::from(2);
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let started = std::time::Instant::now();
+    let progress = |s: &chainlog::sim::Summary| {
+        if s.runs % 10 == 0 || s.runs == args.seeds {
+            eprint!(
+                "\rchainlog sim: {}/{} seeds, {} failing, {:.1} h simulated, {} batches acknowledged, {:.0} s",
+                s.runs,
+                args.seeds,
+                s.failures.len(),
+                s.simulated_us as f64 / 3.6e9,
+                s.acked,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    };
+    let summary = chainlog::sim::run_seeds(args.from, args.seeds, &options, threads, &progress);
+    eprintln!();
+    println!(
+        "{} seeds from {}: {} failing; {:.2} h simulated; faults {:?}; {} batches acknowledged",
+        summary.runs,
+        args.from,
+        summary.failures.len(),
+        summary.simulated_us as f64 / 3.6e9,
+        summary.faults,
+        summary.acked
+    );
+    for report in &summary.failures {
+        println!("{report}");
+        println!(
+            "  replay: RUST_LOG=debug chainlog sim --from {} --seeds 1 --threads 1 --nodes {} --shards {}{}",
+            report.seed,
+            args.nodes,
+            args.shards,
+            if args.no_faults { " --no-faults" } else { "" }
+        );
+    }
+    if summary.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

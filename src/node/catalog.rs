@@ -27,7 +27,9 @@
 //! still read.
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 const MAGIC: u32 = u32::from_le_bytes(*b"CLCT");
@@ -109,10 +111,59 @@ pub enum CatalogError {
     },
 }
 
+/// Where a catalog's bytes live: a file, read whole and replaced whole, atomically and
+/// durably (a replace that returned survives a crash; one interrupted leaves the old bytes).
+pub trait CatalogFile: Debug {
+    /// The file, for messages.
+    fn path(&self) -> &Path;
+    /// The bytes, or `None` if there is no file.
+    fn read(&mut self) -> io::Result<Option<Vec<u8>>>;
+    /// Replaces the bytes.
+    fn replace(&mut self, bytes: &[u8]) -> io::Result<()>;
+}
+
+/// The catalog file `catalog` of a shard directory on the real file system
+/// (`crate::durable_file`: temporary file, fsync, rename, directory fsync).
+#[derive(Debug)]
+pub struct FsCatalogFile {
+    path: PathBuf,
+}
+
+impl FsCatalogFile {
+    /// The catalog file of the shard directory `dir` (created if missing).
+    pub fn in_dir(dir: &Path) -> Result<FsCatalogFile, CatalogError> {
+        fs::create_dir_all(dir).map_err(|source| CatalogError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(FsCatalogFile {
+            path: dir.join("catalog"),
+        })
+    }
+}
+
+impl CatalogFile for FsCatalogFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read(&mut self) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(&self.path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn replace(&mut self, bytes: &[u8]) -> io::Result<()> {
+        crate::durable_file::replace(&self.path, bytes)
+    }
+}
+
 /// The logs a shard owns.
 #[derive(Debug)]
 pub struct Catalog {
-    path: PathBuf,
+    file: Box<dyn CatalogFile>,
     logs: BTreeMap<u64, LogEntry>,
 }
 
@@ -120,14 +171,15 @@ impl Catalog {
     /// Loads the catalog in `dir`, checked against what the shard's `store` holds (module
     /// docs): empty if there is no file yet and the store holds no log.
     pub fn open(dir: &Path, store: &StoreLogs) -> Result<Catalog, CatalogError> {
-        fs::create_dir_all(dir).map_err(|source| CatalogError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let path = dir.join("catalog");
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Catalog::load(Box::new(FsCatalogFile::in_dir(dir)?), store)
+    }
+
+    /// Loads the catalog kept in `file`, checked against what the shard's `store` holds.
+    pub fn load(mut file: Box<dyn CatalogFile>, store: &StoreLogs) -> Result<Catalog, CatalogError> {
+        let path = file.path().to_path_buf();
+        let bytes = match file.read() {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
                 if let Some(&example) = store.log_ids.iter().min() {
                     return Err(CatalogError::Mismatch {
                         path,
@@ -140,7 +192,7 @@ impl Catalog {
                     });
                 }
                 return Ok(Catalog {
-                    path,
+                    file,
                     logs: BTreeMap::new(),
                 });
             }
@@ -154,11 +206,8 @@ impl Catalog {
                     .into(),
             });
         }
-        let logs = decode(&bytes).map_err(|reason| CatalogError::Corrupt {
-            path: path.clone(),
-            reason,
-        })?;
-        Ok(Catalog { path, logs })
+        let logs = decode(&bytes).map_err(|reason| CatalogError::Corrupt { path, reason })?;
+        Ok(Catalog { file, logs })
     }
 
     /// The log with this id.
@@ -217,13 +266,14 @@ impl Catalog {
         Ok(true)
     }
 
-    fn persist(&self) -> Result<(), CatalogError> {
-        crate::durable_file::replace(&self.path, &encode(&self.logs)).map_err(|source| {
-            CatalogError::Io {
-                path: self.path.clone(),
+    fn persist(&mut self) -> Result<(), CatalogError> {
+        let bytes = encode(&self.logs);
+        self.file
+            .replace(&bytes)
+            .map_err(|source| CatalogError::Io {
+                path: self.file.path().to_path_buf(),
                 source,
-            }
-        })
+            })
     }
 }
 

@@ -587,7 +587,7 @@ impl Chain {
     /// Every log carried by the link to (`peer`, `shard`) may use it: probe each.
     fn links_up(&mut self, server: &mut Server, slot: u32, peer: NodeId, shard: u16) {
         let shards = self.peers.get(&peer).map_or(1, |p| p.shards.max(1));
-        let logs: Vec<u64> = server
+        let mut logs: Vec<u64> = server
             .replicas
             .iter()
             .filter(|(&log_id, r)| {
@@ -595,6 +595,8 @@ impl Chain {
             })
             .map(|(&log_id, _)| log_id)
             .collect();
+        // In log order, whatever the map's: the same run gives the same requests.
+        logs.sort_unstable();
         for log_id in logs {
             if self.hold.contains_key(&log_id) {
                 self.again.insert(log_id);
@@ -813,6 +815,16 @@ impl Chain {
             }
         }
         (behind, records)
+    }
+
+    /// The links' states, in one line (for a simulator's reports).
+    pub(crate) fn describe(&self) -> String {
+        self.links
+            .iter()
+            .flatten()
+            .map(|l| format!("{}:{:?}/unacked {}", l.peer, l.state, l.unacked_bytes))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Closes every link (the shard stops).

@@ -34,6 +34,14 @@ pub(crate) struct MapUpdate {
     pub(crate) peers: HashMap<NodeId, Peer>,
 }
 
+impl MapUpdate {
+    /// What the shards learn from `map`.
+    pub(crate) fn of(map: ClusterMap) -> MapUpdate {
+        let peers = peers_of(&map);
+        MapUpdate { map, peers }
+    }
+}
+
 /// The control thread's end of one shard.
 #[derive(Debug)]
 pub(crate) struct ShardControl {
@@ -169,10 +177,7 @@ fn step(
         // A newer map, or a shard that has not applied the last one (its queue was full):
         // hand out the current map again.
         let map = c.map().map_err(|e| e.to_string())?;
-        let update = Arc::new(MapUpdate {
-            peers: peers_of(&map),
-            map,
-        });
+        let update = Arc::new(MapUpdate::of(map));
         *handed_out = update.map.version();
         for shard in shards {
             match shard.updates.try_send(update.clone()) {

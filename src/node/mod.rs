@@ -6,16 +6,16 @@
 //! which replicate their logs along their chains ([`chain`]).
 
 pub mod catalog;
-mod chain;
+pub(crate) mod chain;
 mod conn;
-mod control;
-mod env;
+pub(crate) mod control;
+pub(crate) mod env;
 mod link;
-mod metrics;
-mod ops;
-mod protocol;
+pub(crate) mod metrics;
+pub(crate) mod ops;
+pub(crate) mod protocol;
 mod settings;
-mod shard;
+pub(crate) mod shard;
 
 pub use settings::{NodeArgs, NodeSettings};
 

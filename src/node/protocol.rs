@@ -1553,6 +1553,11 @@ impl Server {
     fn readable(&self, log_id: u64) -> u64 {
         self.replicas.get(&log_id).map_or(0, Replica::readable)
     }
+
+    /// [`readable`](Self::readable), for the shard's owner.
+    pub(crate) fn readable_lsn(&self, log_id: u64) -> u64 {
+        self.readable(log_id)
+    }
 }
 
 /// The replication state of a catalog's log on this node, over what the store holds (a

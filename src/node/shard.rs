@@ -210,6 +210,47 @@ impl<E: Net> Shard<E> {
         self.params.identity.shard_index
     }
 
+    /// The environment (a simulator asks it when the shard has work next).
+    pub(crate) fn env(&self) -> &E {
+        self.store.io()
+    }
+
+    /// The replication state of `log_id` here, in one line, and the states of the links.
+    pub(crate) fn describe(&self, log_id: u64) -> String {
+        format!(
+            "{} | links {}",
+            self.protocol
+                .replicas
+                .get(&log_id)
+                .map_or("no replica".into(), |r| r.summary()),
+            self.chain.describe()
+        )
+    }
+
+    /// Every record of `log_id` this shard stores (durable or not), as (LSN, payload), from
+    /// its trim point, and the LSN below which it serves them as committed; `None` if the
+    /// shard has no such log. For a simulator's checks at the end of a run.
+    pub(crate) fn stored_records(&mut self, log_id: u64) -> Option<(u64, Vec<(u64, Vec<u8>)>)> {
+        let tail = self.store.tail(log_id)?;
+        let readable = self.protocol.readable_lsn(log_id);
+        let mut out = Vec::new();
+        let mut next = tail.trim_point;
+        while next < tail.next_lsn {
+            let records = self
+                .store
+                .read_stored(log_id, next, usize::MAX, 1 << 20)
+                .expect("a simulated store reads what it holds");
+            if records.is_empty() {
+                break;
+            }
+            for r in records {
+                next = r.lsn + 1;
+                out.push((r.lsn, r.payload));
+            }
+        }
+        Some((readable, out))
+    }
+
     /// Arms what runs for the shard's whole life: the accept, the timers, the signals.
     pub(crate) fn start(&mut self) {
         let listener = self.listener.expect("a new shard listens");

@@ -51,6 +51,18 @@
 #[cfg(test)]
 mod tests;
 
+std::thread_local! {
+    /// The simulator's canary: recovered replicas skip settling (a restarted head sequences
+    /// at once, the bug of issue 10). Never set outside a simulation that checks its checks.
+    static CANARY_SKIP_SETTLING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Breaks this thread's replicas on purpose, for the simulator's canary test: a replica
+/// recovered after a restart acts at once instead of settling with its chain first.
+pub fn canary_skip_settling(on: bool) {
+    CANARY_SKIP_SETTLING.with(|c| c.set(on));
+}
+
 use std::collections::VecDeque;
 
 /// A node's id in the cluster (nonzero).
@@ -288,7 +300,8 @@ impl Replica {
         next_lsn: u64,
         trim_point: u64,
     ) -> Replica {
-        Replica::with_state(log_id, me, epoch, chain, next_lsn, trim_point, false)
+        let settled = CANARY_SKIP_SETTLING.with(std::cell::Cell::get);
+        Replica::with_state(log_id, me, epoch, chain, next_lsn, trim_point, settled)
     }
 
     fn with_state(
@@ -534,6 +547,22 @@ impl Replica {
         }
         self.committed = self.committed.max(committed.min(self.next_lsn));
         self.assert_invariants();
+    }
+
+    /// Its positions and link, in one line (for a simulator's reports).
+    pub fn summary(&self) -> String {
+        format!(
+            "next {} durable {} committed {} settled {} link {:?} forwarded {} down_durable {} items {} pull_in_flight {}",
+            self.next_lsn,
+            self.durable_lsn,
+            self.committed,
+            self.settled,
+            self.link,
+            self.forwarded,
+            self.down_durable,
+            self.items.len(),
+            self.pull_in_flight
+        )
     }
 
     /// Whether this replica knows where the rest of its chain stands (see

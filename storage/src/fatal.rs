@@ -9,9 +9,30 @@
 /// blindly: the disk failed".
 pub const FATAL_EXIT_CODE: i32 = 86;
 
-/// Logs `reason` and exits the process with [`FATAL_EXIT_CODE`]. Never returns.
+std::thread_local! {
+    /// Whether [`fatal`] panics with a [`FatalPanic`] instead of exiting: set by a simulator
+    /// that runs many "processes" in one thread and stops only the one that failed.
+    static PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The panic payload of [`fatal`] in a thread that asked for panics ([`fatal_panics`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FatalPanic(pub String);
+
+/// Makes [`fatal`] in this thread panic with a [`FatalPanic`] (`true`) instead of exiting the
+/// process: a simulator catches it and stops only the simulated process that failed, as the
+/// real one would exit.
+pub fn fatal_panics(panics: bool) {
+    PANICS.with(|p| p.set(panics));
+}
+
+/// Logs `reason` and exits the process with [`FATAL_EXIT_CODE`] (or, in a simulator's thread,
+/// panics with a [`FatalPanic`]). Never returns.
 pub fn fatal(reason: &str) -> ! {
     tracing::error!(reason, "fatal storage error; stopping");
+    if PANICS.with(std::cell::Cell::get) {
+        std::panic::panic_any(FatalPanic(reason.to_string()));
+    }
     eprintln!("chainlog: fatal storage error: {reason}");
     std::process::exit(FATAL_EXIT_CODE)
 }

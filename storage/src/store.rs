@@ -878,6 +878,11 @@ impl<I: Io> Store<I> {
         &mut self.io
     }
 
+    /// The I/O backend, to look at (a simulator asks its environment when it has work).
+    pub fn io(&self) -> &I {
+        &self.io
+    }
+
     /// Moves the completions of the owner's own operations into `out`.
     pub fn take_external(&mut self, out: &mut Vec<Completion>) {
         out.append(&mut self.external);

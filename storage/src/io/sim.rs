@@ -102,6 +102,14 @@ impl SimDisk {
         SimDisk::default()
     }
 
+    /// An empty disk whose time is `clock` (disks of one simulated cluster share it).
+    pub fn with_clock(clock: SimClock) -> SimDisk {
+        SimDisk {
+            clock,
+            ..SimDisk::default()
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, DiskState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -336,6 +344,28 @@ impl SimIo {
             }
         };
         Completion { token, buf, result }
+    }
+}
+
+/// A backend dropped while it has writes in flight is a process that died without the
+/// machine losing power: the kernel finishes or cancels those writes as the process goes, so
+/// they are never torn into the disk by a later power loss. Here they never happened.
+impl Drop for SimIo {
+    fn drop(&mut self) {
+        let mut state = self.disk.lock();
+        if state.generation == self.generation {
+            for op in &self.pending {
+                state.in_flight.remove(&op.id);
+            }
+        }
+    }
+}
+
+impl SimIo {
+    /// When the earliest operation in flight completes (virtual microseconds), if any: a
+    /// simulator that runs many processes on one clock wakes this one then.
+    pub fn next_ready_us(&self) -> Option<u64> {
+        self.pending.iter().map(|p| p.ready_at_us).min()
     }
 }
 

@@ -1,0 +1,237 @@
+//! A simulated cluster node: its shards (the real [`Shard`] code over [`SimEnv`]), its disk
+//! and its catalog files, and what happens to it: a process crash (kill -9: what the device
+//! holds survives, writes in flight are lost), a power loss (only what was flushed survives,
+//! one write torn), a pause (SIGSTOP: nothing runs, the kernel still receives), a restart, and
+//! a fatal storage error (EIO: the process stops, as `fatal` makes it in production).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chainlog_storage::io::FaultConfig;
+use chainlog_storage::{Clock, DurabilityMode, FatalPanic, SimDisk, Store, StoreConfig};
+
+use super::env::{CatalogFiles, Shared, SimCatalogFile, SimEnv};
+use super::world::{EndpointId, HostId};
+use crate::node::catalog::{Catalog, StoreLogs};
+use crate::node::control::MapUpdate;
+use crate::node::metrics::Board;
+use crate::node::protocol::Identity;
+use crate::node::shard::{Shard, ShardParams, Signals};
+
+/// The limits simulated nodes enforce: small frames and segments, so that a short run rolls
+/// segments over, fills write buffers and splits batches.
+pub(crate) fn limits() -> chainlog_net::Limits {
+    chainlog_net::Limits {
+        frame_bytes_max: 64 << 10,
+        record_bytes_max: 16 << 10,
+        batch_records_max: 64,
+        ..chainlog_net::Limits::DEFAULT
+    }
+}
+
+fn store_config() -> StoreConfig {
+    let limits = limits();
+    StoreConfig {
+        segment_bytes: 1 << 20,
+        batch_bytes_max: chainlog_storage::format::block_align(
+            limits.frame_bytes_max as usize + chainlog_storage::format::FRAME_HEADER_BYTES,
+        ),
+        record_bytes_max: limits.record_bytes_max as usize,
+        writes_in_flight_max: 4,
+        write_buffers: 12,
+        logs_max: 64,
+        writers_max: 16,
+        durability: DurabilityMode::Dsync,
+        calibration_writes: 2,
+    }
+}
+
+/// Why a node is not running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Down {
+    /// Its process died (crash, power loss or a fatal error); it comes back when restarted.
+    Dead,
+}
+
+/// A simulated node. See the module documentation.
+#[derive(Debug)]
+pub(crate) struct SimNode {
+    pub(crate) id: u64,
+    pub(crate) host: HostId,
+    /// Shard 0's address (shard `i` at port + `i`).
+    pub(crate) addr: SocketAddr,
+    shard_count: u16,
+    disk: SimDisk,
+    catalogs: CatalogFiles,
+    pub(crate) shards: Vec<Shard<SimEnv>>,
+    endpoints: Vec<EndpointId>,
+    /// Paused (SIGSTOP) until then.
+    pub(crate) paused_until: Option<u64>,
+    pub(crate) down: Option<Down>,
+    /// A write or sync fails once in this many in its current life (0: never).
+    pub(crate) eio_one_in: u32,
+    starts: u64,
+}
+
+impl SimNode {
+    pub(crate) fn new(id: u64, shard_count: u16, disk: SimDisk) -> SimNode {
+        let host = id as HostId;
+        SimNode {
+            id,
+            host,
+            addr: SocketAddr::from(([10, 0, 0, id as u8], 7400)),
+            shard_count,
+            disk,
+            catalogs: CatalogFiles::default(),
+            shards: Vec::new(),
+            endpoints: Vec::new(),
+            paused_until: None,
+            down: Some(Down::Dead),
+            eio_one_in: 0,
+            starts: 0,
+        }
+    }
+
+    /// Starts the node's process: opens every shard's store and catalog, listens, installs
+    /// `map`. A store that does not open is a failed run (recovery refused what it found).
+    pub(crate) fn start(
+        &mut self,
+        world: &Shared,
+        clock: Arc<dyn Clock>,
+        map: &MapUpdate,
+        seed: u64,
+    ) -> Result<(), String> {
+        assert!(self.shards.is_empty(), "node {} is running", self.id);
+        self.starts += 1;
+        let board: Board =
+            Arc::new(std::sync::Mutex::new(vec![None; usize::from(self.shard_count)]));
+        for index in 0..self.shard_count {
+            let endpoint = world.borrow_mut().endpoint();
+            let faults = FaultConfig {
+                seed: seed ^ (self.id << 32) ^ (u64::from(index) << 16) ^ self.starts,
+                eio_write_one_in: self.eio_one_in,
+                eio_sync_one_in: self.eio_one_in,
+                latency_us_max: 400,
+            };
+            let env = SimEnv::new(self.disk.io(faults), world.clone(), endpoint, self.host);
+            let dir = PathBuf::from(format!("/node-{}/shard-{index}", self.id));
+            let store = Store::open(env, &dir.join("store"), store_config(), clock.clone())
+                .map_err(|e| format!("node {} shard {index}: store: {e}", self.id))?;
+            let logs = StoreLogs {
+                new: store.recovery_report().segments == 0,
+                log_ids: store.log_ids().collect(),
+            };
+            let file = SimCatalogFile {
+                files: self.catalogs.clone(),
+                path: dir.join("catalog"),
+            };
+            let catalog = Catalog::load(Box::new(file), &logs)
+                .map_err(|e| format!("node {} shard {index}: {e}", self.id))?;
+            let mut addr = self.addr;
+            addr.set_port(addr.port() + index);
+            let listener = world.borrow_mut().listen(endpoint, self.host, addr);
+            let limits = limits();
+            let params = ShardParams {
+                identity: Identity {
+                    shard_index: index,
+                    shard_count: self.shard_count,
+                    node_id: self.id,
+                    limits,
+                    cluster: true,
+                },
+                recv_bytes: 2 * limits.frame_bytes_max as usize,
+                in_flight_max: limits.in_flight_max as usize,
+            };
+            let mut shard = Shard::new(
+                params,
+                store,
+                catalog,
+                clock.clone(),
+                listener,
+                board.clone(),
+                Signals::default(),
+            );
+            shard.start();
+            shard.install(map);
+            self.shards.push(shard);
+            self.endpoints.push(endpoint);
+        }
+        self.down = None;
+        Ok(())
+    }
+
+    /// The process dies (kill -9 or a fatal error): its sockets reset, its operations in
+    /// flight are lost, what the device completed stays. With `power_loss`, the machine loses
+    /// power too: only what was flushed survives, and one write may be torn.
+    pub(crate) fn kill(&mut self, world: &Shared, power_loss: Option<u64>) {
+        world.borrow_mut().kill(&self.endpoints);
+        // The world forgot every operation of these endpoints (no receive into a buffer that
+        // is about to be freed remains), so the shards can go.
+        self.shards.clear();
+        self.endpoints.clear();
+        if let Some(seed) = power_loss {
+            self.disk.crash(seed);
+        }
+        self.paused_until = None;
+        self.down = Some(Down::Dead);
+    }
+
+    /// Installs a new map in every running shard.
+    pub(crate) fn install(&mut self, map: &MapUpdate) {
+        for shard in &mut self.shards {
+            shard.install(map);
+        }
+    }
+
+    /// Runs one turn of every shard that has something to do now. Returns whether any ran,
+    /// or the reason the process stopped on a fatal error (then it is dead).
+    pub(crate) fn step(&mut self, now_us: u64) -> Result<bool, String> {
+        if self.down.is_some() || self.paused_until.is_some_and(|t| t > now_us) {
+            return Ok(false);
+        }
+        self.paused_until = None;
+        let mut ran = false;
+        for i in 0..self.shards.len() {
+            if self.shards[i].env().next_us().is_none_or(|t| t > now_us) {
+                continue;
+            }
+            ran = true;
+            let shard = &mut self.shards[i];
+            let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.turn(false)));
+            match turn {
+                Ok(_) => {}
+                Err(payload) => match payload.downcast::<FatalPanic>() {
+                    Ok(fatal) => return Err(fatal.0),
+                    Err(other) => std::panic::resume_unwind(other),
+                },
+            }
+        }
+        Ok(ran)
+    }
+
+    /// When this node has something to do next (if it runs).
+    pub(crate) fn next_us(&self) -> Option<u64> {
+        if self.down.is_some() {
+            return None;
+        }
+        let next = self.shards.iter().filter_map(|s| s.env().next_us()).min();
+        match self.paused_until {
+            Some(until) => next.map(|t| t.max(until)),
+            None => next,
+        }
+    }
+
+    /// The shard of this node that holds `log_id`.
+    pub(crate) fn shard_of(&mut self, log_id: u64) -> Option<&mut Shard<SimEnv>> {
+        let index = (log_id % u64::from(self.shard_count)) as usize;
+        self.shards.get_mut(index)
+    }
+
+    /// Where clients reach the shard of `log_id`.
+    pub(crate) fn addr_of(&self, log_id: u64) -> SocketAddr {
+        let mut addr = self.addr;
+        addr.set_port(addr.port() + (log_id % u64::from(self.shard_count)) as u16);
+        addr
+    }
+}

@@ -14,7 +14,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -29,6 +30,7 @@ use chainlog::net::{
     MapNode, MapNodes, Opcode, ReadResponse, Records, Request, Response, Role, TailResponse,
     LSN_FROM_TAIL,
 };
+use chainlog::node::listen::bind_run;
 use common::Node;
 use serde_json::Value;
 
@@ -684,21 +686,26 @@ fn fake_node(shards: u16, script: Arc<Script>) -> (u16, Arc<Vec<AtomicUsize>>) {
     fake_server(shards, 1, Role::Node, script)
 }
 
-/// A fake server of `shards` shards on loopback that says it is `role` with id `node_id`,
-/// each connection served by a thread that answers by `script(shard, request)`. Returns
-/// shard 0's port and the connections accepted per shard. Its threads end with the test
-/// process (they are threads, not processes).
+/// A fake server of `shards` shards on loopback (consecutive ports, bound once and held by
+/// its threads, as a node binds them) that says it is `role` with id `node_id`, each
+/// connection served by a thread that answers by `script(shard, request)`. Returns shard 0's
+/// port and the connections accepted per shard. Its threads end with the test process (they
+/// are threads, not processes).
 fn fake_server(
     shards: u16,
     node_id: u64,
     role: Role,
     script: Arc<Script>,
 ) -> (u16, Arc<Vec<AtomicUsize>>) {
-    let port = common::free_ports(shards);
+    let listeners = bind_run(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        usize::from(shards),
+    )
+    .expect("consecutive ports");
+    let port = listeners[0].local_addr().expect("addr").port();
     let accepted: Arc<Vec<AtomicUsize>> =
         Arc::new((0..shards).map(|_| AtomicUsize::new(0)).collect());
-    for shard in 0..shards {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port + shard)).expect("bind");
+    for (shard, listener) in (0..shards).zip(listeners) {
         let script = Arc::clone(&script);
         let accepted = Arc::clone(&accepted);
         std::thread::spawn(move || {
@@ -1286,7 +1293,8 @@ fn cli_tail_follow_prints_records_as_they_commit() {
 
 #[test]
 fn cli_and_bench_report_an_unreachable_node_with_exit_code_1() {
-    let nobody = format!("127.0.0.1:{}", common::free_ports(1));
+    let refusing = Refusing::bind();
+    let nobody = refusing.addr.to_string();
     let output = Command::new(env!("CARGO_BIN_EXE_chainlog"))
         .args(["status", "--target", &nobody])
         .stdin(Stdio::null())
@@ -1304,4 +1312,46 @@ fn cli_and_bench_report_an_unreachable_node_with_exit_code_1() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("connecting to"), "{stderr}");
+}
+
+/// A loopback address that refuses connections for as long as this lives: a socket bound
+/// there that never listens, so no other socket can take the port meanwhile.
+struct Refusing {
+    _socket: OwnedFd,
+    addr: SocketAddr,
+}
+
+impl Refusing {
+    fn bind() -> Refusing {
+        // SAFETY: socket(2) takes no pointers; the descriptor is owned by the OwnedFd alone.
+        let socket = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            OwnedFd::from_raw_fd(fd)
+        };
+        let mut sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: `sin` and `len` are live and sized for an IPv4 address, for both calls.
+        unsafe {
+            let at = (&mut sin as *mut libc::sockaddr_in).cast::<libc::sockaddr>();
+            assert_eq!(libc::bind(socket.as_raw_fd(), at, len), 0, "bind");
+            assert_eq!(
+                libc::getsockname(socket.as_raw_fd(), at, &mut len),
+                0,
+                "getsockname"
+            );
+        }
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, u16::from_be(sin.sin_port)));
+        Refusing {
+            _socket: socket,
+            addr,
+        }
+    }
 }

@@ -160,7 +160,8 @@ fn a_node_that_cannot_start_stops_the_controller_started_before_it() {
         DevError::Failed {
             member, failure, ..
         } => {
-            assert_eq!(*member, Member::Node(1), "{e}");
+            // Both nodes start at once and both fail: either may be found first.
+            assert!(matches!(member, Member::Node(1 | 2)), "{e}");
             assert!(matches!(**failure, Failure::Exited(_)), "{e}");
         }
         other => panic!("{other}"),

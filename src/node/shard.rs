@@ -3,7 +3,7 @@
 //! `io_uring_enter` for disk and network together), then the network completions, then the
 //! acknowledgements of durable appends, then the sends they produced.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use super::control::ControlInbox;
 use super::metrics::{Board, Snapshot};
 use super::ops::{self, NetOp, NetToken, GENERATION_MASK, SLOTS_MAX};
 use super::protocol::{self, OUTPUT_MAX};
+use super::Startup;
 
 /// Submission queue entries of a shard's ring.
 const RING_ENTRIES: u32 = 4096;
@@ -35,7 +36,6 @@ const LINKS_CLOSE_WAIT_US: u64 = 2_000_000;
 pub(crate) struct ShardContext {
     pub(crate) index: u16,
     pub(crate) count: u16,
-    pub(crate) listen: SocketAddr,
     pub(crate) dir: PathBuf,
     pub(crate) store: StoreConfig,
     pub(crate) recv_bytes: usize,
@@ -49,11 +49,14 @@ pub(crate) struct ShardContext {
     pub(crate) stop: OwnedFd,
     /// A cluster member's news from the control thread (`None`: standalone).
     pub(crate) control: Option<ControlInbox>,
+    /// Told once the shard serves.
+    pub(crate) startup: Arc<Startup>,
 }
 
-/// Runs a shard until it is stopped (Ok) or cannot go on (Err). A storage failure ends the
-/// process through `fatal` (nothing more may be acknowledged).
-pub(crate) fn run(ctx: ShardContext) -> Result<(), String> {
+/// Runs a shard, accepting on `listener` (bound by the main thread), until it is stopped (Ok)
+/// or cannot go on (Err). A storage failure ends the process through `fatal` (nothing more
+/// may be acknowledged).
+pub(crate) fn run(ctx: ShardContext, listener: TcpListener) -> Result<(), String> {
     if let Some(core) = ctx.core {
         pin_to(core);
     }
@@ -70,9 +73,11 @@ pub(crate) fn run(ctx: ShardContext) -> Result<(), String> {
         Err(Error::Fatal(reason)) => fatal(&reason),
         Err(e) => return Err(format!("opening the store in {}: {e}", store_dir.display())),
     };
-    let listener =
-        TcpListener::bind(ctx.listen).map_err(|e| format!("listening on {}: {e}", ctx.listen))?;
-    tracing::info!(shard = ctx.index, listen = %ctx.listen, durability = ?store.durability(), "shard serving");
+    let listen = listener
+        .local_addr()
+        .map_err(|e| format!("the listener's address: {e}"))?;
+    tracing::info!(shard = ctx.index, %listen, durability = ?store.durability(), "shard serving");
+    ctx.startup.shard_serving();
     let mut shard = Shard {
         protocol: protocol::Server::new(
             ctx.index,

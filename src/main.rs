@@ -15,7 +15,6 @@ use chainlog::dev::{DevCluster, DevError, DevOptions, Launcher};
 use chainlog::node::NodeArgs;
 use chainlog::signals::StopSignals;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -99,12 +98,7 @@ struct DevArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    chainlog::logging::init("info");
     let cli = Cli::parse();
     match cli.command {
         Command::Log { command, common } => cli::run(common, cli::Command::Log(command)),

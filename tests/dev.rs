@@ -119,7 +119,10 @@ fn dev_cluster_keeps_a_given_data_dir() {
     cluster.stop();
     assert!(!alive(pid));
     assert!(dir.path().join("cluster/node-1/shard-0").is_dir());
-    assert!(dir.path().join("cluster/node-1.log").is_file());
+    // The log is a file, not a terminal: plain text, no colour codes.
+    let log = std::fs::read_to_string(dir.path().join("cluster/node-1.log")).expect("node log");
+    assert!(log.contains("shard serving"), "{log}");
+    assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
 }
 
 /// The processes whose command line mentions `text`.

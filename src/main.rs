@@ -73,8 +73,11 @@ enum Command {
         common: cli::Common,
     },
     /// A cluster (--target the controller): its nodes, its logs with their chains, and each
-    /// replica's tail. A node: per shard, reachable or not, its logs and their tails.
+    /// replica's tail. A node: per shard, reachable or not, its logs and their tails. Exits 1
+    /// if a shard (a node, a replica) does not answer.
     Status {
+        #[command(flatten)]
+        args: cli::StatusArgs,
         #[command(flatten)]
         common: cli::Common,
     },
@@ -106,7 +109,7 @@ fn main() -> ExitCode {
         Command::Read { args, common } => cli::run(common, cli::Command::Read(args)),
         Command::Trim { args, common } => cli::run(common, cli::Command::Trim(args)),
         Command::Tail { args, common } => cli::run(common, cli::Command::Tail(args)),
-        Command::Status { common } => cli::run(common, cli::Command::Status),
+        Command::Status { args, common } => cli::run(common, cli::Command::Status(args)),
         Command::Node(args) => args.run("chainlog node"),
         Command::Controller(args) => args.run("chainlog controller"),
         Command::Dev(args) => dev(args),

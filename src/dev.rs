@@ -18,7 +18,9 @@
 //! Layout of the data directory (a temp dir removed on stop, or a given one that is kept):
 //! node `i` (from 1) keeps its data in `DIR/node-i` and writes its log (stderr) to
 //! `DIR/node-i.log`; the controller keeps its state in `DIR/controller` and its log in
-//! `DIR/controller.log`.
+//! `DIR/controller.log`. A temp dir also names the process that owns it (`DIR/owner`: its pid
+//! and start time): a cluster whose owner was killed with kill -9 could not remove its temp
+//! dir, and the next cluster started removes such stale dirs, only those whose owner is gone.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -50,6 +52,10 @@ const LOG_TAIL_LINES: usize = 20;
 const LISTEN: &str = "127.0.0.1:0";
 /// A process's address until it says where it serves.
 const UNKNOWN_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+/// The start of a temp data directory's name (in the system's temp dir).
+const TEMP_PREFIX: &str = "chainlog-dev-";
+/// The file in a temp data directory that names the process owning it: `PID STARTTIME`.
+const OWNER_FILE: &str = "owner";
 /// Replicas of a chain at most (the wire's `replication_factor` is a u8).
 const RF_MAX: usize = u8::MAX as usize;
 
@@ -357,15 +363,7 @@ impl DevCluster {
                 })?;
                 DataDir::Kept(dir.clone())
             }
-            None => DataDir::Temp(
-                tempfile::Builder::new()
-                    .prefix("chainlog-dev-")
-                    .tempdir()
-                    .map_err(|source| DevError::Io {
-                        what: "creating a temp dir".into(),
-                        source,
-                    })?,
-            ),
+            None => DataDir::Temp(temp_dir()?),
         };
         let mut cluster = DevCluster {
             controller: None,
@@ -780,6 +778,78 @@ impl Spawner {
             let _ = thread.join();
         }
     }
+}
+
+/// A new temp data directory owned by this process, after removing the stale ones.
+fn temp_dir() -> Result<tempfile::TempDir, DevError> {
+    let failed = |what: &str| {
+        let what = what.to_string();
+        move |source| DevError::Io { what, source }
+    };
+    remove_stale_temp_dirs(&std::env::temp_dir());
+    let dir = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempdir()
+        .map_err(failed("creating a temp dir"))?;
+    let me = owner_id(std::process::id())
+        .ok_or_else(|| io::Error::other("this process is not in /proc"))
+        .map_err(failed("naming the temp dir's owner"))?;
+    std::fs::write(dir.path().join(OWNER_FILE), format!("{me}\n"))
+        .map_err(failed("naming the temp dir's owner"))?;
+    Ok(dir)
+}
+
+/// Removes this user's temp data directories in `tmp` whose owner is gone: left by a cluster
+/// whose process was killed (kill -9) before it could remove its own. A directory that names
+/// no owner (one being created at this moment) or a live one is kept.
+fn remove_stale_temp_dirs(tmp: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for entry in entries.flatten() {
+        let stale = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(TEMP_PREFIX))
+            && entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me)
+            && std::fs::read_to_string(entry.path().join(OWNER_FILE)).is_ok_and(|owner| {
+                let owner = owner.trim();
+                let pid = owner.split(' ').next().and_then(|pid| pid.parse().ok());
+                pid.and_then(owner_id).as_deref() != Some(owner)
+            });
+        if !stale {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {
+                tracing::info!(dir = %path.display(), "removed a stale dev cluster directory (its process is gone)")
+            }
+            // Another cluster starting at the same time removed it first.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %path.display(), error = %e, "could not remove a stale dev cluster directory")
+            }
+        }
+    }
+}
+
+/// `PID STARTTIME` of a live process (its start time in clock ticks since boot, from
+/// `/proc/PID/stat`, so that a reused pid does not pass for the process that owned a
+/// directory); `None` if there is no such process or it has exited (a zombie).
+fn owner_id(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which is in parentheses and may hold anything):
+    // the state (field 3 of proc(5)) first, the start time (field 22) 19 later.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let state = *fields.first()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    Some(format!("{pid} {}", fields.get(19)?))
 }
 
 /// The controller's map shows node `node_id` alive.

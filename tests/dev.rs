@@ -189,7 +189,16 @@ struct Dev {
 
 impl Dev {
     fn start(args: &[&str]) -> Dev {
-        let mut child = Command::new(chainlog())
+        Dev::start_in(None, args)
+    }
+
+    /// As [`Dev::start`], with its temporary directories in `tmp` if given (`TMPDIR`).
+    fn start_in(tmp: Option<&std::path::Path>, args: &[&str]) -> Dev {
+        let mut command = Command::new(chainlog());
+        if let Some(tmp) = tmp {
+            command.env("TMPDIR", tmp);
+        }
+        let mut child = command
             .arg("dev")
             .args(args)
             .stdin(Stdio::null())
@@ -363,4 +372,38 @@ fn chainlog_dev_with_3_nodes_and_rf_3_serves_the_map_and_stops_leaving_no_proces
     for pid in dev.node_pids.iter().chain([&controller]) {
         assert!(!alive(*pid), "process {pid} outlived chainlog dev");
     }
+}
+
+/// A `chainlog dev` killed with kill -9 cannot remove its temporary directory; the next one
+/// started removes it, and only it: not the directory of a `chainlog dev` still running.
+#[test]
+fn a_temp_dir_left_by_a_kill_9_is_removed_by_the_next_chainlog_dev() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut running = Dev::start_in(Some(tmp.path()), &["--nodes", "1"]);
+    running.target();
+    let running_dir = running.data_dir.clone().expect("a data dir");
+    let mut killed = Dev::start_in(Some(tmp.path()), &["--nodes", "1"]);
+    killed.target();
+    let killed_dir = killed.data_dir.clone().expect("a data dir");
+    killed.signal(libc::SIGKILL);
+    killed.wait();
+    let node = killed.node_pids[0];
+    assert!(
+        gone_within(node, DEADLINE),
+        "node {node} outlived chainlog dev"
+    );
+    assert!(killed_dir.is_dir(), "nobody removed it yet");
+
+    let mut next = Dev::start_in(Some(tmp.path()), &["--nodes", "1"]);
+    next.target();
+    assert!(!killed_dir.exists(), "{} was left", killed_dir.display());
+    assert!(
+        running_dir.is_dir(),
+        "the running cluster's directory is kept"
+    );
+    for dev in [&mut running, &mut next] {
+        dev.signal(libc::SIGINT);
+        assert!(dev.wait().success());
+    }
+    assert!(!running_dir.exists() && !next.data_dir.clone().expect("dir").exists());
 }

@@ -185,6 +185,8 @@ struct Dev {
     node_pids: Vec<u32>,
     /// The data directory it printed.
     data_dir: Option<PathBuf>,
+    /// The banner's first `use it:` line.
+    use_it: String,
 }
 
 impl Dev {
@@ -221,6 +223,7 @@ impl Dev {
             controller_pid: None,
             node_pids: Vec::new(),
             data_dir: None,
+            use_it: String::new(),
         }
     }
 
@@ -249,6 +252,7 @@ impl Dev {
                 self.node_pids.push(pid());
             }
             if line.starts_with("use it:") {
+                self.use_it = line.clone();
                 let mut words = line.split_whitespace();
                 words.find(|w| *w == "--target");
                 return words
@@ -335,6 +339,13 @@ fn a_kill_9_of_chainlog_dev_takes_its_node_down() {
 fn chainlog_dev_with_3_nodes_and_rf_3_serves_the_map_and_stops_leaving_no_process() {
     let mut dev = Dev::start(&["--nodes", "3", "--rf", "3"]);
     let target = dev.target();
+    // The printed command creates a replicated log: --rf is not log create's default.
+    assert!(
+        dev.use_it
+            .contains("chainlog log create orders --rf 3 --target"),
+        "{}",
+        dev.use_it
+    );
     let controller = dev.controller_pid.expect("a controller line");
     assert_eq!(dev.node_pids.len(), 3);
     runtime().block_on(async {

@@ -1,12 +1,15 @@
 //! The local dev cluster (`chainlog dev`, `chainlog-bench --dev N`): a controller and node
 //! processes on loopback, children of this process, always torn down.
 //!
-//! [`DevCluster::start`] picks free loopback ports and launches the processes with a
-//! [`Launcher`] (this executable's `controller` and `node` subcommands, usually). One node
-//! with replication factor 1 is a standalone node, as `chainlog node` runs it alone. More
-//! nodes, or rf above 1, make a cluster: the controller starts first, then the nodes with
-//! `--controller ADDR --node-id i`; the cluster is ready once the controller's map shows every
-//! node alive and every node answers, and clients use the controller's address
+//! [`DevCluster::start`] launches the processes with a [`Launcher`] (this executable's
+//! `controller` and `node` subcommands, usually), each on loopback port 0: the process binds
+//! free ports itself and says where it serves on stdout (`chainlog controller: serving at
+//! ADDR`, a node's [`Serving`] line), and the cluster takes the addresses from there, so no
+//! port is ever chosen here and released for a process to bind later. One node with
+//! replication factor 1 is a standalone node, as `chainlog node` runs it alone. More nodes, or
+//! rf above 1, make a cluster: the controller starts first, then the nodes with `--controller
+//! ADDR --node-id i`; the cluster is ready once every node serves and the controller's map
+//! shows every node alive, and clients use the controller's address
 //! ([`DevCluster::target`]). [`DevCluster::stop`] (and `Drop`) sends SIGTERM to the nodes,
 //! waits, SIGKILLs what is left, then does the same to the controller. If this process dies
 //! without stopping them (kill -9), the kernel kills them: each is started with
@@ -15,13 +18,15 @@
 //! Layout of the data directory (a temp dir removed on stop, or a given one that is kept):
 //! node `i` (from 1) keeps its data in `DIR/node-i` and writes its log (stderr) to
 //! `DIR/node-i.log`; the controller keeps its state in `DIR/controller` and its log in
-//! `DIR/controller.log`.
+//! `DIR/controller.log`. A temp dir also names the process that owns it (`DIR/owner`: its pid
+//! and start time): a cluster whose owner was killed with kill -9 could not remove its temp
+//! dir, and the next cluster started removes such stale dirs, only those whose owner is gone.
 
 use std::ffi::OsString;
 use std::fs::File;
 use std::future::Future;
-use std::io;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::io::{self, BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -30,6 +35,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::client::Client;
+use crate::controller::server::SERVING_AT as CONTROLLER_SERVING_AT;
+use crate::node::Serving;
 
 /// How long [`DevCluster::start`] waits for every process to answer, by default: generous,
 /// because a node measures the disk at startup (`--durability auto`).
@@ -41,16 +48,23 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL_EVERY: Duration = Duration::from_millis(20);
 /// Lines of a process's log quoted when it fails to start.
 const LOG_TAIL_LINES: usize = 20;
-/// Tries at finding a run of free consecutive ports before giving up.
-const PORT_TRIES_MAX: usize = 64;
+/// Where every process of the cluster listens: loopback, at ports it binds itself.
+const LISTEN: &str = "127.0.0.1:0";
+/// A process's address until it says where it serves.
+const UNKNOWN_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+/// The start of a temp data directory's name (in the system's temp dir).
+const TEMP_PREFIX: &str = "chainlog-dev-";
+/// The file in a temp data directory that names the process owning it: `PID STARTTIME`.
+const OWNER_FILE: &str = "owner";
 /// Replicas of a chain at most (the wire's `replication_factor` is a u8).
 const RF_MAX: usize = u8::MAX as usize;
 
-/// How to run the cluster's processes: `program node_prefix... --data-dir D --listen A ...`
-/// for a node, where `node_prefix` selects the node subcommand (e.g. `["node"]`) and the
-/// rest are `chainlog node`'s flags ([`crate::node::NodeArgs`]); `program
-/// controller_prefix... --data-dir D --listen A` for the controller, whose flags are
-/// `chainlog controller`'s ([`crate::controller::ControllerArgs`]).
+/// How to run the cluster's processes: `program node_prefix... --data-dir D --listen
+/// 127.0.0.1:0 ...` for a node, where `node_prefix` selects the node subcommand (e.g.
+/// `["node"]`) and the rest are `chainlog node`'s flags ([`crate::node::NodeArgs`]); `program
+/// controller_prefix... --data-dir D --listen 127.0.0.1:0` for the controller, whose flags are
+/// `chainlog controller`'s ([`crate::controller::ControllerArgs`]). Each must say where it
+/// serves on its stdout's first line, as `chainlog node` and `chainlog controller` do.
 #[derive(Clone, Debug)]
 pub struct Launcher {
     /// The executable.
@@ -203,11 +217,12 @@ pub enum Failure {
     /// It exited.
     #[error("exited ({0})")]
     Exited(ExitStatus),
+    /// It printed something else than where it serves.
+    #[error("printed {0:?} instead of where it serves")]
+    NotServing(String),
     /// It was not ready within the readiness timeout.
-    #[error("was not ready at {addr} within {after:?} (last: {last})")]
+    #[error("was not ready within {after:?} (last: {last})")]
     NotReady {
-        /// Where it serves.
-        addr: SocketAddr,
         /// How long it was waited for.
         after: Duration,
         /// What the last probe found.
@@ -220,7 +235,10 @@ pub enum Failure {
 #[derive(Debug)]
 pub struct DevProcess {
     member: Member,
+    /// Where it serves, once it said so (until then, the unspecified address).
     addr: SocketAddr,
+    /// Its stdout's first line, once it comes (taken when waited for).
+    serving: Option<tokio::sync::oneshot::Receiver<String>>,
     data_dir: PathBuf,
     log: PathBuf,
     child: Child,
@@ -345,15 +363,7 @@ impl DevCluster {
                 })?;
                 DataDir::Kept(dir.clone())
             }
-            None => DataDir::Temp(
-                tempfile::Builder::new()
-                    .prefix("chainlog-dev-")
-                    .tempdir()
-                    .map_err(|source| DevError::Io {
-                        what: "creating a temp dir".into(),
-                        source,
-                    })?,
-            ),
+            None => DataDir::Temp(temp_dir()?),
         };
         let mut cluster = DevCluster {
             controller: None,
@@ -362,99 +372,80 @@ impl DevCluster {
             dir,
         };
         // From here on an error drops `cluster`, which stops every process started so far.
-        let node_ports = u16::try_from(options.shards + 1).expect("checked by DevOptions::check");
-        // Every process's ports are held until all are chosen, so that no two share one.
-        let mut held = Vec::new();
-        let mut reserve = |count: u16| {
-            let (base, listeners) = reserve_ports(count).map_err(|source| DevError::Io {
-                what: format!("finding {count} free consecutive loopback ports"),
-                source,
-            })?;
-            held.extend(listeners);
-            Ok::<u16, DevError>(base)
-        };
-        let controller_port = match options.is_cluster() {
-            true => Some(reserve(1)?),
-            false => None,
-        };
-        let mut bases = Vec::new();
-        for _ in 0..options.nodes {
-            bases.push(reserve(node_ports)?);
-        }
-        drop(held);
         let deadline = Instant::now() + options.ready_timeout;
-        let controller = match controller_port {
-            Some(port) => {
-                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-                cluster.controller = Some(cluster.launch_controller(&options, addr)?);
-                cluster
-                    .wait_ready(Member::Controller, deadline, options.ready_timeout, || {
-                        probe_controller(addr)
-                    })
+        let controller = match options.is_cluster() {
+            true => {
+                cluster.controller = Some(cluster.launch_controller(&options)?);
+                let line = cluster
+                    .wait_serving(Member::Controller, deadline, options.ready_timeout)
                     .await?;
+                let controller = cluster.controller.as_mut().expect("just launched");
+                let addr = line
+                    .trim()
+                    .strip_prefix(CONTROLLER_SERVING_AT)
+                    .and_then(|addr| addr.parse().ok())
+                    .ok_or_else(|| controller.failed(Failure::NotServing(line.clone())))?;
+                controller.addr = addr;
                 Some(addr)
             }
-            None => None,
+            false => None,
         };
-        for (index, base) in bases.into_iter().enumerate() {
-            let node = cluster.launch_node(&options, index as u64 + 1, base, controller)?;
+        // Every node starts before any is waited for: they measure their disks at once.
+        for index in 0..options.nodes {
+            let node = cluster.launch_node(&options, index as u64 + 1, controller)?;
             cluster.nodes.push(node);
         }
-        let nodes: Vec<(u64, SocketAddr)> = cluster
-            .nodes
-            .iter()
-            .map(|n| (n.id, n.process.addr))
-            .collect();
-        for (id, addr) in nodes {
-            cluster
-                .wait_ready(
-                    Member::Node(id),
-                    deadline,
-                    options.ready_timeout,
-                    || async move {
-                        if let Some(controller) = controller {
-                            alive_in_map(controller, id).await?;
-                        }
-                        probe_node(addr).await
-                    },
-                )
+        for index in 0..cluster.nodes.len() {
+            let member = Member::Node(cluster.nodes[index].id);
+            let line = cluster
+                .wait_serving(member, deadline, options.ready_timeout)
                 .await?;
+            let node = &mut cluster.nodes[index];
+            let serving = line
+                .parse::<Serving>()
+                .ok()
+                .filter(|s| usize::from(s.shards) == options.shards)
+                .and_then(|s| Some((s.addr, s.metrics?)))
+                .ok_or_else(|| node.process.failed(Failure::NotServing(line.clone())))?;
+            (node.process.addr, node.metrics) = serving;
+        }
+        if let Some(controller) = controller {
+            let ids: Vec<u64> = cluster.nodes.iter().map(|n| n.id).collect();
+            for id in ids {
+                cluster
+                    .wait_ready(Member::Node(id), deadline, options.ready_timeout, || {
+                        alive_in_map(controller, id)
+                    })
+                    .await?;
+            }
         }
         Ok(cluster)
     }
 
-    fn launch_controller(
-        &self,
-        options: &DevOptions,
-        addr: SocketAddr,
-    ) -> Result<DevProcess, DevError> {
-        let flags = [OsString::from("--listen"), addr.to_string().into()];
+    fn launch_controller(&self, options: &DevOptions) -> Result<DevProcess, DevError> {
+        let flags = [OsString::from("--listen"), LISTEN.into()];
         self.launch(
             options,
             Member::Controller,
             "controller",
-            addr,
             &options.launcher.controller_prefix,
             &flags,
         )
     }
 
+    /// Starts node `id`; its metrics are served at the port after its last shard's (the
+    /// node's default), bound by the node with its shards' ports.
     fn launch_node(
         &self,
         options: &DevOptions,
         id: u64,
-        base: u16,
         controller: Option<SocketAddr>,
     ) -> Result<DevNode, DevError> {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, base));
-        let metrics = SocketAddr::from((Ipv4Addr::LOCALHOST, base + options.shards as u16));
         let mut flags: Vec<OsString> = vec![
             "--listen".into(),
-            addr.to_string().into(),
+            LISTEN.into(),
             "--shards".into(),
             options.shards.to_string().into(),
-            "--metrics".into(),
-            metrics.to_string().into(),
             "--node-id".into(),
             id.to_string().into(),
             // Several nodes share this machine's cores: pinning each node's shard i to core i
@@ -468,25 +459,25 @@ impl DevCluster {
             options,
             Member::Node(id),
             &format!("node-{id}"),
-            addr,
             &options.launcher.node_prefix,
             &flags,
         )?;
         Ok(DevNode {
             id,
-            metrics,
+            metrics: UNKNOWN_ADDR,
             process,
         })
     }
 
     /// Starts `program prefix... --data-dir DIR/name flags...` with its stderr in
     /// `DIR/name.log`: in its own process group, killed by the kernel if this process dies.
+    /// Its stdout's first line is kept for [`DevCluster::wait_serving`]; the rest is read and
+    /// dropped, so that the process never blocks on a full pipe.
     fn launch(
         &self,
         options: &DevOptions,
         member: Member,
         name: &str,
-        addr: SocketAddr,
         prefix: &[String],
         flags: &[OsString],
     ) -> Result<DevProcess, DevError> {
@@ -503,7 +494,7 @@ impl DevCluster {
             .arg(&data_dir)
             .args(flags)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(log_file)
             // Its own process group: a Ctrl-C at the terminal reaches this process only,
             // which then stops the cluster in order.
@@ -527,18 +518,39 @@ impl DevCluster {
         }
         // std resets the child's signal mask and dispositions, so a parent that blocks
         // SIGTERM (to take it with sigtimedwait) does not pass the block on to its children.
-        let child = self.spawner.spawn(command).map_err(|source| DevError::Io {
+        let mut child = self.spawner.spawn(command).map_err(|source| DevError::Io {
             what: format!("starting {}", options.launcher.program.display()),
             source,
         })?;
-        Ok(DevProcess {
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (said, serving) = tokio::sync::oneshot::channel();
+        let mut process = DevProcess {
             member,
-            addr,
+            addr: UNKNOWN_ADDR,
+            serving: Some(serving),
             data_dir,
             log,
             child,
             exited: None,
-        })
+        };
+        let reader = std::thread::Builder::new()
+            .name(format!("dev-{name}-stdout"))
+            .spawn(move || {
+                let mut lines = BufReader::new(stdout).lines();
+                if let Some(Ok(line)) = lines.next() {
+                    let _ = said.send(line);
+                }
+                lines.for_each(drop);
+            });
+        if let Err(source) = reader {
+            // Not part of the cluster yet: stopped here.
+            stop_all(vec![&mut process]);
+            return Err(DevError::Io {
+                what: format!("starting a thread to read {member}'s output"),
+                source,
+            });
+        }
+        Ok(process)
     }
 
     /// The nodes, by id.
@@ -592,6 +604,51 @@ impl DevCluster {
         self.controller.iter_mut().chain(nodes)
     }
 
+    /// Waits until `member` says where it serves (its stdout's first line, returned), or any
+    /// process exits, or `deadline` passes (after `after` in all).
+    async fn wait_serving(
+        &mut self,
+        member: Member,
+        deadline: Instant,
+        after: Duration,
+    ) -> Result<String, DevError> {
+        let mut serving = self
+            .process(member)
+            .serving
+            .take()
+            .expect("each member's line is waited for once");
+        let mut last = "nothing on stdout yet".to_string();
+        let mut open = true;
+        loop {
+            self.check()?;
+            if open {
+                match tokio::time::timeout(POLL_EVERY, &mut serving).await {
+                    Ok(Ok(line)) => return Ok(line),
+                    // Closed without a line: the process is ending, and `check` will say how.
+                    Ok(Err(_)) => {
+                        open = false;
+                        last = "stdout closed without a line".into();
+                    }
+                    Err(_) => {}
+                }
+            } else {
+                tokio::time::sleep(POLL_EVERY).await;
+            }
+            if Instant::now() >= deadline {
+                return Err(self
+                    .process(member)
+                    .failed(Failure::NotReady { after, last }));
+            }
+        }
+    }
+
+    /// The process of `member`, which was started.
+    fn process(&mut self, member: Member) -> &mut DevProcess {
+        self.processes()
+            .find(|p| p.member == member)
+            .expect("a member waited for was started")
+    }
+
     /// Waits until `probe` succeeds for `member`, or any process exits, or `deadline` passes
     /// (after `after` in all).
     async fn wait_ready<F, P>(
@@ -616,15 +673,9 @@ impl DevCluster {
                 Err(_) => {}
             }
             if Instant::now() >= deadline {
-                let process = self
-                    .processes()
-                    .find(|p| p.member == member)
-                    .expect("a member waited for was started");
-                return Err(process.failed(Failure::NotReady {
-                    addr: process.addr,
-                    after,
-                    last,
-                }));
+                return Err(self
+                    .process(member)
+                    .failed(Failure::NotReady { after, last }));
             }
             tokio::time::sleep(POLL_EVERY).await;
         }
@@ -729,49 +780,76 @@ impl Spawner {
     }
 }
 
-/// `count` free consecutive loopback ports, held bound (so that nobody else takes them while
-/// more are chosen) until the listeners are dropped.
-fn reserve_ports(count: u16) -> io::Result<(u16, Vec<TcpListener>)> {
-    for _ in 0..PORT_TRIES_MAX {
-        let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-        let base = first.local_addr()?.port();
-        if base.checked_add(count - 1).is_none() {
+/// A new temp data directory owned by this process, after removing the stale ones.
+fn temp_dir() -> Result<tempfile::TempDir, DevError> {
+    let failed = |what: &str| {
+        let what = what.to_string();
+        move |source| DevError::Io { what, source }
+    };
+    remove_stale_temp_dirs(&std::env::temp_dir());
+    let dir = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempdir()
+        .map_err(failed("creating a temp dir"))?;
+    let me = owner_id(std::process::id())
+        .ok_or_else(|| io::Error::other("this process is not in /proc"))
+        .map_err(failed("naming the temp dir's owner"))?;
+    std::fs::write(dir.path().join(OWNER_FILE), format!("{me}\n"))
+        .map_err(failed("naming the temp dir's owner"))?;
+    Ok(dir)
+}
+
+/// Removes this user's temp data directories in `tmp` whose owner is gone: left by a cluster
+/// whose process was killed (kill -9) before it could remove its own. A directory that names
+/// no owner (one being created at this moment) or a live one is kept.
+fn remove_stale_temp_dirs(tmp: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for entry in entries.flatten() {
+        let stale = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(TEMP_PREFIX))
+            && entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == me)
+            && std::fs::read_to_string(entry.path().join(OWNER_FILE)).is_ok_and(|owner| {
+                let owner = owner.trim();
+                let pid = owner.split(' ').next().and_then(|pid| pid.parse().ok());
+                pid.and_then(owner_id).as_deref() != Some(owner)
+            });
+        if !stale {
             continue;
         }
-        let mut held = vec![first];
-        for port in base + 1..base + count {
-            match TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
-                Ok(listener) => held.push(listener),
-                Err(_) => break,
+        let path = entry.path();
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => {
+                tracing::info!(dir = %path.display(), "removed a stale dev cluster directory (its process is gone)")
+            }
+            // Another cluster starting at the same time removed it first.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %path.display(), error = %e, "could not remove a stale dev cluster directory")
             }
         }
-        if held.len() == usize::from(count) {
-            return Ok((base, held));
-        }
     }
-    Err(io::Error::new(
-        io::ErrorKind::AddrInUse,
-        format!("no run of {count} free ports in {PORT_TRIES_MAX} tries"),
-    ))
 }
 
-/// A node answers: a HELLO on shard 0, then a LIST_LOGS on every shard.
-async fn probe_node(addr: SocketAddr) -> Result<(), String> {
-    let client = Client::connect(addr).await.map_err(|e| e.to_string())?;
-    if client.map().is_some() {
-        return Err(format!("{addr} is a controller, not a node"));
+/// `PID STARTTIME` of a live process (its start time in clock ticks since boot, from
+/// `/proc/PID/stat`, so that a reused pid does not pass for the process that owned a
+/// directory); `None` if there is no such process or it has exited (a zombie).
+fn owner_id(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which is in parentheses and may hold anything):
+    // the state (field 3 of proc(5)) first, the start time (field 22) 19 later.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let state = *fields.first()?;
+    if state == "Z" || state == "X" {
+        return None;
     }
-    client.list_logs().await.map_err(|e| e.to_string())?;
-    Ok(())
-}
-
-/// The controller answers, as a controller (HELLO role), with its map.
-async fn probe_controller(addr: SocketAddr) -> Result<(), String> {
-    let client = Client::connect(addr).await.map_err(|e| e.to_string())?;
-    match client.map() {
-        Some(_) => Ok(()),
-        None => Err(format!("{addr} is a node, not a controller")),
-    }
+    Some(format!("{pid} {}", fields.get(19)?))
 }
 
 /// The controller's map shows node `node_id` alive.
@@ -844,15 +922,6 @@ mod tests {
         for (nodes, rf) in [(1, 2), (0, 1), (3, 0), (300, 256)] {
             let e = options(nodes, rf).check().expect_err("not a cluster");
             assert!(matches!(e, DevError::Invalid(_)), "{e}");
-        }
-    }
-
-    #[test]
-    fn reserved_ports_are_consecutive_and_held() {
-        let (base, held) = reserve_ports(3).expect("ports");
-        assert_eq!(held.len(), 3);
-        for (i, listener) in held.iter().enumerate() {
-            assert_eq!(listener.local_addr().expect("addr").port(), base + i as u16);
         }
     }
 

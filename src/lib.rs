@@ -1,15 +1,16 @@
 //! chainlog: a log storage service for write-ahead-log offload.
 //!
 //! This crate holds the node ([`node`]), the controller ([`controller`]), the async client
-//! library ([`client`]), the local cluster of node processes ([`dev`]) and the stop-signal
-//! handling they share ([`signals`]); the storage engine and the wire protocol are their own
-//! crates, re-exported.
+//! library ([`client`]), the local cluster of node processes ([`dev`]), and what the binaries
+//! share: the stop-signal handling ([`signals`]) and their logs' setup ([`logging`]); the
+//! storage engine and the wire protocol are their own crates, re-exported.
 
 pub mod client;
 mod command;
 pub mod controller;
 pub mod dev;
 mod durable_file;
+pub mod logging;
 pub mod node;
 pub mod replication;
 #[allow(dead_code)]

@@ -15,7 +15,6 @@ use chainlog::dev::{DevCluster, DevError, DevOptions, Launcher};
 use chainlog::node::NodeArgs;
 use chainlog::signals::StopSignals;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -77,8 +76,11 @@ enum Command {
         common: cli::Common,
     },
     /// A cluster (--target the controller): its nodes, its logs with their chains, and each
-    /// replica's tail. A node: per shard, reachable or not, its logs and their tails.
+    /// replica's tail. A node: per shard, reachable or not, its logs and their tails. Exits 1
+    /// if a shard (a node, a replica) does not answer.
     Status {
+        #[command(flatten)]
+        args: cli::StatusArgs,
         #[command(flatten)]
         common: cli::Common,
     },
@@ -90,7 +92,9 @@ struct DevArgs {
     /// Nodes (more than 1, or --rf above 1, starts the controller too).
     #[arg(long, value_name = "N", default_value_t = 1)]
     nodes: usize,
-    /// Replication factor of the logs (at most the nodes).
+    /// Replication factor the printed commands use (at most the nodes; above 1 starts the
+    /// controller too). Logs take theirs from whoever creates them: `chainlog log create`
+    /// makes rf 1 logs unless given `--rf R`, whatever this says.
     #[arg(long, value_name = "R", default_value_t = 1)]
     rf: usize,
     /// Shards per node.
@@ -131,12 +135,7 @@ struct SimArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    chainlog::logging::init("info");
     let cli = Cli::parse();
     match cli.command {
         Command::Log { command, common } => cli::run(common, cli::Command::Log(command)),
@@ -144,7 +143,7 @@ fn main() -> ExitCode {
         Command::Read { args, common } => cli::run(common, cli::Command::Read(args)),
         Command::Trim { args, common } => cli::run(common, cli::Command::Trim(args)),
         Command::Tail { args, common } => cli::run(common, cli::Command::Tail(args)),
-        Command::Status { common } => cli::run(common, cli::Command::Status),
+        Command::Status { args, common } => cli::run(common, cli::Command::Status(args)),
         Command::Node(args) => args.run("chainlog node"),
         Command::Controller(args) => args.run("chainlog controller"),
         Command::Dev(args) => dev(args),
@@ -322,7 +321,7 @@ fn print_dev(cluster: &DevCluster, rf: usize) {
     }
     if cluster.controller().is_some() {
         lines.push(format!(
-            "use it:  chainlog log create orders --rf {rf} --target {target}"
+            "use it:  chainlog log create orders --rf {rf} --target {target}   # without --rf: rf 1"
         ));
         lines.push(format!(
             "         chainlog append orders hello --target {target}"

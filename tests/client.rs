@@ -14,7 +14,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -29,6 +30,7 @@ use chainlog::net::{
     MapNode, MapNodes, Opcode, ReadResponse, Records, Request, Response, Role, TailResponse,
     LSN_FROM_TAIL,
 };
+use chainlog::node::listen::bind_run;
 use common::Node;
 use serde_json::Value;
 
@@ -355,10 +357,11 @@ fn cli_commands_against_a_node() {
         None,
     ));
 
+    // One line per record: the newline inside record 4 is escaped.
     let read = ok(&cli(&node, &["read", "cli-log", "--from", "0"], None));
     assert_eq!(
         read,
-        "0\tone\n1\ttwo\n2\tthree\n3\tfour\n4\tfive\nstill five\n"
+        "0\tone\n1\ttwo\n2\tthree\n3\tfour\n4\tfive\\nstill five\n"
     );
     let records = json_lines(&cli(
         &node,
@@ -371,10 +374,28 @@ fn cli_commands_against_a_node() {
     assert_eq!(records[1]["payload"], "three");
     assert_eq!(records[1]["epoch"], 1);
 
-    ok(&cli(&node, &["trim", "cli-log", "--before", "2"], None));
+    let text = ok(&cli(&node, &["trim", "cli-log", "--before", "2"], None));
+    assert_eq!(text, "trimmed log cli-log below LSN 2\n");
     let trimmed = cli(&node, &["read", "cli-log", "--from", "0"], None);
     assert_eq!(trimmed.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&trimmed.stderr).contains("TRIMMED"));
+    // A trim at or below the trim point does nothing, and says so.
+    for before in ["1", "2"] {
+        let text = ok(&cli(&node, &["trim", "cli-log", "--before", before], None));
+        assert_eq!(
+            text,
+            "nothing trimmed: log cli-log is already trimmed below LSN 2\n"
+        );
+    }
+    let again = json_lines(&cli(
+        &node,
+        &["trim", "cli-log", "--before", "1", "--json"],
+        None,
+    ));
+    assert_eq!(
+        (&again[0]["trimmed"], &again[0]["trim_point"]),
+        (&Value::from(false), &Value::from(2))
+    );
 
     let described = json_lines(&cli(&node, &["log", "describe", "cli-log", "--json"], None));
     assert_eq!(described[0]["tail"], 5);
@@ -413,9 +434,21 @@ fn cli_commands_against_a_node() {
     );
 
     ok(&cli(&node, &["log", "delete", "other-log"], None));
-    let gone = cli(&node, &["log", "describe", "other-log"], None);
-    assert_eq!(gone.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&gone.stderr).contains("UNKNOWN_LOG"));
+    // UNKNOWN_LOG names the log the command was given, not only its id.
+    let other = log_id("other-log");
+    for args in [
+        &["log", "describe", "other-log"][..],
+        &["read", "other-log", "--from", "0"],
+        &["append", "other-log", "x"],
+    ] {
+        let gone = cli(&node, args, None);
+        assert_eq!(gone.status.code(), Some(1));
+        assert_eq!(
+            String::from_utf8_lossy(&gone.stderr),
+            format!("chainlog: UNKNOWN_LOG: no log \"other-log\" (id {other})\n"),
+            "{args:?}"
+        );
+    }
 
     // Conditional appends: at the tail, and not.
     let at_tail = json_lines(&cli(
@@ -684,21 +717,26 @@ fn fake_node(shards: u16, script: Arc<Script>) -> (u16, Arc<Vec<AtomicUsize>>) {
     fake_server(shards, 1, Role::Node, script)
 }
 
-/// A fake server of `shards` shards on loopback that says it is `role` with id `node_id`,
-/// each connection served by a thread that answers by `script(shard, request)`. Returns
-/// shard 0's port and the connections accepted per shard. Its threads end with the test
-/// process (they are threads, not processes).
+/// A fake server of `shards` shards on loopback (consecutive ports, bound once and held by
+/// its threads, as a node binds them) that says it is `role` with id `node_id`, each
+/// connection served by a thread that answers by `script(shard, request)`. Returns shard 0's
+/// port and the connections accepted per shard. Its threads end with the test process (they
+/// are threads, not processes).
 fn fake_server(
     shards: u16,
     node_id: u64,
     role: Role,
     script: Arc<Script>,
 ) -> (u16, Arc<Vec<AtomicUsize>>) {
-    let port = common::free_ports(shards);
+    let listeners = bind_run(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        usize::from(shards),
+    )
+    .expect("consecutive ports");
+    let port = listeners[0].local_addr().expect("addr").port();
     let accepted: Arc<Vec<AtomicUsize>> =
         Arc::new((0..shards).map(|_| AtomicUsize::new(0)).collect());
-    for shard in 0..shards {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port + shard)).expect("bind");
+    for (shard, listener) in (0..shards).zip(listeners) {
         let script = Arc::clone(&script);
         let accepted = Arc::clone(&accepted);
         std::thread::spawn(move || {
@@ -1286,7 +1324,8 @@ fn cli_tail_follow_prints_records_as_they_commit() {
 
 #[test]
 fn cli_and_bench_report_an_unreachable_node_with_exit_code_1() {
-    let nobody = format!("127.0.0.1:{}", common::free_ports(1));
+    let refusing = Refusing::bind();
+    let nobody = refusing.addr.to_string();
     let output = Command::new(env!("CARGO_BIN_EXE_chainlog"))
         .args(["status", "--target", &nobody])
         .stdin(Stdio::null())
@@ -1304,4 +1343,125 @@ fn cli_and_bench_report_an_unreachable_node_with_exit_code_1() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("connecting to"), "{stderr}");
+}
+
+/// `read` and `tail` print a binary payload as one line of escapes, never raw bytes to the
+/// terminal; `--json` gives it as hex.
+#[test]
+fn cli_read_and_tail_escape_binary_payloads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 1);
+    ok(&cli(&node, &["log", "create", "bin"], None));
+    let file = dir.path().join("payload.bin");
+    std::fs::write(&file, b"\x1b[2J\x00\xff\\ caf\xc3\xa9\n").unwrap();
+    let file = file.to_str().unwrap();
+    ok(&cli(&node, &["append", "bin", "--file", file], None));
+    let line = "0\t\\x1b[2J\\x00\\xff\\\\ caf\u{e9}\\n\n";
+    let read = cli(&node, &["read", "bin", "--from", "0"], None);
+    assert_eq!(read.stdout, line.as_bytes());
+    let tail = cli(&node, &["tail", "bin"], None);
+    assert_eq!(tail.stdout, line.as_bytes());
+    let json = json_lines(&cli(&node, &["read", "bin", "--from", "0", "--json"], None));
+    assert_eq!(json[0]["payload_hex"], "1b5b324a00ff5c20636166c3a90a");
+    assert!(node.terminate().success());
+}
+
+/// `status` exits 1 while a shard does not answer (it prints what it found, the shard marked
+/// unreachable); with `--wait` it tries again until every shard answers, then exits 0.
+#[test]
+fn cli_status_fails_while_a_shard_does_not_answer_and_waits_for_it_with_wait() {
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let script: Arc<Script> = {
+        let (down, refused) = (Arc::clone(&down), Arc::clone(&refused));
+        Arc::new(move |shard, request| match request {
+            Request::ListLogs(_) if shard == 1 && down.load(Ordering::SeqCst) => {
+                refused.fetch_add(1, Ordering::SeqCst);
+                Act::Close
+            }
+            Request::ListLogs(_) => Act::Answer(Response::ListLogs(ListLogsResponse {
+                entries: LogEntries::from_slice(&[]),
+            })),
+            other => panic!("status sent {other:?}"),
+        })
+    };
+    let (port, _) = fake_node(2, script);
+    let target = format!("127.0.0.1:{port}");
+    let status = |wait: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_chainlog"))
+            .args(["status", "--target", &target])
+            .args(wait)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run chainlog status")
+    };
+    let once = status(&[]).wait_with_output().expect("status");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&once.stdout),
+        String::from_utf8_lossy(&once.stderr),
+    );
+    assert_eq!(once.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("shard 0 (port"), "{stdout}");
+    assert!(stdout.contains("): unreachable: "), "{stdout}");
+    assert_eq!(stderr, "chainlog: 1 of 2 shard(s) unreachable\n");
+    // Shard 1 answers only after `--wait` has found it unreachable at least once.
+    let seen = refused.load(Ordering::SeqCst);
+    let waiting = status(&["--wait", "120"]);
+    let end = std::time::Instant::now() + Duration::from_secs(120);
+    while refused.load(Ordering::SeqCst) == seen {
+        assert!(std::time::Instant::now() < end, "status --wait never asked");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    down.store(false, Ordering::SeqCst);
+    let waited = waiting.wait_with_output().expect("status --wait");
+    let stdout = String::from_utf8_lossy(&waited.stdout);
+    assert!(waited.status.success(), "{stdout}");
+    assert!(
+        !stdout.contains("unreachable"),
+        "only the last try is printed: {stdout}"
+    );
+}
+
+/// A loopback address that refuses connections for as long as this lives: a socket bound
+/// there that never listens, so no other socket can take the port meanwhile.
+struct Refusing {
+    _socket: OwnedFd,
+    addr: SocketAddr,
+}
+
+impl Refusing {
+    fn bind() -> Refusing {
+        // SAFETY: socket(2) takes no pointers; the descriptor is owned by the OwnedFd alone.
+        let socket = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            OwnedFd::from_raw_fd(fd)
+        };
+        let mut sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: `sin` and `len` are live and sized for an IPv4 address, for both calls.
+        unsafe {
+            let at = (&mut sin as *mut libc::sockaddr_in).cast::<libc::sockaddr>();
+            assert_eq!(libc::bind(socket.as_raw_fd(), at, len), 0, "bind");
+            assert_eq!(
+                libc::getsockname(socket.as_raw_fd(), at, &mut len),
+                0,
+                "getsockname"
+            );
+        }
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, u16::from_be(sin.sin_port)));
+        Refusing {
+            _socket: socket,
+            addr,
+        }
+    }
 }

@@ -5,8 +5,9 @@
 //! - Several writers append; every replica holds the same records (a digest of the committed
 //!   range), reads from head, middle and tail agree; conditional appends and idempotent
 //!   retries work through the chain; other replicas send appends to the head (NOT_HEAD).
-//! - Every process stops and starts again on the same directories and ports: everything
-//!   committed is still there on every replica, and appends continue.
+//! - Every process stops and starts again on the same directories and ports (fixed ports
+//!   below the ephemeral range): everything committed is still there on every replica, and
+//!   appends continue.
 //! - Bad input on the replication port (no PEER, a node that is not the predecessor, a wrong
 //!   epoch, a gap, a bad CRC, an unknown log) gets a typed error and writes nothing.
 //!
@@ -31,6 +32,17 @@ use common::{Client, Controller, Node};
 const DEADLINE: Duration = Duration::from_secs(120);
 const SHARDS: u16 = 2;
 
+/// Where a process of a [`Cluster`] listens.
+#[derive(Clone, Copy, Debug)]
+enum Ports {
+    /// Ports it picks and prints.
+    Any,
+    /// A fixed port below the ephemeral range, where it can be started again.
+    Fixed,
+    /// This port (a restart).
+    At(u16),
+}
+
 /// A controller and its member nodes (node `i` has id `i + 1`).
 struct Cluster {
     controller: Controller,
@@ -39,15 +51,29 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Starts the controller and `nodes` nodes, on ports they pick.
     fn start(dir: &Path, nodes: usize) -> Cluster {
-        let controller = Controller::start(&dir.join("controller"), &[]);
+        Cluster::start_at(dir, nodes, Ports::Any)
+    }
+
+    /// As [`Cluster::start`], at fixed ports (below the ephemeral range, which outgoing
+    /// connections never take), so that every process can be started again where it was.
+    fn start_fixed(dir: &Path, nodes: usize) -> Cluster {
+        Cluster::start_at(dir, nodes, Ports::Fixed)
+    }
+
+    fn start_at(dir: &Path, nodes: usize, ports: Ports) -> Cluster {
+        let controller = match ports {
+            Ports::Fixed => Controller::start_fixed(&dir.join("controller"), &[]),
+            Ports::Any | Ports::At(_) => Controller::start(&dir.join("controller"), &[]),
+        };
         let mut cluster = Cluster {
             controller,
             nodes: Vec::new(),
             ports: Vec::new(),
         };
         for i in 0..nodes {
-            let node = cluster.start_node(dir, i, None);
+            let node = cluster.start_node(dir, i, ports);
             cluster.ports.push(node.port);
             cluster.nodes.push(node);
         }
@@ -55,15 +81,17 @@ impl Cluster {
         cluster
     }
 
-    fn start_node(&self, dir: &Path, i: usize, port: Option<u16>) -> Node {
+    /// Starts node `i` on `ports`, or at `port` (a restart).
+    fn start_node(&self, dir: &Path, i: usize, ports: Ports) -> Node {
         let controller = self.controller.addr.to_string();
         let id = (i + 1).to_string();
-        Node::start_with(
-            &dir.join(format!("node-{}", i + 1)),
-            SHARDS,
-            port,
-            &["--controller", &controller, "--node-id", &id],
-        )
+        let dir = dir.join(format!("node-{}", i + 1));
+        let args = ["--controller", &controller, "--node-id", &id];
+        match ports {
+            Ports::Any => Node::start_with(&dir, SHARDS, None, &args),
+            Ports::Fixed => Node::start_fixed(&dir, SHARDS, &args),
+            Ports::At(port) => Node::start_with(&dir, SHARDS, Some(port), &args),
+        }
     }
 
     fn controller(&self) -> ControllerClient {
@@ -269,7 +297,7 @@ fn three_replicas_agree_and_conditions_hold_through_the_chain() {
 #[test]
 fn stopping_and_restarting_every_process_keeps_what_was_committed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cluster = Cluster::start(dir.path(), 3);
+    let mut cluster = Cluster::start_fixed(dir.path(), 3);
     let logs = [
         cluster.controller().create_log("three", 3).expect("rf 3"),
         cluster.controller().create_log("two", 2).expect("rf 2"),
@@ -310,7 +338,7 @@ fn stopping_and_restarting_every_process_keeps_what_was_committed() {
         ports: ports.clone(),
     };
     for (i, &port) in ports.iter().enumerate() {
-        let node = cluster.start_node(dir.path(), i, Some(port));
+        let node = cluster.start_node(dir.path(), i, Ports::At(port));
         cluster.nodes.push(node);
     }
     cluster.wait_members(3);

@@ -527,6 +527,34 @@ fn the_cli_creates_a_replicated_log_and_status_shows_nodes_chains_and_replica_la
         "{text}"
     );
     assert!(text.contains("lag 2"), "{text}");
-    drop(heartbeats);
+
+    // A replica that does not answer: status shows the rest and exits 1, naming it.
+    let [first, second] = nodes;
+    let (stopped, running) = if chain[1] == 1 {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert!(stopped.terminate().success());
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chainlog"))
+        .args([&["status"][..], &target].concat())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run chainlog");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "did not answer (first: log replicated at node {}: ",
+            chain[1]
+        )),
+        "{stderr}"
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains(&format!("node {}  tail unknown", chain[1])),
+        "{text}"
+    );
+    drop((running, heartbeats));
     assert!(controller.terminate().success());
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::TcpStream;
 
 use chainlog::net::{
     encode_request, AppendBuilder, AppendHeader, CreateLogRequest, DescribeLogRequest, ErrorCode,
@@ -339,8 +339,13 @@ fn metrics_are_served_as_prometheus_text() {
             Ok(lsn)
         );
     }
+    assert_eq!(
+        node.metrics.port(),
+        node.port + 1,
+        "after the last shard's port"
+    );
     let scrape = |path: &str| -> String {
-        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, node.port + 1)).expect("metrics port");
+        let mut s = TcpStream::connect(node.metrics).expect("metrics port");
         write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
         let mut body = String::new();
         s.read_to_string(&mut body).expect("response");
@@ -424,4 +429,34 @@ fn a_read_flood_that_is_never_read_costs_bounded_memory() {
     );
     drop((good, flood));
     assert!(node.terminate().success());
+}
+
+/// A node started at a port in use (held here for the whole test, never released) says which
+/// listener could not be bound and exits 1 before any shard serves: a shard's, or the
+/// metrics'.
+#[test]
+fn a_node_at_a_port_in_use_names_the_listener_and_exits_1() {
+    use chainlog::node::listen::bind_run;
+    use std::net::{Ipv4Addr, SocketAddr};
+    let held = bind_run(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), 2).expect("two ports");
+    let at = |i: usize| held[i].local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shard = format!("shard 0: listening on {}: Address already in use", at(0));
+    let metrics = format!("metrics: listening on {}: Address already in use", at(1));
+    for (args, says) in [
+        (["--listen", &at(0), "--shards", "2"], shard),
+        (["--listen", "127.0.0.1:0", "--metrics", &at(1)], metrics),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_chainlog"))
+            .args(["node", "--no-pin", "--data-dir"])
+            .arg(dir.path())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run chainlog node");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(&says), "{stderr}");
+        assert!(output.stdout.is_empty(), "it never served");
+    }
 }

@@ -5,16 +5,18 @@
 //! people, or with `--json` one JSON object per line.
 //!
 //! Exit codes: 0 ok, 1 the request failed (the server's error name and message, or why the
-//! node could not be reached), 2 bad arguments.
+//! node could not be reached; for `status`, a shard, node or replica that did not answer),
+//! 2 bad arguments.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use chainlog::client::{log_id, AppendOptions, Client, ClientError, LogInfo, Record};
 use chainlog::controller::{ClusterMap, MapLog};
-use chainlog::net::{LogRef, HEARTBEAT_MS_NEVER, LSN_FROM_TAIL, RECORD_HEADER_BYTES};
+use chainlog::net::{ErrorCode, LogRef, HEARTBEAT_MS_NEVER, LSN_FROM_TAIL, RECORD_HEADER_BYTES};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -24,6 +26,8 @@ const READ_RECORDS_MAX: u32 = 4096;
 const READ_BYTES_MAX: u32 = 1 << 20;
 /// Records `tail` shows without `--from`.
 const TAIL_RECORDS_DEFAULT: u64 = 10;
+/// Pause between two tries of `status --wait`.
+const STATUS_RETRY_EVERY: Duration = Duration::from_millis(200);
 
 /// Where the node or the cluster is and how to print.
 #[derive(Args, Debug, Clone)]
@@ -127,6 +131,20 @@ pub(crate) struct TailArgs {
     follow: bool,
 }
 
+#[derive(Args, Debug)]
+pub(crate) struct StatusArgs {
+    /// Try again until every shard (a cluster: every node and replica) answers, for up to
+    /// this long; then print the last try.
+    #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+    wait: Option<Duration>,
+}
+
+/// A duration in seconds (fractions allowed).
+fn seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{e}"))
+}
+
 /// A client command with its common options.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -135,7 +153,25 @@ pub(crate) enum Command {
     Read(ReadArgs),
     Trim(TrimArgs),
     Tail(TailArgs),
-    Status,
+    Status(StatusArgs),
+}
+
+impl Command {
+    /// The log the command is about, if one.
+    fn log_name(&self) -> Option<&str> {
+        match self {
+            Command::Log(
+                LogCommand::Create { name, .. }
+                | LogCommand::Describe { name }
+                | LogCommand::Delete { name },
+            ) => Some(name),
+            Command::Append(AppendArgs { log, .. })
+            | Command::Read(ReadArgs { log, .. })
+            | Command::Trim(TrimArgs { log, .. })
+            | Command::Tail(TailArgs { log, .. }) => Some(log),
+            Command::Log(LogCommand::List) | Command::Status(_) => None,
+        }
+    }
 }
 
 /// Runs `command` and returns the process's exit code.
@@ -150,6 +186,7 @@ pub(crate) fn run(common: Common, command: Command) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let log = command.log_name().map(str::to_owned);
     match runtime.block_on(run_async(&common, command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(message)) => {
@@ -160,6 +197,19 @@ pub(crate) fn run(common: Common, command: Command) -> ExitCode {
             eprintln!("chainlog: {message}");
             ExitCode::FAILURE
         }
+        Err(Failure::Client(e)) => {
+            match (e.code(), &log) {
+                // The server names the log by its id only; the user named it.
+                (Some(ErrorCode::UnknownLog), Some(name)) => {
+                    eprintln!(
+                        "chainlog: UNKNOWN_LOG: no log {name:?} (id {})",
+                        log_id(name)
+                    )
+                }
+                _ => eprintln!("chainlog: {e}"),
+            }
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -168,11 +218,13 @@ enum Failure {
     Usage(String),
     /// The request failed (exit 1).
     Failed(String),
+    /// The client library's error (exit 1).
+    Client(ClientError),
 }
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Failure {
-        Failure::Failed(e.to_string())
+        Failure::Client(e)
     }
 }
 
@@ -193,8 +245,11 @@ async fn target(common: &Common) -> Result<SocketAddr, Failure> {
 
 async fn run_async(common: &Common, command: Command) -> Result<(), Failure> {
     let addr = target(common).await?;
-    let client = Client::connect(addr).await?;
     let json = common.json;
+    if let Command::Status(args) = &command {
+        return status_command(addr, args, json).await;
+    }
+    let client = Client::connect(addr).await?;
     let mut out = std::io::stdout().lock();
     match command {
         Command::Log(LogCommand::Create { name, rf }) => {
@@ -280,14 +335,24 @@ async fn run_async(common: &Common, command: Command) -> Result<(), Failure> {
         }
         Command::Trim(args) => {
             let id = log_id(&args.log);
+            // A trim at or below the trim point does nothing (and succeeds): say so.
+            let was = client.check_tail(id).await?.trim_point;
             client.trim(id, args.before).await?;
+            let trimmed = args.before > was;
             if json {
                 print_json(
                     &mut out,
-                    json!({"name": args.log, "log_id": id, "trimmed_before": args.before}),
+                    json!({"name": args.log, "log_id": id, "trimmed_before": args.before,
+                           "trimmed": trimmed, "trim_point": was.max(args.before)}),
                 )?;
-            } else {
+            } else if trimmed {
                 writeln!(out, "trimmed log {} below LSN {}", args.log, args.before)?;
+            } else {
+                writeln!(
+                    out,
+                    "nothing trimmed: log {} is already trimmed below LSN {was}",
+                    args.log
+                )?;
             }
         }
         Command::Tail(args) => {
@@ -310,13 +375,36 @@ async fn run_async(common: &Common, command: Command) -> Result<(), Failure> {
                 read_range(&client, id, from, tail.tail, json, &mut out).await?;
             }
         }
-        Command::Status => match client.map() {
-            Some(map) => cluster_status(&client, &map, json, &mut out).await?,
-            None => status(&client, addr, json, &mut out).await?,
-        },
+        Command::Status(_) => unreachable!("status is run by status_command"),
     }
     out.flush()?;
     Ok(())
+}
+
+/// `status`: once, or with `--wait` again until everything answers or the time is up; only
+/// the last try is printed. `Err` (exit 1) if something did not answer.
+async fn status_command(addr: SocketAddr, args: &StatusArgs, json: bool) -> Result<(), Failure> {
+    let deadline = args.wait.map(|wait| Instant::now() + wait);
+    loop {
+        let mut shown = Vec::new();
+        let result = status_once(addr, json, &mut shown).await;
+        let again = result.is_err() && deadline.is_some_and(|d| Instant::now() < d);
+        if !again {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&shown)?;
+            out.flush()?;
+            return result;
+        }
+        tokio::time::sleep(STATUS_RETRY_EVERY).await;
+    }
+}
+
+async fn status_once(addr: SocketAddr, json: bool, out: &mut Vec<u8>) -> Result<(), Failure> {
+    let client = Client::connect(addr).await?;
+    match client.map() {
+        Some(map) => cluster_status(&client, &map, json, out).await,
+        None => status(&client, addr, json, out).await,
+    }
 }
 
 async fn append(
@@ -434,6 +522,7 @@ async fn status(
     json: bool,
     out: &mut impl Write,
 ) -> Result<(), Failure> {
+    let mut unreachable = 0;
     for shard in 0..client.shard_count() {
         let port = addr.port() + shard;
         let logs = match client.list_logs_of_shard(shard).await {
@@ -447,6 +536,7 @@ async fn status(
                 } else {
                     writeln!(out, "shard {shard} (port {port}): unreachable: {e}")?;
                 }
+                unreachable += 1;
                 continue;
             }
         };
@@ -491,7 +581,13 @@ async fn status(
             }
         }
     }
-    Ok(())
+    match unreachable {
+        0 => Ok(()),
+        n => Err(Failure::Failed(format!(
+            "{n} of {} shard(s) unreachable",
+            client.shard_count()
+        ))),
+    }
 }
 
 /// A cluster's status: every node (id, address, shards, alive, last heartbeat), then every log
@@ -512,7 +608,12 @@ async fn cluster_status(
             map.logs().len()
         )?;
     }
+    // What did not answer: nodes the map shows not alive, replicas whose tail is unknown.
+    let mut missing = Vec::new();
     for node in map.nodes() {
+        if !node.alive {
+            missing.push(format!("node {} is not alive", node.node_id));
+        }
         let heartbeat_ms =
             (node.last_heartbeat_ms != HEARTBEAT_MS_NEVER).then_some(node.last_heartbeat_ms);
         if json {
@@ -541,6 +642,11 @@ async fn cluster_status(
     }
     for log in map.logs() {
         let tails = replica_tails(client, log).await;
+        for (node_id, tail) in &tails {
+            if let Err(e) = tail {
+                missing.push(format!("log {} at node {node_id}: {e}", log.name));
+            }
+        }
         let head_tail = tails
             .first()
             .and_then(|(_, tail)| tail.as_ref().ok())
@@ -600,7 +706,13 @@ async fn cluster_status(
             }
         }
     }
-    Ok(())
+    match missing.first() {
+        None => Ok(()),
+        Some(first) => Err(Failure::Failed(format!(
+            "{} part(s) of the cluster did not answer (first: {first})",
+            missing.len()
+        ))),
+    }
 }
 
 /// Each replica of `log`'s chain (head first) with its tail as it knows it.
@@ -633,8 +745,8 @@ fn info_json(info: &LogInfo) -> serde_json::Value {
     })
 }
 
-/// A record: `LSN<TAB>payload` (payload as text, invalid UTF-8 replaced), or a JSON object
-/// with `payload` (valid UTF-8) or `payload_hex`.
+/// A record: `LSN<TAB>payload` on one line ([`escaped`]), or a JSON object with `payload`
+/// (valid UTF-8) or `payload_hex`.
 fn print_record(out: &mut impl Write, record: &Record, json: bool) -> Result<(), Failure> {
     if json {
         let mut value = json!({
@@ -651,17 +763,56 @@ fn print_record(out: &mut impl Write, record: &Record, json: bool) -> Result<(),
         }
         print_json(out, value)
     } else {
-        writeln!(
-            out,
-            "{}\t{}",
-            record.lsn,
-            String::from_utf8_lossy(&record.payload)
-        )?;
+        writeln!(out, "{}\t{}", record.lsn, escaped(&record.payload))?;
         Ok(())
     }
+}
+
+/// A payload as one line of text that is safe on a terminal: UTF-8 text as it is, except
+/// backslashes (`\\`), control characters (`\n`, `\r`, `\t`, else `\xNN` or `\u{NNNN}`,
+/// so that no escape sequence reaches the terminal and a record stays on its line) and bytes
+/// that are not UTF-8 (`\xNN`).
+fn escaped(payload: &[u8]) -> String {
+    let mut text = String::with_capacity(payload.len());
+    for chunk in payload.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => text.push_str("\\\\"),
+                '\n' => text.push_str("\\n"),
+                '\r' => text.push_str("\\r"),
+                '\t' => text.push_str("\\t"),
+                c if c.is_control() && c.is_ascii() => {
+                    text.push_str(&format!("\\x{:02x}", c as u32))
+                }
+                c if c.is_control() => text.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+                c => text.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            text.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    text
 }
 
 fn print_json(out: &mut impl Write, value: serde_json::Value) -> Result<(), Failure> {
     writeln!(out, "{value}")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escaped;
+
+    #[test]
+    fn payloads_print_as_one_safe_line() {
+        assert_eq!(escaped(b"plain text, caf\xc3\xa9"), "plain text, café");
+        assert_eq!(
+            escaped(b"two\nlines\r\tand a \\"),
+            "two\\nlines\\r\\tand a \\\\"
+        );
+        assert_eq!(escaped(b"\x1b[31mred\x00"), "\\x1b[31mred\\x00");
+        assert_eq!(escaped("\u{85}\u{9b}".as_bytes()), "\\u{0085}\\u{009b}");
+        assert_eq!(escaped(b"\xff\xfe ok \xc3"), "\\xff\\xfe ok \\xc3");
+    }
 }

@@ -124,9 +124,12 @@ pub enum ControllerError {
     },
 }
 
+/// What the controller prints on stdout, followed by its address, once it serves.
+pub const SERVING_AT: &str = "chainlog controller: serving at ";
+
 /// Runs the controller until SIGTERM or SIGINT, then stops gracefully. Prints
-/// `chainlog controller: serving at ADDR` on stdout once it serves (scripts and tests read
-/// the address there, e.g. after `--listen 127.0.0.1:0`).
+/// `chainlog controller: serving at ADDR` ([`SERVING_AT`]) on stdout once it serves (scripts
+/// and tests read the address there, e.g. after `--listen 127.0.0.1:0`).
 pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
     // Blocked before any thread starts, so that every thread inherits the block.
     let signals = StopSignals::block().map_err(|source| ControllerError::System {
@@ -163,7 +166,7 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
         conn_count: AtomicUsize::new(0),
         next_conn: AtomicU64::new(1),
     };
-    println!("chainlog controller: serving at {local}");
+    println!("{SERVING_AT}{local}");
     // A closed stdout must not stop the controller.
     let _ = io::stdout().flush();
     std::thread::scope(|scope| {

@@ -209,7 +209,23 @@ fn decode(bytes: &[u8], path: &Path) -> Result<ClusterState, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
+
+    /// [`StateStore::open`], tried again while the directory is locked by nobody else: other
+    /// tests of this process fork children (`crate::dev`'s), and a child forked while a store
+    /// is open holds a copy of the lock's descriptor, and so the `flock`, until it execs. The
+    /// deadline only guards against hanging.
+    fn open(dir: &Path) -> Result<(StateStore, ClusterState), StoreError> {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            match StateStore::open(dir) {
+                Err(StoreError::Locked { .. }) if Instant::now() < end => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                other => return other,
+            }
+        }
+    }
 
     fn some_state() -> ClusterState {
         let t0 = Instant::now();
@@ -237,12 +253,12 @@ mod tests {
     #[test]
     fn the_state_round_trips_and_a_fresh_directory_is_empty() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (store, state) = StateStore::open(dir.path()).expect("open");
+        let (store, state) = open(dir.path()).expect("open");
         assert_eq!(state, ClusterState::default());
         let state = some_state();
         store.save(&state).expect("save");
         drop(store);
-        let (store, loaded) = StateStore::open(dir.path()).expect("reopen");
+        let (store, loaded) = open(dir.path()).expect("reopen");
         assert_eq!(loaded, durable(&state));
         assert_eq!(loaded.version(), state.version());
         assert!(loaded
@@ -254,7 +270,7 @@ mod tests {
     #[test]
     fn a_save_cut_short_leaves_the_previous_state() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (store, _) = StateStore::open(dir.path()).expect("open");
+        let (store, _) = open(dir.path()).expect("open");
         let state = some_state();
         store.save(&state).expect("save");
         let before = fs::read(store.path()).expect("read");
@@ -272,7 +288,7 @@ mod tests {
         drop(store);
         // The half-written temporary file is still there, as after a crash; it is ignored.
         assert!(dir.path().join("state.tmp").exists());
-        let (_store, loaded) = StateStore::open(dir.path()).expect("reopen");
+        let (_store, loaded) = open(dir.path()).expect("reopen");
         assert_eq!(loaded, durable(&state));
     }
 
@@ -281,29 +297,29 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(STATE_FILE);
         let good = encode(&some_state());
-        let open = |bytes: &[u8]| {
+        let refused = |bytes: &[u8]| {
             fs::write(&path, bytes).expect("write");
-            let err = StateStore::open(dir.path()).expect_err("refused");
+            let err = open(dir.path()).expect_err("refused");
             assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
             err
         };
         assert!(matches!(
-            open(b"{\"version\": 3}"),
+            refused(b"{\"version\": 3}"),
             StoreError::Foreign { .. }
         ));
-        assert!(matches!(open(b""), StoreError::Foreign { .. }));
-        assert!(matches!(open(b"CLCS"), StoreError::Corrupt { .. }));
+        assert!(matches!(refused(b""), StoreError::Foreign { .. }));
+        assert!(matches!(refused(b"CLCS"), StoreError::Corrupt { .. }));
         let mut flipped = good.clone();
         flipped[HEADER_BYTES + 10] ^= 1;
-        assert!(matches!(open(&flipped), StoreError::Corrupt { .. }));
+        assert!(matches!(refused(&flipped), StoreError::Corrupt { .. }));
         assert!(matches!(
-            open(&good[..good.len() - 1]),
+            refused(&good[..good.len() - 1]),
             StoreError::Corrupt { .. }
         ));
         let mut newer = good.clone();
         newer[4] = 2;
         assert!(matches!(
-            open(&newer),
+            refused(&newer),
             StoreError::Version { version: 2, .. }
         ));
         // Well framed and checksummed, but not a consistent cluster: the JSON of a state
@@ -313,21 +329,21 @@ mod tests {
         framed[8..12].copy_from_slice(&(body.len() as u32).to_le_bytes());
         framed[12..16].copy_from_slice(&crc32c::crc32c(body).to_le_bytes());
         framed.extend_from_slice(body);
-        let err = open(&framed);
+        let err = refused(&framed);
         assert!(err.to_string().contains("inconsistent"), "{err}");
         fs::write(&path, &good).expect("write");
-        StateStore::open(dir.path()).expect("the good file opens");
+        open(dir.path()).expect("the good file opens");
     }
 
     #[test]
     fn a_directory_is_used_by_one_store_at_a_time() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (first, _) = StateStore::open(dir.path()).expect("open");
+        let (first, _) = open(dir.path()).expect("open");
         assert!(matches!(
             StateStore::open(dir.path()),
             Err(StoreError::Locked { .. })
         ));
         drop(first);
-        StateStore::open(dir.path()).expect("free again");
+        open(dir.path()).expect("free again");
     }
 }

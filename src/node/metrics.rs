@@ -280,10 +280,9 @@ pub(crate) fn render(snapshots: &[Option<Snapshot>]) -> String {
     out
 }
 
-/// Serves `GET /metrics` on `addr` from a thread of its own (a small HTTP/1.1 responder: one
-/// request per connection). Returns the address it listens on.
-pub(crate) fn serve(addr: SocketAddr, board: Board) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+/// Serves `GET /metrics` on `listener` from a thread of its own (a small HTTP/1.1 responder:
+/// one request per connection). Returns the address it listens on.
+pub(crate) fn serve(listener: TcpListener, board: Board) -> std::io::Result<SocketAddr> {
     let local = listener.local_addr()?;
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
         for stream in listener.incoming() {

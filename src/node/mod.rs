@@ -1,7 +1,8 @@
 //! The chainlog node: one pinned shard thread per core, each owning a store, its sockets and
 //! one io_uring that drives both (ARCHITECTURE.md, "Shards"). Shard `i` listens on the base
-//! port + `i` and serves the logs with `log_id % shards == i`; the main thread only starts the
-//! shards and turns SIGTERM/SIGINT into a graceful stop. A cluster member also runs a control
+//! port + `i` and serves the logs with `log_id % shards == i`; the main thread binds every
+//! listening socket ([`listen`]), starts the shards, says where the node serves once they all
+//! do, and turns SIGTERM/SIGINT into a graceful stop. A cluster member also runs a control
 //! thread ([`control`]) that talks to the controller and hands the cluster map to the shards,
 //! which replicate their logs along their chains ([`chain`]).
 
@@ -11,17 +12,21 @@ mod conn;
 pub(crate) mod control;
 pub(crate) mod env;
 mod link;
+pub mod listen;
 pub(crate) mod metrics;
 pub(crate) mod ops;
 pub(crate) mod protocol;
 mod settings;
 pub(crate) mod shard;
 
+pub use listen::Serving;
 pub use settings::{NodeArgs, NodeSettings};
 
-use std::net::SocketAddr;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chainlog_storage::StoreConfig;
@@ -33,7 +38,8 @@ use crate::signals::StopSignals;
 pub struct NodeConfig {
     /// Data directory: shard `i` keeps its store in `DIR/shard-i`.
     pub data_dir: PathBuf,
-    /// Address of shard 0; shard `i` listens on the same host and port + `i`.
+    /// Address of shard 0; shard `i` listens on the same host and port + `i`. Port 0: the node
+    /// binds a run of free consecutive ports it finds ([`listen::bind_run`]).
     pub listen: SocketAddr,
     /// Shard threads (default: one per core).
     pub shards: usize,
@@ -49,12 +55,23 @@ pub struct NodeConfig {
     pub limits: chainlog_net::Limits,
     /// This node's id (reported in HELLO).
     pub node_id: u64,
-    /// Where `GET /metrics` is served (Prometheus text), if anywhere.
-    pub metrics: Option<SocketAddr>,
+    /// Where `GET /metrics` is served (Prometheus text).
+    pub metrics: MetricsAt,
     /// The controller of the cluster this node is a member of (`None`: standalone).
     pub controller: Option<SocketAddr>,
-    /// Where other nodes and clients reach shard 0.
-    pub advertise: SocketAddr,
+    /// Where other nodes and clients reach shard 0 (`None`: the address shard 0 is bound to).
+    pub advertise: Option<SocketAddr>,
+}
+
+/// Where a node serves `GET /metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsAt {
+    /// Nowhere.
+    Off,
+    /// On the listen host at the port after the last shard's, bound with the shards' ports.
+    AfterShards,
+    /// At this address (port 0: one the kernel picks).
+    Addr(SocketAddr),
 }
 
 /// Why a node stopped other than by a signal.
@@ -68,29 +85,47 @@ pub enum NodeError {
         /// What went wrong.
         reason: String,
     },
+    /// A listening socket could not be bound.
+    #[error("{0}")]
+    Listen(String),
     /// Setting up signal handling failed.
     #[error("signals: {0}")]
     Signals(std::io::Error),
 }
 
 /// Runs the node until SIGTERM or SIGINT (then stops gracefully: no new connections, what is
-/// in flight is finished and flushed) or until a shard fails.
+/// in flight is finished and flushed) or until a shard fails. Once every shard serves, prints
+/// where ([`Serving`]) on stdout.
 pub fn run(config: NodeConfig) -> Result<(), NodeError> {
     // Blocked before the shard threads start, so that they inherit the block.
     let signals = StopSignals::block().map_err(NodeError::Signals)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (listeners, metrics_listener) = bind(&config)?;
+    let shard0 = listeners[0]
+        .local_addr()
+        .map_err(|e| NodeError::Listen(format!("shard 0: {e}")))?;
     let board: metrics::Board =
         std::sync::Arc::new(std::sync::Mutex::new(vec![None; config.shards]));
-    if let Some(addr) = config.metrics {
-        let local = metrics::serve(addr, board.clone()).map_err(|e| NodeError::Shard {
-            shard: 0,
-            reason: format!("metrics on {addr}: {e}"),
-        })?;
-        tracing::info!(%local, "metrics served at /metrics");
-    }
+    let metrics = match metrics_listener {
+        Some(listener) => {
+            let local = metrics::serve(listener, board.clone())
+                .map_err(|e| NodeError::Listen(format!("metrics: {e}")))?;
+            tracing::info!(%local, "metrics served at /metrics");
+            Some(local)
+        }
+        None => None,
+    };
+    let startup = std::sync::Arc::new(Startup {
+        left: AtomicUsize::new(config.shards),
+        serving: Serving {
+            addr: shard0,
+            shards: config.shards as u16,
+            metrics,
+        },
+    });
     let mut shards = Vec::new();
     let mut controls = Vec::new();
-    for index in 0..config.shards {
+    for (index, listener) in listeners.into_iter().enumerate() {
         let setup = |what: &str, e: std::io::Error| NodeError::Shard {
             shard: index,
             reason: format!("{what}: {e}"),
@@ -105,12 +140,9 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
             }
             None => None,
         };
-        let mut listen = config.listen;
-        listen.set_port(config.listen.port() + index as u16);
         let ctx = shard::ShardContext {
             index: index as u16,
             count: config.shards as u16,
-            listen,
             dir: config.data_dir.join(format!("shard-{index}")),
             store: config.store.clone(),
             recv_bytes: config.recv_bytes,
@@ -121,23 +153,24 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
             board: board.clone(),
             stop,
             control,
+            startup: startup.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("shard-{index}"))
-            .spawn(move || shard::run(ctx))
+            .spawn(move || shard::run(ctx, listener))
             .map_err(|e| NodeError::Shard {
                 shard: index,
                 reason: format!("spawn: {e}"),
             })?;
         shards.push((handle, wake));
     }
-    tracing::info!(shards = config.shards, listen = %config.listen, "node started");
+    tracing::info!(shards = config.shards, listen = %shard0, "node started");
     let control_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let control_thread = match config.controller {
         Some(controller) => {
             let me = control::Identity {
                 node_id: config.node_id,
-                advertise: config.advertise,
+                advertise: config.advertise.unwrap_or(shard0),
                 shards: config.shards as u16,
             };
             let stop = control_stop.clone();
@@ -157,6 +190,53 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         let _ = thread.join();
     }
     result
+}
+
+/// Every shard's listener (shard `i` at the listen port + `i`) and the metrics listener, if
+/// the node serves metrics: bound here, before any shard starts, and held until the shards and
+/// the metrics thread take them.
+fn bind(config: &NodeConfig) -> Result<(Vec<TcpListener>, Option<TcpListener>), NodeError> {
+    let after_shards = config.metrics == MetricsAt::AfterShards;
+    let count = config.shards + usize::from(after_shards);
+    let mut run = listen::bind_run(config.listen, count).map_err(|e| {
+        let what = match &e {
+            listen::BindError::Port { index, .. } if *index < config.shards => {
+                format!("shard {index}")
+            }
+            listen::BindError::Port { .. } => "metrics".to_string(),
+            listen::BindError::NoRun { .. } => "listening".to_string(),
+        };
+        NodeError::Listen(format!("{what}: {e}"))
+    })?;
+    let metrics = match config.metrics {
+        MetricsAt::Off => None,
+        MetricsAt::AfterShards => run.pop(),
+        MetricsAt::Addr(addr) => Some(
+            TcpListener::bind(addr)
+                .map_err(|e| NodeError::Listen(format!("metrics: listening on {addr}: {e}")))?,
+        ),
+    };
+    Ok((run, metrics))
+}
+
+/// Counts the shards that serve; the last one to start serving prints the node's [`Serving`]
+/// line on stdout.
+#[derive(Debug)]
+pub(crate) struct Startup {
+    left: AtomicUsize,
+    serving: Serving,
+}
+
+impl Startup {
+    /// A shard serves (called once by each).
+    pub(crate) fn shard_serving(&self) {
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let mut out = std::io::stdout().lock();
+            // A closed stdout must not stop the node.
+            let _ = writeln!(out, "{}", self.serving);
+            let _ = out.flush();
+        }
+    }
 }
 
 /// Waits for a stop signal (then stops every shard gracefully) or for a shard to end.

@@ -5,7 +5,7 @@
 //!
 //! ```toml
 //! data_dir = "/var/lib/chainlog"
-//! listen = "127.0.0.1:7400"   # shard i listens on port + i
+//! listen = "127.0.0.1:7400"   # shard i listens on port + i; port 0: free ports the node finds
 //! shards = 2                  # default: one per core
 //! pin = true
 //! node_id = 1
@@ -14,7 +14,7 @@
 //! segment_mib = 64
 //! writes_in_flight_max = 4
 //! controller = "127.0.0.1:7300" # a cluster member (node_id required); default: standalone
-//! advertise = "10.0.0.5:7400" # where other nodes and clients reach shard 0 [default: listen]
+//! advertise = "10.0.0.5:7400" # where other nodes and clients reach shard 0 [default: its bound address]
 //! ```
 
 use std::net::SocketAddr;
@@ -25,7 +25,7 @@ use chainlog_storage::format::{block_align, FRAME_HEADER_BYTES};
 use chainlog_storage::{DurabilityMode, StoreConfig};
 use serde::Deserialize;
 
-use super::NodeConfig;
+use super::{MetricsAt, NodeConfig};
 
 /// A node's command line: `--config FILE`, the settings flags and `--no-pin`.
 #[derive(clap::Args, Debug, Default)]
@@ -69,7 +69,9 @@ pub struct NodeSettings {
     /// Data directory (created if missing); shard i keeps its data in DIR/shard-i.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address of shard 0; shard i listens on the same host at port + i [default: 127.0.0.1:7400].
+    /// Address of shard 0; shard i listens on the same host at port + i; port 0 binds the first
+    /// run of free consecutive ports found (the node prints where it serves on stdout)
+    /// [default: 127.0.0.1:7400].
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<SocketAddr>,
     /// Shard threads [default: one per core].
@@ -100,7 +102,8 @@ pub struct NodeSettings {
     /// [default: none, a standalone node].
     #[arg(long, value_name = "HOST:PORT")]
     pub controller: Option<String>,
-    /// The address of shard 0 that other nodes and clients use [default: --listen].
+    /// The address of shard 0 that other nodes and clients use [default: the address shard 0
+    /// is bound to].
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise: Option<SocketAddr>,
 }
@@ -148,16 +151,12 @@ impl NodeSettings {
         }
         let durability: DurabilityMode = self.durability.as_deref().unwrap_or("auto").parse()?;
         let metrics = match self.metrics.as_deref() {
-            Some("off") => None,
-            Some(addr) => Some(
+            Some("off") => MetricsAt::Off,
+            Some(addr) => MetricsAt::Addr(
                 addr.parse::<SocketAddr>()
                     .map_err(|e| format!("metrics address {addr:?}: {e}"))?,
             ),
-            None => {
-                let mut addr = listen;
-                addr.set_port(listen.port() + shards as u16);
-                Some(addr)
-            }
+            None => MetricsAt::AfterShards,
         };
         let limits = chainlog_net::Limits::DEFAULT;
         let defaults = StoreConfig::default();
@@ -209,7 +208,7 @@ impl NodeSettings {
             metrics,
             store,
             controller,
-            advertise: self.advertise.unwrap_or(listen),
+            advertise: self.advertise,
         })
     }
 }
@@ -233,7 +232,7 @@ mod tests {
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.shards, 2);
         assert_eq!(config.store.segment_bytes, 16 << 20);
-        assert_eq!(config.metrics, None);
+        assert_eq!(config.metrics, MetricsAt::Off);
         assert!(!config.pin);
         assert_eq!(config.node_id, 1);
     }

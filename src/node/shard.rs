@@ -6,7 +6,7 @@
 //! real one ([`RealEnv`]) in a thread; the simulator drives it turn by turn on a simulated one,
 //! telling it of a stop or a new cluster map directly instead of through eventfds.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +22,7 @@ use super::env::{Net, RawSlice, RealEnv, Sock};
 use super::metrics::{Board, Snapshot};
 use super::ops::{NetOp, NetToken, GENERATION_MASK, SLOTS_MAX};
 use super::protocol::{self, Identity, OUTPUT_MAX};
+use super::Startup;
 
 /// Submission queue entries of a shard's ring.
 const RING_ENTRIES: u32 = 4096;
@@ -41,7 +42,6 @@ const LINKS_CLOSE_WAIT_US: u64 = 2_000_000;
 pub(crate) struct ShardContext {
     pub(crate) index: u16,
     pub(crate) count: u16,
-    pub(crate) listen: SocketAddr,
     pub(crate) dir: PathBuf,
     pub(crate) store: StoreConfig,
     pub(crate) recv_bytes: usize,
@@ -55,13 +55,16 @@ pub(crate) struct ShardContext {
     pub(crate) stop: OwnedFd,
     /// A cluster member's news from the control thread (`None`: standalone).
     pub(crate) control: Option<ControlInbox>,
+    /// Told once the shard serves.
+    pub(crate) startup: Arc<Startup>,
 }
 
-/// Runs a shard until it is stopped (Ok) or cannot go on (Err). A storage failure ends the
-/// process through `fatal` (nothing more may be acknowledged). A store or catalog that cannot
-/// be served as it is (damaged, or disagreeing) is logged at ERROR and the shard does not
-/// start, which stops the node: it never serves its logs emptied or shorter.
-pub(crate) fn run(ctx: ShardContext) -> Result<(), String> {
+/// Runs a shard, accepting on `listener` (bound by the main thread), until it is stopped (Ok)
+/// or cannot go on (Err). A storage failure ends the process through `fatal` (nothing more
+/// may be acknowledged). A store or catalog that cannot be served as it is (damaged, or
+/// disagreeing) is logged at ERROR and the shard does not start, which stops the node: it
+/// never serves its logs emptied or shorter.
+pub(crate) fn run(ctx: ShardContext, listener: TcpListener) -> Result<(), String> {
     if let Some(core) = ctx.core {
         pin_to(core);
     }
@@ -95,9 +98,11 @@ pub(crate) fn run(ctx: ShardContext) -> Result<(), String> {
             return Err(refuse_to_start(ctx.index, "catalog", e.to_string()));
         }
     };
-    let listener =
-        TcpListener::bind(ctx.listen).map_err(|e| format!("listening on {}: {e}", ctx.listen))?;
-    tracing::info!(shard = ctx.index, listen = %ctx.listen, durability = ?store.durability(), "shard serving");
+    let listen = listener
+        .local_addr()
+        .map_err(|e| format!("the listener's address: {e}"))?;
+    tracing::info!(shard = ctx.index, %listen, durability = ?store.durability(), "shard serving");
+    ctx.startup.shard_serving();
     let params = ShardParams {
         identity: Identity {
             shard_index: ctx.index,

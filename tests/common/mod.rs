@@ -1,8 +1,15 @@
 //! Shared by the tests that run the real `chainlog node` binary on loopback: [`Node`] starts it
-//! (ready once every shard logged "shard serving", no sleeping) and kills and reaps it when
-//! dropped, even when a test fails; [`Controller`] does the same for `chainlog controller`
-//! (ready once it printed its address); [`Client`] is a minimal blocking protocol client built
-//! from chainlog-net's encoders and decoders.
+//! (ready once it printed where it serves, no sleeping) and kills and reaps it when dropped,
+//! even when a test fails; [`Controller`] does the same for `chainlog controller` (ready once
+//! it printed its address); [`Client`] is a minimal blocking protocol client built from
+//! chainlog-net's encoders and decoders.
+//!
+//! Ports: a process listens on port 0 and the test takes the address it prints, so no port is
+//! ever chosen, released and bound again later (an outgoing connection may take an ephemeral
+//! port in between). A test that restarts a process at the same address starts it with
+//! [`Node::start_fixed`] or [`Controller::start_fixed`] instead: at a random free port below
+//! the kernel's ephemeral range (which outgoing connections never take), started again
+//! elsewhere if another test process took the port first.
 //!
 //! Each test binary compiles this module and uses part of it, hence `dead_code` is allowed.
 
@@ -10,12 +17,17 @@
 
 pub(crate) mod raw;
 
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
+use chainlog::controller::server::SERVING_AT;
 use chainlog::net::{
     decode_response, encode_request, parse_frame, AppendBuilder, AppendHeader, CreateLogRequest,
     ErrorCode, HelloRequest, HelloResponse, Limits, ReadRequest, Request, Response, Role,
@@ -24,6 +36,139 @@ use chainlog::net::{
 /// How long a test socket waits for bytes before the test fails: a guard against hanging for
 /// ever when the node stops answering, never a timing assertion.
 pub(crate) const SOCKET_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a started process may take to say where it serves before the test fails (a
+/// guard against hanging, not a measurement).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Starts at a fixed port tried before giving up (each at another random port).
+const FIXED_TRIES_MAX: usize = 32;
+/// Lines of a node's stderr kept, to quote when it fails.
+const STDERR_LINES_MAX: usize = 200;
+/// What a process's log says when its port is taken.
+const IN_USE: &str = "Address already in use";
+
+/// Why a process did not start.
+enum StartError {
+    /// Its port was in use (another test process took it first).
+    InUse(String),
+    /// Anything else: the test fails with this message.
+    Failed(String),
+}
+
+impl StartError {
+    fn from_log(what: &str, status: ExitStatus, log: String) -> StartError {
+        let message = format!("{what} exited before serving ({status}): {log}");
+        match log.contains(IN_USE) {
+            true => StartError::InUse(message),
+            false => StartError::Failed(message),
+        }
+    }
+
+    fn message(self) -> String {
+        match self {
+            StartError::InUse(m) | StartError::Failed(m) => m,
+        }
+    }
+}
+
+/// Starts a process at a random free port below the ephemeral range by `start(port)`, again
+/// at another one while `start` finds its port in use.
+fn start_fixed<T>(ports: u16, mut start: impl FnMut(u16) -> Result<T, StartError>) -> T {
+    let mut last = String::new();
+    for _ in 0..FIXED_TRIES_MAX {
+        match start(fixed_ports(ports)) {
+            Ok(started) => return started,
+            Err(StartError::InUse(message)) => last = message,
+            Err(StartError::Failed(message)) => panic!("{message}"),
+        }
+    }
+    panic!("no free fixed port in {FIXED_TRIES_MAX} tries; the last: {last}")
+}
+
+/// The first of `n` consecutive ports below the kernel's ephemeral range (which outgoing
+/// connections never take), free when looked at: a random base, so that test processes
+/// running at once rarely pick the same. Another process may still bind one first; starts at
+/// a fixed port retry ([`start_fixed`]).
+fn fixed_ports(n: u16) -> u16 {
+    let low = ephemeral_low();
+    let (from, to) = (low / 2, low - n);
+    loop {
+        let base =
+            from + (RandomState::new().hash_one(std::process::id()) % u64::from(to - from)) as u16;
+        let free = (0..n).all(|i| TcpListener::bind((Ipv4Addr::LOCALHOST, base + i)).is_ok());
+        if free {
+            return base;
+        }
+    }
+}
+
+/// The lowest port of the kernel's ephemeral range (32768 unless configured otherwise).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// A child's stdout's first line, or `None` if it closed without one (the child is exiting);
+/// the test fails if `START_TIMEOUT` passes first. The rest is read and dropped, so that the
+/// child never blocks on a full pipe.
+fn first_line(stdout: ChildStdout, what: &str) -> Option<String> {
+    let (send, line) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(first)) = lines.next() {
+            let _ = send.send(first);
+        }
+        lines.for_each(drop);
+    });
+    match line.recv_timeout(START_TIMEOUT) {
+        Ok(line) => Some(line),
+        Err(mpsc::RecvTimeoutError::Disconnected) => None,
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what} did not say where it serves within {START_TIMEOUT:?}")
+        }
+    }
+}
+
+/// The last lines of a child's stderr, read by a thread of its own.
+#[derive(Debug)]
+struct Captured {
+    lines: Arc<Mutex<VecDeque<String>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Captured {
+    fn start(stderr: impl Read + Send + 'static) -> Captured {
+        let lines = Arc::new(Mutex::new(VecDeque::new()));
+        let kept = Arc::clone(&lines);
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                if kept.len() == STDERR_LINES_MAX {
+                    kept.pop_front();
+                }
+                kept.push_back(line);
+            }
+        });
+        Captured {
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    /// Everything kept, once the child has exited (its stderr read to the end).
+    fn finish(&mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
 
 /// A node child process, killed and reaped when dropped.
 #[derive(Debug)]
@@ -32,20 +177,42 @@ pub(crate) struct Node {
     /// Shard 0's port; shard `i` listens on `port + i`.
     pub(crate) port: u16,
     pub(crate) shards: u16,
+    /// Where it serves `GET /metrics` (the port after the last shard's).
+    pub(crate) metrics: SocketAddr,
+    stderr: Captured,
 }
 
 impl Node {
-    /// Starts `chainlog node` on `dir` with `shards` shards and returns once every shard serves.
+    /// Starts `chainlog node` on `dir` with `shards` shards on ports it picks, and returns once
+    /// every shard serves.
     pub(crate) fn start(dir: &Path, shards: u16) -> Node {
         Node::start_with(dir, shards, None, &[])
     }
 
-    /// As [`Node::start`], on `port` if given (a restart at the same address), with `args`
-    /// added (e.g. `--controller ADDR --node-id N`).
+    /// As [`Node::start`], with `args` added (e.g. `--controller ADDR --node-id N`), at `port`
+    /// if given: a restart at the same address, which must be a port of [`Node::start_fixed`]
+    /// (below the ephemeral range).
     pub(crate) fn start_with(dir: &Path, shards: u16, port: Option<u16>, args: &[&str]) -> Node {
-        // One port more than the shards: the node may serve metrics at the port after the last
-        // shard's.
-        let port = port.unwrap_or_else(|| free_ports(shards + 1));
+        if let Some(port) = port {
+            assert!(
+                port < ephemeral_low(),
+                "port {port} is in the ephemeral range: an outgoing connection may have taken it \
+                 since; start the node with Node::start_fixed to restart it at the same port"
+            );
+        }
+        Node::spawn(dir, shards, port.unwrap_or(0), args)
+            .unwrap_or_else(|e| panic!("{}", e.message()))
+    }
+
+    /// As [`Node::start_with`] without a port, at a fixed port below the ephemeral range, so
+    /// that the node can be started again at the same address (`start_with(.., Some(port),
+    /// ..)`).
+    pub(crate) fn start_fixed(dir: &Path, shards: u16, args: &[&str]) -> Node {
+        // One port more than the shards: the metrics port, after the last shard's.
+        start_fixed(shards + 1, |port| Node::spawn(dir, shards, port, args))
+    }
+
+    fn spawn(dir: &Path, shards: u16, port: u16, args: &[&str]) -> Result<Node, StartError> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chainlog"))
             .args(["node", "--data-dir"])
             .arg(dir)
@@ -58,32 +225,36 @@ impl Node {
             .args(["--no-pin", "--durability", "dsync"])
             .args(args)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start chainlog node");
-        let stderr = child.stderr.take().expect("stderr");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = Captured::start(child.stderr.take().expect("stderr"));
         // From here on a failure drops `node`, which kills and reaps the child.
-        let node = Node {
+        let mut node = Node {
             child,
             port,
             shards,
+            metrics: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            stderr,
         };
-        // Ready once every shard logged that it serves (no sleeping, no polling).
-        let mut lines = BufReader::new(stderr).lines();
-        let mut serving = 0;
-        while serving < shards {
-            let line = lines
-                .next()
-                .expect("the node exited before serving")
-                .expect("stderr line");
-            if line.contains("shard serving") {
-                serving += 1;
-            }
-        }
-        // Keep draining stderr so the node never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        node
+        // Ready once it says where it serves: every shard does (no sleeping, no polling).
+        let Some(line) = first_line(stdout, "the node") else {
+            let status = node.child.wait().expect("wait for the node");
+            return Err(StartError::from_log(
+                "the node",
+                status,
+                node.stderr.finish(),
+            ));
+        };
+        let serving: chainlog::node::Serving = line
+            .parse()
+            .unwrap_or_else(|e| panic!("the node's first line: {e}"));
+        assert_eq!(serving.shards, shards);
+        node.port = serving.addr.port();
+        node.metrics = serving.metrics.expect("the node serves metrics");
+        Ok(node)
     }
 
     /// The address of shard `shard`.
@@ -142,11 +313,31 @@ impl Controller {
     /// Starts `chainlog controller` on `dir`, listening on a port the kernel picks, with
     /// `args` added; returns once it printed where it serves (so it serves).
     pub(crate) fn start(dir: &Path, args: &[&str]) -> Controller {
-        Controller::start_on(dir, "127.0.0.1:0", args)
+        Controller::spawn(dir, "127.0.0.1:0", args).unwrap_or_else(|e| panic!("{}", e.message()))
     }
 
-    /// As [`Controller::start`], listening on `listen` (a restart at the same address).
+    /// As [`Controller::start`], at a fixed port below the ephemeral range, so that it can be
+    /// started again at the same address ([`Controller::start_on`]).
+    pub(crate) fn start_fixed(dir: &Path, args: &[&str]) -> Controller {
+        start_fixed(1, |port| {
+            Controller::spawn(dir, &format!("127.0.0.1:{port}"), args)
+        })
+    }
+
+    /// As [`Controller::start`], listening on `listen`: a restart at the same address, which
+    /// must be one of [`Controller::start_fixed`] (below the ephemeral range).
     pub(crate) fn start_on(dir: &Path, listen: &str, args: &[&str]) -> Controller {
+        let addr: SocketAddr = listen.parse().expect("an address");
+        assert!(
+            addr.port() == 0 || addr.port() < ephemeral_low(),
+            "port {} is in the ephemeral range: an outgoing connection may have taken it \
+             since; start the controller with Controller::start_fixed to restart it there",
+            addr.port()
+        );
+        Controller::spawn(dir, listen, args).unwrap_or_else(|e| panic!("{}", e.message()))
+    }
+
+    fn spawn(dir: &Path, listen: &str, args: &[&str]) -> Result<Controller, StartError> {
         let log = dir.with_extension("log");
         let stderr = std::fs::File::create(&log).expect("controller log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_chainlog"))
@@ -164,17 +355,17 @@ impl Controller {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             log,
         };
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("stdout");
-        let Some(addr) = line.trim().strip_prefix("chainlog controller: serving at ") else {
-            let status = controller.child.wait().expect("wait");
-            panic!(
-                "the controller did not start ({status}): {}",
-                std::fs::read_to_string(&controller.log).unwrap_or_default()
-            );
+        let Some(line) = first_line(stdout, "the controller") else {
+            let status = controller.child.wait().expect("wait for the controller");
+            let log = std::fs::read_to_string(&controller.log).unwrap_or_default();
+            return Err(StartError::from_log("the controller", status, log));
         };
-        controller.addr = addr.parse().expect("an address");
-        controller
+        controller.addr = line
+            .trim()
+            .strip_prefix(SERVING_AT)
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("the controller printed {line:?}"));
+        Ok(controller)
     }
 
     /// The process id.
@@ -194,24 +385,6 @@ impl Drop for Controller {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// `n` consecutive free ports on loopback (asked of the kernel, then released).
-pub(crate) fn free_ports(n: u16) -> u16 {
-    loop {
-        let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
-        if first.checked_add(n).is_none() {
-            continue;
-        }
-        let all_free = (0..n).all(|i| TcpListener::bind((Ipv4Addr::LOCALHOST, first + i)).is_ok());
-        if all_free {
-            return first;
-        }
     }
 }
 

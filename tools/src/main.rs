@@ -19,7 +19,6 @@ mod target;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 /// chainlog's load generator: durable-append throughput and latency percentiles.
 #[derive(Debug, Parser)]
@@ -53,12 +52,7 @@ enum Mode {
 
 fn main() -> ExitCode {
     // Logs go to stderr, quiet unless RUST_LOG asks: stdout is for the report.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    chainlog::logging::init("warn");
     let cli = Cli::parse();
     let outcome = match cli.mode {
         Mode::Storage(args) => storage_mode::main(args),

@@ -337,7 +337,8 @@ fn describe(log_id: u64, bytes: &[u8]) -> String {
 /// what `replicas` hold at the end. Returns every anomaly found (none: the history is valid).
 pub(crate) fn check<T: Time>(log_id: u64, ops: &[Op<T>], replicas: &[Replica]) -> Vec<Anomaly> {
     let mut anomalies = Vec::new();
-    let by_key: HashMap<(u64, u64), &Op<T>> = ops.iter().map(|op| ((op.writer, op.seq), op)).collect();
+    let by_key: HashMap<(u64, u64), &Op<T>> =
+        ops.iter().map(|op| ((op.writer, op.seq), op)).collect();
 
     // Each replica: dense from 0 up to the tail it reports.
     for r in replicas {
@@ -524,7 +525,10 @@ pub(crate) fn check<T: Time>(log_id: u64, ops: &[Op<T>], replicas: &[Replica]) -
 /// Real-time order: for every append B with a position (acknowledged LSNs, or the LSNs an
 /// indefinite one was found at), the appends acknowledged before B was first sent all have
 /// lower LSNs. One anomaly per B, naming the earlier append with the highest LSN.
-fn real_time<T: Time>(ops: &[Op<T>], places: &HashMap<Value, BTreeMap<usize, Vec<u64>>>) -> Vec<Anomaly> {
+fn real_time<T: Time>(
+    ops: &[Op<T>],
+    places: &HashMap<Value, BTreeMap<usize, Vec<u64>>>,
+) -> Vec<Anomaly> {
     let mut acked: Vec<(T, &Op<T>, Range<u64>)> = ops
         .iter()
         .filter_map(|op| match &op.outcome {

@@ -10,13 +10,13 @@ mod command;
 pub mod controller;
 pub mod dev;
 mod durable_file;
+#[allow(dead_code)]
+pub(crate) mod history;
 pub mod logging;
 pub mod node;
 pub mod replication;
-#[allow(dead_code)]
-pub(crate) mod history;
-pub mod sim;
 pub mod signals;
+pub mod sim;
 
 pub use chainlog_net as net;
 pub use chainlog_storage as storage;

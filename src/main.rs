@@ -179,7 +179,7 @@ fn sim(args: SimArgs) -> ExitCode {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let started = std::time::Instant::now();
     let progress = |s: &chainlog::sim::Summary| {
-        if s.runs % 10 == 0 || s.runs == args.seeds {
+        if s.runs.is_multiple_of(10) || s.runs == args.seeds {
             eprint!(
                 "\rchainlog sim: {}/{} seeds, {} failing, {:.1} h simulated, {} batches acknowledged, {:.0} s",
                 s.runs,

@@ -833,7 +833,7 @@ fn a_head_that_lost_records_it_forwarded_takes_them_back_before_appending() {
     copy_dir(&head_dir, &saved);
     cluster
         .nodes
-        .insert(head, cluster.start_node(dir.path(), head, None));
+        .insert(head, cluster.start_node(dir.path(), head, Ports::Any));
     cluster.wait_members(3);
     for seq in 21..=30 {
         let p = payload(WRITER, seq);
@@ -846,7 +846,7 @@ fn a_head_that_lost_records_it_forwarded_takes_them_back_before_appending() {
     copy_dir(&saved, &head_dir);
     cluster
         .nodes
-        .insert(head, cluster.start_node(dir.path(), head, None));
+        .insert(head, cluster.start_node(dir.path(), head, Ports::Any));
     cluster.wait_members(3);
 
     // A new writer's append goes after everything the chain holds, not over it.

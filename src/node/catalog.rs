@@ -175,7 +175,10 @@ impl Catalog {
     }
 
     /// Loads the catalog kept in `file`, checked against what the shard's `store` holds.
-    pub fn load(mut file: Box<dyn CatalogFile>, store: &StoreLogs) -> Result<Catalog, CatalogError> {
+    pub fn load(
+        mut file: Box<dyn CatalogFile>,
+        store: &StoreLogs,
+    ) -> Result<Catalog, CatalogError> {
         let path = file.path().to_path_buf();
         let bytes = match file.read() {
             Ok(Some(bytes)) => bytes,

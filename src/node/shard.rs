@@ -135,6 +135,9 @@ fn refuse_to_start(shard: u16, kind: &str, reason: String) -> String {
     format!("{reason} (the shard's data is not served as it is: restore it, or replace the node)")
 }
 
+/// A log's records as a shard stores them: (LSN, payload), in order.
+pub(crate) type StoredLog = Vec<(u64, Vec<u8>)>;
+
 /// What a shard is, whatever its environment: its identity and its limits per connection.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ShardParams {
@@ -235,7 +238,7 @@ impl<E: Net> Shard<E> {
     /// Every record of `log_id` this shard stores (durable or not), as (LSN, payload), from
     /// its trim point, and the LSN below which it serves them as committed; `None` if the
     /// shard has no such log. For a simulator's checks at the end of a run.
-    pub(crate) fn stored_records(&mut self, log_id: u64) -> Option<(u64, Vec<(u64, Vec<u8>)>)> {
+    pub(crate) fn stored_records(&mut self, log_id: u64) -> Option<(u64, StoredLog)> {
         let tail = self.store.tail(log_id)?;
         let readable = self.protocol.readable_lsn(log_id);
         let mut out = Vec::new();

@@ -26,10 +26,16 @@ const RETRY_US: u64 = 20_000;
 #[derive(Debug)]
 enum Conn {
     /// No connection; connect at `at_us`.
-    Idle { at_us: u64 },
-    Connecting { sock: Sock },
+    Idle {
+        at_us: u64,
+    },
+    Connecting {
+        sock: Sock,
+    },
     /// Connected and greeted (HELLO sent: answers are matched by request id).
-    Up { sock: Sock },
+    Up {
+        sock: Sock,
+    },
 }
 
 /// One batch the writer sent and has no final answer for.
@@ -68,7 +74,12 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn new(world: &mut World, writer_id: u64, log_id: u64, in_flight_max: usize) -> Writer {
+    pub(crate) fn new(
+        world: &mut World,
+        writer_id: u64,
+        log_id: u64,
+        in_flight_max: usize,
+    ) -> Writer {
         let endpoint = world.endpoint();
         Writer {
             writer_id,
@@ -85,11 +96,6 @@ impl Writer {
             reacks: Vec::new(),
             unexpected: Vec::new(),
         }
-    }
-
-    /// The host the writer runs on (for partitions).
-    pub(crate) fn host(&self) -> HostId {
-        self.host
     }
 
     /// Batches with no final answer yet.
@@ -237,7 +243,8 @@ impl Writer {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
-                    self.unexpected.push(format!("a bad frame from the node: {e}"));
+                    self.unexpected
+                        .push(format!("a bad frame from the node: {e}"));
                     break;
                 }
             };
@@ -246,7 +253,8 @@ impl Writer {
             let response = match decode_response(&frame, &limits) {
                 Ok(r) => r,
                 Err(e) => {
-                    self.unexpected.push(format!("a bad answer from the node: {e}"));
+                    self.unexpected
+                        .push(format!("a bad answer from the node: {e}"));
                     continue;
                 }
             };

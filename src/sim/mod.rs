@@ -162,7 +162,6 @@ impl fmt::Display for Report {
 #[derive(Clone, Copy, Debug)]
 enum Action {
     Restart { node: usize },
-    Unpause,
     Heal,
 }
 
@@ -347,7 +346,8 @@ impl Sim {
         }
         let seed = self.seed;
         if let Err(e) = node.start(&self.world, self.clock.clone(), &self.map, seed) {
-            self.violations.push(format!("node {} does not start: {e}", node.id));
+            self.violations
+                .push(format!("node {} does not start: {e}", node.id));
         }
     }
 
@@ -364,7 +364,11 @@ impl Sim {
     fn run(&mut self) {
         let active_end = self.options.active_us;
         let deadline = active_end + self.options.settle_us;
-        let mut next_fault = if self.options.faults { 50_000 } else { u64::MAX };
+        let mut next_fault = if self.options.faults {
+            50_000
+        } else {
+            u64::MAX
+        };
         let mut healed = false;
         loop {
             let now = self.now();
@@ -422,7 +426,13 @@ impl Sim {
                 }
                 return;
             }
-            if progress || self.world.borrow().next_event_us().is_some_and(|t| t <= now) {
+            if progress
+                || self
+                    .world
+                    .borrow()
+                    .next_event_us()
+                    .is_some_and(|t| t <= now)
+            {
                 continue;
             }
             // Nothing more happens now: move to the next time something does.
@@ -452,11 +462,6 @@ impl Sim {
     fn act(&mut self, action: Action) {
         match action {
             Action::Restart { node } => self.start(node),
-            Action::Unpause => {
-                for node in &mut self.nodes {
-                    node.paused_until = None;
-                }
-            }
             Action::Heal => self.world.borrow_mut().heal(),
         }
     }
@@ -573,7 +578,10 @@ impl Sim {
         for (log_id, chain) in &logs {
             let mut tails = Vec::new();
             for &i in chain {
-                match self.nodes[i].shard_of(*log_id).and_then(|s| s.stored_records(*log_id)) {
+                match self.nodes[i]
+                    .shard_of(*log_id)
+                    .and_then(|s| s.stored_records(*log_id))
+                {
                     Some((readable, records)) => tails.push((readable, records.len() as u64)),
                     None => tails.push((0, 0)),
                 }

@@ -104,8 +104,10 @@ impl SimNode {
     ) -> Result<(), String> {
         assert!(self.shards.is_empty(), "node {} is running", self.id);
         self.starts += 1;
-        let board: Board =
-            Arc::new(std::sync::Mutex::new(vec![None; usize::from(self.shard_count)]));
+        let board: Board = Arc::new(std::sync::Mutex::new(vec![
+            None;
+            usize::from(self.shard_count)
+        ]));
         for index in 0..self.shard_count {
             let endpoint = world.borrow_mut().endpoint();
             let faults = FaultConfig {
@@ -175,13 +177,6 @@ impl SimNode {
         }
         self.paused_until = None;
         self.down = Some(Down::Dead);
-    }
-
-    /// Installs a new map in every running shard.
-    pub(crate) fn install(&mut self, map: &MapUpdate) {
-        for shard in &mut self.shards {
-            shard.install(map);
-        }
     }
 
     /// Runs one turn of every shard that has something to do now. Returns whether any ran,

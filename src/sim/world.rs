@@ -90,7 +90,11 @@ enum Event {
     /// The sending side of `to`'s peer is done (a shutdown or close).
     Fin { to: u32 },
     /// A connect completes: `client` is connected to a new socket queued on `listener`.
-    Establish { client: u32, listener: u32, token: NetToken },
+    Establish {
+        client: u32,
+        listener: u32,
+        token: NetToken,
+    },
     /// A completion for an endpoint.
     Complete {
         endpoint: EndpointId,
@@ -105,8 +109,6 @@ enum Event {
         token: NetToken,
         errno: i32,
     },
-    /// Something the simulator scheduled (a fault, a restart, a client's timer).
-    Wake { what: u64 },
 }
 
 /// The world. See the module documentation.
@@ -125,8 +127,6 @@ pub(crate) struct World {
     pending: BTreeMap<EndpointId, usize>,
     /// Directions blocked by a partition: (from host, to host).
     blocked: BTreeSet<(HostId, HostId)>,
-    /// Wakes that came due, for the simulator to act on.
-    woken: Vec<u64>,
     trace: u64,
     next_endpoint: EndpointId,
 }
@@ -144,7 +144,6 @@ impl World {
             ready: BTreeMap::new(),
             pending: BTreeMap::new(),
             blocked: BTreeSet::new(),
-            woken: Vec::new(),
             trace: 0xcbf2_9ce4_8422_2325,
             next_endpoint: 1,
         }
@@ -183,11 +182,6 @@ impl World {
         self.events.insert((at_us.max(self.now_us()), seq), event);
     }
 
-    /// Asks for [`take_woken`](Self::take_woken) to return `what` at `at_us`.
-    pub(crate) fn wake_at(&mut self, at_us: u64, what: u64) {
-        self.schedule(at_us, Event::Wake { what });
-    }
-
     /// The time of the earliest event, if any.
     pub(crate) fn next_event_us(&self) -> Option<u64> {
         self.events.keys().next().map(|&(at, _)| at)
@@ -205,11 +199,6 @@ impl World {
             let event = self.events.remove(&key).expect("just seen");
             self.apply(event);
         }
-    }
-
-    /// The wakes that came due since the last call.
-    pub(crate) fn take_woken(&mut self) -> Vec<u64> {
-        std::mem::take(&mut self.woken)
     }
 
     fn apply(&mut self, event: Event) {
@@ -247,10 +236,6 @@ impl World {
                 s.state = SocketState::Closed;
                 self.complete(endpoint, token, Err(errno));
             }
-            Event::Wake { what } => {
-                self.trace(&[5, what]);
-                self.woken.push(what);
-            }
         }
     }
 
@@ -277,7 +262,12 @@ impl World {
 
     /// A completion for `endpoint` now.
     fn complete(&mut self, endpoint: EndpointId, token: NetToken, result: Result<usize, i32>) {
-        self.trace(&[4, u64::from(endpoint), token.encode(), result.map_or_else(|e| e as u64, |n| n as u64)]);
+        self.trace(&[
+            4,
+            u64::from(endpoint),
+            token.encode(),
+            result.map_or_else(|e| e as u64, |n| n as u64),
+        ]);
         if let Some(n) = self.pending.get_mut(&endpoint) {
             *n = n.saturating_sub(1);
         }
@@ -314,7 +304,8 @@ impl World {
 
     /// Operations of `endpoint` in flight.
     pub(crate) fn in_flight(&self, endpoint: EndpointId) -> usize {
-        self.pending.get(&endpoint).copied().unwrap_or(0) + self.ready.get(&endpoint).map_or(0, VecDeque::len)
+        self.pending.get(&endpoint).copied().unwrap_or(0)
+            + self.ready.get(&endpoint).map_or(0, VecDeque::len)
     }
 
     /// Listens at `addr` for `endpoint` on `host`.
@@ -337,7 +328,8 @@ impl World {
         let endpoint = self.sock_mut(id).map(|s| s.endpoint);
         let Some(endpoint) = endpoint else { return };
         self.started(endpoint);
-        if let Some(SocketState::Listening { accepts, .. }) = self.sock_mut(id).map(|s| &mut s.state)
+        if let Some(SocketState::Listening { accepts, .. }) =
+            self.sock_mut(id).map(|s| &mut s.state)
         {
             accepts.push_back(token);
         }
@@ -346,7 +338,9 @@ impl World {
 
     fn try_accept(&mut self, listener: u32) {
         loop {
-            let Some(sock) = self.sock_mut(listener) else { return };
+            let Some(sock) = self.sock_mut(listener) else {
+                return;
+            };
             let endpoint = sock.endpoint;
             let SocketState::Listening {
                 backlog, accepts, ..
@@ -391,7 +385,8 @@ impl World {
         });
         let event = match target {
             Some((_, to_host))
-                if self.blocked.contains(&(host, to_host)) || self.blocked.contains(&(to_host, host)) =>
+                if self.blocked.contains(&(host, to_host))
+                    || self.blocked.contains(&(to_host, host)) =>
             {
                 (
                     now + CONNECT_TIMEOUT_US,
@@ -425,7 +420,9 @@ impl World {
 
     fn establish(&mut self, client: u32, listener: u32, token: NetToken) {
         self.trace(&[3, u64::from(client), u64::from(listener)]);
-        let Some(c) = self.sock_mut(client) else { return };
+        let Some(c) = self.sock_mut(client) else {
+            return;
+        };
         let client_endpoint = c.endpoint;
         if !matches!(c.state, SocketState::Connecting) || c.reset {
             c.state = SocketState::Closed;
@@ -517,7 +514,12 @@ impl World {
         let Some(s) = self.sock_mut(from) else { return };
         let Some(peer) = s.peer else { return };
         let from_host = s.host;
-        let Some(to_host) = self.sockets.get(peer as usize).and_then(Option::as_ref).map(|p| p.host) else {
+        let Some(to_host) = self
+            .sockets
+            .get(peer as usize)
+            .and_then(Option::as_ref)
+            .map(|p| p.host)
+        else {
             return;
         };
         if self.blocked.contains(&(from_host, to_host)) {
@@ -565,7 +567,9 @@ impl World {
         } else {
             return;
         };
-        let Some((_, token)) = s.recv.take() else { return };
+        let Some((_, token)) = s.recv.take() else {
+            return;
+        };
         self.complete(endpoint, token, result);
     }
 
@@ -626,7 +630,9 @@ impl World {
 
     /// Cancels `sock`'s receive.
     pub(crate) fn cancel(&mut self, sock: Sock) {
-        let Some(s) = self.sock_mut(sock.0 as u32) else { return };
+        let Some(s) = self.sock_mut(sock.0 as u32) else {
+            return;
+        };
         let endpoint = s.endpoint;
         if let Some((_, token)) = s.recv.take() {
             self.complete(endpoint, token, Err(libc::ECANCELED));
@@ -675,7 +681,11 @@ impl World {
             .sockets
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| s.as_ref().filter(|s| endpoints.contains(&s.endpoint)).map(|_| i as u32))
+            .filter_map(|(i, s)| {
+                s.as_ref()
+                    .filter(|s| endpoints.contains(&s.endpoint))
+                    .map(|_| i as u32)
+            })
             .collect();
         for id in dead {
             let s = self.sockets[id as usize].take().expect("listed");

@@ -135,8 +135,10 @@ struct SimArgs {
 }
 
 fn main() -> ExitCode {
-    chainlog::logging::init("info");
     let cli = Cli::parse();
+    // The simulator runs thousands of clusters: their nodes' logs only when asked for.
+    let quiet = matches!(cli.command, Command::Sim(_));
+    chainlog::logging::init(if quiet { "off" } else { "info" });
     match cli.command {
         Command::Log { command, common } => cli::run(common, cli::Command::Log(command)),
         Command::Append { args, common } => cli::run(common, cli::Command::Append(args)),

@@ -342,15 +342,15 @@ fn run(settings: Settings) -> String {
         Victim::Standalone => Procs::standalone(dir.path()),
         _ => Procs::cluster(dir.path()),
     };
-    let (logs, target) = create_logs(&procs, victim);
+    let (logs, victim_node) = create_logs(&procs, victim);
     let log_ids: Vec<u64> = logs.iter().map(|(id, _)| *id).collect();
     let load = Load::start(procs.target(), &log_ids, SHAPE, seed);
 
     let mut rng = SimRng::new(seed);
     let mut stalls = Vec::new();
-    let target_name = match victim {
+    let victim_name = match victim {
         Victim::Standalone => "the node".to_string(),
-        _ => format!("node {} ({})", target + 1, victim.name()),
+        _ => format!("node {} ({})", victim_node + 1, victim.name()),
     };
     for k in 1..=kills {
         if !progress(&load, ACKS_BEFORE_KILL) {
@@ -361,14 +361,14 @@ fn run(settings: Settings) -> String {
             break;
         }
         std::thread::sleep(Duration::from_millis(rng.below(300)));
-        procs.kill9(target);
+        procs.kill9(victim_node);
         std::thread::sleep(Duration::from_millis(100 + rng.below(1400)));
-        procs.restart(target);
+        procs.restart(victim_node);
     }
     if stalls.is_empty() && !progress(&load, ACKS_BEFORE_KILL) {
         stalls.push(format!(
             "no {ACKS_BEFORE_KILL} appends acknowledged within {PROGRESS_DEADLINE:?} after the \
-             last restart of {target_name}"
+             last restart of {victim_name}"
         ));
     }
     let history = load.finish(if stalls.is_empty() {

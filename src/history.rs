@@ -1,4 +1,5 @@
-//! The history model and its checks, with no processes and no I/O: what the writers did (one
+//! The history model and its checks, shared by the real-process history test
+//! (`tests/history`) and the simulator ([`crate::sim`]), with no processes and no I/O: what the writers did (one
 //! [`Op`] per keyed append: its key, its records, when it was first sent, and whether it was
 //! acknowledged at LSNs or is indefinite) and what every replica holds at the end (its
 //! committed records, read in full), and [`check`], which compares the two and names every
@@ -33,7 +34,7 @@ use std::time::Instant;
 
 /// A point in time of a history: the real clock (`Instant`) for real processes, virtual
 /// microseconds (`u64`) for the simulator.
-pub(crate) trait Time: Copy + Ord + fmt::Debug {
+pub trait Time: Copy + Ord + fmt::Debug {
     /// Microseconds from `earlier` to `self` (0 if `earlier` is later).
     fn micros_since(self, earlier: Self) -> u64;
 }
@@ -52,10 +53,10 @@ impl Time for u64 {
 
 /// One record an append carried: record `index` of writer `writer`'s append `seq`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct Value {
-    pub(crate) writer: u64,
-    pub(crate) seq: u64,
-    pub(crate) index: u32,
+pub struct Value {
+    pub writer: u64,
+    pub seq: u64,
+    pub index: u32,
 }
 
 impl fmt::Display for Value {
@@ -65,10 +66,11 @@ impl fmt::Display for Value {
 }
 
 /// The payload of `value` in log `log_id`: a header naming both, repeated to a length that
-/// follows from the value: three in four records up to a few hundred bytes, one in four 1 to
-/// 8 KiB (larger writes keep the head's write slots busy longer, which widens the window in
-/// which a head has forwarded records it has not yet written).
-pub(crate) fn payload(log_id: u64, value: Value) -> Vec<u8> {
+/// follows from the value: half the records up to a few hundred bytes, half 1 to 8 KiB.
+/// (Larger writes keep a head's write slots busy longer, so more records wait for a slot,
+/// already forwarded to the successor, when a kill lands: the window of issue 10's
+/// restarted-head defect. With only small records the head kills rarely found it.)
+pub fn payload(log_id: u64, value: Value) -> Vec<u8> {
     let unit = format!(
         "{log_id:x} w{} s{} r{};",
         value.writer, value.seq, value.index
@@ -101,7 +103,7 @@ fn claimed(log_id: u64, bytes: &[u8]) -> Option<Value> {
 
 /// How an append ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome<T> {
+pub enum Outcome<T> {
     /// Acknowledged: its records got `lsns`; the answer was seen at `at`.
     Acked { lsns: Range<u64>, at: T },
     /// No answer but "unknown" (lost connection, timeout, or a terminal error after an attempt
@@ -111,12 +113,12 @@ pub(crate) enum Outcome<T> {
 
 /// One keyed append (`writer`, `seq`) of `records` records, first sent at `invoked`.
 #[derive(Clone, Debug)]
-pub(crate) struct Op<T> {
-    pub(crate) writer: u64,
-    pub(crate) seq: u64,
-    pub(crate) records: u32,
-    pub(crate) invoked: T,
-    pub(crate) outcome: Outcome<T>,
+pub struct Op<T> {
+    pub writer: u64,
+    pub seq: u64,
+    pub records: u32,
+    pub invoked: T,
+    pub outcome: Outcome<T>,
 }
 
 impl<T> Op<T> {
@@ -131,18 +133,18 @@ impl<T> Op<T> {
 
 /// One replica's committed records of a log, read in full at the end.
 #[derive(Clone, Debug)]
-pub(crate) struct Replica {
+pub struct Replica {
     /// For the report, e.g. "node 2 (middle)".
-    pub(crate) name: String,
+    pub name: String,
     /// The committed tail it reported.
-    pub(crate) tail: u64,
+    pub tail: u64,
     /// Its records as (LSN, payload), in the order read.
-    pub(crate) records: Vec<(u64, Vec<u8>)>,
+    pub records: Vec<(u64, Vec<u8>)>,
 }
 
 /// Something a correct chain never shows.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Anomaly {
+pub enum Anomaly {
     /// A replica's records are not dense from 0: `found` where `expected` should be.
     Gap {
         replica: String,
@@ -215,7 +217,7 @@ pub(crate) enum Anomaly {
 
 impl Anomaly {
     /// The kind, for counting.
-    pub(crate) fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             Anomaly::Gap { .. } => "gap",
             Anomaly::ShortRead { .. } => "short read",
@@ -335,7 +337,7 @@ fn describe(log_id: u64, bytes: &[u8]) -> String {
 
 /// Checks the history of log `log_id`: the appends `ops` (every one that was invoked) against
 /// what `replicas` hold at the end. Returns every anomaly found (none: the history is valid).
-pub(crate) fn check<T: Time>(log_id: u64, ops: &[Op<T>], replicas: &[Replica]) -> Vec<Anomaly> {
+pub fn check<T: Time>(log_id: u64, ops: &[Op<T>], replicas: &[Replica]) -> Vec<Anomaly> {
     let mut anomalies = Vec::new();
     let by_key: HashMap<(u64, u64), &Op<T>> =
         ops.iter().map(|op| ((op.writer, op.seq), op)).collect();
@@ -578,7 +580,7 @@ fn real_time<T: Time>(
 }
 
 /// The anomalies as a report: a count per kind, then up to `samples` of each kind.
-pub(crate) fn report(anomalies: &[Anomaly], samples: usize) -> String {
+pub fn report(anomalies: &[Anomaly], samples: usize) -> String {
     let mut by_kind: BTreeMap<&str, Vec<&Anomaly>> = BTreeMap::new();
     for a in anomalies {
         by_kind.entry(a.kind()).or_default().push(a);

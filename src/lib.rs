@@ -10,8 +10,7 @@ mod command;
 pub mod controller;
 pub mod dev;
 mod durable_file;
-#[allow(dead_code)]
-pub(crate) mod history;
+pub mod history;
 pub mod logging;
 pub mod node;
 pub mod replication;

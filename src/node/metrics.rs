@@ -5,7 +5,9 @@
 //! `batch_wait` (handed to the store to its frame's submission: group commit), `disk` (the
 //! frame's durable write), `ack` (durability seen to the answer queued), and `total`
 //! (frame received to answer queued). Group commit batch sizes, bytes and records per shard,
-//! logs and connections complete the picture.
+//! logs and connections complete the picture. Distributions are served as Prometheus
+//! histograms (ten buckets per decade), whose buckets a scraper can subtract to get the
+//! distribution of any window between two scrapes (`chainlog-bench` does, for its run).
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
@@ -213,14 +215,44 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-fn summary(out: &mut String, name: &str, labels: &str, h: &Histogram<u64>) {
-    for q in [0.5, 0.9, 0.99, 0.999] {
-        let _ = writeln!(
-            out,
-            "{name}{{{labels},quantile=\"{q}\"}} {}",
-            h.value_at_quantile(q)
-        );
+/// Bucket bounds of every histogram within a decade: ten per decade, so a quantile
+/// interpolated inside a bucket is within 25% of the truth (at most a bucket's width).
+const BUCKET_MANTISSAS: [u64; 10] = [10, 12, 15, 20, 25, 30, 40, 50, 60, 80];
+/// Decades of bucket bounds: 1 to 80,000,000 (µs: up to 80 s; records or bytes per write).
+const BUCKET_DECADES: u32 = 8;
+
+/// The upper bounds of every histogram's buckets (`le`), ascending; `+Inf` follows them.
+/// Values are whole numbers, so the first decade has only 1, 2, 3, 4, 5, 6 and 8.
+fn bucket_bounds() -> Vec<u64> {
+    let mut bounds: Vec<u64> = (0..BUCKET_DECADES)
+        .flat_map(|decade| {
+            BUCKET_MANTISSAS
+                .into_iter()
+                .map(move |m| m * 10u64.pow(decade) / 10)
+        })
+        .collect();
+    bounds.dedup();
+    bounds
+}
+
+/// A Prometheus histogram: cumulative buckets, sum and count. Unlike quantiles, buckets of
+/// two scrapes can be subtracted, so a scraper can tell the distribution of any window.
+fn histogram_series(out: &mut String, name: &str, labels: &str, h: &Histogram<u64>) {
+    let bounds = bucket_bounds();
+    let mut counts = vec![0u64; bounds.len()];
+    // One pass over what was recorded (HdrHistogram's own buckets are far finer).
+    for recorded in h.iter_recorded() {
+        let value = h.lowest_equivalent(recorded.value_iterated_to());
+        if let Some(i) = bounds.iter().position(|&bound| value <= bound) {
+            counts[i] += recorded.count_at_value();
+        }
     }
+    let mut cumulative = 0;
+    for (bound, count) in bounds.iter().zip(counts) {
+        cumulative += count;
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.len());
     let sum = (h.mean() * h.len() as f64).round() as u64;
     let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
     let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.len());
@@ -237,10 +269,10 @@ pub(crate) fn render(snapshots: &[Option<Snapshot>]) -> String {
     let mut out = String::new();
     let help = "Append latency by stage in microseconds (queue, batch_wait, disk, replication, \
                 ack, total).";
-    family(&mut out, STAGES_NAME, "summary", help);
+    family(&mut out, STAGES_NAME, "histogram", help);
     for (stage, get) in STAGES {
         for (i, s) in shards() {
-            summary(
+            histogram_series(
                 &mut out,
                 STAGES_NAME,
                 &format!("shard=\"{i}\",stage=\"{stage}\""),
@@ -249,9 +281,9 @@ pub(crate) fn render(snapshots: &[Option<Snapshot>]) -> String {
         }
     }
     for (name, help, get) in BATCHES {
-        family(&mut out, name, "summary", help);
+        family(&mut out, name, "histogram", help);
         for (i, s) in shards() {
-            summary(&mut out, name, &format!("shard=\"{i}\""), get(s));
+            histogram_series(&mut out, name, &format!("shard=\"{i}\""), get(s));
         }
     }
     for (name, kind, help, get) in COUNTS {
@@ -306,4 +338,46 @@ pub(crate) fn serve(addr: SocketAddr, board: Board) -> std::io::Result<SocketAdd
         }
     })?;
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_have_cumulative_buckets_a_sum_and_a_count() {
+        let mut h = histogram();
+        for us in 1..=1_000 {
+            h.record(us).unwrap();
+        }
+        h.record(50_000).unwrap();
+        let mut out = String::new();
+        histogram_series(&mut out, "m", "shard=\"0\"", &h);
+        let bucket = |le: &str| -> u64 {
+            let prefix = format!("m_bucket{{shard=\"0\",le=\"{le}\"}} ");
+            let line = out.lines().find(|l| l.starts_with(&prefix)).expect(le);
+            line[prefix.len()..].parse().unwrap()
+        };
+        assert_eq!(bucket("1"), 1);
+        assert_eq!(bucket("12"), 12);
+        assert_eq!(bucket("100"), 100);
+        assert_eq!(bucket("800"), 800);
+        assert_eq!(bucket("1000"), 1_000);
+        assert_eq!(bucket("40000"), 1_000);
+        assert_eq!(bucket("50000"), 1_001);
+        assert_eq!(bucket("80000000"), 1_001);
+        assert_eq!(bucket("+Inf"), 1_001);
+        assert!(out.contains("m_count{shard=\"0\"} 1001\n"), "{out}");
+        assert!(out.contains("m_sum{shard=\"0\"} 550500\n"), "{out}");
+        // Bounds ascend and the counts never go down.
+        let counts: Vec<u64> = out
+            .lines()
+            .filter(|l| l.starts_with("m_bucket"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        let bounds = bucket_bounds();
+        assert_eq!(counts.len(), bounds.len() + 1);
+        assert!(counts.windows(2).all(|w| w[0] <= w[1]));
+        assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{bounds:?}");
+    }
 }

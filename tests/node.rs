@@ -368,6 +368,22 @@ fn metrics_are_served_as_prometheus_text() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
+    // The appends whose first LSN is a multiple of 16 are traced: LSNs 0 and 16, each with
+    // its four times in order, on this host's CLOCK_MONOTONIC (the same clock as Instant).
+    let traces = scrape("/traces");
+    assert!(traces.starts_with("HTTP/1.1 200"), "{traces}");
+    let lines: Vec<Vec<u64>> = traces
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.split_whitespace().count() == 7)
+        .map(|l| l.split_whitespace().map(|f| f.parse().unwrap()).collect())
+        .collect();
+    let lsns: Vec<u64> = lines.iter().map(|l| l[2]).collect();
+    assert_eq!(lsns, [0, 16], "{traces}");
+    for line in &lines {
+        assert_eq!((line[0], line[1]), (0, id), "{traces}");
+        let times = &line[3..];
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{traces}");
+    }
     drop(c);
     assert!(node.terminate().success());
 }

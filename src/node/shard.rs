@@ -15,7 +15,7 @@ use super::catalog::Catalog;
 use super::chain::Chain;
 use super::conn::{ack_token, token_conn, Conn};
 use super::control::ControlInbox;
-use super::metrics::{Board, Snapshot};
+use super::metrics::{self, Board, Snapshot};
 use super::ops::{self, NetOp, NetToken, GENERATION_MASK, SLOTS_MAX};
 use super::protocol::{self, OUTPUT_MAX};
 
@@ -26,6 +26,9 @@ const REPLICATION_TICK_MS: u32 = 20;
 /// How long a stopping shard waits for appends that wait on the rest of their chain, before
 /// it closes their connections unanswered (their outcome is unknown to the clients).
 const STOP_WAIT_US: u64 = 5_000_000;
+/// A traced append whose answer has not been sent this long after it was queued is published
+/// unsent (its connection closed, or its client stopped reading).
+const TRACE_SEND_GIVE_UP_US: u64 = 1_000_000;
 /// How long a stopping shard waits for its links' operations to finish before it cancels
 /// them (a connect to a host that does not answer).
 const LINKS_CLOSE_WAIT_US: u64 = 2_000_000;
@@ -433,16 +436,32 @@ impl Shard {
     /// control path only).
     fn publish(&mut self) {
         let (lagging_logs, lag_records) = Chain::lag(&self.protocol);
-        let snapshot = Snapshot {
+        // Read back to back: the traces' times are placed on CLOCK_MONOTONIC by the gap.
+        let now_us = self.protocol.now_us();
+        let origin_ns = metrics::monotonic_ns().saturating_sub(now_us * 1_000);
+        let done = self
+            .protocol
+            .metrics
+            .traces
+            .take_done(now_us, TRACE_SEND_GIVE_UP_US);
+        let mut snapshot = Snapshot {
             shard: self.protocol.metrics.clone(),
             store: self.store.metrics().clone(),
             logs: self.protocol.logs(),
             connections: self.conns.iter().flatten().count(),
             lagging_logs,
             lag_records,
+            origin_ns,
+            traces: Vec::new(),
         };
         let mut board = self.ctx.board.lock().unwrap_or_else(|e| e.into_inner());
-        board[usize::from(self.ctx.index)] = Some(snapshot);
+        let slot = &mut board[usize::from(self.ctx.index)];
+        let kept = slot
+            .as_mut()
+            .map(|previous| std::mem::take(&mut previous.traces))
+            .unwrap_or_default();
+        snapshot.keep_traces(kept, done);
+        *slot = Some(snapshot);
     }
 
     /// Pushes to subscriptions, starts sends for connections with output, closes connections
@@ -495,6 +514,11 @@ impl Shard {
                     generation,
                 };
                 ops::send(self.store.io_mut(), fd, bytes, token);
+            }
+            let traced = conn.take_sending_traces();
+            if !traced.is_empty() {
+                let now = self.protocol.now_us();
+                self.protocol.metrics.sent(&traced, now);
             }
             let done = conn.session.closing
                 && conn.session.pending.is_empty()

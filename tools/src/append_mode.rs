@@ -24,6 +24,7 @@
 //! JSON), `--hdr-log` (an HdrHistogram interval log, one per interval of the time series) and `--html`
 //! (the HTML report, [`crate::html`]).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -46,6 +47,7 @@ use crate::stages::{self, StageBreakdown};
 use crate::storage_mode::{parse_positive_seconds, parse_seconds};
 use crate::target::{DevGuard, TargetArgs};
 use crate::topology::{NodeInfo, Topology};
+use crate::trace;
 use crate::Failure;
 
 /// A send more than this after its intended time counts as late: below it is the wake-up
@@ -54,6 +56,9 @@ pub(crate) const LATE_AFTER: Duration = Duration::from_micros(200);
 /// After the measured window, answers of appends still outstanding are waited for this long
 /// at most; an append unanswered by then counts as not acknowledged.
 pub(crate) const DRAIN: Duration = Duration::from_secs(2);
+/// How long after a run its nodes have surely published its end to `/metrics` and `/traces`
+/// (each shard publishes once a second).
+const PUBLISH_WAIT: Duration = Duration::from_millis(1_100);
 /// A run with fewer of its intended appends acknowledged is reported as failed (exit status
 /// 3) and warned about.
 pub(crate) const ACKNOWLEDGED_SHARE_MIN: f64 = 0.99;
@@ -193,6 +198,10 @@ struct AppendReport<'a> {
     stages: Option<StageBreakdown>,
     /// The same for every node that holds the run's logs (heads, middles, tails).
     node_stages: Vec<NodeStages>,
+    /// Where single appends' time went, from the generator's schedule to its seeing the
+    /// acknowledgement, joined with the heads' traces ([`crate::trace`]); `null` if the
+    /// heads' traces could not be fetched.
+    per_append: Option<trace::Breakdown>,
 }
 
 /// What the new load engine adds to the report (top-level JSON fields).
@@ -337,9 +346,9 @@ impl ClientTarget {
 }
 
 impl Target for ClientTarget {
-    async fn append(&self, log: usize, payload: Vec<u8>) -> Result<(), TargetError> {
+    async fn append(&self, log: usize, payload: Vec<u8>) -> Result<u64, TargetError> {
         match self.client.append(self.logs[log], &[payload]).await {
-            Ok(_) => Ok(()),
+            Ok(lsns) => Ok(lsns.start),
             Err(e @ ClientError::Connect { .. }) | Err(e @ ClientError::Invalid(_)) => {
                 Err(TargetError::Fatal(e.to_string()))
             }
@@ -477,6 +486,7 @@ async fn run(args: &AppendArgs) -> Result<(AppendReport<'_>, Measured, Option<De
     let before = StageScrapes::before(&topology, loud).await;
     let measured = run_load(&target, &spec, args.readers, "append").await?;
     let node_stages = before.after().await;
+    let per_append = per_append(&topology, &measured, loud).await;
     let result = &measured.result;
     let report = AppendReport {
         mode: "append",
@@ -501,6 +511,7 @@ async fn run(args: &AppendArgs) -> Result<(AppendReport<'_>, Measured, Option<De
         ),
         load: LoadFacts::of(spec.loop_mode, &measured),
         node_stages,
+        per_append,
     };
     Ok((report, measured, guard))
 }
@@ -598,8 +609,12 @@ impl StageScrapes {
         StageScrapes { nodes, loud }
     }
 
-    /// Scrapes the same nodes again: each one's stages over the run.
+    /// Scrapes the same nodes again, once they have published the end of the run (a node
+    /// publishes once a second): each one's stages over the run.
     pub(crate) async fn after(&self) -> Vec<NodeStages> {
+        if !self.nodes.is_empty() {
+            tokio::time::sleep(PUBLISH_WAIT).await;
+        }
         let mut breakdowns = Vec::new();
         for (node, role, metrics, before) in &self.nodes {
             let Some(after) = scrape_metrics(metrics, self.loud).await else {
@@ -616,6 +631,59 @@ impl StageScrapes {
         }
         breakdowns
     }
+}
+
+/// The per-append breakdown of `measured`: its samples joined with the traces of the heads
+/// of `topology`'s logs (fetched now: call after [`StageScrapes::after`], which waits for the
+/// nodes to publish the run's end); `None` if no head's traces could be fetched.
+pub(crate) async fn per_append(
+    topology: &Topology,
+    measured: &Measured,
+    loud: bool,
+) -> Option<trace::Breakdown> {
+    let mut traces = HashMap::new();
+    let mut fetched = false;
+    for (node, role) in topology.involved() {
+        let Some(metrics) = node.metrics.clone() else {
+            continue;
+        };
+        if !(role.contains("head") || role == "node") {
+            continue;
+        }
+        let addr = metrics.clone();
+        let text = match tokio::task::spawn_blocking(move || stages::fetch_traces(&addr)).await {
+            Ok(Ok(text)) => text,
+            Ok(Err(e)) => {
+                if loud {
+                    eprintln!("chainlog-bench: no per-append breakdown: {metrics}: {e}");
+                }
+                continue;
+            }
+            Err(e) => {
+                if loud {
+                    eprintln!("chainlog-bench: no per-append breakdown: {metrics}: {e}");
+                }
+                continue;
+            }
+        };
+        match trace::parse_traces(&text) {
+            Ok(parsed) => {
+                traces.extend(parsed);
+                fetched = true;
+            }
+            Err(e) if loud => eprintln!("chainlog-bench: no per-append breakdown: {e}"),
+            Err(_) => {}
+        }
+    }
+    let log_ids: Vec<u64> = topology.logs.iter().map(|l| l.log_id).collect();
+    fetched.then(|| {
+        trace::breakdown(
+            &measured.result.samples,
+            &log_ids,
+            &traces,
+            measured.clock_origin_ns,
+        )
+    })
 }
 
 /// Scrapes the metrics at `addr` (off the runtime's threads: it blocks); `None` if that fails,
@@ -645,6 +713,9 @@ pub(crate) struct Measured {
     pub(crate) measure_start: SystemTime,
     /// CPU seconds this process used per second of the run (warm-up, window and drain).
     pub(crate) cpu_share: f64,
+    /// `CLOCK_MONOTONIC` nanoseconds at the origin of the run's clock (the samples' times
+    /// count from there).
+    pub(crate) clock_origin_ns: u64,
 }
 
 /// User + system CPU time this process has used.
@@ -720,6 +791,7 @@ pub(crate) async fn run_load(
         e2e,
         measure_start,
         cpu_share,
+        clock_origin_ns: clock.monotonic().origin_ns(),
     })
 }
 
@@ -941,6 +1013,9 @@ impl AppendReport<'_> {
         self.summary.human(&mut out);
         self.load.human(&mut out);
         human_stages(&self.node_stages, &mut out);
+        if let Some(per_append) = &self.per_append {
+            per_append.human(&mut out);
+        }
         out
     }
 }

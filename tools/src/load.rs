@@ -199,6 +199,12 @@ impl MonotonicClock {
     pub(crate) fn now(&self) -> Duration {
         Duration::from_nanos(monotonic_ns().saturating_sub(self.origin_ns))
     }
+
+    /// `CLOCK_MONOTONIC` nanoseconds at the origin: other processes on this host read the
+    /// same clock.
+    pub(crate) fn origin_ns(&self) -> u64 {
+        self.origin_ns
+    }
 }
 
 /// `CLOCK_MONOTONIC`, nanoseconds.
@@ -225,9 +231,12 @@ pub(crate) enum TargetError {
 /// What the engine appends to.
 pub(crate) trait Target {
     /// Appends one record, `payload`, to log number `log` (0-based, below the spec's `logs`);
-    /// completes once it is durable.
-    fn append(&self, log: usize, payload: Vec<u8>)
-        -> impl Future<Output = Result<(), TargetError>>;
+    /// completes once it is durable, with its LSN.
+    fn append(
+        &self,
+        log: usize,
+        payload: Vec<u8>,
+    ) -> impl Future<Output = Result<u64, TargetError>>;
 }
 
 /// Open-loop arrival schedules.
@@ -543,6 +552,8 @@ pub(crate) struct LoadResult {
     pub(crate) sends: Option<SendStats>,
     /// The time series, intervals of [`interval_for`] the window.
     pub(crate) intervals: Vec<Interval>,
+    /// The acknowledged appends of the window whose LSN is a multiple of [`TRACE_EVERY`].
+    pub(crate) samples: Vec<Sample>,
 }
 
 impl LoadResult {
@@ -668,14 +679,34 @@ pub(crate) fn stamp_of(payload: &[u8]) -> Option<Duration> {
 struct Done {
     /// Closed loop: the slot that sent it.
     slot: usize,
+    /// The log's number.
+    log: usize,
     /// Its place in [`Outstanding`].
     seq: u64,
     intended: Duration,
     sent: Duration,
     bytes: u64,
-    result: Result<(), TargetError>,
+    result: Result<u64, TargetError>,
     at: Duration,
 }
+
+/// Of every [`TRACE_EVERY`]th append (by LSN, as the node picks the appends it traces), when
+/// the run meant to send it, sent it and saw its acknowledgement, clock time: what a
+/// per-append breakdown joins with the node's times for the same append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Sample {
+    /// The log's number (as [`Target::append`] takes it).
+    pub(crate) log: usize,
+    /// Its LSN.
+    pub(crate) lsn: u64,
+    pub(crate) intended: Duration,
+    pub(crate) sent: Duration,
+    pub(crate) acknowledged: Duration,
+}
+
+/// Appends whose LSN is a multiple of this are sampled: the node traces the same ones
+/// (`/traces`, every append whose first LSN is a multiple of 16).
+pub(crate) const TRACE_EVERY: u64 = 16;
 
 /// The intended send times of the appends in flight, by send order: what the drain leaves
 /// unanswered is read from here. Answers come roughly in send order, so this is a queue
@@ -763,6 +794,7 @@ impl Recorder<'_> {
                 },
                 sends: None,
                 intervals,
+                samples: Vec::new(),
             },
             shown: 0,
             unacknowledged: Vec::new(),
@@ -823,7 +855,16 @@ impl Recorder<'_> {
             };
         }
         match &done.result {
-            Ok(()) => {
+            Ok(lsn) => {
+                if lsn.is_multiple_of(TRACE_EVERY) {
+                    self.result.samples.push(Sample {
+                        log: done.log,
+                        lsn: *lsn,
+                        intended: done.intended,
+                        sent: done.sent,
+                        acknowledged: done.at,
+                    });
+                }
                 let latency = done.at - done.intended;
                 report::record_latency(&mut self.result.latency, latency);
                 report::record_latency(&mut self.result.service_latency, done.at - done.sent);
@@ -902,6 +943,7 @@ pub(crate) async fn run<C: Clock, T: Target>(
             let result = target.append(log, payload).await;
             Done {
                 slot,
+                log,
                 seq,
                 intended,
                 sent,
@@ -1150,7 +1192,7 @@ mod tests {
     }
 
     impl Target for FakeTarget<'_> {
-        async fn append(&self, _log: usize, _payload: Vec<u8>) -> Result<(), TargetError> {
+        async fn append(&self, _log: usize, _payload: Vec<u8>) -> Result<u64, TargetError> {
             let index = self.appends.replace(self.appends.get() + 1);
             let service = if index == self.stall_index {
                 self.stall
@@ -1160,7 +1202,7 @@ mod tests {
             let done = self.busy_until.get().max(self.clock.now()) + service;
             self.busy_until.set(done);
             self.clock.sleep_until(done).await;
-            Ok(())
+            Ok(index)
         }
     }
 
@@ -1321,17 +1363,19 @@ mod tests {
         clock: &'a SimClock,
         delay: Duration,
         failing: Option<(Duration, Duration, &'static str)>,
+        /// LSNs handed out so far.
+        lsns: Cell<u64>,
     }
 
     impl Target for DelayTarget<'_> {
-        async fn append(&self, _log: usize, _payload: Vec<u8>) -> Result<(), TargetError> {
+        async fn append(&self, _log: usize, _payload: Vec<u8>) -> Result<u64, TargetError> {
             let now = self.clock.now();
             self.clock.sleep_until(now + self.delay).await;
             match self.failing {
                 Some((from, until, kind)) if now >= from && now < until => {
                     Err(TargetError::Counted(kind))
                 }
-                _ => Ok(()),
+                _ => Ok(self.lsns.replace(self.lsns.get() + 1)),
             }
         }
     }
@@ -1357,6 +1401,7 @@ mod tests {
             clock: &clock,
             delay: 30 * MS,
             failing: None,
+            lsns: Cell::new(0),
         };
         let result = run_sim_any(&target, &clock, &uniform(200.0, Duration::from_millis(500)));
         let c = &result.completion;
@@ -1368,6 +1413,19 @@ mod tests {
             "the drain ends with the last answer, at 525 ms"
         );
         assert_eq!(result.records, 100);
+        // LSNs 0, 16, ... 96 are sampled, with their three times.
+        let lsns: Vec<u64> = result.samples.iter().map(|s| s.lsn).collect();
+        assert_eq!(lsns, [0, 16, 32, 48, 64, 80, 96]);
+        let last = result.samples[6];
+        assert_eq!(
+            last.intended,
+            Duration::from_millis(480),
+            "LSN 96 is append 96"
+        );
+        assert_eq!(
+            (last.sent, last.acknowledged),
+            (last.intended, last.intended + 30 * MS)
+        );
         let p = LatencyPercentiles::of(&result.latency);
         assert_eq!(p.min, 30_000);
         assert!(result.latency.equivalent(p.max, 30_000), "{p:?}");
@@ -1388,6 +1446,7 @@ mod tests {
             clock: &clock,
             delay: MS,
             failing: Some((Duration::from_millis(500), Duration::MAX, "unavailable")),
+            lsns: Cell::new(0),
         };
         let result = run_sim_any(&target, &clock, &uniform(1_000.0, Duration::from_secs(1)));
         let c = &result.completion;

@@ -16,6 +16,7 @@ mod stages;
 mod storage_mode;
 mod target;
 mod topology;
+mod trace;
 
 use std::process::ExitCode;
 

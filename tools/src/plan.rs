@@ -45,6 +45,7 @@ use crate::stages::StageBreakdown;
 use crate::storage_mode::{parse_positive_seconds, parse_seconds};
 use crate::target::{DevGuard, TargetArgs};
 use crate::topology::Topology;
+use crate::trace::Breakdown;
 
 /// A step holds if at least this share of the intended appends were acknowledged.
 const ACHIEVED_SHARE_MIN: f64 = 0.95;
@@ -174,6 +175,9 @@ pub(crate) struct PlanStep {
     pub(crate) stages: Option<StageBreakdown>,
     /// The same for every node of the logs' chains.
     pub(crate) node_stages: Vec<NodeStages>,
+    /// Where single appends' time went ([`crate::trace`]); `null` if the heads' traces
+    /// could not be fetched.
+    pub(crate) per_append: Option<Breakdown>,
 }
 
 impl PlanStep {
@@ -494,6 +498,7 @@ async fn run(
         let before = StageScrapes::before(&topology, loud).await;
         let measured = append_mode::run_load(&target, &spec, 0, &label).await?;
         let node_stages = before.after().await;
+        let per_append = append_mode::per_append(&topology, &measured, loud).await;
         let result = &measured.result;
         let sends = result.sends.clone().expect("open loop counts sends");
         let latency_us = LatencyPercentiles::of(&result.latency);
@@ -518,6 +523,7 @@ async fn run(
             intervals: result.time_series(),
             stages: append_mode::first_head_stages(&topology, &node_stages),
             node_stages,
+            per_append,
         };
         eprintln!("{}", planned.row());
         verdicts.push((rate, planned.held));

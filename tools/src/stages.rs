@@ -157,6 +157,11 @@ pub(crate) fn scrape(addr: &str) -> Result<Scrape, String> {
     parse(&text)
 }
 
+/// Fetches `http://{addr}/traces` ([`crate::trace`] parses it).
+pub(crate) fn fetch_traces(addr: &str) -> Result<String, String> {
+    http_get(addr, "/traces")
+}
+
 /// The body of `GET path` on `addr`, which must answer 200.
 fn http_get(addr: &str, path: &str) -> Result<String, String> {
     let target = addr

@@ -84,6 +84,26 @@ fn open_loop_append_reports_sends_readers_and_intervals() {
         intended
     );
     assert!(r["warnings"].is_array());
+    // Single appends broken down end to end: the bench's times for the appends of LSNs that
+    // are multiples of 16, joined with the node's, add up to their latency.
+    let per_append = &r["per_append"];
+    assert_eq!(per_append["clocks_comparable"], true, "{per_append:#}");
+    let joined = u64_at(per_append, "/joined");
+    assert!(
+        joined > 0 && joined <= u64_at(per_append, "/sampled"),
+        "{per_append:#}"
+    );
+    for band in per_append["bands"].as_array().expect("bands") {
+        let stages: f64 = band["mean"]["stages_us"]
+            .as_array()
+            .expect("stages")
+            .iter()
+            .map(|v| v.as_f64().expect("µs"))
+            .sum();
+        let total = f64_at(band, "/mean/total_us");
+        assert!((stages - total).abs() < 1.0, "{band:#}");
+    }
+    assert!(stdout.contains("per append     p50"), "{stdout}");
     // What the run ran against.
     assert_eq!(r["topology"]["kind"], "node");
     assert_eq!(r["topology"]["logs"][0]["name"], "bench-0");

@@ -274,7 +274,7 @@ const BATCHES: [(&str, &str, HistogramOf); 2] = [
         |s| &s.store.batch_bytes,
     ),
 ];
-const COUNTS: [(&str, &str, &str, CountOf); 13] = [
+const COUNTS: [(&str, &str, &str, CountOf); 14] = [
     (
         "chainlog_replication_forwards_total",
         "counter",
@@ -334,6 +334,12 @@ const COUNTS: [(&str, &str, &str, CountOf); 13] = [
         "counter",
         "Segments deleted after trims.",
         |s| s.store.segments_deleted,
+    ),
+    (
+        "chainlog_rollover_waits_total",
+        "counter",
+        "Times frames waited for the spare segment to be ready at a rollover.",
+        |s| s.store.rollover_waits,
     ),
     (
         "chainlog_bytes_received_total",

@@ -226,7 +226,8 @@ pub(crate) struct LoadFacts {
     /// What became of the appends meant for the window.
     pub(crate) completion: Completion,
     /// How busy this process was over the run: user + system CPU seconds per second of the
-    /// run (1.0: one core, all the time).
+    /// run (1.0: one core, all the time), less the microseconds before each send that it
+    /// spent yielding until the send was due.
     pub(crate) generator_cpu_share: f64,
     /// What makes this run's figures doubtful (fewer than 99% of the appends acknowledged,
     /// the generator itself the bottleneck), one sentence each; empty if nothing does.
@@ -299,13 +300,13 @@ fn warnings(result: &LoadResult, cpu_share: f64) -> Vec<String> {
         let latency = LatencyPercentiles::of(&result.latency);
         // Lateness the bound caused is the target's (it held answers back); the rest is
         // this process not getting to its sends on time.
-        let own = s.not_sent == 0 && s.lateness_us.p99 > LATE_AFTER_US_WARN;
-        if own && s.lateness_us.p99 * 2 >= latency.p99 {
+        let own = s.own_lateness_us.p99;
+        if own > LATE_AFTER_US_WARN && own * 2 >= latency.p99 {
             warnings.push(format!(
                 "the generator's own sends were late by up to {} µs at p99 (latency p99 {} µs): \
                  at least half of the p99 is this process falling behind its schedule, not \
                  the target",
-                report::thousands(s.lateness_us.p99),
+                report::thousands(own),
                 report::thousands(latency.p99),
             ));
         }
@@ -711,7 +712,8 @@ pub(crate) struct Measured {
     pub(crate) e2e: Option<Histogram<u64>>,
     /// Wall-clock time when the measured window began (for the HdrHistogram log).
     pub(crate) measure_start: SystemTime,
-    /// CPU seconds this process used per second of the run (warm-up, window and drain).
+    /// CPU seconds this process used per second of the run (warm-up, window and drain),
+    /// less the time it spent yielding until a send was due.
     pub(crate) cpu_share: f64,
     /// `CLOCK_MONOTONIC` nanoseconds at the origin of the run's clock (the samples' times
     /// count from there).
@@ -772,8 +774,9 @@ pub(crate) async fn run_load(
     };
     let cpu_before = process_cpu();
     let result = load::run(&clock, target, spec, start, &mut on_interval).await;
-    let cpu_share = (process_cpu() - cpu_before).as_secs_f64()
-        / (clock.now() - start).as_secs_f64().max(f64::MIN_POSITIVE);
+    // Yielding until a deadline (the last microseconds before a send) is waiting, not work.
+    let busy = (process_cpu() - cpu_before).saturating_sub(clock.spun());
+    let cpu_share = busy.as_secs_f64() / (clock.now() - start).as_secs_f64().max(f64::MIN_POSITIVE);
     progress.finish();
     let _ = stop.send(true);
     let mut e2e = (readers > 0).then(report::latency_histogram);
@@ -894,11 +897,12 @@ impl LoadFacts {
         use std::fmt::Write as _;
         let cpu = format!("{:.0}% of a core", self.generator_cpu_share * 100.0);
         if let Some(s) = &self.sends {
-            let l = &s.lateness_us;
+            let l = &s.own_lateness_us;
             let _ = writeln!(
                 out,
                 "  lateness (µs)  p50 {}  p99 {}  p99.9 {}  max {}  (the generator's own: actual \
-                 minus intended send time; its CPU {cpu})",
+                 minus intended send time of the sends the outstanding bound did not hold \
+                 back; its CPU {cpu})",
                 report::thousands(l.p50),
                 report::thousands(l.p99),
                 report::thousands(l.p999),
@@ -906,11 +910,14 @@ impl LoadFacts {
             );
             let _ = writeln!(
                 out,
-                "  sends          {} intended, {} sent, {} late (> {} µs), {} not sent",
+                "  sends          {} intended, {} sent, {} late (> {} µs), {} held back by the \
+                 outstanding bound (lateness p99 of all {} µs), {} not sent",
                 report::thousands(s.intended),
                 report::thousands(s.sent),
                 report::thousands(s.late),
                 report::thousands(s.late_after_us),
+                report::thousands(s.held_by_bound),
+                report::thousands(s.lateness_us.p99),
                 report::thousands(s.not_sent),
             );
             let u = &self.service_latency_us;

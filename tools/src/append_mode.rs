@@ -441,6 +441,7 @@ pub(crate) fn main(args: AppendArgs) -> Result<(), Failure> {
                 ..fingerprint
             },
             stages: report.node_stages.clone(),
+            per_append: report.per_append.clone(),
         };
         crate::html::write_report(path, &html)
             .map_err(|e| format!("writing {}: {e}", path.display()))?;

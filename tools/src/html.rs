@@ -9,7 +9,8 @@
 //! - the percentile spectrum, x in "nines" (`-log10(1 - q)`, so 90, 99, 99.9 ... are evenly
 //!   spaced, as HdrHistogram's plots do);
 //! - latency and throughput per second over the run;
-//! - where the time goes (server-side stages, [`crate::stages`]) when it was scraped;
+//! - single appends end to end (the per-append breakdown, [`crate::trace`]) and where the
+//!   time goes on each node (server-side stages, [`crate::stages`]) when they were fetched;
 //! - the machine fingerprint ([`crate::fingerprint`]) so that two reports can be compared.
 //!
 //! Latency axes are logarithmic: tails are often a hundred times the median, and a linear axis
@@ -27,6 +28,7 @@ use crate::append_mode::NodeStages;
 use crate::fingerprint::Fingerprint;
 use crate::report::{thousands, LoadSummary};
 use crate::stages::StageBreakdown;
+use crate::trace::{AppendStages, Breakdown};
 
 /// Everything the HTML report shows.
 #[derive(Clone, Debug, Serialize)]
@@ -54,6 +56,8 @@ pub(crate) struct HtmlReport {
     /// Server-side latency by stage over the run, one entry per node whose metrics were
     /// scraped.
     pub(crate) stages: Vec<NodeStages>,
+    /// Single appends end to end ([`crate::trace`]), if the heads' traces were fetched.
+    pub(crate) per_append: Option<Breakdown>,
 }
 
 /// An offered-load sweep and what it found.
@@ -208,6 +212,10 @@ fn render(report: &HtmlReport) -> std::io::Result<String> {
         figure(&mut html, &plot_latency_time(&report.timeline)?);
         figure(&mut html, &plot_throughput_time(&report.timeline)?);
     }
+    if let Some(per_append) = &report.per_append {
+        html.push_str("<h2>Where single appends' time goes (end to end)</h2>\n");
+        per_append_table(&mut html, per_append);
+    }
     if !report.stages.is_empty() {
         html.push_str("<h2>Where the time goes (server side)</h2>\n");
         for node in &report.stages {
@@ -361,6 +369,53 @@ fn sweep_table(html: &mut String, sweep: &Sweep) {
                 "no"
             },
         );
+    }
+    html.push_str("</table>\n");
+}
+
+fn per_append_table(html: &mut String, b: &Breakdown) {
+    if !b.clocks_comparable {
+        html.push_str("<p>The node's clock is not this host's: no end-to-end breakdown.</p>\n");
+        return;
+    }
+    let _ = writeln!(
+        html,
+        "<p>The bench's own times of {} sampled appends (every append whose LSN is a multiple \
+         of 16) joined with the node's traces of the same appends ({} joined); the stages of \
+         each append add up to its latency. µs.</p>",
+        thousands(b.sampled as u64),
+        thousands(b.joined as u64)
+    );
+    html.push_str("<table>\n<tr><th>appends</th><th>latency</th>");
+    for name in b.stage_names {
+        let _ = write!(html, "<th>{}</th>", escape(name));
+    }
+    html.push_str("</tr>\n");
+    let row = |html: &mut String, label: String, a: &AppendStages| {
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td class=\"n\">{}</td>",
+            escape(&label),
+            thousands(a.total_us.round() as u64)
+        );
+        for us in a.stages_us {
+            let _ = write!(
+                html,
+                "<td class=\"n\">{}</td>",
+                thousands(us.max(0.0).round() as u64)
+            );
+        }
+        html.push_str("</tr>\n");
+    };
+    for band in &b.bands {
+        row(
+            html,
+            format!("around {} ({})", band.percentile, band.appends),
+            &band.mean,
+        );
+    }
+    for (i, slow) in b.slowest.iter().enumerate() {
+        row(html, format!("slowest #{}", i + 1), slow);
     }
     html.push_str("</table>\n");
 }
@@ -976,6 +1031,34 @@ mod tests {
                 role: "head".into(),
                 stages: stages::breakdown(&before, &after).unwrap(),
             }],
+            per_append: Some(per_append()),
+        }
+    }
+
+    /// A per-append breakdown whose p99 went to the disk.
+    fn per_append() -> Breakdown {
+        let append = |total_us: f64, durable_us: f64| AppendStages {
+            total_us,
+            stages_us: [
+                5.0,
+                40.0,
+                durable_us,
+                1.0,
+                2.0,
+                total_us - durable_us - 48.0,
+            ],
+        };
+        Breakdown {
+            stage_names: crate::trace::STAGES,
+            sampled: 6_250,
+            joined: 6_200,
+            clocks_comparable: true,
+            bands: vec![crate::trace::Band {
+                percentile: "p99",
+                appends: 62,
+                mean: append(9_000.0, 8_800.0),
+            }],
+            slowest: vec![append(21_000.0, 20_700.0)],
         }
     }
 
@@ -1042,6 +1125,9 @@ mod tests {
         assert!(html.contains("overloaded 12"));
         assert!(html.contains("<td>disk</td>"));
         assert!(html.contains("Node 2 (head) at 127.0.0.1:7200"));
+        assert!(html.contains("Where single appends' time goes"));
+        assert!(html.contains("<td>around p99 (62)</td><td class=\"n\">9,000</td>"));
+        assert!(html.contains("<td>slowest #1</td><td class=\"n\">21,000</td>"));
         assert!(html.contains("<p class=\"warn\">noise decided part of this answer</p>"));
         assert!(html.contains("Machine fingerprint"));
         for row in ["kernel", "CPU", "memory", "&quot;record_size&quot;: 128"] {
@@ -1065,12 +1151,14 @@ mod tests {
         report.spectrum.clear();
         report.stages.clear();
         report.warnings.clear();
+        report.per_append = None;
         let html = render(&report).unwrap();
         assert!(svgs(&html).is_empty());
         assert!(html.contains("No per-second samples were recorded."));
         assert!(html.contains("No latencies were recorded."));
         assert!(!html.contains(TITLE_LOAD));
         assert!(!html.contains("Where the time goes"));
+        assert!(!html.contains("Where single appends"));
         // A sweep where nothing met the SLO has no knee, and says why.
         let mut report = synthetic_report(probed_fingerprint());
         let sweep = report.sweep.as_mut().unwrap();

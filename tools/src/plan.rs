@@ -437,6 +437,9 @@ fn html_report(
             .or(report.steps.last())
             .map(|s| s.node_stages.clone())
             .unwrap_or_default(),
+        per_append: knee_step
+            .or(report.steps.last())
+            .and_then(|s| s.per_append.clone()),
     }
 }
 

@@ -6,7 +6,7 @@
 //!
 //! | stage | from | to | what is in it |
 //! |---|---|---|---|
-//! | `generator` | intended send | the bench's send | the generator falling behind its schedule |
+//! | `generator` | intended send | the bench's send | the generator falling behind its schedule, or the outstanding bound holding the send back (the report counts those sends apart) |
 //! | `to_node` | the bench's send | the node's turn that saw the frame | the client library's queue and writer task, loopback, the node's loop waking |
 //! | `durable` | frame seen | records seen durable | the store: queue, group commit, the write and flush, the loop seeing the completion |
 //! | `answer` | durable | answer queued | answers held in order behind earlier ones, the rest of the chain (rf > 1) |

@@ -440,8 +440,9 @@ pub(crate) struct SendStats {
     pub(crate) late_after_us: u64,
     /// Lateness of the sends that went out (actual minus intended send time), microseconds.
     pub(crate) lateness_us: LatencyPercentiles,
-    /// Of the sends that went out, those due while the outstanding bound was full: their
-    /// lateness is the target's doing (it held answers back).
+    /// Of the sends that went out, the late ones that had to wait for a free slot (the
+    /// outstanding bound was full): their lateness is the target's doing (it held answers
+    /// back).
     pub(crate) held_by_bound: u64,
     /// Lateness of the other sends, microseconds: the generator's own (its thread did not get
     /// to them in time).
@@ -1042,8 +1043,9 @@ pub(crate) async fn run<C: Clock, T: Target>(
                 own_lateness_us: LatencyPercentiles::default(),
             };
             let mut own_lateness = report::latency_histogram();
-            // Since when the outstanding bound has been full, if it is.
-            let mut full_since: Option<Duration> = None;
+            // Whether the outstanding bound was full when the loop last waited: the late sends
+            // it sends now waited for a free slot.
+            let mut bound_was_full = false;
             let mut sends: u64 = 0;
             loop {
                 let now = clock.now();
@@ -1064,8 +1066,9 @@ pub(crate) async fn run<C: Clock, T: Target>(
                         // Zero is a lateness like any other (record_latency rounds up to 1).
                         let late_us = u64::try_from(late_by.as_micros()).unwrap_or(u64::MAX);
                         lateness.saturating_record(late_us);
-                        // Held: due while the bound was full, which it was until now.
-                        if full_since.is_some_and(|since| due >= since && due < now) {
+                        // Held: late, and the loop could not send it before now for want of a
+                        // slot.
+                        if bound_was_full && due < now {
                             stats.held_by_bound += 1;
                         } else {
                             own_lateness.saturating_record(late_us);
@@ -1077,8 +1080,7 @@ pub(crate) async fn run<C: Clock, T: Target>(
                     schedule.advance();
                     due = start + schedule.peek();
                 }
-                full_since =
-                    (in_flight.len() >= outstanding_max).then(|| full_since.unwrap_or(now));
+                bound_was_full = in_flight.len() >= outstanding_max;
                 if now >= end {
                     break;
                 }

@@ -55,6 +55,8 @@ const INTERVALS_MIN: u32 = 20;
 /// The real clock's timer wakes this long before a deadline; the rest is waited for by
 /// yielding to the runtime ([`SystemClock`]).
 const SPIN_BEFORE: Duration = Duration::from_micros(25);
+/// The share of its time the real clock may spend yielding until deadlines.
+const SPIN_SHARE_MAX: f64 = 0.25;
 /// Bytes at the start of a payload that carry its send time.
 pub(crate) const STAMP_BYTES: usize = 8;
 
@@ -175,8 +177,15 @@ impl Clock for SystemClock {
         // The timer wakes the thread SPIN_BEFORE early, and the rest is waited for by
         // yielding to the runtime (answers are still handled): waking from a timer takes tens
         // of microseconds on a VM, and arming one for a closer deadline costs more than the
-        // wait.
-        let wake = at.saturating_sub(SPIN_BEFORE);
+        // wait. At high rates that would spin all the time, starving the target's threads
+        // of a core (and, under SCHED_FIFO, getting the thread throttled for 50 ms a
+        // second): past SPIN_SHARE_MAX of the time, sleeps use the timer alone.
+        let spin = self.spun.get().as_secs_f64() < self.now().as_secs_f64() * SPIN_SHARE_MAX;
+        let wake = if spin {
+            at.saturating_sub(SPIN_BEFORE)
+        } else {
+            at
+        };
         if self.now() < wake {
             self.timer_until(wake).await;
         }

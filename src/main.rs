@@ -333,7 +333,7 @@ fn print_dev(cluster: &DevCluster, rf: usize) {
         lines.push(format!("use it:  chainlog status --target {target}"));
     }
     lines.push(format!(
-        "         chainlog-bench append --target {target} --record-size 1024 --concurrency 8 --duration 10"
+        "         chainlog-bench append --target {target} --rf {rf} --record-size 1024 --concurrency 8 --duration 10"
     ));
     lines.push("Ctrl-C (or SIGTERM) stops every process.".to_string());
     for line in lines {

@@ -365,13 +365,29 @@ fn metrics_are_served_as_prometheus_text() {
     for needle in [
         "chainlog_records_appended_total{shard=\"0\"} 20",
         "chainlog_append_stage_latency_us_count{shard=\"0\",stage=\"total\"} 20",
-        "chainlog_append_stage_latency_us{shard=\"0\",stage=\"disk\",quantile=\"0.99\"}",
+        "chainlog_append_stage_latency_us_bucket{shard=\"0\",stage=\"disk\",le=\"+Inf\"}",
         "chainlog_group_commit_batch_records_count{shard=\"0\"}",
         "chainlog_logs{shard=\"0\"} 1",
         "chainlog_connections{shard=\"0\"} 1",
         "chainlog_requests_total{shard=\"0\",opcode=\"APPEND\"} 20",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    // The appends whose first LSN is a multiple of 16 are traced: LSNs 0 and 16, each with
+    // its four times in order, on this host's CLOCK_MONOTONIC (the same clock as Instant).
+    let traces = scrape("/traces");
+    assert!(traces.starts_with("HTTP/1.1 200"), "{traces}");
+    let lines: Vec<Vec<u64>> = traces
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.split_whitespace().count() == 7)
+        .map(|l| l.split_whitespace().map(|f| f.parse().unwrap()).collect())
+        .collect();
+    let lsns: Vec<u64> = lines.iter().map(|l| l[2]).collect();
+    assert_eq!(lsns, [0, 16], "{traces}");
+    for line in &lines {
+        assert_eq!((line[0], line[1]), (0, id), "{traces}");
+        let times = &line[3..];
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{traces}");
     }
     drop(c);
     assert!(node.terminate().success());

@@ -30,6 +30,8 @@ pub(crate) struct Conn {
     /// Bytes the kernel is sending (untouched while `send_in_flight`), and how many went.
     sending: Vec<u8>,
     sent: usize,
+    /// The traces ([`super::metrics::Traces`]) whose answers are in `sending`.
+    sending_traced: Vec<u64>,
     pub(crate) send_in_flight: bool,
     /// The protocol's state of this connection.
     pub(crate) session: Session,
@@ -56,6 +58,8 @@ pub(crate) struct Session {
     pub(crate) closing: bool,
     /// Active subscriptions (PROTOCOL.md section 7).
     pub(crate) subscriptions: Vec<Subscription>,
+    /// The traces ([`super::metrics::Traces`]) whose answers are in `out`.
+    pub(crate) traced: Vec<u64>,
 }
 
 /// A subscription of a connection: the log, where its stream is, and how much it may push.
@@ -120,6 +124,7 @@ impl Conn {
             recv_in_flight: false,
             sending: Vec::new(),
             sent: 0,
+            sending_traced: Vec::new(),
             send_in_flight: false,
             session: Session::default(),
         }
@@ -159,6 +164,7 @@ impl Conn {
             return None;
         }
         std::mem::swap(&mut self.session.out, &mut self.sending);
+        std::mem::swap(&mut self.session.traced, &mut self.sending_traced);
         self.sent = 0;
         self.send_in_flight = true;
         Some(&self.sending)
@@ -174,6 +180,12 @@ impl Conn {
         self.sending.clear();
         self.send_in_flight = false;
         None
+    }
+
+    /// The traces whose answers the send just started carries (taken: stamped once, when
+    /// the send is handed to the kernel).
+    pub(crate) fn take_sending_traces(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.sending_traced)
     }
 
     /// No operation of this connection is in the kernel: it may be closed.

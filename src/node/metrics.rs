@@ -5,8 +5,18 @@
 //! `batch_wait` (handed to the store to its frame's submission: group commit), `disk` (the
 //! frame's durable write), `ack` (durability seen to the answer queued), and `total`
 //! (frame received to answer queued). Group commit batch sizes, bytes and records per shard,
-//! logs and connections complete the picture.
+//! logs and connections complete the picture. Distributions are served as Prometheus
+//! histograms (ten buckets per decade), whose buckets a scraper can subtract to get the
+//! distribution of any window between two scrapes (`chainlog-bench` does, for its run).
+//!
+//! **Append traces** break single appends down where histograms cannot (a p99 of the total
+//! is not the sum of the stages' p99s): every append whose first LSN is a multiple of
+//! [`TRACE_EVERY`] gets the times its frame was received, its records were seen durable,
+//! its answer was queued and that answer's send was handed to the ring. `GET /traces` serves the last
+//! [`TRACES_KEPT`] of each shard in `CLOCK_MONOTONIC` nanoseconds, so that a client on the
+//! same host can put them next to its own times for the same append (found by log and LSN).
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -14,6 +24,56 @@ use std::sync::{Arc, Mutex};
 
 use chainlog_storage::StoreMetrics;
 use hdrhistogram::Histogram;
+
+use super::conn::Session;
+
+/// Appends whose first LSN is a multiple of this are traced.
+pub(crate) const TRACE_EVERY: u64 = 16;
+/// Traces a shard keeps for `/traces` (the newest; about 4 s at 270,000 appends/s).
+pub(crate) const TRACES_KEPT: usize = 1 << 16;
+/// Traces whose answer is still being sent at most (older ones are dropped unsent).
+const TRACES_OPEN_MAX: usize = 1 << 16;
+
+/// One traced append's way through its shard, microseconds since the shard's origin
+/// ([`Snapshot::origin_ns`]); `sent_us` is 0 if the answer never went out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AppendTrace {
+    pub(crate) log_id: u64,
+    pub(crate) first_lsn: u64,
+    /// The turn in which its frame's bytes were seen.
+    pub(crate) received_us: u64,
+    /// The turn in which its records were seen durable here.
+    pub(crate) durable_us: u64,
+    /// When its answer was queued for the connection.
+    pub(crate) answered_us: u64,
+    /// When the send carrying its answer was handed to the ring (it goes out with the
+    /// loop's next enter).
+    pub(crate) sent_us: u64,
+}
+
+/// The traces of a shard whose answers are on their way out, by sequence number.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Traces {
+    /// The sequence number of `open[0]`.
+    base: u64,
+    open: VecDeque<AppendTrace>,
+}
+
+impl Traces {
+    /// The traces whose answers went out, oldest first, and those waiting longer than
+    /// `give_up_us` before `now_us` (a connection that closed): their answers never went out.
+    pub(crate) fn take_done(&mut self, now_us: u64, give_up_us: u64) -> Vec<AppendTrace> {
+        let mut done = Vec::new();
+        while let Some(front) = self.open.front() {
+            if front.sent_us == 0 && now_us.saturating_sub(front.answered_us) < give_up_us {
+                break;
+            }
+            done.extend(self.open.pop_front());
+            self.base += 1;
+        }
+        done
+    }
+}
 
 /// What one shard measures itself (the store measures the rest).
 #[derive(Clone, Debug)]
@@ -37,6 +97,8 @@ pub(crate) struct ShardMetrics {
     pub(crate) pulled_records: u64,
     /// Replication links closed (they reconnect).
     pub(crate) link_resets: u64,
+    /// Traced appends whose answers are on their way out.
+    pub(crate) traces: Traces,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -65,6 +127,51 @@ impl ShardMetrics {
             catch_up_records: 0,
             pulled_records: 0,
             link_resets: 0,
+            traces: Traces::default(),
+        }
+    }
+
+    /// The answer of an append of `log_id` from `first_lsn`, received at `received_us` and
+    /// durable here at `durable_us`, was queued on `session` at `now_us`: traces it if it is
+    /// sampled ([`TRACE_EVERY`]); its send's completion is stamped by [`ShardMetrics::sent`].
+    pub(crate) fn answered(
+        &mut self,
+        session: &mut Session,
+        log_id: u64,
+        first_lsn: u64,
+        received_us: u64,
+        durable_us: u64,
+        now_us: u64,
+    ) {
+        if !first_lsn.is_multiple_of(TRACE_EVERY) {
+            return;
+        }
+        let traces = &mut self.traces;
+        if traces.open.len() >= TRACES_OPEN_MAX {
+            traces.open.pop_front();
+            traces.base += 1;
+        }
+        session.traced.push(traces.base + traces.open.len() as u64);
+        traces.open.push_back(AppendTrace {
+            log_id,
+            first_lsn,
+            received_us,
+            durable_us,
+            answered_us: now_us,
+            sent_us: 0,
+        });
+    }
+
+    /// The send carrying the answers of traces `seqs` was handed to the ring at `now_us`.
+    pub(crate) fn sent(&mut self, seqs: &[u64], now_us: u64) {
+        let traces = &mut self.traces;
+        for &seq in seqs {
+            if let Some(trace) = seq
+                .checked_sub(traces.base)
+                .and_then(|i| traces.open.get_mut(i as usize))
+            {
+                trace.sent_us = now_us;
+            }
         }
     }
 
@@ -88,6 +195,57 @@ pub(crate) struct Snapshot {
     /// it is behind in all.
     pub(crate) lagging_logs: usize,
     pub(crate) lag_records: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds at the shard's origin (its traces count from there).
+    pub(crate) origin_ns: u64,
+    /// The newest traces whose answers went out (at most [`TRACES_KEPT`]), oldest first.
+    pub(crate) traces: Vec<AppendTrace>,
+}
+
+impl Snapshot {
+    /// Adds `done` to the traces kept, dropping the oldest beyond [`TRACES_KEPT`].
+    pub(crate) fn keep_traces(&mut self, mut kept: Vec<AppendTrace>, done: Vec<AppendTrace>) {
+        kept.extend(done);
+        let excess = kept.len().saturating_sub(TRACES_KEPT);
+        kept.drain(..excess);
+        self.traces = kept;
+    }
+}
+
+/// `CLOCK_MONOTONIC`, nanoseconds.
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The text of `GET /traces`: a header, then one line per trace of every shard.
+pub(crate) fn render_traces(snapshots: &[Option<Snapshot>]) -> String {
+    let mut out = format!(
+        "# chainlog append traces: appends whose first LSN is a multiple of {TRACE_EVERY}, \
+         times in CLOCK_MONOTONIC nanoseconds (sent 0: the answer never went out)\n\
+         # shard log_id first_lsn received_ns durable_ns answered_ns sent_ns\n"
+    );
+    for (shard, snapshot) in snapshots.iter().enumerate() {
+        let Some(snapshot) = snapshot else { continue };
+        let at = |us: u64| snapshot.origin_ns + us * 1_000;
+        for t in &snapshot.traces {
+            let sent = if t.sent_us == 0 { 0 } else { at(t.sent_us) };
+            let _ = writeln!(
+                out,
+                "{shard} {} {} {} {} {} {sent}",
+                t.log_id,
+                t.first_lsn,
+                at(t.received_us),
+                at(t.durable_us),
+                at(t.answered_us),
+            );
+        }
+    }
+    out
 }
 
 /// The latest snapshot of every shard, by index.
@@ -119,7 +277,7 @@ const BATCHES: [(&str, &str, HistogramOf); 2] = [
         |s| &s.store.batch_bytes,
     ),
 ];
-const COUNTS: [(&str, &str, &str, CountOf); 14] = [
+const COUNTS: [(&str, &str, &str, CountOf); 15] = [
     (
         "chainlog_replication_forwards_total",
         "counter",
@@ -187,6 +345,12 @@ const COUNTS: [(&str, &str, &str, CountOf); 14] = [
         |s| s.store.segments_deleted,
     ),
     (
+        "chainlog_rollover_waits_total",
+        "counter",
+        "Times frames waited for the spare segment to be ready at a rollover.",
+        |s| s.store.rollover_waits,
+    ),
+    (
         "chainlog_bytes_received_total",
         "counter",
         "Bytes received from clients.",
@@ -222,14 +386,44 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-fn summary(out: &mut String, name: &str, labels: &str, h: &Histogram<u64>) {
-    for q in [0.5, 0.9, 0.99, 0.999] {
-        let _ = writeln!(
-            out,
-            "{name}{{{labels},quantile=\"{q}\"}} {}",
-            h.value_at_quantile(q)
-        );
+/// Bucket bounds of every histogram within a decade: ten per decade, so a quantile
+/// interpolated inside a bucket is within 25% of the truth (at most a bucket's width).
+const BUCKET_MANTISSAS: [u64; 10] = [10, 12, 15, 20, 25, 30, 40, 50, 60, 80];
+/// Decades of bucket bounds: 1 to 80,000,000 (µs: up to 80 s; records or bytes per write).
+const BUCKET_DECADES: u32 = 8;
+
+/// The upper bounds of every histogram's buckets (`le`), ascending; `+Inf` follows them.
+/// Values are whole numbers, so the first decade has only 1, 2, 3, 4, 5, 6 and 8.
+fn bucket_bounds() -> Vec<u64> {
+    let mut bounds: Vec<u64> = (0..BUCKET_DECADES)
+        .flat_map(|decade| {
+            BUCKET_MANTISSAS
+                .into_iter()
+                .map(move |m| m * 10u64.pow(decade) / 10)
+        })
+        .collect();
+    bounds.dedup();
+    bounds
+}
+
+/// A Prometheus histogram: cumulative buckets, sum and count. Unlike quantiles, buckets of
+/// two scrapes can be subtracted, so a scraper can tell the distribution of any window.
+fn histogram_series(out: &mut String, name: &str, labels: &str, h: &Histogram<u64>) {
+    let bounds = bucket_bounds();
+    let mut counts = vec![0u64; bounds.len()];
+    // One pass over what was recorded (HdrHistogram's own buckets are far finer).
+    for recorded in h.iter_recorded() {
+        let value = h.lowest_equivalent(recorded.value_iterated_to());
+        if let Some(i) = bounds.iter().position(|&bound| value <= bound) {
+            counts[i] += recorded.count_at_value();
+        }
     }
+    let mut cumulative = 0;
+    for (bound, count) in bounds.iter().zip(counts) {
+        cumulative += count;
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.len());
     let sum = (h.mean() * h.len() as f64).round() as u64;
     let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
     let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.len());
@@ -246,10 +440,10 @@ pub(crate) fn render(snapshots: &[Option<Snapshot>]) -> String {
     let mut out = String::new();
     let help = "Append latency by stage in microseconds (queue, batch_wait, disk, replication, \
                 ack, total).";
-    family(&mut out, STAGES_NAME, "summary", help);
+    family(&mut out, STAGES_NAME, "histogram", help);
     for (stage, get) in STAGES {
         for (i, s) in shards() {
-            summary(
+            histogram_series(
                 &mut out,
                 STAGES_NAME,
                 &format!("shard=\"{i}\",stage=\"{stage}\""),
@@ -258,9 +452,9 @@ pub(crate) fn render(snapshots: &[Option<Snapshot>]) -> String {
         }
     }
     for (name, help, get) in BATCHES {
-        family(&mut out, name, "summary", help);
+        family(&mut out, name, "histogram", help);
         for (i, s) in shards() {
-            summary(&mut out, name, &format!("shard=\"{i}\""), get(s));
+            histogram_series(&mut out, name, &format!("shard=\"{i}\""), get(s));
         }
     }
     for (name, kind, help, get) in COUNTS {
@@ -280,8 +474,8 @@ pub(crate) fn render(snapshots: &[Option<Snapshot>]) -> String {
     out
 }
 
-/// Serves `GET /metrics` on `listener` from a thread of its own (a small HTTP/1.1 responder:
-/// one request per connection). Returns the address it listens on.
+/// Serves `GET /metrics` and `GET /traces` on `listener` from a thread of its own (a small
+/// HTTP/1.1 responder: one request per connection). Returns the address it listens on.
 pub(crate) fn serve(listener: TcpListener, board: Board) -> std::io::Result<SocketAddr> {
     let local = listener.local_addr()?;
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
@@ -300,11 +494,14 @@ pub(crate) fn serve(listener: TcpListener, board: Board) -> std::io::Result<Sock
             while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
                 line.clear();
             }
+            // Rendered under the lock (a shard publishes once a second; the traces are not
+            // copied for every scrape).
             let (status, body) = if request_line.starts_with("GET /metrics ") {
-                let snapshots = board.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                ("200 OK", render(&snapshots))
+                ("200 OK", render(&board.lock().unwrap_or_else(|e| e.into_inner())))
+            } else if request_line.starts_with("GET /traces ") {
+                ("200 OK", render_traces(&board.lock().unwrap_or_else(|e| e.into_inner())))
             } else {
-                ("404 Not Found", "only GET /metrics is served here\n".to_string())
+                ("404 Not Found", "only GET /metrics and GET /traces are served here\n".to_string())
             };
             let _ = write!(
                 stream,
@@ -314,4 +511,46 @@ pub(crate) fn serve(listener: TcpListener, board: Board) -> std::io::Result<Sock
         }
     })?;
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_have_cumulative_buckets_a_sum_and_a_count() {
+        let mut h = histogram();
+        for us in 1..=1_000 {
+            h.record(us).unwrap();
+        }
+        h.record(50_000).unwrap();
+        let mut out = String::new();
+        histogram_series(&mut out, "m", "shard=\"0\"", &h);
+        let bucket = |le: &str| -> u64 {
+            let prefix = format!("m_bucket{{shard=\"0\",le=\"{le}\"}} ");
+            let line = out.lines().find(|l| l.starts_with(&prefix)).expect(le);
+            line[prefix.len()..].parse().unwrap()
+        };
+        assert_eq!(bucket("1"), 1);
+        assert_eq!(bucket("12"), 12);
+        assert_eq!(bucket("100"), 100);
+        assert_eq!(bucket("800"), 800);
+        assert_eq!(bucket("1000"), 1_000);
+        assert_eq!(bucket("40000"), 1_000);
+        assert_eq!(bucket("50000"), 1_001);
+        assert_eq!(bucket("80000000"), 1_001);
+        assert_eq!(bucket("+Inf"), 1_001);
+        assert!(out.contains("m_count{shard=\"0\"} 1001\n"), "{out}");
+        assert!(out.contains("m_sum{shard=\"0\"} 550500\n"), "{out}");
+        // Bounds ascend and the counts never go down.
+        let counts: Vec<u64> = out
+            .lines()
+            .filter(|l| l.starts_with("m_bucket"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        let bounds = bucket_bounds();
+        assert_eq!(counts.len(), bounds.len() + 1);
+        assert!(counts.windows(2).all(|w| w[0] <= w[1]));
+        assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{bounds:?}");
+    }
 }

@@ -1489,10 +1489,10 @@ impl Server {
                 Pending::Append {
                     request_id,
                     received_us,
+                    log_id,
                     first,
                     end,
                     durable_us,
-                    ..
                 } => {
                     let now = self.now_us();
                     // How long the answer waited for the rest of the chain after the
@@ -1507,6 +1507,8 @@ impl Server {
                     self.metrics
                         .ack_us
                         .saturating_record(now.saturating_sub(self.turn_us).max(1));
+                    self.metrics
+                        .answered(session, log_id, first, received_us, durable_us, now);
                     let response = chainlog_net::AppendResponse {
                         first_lsn: first,
                         count: (end - first) as u32,

@@ -19,7 +19,7 @@ use super::chain::Chain;
 use super::conn::{ack_token, token_conn, Conn};
 use super::control::{ControlInbox, MapUpdate};
 use super::env::{Net, RawSlice, RealEnv, Sock};
-use super::metrics::{Board, Snapshot};
+use super::metrics::{self, Board, Snapshot};
 use super::ops::{NetOp, NetToken, GENERATION_MASK, SLOTS_MAX};
 use super::protocol::{self, Identity, OUTPUT_MAX};
 use super::Startup;
@@ -33,6 +33,9 @@ const METRICS_TICK_US: u64 = 1_000_000;
 /// How long a stopping shard waits for appends that wait on the rest of their chain, before
 /// it closes their connections unanswered (their outcome is unknown to the clients).
 const STOP_WAIT_US: u64 = 5_000_000;
+/// A traced append whose answer has not been sent this long after it was queued is published
+/// unsent (its connection closed, or its client stopped reading).
+const TRACE_SEND_GIVE_UP_US: u64 = 1_000_000;
 /// How long a stopping shard waits for its links' operations to finish before it cancels
 /// them (a connect to a host that does not answer).
 const LINKS_CLOSE_WAIT_US: u64 = 2_000_000;
@@ -597,16 +600,32 @@ impl<E: Net> Shard<E> {
     /// control path only).
     fn publish(&mut self) {
         let (lagging_logs, lag_records) = Chain::lag(&self.protocol);
-        let snapshot = Snapshot {
+        // Read back to back: the traces' times are placed on CLOCK_MONOTONIC by the gap.
+        let now_us = self.protocol.now_us();
+        let origin_ns = metrics::monotonic_ns().saturating_sub(now_us * 1_000);
+        let done = self
+            .protocol
+            .metrics
+            .traces
+            .take_done(now_us, TRACE_SEND_GIVE_UP_US);
+        let mut snapshot = Snapshot {
             shard: self.protocol.metrics.clone(),
             store: self.store.metrics().clone(),
             logs: self.protocol.logs(),
             connections: self.conns.iter().flatten().count(),
             lagging_logs,
             lag_records,
+            origin_ns,
+            traces: Vec::new(),
         };
         let mut board = self.board.lock().unwrap_or_else(|e| e.into_inner());
-        board[usize::from(self.index())] = Some(snapshot);
+        let slot = &mut board[usize::from(self.index())];
+        let kept = slot
+            .as_mut()
+            .map(|previous| std::mem::take(&mut previous.traces))
+            .unwrap_or_default();
+        snapshot.keep_traces(kept, done);
+        *slot = Some(snapshot);
     }
 
     /// Pushes to subscriptions, starts sends for connections with output, closes connections
@@ -662,6 +681,11 @@ impl<E: Net> Shard<E> {
                 // SAFETY: the connection keeps its in-flight send buffer, untouched, until
                 // this send's completion.
                 unsafe { self.store.io_mut().send(sock, &bytes, token) };
+            }
+            let traced = conn.take_sending_traces();
+            if !traced.is_empty() {
+                let now = self.protocol.now_us();
+                self.protocol.metrics.sent(&traced, now);
             }
             let done = conn.session.closing
                 && conn.session.pending.is_empty()

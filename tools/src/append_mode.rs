@@ -21,9 +21,10 @@
 //! the append call to the record's arrival (end-to-end latency).
 //!
 //! The logs are created if missing. Besides the report on stdout: `--json` (the report as
-//! JSON), `--hdr-log` (an HdrHistogram interval log, one interval per second) and `--html`
+//! JSON), `--hdr-log` (an HdrHistogram interval log, one per interval of the time series) and `--html`
 //! (the HTML report, [`crate::html`]).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -38,17 +39,33 @@ use tokio::sync::watch;
 
 use crate::fingerprint::Fingerprint;
 use crate::load::{
-    self, Arrivals, Clock as _, IntervalStats, LoadResult, LoadSpec, LoopMode, MonotonicClock,
-    RecordSizes, SendStats, SystemClock, Target, TargetError,
+    self, Arrivals, Clock as _, Completion, IntervalStats, LoadResult, LoadSpec, LoopMode,
+    MonotonicClock, RecordSizes, SendStats, SystemClock, Target, TargetError,
 };
 use crate::report::{self, LatencyPercentiles, LoadSummary, Progress};
 use crate::stages::{self, StageBreakdown};
 use crate::storage_mode::{parse_positive_seconds, parse_seconds};
 use crate::target::{DevGuard, TargetArgs};
+use crate::topology::{NodeInfo, Topology};
+use crate::trace;
+use crate::Failure;
 
 /// A send more than this after its intended time counts as late: below it is the wake-up
 /// latency of the bench's own timer and thread, not a sender falling behind.
 pub(crate) const LATE_AFTER: Duration = Duration::from_micros(200);
+/// After the measured window, answers of appends still outstanding are waited for this long
+/// at most; an append unanswered by then counts as not acknowledged.
+pub(crate) const DRAIN: Duration = Duration::from_secs(2);
+/// How long after a run its nodes have surely published its end to `/metrics` and `/traces`
+/// (each shard publishes once a second).
+const PUBLISH_WAIT: Duration = Duration::from_millis(1_100);
+/// A run with fewer of its intended appends acknowledged is reported as failed (exit status
+/// 3) and warned about.
+pub(crate) const ACKNOWLEDGED_SHARE_MIN: f64 = 0.99;
+/// A generator that used this much of a core over the run is warned about.
+const GENERATOR_CPU_SHARE_MAX: f64 = 0.85;
+/// Send lateness (p99) above this may be warned about (below it is timer wake-up noise).
+const LATE_AFTER_US_WARN: u64 = 1_000;
 /// The default bound on outstanding appends in open loop: the client's own per-connection
 /// bound (a request beyond it would wait inside the client, unseen by the lateness count).
 const OUTSTANDING_MAX_DEFAULT: usize = 1024;
@@ -99,7 +116,8 @@ pub(crate) struct AppendArgs {
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub(crate) json: Option<PathBuf>,
-    /// Also write the latencies as an HdrHistogram interval log (one interval per second).
+    /// Also write the latencies as an HdrHistogram interval log (one per interval of the time
+    /// series: 1 s, shorter for short runs).
     #[arg(long, value_name = "FILE")]
     pub(crate) hdr_log: Option<PathBuf>,
     /// Also write the HTML report (plots, machine fingerprint) to this file.
@@ -126,6 +144,20 @@ pub(crate) fn parse_rate(s: &str) -> Result<f64, String> {
 }
 
 impl AppendArgs {
+    /// The arguments that applied to the run, as JSON (the HTML report's configuration).
+    fn applied_config(&self) -> serde_json::Value {
+        let loop_keys: &[&str] = match self.loop_mode() {
+            LoopMode::Closed { .. } => &["rate_per_s", "arrivals", "outstanding_max"],
+            LoopMode::Open { .. } => &["concurrency"],
+        };
+        let drop: Vec<&str> = loop_keys
+            .iter()
+            .chain(self.target.unapplied())
+            .copied()
+            .collect();
+        crate::target::applied_config(self, &drop)
+    }
+
     fn loop_mode(&self) -> LoopMode {
         match (self.concurrency, self.rate_per_s) {
             (_, Some(rate_per_s)) => LoopMode::Open {
@@ -148,8 +180,11 @@ struct AppendReport<'a> {
     version: &'static str,
     /// The arguments, defaults filled in.
     config: &'a AppendArgs,
-    /// What the node said in HELLO.
+    /// What the target said in HELLO (the controller's, in a cluster: `topology` describes
+    /// the nodes).
     node: NodeSettings,
+    /// What the run ran against: the node, or the cluster's nodes and the logs' chains.
+    topology: Topology,
     /// The logs appended to.
     log_names: Vec<String>,
     /// Throughput, latency and errors of the measured window (top-level fields).
@@ -158,9 +193,15 @@ struct AppendReport<'a> {
     /// The load: closed or open loop, and how it went.
     #[serde(flatten)]
     load: LoadFacts,
-    /// The node's own latency by stage over the run, warm-up included (scraped with
-    /// `--html`); `null` if not scraped.
+    /// The server-side latency by stage over the run (warm-up included) of the node that
+    /// heads the first log; `null` if its metrics could not be scraped.
     stages: Option<StageBreakdown>,
+    /// The same for every node that holds the run's logs (heads, middles, tails).
+    node_stages: Vec<NodeStages>,
+    /// Where single appends' time went, from the generator's schedule to its seeing the
+    /// acknowledgement, joined with the heads' traces ([`crate::trace`]); `null` if the
+    /// heads' traces could not be fetched.
+    per_append: Option<trace::Breakdown>,
 }
 
 /// What the new load engine adds to the report (top-level JSON fields).
@@ -182,17 +223,24 @@ pub(crate) struct LoadFacts {
     pub(crate) e2e_latency_us: Option<LatencyPercentiles>,
     /// Records the tailers saw in the measured window (one per tailer that saw it).
     pub(crate) e2e_records: u64,
-    /// One entry per second of the measured window.
+    /// What became of the appends meant for the window.
+    pub(crate) completion: Completion,
+    /// How busy this process was over the run: user + system CPU seconds per second of the
+    /// run (1.0: one core, all the time), less the microseconds before each send that it
+    /// spent yielding until the send was due.
+    pub(crate) generator_cpu_share: f64,
+    /// What makes this run's figures doubtful (fewer than 99% of the appends acknowledged,
+    /// the generator itself the bottleneck), one sentence each; empty if nothing does.
+    pub(crate) warnings: Vec<String>,
+    /// The time series: the window cut into intervals (1 s, or shorter for short runs).
     pub(crate) intervals: Vec<IntervalStats>,
 }
 
 impl LoadFacts {
-    /// The facts of `result` run as `loop_mode`, with the tailers' latencies if any.
-    pub(crate) fn of(
-        loop_mode: LoopMode,
-        result: &LoadResult,
-        e2e: Option<&Histogram<u64>>,
-    ) -> LoadFacts {
+    /// The facts of `measured`, run as `loop_mode`.
+    pub(crate) fn of(loop_mode: LoopMode, measured: &Measured) -> LoadFacts {
+        let result = &measured.result;
+        let e2e = measured.e2e.as_ref();
         let (rate_per_s, arrivals) = match loop_mode {
             LoopMode::Closed { .. } => (None, None),
             LoopMode::Open {
@@ -209,9 +257,61 @@ impl LoadFacts {
             service_latency_us: LatencyPercentiles::of(&result.service_latency),
             e2e_latency_us: e2e.map(LatencyPercentiles::of),
             e2e_records: e2e.map_or(0, Histogram::len),
+            completion: result.completion.clone(),
+            generator_cpu_share: measured.cpu_share,
+            warnings: warnings(result, measured.cpu_share),
             intervals: result.time_series(),
         }
     }
+
+    /// Whether fewer than [`ACKNOWLEDGED_SHARE_MIN`] of the intended appends were
+    /// acknowledged.
+    pub(crate) fn unhealthy(&self) -> bool {
+        self.completion.acknowledged_share < ACKNOWLEDGED_SHARE_MIN
+    }
+}
+
+/// The warnings of a run (see [`LoadFacts::warnings`]).
+fn warnings(result: &LoadResult, cpu_share: f64) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let c = &result.completion;
+    if c.acknowledged_share < ACKNOWLEDGED_SHARE_MIN {
+        warnings.push(format!(
+            "only {:.1}% of the {} intended appends were acknowledged (fewer than {:.0}%): \
+             {} failed, {} unanswered {:.1} s after the window, {} never sent; their latency \
+             counts as the time to the end of the run, a lower bound",
+            c.acknowledged_share * 100.0,
+            report::thousands(c.intended),
+            ACKNOWLEDGED_SHARE_MIN * 100.0,
+            report::thousands(c.failed),
+            report::thousands(c.unanswered),
+            c.drain_max_s,
+            report::thousands(c.not_sent),
+        ));
+    }
+    if cpu_share >= GENERATOR_CPU_SHARE_MAX {
+        warnings.push(format!(
+            "the generator used {:.0}% of a core: it may be the bottleneck, not the target \
+             (its sends and the handling of answers wait for its own thread)",
+            cpu_share * 100.0
+        ));
+    }
+    if let Some(s) = &result.sends {
+        let latency = LatencyPercentiles::of(&result.latency);
+        // Lateness the bound caused is the target's (it held answers back); the rest is
+        // this process not getting to its sends on time.
+        let own = s.own_lateness_us.p99;
+        if own > LATE_AFTER_US_WARN && own * 2 >= latency.p99 {
+            warnings.push(format!(
+                "the generator's own sends were late by up to {} µs at p99 (latency p99 {} µs): \
+                 at least half of the p99 is this process falling behind its schedule, not \
+                 the target",
+                report::thousands(own),
+                report::thousands(latency.p99),
+            ));
+        }
+    }
+    warnings
 }
 
 /// What the node said in HELLO.
@@ -247,9 +347,9 @@ impl ClientTarget {
 }
 
 impl Target for ClientTarget {
-    async fn append(&self, log: usize, payload: Vec<u8>) -> Result<(), TargetError> {
+    async fn append(&self, log: usize, payload: Vec<u8>) -> Result<u64, TargetError> {
         match self.client.append(self.logs[log], &[payload]).await {
-            Ok(_) => Ok(()),
+            Ok(lsns) => Ok(lsns.start),
             Err(e @ ClientError::Connect { .. }) | Err(e @ ClientError::Invalid(_)) => {
                 Err(TargetError::Fatal(e.to_string()))
             }
@@ -289,7 +389,9 @@ pub(crate) async fn create_logs(client: &Client, n: u32, rf: u8) -> Result<Vec<S
 }
 
 /// Runs `chainlog-bench append`: prints the report on stdout and writes the files asked for.
-pub(crate) fn main(args: AppendArgs) -> Result<(), String> {
+/// A run in which fewer than [`ACKNOWLEDGED_SHARE_MIN`] of the intended appends were
+/// acknowledged fails ([`Failure::Unhealthy`]) once its reports are out.
+pub(crate) fn main(args: AppendArgs) -> Result<(), Failure> {
     if args.readers > 0 && args.record_size.min() < load::STAMP_BYTES {
         crate::usage_error(
             "append",
@@ -330,18 +432,27 @@ pub(crate) fn main(args: AppendArgs) -> Result<(), String> {
             ),
             command_line: report::command_line(),
             summary: report.summary.clone(),
+            warnings: report.load.warnings.clone(),
             sweep: None,
             timeline: report::timeline(&report.load.intervals),
             spectrum: crate::html::spectrum_of(&measured.result.latency),
             fingerprint: Fingerprint {
-                config: serde_json::to_value(&args).unwrap_or_default(),
+                config: args.applied_config(),
                 ..fingerprint
             },
-            stages: report.stages.clone(),
+            stages: report.node_stages.clone(),
+            per_append: report.per_append.clone(),
         };
         crate::html::write_report(path, &html)
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
         println!("  report         {}", path.display());
+    }
+    if report.load.unhealthy() {
+        return Err(Failure::Unhealthy(format!(
+            "{:.1}% of the intended appends were acknowledged (fewer than {:.0}%)",
+            report.load.completion.acknowledged_share * 100.0,
+            ACKNOWLEDGED_SHARE_MIN * 100.0
+        )));
     }
     Ok(())
 }
@@ -361,31 +472,23 @@ async fn run(args: &AppendArgs) -> Result<(AppendReport<'_>, Measured, Option<De
         );
     }
     let log_names = create_logs(&client, args.logs, args.target.rf).await?;
+    let topology = describe(&client, addr, &log_names, args).await?;
     let spec = LoadSpec {
         loop_mode: args.loop_mode(),
         logs: log_names.len(),
         record_sizes: args.record_size,
         warmup: Duration::from_secs_f64(args.warmup_s),
         duration: Duration::from_secs_f64(args.duration_s),
+        drain: DRAIN,
         late_after: LATE_AFTER,
         seed: args.seed,
     };
     let target = ClientTarget::new(client.clone(), &log_names);
-    let metrics = args
-        .html
-        .as_ref()
-        .and_then(|_| metrics_addr(args.metrics.as_deref(), &client, &log_names[0]));
-    let before = match &metrics {
-        Some(addr) => scrape_metrics(addr).await,
-        None => None,
-    };
+    let loud = args.html.is_some() || args.metrics.is_some();
+    let before = StageScrapes::before(&topology, loud).await;
     let measured = run_load(&target, &spec, args.readers, "append").await?;
-    let stages = match (&metrics, before) {
-        (Some(addr), Some(before)) => scrape_metrics(addr)
-            .await
-            .and_then(|after| stages::breakdown(&before, &after)),
-        _ => None,
-    };
+    let node_stages = before.after().await;
+    let per_append = per_append(&topology, &measured, loud).await;
     let result = &measured.result;
     let report = AppendReport {
         mode: "append",
@@ -398,6 +501,8 @@ async fn run(args: &AppendArgs) -> Result<(AppendReport<'_>, Measured, Option<De
             batch_records_max: limits.batch_records_max,
             frame_bytes_max: limits.frame_bytes_max,
         },
+        stages: first_head_stages(&topology, &node_stages),
+        topology,
         log_names,
         summary: LoadSummary::of_bytes(
             result.duration,
@@ -406,58 +511,197 @@ async fn run(args: &AppendArgs) -> Result<(AppendReport<'_>, Measured, Option<De
             &result.latency,
             result.errors.clone(),
         ),
-        load: LoadFacts::of(spec.loop_mode, result, measured.e2e.as_ref()),
-        stages,
+        load: LoadFacts::of(spec.loop_mode, &measured),
+        node_stages,
+        per_append,
     };
     Ok((report, measured, guard))
 }
 
-/// Where the node that takes the appends to `first_log` serves its metrics: `given`, or by
-/// default the port after its last shard's (the node's default, and the dev cluster's). That
-/// node is the target (a standalone node) or the log's head (in a cluster). `None`, with a
-/// note on stderr, if the map does not say: the stage breakdown is optional.
-pub(crate) fn metrics_addr(
-    given: Option<&str>,
+/// Describes what the run appends to, and checks that its logs have the replication factor
+/// asked for (an existing log of another one would silently measure something else).
+pub(crate) async fn describe(
     client: &Client,
-    first_log: &str,
-) -> Option<String> {
-    if let Some(addr) = given {
-        return Some(addr.to_string());
+    addr: SocketAddr,
+    log_names: &[String],
+    args: &impl HasTarget,
+) -> Result<Topology, String> {
+    let topology = Topology::describe(client, addr, log_names, args.metrics()).await?;
+    let rf = usize::from(args.target().rf);
+    for log in &topology.logs {
+        let replicas = log.chain.len().max(1);
+        if replicas != rf {
+            return Err(format!(
+                "log {} exists with {replicas} replica{} where --rf asks for {rf}: delete it \
+                 (chainlog log delete {} --target {}) or pass --rf {replicas}",
+                log.name,
+                if replicas == 1 { "" } else { "s" },
+                log.name,
+                topology.target,
+            ));
+        }
     }
-    let Some(map) = client.map() else {
-        let node = client.shard_addr(0);
-        let port = node.port().saturating_add(client.shard_count());
-        return Some(SocketAddr::new(node.ip(), port).to_string());
-    };
-    let head = map
-        .log(log_id(first_log))
-        .and_then(|log| map.node(log.head()));
-    let addr = head.and_then(|node| {
-        let (host, port) = node.addr.rsplit_once(':')?;
-        let port = port.parse::<u16>().ok()?.saturating_add(node.shard_count);
-        Some(format!("{host}:{port}"))
-    });
-    if addr.is_none() {
-        eprintln!("chainlog-bench: no stage breakdown: the cluster map does not say where the head of {first_log} is");
-    }
-    addr
+    Ok(topology)
 }
 
-/// Scrapes the metrics at `addr` (off the runtime's threads: it blocks); `None`, with a note
-/// on stderr, if that fails: the stage breakdown is optional, the run goes on without it.
-pub(crate) async fn scrape_metrics(addr: &str) -> Option<stages::Scrape> {
-    let owned = addr.to_string();
-    match tokio::task::spawn_blocking(move || stages::scrape(&owned)).await {
-        Ok(Ok(scrape)) => Some(scrape),
-        Ok(Err(e)) => {
-            eprintln!("chainlog-bench: no stage breakdown: scraping {addr}: {e}");
-            None
+/// What [`describe`] needs of a mode's arguments.
+pub(crate) trait HasTarget {
+    fn target(&self) -> &TargetArgs;
+    fn metrics(&self) -> Option<&str>;
+}
+
+impl HasTarget for AppendArgs {
+    fn target(&self) -> &TargetArgs {
+        &self.target
+    }
+    fn metrics(&self) -> Option<&str> {
+        self.metrics.as_deref()
+    }
+}
+
+/// The stage breakdown of one node over a run.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct NodeStages {
+    /// The node's id (`null`: a standalone node).
+    pub(crate) node_id: Option<u64>,
+    /// Its shard 0's address.
+    pub(crate) addr: String,
+    /// What it is in the run's chains: `node` (standalone), `head`, `middle`, `tail`, or
+    /// several joined by `+`.
+    pub(crate) role: String,
+    /// Its stages over the run.
+    pub(crate) stages: StageBreakdown,
+}
+
+/// The first log's head's breakdown (the `stages` field of the reports).
+pub(crate) fn first_head_stages(
+    topology: &Topology,
+    node_stages: &[NodeStages],
+) -> Option<StageBreakdown> {
+    let head = topology.logs.first().and_then(|l| l.chain.first().copied());
+    node_stages
+        .iter()
+        .find(|n| n.node_id == head)
+        .map(|n| n.stages.clone())
+}
+
+/// The scrapes taken before a run of every node that holds its logs, to subtract from the
+/// ones taken after it.
+#[derive(Debug)]
+pub(crate) struct StageScrapes {
+    /// Each node involved, its role, where it serves metrics, and its scrape before the run.
+    nodes: Vec<(NodeInfo, String, String, stages::Scrape)>,
+    /// Whether a failed scrape is said on stderr (it was asked for).
+    loud: bool,
+}
+
+impl StageScrapes {
+    /// Scrapes every node of `topology` that holds the run's logs. A node whose metrics cannot
+    /// be scraped is left out (said on stderr if `loud`): the breakdown is optional.
+    pub(crate) async fn before(topology: &Topology, loud: bool) -> StageScrapes {
+        let mut nodes = Vec::new();
+        for (node, role) in topology.involved() {
+            let Some(metrics) = node.metrics.clone() else {
+                continue;
+            };
+            if let Some(scrape) = scrape_metrics(&metrics, loud).await {
+                nodes.push((node.clone(), role, metrics, scrape));
+            }
         }
-        Err(e) => {
-            eprintln!("chainlog-bench: no stage breakdown: scraping {addr}: {e}");
-            None
+        StageScrapes { nodes, loud }
+    }
+
+    /// Scrapes the same nodes again, once they have published the end of the run (a node
+    /// publishes once a second): each one's stages over the run.
+    pub(crate) async fn after(&self) -> Vec<NodeStages> {
+        if !self.nodes.is_empty() {
+            tokio::time::sleep(PUBLISH_WAIT).await;
+        }
+        let mut breakdowns = Vec::new();
+        for (node, role, metrics, before) in &self.nodes {
+            let Some(after) = scrape_metrics(metrics, self.loud).await else {
+                continue;
+            };
+            if let Some(stages) = stages::breakdown(before, &after) {
+                breakdowns.push(NodeStages {
+                    node_id: node.node_id,
+                    addr: node.addr.clone(),
+                    role: role.clone(),
+                    stages,
+                });
+            }
+        }
+        breakdowns
+    }
+}
+
+/// The per-append breakdown of `measured`: its samples joined with the traces of the heads
+/// of `topology`'s logs (fetched now: call after [`StageScrapes::after`], which waits for the
+/// nodes to publish the run's end); `None` if no head's traces could be fetched.
+pub(crate) async fn per_append(
+    topology: &Topology,
+    measured: &Measured,
+    loud: bool,
+) -> Option<trace::Breakdown> {
+    let mut traces = HashMap::new();
+    let mut fetched = false;
+    for (node, role) in topology.involved() {
+        let Some(metrics) = node.metrics.clone() else {
+            continue;
+        };
+        if !(role.contains("head") || role == "node") {
+            continue;
+        }
+        let addr = metrics.clone();
+        let text = match tokio::task::spawn_blocking(move || stages::fetch_traces(&addr)).await {
+            Ok(Ok(text)) => text,
+            Ok(Err(e)) => {
+                if loud {
+                    eprintln!("chainlog-bench: no per-append breakdown: {metrics}: {e}");
+                }
+                continue;
+            }
+            Err(e) => {
+                if loud {
+                    eprintln!("chainlog-bench: no per-append breakdown: {metrics}: {e}");
+                }
+                continue;
+            }
+        };
+        match trace::parse_traces(&text) {
+            Ok(parsed) => {
+                traces.extend(parsed);
+                fetched = true;
+            }
+            Err(e) if loud => eprintln!("chainlog-bench: no per-append breakdown: {e}"),
+            Err(_) => {}
         }
     }
+    let log_ids: Vec<u64> = topology.logs.iter().map(|l| l.log_id).collect();
+    fetched.then(|| {
+        trace::breakdown(
+            &measured.result.samples,
+            &log_ids,
+            &traces,
+            measured.clock_origin_ns,
+        )
+    })
+}
+
+/// Scrapes the metrics at `addr` (off the runtime's threads: it blocks); `None` if that fails,
+/// with a note on stderr if `loud`: the stage breakdown is optional, the run goes on without
+/// it.
+pub(crate) async fn scrape_metrics(addr: &str, loud: bool) -> Option<stages::Scrape> {
+    let owned = addr.to_string();
+    let failed = match tokio::task::spawn_blocking(move || stages::scrape(&owned)).await {
+        Ok(Ok(scrape)) => return Some(scrape),
+        Ok(Err(e)) => e,
+        Err(e) => e.to_string(),
+    };
+    if loud {
+        eprintln!("chainlog-bench: no stage breakdown: scraping {addr}: {failed}");
+    }
+    None
 }
 
 /// What [`run_load`] measured.
@@ -469,6 +713,26 @@ pub(crate) struct Measured {
     pub(crate) e2e: Option<Histogram<u64>>,
     /// Wall-clock time when the measured window began (for the HdrHistogram log).
     pub(crate) measure_start: SystemTime,
+    /// CPU seconds this process used per second of the run (warm-up, window and drain),
+    /// less the time it spent yielding until a send was due.
+    pub(crate) cpu_share: f64,
+    /// `CLOCK_MONOTONIC` nanoseconds at the origin of the run's clock (the samples' times
+    /// count from there).
+    pub(crate) clock_origin_ns: u64,
+}
+
+/// User + system CPU time this process has used.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct we pass; RUSAGE_SELF always exists.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 /// Runs `spec` through `target` with `readers` tailers, showing a progress line labelled
@@ -509,7 +773,11 @@ pub(crate) async fn run_load(
             report::thousands(i.latency_us_p99),
         ));
     };
+    let cpu_before = process_cpu();
     let result = load::run(&clock, target, spec, start, &mut on_interval).await;
+    // Yielding until a deadline (the last microseconds before a send) is waiting, not work.
+    let busy = (process_cpu() - cpu_before).saturating_sub(clock.spun());
+    let cpu_share = busy.as_secs_f64() / (clock.now() - start).as_secs_f64().max(f64::MIN_POSITIVE);
     progress.finish();
     let _ = stop.send(true);
     let mut e2e = (readers > 0).then(report::latency_histogram);
@@ -526,6 +794,8 @@ pub(crate) async fn run_load(
         result: result?,
         e2e,
         measure_start,
+        cpu_share,
+        clock_origin_ns: clock.monotonic().origin_ns(),
     })
 }
 
@@ -611,22 +881,46 @@ pub(crate) fn load_phrase(loop_mode: LoopMode) -> String {
 }
 
 impl LoadFacts {
-    /// The human-readable lines the load engine adds: send accounting, the uncorrected view,
-    /// the tailers.
+    /// What became of the intended appends, for the end of the headline: `"1,000 of 1,000
+    /// intended appends acknowledged (100.0%)"`.
+    pub(crate) fn completion_phrase(&self) -> String {
+        let c = &self.completion;
+        format!(
+            "{} of {} intended appends acknowledged ({:.1}%)",
+            report::thousands(c.acknowledged),
+            report::thousands(c.intended),
+            c.acknowledged_share * 100.0
+        )
+    }
+
+    /// The human-readable lines the load engine adds: the generator's own lateness and CPU,
+    /// send accounting, the uncorrected view, the tailers. They follow the latency line.
     pub(crate) fn human(&self, out: &mut String) {
         use std::fmt::Write as _;
+        let cpu = format!("{:.0}% of a core", self.generator_cpu_share * 100.0);
         if let Some(s) = &self.sends {
+            let l = &s.own_lateness_us;
             let _ = writeln!(
                 out,
-                "  sends          {} intended, {} sent, {} late (> {} µs), {} not sent; \
-                 lateness (µs) p99 {} max {}",
+                "  lateness (µs)  p50 {}  p99 {}  p99.9 {}  max {}  (the generator's own: actual \
+                 minus intended send time of the sends the outstanding bound did not hold \
+                 back; its CPU {cpu})",
+                report::thousands(l.p50),
+                report::thousands(l.p99),
+                report::thousands(l.p999),
+                report::thousands(l.max),
+            );
+            let _ = writeln!(
+                out,
+                "  sends          {} intended, {} sent, {} late (> {} µs), {} held back by the \
+                 outstanding bound (lateness p99 of all {} µs), {} not sent",
                 report::thousands(s.intended),
                 report::thousands(s.sent),
                 report::thousands(s.late),
                 report::thousands(s.late_after_us),
-                report::thousands(s.not_sent),
+                report::thousands(s.held_by_bound),
                 report::thousands(s.lateness_us.p99),
-                report::thousands(s.lateness_us.max),
+                report::thousands(s.not_sent),
             );
             let u = &self.service_latency_us;
             let _ = writeln!(
@@ -637,6 +931,20 @@ impl LoadFacts {
                 report::thousands(u.p99),
                 report::thousands(u.p999),
                 report::thousands(u.max),
+            );
+        } else {
+            let _ = writeln!(out, "  generator      its CPU {cpu}");
+        }
+        let c = &self.completion;
+        if c.unacknowledged() > 0 {
+            let _ = writeln!(
+                out,
+                "  not acked      {} failed, {} unanswered {:.1} s after the window, {} never \
+                 sent (counted in the latency as their wait until the run ended)",
+                report::thousands(c.failed),
+                report::thousands(c.unanswered),
+                c.drain_max_s,
+                report::thousands(c.not_sent),
             );
         }
         if let Some(e) = &self.e2e_latency_us {
@@ -652,6 +960,43 @@ impl LoadFacts {
             );
         }
     }
+
+    /// The warnings, one line each.
+    pub(crate) fn human_warnings(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        for warning in &self.warnings {
+            let _ = writeln!(out, "  WARNING        {warning}");
+        }
+    }
+}
+
+/// The stage breakdowns, one line per node: `stage p50/p99` in µs.
+pub(crate) fn human_stages(node_stages: &[NodeStages], out: &mut String) {
+    use std::fmt::Write as _;
+    for n in node_stages {
+        let who = match n.node_id {
+            Some(id) => format!("node {id} ({})", n.role),
+            None => "node".to_string(),
+        };
+        let stages: Vec<String> = n
+            .stages
+            .stages
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {}/{}",
+                    s.stage,
+                    report::thousands(s.p50_us),
+                    report::thousands(s.p99_us)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  stages         {who}, p50/p99 µs: {}",
+            stages.join(", ")
+        );
+    }
 }
 
 impl AppendReport<'_> {
@@ -661,7 +1006,7 @@ impl AppendReport<'_> {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{}",
+            "{}: {}",
             report::headline_with(
                 "append",
                 c.record_size,
@@ -669,17 +1014,17 @@ impl AppendReport<'_> {
                 c.logs,
                 c.duration_s,
                 c.warmup_s
-            )
+            ),
+            self.load.completion_phrase(),
         );
-        let _ = writeln!(
-            out,
-            "  node           {}, {} shard{}",
-            self.node.addr,
-            self.node.shard_count,
-            if self.node.shard_count == 1 { "" } else { "s" },
-        );
+        self.load.human_warnings(&mut out);
+        self.topology.human(&mut out);
         self.summary.human(&mut out);
         self.load.human(&mut out);
+        human_stages(&self.node_stages, &mut out);
+        if let Some(per_append) = &self.per_append {
+            per_append.human(&mut out);
+        }
         out
     }
 }

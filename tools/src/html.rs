@@ -9,7 +9,8 @@
 //! - the percentile spectrum, x in "nines" (`-log10(1 - q)`, so 90, 99, 99.9 ... are evenly
 //!   spaced, as HdrHistogram's plots do);
 //! - latency and throughput per second over the run;
-//! - where the time goes (server-side stages, [`crate::stages`]) when it was scraped;
+//! - single appends end to end (the per-append breakdown, [`crate::trace`]) and where the
+//!   time goes on each node (server-side stages, [`crate::stages`]) when they were fetched;
 //! - the machine fingerprint ([`crate::fingerprint`]) so that two reports can be compared.
 //!
 //! Latency axes are logarithmic: tails are often a hundred times the median, and a linear axis
@@ -23,9 +24,11 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde::Serialize;
 
+use crate::append_mode::NodeStages;
 use crate::fingerprint::Fingerprint;
 use crate::report::{thousands, LoadSummary};
 use crate::stages::StageBreakdown;
+use crate::trace::{AppendStages, Breakdown};
 
 /// Everything the HTML report shows.
 #[derive(Clone, Debug, Serialize)]
@@ -37,9 +40,12 @@ pub(crate) struct HtmlReport {
     /// The measured window of the run (for a sweep: the step the report is about, usually
     /// the knee, or the last step).
     pub(crate) summary: LoadSummary,
+    /// What makes the figures doubtful (failed appends, a generator that was the bottleneck,
+    /// noise deciding a sweep), shown first.
+    pub(crate) warnings: Vec<String>,
     /// The offered-load sweep of `chainlog-bench plan`, if this was one.
     pub(crate) sweep: Option<Sweep>,
-    /// One sample per second of the measured window, in time order (for a sweep: of every
+    /// One sample per interval of the measured window, in time order (for a sweep: of every
     /// step, in the order they ran, on one time axis).
     pub(crate) timeline: Vec<SecondSample>,
     /// The percentile spectrum of the summary's latencies, in increasing percentile order
@@ -47,8 +53,11 @@ pub(crate) struct HtmlReport {
     pub(crate) spectrum: Vec<SpectrumPoint>,
     /// The machine, build and configuration the run was made with.
     pub(crate) fingerprint: Fingerprint,
-    /// Server-side latency by stage over the run, if the node's metrics were scraped.
-    pub(crate) stages: Option<StageBreakdown>,
+    /// Server-side latency by stage over the run, one entry per node whose metrics were
+    /// scraped.
+    pub(crate) stages: Vec<NodeStages>,
+    /// Single appends end to end ([`crate::trace`]), if the heads' traces were fetched.
+    pub(crate) per_append: Option<Breakdown>,
 }
 
 /// An offered-load sweep and what it found.
@@ -80,12 +89,12 @@ pub(crate) struct SweepPoint {
     pub(crate) latency_us_p999: u64,
 }
 
-/// One second of a run.
+/// One interval of a run's time series.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub(crate) struct SecondSample {
-    /// End of the second, seconds since the measured window started.
+    /// End of the interval, seconds since the measured window started.
     pub(crate) t_s: f64,
-    /// Records acknowledged in that second.
+    /// Records of the interval acknowledged, per second.
     pub(crate) records_per_s: f64,
     /// Median latency of those records, microseconds.
     pub(crate) latency_us_p50: u64,
@@ -177,6 +186,9 @@ fn render(report: &HtmlReport) -> std::io::Result<String> {
          <pre class=\"command\">{}</pre>\n",
         escape(&report.command_line)
     );
+    for warning in &report.warnings {
+        let _ = writeln!(html, "<p class=\"warn\">{}</p>", escape(warning));
+    }
     if let Some(sweep) = &report.sweep {
         capacity_answer(&mut html, sweep);
     }
@@ -200,9 +212,20 @@ fn render(report: &HtmlReport) -> std::io::Result<String> {
         figure(&mut html, &plot_latency_time(&report.timeline)?);
         figure(&mut html, &plot_throughput_time(&report.timeline)?);
     }
-    if let Some(stages) = &report.stages {
+    if let Some(per_append) = &report.per_append {
+        html.push_str("<h2>Where single appends' time goes (end to end)</h2>\n");
+        per_append_table(&mut html, per_append);
+    }
+    if !report.stages.is_empty() {
         html.push_str("<h2>Where the time goes (server side)</h2>\n");
-        stages_table(&mut html, stages);
+        for node in &report.stages {
+            let who = match node.node_id {
+                Some(id) => format!("Node {id} ({}) at {}", node.role, node.addr),
+                None => format!("The node at {}", node.addr),
+            };
+            let _ = writeln!(html, "<h3>{}</h3>", escape(&who));
+            stages_table(&mut html, &node.stages);
+        }
     }
     html.push_str("<h2>Machine fingerprint</h2>\n");
     fingerprint_table(&mut html, &report.fingerprint);
@@ -299,13 +322,14 @@ fn capacity_answer(html: &mut String, sweep: &Sweep) {
             let _ = writeln!(
                 html,
                 "<p class=\"answer\">Max sustainable load at p99 ≤ {} ms with {} B records: \
-                 <b>{} records/s ({:.2} MB/s)</b>, offered {} records/s; there p50 {} µs, \
+                 <b>{} records/s offered ({:.2} MB/s)</b>, of which {} records/s were \
+                 acknowledged in the step's window (arrivals vary); there p50 {} µs, \
                  p99 {} µs, p99.9 {} µs.</p>",
                 sweep.slo_p99_ms,
                 sweep.record_bytes,
-                thousands(knee.achieved_records_per_s.round() as u64),
-                knee.achieved_records_per_s * sweep.record_bytes as f64 / 1e6,
                 thousands(knee.offered_records_per_s.round() as u64),
+                knee.offered_records_per_s * sweep.record_bytes as f64 / 1e6,
+                thousands(knee.achieved_records_per_s.round() as u64),
                 thousands(knee.latency_us_p50),
                 thousands(knee.latency_us_p99),
                 thousands(knee.latency_us_p999),
@@ -345,6 +369,53 @@ fn sweep_table(html: &mut String, sweep: &Sweep) {
                 "no"
             },
         );
+    }
+    html.push_str("</table>\n");
+}
+
+fn per_append_table(html: &mut String, b: &Breakdown) {
+    if !b.clocks_comparable {
+        html.push_str("<p>The node's clock is not this host's: no end-to-end breakdown.</p>\n");
+        return;
+    }
+    let _ = writeln!(
+        html,
+        "<p>The bench's own times of {} sampled appends (every append whose LSN is a multiple \
+         of 16) joined with the node's traces of the same appends ({} joined); the stages of \
+         each append add up to its latency. µs.</p>",
+        thousands(b.sampled as u64),
+        thousands(b.joined as u64)
+    );
+    html.push_str("<table>\n<tr><th>appends</th><th>latency</th>");
+    for name in b.stage_names {
+        let _ = write!(html, "<th>{}</th>", escape(name));
+    }
+    html.push_str("</tr>\n");
+    let row = |html: &mut String, label: String, a: &AppendStages| {
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td class=\"n\">{}</td>",
+            escape(&label),
+            thousands(a.total_us.round() as u64)
+        );
+        for us in a.stages_us {
+            let _ = write!(
+                html,
+                "<td class=\"n\">{}</td>",
+                thousands(us.max(0.0).round() as u64)
+            );
+        }
+        html.push_str("</tr>\n");
+    };
+    for band in &b.bands {
+        row(
+            html,
+            format!("around {} ({})", band.percentile, band.appends),
+            &band.mean,
+        );
+    }
+    for (i, slow) in b.slowest.iter().enumerate() {
+        row(html, format!("slowest #{}", i + 1), slow);
     }
     html.push_str("</table>\n");
 }
@@ -503,29 +574,92 @@ fn legend_style() -> ShapeStyle {
     WHITE.mix(0.85).filled()
 }
 
-/// (a) p50/p99/p99.9 against offered load, the SLO and the knee.
+/// Width of the legend panel right of the latency-vs-load plot, pixels: the legend sits
+/// beside the data, never on it.
+const LEGEND_PANEL_PX: u32 = 200;
+
+/// How a legend entry is drawn.
+#[derive(Clone, Copy)]
+enum Mark {
+    Line(RGBColor),
+    Dashed(RGBColor),
+    Ring(RGBColor),
+}
+
+/// A legend of `entries` drawn in `area` (a panel of its own), top down below the caption.
+fn side_legend(
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    entries: &[(String, Mark)],
+) -> std::io::Result<()> {
+    let top = i32::try_from(CAPTION_PX).unwrap_or(0) + 40;
+    for (i, (label, mark)) in entries.iter().enumerate() {
+        let y = top + 26 * i32::try_from(i).unwrap_or(0);
+        match *mark {
+            Mark::Line(colour) => area
+                .draw(&PathElement::new([(8, y), (32, y)], colour.stroke_width(2)))
+                .map_err(plot_error)?,
+            Mark::Dashed(colour) => {
+                for x in [8, 22] {
+                    area.draw(&PathElement::new(
+                        [(x, y), (x + 8, y)],
+                        colour.stroke_width(2),
+                    ))
+                    .map_err(plot_error)?;
+                }
+            }
+            Mark::Ring(colour) => area
+                .draw(&Circle::new((20, y), 6, colour.stroke_width(3)))
+                .map_err(plot_error)?,
+        }
+        area.draw(&Text::new(
+            label.clone(),
+            (40, y - i32::try_from(LABEL_PX / 2).unwrap_or(0)),
+            (FONT, LABEL_PX),
+        ))
+        .map_err(plot_error)?;
+    }
+    Ok(())
+}
+
+/// A logarithmic rate axis range covering `rates` with a margin on each side (a factor of
+/// 1.25), so the first and last points are not drawn on the frame; never empty.
+fn log_rate_range(rates: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+    let (low, high) = rates
+        .filter(|r| *r > 0.0)
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), r| {
+            (lo.min(r), hi.max(r))
+        });
+    if high <= 0.0 {
+        return 1.0..10.0;
+    }
+    low / 1.25..high * 1.25
+}
+
+/// (a) p50/p99/p99.9 against offered load, the SLO and the knee. Both axes are logarithmic:
+/// a sweep doubles its rate, so a linear axis would crowd the first steps into its left
+/// edge.
 fn plot_load(sweep: &Sweep) -> std::io::Result<String> {
     svg(|root| {
+        let (plot, legend) = root.split_horizontally(PLOT_SIZE.0 - LEGEND_PANEL_PX);
         let points = &sweep.points;
         let slo_us = sweep.slo_p99_ms * 1000.0;
-        let x = padded_range(points.iter().map(|p| p.offered_records_per_s));
+        let x = log_rate_range(points.iter().map(|p| p.offered_records_per_s));
         let y = latency_range_us(
             points
                 .iter()
                 .flat_map(|p| [p.latency_us_p50, p.latency_us_p99, p.latency_us_p999])
                 .chain(std::iter::once(slo_us.round() as u64)),
         );
-        let mut chart = ChartBuilder::on(root)
+        let mut chart = ChartBuilder::on(&plot)
             .caption(TITLE_LOAD, (FONT, CAPTION_PX))
             .margin(16)
-            .margin_right(40)
             .x_label_area_size(50)
             .y_label_area_size(70)
-            .build_cartesian_2d(x.clone(), y.clone().log_scale())
+            .build_cartesian_2d(x.clone().log_scale(), y.clone().log_scale())
             .map_err(plot_error)?;
         chart
             .configure_mesh()
-            .x_desc("offered load (records/s)")
+            .x_desc("offered load (records/s, log scale)")
             .y_desc("latency (µs, log scale)")
             .axis_desc_style((FONT, AXIS_DESC_PX))
             .label_style((FONT, LABEL_PX))
@@ -539,6 +673,7 @@ fn plot_load(sweep: &Sweep) -> std::io::Result<String> {
             ("p99", VERMILION, |p| p.latency_us_p99),
             ("p99.9", PURPLE, |p| p.latency_us_p999),
         ];
+        let mut entries = Vec::new();
         for (name, colour, pick) in lines {
             let xy = || {
                 points
@@ -547,14 +682,11 @@ fn plot_load(sweep: &Sweep) -> std::io::Result<String> {
             };
             chart
                 .draw_series(LineSeries::new(xy(), colour.stroke_width(2)))
-                .map_err(plot_error)?
-                .label(name)
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2))
-                });
+                .map_err(plot_error)?;
             chart
                 .draw_series(xy().map(|xy| Circle::new(xy, 3, colour.filled())))
                 .map_err(plot_error)?;
+            entries.push((name.to_string(), Mark::Line(colour)));
         }
         chart
             .draw_series(DashedLineSeries::new(
@@ -563,9 +695,11 @@ fn plot_load(sweep: &Sweep) -> std::io::Result<String> {
                 5,
                 GREY.stroke_width(2),
             ))
-            .map_err(plot_error)?
-            .label(format!("SLO: p99 ≤ {} ms", sweep.slo_p99_ms))
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], GREY.stroke_width(2)));
+            .map_err(plot_error)?;
+        entries.push((
+            format!("SLO: p99 ≤ {} ms", sweep.slo_p99_ms),
+            Mark::Dashed(GREY),
+        ));
         if let Some(knee) = &sweep.knee {
             let at = (knee.offered_records_per_s, knee.latency_us_p99 as f64);
             chart
@@ -581,21 +715,16 @@ fn plot_load(sweep: &Sweep) -> std::io::Result<String> {
                 .map_err(plot_error)?;
             chart
                 .draw_series(std::iter::once(Circle::new(at, 8, GREEN.stroke_width(3))))
-                .map_err(plot_error)?
-                .label(format!(
+                .map_err(plot_error)?;
+            entries.push((
+                format!(
                     "knee: {} records/s",
                     thousands(knee.offered_records_per_s.round() as u64)
-                ))
-                .legend(|(x, y)| Circle::new((x + 10, y), 6, GREEN.stroke_width(3)));
+                ),
+                Mark::Ring(GREEN),
+            ));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(legend_style())
-            .border_style(BLACK)
-            .label_font((FONT, LABEL_PX))
-            .draw()
-            .map_err(plot_error)
+        side_legend(&legend, &entries)
     })
 }
 
@@ -891,11 +1020,45 @@ mod tests {
                            --slo-p99-ms 2 --rates 4000..40000/4000 --duration 30"
                 .into(),
             summary,
+            warnings: vec!["noise decided part of this answer".into()],
             sweep: Some(sweep()),
             timeline,
             spectrum: spectrum_of(&all),
             fingerprint,
-            stages: stages::breakdown(&before, &after),
+            stages: vec![NodeStages {
+                node_id: Some(2),
+                addr: "127.0.0.1:7200".into(),
+                role: "head".into(),
+                stages: stages::breakdown(&before, &after).unwrap(),
+            }],
+            per_append: Some(per_append()),
+        }
+    }
+
+    /// A per-append breakdown whose p99 went to the disk.
+    fn per_append() -> Breakdown {
+        let append = |total_us: f64, durable_us: f64| AppendStages {
+            total_us,
+            stages_us: [
+                5.0,
+                40.0,
+                durable_us,
+                1.0,
+                2.0,
+                total_us - durable_us - 48.0,
+            ],
+        };
+        Breakdown {
+            stage_names: crate::trace::STAGES,
+            sampled: 6_250,
+            joined: 6_200,
+            clocks_comparable: true,
+            bands: vec![crate::trace::Band {
+                percentile: "p99",
+                appends: 62,
+                mean: append(9_000.0, 8_800.0),
+            }],
+            slowest: vec![append(21_000.0, 20_700.0)],
         }
     }
 
@@ -947,7 +1110,7 @@ mod tests {
         }
         for text in [
             "latency (µs, log scale)",
-            "offered load (records/s)",
+            "offered load (records/s, log scale)",
             "time (s)",
             "throughput (records/s)",
             "SLO: p99 ≤ 2 ms",
@@ -961,6 +1124,11 @@ mod tests {
         assert!(html.contains("Max sustainable load at p99 ≤ 2 ms with 128 B records"));
         assert!(html.contains("overloaded 12"));
         assert!(html.contains("<td>disk</td>"));
+        assert!(html.contains("Node 2 (head) at 127.0.0.1:7200"));
+        assert!(html.contains("Where single appends' time goes"));
+        assert!(html.contains("<td>around p99 (62)</td><td class=\"n\">9,000</td>"));
+        assert!(html.contains("<td>slowest #1</td><td class=\"n\">21,000</td>"));
+        assert!(html.contains("<p class=\"warn\">noise decided part of this answer</p>"));
         assert!(html.contains("Machine fingerprint"));
         for row in ["kernel", "CPU", "memory", "&quot;record_size&quot;: 128"] {
             assert!(html.contains(row), "{row}");
@@ -981,13 +1149,16 @@ mod tests {
         report.sweep = None;
         report.timeline.clear();
         report.spectrum.clear();
-        report.stages = None;
+        report.stages.clear();
+        report.warnings.clear();
+        report.per_append = None;
         let html = render(&report).unwrap();
         assert!(svgs(&html).is_empty());
         assert!(html.contains("No per-second samples were recorded."));
         assert!(html.contains("No latencies were recorded."));
         assert!(!html.contains(TITLE_LOAD));
         assert!(!html.contains("Where the time goes"));
+        assert!(!html.contains("Where single appends"));
         // A sweep where nothing met the SLO has no knee, and says why.
         let mut report = synthetic_report(probed_fingerprint());
         let sweep = report.sweep.as_mut().unwrap();

@@ -1,6 +1,6 @@
 //! The load engine of `chainlog-bench append` and `plan`: who sends which append when, and what
 //! is measured about it. It owns the two loop models, the arrival schedules, record sizes and
-//! payloads, the per-second time series, and the send-lateness accounting.
+//! payloads, the time series, the send-lateness accounting and what became of every append.
 //!
 //! **Closed loop** (`concurrency C`): `C` slots each keep one append outstanding; when its
 //! acknowledgement arrives the slot sends its next append at once. Latency runs from the send
@@ -21,11 +21,22 @@
 //! get exact, repeatable timings. It spawns nothing: outstanding appends are futures polled in
 //! place, and each one takes its completion time the moment it is polled ready.
 //!
-//! Only appends acknowledged inside the measured window (after the warm-up) count. Payloads
-//! carry their send time (clock microseconds, little endian) in their first 8 bytes, so a
-//! tailer can measure end-to-end latency.
+//! **What counts.** The appends meant for the measured window (after the warm-up): in open
+//! loop those the schedule has due in it, in closed loop those sent in it. Each is judged on
+//! its own answer, whenever it comes: after the window the run *drains*, waiting up to
+//! `drain` for the answers still outstanding, so an answer that lands just after the window
+//! is a latency, not a missing append. An append that was not acknowledged (an error, no
+//! answer by the end of the drain, never sent) is counted in [`Completion`] and enters the
+//! latency percentiles as the time from its intended send to the end of the run: a lower
+//! bound of what its writer waited, so a run where appends failed never shows the healthy
+//! percentiles of the few that succeeded. The time series puts each append in the interval
+//! of its intended send time.
+//!
+//! Payloads carry their send time (clock microseconds, little endian) in their first 8 bytes,
+//! so a tailer can measure end-to-end latency.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
@@ -38,8 +49,14 @@ use tokio::io::unix::AsyncFd;
 
 use crate::report::{self, Errors, LatencyPercentiles};
 
-/// Length of one interval of the time series.
-pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
+/// The time series cuts a measured window into at least this many intervals (down to 100 ms
+/// each): [`interval_for`].
+const INTERVALS_MIN: u32 = 20;
+/// The real clock's timer wakes this long before a deadline; the rest is waited for by
+/// yielding to the runtime ([`SystemClock`]).
+const SPIN_BEFORE: Duration = Duration::from_micros(25);
+/// The share of its time the real clock may spend yielding until deadlines.
+const SPIN_SHARE_MAX: f64 = 0.25;
 /// Bytes at the start of a payload that carry its send time.
 pub(crate) const STAMP_BYTES: usize = 8;
 
@@ -55,7 +72,10 @@ pub(crate) trait Clock {
 /// deadlines, woken through tokio's reactor) for sleeps. tokio's own timer rounds every
 /// deadline up to the next whole millisecond, which would send each open-loop append up to
 /// 1 ms after its intended time even on an idle machine; the timerfd wakes within tens of
-/// microseconds. One sleeper at a time (the engine has one): a sleep re-arms the timer.
+/// microseconds, so it is armed [`SPIN_BEFORE`] early and the rest is waited for by yielding
+/// to the runtime (sends go out within microseconds of their time; on this project's VM the
+/// timer alone left them 17-25 µs late at p50). One sleeper at a time (the engine has one): a
+/// sleep re-arms the timer.
 #[derive(Debug)]
 pub(crate) struct SystemClock {
     now: MonotonicClock,
@@ -63,6 +83,8 @@ pub(crate) struct SystemClock {
     /// The deadline the timer is armed at: a sleep until the same deadline (the engine asks
     /// again after every completion) does not re-arm it.
     armed_ns: Cell<u64>,
+    /// Time spent yielding until deadlines (CPU the generator spent waiting, not working).
+    spun: Cell<Duration>,
 }
 
 impl SystemClock {
@@ -88,7 +110,13 @@ impl SystemClock {
             now: MonotonicClock::new(),
             timer,
             armed_ns: Cell::new(0),
+            spun: Cell::new(Duration::ZERO),
         })
+    }
+
+    /// Time spent so far yielding until deadlines rather than sleeping.
+    pub(crate) fn spun(&self) -> Duration {
+        self.spun.get()
     }
 
     /// The clock's reading alone, to share with other tasks (the tailers).
@@ -146,10 +174,34 @@ impl Clock for SystemClock {
     }
 
     async fn sleep_until(&self, at: Duration) {
-        let deadline_ns = self.now.origin_ns + u64::try_from(at.as_nanos()).unwrap_or(u64::MAX);
-        if self.now() >= at {
-            return;
+        // The timer wakes the thread SPIN_BEFORE early, and the rest is waited for by
+        // yielding to the runtime (answers are still handled): waking from a timer takes tens
+        // of microseconds on a VM, and arming one for a closer deadline costs more than the
+        // wait. At high rates that would spin all the time, starving the target's threads
+        // of a core (and, under SCHED_FIFO, getting the thread throttled for 50 ms a
+        // second): past SPIN_SHARE_MAX of the time, sleeps use the timer alone.
+        let spin = self.spun.get().as_secs_f64() < self.now().as_secs_f64() * SPIN_SHARE_MAX;
+        let wake = if spin {
+            at.saturating_sub(SPIN_BEFORE)
+        } else {
+            at
+        };
+        if self.now() < wake {
+            self.timer_until(wake).await;
         }
+        let spin_from = self.now();
+        while self.now() < at {
+            tokio::task::yield_now().await;
+        }
+        self.spun
+            .set(self.spun.get() + self.now().saturating_sub(spin_from));
+    }
+}
+
+impl SystemClock {
+    /// Completes once the timer armed at `at` fired.
+    async fn timer_until(&self, at: Duration) {
+        let deadline_ns = self.now.origin_ns + u64::try_from(at.as_nanos()).unwrap_or(u64::MAX);
         if self.armed_ns.get() != deadline_ns {
             if let Err(e) = self.arm(deadline_ns) {
                 panic!("arming a timerfd failed: {e}");
@@ -187,6 +239,12 @@ impl MonotonicClock {
     pub(crate) fn now(&self) -> Duration {
         Duration::from_nanos(monotonic_ns().saturating_sub(self.origin_ns))
     }
+
+    /// `CLOCK_MONOTONIC` nanoseconds at the origin: other processes on this host read the
+    /// same clock.
+    pub(crate) fn origin_ns(&self) -> u64 {
+        self.origin_ns
+    }
 }
 
 /// `CLOCK_MONOTONIC`, nanoseconds.
@@ -213,9 +271,12 @@ pub(crate) enum TargetError {
 /// What the engine appends to.
 pub(crate) trait Target {
     /// Appends one record, `payload`, to log number `log` (0-based, below the spec's `logs`);
-    /// completes once it is durable.
-    fn append(&self, log: usize, payload: Vec<u8>)
-        -> impl Future<Output = Result<(), TargetError>>;
+    /// completes once it is durable, with its LSN.
+    fn append(
+        &self,
+        log: usize,
+        payload: Vec<u8>,
+    ) -> impl Future<Output = Result<u64, TargetError>>;
 }
 
 /// Open-loop arrival schedules.
@@ -365,6 +426,8 @@ pub(crate) struct LoadSpec {
     pub(crate) warmup: Duration,
     /// Measured, after the warm-up.
     pub(crate) duration: Duration,
+    /// After the window, how long the answers of appends still outstanding are waited for.
+    pub(crate) drain: Duration,
     /// A send later than this after its intended time counts as late.
     pub(crate) late_after: Duration,
     /// Seeds arrivals, sizes and payload bytes.
@@ -386,20 +449,33 @@ pub(crate) struct SendStats {
     pub(crate) late_after_us: u64,
     /// Lateness of the sends that went out (actual minus intended send time), microseconds.
     pub(crate) lateness_us: LatencyPercentiles,
+    /// Of the sends that went out, the late ones that had to wait for a free slot (the
+    /// outstanding bound was full): their lateness is the target's doing (it held answers
+    /// back).
+    pub(crate) held_by_bound: u64,
+    /// Lateness of the other sends, microseconds: the generator's own (its thread did not get
+    /// to them in time).
+    pub(crate) own_lateness_us: LatencyPercentiles,
 }
 
-/// One interval of the time series, as the HTML report and the JSON report show it.
+/// One interval of the time series, as the HTML report and the JSON report show it. An append
+/// belongs to the interval of its intended send time (closed loop: its send time), whenever
+/// its answer came.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub(crate) struct IntervalStats {
     /// Start of the interval, seconds after the measured window began.
     pub(crate) start_s: f64,
     /// Length of the interval (the last one may be short), seconds.
     pub(crate) duration_s: f64,
-    /// Appends acknowledged in it, per second.
+    /// Appends of the interval that were acknowledged, per second.
     pub(crate) records_per_s: f64,
-    /// Payload bytes acknowledged in it, per second.
+    /// Their payload bytes, per second.
     pub(crate) bytes_per_s: f64,
-    /// Latency (corrected in open loop) of the appends acknowledged in it, microseconds.
+    /// Appends of the interval that were not acknowledged by the end of the run (failed,
+    /// unanswered, never sent).
+    pub(crate) unacknowledged: u64,
+    /// Latency (corrected in open loop) of the appends of the interval, unacknowledged ones
+    /// included (see [`LoadResult::latency`]), microseconds.
     pub(crate) latency_us_p50: u64,
     /// 99th percentile, microseconds.
     pub(crate) latency_us_p99: u64,
@@ -416,12 +492,14 @@ pub(crate) struct Interval {
     pub(crate) start: Duration,
     /// Length.
     pub(crate) duration: Duration,
-    /// Latencies (corrected in open loop), microseconds.
+    /// Latencies (corrected in open loop; unacknowledged appends included), microseconds.
     pub(crate) latency: Histogram<u64>,
     /// Appends acknowledged.
     pub(crate) records: u64,
     /// Their payload bytes.
     pub(crate) bytes: u64,
+    /// Appends not acknowledged by the end of the run.
+    pub(crate) unacknowledged: u64,
 }
 
 impl Interval {
@@ -432,6 +510,7 @@ impl Interval {
             latency: report::latency_histogram(),
             records: 0,
             bytes: 0,
+            unacknowledged: 0,
         }
     }
 
@@ -444,6 +523,7 @@ impl Interval {
             duration_s,
             records_per_s: self.records as f64 / duration_s,
             bytes_per_s: self.bytes as f64 / duration_s,
+            unacknowledged: self.unacknowledged,
             latency_us_p50: p.p50,
             latency_us_p99: p.p99,
             latency_us_p999: p.p999,
@@ -452,27 +532,75 @@ impl Interval {
     }
 }
 
-/// What a run measured.
+/// The length of the time series' intervals for a measured window of `window`: the longest
+/// of 1 s, 500 ms, 250 ms and 100 ms that still cuts the window into at least
+/// [`INTERVALS_MIN`] intervals (100 ms for windows under 2 s), so a short run still shows how
+/// it went over time.
+pub(crate) fn interval_for(window: Duration) -> Duration {
+    [1_000, 500, 250]
+        .into_iter()
+        .map(Duration::from_millis)
+        .find(|interval| window >= *interval * INTERVALS_MIN)
+        .unwrap_or(Duration::from_millis(100))
+}
+
+/// What became of the appends a run meant to make in its measured window.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(crate) struct Completion {
+    /// Appends meant for the window: open loop, the sends the schedule had due in it; closed
+    /// loop, the appends sent in it.
+    pub(crate) intended: u64,
+    /// Of those, acknowledged (durable), during the window or the drain after it.
+    pub(crate) acknowledged: u64,
+    /// Answered with an error (after the client's retries; `errors` has the kinds).
+    pub(crate) failed: u64,
+    /// Sent, and still unanswered when the drain ended.
+    pub(crate) unanswered: u64,
+    /// Never sent (open loop: the outstanding bound was full until the window ended).
+    pub(crate) not_sent: u64,
+    /// `acknowledged / intended` (1 when nothing was intended).
+    pub(crate) acknowledged_share: f64,
+    /// How long after the window the run waited for outstanding answers, seconds.
+    pub(crate) drain_s: f64,
+    /// The most it would have waited, seconds.
+    pub(crate) drain_max_s: f64,
+}
+
+impl Completion {
+    /// Appends meant for the window that were not acknowledged.
+    pub(crate) fn unacknowledged(&self) -> u64 {
+        self.failed + self.unanswered + self.not_sent
+    }
+}
+
+/// What a run measured: every append meant for the measured window, whenever its answer came
+/// (within the drain).
 #[derive(Debug)]
 pub(crate) struct LoadResult {
     /// The measured window.
     pub(crate) duration: Duration,
-    /// Appends acknowledged in it.
+    /// Appends of the window that were acknowledged.
     pub(crate) records: u64,
     /// Their payload bytes.
     pub(crate) bytes: u64,
-    /// Their latencies, microseconds: from the intended send time in open loop (corrected),
-    /// from the send in closed loop.
+    /// Latencies of the window's appends, microseconds: from the intended send time in open
+    /// loop (corrected), from the send in closed loop. An append that was not acknowledged
+    /// (failed, unanswered, never sent) counts as the time from its intended send to the end
+    /// of the run: a lower bound of how long its writer waited.
     pub(crate) latency: Histogram<u64>,
-    /// Their latencies from the actual send, microseconds (the uncorrected view; the same as
-    /// `latency` in closed loop).
+    /// Latencies of the acknowledged appends from their actual send, microseconds (the
+    /// uncorrected view; the same as `latency` in closed loop when all were acknowledged).
     pub(crate) service_latency: Histogram<u64>,
     /// Failed appends by kind.
     pub(crate) errors: Errors,
+    /// What became of the window's appends.
+    pub(crate) completion: Completion,
     /// Open loop only: how the sends kept to the schedule.
     pub(crate) sends: Option<SendStats>,
-    /// The time series, one interval per [`INTERVAL`].
+    /// The time series, intervals of [`interval_for`] the window.
     pub(crate) intervals: Vec<Interval>,
+    /// The acknowledged appends of the window whose LSN is a multiple of [`TRACE_EVERY`].
+    pub(crate) samples: Vec<Sample>,
 }
 
 impl LoadResult {
@@ -481,7 +609,6 @@ impl LoadResult {
         self.intervals.iter().map(Interval::stats).collect()
     }
 }
-
 /// SplitMix64: a small, fast, seedable generator (arrivals, sizes, payload bytes need
 /// repeatability, not cryptographic quality).
 #[derive(Clone, Debug)]
@@ -599,76 +726,248 @@ pub(crate) fn stamp_of(payload: &[u8]) -> Option<Duration> {
 struct Done {
     /// Closed loop: the slot that sent it.
     slot: usize,
+    /// The log's number.
+    log: usize,
+    /// Its place in [`Outstanding`].
+    seq: u64,
     intended: Duration,
     sent: Duration,
     bytes: u64,
-    result: Result<(), TargetError>,
+    result: Result<u64, TargetError>,
     at: Duration,
+}
+
+/// Of every [`TRACE_EVERY`]th append (by LSN, as the node picks the appends it traces), when
+/// the run meant to send it, sent it and saw its acknowledgement, clock time: what a
+/// per-append breakdown joins with the node's times for the same append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Sample {
+    /// The log's number (as [`Target::append`] takes it).
+    pub(crate) log: usize,
+    /// Its LSN.
+    pub(crate) lsn: u64,
+    pub(crate) intended: Duration,
+    pub(crate) sent: Duration,
+    pub(crate) acknowledged: Duration,
+}
+
+/// Appends whose LSN is a multiple of this are sampled: the node traces the same ones
+/// (`/traces`, every append whose first LSN is a multiple of 16).
+pub(crate) const TRACE_EVERY: u64 = 16;
+
+/// The intended send times of the appends in flight, by send order: what the drain leaves
+/// unanswered is read from here. Answers come roughly in send order, so this is a queue
+/// whose answered front is dropped.
+#[derive(Debug, Default)]
+struct Outstanding {
+    /// The send number of `waiting[0]`.
+    base: u64,
+    /// Intended send times; `None` once answered.
+    waiting: VecDeque<Option<Duration>>,
+}
+
+impl Outstanding {
+    /// Notes a send intended at `intended`; returns its number.
+    fn sent(&mut self, intended: Duration) -> u64 {
+        self.waiting.push_back(Some(intended));
+        self.base + self.waiting.len() as u64 - 1
+    }
+
+    /// Send number `seq` was answered.
+    fn answered(&mut self, seq: u64) {
+        if let Some(slot) = self.waiting.get_mut((seq - self.base) as usize) {
+            *slot = None;
+        }
+        while let Some(None) = self.waiting.front() {
+            self.waiting.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// Intended send times of the sends still unanswered.
+    fn unanswered(&self) -> impl Iterator<Item = Duration> + '_ {
+        self.waiting.iter().flatten().copied()
+    }
 }
 
 /// The measurements as they accumulate.
 struct Recorder<'a> {
     measure_start: Duration,
     end: Duration,
+    /// Length of the intervals.
+    interval: Duration,
     result: LoadResult,
-    /// The interval being filled.
-    current: Interval,
+    /// Intervals shown to `on_interval` so far.
+    shown: usize,
+    /// Intended send times (after the window's start) of the window's appends that were not
+    /// acknowledged: their latency is known only when the run ends.
+    unacknowledged: Vec<Duration>,
     on_interval: &'a mut dyn FnMut(&IntervalStats),
 }
 
 impl Recorder<'_> {
-    /// When the interval being filled ends, clock time.
-    fn current_end(&self) -> Duration {
-        self.measure_start + self.current.start + self.current.duration
-    }
-
-    /// Closes every interval that ends at or before `now`.
-    fn close_intervals(&mut self, now: Duration) {
-        while now >= self.current_end()
-            && self.current.start + self.current.duration < self.end - self.measure_start
-        {
-            let start = self.current.start + self.current.duration;
-            let next = Interval::new(start, INTERVAL.min(self.end - self.measure_start - start));
-            self.close(next);
+    fn new<'a>(
+        spec: &LoadSpec,
+        measure_start: Duration,
+        on_interval: &'a mut dyn FnMut(&IntervalStats),
+    ) -> Recorder<'a> {
+        let interval = interval_for(spec.duration);
+        let mut intervals = Vec::new();
+        let mut start = Duration::ZERO;
+        while start < spec.duration {
+            intervals.push(Interval::new(start, interval.min(spec.duration - start)));
+            start += interval;
+        }
+        Recorder {
+            measure_start,
+            end: measure_start + spec.duration,
+            interval,
+            result: LoadResult {
+                duration: spec.duration,
+                records: 0,
+                bytes: 0,
+                latency: report::latency_histogram(),
+                service_latency: report::latency_histogram(),
+                errors: Errors::new(),
+                completion: Completion {
+                    intended: 0,
+                    acknowledged: 0,
+                    failed: 0,
+                    unanswered: 0,
+                    not_sent: 0,
+                    acknowledged_share: 1.0,
+                    drain_s: 0.0,
+                    drain_max_s: spec.drain.as_secs_f64(),
+                },
+                sends: None,
+                intervals,
+                samples: Vec::new(),
+            },
+            shown: 0,
+            unacknowledged: Vec::new(),
+            on_interval,
         }
     }
 
-    fn close(&mut self, next: Interval) {
-        let closed = std::mem::replace(&mut self.current, next);
-        (self.on_interval)(&closed.stats());
-        self.result.intervals.push(closed);
+    /// Whether an append intended at `intended` (clock time) belongs to the window.
+    fn in_window(&self, intended: Duration) -> bool {
+        intended >= self.measure_start && intended < self.end
+    }
+
+    /// The interval of an append of the window intended at `intended` (clock time).
+    fn interval_of(&mut self, intended: Duration) -> &mut Interval {
+        let offset = intended - self.measure_start;
+        let index = (offset.as_nanos() / self.interval.as_nanos()) as usize;
+        let last = self.result.intervals.len() - 1;
+        &mut self.result.intervals[index.min(last)]
+    }
+
+    /// When the next interval to show ends, clock time.
+    fn next_shown_end(&self) -> Duration {
+        self.result
+            .intervals
+            .get(self.shown)
+            .map_or(self.end, |i| self.measure_start + i.start + i.duration)
+    }
+
+    /// Shows every interval that ended by `now` (with what it holds so far: answers still
+    /// due to it come later).
+    fn show_intervals(&mut self, now: Duration) {
+        while self.shown < self.result.intervals.len() && now >= self.next_shown_end() {
+            (self.on_interval)(&self.result.intervals[self.shown].stats());
+            self.shown += 1;
+        }
+    }
+
+    /// An append meant for the window at `intended` (clock time) was sent (closed loop: all
+    /// its appends are counted here; open loop counts its schedule).
+    fn intend(&mut self, intended: Duration) {
+        if self.in_window(intended) {
+            self.result.completion.intended += 1;
+        }
+    }
+
+    /// An append of the window intended at `intended` (clock time) was never sent.
+    fn not_sent(&mut self, intended: Duration) {
+        self.result.completion.intended += 1;
+        self.result.completion.not_sent += 1;
+        self.unacknowledged.push(intended - self.measure_start);
     }
 
     fn record(&mut self, done: &Done) -> Result<(), String> {
-        if done.at < self.measure_start || done.at >= self.end {
+        if !self.in_window(done.intended) {
             return match &done.result {
                 Err(TargetError::Fatal(reason)) => Err(reason.clone()),
                 _ => Ok(()),
             };
         }
-        self.close_intervals(done.at);
         match &done.result {
-            Ok(()) => {
+            Ok(lsn) => {
+                if lsn.is_multiple_of(TRACE_EVERY) {
+                    self.result.samples.push(Sample {
+                        log: done.log,
+                        lsn: *lsn,
+                        intended: done.intended,
+                        sent: done.sent,
+                        acknowledged: done.at,
+                    });
+                }
                 let latency = done.at - done.intended;
                 report::record_latency(&mut self.result.latency, latency);
-                report::record_latency(&mut self.current.latency, latency);
                 report::record_latency(&mut self.result.service_latency, done.at - done.sent);
                 self.result.records += 1;
                 self.result.bytes += done.bytes;
-                self.current.records += 1;
-                self.current.bytes += done.bytes;
+                self.result.completion.acknowledged += 1;
+                let interval = self.interval_of(done.intended);
+                report::record_latency(&mut interval.latency, latency);
+                interval.records += 1;
+                interval.bytes += done.bytes;
             }
             Err(TargetError::Counted(kind)) => {
                 *self.result.errors.entry(kind).or_default() += 1;
+                self.result.completion.failed += 1;
+                self.unacknowledged.push(done.intended - self.measure_start);
             }
             Err(TargetError::Fatal(reason)) => return Err(reason.clone()),
         }
         Ok(())
     }
+
+    /// Ends the run at `finished` (clock time, at or after the window's end), with the sends
+    /// of `outstanding` unanswered: the window's unacknowledged appends get their latency
+    /// (until `finished`), the last intervals are shown.
+    fn finish(mut self, finished: Duration, outstanding: &Outstanding) -> LoadResult {
+        let unanswered: Vec<Duration> = outstanding
+            .unanswered()
+            .filter(|intended| self.in_window(*intended))
+            .collect();
+        for intended in unanswered {
+            self.result.completion.unanswered += 1;
+            self.unacknowledged.push(intended - self.measure_start);
+        }
+        for offset in std::mem::take(&mut self.unacknowledged) {
+            let intended = self.measure_start + offset;
+            let waited = finished - intended;
+            report::record_latency(&mut self.result.latency, waited);
+            let interval = self.interval_of(intended);
+            report::record_latency(&mut interval.latency, waited);
+            interval.unacknowledged += 1;
+        }
+        let c = &mut self.result.completion;
+        c.drain_s = (finished - self.end).as_secs_f64();
+        if c.intended > 0 {
+            c.acknowledged_share = c.acknowledged as f64 / c.intended as f64;
+        }
+        self.show_intervals(Duration::MAX);
+        self.result
+    }
 }
 
-/// Runs `spec` against `target` from clock time `start`: warm-up, then the measured window.
-/// `on_interval` sees each interval of the time series as it closes (the progress line).
+/// Runs `spec` against `target` from clock time `start`: warm-up, then the measured window,
+/// then the drain: up to `spec.drain` more for the answers of appends still outstanding, so
+/// that every append meant for the window is judged on its own answer (a slow answer is a
+/// latency, not a missing append). `on_interval` sees each interval of the time series when it
+/// ends (the progress line).
 pub(crate) async fn run<C: Clock, T: Target>(
     clock: &C,
     target: &T,
@@ -680,31 +979,19 @@ pub(crate) async fn run<C: Clock, T: Target>(
     assert!(!spec.duration.is_zero(), "a measured window");
     let measure_start = start + spec.warmup;
     let end = measure_start + spec.duration;
-    let mut recorder = Recorder {
-        measure_start,
-        end,
-        result: LoadResult {
-            duration: spec.duration,
-            records: 0,
-            bytes: 0,
-            latency: report::latency_histogram(),
-            service_latency: report::latency_histogram(),
-            errors: Errors::new(),
-            sends: None,
-            intervals: Vec::new(),
-        },
-        current: Interval::new(Duration::ZERO, INTERVAL.min(spec.duration)),
-        on_interval,
-    };
+    let mut recorder = Recorder::new(spec, measure_start, on_interval);
     let mut payloads = Payloads::new(spec.record_sizes, spec.seed);
     let mut in_flight = FuturesUnordered::new();
-    let send = |slot: usize, log: usize, intended: Duration, payload: Vec<u8>| {
+    let mut outstanding = Outstanding::default();
+    let send = |slot: usize, log: usize, intended: Duration, payload: Vec<u8>, seq: u64| {
         let sent = clock.now();
         let bytes = payload.len() as u64;
         async move {
             let result = target.append(log, payload).await;
             Done {
                 slot,
+                log,
+                seq,
                 intended,
                 sent,
                 bytes,
@@ -713,27 +1000,33 @@ pub(crate) async fn run<C: Clock, T: Target>(
             }
         }
     };
+    let mut send_stats = None;
     match spec.loop_mode {
         LoopMode::Closed { concurrency } => {
             for slot in 0..concurrency as usize {
                 let now = clock.now();
-                in_flight.push(send(slot, slot % spec.logs, now, payloads.next(now)));
+                recorder.intend(now);
+                let seq = outstanding.sent(now);
+                in_flight.push(send(slot, slot % spec.logs, now, payloads.next(now), seq));
             }
             loop {
                 let now = clock.now();
-                recorder.close_intervals(now);
+                recorder.show_intervals(now);
                 if now >= end {
                     break;
                 }
-                let wake = end.min(recorder.current_end());
+                let wake = end.min(recorder.next_shown_end());
                 tokio::select! {
                     biased;
                     Some(done) = in_flight.next() => {
+                        outstanding.answered(done.seq);
                         recorder.record(&done)?;
                         let now = clock.now();
                         if now < end {
                             let slot = done.slot;
-                            in_flight.push(send(slot, slot % spec.logs, now, payloads.next(now)));
+                            recorder.intend(now);
+                            let seq = outstanding.sent(now);
+                            in_flight.push(send(slot, slot % spec.logs, now, payloads.next(now), seq));
                         }
                     }
                     () = clock.sleep_until(wake) => {}
@@ -755,26 +1048,40 @@ pub(crate) async fn run<C: Clock, T: Target>(
                 not_sent: 0,
                 late_after_us: u64::try_from(spec.late_after.as_micros()).unwrap_or(u64::MAX),
                 lateness_us: LatencyPercentiles::default(),
+                held_by_bound: 0,
+                own_lateness_us: LatencyPercentiles::default(),
             };
+            let mut own_lateness = report::latency_histogram();
+            // Whether the outstanding bound was full when the loop last waited: the late sends
+            // it sends now waited for a free slot.
+            let mut bound_was_full = false;
             let mut sends: u64 = 0;
             loop {
                 let now = clock.now();
-                recorder.close_intervals(now);
+                recorder.show_intervals(now);
                 // Sends due before the end go out even when the loop wakes at or after it:
                 // only the outstanding bound keeps a send back.
                 let mut due = start + schedule.peek();
                 while due <= now && due < end && in_flight.len() < outstanding_max {
                     let log = (sends % spec.logs as u64) as usize;
-                    in_flight.push(send(0, log, due, payloads.next(now)));
+                    let seq = outstanding.sent(due);
+                    in_flight.push(send(0, log, due, payloads.next(now), seq));
                     sends += 1;
                     if due >= measure_start {
+                        recorder.intend(due);
                         stats.intended += 1;
                         stats.sent += 1;
                         let late_by = now - due;
                         // Zero is a lateness like any other (record_latency rounds up to 1).
-                        lateness.saturating_record(
-                            u64::try_from(late_by.as_micros()).unwrap_or(u64::MAX),
-                        );
+                        let late_us = u64::try_from(late_by.as_micros()).unwrap_or(u64::MAX);
+                        lateness.saturating_record(late_us);
+                        // Held: late, and the loop could not send it before now for want of a
+                        // slot.
+                        if bound_was_full && due < now {
+                            stats.held_by_bound += 1;
+                        } else {
+                            own_lateness.saturating_record(late_us);
+                        }
                         if late_by > spec.late_after {
                             stats.late += 1;
                         }
@@ -782,17 +1089,21 @@ pub(crate) async fn run<C: Clock, T: Target>(
                     schedule.advance();
                     due = start + schedule.peek();
                 }
+                bound_was_full = in_flight.len() >= outstanding_max;
                 if now >= end {
                     break;
                 }
                 let blocked = in_flight.len() >= outstanding_max;
-                let mut wake = end.min(recorder.current_end());
+                let mut wake = end.min(recorder.next_shown_end());
                 if !blocked {
                     wake = wake.min(due);
                 }
                 tokio::select! {
                     biased;
-                    Some(done) = in_flight.next() => recorder.record(&done)?,
+                    Some(done) = in_flight.next() => {
+                        outstanding.answered(done.seq);
+                        recorder.record(&done)?;
+                    }
                     () = clock.sleep_until(wake) => {}
                 }
             }
@@ -800,6 +1111,7 @@ pub(crate) async fn run<C: Clock, T: Target>(
             let mut due = start + schedule.peek();
             while due < end {
                 if due >= measure_start {
+                    recorder.not_sent(due);
                     stats.intended += 1;
                     stats.not_sent += 1;
                 }
@@ -807,15 +1119,27 @@ pub(crate) async fn run<C: Clock, T: Target>(
                 due = start + schedule.peek();
             }
             stats.lateness_us = LatencyPercentiles::of(&lateness);
-            recorder.result.sends = Some(stats);
+            stats.own_lateness_us = LatencyPercentiles::of(&own_lateness);
+            send_stats = Some(stats);
         }
     }
-    // The last interval ends with the window.
-    let last = Interval::new(spec.duration, Duration::ZERO);
-    recorder.close(last);
-    Ok(recorder.result)
+    // The drain: answers of appends still outstanding, up to its bound.
+    let drain_end = end + spec.drain;
+    while !in_flight.is_empty() {
+        tokio::select! {
+            biased;
+            Some(done) = in_flight.next() => {
+                outstanding.answered(done.seq);
+                recorder.record(&done)?;
+            }
+            () = clock.sleep_until(drain_end) => break,
+        }
+    }
+    let finished = clock.now().max(end);
+    let mut result = recorder.finish(finished, &outstanding);
+    result.sends = send_stats;
+    Ok(result)
 }
-
 #[cfg(test)]
 pub(crate) mod sim {
     //! A simulated clock and a one-future executor that moves it: time jumps to the next
@@ -929,7 +1253,7 @@ mod tests {
     }
 
     impl Target for FakeTarget<'_> {
-        async fn append(&self, _log: usize, _payload: Vec<u8>) -> Result<(), TargetError> {
+        async fn append(&self, _log: usize, _payload: Vec<u8>) -> Result<u64, TargetError> {
             let index = self.appends.replace(self.appends.get() + 1);
             let service = if index == self.stall_index {
                 self.stall
@@ -939,7 +1263,7 @@ mod tests {
             let done = self.busy_until.get().max(self.clock.now()) + service;
             self.busy_until.set(done);
             self.clock.sleep_until(done).await;
-            Ok(())
+            Ok(index)
         }
     }
 
@@ -950,12 +1274,17 @@ mod tests {
             record_sizes: RecordSizes::Fixed(128),
             warmup: Duration::ZERO,
             duration,
+            drain: Duration::from_secs(1),
             late_after: Duration::ZERO,
             seed: 7,
         }
     }
 
     fn run_sim(target: &FakeTarget<'_>, clock: &SimClock, spec: &LoadSpec) -> LoadResult {
+        run_sim_any(target, clock, spec)
+    }
+
+    fn run_sim_any(target: &impl Target, clock: &SimClock, spec: &LoadSpec) -> LoadResult {
         let mut seen = 0;
         let result = clock
             .block_on(run(clock, target, spec, Duration::ZERO, &mut |_| seen += 1))
@@ -991,10 +1320,12 @@ mod tests {
         assert_eq!(sends.intended, 5_000);
         assert_eq!((sends.sent, sends.late, sends.not_sent), (5_000, 0, 0));
         assert_eq!(open.records, 5_000);
-        // The stall is in the time series too: second 4 holds append 2000.
+        assert_eq!(open.completion.acknowledged_share, 1.0);
+        // The stall is in the time series too: 500 ms intervals, the ninth (4.0 to 4.5 s)
+        // holds append 2000 (intended at 4 s).
         let series = open.time_series();
-        assert_eq!(series.len(), 10);
-        assert!(series[4].latency_us_max >= 100_000, "{:?}", series[4]);
+        assert_eq!(series.len(), 20);
+        assert!(series[8].latency_us_max >= 100_000, "{:?}", series[8]);
         assert!(series[0].latency_us_max <= 1_001, "{:?}", series[0]);
 
         // Closed loop, one slot, the same target: the stall is one sample among thousands.
@@ -1009,9 +1340,10 @@ mod tests {
         assert!(closed_p.p99 <= 1_001, "closed p99 {closed_p:?}");
         assert!(closed_p.max >= 100_000, "{closed_p:?}");
         assert!(closed.sends.is_none());
-        // 10,000 ms of 1 ms appends, less the 99 ms the stall adds, less the one acked at the
-        // very end of the window.
-        assert_eq!(closed.records, 10_000 - 99 - 1);
+        // 10,000 ms of 1 ms appends, less the 99 ms the stall adds; the last one sent in the
+        // window is acknowledged in the drain, and counts.
+        assert_eq!(closed.records, 10_000 - 99);
+        assert_eq!(closed.completion.intended, 10_000 - 99);
     }
 
     #[test]
@@ -1037,6 +1369,10 @@ mod tests {
         assert_eq!(sends.intended, 1_000);
         assert_eq!(sends.late, 19);
         assert_eq!(sends.not_sent, 0);
+        // Sends 4..=22 were due while append 3 filled the bound: the target's lateness, not
+        // the generator's, which was nil.
+        assert_eq!(sends.held_by_bound, 19);
+        assert_eq!(sends.own_lateness_us.max, 0, "{sends:?}");
         // Within the histogram's precision (3 significant digits).
         assert!(
             (9_500..=9_510).contains(&sends.lateness_us.max),
@@ -1071,6 +1407,130 @@ mod tests {
         assert_eq!(sends.not_sent, 100);
         assert_eq!(sends.late, 0);
         assert_eq!(result.records, 899);
+        // Append 899 is still unanswered when the 1 s drain ends, at 2 s: it and the 100
+        // never sent count at their wait until then.
+        let c = &result.completion;
+        assert_eq!((c.intended, c.acknowledged), (1_000, 899));
+        assert_eq!((c.failed, c.unanswered, c.not_sent), (0, 1, 100));
+        assert_eq!(c.drain_s, 1.0);
+        assert_eq!(result.latency.len(), 1_000);
+        let p = LatencyPercentiles::of(&result.latency);
+        // The last one never sent was due at 999 ms: it waited 1,001 ms; append 899 1,101 ms.
+        assert!((1_100_000..=1_102_000).contains(&p.max), "{p:?}");
+        assert!(p.p99 >= 1_001_000, "{p:?}");
+        let last = result.intervals.last().expect("intervals");
+        assert_eq!(last.unacknowledged, 100, "900 .. 999 ms");
+    }
+
+    /// Every append takes `delay`, whatever else is in flight (many servers), and fails with
+    /// `failing` if it is sent inside `failing_from..failing_until`.
+    struct DelayTarget<'a> {
+        clock: &'a SimClock,
+        delay: Duration,
+        failing: Option<(Duration, Duration, &'static str)>,
+        /// LSNs handed out so far.
+        lsns: Cell<u64>,
+    }
+
+    impl Target for DelayTarget<'_> {
+        async fn append(&self, _log: usize, _payload: Vec<u8>) -> Result<u64, TargetError> {
+            let now = self.clock.now();
+            self.clock.sleep_until(now + self.delay).await;
+            match self.failing {
+                Some((from, until, kind)) if now >= from && now < until => {
+                    Err(TargetError::Counted(kind))
+                }
+                _ => Ok(self.lsns.replace(self.lsns.get() + 1)),
+            }
+        }
+    }
+
+    fn uniform(rate_per_s: f64, duration: Duration) -> LoadSpec {
+        spec(
+            LoopMode::Open {
+                rate_per_s,
+                arrivals: Arrivals::Uniform,
+                outstanding_max: 1_000,
+            },
+            duration,
+        )
+    }
+
+    #[test]
+    fn answers_that_land_after_the_window_count_for_it() {
+        // 200/s for 0.5 s, every append answered after 30 ms: the answers of the last five
+        // (sent at 475 .. 495 ms) land after the window. Each is still a 30 ms latency of an
+        // acknowledged append.
+        let clock = SimClock::default();
+        let target = DelayTarget {
+            clock: &clock,
+            delay: 30 * MS,
+            failing: None,
+            lsns: Cell::new(0),
+        };
+        let result = run_sim_any(&target, &clock, &uniform(200.0, Duration::from_millis(500)));
+        let c = &result.completion;
+        assert_eq!((c.intended, c.acknowledged), (100, 100));
+        assert_eq!(c.unacknowledged(), 0);
+        assert_eq!(c.acknowledged_share, 1.0);
+        assert_eq!(
+            c.drain_s, 0.025,
+            "the drain ends with the last answer, at 525 ms"
+        );
+        assert_eq!(result.records, 100);
+        // LSNs 0, 16, ... 96 are sampled, with their three times.
+        let lsns: Vec<u64> = result.samples.iter().map(|s| s.lsn).collect();
+        assert_eq!(lsns, [0, 16, 32, 48, 64, 80, 96]);
+        let last = result.samples[6];
+        assert_eq!(
+            last.intended,
+            Duration::from_millis(480),
+            "LSN 96 is append 96"
+        );
+        assert_eq!(
+            (last.sent, last.acknowledged),
+            (last.intended, last.intended + 30 * MS)
+        );
+        let p = LatencyPercentiles::of(&result.latency);
+        assert_eq!(p.min, 30_000);
+        assert!(result.latency.equivalent(p.max, 30_000), "{p:?}");
+        // 100 ms intervals, 20 appends each, whenever they were answered.
+        let series = result.time_series();
+        assert_eq!(series.len(), 5);
+        assert!(
+            series.iter().all(|i| i.records_per_s == 200.0),
+            "{series:?}"
+        );
+    }
+
+    #[test]
+    fn failed_appends_count_in_the_percentiles_until_the_run_ends() {
+        // 1000/s for 1 s, 1 ms each; those sent from 500 ms on fail: half the window.
+        let clock = SimClock::default();
+        let target = DelayTarget {
+            clock: &clock,
+            delay: MS,
+            failing: Some((Duration::from_millis(500), Duration::MAX, "unavailable")),
+            lsns: Cell::new(0),
+        };
+        let result = run_sim_any(&target, &clock, &uniform(1_000.0, Duration::from_secs(1)));
+        let c = &result.completion;
+        assert_eq!((c.intended, c.acknowledged, c.failed), (1_000, 500, 500));
+        assert_eq!(c.acknowledged_share, 0.5);
+        assert_eq!(result.errors.get("unavailable"), Some(&500));
+        assert_eq!(result.records, 500);
+        // The run ends with the last answer, at 1,000 ms: the failed ones waited 1 to
+        // 500 ms, and p99 is among them.
+        let p = LatencyPercentiles::of(&result.latency);
+        assert_eq!(result.latency.len(), 1_000);
+        assert_eq!(p.p50, 1_000, "the acknowledged half");
+        assert!((490_000..=491_000).contains(&p.p99), "{p:?}");
+        // The uncorrected view holds only acknowledged appends.
+        assert_eq!(result.service_latency.len(), 500);
+        let series = result.time_series();
+        assert_eq!(series.len(), 10);
+        assert_eq!(series[4].unacknowledged, 0);
+        assert_eq!(series[5].unacknowledged, 100);
     }
 
     #[test]

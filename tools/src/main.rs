@@ -15,6 +15,8 @@ mod report;
 mod stages;
 mod storage_mode;
 mod target;
+mod topology;
+mod trace;
 
 use std::process::ExitCode;
 
@@ -55,18 +57,41 @@ fn main() -> ExitCode {
     chainlog::logging::init("warn");
     let cli = Cli::parse();
     let outcome = match cli.mode {
-        Mode::Storage(args) => storage_mode::main(args),
+        Mode::Storage(args) => storage_mode::main(args).map_err(Failure::Error),
         Mode::Append(args) => append_mode::main(args),
-        Mode::Plan(args) => plan::main(args),
+        Mode::Plan(args) => plan::main(args).map_err(Failure::Error),
         Mode::Node(args) => return args.run("chainlog-bench node"),
         Mode::Controller(args) => return args.run("chainlog-bench controller"),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        Err(Failure::Error(message)) => {
             eprintln!("chainlog-bench: {message}");
             ExitCode::FAILURE
         }
+        Err(Failure::Unhealthy(message)) => {
+            eprintln!("chainlog-bench: the run failed: {message}");
+            ExitCode::from(EXIT_UNHEALTHY)
+        }
+    }
+}
+
+/// The exit status of a run that finished, reports written, but whose appends were not
+/// acknowledged well enough for its figures to describe a healthy target.
+const EXIT_UNHEALTHY: u8 = 3;
+
+/// Why a mode did not succeed.
+#[derive(Debug)]
+enum Failure {
+    /// It could not run, or not to the end (exit status 1).
+    Error(String),
+    /// It ran and reported, but too few of its appends were acknowledged (exit status 3).
+    Unhealthy(String),
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure::Error(message)
     }
 }
 

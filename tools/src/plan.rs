@@ -8,15 +8,21 @@
 //!    trips to the node).
 //! 2. **Sweep** offered load in open loop ([`crate::load`], latency from the intended send
 //!    time): start at `--start-rate`, double while the node keeps up, then bisect between the
-//!    highest rate that held and the lowest that did not, until they are within 5% or
-//!    `--max-steps` steps have run. If even the start rate does not hold, halve it.
+//!    highest rate that held and the lowest above it that did not, until they are within 5%
+//!    or `--max-steps` steps have run ([`next_rate`]). A failed first step may be the
+//!    machine's noise rather than the node's limit: it is retried at three quarters of its
+//!    rate, and if that holds the first rate is tried once more before it bounds the answer;
+//!    only when the lower rate fails too does the sweep halve down.
 //! 3. **Knee**: the highest offered rate that held. A step *holds* when the node acknowledged
-//!    at least 95% of the appends the schedule intended in the window, and the corrected p99
-//!    is at most `X` ms.
+//!    at least 95% of the appends the schedule intended in the window (answers that land in
+//!    the drain after the window count: [`crate::load`]), and the corrected p99 is at most
+//!    `X` ms. When a rate held at or above one that failed, noise decided part of the answer,
+//!    and the report says so ([`noise`]).
 //!
-//! The answer is per node; per shard it is divided by the node's shard count (one shard per
-//! core). Each step is short (`--step-secs`) with its own short warm-up, so the whole sweep
-//! takes `max_steps * (step + warm-up)` at most.
+//! The answer is for the target as a whole; per shard it is divided by the shards that took
+//! the appends (the heads' shards of the logs, [`Topology::head_shards`]). Each step is short
+//! (`--step-secs`) with its own short warm-up, so the whole sweep takes about `max_steps *
+//! (step + warm-up)`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,14 +32,20 @@ use clap::builder::TypedValueParser as _;
 use clap::Args;
 use serde::Serialize;
 
-use crate::append_mode::{self, ClientTarget, Measured, LATE_AFTER};
+use crate::append_mode::{
+    self, ClientTarget, HasTarget, Measured, NodeStages, StageScrapes, DRAIN, LATE_AFTER,
+};
 use crate::fingerprint::{CalibrationProbe, Fingerprint};
 use crate::html::{self, HtmlReport, SecondSample, Sweep, SweepPoint};
-use crate::load::{self, Arrivals, IntervalStats, LoadSpec, LoopMode, RecordSizes, SendStats};
+use crate::load::{
+    self, Arrivals, Completion, IntervalStats, LoadSpec, LoopMode, RecordSizes, SendStats,
+};
 use crate::report::{self, Errors, LatencyPercentiles, LoadSummary};
-use crate::stages::{self, StageBreakdown};
+use crate::stages::StageBreakdown;
 use crate::storage_mode::{parse_positive_seconds, parse_seconds};
 use crate::target::{DevGuard, TargetArgs};
+use crate::topology::Topology;
+use crate::trace::Breakdown;
 
 /// A step holds if at least this share of the intended appends were acknowledged.
 const ACHIEVED_SHARE_MIN: f64 = 0.95;
@@ -42,6 +54,8 @@ const ACHIEVED_SHARE_MIN: f64 = 0.95;
 const BISECT_GAP_MAX: f64 = 0.05;
 /// Below this offered rate the sweep gives up halving.
 const RATE_MIN_PER_S: f64 = 10.0;
+/// A failed first step is retried at this share of its rate before the sweep halves down.
+const FIRST_RETRY_SHARE: f64 = 0.75;
 /// TAIL_HINT round trips of the network calibration.
 const ROUND_TRIPS: usize = 16;
 
@@ -95,10 +109,20 @@ pub(crate) struct PlanArgs {
     /// Also write the HTML report (latency vs load, spectrum, time series, fingerprint).
     #[arg(long, value_name = "FILE")]
     pub(crate) html: Option<PathBuf>,
-    /// Where the node serves Prometheus metrics, scraped around each step for the HTML
-    /// report's stage breakdown [default: the port after the node's last shard's].
-    #[arg(long, value_name = "HOST:PORT", requires = "html")]
+    /// Where a standalone node serves Prometheus metrics, scraped around each step for the
+    /// stage breakdown [default: the port after its last shard's; in a cluster, that of each
+    /// node of the logs' chains].
+    #[arg(long, value_name = "HOST:PORT")]
     pub(crate) metrics: Option<String>,
+}
+
+impl HasTarget for PlanArgs {
+    fn target(&self) -> &TargetArgs {
+        &self.target
+    }
+    fn metrics(&self) -> Option<&str> {
+        self.metrics.as_deref()
+    }
 }
 
 /// Parses a latency objective in milliseconds: a finite number above 0.
@@ -138,15 +162,22 @@ pub(crate) struct PlanStep {
     pub(crate) sends: SendStats,
     /// Errors by kind.
     pub(crate) errors: Errors,
+    /// What became of the step's intended appends.
+    pub(crate) completion: Completion,
     /// Whether the step held (enough acknowledged, p99 within the objective).
     pub(crate) held: bool,
     /// Why it did not hold; `null` if it did.
     pub(crate) failed_because: Option<String>,
-    /// One entry per second of the step.
+    /// The step's time series.
     pub(crate) intervals: Vec<IntervalStats>,
-    /// The node's own latency by stage over the step, warm-up included (scraped with
-    /// `--html`); `null` if not scraped.
+    /// The server-side latency by stage over the step (warm-up included) of the first log's
+    /// head; `null` if its metrics could not be scraped.
     pub(crate) stages: Option<StageBreakdown>,
+    /// The same for every node of the logs' chains.
+    pub(crate) node_stages: Vec<NodeStages>,
+    /// Where single appends' time went ([`crate::trace`]); `null` if the heads' traces
+    /// could not be fetched.
+    pub(crate) per_append: Option<Breakdown>,
 }
 
 impl PlanStep {
@@ -164,11 +195,14 @@ impl PlanStep {
 /// The answer.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Knee {
-    /// The highest offered rate that held, records per second, per node.
+    /// The highest offered rate that held, records per second, for the whole target.
     pub(crate) records_per_s: f64,
-    /// The same in payload megabytes (10^6 bytes) per second, at the mean record size.
+    /// Records per second acknowledged at that step (a little below or above the offered
+    /// rate: Poisson arrivals vary).
+    pub(crate) achieved_records_per_s: f64,
+    /// The offered rate in payload megabytes (10^6 bytes) per second, at the mean record size.
     pub(crate) mb_per_s: f64,
-    /// Shards of the node.
+    /// Shards that took the appends: the logs' heads' shards, each counted once.
     pub(crate) shards: u16,
     /// `records_per_s / shards`.
     pub(crate) per_shard_records_per_s: f64,
@@ -185,22 +219,29 @@ pub(crate) struct PlanReport {
     pub(crate) version: &'static str,
     /// The arguments, defaults filled in.
     pub(crate) config: PlanArgs,
-    /// The node's address and shard count.
+    /// The target in a phrase: a node's address and shards, or the cluster's controller and
+    /// nodes.
     pub(crate) node: String,
+    /// What the sweep ran against: the node, or the cluster's nodes and the logs' chains.
+    pub(crate) topology: Topology,
     /// What the calibration measured.
     pub(crate) calibration: Calibration,
     /// The steps, in the order they ran.
     pub(crate) steps: Vec<PlanStep>,
     /// The knee; `null` if no step held.
     pub(crate) knee: Option<Knee>,
+    /// When noise decided part of the answer (a rate held at or above one that failed), how,
+    /// in a sentence; `null` when the steps agree.
+    pub(crate) noise: Option<String>,
 }
 
-/// Whether a step at `offered_per_s` held, and if not why.
-fn verdict(records: u64, intended: u64, latency_us_p99: u64, p99_ms: f64) -> Option<String> {
+/// Whether a step held, and if not why: `acknowledged` of its `intended` appends, with p99
+/// `latency_us_p99`, against an objective of `p99_ms`.
+fn verdict(acknowledged: u64, intended: u64, latency_us_p99: u64, p99_ms: f64) -> Option<String> {
     let share = if intended == 0 {
         0.0
     } else {
-        records as f64 / intended as f64
+        acknowledged as f64 / intended as f64
     };
     if share < ACHIEVED_SHARE_MIN {
         return Some(format!(
@@ -218,17 +259,71 @@ fn verdict(records: u64, intended: u64, latency_us_p99: u64, p99_ms: f64) -> Opt
     None
 }
 
-/// The sweep's next offered rate after the steps so far, or `None` when it is done: double
-/// the highest rate that held until one fails, halve the start until one holds, then bisect.
-fn next_rate(held_max: Option<f64>, failed_min: Option<f64>) -> Option<f64> {
-    match (held_max, failed_min) {
-        (Some(held), None) => Some(held * 2.0),
-        (None, Some(failed)) => Some(failed / 2.0).filter(|r| *r >= RATE_MIN_PER_S),
-        (Some(held), Some(failed)) => {
-            Some((held + failed) / 2.0).filter(|_| (failed - held) / held > BISECT_GAP_MAX)
+/// The sweep's next offered rate after `steps` (rate, held) in the order they ran, or `None`
+/// when it is done: double the highest rate that held until one above it fails, then bisect
+/// between the two. A failed first step is retried at [`FIRST_RETRY_SHARE`] of its rate; if
+/// that holds, the first rate is tried once more before it bounds the answer; if nothing
+/// holds, halve down to [`RATE_MIN_PER_S`].
+fn next_rate(steps: &[(f64, bool)]) -> Option<f64> {
+    let (first_rate, first_held) = *steps.first().expect("asked after at least one step");
+    let lowest = |held: bool, above: f64| {
+        steps
+            .iter()
+            .filter(|&&(rate, h)| h == held && rate > above)
+            .map(|&(rate, _)| rate)
+            .min_by(f64::total_cmp)
+    };
+    let held_max = steps
+        .iter()
+        .filter(|&&(_, held)| held)
+        .map(|&(rate, _)| rate)
+        .max_by(f64::total_cmp);
+    let Some(held) = held_max else {
+        if steps.len() == 1 {
+            return Some(first_rate * FIRST_RETRY_SHARE);
         }
-        (None, None) => unreachable!("asked after at least one step"),
+        let failed = lowest(false, 0.0).expect("every step failed");
+        return Some(failed / 2.0).filter(|r| *r >= RATE_MIN_PER_S);
+    };
+    let Some(failed) = lowest(false, held) else {
+        return Some(held * 2.0);
+    };
+    let tries_of_first = steps
+        .iter()
+        .filter(|&&(rate, _)| rate == first_rate)
+        .count();
+    if !first_held && failed == first_rate && tries_of_first == 1 {
+        // The first step failed but a lower rate held: one failure may have been noise.
+        return Some(first_rate);
     }
+    Some((held + failed) / 2.0).filter(|_| (failed - held) / held > BISECT_GAP_MAX)
+}
+
+/// When noise decided part of a sweep: the first failed step at a rate that also held, or
+/// below a rate that held, as a sentence for the report; `None` if the steps agree.
+fn noise(steps: &[(f64, bool)]) -> Option<String> {
+    for (i, &(failed, held)) in steps.iter().enumerate() {
+        if held {
+            continue;
+        }
+        let Some((j, &(rate, _))) = steps
+            .iter()
+            .enumerate()
+            .find(|&(_, &(rate, held))| held && rate >= failed)
+        else {
+            continue;
+        };
+        return Some(format!(
+            "noise decided part of this answer: {} records/s failed at step {} yet {} records/s \
+             held at step {}; the machine's load changed during the sweep (run it again, at a \
+             quieter moment, or with longer --step-secs)",
+            report::thousands(failed.round() as u64),
+            i + 1,
+            report::thousands(rate.round() as u64),
+            j + 1,
+        ));
+    }
+    None
 }
 
 /// Runs `chainlog-bench plan`: prints the calibration, the sweep table and the answer on
@@ -325,6 +420,7 @@ fn html_report(
         ),
         command_line: report::command_line(),
         summary,
+        warnings: report.noise.iter().cloned().collect(),
         sweep: Some(Sweep {
             record_bytes: args.record_size.mean_bytes().round() as u64,
             slo_p99_ms: args.p99_ms,
@@ -334,12 +430,16 @@ fn html_report(
         timeline,
         spectrum,
         fingerprint: Fingerprint {
-            config: serde_json::to_value(args).unwrap_or_default(),
+            config: crate::target::applied_config(args, args.target.unapplied()),
             ..fingerprint
         },
         stages: knee_step
             .or(report.steps.last())
-            .and_then(|s| s.stages.clone()),
+            .map(|s| s.node_stages.clone())
+            .unwrap_or_default(),
+        per_append: knee_step
+            .or(report.steps.last())
+            .and_then(|s| s.per_append.clone()),
     }
 }
 
@@ -373,13 +473,11 @@ async fn run(
          per step, {} steps at most",
         args.step_s, args.max_steps
     );
+    let topology = append_mode::describe(&client, addr, &log_names, args).await?;
     let target = ClientTarget::new(client.clone(), &log_names);
-    let metrics = args
-        .html
-        .as_ref()
-        .and_then(|_| append_mode::metrics_addr(args.metrics.as_deref(), &client, &log_names[0]));
+    let loud = args.html.is_some() || args.metrics.is_some();
     let mut steps: Vec<PlanStep> = Vec::new();
-    let (mut held_max, mut failed_min): (Option<f64>, Option<f64>) = (None, None);
+    let mut verdicts: Vec<(f64, bool)> = Vec::new();
     let mut knee_run: Option<Measured> = None;
     let mut last_run: Option<Measured> = None;
     let mut rate = args.start_rate_per_s;
@@ -394,25 +492,26 @@ async fn run(
             record_sizes: args.record_size,
             warmup: Duration::from_secs_f64(args.warmup_s),
             duration: Duration::from_secs_f64(args.step_s),
+            // Long enough that an answer within twice the objective is judged as a latency.
+            drain: DRAIN.max(Duration::from_secs_f64(args.p99_ms * 2.0 / 1000.0)),
             late_after: LATE_AFTER,
             seed: args.seed.wrapping_add(u64::from(step)),
         };
         let label = format!("plan step {} at {} records/s", step + 1, rate.round());
-        let before = match &metrics {
-            Some(addr) => append_mode::scrape_metrics(addr).await,
-            None => None,
-        };
+        let before = StageScrapes::before(&topology, loud).await;
         let measured = append_mode::run_load(&target, &spec, 0, &label).await?;
-        let stages = match (&metrics, before) {
-            (Some(addr), Some(before)) => append_mode::scrape_metrics(addr)
-                .await
-                .and_then(|after| stages::breakdown(&before, &after)),
-            _ => None,
-        };
+        let node_stages = before.after().await;
+        let per_append = append_mode::per_append(&topology, &measured, loud).await;
         let result = &measured.result;
         let sends = result.sends.clone().expect("open loop counts sends");
         let latency_us = LatencyPercentiles::of(&result.latency);
-        let failed_because = verdict(result.records, sends.intended, latency_us.p99, args.p99_ms);
+        let completion = result.completion.clone();
+        let failed_because = verdict(
+            completion.acknowledged,
+            completion.intended,
+            latency_us.p99,
+            args.p99_ms,
+        );
         let duration_s = result.duration.as_secs_f64();
         let planned = PlanStep {
             offered_records_per_s: rate,
@@ -421,35 +520,48 @@ async fn run(
             latency_us,
             sends,
             errors: result.errors.clone(),
+            completion,
             held: failed_because.is_none(),
             failed_because,
             intervals: result.time_series(),
-            stages,
+            stages: append_mode::first_head_stages(&topology, &node_stages),
+            node_stages,
+            per_append,
         };
         eprintln!("{}", planned.row());
+        verdicts.push((rate, planned.held));
         if planned.held {
-            if held_max.is_none_or(|h| rate > h) {
-                held_max = Some(rate);
+            let highest = verdicts
+                .iter()
+                .filter(|&&(_, held)| held)
+                .all(|&(r, _)| r <= rate);
+            if highest {
                 knee_run = Some(measured);
             }
         } else {
-            failed_min = Some(failed_min.map_or(rate, |f| f.min(rate)));
             last_run = Some(measured);
         }
         steps.push(planned);
-        match next_rate(held_max, failed_min) {
+        match next_rate(&verdicts) {
             Some(next) => rate = next,
             None => break,
         }
     }
-    let shards = client.shard_count();
+    let shards = topology.head_shards() as u16;
+    let held_max = verdicts
+        .iter()
+        .filter(|&&(_, held)| held)
+        .map(|&(rate, _)| rate)
+        .max_by(f64::total_cmp);
     let knee = held_max.map(|records_per_s| {
         let step = steps
             .iter()
+            .rev()
             .find(|s| s.held && s.offered_records_per_s == records_per_s)
             .expect("the knee is a step that held");
         Knee {
             records_per_s,
+            achieved_records_per_s: step.achieved_records_per_s,
             mb_per_s: records_per_s * args.record_size.mean_bytes() / 1e6,
             shards,
             per_shard_records_per_s: records_per_s / f64::from(shards),
@@ -460,13 +572,12 @@ async fn run(
         mode: "plan",
         version: env!("CARGO_PKG_VERSION"),
         config: args.clone(),
-        node: format!(
-            "{addr}, {shards} shard{}",
-            if shards == 1 { "" } else { "s" }
-        ),
+        node: topology.phrase(),
+        topology,
         calibration,
         steps,
         knee,
+        noise: noise(&verdicts),
     };
     Ok((report, knee_run.or(last_run), guard))
 }
@@ -525,7 +636,7 @@ impl PlanReport {
             c.warmup_s,
             c.arrivals.name(),
         );
-        let _ = writeln!(out, "  node           {}", self.node);
+        self.topology.human(&mut out);
         let disk = match &self.calibration.disk {
             Some(d) => format!(
                 "dsync p50 {} µs, fdatasync p50 {} µs ({} writes each, {} chosen)",
@@ -555,9 +666,10 @@ impl PlanReport {
             Some(k) => {
                 let _ = writeln!(
                     out,
-                    "max sustainable: {} records/s ({:.2} MB/s) at p99 <= {} ms, record size {}, \
-                     per node; per shard: {} records/s ({} shard{})",
+                    "max sustainable: {} records/s offered ({} acknowledged, {:.2} MB/s) at p99 <= {} \
+                     ms, record size {}; per shard: {} records/s ({} shard{} took the appends)",
                     report::thousands(k.records_per_s.round() as u64),
+                    report::thousands(k.achieved_records_per_s.round() as u64),
                     k.mb_per_s,
                     c.p99_ms,
                     c.record_size,
@@ -583,6 +695,9 @@ impl PlanReport {
                 );
             }
         }
+        if let Some(noise) = &self.noise {
+            let _ = writeln!(out, "WARNING: {noise}");
+        }
         out
     }
 }
@@ -600,31 +715,75 @@ mod tests {
         assert!(verdict(0, 0, 0, 2.0).is_some());
     }
 
-    #[test]
-    fn the_sweep_doubles_then_bisects_to_within_five_percent() {
-        // A node that holds up to 5000/s, swept from 1000/s.
-        let capacity = 5_000.0;
-        let (mut held, mut failed) = (None, None);
-        let mut rate = 1_000.0;
-        let mut tried = Vec::new();
-        for _ in 0..20 {
-            tried.push(rate);
-            if rate <= capacity {
-                held = Some(rate);
-            } else {
-                failed = Some(failed.map_or(rate, |f: f64| f.min(rate)));
-            }
-            match next_rate(held, failed) {
+    /// The rates a sweep tries against a node that holds every rate in `holds`.
+    fn sweep(start: f64, holds: impl Fn(f64, usize) -> bool) -> Vec<(f64, bool)> {
+        let mut steps = Vec::new();
+        let mut rate = start;
+        for i in 0..20 {
+            steps.push((rate, holds(rate, i)));
+            match next_rate(&steps) {
                 Some(next) => rate = next,
                 None => break,
             }
         }
-        assert_eq!(&tried[..4], &[1_000.0, 2_000.0, 4_000.0, 8_000.0]);
-        let (held, failed) = (held.unwrap(), failed.unwrap());
-        assert!(held <= capacity && (failed - held) / held <= BISECT_GAP_MAX);
-        assert!(tried.len() < 10, "{tried:?}");
-        // Nothing holds: halve down to the floor, then stop.
-        assert_eq!(next_rate(None, Some(1_000.0)), Some(500.0));
-        assert_eq!(next_rate(None, Some(15.0)), None);
+        steps
+    }
+
+    #[test]
+    fn the_sweep_doubles_then_bisects_to_within_five_percent() {
+        // A node that holds up to 5000/s, swept from 1000/s.
+        let steps = sweep(1_000.0, |rate, _| rate <= 5_000.0);
+        let rates: Vec<f64> = steps.iter().map(|s| s.0).collect();
+        assert_eq!(&rates[..4], &[1_000.0, 2_000.0, 4_000.0, 8_000.0]);
+        let held = steps
+            .iter()
+            .filter(|s| s.1)
+            .map(|s| s.0)
+            .fold(0.0, f64::max);
+        let failed = steps
+            .iter()
+            .filter(|s| !s.1)
+            .map(|s| s.0)
+            .fold(f64::MAX, f64::min);
+        assert!(held <= 5_000.0 && (failed - held) / held <= BISECT_GAP_MAX);
+        assert!(steps.len() < 10, "{steps:?}");
+        assert_eq!(noise(&steps), None);
+    }
+
+    #[test]
+    fn a_failed_first_step_is_retried_lower_then_again_before_it_bounds_the_answer() {
+        // The first step fails (the machine was busy), the rest see a node that holds up to
+        // 6000/s: 750 holds, 1000 is tried again and holds, and the sweep doubles on.
+        let steps = sweep(1_000.0, |rate, i| i > 0 && rate <= 6_000.0);
+        let rates: Vec<f64> = steps.iter().map(|s| s.0).collect();
+        assert_eq!(&rates[..5], &[1_000.0, 750.0, 1_000.0, 2_000.0, 4_000.0]);
+        let held = steps
+            .iter()
+            .filter(|s| s.1)
+            .map(|s| s.0)
+            .fold(0.0, f64::max);
+        assert!(held > 5_500.0 && held <= 6_000.0, "{steps:?}");
+        let said = noise(&steps).expect("noise decided");
+        assert!(said.contains("1,000 records/s failed at step 1"), "{said}");
+        assert!(
+            said.contains("held at step 2") || said.contains("held at step 3"),
+            "{said}"
+        );
+        // A first rate that fails again bounds the answer: bisect between 750 and 1000.
+        let steps = sweep(1_000.0, |rate, _| rate <= 800.0);
+        let rates: Vec<f64> = steps.iter().map(|s| s.0).collect();
+        assert_eq!(&rates[..4], &[1_000.0, 750.0, 1_000.0, 875.0]);
+        assert_eq!(noise(&steps), None);
+    }
+
+    #[test]
+    fn when_nothing_holds_the_sweep_halves_down_to_the_floor() {
+        let steps = sweep(1_000.0, |_, _| false);
+        let rates: Vec<f64> = steps.iter().map(|s| s.0).collect();
+        assert_eq!(&rates[..4], &[1_000.0, 750.0, 375.0, 187.5]);
+        assert!(rates.iter().all(|r| *r >= RATE_MIN_PER_S));
+        assert!(*rates.last().unwrap() / 2.0 < RATE_MIN_PER_S);
+        // Halving below a lower rate that held is noise too, and said.
+        assert!(noise(&[(1_000.0, true), (500.0, false)]).is_some());
     }
 }

@@ -279,7 +279,7 @@ pub(crate) fn write_hdr_log(
     let mut out = Vec::new();
     let mut serializer = V2DeflateSerializer::new();
     let mut log = IntervalLogWriterBuilder::new()
-        .add_comment("chainlog-bench latency, microseconds, one interval per second")
+        .add_comment("chainlog-bench latency, microseconds, by intended send time")
         .with_start_time(measure_start)
         .with_base_time(measure_start)
         .begin_log_with(&mut out, &mut serializer)

@@ -8,11 +8,12 @@
 //! `shard` and `stage`; group-commit batch sizes are `chainlog_group_commit_batch_records`.
 //!
 //! Two exposition forms are understood, and the report says which one it used:
-//! - **histogram** (`_bucket{le=...}` series): the buckets of the two scrapes are subtracted,
-//!   summed over shards, and p50/p99 are *estimated* by linear interpolation inside the bucket
-//!   holding the rank (as Prometheus's `histogram_quantile` does; a rank in the `+Inf` bucket
-//!   gets the largest finite bound). The estimate is as coarse as the buckets.
-//! - **summary** (`{quantile=...}` series, what the node serves today): quantiles cannot be
+//! - **histogram** (`_bucket{le=...}` series, what the node serves, ten buckets per decade):
+//!   the buckets of the two scrapes are subtracted, summed over shards, and p50/p99 are
+//!   *estimated* by linear interpolation inside the bucket holding the rank (as Prometheus's
+//!   `histogram_quantile` does; a rank in the `+Inf` bucket gets the largest finite bound).
+//!   They describe exactly the run; the estimate is as coarse as the buckets.
+//! - **summary** (`{quantile=...}` series, what nodes served before): quantiles cannot be
 //!   subtracted, so p50/p99 are the node's own, over everything each shard recorded since it
 //!   started. They describe the run exactly only when the before-scrape counted nothing (a
 //!   fresh node); across shards the largest shard quantile is taken (an upper bound).
@@ -154,6 +155,11 @@ pub(crate) struct StageBreakdown {
 pub(crate) fn scrape(addr: &str) -> Result<Scrape, String> {
     let text = http_get(addr, "/metrics")?;
     parse(&text)
+}
+
+/// Fetches `http://{addr}/traces` ([`crate::trace`] parses it).
+pub(crate) fn fetch_traces(addr: &str) -> Result<String, String> {
+    http_get(addr, "/traces")
 }
 
 /// The body of `GET path` on `addr`, which must answer 200.

@@ -53,8 +53,9 @@ pub(crate) struct TargetArgs {
     /// 1, adds the controller).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub(crate) dev: Option<u16>,
-    /// Replication factor of the logs the run creates in the dev cluster.
-    #[arg(long, value_name = "R", default_value_t = 1, requires = "dev",
+    /// Replication factor of the logs the run creates (in the dev cluster, or in the cluster
+    /// behind --target); an existing log of another factor is refused.
+    #[arg(long, value_name = "R", default_value_t = 1,
           value_parser = clap::value_parser!(u8).range(1..))]
     pub(crate) rf: u8,
     /// Shards per node of the dev cluster.
@@ -67,6 +68,16 @@ pub(crate) struct TargetArgs {
 }
 
 impl TargetArgs {
+    /// The keys of this struct's JSON form that did not apply to the run: `target` with
+    /// `--dev`, the dev cluster's without it.
+    pub(crate) fn unapplied(&self) -> &'static [&'static str] {
+        if self.dev.is_some() {
+            &["target"]
+        } else {
+            &["dev", "dev_shards", "dev_dir"]
+        }
+    }
+
     /// The address to connect to (a node's shard 0, or the controller) and, with `--dev`, the
     /// cluster started for it.
     /// Must be called inside a tokio runtime (the signal watcher is a task of it).
@@ -122,6 +133,16 @@ impl TargetArgs {
     }
 }
 
+/// `config` as a JSON object without the keys in `drop` and without the options left unset
+/// (`null`): the configuration block of the HTML report shows only what applied to the run.
+pub(crate) fn applied_config(config: &impl Serialize, drop: &[&str]) -> serde_json::Value {
+    let mut value = serde_json::to_value(config).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.retain(|key, v| !v.is_null() && !drop.contains(&key.as_str()));
+    }
+    value
+}
+
 /// A dev cluster started for a run: dropping it stops the cluster (every process reaped, the
 /// temp dir removed), unless the signal watcher did first.
 #[derive(Debug)]
@@ -162,9 +183,19 @@ mod tests {
         let dev = Cli::try_parse_from(["t", "--dev", "1", "--dev-shards", "2"]).expect("dev");
         assert_eq!((dev.target.dev, dev.target.rf), (Some(1), 1));
         assert_eq!(dev.target.dev_shards, 2);
+        // --rf applies to a cluster behind --target too.
+        let rf = Cli::try_parse_from(["t", "--target", "10.0.0.1:7000", "--rf", "3"]).expect("rf");
+        assert_eq!(rf.target.rf, 3);
+        assert_eq!(rf.target.unapplied(), ["dev", "dev_shards", "dev_dir"]);
+        assert_eq!(dev.target.unapplied(), ["target"]);
+        let applied = applied_config(&dev.target, dev.target.unapplied());
+        assert_eq!(
+            applied,
+            serde_json::json!({"dev": 1, "rf": 1, "dev_shards": 2}),
+            "no target, no unset dev_dir"
+        );
         for bad in [
             &["t", "--dev", "1", "--target", "10.0.0.1:7400"][..],
-            &["t", "--rf", "2"],
             &["t", "--dev-shards", "2"],
             &["t", "--dev-dir", "/tmp/x"],
             &["t", "--dev", "0"],

@@ -1,5 +1,7 @@
 //! `chainlog-bench --dev`: the dev cluster it starts is torn down when the run ends and when
-//! the run is interrupted (Ctrl-C, i.e. SIGINT): no node process and no temp dir is left.
+//! the run is interrupted (Ctrl-C, i.e. SIGINT): no node process and no temp dir is left. And
+//! a run against a cluster whose member stops answering half way never looks healthy: the
+//! failures are in its headline and it exits non-zero.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -155,6 +157,125 @@ fn a_dev_run_leaves_nothing_behind() {
     let status = bench.0.wait().expect("the bench exits");
     assert!(status.success(), "{status}");
     for (node, _) in nodes {
+        wait_until("the node to be gone", || !alive(node));
+    }
+}
+
+/// A process stopped with SIGSTOP, continued (SIGCONT) when this is dropped, also when the
+/// test fails: the bench's teardown (and the kernel's, if the bench dies) can then stop it.
+struct Stopped(u32);
+
+impl Stopped {
+    fn stop(pid: u32) -> Stopped {
+        signal(pid, "-STOP");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+fn signal(pid: u32, signal: &str) {
+    let sent = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status();
+    assert!(sent.expect("kill runs").success(), "kill {signal} {pid}");
+}
+
+#[test]
+fn a_run_with_a_chain_member_stopped_for_half_of_it_reports_the_failures_and_fails() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let json = scratch.path().join("report.json");
+    let mut bench = Bench(
+        Command::new(env!("CARGO_BIN_EXE_chainlog-bench"))
+            .args(["append", "--dev", "3", "--rf", "3", "--record-size", "128"])
+            .args(["--rate", "200", "--arrivals", "uniform"])
+            .args(["--duration", "4", "--warmup", "0.5", "--json"])
+            .arg(&json)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("chainlog-bench starts"),
+    );
+    let pid = bench.0.id();
+    // Progress lines ("append: 2.0 s, ...") say how far into the window the run is: stop a
+    // node once half of it has passed.
+    let stderr = bench.0.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+    let half = lines.by_ref().find(|l| {
+        l.strip_prefix("append: ")
+            .and_then(|rest| rest.split(" s,").next())
+            .and_then(|s| s.parse::<f64>().ok())
+            .is_some_and(|s| s >= 2.0)
+    });
+    assert!(half.is_some(), "the run never got half way");
+    let nodes: Vec<u32> = children_of(pid)
+        .into_iter()
+        .filter(|(_, args)| args.iter().any(|a| a == "node"))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(nodes.len(), 3, "three node children: {nodes:?}");
+    // Every node is in the one log's chain of three: stopping any stops every append.
+    let stopped = Stopped::stop(nodes[2]);
+    // Drain stderr so the bench never blocks on a full pipe.
+    let stderr_rest = std::thread::spawn(move || lines.collect::<Vec<String>>());
+    // The node stays stopped through the end of the window and the drain: until the report
+    // is out.
+    let stdout = bench.0.stdout.take().expect("stdout");
+    let mut report = BufReader::new(stdout).lines().map_while(Result::ok);
+    let headline = report
+        .by_ref()
+        .find(|l| l.starts_with("chainlog-bench append:"))
+        .expect("the report's headline");
+    drop(stopped);
+    let rest: Vec<String> = report.collect();
+    let status = bench.0.wait().expect("the bench exits");
+    let stderr = stderr_rest.join().expect("stderr reader");
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "a run with failed appends exits 3\n{headline}\n{rest:#?}\n{stderr:#?}"
+    );
+    // The headline says how many of the intended appends were acknowledged: about half.
+    let (acknowledged, intended) = headline
+        .split(": ")
+        .last()
+        .and_then(|tail| tail.split_once(" of "))
+        .map(|(a, rest)| {
+            (
+                a.replace(',', ""),
+                rest.split(' ').next().unwrap_or("").replace(',', ""),
+            )
+        })
+        .expect("'N of M intended appends acknowledged' in the headline");
+    let (acknowledged, intended): (u64, u64) = (
+        acknowledged.parse().expect("a count"),
+        intended.parse().expect("a count"),
+    );
+    assert_eq!(intended, 800, "{headline}");
+    assert!(acknowledged < intended * 99 / 100, "{headline}");
+    assert!(
+        headline.contains("intended appends acknowledged ("),
+        "{headline}"
+    );
+    assert!(rest.iter().any(|l| l.contains("WARNING")), "{rest:#?}");
+    let text = std::fs::read_to_string(&json).expect("the JSON report was written");
+    let r: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(r["completion"]["acknowledged"], acknowledged);
+    assert!(
+        r["completion"]["unanswered"].as_u64().expect("unanswered") > 0,
+        "{r:#}"
+    );
+    assert!(!r["warnings"].as_array().expect("warnings").is_empty());
+    assert_eq!(r["topology"]["kind"], "cluster");
+    assert_eq!(
+        r["topology"]["logs"][0]["chain"].as_array().map(Vec::len),
+        Some(3)
+    );
+    for node in nodes {
         wait_until("the node to be gone", || !alive(node));
     }
 }

@@ -72,25 +72,63 @@ fn open_loop_append_reports_sends_readers_and_intervals() {
     );
     assert!(u64_at(&r, "/sends/late") <= u64_at(&r, "/sends/sent"));
     let records = u64_at(&r, "/records");
-    // Acknowledged in the window: appends sent in the warm-up may be among them.
+    // The appends of the window that were acknowledged, whenever their answer came.
     assert!(records > 0, "{r:#}");
+    assert_eq!(u64_at(&r, "/completion/intended"), intended);
+    assert_eq!(u64_at(&r, "/completion/acknowledged"), records);
+    assert_eq!(
+        records
+            + u64_at(&r, "/completion/failed")
+            + u64_at(&r, "/completion/unanswered")
+            + u64_at(&r, "/completion/not_sent"),
+        intended
+    );
+    assert!(r["warnings"].is_array());
+    // Single appends broken down end to end: the bench's times for the appends of LSNs that
+    // are multiples of 16, joined with the node's, add up to their latency.
+    let per_append = &r["per_append"];
+    assert_eq!(per_append["clocks_comparable"], true, "{per_append:#}");
+    let joined = u64_at(per_append, "/joined");
+    assert!(
+        joined > 0 && joined <= u64_at(per_append, "/sampled"),
+        "{per_append:#}"
+    );
+    for band in per_append["bands"].as_array().expect("bands") {
+        let stages: f64 = band["mean"]["stages_us"]
+            .as_array()
+            .expect("stages")
+            .iter()
+            .map(|v| v.as_f64().expect("µs"))
+            .sum();
+        let total = f64_at(band, "/mean/total_us");
+        assert!((stages - total).abs() < 1.0, "{band:#}");
+    }
+    assert!(stdout.contains("per append     p50"), "{stdout}");
+    // What the run ran against.
+    assert_eq!(r["topology"]["kind"], "node");
+    assert_eq!(r["topology"]["logs"][0]["name"], "bench-0");
+    assert!(
+        stdout.contains(&format!("{records} of 500 intended appends acknowledged")),
+        "{stdout}"
+    );
     assert_eq!(u64_at(&r, "/bytes"), records * 128);
     // Latency from the intended send is never below latency from the actual send.
     assert!(u64_at(&r, "/latency_us/max") >= u64_at(&r, "/service_latency_us/max"));
     // The tailer saw appends sent in the window.
     assert!(u64_at(&r, "/e2e_records") > 0, "{r:#}");
     u64_at(&r, "/e2e_latency_us/p99");
-    // One interval per second of the window, adding up to the records.
+    // A 1 s window is cut into ten intervals of 100 ms, adding up to the records.
     let intervals = r["intervals"].as_array().expect("intervals");
-    assert_eq!(intervals.len(), 1);
-    assert_eq!(
-        f64_at(&intervals[0], "/records_per_s").round() as u64,
-        records
-    );
+    assert_eq!(intervals.len(), 10);
+    let summed: f64 = intervals
+        .iter()
+        .map(|i| f64_at(i, "/records_per_s") * f64_at(i, "/duration_s"))
+        .sum();
+    assert_eq!(summed.round() as u64, records);
 
     let log = std::fs::read_to_string(&hdr_log).expect("the interval log was written");
     let histograms = log.lines().filter(|l| !l.starts_with('#')).count();
-    assert_eq!(histograms, 1, "{log}");
+    assert_eq!(histograms, 10, "{log}");
     assert!(log.contains("#[BaseTime:"), "{log}");
 }
 
@@ -144,12 +182,12 @@ fn plan_sweeps_and_answers() {
     assert_eq!(r["mode"], "plan");
     let steps = r["steps"].as_array().expect("steps");
     assert_eq!(steps.len(), 2, "{r:#}");
-    // The second step doubles the first if it held, halves it if not.
+    // The second step doubles the first if it held, retries it at three quarters if not.
     let first = f64_at(&steps[0], "/offered_records_per_s");
     let second = f64_at(&steps[1], "/offered_records_per_s");
     assert_eq!(first, 200.0);
     let held = steps[0]["held"].as_bool().expect("held");
-    assert_eq!(second, if held { 400.0 } else { 100.0 });
+    assert_eq!(second, if held { 400.0 } else { 150.0 });
     for step in steps {
         let intended = u64_at(step, "/sends/intended");
         assert_eq!(
@@ -160,6 +198,7 @@ fn plan_sweeps_and_answers() {
             step["held"].as_bool(),
             Some(step["failed_because"].is_null())
         );
+        assert_eq!(u64_at(step, "/completion/intended"), intended);
     }
     match r["knee"].as_object() {
         Some(knee) => {

@@ -117,6 +117,8 @@ impl Writer {
                 seq,
                 records,
                 invoked: now_us,
+                expected_lsn: None,
+                fencing_token: None,
                 outcome: Outcome::Indefinite {
                     last_error: "no answer yet".into(),
                 },
@@ -281,7 +283,7 @@ impl Writer {
                                 ));
                             }
                         }
-                        Outcome::Indefinite { .. } => {
+                        Outcome::Indefinite { .. } | Outcome::Refused { .. } => {
                             op.outcome = Outcome::Acked { lsns, at: now };
                         }
                     }

@@ -615,6 +615,7 @@ impl Sim {
                     .unwrap_or_default();
                 replicas.push(Replica {
                     name: format!("node {id}"),
+                    trim_point: 0,
                     tail: readable,
                     records: records
                         .iter()
@@ -624,7 +625,7 @@ impl Sim {
                 });
                 stored.push((id, records));
             }
-            for anomaly in history::check(*log_id, &ops, &replicas) {
+            for anomaly in history::check(*log_id, &ops, &replicas, &[]) {
                 self.violations.push(format!("log {log_id}: {anomaly}"));
             }
             // Byte-identical replicas, including anything not (yet) committed.
@@ -653,7 +654,7 @@ impl Sim {
             for op in w.ops.values() {
                 match op.outcome {
                     Outcome::Acked { .. } => acked += 1,
-                    Outcome::Indefinite { .. } => indefinite += 1,
+                    Outcome::Indefinite { .. } | Outcome::Refused { .. } => indefinite += 1,
                 }
             }
         }

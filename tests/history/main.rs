@@ -389,12 +389,13 @@ fn run(settings: Settings) -> String {
                 let (tail, records) = read_log(procs.addr(*i, *log_id), *log_id);
                 checker::Replica {
                     name: name.clone(),
+                    trim_point: 0,
                     tail,
                     records,
                 }
             })
             .collect();
-        let anomalies = checker::check(*log_id, ops, &read);
+        let anomalies = checker::check(*log_id, ops, &read, &[]);
         let acked = ops
             .iter()
             .filter(|op| matches!(op.outcome, checker::Outcome::Acked { .. }))

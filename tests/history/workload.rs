@@ -361,6 +361,8 @@ fn acked(w: &Writer, seq: u64, p: Pending, lsns: Range<u64>, at: Instant) -> Op<
         seq,
         records: p.records,
         invoked: p.invoked,
+        expected_lsn: None,
+        fencing_token: None,
         outcome: Outcome::Acked { lsns, at },
     }
 }
@@ -371,6 +373,8 @@ fn indefinite(w: &Writer, seq: u64, p: Pending, last_error: String) -> Op<Instan
         seq,
         records: p.records,
         invoked: p.invoked,
+        expected_lsn: None,
+        fencing_token: None,
         outcome: Outcome::Indefinite { last_error },
     }
 }

@@ -119,7 +119,12 @@ fn payload_len(unit_len: usize, value: Value) -> usize {
 pub fn payload(log_id: u64, value: Value) -> Vec<u8> {
     let unit = unit(log_id, value);
     let len = payload_len(unit.len(), value);
-    unit.bytes().cycle().take(len).collect()
+    let mut out = Vec::with_capacity(len + unit.len());
+    while out.len() < len {
+        out.extend_from_slice(unit.as_bytes());
+    }
+    out.truncate(len);
+    out
 }
 
 /// The value `bytes` claims to be in log `log_id` (from its header), or `None` if it names no
@@ -142,8 +147,9 @@ pub fn identify(log_id: u64, bytes: &[u8]) -> Result<Value, String> {
     match claimed(log_id, bytes) {
         Some(v) => {
             let unit = unit(log_id, v);
+            let unit = unit.as_bytes();
             let exact = bytes.len() == payload_len(unit.len(), v)
-                && bytes.iter().zip(unit.bytes().cycle()).all(|(&a, b)| a == b);
+                && bytes.chunks(unit.len()).all(|c| c == &unit[..c.len()]);
             if exact {
                 Ok(v)
             } else {

@@ -126,6 +126,10 @@ struct SimArgs {
     /// No faults (only the workload).
     #[arg(long)]
     no_faults: bool,
+    /// Machines that lose power tell their peers nothing (as in production; off until nodes
+    /// notice such peers by themselves: ARCHITECTURE.md, "The simulator").
+    #[arg(long)]
+    silent_power_loss: bool,
     /// Virtual seconds of load and faults per run.
     #[arg(long, value_name = "SECS", default_value_t = 1.5)]
     active_secs: f64,
@@ -168,6 +172,7 @@ fn sim(args: SimArgs) -> ExitCode {
         nodes: args.nodes,
         shards: args.shards,
         faults: !args.no_faults,
+        silent_power_loss: args.silent_power_loss,
         active_us: (args.active_secs * 1e6) as u64,
         canary,
         ..chainlog::sim::Options::default()
@@ -196,22 +201,29 @@ fn sim(args: SimArgs) -> ExitCode {
     let summary = chainlog::sim::run_seeds(args.from, args.seeds, &options, threads, &progress);
     eprintln!();
     println!(
-        "{} seeds from {}: {} failing; {:.2} h simulated; faults {:?}; {} batches acknowledged",
+        "{} seeds from {}: {} failing; {:.2} h simulated; faults {:?}; {} batches acknowledged; \
+         workload {:?}",
         summary.runs,
         args.from,
         summary.failures.len(),
         summary.simulated_us as f64 / 3.6e9,
         summary.faults,
-        summary.acked
+        summary.acked,
+        summary.workload
     );
     for report in &summary.failures {
         println!("{report}");
         println!(
-            "  replay: RUST_LOG=debug chainlog sim --from {} --seeds 1 --threads 1 --nodes {} --shards {}{}",
+            "  replay: RUST_LOG=debug chainlog sim --from {} --seeds 1 --threads 1 --nodes {} --shards {}{}{}",
             report.seed,
             args.nodes,
             args.shards,
-            if args.no_faults { " --no-faults" } else { "" }
+            if args.no_faults { " --no-faults" } else { "" },
+            if args.silent_power_loss {
+                " --silent-power-loss"
+            } else {
+                ""
+            }
         );
     }
     if summary.failures.is_empty() {

@@ -239,9 +239,10 @@ impl<E: Net> Shard<E> {
     }
 
     /// Every record of `log_id` this shard stores (durable or not), as (LSN, payload), from
-    /// its trim point, and the LSN below which it serves them as committed; `None` if the
-    /// shard has no such log. For a simulator's checks at the end of a run.
-    pub(crate) fn stored_records(&mut self, log_id: u64) -> Option<(u64, StoredLog)> {
+    /// its trim point, with that trim point and the LSN below which it serves them as
+    /// committed; `None` if the shard has no such log. For a simulator's checks at the end of
+    /// a run.
+    pub(crate) fn stored_records(&mut self, log_id: u64) -> Option<(u64, u64, StoredLog)> {
         let tail = self.store.tail(log_id)?;
         let readable = self.protocol.readable_lsn(log_id);
         let mut out = Vec::new();
@@ -259,7 +260,7 @@ impl<E: Net> Shard<E> {
                 out.push((r.lsn, r.payload));
             }
         }
-        Some((readable, out))
+        Some((tail.trim_point, readable, out))
     }
 
     /// Arms what runs for the shard's whole life: the accept, the timers, the signals.

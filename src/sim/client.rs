@@ -1,41 +1,36 @@
-//! The simulated workload: writers that append keyed batches to a log through its head, as
-//! a database appending its WAL would, with the wire protocol of PROTOCOL.md over the world's
-//! connections. Each writer keeps a few batches in flight, resends every outstanding batch
-//! with the same idempotency key after a lost connection, a timeout or a retryable error
-//! (following NOT_HEAD and the cluster map to the head), and records what happened to each
-//! batch for the checkers: acknowledged at LSNs, or indefinite.
+//! The simulated writers: each appends keyed batches to one log through its head, as a
+//! database appending its WAL would, with the wire protocol of PROTOCOL.md over the world's
+//! connections. A writer may be conditional (every batch carries `expected_lsn`: the tail it
+//! believes, learned from its acknowledgements and from CONDITION_FAILED answers; one batch
+//! in flight) and fenced (every batch carries its fencing token; fenced out, it takes a token
+//! above the one that fenced it, as a new leader would), or neither (a few batches in
+//! flight). Each resends every outstanding batch unchanged, with its key, after a lost
+//! connection, a timeout or a retryable error (following the map to the head), and records
+//! what happened to each batch for the checkers: acknowledged at LSNs, refused for good, or
+//! indefinite.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use chainlog_net::{
-    decode_response, encode_request, parse_frame, AppendBuilder, AppendHeader, ErrorCode,
-    HelloRequest, Request, Response,
+    AppendBuilder, AppendHeader, ErrorCode, ErrorResponse, Response, LSN_UNCONDITIONAL, TOKEN_NONE,
 };
 
-use super::world::{EndpointId, HostId, World};
-use crate::history::{payload, Op, Outcome, Value};
-use crate::node::env::Sock;
+use super::conn::{ClientConn, Link, RETRY_US};
+use super::world::{HostId, World};
+use crate::history::{payload, Op, Outcome, Refusal, Value};
 
 /// How long an append may wait for its answer before the writer takes its outcome as unknown
 /// and resends it (with its key) on a new connection.
 const APPEND_TIMEOUT_US: u64 = 1_500_000;
-/// Pause before reconnecting or resending after a retryable refusal.
-const RETRY_US: u64 = 20_000;
 
-#[derive(Debug)]
-enum Conn {
-    /// No connection; connect at `at_us`.
-    Idle {
-        at_us: u64,
-    },
-    Connecting {
-        sock: Sock,
-    },
-    /// Connected and greeted (HELLO sent: answers are matched by request id).
-    Up {
-        sock: Sock,
-    },
+/// What a writer's batches carry besides their key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Mode {
+    /// Each batch expects the tail the writer believes (one batch in flight).
+    pub(crate) conditional: bool,
+    /// Each batch carries the writer's fencing token.
+    pub(crate) fenced: bool,
 }
 
 /// One batch the writer sent and has no final answer for.
@@ -49,28 +44,45 @@ struct Outstanding {
     not_before_us: u64,
     /// The attempt's request id, if one is out on the current connection.
     request: Option<u64>,
+    /// An earlier attempt's outcome is unknown (a lost connection or a timeout): a refusal
+    /// now does not mean the batch was never appended.
+    uncertain: bool,
+    expected_lsn: Option<u64>,
+    fencing_token: Option<u64>,
+}
+
+/// What the writer counts of its answers (for the run's report).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct WriterCounts {
+    pub(crate) conditional_acked: u64,
+    pub(crate) condition_failed: u64,
+    pub(crate) fenced_acked: u64,
+    pub(crate) fenced_out: u64,
 }
 
 /// A writer of one log. See the module documentation.
 #[derive(Debug)]
 pub(crate) struct Writer {
     pub(crate) writer_id: u64,
-    pub(crate) log_id: u64,
-    endpoint: EndpointId,
-    host: HostId,
-    conn: Conn,
-    inbox: Vec<u8>,
-    next_request: u64,
-    next_seq: u64,
+    conn: ClientConn,
+    st: State,
+}
+
+#[derive(Debug)]
+struct State {
+    writer_id: u64,
+    log_id: u64,
+    mode: Mode,
     in_flight_max: usize,
+    next_seq: u64,
+    /// The tail the writer believes (conditional writers).
+    tail: u64,
+    /// The writer's fencing token (fenced writers).
+    token: u64,
     outstanding: BTreeMap<u64, Outstanding>,
-    /// Every batch invoked, by sequence number.
-    pub(crate) ops: BTreeMap<u64, Op<u64>>,
-    /// Acknowledgements received after the batch's first (a retry answered again): each must
-    /// name the same LSNs.
-    pub(crate) reacks: Vec<(u64, std::ops::Range<u64>)>,
-    /// Refusals that no correct run gives (terminal codes other than WRITER_SEQ).
-    pub(crate) unexpected: Vec<String>,
+    ops: BTreeMap<u64, Op<u64>>,
+    unexpected: Vec<String>,
+    counts: WriterCounts,
 }
 
 impl Writer {
@@ -78,53 +90,73 @@ impl Writer {
         world: &mut World,
         writer_id: u64,
         log_id: u64,
+        mode: Mode,
         in_flight_max: usize,
+        token: u64,
     ) -> Writer {
-        let endpoint = world.endpoint();
         Writer {
             writer_id,
-            log_id,
-            endpoint,
-            host: 1000 + writer_id as HostId,
-            conn: Conn::Idle { at_us: 0 },
-            inbox: Vec::new(),
-            next_request: 1,
-            next_seq: 1,
-            in_flight_max,
-            outstanding: BTreeMap::new(),
-            ops: BTreeMap::new(),
-            reacks: Vec::new(),
-            unexpected: Vec::new(),
+            conn: ClientConn::new(world, 1000 + writer_id as HostId),
+            st: State {
+                writer_id,
+                log_id,
+                mode,
+                in_flight_max: if mode.conditional { 1 } else { in_flight_max },
+                next_seq: 1,
+                tail: 0,
+                token,
+                outstanding: BTreeMap::new(),
+                ops: BTreeMap::new(),
+                unexpected: Vec::new(),
+                counts: WriterCounts::default(),
+            },
         }
     }
 
     /// Batches with no final answer yet.
     pub(crate) fn pending(&self) -> usize {
-        self.outstanding.len()
+        self.st.outstanding.len()
     }
 
-    /// Starts a new batch now (if there is room in flight).
+    /// Every batch invoked.
+    pub(crate) fn ops(&self) -> impl Iterator<Item = &Op<u64>> {
+        self.st.ops.values()
+    }
+
+    /// Answers no correct run gives.
+    pub(crate) fn unexpected(&self) -> &[String] {
+        &self.st.unexpected
+    }
+
+    pub(crate) fn counts(&self) -> WriterCounts {
+        self.st.counts
+    }
+
+    /// Starts a new batch of `records` now (if there is room in flight).
     pub(crate) fn invoke(&mut self, now_us: u64, records: u32) -> bool {
-        if self.outstanding.len() >= self.in_flight_max {
+        let st = &mut self.st;
+        if st.outstanding.len() >= st.in_flight_max {
             return false;
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.ops.insert(
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let expected_lsn = st.mode.conditional.then_some(st.tail);
+        let fencing_token = st.mode.fenced.then_some(st.token);
+        st.ops.insert(
             seq,
             Op {
-                writer: self.writer_id,
+                writer: st.writer_id,
                 seq,
                 records,
                 invoked: now_us,
-                expected_lsn: None,
-                fencing_token: None,
+                expected_lsn,
+                fencing_token,
                 outcome: Outcome::Indefinite {
                     last_error: "no answer yet".into(),
                 },
             },
         );
-        self.outstanding.insert(
+        st.outstanding.insert(
             seq,
             Outstanding {
                 seq,
@@ -132,6 +164,9 @@ impl Writer {
                 sent_us: now_us,
                 not_before_us: now_us,
                 request: None,
+                uncertain: false,
+                expected_lsn,
+                fencing_token,
             },
         );
         true
@@ -141,69 +176,68 @@ impl Writer {
     /// long. `head` is where the log's head serves (from the map).
     pub(crate) fn step(&mut self, world: &mut World, head: SocketAddr) {
         let now = world.now_us();
-        match self.conn {
-            Conn::Idle { at_us } if at_us <= now && !self.outstanding.is_empty() => {
-                let sock = world.connect(
-                    self.endpoint,
-                    self.host,
-                    head,
-                    crate::node::ops::NetToken::of(crate::node::ops::NetOp::LinkConnect),
-                    true,
-                );
-                self.conn = Conn::Connecting { sock };
+        let want = !self.st.outstanding.is_empty();
+        match self.conn.poll(world, head, want) {
+            Link::Down => return,
+            Link::Lost => {
+                self.st.lost();
+                return;
             }
-            Conn::Connecting { sock } => match world.client_connected(sock) {
-                Some(true) => {
-                    let mut out = Vec::new();
-                    encode_request(&mut out, 0, &Request::Hello(HelloRequest::CURRENT));
-                    world.client_send(sock, out);
-                    self.conn = Conn::Up { sock };
-                    for o in self.outstanding.values_mut() {
-                        o.request = None;
-                    }
-                }
-                Some(false) => self.drop_conn(world, now),
-                None => {}
-            },
-            _ => {}
+            Link::Fresh | Link::Up => {}
         }
-        let Conn::Up { sock } = self.conn else {
-            return;
-        };
-        let (bytes, ended) = world.client_take(sock);
-        self.inbox.extend(bytes);
-        self.read_answers(now);
+        let st = &mut self.st;
+        let ended = self
+            .conn
+            .receive(world, &mut |id, answer| st.on_answer(id, answer, now));
         if ended {
-            self.drop_conn(world, now);
+            self.st.lost();
             return;
         }
-        // Send what is due, in sequence order (answers come in that order on a connection).
+        self.send_due(world, now);
+        let late = self
+            .st
+            .outstanding
+            .values()
+            .any(|o| o.request.is_some() && now.saturating_sub(o.sent_us) > APPEND_TIMEOUT_US);
+        if late {
+            // The outcome of what is out is unknown: start over on a new connection, where
+            // every outstanding batch goes again with its key.
+            self.conn.drop_conn(world);
+            self.st.lost();
+        }
+    }
+
+    /// Sends what is due, in sequence order (answers come in that order on a connection).
+    fn send_due(&mut self, world: &mut World, now: u64) {
         let mut out = Vec::new();
         let limits = super::node::limits();
         let due: Vec<u64> = self
+            .st
             .outstanding
             .values()
             .filter(|o| o.request.is_none() && o.not_before_us <= now)
             .map(|o| o.seq)
             .collect();
         for seq in due {
-            let id = self.next_request;
-            self.next_request += 1;
-            let o = self.outstanding.get_mut(&seq).expect("listed");
+            let id = self.conn.next_id();
+            let st = &mut self.st;
+            let o = st.outstanding.get_mut(&seq).expect("listed");
             let header = AppendHeader {
-                writer_id: self.writer_id,
+                writer_id: st.writer_id,
                 writer_seq: seq,
-                ..AppendHeader::new(self.log_id)
+                expected_lsn: o.expected_lsn.unwrap_or(LSN_UNCONDITIONAL),
+                fencing_token: o.fencing_token.unwrap_or(TOKEN_NONE),
+                ..AppendHeader::new(st.log_id)
             };
             let mut builder = AppendBuilder::new(&mut out, id, &header, &limits);
             for index in 0..o.records {
                 let value = Value {
-                    writer: self.writer_id,
+                    writer: st.writer_id,
                     seq,
                     index,
                 };
                 builder
-                    .push(&payload(self.log_id, value))
+                    .push(&payload(st.log_id, value))
                     .expect("a workload batch fits the limits");
             }
             builder.finish();
@@ -211,111 +245,107 @@ impl Writer {
             o.sent_us = now;
         }
         if !out.is_empty() {
-            world.client_send(sock, out);
-        }
-        let late = self
-            .outstanding
-            .values()
-            .any(|o| o.request.is_some() && now.saturating_sub(o.sent_us) > APPEND_TIMEOUT_US);
-        if late {
-            // The outcome of what is out is unknown: start over on a new connection, where
-            // every outstanding batch goes again with its key.
-            self.drop_conn(world, now);
+            self.conn.send_bytes(world, out);
         }
     }
+}
 
-    fn drop_conn(&mut self, world: &mut World, now: u64) {
-        if let Conn::Up { sock } | Conn::Connecting { sock } = self.conn {
-            world.close(sock);
-        }
-        self.conn = Conn::Idle {
-            at_us: now + RETRY_US,
-        };
-        self.inbox.clear();
+impl State {
+    /// The connection is gone: what was out on it has an unknown outcome, and goes again.
+    fn lost(&mut self) {
         for o in self.outstanding.values_mut() {
-            o.request = None;
-        }
-    }
-
-    fn read_answers(&mut self, now: u64) {
-        let limits = super::node::limits();
-        let mut consumed = 0;
-        loop {
-            let frame = match parse_frame(&self.inbox[consumed..], &limits) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => {
-                    self.unexpected
-                        .push(format!("a bad frame from the node: {e}"));
-                    break;
-                }
-            };
-            consumed += frame.frame_bytes();
-            let id = frame.request_id;
-            let response = match decode_response(&frame, &limits) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.unexpected
-                        .push(format!("a bad answer from the node: {e}"));
-                    continue;
-                }
-            };
-            let Some(seq) = self
-                .outstanding
-                .values()
-                .find(|o| o.request == Some(id))
-                .map(|o| o.seq)
-            else {
-                continue; // HELLO's answer, or an answer to an attempt given up on.
-            };
-            match response {
-                Response::Append(a) => {
-                    let lsns = a.first_lsn..a.first_lsn + u64::from(a.count);
-                    self.outstanding.remove(&seq);
-                    let op = self.ops.get_mut(&seq).expect("invoked");
-                    match &op.outcome {
-                        Outcome::Acked { lsns: first, .. } => {
-                            self.reacks.push((seq, first.clone()));
-                            if *first != lsns {
-                                self.unexpected.push(format!(
-                                    "writer {} batch {seq} acknowledged at {first:?} and again at {lsns:?}",
-                                    self.writer_id
-                                ));
-                            }
-                        }
-                        Outcome::Indefinite { .. } | Outcome::Refused { .. } => {
-                            op.outcome = Outcome::Acked { lsns, at: now };
-                        }
-                    }
-                }
-                Response::Error(e) if e.code == ErrorCode::WriterSeq => {
-                    // Too old to resolve: its outcome stays unknown.
-                    self.outstanding.remove(&seq);
-                    if let Some(op) = self.ops.get_mut(&seq) {
-                        op.outcome = Outcome::Indefinite {
-                            last_error: format!("WRITER_SEQ: {}", e.message),
-                        };
-                    }
-                }
-                Response::Error(e) if e.code.is_retryable() => {
-                    let o = self.outstanding.get_mut(&seq).expect("listed");
-                    o.request = None;
-                    o.not_before_us = now + RETRY_US;
-                }
-                Response::Error(e) => {
-                    self.unexpected.push(format!(
-                        "writer {} batch {seq}: {} {}",
-                        self.writer_id,
-                        e.code.name(),
-                        e.message
-                    ));
-                    self.outstanding.remove(&seq);
-                }
-                other => self
-                    .unexpected
-                    .push(format!("an APPEND answered with {other:?}")),
+            if o.request.take().is_some() {
+                o.uncertain = true;
             }
         }
-        self.inbox.drain(..consumed);
+    }
+
+    fn on_answer(&mut self, id: u64, answer: Result<Response<'_>, String>, now: u64) {
+        let response = match answer {
+            Ok(r) => r,
+            Err(e) => {
+                return self
+                    .unexpected
+                    .push(format!("writer {}: {e}", self.writer_id))
+            }
+        };
+        let Some(seq) = self
+            .outstanding
+            .values()
+            .find(|o| o.request == Some(id))
+            .map(|o| o.seq)
+        else {
+            return; // HELLO's answer, or an answer to an attempt given up on.
+        };
+        match response {
+            Response::Append(a) => {
+                let lsns = a.first_lsn..a.first_lsn + u64::from(a.count);
+                let o = self.outstanding.remove(&seq).expect("listed");
+                if o.expected_lsn.is_some() {
+                    self.counts.conditional_acked += 1;
+                    self.tail = self.tail.max(lsns.end);
+                }
+                if o.fencing_token.is_some() {
+                    self.counts.fenced_acked += 1;
+                }
+                let op = self.ops.get_mut(&seq).expect("invoked");
+                op.outcome = Outcome::Acked { lsns, at: now };
+            }
+            Response::Error(e) if e.code == ErrorCode::WriterSeq => {
+                // Too old to resolve: its outcome stays unknown.
+                self.outstanding.remove(&seq);
+                if let Some(op) = self.ops.get_mut(&seq) {
+                    op.outcome = Outcome::Indefinite {
+                        last_error: format!("WRITER_SEQ: {}", e.message),
+                    };
+                }
+            }
+            Response::Error(e) if e.code.is_retryable() => {
+                let o = self.outstanding.get_mut(&seq).expect("listed");
+                o.request = None;
+                o.not_before_us = now + RETRY_US;
+            }
+            Response::Error(e) if e.code == ErrorCode::ConditionFailed => {
+                self.counts.condition_failed += 1;
+                self.tail = e.arg0;
+                self.refused(seq, Refusal::ConditionFailed { tail: e.arg0 }, &e, now);
+            }
+            Response::Error(e) if e.code == ErrorCode::Fenced => {
+                self.counts.fenced_out += 1;
+                // A new leader: a token above the one that fenced this writer out.
+                self.token = self.token.max(e.arg0 + 1);
+                self.refused(seq, Refusal::Fenced { token: e.arg0 }, &e, now);
+            }
+            Response::Error(e) => {
+                self.unexpected.push(format!(
+                    "writer {} batch {seq}: {} {}",
+                    self.writer_id,
+                    e.code.name(),
+                    e.message
+                ));
+                self.outstanding.remove(&seq);
+            }
+            other => self
+                .unexpected
+                .push(format!("an APPEND answered with {other:?}")),
+        }
+    }
+
+    /// Batch `seq` was refused for good: never appended, unless an earlier attempt's outcome
+    /// is unknown (that one may have been).
+    fn refused(&mut self, seq: u64, refusal: Refusal, e: &ErrorResponse<'_>, now: u64) {
+        let o = self.outstanding.remove(&seq).expect("listed");
+        let op = self.ops.get_mut(&seq).expect("invoked");
+        op.outcome = if o.uncertain {
+            Outcome::Indefinite {
+                last_error: format!(
+                    "{} after an attempt whose outcome is unknown: {}",
+                    e.code.name(),
+                    e.message
+                ),
+            }
+        } else {
+            Outcome::Refused { refusal, at: now }
+        };
     }
 }

@@ -1,10 +1,13 @@
 //! A simulated shard's environment: its disk is a [`SimIo`] on its node's [`SimDisk`]
 //! (crashes lose what was not flushed), its network and timers are the [`World`]'s. Both kinds
-//! of completion come out of [`Io::wait`], as on the real ring. A node's catalogs live in a
-//! map that survives its crashes, like a file replaced atomically and durably.
+//! of completion come out of [`Io::wait`], as on the real ring. A node's disk may go slow for
+//! a while ([`Slowdown`]): the completions it delivers then are held longer, in order, as a
+//! device that stalls (garbage collection, a firmware hiccup) holds them; a shard that waits
+//! for one inside a turn (a read) waits that long. A node's catalogs live in a map that
+//! survives its crashes, like a file replaced atomically and durably.
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -23,6 +26,17 @@ use crate::node::ops::NetToken;
 /// The world, shared by every simulated process of a run (one thread).
 pub(crate) type Shared = Rc<RefCell<World>>;
 
+/// A node's disk going slow: until `until_us`, every completion it delivers is held `extra_us`
+/// longer.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Slowdown {
+    pub(crate) until_us: u64,
+    pub(crate) extra_us: u64,
+}
+
+/// The slowdown of one node's disk, shared by its shards' environments.
+pub(crate) type DiskSpeed = Rc<Cell<Slowdown>>;
+
 /// One shard's environment. See the module documentation.
 #[derive(Debug)]
 pub(crate) struct SimEnv {
@@ -30,27 +44,69 @@ pub(crate) struct SimEnv {
     world: Shared,
     endpoint: EndpointId,
     host: HostId,
+    speed: DiskSpeed,
+    /// Disk completions held by a slowdown: (when they are delivered, the completion), in
+    /// the order the disk completed them.
+    held: VecDeque<(u64, Completion)>,
 }
 
 impl SimEnv {
-    pub(crate) fn new(disk: SimIo, world: Shared, endpoint: EndpointId, host: HostId) -> SimEnv {
+    pub(crate) fn new(
+        disk: SimIo,
+        world: Shared,
+        endpoint: EndpointId,
+        host: HostId,
+        speed: DiskSpeed,
+    ) -> SimEnv {
         world.borrow_mut().attach(endpoint);
         SimEnv {
             disk,
             world,
             endpoint,
             host,
+            speed,
+            held: VecDeque::new(),
         }
     }
 
     /// When this shard has something to do next: now if completions wait, else when its disk
-    /// completes an operation.
+    /// completes or delivers an operation.
     pub(crate) fn next_us(&self) -> Option<u64> {
         let world = self.world.borrow();
         if world.has_ready(self.endpoint) {
             return Some(world.now_us());
         }
-        self.disk.next_ready_us()
+        self.next_disk_us()
+    }
+
+    fn next_disk_us(&self) -> Option<u64> {
+        let held = self.held.front().map(|&(at, _)| at);
+        match (held, self.disk.next_ready_us()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Takes what the disk completed by now, holds it as the slowdown says, and moves what is
+    /// due to `out`.
+    fn take_disk(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
+        let mut done = Vec::new();
+        self.disk.wait(0, &mut done)?;
+        let now = self.world.borrow().now_us();
+        let slow = self.speed.get();
+        let extra = if now < slow.until_us {
+            slow.extra_us
+        } else {
+            0
+        };
+        let last = self.held.back().map_or(0, |&(at, _)| at);
+        for completion in done {
+            self.held.push_back(((now + extra).max(last), completion));
+        }
+        while self.held.front().is_some_and(|&(at, _)| at <= now) {
+            out.push(self.held.pop_front().expect("checked").1);
+        }
+        Ok(())
     }
 }
 
@@ -155,13 +211,22 @@ impl Io for SimEnv {
     fn wait(&mut self, min_complete: usize, out: &mut Vec<Completion>) -> io::Result<()> {
         let before = out.len();
         self.world.borrow_mut().take_ready(self.endpoint, out);
-        let got = out.len() - before;
-        // Only the disk can be waited for inside a turn (the store waits for its own writes
-        // and reads); the network's completions come with the world's events.
-        self.disk.wait(min_complete.saturating_sub(got), out)
+        loop {
+            self.take_disk(out)?;
+            if out.len() - before >= min_complete {
+                return Ok(());
+            }
+            // Only the disk can be waited for inside a turn (the store waits for its own
+            // writes and reads): time moves to its next completion. The network's
+            // completions come with the world's events.
+            match self.next_disk_us() {
+                Some(at) => self.world.borrow().clock.advance_to(at),
+                None => return Ok(()),
+            }
+        }
     }
     fn in_flight(&self) -> usize {
-        self.disk.in_flight() + self.world.borrow().in_flight(self.endpoint)
+        self.disk.in_flight() + self.held.len() + self.world.borrow().in_flight(self.endpoint)
     }
 }
 

@@ -1,44 +1,56 @@
 //! The whole cluster in one thread, from a seed: real shards (the node's own code, generic over
-//! its environment) on simulated disks and a simulated network, writers appending through the
-//! wire protocol, and a fault schedule; at the end every replica is read back and the history
-//! is checked. A failing run names its seed, and the same seed replays it exactly (the run's
+//! its environment) on simulated disks and a simulated network, clients speaking the wire
+//! protocol, and a fault schedule; at the end every replica is read back and the history is
+//! checked. A failing run names its seed, and the same seed replays it exactly (the run's
 //! trace hash says so).
 //!
-//! What is simulated (ARCHITECTURE.md, "The simulator"): the disk of each node (latency, lost
-//! unflushed writes and a torn write on power loss, EIO), the network between hosts (latency,
-//! short sends, partitions in one or both directions, connection resets, hosts that die or
-//! stop), process crashes (kill -9, power loss), pauses (SIGSTOP) and restarts. The map comes
-//! from the controller's pure state ([`crate::controller::state`]); the control thread, the
-//! clock skew of separate machines and bit flips at rest are not simulated yet.
+//! What is simulated (ARCHITECTURE.md, "The simulator"): the disk of each node (latency, slow
+//! periods, lost unflushed writes and a torn write on power loss, EIO), the network between
+//! hosts (latency, slow links, short sends, partitions in one or both directions, between
+//! nodes or between a node and a client, connection resets, machines that lose power without
+//! a word to their peers, bytes of closed connections delivered late), process crashes (kill
+//! -9, power loss), pauses (SIGSTOP), restarts and steps of a machine's wall clock. The map
+//! comes from the controller's pure state ([`crate::controller::ClusterState`]), logs created
+//! during the run included; the control thread and bit flips at rest are not simulated.
+//!
+//! The workload, per log: writers appending keyed batches (some conditional, some fenced), a
+//! reader reading from every replica, a subscriber that moves between replicas, and a trimmer
+//! that reads the log in order, trims below what it read and asks CHECK_TAIL.
 //!
 //! The checks ([`crate::history`]): no acknowledged record lost or moved, no LSN with two
-//! values on two replicas (committed or not), dense LSNs, no record at two LSNs, no record that
-//! was never sent, indefinite batches present whole or not at all, real-time order, a batch
-//! acknowledged twice only at the same LSNs; and liveness: once the faults stop, every writer's
-//! batches are acknowledged within a bounded (virtual) time, and the replicas agree byte for
-//! byte.
+//! values on two replicas (committed or not), dense LSNs from the trim point, no record at two
+//! LSNs, no record that was never sent, indefinite batches present whole or not at all,
+//! refused ones not at all, real-time order, every record served during the run (reads and
+//! pushes, from any replica) the final history's at its LSN with the same stamp, conditional
+//! appends (I6), fencing tokens (I7), linearizable tails, trim points, record stamps within
+//! the stamping node's wall clock; and liveness: once the faults stop, every batch and trim is
+//! answered, every subscriber catches up and the replicas agree byte for byte, within a
+//! bounded (virtual) time.
 
 mod client;
+mod conn;
 mod env;
 mod node;
+mod reader;
 mod world;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Instant;
 
-use chainlog_storage::{Clock, FatalPanic, SimDisk, SimRng};
+use chainlog_storage::{Clock, FatalPanic, SimClock, SimDisk, SimRng};
 
 use crate::controller::ClusterState;
 use crate::history::{self, Outcome, Replica};
 use crate::node::control::MapUpdate;
-use client::Writer;
-use env::Shared;
+use client::{Mode, Writer, WriterCounts};
+use env::{Shared, Slowdown};
 use node::SimNode;
-use world::{NetConfig, World};
+use reader::{LookCounts, Reader, Subscriber, Trimmer};
+use world::{HostId, NetConfig, World};
 
 /// What a run simulates.
 #[derive(Clone, Debug)]
@@ -47,18 +59,27 @@ pub struct Options {
     pub nodes: usize,
     /// Shards per node.
     pub shards: u16,
-    /// Logs, each of replication factor `rf`.
+    /// Logs created before the run, each of replication factor `rf`.
     pub logs: usize,
-    /// Replicas per log.
+    /// Replicas per log (logs created during the run have 1 to `rf`).
     pub rf: u8,
+    /// Logs created during the run (through the controller's state, the new map installed on
+    /// every running node).
+    pub created_logs: usize,
     /// Writers per log.
     pub writers: usize,
     /// Virtual time with load and faults, microseconds.
     pub active_us: u64,
-    /// Virtual time the cluster has, once faults stop, to acknowledge every batch and agree.
+    /// Virtual time the cluster has, once faults stop, to answer every request, catch every
+    /// subscriber up and agree.
     pub settle_us: u64,
     /// Inject faults.
     pub faults: bool,
+    /// A machine that loses power tells its peers nothing (as in production): a node's
+    /// connection to it stays open until the node sends on it. Off by default until the
+    /// node notices such peers by itself (see ARCHITECTURE.md, "The simulator"): a link
+    /// waiting for an answer from one waits for ever.
+    pub silent_power_loss: bool,
     /// A deliberately broken node, to show the checks bite (see [`Canary`]).
     pub canary: Option<Canary>,
 }
@@ -70,10 +91,12 @@ impl Default for Options {
             shards: 1,
             logs: 2,
             rf: 3,
+            created_logs: 1,
             writers: 2,
             active_us: 1_500_000,
             settle_us: 20_000_000,
             faults: true,
+            silent_power_loss: false,
             canary: None,
         }
     }
@@ -92,7 +115,7 @@ pub enum Canary {
 pub struct FaultCounts {
     /// kill -9 of a node's process.
     pub kills: u64,
-    /// Power loss of a node's machine (unflushed writes lost, one torn).
+    /// Power loss of a node's machine (unflushed writes lost, one torn, peers not told).
     pub power_losses: u64,
     /// SIGSTOP of a node for a while.
     pub pauses: u64,
@@ -100,10 +123,16 @@ pub struct FaultCounts {
     pub disk_errors: u64,
     /// Fatal storage errors that stopped a node.
     pub fatal_stops: u64,
+    /// A node's disk slow for a while (its completions held longer).
+    pub slow_disks: u64,
     /// Connections reset.
     pub resets: u64,
-    /// Partitions (one direction or both, between two hosts).
+    /// Partitions (one direction or both, between two nodes or a node and a client).
     pub partitions: u64,
+    /// Links between two nodes slow for a while.
+    pub slow_links: u64,
+    /// Steps of a node's wall clock.
+    pub clock_jumps: u64,
 }
 
 impl std::ops::AddAssign for FaultCounts {
@@ -113,8 +142,80 @@ impl std::ops::AddAssign for FaultCounts {
         self.pauses += o.pauses;
         self.disk_errors += o.disk_errors;
         self.fatal_stops += o.fatal_stops;
+        self.slow_disks += o.slow_disks;
         self.resets += o.resets;
         self.partitions += o.partitions;
+        self.slow_links += o.slow_links;
+        self.clock_jumps += o.clock_jumps;
+    }
+}
+
+/// What the workload did in a run, besides acknowledged batches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Workload {
+    /// Logs created during the run.
+    pub logs_created: u64,
+    /// Conditional batches acknowledged, and refused with CONDITION_FAILED.
+    pub conditional_acked: u64,
+    pub condition_failed: u64,
+    /// Fenced batches acknowledged, and refused with FENCED.
+    pub fenced_acked: u64,
+    pub fenced_out: u64,
+    /// READs answered with records, and the records.
+    pub reads: u64,
+    pub records_read: u64,
+    /// Subscription pushes, and the records pushed.
+    pub pushes: u64,
+    pub records_pushed: u64,
+    /// Subscriptions resumed (after a lost connection or an unsubscribe).
+    pub resumes: u64,
+    /// TRIMMED answers to READs and subscriptions.
+    pub trimmed: u64,
+    /// CHECK_TAILs answered.
+    pub tails: u64,
+    /// TRIMs acknowledged.
+    pub trims: u64,
+}
+
+impl Workload {
+    fn add_writer(&mut self, c: WriterCounts) {
+        self.conditional_acked += c.conditional_acked;
+        self.condition_failed += c.condition_failed;
+        self.fenced_acked += c.fenced_acked;
+        self.fenced_out += c.fenced_out;
+    }
+
+    fn add_look(&mut self, c: LookCounts) {
+        self.reads += c.reads;
+        self.records_read += c.records_read;
+        self.pushes += c.pushes;
+        self.records_pushed += c.records_pushed;
+        self.resumes += c.resumes;
+        self.trimmed += c.trimmed;
+        self.tails += c.tails;
+        self.trims += c.trims;
+    }
+}
+
+impl std::ops::AddAssign for Workload {
+    fn add_assign(&mut self, o: Workload) {
+        self.logs_created += o.logs_created;
+        self.add_writer(WriterCounts {
+            conditional_acked: o.conditional_acked,
+            condition_failed: o.condition_failed,
+            fenced_acked: o.fenced_acked,
+            fenced_out: o.fenced_out,
+        });
+        self.add_look(LookCounts {
+            reads: o.reads,
+            records_read: o.records_read,
+            pushes: o.pushes,
+            records_pushed: o.records_pushed,
+            resumes: o.resumes,
+            trimmed: o.trimmed,
+            tails: o.tails,
+            trims: o.trims,
+        });
     }
 }
 
@@ -129,7 +230,9 @@ pub struct Report {
     pub simulated_us: u64,
     /// Faults injected.
     pub faults: FaultCounts,
-    /// Batches acknowledged, and batches whose outcome stayed unknown.
+    /// What the workload did.
+    pub workload: Workload,
+    /// Batches acknowledged.
     pub acked: u64,
     /// Batches whose outcome stayed unknown.
     pub indefinite: u64,
@@ -142,13 +245,14 @@ impl fmt::Display for Report {
         write!(
             f,
             "seed {}: {} violation(s), {} batches acknowledged, {} indefinite, {:.2} s simulated, \
-             faults {:?}, trace {:016x}",
+             faults {:?}, workload {:?}, trace {:016x}",
             self.seed,
             self.violations.len(),
             self.acked,
             self.indefinite,
             self.simulated_us as f64 / 1e6,
             self.faults,
+            self.workload,
             self.trace
         )?;
         for v in self.violations.iter().take(20) {
@@ -163,23 +267,37 @@ impl fmt::Display for Report {
 enum Action {
     Restart { node: usize },
     Heal,
+    CreateLog,
+}
+
+/// One log of the run: its chain and its clients.
+struct LogRun {
+    log_id: u64,
+    /// Node indexes, head first.
+    chain: Vec<usize>,
+    writers: Vec<Writer>,
+    /// When each writer invokes its next batch.
+    next_invoke: Vec<u64>,
+    reader: Reader,
+    subscriber: Subscriber,
+    trimmer: Trimmer,
 }
 
 struct Sim {
     world: Shared,
-    clock: Arc<dyn Clock>,
+    clock: SimClock,
     seed: u64,
     options: Options,
     nodes: Vec<SimNode>,
+    state: ClusterState,
+    /// The controller's "now" for liveness: every node registered then, and stays alive.
+    born: Instant,
     map: MapUpdate,
-    /// The logs, and each one's chain (node indexes).
-    logs: Vec<(u64, Vec<usize>)>,
-    writers: Vec<Writer>,
-    /// When each writer invokes its next batch.
-    next_invoke: Vec<u64>,
+    logs: Vec<LogRun>,
     rng: SimRng,
     actions: BTreeMap<u64, Action>,
     faults: FaultCounts,
+    workload: Workload,
     violations: Vec<String>,
 }
 
@@ -192,6 +310,8 @@ pub struct Summary {
     pub simulated_us: u64,
     /// Faults injected, in all.
     pub faults: FaultCounts,
+    /// What the workloads did, in all.
+    pub workload: Workload,
     /// Batches acknowledged, in all.
     pub acked: u64,
     /// The runs that found something wrong.
@@ -221,6 +341,7 @@ pub fn run_seeds(
                 s.runs += 1;
                 s.simulated_us += report.simulated_us;
                 s.faults += report.faults;
+                s.workload += report.workload;
                 s.acked += report.acked;
                 if !report.violations.is_empty() {
                     s.failures.push(report);
@@ -258,58 +379,48 @@ pub fn run(seed: u64, options: &Options) -> Report {
         NetConfig {
             latency_us: (20, 400),
             short_send_one_in: 7,
+            silent_power_loss: options.silent_power_loss,
         },
     )));
-    let clock: Arc<dyn Clock> = Arc::new(world.borrow().clock.clone());
+    let clock = world.borrow().clock.clone();
     let mut state = ClusterState::default();
-    let now = Instant::now();
+    let born = Instant::now();
     let mut nodes = Vec::new();
     for i in 0..options.nodes {
-        let disk = SimDisk::with_clock(world.borrow().clock.clone());
+        let disk = SimDisk::with_clock(clock.clone());
         let node = SimNode::new(i as u64 + 1, options.shards, disk);
         state
-            .register(node.id, &node.addr.to_string(), options.shards, now)
+            .register(node.id, &node.addr.to_string(), options.shards, born)
             .expect("a valid node");
         nodes.push(node);
     }
-    let mut logs = Vec::new();
-    for l in 0..options.logs {
-        let created = state
-            .create_log(&format!("log-{l}"), options.rf, now)
-            .expect("enough nodes");
-        let chain = state
-            .log(created.log_id)
-            .expect("created")
-            .current()
-            .chain
-            .iter()
-            .map(|&id| id as usize - 1)
-            .collect();
-        logs.push((created.log_id, chain));
-    }
-    let map = MapUpdate::of(state.map(now));
-    let mut writers = Vec::new();
-    for (l, &(log_id, _)) in logs.iter().enumerate() {
-        for w in 0..options.writers {
-            let id = (l * 100 + w + 1) as u64;
-            writers.push(Writer::new(&mut world.borrow_mut(), id, log_id, 4));
-        }
-    }
+    let map = MapUpdate::of(state.map(born));
     let mut sim = Sim {
-        next_invoke: vec![0; writers.len()],
         world,
         clock,
         seed,
         options: options.clone(),
         nodes,
+        state,
+        born,
         map,
-        logs,
-        writers,
+        logs: Vec::new(),
         rng: SimRng::new(seed ^ 0x5eed),
         actions: BTreeMap::new(),
         faults: FaultCounts::default(),
+        workload: Workload::default(),
         violations: Vec::new(),
     };
+    for _ in 0..options.logs {
+        sim.create_log(options.rf);
+    }
+    for _ in 0..options.created_logs {
+        let at = 100_000
+            + sim
+                .rng
+                .below(options.active_us.saturating_sub(400_000).max(1));
+        sim.schedule(at, Action::CreateLog);
+    }
     sim.start_all();
     sim.run();
     chainlog_storage::fatal_panics(false);
@@ -317,11 +428,25 @@ pub fn run(seed: u64, options: &Options) -> Report {
     let simulated_us = sim.now();
     let trace = sim.world.borrow().trace_hash();
     let (acked, indefinite) = sim.outcomes();
+    let mut workload = sim.workload;
+    for log in &sim.logs {
+        for w in &log.writers {
+            workload.add_writer(w.counts());
+        }
+        for look in [
+            &log.reader.record,
+            &log.subscriber.record,
+            &log.trimmer.record,
+        ] {
+            workload.add_look(look.counts);
+        }
+    }
     Report {
         seed,
         trace,
         simulated_us,
         faults: sim.faults,
+        workload,
         acked,
         indefinite,
         violations: sim.violations,
@@ -331,6 +456,60 @@ pub fn run(seed: u64, options: &Options) -> Report {
 impl Sim {
     fn now(&self) -> u64 {
         self.clock.monotonic_us()
+    }
+
+    /// Creates a log of `rf` replicas in the controller's state, installs the new map on every
+    /// node (a down node gets it when it starts), and gives the log its clients.
+    fn create_log(&mut self, rf: u8) {
+        let index = self.logs.len();
+        let name = format!("log-{index}");
+        let created = self
+            .state
+            .create_log(&name, rf, self.born)
+            .expect("enough nodes");
+        let chain: Vec<usize> = self
+            .state
+            .log(created.log_id)
+            .expect("created")
+            .current()
+            .chain
+            .iter()
+            .map(|&id| id as usize - 1)
+            .collect();
+        self.map = MapUpdate::of(self.state.map(self.born));
+        let now = self.now();
+        for node in &mut self.nodes {
+            node.map_changed(&self.map, now);
+        }
+        let log_id = created.log_id;
+        let world = &mut self.world.borrow_mut();
+        let base = (index * 100) as u64;
+        let mut writers = Vec::new();
+        for w in 0..self.options.writers {
+            let mode = Mode {
+                conditional: self.rng.one_in(3),
+                fenced: self.rng.one_in(3),
+            };
+            let token = 1 + self.rng.below(3);
+            writers.push(Writer::new(
+                world,
+                base + w as u64 + 1,
+                log_id,
+                mode,
+                4,
+                token,
+            ));
+        }
+        let window = 4 + self.rng.below(60) as u32;
+        self.logs.push(LogRun {
+            log_id,
+            writers,
+            next_invoke: vec![now; self.options.writers],
+            reader: Reader::new(world, base + 50, log_id, chain.len()),
+            subscriber: Subscriber::new(world, base + 51, log_id, window),
+            trimmer: Trimmer::new(world, base + 52, log_id, now),
+            chain,
+        });
     }
 
     fn start_all(&mut self) {
@@ -345,7 +524,7 @@ impl Sim {
             return;
         }
         let seed = self.seed;
-        if let Err(e) = node.start(&self.world, self.clock.clone(), &self.map, seed) {
+        if let Err(e) = node.start(&self.world, &self.map, seed) {
             self.violations
                 .push(format!("node {} does not start: {e}", node.id));
         }
@@ -359,8 +538,9 @@ impl Sim {
         self.actions.insert(at, action);
     }
 
-    /// The run: load and faults for `active_us`, then no faults until every batch is answered
-    /// and the replicas agree (or `settle_us` ran out: a liveness failure).
+    /// The run: load and faults for `active_us`, then no faults until every request is
+    /// answered, every subscriber caught up and the replicas agree (or `settle_us` ran out: a
+    /// liveness failure).
     fn run(&mut self) {
         let active_end = self.options.active_us;
         let deadline = active_end + self.options.settle_us;
@@ -390,12 +570,17 @@ impl Sim {
             self.world.borrow_mut().run_due();
             let mut progress = false;
             for i in 0..self.nodes.len() {
-                match self.nodes[i].step(now) {
+                match self.nodes[i].step(now, &self.map) {
                     Ok(ran) => progress |= ran,
                     Err(reason) => {
                         // A fatal storage error stops the process, as in production.
                         self.faults.fatal_stops += 1;
-                        tracing::debug!(node = self.nodes[i].id, reason, "simulated node stopped");
+                        tracing::debug!(
+                            at_us = now,
+                            node = self.nodes[i].id,
+                            reason,
+                            "simulated node stopped"
+                        );
                         self.nodes[i].kill(&self.world, None);
                         let at = now + 10_000 + self.rng.below(100_000);
                         self.nodes[i].eio_one_in = 0;
@@ -403,27 +588,12 @@ impl Sim {
                     }
                 }
             }
-            self.drive_writers(now, now < active_end);
+            self.drive_clients(now, now < active_end);
             if healed && self.settled() {
                 return;
             }
             if now >= deadline {
-                let pending: usize = self.writers.iter().map(Writer::pending).sum();
-                self.violations.push(format!(
-                    "liveness: {} s after the faults stopped, {pending} batch(es) are unanswered",
-                    self.options.settle_us / 1_000_000
-                ));
-                let logs = self.logs.clone();
-                for (log_id, chain) in &logs {
-                    for &i in chain {
-                        let id = self.nodes[i].id;
-                        let state = self.nodes[i]
-                            .shard_of(*log_id)
-                            .map_or("down".into(), |s| s.describe(*log_id));
-                        self.violations
-                            .push(format!("  log {log_id} on node {id}: {state}"));
-                    }
-                }
+                self.liveness_failure();
                 return;
             }
             if progress
@@ -450,113 +620,222 @@ impl Sim {
             }
             if now < active_end {
                 next = next.min(next_fault).min(active_end);
-                for &t in &self.next_invoke {
-                    next = next.min(t);
+                for log in &self.logs {
+                    for &t in &log.next_invoke {
+                        next = next.min(t);
+                    }
                 }
             }
-            next = next.min(now + 5_000); // writers' timers (retries, timeouts)
-            self.world.borrow().clock.advance_to(next.max(now + 1));
+            next = next.min(now + 5_000); // clients' timers (retries, timeouts, pacing)
+            self.clock.advance_to(next.max(now + 1));
+        }
+    }
+
+    /// What was still waiting when the settling time ran out.
+    fn liveness_failure(&mut self) {
+        let pending: usize = self
+            .logs
+            .iter()
+            .flat_map(|l| &l.writers)
+            .map(Writer::pending)
+            .sum();
+        let trims = self.logs.iter().filter(|l| l.trimmer.pending()).count();
+        self.violations.push(format!(
+            "liveness: {} s after the faults stopped, {pending} batch(es) and {trims} trim(s) \
+             are unanswered",
+            self.options.settle_us / 1_000_000
+        ));
+        for l in 0..self.logs.len() {
+            let (log_id, chain) = (self.logs[l].log_id, self.logs[l].chain.clone());
+            let subscriber = self.logs[l].subscriber.describe();
+            self.violations
+                .push(format!("  log {log_id}: the subscriber is {subscriber}"));
+            for i in chain {
+                let id = self.nodes[i].id;
+                let state = self.nodes[i]
+                    .shard_of(log_id)
+                    .map_or("down".into(), |s| s.describe(log_id));
+                self.violations
+                    .push(format!("  log {log_id} on node {id}: {state}"));
+            }
         }
     }
 
     fn act(&mut self, action: Action) {
+        tracing::debug!(at_us = self.now(), ?action, "scheduled");
         match action {
             Action::Restart { node } => self.start(node),
             Action::Heal => self.world.borrow_mut().heal(),
+            Action::CreateLog => {
+                let rf = 1 + self.rng.below(u64::from(self.options.rf)) as u8;
+                self.create_log(rf);
+                self.workload.logs_created += 1;
+            }
         }
     }
 
-    fn drive_writers(&mut self, now: u64, active: bool) {
-        for w in 0..self.writers.len() {
-            if active && now >= self.next_invoke[w] {
-                let records = 1 + self.rng.below(3) as u32;
-                self.writers[w].invoke(now, records);
-                self.next_invoke[w] = now + 1_000 + self.rng.below(20_000);
+    /// The replicas of log `l`: (node id, where the log's shard serves), in chain order.
+    fn replicas(&self, l: usize) -> Vec<(u64, SocketAddr)> {
+        let log_id = self.logs[l].log_id;
+        self.logs[l]
+            .chain
+            .iter()
+            .map(|&i| (self.nodes[i].id, self.nodes[i].addr_of(log_id)))
+            .collect()
+    }
+
+    fn drive_clients(&mut self, now: u64, active: bool) {
+        for l in 0..self.logs.len() {
+            let replicas = self.replicas(l);
+            let head = replicas[0];
+            let world = &mut self.world.borrow_mut();
+            let log = &mut self.logs[l];
+            for w in 0..log.writers.len() {
+                if active && now >= log.next_invoke[w] {
+                    let records = 1 + self.rng.below(3) as u32;
+                    log.writers[w].invoke(now, records);
+                    log.next_invoke[w] = now + 1_000 + self.rng.below(20_000);
+                }
+                log.writers[w].step(world, head.1);
             }
-            let log_id = self.writers[w].log_id;
-            let head = self
-                .logs
-                .iter()
-                .find(|(id, _)| *id == log_id)
-                .map(|(_, chain)| chain[0])
-                .expect("a writer's log");
-            let addr = self.nodes[head].addr_of(log_id);
-            self.writers[w].step(&mut self.world.borrow_mut(), addr);
+            log.reader.step(world, &mut self.rng, &replicas, active);
+            log.subscriber.step(world, &mut self.rng, &replicas, active);
+            log.trimmer.step(world, &mut self.rng, head, active);
         }
+    }
+
+    /// The hosts of the clients (for partitions between a node and a client).
+    fn client_hosts(&self) -> Vec<HostId> {
+        self.logs
+            .iter()
+            .flat_map(|l| &l.writers)
+            .map(|w| 1000 + w.writer_id as HostId)
+            .collect()
     }
 
     fn inject_fault(&mut self) {
         let n = self.nodes.len() as u64;
         let now = self.now();
         let node = self.rng.below(n) as usize;
+        let up = self.nodes[node].down.is_none();
         match self.rng.below(100) {
-            0..=24 => {
-                if self.nodes[node].down.is_none() {
-                    self.faults.kills += 1;
-                    self.nodes[node].kill(&self.world, None);
-                    let at = now + 5_000 + self.rng.below(300_000);
-                    self.schedule(at, Action::Restart { node });
-                }
+            0..=19 if up => {
+                tracing::debug!(at_us = now, node = node + 1, "fault: kill -9");
+                self.faults.kills += 1;
+                self.nodes[node].kill(&self.world, None);
+                let at = now + 5_000 + self.rng.below(300_000);
+                self.schedule(at, Action::Restart { node });
             }
-            25..=39 => {
-                if self.nodes[node].down.is_none() {
-                    self.faults.power_losses += 1;
-                    let crash_seed = self.rng.next_u64();
-                    self.nodes[node].kill(&self.world, Some(crash_seed));
-                    let at = now + 5_000 + self.rng.below(300_000);
-                    self.schedule(at, Action::Restart { node });
-                }
+            20..=31 if up => {
+                tracing::debug!(at_us = now, node = node + 1, "fault: power loss");
+                self.faults.power_losses += 1;
+                let crash_seed = self.rng.next_u64();
+                self.nodes[node].kill(&self.world, Some(crash_seed));
+                let at = now + 5_000 + self.rng.below(300_000);
+                self.schedule(at, Action::Restart { node });
             }
-            40..=49 => {
-                if self.nodes[node].down.is_none() {
-                    self.faults.pauses += 1;
-                    let until = now + 10_000 + self.rng.below(400_000);
-                    self.nodes[node].paused_until = Some(until);
-                }
+            32..=39 if up => {
+                self.faults.pauses += 1;
+                let until = now + 10_000 + self.rng.below(400_000);
+                tracing::debug!(at_us = now, node = node + 1, until, "fault: SIGSTOP");
+                self.nodes[node].paused_until = Some(until);
             }
-            50..=54 => {
-                if self.nodes[node].down.is_none() {
-                    // The next life of this node has a failing disk.
-                    self.faults.disk_errors += 1;
-                    self.nodes[node].kill(&self.world, None);
-                    self.nodes[node].eio_one_in = 20 + self.rng.below(200) as u32;
-                    let at = now + 5_000 + self.rng.below(50_000);
-                    self.schedule(at, Action::Restart { node });
-                }
+            40..=44 if up => {
+                // The next life of this node has a failing disk.
+                tracing::debug!(
+                    at_us = now,
+                    node = node + 1,
+                    "fault: kill -9, restarts on a failing disk"
+                );
+                self.faults.disk_errors += 1;
+                self.nodes[node].kill(&self.world, None);
+                self.nodes[node].eio_one_in = 20 + self.rng.below(200) as u32;
+                let at = now + 5_000 + self.rng.below(50_000);
+                self.schedule(at, Action::Restart { node });
             }
-            55..=79 => {
+            45..=51 => {
+                self.faults.slow_disks += 1;
+                let slow = Slowdown {
+                    until_us: now + 20_000 + self.rng.below(400_000),
+                    extra_us: 1_000 + self.rng.below(50_000),
+                };
+                tracing::debug!(at_us = now, node = node + 1, ?slow, "fault: slow disk");
+                self.nodes[node].speed.set(slow);
+            }
+            52..=56 => {
+                // A step of the wall clock (NTP, an operator): up to a minute either way.
+                self.faults.clock_jumps += 1;
+                let by = 1_000 + self.rng.below(60_000_000) as i64;
+                let by = if self.rng.one_in(2) { -by } else { by };
+                tracing::debug!(at_us = now, node = node + 1, by, "fault: wall clock step");
+                self.nodes[node].jump_clock(now, by);
+            }
+            57..=74 => {
                 let conns = self.world.borrow().connections();
                 if !conns.is_empty() {
                     self.faults.resets += 1;
                     let c = conns[self.rng.below(conns.len() as u64) as usize];
+                    tracing::debug!(at_us = now, socket = c, "fault: connection reset");
                     self.world.borrow_mut().reset_connection(c);
                 }
             }
-            _ => {
+            75..=81 => {
                 let other = self.rng.below(n) as usize;
                 if other != node {
-                    self.faults.partitions += 1;
+                    self.faults.slow_links += 1;
                     let (a, b) = (self.nodes[node].host, self.nodes[other].host);
-                    self.world.borrow_mut().block(a, b);
+                    let until = now + 20_000 + self.rng.below(400_000);
+                    let extra = 1_000 + self.rng.below(30_000);
+                    tracing::debug!(
+                        at_us = now,
+                        from = a,
+                        to = b,
+                        until,
+                        extra,
+                        "fault: slow link"
+                    );
+                    self.world.borrow_mut().slow_down(a, b, until, extra);
                     if self.rng.one_in(2) {
+                        self.world.borrow_mut().slow_down(b, a, until, extra);
+                    }
+                }
+            }
+            82..=99 => {
+                // Between two nodes, or (one in three) between a node and a client.
+                let a = self.nodes[node].host;
+                let b = if self.rng.one_in(3) {
+                    let clients = self.client_hosts();
+                    clients[self.rng.below(clients.len() as u64) as usize]
+                } else {
+                    self.nodes[self.rng.below(n) as usize].host
+                };
+                if a != b {
+                    self.faults.partitions += 1;
+                    let both = self.rng.one_in(2);
+                    tracing::debug!(at_us = now, from = a, to = b, both, "fault: partition");
+                    self.world.borrow_mut().block(a, b);
+                    if both {
                         self.world.borrow_mut().block(b, a);
                     }
                     let at = now + 10_000 + self.rng.below(400_000);
                     self.schedule(at, Action::Heal);
                 }
             }
+            _ => {} // A process fault drawn for a node that is down.
         }
     }
 
-    /// The end of the faults: every node runs again on a good disk, nothing is partitioned.
+    /// The end of the faults: every node runs again on a good disk, nothing is partitioned or
+    /// slow.
     fn heal_everything(&mut self) {
         self.world.borrow_mut().heal();
+        self.world.borrow_mut().speed_up();
         for i in 0..self.nodes.len() {
             self.nodes[i].paused_until = None;
             self.nodes[i].eio_one_in = 0;
+            self.nodes[i].speed.set(Slowdown::default());
         }
-        self.actions
-            .retain(|_, a| matches!(a, Action::Restart { .. }));
+        self.actions.retain(|_, a| !matches!(a, Action::Heal));
         let now = self.now();
         for i in 0..self.nodes.len() {
             if self.nodes[i].down.is_some() {
@@ -565,29 +844,40 @@ impl Sim {
         }
     }
 
-    /// Every batch answered, every node up, and every log's replicas agreeing on what is
-    /// committed (checked for real once this holds).
+    /// Every batch and trim answered, every node up, every log's replicas agreeing on what
+    /// is committed and every subscriber caught up with it (checked for real once this
+    /// holds).
     fn settled(&mut self) -> bool {
-        if self.writers.iter().any(|w| w.pending() > 0) || !self.actions.is_empty() {
+        let waiting = self
+            .logs
+            .iter()
+            .any(|l| l.writers.iter().any(|w| w.pending() > 0) || l.trimmer.pending());
+        if waiting || !self.actions.is_empty() {
             return false;
         }
         if self.nodes.iter().any(|n| n.down.is_some()) {
             return false;
         }
-        let logs = self.logs.clone();
-        for (log_id, chain) in &logs {
+        for l in 0..self.logs.len() {
+            let (log_id, chain) = (self.logs[l].log_id, self.logs[l].chain.clone());
             let mut tails = Vec::new();
-            for &i in chain {
+            for i in chain {
                 match self.nodes[i]
-                    .shard_of(*log_id)
-                    .and_then(|s| s.stored_records(*log_id))
+                    .shard_of(log_id)
+                    .and_then(|s| s.stored_records(log_id))
                 {
-                    Some((readable, records)) => tails.push((readable, records.len() as u64)),
+                    Some((trim, readable, records)) => {
+                        let end = records.last().map_or(trim, |(lsn, _)| lsn + 1);
+                        tails.push((readable, end));
+                    }
                     None => tails.push((0, 0)),
                 }
             }
             let first = tails[0];
             if tails.iter().any(|&t| t != first) || first.0 != first.1 {
+                return false;
+            }
+            if self.logs[l].subscriber.next < first.0 {
                 return false;
             }
         }
@@ -597,25 +887,21 @@ impl Sim {
 
     /// Reads every log on every replica and checks the history (module documentation).
     fn check(&mut self) {
-        let logs = self.logs.clone();
-        for (log_id, chain) in &logs {
-            let ops: Vec<history::Op<u64>> = self
-                .writers
-                .iter()
-                .filter(|w| w.log_id == *log_id)
-                .flat_map(|w| w.ops.values().cloned())
-                .collect();
+        let base_wall_us = self.clock.wall_us() - self.clock.monotonic_us();
+        let end_us = self.now();
+        for l in 0..self.logs.len() {
+            let (log_id, chain) = (self.logs[l].log_id, self.logs[l].chain.clone());
             let mut replicas = Vec::new();
             let mut stored = Vec::new();
-            for &i in chain {
+            for &i in &chain {
                 let id = self.nodes[i].id;
-                let (readable, records) = self.nodes[i]
-                    .shard_of(*log_id)
-                    .and_then(|s| s.stored_records(*log_id))
+                let (trim_point, readable, records) = self.nodes[i]
+                    .shard_of(log_id)
+                    .and_then(|s| s.stored_records(log_id))
                     .unwrap_or_default();
                 replicas.push(Replica {
                     name: format!("node {id}"),
-                    trim_point: 0,
+                    trim_point,
                     tail: readable,
                     records: records
                         .iter()
@@ -623,26 +909,68 @@ impl Sim {
                         .cloned()
                         .collect(),
                 });
-                stored.push((id, records));
+                stored.push((id, trim_point, records));
             }
-            for anomaly in history::check(*log_id, &ops, &replicas, &[]) {
+            let log = &self.logs[l];
+            let ops: Vec<history::Op<u64>> =
+                log.writers.iter().flat_map(|w| w.ops().cloned()).collect();
+            let seen: Vec<history::Seen<u64>> = [
+                &log.reader.record,
+                &log.subscriber.record,
+                &log.trimmer.record,
+            ]
+            .iter()
+            .flat_map(|r| r.seen.iter().cloned())
+            .collect();
+            let mut anomalies = history::check(log_id, &ops, &replicas, &seen);
+            // Only the head stamps records (the others store them as they are): its wall
+            // clock while the append was in flight.
+            let head = &self.nodes[chain[0]];
+            anomalies.extend(history::check_stamps(&ops, &seen, |op| {
+                let end = match op.outcome {
+                    Outcome::Acked { at, .. } => at,
+                    _ => end_us,
+                };
+                let (lo, hi) = offsets_between(&head.offsets, op.invoked, end);
+                let lo = (base_wall_us + op.invoked).saturating_add_signed(lo);
+                let hi = (base_wall_us + end).saturating_add_signed(hi);
+                lo..hi + 1
+            }));
+            for anomaly in anomalies {
                 self.violations.push(format!("log {log_id}: {anomaly}"));
             }
-            // Byte-identical replicas, including anything not (yet) committed.
+            // Byte-identical replicas, including anything not (yet) committed, above every
+            // replica's trim point.
+            let trimmed = stored.iter().map(|(_, t, _)| *t).max().unwrap_or(0);
+            let above = |records: &[(u64, Vec<u8>)]| -> Vec<(u64, Vec<u8>)> {
+                records
+                    .iter()
+                    .filter(|(lsn, _)| *lsn >= trimmed)
+                    .cloned()
+                    .collect()
+            };
             for pair in stored.windows(2) {
-                let ((a, ra), (b, rb)) = (&pair[0], &pair[1]);
+                let ((a, _, ra), (b, _, rb)) = (&pair[0], &pair[1]);
+                let (ra, rb) = (above(ra), above(rb));
                 if ra != rb {
                     self.violations.push(format!(
-                        "log {log_id}: nodes {a} and {b} store different records ({} and {})",
+                        "log {log_id}: nodes {a} and {b} store different records above {trimmed} \
+                         ({} and {})",
                         ra.len(),
                         rb.len()
                     ));
                 }
             }
-        }
-        for w in &self.writers {
-            for u in &w.unexpected {
-                self.violations.push(format!("writer {}: {u}", w.writer_id));
+            let log = &self.logs[l];
+            let unexpected = log
+                .writers
+                .iter()
+                .flat_map(|w| w.unexpected().iter())
+                .chain(&log.reader.record.unexpected)
+                .chain(&log.subscriber.record.unexpected)
+                .chain(&log.trimmer.record.unexpected);
+            for u in unexpected {
+                self.violations.push(format!("log {log_id}: {u}"));
             }
         }
     }
@@ -650,14 +978,29 @@ impl Sim {
     fn outcomes(&self) -> (u64, u64) {
         let mut acked = 0;
         let mut indefinite = 0;
-        for w in &self.writers {
-            for op in w.ops.values() {
-                match op.outcome {
-                    Outcome::Acked { .. } => acked += 1,
-                    Outcome::Indefinite { .. } | Outcome::Refused { .. } => indefinite += 1,
-                }
+        for op in self
+            .logs
+            .iter()
+            .flat_map(|l| &l.writers)
+            .flat_map(|w| w.ops())
+        {
+            match op.outcome {
+                Outcome::Acked { .. } => acked += 1,
+                Outcome::Indefinite { .. } => indefinite += 1,
+                Outcome::Refused { .. } => {}
             }
         }
         (acked, indefinite)
     }
+}
+
+/// The lowest and highest wall-clock offsets a machine had between `from_us` and `to_us`, from
+/// its offsets over time ((since when, offset), in order, the first since 0).
+fn offsets_between(offsets: &[(u64, i64)], from_us: u64, to_us: u64) -> (i64, i64) {
+    let start = offsets.partition_point(|&(at, _)| at <= from_us).max(1) - 1;
+    let end = offsets.partition_point(|&(at, _)| at <= to_us);
+    let during = offsets[start..end.max(start + 1)].iter().map(|&(_, o)| o);
+    let lo = during.clone().min().unwrap_or(0);
+    let hi = during.max().unwrap_or(0);
+    (lo, hi)
 }

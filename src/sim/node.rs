@@ -1,17 +1,21 @@
-//! A simulated cluster node: its shards (the real [`Shard`] code over [`SimEnv`]), its disk
-//! and its catalog files, and what happens to it: a process crash (kill -9: what the device
-//! holds survives, writes in flight are lost), a power loss (only what was flushed survives,
-//! one write torn), a pause (SIGSTOP: nothing runs, the kernel still receives), a restart, and
-//! a fatal storage error (EIO: the process stops, as `fatal` makes it in production).
+//! A simulated cluster node: its shards (the real [`Shard`] code over [`SimEnv`]), its disk,
+//! its catalog files and its machine's wall clock, and what happens to it: a process crash
+//! (kill -9: what the device holds survives, writes in flight are lost), a power loss (only
+//! what was flushed survives, one write torn, and the network hears nothing of it), a pause
+//! (SIGSTOP: nothing runs, the kernel still receives), a slow disk, a jump of the wall clock,
+//! a restart, and a fatal storage error (EIO: the process stops, as `fatal` makes it in
+//! production). A new cluster map reaches a running node at once (a paused one when it
+//! resumes), as the control thread hands it to the shards.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use chainlog_storage::io::FaultConfig;
-use chainlog_storage::{Clock, DurabilityMode, FatalPanic, SimDisk, Store, StoreConfig};
+use chainlog_storage::{Clock, DurabilityMode, FatalPanic, SimClock, SimDisk, Store, StoreConfig};
 
-use super::env::{CatalogFiles, Shared, SimCatalogFile, SimEnv};
+use super::env::{CatalogFiles, DiskSpeed, Shared, SimCatalogFile, SimEnv};
 use super::world::{EndpointId, HostId};
 use crate::node::catalog::{Catalog, StoreLogs};
 use crate::node::control::MapUpdate;
@@ -47,6 +51,27 @@ fn store_config() -> StoreConfig {
     }
 }
 
+/// A machine's clocks: the world's monotonic time, and a wall clock that may be stepped away
+/// from the world's (as NTP or an operator steps a real one). The node stamps records with
+/// its wall clock and uses it for nothing else.
+#[derive(Debug)]
+pub(crate) struct NodeClock {
+    world: SimClock,
+    offset_us: AtomicI64,
+}
+
+impl Clock for NodeClock {
+    fn wall_us(&self) -> u64 {
+        self.world
+            .wall_us()
+            .saturating_add_signed(self.offset_us.load(Ordering::Relaxed))
+    }
+
+    fn monotonic_us(&self) -> u64 {
+        self.world.monotonic_us()
+    }
+}
+
 /// Why a node is not running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Down {
@@ -71,12 +96,23 @@ pub(crate) struct SimNode {
     pub(crate) down: Option<Down>,
     /// A write or sync fails once in this many in its current life (0: never).
     pub(crate) eio_one_in: u32,
+    /// How fast its disk is now.
+    pub(crate) speed: DiskSpeed,
+    clock: Arc<NodeClock>,
+    /// The wall clock's offset from the world's over time: (from when, offset), in order.
+    pub(crate) offsets: Vec<(u64, i64)>,
+    /// A map to install when the node runs again (it was paused).
+    map_pending: bool,
     starts: u64,
 }
 
 impl SimNode {
     pub(crate) fn new(id: u64, shard_count: u16, disk: SimDisk) -> SimNode {
         let host = id as HostId;
+        let clock = Arc::new(NodeClock {
+            world: disk.clock(),
+            offset_us: AtomicI64::new(0),
+        });
         SimNode {
             id,
             host,
@@ -89,7 +125,32 @@ impl SimNode {
             paused_until: None,
             down: Some(Down::Dead),
             eio_one_in: 0,
+            speed: DiskSpeed::default(),
+            clock,
+            offsets: vec![(0, 0)],
+            map_pending: false,
             starts: 0,
+        }
+    }
+
+    /// Steps the machine's wall clock by `by_us` at `now_us`.
+    pub(crate) fn jump_clock(&mut self, now_us: u64, by_us: i64) {
+        let offset = self.clock.offset_us.fetch_add(by_us, Ordering::Relaxed) + by_us;
+        self.offsets.push((now_us, offset));
+    }
+
+    /// A new cluster map: installed at once if the node runs, when it resumes if it is
+    /// paused, at its next start if it is down (every start installs the current map).
+    pub(crate) fn map_changed(&mut self, map: &MapUpdate, now_us: u64) {
+        if self.down.is_some() {
+            return;
+        }
+        if self.paused_until.is_some_and(|t| t > now_us) {
+            self.map_pending = true;
+            return;
+        }
+        for shard in &mut self.shards {
+            shard.install(map);
         }
     }
 
@@ -98,12 +159,14 @@ impl SimNode {
     pub(crate) fn start(
         &mut self,
         world: &Shared,
-        clock: Arc<dyn Clock>,
         map: &MapUpdate,
         seed: u64,
     ) -> Result<(), String> {
         assert!(self.shards.is_empty(), "node {} is running", self.id);
         self.starts += 1;
+        self.map_pending = false;
+        world.borrow_mut().host_up(self.host);
+        let clock: Arc<dyn Clock> = self.clock.clone();
         let board: Board = Arc::new(std::sync::Mutex::new(vec![
             None;
             usize::from(self.shard_count)
@@ -116,7 +179,13 @@ impl SimNode {
                 eio_sync_one_in: self.eio_one_in,
                 latency_us_max: 400,
             };
-            let env = SimEnv::new(self.disk.io(faults), world.clone(), endpoint, self.host);
+            let env = SimEnv::new(
+                self.disk.io(faults),
+                world.clone(),
+                endpoint,
+                self.host,
+                self.speed.clone(),
+            );
             let dir = PathBuf::from(format!("/node-{}/shard-{index}", self.id));
             let store = Store::open(env, &dir.join("store"), store_config(), clock.clone())
                 .map_err(|e| format!("node {} shard {index}: store: {e}", self.id))?;
@@ -165,9 +234,14 @@ impl SimNode {
 
     /// The process dies (kill -9 or a fatal error): its sockets reset, its operations in
     /// flight are lost, what the device completed stays. With `power_loss`, the machine loses
-    /// power too: only what was flushed survives, and one write may be torn.
+    /// power too: only what was flushed survives, one write may be torn, and its peers hear
+    /// nothing until it is back.
     pub(crate) fn kill(&mut self, world: &Shared, power_loss: Option<u64>) {
-        world.borrow_mut().kill(&self.endpoints);
+        let silent = power_loss.map(|_| self.host);
+        world.borrow_mut().kill(&self.endpoints, silent);
+        if let Some(host) = silent {
+            world.borrow_mut().host_down(host);
+        }
         // The world forgot every operation of these endpoints (no receive into a buffer that
         // is about to be freed remains), so the shards can go.
         self.shards.clear();
@@ -181,12 +255,18 @@ impl SimNode {
 
     /// Runs one turn of every shard that has something to do now. Returns whether any ran,
     /// or the reason the process stopped on a fatal error (then it is dead).
-    pub(crate) fn step(&mut self, now_us: u64) -> Result<bool, String> {
+    pub(crate) fn step(&mut self, now_us: u64, map: &MapUpdate) -> Result<bool, String> {
         if self.down.is_some() || self.paused_until.is_some_and(|t| t > now_us) {
             return Ok(false);
         }
         self.paused_until = None;
         let mut ran = false;
+        if std::mem::take(&mut self.map_pending) {
+            ran = true;
+            for shard in &mut self.shards {
+                shard.install(map);
+            }
+        }
         for i in 0..self.shards.len() {
             if self.shards[i].env().next_us().is_none_or(|t| t > now_us) {
                 continue;

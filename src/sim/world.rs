@@ -4,11 +4,17 @@
 //! **What the network is.** A connection is two ordered byte streams, as TCP gives: bytes of
 //! one direction arrive in order, once, or the connection breaks. So the faults are those a
 //! TCP user sees: latency (per send, drawn from the link's range, never reordering a stream),
-//! short sends (the sender sends the rest), partitions (a blocked direction holds its bytes
-//! until it heals; connects into a partition time out), resets (both ends fail their
-//! operations), and hosts that die (their peers see a reset) or stop (their kernel still
-//! receives, nothing runs). Duplicated and reordered messages happen where they happen in
-//! production: across connections, when a sender reconnects and sends again.
+//! slow links (a direction between two hosts takes longer for a while), short sends (the
+//! sender sends the rest), partitions (a blocked direction holds its bytes until it heals;
+//! connects into a partition time out), resets (both ends fail their operations), processes
+//! that die (their kernel resets their connections), machines that lose power (nothing tells
+//! their peers: a connection to one stays open until its side sends and the machine, back up,
+//! answers with a reset; connects to it time out while it is down) and processes that stop
+//! (their kernel still receives, nothing runs). Bytes a process sent before closing its socket
+//! are still delivered (the kernel keeps sending them), also when a partition held them until
+//! after the close. Duplicated and reordered messages happen where they happen in production:
+//! across connections, when a sender reconnects and sends again, or when the bytes of a
+//! closed connection arrive after those of its successor.
 //!
 //! **How it runs.** Everything is an event at a virtual time; the simulator takes the earliest,
 //! moves the clock there and applies it. Completions of an endpoint's operations (a shard's
@@ -20,7 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use chainlog_storage::io::Completion;
 use chainlog_storage::{Clock, SimClock, SimRng};
@@ -37,6 +43,11 @@ pub(crate) type HostId = u32;
 /// two minutes; the simulation shortens it).
 const CONNECT_TIMEOUT_US: u64 = 1_000_000;
 
+/// When a client's connection to a machine that lost power breaks: the simulated clients set
+/// TCP keepalive, whose probes find out (a real client's settings, shortened). Nodes do not:
+/// their connections to such a machine stay open until they send on them.
+const KEEPALIVE_US: u64 = 2_000_000;
+
 /// The network's behaviour, from the run's fault plan.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct NetConfig {
@@ -45,6 +56,9 @@ pub(crate) struct NetConfig {
     /// A send is short (part of its bytes go, the caller sends the rest) once in this many
     /// (0: never).
     pub(crate) short_send_one_in: u32,
+    /// A machine that loses power tells its peers nothing (as in production). Otherwise
+    /// its connections reset, as a process's that died.
+    pub(crate) silent_power_loss: bool,
 }
 
 #[derive(Debug)]
@@ -81,6 +95,21 @@ struct SimSocket {
     auto_read: bool,
     /// Bytes of this direction held by a partition, in order (delivered when it heals).
     held: VecDeque<Vec<u8>>,
+    /// The peer's machine lost power (this host): bytes sent go nowhere until it is back,
+    /// and then draw a reset.
+    vanished: Option<HostId>,
+    /// Bytes were sent since the peer vanished (the kernel retransmits them).
+    retransmitting: bool,
+}
+
+/// Bytes of a closed socket that a partition held: the kernel delivers them (then the end of
+/// the stream) once the partition heals.
+#[derive(Debug)]
+struct Orphan {
+    peer: u32,
+    from_host: HostId,
+    bytes: VecDeque<Vec<u8>>,
+    last_arrival_us: u64,
 }
 
 #[derive(Debug)]
@@ -127,6 +156,14 @@ pub(crate) struct World {
     pending: BTreeMap<EndpointId, usize>,
     /// Directions blocked by a partition: (from host, to host).
     blocked: BTreeSet<(HostId, HostId)>,
+    /// Slow directions: (from host, to host) -> (until, extra latency), microseconds.
+    slow: BTreeMap<(HostId, HostId), (u64, u64)>,
+    /// Machines without power.
+    down: BTreeSet<HostId>,
+    /// The host each listening address was ever on (a connect to a machine that is down
+    /// times out instead of being refused).
+    hosts: BTreeMap<IpAddr, HostId>,
+    orphans: Vec<Orphan>,
     trace: u64,
     next_endpoint: EndpointId,
 }
@@ -144,6 +181,10 @@ impl World {
             ready: BTreeMap::new(),
             pending: BTreeMap::new(),
             blocked: BTreeSet::new(),
+            slow: BTreeMap::new(),
+            down: BTreeSet::new(),
+            hosts: BTreeMap::new(),
+            orphans: Vec::new(),
             trace: 0xcbf2_9ce4_8422_2325,
             next_endpoint: 1,
         }
@@ -256,6 +297,8 @@ impl World {
             last_arrival_us: 0,
             auto_read: false,
             held: VecDeque::new(),
+            vanished: None,
+            retransmitting: false,
         }));
         (self.sockets.len() - 1) as u32
     }
@@ -320,6 +363,7 @@ impl World {
             },
         );
         self.listeners.insert(addr, id);
+        self.hosts.insert(addr.ip(), host);
         Sock(id as i32)
     }
 
@@ -405,6 +449,21 @@ impl World {
                     token,
                 },
             ),
+            // A machine without power answers nothing: the SYN goes unanswered.
+            None if self
+                .hosts
+                .get(&addr.ip())
+                .is_some_and(|h| self.down.contains(h)) =>
+            {
+                (
+                    now + CONNECT_TIMEOUT_US,
+                    Event::ConnectFailed {
+                        sock: id,
+                        token,
+                        errno: libc::ETIMEDOUT,
+                    },
+                )
+            }
             None => (
                 now + 2 * latency,
                 Event::ConnectFailed {
@@ -457,6 +516,16 @@ impl World {
     fn latency(&mut self) -> u64 {
         let (lo, hi) = self.net.latency_us;
         lo + self.rng.below(hi.saturating_sub(lo) + 1)
+    }
+
+    /// The latency of a send from `from` to `to` now (a slow link adds to it).
+    fn link_latency(&mut self, from: HostId, to: HostId) -> u64 {
+        let now = self.now_us();
+        let extra = match self.slow.get(&(from, to)) {
+            Some(&(until, extra)) if now < until => extra,
+            _ => 0,
+        };
+        self.latency() + extra
     }
 
     /// Sends `bytes` on `sock` for its endpoint; completes with the bytes taken (maybe fewer:
@@ -514,6 +583,14 @@ impl World {
         let Some(s) = self.sock_mut(from) else { return };
         let Some(peer) = s.peer else { return };
         let from_host = s.host;
+        if let Some(host) = s.vanished {
+            // Retransmitted into the void until the machine is back; then it resets.
+            s.retransmitting = true;
+            if !self.down.contains(&host) {
+                self.reset_later(from);
+            }
+            return;
+        }
         let Some(to_host) = self
             .sockets
             .get(peer as usize)
@@ -526,12 +603,16 @@ impl World {
             self.sock_mut(from).expect("live").held.push_back(bytes);
             return;
         }
-        let latency = self.latency();
-        let s = self.sock_mut(from).expect("live");
-        let at = (s.last_arrival_us + 1).max(self.clock.monotonic_us() + latency);
-        let s = self.sock_mut(from).expect("live");
-        s.last_arrival_us = at;
+        let last = self.sock_mut(from).expect("live").last_arrival_us;
+        let at = self.arrival(from_host, to_host, last);
+        self.sock_mut(from).expect("live").last_arrival_us = at;
         self.schedule(at, Event::Arrive { to: peer, bytes });
+    }
+
+    /// When bytes sent now from `from` to `to` arrive, after the last ones of their stream.
+    fn arrival(&mut self, from: HostId, to: HostId, last_arrival_us: u64) -> u64 {
+        let latency = self.link_latency(from, to);
+        (last_arrival_us + 1).max(self.now_us() + latency)
     }
 
     /// Receives on `sock` into `buf` (completes when bytes are there, at the peer's end, or
@@ -556,11 +637,14 @@ impl World {
         } else if !s.inbox.is_empty() {
             let Some((buf, _)) = s.recv else { return };
             let n = buf.len.min(s.inbox.len());
-            for (i, b) in s.inbox.drain(..n).enumerate() {
-                // SAFETY: the receive's buffer stays valid and untouched by its owner until
-                // this completion (Net::recv's contract), and `i < buf.len`.
-                unsafe { *(buf.ptr as *mut u8).add(i) = b };
-            }
+            // SAFETY: the receive's buffer stays valid and untouched by its owner until this
+            // completion (Net::recv's contract), and `n <= buf.len`.
+            let to = unsafe { std::slice::from_raw_parts_mut(buf.ptr as *mut u8, n) };
+            let (a, b) = s.inbox.as_slices();
+            let from_a = n.min(a.len());
+            to[..from_a].copy_from_slice(&a[..from_a]);
+            to[from_a..].copy_from_slice(&b[..n - from_a]);
+            s.inbox.drain(..n);
             Ok(n)
         } else if s.fin || matches!(s.state, SocketState::Closed) {
             Ok(0)
@@ -573,14 +657,17 @@ impl World {
         self.complete(endpoint, token, result);
     }
 
-    /// A client's received bytes.
-    pub(crate) fn client_take(&mut self, sock: Sock) -> (Vec<u8>, bool) {
+    /// Moves a client's received bytes to `out`; returns whether its connection ended.
+    pub(crate) fn client_take(&mut self, sock: Sock, out: &mut Vec<u8>) -> bool {
         match self.sock_mut(sock.0 as u32) {
             Some(s) => {
-                let bytes: Vec<u8> = s.inbox.drain(..).collect();
-                (bytes, s.reset || s.fin)
+                let (a, b) = s.inbox.as_slices();
+                out.extend_from_slice(a);
+                out.extend_from_slice(b);
+                s.inbox.clear();
+                s.reset || s.fin
             }
-            None => (Vec::new(), true),
+            None => true,
         }
     }
 
@@ -624,6 +711,9 @@ impl World {
     fn send_fin(&mut self, from: u32, peer: u32) {
         let latency = self.latency();
         let Some(s) = self.sock_mut(from) else { return };
+        if !s.held.is_empty() {
+            return; // It follows the held bytes when the partition heals.
+        }
         let at = (s.last_arrival_us + 1).max(self.clock.monotonic_us() + latency);
         self.schedule(at, Event::Fin { to: peer });
     }
@@ -639,21 +729,31 @@ impl World {
         }
     }
 
-    /// Closes `sock` (its peer sees the end of the stream).
+    /// Closes `sock` (its peer sees the end of the stream, after any bytes a partition holds:
+    /// the kernel still delivers them).
     pub(crate) fn close(&mut self, sock: Sock) {
         let id = sock.0 as u32;
-        let Some(s) = self.sock_mut(id) else { return };
+        let Some(s) = self.sockets.get_mut(id as usize).and_then(Option::take) else {
+            return;
+        };
         let peer = s.peer;
         let closed = matches!(s.state, SocketState::Closed);
         if let SocketState::Listening { addr, .. } = s.state {
             self.listeners.remove(&addr);
         }
-        if !closed {
+        if let (Some(peer), false) = (peer, s.held.is_empty() || s.reset) {
+            self.orphans.push(Orphan {
+                peer,
+                from_host: s.host,
+                bytes: s.held,
+                last_arrival_us: s.last_arrival_us,
+            });
+        } else if !closed {
             if let Some(peer) = peer {
-                self.send_fin(id, peer);
+                let at = (s.last_arrival_us + 1).max(self.now_us() + self.latency());
+                self.schedule(at, Event::Fin { to: peer });
             }
         }
-        self.sockets[id as usize] = None;
     }
 
     /// Completes once `after_us` from now.
@@ -671,8 +771,11 @@ impl World {
     }
 
     /// A process dies: its endpoint's completions are dropped, its sockets reset (the peers
-    /// see it after a latency), its listeners vanish.
-    pub(crate) fn kill(&mut self, endpoints: &[EndpointId]) {
+    /// see it after a latency; unless its machine lost power, `power_loss`, and the network is
+    /// configured with silent power losses: then nothing tells them, but a client's keepalive
+    /// finds out), its listeners vanish.
+    pub(crate) fn kill(&mut self, endpoints: &[EndpointId], power_loss: Option<HostId>) {
+        let silent = power_loss.filter(|_| self.net.silent_power_loss);
         for &e in endpoints {
             self.ready.remove(&e);
             self.pending.remove(&e);
@@ -692,10 +795,62 @@ impl World {
             if let SocketState::Listening { addr, .. } = s.state {
                 self.listeners.remove(&addr);
             }
-            if let Some(peer) = s.peer {
-                self.reset_later(peer);
+            match (s.peer, silent) {
+                (Some(peer), Some(host)) => {
+                    let now = self.now_us();
+                    let mut keepalive = false;
+                    if let Some(p) = self.sock_mut(peer) {
+                        p.vanished = Some(host);
+                        // Bytes still on their way are unacknowledged: the kernel resends them.
+                        p.retransmitting = p.last_arrival_us > now || !p.held.is_empty();
+                        keepalive = p.auto_read;
+                    }
+                    if keepalive {
+                        self.schedule(now + KEEPALIVE_US, Event::Reset { to: peer });
+                    }
+                }
+                (Some(peer), None) => self.reset_later(peer),
+                (None, _) => {}
             }
         }
+    }
+
+    /// A machine loses power: until [`host_up`](Self::host_up), connects to it time out.
+    pub(crate) fn host_down(&mut self, host: HostId) {
+        self.trace(&[9, u64::from(host)]);
+        self.down.insert(host);
+    }
+
+    /// A machine is back: connections whose side kept retransmitting to it get its reset.
+    pub(crate) fn host_up(&mut self, host: HostId) {
+        if !self.down.remove(&host) {
+            return;
+        }
+        self.trace(&[10, u64::from(host)]);
+        let retransmitting: Vec<u32> = self
+            .sockets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                s.as_ref()
+                    .filter(|s| s.vanished == Some(host) && s.retransmitting)
+                    .map(|_| i as u32)
+            })
+            .collect();
+        for id in retransmitting {
+            self.reset_later(id);
+        }
+    }
+
+    /// The direction `from` → `to` takes `extra_us` longer until `until_us`.
+    pub(crate) fn slow_down(&mut self, from: HostId, to: HostId, until_us: u64, extra_us: u64) {
+        self.trace(&[11, u64::from(from), u64::from(to), until_us, extra_us]);
+        self.slow.insert((from, to), (until_us, extra_us));
+    }
+
+    /// Every link at its normal speed again.
+    pub(crate) fn speed_up(&mut self) {
+        self.slow.clear();
     }
 
     /// Resets the connection `sock` is an end of (a fault): both ends fail.
@@ -740,18 +895,51 @@ impl World {
         self.blocked.insert((from, to));
     }
 
-    /// Heals every partition: held bytes go, in order.
+    /// Heals every partition: held bytes go, in order (a closed socket's too, then the end
+    /// of its stream).
     pub(crate) fn heal(&mut self) {
         self.trace(&[8]);
         self.blocked.clear();
         for id in 0..self.sockets.len() as u32 {
-            let held: Vec<Vec<u8>> = match self.sock_mut(id) {
-                Some(s) => s.held.drain(..).collect(),
+            let (held, closed, peer) = match self.sock_mut(id) {
+                Some(s) => (
+                    s.held.drain(..).collect::<Vec<_>>(),
+                    matches!(s.state, SocketState::Closed),
+                    s.peer,
+                ),
                 None => continue,
             };
+            let had = !held.is_empty();
             for bytes in held {
                 self.transmit(id, bytes);
             }
+            if let (true, true, Some(peer)) = (had, closed, peer) {
+                self.send_fin(id, peer); // Shut down while held: the end follows the bytes.
+            }
+        }
+        for mut orphan in std::mem::take(&mut self.orphans) {
+            let Some(to_host) = self
+                .sockets
+                .get(orphan.peer as usize)
+                .and_then(Option::as_ref)
+                .map(|p| p.host)
+            else {
+                continue; // The peer is gone too: its kernel answers with a reset.
+            };
+            self.trace(&[12, u64::from(orphan.peer)]);
+            for bytes in orphan.bytes.drain(..) {
+                let at = self.arrival(orphan.from_host, to_host, orphan.last_arrival_us);
+                orphan.last_arrival_us = at;
+                self.schedule(
+                    at,
+                    Event::Arrive {
+                        to: orphan.peer,
+                        bytes,
+                    },
+                );
+            }
+            let at = self.arrival(orphan.from_host, to_host, orphan.last_arrival_us);
+            self.schedule(at, Event::Fin { to: orphan.peer });
         }
     }
 }

@@ -33,6 +33,7 @@ fn seeds_with_faults_keep_every_invariant() {
         ("partitions", f.partitions),
         ("slow links", f.slow_links),
         ("clock jumps", f.clock_jumps),
+        ("late deliveries", f.late_deliveries),
     ] {
         assert!(n >= SEEDS / 10, "only {n} {what}: {f:?}");
     }

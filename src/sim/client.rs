@@ -20,10 +20,6 @@ use super::conn::{ClientConn, Link, RETRY_US};
 use super::world::{HostId, World};
 use crate::history::{payload, Op, Outcome, Refusal, Value};
 
-/// How long an append may wait for its answer before the writer takes its outcome as unknown
-/// and resends it (with its key) on a new connection.
-const APPEND_TIMEOUT_US: u64 = 1_500_000;
-
 /// What a writer's batches carry besides their key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Mode {
@@ -79,6 +75,9 @@ struct State {
     tail: u64,
     /// The writer's fencing token (fenced writers).
     token: u64,
+    /// How long an append may wait for its answer before the writer takes its outcome as
+    /// unknown and resends it (with its key) on a new connection.
+    timeout_us: u64,
     outstanding: BTreeMap<u64, Outstanding>,
     ops: BTreeMap<u64, Op<u64>>,
     unexpected: Vec<String>,
@@ -93,6 +92,7 @@ impl Writer {
         mode: Mode,
         in_flight_max: usize,
         token: u64,
+        timeout_us: u64,
     ) -> Writer {
         Writer {
             writer_id,
@@ -105,6 +105,7 @@ impl Writer {
                 next_seq: 1,
                 tail: 0,
                 token,
+                timeout_us,
                 outstanding: BTreeMap::new(),
                 ops: BTreeMap::new(),
                 unexpected: Vec::new(),
@@ -198,7 +199,7 @@ impl Writer {
             .st
             .outstanding
             .values()
-            .any(|o| o.request.is_some() && now.saturating_sub(o.sent_us) > APPEND_TIMEOUT_US);
+            .any(|o| o.request.is_some() && now.saturating_sub(o.sent_us) > self.st.timeout_us);
         if late {
             // The outcome of what is out is unknown: start over on a new connection, where
             // every outstanding batch goes again with its key.

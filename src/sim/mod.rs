@@ -133,6 +133,8 @@ pub struct FaultCounts {
     pub slow_links: u64,
     /// Steps of a node's wall clock.
     pub clock_jumps: u64,
+    /// Closed connections whose bytes, held by a partition, arrived after it healed.
+    pub late_deliveries: u64,
 }
 
 impl std::ops::AddAssign for FaultCounts {
@@ -147,6 +149,7 @@ impl std::ops::AddAssign for FaultCounts {
         self.partitions += o.partitions;
         self.slow_links += o.slow_links;
         self.clock_jumps += o.clock_jumps;
+        self.late_deliveries += o.late_deliveries;
     }
 }
 
@@ -427,6 +430,7 @@ pub fn run(seed: u64, options: &Options) -> Report {
     crate::replication::canary_skip_settling(false);
     let simulated_us = sim.now();
     let trace = sim.world.borrow().trace_hash();
+    sim.faults.late_deliveries = sim.world.borrow().late_deliveries;
     let (acked, indefinite) = sim.outcomes();
     let mut workload = sim.workload;
     for log in &sim.logs {
@@ -491,6 +495,9 @@ impl Sim {
                 fenced: self.rng.one_in(3),
             };
             let token = 1 + self.rng.below(3);
+            // Impatient writers give up on an answer (and resend on a new connection) sooner
+            // than a partition or a slow disk lasts.
+            let timeout_us = 100_000 + self.rng.below(1_400_000);
             writers.push(Writer::new(
                 world,
                 base + w as u64 + 1,
@@ -498,6 +505,7 @@ impl Sim {
                 mode,
                 4,
                 token,
+                timeout_us,
             ));
         }
         let window = 4 + self.rng.below(60) as u32;

@@ -164,6 +164,8 @@ pub(crate) struct World {
     /// times out instead of being refused).
     hosts: BTreeMap<IpAddr, HostId>,
     orphans: Vec<Orphan>,
+    /// Closed connections whose held bytes were delivered after a partition healed.
+    pub(crate) late_deliveries: u64,
     trace: u64,
     next_endpoint: EndpointId,
 }
@@ -185,6 +187,7 @@ impl World {
             down: BTreeSet::new(),
             hosts: BTreeMap::new(),
             orphans: Vec::new(),
+            late_deliveries: 0,
             trace: 0xcbf2_9ce4_8422_2325,
             next_endpoint: 1,
         }
@@ -927,6 +930,7 @@ impl World {
                 continue; // The peer is gone too: its kernel answers with a reset.
             };
             self.trace(&[12, u64::from(orphan.peer)]);
+            self.late_deliveries += 1;
             for bytes in orphan.bytes.drain(..) {
                 let at = self.arrival(orphan.from_host, to_host, orphan.last_arrival_us);
                 orphan.last_arrival_us = at;

@@ -48,7 +48,7 @@ use crate::history::{self, Outcome, Replica};
 use crate::node::control::MapUpdate;
 use client::{Mode, Writer, WriterCounts};
 use env::{Shared, Slowdown};
-use node::SimNode;
+use node::{SimNode, StartFailure};
 use reader::{LookCounts, Reader, Subscriber, Trimmer};
 use world::{HostId, NetConfig, World};
 
@@ -532,10 +532,29 @@ impl Sim {
             return;
         }
         let seed = self.seed;
-        if let Err(e) = node.start(&self.world, &self.map, seed) {
-            self.violations
-                .push(format!("node {} does not start: {e}", node.id));
+        match node.start(&self.world, &self.map, seed) {
+            Ok(()) => {}
+            Err(StartFailure::Disk(reason)) => self.stopped(i, &reason),
+            Err(StartFailure::Refused(reason)) => self
+                .violations
+                .push(format!("node {} does not start: {reason}", node.id)),
         }
+    }
+
+    /// Node `i`'s process stopped on a fatal storage error, as in production: it restarts a
+    /// little later, on a good disk.
+    fn stopped(&mut self, i: usize, reason: &str) {
+        self.faults.fatal_stops += 1;
+        tracing::debug!(
+            at_us = self.now(),
+            node = self.nodes[i].id,
+            reason,
+            "simulated node stopped"
+        );
+        self.nodes[i].kill(&self.world, None);
+        self.nodes[i].eio_one_in = 0;
+        let at = self.now() + 10_000 + self.rng.below(100_000);
+        self.schedule(at, Action::Restart { node: i });
     }
 
     fn schedule(&mut self, at_us: u64, action: Action) {
@@ -580,20 +599,7 @@ impl Sim {
             for i in 0..self.nodes.len() {
                 match self.nodes[i].step(now, &self.map) {
                     Ok(ran) => progress |= ran,
-                    Err(reason) => {
-                        // A fatal storage error stops the process, as in production.
-                        self.faults.fatal_stops += 1;
-                        tracing::debug!(
-                            at_us = now,
-                            node = self.nodes[i].id,
-                            reason,
-                            "simulated node stopped"
-                        );
-                        self.nodes[i].kill(&self.world, None);
-                        let at = now + 10_000 + self.rng.below(100_000);
-                        self.nodes[i].eio_one_in = 0;
-                        self.schedule(at, Action::Restart { node: i });
-                    }
+                    Err(reason) => self.stopped(i, &reason),
                 }
             }
             self.drive_clients(now, now < active_end);

@@ -33,10 +33,12 @@ fn seeds_with_faults_keep_every_invariant() {
         ("partitions", f.partitions),
         ("slow links", f.slow_links),
         ("clock jumps", f.clock_jumps),
-        ("late deliveries", f.late_deliveries),
     ] {
         assert!(n >= SEEDS / 10, "only {n} {what}: {f:?}");
     }
+    // Not a fault drawn but what one makes now and then: a writer that gave up during a
+    // partition towards its head, whose held requests arrive after it sent them again.
+    assert!(f.late_deliveries >= SEEDS / 40, "{f:?}");
     assert!(summary.acked > SEEDS * 50, "{}", summary.acked);
     let w = summary.workload;
     for (what, n) in [

@@ -7,7 +7,7 @@
 //! What is simulated (ARCHITECTURE.md, "The simulator"): the disk of each node (latency, slow
 //! periods, lost unflushed writes and a torn write on power loss, EIO), the network between
 //! hosts (latency, slow links, short sends, partitions in one or both directions, between
-//! nodes or between a node and a client, connection resets, machines that lose power without
+//! nodes or between a writer and its head, connection resets, machines that lose power without
 //! a word to their peers, bytes of closed connections delivered late), process crashes (kill
 //! -9, power loss), pauses (SIGSTOP), restarts and steps of a machine's wall clock. The map
 //! comes from the controller's pure state ([`crate::controller::ClusterState`]), logs created
@@ -127,7 +127,8 @@ pub struct FaultCounts {
     pub slow_disks: u64,
     /// Connections reset.
     pub resets: u64,
-    /// Partitions (one direction or both, between two nodes or a node and a client).
+    /// Partitions (one direction, either, or both; between two nodes or a writer and its
+    /// head).
     pub partitions: u64,
     /// Links between two nodes slow for a while.
     pub slow_links: u64,
@@ -497,7 +498,7 @@ impl Sim {
             let token = 1 + self.rng.below(3);
             // Impatient writers give up on an answer (and resend on a new connection) sooner
             // than a partition or a slow disk lasts.
-            let timeout_us = 100_000 + self.rng.below(1_400_000);
+            let timeout_us = 50_000 + self.rng.below(1_000_000);
             writers.push(Writer::new(
                 world,
                 base + w as u64 + 1,
@@ -718,15 +719,6 @@ impl Sim {
         }
     }
 
-    /// The hosts of the clients (for partitions between a node and a client).
-    fn client_hosts(&self) -> Vec<HostId> {
-        self.logs
-            .iter()
-            .flat_map(|l| &l.writers)
-            .map(|w| 1000 + w.writer_id as HostId)
-            .collect()
-    }
-
     fn inject_fault(&mut self) {
         let n = self.nodes.len() as u64;
         let now = self.now();
@@ -815,13 +807,26 @@ impl Sim {
                 }
             }
             82..=99 => {
-                // Between two nodes, or (one in three) between a node and a client.
-                let a = self.nodes[node].host;
-                let b = if self.rng.one_in(3) {
-                    let clients = self.client_hosts();
-                    clients[self.rng.below(clients.len() as u64) as usize]
+                // Between two nodes, or (one in three) between a writer and its head; one way
+                // (either) or both. One way towards the node is what holds a client's
+                // requests while its answers still come: it goes on sending into the
+                // partition, gives up, and its held requests arrive after it resent them.
+                let (node_host, other) = if self.rng.one_in(3) {
+                    // A writer and the head it writes to.
+                    let log = &self.logs[self.rng.below(self.logs.len() as u64) as usize];
+                    let writer = &log.writers[self.rng.below(log.writers.len() as u64) as usize];
+                    (
+                        self.nodes[log.chain[0]].host,
+                        1000 + writer.writer_id as HostId,
+                    )
                 } else {
-                    self.nodes[self.rng.below(n) as usize].host
+                    let other = self.nodes[self.rng.below(n) as usize].host;
+                    (self.nodes[node].host, other)
+                };
+                let (a, b) = if self.rng.one_in(2) {
+                    (node_host, other)
+                } else {
+                    (other, node_host)
                 };
                 if a != b {
                     self.faults.partitions += 1;

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chainlog::controller::client::{Client as ControllerClient, ClientError};
-use chainlog::controller::{ClusterMap, MapLog};
 use chainlog::net::{ErrorCode, GetMapRequest, HelloRequest, Limits, Opcode, Request, Response};
+use chainlog_net::cluster::{ClusterMap, MapLog};
 use common::raw::{frame, request, Answer, Raw};
 use common::{Controller, Node};
 

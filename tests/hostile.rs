@@ -21,7 +21,7 @@ use chainlog::net::{
     AppendHeader, CreditRequest, ErrorCode, HelloRequest, ListLogsRequest, ReadRequest, Request,
     SubscribeRequest, TrimRequest, UnsubscribeRequest, HELLO_MAGIC,
 };
-use chainlog::node::catalog::log_id_of;
+use chainlog_net::log_id_of;
 use common::raw::{frame, request, Answer, Raw};
 use common::{Client, Node, SOCKET_TIMEOUT};
 

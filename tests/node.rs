@@ -27,7 +27,7 @@ fn logs_appends_reads_trims_and_a_restart() {
     // Every shard owns the names that hash to it: a client goes where the id says.
     let mut shard = [node.connect(0), node.connect(1)];
     let name = "orders";
-    let id = chainlog::node::catalog::log_id_of(name);
+    let id = chainlog_net::log_id_of(name);
     let owner = (id % 2) as usize;
     let wrong = &mut shard[1 - owner];
     let refused = wrong.call(

@@ -738,6 +738,39 @@ pub struct DescribeLogResponse<'a> {
     pub name: &'a str,
 }
 
+/// A DESCRIBE_LOG answer kept beyond its frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogInfo {
+    /// The id.
+    pub log_id: u64,
+    /// The name.
+    pub name: String,
+    /// Records below this LSN are committed.
+    pub tail: u64,
+    /// Records below this LSN are trimmed.
+    pub trim_point: u64,
+    /// The current epoch.
+    pub epoch: u64,
+    /// The shard that owns it.
+    pub shard: u16,
+    /// Replicas per chain.
+    pub replication_factor: u8,
+}
+
+impl From<&DescribeLogResponse<'_>> for LogInfo {
+    fn from(d: &DescribeLogResponse<'_>) -> LogInfo {
+        LogInfo {
+            log_id: d.log_id,
+            name: d.name.to_string(),
+            tail: d.tail,
+            trim_point: d.trim_point,
+            epoch: d.epoch,
+            shard: d.shard,
+            replication_factor: d.replication_factor,
+        }
+    }
+}
+
 /// REPLICATE response: how far the log is durable on the receiver and every node after it in
 /// the chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -831,6 +864,24 @@ pub struct LogEntry<'a> {
     pub log_id: u64,
     /// The log's name.
     pub name: &'a str,
+}
+
+/// A LIST_LOGS entry kept beyond its frame.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogName {
+    /// The id.
+    pub log_id: u64,
+    /// The name.
+    pub name: String,
+}
+
+impl From<LogEntry<'_>> for LogName {
+    fn from(e: LogEntry<'_>) -> LogName {
+        LogName {
+            log_id: e.log_id,
+            name: e.name.to_string(),
+        }
+    }
 }
 
 /// The entries of a LIST_LOGS response: decoded (a validated view of the frame's bytes) or
@@ -977,5 +1028,35 @@ impl<'a> ErrorResponse<'a> {
     /// True if the request can be retried unchanged ([`ErrorCode::is_retryable`]).
     pub fn retryable(&self) -> bool {
         self.code.is_retryable()
+    }
+}
+
+/// An ERROR answer kept beyond its frame: the request did not take effect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerError {
+    /// What went wrong.
+    pub code: ErrorCode,
+    /// The code's first argument (PROTOCOL.md section 8), `u64::MAX` when it does not apply.
+    pub arg0: u64,
+    /// The code's second argument.
+    pub arg1: u64,
+    /// For people.
+    pub message: String,
+}
+
+impl From<&ErrorResponse<'_>> for ServerError {
+    fn from(error: &ErrorResponse<'_>) -> ServerError {
+        ServerError {
+            code: error.code,
+            arg0: error.arg0,
+            arg1: error.arg1,
+            message: error.message.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.name(), self.message)
     }
 }

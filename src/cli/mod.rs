@@ -15,8 +15,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use chainlog::client::{log_id, AppendOptions, Client, ClientError, LogInfo, Record};
-use chainlog::controller::{ClusterMap, MapLog};
 use chainlog::net::{ErrorCode, LogRef, HEARTBEAT_MS_NEVER, LSN_FROM_TAIL, RECORD_HEADER_BYTES};
+use chainlog_net::cluster::{ClusterMap, MapLog};
 use clap::{Args, Subcommand};
 use serde_json::json;
 

@@ -42,23 +42,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chainlog_net::{
-    encode_request, AppendBuilder, AppendHeader, CreateLogRequest, DescribeLogRequest,
-    DescribeLogResponse, ErrorCode, HelloResponse, Limits, ListLogsRequest, LogRef, Opcode,
-    ReadRequest, Request, Role, SubscribeRequest, TailResponse, TrimRequest,
+    encode_request, AppendBuilder, AppendHeader, CreateLogRequest, DescribeLogRequest, ErrorCode,
+    HelloResponse, Limits, ListLogsRequest, LogRef, Opcode, ReadRequest, Request, Role,
+    SubscribeRequest, TailResponse, TrimRequest,
 };
 
-use crate::controller::pages::{MapPages, MapPagesError};
-use crate::controller::ClusterMap;
+use chainlog_net::cluster::ClusterMap;
+use chainlog_net::pages::{MapPages, MapPagesError};
+pub use chainlog_net::{LogInfo, LogName, ServerError};
 use cluster::{Cluster, Replica};
 use conn::Answer;
-pub use error::{ClientError, ServerError};
+pub use error::ClientError;
 use node::NodeConns;
 pub use subscription::Subscription;
 
 /// The id of the log called `name` (FNV-1a 64, PROTOCOL.md section 3.2).
-pub fn log_id(name: &str) -> u64 {
-    crate::node::catalog::log_id_of(name)
-}
+pub use chainlog_net::log_id_of as log_id;
 
 /// How a [`Client`] behaves.
 #[derive(Clone, Copy, Debug)]
@@ -145,57 +144,6 @@ pub struct ReadBatch {
     pub tail: u64,
     /// Consecutive records from the LSN asked for (none if it is at or past the tail).
     pub records: Vec<Record>,
-}
-
-/// A log's metadata and positions (DESCRIBE_LOG).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogInfo {
-    /// The id.
-    pub log_id: u64,
-    /// The name.
-    pub name: String,
-    /// Records below this LSN are committed.
-    pub tail: u64,
-    /// Records below this LSN are trimmed.
-    pub trim_point: u64,
-    /// The current epoch.
-    pub epoch: u64,
-    /// The shard that owns it.
-    pub shard: u16,
-    /// Replicas per chain.
-    pub replication_factor: u8,
-}
-
-impl From<&DescribeLogResponse<'_>> for LogInfo {
-    fn from(d: &DescribeLogResponse<'_>) -> LogInfo {
-        LogInfo {
-            log_id: d.log_id,
-            name: d.name.to_string(),
-            tail: d.tail,
-            trim_point: d.trim_point,
-            epoch: d.epoch,
-            shard: d.shard,
-            replication_factor: d.replication_factor,
-        }
-    }
-}
-
-/// A log as LIST_LOGS names it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct LogName {
-    /// The id.
-    pub log_id: u64,
-    /// The name.
-    pub name: String,
-}
-
-impl From<chainlog_net::LogEntry<'_>> for LogName {
-    fn from(e: chainlog_net::LogEntry<'_>) -> LogName {
-        LogName {
-            log_id: e.log_id,
-            name: e.name.to_string(),
-        }
-    }
 }
 
 /// A client of a standalone node or of a cluster (through its controller). Cheap to clone

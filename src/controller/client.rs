@@ -17,9 +17,9 @@ use chainlog_net::{
     Request, Response, Role,
 };
 
-use super::pages::{MapPage, MapPages, MapPagesError, MAP_RESTARTS_MAX};
-use super::state::ClusterMap;
-use crate::client::{LogInfo, LogName, ServerError};
+use chainlog_net::cluster::ClusterMap;
+use chainlog_net::pages::{MapPage, MapPages, MapPagesError, MAP_RESTARTS_MAX};
+use chainlog_net::{LogInfo, LogName, ServerError};
 
 /// Bytes read from the socket at once.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -322,7 +322,7 @@ impl Client {
                 }
                 let result = match decode_response(&frame, &self.limits) {
                     Err(e) => Err(protocol(e.to_string())),
-                    Ok(Response::Error(e)) => Err(ClientError::Server(ServerError::of(&e))),
+                    Ok(Response::Error(e)) => Err(ClientError::Server(ServerError::from(&e))),
                     Ok(response) => {
                         let answered = response.opcode().map_or("?", Opcode::name);
                         accept(response).ok_or_else(|| {

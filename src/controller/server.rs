@@ -53,9 +53,10 @@ use chainlog_net::{
     Request, Response, Role, ADDR_BYTES_MAX, ARG_NONE, FRAME_HEADER_BYTES, PROTOCOL_VERSION,
 };
 
-use super::state::{ClusterState, MapLog, MapNode, StateError, NODES_MAX};
+use super::state::{ClusterState, StateError, NODES_MAX};
 use super::store::{StateStore, StoreError};
 use crate::signals::StopSignals;
+use chainlog_net::cluster::{MapLog, MapNode};
 
 /// Connections served at once; more are closed at once (a warning is logged).
 pub const CONNECTIONS_MAX: usize = 256;

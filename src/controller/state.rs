@@ -13,18 +13,17 @@
 //! head is the placed node with the fewest heads (ties: lowest id), the others follow in the
 //! order they were picked. So heads and replicas spread evenly as logs are created.
 //!
-//! [`ClusterMap`] is what nodes and clients learn of the state: the version, every node
-//! (address, shards, whether it is alive) and every log's current epoch and chain.
+//! [`ClusterState::map`] is what nodes and clients learn of the state
+//! ([`chainlog_net::cluster::ClusterMap`]): the version, every node (address, shards, whether
+//! it is alive) and every log's current epoch and chain.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use chainlog_net::{ADDR_BYTES_MAX, HEARTBEAT_MS_NEVER};
-
-use crate::node::catalog::log_id_of;
+use chainlog_net::cluster::{ClusterMap, MapLog, MapNode};
+use chainlog_net::{log_id_of, ADDR_BYTES_MAX, HEARTBEAT_MS_NEVER};
 
 /// How long after its last heartbeat a node still counts as alive, by default.
 pub const LIVENESS_DEFAULT: Duration = Duration::from_secs(2);
@@ -511,114 +510,6 @@ impl ClusterState {
     }
 }
 
-/// A node as the cluster map shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MapNode {
-    /// Its id.
-    pub node_id: u64,
-    /// `host:port` of its shard 0; shard `i` listens on port + `i`.
-    pub addr: String,
-    /// Its shards.
-    pub shard_count: u16,
-    /// It heartbeated within the controller's liveness timeout when the map was served.
-    pub alive: bool,
-    /// Milliseconds since its last heartbeat when the map was served, or `u64::MAX`
-    /// (`chainlog_net::HEARTBEAT_MS_NEVER`) if none since the controller started.
-    pub last_heartbeat_ms: u64,
-}
-
-impl MapNode {
-    /// As a GET_MAP page carries it.
-    pub(crate) fn wire(&self) -> chainlog_net::MapNode<'_> {
-        chainlog_net::MapNode {
-            node_id: self.node_id,
-            shard_count: self.shard_count,
-            alive: self.alive,
-            last_heartbeat_ms: self.last_heartbeat_ms,
-            addr: &self.addr,
-        }
-    }
-}
-
-impl From<chainlog_net::MapNode<'_>> for MapNode {
-    fn from(node: chainlog_net::MapNode<'_>) -> MapNode {
-        MapNode {
-            node_id: node.node_id,
-            addr: node.addr.to_string(),
-            shard_count: node.shard_count,
-            alive: node.alive,
-            last_heartbeat_ms: node.last_heartbeat_ms,
-        }
-    }
-}
-
-/// A log as the cluster map shows it: its current epoch and chain.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MapLog {
-    /// Its id.
-    pub log_id: u64,
-    /// Its name.
-    pub name: String,
-    /// Replicas per chain.
-    pub replication_factor: u8,
-    /// The current epoch.
-    pub epoch: u64,
-    /// The first LSN of the current epoch.
-    pub start_lsn: u64,
-    /// The current chain's node ids, head first (never empty, at most the replication
-    /// factor).
-    pub chain: Vec<u64>,
-    /// The map version that created the log.
-    pub created_version: u64,
-}
-
-impl MapLog {
-    /// The head's node id: where appends go. (A map's chains are never empty: the decoder
-    /// and the controller's state both refuse empty ones.)
-    pub fn head(&self) -> u64 {
-        self.chain[0]
-    }
-
-    /// The node after `node_id` in the chain (`None` for the tail, or a node not in it).
-    pub fn successor(&self, node_id: u64) -> Option<u64> {
-        let position = self.chain.iter().position(|&n| n == node_id)?;
-        self.chain.get(position + 1).copied()
-    }
-
-    /// The node before `node_id` in the chain (`None` for the head, or a node not in it).
-    pub fn predecessor(&self, node_id: u64) -> Option<u64> {
-        let position = self.chain.iter().position(|&n| n == node_id)?;
-        position.checked_sub(1).map(|p| self.chain[p])
-    }
-
-    /// As a GET_MAP page carries it.
-    pub(crate) fn wire(&self) -> chainlog_net::MapLog<'_> {
-        chainlog_net::MapLog {
-            log_id: self.log_id,
-            epoch: self.epoch,
-            start_lsn: self.start_lsn,
-            replication_factor: self.replication_factor,
-            created_version: self.created_version,
-            chain: chainlog_net::Chain::from_slice(&self.chain),
-            name: &self.name,
-        }
-    }
-}
-
-impl From<chainlog_net::MapLog<'_>> for MapLog {
-    fn from(log: chainlog_net::MapLog<'_>) -> MapLog {
-        MapLog {
-            log_id: log.log_id,
-            name: log.name.to_string(),
-            replication_factor: log.replication_factor,
-            epoch: log.epoch,
-            start_lsn: log.start_lsn,
-            chain: log.chain.iter().collect(),
-            created_version: log.created_version,
-        }
-    }
-}
-
 impl From<&LogState> for MapLog {
     fn from(log: &LogState) -> MapLog {
         let epoch = log.current();
@@ -632,65 +523,6 @@ impl From<&LogState> for MapLog {
             created_version: log.created_version,
         }
     }
-}
-
-/// The cluster map: a version, every node and every log's current epoch and chain, as nodes
-/// and clients learn it (GET_MAP, PROTOCOL.md). Immutable and cheap to clone (the nodes and
-/// logs are shared); a newer version is a new map.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterMap {
-    version: u64,
-    nodes: Arc<[MapNode]>,
-    logs: Arc<[MapLog]>,
-}
-
-impl ClusterMap {
-    /// The map of `version` with these nodes and logs (in any order; kept ascending by id).
-    pub fn new(version: u64, mut nodes: Vec<MapNode>, mut logs: Vec<MapLog>) -> ClusterMap {
-        nodes.sort_unstable_by_key(|node| node.node_id);
-        logs.sort_unstable_by_key(|log| log.log_id);
-        ClusterMap {
-            version,
-            nodes: nodes.into(),
-            logs: logs.into(),
-        }
-    }
-
-    /// Its version.
-    pub fn version(&self) -> u64 {
-        self.version
-    }
-
-    /// Every node, ascending id.
-    pub fn nodes(&self) -> &[MapNode] {
-        &self.nodes
-    }
-
-    /// The node with this id.
-    pub fn node(&self, node_id: u64) -> Option<&MapNode> {
-        find(&self.nodes, node_id, |node| node.node_id)
-    }
-
-    /// Every log, ascending id.
-    pub fn logs(&self) -> &[MapLog] {
-        &self.logs
-    }
-
-    /// The log with this id.
-    pub fn log(&self, log_id: u64) -> Option<&MapLog> {
-        find(&self.logs, log_id, |log| log.log_id)
-    }
-
-    /// The log called `name`.
-    pub fn log_named(&self, name: &str) -> Option<&MapLog> {
-        self.log(log_id_of(name)).filter(|log| log.name == name)
-    }
-}
-
-/// The item of `items` (ascending by `id_of`) whose id is `id`.
-fn find<T>(items: &[T], id: u64, id_of: impl Fn(&T) -> u64) -> Option<&T> {
-    let i = items.binary_search_by_key(&id, id_of).ok()?;
-    Some(&items[i])
 }
 
 #[cfg(test)]
@@ -891,11 +723,6 @@ mod tests {
         let first = map.logs()[1].log_id;
         let page: Vec<u64> = state.logs_after(first, 2).map(|l| l.log_id).collect();
         assert_eq!(page, [map.logs()[2].log_id, map.logs()[3].log_id]);
-        let clone = map.clone();
-        assert!(
-            Arc::ptr_eq(&clone.logs, &map.logs),
-            "a clone shares the logs"
-        );
     }
 
     #[test]

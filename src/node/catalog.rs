@@ -12,7 +12,7 @@
 //! again at LSN 0. The catalog file is written first on every create (and the store's first
 //! segment exists before any create), so a shard that never got that far has neither.
 //!
-//! A log's id is derived from its name (`log_id_of`), so every shard and client can tell
+//! A log's id is derived from its name (`chainlog_net::log_id_of`), so every shard and client can tell
 //! which shard owns a name without asking anyone (the controller assigns the same ids).
 //!
 //! On a cluster node the catalog also keeps each log's epoch and chain as the controller
@@ -36,16 +36,6 @@ const MAGIC: u32 = u32::from_le_bytes(*b"CLCT");
 const VERSION: u16 = 2;
 /// The epoch of a standalone node's logs.
 const STANDALONE_EPOCH: u64 = 1;
-
-/// The id of the log called `name`: FNV-1a 64 of its UTF-8 bytes (PROTOCOL.md).
-pub fn log_id_of(name: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.as_bytes() {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
 
 /// One log of the catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -393,6 +383,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chainlog_net::log_id_of;
 
     fn entry(name: &str) -> LogEntry {
         LogEntry::standalone(name)
@@ -516,11 +507,5 @@ mod tests {
         );
         let c = Catalog::open(dir.path(), &store(&[4])).expect("agrees");
         assert_eq!(c.get(4), Some(&entry("a")));
-    }
-
-    #[test]
-    fn ids_follow_fnv1a() {
-        assert_eq!(log_id_of(""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(log_id_of("a"), 0xaf63_dc4c_8601_ec8c);
     }
 }

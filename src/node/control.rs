@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::controller::client::Client as ControllerClient;
-use crate::controller::ClusterMap;
 use crate::replication::NodeId;
+use chainlog_net::cluster::ClusterMap;
 
 use super::chain::Peer;
 

@@ -15,26 +15,27 @@
 //! tail cache after every loop turn, within their credit and while the connection's output
 //! is not backed up.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chainlog_net::cluster::ClusterMap;
 use chainlog_net::{
-    decode_request, encode_error, encode_response, parse_frame, AppendRequest, CreateLogResponse,
-    DescribeLogResponse, ErrorCode, ErrorResponse, Frame, HelloResponse, Limits, ListLogsResponse,
-    LogEntries, LogEntry, LogRef, Opcode, ReadBuilder, ReadKind, RecordHeader, Request, Response,
-    Role, SubscribeResponse, TailResponse, ARG_NONE, EPOCH_CURRENT, LSN_FROM_TAIL,
-    LSN_UNCONDITIONAL, PROTOCOL_VERSION, TOKEN_NONE, WRITER_NONE,
+    decode_request, encode_error, encode_response, log_id_of, parse_frame, AppendRequest,
+    CreateLogResponse, DescribeLogResponse, ErrorCode, ErrorResponse, Frame, HelloResponse, Limits,
+    ListLogsResponse, LogEntries, LogEntry, LogRef, Opcode, ReadBuilder, ReadKind, RecordHeader,
+    Request, Response, Role, SubscribeResponse, TailResponse, ARG_NONE, EPOCH_CURRENT,
+    LSN_FROM_TAIL, LSN_UNCONDITIONAL, PROTOCOL_VERSION, TOKEN_NONE, WRITER_NONE,
 };
 use chainlog_storage::io::Io;
 use chainlog_storage::{fatal, Ack, AppendOptions, Batch, Clock, Error, ReadRecord, Store};
 
-use super::catalog::{log_id_of, Catalog, LogEntry as CatalogEntry};
+use super::catalog::{Catalog, LogEntry as CatalogEntry};
 use super::chain::Forward;
 use super::conn::{Barrier, Conn, Pending, Session, Subscription};
 use super::metrics::ShardMetrics;
-use crate::controller::ClusterMap;
 use crate::replication::{Answer, Blocked, Forwarding, Receive, Replica, Upstream};
 use chainlog_net::{PullRequest, PullResponse, ReplicateKind, ReplicateRequest, ReplicateResponse};
 use chainlog_storage::{ReplicaState, StoredRun};
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 /// Queued output of a connection at which the shard stops handling its requests (and reading
 /// it) until the socket drains.

@@ -306,7 +306,9 @@ impl Controller {
     /// Writes the state; a failure is fatal (module documentation).
     fn persist(&self, state: &ClusterState) {
         if let Err(e) = self.store.save(state) {
-            chainlog_storage::fatal(&format!("controller state: {e}"));
+            chainlog_storage::fatal(chainlog_storage::FatalReason::StateFile {
+                error: format!("controller state: {e}"),
+            });
         }
     }
 

@@ -31,9 +31,9 @@ use chainlog_net::{
     ARG_NONE, EPOCH_CURRENT, LSN_UNCONDITIONAL, PROTOCOL_VERSION, TOKEN_NONE, WRITER_NONE,
 };
 use chainlog_storage::io::Io;
-use chainlog_storage::{fatal, AppendOptions, Batch, Clock, Store};
+use chainlog_storage::{fatal, AppendOptions, Batch, Clock, FatalReason, Store};
 
-use super::catalog::{Catalog, LogEntry as CatalogEntry};
+use super::catalog::{Catalog, CatalogError, LogEntry as CatalogEntry};
 use super::conn::{Barrier, Conn, Pending, Session};
 use super::metrics::ShardMetrics;
 use super::records::push_records;
@@ -630,7 +630,7 @@ impl Server {
                     format!("log {name:?} exists"),
                 ))
             }
-            Err(e) => fatal(&format!("shard {}: {e}", self.shard_index)),
+            Err(e) => self.catalog_failed(&e),
         }
         self.replicas.create(log_id, &entry, store);
         let response = Response::CreateLog(CreateLogResponse {
@@ -715,7 +715,7 @@ impl Server {
                     format!("no log {log_id}"),
                 ))
             }
-            Err(e) => fatal(&format!("shard {}: {e}", self.shard_index)),
+            Err(e) => self.catalog_failed(&e),
         }
         self.replicas.remove(log_id);
         self.free_space(log_id, store);
@@ -752,7 +752,7 @@ impl Server {
             let recovered =
                 self.catalog.get(log.log_id).is_some() || store.tail(log.log_id).is_some();
             if let Err(e) = self.catalog.install(log.log_id, entry.clone()) {
-                fatal(&format!("shard {}: {e}", self.shard_index));
+                self.catalog_failed(&e);
             }
             if !current {
                 tracing::info!(log_id = log.log_id, name = log.name, epoch = log.epoch, chain = ?log.chain, "log installed");
@@ -768,7 +768,7 @@ impl Server {
         for log_id in gone {
             tracing::info!(log_id, "log removed from the cluster map: deleting it here");
             if let Err(e) = self.catalog.delete(log_id) {
-                fatal(&format!("shard {}: {e}", self.shard_index));
+                self.catalog_failed(&e);
             }
             self.replicas.remove(log_id);
             self.free_space(log_id, store);
@@ -782,6 +782,14 @@ impl Server {
                 tracing::warn!(log_id, error = %e, "could not trim a deleted log");
             }
         }
+    }
+
+    /// The catalog could not be written: which version is on disk is unknown, so the shard
+    /// can answer neither way (the catalog kept the old one in memory); the node stops.
+    fn catalog_failed(&self, e: &CatalogError) -> ! {
+        fatal(FatalReason::StateFile {
+            error: format!("shard {}: {e}", self.shard_index),
+        })
     }
 
     /// CREATE_LOG and DELETE_LOG belong to the controller in a cluster.

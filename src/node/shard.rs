@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chainlog_storage::io::Completion;
-use chainlog_storage::{fatal, Ack, Clock, Error, Store, StoreConfig, SystemClock, UringIo};
+use chainlog_storage::{
+    fatal, Ack, Clock, Error, FatalReason, Store, StoreConfig, SystemClock, UringIo,
+};
 
 use super::catalog::{Catalog, StoreLogs};
 use super::chain::Chain;
@@ -81,7 +83,7 @@ pub(crate) fn run(ctx: ShardContext, listener: TcpListener) -> Result<(), String
         clock.clone(),
     ) {
         Ok(store) => store,
-        Err(Error::Fatal(reason)) => fatal(&reason),
+        Err(Error::Fatal(reason)) => fatal(FatalReason::store(Some(ctx.index), reason)),
         Err(e) => {
             let reason = format!("opening the store in {}: {e}", store_dir.display());
             return Err(refuse_to_start(ctx.index, e.kind(), reason));
@@ -96,7 +98,7 @@ pub(crate) fn run(ctx: ShardContext, listener: TcpListener) -> Result<(), String
         Err(e) => {
             // Leave the store as it was found: stopped cleanly (recovery removed the record).
             if let Err(e) = store.close(&mut Vec::new()) {
-                fatal(&format!("shard {}: {e}", ctx.index));
+                fatal(FatalReason::store(Some(ctx.index), e));
             }
             return Err(refuse_to_start(ctx.index, "catalog", e.to_string()));
         }
@@ -289,7 +291,7 @@ impl<E: Net> Shard<E> {
     /// the shard has stopped serving (then [`finish`](Self::finish) it).
     pub(crate) fn turn(&mut self, wait: bool) -> bool {
         if let Err(e) = self.store.poll(wait, &mut self.acks) {
-            fatal(&format!("shard {}: {e}", self.index()));
+            fatal(FatalReason::store(Some(self.index()), e));
         }
         self.protocol.start_turn();
         self.store.take_external(&mut self.external);
@@ -309,7 +311,7 @@ impl<E: Net> Shard<E> {
         self.close_links();
         let index = self.index();
         if let Err(e) = self.store.close(&mut Vec::new()) {
-            fatal(&format!("shard {index}: {e}"));
+            fatal(FatalReason::store(Some(index), e));
         }
         tracing::info!(shard = index, "shard stopped");
     }
@@ -491,7 +493,7 @@ impl<E: Net> Shard<E> {
                 cancelled = true;
             }
             if let Err(e) = self.store.poll(true, &mut acks) {
-                fatal(&format!("shard {}: {e}", self.index()));
+                fatal(FatalReason::store(Some(self.index()), e));
             }
             self.store.take_external(&mut self.external);
             for completion in std::mem::take(&mut self.external) {

@@ -35,7 +35,7 @@ pub use calibrate::Calibration;
 pub use clock::{Clock, SimClock, SimRng, SystemClock};
 pub use config::{DurabilityMode, StoreConfig};
 pub use error::{Error, Result};
-pub use fatal::{fatal, fatal_panics, FatalPanic, FATAL_EXIT_CODE};
+pub use fatal::{fatal, fatal_panics, FatalPanic, FatalReason, FATAL_EXIT_CODE};
 pub use io::{
     Durability, FaultConfig, FaultPlan, FaultyIo, Io, SimDisk, SimIo, UringIo, EXTERNAL_TOKEN,
 };

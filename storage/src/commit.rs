@@ -128,6 +128,13 @@ impl<I: Io> Store<I> {
             fence: 0,
         };
         let on_disk = self.logs.iter().filter(|(_, l)| l.submitted_lsn > 0);
+        // Paired with recovery's check of the oldest snapshot it starts from.
+        assert!(
+            self.logs
+                .values()
+                .all(|l| l.submitted_trim <= l.submitted_lsn),
+            "a log is trimmed within its submitted records"
+        );
         let entries: Vec<SnapshotEntry> = std::iter::once(system)
             .chain(on_disk.map(|(&log_id, l)| SnapshotEntry {
                 log_id,
@@ -169,6 +176,21 @@ impl<I: Io> Store<I> {
         let now = self.clock.monotonic_us();
         let seq = self.next_seq;
         self.next_seq += 1;
+        // Paired with the frontier (frames become durable in seq order) and with recovery's
+        // torn-tail rule (a frame is written with `durable_seq >= seq - writes_in_flight_max`,
+        // so only the last `writes_in_flight_max` frames before a surviving one can be torn):
+        // the frames in flight are the ones right after the durable frontier, and at most
+        // `writes_in_flight_max` of them.
+        let last_in_flight = self.in_flight.back().map_or(self.durable_seq, |f| f.seq);
+        assert_eq!(
+            seq,
+            last_in_flight + 1,
+            "frames in flight follow the durable frontier without a gap"
+        );
+        assert!(
+            self.in_flight.len() < self.config.writes_in_flight_max,
+            "at most writes_in_flight_max frames in flight"
+        );
         let segment = self.segments.back_mut().expect("an active segment");
         let offset = self.active_offset;
         let buf = frame.buf.as_mut().expect("frame buffer");
@@ -208,12 +230,26 @@ impl<I: Io> Store<I> {
                     ..
                 } => {
                     let log = self.logs.get_mut(&log_id).expect("appended log exists");
+                    // Paired with the frontier's density check: a log's records go to the
+                    // disk in LSN order, without a gap, however they are cut into frames.
+                    assert_eq!(
+                        first_lsn, log.submitted_lsn,
+                        "log {log_id}: submitted records are dense"
+                    );
+                    assert!(
+                        first_lsn + u64::from(count) <= log.next_lsn,
+                        "log {log_id}: submitted records were appended"
+                    );
                     log.submitted_lsn = first_lsn + u64::from(count);
                     log.note_frame(first_lsn, segment.id, offset);
                     segment.log_ends.insert(log_id, log.submitted_lsn);
                 }
                 Entry::Trim { log_id, before, .. } => {
                     let log = self.logs.get_mut(&log_id).expect("trimmed log exists");
+                    assert!(
+                        before <= log.submitted_lsn,
+                        "log {log_id}: a trim goes to the disk after the records it trims"
+                    );
                     log.submitted_trim = log.submitted_trim.max(before);
                     self.system_submitted_lsn += 1;
                 }
@@ -271,6 +307,7 @@ impl<I: Io> Store<I> {
             .checked_sub(front)
             .expect("completion of a frame not in flight") as usize;
         let frame = &mut self.in_flight[index];
+        assert_eq!(frame.seq, seq, "frames in flight are contiguous in seq");
         assert!(frame.buf.is_none(), "a frame write completes once");
         assert_eq!(
             buf.as_ref().map(AlignedBuf::addr),
@@ -302,7 +339,7 @@ impl<I: Io> Store<I> {
         }
         while self.in_flight.front().is_some_and(|f| f.done) {
             let frame = self.in_flight.pop_front().expect("checked");
-            debug_assert_eq!(
+            assert_eq!(
                 frame.seq,
                 self.durable_seq + 1,
                 "frames become durable in order"
@@ -317,7 +354,17 @@ impl<I: Io> Store<I> {
                         count,
                     } => {
                         let end = first_lsn + u64::from(count);
-                        self.logs.get_mut(&log_id).expect("log").durable_lsn = end;
+                        let log = self.logs.get_mut(&log_id).expect("log");
+                        // Paired with `submit`'s: what becomes durable continues what was.
+                        assert_eq!(
+                            first_lsn, log.durable_lsn,
+                            "log {log_id}: durable records are dense"
+                        );
+                        assert!(
+                            end <= log.submitted_lsn,
+                            "log {log_id}: only submitted records become durable"
+                        );
+                        log.durable_lsn = end;
                         self.acks.push(Ack {
                             token,
                             log_id,
@@ -330,6 +377,10 @@ impl<I: Io> Store<I> {
                         before,
                     } => {
                         let log = self.logs.get_mut(&log_id).expect("log");
+                        assert!(
+                            before <= log.durable_lsn,
+                            "log {log_id}: a trim is durable after the records it trims"
+                        );
                         log.durable_trim = log.durable_trim.max(before);
                         self.acks.push(Ack {
                             token,

@@ -207,7 +207,93 @@ pub(crate) fn recover<I: Io>(io: &mut I, dir: &Path, writers_max: usize) -> Resu
     }
     recovered.report.segments = recovered.segments.len();
     recovered.report.clean_stop = clean_stop.is_some();
+    recovered.assert_consistent();
     Ok(recovered)
+}
+
+impl Recovered {
+    /// What recovery built from frames that checked out satisfies what the running store
+    /// asserts of the same state (the other half of each pair is in `commit.rs`): every
+    /// log's records are durable and dense up to its next LSN, its trim point is within them,
+    /// its index is in LSN and disk order and points below its next LSN; the segments hold
+    /// consecutive frames; the next frame follows the last one, at a block boundary.
+    /// Damage on the disk is an error before this point, never a failed assertion here.
+    fn assert_consistent(&self) {
+        for (&log_id, log) in &self.logs {
+            assert!(
+                log.trim_point <= log.next_lsn,
+                "recovered log {log_id}: trim point {} above its next LSN {}",
+                log.trim_point,
+                log.next_lsn
+            );
+            assert_eq!(
+                (log.submitted_lsn, log.durable_lsn),
+                (log.next_lsn, log.next_lsn),
+                "recovered log {log_id}: everything recovered is submitted and durable"
+            );
+            assert_eq!(
+                (log.submitted_trim, log.durable_trim),
+                (log.trim_point, log.trim_point),
+                "recovered log {log_id}: its trim is submitted and durable"
+            );
+            assert_eq!(
+                log.submitted_fence, log.fence,
+                "recovered log {log_id}: its fencing token is submitted"
+            );
+            let in_order = log
+                .index
+                .iter()
+                .zip(log.index.iter().skip(1))
+                .all(|(a, b)| {
+                    a.first_lsn < b.first_lsn && (a.segment_id, a.offset) < (b.segment_id, b.offset)
+                });
+            assert!(
+                in_order,
+                "recovered log {log_id}: index entries in LSN and disk order"
+            );
+            assert!(
+                log.index.back().is_none_or(|e| e.first_lsn < log.next_lsn),
+                "recovered log {log_id}: index entries point at records it has"
+            );
+        }
+        let mut next_frame = None;
+        for segment in &self.segments {
+            for (log_id, &end) in &segment.log_ends {
+                let next = self.logs.get(log_id).map_or(0, |l| l.next_lsn);
+                assert!(
+                    end <= next,
+                    "recovered segment {}: log {log_id} ends at {end}, past {next}",
+                    segment.id
+                );
+            }
+            if segment.last_seq == 0 {
+                continue; // The active segment, before its first frame.
+            }
+            assert!(
+                segment.first_seq <= segment.last_seq
+                    && next_frame.is_none_or(|next| segment.first_seq == next),
+                "recovered segment {}: frames {}..={} do not continue the segment before it",
+                segment.id,
+                segment.first_seq,
+                segment.last_seq
+            );
+            next_frame = Some(segment.last_seq + 1);
+        }
+        assert_eq!(
+            self.next_seq,
+            next_frame.unwrap_or(1),
+            "the next frame follows the last recovered one"
+        );
+        assert!(
+            self.active_offset.is_multiple_of(BLOCK_SIZE as u64),
+            "writing resumes at a block boundary"
+        );
+        assert_eq!(
+            self.need_snapshot,
+            self.active_offset == BLOCK_SIZE as u64,
+            "the active segment starts with its snapshot"
+        );
+    }
 }
 
 /// Reads the clean-stop record at `path`: `None` if the file is empty or zero (a close that a
@@ -477,6 +563,13 @@ fn apply_frame(
     first: bool,
 ) -> Result<()> {
     let bad = |reason: String| Error::corrupt(&f.path, offset, reason);
+    // Paired with `Store::submit`: a frame is written with the frontier before it.
+    if header.durable_seq >= header.seq {
+        return Err(bad(format!(
+            "frame {} says frame {} was durable before it was written",
+            header.seq, header.durable_seq
+        )));
+    }
     if header.kind == FrameKind::Snapshot as u16 {
         let entry_bytes = snapshot_entry_bytes(header.version);
         let logs_len = header.count as usize * entry_bytes;
@@ -492,6 +585,13 @@ fn apply_frame(
             .collect();
         if first {
             for e in entries {
+                // Paired with `Store::submit_snapshot`: a log is trimmed within its records.
+                if e.log_id != SYSTEM_LOG && e.trim_point > e.next_lsn {
+                    return Err(bad(format!(
+                        "snapshot says log {} is trimmed to {}, above its next LSN {}",
+                        e.log_id, e.trim_point, e.next_lsn
+                    )));
+                }
                 if e.log_id == SYSTEM_LOG {
                     out.system_next_lsn = e.next_lsn;
                 } else {

@@ -845,8 +845,8 @@ impl<I: Io> Store<I> {
         frame.entries.push(entry);
     }
 
-    /// Submits pending frames, handles completions (waiting for at least one if `wait` and
-    /// anything is in flight), and moves acknowledgements of durable appends and trims into
+    /// Submits pending frames, handles completions (waiting for at least one if `wait`,
+    /// anything is in flight and no acknowledgement is ready), and moves acknowledgements of durable appends and trims into
     /// `acks`. An `Err(Error::Fatal)` means a write or flush failed: no ack comes with it or
     /// ever after (every ack delivered before it was durable).
     pub fn poll(&mut self, wait: bool, acks: &mut Vec<Ack>) -> Result<()> {
@@ -855,7 +855,10 @@ impl<I: Io> Store<I> {
         if self.failed.is_none() {
             self.pump();
             let mut completions = std::mem::take(&mut self.stash);
-            let min = usize::from(wait && completions.is_empty() && self.io.in_flight() > 0);
+            // Acks that are ready (a retried batch that is durable already) go out now: the
+            // owner's own operations in the ring may not complete for a long time.
+            let ready = !completions.is_empty() || !self.acks.is_empty();
+            let min = usize::from(wait && !ready && self.io.in_flight() > 0);
             if let Err(e) = self.io.wait(min, &mut completions) {
                 self.fail(format!("I/O backend failed: {e}"));
             }

@@ -476,3 +476,95 @@ fn a_node_at_a_port_in_use_names_the_listener_and_exits_1() {
         assert!(output.stdout.is_empty(), "it never served");
     }
 }
+
+/// The ERROR of `response` as (code, arg0, message); panics on anything else.
+fn refused(response: Response<'_>) -> (ErrorCode, u64, String) {
+    match response {
+        Response::Error(e) => (e.code, e.arg0, e.message.to_string()),
+        other => panic!("expected an ERROR, got {other:?}"),
+    }
+}
+
+/// PROTOCOL.md 3.2 and 6 (issue 16, P4 and P6): a node routes data requests and its log
+/// administration alike, and WRONG_SHARD's message is worded as section 10.2's example.
+#[test]
+fn wrong_shard_is_answered_to_every_routed_request_as_the_spec_words_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 2);
+    let mut shard0 = node.connect(0);
+    // Log 7 is on shard 1 (7 % 2): section 10.2's example, message and all.
+    let mut frame = Vec::new();
+    let limits = shard0.limits;
+    let mut append = AppendBuilder::new(&mut frame, 2, &AppendHeader::new(7), &limits);
+    append.push(b"hello").expect("a record");
+    append.finish();
+    shard0.send(&frame);
+    let append = shard0.receive(|rid, r| (rid, refused(r)));
+    assert_eq!(
+        append,
+        (2, (ErrorCode::WrongShard, 1, "log 7 is on shard 1".into()))
+    );
+    shard0.next_id = 3;
+    let by_id = shard0.call(
+        &Request::DescribeLog(DescribeLogRequest { by: LogRef::Id(7) }),
+        refused,
+    );
+    assert_eq!(
+        by_id,
+        (ErrorCode::WrongShard, 1, "log 7 is on shard 1".into())
+    );
+    let delete = shard0.call(&Request::DeleteLog { log_id: 7 }, refused);
+    assert_eq!(
+        delete,
+        (ErrorCode::WrongShard, 1, "log 7 is on shard 1".into())
+    );
+    let read = shard0.call(
+        &Request::Read(ReadRequest {
+            log_id: 7,
+            from_lsn: 0,
+            max_records: 1,
+            max_bytes: 1,
+        }),
+        refused,
+    );
+    assert_eq!(
+        read,
+        (ErrorCode::WrongShard, 1, "log 7 is on shard 1".into())
+    );
+    // By name: the message names the log.
+    let name = (0..)
+        .map(|i| format!("elsewhere-{i}"))
+        .find(|n| chainlog_net::log_id_of(n) % 2 == 1)
+        .expect("a name of shard 1");
+    let expected = (
+        ErrorCode::WrongShard,
+        1,
+        format!("log {name:?} is on shard 1"),
+    );
+    let create = shard0.call(
+        &Request::CreateLog(CreateLogRequest {
+            replication_factor: 1,
+            name: &name,
+        }),
+        refused,
+    );
+    assert_eq!(create, expected);
+    let by_name = shard0.call(
+        &Request::DescribeLog(DescribeLogRequest {
+            by: LogRef::Name(&name),
+        }),
+        refused,
+    );
+    assert_eq!(by_name, expected);
+    // LIST_LOGS is not routed: every shard answers for its own logs.
+    let listed = shard0.call(
+        &Request::ListLogs(ListLogsRequest {
+            after_log_id: 0,
+            max: 10,
+        }),
+        |r| matches!(r, Response::ListLogs(_)),
+    );
+    assert!(listed);
+    drop(shard0);
+    assert!(node.terminate().success());
+}

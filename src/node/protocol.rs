@@ -136,7 +136,7 @@ impl Server {
         Err(refuse(
             ErrorCode::WrongShard,
             u64::from(owner),
-            format!("log {what} lives on shard {owner}"),
+            format!("log {what} is on shard {owner}"),
         ))
     }
 
@@ -648,11 +648,11 @@ impl Server {
         request_id: u64,
         log: LogRef<'_>,
     ) -> Result<(), Refusal> {
-        let log_id = match log {
-            LogRef::Id(id) => id,
-            LogRef::Name(name) => log_id_of(name),
+        let (log_id, name) = match log {
+            LogRef::Id(id) => (id, None),
+            LogRef::Name(name) => (log_id_of(name), Some(name)),
         };
-        let owner = self.route(log_id, None)?;
+        let owner = self.route(log_id, name)?;
         let (Some(entry), Some(replica)) = (self.catalog.get(log_id), self.replicas.get(log_id))
         else {
             return Err(refuse(

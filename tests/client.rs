@@ -88,6 +88,12 @@ fn library_appends_reads_trims_conditions_and_administers_logs() {
                 [0, 1, 2]
             );
             assert!(batch.records.iter().all(|r| r.epoch == 1));
+            // max_bytes counts the bytes that travel: 48 for each of these records (a 40-byte
+            // header and a payload padded to 8), at least one record (PROTOCOL.md 6.3).
+            for (max_bytes, records) in [(96, 2), (95, 1), (144, 3), (1, 1)] {
+                let batch = client.read(id, 0, 100, max_bytes).await.unwrap();
+                assert_eq!(batch.records.len(), records, "max_bytes {max_bytes}");
+            }
             assert_eq!(client.check_tail(id).await.unwrap().tail, 3);
             assert_eq!(client.tail_hint(id).await.unwrap().tail, 3);
         }

@@ -568,3 +568,63 @@ fn wrong_shard_is_answered_to_every_routed_request_as_the_spec_words_it() {
     drop(shard0);
     assert!(node.terminate().success());
 }
+
+/// PROTOCOL.md 6.3 (issue 16, P1): READ's `max_bytes` counts the bytes that travel (each
+/// record's 40-byte header, payload and padding to 8), with at least one record.
+#[test]
+fn read_max_bytes_counts_the_bytes_that_travel() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 1);
+    let mut c = node.connect(0);
+    let id = c.create("sized");
+    let lens = [0usize, 1, 5, 7, 8, 9, 1000, 65536];
+    for len in lens {
+        let payload = vec![b'x'; len];
+        c.append(&AppendHeader::new(id), &[&payload])
+            .expect("append");
+    }
+    let wire = |len: usize| 40 + len.next_multiple_of(8) as u32;
+    // Sizes on the wire: 40, 48, 48, 48, 48, 56, 1040, 65576.
+    let mut read = |from_lsn: u64, max_records: u32, max_bytes: u32| {
+        c.call(
+            &Request::Read(ReadRequest {
+                log_id: id,
+                from_lsn,
+                max_records,
+                max_bytes,
+            }),
+            |r| match r {
+                Response::Read(read) => read
+                    .records
+                    .iter()
+                    .map(|r| r.header.len as usize)
+                    .collect::<Vec<_>>(),
+                other => panic!("READ answered with {other:?}"),
+            },
+        )
+    };
+    let upto = |n: usize| lens[..n].iter().map(|&l| wire(l)).sum::<u32>();
+    for n in 1..=lens.len() {
+        assert_eq!(
+            read(0, 100, upto(n)),
+            lens[..n],
+            "max_bytes exactly {n} records"
+        );
+        assert_eq!(
+            read(0, 100, upto(n) - 1),
+            lens[..(n - 1).max(1)],
+            "max_bytes one short of {n} records"
+        );
+    }
+    assert_eq!(read(0, 100, 0), lens[..1], "max_bytes 0: one record");
+    assert_eq!(read(0, 100, 1), lens[..1], "max_bytes 1: one record");
+    assert_eq!(
+        read(7, 100, 100),
+        [65536],
+        "a record larger than max_bytes alone"
+    );
+    assert_eq!(read(0, 2, u32::MAX), lens[..2], "max_records bounds it too");
+    assert_eq!(read(0, 100, u32::MAX), lens, "everything");
+    drop(c);
+    assert!(node.terminate().success());
+}

@@ -331,8 +331,10 @@ impl Client {
         }
     }
 
-    /// Reads committed records of `log_id` from `from_lsn`: at most `max_records` and about
-    /// `max_bytes` (at least one record if `from_lsn` is committed).
+    /// Reads committed records of `log_id` from `from_lsn`: at most `max_records`, and at
+    /// most `max_bytes` of records as they travel (each record's 40-byte header, its payload
+    /// and padding to 8 bytes: a buffer of `max_bytes` holds them), but at least one record if
+    /// `from_lsn` is committed (PROTOCOL.md 6.3).
     pub async fn read(
         &self,
         log_id: u64,

@@ -458,7 +458,8 @@ impl Server {
         let tail = self.replicas.known(log_id)?.readable();
         let records = if store.tail(log_id).is_some() {
             // Only committed records are served (a replica may hold durable ones that are
-            // not committed yet).
+            // not committed yet). The store counts payload bytes, fewer than travel: it
+            // returns at least the records that fit `max_bytes` on the wire.
             let max_records = u64::from(max_records.min(self.limits.batch_records_max))
                 .min(tail.saturating_sub(from)) as usize;
             store
@@ -474,7 +475,7 @@ impl Server {
             tail,
             &self.limits,
         );
-        push_records(&mut builder, log_id, &records);
+        push_records(&mut builder, log_id, &records, max_bytes as usize);
         builder.finish();
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! ([`encode_run`]).
 
 use chainlog_net::{ReadBuilder, RecordHeader};
+use chainlog_storage::format::record_bytes;
 use chainlog_storage::{ReadRecord, ReplicaState, StoredRun};
 
 /// The header a record read back was stored with (its CRC is the client's: end to end).
@@ -18,15 +19,23 @@ fn stored_header(log_id: u64, r: &ReadRecord) -> RecordHeader {
     }
 }
 
-/// Adds stored records to a READ answer or a push, until the frame is full; returns how many
-/// went in. The records' CRCs travel unchanged (end to end).
+/// Adds stored records to a READ answer or a push, until the frame is full or they would
+/// take more than `bytes_max` bytes as they travel (header, payload and padding: a READ's
+/// `max_bytes`, PROTOCOL.md 6.3), but always at least one if the frame holds it; returns how
+/// many went in. The records' CRCs travel unchanged (end to end).
 pub(crate) fn push_records(
     builder: &mut ReadBuilder<'_>,
     log_id: u64,
     records: &[ReadRecord],
+    bytes_max: usize,
 ) -> u64 {
     let mut pushed = 0;
+    let mut bytes = 0;
     for r in records {
+        bytes += record_bytes(r.payload.len());
+        if pushed > 0 && bytes > bytes_max {
+            break;
+        }
         if builder.push(&stored_header(log_id, r), &r.payload).is_err() {
             break;
         }
@@ -48,8 +57,7 @@ pub(crate) fn encode_run(
     let start = out.len();
     let mut count = 0;
     for r in &run.records {
-        let size = chainlog_net::RECORD_HEADER_BYTES + r.payload.len().next_multiple_of(8);
-        if count > 0 && out.len() - start + size > bytes_max {
+        if count > 0 && out.len() - start + record_bytes(r.payload.len()) > bytes_max {
             break;
         }
         out.extend_from_slice(bytemuck::bytes_of(&stored_header(log_id, r)));

@@ -169,7 +169,7 @@ impl Subscriptions {
                     };
                     let mut builder =
                         ReadBuilder::new(out, sub.id, ReadKind::Push, readable, limits);
-                    let pushed = push_records(&mut builder, sub.log_id, &records);
+                    let pushed = push_records(&mut builder, sub.log_id, &records, usize::MAX);
                     if pushed == 0 {
                         // Nothing fit (cannot happen within the limits): never send an empty push.
                         drop(builder);

@@ -20,11 +20,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chainlog::controller::client::Client as ControllerClient;
+use chainlog::net::cluster::ClusterMap;
 use chainlog::net::{
     AppendHeader, ErrorCode, Opcode, PeerRequest, RecordHeader, Records, ReplicateHeader,
     ReplicateKind, ReplicateRequest, Request, Response, RECORD_HEADER_BYTES,
 };
-use chainlog_net::cluster::ClusterMap;
 use common::raw::{request, Answer, Raw};
 use common::{Client, Controller, Node};
 

@@ -27,7 +27,7 @@ fn logs_appends_reads_trims_and_a_restart() {
     // Every shard owns the names that hash to it: a client goes where the id says.
     let mut shard = [node.connect(0), node.connect(1)];
     let name = "orders";
-    let id = chainlog_net::log_id_of(name);
+    let id = chainlog::net::log_id_of(name);
     let owner = (id % 2) as usize;
     let wrong = &mut shard[1 - owner];
     let refused = wrong.call(
@@ -43,17 +43,6 @@ fn logs_appends_reads_trims_and_a_restart() {
     assert_eq!(refused, (ErrorCode::WrongShard, owner as u64));
     let c = &mut shard[owner];
     assert_eq!(c.create(name), id);
-    let again = c.call(
-        &Request::CreateLog(CreateLogRequest {
-            replication_factor: 1,
-            name,
-        }),
-        |r| match r {
-            Response::Error(e) => e.code,
-            other => panic!("{other:?}"),
-        },
-    );
-    assert_eq!(again, ErrorCode::LogExists);
 
     // Appends: batches of 1..4 records; LSNs are dense.
     let mut next = 0;
@@ -534,7 +523,7 @@ fn wrong_shard_is_answered_to_every_routed_request_as_the_spec_words_it() {
     // By name: the message names the log.
     let name = (0..)
         .map(|i| format!("elsewhere-{i}"))
-        .find(|n| chainlog_net::log_id_of(n) % 2 == 1)
+        .find(|n| chainlog::net::log_id_of(n) % 2 == 1)
         .expect("a name of shard 1");
     let expected = (
         ErrorCode::WrongShard,
@@ -625,6 +614,69 @@ fn read_max_bytes_counts_the_bytes_that_travel() {
     );
     assert_eq!(read(0, 2, u32::MAX), lens[..2], "max_records bounds it too");
     assert_eq!(read(0, 100, u32::MAX), lens, "everything");
+    drop(c);
+    assert!(node.terminate().success());
+}
+
+/// PROTOCOL.md 6.7 (issue 16, P2 and F5): a create of an existing log with its replication
+/// factor succeeds (a retry whose answer was lost), with another one is LOG_EXISTS;
+/// replication factor 0 asks for the server's default (1 on a standalone node).
+#[test]
+fn create_log_is_idempotent_and_0_asks_for_the_default() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 1);
+    let mut c = node.connect(0);
+    let create = |c: &mut common::Client, name: &str, replication_factor: u8| {
+        c.call(
+            &Request::CreateLog(CreateLogRequest {
+                replication_factor,
+                name,
+            }),
+            |r| match r {
+                Response::CreateLog(created) => Ok((created.log_id, created.shard)),
+                Response::Error(e) => Err((e.code, e.arg0)),
+                other => panic!("CREATE_LOG answered with {other:?}"),
+            },
+        )
+    };
+    let id = chainlog::net::log_id_of("kept");
+    assert_eq!(create(&mut c, "kept", 1), Ok((id, 0)));
+    assert_eq!(
+        create(&mut c, "kept", 1),
+        Ok((id, 0)),
+        "the same create again"
+    );
+    assert_eq!(create(&mut c, "kept", 0), Ok((id, 0)), "the default is 1");
+    assert_eq!(
+        create(&mut c, "kept", 2),
+        Err((ErrorCode::LogExists, id)),
+        "another replication factor"
+    );
+    let fresh = chainlog::net::log_id_of("fresh");
+    assert_eq!(
+        create(&mut c, "fresh", 0),
+        Ok((fresh, 0)),
+        "a new log at the default"
+    );
+    assert_eq!(
+        create(&mut c, "big", 2),
+        Err((ErrorCode::TooLarge, 1)),
+        "a single node offers 1"
+    );
+    let described = c.call(
+        &Request::DescribeLog(DescribeLogRequest {
+            by: LogRef::Name("fresh"),
+        }),
+        |r| match r {
+            Response::DescribeLog(d) => d.replication_factor,
+            other => panic!("{other:?}"),
+        },
+    );
+    assert_eq!(described, 1);
+    // The log is one log: a retried create did not make another or touch its records.
+    assert_eq!(c.append(&AppendHeader::new(id), &[b"one"]), Ok(0));
+    assert_eq!(create(&mut c, "kept", 1), Ok((id, 0)));
+    assert_eq!(c.append(&AppendHeader::new(id), &[b"two"]), Ok(1));
     drop(c);
     assert!(node.terminate().success());
 }

@@ -86,9 +86,6 @@ pub fn decode_request<'a>(frame: &Frame<'a>, limits: &Limits) -> Result<Request<
         Opcode::CreateLog => {
             r.need(4)?;
             let replication_factor = r.u8()?;
-            if replication_factor == 0 {
-                return Err(r.invalid("replication_factor", 0));
-            }
             r.reserved_u8("reserved")?;
             let name = r.name(limits)?;
             Request::CreateLog(CreateLogRequest {

@@ -67,6 +67,9 @@ pub const LSN_FROM_TAIL: u64 = u64::MAX;
 pub const TOKEN_NONE: u64 = 0;
 /// APPEND `writer_id`: no idempotency (then `writer_seq` must be 0).
 pub const WRITER_NONE: u64 = 0;
+/// CREATE_LOG `replication_factor`: the server's default (a standalone node's is 1, the
+/// controller's its `--default-rf`).
+pub const RF_DEFAULT: u8 = 0;
 /// The largest ERROR message, in bytes of UTF-8. Longer messages are cut by [`encode_error`].
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 /// ERROR `arg0`/`arg1` when the argument does not apply (e.g. MALFORMED about no one record).

@@ -352,7 +352,8 @@ pub struct TrimRequest {
 /// CREATE_LOG request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CreateLogRequest<'a> {
-    /// Replicas in each epoch's chain (at least 1).
+    /// Replicas in each epoch's chain, or [`RF_DEFAULT`](crate::RF_DEFAULT): the server's
+    /// default.
     pub replication_factor: u8,
     /// The name (checked: 1..=`name_bytes_max` bytes of UTF-8 without NUL).
     pub name: &'a str,

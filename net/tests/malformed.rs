@@ -546,16 +546,6 @@ fn cases() -> Vec<Case> {
         &create_body(3, b"a\0b"),
         Error::NameContainsNul,
     ));
-    cases.push(request(
-        "CREATE_LOG replication factor 0",
-        10,
-        &create_body(0, b"orders"),
-        Error::InvalidField {
-            opcode: 10,
-            field: "replication_factor",
-            value: 0,
-        },
-    ));
     let mut short_name = create_body(3, b"orders");
     short_name.truncate(8);
     cases.push(request(

@@ -44,7 +44,7 @@ use std::time::Duration;
 use chainlog_net::{
     encode_request, AppendBuilder, AppendHeader, CreateLogRequest, DescribeLogRequest, ErrorCode,
     HelloResponse, Limits, ListLogsRequest, LogRef, Opcode, ReadRequest, Request, Role,
-    SubscribeRequest, TailResponse, TrimRequest,
+    SubscribeRequest, TailResponse, TrimRequest, RF_DEFAULT,
 };
 
 use chainlog_net::cluster::ClusterMap;
@@ -412,22 +412,21 @@ impl Client {
         }
     }
 
-    /// Creates the log called `name` with replication factor 1; returns its id.
+    /// Creates the log called `name` with the target's default replication factor (1 on a
+    /// standalone node, the controller's `--default-rf` in a cluster); returns its id. As
+    /// [`create_log_with`](Self::create_log_with).
     pub async fn create_log(&self, name: &str) -> Result<u64, ClientError> {
-        self.create_log_with(name, 1).await
+        self.create_log_with(name, RF_DEFAULT).await
     }
 
-    /// Creates the log called `name` with `rf` replicas per chain; returns its id. A cluster
-    /// client asks the controller, which answers once every replica's node has the log (and
-    /// then fetches the map, to route the log at once); a standalone node offers rf 1 only
-    /// (TOO_LARGE).
+    /// Creates the log called `name` with `rf` replicas per chain ([`RF_DEFAULT`]: the
+    /// target's default); returns its id. A cluster client asks the controller, which answers
+    /// once every replica's node has the log (and then fetches the map, to route the log at
+    /// once); a standalone node offers rf 1 only (TOO_LARGE). Creating a log that exists with
+    /// the same replication factor succeeds with its id (a retry whose first answer was
+    /// lost); with another one it is LOG_EXISTS (PROTOCOL.md 6.7).
     pub async fn create_log_with(&self, name: &str, rf: u8) -> Result<u64, ClientError> {
         self.check_name(name)?;
-        if rf == 0 {
-            return Err(ClientError::Invalid(
-                "a log needs a replication factor of at least 1".into(),
-            ));
-        }
         let request = Request::CreateLog(CreateLogRequest {
             replication_factor: rf,
             name,

@@ -185,16 +185,12 @@ impl Client {
         }
     }
 
-    /// Creates the log `name` with `rf` replicas; returns its id once every replica's node
-    /// has applied the map that holds it. Creating a log that exists with the same
-    /// replication factor succeeds (so a create that timed out can be retried).
+    /// Creates the log `name` with `rf` replicas (`chainlog_net::RF_DEFAULT`: the
+    /// controller's default); returns its id once every replica's node has applied the map
+    /// that holds it. Creating a log that exists with the same replication factor succeeds
+    /// (so a create that timed out can be retried).
     pub fn create_log(&mut self, name: &str, rf: u8) -> Result<u64, ClientError> {
         self.check_name(name)?;
-        if rf == 0 {
-            return Err(ClientError::Invalid(
-                "a log needs a replication factor of at least 1".into(),
-            ));
-        }
         let request = Request::CreateLog(CreateLogRequest {
             replication_factor: rf,
             name,

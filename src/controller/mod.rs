@@ -18,6 +18,8 @@ pub mod state;
 pub mod store;
 
 pub use server::{run, ControllerConfig, ControllerError};
-pub use settings::{ControllerArgs, ControllerSettings, CREATE_TIMEOUT_DEFAULT, LISTEN_DEFAULT};
+pub use settings::{
+    ControllerArgs, ControllerSettings, CREATE_TIMEOUT_DEFAULT, DEFAULT_RF_DEFAULT, LISTEN_DEFAULT,
+};
 pub use state::{ClusterState, StateError};
 pub use store::{StateStore, StoreError};

@@ -28,6 +28,7 @@
 //! | REGISTER_NODE of a new node when [`NODES_MAX`] are registered; CREATE_LOG when `LOGS_MAX` logs exist | TOO_LARGE, `arg0` = the bound |
 //! | CREATE_LOG whose replicas did not apply the map in time, or during a stop | UNAVAILABLE (retryable: the same create completes) |
 //! | CREATE_LOG of an existing name with the same replication factor | success (a retry), with another one LOG_EXISTS |
+//! | CREATE_LOG with replication factor 0 | the `--default-rf` (1 unless set), then as above |
 //! | HEARTBEAT of a node that never registered | UNKNOWN_NODE, `arg0` = `u64::MAX` |
 //!
 //! Connections beyond [`CONNECTIONS_MAX`] are closed at once, unanswered (as a node does with
@@ -51,6 +52,7 @@ use chainlog_net::{
     DescribeLogResponse, ErrorCode, ErrorResponse, Frame, GetMapResponse, HelloResponse, Limits,
     ListLogsResponse, LogEntries, LogEntry, LogRef, MapLogs, MapNodes, MapVersionResponse, Opcode,
     Request, Response, Role, ADDR_BYTES_MAX, ARG_NONE, FRAME_HEADER_BYTES, PROTOCOL_VERSION,
+    RF_DEFAULT,
 };
 
 use super::state::{ClusterState, StateError, NODES_MAX};
@@ -99,6 +101,8 @@ pub struct ControllerConfig {
     pub liveness: Duration,
     /// How long CREATE_LOG waits for every replica's node to apply the new map.
     pub create_timeout: Duration,
+    /// The replication factor of a CREATE_LOG that asks for the default (0).
+    pub default_rf: u8,
 }
 
 /// Why the controller stopped other than by a signal, or did not start.
@@ -132,6 +136,7 @@ pub const SERVING_AT: &str = "chainlog controller: serving at ";
 /// `chainlog controller: serving at ADDR` ([`SERVING_AT`]) on stdout once it serves (scripts
 /// and tests read the address there, e.g. after `--listen 127.0.0.1:0`).
 pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
+    assert!(config.default_rf >= 1, "settings refuse a default_rf of 0");
     // Blocked before any thread starts, so that every thread inherits the block.
     let signals = StopSignals::block().map_err(|source| ControllerError::System {
         what: "blocking the stop signals",
@@ -162,6 +167,7 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
         changed: Condvar::new(),
         store,
         create_timeout: config.create_timeout,
+        default_rf: config.default_rf,
         stopping: AtomicBool::new(false),
         conns: Mutex::new(BTreeMap::new()),
         conn_count: AtomicUsize::new(0),
@@ -208,6 +214,7 @@ struct Controller {
     /// Written under `state`'s lock.
     store: StateStore,
     create_timeout: Duration,
+    default_rf: u8,
     stopping: AtomicBool,
     /// A handle on every open connection, to shut them down at stop.
     conns: Mutex<BTreeMap<u64, TcpStream>>,
@@ -277,7 +284,6 @@ impl From<StateError> for Refusal {
             StateError::NodeIdZero
             | StateError::NoShards { .. }
             | StateError::BadAddr { .. }
-            | StateError::ZeroReplicationFactor
             | StateError::InvalidName { .. } => ErrorCode::Malformed,
         };
         Refusal::new(code, ARG_NONE, e.to_string())
@@ -559,6 +565,10 @@ impl Controller {
     /// every replica's node reported applying the map version that created it.
     fn create_log(&self, name: &str, rf: u8) -> Result<Answer, Refusal> {
         let deadline = Instant::now() + self.create_timeout;
+        let rf = match rf {
+            RF_DEFAULT => self.default_rf,
+            rf => rf,
+        };
         let mut state = self.lock();
         let created = state.create_log(name, rf, Instant::now())?;
         if created.new {

@@ -126,9 +126,6 @@ pub enum StateError {
         /// The node.
         node_id: u64,
     },
-    /// Replication factor 0.
-    #[error("a log needs a replication factor of at least 1")]
-    ZeroReplicationFactor,
     /// Fewer live nodes than the replication factor.
     #[error("replication factor {rf} needs {rf} live nodes; {live} are alive")]
     NotEnoughNodes {
@@ -314,7 +311,8 @@ impl ClusterState {
     /// Creates the log `name` with `rf` replicas, placed over live nodes (module
     /// documentation), in epoch [`EPOCH_FIRST`] from LSN 0, and bumps the version. A log of
     /// that name and replication factor that exists already is not an error (a retried
-    /// create): it is returned with `new` false, and nothing changes.
+    /// create): it is returned with `new` false, and nothing changes. `rf` is at least 1: the
+    /// server replaces a CREATE_LOG's 0 (`RF_DEFAULT`) with its default before.
     pub fn create_log(&mut self, name: &str, rf: u8, now: Instant) -> Result<Created, StateError> {
         let invalid = |reason: String| StateError::InvalidName {
             name: name.to_string(),
@@ -326,9 +324,10 @@ impl ClusterState {
         if log_id == 0 || log_id == u64::MAX {
             return Err(invalid(format!("its id {log_id:#x} is reserved")));
         }
-        if rf == 0 {
-            return Err(StateError::ZeroReplicationFactor);
-        }
+        assert!(
+            rf >= 1,
+            "the server resolves replication factor 0 (the default) first"
+        );
         if let Some(log) = self.logs.get(&log_id) {
             if log.name == name && log.replication_factor == rf {
                 return Ok(Created { log_id, new: false });
@@ -583,10 +582,6 @@ mod tests {
         assert_eq!(
             state.create_log("b", 3, later),
             Err(StateError::NotEnoughNodes { rf: 3, live: 2 })
-        );
-        assert_eq!(
-            state.create_log("b", 0, later),
-            Err(StateError::ZeroReplicationFactor)
         );
         assert_eq!(state, before, "a refused create changes nothing");
     }

@@ -28,7 +28,8 @@ use chainlog_net::{
     decode_request, encode_response, log_id_of, parse_frame, AppendRequest, CreateLogResponse,
     DescribeLogResponse, ErrorCode, Frame, HelloResponse, Limits, ListLogsResponse, LogEntries,
     LogEntry, LogRef, Opcode, ReadBuilder, ReadKind, Request, Response, Role, TailResponse,
-    ARG_NONE, EPOCH_CURRENT, LSN_UNCONDITIONAL, PROTOCOL_VERSION, TOKEN_NONE, WRITER_NONE,
+    ARG_NONE, EPOCH_CURRENT, LSN_UNCONDITIONAL, PROTOCOL_VERSION, RF_DEFAULT, TOKEN_NONE,
+    WRITER_NONE,
 };
 use chainlog_storage::io::Io;
 use chainlog_storage::{fatal, AppendOptions, Batch, Clock, FatalReason, Store};
@@ -614,26 +615,37 @@ impl Server {
             ));
         }
         let owner = self.route(log_id, Some(name))?;
-        if replication_factor != 1 {
-            return Err(refuse(
-                ErrorCode::TooLarge,
-                1,
-                "a single node stores one replica (replication factor 1)",
-            ));
-        }
         let entry = CatalogEntry::standalone(name);
-        match self.catalog.create(log_id, entry.clone()) {
-            Ok(true) => {}
-            Ok(false) => {
+        let rf = match replication_factor {
+            RF_DEFAULT => entry.replication_factor,
+            rf => rf,
+        };
+        if let Some(existing) = self.catalog.get(log_id) {
+            // A retried create (its answer was lost) succeeds; anything else is another log.
+            if existing.name != name || existing.replication_factor != rf {
                 return Err(refuse(
                     ErrorCode::LogExists,
                     log_id,
-                    format!("log {name:?} exists"),
-                ))
+                    format!(
+                        "log {:?} exists with replication factor {}",
+                        existing.name, existing.replication_factor
+                    ),
+                ));
             }
-            Err(e) => self.catalog_failed(&e),
+        } else {
+            if rf != entry.replication_factor {
+                return Err(refuse(
+                    ErrorCode::TooLarge,
+                    1,
+                    "a single node stores one replica (replication factor 1)",
+                ));
+            }
+            match self.catalog.create(log_id, entry.clone()) {
+                Ok(created) => assert!(created, "checked that it does not exist"),
+                Err(e) => self.catalog_failed(&e),
+            }
+            self.replicas.create(log_id, &entry, store);
         }
-        self.replicas.create(log_id, &entry, store);
         let response = Response::CreateLog(CreateLogResponse {
             log_id,
             shard: owner,

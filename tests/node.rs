@@ -680,3 +680,58 @@ fn create_log_is_idempotent_and_0_asks_for_the_default() {
     drop(c);
     assert!(node.terminate().success());
 }
+
+/// PROTOCOL.md 6.4 (issue 16, P7): a SUBSCRIBE from above the tail is acknowledged at its
+/// `from_lsn`, and its first push starts there once that LSN commits: the LSNs between the
+/// tail and `from_lsn` are never pushed.
+#[test]
+fn a_subscription_from_above_the_tail_waits_for_its_first_lsn() {
+    use chainlog::net::SubscribeRequest;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 1);
+    let mut writer = node.connect(0);
+    let mut reader = node.connect(0);
+    let id = writer.create("ahead");
+    for lsn in 0..2 {
+        assert_eq!(
+            writer.append(&AppendHeader::new(id), &[&payload(id, lsn)]),
+            Ok(lsn)
+        );
+    }
+    // The tail is 2; ask for 5.
+    let mut out = Vec::new();
+    let subscribe = SubscribeRequest {
+        log_id: id,
+        from_lsn: 5,
+        credit_records: 100,
+    };
+    encode_request(&mut out, 7, &Request::Subscribe(subscribe));
+    reader.send(&out);
+    reader.receive(|rid, r| match r {
+        Response::Subscribe(s) => assert_eq!((rid, s.start_lsn), (7, 5)),
+        other => panic!("{other:?}"),
+    });
+    // LSNs 2..=6 commit one by one; pushes come in order, so had 2..=4 been pushed they
+    // would come first.
+    for lsn in 2..7 {
+        assert_eq!(
+            writer.append(&AppendHeader::new(id), &[&payload(id, lsn)]),
+            Ok(lsn)
+        );
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        reader.receive(|rid, r| match r {
+            Response::Push(p) => {
+                assert!(rid == 7 && !p.end);
+                for v in p.batch.records.iter() {
+                    seen.push((v.header.lsn, v.payload.to_vec()));
+                }
+            }
+            other => panic!("{other:?}"),
+        });
+    }
+    assert_eq!(seen, [(5, payload(id, 5)), (6, payload(id, 6))]);
+    drop((writer, reader));
+    assert!(node.terminate().success());
+}

@@ -48,6 +48,8 @@ impl Subscriptions {
 
     /// SUBSCRIBE (request `request_id`) to `log_id` from `from` (or the readable tail, for
     /// [`LSN_FROM_TAIL`]) with `credit` records: acknowledged in `out`, then pushed to at once.
+    /// A `from` above the readable tail waits for it (PROTOCOL.md 6.4: a replica may lag the
+    /// one the reader read from), and the LSNs below it are never pushed.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn subscribe<I: Io>(
         &mut self,

@@ -35,7 +35,8 @@ pub use message::{
     ListLogsResponse, LogEntries, LogEntriesIter, LogEntry, LogRef, MapVersionResponse, Opcode,
     PeerRequest, PullRequest, PullResponse, Push, ReadRequest, ReadResponse, RegisterNodeRequest,
     ReplicateHeader, ReplicateKind, ReplicateRequest, ReplicateResponse, Request, Response, Role,
-    SubscribeRequest, SubscribeResponse, TailResponse, TrimRequest, UnsubscribeRequest,
+    SealRequest, SealResponse, SubscribeRequest, SubscribeResponse, TailResponse, TrimRequest,
+    UnsubscribeRequest,
 };
 pub use records::{AppendBuilder, ReadBuilder, ReadKind, RecordForm, RecordIter, Records};
 

@@ -27,11 +27,14 @@ use chainlog_storage::{fatal, Ack, AppendOptions, Batch, Clock, Error, ReadRecor
 
 use super::catalog::{log_id_of, Catalog, LogEntry as CatalogEntry};
 use super::chain::Forward;
-use super::conn::{Barrier, Conn, Pending, Session, Subscription};
+use super::conn::{Barrier, Conn, Pending, Session, Subscription, Until};
 use super::metrics::ShardMetrics;
 use crate::controller::ClusterMap;
 use crate::replication::{Answer, Blocked, Forwarding, Receive, Replica, Upstream};
-use chainlog_net::{PullRequest, PullResponse, ReplicateKind, ReplicateRequest, ReplicateResponse};
+use chainlog_net::{
+    PullRequest, PullResponse, ReplicateKind, ReplicateRequest, ReplicateResponse, SealRequest,
+    SealResponse,
+};
 use chainlog_storage::{ReplicaState, StoredRun};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -403,6 +406,7 @@ impl Server {
                 self.replicate(session, store, request_id, &replicate, token)
             }
             Request::Pull(pull) => self.pull(session, store, request_id, &pull),
+            Request::Seal(seal) => self.seal(session, request_id, &seal),
             Request::Subscribe(sub) => self.subscribe(
                 session,
                 store,
@@ -537,6 +541,13 @@ impl Server {
                     head,
                     format!("node {head} is the head of log {log_id}"),
                 ));
+            }
+            Err(Blocked::Sealed { end }) => {
+                return Err(refuse(
+                    ErrorCode::Sealed,
+                    end,
+                    format!("log {log_id}: the epoch is sealed here at {end}; a new one follows"),
+                ))
             }
             Err(Blocked::Settling) => {
                 return Err(refuse(
@@ -812,7 +823,7 @@ impl Server {
             session.barriers.push(Barrier {
                 request_id,
                 log_id,
-                seq,
+                until: Until::Settled { seq },
             });
             self.answer_barriers(session, store);
             return Ok(());
@@ -832,38 +843,102 @@ impl Server {
         Ok(())
     }
 
-    /// Answers the connection's CHECK_TAILs whose barriers settled (with UNAVAILABLE, if the
-    /// connection is closing or the log is gone).
+    /// Answers the connection's CHECK_TAILs whose barriers settled and SEALs whose end is
+    /// durable here (with UNAVAILABLE, if the connection is closing or the log is gone).
     fn answer_barriers<I: Io>(&self, session: &mut Session, store: &Store<I>) {
         let mut i = 0;
         while i < session.barriers.len() {
             let b = &session.barriers[i];
-            let answer = match self.replicas.get(&b.log_id) {
-                Some(r) if r.barriers().1 >= b.seq => Ok(TailResponse {
-                    tail: r.committed(),
-                    trim_point: store.tail(b.log_id).map_or(0, |t| t.trim_point),
-                    epoch: r.epoch(),
-                }),
-                Some(_) if !session.closing => {
+            let trim_point = store.tail(b.log_id).map_or(0, |t| t.trim_point);
+            let answer = match (self.replicas.get(&b.log_id), b.until) {
+                (Some(r), Until::Settled { seq }) if r.barriers().1 >= seq => {
+                    Ok(Response::CheckTail(TailResponse {
+                        tail: r.committed(),
+                        trim_point,
+                        epoch: r.epoch(),
+                    }))
+                }
+                (Some(_), Until::Durable { epoch, end })
+                    if store.tail(b.log_id).map_or(0, |t| t.durable_lsn) >= end =>
+                {
+                    Ok(Response::Seal(SealResponse {
+                        log_id: b.log_id,
+                        epoch,
+                        end_lsn: end,
+                        trim_point,
+                    }))
+                }
+                (Some(_), _) if !session.closing => {
                     i += 1;
                     continue;
                 }
                 _ => Err(refuse(
                     ErrorCode::Unavailable,
                     ARG_NONE,
-                    "the barrier did not settle before the connection closed",
+                    "the log left this node, or the connection closed, before the answer",
                 )),
             };
             let b = session.barriers.swap_remove(i);
+            let opcode = match b.until {
+                Until::Settled { .. } => Opcode::CheckTail,
+                Until::Durable { .. } => Opcode::Seal,
+            };
             match answer {
-                Ok(tail) => encode_response(
-                    &mut session.out,
-                    b.request_id,
-                    Opcode::CheckTail,
-                    &Response::CheckTail(tail),
-                ),
-                Err(refusal) => answer_now(session, b.request_id, Opcode::CheckTail, &refusal),
+                Ok(response) => encode_response(&mut session.out, b.request_id, opcode, &response),
+                Err(refusal) => answer_now(session, b.request_id, opcode, &refusal),
             }
+        }
+    }
+
+    /// SEAL (controller or admin): seals the log's epoch here, durably and for good, and
+    /// answers with its end once every record below it is durable here. Sealing again is
+    /// answered with the same end; a SEAL of another epoch than the replica's current one is
+    /// WRONG_EPOCH (the log moved on, or this node has not heard of that epoch yet).
+    fn seal(
+        &mut self,
+        session: &mut Session,
+        request_id: u64,
+        seal: &SealRequest,
+    ) -> Result<(), Refusal> {
+        let log_id = seal.log_id;
+        let replica = self.replica(log_id)?;
+        let epoch = replica.epoch();
+        if seal.epoch != epoch {
+            return Err(refuse(
+                ErrorCode::WrongEpoch,
+                epoch,
+                format!("log {log_id} is in epoch {epoch} here, not {}", seal.epoch),
+            ));
+        }
+        let first = replica.sealed().is_none();
+        let end = self
+            .replicas
+            .get_mut(&log_id)
+            .expect("checked above")
+            .seal();
+        if first {
+            tracing::info!(log_id, epoch, end, "epoch sealed");
+            if let Err(e) = self.catalog.seal(log_id, epoch) {
+                fatal(&format!("shard {}: {e}", self.shard_index));
+            }
+        }
+        session.barriers.push(Barrier {
+            request_id,
+            log_id,
+            until: Until::Durable { epoch, end },
+        });
+        Ok(())
+    }
+
+    /// The SEALED refusal of traffic of `log_id`'s sealed epoch, if it is sealed here.
+    fn refuse_if_sealed(&self, log_id: u64) -> Result<(), Refusal> {
+        match self.replicas.get(&log_id).and_then(Replica::sealed) {
+            Some(end) => Err(refuse(
+                ErrorCode::Sealed,
+                end,
+                format!("log {log_id}: the epoch is sealed here at {end}"),
+            )),
+            None => Ok(()),
         }
     }
 
@@ -1061,11 +1136,17 @@ impl Server {
         let mut kept = HashSet::new();
         for log in mine {
             kept.insert(log.log_id);
+            // A seal of this very epoch here stands.
+            let sealed = self
+                .catalog
+                .get(log.log_id)
+                .is_some_and(|e| e.epoch == log.epoch && e.sealed);
             let entry = CatalogEntry {
                 name: log.name.clone(),
                 replication_factor: log.replication_factor,
                 epoch: log.epoch,
                 chain: log.chain.clone(),
+                sealed,
             };
             let current = self
                 .replicas
@@ -1190,6 +1271,7 @@ impl Server {
         let h = r.header;
         let log_id = h.log_id;
         self.check_predecessor(session, log_id, h.epoch)?;
+        self.refuse_if_sealed(log_id)?;
         let epoch = h.epoch;
         self.upstream.insert(log_id, token);
         self.touched.insert(log_id);
@@ -1309,6 +1391,7 @@ impl Server {
     ) -> Result<(), Refusal> {
         let log_id = pull.log_id;
         self.check_predecessor(session, log_id, pull.epoch)?;
+        self.refuse_if_sealed(log_id)?;
         let replica = &self.replicas[&log_id];
         let (epoch, next) = (replica.epoch(), replica.next_lsn());
         let max_records = pull.max_records.min(self.limits.batch_records_max) as usize;
@@ -1580,11 +1663,15 @@ fn replica_of<I: Io>(
     } else {
         entry.chain.clone()
     };
-    if recovered {
+    let mut replica = if recovered {
         Replica::recovered(log_id, node_id, entry.epoch, chain, next, trim)
     } else {
         Replica::new(log_id, node_id, entry.epoch, chain, next, trim)
+    };
+    if entry.sealed {
+        replica.seal();
     }
+    replica
 }
 
 /// The header a record read back was stored with (its CRC is the client's: end to end).

@@ -775,7 +775,10 @@ impl Client {
         let stale_map = match error {
             ClientError::Server(e) => matches!(
                 e.code,
-                ErrorCode::NotHead | ErrorCode::WrongEpoch | ErrorCode::UnknownLog
+                ErrorCode::NotHead
+                    | ErrorCode::WrongEpoch
+                    | ErrorCode::UnknownLog
+                    | ErrorCode::Sealed
             ),
             ClientError::Connect { .. }
             | ClientError::ConnectionLost { .. }
@@ -787,6 +790,13 @@ impl Client {
         }
         self.refresh_quietly(seen).await;
         let view = cluster.view();
+        if error.code() == Some(ErrorCode::Sealed) && view.map.version() <= seen {
+            // The epoch is sealed and the controller has not published the next one yet
+            // (it seals, then extends): wait for it rather than give up. The request did not
+            // take effect (an ERROR never does).
+            tokio::time::sleep(backoff).await;
+            return Next::Reroute;
+        }
         if view.map.version() <= seen || error.outcome_unknown() {
             // Nothing new to route by, or the request may have taken effect: the newer map
             // serves the next call.

@@ -8,9 +8,11 @@
 //! - [`server`]: the process: connections, requests, waiting creates, graceful stop.
 //! - [`client`]: a blocking client of it, for a node's control thread and for tools.
 //! - [`pages`]: reading the whole map from GET_MAP pages, for both clients.
+//! - [`reconfig`]: sealing a chain that lost a member and starting its next epoch.
 
 pub mod client;
 pub mod pages;
+pub mod reconfig;
 pub mod server;
 mod settings;
 pub mod state;

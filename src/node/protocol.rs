@@ -1316,10 +1316,13 @@ impl Server {
                             writer: (h.writer_id != WRITER_NONE && skip == 0)
                                 .then_some((h.writer_id, h.writer_seq)),
                         };
+                        // Records keep the epoch they were appended in (an earlier one for
+                        // a replica catching up in this one); one epoch per batch.
+                        let records_epoch = r.records.iter().next().map_or(epoch, |r| r.header.epoch);
                         store
                             .append_replica(
                                 log_id,
-                                epoch,
+                                records_epoch,
                                 from,
                                 bytes,
                                 count - skip as u32,

@@ -30,7 +30,7 @@ pub struct StoreMetrics {
     /// Appends answered with the LSNs of an earlier batch with the same idempotency key.
     pub duplicates: u64,
     /// Frame buffers pinned now (a gauge, not a count since open): they cannot be reused
-    /// until unpinned ([`Store::pin_last`](crate::Store::pin_last)).
+    /// until unpinned ([`Store::unpin`](crate::Store::unpin)).
     pub frames_pinned: u64,
 }
 

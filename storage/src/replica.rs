@@ -38,7 +38,8 @@ pub struct ReplicaState {
 
 /// Stored records pinned in their frame buffer: the buffer is not reused and the bytes are not
 /// written again until the pin is given back to [`Store::unpin`]. From
-/// [`Store::pin_last`]; read with [`Store::pinned`].
+/// [`Store::append_batch`] or [`Store::append_replica`] asked to pin; read with
+/// [`Store::pinned`].
 ///
 /// Safety contract of the bytes: the slice [`Store::pinned`] returns stays valid for reads,
 /// and its bytes unchanged, from the pin until [`Store::unpin`], even after the borrow ends and
@@ -80,8 +81,9 @@ impl<I: Io> Store<I> {
     /// payload, zero padding to 8 bytes), with LSNs `first_lsn ..`, and they are copied once
     /// into the building frame without re-stamping. `state` carries the head's fencing token
     /// and idempotency key, applied unconditionally. Returns the LSNs; they are durable once
-    /// [`poll`](Self::poll) reports an [`Ack`](crate::Ack) with `token`. Creates the log at
-    /// its first records.
+    /// [`poll`](Self::poll) reports an [`Ack`](crate::Ack) with `token`. With `pin`, the
+    /// records stored are pinned too (as for [`append_batch`](Self::append_batch)). Creates
+    /// the log at its first records.
     ///
     /// Refused, with nothing written: `first_lsn` other than the log's next LSN
     /// ([`Error::Gap`]), a record of another log, LSN or epoch ([`Error::Malformed`]), a bad
@@ -96,9 +98,9 @@ impl<I: Io> Store<I> {
         bytes: &[u8],
         count: u32,
         state: &ReplicaState,
+        pin: bool,
         token: u64,
-    ) -> Result<Range<u64>> {
-        self.last_stored = None;
+    ) -> Result<(Range<u64>, Option<Pin>)> {
         self.check_failed()?;
         if log_id == SYSTEM_LOG {
             return Err(Error::ReservedLog(log_id));
@@ -136,7 +138,7 @@ impl<I: Io> Store<I> {
             raise: state.fencing_token.filter(|&t| t > fence),
             writer: state.writer,
         };
-        self.store_admitted(admitted, |out, _now_wall| {
+        self.store_admitted(admitted, pin, |out, _now_wall| {
             out.copy_from_slice(bytes);
             let bad = Records::new(out, count).position(|r| {
                 let r = r.expect("measured before the copy");
@@ -146,33 +148,19 @@ impl<I: Io> Store<I> {
         })
     }
 
-    /// Pins the records stored by the last call, if it was an
-    /// [`append_batch`](Self::append_batch) or [`append_replica`](Self::append_replica) that
-    /// stored records (not a refusal, nor a retry answered with its original LSNs) and nothing
-    /// came between (no other append, trim or poll). The pin covers exactly those records,
-    /// stamped as stored: no frame header, padding or control record. The same records may be
-    /// pinned more than once; each pin is unpinned on its own.
-    pub fn pin_last(&mut self) -> Option<Pin> {
-        let stored = self.last_stored?;
-        let frame = self
-            .building
-            .as_ref()
-            .expect("the last append's records are in the building frame");
-        assert_eq!(
-            frame.slot, stored.slot,
-            "nothing moved since the last append"
-        );
-        let pins = &mut self.pins[stored.slot];
+    /// Pins `bytes` of the frame buffer `slot` (at `base`): the records an append just laid.
+    pub(crate) fn pin(&mut self, slot: usize, base: BufAddr, bytes: Range<usize>) -> Pin {
+        let pins = &mut self.pins[slot];
         *pins += 1;
         if *pins == 1 {
             self.metrics.frames_pinned += 1;
         }
-        Some(Pin {
+        Pin {
             store: self.id,
-            slot: stored.slot,
-            buf: frame.base,
-            bytes: stored.start..stored.start + stored.len,
-        })
+            slot,
+            buf: base,
+            bytes,
+        }
     }
 
     /// The pinned bytes: `count` records in the stored layout, as REPLICATE carries them. See

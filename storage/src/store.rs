@@ -28,7 +28,7 @@ use crate::lifecycle::Spare;
 use crate::log::LogState;
 use crate::metrics::StoreMetrics;
 use crate::recovery::{recover, RecoveryReport};
-use crate::replica::next_store_id;
+use crate::replica::{next_store_id, Pin};
 use crate::segment::{Segment, Window};
 use crate::writers::{Lookup, WriterBatch, Writers};
 
@@ -315,15 +315,6 @@ impl Frame {
     }
 }
 
-/// Where the records of the last append went (what [`Store::pin_last`] pins).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Stored {
-    pub(crate) slot: usize,
-    /// Offset of the first record in the frame buffer.
-    pub(crate) start: usize,
-    pub(crate) len: usize,
-}
-
 /// A batch that passed the checks of its kind of append, about to be stored
 /// ([`Store::store_admitted`]).
 #[derive(Clone, Copy, Debug)]
@@ -471,8 +462,6 @@ pub struct Store<I: Io> {
     pub(crate) tail_cache: VecDeque<Frame>,
     /// Pins of each frame buffer (by [`Frame::slot`]): a pinned buffer is never reused.
     pub(crate) pins: Vec<u32>,
-    /// The records of the last append, while nothing else happened since.
-    pub(crate) last_stored: Option<Stored>,
     pub(crate) next_seq: u64,
     pub(crate) last_crc: u32,
     pub(crate) durable_seq: u64,
@@ -543,7 +532,6 @@ impl<I: Io> Store<I> {
             in_flight: VecDeque::new(),
             tail_cache: VecDeque::new(),
             pins: vec![0; config.write_buffers],
-            last_stored: None,
             next_seq: recovered.next_seq,
             last_crc: recovered.last_crc,
             durable_seq: recovered.next_seq - 1,
@@ -589,21 +577,27 @@ impl<I: Io> Store<I> {
         token: u64,
     ) -> Result<Range<u64>> {
         let options = AppendOptions::default();
-        self.append_batch(log_id, epoch, &options, Batch::Records(records), token)
+        let batch = Batch::Records(records);
+        let (lsns, _) = self.append_batch(log_id, epoch, &options, batch, false, token)?;
+        Ok(lsns)
     }
 
     /// Appends a batch in either form under `options` (condition, fencing token, idempotency
     /// key). As [`append`](Self::append); a batch whose idempotency key was appended before
     /// returns that batch's LSNs, and its ack (with `token`) comes once they are durable.
+    ///
+    /// With `pin`, the records stored are also pinned in their frame buffer (a [`Pin`], for
+    /// forwarding them to a successor from the buffer that goes to disk, ARCHITECTURE.md 9b);
+    /// a retry answered with its original LSNs stores nothing and gets no pin.
     pub fn append_batch(
         &mut self,
         log_id: u64,
         epoch: u64,
         options: &AppendOptions,
         batch: Batch<'_>,
+        pin: bool,
         token: u64,
-    ) -> Result<Range<u64>> {
-        self.last_stored = None;
+    ) -> Result<(Range<u64>, Option<Pin>)> {
         self.check_failed()?;
         if log_id == SYSTEM_LOG {
             return Err(Error::ReservedLog(log_id));
@@ -617,7 +611,9 @@ impl<I: Io> Store<I> {
         if let Some((writer_id, seq)) = options.writer {
             match self.writers.lookup(log_id, writer_id, seq) {
                 Lookup::New => {}
-                Lookup::Duplicate(original) => return Ok(self.echo(token, log_id, original)),
+                Lookup::Duplicate(original) => {
+                    return Ok((self.echo(token, log_id, original), None))
+                }
                 Lookup::OutOfOrder { last } => return Err(Error::WriterSeq { seq, last }),
             }
         }
@@ -646,7 +642,7 @@ impl<I: Io> Store<I> {
             writer: options.writer,
         };
         // Headers are stamped in place on the copy.
-        self.store_admitted(admitted, |out, now_wall| {
+        self.store_admitted(admitted, pin, |out, now_wall| {
             batch.lay_out(out, log_id, next_lsn, epoch, now_wall)
         })
     }
@@ -657,12 +653,13 @@ impl<I: Io> Store<I> {
     /// they are durable together), copies the records in once with `lay_out(out, now_wall)`,
     /// which verifies each record's checksum on the copy (`Err(index)` for the first that
     /// fails: nothing is kept), then does the log's bookkeeping and lays the control records
-    /// of a fencing-token raise and an idempotency key.
+    /// of a fencing-token raise and an idempotency key. With `pin`, pins the records.
     pub(crate) fn store_admitted(
         &mut self,
         batch: Admitted,
+        pin: bool,
         lay_out: impl FnOnce(&mut [u8], u64) -> Result<(), usize>,
-    ) -> Result<Range<u64>> {
+    ) -> Result<(Range<u64>, Option<Pin>)> {
         let Admitted {
             token,
             log_id,
@@ -708,11 +705,8 @@ impl<I: Io> Store<I> {
             first_lsn,
             count,
         });
-        self.last_stored = Some(Stored {
-            slot: frame.slot,
-            start,
-            len: bytes,
-        });
+        let (slot, base) = (frame.slot, frame.base);
+        let pin = pin.then(|| self.pin(slot, base, start..start + bytes));
         let log = self.logs.entry(log_id).or_default();
         assert_eq!(log.next_lsn, first_lsn, "log {log_id}: LSNs are dense");
         log.next_lsn = first_lsn + u64::from(count);
@@ -751,7 +745,7 @@ impl<I: Io> Store<I> {
                 fence: None,
             });
         }
-        Ok(first_lsn..first_lsn + u64::from(count))
+        Ok((first_lsn..first_lsn + u64::from(count), pin))
     }
 
     /// Answers a retried batch with its original LSNs: the ack goes with the newest frame
@@ -785,7 +779,6 @@ impl<I: Io> Store<I> {
     /// trim is durable when an [`Ack`] with `token` is reported, and segments whose records
     /// are all trimmed are deleted after that.
     pub fn trim(&mut self, log_id: u64, before: u64, token: u64) -> Result<()> {
-        self.last_stored = None;
         self.check_failed()?;
         if log_id == SYSTEM_LOG {
             return Err(Error::ReservedLog(log_id));
@@ -850,8 +843,6 @@ impl<I: Io> Store<I> {
     /// `acks`. An `Err(Error::Fatal)` means a write or flush failed: no ack comes with it or
     /// ever after (every ack delivered before it was durable).
     pub fn poll(&mut self, wait: bool, acks: &mut Vec<Ack>) -> Result<()> {
-        // Frames move from here on: the last append's records may leave the building frame.
-        self.last_stored = None;
         if self.failed.is_none() {
             self.pump();
             let mut completions = std::mem::take(&mut self.stash);

@@ -378,9 +378,13 @@ fn append<I: Io>(
     let lsns = loop {
         let appended = if replica {
             let count = count as u32;
-            store.append_replica(log, epoch, first_lsn, &stamped, count, &state, token)
+            store
+                .append_replica(log, epoch, first_lsn, &stamped, count, &state, false, token)
+                .map(|(lsns, _)| lsns)
         } else {
-            store.append_batch(log, epoch, &options, Batch::Records(&records), token)
+            store
+                .append_batch(log, epoch, &options, Batch::Records(&records), false, token)
+                .map(|(lsns, _)| lsns)
         };
         match appended {
             Ok(lsns) => break lsns,
@@ -436,13 +440,16 @@ fn retry<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng) -> St
         ..AppendOptions::default()
     };
     let token = model.next_token;
-    let got = store.append_batch(
-        log,
-        1,
-        &options,
-        Batch::Records(&[Record::new(&payload)]),
-        token,
-    )?;
+    let got = store
+        .append_batch(
+            log,
+            1,
+            &options,
+            Batch::Records(&[Record::new(&payload)]),
+            false,
+            token,
+        )
+        .map(|(lsns, _)| lsns)?;
     assert_eq!(got, lsns, "log {log}: retry of batch {seq}");
     assert_eq!(
         store.tail(log),
@@ -802,8 +809,10 @@ fn check_retries<I: Io>(store: &mut Store<I>, model: &Model) -> u64 {
                     1,
                     &options,
                     Batch::Records(&[Record::new(b"again")]),
+                    false,
                     token,
                 )
+                .map(|(lsns, _)| lsns)
                 .unwrap_or_else(|e| panic!("log {log}: retry of batch {seq} after recovery: {e}"));
             assert_eq!(got, lsns, "log {log}: retry of batch {seq} after recovery");
             expected.push(Ack {

@@ -37,6 +37,8 @@ pub(crate) enum Op {
     DirSync = 4,
     /// The clean-stop record's write and its directory sync (`Store::close` waits for them).
     CleanStop = 5,
+    /// A read of a segment for a read request; the low bits are the request's slot.
+    Read = 6,
 }
 
 const OP_SHIFT: u32 = 56;
@@ -53,6 +55,7 @@ fn untoken(token: u64) -> (Option<Op>, u64) {
         3 => Some(Op::SpareHeader),
         4 => Some(Op::DirSync),
         5 => Some(Op::CleanStop),
+        6 => Some(Op::Read),
         _ => None,
     };
     (op, token & ((1 << OP_SHIFT) - 1))
@@ -253,6 +256,7 @@ impl<I: Io> Store<I> {
         let (op, value) = untoken(token);
         match op {
             Some(Op::Frame) => self.frame_written(value, buf, result),
+            Some(Op::Read) => self.read_completed(value as usize, buf, result),
             // Nothing that completes after a failure may advance anything.
             Some(_) if self.failed.is_some() => {}
             Some(op @ (Op::ZeroFill | Op::SpareHeader | Op::DirSync)) => {
@@ -295,11 +299,6 @@ impl<I: Io> Store<I> {
 
     /// Acknowledges every frame at the head of the in-flight queue that is durable.
     fn advance_frontier(&mut self) {
-        // Frames that just became durable may be in blocks the read window cached before
-        // they were written: reads must not see those stale bytes.
-        if self.in_flight.front().is_some_and(|f| f.done) {
-            self.read_window.invalidate();
-        }
         while self.in_flight.front().is_some_and(|f| f.done) {
             let frame = self.in_flight.pop_front().expect("checked");
             debug_assert_eq!(

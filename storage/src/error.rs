@@ -109,8 +109,9 @@ pub enum Error {
         /// The log's next LSN.
         tail: u64,
     },
-    /// Every write buffer is in use: retry after the next completion.
-    #[error("overloaded: all write buffers are in use")]
+    /// Every write buffer is in use, or every slot for a read waiting for the disk: retry
+    /// after the next completion.
+    #[error("overloaded: all write buffers or read slots are in use")]
     Overloaded,
     /// The shard has as many logs as it can hold.
     #[error("too many logs in this shard (limit {max})")]

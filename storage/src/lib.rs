@@ -24,6 +24,7 @@ mod lifecycle;
 pub use lifecycle::{ZERO_CHUNK_BYTES, ZERO_CHUNK_BYTES_MAX};
 mod log;
 pub mod metrics;
+mod reads;
 pub mod recovery;
 mod replica;
 mod segment;
@@ -40,6 +41,9 @@ pub use io::{
     Durability, FaultConfig, FaultPlan, FaultyIo, Io, SimDisk, SimIo, UringIo, EXTERNAL_TOKEN,
 };
 pub use metrics::StoreMetrics;
+pub use reads::{
+    ReadDone, ReadKind, ReadOutput, ReadRequest, READS_IN_FLIGHT_MAX, READ_WINDOW_BYTES,
+};
 pub use recovery::RecoveryReport;
 pub use replica::{Pin, ReplicaState, StoredRun};
 pub use store::{Ack, AppendOptions, Batch, LogTail, ReadRecord, Record, Store};

@@ -71,8 +71,13 @@ impl LogState {
 
     /// The entry to start reading `lsn` from: the last one at or before it.
     pub(crate) fn entry_for(&self, lsn: u64) -> Option<usize> {
-        let after = self.index.partition_point(|e| e.first_lsn <= lsn);
-        after.checked_sub(1)
+        self.entry_after(lsn).checked_sub(1)
+    }
+
+    /// The index of the first entry after `lsn` (`index.len()` if none): a read of `lsn`
+    /// stops walking at its first LSN.
+    pub(crate) fn entry_after(&self, lsn: u64) -> usize {
+        self.index.partition_point(|e| e.first_lsn <= lsn)
     }
 
     /// Drops the entries of a deleted segment.
@@ -103,6 +108,7 @@ mod tests {
         assert_eq!(log.entry_for(7), Some(0));
         assert_eq!(log.entry_for(9), Some(1));
         assert_eq!(log.entry_for(100), Some(2));
+        assert_eq!(log.entry_after(9), 2);
         log.forget_segment(1);
         assert_eq!(log.entry_for(7), None);
     }

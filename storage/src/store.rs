@@ -4,8 +4,8 @@
 //!
 //! A `Store` is single-threaded and poll-driven, like the shard that owns it: `append` and
 //! `trim` only lay records into the current write buffer and return at once; `poll` submits
-//! frames, reaps completions and hands out [`Ack`]s for what became durable. Replica appends,
-//! pins and reads of stored records are in [`crate::replica`].
+//! frames, reaps completions and hands out [`Ack`]s for what became durable. Replica appends
+//! and pins are in [`crate::replica`], reads in [`crate::reads`].
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
@@ -27,9 +27,10 @@ use crate::io::{Completion, Durability, FileId, Io};
 use crate::lifecycle::Spare;
 use crate::log::LogState;
 use crate::metrics::StoreMetrics;
+use crate::reads::Reads;
 use crate::recovery::{recover, RecoveryReport};
 use crate::replica::{next_store_id, Pin};
-use crate::segment::{Segment, Window};
+use crate::segment::Segment;
 use crate::writers::{Lookup, WriterBatch, Writers};
 
 /// The conditions of an append (all optional): where the batch must start, the writer's
@@ -331,103 +332,6 @@ pub(crate) struct Admitted {
     pub(crate) writer: Option<(u64, u64)>,
 }
 
-/// The records a read gathers, within its limits, and (for [`Store::read_stored_runs`]) the
-/// idempotency keys and fencing-token raises stored with their batches.
-#[derive(Debug)]
-pub(crate) struct Gather {
-    pub(crate) out: Vec<ReadRecord>,
-    bytes: usize,
-    max_records: usize,
-    max_bytes: usize,
-    /// `Some` when the batches' state is asked for: one mark per batch end.
-    pub(crate) marks: Option<Vec<BatchMark>>,
-    /// The LSN after the last record of the log the walk went past (gathered or not): a
-    /// fencing-token raise belongs to the batch that ends there.
-    seen_end: u64,
-}
-
-/// What was stored with a batch of a log: its idempotency key, a fencing-token raise.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct BatchMark {
-    /// The LSN after the batch's last record.
-    pub(crate) end: u64,
-    /// The batch's key and its first LSN.
-    pub(crate) writer: Option<(u64, u64, u64)>,
-    /// The log's token after the batch, if the batch raised it.
-    pub(crate) fence: Option<u64>,
-}
-
-impl Gather {
-    pub(crate) fn new(max_records: usize, max_bytes: usize) -> Gather {
-        Gather {
-            out: Vec::new(),
-            bytes: 0,
-            max_records,
-            max_bytes,
-            marks: None,
-            seen_end: 0,
-        }
-    }
-
-    /// Whether a record with `len` bytes of payload still fits (the first one always does,
-    /// whatever its size, unless no record may be returned at all).
-    pub(crate) fn fits(&self, len: usize) -> bool {
-        self.out.len() < self.max_records
-            && (self.out.is_empty() || self.bytes + len <= self.max_bytes)
-    }
-
-    pub(crate) fn push(&mut self, header: &RecordHeader, payload: Vec<u8>) {
-        self.bytes += payload.len();
-        self.out.push(ReadRecord {
-            lsn: header.lsn,
-            epoch: header.epoch,
-            timestamp_us: header.timestamp_us,
-            crc: header.crc,
-            payload,
-        });
-    }
-
-    /// The walk went past a record of the log.
-    pub(crate) fn saw(&mut self, lsn: u64) {
-        self.seen_end = lsn + 1;
-    }
-
-    /// The walk met a record of the system log: if marks are asked for and it is a key or
-    /// a raise of `log_id`'s batch ending after `from`, remember it with its batch.
-    pub(crate) fn control(&mut self, log_id: u64, from: u64, payload: &[u8]) {
-        let Some(marks) = self.marks.as_mut() else {
-            return;
-        };
-        if payload.len() != STATE_RECORD_BYTES {
-            return;
-        }
-        let state: StateRecord = bytemuck::pod_read_unaligned(payload);
-        if state.log_id != log_id {
-            return;
-        }
-        let (end, writer, fence) = match state.kind {
-            CONTROL_WRITER => (
-                state.value + u64::from(state.count),
-                Some((state.writer_id, state.writer_seq, state.value)),
-                None,
-            ),
-            CONTROL_FENCE => (self.seen_end, None, Some(state.value)),
-            _ => return,
-        };
-        if end <= from {
-            return;
-        }
-        match marks.last_mut() {
-            // A batch's raise and key follow its records, one after the other.
-            Some(last) if last.end == end => {
-                last.writer = last.writer.or(writer);
-                last.fence = last.fence.or(fence);
-            }
-            _ => marks.push(BatchMark { end, writer, fence }),
-        }
-    }
-}
-
 /// One shard's storage engine.
 #[derive(Debug)]
 pub struct Store<I: Io> {
@@ -477,7 +381,8 @@ pub struct Store<I: Io> {
     pub(crate) external: Vec<Completion>,
     pub(crate) failed: Option<String>,
     pub(crate) metrics: StoreMetrics,
-    pub(crate) read_window: Window,
+    /// Reads waiting for the disk, and their results ([`crate::reads`]).
+    pub(crate) reads: Reads,
 }
 
 impl<I: Io> Store<I> {
@@ -509,7 +414,6 @@ impl<I: Io> Store<I> {
             },
         };
         tracing::info!(dir = %dir.display(), report = ?recovered.report, "store recovered");
-        let read_window = Window::new(config.batch_bytes_max.max(256 << 10));
         let dir_file = io.open_dir(dir).map_err(|e| Error::io(dir, e))?;
         let mut store = Store {
             io,
@@ -544,7 +448,7 @@ impl<I: Io> Store<I> {
             external: Vec::new(),
             failed: None,
             metrics: StoreMetrics::new(),
-            read_window,
+            reads: Reads::new(),
             config,
         };
         if store.segments.is_empty() {
@@ -943,113 +847,6 @@ impl<I: Io> Store<I> {
         Ok(())
     }
 
-    /// Up to `max_records` durable records of `log_id` from `from` on, stopping before
-    /// `max_bytes` of payload is exceeded (at least one record is returned if any exists).
-    pub fn read(
-        &mut self,
-        log_id: u64,
-        from: u64,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<ReadRecord>> {
-        let mut gather = Gather::new(max_records, max_bytes);
-        self.read_durable(log_id, from, &mut gather)?;
-        self.process_stash();
-        Ok(gather.out)
-    }
-
-    /// Gathers durable records of `log_id` from `from` on (from the tail cache or the disk)
-    /// and returns the LSN after the last one gathered (`from` if none). Completions that
-    /// arrive meanwhile are stashed, not handled, so no frame moves and no LSN becomes
-    /// durable during the call.
-    pub(crate) fn read_durable(
-        &mut self,
-        log_id: u64,
-        from: u64,
-        gather: &mut Gather,
-    ) -> Result<u64> {
-        self.check_failed()?;
-        let log = self.logs.get(&log_id).ok_or(Error::UnknownLog(log_id))?;
-        if from < log.trim_point {
-            return Err(Error::Trimmed {
-                trim_point: log.trim_point,
-            });
-        }
-        let end = log.durable_lsn;
-        if from >= end || !gather.fits(0) {
-            return Ok(from);
-        }
-        let Some(mut entry) = log.entry_for(from) else {
-            return Err(Error::Trimmed {
-                trim_point: log.trim_point,
-            });
-        };
-        let mut next = from;
-        let mut segment_id = log.index[entry].segment_id;
-        let mut offset = log.index[entry].offset;
-        while next < end {
-            let (records, disk_bytes) = self.frame_records(segment_id, offset)?;
-            // Once full, the rest of the frame is still looked at for the key and the raise
-            // of the batch the read stopped in (they follow its records in the frame).
-            let mut full = false;
-            for r in records {
-                if r.0.log_id == SYSTEM_LOG {
-                    gather.control(log_id, from, &r.1);
-                    continue;
-                }
-                if full || r.0.log_id != log_id || r.0.lsn < next {
-                    if r.0.log_id == log_id {
-                        gather.saw(r.0.lsn);
-                    }
-                    continue;
-                }
-                if r.0.lsn != next {
-                    let path = self.segment_path(segment_id);
-                    return Err(Error::corrupt(
-                        path,
-                        offset,
-                        format!("log {log_id}: expected record {next}, found {}", r.0.lsn),
-                    ));
-                }
-                if !gather.fits(r.1.len()) || next >= end {
-                    full = true;
-                    continue;
-                }
-                if payload_crc(&r.1) != r.0.crc {
-                    let path = self.segment_path(segment_id);
-                    return Err(Error::corrupt(
-                        path,
-                        offset,
-                        format!("log {log_id} record {next} fails its checksum"),
-                    ));
-                }
-                gather.saw(r.0.lsn);
-                gather.push(&r.0, r.1);
-                next += 1;
-            }
-            if full {
-                break;
-            }
-            offset += disk_bytes;
-            let segment_end = self
-                .segments
-                .iter()
-                .find(|s| s.id == segment_id)
-                .map_or(0, |s| s.end_offset);
-            if offset >= segment_end {
-                // The rest of this log is in later segments: jump to its first entry there.
-                let log = &self.logs[&log_id];
-                while entry < log.index.len() && log.index[entry].segment_id <= segment_id {
-                    entry += 1;
-                }
-                let Some(e) = log.index.get(entry) else { break };
-                segment_id = e.segment_id;
-                offset = e.offset;
-            }
-        }
-        Ok(next)
-    }
-
     /// The positions of `log_id`, if the store has it.
     pub fn tail(&self, log_id: u64) -> Option<LogTail> {
         self.logs.get(&log_id).map(|l| LogTail {
@@ -1109,66 +906,13 @@ impl<I: Io> Store<I> {
         self.acks.clear();
         if self.failed.is_none() {
             tracing::error!(%reason, "storage failure; the store stops acknowledging");
-            self.failed = Some(reason);
+            self.failed = Some(reason.clone());
+            self.reads.fail(&reason);
         }
     }
 
-    fn segment_path(&self, segment_id: u64) -> PathBuf {
+    pub(crate) fn segment_path(&self, segment_id: u64) -> PathBuf {
         self.dir.join(crate::segment::segment_name(segment_id))
-    }
-
-    /// The records of the frame at (`segment_id`, `offset`), from the tail cache or the disk,
-    /// and the bytes the frame takes on disk.
-    #[allow(clippy::type_complexity)]
-    fn frame_records(
-        &mut self,
-        segment_id: u64,
-        offset: u64,
-    ) -> Result<(Vec<(RecordHeader, Vec<u8>)>, u64)> {
-        let collect = |records: Records<'_>| -> Option<Vec<(RecordHeader, Vec<u8>)>> {
-            records
-                .map(|r| r.ok().map(|r| (r.header, r.payload.to_vec())))
-                .collect()
-        };
-        if let Some(frame) = self
-            .tail_cache
-            .iter()
-            .find(|f| f.segment_id == segment_id && f.offset == offset)
-        {
-            let records = collect(frame.contents()).expect("a cached frame is well formed");
-            return Ok((records, frame.bytes().len() as u64));
-        }
-        let path = self.segment_path(segment_id);
-        let segment = self
-            .segments
-            .iter()
-            .find(|s| s.id == segment_id)
-            .ok_or(Error::Trimmed { trim_point: 0 })?;
-        let (file, file_bytes) = (segment.file, segment.bytes);
-        let found = self
-            .read_window
-            .frame_at(
-                &mut self.io,
-                &mut self.stash,
-                file,
-                file_bytes,
-                segment_id,
-                offset,
-            )
-            .map_err(|e| Error::io(&path, e))?;
-        match found {
-            Ok(frame) if frame.header.kind == FrameKind::Data as u16 => {
-                let records = collect(Records::new(frame.body, frame.header.count))
-                    .ok_or_else(|| Error::corrupt(&path, offset, "records overrun their frame"))?;
-                Ok((records, frame.disk_bytes))
-            }
-            Ok(frame) => Ok((Vec::new(), frame.disk_bytes)),
-            Err(fault) => Err(Error::corrupt(
-                &path,
-                offset,
-                format!("a committed frame is unreadable: {fault:?}"),
-            )),
-        }
     }
 
     pub(crate) fn process_stash(&mut self) {

@@ -8,17 +8,15 @@
 //! and from disk alike.
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use chainlog_storage::format::{record_bytes, RecordHeader, Records, SYSTEM_LOG};
 use chainlog_storage::{
-    AppendOptions, Batch, Clock, DurabilityMode, Error, FaultPlan, FaultyIo, Io, Pin, ReadRecord,
-    Record, ReplicaState, Store, StoreConfig, StoredRun, SystemClock, UringIo,
+    AppendOptions, Batch, DurabilityMode, Error, FaultPlan, FaultyIo, Io, Pin, ReadRecord, Record,
+    ReplicaState, Store, StoreConfig, StoredRun,
 };
 
 mod common;
-use common::{assert_res, real_dir, stamped, writes_at_open, Sim};
+use common::{assert_res, on_both_backends, stamped, writes_at_open, Backend, Real, Sim};
 
 const LOG: u64 = 7;
 const RECORD_BYTES_MAX: usize = 16 << 10;
@@ -42,74 +40,14 @@ fn config() -> StoreConfig {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Backends
-// ---------------------------------------------------------------------------------------------
-
-/// Where stores live: shard directories reopened on the same files.
-trait Backend {
-    type Io: Io;
-    fn io(&mut self) -> Self::Io;
-    fn dir(&self, name: &str) -> PathBuf;
-    fn clock(&self) -> Arc<dyn Clock>;
-
+/// Opens the store `name` of a backend with this suite's configuration.
+trait Open: Backend {
     fn open(&mut self, name: &str) -> Store<Self::Io> {
-        let io = self.io();
-        Store::open(io, &self.dir(name), config(), self.clock()).expect("open")
+        self.open_with(name, config())
     }
 }
 
-impl Backend for Sim {
-    type Io = chainlog_storage::SimIo;
-    fn io(&mut self) -> Self::Io {
-        // Latency, so that a `poll(false)` leaves the frames it submits in flight.
-        self.next_io(500)
-    }
-    fn dir(&self, name: &str) -> PathBuf {
-        Path::new("/sim").join(name)
-    }
-    fn clock(&self) -> Arc<dyn Clock> {
-        self.sim_clock()
-    }
-}
-
-/// Directories on the real file system.
-struct Real {
-    tmp: tempfile::TempDir,
-}
-
-impl Real {
-    fn new() -> Real {
-        Real {
-            tmp: real_dir("replica-"),
-        }
-    }
-}
-
-impl Backend for Real {
-    type Io = UringIo;
-    fn io(&mut self) -> UringIo {
-        UringIo::new(64).expect("io_uring is available")
-    }
-    fn dir(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
-    }
-    fn clock(&self) -> Arc<dyn Clock> {
-        Arc::new(SystemClock::new())
-    }
-}
-
-/// Each scenario as one test per backend.
-macro_rules! on_both_backends {
-    ($($name:ident,)*) => {
-        mod sim {
-            $(#[test] fn $name() { super::$name(&mut super::Sim::new()); })*
-        }
-        mod uring {
-            $(#[test] fn $name() { super::$name(&mut super::Real::new()); })*
-        }
-    };
-}
+impl<B: Backend> Open for B {}
 
 on_both_backends!(
     a_replica_stores_the_heads_records_as_they_are,

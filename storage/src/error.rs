@@ -109,6 +109,14 @@ pub enum Error {
         /// The log's next LSN.
         tail: u64,
     },
+    /// A truncation beyond the end of the log.
+    #[error("cannot truncate from {from}: the log's tail is {tail}")]
+    TruncateBeyondTail {
+        /// The requested LSN.
+        from: u64,
+        /// The log's next LSN.
+        tail: u64,
+    },
     /// Every write buffer is in use, or every slot for a read waiting for the disk: retry
     /// after the next completion.
     #[error("overloaded: all write buffers or read slots are in use")]
@@ -153,6 +161,7 @@ impl Error {
             Error::UnknownLog(_) => "unknown_log",
             Error::Trimmed { .. } => "trimmed",
             Error::TrimBeyondTail { .. } => "trim_beyond_tail",
+            Error::TruncateBeyondTail { .. } => "truncate_beyond_tail",
             Error::Overloaded => "overloaded",
             Error::TooManyLogs { .. } => "too_many_logs",
             Error::Fatal(_) => "fatal",

@@ -16,6 +16,7 @@ pub mod calibrate;
 pub mod clock;
 mod commit;
 pub mod config;
+mod cut;
 pub mod error;
 pub mod fatal;
 pub mod format;

@@ -12,8 +12,9 @@
 //!
 //! A read is a state machine over the store's *current* state: each step re-reads the log's
 //! positions and index, so what it returns is what the log holds when it completes. A trim
-//! past its first LSN fails it with [`Error::Trimmed`]; a failure of the store fails it
-//! ([`Error::Fatal`]). A window holds only frames whose writes
+//! past its first LSN fails it with [`Error::Trimmed`]; a truncation or reset drops what it
+//! gathered of the records it discards (the read then goes on in the new history); a
+//! failure of the store fails it ([`Error::Fatal`]). A window holds only frames whose writes
 //! had completed when it was read, and a segment is not deleted while a read of it is in
 //! flight. At most [`READS_IN_FLIGHT_MAX`] reads wait for the disk; beyond, a read that needs
 //! the disk is refused with [`Error::Overloaded`].
@@ -157,8 +158,8 @@ impl Gather {
     }
 
     /// The walk met a record of the system log: if marks are asked for and it is a key or
-    /// a raise of `log_id`'s batch ending after `from` and at most at `bound` (where the walk
-    /// leaves this part of the log's history), remember it with its batch.
+    /// a raise of `log_id`'s batch ending after `from` and at most at `bound` (past it, the
+    /// batch's records were discarded by a truncation), remember it with its batch.
     fn control(&mut self, log_id: u64, from: u64, bound: u64, payload: &[u8]) {
         let Some(marks) = self.marks.as_mut() else {
             return;
@@ -191,14 +192,28 @@ impl Gather {
             _ => marks.push(BatchMark { end, writer, fence }),
         }
     }
+
+    /// Drops what was gathered at and above `lsn` (a truncation discarded it).
+    fn cut(&mut self, lsn: u64) {
+        let keep = self.out.partition_point(|r| r.lsn < lsn);
+        self.bytes -= self.out[keep..]
+            .iter()
+            .map(|r| r.payload.len())
+            .sum::<usize>();
+        self.out.truncate(keep);
+        if let Some(marks) = self.marks.as_mut() {
+            marks.retain(|m| m.end <= lsn);
+        }
+        self.seen_end = self.seen_end.min(lsn);
+    }
 }
 
 /// Takes `log_id`'s records from `*next` on out of one frame's `records`, while below `bound`
-/// (the log's records from there are where the index's next entry points), and hands the
-/// system log's to
-/// [`Gather::control`]. Returns whether the gather is full (the rest of the frame is still
-/// looked at for the key and the raise of the batch the read stopped in: they follow its
-/// records), or why the frame breaks the log's order or a payload its checksum.
+/// (records of the log at or past it, if any, were discarded by a truncation: the live ones
+/// are where the index's next entry points), and hands the system log's to [`Gather::control`].
+/// Returns whether the gather is full (the rest of the frame is still looked at for the key
+/// and the raise of the batch the read stopped in: they follow its records), or why the frame
+/// breaks the log's order or a payload its checksum.
 fn walk_frame(
     gather: &mut Gather,
     log_id: u64,
@@ -320,6 +335,17 @@ impl Reader {
         }
     }
 
+    /// The log was truncated from `lsn`: what was gathered from there goes, and the walk goes
+    /// on from there in the new history.
+    fn cut(&mut self, lsn: u64) {
+        self.gather.cut(lsn);
+        let next = self.next.min(lsn).max(self.request.from);
+        if next != self.next {
+            self.next = next;
+            self.at = None;
+        }
+    }
+
     fn output(&mut self) -> ReadOutput {
         let out = std::mem::take(&mut self.gather.out);
         match self.gather.marks.take() {
@@ -376,6 +402,26 @@ impl Reads {
             .any(|r| r.reading.is_some_and(|(s, _, _)| s == segment_id))
     }
 
+    /// `log_id` was truncated from `lsn`: reads of it drop what they gathered from there.
+    pub(crate) fn cut(&mut self, log_id: u64, lsn: u64) {
+        for reader in self.slots.iter_mut().flatten() {
+            if reader.request.log_id == log_id {
+                reader.cut(lsn);
+            }
+        }
+    }
+
+    /// `log_id` was reset: reads of it drop everything they gathered and start again.
+    pub(crate) fn reset(&mut self, log_id: u64) {
+        for reader in self.slots.iter_mut().flatten() {
+            if reader.request.log_id == log_id {
+                reader.cut(0);
+                reader.next = reader.request.from;
+                reader.at = None;
+            }
+        }
+    }
+
     /// The store failed: every read waiting fails with it (its disk read may never complete).
     pub(crate) fn fail(&mut self, reason: &str) {
         for reader in self.slots.iter_mut().flatten() {
@@ -426,7 +472,7 @@ impl<I: Io> Store<I> {
     /// completes). The shard never blocks on it.
     ///
     /// The output is what the log holds when the read completes: see the module docs for
-    /// trims and failures meanwhile. Errors at once: those of
+    /// trims, truncations, resets and failures meanwhile. Errors at once: those of
     /// [`read`](Self::read), and [`Error::Overloaded`] when the read needs the disk and
     /// [`READS_IN_FLIGHT_MAX`] reads are waiting already (retry after a poll).
     pub fn read_async(&mut self, request: ReadRequest, token: u64) -> Result<Option<ReadOutput>> {
@@ -679,7 +725,8 @@ impl<I: Io> Store<I> {
                     None => return Step::Done(Err(trimmed)),
                 },
             };
-            // Where the log's records go on in a frame the index names: the walk jumps there.
+            // Where the log's history goes on in another frame (after a truncation, the
+            // records at and past it in this one were discarded).
             let bound = log
                 .index
                 .get(log.entry_after(r.next))
@@ -757,7 +804,7 @@ impl<I: Io> Store<I> {
                 return Step::Done(Ok(r.output()));
             }
             if r.next >= bound {
-                // The log goes on at the index's next entry (or the read is at its end).
+                // The history goes on at the index's next entry (or the read is at its end).
                 r.at = None;
                 continue;
             }
@@ -790,7 +837,8 @@ impl<I: Io> Store<I> {
         let ReadRequest { log_id, from, .. } = r.request;
         let frames = self.in_flight.iter().chain(&self.sealed);
         for frame in frames.chain(self.building.as_ref()) {
-            // The log's records in the frame end here.
+            // The log's live records in the frame end here (a truncation made after the
+            // frame was filled may have discarded the rest).
             let live_end = frame
                 .entries
                 .iter()
@@ -798,9 +846,9 @@ impl<I: Io> Store<I> {
                     Entry::Append {
                         log_id: l,
                         first_lsn,
-                        count,
+                        live,
                         ..
-                    } if l == log_id => Some(first_lsn + u64::from(count)),
+                    } if l == log_id && live > 0 => Some(first_lsn + u64::from(live)),
                     _ => None,
                 })
                 .max();

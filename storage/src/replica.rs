@@ -84,7 +84,8 @@ impl<I: Io> Store<I> {
     /// and idempotency key, applied unconditionally. Returns the LSNs; they are durable once
     /// [`poll`](Self::poll) reports an [`Ack`](crate::Ack) with `token`. With `pin`, the
     /// records stored are pinned too (as for [`append_batch`](Self::append_batch)). Creates
-    /// the log at its first records.
+    /// the log at its first records, at LSN 0 (a log that starts elsewhere is started with
+    /// [`reset_log`](Self::reset_log)).
     ///
     /// Refused, with nothing written: `first_lsn` other than the log's next LSN
     /// ([`Error::Gap`]), a record of another log, LSN or epoch ([`Error::Malformed`]), a bad

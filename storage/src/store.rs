@@ -5,7 +5,8 @@
 //! A `Store` is single-threaded and poll-driven, like the shard that owns it: `append` and
 //! `trim` only lay records into the current write buffer and return at once; `poll` submits
 //! frames, reaps completions and hands out [`Ack`]s for what became durable. Replica appends
-//! and pins are in [`crate::replica`], reads in [`crate::reads`].
+//! and pins are in [`crate::replica`], truncations and resets in [`crate::cut`], reads in
+//! [`crate::reads`].
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
@@ -190,14 +191,15 @@ pub(crate) fn measure_encoded(
     Ok(bytes.len())
 }
 
-/// A durable append or trim, reported by [`Store::poll`].
+/// A durable append, trim, truncation or reset, reported by [`Store::poll`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ack {
     /// The caller's token.
     pub token: u64,
     /// The log.
     pub log_id: u64,
-    /// The LSNs appended (for a trim: empty, starting at the trim point).
+    /// The LSNs appended (for a trim: empty, starting at the trim point; for a truncation:
+    /// empty, at the LSN the log was truncated from; for a reset: empty, where it starts).
     pub lsns: Range<u64>,
 }
 
@@ -229,7 +231,7 @@ pub struct LogTail {
     pub fencing_token: u64,
 }
 
-/// What a frame holds, for acknowledging it.
+/// What a frame holds, for acknowledging it (and for the bookkeeping of its submission).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Entry {
     Append {
@@ -237,14 +239,30 @@ pub(crate) enum Entry {
         log_id: u64,
         first_lsn: u64,
         count: u32,
+        /// How many of the records are still the log's: `count`, unless a truncation or reset
+        /// made after the append discarded some (they are written all the same, and
+        /// acknowledged with `count`, but they are not indexed and do not become readable).
+        live: u32,
     },
     Trim {
         token: u64,
         log_id: u64,
         before: u64,
     },
-    /// A fencing-token raise or an idempotency key (one control record in the frame).
-    State { log_id: u64, fence: Option<u64> },
+    /// A fencing-token raise (one control record in the frame).
+    Fence { log_id: u64, token: u64 },
+    /// An idempotency key (one control record in the frame).
+    Key {
+        log_id: u64,
+        writer_id: u64,
+        writer_seq: u64,
+        first_lsn: u64,
+        count: u32,
+    },
+    /// A truncation (the last record of its frame, [`crate::cut`]).
+    Truncate { token: u64, log_id: u64, from: u64 },
+    /// A reset (the last record of its frame but for a fencing-token raise, [`crate::cut`]).
+    Reset { token: u64, log_id: u64, at: u64 },
     /// A retried batch, acknowledged with its original LSNs when this frame is durable.
     Echo {
         token: u64,
@@ -373,7 +391,12 @@ pub struct Store<I: Io> {
     pub(crate) logs: HashMap<u64, LogState>,
     pub(crate) system_next_lsn: u64,
     pub(crate) system_submitted_lsn: u64,
+    /// The idempotency table as appends left it: what retries are answered from.
     pub(crate) writers: Writers,
+    /// The idempotency table as the submitted frames built it (the same operations, applied
+    /// when their frame is submitted): what a snapshot frame carries, exactly what recovery
+    /// rebuilds from the frames before it.
+    pub(crate) submitted_writers: Writers,
     // Completions waiting to be handled, acks waiting to be handed out.
     pub(crate) stash: Vec<Completion>,
     pub(crate) acks: Vec<Ack>,
@@ -442,6 +465,7 @@ impl<I: Io> Store<I> {
             system_next_lsn: recovered.system_next_lsn,
             system_submitted_lsn: recovered.system_next_lsn,
             logs: recovered.logs,
+            submitted_writers: recovered.writers.clone(),
             writers: recovered.writers,
             stash: Vec::new(),
             acks: Vec::new(),
@@ -608,6 +632,7 @@ impl<I: Io> Store<I> {
             log_id,
             first_lsn,
             count,
+            live: count,
         });
         let (slot, base) = (frame.slot, frame.base);
         let pin = pin.then(|| self.pin(slot, base, start..start + bytes));
@@ -628,10 +653,7 @@ impl<I: Io> Store<I> {
                 ..StateRecord::default()
             };
             self.push_control(bytemuck::bytes_of(&state), now_wall);
-            self.push_entry(Entry::State {
-                log_id,
-                fence: Some(token),
-            });
+            self.push_entry(Entry::Fence { log_id, token });
         }
         if let Some((writer_id, writer_seq)) = writer {
             let state = StateRecord {
@@ -644,9 +666,12 @@ impl<I: Io> Store<I> {
             };
             self.writers.apply(&state);
             self.push_control(bytemuck::bytes_of(&state), now_wall);
-            self.push_entry(Entry::State {
+            self.push_entry(Entry::Key {
                 log_id,
-                fence: None,
+                writer_id,
+                writer_seq,
+                first_lsn,
+                count,
             });
         }
         Ok((first_lsn..first_lsn + u64::from(count), pin))
@@ -714,7 +739,7 @@ impl<I: Io> Store<I> {
     }
 
     /// Lays a system-log record with `payload` into the building frame (room already made).
-    fn push_control(&mut self, payload: &[u8], now_wall: u64) {
+    pub(crate) fn push_control(&mut self, payload: &[u8], now_wall: u64) {
         let header = RecordHeader {
             len: payload.len() as u32,
             crc: payload_crc(payload),
@@ -737,7 +762,7 @@ impl<I: Io> Store<I> {
         rest[payload.len()..].fill(0);
     }
 
-    fn push_entry(&mut self, entry: Entry) {
+    pub(crate) fn push_entry(&mut self, entry: Entry) {
         let frame = self.building.as_mut().expect("room was made");
         frame.entries.push(entry);
     }
@@ -949,7 +974,7 @@ impl<I: Io> Store<I> {
     }
 
     /// The frame being filled, with room for `bytes` more; seals the current one if full.
-    fn make_room(&mut self, bytes: usize) -> Result<()> {
+    pub(crate) fn make_room(&mut self, bytes: usize) -> Result<()> {
         let fits = self
             .building
             .as_ref()

@@ -625,14 +625,22 @@ fn truncate<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng) ->
         };
     };
     let (next, trim) = (m.next_lsn(), m.trim);
+    // The store may have failed already (an I/O error in the last poll): that ends the run.
+    let failed = |e: &Result<(), Error>| matches!(e, Err(Error::Fatal(_)));
     if trim > 0 {
         let below = store.truncate(log, trim - 1, u64::MAX);
+        if failed(&below) {
+            return Err(below.expect_err("failed").into());
+        }
         assert!(
             matches!(below, Err(Error::Trimmed { trim_point }) if trim_point == trim),
             "log {log}: a truncation below the trim point {trim}: {below:?}"
         );
     }
     let beyond = store.truncate(log, next + 1, u64::MAX);
+    if failed(&beyond) {
+        return Err(beyond.expect_err("failed").into());
+    }
     assert!(
         matches!(beyond, Err(Error::TruncateBeyondTail { from, tail }) if from == next + 1 && tail == next),
         "log {log}: a truncation beyond the tail {next}: {beyond:?}"
@@ -688,6 +696,9 @@ fn reset<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng) -> St
     if at > 0 {
         let below = store.read(log, at - 1, 1, 1);
         check_reads_done(store, model);
+        if let Err(e @ Error::Fatal(_)) = below {
+            return Err(e.into());
+        }
         assert!(
             matches!(below, Err(Error::Trimmed { trim_point }) if trim_point == at),
             "log {log}: a read below where it was reset: {below:?}"

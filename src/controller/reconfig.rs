@@ -60,9 +60,10 @@ pub fn plan(state: &ClusterState, now: Instant) -> Vec<Plan> {
     let mut plans = Vec::new();
     for log in state.logs_after(0, usize::MAX) {
         let current = log.current();
-        let (alive, dead): (Vec<u64>, Vec<u64>) = current.chain.iter().partition(|&&id| {
-            state.node(id).is_some_and(|node| state.is_alive(node, now))
-        });
+        let (alive, dead): (Vec<u64>, Vec<u64>) = current
+            .chain
+            .iter()
+            .partition(|&&id| state.node(id).is_some_and(|node| state.is_alive(node, now)));
         if alive.is_empty() {
             continue;
         }
@@ -137,8 +138,8 @@ pub fn seal(
             .map_err(|e| SealError::Unexpected(e.to_string()))?
         {
             consumed += frame.frame_bytes();
-            let response =
-                decode_response(&frame, &limits).map_err(|e| SealError::Unexpected(e.to_string()))?;
+            let response = decode_response(&frame, &limits)
+                .map_err(|e| SealError::Unexpected(e.to_string()))?;
             match (frame.request_id, response) {
                 (1, Response::Hello(_)) => {}
                 (2, Response::Seal(s)) if s.log_id == log_id && s.epoch == epoch => {
@@ -189,7 +190,10 @@ mod tests {
         let log_id = state.create_log("orders", 3, t0).expect("create").log_id;
         let chain = state.log(log_id).expect("log").current().chain.clone();
         assert_eq!(chain.len(), 3);
-        assert!(plan(&state, t0).is_empty(), "every member alive, no spare needed");
+        assert!(
+            plan(&state, t0).is_empty(),
+            "every member alive, no spare needed"
+        );
         // Everyone but the head heartbeats on; the head falls silent.
         let later = t0 + Duration::from_millis(500);
         for &id in &chain[1..] {

@@ -447,7 +447,9 @@ impl Controller {
         for (id, result) in results {
             match result {
                 Ok((end, _trim)) => sealed.push((id, end)),
-                Err(e) => tracing::warn!(log_id = plan.log_id, epoch = plan.epoch, node = id, error = %e, "seal failed"),
+                Err(e) => {
+                    tracing::warn!(log_id = plan.log_id, epoch = plan.epoch, node = id, error = %e, "seal failed")
+                }
             }
         }
         if sealed.is_empty() {

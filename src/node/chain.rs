@@ -379,6 +379,7 @@ impl Chain {
                 &pulled.records,
                 pulled.count,
                 &state,
+                false,
                 UNANSWERED,
             ) {
                 Ok(_) => stored_end = end,

@@ -614,15 +614,16 @@ impl Server {
             bytes: append.records.bytes(),
             count: append.records.count(),
         };
-        let lsns = store
-            .append_batch(h.log_id, epoch, &options, batch, token)
+        let (lsns, pin) = store
+            .append_batch(h.log_id, epoch, &options, batch, true, token)
             .map_err(|e| store_refusal(&e))?;
         let replica = self.replicas.get_mut(&h.log_id).expect("checked above");
         // A retried batch (its idempotency key was seen) gets its original LSNs: nothing new
-        // was stored.
-        if lsns.start == replica.next_lsn() {
-            if replica.stored(lsns.start, lsns.end, None) == Forwarding::Now {
-                let pin = store.pin_last().expect("the records just stored");
+        // was stored (and nothing pinned).
+        if let Some(pin) = pin {
+            if replica.stored(lsns.start, lsns.end, None) != Forwarding::Now {
+                store.unpin(pin);
+            } else {
                 self.forwards.push(Forward {
                     log_id: h.log_id,
                     epoch,
@@ -1318,8 +1319,9 @@ impl Server {
                         };
                         // Records keep the epoch they were appended in (an earlier one for
                         // a replica catching up in this one); one epoch per batch.
-                        let records_epoch = r.records.iter().next().map_or(epoch, |r| r.header.epoch);
-                        store
+                        let records_epoch =
+                            r.records.iter().next().map_or(epoch, |r| r.header.epoch);
+                        let (_, pin) = store
                             .append_replica(
                                 log_id,
                                 records_epoch,
@@ -1327,12 +1329,15 @@ impl Server {
                                 bytes,
                                 count - skip as u32,
                                 &state,
+                                true,
                                 UNANSWERED,
                             )
                             .map_err(|e| store_refusal(&e))?;
+                        let pin = pin.expect("records were stored");
                         let replica = self.replicas.get_mut(&log_id).expect("checked");
-                        if replica.stored(from, end, Some(request_id)) == Forwarding::Now {
-                            let pin = store.pin_last().expect("the records just stored");
+                        if replica.stored(from, end, Some(request_id)) != Forwarding::Now {
+                            store.unpin(pin);
+                        } else {
                             self.forwards.push(Forward {
                                 log_id,
                                 epoch,

@@ -238,9 +238,15 @@ fn replicate_request<'a>(
         };
         Records::parse(r.rest(), count, form, limits)?
     } else {
-        // Only a batch of records carries the head's decisions about it.
+        // Only a batch of records carries the head's decisions about it, and a trim the
+        // log's fencing token (for a replica that skips to the trim point).
+        let token = if kind == ReplicateKind::Trim {
+            0
+        } else {
+            fencing_token
+        };
         for (field, value) in [
-            ("fencing_token", fencing_token),
+            ("fencing_token", token),
             ("writer_id", writer_id),
             ("count", u64::from(count)),
         ] {

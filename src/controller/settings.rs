@@ -5,7 +5,7 @@
 //! ```toml
 //! data_dir = "/var/lib/chainlog-controller"
 //! listen = "127.0.0.1:7300"
-//! liveness_ms = 2000        # a node is alive this long after its last heartbeat
+//! liveness_ms = 500         # a node is alive this long after its last heartbeat
 //! create_timeout_ms = 5000  # CREATE_LOG waits this long for the replicas to apply the map
 //! ```
 

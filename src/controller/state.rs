@@ -27,7 +27,7 @@ use chainlog_net::{ADDR_BYTES_MAX, HEARTBEAT_MS_NEVER};
 use crate::node::catalog::log_id_of;
 
 /// How long after its last heartbeat a node still counts as alive, by default.
-pub const LIVENESS_DEFAULT: Duration = Duration::from_secs(2);
+pub const LIVENESS_DEFAULT: Duration = Duration::from_millis(500);
 /// The epoch every new log starts in (the one a standalone node serves every log in).
 pub const EPOCH_FIRST: u64 = 1;
 /// Nodes a cluster may register: a GET_MAP page carries every node, so this bounds the page
@@ -412,7 +412,8 @@ impl ClusterState {
     /// them all; records above the shortest one's end may have been acknowledged too, so the
     /// new epoch starts at the longest one's end (nothing acknowledged is dropped, nothing is
     /// renumbered). The new chain is the sealed replicas in their old order, then live nodes
-    /// outside it (placed as new logs are: fewest chains first) up to the replication factor;
+    /// outside the old chain (placed as new logs are: fewest chains first) up to the
+    /// replication factor;
     /// with too few live nodes the log runs under-replicated. Refused, with nothing changed:
     /// an epoch that is not the current one (another reconfiguration won), no sealed replica.
     pub fn extend(
@@ -452,7 +453,9 @@ impl ClusterState {
             });
         };
         let wanted = usize::from(log.replication_factor).saturating_sub(chain.len());
-        let spares = self.spares(&chain, now);
+        // Not a member of the old chain that did not seal: it may still hold (or take)
+        // records of the old epoch beyond its end. It comes back later, as a new replica.
+        let spares = self.spares(&current.chain, now);
         chain.extend(spares.into_iter().take(wanted));
         let epoch = Epoch {
             epoch: from_epoch + 1,

@@ -91,6 +91,8 @@ pub(crate) struct Server {
     /// A cluster member: logs come from the controller, which serves CREATE_LOG and
     /// DELETE_LOG.
     cluster: bool,
+    /// Acks the store gave while the server waited for it ([`Server::take_acks`]).
+    acks_taken: Vec<Ack>,
 }
 
 /// Who a shard's server is: its place in its node and cluster, and the limits it enforces.
@@ -195,6 +197,7 @@ impl Server {
             congested: HashSet::new(),
             upstream: HashMap::new(),
             cluster,
+            acks_taken: Vec::new(),
         }
     }
 
@@ -1130,17 +1133,25 @@ impl Server {
     /// is trimmed away).
     pub(crate) fn apply_map<I: Io>(&mut self, map: &ClusterMap, store: &mut Store<I>) {
         let me = self.node_id;
-        let mine = map.logs().iter().filter(|l| {
-            l.chain.contains(&me)
-                && (l.log_id % u64::from(self.shard_count)) as u16 == self.shard_index
-        });
+        let (shard_count, shard_index) = (u64::from(self.shard_count), self.shard_index);
+        let mine: Vec<&crate::controller::MapLog> = map
+            .logs()
+            .iter()
+            .filter(|l| l.chain.contains(&me) && (l.log_id % shard_count) as u16 == shard_index)
+            .collect();
         let mut kept = HashSet::new();
         for log in mine {
             kept.insert(log.log_id);
+            let here = self.replicas.get(&log.log_id);
+            if here.is_some_and(|r| r.epoch() > log.epoch) {
+                continue; // A map older than what this node has installed.
+            }
+            let current =
+                here.is_some_and(|r| r.epoch() == log.epoch && r.chain() == log.chain.as_slice());
+            let before = self.catalog.get(log.log_id).cloned();
             // A seal of this very epoch here stands.
-            let sealed = self
-                .catalog
-                .get(log.log_id)
+            let sealed = before
+                .as_ref()
                 .is_some_and(|e| e.epoch == log.epoch && e.sealed);
             let entry = CatalogEntry {
                 name: log.name.clone(),
@@ -1149,19 +1160,17 @@ impl Server {
                 chain: log.chain.clone(),
                 sealed,
             };
-            let current = self
-                .replicas
-                .get(&log.log_id)
-                .is_some_and(|r| r.epoch() == log.epoch && r.chain() == log.chain.as_slice());
+            if !current {
+                self.prepare_store(log, before.as_ref(), store);
+            }
             // A log this node never held, with no records here, is new to the whole chain:
             // nobody holds records of it. Anything else settles first.
-            let recovered =
-                self.catalog.get(log.log_id).is_some() || store.tail(log.log_id).is_some();
+            let recovered = before.is_some() || store.tail(log.log_id).is_some();
             if let Err(e) = self.catalog.install(log.log_id, entry.clone()) {
                 fatal(&format!("shard {}: {e}", self.shard_index));
             }
             if !current {
-                tracing::info!(log_id = log.log_id, name = log.name, epoch = log.epoch, chain = ?log.chain, "log installed");
+                tracing::info!(log_id = log.log_id, name = log.name, epoch = log.epoch, chain = ?log.chain, start_lsn = log.start_lsn, "log installed");
                 let replica = replica_of(log.log_id, &entry, me, store, recovered);
                 self.replicas.insert(log.log_id, replica);
                 self.touched.insert(log.log_id);
@@ -1181,6 +1190,66 @@ impl Server {
             self.replicas.remove(&log_id);
             self.free_space(log_id, store);
         }
+    }
+
+    /// Makes the store fit for `log`'s epoch before this node installs it (the epoch is new
+    /// here; `before` is what the catalog had). A replica of the epoch just before, that
+    /// sealed it (the controller builds a new chain from the old one's sealed members, then
+    /// nodes outside the old chain), keeps its records, cut back to the new epoch's start if
+    /// it holds more (never acknowledged: every acknowledged record is below the start).
+    /// Any other node is a new replica of the log: whatever its store holds of it may be
+    /// leftovers of an epoch it was sealed out of, so the log starts again empty and is
+    /// copied from its predecessor. Both are made durable before the catalog names the new
+    /// epoch, so a restart never finds the epoch installed over a store not fit for it.
+    fn prepare_store<I: Io>(
+        &mut self,
+        log: &crate::controller::MapLog,
+        before: Option<&CatalogEntry>,
+        store: &mut Store<I>,
+    ) {
+        let survivor = before.is_some_and(|e| {
+            e.epoch + 1 == log.epoch && e.sealed && e.chain.contains(&self.node_id)
+        });
+        let Some(tail) = store.tail(log.log_id) else {
+            return; // Nothing here of this log.
+        };
+        let cut = if survivor {
+            if tail.next_lsn <= log.start_lsn {
+                return;
+            }
+            tracing::info!(
+                log_id = log.log_id,
+                from = log.start_lsn,
+                next = tail.next_lsn,
+                "cutting records of the sealed epoch beyond its end"
+            );
+            store.truncate(log.log_id, log.start_lsn, UNANSWERED)
+        } else {
+            if tail.next_lsn == 0 && tail.trim_point == 0 {
+                return;
+            }
+            tracing::info!(
+                log_id = log.log_id,
+                next = tail.next_lsn,
+                "a new replica of this log here: starting it again empty"
+            );
+            store.reset_log(log.log_id, 0, 0, UNANSWERED)
+        };
+        // The acks this wait collects belong to the shard's next turn (appends of its
+        // connections among them).
+        let durable = cut.and_then(|()| store.sync_all(&mut self.acks_taken));
+        if let Err(e) = durable {
+            fatal(&format!(
+                "shard {}: preparing log {}: {e}",
+                self.shard_index, log.log_id
+            ));
+        }
+    }
+
+    /// Acks the store gave while the server waited for it (installing a map): the shard
+    /// handles them before those of its next poll.
+    pub(crate) fn take_acks(&mut self) -> Vec<Ack> {
+        std::mem::take(&mut self.acks_taken)
     }
 
     /// Trims away a deleted log's records (nobody waits for this trim's ack).
@@ -1355,15 +1424,27 @@ impl Server {
                     }
                 }
             }
+            ReplicateKind::Trim if h.trim_before > replica.next_lsn() => {
+                // The predecessor trimmed past everything here (this replica joined empty, or
+                // far behind): start the log again at the trim point, with the log's token.
+                store
+                    .reset_log(log_id, h.trim_before, h.fencing_token, UNANSWERED)
+                    .map_err(|e| store_refusal(&e))?;
+                tracing::info!(
+                    log_id,
+                    at = h.trim_before,
+                    "skipped to the predecessor's trim point"
+                );
+                let replica = self.replicas.get_mut(&log_id).expect("checked");
+                replica.skip_to(
+                    h.trim_before,
+                    Upstream {
+                        request_id,
+                        vouch: h.first_lsn,
+                    },
+                );
+            }
             ReplicateKind::Trim => {
-                let next = replica.next_lsn();
-                if h.trim_before > next {
-                    return Err(refuse(
-                        ErrorCode::ConditionFailed,
-                        next,
-                        format!("log {log_id}: cannot trim before {}: this replica holds records up to {next}", h.trim_before),
-                    ));
-                }
                 store
                     .trim(log_id, h.trim_before, UNANSWERED)
                     .map_err(|e| store_refusal(&e))?;

@@ -535,6 +535,24 @@ impl Replica {
         self.settle();
     }
 
+    /// The predecessor trimmed past everything stored here (this replica joined the chain
+    /// empty, or far behind): the log starts again, empty, at `at` (the store's `reset_log`),
+    /// and the trim is answered once that is durable. Records below `at` are committed and
+    /// trimmed everywhere, so none of them is lost here.
+    pub fn skip_to(&mut self, at: u64, upstream: Upstream) {
+        assert!(at > self.next_lsn, "a skip goes forward");
+        assert!(
+            self.sealed_end.is_none(),
+            "nothing is stored in a sealed epoch"
+        );
+        self.next_lsn = at;
+        self.durable_lsn = at;
+        self.forwarded = self.forwarded.max(at);
+        // Only committed records are trimmed: everything below `at` is.
+        self.committed = self.committed.max(at);
+        self.trim(at, Some(upstream));
+    }
+
     /// The store made a trim to `before` durable here.
     pub fn trim_durable(&mut self, before: u64) {
         self.trim_durable = self.trim_durable.max(before);
@@ -679,8 +697,12 @@ impl Replica {
         } else {
             // What the successor holds but has not vouched durable (on it and after it) is
             // sent again: it takes the records as duplicates and answers them once durable,
-            // which a barrier's answer, settled at once, would not wait for.
-            self.forwarded = next.min(self.down_durable.max(self.trim_durable));
+            // which a barrier's answer, settled at once, would not wait for. A successor
+            // below this node's trim point (a replica that joined empty) skips to it: the
+            // trim goes first, then the records from there.
+            self.forwarded = next
+                .min(self.down_durable.max(self.trim_durable))
+                .max(self.trim_durable);
         }
         self.settled = true;
         self.link = if self.forwarded == self.next_lsn {

@@ -732,6 +732,24 @@ impl Client {
     ) -> Next {
         let config = &self.inner.config;
         if failures > config.retries_max {
+            // Not retried here, but the next call must not go where this one failed: a
+            // stale route (a new head, a new epoch) is refreshed all the same.
+            if let (Some(seen), Some(_)) = (route.map_version, &self.inner.cluster) {
+                if error.outcome_unknown()
+                    || matches!(error, ClientError::Connect { .. })
+                    || matches!(
+                        error.code(),
+                        Some(
+                            ErrorCode::NotHead
+                                | ErrorCode::WrongEpoch
+                                | ErrorCode::UnknownLog
+                                | ErrorCode::Sealed
+                        )
+                    )
+                {
+                    self.refresh_quietly(seen).await;
+                }
+            }
             return Next::Stop;
         }
         let backoff = config.unavailable_backoff * (1 << (failures - 1).min(4));

@@ -65,7 +65,7 @@ pub struct ControllerSettings {
     /// Address to serve nodes and clients on [default: 127.0.0.1:7300].
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<SocketAddr>,
-    /// A node is alive for this long after its last heartbeat [default: 2000].
+    /// A node is alive for this long after its last heartbeat [default: 500].
     #[arg(long, value_name = "N")]
     pub liveness_ms: Option<u64>,
     /// CREATE_LOG waits this long for every replica's node to apply the new map before it

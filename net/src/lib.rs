@@ -43,8 +43,8 @@ pub use message::{
     ListLogsResponse, LogEntries, LogEntriesIter, LogEntry, LogInfo, LogName, LogRef,
     MapVersionResponse, Opcode, PeerRequest, PullRequest, PullResponse, Push, ReadRequest,
     ReadResponse, RegisterNodeRequest, ReplicateHeader, ReplicateKind, ReplicateRequest,
-    ReplicateResponse, Request, Response, Role, ServerError, SubscribeRequest, SubscribeResponse,
-    TailResponse, TrimRequest, UnsubscribeRequest,
+    ReplicateResponse, Request, Response, Role, SealRequest, SealResponse, ServerError,
+    SubscribeRequest, SubscribeResponse, TailResponse, TrimRequest, UnsubscribeRequest,
 };
 pub use records::{AppendBuilder, ReadBuilder, ReadKind, RecordForm, RecordIter, Records};
 

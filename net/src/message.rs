@@ -52,11 +52,14 @@ pub enum Opcode {
     /// Node to node: records a successor holds beyond the sender's next LSN, with the head's
     /// decisions about them (a restarted node takes back what it lost).
     Pull = 19,
+    /// Controller (or admin) to a replica: seal a log's epoch there, for good, and say where
+    /// it ends (reconfiguration).
+    Seal = 20,
 }
 
 impl Opcode {
     /// Every opcode, in wire order.
-    pub const ALL: [Opcode; 19] = [
+    pub const ALL: [Opcode; 20] = [
         Opcode::Hello,
         Opcode::Append,
         Opcode::Read,
@@ -76,6 +79,7 @@ impl Opcode {
         Opcode::Heartbeat,
         Opcode::GetMap,
         Opcode::Pull,
+        Opcode::Seal,
     ];
 
     /// Decodes an opcode; `None` if version 1 does not define it.
@@ -107,6 +111,7 @@ impl Opcode {
             Opcode::Heartbeat => "HEARTBEAT",
             Opcode::GetMap => "GET_MAP",
             Opcode::Pull => "PULL",
+            Opcode::Seal => "SEAL",
         }
     }
 
@@ -123,6 +128,7 @@ impl Opcode {
                 | Opcode::Trim
                 | Opcode::Replicate
                 | Opcode::Pull
+                | Opcode::Seal
         )
     }
 }
@@ -193,6 +199,8 @@ pub enum Request<'a> {
     GetMap(GetMapRequest),
     /// PULL.
     Pull(PullRequest),
+    /// SEAL.
+    Seal(SealRequest),
 }
 
 impl Request<'_> {
@@ -218,6 +226,7 @@ impl Request<'_> {
             Request::Heartbeat(_) => Opcode::Heartbeat,
             Request::GetMap(_) => Opcode::GetMap,
             Request::Pull(_) => Opcode::Pull,
+            Request::Seal(_) => Opcode::Seal,
         }
     }
 
@@ -228,6 +237,7 @@ impl Request<'_> {
             Request::Append(AppendRequest { header, .. }) => Some(header.log_id),
             Request::Replicate(ReplicateRequest { header, .. }) => Some(header.log_id),
             Request::Pull(PullRequest { log_id, .. }) => Some(log_id),
+            Request::Seal(SealRequest { log_id, .. }) => Some(log_id),
             Request::Read(ReadRequest { log_id, .. })
             | Request::Subscribe(SubscribeRequest { log_id, .. })
             | Request::CheckTail { log_id }
@@ -555,6 +565,8 @@ pub enum Response<'a> {
     GetMap(GetMapResponse<'a>),
     /// PULL response.
     Pull(PullResponse<'a>),
+    /// SEAL response.
+    Seal(SealResponse),
     /// The request failed (flags RESPONSE|ERROR).
     Error(ErrorResponse<'a>),
     /// A subscription ended because of this error: its last push (flags
@@ -587,6 +599,7 @@ impl Response<'_> {
             Response::Heartbeat(_) => Opcode::Heartbeat,
             Response::GetMap(_) => Opcode::GetMap,
             Response::Pull(_) => Opcode::Pull,
+            Response::Seal(_) => Opcode::Seal,
             Response::Error(_) => return None,
         })
     }
@@ -831,6 +844,29 @@ pub struct PullResponse<'a> {
     pub writer_seq: u64,
     /// The records, stamped (record `i` has `lsn` `first_lsn + i` and `epoch`).
     pub records: Records<'a>,
+}
+
+/// SEAL request: seal `log_id`'s epoch `epoch` at the receiving replica (PROTOCOL.md 6.14).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SealRequest {
+    /// The log.
+    pub log_id: u64,
+    /// The epoch to seal: the replica's current one.
+    pub epoch: u64,
+}
+
+/// SEAL response: the epoch is sealed at the replica, which holds its records below
+/// `end_lsn`, every one durable, and will never take another in that epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SealResponse {
+    /// The log.
+    pub log_id: u64,
+    /// The sealed epoch.
+    pub epoch: u64,
+    /// The replica's next LSN when it sealed (its records below are durable).
+    pub end_lsn: u64,
+    /// The replica's trim point.
+    pub trim_point: u64,
 }
 
 /// REGISTER_NODE and HEARTBEAT response.

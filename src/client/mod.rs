@@ -681,6 +681,24 @@ impl Client {
     ) -> Next {
         let config = &self.inner.config;
         if failures > config.retries_max {
+            // Not retried here, but the next call must not go where this one failed: a
+            // stale route (a new head, a new epoch) is refreshed all the same.
+            if let (Some(seen), Some(_)) = (route.map_version, &self.inner.cluster) {
+                if error.outcome_unknown()
+                    || matches!(error, ClientError::Connect { .. })
+                    || matches!(
+                        error.code(),
+                        Some(
+                            ErrorCode::NotHead
+                                | ErrorCode::WrongEpoch
+                                | ErrorCode::UnknownLog
+                                | ErrorCode::Sealed
+                        )
+                    )
+                {
+                    self.refresh_quietly(seen).await;
+                }
+            }
             return Next::Stop;
         }
         let backoff = config.unavailable_backoff * (1 << (failures - 1).min(4));
@@ -724,7 +742,10 @@ impl Client {
         let stale_map = match error {
             ClientError::Server(e) => matches!(
                 e.code,
-                ErrorCode::NotHead | ErrorCode::WrongEpoch | ErrorCode::UnknownLog
+                ErrorCode::NotHead
+                    | ErrorCode::WrongEpoch
+                    | ErrorCode::UnknownLog
+                    | ErrorCode::Sealed
             ),
             ClientError::Connect { .. }
             | ClientError::ConnectionLost { .. }
@@ -736,6 +757,13 @@ impl Client {
         }
         self.refresh_quietly(seen).await;
         let view = cluster.view();
+        if error.code() == Some(ErrorCode::Sealed) && view.map.version() <= seen {
+            // The epoch is sealed and the controller has not published the next one yet
+            // (it seals, then extends): wait for it rather than give up. The request did not
+            // take effect (an ERROR never does).
+            tokio::time::sleep(backoff).await;
+            return Next::Reroute;
+        }
         if view.map.version() <= seen || error.outcome_unknown() {
             // Nothing new to route by, or the request may have taken effect: the newer map
             // serves the next call.

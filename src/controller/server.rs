@@ -86,6 +86,11 @@ const fn padded(n: usize) -> usize {
     n.next_multiple_of(8)
 }
 
+/// How often the reconfiguring thread looks for chains that lost a member.
+const RECONFIGURE_EVERY: Duration = Duration::from_millis(20);
+/// How long a SEAL may take before the node is left out of the next epoch.
+const SEAL_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// How often the main thread looks whether the accepting thread died while it waits for a
 /// signal.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -166,6 +171,8 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
         state: Mutex::new(state),
         changed: Condvar::new(),
         store,
+        liveness: config.liveness,
+        started: Instant::now(),
         create_timeout: config.create_timeout,
         default_rf: config.default_rf,
         stopping: AtomicBool::new(false),
@@ -182,6 +189,13 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
             .spawn_scoped(scope, || controller.accept(scope, &listener))
             .map_err(|source| ControllerError::System {
                 what: "starting the accepting thread",
+                source,
+            })?;
+        std::thread::Builder::new()
+            .name("reconfigure".into())
+            .spawn_scoped(scope, || controller.reconfigure_loop())
+            .map_err(|source| ControllerError::System {
+                what: "starting the reconfiguring thread",
                 source,
             })?;
         while !signals.wait(CHECK_EVERY) {
@@ -213,6 +227,10 @@ struct Controller {
     changed: Condvar,
     /// Written under `state`'s lock.
     store: StateStore,
+    /// A node is alive this long after its last heartbeat (also how long, after a start, the
+    /// controller waits for heartbeats before it takes a silent node for a failed one).
+    liveness: Duration,
+    started: Instant,
     create_timeout: Duration,
     default_rf: u8,
     stopping: AtomicBool,
@@ -274,6 +292,10 @@ impl From<StateError> for Refusal {
                 return Refusal::new(ErrorCode::LogExists, log_id, e.to_string())
             }
             StateError::UnknownNode { .. } => ErrorCode::UnknownNode,
+            StateError::StaleEpoch { current, .. } => {
+                return Refusal::new(ErrorCode::WrongEpoch, current, e.to_string())
+            }
+            StateError::NoSurvivor { .. } => ErrorCode::Unavailable,
             // TOO_LARGE's arg0 is the limit: the live nodes, or the cluster's bound.
             StateError::NotEnoughNodes { live: max, .. }
             | StateError::TooManyNodes { max }
@@ -373,6 +395,94 @@ impl Controller {
         unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
         for stream in self.conns.lock().expect("connections lock").values() {
             let _ = stream.shutdown(Shutdown::Read);
+        }
+    }
+
+    /// Reconfigures the logs whose chains lost a member or can get one back
+    /// ([`reconfig`](super::reconfig)), every [`RECONFIGURE_EVERY`], until the controller
+    /// stops. Nothing happens before the liveness timeout has passed since the start: until
+    /// then a node's silence means it has not heartbeated to this process yet.
+    fn reconfigure_loop(&self) {
+        while !self.stopping() {
+            std::thread::sleep(RECONFIGURE_EVERY);
+            if self.started.elapsed() < self.liveness {
+                continue;
+            }
+            let plans = super::reconfig::plan(&self.lock(), Instant::now());
+            for plan in plans {
+                if self.stopping() {
+                    return;
+                }
+                self.reconfigure(&plan);
+            }
+        }
+    }
+
+    /// Seals `plan`'s epoch at its live members (at once, each within [`SEAL_TIMEOUT`]), then
+    /// starts the next epoch from the members that sealed, durably.
+    fn reconfigure(&self, plan: &super::reconfig::Plan) {
+        let started = Instant::now();
+        let targets: Vec<(u64, String, u16)> = {
+            let state = self.lock();
+            plan.seal_at
+                .iter()
+                .filter_map(|&id| state.node(id).map(|n| (id, n.addr.clone(), n.shard_count)))
+                .collect()
+        };
+        let results: Vec<(u64, Result<(u64, u64), super::reconfig::SealError>)> =
+            std::thread::scope(|scope| {
+                let calls: Vec<_> = targets
+                    .iter()
+                    .map(|(id, addr, shards)| {
+                        let (id, addr, shards) = (*id, addr.clone(), *shards);
+                        scope.spawn(move || {
+                            let sealed = super::reconfig::seal(
+                                &addr,
+                                shards,
+                                plan.log_id,
+                                plan.epoch,
+                                SEAL_TIMEOUT,
+                            );
+                            (id, sealed)
+                        })
+                    })
+                    .collect();
+                calls
+                    .into_iter()
+                    .filter_map(|call| call.join().ok())
+                    .collect()
+            });
+        let mut sealed = Vec::new();
+        for (id, result) in results {
+            match result {
+                Ok((end, _trim)) => sealed.push((id, end)),
+                Err(e) => {
+                    tracing::warn!(log_id = plan.log_id, epoch = plan.epoch, node = id, error = %e, "seal failed")
+                }
+            }
+        }
+        if sealed.is_empty() {
+            return; // Tried again on the next round.
+        }
+        let seal_us = started.elapsed().as_micros() as u64;
+        let mut state = self.lock();
+        match state.extend(plan.log_id, plan.epoch, &sealed, Instant::now()) {
+            Ok(epoch) => {
+                self.persist(&state);
+                self.changed.notify_all();
+                tracing::info!(
+                    log_id = plan.log_id,
+                    why = ?plan.why,
+                    sealed = ?sealed,
+                    epoch = epoch.epoch,
+                    start_lsn = epoch.start_lsn,
+                    chain = ?epoch.chain,
+                    seal_us,
+                    total_us = started.elapsed().as_micros() as u64,
+                    "log reconfigured"
+                );
+            }
+            Err(e) => tracing::info!(log_id = plan.log_id, error = %e, "reconfiguration lost"),
         }
     }
 

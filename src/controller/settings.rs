@@ -5,7 +5,7 @@
 //! ```toml
 //! data_dir = "/var/lib/chainlog-controller"
 //! listen = "127.0.0.1:7300"
-//! liveness_ms = 2000        # a node is alive this long after its last heartbeat
+//! liveness_ms = 500         # a node is alive this long after its last heartbeat
 //! create_timeout_ms = 5000  # CREATE_LOG waits this long for the replicas to apply the map
 //! default_rf = 3            # the replication factor of a CREATE_LOG that asks for the default
 //! ```
@@ -68,7 +68,7 @@ pub struct ControllerSettings {
     /// Address to serve nodes and clients on [default: 127.0.0.1:7300].
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<SocketAddr>,
-    /// A node is alive for this long after its last heartbeat [default: 2000].
+    /// A node is alive for this long after its last heartbeat [default: 500].
     #[arg(long, value_name = "N")]
     pub liveness_ms: Option<u64>,
     /// CREATE_LOG waits this long for every replica's node to apply the new map before it

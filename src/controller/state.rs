@@ -26,7 +26,7 @@ use chainlog_net::cluster::{ClusterMap, MapLog, MapNode};
 use chainlog_net::{log_id_of, ADDR_BYTES_MAX, HEARTBEAT_MS_NEVER};
 
 /// How long after its last heartbeat a node still counts as alive, by default.
-pub const LIVENESS_DEFAULT: Duration = Duration::from_secs(2);
+pub const LIVENESS_DEFAULT: Duration = Duration::from_millis(500);
 /// The epoch every new log starts in (the one a standalone node serves every log in).
 pub const EPOCH_FIRST: u64 = 1;
 /// Nodes a cluster may register: a GET_MAP page carries every node, so this bounds the page
@@ -158,6 +158,26 @@ pub enum StateError {
     UnknownLog {
         /// The id asked for.
         log_id: u64,
+    },
+    /// A reconfiguration of an epoch that is not the log's current one (another
+    /// reconfiguration won).
+    #[error("log {log_id} is in epoch {current}, not {asked}")]
+    StaleEpoch {
+        /// The log.
+        log_id: u64,
+        /// The epoch the reconfiguration started from.
+        asked: u64,
+        /// The log's current epoch.
+        current: u64,
+    },
+    /// A new epoch needs at least one replica of the old one that sealed it (it holds every
+    /// acknowledged record).
+    #[error("log {log_id}: no replica of epoch {epoch} sealed it")]
+    NoSurvivor {
+        /// The log.
+        log_id: u64,
+        /// The epoch.
+        epoch: u64,
     },
 }
 
@@ -362,11 +382,100 @@ impl ClusterState {
 
     /// The chain for a new log of `rf` replicas (module documentation), head first.
     fn place(&self, rf: u8, now: Instant) -> Result<Vec<u64>, StateError> {
-        // Per live node: (chains it is in, chains it heads).
+        let mut picked = self.spares(&[], now);
+        if picked.len() < usize::from(rf) {
+            return Err(StateError::NotEnoughNodes {
+                rf,
+                live: picked.len(),
+            });
+        }
+        picked.truncate(usize::from(rf));
+        // The head: the picked node heading the fewest chains (then the lowest id).
+        let heads = |node: u64| {
+            self.logs
+                .values()
+                .filter(|log| log.current().chain.first() == Some(&node))
+                .count()
+        };
+        let head = (0..picked.len())
+            .min_by_key(|&i| (heads(picked[i]), picked[i]))
+            .expect("rf is at least 1");
+        let head = picked.remove(head);
+        Ok(std::iter::once(head).chain(picked).collect())
+    }
+
+    /// Starts `log_id`'s next epoch after its current one, `from_epoch`, was sealed at the
+    /// replicas `sealed` (each with the end it sealed at), and bumps the version. Every
+    /// acknowledged record is on every replica of the old chain, so each sealed one holds
+    /// them all; records above the shortest one's end may have been acknowledged too, so the
+    /// new epoch starts at the longest one's end (nothing acknowledged is dropped, nothing is
+    /// renumbered). The new chain is the sealed replicas in their old order, then live nodes
+    /// outside the old chain (placed as new logs are: fewest chains first) up to the
+    /// replication factor;
+    /// with too few live nodes the log runs under-replicated. Refused, with nothing changed:
+    /// an epoch that is not the current one (another reconfiguration won), no sealed replica.
+    pub fn extend(
+        &mut self,
+        log_id: u64,
+        from_epoch: u64,
+        sealed: &[(u64, u64)],
+        now: Instant,
+    ) -> Result<Epoch, StateError> {
+        let log = self
+            .logs
+            .get(&log_id)
+            .ok_or(StateError::UnknownLog { log_id })?;
+        let current = log.current();
+        if current.epoch != from_epoch {
+            return Err(StateError::StaleEpoch {
+                log_id,
+                asked: from_epoch,
+                current: current.epoch,
+            });
+        }
+        let mut chain: Vec<u64> = current
+            .chain
+            .iter()
+            .copied()
+            .filter(|n| sealed.iter().any(|(s, _)| s == n))
+            .collect();
+        let Some(end) = sealed
+            .iter()
+            .filter(|(n, _)| chain.contains(n))
+            .map(|&(_, end)| end)
+            .max()
+        else {
+            return Err(StateError::NoSurvivor {
+                log_id,
+                epoch: from_epoch,
+            });
+        };
+        let wanted = usize::from(log.replication_factor).saturating_sub(chain.len());
+        // Not a member of the old chain that did not seal: it may still hold (or take)
+        // records of the old epoch beyond its end. It comes back later, as a new replica.
+        let spares = self.spares(&current.chain, now);
+        chain.extend(spares.into_iter().take(wanted));
+        let epoch = Epoch {
+            epoch: from_epoch + 1,
+            chain,
+            start_lsn: end.max(current.start_lsn),
+        };
+        self.version += 1;
+        self.logs
+            .get_mut(&log_id)
+            .expect("checked above")
+            .epochs
+            .push(epoch.clone());
+        Ok(epoch)
+    }
+
+    /// Live nodes outside `chain`, fewest chains first (then fewest heads, then lowest id):
+    /// where a chain that lost a replica gets a new one.
+    pub fn spares(&self, chain: &[u64], now: Instant) -> Vec<u64> {
         let mut load: BTreeMap<u64, (usize, usize)> = self
             .nodes
             .values()
-            .filter(|node| self.is_alive(node, now))
+            .filter(|node| self.is_alive(node, now) && !chain.contains(&node.node_id))
             .map(|node| (node.node_id, (0, 0)))
             .collect();
         for log in self.logs.values() {
@@ -377,28 +486,12 @@ impl ClusterState {
                 }
             }
         }
-        if load.len() < usize::from(rf) {
-            return Err(StateError::NotEnoughNodes {
-                rf,
-                live: load.len(),
-            });
-        }
-        let mut picked: Vec<(usize, usize, u64)> = load
+        let mut spares: Vec<(usize, usize, u64)> = load
             .into_iter()
             .map(|(node_id, (chains, heads))| (chains, heads, node_id))
             .collect();
-        picked.sort_unstable();
-        picked.truncate(usize::from(rf));
-        let (head, _) = picked
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, &(_, heads, node_id))| (heads, node_id))
-            .expect("rf is at least 1");
-        let head = picked.remove(head);
-        Ok(std::iter::once(head)
-            .chain(picked)
-            .map(|(_, _, node_id)| node_id)
-            .collect())
+        spares.sort_unstable();
+        spares.into_iter().map(|(_, _, id)| id).collect()
     }
 
     /// The nodes of `log_id`'s current chain that have not yet reported applying the map

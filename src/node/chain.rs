@@ -214,8 +214,16 @@ impl Chain {
         metrics.forwards += 1;
     }
 
-    /// Queues a REPLICATE of `kind` without records.
-    fn send_control(&mut self, replicas: &Replicas, log_id: u64, slot: u32, send: Send) {
+    /// Queues a REPLICATE of `kind` without records (a trim carries the log's fencing token
+    /// `fence`, for a successor that skips to the trim point).
+    fn send_control(
+        &mut self,
+        replicas: &Replicas,
+        log_id: u64,
+        slot: u32,
+        send: Send,
+        fence: u64,
+    ) {
         let replica = replicas.get(log_id).expect("a log of this shard");
         let (kind, sent) = match send {
             Send::Trim { .. } => (ReplicateKind::Trim, Some(Sent::Trim { log_id })),
@@ -233,6 +241,7 @@ impl Chain {
             ReplicateHeader::new(kind, log_id, replica.epoch(), replica.next_lsn(), committed);
         if let Send::Trim { before } = send {
             header.trim_before = before;
+            header.fencing_token = fence;
         }
         let request_id = self.request_id();
         let mut out = Vec::with_capacity(128);
@@ -379,6 +388,7 @@ impl Chain {
                 &pulled.records,
                 pulled.count,
                 &state,
+                false,
                 UNANSWERED,
             ) {
                 Ok(_) => stored_end = end,
@@ -398,7 +408,7 @@ impl Chain {
         let replica = replicas.get_mut(log_id).expect("checked");
         metrics.pulled_records += stored_end - here;
         if let Some(probe) = replica.pulled(here, stored_end, pulled.next) {
-            self.send_control(replicas, log_id, slot, probe);
+            self.send_control(replicas, log_id, slot, probe, 0);
         }
         replicas.mark(log_id);
         self.again.insert(log_id);
@@ -463,19 +473,22 @@ impl Chain {
             if replica.link_is_down() {
                 // Refused earlier (held meanwhile): probe again.
                 if let Some(probe) = replica.link_up() {
-                    self.send_control(replicas, log_id, slot, probe);
+                    self.send_control(replicas, log_id, slot, probe, 0);
                 }
                 continue;
             }
             self.pull(replicas, log_id, slot);
+            // Trims, barriers and the committed LSN before the records caught up: a successor
+            // that joined empty skips to this node's trim point first.
+            let replica = replicas.get_mut(log_id).expect("checked");
+            replica.to_send(&mut sends);
+            let fence = store.tail(log_id).map_or(0, |t| t.fencing_token);
+            for send in sends.drain(..) {
+                self.send_control(replicas, log_id, slot, send, fence);
+            }
             let more = self.catch_up(replicas, metrics, store, log_id, slot);
             if more {
                 self.again.insert(log_id);
-            }
-            let replica = replicas.get_mut(log_id).expect("checked");
-            replica.to_send(&mut sends);
-            for send in sends.drain(..) {
-                self.send_control(replicas, log_id, slot, send);
             }
         }
         logs.clear();
@@ -598,7 +611,7 @@ impl Chain {
             }
             let replica = replicas.get_mut(log_id).expect("listed");
             if let Some(probe) = replica.link_up() {
-                self.send_control(replicas, log_id, slot, probe);
+                self.send_control(replicas, log_id, slot, probe, 0);
             }
         }
     }

@@ -58,7 +58,8 @@ pub(crate) struct Session {
     /// Index in `pending` of the first append or trim whose store ack has not come (the
     /// store acks a connection's operations in the order it took them).
     pub(crate) local_next: usize,
-    /// CHECK_TAILs waiting for their barrier to settle down the chain.
+    /// CHECK_TAILs waiting for their barrier to settle down the chain, SEALs for their end
+    /// to be durable.
     pub(crate) barriers: Vec<Barrier>,
     /// The node this connection carries replication traffic from (PEER).
     pub(crate) peer: Option<u64>,
@@ -70,12 +71,22 @@ pub(crate) struct Session {
     pub(crate) traced: Vec<u64>,
 }
 
-/// A CHECK_TAIL waiting for barrier `seq` of its log to settle.
+/// A request answered once something about its log holds: a CHECK_TAIL once its barrier
+/// settled down the chain, a SEAL once the sealed end is durable here.
 #[derive(Debug)]
 pub(crate) struct Barrier {
     pub(crate) request_id: u64,
     pub(crate) log_id: u64,
-    pub(crate) seq: u64,
+    pub(crate) until: Until,
+}
+
+/// What a [`Barrier`] waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Until {
+    /// CHECK_TAIL: barrier `seq` of the log settled.
+    Settled { seq: u64 },
+    /// SEAL of `epoch`: the log's records below `end` are durable here.
+    Durable { epoch: u64, end: u64 },
 }
 
 /// An answer owed to a connection, in order.

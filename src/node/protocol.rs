@@ -23,19 +23,19 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use chainlog_net::cluster::ClusterMap;
+use chainlog_net::cluster::{ClusterMap, MapLog};
 use chainlog_net::{
     decode_request, encode_response, log_id_of, parse_frame, AppendRequest, CreateLogResponse,
     DescribeLogResponse, ErrorCode, Frame, HelloResponse, Limits, ListLogsResponse, LogEntries,
-    LogEntry, LogRef, Opcode, ReadBuilder, ReadKind, Request, Response, Role, TailResponse,
-    ARG_NONE, EPOCH_CURRENT, LSN_UNCONDITIONAL, PROTOCOL_VERSION, RF_DEFAULT, TOKEN_NONE,
-    WRITER_NONE,
+    LogEntry, LogRef, Opcode, ReadBuilder, ReadKind, Request, Response, Role, SealRequest,
+    SealResponse, TailResponse, ARG_NONE, EPOCH_CURRENT, LSN_UNCONDITIONAL, PROTOCOL_VERSION,
+    RF_DEFAULT, TOKEN_NONE, WRITER_NONE,
 };
 use chainlog_storage::io::Io;
-use chainlog_storage::{fatal, AppendOptions, Batch, Clock, FatalReason, Store};
+use chainlog_storage::{fatal, Ack, AppendOptions, Batch, Clock, FatalReason, Store};
 
 use super::catalog::{Catalog, CatalogError, LogEntry as CatalogEntry};
-use super::conn::{Barrier, Conn, Pending, Session};
+use super::conn::{Barrier, Conn, Pending, Session, Until};
 use super::metrics::ShardMetrics;
 use super::records::push_records;
 use super::refusal::{refuse, Refusal};
@@ -66,6 +66,8 @@ pub(crate) struct Server {
     /// A cluster member: logs come from the controller, which serves CREATE_LOG and
     /// DELETE_LOG.
     cluster: bool,
+    /// Acks the store gave while the server waited for it ([`Server::take_acks`]).
+    acks_taken: Vec<Ack>,
 }
 
 /// Who a shard's server is: its place in its node and cluster, and the limits it enforces.
@@ -109,6 +111,7 @@ impl Server {
             replicas: Replicas::load(node_id, limits, &catalog, store),
             catalog,
             cluster,
+            acks_taken: Vec::new(),
         }
     }
 
@@ -285,6 +288,7 @@ impl Server {
                 self.replicas
                     .pull(session.peer, store, request_id, &pull, &mut session.out)
             }
+            Request::Seal(seal) => self.seal(session, request_id, &seal),
             Request::Subscribe(sub) => session.subscriptions.subscribe(
                 &mut session.out,
                 store,
@@ -419,13 +423,14 @@ impl Server {
             bytes: append.records.bytes(),
             count: append.records.count(),
         };
-        let lsns = store
-            .append_batch(h.log_id, epoch, &options, batch, token)
+        let (lsns, pin) = store
+            .append_batch(h.log_id, epoch, &options, batch, true, token)
             .map_err(|e| Refusal::of_store(&e))?;
         self.replicas.appended(
             h.log_id,
             epoch,
             lsns.clone(),
+            pin,
             h.fencing_token,
             (h.writer_id, h.writer_seq),
             store,
@@ -496,7 +501,7 @@ impl Server {
             session.barriers.push(Barrier {
                 request_id,
                 log_id,
-                seq,
+                until: Until::Settled { seq },
             });
             self.answer_barriers(session, store);
             return Ok(());
@@ -516,41 +521,77 @@ impl Server {
         Ok(())
     }
 
-    /// Answers the connection's CHECK_TAILs whose barriers settled (with UNAVAILABLE, if the
-    /// connection is closing or the log is gone).
+    /// Answers the connection's CHECK_TAILs whose barriers settled and SEALs whose end is
+    /// durable here (with UNAVAILABLE, if the connection is closing or the log is gone).
     fn answer_barriers<I: Io>(&mut self, session: &mut Session, store: &Store<I>) {
         let mut i = 0;
         while i < session.barriers.len() {
             let b = &session.barriers[i];
-            let answer = match self.replicas.get(b.log_id) {
-                Some(r) if r.barriers().1 >= b.seq => Ok(TailResponse {
-                    tail: r.committed(),
-                    trim_point: store.tail(b.log_id).map_or(0, |t| t.trim_point),
-                    epoch: r.epoch(),
-                }),
-                Some(_) if !session.closing => {
+            let trim_point = store.tail(b.log_id).map_or(0, |t| t.trim_point);
+            let answer = match (self.replicas.get(b.log_id), b.until) {
+                (Some(r), Until::Settled { seq }) if r.barriers().1 >= seq => {
+                    Ok(Response::CheckTail(TailResponse {
+                        tail: r.committed(),
+                        trim_point,
+                        epoch: r.epoch(),
+                    }))
+                }
+                (Some(_), Until::Durable { epoch, end })
+                    if store.tail(b.log_id).map_or(0, |t| t.durable_lsn) >= end =>
+                {
+                    Ok(Response::Seal(SealResponse {
+                        log_id: b.log_id,
+                        epoch,
+                        end_lsn: end,
+                        trim_point,
+                    }))
+                }
+                (Some(_), _) if !session.closing => {
                     i += 1;
                     continue;
                 }
                 _ => Err(refuse(
                     ErrorCode::Unavailable,
                     ARG_NONE,
-                    "the barrier did not settle before the connection closed",
+                    "the log left this node, or the connection closed, before the answer",
                 )),
             };
             let b = session.barriers.swap_remove(i);
+            let opcode = match b.until {
+                Until::Settled { .. } => Opcode::CheckTail,
+                Until::Durable { .. } => Opcode::Seal,
+            };
             match answer {
-                Ok(tail) => encode_response(
-                    &mut session.out,
-                    b.request_id,
-                    Opcode::CheckTail,
-                    &Response::CheckTail(tail),
-                ),
-                Err(refusal) => {
-                    self.refuse(session, b.request_id, Some(Opcode::CheckTail), refusal)
-                }
+                Ok(response) => encode_response(&mut session.out, b.request_id, opcode, &response),
+                Err(refusal) => self.refuse(session, b.request_id, Some(opcode), refusal),
             }
         }
+    }
+
+    /// SEAL (controller or admin): seals the log's epoch here, durably and for good, and
+    /// answers with its end once every record below it is durable here. Sealing again is
+    /// answered with the same end; a SEAL of another epoch than the replica's current one is
+    /// WRONG_EPOCH (the log moved on, or this node has not heard of that epoch yet).
+    fn seal(
+        &mut self,
+        session: &mut Session,
+        request_id: u64,
+        seal: &SealRequest,
+    ) -> Result<(), Refusal> {
+        let (log_id, epoch) = (seal.log_id, seal.epoch);
+        let (end, first) = self.replicas.seal(log_id, epoch)?;
+        if first {
+            tracing::info!(log_id, epoch, end, "epoch sealed");
+            if let Err(e) = self.catalog.seal(log_id, epoch) {
+                self.catalog_failed(&e);
+            }
+        }
+        session.barriers.push(Barrier {
+            request_id,
+            log_id,
+            until: Until::Durable { epoch, end },
+        });
+        Ok(())
     }
 
     fn trim<I: Io>(
@@ -746,29 +787,46 @@ impl Server {
     /// is trimmed away).
     pub(crate) fn apply_map<I: Io>(&mut self, map: &ClusterMap, store: &mut Store<I>) {
         let me = self.node_id;
-        let mine = map.logs().iter().filter(|l| {
-            l.chain.contains(&me)
-                && (l.log_id % u64::from(self.shard_count)) as u16 == self.shard_index
-        });
+        let (shard_count, shard_index) = (u64::from(self.shard_count), self.shard_index);
+        let mine: Vec<&MapLog> = map
+            .logs()
+            .iter()
+            .filter(|l| l.chain.contains(&me) && (l.log_id % shard_count) as u16 == shard_index)
+            .collect();
         let mut kept = HashSet::new();
         for log in mine {
             kept.insert(log.log_id);
+            if self
+                .replicas
+                .get(log.log_id)
+                .is_some_and(|r| r.epoch() > log.epoch)
+            {
+                continue; // A map older than what this node has installed.
+            }
+            let current = self.replicas.is_current(log.log_id, log.epoch, &log.chain);
+            let before = self.catalog.get(log.log_id).cloned();
+            // A seal of this very epoch here stands.
+            let sealed = before
+                .as_ref()
+                .is_some_and(|e| e.epoch == log.epoch && e.sealed);
             let entry = CatalogEntry {
                 name: log.name.clone(),
                 replication_factor: log.replication_factor,
                 epoch: log.epoch,
                 chain: log.chain.clone(),
+                sealed,
             };
-            let current = self.replicas.is_current(log.log_id, log.epoch, &log.chain);
+            if !current {
+                self.prepare_store(log, before.as_ref(), store);
+            }
             // A log this node never held, with no records here, is new to the whole chain:
             // nobody holds records of it. Anything else settles first.
-            let recovered =
-                self.catalog.get(log.log_id).is_some() || store.tail(log.log_id).is_some();
+            let recovered = before.is_some() || store.tail(log.log_id).is_some();
             if let Err(e) = self.catalog.install(log.log_id, entry.clone()) {
                 self.catalog_failed(&e);
             }
             if !current {
-                tracing::info!(log_id = log.log_id, name = log.name, epoch = log.epoch, chain = ?log.chain, "log installed");
+                tracing::info!(log_id = log.log_id, name = log.name, epoch = log.epoch, chain = ?log.chain, start_lsn = log.start_lsn, "log installed");
                 self.replicas.install(log.log_id, &entry, store, recovered);
             }
         }
@@ -786,6 +844,66 @@ impl Server {
             self.replicas.remove(log_id);
             self.free_space(log_id, store);
         }
+    }
+
+    /// Makes the store fit for `log`'s epoch before this node installs it (the epoch is new
+    /// here; `before` is what the catalog had). A replica of the epoch just before, that
+    /// sealed it (the controller builds a new chain from the old one's sealed members, then
+    /// nodes outside the old chain), keeps its records, cut back to the new epoch's start if
+    /// it holds more (never acknowledged: every acknowledged record is below the start).
+    /// Any other node is a new replica of the log: whatever its store holds of it may be
+    /// leftovers of an epoch it was sealed out of, so the log starts again empty and is
+    /// copied from its predecessor. Both are made durable before the catalog names the new
+    /// epoch, so a restart never finds the epoch installed over a store not fit for it.
+    fn prepare_store<I: Io>(
+        &mut self,
+        log: &MapLog,
+        before: Option<&CatalogEntry>,
+        store: &mut Store<I>,
+    ) {
+        let survivor = before.is_some_and(|e| {
+            e.epoch + 1 == log.epoch && e.sealed && e.chain.contains(&self.node_id)
+        });
+        let Some(tail) = store.tail(log.log_id) else {
+            return; // Nothing here of this log.
+        };
+        let cut = if survivor {
+            if tail.next_lsn <= log.start_lsn {
+                return;
+            }
+            tracing::info!(
+                log_id = log.log_id,
+                from = log.start_lsn,
+                next = tail.next_lsn,
+                "cutting records of the sealed epoch beyond its end"
+            );
+            store.truncate(log.log_id, log.start_lsn, UNANSWERED)
+        } else {
+            if tail.next_lsn == 0 && tail.trim_point == 0 {
+                return;
+            }
+            tracing::info!(
+                log_id = log.log_id,
+                next = tail.next_lsn,
+                "a new replica of this log here: starting it again empty"
+            );
+            store.reset_log(log.log_id, 0, 0, UNANSWERED)
+        };
+        // The acks this wait collects belong to the shard's next turn (appends of its
+        // connections among them).
+        let durable = cut.and_then(|()| store.sync_all(&mut self.acks_taken));
+        if let Err(e) = durable {
+            fatal(FatalReason::store(
+                Some(self.shard_index),
+                format!("preparing log {}: {e}", log.log_id),
+            ));
+        }
+    }
+
+    /// Acks the store gave while the server waited for it (installing a map): the shard
+    /// handles them before those of its next poll.
+    pub(crate) fn take_acks(&mut self) -> Vec<Ack> {
+        std::mem::take(&mut self.acks_taken)
     }
 
     /// Trims away a deleted log's records (nobody waits for this trim's ack).

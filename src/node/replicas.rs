@@ -5,8 +5,10 @@
 //! ([`Replicas::admit_append`]: the head, settled, the chain not too far behind) and what was
 //! stored for it ([`Replicas::appended`]), trims and barriers, the logs a create, a delete or
 //! a cluster map adds and removes, the positions readers may see ([`Replicas::readable`]), and
-//! the predecessor's requests as a whole ([`Replicas::replicate`], [`Replicas::pull`]). Those
-//! are checked here against the log's current epoch and chain, and records sent again are
+//! the predecessor's requests as a whole ([`Replicas::replicate`], [`Replicas::pull`]), and
+//! SEAL of an epoch ([`Replicas::seal`]; a sealed epoch's appends, REPLICATEs and PULLs are
+//! SEALED from then on). Those are checked here against the log's current epoch and chain,
+//! and records sent again are
 //! checked against the ones stored ([`same_as_stored`]). The links (`super::chain`) take what
 //! this leaves for the end of the turn: the records to forward now ([`Forward`], pinned in the
 //! store), the logs whose state changed, and the answers owed upstream ([`encode_answers`], on
@@ -151,6 +153,13 @@ impl Replicas {
                     format!("node {head} is the head of log {log_id}"),
                 ));
             }
+            Err(Blocked::Sealed { end }) => {
+                return Err(refuse(
+                    ErrorCode::Sealed,
+                    end,
+                    format!("log {log_id}: the epoch is sealed here at {end}; a new one follows"),
+                ))
+            }
             Err(Blocked::Settling) => {
                 return Err(refuse(
                     ErrorCode::Unavailable,
@@ -195,23 +204,27 @@ impl Replicas {
     }
 
     /// The head stored an APPEND's records at `lsns` in `epoch` (just now, with
-    /// `Store::append_batch`): they go to the successor at once if its link is in sync. A
-    /// retried batch (its idempotency key was seen) got its original LSNs and stored nothing.
+    /// `Store::append_batch`, which pinned them: `pin`): they go to the successor at once if
+    /// its link is in sync, else they are unpinned. A retried batch (its idempotency key was
+    /// seen) got its original LSNs and stored (and pinned) nothing.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn appended<I: Io>(
         &mut self,
         log_id: u64,
         epoch: u64,
         lsns: Range<u64>,
+        pin: Option<Pin>,
         fencing_token: u64,
         writer: (u64, u64),
         store: &mut Store<I>,
     ) {
-        let replica = self.logs.get_mut(&log_id).expect("admitted");
-        if lsns.start != replica.next_lsn() {
+        let Some(pin) = pin else {
             return;
-        }
-        if replica.stored(lsns.start, lsns.end, None) == Forwarding::Now {
-            let pin = store.pin_last().expect("the records just stored");
+        };
+        let replica = self.logs.get_mut(&log_id).expect("admitted");
+        if replica.stored(lsns.start, lsns.end, None) != Forwarding::Now {
+            store.unpin(pin);
+        } else {
             self.forwards.push(Forward {
                 log_id,
                 epoch,
@@ -301,6 +314,35 @@ impl Replicas {
         Ok(())
     }
 
+    /// The SEALED refusal of traffic of `log_id`'s sealed epoch, if it is sealed here.
+    fn refuse_if_sealed(&self, log_id: u64) -> Result<(), Refusal> {
+        match self.logs.get(&log_id).and_then(Replica::sealed) {
+            Some(end) => Err(refuse(
+                ErrorCode::Sealed,
+                end,
+                format!("log {log_id}: the epoch is sealed here at {end}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// SEAL of `log_id` in `epoch` (the current epoch here, or WRONG_EPOCH): seals it here for
+    /// good; returns its end and whether this sealed it (false: sealed already, same end).
+    pub(crate) fn seal(&mut self, log_id: u64, epoch: u64) -> Result<(u64, bool), Refusal> {
+        let replica = self.known(log_id)?;
+        let current = replica.epoch();
+        if epoch != current {
+            return Err(refuse(
+                ErrorCode::WrongEpoch,
+                current,
+                format!("log {log_id} is in epoch {current} here, not {epoch}"),
+            ));
+        }
+        let first = replica.sealed().is_none();
+        let end = self.logs.get_mut(&log_id).expect("checked above").seal();
+        Ok((end, first))
+    }
+
     /// REPLICATE from the predecessor (on a connection whose PEER is `peer`, whose store
     /// token is `token`): checked (it must come from the log's predecessor in its current
     /// epoch), then stored, forwarded and answered as the log's replica decides. Records it
@@ -317,6 +359,7 @@ impl Replicas {
         let h = r.header;
         let log_id = h.log_id;
         self.check_predecessor(peer, log_id, h.epoch)?;
+        self.refuse_if_sealed(log_id)?;
         let epoch = h.epoch;
         self.upstream.insert(log_id, token);
         self.touched.insert(log_id);
@@ -361,20 +404,27 @@ impl Replicas {
                             writer: (h.writer_id != WRITER_NONE && skip == 0)
                                 .then_some((h.writer_id, h.writer_seq)),
                         };
-                        store
+                        // Records keep the epoch they were appended in (an earlier one for
+                        // a replica catching up in this one); one epoch per batch.
+                        let records_epoch =
+                            r.records.iter().next().map_or(epoch, |r| r.header.epoch);
+                        let (_, pin) = store
                             .append_replica(
                                 log_id,
-                                epoch,
+                                records_epoch,
                                 from,
                                 bytes,
                                 count - skip as u32,
                                 &state,
+                                true,
                                 UNANSWERED,
                             )
                             .map_err(|e| Refusal::of_store(&e))?;
+                        let pin = pin.expect("records were stored");
                         let replica = self.logs.get_mut(&log_id).expect("checked");
-                        if replica.stored(from, end, Some(request_id)) == Forwarding::Now {
-                            let pin = store.pin_last().expect("the records just stored");
+                        if replica.stored(from, end, Some(request_id)) != Forwarding::Now {
+                            store.unpin(pin);
+                        } else {
                             self.forwards.push(Forward {
                                 log_id,
                                 epoch,
@@ -392,15 +442,27 @@ impl Replicas {
                     }
                 }
             }
+            ReplicateKind::Trim if h.trim_before > replica.next_lsn() => {
+                // The predecessor trimmed past everything here (this replica joined empty, or
+                // far behind): start the log again at the trim point, with the log's token.
+                store
+                    .reset_log(log_id, h.trim_before, h.fencing_token, UNANSWERED)
+                    .map_err(|e| Refusal::of_store(&e))?;
+                tracing::info!(
+                    log_id,
+                    at = h.trim_before,
+                    "skipped to the predecessor's trim point"
+                );
+                let replica = self.logs.get_mut(&log_id).expect("checked");
+                replica.skip_to(
+                    h.trim_before,
+                    Upstream {
+                        request_id,
+                        vouch: h.first_lsn,
+                    },
+                );
+            }
             ReplicateKind::Trim => {
-                let next = replica.next_lsn();
-                if h.trim_before > next {
-                    return Err(refuse(
-                        ErrorCode::ConditionFailed,
-                        next,
-                        format!("log {log_id}: cannot trim before {}: this replica holds records up to {next}", h.trim_before),
-                    ));
-                }
                 store
                     .trim(log_id, h.trim_before, UNANSWERED)
                     .map_err(|e| Refusal::of_store(&e))?;
@@ -438,6 +500,7 @@ impl Replicas {
     ) -> Result<(), Refusal> {
         let log_id = pull.log_id;
         self.check_predecessor(peer, log_id, pull.epoch)?;
+        self.refuse_if_sealed(log_id)?;
         let replica = &self.logs[&log_id];
         let (epoch, next) = (replica.epoch(), replica.next_lsn());
         let max_records = pull.max_records.min(self.limits.batch_records_max) as usize;
@@ -577,11 +640,15 @@ fn replica_of<I: Io>(
     } else {
         entry.chain.clone()
     };
-    if recovered {
+    let mut replica = if recovered {
         Replica::recovered(log_id, node_id, entry.epoch, chain, next, trim)
     } else {
         Replica::new(log_id, node_id, entry.epoch, chain, next, trim)
+    };
+    if entry.sealed {
+        replica.seal();
     }
+    replica
 }
 
 /// Checks that records a predecessor sent again (a resend after a reconnect) are the ones

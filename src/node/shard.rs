@@ -294,6 +294,11 @@ impl<E: Net> Shard<E> {
             fatal(FatalReason::store(Some(self.index()), e));
         }
         self.protocol.start_turn();
+        let mut taken = self.protocol.take_acks();
+        if !taken.is_empty() {
+            taken.append(&mut self.acks);
+            self.acks = taken;
+        }
         self.store.take_external(&mut self.external);
         for completion in std::mem::take(&mut self.external) {
             self.on_completion(completion);

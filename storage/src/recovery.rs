@@ -29,8 +29,8 @@ use crate::error::{Error, Result};
 use crate::format::{
     snapshot_entry_bytes, CleanStop, ControlRecord, FrameFault, FrameKind, Records, SnapshotEntry,
     StateRecord, BLOCK_SIZE, CLEAN_STOP_FILE, CLEAN_STOP_MAGIC, CLEAN_STOP_VERSION, CONTROL_FENCE,
-    CONTROL_RECORD_BYTES, CONTROL_TRIM, CONTROL_WRITER, FORMAT_VERSION, STATE_RECORD_BYTES,
-    SYSTEM_LOG,
+    CONTROL_RECORD_BYTES, CONTROL_RESET, CONTROL_TRIM, CONTROL_TRUNCATE, CONTROL_WRITER,
+    FORMAT_VERSION, STATE_RECORD_BYTES, SYSTEM_LOG,
 };
 use crate::io::{FileId, Io};
 use crate::log::LogState;
@@ -257,15 +257,9 @@ impl Recovered {
             );
         }
         let mut next_frame = None;
+        // A segment's log ends may lie past the log's next LSN: a truncation or reset cut the
+        // history after them, and they pin the segment until a trim passes them again.
         for segment in &self.segments {
-            for (log_id, &end) in &segment.log_ends {
-                let next = self.logs.get(log_id).map_or(0, |l| l.next_lsn);
-                assert!(
-                    end <= next,
-                    "recovered segment {}: log {log_id} ends at {end}, past {next}",
-                    segment.id
-                );
-            }
             if segment.last_seq == 0 {
                 continue; // The active segment, before its first frame.
             }
@@ -650,11 +644,16 @@ fn apply_frame(
                     return Err(bad(format!("control record {} is out of sequence", h.lsn)));
                 }
                 out.system_next_lsn += 1;
-                apply_control(out, record.payload)
+                let cut = apply_control(out, record.payload)
                     .map_err(|reason| bad(format!("control record {}: {reason}", h.lsn)))?;
+                if cut.is_some() && cut == noted {
+                    // The log's next records in this frame, if any, start a new history.
+                    noted = None;
+                }
                 continue;
             }
             let log = out.logs.entry(h.log_id).or_default();
+            log.on_disk = true;
             if h.lsn != log.next_lsn {
                 return Err(bad(format!(
                     "log {} record {} follows {} (LSNs must be dense)",
@@ -681,8 +680,9 @@ fn apply_frame(
     Ok(())
 }
 
-/// Applies a control record (a system-log payload) to the recovered state.
-fn apply_control(out: &mut Recovered, payload: &[u8]) -> std::result::Result<(), String> {
+/// Applies a control record (a system-log payload) to the recovered state. Returns the log
+/// whose history it cut (a truncation or a reset), if any.
+fn apply_control(out: &mut Recovered, payload: &[u8]) -> std::result::Result<Option<u64>, String> {
     let kind = payload
         .get(..4)
         .map(|k| u32::from_le_bytes(k.try_into().expect("4 bytes")));
@@ -697,7 +697,39 @@ fn apply_control(out: &mut Recovered, payload: &[u8]) -> std::result::Result<(),
             log.trim_point = trim;
             log.submitted_trim = trim;
             log.durable_trim = trim;
-            Ok(())
+            Ok(None)
+        }
+        Some(CONTROL_TRUNCATE) if payload.len() == CONTROL_RECORD_BYTES => {
+            let control: ControlRecord = bytemuck::pod_read_unaligned(payload);
+            let (log_id, from) = (control.log_id, control.lsn);
+            let log = out
+                .logs
+                .get_mut(&log_id)
+                .ok_or_else(|| format!("truncation of log {log_id} before its records"))?;
+            if from < log.trim_point || from > log.next_lsn {
+                return Err(format!(
+                    "truncation of log {log_id} from {from}, outside its trim point {} and \
+                     tail {}",
+                    log.trim_point, log.next_lsn
+                ));
+            }
+            log.next_lsn = from;
+            log.submitted_lsn = from;
+            log.durable_lsn = from;
+            log.cut_index(from);
+            log.index_cut = true;
+            out.writers.forget_from(log_id, from);
+            Ok(Some(log_id))
+        }
+        Some(CONTROL_RESET) if payload.len() == CONTROL_RECORD_BYTES => {
+            let control: ControlRecord = bytemuck::pod_read_unaligned(payload);
+            let (log_id, at) = (control.log_id, control.lsn);
+            let log = out.logs.entry(log_id).or_default();
+            let fence = log.fence;
+            *log = LogState::recovered(at, at, fence);
+            log.index_cut = true;
+            out.writers.forget_from(log_id, 0);
+            Ok(Some(log_id))
         }
         Some(CONTROL_FENCE) if payload.len() == STATE_RECORD_BYTES => {
             let state: StateRecord = bytemuck::pod_read_unaligned(payload);
@@ -706,13 +738,13 @@ fn apply_control(out: &mut Recovered, payload: &[u8]) -> std::result::Result<(),
             })?;
             log.fence = log.fence.max(state.value);
             log.submitted_fence = log.fence;
-            Ok(())
+            Ok(None)
         }
         Some(CONTROL_WRITER) if payload.len() == STATE_RECORD_BYTES => {
             let state: StateRecord = bytemuck::pod_read_unaligned(payload);
             check_writer(out, &state)?;
             out.writers.apply(&state);
-            Ok(())
+            Ok(None)
         }
         _ => Err(format!("unknown kind or length ({} bytes)", payload.len())),
     }

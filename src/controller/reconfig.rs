@@ -107,15 +107,12 @@ pub enum SealError {
     Unexpected(String),
 }
 
+/// What a node answered to a seal: the end it sealed at and its trim point, or why not.
+pub type Sealed = Result<(u64, u64), SealError>;
+
 /// Seals `epoch` of `log_id` at the node whose shard 0 is at `addr` (with `shards` shards),
 /// within `timeout`: the end it sealed at and its trim point.
-pub fn seal(
-    addr: &str,
-    shards: u16,
-    log_id: u64,
-    epoch: u64,
-    timeout: Duration,
-) -> Result<(u64, u64), SealError> {
+pub fn seal(addr: &str, shards: u16, log_id: u64, epoch: u64, timeout: Duration) -> Sealed {
     let mut target: SocketAddr = addr
         .to_socket_addrs()?
         .next()

@@ -429,29 +429,28 @@ impl Controller {
                 .filter_map(|&id| state.node(id).map(|n| (id, n.addr.clone(), n.shard_count)))
                 .collect()
         };
-        let results: Vec<(u64, Result<(u64, u64), super::reconfig::SealError>)> =
-            std::thread::scope(|scope| {
-                let calls: Vec<_> = targets
-                    .iter()
-                    .map(|(id, addr, shards)| {
-                        let (id, addr, shards) = (*id, addr.clone(), *shards);
-                        scope.spawn(move || {
-                            let sealed = super::reconfig::seal(
-                                &addr,
-                                shards,
-                                plan.log_id,
-                                plan.epoch,
-                                SEAL_TIMEOUT,
-                            );
-                            (id, sealed)
-                        })
+        let results: Vec<(u64, super::reconfig::Sealed)> = std::thread::scope(|scope| {
+            let calls: Vec<_> = targets
+                .iter()
+                .map(|(id, addr, shards)| {
+                    let (id, addr, shards) = (*id, addr.clone(), *shards);
+                    scope.spawn(move || {
+                        let sealed = super::reconfig::seal(
+                            &addr,
+                            shards,
+                            plan.log_id,
+                            plan.epoch,
+                            SEAL_TIMEOUT,
+                        );
+                        (id, sealed)
                     })
-                    .collect();
-                calls
-                    .into_iter()
-                    .filter_map(|call| call.join().ok())
-                    .collect()
-            });
+                })
+                .collect();
+            calls
+                .into_iter()
+                .filter_map(|call| call.join().ok())
+                .collect()
+        });
         let mut sealed = Vec::new();
         for (id, result) in results {
             match result {

@@ -107,8 +107,8 @@ fn a_retry_of_a_durable_batch_is_handed_out_by_the_next_poll_without_waiting() {
     };
     let records = [Record::new(b"one"), Record::new(b"two")];
     let mut acks: Vec<Ack> = Vec::new();
-    let lsns = store
-        .append_batch(1, 1, &keyed, Batch::Records(&records), 10)
+    let (lsns, _) = store
+        .append_batch(1, 1, &keyed, Batch::Records(&records), false, 10)
         .expect("append");
     store.sync_all(&mut acks).expect("durable");
     assert_eq!(acks.len(), 1, "the first append is acknowledged");
@@ -116,8 +116,8 @@ fn a_retry_of_a_durable_batch_is_handed_out_by_the_next_poll_without_waiting() {
 
     // From now on the owner has an operation in flight (a socket receive, say).
     store.io_mut().owner_pending = true;
-    let again = store
-        .append_batch(1, 1, &keyed, Batch::Records(&records), 11)
+    let (again, _) = store
+        .append_batch(1, 1, &keyed, Batch::Records(&records), false, 11)
         .expect("the retry");
     assert_eq!(again, lsns, "the retry gets the original LSNs");
     store.poll(true, &mut acks).expect("poll");

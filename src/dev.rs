@@ -100,8 +100,8 @@ impl Launcher {
 pub struct DevOptions {
     /// Nodes (at least 1).
     pub nodes: usize,
-    /// Replication factor of the logs (at least 1, at most `nodes`); above 1, or with more
-    /// than one node, the cluster has a controller.
+    /// The cluster's default replication factor: logs created without one get it (at least
+    /// 1, at most `nodes`); above 1, or with more than one node, the cluster has a controller.
     pub rf: usize,
     /// Shards per node (at least 1).
     pub shards: usize,
@@ -422,8 +422,14 @@ impl DevCluster {
         Ok(cluster)
     }
 
+    /// Starts the controller; logs created without a replication factor get `options.rf`.
     fn launch_controller(&self, options: &DevOptions) -> Result<DevProcess, DevError> {
-        let flags = [OsString::from("--listen"), LISTEN.into()];
+        let flags = [
+            OsString::from("--listen"),
+            LISTEN.into(),
+            "--default-rf".into(),
+            options.rf.to_string().into(),
+        ];
         self.launch(
             options,
             Member::Controller,

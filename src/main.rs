@@ -92,9 +92,8 @@ struct DevArgs {
     /// Nodes (more than 1, or --rf above 1, starts the controller too).
     #[arg(long, value_name = "N", default_value_t = 1)]
     nodes: usize,
-    /// Replication factor the printed commands use (at most the nodes; above 1 starts the
-    /// controller too). Logs take theirs from whoever creates them: `chainlog log create`
-    /// makes rf 1 logs unless given `--rf R`, whatever this says.
+    /// The cluster's default replication factor (at most the nodes; above 1 starts the
+    /// controller too): logs created without one (`chainlog log create` without --rf) get it.
     #[arg(long, value_name = "R", default_value_t = 1)]
     rf: usize,
     /// Shards per node.
@@ -346,7 +345,7 @@ fn print_dev(cluster: &DevCluster, rf: usize) {
     }
     if cluster.controller().is_some() {
         lines.push(format!(
-            "use it:  chainlog log create orders --rf {rf} --target {target}   # without --rf: rf 1"
+            "use it:  chainlog log create orders --target {target}   # rf {rf}, the cluster's default"
         ));
         lines.push(format!(
             "         chainlog append orders hello --target {target}"

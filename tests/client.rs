@@ -68,7 +68,9 @@ fn library_appends_reads_trims_conditions_and_administers_logs() {
             ids.iter().any(|id| id % 2 == 0) && ids.iter().any(|id| id % 2 == 1),
             "the logs cover both shards"
         );
-        let (code, arg0) = server_code(client.create_log("orders").await);
+        // A create again (a retry) is the same log; with another replication factor it is not.
+        assert_eq!(client.create_log("orders").await.expect("again"), ids[0]);
+        let (code, arg0) = server_code(client.create_log_with("orders", 2).await);
         assert_eq!((code, arg0), (ErrorCode::LogExists, ids[0]));
 
         for (i, &id) in ids.iter().enumerate() {
@@ -88,6 +90,12 @@ fn library_appends_reads_trims_conditions_and_administers_logs() {
                 [0, 1, 2]
             );
             assert!(batch.records.iter().all(|r| r.epoch == 1));
+            // max_bytes counts the bytes that travel: 48 for each of these records (a 40-byte
+            // header and a payload padded to 8), at least one record (PROTOCOL.md 6.3).
+            for (max_bytes, records) in [(96, 2), (95, 1), (144, 3), (1, 1)] {
+                let batch = client.read(id, 0, 100, max_bytes).await.unwrap();
+                assert_eq!(batch.records.len(), records, "max_bytes {max_bytes}");
+            }
             assert_eq!(client.check_tail(id).await.unwrap().tail, 3);
             assert_eq!(client.tail_hint(id).await.unwrap().tail, 3);
         }
@@ -319,9 +327,13 @@ fn cli_commands_against_a_node() {
     assert_eq!(created.len(), 1);
     assert_eq!(created[0]["log_id"], id);
     assert_eq!(created[0]["shard"], id % 2);
-    let again = cli(&node, &["log", "create", "cli-log"], None);
-    assert_eq!(again.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(created[0]["replication_factor"], 1, "the node's default");
+    // Created again: the same log (a retry); with another replication factor, LOG_EXISTS.
+    let again = json_lines(&cli(&node, &["log", "create", "cli-log", "--json"], None));
+    assert_eq!(again, created);
+    let other = cli(&node, &["log", "create", "cli-log", "--rf", "2"], None);
+    assert_eq!(other.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&other.stderr);
     assert!(stderr.contains("LOG_EXISTS"), "{stderr}");
     ok(&cli(&node, &["log", "create", "other-log"], None));
     // A standalone node offers one replica: the node's error, exit code 1.

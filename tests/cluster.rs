@@ -20,7 +20,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chainlog::controller::client::Client as ControllerClient;
-use chainlog::controller::ClusterMap;
+use chainlog::net::cluster::ClusterMap;
 use chainlog::net::{
     AppendHeader, ErrorCode, Opcode, PeerRequest, RecordHeader, Records, ReplicateHeader,
     ReplicateKind, ReplicateRequest, Request, Response, RECORD_HEADER_BYTES,
@@ -43,6 +43,11 @@ enum Ports {
     At(u16),
 }
 
+/// These tests are about a chain within one epoch (replication, restarts of its members,
+/// backpressure): their controller counts a node alive for ten minutes after its last
+/// heartbeat, so it never reconfigures a chain under them (tests/failover.rs does).
+const IN_EPOCH: &[&str] = &["--liveness-ms", "600000"];
+
 /// A controller and its member nodes (node `i` has id `i + 1`).
 struct Cluster {
     controller: Controller,
@@ -64,8 +69,8 @@ impl Cluster {
 
     fn start_at(dir: &Path, nodes: usize, ports: Ports) -> Cluster {
         let controller = match ports {
-            Ports::Fixed => Controller::start_fixed(&dir.join("controller"), &[]),
-            Ports::Any | Ports::At(_) => Controller::start(&dir.join("controller"), &[]),
+            Ports::Fixed => Controller::start_fixed(&dir.join("controller"), IN_EPOCH),
+            Ports::Any | Ports::At(_) => Controller::start(&dir.join("controller"), IN_EPOCH),
         };
         let mut cluster = Cluster {
             controller,
@@ -330,7 +335,7 @@ fn stopping_and_restarting_every_process_keeps_what_was_committed() {
     let controller = Controller::start_on(
         &dir.path().join("controller"),
         &controller_addr.to_string(),
-        &[],
+        IN_EPOCH,
     );
     let mut cluster = Cluster {
         controller,

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chainlog::controller::client::{Client as ControllerClient, ClientError};
-use chainlog::controller::{ClusterMap, MapLog};
+use chainlog::net::cluster::{ClusterMap, MapLog};
 use chainlog::net::{ErrorCode, GetMapRequest, HelloRequest, Limits, Opcode, Request, Response};
 use common::raw::{frame, request, Answer, Raw};
 use common::{Controller, Node};
@@ -305,14 +305,11 @@ fn nodes_register_logs_are_placed_and_a_restart_keeps_the_map() {
         Err(ClientError::Server(e)) => assert_eq!((e.code, e.arg0), (ErrorCode::TooLarge, 3)),
         other => panic!("{other:?}"),
     }
-    // rf 0 never leaves the client; sent raw, the decoder refuses it.
-    assert!(matches!(
-        c.create_log("zero", 0),
-        Err(ClientError::Invalid(_))
-    ));
-    let mut raw = Raw::greeted(controller.addr);
-    raw.send(&frame(Opcode::CreateLog as u16, 0, 3, b"\0\0\x04\0zero"));
-    expect_refused_and_closed(&mut raw, 3, ErrorCode::Malformed);
+    // rf 0 asks for the default, 1 without --default-rf: not rf2's 2, so LOG_EXISTS.
+    match c.create_log("rf2", 0) {
+        Err(ClientError::Server(e)) => assert_eq!((e.code, e.arg0), (ErrorCode::LogExists, two)),
+        other => panic!("{other:?}"),
+    }
 
     // Delete: gone from the map, a new version.
     c.delete_log(one).expect("delete");
@@ -556,5 +553,45 @@ fn the_cli_creates_a_replicated_log_and_status_shows_nodes_chains_and_replica_la
         "{text}"
     );
     drop((running, heartbeats));
+    assert!(controller.terminate().success());
+}
+
+/// PROTOCOL.md 6.7 (issue 16, F5): CREATE_LOG with replication factor 0 gets the
+/// controller's `--default-rf`, then follows the rules of an explicit one (a retry with the
+/// same factor is the same log, another one LOG_EXISTS).
+#[test]
+fn replication_factor_0_is_the_controllers_default() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flags = ["--liveness-ms", "600000", "--default-rf", "2"];
+    let controller = Controller::start(&dir.path().join("controller"), &flags);
+    let mut c = connect(&controller);
+    for id in 1..=3 {
+        c.register(id, &format!("127.0.0.1:{}", 17100 + id), 1)
+            .expect("register");
+    }
+    let _nodes = FakeNodes::start(controller.addr, &[1, 2, 3]);
+    let id = c
+        .create_log("defaulted", 0)
+        .expect("created at the default");
+    let map = c.map().expect("map");
+    let log = map.log(id).expect("the log");
+    assert_eq!((log.replication_factor, log.chain.len()), (2, 2));
+    assert_eq!(c.create_log("defaulted", 0).expect("again"), id);
+    assert_eq!(c.create_log("defaulted", 2).expect("explicitly"), id);
+    match c.create_log("defaulted", 1) {
+        Err(ClientError::Server(e)) => assert_eq!((e.code, e.arg0), (ErrorCode::LogExists, id)),
+        other => panic!("{other:?}"),
+    }
+    // An explicit factor is taken as it is.
+    let one = c.create_log("explicit", 1).expect("rf 1");
+    assert_eq!(
+        c.map()
+            .expect("map")
+            .log(one)
+            .expect("log")
+            .replication_factor,
+        1
+    );
+    drop(c);
     assert!(controller.terminate().success());
 }

@@ -339,10 +339,9 @@ fn a_kill_9_of_chainlog_dev_takes_its_node_down() {
 fn chainlog_dev_with_3_nodes_and_rf_3_serves_the_map_and_stops_leaving_no_process() {
     let mut dev = Dev::start(&["--nodes", "3", "--rf", "3"]);
     let target = dev.target();
-    // The printed command creates a replicated log: --rf is not log create's default.
+    // --rf is the cluster's default: the printed command needs no --rf of its own.
     assert!(
-        dev.use_it
-            .contains("chainlog log create orders --rf 3 --target"),
+        dev.use_it.contains("chainlog log create orders --target"),
         "{}",
         dev.use_it
     );
@@ -358,14 +357,13 @@ fn chainlog_dev_with_3_nodes_and_rf_3_serves_the_map_and_stops_leaving_no_proces
             .map(|n| n.node_id)
             .collect();
         assert_eq!(alive, [1, 2, 3]);
-        let id = client.create_log_with("dev-rf3", 3).await.expect("create");
-        let chain = &client
-            .map()
-            .expect("map")
-            .log(id)
-            .expect("the log")
-            .chain
-            .clone();
+        // Created without a replication factor: it gets the cluster's default, --rf 3 (issue
+        // 16, F5).
+        let id = client.create_log("dev-rf3").await.expect("create");
+        let map = client.map().expect("map");
+        let log = map.log(id).expect("the log");
+        assert_eq!(log.replication_factor, 3);
+        let chain = &log.chain.clone();
         assert_eq!(chain.len(), 3);
         let lsns = client.append(id, &[b"replicated"]).await.expect("append");
         // Every replica learns the commit (the deadline is a guard, not a timing assertion).

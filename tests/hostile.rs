@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
+use chainlog::net::log_id_of;
 use chainlog::net::{
     AppendHeader, CreditRequest, ErrorCode, HelloRequest, ListLogsRequest, ReadRequest, Request,
     SubscribeRequest, TrimRequest, UnsubscribeRequest, HELLO_MAGIC,
 };
-use chainlog::node::catalog::log_id_of;
 use common::raw::{frame, request, Answer, Raw};
 use common::{Client, Node, SOCKET_TIMEOUT};
 
@@ -971,12 +971,23 @@ fn kinds() -> Vec<Kind> {
         }),
     );
     add(
-        "CREATE_LOG with replication_factor 0",
+        "CREATE_LOG with replication_factor 0 (the node's default, 1)",
         Box::new(|e| {
             let mut c = Raw::greeted(e.shard0);
-            c.send(&frame(OP_CREATE_LOG, 0, 2, &[0, 0, 1, 0, b'r']));
-            let a = c.expect_error(OP_CREATE_LOG, 2, ErrorCode::Malformed, NONE, 0);
-            format!("{a}; {}", c.expect_closed())
+            let name = name_on("rf0", 0, 2);
+            let mut body = vec![0, 0];
+            body.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            body.extend_from_slice(name.as_bytes());
+            c.send(&frame(OP_CREATE_LOG, 0, 2, &body));
+            let a = match c.next() {
+                Some(Answer::Ok {
+                    opcode: OP_CREATE_LOG,
+                    request_id: 2,
+                    what,
+                }) => what,
+                other => panic!("CREATE_LOG with replication factor 0: {other:?}"),
+            };
+            format!("{a}; {}", c.expect_open(3))
         }),
     );
     add(

@@ -27,7 +27,7 @@ fn logs_appends_reads_trims_and_a_restart() {
     // Every shard owns the names that hash to it: a client goes where the id says.
     let mut shard = [node.connect(0), node.connect(1)];
     let name = "orders";
-    let id = chainlog::node::catalog::log_id_of(name);
+    let id = chainlog::net::log_id_of(name);
     let owner = (id % 2) as usize;
     let wrong = &mut shard[1 - owner];
     let refused = wrong.call(
@@ -43,17 +43,6 @@ fn logs_appends_reads_trims_and_a_restart() {
     assert_eq!(refused, (ErrorCode::WrongShard, owner as u64));
     let c = &mut shard[owner];
     assert_eq!(c.create(name), id);
-    let again = c.call(
-        &Request::CreateLog(CreateLogRequest {
-            replication_factor: 1,
-            name,
-        }),
-        |r| match r {
-            Response::Error(e) => e.code,
-            other => panic!("{other:?}"),
-        },
-    );
-    assert_eq!(again, ErrorCode::LogExists);
 
     // Appends: batches of 1..4 records; LSNs are dense.
     let mut next = 0;
@@ -475,4 +464,274 @@ fn a_node_at_a_port_in_use_names_the_listener_and_exits_1() {
         assert!(stderr.contains(&says), "{stderr}");
         assert!(output.stdout.is_empty(), "it never served");
     }
+}
+
+/// The ERROR of `response` as (code, arg0, message); panics on anything else.
+fn refused(response: Response<'_>) -> (ErrorCode, u64, String) {
+    match response {
+        Response::Error(e) => (e.code, e.arg0, e.message.to_string()),
+        other => panic!("expected an ERROR, got {other:?}"),
+    }
+}
+
+/// PROTOCOL.md 3.2 and 6 (issue 16, P4 and P6): a node routes data requests and its log
+/// administration alike, and WRONG_SHARD's message is worded as section 10.2's example.
+#[test]
+fn wrong_shard_is_answered_to_every_routed_request_as_the_spec_words_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 2);
+    let mut shard0 = node.connect(0);
+    // Log 7 is on shard 1 (7 % 2): section 10.2's example, message and all.
+    let mut frame = Vec::new();
+    let limits = shard0.limits;
+    let mut append = AppendBuilder::new(&mut frame, 2, &AppendHeader::new(7), &limits);
+    append.push(b"hello").expect("a record");
+    append.finish();
+    shard0.send(&frame);
+    let append = shard0.receive(|rid, r| (rid, refused(r)));
+    assert_eq!(
+        append,
+        (2, (ErrorCode::WrongShard, 1, "log 7 is on shard 1".into()))
+    );
+    shard0.next_id = 3;
+    let by_id = shard0.call(
+        &Request::DescribeLog(DescribeLogRequest { by: LogRef::Id(7) }),
+        refused,
+    );
+    assert_eq!(
+        by_id,
+        (ErrorCode::WrongShard, 1, "log 7 is on shard 1".into())
+    );
+    let delete = shard0.call(&Request::DeleteLog { log_id: 7 }, refused);
+    assert_eq!(
+        delete,
+        (ErrorCode::WrongShard, 1, "log 7 is on shard 1".into())
+    );
+    let read = shard0.call(
+        &Request::Read(ReadRequest {
+            log_id: 7,
+            from_lsn: 0,
+            max_records: 1,
+            max_bytes: 1,
+        }),
+        refused,
+    );
+    assert_eq!(
+        read,
+        (ErrorCode::WrongShard, 1, "log 7 is on shard 1".into())
+    );
+    // By name: the message names the log.
+    let name = (0..)
+        .map(|i| format!("elsewhere-{i}"))
+        .find(|n| chainlog::net::log_id_of(n) % 2 == 1)
+        .expect("a name of shard 1");
+    let expected = (
+        ErrorCode::WrongShard,
+        1,
+        format!("log {name:?} is on shard 1"),
+    );
+    let create = shard0.call(
+        &Request::CreateLog(CreateLogRequest {
+            replication_factor: 1,
+            name: &name,
+        }),
+        refused,
+    );
+    assert_eq!(create, expected);
+    let by_name = shard0.call(
+        &Request::DescribeLog(DescribeLogRequest {
+            by: LogRef::Name(&name),
+        }),
+        refused,
+    );
+    assert_eq!(by_name, expected);
+    // LIST_LOGS is not routed: every shard answers for its own logs.
+    let listed = shard0.call(
+        &Request::ListLogs(ListLogsRequest {
+            after_log_id: 0,
+            max: 10,
+        }),
+        |r| matches!(r, Response::ListLogs(_)),
+    );
+    assert!(listed);
+    drop(shard0);
+    assert!(node.terminate().success());
+}
+
+/// PROTOCOL.md 6.3 (issue 16, P1): READ's `max_bytes` counts the bytes that travel (each
+/// record's 40-byte header, payload and padding to 8), with at least one record.
+#[test]
+fn read_max_bytes_counts_the_bytes_that_travel() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 1);
+    let mut c = node.connect(0);
+    let id = c.create("sized");
+    let lens = [0usize, 1, 5, 7, 8, 9, 1000, 65536];
+    for len in lens {
+        let payload = vec![b'x'; len];
+        c.append(&AppendHeader::new(id), &[&payload])
+            .expect("append");
+    }
+    let wire = |len: usize| 40 + len.next_multiple_of(8) as u32;
+    // Sizes on the wire: 40, 48, 48, 48, 48, 56, 1040, 65576.
+    let mut read = |from_lsn: u64, max_records: u32, max_bytes: u32| {
+        c.call(
+            &Request::Read(ReadRequest {
+                log_id: id,
+                from_lsn,
+                max_records,
+                max_bytes,
+            }),
+            |r| match r {
+                Response::Read(read) => read
+                    .records
+                    .iter()
+                    .map(|r| r.header.len as usize)
+                    .collect::<Vec<_>>(),
+                other => panic!("READ answered with {other:?}"),
+            },
+        )
+    };
+    let upto = |n: usize| lens[..n].iter().map(|&l| wire(l)).sum::<u32>();
+    for n in 1..=lens.len() {
+        assert_eq!(
+            read(0, 100, upto(n)),
+            lens[..n],
+            "max_bytes exactly {n} records"
+        );
+        assert_eq!(
+            read(0, 100, upto(n) - 1),
+            lens[..(n - 1).max(1)],
+            "max_bytes one short of {n} records"
+        );
+    }
+    assert_eq!(read(0, 100, 0), lens[..1], "max_bytes 0: one record");
+    assert_eq!(read(0, 100, 1), lens[..1], "max_bytes 1: one record");
+    assert_eq!(
+        read(7, 100, 100),
+        [65536],
+        "a record larger than max_bytes alone"
+    );
+    assert_eq!(read(0, 2, u32::MAX), lens[..2], "max_records bounds it too");
+    assert_eq!(read(0, 100, u32::MAX), lens, "everything");
+    drop(c);
+    assert!(node.terminate().success());
+}
+
+/// PROTOCOL.md 6.7 (issue 16, P2 and F5): a create of an existing log with its replication
+/// factor succeeds (a retry whose answer was lost), with another one is LOG_EXISTS;
+/// replication factor 0 asks for the server's default (1 on a standalone node).
+#[test]
+fn create_log_is_idempotent_and_0_asks_for_the_default() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 1);
+    let mut c = node.connect(0);
+    let create = |c: &mut common::Client, name: &str, replication_factor: u8| {
+        c.call(
+            &Request::CreateLog(CreateLogRequest {
+                replication_factor,
+                name,
+            }),
+            |r| match r {
+                Response::CreateLog(created) => Ok((created.log_id, created.shard)),
+                Response::Error(e) => Err((e.code, e.arg0)),
+                other => panic!("CREATE_LOG answered with {other:?}"),
+            },
+        )
+    };
+    let id = chainlog::net::log_id_of("kept");
+    assert_eq!(create(&mut c, "kept", 1), Ok((id, 0)));
+    assert_eq!(
+        create(&mut c, "kept", 1),
+        Ok((id, 0)),
+        "the same create again"
+    );
+    assert_eq!(create(&mut c, "kept", 0), Ok((id, 0)), "the default is 1");
+    assert_eq!(
+        create(&mut c, "kept", 2),
+        Err((ErrorCode::LogExists, id)),
+        "another replication factor"
+    );
+    let fresh = chainlog::net::log_id_of("fresh");
+    assert_eq!(
+        create(&mut c, "fresh", 0),
+        Ok((fresh, 0)),
+        "a new log at the default"
+    );
+    assert_eq!(
+        create(&mut c, "big", 2),
+        Err((ErrorCode::TooLarge, 1)),
+        "a single node offers 1"
+    );
+    let described = c.call(
+        &Request::DescribeLog(DescribeLogRequest {
+            by: LogRef::Name("fresh"),
+        }),
+        |r| match r {
+            Response::DescribeLog(d) => d.replication_factor,
+            other => panic!("{other:?}"),
+        },
+    );
+    assert_eq!(described, 1);
+    // The log is one log: a retried create did not make another or touch its records.
+    assert_eq!(c.append(&AppendHeader::new(id), &[b"one"]), Ok(0));
+    assert_eq!(create(&mut c, "kept", 1), Ok((id, 0)));
+    assert_eq!(c.append(&AppendHeader::new(id), &[b"two"]), Ok(1));
+    drop(c);
+    assert!(node.terminate().success());
+}
+
+/// PROTOCOL.md 6.4 (issue 16, P7): a SUBSCRIBE from above the tail is acknowledged at its
+/// `from_lsn`, and its first push starts there once that LSN commits: the LSNs between the
+/// tail and `from_lsn` are never pushed.
+#[test]
+fn a_subscription_from_above_the_tail_waits_for_its_first_lsn() {
+    use chainlog::net::SubscribeRequest;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 1);
+    let mut writer = node.connect(0);
+    let mut reader = node.connect(0);
+    let id = writer.create("ahead");
+    for lsn in 0..2 {
+        assert_eq!(
+            writer.append(&AppendHeader::new(id), &[&payload(id, lsn)]),
+            Ok(lsn)
+        );
+    }
+    // The tail is 2; ask for 5.
+    let mut out = Vec::new();
+    let subscribe = SubscribeRequest {
+        log_id: id,
+        from_lsn: 5,
+        credit_records: 100,
+    };
+    encode_request(&mut out, 7, &Request::Subscribe(subscribe));
+    reader.send(&out);
+    reader.receive(|rid, r| match r {
+        Response::Subscribe(s) => assert_eq!((rid, s.start_lsn), (7, 5)),
+        other => panic!("{other:?}"),
+    });
+    // LSNs 2..=6 commit one by one; pushes come in order, so had 2..=4 been pushed they
+    // would come first.
+    for lsn in 2..7 {
+        assert_eq!(
+            writer.append(&AppendHeader::new(id), &[&payload(id, lsn)]),
+            Ok(lsn)
+        );
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        reader.receive(|rid, r| match r {
+            Response::Push(p) => {
+                assert!(rid == 7 && !p.end);
+                for v in p.batch.records.iter() {
+                    seen.push((v.header.lsn, v.payload.to_vec()));
+                }
+            }
+            other => panic!("{other:?}"),
+        });
+    }
+    assert_eq!(seen, [(5, payload(id, 5)), (6, payload(id, 6))]);
+    drop((writer, reader));
+    assert!(node.terminate().success());
 }

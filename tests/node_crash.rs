@@ -195,9 +195,7 @@ fn kill_9_under_load_loses_no_acknowledged_record() {
     let logs: Vec<(u64, u16)> = (0..LOGS)
         .map(|i| {
             let name = format!("crash-{i}");
-            let shard = admin[0]
-                .hello
-                .shard_of(chainlog::node::catalog::log_id_of(&name));
+            let shard = admin[0].hello.shard_of(chainlog::net::log_id_of(&name));
             (admin[usize::from(shard)].create(&name), shard)
         })
         .collect();

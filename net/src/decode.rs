@@ -15,9 +15,10 @@ use crate::message::{
     GetMapResponse, HeartbeatRequest, HelloRequest, HelloResponse, ListLogsRequest,
     ListLogsResponse, LogEntries, LogRef, MapVersionResponse, Opcode, PeerRequest, PullRequest,
     PullResponse, Push, ReadRequest, ReadResponse, RegisterNodeRequest, ReplicateHeader,
-    ReplicateKind, ReplicateRequest, ReplicateResponse, Request, Response, Role, SubscribeRequest,
-    SubscribeResponse, TailResponse, TrimRequest, UnsubscribeRequest, ENTRY_HEADER_BYTES,
-    PULL_REQUEST_BYTES, PULL_RESPONSE_HEADER_BYTES, REPLICATE_HEADER_BYTES,
+    ReplicateKind, ReplicateRequest, ReplicateResponse, Request, Response, Role, SealRequest,
+    SealResponse, SubscribeRequest, SubscribeResponse, TailResponse, TrimRequest,
+    UnsubscribeRequest, ENTRY_HEADER_BYTES, PULL_REQUEST_BYTES, PULL_RESPONSE_HEADER_BYTES,
+    REPLICATE_HEADER_BYTES,
 };
 use crate::records::{RecordForm, Records};
 use crate::{
@@ -86,9 +87,6 @@ pub fn decode_request<'a>(frame: &Frame<'a>, limits: &Limits) -> Result<Request<
         Opcode::CreateLog => {
             r.need(4)?;
             let replication_factor = r.u8()?;
-            if replication_factor == 0 {
-                return Err(r.invalid("replication_factor", 0));
-            }
             r.reserved_u8("reserved")?;
             let name = r.name(limits)?;
             Request::CreateLog(CreateLogRequest {
@@ -112,6 +110,13 @@ pub fn decode_request<'a>(frame: &Frame<'a>, limits: &Limits) -> Result<Request<
         }),
         Opcode::Replicate => Request::Replicate(replicate_request(&mut r, limits)?),
         Opcode::Pull => Request::Pull(pull_request(&mut r, limits)?),
+        Opcode::Seal => {
+            r.need(16)?;
+            Request::Seal(SealRequest {
+                log_id: r.u64()?,
+                epoch: r.u64()?,
+            })
+        }
         Opcode::RegisterNode => {
             r.need(16)?;
             let node_id = r.node_id("node_id")?;
@@ -230,9 +235,15 @@ fn replicate_request<'a>(
         };
         Records::parse(r.rest(), count, form, limits)?
     } else {
-        // Only a batch of records carries the head's decisions about it.
+        // Only a batch of records carries the head's decisions about it, and a trim the
+        // log's fencing token (for a replica that skips to the trim point).
+        let token = if kind == ReplicateKind::Trim {
+            0
+        } else {
+            fencing_token
+        };
         for (field, value) in [
-            ("fencing_token", fencing_token),
+            ("fencing_token", token),
             ("writer_id", writer_id),
             ("count", u64::from(count)),
         ] {
@@ -439,6 +450,15 @@ pub fn decode_response<'a>(frame: &Frame<'a>, limits: &Limits) -> Result<Respons
         }),
         Opcode::GetMap => Response::GetMap(map_response(&mut r, limits)?),
         Opcode::Pull => Response::Pull(pull_response(&mut r, limits)?),
+        Opcode::Seal => {
+            r.need(32)?;
+            Response::Seal(SealResponse {
+                log_id: r.u64()?,
+                epoch: r.u64()?,
+                end_lsn: r.u64()?,
+                trim_point: r.u64()?,
+            })
+        }
     };
     r.finish()?;
     Ok(response)

@@ -141,6 +141,10 @@ pub fn encode_request(out: &mut Vec<u8>, request_id: u64, request: &Request<'_>)
             put_u32(out, get.max);
             put_u32(out, 0);
         }
+        Request::Seal(seal) => {
+            put_u64(out, seal.log_id);
+            put_u64(out, seal.epoch);
+        }
         Request::Pull(pull) => {
             put_u64(out, pull.log_id);
             put_u64(out, pull.epoch);
@@ -201,6 +205,11 @@ pub fn encode_response(
             put_u64(out, version.map_version);
         }
         Response::GetMap(map) => map_body(out, &map),
+        Response::Seal(seal) => {
+            for field in [seal.log_id, seal.epoch, seal.end_lsn, seal.trim_point] {
+                put_u64(out, field);
+            }
+        }
         Response::Pull(pull) => {
             for field in [
                 pull.log_id,

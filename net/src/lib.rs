@@ -10,19 +10,27 @@
 //! [`Records::bytes`] of an APPEND, and the stamped ones of a REPLICATE between nodes, can be
 //! copied to disk as they are.
 //!
+//! What every party keeps of the protocol beyond one frame is here too, so that the client,
+//! the controller and the node depend on this crate and not on each other: the owned cluster
+//! map ([`cluster`]) and its reading from GET_MAP pages ([`pages`]), [`log_id_of`], and owned
+//! copies of answers ([`ServerError`], [`LogInfo`], [`LogName`]).
+//!
 //! Nothing here does I/O, blocks or allocates while decoding; every decoder returns a precise
 //! [`Error`] for bad input and never panics. `PROTOCOL.md` at the workspace root is the
 //! specification this crate implements.
 
+pub mod cluster;
 mod decode;
 mod encode;
 pub mod error;
 pub mod frame;
 pub mod map;
 pub mod message;
+pub mod pages;
 pub mod records;
 
 pub use chainlog_storage::format::{RecordHeader, RecordView, RECORD_HEADER_BYTES};
+pub use cluster::log_id_of;
 pub use decode::{check_name, decode_request, decode_response};
 pub use encode::{encode_error, encode_replicate_head, encode_request, encode_response};
 pub use error::{Error, ErrorCode};
@@ -32,9 +40,10 @@ pub use message::{
     AppendHeader, AppendRequest, AppendResponse, CreateLogRequest, CreateLogResponse,
     CreditRequest, DescribeLogRequest, DescribeLogResponse, ErrorResponse, GetMapRequest,
     GetMapResponse, HeartbeatRequest, HelloRequest, HelloResponse, ListLogsRequest,
-    ListLogsResponse, LogEntries, LogEntriesIter, LogEntry, LogRef, MapVersionResponse, Opcode,
-    PeerRequest, PullRequest, PullResponse, Push, ReadRequest, ReadResponse, RegisterNodeRequest,
-    ReplicateHeader, ReplicateKind, ReplicateRequest, ReplicateResponse, Request, Response, Role,
+    ListLogsResponse, LogEntries, LogEntriesIter, LogEntry, LogInfo, LogName, LogRef,
+    MapVersionResponse, Opcode, PeerRequest, PullRequest, PullResponse, Push, ReadRequest,
+    ReadResponse, RegisterNodeRequest, ReplicateHeader, ReplicateKind, ReplicateRequest,
+    ReplicateResponse, Request, Response, Role, SealRequest, SealResponse, ServerError,
     SubscribeRequest, SubscribeResponse, TailResponse, TrimRequest, UnsubscribeRequest,
 };
 pub use records::{AppendBuilder, ReadBuilder, ReadKind, RecordForm, RecordIter, Records};
@@ -58,6 +67,9 @@ pub const LSN_FROM_TAIL: u64 = u64::MAX;
 pub const TOKEN_NONE: u64 = 0;
 /// APPEND `writer_id`: no idempotency (then `writer_seq` must be 0).
 pub const WRITER_NONE: u64 = 0;
+/// CREATE_LOG `replication_factor`: the server's default (a standalone node's is 1, the
+/// controller's its `--default-rf`).
+pub const RF_DEFAULT: u8 = 0;
 /// The largest ERROR message, in bytes of UTF-8. Longer messages are cut by [`encode_error`].
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 /// ERROR `arg0`/`arg1` when the argument does not apply (e.g. MALFORMED about no one record).

@@ -52,11 +52,14 @@ pub enum Opcode {
     /// Node to node: records a successor holds beyond the sender's next LSN, with the head's
     /// decisions about them (a restarted node takes back what it lost).
     Pull = 19,
+    /// Controller (or admin) to a replica: seal a log's epoch there, for good, and say where
+    /// it ends (reconfiguration).
+    Seal = 20,
 }
 
 impl Opcode {
     /// Every opcode, in wire order.
-    pub const ALL: [Opcode; 19] = [
+    pub const ALL: [Opcode; 20] = [
         Opcode::Hello,
         Opcode::Append,
         Opcode::Read,
@@ -76,6 +79,7 @@ impl Opcode {
         Opcode::Heartbeat,
         Opcode::GetMap,
         Opcode::Pull,
+        Opcode::Seal,
     ];
 
     /// Decodes an opcode; `None` if version 1 does not define it.
@@ -107,6 +111,7 @@ impl Opcode {
             Opcode::Heartbeat => "HEARTBEAT",
             Opcode::GetMap => "GET_MAP",
             Opcode::Pull => "PULL",
+            Opcode::Seal => "SEAL",
         }
     }
 
@@ -123,6 +128,7 @@ impl Opcode {
                 | Opcode::Trim
                 | Opcode::Replicate
                 | Opcode::Pull
+                | Opcode::Seal
         )
     }
 }
@@ -193,6 +199,8 @@ pub enum Request<'a> {
     GetMap(GetMapRequest),
     /// PULL.
     Pull(PullRequest),
+    /// SEAL.
+    Seal(SealRequest),
 }
 
 impl Request<'_> {
@@ -218,6 +226,7 @@ impl Request<'_> {
             Request::Heartbeat(_) => Opcode::Heartbeat,
             Request::GetMap(_) => Opcode::GetMap,
             Request::Pull(_) => Opcode::Pull,
+            Request::Seal(_) => Opcode::Seal,
         }
     }
 
@@ -228,6 +237,7 @@ impl Request<'_> {
             Request::Append(AppendRequest { header, .. }) => Some(header.log_id),
             Request::Replicate(ReplicateRequest { header, .. }) => Some(header.log_id),
             Request::Pull(PullRequest { log_id, .. }) => Some(log_id),
+            Request::Seal(SealRequest { log_id, .. }) => Some(log_id),
             Request::Read(ReadRequest { log_id, .. })
             | Request::Subscribe(SubscribeRequest { log_id, .. })
             | Request::CheckTail { log_id }
@@ -352,7 +362,8 @@ pub struct TrimRequest {
 /// CREATE_LOG request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CreateLogRequest<'a> {
-    /// Replicas in each epoch's chain (at least 1).
+    /// Replicas in each epoch's chain, or [`RF_DEFAULT`](crate::RF_DEFAULT): the server's
+    /// default.
     pub replication_factor: u8,
     /// The name (checked: 1..=`name_bytes_max` bytes of UTF-8 without NUL).
     pub name: &'a str,
@@ -554,6 +565,8 @@ pub enum Response<'a> {
     GetMap(GetMapResponse<'a>),
     /// PULL response.
     Pull(PullResponse<'a>),
+    /// SEAL response.
+    Seal(SealResponse),
     /// The request failed (flags RESPONSE|ERROR).
     Error(ErrorResponse<'a>),
     /// A subscription ended because of this error: its last push (flags
@@ -586,6 +599,7 @@ impl Response<'_> {
             Response::Heartbeat(_) => Opcode::Heartbeat,
             Response::GetMap(_) => Opcode::GetMap,
             Response::Pull(_) => Opcode::Pull,
+            Response::Seal(_) => Opcode::Seal,
             Response::Error(_) => return None,
         })
     }
@@ -738,6 +752,39 @@ pub struct DescribeLogResponse<'a> {
     pub name: &'a str,
 }
 
+/// A DESCRIBE_LOG answer kept beyond its frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogInfo {
+    /// The id.
+    pub log_id: u64,
+    /// The name.
+    pub name: String,
+    /// Records below this LSN are committed.
+    pub tail: u64,
+    /// Records below this LSN are trimmed.
+    pub trim_point: u64,
+    /// The current epoch.
+    pub epoch: u64,
+    /// The shard that owns it.
+    pub shard: u16,
+    /// Replicas per chain.
+    pub replication_factor: u8,
+}
+
+impl From<&DescribeLogResponse<'_>> for LogInfo {
+    fn from(d: &DescribeLogResponse<'_>) -> LogInfo {
+        LogInfo {
+            log_id: d.log_id,
+            name: d.name.to_string(),
+            tail: d.tail,
+            trim_point: d.trim_point,
+            epoch: d.epoch,
+            shard: d.shard,
+            replication_factor: d.replication_factor,
+        }
+    }
+}
+
 /// REPLICATE response: how far the log is durable on the receiver and every node after it in
 /// the chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -799,6 +846,29 @@ pub struct PullResponse<'a> {
     pub records: Records<'a>,
 }
 
+/// SEAL request: seal `log_id`'s epoch `epoch` at the receiving replica (PROTOCOL.md 6.14).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SealRequest {
+    /// The log.
+    pub log_id: u64,
+    /// The epoch to seal: the replica's current one.
+    pub epoch: u64,
+}
+
+/// SEAL response: the epoch is sealed at the replica, which holds its records below
+/// `end_lsn`, every one durable, and will never take another in that epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SealResponse {
+    /// The log.
+    pub log_id: u64,
+    /// The sealed epoch.
+    pub epoch: u64,
+    /// The replica's next LSN when it sealed (its records below are durable).
+    pub end_lsn: u64,
+    /// The replica's trim point.
+    pub trim_point: u64,
+}
+
 /// REGISTER_NODE and HEARTBEAT response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapVersionResponse {
@@ -831,6 +901,24 @@ pub struct LogEntry<'a> {
     pub log_id: u64,
     /// The log's name.
     pub name: &'a str,
+}
+
+/// A LIST_LOGS entry kept beyond its frame.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogName {
+    /// The id.
+    pub log_id: u64,
+    /// The name.
+    pub name: String,
+}
+
+impl From<LogEntry<'_>> for LogName {
+    fn from(e: LogEntry<'_>) -> LogName {
+        LogName {
+            log_id: e.log_id,
+            name: e.name.to_string(),
+        }
+    }
 }
 
 /// The entries of a LIST_LOGS response: decoded (a validated view of the frame's bytes) or
@@ -977,5 +1065,35 @@ impl<'a> ErrorResponse<'a> {
     /// True if the request can be retried unchanged ([`ErrorCode::is_retryable`]).
     pub fn retryable(&self) -> bool {
         self.code.is_retryable()
+    }
+}
+
+/// An ERROR answer kept beyond its frame: the request did not take effect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerError {
+    /// What went wrong.
+    pub code: ErrorCode,
+    /// The code's first argument (PROTOCOL.md section 8), `u64::MAX` when it does not apply.
+    pub arg0: u64,
+    /// The code's second argument.
+    pub arg1: u64,
+    /// For people.
+    pub message: String,
+}
+
+impl From<&ErrorResponse<'_>> for ServerError {
+    fn from(error: &ErrorResponse<'_>) -> ServerError {
+        ServerError {
+            code: error.code,
+            arg0: error.arg0,
+            arg1: error.arg1,
+            message: error.message.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.name(), self.message)
     }
 }

@@ -23,11 +23,13 @@ pub enum RecordForm {
     /// As a server returns them: every field set, one log, consecutive LSNs.
     Stamped,
     /// As a head sends them to a replica in a REPLICATE: every field set, record `i` of log
-    /// `log_id` with LSN `first_lsn + i` in `epoch` (any `timestamp_us`).
+    /// `log_id` with LSN `first_lsn + i`, all appended in one epoch, `epoch` or an earlier
+    /// one (records of an earlier epoch go to a replica that catches up in a later one), any
+    /// `timestamp_us`.
     Replicated {
         /// The log every record belongs to.
         log_id: u64,
-        /// The epoch every record was appended in.
+        /// The latest epoch the records may have been appended in.
         epoch: u64,
         /// The first record's LSN.
         first_lsn: u64,
@@ -104,7 +106,12 @@ impl<'a> Records<'a> {
                     log_id,
                     epoch,
                     first_lsn,
-                } => check_replicated(&header, index, log_id, epoch, first_lsn)?,
+                } => {
+                    // The first record's epoch is the batch's: every record has it.
+                    let run_epoch = previous.map_or(header.epoch.min(epoch), |p| p.epoch);
+                    check_replicated(&header, index, log_id, run_epoch, first_lsn)?;
+                    previous = Some(header);
+                }
             }
             let (payload, padding) = record[RECORD_HEADER_BYTES..].split_at(len);
             if padding.iter().any(|&b| b != 0) {

@@ -266,7 +266,7 @@ proptest! {
         c in any::<u32>(),
         d in any::<u32>(),
         name in "[a-z0-9/._\u{e0}-\u{ff}-]{1,60}",
-        rf in 1u8..,
+        rf in any::<u8>(),
         request_id in any::<u64>(),
     ) {
         let requests = [

@@ -546,16 +546,6 @@ fn cases() -> Vec<Case> {
         &create_body(3, b"a\0b"),
         Error::NameContainsNul,
     ));
-    cases.push(request(
-        "CREATE_LOG replication factor 0",
-        10,
-        &create_body(0, b"orders"),
-        Error::InvalidField {
-            opcode: 10,
-            field: "replication_factor",
-            value: 0,
-        },
-    ));
     let mut short_name = create_body(3, b"orders");
     short_name.truncate(8);
     cases.push(request(
@@ -801,10 +791,18 @@ fn cases() -> Vec<Case> {
         mismatch(1, "log_id", 8, 7),
     ));
     cases.push(request(
-        "REPLICATE record of another epoch",
+        "REPLICATE record of a later epoch",
         REPLICATE,
-        &replicate(2, &replicated(7, 2, 10, &[b"first", b"second"])),
-        mismatch(0, "epoch", 2, 3),
+        &replicate(2, &replicated(7, 4, 10, &[b"first", b"second"])),
+        mismatch(0, "epoch", 4, 3),
+    ));
+    let mut two_epochs = replicated(7, 2, 10, &[b"first"]);
+    two_epochs.extend(replicated(7, 3, 11, &[b"second"]));
+    cases.push(request(
+        "REPLICATE records of two epochs",
+        REPLICATE,
+        &replicate(2, &two_epochs),
+        mismatch(1, "epoch", 3, 2),
     ));
     cases.push(request(
         "REPLICATE unstamped records",

@@ -11,7 +11,7 @@ use common::*;
 #[test]
 fn every_request_round_trips_byte_for_byte() {
     let corpus = request_corpus();
-    assert_eq!(corpus.len(), 27);
+    assert_eq!(corpus.len(), 28);
     let mut seen = std::collections::HashSet::new();
     for bytes in &corpus {
         let frame = frame(bytes);
@@ -278,7 +278,7 @@ fn every_response_and_error_code_round_trips_byte_for_byte() {
         }
         assert_eq!(&reencode_response(&frame, &response), bytes, "{response:?}");
     }
-    assert_eq!(kinds.len(), 22, "every Response variant");
+    assert_eq!(kinds.len(), 23, "every Response variant");
     // Every code, then the connection-level MALFORMED.
     let mut expected = ErrorCode::ALL.to_vec();
     expected.push(ErrorCode::Malformed);

@@ -15,8 +15,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use chainlog::client::{log_id, AppendOptions, Client, ClientError, LogInfo, Record};
-use chainlog::controller::{ClusterMap, MapLog};
-use chainlog::net::{ErrorCode, LogRef, HEARTBEAT_MS_NEVER, LSN_FROM_TAIL, RECORD_HEADER_BYTES};
+use chainlog::net::cluster::{ClusterMap, MapLog};
+use chainlog::net::{
+    ErrorCode, LogRef, HEARTBEAT_MS_NEVER, LSN_FROM_TAIL, RECORD_HEADER_BYTES, RF_DEFAULT,
+};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -51,10 +53,10 @@ pub(crate) enum LogCommand {
     Create {
         /// The log's name.
         name: String,
-        /// Replicas per chain (above 1 needs a cluster: --target the controller).
-        #[arg(long, value_name = "R", default_value_t = 1,
-              value_parser = clap::value_parser!(u8).range(1..))]
-        rf: u8,
+        /// Replicas per chain (above 1 needs a cluster: --target the controller) [default:
+        /// the target's: 1 on a standalone node, the controller's --default-rf in a cluster].
+        #[arg(long, value_name = "R", value_parser = clap::value_parser!(u8).range(1..))]
+        rf: Option<u8>,
     },
     /// A log's id, positions, epoch and shard.
     Describe {
@@ -253,11 +255,23 @@ async fn run_async(common: &Common, command: Command) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     match command {
         Command::Log(LogCommand::Create { name, rf }) => {
-            let id = client.create_log_with(&name, rf).await?;
+            let id = client
+                .create_log_with(&name, rf.unwrap_or(RF_DEFAULT))
+                .await?;
             let shard = client.shard_of(id);
-            let chain = client
+            let mapped = client
                 .map()
-                .and_then(|map| map.log(id).map(|l| l.chain.clone()));
+                .and_then(|map| map.log(id).map(|l| (l.chain.clone(), l.replication_factor)));
+            let (chain, rf) = match mapped {
+                Some((chain, rf)) => (Some(chain), rf),
+                None => (
+                    None,
+                    client
+                        .describe_log(LogRef::Id(id))
+                        .await?
+                        .replication_factor,
+                ),
+            };
             if json {
                 let mut created =
                     json!({"name": name, "log_id": id, "shard": shard, "replication_factor": rf});

@@ -13,7 +13,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use super::node::NodeConns;
 use super::{ClientError, ReadFrom, ServerError};
-use crate::controller::ClusterMap;
+use chainlog_net::cluster::{ClusterMap, MapNode};
 
 /// Which replica of a log's chain a request goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,7 +147,7 @@ impl Cluster {
 }
 
 /// Whether `conns` still are `node`'s connections in `old` (same address, same shards).
-fn same_node(conns: &NodeConns, node: &crate::controller::MapNode, old: &ClusterMap) -> bool {
+fn same_node(conns: &NodeConns, node: &MapNode, old: &ClusterMap) -> bool {
     conns.shard_count() == node.shard_count
         && old
             .node(node.node_id)

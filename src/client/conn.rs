@@ -36,7 +36,7 @@ pub(crate) enum Answer {
     Created { log_id: u64 },
     Described(super::LogInfo),
     Listed(Vec<super::LogName>),
-    MapPage(crate::controller::pages::MapPage),
+    MapPage(chainlog_net::pages::MapPage),
     Empty,
 }
 
@@ -145,7 +145,7 @@ impl Conn {
                     .map_err(|e| ClientError::Protocol(format!("HELLO response: {e}")))?;
                 let hello = match response {
                     Response::Hello(hello) => hello,
-                    Response::Error(e) => return Err(ClientError::Server(ServerError::of(&e))),
+                    Response::Error(e) => return Err(ClientError::Server(ServerError::from(&e))),
                     other => {
                         return Err(ClientError::Protocol(format!(
                             "HELLO answered with {other:?}"
@@ -386,7 +386,7 @@ fn dispatch(
             // A connection-level error: the server closes; everything pending is unknown.
             return Err(format!(
                 "the server refused the connection: {}",
-                ServerError::of(e)
+                ServerError::from(e)
             ));
         }
     }
@@ -406,7 +406,7 @@ fn dispatch(
                     end: push.end,
                 },
                 Response::Error(e) | Response::PushError(e) => {
-                    SubEvent::Failed(ClientError::Server(ServerError::of(&e)))
+                    SubEvent::Failed(ClientError::Server(ServerError::from(&e)))
                 }
                 other => return Err(format!("a SUBSCRIBE answered with {other:?}")),
             };
@@ -423,7 +423,7 @@ fn dispatch(
     };
     drop(pending);
     let answer = match response {
-        Response::Error(e) => Err(ClientError::Server(ServerError::of(&e))),
+        Response::Error(e) => Err(ClientError::Server(ServerError::from(&e))),
         Response::Append(a) => Ok(Answer::Append {
             first_lsn: a.first_lsn,
             count: a.count,

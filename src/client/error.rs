@@ -5,37 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chainlog_net::{ErrorCode, ErrorResponse, Opcode};
-
-/// An ERROR the server answered: the request did not take effect.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerError {
-    /// What went wrong.
-    pub code: ErrorCode,
-    /// The code's first argument (PROTOCOL.md section 8), `u64::MAX` when it does not apply.
-    pub arg0: u64,
-    /// The code's second argument.
-    pub arg1: u64,
-    /// For people.
-    pub message: String,
-}
-
-impl ServerError {
-    pub(crate) fn of(error: &ErrorResponse<'_>) -> ServerError {
-        ServerError {
-            code: error.code,
-            arg0: error.arg0,
-            arg1: error.arg1,
-            message: error.message.to_string(),
-        }
-    }
-}
-
-impl std::fmt::Display for ServerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.code.name(), self.message)
-    }
-}
+use chainlog_net::{ErrorCode, Opcode, ServerError};
 
 /// Why a client call did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +48,7 @@ pub enum ClientError {
     #[error("invalid request: {0}")]
     Invalid(String),
     /// The cluster map changed between the GET_MAP pages of every read, more than
-    /// [`MAP_RESTARTS_MAX`](crate::controller::pages::MAP_RESTARTS_MAX) times; try again.
+    /// [`MAP_RESTARTS_MAX`](chainlog_net::pages::MAP_RESTARTS_MAX) times; try again.
     #[error("the cluster map kept changing while it was read; try again")]
     MapUnsettled,
 }

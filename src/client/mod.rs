@@ -42,23 +42,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chainlog_net::{
-    encode_request, AppendBuilder, AppendHeader, CreateLogRequest, DescribeLogRequest,
-    DescribeLogResponse, ErrorCode, HelloResponse, Limits, ListLogsRequest, LogRef, Opcode,
-    ReadRequest, Request, Role, SubscribeRequest, TailResponse, TrimRequest,
+    encode_request, AppendBuilder, AppendHeader, CreateLogRequest, DescribeLogRequest, ErrorCode,
+    HelloResponse, Limits, ListLogsRequest, LogRef, Opcode, ReadRequest, Request, Role,
+    SubscribeRequest, TailResponse, TrimRequest, RF_DEFAULT,
 };
 
-use crate::controller::pages::{MapPages, MapPagesError};
-use crate::controller::ClusterMap;
+use chainlog_net::cluster::ClusterMap;
+use chainlog_net::pages::{MapPages, MapPagesError};
+pub use chainlog_net::{LogInfo, LogName, ServerError};
 use cluster::{Cluster, Replica};
 use conn::Answer;
-pub use error::{ClientError, ServerError};
+pub use error::ClientError;
 use node::NodeConns;
 pub use subscription::Subscription;
 
 /// The id of the log called `name` (FNV-1a 64, PROTOCOL.md section 3.2).
-pub fn log_id(name: &str) -> u64 {
-    crate::node::catalog::log_id_of(name)
-}
+pub use chainlog_net::log_id_of as log_id;
 
 /// How a [`Client`] behaves.
 #[derive(Clone, Copy, Debug)]
@@ -145,57 +144,6 @@ pub struct ReadBatch {
     pub tail: u64,
     /// Consecutive records from the LSN asked for (none if it is at or past the tail).
     pub records: Vec<Record>,
-}
-
-/// A log's metadata and positions (DESCRIBE_LOG).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogInfo {
-    /// The id.
-    pub log_id: u64,
-    /// The name.
-    pub name: String,
-    /// Records below this LSN are committed.
-    pub tail: u64,
-    /// Records below this LSN are trimmed.
-    pub trim_point: u64,
-    /// The current epoch.
-    pub epoch: u64,
-    /// The shard that owns it.
-    pub shard: u16,
-    /// Replicas per chain.
-    pub replication_factor: u8,
-}
-
-impl From<&DescribeLogResponse<'_>> for LogInfo {
-    fn from(d: &DescribeLogResponse<'_>) -> LogInfo {
-        LogInfo {
-            log_id: d.log_id,
-            name: d.name.to_string(),
-            tail: d.tail,
-            trim_point: d.trim_point,
-            epoch: d.epoch,
-            shard: d.shard,
-            replication_factor: d.replication_factor,
-        }
-    }
-}
-
-/// A log as LIST_LOGS names it.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct LogName {
-    /// The id.
-    pub log_id: u64,
-    /// The name.
-    pub name: String,
-}
-
-impl From<chainlog_net::LogEntry<'_>> for LogName {
-    fn from(e: chainlog_net::LogEntry<'_>) -> LogName {
-        LogName {
-            log_id: e.log_id,
-            name: e.name.to_string(),
-        }
-    }
 }
 
 /// A client of a standalone node or of a cluster (through its controller). Cheap to clone
@@ -383,8 +331,10 @@ impl Client {
         }
     }
 
-    /// Reads committed records of `log_id` from `from_lsn`: at most `max_records` and about
-    /// `max_bytes` (at least one record if `from_lsn` is committed).
+    /// Reads committed records of `log_id` from `from_lsn`: at most `max_records`, and at
+    /// most `max_bytes` of records as they travel (each record's 40-byte header, its payload
+    /// and padding to 8 bytes: a buffer of `max_bytes` holds them), but at least one record if
+    /// `from_lsn` is committed (PROTOCOL.md 6.3).
     pub async fn read(
         &self,
         log_id: u64,
@@ -462,22 +412,21 @@ impl Client {
         }
     }
 
-    /// Creates the log called `name` with replication factor 1; returns its id.
+    /// Creates the log called `name` with the target's default replication factor (1 on a
+    /// standalone node, the controller's `--default-rf` in a cluster); returns its id. As
+    /// [`create_log_with`](Self::create_log_with).
     pub async fn create_log(&self, name: &str) -> Result<u64, ClientError> {
-        self.create_log_with(name, 1).await
+        self.create_log_with(name, RF_DEFAULT).await
     }
 
-    /// Creates the log called `name` with `rf` replicas per chain; returns its id. A cluster
-    /// client asks the controller, which answers once every replica's node has the log (and
-    /// then fetches the map, to route the log at once); a standalone node offers rf 1 only
-    /// (TOO_LARGE).
+    /// Creates the log called `name` with `rf` replicas per chain ([`RF_DEFAULT`]: the
+    /// target's default); returns its id. A cluster client asks the controller, which answers
+    /// once every replica's node has the log (and then fetches the map, to route the log at
+    /// once); a standalone node offers rf 1 only (TOO_LARGE). Creating a log that exists with
+    /// the same replication factor succeeds with its id (a retry whose first answer was
+    /// lost); with another one it is LOG_EXISTS (PROTOCOL.md 6.7).
     pub async fn create_log_with(&self, name: &str, rf: u8) -> Result<u64, ClientError> {
         self.check_name(name)?;
-        if rf == 0 {
-            return Err(ClientError::Invalid(
-                "a log needs a replication factor of at least 1".into(),
-            ));
-        }
         let request = Request::CreateLog(CreateLogRequest {
             replication_factor: rf,
             name,
@@ -732,6 +681,24 @@ impl Client {
     ) -> Next {
         let config = &self.inner.config;
         if failures > config.retries_max {
+            // Not retried here, but the next call must not go where this one failed: a
+            // stale route (a new head, a new epoch) is refreshed all the same.
+            if let (Some(seen), Some(_)) = (route.map_version, &self.inner.cluster) {
+                if error.outcome_unknown()
+                    || matches!(error, ClientError::Connect { .. })
+                    || matches!(
+                        error.code(),
+                        Some(
+                            ErrorCode::NotHead
+                                | ErrorCode::WrongEpoch
+                                | ErrorCode::UnknownLog
+                                | ErrorCode::Sealed
+                        )
+                    )
+                {
+                    self.refresh_quietly(seen).await;
+                }
+            }
             return Next::Stop;
         }
         let backoff = config.unavailable_backoff * (1 << (failures - 1).min(4));
@@ -775,7 +742,10 @@ impl Client {
         let stale_map = match error {
             ClientError::Server(e) => matches!(
                 e.code,
-                ErrorCode::NotHead | ErrorCode::WrongEpoch | ErrorCode::UnknownLog
+                ErrorCode::NotHead
+                    | ErrorCode::WrongEpoch
+                    | ErrorCode::UnknownLog
+                    | ErrorCode::Sealed
             ),
             ClientError::Connect { .. }
             | ClientError::ConnectionLost { .. }
@@ -787,6 +757,13 @@ impl Client {
         }
         self.refresh_quietly(seen).await;
         let view = cluster.view();
+        if error.code() == Some(ErrorCode::Sealed) && view.map.version() <= seen {
+            // The epoch is sealed and the controller has not published the next one yet
+            // (it seals, then extends): wait for it rather than give up. The request did not
+            // take effect (an ERROR never does).
+            tokio::time::sleep(backoff).await;
+            return Next::Reroute;
+        }
         if view.map.version() <= seen || error.outcome_unknown() {
             // Nothing new to route by, or the request may have taken effect: the newer map
             // serves the next call.

@@ -17,9 +17,9 @@ use chainlog_net::{
     Request, Response, Role,
 };
 
-use super::pages::{MapPage, MapPages, MapPagesError, MAP_RESTARTS_MAX};
-use super::state::ClusterMap;
-use crate::client::{LogInfo, LogName, ServerError};
+use chainlog_net::cluster::ClusterMap;
+use chainlog_net::pages::{MapPage, MapPages, MapPagesError, MAP_RESTARTS_MAX};
+use chainlog_net::{LogInfo, LogName, ServerError};
 
 /// Bytes read from the socket at once.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -185,16 +185,12 @@ impl Client {
         }
     }
 
-    /// Creates the log `name` with `rf` replicas; returns its id once every replica's node
-    /// has applied the map that holds it. Creating a log that exists with the same
-    /// replication factor succeeds (so a create that timed out can be retried).
+    /// Creates the log `name` with `rf` replicas (`chainlog_net::RF_DEFAULT`: the
+    /// controller's default); returns its id once every replica's node has applied the map
+    /// that holds it. Creating a log that exists with the same replication factor succeeds
+    /// (so a create that timed out can be retried).
     pub fn create_log(&mut self, name: &str, rf: u8) -> Result<u64, ClientError> {
         self.check_name(name)?;
-        if rf == 0 {
-            return Err(ClientError::Invalid(
-                "a log needs a replication factor of at least 1".into(),
-            ));
-        }
         let request = Request::CreateLog(CreateLogRequest {
             replication_factor: rf,
             name,
@@ -322,7 +318,7 @@ impl Client {
                 }
                 let result = match decode_response(&frame, &self.limits) {
                     Err(e) => Err(protocol(e.to_string())),
-                    Ok(Response::Error(e)) => Err(ClientError::Server(ServerError::of(&e))),
+                    Ok(Response::Error(e)) => Err(ClientError::Server(ServerError::from(&e))),
                     Ok(response) => {
                         let answered = response.opcode().map_or("?", Opcode::name);
                         accept(response).ok_or_else(|| {

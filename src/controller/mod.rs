@@ -7,16 +7,21 @@
 //! - [`store`]: the state's file, rewritten atomically and checksummed.
 //! - [`server`]: the process: connections, requests, waiting creates, graceful stop.
 //! - [`client`]: a blocking client of it, for a node's control thread and for tools.
-//! - [`pages`]: reading the whole map from GET_MAP pages, for both clients.
+//! - [`reconfig`]: sealing a chain that lost a member and starting its next epoch.
+//!
+//! The map it serves (`chainlog_net::cluster`) and its reading from GET_MAP pages
+//! (`chainlog_net::pages`) are the wire crate's: clients and nodes use them too.
 
 pub mod client;
-pub mod pages;
+pub mod reconfig;
 pub mod server;
 mod settings;
 pub mod state;
 pub mod store;
 
 pub use server::{run, ControllerConfig, ControllerError};
-pub use settings::{ControllerArgs, ControllerSettings, CREATE_TIMEOUT_DEFAULT, LISTEN_DEFAULT};
-pub use state::{ClusterMap, ClusterState, MapLog, MapNode, StateError};
+pub use settings::{
+    ControllerArgs, ControllerSettings, CREATE_TIMEOUT_DEFAULT, DEFAULT_RF_DEFAULT, LISTEN_DEFAULT,
+};
+pub use state::{ClusterState, StateError};
 pub use store::{StateStore, StoreError};

@@ -28,6 +28,7 @@
 //! | REGISTER_NODE of a new node when [`NODES_MAX`] are registered; CREATE_LOG when `LOGS_MAX` logs exist | TOO_LARGE, `arg0` = the bound |
 //! | CREATE_LOG whose replicas did not apply the map in time, or during a stop | UNAVAILABLE (retryable: the same create completes) |
 //! | CREATE_LOG of an existing name with the same replication factor | success (a retry), with another one LOG_EXISTS |
+//! | CREATE_LOG with replication factor 0 | the `--default-rf` (1 unless set), then as above |
 //! | HEARTBEAT of a node that never registered | UNKNOWN_NODE, `arg0` = `u64::MAX` |
 //!
 //! Connections beyond [`CONNECTIONS_MAX`] are closed at once, unanswered (as a node does with
@@ -51,11 +52,13 @@ use chainlog_net::{
     DescribeLogResponse, ErrorCode, ErrorResponse, Frame, GetMapResponse, HelloResponse, Limits,
     ListLogsResponse, LogEntries, LogEntry, LogRef, MapLogs, MapNodes, MapVersionResponse, Opcode,
     Request, Response, Role, ADDR_BYTES_MAX, ARG_NONE, FRAME_HEADER_BYTES, PROTOCOL_VERSION,
+    RF_DEFAULT,
 };
 
-use super::state::{ClusterState, MapLog, MapNode, StateError, NODES_MAX};
+use super::state::{ClusterState, StateError, NODES_MAX};
 use super::store::{StateStore, StoreError};
 use crate::signals::StopSignals;
+use chainlog_net::cluster::{MapLog, MapNode};
 
 /// Connections served at once; more are closed at once (a warning is logged).
 pub const CONNECTIONS_MAX: usize = 256;
@@ -83,6 +86,11 @@ const fn padded(n: usize) -> usize {
     n.next_multiple_of(8)
 }
 
+/// How often the reconfiguring thread looks for chains that lost a member.
+const RECONFIGURE_EVERY: Duration = Duration::from_millis(20);
+/// How long a SEAL may take before the node is left out of the next epoch.
+const SEAL_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// How often the main thread looks whether the accepting thread died while it waits for a
 /// signal.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -98,6 +106,8 @@ pub struct ControllerConfig {
     pub liveness: Duration,
     /// How long CREATE_LOG waits for every replica's node to apply the new map.
     pub create_timeout: Duration,
+    /// The replication factor of a CREATE_LOG that asks for the default (0).
+    pub default_rf: u8,
 }
 
 /// Why the controller stopped other than by a signal, or did not start.
@@ -131,6 +141,7 @@ pub const SERVING_AT: &str = "chainlog controller: serving at ";
 /// `chainlog controller: serving at ADDR` ([`SERVING_AT`]) on stdout once it serves (scripts
 /// and tests read the address there, e.g. after `--listen 127.0.0.1:0`).
 pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
+    assert!(config.default_rf >= 1, "settings refuse a default_rf of 0");
     // Blocked before any thread starts, so that every thread inherits the block.
     let signals = StopSignals::block().map_err(|source| ControllerError::System {
         what: "blocking the stop signals",
@@ -160,7 +171,10 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
         state: Mutex::new(state),
         changed: Condvar::new(),
         store,
+        liveness: config.liveness,
+        started: Instant::now(),
         create_timeout: config.create_timeout,
+        default_rf: config.default_rf,
         stopping: AtomicBool::new(false),
         conns: Mutex::new(BTreeMap::new()),
         conn_count: AtomicUsize::new(0),
@@ -175,6 +189,13 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
             .spawn_scoped(scope, || controller.accept(scope, &listener))
             .map_err(|source| ControllerError::System {
                 what: "starting the accepting thread",
+                source,
+            })?;
+        std::thread::Builder::new()
+            .name("reconfigure".into())
+            .spawn_scoped(scope, || controller.reconfigure_loop())
+            .map_err(|source| ControllerError::System {
+                what: "starting the reconfiguring thread",
                 source,
             })?;
         while !signals.wait(CHECK_EVERY) {
@@ -206,7 +227,12 @@ struct Controller {
     changed: Condvar,
     /// Written under `state`'s lock.
     store: StateStore,
+    /// A node is alive this long after its last heartbeat (also how long, after a start, the
+    /// controller waits for heartbeats before it takes a silent node for a failed one).
+    liveness: Duration,
+    started: Instant,
     create_timeout: Duration,
+    default_rf: u8,
     stopping: AtomicBool,
     /// A handle on every open connection, to shut them down at stop.
     conns: Mutex<BTreeMap<u64, TcpStream>>,
@@ -266,6 +292,10 @@ impl From<StateError> for Refusal {
                 return Refusal::new(ErrorCode::LogExists, log_id, e.to_string())
             }
             StateError::UnknownNode { .. } => ErrorCode::UnknownNode,
+            StateError::StaleEpoch { current, .. } => {
+                return Refusal::new(ErrorCode::WrongEpoch, current, e.to_string())
+            }
+            StateError::NoSurvivor { .. } => ErrorCode::Unavailable,
             // TOO_LARGE's arg0 is the limit: the live nodes, or the cluster's bound.
             StateError::NotEnoughNodes { live: max, .. }
             | StateError::TooManyNodes { max }
@@ -276,7 +306,6 @@ impl From<StateError> for Refusal {
             StateError::NodeIdZero
             | StateError::NoShards { .. }
             | StateError::BadAddr { .. }
-            | StateError::ZeroReplicationFactor
             | StateError::InvalidName { .. } => ErrorCode::Malformed,
         };
         Refusal::new(code, ARG_NONE, e.to_string())
@@ -305,7 +334,9 @@ impl Controller {
     /// Writes the state; a failure is fatal (module documentation).
     fn persist(&self, state: &ClusterState) {
         if let Err(e) = self.store.save(state) {
-            chainlog_storage::fatal(&format!("controller state: {e}"));
+            chainlog_storage::fatal(chainlog_storage::FatalReason::StateFile {
+                error: format!("controller state: {e}"),
+            });
         }
     }
 
@@ -364,6 +395,93 @@ impl Controller {
         unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
         for stream in self.conns.lock().expect("connections lock").values() {
             let _ = stream.shutdown(Shutdown::Read);
+        }
+    }
+
+    /// Reconfigures the logs whose chains lost a member or can get one back
+    /// ([`reconfig`](super::reconfig)), every [`RECONFIGURE_EVERY`], until the controller
+    /// stops. Nothing happens before the liveness timeout has passed since the start: until
+    /// then a node's silence means it has not heartbeated to this process yet.
+    fn reconfigure_loop(&self) {
+        while !self.stopping() {
+            std::thread::sleep(RECONFIGURE_EVERY);
+            if self.started.elapsed() < self.liveness {
+                continue;
+            }
+            let plans = super::reconfig::plan(&self.lock(), Instant::now());
+            for plan in plans {
+                if self.stopping() {
+                    return;
+                }
+                self.reconfigure(&plan);
+            }
+        }
+    }
+
+    /// Seals `plan`'s epoch at its live members (at once, each within [`SEAL_TIMEOUT`]), then
+    /// starts the next epoch from the members that sealed, durably.
+    fn reconfigure(&self, plan: &super::reconfig::Plan) {
+        let started = Instant::now();
+        let targets: Vec<(u64, String, u16)> = {
+            let state = self.lock();
+            plan.seal_at
+                .iter()
+                .filter_map(|&id| state.node(id).map(|n| (id, n.addr.clone(), n.shard_count)))
+                .collect()
+        };
+        let results: Vec<(u64, super::reconfig::Sealed)> = std::thread::scope(|scope| {
+            let calls: Vec<_> = targets
+                .iter()
+                .map(|(id, addr, shards)| {
+                    let (id, addr, shards) = (*id, addr.clone(), *shards);
+                    scope.spawn(move || {
+                        let sealed = super::reconfig::seal(
+                            &addr,
+                            shards,
+                            plan.log_id,
+                            plan.epoch,
+                            SEAL_TIMEOUT,
+                        );
+                        (id, sealed)
+                    })
+                })
+                .collect();
+            calls
+                .into_iter()
+                .filter_map(|call| call.join().ok())
+                .collect()
+        });
+        let mut sealed = Vec::new();
+        for (id, result) in results {
+            match result {
+                Ok((end, _trim)) => sealed.push((id, end)),
+                Err(e) => {
+                    tracing::warn!(log_id = plan.log_id, epoch = plan.epoch, node = id, error = %e, "seal failed")
+                }
+            }
+        }
+        if sealed.is_empty() {
+            return; // Tried again on the next round.
+        }
+        let seal_us = started.elapsed().as_micros() as u64;
+        let mut state = self.lock();
+        match state.extend(plan.log_id, plan.epoch, &sealed, Instant::now()) {
+            Ok(epoch) => {
+                self.persist(&state);
+                self.changed.notify_all();
+                tracing::info!(
+                    log_id = plan.log_id,
+                    why = ?plan.why,
+                    sealed = ?sealed,
+                    epoch = epoch.epoch,
+                    start_lsn = epoch.start_lsn,
+                    chain = ?epoch.chain,
+                    seal_us,
+                    total_us = started.elapsed().as_micros() as u64,
+                    "log reconfigured"
+                );
+            }
+            Err(e) => tracing::info!(log_id = plan.log_id, error = %e, "reconfiguration lost"),
         }
     }
 
@@ -556,6 +674,10 @@ impl Controller {
     /// every replica's node reported applying the map version that created it.
     fn create_log(&self, name: &str, rf: u8) -> Result<Answer, Refusal> {
         let deadline = Instant::now() + self.create_timeout;
+        let rf = match rf {
+            RF_DEFAULT => self.default_rf,
+            rf => rf,
+        };
         let mut state = self.lock();
         let created = state.create_log(name, rf, Instant::now())?;
         if created.new {

@@ -5,8 +5,9 @@
 //! ```toml
 //! data_dir = "/var/lib/chainlog-controller"
 //! listen = "127.0.0.1:7300"
-//! liveness_ms = 2000        # a node is alive this long after its last heartbeat
+//! liveness_ms = 500         # a node is alive this long after its last heartbeat
 //! create_timeout_ms = 5000  # CREATE_LOG waits this long for the replicas to apply the map
+//! default_rf = 3            # the replication factor of a CREATE_LOG that asks for the default
 //! ```
 
 use std::net::SocketAddr;
@@ -21,6 +22,8 @@ use super::state::LIVENESS_DEFAULT;
 
 /// How long CREATE_LOG waits for every replica's node to apply the new map, by default.
 pub const CREATE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// The replication factor of a CREATE_LOG that asks for the default, by default.
+pub const DEFAULT_RF_DEFAULT: u8 = 1;
 /// Where the controller listens by default.
 pub const LISTEN_DEFAULT: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
     std::net::Ipv4Addr::LOCALHOST,
@@ -65,13 +68,17 @@ pub struct ControllerSettings {
     /// Address to serve nodes and clients on [default: 127.0.0.1:7300].
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<SocketAddr>,
-    /// A node is alive for this long after its last heartbeat [default: 2000].
+    /// A node is alive for this long after its last heartbeat [default: 500].
     #[arg(long, value_name = "N")]
     pub liveness_ms: Option<u64>,
     /// CREATE_LOG waits this long for every replica's node to apply the new map before it
     /// answers UNAVAILABLE [default: 5000].
     #[arg(long, value_name = "N")]
     pub create_timeout_ms: Option<u64>,
+    /// The replication factor of logs created without one (CREATE_LOG with 0, e.g.
+    /// `chainlog log create` without --rf) [default: 1].
+    #[arg(long, value_name = "R")]
+    pub default_rf: Option<u8>,
 }
 
 impl ControllerSettings {
@@ -87,6 +94,7 @@ impl ControllerSettings {
             listen: self.listen.or(base.listen),
             liveness_ms: self.liveness_ms.or(base.liveness_ms),
             create_timeout_ms: self.create_timeout_ms.or(base.create_timeout_ms),
+            default_rf: self.default_rf.or(base.default_rf),
         }
     }
 
@@ -100,6 +108,9 @@ impl ControllerSettings {
             Some(ms) => Ok(Duration::from_millis(ms)),
             None => Ok(default),
         };
+        if self.default_rf == Some(0) {
+            return Err("default_rf must be at least 1".into());
+        }
         Ok(ControllerConfig {
             data_dir,
             listen: self.listen.unwrap_or(LISTEN_DEFAULT),
@@ -109,6 +120,7 @@ impl ControllerSettings {
                 self.create_timeout_ms,
                 CREATE_TIMEOUT_DEFAULT,
             )?,
+            default_rf: self.default_rf.unwrap_or(DEFAULT_RF_DEFAULT),
         })
     }
 }
@@ -137,6 +149,10 @@ mod tests {
         assert_eq!(config.listen, LISTEN_DEFAULT);
         assert_eq!(config.liveness, Duration::from_millis(700));
         assert_eq!(config.create_timeout, CREATE_TIMEOUT_DEFAULT);
+        assert_eq!(config.default_rf, DEFAULT_RF_DEFAULT);
+        let cli =
+            Cli::try_parse_from(["c", "--config", file, "--default-rf", "3"]).expect("parses");
+        assert_eq!(cli.controller.resolve().expect("resolves").default_rf, 3);
     }
 
     #[test]
@@ -157,5 +173,14 @@ mod tests {
             .resolve()
             .expect_err("zero")
             .contains("create_timeout_ms"));
+        let no_replicas = ControllerSettings {
+            data_dir: Some("/d".into()),
+            default_rf: Some(0),
+            ..ControllerSettings::default()
+        };
+        assert!(no_replicas
+            .resolve()
+            .expect_err("zero")
+            .contains("default_rf"));
     }
 }

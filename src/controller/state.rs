@@ -13,21 +13,20 @@
 //! head is the placed node with the fewest heads (ties: lowest id), the others follow in the
 //! order they were picked. So heads and replicas spread evenly as logs are created.
 //!
-//! [`ClusterMap`] is what nodes and clients learn of the state: the version, every node
-//! (address, shards, whether it is alive) and every log's current epoch and chain.
+//! [`ClusterState::map`] is what nodes and clients learn of the state
+//! ([`chainlog_net::cluster::ClusterMap`]): the version, every node (address, shards, whether
+//! it is alive) and every log's current epoch and chain.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use chainlog_net::{ADDR_BYTES_MAX, HEARTBEAT_MS_NEVER};
-
-use crate::node::catalog::log_id_of;
+use chainlog_net::cluster::{ClusterMap, MapLog, MapNode};
+use chainlog_net::{log_id_of, ADDR_BYTES_MAX, HEARTBEAT_MS_NEVER};
 
 /// How long after its last heartbeat a node still counts as alive, by default.
-pub const LIVENESS_DEFAULT: Duration = Duration::from_secs(2);
+pub const LIVENESS_DEFAULT: Duration = Duration::from_millis(500);
 /// The epoch every new log starts in (the one a standalone node serves every log in).
 pub const EPOCH_FIRST: u64 = 1;
 /// Nodes a cluster may register: a GET_MAP page carries every node, so this bounds the page
@@ -127,9 +126,6 @@ pub enum StateError {
         /// The node.
         node_id: u64,
     },
-    /// Replication factor 0.
-    #[error("a log needs a replication factor of at least 1")]
-    ZeroReplicationFactor,
     /// Fewer live nodes than the replication factor.
     #[error("replication factor {rf} needs {rf} live nodes; {live} are alive")]
     NotEnoughNodes {
@@ -162,6 +158,26 @@ pub enum StateError {
     UnknownLog {
         /// The id asked for.
         log_id: u64,
+    },
+    /// A reconfiguration of an epoch that is not the log's current one (another
+    /// reconfiguration won).
+    #[error("log {log_id} is in epoch {current}, not {asked}")]
+    StaleEpoch {
+        /// The log.
+        log_id: u64,
+        /// The epoch the reconfiguration started from.
+        asked: u64,
+        /// The log's current epoch.
+        current: u64,
+    },
+    /// A new epoch needs at least one replica of the old one that sealed it (it holds every
+    /// acknowledged record).
+    #[error("log {log_id}: no replica of epoch {epoch} sealed it")]
+    NoSurvivor {
+        /// The log.
+        log_id: u64,
+        /// The epoch.
+        epoch: u64,
     },
 }
 
@@ -315,7 +331,8 @@ impl ClusterState {
     /// Creates the log `name` with `rf` replicas, placed over live nodes (module
     /// documentation), in epoch [`EPOCH_FIRST`] from LSN 0, and bumps the version. A log of
     /// that name and replication factor that exists already is not an error (a retried
-    /// create): it is returned with `new` false, and nothing changes.
+    /// create): it is returned with `new` false, and nothing changes. `rf` is at least 1: the
+    /// server replaces a CREATE_LOG's 0 (`RF_DEFAULT`) with its default before.
     pub fn create_log(&mut self, name: &str, rf: u8, now: Instant) -> Result<Created, StateError> {
         let invalid = |reason: String| StateError::InvalidName {
             name: name.to_string(),
@@ -327,9 +344,10 @@ impl ClusterState {
         if log_id == 0 || log_id == u64::MAX {
             return Err(invalid(format!("its id {log_id:#x} is reserved")));
         }
-        if rf == 0 {
-            return Err(StateError::ZeroReplicationFactor);
-        }
+        assert!(
+            rf >= 1,
+            "the server resolves replication factor 0 (the default) first"
+        );
         if let Some(log) = self.logs.get(&log_id) {
             if log.name == name && log.replication_factor == rf {
                 return Ok(Created { log_id, new: false });
@@ -364,11 +382,100 @@ impl ClusterState {
 
     /// The chain for a new log of `rf` replicas (module documentation), head first.
     fn place(&self, rf: u8, now: Instant) -> Result<Vec<u64>, StateError> {
-        // Per live node: (chains it is in, chains it heads).
+        let mut picked = self.spares(&[], now);
+        if picked.len() < usize::from(rf) {
+            return Err(StateError::NotEnoughNodes {
+                rf,
+                live: picked.len(),
+            });
+        }
+        picked.truncate(usize::from(rf));
+        // The head: the picked node heading the fewest chains (then the lowest id).
+        let heads = |node: u64| {
+            self.logs
+                .values()
+                .filter(|log| log.current().chain.first() == Some(&node))
+                .count()
+        };
+        let head = (0..picked.len())
+            .min_by_key(|&i| (heads(picked[i]), picked[i]))
+            .expect("rf is at least 1");
+        let head = picked.remove(head);
+        Ok(std::iter::once(head).chain(picked).collect())
+    }
+
+    /// Starts `log_id`'s next epoch after its current one, `from_epoch`, was sealed at the
+    /// replicas `sealed` (each with the end it sealed at), and bumps the version. Every
+    /// acknowledged record is on every replica of the old chain, so each sealed one holds
+    /// them all; records above the shortest one's end may have been acknowledged too, so the
+    /// new epoch starts at the longest one's end (nothing acknowledged is dropped, nothing is
+    /// renumbered). The new chain is the sealed replicas in their old order, then live nodes
+    /// outside the old chain (placed as new logs are: fewest chains first) up to the
+    /// replication factor;
+    /// with too few live nodes the log runs under-replicated. Refused, with nothing changed:
+    /// an epoch that is not the current one (another reconfiguration won), no sealed replica.
+    pub fn extend(
+        &mut self,
+        log_id: u64,
+        from_epoch: u64,
+        sealed: &[(u64, u64)],
+        now: Instant,
+    ) -> Result<Epoch, StateError> {
+        let log = self
+            .logs
+            .get(&log_id)
+            .ok_or(StateError::UnknownLog { log_id })?;
+        let current = log.current();
+        if current.epoch != from_epoch {
+            return Err(StateError::StaleEpoch {
+                log_id,
+                asked: from_epoch,
+                current: current.epoch,
+            });
+        }
+        let mut chain: Vec<u64> = current
+            .chain
+            .iter()
+            .copied()
+            .filter(|n| sealed.iter().any(|(s, _)| s == n))
+            .collect();
+        let Some(end) = sealed
+            .iter()
+            .filter(|(n, _)| chain.contains(n))
+            .map(|&(_, end)| end)
+            .max()
+        else {
+            return Err(StateError::NoSurvivor {
+                log_id,
+                epoch: from_epoch,
+            });
+        };
+        let wanted = usize::from(log.replication_factor).saturating_sub(chain.len());
+        // Not a member of the old chain that did not seal: it may still hold (or take)
+        // records of the old epoch beyond its end. It comes back later, as a new replica.
+        let spares = self.spares(&current.chain, now);
+        chain.extend(spares.into_iter().take(wanted));
+        let epoch = Epoch {
+            epoch: from_epoch + 1,
+            chain,
+            start_lsn: end.max(current.start_lsn),
+        };
+        self.version += 1;
+        self.logs
+            .get_mut(&log_id)
+            .expect("checked above")
+            .epochs
+            .push(epoch.clone());
+        Ok(epoch)
+    }
+
+    /// Live nodes outside `chain`, fewest chains first (then fewest heads, then lowest id):
+    /// where a chain that lost a replica gets a new one.
+    pub fn spares(&self, chain: &[u64], now: Instant) -> Vec<u64> {
         let mut load: BTreeMap<u64, (usize, usize)> = self
             .nodes
             .values()
-            .filter(|node| self.is_alive(node, now))
+            .filter(|node| self.is_alive(node, now) && !chain.contains(&node.node_id))
             .map(|node| (node.node_id, (0, 0)))
             .collect();
         for log in self.logs.values() {
@@ -379,28 +486,12 @@ impl ClusterState {
                 }
             }
         }
-        if load.len() < usize::from(rf) {
-            return Err(StateError::NotEnoughNodes {
-                rf,
-                live: load.len(),
-            });
-        }
-        let mut picked: Vec<(usize, usize, u64)> = load
+        let mut spares: Vec<(usize, usize, u64)> = load
             .into_iter()
             .map(|(node_id, (chains, heads))| (chains, heads, node_id))
             .collect();
-        picked.sort_unstable();
-        picked.truncate(usize::from(rf));
-        let (head, _) = picked
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, &(_, heads, node_id))| (heads, node_id))
-            .expect("rf is at least 1");
-        let head = picked.remove(head);
-        Ok(std::iter::once(head)
-            .chain(picked)
-            .map(|(_, _, node_id)| node_id)
-            .collect())
+        spares.sort_unstable();
+        spares.into_iter().map(|(_, _, id)| id).collect()
     }
 
     /// The nodes of `log_id`'s current chain that have not yet reported applying the map
@@ -511,114 +602,6 @@ impl ClusterState {
     }
 }
 
-/// A node as the cluster map shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MapNode {
-    /// Its id.
-    pub node_id: u64,
-    /// `host:port` of its shard 0; shard `i` listens on port + `i`.
-    pub addr: String,
-    /// Its shards.
-    pub shard_count: u16,
-    /// It heartbeated within the controller's liveness timeout when the map was served.
-    pub alive: bool,
-    /// Milliseconds since its last heartbeat when the map was served, or `u64::MAX`
-    /// (`chainlog_net::HEARTBEAT_MS_NEVER`) if none since the controller started.
-    pub last_heartbeat_ms: u64,
-}
-
-impl MapNode {
-    /// As a GET_MAP page carries it.
-    pub(crate) fn wire(&self) -> chainlog_net::MapNode<'_> {
-        chainlog_net::MapNode {
-            node_id: self.node_id,
-            shard_count: self.shard_count,
-            alive: self.alive,
-            last_heartbeat_ms: self.last_heartbeat_ms,
-            addr: &self.addr,
-        }
-    }
-}
-
-impl From<chainlog_net::MapNode<'_>> for MapNode {
-    fn from(node: chainlog_net::MapNode<'_>) -> MapNode {
-        MapNode {
-            node_id: node.node_id,
-            addr: node.addr.to_string(),
-            shard_count: node.shard_count,
-            alive: node.alive,
-            last_heartbeat_ms: node.last_heartbeat_ms,
-        }
-    }
-}
-
-/// A log as the cluster map shows it: its current epoch and chain.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MapLog {
-    /// Its id.
-    pub log_id: u64,
-    /// Its name.
-    pub name: String,
-    /// Replicas per chain.
-    pub replication_factor: u8,
-    /// The current epoch.
-    pub epoch: u64,
-    /// The first LSN of the current epoch.
-    pub start_lsn: u64,
-    /// The current chain's node ids, head first (never empty, at most the replication
-    /// factor).
-    pub chain: Vec<u64>,
-    /// The map version that created the log.
-    pub created_version: u64,
-}
-
-impl MapLog {
-    /// The head's node id: where appends go. (A map's chains are never empty: the decoder
-    /// and the controller's state both refuse empty ones.)
-    pub fn head(&self) -> u64 {
-        self.chain[0]
-    }
-
-    /// The node after `node_id` in the chain (`None` for the tail, or a node not in it).
-    pub fn successor(&self, node_id: u64) -> Option<u64> {
-        let position = self.chain.iter().position(|&n| n == node_id)?;
-        self.chain.get(position + 1).copied()
-    }
-
-    /// The node before `node_id` in the chain (`None` for the head, or a node not in it).
-    pub fn predecessor(&self, node_id: u64) -> Option<u64> {
-        let position = self.chain.iter().position(|&n| n == node_id)?;
-        position.checked_sub(1).map(|p| self.chain[p])
-    }
-
-    /// As a GET_MAP page carries it.
-    pub(crate) fn wire(&self) -> chainlog_net::MapLog<'_> {
-        chainlog_net::MapLog {
-            log_id: self.log_id,
-            epoch: self.epoch,
-            start_lsn: self.start_lsn,
-            replication_factor: self.replication_factor,
-            created_version: self.created_version,
-            chain: chainlog_net::Chain::from_slice(&self.chain),
-            name: &self.name,
-        }
-    }
-}
-
-impl From<chainlog_net::MapLog<'_>> for MapLog {
-    fn from(log: chainlog_net::MapLog<'_>) -> MapLog {
-        MapLog {
-            log_id: log.log_id,
-            name: log.name.to_string(),
-            replication_factor: log.replication_factor,
-            epoch: log.epoch,
-            start_lsn: log.start_lsn,
-            chain: log.chain.iter().collect(),
-            created_version: log.created_version,
-        }
-    }
-}
-
 impl From<&LogState> for MapLog {
     fn from(log: &LogState) -> MapLog {
         let epoch = log.current();
@@ -632,65 +615,6 @@ impl From<&LogState> for MapLog {
             created_version: log.created_version,
         }
     }
-}
-
-/// The cluster map: a version, every node and every log's current epoch and chain, as nodes
-/// and clients learn it (GET_MAP, PROTOCOL.md). Immutable and cheap to clone (the nodes and
-/// logs are shared); a newer version is a new map.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClusterMap {
-    version: u64,
-    nodes: Arc<[MapNode]>,
-    logs: Arc<[MapLog]>,
-}
-
-impl ClusterMap {
-    /// The map of `version` with these nodes and logs (in any order; kept ascending by id).
-    pub fn new(version: u64, mut nodes: Vec<MapNode>, mut logs: Vec<MapLog>) -> ClusterMap {
-        nodes.sort_unstable_by_key(|node| node.node_id);
-        logs.sort_unstable_by_key(|log| log.log_id);
-        ClusterMap {
-            version,
-            nodes: nodes.into(),
-            logs: logs.into(),
-        }
-    }
-
-    /// Its version.
-    pub fn version(&self) -> u64 {
-        self.version
-    }
-
-    /// Every node, ascending id.
-    pub fn nodes(&self) -> &[MapNode] {
-        &self.nodes
-    }
-
-    /// The node with this id.
-    pub fn node(&self, node_id: u64) -> Option<&MapNode> {
-        find(&self.nodes, node_id, |node| node.node_id)
-    }
-
-    /// Every log, ascending id.
-    pub fn logs(&self) -> &[MapLog] {
-        &self.logs
-    }
-
-    /// The log with this id.
-    pub fn log(&self, log_id: u64) -> Option<&MapLog> {
-        find(&self.logs, log_id, |log| log.log_id)
-    }
-
-    /// The log called `name`.
-    pub fn log_named(&self, name: &str) -> Option<&MapLog> {
-        self.log(log_id_of(name)).filter(|log| log.name == name)
-    }
-}
-
-/// The item of `items` (ascending by `id_of`) whose id is `id`.
-fn find<T>(items: &[T], id: u64, id_of: impl Fn(&T) -> u64) -> Option<&T> {
-    let i = items.binary_search_by_key(&id, id_of).ok()?;
-    Some(&items[i])
 }
 
 #[cfg(test)]
@@ -751,10 +675,6 @@ mod tests {
         assert_eq!(
             state.create_log("b", 3, later),
             Err(StateError::NotEnoughNodes { rf: 3, live: 2 })
-        );
-        assert_eq!(
-            state.create_log("b", 0, later),
-            Err(StateError::ZeroReplicationFactor)
         );
         assert_eq!(state, before, "a refused create changes nothing");
     }
@@ -891,11 +811,6 @@ mod tests {
         let first = map.logs()[1].log_id;
         let page: Vec<u64> = state.logs_after(first, 2).map(|l| l.log_id).collect();
         assert_eq!(page, [map.logs()[2].log_id, map.logs()[3].log_id]);
-        let clone = map.clone();
-        assert!(
-            Arc::ptr_eq(&clone.logs, &map.logs),
-            "a clone shares the logs"
-        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! again at LSN 0. The catalog file is written first on every create (and the store's first
 //! segment exists before any create), so a shard that never got that far has neither.
 //!
-//! A log's id is derived from its name (`log_id_of`), so every shard and client can tell
+//! A log's id is derived from its name (`chainlog_net::log_id_of`), so every shard and client can tell
 //! which shard owns a name without asking anyone (the controller assigns the same ids).
 //!
 //! On a cluster node the catalog also keeps each log's epoch and chain as the controller
@@ -20,8 +20,8 @@
 //! controller.
 //!
 //! File layout (little-endian): magic `"CLCT"` u32, version u16, reserved u16, count u32,
-//! then per log: log_id u64, replication_factor u8, chain_len u8, name_len u16, reserved
-//! u32, epoch u64, `chain_len` node ids u64 (head first; none on a standalone node), name
+//! then per log: log_id u64, replication_factor u8, chain_len u8, name_len u16, flags u32
+//! (bit 0: the epoch is sealed here; format version 3; 0 in version 2), epoch u64, `chain_len` node ids u64 (head first; none on a standalone node), name
 //! bytes; finally the CRC32C of everything before it, u32. Version 1 files (log_id u64,
 //! replication_factor u8, reserved u8, name_len u16, name: standalone logs in epoch 1) are
 //! still read.
@@ -33,19 +33,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 const MAGIC: u32 = u32::from_le_bytes(*b"CLCT");
-const VERSION: u16 = 2;
+const VERSION: u16 = 3;
+/// Flag of a log whose epoch is sealed here (format version 3).
+const FLAG_SEALED: u32 = 1;
 /// The epoch of a standalone node's logs.
 const STANDALONE_EPOCH: u64 = 1;
-
-/// The id of the log called `name`: FNV-1a 64 of its UTF-8 bytes (PROTOCOL.md).
-pub fn log_id_of(name: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.as_bytes() {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
 
 /// One log of the catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +50,8 @@ pub struct LogEntry {
     pub epoch: u64,
     /// The epoch's chain, head first; empty on a standalone node (the node alone).
     pub chain: Vec<u64>,
+    /// The epoch is sealed here (reconfiguration): nothing more is stored in it.
+    pub sealed: bool,
 }
 
 impl LogEntry {
@@ -68,6 +62,7 @@ impl LogEntry {
             replication_factor: 1,
             epoch: STANDALONE_EPOCH,
             chain: Vec::new(),
+            sealed: false,
         }
     }
 }
@@ -257,6 +252,19 @@ impl Catalog {
         Ok(true)
     }
 
+    /// Records, durably, that `log_id`'s epoch `epoch` is sealed here. Returns false (and
+    /// writes nothing) if it was already, or if the log is not in that epoch here.
+    pub fn seal(&mut self, log_id: u64, epoch: u64) -> Result<bool, CatalogError> {
+        match self.logs.get(&log_id) {
+            Some(entry) if entry.epoch == epoch && !entry.sealed => {
+                let mut entry = entry.clone();
+                entry.sealed = true;
+                self.install(log_id, entry)
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Removes a log, durably. Returns false if there was none.
     pub fn delete(&mut self, log_id: u64) -> Result<bool, CatalogError> {
         let Some(entry) = self.logs.remove(&log_id) else {
@@ -295,7 +303,8 @@ fn encode(logs: &BTreeMap<u64, LogEntry>) -> Vec<u8> {
         out.push(entry.replication_factor);
         out.push(entry.chain.len() as u8);
         out.extend_from_slice(&(entry.name.len() as u16).to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
+        let flags = if entry.sealed { FLAG_SEALED } else { 0 };
+        out.extend_from_slice(&flags.to_le_bytes());
         out.extend_from_slice(&entry.epoch.to_le_bytes());
         for node in &entry.chain {
             out.extend_from_slice(&node.to_le_bytes());
@@ -333,13 +342,16 @@ fn decode(bytes: &[u8]) -> Result<BTreeMap<u64, LogEntry>, String> {
         let replication_factor = r.u8()?;
         let chain_len = r.u8()?;
         let len = usize::from(r.u16()?);
-        let (epoch, chain) = if version == 1 {
-            (STANDALONE_EPOCH, Vec::new())
+        let (epoch, chain, sealed) = if version == 1 {
+            (STANDALONE_EPOCH, Vec::new(), false)
         } else {
-            r.u32()?;
+            let flags = r.u32()?;
+            if version == 2 && flags != 0 || flags & !FLAG_SEALED != 0 {
+                return Err(format!("log {id}: unknown flags {flags:#x}"));
+            }
             let epoch = r.u64()?;
             let chain = (0..chain_len).map(|_| r.u64()).collect::<Result<_, _>>()?;
-            (epoch, chain)
+            (epoch, chain, flags & FLAG_SEALED != 0)
         };
         let name = String::from_utf8(r.take(len)?.to_vec())
             .map_err(|_| "a log name is not UTF-8".to_string())?;
@@ -350,6 +362,7 @@ fn decode(bytes: &[u8]) -> Result<BTreeMap<u64, LogEntry>, String> {
                 replication_factor,
                 epoch,
                 chain,
+                sealed,
             },
         );
     }
@@ -393,6 +406,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chainlog_net::log_id_of;
 
     fn entry(name: &str) -> LogEntry {
         LogEntry::standalone(name)
@@ -454,14 +468,23 @@ mod tests {
             replication_factor: 3,
             epoch: 7,
             chain: vec![3, 1, 2],
+            sealed: false,
         };
         assert!(c.install(9, chained.clone()).expect("install"));
         assert!(
             !c.install(9, chained.clone()).expect("same again"),
             "no rewrite"
         );
+        // A seal of the epoch the log is in is durable; of another epoch, nothing.
+        assert!(!c.seal(9, 6).expect("another epoch"));
+        assert!(c.seal(9, 7).expect("seal"));
+        assert!(!c.seal(9, 7).expect("sealed already"), "no rewrite");
         let c = Catalog::open(dir.path(), &store(&[])).expect("reopen");
-        assert_eq!(c.get(9), Some(&chained));
+        let sealed = LogEntry {
+            sealed: true,
+            ..chained
+        };
+        assert_eq!(c.get(9), Some(&sealed));
         // A version 1 file, as earlier builds wrote it.
         let mut v1 = Vec::new();
         v1.extend_from_slice(&MAGIC.to_le_bytes());
@@ -516,11 +539,5 @@ mod tests {
         );
         let c = Catalog::open(dir.path(), &store(&[4])).expect("agrees");
         assert_eq!(c.get(4), Some(&entry("a")));
-    }
-
-    #[test]
-    fn ids_follow_fnv1a() {
-        assert_eq!(log_id_of(""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(log_id_of("a"), 0xaf63_dc4c_8601_ec8c);
     }
 }

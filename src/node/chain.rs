@@ -29,12 +29,15 @@ use chainlog_net::{
     Limits, PeerRequest, PullRequest, ReplicateHeader, ReplicateKind, Request, Response, Role,
     PROTOCOL_VERSION,
 };
-use chainlog_storage::{Pin, ReplicaState, Store};
+use chainlog_storage::{ReplicaState, Store};
 
+use super::conn::{conn_of, Conn};
 use super::env::Net;
 use super::link::{Link, LinkState, Sent, BACKOFF_MIN_MS};
+use super::metrics::ShardMetrics;
 use super::ops::{NetOp, NetToken, GENERATION_MASK};
-use super::protocol::{encode_run, Server, UNANSWERED};
+use super::records::encode_run;
+use super::replicas::{encode_answers, Forward, Replicas, UNANSWERED};
 use crate::replication::{NodeId, Reply, Send};
 
 /// Record bytes a link may have sent and not had answered; beyond, appends to its logs get
@@ -66,19 +69,6 @@ impl Peer {
         addr.set_port(addr.port().wrapping_add(shard));
         addr
     }
-}
-
-/// Records stored here that go to the successor now, pinned where they were stored.
-#[derive(Debug)]
-pub(crate) struct Forward {
-    pub(crate) log_id: u64,
-    pub(crate) epoch: u64,
-    pub(crate) first: u64,
-    pub(crate) end: u64,
-    /// The batch's fencing token (0: none) and idempotency key (0, 0: none).
-    pub(crate) fencing_token: u64,
-    pub(crate) writer: (u64, u64),
-    pub(crate) pin: Pin,
 }
 
 /// The shard's replication links and what it knows of the other nodes.
@@ -170,8 +160,8 @@ impl Chain {
     }
 
     /// The up link of a log, if it has one.
-    fn up_link(&mut self, server: &Server, log_id: u64) -> Option<u32> {
-        let successor = server.replicas.get(&log_id)?.successor()?;
+    fn up_link(&mut self, replicas: &Replicas, log_id: u64) -> Option<u32> {
+        let successor = replicas.get(log_id)?.successor()?;
         let slot = self.link_for(log_id, successor)?;
         let link = self.links[slot as usize].as_ref()?;
         (link.state == LinkState::Up).then_some(slot)
@@ -179,12 +169,18 @@ impl Chain {
 
     /// Queues a forward of records pinned in the store on the log's link (or gives the pin
     /// back if the link went away meanwhile: the records go by catch-up).
-    fn forward<E: Net>(&mut self, server: &mut Server, store: &mut Store<E>, f: Forward) {
-        let Some(slot) = self.up_link(server, f.log_id) else {
+    fn forward<E: Net>(
+        &mut self,
+        replicas: &mut Replicas,
+        metrics: &mut ShardMetrics,
+        store: &mut Store<E>,
+        f: Forward,
+    ) {
+        let Some(slot) = self.up_link(replicas, f.log_id) else {
             store.unpin(f.pin);
             return;
         };
-        let replica = server.replicas.get_mut(&f.log_id).expect("forwarded log");
+        let replica = replicas.get_mut(f.log_id).expect("forwarded log");
         let committed = replica.committed_for_forward(f.end);
         let header = ReplicateHeader {
             fencing_token: f.fencing_token,
@@ -215,12 +211,20 @@ impl Chain {
                 bytes,
             },
         );
-        server.metrics.forwards += 1;
+        metrics.forwards += 1;
     }
 
-    /// Queues a REPLICATE of `kind` without records.
-    fn send_control(&mut self, server: &mut Server, log_id: u64, slot: u32, send: Send) {
-        let replica = &server.replicas[&log_id];
+    /// Queues a REPLICATE of `kind` without records (a trim carries the log's fencing token
+    /// `fence`, for a successor that skips to the trim point).
+    fn send_control(
+        &mut self,
+        replicas: &Replicas,
+        log_id: u64,
+        slot: u32,
+        send: Send,
+        fence: u64,
+    ) {
+        let replica = replicas.get(log_id).expect("a log of this shard");
         let (kind, sent) = match send {
             Send::Trim { .. } => (ReplicateKind::Trim, Some(Sent::Trim { log_id })),
             Send::Barrier { covers } => (
@@ -237,6 +241,7 @@ impl Chain {
             ReplicateHeader::new(kind, log_id, replica.epoch(), replica.next_lsn(), committed);
         if let Send::Trim { before } = send {
             header.trim_before = before;
+            header.fencing_token = fence;
         }
         let request_id = self.request_id();
         let mut out = Vec::with_capacity(128);
@@ -253,12 +258,13 @@ impl Chain {
     /// key and fencing raise stored with it.
     fn catch_up<E: Net>(
         &mut self,
-        server: &mut Server,
+        replicas: &mut Replicas,
+        metrics: &mut ShardMetrics,
         store: &mut Store<E>,
         log_id: u64,
         slot: u32,
     ) -> bool {
-        let replica = &server.replicas[&log_id];
+        let replica = replicas.get(log_id).expect("a log of this shard");
         let Some(from) = replica.catch_up_from() else {
             return false;
         };
@@ -293,7 +299,7 @@ impl Chain {
                 encode_run(&mut body, log_id, run, self.limits.records_bytes_max());
             let first = run.first_lsn();
             let end = first + u64::from(count);
-            let replica = server.replicas.get_mut(&log_id).expect("checked");
+            let replica = replicas.get_mut(log_id).expect("checked");
             let committed = replica.committed_for_forward(end);
             let (writer_id, writer_seq) = state.writer.unwrap_or((0, 0));
             let header = ReplicateHeader {
@@ -319,19 +325,21 @@ impl Chain {
                 },
             );
             replica.caught_up(first, end);
-            server.metrics.catch_up_records += u64::from(count);
+            metrics.catch_up_records += u64::from(count);
             sent_bytes += bytes;
             if (count as usize) < run.records.len() {
                 break; // The rest of the run goes next turn.
             }
         }
-        server.replicas[&log_id].catch_up_from().is_some()
+        replicas
+            .get(log_id)
+            .is_some_and(|r| r.catch_up_from().is_some())
     }
 
     /// Asks the successor for the records it holds beyond this node, if the log is pulling
     /// them back (one PULL outstanding per log).
-    fn pull(&mut self, server: &mut Server, log_id: u64, slot: u32) {
-        let replica = server.replicas.get_mut(&log_id).expect("checked");
+    fn pull(&mut self, replicas: &mut Replicas, log_id: u64, slot: u32) {
+        let replica = replicas.get_mut(log_id).expect("checked");
         let Some(from) = replica.pull_from() else {
             return;
         };
@@ -354,12 +362,13 @@ impl Chain {
     /// replica stores a REPLICATE, with the keys and fencing raise that came with them.
     fn on_pulled<E: Net>(
         &mut self,
-        server: &mut Server,
+        replicas: &mut Replicas,
+        metrics: &mut ShardMetrics,
         store: &mut Store<E>,
         slot: u32,
         pulled: Pulled,
     ) {
-        let Some(replica) = server.replicas.get(&pulled.log_id) else {
+        let Some(replica) = replicas.get(pulled.log_id) else {
             return;
         };
         let log_id = pulled.log_id;
@@ -379,6 +388,7 @@ impl Chain {
                 &pulled.records,
                 pulled.count,
                 &state,
+                false,
                 UNANSWERED,
             ) {
                 Ok(_) => stored_end = end,
@@ -395,12 +405,12 @@ impl Chain {
                 "a PULL answer that does not start here; asking again"
             );
         }
-        let replica = server.replicas.get_mut(&log_id).expect("checked");
-        server.metrics.pulled_records += stored_end - here;
+        let replica = replicas.get_mut(log_id).expect("checked");
+        metrics.pulled_records += stored_end - here;
         if let Some(probe) = replica.pulled(here, stored_end, pulled.next) {
-            self.send_control(server, log_id, slot, probe);
+            self.send_control(replicas, log_id, slot, probe, 0);
         }
-        server.touched.insert(log_id);
+        replicas.mark(log_id);
         self.again.insert(log_id);
     }
 
@@ -408,30 +418,36 @@ impl Chain {
     /// changed, catches successors up, connects links and starts their sends.
     pub(crate) fn pump<E: Net>(
         &mut self,
-        server: &mut Server,
+        replicas: &mut Replicas,
+        metrics: &mut ShardMetrics,
         store: &mut Store<E>,
-        conns: &mut [Option<super::conn::Conn>],
+        conns: &mut [Option<Conn>],
         now_us: u64,
     ) {
-        for f in std::mem::take(&mut server.forwards) {
-            self.forward(server, store, f);
+        for f in replicas.take_forwards() {
+            self.forward(replicas, metrics, store, f);
         }
         let mut logs = std::mem::take(&mut self.turn_logs);
-        logs.extend(server.touched.drain());
+        replicas.take_touched(&mut logs);
         logs.extend(self.again.drain());
         logs.sort_unstable();
         logs.dedup();
         let mut answers = std::mem::take(&mut self.answers);
         let mut sends = std::mem::take(&mut self.sends);
         for &log_id in &logs {
-            let Some(replica) = server.replicas.get_mut(&log_id) else {
+            let Some(replica) = replicas.get_mut(log_id) else {
                 self.hold.remove(&log_id);
                 continue;
             };
             replica.take_answers(&mut answers);
             let successor = replica.successor();
             if !answers.is_empty() {
-                server.answer_upstream(log_id, &mut answers, conns);
+                // Dropped if that connection is gone: the predecessor resends after it
+                // reconnects.
+                match replicas.upstream(log_id).and_then(|t| conn_of(conns, t)) {
+                    Some(conn) => encode_answers(&mut conn.session.out, log_id, &mut answers),
+                    None => answers.clear(),
+                }
             }
             let Some(successor) = successor else {
                 continue;
@@ -453,37 +469,40 @@ impl Chain {
             if link.state != LinkState::Up {
                 continue; // Probed when the link comes up.
             }
-            let replica = server.replicas.get_mut(&log_id).expect("checked");
+            let replica = replicas.get_mut(log_id).expect("checked");
             if replica.link_is_down() {
                 // Refused earlier (held meanwhile): probe again.
                 if let Some(probe) = replica.link_up() {
-                    self.send_control(server, log_id, slot, probe);
+                    self.send_control(replicas, log_id, slot, probe, 0);
                 }
                 continue;
             }
-            self.pull(server, log_id, slot);
-            let more = self.catch_up(server, store, log_id, slot);
+            self.pull(replicas, log_id, slot);
+            // Trims, barriers and the committed LSN before the records caught up: a successor
+            // that joined empty skips to this node's trim point first.
+            let replica = replicas.get_mut(log_id).expect("checked");
+            replica.to_send(&mut sends);
+            let fence = store.tail(log_id).map_or(0, |t| t.fencing_token);
+            for send in sends.drain(..) {
+                self.send_control(replicas, log_id, slot, send, fence);
+            }
+            let more = self.catch_up(replicas, metrics, store, log_id, slot);
             if more {
                 self.again.insert(log_id);
-            }
-            let replica = server.replicas.get_mut(&log_id).expect("checked");
-            replica.to_send(&mut sends);
-            for send in sends.drain(..) {
-                self.send_control(server, log_id, slot, send);
             }
         }
         logs.clear();
         self.turn_logs = logs;
         self.answers = answers;
         self.sends = sends;
-        self.update_congestion(server);
+        self.update_congestion(replicas);
         for slot in 0..self.links.len() {
-            self.drive_link(slot as u32, server, store, now_us);
+            self.drive_link(slot as u32, replicas, metrics, store, now_us);
         }
     }
 
     /// Recomputes which logs' links are over their budget.
-    fn update_congestion(&mut self, server: &mut Server) {
+    fn update_congestion(&mut self, replicas: &mut Replicas) {
         let full: HashSet<u32> = self
             .links
             .iter()
@@ -494,34 +513,23 @@ impl Chain {
                     .map(|_| i as u32)
             })
             .collect();
-        if full.is_empty() && server.congested.is_empty() {
-            return;
-        }
-        server.congested.clear();
-        let by_peer = &self.by_peer;
-        let peers = &self.peers;
-        for (&log_id, replica) in &server.replicas {
-            let Some(successor) = replica.successor() else {
-                continue;
-            };
-            let Some(peer) = peers.get(&successor) else {
-                continue;
-            };
-            let (shard, _) = peer.shard_addr(log_id);
-            if by_peer
-                .get(&(successor, shard))
-                .is_some_and(|s| full.contains(s))
-            {
-                server.congested.insert(log_id);
-            }
-        }
+        let (by_peer, peers) = (&self.by_peer, &self.peers);
+        replicas.set_congested(!full.is_empty(), |log_id, successor| {
+            peers.get(&successor).is_some_and(|peer| {
+                let (shard, _) = peer.shard_addr(log_id);
+                by_peer
+                    .get(&(successor, shard))
+                    .is_some_and(|s| full.contains(s))
+            })
+        });
     }
 
     /// Connects, sends, or finishes closing a link, as its state asks.
     fn drive_link<E: Net>(
         &mut self,
         slot: u32,
-        server: &mut Server,
+        replicas: &mut Replicas,
+        metrics: &mut ShardMetrics,
         store: &mut Store<E>,
         now_us: u64,
     ) {
@@ -561,23 +569,23 @@ impl Chain {
             LinkState::Closing if link.idle() => {
                 let (peer, shard, retired) = (link.peer, link.shard, link.retired);
                 link.reset(store, now_us);
-                server.metrics.link_resets += 1;
+                metrics.link_resets += 1;
                 if retired {
                     tracing::info!(peer, shard, "replication link to a moved shard closed");
                     self.links[slot as usize] = None;
                 } else {
                     tracing::info!(peer, shard, "replication link closed; reconnecting");
                 }
-                self.links_down(server, peer, shard);
+                self.links_down(replicas, peer, shard);
             }
             _ => {}
         }
     }
 
     /// Every log carried by the link to (`peer`, `shard`) lost it.
-    fn links_down(&mut self, server: &mut Server, peer: NodeId, shard: u16) {
+    fn links_down(&mut self, replicas: &mut Replicas, peer: NodeId, shard: u16) {
         let shards = self.peers.get(&peer).map_or(1, |p| p.shards.max(1));
-        for (&log_id, replica) in server.replicas.iter_mut() {
+        for (log_id, replica) in replicas.iter_mut() {
             if replica.successor() == Some(peer) && (log_id % u64::from(shards)) as u16 == shard {
                 replica.link_down();
             }
@@ -585,15 +593,14 @@ impl Chain {
     }
 
     /// Every log carried by the link to (`peer`, `shard`) may use it: probe each.
-    fn links_up(&mut self, server: &mut Server, slot: u32, peer: NodeId, shard: u16) {
+    fn links_up(&mut self, replicas: &mut Replicas, slot: u32, peer: NodeId, shard: u16) {
         let shards = self.peers.get(&peer).map_or(1, |p| p.shards.max(1));
-        let mut logs: Vec<u64> = server
-            .replicas
+        let mut logs: Vec<u64> = replicas
             .iter()
-            .filter(|(&log_id, r)| {
+            .filter(|&(log_id, r)| {
                 r.successor() == Some(peer) && (log_id % u64::from(shards)) as u16 == shard
             })
-            .map(|(&log_id, _)| log_id)
+            .map(|(log_id, _)| log_id)
             .collect();
         // In log order, whatever the map's: the same run gives the same requests.
         logs.sort_unstable();
@@ -602,9 +609,9 @@ impl Chain {
                 self.again.insert(log_id);
                 continue;
             }
-            let replica = server.replicas.get_mut(&log_id).expect("listed");
+            let replica = replicas.get_mut(log_id).expect("listed");
             if let Some(probe) = replica.link_up() {
-                self.send_control(server, log_id, slot, probe);
+                self.send_control(replicas, log_id, slot, probe, 0);
             }
         }
     }
@@ -614,7 +621,8 @@ impl Chain {
         &mut self,
         token: NetToken,
         result: std::io::Result<usize>,
-        server: &mut Server,
+        replicas: &mut Replicas,
+        metrics: &mut ShardMetrics,
         store: &mut Store<E>,
         now_us: u64,
     ) {
@@ -667,7 +675,7 @@ impl Chain {
                     Ok(0) | Err(_) => link.close(store.io_mut()),
                     Ok(n) => {
                         link.received(n);
-                        self.on_input(slot, server, store, now_us);
+                        self.on_input(slot, replicas, metrics, store, now_us);
                         self.arm_recv(slot, store);
                     }
                 }
@@ -707,7 +715,8 @@ impl Chain {
     fn on_input<E: Net>(
         &mut self,
         slot: u32,
-        server: &mut Server,
+        replicas: &mut Replicas,
+        metrics: &mut ShardMetrics,
         store: &mut Store<E>,
         now_us: u64,
     ) {
@@ -732,7 +741,7 @@ impl Chain {
                     link.state = LinkState::Up;
                     link.backoff_ms = BACKOFF_MIN_MS;
                     tracing::info!(peer, shard, addr = %link.addr, "replication link up");
-                    self.links_up(server, slot, peer, shard);
+                    self.links_up(replicas, slot, peer, shard);
                 }
                 LinkEvent::Greeted => {}
                 LinkEvent::Answered {
@@ -741,9 +750,9 @@ impl Chain {
                     bytes,
                 } => {
                     link.unacked_bytes -= bytes;
-                    if let Some(replica) = server.replicas.get_mut(&log_id) {
+                    if let Some(replica) = replicas.get_mut(log_id) {
                         replica.reply(reply);
-                        server.touched.insert(log_id);
+                        replicas.mark(log_id);
                     }
                 }
                 LinkEvent::Refused {
@@ -755,9 +764,9 @@ impl Chain {
                     bytes,
                 } => {
                     link.unacked_bytes -= bytes;
-                    self.refused(server, log_id, sent, code, arg0, &message, now_us);
+                    self.refused(replicas, log_id, sent, code, arg0, &message, now_us);
                 }
-                LinkEvent::Pulled(pulled) => self.on_pulled(server, store, slot, pulled),
+                LinkEvent::Pulled(pulled) => self.on_pulled(replicas, metrics, store, slot, pulled),
             }
         }
         let link = self.links[slot as usize].as_mut().expect("live link");
@@ -768,7 +777,7 @@ impl Chain {
     #[allow(clippy::too_many_arguments)]
     fn refused(
         &mut self,
-        server: &mut Server,
+        replicas: &mut Replicas,
         log_id: u64,
         sent: Sent,
         code: ErrorCode,
@@ -776,10 +785,11 @@ impl Chain {
         message: &str,
         now_us: u64,
     ) {
-        let Some(replica) = server.replicas.get_mut(&log_id) else {
+        if replicas.get(log_id).is_none() {
             return;
-        };
-        server.touched.insert(log_id);
+        }
+        replicas.mark(log_id);
+        let replica = replicas.get_mut(log_id).expect("checked");
         match (code, sent) {
             (ErrorCode::Gap, Sent::Records { .. }) => replica.refused(arg0),
             (ErrorCode::Overloaded, Sent::Records { first, .. }) => {
@@ -801,20 +811,6 @@ impl Chain {
             }
         }
         self.again.insert(log_id);
-    }
-
-    /// Lag of the logs this shard forwards: (logs whose successor is behind, records behind).
-    pub(crate) fn lag(server: &Server) -> (usize, u64) {
-        let mut behind = 0;
-        let mut records = 0;
-        for replica in server.replicas.values() {
-            let lag = replica.lag();
-            if lag > 0 {
-                behind += 1;
-                records += lag;
-            }
-        }
-        (behind, records)
     }
 
     /// The links' states, in one line (for a simulator's reports).

@@ -5,16 +5,24 @@
 
 use std::collections::VecDeque;
 
+use chainlog_net::Opcode;
+
 use super::env::Sock;
+use super::refusal::Refusal;
+use super::subscriptions::Subscriptions;
 
 /// The store token of a connection's appends and trims (and of its REPLICATEs' answers).
 pub(crate) fn ack_token(slot: u32, generation: u32) -> u64 {
     u64::from(generation) << 32 | u64::from(slot)
 }
 
-/// The connection (slot, generation) a store token names ([`ack_token`]).
-pub(crate) fn token_conn(token: u64) -> (usize, u32) {
-    ((token & 0xffff_ffff) as usize, (token >> 32) as u32)
+/// The connection a store token names ([`ack_token`]), if it is still open.
+pub(crate) fn conn_of(conns: &mut [Option<Conn>], token: u64) -> Option<&mut Conn> {
+    let (slot, generation) = ((token & 0xffff_ffff) as usize, (token >> 32) as u32);
+    conns
+        .get_mut(slot)
+        .and_then(Option::as_mut)
+        .filter(|c| c.generation == generation)
 }
 
 /// A client connection.
@@ -50,36 +58,35 @@ pub(crate) struct Session {
     /// Index in `pending` of the first append or trim whose store ack has not come (the
     /// store acks a connection's operations in the order it took them).
     pub(crate) local_next: usize,
-    /// CHECK_TAILs waiting for their barrier to settle down the chain.
+    /// CHECK_TAILs waiting for their barrier to settle down the chain, SEALs for their end
+    /// to be durable.
     pub(crate) barriers: Vec<Barrier>,
     /// The node this connection carries replication traffic from (PEER).
     pub(crate) peer: Option<u64>,
     /// Stop reading and close once the output is flushed (protocol error, peer gone, stop).
     pub(crate) closing: bool,
     /// Active subscriptions (PROTOCOL.md section 7).
-    pub(crate) subscriptions: Vec<Subscription>,
+    pub(crate) subscriptions: Subscriptions,
     /// The traces ([`super::metrics::Traces`]) whose answers are in `out`.
     pub(crate) traced: Vec<u64>,
 }
 
-/// A subscription of a connection: the log, where its stream is, and how much it may push.
-#[derive(Debug)]
-pub(crate) struct Subscription {
-    /// The SUBSCRIBE's request id (pushes carry it).
-    pub(crate) id: u64,
-    pub(crate) log_id: u64,
-    /// The LSN of the next record to push.
-    pub(crate) next_lsn: u64,
-    /// Records the server may still push.
-    pub(crate) credit: u64,
-}
-
-/// A CHECK_TAIL waiting for barrier `seq` of its log to settle.
+/// A request answered once something about its log holds: a CHECK_TAIL once its barrier
+/// settled down the chain, a SEAL once the sealed end is durable here.
 #[derive(Debug)]
 pub(crate) struct Barrier {
     pub(crate) request_id: u64,
     pub(crate) log_id: u64,
-    pub(crate) seq: u64,
+    pub(crate) until: Until,
+}
+
+/// What a [`Barrier`] waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Until {
+    /// CHECK_TAIL: barrier `seq` of the log settled.
+    Settled { seq: u64 },
+    /// SEAL of `epoch`: the log's records below `end` are durable here.
+    Durable { epoch: u64, end: u64 },
 }
 
 /// An answer owed to a connection, in order.
@@ -106,11 +113,8 @@ pub(crate) enum Pending {
     /// An error, sent once everything before it is answered.
     Failed {
         request_id: u64,
-        opcode: u16,
-        code: chainlog_net::ErrorCode,
-        arg0: u64,
-        arg1: u64,
-        message: String,
+        opcode: Opcode,
+        refusal: Refusal,
     },
 }
 

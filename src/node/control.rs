@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::controller::client::Client as ControllerClient;
-use crate::controller::ClusterMap;
 use crate::replication::NodeId;
+use chainlog_net::cluster::ClusterMap;
 
 use super::chain::Peer;
 
 /// Pause between two heartbeats.
-pub(crate) const HEARTBEAT_EVERY: Duration = Duration::from_millis(100);
+pub(crate) const HEARTBEAT_EVERY: Duration = Duration::from_millis(50);
 /// How long one call to the controller may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause after a failed call before trying again.

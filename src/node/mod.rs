@@ -5,6 +5,11 @@
 //! do, and turns SIGTERM/SIGINT into a graceful stop. A cluster member also runs a control
 //! thread ([`control`]) that talks to the controller and hands the cluster map to the shards,
 //! which replicate their logs along their chains ([`chain`]).
+//!
+//! Inside a shard ([`shard`]): the protocol ([`protocol`]: decode or refuse, dispatch, answers
+//! in order) calls the shard's replication state ([`replicas`]) through a narrow API and keeps
+//! each connection's subscriptions ([`subscriptions`]); the links ([`chain`]) carry what
+//! replication leaves for the end of each turn.
 
 pub mod catalog;
 pub(crate) mod chain;
@@ -16,8 +21,12 @@ pub mod listen;
 pub(crate) mod metrics;
 pub(crate) mod ops;
 pub(crate) mod protocol;
+mod records;
+mod refusal;
+mod replicas;
 mod settings;
 pub(crate) mod shard;
+mod subscriptions;
 
 pub use listen::Serving;
 pub use settings::{NodeArgs, NodeSettings};

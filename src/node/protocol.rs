@@ -2,60 +2,48 @@
 //! connection received into store operations and encoded answers, and acknowledgements of
 //! durable appends and trims into APPEND and TRIM responses, in the order they were asked.
 //!
+//! A frame goes through two steps: [`Server::decode`] decodes it or refuses it (broken
+//! framing or body, a connection that did not start with HELLO, a log of another shard), and
+//! [`Server::dispatch`] serves the request. Every refusal, from either step or from a handler,
+//! becomes an ERROR answer in one place ([`Server::refuse`]): counted, closing the
+//! connection when its code says so, and queued behind the appends and trims still waiting
+//! when it answers one of those, so that their answers keep the order of the requests.
+//!
 //! APPEND record bytes go from the connection's receive buffer into the store's write buffer
 //! in one copy (`Batch::Encoded`: the wire layout is the disk layout). Conditions, fencing
 //! tokens and idempotency keys are checked by the store (`AppendOptions`), which keeps their
 //! state durable; a retried batch is answered with its original LSNs once they are durable,
 //! in its place in the order.
 //!
-//! Every log has its replication state ([`Replica`]): an append is answered once its records
-//! are durable here *and* committed on the log's chain; reads, tails and subscriptions serve
-//! only committed records. A standalone node's logs are chains of one in epoch 1, where
-//! durable here is committed. Subscriptions are pumped from the store's
-//! tail cache after every loop turn, within their credit and while the connection's output
-//! is not backed up.
+//! Every log has its replication state, owned by [`Replicas`] (`super::replicas`): an append
+//! is answered once its records are durable here *and* committed on the log's chain; reads,
+//! tails and subscriptions (`super::subscriptions`) serve only committed records. A
+//! standalone node's logs are chains of one in epoch 1, where durable here is committed.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chainlog_net::cluster::{ClusterMap, MapLog};
 use chainlog_net::{
-    decode_request, encode_error, encode_response, parse_frame, AppendRequest, CreateLogResponse,
-    DescribeLogResponse, ErrorCode, ErrorResponse, Frame, HelloResponse, Limits, ListLogsResponse,
-    LogEntries, LogEntry, LogRef, Opcode, ReadBuilder, ReadKind, RecordHeader, Request, Response,
-    Role, SubscribeResponse, TailResponse, ARG_NONE, EPOCH_CURRENT, LSN_FROM_TAIL,
-    LSN_UNCONDITIONAL, PROTOCOL_VERSION, TOKEN_NONE, WRITER_NONE,
+    decode_request, encode_response, log_id_of, parse_frame, AppendRequest, CreateLogResponse,
+    DescribeLogResponse, ErrorCode, Frame, HelloResponse, Limits, ListLogsResponse, LogEntries,
+    LogEntry, LogRef, Opcode, ReadBuilder, ReadKind, Request, Response, Role, SealRequest,
+    SealResponse, TailResponse, ARG_NONE, EPOCH_CURRENT, LSN_UNCONDITIONAL, PROTOCOL_VERSION,
+    RF_DEFAULT, TOKEN_NONE, WRITER_NONE,
 };
 use chainlog_storage::io::Io;
-use chainlog_storage::{fatal, Ack, AppendOptions, Batch, Clock, Error, ReadRecord, Store};
+use chainlog_storage::{fatal, Ack, AppendOptions, Batch, Clock, FatalReason, Store};
 
-use super::catalog::{log_id_of, Catalog, LogEntry as CatalogEntry};
-use super::chain::Forward;
-use super::conn::{Barrier, Conn, Pending, Session, Subscription};
+use super::catalog::{Catalog, CatalogError, LogEntry as CatalogEntry};
+use super::conn::{Barrier, Conn, Pending, Session, Until};
 use super::metrics::ShardMetrics;
-use crate::controller::ClusterMap;
-use crate::replication::{Answer, Blocked, Forwarding, Receive, Replica, Upstream};
-use chainlog_net::{PullRequest, PullResponse, ReplicateKind, ReplicateRequest, ReplicateResponse};
-use chainlog_storage::{ReplicaState, StoredRun};
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use super::records::push_records;
+use super::refusal::{refuse, Refusal};
+use super::replicas::{Replicas, UNANSWERED};
 
 /// Queued output of a connection at which the shard stops handling its requests (and reading
 /// it) until the socket drains.
 pub(crate) const OUTPUT_MAX: usize = 8 << 20;
-
-/// Records of a log its head holds and the rest of the chain has not yet (uncommitted) at
-/// which the head refuses more appends with OVERLOADED: a slow or stopped replica must not
-/// make the head pile up records without bound (65,536 records is 0.3 s of appends at
-/// 200,000 records/s).
-const UNCOMMITTED_RECORDS_MAX: u64 = 1 << 16;
-
-/// Subscriptions one connection may hold.
-const SUBSCRIPTIONS_MAX: usize = 64;
-
-/// A connection's queued output above which its subscriptions wait (they resume as the
-/// socket drains), so a slow reader cannot make the shard buffer without bound.
-const PUSH_OUTPUT_MAX: usize = 4 << 20;
-
-/// Store token of operations nobody waits for (the trim that frees a deleted log's space):
-/// it names no connection slot.
-pub(crate) const UNANSWERED: u64 = u64::MAX;
 
 /// One shard's protocol state.
 #[derive(Debug)]
@@ -73,21 +61,13 @@ pub(crate) struct Server {
     node_id: u64,
     limits: Limits,
     catalog: Catalog,
-    /// The replication state of every log of the catalog (a single node's logs are chains of
-    /// one: durable here is committed).
-    pub(crate) replicas: HashMap<u64, Replica>,
-    /// Records stored in this turn that go to the successor now (pinned in the store).
-    pub(crate) forwards: Vec<Forward>,
-    /// Logs whose replication state changed in this turn.
-    pub(crate) touched: HashSet<u64>,
-    /// Logs whose link to the successor is over its budget: their appends are OVERLOADED.
-    pub(crate) congested: HashSet<u64>,
-    /// The store token of the connection each log's REPLICATEs came from last (its answers
-    /// go there).
-    upstream: HashMap<u64, u64>,
+    /// The replication state of every log of the catalog.
+    pub(crate) replicas: Replicas,
     /// A cluster member: logs come from the controller, which serves CREATE_LOG and
     /// DELETE_LOG.
     cluster: bool,
+    /// Acks the store gave while the server waited for it ([`Server::take_acks`]).
+    acks_taken: Vec<Ack>,
 }
 
 /// Who a shard's server is: its place in its node and cluster, and the limits it enforces.
@@ -101,54 +81,9 @@ pub(crate) struct Identity {
     pub(crate) cluster: bool,
 }
 
-/// A failed request's answer, before encoding.
-struct Refusal {
-    code: ErrorCode,
-    arg0: u64,
-    arg1: u64,
-    message: String,
-}
-
-fn refuse(code: ErrorCode, arg0: u64, message: impl Into<String>) -> Refusal {
-    // TOO_LARGE's arg1 names the offending record; none does here (PROTOCOL.md 8).
-    let arg1 = if code == ErrorCode::TooLarge {
-        ARG_NONE
-    } else {
-        0
-    };
-    Refusal {
-        code,
-        arg0,
-        arg1,
-        message: message.into(),
-    }
-}
-
-/// The wire error for a store error.
-fn store_refusal(e: &Error) -> Refusal {
-    match *e {
-        Error::Overloaded => refuse(ErrorCode::Overloaded, 1, e.to_string()),
-        Error::ConditionFailed { tail } => refuse(ErrorCode::ConditionFailed, tail, e.to_string()),
-        Error::Fenced { token } => refuse(ErrorCode::Fenced, token, e.to_string()),
-        Error::WriterSeq { last, .. } => refuse(ErrorCode::WriterSeq, last, e.to_string()),
-        Error::TrimBeyondTail { tail, .. } => {
-            refuse(ErrorCode::ConditionFailed, tail, e.to_string())
-        }
-        Error::TooLarge { max, .. } => refuse(ErrorCode::TooLarge, max as u64, e.to_string()),
-        Error::TooManyLogs { max } => refuse(ErrorCode::TooLarge, max as u64, e.to_string()),
-        Error::Trimmed { trim_point } => refuse(ErrorCode::Trimmed, trim_point, e.to_string()),
-        Error::Gap { expected } => refuse(ErrorCode::Gap, expected, e.to_string()),
-        Error::UnknownLog(_) => refuse(ErrorCode::UnknownLog, ARG_NONE, e.to_string()),
-        Error::Checksum { index } => refuse(ErrorCode::Malformed, index as u64, e.to_string()),
-        Error::Malformed(_) | Error::EmptyBatch => {
-            refuse(ErrorCode::Malformed, ARG_NONE, e.to_string())
-        }
-        _ => {
-            tracing::error!(error = %e, "storage error while serving a request");
-            refuse(ErrorCode::Unavailable, ARG_NONE, e.to_string())
-        }
-    }
-}
+/// A frame that [`Server::decode`] refused: the opcode to answer with (if the frame named a
+/// known one) and why.
+type Refused = (Option<Opcode>, Refusal);
 
 impl Server {
     pub(crate) fn new<I: Io>(
@@ -164,18 +99,6 @@ impl Server {
             limits,
             cluster,
         } = who;
-        // Every replica the catalog knows at startup may have lost records that others hold.
-        let replicas: HashMap<u64, Replica> = catalog
-            .list(None, usize::MAX)
-            .map(|(log_id, entry)| (log_id, replica_of(log_id, entry, node_id, store, true)))
-            .collect();
-        // Chained logs link up to their successors at once: they settle before anything
-        // else may happen to them.
-        let touched = replicas
-            .iter()
-            .filter(|(_, r)| r.successor().is_some())
-            .map(|(&log_id, _)| log_id)
-            .collect();
         Server {
             metrics: ShardMetrics::new(),
             clock,
@@ -185,13 +108,10 @@ impl Server {
             shard_count,
             node_id,
             limits,
+            replicas: Replicas::load(node_id, limits, &catalog, store),
             catalog,
-            replicas,
-            forwards: Vec::new(),
-            touched,
-            congested: HashSet::new(),
-            upstream: HashMap::new(),
             cluster,
+            acks_taken: Vec::new(),
         }
     }
 
@@ -220,7 +140,7 @@ impl Server {
         Err(refuse(
             ErrorCode::WrongShard,
             u64::from(owner),
-            format!("log {what} lives on shard {owner}"),
+            format!("log {what} is on shard {owner}"),
         ))
     }
 
@@ -250,13 +170,18 @@ impl Server {
                 Ok(None) => break,
                 Ok(Some(frame)) => {
                     consumed += frame.frame_bytes();
-                    self.handle_frame(&frame, session, store, token);
+                    match self.decode(&frame, session) {
+                        Ok(request) => {
+                            self.dispatch(request, frame.request_id, session, store, token)
+                        }
+                        Err((opcode, refusal)) => {
+                            self.refuse(session, frame.request_id, opcode, refusal)
+                        }
+                    }
                 }
                 Err(e) => {
                     // The framing is broken: answer once and close (PROTOCOL.md).
-                    self.metrics.error(e.code().name());
-                    let message = e.to_string();
-                    encode_error(&mut session.out, 0, None, &e.response(&message));
+                    self.refuse(session, 0, None, Refusal::of_decoding(&e));
                     session.closing = true;
                     consumed = input.len();
                 }
@@ -266,99 +191,55 @@ impl Server {
     }
 
     /// A frame that cannot fit the receive buffer (limits misconfigured): refuse and close.
-    pub(crate) fn refuse_oversized(&self, conn: &mut Conn) {
-        let session = &mut conn.session;
-        let message = "a frame larger than the connection's receive buffer";
-        encode_error(
-            &mut session.out,
-            0,
-            None,
-            &ErrorResponse::new(
-                ErrorCode::TooLarge,
-                u64::from(self.limits.frame_bytes_max),
-                message,
-            ),
-        );
-        session.closing = true;
+    pub(crate) fn refuse_oversized(&mut self, conn: &mut Conn) {
+        let refusal = Refusal {
+            code: ErrorCode::TooLarge,
+            arg0: u64::from(self.limits.frame_bytes_max),
+            arg1: 0,
+            message: "a frame larger than the connection's receive buffer".into(),
+        };
+        self.refuse(&mut conn.session, 0, None, refusal);
+        conn.session.closing = true;
     }
 
-    fn handle_frame<I: Io>(
-        &mut self,
-        frame: &Frame<'_>,
-        session: &mut Session,
-        store: &mut Store<I>,
-        token: u64,
-    ) {
-        let request_id = frame.request_id;
+    /// The request a frame carries, or why it is refused: its body does not decode, the
+    /// connection did not start with HELLO, or it is about a log of another shard.
+    fn decode<'f>(&mut self, frame: &Frame<'f>, session: &Session) -> Result<Request<'f>, Refused> {
+        let named = Opcode::from_u16(frame.opcode);
         let request = match decode_request(frame, &self.limits) {
             Ok(request) => request,
-            Err(e) if !session.greeted && Opcode::from_u16(frame.opcode) != Some(Opcode::Hello) => {
+            Err(e) if !session.greeted && named != Some(Opcode::Hello) => {
                 // Whatever is wrong with it, a first frame that is not a HELLO is MALFORMED.
-                self.metrics.error(ErrorCode::Malformed.name());
-                let refusal = refuse(
-                    ErrorCode::Malformed,
-                    ARG_NONE,
-                    format!("the first frame of a connection must be HELLO ({e})"),
-                );
-                let response = ErrorResponse {
-                    code: refusal.code,
-                    arg0: refusal.arg0,
-                    arg1: refusal.arg1,
-                    message: &refusal.message,
-                };
-                encode_error(
-                    &mut session.out,
-                    request_id,
-                    Opcode::from_u16(frame.opcode),
-                    &response,
-                );
-                session.closing = true;
-                return;
+                let message = format!("the first frame of a connection must be HELLO ({e})");
+                return Err((named, refuse(ErrorCode::Malformed, ARG_NONE, message)));
             }
-            Err(e) => {
-                self.metrics.error(e.code().name());
-                if e.code().closes_connection() {
-                    session.closing = true;
-                }
-                let refusal = Refusal {
-                    code: e.code(),
-                    arg0: e.arg0(),
-                    arg1: e.arg1(),
-                    message: e.to_string(),
-                };
-                // Even a refused APPEND is answered after the appends before it (in order).
-                match Opcode::from_u16(frame.opcode) {
-                    Some(opcode) => answer(session, request_id, opcode, refusal),
-                    None => {
-                        let response = ErrorResponse {
-                            code: refusal.code,
-                            arg0: refusal.arg0,
-                            arg1: refusal.arg1,
-                            message: &refusal.message,
-                        };
-                        encode_error(&mut session.out, request_id, None, &response);
-                    }
-                }
-                return;
-            }
+            Err(e) => return Err((named, Refusal::of_decoding(&e))),
         };
         let opcode = request.opcode();
         self.metrics.request(opcode.name());
         if !session.greeted && opcode != Opcode::Hello {
-            let refusal = refuse(
-                ErrorCode::Malformed,
-                ARG_NONE,
-                "the first frame of a connection must be HELLO",
-            );
-            answer_now(session, request_id, opcode, &refusal);
-            session.closing = true;
-            return;
+            let message = "the first frame of a connection must be HELLO";
+            return Err((
+                Some(opcode),
+                refuse(ErrorCode::Malformed, ARG_NONE, message),
+            ));
         }
         if let Some(log_id) = request.routed_log() {
-            if let Err(refusal) = self.route(log_id, None) {
-                return answer(session, request_id, opcode, refusal);
-            }
+            self.route(log_id, None).map_err(|r| (Some(opcode), r))?;
         }
+        Ok(request)
+    }
+
+    /// Serves a decoded request; a refusal is answered by [`refuse`](Self::refuse).
+    fn dispatch<I: Io>(
+        &mut self,
+        request: Request<'_>,
+        request_id: u64,
+        session: &mut Session,
+        store: &mut Store<I>,
+        token: u64,
+    ) {
+        let opcode = request.opcode();
         let result = match request {
             Request::Hello(hello) => {
                 self.hello(session, request_id, hello.min_version, hello.max_version)
@@ -400,30 +281,40 @@ impl Server {
             Request::DeleteLog { log_id } => self.delete_log(session, store, request_id, log_id),
             Request::Peer(peer) => self.peer(session, request_id, peer.node_id),
             Request::Replicate(replicate) => {
-                self.replicate(session, store, request_id, &replicate, token)
+                self.replicas
+                    .replicate(session.peer, store, request_id, &replicate, token)
             }
-            Request::Pull(pull) => self.pull(session, store, request_id, &pull),
-            Request::Subscribe(sub) => self.subscribe(
-                session,
+            Request::Pull(pull) => {
+                self.replicas
+                    .pull(session.peer, store, request_id, &pull, &mut session.out)
+            }
+            Request::Seal(seal) => self.seal(session, request_id, &seal),
+            Request::Subscribe(sub) => session.subscriptions.subscribe(
+                &mut session.out,
                 store,
+                &self.replicas,
+                &self.limits,
                 request_id,
                 sub.log_id,
                 sub.from_lsn,
                 sub.credit_records,
             ),
             Request::Credit(credit) => {
-                if let Some(sub) = session
-                    .subscriptions
-                    .iter_mut()
-                    .find(|s| s.id == credit.subscription_id)
-                {
-                    sub.credit = sub.credit.saturating_add(u64::from(credit.records));
-                }
-                encode_response(
+                session.subscriptions.credit(
                     &mut session.out,
                     request_id,
-                    Opcode::Credit,
-                    &Response::Credit,
+                    credit.subscription_id,
+                    credit.records,
+                );
+                Ok(())
+            }
+            Request::Unsubscribe(unsub) => {
+                session.subscriptions.unsubscribe(
+                    &mut session.out,
+                    &self.replicas,
+                    &self.limits,
+                    request_id,
+                    unsub.subscription_id,
                 );
                 Ok(())
             }
@@ -432,40 +323,36 @@ impl Server {
                 ARG_NONE,
                 "this is a node, not the controller",
             )),
-            Request::Unsubscribe(unsub) => {
-                if let Some(i) = session
-                    .subscriptions
-                    .iter()
-                    .position(|s| s.id == unsub.subscription_id)
-                {
-                    let sub = session.subscriptions.swap_remove(i);
-                    let tail = self.readable(sub.log_id);
-                    // The END push comes before the UNSUBSCRIBE's response (PROTOCOL.md 7).
-                    ReadBuilder::new(
-                        &mut session.out,
-                        sub.id,
-                        ReadKind::PushEnd,
-                        tail,
-                        &self.limits,
-                    )
-                    .finish();
-                }
-                encode_response(
-                    &mut session.out,
-                    request_id,
-                    Opcode::Unsubscribe,
-                    &Response::Unsubscribe,
-                );
-                Ok(())
-            }
         };
         if let Err(refusal) = result {
-            self.metrics.error(refusal.code.name());
-            if refusal.code == ErrorCode::Malformed || refusal.code == ErrorCode::UnsupportedVersion
-            {
-                session.closing = true;
+            self.refuse(session, request_id, Some(opcode), refusal);
+        }
+    }
+
+    /// The one place a refused request (or frame, `opcode` `None`) is answered: counted,
+    /// closing the connection if its code says so, and encoded now, or queued behind the
+    /// appends and trims still waiting when it answers an APPEND or a TRIM, so that answers
+    /// keep the order of the requests that wait for durability.
+    fn refuse(
+        &mut self,
+        session: &mut Session,
+        request_id: u64,
+        opcode: Option<Opcode>,
+        refusal: Refusal,
+    ) {
+        self.metrics.error(refusal.code.name());
+        if refusal.code.closes_connection() {
+            session.closing = true;
+        }
+        match opcode {
+            Some(opcode @ (Opcode::Append | Opcode::Trim)) if !session.pending.is_empty() => {
+                session.pending.push_back(Pending::Failed {
+                    request_id,
+                    opcode,
+                    refusal,
+                });
             }
-            answer(session, request_id, opcode, refusal);
+            _ => refusal.encode(&mut session.out, request_id, opcode),
         }
     }
 
@@ -510,58 +397,6 @@ impl Server {
         Ok(())
     }
 
-    fn known(&self, log_id: u64) -> Result<(), Refusal> {
-        self.replica(log_id).map(|_| ())
-    }
-
-    /// The replication state of a log of this shard.
-    fn replica(&self, log_id: u64) -> Result<&Replica, Refusal> {
-        self.replicas.get(&log_id).ok_or_else(|| {
-            refuse(
-                ErrorCode::UnknownLog,
-                ARG_NONE,
-                format!("no log {log_id} on this shard"),
-            )
-        })
-    }
-
-    /// The log's replica if this node is its head (appends, trims and CHECK_TAIL go there).
-    fn head_replica(&mut self, log_id: u64) -> Result<&mut Replica, Refusal> {
-        let replica = self.replica(log_id)?;
-        match replica.can_append() {
-            Ok(()) => {}
-            Err(Blocked::NotHead) => {
-                let head = replica.head();
-                return Err(refuse(
-                    ErrorCode::NotHead,
-                    head,
-                    format!("node {head} is the head of log {log_id}"),
-                ));
-            }
-            Err(Blocked::Settling) => {
-                return Err(refuse(
-                    ErrorCode::Unavailable,
-                    ARG_NONE,
-                    format!(
-                        "log {log_id}: this head restarted and waits to learn where the rest \
-                         of its chain stands"
-                    ),
-                ))
-            }
-            Err(Blocked::SuccessorAhead { successor_next }) => {
-                return Err(refuse(
-                    ErrorCode::Unavailable,
-                    ARG_NONE,
-                    format!(
-                        "log {log_id}: the chain holds records up to {successor_next} that \
-                         this head lost; appends wait for a new epoch"
-                    ),
-                ))
-            }
-        }
-        Ok(self.replicas.get_mut(&log_id).expect("checked above"))
-    }
-
     fn append<I: Io>(
         &mut self,
         session: &mut Session,
@@ -571,22 +406,7 @@ impl Server {
         token: u64,
     ) -> Result<(), Refusal> {
         let h = append.header;
-        let replica = self.head_replica(h.log_id)?;
-        let epoch = replica.epoch();
-        let uncommitted = replica.next_lsn() - replica.committed();
-        let chained = replica.successor().is_some();
-        if chained && uncommitted >= UNCOMMITTED_RECORDS_MAX || self.congested.contains(&h.log_id) {
-            // The rest of the chain is slow (or down): refuse rather than pile up records
-            // that cannot commit.
-            return Err(refuse(
-                ErrorCode::Overloaded,
-                10,
-                format!(
-                    "log {}: {uncommitted} records wait for the rest of the chain",
-                    h.log_id
-                ),
-            ));
-        }
+        let epoch = self.replicas.admit_append(h.log_id)?;
         if h.epoch != EPOCH_CURRENT && h.epoch != epoch {
             return Err(refuse(
                 ErrorCode::WrongEpoch,
@@ -603,27 +423,18 @@ impl Server {
             bytes: append.records.bytes(),
             count: append.records.count(),
         };
-        let lsns = store
-            .append_batch(h.log_id, epoch, &options, batch, token)
-            .map_err(|e| store_refusal(&e))?;
-        let replica = self.replicas.get_mut(&h.log_id).expect("checked above");
-        // A retried batch (its idempotency key was seen) gets its original LSNs: nothing new
-        // was stored.
-        if lsns.start == replica.next_lsn() {
-            if replica.stored(lsns.start, lsns.end, None) == Forwarding::Now {
-                let pin = store.pin_last().expect("the records just stored");
-                self.forwards.push(Forward {
-                    log_id: h.log_id,
-                    epoch,
-                    first: lsns.start,
-                    end: lsns.end,
-                    fencing_token: h.fencing_token,
-                    writer: (h.writer_id, h.writer_seq),
-                    pin,
-                });
-            }
-            self.touch(h.log_id);
-        }
+        let (lsns, pin) = store
+            .append_batch(h.log_id, epoch, &options, batch, true, token)
+            .map_err(|e| Refusal::of_store(&e))?;
+        self.replicas.appended(
+            h.log_id,
+            epoch,
+            lsns.clone(),
+            pin,
+            h.fencing_token,
+            (h.writer_id, h.writer_seq),
+            store,
+        );
         let received_us = self.received_us;
         self.metrics
             .queue_us
@@ -650,15 +461,16 @@ impl Server {
         max_records: u32,
         max_bytes: u32,
     ) -> Result<(), Refusal> {
-        let tail = self.replica(log_id)?.readable();
+        let tail = self.replicas.known(log_id)?.readable();
         let records = if store.tail(log_id).is_some() {
             // Only committed records are served (a replica may hold durable ones that are
-            // not committed yet).
+            // not committed yet). The store counts payload bytes, fewer than travel: it
+            // returns at least the records that fit `max_bytes` on the wire.
             let max_records = u64::from(max_records.min(self.limits.batch_records_max))
                 .min(tail.saturating_sub(from)) as usize;
             store
                 .read(log_id, from, max_records, max_bytes as usize)
-                .map_err(|e| store_refusal(&e))?
+                .map_err(|e| Refusal::of_store(&e))?
         } else {
             Vec::new()
         };
@@ -669,131 +481,9 @@ impl Server {
             tail,
             &self.limits,
         );
-        push_records(&mut builder, log_id, &records);
+        push_records(&mut builder, log_id, &records, max_bytes as usize);
         builder.finish();
         Ok(())
-    }
-
-    fn subscribe<I: Io>(
-        &mut self,
-        session: &mut Session,
-        store: &mut Store<I>,
-        request_id: u64,
-        log_id: u64,
-        from: u64,
-        credit: u32,
-    ) -> Result<(), Refusal> {
-        self.known(log_id)?;
-        if session.subscriptions.iter().any(|s| s.id == request_id) {
-            return Err(refuse(
-                ErrorCode::Malformed,
-                ARG_NONE,
-                "a subscription with this request id is active",
-            ));
-        }
-        if session.subscriptions.len() >= SUBSCRIPTIONS_MAX {
-            return Err(refuse(
-                ErrorCode::Overloaded,
-                1000,
-                format!("at most {SUBSCRIPTIONS_MAX} subscriptions per connection"),
-            ));
-        }
-        let tail = self.readable(log_id);
-        let trim_point = store.tail(log_id).map_or(0, |t| t.trim_point);
-        let start = if from == LSN_FROM_TAIL { tail } else { from };
-        if start < trim_point {
-            return Err(refuse(
-                ErrorCode::Trimmed,
-                trim_point,
-                format!("records below {trim_point} are trimmed"),
-            ));
-        }
-        session.subscriptions.push(Subscription {
-            id: request_id,
-            log_id,
-            next_lsn: start,
-            credit: u64::from(credit),
-        });
-        let ack = Response::Subscribe(SubscribeResponse { start_lsn: start });
-        encode_response(&mut session.out, request_id, Opcode::Subscribe, &ack);
-        self.pump(session, store);
-        Ok(())
-    }
-
-    /// Pushes committed records to the connection's subscriptions, within their credit, while
-    /// the connection's output is not backed up. Ends subscriptions whose log was deleted or
-    /// trimmed past them. Returns whether any subscription remains.
-    pub(crate) fn pump<I: Io>(&self, session: &mut Session, store: &mut Store<I>) -> bool {
-        let mut i = 0;
-        while i < session.subscriptions.len() {
-            let sub = &mut session.subscriptions[i];
-            let readable = self.readable(sub.log_id);
-            let ended = if self.catalog.get(sub.log_id).is_none() {
-                Some(refuse(
-                    ErrorCode::UnknownLog,
-                    ARG_NONE,
-                    format!("log {} was deleted", sub.log_id),
-                ))
-            } else {
-                loop {
-                    let Some(t) = store.tail(sub.log_id) else {
-                        break None;
-                    };
-                    if sub.next_lsn < t.trim_point {
-                        break Some(refuse(
-                            ErrorCode::Trimmed,
-                            t.trim_point,
-                            "the subscription fell below the trim point",
-                        ));
-                    }
-                    if sub.next_lsn >= readable
-                        || sub.credit == 0
-                        || session.out.len() >= PUSH_OUTPUT_MAX
-                    {
-                        break None;
-                    }
-                    let max = sub
-                        .credit
-                        .min(u64::from(self.limits.batch_records_max))
-                        .min(readable - sub.next_lsn) as usize;
-                    let body_budget = self.limits.frame_bytes_max as usize / 2;
-                    let records = match store.read(sub.log_id, sub.next_lsn, max, body_budget) {
-                        Ok(records) => records,
-                        Err(e) => break Some(store_refusal(&e)),
-                    };
-                    let mut builder = ReadBuilder::new(
-                        &mut session.out,
-                        sub.id,
-                        ReadKind::Push,
-                        readable,
-                        &self.limits,
-                    );
-                    let pushed = push_records(&mut builder, sub.log_id, &records);
-                    if pushed == 0 {
-                        // Nothing fit (cannot happen within the limits): never send an empty push.
-                        drop(builder);
-                        break None;
-                    }
-                    builder.finish();
-                    sub.next_lsn += pushed;
-                    sub.credit -= pushed;
-                }
-            };
-            match ended {
-                Some(refusal) => {
-                    let sub = session.subscriptions.swap_remove(i);
-                    let response = ErrorResponse::new(refusal.code, refusal.arg0, &refusal.message);
-                    encode_response(
-                        &mut session.out,
-                        sub.id,
-                        Opcode::Subscribe,
-                        &Response::PushError(response),
-                    );
-                }
-                None => i += 1,
-            }
-        }
-        !session.subscriptions.is_empty()
     }
 
     fn tail<I: Io>(
@@ -807,17 +497,16 @@ impl Server {
         if opcode == Opcode::CheckTail {
             // A barrier through the chain: answered when every replica has answered what
             // came before it (at once on a single node).
-            let seq = self.head_replica(log_id)?.barrier(None);
-            self.touch(log_id);
+            let seq = self.replicas.barrier(log_id)?;
             session.barriers.push(Barrier {
                 request_id,
                 log_id,
-                seq,
+                until: Until::Settled { seq },
             });
             self.answer_barriers(session, store);
             return Ok(());
         }
-        let replica = self.replica(log_id)?;
+        let replica = self.replicas.known(log_id)?;
         let tail = TailResponse {
             tail: replica.readable(),
             trim_point: store.tail(log_id).map_or(0, |t| t.trim_point),
@@ -832,39 +521,77 @@ impl Server {
         Ok(())
     }
 
-    /// Answers the connection's CHECK_TAILs whose barriers settled (with UNAVAILABLE, if the
-    /// connection is closing or the log is gone).
-    fn answer_barriers<I: Io>(&self, session: &mut Session, store: &Store<I>) {
+    /// Answers the connection's CHECK_TAILs whose barriers settled and SEALs whose end is
+    /// durable here (with UNAVAILABLE, if the connection is closing or the log is gone).
+    fn answer_barriers<I: Io>(&mut self, session: &mut Session, store: &Store<I>) {
         let mut i = 0;
         while i < session.barriers.len() {
             let b = &session.barriers[i];
-            let answer = match self.replicas.get(&b.log_id) {
-                Some(r) if r.barriers().1 >= b.seq => Ok(TailResponse {
-                    tail: r.committed(),
-                    trim_point: store.tail(b.log_id).map_or(0, |t| t.trim_point),
-                    epoch: r.epoch(),
-                }),
-                Some(_) if !session.closing => {
+            let trim_point = store.tail(b.log_id).map_or(0, |t| t.trim_point);
+            let answer = match (self.replicas.get(b.log_id), b.until) {
+                (Some(r), Until::Settled { seq }) if r.barriers().1 >= seq => {
+                    Ok(Response::CheckTail(TailResponse {
+                        tail: r.committed(),
+                        trim_point,
+                        epoch: r.epoch(),
+                    }))
+                }
+                (Some(_), Until::Durable { epoch, end })
+                    if store.tail(b.log_id).map_or(0, |t| t.durable_lsn) >= end =>
+                {
+                    Ok(Response::Seal(SealResponse {
+                        log_id: b.log_id,
+                        epoch,
+                        end_lsn: end,
+                        trim_point,
+                    }))
+                }
+                (Some(_), _) if !session.closing => {
                     i += 1;
                     continue;
                 }
                 _ => Err(refuse(
                     ErrorCode::Unavailable,
                     ARG_NONE,
-                    "the barrier did not settle before the connection closed",
+                    "the log left this node, or the connection closed, before the answer",
                 )),
             };
             let b = session.barriers.swap_remove(i);
+            let opcode = match b.until {
+                Until::Settled { .. } => Opcode::CheckTail,
+                Until::Durable { .. } => Opcode::Seal,
+            };
             match answer {
-                Ok(tail) => encode_response(
-                    &mut session.out,
-                    b.request_id,
-                    Opcode::CheckTail,
-                    &Response::CheckTail(tail),
-                ),
-                Err(refusal) => answer_now(session, b.request_id, Opcode::CheckTail, &refusal),
+                Ok(response) => encode_response(&mut session.out, b.request_id, opcode, &response),
+                Err(refusal) => self.refuse(session, b.request_id, Some(opcode), refusal),
             }
         }
+    }
+
+    /// SEAL (controller or admin): seals the log's epoch here, durably and for good, and
+    /// answers with its end once every record below it is durable here. Sealing again is
+    /// answered with the same end; a SEAL of another epoch than the replica's current one is
+    /// WRONG_EPOCH (the log moved on, or this node has not heard of that epoch yet).
+    fn seal(
+        &mut self,
+        session: &mut Session,
+        request_id: u64,
+        seal: &SealRequest,
+    ) -> Result<(), Refusal> {
+        let (log_id, epoch) = (seal.log_id, seal.epoch);
+        let (end, first) = self.replicas.seal(log_id, epoch)?;
+        if first {
+            tracing::info!(log_id, epoch, end, "epoch sealed");
+            if let Err(e) = self.catalog.seal(log_id, epoch) {
+                self.catalog_failed(&e);
+            }
+        }
+        session.barriers.push(Barrier {
+            request_id,
+            log_id,
+            until: Until::Durable { epoch, end },
+        });
+        Ok(())
     }
 
     fn trim<I: Io>(
@@ -876,7 +603,7 @@ impl Server {
         before: u64,
         token: u64,
     ) -> Result<(), Refusal> {
-        let committed = self.head_replica(log_id)?.committed();
+        let committed = self.replicas.head(log_id)?.committed();
         if store.tail(log_id).is_none() {
             // Nothing was ever appended: only a trim to 0 is within the tail.
             if before > 0 {
@@ -900,12 +627,8 @@ impl Server {
         }
         store
             .trim(log_id, before, token)
-            .map_err(|e| store_refusal(&e))?;
-        self.replicas
-            .get_mut(&log_id)
-            .expect("checked above")
-            .trim(before, None);
-        self.touch(log_id);
+            .map_err(|e| Refusal::of_store(&e))?;
+        self.replicas.trimmed(log_id, before);
         session.pending.push_back(Pending::Trim {
             request_id,
             log_id,
@@ -933,27 +656,37 @@ impl Server {
             ));
         }
         let owner = self.route(log_id, Some(name))?;
-        if replication_factor != 1 {
-            return Err(refuse(
-                ErrorCode::TooLarge,
-                1,
-                "a single node stores one replica (replication factor 1)",
-            ));
-        }
         let entry = CatalogEntry::standalone(name);
-        let replica = replica_of(log_id, &entry, self.node_id, store, false);
-        match self.catalog.create(log_id, entry) {
-            Ok(true) => {}
-            Ok(false) => {
+        let rf = match replication_factor {
+            RF_DEFAULT => entry.replication_factor,
+            rf => rf,
+        };
+        if let Some(existing) = self.catalog.get(log_id) {
+            // A retried create (its answer was lost) succeeds; anything else is another log.
+            if existing.name != name || existing.replication_factor != rf {
                 return Err(refuse(
                     ErrorCode::LogExists,
                     log_id,
-                    format!("log {name:?} exists"),
-                ))
+                    format!(
+                        "log {:?} exists with replication factor {}",
+                        existing.name, existing.replication_factor
+                    ),
+                ));
             }
-            Err(e) => fatal(&format!("shard {}: {e}", self.shard_index)),
+        } else {
+            if rf != entry.replication_factor {
+                return Err(refuse(
+                    ErrorCode::TooLarge,
+                    1,
+                    "a single node stores one replica (replication factor 1)",
+                ));
+            }
+            match self.catalog.create(log_id, entry.clone()) {
+                Ok(created) => assert!(created, "checked that it does not exist"),
+                Err(e) => self.catalog_failed(&e),
+            }
+            self.replicas.create(log_id, &entry, store);
         }
-        self.replicas.insert(log_id, replica);
         let response = Response::CreateLog(CreateLogResponse {
             log_id,
             shard: owner,
@@ -969,12 +702,12 @@ impl Server {
         request_id: u64,
         log: LogRef<'_>,
     ) -> Result<(), Refusal> {
-        let log_id = match log {
-            LogRef::Id(id) => id,
-            LogRef::Name(name) => log_id_of(name),
+        let (log_id, name) = match log {
+            LogRef::Id(id) => (id, None),
+            LogRef::Name(name) => (log_id_of(name), Some(name)),
         };
-        let owner = self.route(log_id, None)?;
-        let (Some(entry), Some(replica)) = (self.catalog.get(log_id), self.replicas.get(&log_id))
+        let owner = self.route(log_id, name)?;
+        let (Some(entry), Some(replica)) = (self.catalog.get(log_id), self.replicas.get(log_id))
         else {
             return Err(refuse(
                 ErrorCode::UnknownLog,
@@ -1036,9 +769,9 @@ impl Server {
                     format!("no log {log_id}"),
                 ))
             }
-            Err(e) => fatal(&format!("shard {}: {e}", self.shard_index)),
+            Err(e) => self.catalog_failed(&e),
         }
-        self.replicas.remove(&log_id);
+        self.replicas.remove(log_id);
         self.free_space(log_id, store);
         encode_response(
             &mut session.out,
@@ -1054,35 +787,47 @@ impl Server {
     /// is trimmed away).
     pub(crate) fn apply_map<I: Io>(&mut self, map: &ClusterMap, store: &mut Store<I>) {
         let me = self.node_id;
-        let mine = map.logs().iter().filter(|l| {
-            l.chain.contains(&me)
-                && (l.log_id % u64::from(self.shard_count)) as u16 == self.shard_index
-        });
+        let (shard_count, shard_index) = (u64::from(self.shard_count), self.shard_index);
+        let mine: Vec<&MapLog> = map
+            .logs()
+            .iter()
+            .filter(|l| l.chain.contains(&me) && (l.log_id % shard_count) as u16 == shard_index)
+            .collect();
         let mut kept = HashSet::new();
         for log in mine {
             kept.insert(log.log_id);
+            if self
+                .replicas
+                .get(log.log_id)
+                .is_some_and(|r| r.epoch() > log.epoch)
+            {
+                continue; // A map older than what this node has installed.
+            }
+            let current = self.replicas.is_current(log.log_id, log.epoch, &log.chain);
+            let before = self.catalog.get(log.log_id).cloned();
+            // A seal of this very epoch here stands.
+            let sealed = before
+                .as_ref()
+                .is_some_and(|e| e.epoch == log.epoch && e.sealed);
             let entry = CatalogEntry {
                 name: log.name.clone(),
                 replication_factor: log.replication_factor,
                 epoch: log.epoch,
                 chain: log.chain.clone(),
+                sealed,
             };
-            let current = self
-                .replicas
-                .get(&log.log_id)
-                .is_some_and(|r| r.epoch() == log.epoch && r.chain() == log.chain.as_slice());
+            if !current {
+                self.prepare_store(log, before.as_ref(), store);
+            }
             // A log this node never held, with no records here, is new to the whole chain:
             // nobody holds records of it. Anything else settles first.
-            let recovered =
-                self.catalog.get(log.log_id).is_some() || store.tail(log.log_id).is_some();
+            let recovered = before.is_some() || store.tail(log.log_id).is_some();
             if let Err(e) = self.catalog.install(log.log_id, entry.clone()) {
-                fatal(&format!("shard {}: {e}", self.shard_index));
+                self.catalog_failed(&e);
             }
             if !current {
-                tracing::info!(log_id = log.log_id, name = log.name, epoch = log.epoch, chain = ?log.chain, "log installed");
-                let replica = replica_of(log.log_id, &entry, me, store, recovered);
-                self.replicas.insert(log.log_id, replica);
-                self.touched.insert(log.log_id);
+                tracing::info!(log_id = log.log_id, name = log.name, epoch = log.epoch, chain = ?log.chain, start_lsn = log.start_lsn, "log installed");
+                self.replicas.install(log.log_id, &entry, store, recovered);
             }
         }
         let gone: Vec<u64> = self
@@ -1094,11 +839,71 @@ impl Server {
         for log_id in gone {
             tracing::info!(log_id, "log removed from the cluster map: deleting it here");
             if let Err(e) = self.catalog.delete(log_id) {
-                fatal(&format!("shard {}: {e}", self.shard_index));
+                self.catalog_failed(&e);
             }
-            self.replicas.remove(&log_id);
+            self.replicas.remove(log_id);
             self.free_space(log_id, store);
         }
+    }
+
+    /// Makes the store fit for `log`'s epoch before this node installs it (the epoch is new
+    /// here; `before` is what the catalog had). A replica of the epoch just before, that
+    /// sealed it (the controller builds a new chain from the old one's sealed members, then
+    /// nodes outside the old chain), keeps its records, cut back to the new epoch's start if
+    /// it holds more (never acknowledged: every acknowledged record is below the start).
+    /// Any other node is a new replica of the log: whatever its store holds of it may be
+    /// leftovers of an epoch it was sealed out of, so the log starts again empty and is
+    /// copied from its predecessor. Both are made durable before the catalog names the new
+    /// epoch, so a restart never finds the epoch installed over a store not fit for it.
+    fn prepare_store<I: Io>(
+        &mut self,
+        log: &MapLog,
+        before: Option<&CatalogEntry>,
+        store: &mut Store<I>,
+    ) {
+        let survivor = before.is_some_and(|e| {
+            e.epoch + 1 == log.epoch && e.sealed && e.chain.contains(&self.node_id)
+        });
+        let Some(tail) = store.tail(log.log_id) else {
+            return; // Nothing here of this log.
+        };
+        let cut = if survivor {
+            if tail.next_lsn <= log.start_lsn {
+                return;
+            }
+            tracing::info!(
+                log_id = log.log_id,
+                from = log.start_lsn,
+                next = tail.next_lsn,
+                "cutting records of the sealed epoch beyond its end"
+            );
+            store.truncate(log.log_id, log.start_lsn, UNANSWERED)
+        } else {
+            if tail.next_lsn == 0 && tail.trim_point == 0 {
+                return;
+            }
+            tracing::info!(
+                log_id = log.log_id,
+                next = tail.next_lsn,
+                "a new replica of this log here: starting it again empty"
+            );
+            store.reset_log(log.log_id, 0, 0, UNANSWERED)
+        };
+        // The acks this wait collects belong to the shard's next turn (appends of its
+        // connections among them).
+        let durable = cut.and_then(|()| store.sync_all(&mut self.acks_taken));
+        if let Err(e) = durable {
+            fatal(FatalReason::store(
+                Some(self.shard_index),
+                format!("preparing log {}: {e}", log.log_id),
+            ));
+        }
+    }
+
+    /// Acks the store gave while the server waited for it (installing a map): the shard
+    /// handles them before those of its next poll.
+    pub(crate) fn take_acks(&mut self) -> Vec<Ack> {
+        std::mem::take(&mut self.acks_taken)
     }
 
     /// Trims away a deleted log's records (nobody waits for this trim's ack).
@@ -1108,6 +913,14 @@ impl Server {
                 tracing::warn!(log_id, error = %e, "could not trim a deleted log");
             }
         }
+    }
+
+    /// The catalog could not be written: which version is on disk is unknown, so the shard
+    /// can answer neither way (the catalog kept the old one in memory); the node stops.
+    fn catalog_failed(&self, e: &CatalogError) -> ! {
+        fatal(FatalReason::StateFile {
+            error: format!("shard {}: {e}", self.shard_index),
+        })
     }
 
     /// CREATE_LOG and DELETE_LOG belong to the controller in a cluster.
@@ -1146,277 +959,6 @@ impl Server {
         session.peer = Some(node_id);
         encode_response(&mut session.out, request_id, Opcode::Peer, &Response::Peer);
         Ok(())
-    }
-
-    /// Checks that a replication request of `log_id` in `epoch` comes from the log's
-    /// predecessor in its current epoch (its connection's PEER).
-    fn check_predecessor(&self, session: &Session, log_id: u64, epoch: u64) -> Result<(), Refusal> {
-        let replica = self.replica(log_id)?;
-        let predecessor = replica.predecessor();
-        if session.peer.is_none() || session.peer != predecessor {
-            let from = session.peer.map_or_else(
-                || "a connection without PEER".to_string(),
-                |p| format!("node {p}"),
-            );
-            return Err(refuse(
-                ErrorCode::UnknownNode,
-                predecessor.unwrap_or(ARG_NONE),
-                format!("log {log_id}: {from} is not this replica's predecessor"),
-            ));
-        }
-        let current = replica.epoch();
-        if epoch != current {
-            return Err(refuse(
-                ErrorCode::WrongEpoch,
-                current,
-                format!("log {log_id} is in epoch {current}, not {epoch}"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// REPLICATE from the predecessor: checked (it must come from the log's predecessor in
-    /// its current epoch), then stored, forwarded and answered as the log's replica decides.
-    /// Records it carries that are here already must be the same records (else DIVERGED).
-    /// Nothing refused is written.
-    fn replicate<I: Io>(
-        &mut self,
-        session: &mut Session,
-        store: &mut Store<I>,
-        request_id: u64,
-        r: &ReplicateRequest<'_>,
-        token: u64,
-    ) -> Result<(), Refusal> {
-        let h = r.header;
-        let log_id = h.log_id;
-        self.check_predecessor(session, log_id, h.epoch)?;
-        let epoch = h.epoch;
-        self.upstream.insert(log_id, token);
-        self.touched.insert(log_id);
-        let replica = self.replicas.get_mut(&log_id).expect("checked");
-        match h.kind {
-            ReplicateKind::Records => {
-                let count = r.records.count();
-                let end = h.first_lsn + u64::from(count);
-                replica.learn_committed(h.committed_lsn);
-                let receive = replica.receive(h.first_lsn, end);
-                if let Receive::Duplicate | Receive::Store { .. } = receive {
-                    same_as_stored(store, log_id, h.first_lsn, r.records)?;
-                }
-                let replica = self.replicas.get_mut(&log_id).expect("checked");
-                match receive {
-                    Receive::Gap { expected } => {
-                        return Err(refuse(
-                            ErrorCode::Gap,
-                            expected,
-                            format!(
-                                "log {log_id}: records from {} leave a gap after {expected}",
-                                h.first_lsn
-                            ),
-                        ))
-                    }
-                    Receive::Duplicate => replica.duplicate(end, request_id),
-                    Receive::Store { from } => {
-                        if self.congested.contains(&log_id) {
-                            return Err(refuse(
-                                ErrorCode::Overloaded,
-                                10,
-                                format!("log {log_id}: this replica's successor is behind"),
-                            ));
-                        }
-                        let skip = (from - h.first_lsn) as usize;
-                        let bytes = r.records.skip(skip as u32).bytes();
-                        // The head's decisions go with the whole batch only (a partial resend
-                        // has no key of its own).
-                        let state = ReplicaState {
-                            fencing_token: (h.fencing_token != TOKEN_NONE)
-                                .then_some(h.fencing_token),
-                            writer: (h.writer_id != WRITER_NONE && skip == 0)
-                                .then_some((h.writer_id, h.writer_seq)),
-                        };
-                        store
-                            .append_replica(
-                                log_id,
-                                epoch,
-                                from,
-                                bytes,
-                                count - skip as u32,
-                                &state,
-                                UNANSWERED,
-                            )
-                            .map_err(|e| store_refusal(&e))?;
-                        let replica = self.replicas.get_mut(&log_id).expect("checked");
-                        if replica.stored(from, end, Some(request_id)) == Forwarding::Now {
-                            let pin = store.pin_last().expect("the records just stored");
-                            self.forwards.push(Forward {
-                                log_id,
-                                epoch,
-                                first: from,
-                                end,
-                                fencing_token: h.fencing_token,
-                                writer: if skip == 0 {
-                                    (h.writer_id, h.writer_seq)
-                                } else {
-                                    (WRITER_NONE, 0)
-                                },
-                                pin,
-                            });
-                        }
-                    }
-                }
-            }
-            ReplicateKind::Trim => {
-                let next = replica.next_lsn();
-                if h.trim_before > next {
-                    return Err(refuse(
-                        ErrorCode::ConditionFailed,
-                        next,
-                        format!("log {log_id}: cannot trim before {}: this replica holds records up to {next}", h.trim_before),
-                    ));
-                }
-                store
-                    .trim(log_id, h.trim_before, UNANSWERED)
-                    .map_err(|e| store_refusal(&e))?;
-                let replica = self.replicas.get_mut(&log_id).expect("checked");
-                replica.trim(
-                    h.trim_before,
-                    Some(Upstream {
-                        request_id,
-                        vouch: h.first_lsn,
-                    }),
-                );
-            }
-            ReplicateKind::Barrier => {
-                replica.barrier(Some(Upstream {
-                    request_id,
-                    vouch: h.first_lsn,
-                }));
-            }
-            ReplicateKind::Commit => replica.learn_committed(h.committed_lsn),
-        }
-        Ok(())
-    }
-
-    /// PULL from the predecessor (a restarted node taking back records it lost): one run of
-    /// this replica's stored records from `from_lsn` on, durable or not, with the keys and
-    /// fencing raises stored with them, and this replica's next LSN.
-    fn pull<I: Io>(
-        &mut self,
-        session: &mut Session,
-        store: &mut Store<I>,
-        request_id: u64,
-        pull: &PullRequest,
-    ) -> Result<(), Refusal> {
-        let log_id = pull.log_id;
-        self.check_predecessor(session, log_id, pull.epoch)?;
-        let replica = &self.replicas[&log_id];
-        let (epoch, next) = (replica.epoch(), replica.next_lsn());
-        let max_records = pull.max_records.min(self.limits.batch_records_max) as usize;
-        let run = if pull.from_lsn < next {
-            store
-                .read_stored_runs(
-                    log_id,
-                    pull.from_lsn,
-                    max_records,
-                    self.limits.frame_bytes_max as usize,
-                )
-                .map_err(|e| store_refusal(&e))?
-                .into_iter()
-                .next()
-        } else {
-            None
-        };
-        let mut body = Vec::new();
-        let (first, count, run_epoch, state) = match run {
-            Some(run) => {
-                let (count, state) =
-                    encode_run(&mut body, log_id, &run, self.limits.records_bytes_max());
-                (run.first_lsn(), count, run.records[0].epoch, state)
-            }
-            None => (pull.from_lsn, 0, epoch, ReplicaState::default()),
-        };
-        let form = chainlog_net::RecordForm::Replicated {
-            log_id,
-            epoch: run_epoch,
-            first_lsn: first,
-        };
-        let records = chainlog_net::Records::parse(&body, count, form, &self.limits.replication())
-            .expect("stored records encode as a valid batch");
-        let (writer_id, writer_seq) = state.writer.unwrap_or((WRITER_NONE, 0));
-        let response = Response::Pull(PullResponse {
-            log_id,
-            epoch: run_epoch,
-            first_lsn: first,
-            next_lsn: next,
-            fencing_token: state.fencing_token.unwrap_or(TOKEN_NONE),
-            writer_id,
-            writer_seq,
-            records,
-        });
-        encode_response(&mut session.out, request_id, Opcode::Pull, &response);
-        Ok(())
-    }
-
-    /// Sends a log's answers to the connection its REPLICATEs came from (dropped if it is
-    /// gone: the predecessor resends after it reconnects).
-    pub(crate) fn answer_upstream(
-        &mut self,
-        log_id: u64,
-        answers: &mut Vec<Answer>,
-        conns: &mut [Option<Conn>],
-    ) {
-        let token = self.upstream.get(&log_id).copied();
-        let conn = token.and_then(|token| {
-            let (slot, generation) = super::conn::token_conn(token);
-            conns
-                .get_mut(slot)
-                .and_then(Option::as_mut)
-                .filter(|c| c.generation == generation)
-        });
-        let Some(conn) = conn else {
-            answers.clear();
-            return;
-        };
-        for a in answers.drain(..) {
-            let response = Response::Replicate(ReplicateResponse {
-                log_id,
-                durable_lsn: a.durable_lsn,
-                trim_point: a.trim_point,
-                next_lsn: a.next_lsn,
-            });
-            encode_response(
-                &mut conn.session.out,
-                a.request_id,
-                Opcode::Replicate,
-                &response,
-            );
-        }
-    }
-
-    /// Marks a log for the end of the turn's replication pump (answers, sends, catch-up): only
-    /// logs with more than one replica have anything there, so a standalone node's appends
-    /// skip it.
-    fn touch(&mut self, log_id: u64) {
-        if self
-            .replicas
-            .get(&log_id)
-            .is_some_and(|r| r.chain().len() > 1)
-        {
-            self.touched.insert(log_id);
-        }
-    }
-
-    /// A store ack: records or a trim of a log became durable here.
-    pub(crate) fn on_store_ack(&mut self, ack: &Ack) {
-        let Some(replica) = self.replicas.get_mut(&ack.log_id) else {
-            return;
-        };
-        if ack.lsns.is_empty() {
-            replica.trim_durable(ack.lsns.start);
-        } else {
-            replica.durable(ack.lsns.end);
-        }
-        self.touch(ack.log_id);
     }
 
     /// A store ack for one of the connection's appends or trims (they come in the order
@@ -1463,7 +1005,7 @@ impl Server {
                     durable_us.is_some()
                         && self
                             .replicas
-                            .get(&log_id)
+                            .get(log_id)
                             .is_none_or(|r| r.committed() >= end)
                 }
                 Pending::Trim {
@@ -1475,7 +1017,7 @@ impl Server {
                     local
                         && self
                             .replicas
-                            .get(&log_id)
+                            .get(log_id)
                             .is_none_or(|r| r.trim_committed() >= before)
                 }
                 Pending::Failed { .. } => true,
@@ -1526,211 +1068,12 @@ impl Server {
                 Pending::Failed {
                     request_id,
                     opcode,
-                    code,
-                    arg0,
-                    arg1,
-                    message,
-                } => {
-                    let response = ErrorResponse {
-                        code,
-                        arg0,
-                        arg1,
-                        message: &message,
-                    };
-                    encode_error(
-                        &mut session.out,
-                        request_id,
-                        Opcode::from_u16(opcode),
-                        &response,
-                    );
-                }
+                    refusal,
+                } => refusal.encode(&mut session.out, request_id, Some(opcode)),
             }
         }
         if !session.barriers.is_empty() {
             self.answer_barriers(session, store);
         }
-    }
-
-    /// Records of `log_id` that may be served to readers here (committed and durable here).
-    fn readable(&self, log_id: u64) -> u64 {
-        self.replicas.get(&log_id).map_or(0, Replica::readable)
-    }
-
-    /// [`readable`](Self::readable), for the shard's owner.
-    pub(crate) fn readable_lsn(&self, log_id: u64) -> u64 {
-        self.readable(log_id)
-    }
-}
-
-/// The replication state of a catalog's log on this node, over what the store holds (a
-/// standalone node's log is a chain of one); `recovered` if other replicas may hold records
-/// this one lost (it then settles before it acts: [`Replica::recovered`]).
-fn replica_of<I: Io>(
-    log_id: u64,
-    entry: &CatalogEntry,
-    node_id: u64,
-    store: &Store<I>,
-    recovered: bool,
-) -> Replica {
-    let (next, trim) = store
-        .tail(log_id)
-        .map_or((0, 0), |t| (t.next_lsn, t.trim_point));
-    let chain = if entry.chain.is_empty() {
-        vec![node_id]
-    } else {
-        entry.chain.clone()
-    };
-    if recovered {
-        Replica::recovered(log_id, node_id, entry.epoch, chain, next, trim)
-    } else {
-        Replica::new(log_id, node_id, entry.epoch, chain, next, trim)
-    }
-}
-
-/// The header a record read back was stored with (its CRC is the client's: end to end).
-fn stored_header(log_id: u64, r: &ReadRecord) -> RecordHeader {
-    RecordHeader {
-        len: r.payload.len() as u32,
-        crc: r.crc,
-        log_id,
-        lsn: r.lsn,
-        epoch: r.epoch,
-        timestamp_us: r.timestamp_us,
-    }
-}
-
-/// Appends a stored run's records to `out` in the stamped layout a REPLICATE or a PULL's
-/// answer carries, within `bytes_max`; returns how many went in and the decisions that go
-/// with them (none if the run had to be cut: they belong to its end). A keyed batch always
-/// fits (it arrived in one APPEND).
-pub(crate) fn encode_run(
-    out: &mut Vec<u8>,
-    log_id: u64,
-    run: &StoredRun,
-    bytes_max: usize,
-) -> (u32, ReplicaState) {
-    let start = out.len();
-    let mut count = 0;
-    for r in &run.records {
-        let size = chainlog_net::RECORD_HEADER_BYTES + r.payload.len().next_multiple_of(8);
-        if count > 0 && out.len() - start + size > bytes_max {
-            break;
-        }
-        out.extend_from_slice(bytemuck::bytes_of(&stored_header(log_id, r)));
-        out.extend_from_slice(&r.payload);
-        out.resize(
-            out.len() + (r.payload.len().next_multiple_of(8) - r.payload.len()),
-            0,
-        );
-        count += 1;
-    }
-    let whole = count as usize == run.records.len();
-    if !whole && run.state.writer.is_some() {
-        tracing::warn!(
-            log_id,
-            first = run.first_lsn(),
-            "a keyed batch did not fit one message: it goes without its key"
-        );
-    }
-    (
-        count,
-        if whole {
-            run.state
-        } else {
-            ReplicaState::default()
-        },
-    )
-}
-
-/// Checks that records a predecessor sent again (a resend after a reconnect) are the ones
-/// stored here at the same LSNs (same epoch, timestamp, length and CRC). Replicas that hold
-/// different records at one LSN have diverged, which the protocol never produces: refuse
-/// with DIVERGED rather than answer for records that are not the predecessor's.
-fn same_as_stored<I: Io>(
-    store: &mut Store<I>,
-    log_id: u64,
-    first: u64,
-    records: chainlog_net::Records<'_>,
-) -> Result<(), Refusal> {
-    let Some(tail) = store.tail(log_id) else {
-        return Ok(());
-    };
-    // Below the trim point the records were committed, so on every replica: nothing to check
-    // (and nothing to read).
-    let from = first.max(tail.trim_point);
-    let end = (first + u64::from(records.count())).min(tail.next_lsn);
-    if from >= end {
-        return Ok(());
-    }
-    let here = store
-        .read_stored(log_id, from, (end - from) as usize, usize::MAX)
-        .map_err(|e| store_refusal(&e))?;
-    let sent = records.iter().skip((from - first) as usize);
-    for (mine, theirs) in here.iter().zip(sent) {
-        let h = theirs.header;
-        let same = mine.lsn == h.lsn
-            && mine.epoch == h.epoch
-            && mine.timestamp_us == h.timestamp_us
-            && mine.crc == h.crc
-            && mine.payload.len() == h.len as usize;
-        if !same {
-            tracing::error!(
-                log_id,
-                lsn = mine.lsn,
-                "the predecessor sent a record that differs from the one stored here at the \
-                 same LSN: the replicas diverged"
-            );
-            return Err(refuse(
-                ErrorCode::Diverged,
-                mine.lsn,
-                format!(
-                    "log {log_id}: record {} differs from the one stored here",
-                    mine.lsn
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Adds stored records to a READ answer or a push, until the frame is full; returns how many
-/// went in. The records' CRCs travel unchanged (end to end).
-fn push_records(builder: &mut ReadBuilder<'_>, log_id: u64, records: &[ReadRecord]) -> u64 {
-    let mut pushed = 0;
-    for r in records {
-        if builder.push(&stored_header(log_id, r), &r.payload).is_err() {
-            break;
-        }
-        pushed += 1;
-    }
-    pushed
-}
-
-/// Encodes an error now.
-fn answer_now(session: &mut Session, request_id: u64, opcode: Opcode, refusal: &Refusal) {
-    let response = ErrorResponse {
-        code: refusal.code,
-        arg0: refusal.arg0,
-        arg1: refusal.arg1,
-        message: &refusal.message,
-    };
-    encode_error(&mut session.out, request_id, Some(opcode), &response);
-}
-
-/// Encodes an error, or queues it behind the appends and trims still waiting, so that answers
-/// keep the order of the requests that wait for durability.
-fn answer(session: &mut Session, request_id: u64, opcode: Opcode, refusal: Refusal) {
-    let ordered = matches!(opcode, Opcode::Append | Opcode::Trim);
-    if ordered && !session.pending.is_empty() {
-        session.pending.push_back(Pending::Failed {
-            request_id,
-            opcode: opcode as u16,
-            code: refusal.code,
-            arg0: refusal.arg0,
-            arg1: refusal.arg1,
-            message: refusal.message,
-        });
-    } else {
-        answer_now(session, request_id, opcode, &refusal);
     }
 }

@@ -12,11 +12,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chainlog_storage::io::Completion;
-use chainlog_storage::{fatal, Ack, Clock, Error, Store, StoreConfig, SystemClock, UringIo};
+use chainlog_storage::{
+    fatal, Ack, Clock, Error, FatalReason, Store, StoreConfig, SystemClock, UringIo,
+};
 
 use super::catalog::{Catalog, StoreLogs};
 use super::chain::Chain;
-use super::conn::{ack_token, token_conn, Conn};
+use super::conn::{ack_token, conn_of, Conn};
 use super::control::{ControlInbox, MapUpdate};
 use super::env::{Net, RawSlice, RealEnv, Sock};
 use super::metrics::{self, Board, Snapshot};
@@ -81,7 +83,7 @@ pub(crate) fn run(ctx: ShardContext, listener: TcpListener) -> Result<(), String
         clock.clone(),
     ) {
         Ok(store) => store,
-        Err(Error::Fatal(reason)) => fatal(&reason),
+        Err(Error::Fatal(reason)) => fatal(FatalReason::store(Some(ctx.index), reason)),
         Err(e) => {
             let reason = format!("opening the store in {}: {e}", store_dir.display());
             return Err(refuse_to_start(ctx.index, e.kind(), reason));
@@ -96,7 +98,7 @@ pub(crate) fn run(ctx: ShardContext, listener: TcpListener) -> Result<(), String
         Err(e) => {
             // Leave the store as it was found: stopped cleanly (recovery removed the record).
             if let Err(e) = store.close(&mut Vec::new()) {
-                fatal(&format!("shard {}: {e}", ctx.index));
+                fatal(FatalReason::store(Some(ctx.index), e));
             }
             return Err(refuse_to_start(ctx.index, "catalog", e.to_string()));
         }
@@ -232,7 +234,7 @@ impl<E: Net> Shard<E> {
             "{} | links {}",
             self.protocol
                 .replicas
-                .get(&log_id)
+                .get(log_id)
                 .map_or("no replica".into(), |r| r.summary()),
             self.chain.describe()
         )
@@ -244,7 +246,7 @@ impl<E: Net> Shard<E> {
     /// a run.
     pub(crate) fn stored_records(&mut self, log_id: u64) -> Option<(u64, u64, StoredLog)> {
         let tail = self.store.tail(log_id)?;
-        let readable = self.protocol.readable_lsn(log_id);
+        let readable = self.protocol.replicas.readable(log_id);
         let mut out = Vec::new();
         let mut next = tail.trim_point;
         while next < tail.next_lsn {
@@ -290,9 +292,14 @@ impl<E: Net> Shard<E> {
     /// the shard has stopped serving (then [`finish`](Self::finish) it).
     pub(crate) fn turn(&mut self, wait: bool) -> bool {
         if let Err(e) = self.store.poll(wait, &mut self.acks) {
-            fatal(&format!("shard {}: {e}", self.index()));
+            fatal(FatalReason::store(Some(self.index()), e));
         }
         self.protocol.start_turn();
+        let mut taken = self.protocol.take_acks();
+        if !taken.is_empty() {
+            taken.append(&mut self.acks);
+            self.acks = taken;
+        }
         self.store.take_external(&mut self.external);
         for completion in std::mem::take(&mut self.external) {
             self.on_completion(completion);
@@ -310,7 +317,7 @@ impl<E: Net> Shard<E> {
         self.close_links();
         let index = self.index();
         if let Err(e) = self.store.close(&mut Vec::new()) {
-            fatal(&format!("shard {index}: {e}"));
+            fatal(FatalReason::store(Some(index), e));
         }
         tracing::info!(shard = index, "shard stopped");
     }
@@ -435,8 +442,15 @@ impl<E: Net> Shard<E> {
     /// A completion of a replication link's operation.
     fn on_link(&mut self, token: NetToken, result: std::io::Result<usize>) {
         let now = self.protocol.now_us();
-        self.chain
-            .on_completion(token, result, &mut self.protocol, &mut self.store, now);
+        let protocol = &mut self.protocol;
+        self.chain.on_completion(
+            token,
+            result,
+            &mut protocol.replicas,
+            &mut protocol.metrics,
+            &mut self.store,
+            now,
+        );
     }
 
     /// The control thread has news: install the newest cluster map, and read the eventfd
@@ -485,7 +499,7 @@ impl<E: Net> Shard<E> {
                 cancelled = true;
             }
             if let Err(e) = self.store.poll(true, &mut acks) {
-                fatal(&format!("shard {}: {e}", self.index()));
+                fatal(FatalReason::store(Some(self.index()), e));
             }
             self.store.take_external(&mut self.external);
             for completion in std::mem::take(&mut self.external) {
@@ -571,14 +585,10 @@ impl<E: Net> Shard<E> {
     }
 
     fn on_ack(&mut self, ack: Ack) {
-        self.protocol.on_store_ack(&ack);
-        let (slot, generation) = token_conn(ack.token);
-        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+        self.protocol.replicas.on_store_ack(&ack);
+        let Some(conn) = conn_of(&mut self.conns, ack.token) else {
             return;
         };
-        if conn.generation != generation {
-            return;
-        }
         self.protocol.acknowledge(&mut conn.session, &self.store);
     }
 
@@ -600,7 +610,7 @@ impl<E: Net> Shard<E> {
     /// Publishes this shard's metrics for `/metrics` (once a second: the lock is taken on the
     /// control path only).
     fn publish(&mut self) {
-        let (lagging_logs, lag_records) = Chain::lag(&self.protocol);
+        let (lagging_logs, lag_records) = self.protocol.replicas.lag();
         // Read back to back: the traces' times are placed on CLOCK_MONOTONIC by the gap.
         let now_us = self.protocol.now_us();
         let origin_ns = metrics::monotonic_ns().saturating_sub(now_us * 1_000);
@@ -633,16 +643,25 @@ impl<E: Net> Shard<E> {
     /// that are done.
     fn flush(&mut self) {
         let now = self.protocol.now_us();
-        self.chain
-            .pump(&mut self.protocol, &mut self.store, &mut self.conns, now);
+        let protocol = &mut self.protocol;
+        self.chain.pump(
+            &mut protocol.replicas,
+            &mut protocol.metrics,
+            &mut self.store,
+            &mut self.conns,
+            now,
+        );
         let give_up = self.stop_deadline_us.is_some_and(|d| now >= d);
         let mut i = 0;
         while i < self.subscribed.len() {
             let slot = self.subscribed[i] as usize;
             let active = match self.conns[slot].as_mut() {
-                Some(conn) if !conn.session.closing => {
-                    self.protocol.pump(&mut conn.session, &mut self.store)
-                }
+                Some(conn) if !conn.session.closing => conn.session.subscriptions.pump(
+                    &mut conn.session.out,
+                    &mut self.store,
+                    &self.protocol.replicas,
+                    &self.params.identity.limits,
+                ),
                 _ => false,
             };
             if active {

@@ -169,6 +169,11 @@ pub enum Blocked {
     /// link to the successor is up, probed, and what the successor had beyond this head is
     /// pulled back.
     Settling,
+    /// The epoch is sealed here (reconfiguration): nothing more is appended in it, ever.
+    Sealed {
+        /// The epoch's end as this replica holds it.
+        end: u64,
+    },
     /// A settled head found its successor ahead of it: the successor holds records this head
     /// never had in its life since it settled, which the protocol never produces (damaged
     /// state). Appending would give their LSNs to other records, so it refuses until an
@@ -271,6 +276,8 @@ pub struct Replica {
     settled: bool,
     /// A PULL is outstanding on the link.
     pull_in_flight: bool,
+    /// The epoch was sealed here with this end (the next LSN then): one way, for good.
+    sealed_end: Option<u64>,
 }
 
 impl Replica {
@@ -350,6 +357,7 @@ impl Replica {
             successor_ahead: None,
             settled: settled || sole || index + 1 == chain_len,
             pull_in_flight: false,
+            sealed_end: None,
         };
         replica.assert_invariants();
         replica
@@ -440,6 +448,9 @@ impl Replica {
         if self.index != 0 {
             return Err(Blocked::NotHead);
         }
+        if let Some(end) = self.sealed_end {
+            return Err(Blocked::Sealed { end });
+        }
         if !self.settled {
             return Err(Blocked::Settling);
         }
@@ -453,6 +464,10 @@ impl Replica {
     /// predecessor for `upstream` (its request id). Says whether to forward them now.
     pub fn stored(&mut self, first: u64, end: u64, upstream: Option<u64>) -> Forwarding {
         assert_eq!(first, self.next_lsn, "records are stored densely");
+        assert!(
+            self.sealed_end.is_none(),
+            "nothing is stored in a sealed epoch"
+        );
         assert!(end > first, "a batch holds records");
         self.next_lsn = end;
         self.items.push_back(Item {
@@ -522,6 +537,24 @@ impl Replica {
         self.settle();
     }
 
+    /// The predecessor trimmed past everything stored here (this replica joined the chain
+    /// empty, or far behind): the log starts again, empty, at `at` (the store's `reset_log`),
+    /// and the trim is answered once that is durable. Records below `at` are committed and
+    /// trimmed everywhere, so none of them is lost here.
+    pub fn skip_to(&mut self, at: u64, upstream: Upstream) {
+        assert!(at > self.next_lsn, "a skip goes forward");
+        assert!(
+            self.sealed_end.is_none(),
+            "nothing is stored in a sealed epoch"
+        );
+        self.next_lsn = at;
+        self.durable_lsn = at;
+        self.forwarded = self.forwarded.max(at);
+        // Only committed records are trimmed: everything below `at` is.
+        self.committed = self.committed.max(at);
+        self.trim(at, Some(upstream));
+    }
+
     /// The store made a trim to `before` durable here.
     pub fn trim_durable(&mut self, before: u64) {
         self.trim_durable = self.trim_durable.max(before);
@@ -565,6 +598,19 @@ impl Replica {
             self.items.len(),
             self.pull_in_flight
         )
+    }
+
+    /// Seals the epoch here (the controller reconfigures the log): from now on nothing is
+    /// appended or stored in this epoch here, and its end is this replica's next LSN now (the
+    /// answer to SEAL waits until everything below it is durable). Idempotent: sealing again
+    /// returns the same end.
+    pub fn seal(&mut self) -> u64 {
+        *self.sealed_end.get_or_insert(self.next_lsn)
+    }
+
+    /// The end of the epoch, if it is sealed here.
+    pub fn sealed(&self) -> Option<u64> {
+        self.sealed_end
     }
 
     /// Whether this replica knows where the rest of its chain stands (see
@@ -653,8 +699,12 @@ impl Replica {
         } else {
             // What the successor holds but has not vouched durable (on it and after it) is
             // sent again: it takes the records as duplicates and answers them once durable,
-            // which a barrier's answer, settled at once, would not wait for.
-            self.forwarded = next.min(self.down_durable.max(self.trim_durable));
+            // which a barrier's answer, settled at once, would not wait for. A successor
+            // below this node's trim point (a replica that joined empty) skips to it: the
+            // trim goes first, then the records from there.
+            self.forwarded = next
+                .min(self.down_durable.max(self.trim_durable))
+                .max(self.trim_durable);
         }
         self.settled = true;
         self.link = if self.forwarded == self.next_lsn {
@@ -873,5 +923,12 @@ impl Replica {
             "log {}: in sync before settling",
             self.log_id
         );
+        if let Some(end) = self.sealed_end {
+            assert_eq!(
+                end, self.next_lsn,
+                "log {}: stored past its sealed end",
+                self.log_id
+            );
+        }
     }
 }

@@ -309,7 +309,7 @@ impl SimNode {
             match turn {
                 Ok(_) => {}
                 Err(payload) => match payload.downcast::<FatalPanic>() {
-                    Ok(fatal) => return Err(fatal.0),
+                    Ok(fatal) => return Err(fatal.0.to_string()),
                     Err(other) => std::panic::resume_unwind(other),
                 },
             }

@@ -16,8 +16,8 @@ use std::io;
 
 use crate::buf::AlignedBuf;
 use crate::format::{
-    FrameHeader, FrameKind, SnapshotEntry, FORMAT_VERSION, FRAME_HEADER_BYTES, FRAME_MAGIC,
-    SNAPSHOT_ENTRY_BYTES, STATE_RECORD_BYTES, SYSTEM_LOG,
+    FrameHeader, FrameKind, SnapshotEntry, StateRecord, CONTROL_WRITER, FORMAT_VERSION,
+    FRAME_HEADER_BYTES, FRAME_MAGIC, SNAPSHOT_ENTRY_BYTES, STATE_RECORD_BYTES, SYSTEM_LOG,
 };
 use crate::io::{Completion, Io, EXTERNAL_TOKEN};
 use crate::lifecycle::Spare;
@@ -37,6 +37,8 @@ pub(crate) enum Op {
     DirSync = 4,
     /// The clean-stop record's write and its directory sync (`Store::close` waits for them).
     CleanStop = 5,
+    /// A read of a segment for a read request; the low bits are the request's slot.
+    Read = 6,
 }
 
 const OP_SHIFT: u32 = 56;
@@ -53,6 +55,7 @@ fn untoken(token: u64) -> (Option<Op>, u64) {
         3 => Some(Op::SpareHeader),
         4 => Some(Op::DirSync),
         5 => Some(Op::CleanStop),
+        6 => Some(Op::Read),
         _ => None,
     };
     (op, token & ((1 << OP_SHIFT) - 1))
@@ -120,14 +123,21 @@ impl<I: Io> Store<I> {
         };
         frame.kind = FrameKind::Snapshot;
         frame.opened_us = self.clock.monotonic_us();
-        // Logs whose first records are not yet in a submitted frame do not exist on disk yet.
+        // Logs that are not yet in a submitted frame do not exist on disk yet.
         let system = SnapshotEntry {
             log_id: SYSTEM_LOG,
             next_lsn: self.system_submitted_lsn,
             trim_point: 0,
             fence: 0,
         };
-        let on_disk = self.logs.iter().filter(|(_, l)| l.submitted_lsn > 0);
+        let on_disk = self.logs.iter().filter(|(_, l)| l.on_disk);
+        // Paired with recovery's check of the oldest snapshot it starts from.
+        assert!(
+            self.logs
+                .values()
+                .all(|l| l.submitted_trim <= l.submitted_lsn),
+            "a log is trimmed within its submitted records"
+        );
         let entries: Vec<SnapshotEntry> = std::iter::once(system)
             .chain(on_disk.map(|(&log_id, l)| SnapshotEntry {
                 log_id,
@@ -140,11 +150,7 @@ impl<I: Io> Store<I> {
             entries.len() <= self.config.logs_max + 1,
             "logs_max bounds the snapshot"
         );
-        let logs = &self.logs;
-        let writers = self.writers.records(|log_id, first_lsn| {
-            logs.get(&log_id)
-                .is_some_and(|l| first_lsn < l.submitted_lsn)
-        });
+        let writers = self.submitted_writers.records();
         let body = entries.len() * SNAPSHOT_ENTRY_BYTES + writers.len() * STATE_RECORD_BYTES;
         let buf = frame.buf.as_mut().expect("frame buffer");
         assert!(
@@ -164,11 +170,29 @@ impl<I: Io> Store<I> {
 
     /// Stamps the frame header, places the frame in the active segment and writes it. Only the
     /// header and the padding are written here: the records (maybe pinned) stay as they are.
+    /// What the frame holds becomes the state a snapshot may claim (`submitted_*`), in frame
+    /// order: records as written (those a later truncation discards too, until its own frame
+    /// is submitted), trims, raises, keys, truncations and resets.
     fn submit(&mut self, mut frame: Frame) {
         assert_eq!(frame.seq, 0, "a frame is submitted once");
         let now = self.clock.monotonic_us();
         let seq = self.next_seq;
         self.next_seq += 1;
+        // Paired with the frontier (frames become durable in seq order) and with recovery's
+        // torn-tail rule (a frame is written with `durable_seq >= seq - writes_in_flight_max`,
+        // so only the last `writes_in_flight_max` frames before a surviving one can be torn):
+        // the frames in flight are the ones right after the durable frontier, and at most
+        // `writes_in_flight_max` of them.
+        let last_in_flight = self.in_flight.back().map_or(self.durable_seq, |f| f.seq);
+        assert_eq!(
+            seq,
+            last_in_flight + 1,
+            "frames in flight follow the durable frontier without a gap"
+        );
+        assert!(
+            self.in_flight.len() < self.config.writes_in_flight_max,
+            "at most writes_in_flight_max frames in flight"
+        );
         let segment = self.segments.back_mut().expect("an active segment");
         let offset = self.active_offset;
         let buf = frame.buf.as_mut().expect("frame buffer");
@@ -205,23 +229,75 @@ impl<I: Io> Store<I> {
                     log_id,
                     first_lsn,
                     count,
+                    live,
                     ..
                 } => {
                     let log = self.logs.get_mut(&log_id).expect("appended log exists");
+                    // Paired with the frontier's density check: a log's records go to the
+                    // disk in LSN order, without a gap, however they are cut into frames.
+                    assert_eq!(
+                        first_lsn, log.submitted_lsn,
+                        "log {log_id}: submitted records are dense"
+                    );
+                    // Records a truncation or reset discarded (beyond `live`) may be beyond
+                    // the log's next LSN now.
+                    assert!(
+                        first_lsn + u64::from(live) <= log.next_lsn,
+                        "log {log_id}: submitted records were appended"
+                    );
                     log.submitted_lsn = first_lsn + u64::from(count);
-                    log.note_frame(first_lsn, segment.id, offset);
+                    log.on_disk = true;
+                    // Records already discarded are not indexed: no read may find them.
+                    if live > 0 {
+                        log.note_frame(first_lsn, segment.id, offset);
+                    }
                     segment.log_ends.insert(log_id, log.submitted_lsn);
                 }
                 Entry::Trim { log_id, before, .. } => {
                     let log = self.logs.get_mut(&log_id).expect("trimmed log exists");
+                    assert!(
+                        before <= log.submitted_lsn,
+                        "log {log_id}: a trim goes to the disk after the records it trims"
+                    );
                     log.submitted_trim = log.submitted_trim.max(before);
                     self.system_submitted_lsn += 1;
                 }
-                Entry::State { log_id, fence } => {
-                    if let Some(token) = fence {
-                        let log = self.logs.get_mut(&log_id).expect("fenced log exists");
-                        log.submitted_fence = log.submitted_fence.max(token);
-                    }
+                Entry::Fence { log_id, token } => {
+                    let log = self.logs.get_mut(&log_id).expect("fenced log exists");
+                    log.submitted_fence = log.submitted_fence.max(token);
+                    self.system_submitted_lsn += 1;
+                }
+                Entry::Key {
+                    log_id,
+                    writer_id,
+                    writer_seq,
+                    first_lsn,
+                    count,
+                } => {
+                    self.submitted_writers.apply(&StateRecord {
+                        kind: CONTROL_WRITER,
+                        count,
+                        log_id,
+                        writer_id,
+                        writer_seq,
+                        value: first_lsn,
+                    });
+                    self.system_submitted_lsn += 1;
+                }
+                Entry::Truncate { log_id, from, .. } => {
+                    let log = self.logs.get_mut(&log_id).expect("truncated log exists");
+                    log.submitted_lsn = from;
+                    log.index_cut = true;
+                    self.submitted_writers.forget_from(log_id, from);
+                    self.system_submitted_lsn += 1;
+                }
+                Entry::Reset { log_id, at, .. } => {
+                    let log = self.logs.get_mut(&log_id).expect("reset log exists");
+                    log.submitted_lsn = at;
+                    log.submitted_trim = at;
+                    log.on_disk = true;
+                    log.index_cut = true;
+                    self.submitted_writers.forget_from(log_id, 0);
                     self.system_submitted_lsn += 1;
                 }
                 Entry::Echo { .. } => {}
@@ -253,6 +329,7 @@ impl<I: Io> Store<I> {
         let (op, value) = untoken(token);
         match op {
             Some(Op::Frame) => self.frame_written(value, buf, result),
+            Some(Op::Read) => self.read_completed(value as usize, buf, result),
             // Nothing that completes after a failure may advance anything.
             Some(_) if self.failed.is_some() => {}
             Some(op @ (Op::ZeroFill | Op::SpareHeader | Op::DirSync)) => {
@@ -271,6 +348,7 @@ impl<I: Io> Store<I> {
             .checked_sub(front)
             .expect("completion of a frame not in flight") as usize;
         let frame = &mut self.in_flight[index];
+        assert_eq!(frame.seq, seq, "frames in flight are contiguous in seq");
         assert!(frame.buf.is_none(), "a frame write completes once");
         assert_eq!(
             buf.as_ref().map(AlignedBuf::addr),
@@ -295,14 +373,9 @@ impl<I: Io> Store<I> {
 
     /// Acknowledges every frame at the head of the in-flight queue that is durable.
     fn advance_frontier(&mut self) {
-        // Frames that just became durable may be in blocks the read window cached before
-        // they were written: reads must not see those stale bytes.
-        if self.in_flight.front().is_some_and(|f| f.done) {
-            self.read_window.invalidate();
-        }
         while self.in_flight.front().is_some_and(|f| f.done) {
             let frame = self.in_flight.pop_front().expect("checked");
-            debug_assert_eq!(
+            assert_eq!(
                 frame.seq,
                 self.durable_seq + 1,
                 "frames become durable in order"
@@ -315,13 +388,28 @@ impl<I: Io> Store<I> {
                         log_id,
                         first_lsn,
                         count,
+                        live,
                     } => {
-                        let end = first_lsn + u64::from(count);
-                        self.logs.get_mut(&log_id).expect("log").durable_lsn = end;
+                        // Discarded records (beyond `live`) never become readable.
+                        if live > 0 {
+                            let end = first_lsn + u64::from(live);
+                            let log = self.logs.get_mut(&log_id).expect("log");
+                            // Paired with `submit`'s: what becomes durable continues what
+                            // was (a truncation or reset moved both ends alike).
+                            assert_eq!(
+                                first_lsn, log.durable_lsn,
+                                "log {log_id}: durable records are dense"
+                            );
+                            assert!(
+                                end <= log.submitted_lsn,
+                                "log {log_id}: only submitted records become durable"
+                            );
+                            log.durable_lsn = end;
+                        }
                         self.acks.push(Ack {
                             token,
                             log_id,
-                            lsns: first_lsn..end,
+                            lsns: first_lsn..first_lsn + u64::from(count),
                         });
                     }
                     Entry::Trim {
@@ -330,6 +418,10 @@ impl<I: Io> Store<I> {
                         before,
                     } => {
                         let log = self.logs.get_mut(&log_id).expect("log");
+                        assert!(
+                            before <= log.durable_lsn,
+                            "log {log_id}: a trim is durable after the records it trims"
+                        );
                         log.durable_trim = log.durable_trim.max(before);
                         self.acks.push(Ack {
                             token,
@@ -337,7 +429,26 @@ impl<I: Io> Store<I> {
                             lsns: before..before,
                         });
                     }
-                    Entry::State { .. } => {}
+                    Entry::Truncate {
+                        token,
+                        log_id,
+                        from,
+                    } => self.acks.push(Ack {
+                        token,
+                        log_id,
+                        lsns: from..from,
+                    }),
+                    Entry::Reset { token, log_id, at } => {
+                        // May lower it: the log's old records are pinned by their segments'
+                        // ends until a trim passes them again (ARCHITECTURE.md 9c).
+                        self.logs.get_mut(&log_id).expect("log").durable_trim = at;
+                        self.acks.push(Ack {
+                            token,
+                            log_id,
+                            lsns: at..at,
+                        });
+                    }
+                    Entry::Fence { .. } | Entry::Key { .. } => {}
                     Entry::Echo {
                         token,
                         log_id,

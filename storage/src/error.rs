@@ -109,8 +109,17 @@ pub enum Error {
         /// The log's next LSN.
         tail: u64,
     },
-    /// Every write buffer is in use: retry after the next completion.
-    #[error("overloaded: all write buffers are in use")]
+    /// A truncation beyond the end of the log.
+    #[error("cannot truncate from {from}: the log's tail is {tail}")]
+    TruncateBeyondTail {
+        /// The requested LSN.
+        from: u64,
+        /// The log's next LSN.
+        tail: u64,
+    },
+    /// Every write buffer is in use, or every slot for a read waiting for the disk: retry
+    /// after the next completion.
+    #[error("overloaded: all write buffers or read slots are in use")]
     Overloaded,
     /// The shard has as many logs as it can hold.
     #[error("too many logs in this shard (limit {max})")]
@@ -152,6 +161,7 @@ impl Error {
             Error::UnknownLog(_) => "unknown_log",
             Error::Trimmed { .. } => "trimmed",
             Error::TrimBeyondTail { .. } => "trim_beyond_tail",
+            Error::TruncateBeyondTail { .. } => "truncate_beyond_tail",
             Error::Overloaded => "overloaded",
             Error::TooManyLogs { .. } => "too_many_logs",
             Error::Fatal(_) => "fatal",

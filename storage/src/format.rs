@@ -15,8 +15,9 @@
 //! A snapshot frame's body is `count` [`SnapshotEntry`] values (24 bytes each in format
 //! version 1, 32 from version 2, which added `fence`), followed (version 2) by any number of
 //! [`StateRecord`]s: the idempotency windows of the shard's writers. Control records (the
-//! system log's payloads) are a [`ControlRecord`] (trims) or a [`StateRecord`] (fencing-token
-//! raises and idempotency keys), told apart by their first four bytes, the kind.
+//! system log's payloads) are a [`ControlRecord`] (trims, truncations and resets) or a
+//! [`StateRecord`] (fencing-token raises and idempotency keys), told apart by their first four
+//! bytes, the kind.
 //!
 //! Outside the segments, a [`CleanStop`] record (the file [`CLEAN_STOP_FILE`]) says that the
 //! store was stopped cleanly and where its frame chain ends (ARCHITECTURE.md 8).
@@ -26,9 +27,10 @@ use bytemuck::{Pod, Zeroable};
 /// The unit of alignment for every write, read and frame (O_DIRECT needs it).
 pub const BLOCK_SIZE: usize = 4096;
 /// The format version this build writes and the newest it reads. Version 2 added fencing
-/// tokens and idempotency keys (snapshot entries of 32 bytes, [`StateRecord`]s); version 1
-/// segments are still read.
-pub const FORMAT_VERSION: u16 = 2;
+/// tokens and idempotency keys (snapshot entries of 32 bytes, [`StateRecord`]s); version 3
+/// added truncations and resets ([`CONTROL_TRUNCATE`], [`CONTROL_RESET`]), which a build that
+/// reads up to version 2 would not understand. Segments of versions 1 and 2 are still read.
+pub const FORMAT_VERSION: u16 = 3;
 /// `"CLFR"` little-endian: the first bytes of every frame.
 pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"CLFR");
 /// `"CLSG"` little-endian: the first bytes of every segment file.
@@ -220,7 +222,8 @@ pub const fn snapshot_entry_bytes(version: u16) -> usize {
     }
 }
 
-/// The payload of a system-log record.
+/// The payload of a system-log record about a log's positions: a trim, a truncation or a
+/// reset.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C)]
 pub struct ControlRecord {
@@ -230,12 +233,21 @@ pub struct ControlRecord {
     pub reserved: u32,
     /// The log the control record is about.
     pub log_id: u64,
-    /// The LSN argument (for a trim: records below it are trimmed).
+    /// The LSN argument: for a trim, records below it are trimmed; for a truncation, the log's
+    /// records from it on are discarded; for a reset, where the log starts again, empty.
     pub lsn: u64,
 }
 
 /// [`ControlRecord::kind`] of a trim.
 pub const CONTROL_TRIM: u32 = 1;
+/// [`ControlRecord::kind`] of a truncation: the log's records at and above `lsn` (in the
+/// frames before this record) are discarded, and its next record gets `lsn`. Idempotency
+/// keys of the batches discarded are forgotten; the fencing token stays (ARCHITECTURE.md 9c).
+pub const CONTROL_TRUNCATE: u32 = 4;
+/// [`ControlRecord::kind`] of a reset: everything the shard had of the log before this record
+/// is discarded (records, idempotency keys; the fencing token stays), and the log starts
+/// again, empty, with next LSN and trim point `lsn`. Creates the log if it did not exist.
+pub const CONTROL_RESET: u32 = 5;
 /// [`StateRecord::kind`] of a fencing-token raise: the log's token became `value`.
 pub const CONTROL_FENCE: u32 = 2;
 /// [`StateRecord::kind`] of an idempotency key: writer `writer_id`'s batch `writer_seq` got

@@ -16,6 +16,7 @@ pub mod calibrate;
 pub mod clock;
 mod commit;
 pub mod config;
+mod cut;
 pub mod error;
 pub mod fatal;
 pub mod format;
@@ -24,6 +25,7 @@ mod lifecycle;
 pub use lifecycle::{ZERO_CHUNK_BYTES, ZERO_CHUNK_BYTES_MAX};
 mod log;
 pub mod metrics;
+mod reads;
 pub mod recovery;
 mod replica;
 mod segment;
@@ -35,11 +37,14 @@ pub use calibrate::Calibration;
 pub use clock::{Clock, SimClock, SimRng, SystemClock};
 pub use config::{DurabilityMode, StoreConfig};
 pub use error::{Error, Result};
-pub use fatal::{fatal, fatal_panics, FatalPanic, FATAL_EXIT_CODE};
+pub use fatal::{fatal, fatal_panics, FatalPanic, FatalReason, FATAL_EXIT_CODE};
 pub use io::{
     Durability, FaultConfig, FaultPlan, FaultyIo, Io, SimDisk, SimIo, UringIo, EXTERNAL_TOKEN,
 };
 pub use metrics::StoreMetrics;
+pub use reads::{
+    ReadDone, ReadKind, ReadOutput, ReadRequest, READS_IN_FLIGHT_MAX, READ_WINDOW_BYTES,
+};
 pub use recovery::RecoveryReport;
 pub use replica::{Pin, ReplicaState, StoredRun};
 pub use store::{Ack, AppendOptions, Batch, LogTail, ReadRecord, Record, Store};

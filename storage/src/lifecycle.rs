@@ -18,8 +18,8 @@
 //! chunk.
 //!
 //! A segment is deleted when it is the oldest, the next segment's snapshot frame is durable
-//! (it carries every log's state forward), and every log with records in it has a durable trim
-//! point past them.
+//! (it carries every log's state forward), every log with records in it has a durable trim
+//! point past them, and no read of it is in flight.
 
 use std::io;
 use std::path::PathBuf;
@@ -216,7 +216,7 @@ impl<I: Io> Store<I> {
                 );
                 self.spare = Spare::Ready(segment);
             }
-            Op::Frame | Op::CleanStop => unreachable!("{op:?} is not the spare's"),
+            Op::Frame | Op::CleanStop | Op::Read => unreachable!("{op:?} is not the spare's"),
         }
     }
 
@@ -277,12 +277,12 @@ impl<I: Io> Store<I> {
                 .log_ends
                 .iter()
                 .any(|(log_id, &end)| self.logs.get(log_id).is_some_and(|l| l.durable_trim < end));
-            if live {
+            // A read of it in flight: it goes once the read completed (which calls this).
+            if live || self.reads.reading(oldest.id) {
                 return;
             }
             let oldest = self.segments.pop_front().expect("checked");
             self.io.close(oldest.file);
-            self.read_window.invalidate();
             for log_id in oldest.log_ends.keys() {
                 if let Some(log) = self.logs.get_mut(log_id) {
                     log.forget_segment(oldest.id);

@@ -1,4 +1,11 @@
 //! Per-log state in a shard: dense LSNs, trim point, and a sparse index into the segments.
+//!
+//! The index lists where the log's live history is, in LSN order: a read starts at the entry
+//! at or before its LSN and walks frames forward, but never past the next entry's first LSN
+//! (it jumps there instead). So after a truncation or a reset (ARCHITECTURE.md 9c), whose
+//! discarded records are still in the frames before it, the entries at and above the cut go
+//! and the next frame of the log gets an entry of its own: the walk leaves the old frames at
+//! the cut and never sees a discarded record under an LSN that a newer record now holds.
 
 use std::collections::VecDeque;
 
@@ -35,8 +42,14 @@ pub(crate) struct LogState {
     pub(crate) fence: u64,
     /// The fencing token of the submitted frames (what a snapshot may claim).
     pub(crate) submitted_fence: u64,
+    /// Whether a submitted frame holds the log (its records, or its reset): a snapshot lists
+    /// exactly these logs.
+    pub(crate) on_disk: bool,
     /// Sparse index, oldest first.
     pub(crate) index: VecDeque<IndexEntry>,
+    /// The history was cut (truncated or reset) after the last indexed frame: the next frame
+    /// of the log gets an entry, however close it is to the last.
+    pub(crate) index_cut: bool,
 }
 
 impl LogState {
@@ -51,15 +64,19 @@ impl LogState {
             durable_trim: trim_point,
             fence,
             submitted_fence: fence,
+            on_disk: true,
             index: VecDeque::new(),
+            index_cut: false,
         }
     }
 
     /// Notes that a frame at (`segment_id`, `offset`) holds this log's records from `first_lsn`.
     pub(crate) fn note_frame(&mut self, first_lsn: u64, segment_id: u64, offset: u64) {
-        let sparse = self.index.back().is_some_and(|last| {
-            last.segment_id == segment_id && offset < last.offset + INDEX_INTERVAL_BYTES
-        });
+        let sparse = !self.index_cut
+            && self.index.back().is_some_and(|last| {
+                last.segment_id == segment_id && offset < last.offset + INDEX_INTERVAL_BYTES
+            });
+        self.index_cut = false;
         if !sparse {
             self.index.push_back(IndexEntry {
                 first_lsn,
@@ -71,8 +88,20 @@ impl LogState {
 
     /// The entry to start reading `lsn` from: the last one at or before it.
     pub(crate) fn entry_for(&self, lsn: u64) -> Option<usize> {
-        let after = self.index.partition_point(|e| e.first_lsn <= lsn);
-        after.checked_sub(1)
+        self.entry_after(lsn).checked_sub(1)
+    }
+
+    /// The index of the first entry after `lsn` (`index.len()` if none): a read of `lsn`
+    /// stops walking at its first LSN.
+    pub(crate) fn entry_after(&self, lsn: u64) -> usize {
+        self.index.partition_point(|e| e.first_lsn <= lsn)
+    }
+
+    /// Drops the entries at and above `lsn` (the history from there was cut); the next frame
+    /// of the log is indexed once the cut is in a submitted frame ([`Self::index_cut`]).
+    pub(crate) fn cut_index(&mut self, lsn: u64) {
+        let keep = self.index.partition_point(|e| e.first_lsn < lsn);
+        self.index.truncate(keep);
     }
 
     /// Drops the entries of a deleted segment.
@@ -105,5 +134,22 @@ mod tests {
         assert_eq!(log.entry_for(100), Some(2));
         log.forget_segment(1);
         assert_eq!(log.entry_for(7), None);
+    }
+
+    #[test]
+    fn a_cut_drops_the_entries_above_it_and_indexes_the_next_frame() {
+        let mut log = LogState::default();
+        log.note_frame(0, 1, 4096);
+        log.note_frame(9, 1, 4096 + INDEX_INTERVAL_BYTES);
+        log.cut_index(9);
+        assert_eq!(log.index.len(), 1);
+        // The frame right after the cut is indexed, although it is near the last entry.
+        log.index_cut = true;
+        log.note_frame(9, 1, 8192);
+        log.note_frame(11, 1, 12288);
+        let lsns: Vec<u64> = log.index.iter().map(|e| e.first_lsn).collect();
+        assert_eq!(lsns, [0, 9]);
+        assert_eq!(log.entry_after(3), 1);
+        assert_eq!(log.entry_after(9), 2);
     }
 }

@@ -30,8 +30,11 @@ pub struct StoreMetrics {
     /// Appends answered with the LSNs of an earlier batch with the same idempotency key.
     pub duplicates: u64,
     /// Frame buffers pinned now (a gauge, not a count since open): they cannot be reused
-    /// until unpinned ([`Store::pin_last`](crate::Store::pin_last)).
+    /// until unpinned ([`Store::unpin`](crate::Store::unpin)).
     pub frames_pinned: u64,
+    /// Disk reads submitted for reads of records that were in neither the tail cache nor a
+    /// window read before.
+    pub read_ios: u64,
 }
 
 fn histogram(high: u64) -> Histogram<u64> {
@@ -54,6 +57,7 @@ impl StoreMetrics {
             overloaded: 0,
             duplicates: 0,
             frames_pinned: 0,
+            read_ios: 0,
         }
     }
 

@@ -29,8 +29,8 @@ use crate::error::{Error, Result};
 use crate::format::{
     snapshot_entry_bytes, CleanStop, ControlRecord, FrameFault, FrameKind, Records, SnapshotEntry,
     StateRecord, BLOCK_SIZE, CLEAN_STOP_FILE, CLEAN_STOP_MAGIC, CLEAN_STOP_VERSION, CONTROL_FENCE,
-    CONTROL_RECORD_BYTES, CONTROL_TRIM, CONTROL_WRITER, FORMAT_VERSION, STATE_RECORD_BYTES,
-    SYSTEM_LOG,
+    CONTROL_RECORD_BYTES, CONTROL_RESET, CONTROL_TRIM, CONTROL_TRUNCATE, CONTROL_WRITER,
+    FORMAT_VERSION, STATE_RECORD_BYTES, SYSTEM_LOG,
 };
 use crate::io::{FileId, Io};
 use crate::log::LogState;
@@ -207,7 +207,87 @@ pub(crate) fn recover<I: Io>(io: &mut I, dir: &Path, writers_max: usize) -> Resu
     }
     recovered.report.segments = recovered.segments.len();
     recovered.report.clean_stop = clean_stop.is_some();
+    recovered.assert_consistent();
     Ok(recovered)
+}
+
+impl Recovered {
+    /// What recovery built from frames that checked out satisfies what the running store
+    /// asserts of the same state (the other half of each pair is in `commit.rs`): every
+    /// log's records are durable and dense up to its next LSN, its trim point is within them,
+    /// its index is in LSN and disk order and points below its next LSN; the segments hold
+    /// consecutive frames; the next frame follows the last one, at a block boundary.
+    /// Damage on the disk is an error before this point, never a failed assertion here.
+    fn assert_consistent(&self) {
+        for (&log_id, log) in &self.logs {
+            assert!(
+                log.trim_point <= log.next_lsn,
+                "recovered log {log_id}: trim point {} above its next LSN {}",
+                log.trim_point,
+                log.next_lsn
+            );
+            assert_eq!(
+                (log.submitted_lsn, log.durable_lsn),
+                (log.next_lsn, log.next_lsn),
+                "recovered log {log_id}: everything recovered is submitted and durable"
+            );
+            assert_eq!(
+                (log.submitted_trim, log.durable_trim),
+                (log.trim_point, log.trim_point),
+                "recovered log {log_id}: its trim is submitted and durable"
+            );
+            assert_eq!(
+                log.submitted_fence, log.fence,
+                "recovered log {log_id}: its fencing token is submitted"
+            );
+            let in_order = log
+                .index
+                .iter()
+                .zip(log.index.iter().skip(1))
+                .all(|(a, b)| {
+                    a.first_lsn < b.first_lsn && (a.segment_id, a.offset) < (b.segment_id, b.offset)
+                });
+            assert!(
+                in_order,
+                "recovered log {log_id}: index entries in LSN and disk order"
+            );
+            assert!(
+                log.index.back().is_none_or(|e| e.first_lsn < log.next_lsn),
+                "recovered log {log_id}: index entries point at records it has"
+            );
+        }
+        let mut next_frame = None;
+        // A segment's log ends may lie past the log's next LSN: a truncation or reset cut the
+        // history after them, and they pin the segment until a trim passes them again.
+        for segment in &self.segments {
+            if segment.last_seq == 0 {
+                continue; // The active segment, before its first frame.
+            }
+            assert!(
+                segment.first_seq <= segment.last_seq
+                    && next_frame.is_none_or(|next| segment.first_seq == next),
+                "recovered segment {}: frames {}..={} do not continue the segment before it",
+                segment.id,
+                segment.first_seq,
+                segment.last_seq
+            );
+            next_frame = Some(segment.last_seq + 1);
+        }
+        assert_eq!(
+            self.next_seq,
+            next_frame.unwrap_or(1),
+            "the next frame follows the last recovered one"
+        );
+        assert!(
+            self.active_offset.is_multiple_of(BLOCK_SIZE as u64),
+            "writing resumes at a block boundary"
+        );
+        assert_eq!(
+            self.need_snapshot,
+            self.active_offset == BLOCK_SIZE as u64,
+            "the active segment starts with its snapshot"
+        );
+    }
 }
 
 /// Reads the clean-stop record at `path`: `None` if the file is empty or zero (a close that a
@@ -477,6 +557,13 @@ fn apply_frame(
     first: bool,
 ) -> Result<()> {
     let bad = |reason: String| Error::corrupt(&f.path, offset, reason);
+    // Paired with `Store::submit`: a frame is written with the frontier before it.
+    if header.durable_seq >= header.seq {
+        return Err(bad(format!(
+            "frame {} says frame {} was durable before it was written",
+            header.seq, header.durable_seq
+        )));
+    }
     if header.kind == FrameKind::Snapshot as u16 {
         let entry_bytes = snapshot_entry_bytes(header.version);
         let logs_len = header.count as usize * entry_bytes;
@@ -492,6 +579,13 @@ fn apply_frame(
             .collect();
         if first {
             for e in entries {
+                // Paired with `Store::submit_snapshot`: a log is trimmed within its records.
+                if e.log_id != SYSTEM_LOG && e.trim_point > e.next_lsn {
+                    return Err(bad(format!(
+                        "snapshot says log {} is trimmed to {}, above its next LSN {}",
+                        e.log_id, e.trim_point, e.next_lsn
+                    )));
+                }
                 if e.log_id == SYSTEM_LOG {
                     out.system_next_lsn = e.next_lsn;
                 } else {
@@ -550,11 +644,16 @@ fn apply_frame(
                     return Err(bad(format!("control record {} is out of sequence", h.lsn)));
                 }
                 out.system_next_lsn += 1;
-                apply_control(out, record.payload)
+                let cut = apply_control(out, record.payload)
                     .map_err(|reason| bad(format!("control record {}: {reason}", h.lsn)))?;
+                if cut.is_some() && cut == noted {
+                    // The log's next records in this frame, if any, start a new history.
+                    noted = None;
+                }
                 continue;
             }
             let log = out.logs.entry(h.log_id).or_default();
+            log.on_disk = true;
             if h.lsn != log.next_lsn {
                 return Err(bad(format!(
                     "log {} record {} follows {} (LSNs must be dense)",
@@ -581,8 +680,9 @@ fn apply_frame(
     Ok(())
 }
 
-/// Applies a control record (a system-log payload) to the recovered state.
-fn apply_control(out: &mut Recovered, payload: &[u8]) -> std::result::Result<(), String> {
+/// Applies a control record (a system-log payload) to the recovered state. Returns the log
+/// whose history it cut (a truncation or a reset), if any.
+fn apply_control(out: &mut Recovered, payload: &[u8]) -> std::result::Result<Option<u64>, String> {
     let kind = payload
         .get(..4)
         .map(|k| u32::from_le_bytes(k.try_into().expect("4 bytes")));
@@ -597,7 +697,39 @@ fn apply_control(out: &mut Recovered, payload: &[u8]) -> std::result::Result<(),
             log.trim_point = trim;
             log.submitted_trim = trim;
             log.durable_trim = trim;
-            Ok(())
+            Ok(None)
+        }
+        Some(CONTROL_TRUNCATE) if payload.len() == CONTROL_RECORD_BYTES => {
+            let control: ControlRecord = bytemuck::pod_read_unaligned(payload);
+            let (log_id, from) = (control.log_id, control.lsn);
+            let log = out
+                .logs
+                .get_mut(&log_id)
+                .ok_or_else(|| format!("truncation of log {log_id} before its records"))?;
+            if from < log.trim_point || from > log.next_lsn {
+                return Err(format!(
+                    "truncation of log {log_id} from {from}, outside its trim point {} and \
+                     tail {}",
+                    log.trim_point, log.next_lsn
+                ));
+            }
+            log.next_lsn = from;
+            log.submitted_lsn = from;
+            log.durable_lsn = from;
+            log.cut_index(from);
+            log.index_cut = true;
+            out.writers.forget_from(log_id, from);
+            Ok(Some(log_id))
+        }
+        Some(CONTROL_RESET) if payload.len() == CONTROL_RECORD_BYTES => {
+            let control: ControlRecord = bytemuck::pod_read_unaligned(payload);
+            let (log_id, at) = (control.log_id, control.lsn);
+            let log = out.logs.entry(log_id).or_default();
+            let fence = log.fence;
+            *log = LogState::recovered(at, at, fence);
+            log.index_cut = true;
+            out.writers.forget_from(log_id, 0);
+            Ok(Some(log_id))
         }
         Some(CONTROL_FENCE) if payload.len() == STATE_RECORD_BYTES => {
             let state: StateRecord = bytemuck::pod_read_unaligned(payload);
@@ -606,13 +738,13 @@ fn apply_control(out: &mut Recovered, payload: &[u8]) -> std::result::Result<(),
             })?;
             log.fence = log.fence.max(state.value);
             log.submitted_fence = log.fence;
-            Ok(())
+            Ok(None)
         }
         Some(CONTROL_WRITER) if payload.len() == STATE_RECORD_BYTES => {
             let state: StateRecord = bytemuck::pod_read_unaligned(payload);
             check_writer(out, &state)?;
             out.writers.apply(&state);
-            Ok(())
+            Ok(None)
         }
         _ => Err(format!("unknown kind or length ({} bytes)", payload.len())),
     }

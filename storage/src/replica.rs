@@ -1,7 +1,7 @@
 //! Chain replication's side of the store: appending records that another node sequenced
 //! ([`Store::append_replica`]), pinning stored records so that they are forwarded from the
-//! frame buffer that goes to disk ([`Pin`]), and reading records that are stored but not yet
-//! durable, to catch a successor up ([`Store::read_stored`]).
+//! frame buffer that goes to disk ([`Pin`]), and cutting stored records into the runs that
+//! catch a successor up ([`StoredRun`], read with [`Store::read_stored_runs`]).
 //!
 //! A replica stores the head's records as they are: same bytes, same LSNs, epochs and
 //! timestamps, and the head's fencing-token raises and idempotency keys as the same control
@@ -22,7 +22,8 @@ use crate::buf::BufAddr;
 use crate::error::{Error, Result};
 use crate::format::{payload_crc, RecordHeader, Records, SYSTEM_LOG};
 use crate::io::Io;
-use crate::store::{measure_encoded, Admitted, BatchMark, Entry, Gather, ReadRecord, Store};
+use crate::reads::BatchMark;
+use crate::store::{measure_encoded, Admitted, ReadRecord, Store};
 
 /// The head's decisions about a replicated batch, applied by the replica without checking
 /// them (the head checked them).
@@ -38,7 +39,8 @@ pub struct ReplicaState {
 
 /// Stored records pinned in their frame buffer: the buffer is not reused and the bytes are not
 /// written again until the pin is given back to [`Store::unpin`]. From
-/// [`Store::pin_last`]; read with [`Store::pinned`].
+/// [`Store::append_batch`] or [`Store::append_replica`] asked to pin; read with
+/// [`Store::pinned`].
 ///
 /// Safety contract of the bytes: the slice [`Store::pinned`] returns stays valid for reads,
 /// and its bytes unchanged, from the pin until [`Store::unpin`], even after the borrow ends and
@@ -80,8 +82,10 @@ impl<I: Io> Store<I> {
     /// payload, zero padding to 8 bytes), with LSNs `first_lsn ..`, and they are copied once
     /// into the building frame without re-stamping. `state` carries the head's fencing token
     /// and idempotency key, applied unconditionally. Returns the LSNs; they are durable once
-    /// [`poll`](Self::poll) reports an [`Ack`](crate::Ack) with `token`. Creates the log at
-    /// its first records.
+    /// [`poll`](Self::poll) reports an [`Ack`](crate::Ack) with `token`. With `pin`, the
+    /// records stored are pinned too (as for [`append_batch`](Self::append_batch)). Creates
+    /// the log at its first records, at LSN 0 (a log that starts elsewhere is started with
+    /// [`reset_log`](Self::reset_log)).
     ///
     /// Refused, with nothing written: `first_lsn` other than the log's next LSN
     /// ([`Error::Gap`]), a record of another log, LSN or epoch ([`Error::Malformed`]), a bad
@@ -96,9 +100,9 @@ impl<I: Io> Store<I> {
         bytes: &[u8],
         count: u32,
         state: &ReplicaState,
+        pin: bool,
         token: u64,
-    ) -> Result<Range<u64>> {
-        self.last_stored = None;
+    ) -> Result<(Range<u64>, Option<Pin>)> {
         self.check_failed()?;
         if log_id == SYSTEM_LOG {
             return Err(Error::ReservedLog(log_id));
@@ -136,7 +140,7 @@ impl<I: Io> Store<I> {
             raise: state.fencing_token.filter(|&t| t > fence),
             writer: state.writer,
         };
-        self.store_admitted(admitted, |out, _now_wall| {
+        self.store_admitted(admitted, pin, |out, _now_wall| {
             out.copy_from_slice(bytes);
             let bad = Records::new(out, count).position(|r| {
                 let r = r.expect("measured before the copy");
@@ -146,33 +150,19 @@ impl<I: Io> Store<I> {
         })
     }
 
-    /// Pins the records stored by the last call, if it was an
-    /// [`append_batch`](Self::append_batch) or [`append_replica`](Self::append_replica) that
-    /// stored records (not a refusal, nor a retry answered with its original LSNs) and nothing
-    /// came between (no other append, trim or poll). The pin covers exactly those records,
-    /// stamped as stored: no frame header, padding or control record. The same records may be
-    /// pinned more than once; each pin is unpinned on its own.
-    pub fn pin_last(&mut self) -> Option<Pin> {
-        let stored = self.last_stored?;
-        let frame = self
-            .building
-            .as_ref()
-            .expect("the last append's records are in the building frame");
-        assert_eq!(
-            frame.slot, stored.slot,
-            "nothing moved since the last append"
-        );
-        let pins = &mut self.pins[stored.slot];
+    /// Pins `bytes` of the frame buffer `slot` (at `base`): the records an append just laid.
+    pub(crate) fn pin(&mut self, slot: usize, base: BufAddr, bytes: Range<usize>) -> Pin {
+        let pins = &mut self.pins[slot];
         *pins += 1;
         if *pins == 1 {
             self.metrics.frames_pinned += 1;
         }
-        Some(Pin {
+        Pin {
             store: self.id,
-            slot: stored.slot,
-            buf: frame.base,
-            bytes: stored.start..stored.start + stored.len,
-        })
+            slot,
+            buf: base,
+            bytes,
+        }
     }
 
     /// The pinned bytes: `count` records in the stored layout, as REPLICATE carries them. See
@@ -198,97 +188,6 @@ impl<I: Io> Store<I> {
         if *pins == 0 {
             self.metrics.frames_pinned -= 1;
         }
-    }
-
-    /// As [`read`](Self::read), and then the records stored but not yet durable (in frames
-    /// being filled, sealed or in flight, read from memory): what a successor that is behind
-    /// needs. Never anything that was not appended, and never part of a record.
-    pub fn read_stored(
-        &mut self,
-        log_id: u64,
-        from: u64,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<ReadRecord>> {
-        let mut gather = Gather::new(max_records, max_bytes);
-        self.gather_stored(log_id, from, &mut gather)?;
-        Ok(gather.out)
-    }
-
-    /// As [`read_stored`](Self::read_stored), cut into runs that one REPLICATE each can
-    /// carry with the head's decisions: a batch stored with an idempotency key is a run of
-    /// its own, with its key; a fencing-token raise ends the run of the batch that raised it,
-    /// which carries the new token; other records run together, within one epoch. So a
-    /// replica caught up (or a head pulling back what it lost) stores the same keys and
-    /// tokens as the node that sequenced the records, and a retry finds its original LSNs
-    /// there. A keyed batch that the limits cut short ends the read (read again from its
-    /// first LSN with limits that hold a batch), unless it is the first run: then its records
-    /// go without the key.
-    pub fn read_stored_runs(
-        &mut self,
-        log_id: u64,
-        from: u64,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<StoredRun>> {
-        let mut gather = Gather::new(max_records, max_bytes);
-        gather.marks = Some(Vec::new());
-        self.gather_stored(log_id, from, &mut gather)?;
-        let marks = gather.marks.take().unwrap_or_default();
-        Ok(runs(gather.out, &marks))
-    }
-
-    fn gather_stored(&mut self, log_id: u64, from: u64, gather: &mut Gather) -> Result<()> {
-        let mut next = self.read_durable(log_id, from, gather)?;
-        // No frame moved during `read_durable`: every record from the durable LSN on is in a
-        // frame in flight, sealed or being filled, in that order.
-        if next >= self.logs[&log_id].durable_lsn {
-            let frames = self.in_flight.iter().chain(&self.sealed);
-            for frame in frames.chain(self.building.as_ref()) {
-                let holds = frame.entries.iter().any(|e| {
-                    matches!(*e, Entry::Append { log_id: l, first_lsn, count, .. }
-                        if l == log_id && first_lsn + u64::from(count) > next)
-                });
-                if !holds {
-                    continue;
-                }
-                // As in `read_durable`: once full, the rest of the frame is looked at for
-                // the key and raise of the batch the read stopped in.
-                let mut full = false;
-                for record in frame.contents() {
-                    let record = record.expect("a frame in memory is well formed");
-                    let header = record.header;
-                    if header.log_id == SYSTEM_LOG {
-                        gather.control(log_id, from, record.payload);
-                        continue;
-                    }
-                    if full || header.log_id != log_id || header.lsn < next {
-                        if header.log_id == log_id {
-                            gather.saw(header.lsn);
-                        }
-                        continue;
-                    }
-                    assert_eq!(header.lsn, next, "log {log_id}: stored records are dense");
-                    if !gather.fits(record.payload.len()) {
-                        full = true;
-                        continue;
-                    }
-                    assert_eq!(
-                        payload_crc(record.payload),
-                        header.crc,
-                        "log {log_id} record {next} changed in memory"
-                    );
-                    gather.saw(header.lsn);
-                    gather.push(&header, record.payload.to_vec());
-                    next += 1;
-                }
-                if full {
-                    break;
-                }
-            }
-        }
-        self.process_stash();
-        Ok(())
     }
 }
 
@@ -317,7 +216,7 @@ impl StoredRun {
 }
 
 /// Cuts records into [`StoredRun`]s at the batches `marks` describe (ascending by end).
-fn runs(records: Vec<ReadRecord>, marks: &[BatchMark]) -> Vec<StoredRun> {
+pub(crate) fn runs(records: Vec<ReadRecord>, marks: &[BatchMark]) -> Vec<StoredRun> {
     let mut out: Vec<StoredRun> = Vec::new();
     let mut records = records.into_iter().peekable();
     let mut m = 0;

@@ -189,12 +189,6 @@ impl Window {
         }
     }
 
-    /// Forgets the cached bytes (after the file changed or closed).
-    pub(crate) fn invalidate(&mut self) {
-        self.file = None;
-        self.valid = 0;
-    }
-
     /// `len` bytes at `offset` (block-aligned) of `file`, which is `file_size` long; fewer if
     /// the file ends first.
     pub(crate) fn get<I: Io>(

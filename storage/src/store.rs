@@ -4,8 +4,9 @@
 //!
 //! A `Store` is single-threaded and poll-driven, like the shard that owns it: `append` and
 //! `trim` only lay records into the current write buffer and return at once; `poll` submits
-//! frames, reaps completions and hands out [`Ack`]s for what became durable. Replica appends,
-//! pins and reads of stored records are in [`crate::replica`].
+//! frames, reaps completions and hands out [`Ack`]s for what became durable. Replica appends
+//! and pins are in [`crate::replica`], truncations and resets in [`crate::cut`], reads in
+//! [`crate::reads`].
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
@@ -27,9 +28,10 @@ use crate::io::{Completion, Durability, FileId, Io};
 use crate::lifecycle::Spare;
 use crate::log::LogState;
 use crate::metrics::StoreMetrics;
+use crate::reads::Reads;
 use crate::recovery::{recover, RecoveryReport};
-use crate::replica::next_store_id;
-use crate::segment::{Segment, Window};
+use crate::replica::{next_store_id, Pin};
+use crate::segment::Segment;
 use crate::writers::{Lookup, WriterBatch, Writers};
 
 /// The conditions of an append (all optional): where the batch must start, the writer's
@@ -189,14 +191,15 @@ pub(crate) fn measure_encoded(
     Ok(bytes.len())
 }
 
-/// A durable append or trim, reported by [`Store::poll`].
+/// A durable append, trim, truncation or reset, reported by [`Store::poll`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ack {
     /// The caller's token.
     pub token: u64,
     /// The log.
     pub log_id: u64,
-    /// The LSNs appended (for a trim: empty, starting at the trim point).
+    /// The LSNs appended (for a trim: empty, starting at the trim point; for a truncation:
+    /// empty, at the LSN the log was truncated from; for a reset: empty, where it starts).
     pub lsns: Range<u64>,
 }
 
@@ -228,7 +231,7 @@ pub struct LogTail {
     pub fencing_token: u64,
 }
 
-/// What a frame holds, for acknowledging it.
+/// What a frame holds, for acknowledging it (and for the bookkeeping of its submission).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Entry {
     Append {
@@ -236,14 +239,30 @@ pub(crate) enum Entry {
         log_id: u64,
         first_lsn: u64,
         count: u32,
+        /// How many of the records are still the log's: `count`, unless a truncation or reset
+        /// made after the append discarded some (they are written all the same, and
+        /// acknowledged with `count`, but they are not indexed and do not become readable).
+        live: u32,
     },
     Trim {
         token: u64,
         log_id: u64,
         before: u64,
     },
-    /// A fencing-token raise or an idempotency key (one control record in the frame).
-    State { log_id: u64, fence: Option<u64> },
+    /// A fencing-token raise (one control record in the frame).
+    Fence { log_id: u64, token: u64 },
+    /// An idempotency key (one control record in the frame).
+    Key {
+        log_id: u64,
+        writer_id: u64,
+        writer_seq: u64,
+        first_lsn: u64,
+        count: u32,
+    },
+    /// A truncation (the last record of its frame, [`crate::cut`]).
+    Truncate { token: u64, log_id: u64, from: u64 },
+    /// A reset (the last record of its frame but for a fencing-token raise, [`crate::cut`]).
+    Reset { token: u64, log_id: u64, at: u64 },
     /// A retried batch, acknowledged with its original LSNs when this frame is durable.
     Echo {
         token: u64,
@@ -315,15 +334,6 @@ impl Frame {
     }
 }
 
-/// Where the records of the last append went (what [`Store::pin_last`] pins).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Stored {
-    pub(crate) slot: usize,
-    /// Offset of the first record in the frame buffer.
-    pub(crate) start: usize,
-    pub(crate) len: usize,
-}
-
 /// A batch that passed the checks of its kind of append, about to be stored
 /// ([`Store::store_admitted`]).
 #[derive(Clone, Copy, Debug)]
@@ -338,103 +348,6 @@ pub(crate) struct Admitted {
     pub(crate) raise: Option<u64>,
     /// The idempotency key (`writer_id`, `writer_seq`) to remember for the batch.
     pub(crate) writer: Option<(u64, u64)>,
-}
-
-/// The records a read gathers, within its limits, and (for [`Store::read_stored_runs`]) the
-/// idempotency keys and fencing-token raises stored with their batches.
-#[derive(Debug)]
-pub(crate) struct Gather {
-    pub(crate) out: Vec<ReadRecord>,
-    bytes: usize,
-    max_records: usize,
-    max_bytes: usize,
-    /// `Some` when the batches' state is asked for: one mark per batch end.
-    pub(crate) marks: Option<Vec<BatchMark>>,
-    /// The LSN after the last record of the log the walk went past (gathered or not): a
-    /// fencing-token raise belongs to the batch that ends there.
-    seen_end: u64,
-}
-
-/// What was stored with a batch of a log: its idempotency key, a fencing-token raise.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct BatchMark {
-    /// The LSN after the batch's last record.
-    pub(crate) end: u64,
-    /// The batch's key and its first LSN.
-    pub(crate) writer: Option<(u64, u64, u64)>,
-    /// The log's token after the batch, if the batch raised it.
-    pub(crate) fence: Option<u64>,
-}
-
-impl Gather {
-    pub(crate) fn new(max_records: usize, max_bytes: usize) -> Gather {
-        Gather {
-            out: Vec::new(),
-            bytes: 0,
-            max_records,
-            max_bytes,
-            marks: None,
-            seen_end: 0,
-        }
-    }
-
-    /// Whether a record with `len` bytes of payload still fits (the first one always does,
-    /// whatever its size, unless no record may be returned at all).
-    pub(crate) fn fits(&self, len: usize) -> bool {
-        self.out.len() < self.max_records
-            && (self.out.is_empty() || self.bytes + len <= self.max_bytes)
-    }
-
-    pub(crate) fn push(&mut self, header: &RecordHeader, payload: Vec<u8>) {
-        self.bytes += payload.len();
-        self.out.push(ReadRecord {
-            lsn: header.lsn,
-            epoch: header.epoch,
-            timestamp_us: header.timestamp_us,
-            crc: header.crc,
-            payload,
-        });
-    }
-
-    /// The walk went past a record of the log.
-    pub(crate) fn saw(&mut self, lsn: u64) {
-        self.seen_end = lsn + 1;
-    }
-
-    /// The walk met a record of the system log: if marks are asked for and it is a key or
-    /// a raise of `log_id`'s batch ending after `from`, remember it with its batch.
-    pub(crate) fn control(&mut self, log_id: u64, from: u64, payload: &[u8]) {
-        let Some(marks) = self.marks.as_mut() else {
-            return;
-        };
-        if payload.len() != STATE_RECORD_BYTES {
-            return;
-        }
-        let state: StateRecord = bytemuck::pod_read_unaligned(payload);
-        if state.log_id != log_id {
-            return;
-        }
-        let (end, writer, fence) = match state.kind {
-            CONTROL_WRITER => (
-                state.value + u64::from(state.count),
-                Some((state.writer_id, state.writer_seq, state.value)),
-                None,
-            ),
-            CONTROL_FENCE => (self.seen_end, None, Some(state.value)),
-            _ => return,
-        };
-        if end <= from {
-            return;
-        }
-        match marks.last_mut() {
-            // A batch's raise and key follow its records, one after the other.
-            Some(last) if last.end == end => {
-                last.writer = last.writer.or(writer);
-                last.fence = last.fence.or(fence);
-            }
-            _ => marks.push(BatchMark { end, writer, fence }),
-        }
-    }
 }
 
 /// One shard's storage engine.
@@ -471,8 +384,6 @@ pub struct Store<I: Io> {
     pub(crate) tail_cache: VecDeque<Frame>,
     /// Pins of each frame buffer (by [`Frame::slot`]): a pinned buffer is never reused.
     pub(crate) pins: Vec<u32>,
-    /// The records of the last append, while nothing else happened since.
-    pub(crate) last_stored: Option<Stored>,
     pub(crate) next_seq: u64,
     pub(crate) last_crc: u32,
     pub(crate) durable_seq: u64,
@@ -480,7 +391,12 @@ pub struct Store<I: Io> {
     pub(crate) logs: HashMap<u64, LogState>,
     pub(crate) system_next_lsn: u64,
     pub(crate) system_submitted_lsn: u64,
+    /// The idempotency table as appends left it: what retries are answered from.
     pub(crate) writers: Writers,
+    /// The idempotency table as the submitted frames built it (the same operations, applied
+    /// when their frame is submitted): what a snapshot frame carries, exactly what recovery
+    /// rebuilds from the frames before it.
+    pub(crate) submitted_writers: Writers,
     // Completions waiting to be handled, acks waiting to be handed out.
     pub(crate) stash: Vec<Completion>,
     pub(crate) acks: Vec<Ack>,
@@ -488,7 +404,8 @@ pub struct Store<I: Io> {
     pub(crate) external: Vec<Completion>,
     pub(crate) failed: Option<String>,
     pub(crate) metrics: StoreMetrics,
-    pub(crate) read_window: Window,
+    /// Reads waiting for the disk, and their results ([`crate::reads`]).
+    pub(crate) reads: Reads,
 }
 
 impl<I: Io> Store<I> {
@@ -520,7 +437,6 @@ impl<I: Io> Store<I> {
             },
         };
         tracing::info!(dir = %dir.display(), report = ?recovered.report, "store recovered");
-        let read_window = Window::new(config.batch_bytes_max.max(256 << 10));
         let dir_file = io.open_dir(dir).map_err(|e| Error::io(dir, e))?;
         let mut store = Store {
             io,
@@ -543,20 +459,20 @@ impl<I: Io> Store<I> {
             in_flight: VecDeque::new(),
             tail_cache: VecDeque::new(),
             pins: vec![0; config.write_buffers],
-            last_stored: None,
             next_seq: recovered.next_seq,
             last_crc: recovered.last_crc,
             durable_seq: recovered.next_seq - 1,
             system_next_lsn: recovered.system_next_lsn,
             system_submitted_lsn: recovered.system_next_lsn,
             logs: recovered.logs,
+            submitted_writers: recovered.writers.clone(),
             writers: recovered.writers,
             stash: Vec::new(),
             acks: Vec::new(),
             external: Vec::new(),
             failed: None,
             metrics: StoreMetrics::new(),
-            read_window,
+            reads: Reads::new(),
             config,
         };
         if store.segments.is_empty() {
@@ -589,21 +505,27 @@ impl<I: Io> Store<I> {
         token: u64,
     ) -> Result<Range<u64>> {
         let options = AppendOptions::default();
-        self.append_batch(log_id, epoch, &options, Batch::Records(records), token)
+        let batch = Batch::Records(records);
+        let (lsns, _) = self.append_batch(log_id, epoch, &options, batch, false, token)?;
+        Ok(lsns)
     }
 
     /// Appends a batch in either form under `options` (condition, fencing token, idempotency
     /// key). As [`append`](Self::append); a batch whose idempotency key was appended before
     /// returns that batch's LSNs, and its ack (with `token`) comes once they are durable.
+    ///
+    /// With `pin`, the records stored are also pinned in their frame buffer (a [`Pin`], for
+    /// forwarding them to a successor from the buffer that goes to disk, ARCHITECTURE.md 9b);
+    /// a retry answered with its original LSNs stores nothing and gets no pin.
     pub fn append_batch(
         &mut self,
         log_id: u64,
         epoch: u64,
         options: &AppendOptions,
         batch: Batch<'_>,
+        pin: bool,
         token: u64,
-    ) -> Result<Range<u64>> {
-        self.last_stored = None;
+    ) -> Result<(Range<u64>, Option<Pin>)> {
         self.check_failed()?;
         if log_id == SYSTEM_LOG {
             return Err(Error::ReservedLog(log_id));
@@ -617,7 +539,9 @@ impl<I: Io> Store<I> {
         if let Some((writer_id, seq)) = options.writer {
             match self.writers.lookup(log_id, writer_id, seq) {
                 Lookup::New => {}
-                Lookup::Duplicate(original) => return Ok(self.echo(token, log_id, original)),
+                Lookup::Duplicate(original) => {
+                    return Ok((self.echo(token, log_id, original), None))
+                }
                 Lookup::OutOfOrder { last } => return Err(Error::WriterSeq { seq, last }),
             }
         }
@@ -646,7 +570,7 @@ impl<I: Io> Store<I> {
             writer: options.writer,
         };
         // Headers are stamped in place on the copy.
-        self.store_admitted(admitted, |out, now_wall| {
+        self.store_admitted(admitted, pin, |out, now_wall| {
             batch.lay_out(out, log_id, next_lsn, epoch, now_wall)
         })
     }
@@ -657,12 +581,13 @@ impl<I: Io> Store<I> {
     /// they are durable together), copies the records in once with `lay_out(out, now_wall)`,
     /// which verifies each record's checksum on the copy (`Err(index)` for the first that
     /// fails: nothing is kept), then does the log's bookkeeping and lays the control records
-    /// of a fencing-token raise and an idempotency key.
+    /// of a fencing-token raise and an idempotency key. With `pin`, pins the records.
     pub(crate) fn store_admitted(
         &mut self,
         batch: Admitted,
+        pin: bool,
         lay_out: impl FnOnce(&mut [u8], u64) -> Result<(), usize>,
-    ) -> Result<Range<u64>> {
+    ) -> Result<(Range<u64>, Option<Pin>)> {
         let Admitted {
             token,
             log_id,
@@ -707,12 +632,10 @@ impl<I: Io> Store<I> {
             log_id,
             first_lsn,
             count,
+            live: count,
         });
-        self.last_stored = Some(Stored {
-            slot: frame.slot,
-            start,
-            len: bytes,
-        });
+        let (slot, base) = (frame.slot, frame.base);
+        let pin = pin.then(|| self.pin(slot, base, start..start + bytes));
         let log = self.logs.entry(log_id).or_default();
         assert_eq!(log.next_lsn, first_lsn, "log {log_id}: LSNs are dense");
         log.next_lsn = first_lsn + u64::from(count);
@@ -730,10 +653,7 @@ impl<I: Io> Store<I> {
                 ..StateRecord::default()
             };
             self.push_control(bytemuck::bytes_of(&state), now_wall);
-            self.push_entry(Entry::State {
-                log_id,
-                fence: Some(token),
-            });
+            self.push_entry(Entry::Fence { log_id, token });
         }
         if let Some((writer_id, writer_seq)) = writer {
             let state = StateRecord {
@@ -746,12 +666,15 @@ impl<I: Io> Store<I> {
             };
             self.writers.apply(&state);
             self.push_control(bytemuck::bytes_of(&state), now_wall);
-            self.push_entry(Entry::State {
+            self.push_entry(Entry::Key {
                 log_id,
-                fence: None,
+                writer_id,
+                writer_seq,
+                first_lsn,
+                count,
             });
         }
-        Ok(first_lsn..first_lsn + u64::from(count))
+        Ok((first_lsn..first_lsn + u64::from(count), pin))
     }
 
     /// Answers a retried batch with its original LSNs: the ack goes with the newest frame
@@ -785,7 +708,6 @@ impl<I: Io> Store<I> {
     /// trim is durable when an [`Ack`] with `token` is reported, and segments whose records
     /// are all trimmed are deleted after that.
     pub fn trim(&mut self, log_id: u64, before: u64, token: u64) -> Result<()> {
-        self.last_stored = None;
         self.check_failed()?;
         if log_id == SYSTEM_LOG {
             return Err(Error::ReservedLog(log_id));
@@ -817,7 +739,7 @@ impl<I: Io> Store<I> {
     }
 
     /// Lays a system-log record with `payload` into the building frame (room already made).
-    fn push_control(&mut self, payload: &[u8], now_wall: u64) {
+    pub(crate) fn push_control(&mut self, payload: &[u8], now_wall: u64) {
         let header = RecordHeader {
             len: payload.len() as u32,
             crc: payload_crc(payload),
@@ -840,22 +762,23 @@ impl<I: Io> Store<I> {
         rest[payload.len()..].fill(0);
     }
 
-    fn push_entry(&mut self, entry: Entry) {
+    pub(crate) fn push_entry(&mut self, entry: Entry) {
         let frame = self.building.as_mut().expect("room was made");
         frame.entries.push(entry);
     }
 
-    /// Submits pending frames, handles completions (waiting for at least one if `wait` and
-    /// anything is in flight), and moves acknowledgements of durable appends and trims into
+    /// Submits pending frames, handles completions (waiting for at least one if `wait`,
+    /// anything is in flight and no acknowledgement is ready), and moves acknowledgements of durable appends and trims into
     /// `acks`. An `Err(Error::Fatal)` means a write or flush failed: no ack comes with it or
     /// ever after (every ack delivered before it was durable).
     pub fn poll(&mut self, wait: bool, acks: &mut Vec<Ack>) -> Result<()> {
-        // Frames move from here on: the last append's records may leave the building frame.
-        self.last_stored = None;
         if self.failed.is_none() {
             self.pump();
             let mut completions = std::mem::take(&mut self.stash);
-            let min = usize::from(wait && completions.is_empty() && self.io.in_flight() > 0);
+            // Acks that are ready (a retried batch that is durable already) go out now: the
+            // owner's own operations in the ring may not complete for a long time.
+            let ready = !completions.is_empty() || !self.acks.is_empty();
+            let min = usize::from(wait && !ready && self.io.in_flight() > 0);
             if let Err(e) = self.io.wait(min, &mut completions) {
                 self.fail(format!("I/O backend failed: {e}"));
             }
@@ -957,113 +880,6 @@ impl<I: Io> Store<I> {
         Ok(())
     }
 
-    /// Up to `max_records` durable records of `log_id` from `from` on, stopping before
-    /// `max_bytes` of payload is exceeded (at least one record is returned if any exists).
-    pub fn read(
-        &mut self,
-        log_id: u64,
-        from: u64,
-        max_records: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<ReadRecord>> {
-        let mut gather = Gather::new(max_records, max_bytes);
-        self.read_durable(log_id, from, &mut gather)?;
-        self.process_stash();
-        Ok(gather.out)
-    }
-
-    /// Gathers durable records of `log_id` from `from` on (from the tail cache or the disk)
-    /// and returns the LSN after the last one gathered (`from` if none). Completions that
-    /// arrive meanwhile are stashed, not handled, so no frame moves and no LSN becomes
-    /// durable during the call.
-    pub(crate) fn read_durable(
-        &mut self,
-        log_id: u64,
-        from: u64,
-        gather: &mut Gather,
-    ) -> Result<u64> {
-        self.check_failed()?;
-        let log = self.logs.get(&log_id).ok_or(Error::UnknownLog(log_id))?;
-        if from < log.trim_point {
-            return Err(Error::Trimmed {
-                trim_point: log.trim_point,
-            });
-        }
-        let end = log.durable_lsn;
-        if from >= end || !gather.fits(0) {
-            return Ok(from);
-        }
-        let Some(mut entry) = log.entry_for(from) else {
-            return Err(Error::Trimmed {
-                trim_point: log.trim_point,
-            });
-        };
-        let mut next = from;
-        let mut segment_id = log.index[entry].segment_id;
-        let mut offset = log.index[entry].offset;
-        while next < end {
-            let (records, disk_bytes) = self.frame_records(segment_id, offset)?;
-            // Once full, the rest of the frame is still looked at for the key and the raise
-            // of the batch the read stopped in (they follow its records in the frame).
-            let mut full = false;
-            for r in records {
-                if r.0.log_id == SYSTEM_LOG {
-                    gather.control(log_id, from, &r.1);
-                    continue;
-                }
-                if full || r.0.log_id != log_id || r.0.lsn < next {
-                    if r.0.log_id == log_id {
-                        gather.saw(r.0.lsn);
-                    }
-                    continue;
-                }
-                if r.0.lsn != next {
-                    let path = self.segment_path(segment_id);
-                    return Err(Error::corrupt(
-                        path,
-                        offset,
-                        format!("log {log_id}: expected record {next}, found {}", r.0.lsn),
-                    ));
-                }
-                if !gather.fits(r.1.len()) || next >= end {
-                    full = true;
-                    continue;
-                }
-                if payload_crc(&r.1) != r.0.crc {
-                    let path = self.segment_path(segment_id);
-                    return Err(Error::corrupt(
-                        path,
-                        offset,
-                        format!("log {log_id} record {next} fails its checksum"),
-                    ));
-                }
-                gather.saw(r.0.lsn);
-                gather.push(&r.0, r.1);
-                next += 1;
-            }
-            if full {
-                break;
-            }
-            offset += disk_bytes;
-            let segment_end = self
-                .segments
-                .iter()
-                .find(|s| s.id == segment_id)
-                .map_or(0, |s| s.end_offset);
-            if offset >= segment_end {
-                // The rest of this log is in later segments: jump to its first entry there.
-                let log = &self.logs[&log_id];
-                while entry < log.index.len() && log.index[entry].segment_id <= segment_id {
-                    entry += 1;
-                }
-                let Some(e) = log.index.get(entry) else { break };
-                segment_id = e.segment_id;
-                offset = e.offset;
-            }
-        }
-        Ok(next)
-    }
-
     /// The positions of `log_id`, if the store has it.
     pub fn tail(&self, log_id: u64) -> Option<LogTail> {
         self.logs.get(&log_id).map(|l| LogTail {
@@ -1123,66 +939,13 @@ impl<I: Io> Store<I> {
         self.acks.clear();
         if self.failed.is_none() {
             tracing::error!(%reason, "storage failure; the store stops acknowledging");
-            self.failed = Some(reason);
+            self.failed = Some(reason.clone());
+            self.reads.fail(&reason);
         }
     }
 
-    fn segment_path(&self, segment_id: u64) -> PathBuf {
+    pub(crate) fn segment_path(&self, segment_id: u64) -> PathBuf {
         self.dir.join(crate::segment::segment_name(segment_id))
-    }
-
-    /// The records of the frame at (`segment_id`, `offset`), from the tail cache or the disk,
-    /// and the bytes the frame takes on disk.
-    #[allow(clippy::type_complexity)]
-    fn frame_records(
-        &mut self,
-        segment_id: u64,
-        offset: u64,
-    ) -> Result<(Vec<(RecordHeader, Vec<u8>)>, u64)> {
-        let collect = |records: Records<'_>| -> Option<Vec<(RecordHeader, Vec<u8>)>> {
-            records
-                .map(|r| r.ok().map(|r| (r.header, r.payload.to_vec())))
-                .collect()
-        };
-        if let Some(frame) = self
-            .tail_cache
-            .iter()
-            .find(|f| f.segment_id == segment_id && f.offset == offset)
-        {
-            let records = collect(frame.contents()).expect("a cached frame is well formed");
-            return Ok((records, frame.bytes().len() as u64));
-        }
-        let path = self.segment_path(segment_id);
-        let segment = self
-            .segments
-            .iter()
-            .find(|s| s.id == segment_id)
-            .ok_or(Error::Trimmed { trim_point: 0 })?;
-        let (file, file_bytes) = (segment.file, segment.bytes);
-        let found = self
-            .read_window
-            .frame_at(
-                &mut self.io,
-                &mut self.stash,
-                file,
-                file_bytes,
-                segment_id,
-                offset,
-            )
-            .map_err(|e| Error::io(&path, e))?;
-        match found {
-            Ok(frame) if frame.header.kind == FrameKind::Data as u16 => {
-                let records = collect(Records::new(frame.body, frame.header.count))
-                    .ok_or_else(|| Error::corrupt(&path, offset, "records overrun their frame"))?;
-                Ok((records, frame.disk_bytes))
-            }
-            Ok(frame) => Ok((Vec::new(), frame.disk_bytes)),
-            Err(fault) => Err(Error::corrupt(
-                &path,
-                offset,
-                format!("a committed frame is unreadable: {fault:?}"),
-            )),
-        }
     }
 
     pub(crate) fn process_stash(&mut self) {
@@ -1219,7 +982,7 @@ impl<I: Io> Store<I> {
     }
 
     /// The frame being filled, with room for `bytes` more; seals the current one if full.
-    fn make_room(&mut self, bytes: usize) -> Result<()> {
+    pub(crate) fn make_room(&mut self, bytes: usize) -> Result<()> {
         let fits = self
             .building
             .as_ref()

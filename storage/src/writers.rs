@@ -11,6 +11,10 @@
 //! writer's batches. The table is durable: every new batch of a writer is followed, in the
 //! same frame, by a `CONTROL_WRITER` record, and every snapshot frame lists the whole table
 //! (in least-recently-used order, so that recovery rebuilds the same eviction order).
+//!
+//! A truncation or reset of a log forgets the batches whose records it discards
+//! ([`Writers::forget_from`]): their LSNs will hold other records, so a retry of such a batch
+//! must be appended anew, not answered with those LSNs.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -39,7 +43,7 @@ pub(crate) enum Lookup {
     OutOfOrder { last: u64 },
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Writer {
     /// When the writer last appended, in table ticks (for eviction).
     touched: u64,
@@ -48,7 +52,7 @@ struct Writer {
 }
 
 /// The shard's idempotency table.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Writers {
     writers: HashMap<(u64, u64), Writer>,
     writers_max: usize,
@@ -120,9 +124,26 @@ impl Writers {
         }
     }
 
-    /// The table as `CONTROL_WRITER` records, least recently used writer first, keeping only
-    /// batches for which `keep(log_id, first_lsn)` holds (those already in submitted frames).
-    pub(crate) fn records(&self, keep: impl Fn(u64, u64) -> bool) -> Vec<StateRecord> {
+    /// Forgets the batches of `log_id` that end above `lsn` (a truncation there discarded
+    /// some of their records); a writer left with none is forgotten. Its next batch is then
+    /// new if its sequence number is above its last remembered one.
+    pub(crate) fn forget_from(&mut self, log_id: u64, lsn: u64) {
+        self.writers.retain(|&(log, _), writer| {
+            if log == log_id {
+                while writer
+                    .batches
+                    .back()
+                    .is_some_and(|b| b.first_lsn + u64::from(b.count) > lsn)
+                {
+                    writer.batches.pop_back();
+                }
+            }
+            !writer.batches.is_empty()
+        });
+    }
+
+    /// The table as `CONTROL_WRITER` records, least recently used writer first.
+    pub(crate) fn records(&self) -> Vec<StateRecord> {
         let mut writers: Vec<_> = self.writers.iter().collect();
         writers.sort_unstable_by_key(|(_, w)| w.touched);
         writers
@@ -137,7 +158,6 @@ impl Writers {
                     value: b.first_lsn,
                 })
             })
-            .filter(|r| keep(r.log_id, r.value))
             .collect()
     }
 }
@@ -190,16 +210,46 @@ mod tests {
         w.record(1, 1, batch(0, 0));
         w.record(2, 1, batch(0, 0));
         w.record(1, 1, batch(1, 1));
-        let records = w.records(|_, _| true);
+        let records = w.records();
         let mut again = Writers::new(2);
         for r in &records {
             again.apply(r);
         }
-        assert_eq!(again.records(|_, _| true), records);
+        assert_eq!(again.records(), records);
         // The same eviction follows: log 2's writer is the least recent in both.
         w.record(3, 1, batch(0, 0));
         again.record(3, 1, batch(0, 0));
-        assert_eq!(again.records(|_, _| true), w.records(|_, _| true));
-        assert_eq!(w.records(|_, lsn| lsn == 0).len(), 2);
+        assert_eq!(again.records(), w.records());
+    }
+
+    #[test]
+    fn forgetting_from_an_lsn_drops_the_batches_that_reach_it() {
+        let mut w = Writers::new(4);
+        w.record(1, 7, batch(1, 0));
+        w.record(1, 7, batch(2, 1));
+        w.record(
+            1,
+            7,
+            WriterBatch {
+                seq: 3,
+                first_lsn: 2,
+                count: 3,
+            },
+        );
+        w.record(1, 8, batch(1, 5));
+        w.record(2, 7, batch(9, 3));
+        w.forget_from(1, 3);
+        assert_eq!(w.lookup(1, 7, 2), Lookup::Duplicate(batch(2, 1)));
+        // Batch 3 (LSNs 2..5) lost its last records: a retry of it is new.
+        assert_eq!(w.lookup(1, 7, 3), Lookup::New);
+        assert_eq!(w.lookup(1, 8, 1), Lookup::New, "a writer with nothing left");
+        assert_eq!(
+            w.lookup(2, 7, 9),
+            Lookup::Duplicate(batch(9, 3)),
+            "another log"
+        );
+        w.forget_from(1, 0);
+        assert_eq!(w.lookup(1, 7, 1), Lookup::New);
+        assert_eq!(w.records().len(), 1);
     }
 }

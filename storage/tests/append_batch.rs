@@ -86,8 +86,10 @@ fn encoded_batches_read_back_like_record_batches_and_survive_reopen() {
                 bytes: &encoded,
                 count: 3,
             },
+            false,
             10,
         )
+        .map(|(lsns, _)| lsns)
         .expect("encoded append");
     assert_eq!(lsns, 0..3);
     let lsns = store
@@ -115,24 +117,30 @@ fn conditional_append_succeeds_only_at_the_tail() {
     let mut store = open(&disk, 3);
     let one = [Record::new(b"x")];
     assert!(matches!(
-        store.append_batch(5, 1, &at(1), Batch::Records(&one), 1),
+        store
+            .append_batch(5, 1, &at(1), Batch::Records(&one), false, 1)
+            .map(|(lsns, _)| lsns),
         Err(Error::ConditionFailed { tail: 0 })
     ));
     assert_eq!(store.tail(5), None, "a failed condition creates no log");
     assert_eq!(
         store
-            .append_batch(5, 1, &at(0), Batch::Records(&one), 2)
+            .append_batch(5, 1, &at(0), Batch::Records(&one), false, 2)
+            .map(|(lsns, _)| lsns)
             .expect("at 0"),
         0..1
     );
     assert_eq!(
         store
-            .append_batch(5, 1, &at(1), Batch::Records(&one), 3)
+            .append_batch(5, 1, &at(1), Batch::Records(&one), false, 3)
+            .map(|(lsns, _)| lsns)
             .expect("at 1"),
         1..2
     );
     assert!(matches!(
-        store.append_batch(5, 1, &at(1), Batch::Records(&one), 4),
+        store
+            .append_batch(5, 1, &at(1), Batch::Records(&one), false, 4)
+            .map(|(lsns, _)| lsns),
         Err(Error::ConditionFailed { tail: 2 })
     ));
     let mut acks = Vec::new();
@@ -156,16 +164,19 @@ fn bad_encoded_batches_are_refused_and_write_nothing() {
         ),
     ];
     for (bytes, count, what) in &cases {
-        let result = store.append_batch(
-            1,
-            1,
-            &AppendOptions::default(),
-            Batch::Encoded {
-                bytes,
-                count: *count,
-            },
-            1,
-        );
+        let result = store
+            .append_batch(
+                1,
+                1,
+                &AppendOptions::default(),
+                Batch::Encoded {
+                    bytes,
+                    count: *count,
+                },
+                false,
+                1,
+            )
+            .map(|(lsns, _)| lsns);
         assert!(
             matches!(
                 result,
@@ -178,16 +189,19 @@ fn bad_encoded_batches_are_refused_and_write_nothing() {
     let second_payload = record_bytes(3) + RECORD_HEADER_BYTES;
     bad_crc[second_payload] ^= 1;
     assert!(matches!(
-        store.append_batch(
-            1,
-            1,
-            &AppendOptions::default(),
-            Batch::Encoded {
-                bytes: &bad_crc,
-                count: 2
-            },
-            1
-        ),
+        store
+            .append_batch(
+                1,
+                1,
+                &AppendOptions::default(),
+                Batch::Encoded {
+                    bytes: &bad_crc,
+                    count: 2
+                },
+                false,
+                1
+            )
+            .map(|(lsns, _)| lsns),
         Err(Error::Checksum { index: 1 })
     ));
     assert_eq!(store.tail(1), None, "nothing was appended");
@@ -201,8 +215,10 @@ fn bad_encoded_batches_are_refused_and_write_nothing() {
                     bytes: &good,
                     count: 2
                 },
+                false,
                 2
             )
+            .map(|(lsns, _)| lsns)
             .expect("good"),
         0..2
     );
@@ -234,7 +250,9 @@ fn fencing_tokens_only_rise_and_survive_reopen() {
     let mut store = open(&disk, 5);
     let one = [Record::new(b"x")];
     let append = |store: &mut Store<SimIo>, options: &AppendOptions| {
-        store.append_batch(9, 1, options, Batch::Records(&one), 0)
+        store
+            .append_batch(9, 1, options, Batch::Records(&one), false, 0)
+            .map(|(lsns, _)| lsns)
     };
     assert_res!(append(&mut store, &AppendOptions::default()), Ok(0..1));
     assert_res!(append(&mut store, &fenced(5)), Ok(1..2), "raises the token");
@@ -280,15 +298,28 @@ fn a_retried_batch_gets_its_original_lsns_in_ack_order() {
     let mut acks = Vec::new();
     // The original and its retry before anything is durable: the retry is acked after it.
     assert_res!(
-        store.append_batch(1, 1, &keyed(7, 1), Batch::Records(&bc), 1),
+        store
+            .append_batch(1, 1, &keyed(7, 1), Batch::Records(&bc), false, 1)
+            .map(|(lsns, _)| lsns),
         Ok(0..2)
     );
     assert_res!(
-        store.append_batch(2, 1, &AppendOptions::default(), Batch::Records(&a), 2),
+        store
+            .append_batch(
+                2,
+                1,
+                &AppendOptions::default(),
+                Batch::Records(&a),
+                false,
+                2
+            )
+            .map(|(lsns, _)| lsns),
         Ok(0..1)
     );
     assert_res!(
-        store.append_batch(1, 1, &keyed(7, 1), Batch::Records(&a), 3),
+        store
+            .append_batch(1, 1, &keyed(7, 1), Batch::Records(&a), false, 3)
+            .map(|(lsns, _)| lsns),
         Ok(0..2)
     );
     store.sync_all(&mut acks).expect("sync");
@@ -302,7 +333,9 @@ fn a_retried_batch_gets_its_original_lsns_in_ack_order() {
     // A retry of a durable batch is acknowledged at the next poll; a new sequence number
     // appends; an old one that is not remembered is refused; other writers are independent.
     assert_res!(
-        store.append_batch(1, 1, &keyed(7, 1), Batch::Records(&a), 4),
+        store
+            .append_batch(1, 1, &keyed(7, 1), Batch::Records(&a), false, 4)
+            .map(|(lsns, _)| lsns),
         Ok(0..2)
     );
     acks.clear();
@@ -310,15 +343,21 @@ fn a_retried_batch_gets_its_original_lsns_in_ack_order() {
     assert_eq!(acks.len(), 1);
     assert_eq!((acks[0].token, acks[0].lsns.clone()), (4, 0..2));
     assert_res!(
-        store.append_batch(1, 1, &keyed(7, 5), Batch::Records(&a), 5),
+        store
+            .append_batch(1, 1, &keyed(7, 5), Batch::Records(&a), false, 5)
+            .map(|(lsns, _)| lsns),
         Ok(2..3)
     );
     assert_res!(
-        store.append_batch(1, 1, &keyed(7, 3), Batch::Records(&a), 6),
+        store
+            .append_batch(1, 1, &keyed(7, 3), Batch::Records(&a), false, 6)
+            .map(|(lsns, _)| lsns),
         Err(Error::WriterSeq { seq: 3, last: 5 })
     );
     assert_res!(
-        store.append_batch(1, 1, &keyed(8, 1), Batch::Records(&a), 7),
+        store
+            .append_batch(1, 1, &keyed(8, 1), Batch::Records(&a), false, 7)
+            .map(|(lsns, _)| lsns),
         Ok(3..4)
     );
     store.sync_all(&mut Vec::new()).expect("sync");
@@ -326,15 +365,21 @@ fn a_retried_batch_gets_its_original_lsns_in_ack_order() {
     drop(store);
     let mut store = open(&disk, 8);
     assert_res!(
-        store.append_batch(1, 1, &keyed(7, 1), Batch::Records(&a), 8),
+        store
+            .append_batch(1, 1, &keyed(7, 1), Batch::Records(&a), false, 8)
+            .map(|(lsns, _)| lsns),
         Ok(0..2)
     );
     assert_res!(
-        store.append_batch(1, 1, &keyed(7, 5), Batch::Records(&a), 9),
+        store
+            .append_batch(1, 1, &keyed(7, 5), Batch::Records(&a), false, 9)
+            .map(|(lsns, _)| lsns),
         Ok(2..3)
     );
     assert_res!(
-        store.append_batch(1, 1, &keyed(8, 1), Batch::Records(&a), 10),
+        store
+            .append_batch(1, 1, &keyed(8, 1), Batch::Records(&a), false, 10)
+            .map(|(lsns, _)| lsns),
         Ok(3..4)
     );
     assert_eq!(

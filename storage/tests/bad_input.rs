@@ -3,7 +3,8 @@
 //! Damaged data directories (a stray file, a segment of random bytes, a truncated segment, a
 //! newer format version, a flipped byte in a committed frame, a missing segment; after a clean
 //! stop, damage at the very end of the committed frames, a lost newest segment, a damaged or
-//! stale clean-stop record) must make `Store::open` fail with an error that names the file
+//! stale clean-stop record; frames whose checksums hold but that contradict what the writer
+//! asserts) must make `Store::open` fail with an error that names the file
 //! (and the offset, where there is one), and must leave every file as it was. Bad API calls (oversized records, wrong checksums,
 //! empty batches, the reserved log, trims beyond the tail, unknown logs, reads below the trim
 //! point) must fail with their own error and change nothing. Every case runs on the simulator
@@ -14,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chainlog_storage::format::{
-    block_align, check_frame, CleanStop, FrameHeader, SegmentHeader, BLOCK_SIZE, CLEAN_STOP_FILE,
-    CLEAN_STOP_VERSION, FORMAT_VERSION, FRAME_HEADER_BYTES, FRAME_MAGIC, RECORD_HEADER_BYTES,
-    SYSTEM_LOG,
+    block_align, check_frame, CleanStop, FrameHeader, SegmentHeader, SnapshotEntry, BLOCK_SIZE,
+    CLEAN_STOP_FILE, CLEAN_STOP_VERSION, FORMAT_VERSION, FRAME_HEADER_BYTES, FRAME_MAGIC,
+    RECORD_HEADER_BYTES, SNAPSHOT_ENTRY_BYTES, SYSTEM_LOG,
 };
 use chainlog_storage::{
     Clock, DurabilityMode, Error, Io, Record, SimIo, SimRng, Store, StoreConfig, SystemClock,
@@ -450,6 +451,66 @@ fn flipped_byte_in_a_committed_frame<B: Backend>(b: &mut B) {
     b.write(&name, &whole);
     let store = open(b).expect("open the repaired store");
     assert_eq!(store.tail(1).expect("log 1").next_lsn, 2);
+}
+
+/// Frames whose checksums hold but which say what the writer never writes (it asserts the
+/// same before writing): a frame durable before it was written, and an oldest snapshot that
+/// trims a log above its next LSN. Each is corruption at that frame's offset.
+fn frames_that_contradict_the_writer<B: Backend>(b: &mut B) {
+    populate(b, &small_payloads(3));
+    let name = segment(1);
+    let path = b.path(&name);
+    let whole = b.read(&name);
+
+    let at = FIRST_DATA_FRAME as usize;
+    let mut frame: FrameHeader = bytemuck::pod_read_unaligned(&whole[at..at + FRAME_HEADER_BYTES]);
+    frame.durable_seq = frame.seq;
+    let body = &whole[at + FRAME_HEADER_BYTES..at + FRAME_HEADER_BYTES + frame.body_len as usize];
+    frame.crc = frame.compute_crc(body);
+    let mut damaged = whole.clone();
+    damaged[at..at + FRAME_HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&frame));
+    b.write(&name, &damaged);
+    let err = open_fails(b);
+    assert!(
+        matches!(&err, Error::Corrupt { path: p, offset, .. } if *p == path && *offset == FIRST_DATA_FRAME),
+        "a frame durable before it was written: {err:?}"
+    );
+    assert_names(&err, &path);
+
+    let at = BLOCK_SIZE;
+    let mut snapshot: FrameHeader =
+        bytemuck::pod_read_unaligned(&whole[at..at + FRAME_HEADER_BYTES]);
+    assert_eq!(
+        (snapshot.count, snapshot.body_len as usize),
+        (1, SNAPSHOT_ENTRY_BYTES),
+        "a new store's first snapshot holds the system log alone"
+    );
+    let mut body =
+        whole[at + FRAME_HEADER_BYTES..at + FRAME_HEADER_BYTES + SNAPSHOT_ENTRY_BYTES].to_vec();
+    let trimmed_above = SnapshotEntry {
+        log_id: 7,
+        next_lsn: 2,
+        trim_point: 5,
+        fence: 0,
+    };
+    body.extend_from_slice(bytemuck::bytes_of(&trimmed_above));
+    snapshot.count = 2;
+    snapshot.body_len = body.len() as u32;
+    snapshot.crc = snapshot.compute_crc(&body);
+    let mut damaged = whole.clone();
+    damaged[at..at + FRAME_HEADER_BYTES].copy_from_slice(bytemuck::bytes_of(&snapshot));
+    damaged[at + FRAME_HEADER_BYTES..at + FRAME_HEADER_BYTES + body.len()].copy_from_slice(&body);
+    b.write(&name, &damaged);
+    let err = open_fails(b);
+    assert!(
+        matches!(&err, Error::Corrupt { path: p, offset, .. } if *p == path && *offset == BLOCK_SIZE as u64),
+        "a snapshot trimming a log above its next LSN: {err:?}"
+    );
+    assert_names(&err, &path);
+
+    b.write(&name, &whole);
+    let store = open(b).expect("open the repaired store");
+    assert_eq!(store.tail(1).expect("log 1").next_lsn, 1);
 }
 
 fn segment_under_another_name<B: Backend>(b: &mut B) {
@@ -888,6 +949,7 @@ on_both_backends!(
     truncated_segment,
     segment_from_a_newer_format,
     flipped_byte_in_a_committed_frame,
+    frames_that_contradict_the_writer,
     missing_segment,
     segment_under_another_name,
     damage_at_the_end_after_a_clean_stop,

@@ -1,25 +1,37 @@
 //! Crash consistency of the store on the simulated disk.
 //!
 //! Each seed drives a random workload (appends of 0..3000-byte records across eight logs, trims,
-//! reads, polls) against a store with small segments, so that rollovers, snapshots and segment
-//! deletions happen often; at a random point the disk loses power (`SimDisk::crash`: unflushed
-//! writes dropped, one of them torn), and a new store recovers. The test keeps a model of what
-//! was appended at every LSN and checks after every recovery that:
+//! truncations, resets, reads, polls) against a store with small segments, so that rollovers,
+//! snapshots and segment deletions happen often; at a random point the disk loses power
+//! (`SimDisk::crash`: unflushed writes dropped, one of them torn), and a new store recovers.
+//! The test keeps a model: the state the store had at the last recovery, and every append,
+//! trim, truncation and reset accepted since, in call order (which is frame order). It checks
+//! after every recovery that:
 //!
-//! - every acknowledged append and trim survived, byte for byte;
-//! - whatever survived beyond the acknowledged data is what was appended there (never other
-//!   bytes), whole batches only, and the surviving appends and trims are a prefix of the order
-//!   they were made in: nothing after a lost write is visible (no holes);
+//! - the recovered state is exactly the model's state after some prefix of those calls that
+//!   holds every acknowledged one: each log's next LSN, trim point and fencing token, and
+//!   every record readable from the trim point, byte for byte (so every acknowledged append
+//!   and trim survived, whatever survived beyond is what was appended there, whole batches
+//!   only, nothing after a lost call is visible, and a truncation or reset that survived
+//!   left nothing of what it discarded);
 //! - LSNs are dense from the trim point, and new appends continue after the recovered tail;
 //! - every append carries an idempotency key (one writer per log) and some a fencing token:
-//!   the recovered fencing token is the one of the last surviving append, and retrying any
-//!   surviving batch among the writer's last `WRITER_WINDOW` returns its original LSNs and
-//!   appends nothing (retries are also made during the workload, where their acks must come
-//!   in call order, after the original's);
+//!   the recovered token is the prefix's, and retrying any batch the writer's window holds in
+//!   that state (its last `WRITER_WINDOW` batches that no truncation or reset discarded)
+//!   returns its original LSNs and appends nothing (retries are also made during the workload,
+//!   where their acks must come in call order, after the original's); a batch that a
+//!   truncation or reset discarded is forgotten, and the writer's next batch reuses its
+//!   sequence number: it must be appended anew;
 //! - a third of the appends are replica appends (`append_replica`: records stamped by a head,
 //!   with the head's token and key applied unconditionally), and their token and key survive
 //!   exactly like a head's, so that the retries above find them too;
-//! - half the reads are `read_stored`, which must also return every record not yet durable.
+//! - truncations discard a random suffix (acknowledged or not, durable or not) and resets
+//!   start a log again below, at or above its tail, sometimes raising its token: a token
+//!   stays when a truncation discards the batch that raised it;
+//! - half the reads are `read_stored`, which must also return every record not yet durable,
+//!   and some are asynchronous (`read_async`), left waiting for the disk while the workload
+//!   goes on: when one completes it must hold exactly the log's records at that point (a
+//!   truncation or reset meanwhile included), or `Trimmed` if a trim passed its first LSN.
 //!
 //! Some cycles also stop the store cleanly (`Store::close`) and reopen it before the crash: the
 //! next open must find the clean stop, cut nothing and have everything that was appended.
@@ -35,7 +47,7 @@
 //! seed (`CHAINLOG_SEED_COUNT=<n>` runs n seeds per test instead of the default, for a soak).
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::ops::Range;
 use std::path::Path;
@@ -43,13 +55,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use chainlog_storage::format::{
-    check_frame, payload_crc, FrameHeader, BLOCK_SIZE, FRAME_HEADER_BYTES, FRAME_MAGIC,
+    check_frame, FrameHeader, BLOCK_SIZE, FRAME_HEADER_BYTES, FRAME_MAGIC,
 };
 use chainlog_storage::io::{Completion, FileId};
 use chainlog_storage::{
     Ack, AlignedBuf, AppendOptions, Batch, Durability, DurabilityMode, Error, FaultConfig, Io,
-    LogTail, ReadRecord, Record, RecoveryReport, ReplicaState, SimDisk, SimIo, SimRng, Store,
-    StoreConfig, WRITER_WINDOW,
+    LogTail, ReadDone, ReadKind, ReadOutput, ReadRecord, ReadRequest, Record, RecoveryReport,
+    ReplicaState, SimDisk, SimIo, SimRng, Store, StoreConfig, WRITER_WINDOW,
 };
 
 mod common;
@@ -63,72 +75,84 @@ const WRITER_ID: u64 = 7;
 const CYCLES_PER_SEED: u64 = 5;
 /// The least number of crash points one run must exercise.
 const CRASH_POINTS_MIN: u64 = 1_000;
+/// Asynchronous reads the workload leaves waiting at most.
+const OUTSTANDING_READS_MAX: usize = 4;
 
 // ---------------------------------------------------------------------------------------------
 // The model
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Default)]
+/// One log, as the accepted calls left it.
+#[derive(Clone, Default)]
 struct LogModel {
-    /// (epoch, payload) appended at each LSN (the index), acknowledged or not.
-    records: Vec<(u64, Vec<u8>)>,
-    /// Every LSN below is acknowledged (or was recovered, hence durable).
+    /// The LSN of `records[0]`: 0, or where the last reset started the log.
+    first: u64,
+    /// (epoch, payload) appended at each LSN from `first`, acknowledged or not.
+    records: Vec<(u64, Rc<Vec<u8>>)>,
+    /// Every LSN below is durable (acknowledged, or recovered).
     acked: u64,
-    /// The highest trim point asked for.
-    trim_requested: u64,
-    /// The highest trim point acknowledged (or recovered).
-    trim_acked: u64,
-    /// Whether the log existed in the last recovered state (it cannot vanish after that).
-    recovered: bool,
-    /// The writer's batches, in the order they were accepted: sequence number, LSNs, and
-    /// whether a crash lost them.
-    batches: Vec<(u64, Range<u64>, bool)>,
+    /// The trim point.
+    trim: u64,
+    /// The fencing token.
+    fence: u64,
+    /// The writer's batches the store remembers, oldest first: sequence number and LSNs.
+    window: VecDeque<(u64, Range<u64>)>,
     /// The writer's next sequence number.
     next_seq: u64,
-    /// The log's fencing token, as sequenced.
-    fence: u64,
-    /// The log's fencing token at the last recovery.
-    fence_recovered: u64,
 }
 
 impl std::fmt::Debug for LogModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The payloads would drown the message: their count is what matters.
         f.debug_struct("LogModel")
+            .field("first", &self.first)
             .field("next_lsn", &self.next_lsn())
             .field("acked", &self.acked)
-            .field("trim_requested", &self.trim_requested)
-            .field("trim_acked", &self.trim_acked)
-            .field("recovered", &self.recovered)
+            .field("trim", &self.trim)
+            .field("fence", &self.fence)
+            .field("window", &self.window)
             .finish()
     }
 }
 
 impl LogModel {
     fn next_lsn(&self) -> u64 {
-        self.records.len() as u64
+        self.first + self.records.len() as u64
     }
 
-    /// The batches a retry must resolve: those not lost among the writer's last
-    /// `WRITER_WINDOW` accepted ones.
-    fn retryable(&self) -> Vec<(u64, Range<u64>)> {
-        let from = self.batches.len().saturating_sub(WRITER_WINDOW);
-        self.batches[from..]
-            .iter()
-            .filter(|(_, _, lost)| !lost)
-            .map(|(seq, lsns, _)| (*seq, lsns.clone()))
-            .collect()
+    fn record(&self, lsn: u64) -> &(u64, Rc<Vec<u8>>) {
+        &self.records[(lsn - self.first) as usize]
+    }
+
+    /// What the store would say of the log: next LSN, trim point, fencing token.
+    fn summary(&self) -> (u64, u64, u64) {
+        (self.next_lsn(), self.trim, self.fence)
+    }
+
+    /// The writer's batches ending after `lsn` are forgotten; its next batch reuses the
+    /// first sequence number forgotten (a retry of it, which must be appended anew).
+    fn forget_from(&mut self, lsn: u64) {
+        while self.window.back().is_some_and(|(_, lsns)| lsns.end > lsn) {
+            let (seq, _) = self.window.pop_back().expect("checked");
+            self.next_seq = self.next_seq.min(seq);
+        }
     }
 }
 
-/// An append or trim accepted by the store, in the order they were made.
+/// An append, trim, truncation or reset accepted by the store, in the order they were made.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Event {
-    /// `fence`: the log's fencing token after this append.
     Append {
         log: u64,
         lsns: Range<u64>,
-        fence: u64,
+        epoch: u64,
+        payloads: Vec<Rc<Vec<u8>>>,
+        seq: u64,
+        /// The fencing token it came with.
+        token: Option<u64>,
+        /// Its records below this LSN are still the log's (a truncation or reset made since
+        /// may have discarded the rest): what becomes durable when it is acknowledged.
+        live_end: u64,
     },
     Trim {
         log: u64,
@@ -139,24 +163,117 @@ enum Event {
         log: u64,
         lsns: Range<u64>,
     },
+    Truncate {
+        log: u64,
+        from: u64,
+    },
+    Reset {
+        log: u64,
+        at: u64,
+        token: u64,
+    },
+}
+
+type Logs = BTreeMap<u64, LogModel>;
+
+/// Applies an accepted call to the logs, as the store does.
+fn apply(logs: &mut Logs, event: &Event) {
+    match event {
+        Event::Append {
+            log,
+            lsns,
+            epoch,
+            payloads,
+            seq,
+            token,
+            ..
+        } => {
+            let m = logs.entry(*log).or_default();
+            assert_eq!(lsns.start, m.next_lsn(), "log {log}: LSNs are dense");
+            m.records
+                .extend(payloads.iter().map(|p| (*epoch, p.clone())));
+            m.fence = m.fence.max(token.unwrap_or(0));
+            if m.window.len() == WRITER_WINDOW {
+                m.window.pop_front();
+            }
+            m.window.push_back((*seq, lsns.clone()));
+            m.next_seq = seq + 1;
+        }
+        Event::Trim { log, before } => {
+            let m = logs.get_mut(log).expect("a trimmed log exists");
+            m.trim = m.trim.max(*before);
+        }
+        Event::Retry { .. } => {}
+        Event::Truncate { log, from } => {
+            let m = logs.get_mut(log).expect("a truncated log exists");
+            m.records.truncate((from - m.first) as usize);
+            m.acked = m.acked.min(*from);
+            m.forget_from(*from);
+        }
+        Event::Reset { log, at, token } => {
+            let m = logs.entry(*log).or_default();
+            m.first = *at;
+            m.records.clear();
+            m.acked = *at;
+            m.trim = *at;
+            m.fence = m.fence.max(*token);
+            m.forget_from(0);
+        }
+    }
+}
+
+/// An asynchronous read waiting for the disk.
+#[derive(Debug)]
+struct Outstanding {
+    request: ReadRequest,
+    token: u64,
 }
 
 #[derive(Debug, Default)]
 struct Model {
-    logs: BTreeMap<u64, LogModel>,
-    /// Appends and trims since the last recovery, in call order (which is frame order).
+    /// The logs at the last recovery.
+    base: Logs,
+    /// The logs after every call accepted since.
+    logs: Logs,
+    /// The calls accepted since the last recovery, in call order (which is frame order).
     events: Vec<Event>,
     /// The event each outstanding token stands for (index into `events`).
     tokens: BTreeMap<u64, usize>,
     /// Events `..acked_events` are acknowledged: acks come in exactly the order of the calls.
     acked_events: usize,
     next_token: u64,
+    /// Asynchronous reads waiting, by token.
+    reads: Vec<Outstanding>,
+    next_read_token: u64,
 }
 
 impl Model {
     fn accept(&mut self, event: Event) -> u64 {
         let token = self.next_token;
         self.next_token += 1;
+        match &event {
+            // Appends not acknowledged yet: their records from the cut on never become
+            // durable (readable) now.
+            Event::Truncate { log, from } | Event::Reset { log, at: from, .. } => {
+                let from = if matches!(event, Event::Reset { .. }) {
+                    0
+                } else {
+                    *from
+                };
+                for e in &mut self.events[self.acked_events..] {
+                    if let Event::Append {
+                        log: l, live_end, ..
+                    } = e
+                    {
+                        if l == log {
+                            *live_end = (*live_end).min(from);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        apply(&mut self.logs, &event);
         self.tokens.insert(token, self.events.len());
         self.events.push(event);
         token
@@ -173,24 +290,25 @@ impl Model {
                 "acks come in the order of the calls: {ack:?}"
             );
             self.acked_events += 1;
-            match self.events[index].clone() {
-                Event::Append { log, lsns, .. } => {
-                    assert_eq!((ack.log_id, &ack.lsns), (log, &lsns), "ack of {ack:?}");
+            let (log, lsns) = match self.events[index].clone() {
+                Event::Append {
+                    log,
+                    lsns,
+                    live_end,
+                    ..
+                } => {
                     let m = self.logs.get_mut(&log).expect("log");
-                    assert_eq!(lsns.start, m.acked, "appends of a log are acked in order");
-                    m.acked = lsns.end;
+                    if live_end > lsns.start {
+                        m.acked = m.acked.max(live_end);
+                    }
+                    (log, lsns)
                 }
-                Event::Trim { log, before } => {
-                    assert_eq!((ack.log_id, ack.lsns.clone()), (log, before..before));
-                    let m = self.logs.get_mut(&log).expect("log");
-                    m.trim_acked = m.trim_acked.max(before);
-                }
-                Event::Retry { log, lsns } => {
-                    assert_eq!((ack.log_id, &ack.lsns), (log, &lsns), "ack of {ack:?}");
-                    let m = &self.logs[&log];
-                    assert!(m.acked >= lsns.end, "a retry is acked after its original");
-                }
-            }
+                Event::Trim { log, before } => (log, before..before),
+                Event::Retry { log, lsns } => (log, lsns),
+                Event::Truncate { log, from } => (log, from..from),
+                Event::Reset { log, at, .. } => (log, at..at),
+            };
+            assert_eq!((ack.log_id, &ack.lsns), (log, &lsns), "ack of {ack:?}");
         }
     }
 }
@@ -210,9 +328,15 @@ struct Coverage {
     retries: u64,
     /// Batches retried (and found by their idempotency key) right after a recovery.
     retries_after_recovery: u64,
+    truncations: u64,
+    resets: u64,
+    /// Recoveries whose state had a truncation or reset among its calls since the last one.
+    cuts_recovered: u64,
     reads: u64,
     /// Reads made with `read_stored` that returned records not durable yet.
     stored_reads: u64,
+    /// Asynchronous reads that waited for the disk and were checked when they completed.
+    async_reads: u64,
     segments_created: u64,
     segments_deleted: u64,
     torn_tails: u64,
@@ -221,7 +345,7 @@ struct Coverage {
     files_removed_by_recovery: u64,
     /// Recoveries that surfaced appends that had not been acknowledged before the crash.
     unacked_survivors: u64,
-    /// Recoveries that lost appends that had been accepted (never acknowledged).
+    /// Recoveries that lost calls that had been accepted (never acknowledged).
     unacked_lost: u64,
 }
 
@@ -305,6 +429,7 @@ fn poll<I: Io>(store: &mut Store<I>, model: &mut Model, wait: bool) -> Step {
     let result = store.poll(wait, &mut acks);
     // Acks handed out are durable even when the store fails in the same call.
     model.on_acks(&acks);
+    check_reads_done(store, model);
     Ok(result?)
 }
 
@@ -312,6 +437,7 @@ fn sync_all<I: Io>(store: &mut Store<I>, model: &mut Model) -> Step {
     let mut acks = Vec::new();
     let result = store.sync_all(&mut acks);
     model.on_acks(&acks);
+    check_reads_done(store, model);
     result?;
     assert!(model.tokens.is_empty(), "sync_all acknowledges everything");
     Ok(())
@@ -325,7 +451,8 @@ fn check_tail<I: Io>(store: &Store<I>, model: &Model, log: u64) -> Option<LogTai
         (None, None) => None,
         (Some(m), Some(t)) => {
             assert_eq!(t.next_lsn, m.next_lsn(), "log {log}: next LSN");
-            assert_eq!(t.trim_point, m.trim_requested, "log {log}: trim point");
+            assert_eq!(t.trim_point, m.trim, "log {log}: trim point");
+            assert_eq!(t.fencing_token, m.fence, "log {log}: fencing token");
             assert!(
                 m.acked <= t.durable_lsn && t.durable_lsn <= t.next_lsn,
                 "log {log}: durable LSN {} outside acked {} ..= next {}",
@@ -351,7 +478,7 @@ fn append<I: Io>(
     let count = 1 + rng.below(4) as usize;
     let payloads: Vec<Vec<u8>> = (0..count).map(|_| random_payload(rng)).collect();
     let records: Vec<Record<'_>> = payloads.iter().map(|p| Record::new(p)).collect();
-    let m = model.logs.entry(log).or_default();
+    let m = model.logs.get(&log).cloned().unwrap_or_default();
     // Sequence numbers increase, sometimes with gaps.
     let seq = m.next_seq + rng.below(2);
     let fence = m.fence;
@@ -378,12 +505,16 @@ fn append<I: Io>(
     let lsns = loop {
         let appended = if replica {
             let count = count as u32;
-            store.append_replica(log, epoch, first_lsn, &stamped, count, &state, token)
+            store.append_replica(log, epoch, first_lsn, &stamped, count, &state, false, token)
         } else {
-            store.append_batch(log, epoch, &options, Batch::Records(&records), token)
+            let batch = Batch::Records(&records);
+            store.append_batch(log, epoch, &options, batch, false, token)
         };
         match appended {
-            Ok(lsns) => break lsns,
+            Ok((lsns, pin)) => {
+                assert!(pin.is_none(), "no pin unless asked");
+                break lsns;
+            }
             Err(Error::Overloaded) => poll(store, model, true)?,
             Err(Error::Fenced { token: current }) if !replica => {
                 assert!(
@@ -400,19 +531,22 @@ fn append<I: Io>(
         replica || token_asked.is_none_or(|t| t >= fence),
         "log {log}: a lower token was accepted"
     );
-    let m = model.logs.get_mut(&log).expect("log");
+    // New (a sequence number a truncation made the writer forget included): appended anew.
     assert_eq!(
         lsns,
-        m.next_lsn()..m.next_lsn() + count as u64,
-        "log {log}: LSNs are dense"
+        first_lsn..first_lsn + count as u64,
+        "log {log}: batch {seq} is appended at the tail"
     );
-    m.records
-        .extend(payloads.into_iter().map(|payload| (epoch, payload)));
-    m.fence = m.fence.max(token_asked.unwrap_or(0));
-    m.next_seq = seq + 1;
-    m.batches.push((seq, lsns.clone(), false));
-    let fence = m.fence;
-    assert_eq!(model.accept(Event::Append { log, lsns, fence }), token);
+    let event = Event::Append {
+        log,
+        live_end: lsns.end,
+        lsns,
+        epoch,
+        payloads: payloads.into_iter().map(Rc::new).collect(),
+        seq,
+        token: token_asked,
+    };
+    assert_eq!(model.accept(event), token);
     Ok(replica)
 }
 
@@ -422,11 +556,10 @@ fn retry<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng) -> St
     let Some(m) = model.logs.get(&log) else {
         return Ok(());
     };
-    let window = m.retryable();
-    if window.is_empty() {
+    if m.window.is_empty() {
         return Ok(());
     }
-    let (seq, lsns) = window[rng.below(window.len() as u64) as usize].clone();
+    let (seq, lsns) = m.window[rng.below(m.window.len() as u64) as usize].clone();
     let before = store.tail(log);
     let payload = random_payload(rng);
     let options = AppendOptions {
@@ -436,14 +569,10 @@ fn retry<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng) -> St
         ..AppendOptions::default()
     };
     let token = model.next_token;
-    let got = store.append_batch(
-        log,
-        1,
-        &options,
-        Batch::Records(&[Record::new(&payload)]),
-        token,
-    )?;
+    let batch = Batch::Records(&[Record::new(&payload)]);
+    let (got, pin) = store.append_batch(log, 1, &options, batch, true, token)?;
     assert_eq!(got, lsns, "log {log}: retry of batch {seq}");
+    assert!(pin.is_none(), "log {log}: a retry stores nothing to pin");
     assert_eq!(
         store.tail(log),
         before,
@@ -462,15 +591,14 @@ fn trim<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng) -> Ste
         }
     };
     let next = m.next_lsn();
-    if next == m.trim_requested {
+    if next == m.trim {
         return Ok(());
     }
-    // Strictly increasing trim points: a surviving trim is then told by the trim point alone.
     // A third trim everything (so that whole segments become free), a third a few records.
     let before = match rng.below(3) {
         0 => next,
-        1 => next.min(m.trim_requested + 1 + rng.below(8)),
-        _ => m.trim_requested + 1 + rng.below(next - m.trim_requested),
+        1 => next.min(m.trim + 1 + rng.below(8)),
+        _ => m.trim + 1 + rng.below(next - m.trim),
     };
     let token = model.next_token;
     loop {
@@ -480,15 +608,164 @@ fn trim<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng) -> Ste
             Err(e) => return Err(e.into()),
         }
     }
-    model.logs.get_mut(&log).expect("log").trim_requested = before;
     assert_eq!(model.accept(Event::Trim { log, before }), token);
     Ok(())
+}
+
+/// Truncates a random suffix of a log (mostly the last few records, sometimes down to its trim
+/// point, sometimes nothing), checking the refusals on the way.
+fn truncate<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng) -> Step {
+    let log = LOG_IDS[rng.below(LOG_IDS.len() as u64) as usize];
+    let Some(m) = model.logs.get(&log) else {
+        return match store.truncate(log, 0, 0) {
+            Err(Error::UnknownLog(l)) if l == log => Ok(()),
+            other => Err(other
+                .expect_err("a truncation of an unknown log fails")
+                .into()),
+        };
+    };
+    let (next, trim) = (m.next_lsn(), m.trim);
+    // The store may have failed already (an I/O error in the last poll): that ends the run.
+    let failed = |e: &Result<(), Error>| matches!(e, Err(Error::Fatal(_)));
+    if trim > 0 {
+        let below = store.truncate(log, trim - 1, u64::MAX);
+        if failed(&below) {
+            return Err(below.expect_err("failed").into());
+        }
+        assert!(
+            matches!(below, Err(Error::Trimmed { trim_point }) if trim_point == trim),
+            "log {log}: a truncation below the trim point {trim}: {below:?}"
+        );
+    }
+    let beyond = store.truncate(log, next + 1, u64::MAX);
+    if failed(&beyond) {
+        return Err(beyond.expect_err("failed").into());
+    }
+    assert!(
+        matches!(beyond, Err(Error::TruncateBeyondTail { from, tail }) if from == next + 1 && tail == next),
+        "log {log}: a truncation beyond the tail {next}: {beyond:?}"
+    );
+    let from = match rng.below(4) {
+        0 => trim,
+        1 => next,
+        _ => next - rng.below(next - trim + 1).min(1 + rng.below(6)),
+    };
+    let token = model.next_token;
+    loop {
+        match store.truncate(log, from, token) {
+            Ok(()) => break,
+            Err(Error::Overloaded) => poll(store, model, true)?,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    assert_eq!(model.accept(Event::Truncate { log, from }), token);
+    check_tail(store, model, log);
+    Ok(())
+}
+
+/// Starts a log again, empty: a new one or an existing one, below, at or above its tail.
+fn reset<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng) -> Step {
+    let log = LOG_IDS[rng.below(LOG_IDS.len() as u64) as usize];
+    let m = model.logs.get(&log).cloned().unwrap_or_default();
+    let next = m.next_lsn();
+    let at = match rng.below(3) {
+        0 => rng.below(next + 1),
+        1 => next,
+        _ => next + rng.below(1000),
+    };
+    let fence = match rng.below(3) {
+        0 => 0,
+        1 => m.fence.saturating_sub(1),
+        _ => m.fence + 1 + rng.below(3),
+    };
+    let token = model.next_token;
+    loop {
+        match store.reset_log(log, at, fence, token) {
+            Ok(()) => break,
+            Err(Error::Overloaded) => poll(store, model, true)?,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let event = Event::Reset {
+        log,
+        at,
+        token: fence,
+    };
+    assert_eq!(model.accept(event), token);
+    check_tail(store, model, log);
+    if at > 0 {
+        let below = store.read(log, at - 1, 1, 1);
+        check_reads_done(store, model);
+        if let Err(e @ Error::Fatal(_)) = below {
+            return Err(e.into());
+        }
+        assert!(
+            matches!(below, Err(Error::Trimmed { trim_point }) if trim_point == at),
+            "log {log}: a read below where it was reset: {below:?}"
+        );
+    }
+    Ok(())
+}
+
+/// The records of a read of `log` from `from` within the limits, as the model has them, up
+/// to `end` (exclusive).
+fn expected_lsns(
+    m: &LogModel,
+    from: u64,
+    end: u64,
+    max_records: usize,
+    max_bytes: usize,
+) -> Vec<u64> {
+    let mut want = Vec::new();
+    let mut bytes = 0;
+    for lsn in from..end {
+        let len = m.record(lsn).1.len();
+        if want.len() >= max_records || (!want.is_empty() && bytes + len > max_bytes) {
+            break;
+        }
+        bytes += len;
+        want.push(lsn);
+    }
+    want
+}
+
+/// Checks records read from `log` against the model: the epochs and payloads appended there.
+fn check_read_records(m: &LogModel, log: u64, got: &[ReadRecord], what: &str) {
+    for r in got {
+        let (epoch, payload) = m.record(r.lsn);
+        assert!(
+            r.epoch == *epoch && r.payload == **payload,
+            "log {log}: record {} read back with other bytes ({what})",
+            r.lsn
+        );
+    }
+}
+
+/// A random read request of an existing log.
+fn random_request(rng: &mut SimRng, log: u64, tail: &LogTail, kind: ReadKind) -> ReadRequest {
+    let end = if kind == ReadKind::Durable {
+        tail.durable_lsn
+    } else {
+        tail.next_lsn
+    };
+    let from = if tail.trim_point > 0 && rng.one_in(10) {
+        rng.below(tail.trim_point)
+    } else {
+        tail.trim_point + rng.below(end.saturating_sub(tail.trim_point) + 2)
+    };
+    ReadRequest {
+        log_id: log,
+        from,
+        max_records: rng.below(20) as usize,
+        max_bytes: rng.below(12_000) as usize,
+        kind,
+    }
 }
 
 /// A read of random bounds, with `read` or (half the time) `read_stored`, compared with
 /// exactly what the model says it must return; returns whether it was a `read_stored` that
 /// returned records not durable yet.
-fn read<I: Io>(store: &mut Store<I>, model: &Model, rng: &mut SimRng) -> Result<bool, Failed> {
+fn read<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng) -> Result<bool, Failed> {
     let log = LOG_IDS[rng.below(LOG_IDS.len() as u64) as usize];
     let Some(tail) = check_tail(store, model, log) else {
         match store.read(log, 0, 1, 1) {
@@ -496,25 +773,27 @@ fn read<I: Io>(store: &mut Store<I>, model: &Model, rng: &mut SimRng) -> Result<
             other => return Err(other.expect_err("a read of an unknown log fails").into()),
         }
     };
-    let m = &model.logs[&log];
     let stored = rng.one_in(2);
-    let end = if stored {
-        tail.next_lsn
+    let kind = if stored {
+        ReadKind::Stored
     } else {
-        tail.durable_lsn
+        ReadKind::Durable
     };
-    let from = if tail.trim_point > 0 && rng.one_in(10) {
-        rng.below(tail.trim_point)
-    } else {
-        tail.trim_point + rng.below(end.saturating_sub(tail.trim_point) + 2)
-    };
-    let max_records = rng.below(20) as usize;
-    let max_bytes = rng.below(12_000) as usize;
+    let request = random_request(rng, log, &tail, kind);
+    let ReadRequest {
+        from,
+        max_records,
+        max_bytes,
+        ..
+    } = request;
     let got = if stored {
         store.read_stored(log, from, max_records, max_bytes)
     } else {
         store.read(log, from, max_records, max_bytes)
     };
+    // A blocking read handles the completions that arrived meanwhile once it is done.
+    check_reads_done(store, model);
+    let m = &model.logs[&log];
     if from < tail.trim_point {
         match got {
             Err(Error::Trimmed { trim_point }) if trim_point == tail.trim_point => {
@@ -527,39 +806,118 @@ fn read<I: Io>(store: &mut Store<I>, model: &Model, rng: &mut SimRng) -> Result<
         }
     }
     let got = got.map_err(|error| Failed {
-        what: format!(
-            "log {log}: read(from {from}, {max_records} records, {max_bytes} bytes) with tail {tail:?}"
-        ),
+        what: format!("log {log}: {request:?} with tail {tail:?}"),
         error,
     })?;
     // What the read must return: records from `from` while below the durable LSN (or, for
     // `read_stored`, the next LSN), at most `max_records`, and within `max_bytes` of payload
     // after the first.
-    let mut want = Vec::new();
-    let mut bytes = 0;
-    for lsn in from..end {
-        let len = m.records[lsn as usize].1.len();
-        if want.len() >= max_records || (!want.is_empty() && bytes + len > max_bytes) {
-            break;
-        }
-        bytes += len;
-        want.push(lsn);
-    }
+    let end = if stored {
+        tail.next_lsn
+    } else {
+        tail.durable_lsn
+    };
+    let want = expected_lsns(m, from, end, max_records, max_bytes);
     let got_lsns: Vec<u64> = got.iter().map(|r| r.lsn).collect();
-    assert_eq!(
-        got_lsns, want,
-        "log {log}: read(from {from}, {max_records} records, {max_bytes} bytes) with tail {tail:?}"
-    );
-    for r in &got {
-        let (epoch, payload) = &m.records[r.lsn as usize];
-        assert_eq!(
-            (&r.epoch, &r.payload),
-            (epoch, payload),
-            "log {log}: record {} read back",
-            r.lsn
-        );
-    }
+    assert_eq!(got_lsns, want, "log {log}: {request:?} with tail {tail:?}");
+    check_read_records(m, log, &got, "read");
     Ok(stored && got.last().is_some_and(|r| r.lsn >= tail.durable_lsn))
+}
+
+/// Starts an asynchronous read of random bounds: checked at once if it needed no disk read,
+/// else left waiting (checked by `check_reads_done` when it completes).
+fn read_async<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng) -> Step {
+    let log = LOG_IDS[rng.below(LOG_IDS.len() as u64) as usize];
+    if model.reads.len() >= OUTSTANDING_READS_MAX {
+        return Ok(());
+    }
+    let Some(tail) = check_tail(store, model, log) else {
+        return Ok(());
+    };
+    let kind = [ReadKind::Durable, ReadKind::Stored, ReadKind::StoredRuns][rng.below(3) as usize];
+    let request = random_request(rng, log, &tail, kind);
+    let token = model.next_read_token;
+    model.next_read_token += 1;
+    match store.read_async(request, token) {
+        Ok(Some(output)) => check_read_output(store, model, &request, Ok(output)),
+        Ok(None) => model.reads.push(Outstanding { request, token }),
+        Err(Error::Trimmed { trim_point }) => {
+            assert!(
+                request.from < tail.trim_point && trim_point == tail.trim_point,
+                "{request:?} with tail {tail:?}"
+            );
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// Checks the asynchronous reads that completed (right after the poll that completed them:
+/// no call changed the logs since).
+fn check_reads_done<I: Io>(store: &mut Store<I>, model: &mut Model) {
+    let mut done: Vec<ReadDone> = Vec::new();
+    store.take_reads(&mut done);
+    for ReadDone { token, result } in done {
+        let i = model
+            .reads
+            .iter()
+            .position(|r| r.token == token)
+            .unwrap_or_else(|| panic!("a read result for an unknown token {token}"));
+        let request = model.reads.remove(i).request;
+        match result {
+            // The store failed (the disk lost power): nothing to check.
+            Err(Error::Fatal(_)) => {}
+            result => check_read_output(store, model, &request, result),
+        }
+    }
+}
+
+/// A read's output (or its `Trimmed`) against the model as it is now: the records the log
+/// holds from the first LSN asked for, within the limits, up to the durable LSN (or the next
+/// LSN for the stored kinds) as it was when the read completed, which is at most what it is
+/// now: so the records returned are a prefix of what a read would return now.
+fn check_read_output<I: Io>(
+    store: &Store<I>,
+    model: &Model,
+    request: &ReadRequest,
+    result: Result<ReadOutput, Error>,
+) {
+    let log = request.log_id;
+    let tail = check_tail(store, model, log).expect("a log read exists");
+    let m = &model.logs[&log];
+    let records = match result {
+        Err(Error::Trimmed { trim_point }) => {
+            assert!(
+                request.from < tail.trim_point && trim_point == tail.trim_point,
+                "{request:?}: Trimmed({trim_point}) with tail {tail:?}"
+            );
+            return;
+        }
+        Err(e) => panic!("{request:?} with tail {tail:?}: {e}"),
+        Ok(_) if request.from < tail.trim_point => {
+            panic!("{request:?}: records below the trim point {tail:?}")
+        }
+        Ok(ReadOutput::Records(records)) => {
+            assert_ne!(request.kind, ReadKind::StoredRuns, "{request:?}");
+            records
+        }
+        Ok(ReadOutput::Runs(runs)) => {
+            assert_eq!(request.kind, ReadKind::StoredRuns, "{request:?}");
+            runs.into_iter().flat_map(|r| r.records).collect()
+        }
+    };
+    let end = if request.kind == ReadKind::Durable {
+        tail.durable_lsn
+    } else {
+        tail.next_lsn
+    };
+    let want = expected_lsns(m, request.from, end, request.max_records, request.max_bytes);
+    let got: Vec<u64> = records.iter().map(|r| r.lsn).collect();
+    assert!(
+        want.starts_with(&got),
+        "{request:?} with tail {tail:?}: got {got:?}, the log holds {want:?}"
+    );
+    check_read_records(m, log, &records, "asynchronous read");
 }
 
 /// Random operations until the crash point.
@@ -574,23 +932,36 @@ fn run_workload<I: Io>(
 ) -> Step {
     for _ in 0..ops {
         match rng.below(100) {
-            0..=54 => {
+            0..=52 => {
                 coverage.replica_appends += u64::from(append(store, model, rng, epoch)?);
                 coverage.appends += 1;
             }
-            55..=58 => {
+            53..=56 => {
                 trim(store, model, rng)?;
                 coverage.trims += 1;
             }
-            59..=61 => {
+            57..=59 => {
                 retry(store, model, rng)?;
                 coverage.retries += 1;
             }
-            62..=69 if reads => {
+            60..=61 => {
+                truncate(store, model, rng)?;
+                coverage.truncations += 1;
+            }
+            62 => {
+                reset(store, model, rng)?;
+                coverage.resets += 1;
+            }
+            63..=67 if reads => {
                 coverage.stored_reads += u64::from(read(store, model, rng)?);
                 coverage.reads += 1;
             }
-            62..=81 => poll(store, model, false)?,
+            68..=70 if reads => {
+                let waiting = model.reads.len();
+                read_async(store, model, rng)?;
+                coverage.async_reads += (model.reads.len() - waiting) as u64;
+            }
+            63..=81 => poll(store, model, false)?,
             82..=97 => poll(store, model, true)?,
             _ => sync_all(store, model)?,
         }
@@ -641,7 +1012,7 @@ fn read_state<I: Io>(store: &mut Store<I>) -> State {
     state
 }
 
-/// Stops the store cleanly; every append and trim made is acknowledged by then.
+/// Stops the store cleanly; every call made is acknowledged by then.
 fn close<I: Io>(store: Store<I>, model: &mut Model) -> Step {
     let mut acks = Vec::new();
     let result = store.close(&mut acks);
@@ -649,6 +1020,21 @@ fn close<I: Io>(store: Store<I>, model: &mut Model) -> Step {
     result?;
     assert!(model.tokens.is_empty(), "close acknowledges everything");
     Ok(())
+}
+
+/// Whether the recovered `state` is, in every log, `logs`: positions, token, and every record
+/// readable from the trim point.
+fn state_is(state: &State, logs: &Logs) -> bool {
+    state.len() == logs.len()
+        && state.iter().all(|(log, (tail, records))| {
+            logs.get(log).is_some_and(|m| {
+                (tail.next_lsn, tail.trim_point, tail.fencing_token) == m.summary()
+                    && records.iter().all(|r| {
+                        let (epoch, payload) = m.record(r.lsn);
+                        r.epoch == *epoch && r.payload == **payload
+                    })
+            })
+        })
 }
 
 /// Checks a freshly recovered store against the model, then makes the model match it.
@@ -667,158 +1053,160 @@ fn check_recovered<I: Io>(store: &mut Store<I>, model: &mut Model, coverage: &mu
     coverage.torn_tails += u64::from(report.torn_tail.is_some());
     coverage.files_removed_by_recovery += report.removed.len() as u64;
     let state = read_state(store);
-    for log in state.keys() {
-        assert!(model.logs.contains_key(log), "recovery invented log {log}");
-    }
-    let mut survivors = false;
-    for (&log, m) in &model.logs {
-        let Some((tail, records)) = state.get(&log) else {
-            assert!(
-                !m.recovered && m.acked == 0 && m.trim_acked == 0,
-                "log {log} lost: {m:?}"
-            );
-            continue;
-        };
+    for (log, (tail, _)) in &state {
         assert_eq!(
             tail.durable_lsn, tail.next_lsn,
             "log {log}: recovered = durable"
         );
-        assert!(
-            tail.next_lsn >= m.acked,
-            "log {log}: acknowledged records lost: recovered tail {} < acked {}",
-            tail.next_lsn,
-            m.acked
+    }
+    let probes = probe_writers(store, model);
+    // The recovered state is the state after some prefix of the calls that holds every
+    // acknowledged one: the longest such prefix that matches (several may, when later calls
+    // changed nothing that shows).
+    let recovered: BTreeMap<u64, (u64, u64, u64)> = state
+        .iter()
+        .map(|(&log, (t, _))| (log, (t.next_lsn, t.trim_point, t.fencing_token)))
+        .collect();
+    let mut logs = model.base.clone();
+    let mut candidates = Vec::new();
+    for k in 0..=model.events.len() {
+        if k > 0 {
+            apply(&mut logs, &model.events[k - 1]);
+        }
+        let summary: BTreeMap<u64, (u64, u64, u64)> =
+            logs.iter().map(|(&log, m)| (log, m.summary())).collect();
+        if k >= model.acked_events && summary == recovered {
+            candidates.push(k);
+        }
+    }
+    let chosen = candidates.iter().rev().copied().find_map(|k| {
+        let mut logs = model.base.clone();
+        for event in &model.events[..k] {
+            apply(&mut logs, event);
+        }
+        (state_is(&state, &logs) && writers_are(&probes, &logs)).then_some((k, logs))
+    });
+    let Some((k, mut logs)) = chosen else {
+        let mut at_acked = model.base.clone();
+        for event in &model.events[..model.acked_events] {
+            apply(&mut at_acked, event);
+        }
+        panic!(
+            "the recovered state is the state after no prefix of the calls holding the {} \
+             acknowledged ones (of {}; candidates by positions {candidates:?}):\nrecovered \
+             {recovered:?}, writers {probes:?}\nafter the acknowledged calls {at_acked:?}\n\
+             after all {:?}",
+            model.acked_events,
+            model.events.len(),
+            model.logs
         );
-        assert!(
-            tail.next_lsn <= m.next_lsn(),
-            "log {log}: recovered tail {} beyond anything appended ({})",
-            tail.next_lsn,
-            m.next_lsn()
-        );
-        survivors |= tail.next_lsn > m.acked;
-        assert!(
-            m.trim_acked <= tail.trim_point && tail.trim_point <= m.trim_requested,
-            "log {log}: recovered trim point {} outside acked {} ..= requested {}",
-            tail.trim_point,
-            m.trim_acked,
-            m.trim_requested
-        );
-        for r in records {
-            let (epoch, payload) = &m.records[r.lsn as usize];
-            assert!(
-                r.epoch == *epoch && r.payload == *payload,
-                "log {log}: record {} recovered with other bytes (epoch {} len {}, appended epoch {epoch} len {})",
-                r.lsn,
-                r.epoch,
-                r.payload.len(),
-                payload.len()
-            );
-            assert_eq!(payload_crc(&r.payload), payload_crc(payload));
-        }
+    };
+    let survived = &model.events[model.acked_events..k];
+    coverage.unacked_survivors +=
+        u64::from(survived.iter().any(|e| matches!(e, Event::Append { .. })));
+    coverage.unacked_lost += u64::from(k < model.events.len());
+    coverage.cuts_recovered += u64::from(
+        model.events[..k]
+            .iter()
+            .any(|e| matches!(e, Event::Truncate { .. } | Event::Reset { .. })),
+    );
+    // The model becomes what was recovered: all of it durable.
+    for m in logs.values_mut() {
+        m.acked = m.next_lsn();
     }
-    // The surviving appends and trims are a prefix of those made: no holes.
-    let mut present_until = None;
-    let mut fences: BTreeMap<u64, u64> = BTreeMap::new();
-    for (i, event) in model.events.iter().enumerate() {
-        let present = match event {
-            Event::Append { log, lsns, fence } => {
-                let next = state.get(log).map_or(0, |(t, _)| t.next_lsn);
-                assert!(
-                    next <= lsns.start || next >= lsns.end,
-                    "log {log}: batch {lsns:?} survived in part (tail {next})"
-                );
-                if next >= lsns.end {
-                    fences.insert(*log, *fence);
-                }
-                next >= lsns.end
-            }
-            Event::Trim { log, before } => {
-                state.get(log).is_some_and(|(t, _)| t.trim_point >= *before)
-            }
-            // Nothing of a retry is written.
-            Event::Retry { .. } => continue,
-        };
-        if i < model.acked_events {
-            assert!(present, "acknowledged {event:?} lost");
-        }
-        match (present, present_until) {
-            (true, Some(hole)) => panic!(
-                "{event:?} (call {i}) survived but call {hole} ({:?}) before it did not",
-                model.events[hole]
-            ),
-            (false, None) => present_until = Some(i),
-            _ => {}
-        }
-    }
-    if present_until.is_some() {
-        coverage.unacked_lost += 1;
-    }
-    coverage.unacked_survivors += u64::from(survivors);
-    // The model becomes what was recovered.
-    for (&log, m) in model.logs.iter_mut() {
-        match state.get(&log) {
-            Some((tail, _)) => {
-                let fence = fences.get(&log).copied().unwrap_or(m.fence_recovered);
-                assert_eq!(
-                    tail.fencing_token, fence,
-                    "log {log}: recovered fencing token"
-                );
-                m.records.truncate(tail.next_lsn as usize);
-                m.acked = tail.next_lsn;
-                m.trim_requested = tail.trim_point;
-                m.trim_acked = tail.trim_point;
-                m.recovered = true;
-                m.fence = fence;
-                m.fence_recovered = fence;
-                for (_, lsns, lost) in &mut m.batches {
-                    *lost |= lsns.end > tail.next_lsn;
-                }
-            }
-            None => *m = LogModel::default(),
-        }
-    }
-    model.logs.retain(|log, _| state.contains_key(log));
+    model.base = logs.clone();
+    model.logs = logs;
     model.events.clear();
     model.tokens.clear();
     model.acked_events = 0;
-    coverage.retries_after_recovery += check_retries(store, model);
+    model.reads.clear();
+    coverage.retries_after_recovery += probes
+        .values()
+        .filter(|p| matches!(p, Probe::Remembered(_)))
+        .count() as u64;
 }
 
-/// Every batch of a writer's window that survived is still known by its idempotency key.
-/// Returns how many were retried.
-fn check_retries<I: Io>(store: &mut Store<I>, model: &Model) -> u64 {
+/// What the store's idempotency table says of a writer's sequence number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Probe {
+    /// A batch it remembers, with its LSNs.
+    Remembered(Range<u64>),
+    /// A new batch.
+    New,
+    /// Neither: the writer's last sequence number.
+    OutOfOrder(u64),
+}
+
+/// Asks the store, without changing anything, about every sequence number of each log's
+/// writer that the calls since the last recovery or the state then name: a keyed append
+/// with a condition that cannot hold is answered with the original LSNs if the batch is
+/// remembered (and acknowledged at once: everything is durable after recovery), refused
+/// with `ConditionFailed` if it is new (no log is created), and with `WriterSeq` otherwise.
+fn probe_writers<I: Io>(store: &mut Store<I>, model: &Model) -> BTreeMap<(u64, u64), Probe> {
+    let mut seqs: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for (&log, m) in &model.base {
+        seqs.entry(log)
+            .or_default()
+            .extend(m.window.iter().map(|(seq, _)| *seq));
+    }
+    for event in &model.events {
+        if let Event::Append { log, seq, .. } = event {
+            seqs.entry(*log).or_default().push(*seq);
+        }
+    }
+    let mut probes = BTreeMap::new();
     let mut expected = Vec::new();
-    for (&log, m) in &model.logs {
+    for (log, mut seqs) in seqs {
+        seqs.sort_unstable();
+        seqs.dedup();
         let before = store.tail(log);
-        for (seq, lsns) in m.retryable() {
+        for seq in seqs {
             let token = u64::MAX - expected.len() as u64;
             let options = AppendOptions {
                 writer: Some((WRITER_ID, seq)),
+                expected_lsn: Some(u64::MAX),
                 ..AppendOptions::default()
             };
-            let got = store
-                .append_batch(
-                    log,
-                    1,
-                    &options,
-                    Batch::Records(&[Record::new(b"again")]),
-                    token,
-                )
-                .unwrap_or_else(|e| panic!("log {log}: retry of batch {seq} after recovery: {e}"));
-            assert_eq!(got, lsns, "log {log}: retry of batch {seq} after recovery");
-            expected.push(Ack {
-                token,
-                log_id: log,
-                lsns,
-            });
+            let batch = Batch::Records(&[Record::new(b"again")]);
+            let probe = match store.append_batch(log, 1, &options, batch, false, token) {
+                Ok((lsns, _)) => {
+                    expected.push(Ack {
+                        token,
+                        log_id: log,
+                        lsns: lsns.clone(),
+                    });
+                    Probe::Remembered(lsns)
+                }
+                Err(Error::ConditionFailed { .. }) => Probe::New,
+                Err(Error::WriterSeq { last, .. }) => Probe::OutOfOrder(last),
+                Err(e) => panic!("log {log}: probe of batch {seq} after recovery: {e}"),
+            };
+            probes.insert((log, seq), probe);
         }
-        assert_eq!(store.tail(log), before, "log {log}: retries append nothing");
+        assert_eq!(store.tail(log), before, "log {log}: probes append nothing");
     }
-    // Everything is durable after recovery: the retries are acknowledged at once.
     let mut acks = Vec::new();
     store.poll(false, &mut acks).expect("poll after recovery");
-    assert_eq!(acks, expected);
-    expected.len() as u64
+    assert_eq!(
+        acks, expected,
+        "retries are acknowledged at once after recovery"
+    );
+    probes
+}
+
+/// Whether the store's answers to the probes are what `logs`' writer windows say.
+fn writers_are(probes: &BTreeMap<(u64, u64), Probe>, logs: &Logs) -> bool {
+    probes.iter().all(|(&(log, seq), probe)| {
+        let window = logs.get(&log).map(|m| &m.window);
+        let last = window.and_then(|w| w.back()).map(|(s, _)| *s);
+        let remembered = window.and_then(|w| w.iter().find(|(s, _)| *s == seq));
+        let want = match (remembered, last) {
+            (Some((_, lsns)), _) => Probe::Remembered(lsns.clone()),
+            (None, Some(last)) if seq <= last => Probe::OutOfOrder(last),
+            _ => Probe::New,
+        };
+        *probe == want
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -942,7 +1330,13 @@ fn run_crash_test(test: &'static str, range: Range<u64>, reads: bool) {
         assert!(coverage.replica_appends > 0, "{coverage:?}");
         if reads {
             assert!(coverage.stored_reads > 0, "{coverage:?}");
+            assert!(coverage.async_reads > 0, "{coverage:?}");
         }
+        assert!(
+            coverage.truncations > 0 && coverage.resets > 0,
+            "{coverage:?}"
+        );
+        assert!(coverage.cuts_recovered > 0, "{coverage:?}");
         assert!(coverage.retries_after_recovery > 0, "{coverage:?}");
         assert!(coverage.unacked_survivors > 0, "{coverage:?}");
         assert!(coverage.unacked_lost > 0, "{coverage:?}");

@@ -19,8 +19,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chainlog_storage::{
-    Ack, DurabilityMode, Error, FaultConfig, Pin, Record, ReplicaState, SimDisk, SimIo, Store,
-    StoreConfig,
+    Ack, AppendOptions, Batch, DurabilityMode, Error, FaultConfig, Pin, Record, ReplicaState,
+    SimDisk, SimIo, Store, StoreConfig,
 };
 use proptest::prelude::*;
 
@@ -305,16 +305,18 @@ fn run(ops: &[Op], seed: u64) {
                     let count = payloads.len() as u32;
                     let state = ReplicaState::default();
                     loop {
-                        match store
-                            .append_replica(log, epoch, first_lsn, &stamped, count, &state, token)
-                        {
+                        match store.append_replica(
+                            log, epoch, first_lsn, &stamped, count, &state, *pin, token,
+                        ) {
                             Err(Error::Overloaded) => relieve(&mut store, &mut model, &mut pins),
                             other => break other,
                         }
                     }
                 } else {
+                    let options = AppendOptions::default();
                     loop {
-                        match store.append(log, epoch, &records, token) {
+                        let batch = Batch::Records(&records);
+                        match store.append_batch(log, epoch, &options, batch, *pin, token) {
                             Err(Error::Overloaded) => relieve(&mut store, &mut model, &mut pins),
                             other => break other,
                         }
@@ -325,12 +327,11 @@ fn run(ops: &[Op], seed: u64) {
                         matches!(got, Err(Error::Gap { expected }) if expected == next),
                         "step {step}: a replica append at {first_lsn}, next LSN {next}: {got:?}"
                     );
-                    assert!(store.pin_last().is_none());
                 } else {
-                    let lsns = got.unwrap_or_else(|e| panic!("step {step}: append: {e}"));
+                    let (lsns, pinned) = got.unwrap_or_else(|e| panic!("step {step}: append: {e}"));
                     assert_eq!(lsns, next..next + records.len() as u64, "step {step}");
-                    if *pin {
-                        let pin = store.pin_last().expect("records were stored");
+                    assert_eq!(pinned.is_some(), *pin, "step {step}: a pin when asked");
+                    if let Some(pin) = pinned {
                         let bytes = store.pinned(&pin).to_vec();
                         let stamped: Vec<_> =
                             chainlog_storage::format::Records::new(&bytes, lens.len() as u32)

@@ -31,8 +31,9 @@ use chainlog_storage::format::{
 };
 use chainlog_storage::io::{Completion, FileId};
 use chainlog_storage::{
-    fatal, Ack, Durability, DurabilityMode, Error, FaultConfig, FaultPlan, FaultyIo, Io, LogTail,
-    ReadRecord, Record, SimDisk, SimRng, Store, StoreConfig, SystemClock, UringIo, FATAL_EXIT_CODE,
+    fatal, Ack, Durability, DurabilityMode, Error, FatalReason, FaultConfig, FaultPlan, FaultyIo,
+    Io, LogTail, ReadRecord, Record, SimDisk, SimRng, Store, StoreConfig, SystemClock, UringIo,
+    FATAL_EXIT_CODE,
 };
 use common::writes_at_open;
 
@@ -772,7 +773,7 @@ fn child_faulty_appender() {
                     outstanding += 1;
                 }
                 Err(Error::Overloaded) => {}
-                Err(Error::Fatal(reason)) => fatal(&reason),
+                Err(Error::Fatal(reason)) => fatal(FatalReason::store(None, reason)),
                 Err(e) => panic!("append: {e}"),
             }
         }
@@ -786,7 +787,7 @@ fn child_faulty_appender() {
         stdout.flush().expect("stdout");
         match polled {
             Ok(()) => {}
-            Err(Error::Fatal(reason)) => fatal(&reason),
+            Err(Error::Fatal(reason)) => fatal(FatalReason::store(None, reason)),
             Err(e) => panic!("poll: {e}"),
         }
     }

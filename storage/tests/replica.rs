@@ -8,17 +8,15 @@
 //! and from disk alike.
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use chainlog_storage::format::{record_bytes, RecordHeader, Records, SYSTEM_LOG};
 use chainlog_storage::{
-    AppendOptions, Batch, Clock, DurabilityMode, Error, FaultPlan, FaultyIo, Io, ReadRecord,
-    Record, ReplicaState, Store, StoreConfig, StoredRun, SystemClock, UringIo,
+    AppendOptions, Batch, DurabilityMode, Error, FaultPlan, FaultyIo, Io, Pin, ReadRecord, Record,
+    ReplicaState, Store, StoreConfig, StoredRun,
 };
 
 mod common;
-use common::{assert_res, real_dir, stamped, writes_at_open, Sim};
+use common::{assert_res, on_both_backends, stamped, writes_at_open, Backend, Real, Sim};
 
 const LOG: u64 = 7;
 const RECORD_BYTES_MAX: usize = 16 << 10;
@@ -42,74 +40,14 @@ fn config() -> StoreConfig {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Backends
-// ---------------------------------------------------------------------------------------------
-
-/// Where stores live: shard directories reopened on the same files.
-trait Backend {
-    type Io: Io;
-    fn io(&mut self) -> Self::Io;
-    fn dir(&self, name: &str) -> PathBuf;
-    fn clock(&self) -> Arc<dyn Clock>;
-
+/// Opens the store `name` of a backend with this suite's configuration.
+trait Open: Backend {
     fn open(&mut self, name: &str) -> Store<Self::Io> {
-        let io = self.io();
-        Store::open(io, &self.dir(name), config(), self.clock()).expect("open")
+        self.open_with(name, config())
     }
 }
 
-impl Backend for Sim {
-    type Io = chainlog_storage::SimIo;
-    fn io(&mut self) -> Self::Io {
-        // Latency, so that a `poll(false)` leaves the frames it submits in flight.
-        self.next_io(500)
-    }
-    fn dir(&self, name: &str) -> PathBuf {
-        Path::new("/sim").join(name)
-    }
-    fn clock(&self) -> Arc<dyn Clock> {
-        self.sim_clock()
-    }
-}
-
-/// Directories on the real file system.
-struct Real {
-    tmp: tempfile::TempDir,
-}
-
-impl Real {
-    fn new() -> Real {
-        Real {
-            tmp: real_dir("replica-"),
-        }
-    }
-}
-
-impl Backend for Real {
-    type Io = UringIo;
-    fn io(&mut self) -> UringIo {
-        UringIo::new(64).expect("io_uring is available")
-    }
-    fn dir(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
-    }
-    fn clock(&self) -> Arc<dyn Clock> {
-        Arc::new(SystemClock::new())
-    }
-}
-
-/// Each scenario as one test per backend.
-macro_rules! on_both_backends {
-    ($($name:ident,)*) => {
-        mod sim {
-            $(#[test] fn $name() { super::$name(&mut super::Sim::new()); })*
-        }
-        mod uring {
-            $(#[test] fn $name() { super::$name(&mut super::Real::new()); })*
-        }
-    };
-}
+impl<B: Backend> Open for B {}
 
 on_both_backends!(
     a_replica_stores_the_heads_records_as_they_are,
@@ -166,7 +104,22 @@ fn replicate<I: Io>(
 ) -> Result<Range<u64>, Error> {
     let bytes = stamped(log, first_lsn, 3, payloads);
     let count = payloads.len() as u32;
-    store.append_replica(log, 3, first_lsn, &bytes, count, state, token)
+    store
+        .append_replica(log, 3, first_lsn, &bytes, count, state, false, token)
+        .map(|(lsns, _)| lsns)
+}
+
+/// Appends `records` to `log` and pins them.
+fn append_pinned<I: Io>(
+    store: &mut Store<I>,
+    log: u64,
+    options: &AppendOptions,
+    records: &[Record<'_>],
+    token: u64,
+) -> Result<(Range<u64>, Pin), Error> {
+    let batch = Batch::Records(records);
+    let (lsns, pin) = store.append_batch(log, 1, options, batch, true, token)?;
+    Ok((lsns, pin.expect("records were stored")))
 }
 
 fn keyed_and_fenced(writer: (u64, u64), token: u64) -> ReplicaState {
@@ -198,22 +151,22 @@ fn a_replica_stores_the_heads_records_as_they_are<B: Backend>(b: &mut B) {
     for (i, (batch, options)) in batches.iter().zip(&options).enumerate() {
         let records: Vec<Record<'_>> = batch.iter().map(|p| Record::new(p)).collect();
         let token = i as u64;
-        let lsns = head
-            .append_batch(LOG, 3, options, Batch::Records(&records), token)
+        let (lsns, pin) = head
+            .append_batch(LOG, 3, options, Batch::Records(&records), true, token)
             .expect("head append");
         assert_eq!(lsns, next..next + batch.len() as u64);
-        let pin = head.pin_last().expect("records were stored");
+        let pin = pin.expect("records were stored");
         let bytes = head.pinned(&pin).to_vec();
         let state = ReplicaState {
             fencing_token: options.fencing_token,
             writer: options.writer,
         };
         let count = batch.len() as u32;
-        assert_res!(
-            replica.append_replica(LOG, 3, next, &bytes, count, &state, 10 + token),
-            Ok(lsns.clone())
-        );
-        let copy = replica.pin_last().expect("records were stored");
+        let (stored, copy) = replica
+            .append_replica(LOG, 3, next, &bytes, count, &state, true, 10 + token)
+            .expect("replica append");
+        assert_eq!(stored, lsns);
+        let copy = copy.expect("records were stored");
         assert_eq!(replica.pinned(&copy), bytes, "stored as they came");
         let parsed = parse(&bytes, count);
         for (k, (header, payload)) in parsed.iter().enumerate() {
@@ -276,7 +229,9 @@ fn the_heads_state_survives_a_reopen_and_the_replica_can_lead<B: Backend>(b: &mu
         ..AppendOptions::default()
     };
     assert_res!(
-        leader.append_batch(LOG, 4, &fenced, Batch::Records(&x), 4),
+        leader
+            .append_batch(LOG, 4, &fenced, Batch::Records(&x), false, 4)
+            .map(|(lsns, _)| lsns),
         Err(Error::Fenced { token: 6 })
     );
     for (seq, lsns) in [(1, 0..2), (4, 2..3)] {
@@ -285,7 +240,9 @@ fn the_heads_state_survives_a_reopen_and_the_replica_can_lead<B: Backend>(b: &mu
             ..AppendOptions::default()
         };
         assert_res!(
-            leader.append_batch(LOG, 4, &retry, Batch::Records(&x), 5),
+            leader
+                .append_batch(LOG, 4, &retry, Batch::Records(&x), false, 5)
+                .map(|(lsns, _)| lsns),
             Ok(lsns),
             "a retry of a replicated batch"
         );
@@ -296,7 +253,16 @@ fn the_heads_state_survives_a_reopen_and_the_replica_can_lead<B: Backend>(b: &mu
         "retries append nothing"
     );
     assert_res!(
-        leader.append_batch(LOG, 4, &AppendOptions::default(), Batch::Records(&x), 6),
+        leader
+            .append_batch(
+                LOG,
+                4,
+                &AppendOptions::default(),
+                Batch::Records(&x),
+                false,
+                6
+            )
+            .map(|(lsns, _)| lsns),
         Ok(4..5)
     );
     assert_eq!(sync(&mut leader), [5, 5, 6]);
@@ -411,14 +377,20 @@ fn refused_replica_appends_write_nothing<B: Backend>(b: &mut B) {
         ),
     ];
     for (what, first_lsn, bytes, count, expected) in cases {
-        let got = store.append_replica(LOG, 3, first_lsn, &bytes, count, &none, 99);
-        assert_eq!(got.map_err(|e| e.to_string()), Err(expected), "{what}");
+        let got = store.append_replica(LOG, 3, first_lsn, &bytes, count, &none, true, 99);
+        assert_eq!(
+            got.map(|(lsns, _)| lsns).map_err(|e| e.to_string()),
+            Err(expected),
+            "{what}"
+        );
         assert_eq!(store.tail(LOG), before, "{what}: nothing written");
-        assert!(store.pin_last().is_none(), "{what}: nothing to pin");
+        assert_eq!(store.metrics().frames_pinned, 0, "{what}: nothing pinned");
     }
     let system = stamped(SYSTEM_LOG, 0, 3, &good);
     assert_res!(
-        store.append_replica(SYSTEM_LOG, 3, 0, &system, 2, &none, 99),
+        store
+            .append_replica(SYSTEM_LOG, 3, 0, &system, 2, &none, false, 99)
+            .map(|(lsns, _)| lsns),
         Err(Error::ReservedLog(SYSTEM_LOG))
     );
     for log in 1..LOGS_MAX as u64 {
@@ -468,12 +440,7 @@ fn pinned_bytes_stay_identical_through_the_frames_life<B: Backend>(b: &mut B) {
         writer: Some((1, 1)),
         ..AppendOptions::default()
     };
-    store
-        .append_batch(LOG, 1, &options, Batch::Records(&records), 1)
-        .expect("append");
-    let pin = store.pin_last().expect("records were stored");
-    let first = store.pin_last().expect("again");
-    store.unpin(first);
+    let (_, pin) = append_pinned(&mut store, LOG, &options, &records, 1).expect("append");
     let bytes = store.pinned(&pin).to_vec();
     let at = store.pinned(&pin).as_ptr();
     assert_eq!(pin.len(), bytes.len());
@@ -539,11 +506,10 @@ fn a_pinned_buffer_is_never_reused<B: Backend>(b: &mut B) {
     let mut pins = Vec::new();
     let mut lsn = 0;
     let overloaded = loop {
-        match store.append(LOG, 1, &two, lsn) {
-            Ok(lsns) => {
+        match append_pinned(&mut store, LOG, &AppendOptions::default(), &two, lsn) {
+            Ok((lsns, pin)) => {
                 assert_eq!(lsns, lsn..lsn + 2);
                 lsn += 2;
-                let pin = store.pin_last().expect("stored");
                 let bytes = store.pinned(&pin).to_vec();
                 pins.push((pin, bytes));
                 sync(&mut store);
@@ -557,7 +523,18 @@ fn a_pinned_buffer_is_never_reused<B: Backend>(b: &mut B) {
     assert_eq!(store.metrics().frames_pinned, pins.len() as u64);
     let stamped_two = stamped(LOG, lsn, 3, &[big.clone(), big.clone()]);
     assert_res!(
-        store.append_replica(LOG, 3, lsn, &stamped_two, 2, &ReplicaState::default(), 99),
+        store
+            .append_replica(
+                LOG,
+                3,
+                lsn,
+                &stamped_two,
+                2,
+                &ReplicaState::default(),
+                false,
+                99
+            )
+            .map(|(lsns, _)| lsns),
         Err(Error::Overloaded)
     );
     assert_eq!(
@@ -574,15 +551,18 @@ fn a_pinned_buffer_is_never_reused<B: Backend>(b: &mut B) {
     store.unpin(pin);
     assert_res!(store.append(LOG, 1, &two, lsn), Ok(lsn..lsn + 2));
     assert_res!(
-        store.append_replica(
-            LOG,
-            3,
-            lsn + 2,
-            &stamped(LOG, lsn + 2, 3, &[vec![1]]),
-            1,
-            &ReplicaState::default(),
-            100
-        ),
+        store
+            .append_replica(
+                LOG,
+                3,
+                lsn + 2,
+                &stamped(LOG, lsn + 2, 3, &[vec![1]]),
+                1,
+                &ReplicaState::default(),
+                false,
+                100
+            )
+            .map(|(lsns, _)| lsns),
         Ok(lsn + 2..lsn + 3),
         "room in the same frame"
     );
@@ -607,14 +587,13 @@ fn pins_of_a_failed_store_stay_valid_until_unpinned<B: Backend>(b: &mut B) {
     let mut store = Store::open(io, &dir, config(), b.clock()).expect("open");
     let one = payloads(2, 100, 8);
     let records: Vec<Record<'_>> = one.iter().map(|p| Record::new(p)).collect();
-    store.append(LOG, 1, &records, 1).expect("append");
-    let failing = store.pin_last().expect("stored");
+    let none = AppendOptions::default();
+    let (_, failing) = append_pinned(&mut store, LOG, &none, &records, 1).expect("append");
     let mut pins = vec![(store.pinned(&failing).to_vec(), failing)];
     // The failing write is submitted here; on a real ring it may also complete (and fail the
     // store) before this poll returns, else a second frame is filled and pinned meanwhile.
     if store.poll(false, &mut Vec::new()).is_ok() {
-        store.append(LOG, 1, &records, 2).expect("append");
-        let unwritten = store.pin_last().expect("stored");
+        let (_, unwritten) = append_pinned(&mut store, LOG, &none, &records, 2).expect("append");
         pins.push((store.pinned(&unwritten).to_vec(), unwritten));
     }
     let mut acks = Vec::new();
@@ -622,10 +601,9 @@ fn pins_of_a_failed_store_stay_valid_until_unpinned<B: Backend>(b: &mut B) {
     assert!(matches!(failed, Err(Error::Fatal(_))), "{failed:?}");
     assert!(acks.is_empty());
     assert!(matches!(
-        store.append(LOG, 1, &records, 3),
+        append_pinned(&mut store, LOG, &none, &records, 3),
         Err(Error::Fatal(_))
     ));
-    assert!(store.pin_last().is_none());
     for (bytes, pin) in pins {
         assert_eq!(store.pinned(&pin), bytes);
         store.unpin(pin);
@@ -776,7 +754,8 @@ fn stored_runs_carry_each_batchs_key_and_raise<B: Backend>(b: &mut B) {
             expected_lsn: None,
         };
         store
-            .append_batch(LOG, 1, &options, Batch::Records(&records), token)
+            .append_batch(LOG, 1, &options, Batch::Records(&records), false, token)
+            .map(|(lsns, _)| lsns)
             .expect("append");
         // Another log's batch between: runs are of one log.
         store

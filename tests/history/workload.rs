@@ -199,6 +199,7 @@ fn worth_resending(e: &ClientError) -> bool {
                 | ErrorCode::NotHead
                 | ErrorCode::WrongEpoch
                 | ErrorCode::UnknownLog
+                | ErrorCode::Sealed
         ),
         ClientError::Protocol(_) | ClientError::Invalid(_) => false,
     }

@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chainlog_storage::{
-    fatal, Ack, Calibration, Durability, DurabilityMode, Error, Record, Store, StoreConfig,
-    StoreMetrics, SystemClock, UringIo,
+    fatal, Ack, Calibration, Durability, DurabilityMode, Error, FatalReason, Record, Store,
+    StoreConfig, StoreMetrics, SystemClock, UringIo,
 };
 use clap::builder::TypedValueParser as _;
 use clap::{Args, ValueEnum};
@@ -200,7 +200,7 @@ pub(crate) fn main(args: StorageArgs) -> Result<(), String> {
     let io = UringIo::new(RING_ENTRIES).map_err(|e| format!("setting up io_uring: {e}"))?;
     let mut store = match Store::open(io, &dir, config, Arc::new(SystemClock::new())) {
         Ok(store) => store,
-        Err(Error::Fatal(reason)) => fatal(&reason),
+        Err(Error::Fatal(reason)) => fatal(FatalReason::store(None, reason)),
         Err(e) => return Err(format!("opening the store in {}: {e}", dir.display())),
     };
     let payloads = payloads(args.record_size, args.concurrency as usize);
@@ -371,7 +371,7 @@ fn run(
                     client.accepted = true;
                     ready.pop_front();
                 }
-                Err(Error::Fatal(reason)) => fatal(&reason),
+                Err(Error::Fatal(reason)) => fatal(FatalReason::store(None, reason)),
                 Err(e) if e.is_retryable() => {
                     // Overloaded: no write buffer frees up before the next poll, so the other
                     // ready clients would be refused too (each refusal costs the store a CRC
@@ -419,7 +419,7 @@ fn run(
 
     // Let what is still in flight become durable (not counted), so the store ends clean.
     if let Err(e) = store.sync_all(&mut acks) {
-        fatal(&format!("draining the store: {e}"));
+        fatal(FatalReason::store(None, format!("draining the store: {e}")));
     }
     for ack in acks.drain(..) {
         take_ack(&mut clients, &ack);
@@ -443,8 +443,8 @@ fn run(
 fn poll(store: &mut Store<UringIo>, wait: bool, acks: &mut Vec<Ack>) {
     match store.poll(wait, acks) {
         Ok(()) => {}
-        Err(Error::Fatal(reason)) => fatal(&reason),
-        Err(e) => fatal(&format!("poll failed: {e}")),
+        Err(Error::Fatal(reason)) => fatal(FatalReason::store(None, reason)),
+        Err(e) => fatal(FatalReason::store(None, format!("poll failed: {e}"))),
     }
 }
 

@@ -186,7 +186,8 @@ fn signal(pid: u32, signal: &str) {
 }
 
 #[test]
-fn a_run_with_a_chain_member_stopped_for_half_of_it_reports_the_failures_and_fails() {
+fn a_run_with_a_chain_member_and_the_controller_stopped_for_half_of_it_reports_the_failures_and_fails(
+) {
     let scratch = tempfile::tempdir().expect("tempdir");
     let json = scratch.path().join("report.json");
     let mut bench = Bench(
@@ -212,14 +213,21 @@ fn a_run_with_a_chain_member_stopped_for_half_of_it_reports_the_failures_and_fai
             .is_some_and(|s| s >= 2.0)
     });
     assert!(half.is_some(), "the run never got half way");
-    let nodes: Vec<u32> = children_of(pid)
-        .into_iter()
+    let children = children_of(pid);
+    let nodes: Vec<u32> = children
+        .iter()
         .filter(|(_, args)| args.iter().any(|a| a == "node"))
-        .map(|(pid, _)| pid)
+        .map(|(pid, _)| *pid)
         .collect();
     assert_eq!(nodes.len(), 3, "three node children: {nodes:?}");
-    // Every node is in the one log's chain of three: stopping any stops every append.
-    let stopped = Stopped::stop(nodes[2]);
+    let controller = children
+        .iter()
+        .find(|(_, args)| args.iter().any(|a| a == "controller"))
+        .map(|(pid, _)| *pid)
+        .expect("a controller child");
+    // Every node is in the one log's chain of three: stopping any stops every append until
+    // the controller seals it out; with the controller stopped too, until the end.
+    let stopped = (Stopped::stop(controller), Stopped::stop(nodes[2]));
     // Drain stderr so the bench never blocks on a full pipe.
     let stderr_rest = std::thread::spawn(move || lines.collect::<Vec<String>>());
     // The node stays stopped through the end of the window and the drain: until the report

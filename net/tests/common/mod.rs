@@ -258,6 +258,10 @@ pub fn request_corpus() -> Vec<Vec<u8>> {
             from_lsn: 10,
             max_records: 512,
         }),
+        Request::Seal(SealRequest {
+            log_id: 7,
+            epoch: 3,
+        }),
     ];
     requests
         .iter()
@@ -472,6 +476,12 @@ pub fn response_corpus() -> Vec<Vec<u8>> {
             writer_id: 4,
             writer_seq: 5,
             records: pulled,
+        }),
+        Response::Seal(SealResponse {
+            log_id: 7,
+            epoch: 3,
+            end_lsn: 20,
+            trim_point: 4,
         }),
         Response::Pull(PullResponse {
             log_id: 7,

@@ -128,7 +128,9 @@ impl UringIo {
             }
             // The submission queue is full: hand it to the kernel and try again.
             if let Err(e) = self.ring.submit() {
-                crate::fatal::fatal(&format!("io_uring submit failed: {e}"));
+                crate::fatal::fatal(crate::fatal::FatalReason::Submit {
+                    error: e.to_string(),
+                });
             }
         }
     }

@@ -1,10 +1,13 @@
 //! Helpers shared by the storage test suites (each suite uses some of them).
 #![allow(dead_code, unused_macros, unused_imports)]
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chainlog_storage::format::{record_bytes, RecordHeader, RECORD_HEADER_BYTES};
-use chainlog_storage::{Clock, FaultConfig, SimDisk, SimIo};
+use chainlog_storage::{
+    Clock, FaultConfig, Io, SimDisk, SimIo, Store, StoreConfig, SystemClock, UringIo,
+};
 
 /// `assert_eq!` for store results (`Error` has no `PartialEq`: compared by message).
 macro_rules! assert_res {
@@ -55,6 +58,73 @@ impl Sim {
         Arc::new(self.disk.clock())
     }
 }
+
+/// Where stores live (the simulator or the real file system with io_uring): shard directories
+/// reopened on the same files, by name.
+pub(crate) trait Backend {
+    type Io: Io;
+    fn io(&mut self) -> Self::Io;
+    fn dir(&self, name: &str) -> PathBuf;
+    fn clock(&self) -> Arc<dyn Clock>;
+
+    fn open_with(&mut self, name: &str, config: StoreConfig) -> Store<Self::Io> {
+        let io = self.io();
+        Store::open(io, &self.dir(name), config, self.clock()).expect("open")
+    }
+}
+
+impl Backend for Sim {
+    type Io = SimIo;
+    fn io(&mut self) -> Self::Io {
+        // Latency, so that a `poll(false)` leaves the frames it submits in flight.
+        self.next_io(500)
+    }
+    fn dir(&self, name: &str) -> PathBuf {
+        Path::new("/sim").join(name)
+    }
+    fn clock(&self) -> Arc<dyn Clock> {
+        self.sim_clock()
+    }
+}
+
+/// Directories on the real file system.
+pub(crate) struct Real {
+    tmp: tempfile::TempDir,
+}
+
+impl Real {
+    pub(crate) fn new() -> Real {
+        Real {
+            tmp: real_dir("backend-"),
+        }
+    }
+}
+
+impl Backend for Real {
+    type Io = UringIo;
+    fn io(&mut self) -> UringIo {
+        UringIo::new(64).expect("io_uring is available")
+    }
+    fn dir(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+    fn clock(&self) -> Arc<dyn Clock> {
+        Arc::new(SystemClock::new())
+    }
+}
+
+/// Each scenario (a function generic over [`Backend`]) as one test per backend.
+macro_rules! on_both_backends {
+    ($($name:ident,)*) => {
+        mod sim {
+            $(#[test] fn $name() { super::$name(&mut super::Sim::new()); })*
+        }
+        mod uring {
+            $(#[test] fn $name() { super::$name(&mut super::Real::new()); })*
+        }
+    };
+}
+pub(crate) use on_both_backends;
 
 /// `payloads` in the stored layout, as a head sequenced them: every header field set, LSNs
 /// from `first_lsn`, a timestamp derived from the LSN (so it is recognisable when read back).

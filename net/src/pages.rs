@@ -1,12 +1,11 @@
 //! Reading the whole cluster map from GET_MAP pages (PROTOCOL.md section 6.12), without I/O:
 //! [`MapPages`] says which page to ask for next and assembles the pages into a
 //! [`ClusterMap`], starting again from the first page when the map's version changes between
-//! two pages. Both clients of the controller drive it: the blocking one
-//! ([`super::client`]) and the async one ([`crate::client`]), each with its own I/O.
+//! two pages. Both clients of the controller drive it, each with its own I/O: the blocking
+//! one (a node's control thread, tools) and the async client library.
 
-use chainlog_net::{GetMapRequest, GetMapResponse};
-
-use super::state::{ClusterMap, MapLog, MapNode};
+use crate::cluster::{ClusterMap, MapLog, MapNode};
+use crate::message::{GetMapRequest, GetMapResponse};
 
 /// How many times the map may change while it is read before the reader gives up (each
 /// change starts the reading again; a controller changing its map faster than a reader can

@@ -1,0 +1,717 @@
+//! A shard's replication state: one [`Replica`] (the state machine of `crate::replication`)
+//! per log it holds, and what the shard does with them between the protocol and the links.
+//!
+//! The protocol (`super::protocol`) calls a narrow API: whether a log may take an append here
+//! ([`Replicas::admit_append`]: the head, settled, the chain not too far behind) and what was
+//! stored for it ([`Replicas::appended`]), trims and barriers, the logs a create, a delete or
+//! a cluster map adds and removes, the positions readers may see ([`Replicas::readable`]), and
+//! the predecessor's requests as a whole ([`Replicas::replicate`], [`Replicas::pull`]), and
+//! SEAL of an epoch ([`Replicas::seal`]; a sealed epoch's appends, REPLICATEs and PULLs are
+//! SEALED from then on). Those are checked here against the log's current epoch and chain,
+//! and records sent again are
+//! checked against the ones stored ([`same_as_stored`]). The links (`super::chain`) take what
+//! this leaves for the end of the turn: the records to forward now ([`Forward`], pinned in the
+//! store), the logs whose state changed, and the answers owed upstream ([`encode_answers`], on
+//! the connection the log's REPLICATEs came from: [`Replicas::upstream`]); and they say which
+//! logs' links are over budget ([`Replicas::set_congested`]).
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+
+use chainlog_net::{
+    encode_response, ErrorCode, Limits, Opcode, PullRequest, PullResponse, RecordForm, Records,
+    ReplicateKind, ReplicateRequest, ReplicateResponse, Response, ARG_NONE, TOKEN_NONE,
+    WRITER_NONE,
+};
+use chainlog_storage::io::Io;
+use chainlog_storage::{Ack, Pin, ReplicaState, Store};
+
+use super::catalog::{Catalog, LogEntry as CatalogEntry};
+use super::records::encode_run;
+use super::refusal::{refuse, Refusal};
+use crate::replication::{Answer, Blocked, Forwarding, NodeId, Receive, Replica, Upstream};
+
+/// Records of a log its head holds and the rest of the chain has not yet (uncommitted) at
+/// which the head refuses more appends with OVERLOADED: a slow or stopped replica must not
+/// make the head pile up records without bound (65,536 records is 0.3 s of appends at
+/// 200,000 records/s).
+const UNCOMMITTED_RECORDS_MAX: u64 = 1 << 16;
+
+/// Store token of operations nobody waits for (a replica's writes, whose answers go upstream
+/// by LSN; the trim that frees a deleted log's space): it names no connection slot.
+pub(crate) const UNANSWERED: u64 = u64::MAX;
+
+/// Records stored here that go to the successor now, pinned where they were stored.
+#[derive(Debug)]
+pub(crate) struct Forward {
+    pub(crate) log_id: u64,
+    pub(crate) epoch: u64,
+    pub(crate) first: u64,
+    pub(crate) end: u64,
+    /// The batch's fencing token (0: none) and idempotency key (0, 0: none).
+    pub(crate) fencing_token: u64,
+    pub(crate) writer: (u64, u64),
+    pub(crate) pin: Pin,
+}
+
+/// The replication state of every log of a shard's catalog (a single node's logs are chains
+/// of one: durable here is committed).
+#[derive(Debug)]
+pub(crate) struct Replicas {
+    node_id: NodeId,
+    limits: Limits,
+    logs: HashMap<u64, Replica>,
+    /// Records stored in this turn that go to the successor now (pinned in the store).
+    forwards: Vec<Forward>,
+    /// Logs whose replication state changed in this turn.
+    touched: HashSet<u64>,
+    /// Logs whose link to the successor is over its budget: their appends are OVERLOADED.
+    congested: HashSet<u64>,
+    /// The store token of the connection each log's REPLICATEs came from last (its answers
+    /// go there).
+    upstream: HashMap<u64, u64>,
+}
+
+impl Replicas {
+    /// The replicas of the logs `catalog` holds, over what `store` holds of them. Every one
+    /// may have lost records that others hold, so each settles before it acts; chained logs
+    /// link up to their successors at once.
+    pub(crate) fn load<I: Io>(
+        node_id: NodeId,
+        limits: Limits,
+        catalog: &Catalog,
+        store: &Store<I>,
+    ) -> Replicas {
+        let logs: HashMap<u64, Replica> = catalog
+            .list(None, usize::MAX)
+            .map(|(log_id, entry)| (log_id, replica_of(log_id, entry, node_id, store, true)))
+            .collect();
+        let touched = logs
+            .iter()
+            .filter(|(_, r)| r.successor().is_some())
+            .map(|(&log_id, _)| log_id)
+            .collect();
+        Replicas {
+            node_id,
+            limits,
+            logs,
+            forwards: Vec::new(),
+            touched,
+            congested: HashSet::new(),
+            upstream: HashMap::new(),
+        }
+    }
+
+    /// The replica of `log_id`, if this shard holds the log.
+    pub(crate) fn get(&self, log_id: u64) -> Option<&Replica> {
+        self.logs.get(&log_id)
+    }
+
+    /// The replica of `log_id`, to change (the links' side).
+    pub(crate) fn get_mut(&mut self, log_id: u64) -> Option<&mut Replica> {
+        self.logs.get_mut(&log_id)
+    }
+
+    /// Every replica, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, &Replica)> {
+        self.logs.iter().map(|(&log_id, r)| (log_id, r))
+    }
+
+    /// Every replica, to change, in no particular order.
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (u64, &mut Replica)> {
+        self.logs.iter_mut().map(|(&log_id, r)| (log_id, r))
+    }
+
+    /// The replica of a log of this shard, or UNKNOWN_LOG.
+    pub(crate) fn known(&self, log_id: u64) -> Result<&Replica, Refusal> {
+        self.logs.get(&log_id).ok_or_else(|| {
+            refuse(
+                ErrorCode::UnknownLog,
+                ARG_NONE,
+                format!("no log {log_id} on this shard"),
+            )
+        })
+    }
+
+    /// Records of `log_id` that may be served to readers here (committed and durable here);
+    /// 0 for a log this shard does not hold.
+    pub(crate) fn readable(&self, log_id: u64) -> u64 {
+        self.logs.get(&log_id).map_or(0, Replica::readable)
+    }
+
+    /// The log's replica if this node is its head and may act as one (appends, trims and
+    /// CHECK_TAIL go there): NOT_HEAD naming the head, or UNAVAILABLE while it settles.
+    pub(crate) fn head(&mut self, log_id: u64) -> Result<&mut Replica, Refusal> {
+        let replica = self.known(log_id)?;
+        match replica.can_append() {
+            Ok(()) => {}
+            Err(Blocked::NotHead) => {
+                let head = replica.head();
+                return Err(refuse(
+                    ErrorCode::NotHead,
+                    head,
+                    format!("node {head} is the head of log {log_id}"),
+                ));
+            }
+            Err(Blocked::Sealed { end }) => {
+                return Err(refuse(
+                    ErrorCode::Sealed,
+                    end,
+                    format!("log {log_id}: the epoch is sealed here at {end}; a new one follows"),
+                ))
+            }
+            Err(Blocked::Settling) => {
+                return Err(refuse(
+                    ErrorCode::Unavailable,
+                    ARG_NONE,
+                    format!(
+                        "log {log_id}: this head restarted and waits to learn where the rest \
+                         of its chain stands"
+                    ),
+                ))
+            }
+            Err(Blocked::SuccessorAhead { successor_next }) => {
+                return Err(refuse(
+                    ErrorCode::Unavailable,
+                    ARG_NONE,
+                    format!(
+                        "log {log_id}: the chain holds records up to {successor_next} that \
+                         this head lost; appends wait for a new epoch"
+                    ),
+                ))
+            }
+        }
+        Ok(self.logs.get_mut(&log_id).expect("checked above"))
+    }
+
+    /// Whether `log_id` takes an append here now (see [`head`](Self::head)), and OVERLOADED
+    /// while the rest of its chain is too far behind; returns the log's current epoch.
+    pub(crate) fn admit_append(&mut self, log_id: u64) -> Result<u64, Refusal> {
+        let replica = self.head(log_id)?;
+        let epoch = replica.epoch();
+        let uncommitted = replica.next_lsn() - replica.committed();
+        let chained = replica.successor().is_some();
+        if chained && uncommitted >= UNCOMMITTED_RECORDS_MAX || self.congested.contains(&log_id) {
+            // The rest of the chain is slow (or down): refuse rather than pile up records
+            // that cannot commit.
+            return Err(refuse(
+                ErrorCode::Overloaded,
+                10,
+                format!("log {log_id}: {uncommitted} records wait for the rest of the chain"),
+            ));
+        }
+        Ok(epoch)
+    }
+
+    /// The head stored an APPEND's records at `lsns` in `epoch` (just now, with
+    /// `Store::append_batch`, which pinned them: `pin`): they go to the successor at once if
+    /// its link is in sync, else they are unpinned. A retried batch (its idempotency key was
+    /// seen) got its original LSNs and stored (and pinned) nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn appended<I: Io>(
+        &mut self,
+        log_id: u64,
+        epoch: u64,
+        lsns: Range<u64>,
+        pin: Option<Pin>,
+        fencing_token: u64,
+        writer: (u64, u64),
+        store: &mut Store<I>,
+    ) {
+        let Some(pin) = pin else {
+            return;
+        };
+        let replica = self.logs.get_mut(&log_id).expect("admitted");
+        if replica.stored(lsns.start, lsns.end, None) != Forwarding::Now {
+            store.unpin(pin);
+        } else {
+            self.forwards.push(Forward {
+                log_id,
+                epoch,
+                first: lsns.start,
+                end: lsns.end,
+                fencing_token,
+                writer,
+                pin,
+            });
+        }
+        self.touch(log_id);
+    }
+
+    /// A CHECK_TAIL at the head: a barrier through the chain, settled when every replica
+    /// answered what came before it (at once on a single node); returns its sequence number.
+    pub(crate) fn barrier(&mut self, log_id: u64) -> Result<u64, Refusal> {
+        let seq = self.head(log_id)?.barrier(None);
+        self.touch(log_id);
+        Ok(seq)
+    }
+
+    /// The head trimmed `log_id` before `before` in its store: the trim goes down the chain.
+    pub(crate) fn trimmed(&mut self, log_id: u64, before: u64) {
+        self.logs
+            .get_mut(&log_id)
+            .expect("trimmed at the head")
+            .trim(before, None);
+        self.touch(log_id);
+    }
+
+    /// A log created on this standalone node: new to everyone, nothing to settle.
+    pub(crate) fn create<I: Io>(&mut self, log_id: u64, entry: &CatalogEntry, store: &Store<I>) {
+        let replica = replica_of(log_id, entry, self.node_id, store, false);
+        self.logs.insert(log_id, replica);
+    }
+
+    /// True if `log_id` is held here in `epoch` with `chain`.
+    pub(crate) fn is_current(&self, log_id: u64, epoch: u64, chain: &[u64]) -> bool {
+        self.logs
+            .get(&log_id)
+            .is_some_and(|r| r.epoch() == epoch && r.chain() == chain)
+    }
+
+    /// A log (or a new epoch of one) the cluster map gives this node; `recovered` unless it is
+    /// new to the whole chain (then it settles first: [`Replica::recovered`]).
+    pub(crate) fn install<I: Io>(
+        &mut self,
+        log_id: u64,
+        entry: &CatalogEntry,
+        store: &Store<I>,
+        recovered: bool,
+    ) {
+        let replica = replica_of(log_id, entry, self.node_id, store, recovered);
+        self.logs.insert(log_id, replica);
+        self.touched.insert(log_id);
+    }
+
+    /// A log deleted here, or gone from the cluster map.
+    pub(crate) fn remove(&mut self, log_id: u64) {
+        self.logs.remove(&log_id);
+    }
+
+    /// Checks that a replication request of `log_id` in `epoch` comes from the log's
+    /// predecessor in its current epoch (`peer`: its connection's PEER).
+    fn check_predecessor(&self, peer: Option<u64>, log_id: u64, epoch: u64) -> Result<(), Refusal> {
+        let replica = self.known(log_id)?;
+        let predecessor = replica.predecessor();
+        if peer.is_none() || peer != predecessor {
+            let from = peer.map_or_else(
+                || "a connection without PEER".to_string(),
+                |p| format!("node {p}"),
+            );
+            return Err(refuse(
+                ErrorCode::UnknownNode,
+                predecessor.unwrap_or(ARG_NONE),
+                format!("log {log_id}: {from} is not this replica's predecessor"),
+            ));
+        }
+        let current = replica.epoch();
+        if epoch != current {
+            return Err(refuse(
+                ErrorCode::WrongEpoch,
+                current,
+                format!("log {log_id} is in epoch {current}, not {epoch}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The SEALED refusal of traffic of `log_id`'s sealed epoch, if it is sealed here.
+    fn refuse_if_sealed(&self, log_id: u64) -> Result<(), Refusal> {
+        match self.logs.get(&log_id).and_then(Replica::sealed) {
+            Some(end) => Err(refuse(
+                ErrorCode::Sealed,
+                end,
+                format!("log {log_id}: the epoch is sealed here at {end}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// SEAL of `log_id` in `epoch` (the current epoch here, or WRONG_EPOCH): seals it here for
+    /// good; returns its end and whether this sealed it (false: sealed already, same end).
+    pub(crate) fn seal(&mut self, log_id: u64, epoch: u64) -> Result<(u64, bool), Refusal> {
+        let replica = self.known(log_id)?;
+        let current = replica.epoch();
+        if epoch != current {
+            return Err(refuse(
+                ErrorCode::WrongEpoch,
+                current,
+                format!("log {log_id} is in epoch {current} here, not {epoch}"),
+            ));
+        }
+        let first = replica.sealed().is_none();
+        let end = self.logs.get_mut(&log_id).expect("checked above").seal();
+        Ok((end, first))
+    }
+
+    /// REPLICATE from the predecessor (on a connection whose PEER is `peer`, whose store
+    /// token is `token`): checked (it must come from the log's predecessor in its current
+    /// epoch), then stored, forwarded and answered as the log's replica decides. Records it
+    /// carries that are here already must be the same records (else DIVERGED). Nothing
+    /// refused is written.
+    pub(crate) fn replicate<I: Io>(
+        &mut self,
+        peer: Option<u64>,
+        store: &mut Store<I>,
+        request_id: u64,
+        r: &ReplicateRequest<'_>,
+        token: u64,
+    ) -> Result<(), Refusal> {
+        let h = r.header;
+        let log_id = h.log_id;
+        self.check_predecessor(peer, log_id, h.epoch)?;
+        self.refuse_if_sealed(log_id)?;
+        let epoch = h.epoch;
+        self.upstream.insert(log_id, token);
+        self.touched.insert(log_id);
+        let replica = self.logs.get_mut(&log_id).expect("checked");
+        match h.kind {
+            ReplicateKind::Records => {
+                let count = r.records.count();
+                let end = h.first_lsn + u64::from(count);
+                replica.learn_committed(h.committed_lsn);
+                let receive = replica.receive(h.first_lsn, end);
+                if let Receive::Duplicate | Receive::Store { .. } = receive {
+                    same_as_stored(store, log_id, h.first_lsn, r.records)?;
+                }
+                let replica = self.logs.get_mut(&log_id).expect("checked");
+                match receive {
+                    Receive::Gap { expected } => {
+                        return Err(refuse(
+                            ErrorCode::Gap,
+                            expected,
+                            format!(
+                                "log {log_id}: records from {} leave a gap after {expected}",
+                                h.first_lsn
+                            ),
+                        ))
+                    }
+                    Receive::Duplicate => replica.duplicate(end, request_id),
+                    Receive::Store { from } => {
+                        if self.congested.contains(&log_id) {
+                            return Err(refuse(
+                                ErrorCode::Overloaded,
+                                10,
+                                format!("log {log_id}: this replica's successor is behind"),
+                            ));
+                        }
+                        let skip = (from - h.first_lsn) as usize;
+                        let bytes = r.records.skip(skip as u32).bytes();
+                        // The head's decisions go with the whole batch only (a partial resend
+                        // has no key of its own).
+                        let state = ReplicaState {
+                            fencing_token: (h.fencing_token != TOKEN_NONE)
+                                .then_some(h.fencing_token),
+                            writer: (h.writer_id != WRITER_NONE && skip == 0)
+                                .then_some((h.writer_id, h.writer_seq)),
+                        };
+                        // Records keep the epoch they were appended in (an earlier one for
+                        // a replica catching up in this one); one epoch per batch.
+                        let records_epoch =
+                            r.records.iter().next().map_or(epoch, |r| r.header.epoch);
+                        let (_, pin) = store
+                            .append_replica(
+                                log_id,
+                                records_epoch,
+                                from,
+                                bytes,
+                                count - skip as u32,
+                                &state,
+                                true,
+                                UNANSWERED,
+                            )
+                            .map_err(|e| Refusal::of_store(&e))?;
+                        let pin = pin.expect("records were stored");
+                        let replica = self.logs.get_mut(&log_id).expect("checked");
+                        if replica.stored(from, end, Some(request_id)) != Forwarding::Now {
+                            store.unpin(pin);
+                        } else {
+                            self.forwards.push(Forward {
+                                log_id,
+                                epoch,
+                                first: from,
+                                end,
+                                fencing_token: h.fencing_token,
+                                writer: if skip == 0 {
+                                    (h.writer_id, h.writer_seq)
+                                } else {
+                                    (WRITER_NONE, 0)
+                                },
+                                pin,
+                            });
+                        }
+                    }
+                }
+            }
+            ReplicateKind::Trim if h.trim_before > replica.next_lsn() => {
+                // The predecessor trimmed past everything here (this replica joined empty, or
+                // far behind): start the log again at the trim point, with the log's token.
+                store
+                    .reset_log(log_id, h.trim_before, h.fencing_token, UNANSWERED)
+                    .map_err(|e| Refusal::of_store(&e))?;
+                tracing::info!(
+                    log_id,
+                    at = h.trim_before,
+                    "skipped to the predecessor's trim point"
+                );
+                let replica = self.logs.get_mut(&log_id).expect("checked");
+                replica.skip_to(
+                    h.trim_before,
+                    Upstream {
+                        request_id,
+                        vouch: h.first_lsn,
+                    },
+                );
+            }
+            ReplicateKind::Trim => {
+                store
+                    .trim(log_id, h.trim_before, UNANSWERED)
+                    .map_err(|e| Refusal::of_store(&e))?;
+                let replica = self.logs.get_mut(&log_id).expect("checked");
+                replica.trim(
+                    h.trim_before,
+                    Some(Upstream {
+                        request_id,
+                        vouch: h.first_lsn,
+                    }),
+                );
+            }
+            ReplicateKind::Barrier => {
+                replica.barrier(Some(Upstream {
+                    request_id,
+                    vouch: h.first_lsn,
+                }));
+            }
+            ReplicateKind::Commit => replica.learn_committed(h.committed_lsn),
+        }
+        Ok(())
+    }
+
+    /// PULL from the predecessor (a restarted node taking back records it lost), on a
+    /// connection whose PEER is `peer`: its answer, appended to `out`: one run of this
+    /// replica's stored records from `from_lsn` on, durable or not, with the keys and fencing
+    /// raises stored with them, and this replica's next LSN.
+    pub(crate) fn pull<I: Io>(
+        &self,
+        peer: Option<u64>,
+        store: &mut Store<I>,
+        request_id: u64,
+        pull: &PullRequest,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Refusal> {
+        let log_id = pull.log_id;
+        self.check_predecessor(peer, log_id, pull.epoch)?;
+        self.refuse_if_sealed(log_id)?;
+        let replica = &self.logs[&log_id];
+        let (epoch, next) = (replica.epoch(), replica.next_lsn());
+        let max_records = pull.max_records.min(self.limits.batch_records_max) as usize;
+        let run = if pull.from_lsn < next {
+            store
+                .read_stored_runs(
+                    log_id,
+                    pull.from_lsn,
+                    max_records,
+                    self.limits.frame_bytes_max as usize,
+                )
+                .map_err(|e| Refusal::of_store(&e))?
+                .into_iter()
+                .next()
+        } else {
+            None
+        };
+        let mut body = Vec::new();
+        let (first, count, run_epoch, state) = match run {
+            Some(run) => {
+                let (count, state) =
+                    encode_run(&mut body, log_id, &run, self.limits.records_bytes_max());
+                (run.first_lsn(), count, run.records[0].epoch, state)
+            }
+            None => (pull.from_lsn, 0, epoch, ReplicaState::default()),
+        };
+        let form = RecordForm::Replicated {
+            log_id,
+            epoch: run_epoch,
+            first_lsn: first,
+        };
+        let records = Records::parse(&body, count, form, &self.limits.replication())
+            .expect("stored records encode as a valid batch");
+        let (writer_id, writer_seq) = state.writer.unwrap_or((WRITER_NONE, 0));
+        let response = Response::Pull(PullResponse {
+            log_id,
+            epoch: run_epoch,
+            first_lsn: first,
+            next_lsn: next,
+            fencing_token: state.fencing_token.unwrap_or(TOKEN_NONE),
+            writer_id,
+            writer_seq,
+            records,
+        });
+        encode_response(out, request_id, Opcode::Pull, &response);
+        Ok(())
+    }
+
+    /// A store ack: records or a trim of a log became durable here.
+    pub(crate) fn on_store_ack(&mut self, ack: &Ack) {
+        let Some(replica) = self.logs.get_mut(&ack.log_id) else {
+            return;
+        };
+        if ack.lsns.is_empty() {
+            replica.trim_durable(ack.lsns.start);
+        } else {
+            replica.durable(ack.lsns.end);
+        }
+        self.touch(ack.log_id);
+    }
+
+    /// The store token of the connection `log_id`'s REPLICATEs came from last: its answers
+    /// ([`encode_answers`]) go there.
+    pub(crate) fn upstream(&self, log_id: u64) -> Option<u64> {
+        self.upstream.get(&log_id).copied()
+    }
+
+    /// Marks a log for the end of the turn's replication pump (answers, sends, catch-up): only
+    /// logs with more than one replica have anything there, so a standalone node's appends
+    /// skip it.
+    fn touch(&mut self, log_id: u64) {
+        if self.logs.get(&log_id).is_some_and(|r| r.chain().len() > 1) {
+            self.touched.insert(log_id);
+        }
+    }
+
+    /// Marks a log whose state the links changed (an answer, a refusal, pulled records).
+    pub(crate) fn mark(&mut self, log_id: u64) {
+        self.touched.insert(log_id);
+    }
+
+    /// The records stored in this turn that go to their successors now.
+    pub(crate) fn take_forwards(&mut self) -> Vec<Forward> {
+        std::mem::take(&mut self.forwards)
+    }
+
+    /// Moves the logs whose state changed in this turn to `into`.
+    pub(crate) fn take_touched(&mut self, into: &mut Vec<u64>) {
+        into.extend(self.touched.drain());
+    }
+
+    /// Recomputes which logs' links are over their budget: those `over(log_id, successor)`
+    /// says are (their appends, and the REPLICATEs this node would store, are OVERLOADED).
+    /// `any` is false when no link is over: then nothing is asked.
+    pub(crate) fn set_congested(&mut self, any: bool, over: impl Fn(u64, NodeId) -> bool) {
+        if !any && self.congested.is_empty() {
+            return;
+        }
+        self.congested.clear();
+        for (&log_id, replica) in &self.logs {
+            if replica.successor().is_some_and(|s| over(log_id, s)) {
+                self.congested.insert(log_id);
+            }
+        }
+    }
+
+    /// Lag of the logs this shard forwards: (logs whose successor is behind, records behind).
+    pub(crate) fn lag(&self) -> (usize, u64) {
+        let mut behind = 0;
+        let mut records = 0;
+        for replica in self.logs.values() {
+            let lag = replica.lag();
+            if lag > 0 {
+                behind += 1;
+                records += lag;
+            }
+        }
+        (behind, records)
+    }
+}
+
+/// The replication state of a catalog's log on this node, over what the store holds (a
+/// standalone node's log is a chain of one); `recovered` if other replicas may hold records
+/// this one lost (it then settles before it acts: [`Replica::recovered`]).
+fn replica_of<I: Io>(
+    log_id: u64,
+    entry: &CatalogEntry,
+    node_id: u64,
+    store: &Store<I>,
+    recovered: bool,
+) -> Replica {
+    let (next, trim) = store
+        .tail(log_id)
+        .map_or((0, 0), |t| (t.next_lsn, t.trim_point));
+    let chain = if entry.chain.is_empty() {
+        vec![node_id]
+    } else {
+        entry.chain.clone()
+    };
+    let mut replica = if recovered {
+        Replica::recovered(log_id, node_id, entry.epoch, chain, next, trim)
+    } else {
+        Replica::new(log_id, node_id, entry.epoch, chain, next, trim)
+    };
+    if entry.sealed {
+        replica.seal();
+    }
+    replica
+}
+
+/// Checks that records a predecessor sent again (a resend after a reconnect) are the ones
+/// stored here at the same LSNs (same epoch, timestamp, length and CRC). Replicas that hold
+/// different records at one LSN have diverged, which the protocol never produces: refuse
+/// with DIVERGED rather than answer for records that are not the predecessor's.
+fn same_as_stored<I: Io>(
+    store: &mut Store<I>,
+    log_id: u64,
+    first: u64,
+    records: Records<'_>,
+) -> Result<(), Refusal> {
+    let Some(tail) = store.tail(log_id) else {
+        return Ok(());
+    };
+    // Below the trim point the records were committed, so on every replica: nothing to check
+    // (and nothing to read).
+    let from = first.max(tail.trim_point);
+    let end = (first + u64::from(records.count())).min(tail.next_lsn);
+    if from >= end {
+        return Ok(());
+    }
+    let here = store
+        .read_stored(log_id, from, (end - from) as usize, usize::MAX)
+        .map_err(|e| Refusal::of_store(&e))?;
+    let sent = records.iter().skip((from - first) as usize);
+    for (mine, theirs) in here.iter().zip(sent) {
+        let h = theirs.header;
+        let same = mine.lsn == h.lsn
+            && mine.epoch == h.epoch
+            && mine.timestamp_us == h.timestamp_us
+            && mine.crc == h.crc
+            && mine.payload.len() == h.len as usize;
+        if !same {
+            tracing::error!(
+                log_id,
+                lsn = mine.lsn,
+                "the predecessor sent a record that differs from the one stored here at the \
+                 same LSN: the replicas diverged"
+            );
+            return Err(refuse(
+                ErrorCode::Diverged,
+                mine.lsn,
+                format!(
+                    "log {log_id}: record {} differs from the one stored here",
+                    mine.lsn
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Encodes a log's answers to its predecessor's REPLICATEs into `out` (the output of the
+/// connection they came from), emptying `answers`.
+pub(crate) fn encode_answers(out: &mut Vec<u8>, log_id: u64, answers: &mut Vec<Answer>) {
+    for a in answers.drain(..) {
+        let response = Response::Replicate(ReplicateResponse {
+            log_id,
+            durable_lsn: a.durable_lsn,
+            trim_point: a.trim_point,
+            next_lsn: a.next_lsn,
+        });
+        encode_response(out, a.request_id, Opcode::Replicate, &response);
+    }
+}

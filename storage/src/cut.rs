@@ -1,0 +1,183 @@
+//! Cutting a log's history: truncating its unacknowledged suffix ([`Store::truncate`]) and
+//! starting it again, empty, at any LSN ([`Store::reset_log`]). Reconfiguration needs both
+//! (ARCHITECTURE.md 9c): a replica that returns with records of a sealed epoch beyond that
+//! epoch's end discards them before their LSNs get the new epoch's records, and a replica
+//! that joins a chain after the head trimmed (or must copy a log again from scratch) starts
+//! the log at the head's trim point.
+//!
+//! Both are control records of the system log, group-committed and acknowledged like a trim.
+//! The store is append-only, so the records they discard stay in their frames; what makes
+//! them unreachable is, in memory, the log's positions, its index (the entries from the cut
+//! go, and the log's next frame gets an entry of its own: [`crate::log`]) and the entries of
+//! the frames not yet durable (their `live` count, so that neither their submission indexes
+//! them nor their durability makes them readable), and on disk the control record, which
+//! recovery applies in frame order as it does everything else. The frame that carries the
+//! cut is sealed right after it, so that no frame holds both a discarded record and a newer
+//! one under the same LSN.
+
+use crate::error::{Error, Result};
+use crate::format::{
+    record_bytes, ControlRecord, StateRecord, CONTROL_FENCE, CONTROL_RECORD_BYTES, CONTROL_RESET,
+    CONTROL_TRUNCATE, STATE_RECORD_BYTES, SYSTEM_LOG,
+};
+use crate::io::Io;
+use crate::store::{Entry, Store};
+
+impl<I: Io> Store<I> {
+    /// Discards `log_id`'s records at and above `from` (durably once [`poll`](Self::poll)
+    /// reports an [`Ack`](crate::Ack) with `token` and the empty range `from..from`): the
+    /// log's next LSN becomes `from`, reads at or above it see nothing, and the next append
+    /// (typically [`append_replica`](Self::append_replica), with another epoch) stores its
+    /// records from `from`. Recovery honours it, across segments and snapshots.
+    ///
+    /// Idempotency keys of the batches with records at or above `from` are forgotten: a
+    /// retry of such a batch is appended anew. The fencing token is kept, even if a
+    /// discarded batch raised it (a token only rises; ARCHITECTURE.md 9c). Appends made
+    /// before the truncation are still acknowledged, with their LSNs, in order before it,
+    /// whatever it discarded of them. A read in flight returns none of the discarded records.
+    ///
+    /// Refused, with nothing written: `from` below the log's trim point ([`Error::Trimmed`]:
+    /// those records are gone already, there is nothing left to truncate to), `from` beyond
+    /// the log's next LSN ([`Error::TruncateBeyondTail`]), an unknown log, and
+    /// [`Error::Overloaded`]. Truncating acknowledged records is the caller's business: the
+    /// store only knows what is durable, not what the chain committed.
+    pub fn truncate(&mut self, log_id: u64, from: u64, token: u64) -> Result<()> {
+        self.check_failed()?;
+        if log_id == SYSTEM_LOG {
+            return Err(Error::ReservedLog(log_id));
+        }
+        let log = self.logs.get(&log_id).ok_or(Error::UnknownLog(log_id))?;
+        if from < log.trim_point {
+            return Err(Error::Trimmed {
+                trim_point: log.trim_point,
+            });
+        }
+        if from > log.next_lsn {
+            return Err(Error::TruncateBeyondTail {
+                from,
+                tail: log.next_lsn,
+            });
+        }
+        let control = ControlRecord {
+            kind: CONTROL_TRUNCATE,
+            reserved: 0,
+            log_id,
+            lsn: from,
+        };
+        let now_wall = self.clock.wall_us();
+        self.make_room(record_bytes(CONTROL_RECORD_BYTES))?;
+        self.push_control(bytemuck::bytes_of(&control), now_wall);
+        self.push_entry(Entry::Truncate {
+            token,
+            log_id,
+            from,
+        });
+        self.seal_building();
+        let log = self.logs.get_mut(&log_id).expect("checked above");
+        log.next_lsn = from;
+        log.durable_lsn = log.durable_lsn.min(from);
+        log.cut_index(from);
+        self.discard_in_frames(log_id, from);
+        self.writers.forget_from(log_id, from);
+        self.reads.cut(log_id, from);
+        Ok(())
+    }
+
+    /// Discards everything the store has of `log_id` and starts it again, empty, at `at`:
+    /// next LSN and trim point `at` (reads below fail with [`Error::Trimmed`], reads at or
+    /// above see nothing until records are appended from `at`). Creates the log if the store
+    /// does not have it. Durable once [`poll`](Self::poll) reports an [`Ack`](crate::Ack)
+    /// with `token` and the empty range `at..at`; recovery honours it.
+    ///
+    /// One call serves a replica that joins a chain after the head trimmed (the log starts at
+    /// the head's trim point, not at 0) and one that must copy the whole log again (whatever
+    /// it held is discarded, whether `at` is below or above it). Idempotency keys of the log
+    /// are forgotten. The fencing token becomes `fencing_token` if that is higher (the head's
+    /// token, so that a replica that becomes the head fences as the head did; 0 for none),
+    /// else stays: a token only rises. Appends made before it are still acknowledged.
+    ///
+    /// Refused, with nothing written: a new log over `logs_max` ([`Error::TooManyLogs`]),
+    /// [`Error::Overloaded`].
+    pub fn reset_log(
+        &mut self,
+        log_id: u64,
+        at: u64,
+        fencing_token: u64,
+        token: u64,
+    ) -> Result<()> {
+        self.check_failed()?;
+        if log_id == SYSTEM_LOG {
+            return Err(Error::ReservedLog(log_id));
+        }
+        if !self.logs.contains_key(&log_id) && self.logs.len() >= self.config.logs_max {
+            return Err(Error::TooManyLogs {
+                max: self.config.logs_max,
+            });
+        }
+        let fence = self.logs.get(&log_id).map_or(0, |l| l.fence);
+        let raise = (fencing_token > fence).then_some(fencing_token);
+        let control = ControlRecord {
+            kind: CONTROL_RESET,
+            reserved: 0,
+            log_id,
+            lsn: at,
+        };
+        let bytes = record_bytes(CONTROL_RECORD_BYTES)
+            + usize::from(raise.is_some()) * record_bytes(STATE_RECORD_BYTES);
+        let now_wall = self.clock.wall_us();
+        self.make_room(bytes)?;
+        self.push_control(bytemuck::bytes_of(&control), now_wall);
+        self.push_entry(Entry::Reset { token, log_id, at });
+        if let Some(token) = raise {
+            // After the reset record: recovery applies it to the log the reset created.
+            let state = StateRecord {
+                kind: CONTROL_FENCE,
+                log_id,
+                value: token,
+                ..StateRecord::default()
+            };
+            self.push_control(bytemuck::bytes_of(&state), now_wall);
+            self.push_entry(Entry::Fence { log_id, token });
+        }
+        self.seal_building();
+        let log = self.logs.entry(log_id).or_default();
+        log.next_lsn = at;
+        log.durable_lsn = at;
+        log.trim_point = at;
+        log.fence = log.fence.max(fencing_token);
+        log.cut_index(0);
+        self.discard_in_frames(log_id, 0);
+        self.writers.forget_from(log_id, 0);
+        self.reads.reset(log_id);
+        Ok(())
+    }
+
+    /// Ends the building frame with what it holds (a cut is the last thing in its frame).
+    fn seal_building(&mut self) {
+        if let Some(frame) = self.building.take() {
+            self.sealed.push_back(frame);
+        }
+    }
+
+    /// Marks `log_id`'s records at and above `from` in the frames not yet durable as
+    /// discarded: they are not indexed when submitted nor made readable when durable.
+    fn discard_in_frames(&mut self, log_id: u64, from: u64) {
+        let frames = self.in_flight.iter_mut().chain(self.sealed.iter_mut());
+        for frame in frames.chain(self.building.as_mut()) {
+            for entry in &mut frame.entries {
+                if let Entry::Append {
+                    log_id: l,
+                    first_lsn,
+                    live,
+                    ..
+                } = entry
+                {
+                    if *l == log_id {
+                        let kept = from.saturating_sub(*first_lsn).min(u64::from(*live));
+                        *live = kept as u32;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -2,8 +2,12 @@
 //! back (DESIGN.md section 6, ARCHITECTURE.md "Reconfiguration").
 //!
 //! For each log whose current chain has a member that is not alive (no heartbeat within the
-//! liveness timeout), or fewer members than its replication factor while a live node is free:
+//! liveness timeout), or fewer members than its replication factor while a live node is free,
+//! or whose epoch the controller was sealing when it stopped:
 //!
+//! 0. **Record the intent** ([`ClusterState::begin_seal`]), durably, before any SEAL goes
+//!    out: a replica that sealed takes no more appends, so a controller restarted before it
+//!    extended the epoch must finish the reconfiguration even if every member is alive again.
 //! 1. **Seal** the current epoch at the members that are alive ([`seal`], SEAL on the log's
 //!    shard of each): one way and durable; a sealed replica appends, stores and forwards
 //!    nothing more in that epoch, and answers with its end, every record below it durable.
@@ -39,6 +43,9 @@ pub enum Why {
     Failed(Vec<u64>),
     /// The chain is shorter than the replication factor and a live node is free.
     UnderReplicated,
+    /// The controller began sealing the epoch and has not extended it (it stopped in
+    /// between, or the seal reached no member).
+    Sealing,
 }
 
 /// One reconfiguration to make: seal `epoch` of `log_id` at `seal_at`, then extend.
@@ -69,6 +76,8 @@ pub fn plan(state: &ClusterState, now: Instant) -> Vec<Plan> {
         }
         let why = if !dead.is_empty() {
             Why::Failed(dead)
+        } else if log.sealing == Some(current.epoch) {
+            Why::Sealing
         } else if current.chain.len() < usize::from(log.replication_factor)
             && !state.spares(&current.chain, now).is_empty()
         {
@@ -181,6 +190,41 @@ mod tests {
                 .expect("register");
         }
         state
+    }
+
+    #[test]
+    fn a_seal_begun_before_a_restart_is_finished_after_it() {
+        let t0 = Instant::now();
+        let mut state = cluster(3, t0);
+        let log_id = state.create_log("orders", 3, t0).expect("create").log_id;
+        let chain = state.log(log_id).expect("log").current().chain.clone();
+        let version = state.version();
+        assert_eq!(state.begin_seal(log_id, 1), Ok(true), "news: persist it");
+        assert_eq!(state.begin_seal(log_id, 1), Ok(false), "known already");
+        assert_eq!(state.version(), version, "not part of the map");
+        assert!(matches!(
+            state.begin_seal(log_id, 7),
+            Err(crate::controller::StateError::StaleEpoch { current: 1, .. })
+        ));
+        // The controller restarts (its state reloaded) with every member alive again: the
+        // sealed epoch takes no appends, so it is still reconfigured.
+        let json = serde_json::to_string(&state).expect("serialize");
+        let mut state: ClusterState = serde_json::from_str(&json).expect("deserialize");
+        let later = t0 + Duration::from_millis(500);
+        for &id in &chain {
+            state
+                .register(id, &format!("10.0.0.{id}:7400"), 1, later)
+                .expect("register");
+        }
+        let plans = plan(&state, later);
+        assert_eq!(plans.len(), 1);
+        assert_eq!(plans[0].why, Why::Sealing);
+        assert_eq!(plans[0].seal_at, chain);
+        let sealed: Vec<(u64, u64)> = chain.iter().map(|&id| (id, 4)).collect();
+        let epoch = state.extend(log_id, 1, &sealed, later).expect("extend");
+        assert_eq!(epoch.chain, chain);
+        assert_eq!(state.log(log_id).expect("log").sealing, None, "done");
+        assert!(plan(&state, later).is_empty());
     }
 
     #[test]

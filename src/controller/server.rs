@@ -410,9 +410,21 @@ impl Controller {
     }
 
     /// Seals `plan`'s epoch at its live members (at once, each within [`SEAL_TIMEOUT`]), then
-    /// starts the next epoch from the members that sealed, durably.
+    /// starts the next epoch from the members that sealed, durably. That it seals the epoch
+    /// is durable before the first SEAL goes out.
     fn reconfigure(&self, plan: &super::reconfig::Plan) {
         let started = Instant::now();
+        {
+            let mut state = self.lock();
+            match state.begin_seal(plan.log_id, plan.epoch) {
+                Ok(true) => self.persist(&state),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::info!(log_id = plan.log_id, error = %e, "reconfiguration lost");
+                    return;
+                }
+            }
+        }
         let targets: Vec<(u64, String, u16)> = {
             let state = self.lock();
             plan.seal_at
@@ -420,29 +432,28 @@ impl Controller {
                 .filter_map(|&id| state.node(id).map(|n| (id, n.addr.clone(), n.shard_count)))
                 .collect()
         };
-        let results: Vec<(u64, Result<(u64, u64), super::reconfig::SealError>)> =
-            std::thread::scope(|scope| {
-                let calls: Vec<_> = targets
-                    .iter()
-                    .map(|(id, addr, shards)| {
-                        let (id, addr, shards) = (*id, addr.clone(), *shards);
-                        scope.spawn(move || {
-                            let sealed = super::reconfig::seal(
-                                &addr,
-                                shards,
-                                plan.log_id,
-                                plan.epoch,
-                                SEAL_TIMEOUT,
-                            );
-                            (id, sealed)
-                        })
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let calls: Vec<_> = targets
+                .iter()
+                .map(|(id, addr, shards)| {
+                    let (id, addr, shards) = (*id, addr.clone(), *shards);
+                    scope.spawn(move || {
+                        let sealed = super::reconfig::seal(
+                            &addr,
+                            shards,
+                            plan.log_id,
+                            plan.epoch,
+                            SEAL_TIMEOUT,
+                        );
+                        (id, sealed)
                     })
-                    .collect();
-                calls
-                    .into_iter()
-                    .filter_map(|call| call.join().ok())
-                    .collect()
-            });
+                })
+                .collect();
+            calls
+                .into_iter()
+                .filter_map(|call| call.join().ok())
+                .collect()
+        });
         let mut sealed = Vec::new();
         for (id, result) in results {
             match result {

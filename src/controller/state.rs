@@ -80,6 +80,12 @@ pub struct LogState {
     pub created_version: u64,
     /// Its epochs, oldest first; never empty, the last is current.
     pub epochs: Vec<Epoch>,
+    /// The current epoch while the controller seals it ([`ClusterState::begin_seal`], durable
+    /// before the first SEAL goes out) until it is extended: a sealed epoch takes no more
+    /// appends, so a controller that restarts in between finishes the reconfiguration even
+    /// if every member is alive by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealing: Option<u64>,
 }
 
 impl LogState {
@@ -377,6 +383,7 @@ impl ClusterState {
                     chain,
                     start_lsn: 0,
                 }],
+                sealing: None,
             },
         );
         Ok(Created { log_id, new: true })
@@ -406,6 +413,26 @@ impl ClusterState {
         Ok(std::iter::once(head).chain(picked).collect())
     }
 
+    /// Records that the controller is about to seal `epoch` of `log_id` (its current one):
+    /// true if that is news (the state must be persisted before any SEAL is sent), false if
+    /// it was recorded already. Refused if the epoch is not current (another
+    /// reconfiguration won). Not part of the map: the version stays.
+    pub fn begin_seal(&mut self, log_id: u64, epoch: u64) -> Result<bool, StateError> {
+        let log = self
+            .logs
+            .get_mut(&log_id)
+            .ok_or(StateError::UnknownLog { log_id })?;
+        let current = log.current().epoch;
+        if current != epoch {
+            return Err(StateError::StaleEpoch {
+                log_id,
+                asked: epoch,
+                current,
+            });
+        }
+        Ok(log.sealing.replace(epoch).is_none())
+    }
+
     /// Starts `log_id`'s next epoch after its current one, `from_epoch`, was sealed at the
     /// replicas `sealed` (each with the end it sealed at), and bumps the version. Every
     /// acknowledged record is on every replica of the old chain, so each sealed one holds
@@ -414,8 +441,9 @@ impl ClusterState {
     /// renumbered). The new chain is the sealed replicas in their old order, then live nodes
     /// outside the old chain (placed as new logs are: fewest chains first) up to the
     /// replication factor;
-    /// with too few live nodes the log runs under-replicated. Refused, with nothing changed:
-    /// an epoch that is not the current one (another reconfiguration won), no sealed replica.
+    /// with too few live nodes the log runs under-replicated. The seal is over
+    /// ([`ClusterState::begin_seal`]). Refused, with nothing changed: an epoch that is not the
+    /// current one (another reconfiguration won), no sealed replica.
     pub fn extend(
         &mut self,
         log_id: u64,
@@ -463,11 +491,9 @@ impl ClusterState {
             start_lsn: end.max(current.start_lsn),
         };
         self.version += 1;
-        self.logs
-            .get_mut(&log_id)
-            .expect("checked above")
-            .epochs
-            .push(epoch.clone());
+        let log = self.logs.get_mut(&log_id).expect("checked above");
+        log.epochs.push(epoch.clone());
+        log.sealing = None;
         Ok(epoch)
     }
 
@@ -581,6 +607,12 @@ impl ClusterState {
             }
             if log.epochs.is_empty() || log.epochs.windows(2).any(|w| w[0].epoch >= w[1].epoch) {
                 return Err(format!("log {id}: no epochs, or not in increasing order"));
+            }
+            if log.sealing.is_some_and(|e| e != log.current().epoch) {
+                return Err(format!(
+                    "log {id}: sealing epoch {:?}, not its current one",
+                    log.sealing
+                ));
             }
             for epoch in &log.epochs {
                 let chain = &epoch.chain;

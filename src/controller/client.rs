@@ -413,6 +413,7 @@ mod tests {
                             node_id: 1,
                             shard_count: 1,
                             alive: true,
+                            drained: false,
                             last_heartbeat_ms: 0,
                             addr: "127.0.0.1:1",
                         };

@@ -1003,9 +1003,11 @@ impl Controller {
 
     /// RECONFIGURE_LOG: records the request durably ([`ClusterState::request`]: `epoch`
     /// [`EPOCH_CURRENT`] for the current one; an empty `chain` for the controller's), then
-    /// waits until the reconfiguring thread has started the next epoch, for up to the create
-    /// timeout, and answers with it; or with CONDITION_FAILED if the chain asked for could not
-    /// follow the sealed epoch (another did).
+    /// waits until the reconfiguring thread has started the next epoch and every member of
+    /// its chain has reported applying the map that says so (as a create waits: an append
+    /// sent after the answer finds the new head serving the epoch), for up to the create
+    /// timeout; answers with the new epoch, or with CONDITION_FAILED if the chain asked for
+    /// could not follow the sealed epoch (another did).
     fn reconfigure_log(&self, log_id: u64, epoch: u64, chain: Vec<u64>) -> Result<Answer, Refusal> {
         let deadline = Instant::now() + self.create_timeout;
         let mut state = self.lock();
@@ -1020,6 +1022,8 @@ impl Controller {
             self.persist(&state);
             tracing::info!(log_id, epoch = asked.epoch, chain = ?asked.chain, "reconfiguration requested");
         }
+        // The map version the new epoch's members must apply, once it has started.
+        let mut started_in: Option<u64> = None;
         loop {
             let log = state.log(log_id).ok_or_else(|| {
                 Refusal::new(
@@ -1028,14 +1032,15 @@ impl Controller {
                     format!("log {log_id} was deleted"),
                 )
             })?;
-            if let Some(next) = log.epochs.iter().find(|e| e.epoch == asked.epoch + 1) {
+            let next = log.epochs.iter().find(|e| e.epoch == asked.epoch + 1);
+            if let Some(next) = next {
                 let refused = self
                     .refusals
                     .lock()
                     .expect("refusals lock")
                     .remove(&(log_id, asked.epoch));
-                return match refused {
-                    Some(why) => Err(Refusal::new(
+                if let Some(why) = refused {
+                    return Err(Refusal::new(
                         ErrorCode::ConditionFailed,
                         ARG_NONE,
                         format!(
@@ -1043,24 +1048,40 @@ impl Controller {
                              from LSN {} with chain {:?} instead",
                             asked.epoch, next.epoch, next.start_lsn, next.chain
                         ),
-                    )),
-                    None => Ok(Answer::Reconfigured {
+                    ));
+                }
+                let version = *started_in.get_or_insert(state.version());
+                let applied = next.chain.iter().all(|id| {
+                    state
+                        .node(*id)
+                        .is_some_and(|node| node.applied_version >= version)
+                });
+                if applied {
+                    return Ok(Answer::Reconfigured {
                         log_id,
                         epoch: next.clone(),
-                    }),
-                };
+                    });
+                }
             }
             let now = Instant::now();
             if self.stopping() || now >= deadline {
+                let why = match (next, started_in) {
+                    (Some(next), Some(version)) => format!(
+                        "epoch {} started (chain {:?}), but its nodes did not all report \
+                         applying map version {version}",
+                        next.epoch, next.chain
+                    ),
+                    _ => format!(
+                        "epoch {} of log {log_id} is not followed yet (no member answered its \
+                         seal, or none holds every record: the controller's log says); the \
+                         request stands: send it again to wait again",
+                        asked.epoch
+                    ),
+                };
                 return Err(Refusal::new(
                     ErrorCode::Unavailable,
                     ARG_NONE,
-                    format!(
-                        "epoch {} of log {log_id} is not followed yet (within {:?}: no member \
-                         answered its seal, or none holds every record; the controller's log \
-                         says); the request stands: send it again to wait again",
-                        asked.epoch, self.create_timeout
-                    ),
+                    format!("within {:?}: {why}", self.create_timeout),
                 ));
             }
             state = self

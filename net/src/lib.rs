@@ -30,13 +30,13 @@ pub use frame::{parse_frame, Flags, Frame, FrameHeader, FRAME_HEADER_BYTES, FRAM
 pub use map::{Chain, ChainIter, MapEntries, MapEntriesIter, MapLog, MapLogs, MapNode, MapNodes};
 pub use message::{
     AppendHeader, AppendRequest, AppendResponse, CreateLogRequest, CreateLogResponse,
-    CreditRequest, DescribeLogRequest, DescribeLogResponse, ErrorResponse, GetMapRequest,
-    GetMapResponse, HeartbeatRequest, HelloRequest, HelloResponse, ListLogsRequest,
+    CreditRequest, DescribeLogRequest, DescribeLogResponse, DrainNodeRequest, ErrorResponse,
+    GetMapRequest, GetMapResponse, HeartbeatRequest, HelloRequest, HelloResponse, ListLogsRequest,
     ListLogsResponse, LogEntries, LogEntriesIter, LogEntry, LogRef, MapVersionResponse, Opcode,
-    PeerRequest, PullRequest, PullResponse, Push, ReadRequest, ReadResponse, RegisterNodeRequest,
-    ReplicateHeader, ReplicateKind, ReplicateRequest, ReplicateResponse, Request, Response, Role,
-    SealRequest, SealResponse, SubscribeRequest, SubscribeResponse, TailResponse, TrimRequest,
-    UnsubscribeRequest,
+    PeerRequest, PullRequest, PullResponse, Push, ReadRequest, ReadResponse, ReconfigureLogRequest,
+    ReconfigureLogResponse, RegisterNodeRequest, ReplicateHeader, ReplicateKind, ReplicateRequest,
+    ReplicateResponse, Request, Response, Role, SealRequest, SealResponse, SubscribeRequest,
+    SubscribeResponse, TailResponse, TrimRequest, UnsubscribeRequest,
 };
 pub use records::{AppendBuilder, ReadBuilder, ReadKind, RecordForm, RecordIter, Records};
 

@@ -8,9 +8,12 @@
 //! - [`server`]: the process: connections, requests, waiting creates, graceful stop.
 //! - [`client`]: a blocking client of it, for a node's control thread and for tools.
 //! - [`pages`]: reading the whole map from GET_MAP pages, for both clients.
-//! - [`reconfig`]: sealing a chain that lost a member and starting its next epoch.
+//! - [`reconfig`]: sealing a chain that lost a member (or that an operator asked to change)
+//!   and starting its next epoch.
+//! - `metrics`: what `/metrics` shows (reconfigurations by phase, nodes, logs).
 
 pub mod client;
+mod metrics;
 pub mod pages;
 pub mod reconfig;
 pub mod server;

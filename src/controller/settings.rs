@@ -7,6 +7,7 @@
 //! listen = "127.0.0.1:7300"
 //! liveness_ms = 500         # a node is alive this long after its last heartbeat
 //! create_timeout_ms = 5000  # CREATE_LOG waits this long for the replicas to apply the map
+//! metrics = "127.0.0.1:7301"  # serve GET /metrics there; default: off
 //! ```
 
 use std::net::SocketAddr;
@@ -65,13 +66,17 @@ pub struct ControllerSettings {
     /// Address to serve nodes and clients on [default: 127.0.0.1:7300].
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<SocketAddr>,
-    /// A node is alive for this long after its last heartbeat [default: 2000].
+    /// A node is alive for this long after its last heartbeat [default: 500].
     #[arg(long, value_name = "N")]
     pub liveness_ms: Option<u64>,
     /// CREATE_LOG waits this long for every replica's node to apply the new map before it
-    /// answers UNAVAILABLE [default: 5000].
+    /// answers UNAVAILABLE, and RECONFIGURE_LOG for its reconfiguration [default: 5000].
     #[arg(long, value_name = "N")]
     pub create_timeout_ms: Option<u64>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port, printed
+    /// on the serving line), or `off` [default: off].
+    #[arg(long, value_name = "HOST:PORT|off")]
+    pub metrics: Option<String>,
 }
 
 impl ControllerSettings {
@@ -87,6 +92,7 @@ impl ControllerSettings {
             listen: self.listen.or(base.listen),
             liveness_ms: self.liveness_ms.or(base.liveness_ms),
             create_timeout_ms: self.create_timeout_ms.or(base.create_timeout_ms),
+            metrics: self.metrics.or(base.metrics),
         }
     }
 
@@ -109,6 +115,13 @@ impl ControllerSettings {
                 self.create_timeout_ms,
                 CREATE_TIMEOUT_DEFAULT,
             )?,
+            metrics: match self.metrics.as_deref() {
+                None | Some("off") => None,
+                Some(addr) => Some(
+                    addr.parse()
+                        .map_err(|e| format!("metrics address {addr:?}: {e}"))?,
+                ),
+            },
         })
     }
 }
@@ -137,6 +150,11 @@ mod tests {
         assert_eq!(config.listen, LISTEN_DEFAULT);
         assert_eq!(config.liveness, Duration::from_millis(700));
         assert_eq!(config.create_timeout, CREATE_TIMEOUT_DEFAULT);
+        assert_eq!(config.metrics, None, "no metrics unless asked");
+        let cli = Cli::try_parse_from(["c", "--data-dir", "/d", "--metrics", "127.0.0.1:0"])
+            .expect("parses");
+        let config = cli.controller.resolve().expect("resolves");
+        assert_eq!(config.metrics, Some("127.0.0.1:0".parse().expect("addr")));
     }
 
     #[test]
@@ -157,5 +175,11 @@ mod tests {
             .resolve()
             .expect_err("zero")
             .contains("create_timeout_ms"));
+        let bad = ControllerSettings {
+            data_dir: Some("/d".into()),
+            metrics: Some("nowhere".into()),
+            ..ControllerSettings::default()
+        };
+        assert!(bad.resolve().expect_err("bad").contains("metrics address"));
     }
 }

@@ -441,7 +441,11 @@ impl Server {
                 );
                 Ok(())
             }
-            Request::RegisterNode(_) | Request::Heartbeat(_) | Request::GetMap(_) => Err(refuse(
+            Request::RegisterNode(_)
+            | Request::Heartbeat(_)
+            | Request::GetMap(_)
+            | Request::ReconfigureLog(_)
+            | Request::DrainNode(_) => Err(refuse(
                 ErrorCode::NotController,
                 ARG_NONE,
                 "this is a node, not the controller",

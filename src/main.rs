@@ -203,7 +203,18 @@ fn sim(args: SimArgs) -> ExitCode {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let started = std::time::Instant::now();
+    let reported = std::sync::atomic::AtomicUsize::new(0);
     let progress = |s: &chainlog::sim::Summary| {
+        // A failing seed is named at once (a long run's summary comes only at its end).
+        let seen = reported.load(std::sync::atomic::Ordering::Relaxed);
+        for report in s.failures.iter().skip(seen) {
+            eprintln!(
+                "\nchainlog sim: seed {} FAILED ({} violation(s))",
+                report.seed,
+                report.violations.len()
+            );
+        }
+        reported.store(s.failures.len(), std::sync::atomic::Ordering::Relaxed);
         if s.runs.is_multiple_of(10) || s.runs == args.seeds {
             eprint!(
                 "\rchainlog sim: {}/{} seeds, {} failing, {:.1} h simulated, {} batches acknowledged, {:.0} s",

@@ -62,3 +62,17 @@ fn a_restarted_head_that_skips_settling_is_caught() {
         "{caught}"
     );
 }
+
+/// Seeds that found bugs, run on every build: 3081 (a restarted middle answered its restarted
+/// head's probe before pulling back what the tail kept, and the head sequenced LSN 72 again;
+/// `src/replication/tests.rs` holds the same case as a unit test) and 4523 (a store that met
+/// its failing disk while recovering was counted as a refused start, not a fatal stop). The
+/// seeds name these runs only while the simulated workload is the one they were found with;
+/// they stay as cheap extra seeds after it changes.
+#[test]
+fn seeds_that_found_bugs_pass() {
+    for seed in [3081, 4523] {
+        let report = sim::run(seed, &Options::default());
+        assert!(report.violations.is_empty(), "{report}");
+    }
+}

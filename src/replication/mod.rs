@@ -35,8 +35,10 @@
 //!   appends nothing ([`Blocked::Settling`]); if the successor is ahead, the missing records
 //!   are **pulled** back from it ([`Replica::pull_from`], with their idempotency keys and
 //!   fencing tokens, which the shard stores as a replica would) before the link is in sync.
-//!   A node answers its predecessor's barrier only once its own link is in sync, so the
-//!   `next_lsn` a probe learns covers the whole rest of the chain: no LSN that any replica
+//!   A node answers its predecessor's barrier only once its own link is in sync and it has
+//!   settled itself (pulled back what its own probe found missing, even when that probe
+//!   also covered the predecessor's barrier), so the `next_lsn` a probe learns covers the
+//!   whole rest of the chain: no LSN that any replica
 //!   holds is ever sequenced again, and replicas never hold different records at one LSN.
 //! - **An answer vouches only for what its request named**: `durable_lsn` never exceeds the
 //!   end of the request's records, or for a barrier or trim the predecessor's next LSN as
@@ -843,7 +845,11 @@ impl Replica {
             let done = match item.work {
                 Work::Records { end } => chain_durable >= end,
                 Work::Trim { before } => chain_trim >= before,
-                Work::Barrier { seq } => tail || self.down_barrier >= seq,
+                // A barrier's answer says where the whole rest of the chain ends (its
+                // `next_lsn`): a replica still settling (its probe found records downstream
+                // that it lost, and it pulls them back) cannot say that yet, even if the probe
+                // that found them covered this barrier.
+                Work::Barrier { seq } => tail || (self.settled && self.down_barrier >= seq),
             };
             if !done {
                 break;

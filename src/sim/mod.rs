@@ -37,7 +37,7 @@ use crate::history::{self, Outcome, Replica};
 use crate::node::control::MapUpdate;
 use client::Writer;
 use env::Shared;
-use node::SimNode;
+use node::{SimNode, StartFailure};
 use world::{NetConfig, World};
 
 /// What a run simulates.
@@ -345,10 +345,24 @@ impl Sim {
             return;
         }
         let seed = self.seed;
-        if let Err(e) = node.start(&self.world, self.clock.clone(), &self.map, seed) {
-            self.violations
-                .push(format!("node {} does not start: {e}", node.id));
+        match node.start(&self.world, self.clock.clone(), &self.map, seed) {
+            Ok(()) => {}
+            Err(StartFailure::Disk(reason)) => self.stopped(i, &reason),
+            Err(StartFailure::Refused(reason)) => self
+                .violations
+                .push(format!("node {} does not start: {reason}", node.id)),
         }
+    }
+
+    /// Node `i`'s process stopped on a fatal storage error, as in production: it restarts a
+    /// little later, on a good disk.
+    fn stopped(&mut self, i: usize, reason: &str) {
+        self.faults.fatal_stops += 1;
+        tracing::debug!(node = self.nodes[i].id, reason, "simulated node stopped");
+        self.nodes[i].kill(&self.world, None);
+        self.nodes[i].eio_one_in = 0;
+        let at = self.now() + 10_000 + self.rng.below(100_000);
+        self.schedule(at, Action::Restart { node: i });
     }
 
     fn schedule(&mut self, at_us: u64, action: Action) {
@@ -392,15 +406,7 @@ impl Sim {
             for i in 0..self.nodes.len() {
                 match self.nodes[i].step(now) {
                     Ok(ran) => progress |= ran,
-                    Err(reason) => {
-                        // A fatal storage error stops the process, as in production.
-                        self.faults.fatal_stops += 1;
-                        tracing::debug!(node = self.nodes[i].id, reason, "simulated node stopped");
-                        self.nodes[i].kill(&self.world, None);
-                        let at = now + 10_000 + self.rng.below(100_000);
-                        self.nodes[i].eio_one_in = 0;
-                        self.schedule(at, Action::Restart { node: i });
-                    }
+                    Err(reason) => self.stopped(i, &reason),
                 }
             }
             self.drive_writers(now, now < active_end);

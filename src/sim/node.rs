@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chainlog_storage::io::FaultConfig;
-use chainlog_storage::{Clock, DurabilityMode, FatalPanic, SimDisk, Store, StoreConfig};
+use chainlog_storage::{
+    Clock, DurabilityMode, Error as StoreError, FatalPanic, SimDisk, Store, StoreConfig,
+};
 
 use super::env::{CatalogFiles, Shared, SimCatalogFile, SimEnv};
 use super::world::{EndpointId, HostId};
@@ -74,6 +76,16 @@ pub(crate) struct SimNode {
     starts: u64,
 }
 
+/// Why a node's process did not start.
+#[derive(Debug)]
+pub(crate) enum StartFailure {
+    /// Its disk failed while a store recovered (an injected EIO): the process stops, as a
+    /// fatal storage error stops it in production.
+    Disk(String),
+    /// A store or catalog refused what it found: a failed run.
+    Refused(String),
+}
+
 impl SimNode {
     pub(crate) fn new(id: u64, shard_count: u16, disk: SimDisk) -> SimNode {
         let host = id as HostId;
@@ -94,14 +106,16 @@ impl SimNode {
     }
 
     /// Starts the node's process: opens every shard's store and catalog, listens, installs
-    /// `map`. A store that does not open is a failed run (recovery refused what it found).
+    /// `map`. A store that does not open stops the process: with [`StartFailure::Disk`] if
+    /// the disk failed under it (an EIO while recovering), else [`StartFailure::Refused`]
+    /// (recovery refused what it found).
     pub(crate) fn start(
         &mut self,
         world: &Shared,
         clock: Arc<dyn Clock>,
         map: &MapUpdate,
         seed: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), StartFailure> {
         assert!(self.shards.is_empty(), "node {} is running", self.id);
         self.starts += 1;
         let board: Board = Arc::new(std::sync::Mutex::new(vec![
@@ -110,6 +124,7 @@ impl SimNode {
         ]));
         for index in 0..self.shard_count {
             let endpoint = world.borrow_mut().endpoint();
+            self.endpoints.push(endpoint);
             let faults = FaultConfig {
                 seed: seed ^ (self.id << 32) ^ (u64::from(index) << 16) ^ self.starts,
                 eio_write_one_in: self.eio_one_in,
@@ -118,8 +133,18 @@ impl SimNode {
             };
             let env = SimEnv::new(self.disk.io(faults), world.clone(), endpoint, self.host);
             let dir = PathBuf::from(format!("/node-{}/shard-{index}", self.id));
-            let store = Store::open(env, &dir.join("store"), store_config(), clock.clone())
-                .map_err(|e| format!("node {} shard {index}: store: {e}", self.id))?;
+            let store = match Store::open(env, &dir.join("store"), store_config(), clock.clone()) {
+                Ok(store) => store,
+                Err(e) => {
+                    let reason = format!("node {} shard {index}: store: {e}", self.id);
+                    // The shards opened so far go with the process.
+                    self.kill(world, None);
+                    return Err(match e {
+                        StoreError::Io { .. } | StoreError::Fatal(_) => StartFailure::Disk(reason),
+                        _ => StartFailure::Refused(reason),
+                    });
+                }
+            };
             let logs = StoreLogs {
                 new: store.recovery_report().segments == 0,
                 log_ids: store.log_ids().collect(),
@@ -128,8 +153,16 @@ impl SimNode {
                 files: self.catalogs.clone(),
                 path: dir.join("catalog"),
             };
-            let catalog = Catalog::load(Box::new(file), &logs)
-                .map_err(|e| format!("node {} shard {index}: {e}", self.id))?;
+            let catalog = match Catalog::load(Box::new(file), &logs) {
+                Ok(catalog) => catalog,
+                Err(e) => {
+                    self.kill(world, None);
+                    return Err(StartFailure::Refused(format!(
+                        "node {} shard {index}: {e}",
+                        self.id
+                    )));
+                }
+            };
             let mut addr = self.addr;
             addr.set_port(addr.port() + index);
             let listener = world.borrow_mut().listen(endpoint, self.host, addr);
@@ -157,7 +190,6 @@ impl SimNode {
             shard.start();
             shard.install(map);
             self.shards.push(shard);
-            self.endpoints.push(endpoint);
         }
         self.down = None;
         Ok(())

@@ -1,6 +1,15 @@
 //! The local dev cluster (`chainlog dev`, `chainlog-bench --dev N`): a controller and node
 //! processes on loopback, children of this process, always torn down.
 //!
+//! **Members die and come back.** Once started, the cluster goes on when a member exits (or
+//! is killed: [`DevCluster::signal`]); [`DevCluster::exited`] reports each exit once, with
+//! the end of the member's log, and [`DevCluster::restart`] starts a member that exited again,
+//! with its data directory and its log file (appended to). A node restarts on new ports (it
+//! registers its new address with the controller, and clients follow the map); the
+//! controller restarts on the port it had, since the nodes know it by that address (if that
+//! port was taken meanwhile, the restart fails and says so). The controller serves its
+//! metrics ([`DevCluster::controller_metrics`]).
+//!
 //! [`DevCluster::start`] launches the processes with a [`Launcher`] (this executable's
 //! `controller` and `node` subcommands, usually), each on loopback port 0: the process binds
 //! free ports itself and says where it serves on stdout (`chainlog controller: serving at
@@ -35,7 +44,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::client::Client;
-use crate::controller::server::SERVING_AT as CONTROLLER_SERVING_AT;
+use crate::controller::server::parse_serving as parse_controller_serving;
 use crate::node::Serving;
 
 /// How long [`DevCluster::start`] waits for every process to answer, by default: generous,
@@ -220,6 +229,9 @@ pub enum Failure {
     /// It printed something else than where it serves.
     #[error("printed {0:?} instead of where it serves")]
     NotServing(String),
+    /// It is running: only a member that exited can be restarted.
+    #[error("is running (pid {0}): only a member that exited can be restarted")]
+    Running(u32),
     /// It was not ready within the readiness timeout.
     #[error("was not ready within {after:?} (last: {last})")]
     NotReady {
@@ -237,6 +249,10 @@ pub struct DevProcess {
     member: Member,
     /// Where it serves, once it said so (until then, the unspecified address).
     addr: SocketAddr,
+    /// Where it serves metrics, once it said so, if it does.
+    metrics: Option<SocketAddr>,
+    /// Its exit was reported by [`DevCluster::exited`].
+    reported: bool,
     /// Its stdout's first line, once it comes (taken when waited for).
     serving: Option<tokio::sync::oneshot::Receiver<String>>,
     data_dir: PathBuf,
@@ -263,9 +279,14 @@ impl DevProcess {
         &self.log
     }
 
-    /// Its process id.
+    /// Its process id (of its latest start).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether it has exited (reaping it), without waiting.
+    pub fn has_exited(&mut self) -> bool {
+        self.poll_exit().is_some()
     }
 
     /// How the process exited, if it has (reaping it), without waiting.
@@ -298,7 +319,6 @@ impl DevProcess {
 #[derive(Debug)]
 pub struct DevNode {
     id: u64,
-    metrics: SocketAddr,
     process: DevProcess,
 }
 
@@ -310,12 +330,12 @@ impl DevNode {
 
     /// Where the node serves Prometheus metrics.
     pub fn metrics(&self) -> SocketAddr {
-        self.metrics
+        self.process.metrics.unwrap_or(UNKNOWN_ADDR)
     }
 
     /// `http://ADDR/metrics`.
     pub fn metrics_url(&self) -> String {
-        format!("http://{}/metrics", self.metrics)
+        format!("http://{}/metrics", self.metrics())
     }
 
     /// Its process: shard 0's address, data directory, log file, pid.
@@ -331,6 +351,29 @@ pub struct DevCluster {
     nodes: Vec<DevNode>,
     spawner: Spawner,
     dir: DataDir,
+    /// What it was started with (a restart launches the same way).
+    options: DevOptions,
+}
+
+/// A member that exited on its own or was killed ([`DevCluster::exited`]).
+#[derive(Debug)]
+pub struct Exited {
+    /// Which.
+    pub member: Member,
+    /// How it ended.
+    pub status: ExitStatus,
+    /// Its log file.
+    pub log: PathBuf,
+    /// The last lines of its log.
+    pub tail: String,
+}
+
+/// Which processes a wait watches for an exit: any (while the cluster starts, every one must
+/// stay up) or one (a restart, while others may be down on purpose).
+#[derive(Clone, Copy, Debug)]
+enum Watching {
+    All,
+    One(Member),
 }
 
 #[derive(Debug)]
@@ -370,50 +413,35 @@ impl DevCluster {
             nodes: Vec::new(),
             spawner: Spawner::start()?,
             dir,
+            options: options.clone(),
         };
         // From here on an error drops `cluster`, which stops every process started so far.
         let deadline = Instant::now() + options.ready_timeout;
         let controller = match options.is_cluster() {
             true => {
-                cluster.controller = Some(cluster.launch_controller(&options)?);
-                let line = cluster
-                    .wait_serving(Member::Controller, deadline, options.ready_timeout)
+                cluster.controller = Some(cluster.launch_controller(LISTEN, false)?);
+                cluster
+                    .serving(Member::Controller, deadline, Watching::All)
                     .await?;
-                let controller = cluster.controller.as_mut().expect("just launched");
-                let addr = line
-                    .trim()
-                    .strip_prefix(CONTROLLER_SERVING_AT)
-                    .and_then(|addr| addr.parse().ok())
-                    .ok_or_else(|| controller.failed(Failure::NotServing(line.clone())))?;
-                controller.addr = addr;
-                Some(addr)
+                cluster.controller.as_ref().map(|c| c.addr)
             }
             false => None,
         };
         // Every node starts before any is waited for: they measure their disks at once.
         for index in 0..options.nodes {
-            let node = cluster.launch_node(&options, index as u64 + 1, controller)?;
+            let node = cluster.launch_node(index as u64 + 1, controller, false)?;
             cluster.nodes.push(node);
         }
-        for index in 0..cluster.nodes.len() {
-            let member = Member::Node(cluster.nodes[index].id);
-            let line = cluster
-                .wait_serving(member, deadline, options.ready_timeout)
+        let ids: Vec<u64> = cluster.nodes.iter().map(|n| n.id).collect();
+        for &id in &ids {
+            cluster
+                .serving(Member::Node(id), deadline, Watching::All)
                 .await?;
-            let node = &mut cluster.nodes[index];
-            let serving = line
-                .parse::<Serving>()
-                .ok()
-                .filter(|s| usize::from(s.shards) == options.shards)
-                .and_then(|s| Some((s.addr, s.metrics?)))
-                .ok_or_else(|| node.process.failed(Failure::NotServing(line.clone())))?;
-            (node.process.addr, node.metrics) = serving;
         }
         if let Some(controller) = controller {
-            let ids: Vec<u64> = cluster.nodes.iter().map(|n| n.id).collect();
             for id in ids {
                 cluster
-                    .wait_ready(Member::Node(id), deadline, options.ready_timeout, || {
+                    .wait_ready(Member::Node(id), deadline, Watching::All, || {
                         alive_in_map(controller, id)
                     })
                     .await?;
@@ -422,31 +450,62 @@ impl DevCluster {
         Ok(cluster)
     }
 
-    /// Starts the controller; logs created without a replication factor get `options.rf`.
-    fn launch_controller(&self, options: &DevOptions) -> Result<DevProcess, DevError> {
+    /// Waits for `member`'s serving line (until `deadline`, watching what `watching` says
+    /// for exits) and takes its addresses from it.
+    async fn serving(
+        &mut self,
+        member: Member,
+        deadline: Instant,
+        watching: Watching,
+    ) -> Result<(), DevError> {
+        let line = self.wait_serving(member, deadline, watching).await?;
+        let shards = self.options.shards;
+        let process = self.process(member);
+        let addrs = match member {
+            Member::Controller => parse_controller_serving(&line),
+            Member::Node(_) => line
+                .parse::<Serving>()
+                .ok()
+                .filter(|s| usize::from(s.shards) == shards)
+                .and_then(|s| Some((s.addr, Some(s.metrics?)))),
+        };
+        let (addr, metrics) =
+            addrs.ok_or_else(|| process.failed(Failure::NotServing(line.clone())))?;
+        (process.addr, process.metrics) = (addr, metrics);
+        Ok(())
+    }
+
+    /// Starts the controller listening at `listen`, serving metrics at a port of its own;
+    /// logs created without a replication factor get the cluster's (`options.rf`).
+    /// `again`: a restart (its log is appended to).
+    fn launch_controller(&self, listen: &str, again: bool) -> Result<DevProcess, DevError> {
         let flags = [
             OsString::from("--listen"),
+            listen.into(),
+            "--metrics".into(),
             LISTEN.into(),
             "--default-rf".into(),
-            options.rf.to_string().into(),
+            self.options.rf.to_string().into(),
         ];
         self.launch(
-            options,
             Member::Controller,
             "controller",
-            &options.launcher.controller_prefix,
+            &self.options.launcher.controller_prefix,
             &flags,
+            again,
         )
     }
 
     /// Starts node `id`; its metrics are served at the port after its last shard's (the
-    /// node's default), bound by the node with its shards' ports.
+    /// node's default), bound by the node with its shards' ports. `again`: a restart (its
+    /// log is appended to).
     fn launch_node(
         &self,
-        options: &DevOptions,
         id: u64,
         controller: Option<SocketAddr>,
+        again: bool,
     ) -> Result<DevNode, DevError> {
+        let options = &self.options;
         let mut flags: Vec<OsString> = vec![
             "--listen".into(),
             LISTEN.into(),
@@ -462,37 +521,41 @@ impl DevCluster {
             flags.extend(["--controller".into(), controller.to_string().into()]);
         }
         let process = self.launch(
-            options,
             Member::Node(id),
             &format!("node-{id}"),
             &options.launcher.node_prefix,
             &flags,
+            again,
         )?;
-        Ok(DevNode {
-            id,
-            metrics: UNKNOWN_ADDR,
-            process,
-        })
+        Ok(DevNode { id, process })
     }
 
     /// Starts `program prefix... --data-dir DIR/name flags...` with its stderr in
-    /// `DIR/name.log`: in its own process group, killed by the kernel if this process dies.
-    /// Its stdout's first line is kept for [`DevCluster::wait_serving`]; the rest is read and
-    /// dropped, so that the process never blocks on a full pipe.
+    /// `DIR/name.log` (appended to if `again`, a restart): in its own process group, killed by
+    /// the kernel if this process dies. Its stdout's first line is kept for
+    /// [`DevCluster::wait_serving`]; the rest is read and dropped, so that the process never
+    /// blocks on a full pipe.
     fn launch(
         &self,
-        options: &DevOptions,
         member: Member,
         name: &str,
         prefix: &[String],
         flags: &[OsString],
+        again: bool,
     ) -> Result<DevProcess, DevError> {
+        let options = &self.options;
         let data_dir = self.dir.path().join(name);
         let log = self.dir.path().join(format!("{name}.log"));
-        let log_file = File::create(&log).map_err(|source| DevError::Io {
-            what: format!("creating {}", log.display()),
-            source,
-        })?;
+        let log_file = File::options()
+            .create(true)
+            .write(true)
+            .append(again)
+            .truncate(!again)
+            .open(&log)
+            .map_err(|source| DevError::Io {
+                what: format!("creating {}", log.display()),
+                source,
+            })?;
         let mut command = Command::new(&options.launcher.program);
         command
             .args(prefix)
@@ -533,6 +596,8 @@ impl DevCluster {
         let mut process = DevProcess {
             member,
             addr: UNKNOWN_ADDR,
+            metrics: None,
+            reported: false,
             serving: Some(serving),
             data_dir,
             log,
@@ -587,10 +652,103 @@ impl DevCluster {
         matches!(self.dir, DataDir::Temp(_))
     }
 
-    /// `Err` if a process has exited on its own (with its log's tail), without waiting.
-    pub fn check(&mut self) -> Result<(), DevError> {
+    /// Where the controller serves its metrics (`http://ADDR/metrics`), if the cluster has
+    /// one.
+    pub fn controller_metrics(&self) -> Option<SocketAddr> {
+        self.controller.as_ref().and_then(|c| c.metrics)
+    }
+
+    /// The members that exited (on their own, or killed) since the last call, each once per
+    /// exit, without waiting; the rest of the cluster goes on.
+    pub fn exited(&mut self) -> Vec<Exited> {
+        let mut exited = Vec::new();
         for process in self.processes() {
-            if let Some(status) = process.poll_exit() {
+            if let (Some(status), false) = (process.poll_exit(), process.reported) {
+                process.reported = true;
+                exited.push(Exited {
+                    member: process.member,
+                    status,
+                    log: process.log.clone(),
+                    tail: log_tail(&process.log),
+                });
+            }
+        }
+        exited
+    }
+
+    /// The process of `member`, if the cluster has it.
+    pub fn member(&mut self, member: Member) -> Option<&mut DevProcess> {
+        self.processes().find(|p| p.member == member)
+    }
+
+    /// Sends `signal` (e.g. `SIGKILL`, `SIGSTOP`, `SIGCONT`) to `member`; false if it has no
+    /// such member or the member has exited.
+    pub fn signal(&mut self, member: Member, signal: libc::c_int) -> bool {
+        let Some(process) = self.member(member) else {
+            return false;
+        };
+        if process.has_exited() {
+            return false;
+        }
+        process.signal(signal);
+        true
+    }
+
+    /// Starts `member` again, which has exited: with its data directory, its log appended to,
+    /// a node on new ports, the controller on its port; returns once it serves (a node: once
+    /// the controller's map shows it alive too), or with why not (the member is then down
+    /// again, and can be restarted again).
+    pub async fn restart(&mut self, member: Member) -> Result<(), DevError> {
+        let process = self
+            .member(member)
+            .ok_or_else(|| DevError::Invalid(format!("the cluster has no {member}")))?;
+        if !process.has_exited() {
+            return Err(process.failed(Failure::Running(process.pid())));
+        }
+        let deadline = Instant::now() + self.options.ready_timeout;
+        let controller = self.controller.as_ref().map(|c| c.addr);
+        match member {
+            Member::Controller => {
+                let listen = controller.map(|addr| addr.to_string()).unwrap_or_default();
+                let process = self.launch_controller(&listen, true)?;
+                self.controller = Some(process);
+            }
+            Member::Node(id) => {
+                let node = self.launch_node(id, controller, true)?;
+                let index = self
+                    .nodes
+                    .iter()
+                    .position(|n| n.id == id)
+                    .expect("found above");
+                self.nodes[index] = node;
+            }
+        }
+        let mut ready = self.serving(member, deadline, Watching::One(member)).await;
+        if let (Ok(()), Member::Node(id), Some(controller)) = (&ready, member, controller) {
+            ready = self
+                .wait_ready(member, deadline, Watching::One(member), || {
+                    alive_in_map(controller, id)
+                })
+                .await;
+        }
+        if ready.is_err() {
+            // Down again, for good, and said so by the error rather than by `exited`.
+            let process = self.member(member).expect("just launched");
+            stop_all(vec![&mut *process]);
+            process.reported = true;
+        }
+        ready
+    }
+
+    /// `Err` if a process `watching` names has exited (with its log's tail), without
+    /// waiting.
+    fn check(&mut self, watching: Watching) -> Result<(), DevError> {
+        for process in self.processes() {
+            let watched = match watching {
+                Watching::All => true,
+                Watching::One(member) => process.member == member,
+            };
+            if let (true, Some(status)) = (watched, process.poll_exit()) {
                 return Err(process.failed(Failure::Exited(status)));
             }
         }
@@ -610,14 +768,15 @@ impl DevCluster {
         self.controller.iter_mut().chain(nodes)
     }
 
-    /// Waits until `member` says where it serves (its stdout's first line, returned), or any
-    /// process exits, or `deadline` passes (after `after` in all).
+    /// Waits until `member` says where it serves (its stdout's first line, returned), or a
+    /// process `watching` names exits, or `deadline` passes.
     async fn wait_serving(
         &mut self,
         member: Member,
         deadline: Instant,
-        after: Duration,
+        watching: Watching,
     ) -> Result<String, DevError> {
+        let after = self.options.ready_timeout;
         let mut serving = self
             .process(member)
             .serving
@@ -626,7 +785,7 @@ impl DevCluster {
         let mut last = "nothing on stdout yet".to_string();
         let mut open = true;
         loop {
-            self.check()?;
+            self.check(watching)?;
             if open {
                 match tokio::time::timeout(POLL_EVERY, &mut serving).await {
                     Ok(Ok(line)) => return Ok(line),
@@ -655,22 +814,23 @@ impl DevCluster {
             .expect("a member waited for was started")
     }
 
-    /// Waits until `probe` succeeds for `member`, or any process exits, or `deadline` passes
-    /// (after `after` in all).
+    /// Waits until `probe` succeeds for `member`, or a process `watching` names exits, or
+    /// `deadline` passes.
     async fn wait_ready<F, P>(
         &mut self,
         member: Member,
         deadline: Instant,
-        after: Duration,
+        watching: Watching,
         probe: P,
     ) -> Result<(), DevError>
     where
         P: Fn() -> F,
         F: Future<Output = Result<(), String>>,
     {
+        let after = self.options.ready_timeout;
         let mut last = "no answer".to_string();
         loop {
-            self.check()?;
+            self.check(watching)?;
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, probe()).await {
                 Ok(Ok(())) => return Ok(()),

@@ -2,8 +2,9 @@
 //!
 //! This crate holds the node ([`node`]), the controller ([`controller`]), the async client
 //! library ([`client`]), the local cluster of node processes ([`dev`]), and what the binaries
-//! share: the stop-signal handling ([`signals`]) and their logs' setup ([`logging`]); the
-//! storage engine and the wire protocol are their own crates, re-exported.
+//! share: the stop-signal handling ([`signals`]), their logs' setup ([`logging`]) and the
+//! `/metrics` exposition (`prometheus`); the storage engine and the wire protocol are their
+//! own crates, re-exported.
 
 pub mod client;
 mod command;
@@ -13,6 +14,7 @@ mod durable_file;
 pub mod history;
 pub mod logging;
 pub mod node;
+mod prometheus;
 pub mod replication;
 pub mod signals;
 pub mod sim;

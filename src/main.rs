@@ -8,10 +8,10 @@ mod cli;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chainlog::controller::ControllerArgs;
-use chainlog::dev::{DevCluster, DevError, DevOptions, Launcher};
+use chainlog::dev::{DevCluster, DevError, DevOptions, Launcher, Member};
 use chainlog::node::NodeArgs;
 use chainlog::signals::StopSignals;
 use clap::{Parser, Subcommand};
@@ -29,13 +29,16 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a storage node: one shard thread per core, shard i on the base port + i.
-    Node(NodeArgs),
+    /// Run a storage node: one shard thread per core, shard i on the base port + i. Or, with
+    /// `drain` or `undrain`, ask the controller to move every chain off a node of the cluster
+    /// (or to give it chains again).
+    Node(NodeRun),
     /// Run the controller: nodes register and heartbeat with it, it places logs and serves
     /// the cluster map; until SIGTERM or SIGINT.
     Controller(ControllerArgs),
     /// Run a local dev cluster (a controller and nodes as child processes on loopback) until
-    /// Ctrl-C or SIGTERM.
+    /// Ctrl-C or SIGTERM; a member that dies is reported and the rest goes on (with
+    /// --restart-dead, it is started again).
     Dev(DevArgs),
     /// Run whole clusters in one thread from seeds, with faults, and check every history
     /// (the deterministic simulator; a failing seed replays exactly).
@@ -75,15 +78,26 @@ enum Command {
         #[command(flatten)]
         common: cli::Common,
     },
-    /// A cluster (--target the controller): its nodes, its logs with their chains, and each
-    /// replica's tail. A node: per shard, reachable or not, its logs and their tails. Exits 1
-    /// if a shard (a node, a replica) does not answer.
+    /// A cluster (--target the controller): its nodes (alive, drained), its logs with their
+    /// epoch and chain (under-replicated if shorter than the rf), and each replica's tail
+    /// (catching up if below the epoch's start). A node: per shard, reachable or not, its logs
+    /// and their tails. Exits 1 if a shard (a node, a replica) does not answer.
     Status {
         #[command(flatten)]
         args: cli::StatusArgs,
         #[command(flatten)]
         common: cli::Common,
     },
+}
+
+/// `chainlog node`: a node's flags, to run it, or a subcommand about one of a cluster's nodes.
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+struct NodeRun {
+    #[command(subcommand)]
+    operation: Option<cli::NodeCommand>,
+    #[command(flatten)]
+    args: NodeArgs,
 }
 
 /// `chainlog dev`'s arguments.
@@ -102,6 +116,11 @@ struct DevArgs {
     /// Keep the processes' data and logs here (default: a temp dir, removed on stop).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Start a member that died (exited, or was killed) again after this many seconds
+    /// [default without a value: 1]; without the flag, a dead member stays down.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "1",
+          value_parser = cli::seconds)]
+    restart_dead: Option<Duration>,
 }
 
 /// `chainlog sim`'s arguments.
@@ -149,7 +168,11 @@ fn main() -> ExitCode {
         Command::Trim { args, common } => cli::run(common, cli::Command::Trim(args)),
         Command::Tail { args, common } => cli::run(common, cli::Command::Tail(args)),
         Command::Status { args, common } => cli::run(common, cli::Command::Status(args)),
-        Command::Node(args) => args.run("chainlog node"),
+        Command::Node(NodeRun {
+            operation: Some(operation),
+            ..
+        }) => cli::run(operation.common().clone(), cli::Command::Node(operation)),
+        Command::Node(NodeRun { args, .. }) => args.run("chainlog node"),
         Command::Controller(args) => args.run("chainlog controller"),
         Command::Dev(args) => dev(args),
         Command::Sim(args) => sim(args),
@@ -245,9 +268,14 @@ fn sim(args: SimArgs) -> ExitCode {
 
 /// How often `chainlog dev` looks whether a process died while it waits for Ctrl-C.
 const DEV_CHECK_EVERY: Duration = Duration::from_millis(200);
+/// Restarts of a member in a row that fail before `chainlog dev --restart-dead` stops trying.
+const DEV_RESTARTS_MAX: u32 = 3;
 
 /// `chainlog dev`: starts the cluster, prints where it is, waits for SIGINT or SIGTERM, stops
-/// every process. Exit codes: 0 stopped by a signal, 1 a process failed, 2 bad arguments.
+/// every process. A member that dies meanwhile is reported on stderr (with the end of its
+/// log) and the rest goes on; with `--restart-dead`, it is started again after the delay
+/// (given up after [`DEV_RESTARTS_MAX`] failed restarts in a row). Exit codes: 0 stopped by a
+/// signal, 1 the cluster did not start, 2 bad arguments.
 fn dev(args: DevArgs) -> ExitCode {
     // Before any thread starts, so that every thread inherits the block and only `wait`
     // takes the signals; the children start with an empty mask (std resets it).
@@ -294,18 +322,59 @@ fn dev(args: DevArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    drop(runtime);
     print_dev(&cluster, rf);
+    // Members to start again, when, and how many restarts of each failed in a row.
+    let mut restarts: Vec<(Member, Instant, u32)> = Vec::new();
     loop {
         if signals.wait(DEV_CHECK_EVERY) {
             eprintln!("chainlog dev: stopping every process");
             cluster.stop();
             return ExitCode::SUCCESS;
         }
-        if let Err(e) = cluster.check() {
-            eprintln!("chainlog dev: {e}");
-            cluster.stop();
-            return ExitCode::FAILURE;
+        for exited in cluster.exited() {
+            let next = match args.restart_dead {
+                Some(delay) => {
+                    restarts.push((exited.member, Instant::now() + delay, 0));
+                    format!("it is started again in {delay:?}")
+                }
+                None => "it stays down (--restart-dead starts dead members again)".into(),
+            };
+            eprintln!(
+                "chainlog dev: {} exited ({}); the rest of the cluster goes on, {next}; the end of its log {}:\n{}",
+                exited.member,
+                exited.status,
+                exited.log.display(),
+                exited.tail
+            );
+        }
+        let now = Instant::now();
+        let due: Vec<(Member, u32)> = restarts
+            .iter()
+            .filter(|(_, at, _)| *at <= now)
+            .map(|&(member, _, failed)| (member, failed))
+            .collect();
+        restarts.retain(|(_, at, _)| *at > now);
+        for (member, failed) in due {
+            match runtime.block_on(cluster.restart(member)) {
+                Ok(()) => {
+                    let process = cluster.member(member).expect("just restarted");
+                    eprintln!(
+                        "chainlog dev: {member} started again (pid {}), at {}",
+                        process.pid(),
+                        process.addr()
+                    );
+                }
+                Err(e) => {
+                    let failed = failed + 1;
+                    if failed < DEV_RESTARTS_MAX {
+                        let delay = args.restart_dead.unwrap_or_default();
+                        restarts.push((member, Instant::now() + delay, failed));
+                        eprintln!("chainlog dev: starting {member} again failed ({failed} in a row), trying again in {delay:?}: {e}");
+                    } else {
+                        eprintln!("chainlog dev: starting {member} again failed {failed} times in a row; it stays down: {e}");
+                    }
+                }
+            }
         }
     }
 }
@@ -357,6 +426,11 @@ fn print_dev(cluster: &DevCluster, rf: usize) {
     lines.push(format!(
         "         chainlog-bench append --target {target} --rf {rf} --record-size 1024 --concurrency 8 --duration 10"
     ));
+    if let Some(metrics) = cluster.controller_metrics() {
+        lines.push(format!(
+            "         curl http://{metrics}/metrics   # the controller's"
+        ));
+    }
     lines.push("Ctrl-C (or SIGTERM) stops every process.".to_string());
     for line in lines {
         // A closed stdout must not stop the cluster from running or being torn down.

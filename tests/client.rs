@@ -835,6 +835,7 @@ fn encode_map(out: &mut Vec<u8>, request_id: u64, map: &FakeMap, after: u64) {
             node_id,
             shard_count,
             alive: true,
+            drained: false,
             last_heartbeat_ms: 10,
             addr,
         })

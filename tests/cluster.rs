@@ -496,19 +496,10 @@ fn the_replication_port_refuses_bad_forwards_and_writes_nothing() {
 /// Sends `n` APPENDs of `batch` small records each on `client` without reading answers.
 fn send_appends(client: &mut Client, log_id: u64, n: usize, batch: usize) {
     let payloads: Vec<Vec<u8>> = (0..batch).map(|i| payload(9, i as u64)).collect();
-    let mut out = Vec::new();
-    let limits = client.limits;
+    let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
     for _ in 0..n {
-        let id = client.next_id;
-        client.next_id += 1;
-        let mut builder =
-            chainlog::net::AppendBuilder::new(&mut out, id, &AppendHeader::new(log_id), &limits);
-        for p in &payloads {
-            builder.push(p).expect("within limits");
-        }
-        builder.finish();
+        client.send_append(&AppendHeader::new(log_id), &payloads);
     }
-    client.send(&out);
 }
 
 /// Reads `n` APPEND answers: the first LSNs of those that succeeded, and how many were

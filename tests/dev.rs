@@ -1,8 +1,11 @@
 //! The dev cluster with real processes: [`chainlog::dev::DevCluster`] in this process (a
-//! node that cannot start stops the controller started before it), and the `chainlog dev`
-//! command (serves through the address it prints; SIGINT stops its node and exits 0; a
-//! `kill -9` of it takes its node down too; three nodes with rf 3 start a controller whose
-//! map shows them alive, and stop leaving no process).
+//! node that cannot start stops the controller started before it; a member killed is
+//! reported once, the rest goes on, and it can be started again: a node on new ports, the
+//! controller on its own), and the `chainlog dev` command (serves through the address it
+//! prints; SIGINT stops its node and exits 0; a `kill -9` of it takes its node down too; three
+//! nodes with rf 3 start a controller whose map shows them alive, and stop leaving no
+//! process; a member that dies is reported and the cluster goes on, and `--restart-dead`
+//! starts it again).
 //!
 //! Every process a test starts is killed by PID and reaped when the test ends, failed or not
 //! ([`Dev`]'s `Drop`). Waits have generous deadlines, as guards against hanging, never as
@@ -181,6 +184,8 @@ fn a_node_that_cannot_start_stops_the_controller_started_before_it() {
 struct Dev {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// Its stderr's lines, if asked for ([`Dev::start_watched`]).
+    errors: Option<mpsc::Receiver<String>>,
     controller_pid: Option<u32>,
     node_pids: Vec<u32>,
     /// The data directory it printed.
@@ -196,6 +201,15 @@ impl Dev {
 
     /// As [`Dev::start`], with its temporary directories in `tmp` if given (`TMPDIR`).
     fn start_in(tmp: Option<&std::path::Path>, args: &[&str]) -> Dev {
+        Dev::spawn(tmp, args, false)
+    }
+
+    /// As [`Dev::start`], with its stderr read line by line ([`Dev::said`]).
+    fn start_watched(args: &[&str]) -> Dev {
+        Dev::spawn(None, args, true)
+    }
+
+    fn spawn(tmp: Option<&std::path::Path>, args: &[&str], watched: bool) -> Dev {
         let mut command = Command::new(chainlog());
         if let Some(tmp) = tmp {
             command.env("TMPDIR", tmp);
@@ -205,21 +219,30 @@ impl Dev {
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(if watched {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .expect("start chainlog dev");
-        let stdout = child.stdout.take().expect("stdout");
-        let (send, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if send.send(line).is_err() {
-                    break;
+        let lines_of = |stream: Box<dyn std::io::Read + Send>| {
+            let (send, lines) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if send.send(line).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            });
+            lines
+        };
+        let lines = lines_of(Box::new(child.stdout.take().expect("stdout")));
+        let errors = child.stderr.take().map(|stderr| lines_of(Box::new(stderr)));
         Dev {
             child,
             lines,
+            errors,
             controller_pid: None,
             node_pids: Vec::new(),
             data_dir: None,
@@ -267,6 +290,20 @@ impl Dev {
     fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill(2) on our own child, not yet reaped.
         unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+    }
+
+    /// Reads its stderr until a line contains `text`; that line.
+    fn said(&self, text: &str) -> String {
+        let errors = self.errors.as_ref().expect("stderr is read");
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match errors.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("chainlog dev never said {text:?}: {e}"),
+            }
+        }
     }
 
     fn wait(&mut self) -> ExitStatus {
@@ -415,4 +452,166 @@ fn a_temp_dir_left_by_a_kill_9_is_removed_by_the_next_chainlog_dev() {
         assert!(dev.wait().success());
     }
     assert!(!running_dir.exists() && !next.data_dir.clone().expect("dir").exists());
+}
+
+/// Sends `signal` to process `pid`, which this test started (through a dev cluster).
+fn kill(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) on a process of this test's cluster, alive when this is called.
+    unsafe { libc::kill(pid as libc::pid_t, signal) };
+}
+
+/// Waits until `cluster` reports members exited; returns them.
+fn wait_exited(cluster: &mut DevCluster) -> Vec<Member> {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let exited = cluster.exited();
+        if !exited.is_empty() {
+            return exited.into_iter().map(|e| e.member).collect();
+        }
+        assert!(Instant::now() < end, "no member was reported exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_member_killed_is_reported_once_the_rest_goes_on_and_it_starts_again() {
+    let runtime = runtime();
+    let options = DevOptions {
+        nodes: 3,
+        rf: 3,
+        ..DevOptions::new(launcher())
+    };
+    let mut cluster = runtime.block_on(DevCluster::start(options)).expect("start");
+    let target = cluster.target();
+    assert!(
+        cluster.controller_metrics().is_some(),
+        "the controller serves metrics"
+    );
+    let (id, chain) = runtime.block_on(async {
+        let client = Client::connect(target).await.expect("connect");
+        let id = client.create_log_with("dev-kill", 3).await.expect("create");
+        client.append(id, &[b"before"]).await.expect("append");
+        let chain = client
+            .map()
+            .expect("map")
+            .log(id)
+            .expect("log")
+            .chain
+            .clone();
+        (id, chain)
+    });
+    // The tail dies: reported once; the other processes go on.
+    let tail = chain[2];
+    let old = cluster.nodes()[tail as usize - 1].process();
+    let (old_pid, old_addr) = (old.pid(), old.addr());
+    assert!(cluster.signal(Member::Node(tail), libc::SIGKILL));
+    assert_eq!(wait_exited(&mut cluster), [Member::Node(tail)]);
+    assert!(cluster.exited().is_empty(), "an exit is reported once");
+    assert!(
+        !cluster.signal(Member::Node(tail), libc::SIGKILL),
+        "it is gone"
+    );
+    for node in cluster.nodes().iter().filter(|n| n.id() != tail) {
+        assert!(alive(node.process().pid()), "node {}", node.id());
+    }
+    let controller_pid = cluster.controller().expect("controller").pid();
+    assert!(alive(controller_pid));
+    // The log goes on without it (sealed out: no spare, so two replicas).
+    runtime.block_on(async {
+        let client = Client::connect(target).await.expect("connect");
+        client.append(id, &[b"without it"]).await.expect("append");
+    });
+    // It starts again: a new process on new ports, with its data; the log grows back.
+    runtime
+        .block_on(cluster.restart(Member::Node(tail)))
+        .expect("restart");
+    let again = cluster.nodes()[tail as usize - 1].process();
+    assert_ne!(again.pid(), old_pid);
+    assert!(alive(again.pid()));
+    assert_ne!(again.addr(), old_addr, "a node restarts on new ports");
+    assert!(
+        matches!(
+            runtime.block_on(cluster.restart(Member::Node(tail))),
+            Err(DevError::Failed { .. })
+        ),
+        "a running member is not restarted"
+    );
+    runtime.block_on(async {
+        let client = Client::connect(target).await.expect("connect");
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let map = chainlog::controller::client::Client::connect(target, DEADLINE)
+                .expect("controller")
+                .map()
+                .expect("map");
+            if map.log(id).expect("log").chain.len() == 3 {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "the log never grew back to 3 replicas"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        client.append(id, &[b"back at 3"]).await.expect("append");
+    });
+    // The controller dies and starts again, at the same address, with its state.
+    assert!(cluster.signal(Member::Controller, libc::SIGKILL));
+    assert_eq!(wait_exited(&mut cluster), [Member::Controller]);
+    runtime
+        .block_on(cluster.restart(Member::Controller))
+        .expect("restart the controller");
+    assert_eq!(cluster.target(), target, "the controller keeps its address");
+    assert_ne!(
+        cluster.controller().expect("controller").pid(),
+        controller_pid
+    );
+    runtime.block_on(async {
+        let client = Client::connect(target).await.expect("connect");
+        assert!(
+            client.map().expect("map").log(id).is_some(),
+            "the state is kept"
+        );
+        client.append(id, &[b"after"]).await.expect("append");
+    });
+    cluster.stop();
+}
+
+#[test]
+fn chainlog_dev_reports_a_dead_member_goes_on_and_restarts_it_with_restart_dead() {
+    // Without --restart-dead: reported, stays down, the rest serves, SIGINT still stops all.
+    let mut dev = Dev::start_watched(&["--nodes", "2", "--rf", "2"]);
+    let target = dev.target();
+    let node = dev.node_pids[1];
+    kill(node, libc::SIGKILL);
+    let said = dev.said("node 2 exited");
+    assert!(said.contains("it stays down"), "{said}");
+    assert!(
+        dev.child.try_wait().expect("try_wait").is_none(),
+        "chainlog dev goes on"
+    );
+    runtime().block_on(round_trip(target));
+    dev.signal(libc::SIGINT);
+    assert!(dev.wait().success());
+
+    // With it: started again, with a new pid.
+    let mut dev = Dev::start_watched(&["--nodes", "2", "--rf", "2", "--restart-dead", "0.2"]);
+    let target = dev.target();
+    let node = dev.node_pids[0];
+    kill(node, libc::SIGKILL);
+    let said = dev.said("node 1 exited");
+    assert!(said.contains("started again in"), "{said}");
+    let again = dev.said("node 1 started again");
+    let pid: u32 = again
+        .split_once("(pid ")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .and_then(|(pid, _)| pid.parse().ok())
+        .expect("the new pid");
+    assert_ne!(pid, node);
+    assert!(alive(pid));
+    dev.node_pids.push(pid);
+    runtime().block_on(round_trip(target));
+    dev.signal(libc::SIGINT);
+    assert!(dev.wait().success());
+    assert!(!alive(pid), "the restarted node outlived chainlog dev");
 }

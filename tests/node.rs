@@ -5,9 +5,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
 use chainlog::net::{
     encode_request, AppendBuilder, AppendHeader, CreateLogRequest, DescribeLogRequest, ErrorCode,
     ListLogsRequest, LogRef, ReadRequest, Request, Response, TrimRequest,
@@ -333,13 +330,7 @@ fn metrics_are_served_as_prometheus_text() {
         node.port + 1,
         "after the last shard's port"
     );
-    let scrape = |path: &str| -> String {
-        let mut s = TcpStream::connect(node.metrics).expect("metrics port");
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
-        let mut body = String::new();
-        s.read_to_string(&mut body).expect("response");
-        body
-    };
+    let scrape = |path: &str| node.scrape(path);
     assert!(scrape("/nothing").starts_with("HTTP/1.1 404"));
     // Shards publish once a second: wait (bounded) until this shard's appends show.
     let mut text = String::new();

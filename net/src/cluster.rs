@@ -31,6 +31,8 @@ pub struct MapNode {
     pub shard_count: u16,
     /// It heartbeated within the controller's liveness timeout when the map was served.
     pub alive: bool,
+    /// An operator drained it: it gets no new chain (`chainlog node drain`).
+    pub drained: bool,
     /// Milliseconds since its last heartbeat when the map was served, or `u64::MAX`
     /// ([`HEARTBEAT_MS_NEVER`](crate::HEARTBEAT_MS_NEVER)) if none since the controller started.
     pub last_heartbeat_ms: u64,
@@ -43,6 +45,7 @@ impl MapNode {
             node_id: self.node_id,
             shard_count: self.shard_count,
             alive: self.alive,
+            drained: self.drained,
             last_heartbeat_ms: self.last_heartbeat_ms,
             addr: &self.addr,
         }
@@ -56,6 +59,7 @@ impl From<map::MapNode<'_>> for MapNode {
             addr: node.addr.to_string(),
             shard_count: node.shard_count,
             alive: node.alive,
+            drained: node.drained,
             last_heartbeat_ms: node.last_heartbeat_ms,
         }
     }
@@ -209,6 +213,7 @@ mod tests {
             addr: format!("127.0.0.1:{}", 7400 + node_id),
             shard_count: 2,
             alive: true,
+            drained: false,
             last_heartbeat_ms: 0,
         }
     }

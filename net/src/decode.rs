@@ -11,14 +11,15 @@ use crate::map::{
 };
 use crate::message::{
     padded, AppendHeader, AppendRequest, AppendResponse, CreateLogRequest, CreateLogResponse,
-    CreditRequest, DescribeLogRequest, DescribeLogResponse, ErrorResponse, GetMapRequest,
-    GetMapResponse, HeartbeatRequest, HelloRequest, HelloResponse, ListLogsRequest,
+    CreditRequest, DescribeLogRequest, DescribeLogResponse, DrainNodeRequest, ErrorResponse,
+    GetMapRequest, GetMapResponse, HeartbeatRequest, HelloRequest, HelloResponse, ListLogsRequest,
     ListLogsResponse, LogEntries, LogRef, MapVersionResponse, Opcode, PeerRequest, PullRequest,
-    PullResponse, Push, ReadRequest, ReadResponse, RegisterNodeRequest, ReplicateHeader,
-    ReplicateKind, ReplicateRequest, ReplicateResponse, Request, Response, Role, SealRequest,
-    SealResponse, SubscribeRequest, SubscribeResponse, TailResponse, TrimRequest,
-    UnsubscribeRequest, ENTRY_HEADER_BYTES, PULL_REQUEST_BYTES, PULL_RESPONSE_HEADER_BYTES,
-    REPLICATE_HEADER_BYTES,
+    PullResponse, Push, ReadRequest, ReadResponse, ReconfigureLogRequest, ReconfigureLogResponse,
+    RegisterNodeRequest, ReplicateHeader, ReplicateKind, ReplicateRequest, ReplicateResponse,
+    Request, Response, Role, SealRequest, SealResponse, SubscribeRequest, SubscribeResponse,
+    TailResponse, TrimRequest, UnsubscribeRequest, ENTRY_HEADER_BYTES, PULL_REQUEST_BYTES,
+    PULL_RESPONSE_HEADER_BYTES, RECONFIGURE_REQUEST_HEADER_BYTES,
+    RECONFIGURE_RESPONSE_HEADER_BYTES, REPLICATE_HEADER_BYTES,
 };
 use crate::records::{RecordForm, Records};
 use crate::{
@@ -147,6 +148,30 @@ pub fn decode_request<'a>(frame: &Frame<'a>, limits: &Limits) -> Result<Request<
             };
             r.reserved_u32("reserved")?;
             Request::GetMap(request)
+        }
+        Opcode::ReconfigureLog => {
+            r.need(RECONFIGURE_REQUEST_HEADER_BYTES)?;
+            let log_id = r.u64()?;
+            let epoch = r.u64()?;
+            let chain = chain(&mut r, true)?;
+            Request::ReconfigureLog(ReconfigureLogRequest {
+                log_id,
+                epoch,
+                chain,
+            })
+        }
+        Opcode::DrainNode => {
+            r.need(16)?;
+            let node_id = r.node_id("node_id")?;
+            let drained = match r.u8()? {
+                0 => false,
+                1 => true,
+                other => return Err(r.invalid("drain", u64::from(other))),
+            };
+            r.reserved_u8("reserved0")?;
+            r.reserved_u16("reserved1")?;
+            r.reserved_u32("reserved2")?;
+            Request::DrainNode(DrainNodeRequest { node_id, drained })
         }
     };
     r.finish()?;
@@ -450,6 +475,22 @@ pub fn decode_response<'a>(frame: &Frame<'a>, limits: &Limits) -> Result<Respons
         }),
         Opcode::GetMap => Response::GetMap(map_response(&mut r, limits)?),
         Opcode::Pull => Response::Pull(pull_response(&mut r, limits)?),
+        Opcode::ReconfigureLog => {
+            r.need(RECONFIGURE_RESPONSE_HEADER_BYTES)?;
+            let log_id = r.u64()?;
+            let epoch = r.u64()?;
+            let start_lsn = r.u64()?;
+            let chain = chain(&mut r, false)?;
+            Response::ReconfigureLog(ReconfigureLogResponse {
+                log_id,
+                epoch,
+                start_lsn,
+                chain,
+            })
+        }
+        Opcode::DrainNode => Response::DrainNode(MapVersionResponse {
+            map_version: r.u64()?,
+        }),
         Opcode::Seal => {
             r.need(32)?;
             Response::Seal(SealResponse {
@@ -628,8 +669,8 @@ pub(crate) fn map_node<'a>(r: &mut Reader<'a>, index: u32) -> Result<MapNode<'a>
     let shard_count = r.u16()?;
     let addr_len = r.u16()?;
     let alive = r.u8()?;
-    r.reserved_u8("node.reserved0")?;
-    r.reserved_u16("node.reserved1")?;
+    let drained = r.u8()?;
+    r.reserved_u16("node.reserved")?;
     let last_heartbeat_ms = r.u64()?;
     if shard_count == 0 {
         return Err(r.invalid("node.shard_count", 0));
@@ -639,12 +680,18 @@ pub(crate) fn map_node<'a>(r: &mut Reader<'a>, index: u32) -> Result<MapNode<'a>
         1 => true,
         other => return Err(r.invalid("node.alive", u64::from(other))),
     };
+    let drained = match drained {
+        0 => false,
+        1 => true,
+        other => return Err(r.invalid("node.drained", u64::from(other))),
+    };
     let addr = r.addr(addr_len, "node.addr_len")?;
     r.padding(addr_len, "node.padding", index)?;
     Ok(MapNode {
         node_id,
         shard_count,
         alive,
+        drained,
         last_heartbeat_ms,
         addr,
     })
@@ -687,6 +734,23 @@ pub(crate) fn map_log<'a>(
         chain: Chain::encoded(chain),
         name,
     })
+}
+
+/// A RECONFIGURE_LOG chain at the reader's position: `chain_len` (u8), 7 reserved bytes,
+/// then that many nonzero node ids; empty only where `empty_ok`.
+fn chain<'a>(r: &mut Reader<'a>, empty_ok: bool) -> Result<Chain<'a>, Error> {
+    let chain_len = r.u8()?;
+    r.reserved_u8("reserved0")?;
+    r.reserved_u16("reserved1")?;
+    r.reserved_u32("reserved2")?;
+    if chain_len == 0 && !empty_ok {
+        return Err(r.invalid("chain_len", 0));
+    }
+    let chain = r.take(8 * usize::from(chain_len))?;
+    if chain.chunks_exact(8).any(|id| id.iter().all(|&b| b == 0)) {
+        return Err(r.invalid("chain", 0));
+    }
+    Ok(Chain::encoded(chain))
 }
 
 fn error_body<'a>(r: &mut Reader<'a>) -> Result<ErrorResponse<'a>, Error> {

@@ -6,6 +6,7 @@
 //! [`AppendBuilder`](crate::AppendBuilder) check them).
 
 use crate::frame::{begin_frame, finish_frame, finish_frame_before, Flags};
+use crate::map::Chain;
 use crate::message::{
     padded, AppendRequest, DescribeLogResponse, ErrorResponse, GetMapResponse, HelloResponse,
     LogEntries, LogRef, Opcode, ReadResponse, ReplicateHeader, ReplicateRequest, Request, Response,
@@ -145,6 +146,16 @@ pub fn encode_request(out: &mut Vec<u8>, request_id: u64, request: &Request<'_>)
             put_u64(out, seal.log_id);
             put_u64(out, seal.epoch);
         }
+        Request::ReconfigureLog(reconfigure) => {
+            put_u64(out, reconfigure.log_id);
+            put_u64(out, reconfigure.epoch);
+            chain_body(out, reconfigure.chain);
+        }
+        Request::DrainNode(drain) => {
+            put_u64(out, drain.node_id);
+            out.push(u8::from(drain.drained));
+            out.extend_from_slice(&[0; 7]);
+        }
         Request::Pull(pull) => {
             put_u64(out, pull.log_id);
             put_u64(out, pull.epoch);
@@ -201,8 +212,16 @@ pub fn encode_response(
             put_u64(out, replicate.trim_point);
             put_u64(out, replicate.next_lsn);
         }
-        Response::RegisterNode(version) | Response::Heartbeat(version) => {
+        Response::RegisterNode(version)
+        | Response::Heartbeat(version)
+        | Response::DrainNode(version) => {
             put_u64(out, version.map_version);
+        }
+        Response::ReconfigureLog(epoch) => {
+            put_u64(out, epoch.log_id);
+            put_u64(out, epoch.epoch);
+            put_u64(out, epoch.start_lsn);
+            chain_body(out, epoch.chain);
         }
         Response::GetMap(map) => map_body(out, &map),
         Response::Seal(seal) => {
@@ -306,7 +325,7 @@ fn map_body(out: &mut Vec<u8>, map: &GetMapResponse<'_>) {
         put_u16(out, node.shard_count);
         put_u16(out, addr_len(node.addr));
         out.push(u8::from(node.alive));
-        out.push(0);
+        out.push(u8::from(node.drained));
         put_u16(out, 0);
         put_u64(out, node.last_heartbeat_ms);
         put_padded(out, node.addr.as_bytes());
@@ -324,6 +343,15 @@ fn map_body(out: &mut Vec<u8>, map: &GetMapResponse<'_>) {
             put_u64(out, node_id);
         }
         put_padded(out, log.name.as_bytes());
+    }
+}
+
+/// `chain_len` (u8), 7 reserved bytes, then the chain's node ids.
+fn chain_body(out: &mut Vec<u8>, chain: Chain<'_>) {
+    out.push(u8::try_from(chain.len()).expect("a chain has at most 255 nodes"));
+    out.extend_from_slice(&[0; 7]);
+    for node_id in chain {
+        put_u64(out, node_id);
     }
 }
 

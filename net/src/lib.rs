@@ -38,13 +38,14 @@ pub use frame::{parse_frame, Flags, Frame, FrameHeader, FRAME_HEADER_BYTES, FRAM
 pub use map::{Chain, ChainIter, MapEntries, MapEntriesIter, MapLog, MapLogs, MapNode, MapNodes};
 pub use message::{
     AppendHeader, AppendRequest, AppendResponse, CreateLogRequest, CreateLogResponse,
-    CreditRequest, DescribeLogRequest, DescribeLogResponse, ErrorResponse, GetMapRequest,
-    GetMapResponse, HeartbeatRequest, HelloRequest, HelloResponse, ListLogsRequest,
+    CreditRequest, DescribeLogRequest, DescribeLogResponse, DrainNodeRequest, ErrorResponse,
+    GetMapRequest, GetMapResponse, HeartbeatRequest, HelloRequest, HelloResponse, ListLogsRequest,
     ListLogsResponse, LogEntries, LogEntriesIter, LogEntry, LogInfo, LogName, LogRef,
     MapVersionResponse, Opcode, PeerRequest, PullRequest, PullResponse, Push, ReadRequest,
-    ReadResponse, RegisterNodeRequest, ReplicateHeader, ReplicateKind, ReplicateRequest,
-    ReplicateResponse, Request, Response, Role, SealRequest, SealResponse, ServerError,
-    SubscribeRequest, SubscribeResponse, TailResponse, TrimRequest, UnsubscribeRequest,
+    ReadResponse, ReconfigureLogRequest, ReconfigureLogResponse, RegisterNodeRequest,
+    ReplicateHeader, ReplicateKind, ReplicateRequest, ReplicateResponse, Request, Response, Role,
+    SealRequest, SealResponse, ServerError, SubscribeRequest, SubscribeResponse, TailResponse,
+    TrimRequest, UnsubscribeRequest,
 };
 pub use records::{AppendBuilder, ReadBuilder, ReadKind, RecordForm, RecordIter, Records};
 

@@ -24,6 +24,8 @@ pub struct MapNode<'a> {
     pub shard_count: u16,
     /// True if it heartbeated within the controller's liveness timeout.
     pub alive: bool,
+    /// True if an operator drained it: it gets no new chain.
+    pub drained: bool,
     /// Milliseconds since its last heartbeat, or [`HEARTBEAT_MS_NEVER`](crate::HEARTBEAT_MS_NEVER).
     pub last_heartbeat_ms: u64,
     /// `"host:port"` of its shard 0 (1..=[`ADDR_BYTES_MAX`](crate::ADDR_BYTES_MAX) bytes of

@@ -55,11 +55,17 @@ pub enum Opcode {
     /// Controller (or admin) to a replica: seal a log's epoch there, for good, and say where
     /// it ends (reconfiguration).
     Seal = 20,
+    /// Operator to controller: seal a log's current epoch and start the next one, with the
+    /// controller's chain or a given one.
+    ReconfigureLog = 21,
+    /// Operator to controller: drain a node (move every chain off it, give it no new one),
+    /// or undo that.
+    DrainNode = 22,
 }
 
 impl Opcode {
     /// Every opcode, in wire order.
-    pub const ALL: [Opcode; 20] = [
+    pub const ALL: [Opcode; 22] = [
         Opcode::Hello,
         Opcode::Append,
         Opcode::Read,
@@ -80,6 +86,8 @@ impl Opcode {
         Opcode::GetMap,
         Opcode::Pull,
         Opcode::Seal,
+        Opcode::ReconfigureLog,
+        Opcode::DrainNode,
     ];
 
     /// Decodes an opcode; `None` if version 1 does not define it.
@@ -112,6 +120,8 @@ impl Opcode {
             Opcode::GetMap => "GET_MAP",
             Opcode::Pull => "PULL",
             Opcode::Seal => "SEAL",
+            Opcode::ReconfigureLog => "RECONFIGURE_LOG",
+            Opcode::DrainNode => "DRAIN_NODE",
         }
     }
 
@@ -201,6 +211,10 @@ pub enum Request<'a> {
     Pull(PullRequest),
     /// SEAL.
     Seal(SealRequest),
+    /// RECONFIGURE_LOG.
+    ReconfigureLog(ReconfigureLogRequest<'a>),
+    /// DRAIN_NODE.
+    DrainNode(DrainNodeRequest),
 }
 
 impl Request<'_> {
@@ -227,6 +241,8 @@ impl Request<'_> {
             Request::GetMap(_) => Opcode::GetMap,
             Request::Pull(_) => Opcode::Pull,
             Request::Seal(_) => Opcode::Seal,
+            Request::ReconfigureLog(_) => Opcode::ReconfigureLog,
+            Request::DrainNode(_) => Opcode::DrainNode,
         }
     }
 
@@ -567,6 +583,10 @@ pub enum Response<'a> {
     Pull(PullResponse<'a>),
     /// SEAL response.
     Seal(SealResponse),
+    /// RECONFIGURE_LOG response.
+    ReconfigureLog(ReconfigureLogResponse<'a>),
+    /// DRAIN_NODE response.
+    DrainNode(MapVersionResponse),
     /// The request failed (flags RESPONSE|ERROR).
     Error(ErrorResponse<'a>),
     /// A subscription ended because of this error: its last push (flags
@@ -600,6 +620,8 @@ impl Response<'_> {
             Response::GetMap(_) => Opcode::GetMap,
             Response::Pull(_) => Opcode::Pull,
             Response::Seal(_) => Opcode::Seal,
+            Response::ReconfigureLog(_) => Opcode::ReconfigureLog,
+            Response::DrainNode(_) => Opcode::DrainNode,
             Response::Error(_) => return None,
         })
     }
@@ -869,7 +891,45 @@ pub struct SealResponse {
     pub trim_point: u64,
 }
 
-/// REGISTER_NODE and HEARTBEAT response.
+/// Size of a RECONFIGURE_LOG request before its chain.
+pub(crate) const RECONFIGURE_REQUEST_HEADER_BYTES: usize = 24;
+/// Size of a RECONFIGURE_LOG response before its chain.
+pub(crate) const RECONFIGURE_RESPONSE_HEADER_BYTES: usize = 32;
+
+/// RECONFIGURE_LOG request: seal `log_id`'s epoch and start the next one (PROTOCOL.md 6.15).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReconfigureLogRequest<'a> {
+    /// The log.
+    pub log_id: u64,
+    /// The epoch to seal: the log's current one, or [`EPOCH_CURRENT`] (0) for whichever is.
+    pub epoch: u64,
+    /// The next epoch's chain, head first; empty: the controller's choice.
+    pub chain: crate::map::Chain<'a>,
+}
+
+/// RECONFIGURE_LOG response: the epoch that followed the sealed one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReconfigureLogResponse<'a> {
+    /// The log.
+    pub log_id: u64,
+    /// The new epoch.
+    pub epoch: u64,
+    /// Its first LSN (where the sealed one ended).
+    pub start_lsn: u64,
+    /// Its chain, head first (never empty).
+    pub chain: crate::map::Chain<'a>,
+}
+
+/// DRAIN_NODE request: drain node `node_id` or undo it (PROTOCOL.md 6.15).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainNodeRequest {
+    /// The node.
+    pub node_id: u64,
+    /// True: drain it; false: undo a drain.
+    pub drained: bool,
+}
+
+/// REGISTER_NODE, HEARTBEAT and DRAIN_NODE response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapVersionResponse {
     /// The controller's current map version (a node that has applied less fetches the map).

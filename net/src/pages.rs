@@ -149,6 +149,7 @@ mod tests {
             addr: "127.0.0.1:7400".into(),
             shard_count: 1,
             alive: true,
+            drained: false,
             last_heartbeat_ms: 5,
         }
     }

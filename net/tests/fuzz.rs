@@ -204,7 +204,7 @@ proptest! {
         version in any::<u64>(),
         nodes in proptest::collection::btree_map(
             1u64..,
-            (1u16.., any::<bool>(), any::<u64>(), "[a-z0-9.:\\[\\]-]{1,40}"),
+            (1u16.., any::<bool>(), any::<bool>(), any::<u64>(), "[a-z0-9.:\\[\\]-]{1,40}"),
             0..6,
         ),
         logs in proptest::collection::btree_map(
@@ -223,10 +223,11 @@ proptest! {
     ) {
         let nodes: Vec<MapNode<'_>> = nodes
             .iter()
-            .map(|(&node_id, (shard_count, alive, last_heartbeat_ms, addr))| MapNode {
+            .map(|(&node_id, (shard_count, alive, drained, last_heartbeat_ms, addr))| MapNode {
                 node_id,
                 shard_count: *shard_count,
                 alive: *alive,
+                drained: *drained,
                 last_heartbeat_ms: *last_heartbeat_ms,
                 addr,
             })

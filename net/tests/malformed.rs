@@ -16,6 +16,18 @@ const REGISTER: u16 = Opcode::RegisterNode as u16;
 const HEARTBEAT: u16 = Opcode::Heartbeat as u16;
 const GET_MAP: u16 = Opcode::GetMap as u16;
 const PULL: u16 = Opcode::Pull as u16;
+const RECONFIGURE: u16 = Opcode::ReconfigureLog as u16;
+const DRAIN: u16 = Opcode::DrainNode as u16;
+
+/// A RECONFIGURE_LOG request body (or, with `start_lsn`, response body): the fields, the
+/// chain's length and its ids.
+fn reconfigure_body(fields: &[u64], chain_len: u8, chain: &[u64]) -> Vec<u8> {
+    let mut body: Vec<u8> = fields.iter().flat_map(|f| f.to_le_bytes()).collect();
+    body.push(chain_len);
+    body.extend_from_slice(&[0; 7]);
+    body.extend(chain.iter().flat_map(|id| id.to_le_bytes()));
+    body
+}
 
 /// Which decoder a case goes through after framing.
 #[derive(Clone, Copy, Debug)]
@@ -1380,6 +1392,13 @@ fn cases() -> Vec<Case> {
         map_body(2, 0, &[node(1), map_node_entry(2, 1, 1, b"h:1", 9)]),
         map_invalid("node.padding", 1),
     ));
+    let mut drained = node(1);
+    drained[13] = 2;
+    cases.push(map_case(
+        "GET_MAP node drained 2",
+        map_body(1, 0, &[drained]),
+        map_invalid("node.drained", 2),
+    ));
     let mut reserved = node(1);
     reserved[14] = 1;
     cases.push(map_case(
@@ -1387,7 +1406,7 @@ fn cases() -> Vec<Case> {
         map_body(1, 0, &[reserved]),
         Error::ReservedNonzero {
             opcode: GET_MAP,
-            field: "node.reserved1",
+            field: "node.reserved",
         },
     ));
     cases.push(map_case(
@@ -1531,6 +1550,74 @@ fn cases() -> Vec<Case> {
             value: 10,
             expected: 11,
         },
+    ));
+
+    // RECONFIGURE_LOG and DRAIN_NODE.
+    let invalid = |opcode: u16, field: &'static str, value: u64| Error::InvalidField {
+        opcode,
+        field,
+        value,
+    };
+    cases.push(request(
+        "RECONFIGURE_LOG chain naming node 0",
+        RECONFIGURE,
+        &reconfigure_body(&[7, 0], 2, &[2, 0]),
+        invalid(RECONFIGURE, "chain", 0),
+    ));
+    cases.push(request(
+        "RECONFIGURE_LOG chain shorter than chain_len",
+        RECONFIGURE,
+        &reconfigure_body(&[7, 0], 3, &[2, 3]),
+        Error::BodyTruncated {
+            opcode: RECONFIGURE,
+            body_bytes: 24 + 16,
+            needed_bytes: 24 + 24,
+        },
+    ));
+    cases.push(request(
+        "RECONFIGURE_LOG ids after the chain",
+        RECONFIGURE,
+        &reconfigure_body(&[7, 0], 1, &[2, 3]),
+        Error::TrailingBytes {
+            opcode: RECONFIGURE,
+            extra_bytes: 8,
+        },
+    ));
+    let mut reserved = reconfigure_body(&[7, 0], 1, &[2]);
+    reserved[20] = 1;
+    cases.push(request(
+        "RECONFIGURE_LOG reserved nonzero",
+        RECONFIGURE,
+        &reserved,
+        Error::ReservedNonzero {
+            opcode: RECONFIGURE,
+            field: "reserved2",
+        },
+    ));
+    cases.push(response(
+        "RECONFIGURE_LOG response with an empty chain",
+        RECONFIGURE,
+        RESP,
+        &reconfigure_body(&[7, 4, 20], 0, &[]),
+        invalid(RECONFIGURE, "chain_len", 0),
+    ));
+    let drain = |node_id: u64, drained: u8| {
+        let mut body = node_id.to_le_bytes().to_vec();
+        body.push(drained);
+        body.extend_from_slice(&[0; 7]);
+        body
+    };
+    cases.push(request(
+        "DRAIN_NODE node_id 0",
+        DRAIN,
+        &drain(0, 1),
+        invalid(DRAIN, "node_id", 0),
+    ));
+    cases.push(request(
+        "DRAIN_NODE drain 2",
+        DRAIN,
+        &drain(3, 2),
+        invalid(DRAIN, "drain", 2),
     ));
     cases
 }

@@ -11,7 +11,7 @@ use common::*;
 #[test]
 fn every_request_round_trips_byte_for_byte() {
     let corpus = request_corpus();
-    assert_eq!(corpus.len(), 28);
+    assert_eq!(corpus.len(), 32);
     let mut seen = std::collections::HashSet::new();
     for bytes in &corpus {
         let frame = frame(bytes);
@@ -278,7 +278,7 @@ fn every_response_and_error_code_round_trips_byte_for_byte() {
         }
         assert_eq!(&reencode_response(&frame, &response), bytes, "{response:?}");
     }
-    assert_eq!(kinds.len(), 23, "every Response variant");
+    assert_eq!(kinds.len(), 25, "every Response variant");
     // Every code, then the connection-level MALFORMED.
     let mut expected = ErrorCode::ALL.to_vec();
     expected.push(ErrorCode::Malformed);
@@ -674,6 +674,7 @@ fn limits_at_the_edge_are_accepted() {
             node_id,
             shard_count: 1,
             alive: true,
+            drained: false,
             last_heartbeat_ms: 0,
             addr: &addr,
         })

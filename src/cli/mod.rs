@@ -1,8 +1,11 @@
-//! The client commands of `chainlog` (everything but `node`, `controller` and `dev`): log
-//! administration, append, read, trim, tail and status, each a thin layer over
-//! [`chainlog::client`]. `--target` is a standalone node's shard 0 or a cluster's controller
-//! (the client library routes from there). Output is one line per record or answer for
-//! people, or with `--json` one JSON object per line.
+//! The client commands of `chainlog` (everything but running a `node`, the `controller` and
+//! `dev`): log administration, append, read, trim, tail and status, each a thin layer over
+//! [`chainlog::client`]; and the cluster operations (`log seal`, `log reconfigure`, `node
+//! drain`, `node undrain`), requests to the controller through its blocking client
+//! ([`chainlog::controller::client`]). `--target` is a standalone node's shard 0 or a
+//! cluster's controller (the client library routes from there; the operations need the
+//! controller). Output is one line per record or answer for people, or with `--json` one
+//! JSON object per line.
 //!
 //! Exit codes: 0 ok, 1 the request failed (the server's error name and message, or why the
 //! node could not be reached; for `status`, a shard, node or replica that did not answer),
@@ -15,6 +18,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use chainlog::client::{log_id, AppendOptions, Client, ClientError, LogInfo, Record};
+use chainlog::controller::client::{Client as ControllerClient, ClientError as ControllerError};
 use chainlog::net::cluster::{ClusterMap, MapLog};
 use chainlog::net::{
     ErrorCode, LogRef, HEARTBEAT_MS_NEVER, LSN_FROM_TAIL, RECORD_HEADER_BYTES, RF_DEFAULT,
@@ -28,8 +32,12 @@ const READ_RECORDS_MAX: u32 = 4096;
 const READ_BYTES_MAX: u32 = 1 << 20;
 /// Records `tail` shows without `--from`.
 const TAIL_RECORDS_DEFAULT: u64 = 10;
-/// Pause between two tries of `status --wait`.
+/// Pause between two tries of `status --wait`, and between two looks at the map while
+/// `node drain` waits.
 const STATUS_RETRY_EVERY: Duration = Duration::from_millis(200);
+/// How long a request to the controller may take (a reconfiguration waits up to the
+/// controller's create timeout, 5 s by default).
+const CONTROLLER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where the node or the cluster is and how to print.
 #[derive(Args, Debug, Clone)]
@@ -69,6 +77,55 @@ pub(crate) enum LogCommand {
     Delete {
         /// The log's name.
         name: String,
+    },
+    /// Seal the log's current epoch at its replicas and start the next one, with the chain
+    /// the controller picks (as after a failure: the replicas in order, then spares up to
+    /// the replication factor). Needs --target the controller.
+    Seal {
+        /// The log's name.
+        name: String,
+        /// Only if this is the current epoch (else WRONG_EPOCH).
+        #[arg(long, value_name = "E")]
+        epoch: Option<u64>,
+    },
+    /// Seal the log's current epoch and start the next one with this chain: members of the
+    /// current chain, in their order (at least one), then nodes new to it, which join at the
+    /// tail and copy the log from their predecessor. A chain that would lose records is
+    /// refused. Needs --target the controller.
+    Reconfigure {
+        /// The log's name.
+        name: String,
+        /// The new chain's node ids, head first, e.g. `2,3,4`.
+        #[arg(long, value_name = "IDS", value_delimiter = ',', required = true,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        chain: Vec<u64>,
+        /// Only if this is the current epoch (else WRONG_EPOCH).
+        #[arg(long, value_name = "E")]
+        epoch: Option<u64>,
+    },
+}
+
+/// `chainlog node drain` and `undrain`: requests to the controller about one of its nodes.
+#[derive(Subcommand, Debug)]
+pub(crate) enum NodeCommand {
+    /// Move every chain off the node (each by a seal and a new epoch without it) and give it
+    /// no new one, for maintenance; it stays in the cluster. Waits until no chain that can
+    /// move holds it (an rf 1 log, or one whose other replicas are down, cannot).
+    Drain {
+        /// The node's id.
+        node_id: u64,
+        /// Wait at most this long for the chains to move (0: do not wait).
+        #[arg(long, value_name = "SECONDS", value_parser = seconds, default_value = "60")]
+        wait: Duration,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Undo a drain: the node gets chains again (under-replicated logs grow back onto it).
+    Undrain {
+        /// The node's id.
+        node_id: u64,
+        #[command(flatten)]
+        common: Common,
     },
 }
 
@@ -142,7 +199,7 @@ pub(crate) struct StatusArgs {
 }
 
 /// A duration in seconds (fractions allowed).
-fn seconds(text: &str) -> Result<Duration, String> {
+pub(crate) fn seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text.parse().map_err(|e| format!("{e}"))?;
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{e}"))
 }
@@ -151,6 +208,7 @@ fn seconds(text: &str) -> Result<Duration, String> {
 #[derive(Debug)]
 pub(crate) enum Command {
     Log(LogCommand),
+    Node(NodeCommand),
     Append(AppendArgs),
     Read(ReadArgs),
     Trim(TrimArgs),
@@ -158,26 +216,50 @@ pub(crate) enum Command {
     Status(StatusArgs),
 }
 
+impl NodeCommand {
+    /// Where the controller is and how to print.
+    pub(crate) fn common(&self) -> &Common {
+        match self {
+            NodeCommand::Drain { common, .. } | NodeCommand::Undrain { common, .. } => common,
+        }
+    }
+}
+
 impl Command {
+    /// Whether this is a cluster operation: a request to the controller ([`operate`]).
+    fn is_operation(&self) -> bool {
+        matches!(
+            self,
+            Command::Log(LogCommand::Seal { .. } | LogCommand::Reconfigure { .. })
+                | Command::Node(_)
+        )
+    }
+
     /// The log the command is about, if one.
     fn log_name(&self) -> Option<&str> {
         match self {
             Command::Log(
                 LogCommand::Create { name, .. }
                 | LogCommand::Describe { name }
-                | LogCommand::Delete { name },
+                | LogCommand::Delete { name }
+                | LogCommand::Seal { name, .. }
+                | LogCommand::Reconfigure { name, .. },
             ) => Some(name),
             Command::Append(AppendArgs { log, .. })
             | Command::Read(ReadArgs { log, .. })
             | Command::Trim(TrimArgs { log, .. })
             | Command::Tail(TailArgs { log, .. }) => Some(log),
-            Command::Log(LogCommand::List) | Command::Status(_) => None,
+            Command::Log(LogCommand::List) | Command::Node(_) | Command::Status(_) => None,
         }
     }
 }
 
 /// Runs `command` and returns the process's exit code.
 pub(crate) fn run(common: Common, command: Command) -> ExitCode {
+    if command.is_operation() {
+        let log = command.log_name().map(str::to_owned);
+        return exit_code(operate(&common, command), log);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -189,7 +271,13 @@ pub(crate) fn run(common: Common, command: Command) -> ExitCode {
         }
     };
     let log = command.log_name().map(str::to_owned);
-    match runtime.block_on(run_async(&common, command)) {
+    exit_code(runtime.block_on(run_async(&common, command)), log)
+}
+
+/// The exit code of a command that ended with `result`, its error said on stderr (`log`:
+/// the name of the log it was about).
+fn exit_code(result: Result<(), Failure>, log: Option<String>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(message)) => {
             eprintln!("chainlog: {message}");
@@ -197,6 +285,21 @@ pub(crate) fn run(common: Common, command: Command) -> ExitCode {
         }
         Err(Failure::Failed(message)) => {
             eprintln!("chainlog: {message}");
+            ExitCode::FAILURE
+        }
+        Err(Failure::Controller(e)) => {
+            match (&e, &log) {
+                (ControllerError::Server(s), Some(name)) if s.code == ErrorCode::UnknownLog => {
+                    eprintln!(
+                        "chainlog: UNKNOWN_LOG: no log {name:?} (id {})",
+                        log_id(name)
+                    )
+                }
+                (ControllerError::Protocol(reason), _) if reason.contains("is a node") => {
+                    eprintln!("chainlog: {reason}: cluster operations go to the controller (--target its address)")
+                }
+                _ => eprintln!("chainlog: {e}"),
+            }
             ExitCode::FAILURE
         }
         Err(Failure::Client(e)) => {
@@ -218,6 +321,8 @@ pub(crate) fn run(common: Common, command: Command) -> ExitCode {
 enum Failure {
     /// Bad arguments (exit 2).
     Usage(String),
+    /// The controller's client failed (exit 1).
+    Controller(ControllerError),
     /// The request failed (exit 1).
     Failed(String),
     /// The client library's error (exit 1).
@@ -227,6 +332,12 @@ enum Failure {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Failure {
         Failure::Client(e)
+    }
+}
+
+impl From<ControllerError> for Failure {
+    fn from(e: ControllerError) -> Failure {
+        Failure::Controller(e)
     }
 }
 
@@ -390,9 +501,140 @@ async fn run_async(common: &Common, command: Command) -> Result<(), Failure> {
             }
         }
         Command::Status(_) => unreachable!("status is run by status_command"),
+        Command::Log(LogCommand::Seal { .. } | LogCommand::Reconfigure { .. })
+        | Command::Node(_) => unreachable!("cluster operations are run by operate"),
     }
     out.flush()?;
     Ok(())
+}
+
+/// A cluster operation ([`Command::is_operation`]): one request to the controller (and, for
+/// `node drain`, looks at its map until the node's chains have moved).
+fn operate(common: &Common, command: Command) -> Result<(), Failure> {
+    use std::net::ToSocketAddrs;
+    let addr = common
+        .target
+        .to_socket_addrs()
+        .map_err(|e| Failure::Usage(format!("--target {}: {e}", common.target)))?
+        .next()
+        .ok_or_else(|| Failure::Usage(format!("--target {}: no address", common.target)))?;
+    let mut controller = ControllerClient::connect(addr, CONTROLLER_TIMEOUT)?;
+    let mut out = std::io::stdout().lock();
+    let json = common.json;
+    match command {
+        Command::Log(LogCommand::Seal { name, epoch }) => {
+            let next = controller.reconfigure_log(log_id(&name), epoch, &[])?;
+            print_epoch(&mut out, &name, &next, json)?;
+        }
+        Command::Log(LogCommand::Reconfigure { name, chain, epoch }) => {
+            let next = controller.reconfigure_log(log_id(&name), epoch, &chain)?;
+            print_epoch(&mut out, &name, &next, json)?;
+        }
+        Command::Node(NodeCommand::Drain { node_id, wait, .. }) => {
+            let version = controller.drain_node(node_id, true)?;
+            let deadline = Instant::now() + wait;
+            let (moved, stuck) = loop {
+                let map = controller.map()?;
+                let (movable, stuck) = chains_holding(&map, node_id);
+                if movable.is_empty() || Instant::now() >= deadline {
+                    break (movable, stuck);
+                }
+                std::thread::sleep(STATUS_RETRY_EVERY);
+            };
+            if json {
+                print_json(
+                    &mut out,
+                    json!({"node_id": node_id, "drained": true, "map_version": version,
+                           "still_on_it": moved, "cannot_move": stuck}),
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "node {node_id} drained (map version {version}): it gets no new chain"
+                )?;
+                if !stuck.is_empty() {
+                    writeln!(
+                        out,
+                        "  cannot move (no other live replica to take them): {}",
+                        stuck.join(", ")
+                    )?;
+                }
+            }
+            out.flush()?;
+            if !moved.is_empty() {
+                return Err(Failure::Failed(format!(
+                    "after {wait:?}, logs still on node {node_id}: {} (the controller goes on \
+                     moving them; its log says why it could not yet)",
+                    moved.join(", ")
+                )));
+            }
+            if !json {
+                writeln!(out, "  no chain that can move holds it any more")?;
+            }
+        }
+        Command::Node(NodeCommand::Undrain { node_id, .. }) => {
+            let version = controller.drain_node(node_id, false)?;
+            if json {
+                print_json(
+                    &mut out,
+                    json!({"node_id": node_id, "drained": false, "map_version": version}),
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "node {node_id} undrained (map version {version}): it gets chains again"
+                )?;
+            }
+        }
+        _ => unreachable!("only cluster operations are run here"),
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The logs whose current chain holds `node_id`: those that can move off it (another member
+/// is alive and not drained) and those that cannot, by name.
+fn chains_holding(map: &ClusterMap, node_id: u64) -> (Vec<String>, Vec<String>) {
+    let mut movable = Vec::new();
+    let mut stuck = Vec::new();
+    for log in map.logs().iter().filter(|l| l.chain.contains(&node_id)) {
+        let other = log
+            .chain
+            .iter()
+            .any(|&id| id != node_id && map.node(id).is_some_and(|n| n.alive && !n.drained));
+        if other {
+            movable.push(log.name.clone());
+        } else {
+            stuck.push(log.name.clone());
+        }
+    }
+    (movable, stuck)
+}
+
+/// A log's new epoch, after `log seal` or `log reconfigure`.
+fn print_epoch(
+    out: &mut impl Write,
+    name: &str,
+    next: &chainlog::controller::state::Epoch,
+    json: bool,
+) -> Result<(), Failure> {
+    if json {
+        print_json(
+            out,
+            json!({"name": name, "log_id": log_id(name), "sealed_epoch": next.epoch - 1,
+                   "epoch": next.epoch, "start_lsn": next.start_lsn, "chain": next.chain}),
+        )
+    } else {
+        writeln!(
+            out,
+            "log {name}: epoch {} sealed; epoch {} from LSN {}, chain {}",
+            next.epoch - 1,
+            next.epoch,
+            next.start_lsn,
+            chain_text(&next.chain)
+        )?;
+        Ok(())
+    }
 }
 
 /// `status`: once, or with `--wait` again until everything answers or the time is up; only
@@ -604,9 +846,12 @@ async fn status(
     }
 }
 
-/// A cluster's status: every node (id, address, shards, alive, last heartbeat), then every log
-/// (name, id, rf, epoch, chain) with each replica's tail as that replica knows it (TAIL_HINT
-/// to it) and its lag behind the head's.
+/// A cluster's status: every node (id, address, shards, alive, drained, last heartbeat), then
+/// every log (name, id, rf, epoch and its start, chain, under-replicated if the chain is
+/// shorter than the rf) with each replica's tail as that replica knows it (TAIL_HINT to it),
+/// its lag behind the head's, and whether it is still catching up (its tail below the epoch's
+/// start: it joined the chain in this epoch and is copying older records); then a summary of
+/// the under-replicated logs and the replicas catching up.
 async fn cluster_status(
     client: &Client,
     map: &ClusterMap,
@@ -639,6 +884,7 @@ async fn cluster_status(
                     "addr": node.addr,
                     "shard_count": node.shard_count,
                     "alive": node.alive,
+                    "drained": node.drained,
                     "last_heartbeat_ms": heartbeat_ms,
                 }),
             )?;
@@ -646,19 +892,30 @@ async fn cluster_status(
             let heartbeat = heartbeat_ms.map_or("never".to_string(), |ms| format!("{ms} ms ago"));
             writeln!(
                 out,
-                "node {}  {}  {} shard(s)  {}  last heartbeat {heartbeat}",
+                "node {}  {}  {} shard(s)  {}{}  last heartbeat {heartbeat}",
                 node.node_id,
                 node.addr,
                 node.shard_count,
                 if node.alive { "alive" } else { "not alive" },
+                if node.drained { ", drained" } else { "" },
             )?;
         }
     }
+    let mut under_replicated = Vec::new();
+    let mut catching_up = Vec::new();
     for log in map.logs() {
+        let short = log.chain.len() < usize::from(log.replication_factor);
+        if short {
+            under_replicated.push(log.name.clone());
+        }
         let tails = replica_tails(client, log).await;
         for (node_id, tail) in &tails {
-            if let Err(e) = tail {
-                missing.push(format!("log {} at node {node_id}: {e}", log.name));
+            match tail {
+                Err(e) => missing.push(format!("log {} at node {node_id}: {e}", log.name)),
+                Ok(t) if t.tail < log.start_lsn => {
+                    catching_up.push(format!("{} at node {node_id}", log.name))
+                }
+                Ok(_) => {}
             }
         }
         let head_tail = tails
@@ -675,6 +932,7 @@ async fn cluster_status(
                         "tail": t.tail,
                         "trim_point": t.trim_point,
                         "lag": lag(t.tail),
+                        "catching_up": t.tail < log.start_lsn,
                     }),
                     Err(e) => json!({"node_id": node_id, "error": e.to_string()}),
                 })
@@ -689,18 +947,29 @@ async fn cluster_status(
                     "epoch": log.epoch,
                     "start_lsn": log.start_lsn,
                     "chain": log.chain,
+                    "under_replicated": short,
                     "replicas": replicas,
                 }),
             )?;
         } else {
             writeln!(
                 out,
-                "log {}  id {}  rf {}  epoch {}  chain {}",
+                "log {}  id {}  rf {}  epoch {} from LSN {}  chain {}{}",
                 log.name,
                 log.log_id,
                 log.replication_factor,
                 log.epoch,
-                chain_text(&log.chain)
+                log.start_lsn,
+                chain_text(&log.chain),
+                if short {
+                    format!(
+                        "  UNDER-REPLICATED ({} of {})",
+                        log.chain.len(),
+                        log.replication_factor
+                    )
+                } else {
+                    String::new()
+                }
             )?;
             for (i, (node_id, tail)) in tails.iter().enumerate() {
                 let role = if i == 0 { " (head)" } else { "" };
@@ -709,9 +978,14 @@ async fn cluster_status(
                         let lag = lag(t.tail)
                             .filter(|_| i > 0)
                             .map_or(String::new(), |lag| format!("  lag {lag}"));
+                        let joining = if t.tail < log.start_lsn {
+                            format!("  catching up (the epoch starts at {})", log.start_lsn)
+                        } else {
+                            String::new()
+                        };
                         writeln!(
                             out,
-                            "  node {node_id}{role}  tail {}  trim point {}{lag}",
+                            "  node {node_id}{role}  tail {}  trim point {}{lag}{joining}",
                             t.tail, t.trim_point
                         )?
                     }
@@ -719,6 +993,26 @@ async fn cluster_status(
                 }
             }
         }
+    }
+    if json {
+        print_json(
+            out,
+            json!({
+                "kind": "summary",
+                "under_replicated": under_replicated,
+                "catching_up": catching_up,
+            }),
+        )?;
+    } else {
+        let listed = |names: &[String]| {
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                format!("{} ({})", names.len(), names.join(", "))
+            }
+        };
+        writeln!(out, "under-replicated logs: {}", listed(&under_replicated))?;
+        writeln!(out, "replicas catching up: {}", listed(&catching_up))?;
     }
     match missing.first() {
         None => Ok(()),

@@ -12,11 +12,12 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use chainlog_net::{
-    decode_response, encode_request, parse_frame, CreateLogRequest, DescribeLogRequest,
-    HeartbeatRequest, HelloRequest, Limits, ListLogsRequest, LogRef, Opcode, RegisterNodeRequest,
-    Request, Response, Role,
+    decode_response, encode_request, parse_frame, Chain, CreateLogRequest, DescribeLogRequest,
+    DrainNodeRequest, HeartbeatRequest, HelloRequest, Limits, ListLogsRequest, LogRef, Opcode,
+    ReconfigureLogRequest, RegisterNodeRequest, Request, Response, Role, EPOCH_CURRENT,
 };
 
+use super::state::Epoch;
 use chainlog_net::cluster::ClusterMap;
 use chainlog_net::pages::{MapPage, MapPages, MapPagesError, MAP_RESTARTS_MAX};
 use chainlog_net::{LogInfo, LogName, ServerError};
@@ -249,6 +250,52 @@ impl Client {
         }
     }
 
+    /// Seals `log_id`'s epoch `epoch` (`None`: whichever is current) and starts the next one
+    /// with `chain` (empty: the controller's choice), as the controller does after a failure;
+    /// returns the new epoch once it has started. The controller waits for it up to its
+    /// create timeout (5 s by default): give more. Errors (the server's): UNKNOWN_LOG,
+    /// WRONG_EPOCH, UNKNOWN_NODE, TOO_LARGE, CONDITION_FAILED (the chain cannot follow the
+    /// current one; after the seal, the controller's chain followed), UNAVAILABLE (not done in
+    /// time: the request stands).
+    pub fn reconfigure_log(
+        &mut self,
+        log_id: u64,
+        epoch: Option<u64>,
+        chain: &[u64],
+    ) -> Result<Epoch, ClientError> {
+        if chain.len() > usize::from(u8::MAX) || chain.contains(&0) {
+            return Err(ClientError::Invalid(format!(
+                "a chain of 0 to 255 nonzero node ids, not {chain:?}"
+            )));
+        }
+        let request = Request::ReconfigureLog(ReconfigureLogRequest {
+            log_id,
+            epoch: epoch.unwrap_or(EPOCH_CURRENT),
+            chain: Chain::from_slice(chain),
+        });
+        self.call(&request, |r| match r {
+            Response::ReconfigureLog(next) if next.log_id == log_id => Some(Epoch {
+                epoch: next.epoch,
+                chain: next.chain.iter().collect(),
+                start_lsn: next.start_lsn,
+            }),
+            _ => None,
+        })
+    }
+
+    /// Drains node `node_id` (`drained` true: it gets no new chain and the controller moves
+    /// the chains that hold it off it) or undoes that; returns the map version that says so.
+    pub fn drain_node(&mut self, node_id: u64, drained: bool) -> Result<u64, ClientError> {
+        if node_id == 0 {
+            return Err(ClientError::Invalid("node id 0 is not a node".into()));
+        }
+        let request = Request::DrainNode(DrainNodeRequest { node_id, drained });
+        self.call(&request, |r| match r {
+            Response::DrainNode(version) => Some(version.map_version),
+            _ => None,
+        })
+    }
+
     /// Refuses a name the protocol cannot carry before anything is sent.
     fn check_name(&self, name: &str) -> Result<(), ClientError> {
         chainlog_net::check_name(name.as_bytes(), &self.limits)
@@ -409,6 +456,7 @@ mod tests {
                             node_id: 1,
                             shard_count: 1,
                             alive: true,
+                            drained: false,
                             last_heartbeat_ms: 0,
                             addr: "127.0.0.1:1",
                         };

@@ -7,12 +7,15 @@
 //! - [`store`]: the state's file, rewritten atomically and checksummed.
 //! - [`server`]: the process: connections, requests, waiting creates, graceful stop.
 //! - [`client`]: a blocking client of it, for a node's control thread and for tools.
-//! - [`reconfig`]: sealing a chain that lost a member and starting its next epoch.
+//! - [`reconfig`]: sealing a chain that lost a member (or that an operator asked to change)
+//!   and starting its next epoch.
+//! - `metrics`: what `/metrics` shows (reconfigurations by phase, nodes, logs).
 //!
 //! The map it serves (`chainlog_net::cluster`) and its reading from GET_MAP pages
 //! (`chainlog_net::pages`) are the wire crate's: clients and nodes use them too.
 
 pub mod client;
+mod metrics;
 pub mod reconfig;
 pub mod server;
 mod settings;

@@ -1,25 +1,35 @@
-//! Reconfiguration: what the controller does when a chain loses a member, or can get one
-//! back (DESIGN.md section 6, ARCHITECTURE.md "Reconfiguration").
+//! Reconfiguration: what the controller does when a chain loses a member, can get one back,
+//! or an operator asks for it (DESIGN.md section 6, ARCHITECTURE.md "Reconfiguration").
 //!
-//! For each log whose current chain has a member that is not alive (no heartbeat within the
-//! liveness timeout), or fewer members than its replication factor while a live node is free:
+//! A log is reconfigured ([`plan`]) when its current chain has a member that is not alive (no
+//! heartbeat within the liveness timeout), when an operator asked (`chainlog log seal`,
+//! `chainlog log reconfigure`: a durable request in the state), when the controller was
+//! sealing its epoch when it stopped, when its chain holds a drained node and another live
+//! member (`chainlog node drain`), or when it is shorter than its replication factor while a
+//! live node is free:
 //!
+//! 0. **Record the intent** ([`ClusterState::begin_seal`]), durably, before any SEAL goes
+//!    out: a replica that sealed takes no more appends, so a controller restarted before it
+//!    extended the epoch must finish the reconfiguration even if every member is alive again.
 //! 1. **Seal** the current epoch at the members that are alive ([`seal`], SEAL on the log's
 //!    shard of each): one way and durable; a sealed replica appends, stores and forwards
 //!    nothing more in that epoch, and answers with its end, every record below it durable.
 //!    Sealing any one member stops the old epoch from committing anything more (a commit
 //!    needs every member), so a falsely suspected node is harmless.
-//! 2. **Pick the end and extend** ([`ClusterState::extend`]): every acknowledged record is on
-//!    every member, so on each one that sealed; the new epoch starts at the longest sealed
-//!    end (records above the shortest one's may have been acknowledged: nothing is dropped or
-//!    renumbered). Its chain is the sealed members in order plus live spares at the tail. The
-//!    epoch is compared and set under the state's lock: one reconfiguration wins per epoch.
+//! 2. **Pick the end and extend** ([`ClusterState::extend`]): the new chain keeps sealed
+//!    members in their order (less drained ones), then nodes new to the chain at the tail (or
+//!    exactly the chain an operator asked for, if the seals allow it); it starts at the
+//!    longest end among the members it keeps, one of which must hold every acknowledged
+//!    record (nothing is dropped or renumbered). The epoch is compared and set under the
+//!    state's lock: one reconfiguration wins per epoch.
 //! 3. The nodes install the new epoch from the map; its replicas settle with each other
 //!    (probe, pull, catch-up: `crate::replication`) before the new head sequences anything,
-//!    so the survivors are brought to the same end first.
+//!    so the survivors are brought to the same end first, and a new member copies the log
+//!    from its predecessor. The controller watches the new members' tails ([`tail_hint`])
+//!    to know when they have caught up.
 //!
-//! [`plan`] is pure (the state and the time in, the work out); the seals are blocking calls
-//! the controller's reconfiguring thread makes.
+//! [`plan`] is pure (the state and the time in, the work out); the calls to nodes are blocking
+//! calls the controller's threads make.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -37,8 +47,29 @@ use super::state::ClusterState;
 pub enum Why {
     /// These members of the chain are not alive.
     Failed(Vec<u64>),
+    /// An operator asked for it.
+    Requested,
+    /// These members of the chain are drained.
+    Drain(Vec<u64>),
     /// The chain is shorter than the replication factor and a live node is free.
     UnderReplicated,
+    /// The controller began sealing the epoch and has not extended it (it stopped in
+    /// between, or the seal reached no member).
+    Sealing,
+}
+
+impl Why {
+    /// A label for metrics and logs: `failed`, `requested`, `drain`, `under_replicated`,
+    /// `sealing`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Why::Failed(_) => "failed",
+            Why::Requested => "requested",
+            Why::Drain(_) => "drain",
+            Why::UnderReplicated => "under_replicated",
+            Why::Sealing => "sealing",
+        }
+    }
 }
 
 /// One reconfiguration to make: seal `epoch` of `log_id` at `seal_at`, then extend.
@@ -52,23 +83,43 @@ pub struct Plan {
     pub seal_at: Vec<u64>,
     /// Why.
     pub why: Why,
+    /// The chain an operator asked for, if one did (else the controller picks it).
+    pub chain: Option<Vec<u64>>,
+    /// For a failure: the last time a member found dead was heard from (`None` if never
+    /// since this controller started): the detection took from there to the plan.
+    pub last_heard: Option<Instant>,
 }
 
 /// The reconfigurations the state needs at `now`. A chain with no live member is left as it
-/// is (no replica can say where its epoch ends: the log waits for one to return).
+/// is (no replica can say where its epoch ends: the log waits for one to return); so is a
+/// drained node's chain with no other live member (nobody to move the log to: an rf 1 log).
 pub fn plan(state: &ClusterState, now: Instant) -> Vec<Plan> {
     let mut plans = Vec::new();
     for log in state.logs_after(0, usize::MAX) {
         let current = log.current();
+        let node = |id: &u64| state.node(*id);
         let (alive, dead): (Vec<u64>, Vec<u64>) = current
             .chain
             .iter()
-            .partition(|&&id| state.node(id).is_some_and(|node| state.is_alive(node, now)));
+            .partition(|&id| node(id).is_some_and(|n| state.is_alive(n, now)));
         if alive.is_empty() {
             continue;
         }
+        let drained: Vec<u64> = current
+            .chain
+            .iter()
+            .copied()
+            .filter(|id| node(id).is_some_and(|n| n.drained))
+            .collect();
+        let request = log.pending_request();
         let why = if !dead.is_empty() {
-            Why::Failed(dead)
+            Why::Failed(dead.clone())
+        } else if request.is_some() {
+            Why::Requested
+        } else if log.sealing == Some(current.epoch) {
+            Why::Sealing
+        } else if !drained.is_empty() && alive.iter().any(|id| !drained.contains(id)) {
+            Why::Drain(drained)
         } else if current.chain.len() < usize::from(log.replication_factor)
             && !state.spares(&current.chain, now).is_empty()
         {
@@ -76,19 +127,25 @@ pub fn plan(state: &ClusterState, now: Instant) -> Vec<Plan> {
         } else {
             continue;
         };
+        let last_heard = dead
+            .iter()
+            .filter_map(|id| node(id).and_then(|n| n.last_heartbeat))
+            .max();
         plans.push(Plan {
             log_id: log.log_id,
             epoch: current.epoch,
             seal_at: alive,
             why,
+            chain: request.and_then(|r| r.chain.clone()),
+            last_heard,
         });
     }
     plans
 }
 
-/// Why a seal did not happen.
+/// Why a call to a node did not succeed.
 #[derive(Debug, thiserror::Error)]
-pub enum SealError {
+pub enum CallError {
     /// The node could not be reached or did not answer in time.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -108,11 +165,61 @@ pub enum SealError {
 }
 
 /// What a node answered to a seal: the end it sealed at and its trim point, or why not.
-pub type Sealed = Result<(u64, u64), SealError>;
+pub type Sealed = Result<(u64, u64), CallError>;
 
 /// Seals `epoch` of `log_id` at the node whose shard 0 is at `addr` (with `shards` shards),
 /// within `timeout`: the end it sealed at and its trim point.
 pub fn seal(addr: &str, shards: u16, log_id: u64, epoch: u64, timeout: Duration) -> Sealed {
+    let request = Request::Seal(SealRequest { log_id, epoch });
+    call(
+        addr,
+        shards,
+        log_id,
+        &request,
+        timeout,
+        |response| match response {
+            Response::Seal(s) if s.log_id == log_id && s.epoch == epoch => {
+                Some((s.end_lsn, s.trim_point))
+            }
+            _ => None,
+        },
+    )
+}
+
+/// `log_id`'s tail at the node whose shard 0 is at `addr` (with `shards` shards), as that
+/// replica knows it (TAIL_HINT: below it, records are committed and durable there), with the
+/// epoch it serves; within `timeout`.
+pub fn tail_hint(
+    addr: &str,
+    shards: u16,
+    log_id: u64,
+    timeout: Duration,
+) -> Result<(u64, u64), CallError> {
+    let request = Request::TailHint { log_id };
+    call(
+        addr,
+        shards,
+        log_id,
+        &request,
+        timeout,
+        |response| match response {
+            Response::TailHint(t) => Some((t.tail, t.epoch)),
+            _ => None,
+        },
+    )
+}
+
+/// Sends `request` about `log_id` to the log's shard at the node whose shard 0 is at `addr`
+/// (with `shards` shards), on a connection of its own, and turns the answer into the result
+/// with `accept` (`None`: not an answer to it), all within `timeout`.
+fn call<R>(
+    addr: &str,
+    shards: u16,
+    log_id: u64,
+    request: &Request<'_>,
+    timeout: Duration,
+    accept: impl FnOnce(Response<'_>) -> Option<R>,
+) -> Result<R, CallError> {
     let mut target: SocketAddr = addr
         .to_socket_addrs()?
         .next()
@@ -123,44 +230,47 @@ pub fn seal(addr: &str, shards: u16, log_id: u64, epoch: u64, timeout: Duration)
     stream.set_nodelay(true)?;
     let mut out = Vec::new();
     encode_request(&mut out, 1, &Request::Hello(HelloRequest::CURRENT));
-    encode_request(&mut out, 2, &Request::Seal(SealRequest { log_id, epoch }));
+    encode_request(&mut out, 2, request);
     stream.set_write_timeout(Some(timeout))?;
     stream.write_all(&out)?;
     let limits = Limits::DEFAULT;
     let mut input = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
+    let mut accept = Some(accept);
     loop {
         let mut consumed = 0;
         while let Some(frame) = parse_frame(&input[consumed..], &limits)
-            .map_err(|e| SealError::Unexpected(e.to_string()))?
+            .map_err(|e| CallError::Unexpected(e.to_string()))?
         {
             consumed += frame.frame_bytes();
             let response = decode_response(&frame, &limits)
-                .map_err(|e| SealError::Unexpected(e.to_string()))?;
+                .map_err(|e| CallError::Unexpected(e.to_string()))?;
             match (frame.request_id, response) {
                 (1, Response::Hello(_)) => {}
-                (2, Response::Seal(s)) if s.log_id == log_id && s.epoch == epoch => {
-                    return Ok((s.end_lsn, s.trim_point))
-                }
                 (_, Response::Error(e)) => {
-                    return Err(SealError::Refused {
+                    return Err(CallError::Refused {
                         code: e.code,
                         arg0: e.arg0,
                         message: e.message.to_string(),
                     })
                 }
-                (_, other) => return Err(SealError::Unexpected(format!("{other:?}"))),
+                (2, response) => {
+                    let text = format!("{response:?}");
+                    let accept = accept.take().expect("one answer to request 2");
+                    return accept(response).ok_or(CallError::Unexpected(text));
+                }
+                (_, other) => return Err(CallError::Unexpected(format!("{other:?}"))),
             }
         }
         input.drain(..consumed);
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(SealError::Io(std::io::ErrorKind::TimedOut.into()));
+            return Err(CallError::Io(std::io::ErrorKind::TimedOut.into()));
         }
         stream.set_read_timeout(Some(left))?;
         let n = stream.read(&mut buf)?;
         if n == 0 {
-            return Err(SealError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            return Err(CallError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
         input.extend_from_slice(&buf[..n]);
     }
@@ -169,6 +279,8 @@ pub fn seal(addr: &str, shards: u16, log_id: u64, epoch: u64, timeout: Duration)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::state::{Requested, Target};
+    use crate::controller::StateError;
 
     fn cluster(nodes: u64, now: Instant) -> ClusterState {
         let mut state = ClusterState::new(Duration::from_millis(300));
@@ -178,6 +290,43 @@ mod tests {
                 .expect("register");
         }
         state
+    }
+
+    #[test]
+    fn a_seal_begun_before_a_restart_is_finished_after_it() {
+        let t0 = Instant::now();
+        let mut state = cluster(3, t0);
+        let log_id = state.create_log("orders", 3, t0).expect("create").log_id;
+        let chain = state.log(log_id).expect("log").current().chain.clone();
+        let version = state.version();
+        assert_eq!(state.begin_seal(log_id, 1), Ok(true), "news: persist it");
+        assert_eq!(state.begin_seal(log_id, 1), Ok(false), "known already");
+        assert_eq!(state.version(), version, "not part of the map");
+        assert!(matches!(
+            state.begin_seal(log_id, 7),
+            Err(crate::controller::StateError::StaleEpoch { current: 1, .. })
+        ));
+        // The controller restarts (its state reloaded) with every member alive again: the
+        // sealed epoch takes no appends, so it is still reconfigured.
+        let json = serde_json::to_string(&state).expect("serialize");
+        let mut state: ClusterState = serde_json::from_str(&json).expect("deserialize");
+        let later = t0 + Duration::from_millis(500);
+        for &id in &chain {
+            state
+                .register(id, &format!("10.0.0.{id}:7400"), 1, later)
+                .expect("register");
+        }
+        let plans = plan(&state, later);
+        assert_eq!(plans.len(), 1);
+        assert_eq!(plans[0].why, Why::Sealing);
+        assert_eq!(plans[0].seal_at, chain);
+        let sealed: Vec<(u64, u64)> = chain.iter().map(|&id| (id, 4)).collect();
+        let epoch = state
+            .extend(log_id, 1, &sealed, Target::Auto, later)
+            .expect("extend");
+        assert_eq!(epoch.chain, chain);
+        assert_eq!(state.log(log_id).expect("log").sealing, None, "done");
+        assert!(plan(&state, later).is_empty());
     }
 
     #[test]
@@ -206,13 +355,21 @@ mod tests {
                 epoch: 1,
                 seal_at: chain[1..].to_vec(),
                 why: Why::Failed(vec![chain[0]]),
+                chain: None,
+                last_heard: Some(t0),
             }]
         );
         // The middle sealed at 10, the tail at 8: the new epoch starts at 10, the old middle
         // leads, the spare joins at the tail.
         let version = state.version();
         let epoch = state
-            .extend(log_id, 1, &[(chain[1], 10), (chain[2], 8)], later)
+            .extend(
+                log_id,
+                1,
+                &[(chain[1], 10), (chain[2], 8)],
+                Target::Auto,
+                later,
+            )
             .expect("extend");
         assert_eq!(epoch.epoch, 2);
         assert_eq!(epoch.start_lsn, 10);
@@ -220,8 +377,8 @@ mod tests {
         assert_eq!(state.version(), version + 1);
         // One reconfiguration per epoch: a second one from epoch 1 loses.
         assert!(matches!(
-            state.extend(log_id, 1, &[(chain[1], 10)], later),
-            Err(crate::controller::StateError::StaleEpoch { current: 2, .. })
+            state.extend(log_id, 1, &[(chain[1], 10)], Target::Auto, later),
+            Err(StateError::StaleEpoch { current: 2, .. })
         ));
         assert!(plan(&state, later).is_empty());
     }
@@ -237,7 +394,13 @@ mod tests {
             state.heartbeat(id, 0, later).expect("heartbeat");
         }
         let epoch = state
-            .extend(log_id, 1, &[(chain[0], 5), (chain[1], 5)], later)
+            .extend(
+                log_id,
+                1,
+                &[(chain[0], 5), (chain[1], 5)],
+                Target::Auto,
+                later,
+            )
             .expect("extend");
         assert_eq!(epoch.chain, chain[..2].to_vec(), "no spare: two replicas");
         assert!(plan(&state, later).is_empty(), "nothing to add");
@@ -250,7 +413,13 @@ mod tests {
         assert_eq!(plans[0].why, Why::UnderReplicated);
         assert_eq!(plans[0].seal_at, chain[..2].to_vec());
         let epoch = state
-            .extend(log_id, 2, &[(chain[0], 9), (chain[1], 9)], later)
+            .extend(
+                log_id,
+                2,
+                &[(chain[0], 9), (chain[1], 9)],
+                Target::Auto,
+                later,
+            )
             .expect("extend");
         assert_eq!(epoch.chain, chain, "back at rf 3");
         assert_eq!(epoch.start_lsn, 9);
@@ -264,8 +433,273 @@ mod tests {
         let later = t0 + Duration::from_secs(5);
         assert!(plan(&state, later).is_empty(), "its only replica is gone");
         assert!(matches!(
-            state.extend(log_id, 1, &[], later),
-            Err(crate::controller::StateError::NoSurvivor { .. })
+            state.extend(log_id, 1, &[], Target::Auto, later),
+            Err(StateError::NoSurvivor { .. })
         ));
+    }
+
+    /// `state` with every node heartbeating at `now` but those in `silent`.
+    fn heartbeats(state: &mut ClusterState, now: Instant, silent: &[u64]) {
+        let ids: Vec<u64> = state.nodes().map(|n| n.node_id).collect();
+        for id in ids.into_iter().filter(|id| !silent.contains(id)) {
+            state.heartbeat(id, 0, now).expect("heartbeat");
+        }
+    }
+
+    #[test]
+    fn an_operators_chain_is_checked_kept_durably_and_installed() {
+        let t0 = Instant::now();
+        let mut state = cluster(5, t0);
+        let log_id = state.create_log("orders", 3, t0).expect("create").log_id;
+        let chain = state.log(log_id).expect("log").current().chain.clone();
+        let spare = (1..=5).find(|id| !chain.contains(id)).expect("a spare");
+        let refused = |state: &mut ClusterState, asked: Vec<u64>| {
+            let before = state.clone();
+            let e = state
+                .request(log_id, None, Some(asked), t0)
+                .expect_err("refused");
+            assert_eq!(*state, before, "a refused request changes nothing");
+            e
+        };
+        // New nodes join at the tail, kept ones keep their order, something is kept, nodes
+        // exist, at most rf.
+        let e = refused(&mut state, vec![spare, chain[0], chain[1]]);
+        assert!(e.to_string().contains("new nodes join at the tail"), "{e}");
+        let e = refused(&mut state, vec![chain[1], chain[0]]);
+        assert!(e.to_string().contains("stay in their order"), "{e}");
+        let others: Vec<u64> = (1..=5).filter(|id| !chain.contains(id)).collect();
+        let e = refused(&mut state, others);
+        assert!(e.to_string().contains("keeps no member"), "{e}");
+        assert_eq!(
+            refused(&mut state, vec![chain[0], 9]),
+            StateError::UnknownNode { node_id: 9 }
+        );
+        assert!(matches!(
+            refused(&mut state, vec![chain[0], chain[1], chain[2], spare]),
+            StateError::ChainTooLong { len: 4, rf: 3, .. }
+        ));
+        assert!(matches!(
+            state.request(log_id, Some(7), None, t0),
+            Err(StateError::StaleEpoch { current: 1, .. })
+        ));
+        // Drop the head, add the spare at the tail.
+        let asked = vec![chain[1], chain[2], spare];
+        let requested = state
+            .request(log_id, Some(1), Some(asked.clone()), t0)
+            .expect("a fine chain");
+        assert_eq!(
+            requested,
+            Requested {
+                epoch: 1,
+                chain: Some(asked.clone())
+            }
+        );
+        // The same again is fine; another one while it is pending is not.
+        state
+            .request(log_id, None, Some(asked.clone()), t0)
+            .expect("the same request");
+        let e = refused(&mut state, vec![chain[0], chain[1]]);
+        assert!(e.to_string().contains("under way"), "{e}");
+        // It survives a restart (it is durable state) and makes the plan.
+        let json = serde_json::to_string(&state).expect("serialize");
+        let reloaded: ClusterState = serde_json::from_str(&json).expect("deserialize");
+        let reloaded_log = reloaded.log(log_id).expect("log");
+        assert_eq!(reloaded_log.pending_request(), Some(&requested));
+        let plans = plan(&state, t0);
+        assert_eq!(plans.len(), 1);
+        assert_eq!(plans[0].why, Why::Requested);
+        assert_eq!(plans[0].chain.as_ref(), Some(&asked));
+        assert_eq!(plans[0].seal_at, chain);
+        // The head sealed at 12 (two records nobody else has), the others at 10.
+        let sealed = [(chain[0], 12), (chain[1], 10), (chain[2], 10)];
+        let epoch = state
+            .extend(log_id, 1, &sealed, Target::Chain(&asked), t0)
+            .expect("extend");
+        assert_eq!(epoch.chain, asked);
+        assert_eq!(
+            epoch.start_lsn, 10,
+            "the kept members' end: the head's last two were never acknowledged"
+        );
+        assert_eq!(state.log(log_id).expect("log").pending_request(), None);
+        assert!(plan(&state, t0).is_empty());
+    }
+
+    #[test]
+    fn a_chain_whose_kept_member_did_not_seal_is_refused_after_the_seal() {
+        let t0 = Instant::now();
+        let mut state = cluster(4, t0);
+        let log_id = state.create_log("orders", 3, t0).expect("create").log_id;
+        let chain = state.log(log_id).expect("log").current().chain.clone();
+        let asked = chain[..2].to_vec();
+        state
+            .request(log_id, None, Some(asked.clone()), t0)
+            .expect("request");
+        let before = state.clone();
+        let e = state
+            .extend(
+                log_id,
+                1,
+                &[(chain[0], 5), (chain[2], 5)],
+                Target::Chain(&asked),
+                t0,
+            )
+            .expect_err("chain[1] did not seal");
+        assert!(e.to_string().contains("did not seal"), "{e}");
+        assert_eq!(state, before);
+        // The controller then extends as it would have (the epoch is sealed: it must go on).
+        let epoch = state
+            .extend(log_id, 1, &[(chain[0], 5), (chain[2], 5)], Target::Auto, t0)
+            .expect("extend");
+        assert_eq!(&epoch.chain[..2], &[chain[0], chain[2]]);
+    }
+
+    #[test]
+    fn a_replica_still_catching_up_cannot_carry_the_log_alone() {
+        // Epoch 2 started at 100 with a new replica at the tail, which had copied up to 40
+        // when the other two died. Before: the controller made it the log's only replica,
+        // from LSN 100, without the records below that it never got.
+        let t0 = Instant::now();
+        let mut state = cluster(4, t0);
+        let log_id = state.create_log("orders", 3, t0).expect("create").log_id;
+        let chain = state.log(log_id).expect("log").current().chain.clone();
+        let later = t0 + Duration::from_millis(500);
+        heartbeats(&mut state, later, &[chain[0]]);
+        let epoch = state
+            .extend(
+                log_id,
+                1,
+                &[(chain[1], 100), (chain[2], 100)],
+                Target::Auto,
+                later,
+            )
+            .expect("extend");
+        let joiner = epoch.chain[2];
+        assert!(!chain.contains(&joiner));
+        let before = state.clone();
+        let e = state
+            .extend(log_id, 2, &[(joiner, 40)], Target::Auto, later)
+            .expect_err("the joiner alone lacks records");
+        assert_eq!(
+            e,
+            StateError::Behind {
+                log_id,
+                epoch: 2,
+                start_lsn: 100,
+                longest: 40
+            }
+        );
+        assert_eq!(state, before, "the log waits for a replica that has it all");
+        // With a full replica among those that sealed, the joiner stays, behind it.
+        let epoch = state
+            .extend(
+                log_id,
+                2,
+                &[(chain[1], 130), (joiner, 40)],
+                Target::Auto,
+                later,
+            )
+            .expect("extend");
+        assert_eq!(&epoch.chain[..2], &[chain[1], joiner]);
+        assert_eq!(epoch.start_lsn, 130);
+    }
+
+    #[test]
+    fn a_drained_node_leaves_every_chain_it_can_and_gets_no_new_one() {
+        let t0 = Instant::now();
+        let mut state = cluster(4, t0);
+        let three = state.create_log("three", 3, t0).expect("create").log_id;
+        let single = state.create_log("single", 1, t0).expect("create").log_id;
+        let chain = state.log(three).expect("log").current().chain.clone();
+        let lone = state.log(single).expect("log").current().chain[0];
+        let head = chain[0];
+        let version = state.version();
+        assert_eq!(state.drain(head, true), Ok(version + 1));
+        assert_eq!(state.drain(head, true), Ok(version + 1), "no change");
+        assert_eq!(
+            state.drain(9, true),
+            Err(StateError::UnknownNode { node_id: 9 })
+        );
+        assert!(state.map(t0).node(head).expect("node").drained);
+        assert!(!state.spares(&[], t0).contains(&head));
+        let plans = plan(&state, t0);
+        let moves: Vec<(u64, Why)> = plans.iter().map(|p| (p.log_id, p.why.clone())).collect();
+        assert!(
+            moves.contains(&(three, Why::Drain(vec![head]))),
+            "{moves:?}"
+        );
+        if lone == head {
+            assert!(
+                !moves.iter().any(|(log, _)| *log == single),
+                "an rf 1 log has nowhere to go: {moves:?}"
+            );
+        }
+        // The drained head sealed longest (records only it has): the new epoch starts at the
+        // kept members' end, without it, and a spare that is not drained joins.
+        let epoch = state
+            .extend(
+                three,
+                1,
+                &[(head, 12), (chain[1], 10), (chain[2], 9)],
+                Target::Auto,
+                t0,
+            )
+            .expect("extend");
+        assert_eq!(&epoch.chain[..2], &chain[1..]);
+        assert!(!epoch.chain.contains(&head));
+        assert_eq!(epoch.chain.len(), 3);
+        assert_eq!(epoch.start_lsn, 10);
+        assert!(!plan(&state, t0).iter().any(|p| p.log_id == three));
+        // New logs are not placed on it either.
+        for i in 0..4 {
+            let id = state
+                .create_log(&format!("new-{i}"), 3, t0)
+                .expect("create")
+                .log_id;
+            assert!(!state.log(id).expect("log").current().chain.contains(&head));
+        }
+        state.drain(head, false).expect("undrain");
+        assert!(state.spares(&[], t0).contains(&head));
+    }
+
+    #[test]
+    fn a_drain_waits_while_only_the_drained_node_holds_every_record() {
+        let t0 = Instant::now();
+        let mut state = cluster(4, t0);
+        let log_id = state.create_log("orders", 2, t0).expect("create").log_id;
+        let chain = state.log(log_id).expect("log").current().chain.clone();
+        // Epoch 2 from 50: the head kept, a new node copying at the tail.
+        let later = t0 + Duration::from_millis(500);
+        heartbeats(&mut state, later, &[chain[1]]);
+        let epoch = state
+            .extend(log_id, 1, &[(chain[0], 50)], Target::Auto, later)
+            .expect("extend");
+        let joiner = epoch.chain[1];
+        heartbeats(&mut state, later, &[]);
+        state.drain(chain[0], true).expect("drain");
+        // The joiner is at 20: moving the log off the head now would lose 20..50, so the
+        // controller's chain keeps the head, and the drain is tried again later.
+        let epoch = state
+            .extend(
+                log_id,
+                2,
+                &[(chain[0], 60), (joiner, 20)],
+                Target::Auto,
+                later,
+            )
+            .expect("extend");
+        assert_eq!(epoch.chain, vec![chain[0], joiner]);
+        assert_eq!(epoch.start_lsn, 60);
+        // Once it has caught up, the head goes.
+        let epoch = state
+            .extend(
+                log_id,
+                3,
+                &[(chain[0], 70), (joiner, 70)],
+                Target::Auto,
+                later,
+            )
+            .expect("extend");
+        assert_eq!(epoch.chain[0], joiner);
+        assert!(!epoch.chain.contains(&chain[0]));
     }
 }

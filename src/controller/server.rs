@@ -30,9 +30,21 @@
 //! | CREATE_LOG of an existing name with the same replication factor | success (a retry), with another one LOG_EXISTS |
 //! | CREATE_LOG with replication factor 0 | the `--default-rf` (1 unless set), then as above |
 //! | HEARTBEAT of a node that never registered | UNKNOWN_NODE, `arg0` = `u64::MAX` |
+//! | RECONFIGURE_LOG of an epoch that is not the log's current one | WRONG_EPOCH, `arg0` = the current epoch |
+//! | RECONFIGURE_LOG naming a node that is not registered; DRAIN_NODE of one | UNKNOWN_NODE, `arg0` = `u64::MAX` |
+//! | RECONFIGURE_LOG with a chain longer than the replication factor | TOO_LARGE, `arg0` = the replication factor |
+//! | RECONFIGURE_LOG with a chain that cannot follow the current one (before or after the seal), or while another request of the epoch is pending | CONDITION_FAILED, `arg0` = `u64::MAX`, the message says why (terminal: after a seal the controller's chain followed) |
+//! | RECONFIGURE_LOG not done in time (no member answered the seal, none holds every record, the controller stops) | UNAVAILABLE (the request stands: sending it again waits again) |
 //!
 //! Connections beyond [`CONNECTIONS_MAX`] are closed at once, unanswered (as a node does with
 //! connections beyond its slots).
+//!
+//! **Operations.** RECONFIGURE_LOG records the operator's request durably in the state and
+//! waits, as a create does, until the reconfiguring thread has carried it out (the same seal
+//! and extend as after a failure, `super::reconfig`); DRAIN_NODE marks the node drained
+//! durably and answers at once (the reconfiguring thread moves the chains off it; the map
+//! shows where they are). With `--metrics HOST:PORT` a thread serves `/metrics`
+//! (`super::metrics`), and another watches new members of chains catch up.
 //!
 //! **Stop.** SIGTERM or SIGINT (taken by the main thread, [`crate::signals`]): the listener
 //! and every connection's reading side are shut down, waiting creates answer UNAVAILABLE,
@@ -48,14 +60,16 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chainlog_net::{
-    decode_request, encode_error, encode_response, parse_frame, CreateLogResponse,
+    decode_request, encode_error, encode_response, parse_frame, Chain, CreateLogResponse,
     DescribeLogResponse, ErrorCode, ErrorResponse, Frame, GetMapResponse, HelloResponse, Limits,
     ListLogsResponse, LogEntries, LogEntry, LogRef, MapLogs, MapNodes, MapVersionResponse, Opcode,
-    Request, Response, Role, ADDR_BYTES_MAX, ARG_NONE, FRAME_HEADER_BYTES, PROTOCOL_VERSION,
-    RF_DEFAULT,
+    ReconfigureLogResponse, Request, Response, Role, ADDR_BYTES_MAX, ARG_NONE, EPOCH_CURRENT,
+    FRAME_HEADER_BYTES, PROTOCOL_VERSION, RF_DEFAULT,
 };
 
-use super::state::{ClusterState, StateError, NODES_MAX};
+use super::metrics::{Metrics, Phase};
+use super::reconfig::{Plan, Why};
+use super::state::{ClusterState, Epoch, StateError, Target, NODES_MAX};
 use super::store::{StateStore, StoreError};
 use crate::signals::StopSignals;
 use chainlog_net::cluster::{MapLog, MapNode};
@@ -90,6 +104,16 @@ const fn padded(n: usize) -> usize {
 const RECONFIGURE_EVERY: Duration = Duration::from_millis(20);
 /// How long a SEAL may take before the node is left out of the next epoch.
 const SEAL_TIMEOUT: Duration = Duration::from_millis(500);
+/// After a reconfiguration that could not do what it was for (no replica holds every record
+/// yet, or a drain had to keep the drained node), how long before the log is tried again:
+/// each try seals an epoch, which costs the log's writers a pause.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How often the catch-up watch asks new members of chains for their tails.
+const CATCH_UP_POLL: Duration = Duration::from_millis(20);
+/// How long a TAIL_HINT of the catch-up watch may take.
+const TAIL_HINT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a new member is watched at most.
+const CATCH_UP_WATCH_MAX: Duration = Duration::from_secs(600);
 
 /// How often the main thread looks whether the accepting thread died while it waits for a
 /// signal.
@@ -104,10 +128,13 @@ pub struct ControllerConfig {
     pub listen: SocketAddr,
     /// A node is alive for this long after its last heartbeat.
     pub liveness: Duration,
-    /// How long CREATE_LOG waits for every replica's node to apply the new map.
+    /// How long CREATE_LOG waits for every replica's node to apply the new map (and
+    /// RECONFIGURE_LOG for its reconfiguration).
     pub create_timeout: Duration,
     /// The replication factor of a CREATE_LOG that asks for the default (0).
     pub default_rf: u8,
+    /// Where to serve `GET /metrics`, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Why the controller stopped other than by a signal, or did not start.
@@ -136,10 +163,23 @@ pub enum ControllerError {
 
 /// What the controller prints on stdout, followed by its address, once it serves.
 pub const SERVING_AT: &str = "chainlog controller: serving at ";
+/// What follows the address on that line when it serves metrics, then their address.
+const METRICS_AT: &str = ", metrics at ";
+
+/// The controller's address and, if it serves them, its metrics' address, from the line it
+/// prints once it serves ([`run`]); `None` if the line is not that.
+pub fn parse_serving(line: &str) -> Option<(SocketAddr, Option<SocketAddr>)> {
+    let rest = line.trim().strip_prefix(SERVING_AT)?;
+    match rest.split_once(METRICS_AT) {
+        Some((addr, metrics)) => Some((addr.parse().ok()?, Some(metrics.parse().ok()?))),
+        None => Some((rest.parse().ok()?, None)),
+    }
+}
 
 /// Runs the controller until SIGTERM or SIGINT, then stops gracefully. Prints
-/// `chainlog controller: serving at ADDR` ([`SERVING_AT`]) on stdout once it serves (scripts
-/// and tests read the address there, e.g. after `--listen 127.0.0.1:0`).
+/// `chainlog controller: serving at ADDR` ([`SERVING_AT`]), followed by `, metrics at ADDR`
+/// if it serves them, on stdout once it serves (scripts and tests read the addresses there,
+/// e.g. after `--listen 127.0.0.1:0`; [`parse_serving`]).
 pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
     assert!(config.default_rf >= 1, "settings refuse a default_rf of 0");
     // Blocked before any thread starts, so that every thread inherits the block.
@@ -159,8 +199,28 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
             addr: config.listen,
             source,
         })?;
+    let metrics_listener = match config.metrics {
+        Some(addr) => Some(
+            TcpListener::bind(addr).map_err(|source| ControllerError::Listen { addr, source })?,
+        ),
+        None => None,
+    };
+    let metrics_at = match &metrics_listener {
+        Some(listener) => {
+            Some(
+                listener
+                    .local_addr()
+                    .map_err(|source| ControllerError::Listen {
+                        addr: config.metrics.unwrap_or(config.listen),
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
     tracing::info!(
         listen = %local,
+        metrics = ?metrics_at,
         state = %store.path().display(),
         version = state.version(),
         nodes = state.nodes().count(),
@@ -179,8 +239,14 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
         conns: Mutex::new(BTreeMap::new()),
         conn_count: AtomicUsize::new(0),
         next_conn: AtomicU64::new(1),
+        metrics: Mutex::new(Metrics::new()),
+        refusals: Mutex::new(BTreeMap::new()),
+        watches: Mutex::new(Vec::new()),
     };
-    println!("{SERVING_AT}{local}");
+    match metrics_at {
+        Some(metrics) => println!("{SERVING_AT}{local}{METRICS_AT}{metrics}"),
+        None => println!("{SERVING_AT}{local}"),
+    }
     // A closed stdout must not stop the controller.
     let _ = io::stdout().flush();
     std::thread::scope(|scope| {
@@ -198,13 +264,33 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
                 what: "starting the reconfiguring thread",
                 source,
             })?;
+        std::thread::Builder::new()
+            .name("catch-up".into())
+            .spawn_scoped(scope, || controller.catch_up_loop())
+            .map_err(|source| ControllerError::System {
+                what: "starting the catch-up watch",
+                source,
+            })?;
+        if let Some(listener) = &metrics_listener {
+            std::thread::Builder::new()
+                .name("metrics".into())
+                .spawn_scoped(scope, || {
+                    crate::prometheus::serve(listener, &["/metrics"], |_| {
+                        controller.render_metrics()
+                    })
+                })
+                .map_err(|source| ControllerError::System {
+                    what: "starting the metrics thread",
+                    source,
+                })?;
+        }
         while !signals.wait(CHECK_EVERY) {
             if acceptor.is_finished() {
                 break;
             }
         }
         tracing::info!("controller stopping");
-        controller.stop(&listener);
+        controller.stop(&listener, metrics_listener.as_ref());
         match acceptor.join() {
             Ok(Ok(())) => Ok(()),
             Ok(Err(source)) => Err(ControllerError::System {
@@ -238,6 +324,24 @@ struct Controller {
     conns: Mutex<BTreeMap<u64, TcpStream>>,
     conn_count: AtomicUsize,
     next_conn: AtomicU64,
+    /// What `/metrics` counts.
+    metrics: Mutex<Metrics>,
+    /// Why an operator's chain was not installed, by log and sealed epoch, until the waiting
+    /// RECONFIGURE_LOG takes it (taken after `state`'s lock when both are held).
+    refusals: Mutex<BTreeMap<(u64, u64), String>>,
+    /// New members of chains being watched until they have caught up.
+    watches: Mutex<Vec<Watch>>,
+}
+
+/// New members of a log's new epoch, watched until each holds the log up to its start.
+#[derive(Debug)]
+struct Watch {
+    log_id: u64,
+    epoch: u64,
+    start_lsn: u64,
+    /// The members not yet caught up.
+    joining: Vec<u64>,
+    extended_at: Instant,
 }
 
 /// A failed request's answer.
@@ -295,7 +399,11 @@ impl From<StateError> for Refusal {
             StateError::StaleEpoch { current, .. } => {
                 return Refusal::new(ErrorCode::WrongEpoch, current, e.to_string())
             }
-            StateError::NoSurvivor { .. } => ErrorCode::Unavailable,
+            StateError::NoSurvivor { .. } | StateError::Behind { .. } => ErrorCode::Unavailable,
+            StateError::ChainRefused { .. } => ErrorCode::ConditionFailed,
+            StateError::ChainTooLong { rf, .. } => {
+                return Refusal::new(ErrorCode::TooLarge, u64::from(rf), e.to_string())
+            }
             // TOO_LARGE's arg0 is the limit: the live nodes, or the cluster's bound.
             StateError::NotEnoughNodes { live: max, .. }
             | StateError::TooManyNodes { max }
@@ -383,45 +491,80 @@ impl Controller {
         }
     }
 
-    /// Stops: no more connections, no more reading, waiting creates give up.
-    fn stop(&self, listener: &TcpListener) {
+    /// Stops: no more connections, no more reading, waiting creates give up, no more
+    /// metrics.
+    fn stop(&self, listener: &TcpListener, metrics: Option<&TcpListener>) {
         self.stopping.store(true, Ordering::SeqCst);
         {
             // Under the lock, so that a create between its check and its wait cannot miss it.
             let _state = self.lock();
             self.changed.notify_all();
         }
-        // SAFETY: shutdown(2) on the listener's open descriptor; it wakes the blocked accept.
-        unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+        for listener in std::iter::once(listener).chain(metrics) {
+            // SAFETY: shutdown(2) on the listener's open descriptor; it wakes the blocked
+            // accept.
+            unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+        }
         for stream in self.conns.lock().expect("connections lock").values() {
             let _ = stream.shutdown(Shutdown::Read);
         }
     }
 
-    /// Reconfigures the logs whose chains lost a member or can get one back
-    /// ([`reconfig`](super::reconfig)), every [`RECONFIGURE_EVERY`], until the controller
-    /// stops. Nothing happens before the liveness timeout has passed since the start: until
-    /// then a node's silence means it has not heartbeated to this process yet.
+    /// Reconfigures the logs whose chains lost a member, can get one back, hold a drained
+    /// node or that an operator asked for ([`reconfig`](super::reconfig)), every
+    /// [`RECONFIGURE_EVERY`], until the controller stops. Nothing happens before the liveness
+    /// timeout has passed since the start: until then a node's silence means it has not
+    /// heartbeated to this process yet. A log whose reconfiguration could not do what it was
+    /// for is left alone for [`RETRY_AFTER`] (each try seals an epoch, which pauses the log).
     fn reconfigure_loop(&self) {
+        let mut retry_at: BTreeMap<u64, Instant> = BTreeMap::new();
         while !self.stopping() {
             std::thread::sleep(RECONFIGURE_EVERY);
             if self.started.elapsed() < self.liveness {
                 continue;
             }
-            let plans = super::reconfig::plan(&self.lock(), Instant::now());
+            let now = Instant::now();
+            retry_at.retain(|_, at| *at > now);
+            let plans = super::reconfig::plan(&self.lock(), now);
             for plan in plans {
                 if self.stopping() {
                     return;
                 }
-                self.reconfigure(&plan);
+                // An operator's request is tried again at once: someone waits for it.
+                if retry_at.contains_key(&plan.log_id) && plan.why != Why::Requested {
+                    continue;
+                }
+                if !self.reconfigure(&plan) {
+                    retry_at.insert(plan.log_id, Instant::now() + RETRY_AFTER);
+                }
             }
         }
     }
 
     /// Seals `plan`'s epoch at its live members (at once, each within [`SEAL_TIMEOUT`]), then
-    /// starts the next epoch from the members that sealed, durably.
-    fn reconfigure(&self, plan: &super::reconfig::Plan) {
-        let started = Instant::now();
+    /// starts the next epoch from the members that sealed, durably (with the operator's chain
+    /// if the seals allow it, else the controller's). That it seals the epoch is durable
+    /// before the first SEAL goes out ([`ClusterState::begin_seal`]), whatever the
+    /// reconfiguration is for. Records each phase's time and logs it. False if it should not
+    /// be tried again at once: no replica holds every record yet, or a drain could not move
+    /// the log.
+    fn reconfigure(&self, plan: &Plan) -> bool {
+        let decided = Instant::now();
+        let detect = match (&plan.why, plan.last_heard) {
+            (Why::Failed(_), Some(heard)) => Some(decided.saturating_duration_since(heard)),
+            _ => None,
+        };
+        {
+            let mut state = self.lock();
+            match state.begin_seal(plan.log_id, plan.epoch) {
+                Ok(true) => self.persist(&state),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::info!(log_id = plan.log_id, error = %e, "reconfiguration lost");
+                    return true;
+                }
+            }
+        }
         let targets: Vec<(u64, String, u16)> = {
             let state = self.lock();
             plan.seal_at
@@ -429,7 +572,7 @@ impl Controller {
                 .filter_map(|&id| state.node(id).map(|n| (id, n.addr.clone(), n.shard_count)))
                 .collect()
         };
-        let results: Vec<(u64, super::reconfig::Sealed)> = std::thread::scope(|scope| {
+        let results: Vec<_> = std::thread::scope(|scope| {
             let calls: Vec<_> = targets
                 .iter()
                 .map(|(id, addr, shards)| {
@@ -456,33 +599,169 @@ impl Controller {
             match result {
                 Ok((end, _trim)) => sealed.push((id, end)),
                 Err(e) => {
-                    tracing::warn!(log_id = plan.log_id, epoch = plan.epoch, node = id, error = %e, "seal failed")
+                    self.count().seal_failed();
+                    tracing::warn!(log_id = plan.log_id, epoch = plan.epoch, node = id, error = %e, "seal failed");
                 }
             }
         }
         if sealed.is_empty() {
-            return; // Tried again on the next round.
+            return true; // Tried again on the next round (the seals' timeout paces it).
         }
-        let seal_us = started.elapsed().as_micros() as u64;
+        let seal = decided.elapsed();
+        let extending = Instant::now();
         let mut state = self.lock();
-        match state.extend(plan.log_id, plan.epoch, &sealed, Instant::now()) {
+        let now = Instant::now();
+        let result = match &plan.chain {
+            Some(chain) => {
+                match state.extend(plan.log_id, plan.epoch, &sealed, Target::Chain(chain), now) {
+                    Err(e) if !matches!(e, StateError::StaleEpoch { .. }) => {
+                        // The epoch is sealed: it must be followed, by the controller's chain.
+                        tracing::warn!(log_id = plan.log_id, epoch = plan.epoch, ?chain, error = %e, "the chain asked for cannot follow the sealed epoch; the controller picks one");
+                        self.count().chain_refused();
+                        self.refusals
+                            .lock()
+                            .expect("refusals lock")
+                            .insert((plan.log_id, plan.epoch), e.to_string());
+                        state.extend(plan.log_id, plan.epoch, &sealed, Target::Auto, now)
+                    }
+                    other => other,
+                }
+            }
+            None => state.extend(plan.log_id, plan.epoch, &sealed, Target::Auto, now),
+        };
+        match result {
             Ok(epoch) => {
                 self.persist(&state);
+                let extend = extending.elapsed();
+                let drained_kept = epoch
+                    .chain
+                    .iter()
+                    .any(|id| state.node(*id).is_some_and(|n| n.drained));
+                let joining: Vec<u64> = epoch
+                    .chain
+                    .iter()
+                    .copied()
+                    .filter(|id| !sealed.iter().any(|(s, _)| s == id))
+                    .collect();
                 self.changed.notify_all();
+                drop(state);
+                {
+                    let mut metrics = self.count();
+                    metrics.reconfigured(plan.why.label());
+                    if let Some(detect) = detect {
+                        metrics.phase(Phase::Detect, detect);
+                    }
+                    metrics.phase(Phase::Seal, seal);
+                    metrics.phase(Phase::Extend, extend);
+                }
+                if !joining.is_empty() {
+                    self.watches.lock().expect("watches lock").push(Watch {
+                        log_id: plan.log_id,
+                        epoch: epoch.epoch,
+                        start_lsn: epoch.start_lsn,
+                        joining: joining.clone(),
+                        extended_at: Instant::now(),
+                    });
+                }
+                let us = |d: Duration| d.as_micros() as u64;
                 tracing::info!(
                     log_id = plan.log_id,
-                    why = ?plan.why,
+                    why = plan.why.label(),
+                    failed = ?match &plan.why { Why::Failed(dead) => dead.clone(), _ => Vec::new() },
                     sealed = ?sealed,
                     epoch = epoch.epoch,
                     start_lsn = epoch.start_lsn,
                     chain = ?epoch.chain,
-                    seal_us,
-                    total_us = started.elapsed().as_micros() as u64,
+                    joining = ?joining,
+                    detect_us = detect.map(us),
+                    seal_us = us(seal),
+                    extend_us = us(extend),
+                    total_us = us(detect.unwrap_or_default() + decided.elapsed()),
                     "log reconfigured"
                 );
+                // A drain that had to keep the drained node waits before it tries again.
+                !(matches!(plan.why, Why::Drain(_)) && drained_kept)
             }
-            Err(e) => tracing::info!(log_id = plan.log_id, error = %e, "reconfiguration lost"),
+            Err(e @ StateError::StaleEpoch { .. }) => {
+                tracing::info!(log_id = plan.log_id, error = %e, "reconfiguration lost");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(log_id = plan.log_id, epoch = plan.epoch, sealed = ?sealed, error = %e, "the sealed epoch cannot be followed yet");
+                false
+            }
         }
+    }
+
+    fn count(&self) -> MutexGuard<'_, Metrics> {
+        self.metrics
+            .lock()
+            .expect("no thread panics holding the metrics")
+    }
+
+    /// Watches the new members of chains ([`Watch`]) every [`CATCH_UP_POLL`], until the
+    /// controller stops: a member has caught up once its TAIL_HINT in the new epoch is at
+    /// its start; when all of a watch's have, the catch-up time is recorded. A watch whose
+    /// epoch is no longer the log's, or older than [`CATCH_UP_WATCH_MAX`], is dropped.
+    fn catch_up_loop(&self) {
+        while !self.stopping() {
+            std::thread::sleep(CATCH_UP_POLL);
+            let mut watches = std::mem::take(&mut *self.watches.lock().expect("watches lock"));
+            if watches.is_empty() {
+                continue;
+            }
+            let targets: BTreeMap<u64, (String, u16)> = {
+                let state = self.lock();
+                watches.retain(|w| {
+                    w.extended_at.elapsed() < CATCH_UP_WATCH_MAX
+                        && state
+                            .log(w.log_id)
+                            .is_some_and(|log| log.current().epoch == w.epoch)
+                });
+                state
+                    .nodes()
+                    .map(|n| (n.node_id, (n.addr.clone(), n.shard_count)))
+                    .collect()
+            };
+            for watch in &mut watches {
+                watch.joining.retain(|id| {
+                    let Some((addr, shards)) = targets.get(id) else {
+                        return false;
+                    };
+                    let tail = super::reconfig::tail_hint(
+                        addr,
+                        *shards,
+                        watch.log_id,
+                        TAIL_HINT_TIMEOUT,
+                    );
+                    !matches!(tail, Ok((tail, epoch)) if epoch == watch.epoch && tail >= watch.start_lsn)
+                });
+                if watch.joining.is_empty() {
+                    let took = watch.extended_at.elapsed();
+                    self.count().phase(Phase::CatchUp, took);
+                    tracing::info!(
+                        log_id = watch.log_id,
+                        epoch = watch.epoch,
+                        start_lsn = watch.start_lsn,
+                        catch_up_us = took.as_micros() as u64,
+                        "new replicas caught up"
+                    );
+                }
+            }
+            watches.retain(|w| !w.joining.is_empty());
+            let mut kept = self.watches.lock().expect("watches lock");
+            kept.extend(watches);
+            let catching_up = kept.iter().map(|w| w.joining.len()).sum();
+            drop(kept);
+            self.count().catching_up = catching_up;
+        }
+    }
+
+    /// The text of `/metrics`.
+    fn render_metrics(&self) -> String {
+        let state = self.lock();
+        let metrics = self.count();
+        super::metrics::render(&metrics, &state, Instant::now())
     }
 
     /// Serves one connection until it closes, breaks the protocol or the controller stops.
@@ -657,6 +936,26 @@ impl Controller {
                 tracing::info!(log_id, version, "log deleted");
                 Ok(Answer::DeleteLog)
             }
+            Request::ReconfigureLog(reconfigure) => self.reconfigure_log(
+                reconfigure.log_id,
+                reconfigure.epoch,
+                reconfigure.chain.iter().collect(),
+            ),
+            Request::DrainNode(drain) => {
+                let mut state = self.lock();
+                let before = state.version();
+                let map_version = state.drain(drain.node_id, drain.drained)?;
+                if map_version != before {
+                    self.persist(&state);
+                    tracing::info!(
+                        node_id = drain.node_id,
+                        drained = drain.drained,
+                        version = map_version,
+                        "node drained (or undrained) by an operator"
+                    );
+                }
+                Ok(Answer::Drained(MapVersionResponse { map_version }))
+            }
             // No code says "this is not a node" (NOT_CONTROLLER says the reverse); the HELLO
             // answer's role already said what this is, so a client sending these is broken.
             other => Err(Refusal::new(
@@ -717,6 +1016,97 @@ impl Controller {
                         "log {name:?} is placed, but nodes {pending:?} did not report applying \
                          map version {version} ({why}); retry the create to wait again"
                     ),
+                ));
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .expect("no thread panics holding the state")
+                .0;
+        }
+    }
+
+    /// RECONFIGURE_LOG: records the request durably ([`ClusterState::request`]: `epoch`
+    /// [`EPOCH_CURRENT`] for the current one; an empty `chain` for the controller's), then
+    /// waits until the reconfiguring thread has started the next epoch and every member of
+    /// its chain has reported applying the map that says so (as a create waits: an append
+    /// sent after the answer finds the new head serving the epoch), for up to the create
+    /// timeout; answers with the new epoch, or with CONDITION_FAILED if the chain asked for
+    /// could not follow the sealed epoch (another did).
+    fn reconfigure_log(&self, log_id: u64, epoch: u64, chain: Vec<u64>) -> Result<Answer, Refusal> {
+        let deadline = Instant::now() + self.create_timeout;
+        let mut state = self.lock();
+        let before = state.log(log_id).and_then(|log| log.requested.clone());
+        let asked = state.request(
+            log_id,
+            (epoch != EPOCH_CURRENT).then_some(epoch),
+            (!chain.is_empty()).then_some(chain),
+            Instant::now(),
+        )?;
+        if before.as_ref() != Some(&asked) {
+            self.persist(&state);
+            tracing::info!(log_id, epoch = asked.epoch, chain = ?asked.chain, "reconfiguration requested");
+        }
+        // The map version the new epoch's members must apply, once it has started.
+        let mut started_in: Option<u64> = None;
+        loop {
+            let log = state.log(log_id).ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::UnknownLog,
+                    ARG_NONE,
+                    format!("log {log_id} was deleted"),
+                )
+            })?;
+            let next = log.epochs.iter().find(|e| e.epoch == asked.epoch + 1);
+            if let Some(next) = next {
+                let refused = self
+                    .refusals
+                    .lock()
+                    .expect("refusals lock")
+                    .remove(&(log_id, asked.epoch));
+                if let Some(why) = refused {
+                    return Err(Refusal::new(
+                        ErrorCode::ConditionFailed,
+                        ARG_NONE,
+                        format!(
+                            "epoch {} was sealed, then {why}; the controller started epoch {} \
+                             from LSN {} with chain {:?} instead",
+                            asked.epoch, next.epoch, next.start_lsn, next.chain
+                        ),
+                    ));
+                }
+                let version = *started_in.get_or_insert(state.version());
+                let applied = next.chain.iter().all(|id| {
+                    state
+                        .node(*id)
+                        .is_some_and(|node| node.applied_version >= version)
+                });
+                if applied {
+                    return Ok(Answer::Reconfigured {
+                        log_id,
+                        epoch: next.clone(),
+                    });
+                }
+            }
+            let now = Instant::now();
+            if self.stopping() || now >= deadline {
+                let why = match (next, started_in) {
+                    (Some(next), Some(version)) => format!(
+                        "epoch {} started (chain {:?}), but its nodes did not all report \
+                         applying map version {version}",
+                        next.epoch, next.chain
+                    ),
+                    _ => format!(
+                        "epoch {} of log {log_id} is not followed yet (no member answered its \
+                         seal, or none holds every record: the controller's log says); the \
+                         request stands: send it again to wait again",
+                        asked.epoch
+                    ),
+                };
+                return Err(Refusal::new(
+                    ErrorCode::Unavailable,
+                    ARG_NONE,
+                    format!("within {:?}: {why}", self.create_timeout),
                 ));
             }
             state = self
@@ -797,6 +1187,11 @@ enum Answer {
     DeleteLog,
     Registered(MapVersionResponse),
     Heartbeat(MapVersionResponse),
+    Reconfigured {
+        log_id: u64,
+        epoch: Epoch,
+    },
+    Drained(MapVersionResponse),
     GetMap {
         version: u64,
         nodes: Vec<MapNode>,
@@ -838,6 +1233,15 @@ impl Answer {
             Answer::DeleteLog => Response::DeleteLog,
             Answer::Registered(version) => Response::RegisterNode(*version),
             Answer::Heartbeat(version) => Response::Heartbeat(*version),
+            Answer::Reconfigured { log_id, epoch } => {
+                Response::ReconfigureLog(ReconfigureLogResponse {
+                    log_id: *log_id,
+                    epoch: epoch.epoch,
+                    start_lsn: epoch.start_lsn,
+                    chain: Chain::from_slice(&epoch.chain),
+                })
+            }
+            Answer::Drained(version) => Response::DrainNode(*version),
             Answer::GetMap {
                 version,
                 nodes,

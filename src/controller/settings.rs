@@ -8,6 +8,7 @@
 //! liveness_ms = 500         # a node is alive this long after its last heartbeat
 //! create_timeout_ms = 5000  # CREATE_LOG waits this long for the replicas to apply the map
 //! default_rf = 3            # the replication factor of a CREATE_LOG that asks for the default
+//! metrics = "127.0.0.1:7301"  # serve GET /metrics there; default: off
 //! ```
 
 use std::net::SocketAddr;
@@ -72,13 +73,17 @@ pub struct ControllerSettings {
     #[arg(long, value_name = "N")]
     pub liveness_ms: Option<u64>,
     /// CREATE_LOG waits this long for every replica's node to apply the new map before it
-    /// answers UNAVAILABLE [default: 5000].
+    /// answers UNAVAILABLE, and RECONFIGURE_LOG for its reconfiguration [default: 5000].
     #[arg(long, value_name = "N")]
     pub create_timeout_ms: Option<u64>,
     /// The replication factor of logs created without one (CREATE_LOG with 0, e.g.
     /// `chainlog log create` without --rf) [default: 1].
     #[arg(long, value_name = "R")]
     pub default_rf: Option<u8>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port, printed
+    /// on the serving line), or `off` [default: off].
+    #[arg(long, value_name = "HOST:PORT|off")]
+    pub metrics: Option<String>,
 }
 
 impl ControllerSettings {
@@ -95,6 +100,7 @@ impl ControllerSettings {
             liveness_ms: self.liveness_ms.or(base.liveness_ms),
             create_timeout_ms: self.create_timeout_ms.or(base.create_timeout_ms),
             default_rf: self.default_rf.or(base.default_rf),
+            metrics: self.metrics.or(base.metrics),
         }
     }
 
@@ -121,6 +127,13 @@ impl ControllerSettings {
                 CREATE_TIMEOUT_DEFAULT,
             )?,
             default_rf: self.default_rf.unwrap_or(DEFAULT_RF_DEFAULT),
+            metrics: match self.metrics.as_deref() {
+                None | Some("off") => None,
+                Some(addr) => Some(
+                    addr.parse()
+                        .map_err(|e| format!("metrics address {addr:?}: {e}"))?,
+                ),
+            },
         })
     }
 }
@@ -153,6 +166,11 @@ mod tests {
         let cli =
             Cli::try_parse_from(["c", "--config", file, "--default-rf", "3"]).expect("parses");
         assert_eq!(cli.controller.resolve().expect("resolves").default_rf, 3);
+        assert_eq!(config.metrics, None, "no metrics unless asked");
+        let cli = Cli::try_parse_from(["c", "--data-dir", "/d", "--metrics", "127.0.0.1:0"])
+            .expect("parses");
+        let config = cli.controller.resolve().expect("resolves");
+        assert_eq!(config.metrics, Some("127.0.0.1:0".parse().expect("addr")));
     }
 
     #[test]
@@ -182,5 +200,11 @@ mod tests {
             .resolve()
             .expect_err("zero")
             .contains("default_rf"));
+        let bad = ControllerSettings {
+            data_dir: Some("/d".into()),
+            metrics: Some("nowhere".into()),
+            ..ControllerSettings::default()
+        };
+        assert!(bad.resolve().expect_err("bad").contains("metrics address"));
     }
 }

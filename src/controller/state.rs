@@ -13,9 +13,15 @@
 //! head is the placed node with the fewest heads (ties: lowest id), the others follow in the
 //! order they were picked. So heads and replicas spread evenly as logs are created.
 //!
+//! **Reconfiguration** ([`super::reconfig`]): [`ClusterState::extend`] starts a log's next
+//! epoch from the replicas that sealed the current one, with the chain the controller picks
+//! (after a failure, or to grow back to the replication factor) or one an operator asked for
+//! ([`ClusterState::request`], kept durably until done). A **drained** node
+//! ([`ClusterState::drain`]) gets no new chain, and the chains that hold it are moved off it.
+//!
 //! [`ClusterState::map`] is what nodes and clients learn of the state
 //! ([`chainlog_net::cluster::ClusterMap`]): the version, every node (address, shards, whether
-//! it is alive) and every log's current epoch and chain.
+//! it is alive or drained) and every log's current epoch and chain.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -52,6 +58,10 @@ pub struct NodeState {
     /// restart, or after the node registers again).
     #[serde(skip)]
     pub applied_version: u64,
+    /// Drained by an operator: it gets no new chain, and the chains holding it are moved off
+    /// it ([`ClusterState::drain`]).
+    #[serde(default)]
+    pub drained: bool,
 }
 
 /// One epoch of a log: which nodes replicate it, from which LSN on.
@@ -79,6 +89,16 @@ pub struct LogState {
     pub created_version: u64,
     /// Its epochs, oldest first; never empty, the last is current.
     pub epochs: Vec<Epoch>,
+    /// The current epoch while the controller seals it ([`ClusterState::begin_seal`], durable
+    /// before the first SEAL goes out) until it is extended: a sealed epoch takes no more
+    /// appends, so a controller that restarts in between finishes the reconfiguration even
+    /// if every member is alive by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealing: Option<u64>,
+    /// A reconfiguration an operator asked for and that is not done yet (durable, so that a
+    /// controller that restarts before it is done carries it out, with the chain asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<Requested>,
 }
 
 impl LogState {
@@ -86,6 +106,34 @@ impl LogState {
     pub fn current(&self) -> &Epoch {
         self.epochs.last().expect("a log has at least one epoch")
     }
+
+    /// The operator's request for the current epoch, if one is pending.
+    pub fn pending_request(&self) -> Option<&Requested> {
+        self.requested
+            .as_ref()
+            .filter(|r| r.epoch == self.current().epoch)
+    }
+}
+
+/// A reconfiguration an operator asked for: seal `epoch` and start the next one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requested {
+    /// The epoch to seal.
+    pub epoch: u64,
+    /// The next epoch's chain, head first; `None`: the controller's choice, as after a
+    /// failure (`chainlog log seal`).
+    pub chain: Option<Vec<u64>>,
+}
+
+/// Which chain [`ClusterState::extend`] starts the next epoch with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// The controller's choice: the members that sealed, in order, less the drained ones
+    /// (unless only a drained one holds the log), then live spares up to the replication
+    /// factor.
+    Auto,
+    /// This chain, checked as [`ClusterState::request`] checks it and against the seals.
+    Chain(&'a [u64]),
 }
 
 /// Why a transition was refused. Nothing changed.
@@ -178,6 +226,43 @@ pub enum StateError {
         log_id: u64,
         /// The epoch.
         epoch: u64,
+    },
+    /// Every replica of the new chain that sealed the old epoch ended below the epoch's
+    /// start: each is still copying older records (a replica that joined and had not caught
+    /// up), so none holds every acknowledged record.
+    #[error(
+        "log {log_id}: no replica of the new chain that sealed epoch {epoch} holds every record \
+         below its start LSN {start_lsn} (the longest ends at {longest}: still catching up)"
+    )]
+    Behind {
+        /// The log.
+        log_id: u64,
+        /// The sealed epoch.
+        epoch: u64,
+        /// The sealed epoch's start.
+        start_lsn: u64,
+        /// The longest end among those replicas.
+        longest: u64,
+    },
+    /// A chain asked for cannot replace the current one.
+    #[error("log {log_id}: chain {chain:?} refused: {reason}")]
+    ChainRefused {
+        /// The log.
+        log_id: u64,
+        /// The chain asked for.
+        chain: Vec<u64>,
+        /// Why.
+        reason: String,
+    },
+    /// A chain asked for is longer than the replication factor.
+    #[error("log {log_id}: a chain of {len} nodes, above its replication factor {rf}")]
+    ChainTooLong {
+        /// The log.
+        log_id: u64,
+        /// The chain's length.
+        len: usize,
+        /// The log's replication factor.
+        rf: u8,
     },
 }
 
@@ -300,6 +385,7 @@ impl ClusterState {
             shard_count: 0,
             last_heartbeat: None,
             applied_version: 0,
+            drained: false,
         });
         node.last_heartbeat = Some(now);
         node.applied_version = 0;
@@ -375,6 +461,8 @@ impl ClusterState {
                     chain,
                     start_lsn: 0,
                 }],
+                sealing: None,
+                requested: None,
             },
         );
         Ok(Created { log_id, new: true })
@@ -404,21 +492,197 @@ impl ClusterState {
         Ok(std::iter::once(head).chain(picked).collect())
     }
 
+    /// Records that the controller is about to seal `epoch` of `log_id` (its current one):
+    /// true if that is news (the state must be persisted before any SEAL is sent), false if
+    /// it was recorded already. Refused if the epoch is not current (another
+    /// reconfiguration won). Not part of the map: the version stays.
+    pub fn begin_seal(&mut self, log_id: u64, epoch: u64) -> Result<bool, StateError> {
+        let log = self
+            .logs
+            .get_mut(&log_id)
+            .ok_or(StateError::UnknownLog { log_id })?;
+        let current = log.current().epoch;
+        if current != epoch {
+            return Err(StateError::StaleEpoch {
+                log_id,
+                asked: epoch,
+                current,
+            });
+        }
+        Ok(log.sealing.replace(epoch).is_none())
+    }
+
+    /// Marks node `node_id` drained (`drained` true) or not, and bumps the version if that
+    /// changed (the map shows it). A drained node gets no new chain (placement and spares
+    /// skip it) and the reconfiguration moves the chains holding it off it
+    /// ([`super::reconfig::plan`]). Returns the map version.
+    pub fn drain(&mut self, node_id: u64, drained: bool) -> Result<u64, StateError> {
+        let node = self
+            .nodes
+            .get_mut(&node_id)
+            .ok_or(StateError::UnknownNode { node_id })?;
+        if node.drained != drained {
+            node.drained = drained;
+            self.version += 1;
+        }
+        Ok(self.version)
+    }
+
+    /// Records an operator's request to seal `log_id`'s current epoch and start the next
+    /// one, with `chain` or (`None`) the chain the controller picks; the reconfiguration
+    /// carries it out ([`super::reconfig::plan`]). `epoch`, if given, must be the current
+    /// one. The chain is checked now ([`ClusterState::check_chain`]), and again against the
+    /// seals when the next epoch starts. Asking again for the same is not an error; asking
+    /// for something else while a request of the epoch is pending is. Returns the request.
+    pub fn request(
+        &mut self,
+        log_id: u64,
+        epoch: Option<u64>,
+        chain: Option<Vec<u64>>,
+        now: Instant,
+    ) -> Result<Requested, StateError> {
+        let log = self
+            .logs
+            .get(&log_id)
+            .ok_or(StateError::UnknownLog { log_id })?;
+        let current = log.current().epoch;
+        if let Some(asked) = epoch.filter(|&e| e != current) {
+            return Err(StateError::StaleEpoch {
+                log_id,
+                asked,
+                current,
+            });
+        }
+        if let Some(chain) = &chain {
+            self.check_chain(log, chain, now)?;
+        }
+        let requested = Requested {
+            epoch: current,
+            chain,
+        };
+        match log.pending_request() {
+            Some(pending) if *pending == requested => {}
+            Some(pending) => {
+                return Err(StateError::ChainRefused {
+                    log_id,
+                    chain: requested.chain.unwrap_or_default(),
+                    reason: format!(
+                        "a reconfiguration of epoch {current} to {} is under way",
+                        pending
+                            .chain
+                            .as_ref()
+                            .map_or("the controller's chain".into(), |c| {
+                                format!("chain {c:?}")
+                            })
+                    ),
+                })
+            }
+            None => {
+                self.logs.get_mut(&log_id).expect("found above").requested =
+                    Some(requested.clone());
+            }
+        }
+        Ok(requested)
+    }
+
+    /// Whether `chain` may follow `log`'s current epoch, before any seal: 1 to rf distinct
+    /// registered nodes; at least one member of the current chain (every record is there),
+    /// the current members it keeps alive (they must seal) and in their current order (the
+    /// order in which they hold records); the nodes new to the chain after them, at the tail
+    /// (they copy the log from their predecessor), alive and not drained.
+    pub fn check_chain(
+        &self,
+        log: &LogState,
+        chain: &[u64],
+        now: Instant,
+    ) -> Result<(), StateError> {
+        let refuse = |reason: String| StateError::ChainRefused {
+            log_id: log.log_id,
+            chain: chain.to_vec(),
+            reason,
+        };
+        if chain.len() > usize::from(log.replication_factor) {
+            return Err(StateError::ChainTooLong {
+                log_id: log.log_id,
+                len: chain.len(),
+                rf: log.replication_factor,
+            });
+        }
+        let current = &log.current().chain;
+        let mut kept = Vec::new();
+        for (i, &node_id) in chain.iter().enumerate() {
+            if chain[..i].contains(&node_id) {
+                return Err(refuse(format!("node {node_id} is named twice")));
+            }
+            let node = self
+                .nodes
+                .get(&node_id)
+                .ok_or(StateError::UnknownNode { node_id })?;
+            if !self.is_alive(node, now) {
+                return Err(refuse(format!("node {node_id} is not alive")));
+            }
+            match current.iter().position(|&n| n == node_id) {
+                Some(position) => {
+                    if kept.len() < i {
+                        return Err(refuse(format!(
+                            "node {node_id} of the current chain comes after a node new to it: \
+                             new nodes join at the tail"
+                        )));
+                    }
+                    if kept.last().is_some_and(|&last| last > position) {
+                        return Err(refuse(format!(
+                            "node {node_id} comes after a node it precedes in the current chain \
+                             {current:?}: the members kept stay in their order"
+                        )));
+                    }
+                    kept.push(position);
+                }
+                None if node.drained => {
+                    return Err(refuse(format!("node {node_id} is drained")));
+                }
+                None => {}
+            }
+        }
+        if kept.is_empty() {
+            return Err(refuse(format!(
+                "it keeps no member of the current chain {current:?}, which alone hold the \
+                 log's records"
+            )));
+        }
+        Ok(())
+    }
+
     /// Starts `log_id`'s next epoch after its current one, `from_epoch`, was sealed at the
-    /// replicas `sealed` (each with the end it sealed at), and bumps the version. Every
-    /// acknowledged record is on every replica of the old chain, so each sealed one holds
-    /// them all; records above the shortest one's end may have been acknowledged too, so the
-    /// new epoch starts at the longest one's end (nothing acknowledged is dropped, nothing is
-    /// renumbered). The new chain is the sealed replicas in their old order, then live nodes
-    /// outside the old chain (placed as new logs are: fewest chains first) up to the
-    /// replication factor;
-    /// with too few live nodes the log runs under-replicated. Refused, with nothing changed:
-    /// an epoch that is not the current one (another reconfiguration won), no sealed replica.
+    /// replicas `sealed` (each with the end it sealed at), with the chain `target` says, and
+    /// bumps the version; a pending request of `from_epoch` is done, and so is its seal
+    /// ([`ClusterState::begin_seal`]).
+    ///
+    /// Every acknowledged record of the epoch is on every one of its replicas, so a replica
+    /// that sealed holds them all, and so are the records below the epoch's start, unless
+    /// the replica joined the chain in this epoch and is still copying them: its end is then
+    /// below the start. So the members the new chain keeps (they must have sealed) must
+    /// include one that ended at or above the start ([`StateError::Behind`] otherwise).
+    /// Records above the shortest kept end may have been acknowledged, so the new epoch
+    /// starts at the longest kept end (nothing acknowledged is dropped, nothing renumbered);
+    /// records beyond it are only on members the chain leaves out, so none was acknowledged.
+    ///
+    /// [`Target::Auto`] keeps the members that sealed, in order, less the drained ones (all
+    /// of them if no other holds the records), then adds live nodes outside the old chain
+    /// that are not drained (placed as new logs are: fewest chains first) up to the
+    /// replication factor; with too few, the log runs under-replicated. A member of the old
+    /// chain that did not seal is never kept: it may still hold (or take) records of the old
+    /// epoch beyond its end, and comes back later, as a new replica.
+    ///
+    /// Refused, with nothing changed: an epoch that is not the current one (another
+    /// reconfiguration won), no sealed replica, none of the kept ones at the start, a
+    /// [`Target::Chain`] that [`ClusterState::check_chain`] refuses or that keeps a member
+    /// that did not seal.
     pub fn extend(
         &mut self,
         log_id: u64,
         from_epoch: u64,
         sealed: &[(u64, u64)],
+        target: Target<'_>,
         now: Instant,
     ) -> Result<Epoch, StateError> {
         let log = self
@@ -433,49 +697,91 @@ impl ClusterState {
                 current: current.epoch,
             });
         }
-        let mut chain: Vec<u64> = current
+        let end_of = |node: u64| sealed.iter().find(|(s, _)| *s == node).map(|&(_, e)| e);
+        let sealed_members: Vec<u64> = current
             .chain
             .iter()
             .copied()
-            .filter(|n| sealed.iter().any(|(s, _)| s == n))
+            .filter(|&n| end_of(n).is_some())
             .collect();
-        let Some(end) = sealed
-            .iter()
-            .filter(|(n, _)| chain.contains(n))
-            .map(|&(_, end)| end)
-            .max()
-        else {
+        if sealed_members.is_empty() {
             return Err(StateError::NoSurvivor {
                 log_id,
                 epoch: from_epoch,
             });
+        }
+        let holds_all = |kept: &[u64]| {
+            kept.iter()
+                .filter_map(|&n| end_of(n))
+                .any(|end| end >= current.start_lsn)
         };
-        let wanted = usize::from(log.replication_factor).saturating_sub(chain.len());
-        // Not a member of the old chain that did not seal: it may still hold (or take)
-        // records of the old epoch beyond its end. It comes back later, as a new replica.
-        let spares = self.spares(&current.chain, now);
-        chain.extend(spares.into_iter().take(wanted));
+        let chain = match target {
+            Target::Chain(chain) => {
+                self.check_chain(log, chain, now)?;
+                if let Some(&missing) = chain
+                    .iter()
+                    .find(|&&n| current.chain.contains(&n) && end_of(n).is_none())
+                {
+                    return Err(StateError::ChainRefused {
+                        log_id,
+                        chain: chain.to_vec(),
+                        reason: format!("node {missing} of the current chain did not seal it"),
+                    });
+                }
+                chain.to_vec()
+            }
+            Target::Auto => {
+                let undrained: Vec<u64> = sealed_members
+                    .iter()
+                    .copied()
+                    .filter(|n| !self.nodes.get(n).is_some_and(|node| node.drained))
+                    .collect();
+                let mut chain = if holds_all(&undrained) {
+                    undrained
+                } else {
+                    sealed_members.clone()
+                };
+                let wanted = usize::from(log.replication_factor).saturating_sub(chain.len());
+                chain.extend(self.spares(&current.chain, now).into_iter().take(wanted));
+                chain
+            }
+        };
+        let kept: Vec<u64> = chain
+            .iter()
+            .copied()
+            .filter(|n| current.chain.contains(n))
+            .collect();
+        let longest = kept.iter().filter_map(|&n| end_of(n)).max().unwrap_or(0);
+        if !holds_all(&kept) {
+            return Err(StateError::Behind {
+                log_id,
+                epoch: from_epoch,
+                start_lsn: current.start_lsn,
+                longest,
+            });
+        }
         let epoch = Epoch {
             epoch: from_epoch + 1,
             chain,
-            start_lsn: end.max(current.start_lsn),
+            start_lsn: longest,
         };
         self.version += 1;
-        self.logs
-            .get_mut(&log_id)
-            .expect("checked above")
-            .epochs
-            .push(epoch.clone());
+        let log = self.logs.get_mut(&log_id).expect("checked above");
+        log.epochs.push(epoch.clone());
+        log.sealing = None;
+        log.requested = None;
         Ok(epoch)
     }
 
-    /// Live nodes outside `chain`, fewest chains first (then fewest heads, then lowest id):
-    /// where a chain that lost a replica gets a new one.
+    /// Live nodes outside `chain` that are not drained, fewest chains first (then fewest
+    /// heads, then lowest id): where a chain that lost a replica gets a new one.
     pub fn spares(&self, chain: &[u64], now: Instant) -> Vec<u64> {
         let mut load: BTreeMap<u64, (usize, usize)> = self
             .nodes
             .values()
-            .filter(|node| self.is_alive(node, now) && !chain.contains(&node.node_id))
+            .filter(|node| {
+                self.is_alive(node, now) && !node.drained && !chain.contains(&node.node_id)
+            })
             .map(|node| (node.node_id, (0, 0)))
             .collect();
         for log in self.logs.values() {
@@ -492,6 +798,13 @@ impl ClusterState {
             .collect();
         spares.sort_unstable();
         spares.into_iter().map(|(_, _, id)| id).collect()
+    }
+
+    /// Logs whose current chain is shorter than their replication factor.
+    pub fn under_replicated(&self) -> impl Iterator<Item = &LogState> {
+        self.logs
+            .values()
+            .filter(|log| log.current().chain.len() < usize::from(log.replication_factor))
     }
 
     /// The nodes of `log_id`'s current chain that have not yet reported applying the map
@@ -530,6 +843,7 @@ impl ClusterState {
             addr: node.addr.clone(),
             shard_count: node.shard_count,
             alive: self.is_alive(node, now),
+            drained: node.drained,
             last_heartbeat_ms: node.last_heartbeat.map_or(HEARTBEAT_MS_NEVER, |at| {
                 u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX)
             }),
@@ -579,6 +893,12 @@ impl ClusterState {
             }
             if log.epochs.is_empty() || log.epochs.windows(2).any(|w| w[0].epoch >= w[1].epoch) {
                 return Err(format!("log {id}: no epochs, or not in increasing order"));
+            }
+            if log.sealing.is_some_and(|e| e != log.current().epoch) {
+                return Err(format!(
+                    "log {id}: sealing epoch {:?}, not its current one",
+                    log.sealing
+                ));
             }
             for epoch in &log.epochs {
                 let chain = &epoch.chain;

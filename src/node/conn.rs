@@ -99,6 +99,8 @@ pub(crate) enum Pending {
         request_id: u64,
         received_us: u64,
         log_id: u64,
+        /// The epoch its records were sequenced in.
+        epoch: u64,
         first: u64,
         end: u64,
         durable_us: Option<u64>,

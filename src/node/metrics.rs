@@ -18,7 +18,6 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +25,7 @@ use chainlog_storage::StoreMetrics;
 use hdrhistogram::Histogram;
 
 use super::conn::Session;
+use crate::prometheus::{self, family, histogram, histogram_series};
 
 /// Appends whose first LSN is a multiple of this are traced.
 pub(crate) const TRACE_EVERY: u64 = 16;
@@ -99,10 +99,6 @@ pub(crate) struct ShardMetrics {
     pub(crate) link_resets: u64,
     /// Traced appends whose answers are on their way out.
     pub(crate) traces: Traces,
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
 fn bump(counts: &mut Vec<(&'static str, u64)>, name: &'static str) {
@@ -381,54 +377,6 @@ const NAMED_COUNTS: [(&str, &str, &str, NamedCountsOf); 2] = [
     ),
 ];
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// Bucket bounds of every histogram within a decade: ten per decade, so a quantile
-/// interpolated inside a bucket is within 25% of the truth (at most a bucket's width).
-const BUCKET_MANTISSAS: [u64; 10] = [10, 12, 15, 20, 25, 30, 40, 50, 60, 80];
-/// Decades of bucket bounds: 1 to 80,000,000 (µs: up to 80 s; records or bytes per write).
-const BUCKET_DECADES: u32 = 8;
-
-/// The upper bounds of every histogram's buckets (`le`), ascending; `+Inf` follows them.
-/// Values are whole numbers, so the first decade has only 1, 2, 3, 4, 5, 6 and 8.
-fn bucket_bounds() -> Vec<u64> {
-    let mut bounds: Vec<u64> = (0..BUCKET_DECADES)
-        .flat_map(|decade| {
-            BUCKET_MANTISSAS
-                .into_iter()
-                .map(move |m| m * 10u64.pow(decade) / 10)
-        })
-        .collect();
-    bounds.dedup();
-    bounds
-}
-
-/// A Prometheus histogram: cumulative buckets, sum and count. Unlike quantiles, buckets of
-/// two scrapes can be subtracted, so a scraper can tell the distribution of any window.
-fn histogram_series(out: &mut String, name: &str, labels: &str, h: &Histogram<u64>) {
-    let bounds = bucket_bounds();
-    let mut counts = vec![0u64; bounds.len()];
-    // One pass over what was recorded (HdrHistogram's own buckets are far finer).
-    for recorded in h.iter_recorded() {
-        let value = h.lowest_equivalent(recorded.value_iterated_to());
-        if let Some(i) = bounds.iter().position(|&bound| value <= bound) {
-            counts[i] += recorded.count_at_value();
-        }
-    }
-    let mut cumulative = 0;
-    for (bound, count) in bounds.iter().zip(counts) {
-        cumulative += count;
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
-    }
-    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.len());
-    let sum = (h.mean() * h.len() as f64).round() as u64;
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.len());
-}
-
 /// The Prometheus text exposition of `snapshots` (index = shard).
 pub(crate) fn render(snapshots: &[Option<Snapshot>]) -> String {
     let shards = || {
@@ -474,83 +422,22 @@ pub(crate) fn render(snapshots: &[Option<Snapshot>]) -> String {
     out
 }
 
-/// Serves `GET /metrics` and `GET /traces` on `listener` from a thread of its own (a small
-/// HTTP/1.1 responder: one request per connection). Returns the address it listens on.
+/// Serves `GET /metrics` and `GET /traces` on `listener` from a thread of its own
+/// ([`crate::prometheus::serve`]). Returns the address it listens on.
 pub(crate) fn serve(listener: TcpListener, board: Board) -> std::io::Result<SocketAddr> {
     let local = listener.local_addr()?;
-    std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut request_line = String::new();
-            let mut reader = BufReader::new(match stream.try_clone() {
-                Ok(s) => s,
-                Err(_) => continue,
-            });
-            if reader.read_line(&mut request_line).is_err() {
-                continue;
-            }
-            // Skip the headers.
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
             // Rendered under the lock (a shard publishes once a second; the traces are not
             // copied for every scrape).
-            let (status, body) = if request_line.starts_with("GET /metrics ") {
-                ("200 OK", render(&board.lock().unwrap_or_else(|e| e.into_inner())))
-            } else if request_line.starts_with("GET /traces ") {
-                ("200 OK", render_traces(&board.lock().unwrap_or_else(|e| e.into_inner())))
-            } else {
-                ("404 Not Found", "only GET /metrics and GET /traces are served here\n".to_string())
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    })?;
+            prometheus::serve(&listener, &["/metrics", "/traces"], |path| {
+                let snapshots = board.lock().unwrap_or_else(|e| e.into_inner());
+                match path {
+                    "/metrics" => render(&snapshots),
+                    _ => render_traces(&snapshots),
+                }
+            });
+        })?;
     Ok(local)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn histograms_have_cumulative_buckets_a_sum_and_a_count() {
-        let mut h = histogram();
-        for us in 1..=1_000 {
-            h.record(us).unwrap();
-        }
-        h.record(50_000).unwrap();
-        let mut out = String::new();
-        histogram_series(&mut out, "m", "shard=\"0\"", &h);
-        let bucket = |le: &str| -> u64 {
-            let prefix = format!("m_bucket{{shard=\"0\",le=\"{le}\"}} ");
-            let line = out.lines().find(|l| l.starts_with(&prefix)).expect(le);
-            line[prefix.len()..].parse().unwrap()
-        };
-        assert_eq!(bucket("1"), 1);
-        assert_eq!(bucket("12"), 12);
-        assert_eq!(bucket("100"), 100);
-        assert_eq!(bucket("800"), 800);
-        assert_eq!(bucket("1000"), 1_000);
-        assert_eq!(bucket("40000"), 1_000);
-        assert_eq!(bucket("50000"), 1_001);
-        assert_eq!(bucket("80000000"), 1_001);
-        assert_eq!(bucket("+Inf"), 1_001);
-        assert!(out.contains("m_count{shard=\"0\"} 1001\n"), "{out}");
-        assert!(out.contains("m_sum{shard=\"0\"} 550500\n"), "{out}");
-        // Bounds ascend and the counts never go down.
-        let counts: Vec<u64> = out
-            .lines()
-            .filter(|l| l.starts_with("m_bucket"))
-            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
-            .collect();
-        let bounds = bucket_bounds();
-        assert_eq!(counts.len(), bounds.len() + 1);
-        assert!(counts.windows(2).all(|w| w[0] <= w[1]));
-        assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{bounds:?}");
-    }
 }

@@ -68,6 +68,12 @@ pub(crate) struct Server {
     cluster: bool,
     /// Acks the store gave while the server waited for it ([`Server::take_acks`]).
     acks_taken: Vec<Ack>,
+    /// Per log of the cluster map: the epoch since which this node's store holds the log as
+    /// its epochs' heads sequenced it (it started the log anew, or cut it, when it installed
+    /// that epoch), or `u64::MAX` once the log left this node. An append sequenced here in
+    /// an earlier epoch may not be at its LSNs any more: it is never acknowledged
+    /// ([`Server::drain`]).
+    rebuilt_in: HashMap<u64, u64>,
 }
 
 /// Who a shard's server is: its place in its node and cluster, and the limits it enforces.
@@ -112,6 +118,7 @@ impl Server {
             catalog,
             cluster,
             acks_taken: Vec::new(),
+            rebuilt_in: HashMap::new(),
         }
     }
 
@@ -318,7 +325,11 @@ impl Server {
                 );
                 Ok(())
             }
-            Request::RegisterNode(_) | Request::Heartbeat(_) | Request::GetMap(_) => Err(refuse(
+            Request::RegisterNode(_)
+            | Request::Heartbeat(_)
+            | Request::GetMap(_)
+            | Request::ReconfigureLog(_)
+            | Request::DrainNode(_) => Err(refuse(
                 ErrorCode::NotController,
                 ARG_NONE,
                 "this is a node, not the controller",
@@ -443,6 +454,7 @@ impl Server {
             request_id,
             received_us,
             log_id: h.log_id,
+            epoch,
             first: lsns.start,
             end: lsns.end,
             durable_us: None,
@@ -816,8 +828,8 @@ impl Server {
                 chain: log.chain.clone(),
                 sealed,
             };
-            if !current {
-                self.prepare_store(log, before.as_ref(), store);
+            if !current && !self.prepare_store(log, before.as_ref(), store) {
+                self.rebuilt_in.insert(log.log_id, log.epoch);
             }
             // A log this node never held, with no records here, is new to the whole chain:
             // nobody holds records of it. Anything else settles first.
@@ -838,6 +850,7 @@ impl Server {
             .collect();
         for log_id in gone {
             tracing::info!(log_id, "log removed from the cluster map: deleting it here");
+            self.rebuilt_in.insert(log_id, u64::MAX);
             if let Err(e) = self.catalog.delete(log_id) {
                 self.catalog_failed(&e);
             }
@@ -855,21 +868,23 @@ impl Server {
     /// leftovers of an epoch it was sealed out of, so the log starts again empty and is
     /// copied from its predecessor. Both are made durable before the catalog names the new
     /// epoch, so a restart never finds the epoch installed over a store not fit for it.
+    /// Returns true if the store holds this node's records of the earlier epochs as they
+    /// were (a survivor that cut nothing).
     fn prepare_store<I: Io>(
         &mut self,
         log: &MapLog,
         before: Option<&CatalogEntry>,
         store: &mut Store<I>,
-    ) {
+    ) -> bool {
         let survivor = before.is_some_and(|e| {
             e.epoch + 1 == log.epoch && e.sealed && e.chain.contains(&self.node_id)
         });
         let Some(tail) = store.tail(log.log_id) else {
-            return; // Nothing here of this log.
+            return survivor; // Nothing here of this log.
         };
         let cut = if survivor {
             if tail.next_lsn <= log.start_lsn {
-                return;
+                return true;
             }
             tracing::info!(
                 log_id = log.log_id,
@@ -880,7 +895,7 @@ impl Server {
             store.truncate(log.log_id, log.start_lsn, UNANSWERED)
         } else {
             if tail.next_lsn == 0 && tail.trim_point == 0 {
-                return;
+                return false;
             }
             tracing::info!(
                 log_id = log.log_id,
@@ -898,6 +913,7 @@ impl Server {
                 format!("preparing log {}: {e}", log.log_id),
             ));
         }
+        false
     }
 
     /// Acks the store gave while the server waited for it (installing a map): the shard
@@ -992,16 +1008,38 @@ impl Server {
 
     /// Answers, in order, the connection's appends and trims that are durable here and
     /// committed on the whole chain, the errors queued behind them, and its settled
-    /// CHECK_TAILs.
+    /// CHECK_TAILs. An append sequenced in an epoch whose records this node no longer holds
+    /// as they were (it was sealed out, started the log anew or cut it since) is never
+    /// answered: committed LSNs of a later epoch say nothing of it, and it may or may not be
+    /// in the log (an ERROR would say it is not), so the connection closes with it and what
+    /// follows unanswered, and the client learns that their outcome is unknown.
     pub(crate) fn drain<I: Io>(&mut self, session: &mut Session, store: &Store<I>) {
         while let Some(front) = session.pending.front() {
             let ready = match *front {
                 Pending::Append {
                     log_id,
+                    epoch,
                     end,
                     durable_us,
                     ..
                 } => {
+                    if self
+                        .rebuilt_in
+                        .get(&log_id)
+                        .is_some_and(|&since| epoch < since)
+                    {
+                        tracing::info!(
+                            log_id,
+                            epoch,
+                            unanswered = session.pending.len(),
+                            "appends of an epoch this node no longer holds: closing their \
+                             connection unanswered"
+                        );
+                        session.pending.clear();
+                        session.local_next = 0;
+                        session.closing = true;
+                        break;
+                    }
                     durable_us.is_some()
                         && self
                             .replicas
@@ -1035,6 +1073,7 @@ impl Server {
                     first,
                     end,
                     durable_us,
+                    ..
                 } => {
                     let now = self.now_us();
                     // How long the answer waited for the rest of the chain after the

@@ -2,7 +2,8 @@
 //! (ready once it printed where it serves, no sleeping) and kills and reaps it when dropped,
 //! even when a test fails; [`Controller`] does the same for `chainlog controller` (ready once
 //! it printed its address); [`Client`] is a minimal blocking protocol client built from
-//! chainlog-net's encoders and decoders.
+//! chainlog-net's encoders and decoders. A node's log (its stderr) can be waited on for a line
+//! ([`Node::wait_log`]), and a process can be paused and resumed (SIGSTOP, SIGCONT) by PID.
 //!
 //! Ports: a process listens on port 0 and the test takes the address it prints, so no port is
 //! ever chosen, released and bound again later (an outgoing connection may take an ephemeral
@@ -23,9 +24,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chainlog::controller::server::SERVING_AT;
 use chainlog::net::{
@@ -130,24 +131,36 @@ fn first_line(stdout: ChildStdout, what: &str) -> Option<String> {
     }
 }
 
-/// The last lines of a child's stderr, read by a thread of its own.
+/// The last lines of a child's stderr, read by a thread of its own; waiters on a line are
+/// woken as each line arrives.
 #[derive(Debug)]
 struct Captured {
-    lines: Arc<Mutex<VecDeque<String>>>,
+    lines: Arc<(Mutex<Lines>, Condvar)>,
     reader: Option<JoinHandle<()>>,
+}
+
+/// The lines kept, and how many were read in all (the first kept one is line
+/// `total - kept.len()`).
+#[derive(Debug, Default)]
+struct Lines {
+    kept: VecDeque<String>,
+    total: u64,
 }
 
 impl Captured {
     fn start(stderr: impl Read + Send + 'static) -> Captured {
-        let lines = Arc::new(Mutex::new(VecDeque::new()));
+        let lines = Arc::new((Mutex::new(Lines::default()), Condvar::new()));
         let kept = Arc::clone(&lines);
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
-                if kept.len() == STDERR_LINES_MAX {
-                    kept.pop_front();
+                let (lock, arrived) = &*kept;
+                let mut lines = lock.lock().unwrap_or_else(|e| e.into_inner());
+                if lines.kept.len() == STDERR_LINES_MAX {
+                    lines.kept.pop_front();
                 }
-                kept.push_back(line);
+                lines.kept.push_back(line);
+                lines.total += 1;
+                arrived.notify_all();
             }
         });
         Captured {
@@ -156,18 +169,63 @@ impl Captured {
         }
     }
 
-    /// Everything kept, once the child has exited (its stderr read to the end).
-    fn finish(&mut self) -> String {
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
+    /// Lines read so far.
+    fn total(&self) -> u64 {
+        let lines = self.lines.0.lock().unwrap_or_else(|e| e.into_inner());
+        lines.total
+    }
+
+    /// The first line from line `since` on that contains `needle`, waiting for it at most
+    /// `timeout`.
+    fn wait_for(&self, since: u64, needle: &str, timeout: Duration) -> Option<String> {
+        let end = Instant::now() + timeout;
+        let (lock, arrived) = &*self.lines;
+        let mut lines = lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let first = lines.total - lines.kept.len() as u64;
+            let found = lines
+                .kept
+                .iter()
+                .enumerate()
+                .find(|&(i, line)| first + i as u64 >= since && line.contains(needle));
+            if let Some((_, line)) = found {
+                return Some(line.clone());
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            lines = arrived
+                .wait_timeout(lines, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
-        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+    }
+
+    /// The lines kept so far.
+    fn kept(&self) -> String {
+        let lines = self.lines.0.lock().unwrap_or_else(|e| e.into_inner());
         lines
+            .kept
             .iter()
             .map(String::as_str)
             .collect::<Vec<_>>()
             .join("\n")
     }
+
+    /// Everything kept, once the child has exited (its stderr read to the end).
+    fn finish(&mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.kept()
+    }
+}
+
+/// Sends `signal` to `child` (ours, not yet reaped, so its pid is not reused).
+fn signal(child: &Child, signal: libc::c_int) {
+    // SAFETY: kill(2) on our own child's pid, not yet reaped (so not reused).
+    unsafe { libc::kill(child.id() as i32, signal) };
 }
 
 /// A node child process, killed and reaped when dropped.
@@ -274,16 +332,59 @@ impl Node {
 
     /// SIGTERM, then the exit status.
     pub(crate) fn terminate(mut self) -> ExitStatus {
-        // SAFETY: kill(2) on our own child's pid, not yet reaped (so not reused).
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        signal(&self.child, libc::SIGTERM);
         self.child.wait().expect("wait for the node")
     }
 
     /// SIGKILL (kill -9), then the exit status: the node gets no chance to clean up.
     pub(crate) fn kill9(mut self) -> ExitStatus {
-        // SAFETY: kill(2) on our own child's pid, not yet reaped (so not reused).
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        signal(&self.child, libc::SIGKILL);
         self.child.wait().expect("wait for the node")
+    }
+
+    /// SIGSTOP, and returns once every thread of the node has stopped (no heartbeats, no
+    /// answers) until [`Node::resume`]; its sockets stay open and keep taking bytes. (Dropping
+    /// a stopped node still kills it: SIGKILL ends a stopped process.)
+    pub(crate) fn pause(&self) {
+        signal(&self.child, libc::SIGSTOP);
+        let mut status = 0;
+        // SAFETY: waitpid(2) on our own child, for a stop only (WUNTRACED): a stop is not
+        // reaped, so `Child` still owns the pid.
+        let waited = unsafe { libc::waitpid(self.child.id() as i32, &mut status, libc::WUNTRACED) };
+        assert!(
+            waited > 0 && libc::WIFSTOPPED(status),
+            "the node did not stop (waitpid {waited}, status {status:#x})"
+        );
+    }
+
+    /// SIGCONT: a paused node runs on from where it stopped.
+    pub(crate) fn resume(&self) {
+        signal(&self.child, libc::SIGCONT);
+    }
+
+    /// Lines of its log (stderr) so far: a mark for [`Node::wait_log`].
+    pub(crate) fn log_mark(&self) -> u64 {
+        self.stderr.total()
+    }
+
+    /// The first line of its log after `mark` that contains `needle`, as soon as it is
+    /// written; `None` if none is within `timeout` (of the last 200 lines).
+    pub(crate) fn wait_log(&self, mark: u64, needle: &str, timeout: Duration) -> Option<String> {
+        self.stderr.wait_for(mark, needle, timeout)
+    }
+
+    /// The last lines of its log (stderr), for a failure's message.
+    pub(crate) fn log_tail(&self) -> String {
+        self.stderr.kept()
+    }
+
+    /// The HTTP response (status line, headers, body) to `GET path` on its metrics port.
+    pub(crate) fn scrape(&self, path: &str) -> String {
+        let mut s = TcpStream::connect(self.metrics).expect("metrics port");
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+        let mut response = String::new();
+        s.read_to_string(&mut response).expect("response");
+        response
     }
 
     /// Whether the node has exited (reaping it if so), without waiting.
@@ -375,8 +476,13 @@ impl Controller {
 
     /// SIGTERM, then the exit status.
     pub(crate) fn terminate(mut self) -> ExitStatus {
-        // SAFETY: kill(2) on our own child's pid, not yet reaped (so not reused).
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        signal(&self.child, libc::SIGTERM);
+        self.child.wait().expect("wait for the controller")
+    }
+
+    /// SIGKILL (kill -9), then the exit status: whatever it was doing stops there.
+    pub(crate) fn kill9(mut self) -> ExitStatus {
+        signal(&self.child, libc::SIGKILL);
         self.child.wait().expect("wait for the controller")
     }
 }
@@ -494,13 +600,8 @@ impl Client {
         )
     }
 
-    /// Sends one APPEND of `payloads` and returns its answer: Ok(first_lsn) or the error's
-    /// (code, arg0).
-    pub(crate) fn append(
-        &mut self,
-        header: &AppendHeader,
-        payloads: &[&[u8]],
-    ) -> Result<u64, (ErrorCode, u64)> {
+    /// Sends one APPEND of `payloads` without waiting for its answer; returns its request id.
+    pub(crate) fn send_append(&mut self, header: &AppendHeader, payloads: &[&[u8]]) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         let mut out = Vec::new();
@@ -511,6 +612,17 @@ impl Client {
         }
         builder.finish();
         self.send(&out);
+        id
+    }
+
+    /// Sends one APPEND of `payloads` and returns its answer: Ok(first_lsn) or the error's
+    /// (code, arg0).
+    pub(crate) fn append(
+        &mut self,
+        header: &AppendHeader,
+        payloads: &[&[u8]],
+    ) -> Result<u64, (ErrorCode, u64)> {
+        let id = self.send_append(header, payloads);
         self.receive(|rid, r| {
             assert_eq!(rid, id);
             match r {

@@ -105,6 +105,16 @@ impl Raw {
 
     /// The next frame, or None at EOF (or a reset: the node closed with our bytes unread).
     pub(crate) fn next(&mut self) -> Option<Answer> {
+        self.next_frame(false)
+    }
+
+    /// As [`Raw::next`], and None also when the node sends nothing for the socket's read
+    /// timeout (it keeps silent; the caller chose how long to listen).
+    pub(crate) fn next_or_silent(&mut self) -> Option<Answer> {
+        self.next_frame(true)
+    }
+
+    fn next_frame(&mut self, silence_ends: bool) -> Option<Answer> {
         loop {
             if let Some(frame) =
                 parse_frame(&self.input, &Limits::DEFAULT).expect("the node sends valid frames")
@@ -139,6 +149,12 @@ impl Raw {
                 Ok(n) => self.input.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => {
                     assert!(self.input.is_empty(), "reset inside a frame");
+                    return None;
+                }
+                Err(e)
+                    if silence_ends
+                        && matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                {
                     return None;
                 }
                 Err(e) => panic!("receive (the node did not answer or close): {e}"),

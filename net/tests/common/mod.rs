@@ -262,6 +262,25 @@ pub fn request_corpus() -> Vec<Vec<u8>> {
             log_id: 7,
             epoch: 3,
         }),
+        // The controller's choice of chain, then a given one.
+        Request::ReconfigureLog(ReconfigureLogRequest {
+            log_id: 7,
+            epoch: 0,
+            chain: Chain::from_slice(&[]),
+        }),
+        Request::ReconfigureLog(ReconfigureLogRequest {
+            log_id: 7,
+            epoch: 3,
+            chain: Chain::from_slice(&[2, 3, 4]),
+        }),
+        Request::DrainNode(DrainNodeRequest {
+            node_id: 3,
+            drained: true,
+        }),
+        Request::DrainNode(DrainNodeRequest {
+            node_id: 3,
+            drained: false,
+        }),
     ];
     requests
         .iter()
@@ -280,6 +299,7 @@ pub const MAP_NODES: [MapNode<'static>; 3] = [
         node_id: 1,
         shard_count: 2,
         alive: true,
+        drained: false,
         last_heartbeat_ms: 150,
         addr: "node-1.example:7400",
     },
@@ -287,6 +307,7 @@ pub const MAP_NODES: [MapNode<'static>; 3] = [
         node_id: 2,
         shard_count: 1,
         alive: false,
+        drained: true,
         last_heartbeat_ms: 9_000,
         addr: "10.0.0.2:7400",
     },
@@ -294,6 +315,7 @@ pub const MAP_NODES: [MapNode<'static>; 3] = [
         node_id: 5,
         shard_count: 4,
         alive: false,
+        drained: false,
         last_heartbeat_ms: HEARTBEAT_MS_NEVER,
         addr: "h:1",
     },
@@ -483,6 +505,13 @@ pub fn response_corpus() -> Vec<Vec<u8>> {
             end_lsn: 20,
             trim_point: 4,
         }),
+        Response::ReconfigureLog(ReconfigureLogResponse {
+            log_id: 7,
+            epoch: 4,
+            start_lsn: 20,
+            chain: Chain::from_slice(&[2, 3, 4]),
+        }),
+        Response::DrainNode(MapVersionResponse { map_version: 12 }),
         Response::Pull(PullResponse {
             log_id: 7,
             epoch: 3,

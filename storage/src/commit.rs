@@ -239,12 +239,6 @@ impl<I: Io> Store<I> {
                         first_lsn, log.submitted_lsn,
                         "log {log_id}: submitted records are dense"
                     );
-                    // Records a truncation or reset discarded (beyond `live`) may be beyond
-                    // the log's next LSN now.
-                    assert!(
-                        first_lsn + u64::from(live) <= log.next_lsn,
-                        "log {log_id}: submitted records were appended"
-                    );
                     log.submitted_lsn = first_lsn + u64::from(count);
                     log.on_disk = true;
                     // Records already discarded are not indexed: no read may find them.

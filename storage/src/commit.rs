@@ -233,18 +233,6 @@ impl<I: Io> Store<I> {
                     ..
                 } => {
                     let log = self.logs.get_mut(&log_id).expect("appended log exists");
-                    // Paired with the frontier's density check: a log's records go to the
-                    // disk in LSN order, without a gap, however they are cut into frames.
-                    assert_eq!(
-                        first_lsn, log.submitted_lsn,
-                        "log {log_id}: submitted records are dense"
-                    );
-                    // Records a truncation or reset discarded (beyond `live`) may be beyond
-                    // the log's next LSN now.
-                    assert!(
-                        first_lsn + u64::from(live) <= log.next_lsn,
-                        "log {log_id}: submitted records were appended"
-                    );
                     log.submitted_lsn = first_lsn + u64::from(count);
                     log.on_disk = true;
                     // Records already discarded are not indexed: no read may find them.
@@ -255,10 +243,6 @@ impl<I: Io> Store<I> {
                 }
                 Entry::Trim { log_id, before, .. } => {
                     let log = self.logs.get_mut(&log_id).expect("trimmed log exists");
-                    assert!(
-                        before <= log.submitted_lsn,
-                        "log {log_id}: a trim goes to the disk after the records it trims"
-                    );
                     log.submitted_trim = log.submitted_trim.max(before);
                     self.system_submitted_lsn += 1;
                 }
@@ -392,19 +376,8 @@ impl<I: Io> Store<I> {
                     } => {
                         // Discarded records (beyond `live`) never become readable.
                         if live > 0 {
-                            let end = first_lsn + u64::from(live);
                             let log = self.logs.get_mut(&log_id).expect("log");
-                            // Paired with `submit`'s: what becomes durable continues what
-                            // was (a truncation or reset moved both ends alike).
-                            assert_eq!(
-                                first_lsn, log.durable_lsn,
-                                "log {log_id}: durable records are dense"
-                            );
-                            assert!(
-                                end <= log.submitted_lsn,
-                                "log {log_id}: only submitted records become durable"
-                            );
-                            log.durable_lsn = end;
+                            log.durable_lsn = first_lsn + u64::from(live);
                         }
                         self.acks.push(Ack {
                             token,
@@ -418,10 +391,6 @@ impl<I: Io> Store<I> {
                         before,
                     } => {
                         let log = self.logs.get_mut(&log_id).expect("log");
-                        assert!(
-                            before <= log.durable_lsn,
-                            "log {log_id}: a trim is durable after the records it trims"
-                        );
                         log.durable_trim = log.durable_trim.max(before);
                         self.acks.push(Ack {
                             token,

@@ -18,7 +18,8 @@
 //!   Without any acknowledgement after the fault, the fault is not recovered from and its
 //!   unavailability lasts until the run ended: a lower bound.
 //! - *Before*: the appends meant from the end of the previous fault's *after* window (or the
-//!   window's start) up to the fault and answered before it.
+//!   window's start; if that is not before the fault, the previous outage's end) up to the
+//!   fault and answered before it.
 //! - *During*: the appends meant before the outage's end that were still outstanding at the
 //!   fault or meant after it: the ones the fault could touch. Its counts say how many were
 //!   acknowledged, failed (an error: not appended), indefinite (a lost connection or a
@@ -406,8 +407,10 @@ pub(crate) fn analyse(
     let mut times: Vec<Duration> = applied.iter().filter_map(|a| a.at).collect();
     times.sort_unstable();
     let mut reports = Vec::with_capacity(applied.len());
-    // The end of the previous fault's after window: where the next one's before begins.
-    let mut before_start = measure_start;
+    // Where the next fault's before may begin, by preference: the end of the previous fault's
+    // after window, else the previous outage's end (a fault soon after another: its before
+    // is the state the previous one left).
+    let mut before_starts = [measure_start, measure_start];
     let mut by_time: Vec<&Applied> = applied.iter().collect();
     by_time.sort_by_key(|a| a.at.unwrap_or(Duration::MAX));
     for a in by_time {
@@ -447,7 +450,11 @@ pub(crate) fn analyse(
             }
             of(&h, seconds(start), seconds(end))
         };
-        r.latency_us.before = window(before_start.min(fault), fault, &|o| {
+        let before_start = before_starts
+            .into_iter()
+            .find(|t| *t < fault)
+            .unwrap_or(fault);
+        r.latency_us.before = window(before_start, fault, &|o| {
             o.intended >= before_start && answered(o).is_some_and(|at| at <= fault)
         });
         let touched = |o: &Outcome| {
@@ -469,9 +476,9 @@ pub(crate) fn analyse(
         if let Some(back) = recovered {
             let end = back + AFTER;
             r.latency_us.after = window(back, end, &|o| o.intended >= back && o.intended < end);
-            before_start = end;
+            before_starts = [end, back];
         } else {
-            before_start = finished;
+            before_starts = [finished, finished];
         }
         reports.push(r);
     }
@@ -685,6 +692,34 @@ mod tests {
         // Meant from 1,400 ms to 3,400 ms: 60 appends, back to 1 ms.
         assert_eq!(l.after.appends, 60);
         assert!(l.after.p99.unwrap() <= 1_001);
+    }
+
+    #[test]
+    fn a_fault_soon_after_another_measures_its_before_from_the_first_outage_end() {
+        // One append every 10 ms, acknowledged 1 ms later, except those meant from 990 ms to
+        // 1,390 ms: at 1,400 ms.
+        let outcomes: Vec<Outcome> = (0..300)
+            .map(|i| match i * 10 {
+                t @ 990..=1_390 => acked(t, 1_400),
+                t => acked(t, t + 1),
+            })
+            .collect();
+        let reports = analyse(
+            &[applied("restart@2s", 2_000), applied("kill:head@1s", 995)],
+            &outcomes,
+            Duration::ZERO,
+            ms(4_000),
+        );
+        // In time order; the first one's outage ends before the second.
+        assert_eq!(reports[0].fault.text, "kill:head@1s");
+        assert_eq!(reports[0].first_ack_after_s, Some(1.4));
+        let second = &reports[1];
+        assert_eq!(second.fault.text, "restart@2s");
+        // Its before runs from the first outage's end (the first's after window reaches
+        // past it): meant from 1,400 ms to 1,990 ms.
+        assert_eq!(second.latency_us.before.start_s, 1.4);
+        assert_eq!(second.latency_us.before.appends, 60);
+        assert_eq!(second.during.failed + second.during.unanswered, 0);
     }
 
     #[test]

@@ -1269,6 +1269,35 @@ mod tests {
     }
 
     #[test]
+    fn faults_are_marked_on_the_time_plots_and_tabled() {
+        let mut report = synthetic_report(probed_fingerprint());
+        let html = render(&report).unwrap();
+        assert!(!html.contains("<h2>Faults</h2>"));
+        report.faults = vec![FaultReport {
+            fault: crate::faults::parse_fault("kill:head@5s").unwrap(),
+            target: "node 2 (head of bench-0, chain 2 -> 3 -> 4, epoch 1)".into(),
+            applied_s: Some(5.001),
+            error: None,
+            resumed_s: None,
+            unavailability_s: Some(0.4),
+            first_ack_after_s: Some(5.401),
+            during: Default::default(),
+            latency_us: Default::default(),
+        }];
+        let html = render(&report).unwrap();
+        let plots = svgs(&html);
+        // Latency and throughput over time carry the fault's label; the sweep and the
+        // spectrum do not.
+        let marked: Vec<bool> = plots.iter().map(|p| p.contains("kill:head@5s")).collect();
+        assert_eq!(marked, [false, false, true, true]);
+        assert!(html.contains("<h2>Faults</h2>"));
+        assert!(
+            html.contains("<td class=\"n\">400</td>"),
+            "the unavailability in ms"
+        );
+    }
+
+    #[test]
     fn a_one_second_run_still_shows_its_sample() {
         let mut report = synthetic_report(probed_fingerprint());
         report.timeline.truncate(1);

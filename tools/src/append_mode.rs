@@ -20,6 +20,9 @@
 //! each record carries its send time in its first 8 bytes, and a tailer records the time from
 //! the append call to the record's arrival (end-to-end latency).
 //!
+//! `--fault` (with `--dev`) applies scripted faults to the dev cluster during the window and
+//! reports what each did ([`crate::faults`]).
+//!
 //! The logs are created if missing. Besides the report on stdout: `--json` (the report as
 //! JSON), `--hdr-log` (an HdrHistogram interval log, one per interval of the time series) and `--html`
 //! (the HTML report, [`crate::html`]).
@@ -37,6 +40,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::faults::{self, Drill, Fault, FaultReport};
 use crate::fingerprint::Fingerprint;
 use crate::load::{
     self, Arrivals, Clock as _, Completion, IntervalStats, LoadResult, LoadSpec, LoopMode,
@@ -131,6 +135,14 @@ pub(crate) struct AppendArgs {
     #[arg(long = "warmup", value_name = "SECS", default_value_t = 1.0,
           value_parser = parse_seconds)]
     pub(crate) warmup_s: f64,
+    /// A fault applied to the dev cluster (--dev only), T after the measured window began:
+    /// kill:ROLE@T (SIGKILL), stop:ROLE@T/D (SIGSTOP, SIGCONT D later) or restart@T (start
+    /// again the members earlier faults killed). ROLE: head, middle or tail of the first
+    /// log's chain in the cluster map at that moment, or controller. Times: 5s, 500ms.
+    /// Repeatable; the report gives each fault's unavailability, failed and indefinite
+    /// appends, and p99 / p99.9 before, during and after.
+    #[arg(long = "fault", value_name = "FAULT", value_parser = faults::parse_fault)]
+    pub(crate) faults: Vec<Fault>,
 }
 
 /// Parses a rate in records per second: a finite number above 0.
@@ -202,6 +214,8 @@ struct AppendReport<'a> {
     /// acknowledgement, joined with the heads' traces ([`crate::trace`]); `null` if the
     /// heads' traces could not be fetched.
     per_append: Option<trace::Breakdown>,
+    /// What each `--fault` did, in the order they were applied (empty without faults).
+    faults: Vec<FaultReport>,
 }
 
 /// What the new load engine adds to the report (top-level JSON fields).
@@ -334,6 +348,9 @@ struct NodeSettings {
 pub(crate) struct ClientTarget {
     client: Client,
     logs: Vec<u64>,
+    /// Whether a failed connect ends the run (the target is unreachable), or is an append's
+    /// failure like another (a fault drill killed the head; the map will move on).
+    connect_fatal: bool,
 }
 
 impl ClientTarget {
@@ -342,6 +359,15 @@ impl ClientTarget {
         ClientTarget {
             client,
             logs: log_names.iter().map(|name| log_id(name)).collect(),
+            connect_fatal: true,
+        }
+    }
+
+    /// Counts failed connects as failed appends instead of ending the run.
+    pub(crate) fn counting_connect_failures(self) -> ClientTarget {
+        ClientTarget {
+            connect_fatal: false,
+            ..self
         }
     }
 }
@@ -350,9 +376,10 @@ impl Target for ClientTarget {
     async fn append(&self, log: usize, payload: Vec<u8>) -> Result<u64, TargetError> {
         match self.client.append(self.logs[log], &[payload]).await {
             Ok(lsns) => Ok(lsns.start),
-            Err(e @ ClientError::Connect { .. }) | Err(e @ ClientError::Invalid(_)) => {
+            Err(e @ ClientError::Connect { .. }) if self.connect_fatal => {
                 Err(TargetError::Fatal(e.to_string()))
             }
+            Err(e @ ClientError::Invalid(_)) => Err(TargetError::Fatal(e.to_string())),
             // The log was deleted under the bench.
             Err(e) if e.code() == Some(ErrorCode::UnknownLog) => {
                 Err(TargetError::Fatal(e.to_string()))
@@ -401,6 +428,7 @@ pub(crate) fn main(args: AppendArgs) -> Result<(), Failure> {
             ),
         );
     }
+    check_faults(&args);
     // Before the load starts: probing the machine writes to the disk.
     let fingerprint = args
         .html
@@ -442,6 +470,7 @@ pub(crate) fn main(args: AppendArgs) -> Result<(), Failure> {
             },
             stages: report.node_stages.clone(),
             per_append: report.per_append.clone(),
+            faults: report.faults.clone(),
         };
         crate::html::write_report(path, &html)
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
@@ -455,6 +484,59 @@ pub(crate) fn main(args: AppendArgs) -> Result<(), Failure> {
         )));
     }
     Ok(())
+}
+
+/// Refuses faults that cannot apply to the run (a usage error).
+fn check_faults(args: &AppendArgs) {
+    let Some(first) = args.faults.first() else {
+        return;
+    };
+    let Some(nodes) = args.target.dev else {
+        crate::usage_error(
+            "append",
+            format!(
+                "--fault {} needs --dev: faults are applied to the dev cluster this run \
+                 starts, not to a cluster behind --target",
+                first.text
+            ),
+        );
+    };
+    for fault in &args.faults {
+        if fault.at.as_secs_f64() >= args.duration_s {
+            crate::usage_error(
+                "append",
+                format!(
+                    "--fault {}: its time is not inside the measured window (--duration {})",
+                    fault.text, args.duration_s
+                ),
+            );
+        }
+        let has_controller = nodes > 1 || args.target.rf > 1;
+        match fault.role() {
+            Some(faults::Role::Controller) if !has_controller => crate::usage_error(
+                "append",
+                format!(
+                    "--fault {}: a --dev 1 --rf 1 cluster has no controller",
+                    fault.text
+                ),
+            ),
+            Some(faults::Role::Middle) if args.target.rf < 3 => crate::usage_error(
+                "append",
+                format!(
+                    "--fault {}: a chain of --rf below 3 has no middle",
+                    fault.text
+                ),
+            ),
+            Some(_) if !has_controller => crate::usage_error(
+                "append",
+                format!(
+                    "--fault {}: a --dev 1 --rf 1 node is no chain (use --rf or more nodes)",
+                    fault.text
+                ),
+            ),
+            _ => {}
+        }
+    }
 }
 
 /// Connects (starting the dev cluster with `--dev`), creates the logs, runs the load; returns
@@ -482,11 +564,31 @@ async fn run(args: &AppendArgs) -> Result<(AppendReport<'_>, Measured, Option<De
         drain: DRAIN,
         late_after: LATE_AFTER,
         seed: args.seed,
+        outcomes: !args.faults.is_empty(),
     };
-    let target = ClientTarget::new(client.clone(), &log_names);
+    let mut target = ClientTarget::new(client.clone(), &log_names);
+    if !args.faults.is_empty() {
+        target = target.counting_connect_failures();
+    }
     let loud = args.html.is_some() || args.metrics.is_some();
     let before = StageScrapes::before(&topology, loud).await;
-    let measured = run_load(&target, &spec, args.readers, "append").await?;
+    let drill = match &guard {
+        Some(guard) if !args.faults.is_empty() => Some(Drill {
+            faults: &args.faults,
+            cluster: guard,
+            controller: addr,
+            log: &log_names[0],
+        }),
+        _ => None,
+    };
+    let (measured, applied) =
+        run_load_with(&target, &spec, args.readers, "append", drill.as_ref()).await?;
+    let fault_reports = faults::analyse(
+        &applied,
+        &measured.result.outcomes,
+        measured.measure_start_clock,
+        measured.result.finished,
+    );
     let node_stages = before.after().await;
     let per_append = per_append(&topology, &measured, loud).await;
     let result = &measured.result;
@@ -514,6 +616,7 @@ async fn run(args: &AppendArgs) -> Result<(AppendReport<'_>, Measured, Option<De
         load: LoadFacts::of(spec.loop_mode, &measured),
         node_stages,
         per_append,
+        faults: fault_reports,
     };
     Ok((report, measured, guard))
 }
@@ -719,6 +822,8 @@ pub(crate) struct Measured {
     /// `CLOCK_MONOTONIC` nanoseconds at the origin of the run's clock (the samples' times
     /// count from there).
     pub(crate) clock_origin_ns: u64,
+    /// When the measured window began, clock time.
+    pub(crate) measure_start_clock: Duration,
 }
 
 /// User + system CPU time this process has used.
@@ -743,6 +848,18 @@ pub(crate) async fn run_load(
     readers: u32,
     label: &str,
 ) -> Result<Measured, String> {
+    Ok(run_load_with(target, spec, readers, label, None).await?.0)
+}
+
+/// [`run_load`], with `drill`'s faults applied while it runs (the measured window's start is
+/// their time origin); also answers how they were applied.
+async fn run_load_with(
+    target: &ClientTarget,
+    spec: &LoadSpec,
+    readers: u32,
+    label: &str,
+    drill: Option<&Drill<'_>>,
+) -> Result<(Measured, Vec<faults::Applied>), String> {
     let clock = SystemClock::new().map_err(|e| format!("creating a timerfd: {e}"))?;
     let (stop, stopped) = watch::channel(false);
     let mut tailers = Vec::with_capacity(readers as usize);
@@ -774,7 +891,16 @@ pub(crate) async fn run_load(
         ));
     };
     let cpu_before = process_cpu();
-    let result = load::run(&clock, target, spec, start, &mut on_interval).await;
+    let faults = async {
+        match drill {
+            Some(drill) => drill.run(clock.monotonic(), start + spec.warmup).await,
+            None => Vec::new(),
+        }
+    };
+    let (result, applied) = tokio::join!(
+        load::run(&clock, target, spec, start, &mut on_interval),
+        faults
+    );
     // Yielding until a deadline (the last microseconds before a send) is waiting, not work.
     let busy = (process_cpu() - cpu_before).saturating_sub(clock.spun());
     let cpu_share = busy.as_secs_f64() / (clock.now() - start).as_secs_f64().max(f64::MIN_POSITIVE);
@@ -790,13 +916,15 @@ pub(crate) async fn run_load(
                 .map_err(|e| format!("merging histograms: {e}"))?;
         }
     }
-    Ok(Measured {
+    let measured = Measured {
         result: result?,
         e2e,
         measure_start,
         cpu_share,
         clock_origin_ns: clock.monotonic().origin_ns(),
-    })
+        measure_start_clock: start + spec.warmup,
+    };
+    Ok((measured, applied))
 }
 
 /// One tailer: records the end-to-end latency of each record sent inside `window` (clock
@@ -1021,6 +1149,7 @@ impl AppendReport<'_> {
         self.topology.human(&mut out);
         self.summary.human(&mut out);
         self.load.human(&mut out);
+        faults::human(&self.faults, &mut out);
         human_stages(&self.node_stages, &mut out);
         if let Some(per_append) = &self.per_append {
             per_append.human(&mut out);

@@ -8,7 +8,8 @@
 //!   p99.9, the SLO as a horizontal line, the knee marked) and the sweep table;
 //! - the percentile spectrum, x in "nines" (`-log10(1 - q)`, so 90, 99, 99.9 ... are evenly
 //!   spaced, as HdrHistogram's plots do);
-//! - latency and throughput per second over the run;
+//! - latency and throughput per second over the run, each fault of a drill marked on them by
+//!   a dashed line, and the faults' table ([`crate::faults`]);
 //! - single appends end to end (the per-append breakdown, [`crate::trace`]) and where the
 //!   time goes on each node (server-side stages, [`crate::stages`]) when they were fetched;
 //! - the machine fingerprint ([`crate::fingerprint`]) so that two reports can be compared.
@@ -20,11 +21,13 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use hdrhistogram::Histogram;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde::Serialize;
 
 use crate::append_mode::NodeStages;
+use crate::faults::{FaultReport, Window};
 use crate::fingerprint::Fingerprint;
 use crate::report::{thousands, LoadSummary};
 use crate::stages::StageBreakdown;
@@ -58,6 +61,8 @@ pub(crate) struct HtmlReport {
     pub(crate) stages: Vec<NodeStages>,
     /// Single appends end to end ([`crate::trace`]), if the heads' traces were fetched.
     pub(crate) per_append: Option<Breakdown>,
+    /// The faults of a drill, marked on the time plots (empty without one).
+    pub(crate) faults: Vec<FaultReport>,
 }
 
 /// An offered-load sweep and what it found.
@@ -209,8 +214,13 @@ fn render(report: &HtmlReport) -> std::io::Result<String> {
     if report.timeline.is_empty() {
         html.push_str("<p>No per-second samples were recorded.</p>\n");
     } else {
-        figure(&mut html, &plot_latency_time(&report.timeline)?);
-        figure(&mut html, &plot_throughput_time(&report.timeline)?);
+        let marks = fault_marks(&report.faults);
+        figure(&mut html, &plot_latency_time(&report.timeline, &marks)?);
+        figure(&mut html, &plot_throughput_time(&report.timeline, &marks)?);
+    }
+    if !report.faults.is_empty() {
+        html.push_str("<h2>Faults</h2>\n");
+        faults_table(&mut html, &report.faults);
     }
     if let Some(per_append) = &report.per_append {
         html.push_str("<h2>Where single appends' time goes (end to end)</h2>\n");
@@ -807,8 +817,92 @@ fn markers(
         .collect()
 }
 
-/// (c) p50, p99 and max per second.
-fn plot_latency_time(timeline: &[SecondSample]) -> std::io::Result<String> {
+/// Where the faults were applied (seconds after the window began) and what to call them.
+fn fault_marks(faults: &[FaultReport]) -> Vec<(f64, String)> {
+    faults
+        .iter()
+        .filter_map(|f| f.applied_s.map(|t| (t, f.fault.text.clone())))
+        .collect()
+}
+
+/// A dashed vertical line at each mark's time from `low` to `high`, labelled at the top.
+fn draw_marks<Y: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<RangedCoordf64, Y>>,
+    marks: &[(f64, String)],
+    low: f64,
+    high: f64,
+) -> std::io::Result<()> {
+    for (t, label) in marks {
+        // Dashes: ten segments, every other one drawn.
+        let dashes = (0..10).filter(|i| i % 2 == 0).map(|i| {
+            let at = |k: f64| low * (high / low).powf(k / 10.0);
+            let linear = |k: f64| low + (high - low) * k / 10.0;
+            let pick = |k: f64| if low > 0.0 { at(k) } else { linear(k) };
+            PathElement::new(
+                [(*t, pick(f64::from(i))), (*t, pick(f64::from(i + 1)))],
+                BLACK.stroke_width(1),
+            )
+        });
+        chart.draw_series(dashes).map_err(plot_error)?;
+        chart
+            .draw_series([Text::new(label.clone(), (*t, high), (FONT, LABEL_PX))])
+            .map_err(plot_error)?;
+    }
+    Ok(())
+}
+
+/// The faults' table: when, whom, the outage, and latency before, during and after.
+fn faults_table(html: &mut String, faults: &[FaultReport]) {
+    html.push_str(
+        "<table>\n<tr><th>fault</th><th>applied (s)</th><th>target</th>\
+         <th>unavailable (ms)</th><th>first ack after (s)</th>\
+         <th>during: acked / failed / indefinite / unanswered / not sent</th>\
+         <th>p99 / p99.9 µs before</th><th>during</th><th>2 s after</th></tr>\n",
+    );
+    let window = |w: &Window| match (w.p99, w.p999) {
+        (Some(p99), Some(p999)) => format!("{} / {}", thousands(p99), thousands(p999)),
+        _ => "none".to_string(),
+    };
+    let seconds = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{s:.3}"));
+    for f in faults {
+        let d = &f.during;
+        let target = match &f.error {
+            Some(error) => format!("{} (failed: {error})", f.target),
+            None => f.target.clone(),
+        };
+        let unavailable = match (f.unavailability_s, f.first_ack_after_s) {
+            (Some(u), Some(_)) => format!("{:.0}", u * 1000.0),
+            (Some(u), None) => format!("at least {:.0}", u * 1000.0),
+            (None, _) => "-".to_string(),
+        };
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{} / {} / {} / {} / {}</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            escape(&f.fault.text),
+            seconds(f.applied_s),
+            escape(&target),
+            unavailable,
+            seconds(f.first_ack_after_s),
+            thousands(d.acknowledged),
+            thousands(d.failed),
+            thousands(d.indefinite),
+            thousands(d.unanswered),
+            thousands(d.not_sent),
+            window(&f.latency_us.before),
+            window(&f.latency_us.during),
+            window(&f.latency_us.after),
+        );
+    }
+    html.push_str("</table>\n");
+}
+
+/// (c) p50, p99 and max per second, faults marked.
+fn plot_latency_time(
+    timeline: &[SecondSample],
+    marks: &[(f64, String)],
+) -> std::io::Result<String> {
     svg(|root| {
         let x = time_range(timeline);
         let y = latency_range_us(
@@ -857,6 +951,7 @@ fn plot_latency_time(timeline: &[SecondSample]) -> std::io::Result<String> {
                 .draw_series(markers(timeline, colour, |s| pick(s) as f64))
                 .map_err(plot_error)?;
         }
+        draw_marks(&mut chart, marks, y.start, y.end)?;
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperLeft)
@@ -868,8 +963,11 @@ fn plot_latency_time(timeline: &[SecondSample]) -> std::io::Result<String> {
     })
 }
 
-/// (d) records acknowledged per second.
-fn plot_throughput_time(timeline: &[SecondSample]) -> std::io::Result<String> {
+/// (d) records acknowledged per second, faults marked.
+fn plot_throughput_time(
+    timeline: &[SecondSample],
+    marks: &[(f64, String)],
+) -> std::io::Result<String> {
     svg(|root| {
         let x = time_range(timeline);
         let y_top = linear_top(timeline.iter().map(|s| s.records_per_s)) * 1.15;
@@ -902,6 +1000,7 @@ fn plot_throughput_time(timeline: &[SecondSample]) -> std::io::Result<String> {
         chart
             .draw_series(markers(timeline, GREEN, |s| s.records_per_s))
             .map_err(plot_error)?;
+        draw_marks(&mut chart, marks, 0.0, y_top)?;
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::LowerRight)
@@ -1032,6 +1131,7 @@ mod tests {
                 stages: stages::breakdown(&before, &after).unwrap(),
             }],
             per_append: Some(per_append()),
+            faults: Vec::new(),
         }
     }
 
@@ -1166,6 +1266,35 @@ mod tests {
         let html = render(&report).unwrap();
         assert!(html.contains("No offered load met p99 ≤ 2 ms"));
         assert_eq!(svgs(&html).len(), 4);
+    }
+
+    #[test]
+    fn faults_are_marked_on_the_time_plots_and_tabled() {
+        let mut report = synthetic_report(probed_fingerprint());
+        let html = render(&report).unwrap();
+        assert!(!html.contains("<h2>Faults</h2>"));
+        report.faults = vec![FaultReport {
+            fault: crate::faults::parse_fault("kill:head@5s").unwrap(),
+            target: "node 2 (head of bench-0, chain 2 -> 3 -> 4, epoch 1)".into(),
+            applied_s: Some(5.001),
+            error: None,
+            resumed_s: None,
+            unavailability_s: Some(0.4),
+            first_ack_after_s: Some(5.401),
+            during: Default::default(),
+            latency_us: Default::default(),
+        }];
+        let html = render(&report).unwrap();
+        let plots = svgs(&html);
+        // Latency and throughput over time carry the fault's label; the sweep and the
+        // spectrum do not.
+        let marked: Vec<bool> = plots.iter().map(|p| p.contains("kill:head@5s")).collect();
+        assert_eq!(marked, [false, false, true, true]);
+        assert!(html.contains("<h2>Faults</h2>"));
+        assert!(
+            html.contains("<td class=\"n\">400</td>"),
+            "the unavailability in ms"
+        );
     }
 
     #[test]

@@ -432,6 +432,9 @@ pub(crate) struct LoadSpec {
     pub(crate) late_after: Duration,
     /// Seeds arrivals, sizes and payload bytes.
     pub(crate) seed: u64,
+    /// Keep what became of every append of the window ([`LoadResult::outcomes`]): a fault
+    /// drill reads its outages from them.
+    pub(crate) outcomes: bool,
 }
 
 /// Send accounting of an open-loop run, over the sends intended inside the measured window.
@@ -601,6 +604,34 @@ pub(crate) struct LoadResult {
     pub(crate) intervals: Vec<Interval>,
     /// The acknowledged appends of the window whose LSN is a multiple of [`TRACE_EVERY`].
     pub(crate) samples: Vec<Sample>,
+    /// What became of each append of the window, in the order the run learnt it (empty
+    /// unless [`LoadSpec::outcomes`]).
+    pub(crate) outcomes: Vec<Outcome>,
+    /// When the run ended (the drain included), clock time: what an unacknowledged append's
+    /// latency runs to.
+    pub(crate) finished: Duration,
+}
+
+/// What became of one append of the measured window, clock times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    /// When it was meant to be sent (closed loop: when it was sent).
+    pub(crate) intended: Duration,
+    /// How it ended.
+    pub(crate) end: End,
+}
+
+/// How an append of the window ended ([`Outcome`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    /// Acknowledged (durable) at this time.
+    Acknowledged(Duration),
+    /// Answered with an error of this kind (as counted in `errors`) at this time.
+    Failed(Duration, &'static str),
+    /// Sent, and unanswered when the run ended: its outcome is unknown.
+    Unanswered,
+    /// Never sent.
+    NotSent,
 }
 
 impl LoadResult {
@@ -802,6 +833,8 @@ struct Recorder<'a> {
     /// Intended send times (after the window's start) of the window's appends that were not
     /// acknowledged: their latency is known only when the run ends.
     unacknowledged: Vec<Duration>,
+    /// Whether to keep [`LoadResult::outcomes`].
+    keep_outcomes: bool,
     on_interval: &'a mut dyn FnMut(&IntervalStats),
 }
 
@@ -842,9 +875,12 @@ impl Recorder<'_> {
                 sends: None,
                 intervals,
                 samples: Vec::new(),
+                outcomes: Vec::new(),
+                finished: measure_start + spec.duration,
             },
             shown: 0,
             unacknowledged: Vec::new(),
+            keep_outcomes: spec.outcomes,
             on_interval,
         }
     }
@@ -887,8 +923,16 @@ impl Recorder<'_> {
         }
     }
 
+    /// Keeps what became of an append of the window, if asked to.
+    fn outcome(&mut self, intended: Duration, end: End) {
+        if self.keep_outcomes {
+            self.result.outcomes.push(Outcome { intended, end });
+        }
+    }
+
     /// An append of the window intended at `intended` (clock time) was never sent.
     fn not_sent(&mut self, intended: Duration) {
+        self.outcome(intended, End::NotSent);
         self.result.completion.intended += 1;
         self.result.completion.not_sent += 1;
         self.unacknowledged.push(intended - self.measure_start);
@@ -912,6 +956,7 @@ impl Recorder<'_> {
                         acknowledged: done.at,
                     });
                 }
+                self.outcome(done.intended, End::Acknowledged(done.at));
                 let latency = done.at - done.intended;
                 report::record_latency(&mut self.result.latency, latency);
                 report::record_latency(&mut self.result.service_latency, done.at - done.sent);
@@ -924,6 +969,7 @@ impl Recorder<'_> {
                 interval.bytes += done.bytes;
             }
             Err(TargetError::Counted(kind)) => {
+                self.outcome(done.intended, End::Failed(done.at, kind));
                 *self.result.errors.entry(kind).or_default() += 1;
                 self.result.completion.failed += 1;
                 self.unacknowledged.push(done.intended - self.measure_start);
@@ -942,6 +988,7 @@ impl Recorder<'_> {
             .filter(|intended| self.in_window(*intended))
             .collect();
         for intended in unanswered {
+            self.outcome(intended, End::Unanswered);
             self.result.completion.unanswered += 1;
             self.unacknowledged.push(intended - self.measure_start);
         }
@@ -959,6 +1006,7 @@ impl Recorder<'_> {
             c.acknowledged_share = c.acknowledged as f64 / c.intended as f64;
         }
         self.show_intervals(Duration::MAX);
+        self.result.finished = finished;
         self.result
     }
 }
@@ -1277,6 +1325,7 @@ mod tests {
             drain: Duration::from_secs(1),
             late_after: Duration::ZERO,
             seed: 7,
+            outcomes: true,
         }
     }
 
@@ -1413,6 +1462,13 @@ mod tests {
         assert_eq!((c.intended, c.acknowledged), (1_000, 899));
         assert_eq!((c.failed, c.unanswered, c.not_sent), (0, 1, 100));
         assert_eq!(c.drain_s, 1.0);
+        // Every append of the window has its outcome, ended as the counts say.
+        let ended = |f: fn(&End) -> bool| result.outcomes.iter().filter(|o| f(&o.end)).count();
+        assert_eq!(result.outcomes.len(), 1_000);
+        assert_eq!(ended(|e| matches!(e, End::Acknowledged(_))), 899);
+        assert_eq!(ended(|e| matches!(e, End::Unanswered)), 1);
+        assert_eq!(ended(|e| matches!(e, End::NotSent)), 100);
+        assert_eq!(result.finished, Duration::from_secs(2));
         assert_eq!(result.latency.len(), 1_000);
         let p = LatencyPercentiles::of(&result.latency);
         // The last one never sent was due at 999 ms: it waited 1,001 ms; append 899 1,101 ms.

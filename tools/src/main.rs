@@ -7,6 +7,7 @@
 //! library; the load engine is [`load`]) and `plan` (the capacity planner: an open-loop sweep to the knee).
 
 mod append_mode;
+mod faults;
 mod fingerprint;
 mod html;
 mod load;

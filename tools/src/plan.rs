@@ -440,6 +440,7 @@ fn html_report(
         per_append: knee_step
             .or(report.steps.last())
             .and_then(|s| s.per_append.clone()),
+        faults: Vec::new(),
     }
 }
 
@@ -496,6 +497,7 @@ async fn run(
             drain: DRAIN.max(Duration::from_secs_f64(args.p99_ms * 2.0 / 1000.0)),
             late_after: LATE_AFTER,
             seed: args.seed.wrapping_add(u64::from(step)),
+            outcomes: false,
         };
         let label = format!("plan step {} at {} records/s", step + 1, rate.round());
         let before = StageScrapes::before(&topology, loud).await;

@@ -25,12 +25,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use chainlog::dev::{DevCluster, DevOptions, Launcher};
 use clap::Args;
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{Mutex, MutexGuard};
 
 /// The exit code after Ctrl-C or SIGTERM stopped a run (128 + SIGINT, as shells report it).
 const EXIT_INTERRUPTED: i32 = 130;
@@ -119,10 +120,8 @@ impl TargetArgs {
             }
             // The run's guard may have stopped the cluster already; then there is nothing to
             // stop but the signal still ends the run.
-            let cluster = watched
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
+            // Waits for a fault drill's restart in progress (bounded by the ready timeout).
+            let cluster = watched.lock().await.take();
             if let Some(cluster) = cluster {
                 cluster.stop();
                 eprintln!("chainlog-bench: interrupted; the dev cluster is stopped");
@@ -147,17 +146,26 @@ pub(crate) fn applied_config(config: &impl Serialize, drop: &[&str]) -> serde_js
 /// temp dir removed), unless the signal watcher did first.
 #[derive(Debug)]
 pub(crate) struct DevGuard {
+    /// An async mutex: a fault drill holds it across a member's restart
+    /// ([`crate::faults`]); the signal watcher waits for that.
     cluster: Arc<Mutex<Option<DevCluster>>>,
+}
+
+impl DevGuard {
+    /// The cluster (`None` once the signal watcher has stopped it).
+    pub(crate) async fn cluster(&self) -> MutexGuard<'_, Option<DevCluster>> {
+        self.cluster.lock().await
+    }
 }
 
 impl Drop for DevGuard {
     fn drop(&mut self) {
-        let cluster = self
-            .cluster
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(cluster) = cluster {
+        // Locked only by a fault drill, which is over before the guard drops, and by the
+        // signal watcher, which then stops the cluster itself and exits.
+        let Ok(mut slot) = self.cluster.try_lock() else {
+            return;
+        };
+        if let Some(cluster) = slot.take() {
             cluster.stop();
         }
     }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use chainlog::client::Client;
 use chainlog::controller::client::Client as ControllerClient;
-use chainlog::controller::ClusterMap;
 use chainlog::dev::{DevCluster, DevOptions, Launcher, Member};
+use chainlog::net::cluster::ClusterMap;
 
 const DEADLINE: Duration = Duration::from_secs(120);
 

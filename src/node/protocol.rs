@@ -20,7 +20,7 @@
 //! tails and subscriptions (`super::subscriptions`) serve only committed records. A
 //! standalone node's logs are chains of one in epoch 1, where durable here is committed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chainlog_net::cluster::{ClusterMap, MapLog};

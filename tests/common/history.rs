@@ -24,8 +24,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use chainlog::controller::client::Client as ControllerClient;
-use chainlog::net::cluster::{ClusterMap, MapLog};
 use chainlog::history as checker;
+use chainlog::net::cluster::{ClusterMap, MapLog};
 use chainlog::net::{ErrorCode, Request, Response};
 use chainlog::storage::SimRng;
 

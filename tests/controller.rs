@@ -569,7 +569,7 @@ fn replication_factor_0_is_the_controllers_default() {
         c.register(id, &format!("127.0.0.1:{}", 17100 + id), 1)
             .expect("register");
     }
-    let _nodes = FakeNodes::start(controller.addr, &[1, 2, 3]);
+    let nodes = FakeNodes::start(controller.addr, &[1, 2, 3]);
     let id = c
         .create_log("defaulted", 0)
         .expect("created at the default");
@@ -592,6 +592,8 @@ fn replication_factor_0_is_the_controllers_default() {
             .replication_factor,
         1
     );
-    drop(c);
+    // The heartbeats stop before the controller does (a heartbeat refused by a stopping
+    // controller fails the thread).
+    drop((c, nodes));
     assert!(controller.terminate().success());
 }

@@ -291,11 +291,17 @@ impl<E: Net> Shard<E> {
     /// are ready), handles them, acknowledges what became durable, sends. Returns false once
     /// the shard has stopped serving (then [`finish`](Self::finish) it).
     pub(crate) fn turn(&mut self, wait: bool) -> bool {
+        // What the store reaped while it was waited on within the last turn (installing a
+        // map syncs the store) is handled now, not after a wait: the accept or timer those
+        // completions finish is armed again only once handled, and with them the ring may
+        // hold nothing to end a wait (a node back in a chain then left new connections
+        // unanswered until the next map).
+        let mut taken = self.protocol.take_acks();
+        let wait = wait && taken.is_empty() && !self.store.has_external();
         if let Err(e) = self.store.poll(wait, &mut self.acks) {
             fatal(FatalReason::store(Some(self.index()), e));
         }
         self.protocol.start_turn();
-        let mut taken = self.protocol.take_acks();
         if !taken.is_empty() {
             taken.append(&mut self.acks);
             self.acks = taken;

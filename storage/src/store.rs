@@ -811,6 +811,14 @@ impl<I: Io> Store<I> {
         out.append(&mut self.external);
     }
 
+    /// True if completions of the owner's own operations wait to be taken (a wait of the
+    /// store's own, such as [`sync_all`](Self::sync_all), reaped them): the owner handles them
+    /// before it waits for more, since the operations they finish (an accept, a timer) are
+    /// armed again only once handled, and the ring may hold nothing else to wake it.
+    pub fn has_external(&self) -> bool {
+        !self.external.is_empty()
+    }
+
     /// Polls until everything appended so far is durable (or the store failed).
     /// [`Error::Overloaded`] if pinned buffers keep it from getting there (a segment rollover
     /// needs a buffer for its snapshot and every one is pinned): unpin, then call it again.

@@ -106,6 +106,37 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
+    /// Each node's state (running or its exit status) and last log lines, and the
+    /// controller's: what a stall is explained by.
+    pub(crate) fn describe(&mut self) -> String {
+        let mut out = String::new();
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            match node {
+                Some(node) => {
+                    let state = node
+                        .exited()
+                        .map_or_else(|| "running".to_string(), |s| format!("exited: {s}"));
+                    out.push_str(&format!(
+                        "--- node {} ({state}), its last log lines:\n{}\n",
+                        i + 1,
+                        node.log_tail()
+                    ));
+                }
+                None => out.push_str(&format!("--- node {}: down\n", i + 1)),
+            }
+        }
+        if let Some(controller) = &self.controller {
+            let log = std::fs::read_to_string(&controller.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            out.push_str("--- the controller's last log lines:\n");
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
     /// One node, no controller.
     pub(crate) fn standalone(dir: &Path) -> Cluster {
         let mut cluster = Cluster {
@@ -810,6 +841,9 @@ pub(crate) fn run(settings: Settings) -> String {
     let mut report = String::new();
     for stall in &stalls {
         report.push_str(&format!("  stalled: {stall}\n"));
+    }
+    if !stalls.is_empty() {
+        println!("{}", cluster.describe());
     }
     for (&log_id, ops) in logs.iter().zip(&history.ops) {
         let (found, _) = check_log(&cluster, log_id, ops, &watched);

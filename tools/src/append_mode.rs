@@ -583,11 +583,16 @@ async fn run(args: &AppendArgs) -> Result<(AppendReport<'_>, Measured, Option<De
     };
     let (measured, applied) =
         run_load_with(&target, &spec, args.readers, "append", drill.as_ref()).await?;
+    let controller_at_end = match &drill {
+        Some(drill) => drill.controller_metrics().await,
+        None => None,
+    };
     let fault_reports = faults::analyse(
         &applied,
         &measured.result.outcomes,
         measured.measure_start_clock,
         measured.result.finished,
+        controller_at_end.as_ref(),
     );
     let node_stages = before.after().await;
     let per_append = per_append(&topology, &measured, loud).await;

@@ -37,6 +37,7 @@ use serde::Serialize;
 
 use crate::load::{End, MonotonicClock, Outcome};
 use crate::report::{self, LatencyPercentiles};
+use crate::stages::{self, PhaseTime, Scrape};
 use crate::target::DevGuard;
 
 /// The window after an outage's end whose latency says whether the log is back to normal.
@@ -161,6 +162,8 @@ pub(crate) struct Applied {
     pub(crate) error: Option<String>,
     /// A stop: when the member was continued; a restart: when the members served again.
     pub(crate) resumed: Option<Duration>,
+    /// The controller's metrics just before it was applied (`None`: not read).
+    pub(crate) controller_metrics: Option<Scrape>,
 }
 
 /// One step of the drill.
@@ -205,6 +208,7 @@ impl Drill<'_> {
                 target: String::new(),
                 error: None,
                 resumed: None,
+                controller_metrics: None,
             })
             .collect();
         // Whom each applied fault hit.
@@ -220,6 +224,7 @@ impl Drill<'_> {
                 Step::Apply(i) => {
                     let fault = &self.faults[i];
                     let a = &mut applied[i];
+                    a.controller_metrics = scrape(cluster.controller_metrics()).await;
                     match fault.action {
                         Action::Kill(role) | Action::Stop(role, _) => {
                             let signal = match fault.action {
@@ -278,6 +283,13 @@ impl Drill<'_> {
         applied
     }
 
+    /// The controller's metrics now (`None`: the cluster has none, or they could not be
+    /// read: the controller is down).
+    pub(crate) async fn controller_metrics(&self) -> Option<Scrape> {
+        let addr = self.cluster.cluster().await.as_ref()?.controller_metrics();
+        scrape(addr).await
+    }
+
     /// The member that has `role` now, and a description of it.
     async fn whom(&self, role: Role) -> Result<(Member, String), String> {
         if role == Role::Controller {
@@ -324,6 +336,15 @@ impl Drill<'_> {
     }
 }
 
+/// The metrics served at `addr`, if any and if they can be read.
+async fn scrape(addr: Option<SocketAddr>) -> Option<Scrape> {
+    let addr = addr?.to_string();
+    tokio::task::spawn_blocking(move || stages::scrape(&addr).ok())
+        .await
+        .ok()
+        .flatten()
+}
+
 /// What one fault did to the appends (a fault of the JSON report's `faults`).
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct FaultReport {
@@ -347,6 +368,33 @@ pub(crate) struct FaultReport {
     pub(crate) during: Counts,
     /// Latency before, during and after, microseconds (from the intended send).
     pub(crate) latency_us: Windows,
+    /// The controller's reconfigurations that ended from this fault to the next one (or to
+    /// the run's end), by phase (detect, seal, extend, catch_up); `null` if the controller's
+    /// metrics could not be read at both ends (it was down).
+    pub(crate) reconfiguration: Option<Vec<PhaseTime>>,
+}
+
+impl FaultReport {
+    /// The controller's reconfigurations after the fault, by phase, in a line:
+    /// `detect 505 ms, seal 15 ms, extend 3 ms`.
+    pub(crate) fn reconfiguration_text(&self) -> String {
+        match self.reconfiguration.as_deref() {
+            None => "not known (the controller's metrics could not be read)".to_string(),
+            Some([]) => "none ended before the next fault or the run's end".to_string(),
+            Some(phases) => phases
+                .iter()
+                .map(|p| {
+                    let times = if p.count == 1 {
+                        String::new()
+                    } else {
+                        format!(" (mean of {})", p.count)
+                    };
+                    format!("{} {:.0} ms{times}", p.phase, p.mean_us / 1000.0)
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
 }
 
 /// The error kinds (as `errors` counts them) whose append may or may not have taken effect:
@@ -388,12 +436,14 @@ pub(crate) struct Window {
 }
 
 /// Reads what each of `applied` did from `outcomes` (a run whose window began at
-/// `measure_start` and that ended at `finished`, clock times).
+/// `measure_start` and that ended at `finished`, clock times), and the controller's
+/// reconfigurations from its metrics (`end`: read when the run ended).
 pub(crate) fn analyse(
     applied: &[Applied],
     outcomes: &[Outcome],
     measure_start: Duration,
     finished: Duration,
+    end: Option<&Scrape>,
 ) -> Vec<FaultReport> {
     let seconds = |t: Duration| t.saturating_sub(measure_start).as_secs_f64();
     let mut acks: Vec<Duration> = outcomes
@@ -413,7 +463,17 @@ pub(crate) fn analyse(
     let mut before_starts = [measure_start, measure_start];
     let mut by_time: Vec<&Applied> = applied.iter().collect();
     by_time.sort_by_key(|a| a.at.unwrap_or(Duration::MAX));
-    for a in by_time {
+    for (i, a) in by_time.iter().enumerate() {
+        // Up to the next fault applied, or the run's end.
+        let until = match by_time[i + 1..].iter().find(|b| b.at.is_some()) {
+            Some(b) => b.controller_metrics.as_ref(),
+            None => end,
+        };
+        let reconfiguration = a
+            .controller_metrics
+            .as_ref()
+            .zip(until)
+            .map(|(from, until)| stages::phase_times(from, until));
         let mut r = FaultReport {
             fault: a.fault.clone(),
             target: a.target.clone(),
@@ -424,6 +484,7 @@ pub(crate) fn analyse(
             first_ack_after_s: None,
             during: Counts::default(),
             latency_us: Windows::default(),
+            reconfiguration,
         };
         let Some(fault) = a.at else {
             reports.push(r);
@@ -585,6 +646,11 @@ pub(crate) fn human(faults: &[FaultReport], out: &mut String) {
             AFTER.as_secs(),
             w(&l.after),
         );
+        let _ = writeln!(
+            out,
+            "                 reconfiguration: {}",
+            f.reconfiguration_text()
+        );
     }
 }
 
@@ -638,6 +704,7 @@ mod tests {
             target: "node 1".into(),
             error: None,
             resumed: None,
+            controller_metrics: None,
         }
     }
 
@@ -667,6 +734,7 @@ mod tests {
             &outcomes,
             Duration::ZERO,
             ms(3_000),
+            None,
         );
         let r = &reports[0];
         assert_eq!(r.applied_s, Some(0.995));
@@ -709,6 +777,7 @@ mod tests {
             &outcomes,
             Duration::ZERO,
             ms(4_000),
+            None,
         );
         // In time order; the first one's outage ends before the second.
         assert_eq!(reports[0].fault.text, "kill:head@1s");
@@ -739,6 +808,7 @@ mod tests {
             &outcomes,
             Duration::ZERO,
             ms(2_000),
+            None,
         );
         let r = &reports[0];
         assert_eq!(r.first_ack_after_s, None);
@@ -746,5 +816,58 @@ mod tests {
         assert_eq!(r.during.unanswered, 5);
         assert_eq!(r.latency_us.after.appends, 0);
         assert_eq!(r.latency_us.after.p99, None);
+    }
+
+    /// The controller's phase histograms as it serves them (sum and count per phase).
+    fn controller(detect: (u64, u64), seal: (u64, u64)) -> Scrape {
+        let family = stages::PHASE_FAMILY;
+        let text = format!(
+            "{family}_sum{{phase=\"detect\"}} {}\n{family}_count{{phase=\"detect\"}} {}\n\
+             {family}_sum{{phase=\"seal\"}} {}\n{family}_count{{phase=\"seal\"}} {}\n",
+            detect.0, detect.1, seal.0, seal.1
+        );
+        stages::parse(&text).unwrap()
+    }
+
+    #[test]
+    fn each_fault_gets_the_reconfigurations_until_the_next_one() {
+        let outcomes: Vec<Outcome> = (0..40).map(|t| acked(t * 100, t * 100 + 1)).collect();
+        let mut first = applied("kill:head@1s", 1_000);
+        first.controller_metrics = Some(controller((0, 0), (0, 0)));
+        let mut second = applied("kill:tail@2s", 2_000);
+        second.controller_metrics = Some(controller((500_000, 1), (20_000, 1)));
+        let third = applied("kill:middle@3s", 3_000);
+        let end = controller((1_500_000, 3), (80_000, 3));
+        let reports = analyse(
+            &[second, first, third],
+            &outcomes,
+            Duration::ZERO,
+            ms(4_000),
+            Some(&end),
+        );
+        let phases = |i: usize| {
+            reports[i].reconfiguration.as_ref().map(|p| {
+                p.iter()
+                    .map(|p| (p.phase.clone(), p.count, p.mean_us))
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(
+            phases(0),
+            Some(vec![
+                ("detect".into(), 1, 500_000.0),
+                ("seal".into(), 1, 20_000.0)
+            ])
+        );
+        // The controller's metrics were not read at the third fault: the second's window has
+        // no end, and the third's no start.
+        assert_eq!(phases(1), None);
+        assert_eq!(phases(2), None);
+        let mut human_text = String::new();
+        human(&reports, &mut human_text);
+        assert!(
+            human_text.contains("reconfiguration: detect 500 ms, seal 20 ms"),
+            "{human_text}"
+        );
     }
 }

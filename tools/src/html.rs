@@ -857,7 +857,8 @@ fn faults_table(html: &mut String, faults: &[FaultReport]) {
         "<table>\n<tr><th>fault</th><th>applied (s)</th><th>target</th>\
          <th>unavailable (ms)</th><th>first ack after (s)</th>\
          <th>during: acked / failed / indefinite / unanswered / not sent</th>\
-         <th>p99 / p99.9 µs before</th><th>during</th><th>2 s after</th></tr>\n",
+         <th>p99 / p99.9 µs before</th><th>during</th><th>2 s after</th>\
+         <th>reconfiguration until the next fault</th></tr>\n",
     );
     let window = |w: &Window| match (w.p99, w.p999) {
         (Some(p99), Some(p999)) => format!("{} / {}", thousands(p99), thousands(p999)),
@@ -879,7 +880,8 @@ fn faults_table(html: &mut String, faults: &[FaultReport]) {
             html,
             "<tr><td>{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td>\
              <td class=\"n\">{}</td><td class=\"n\">{} / {} / {} / {} / {}</td>\
-             <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+             <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td>{}</td></tr>",
             escape(&f.fault.text),
             seconds(f.applied_s),
             escape(&target),
@@ -893,6 +895,7 @@ fn faults_table(html: &mut String, faults: &[FaultReport]) {
             window(&f.latency_us.before),
             window(&f.latency_us.during),
             window(&f.latency_us.after),
+            escape(&f.reconfiguration_text()),
         );
     }
     html.push_str("</table>\n");
@@ -1283,6 +1286,11 @@ mod tests {
             first_ack_after_s: Some(5.401),
             during: Default::default(),
             latency_us: Default::default(),
+            reconfiguration: Some(vec![crate::stages::PhaseTime {
+                phase: "detect".into(),
+                count: 1,
+                mean_us: 505_000.0,
+            }]),
         }];
         let html = render(&report).unwrap();
         let plots = svgs(&html);
@@ -1294,6 +1302,10 @@ mod tests {
         assert!(
             html.contains("<td class=\"n\">400</td>"),
             "the unavailability in ms"
+        );
+        assert!(
+            html.contains("<td>detect 505 ms</td>"),
+            "the reconfiguration's phases"
         );
     }
 

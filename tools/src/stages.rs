@@ -444,6 +444,38 @@ fn bucket_quantile(buckets: &[(f64, f64)], q: f64) -> u64 {
     lower.round() as u64
 }
 
+/// The controller's reconfiguration phase times family (microseconds, label `phase`).
+pub(crate) const PHASE_FAMILY: &str = "chainlog_controller_reconfiguration_phase_us";
+/// The controller's phases of a reconfiguration, in order (`src/controller/metrics.rs`).
+const PHASES: [&str; 4] = ["detect", "seal", "extend", "catch_up"];
+
+/// One phase of the controller's reconfigurations between two scrapes of its metrics.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(crate) struct PhaseTime {
+    /// `detect`, `seal`, `extend` or `catch_up`.
+    pub(crate) phase: String,
+    /// Reconfigurations that went through it in between (only a failure is detected).
+    pub(crate) count: u64,
+    /// Their mean time, microseconds (exact: from `_sum` and `_count`).
+    pub(crate) mean_us: f64,
+}
+
+/// The phases of the controller's reconfigurations that ended between two scrapes of its
+/// metrics (none if it has no phase times).
+pub(crate) fn phase_times(before: &Scrape, after: &Scrape) -> Vec<PhaseTime> {
+    PHASES
+        .iter()
+        .filter_map(|&phase| {
+            let e = estimate(before, after, PHASE_FAMILY, &[("phase", phase)])?;
+            (e.count > 0).then(|| PhaseTime {
+                phase: phase.to_string(),
+                count: e.count,
+                mean_us: e.mean(),
+            })
+        })
+        .collect()
+}
+
 /// The node's stages over the run between two scrapes; `None` if `after` has no stage
 /// latencies (not a chainlog node, or a version without them).
 pub(crate) fn breakdown(before: &Scrape, after: &Scrape) -> Option<StageBreakdown> {

@@ -86,6 +86,18 @@ fn killing_the_head_is_reported_with_its_outage_and_the_run_goes_on() {
         u64_at(f, &format!("/latency_us/{window}/p99"));
         u64_at(f, &format!("/latency_us/{window}/p999"));
     }
+    // The failover, by phase, from the controller's metrics: the dead head was detected,
+    // its epoch sealed and the log extended.
+    let phases = f["reconfiguration"].as_array().expect("reconfiguration phases");
+    for phase in ["detect", "seal", "extend"] {
+        let p = phases
+            .iter()
+            .find(|p| p["phase"] == phase)
+            .unwrap_or_else(|| panic!("no {phase} phase: {f:#}"));
+        assert!(u64_at(p, "/count") >= 1, "{f:#}");
+        assert!(f64_at(p, "/mean_us") > 0.0, "{f:#}");
+    }
+    assert!(stdout.contains("reconfiguration: detect "), "{stdout}");
     // The headline still carries what became of the intended appends.
     assert!(
         stdout.contains("intended appends acknowledged ("),

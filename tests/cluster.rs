@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use chainlog::controller::client::Client as ControllerClient;
 use chainlog::net::cluster::ClusterMap;
 use chainlog::net::{
-    AppendHeader, ErrorCode, Opcode, PeerRequest, RecordHeader, Records, ReplicateHeader,
-    ReplicateKind, ReplicateRequest, Request, Response, RECORD_HEADER_BYTES,
+    log_id_of, AppendHeader, CreateLogRequest, ErrorCode, ListLogsRequest, Opcode, PeerRequest,
+    RecordHeader, Records, ReplicateHeader, ReplicateKind, ReplicateRequest, Request, Response,
+    Role, RECORD_HEADER_BYTES,
 };
 use common::raw::{request, Answer, Raw};
 use common::{Client, Controller, Node};
@@ -872,4 +873,101 @@ fn a_head_that_lost_records_it_forwarded_takes_them_back_before_appending() {
             i + 1
         );
     }
+}
+
+/// PROTOCOL.md 6.1, 6.7, 6.9 and 6.12, as a client that knows one node meets them: each node
+/// names itself by its `--node-id` in HELLO (the controller by 0); the controller answers
+/// CREATE_LOG with the log's shard at its head; a node refuses CREATE_LOG (NOT_CONTROLLER: a
+/// client is configured with the controller's address); a node's LIST_LOGS lists the logs
+/// its shard holds a replica of, the controller's every log.
+#[test]
+fn cluster_nodes_name_themselves_list_the_logs_they_hold_and_send_creates_to_the_controller() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = Cluster::start(dir.path(), 3);
+    let mut at_controller = Client::connect(cluster.controller.addr);
+    let hello = at_controller.hello;
+    assert_eq!((hello.node_id, hello.role), (0, Role::Controller));
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let hello = node.connect(0).hello;
+        assert_eq!((hello.node_id, hello.role), (i as u64 + 1, Role::Node));
+    }
+    let create = |c: &mut Client, name: &str, replication_factor| {
+        c.call(
+            &Request::CreateLog(CreateLogRequest {
+                replication_factor,
+                name,
+            }),
+            |r| match r {
+                Response::CreateLog(c) => Ok((c.log_id, c.shard)),
+                Response::Error(e) => Err((e.code, e.arg0)),
+                other => panic!("{other:?}"),
+            },
+        )
+    };
+    let shard_of = |log_id: u64| (log_id % u64::from(SHARDS)) as u16;
+    let (pair, all) = (log_id_of("pair"), log_id_of("all"));
+    assert_eq!(
+        create(&mut at_controller, "pair", 2),
+        Ok((pair, shard_of(pair)))
+    );
+    assert_eq!(
+        create(&mut at_controller, "all", 3),
+        Ok((all, shard_of(all)))
+    );
+    let mut at_node = cluster.nodes[0].connect(shard_of(log_id_of("elsewhere")));
+    assert_eq!(
+        create(&mut at_node, "elsewhere", 1),
+        Err((ErrorCode::NotController, u64::MAX))
+    );
+
+    let list = |c: &mut Client| {
+        c.call(
+            &Request::ListLogs(ListLogsRequest {
+                after_log_id: 0,
+                max: u32::MAX,
+            }),
+            |r| match r {
+                Response::ListLogs(l) => l.entries.iter().map(|e| e.log_id).collect::<Vec<_>>(),
+                other => panic!("{other:?}"),
+            },
+        )
+    };
+    let at_node = |i: usize| {
+        let mut ids: Vec<u64> = (0..SHARDS)
+            .flat_map(|shard| list(&mut cluster.nodes[i].connect(shard)))
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    let mut both = vec![pair, all];
+    both.sort_unstable();
+    let outside = (0..3)
+        .find(|i| !cluster.chain(pair).contains(i))
+        .expect("an rf 2 chain leaves one of three nodes out");
+    // Once a node lists `all` (created after `pair`), it applied a map that holds both.
+    let end = Instant::now() + DEADLINE;
+    let listed = loop {
+        let listed: Vec<Vec<u64>> = (0..3).map(at_node).collect();
+        if listed.iter().all(|ids| ids.contains(&all)) {
+            break listed;
+        }
+        assert!(
+            Instant::now() < end,
+            "the nodes never installed the logs: {listed:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for (i, ids) in listed.iter().enumerate() {
+        let held = if i == outside {
+            vec![all]
+        } else {
+            both.clone()
+        };
+        assert_eq!(ids, &held, "node {} lists the logs it holds", i + 1);
+    }
+    assert_eq!(
+        list(&mut at_controller),
+        both,
+        "the controller lists every log"
+    );
 }

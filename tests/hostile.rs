@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +26,9 @@ use common::raw::{frame, request, Answer, Raw};
 use common::{Client, Node, SOCKET_TIMEOUT};
 
 const NONE: u64 = u64::MAX;
+/// The largest oversized frame whose bytes a node still reads (and drops) before it closes
+/// (PROTOCOL.md 2.2).
+const OVERSIZED_DISCARD_BYTES_MAX: usize = 64 << 20;
 const OP_HELLO: u16 = 1;
 const OP_APPEND: u16 = 2;
 const OP_READ: u16 = 3;
@@ -101,6 +104,17 @@ fn list_logs(request_id: u64) -> Vec<u8> {
 // What this test adds to the raw connection (common::raw).
 
 impl Raw {
+    /// Expects a clean close: nothing more sent, then the end of the stream (not a reset,
+    /// which could have destroyed the answers before it).
+    fn expect_eof(&mut self) -> &'static str {
+        assert!(self.input.is_empty(), "bytes after the last answer");
+        let mut byte = [0; 1];
+        match self.stream.read(&mut byte) {
+            Ok(0) => "closed cleanly",
+            other => panic!("the node must close cleanly, but the socket gave {other:?}"),
+        }
+    }
+
     /// Expects the connection to be open and serving: a LIST_LOGS is answered.
     fn expect_open(&mut self, request_id: u64) -> &'static str {
         self.send(&list_logs(request_id));
@@ -360,12 +374,43 @@ fn kinds() -> Vec<Kind> {
         }),
     );
     add(
-        "frame of exactly frame_bytes_max + 1 (header only sent)",
+        "frame of exactly frame_bytes_max + 1: MALFORMED once its header arrives, a clean close \
+         once the rest has",
         Box::new(|e| {
             let mut c = Raw::greeted(e.shard0);
-            let length = e.frame_bytes_max + 1 - 4;
+            let frame_bytes = e.frame_bytes_max as usize + 1;
             let mut header = frame(OP_APPEND, 0, 2, &[]);
-            header[..4].copy_from_slice(&length.to_le_bytes());
+            header[..4].copy_from_slice(&(frame_bytes as u32 - 4).to_le_bytes());
+            c.send(&header);
+            // Answered at the length, before the body is sent (PROTOCOL.md 2.2).
+            let a = c.expect_error(0, 0, ErrorCode::Malformed, NONE, 0);
+            c.stream
+                .write_all(&vec![0; frame_bytes - header.len()])
+                .expect("the node reads the rest of the refused frame");
+            format!("{a}; {}", c.expect_eof())
+        }),
+    );
+    add(
+        "an oversized frame of 64 MiB (the most a node reads on) written whole before reading",
+        Box::new(|e| {
+            let mut c = Raw::greeted(e.shard0);
+            let mut f = vec![0; OVERSIZED_DISCARD_BYTES_MAX];
+            f[..4].copy_from_slice(&(OVERSIZED_DISCARD_BYTES_MAX as u32 - 4).to_le_bytes());
+            // No EPIPE: the node drops the frame's bytes as they come.
+            c.stream
+                .write_all(&f)
+                .expect("the node reads the whole refused frame");
+            let a = c.expect_error(0, 0, ErrorCode::Malformed, NONE, 0);
+            format!("{a}; {}", c.expect_eof())
+        }),
+    );
+    add(
+        "an oversized frame announced above 64 MiB (header only sent): closed at once",
+        Box::new(|e| {
+            let mut c = Raw::greeted(e.shard0);
+            let mut header = frame(OP_APPEND, 0, 2, &[]);
+            header[..4]
+                .copy_from_slice(&(OVERSIZED_DISCARD_BYTES_MAX as u32 + 1 - 4).to_le_bytes());
             c.send(&header);
             let a = c.expect_error(0, 0, ErrorCode::Malformed, NONE, 0);
             format!("{a}; {}", c.expect_closed())

@@ -726,3 +726,104 @@ fn a_subscription_from_above_the_tail_waits_for_its_first_lsn() {
     drop((writer, reader));
     assert!(node.terminate().success());
 }
+
+/// PROTOCOL.md 6.1: a standalone node calls itself node 1 in its HELLO response, unless it
+/// was started with `--node-id`; either way it is a node (role 0).
+#[test]
+fn a_standalone_node_is_node_1_unless_given_an_id() {
+    use chainlog::net::Role;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(&dir.path().join("plain"), 1);
+    let hello = node.connect(0).hello;
+    assert_eq!((hello.node_id, hello.role), (1, Role::Node));
+    assert!(node.terminate().success());
+    let node = Node::start_with(&dir.path().join("named"), 1, None, &["--node-id", "7"]);
+    let hello = node.connect(0).hello;
+    assert_eq!((hello.node_id, hello.role), (7, Role::Node));
+    assert!(node.terminate().success());
+}
+
+/// PROTOCOL.md 6.2: a writer's idempotency keys are remembered for its last 32 batches per
+/// log, across a restart: the 32nd-latest batch resent gets its original LSN, the 33rd-latest
+/// is WRITER_SEQ (`arg0` the writer's last), before and after the node restarts.
+#[test]
+fn a_writers_last_32_batches_are_remembered_across_a_restart() {
+    const WINDOW: u64 = 32;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keyed = |id, seq| AppendHeader {
+        writer_id: 77,
+        writer_seq: seq,
+        ..AppendHeader::new(id)
+    };
+    // Batch `seq` (1..=33) is one record at LSN seq - 1.
+    let check = |c: &mut common::Client, id| {
+        let last = WINDOW + 1;
+        assert_eq!(c.append(&keyed(id, last), &[b"33"]), Ok(last - 1));
+        assert_eq!(c.append(&keyed(id, 2), &[b"2"]), Ok(1), "the 32nd-latest");
+        assert_eq!(
+            c.append(&keyed(id, 1), &[b"1"]),
+            Err((ErrorCode::WriterSeq, last)),
+            "the 33rd-latest is forgotten"
+        );
+    };
+    let node = Node::start(dir.path(), 1);
+    let mut c = node.connect(0);
+    let id = c.create("keyed");
+    for seq in 1..=WINDOW + 1 {
+        assert_eq!(
+            c.append(&keyed(id, seq), &[seq.to_string().as_bytes()]),
+            Ok(seq - 1)
+        );
+    }
+    check(&mut c, id);
+    drop(c);
+    assert!(node.terminate().success());
+    let node = Node::start(dir.path(), 1);
+    let mut c = node.connect(0);
+    check(&mut c, id);
+    assert_eq!(c.append(&keyed(id, WINDOW + 2), &[b"34"]), Ok(WINDOW + 1));
+    drop(c);
+    assert!(node.terminate().success());
+}
+
+/// PROTOCOL.md 4 and 6.9: a LIST_LOGS page holds at most `list_max` (1000, fixed by version
+/// 1) entries however many are asked for; the next page goes on after the last id.
+#[test]
+fn a_list_logs_page_holds_at_most_1000_logs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), 1);
+    let mut c = node.connect(0);
+    // Pipelined: the node writes its catalog once per create, one after the other.
+    let mut out = Vec::new();
+    for i in 0..1001u64 {
+        let name = format!("log-{i:04}");
+        let request = Request::CreateLog(CreateLogRequest {
+            replication_factor: 1,
+            name: &name,
+        });
+        encode_request(&mut out, 100 + i, &request);
+    }
+    c.send(&out);
+    for i in 0..1001u64 {
+        c.receive(|rid, r| assert!(rid == 100 + i && matches!(r, Response::CreateLog(_))));
+    }
+    let page = |c: &mut common::Client, after| {
+        c.call(
+            &Request::ListLogs(ListLogsRequest {
+                after_log_id: after,
+                max: u32::MAX,
+            }),
+            |r| match r {
+                Response::ListLogs(l) => l.entries.iter().map(|e| e.log_id).collect::<Vec<_>>(),
+                other => panic!("{other:?}"),
+            },
+        )
+    };
+    let first = page(&mut c, 0);
+    assert_eq!(first.len(), 1000);
+    let second = page(&mut c, *first.last().expect("a full page"));
+    assert_eq!(second.len(), 1);
+    assert_eq!(page(&mut c, second[0]), Vec::<u64>::new());
+    drop(c);
+    assert!(node.terminate().success());
+}

@@ -65,6 +65,9 @@ pub(crate) struct Session {
     pub(crate) peer: Option<u64>,
     /// Stop reading and close once the output is flushed (protocol error, peer gone, stop).
     pub(crate) closing: bool,
+    /// Bytes of a refused oversized frame still to read and drop before closing
+    /// ([`Session::discard_oversized`]).
+    pub(crate) discard_bytes: u64,
     /// Active subscriptions (PROTOCOL.md section 7).
     pub(crate) subscriptions: Subscriptions,
     /// The traces ([`super::metrics::Traces`]) whose answers are in `out`.
@@ -118,6 +121,33 @@ pub(crate) enum Pending {
         opcode: Opcode,
         refusal: Refusal,
     },
+}
+
+/// The largest oversized frame whose bytes a closing connection still reads and drops
+/// (PROTOCOL.md 2.2): a frame announced larger is not read on (a client still writing it
+/// sees its write fail).
+pub(crate) const OVERSIZED_DISCARD_BYTES_MAX: u64 = 64 << 20;
+
+impl Session {
+    /// The framing error `error` closes the connection, with `buffered` bytes of input
+    /// received from the frame's first byte on. If it is a frame over `frame_bytes_max` of
+    /// at most [`OVERSIZED_DISCARD_BYTES_MAX`] bytes, the rest of it is read and dropped
+    /// before the close: the client finishes writing it and then reads the MALFORMED answer,
+    /// where a close with its bytes still arriving would reset the connection under the
+    /// client's write (EPIPE, and maybe the answer lost).
+    pub(crate) fn discard_oversized(&mut self, error: &chainlog_net::Error, buffered: usize) {
+        if let chainlog_net::Error::FrameTooLarge { frame_bytes, .. } = *error {
+            if frame_bytes <= OVERSIZED_DISCARD_BYTES_MAX {
+                self.discard_bytes = frame_bytes.saturating_sub(buffered as u64);
+            }
+        }
+    }
+
+    /// `n` bytes of the oversized frame being discarded arrived (and were dropped).
+    pub(crate) fn discarded(&mut self, n: usize) {
+        debug_assert!(self.closing && self.discard_bytes > 0);
+        self.discard_bytes = self.discard_bytes.saturating_sub(n as u64);
+    }
 }
 
 impl Conn {
@@ -221,6 +251,27 @@ mod tests {
         c.consume(2);
         assert_eq!(c.input().0, b"llo");
         assert_eq!(c.recv_space().len(), 61);
+    }
+
+    #[test]
+    fn only_an_oversized_frame_within_the_bound_is_read_on() {
+        let too_large = |frame_bytes| chainlog_net::Error::FrameTooLarge {
+            frame_bytes,
+            max: 4096,
+        };
+        let mut s = Session::default();
+        s.discard_oversized(&too_large(OVERSIZED_DISCARD_BYTES_MAX), 24);
+        assert_eq!(s.discard_bytes, OVERSIZED_DISCARD_BYTES_MAX - 24);
+        let mut s = Session::default();
+        s.discard_oversized(&too_large(OVERSIZED_DISCARD_BYTES_MAX + 1), 24);
+        assert_eq!(
+            s.discard_bytes, 0,
+            "announced above the bound: closed at once"
+        );
+        s.discard_oversized(&too_large(5000), 6000);
+        assert_eq!(s.discard_bytes, 0, "all of it arrived already");
+        s.discard_oversized(&chainlog_net::Error::FrameTooShort { length: 3 }, 8);
+        assert_eq!(s.discard_bytes, 0, "only an oversized frame is read on");
     }
 
     #[test]

@@ -192,6 +192,7 @@ impl Server {
                     // The framing is broken: answer once and close (PROTOCOL.md).
                     self.refuse(session, 0, None, Refusal::of_decoding(&e));
                     session.closing = true;
+                    session.discard_oversized(&e, input.len() - consumed);
                     consumed = input.len();
                 }
             }

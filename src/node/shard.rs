@@ -365,7 +365,16 @@ impl<E: Net> Shard<E> {
                 if token.op == NetOp::Recv {
                     conn.recv_in_flight = false;
                     match completion.result {
-                        Ok(0) | Err(_) => conn.session.closing = true,
+                        Ok(0) | Err(_) => {
+                            conn.session.closing = true;
+                            conn.session.discard_bytes = 0;
+                        }
+                        Ok(n) if conn.session.discard_bytes > 0 => {
+                            // The rest of a refused oversized frame: dropped unread.
+                            conn.session.discarded(n);
+                            self.protocol.metrics.bytes_received += n as u64;
+                            self.arm_recv(slot);
+                        }
                         Ok(n) => {
                             conn.received(n);
                             self.protocol.metrics.bytes_received += n as u64;
@@ -542,15 +551,19 @@ impl<E: Net> Shard<E> {
         }
         for conn in self.conns.iter_mut().flatten() {
             conn.session.closing = true;
+            conn.session.discard_bytes = 0;
         }
     }
 
     fn arm_recv(&mut self, slot: usize) {
         let conn = self.conns[slot].as_mut().expect("live connection");
+        // A closing connection reads only the rest of a refused oversized frame (dropped).
+        let discarding = conn.session.discard_bytes > 0;
         if conn.recv_in_flight
-            || conn.session.closing
-            || conn.session.pending.len() >= self.params.in_flight_max
-            || conn.session.out.len() >= OUTPUT_MAX
+            || !discarding
+                && (conn.session.closing
+                    || conn.session.pending.len() >= self.params.in_flight_max
+                    || conn.session.out.len() >= OUTPUT_MAX)
         {
             return;
         }
@@ -708,6 +721,7 @@ impl<E: Net> Shard<E> {
                 self.protocol.metrics.sent(&traced, now);
             }
             let done = conn.session.closing
+                && conn.session.discard_bytes == 0
                 && conn.session.pending.is_empty()
                 && conn.session.barriers.is_empty()
                 && conn.flushed();

@@ -701,10 +701,13 @@ impl Replica {
             // sent again: it takes the records as duplicates and answers them once durable,
             // which a barrier's answer, settled at once, would not wait for. A successor
             // below this node's trim point (a replica that joined empty) skips to it: the
-            // trim goes first, then the records from there.
+            // trim goes first, then the records from there. The trim point is the one laid
+            // into the store, durable or not: nothing below it can be read for the
+            // successor (a middle that skipped to its predecessor's trim point and was
+            // probed before the reset was durable would otherwise read below it for ever).
             self.forwarded = next
                 .min(self.down_durable.max(self.trim_durable))
-                .max(self.trim_durable);
+                .max(self.trim_requested);
         }
         self.settled = true;
         self.link = if self.forwarded == self.next_lsn {
@@ -764,10 +767,21 @@ impl Replica {
     /// The successor refused records with GAP: it expects `expected` next (or refused them
     /// with OVERLOADED: then `expected` is the first refused LSN). Sending resumes from there,
     /// read from the store.
+    ///
+    /// Nothing below the trim point laid into the store can be read for it: a successor that
+    /// expects records below it (records forwarded before the trim that skips it there
+    /// reached it) is sent the trim again, and the records from there.
     pub fn refused(&mut self, expected: u64) {
         if matches!(self.link, Link::InSync | Link::CatchingUp) && expected < self.forwarded {
-            self.forwarded = expected;
-            self.link = Link::CatchingUp;
+            if expected < self.trim_requested {
+                self.sent_trim = self.sent_trim.min(expected);
+            }
+            self.forwarded = expected.max(self.trim_requested);
+            self.link = if self.forwarded == self.next_lsn {
+                Link::InSync
+            } else {
+                Link::CatchingUp
+            };
         }
     }
 

@@ -833,6 +833,71 @@ fn a_restarted_head_whose_successor_is_behind_settles_and_catches_it_up() {
 }
 
 #[test]
+fn a_middle_that_skipped_to_its_predecessors_trim_point_sends_the_skip_on() {
+    // A replica new to the chain's middle skips to its predecessor's trim point (its store
+    // starts again at 74; the reset is not durable yet), then its link to a successor that is
+    // empty too is probed: it cannot read below 74 for it, so the trim goes first.
+    let mut middle = Replica::new(1, 2, 3, vec![1, 2, 3], 0, 0);
+    middle.skip_to(
+        74,
+        Upstream {
+            request_id: 9,
+            vouch: 74,
+        },
+    );
+    middle.link_up();
+    middle.reply(Reply {
+        durable_lsn: 0,
+        trim_point: 0,
+        next_lsn: 0,
+        barrier: Some(0),
+    });
+    assert_eq!(
+        middle.catch_up_from(),
+        None,
+        "nothing below 74 can be read here"
+    );
+    let mut out = Vec::new();
+    middle.to_send(&mut out);
+    assert!(out.contains(&Send::Trim { before: 74 }), "{out:?}");
+}
+
+#[test]
+fn a_successor_below_the_trim_point_that_refuses_records_is_sent_the_trim_again() {
+    // A middle in sync with its empty successor skips to its predecessor's trim point, and
+    // forwards the trim; records it forwarded before the trim reached the successor come
+    // back refused with GAP, expecting 0: nothing below 74 can be read here, so the trim
+    // goes again and the records from 74 follow it.
+    let mut middle = Replica::new(1, 2, 3, vec![1, 2, 3], 0, 0);
+    middle.link_up();
+    middle.reply(Reply {
+        durable_lsn: 0,
+        trim_point: 0,
+        next_lsn: 0,
+        barrier: Some(0),
+    });
+    middle.skip_to(
+        74,
+        Upstream {
+            request_id: 9,
+            vouch: 74,
+        },
+    );
+    let mut out = Vec::new();
+    middle.to_send(&mut out);
+    assert!(out.contains(&Send::Trim { before: 74 }), "{out:?}");
+    middle.refused(0);
+    assert_eq!(
+        middle.catch_up_from(),
+        None,
+        "nothing below 74 can be read here"
+    );
+    out.clear();
+    middle.to_send(&mut out);
+    assert!(out.contains(&Send::Trim { before: 74 }), "{out:?}");
+}
+
+#[test]
 fn answers_vouch_only_for_what_their_request_named() {
     // A tail holds 10 durable records; a predecessor that has only 4 probes it.
     let mut tail = Replica::recovered(1, 2, 1, vec![1, 2], 10, 0);

@@ -105,6 +105,8 @@ pub(crate) struct SimNode {
     pub(crate) offsets: Vec<(u64, i64)>,
     /// A map to install when the node runs again (it was paused).
     map_pending: bool,
+    /// The version of the newest map its shards installed (what its heartbeats report).
+    pub(crate) map_version: u64,
     starts: u64,
 }
 
@@ -141,6 +143,7 @@ impl SimNode {
             clock,
             offsets: vec![(0, 0)],
             map_pending: false,
+            map_version: 0,
             starts: 0,
         }
     }
@@ -164,6 +167,7 @@ impl SimNode {
         for shard in &mut self.shards {
             shard.install(map);
         }
+        self.map_version = map.map.version();
     }
 
     /// Starts the node's process: opens every shard's store and catalog, listens, installs
@@ -261,6 +265,7 @@ impl SimNode {
             self.shards.push(shard);
         }
         self.down = None;
+        self.map_version = map.map.version();
         Ok(())
     }
 
@@ -298,6 +303,7 @@ impl SimNode {
             for shard in &mut self.shards {
                 shard.install(map);
             }
+            self.map_version = map.map.version();
         }
         for i in 0..self.shards.len() {
             if self.shards[i].env().next_us().is_none_or(|t| t > now_us) {

@@ -725,7 +725,10 @@ impl Replica {
         let Link::Pulling { until } = self.link else {
             return None;
         };
-        if self.pull_in_flight || self.next_lsn >= until {
+        // A sealed epoch stores nothing more: its end was answered to the controller. What
+        // the successor holds beyond it was never durable here, so never acknowledged; the
+        // next epoch settles it.
+        if self.pull_in_flight || self.next_lsn >= until || self.sealed_end.is_some() {
             return None;
         }
         self.pull_in_flight = true;
@@ -733,8 +736,9 @@ impl Replica {
     }
 
     /// A PULL was answered: the records `[first, end)` were stored here (`first` is this
-    /// node's next LSN; `end == first` if the successor had nothing from there), and the
-    /// successor's next LSN is `successor_next`. Returns the probe to send once everything
+    /// node's next LSN; `end == first` if the successor had nothing from there, or if the
+    /// epoch was sealed here meanwhile: then nothing is stored), and the successor's next
+    /// LSN is `successor_next`. Returns the probe to send once everything
     /// the successor had is here (its answer vouches for the pulled records).
     pub fn pulled(&mut self, first: u64, end: u64, successor_next: u64) -> Option<Send> {
         let Link::Pulling { until } = self.link else {
@@ -742,6 +746,10 @@ impl Replica {
         };
         assert_eq!(first, self.next_lsn, "pulled records are stored densely");
         assert!(end >= first, "a pull returns records in order");
+        assert!(
+            end == first || self.sealed_end.is_none(),
+            "nothing is stored in a sealed epoch"
+        );
         self.pull_in_flight = false;
         self.next_lsn = end;
         // Nobody upstream waits for pulled records, but their answers keep the queue's order.

@@ -777,6 +777,25 @@ fn a_restarted_head_pulls_back_what_its_successor_holds_before_appending() {
 }
 
 #[test]
+fn a_replica_sealed_while_pulling_back_pulls_nothing_more() {
+    // A restarted head pulls back records 4 and 5 from its successor; the controller seals
+    // the epoch while the PULL is out: the end is 4, and nothing more is stored or pulled.
+    let mut head = Replica::recovered(1, 1, 1, vec![1, 2], 4, 0);
+    head.link_up();
+    head.reply(Reply {
+        durable_lsn: 6,
+        trim_point: 0,
+        next_lsn: 6,
+        barrier: Some(0),
+    });
+    assert_eq!(head.pull_from(), Some(4));
+    assert_eq!(head.seal(), 4);
+    assert_eq!(head.pulled(4, 4, 6), None, "the answer is not stored");
+    assert_eq!(head.pull_from(), None, "a sealed epoch pulls nothing more");
+    assert_eq!(head.seal(), 4);
+}
+
+#[test]
 fn a_restarted_middle_answers_its_predecessors_probe_only_after_pulling_back() {
     // Head 1, middle 2 and tail 3 held records up to 72; the head forwarded 72..75 and both
     // head and middle lost them in crashes; the tail kept them. The restarted head probes the

@@ -528,8 +528,18 @@ impl Replica {
 
     /// A trim to `before` was asked (at the head by a client, elsewhere by the predecessor
     /// for `upstream`) and laid into the store here.
+    ///
+    /// A successor being caught up from below it skips to it: nothing below can be read here
+    /// any more, so the trim goes first ([`to_send`](Self::to_send)), then the records from
+    /// there.
     pub fn trim(&mut self, before: u64, upstream: Option<Upstream>) {
         self.trim_requested = self.trim_requested.max(before);
+        if self.link == Link::CatchingUp && self.forwarded < self.trim_requested {
+            self.forwarded = self.trim_requested;
+            if self.forwarded == self.next_lsn {
+                self.link = Link::InSync;
+            }
+        }
         self.items.push_back(Item {
             work: Work::Trim { before },
             upstream,

@@ -917,6 +917,37 @@ fn a_successor_below_the_trim_point_that_refuses_records_is_sent_the_trim_again(
 }
 
 #[test]
+fn a_successor_caught_up_from_below_a_new_trim_point_skips_to_it() {
+    // A middle catches its successor up from 4 when its predecessor's trim to 8 arrives (the
+    // records below a new epoch's start are committed, so the head may trim them while a new
+    // tail still copies them): it cannot read below 8 any more, so the trim goes first.
+    let mut middle = Replica::new(1, 2, 3, vec![1, 2, 3], 10, 0);
+    middle.link_up();
+    middle.reply(Reply {
+        durable_lsn: 4,
+        trim_point: 0,
+        next_lsn: 4,
+        barrier: Some(0),
+    });
+    assert_eq!(middle.catch_up_from(), Some(4));
+    middle.trim(
+        8,
+        Some(Upstream {
+            request_id: 9,
+            vouch: 10,
+        }),
+    );
+    assert_eq!(
+        middle.catch_up_from(),
+        Some(8),
+        "nothing below 8 can be read here"
+    );
+    let mut out = Vec::new();
+    middle.to_send(&mut out);
+    assert!(out.contains(&Send::Trim { before: 8 }), "{out:?}");
+}
+
+#[test]
 fn answers_vouch_only_for_what_their_request_named() {
     // A tail holds 10 durable records; a predecessor that has only 4 probes it.
     let mut tail = Replica::recovered(1, 2, 1, vec![1, 2], 10, 0);

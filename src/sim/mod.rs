@@ -11,7 +11,14 @@
 //! a word to their peers, bytes of closed connections delivered late), process crashes (kill
 //! -9, power loss), pauses (SIGSTOP), restarts and steps of a machine's wall clock. The map
 //! comes from the controller's pure state ([`crate::controller::ClusterState`]), logs created
-//! during the run included; the control thread and bit flips at rest are not simulated.
+//! during the run included. With [`Options::reconfigure`] (`chainlog sim --reconfigure`: four
+//! nodes, logs of rf 3) a simulated controller (`controller.rs`) hears the nodes' heartbeats
+//! and reconfigures the chains with the real controller's plan, seal and extend, over the
+//! simulated network; faults then also aim at a log's head, a middle member and its tail
+//! (kills long enough for its chain to move, pauses, partitions from everyone), and at the
+//! controller (kills, also between the seal it recorded and the epoch it starts, pauses,
+//! partitions from a node); clients follow the chains. The control thread's own code and
+//! bit flips at rest are not simulated.
 //!
 //! The workload, per log: writers appending keyed batches (some conditional, some fenced), a
 //! reader reading from every replica, a subscriber that moves between replicas, and a trimmer
@@ -25,7 +32,8 @@
 //! appends (I6), fencing tokens (I7), linearizable tails, trim points, record stamps within
 //! the stamping node's wall clock; and liveness: once the faults stop, every batch and trim is
 //! answered, every subscriber catches up and the replicas agree byte for byte, within a
-//! bounded (virtual) time.
+//! bounded (virtual) time (with a controller: it is idle with nothing to plan, every log is
+//! back at its replication factor and every node has the newest map).
 
 mod client;
 mod conn;
@@ -420,6 +428,14 @@ fn run_caught(seed: u64, options: &Options) -> Report {
             .downcast_ref::<String>()
             .cloned()
             .or_else(|| payload.downcast_ref::<&str>().map(|m| m.to_string()))
+            .or_else(|| {
+                payload.downcast_ref::<FatalPanic>().map(|f| {
+                    format!(
+                        "a fatal error where the simulator does not expect one: {}",
+                        f.0
+                    )
+                })
+            })
             .unwrap_or_default();
         Report {
             seed,
@@ -590,8 +606,10 @@ impl Sim {
             .map(|&id| id as usize - 1)
             .collect();
         self.map = MapUpdate::of(self.state.map(self.instant()));
-        for node in &mut self.nodes {
-            node.map_changed(&self.map, now);
+        for i in 0..self.nodes.len() {
+            if let Err(reason) = self.nodes[i].map_changed(&self.map, now) {
+                self.stopped(i, &reason);
+            }
         }
         let log_id = created.log_id;
         let world = &mut self.world.borrow_mut();
@@ -831,7 +849,10 @@ impl Sim {
             self.publish();
         }
         for id in step.fetch {
-            self.nodes[id as usize - 1].map_changed(&self.map, now);
+            let i = id as usize - 1;
+            if let Err(reason) = self.nodes[i].map_changed(&self.map, now) {
+                self.stopped(i, &reason);
+            }
         }
     }
 

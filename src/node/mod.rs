@@ -106,6 +106,7 @@ pub enum NodeError {
 /// in flight is finished and flushed) or until a shard fails. Once every shard serves, prints
 /// where ([`Serving`]) on stdout.
 pub fn run(config: NodeConfig) -> Result<(), NodeError> {
+    exit_on_panic();
     // Blocked before the shard threads start, so that they inherit the block.
     let signals = StopSignals::block().map_err(NodeError::Signals)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -258,6 +259,13 @@ fn supervise(
         let finished = shards.iter().position(|(h, _)| h.is_finished());
         if let Some(i) = finished {
             let (handle, _) = shards.swap_remove(i);
+            // Named `shard-N` when spawned; `i` is only its place in what is left.
+            let shard = handle
+                .thread()
+                .name()
+                .and_then(|n| n.strip_prefix("shard-"))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(i);
             let result = handle
                 .join()
                 .unwrap_or_else(|_| Err("the shard thread panicked".into()));
@@ -266,7 +274,7 @@ fn supervise(
                 for (h, _) in shards {
                     let _ = h.join();
                 }
-                return Err(NodeError::Shard { shard: i, reason });
+                return Err(NodeError::Shard { shard, reason });
             }
             if shards.is_empty() {
                 return Ok(());
@@ -281,6 +289,24 @@ fn supervise(
             std::thread::park_timeout(Duration::from_millis(20));
         }
     }
+}
+
+/// The exit code of a node stopped by a panic (a bug: an invariant did not hold).
+pub const PANIC_EXIT_CODE: i32 = 101;
+
+/// Makes a panic in any thread of the process stop it at once, after the usual report, with
+/// [`PANIC_EXIT_CODE`]. A panic is a bug that leaves the node's state unknown, and unwinding a
+/// shard does not end it: its ring waits, in its drop, for operations that never complete (a
+/// read of an eventfd, an accept), so the node stayed half-alive, its listener accepting and
+/// nobody answering, and its chains never reconfigured. A node that exits is a failure the
+/// controller handles.
+fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!(%info, "a thread of the node panicked: stopping");
+        std::process::exit(PANIC_EXIT_CODE);
+    }));
 }
 
 /// A new eventfd (a shard's ring reads it to learn of a stop or of news).
@@ -299,5 +325,69 @@ fn stop_all(shards: &[(std::thread::JoinHandle<Result<(), String>>, OwnedFd)]) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
         unsafe { libc::write(wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use chainlog_storage::UringIo;
+
+    use chainlog_storage::io::Io;
+
+    use super::env::{Net, RealEnv};
+    use super::ops::{NetOp, NetToken};
+    use super::*;
+
+    /// Set in the child process of the test below, which runs the test again in it.
+    const CHILD: &str = "CHAINLOG_TEST_PANICKING_SHARD";
+    const NAME: &str = "node::tests::a_panic_in_a_shard_thread_stops_the_process";
+
+    /// The child's part: a "shard" thread with a read of an eventfd in its ring (as every shard
+    /// has: its stop and control eventfds) panics. Unwinding it never ends (the ring waits for
+    /// that read in its drop); with the hook, the process exits.
+    fn panicking_shard() -> ! {
+        exit_on_panic();
+        let shard = std::thread::spawn(|| {
+            let event = eventfd().expect("an eventfd");
+            let mut env = RealEnv::new(UringIo::new(8).expect("a ring"));
+            env.read_event(event.as_raw_fd(), NetToken::of(NetOp::Stop));
+            // In the kernel, as a shard's turn leaves it.
+            env.wait(0, &mut Vec::new()).expect("submitted");
+            panic!("an invariant of the shard did not hold");
+        });
+        let _ = shard.join();
+        std::process::exit(0);
+    }
+
+    #[test]
+    fn a_panic_in_a_shard_thread_stops_the_process() {
+        if std::env::var_os(CHILD).is_some() {
+            panicking_shard();
+        }
+        let mut child = Command::new(std::env::current_exe().expect("the test binary"))
+            .args(["--exact", NAME, "--nocapture", "--test-threads", "1"])
+            .env(CHILD, "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run the test again in a child");
+        // Not a timing assertion: without the hook the child never ends.
+        let give_up = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if Instant::now() > give_up {
+                child.kill().expect("kill the hung child");
+                child.wait().expect("reap");
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let status = status.expect("the process stopped after a shard panicked (it hung)");
+        assert_eq!(status.code(), Some(PANIC_EXIT_CODE));
     }
 }

@@ -66,7 +66,9 @@ pub(crate) struct Server {
     /// A cluster member: logs come from the controller, which serves CREATE_LOG and
     /// DELETE_LOG.
     cluster: bool,
-    /// Acks the store gave while the server waited for it ([`Server::take_acks`]).
+    /// Acks the store gave while the server waited for it (installing a map): their
+    /// replication side was handled then; their connections are answered in the next turn
+    /// ([`Server::store_acked`]).
     acks_taken: Vec<Ack>,
     /// Per log of the cluster map: the epoch since which this node's store holds the log as
     /// its epochs' heads sequenced it (it started the log anew, or cut it, when it installed
@@ -904,22 +906,42 @@ impl Server {
             );
             store.reset_log(log.log_id, 0, 0, UNANSWERED)
         };
-        // The acks this wait collects belong to the shard's next turn (appends of its
-        // connections among them).
-        let durable = cut.and_then(|()| store.sync_all(&mut self.acks_taken));
+        let mut acks = Vec::new();
+        let durable = cut.and_then(|()| store.sync_all(&mut acks));
         if let Err(e) = durable {
             fatal(FatalReason::store(
                 Some(self.shard_index),
                 format!("preparing log {}: {e}", log.log_id),
             ));
         }
+        // The acks this wait collected are the replicas' now, before the cut log's replica
+        // of the new epoch replaces the old one: they are the old one's (a trim made before
+        // the log started again at 0 would otherwise count as trimmed past the new replica's
+        // records, an append cut away as durable beyond them). Their connections (appends of
+        // other logs among them) are answered in the shard's next turn.
+        for ack in &acks {
+            self.replicas.on_store_ack(ack);
+        }
+        self.acks_taken.append(&mut acks);
         false
     }
 
-    /// Acks the store gave while the server waited for it (installing a map): the shard
-    /// handles them before those of its next poll.
-    pub(crate) fn take_acks(&mut self) -> Vec<Ack> {
-        std::mem::take(&mut self.acks_taken)
+    /// True if acks the store gave while the server waited for it (installing a map) wait
+    /// for [`store_acked`](Self::store_acked): the shard handles them before it waits again.
+    pub(crate) fn has_taken_acks(&self) -> bool {
+        !self.acks_taken.is_empty()
+    }
+
+    /// The store's acks of a turn (`polled`), after those it gave while the server waited
+    /// on it (installing a map), whose replication side was handled then: records and trims
+    /// durable here move the replicas on. Returns, in order, the tokens whose connections
+    /// have an append or trim durable here ([`acknowledge`](Self::acknowledge)), in `tokens`.
+    pub(crate) fn store_acked(&mut self, polled: &[Ack], tokens: &mut Vec<u64>) {
+        tokens.extend(self.acks_taken.drain(..).map(|a| a.token));
+        for ack in polled {
+            self.replicas.on_store_ack(ack);
+            tokens.push(ack.token);
+        }
     }
 
     /// Trims away a deleted log's records (nobody waits for this trim's ack).
@@ -1116,3 +1138,6 @@ impl Server {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

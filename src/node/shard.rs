@@ -175,6 +175,8 @@ pub(crate) struct Shard<E: Net> {
     free: Vec<u32>,
     next_generation: u32,
     acks: Vec<Ack>,
+    /// The tokens of a turn's acks, whose connections are answered.
+    acked: Vec<u64>,
     external: Vec<Completion>,
     stopping: bool,
     /// Slots of connections with subscriptions, pumped every turn.
@@ -210,6 +212,7 @@ impl<E: Net> Shard<E> {
             free: Vec::new(),
             next_generation: 1,
             acks: Vec::new(),
+            acked: Vec::new(),
             external: Vec::new(),
             stopping: false,
             subscribed: Vec::new(),
@@ -296,22 +299,21 @@ impl<E: Net> Shard<E> {
         // completions finish is armed again only once handled, and with them the ring may
         // hold nothing to end a wait (a node back in a chain then left new connections
         // unanswered until the next map).
-        let mut taken = self.protocol.take_acks();
-        let wait = wait && taken.is_empty() && !self.store.has_external();
+        let wait = wait && !self.protocol.has_taken_acks() && !self.store.has_external();
         if let Err(e) = self.store.poll(wait, &mut self.acks) {
             fatal(FatalReason::store(Some(self.index()), e));
         }
         self.protocol.start_turn();
-        if !taken.is_empty() {
-            taken.append(&mut self.acks);
-            self.acks = taken;
-        }
         self.store.take_external(&mut self.external);
         for completion in std::mem::take(&mut self.external) {
             self.on_completion(completion);
         }
-        for ack in std::mem::take(&mut self.acks) {
-            self.on_ack(ack);
+        self.protocol.store_acked(&self.acks, &mut self.acked);
+        self.acks.clear();
+        for token in self.acked.drain(..) {
+            if let Some(conn) = conn_of(&mut self.conns, token) {
+                self.protocol.acknowledge(&mut conn.session, &self.store);
+            }
         }
         self.flush();
         !(self.stopping && self.conns.iter().all(Option::is_none))
@@ -588,14 +590,6 @@ impl<E: Net> Shard<E> {
         }
         self.conns[slot] = Some(conn);
         self.arm_recv(slot);
-    }
-
-    fn on_ack(&mut self, ack: Ack) {
-        self.protocol.replicas.on_store_ack(&ack);
-        let Some(conn) = conn_of(&mut self.conns, ack.token) else {
-            return;
-        };
-        self.protocol.acknowledge(&mut conn.session, &self.store);
     }
 
     /// A connection that was paused (no receive in flight: too many unanswered requests, or

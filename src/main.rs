@@ -135,9 +135,9 @@ struct SimArgs {
     /// Threads running seeds (default: one per core).
     #[arg(long, value_name = "T")]
     threads: Option<usize>,
-    /// Nodes per cluster.
-    #[arg(long, default_value_t = 3)]
-    nodes: usize,
+    /// Nodes per cluster [default: 3, 4 with --reconfigure].
+    #[arg(long)]
+    nodes: Option<usize>,
     /// Shards per node.
     #[arg(long, default_value_t = 1)]
     shards: u16,
@@ -151,6 +151,10 @@ struct SimArgs {
     /// Virtual seconds of load and faults per run.
     #[arg(long, value_name = "SECS", default_value_t = 1.5)]
     active_secs: f64,
+    /// A controller reconfigures the chains, and faults aim at heads, middles, tails and the
+    /// controller (four nodes unless --nodes says otherwise).
+    #[arg(long)]
+    reconfigure: bool,
     /// Put a known bug in (to see the checks catch it): head-skips-settling.
     #[arg(long, value_name = "BUG")]
     canary: Option<String>,
@@ -190,14 +194,19 @@ fn sim(args: SimArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let base = if args.reconfigure {
+        chainlog::sim::Options::reconfiguration()
+    } else {
+        chainlog::sim::Options::default()
+    };
     let options = chainlog::sim::Options {
-        nodes: args.nodes,
+        nodes: args.nodes.unwrap_or(base.nodes),
         shards: args.shards,
         faults: !args.no_faults,
         silent_power_loss: args.silent_power_loss,
         active_us: (args.active_secs * 1e6) as u64,
         canary,
-        ..chainlog::sim::Options::default()
+        ..base
     };
     if options.nodes < usize::from(options.rf) {
         eprintln!("chainlog sim: --nodes must be at least {}", options.rf);
@@ -235,22 +244,24 @@ fn sim(args: SimArgs) -> ExitCode {
     eprintln!();
     println!(
         "{} seeds from {}: {} failing; {:.2} h simulated; faults {:?}; {} batches acknowledged; \
-         workload {:?}",
+         workload {:?}; reconfigurations {:?}",
         summary.runs,
         args.from,
         summary.failures.len(),
         summary.simulated_us as f64 / 3.6e9,
         summary.faults,
         summary.acked,
-        summary.workload
+        summary.workload,
+        summary.reconfigurations
     );
     for report in &summary.failures {
         println!("{report}");
         println!(
-            "  replay: RUST_LOG=debug chainlog sim --from {} --seeds 1 --threads 1 --nodes {} --shards {}{}{}",
+            "  replay: RUST_LOG=debug chainlog sim --from {} --seeds 1 --threads 1 --nodes {} --shards {}{}{}{}",
             report.seed,
-            args.nodes,
+            options.nodes,
             args.shards,
+            if args.reconfigure { " --reconfigure" } else { "" },
             if args.no_faults { " --no-faults" } else { "" },
             if args.silent_power_loss {
                 " --silent-power-loss"

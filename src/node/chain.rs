@@ -376,7 +376,14 @@ impl Chain {
         let count = pulled.count as u64;
         let end = pulled.first + count;
         let mut stored_end = here;
-        if pulled.first == here && count > 0 {
+        if replica.sealed().is_some() {
+            // Sealed while the PULL was out: the epoch stores nothing more here.
+            tracing::debug!(
+                log_id,
+                first = pulled.first,
+                "a PULL answered after the seal; not stored"
+            );
+        } else if pulled.first == here && count > 0 {
             let state = ReplicaState {
                 fencing_token: (pulled.fencing_token != 0).then_some(pulled.fencing_token),
                 writer: (pulled.writer.0 != 0).then_some(pulled.writer),

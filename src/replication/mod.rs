@@ -528,8 +528,18 @@ impl Replica {
 
     /// A trim to `before` was asked (at the head by a client, elsewhere by the predecessor
     /// for `upstream`) and laid into the store here.
+    ///
+    /// A successor being caught up from below it skips to it: nothing below can be read here
+    /// any more, so the trim goes first ([`to_send`](Self::to_send)), then the records from
+    /// there.
     pub fn trim(&mut self, before: u64, upstream: Option<Upstream>) {
         self.trim_requested = self.trim_requested.max(before);
+        if self.link == Link::CatchingUp && self.forwarded < self.trim_requested {
+            self.forwarded = self.trim_requested;
+            if self.forwarded == self.next_lsn {
+                self.link = Link::InSync;
+            }
+        }
         self.items.push_back(Item {
             work: Work::Trim { before },
             upstream,
@@ -701,10 +711,13 @@ impl Replica {
             // sent again: it takes the records as duplicates and answers them once durable,
             // which a barrier's answer, settled at once, would not wait for. A successor
             // below this node's trim point (a replica that joined empty) skips to it: the
-            // trim goes first, then the records from there.
+            // trim goes first, then the records from there. The trim point is the one laid
+            // into the store, durable or not: nothing below it can be read for the
+            // successor (a middle that skipped to its predecessor's trim point and was
+            // probed before the reset was durable would otherwise read below it for ever).
             self.forwarded = next
                 .min(self.down_durable.max(self.trim_durable))
-                .max(self.trim_durable);
+                .max(self.trim_requested);
         }
         self.settled = true;
         self.link = if self.forwarded == self.next_lsn {
@@ -722,7 +735,10 @@ impl Replica {
         let Link::Pulling { until } = self.link else {
             return None;
         };
-        if self.pull_in_flight || self.next_lsn >= until {
+        // A sealed epoch stores nothing more: its end was answered to the controller. What
+        // the successor holds beyond it was never durable here, so never acknowledged; the
+        // next epoch settles it.
+        if self.pull_in_flight || self.next_lsn >= until || self.sealed_end.is_some() {
             return None;
         }
         self.pull_in_flight = true;
@@ -730,8 +746,9 @@ impl Replica {
     }
 
     /// A PULL was answered: the records `[first, end)` were stored here (`first` is this
-    /// node's next LSN; `end == first` if the successor had nothing from there), and the
-    /// successor's next LSN is `successor_next`. Returns the probe to send once everything
+    /// node's next LSN; `end == first` if the successor had nothing from there, or if the
+    /// epoch was sealed here meanwhile: then nothing is stored), and the successor's next
+    /// LSN is `successor_next`. Returns the probe to send once everything
     /// the successor had is here (its answer vouches for the pulled records).
     pub fn pulled(&mut self, first: u64, end: u64, successor_next: u64) -> Option<Send> {
         let Link::Pulling { until } = self.link else {
@@ -739,6 +756,10 @@ impl Replica {
         };
         assert_eq!(first, self.next_lsn, "pulled records are stored densely");
         assert!(end >= first, "a pull returns records in order");
+        assert!(
+            end == first || self.sealed_end.is_none(),
+            "nothing is stored in a sealed epoch"
+        );
         self.pull_in_flight = false;
         self.next_lsn = end;
         // Nobody upstream waits for pulled records, but their answers keep the queue's order.
@@ -764,10 +785,21 @@ impl Replica {
     /// The successor refused records with GAP: it expects `expected` next (or refused them
     /// with OVERLOADED: then `expected` is the first refused LSN). Sending resumes from there,
     /// read from the store.
+    ///
+    /// Nothing below the trim point laid into the store can be read for it: a successor that
+    /// expects records below it (records forwarded before the trim that skips it there
+    /// reached it) is sent the trim again, and the records from there.
     pub fn refused(&mut self, expected: u64) {
         if matches!(self.link, Link::InSync | Link::CatchingUp) && expected < self.forwarded {
-            self.forwarded = expected;
-            self.link = Link::CatchingUp;
+            if expected < self.trim_requested {
+                self.sent_trim = self.sent_trim.min(expected);
+            }
+            self.forwarded = expected.max(self.trim_requested);
+            self.link = if self.forwarded == self.next_lsn {
+                Link::InSync
+            } else {
+                Link::CatchingUp
+            };
         }
     }
 

@@ -777,6 +777,25 @@ fn a_restarted_head_pulls_back_what_its_successor_holds_before_appending() {
 }
 
 #[test]
+fn a_replica_sealed_while_pulling_back_pulls_nothing_more() {
+    // A restarted head pulls back records 4 and 5 from its successor; the controller seals
+    // the epoch while the PULL is out: the end is 4, and nothing more is stored or pulled.
+    let mut head = Replica::recovered(1, 1, 1, vec![1, 2], 4, 0);
+    head.link_up();
+    head.reply(Reply {
+        durable_lsn: 6,
+        trim_point: 0,
+        next_lsn: 6,
+        barrier: Some(0),
+    });
+    assert_eq!(head.pull_from(), Some(4));
+    assert_eq!(head.seal(), 4);
+    assert_eq!(head.pulled(4, 4, 6), None, "the answer is not stored");
+    assert_eq!(head.pull_from(), None, "a sealed epoch pulls nothing more");
+    assert_eq!(head.seal(), 4);
+}
+
+#[test]
 fn a_restarted_middle_answers_its_predecessors_probe_only_after_pulling_back() {
     // Head 1, middle 2 and tail 3 held records up to 72; the head forwarded 72..75 and both
     // head and middle lost them in crashes; the tail kept them. The restarted head probes the
@@ -830,6 +849,102 @@ fn a_restarted_head_whose_successor_is_behind_settles_and_catches_it_up() {
     assert_eq!(head.can_append(), Ok(()));
     assert_eq!(head.catch_up_from(), Some(4));
     assert_eq!(head.pull_from(), None);
+}
+
+#[test]
+fn a_middle_that_skipped_to_its_predecessors_trim_point_sends_the_skip_on() {
+    // A replica new to the chain's middle skips to its predecessor's trim point (its store
+    // starts again at 74; the reset is not durable yet), then its link to a successor that is
+    // empty too is probed: it cannot read below 74 for it, so the trim goes first.
+    let mut middle = Replica::new(1, 2, 3, vec![1, 2, 3], 0, 0);
+    middle.skip_to(
+        74,
+        Upstream {
+            request_id: 9,
+            vouch: 74,
+        },
+    );
+    middle.link_up();
+    middle.reply(Reply {
+        durable_lsn: 0,
+        trim_point: 0,
+        next_lsn: 0,
+        barrier: Some(0),
+    });
+    assert_eq!(
+        middle.catch_up_from(),
+        None,
+        "nothing below 74 can be read here"
+    );
+    let mut out = Vec::new();
+    middle.to_send(&mut out);
+    assert!(out.contains(&Send::Trim { before: 74 }), "{out:?}");
+}
+
+#[test]
+fn a_successor_below_the_trim_point_that_refuses_records_is_sent_the_trim_again() {
+    // A middle in sync with its empty successor skips to its predecessor's trim point, and
+    // forwards the trim; records it forwarded before the trim reached the successor come
+    // back refused with GAP, expecting 0: nothing below 74 can be read here, so the trim
+    // goes again and the records from 74 follow it.
+    let mut middle = Replica::new(1, 2, 3, vec![1, 2, 3], 0, 0);
+    middle.link_up();
+    middle.reply(Reply {
+        durable_lsn: 0,
+        trim_point: 0,
+        next_lsn: 0,
+        barrier: Some(0),
+    });
+    middle.skip_to(
+        74,
+        Upstream {
+            request_id: 9,
+            vouch: 74,
+        },
+    );
+    let mut out = Vec::new();
+    middle.to_send(&mut out);
+    assert!(out.contains(&Send::Trim { before: 74 }), "{out:?}");
+    middle.refused(0);
+    assert_eq!(
+        middle.catch_up_from(),
+        None,
+        "nothing below 74 can be read here"
+    );
+    out.clear();
+    middle.to_send(&mut out);
+    assert!(out.contains(&Send::Trim { before: 74 }), "{out:?}");
+}
+
+#[test]
+fn a_successor_caught_up_from_below_a_new_trim_point_skips_to_it() {
+    // A middle catches its successor up from 4 when its predecessor's trim to 8 arrives (the
+    // records below a new epoch's start are committed, so the head may trim them while a new
+    // tail still copies them): it cannot read below 8 any more, so the trim goes first.
+    let mut middle = Replica::new(1, 2, 3, vec![1, 2, 3], 10, 0);
+    middle.link_up();
+    middle.reply(Reply {
+        durable_lsn: 4,
+        trim_point: 0,
+        next_lsn: 4,
+        barrier: Some(0),
+    });
+    assert_eq!(middle.catch_up_from(), Some(4));
+    middle.trim(
+        8,
+        Some(Upstream {
+            request_id: 9,
+            vouch: 10,
+        }),
+    );
+    assert_eq!(
+        middle.catch_up_from(),
+        Some(8),
+        "nothing below 8 can be read here"
+    );
+    let mut out = Vec::new();
+    middle.to_send(&mut out);
+    assert!(out.contains(&Send::Trim { before: 8 }), "{out:?}");
 }
 
 #[test]

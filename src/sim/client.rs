@@ -16,7 +16,7 @@ use chainlog_net::{
     AppendBuilder, AppendHeader, ErrorCode, ErrorResponse, Response, LSN_UNCONDITIONAL, TOKEN_NONE,
 };
 
-use super::conn::{ClientConn, Link, RETRY_US};
+use super::conn::{try_again, ClientConn, Link, RETRY_US};
 use super::world::{HostId, World};
 use crate::history::{payload, Op, Outcome, Refusal, Value};
 
@@ -301,7 +301,7 @@ impl State {
                     };
                 }
             }
-            Response::Error(e) if e.code.is_retryable() => {
+            Response::Error(e) if try_again(e.code) => {
                 let o = self.outstanding.get_mut(&seq).expect("listed");
                 o.request = None;
                 o.not_before_us = now + RETRY_US;

@@ -6,7 +6,9 @@
 
 use std::net::SocketAddr;
 
-use chainlog_net::{decode_response, encode_request, parse_frame, HelloRequest, Request, Response};
+use chainlog_net::{
+    decode_response, encode_request, parse_frame, ErrorCode, HelloRequest, Request, Response,
+};
 
 use super::world::{EndpointId, HostId, World};
 use crate::node::env::Sock;
@@ -14,6 +16,20 @@ use crate::node::ops::{NetOp, NetToken};
 
 /// Pause before connecting again after a connection failed or was dropped.
 pub(crate) const RETRY_US: u64 = 20_000;
+
+/// Whether a node's ERROR means: sent again unchanged, later, perhaps elsewhere, the request
+/// can succeed. It did not take effect (an ERROR never does). Besides the retryable codes,
+/// those that say the client's map is stale (`crate::client` fetches a newer one and
+/// routes again; a simulated client is given the newest chain at once): UNKNOWN_LOG (a node
+/// that does not have the log yet, or no more), WRONG_EPOCH and SEALED (an epoch that the
+/// controller is reconfiguring, or that ended).
+pub(crate) fn try_again(code: ErrorCode) -> bool {
+    code.is_retryable()
+        || matches!(
+            code,
+            ErrorCode::UnknownLog | ErrorCode::WrongEpoch | ErrorCode::Sealed
+        )
+}
 
 #[derive(Clone, Copy, Debug)]
 enum State {

@@ -11,7 +11,14 @@
 //! a word to their peers, bytes of closed connections delivered late), process crashes (kill
 //! -9, power loss), pauses (SIGSTOP), restarts and steps of a machine's wall clock. The map
 //! comes from the controller's pure state ([`crate::controller::ClusterState`]), logs created
-//! during the run included; the control thread and bit flips at rest are not simulated.
+//! during the run included. With [`Options::reconfigure`] (`chainlog sim --reconfigure`: four
+//! nodes, logs of rf 3) a simulated controller (`controller.rs`) hears the nodes' heartbeats
+//! and reconfigures the chains with the real controller's plan, seal and extend, over the
+//! simulated network; faults then also aim at a log's head, a middle member and its tail
+//! (kills long enough for its chain to move, pauses, partitions from everyone), and at the
+//! controller (kills, also between the seal it recorded and the epoch it starts, pauses,
+//! partitions from a node); clients follow the chains. The control thread's own code and
+//! bit flips at rest are not simulated.
 //!
 //! The workload, per log: writers appending keyed batches (some conditional, some fenced), a
 //! reader reading from every replica, a subscriber that moves between replicas, and a trimmer
@@ -25,10 +32,12 @@
 //! appends (I6), fencing tokens (I7), linearizable tails, trim points, record stamps within
 //! the stamping node's wall clock; and liveness: once the faults stop, every batch and trim is
 //! answered, every subscriber catches up and the replicas agree byte for byte, within a
-//! bounded (virtual) time.
+//! bounded (virtual) time (with a controller: it is idle with nothing to plan, every log is
+//! back at its replication factor and every node has the newest map).
 
 mod client;
 mod conn;
+mod controller;
 mod env;
 mod node;
 mod reader;
@@ -43,10 +52,12 @@ use std::time::Instant;
 
 use chainlog_storage::{Clock, FatalPanic, SimClock, SimDisk, SimRng};
 
-use crate::controller::ClusterState;
+use crate::controller::{ClusterState, StateError};
 use crate::history::{self, Outcome, Replica};
 use crate::node::control::MapUpdate;
 use client::{Mode, Writer, WriterCounts};
+pub use controller::Reconfigurations;
+use controller::{NodeView, SimController};
 use env::{Shared, Slowdown};
 use node::{SimNode, StartFailure};
 use reader::{LookCounts, Reader, Subscriber, Trimmer};
@@ -82,6 +93,23 @@ pub struct Options {
     pub silent_power_loss: bool,
     /// A deliberately broken node, to show the checks bite (see [`Canary`]).
     pub canary: Option<Canary>,
+    /// A controller reconfigures the chains (`controller::SimController`): nodes it does not
+    /// hear from are sealed out of their chains and come back at the tail, and faults aim at
+    /// the head, a middle or the tail of a log, and at the controller itself. Without it the
+    /// chains never change.
+    pub reconfigure: bool,
+}
+
+impl Options {
+    /// The reconfiguration runs: four nodes for logs of three replicas (a spare to take a
+    /// failed member's place), a controller that reconfigures, and its faults.
+    pub fn reconfiguration() -> Options {
+        Options {
+            nodes: 4,
+            reconfigure: true,
+            ..Options::default()
+        }
+    }
 }
 
 impl Default for Options {
@@ -98,6 +126,7 @@ impl Default for Options {
             faults: true,
             silent_power_loss: false,
             canary: None,
+            reconfigure: false,
         }
     }
 }
@@ -136,6 +165,17 @@ pub struct FaultCounts {
     pub clock_jumps: u64,
     /// Closed connections whose bytes, held by a partition, arrived after it healed.
     pub late_deliveries: u64,
+    /// Faults (kill -9, power loss, pause, partition from every other machine) aimed at the
+    /// head, a middle member and the tail of a log's current chain (reconfiguration runs).
+    pub head_faults: u64,
+    pub middle_faults: u64,
+    pub tail_faults: u64,
+    /// Controller kills, those while it was sealing (between the seal it recorded and the
+    /// epoch it started), pauses, and partitions between it and a node.
+    pub controller_kills: u64,
+    pub controller_kills_sealing: u64,
+    pub controller_pauses: u64,
+    pub controller_partitions: u64,
 }
 
 impl std::ops::AddAssign for FaultCounts {
@@ -151,6 +191,13 @@ impl std::ops::AddAssign for FaultCounts {
         self.slow_links += o.slow_links;
         self.clock_jumps += o.clock_jumps;
         self.late_deliveries += o.late_deliveries;
+        self.head_faults += o.head_faults;
+        self.middle_faults += o.middle_faults;
+        self.tail_faults += o.tail_faults;
+        self.controller_kills += o.controller_kills;
+        self.controller_kills_sealing += o.controller_kills_sealing;
+        self.controller_pauses += o.controller_pauses;
+        self.controller_partitions += o.controller_partitions;
     }
 }
 
@@ -236,6 +283,8 @@ pub struct Report {
     pub faults: FaultCounts,
     /// What the workload did.
     pub workload: Workload,
+    /// What the controller reconfigured (reconfiguration runs).
+    pub reconfigurations: Reconfigurations,
     /// Batches acknowledged.
     pub acked: u64,
     /// Batches whose outcome stayed unknown.
@@ -249,7 +298,7 @@ impl fmt::Display for Report {
         write!(
             f,
             "seed {}: {} violation(s), {} batches acknowledged, {} indefinite, {:.2} s simulated, \
-             faults {:?}, workload {:?}, trace {:016x}",
+             faults {:?}, workload {:?}, reconfigurations {:?}, trace {:016x}",
             self.seed,
             self.violations.len(),
             self.acked,
@@ -257,6 +306,7 @@ impl fmt::Display for Report {
             self.simulated_us as f64 / 1e6,
             self.faults,
             self.workload,
+            self.reconfigurations,
             self.trace
         )?;
         for v in self.violations.iter().take(20) {
@@ -272,13 +322,17 @@ enum Action {
     Restart { node: usize },
     Heal,
     CreateLog,
+    ControllerKill,
+    ControllerRestart,
 }
 
 /// One log of the run: its chain and its clients.
 struct LogRun {
     log_id: u64,
-    /// Node indexes, head first.
+    /// Node indexes, head first (the current epoch's chain).
     chain: Vec<usize>,
+    /// Every node that headed the log (they stamp its records).
+    heads: Vec<usize>,
     writers: Vec<Writer>,
     /// When each writer invokes its next batch.
     next_invoke: Vec<u64>,
@@ -293,9 +347,13 @@ struct Sim {
     seed: u64,
     options: Options,
     nodes: Vec<SimNode>,
+    /// The controller's state (what it persists).
     state: ClusterState,
-    /// The controller's "now" for liveness: every node registered then, and stays alive.
+    /// The controller's time at virtual time 0: every node registered then (without a
+    /// controller that reconfigures, it stays the controller's "now": every node alive).
     born: Instant,
+    /// The controller that reconfigures, if the run has one.
+    controller: Option<SimController>,
     map: MapUpdate,
     logs: Vec<LogRun>,
     rng: SimRng,
@@ -316,6 +374,8 @@ pub struct Summary {
     pub faults: FaultCounts,
     /// What the workloads did, in all.
     pub workload: Workload,
+    /// What the controllers reconfigured, in all.
+    pub reconfigurations: Reconfigurations,
     /// Batches acknowledged, in all.
     pub acked: u64,
     /// The runs that found something wrong.
@@ -340,12 +400,13 @@ pub fn run_seeds(
                 if seed >= from + count {
                     return;
                 }
-                let report = run(seed, options);
+                let report = run_caught(seed, options);
                 let mut s = summary.lock().unwrap_or_else(|e| e.into_inner());
                 s.runs += 1;
                 s.simulated_us += report.simulated_us;
                 s.faults += report.faults;
                 s.workload += report.workload;
+                s.reconfigurations += report.reconfigurations;
                 s.acked += report.acked;
                 if !report.violations.is_empty() {
                     s.failures.push(report);
@@ -357,6 +418,37 @@ pub fn run_seeds(
     let mut summary = summary.into_inner().unwrap_or_else(|e| e.into_inner());
     summary.failures.sort_by_key(|r| r.seed);
     summary
+}
+
+/// Runs one seed; a panic (an assertion of the node's code) is the run's violation, so the
+/// other seeds go on.
+fn run_caught(seed: u64, options: &Options) -> Report {
+    std::panic::catch_unwind(|| run(seed, options)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|m| m.to_string()))
+            .or_else(|| {
+                payload.downcast_ref::<FatalPanic>().map(|f| {
+                    format!(
+                        "a fatal error where the simulator does not expect one: {}",
+                        f.0
+                    )
+                })
+            })
+            .unwrap_or_default();
+        Report {
+            seed,
+            trace: 0,
+            simulated_us: 0,
+            faults: FaultCounts::default(),
+            workload: Workload::default(),
+            reconfigurations: Reconfigurations::default(),
+            acked: 0,
+            indefinite: 0,
+            violations: vec![format!("panicked: {message}")],
+        }
+    })
 }
 
 /// Keeps the panics a simulated fatal error raises (caught: the simulated process stops)
@@ -387,7 +479,11 @@ pub fn run(seed: u64, options: &Options) -> Report {
         },
     )));
     let clock = world.borrow().clock.clone();
-    let mut state = ClusterState::default();
+    let mut state = if options.reconfigure {
+        ClusterState::new(std::time::Duration::from_micros(controller::LIVENESS_US))
+    } else {
+        ClusterState::default()
+    };
     let born = Instant::now();
     let mut nodes = Vec::new();
     for i in 0..options.nodes {
@@ -407,6 +503,7 @@ pub fn run(seed: u64, options: &Options) -> Report {
         nodes,
         state,
         born,
+        controller: options.reconfigure.then(|| SimController::new(born)),
         map,
         logs: Vec::new(),
         rng: SimRng::new(seed ^ 0x5eed),
@@ -416,7 +513,10 @@ pub fn run(seed: u64, options: &Options) -> Report {
         violations: Vec::new(),
     };
     for _ in 0..options.logs {
-        sim.create_log(options.rf);
+        assert!(
+            sim.create_log(options.rf),
+            "every node is alive at the start"
+        );
     }
     for _ in 0..options.created_logs {
         let at = 100_000
@@ -452,6 +552,11 @@ pub fn run(seed: u64, options: &Options) -> Report {
         simulated_us,
         faults: sim.faults,
         workload,
+        reconfigurations: sim
+            .controller
+            .as_ref()
+            .map(|c| c.counts)
+            .unwrap_or_default(),
         acked,
         indefinite,
         violations: sim.violations,
@@ -463,15 +568,34 @@ impl Sim {
         self.clock.monotonic_us()
     }
 
+    /// The controller's time now.
+    fn instant(&self) -> Instant {
+        match &self.controller {
+            Some(c) => c.instant(self.now()),
+            None => self.born,
+        }
+    }
+
     /// Creates a log of `rf` replicas in the controller's state, installs the new map on every
-    /// node (a down node gets it when it starts), and gives the log its clients.
-    fn create_log(&mut self, rf: u8) {
+    /// node (a down node gets it when it starts), and gives the log its clients (they start
+    /// once every replica has the log, as a create is answered then). False if the
+    /// controller does not run or has too few live nodes for it: the create is tried again.
+    fn create_log(&mut self, rf: u8) -> bool {
         let index = self.logs.len();
         let name = format!("log-{index}");
-        let created = self
-            .state
-            .create_log(&name, rf, self.born)
-            .expect("enough nodes");
+        let now = self.now();
+        if self
+            .controller
+            .as_ref()
+            .is_some_and(|c| !c.up || c.paused_until.is_some_and(|t| t > now))
+        {
+            return false;
+        }
+        let created = match self.state.create_log(&name, rf, self.instant()) {
+            Ok(created) => created,
+            Err(StateError::NotEnoughNodes { .. }) if self.controller.is_some() => return false,
+            Err(e) => panic!("creating {name}: {e}"),
+        };
         let chain: Vec<usize> = self
             .state
             .log(created.log_id)
@@ -481,10 +605,11 @@ impl Sim {
             .iter()
             .map(|&id| id as usize - 1)
             .collect();
-        self.map = MapUpdate::of(self.state.map(self.born));
-        let now = self.now();
-        for node in &mut self.nodes {
-            node.map_changed(&self.map, now);
+        self.map = MapUpdate::of(self.state.map(self.instant()));
+        for i in 0..self.nodes.len() {
+            if let Err(reason) = self.nodes[i].map_changed(&self.map, now) {
+                self.stopped(i, &reason);
+            }
         }
         let log_id = created.log_id;
         let world = &mut self.world.borrow_mut();
@@ -517,8 +642,10 @@ impl Sim {
             reader: Reader::new(world, base + 50, log_id, chain.len()),
             subscriber: Subscriber::new(world, base + 51, log_id, window),
             trimmer: Trimmer::new(world, base + 52, log_id, now),
+            heads: vec![chain[0]],
             chain,
         });
+        true
     }
 
     fn start_all(&mut self) {
@@ -603,6 +730,7 @@ impl Sim {
                     Err(reason) => self.stopped(i, &reason),
                 }
             }
+            self.step_controller(now);
             self.drive_clients(now, now < active_end);
             if healed && self.settled() {
                 return;
@@ -648,6 +776,17 @@ impl Sim {
 
     /// What was still waiting when the settling time ran out.
     fn liveness_failure(&mut self) {
+        let now = self.now();
+        if let Some(c) = &self.controller {
+            let plans = crate::controller::reconfig::plan(&self.state, c.instant(now));
+            let versions: Vec<(u64, u64)> =
+                self.nodes.iter().map(|n| (n.id, n.map_version)).collect();
+            self.violations.push(format!(
+                "liveness: {}; map version {}, applied by the nodes {versions:?}; plans {plans:?}",
+                c.describe(now),
+                self.state.version(),
+            ));
+        }
         let pending: usize = self
             .logs
             .iter()
@@ -665,6 +804,12 @@ impl Sim {
             let subscriber = self.logs[l].subscriber.describe();
             self.violations
                 .push(format!("  log {log_id}: the subscriber is {subscriber}"));
+            if let Some(log) = self.state.log(log_id) {
+                let (epoch, sealing) = (log.current().clone(), log.sealing);
+                self.violations.push(format!(
+                    "  log {log_id}: the controller's epoch {epoch:?}, sealing {sealing:?}"
+                ));
+            }
             for i in chain {
                 let id = self.nodes[i].id;
                 let state = self.nodes[i]
@@ -676,6 +821,210 @@ impl Sim {
         }
     }
 
+    /// One step of the controller, if the run has one: it hears the nodes, the nodes behind
+    /// the map fetch it, a new epoch's chain goes to the clients. Now and then a seal it begins
+    /// is cut short by its own death (within the SEALs' round trip).
+    fn step_controller(&mut self, now: u64) {
+        let Some(c) = &mut self.controller else {
+            return;
+        };
+        let views: Vec<NodeView> = self
+            .nodes
+            .iter()
+            .map(|n| NodeView {
+                id: n.id,
+                host: n.host,
+                running: n.down.is_none() && n.paused_until.is_none_or(|t| t <= now),
+                applied: n.map_version,
+                addr: n.addr,
+                shards: self.options.shards,
+            })
+            .collect();
+        let step = c.step(&mut self.world.borrow_mut(), &mut self.state, &views, now);
+        if step.began && self.options.faults && now < self.options.active_us && self.rng.one_in(4) {
+            let at = now + self.rng.below(2_000);
+            self.schedule(at, Action::ControllerKill);
+        }
+        if step.changed {
+            self.publish();
+        }
+        for id in step.fetch {
+            let i = id as usize - 1;
+            if let Err(reason) = self.nodes[i].map_changed(&self.map, now) {
+                self.stopped(i, &reason);
+            }
+        }
+    }
+
+    /// The controller's map changed (a new epoch): the map nodes fetch, and the chains the
+    /// clients follow.
+    fn publish(&mut self) {
+        self.map = MapUpdate::of(self.state.map(self.instant()));
+        for log in &mut self.logs {
+            let chain: Vec<usize> = self
+                .state
+                .log(log.log_id)
+                .expect("logs are never deleted")
+                .current()
+                .chain
+                .iter()
+                .map(|&id| id as usize - 1)
+                .collect();
+            if !log.heads.contains(&chain[0]) {
+                log.heads.push(chain[0]);
+            }
+            log.chain = chain;
+        }
+    }
+
+    /// kill -9 of the controller (during the active phase), restarted a little later.
+    fn kill_controller(&mut self) {
+        let now = self.now();
+        let Some(c) = &mut self.controller else {
+            return;
+        };
+        if !c.up || now >= self.options.active_us {
+            return;
+        }
+        self.faults.controller_kills += 1;
+        if c.busy() {
+            self.faults.controller_kills_sealing += 1;
+        }
+        tracing::debug!(at_us = now, sealing = c.busy(), "fault: controller kill -9");
+        c.kill(&mut self.world.borrow_mut());
+        let at = now + 10_000 + self.rng.below(800_000);
+        self.schedule(at, Action::ControllerRestart);
+    }
+
+    /// A fault of a reconfiguration run: at a log's head, middle or tail, or at the controller.
+    fn inject_reconfiguration_fault(&mut self) {
+        let now = self.now();
+        match self.rng.below(10) {
+            0..=5 => self.role_fault(now),
+            6 | 7 => self.kill_controller(),
+            8 => {
+                let Some(c) = &mut self.controller else {
+                    return;
+                };
+                if c.up && c.paused_until.is_none() {
+                    self.faults.controller_pauses += 1;
+                    let until = now + 50_000 + self.rng.below(700_000);
+                    tracing::debug!(at_us = now, until, "fault: controller SIGSTOP");
+                    c.paused_until = Some(until);
+                }
+            }
+            _ => {
+                let node = self.nodes[self.rng.below(self.nodes.len() as u64) as usize].host;
+                let both = self.rng.one_in(2);
+                let (a, b) = if self.rng.one_in(2) {
+                    (node, controller::HOST)
+                } else {
+                    (controller::HOST, node)
+                };
+                self.faults.controller_partitions += 1;
+                tracing::debug!(
+                    at_us = now,
+                    from = a,
+                    to = b,
+                    both,
+                    "fault: controller partition"
+                );
+                self.world.borrow_mut().block(a, b);
+                if both {
+                    self.world.borrow_mut().block(b, a);
+                }
+                let at = now + 50_000 + self.rng.below(800_000);
+                self.schedule(at, Action::Heal);
+            }
+        }
+    }
+
+    /// A fault at the head, a middle member or the tail of a log's current chain: kill -9 or
+    /// power loss (restarted after long enough, often, for its chain to be reconfigured), a
+    /// pause, or a partition from every other node and the controller (its clients still
+    /// reach it).
+    fn role_fault(&mut self, now: u64) {
+        let l = self.rng.below(self.logs.len() as u64) as usize;
+        let chain = self.logs[l].chain.clone();
+        let role = self.rng.below(3);
+        let position = match role {
+            0 => 0,
+            1 if chain.len() >= 3 => 1 + self.rng.below(chain.len() as u64 - 2) as usize,
+            1 => return,
+            _ => chain.len() - 1,
+        };
+        let node = chain[position];
+        if self.nodes[node].down.is_some() {
+            return;
+        }
+        match role {
+            0 => self.faults.head_faults += 1,
+            1 => self.faults.middle_faults += 1,
+            _ => self.faults.tail_faults += 1,
+        }
+        let (id, log_id) = (self.nodes[node].id, self.logs[l].log_id);
+        match self.rng.below(4) {
+            0 | 1 => {
+                let power_loss = self.rng.one_in(2);
+                tracing::debug!(
+                    at_us = now,
+                    node = id,
+                    log_id,
+                    role,
+                    power_loss,
+                    "fault: kill of a chain member"
+                );
+                if power_loss {
+                    self.faults.power_losses += 1;
+                    let crash_seed = self.rng.next_u64();
+                    self.nodes[node].kill(&self.world, Some(crash_seed));
+                } else {
+                    self.faults.kills += 1;
+                    self.nodes[node].kill(&self.world, None);
+                }
+                let at = now + 20_000 + self.rng.below(1_500_000);
+                self.schedule(at, Action::Restart { node });
+            }
+            2 => {
+                self.faults.pauses += 1;
+                let until = now + 50_000 + self.rng.below(900_000);
+                tracing::debug!(
+                    at_us = now,
+                    node = id,
+                    log_id,
+                    role,
+                    until,
+                    "fault: SIGSTOP of a chain member"
+                );
+                self.nodes[node].paused_until = Some(until);
+            }
+            _ => {
+                self.faults.partitions += 1;
+                tracing::debug!(
+                    at_us = now,
+                    node = id,
+                    log_id,
+                    role,
+                    "fault: partition of a chain member"
+                );
+                let host = self.nodes[node].host;
+                let others: Vec<HostId> = self
+                    .nodes
+                    .iter()
+                    .map(|n| n.host)
+                    .filter(|&h| h != host)
+                    .chain([controller::HOST])
+                    .collect();
+                for other in others {
+                    self.world.borrow_mut().block(host, other);
+                    self.world.borrow_mut().block(other, host);
+                }
+                let at = now + 50_000 + self.rng.below(900_000);
+                self.schedule(at, Action::Heal);
+            }
+        }
+    }
+
     fn act(&mut self, action: Action) {
         tracing::debug!(at_us = self.now(), ?action, "scheduled");
         match action {
@@ -683,8 +1032,22 @@ impl Sim {
             Action::Heal => self.world.borrow_mut().heal(),
             Action::CreateLog => {
                 let rf = 1 + self.rng.below(u64::from(self.options.rf)) as u8;
-                self.create_log(rf);
-                self.workload.logs_created += 1;
+                if self.create_log(rf) {
+                    self.workload.logs_created += 1;
+                } else {
+                    let at = self.now() + 50_000;
+                    self.schedule(at, Action::CreateLog);
+                }
+            }
+            Action::ControllerKill => self.kill_controller(),
+            Action::ControllerRestart => {
+                let now = self.now();
+                if let Some(c) = &mut self.controller {
+                    if !c.up {
+                        tracing::debug!(at_us = now, "controller restarts");
+                        c.restart(&mut self.state, now);
+                    }
+                }
             }
         }
     }
@@ -720,6 +1083,9 @@ impl Sim {
     }
 
     fn inject_fault(&mut self) {
+        if self.controller.is_some() && self.rng.one_in(2) {
+            return self.inject_reconfiguration_fault();
+        }
         let n = self.nodes.len() as u64;
         let now = self.now();
         let node = self.rng.below(n) as usize;
@@ -854,8 +1220,15 @@ impl Sim {
             self.nodes[i].eio_one_in = 0;
             self.nodes[i].speed.set(Slowdown::default());
         }
-        self.actions.retain(|_, a| !matches!(a, Action::Heal));
+        self.actions
+            .retain(|_, a| !matches!(a, Action::Heal | Action::ControllerKill));
         let now = self.now();
+        if let Some(c) = &mut self.controller {
+            c.paused_until = None;
+            if !c.up {
+                self.schedule(now, Action::ControllerRestart);
+            }
+        }
         for i in 0..self.nodes.len() {
             if self.nodes[i].down.is_some() {
                 self.schedule(now, Action::Restart { node: i });
@@ -876,6 +1249,19 @@ impl Sim {
         }
         if self.nodes.iter().any(|n| n.down.is_some()) {
             return false;
+        }
+        if let Some(c) = &self.controller {
+            // The controller is done: no reconfiguration to make (every log back at its
+            // replication factor, every node being alive), and every node has the map.
+            let now = self.now();
+            let version = self.state.version();
+            if !c.idle(now)
+                || !crate::controller::reconfig::plan(&self.state, c.instant(now)).is_empty()
+                || self.state.under_replicated().next().is_some()
+                || self.nodes.iter().any(|n| n.map_version != version)
+            {
+                return false;
+            }
         }
         for l in 0..self.logs.len() {
             let (log_id, chain) = (self.logs[l].log_id, self.logs[l].chain.clone());
@@ -942,15 +1328,20 @@ impl Sim {
             .flat_map(|r| r.seen.iter().cloned())
             .collect();
             let mut anomalies = history::check(log_id, &ops, &replicas, &seen);
-            // Only the head stamps records (the others store them as they are): its wall
-            // clock while the append was in flight.
-            let head = &self.nodes[chain[0]];
+            // Only a head stamps records (the others store them as they are): the wall clock
+            // of one of the log's heads while the append was in flight.
+            let heads: Vec<&SimNode> = self.logs[l].heads.iter().map(|&i| &self.nodes[i]).collect();
             anomalies.extend(history::check_stamps(&ops, &seen, |op| {
                 let end = match op.outcome {
                     Outcome::Acked { at, .. } => at,
                     _ => end_us,
                 };
-                let (lo, hi) = offsets_between(&head.offsets, op.invoked, end);
+                let (lo, hi) = heads
+                    .iter()
+                    .map(|h| offsets_between(&h.offsets, op.invoked, end))
+                    .fold((i64::MAX, i64::MIN), |(lo, hi), (a, b)| {
+                        (lo.min(a), hi.max(b))
+                    });
                 let lo = (base_wall_us + op.invoked).saturating_add_signed(lo);
                 let hi = (base_wall_us + end).saturating_add_signed(hi);
                 lo..hi + 1

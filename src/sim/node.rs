@@ -105,6 +105,8 @@ pub(crate) struct SimNode {
     pub(crate) offsets: Vec<(u64, i64)>,
     /// A map to install when the node runs again (it was paused).
     map_pending: bool,
+    /// The version of the newest map its shards installed (what its heartbeats report).
+    pub(crate) map_version: u64,
     starts: u64,
 }
 
@@ -141,6 +143,7 @@ impl SimNode {
             clock,
             offsets: vec![(0, 0)],
             map_pending: false,
+            map_version: 0,
             starts: 0,
         }
     }
@@ -153,17 +156,35 @@ impl SimNode {
 
     /// A new cluster map: installed at once if the node runs, when it resumes if it is
     /// paused, at its next start if it is down (every start installs the current map).
-    pub(crate) fn map_changed(&mut self, map: &MapUpdate, now_us: u64) {
+    /// Returns the reason the process stopped if installing it met a fatal storage error
+    /// (a replica reset or cut on a failing disk): then it is dead.
+    pub(crate) fn map_changed(&mut self, map: &MapUpdate, now_us: u64) -> Result<(), String> {
         if self.down.is_some() {
-            return;
+            return Ok(());
         }
         if self.paused_until.is_some_and(|t| t > now_us) {
             self.map_pending = true;
-            return;
+            return Ok(());
         }
-        for shard in &mut self.shards {
-            shard.install(map);
+        self.install(map)
+    }
+
+    /// Installs `map` on every shard; a fatal storage error stops the process, as in
+    /// [`step`](Self::step).
+    fn install(&mut self, map: &MapUpdate) -> Result<(), String> {
+        for i in 0..self.shards.len() {
+            let shard = &mut self.shards[i];
+            let installed =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.install(map)));
+            if let Err(payload) = installed {
+                match payload.downcast::<FatalPanic>() {
+                    Ok(fatal) => return Err(fatal.0.to_string()),
+                    Err(other) => std::panic::resume_unwind(other),
+                }
+            }
         }
+        self.map_version = map.map.version();
+        Ok(())
     }
 
     /// Starts the node's process: opens every shard's store and catalog, listens, installs
@@ -257,8 +278,11 @@ impl SimNode {
                 Signals::default(),
             );
             shard.start();
-            shard.install(map);
             self.shards.push(shard);
+        }
+        if let Err(reason) = self.install(map) {
+            self.kill(world, None);
+            return Err(StartFailure::Disk(reason));
         }
         self.down = None;
         Ok(())
@@ -295,9 +319,7 @@ impl SimNode {
         let mut ran = false;
         if std::mem::take(&mut self.map_pending) {
             ran = true;
-            for shard in &mut self.shards {
-                shard.install(map);
-            }
+            self.install(map)?;
         }
         for i in 0..self.shards.len() {
             if self.shards[i].env().next_us().is_none_or(|t| t > now_us) {

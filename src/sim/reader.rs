@@ -20,7 +20,7 @@ use chainlog_net::{
 };
 use chainlog_storage::SimRng;
 
-use super::conn::{ClientConn, Link, RETRY_US};
+use super::conn::{try_again, ClientConn, Link, RETRY_US};
 use super::world::{HostId, World};
 use crate::history::{identify, Seen, Stamped};
 
@@ -124,11 +124,23 @@ impl Record {
 }
 
 /// "`name` on node N" for each of `replicas`.
-fn sources(name: &str, replicas: &[(u64, SocketAddr)]) -> Vec<String> {
+fn sources_of(name: &str, replicas: &[(u64, SocketAddr)]) -> Vec<String> {
     replicas
         .iter()
         .map(|(node, _)| format!("{name} on node {node}"))
         .collect()
+}
+
+/// Makes `sources` name `replicas` (the chain changed, or they were never named).
+fn rename(sources: &mut Vec<String>, name: &str, replicas: &[(u64, SocketAddr)]) {
+    let same = sources.len() == replicas.len()
+        && sources
+            .iter()
+            .zip(replicas)
+            .all(|(s, (node, _))| s.rsplit(' ').next().is_some_and(|n| n.parse() == Ok(*node)));
+    if !same {
+        *sources = sources_of(name, replicas);
+    }
 }
 
 /// A READ out on a connection.
@@ -145,6 +157,7 @@ struct Asked {
 pub(crate) struct Reader {
     pub(crate) log_id: u64,
     name: String,
+    host: HostId,
     /// "reader N on node M", per replica (for what it saw).
     sources: Vec<String>,
     /// One connection per replica, in chain order.
@@ -164,6 +177,7 @@ impl Reader {
         Reader {
             log_id,
             name: format!("reader {id}"),
+            host: 1000 + id as HostId,
             sources: Vec::new(),
             conns: (0..replicas)
                 .map(|_| ClientConn::new(world, 1000 + id as HostId))
@@ -178,7 +192,8 @@ impl Reader {
     }
 
     /// One step; `replicas` are the log's replicas (node id, address of the log's shard), in
-    /// chain order; new READs only while `active`.
+    /// chain order (a connection per position: one whose replica changed moves to the new
+    /// one); new READs only while `active`.
     pub(crate) fn step(
         &mut self,
         world: &mut World,
@@ -187,9 +202,16 @@ impl Reader {
         active: bool,
     ) {
         let now = world.now_us();
-        if self.sources.is_empty() {
-            self.sources = sources(&self.name, replicas);
+        rename(&mut self.sources, &self.name, replicas);
+        while self.conns.len() < replicas.len() {
+            self.conns.push(ClientConn::new(world, self.host));
+            self.asked.push(None);
         }
+        while self.conns.len() > replicas.len() {
+            self.conns.pop().expect("more than one").drop_conn(world);
+            self.asked.pop();
+        }
+        self.target %= replicas.len();
         for (i, &(_, addr)) in replicas.iter().enumerate() {
             let want = (active && i == self.target) || self.asked[i].is_some();
             match self.conns[i].poll(world, addr, want) {
@@ -238,8 +260,7 @@ impl Reader {
                         }
                     }
                     // Not there yet (a log created while this node was paused), or going down.
-                    Ok(Response::Error(e))
-                        if e.code == ErrorCode::UnknownLog || e.code.is_retryable() => {}
+                    Ok(Response::Error(e)) if try_again(e.code) => {}
                     Ok(other) => record
                         .unexpected
                         .push(format!("{source}: a READ answered with {other:?}")),
@@ -355,8 +376,9 @@ impl Subscriber {
         active: bool,
     ) {
         let now = world.now_us();
-        if self.sources.is_empty() {
-            self.sources = sources(&self.name, replicas);
+        rename(&mut self.sources, &self.name, replicas);
+        if self.replica >= replicas.len() {
+            self.replica = 0; // The chain got shorter: the connection moves.
         }
         let addr = replicas[self.replica].1;
         match self.conn.poll(world, addr, true) {
@@ -428,7 +450,7 @@ impl Subscriber {
                     if e.code == ErrorCode::Trimmed {
                         record.trimmed(source.clone(), *next, e.arg0);
                         *next = (*next).max(e.arg0);
-                    } else if !(e.code == ErrorCode::UnknownLog || e.code.is_retryable()) {
+                    } else if !try_again(e.code) {
                         record.unexpected.push(format!(
                             "{source}: the subscription ended with {} {}",
                             e.code.name(),
@@ -521,8 +543,9 @@ struct TrimOut {
 pub(crate) struct Trimmer {
     pub(crate) log_id: u64,
     name: String,
-    /// "trimmer N on node M" (the head).
+    /// "trimmer N on node M" (the head), and M.
     source: String,
+    source_node: Option<u64>,
     conn: ClientConn,
     /// Every record below was read (in order, at the head).
     read_upto: u64,
@@ -543,6 +566,7 @@ impl Trimmer {
             log_id,
             name: format!("trimmer {id}"),
             source: String::new(),
+            source_node: None,
             conn: ClientConn::new(world, 1000 + id as HostId),
             read_upto: 0,
             reading: None,
@@ -577,7 +601,8 @@ impl Trimmer {
             Link::Fresh => self.forget(),
             Link::Up => {}
         }
-        if self.source.is_empty() {
+        if self.source_node != Some(head.0) {
+            self.source_node = Some(head.0);
             self.source = format!("{} on node {}", self.name, head.0);
         }
         let source = &self.source;
@@ -603,7 +628,7 @@ impl Trimmer {
                             record.counts.records_read += n;
                         }
                     }
-                    Ok(Response::Error(e)) if e.code.is_retryable() => {}
+                    Ok(Response::Error(e)) if try_again(e.code) => {}
                     // Below the trim point although nothing below what was read was trimmed:
                     // the checker judges the trim point named.
                     Ok(Response::Error(e)) if e.code == ErrorCode::Trimmed => {
@@ -634,7 +659,7 @@ impl Trimmer {
                             trim_point: t.trim_point,
                         });
                     }
-                    Ok(Response::Error(e)) if e.code.is_retryable() => {}
+                    Ok(Response::Error(e)) if try_again(e.code) => {}
                     Ok(other) => record
                         .unexpected
                         .push(format!("{source}: a CHECK_TAIL answered with {other:?}")),
@@ -650,7 +675,7 @@ impl Trimmer {
                         });
                         *trim = None;
                     }
-                    Ok(Response::Error(e)) if e.code.is_retryable() => {
+                    Ok(Response::Error(e)) if try_again(e.code) => {
                         t.request = None;
                         t.not_before_us = now + RETRY_US;
                     }

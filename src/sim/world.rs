@@ -898,6 +898,14 @@ impl World {
         self.blocked.insert((from, to));
     }
 
+    /// Whether `a` and `b` hear each other (no partition either way, both machines up).
+    pub(crate) fn reachable(&self, a: HostId, b: HostId) -> bool {
+        !self.blocked.contains(&(a, b))
+            && !self.blocked.contains(&(b, a))
+            && !self.down.contains(&a)
+            && !self.down.contains(&b)
+    }
+
     /// Heals every partition: held bytes go, in order (a closed socket's too, then the end
     /// of its stream).
     pub(crate) fn heal(&mut self) {

@@ -88,7 +88,9 @@ fn killing_the_head_is_reported_with_its_outage_and_the_run_goes_on() {
     }
     // The failover, by phase, from the controller's metrics: the dead head was detected,
     // its epoch sealed and the log extended.
-    let phases = f["reconfiguration"].as_array().expect("reconfiguration phases");
+    let phases = f["reconfiguration"]
+        .as_array()
+        .expect("reconfiguration phases");
     for phase in ["detect", "seal", "extend"] {
         let p = phases
             .iter()

@@ -851,6 +851,7 @@ fn encode_map(out: &mut Vec<u8>, request_id: u64, map: &FakeMap, after: u64) {
             replication_factor: chain.len() as u8,
             created_version: 1,
             chain: Chain::from_slice(chain),
+            learners: Chain::from_slice(&[]),
             name,
         })
         .collect();

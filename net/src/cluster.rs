@@ -81,6 +81,9 @@ pub struct MapLog {
     /// The current chain's node ids, head first (never empty, at most the replication
     /// factor).
     pub chain: Vec<u64>,
+    /// Nodes copying the log's committed records from the chain's tail before they join the
+    /// chain (ARCHITECTURE.md, "Reconfiguration"): they serve nothing of it yet.
+    pub learners: Vec<u64>,
     /// The map version that created the log.
     pub created_version: u64,
 }
@@ -113,6 +116,7 @@ impl MapLog {
             replication_factor: self.replication_factor,
             created_version: self.created_version,
             chain: map::Chain::from_slice(&self.chain),
+            learners: map::Chain::from_slice(&self.learners),
             name: &self.name,
         }
     }
@@ -127,6 +131,7 @@ impl From<map::MapLog<'_>> for MapLog {
             epoch: log.epoch,
             start_lsn: log.start_lsn,
             chain: log.chain.iter().collect(),
+            learners: log.learners.iter().collect(),
             created_version: log.created_version,
         }
     }
@@ -203,6 +208,7 @@ mod tests {
             epoch: 1,
             start_lsn: 0,
             chain: chain.to_vec(),
+            learners: Vec::new(),
             created_version: 1,
         }
     }

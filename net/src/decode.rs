@@ -711,7 +711,9 @@ pub(crate) fn map_log<'a>(
     let replication_factor = r.u8()?;
     let chain_len = r.u8()?;
     let name_len = r.u16()?;
-    r.reserved_u32("log.reserved")?;
+    let learner_len = r.u8()?;
+    r.reserved_u8("log.reserved")?;
+    r.reserved_u16("log.reserved")?;
     let created_version = r.u64()?;
     if replication_factor == 0 {
         return Err(r.invalid("log.replication_factor", 0));
@@ -723,6 +725,13 @@ pub(crate) fn map_log<'a>(
     if chain.chunks_exact(8).any(|id| id.iter().all(|&b| b == 0)) {
         return Err(r.invalid("log.chain", 0));
     }
+    let learners = r.take(8 * usize::from(learner_len))?;
+    if learners
+        .chunks_exact(8)
+        .any(|id| id.iter().all(|&b| b == 0) || chain.chunks_exact(8).any(|c| c == id))
+    {
+        return Err(r.invalid("log.learners", 0));
+    }
     let name = r.name_of_len(name_len, limits)?;
     r.padding(name_len, "log.padding", index)?;
     Ok(MapLog {
@@ -732,6 +741,7 @@ pub(crate) fn map_log<'a>(
         replication_factor,
         created_version,
         chain: Chain::encoded(chain),
+        learners: Chain::encoded(learners),
         name,
     })
 }

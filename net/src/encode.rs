@@ -337,9 +337,10 @@ fn map_body(out: &mut Vec<u8>, map: &GetMapResponse<'_>) {
         out.push(log.replication_factor);
         out.push(u8::try_from(log.chain.len()).expect("a chain has at most 255 nodes"));
         put_u16(out, name_len(log.name));
-        put_u32(out, 0);
+        out.push(u8::try_from(log.learners.len()).expect("at most 255 learners"));
+        out.extend_from_slice(&[0; 3]);
         put_u64(out, log.created_version);
-        for node_id in log.chain {
+        for node_id in log.chain.iter().chain(log.learners.iter()) {
             put_u64(out, node_id);
         }
         put_padded(out, log.name.as_bytes());

@@ -48,6 +48,9 @@ pub struct MapLog<'a> {
     pub created_version: u64,
     /// The current epoch's chain, head first (1..=255 nonzero node ids).
     pub chain: Chain<'a>,
+    /// Learners: nodes copying the log's committed records from the chain's tail before
+    /// they join it (0..=255 nonzero node ids, none of them in the chain).
+    pub learners: Chain<'a>,
     /// The log's name (checked like every log name).
     pub name: &'a str,
 }

@@ -139,6 +139,7 @@ mod tests {
             epoch: 1,
             start_lsn: 0,
             chain: vec![1],
+            learners: Vec::new(),
             created_version: 1,
         }
     }

@@ -241,6 +241,7 @@ proptest! {
                 replication_factor: *rf,
                 created_version: *created_version,
                 chain: Chain::from_slice(chain),
+                learners: Chain::from_slice(&[]),
                 name,
             })
             .collect();

@@ -1438,8 +1438,22 @@ fn cases() -> Vec<Case> {
         ),
         map_invalid("log.padding", 1),
     ));
+    for (name, learner) in [
+        ("GET_MAP learner naming node 0", 0u64),
+        ("GET_MAP learner in the chain", 1),
+    ] {
+        // A chain of node 1 and one learner (learner_len at 28, the id after the chain).
+        let mut entry = map_log_entry(3, 3, &[1], b"log", 0);
+        entry[28] = 1;
+        entry.splice(48..48, learner.to_le_bytes());
+        cases.push(map_case(
+            name,
+            map_body(1, 1, &[node(1), entry]),
+            map_invalid("log.learners", 0),
+        ));
+    }
     let mut reserved = log(3);
-    reserved[28] = 1;
+    reserved[29] = 1;
     cases.push(map_case(
         "GET_MAP log reserved nonzero",
         map_body(1, 1, &[node(1), reserved]),

@@ -691,6 +691,7 @@ fn limits_at_the_edge_are_accepted() {
             } else {
                 &node_ids[..1]
             }),
+            learners: Chain::from_slice(if log_id == 2 { &node_ids[1..] } else { &[] }),
             name: if log_id == 1 { &name } else { "n" },
         })
         .collect();

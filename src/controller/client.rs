@@ -469,6 +469,7 @@ mod tests {
                                 replication_factor: 1,
                                 created_version: 1,
                                 chain: Chain::from_slice(&chain),
+                                learners: Chain::from_slice(&[]),
                                 name: "log",
                             })
                             .collect::<Vec<_>>();

@@ -99,6 +99,11 @@ pub struct LogState {
     /// controller that restarts before it is done carries it out, with the chain asked for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested: Option<Requested>,
+    /// Nodes copying the log's committed records from its chain's tail, to join the chain
+    /// once they have caught up (in the map, so that they know; durable, so that a restarted
+    /// controller goes on with them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learners: Vec<u64>,
 }
 
 impl LogState {
@@ -463,6 +468,7 @@ impl ClusterState {
                 }],
                 sealing: None,
                 requested: None,
+                learners: Vec::new(),
             },
         );
         Ok(Created { log_id, new: true })
@@ -932,6 +938,7 @@ impl From<&LogState> for MapLog {
             epoch: epoch.epoch,
             start_lsn: epoch.start_lsn,
             chain: epoch.chain.clone(),
+            learners: log.learners.clone(),
             created_version: log.created_version,
         }
     }

@@ -323,6 +323,8 @@ pub const MAP_NODES: [MapNode<'static>; 3] = [
 
 /// Chains for [`map_logs`].
 pub const MAP_CHAINS: [&[u64]; 3] = [&[1, 2, 5], &[5], &[2, 1]];
+/// The learners of the second log (copying before they join its chain of one).
+pub const MAP_LEARNERS: &[u64] = &[1, 2];
 
 /// Logs of a cluster map page: chains of 3, 1 and 2 nodes, names of odd and even lengths.
 pub fn map_logs() -> [MapLog<'static>; 3] {
@@ -334,6 +336,7 @@ pub fn map_logs() -> [MapLog<'static>; 3] {
             replication_factor: 3,
             created_version: 4,
             chain: Chain::from_slice(MAP_CHAINS[0]),
+            learners: Chain::from_slice(&[]),
             name: "a",
         },
         MapLog {
@@ -343,6 +346,7 @@ pub fn map_logs() -> [MapLog<'static>; 3] {
             replication_factor: 3,
             created_version: 6,
             chain: Chain::from_slice(MAP_CHAINS[1]),
+            learners: Chain::from_slice(MAP_LEARNERS),
             name: "orders",
         },
         MapLog {
@@ -352,6 +356,7 @@ pub fn map_logs() -> [MapLog<'static>; 3] {
             replication_factor: 2,
             created_version: 9,
             chain: Chain::from_slice(MAP_CHAINS[2]),
+            learners: Chain::from_slice(&[]),
             name: "exactly8",
         },
     ]

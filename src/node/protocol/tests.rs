@@ -32,6 +32,7 @@ fn map(version: u64, epoch: u64, chain: &[u64]) -> ClusterMap {
         epoch,
         start_lsn: 0,
         chain: chain.to_vec(),
+        learners: Vec::new(),
         created_version: 1,
     };
     ClusterMap::new(version, nodes, vec![log])

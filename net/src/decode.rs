@@ -296,13 +296,21 @@ fn replicate_request<'a>(
 
 fn pull_request(r: &mut Reader<'_>, limits: &Limits) -> Result<PullRequest, Error> {
     r.need(PULL_REQUEST_BYTES)?;
-    let request = PullRequest {
-        log_id: r.u64()?,
-        epoch: r.u64()?,
-        from_lsn: r.u64()?,
-        max_records: r.u32()?,
+    let (log_id, epoch, from_lsn, max_records) = (r.u64()?, r.u64()?, r.u64()?, r.u32()?);
+    let learner = match r.u8()? {
+        0 => false,
+        1 => true,
+        other => return Err(r.invalid("learner", u64::from(other))),
     };
-    r.reserved_u32("reserved")?;
+    let request = PullRequest {
+        log_id,
+        epoch,
+        from_lsn,
+        max_records,
+        learner,
+    };
+    r.reserved_u8("reserved")?;
+    r.reserved_u16("reserved")?;
     if request.max_records == 0 || request.max_records > limits.batch_records_max {
         return Err(r.invalid("max_records", u64::from(request.max_records)));
     }

@@ -161,7 +161,8 @@ pub fn encode_request(out: &mut Vec<u8>, request_id: u64, request: &Request<'_>)
             put_u64(out, pull.epoch);
             put_u64(out, pull.from_lsn);
             put_u32(out, pull.max_records);
-            put_u32(out, 0);
+            out.push(u8::from(pull.learner));
+            out.extend_from_slice(&[0; 3]);
         }
     }
     finish_frame(out, start);

@@ -842,6 +842,10 @@ pub struct PullRequest {
     pub from_lsn: u64,
     /// At most this many records (1..=`batch_records_max`).
     pub max_records: u32,
+    /// The sender is one of the log's learners, copying it before it joins the chain (not
+    /// the receiver's predecessor taking back records it lost): the receiver answers with
+    /// committed records only, and from its trim point if `from_lsn` is below it.
+    pub learner: bool,
 }
 
 /// PULL response: one run of the receiver's stored records (durable or not) from the

@@ -1530,9 +1530,15 @@ fn cases() -> Vec<Case> {
         ),
     ));
     cases.push(request(
+        "PULL learner neither 0 nor 1",
+        PULL,
+        &pull_request(1, 2),
+        invalid("learner", 2),
+    ));
+    cases.push(request(
         "PULL reserved field set",
         PULL,
-        &pull_request(1, 9),
+        &pull_request(1, 9 << 8),
         Error::ReservedNonzero {
             opcode: PULL,
             field: "reserved",

@@ -33,6 +33,7 @@ use chainlog_storage::{ReplicaState, Store};
 
 use super::conn::{conn_of, Conn};
 use super::env::Net;
+use super::learners::{store_learned, Learned};
 use super::link::{Link, LinkState, Sent, BACKOFF_MIN_MS};
 use super::metrics::ShardMetrics;
 use super::ops::{NetOp, NetToken, GENERATION_MASK};
@@ -348,6 +349,7 @@ impl Chain {
             epoch: replica.epoch(),
             from_lsn: from,
             max_records: self.limits.batch_records_max,
+            learner: false,
         };
         let request_id = self.request_id();
         let mut out = Vec::with_capacity(64);
@@ -419,6 +421,76 @@ impl Chain {
         }
         replicas.mark(log_id);
         self.again.insert(log_id);
+    }
+
+    /// Sends a learner PULL for each log this shard learns that may ask its source now
+    /// (one PULL out per log; the next goes when it is answered).
+    fn learn<E: Net>(&mut self, replicas: &mut Replicas, store: &Store<E>, now_us: u64) {
+        for (log_id, source, epoch) in replicas.learners.due(now_us) {
+            let Some(slot) = self.link_for(log_id, source) else {
+                // The source is not in the map (yet).
+                replicas.learners.held(log_id, now_us);
+                continue;
+            };
+            if self.links[slot as usize].as_ref().map(|l| l.state) != Some(LinkState::Up) {
+                continue; // Asked when the link is up (the timer's turns look again).
+            }
+            let from = store.tail(log_id).map_or(0, |t| t.next_lsn);
+            let request = PullRequest {
+                log_id,
+                epoch,
+                from_lsn: from,
+                max_records: self.limits.batch_records_max,
+                learner: true,
+            };
+            let request_id = self.request_id();
+            let link = self.links[slot as usize].as_mut().expect("link");
+            let mut out = Vec::with_capacity(64);
+            encode_request(&mut out, request_id, &Request::Pull(request));
+            link.push_bytes(out);
+            link.requests
+                .insert(request_id, Sent::Learn { log_id, from });
+            replicas.learners.sent(log_id);
+        }
+    }
+
+    /// A learner's PULL was answered: the records go to the store, and the next PULL at
+    /// once if the source may hold more, else after a pause.
+    fn on_learned<E: Net>(
+        replicas: &mut Replicas,
+        metrics: &mut ShardMetrics,
+        store: &mut Store<E>,
+        pulled: &Pulled,
+        now_us: u64,
+    ) {
+        let log_id = pulled.log_id;
+        if replicas.learners.get(log_id).is_none() {
+            return; // No longer learned here.
+        }
+        let learned = Learned {
+            log_id,
+            epoch: pulled.epoch,
+            first: pulled.first,
+            fencing_token: pulled.fencing_token,
+            writer: pulled.writer,
+            count: pulled.count,
+            records: &pulled.records,
+        };
+        let before = store.tail(log_id).map_or(0, |t| t.next_lsn);
+        match store_learned(store, &learned) {
+            Ok(more) => {
+                let after = store.tail(log_id).map_or(0, |t| t.next_lsn);
+                if after > before && after == pulled.first + u64::from(pulled.count) {
+                    metrics.learned_records += u64::from(pulled.count);
+                }
+                replicas.learners.answered(log_id, more, now_us);
+            }
+            Err(e) => {
+                // Overloaded, or damaged records: ask again later.
+                tracing::warn!(log_id, first = pulled.first, error = %e, "could not store learned records");
+                replicas.learners.held(log_id, now_us);
+            }
+        }
     }
 
     /// The end of a loop turn: forwards what was stored, answers predecessors, sends what
@@ -503,6 +575,7 @@ impl Chain {
         self.answers = answers;
         self.sends = sends;
         self.update_congestion(replicas);
+        self.learn(replicas, store, now_us);
         for slot in 0..self.links.len() {
             self.drive_link(slot as u32, replicas, metrics, store, now_us);
         }
@@ -584,6 +657,8 @@ impl Chain {
                     tracing::info!(peer, shard, "replication link closed; reconnecting");
                 }
                 self.links_down(replicas, peer, shard);
+                let shards = self.peers.get(&peer).map_or(1, |p| p.shards);
+                replicas.learners.link_down(peer, shard, shards, now_us);
             }
             _ => {}
         }
@@ -764,6 +839,21 @@ impl Chain {
                 }
                 LinkEvent::Refused {
                     log_id,
+                    sent: Sent::Learn { .. },
+                    code,
+                    message,
+                    ..
+                } => {
+                    tracing::debug!(
+                        log_id,
+                        code = code.name(),
+                        message,
+                        "a learner PULL refused; holding"
+                    );
+                    replicas.learners.held(log_id, now_us);
+                }
+                LinkEvent::Refused {
+                    log_id,
                     sent,
                     code,
                     arg0,
@@ -774,6 +864,9 @@ impl Chain {
                     self.refused(replicas, log_id, sent, code, arg0, &message, now_us);
                 }
                 LinkEvent::Pulled(pulled) => self.on_pulled(replicas, metrics, store, slot, pulled),
+                LinkEvent::Learned(pulled) => {
+                    Self::on_learned(replicas, metrics, store, &pulled, now_us);
+                }
             }
         }
         let link = self.links[slot as usize].as_mut().expect("live link");
@@ -879,6 +972,8 @@ enum LinkEvent {
     },
     /// A PULL was answered.
     Pulled(Pulled),
+    /// A learner's PULL was answered.
+    Learned(Pulled),
     /// A REPLICATE was refused.
     Refused {
         log_id: u64,
@@ -968,10 +1063,15 @@ fn next_answer(link: &mut Link, consumed: &mut usize, limits: &Limits) -> Option
         Sent::Records { log_id, bytes, .. } => (log_id, None, bytes),
         Sent::Trim { log_id } => (log_id, None, 0),
         Sent::Barrier { log_id, covers } => (log_id, Some(covers), 0),
-        Sent::Pull { log_id, from } => {
+        Sent::Pull { log_id, from } | Sent::Learn { log_id, from } => {
+            let learner = matches!(sent, Sent::Learn { .. });
             return Some(match response {
-                Response::Pull(p) if p.log_id == log_id && p.first_lsn == from => {
-                    LinkEvent::Pulled(Pulled {
+                // A learner's answer starts at the source's trim point if that is above.
+                Response::Pull(p)
+                    if p.log_id == log_id
+                        && (p.first_lsn == from || (learner && p.first_lsn > from)) =>
+                {
+                    let pulled = Pulled {
                         log_id,
                         epoch: p.epoch,
                         first: p.first_lsn,
@@ -980,7 +1080,12 @@ fn next_answer(link: &mut Link, consumed: &mut usize, limits: &Limits) -> Option
                         writer: (p.writer_id, p.writer_seq),
                         count: p.records.count(),
                         records: p.records.bytes().to_vec(),
-                    })
+                    };
+                    if learner {
+                        LinkEvent::Learned(pulled)
+                    } else {
+                        LinkEvent::Pulled(pulled)
+                    }
                 }
                 Response::Error(e) => LinkEvent::Refused {
                     log_id,

@@ -57,6 +57,11 @@ pub(crate) enum Sent {
         log_id: u64,
         from: u64,
     },
+    /// A learner's PULL of `log_id` from `from`.
+    Learn {
+        log_id: u64,
+        from: u64,
+    },
 }
 
 /// Bytes to send.

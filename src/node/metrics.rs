@@ -95,6 +95,8 @@ pub(crate) struct ShardMetrics {
     pub(crate) catch_up_records: u64,
     /// Records taken back from a successor after a restart (this node had lost them).
     pub(crate) pulled_records: u64,
+    /// Records a learner copied from its source (before it joins the chain).
+    pub(crate) learned_records: u64,
     /// Replication links closed (they reconnect).
     pub(crate) link_resets: u64,
     /// Traced appends whose answers are on their way out.
@@ -122,6 +124,7 @@ impl ShardMetrics {
             forwards: 0,
             catch_up_records: 0,
             pulled_records: 0,
+            learned_records: 0,
             link_resets: 0,
             traces: Traces::default(),
         }
@@ -273,7 +276,7 @@ const BATCHES: [(&str, &str, HistogramOf); 2] = [
         |s| &s.store.batch_bytes,
     ),
 ];
-const COUNTS: [(&str, &str, &str, CountOf); 15] = [
+const COUNTS: [(&str, &str, &str, CountOf); 16] = [
     (
         "chainlog_replication_forwards_total",
         "counter",
@@ -291,6 +294,12 @@ const COUNTS: [(&str, &str, &str, CountOf); 15] = [
         "counter",
         "Records taken back from a successor after a restart (this node had lost them).",
         |s| s.shard.pulled_records,
+    ),
+    (
+        "chainlog_replication_learned_records_total",
+        "counter",
+        "Records copied as a learner of a log, before joining its chain.",
+        |s| s.shard.learned_records,
     ),
     (
         "chainlog_replication_link_resets_total",

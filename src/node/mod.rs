@@ -16,6 +16,7 @@ pub(crate) mod chain;
 mod conn;
 pub(crate) mod control;
 pub(crate) mod env;
+mod learners;
 mod link;
 pub mod listen;
 pub(crate) mod metrics;

@@ -36,6 +36,7 @@ use chainlog_storage::{fatal, Ack, AppendOptions, Batch, Clock, FatalReason, Sto
 
 use super::catalog::{Catalog, CatalogError, LogEntry as CatalogEntry};
 use super::conn::{Barrier, Conn, Pending, Session, Until};
+use super::learners::is_learner_entry;
 use super::metrics::ShardMetrics;
 use super::records::push_records;
 use super::refusal::{refuse, Refusal};
@@ -521,11 +522,21 @@ impl Server {
             self.answer_barriers(session, store);
             return Ok(());
         }
-        let replica = self.replicas.known(log_id)?;
+        // A learner's tail is how far its copy is durable (the controller watches it).
+        let (tail, epoch) = match self.replicas.known(log_id) {
+            Ok(replica) => (replica.readable(), replica.epoch()),
+            Err(unknown) => match self.replicas.learners.get(log_id) {
+                Some(learner) => (
+                    store.tail(log_id).map_or(0, |t| t.durable_lsn),
+                    learner.epoch,
+                ),
+                None => return Err(unknown),
+            },
+        };
         let tail = TailResponse {
-            tail: replica.readable(),
+            tail,
             trim_point: store.tail(log_id).map_or(0, |t| t.trim_point),
-            epoch: replica.epoch(),
+            epoch,
         };
         encode_response(
             &mut session.out,
@@ -803,12 +814,22 @@ impl Server {
     pub(crate) fn apply_map<I: Io>(&mut self, map: &ClusterMap, store: &mut Store<I>) {
         let me = self.node_id;
         let (shard_count, shard_index) = (u64::from(self.shard_count), self.shard_index);
+        let here = |l: &&MapLog| (l.log_id % shard_count) as u16 == shard_index;
         let mine: Vec<&MapLog> = map
             .logs()
             .iter()
-            .filter(|l| l.chain.contains(&me) && (l.log_id % shard_count) as u16 == shard_index)
+            .filter(|l| l.chain.contains(&me) && here(l))
+            .collect();
+        let learning: Vec<&MapLog> = map
+            .logs()
+            .iter()
+            .filter(|l| l.learners.contains(&me) && here(l))
             .collect();
         let mut kept = HashSet::new();
+        for log in learning {
+            kept.insert(log.log_id);
+            self.learn(log, store);
+        }
         for log in mine {
             kept.insert(log.log_id);
             if self
@@ -842,6 +863,7 @@ impl Server {
             }
             if !current {
                 tracing::info!(log_id = log.log_id, name = log.name, epoch = log.epoch, chain = ?log.chain, start_lsn = log.start_lsn, "log installed");
+                self.replicas.learners.remove(log.log_id);
                 self.replicas.install(log.log_id, &entry, store, recovered);
             }
         }
@@ -858,8 +880,49 @@ impl Server {
                 self.catalog_failed(&e);
             }
             self.replicas.remove(log_id);
+            self.replicas.learners.remove(log_id);
             self.free_space(log_id, store);
         }
+    }
+
+    /// Makes this shard a learner of `log` (the map names this node among its learners):
+    /// it copies the log's committed records from the chain's tail (`super::learners`). A
+    /// copy already under way goes on from where the store ends (its records are committed
+    /// ones); anything else the store holds of the log may be a suffix that was never
+    /// acknowledged (this node was sealed out of the chain), so the copy starts from nothing.
+    fn learn<I: Io>(&mut self, log: &MapLog, store: &mut Store<I>) {
+        let me = self.node_id;
+        let before = self.catalog.get(log.log_id).cloned();
+        if !before.as_ref().is_some_and(|e| is_learner_entry(e, me)) {
+            if self.replicas.get(log.log_id).is_some() {
+                // A member sealed out: what it sequenced as head is answered no more.
+                self.rebuilt_in.insert(log.log_id, u64::MAX);
+            }
+            if let Some(tail) = store.tail(log.log_id) {
+                if tail.next_lsn > 0 || tail.trim_point > 0 {
+                    tracing::info!(
+                        log_id = log.log_id,
+                        next = tail.next_lsn,
+                        "a learner of this log here: copying it from nothing"
+                    );
+                    let reset = store.reset_log(log.log_id, 0, 0, UNANSWERED);
+                    self.make_durable(log.log_id, reset, store);
+                }
+            }
+            self.replicas.remove(log.log_id);
+        }
+        let entry = CatalogEntry {
+            name: log.name.clone(),
+            replication_factor: log.replication_factor,
+            epoch: log.epoch,
+            chain: log.chain.clone(),
+            sealed: false,
+        };
+        if let Err(e) = self.catalog.install(log.log_id, entry) {
+            self.catalog_failed(&e);
+        }
+        let source = *log.chain.last().expect("a map's chain is never empty");
+        self.replicas.learners.learn(log.log_id, log.epoch, source);
     }
 
     /// Makes the store fit for `log`'s epoch before this node installs it (the epoch is new
@@ -882,10 +945,12 @@ impl Server {
         let survivor = before.is_some_and(|e| {
             e.epoch + 1 == log.epoch && e.sealed && e.chain.contains(&self.node_id)
         });
+        // A learner's copy is of committed records: below the start of every later epoch.
+        let learned = before.is_some_and(|e| is_learner_entry(e, self.node_id));
         let Some(tail) = store.tail(log.log_id) else {
-            return survivor; // Nothing here of this log.
+            return survivor || learned; // Nothing here of this log.
         };
-        let cut = if survivor {
+        let cut = if survivor || learned {
             if tail.next_lsn <= log.start_lsn {
                 return true;
             }
@@ -907,12 +972,24 @@ impl Server {
             );
             store.reset_log(log.log_id, 0, 0, UNANSWERED)
         };
+        self.make_durable(log.log_id, cut, store);
+        false
+    }
+
+    /// Makes a cut or reset of `log_id` (`cut`: its outcome) durable before what depends on
+    /// it is installed; a store that fails here stops the node.
+    fn make_durable<I: Io>(
+        &mut self,
+        log_id: u64,
+        cut: chainlog_storage::Result<()>,
+        store: &mut Store<I>,
+    ) {
         let mut acks = Vec::new();
         let durable = cut.and_then(|()| store.sync_all(&mut acks));
         if let Err(e) = durable {
             fatal(FatalReason::store(
                 Some(self.shard_index),
-                format!("preparing log {}: {e}", log.log_id),
+                format!("preparing log {log_id}: {e}"),
             ));
         }
         // The acks this wait collected are the replicas' now, before the cut log's replica
@@ -924,7 +1001,6 @@ impl Server {
             self.replicas.on_store_ack(ack);
         }
         self.acks_taken.append(&mut acks);
-        false
     }
 
     /// True if acks the store gave while the server waited for it (installing a map) wait

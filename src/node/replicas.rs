@@ -27,6 +27,7 @@ use chainlog_storage::io::Io;
 use chainlog_storage::{Ack, Pin, ReplicaState, Store};
 
 use super::catalog::{Catalog, LogEntry as CatalogEntry};
+use super::learners::{is_learner_entry, Learners};
 use super::records::encode_run;
 use super::refusal::{refuse, Refusal};
 use crate::replication::{Answer, Blocked, Forwarding, NodeId, Receive, Replica, Upstream};
@@ -70,6 +71,8 @@ pub(crate) struct Replicas {
     /// The store token of the connection each log's REPLICATEs came from last (its answers
     /// go there).
     upstream: HashMap<u64, u64>,
+    /// The logs this shard copies before it joins their chains (no replica of them here).
+    pub(crate) learners: Learners,
 }
 
 impl Replicas {
@@ -82,10 +85,18 @@ impl Replicas {
         catalog: &Catalog,
         store: &Store<I>,
     ) -> Replicas {
-        let logs: HashMap<u64, Replica> = catalog
-            .list(None, usize::MAX)
-            .map(|(log_id, entry)| (log_id, replica_of(log_id, entry, node_id, store, true)))
-            .collect();
+        let mut learners = Learners::default();
+        let mut logs = HashMap::new();
+        for (log_id, entry) in catalog.list(None, usize::MAX) {
+            match entry.chain.last() {
+                Some(&source) if is_learner_entry(entry, node_id) => {
+                    learners.learn(log_id, entry.epoch, source);
+                }
+                _ => {
+                    logs.insert(log_id, replica_of(log_id, entry, node_id, store, true));
+                }
+            }
+        }
         let touched = logs
             .iter()
             .filter(|(_, r)| r.successor().is_some())
@@ -99,6 +110,7 @@ impl Replicas {
             touched,
             congested: HashSet::new(),
             upstream: HashMap::new(),
+            learners,
         }
     }
 
@@ -303,15 +315,23 @@ impl Replicas {
                 format!("log {log_id}: {from} is not this replica's predecessor"),
             ));
         }
-        let current = replica.epoch();
-        if epoch != current {
+        in_epoch(replica, log_id, epoch)
+    }
+
+    /// Checks that a learner PULL of `log_id` in `epoch` comes from a node (`peer`: its
+    /// connection's PEER) in the log's current epoch. Any node may copy committed records,
+    /// which READ serves to anyone; the epoch keeps a learner of a chain that moved on from
+    /// copying an old one's view.
+    fn check_learner(&self, peer: Option<u64>, log_id: u64, epoch: u64) -> Result<(), Refusal> {
+        let replica = self.known(log_id)?;
+        if peer.is_none() {
             return Err(refuse(
-                ErrorCode::WrongEpoch,
-                current,
-                format!("log {log_id} is in epoch {current}, not {epoch}"),
+                ErrorCode::UnknownNode,
+                ARG_NONE,
+                format!("log {log_id}: a learner PULL on a connection without PEER"),
             ));
         }
-        Ok(())
+        in_epoch(replica, log_id, epoch)
     }
 
     /// The SEALED refusal of traffic of `log_id`'s sealed epoch, if it is sealed here.
@@ -330,14 +350,7 @@ impl Replicas {
     /// good; returns its end and whether this sealed it (false: sealed already, same end).
     pub(crate) fn seal(&mut self, log_id: u64, epoch: u64) -> Result<(u64, bool), Refusal> {
         let replica = self.known(log_id)?;
-        let current = replica.epoch();
-        if epoch != current {
-            return Err(refuse(
-                ErrorCode::WrongEpoch,
-                current,
-                format!("log {log_id} is in epoch {current} here, not {epoch}"),
-            ));
-        }
+        in_epoch(replica, log_id, epoch)?;
         let first = replica.sealed().is_none();
         let end = self.logs.get_mut(&log_id).expect("checked above").seal();
         Ok((end, first))
@@ -499,16 +512,35 @@ impl Replicas {
         out: &mut Vec<u8>,
     ) -> Result<(), Refusal> {
         let log_id = pull.log_id;
-        self.check_predecessor(peer, log_id, pull.epoch)?;
+        if pull.learner {
+            self.check_learner(peer, log_id, pull.epoch)?;
+        } else {
+            self.check_predecessor(peer, log_id, pull.epoch)?;
+        }
         self.refuse_if_sealed(log_id)?;
         let replica = &self.logs[&log_id];
-        let (epoch, next) = (replica.epoch(), replica.next_lsn());
-        let max_records = pull.max_records.min(self.limits.batch_records_max) as usize;
-        let run = if pull.from_lsn < next {
+        let epoch = replica.epoch();
+        let (trim_point, fencing_token) = store
+            .tail(log_id)
+            .map_or((0, 0), |t| (t.trim_point, t.fencing_token));
+        // A learner copies committed records only (what readers see here), from the trim
+        // point on: below it, an empty answer at the trim point with the log's fencing token
+        // (as a TRIM to a replica that joined: section 6.11) starts its copy there.
+        let (from, end, next) = if pull.learner {
+            let trimmed = pull.from_lsn < trim_point;
+            let from = pull.from_lsn.max(trim_point);
+            let end = if trimmed { from } else { replica.readable() };
+            (from, end, replica.readable())
+        } else {
+            (pull.from_lsn, replica.next_lsn(), replica.next_lsn())
+        };
+        let max_records = u64::from(pull.max_records.min(self.limits.batch_records_max))
+            .min(end.saturating_sub(from)) as usize;
+        let run = if max_records > 0 {
             store
                 .read_stored_runs(
                     log_id,
-                    pull.from_lsn,
+                    from,
                     max_records,
                     self.limits.frame_bytes_max as usize,
                 )
@@ -525,7 +557,16 @@ impl Replicas {
                     encode_run(&mut body, log_id, &run, self.limits.records_bytes_max());
                 (run.first_lsn(), count, run.records[0].epoch, state)
             }
-            None => (pull.from_lsn, 0, epoch, ReplicaState::default()),
+            None if from > pull.from_lsn => (
+                from,
+                0,
+                epoch,
+                ReplicaState {
+                    fencing_token: Some(fencing_token).filter(|&t| t != 0),
+                    writer: None,
+                },
+            ),
+            None => (from, 0, epoch, ReplicaState::default()),
         };
         let form = RecordForm::Replicated {
             log_id,
@@ -620,6 +661,19 @@ impl Replicas {
         }
         (behind, records)
     }
+}
+
+/// WRONG_EPOCH unless `replica` (of `log_id`) is in `epoch`.
+fn in_epoch(replica: &Replica, log_id: u64, epoch: u64) -> Result<(), Refusal> {
+    let current = replica.epoch();
+    if epoch != current {
+        return Err(refuse(
+            ErrorCode::WrongEpoch,
+            current,
+            format!("log {log_id} is in epoch {current}, not {epoch}"),
+        ));
+    }
+    Ok(())
 }
 
 /// The replication state of a catalog's log on this node, over what the store holds (a

@@ -257,6 +257,7 @@ pub fn request_corpus() -> Vec<Vec<u8>> {
             epoch: 3,
             from_lsn: 10,
             max_records: 512,
+            learner: true,
         }),
         Request::Seal(SealRequest {
             log_id: 7,

@@ -4,17 +4,28 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chainlog_net::cluster::{ClusterMap, MapLog, MapNode};
-use chainlog_net::Limits;
+use chainlog_net::{decode_response, parse_frame, Limits, PullRequest, Response};
 use chainlog_storage::io::{FaultConfig, SimIo};
 use chainlog_storage::{Record, SimDisk, Store, StoreConfig};
 
 use super::{Identity, Server};
 use crate::node::catalog::{Catalog, StoreLogs};
+use crate::node::learners::{store_learned, Learned};
 use crate::node::replicas::UNANSWERED;
 
 const LOG: u64 = 7;
 
 fn map(version: u64, epoch: u64, chain: &[u64]) -> ClusterMap {
+    map_with_learners(version, epoch, 0, chain, &[])
+}
+
+fn map_with_learners(
+    version: u64,
+    epoch: u64,
+    start_lsn: u64,
+    chain: &[u64],
+    learners: &[u64],
+) -> ClusterMap {
     let nodes = (1..=2)
         .map(|node_id| MapNode {
             node_id,
@@ -30,9 +41,9 @@ fn map(version: u64, epoch: u64, chain: &[u64]) -> ClusterMap {
         name: "orders".to_string(),
         replication_factor: 2,
         epoch,
-        start_lsn: 0,
+        start_lsn,
         chain: chain.to_vec(),
-        learners: Vec::new(),
+        learners: learners.to_vec(),
         created_version: 1,
     };
     ClusterMap::new(version, nodes, vec![log])
@@ -40,6 +51,11 @@ fn map(version: u64, epoch: u64, chain: &[u64]) -> ClusterMap {
 
 /// Node 1's only shard, on an empty store of `disk` and a catalog in `dir`.
 fn server(disk: &SimDisk, dir: &Path) -> (Server, Store<SimIo>) {
+    node(1, disk, dir)
+}
+
+/// Node `node_id`'s only shard, on an empty store of `disk` and a catalog in `dir`.
+fn node(node_id: u64, disk: &SimDisk, dir: &Path) -> (Server, Store<SimIo>) {
     let clock = Arc::new(disk.clock());
     let io = disk.io(FaultConfig {
         seed: 1,
@@ -61,7 +77,7 @@ fn server(disk: &SimDisk, dir: &Path) -> (Server, Store<SimIo>) {
     let who = Identity {
         shard_index: 0,
         shard_count: 1,
-        node_id: 1,
+        node_id,
         limits: Limits::DEFAULT,
         cluster: true,
     };
@@ -114,4 +130,144 @@ fn the_acks_an_install_collects_belong_to_the_replica_they_were_made_for() {
         store.tail(LOG).map(|t| (t.next_lsn, t.trim_point)),
         Some((0, 0))
     );
+}
+
+/// Appends `payloads` to `LOG` at `server`'s head and makes them durable.
+fn append(server: &mut Server, store: &mut Store<SimIo>, epoch: u64, payloads: &[&[u8]]) {
+    let records: Vec<Record<'_>> = payloads.iter().map(|p| Record::new(p)).collect();
+    let lsns = store
+        .append(LOG, epoch, &records, UNANSWERED)
+        .expect("append");
+    let replica = server.replicas.get_mut(LOG).expect("a replica here");
+    replica.stored(lsns.start, lsns.end, None);
+    sync(server, store);
+}
+
+/// One learner PULL of node `learner` to `source` (in `epoch`), answered and stored as the
+/// learner's link stores it. Returns (first LSN, records) of the answer.
+fn learn_once(
+    source: &mut (Server, Store<SimIo>),
+    learner: &mut Store<SimIo>,
+    learner_id: u64,
+    epoch: u64,
+) -> (u64, u32) {
+    let from = learner.tail(LOG).map_or(0, |t| t.next_lsn);
+    let pull = PullRequest {
+        log_id: LOG,
+        epoch,
+        from_lsn: from,
+        max_records: 4,
+        learner: true,
+    };
+    let mut out = Vec::new();
+    let (server, store) = source;
+    server
+        .replicas
+        .pull(Some(learner_id), store, 9, &pull, &mut out)
+        .expect("a learner PULL is answered");
+    let limits = Limits::DEFAULT.replication();
+    let frame = parse_frame(&out, &limits).expect("a frame").expect("whole");
+    let Ok(Response::Pull(p)) = decode_response(&frame, &limits) else {
+        panic!("not a PULL answer");
+    };
+    let learned = Learned {
+        log_id: LOG,
+        epoch: p.epoch,
+        first: p.first_lsn,
+        fencing_token: p.fencing_token,
+        writer: (p.writer_id, p.writer_seq),
+        count: p.records.count(),
+        records: p.records.bytes(),
+    };
+    store_learned(learner, &learned).expect("stored");
+    let mut acks = Vec::new();
+    learner.sync_all(&mut acks).expect("sync");
+    (p.first_lsn, p.records.count())
+}
+
+/// The records of `LOG` in `store` from `from`: (LSN, epoch, payload).
+fn records(store: &mut Store<SimIo>, from: u64) -> Vec<(u64, u64, Vec<u8>)> {
+    store
+        .read_stored(LOG, from, usize::MAX, usize::MAX)
+        .expect("read")
+        .into_iter()
+        .map(|r| (r.lsn, r.epoch, r.payload.to_vec()))
+        .collect()
+}
+
+/// A member sealed out of a log's chain and then made its learner: what it held may be a
+/// suffix never acknowledged, so it copies the log from nothing; it copies only committed
+/// records, from the source's trim point; and when the next epoch puts it in the chain it
+/// keeps its copy (committed records are below every later epoch's start) instead of
+/// starting empty again.
+#[test]
+fn a_learner_copies_committed_records_and_keeps_them_when_it_joins_the_chain() {
+    let dirs = [
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    ];
+    let disks = [SimDisk::new(), SimDisk::new()];
+    let mut one = node(1, &disks[0], dirs[0].path());
+    let mut two = node(2, &disks[1], dirs[1].path());
+    // Epoch 1: node 1 alone; it sequences records that node 2 never gets.
+    one.0.apply_map(&map(1, 1, &[1]), &mut one.1);
+    append(
+        &mut one.0,
+        &mut one.1,
+        1,
+        &[b"lost-0", b"lost-1", b"lost-2"],
+    );
+    // Epoch 2 (as if node 1 had been sealed out with nothing acknowledged): node 2 alone,
+    // from 0; node 1 its learner.
+    let epoch2 = map_with_learners(2, 2, 0, &[2], &[1]);
+    two.0.apply_map(&epoch2, &mut two.1);
+    let payloads: Vec<Vec<u8>> = (0..10u8).map(|i| vec![b'a' + i; 20]).collect();
+    let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+    append(&mut two.0, &mut two.1, 2, &refs);
+    two.1.trim(LOG, 3, UNANSWERED).expect("trim");
+    sync(&mut two.0, &mut two.1);
+    // Two more stored at the source, not durable there yet: not committed.
+    let uncommitted = [Record::new(b"maybe-0"), Record::new(b"maybe-1")];
+    let lsns = two
+        .1
+        .append(LOG, 2, &uncommitted, UNANSWERED)
+        .expect("append");
+    two.0
+        .replicas
+        .get_mut(LOG)
+        .expect("replica")
+        .stored(lsns.start, lsns.end, None);
+    one.0.apply_map(&epoch2, &mut one.1);
+    assert!(one.0.replicas.get(LOG).is_none(), "no replica: a learner");
+    assert_eq!(
+        one.0
+            .replicas
+            .learners
+            .get(LOG)
+            .map(|l| (l.epoch, l.source)),
+        Some((2, 2))
+    );
+    assert_eq!(
+        one.1.tail(LOG).map(|t| (t.next_lsn, t.trim_point)),
+        Some((0, 0)),
+        "the records it sequenced itself are gone"
+    );
+    // The copy starts at the source's trim point, then takes committed records only.
+    assert_eq!(learn_once(&mut two, &mut one.1, 1, 2), (3, 0));
+    assert_eq!(
+        one.1.tail(LOG).map(|t| (t.next_lsn, t.trim_point)),
+        Some((3, 3))
+    );
+    assert_eq!(learn_once(&mut two, &mut one.1, 1, 2), (3, 4));
+    assert_eq!(learn_once(&mut two, &mut one.1, 1, 2), (7, 3));
+    assert_eq!(learn_once(&mut two, &mut one.1, 1, 2), (10, 0), "caught up");
+    assert_eq!(records(&mut one.1, 3), records(&mut two.1, 3)[..7].to_vec());
+    // Epoch 3: node 1 joins at the tail. It keeps its copy, settles, and its TAIL_HINT
+    // epoch is the chain's.
+    one.0
+        .apply_map(&map_with_learners(3, 3, 12, &[2, 1], &[]), &mut one.1);
+    assert!(one.0.replicas.learners.get(LOG).is_none());
+    let replica = one.0.replicas.get(LOG).expect("a replica now");
+    assert_eq!((replica.epoch(), replica.next_lsn()), (3, 10));
+    assert_eq!(records(&mut one.1, 3).len(), 7, "the copy is kept");
 }

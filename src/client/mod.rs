@@ -74,6 +74,10 @@ pub struct ClientConfig {
     pub unavailable_retries_max: u32,
     /// Pause before the first retry of UNAVAILABLE (doubled on each retry).
     pub unavailable_backoff: Duration,
+    /// Pause before asking the controller again for the epoch that follows a sealed one
+    /// (doubled on each try): the controller extends a sealed epoch within milliseconds, so
+    /// this is short, unlike a node's recovery.
+    pub sealed_backoff: Duration,
     /// Records a subscription may have pushed to it and not yet consumed.
     pub subscription_credit: u32,
     /// In a cluster, the replica that serves reads, subscriptions and TAIL_HINT.
@@ -102,6 +106,7 @@ impl Default for ClientConfig {
             in_flight_max: Limits::DEFAULT.in_flight_max as usize,
             unavailable_retries_max: 3,
             unavailable_backoff: Duration::from_millis(50),
+            sealed_backoff: Duration::from_millis(5),
             subscription_credit: 1024,
             read_from: ReadFrom::Head,
         }
@@ -761,7 +766,7 @@ impl Client {
             // The epoch is sealed and the controller has not published the next one yet
             // (it seals, then extends): wait for it rather than give up. The request did not
             // take effect (an ERROR never does).
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(config.sealed_backoff * (1 << (failures - 1).min(4))).await;
             return Next::Reroute;
         }
         if view.map.version() <= seen || error.outcome_unknown() {

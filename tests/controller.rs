@@ -161,7 +161,7 @@ impl FakeNodes {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     for (&id, version) in applied.iter_mut() {
-                        let current = client.heartbeat(id, *version).expect("heartbeat");
+                        let current = client.heartbeat(id, *version, 0).expect("heartbeat");
                         if !frozen.lock().expect("frozen").contains(&id) {
                             *version = current;
                         }
@@ -233,7 +233,7 @@ fn nodes_register_logs_are_placed_and_a_restart_keeps_the_map() {
     }
     assert_eq!(c.register(3, "127.0.0.1:17003", 2).expect("again"), 3);
     assert_eq!(c.register(3, "127.0.0.1:18003", 2).expect("moved"), 4);
-    assert_eq!(code(c.heartbeat(99, 0)), ErrorCode::UnknownNode);
+    assert_eq!(code(c.heartbeat(99, 0, 0)), ErrorCode::UnknownNode);
     let nodes = FakeNodes::start(controller.addr, &[1, 2, 3]);
 
     // Placement: fewest chains first, then fewest heads; the head has the fewest heads.

@@ -134,10 +134,11 @@ pub fn decode_request<'a>(frame: &Frame<'a>, limits: &Limits) -> Result<Request<
             })
         }
         Opcode::Heartbeat => {
-            r.need(16)?;
+            r.need(24)?;
             Request::Heartbeat(HeartbeatRequest {
                 node_id: r.node_id("node_id")?,
                 applied_version: r.u64()?,
+                suspect: r.u64()?,
             })
         }
         Opcode::GetMap => {

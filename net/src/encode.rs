@@ -136,6 +136,7 @@ pub fn encode_request(out: &mut Vec<u8>, request_id: u64, request: &Request<'_>)
         Request::Heartbeat(heartbeat) => {
             put_u64(out, heartbeat.node_id);
             put_u64(out, heartbeat.applied_version);
+            put_u64(out, heartbeat.suspect);
         }
         Request::GetMap(get) => {
             put_u64(out, get.after_log_id);

@@ -527,6 +527,9 @@ pub struct HeartbeatRequest {
     pub node_id: u64,
     /// The newest map version every shard of the node has applied.
     pub applied_version: u64,
+    /// A node whose replication connection with this one failed (this node's successor or
+    /// predecessor in a chain), that the controller should check at once; 0 for none.
+    pub suspect: u64,
 }
 
 /// GET_MAP request.

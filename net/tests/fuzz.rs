@@ -290,7 +290,7 @@ proptest! {
                 shard_count: (c as u16).max(1),
                 addr: &name,
             }),
-            Request::Heartbeat(HeartbeatRequest { node_id: a.max(1), applied_version: b }),
+            Request::Heartbeat(HeartbeatRequest { node_id: a.max(1), applied_version: b, suspect: u64::from(c) }),
             Request::GetMap(GetMapRequest { after_log_id: a, max: c }),
         ];
         for request in requests {

@@ -992,6 +992,7 @@ fn cases() -> Vec<Case> {
     let heartbeat = |node_id: u64| {
         let mut body = node_id.to_le_bytes().to_vec();
         body.extend_from_slice(&41u64.to_le_bytes());
+        body.extend_from_slice(&0u64.to_le_bytes());
         body
     };
     cases.push(request(
@@ -1007,7 +1008,7 @@ fn cases() -> Vec<Case> {
         Error::BodyTruncated {
             opcode: HEARTBEAT,
             body_bytes: 8,
-            needed_bytes: 16,
+            needed_bytes: 24,
         },
     ));
     cases.push(request(

@@ -152,15 +152,22 @@ impl Client {
     }
 
     /// Says node `node_id` is alive and has applied map version `applied_version` on every
-    /// shard; returns the controller's map version (fetch the map if it is newer). A node
+    /// shard, and names `suspect` (0: none), a node whose replication connection with it
+    /// failed; returns the controller's map version (fetch the map if it is newer). A node
     /// that never registered gets UNKNOWN_NODE ([`ClientError::Server`]).
-    pub fn heartbeat(&mut self, node_id: u64, applied_version: u64) -> Result<u64, ClientError> {
+    pub fn heartbeat(
+        &mut self,
+        node_id: u64,
+        applied_version: u64,
+        suspect: u64,
+    ) -> Result<u64, ClientError> {
         if node_id == 0 {
             return Err(ClientError::Invalid("node id 0 is not a node".into()));
         }
         let request = Request::Heartbeat(HeartbeatRequest {
             node_id,
             applied_version,
+            suspect,
         });
         self.call(&request, |r| match r {
             Response::Heartbeat(version) => Some(version.map_version),
@@ -514,7 +521,7 @@ mod tests {
         let mut client = Client::connect(addr, Duration::from_secs(30)).expect("connect");
         assert!(matches!(client.map(), Err(ClientError::Protocol(_))));
         assert!(matches!(
-            client.heartbeat(1, 0),
+            client.heartbeat(1, 0, 0),
             Err(ClientError::ConnectionLost { .. })
         ));
     }

@@ -91,6 +91,8 @@ pub(crate) struct Chain {
     turn_logs: Vec<u64>,
     answers: Vec<crate::replication::Answer>,
     sends: Vec<Send>,
+    /// Nodes whose link from this shard failed since the shard last took them.
+    suspects: Vec<NodeId>,
 }
 
 impl Chain {
@@ -109,7 +111,15 @@ impl Chain {
             turn_logs: Vec::new(),
             answers: Vec::new(),
             sends: Vec::new(),
+            suspects: Vec::new(),
         }
+    }
+
+    /// The nodes whose link from this shard failed (closed, or could not connect) since the
+    /// last call: the shard names them to the controller, which then checks at once whether
+    /// they still heartbeat.
+    pub(crate) fn take_suspects(&mut self) -> std::vec::Drain<'_, NodeId> {
+        self.suspects.drain(..)
     }
 
     /// The cluster's nodes changed (a new map). Links to shards whose address moved (a node
@@ -655,6 +665,7 @@ impl Chain {
                     self.links[slot as usize] = None;
                 } else {
                     tracing::info!(peer, shard, "replication link closed; reconnecting");
+                    self.suspects.push(peer);
                 }
                 self.links_down(replicas, peer, shard);
                 let shards = self.peers.get(&peer).map_or(1, |p| p.shards);

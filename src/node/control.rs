@@ -50,6 +50,9 @@ pub(crate) struct ShardControl {
     pub(crate) wake: OwnedFd,
     /// The newest map version the shard applied.
     pub(crate) applied: Arc<AtomicU64>,
+    /// A node whose replication connection with the shard failed, to name in the next
+    /// heartbeat (0: none).
+    pub(crate) suspect: Arc<AtomicU64>,
 }
 
 /// The shard's end.
@@ -59,9 +62,16 @@ pub(crate) struct ControlInbox {
     /// Readable when there is news.
     pub(crate) wake: OwnedFd,
     pub(crate) applied: Arc<AtomicU64>,
+    pub(crate) suspect: Arc<AtomicU64>,
 }
 
 impl ControlInbox {
+    /// Names `node` in the next heartbeat: its replication connection with this shard
+    /// failed, so the controller checks at once whether it is still heartbeating.
+    pub(crate) fn suspect(&self, node: NodeId) {
+        self.suspect.store(node, Ordering::Relaxed);
+    }
+
     /// The newest map queued, if any.
     pub(crate) fn newest(&self) -> Option<Arc<MapUpdate>> {
         let mut newest = None;
@@ -78,16 +88,19 @@ pub(crate) fn channel() -> std::io::Result<(ShardControl, ControlInbox)> {
     let wake = super::eventfd()?;
     let read = wake.try_clone()?;
     let applied = Arc::new(AtomicU64::new(0));
+    let suspect = Arc::new(AtomicU64::new(0));
     Ok((
         ShardControl {
             updates: tx,
             wake,
             applied: applied.clone(),
+            suspect: suspect.clone(),
         },
         ControlInbox {
             updates: rx,
             wake: read,
             applied,
+            suspect,
         },
     ))
 }
@@ -170,8 +183,14 @@ fn step(
         .map(|s| s.applied.load(Ordering::Relaxed))
         .min()
         .unwrap_or(0);
+    // One suspect per heartbeat (the first shard's that has one; the others' go next).
+    let suspect = shards
+        .iter()
+        .map(|s| s.suspect.swap(0, Ordering::Relaxed))
+        .find(|&s| s != 0)
+        .unwrap_or(0);
     let version = c
-        .heartbeat(me.node_id, applied)
+        .heartbeat(me.node_id, applied, suspect)
         .map_err(|e| e.to_string())?;
     if version > *handed_out || applied < *handed_out {
         // A newer map, or a shard that has not applied the last one (its queue was full):

@@ -368,6 +368,12 @@ impl<E: Net> Shard<E> {
                         Ok(0) | Err(_) => {
                             conn.session.closing = true;
                             conn.session.discard_bytes = 0;
+                            // A predecessor's replication connection ended: it may be dead.
+                            if let (Some(peer), Some(control)) =
+                                (conn.session.peer, &self.signals.control)
+                            {
+                                control.suspect(peer);
+                            }
                         }
                         Ok(n) if conn.session.discard_bytes > 0 => {
                             // The rest of a refused oversized frame: dropped unread.
@@ -664,6 +670,11 @@ impl<E: Net> Shard<E> {
             &mut self.conns,
             now,
         );
+        for node in self.chain.take_suspects() {
+            if let Some(control) = &self.signals.control {
+                control.suspect(node);
+            }
+        }
         let give_up = self.stop_deadline_us.is_some_and(|d| now >= d);
         let mut i = 0;
         while i < self.subscribed.len() {

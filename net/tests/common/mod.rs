@@ -247,6 +247,7 @@ pub fn request_corpus() -> Vec<Vec<u8>> {
         Request::Heartbeat(HeartbeatRequest {
             node_id: 2,
             applied_version: 41,
+            suspect: 3,
         }),
         Request::GetMap(GetMapRequest {
             after_log_id: 7,

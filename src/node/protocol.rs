@@ -948,11 +948,13 @@ impl Server {
         // A learner's copy is of committed records: below the start of every later epoch.
         let learned = before.is_some_and(|e| is_learner_entry(e, self.node_id));
         let Some(tail) = store.tail(log.log_id) else {
-            return survivor || learned; // Nothing here of this log.
+            return survivor; // Nothing here of this log.
         };
         let cut = if survivor || learned {
             if tail.next_lsn <= log.start_lsn {
-                return true;
+                // A survivor holds its records as they were; a learner's copy is not records
+                // this node sequenced (what it sequenced before it left is never answered).
+                return survivor;
             }
             tracing::info!(
                 log_id = log.log_id,

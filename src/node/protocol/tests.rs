@@ -270,4 +270,6 @@ fn a_learner_copies_committed_records_and_keeps_them_when_it_joins_the_chain() {
     let replica = one.0.replicas.get(LOG).expect("a replica now");
     assert_eq!((replica.epoch(), replica.next_lsn()), (3, 10));
     assert_eq!(records(&mut one.1, 3).len(), 7, "the copy is kept");
+    // Appends it sequenced as head in epoch 1 stay unanswered; those of epoch 3 are answered.
+    assert_eq!(one.0.rebuilt_in.get(&LOG), Some(&3));
 }

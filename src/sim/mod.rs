@@ -13,8 +13,8 @@
 //! comes from the controller's pure state ([`crate::controller::ClusterState`]), logs created
 //! during the run included. With [`Options::reconfigure`] (`chainlog sim --reconfigure`: four
 //! nodes, logs of rf 3) a simulated controller (`controller.rs`) hears the nodes' heartbeats
-//! and reconfigures the chains with the real controller's plan, seal and extend, over the
-//! simulated network; faults then also aim at a log's head, a middle member and its tail
+//! and reconfigures the chains with the real controller's plan, seal and extend, learners and
+//! their promotion, over the simulated network; faults then also aim at a log's head, a middle member and its tail
 //! (kills long enough for its chain to move, pauses, partitions from everyone), and at the
 //! controller (kills, also between the seal it recorded and the epoch it starts, pauses,
 //! partitions from a node); clients follow the chains. The control thread's own code and
@@ -94,15 +94,17 @@ pub struct Options {
     /// A deliberately broken node, to show the checks bite (see [`Canary`]).
     pub canary: Option<Canary>,
     /// A controller reconfigures the chains (`controller::SimController`): nodes it does not
-    /// hear from are sealed out of their chains and come back at the tail, and faults aim at
+    /// hear from are sealed out of their chains, spares learn the short chains' logs and
+    /// join them at the tail once caught up, and faults aim at
     /// the head, a middle or the tail of a log, and at the controller itself. Without it the
     /// chains never change.
     pub reconfigure: bool,
 }
 
 impl Options {
-    /// The reconfiguration runs: four nodes for logs of three replicas (a spare to take a
-    /// failed member's place), a controller that reconfigures, and its faults.
+    /// The reconfiguration runs: four nodes for logs of three replicas (a spare to learn a
+    /// failed member's log and take its place), a controller that reconfigures, and its
+    /// faults.
     pub fn reconfiguration() -> Options {
         Options {
             nodes: 4,

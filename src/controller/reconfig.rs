@@ -183,7 +183,7 @@ pub enum LearnerChange {
         log_id: u64,
         /// The node.
         node_id: u64,
-        /// Why: `in the chain`, `not alive`, `drained`, `not registered`.
+        /// Why: `in the chain`, `not alive`, `drained`, `not registered`, `not needed`.
         why: &'static str,
     },
 }
@@ -202,7 +202,8 @@ impl LearnerChange {
 
 /// The changes of the logs' learners the state needs at `now`: a learner in its log's chain
 /// (promoted, or named by an operator), not alive (it does not copy; the node deletes its
-/// copy, and may be picked again once it is back), drained or unknown is dropped; a log whose chain
+/// copy, and may be picked again once it is back), drained or unknown is dropped, and so are
+/// the newest beyond what the chain lacks of the replication factor; a log whose chain
 /// and learners are fewer than its replication factor gets live, undrained nodes outside
 /// both as learners, the least loaded first ([`ClusterState::spares`]), up to the factor.
 pub fn learner_changes(state: &ClusterState, now: Instant) -> Vec<LearnerChange> {
@@ -227,7 +228,17 @@ pub fn learner_changes(state: &ClusterState, now: Instant) -> Vec<LearnerChange>
                 None => kept.push(node_id),
             }
         }
-        let wanted = usize::from(log.replication_factor).saturating_sub(chain.len() + kept.len());
+        // More learners than the chain lacks (an operator filled it with other nodes): the
+        // newest go.
+        let room = usize::from(log.replication_factor).saturating_sub(chain.len());
+        for &node_id in kept.iter().skip(room) {
+            changes.push(LearnerChange::Drop {
+                log_id: log.log_id,
+                node_id,
+                why: "not needed",
+            });
+        }
+        let wanted = room.saturating_sub(kept.len());
         if wanted == 0 {
             continue;
         }
@@ -612,10 +623,10 @@ mod tests {
     #[test]
     fn dead_drained_and_chained_learners_are_dropped_and_replaced() {
         let t0 = Instant::now();
-        let mut state = cluster(6, t0);
+        let mut state = cluster(7, t0);
         let log_id = state.create_log("orders", 3, t0).expect("create").log_id;
         let chain = state.log(log_id).expect("log").current().chain.clone();
-        let others: Vec<u64> = (1..=6).filter(|id| !chain.contains(id)).collect();
+        let others: Vec<u64> = (1..=7).filter(|id| !chain.contains(id)).collect();
         let later = t0 + Duration::from_millis(500);
         heartbeats(&mut state, later, &[chain[0]]);
         state
@@ -682,8 +693,30 @@ mod tests {
                 why: "drained"
             }
         );
-        // An operator puts the current learner in the chain: it is no learner any more.
+        // An operator fills the chain with another node: the learner is not needed any more.
         let learner = state.log(log_id).expect("log").learners[0];
+        let other = (1..=7)
+            .find(|&n| !chain.contains(&n) && ![first, second, learner].contains(&n))
+            .expect("another node");
+        let mut filled = state.clone();
+        filled
+            .extend(
+                log_id,
+                2,
+                &[(chain[1], 8), (chain[2], 8)],
+                Target::Chain(&[chain[1], chain[2], other]),
+                even_later,
+            )
+            .expect("extend");
+        assert_eq!(
+            tend(&mut filled, even_later),
+            vec![LearnerChange::Drop {
+                log_id,
+                node_id: learner,
+                why: "not needed"
+            }]
+        );
+        // An operator puts the current learner in the chain: it is no learner any more.
         let asked = [chain[1], chain[2], learner];
         let epoch = state
             .extend(

@@ -32,8 +32,9 @@
 //! appends (I6), fencing tokens (I7), linearizable tails, trim points, record stamps within
 //! the stamping node's wall clock; and liveness: once the faults stop, every batch and trim is
 //! answered, every subscriber catches up and the replicas agree byte for byte, within a
-//! bounded (virtual) time (with a controller: it is idle with nothing to plan, every log is
-//! back at its replication factor and every node has the newest map).
+//! bounded (virtual) time (with a controller: it is idle with nothing to plan and no learner
+//! to add or drop, every log is back at its replication factor, its learners promoted, and
+//! every node has the newest map).
 
 mod client;
 mod conn;
@@ -809,7 +810,9 @@ impl Sim {
             if let Some(log) = self.state.log(log_id) {
                 let (epoch, sealing) = (log.current().clone(), log.sealing);
                 self.violations.push(format!(
-                    "  log {log_id}: the controller's epoch {epoch:?}, sealing {sealing:?}"
+                    "  log {log_id}: the controller's epoch {epoch:?}, learners {:?}, sealing \
+                     {sealing:?}",
+                    log.learners
                 ));
             }
             for i in chain {
@@ -1253,12 +1256,15 @@ impl Sim {
             return false;
         }
         if let Some(c) = &self.controller {
-            // The controller is done: no reconfiguration to make (every log back at its
-            // replication factor, every node being alive), and every node has the map.
+            // The controller is done: no reconfiguration to make and no learner to add or
+            // drop (every log back at its replication factor, every node being alive), and
+            // every node has the map.
             let now = self.now();
             let version = self.state.version();
             if !c.idle(now)
                 || !crate::controller::reconfig::plan(&self.state, c.instant(now)).is_empty()
+                || !crate::controller::reconfig::learner_changes(&self.state, c.instant(now))
+                    .is_empty()
                 || self.state.under_replicated().next().is_some()
                 || self.nodes.iter().any(|n| n.map_version != version)
             {

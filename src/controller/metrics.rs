@@ -73,7 +73,7 @@ pub(crate) struct Metrics {
     chains_refused: u64,
     /// Learners added to logs.
     learners_added: u64,
-    /// Learners dropped (dead, drained, or put in the chain by an operator).
+    /// Learners dropped (dead, drained, not needed, or put in the chain by an operator).
     learners_dropped: u64,
     /// New members of chains not yet caught up, as the catch-up watch last saw.
     pub(crate) catching_up: usize,
@@ -172,7 +172,7 @@ pub(crate) fn render(metrics: &Metrics, state: &ClusterState, now: Instant) -> S
         (
             "chainlog_controller_learners_dropped_total",
             "counter",
-            "Learners dropped (dead, drained, or put in the chain by an operator); promoted ones are not counted.",
+            "Learners dropped (dead, drained, not needed, or put in the chain by an operator); promoted ones are not counted.",
             metrics.learners_dropped,
         ),
         (

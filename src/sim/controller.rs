@@ -78,7 +78,7 @@ pub struct Reconfigurations {
     pub promoted: u64,
     /// Nodes made learners of a log.
     pub learners_added: u64,
-    /// Learners dropped (not alive, drained, or in the chain).
+    /// Learners dropped (not alive, drained, not needed, or in the chain).
     pub learners_dropped: u64,
     /// Reconfigurations begun (the seal recorded).
     pub begun: u64,

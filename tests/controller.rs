@@ -5,7 +5,9 @@
 //! keeps the map, hostile input that must not disturb a good client, a damaged state file that
 //! must stop the controller with a clear error, and a stop while a create waits; and the CLI
 //! against it (`log create --rf 2`, `status` with every node, the log's chain and each
-//! replica's lag). Each test stops the controller it started, by PID.
+//! replica's lag); and a failure with fake replicas answering SEAL and TAIL_HINT: the
+//! survivors' epoch, a learner, its promotion once it answers caught up. Each test stops the
+//! controller it started, by PID.
 
 mod common;
 
@@ -146,6 +148,8 @@ fn a_damaged_state_file_stops_the_controller_with_an_error_naming_it() {
 struct FakeNodes {
     stop: Arc<AtomicBool>,
     frozen: Arc<Mutex<BTreeSet<u64>>>,
+    /// Nodes that heartbeat no more (dead to the controller).
+    silent: Arc<Mutex<BTreeSet<u64>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -154,13 +158,17 @@ impl FakeNodes {
     fn start(addr: SocketAddr, ids: &[u64]) -> FakeNodes {
         let stop = Arc::new(AtomicBool::new(false));
         let frozen = Arc::new(Mutex::new(BTreeSet::new()));
+        let silent = Arc::new(Mutex::new(BTreeSet::new()));
         let mut client = ControllerClient::connect(addr, CALL_TIMEOUT).expect("connect");
         let mut applied: BTreeMap<u64, u64> = ids.iter().map(|&id| (id, 0)).collect();
         let thread = {
-            let (stop, frozen) = (stop.clone(), frozen.clone());
+            let (stop, frozen, silent) = (stop.clone(), frozen.clone(), silent.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     for (&id, version) in applied.iter_mut() {
+                        if silent.lock().expect("silent").contains(&id) {
+                            continue;
+                        }
                         let current = client.heartbeat(id, *version, 0).expect("heartbeat");
                         if !frozen.lock().expect("frozen").contains(&id) {
                             *version = current;
@@ -173,8 +181,14 @@ impl FakeNodes {
         FakeNodes {
             stop,
             frozen,
+            silent,
             thread: Some(thread),
         }
+    }
+
+    /// Node `id` heartbeats no more: the controller takes it for dead.
+    fn silence(&self, id: u64) {
+        self.silent.lock().expect("silent").insert(id);
     }
 
     /// Node `id` stops applying new maps (it still heartbeats).
@@ -595,5 +609,199 @@ fn replication_factor_0_is_the_controllers_default() {
     // The heartbeats stop before the controller does (a heartbeat refused by a stopping
     // controller fails the thread).
     drop((c, nodes));
+    assert!(controller.terminate().success());
+}
+
+/// What a fake replica answers about the one log of a test: TAIL_HINT its (tail, epoch), SEAL
+/// its tail as the end; `None`: UNKNOWN_LOG.
+type Answers = Arc<Mutex<BTreeMap<u64, Option<(u64, u64)>>>>;
+
+/// Fake replicas: each node's one shard a listener on loopback answering HELLO, SEAL and
+/// TAIL_HINT from `answers`, one request per connection (as the controller calls them).
+struct FakeReplicas {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl FakeReplicas {
+    /// Listeners for `ids`; returns them with each one's address.
+    fn start(ids: &[u64], answers: &Answers) -> (FakeReplicas, BTreeMap<u64, SocketAddr>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut addrs = BTreeMap::new();
+        let mut threads = Vec::new();
+        for &id in ids {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.set_nonblocking(true).expect("nonblocking");
+            addrs.insert(id, listener.local_addr().expect("addr"));
+            let (stop, answers) = (stop.clone(), answers.clone());
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((stream, _)) => serve_fake(id, stream, &answers),
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            }));
+        }
+        (FakeReplicas { stop, threads }, addrs)
+    }
+}
+
+impl Drop for FakeReplicas {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Answers one connection of the controller's as fake node `id`.
+fn serve_fake(id: u64, mut stream: std::net::TcpStream, answers: &Answers) {
+    use chainlog::net::{
+        decode_request, encode_error, encode_response, parse_frame, ErrorResponse, HelloResponse,
+        Role, SealResponse, TailResponse, PROTOCOL_VERSION,
+    };
+    use std::io::{Read, Write};
+    let limits = Limits::DEFAULT;
+    stream.set_nonblocking(false).expect("blocking");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut input = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut out = Vec::new();
+        let mut consumed = 0;
+        while let Ok(Some(frame)) = parse_frame(&input[consumed..], &limits) {
+            consumed += frame.frame_bytes();
+            let request = decode_request(&frame, &limits).expect("a request");
+            let opcode = request.opcode();
+            let answer = *answers.lock().expect("answers").get(&id).unwrap_or(&None);
+            let response = match (request, answer) {
+                (Request::Hello(_), _) => Response::Hello(HelloResponse {
+                    version: PROTOCOL_VERSION,
+                    shard_index: 0,
+                    shard_count: 1,
+                    frame_bytes_max: limits.frame_bytes_max,
+                    record_bytes_max: limits.record_bytes_max,
+                    batch_records_max: limits.batch_records_max,
+                    node_id: id,
+                    role: Role::Node,
+                }),
+                (Request::Seal(seal), Some((tail, _))) => Response::Seal(SealResponse {
+                    log_id: seal.log_id,
+                    epoch: seal.epoch,
+                    end_lsn: tail,
+                    trim_point: 0,
+                }),
+                (Request::TailHint { .. }, Some((tail, epoch))) => {
+                    Response::TailHint(TailResponse {
+                        tail,
+                        trim_point: 0,
+                        epoch,
+                    })
+                }
+                _ => {
+                    let error = ErrorResponse {
+                        code: ErrorCode::UnknownLog,
+                        arg0: 0,
+                        arg1: 0,
+                        message: "not here",
+                    };
+                    encode_error(&mut out, frame.request_id, Some(opcode), &error);
+                    continue;
+                }
+            };
+            encode_response(&mut out, frame.request_id, opcode, &response);
+        }
+        input.drain(..consumed);
+        if stream.write_all(&out).is_err() {
+            return;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => input.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// The map once `done` holds for log `log_id` in it (a guard deadline, not a timing
+/// assertion).
+fn wait_log(
+    c: &mut ControllerClient,
+    log_id: u64,
+    what: &str,
+    done: impl Fn(&MapLog) -> bool,
+) -> MapLog {
+    let deadline = std::time::Instant::now() + CALL_TIMEOUT;
+    loop {
+        let map = c.map().expect("map");
+        let log = map.log(log_id).expect("the log").clone();
+        if done(&log) {
+            return log;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {what}: {log:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_dead_member_is_sealed_out_and_a_learner_joins_the_tail_once_it_caught_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("controller");
+    let controller = Controller::start(&data, &["--liveness-ms", "300"]);
+    let mut c = connect(&controller);
+    let answers: Answers = Arc::new(Mutex::new(BTreeMap::new()));
+    let ids = [1, 2, 3, 4];
+    let (_replicas, addrs) = FakeReplicas::start(&ids, &answers);
+    for id in ids {
+        c.register(id, &addrs[&id].to_string(), 1)
+            .expect("register");
+    }
+    let nodes = FakeNodes::start(controller.addr, &ids);
+    let log_id = c.create_log("learned", 3).expect("create");
+    let chain = c
+        .map()
+        .expect("map")
+        .log(log_id)
+        .expect("log")
+        .chain
+        .clone();
+    let spare = ids
+        .into_iter()
+        .find(|id| !chain.contains(id))
+        .expect("a spare");
+    for &id in &chain {
+        answers.lock().expect("answers").insert(id, Some((10, 1)));
+    }
+    // The head dies: the survivors carry the log on alone, and the spare learns it.
+    nodes.silence(chain[0]);
+    let sealed_out = wait_log(&mut c, log_id, "sealed out", |l| l.epoch == 2);
+    assert_eq!(sealed_out.chain, chain[1..], "the survivors only");
+    assert_eq!(sealed_out.start_lsn, 10);
+    let learning = wait_log(&mut c, log_id, "a learner", |l| !l.learners.is_empty());
+    assert_eq!(learning.learners, [spare]);
+    assert_eq!(
+        (learning.epoch, &learning.chain),
+        (2, &sealed_out.chain),
+        "a learner that has not copied the log is not promoted"
+    );
+    // It catches up (within the lag of the tail, in the current epoch): it joins at the tail.
+    {
+        let mut answers = answers.lock().expect("answers");
+        for &id in &chain[1..] {
+            answers.insert(id, Some((10, 2)));
+        }
+        answers.insert(spare, Some((9, 2)));
+    }
+    let promoted = wait_log(&mut c, log_id, "promoted", |l| l.epoch == 3);
+    assert_eq!(promoted.chain, [chain[1], chain[2], spare]);
+    assert!(promoted.learners.is_empty(), "{:?}", promoted.learners);
+    assert_eq!(promoted.start_lsn, 10);
+    drop(nodes);
     assert!(controller.terminate().success());
 }

@@ -521,7 +521,8 @@ fn a_member_killed_is_reported_once_the_rest_goes_on_and_it_starts_again() {
         let client = Client::connect(target).await.expect("connect");
         client.append(id, &[b"without it"]).await.expect("append");
     });
-    // It starts again: a new process on new ports, with its data; the log grows back.
+    // It starts again: a new process on new ports, with its data; the log grows back (it
+    // learns the log, then joins the chain at the tail).
     runtime
         .block_on(cluster.restart(Member::Node(tail)))
         .expect("restart");

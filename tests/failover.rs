@@ -1,15 +1,17 @@
 //! Reconfiguration with real processes (issue 12): a controller and member nodes on loopback,
 //! a log of replication factor 3, and faults that only a reconfiguration (seal the epoch at
-//! the survivors, extend it with the survivors and a spare) can get past.
+//! the survivors, extend it with the survivors; a spare learns the log and is promoted to the
+//! tail once it has copied it) can get past.
 //!
 //! - **A member killed and left down** (head, middle, tail; the history harness of
 //!   tests/history with a spare node, `harness::Down::For`): keyed appends through the client
-//!   library keep being acknowledged once the spare replaced it, the log is back at rf 3, and
+//!   library keep being acknowledged once the survivors' epoch started, the spare learns the
+//!   log and joins, so the log is back at rf 3, and
 //!   after 10 s the killed node starts again: it serves nothing that is not the log's. The
 //!   history checker finds nothing wrong in any replica.
 //! - **A false suspicion**: a member paused (SIGSTOP) longer than the controller's liveness
 //!   timeout is sealed out while the log runs on; appends it was sent while paused are never
-//!   acknowledged once it runs again (SIGCONT), it rejoins as a new replica, and it serves
+//!   acknowledged once it runs again (SIGCONT), it learns the log and rejoins, and it serves
 //!   only the log's records.
 //! - **The controller killed (kill -9) between sealing an epoch and extending it**, the failed
 //!   node back before the controller: the restarted controller finishes or redoes the
@@ -17,7 +19,8 @@
 //! - **A node that comes back with an unacknowledged suffix** (records it sequenced that no
 //!   other replica got, beyond the end its epoch was sealed at) never serves them, and holds
 //!   the log's records in their place once it has rejoined.
-//! - **A replacement joins after a trim**: it starts at the trim point; reads below it are
+//! - **A replacement joins after a trim** (it learned the log from the trim point, then
+//!   joined): it starts at the trim point; reads below it are
 //!   TRIMMED there, reads above it return the log's records.
 //!
 //! Processes listen at fixed ports below the ephemeral range (they are restarted where they
@@ -497,8 +500,8 @@ fn stray_records(dir: &Path, prefix: &str) -> Vec<u64> {
     found.into_iter().collect()
 }
 
-/// A spare replaces a member after the log was trimmed: it starts at the trim point, from
-/// its predecessor's store. Reads below the trim point are TRIMMED there; above it, it serves
+/// A spare replaces a member after the log was trimmed: it learns the log from the chain's
+/// tail, from the trim point, and is promoted to the tail. Reads below the trim point are TRIMMED there; above it, it serves
 /// the log's records, old and new.
 #[test]
 fn a_replacement_joins_at_the_trim_point() {

@@ -233,7 +233,9 @@ fn seal_reconfigure_and_drain_from_the_cli_keep_every_record() {
         .collect();
     assert_eq!(all, expected, "every acknowledged record, in order");
 
-    // Drain the new head: its chains move off it, it gets no new one, status says so.
+    // Drain the new head: its chains move off it (to the survivors), it gets no new one,
+    // status says so. The node left out by the reconfigure above learns the log and is
+    // promoted to the tail once it has copied it.
     let head = asked[0];
     let drained = cli_json(target, &["node", "drain", &head.to_string()]);
     assert_eq!(drained["drained"], true);
@@ -242,7 +244,25 @@ fn seal_reconfigure_and_drain_from_the_cli_keep_every_record() {
     assert!(after.node(head).expect("node").drained);
     let moved = after.log(id).expect("log");
     assert!(!moved.chain.contains(&head), "{:?}", moved.chain);
-    assert_eq!(moved.chain.len(), 3, "the old head rejoined as the third");
+    assert_eq!(&moved.chain[..2], &asked[1..], "the survivors, in order");
+    let deadline = Instant::now() + DEADLINE;
+    let moved = loop {
+        let log = map(target).log(id).expect("log").clone();
+        if log.chain.len() == 3 {
+            break log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old head never learned the log and joined: {log:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        moved.chain,
+        [asked[1], asked[2], chain[0]],
+        "the old head, which learned the log, joined as the third"
+    );
+    assert!(moved.learners.is_empty(), "{:?}", moved.learners);
     let other = runtime
         .block_on(client.create_log_with("after-drain", 3))
         .expect("create");
@@ -256,7 +276,7 @@ fn seal_reconfigure_and_drain_from_the_cli_keep_every_record() {
     assert!(status.contains(&format!("node {head}  ")), "{status}");
     assert!(status.contains("alive, drained"), "{status}");
     assert!(
-        status.contains(&format!("log ops  id {id}  rf 3  epoch 4 from LSN")),
+        status.contains(&format!("log ops  id {id}  rf 3  epoch 5 from LSN")),
         "{status}"
     );
     assert!(status.contains("under-replicated logs: none"), "{status}");
@@ -279,13 +299,22 @@ fn seal_reconfigure_and_drain_from_the_cli_keep_every_record() {
         ),
         1
     );
+    assert_eq!(
+        metric(
+            &text,
+            "chainlog_controller_reconfigurations_total{why=\"promote\"}"
+        ),
+        1
+    );
+    assert_eq!(metric(&text, "chainlog_controller_learners_added_total"), 1);
+    assert_eq!(metric(&text, "chainlog_controller_learners"), 0);
     assert_eq!(metric(&text, "chainlog_controller_nodes_alive"), 4);
     assert_eq!(metric(&text, "chainlog_controller_chains_refused_total"), 0);
     assert!(
         metric(
             &text,
             "chainlog_controller_reconfiguration_phase_us_count{phase=\"seal\"}"
-        ) >= 3,
+        ) >= 4,
         "{text}"
     );
     drop(client);
@@ -334,6 +363,11 @@ fn status_and_metrics_show_a_log_under_replicated_after_a_node_dies_without_a_sp
         .collect();
     let log = lines.iter().find(|v| v["kind"] == "log").expect("the log");
     assert_eq!(log["under_replicated"], true);
+    assert_eq!(
+        log["learners"],
+        serde_json::json!([]),
+        "nobody free to learn it"
+    );
     let summary = lines
         .iter()
         .find(|v| v["kind"] == "summary")
@@ -359,8 +393,9 @@ fn status_and_metrics_show_a_log_under_replicated_after_a_node_dies_without_a_sp
         ),
         1
     );
-    // The node comes back: the log grows back to 3, and the new member catches up (the
-    // controller watches it).
+    // The node comes back: it learns the log outside the chain, is promoted to the tail once
+    // it has caught up (a seal and a new epoch), and catches up the rest in the epoch (the
+    // controller watches it: one learn and one catch-up time).
     runtime
         .block_on(cluster.restart(Member::Node(chain[1])))
         .expect("restart");
@@ -374,6 +409,21 @@ fn status_and_metrics_show_a_log_under_replicated_after_a_node_dies_without_a_sp
             ) == 1
         {
             assert_eq!(metric(&text, "chainlog_controller_catching_up_replicas"), 0);
+            assert_eq!(metric(&text, "chainlog_controller_learners"), 0);
+            assert_eq!(
+                metric(
+                    &text,
+                    "chainlog_controller_reconfigurations_total{why=\"promote\"}"
+                ),
+                1
+            );
+            assert_eq!(
+                metric(
+                    &text,
+                    "chainlog_controller_reconfiguration_phase_us_count{phase=\"learn\"}"
+                ),
+                1
+            );
             break;
         }
         assert!(

@@ -84,12 +84,13 @@ fn reconfiguration_seeds_keep_every_invariant() {
         assert!(count >= n / 4, "only {count} {what}: {f:?}");
     }
     // Chains moved for every reason the controller has here: a member failed, a seal begun
-    // before a restart was finished, a node came back at the tail.
+    // before a restart was finished, a learner caught up and joined at the tail.
     let r = summary.reconfigurations;
     for (what, count) in [
         ("reconfigurations after a failure", r.failed),
         ("seals finished after a restart", r.sealing),
-        ("nodes back at the tail", r.under_replicated),
+        ("learners added", r.learners_added),
+        ("learners promoted to the tail", r.promoted),
     ] {
         assert!(count >= n / 4, "only {count} {what}: {r:?}");
     }

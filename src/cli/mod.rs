@@ -947,6 +947,7 @@ async fn cluster_status(
                     "epoch": log.epoch,
                     "start_lsn": log.start_lsn,
                     "chain": log.chain,
+                    "learners": log.learners,
                     "under_replicated": short,
                     "replicas": replicas,
                 }),
@@ -954,13 +955,19 @@ async fn cluster_status(
         } else {
             writeln!(
                 out,
-                "log {}  id {}  rf {}  epoch {} from LSN {}  chain {}{}",
+                "log {}  id {}  rf {}  epoch {} from LSN {}  chain {}{}{}",
                 log.name,
                 log.log_id,
                 log.replication_factor,
                 log.epoch,
                 log.start_lsn,
                 chain_text(&log.chain),
+                if log.learners.is_empty() {
+                    String::new()
+                } else {
+                    let ids: Vec<String> = log.learners.iter().map(u64::to_string).collect();
+                    format!("  learners {}", ids.join(", "))
+                },
                 if short {
                     format!(
                         "  UNDER-REPLICATED ({} of {})",

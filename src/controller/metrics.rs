@@ -2,8 +2,9 @@
 //! with the node's exposition code ([`crate::prometheus`]).
 //!
 //! **Reconfigurations** are counted by why they happened (`failed`, `requested`, `drain`,
-//! `under_replicated`, `sealing`: a seal begun before a restart, finished), and each one's
-//! time by phase, as histograms a scraper can subtract between two scrapes (`chainlog-bench --fault` does, for each fault):
+//! `promote`: learners that caught up join a short chain, `sealing`: a seal begun before a
+//! restart, finished), and each one's time by phase, as histograms a scraper can subtract
+//! between two scrapes (`chainlog-bench --fault` does, for each fault):
 //! - `detect`: from the last heartbeat of the member found dead to the decision to
 //!   reconfigure (failures only: the liveness timeout plus up to one round of the loop);
 //! - `seal`: sealing the epoch at the live members (in parallel);
@@ -11,10 +12,13 @@
 //! - `catch_up`: from the extend until every new member of the chain says (TAIL_HINT) that
 //!   it holds the log up to the new epoch's start, as the controller sees it by asking (so
 //!   within one poll of the truth); a watch abandoned (the epoch moved on) records nothing.
+//!   After a promotion that is the few records the learner lacked, not the whole log;
+//! - `learn`: from making a node a learner of a log to its promotion into the chain (the
+//!   whole copy, made outside the chain; learners this process did not add record nothing).
 //!
-//! Gauges are read from the state at each scrape: nodes registered, alive and drained, logs,
-//! under-replicated logs (a chain shorter than the replication factor), replicas still
-//! catching up, the map version.
+//! Learners added and dropped are counted. Gauges are read from the state at each scrape:
+//! nodes registered, alive and drained, logs, under-replicated logs (a chain shorter than the
+//! replication factor), learners, replicas still catching up, the map version.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -22,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use super::reconfig::{LearnerChange, Why};
 use super::state::ClusterState;
 use crate::prometheus::{family, histogram, histogram_series};
 
@@ -32,10 +37,17 @@ pub(crate) enum Phase {
     Seal,
     Extend,
     CatchUp,
+    Learn,
 }
 
 impl Phase {
-    const ALL: [Phase; 4] = [Phase::Detect, Phase::Seal, Phase::Extend, Phase::CatchUp];
+    const ALL: [Phase; 5] = [
+        Phase::Detect,
+        Phase::Seal,
+        Phase::Extend,
+        Phase::CatchUp,
+        Phase::Learn,
+    ];
 
     fn label(self) -> &'static str {
         match self {
@@ -43,6 +55,7 @@ impl Phase {
             Phase::Seal => "seal",
             Phase::Extend => "extend",
             Phase::CatchUp => "catch_up",
+            Phase::Learn => "learn",
         }
     }
 }
@@ -58,6 +71,10 @@ pub(crate) struct Metrics {
     seal_failures: u64,
     /// Operators' chains refused once the epoch was sealed (the controller's chain followed).
     chains_refused: u64,
+    /// Learners added to logs.
+    learners_added: u64,
+    /// Learners dropped (dead, drained, not needed, or put in the chain by an operator).
+    learners_dropped: u64,
     /// New members of chains not yet caught up, as the catch-up watch last saw.
     pub(crate) catching_up: usize,
 }
@@ -69,6 +86,8 @@ impl Metrics {
             phases: Phase::ALL.iter().map(|&p| (p, histogram())).collect(),
             seal_failures: 0,
             chains_refused: 0,
+            learners_added: 0,
+            learners_dropped: 0,
             catching_up: 0,
         }
     }
@@ -93,6 +112,14 @@ impl Metrics {
     pub(crate) fn chain_refused(&mut self) {
         self.chains_refused += 1;
     }
+
+    /// A log's learners changed.
+    pub(crate) fn learner_changed(&mut self, change: &LearnerChange) {
+        match change {
+            LearnerChange::Add { .. } => self.learners_added += 1,
+            LearnerChange::Drop { .. } => self.learners_dropped += 1,
+        }
+    }
 }
 
 /// The Prometheus text of `metrics` and of `state` at `now`.
@@ -103,15 +130,9 @@ pub(crate) fn render(metrics: &Metrics, state: &ClusterState, now: Instant) -> S
         &mut out,
         name,
         "counter",
-        "Epochs started by a reconfiguration, by why (failed, requested, drain, under_replicated, sealing).",
+        "Epochs started by a reconfiguration, by why (failed, requested, drain, promote, sealing).",
     );
-    for why in [
-        "failed",
-        "requested",
-        "drain",
-        "under_replicated",
-        "sealing",
-    ] {
+    for why in Why::LABELS {
         let count = metrics.reconfigurations.get(why).copied().unwrap_or(0);
         let _ = writeln!(out, "{name}{{why=\"{why}\"}} {count}");
     }
@@ -122,13 +143,14 @@ pub(crate) fn render(metrics: &Metrics, state: &ClusterState, now: Instant) -> S
         "histogram",
         "Time of each phase of a reconfiguration in microseconds: detect (last heartbeat of \
          the dead member to the decision), seal, extend (new chain chosen and written), \
-         catch_up (extend to every new member holding the log up to the epoch's start).",
+         catch_up (extend to every new member holding the log up to the epoch's start), learn \
+         (a node made a learner to its promotion into the chain).",
     );
     for (phase, h) in &metrics.phases {
         histogram_series(&mut out, name, &format!("phase=\"{}\"", phase.label()), h);
     }
     let nodes = || state.nodes();
-    let counts: [(&str, &str, &str, u64); 9] = [
+    let counts: [(&str, &str, &str, u64); 12] = [
         (
             "chainlog_controller_seal_failures_total",
             "counter",
@@ -140,6 +162,27 @@ pub(crate) fn render(metrics: &Metrics, state: &ClusterState, now: Instant) -> S
             "counter",
             "Chains asked for by an operator that the seals did not allow (the controller's chain followed).",
             metrics.chains_refused,
+        ),
+        (
+            "chainlog_controller_learners_added_total",
+            "counter",
+            "Nodes made learners of a log (to copy it before they join its chain).",
+            metrics.learners_added,
+        ),
+        (
+            "chainlog_controller_learners_dropped_total",
+            "counter",
+            "Learners dropped (dead, drained, not needed, or put in the chain by an operator); promoted ones are not counted.",
+            metrics.learners_dropped,
+        ),
+        (
+            "chainlog_controller_learners",
+            "gauge",
+            "Learners of logs (a node learning two logs counts twice).",
+            state
+                .logs_after(0, usize::MAX)
+                .map(|log| log.learners.len() as u64)
+                .sum(),
         ),
         (
             "chainlog_controller_nodes",
@@ -219,7 +262,15 @@ mod tests {
             )
             .expect("extend");
         state.drain(chain[0], true).expect("drain");
+        let learner = (1..=3).find(|id| !chain.contains(id)).expect("a spare");
+        state.heartbeat(learner, 0, later).expect("heartbeat");
+        state.add_learner(b, learner, later).expect("learner");
         let mut metrics = Metrics::new();
+        metrics.learner_changed(&LearnerChange::Add {
+            log_id: b,
+            node_id: learner,
+        });
+        metrics.phase(Phase::Learn, Duration::from_secs(2));
         metrics.reconfigured("failed");
         metrics.phase(Phase::Detect, Duration::from_millis(510));
         metrics.phase(Phase::Seal, Duration::from_micros(900));
@@ -234,7 +285,10 @@ mod tests {
             "chainlog_controller_reconfiguration_phase_us_count{phase=\"catch_up\"} 0\n",
             "chainlog_controller_seal_failures_total 1\n",
             "chainlog_controller_nodes 3\n",
-            "chainlog_controller_nodes_alive 1\n",
+            "chainlog_controller_nodes_alive 2\n",
+            "chainlog_controller_learners 1\n",
+            "chainlog_controller_learners_added_total 1\n",
+            "chainlog_controller_reconfiguration_phase_us_count{phase=\"learn\"} 1\n",
             "chainlog_controller_nodes_drained 1\n",
             "chainlog_controller_logs 2\n",
             "chainlog_controller_under_replicated_logs 1\n",

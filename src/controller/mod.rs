@@ -8,8 +8,9 @@
 //! - [`server`]: the process: connections, requests, waiting creates, graceful stop.
 //! - [`client`]: a blocking client of it, for a node's control thread and for tools.
 //! - [`reconfig`]: sealing a chain that lost a member (or that an operator asked to change)
-//!   and starting its next epoch.
-//! - `metrics`: what `/metrics` shows (reconfigurations by phase, nodes, logs).
+//!   and starting its next epoch with the survivors; learners for short chains, promoted
+//!   once they have copied the log.
+//! - `metrics`: what `/metrics` shows (reconfigurations by phase, nodes, logs, learners).
 //!
 //! The map it serves (`chainlog_net::cluster`) and its reading from GET_MAP pages
 //! (`chainlog_net::pages`) are the wire crate's: clients and nodes use them too.

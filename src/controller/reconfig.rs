@@ -5,8 +5,8 @@
 //! heartbeat within the liveness timeout), when an operator asked (`chainlog log seal`,
 //! `chainlog log reconfigure`: a durable request in the state), when the controller was
 //! sealing its epoch when it stopped, when its chain holds a drained node and another live
-//! member (`chainlog node drain`), or when it is shorter than its replication factor while a
-//! live node is free:
+//! member (`chainlog node drain`), or when it is shorter than its replication factor and a
+//! learner has caught up with it ([`Why::Promote`]):
 //!
 //! 0. **Record the intent** ([`ClusterState::begin_seal`]), durably, before any SEAL goes
 //!    out: a replica that sealed takes no more appends, so a controller restarted before it
@@ -17,19 +17,30 @@
 //!    Sealing any one member stops the old epoch from committing anything more (a commit
 //!    needs every member), so a falsely suspected node is harmless.
 //! 2. **Pick the end and extend** ([`ClusterState::extend`]): the new chain keeps sealed
-//!    members in their order (less drained ones), then nodes new to the chain at the tail (or
-//!    exactly the chain an operator asked for, if the seals allow it); it starts at the
-//!    longest end among the members it keeps, one of which must hold every acknowledged
-//!    record (nothing is dropped or renumbered). The epoch is compared and set under the
-//!    state's lock: one reconfiguration wins per epoch.
+//!    members in their order (less drained ones), then, for a promotion, the learners that
+//!    caught up at the tail (or exactly the chain an operator asked for, if the seals allow
+//!    it); it starts at the longest end among the members it keeps, one of which must hold
+//!    every acknowledged record (nothing is dropped or renumbered). The epoch is compared
+//!    and set under the state's lock: one reconfiguration wins per epoch.
 //! 3. The nodes install the new epoch from the map; its replicas settle with each other
 //!    (probe, pull, catch-up: `crate::replication`) before the new head sequences anything,
-//!    so the survivors are brought to the same end first, and a new member copies the log
-//!    from its predecessor. The controller watches the new members' tails ([`tail_hint`])
-//!    to know when they have caught up.
+//!    so the survivors are brought to the same end first, and a new member copies what it
+//!    lacks from its predecessor. The controller watches the new members' tails
+//!    ([`tail_hint`]) to know when they have caught up.
 //!
-//! [`plan`] is pure (the state and the time in, the work out); the calls to nodes are blocking
-//! calls the controller's threads make.
+//! **Nobody new joins after a failure.** A node that joins a chain inside an epoch holds the
+//! epoch's appends up until it has copied the whole log, which takes as long as the log is
+//! long. So a failure, a drain or a finished seal extends with the survivors only, and a
+//! chain left short grows back in two steps that never wait for a copy: [`learner_changes`]
+//! makes live spare nodes **learners** of the log (a change of the map, no seal), which copy
+//! its committed records from the chain's tail outside the chain; once one is within
+//! [`LEARNER_LAG_MAX`] records of the tail in the current epoch ([`learner_ready`], asked by
+//! TAIL_HINT), it is **promoted**: a seal and an extend with it at the tail, where it only
+//! has the few records it lacks to copy. Only an operator's chain (`chainlog log
+//! reconfigure --chain`) still puts a node new to the log straight in the chain.
+//!
+//! [`plan`] and [`learner_changes`] are pure (the state and the time in, the work out); the
+//! calls to nodes are blocking calls the controller's threads make.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -41,6 +52,12 @@ use chainlog_net::{
 };
 
 use super::state::ClusterState;
+use super::StateError;
+
+/// How many records a learner may lag the chain's tail (both answering TAIL_HINT in the
+/// log's current epoch) and be promoted: the records it then copies inside the new epoch,
+/// holding its first appends up (a few milliseconds' worth).
+pub const LEARNER_LAG_MAX: u64 = 4096;
 
 /// Why a log is reconfigured.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,25 +68,28 @@ pub enum Why {
     Requested,
     /// These members of the chain are drained.
     Drain(Vec<u64>),
-    /// The chain is shorter than the replication factor and a live node is free.
-    UnderReplicated,
+    /// The chain is shorter than the replication factor and these learners of the log have
+    /// caught up with it: they join at the tail.
+    Promote(Vec<u64>),
     /// The controller began sealing the epoch and has not extended it (it stopped in
     /// between, or the seal reached no member).
     Sealing,
 }
 
 impl Why {
-    /// A label for metrics and logs: `failed`, `requested`, `drain`, `under_replicated`,
-    /// `sealing`.
+    /// A label for metrics and logs: `failed`, `requested`, `drain`, `promote`, `sealing`.
     pub fn label(&self) -> &'static str {
         match self {
             Why::Failed(_) => "failed",
             Why::Requested => "requested",
             Why::Drain(_) => "drain",
-            Why::UnderReplicated => "under_replicated",
+            Why::Promote(_) => "promote",
             Why::Sealing => "sealing",
         }
     }
+
+    /// The labels [`Why::label`] gives, for metrics that list every one.
+    pub const LABELS: [&'static str; 5] = ["failed", "requested", "drain", "promote", "sealing"];
 }
 
 /// One reconfiguration to make: seal `epoch` of `log_id` at `seal_at`, then extend.
@@ -93,6 +113,8 @@ pub struct Plan {
 /// The reconfigurations the state needs at `now`. A chain with no live member is left as it
 /// is (no replica can say where its epoch ends: the log waits for one to return); so is a
 /// drained node's chain with no other live member (nobody to move the log to: an rf 1 log).
+/// A short chain is promoted to only by learners the state says are ready
+/// ([`ClusterState::ready_learners`]), never by a node that has not copied the log.
 pub fn plan(state: &ClusterState, now: Instant) -> Vec<Plan> {
     let mut plans = Vec::new();
     for log in state.logs_after(0, usize::MAX) {
@@ -120,12 +142,14 @@ pub fn plan(state: &ClusterState, now: Instant) -> Vec<Plan> {
             Why::Sealing
         } else if !drained.is_empty() && alive.iter().any(|id| !drained.contains(id)) {
             Why::Drain(drained)
-        } else if current.chain.len() < usize::from(log.replication_factor)
-            && !state.spares(&current.chain, now).is_empty()
-        {
-            Why::UnderReplicated
         } else {
-            continue;
+            let wanted = usize::from(log.replication_factor).saturating_sub(current.chain.len());
+            let mut ready = state.ready_learners(log, now);
+            ready.truncate(wanted);
+            if ready.is_empty() {
+                continue;
+            }
+            Why::Promote(ready)
         };
         let last_heard = dead
             .iter()
@@ -141,6 +165,100 @@ pub fn plan(state: &ClusterState, now: Instant) -> Vec<Plan> {
         });
     }
     plans
+}
+
+/// A change of a log's learners ([`learner_changes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LearnerChange {
+    /// Make the node a learner of the log ([`ClusterState::add_learner`]).
+    Add {
+        /// The log.
+        log_id: u64,
+        /// The node.
+        node_id: u64,
+    },
+    /// Drop the node from the log's learners ([`ClusterState::remove_learner`]).
+    Drop {
+        /// The log.
+        log_id: u64,
+        /// The node.
+        node_id: u64,
+        /// Why: `in the chain`, `not alive`, `drained`, `not registered`, `not needed`.
+        why: &'static str,
+    },
+}
+
+impl LearnerChange {
+    /// Makes the change in `state` at `now`; returns the map version after it.
+    pub fn apply(&self, state: &mut ClusterState, now: Instant) -> Result<u64, StateError> {
+        match *self {
+            LearnerChange::Add { log_id, node_id } => state.add_learner(log_id, node_id, now),
+            LearnerChange::Drop {
+                log_id, node_id, ..
+            } => state.remove_learner(log_id, node_id),
+        }
+    }
+}
+
+/// The changes of the logs' learners the state needs at `now`: a learner in its log's chain
+/// (promoted, or named by an operator), not alive (it does not copy; the node deletes its
+/// copy, and may be picked again once it is back), drained or unknown is dropped, and so are
+/// the newest beyond what the chain lacks of the replication factor; a log whose chain
+/// and learners are fewer than its replication factor gets live, undrained nodes outside
+/// both as learners, the least loaded first ([`ClusterState::spares`]), up to the factor.
+pub fn learner_changes(state: &ClusterState, now: Instant) -> Vec<LearnerChange> {
+    let mut changes = Vec::new();
+    for log in state.logs_after(0, usize::MAX) {
+        let chain = &log.current().chain;
+        let mut kept = Vec::new();
+        for &node_id in &log.learners {
+            let why = match state.node(node_id) {
+                _ if chain.contains(&node_id) => Some("in the chain"),
+                None => Some("not registered"),
+                Some(node) if node.drained => Some("drained"),
+                Some(node) if !state.is_alive(node, now) => Some("not alive"),
+                Some(_) => None,
+            };
+            match why {
+                Some(why) => changes.push(LearnerChange::Drop {
+                    log_id: log.log_id,
+                    node_id,
+                    why,
+                }),
+                None => kept.push(node_id),
+            }
+        }
+        // More learners than the chain lacks (an operator filled it with other nodes): the
+        // newest go.
+        let room = usize::from(log.replication_factor).saturating_sub(chain.len());
+        for &node_id in kept.iter().skip(room) {
+            changes.push(LearnerChange::Drop {
+                log_id: log.log_id,
+                node_id,
+                why: "not needed",
+            });
+        }
+        let wanted = room.saturating_sub(kept.len());
+        if wanted == 0 {
+            continue;
+        }
+        let taken: Vec<u64> = chain.iter().chain(&log.learners).copied().collect();
+        for node_id in state.spares(&taken, now).into_iter().take(wanted) {
+            changes.push(LearnerChange::Add {
+                log_id: log.log_id,
+                node_id,
+            });
+        }
+    }
+    changes
+}
+
+/// Whether a learner that answered TAIL_HINT `learner` (its durable next LSN, the epoch it
+/// learns in) has caught up with a chain whose tail answered `tail` (its committed and
+/// durable tail, its epoch), in the log's `epoch`: both in that epoch, and the learner at
+/// most [`LEARNER_LAG_MAX`] records behind.
+pub fn learner_ready(learner: (u64, u64), tail: (u64, u64), epoch: u64) -> bool {
+    learner.1 == epoch && tail.1 == epoch && learner.0.saturating_add(LEARNER_LAG_MAX) >= tail.0
 }
 
 /// Why a call to a node did not succeed.
@@ -329,8 +447,17 @@ mod tests {
         assert!(plan(&state, later).is_empty());
     }
 
+    /// Applies every learner change `state` needs at `now`; returns them.
+    fn tend(state: &mut ClusterState, now: Instant) -> Vec<LearnerChange> {
+        let changes = learner_changes(state, now);
+        for change in &changes {
+            change.apply(state, now).expect("apply");
+        }
+        changes
+    }
+
     #[test]
-    fn a_dead_member_is_sealed_out_and_a_spare_takes_the_tail() {
+    fn a_dead_member_is_sealed_out_and_a_spare_learns_then_takes_the_tail() {
         let t0 = Instant::now();
         let mut state = cluster(4, t0);
         let log_id = state.create_log("orders", 3, t0).expect("create").log_id;
@@ -340,6 +467,7 @@ mod tests {
             plan(&state, t0).is_empty(),
             "every member alive, no spare needed"
         );
+        assert!(learner_changes(&state, t0).is_empty(), "the chain is full");
         // Everyone but the head heartbeats on; the head falls silent.
         let later = t0 + Duration::from_millis(500);
         for &id in &chain[1..] {
@@ -347,6 +475,10 @@ mod tests {
         }
         let spare = (1..=4).find(|id| !chain.contains(id)).expect("a spare");
         state.heartbeat(spare, 0, later).expect("heartbeat");
+        assert!(
+            learner_changes(&state, later).is_empty(),
+            "the dead head is still in the chain: no learner before the extend"
+        );
         let plans = plan(&state, later);
         assert_eq!(
             plans,
@@ -360,7 +492,7 @@ mod tests {
             }]
         );
         // The middle sealed at 10, the tail at 8: the new epoch starts at 10, the old middle
-        // leads, the spare joins at the tail.
+        // leads, and nobody joins inside the epoch (the spare would copy the whole log there).
         let version = state.version();
         let epoch = state
             .extend(
@@ -373,14 +505,67 @@ mod tests {
             .expect("extend");
         assert_eq!(epoch.epoch, 2);
         assert_eq!(epoch.start_lsn, 10);
-        assert_eq!(epoch.chain, vec![chain[1], chain[2], spare]);
+        assert_eq!(epoch.chain, chain[1..].to_vec(), "the survivors only");
         assert_eq!(state.version(), version + 1);
         // One reconfiguration per epoch: a second one from epoch 1 loses.
         assert!(matches!(
             state.extend(log_id, 1, &[(chain[1], 10)], Target::Auto, later),
             Err(StateError::StaleEpoch { current: 2, .. })
         ));
+        // The short chain gets the spare as a learner: a change of the map, no seal.
         assert!(plan(&state, later).is_empty());
+        assert_eq!(
+            tend(&mut state, later),
+            vec![LearnerChange::Add {
+                log_id,
+                node_id: spare
+            }]
+        );
+        assert_eq!(state.version(), version + 2);
+        assert_eq!(state.log(log_id).expect("log").learners, vec![spare]);
+        assert_eq!(
+            state.map(later).log(log_id).expect("log").learners,
+            vec![spare]
+        );
+        assert!(tend(&mut state, later).is_empty(), "one is enough for rf 3");
+        // Not promoted until it has caught up in the current epoch.
+        assert!(plan(&state, later).is_empty(), "not ready");
+        state.set_ready(log_id, spare, 1, true);
+        assert!(
+            plan(&state, later).is_empty(),
+            "ready in an epoch that ended"
+        );
+        state.set_ready(log_id, spare, 2, false);
+        assert!(plan(&state, later).is_empty(), "behind");
+        state.set_ready(log_id, spare, 2, true);
+        let plans = plan(&state, later);
+        assert_eq!(
+            plans,
+            vec![Plan {
+                log_id,
+                epoch: 2,
+                seal_at: chain[1..].to_vec(),
+                why: Why::Promote(vec![spare]),
+                chain: None,
+                last_heard: None,
+            }]
+        );
+        assert_eq!(plans[0].why.label(), "promote");
+        // Sealed at 70 and 70: the learner joins at the tail, and is a learner no more.
+        let epoch = state
+            .extend(
+                log_id,
+                2,
+                &[(chain[1], 70), (chain[2], 70)],
+                Target::Promote(&[spare]),
+                later,
+            )
+            .expect("extend");
+        assert_eq!(epoch.chain, vec![chain[1], chain[2], spare], "back at rf 3");
+        assert_eq!(epoch.start_lsn, 70);
+        assert!(state.log(log_id).expect("log").learners.is_empty());
+        assert!(plan(&state, later).is_empty());
+        assert!(learner_changes(&state, later).is_empty());
     }
 
     #[test]
@@ -404,25 +589,219 @@ mod tests {
             .expect("extend");
         assert_eq!(epoch.chain, chain[..2].to_vec(), "no spare: two replicas");
         assert!(plan(&state, later).is_empty(), "nothing to add");
-        // The lost node comes back: the log is under-replicated, and it can grow.
+        assert!(learner_changes(&state, later).is_empty(), "nobody to learn");
+        // The lost node comes back: it learns the log, and joins once it has caught up.
         state
             .register(chain[2], "10.0.0.3:7400", 1, later)
             .expect("register");
+        assert!(plan(&state, later).is_empty(), "it has not copied the log");
+        assert_eq!(
+            tend(&mut state, later),
+            vec![LearnerChange::Add {
+                log_id,
+                node_id: chain[2]
+            }]
+        );
+        state.set_ready(log_id, chain[2], 2, true);
         let plans = plan(&state, later);
         assert_eq!(plans.len(), 1);
-        assert_eq!(plans[0].why, Why::UnderReplicated);
+        assert_eq!(plans[0].why, Why::Promote(vec![chain[2]]));
         assert_eq!(plans[0].seal_at, chain[..2].to_vec());
         let epoch = state
             .extend(
                 log_id,
                 2,
                 &[(chain[0], 9), (chain[1], 9)],
-                Target::Auto,
+                Target::Promote(&[chain[2]]),
                 later,
             )
             .expect("extend");
         assert_eq!(epoch.chain, chain, "back at rf 3");
         assert_eq!(epoch.start_lsn, 9);
+    }
+
+    #[test]
+    fn dead_drained_and_chained_learners_are_dropped_and_replaced() {
+        let t0 = Instant::now();
+        let mut state = cluster(7, t0);
+        let log_id = state.create_log("orders", 3, t0).expect("create").log_id;
+        let chain = state.log(log_id).expect("log").current().chain.clone();
+        let others: Vec<u64> = (1..=7).filter(|id| !chain.contains(id)).collect();
+        let later = t0 + Duration::from_millis(500);
+        heartbeats(&mut state, later, &[chain[0]]);
+        state
+            .extend(
+                log_id,
+                1,
+                &[(chain[1], 3), (chain[2], 3)],
+                Target::Auto,
+                later,
+            )
+            .expect("extend");
+        let added = tend(&mut state, later);
+        let [LearnerChange::Add { node_id: first, .. }] = added[..] else {
+            panic!("one learner added: {added:?}");
+        };
+        assert!(others.contains(&first));
+        assert_eq!(
+            state.add_learner(log_id, first, later),
+            Err(StateError::LearnerRefused {
+                log_id,
+                node_id: first,
+                reason: "it is a learner of it already"
+            })
+        );
+        assert!(matches!(
+            state.add_learner(log_id, chain[1], later),
+            Err(StateError::LearnerRefused { .. })
+        ));
+        // It dies: it is dropped (the node deletes its copy), and another learns instead.
+        let even_later = later + Duration::from_millis(400);
+        heartbeats(&mut state, even_later, &[chain[0], first]);
+        state.set_ready(log_id, first, 2, true);
+        let version = state.version();
+        let changes = tend(&mut state, even_later);
+        assert_eq!(
+            changes[0],
+            LearnerChange::Drop {
+                log_id,
+                node_id: first,
+                why: "not alive"
+            }
+        );
+        let LearnerChange::Add {
+            node_id: second, ..
+        } = changes[1]
+        else {
+            panic!("a learner added: {changes:?}");
+        };
+        assert_ne!(second, first);
+        assert_eq!(changes.len(), 2);
+        assert_eq!(state.version(), version + 2);
+        assert!(
+            plan(&state, even_later).is_empty(),
+            "a dropped learner is never promoted"
+        );
+        // The second is drained: dropped too.
+        state.drain(second, true).expect("drain");
+        let changes = tend(&mut state, even_later);
+        assert_eq!(
+            changes[0],
+            LearnerChange::Drop {
+                log_id,
+                node_id: second,
+                why: "drained"
+            }
+        );
+        // An operator fills the chain with another node: the learner is not needed any more.
+        let learner = state.log(log_id).expect("log").learners[0];
+        let other = (1..=7)
+            .find(|&n| !chain.contains(&n) && ![first, second, learner].contains(&n))
+            .expect("another node");
+        let mut filled = state.clone();
+        filled
+            .extend(
+                log_id,
+                2,
+                &[(chain[1], 8), (chain[2], 8)],
+                Target::Chain(&[chain[1], chain[2], other]),
+                even_later,
+            )
+            .expect("extend");
+        assert_eq!(
+            tend(&mut filled, even_later),
+            vec![LearnerChange::Drop {
+                log_id,
+                node_id: learner,
+                why: "not needed"
+            }]
+        );
+        // An operator puts the current learner in the chain: it is no learner any more.
+        let asked = [chain[1], chain[2], learner];
+        let epoch = state
+            .extend(
+                log_id,
+                2,
+                &[(chain[1], 8), (chain[2], 8)],
+                Target::Chain(&asked),
+                even_later,
+            )
+            .expect("extend");
+        assert_eq!(epoch.chain, asked);
+        assert!(state.log(log_id).expect("log").learners.is_empty());
+        assert_eq!(state.check(), Ok(()));
+    }
+
+    #[test]
+    fn a_restarted_controller_keeps_its_learners_but_asks_again_whether_they_are_ready() {
+        let t0 = Instant::now();
+        let mut state = cluster(4, t0);
+        let log_id = state.create_log("orders", 3, t0).expect("create").log_id;
+        let chain = state.log(log_id).expect("log").current().chain.clone();
+        let later = t0 + Duration::from_millis(500);
+        heartbeats(&mut state, later, &[chain[2]]);
+        state
+            .extend(
+                log_id,
+                1,
+                &[(chain[0], 4), (chain[1], 4)],
+                Target::Auto,
+                later,
+            )
+            .expect("extend");
+        tend(&mut state, later);
+        let learners = state.log(log_id).expect("log").learners.clone();
+        assert_eq!(learners.len(), 1);
+        state.set_ready(log_id, learners[0], 2, true);
+        assert_eq!(plan(&state, later).len(), 1);
+        let json = serde_json::to_string(&state).expect("serialize");
+        let mut reloaded: ClusterState = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(reloaded.check(), Ok(()));
+        assert_eq!(reloaded.log(log_id).expect("log").learners, learners);
+        assert_eq!(reloaded.version(), state.version());
+        heartbeats(&mut reloaded, later, &[chain[2]]);
+        assert!(
+            plan(&reloaded, later).is_empty(),
+            "readiness is not durable: asked again first"
+        );
+        assert!(
+            learner_changes(&reloaded, later).is_empty(),
+            "still learning"
+        );
+        reloaded.set_ready(log_id, learners[0], 2, true);
+        assert_eq!(
+            plan(&reloaded, later)[0].why,
+            Why::Promote(learners.clone())
+        );
+    }
+
+    #[test]
+    fn a_learner_is_ready_within_the_lag_in_the_current_epoch_only() {
+        assert!(learner_ready((100, 3), (100, 3), 3));
+        assert!(learner_ready((0, 3), (LEARNER_LAG_MAX, 3), 3));
+        assert!(!learner_ready((0, 3), (LEARNER_LAG_MAX + 1, 3), 3));
+        assert!(!learner_ready((100, 2), (100, 3), 3), "an old epoch");
+        assert!(!learner_ready((100, 3), (100, 2), 3), "the tail is behind");
+        assert!(!learner_ready((100, 3), (100, 3), 4), "the log moved on");
+    }
+
+    #[test]
+    fn learners_count_as_load_when_spares_are_ranked() {
+        let t0 = Instant::now();
+        let mut state = cluster(5, t0);
+        let a = state.create_log("a", 3, t0).expect("create").log_id;
+        let chain = state.log(a).expect("log").current().chain.clone();
+        let free: Vec<u64> = (1..=5).filter(|id| !chain.contains(id)).collect();
+        assert_eq!(free.len(), 2);
+        let later = t0 + Duration::from_millis(500);
+        heartbeats(&mut state, later, &[chain[0]]);
+        state
+            .extend(a, 1, &[(chain[1], 0), (chain[2], 0)], Target::Auto, later)
+            .expect("extend");
+        tend(&mut state, later);
+        let learner = state.log(a).expect("log").learners[0];
+        let other = free.iter().copied().find(|&n| n != learner).expect("other");
+        assert_eq!(state.spares(&chain, later), vec![other, learner]);
     }
 
     #[test]
@@ -564,17 +943,19 @@ mod tests {
         let chain = state.log(log_id).expect("log").current().chain.clone();
         let later = t0 + Duration::from_millis(500);
         heartbeats(&mut state, later, &[chain[0]]);
+        let spare = (1..=4).find(|id| !chain.contains(id)).expect("a spare");
+        // An operator's chain puts a node new to the log straight in the chain.
         let epoch = state
             .extend(
                 log_id,
                 1,
                 &[(chain[1], 100), (chain[2], 100)],
-                Target::Auto,
+                Target::Chain(&[chain[1], chain[2], spare]),
                 later,
             )
             .expect("extend");
         let joiner = epoch.chain[2];
-        assert!(!chain.contains(&joiner));
+        assert_eq!(joiner, spare);
         let before = state.clone();
         let e = state
             .extend(log_id, 2, &[(joiner, 40)], Target::Auto, later)
@@ -634,7 +1015,7 @@ mod tests {
             );
         }
         // The drained head sealed longest (records only it has): the new epoch starts at the
-        // kept members' end, without it, and a spare that is not drained joins.
+        // kept members' end, without it; a spare that is not drained learns the log.
         let epoch = state
             .extend(
                 three,
@@ -644,11 +1025,15 @@ mod tests {
                 t0,
             )
             .expect("extend");
-        assert_eq!(&epoch.chain[..2], &chain[1..]);
-        assert!(!epoch.chain.contains(&head));
-        assert_eq!(epoch.chain.len(), 3);
+        assert_eq!(epoch.chain, &chain[1..]);
         assert_eq!(epoch.start_lsn, 10);
         assert!(!plan(&state, t0).iter().any(|p| p.log_id == three));
+        let learners: Vec<LearnerChange> = learner_changes(&state, t0)
+            .into_iter()
+            .filter(|c| matches!(c, LearnerChange::Add { log_id, .. } if *log_id == three))
+            .collect();
+        assert_eq!(learners.len(), 1);
+        assert!(!matches!(learners[0], LearnerChange::Add { node_id, .. } if node_id == head));
         // New logs are not placed on it either.
         for i in 0..4 {
             let id = state
@@ -667,11 +1052,18 @@ mod tests {
         let mut state = cluster(4, t0);
         let log_id = state.create_log("orders", 2, t0).expect("create").log_id;
         let chain = state.log(log_id).expect("log").current().chain.clone();
-        // Epoch 2 from 50: the head kept, a new node copying at the tail.
+        // Epoch 2 from 50: the head kept, a new node (an operator's) copying at the tail.
         let later = t0 + Duration::from_millis(500);
         heartbeats(&mut state, later, &[chain[1]]);
+        let spare = (1..=4).find(|id| !chain.contains(id)).expect("a spare");
         let epoch = state
-            .extend(log_id, 1, &[(chain[0], 50)], Target::Auto, later)
+            .extend(
+                log_id,
+                1,
+                &[(chain[0], 50)],
+                Target::Chain(&[chain[0], spare]),
+                later,
+            )
             .expect("extend");
         let joiner = epoch.chain[1];
         heartbeats(&mut state, later, &[]);

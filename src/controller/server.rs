@@ -46,6 +46,12 @@
 //! shows where they are). With `--metrics HOST:PORT` a thread serves `/metrics`
 //! (`super::metrics`), and another watches new members of chains catch up.
 //!
+//! **Learners.** The reconfiguring thread also adds and drops learners of short chains each
+//! round (a map change, persisted and published like any other; no seal), and a learner
+//! watch thread asks every learner and its chain's tail for their tails (TAIL_HINT) every
+//! [`LEARNER_POLL`]; the learners found caught up are kept in memory in the state, and the
+//! reconfiguring thread promotes them (`super::reconfig`, [`Why::Promote`]).
+//!
 //! **Stop.** SIGTERM or SIGINT (taken by the main thread, [`crate::signals`]): the listener
 //! and every connection's reading side are shut down, waiting creates answer UNAVAILABLE,
 //! every thread is joined, and [`run`] returns.
@@ -68,7 +74,7 @@ use chainlog_net::{
 };
 
 use super::metrics::{Metrics, Phase};
-use super::reconfig::{Plan, Why};
+use super::reconfig::{LearnerChange, Plan, Why};
 use super::state::{ClusterState, Epoch, StateError, Target, NODES_MAX};
 use super::store::{StateStore, StoreError};
 use crate::signals::StopSignals;
@@ -114,6 +120,8 @@ const CATCH_UP_POLL: Duration = Duration::from_millis(20);
 const TAIL_HINT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a new member is watched at most.
 const CATCH_UP_WATCH_MAX: Duration = Duration::from_secs(600);
+/// How often the learner watch asks learners and their chains' tails for their tails.
+const LEARNER_POLL: Duration = Duration::from_millis(20);
 
 /// How often the main thread looks whether the accepting thread died while it waits for a
 /// signal.
@@ -242,6 +250,7 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
         metrics: Mutex::new(Metrics::new()),
         refusals: Mutex::new(BTreeMap::new()),
         watches: Mutex::new(Vec::new()),
+        learning_since: Mutex::new(BTreeMap::new()),
     };
     match metrics_at {
         Some(metrics) => println!("{SERVING_AT}{local}{METRICS_AT}{metrics}"),
@@ -269,6 +278,13 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
             .spawn_scoped(scope, || controller.catch_up_loop())
             .map_err(|source| ControllerError::System {
                 what: "starting the catch-up watch",
+                source,
+            })?;
+        std::thread::Builder::new()
+            .name("learners".into())
+            .spawn_scoped(scope, || controller.learner_loop())
+            .map_err(|source| ControllerError::System {
+                what: "starting the learner watch",
                 source,
             })?;
         if let Some(listener) = &metrics_listener {
@@ -331,6 +347,9 @@ struct Controller {
     refusals: Mutex<BTreeMap<(u64, u64), String>>,
     /// New members of chains being watched until they have caught up.
     watches: Mutex<Vec<Watch>>,
+    /// When this process made each (log, node) a learner, for the `learn` phase (not
+    /// durable: a learner of a controller before a restart has no start, and records none).
+    learning_since: Mutex<BTreeMap<(u64, u64), Instant>>,
 }
 
 /// New members of a log's new epoch, watched until each holds the log up to its start.
@@ -343,6 +362,10 @@ struct Watch {
     joining: Vec<u64>,
     extended_at: Instant,
 }
+
+/// A log with learners, as the learner watch asks about it: (log, epoch, the chain's tail,
+/// the learners).
+type Learning = (u64, u64, u64, Vec<u64>);
 
 /// A failed request's answer.
 #[derive(Debug)]
@@ -400,7 +423,9 @@ impl From<StateError> for Refusal {
                 return Refusal::new(ErrorCode::WrongEpoch, current, e.to_string())
             }
             StateError::NoSurvivor { .. } | StateError::Behind { .. } => ErrorCode::Unavailable,
-            StateError::ChainRefused { .. } => ErrorCode::ConditionFailed,
+            StateError::ChainRefused { .. } | StateError::LearnerRefused { .. } => {
+                ErrorCode::ConditionFailed
+            }
             StateError::ChainTooLong { rf, .. } => {
                 return Refusal::new(ErrorCode::TooLarge, u64::from(rf), e.to_string())
             }
@@ -510,8 +535,9 @@ impl Controller {
         }
     }
 
-    /// Reconfigures the logs whose chains lost a member, can get one back, hold a drained
-    /// node or that an operator asked for ([`reconfig`](super::reconfig)), every
+    /// Reconfigures the logs whose chains lost a member, have a learner ready to join, hold
+    /// a drained node or that an operator asked for ([`reconfig`](super::reconfig)), and
+    /// adds and drops learners ([`super::reconfig::learner_changes`]), every
     /// [`RECONFIGURE_EVERY`], until the controller stops. Nothing happens before the liveness
     /// timeout has passed since the start: until then a node's silence means it has not
     /// heartbeated to this process yet. A log whose reconfiguration could not do what it was
@@ -524,6 +550,7 @@ impl Controller {
                 continue;
             }
             let now = Instant::now();
+            self.tend_learners(now);
             retry_at.retain(|_, at| *at > now);
             let plans = super::reconfig::plan(&self.lock(), now);
             for plan in plans {
@@ -539,6 +566,42 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// Adds and drops the learners the state needs at `now` (a change of the map, no seal),
+    /// durably before anyone sees them, and wakes those waiting on the state.
+    fn tend_learners(&self, now: Instant) {
+        let mut state = self.lock();
+        let changes = super::reconfig::learner_changes(&state, now);
+        if changes.is_empty() {
+            return;
+        }
+        let mut since = self.learning_since.lock().expect("learning lock");
+        for change in &changes {
+            match change.apply(&mut state, now) {
+                Ok(version) => {
+                    match *change {
+                        LearnerChange::Add { log_id, node_id } => {
+                            since.insert((log_id, node_id), now);
+                            tracing::info!(log_id, node = node_id, version, "learner added");
+                        }
+                        LearnerChange::Drop {
+                            log_id,
+                            node_id,
+                            why,
+                        } => {
+                            since.remove(&(log_id, node_id));
+                            tracing::info!(log_id, node = node_id, why, version, "learner dropped");
+                        }
+                    }
+                    self.count().learner_changed(change);
+                }
+                Err(e) => panic!("a learner change planned under the same lock: {e}"),
+            }
+        }
+        drop(since);
+        self.persist(&state);
+        self.changed.notify_all();
     }
 
     /// Seals `plan`'s epoch at its live members (at once, each within [`SEAL_TIMEOUT`]), then
@@ -611,6 +674,11 @@ impl Controller {
         let extending = Instant::now();
         let mut state = self.lock();
         let now = Instant::now();
+        // The controller's chain: the survivors, and for a promotion the learners at the tail.
+        let own = match &plan.why {
+            Why::Promote(learners) => Target::Promote(learners),
+            _ => Target::Auto,
+        };
         let result = match &plan.chain {
             Some(chain) => {
                 match state.extend(plan.log_id, plan.epoch, &sealed, Target::Chain(chain), now) {
@@ -622,12 +690,12 @@ impl Controller {
                             .lock()
                             .expect("refusals lock")
                             .insert((plan.log_id, plan.epoch), e.to_string());
-                        state.extend(plan.log_id, plan.epoch, &sealed, Target::Auto, now)
+                        state.extend(plan.log_id, plan.epoch, &sealed, own, now)
                     }
                     other => other,
                 }
             }
-            None => state.extend(plan.log_id, plan.epoch, &sealed, Target::Auto, now),
+            None => state.extend(plan.log_id, plan.epoch, &sealed, own, now),
         };
         match result {
             Ok(epoch) => {
@@ -645,6 +713,14 @@ impl Controller {
                     .collect();
                 self.changed.notify_all();
                 drop(state);
+                let learned: Vec<Duration> = {
+                    let mut since = self.learning_since.lock().expect("learning lock");
+                    joining
+                        .iter()
+                        .filter_map(|&id| since.remove(&(plan.log_id, id)))
+                        .map(|at| at.elapsed())
+                        .collect()
+                };
                 {
                     let mut metrics = self.count();
                     metrics.reconfigured(plan.why.label());
@@ -653,6 +729,9 @@ impl Controller {
                     }
                     metrics.phase(Phase::Seal, seal);
                     metrics.phase(Phase::Extend, extend);
+                    for &took in &learned {
+                        metrics.phase(Phase::Learn, took);
+                    }
                 }
                 if !joining.is_empty() {
                     self.watches.lock().expect("watches lock").push(Watch {
@@ -754,6 +833,60 @@ impl Controller {
             let catching_up = kept.iter().map(|w| w.joining.len()).sum();
             drop(kept);
             self.count().catching_up = catching_up;
+        }
+    }
+
+    /// Asks every learner and its log's chain tail for their tails (TAIL_HINT) every
+    /// [`LEARNER_POLL`], until the controller stops, and records in the state which learners
+    /// have caught up in the log's current epoch ([`super::reconfig::learner_ready`]): the
+    /// reconfiguring thread promotes those. A learner or tail that does not answer is not
+    /// ready.
+    fn learner_loop(&self) {
+        while !self.stopping() {
+            std::thread::sleep(LEARNER_POLL);
+            let (logs, addrs): (Vec<Learning>, BTreeMap<u64, (String, u16)>) = {
+                let state = self.lock();
+                let logs = state
+                    .logs_after(0, usize::MAX)
+                    .filter(|log| !log.learners.is_empty())
+                    .map(|log| {
+                        let current = log.current();
+                        let tail = *current.chain.last().expect("a chain is never empty");
+                        (log.log_id, current.epoch, tail, log.learners.clone())
+                    })
+                    .collect();
+                let addrs = state
+                    .nodes()
+                    .map(|n| (n.node_id, (n.addr.clone(), n.shard_count)))
+                    .collect();
+                (logs, addrs)
+            };
+            for (log_id, epoch, tail, learners) in logs {
+                if self.stopping() {
+                    return;
+                }
+                let hint = |node: u64| {
+                    let (addr, shards) = addrs.get(&node)?;
+                    super::reconfig::tail_hint(addr, *shards, log_id, TAIL_HINT_TIMEOUT).ok()
+                };
+                let at_tail = hint(tail);
+                let found: Vec<(u64, bool)> = learners
+                    .iter()
+                    .map(|&node| {
+                        let ready = match (hint(node), at_tail) {
+                            (Some(learner), Some(at_tail)) => {
+                                super::reconfig::learner_ready(learner, at_tail, epoch)
+                            }
+                            _ => false,
+                        };
+                        (node, ready)
+                    })
+                    .collect();
+                let mut state = self.lock();
+                for (node, ready) in found {
+                    state.set_ready(log_id, node, epoch, ready);
+                }
+            }
         }
     }
 

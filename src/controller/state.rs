@@ -15,13 +15,23 @@
 //!
 //! **Reconfiguration** ([`super::reconfig`]): [`ClusterState::extend`] starts a log's next
 //! epoch from the replicas that sealed the current one, with the chain the controller picks
-//! (after a failure, or to grow back to the replication factor) or one an operator asked for
+//! (the survivors, after a failure or a drain; the survivors and learners that caught up, to
+//! grow back to the replication factor) or one an operator asked for
 //! ([`ClusterState::request`], kept durably until done). A **drained** node
 //! ([`ClusterState::drain`]) gets no new chain, and the chains that hold it are moved off it.
 //!
+//! **Learners.** A log whose chain is short gets live spare nodes as learners
+//! ([`ClusterState::add_learner`], in the map and durable): each copies the log's committed
+//! records from the chain's tail outside the chain, so that copying a long log never holds
+//! appends up. The controller finds out by asking (TAIL_HINT) when one has caught up
+//! ([`ClusterState::set_ready`], not durable: asked again after a restart) and then promotes
+//! it: a seal and an extend with it at the tail ([`Target::Promote`]), where it only has the
+//! records of the sealed epoch's last moments to copy. A learner that dies, is drained or is
+//! in the chain is dropped ([`ClusterState::remove_learner`]).
+//!
 //! [`ClusterState::map`] is what nodes and clients learn of the state
 //! ([`chainlog_net::cluster::ClusterMap`]): the version, every node (address, shards, whether
-//! it is alive or drained) and every log's current epoch and chain.
+//! it is alive or drained) and every log's current epoch, chain and learners.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -134,10 +144,16 @@ pub struct Requested {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target<'a> {
     /// The controller's choice: the members that sealed, in order, less the drained ones
-    /// (unless only a drained one holds the log), then live spares up to the replication
-    /// factor.
+    /// (unless only a drained one holds the log), and nobody new: a node that joined inside
+    /// the epoch would hold its appends up while it copies the whole log, so a short chain
+    /// grows back through learners ([`Target::Promote`]) instead.
     Auto,
-    /// This chain, checked as [`ClusterState::request`] checks it and against the seals.
+    /// As [`Target::Auto`], then these learners of the log at the tail (those still live,
+    /// not drained and learners of it), up to the replication factor: they caught up
+    /// outside the chain, and leave the log's learners.
+    Promote(&'a [u64]),
+    /// This chain, checked as [`ClusterState::request`] checks it and against the seals. A
+    /// node new to the chain joins at the tail and copies the log inside the epoch.
     Chain(&'a [u64]),
 }
 
@@ -259,6 +275,17 @@ pub enum StateError {
         /// Why.
         reason: String,
     },
+    /// A node cannot learn the log: it is in its chain or a learner of it already, not
+    /// alive, or drained.
+    #[error("log {log_id}: node {node_id} cannot learn it: {reason}")]
+    LearnerRefused {
+        /// The log.
+        log_id: u64,
+        /// The node.
+        node_id: u64,
+        /// Why.
+        reason: &'static str,
+    },
     /// A chain asked for is longer than the replication factor.
     #[error("log {log_id}: a chain of {len} nodes, above its replication factor {rf}")]
     ChainTooLong {
@@ -290,6 +317,11 @@ pub struct ClusterState {
     /// A setting, not state: how recent a heartbeat keeps a node alive.
     #[serde(skip, default = "liveness_default")]
     liveness: Duration,
+    /// Learners found caught up with their log's chain ([`ClusterState::set_ready`]), by
+    /// (log, node), with the epoch they were caught up in. Not durable: a restarted
+    /// controller asks them again before it promotes any.
+    #[serde(skip)]
+    ready: BTreeMap<(u64, u64), u64>,
 }
 
 fn liveness_default() -> Duration {
@@ -310,6 +342,7 @@ impl ClusterState {
             nodes: BTreeMap::new(),
             logs: BTreeMap::new(),
             liveness,
+            ready: BTreeMap::new(),
         }
     }
 
@@ -673,11 +706,13 @@ impl ClusterState {
     /// records beyond it are only on members the chain leaves out, so none was acknowledged.
     ///
     /// [`Target::Auto`] keeps the members that sealed, in order, less the drained ones (all
-    /// of them if no other holds the records), then adds live nodes outside the old chain
-    /// that are not drained (placed as new logs are: fewest chains first) up to the
-    /// replication factor; with too few, the log runs under-replicated. A member of the old
-    /// chain that did not seal is never kept: it may still hold (or take) records of the old
-    /// epoch beyond its end, and comes back later, as a new replica.
+    /// of them if no other holds the records), and adds nobody: the log runs short until
+    /// learners have copied it ([`ClusterState::add_learner`]) and are promoted
+    /// ([`Target::Promote`]: the same, then the ready learners at the tail, up to the
+    /// replication factor). A member of the old chain that did not seal is never kept: it
+    /// may still hold (or take) records of the old epoch beyond its end, and comes back
+    /// later, as a learner. A node in the new chain is no longer a learner of the log, and
+    /// no learner is ready in the new epoch until it is asked again.
     ///
     /// Refused, with nothing changed: an epoch that is not the current one (another
     /// reconfiguration won), no sealed replica, none of the kept ones at the start, a
@@ -736,7 +771,7 @@ impl ClusterState {
                 }
                 chain.to_vec()
             }
-            Target::Auto => {
+            Target::Auto | Target::Promote(_) => {
                 let undrained: Vec<u64> = sealed_members
                     .iter()
                     .copied()
@@ -747,8 +782,20 @@ impl ClusterState {
                 } else {
                     sealed_members.clone()
                 };
-                let wanted = usize::from(log.replication_factor).saturating_sub(chain.len());
-                chain.extend(self.spares(&current.chain, now).into_iter().take(wanted));
+                if let Target::Promote(learners) = target {
+                    let wanted = usize::from(log.replication_factor).saturating_sub(chain.len());
+                    let promoted: Vec<u64> = learners
+                        .iter()
+                        .copied()
+                        .filter(|&n| {
+                            log.learners.contains(&n)
+                                && !current.chain.contains(&n)
+                                && self.can_learn(n, now)
+                        })
+                        .take(wanted)
+                        .collect();
+                    chain.extend(promoted);
+                }
                 chain
             }
         };
@@ -773,14 +820,113 @@ impl ClusterState {
         };
         self.version += 1;
         let log = self.logs.get_mut(&log_id).expect("checked above");
+        log.learners.retain(|n| !epoch.chain.contains(n));
         log.epochs.push(epoch.clone());
         log.sealing = None;
         log.requested = None;
+        self.ready.retain(|&(log, _), _| log != log_id);
         Ok(epoch)
     }
 
-    /// Live nodes outside `chain` that are not drained, fewest chains first (then fewest
-    /// heads, then lowest id): where a chain that lost a replica gets a new one.
+    /// True if `node_id` is registered, alive at `now` and not drained: it may learn a log.
+    fn can_learn(&self, node_id: u64, now: Instant) -> bool {
+        self.nodes
+            .get(&node_id)
+            .is_some_and(|node| self.is_alive(node, now) && !node.drained)
+    }
+
+    /// Makes `node_id` a learner of `log_id` (module documentation) and bumps the version;
+    /// returns the new version. Refused, with nothing changed, if it is in the log's current
+    /// chain or a learner of it already, not alive or drained, or if the chain and learners
+    /// would be more than the replication factor.
+    pub fn add_learner(
+        &mut self,
+        log_id: u64,
+        node_id: u64,
+        now: Instant,
+    ) -> Result<u64, StateError> {
+        let log = self
+            .logs
+            .get(&log_id)
+            .ok_or(StateError::UnknownLog { log_id })?;
+        if !self.nodes.contains_key(&node_id) {
+            return Err(StateError::UnknownNode { node_id });
+        }
+        let refuse = |reason| StateError::LearnerRefused {
+            log_id,
+            node_id,
+            reason,
+        };
+        if log.current().chain.contains(&node_id) {
+            return Err(refuse("it is in the chain"));
+        }
+        if log.learners.contains(&node_id) {
+            return Err(refuse("it is a learner of it already"));
+        }
+        if !self.can_learn(node_id, now) {
+            return Err(refuse("it is not alive, or drained"));
+        }
+        if log.current().chain.len() + log.learners.len() >= usize::from(log.replication_factor) {
+            return Err(refuse(
+                "the chain and its learners make the replication factor",
+            ));
+        }
+        self.version += 1;
+        let log = self.logs.get_mut(&log_id).expect("checked above");
+        log.learners.push(node_id);
+        Ok(self.version)
+    }
+
+    /// Drops `node_id` from `log_id`'s learners (the node deletes its copy) and bumps the
+    /// version; returns the map version (unchanged if it was not one).
+    pub fn remove_learner(&mut self, log_id: u64, node_id: u64) -> Result<u64, StateError> {
+        let log = self
+            .logs
+            .get_mut(&log_id)
+            .ok_or(StateError::UnknownLog { log_id })?;
+        let before = log.learners.len();
+        log.learners.retain(|&n| n != node_id);
+        if log.learners.len() != before {
+            self.version += 1;
+        }
+        self.ready.remove(&(log_id, node_id));
+        Ok(self.version)
+    }
+
+    /// Records whether learner `node_id` of `log_id` has caught up with the log's chain in
+    /// `epoch` (as the controller last found by asking them: TAIL_HINT), for
+    /// [`ClusterState::ready_learners`]. Not part of the map, not durable. A node that is not
+    /// a learner of the log is ignored.
+    pub fn set_ready(&mut self, log_id: u64, node_id: u64, epoch: u64, ready: bool) {
+        let learner = self
+            .logs
+            .get(&log_id)
+            .is_some_and(|log| log.learners.contains(&node_id));
+        if ready && learner {
+            self.ready.insert((log_id, node_id), epoch);
+        } else {
+            self.ready.remove(&(log_id, node_id));
+        }
+    }
+
+    /// The learners of `log` found caught up in its current epoch that are alive and not
+    /// drained at `now`, in the order they became learners: those to promote.
+    pub fn ready_learners(&self, log: &LogState, now: Instant) -> Vec<u64> {
+        let epoch = log.current().epoch;
+        log.learners
+            .iter()
+            .copied()
+            .filter(|&n| {
+                self.ready.get(&(log.log_id, n)) == Some(&epoch)
+                    && !log.current().chain.contains(&n)
+                    && self.can_learn(n, now)
+            })
+            .collect()
+    }
+
+    /// Live nodes outside `chain` that are not drained, fewest chains first (a log a node
+    /// learns counts as a chain: it copies that log), then fewest heads, then lowest id:
+    /// where a new log goes, and which nodes learn a short chain's log.
     pub fn spares(&self, chain: &[u64], now: Instant) -> Vec<u64> {
         let mut load: BTreeMap<u64, (usize, usize)> = self
             .nodes
@@ -795,6 +941,11 @@ impl ClusterState {
                 if let Some((chains, heads)) = load.get_mut(node_id) {
                     *chains += 1;
                     *heads += usize::from(position == 0);
+                }
+            }
+            for node_id in &log.learners {
+                if let Some((chains, _)) = load.get_mut(node_id) {
+                    *chains += 1;
                 }
             }
         }
@@ -838,6 +989,7 @@ impl ClusterState {
         self.logs
             .remove(&log_id)
             .ok_or(StateError::UnknownLog { log_id })?;
+        self.ready.retain(|&(log, _), _| log != log_id);
         self.version += 1;
         Ok(self.version)
     }
@@ -867,7 +1019,8 @@ impl ClusterState {
 
     /// Checks what a loaded state must satisfy: ids match their keys and names, versions
     /// are not ahead of the map's, every log has epochs in increasing order whose chains are
-    /// nonempty, within the replication factor, of distinct registered nodes.
+    /// nonempty, within the replication factor, of distinct registered nodes, and learners
+    /// that are distinct registered nodes outside its current chain.
     pub fn check(&self) -> Result<(), String> {
         for (&id, node) in &self.nodes {
             if id == 0 || node.node_id != id || node.shard_count == 0 {
@@ -904,6 +1057,18 @@ impl ClusterState {
                 return Err(format!(
                     "log {id}: sealing epoch {:?}, not its current one",
                     log.sealing
+                ));
+            }
+            let learners = &log.learners;
+            if learners
+                .iter()
+                .enumerate()
+                .any(|(i, n)| learners[..i].contains(n) || log.current().chain.contains(n))
+                || !learners.iter().all(|n| self.nodes.contains_key(n))
+            {
+                return Err(format!(
+                    "log {id}: learners {learners:?} are not distinct registered nodes outside \
+                     its chain"
                 ));
             }
             for epoch in &log.epochs {
@@ -1157,5 +1322,14 @@ mod tests {
         let mut bad = state.clone();
         bad.nodes.remove(&2);
         assert!(bad.check().is_err());
+        // Learners: registered, distinct, outside the chain.
+        for learners in [vec![1], vec![9], vec![3, 3]] {
+            let mut bad = state.clone();
+            bad.register(3, "10.0.0.3:7400", 2, t0).expect("register");
+            bad.logs
+                .values_mut()
+                .for_each(|l| l.learners = learners.clone());
+            assert!(bad.check().is_err(), "{learners:?}");
+        }
     }
 }

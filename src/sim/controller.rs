@@ -7,11 +7,16 @@
 //! plans out one after the other: it records the intent ([`ClusterState::begin_seal`]), sends
 //! SEAL to the log's shard on each live member over a connection of its own (one that takes
 //! longer than [`SEAL_TIMEOUT_US`], or that fails, leaves that member out), then starts the
-//! next epoch from the members that sealed ([`ClusterState::extend`]).
+//! next epoch from the members that sealed ([`ClusterState::extend`]). Each round it also
+//! adds and drops learners ([`learner_changes`]: the map changes, nobody is sealed), and, as
+//! the real controller's learner watch does, asks each learner and its log's chain tail for
+//! their tails (TAIL_HINT, one connection each, the same timeout), recording the learners
+//! that caught up ([`ClusterState::set_ready`]); [`plan`] promotes those ([`Why::Promote`]).
 //!
 //! It can be killed and restarted: what the real controller persists (the state, with the
-//! seal it began) survives, as if written to its file and read back; its heartbeats, its
-//! SEALs in flight and its retry timers do not. After a restart it waits a liveness timeout
+//! seal it began and the learners) survives, as if written to its file and read back; its
+//! heartbeats, its SEALs and TAIL_HINTs in flight, which learners it found ready and its
+//! retry timers do not. After a restart it waits a liveness timeout
 //! before it plans (a node it has not heard from yet is not dead), then finishes any seal it
 //! began ([`Why::Sealing`]). It can be paused (SIGSTOP: nothing runs, its connections keep
 //! receiving) and partitioned from nodes (it stops hearing them: they look dead to it, and it
@@ -29,7 +34,7 @@ use chainlog_net::{Request, Response, SealRequest};
 
 use super::conn::{ClientConn, Link};
 use super::world::{HostId, World};
-use crate::controller::reconfig::{plan, Plan, Why};
+use crate::controller::reconfig::{learner_changes, learner_ready, plan, LearnerChange, Plan, Why};
 use crate::controller::state::Target;
 use crate::controller::{ClusterState, StateError};
 
@@ -69,8 +74,12 @@ pub struct Reconfigurations {
     /// Epochs started to finish a seal begun before the controller restarted (or whose
     /// SEALs reached no member).
     pub sealing: u64,
-    /// Epochs started to grow a short chain back (a node back in it at the tail).
-    pub under_replicated: u64,
+    /// Epochs started to grow a short chain back (learners that caught up, at the tail).
+    pub promoted: u64,
+    /// Nodes made learners of a log.
+    pub learners_added: u64,
+    /// Learners dropped (not alive, drained, not needed, or in the chain).
+    pub learners_dropped: u64,
     /// Reconfigurations begun (the seal recorded).
     pub begun: u64,
     /// SEALs that failed or timed out.
@@ -85,7 +94,9 @@ impl std::ops::AddAssign for Reconfigurations {
     fn add_assign(&mut self, o: Reconfigurations) {
         self.failed += o.failed;
         self.sealing += o.sealing;
-        self.under_replicated += o.under_replicated;
+        self.promoted += o.promoted;
+        self.learners_added += o.learners_added;
+        self.learners_dropped += o.learners_dropped;
         self.begun += o.begun;
         self.seals_failed += o.seals_failed;
         self.behind += o.behind;
@@ -93,23 +104,48 @@ impl std::ops::AddAssign for Reconfigurations {
     }
 }
 
-/// One SEAL out, on its own connection.
+/// One SEAL or TAIL_HINT out, on its own connection.
 #[derive(Debug)]
-struct SealCall {
+struct Call {
     node_id: u64,
     addr: SocketAddr,
     conn: ClientConn,
     request: Option<u64>,
     started_us: u64,
-    /// The end it sealed at, or why not.
-    result: Option<Result<u64, String>>,
+    /// SEAL: the end it sealed at and the epoch; TAIL_HINT: the tail and epoch; or why not.
+    result: Option<Result<(u64, u64), String>>,
+}
+
+impl Call {
+    /// A call to `node`'s shard of `log_id`, on a connection of the controller's own.
+    fn new(world: &mut World, node: &NodeView, log_id: u64, now_us: u64) -> Call {
+        let mut addr = node.addr;
+        addr.set_port(addr.port() + (log_id % u64::from(node.shards)) as u16);
+        Call {
+            node_id: node.id,
+            addr,
+            conn: ClientConn::new(world, HOST),
+            request: None,
+            started_us: now_us,
+            result: None,
+        }
+    }
 }
 
 /// The reconfiguration under way.
 #[derive(Debug)]
 struct Work {
     plan: Plan,
-    calls: Vec<SealCall>,
+    calls: Vec<Call>,
+}
+
+/// A log's learners and chain tail being asked for their tails.
+#[derive(Debug)]
+struct Poll {
+    log_id: u64,
+    epoch: u64,
+    tail: Call,
+    learners: Vec<Call>,
 }
 
 /// What a step of the controller did that the simulation acts on.
@@ -139,6 +175,8 @@ pub(crate) struct SimController {
     /// Logs left alone until then (their last reconfiguration could not be done).
     retry_at: BTreeMap<u64, u64>,
     work: Option<Work>,
+    /// The learner polls of the current round (at most one per log).
+    polls: Vec<Poll>,
     pub(crate) counts: Reconfigurations,
 }
 
@@ -156,6 +194,7 @@ impl SimController {
             queue: VecDeque::new(),
             retry_at: BTreeMap::new(),
             work: None,
+            polls: Vec::new(),
             counts: Reconfigurations::default(),
         }
     }
@@ -183,6 +222,11 @@ impl SimController {
     pub(crate) fn kill(&mut self, world: &mut World) {
         if let Some(work) = self.work.take() {
             for mut call in work.calls {
+                call.conn.drop_conn(world);
+            }
+        }
+        for poll in self.polls.drain(..) {
+            for mut call in std::iter::once(poll.tail).chain(poll.learners) {
                 call.conn.drop_conn(world);
             }
         }
@@ -244,9 +288,14 @@ impl SimController {
                 }
             }
         }
+        self.poll_learners(world, state, now_us);
         if let Some(work) = &mut self.work {
             for call in &mut work.calls {
-                seal_step(world, call, work.plan.log_id, work.plan.epoch, now_us);
+                let request = Request::Seal(SealRequest {
+                    log_id: work.plan.log_id,
+                    epoch: work.plan.epoch,
+                });
+                call_step(world, call, &request, now_us);
             }
             if work.calls.iter().all(|c| c.result.is_some()) {
                 let work = self.work.take().expect("checked");
@@ -265,6 +314,10 @@ impl SimController {
             }
             self.next_round_us = now_us + RECONFIGURE_EVERY_US;
             self.retry_at.retain(|_, at| *at > now_us);
+            step.changed |= self.tend_learners(world, state, now_us);
+            if self.polls.is_empty() {
+                self.start_polls(world, state, nodes, now_us);
+            }
             self.queue = plan(state, now).into();
         }
         while let Some(plan) = self.queue.pop_front() {
@@ -286,18 +339,7 @@ impl SimController {
                 .seal_at
                 .iter()
                 .filter_map(|id| nodes.iter().find(|n| n.id == *id))
-                .map(|n| {
-                    let mut addr = n.addr;
-                    addr.set_port(addr.port() + (plan.log_id % u64::from(n.shards)) as u16);
-                    SealCall {
-                        node_id: n.id,
-                        addr,
-                        conn: ClientConn::new(world, HOST),
-                        request: None,
-                        started_us: now_us,
-                        result: None,
-                    }
-                })
+                .map(|n| Call::new(world, n, plan.log_id, now_us))
                 .collect();
             self.work = Some(Work { plan, calls });
             step.began = true;
@@ -319,7 +361,7 @@ impl SimController {
         let mut sealed = Vec::new();
         for call in &work.calls {
             match &call.result {
-                Some(Ok(end)) => sealed.push((call.node_id, *end)),
+                Some(Ok((end, _))) => sealed.push((call.node_id, *end)),
                 Some(Err(e)) => {
                     self.counts.seals_failed += 1;
                     tracing::debug!(at_us = now_us, node = call.node_id, log_id = plan.log_id, error = %e, "controller: seal failed");
@@ -331,12 +373,16 @@ impl SimController {
             return false; // Tried again on the next round (Why::Sealing).
         }
         let now = self.instant(now_us);
-        match state.extend(plan.log_id, plan.epoch, &sealed, Target::Auto, now) {
+        let target = match &plan.why {
+            Why::Promote(learners) => Target::Promote(learners),
+            _ => Target::Auto,
+        };
+        match state.extend(plan.log_id, plan.epoch, &sealed, target, now) {
             Ok(epoch) => {
                 match plan.why {
                     Why::Failed(_) => self.counts.failed += 1,
                     Why::Sealing => self.counts.sealing += 1,
-                    Why::UnderReplicated => self.counts.under_replicated += 1,
+                    Why::Promote(_) => self.counts.promoted += 1,
                     Why::Requested | Why::Drain(_) => {}
                 }
                 world.trace(&[21, plan.log_id, epoch.epoch, epoch.start_lsn]);
@@ -363,6 +409,96 @@ impl SimController {
         }
     }
 
+    /// Adds and drops the learners the state needs now (as the real controller does each
+    /// round); returns whether the map changed.
+    fn tend_learners(&mut self, world: &mut World, state: &mut ClusterState, now_us: u64) -> bool {
+        let now = self.instant(now_us);
+        let changes = learner_changes(state, now);
+        for change in &changes {
+            change
+                .apply(state, now)
+                .expect("a learner change planned on the same state");
+            match *change {
+                LearnerChange::Add { log_id, node_id } => {
+                    self.counts.learners_added += 1;
+                    world.trace(&[22, log_id, node_id]);
+                }
+                LearnerChange::Drop {
+                    log_id, node_id, ..
+                } => {
+                    self.counts.learners_dropped += 1;
+                    world.trace(&[23, log_id, node_id]);
+                }
+            }
+            tracing::debug!(at_us = now_us, ?change, "controller: learners");
+        }
+        !changes.is_empty()
+    }
+
+    /// Starts asking every log's learners and chain tail for their tails.
+    fn start_polls(
+        &mut self,
+        world: &mut World,
+        state: &ClusterState,
+        nodes: &[NodeView],
+        now_us: u64,
+    ) {
+        let node = |id: u64| nodes.iter().find(|n| n.id == id);
+        for log in state.logs_after(0, usize::MAX) {
+            if log.learners.is_empty() {
+                continue;
+            }
+            let current = log.current();
+            let tail = *current.chain.last().expect("a chain is never empty");
+            let Some(tail) = node(tail) else {
+                continue;
+            };
+            let tail = Call::new(world, tail, log.log_id, now_us);
+            let learners = log
+                .learners
+                .iter()
+                .filter_map(|&id| node(id))
+                .map(|n| Call::new(world, n, log.log_id, now_us))
+                .collect();
+            self.polls.push(Poll {
+                log_id: log.log_id,
+                epoch: current.epoch,
+                tail,
+                learners,
+            });
+        }
+    }
+
+    /// Moves the learner polls along; a poll whose calls are all answered (or failed) says
+    /// which learners caught up.
+    fn poll_learners(&mut self, world: &mut World, state: &mut ClusterState, now_us: u64) {
+        for poll in &mut self.polls {
+            let request = Request::TailHint {
+                log_id: poll.log_id,
+            };
+            for call in std::iter::once(&mut poll.tail).chain(&mut poll.learners) {
+                call_step(world, call, &request, now_us);
+            }
+        }
+        let (done, pending): (Vec<Poll>, Vec<Poll>) =
+            std::mem::take(&mut self.polls).into_iter().partition(|p| {
+                std::iter::once(&p.tail)
+                    .chain(&p.learners)
+                    .all(|c| c.result.is_some())
+            });
+        self.polls = pending;
+        for poll in done {
+            let tail = poll.tail.result.and_then(Result::ok);
+            for call in poll.learners {
+                let ready = match (call.result.and_then(Result::ok), tail) {
+                    (Some(learner), Some(tail)) => learner_ready(learner, tail, poll.epoch),
+                    _ => false,
+                };
+                state.set_ready(poll.log_id, call.node_id, poll.epoch, ready);
+            }
+        }
+    }
+
     /// Where the reconfiguration under way is, for a report.
     pub(crate) fn describe(&self, now_us: u64) -> String {
         format!(
@@ -382,9 +518,9 @@ impl SimController {
     }
 }
 
-/// Moves one SEAL along: connects, sends it, takes its answer, gives up after
-/// [`SEAL_TIMEOUT_US`] or when the connection fails (as `reconfig::seal` does).
-fn seal_step(world: &mut World, call: &mut SealCall, log_id: u64, epoch: u64, now_us: u64) {
+/// Moves one call along: connects, sends `request`, takes its answer, gives up after
+/// [`SEAL_TIMEOUT_US`] or when the connection fails (as `reconfig::call` does).
+fn call_step(world: &mut World, call: &mut Call, request: &Request<'_>, now_us: u64) {
     if call.result.is_some() {
         return;
     }
@@ -393,21 +529,23 @@ fn seal_step(world: &mut World, call: &mut SealCall, log_id: u64, epoch: u64, no
         Link::Lost => call.result = Some(Err("the connection failed".into())),
         Link::Fresh | Link::Up => {
             if call.request.is_none() {
-                let request = Request::Seal(SealRequest { log_id, epoch });
-                call.request = Some(call.conn.send(world, &request));
+                call.request = Some(call.conn.send(world, request));
             }
-            let (request, result) = (call.request, &mut call.result);
+            let (id_sent, result) = (call.request, &mut call.result);
             let ended = call.conn.receive(world, &mut |id, answer| {
-                if Some(id) != request || result.is_some() {
+                if Some(id) != id_sent || result.is_some() {
                     return; // HELLO's answer.
                 }
-                *result = Some(match answer {
-                    Ok(Response::Seal(s)) if s.log_id == log_id && s.epoch == epoch => {
-                        Ok(s.end_lsn)
+                *result = Some(match (request, answer) {
+                    (Request::Seal(r), Ok(Response::Seal(s)))
+                        if s.log_id == r.log_id && s.epoch == r.epoch =>
+                    {
+                        Ok((s.end_lsn, s.epoch))
                     }
-                    Ok(Response::Error(e)) => Err(format!("{}: {}", e.code.name(), e.message)),
-                    Ok(other) => Err(format!("an unexpected answer: {other:?}")),
-                    Err(e) => Err(e),
+                    (Request::TailHint { .. }, Ok(Response::TailHint(t))) => Ok((t.tail, t.epoch)),
+                    (_, Ok(Response::Error(e))) => Err(format!("{}: {}", e.code.name(), e.message)),
+                    (_, Ok(other)) => Err(format!("an unexpected answer: {other:?}")),
+                    (_, Err(e)) => Err(e),
                 });
             });
             if ended && call.result.is_none() {

@@ -13,8 +13,8 @@
 //! comes from the controller's pure state ([`crate::controller::ClusterState`]), logs created
 //! during the run included. With [`Options::reconfigure`] (`chainlog sim --reconfigure`: four
 //! nodes, logs of rf 3) a simulated controller (`controller.rs`) hears the nodes' heartbeats
-//! and reconfigures the chains with the real controller's plan, seal and extend, over the
-//! simulated network; faults then also aim at a log's head, a middle member and its tail
+//! and reconfigures the chains with the real controller's plan, seal and extend, learners and
+//! their promotion, over the simulated network; faults then also aim at a log's head, a middle member and its tail
 //! (kills long enough for its chain to move, pauses, partitions from everyone), and at the
 //! controller (kills, also between the seal it recorded and the epoch it starts, pauses,
 //! partitions from a node); clients follow the chains. The control thread's own code and
@@ -32,8 +32,9 @@
 //! appends (I6), fencing tokens (I7), linearizable tails, trim points, record stamps within
 //! the stamping node's wall clock; and liveness: once the faults stop, every batch and trim is
 //! answered, every subscriber catches up and the replicas agree byte for byte, within a
-//! bounded (virtual) time (with a controller: it is idle with nothing to plan, every log is
-//! back at its replication factor and every node has the newest map).
+//! bounded (virtual) time (with a controller: it is idle with nothing to plan and no learner
+//! to add or drop, every log is back at its replication factor, its learners promoted, and
+//! every node has the newest map).
 
 mod client;
 mod conn;
@@ -94,15 +95,17 @@ pub struct Options {
     /// A deliberately broken node, to show the checks bite (see [`Canary`]).
     pub canary: Option<Canary>,
     /// A controller reconfigures the chains (`controller::SimController`): nodes it does not
-    /// hear from are sealed out of their chains and come back at the tail, and faults aim at
+    /// hear from are sealed out of their chains, spares learn the short chains' logs and
+    /// join them at the tail once caught up, and faults aim at
     /// the head, a middle or the tail of a log, and at the controller itself. Without it the
     /// chains never change.
     pub reconfigure: bool,
 }
 
 impl Options {
-    /// The reconfiguration runs: four nodes for logs of three replicas (a spare to take a
-    /// failed member's place), a controller that reconfigures, and its faults.
+    /// The reconfiguration runs: four nodes for logs of three replicas (a spare to learn a
+    /// failed member's log and take its place), a controller that reconfigures, and its
+    /// faults.
     pub fn reconfiguration() -> Options {
         Options {
             nodes: 4,
@@ -807,7 +810,9 @@ impl Sim {
             if let Some(log) = self.state.log(log_id) {
                 let (epoch, sealing) = (log.current().clone(), log.sealing);
                 self.violations.push(format!(
-                    "  log {log_id}: the controller's epoch {epoch:?}, sealing {sealing:?}"
+                    "  log {log_id}: the controller's epoch {epoch:?}, learners {:?}, sealing \
+                     {sealing:?}",
+                    log.learners
                 ));
             }
             for i in chain {
@@ -1251,12 +1256,15 @@ impl Sim {
             return false;
         }
         if let Some(c) = &self.controller {
-            // The controller is done: no reconfiguration to make (every log back at its
-            // replication factor, every node being alive), and every node has the map.
+            // The controller is done: no reconfiguration to make and no learner to add or
+            // drop (every log back at its replication factor, every node being alive), and
+            // every node has the map.
             let now = self.now();
             let version = self.state.version();
             if !c.idle(now)
                 || !crate::controller::reconfig::plan(&self.state, c.instant(now)).is_empty()
+                || !crate::controller::reconfig::learner_changes(&self.state, c.instant(now))
+                    .is_empty()
                 || self.state.under_replicated().next().is_some()
                 || self.nodes.iter().any(|n| n.map_version != version)
             {

@@ -645,7 +645,7 @@ pub(crate) enum Down {
     /// 100 ms to 1.5 s (seeded).
     Brief,
     /// This long: the log must be reconfigured around it (back at its replication factor
-    /// with a spare) and take appends again before it returns.
+    /// with a spare that learned the log) and take appends again before it returns.
     For(Duration),
 }
 

@@ -369,7 +369,9 @@ pub(crate) struct FaultReport {
     /// Latency before, during and after, microseconds (from the intended send).
     pub(crate) latency_us: Windows,
     /// The controller's reconfigurations that ended from this fault to the next one (or to
-    /// the run's end), by phase (detect, seal, extend, catch_up); `null` if the controller's
+    /// the run's end), by phase (detect, seal, extend, catch_up, learn; a failure's survivors'
+    /// epoch and the promotion of the learner that replaced it each seal and extend);
+    /// `null` if the controller's
     /// metrics could not be read at both ends (it was down).
     pub(crate) reconfiguration: Option<Vec<PhaseTime>>,
 }

@@ -446,13 +446,15 @@ fn bucket_quantile(buckets: &[(f64, f64)], q: f64) -> u64 {
 
 /// The controller's reconfiguration phase times family (microseconds, label `phase`).
 pub(crate) const PHASE_FAMILY: &str = "chainlog_controller_reconfiguration_phase_us";
-/// The controller's phases of a reconfiguration, in order (`src/controller/metrics.rs`).
-const PHASES: [&str; 4] = ["detect", "seal", "extend", "catch_up"];
+/// The controller's phases of a reconfiguration, in order (`src/controller/metrics.rs`):
+/// after a failure, the survivors' epoch (detect, seal, extend), then a learner copies the
+/// log (learn) and is promoted (another seal and extend, then its catch_up).
+const PHASES: [&str; 5] = ["detect", "seal", "extend", "catch_up", "learn"];
 
 /// One phase of the controller's reconfigurations between two scrapes of its metrics.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub(crate) struct PhaseTime {
-    /// `detect`, `seal`, `extend` or `catch_up`.
+    /// `detect`, `seal`, `extend`, `catch_up` or `learn`.
     pub(crate) phase: String,
     /// Reconfigurations that went through it in between (only a failure is detected).
     pub(crate) count: u64,

@@ -144,8 +144,13 @@ pub fn plan(state: &ClusterState, now: Instant) -> Vec<Plan> {
             Why::Drain(drained)
         } else {
             let wanted = usize::from(log.replication_factor).saturating_sub(current.chain.len());
+            // One learner per promotion, at the tail: a learner's copy may be shorter than
+            // its last TAIL_HINT said (a crash lost what was not synced), even below the
+            // log's trim point. At the tail its predecessor starts it at the trim point (a
+            // TRIM) and sends the rest; as a middle member it would take back from its
+            // successor, with PULL, records that are trimmed there.
             let mut ready = state.ready_learners(log, now);
-            ready.truncate(wanted);
+            ready.truncate(wanted.min(1));
             if ready.is_empty() {
                 continue;
             }

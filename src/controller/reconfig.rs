@@ -266,6 +266,23 @@ pub fn learner_ready(learner: (u64, u64), tail: (u64, u64), epoch: u64) -> bool 
     learner.1 == epoch && tail.1 == epoch && learner.0.saturating_add(LEARNER_LAG_MAX) >= tail.0
 }
 
+/// The seals a new epoch can build on, as (node, end), from what each member answered
+/// (node, end, trim point): those of members whose end is below another member's trim point
+/// are left out. Such a member lacks records that every member still holding them has
+/// trimmed (a new replica that was still being copied when the epoch was sealed, or whose
+/// copy a crash shortened): in the new chain it could get them from nobody (a member behind
+/// its successor takes records back from it, and they are trimmed there), so the log would
+/// stop. Left out, it is a free node that learns the log again. The member with the longest
+/// end is never left out (its end is at least every committed LSN, so every trim point).
+pub fn usable_seals(seals: &[(u64, u64, u64)]) -> Vec<(u64, u64)> {
+    let trimmed = seals.iter().map(|&(_, _, trim)| trim).max().unwrap_or(0);
+    seals
+        .iter()
+        .filter(|&&(_, end, _)| end >= trimmed)
+        .map(|&(node, end, _)| (node, end))
+        .collect()
+}
+
 /// Why a call to a node did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {

@@ -657,16 +657,17 @@ impl Controller {
                 .filter_map(|call| call.join().ok())
                 .collect()
         });
-        let mut sealed = Vec::new();
+        let mut seals = Vec::new();
         for (id, result) in results {
             match result {
-                Ok((end, _trim)) => sealed.push((id, end)),
+                Ok((end, trim)) => seals.push((id, end, trim)),
                 Err(e) => {
                     self.count().seal_failed();
                     tracing::warn!(log_id = plan.log_id, epoch = plan.epoch, node = id, error = %e, "seal failed");
                 }
             }
         }
+        let sealed = super::reconfig::usable_seals(&seals);
         if sealed.is_empty() {
             return true; // Tried again on the next round (the seals' timeout paces it).
         }

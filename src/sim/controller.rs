@@ -34,7 +34,9 @@ use chainlog_net::{Request, Response, SealRequest};
 
 use super::conn::{ClientConn, Link};
 use super::world::{HostId, World};
-use crate::controller::reconfig::{learner_changes, learner_ready, plan, LearnerChange, Plan, Why};
+use crate::controller::reconfig::{
+    learner_changes, learner_ready, plan, usable_seals, LearnerChange, Plan, Why,
+};
 use crate::controller::state::Target;
 use crate::controller::{ClusterState, StateError};
 
@@ -358,10 +360,10 @@ impl SimController {
         now_us: u64,
     ) -> bool {
         let plan = work.plan;
-        let mut sealed = Vec::new();
+        let mut seals = Vec::new();
         for call in &work.calls {
             match &call.result {
-                Some(Ok((end, _))) => sealed.push((call.node_id, *end)),
+                Some(Ok((end, trim))) => seals.push((call.node_id, *end, *trim)),
                 Some(Err(e)) => {
                     self.counts.seals_failed += 1;
                     tracing::debug!(at_us = now_us, node = call.node_id, log_id = plan.log_id, error = %e, "controller: seal failed");
@@ -369,6 +371,7 @@ impl SimController {
                 None => unreachable!("finished when every call has its result"),
             }
         }
+        let sealed = usable_seals(&seals);
         if sealed.is_empty() {
             return false; // Tried again on the next round (Why::Sealing).
         }

@@ -272,10 +272,17 @@ pub fn learner_ready(learner: (u64, u64), tail: (u64, u64), epoch: u64) -> bool 
 /// trimmed (a new replica that was still being copied when the epoch was sealed, or whose
 /// copy a crash shortened): in the new chain it could get them from nobody (a member behind
 /// its successor takes records back from it, and they are trimmed there), so the log would
-/// stop. Left out, it is a free node that learns the log again. The member with the longest
-/// end is never left out (its end is at least every committed LSN, so every trim point).
+/// stop. Left out, it is a free node that learns the log again. The members with the longest
+/// end are never left out (a trim point may lie beyond every record, as a trim of an empty
+/// log asks for).
 pub fn usable_seals(seals: &[(u64, u64, u64)]) -> Vec<(u64, u64)> {
-    let trimmed = seals.iter().map(|&(_, _, trim)| trim).max().unwrap_or(0);
+    let longest = seals.iter().map(|&(_, end, _)| end).max().unwrap_or(0);
+    let trimmed = seals
+        .iter()
+        .map(|&(_, _, trim)| trim)
+        .max()
+        .unwrap_or(0)
+        .min(longest);
     seals
         .iter()
         .filter(|&&(_, end, _)| end >= trimmed)
@@ -421,6 +428,22 @@ mod tests {
     use super::*;
     use crate::controller::state::{Requested, Target};
     use crate::controller::StateError;
+
+    /// A member still being copied when the epoch was sealed (end below the others' trim
+    /// point) is left out of the next chain; a trim point beyond every record leaves out
+    /// nobody with the longest end.
+    #[test]
+    fn members_behind_the_trim_point_are_left_out_of_the_next_epoch() {
+        assert_eq!(
+            usable_seals(&[(1, 40, 30), (2, 40, 30), (3, 0, 0)]),
+            vec![(1, 40), (2, 40)]
+        );
+        assert_eq!(
+            usable_seals(&[(1, 40, 30), (3, 35, 0)]),
+            vec![(1, 40), (3, 35)]
+        );
+        assert_eq!(usable_seals(&[(4, 0, 1), (1, 0, 1)]), vec![(4, 0), (1, 0)]);
+    }
 
     fn cluster(nodes: u64, now: Instant) -> ClusterState {
         let mut state = ClusterState::new(Duration::from_millis(300));

@@ -1051,11 +1051,17 @@ impl Controller {
             }
             Request::Heartbeat(heartbeat) => {
                 let mut state = self.lock();
-                let map_version = state.heartbeat(
-                    heartbeat.node_id,
-                    heartbeat.applied_version,
-                    Instant::now(),
-                )?;
+                let now = Instant::now();
+                let map_version =
+                    state.heartbeat(heartbeat.node_id, heartbeat.applied_version, now)?;
+                if heartbeat.suspect != 0 {
+                    tracing::info!(
+                        node = heartbeat.node_id,
+                        suspect = heartbeat.suspect,
+                        "a neighbour's replication connection failed"
+                    );
+                    state.suspect(heartbeat.suspect, now);
+                }
                 self.changed.notify_all();
                 Ok(Answer::Heartbeat(MapVersionResponse { map_version }))
             }

@@ -43,6 +43,9 @@ use chainlog_net::{log_id_of, ADDR_BYTES_MAX, HEARTBEAT_MS_NEVER};
 
 /// How long after its last heartbeat a node still counts as alive, by default.
 pub const LIVENESS_DEFAULT: Duration = Duration::from_millis(500);
+/// A node a neighbour suspects is dead once silent for this fraction of the liveness timeout
+/// (100 ms by default: nodes heartbeat every 50 ms).
+const SUSPECT_FRACTION: u32 = 5;
 /// The epoch every new log starts in (the one a standalone node serves every log in).
 pub const EPOCH_FIRST: u64 = 1;
 /// Nodes a cluster may register: a GET_MAP page carries every node, so this bounds the page
@@ -68,6 +71,10 @@ pub struct NodeState {
     /// restart, or after the node registers again).
     #[serde(skip)]
     pub applied_version: u64,
+    /// When a neighbour in a chain last named it in a heartbeat because their replication
+    /// connection failed (not durable).
+    #[serde(skip)]
+    pub suspected: Option<Instant>,
     /// Drained by an operator: it gets no new chain, and the chains holding it are moved off
     /// it ([`ClusterState::drain`]).
     #[serde(default)]
@@ -388,8 +395,23 @@ impl ClusterState {
 
     /// True if `node` registered or heartbeated within the liveness timeout before `now`.
     pub fn is_alive(&self, node: &NodeState, now: Instant) -> bool {
-        node.last_heartbeat
-            .is_some_and(|at| now.saturating_duration_since(at) <= self.liveness)
+        node.last_heartbeat.is_some_and(|at| {
+            let silent = now.saturating_duration_since(at);
+            // A suspect (named by a neighbour after its heartbeat) is dead sooner: a live
+            // one heartbeats again within a fifth of the timeout and clears the suspicion.
+            let suspect = node.suspected.is_some_and(|s| s > at);
+            silent <= self.liveness && !(suspect && silent > self.liveness / SUSPECT_FRACTION)
+        })
+    }
+
+    /// Node `node_id` was named by a neighbour whose replication connection with it failed
+    /// (a HEARTBEAT's `suspect`): unless it heartbeats again within a fifth of the liveness
+    /// timeout since its last heartbeat, it is dead from then on ([`is_alive`](Self::is_alive)).
+    /// Unknown ids are ignored (a neighbour may name a node the controller forgot).
+    pub fn suspect(&mut self, node_id: u64, now: Instant) {
+        if let Some(node) = self.nodes.get_mut(&node_id) {
+            node.suspected = Some(now);
+        }
     }
 
     /// Registers node `node_id` (a registration is also a heartbeat, with nothing applied
@@ -423,6 +445,7 @@ impl ClusterState {
             shard_count: 0,
             last_heartbeat: None,
             applied_version: 0,
+            suspected: None,
             drained: false,
         });
         node.last_heartbeat = Some(now);
@@ -1124,6 +1147,36 @@ mod tests {
                 .expect("register");
         }
         state
+    }
+
+    /// A node a neighbour names is dead once silent for a fifth of the liveness timeout,
+    /// unless it heartbeats again after the report; nobody else is touched.
+    #[test]
+    fn a_suspect_that_stays_silent_is_dead_early_and_one_that_heartbeats_is_not() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut state = cluster(3, t0); // liveness 500 ms
+        let alive = |state: &ClusterState, id: u64, at: Instant| {
+            state.is_alive(state.node(id).expect("registered"), at)
+        };
+        state.suspect(1, t0 + ms(20));
+        state.suspect(2, t0 + ms(20));
+        state.suspect(99, t0 + ms(20)); // unknown: ignored
+        state.heartbeat(2, 0, t0 + ms(50)).expect("heartbeat");
+        assert!(
+            alive(&state, 1, t0 + ms(100)),
+            "within a fifth of the timeout"
+        );
+        assert!(!alive(&state, 1, t0 + ms(101)), "silent past it: dead");
+        assert!(
+            alive(&state, 2, t0 + ms(400)),
+            "it heartbeated after the report"
+        );
+        assert!(
+            alive(&state, 3, t0 + ms(500)),
+            "not suspected: the full timeout"
+        );
+        assert!(!alive(&state, 3, t0 + ms(501)));
     }
 
     #[test]

@@ -44,7 +44,7 @@ use chainlog::net::{AppendBuilder, AppendHeader, ErrorCode, Limits};
 use common::raw::{Answer, Raw};
 use harness::{
     check_log, indexes, progress, run_and_check, Cluster, Role, Settings, Watch, ACKS_BEFORE_KILL,
-    DRAIN, PROGRESS_DEADLINE, SHAPE,
+    COPY_DEADLINE, DRAIN, PROGRESS_DEADLINE, SHAPE,
 };
 use workload::Load;
 
@@ -234,9 +234,12 @@ fn paused_member_is_sealed_out(role: Role) {
     );
     // It rejoins the chain (the only node free), as a new replica.
     let rejoined = cluster
-        .wait_log(log_id, &format!("node {id} back in the chain"), |l| {
-            l.chain.len() == 3 && l.chain.contains(&id)
-        })
+        .wait_log_within(
+            log_id,
+            &format!("node {id} back in the chain"),
+            COPY_DEADLINE,
+            |l| l.chain.len() == 3 && l.chain.contains(&id),
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     println!(
         "node {id} rejoined: epoch {} {:?} from LSN {}",
@@ -319,7 +322,7 @@ fn a_controller_killed_between_seal_and_extend_finishes_the_reconfiguration() {
         }
     );
     let after = cluster
-        .wait_log(log_id, "a new epoch with every node", |l| {
+        .wait_log_within(log_id, "a new epoch with every node", COPY_DEADLINE, |l| {
             l.epoch > before.epoch && l.chain.len() == 3
         })
         .unwrap_or_else(|e| panic!("{e}"));
@@ -439,9 +442,12 @@ fn a_node_back_with_an_unacknowledged_suffix_never_serves_it() {
         format!("node {head_id}, back"),
     );
     let rejoined = cluster
-        .wait_log(log_id, "the old head back in the chain", |l| {
-            l.chain.len() == 3 && l.chain.contains(&head_id)
-        })
+        .wait_log_within(
+            log_id,
+            "the old head back in the chain",
+            COPY_DEADLINE,
+            |l| l.chain.len() == 3 && l.chain.contains(&head_id),
+        )
         .unwrap_or_else(|e| panic!("{e}"));
     println!(
         "node {head_id} rejoined: epoch {} {:?} from LSN {}",

@@ -15,7 +15,7 @@
 //! the connection the log's REPLICATEs came from: [`Replicas::upstream`]); and they say which
 //! logs' links are over budget ([`Replicas::set_congested`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 
 use chainlog_net::{
@@ -24,7 +24,7 @@ use chainlog_net::{
     WRITER_NONE,
 };
 use chainlog_storage::io::Io;
-use chainlog_storage::{Ack, Pin, ReplicaState, Store};
+use chainlog_storage::{Ack, Pin, ReplicaState, Store, StoredRun};
 
 use super::catalog::{Catalog, LogEntry as CatalogEntry};
 use super::learners::{is_learner_entry, Learners};
@@ -73,6 +73,11 @@ pub(crate) struct Replicas {
     upstream: HashMap<u64, u64>,
     /// The logs this shard copies before it joins their chains (no replica of them here).
     pub(crate) learners: Learners,
+    /// Runs read for a learner's PULL beyond the one it answered, per log, with the epoch
+    /// they were read in: the learner's next PULLs start there, and a keyed batch is a run of
+    /// its own, so reading the disk for each would make the copy one disk read per batch.
+    /// They are committed records, which never change.
+    read_ahead: HashMap<u64, (u64, VecDeque<StoredRun>)>,
 }
 
 impl Replicas {
@@ -111,6 +116,7 @@ impl Replicas {
             congested: HashSet::new(),
             upstream: HashMap::new(),
             learners,
+            read_ahead: HashMap::new(),
         }
     }
 
@@ -297,6 +303,7 @@ impl Replicas {
     /// A log deleted here, or gone from the cluster map.
     pub(crate) fn remove(&mut self, log_id: u64) {
         self.logs.remove(&log_id);
+        self.read_ahead.remove(&log_id);
     }
 
     /// Checks that a replication request of `log_id` in `epoch` comes from the log's
@@ -504,7 +511,7 @@ impl Replicas {
     /// replica's stored records from `from_lsn` on, durable or not, with the keys and fencing
     /// raises stored with them, and this replica's next LSN.
     pub(crate) fn pull<I: Io>(
-        &self,
+        &mut self,
         peer: Option<u64>,
         store: &mut Store<I>,
         request_id: u64,
@@ -536,8 +543,17 @@ impl Replicas {
         };
         let max_records = u64::from(pull.max_records.min(self.limits.batch_records_max))
             .min(end.saturating_sub(from)) as usize;
-        let run = if max_records > 0 {
-            store
+        let read_ahead = match self.read_ahead.remove(&log_id) {
+            Some((read_in, runs)) if pull.learner && read_in == epoch => runs,
+            _ => VecDeque::new(),
+        };
+        let run = if max_records == 0 {
+            None
+        } else if let Some((run, rest)) = run_at(read_ahead, from, end) {
+            self.read_ahead.insert(log_id, (epoch, rest));
+            Some(run)
+        } else {
+            let mut runs: VecDeque<StoredRun> = store
                 .read_stored_runs(
                     log_id,
                     from,
@@ -545,10 +561,12 @@ impl Replicas {
                     self.limits.frame_bytes_max as usize,
                 )
                 .map_err(|e| Refusal::of_store(&e))?
-                .into_iter()
-                .next()
-        } else {
-            None
+                .into();
+            let first = runs.pop_front();
+            if pull.learner {
+                self.read_ahead.insert(log_id, (epoch, runs));
+            }
+            first
         };
         let mut body = Vec::new();
         let (first, count, run_epoch, state) = match run {
@@ -661,6 +679,20 @@ impl Replicas {
         }
         (behind, records)
     }
+}
+
+/// The run of `runs` (read ahead, in LSN order) that starts at `from` and ends by `end`, and
+/// the runs after it; `None` if there is none.
+fn run_at(
+    mut runs: VecDeque<StoredRun>,
+    from: u64,
+    end: u64,
+) -> Option<(StoredRun, VecDeque<StoredRun>)> {
+    while runs.front().is_some_and(|r| r.first_lsn() < from) {
+        runs.pop_front();
+    }
+    let run = runs.pop_front()?;
+    (run.first_lsn() == from && run.end_lsn() <= end).then_some((run, runs))
 }
 
 /// WRONG_EPOCH unless `replica` (of `log_id`) is in `epoch`.

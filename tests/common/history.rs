@@ -38,6 +38,10 @@ pub(crate) const RF: usize = 3;
 /// How long appends may stay stopped (after a restart, a failover), and how long the map
 /// and the chain may take to change or settle: guards against hanging, not measurements.
 pub(crate) const PROGRESS_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a chain may take to grow back to its length: a node that returns copies the log
+/// as a learner while the load goes on (one keyed batch per round trip: tens of seconds for
+/// the logs these runs grow in a debug build) before it joins. A guard, not a measurement.
+pub(crate) const COPY_DEADLINE: Duration = Duration::from_secs(150);
 /// Appends acknowledged after each (re)start before the next kill, so that each kill lands
 /// under load.
 pub(crate) const ACKS_BEFORE_KILL: u64 = 200;
@@ -220,7 +224,18 @@ impl Cluster {
         what: &str,
         wanted: impl Fn(&MapLog) -> bool,
     ) -> Result<MapLog, String> {
-        let end = Instant::now() + PROGRESS_DEADLINE;
+        self.wait_log_within(log_id, what, PROGRESS_DEADLINE, wanted)
+    }
+
+    /// As [`wait_log`](Self::wait_log), for at most `deadline`.
+    pub(crate) fn wait_log_within(
+        &self,
+        log_id: u64,
+        what: &str,
+        deadline: Duration,
+        wanted: impl Fn(&MapLog) -> bool,
+    ) -> Result<MapLog, String> {
+        let end = Instant::now() + deadline;
         loop {
             let last = match self.try_map() {
                 Ok(map) => match map.log(log_id) {
@@ -232,7 +247,7 @@ impl Cluster {
             };
             if Instant::now() >= end {
                 return Err(format!(
-                    "log {log_id:x}: {what}: not within {PROGRESS_DEADLINE:?}; last seen: {last}"
+                    "log {log_id:x}: {what}: not within {deadline:?}; last seen: {last}"
                 ));
             }
             std::thread::sleep(POLL);
@@ -530,12 +545,17 @@ pub(crate) fn check_log(
         Some(_) => {
             let want = RF.min(running.len());
             let log = cluster
-                .wait_log(log_id, "a chain of running nodes at full length", |l| {
-                    l.chain.len() == want
-                        && l.chain
-                            .iter()
-                            .all(|&id| running.contains(&(id as usize - 1)))
-                })
+                .wait_log_within(
+                    log_id,
+                    "a chain of running nodes at full length",
+                    COPY_DEADLINE,
+                    |l| {
+                        l.chain.len() == want
+                            && l.chain
+                                .iter()
+                                .all(|&id| running.contains(&(id as usize - 1)))
+                    },
+                )
                 .unwrap_or_else(|e| {
                     report.push_str(&format!("  {e}\n"));
                     cluster.log(log_id)
@@ -769,9 +789,12 @@ pub(crate) fn run(settings: Settings) -> String {
         let (node, before) = match victim {
             Victim::Standalone => (0, None),
             Victim::Chain(role) => {
-                match cluster.wait_log(logs[0], "a full chain before a kill", |l| {
-                    l.chain.len() == RF
-                }) {
+                match cluster.wait_log_within(
+                    logs[0],
+                    "a full chain before a kill",
+                    COPY_DEADLINE,
+                    |l| l.chain.len() == RF,
+                ) {
                     Ok(log) => (role.pick(&indexes(&log)), Some(log)),
                     Err(e) => {
                         stalls.push(e);

@@ -328,11 +328,19 @@ fn pull_response<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<PullResponse
     let writer_id = r.u64()?;
     let writer_seq = r.u64()?;
     let count = r.u32()?;
-    r.reserved_u32("reserved")?;
+    let more = match r.u8()? {
+        0 => false,
+        1 => true,
+        other => return Err(r.invalid("more", u64::from(other))),
+    };
+    r.reserved_u8("reserved")?;
+    r.reserved_u16("reserved")?;
     if writer_id == WRITER_NONE && writer_seq != 0 {
         return Err(r.invalid("writer_seq", writer_seq));
     }
-    if count == 0 && (fencing_token != 0 || writer_id != 0) {
+    // An empty answer has no key; it has a fencing token only as a learner's at the trim
+    // point (the log's token there).
+    if count == 0 && (writer_id != 0 || more) {
         return Err(r.invalid("count", 0));
     }
     let form = RecordForm::Replicated {
@@ -349,6 +357,7 @@ fn pull_response<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<PullResponse
         fencing_token,
         writer_id,
         writer_seq,
+        more,
         records,
     })
 }

@@ -244,7 +244,8 @@ pub fn encode_response(
                 put_u64(out, field);
             }
             put_u32(out, pull.records.count());
-            put_u32(out, 0);
+            out.push(u8::from(pull.more));
+            out.extend_from_slice(&[0; 3]);
             out.extend_from_slice(pull.records.bytes());
         }
         Response::Error(error) | Response::PushError(error) => error_body(out, &error),

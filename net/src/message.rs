@@ -871,6 +871,9 @@ pub struct PullResponse<'a> {
     pub writer_id: u64,
     /// The key's sequence number (0 when `writer_id` is 0).
     pub writer_seq: u64,
+    /// Another PULL response to the same request follows, with the run after this one (a
+    /// learner's PULL is answered with several runs; PROTOCOL.md 6.13a).
+    pub more: bool,
     /// The records, stamped (record `i` has `lsn` `first_lsn + i` and `epoch`).
     pub records: Records<'a>,
 }

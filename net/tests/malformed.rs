@@ -1560,6 +1560,36 @@ fn cases() -> Vec<Case> {
         &pull_response([7, 3, 10, 10, 0, 2, 4], 0, &[]),
         invalid("count", 0),
     ));
+    let mut empty_with_more = pull_response([7, 3, 10, 10, 0, 0, 0], 0, &[]);
+    empty_with_more[60] = 1;
+    cases.push(response(
+        "PULL response with more to follow and no records",
+        PULL,
+        RESP,
+        &empty_with_more,
+        invalid("count", 0),
+    ));
+    let mut more_two = pull_response([7, 3, 10, 11, 0, 0, 0], 1, &one);
+    more_two[60] = 2;
+    cases.push(response(
+        "PULL response more neither 0 nor 1",
+        PULL,
+        RESP,
+        &more_two,
+        invalid("more", 2),
+    ));
+    let mut reserved = pull_response([7, 3, 10, 11, 0, 0, 0], 1, &one);
+    reserved[61] = 1;
+    cases.push(response(
+        "PULL response reserved nonzero",
+        PULL,
+        RESP,
+        &reserved,
+        Error::ReservedNonzero {
+            opcode: PULL,
+            field: "reserved",
+        },
+    ));
     cases.push(response(
         "PULL response record at another lsn",
         PULL,

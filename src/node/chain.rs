@@ -464,13 +464,15 @@ impl Chain {
         }
     }
 
-    /// A learner's PULL was answered: the records go to the store, and the next PULL at
-    /// once if the source may hold more, else after a pause.
+    /// A run of the answer to a learner's PULL arrived: the records go to the store; once
+    /// the answer is whole (`more` false), the next PULL goes at once if the source may hold
+    /// more, else after a pause.
     fn on_learned<E: Net>(
         replicas: &mut Replicas,
         metrics: &mut ShardMetrics,
         store: &mut Store<E>,
         pulled: &Pulled,
+        more: bool,
         now_us: u64,
     ) {
         let log_id = pulled.log_id;
@@ -488,12 +490,14 @@ impl Chain {
         };
         let before = store.tail(log_id).map_or(0, |t| t.next_lsn);
         match store_learned(store, &learned) {
-            Ok(more) => {
+            Ok(again) => {
                 let after = store.tail(log_id).map_or(0, |t| t.next_lsn);
                 if after > before && after == pulled.first + u64::from(pulled.count) {
                     metrics.learned_records += u64::from(pulled.count);
                 }
-                replicas.learners.answered(log_id, more, now_us);
+                if !more {
+                    replicas.learners.answered(log_id, again, now_us);
+                }
             }
             Err(e) => {
                 // Overloaded, or damaged records: ask again later.
@@ -875,8 +879,8 @@ impl Chain {
                     self.refused(replicas, log_id, sent, code, arg0, &message, now_us);
                 }
                 LinkEvent::Pulled(pulled) => self.on_pulled(replicas, metrics, store, slot, pulled),
-                LinkEvent::Learned(pulled) => {
-                    Self::on_learned(replicas, metrics, store, &pulled, now_us);
+                LinkEvent::Learned(pulled, more) => {
+                    Self::on_learned(replicas, metrics, store, &pulled, more, now_us);
                 }
             }
         }
@@ -983,8 +987,8 @@ enum LinkEvent {
     },
     /// A PULL was answered.
     Pulled(Pulled),
-    /// A learner's PULL was answered.
-    Learned(Pulled),
+    /// A learner's PULL was answered with a run; `true` if more of the answer follows.
+    Learned(Pulled, bool),
     /// A REPLICATE was refused.
     Refused {
         log_id: u64,
@@ -1093,7 +1097,12 @@ fn next_answer(link: &mut Link, consumed: &mut usize, limits: &Limits) -> Option
                         records: p.records.bytes().to_vec(),
                     };
                     if learner {
-                        LinkEvent::Learned(pulled)
+                        if p.more {
+                            // The next run of the same answer follows.
+                            let from = p.first_lsn + u64::from(p.records.count());
+                            requests.insert(request_id, Sent::Learn { log_id, from });
+                        }
+                        LinkEvent::Learned(pulled, p.more)
                     } else {
                         LinkEvent::Pulled(pulled)
                     }

@@ -147,10 +147,11 @@ pub(crate) fn is_learner_entry(entry: &LogEntry, me: NodeId) -> bool {
     !entry.chain.is_empty() && !entry.chain.contains(&me)
 }
 
-/// Stores what a learner PULL brought into `store`: records that continue the copy are
+/// Stores a run of a learner PULL's answer into `store`: records that continue the copy are
 /// appended as a replica stores them (nobody waits for their acks: the controller reads how
-/// far the copy is durable); an answer that starts above the copy's end (the source trimmed
-/// past it) starts the log again at the source's trim point, with the log's fencing token.
+/// far the copy is durable); an empty answer that starts above the copy's end (the source
+/// trimmed past it) starts the log again at the source's trim point, with the log's fencing
+/// token; any other run that does not continue the copy is dropped.
 /// Returns true if the source may hold more from there (the next PULL goes at once).
 pub(crate) fn store_learned<I: Io>(
     store: &mut Store<I>,
@@ -158,6 +159,10 @@ pub(crate) fn store_learned<I: Io>(
 ) -> chainlog_storage::Result<bool> {
     let log_id = learned.log_id;
     let here = store.tail(log_id).map_or(0, |t| t.next_lsn);
+    if learned.first > here && learned.count > 0 {
+        // A run of an answer whose earlier run was not stored: nothing to do with it.
+        return Ok(true);
+    }
     if learned.first > here {
         tracing::info!(
             log_id,

@@ -37,6 +37,8 @@ use crate::replication::{Answer, Blocked, Forwarding, NodeId, Receive, Replica, 
 /// make the head pile up records without bound (65,536 records is 0.3 s of appends at
 /// 200,000 records/s).
 const UNCOMMITTED_RECORDS_MAX: u64 = 1 << 16;
+/// Record bytes one answer to a learner's PULL carries at most (in several responses).
+const LEARN_ANSWER_BYTES: usize = 1 << 20;
 
 /// Store token of operations nobody waits for (a replica's writes, whose answers go upstream
 /// by LSN; the trim that frees a deleted log's space): it names no connection slot.
@@ -541,70 +543,91 @@ impl Replicas {
         } else {
             (pull.from_lsn, replica.next_lsn(), replica.next_lsn())
         };
-        let max_records = u64::from(pull.max_records.min(self.limits.batch_records_max))
-            .min(end.saturating_sub(from)) as usize;
-        let read_ahead = match self.read_ahead.remove(&log_id) {
+        let mut records_left = u64::from(pull.max_records.min(self.limits.batch_records_max))
+            .min(end.saturating_sub(from));
+        let mut read_ahead = match self.read_ahead.remove(&log_id) {
             Some((read_in, runs)) if pull.learner && read_in == epoch => runs,
             _ => VecDeque::new(),
         };
-        let run = if max_records == 0 {
-            None
-        } else if let Some((run, rest)) = run_at(read_ahead, from, end) {
-            self.read_ahead.insert(log_id, (epoch, rest));
-            Some(run)
-        } else {
-            let mut runs: VecDeque<StoredRun> = store
-                .read_stored_runs(
-                    log_id,
+        // A learner's answer is several runs, one PULL response each (all but the last with
+        // `more`), up to LEARN_ANSWER_BYTES: a keyed batch is a run of its own, and one
+        // round trip per batch would copy a log of small batches slower than it grows.
+        let mut at = from;
+        let mut sent_bytes = 0;
+        let mut answered = false;
+        while !answered {
+            let run = if records_left == 0 {
+                None
+            } else if let Some((run, rest)) = run_at(std::mem::take(&mut read_ahead), at, end) {
+                read_ahead = rest;
+                Some(run)
+            } else {
+                let mut runs: VecDeque<StoredRun> = store
+                    .read_stored_runs(
+                        log_id,
+                        at,
+                        records_left as usize,
+                        self.limits.frame_bytes_max as usize,
+                    )
+                    .map_err(|e| Refusal::of_store(&e))?
+                    .into();
+                let first = runs.pop_front();
+                read_ahead = runs;
+                first
+            };
+            let mut body = Vec::new();
+            let (first, count, run_epoch, state) = match run {
+                Some(run) => {
+                    let (count, state) =
+                        encode_run(&mut body, log_id, &run, self.limits.records_bytes_max());
+                    (run.first_lsn(), count, run.records[0].epoch, state)
+                }
+                None if from > pull.from_lsn => (
                     from,
-                    max_records,
-                    self.limits.frame_bytes_max as usize,
-                )
-                .map_err(|e| Refusal::of_store(&e))?
-                .into();
-            let first = runs.pop_front();
-            if pull.learner {
-                self.read_ahead.insert(log_id, (epoch, runs));
-            }
-            first
-        };
-        let mut body = Vec::new();
-        let (first, count, run_epoch, state) = match run {
-            Some(run) => {
-                let (count, state) =
-                    encode_run(&mut body, log_id, &run, self.limits.records_bytes_max());
-                (run.first_lsn(), count, run.records[0].epoch, state)
-            }
-            None if from > pull.from_lsn => (
-                from,
-                0,
-                epoch,
-                ReplicaState {
-                    fencing_token: Some(fencing_token).filter(|&t| t != 0),
-                    writer: None,
-                },
-            ),
-            None => (from, 0, epoch, ReplicaState::default()),
-        };
-        let form = RecordForm::Replicated {
-            log_id,
-            epoch: run_epoch,
-            first_lsn: first,
-        };
-        let records = Records::parse(&body, count, form, &self.limits.replication())
-            .expect("stored records encode as a valid batch");
-        let (writer_id, writer_seq) = state.writer.unwrap_or((WRITER_NONE, 0));
-        let response = Response::Pull(PullResponse {
-            log_id,
-            epoch: run_epoch,
-            first_lsn: first,
-            next_lsn: next,
-            fencing_token: state.fencing_token.unwrap_or(TOKEN_NONE),
-            writer_id,
-            writer_seq,
-            records,
-        });
-        encode_response(out, request_id, Opcode::Pull, &response);
+                    0,
+                    epoch,
+                    ReplicaState {
+                        fencing_token: Some(fencing_token).filter(|&t| t != 0),
+                        writer: None,
+                    },
+                ),
+                None => (at, 0, epoch, ReplicaState::default()),
+            };
+            at = first + u64::from(count);
+            records_left = records_left.saturating_sub(u64::from(count));
+            sent_bytes += body.len();
+            let next_is_ready = read_ahead
+                .front()
+                .is_some_and(|r| r.first_lsn() == at && r.end_lsn() <= end);
+            answered = !pull.learner
+                || count == 0
+                || records_left == 0
+                || sent_bytes >= LEARN_ANSWER_BYTES
+                || !next_is_ready;
+            let form = RecordForm::Replicated {
+                log_id,
+                epoch: run_epoch,
+                first_lsn: first,
+            };
+            let records = Records::parse(&body, count, form, &self.limits.replication())
+                .expect("stored records encode as a valid batch");
+            let (writer_id, writer_seq) = state.writer.unwrap_or((WRITER_NONE, 0));
+            let response = Response::Pull(PullResponse {
+                log_id,
+                epoch: run_epoch,
+                first_lsn: first,
+                next_lsn: next,
+                fencing_token: state.fencing_token.unwrap_or(TOKEN_NONE),
+                writer_id,
+                writer_seq,
+                more: !answered,
+                records,
+            });
+            encode_response(out, request_id, Opcode::Pull, &response);
+        }
+        if pull.learner {
+            self.read_ahead.insert(log_id, (epoch, read_ahead));
+        }
         Ok(())
     }
 

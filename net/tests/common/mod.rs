@@ -495,7 +495,8 @@ pub fn response_corpus() -> Vec<Vec<u8>> {
             node_id: 0,
             role: Role::Controller,
         }),
-        // A PULL's answer: one keyed batch that raised the token; and nothing to pull.
+        // A PULL's answer: one keyed batch that raised the token, more to follow; and a
+        // learner's at the trim point (no records, the log's token).
         Response::Pull(PullResponse {
             log_id: 7,
             epoch: 3,
@@ -504,6 +505,7 @@ pub fn response_corpus() -> Vec<Vec<u8>> {
             fencing_token: 9,
             writer_id: 4,
             writer_seq: 5,
+            more: true,
             records: pulled,
         }),
         Response::Seal(SealResponse {
@@ -524,9 +526,10 @@ pub fn response_corpus() -> Vec<Vec<u8>> {
             epoch: 3,
             first_lsn: 20,
             next_lsn: 20,
-            fencing_token: 0,
+            fencing_token: 9,
             writer_id: 0,
             writer_seq: 0,
+            more: false,
             records: Records::EMPTY,
         }),
     ];

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chainlog_net::cluster::{ClusterMap, MapLog, MapNode};
 use chainlog_net::{decode_response, parse_frame, Limits, PullRequest, Response};
 use chainlog_storage::io::{FaultConfig, SimIo};
-use chainlog_storage::{Record, SimDisk, Store, StoreConfig};
+use chainlog_storage::{Batch, Record, SimDisk, Store, StoreConfig};
 
 use super::{Identity, Server};
 use crate::node::catalog::{Catalog, StoreLogs};
@@ -165,24 +165,35 @@ fn learn_once(
         .replicas
         .pull(Some(learner_id), store, 9, &pull, &mut out)
         .expect("a learner PULL is answered");
+    // The answer is one PULL response per run, all but the last with `more`.
     let limits = Limits::DEFAULT.replication();
-    let frame = parse_frame(&out, &limits).expect("a frame").expect("whole");
-    let Ok(Response::Pull(p)) = decode_response(&frame, &limits) else {
-        panic!("not a PULL answer");
-    };
-    let learned = Learned {
-        log_id: LOG,
-        epoch: p.epoch,
-        first: p.first_lsn,
-        fencing_token: p.fencing_token,
-        writer: (p.writer_id, p.writer_seq),
-        count: p.records.count(),
-        records: p.records.bytes(),
-    };
-    store_learned(learner, &learned).expect("stored");
+    let (mut consumed, mut answer, mut more) = (0, None, true);
+    while more {
+        let frame = parse_frame(&out[consumed..], &limits)
+            .expect("a frame")
+            .expect("whole");
+        consumed += frame.frame_bytes();
+        let Ok(Response::Pull(p)) = decode_response(&frame, &limits) else {
+            panic!("not a PULL answer");
+        };
+        let learned = Learned {
+            log_id: LOG,
+            epoch: p.epoch,
+            first: p.first_lsn,
+            fencing_token: p.fencing_token,
+            writer: (p.writer_id, p.writer_seq),
+            count: p.records.count(),
+            records: p.records.bytes(),
+        };
+        store_learned(learner, &learned).expect("stored");
+        let (first, count) = answer.unwrap_or((p.first_lsn, 0));
+        answer = Some((first, count + p.records.count()));
+        more = p.more;
+    }
+    assert_eq!(consumed, out.len(), "nothing after the last run");
     let mut acks = Vec::new();
     learner.sync_all(&mut acks).expect("sync");
-    (p.first_lsn, p.records.count())
+    answer.expect("an answer")
 }
 
 /// The records of `LOG` in `store` from `from`: (LSN, epoch, payload).
@@ -262,14 +273,37 @@ fn a_learner_copies_committed_records_and_keeps_them_when_it_joins_the_chain() {
     assert_eq!(learn_once(&mut two, &mut one.1, 1, 2), (7, 3));
     assert_eq!(learn_once(&mut two, &mut one.1, 1, 2), (10, 0), "caught up");
     assert_eq!(records(&mut one.1, 3), records(&mut two.1, 3)[..7].to_vec());
+    // Keyed batches are runs of their own: one answer brings several, each with its key.
+    for seq in 1..=3u64 {
+        let options = chainlog_storage::AppendOptions {
+            writer: Some((77, seq)),
+            ..Default::default()
+        };
+        let batch = [Record::new(b"keyed")];
+        let (lsns, _) = two
+            .1
+            .append_batch(LOG, 2, &options, Batch::Records(&batch), false, UNANSWERED)
+            .expect("append");
+        two.0
+            .replicas
+            .get_mut(LOG)
+            .expect("replica")
+            .stored(lsns.start, lsns.end, None);
+    }
+    sync(&mut two.0, &mut two.1);
+    // Records 10 and 11 (durable now: committed) and two of the keyed batches, in one
+    // answer of 3 runs (the PULL asks for 4 records); then the third batch.
+    assert_eq!(learn_once(&mut two, &mut one.1, 1, 2), (10, 4));
+    assert_eq!(learn_once(&mut two, &mut one.1, 1, 2), (14, 1));
+    assert_eq!(records(&mut one.1, 3), records(&mut two.1, 3));
     // Epoch 3: node 1 joins at the tail. It keeps its copy, settles, and its TAIL_HINT
     // epoch is the chain's.
     one.0
-        .apply_map(&map_with_learners(3, 3, 12, &[2, 1], &[]), &mut one.1);
+        .apply_map(&map_with_learners(3, 3, 15, &[2, 1], &[]), &mut one.1);
     assert!(one.0.replicas.learners.get(LOG).is_none());
     let replica = one.0.replicas.get(LOG).expect("a replica now");
-    assert_eq!((replica.epoch(), replica.next_lsn()), (3, 10));
-    assert_eq!(records(&mut one.1, 3).len(), 7, "the copy is kept");
+    assert_eq!((replica.epoch(), replica.next_lsn()), (3, 15));
+    assert_eq!(records(&mut one.1, 3).len(), 12, "the copy is kept");
     // Appends it sequenced as head in epoch 1 stay unanswered; those of epoch 3 are answered.
     assert_eq!(one.0.rebuilt_in.get(&LOG), Some(&3));
 }

@@ -142,20 +142,34 @@ fn a_dev_run_leaves_nothing_behind() {
                 "1",
             ])
             .args(["--duration", "0.5", "--warmup", "0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("chainlog-bench starts"),
     );
     let pid = bench.0.id();
+    // The bench's stderr, read on a thread so that it never blocks on a full pipe: what it
+    // said is in the failure message if it exits without a node.
+    let stderr = bench.0.stderr.take().expect("piped");
+    let said = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
     let mut nodes = Vec::new();
     wait_until("the node child", || {
         nodes = children_of(pid);
         !nodes.is_empty() || bench.0.try_wait().ok().flatten().is_some()
     });
-    assert_eq!(nodes.len(), 1, "the node starts before the run: {nodes:?}");
+    if nodes.len() != 1 {
+        let status = bench.0.wait().expect("the bench exits");
+        let said = said.join().expect("the reader");
+        panic!("no node child seen before the bench exited ({status}): {said:?}");
+    }
     let status = bench.0.wait().expect("the bench exits");
-    assert!(status.success(), "{status}");
+    let said = said.join().expect("the reader");
+    assert!(status.success(), "{status}: {said:?}");
     for (node, _) in nodes {
         wait_until("the node to be gone", || !alive(node));
     }

@@ -29,15 +29,15 @@ use chainlog_net::{
     Limits, PeerRequest, PullRequest, ReplicateHeader, ReplicateKind, Request, Response, Role,
     PROTOCOL_VERSION,
 };
-use chainlog_storage::{ReplicaState, Store};
+use chainlog_storage::Store;
 
 use super::conn::{conn_of, Conn};
 use super::env::Net;
-use super::learners::{store_learned, Learned};
+use super::learners::{store_learned, Learned, Stored};
 use super::link::{Link, LinkState, Sent, BACKOFF_MIN_MS};
 use super::metrics::ShardMetrics;
 use super::ops::{NetOp, NetToken, GENERATION_MASK};
-use super::records::encode_run;
+use super::records::{encode_run, replica_state};
 use super::replicas::{encode_answers, Forward, Replicas, UNANSWERED};
 use crate::replication::{NodeId, Reply, Send};
 
@@ -354,20 +354,31 @@ impl Chain {
         let Some(from) = replica.pull_from() else {
             return;
         };
+        let epoch = replica.epoch();
+        self.send_pull(slot, log_id, epoch, from, false);
+    }
+
+    /// Queues a PULL of `log_id` in `epoch` from `from` on the link in `slot`: a replica's
+    /// taking back what it lost, or (`learner`) a learner's copy.
+    fn send_pull(&mut self, slot: u32, log_id: u64, epoch: u64, from: u64, learner: bool) {
         let request = PullRequest {
             log_id,
-            epoch: replica.epoch(),
+            epoch,
             from_lsn: from,
             max_records: self.limits.batch_records_max,
-            learner: false,
+            learner,
         };
         let request_id = self.request_id();
         let mut out = Vec::with_capacity(64);
         encode_request(&mut out, request_id, &Request::Pull(request));
         let link = self.links[slot as usize].as_mut().expect("up link");
         link.push_bytes(out);
-        link.requests
-            .insert(request_id, Sent::Pull { log_id, from });
+        let sent = if learner {
+            Sent::Learn { log_id, from }
+        } else {
+            Sent::Pull { log_id, from }
+        };
+        link.requests.insert(request_id, sent);
     }
 
     /// The successor answered a PULL: store what it sent (the records this node lost), as a
@@ -396,10 +407,7 @@ impl Chain {
                 "a PULL answered after the seal; not stored"
             );
         } else if pulled.first == here && count > 0 {
-            let state = ReplicaState {
-                fencing_token: (pulled.fencing_token != 0).then_some(pulled.fencing_token),
-                writer: (pulled.writer.0 != 0).then_some(pulled.writer),
-            };
+            let state = replica_state(pulled.fencing_token, pulled.writer);
             match store.append_replica(
                 log_id,
                 pulled.epoch,
@@ -436,6 +444,9 @@ impl Chain {
     /// Sends a learner PULL for each log this shard learns that may ask its source now
     /// (one PULL out per log; the next goes when it is answered).
     fn learn<E: Net>(&mut self, replicas: &mut Replicas, store: &Store<E>, now_us: u64) {
+        if replicas.learners.is_empty() {
+            return; // Every turn comes here: nothing to allocate for a shard that learns nothing.
+        }
         for (log_id, source, epoch) in replicas.learners.due(now_us) {
             let Some(slot) = self.link_for(log_id, source) else {
                 // The source is not in the map (yet).
@@ -446,20 +457,7 @@ impl Chain {
                 continue; // Asked when the link is up (the timer's turns look again).
             }
             let from = store.tail(log_id).map_or(0, |t| t.next_lsn);
-            let request = PullRequest {
-                log_id,
-                epoch,
-                from_lsn: from,
-                max_records: self.limits.batch_records_max,
-                learner: true,
-            };
-            let request_id = self.request_id();
-            let link = self.links[slot as usize].as_mut().expect("link");
-            let mut out = Vec::with_capacity(64);
-            encode_request(&mut out, request_id, &Request::Pull(request));
-            link.push_bytes(out);
-            link.requests
-                .insert(request_id, Sent::Learn { log_id, from });
+            self.send_pull(slot, log_id, epoch, from, true);
             replicas.learners.sent(log_id);
         }
     }
@@ -488,13 +486,9 @@ impl Chain {
             count: pulled.count,
             records: &pulled.records,
         };
-        let before = store.tail(log_id).map_or(0, |t| t.next_lsn);
         match store_learned(store, &learned) {
-            Ok(again) => {
-                let after = store.tail(log_id).map_or(0, |t| t.next_lsn);
-                if after > before && after == pulled.first + u64::from(pulled.count) {
-                    metrics.learned_records += u64::from(pulled.count);
-                }
+            Ok(Stored { records, again }) => {
+                metrics.learned_records += records;
                 if !more {
                     replicas.learners.answered(log_id, again, now_us);
                 }

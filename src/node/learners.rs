@@ -16,9 +16,10 @@
 use std::collections::BTreeMap;
 
 use chainlog_storage::io::Io;
-use chainlog_storage::{ReplicaState, Store};
+use chainlog_storage::Store;
 
 use super::catalog::LogEntry;
+use super::records::replica_state;
 use super::replicas::UNANSWERED;
 use crate::replication::NodeId;
 
@@ -86,6 +87,11 @@ impl Learners {
         self.logs.remove(&log_id).is_some()
     }
 
+    /// True if this shard learns no log.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.logs.is_empty()
+    }
+
     /// The learner of `log_id`, if this shard learns it.
     pub(crate) fn get(&self, log_id: u64) -> Option<&Learner> {
         self.logs.get(&log_id)
@@ -147,21 +153,30 @@ pub(crate) fn is_learner_entry(entry: &LogEntry, me: NodeId) -> bool {
     !entry.chain.is_empty() && !entry.chain.contains(&me)
 }
 
+/// What storing a run of a learner's answer did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stored {
+    /// Records appended to the copy.
+    pub(crate) records: u64,
+    /// The source may hold more from there: the next PULL goes at once.
+    pub(crate) again: bool,
+}
+
 /// Stores a run of a learner PULL's answer into `store`: records that continue the copy are
 /// appended as a replica stores them (nobody waits for their acks: the controller reads how
 /// far the copy is durable); an empty answer that starts above the copy's end (the source
 /// trimmed past it) starts the log again at the source's trim point, with the log's fencing
 /// token; any other run that does not continue the copy is dropped.
-/// Returns true if the source may hold more from there (the next PULL goes at once).
 pub(crate) fn store_learned<I: Io>(
     store: &mut Store<I>,
     learned: &Learned<'_>,
-) -> chainlog_storage::Result<bool> {
+) -> chainlog_storage::Result<Stored> {
     let log_id = learned.log_id;
     let here = store.tail(log_id).map_or(0, |t| t.next_lsn);
+    let none = |again| Stored { records: 0, again };
     if learned.first > here && learned.count > 0 {
         // A run of an answer whose earlier run was not stored: nothing to do with it.
-        return Ok(true);
+        return Ok(none(true));
     }
     if learned.first > here {
         tracing::info!(
@@ -171,25 +186,24 @@ pub(crate) fn store_learned<I: Io>(
             "learning a log from its source's trim point"
         );
         store.reset_log(log_id, learned.first, learned.fencing_token, UNANSWERED)?;
-        return Ok(true);
+        return Ok(none(true));
     }
     if learned.first < here || learned.count == 0 {
         // Caught up (or an answer to a PULL from before this copy moved on).
-        return Ok(learned.first < here);
+        return Ok(none(learned.first < here));
     }
-    let state = ReplicaState {
-        fencing_token: (learned.fencing_token != 0).then_some(learned.fencing_token),
-        writer: (learned.writer.0 != 0).then_some(learned.writer),
-    };
     store.append_replica(
         log_id,
         learned.epoch,
         learned.first,
         learned.records,
         learned.count,
-        &state,
+        &replica_state(learned.fencing_token, learned.writer),
         false,
         UNANSWERED,
     )?;
-    Ok(true)
+    Ok(Stored {
+        records: u64::from(learned.count),
+        again: true,
+    })
 }

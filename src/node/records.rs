@@ -85,3 +85,12 @@ pub(crate) fn encode_run(
         },
     )
 }
+
+/// The head's decisions about a run as a REPLICATE or PULL carries them (0 for none) in the
+/// store's terms.
+pub(crate) fn replica_state(fencing_token: u64, writer: (u64, u64)) -> ReplicaState {
+    ReplicaState {
+        fencing_token: (fencing_token != 0).then_some(fencing_token),
+        writer: (writer.0 != 0).then_some(writer),
+    }
+}

@@ -28,7 +28,7 @@ use chainlog_storage::{Ack, Pin, ReplicaState, Store, StoredRun};
 
 use super::catalog::{Catalog, LogEntry as CatalogEntry};
 use super::learners::{is_learner_entry, Learners};
-use super::records::encode_run;
+use super::records::{encode_run, replica_state};
 use super::refusal::{refuse, Refusal};
 use crate::replication::{Answer, Blocked, Forwarding, NodeId, Receive, Replica, Upstream};
 
@@ -420,12 +420,12 @@ impl Replicas {
                         let bytes = r.records.skip(skip as u32).bytes();
                         // The head's decisions go with the whole batch only (a partial resend
                         // has no key of its own).
-                        let state = ReplicaState {
-                            fencing_token: (h.fencing_token != TOKEN_NONE)
-                                .then_some(h.fencing_token),
-                            writer: (h.writer_id != WRITER_NONE && skip == 0)
-                                .then_some((h.writer_id, h.writer_seq)),
+                        let writer = if skip == 0 {
+                            (h.writer_id, h.writer_seq)
+                        } else {
+                            (WRITER_NONE, 0)
                         };
+                        let state = replica_state(h.fencing_token, writer);
                         // Records keep the epoch they were appended in (an earlier one for
                         // a replica catching up in this one); one epoch per batch.
                         let records_epoch =

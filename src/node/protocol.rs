@@ -826,18 +826,21 @@ impl Server {
             .filter(|l| l.learners.contains(&me) && here(l))
             .collect();
         let mut kept = HashSet::new();
+        // A map older than what this node has installed (as a replica or a learner) changes
+        // nothing: acting on it could make a member a learner and start its copy again.
+        let older = |catalog: &Catalog, log: &MapLog| {
+            catalog.get(log.log_id).is_some_and(|e| e.epoch > log.epoch)
+        };
         for log in learning {
             kept.insert(log.log_id);
-            self.learn(log, store);
+            if !older(&self.catalog, log) {
+                self.learn(log, store);
+            }
         }
         for log in mine {
             kept.insert(log.log_id);
-            if self
-                .replicas
-                .get(log.log_id)
-                .is_some_and(|r| r.epoch() > log.epoch)
-            {
-                continue; // A map older than what this node has installed.
+            if older(&self.catalog, log) {
+                continue;
             }
             let current = self.replicas.is_current(log.log_id, log.epoch, &log.chain);
             let before = self.catalog.get(log.log_id).cloned();

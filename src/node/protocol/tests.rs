@@ -307,3 +307,19 @@ fn a_learner_copies_committed_records_and_keeps_them_when_it_joins_the_chain() {
     // Appends it sequenced as head in epoch 1 stay unanswered; those of epoch 3 are answered.
     assert_eq!(one.0.rebuilt_in.get(&LOG), Some(&3));
 }
+
+/// A map older than the epoch a node installed changes nothing there: one that named the
+/// node a learner would otherwise make the member start its copy again from nothing.
+#[test]
+fn an_older_map_that_names_a_member_a_learner_changes_nothing() {
+    let disk = SimDisk::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, mut store) = server(&disk, dir.path());
+    server.apply_map(&map_with_learners(3, 3, 0, &[1, 2], &[]), &mut store);
+    append(&mut server, &mut store, 3, &[b"kept-0", b"kept-1"]);
+    server.apply_map(&map_with_learners(2, 2, 0, &[2], &[1]), &mut store);
+    assert!(server.replicas.learners.get(LOG).is_none(), "not a learner");
+    let replica = server.replicas.get(LOG).expect("still a replica");
+    assert_eq!((replica.epoch(), replica.next_lsn()), (3, 2));
+    assert_eq!(records(&mut store, 0).len(), 2, "its records are kept");
+}

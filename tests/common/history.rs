@@ -865,14 +865,14 @@ pub(crate) fn run(settings: Settings) -> String {
     for stall in &stalls {
         report.push_str(&format!("  stalled: {stall}\n"));
     }
-    if !stalls.is_empty() {
-        println!("{}", cluster.describe());
-    }
     for (&log_id, ops) in logs.iter().zip(&history.ops) {
         let (found, _) = check_log(&cluster, log_id, ops, &watched);
         if !found.is_empty() {
             report.push_str(&format!("  log {log_id:x}:\n{found}"));
         }
+    }
+    if !report.is_empty() {
+        println!("{}", cluster.describe());
     }
     println!("  errors seen by the writers: {:?}", history.errors);
     println!("  took {:.1} s", started.elapsed().as_secs_f64());

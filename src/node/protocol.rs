@@ -557,7 +557,7 @@ impl Server {
             let answer = match (self.replicas.get(b.log_id), b.until) {
                 (Some(r), Until::Settled { seq }) if r.barriers().1 >= seq => {
                     Ok(Response::CheckTail(TailResponse {
-                        tail: r.committed(),
+                        tail: r.readable(),
                         trim_point,
                         epoch: r.epoch(),
                     }))
@@ -866,7 +866,6 @@ impl Server {
             }
             if !current {
                 tracing::info!(log_id = log.log_id, name = log.name, epoch = log.epoch, chain = ?log.chain, start_lsn = log.start_lsn, "log installed");
-                self.replicas.learners.remove(log.log_id);
                 self.replicas.install(log.log_id, &entry, store, recovered);
             }
         }

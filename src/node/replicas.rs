@@ -289,7 +289,10 @@ impl Replicas {
     }
 
     /// A log (or a new epoch of one) the cluster map gives this node; `recovered` unless it is
-    /// new to the whole chain (then it settles first: [`Replica::recovered`]).
+    /// new to the whole chain (then it settles first: [`Replica::recovered`]). What this node
+    /// served as committed (as the replica of the epoch before, or a learner's copy, which
+    /// holds committed records only) it goes on serving ([`Replica::knows_committed`]); a
+    /// store started again empty holds none of it.
     pub(crate) fn install<I: Io>(
         &mut self,
         log_id: u64,
@@ -297,7 +300,13 @@ impl Replicas {
         store: &Store<I>,
         recovered: bool,
     ) {
-        let replica = replica_of(log_id, entry, self.node_id, store, recovered);
+        let known = match self.logs.get(&log_id) {
+            Some(replica) => replica.readable(),
+            None if self.learners.remove(log_id) => store.tail(log_id).map_or(0, |t| t.durable_lsn),
+            None => 0,
+        };
+        let mut replica = replica_of(log_id, entry, self.node_id, store, recovered);
+        replica.knows_committed(known);
         self.logs.insert(log_id, replica);
         self.touched.insert(log_id);
     }

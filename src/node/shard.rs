@@ -243,6 +243,18 @@ impl<E: Net> Shard<E> {
         )
     }
 
+    /// What the chain has told this shard's replica of `log_id` is committed (and is durable
+    /// here), leaving aside what it knew from before its epoch
+    /// ([`Replica::knows_committed`](crate::replication::Replica::knows_committed)); 0 if
+    /// the shard holds no replica of it. For a simulator: a chain has settled once every
+    /// replica learned its committed tail again.
+    pub(crate) fn chain_committed(&self, log_id: u64) -> u64 {
+        self.protocol
+            .replicas
+            .get(log_id)
+            .map_or(0, |r| r.committed().min(r.durable_lsn()))
+    }
+
     /// Every record of `log_id` this shard stores (durable or not), as (LSN, payload), from
     /// its trim point, with that trim point and the LSN below which it serves them as
     /// committed; `None` if the shard has no such log. For a simulator's checks at the end of

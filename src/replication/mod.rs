@@ -249,6 +249,9 @@ pub struct Replica {
     trim_requested: u64,
     /// What this node knows is committed (at the head: durable on every replica).
     committed: u64,
+    /// What this node knew was committed before this replica was made (in an earlier epoch,
+    /// or as a learner's copy): served to readers while `committed` is learned again.
+    committed_before: u64,
     /// At the head: trimmed durably on every replica.
     trim_committed: u64,
     /// Barriers issued here, and settled (answered by the whole rest of the chain).
@@ -341,6 +344,7 @@ impl Replica {
             // A sole replica's durable records are committed; in a chain, what is
             // committed is learned (from the head's messages, or at the head from answers).
             committed: if sole { next_lsn } else { 0 },
+            committed_before: 0,
             trim_committed: if sole { trim_point } else { 0 },
             barriers_issued: 0,
             barriers_settled: 0,
@@ -419,9 +423,21 @@ impl Replica {
         self.committed
     }
 
-    /// Records below may be served to readers here: committed and durable here.
+    /// Records below may be served to readers here: committed (now, or known to be from an
+    /// earlier epoch: [`knows_committed`](Self::knows_committed)) and durable here.
     pub fn readable(&self) -> u64 {
-        self.committed.min(self.durable_lsn)
+        self.committed
+            .max(self.committed_before)
+            .min(self.durable_lsn)
+    }
+
+    /// Records below `committed` (as far as they are durable here) were committed before
+    /// this replica was made: in an earlier epoch, whose committed records every later one
+    /// keeps, or copied as a learner. Readers are served them at once, so the committed tail
+    /// they see here never goes back while the new chain settles. It changes nothing of what
+    /// this replica decides (what it acknowledges, trims or forwards as committed).
+    pub fn knows_committed(&mut self, committed: u64) {
+        self.committed_before = self.committed_before.max(committed.min(self.durable_lsn));
     }
 
     /// At the head: trimmed durably on every replica below this (a client's TRIM is

@@ -1242,8 +1242,8 @@ impl Sim {
     }
 
     /// Every batch and trim answered, every node up, every log's replicas agreeing on what
-    /// is committed and every subscriber caught up with it (checked for real once this
-    /// holds).
+    /// is committed (as the chain told them, not only as they serve it), on their trim
+    /// point, and every subscriber caught up with it (checked for real once this holds).
     fn settled(&mut self) -> bool {
         let waiting = self
             .logs
@@ -1275,19 +1275,20 @@ impl Sim {
             let (log_id, chain) = (self.logs[l].log_id, self.logs[l].chain.clone());
             let mut tails = Vec::new();
             for i in chain {
-                match self.nodes[i]
-                    .shard_of(log_id)
-                    .and_then(|s| s.stored_records(log_id))
-                {
-                    Some((trim, readable, records)) => {
+                // (committed as the chain says, served as committed, stored, trim point)
+                match self.nodes[i].shard_of(log_id).and_then(|s| {
+                    let committed = s.chain_committed(log_id);
+                    s.stored_records(log_id).map(|stored| (committed, stored))
+                }) {
+                    Some((committed, (trim, readable, records))) => {
                         let end = records.last().map_or(trim, |(lsn, _)| lsn + 1);
-                        tails.push((readable, end));
+                        tails.push((committed, readable, end, trim));
                     }
-                    None => tails.push((0, 0)),
+                    None => tails.push((0, 0, 0, 0)),
                 }
             }
             let first = tails[0];
-            if tails.iter().any(|&t| t != first) || first.0 != first.1 {
+            if tails.iter().any(|&t| t != first) || first.0 != first.2 || first.1 != first.2 {
                 return false;
             }
             if self.logs[l].subscriber.next < first.0 {

@@ -366,27 +366,29 @@ pub(crate) fn progress(load: &Load, n: u64) -> bool {
     true
 }
 
-/// The committed tail node `addr` reports for `log_id` (TAIL_HINT), or its refusal.
-fn tail_hint(addr: SocketAddr, log_id: u64) -> Result<u64, ErrorCode> {
+/// The committed tail and epoch node `addr` reports for `log_id` (TAIL_HINT), or its refusal.
+fn tail_hint(addr: SocketAddr, log_id: u64) -> Result<(u64, u64), ErrorCode> {
     common::Client::connect(addr).call(&Request::TailHint { log_id }, |r| match r {
-        Response::TailHint(t) => Ok(t.tail),
+        Response::TailHint(t) => Ok((t.tail, t.epoch)),
         Response::Error(e) => Err(e.code),
         other => panic!("TAIL_HINT at {addr}: {other:?}"),
     })
 }
 
-/// Waits until every replica at `addrs` reports the same committed tail twice in a row (at
-/// most [`PROGRESS_DEADLINE`]; replicas that still differ then are reported by the checker).
-fn settle(addrs: &[SocketAddr], log_id: u64) {
+/// Waits until every replica at `addrs` reports the same committed tail twice in a row, in
+/// `epoch` if given (the map's: a node that has not installed it yet may still change), at
+/// most [`PROGRESS_DEADLINE`]; replicas that still differ then are reported by the checker.
+fn settle(addrs: &[SocketAddr], log_id: u64, epoch: Option<u64>) {
     let end = Instant::now() + PROGRESS_DEADLINE;
     let mut last = Vec::new();
     while Instant::now() < end {
-        let tails: Vec<Result<u64, ErrorCode>> =
+        let tails: Vec<Result<(u64, u64), ErrorCode>> =
             addrs.iter().map(|&addr| tail_hint(addr, log_id)).collect();
-        if tails.iter().all(Result::is_ok)
-            && tails.windows(2).all(|w| w[0] == w[1])
-            && tails == last
-        {
+        let agreed = tails.iter().all(|t| {
+            t.as_ref()
+                .is_ok_and(|&(_, e)| epoch.is_none_or(|want| e == want))
+        });
+        if agreed && tails.windows(2).all(|w| w[0] == w[1]) && tails == last {
             return;
         }
         last = tails;
@@ -540,8 +542,8 @@ pub(crate) fn check_log(
 ) -> (String, Vec<(u64, Vec<u8>)>) {
     let mut report = String::new();
     let running = cluster.running();
-    let (chain, members) = match cluster.controller_addr {
-        None => (vec![1], vec![0]),
+    let (chain, members, epoch) = match cluster.controller_addr {
+        None => (vec![1], vec![0], None),
         Some(_) => {
             let want = RF.min(running.len());
             let log = cluster
@@ -564,11 +566,11 @@ pub(crate) fn check_log(
                 .into_iter()
                 .filter(|i| running.contains(i))
                 .collect();
-            (log.chain, members)
+            (log.chain, members, Some(log.epoch))
         }
     };
     let addrs: Vec<SocketAddr> = members.iter().map(|&i| cluster.addr(i, log_id)).collect();
-    settle(&addrs, log_id);
+    settle(&addrs, log_id, epoch);
     let mut replicas = Vec::new();
     for &i in &members {
         let name = Cluster::name(i, &chain);

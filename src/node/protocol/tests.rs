@@ -304,6 +304,11 @@ fn a_learner_copies_committed_records_and_keeps_them_when_it_joins_the_chain() {
     let replica = one.0.replicas.get(LOG).expect("a replica now");
     assert_eq!((replica.epoch(), replica.next_lsn()), (3, 15));
     assert_eq!(records(&mut one.1, 3).len(), 12, "the copy is kept");
+    assert_eq!(
+        replica.readable(),
+        15,
+        "its copy is committed: served at once"
+    );
     // Appends it sequenced as head in epoch 1 stay unanswered; those of epoch 3 are answered.
     assert_eq!(one.0.rebuilt_in.get(&LOG), Some(&3));
 }
@@ -322,4 +327,28 @@ fn an_older_map_that_names_a_member_a_learner_changes_nothing() {
     let replica = server.replicas.get(LOG).expect("still a replica");
     assert_eq!((replica.epoch(), replica.next_lsn()), (3, 2));
     assert_eq!(records(&mut store, 0).len(), 2, "its records are kept");
+}
+
+/// A replica that seals an epoch and goes on in the next one (here the head) knows that what
+/// was committed stays committed: READ and TAIL_HINT there keep serving it while the new
+/// chain settles, instead of a committed tail of 0 until the successor answers (a reader
+/// saw the log go back, and the history check read an empty head).
+#[test]
+fn a_survivor_serves_what_was_committed_while_its_new_epoch_settles() {
+    let disk = SimDisk::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, mut store) = server(&disk, dir.path());
+    server.apply_map(&map(1, 1, &[1]), &mut store);
+    append(&mut server, &mut store, 1, &[b"c-0", b"c-1", b"c-2"]);
+    assert_eq!(server.replicas.readable(LOG), 3);
+    server.replicas.seal(LOG, 1).expect("seal");
+    server.catalog.seal(LOG, 1).expect("catalog seal");
+    server.apply_map(&map_with_learners(2, 2, 3, &[1, 2], &[]), &mut store);
+    let replica = server.replicas.get(LOG).expect("a replica of epoch 2");
+    assert_eq!((replica.epoch(), replica.next_lsn()), (2, 3));
+    assert_eq!(
+        replica.readable(),
+        3,
+        "committed in epoch 1, served in epoch 2"
+    );
 }

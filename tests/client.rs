@@ -919,6 +919,39 @@ fn retryable_errors_are_retried_within_a_bound() {
     });
 }
 
+/// UNAVAILABLE has a budget of its own (`unavailable_retries_max`), not shared with the
+/// failures before it: a head settling with its new chain after a reconfiguration answers
+/// UNAVAILABLE right after the refusals that led the request there. It counted them, so the
+/// request failed at its second UNAVAILABLE.
+#[test]
+fn unavailable_after_other_refusals_still_gets_its_retries() {
+    let appends = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&appends);
+    let script: Arc<Script> = Arc::new(move |_, request| match request {
+        // OVERLOADED twice, UNAVAILABLE three times, then the append succeeds.
+        Request::Append(_) => match seen.fetch_add(1, Ordering::SeqCst) {
+            0 | 1 => Act::Error(ErrorCode::Overloaded, 1),
+            2..=4 => Act::Error(ErrorCode::Unavailable, u64::MAX),
+            _ => Act::Answer(Response::Append(AppendResponse {
+                first_lsn: 3,
+                count: 1,
+            })),
+        },
+        _ => Act::Error(ErrorCode::UnknownLog, u64::MAX),
+    });
+    let (port, _) = fake_node(1, script);
+    runtime().block_on(async {
+        let config = ClientConfig {
+            unavailable_retries_max: 3,
+            ..ClientConfig::default()
+        };
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let client = Client::connect_with(addr, config).await.unwrap();
+        assert_eq!(client.append(1000, &[b"x"]).await.unwrap(), 3..4);
+        assert_eq!(appends.load(Ordering::SeqCst), 6);
+    });
+}
+
 #[test]
 fn timeouts_and_lost_connections_are_outcome_unknown_and_the_next_call_reconnects() {
     let appends = Arc::new(AtomicUsize::new(0));

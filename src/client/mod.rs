@@ -69,8 +69,10 @@ pub struct ClientConfig {
     pub retries_max: u32,
     /// Requests outstanding per connection at most (the server reads no more than 1024).
     pub in_flight_max: usize,
-    /// Retries of UNAVAILABLE, per call (within `retries_max`): a node that is shutting down
-    /// or whose storage stopped rarely recovers within a call.
+    /// Retries of UNAVAILABLE, per call (within `retries_max`), about 1.5 s of pauses in all
+    /// with the default backoff: long enough for a head that settles with its new chain after
+    /// a reconfiguration (it waits for its successor to install the new epoch), while a node
+    /// that is shutting down or whose storage stopped rarely recovers within a call.
     pub unavailable_retries_max: u32,
     /// Pause before the first retry of UNAVAILABLE (doubled on each retry).
     pub unavailable_backoff: Duration,
@@ -104,7 +106,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(30),
             retries_max: 8,
             in_flight_max: Limits::DEFAULT.in_flight_max as usize,
-            unavailable_retries_max: 3,
+            unavailable_retries_max: 5,
             unavailable_backoff: Duration::from_millis(50),
             sealed_backoff: Duration::from_millis(5),
             subscription_credit: 1024,
@@ -185,6 +187,16 @@ struct Route {
     shard: u16,
     /// The map version that chose the node (`None`: the target, no map involved).
     map_version: Option<u64>,
+}
+
+/// The failed tries of one request so far: all of them (bounded by `retries_max`) and the
+/// UNAVAILABLE ones (bounded by `unavailable_retries_max` on their own: a head that settles
+/// with its new chain after a reconfiguration answers UNAVAILABLE right after the SEALEDs
+/// that led the request there, which must not use up its budget).
+#[derive(Clone, Copy, Debug, Default)]
+struct Failures {
+    all: u32,
+    unavailable: u32,
 }
 
 /// What to do after a failed try.
@@ -621,13 +633,16 @@ impl Client {
         F: Future<Output = Result<T, ClientError>>,
     {
         let mut route = self.route(dest).await?;
-        let mut failures = 0;
+        let mut failures = Failures::default();
         loop {
             let error = match attempt(Arc::clone(&route.node), route.shard).await {
                 Ok(answer) => return Ok(answer),
                 Err(e) => e,
             };
-            failures += 1;
+            failures.all += 1;
+            if error.code() == Some(ErrorCode::Unavailable) {
+                failures.unavailable += 1;
+            }
             match self
                 .after_failure(&error, failures, retry, dest, &route, epoch)
                 .await
@@ -673,18 +688,22 @@ impl Client {
         }
     }
 
-    /// What to do after `error`, the `failures`-th failure of a request to `dest` sent by
+    /// What to do after `error`, the last of the `failures` of a request to `dest` sent by
     /// `route`; waits here when a retry must wait. `epoch` is the epoch the request names.
     async fn after_failure(
         &self,
         error: &ClientError,
-        failures: u32,
+        failures: Failures,
         retry: Retry,
         dest: Dest,
         route: &Route,
         epoch: u64,
     ) -> Next {
         let config = &self.inner.config;
+        let Failures {
+            all: failures,
+            unavailable,
+        } = failures;
         if failures > config.retries_max {
             // Not retried here, but the next call must not go where this one failed: a
             // stale route (a new head, a new epoch) is refreshed all the same.
@@ -731,7 +750,8 @@ impl Client {
                 ErrorCode::WrongShard if server.arg0 < u64::from(route.node.shard_count()) => {
                     return Next::Shard(server.arg0 as u16);
                 }
-                ErrorCode::Unavailable if failures <= config.unavailable_retries_max => {
+                ErrorCode::Unavailable if unavailable <= config.unavailable_retries_max => {
+                    let backoff = config.unavailable_backoff * (1 << (unavailable - 1).min(4));
                     tokio::time::sleep(backoff).await;
                     return Next::Again;
                 }

@@ -318,13 +318,19 @@ impl<E: Net> Shard<E> {
         // completions finish is armed again only once handled, and with them the ring may
         // hold nothing to end a wait (a node back in a chain then left new connections
         // unanswered until the next map).
-        let wait = wait && !self.protocol.has_taken_acks() && !self.store.has_external();
+        // So are the reads it finished then.
+        self.store.take_reads(&mut self.reads_done);
+        let wait = wait
+            && !self.protocol.has_taken_acks()
+            && !self.store.has_external()
+            && self.reads_done.is_empty();
         if let Err(e) = self.store.poll(wait, &mut self.acks) {
             fatal(FatalReason::store(Some(self.index()), e));
         }
         self.protocol.start_turn();
         // Before anything else of the turn changes the store: a read's records are what the
-        // log holds now, which is what its owner's state says too.
+        // log holds now, which is what its owner's state says too (each owner checks that
+        // its state still matches the read, whenever the read finished).
         self.store.take_reads(&mut self.reads_done);
         for done in std::mem::take(&mut self.reads_done) {
             self.on_read(done);

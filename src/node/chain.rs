@@ -6,8 +6,11 @@
 //!   while the log's link is in sync are sent at once, pinned in the store's frame buffer:
 //!   the frame head is encoded, the records follow from the buffer that goes to disk.
 //! - **Catching up**: a successor that is behind (after a reconnect, a GAP, an OVERLOADED)
-//!   gets the records it lacks read from this node's store, a bounded batch per turn, as
-//!   runs that carry the idempotency keys and fencing raises stored with them.
+//!   gets the records it lacks read from this node's store, a bounded batch per read, as
+//!   runs that carry the idempotency keys and fencing raises stored with them. A read of
+//!   records on disk only does not block the shard ([`super::reads`]): the log waits for it
+//!   (one at a time), and what it returns is sent only if the log still catches up from
+//!   there on the same link in the same epoch.
 //! - **Pulling back**: a restarted node whose successor holds records it lost takes them
 //!   back with PULLs, one run per answer, stored as a replica stores a REPLICATE, before its
 //!   link is in sync (and, at the head, before it sequences anything).
@@ -29,7 +32,7 @@ use chainlog_net::{
     Limits, PeerRequest, PullRequest, ReplicateHeader, ReplicateKind, Request, Response, Role,
     PROTOCOL_VERSION,
 };
-use chainlog_storage::Store;
+use chainlog_storage::{Error, ReadKind, ReadOutput, ReadRequest, Store, StoredRun};
 
 use super::conn::{conn_of, Conn};
 use super::env::Net;
@@ -37,6 +40,7 @@ use super::learners::{store_learned, Learned, Stored};
 use super::link::{Link, LinkState, Sent, BACKOFF_MIN_MS};
 use super::metrics::ShardMetrics;
 use super::ops::{NetOp, NetToken, GENERATION_MASK};
+use super::reads::{Owner, Reads, Started};
 use super::records::{encode_run, replica_state};
 use super::replicas::{encode_answers, Forward, Replicas, UNANSWERED};
 use crate::replication::{NodeId, Reply, Send};
@@ -264,14 +268,16 @@ impl Chain {
         }
     }
 
-    /// Sends the successor the records it lacks, read from the store (at most one read per
-    /// turn and log, within the link's budget), a REPLICATE per run so that each carries the
-    /// key and fencing raise stored with it.
+    /// Reads the records the successor lacks from the store (one read per log at a time,
+    /// within the link's budget) and sends them ([`send_runs`](Self::send_runs)) at once if
+    /// they were in memory; a read that waits for the disk sends them when it completes
+    /// ([`on_read`](Self::on_read)). Returns whether to look at the log again next turn.
     fn catch_up<E: Net>(
         &mut self,
         replicas: &mut Replicas,
         metrics: &mut ShardMetrics,
         store: &mut Store<E>,
+        reads: &mut Reads,
         log_id: u64,
         slot: u32,
     ) -> bool {
@@ -279,6 +285,9 @@ impl Chain {
         let Some(from) = replica.catch_up_from() else {
             return false;
         };
+        if reads.catching_up(log_id) {
+            return false; // Its completion looks at the log again.
+        }
         let link = self.links[slot as usize].as_ref().expect("up link");
         if link.unacked_bytes >= LINK_UNACKED_BYTES_MAX {
             return true;
@@ -286,22 +295,104 @@ impl Chain {
         let epoch = replica.epoch();
         let max = (replica.next_lsn() - from).min(u64::from(self.limits.batch_records_max));
         // Whole batches fit (one APPEND's worth), so keyed batches come back whole.
-        let read = store.read_stored_runs(
+        let request = ReadRequest {
             log_id,
             from,
-            max as usize,
-            self.limits.frame_bytes_max as usize,
-        );
-        let runs = match read {
-            Ok(runs) if !runs.is_empty() => runs,
-            Ok(_) => return true,
+            max_records: max as usize,
+            max_bytes: self.limits.frame_bytes_max as usize,
+            kind: ReadKind::StoredRuns,
+        };
+        let owner = Owner::CatchUp {
+            log_id,
+            from,
+            epoch,
+            slot,
+            generation: link.generation,
+        };
+        match reads.start(store, request, owner) {
+            Ok(Started::Now(ReadOutput::Runs(runs))) => {
+                self.send_runs(replicas, metrics, log_id, slot, epoch, &runs)
+            }
+            Ok(Started::Now(ReadOutput::Records(_))) => unreachable!("a read of runs"),
+            Ok(Started::Waiting(_)) => {
+                metrics.catch_up_disk_reads += 1;
+                false
+            }
+            Err(Error::Overloaded) => true, // Every read slot waits: one completes first.
             Err(e) => {
                 tracing::warn!(log_id, from, error = %e, "cannot read records to catch a successor up");
-                return true;
+                true
             }
+        }
+    }
+
+    /// A catch-up read that waited for the disk finished: its records go to the successor if
+    /// the log still catches up from where it read, in the same epoch, on the same link (a
+    /// link that went down, a new epoch, a trim or a refusal that moved the position drop
+    /// them; the log reads again from where it is). A read that a trim passed fails with
+    /// `Trimmed`: the trim moved the position to the trim point, read next.
+    pub(crate) fn on_read(
+        &mut self,
+        replicas: &mut Replicas,
+        metrics: &mut ShardMetrics,
+        owner: Owner,
+        result: chainlog_storage::Result<ReadOutput>,
+    ) {
+        let Owner::CatchUp {
+            log_id,
+            from,
+            epoch,
+            slot,
+            generation,
+        } = owner
+        else {
+            unreachable!("a catch-up read");
         };
+        self.again.insert(log_id);
+        let link_same = self
+            .links
+            .get(slot as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|l| l.generation == generation && l.state == LinkState::Up && !l.retired);
+        let replica_same = replicas
+            .get(log_id)
+            .is_some_and(|r| r.epoch() == epoch && r.catch_up_from() == Some(from));
+        if !(link_same && replica_same) {
+            tracing::debug!(
+                log_id,
+                from,
+                "a catch-up read outlived its position; dropped"
+            );
+            return;
+        }
+        match result {
+            Ok(ReadOutput::Runs(runs)) => {
+                self.send_runs(replicas, metrics, log_id, slot, epoch, &runs);
+            }
+            Ok(ReadOutput::Records(_)) => unreachable!("a read of runs"),
+            Err(e) => {
+                tracing::warn!(log_id, from, error = %e, "cannot read records to catch a successor up");
+            }
+        }
+    }
+
+    /// Sends `runs` (read from the log's catch-up position) to the successor, a REPLICATE per
+    /// run so that each carries the key and fencing raise stored with it, at most
+    /// [`CATCH_UP_BYTES_MAX`] of records. Returns whether the log has more to catch up.
+    fn send_runs(
+        &mut self,
+        replicas: &mut Replicas,
+        metrics: &mut ShardMetrics,
+        log_id: u64,
+        slot: u32,
+        epoch: u64,
+        runs: &[StoredRun],
+    ) -> bool {
+        if runs.is_empty() {
+            return true;
+        }
         let mut sent_bytes = 0;
-        for run in &runs {
+        for run in runs {
             if sent_bytes >= CATCH_UP_BYTES_MAX {
                 break;
             }
@@ -508,6 +599,7 @@ impl Chain {
         replicas: &mut Replicas,
         metrics: &mut ShardMetrics,
         store: &mut Store<E>,
+        reads: &mut Reads,
         conns: &mut [Option<Conn>],
         now_us: u64,
     ) {
@@ -573,7 +665,7 @@ impl Chain {
             for send in sends.drain(..) {
                 self.send_control(replicas, log_id, slot, send, fence);
             }
-            let more = self.catch_up(replicas, metrics, store, log_id, slot);
+            let more = self.catch_up(replicas, metrics, store, reads, log_id, slot);
             if more {
                 self.again.insert(log_id);
             }

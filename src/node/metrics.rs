@@ -93,6 +93,8 @@ pub(crate) struct ShardMetrics {
     pub(crate) forwards: u64,
     /// Records sent to a successor that was behind, read from the store.
     pub(crate) catch_up_records: u64,
+    /// Catch-up reads that waited for the disk (the shard went on meanwhile).
+    pub(crate) catch_up_disk_reads: u64,
     /// Records taken back from a successor after a restart (this node had lost them).
     pub(crate) pulled_records: u64,
     /// Records a learner copied from its source (before it joins the chain).
@@ -123,6 +125,7 @@ impl ShardMetrics {
             bytes_received: 0,
             forwards: 0,
             catch_up_records: 0,
+            catch_up_disk_reads: 0,
             pulled_records: 0,
             learned_records: 0,
             link_resets: 0,
@@ -276,7 +279,7 @@ const BATCHES: [(&str, &str, HistogramOf); 2] = [
         |s| &s.store.batch_bytes,
     ),
 ];
-const COUNTS: [(&str, &str, &str, CountOf); 16] = [
+const COUNTS: [(&str, &str, &str, CountOf); 17] = [
     (
         "chainlog_replication_forwards_total",
         "counter",
@@ -288,6 +291,12 @@ const COUNTS: [(&str, &str, &str, CountOf); 16] = [
         "counter",
         "Records sent to a successor that was behind, read from the store.",
         |s| s.shard.catch_up_records,
+    ),
+    (
+        "chainlog_replication_catch_up_disk_reads_total",
+        "counter",
+        "Catch-up reads that waited for the disk (the shard went on meanwhile).",
+        |s| s.shard.catch_up_disk_reads,
     ),
     (
         "chainlog_replication_pulled_records_total",

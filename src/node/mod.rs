@@ -9,7 +9,8 @@
 //! Inside a shard ([`shard`]): the protocol ([`protocol`]: decode or refuse, dispatch, answers
 //! in order) calls the shard's replication state ([`replicas`]) through a narrow API and keeps
 //! each connection's subscriptions ([`subscriptions`]); the links ([`chain`]) carry what
-//! replication leaves for the end of each turn.
+//! replication leaves for the end of each turn. Catch-up and subscriptions read older records
+//! without blocking the shard ([`reads`]).
 
 pub mod catalog;
 pub(crate) mod chain;
@@ -22,6 +23,7 @@ pub mod listen;
 pub(crate) mod metrics;
 pub(crate) mod ops;
 pub(crate) mod protocol;
+mod reads;
 mod records;
 mod refusal;
 mod replicas;

@@ -304,7 +304,6 @@ impl Server {
                 &mut session.out,
                 store,
                 &self.replicas,
-                &self.limits,
                 request_id,
                 sub.log_id,
                 sub.from_lsn,

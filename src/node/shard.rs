@@ -1,8 +1,9 @@
 //! One shard: a thread that owns a store, a listener and its connections, and drives all of
 //! them from its environment ([`Net`], which is also the store's `Io`). Each turn of the loop
 //! is one `Store::poll` (on the real backend one `io_uring_enter` for disk and network
-//! together), then the network completions, then the acknowledgements of durable appends, then
-//! the sends they produced. [`Shard`] is generic over the environment: [`run`] drives it on the
+//! together), then the reads that waited for the disk (to their owners, [`super::reads`]),
+//! then the network completions, then the acknowledgements of durable appends, then the sends
+//! they produced. [`Shard`] is generic over the environment: [`run`] drives it on the
 //! real one ([`RealEnv`]) in a thread; the simulator drives it turn by turn on a simulated one,
 //! telling it of a stop or a new cluster map directly instead of through eventfds.
 
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 use chainlog_storage::io::Completion;
 use chainlog_storage::{
-    fatal, Ack, Clock, Error, FatalReason, Store, StoreConfig, SystemClock, UringIo,
+    fatal, Ack, Clock, Error, FatalReason, ReadDone, Store, StoreConfig, SystemClock, UringIo,
 };
 
 use super::catalog::{Catalog, StoreLogs};
@@ -24,6 +25,7 @@ use super::env::{Net, RawSlice, RealEnv, Sock};
 use super::metrics::{self, Board, Snapshot};
 use super::ops::{NetOp, NetToken, GENERATION_MASK, SLOTS_MAX};
 use super::protocol::{self, Identity, OUTPUT_MAX};
+use super::reads::{Owner, Reads};
 use super::Startup;
 
 /// Submission queue entries of a shard's ring.
@@ -178,6 +180,9 @@ pub(crate) struct Shard<E: Net> {
     /// The tokens of a turn's acks, whose connections are answered.
     acked: Vec<u64>,
     external: Vec<Completion>,
+    /// Catch-up and subscription reads waiting for the disk, and a turn's finished ones.
+    reads: Reads,
+    reads_done: Vec<ReadDone>,
     stopping: bool,
     /// Slots of connections with subscriptions, pumped every turn.
     subscribed: Vec<u32>,
@@ -214,6 +219,8 @@ impl<E: Net> Shard<E> {
             acks: Vec::new(),
             acked: Vec::new(),
             external: Vec::new(),
+            reads: Reads::default(),
+            reads_done: Vec::new(),
             stopping: false,
             subscribed: Vec::new(),
             stop_deadline_us: None,
@@ -311,11 +318,23 @@ impl<E: Net> Shard<E> {
         // completions finish is armed again only once handled, and with them the ring may
         // hold nothing to end a wait (a node back in a chain then left new connections
         // unanswered until the next map).
-        let wait = wait && !self.protocol.has_taken_acks() && !self.store.has_external();
+        // So are the reads it finished then.
+        self.store.take_reads(&mut self.reads_done);
+        let wait = wait
+            && !self.protocol.has_taken_acks()
+            && !self.store.has_external()
+            && self.reads_done.is_empty();
         if let Err(e) = self.store.poll(wait, &mut self.acks) {
             fatal(FatalReason::store(Some(self.index()), e));
         }
         self.protocol.start_turn();
+        // Before anything else of the turn changes the store: a read's records are what the
+        // log holds now, which is what its owner's state says too (each owner checks that
+        // its state still matches the read, whenever the read finished).
+        self.store.take_reads(&mut self.reads_done);
+        for done in std::mem::take(&mut self.reads_done) {
+            self.on_read(done);
+        }
         self.store.take_external(&mut self.external);
         for completion in std::mem::take(&mut self.external) {
             self.on_completion(completion);
@@ -471,6 +490,36 @@ impl<E: Net> Shard<E> {
             self.store
                 .io_mut()
                 .accept(listener, NetToken::of(NetOp::Accept));
+        }
+    }
+
+    /// A read that waited for the disk finished: to its owner. A store that failed stops the
+    /// node, as for any store failure.
+    fn on_read(&mut self, done: ReadDone) {
+        if let Err(Error::Fatal(reason)) = &done.result {
+            fatal(FatalReason::store(Some(self.index()), reason));
+        }
+        match self.reads.finish(done.token) {
+            owner @ Owner::CatchUp { .. } => {
+                let protocol = &mut self.protocol;
+                self.chain.on_read(
+                    &mut protocol.replicas,
+                    &mut protocol.metrics,
+                    owner,
+                    done.result,
+                );
+            }
+            Owner::Push { conn } => {
+                if let Some(conn) = conn_of(&mut self.conns, conn) {
+                    conn.session.subscriptions.on_read(
+                        &mut conn.session.out,
+                        &self.protocol.replicas,
+                        &self.params.identity.limits,
+                        done.token,
+                        done.result,
+                    );
+                }
+            }
         }
     }
 
@@ -679,6 +728,7 @@ impl<E: Net> Shard<E> {
             &mut protocol.replicas,
             &mut protocol.metrics,
             &mut self.store,
+            &mut self.reads,
             &mut self.conns,
             now,
         );
@@ -695,6 +745,8 @@ impl<E: Net> Shard<E> {
                 Some(conn) if !conn.session.closing => conn.session.subscriptions.pump(
                     &mut conn.session.out,
                     &mut self.store,
+                    &mut self.reads,
+                    ack_token(slot as u32, conn.generation),
                     &self.protocol.replicas,
                     &self.params.identity.limits,
                 ),

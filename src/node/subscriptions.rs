@@ -2,15 +2,21 @@
 //! and the pushes of committed records, pumped from the store (recent records come from its
 //! tail cache) after every loop turn, within each subscription's credit and only while the
 //! connection's output is not backed up, so a slow reader costs memory bounded per
-//! connection and never stalls the shard.
+//! connection and never stalls the shard. A subscription whose next records are on disk only
+//! waits for its read ([`super::reads`]) and pushes them when it completes
+//! ([`Subscriptions::on_read`]); the other subscriptions and the shard's appends go on.
 
 use chainlog_net::{
     encode_response, ErrorCode, ErrorResponse, Limits, Opcode, ReadBuilder, ReadKind, Response,
     SubscribeResponse, ARG_NONE, LSN_FROM_TAIL,
 };
 use chainlog_storage::io::Io;
-use chainlog_storage::Store;
+use chainlog_storage::{
+    Error, ReadKind as StoreReadKind, ReadOutput, ReadRecord, ReadRequest, Result as StoreResult,
+    Store,
+};
 
+use super::reads::{Owner, Reads, Started};
 use super::records::push_records;
 use super::refusal::{refuse, Refusal};
 use super::replicas::Replicas;
@@ -32,6 +38,8 @@ struct Subscription {
     next_lsn: u64,
     /// Records the server may still push.
     credit: u64,
+    /// The token of its read waiting for the disk, if one is: it pushes nothing until then.
+    reading: Option<u64>,
 }
 
 /// The active subscriptions of one connection.
@@ -47,16 +55,16 @@ impl Subscriptions {
     }
 
     /// SUBSCRIBE (request `request_id`) to `log_id` from `from` (or the readable tail, for
-    /// [`LSN_FROM_TAIL`]) with `credit` records: acknowledged in `out`, then pushed to at once.
+    /// [`LSN_FROM_TAIL`]) with `credit` records: acknowledged in `out`, then pushed to at the
+    /// end of the turn ([`pump`](Self::pump)).
     /// A `from` above the readable tail waits for it (PROTOCOL.md 6.4: a replica may lag the
     /// one the reader read from), and the LSNs below it are never pushed.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn subscribe<I: Io>(
         &mut self,
         out: &mut Vec<u8>,
-        store: &mut Store<I>,
+        store: &Store<I>,
         replicas: &Replicas,
-        limits: &Limits,
         request_id: u64,
         log_id: u64,
         from: u64,
@@ -92,10 +100,10 @@ impl Subscriptions {
             log_id,
             next_lsn: start,
             credit: u64::from(credit),
+            reading: None,
         });
         let ack = Response::Subscribe(SubscribeResponse { start_lsn: start });
         encode_response(out, request_id, Opcode::Subscribe, &ack);
-        self.pump(out, store, replicas, limits);
         Ok(())
     }
 
@@ -126,12 +134,15 @@ impl Subscriptions {
     }
 
     /// Pushes committed records to the subscriptions, within their credit, while `out` is not
-    /// backed up. Ends subscriptions whose log was deleted or trimmed past them. Returns
-    /// whether any subscription remains.
+    /// backed up; a subscription whose next records are on disk only starts a read for
+    /// `conn` (this connection's `conn::ack_token`) and waits for it. Ends subscriptions whose
+    /// log was deleted or trimmed past them. Returns whether any subscription remains.
     pub(crate) fn pump<I: Io>(
         &mut self,
         out: &mut Vec<u8>,
         store: &mut Store<I>,
+        reads: &mut Reads,
+        conn: u64,
         replicas: &Replicas,
         limits: &Limits,
     ) -> bool {
@@ -157,45 +168,117 @@ impl Subscriptions {
                             "the subscription fell below the trim point",
                         ));
                     }
-                    if sub.next_lsn >= readable || sub.credit == 0 || out.len() >= PUSH_OUTPUT_MAX {
+                    if sub.reading.is_some()
+                        || sub.next_lsn >= readable
+                        || sub.credit == 0
+                        || out.len() >= PUSH_OUTPUT_MAX
+                    {
                         break None;
                     }
-                    let max = sub
-                        .credit
-                        .min(u64::from(limits.batch_records_max))
-                        .min(readable - sub.next_lsn) as usize;
-                    let body_budget = limits.frame_bytes_max as usize / 2;
-                    let records = match store.read(sub.log_id, sub.next_lsn, max, body_budget) {
-                        Ok(records) => records,
+                    let request = ReadRequest {
+                        log_id: sub.log_id,
+                        from: sub.next_lsn,
+                        max_records: sub
+                            .credit
+                            .min(u64::from(limits.batch_records_max))
+                            .min(readable - sub.next_lsn)
+                            as usize,
+                        max_bytes: limits.frame_bytes_max as usize / 2,
+                        kind: StoreReadKind::Durable,
+                    };
+                    let records = match reads.start(store, request, Owner::Push { conn }) {
+                        Ok(Started::Now(ReadOutput::Records(records))) => records,
+                        Ok(Started::Now(ReadOutput::Runs(_))) => unreachable!("a read of records"),
+                        Ok(Started::Waiting(token)) => {
+                            sub.reading = Some(token);
+                            break None;
+                        }
+                        // Every read slot waits: a later turn (one completes first) reads.
+                        Err(Error::Overloaded) => break None,
                         Err(e) => break Some(Refusal::of_store(&e)),
                     };
-                    let mut builder =
-                        ReadBuilder::new(out, sub.id, ReadKind::Push, readable, limits);
-                    let pushed = push_records(&mut builder, sub.log_id, &records, usize::MAX);
-                    if pushed == 0 {
-                        // Nothing fit (cannot happen within the limits): never send an empty push.
-                        drop(builder);
+                    if !sub.push(out, &records, readable, limits) {
                         break None;
                     }
-                    builder.finish();
-                    sub.next_lsn += pushed;
-                    sub.credit -= pushed;
                 }
             };
             match ended {
-                Some(refusal) => {
-                    let sub = self.active.swap_remove(i);
-                    let response = ErrorResponse::new(refusal.code, refusal.arg0, &refusal.message);
-                    encode_response(
-                        out,
-                        sub.id,
-                        Opcode::Subscribe,
-                        &Response::PushError(response),
-                    );
-                }
+                Some(refusal) => self.end(i, out, &refusal),
                 None => i += 1,
             }
         }
         !self.active.is_empty()
+    }
+
+    /// The read `token` (of a subscription of this connection, or of one that ended since)
+    /// finished: its records are pushed, within what is readable and the credit now; a read
+    /// that failed ends the subscription as a read that waited in the call would have.
+    pub(crate) fn on_read(
+        &mut self,
+        out: &mut Vec<u8>,
+        replicas: &Replicas,
+        limits: &Limits,
+        token: u64,
+        result: StoreResult<ReadOutput>,
+    ) {
+        let Some(i) = self.active.iter().position(|s| s.reading == Some(token)) else {
+            return; // Unsubscribed meanwhile.
+        };
+        let sub = &mut self.active[i];
+        sub.reading = None;
+        match result {
+            Ok(ReadOutput::Records(records)) => {
+                let readable = replicas.readable(sub.log_id);
+                sub.push(out, &records, readable, limits);
+            }
+            Ok(ReadOutput::Runs(_)) => unreachable!("a read of records"),
+            Err(e) => self.end(i, out, &Refusal::of_store(&e)),
+        }
+    }
+
+    /// Ends the subscription at `i` with `refusal`'s error push.
+    fn end(&mut self, i: usize, out: &mut Vec<u8>, refusal: &Refusal) {
+        let sub = self.active.swap_remove(i);
+        let response = ErrorResponse::new(refusal.code, refusal.arg0, &refusal.message);
+        encode_response(
+            out,
+            sub.id,
+            Opcode::Subscribe,
+            &Response::PushError(response),
+        );
+    }
+}
+
+impl Subscription {
+    /// Pushes what of `records` (read from `next_lsn` on) is below `readable` and within the
+    /// credit, in one push. Returns whether any was pushed.
+    fn push(
+        &mut self,
+        out: &mut Vec<u8>,
+        records: &[ReadRecord],
+        readable: u64,
+        limits: &Limits,
+    ) -> bool {
+        if records.first().map(|r| r.lsn) != Some(self.next_lsn) {
+            // None (cannot happen below the readable tail), or a read that a truncation cut
+            // (the next pump reads again).
+            return false;
+        }
+        let take = records
+            .iter()
+            .take(self.credit as usize)
+            .take_while(|r| r.lsn < readable)
+            .count();
+        let mut builder = ReadBuilder::new(out, self.id, ReadKind::Push, readable, limits);
+        let pushed = push_records(&mut builder, self.log_id, &records[..take], usize::MAX);
+        if pushed == 0 {
+            // Nothing fit (cannot happen within the limits): never send an empty push.
+            drop(builder);
+            return false;
+        }
+        builder.finish();
+        self.next_lsn += pushed;
+        self.credit -= pushed;
+        true
     }
 }

@@ -3,8 +3,10 @@
 //! of completion come out of [`Io::wait`], as on the real ring. A node's disk may go slow for
 //! a while ([`Slowdown`]): the completions it delivers then are held longer, in order, as a
 //! device that stalls (garbage collection, a firmware hiccup) holds them; a shard that waits
-//! for one inside a turn (a read) waits that long. A node's catalogs live in a map that
-//! survives its crashes, like a file replaced atomically and durably.
+//! for one inside a turn (a read) waits that long. Its reads alone may also stall until a
+//! given time (a scenario sets it; the random faults do not): then the shard's other
+//! operations complete meanwhile. A node's catalogs live in a map that survives its crashes,
+//! like a file replaced atomically and durably.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -27,11 +29,13 @@ use crate::node::ops::NetToken;
 pub(crate) type Shared = Rc<RefCell<World>>;
 
 /// A node's disk going slow: until `until_us`, every completion it delivers is held `extra_us`
-/// longer.
+/// longer; and reads it completes before `reads_until_us` are held until then (a device whose
+/// reads queue behind a long internal operation while its writes go on).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Slowdown {
     pub(crate) until_us: u64,
     pub(crate) extra_us: u64,
+    pub(crate) reads_until_us: u64,
 }
 
 /// The slowdown of one node's disk, shared by its shards' environments.
@@ -48,6 +52,10 @@ pub(crate) struct SimEnv {
     /// Disk completions held by a slowdown: (when they are delivered, the completion), in
     /// the order the disk completed them.
     held: VecDeque<(u64, Completion)>,
+    /// The tokens of the disk reads in flight (the store's: at most one per read slot).
+    reads: Vec<u64>,
+    /// Reads completed while reads stall, delivered once they no longer do.
+    stalled: Vec<Completion>,
 }
 
 impl SimEnv {
@@ -66,6 +74,8 @@ impl SimEnv {
             host,
             speed,
             held: VecDeque::new(),
+            reads: Vec::new(),
+            stalled: Vec::new(),
         }
     }
 
@@ -79,12 +89,19 @@ impl SimEnv {
         self.next_disk_us()
     }
 
+    /// Reads the disk completed and holds back while reads stall.
+    #[cfg(test)]
+    pub(crate) fn stalled_reads(&self) -> usize {
+        self.stalled.len()
+    }
+
     fn next_disk_us(&self) -> Option<u64> {
         let held = self.held.front().map(|&(at, _)| at);
-        match (held, self.disk.next_ready_us()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let stalled = (!self.stalled.is_empty()).then(|| self.speed.get().reads_until_us);
+        [held, stalled, self.disk.next_ready_us()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Takes what the disk completed by now, holds it as the slowdown says, and moves what is
@@ -101,7 +118,17 @@ impl SimEnv {
         };
         let last = self.held.back().map_or(0, |&(at, _)| at);
         for completion in done {
+            if let Some(i) = self.reads.iter().position(|&t| t == completion.token) {
+                self.reads.swap_remove(i);
+                if now < slow.reads_until_us {
+                    self.stalled.push(completion);
+                    continue;
+                }
+            }
             self.held.push_back(((now + extra).max(last), completion));
+        }
+        if now >= slow.reads_until_us {
+            out.append(&mut self.stalled);
         }
         while self.held.front().is_some_and(|&(at, _)| at <= now) {
             out.push(self.held.pop_front().expect("checked").1);
@@ -203,6 +230,7 @@ impl Io for SimEnv {
         self.disk.write(file, offset, buf, durability, token)
     }
     fn read(&mut self, file: FileId, offset: u64, buf: AlignedBuf, token: u64) {
+        self.reads.push(token);
         self.disk.read(file, offset, buf, token)
     }
     fn sync(&mut self, file: FileId, token: u64) {
@@ -226,7 +254,10 @@ impl Io for SimEnv {
         }
     }
     fn in_flight(&self) -> usize {
-        self.disk.in_flight() + self.held.len() + self.world.borrow().in_flight(self.endpoint)
+        self.disk.in_flight()
+            + self.held.len()
+            + self.stalled.len()
+            + self.world.borrow().in_flight(self.endpoint)
     }
 }
 

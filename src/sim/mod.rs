@@ -42,6 +42,8 @@ mod controller;
 mod env;
 mod node;
 mod reader;
+#[cfg(test)]
+mod tests;
 mod world;
 
 use std::cell::RefCell;
@@ -1135,6 +1137,7 @@ impl Sim {
                 let slow = Slowdown {
                     until_us: now + 20_000 + self.rng.below(400_000),
                     extra_us: 1_000 + self.rng.below(50_000),
+                    reads_until_us: 0,
                 };
                 tracing::debug!(at_us = now, node = node + 1, ?slow, "fault: slow disk");
                 self.nodes[node].speed.set(slow);

@@ -1,0 +1,89 @@
+//! The shard's reads of older records that wait for the disk, and whom each is for.
+//!
+//! Catching a successor up ([`super::chain`]) and pushing to a subscription
+//! ([`super::subscriptions`]) read with `Store::read_async`: records in memory come back at
+//! once, others arrive in a later turn (`Store::take_reads`), so a read never stalls the
+//! appends of the shard's other logs, nor the rest of its own. The shard routes a finished
+//! read by its token to its [`Owner`], which checks that what it read for still stands (the
+//! link, the epoch, the position) before it uses the records; a read whose owner went away
+//! is dropped when it arrives. At most [`READS_IN_FLIGHT_MAX`] reads wait (the store refuses
+//! more with `Overloaded`, and the owner asks again in a later turn), so the table is
+//! bounded.
+
+use chainlog_storage::io::Io;
+use chainlog_storage::{ReadOutput, ReadRequest, Result, Store, READS_IN_FLIGHT_MAX};
+
+/// Whom a read that waits for the disk is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// Records of `log_id` from `from` for its successor, read in `epoch` for the link in
+    /// `slot` of `generation`.
+    CatchUp {
+        log_id: u64,
+        from: u64,
+        epoch: u64,
+        slot: u32,
+        generation: u32,
+    },
+    /// The next records of a subscription of the connection that `conn` names
+    /// (`conn::ack_token`); the subscription knows the token.
+    Push { conn: u64 },
+}
+
+/// What starting a read gave.
+#[derive(Debug)]
+pub(crate) enum Started {
+    /// Its records: all were in memory.
+    Now(ReadOutput),
+    /// It waits for the disk; its result comes back with this token.
+    Waiting(u64),
+}
+
+/// The reads waiting for the disk, by token.
+#[derive(Debug, Default)]
+pub(crate) struct Reads {
+    next_token: u64,
+    waiting: Vec<(u64, Owner)>,
+}
+
+impl Reads {
+    /// Starts `request` for `owner`. Errors as `Store::read_async` (`Overloaded`: ask again
+    /// in a later turn).
+    pub(crate) fn start<I: Io>(
+        &mut self,
+        store: &mut Store<I>,
+        request: ReadRequest,
+        owner: Owner,
+    ) -> Result<Started> {
+        let token = self.next_token;
+        self.next_token += 1;
+        Ok(match store.read_async(request, token)? {
+            Some(output) => Started::Now(output),
+            None => {
+                assert!(
+                    self.waiting.len() < READS_IN_FLIGHT_MAX,
+                    "the store bounds the reads that wait"
+                );
+                self.waiting.push((token, owner));
+                Started::Waiting(token)
+            }
+        })
+    }
+
+    /// The read `token` finished: whom it was for.
+    pub(crate) fn finish(&mut self, token: u64) -> Owner {
+        let i = self
+            .waiting
+            .iter()
+            .position(|&(t, _)| t == token)
+            .expect("the store finishes only reads it started");
+        self.waiting.swap_remove(i).1
+    }
+
+    /// Whether a catch-up read of `log_id` is waiting (one at a time per log).
+    pub(crate) fn catching_up(&self, log_id: u64) -> bool {
+        self.waiting
+            .iter()
+            .any(|(_, o)| matches!(*o, Owner::CatchUp { log_id: l, .. } if l == log_id))
+    }
+}

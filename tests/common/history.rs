@@ -812,9 +812,12 @@ pub(crate) fn run(settings: Settings) -> String {
             (Down::For(down), Some(before)) => {
                 let killed = Instant::now();
                 let id = node as u64 + 1;
-                let replaced = cluster.wait_log(
+                // The spare copies the log as a learner before it joins: as long as a
+                // chain growing back may take.
+                let replaced = cluster.wait_log_within(
                     logs[0],
                     &format!("a chain of {RF} without node {id}"),
+                    COPY_DEADLINE,
                     |l| l.epoch > before.epoch && l.chain.len() == RF && !l.chain.contains(&id),
                 );
                 match replaced {

@@ -138,9 +138,15 @@ fn append(server: &mut Server, store: &mut Store<SimIo>, epoch: u64, payloads: &
     let lsns = store
         .append(LOG, epoch, &records, UNANSWERED)
         .expect("append");
+    stored(server, &lsns);
+    sync(server, store);
+}
+
+/// Tells `server`'s replica of `LOG` that its store took the records `lsns` (as a shard does
+/// after a store append).
+fn stored(server: &mut Server, lsns: &std::ops::Range<u64>) {
     let replica = server.replicas.get_mut(LOG).expect("a replica here");
     replica.stored(lsns.start, lsns.end, None);
-    sync(server, store);
 }
 
 /// One learner PULL of node `learner` to `source` (in `epoch`), answered and stored as the
@@ -243,11 +249,7 @@ fn a_learner_copies_committed_records_and_keeps_them_when_it_joins_the_chain() {
         .1
         .append(LOG, 2, &uncommitted, UNANSWERED)
         .expect("append");
-    two.0
-        .replicas
-        .get_mut(LOG)
-        .expect("replica")
-        .stored(lsns.start, lsns.end, None);
+    stored(&mut two.0, &lsns);
     one.0.apply_map(&epoch2, &mut one.1);
     assert!(one.0.replicas.get(LOG).is_none(), "no replica: a learner");
     assert_eq!(
@@ -284,11 +286,7 @@ fn a_learner_copies_committed_records_and_keeps_them_when_it_joins_the_chain() {
             .1
             .append_batch(LOG, 2, &options, Batch::Records(&batch), false, UNANSWERED)
             .expect("append");
-        two.0
-            .replicas
-            .get_mut(LOG)
-            .expect("replica")
-            .stored(lsns.start, lsns.end, None);
+        stored(&mut two.0, &lsns);
     }
     sync(&mut two.0, &mut two.1);
     // Records 10 and 11 (durable now: committed) and two of the keyed batches, in one

@@ -50,9 +50,17 @@ use crate::replication::{NodeId, Reply, Send};
 pub(crate) const LINK_UNACKED_BYTES_MAX: usize = 32 << 20;
 /// Record bytes one catch-up REPLICATE carries at most.
 const CATCH_UP_BYTES_MAX: usize = 1 << 20;
-/// How long a log's traffic waits after its successor refused it for a reason other than
-/// OVERLOADED (which names its own wait), e.g. a log it does not have yet.
+/// How long a log's traffic waits at most after its successor refused it for a reason other
+/// than OVERLOADED (which names its own wait), e.g. a log or an epoch it does not have yet.
 const HOLD_MS: u64 = 100;
+/// The first such wait; each refusal in a row doubles it up to [`HOLD_MS`]. After a
+/// reconfiguration the members of the new chain install its map a few milliseconds apart,
+/// so the predecessor that asks first is refused once and should ask again soon: a flat
+/// 100 ms wait there was most of the log's unavailability.
+const HOLD_MIN_MS: u64 = 1;
+/// A refusal this long after the previous one of the same log starts again at
+/// [`HOLD_MIN_MS`].
+const HOLD_RESET_US: u64 = 1_000_000;
 
 /// A node of the cluster, as the shard needs it: where its shard 0 listens, how many shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +97,8 @@ pub(crate) struct Chain {
     next_generation: u32,
     /// Logs whose traffic to the successor waits until the time given (µs).
     hold: HashMap<u64, u64>,
+    /// The last refusal's wait (ms) of each log whose successor refused it, and when (µs).
+    refusals: HashMap<u64, (u64, u64)>,
     /// Logs to look at in the next turn (catching up, held, probing).
     again: HashSet<u64>,
     /// Reused buffers of a turn (the loop allocates nothing once warm).
@@ -111,6 +121,7 @@ impl Chain {
             next_request: 1,
             next_generation: 1,
             hold: HashMap::new(),
+            refusals: HashMap::new(),
             again: HashSet::new(),
             turn_logs: Vec::new(),
             answers: Vec::new(),
@@ -616,6 +627,7 @@ impl Chain {
         for &log_id in &logs {
             let Some(replica) = replicas.get_mut(log_id) else {
                 self.hold.remove(&log_id);
+                self.refusals.remove(&log_id);
                 continue;
             };
             replica.take_answers(&mut answers);
@@ -1008,7 +1020,8 @@ impl Chain {
                     "successor refused a REPLICATE; holding"
                 );
                 replica.link_down();
-                self.hold.insert(log_id, now_us + HOLD_MS * 1000);
+                let hold_ms = refusal_hold_ms(&mut self.refusals, log_id, now_us);
+                self.hold.insert(log_id, now_us + hold_ms * 1000);
             }
         }
         self.again.insert(log_id);
@@ -1100,6 +1113,20 @@ struct Pulled {
 
 /// The next whole answer in the link's input from `consumed` on (advancing it), decoded; or
 /// `None` if it has not fully arrived.
+/// How long `log_id`'s traffic waits after a refusal at `now_us`: [`HOLD_MIN_MS`], doubled
+/// for each refusal that follows the previous one within [`HOLD_RESET_US`], at most
+/// [`HOLD_MS`].
+fn refusal_hold_ms(refusals: &mut HashMap<u64, (u64, u64)>, log_id: u64, now_us: u64) -> u64 {
+    let (last_ms, last_us) = refusals.get(&log_id).copied().unwrap_or((0, 0));
+    let hold_ms = if last_ms == 0 || now_us.saturating_sub(last_us) > HOLD_RESET_US {
+        HOLD_MIN_MS
+    } else {
+        (last_ms * 2).min(HOLD_MS)
+    };
+    refusals.insert(log_id, (hold_ms, now_us));
+    hold_ms
+}
+
 fn next_answer(link: &mut Link, consumed: &mut usize, limits: &Limits) -> Option<LinkEvent> {
     let peer = link.peer;
     let shard = link.shard;
@@ -1232,4 +1259,26 @@ fn next_answer(link: &mut Link, consumed: &mut usize, limits: &Limits) -> Option
             LinkEvent::Close
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_log_waits_briefly_first_then_longer_while_refusals_go_on() {
+        let mut refusals = HashMap::new();
+        let mut now_us = 5_000_000;
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            let ms = refusal_hold_ms(&mut refusals, 7, now_us);
+            waits.push(ms);
+            now_us += ms * 1000;
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 100, 100]);
+        // Another log has its own count.
+        assert_eq!(refusal_hold_ms(&mut refusals, 8, now_us), 1);
+        // Long after the last refusal, the next one is a first one again.
+        assert_eq!(refusal_hold_ms(&mut refusals, 7, now_us + 2_000_000), 1);
+    }
 }

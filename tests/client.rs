@@ -952,6 +952,38 @@ fn unavailable_after_other_refusals_still_gets_its_retries() {
     });
 }
 
+/// UNAVAILABLE's retries are not counted against `retries_max`: its pauses start short (a
+/// head settling with its new chain answers it for a millisecond or two), so it takes more
+/// tries than other refusals to cover the same time.
+#[test]
+fn unavailable_retries_have_their_own_budget_beside_retries_max() {
+    let appends = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&appends);
+    let script: Arc<Script> = Arc::new(move |_, request| match request {
+        // UNAVAILABLE six times, then the append succeeds.
+        Request::Append(_) => match seen.fetch_add(1, Ordering::SeqCst) {
+            0..=5 => Act::Error(ErrorCode::Unavailable, u64::MAX),
+            _ => Act::Answer(Response::Append(AppendResponse {
+                first_lsn: 3,
+                count: 1,
+            })),
+        },
+        _ => Act::Error(ErrorCode::UnknownLog, u64::MAX),
+    });
+    let (port, _) = fake_node(1, script);
+    runtime().block_on(async {
+        let config = ClientConfig {
+            retries_max: 2,
+            unavailable_retries_max: 6,
+            ..ClientConfig::default()
+        };
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let client = Client::connect_with(addr, config).await.unwrap();
+        assert_eq!(client.append(1000, &[b"x"]).await.unwrap(), 3..4);
+        assert_eq!(appends.load(Ordering::SeqCst), 7);
+    });
+}
+
 #[test]
 fn timeouts_and_lost_connections_are_outcome_unknown_and_the_next_call_reconnects() {
     let appends = Arc::new(AtomicUsize::new(0));

@@ -69,13 +69,19 @@ pub struct ClientConfig {
     pub retries_max: u32,
     /// Requests outstanding per connection at most (the server reads no more than 1024).
     pub in_flight_max: usize,
-    /// Retries of UNAVAILABLE, per call (within `retries_max`), about 1.5 s of pauses in all
-    /// with the default backoff: long enough for a head that settles with its new chain after
-    /// a reconfiguration (it waits for its successor to install the new epoch), while a node
-    /// that is shutting down or whose storage stopped rarely recovers within a call.
+    /// Retries of UNAVAILABLE, per call (a budget of their own, beside `retries_max`), about
+    /// 1.5 s of pauses in all with the default backoff: long enough for a head that restarted
+    /// to learn where its chain stands, while a node that is shutting down or whose storage
+    /// stopped rarely recovers within a call.
     pub unavailable_retries_max: u32,
-    /// Pause before the first retry of UNAVAILABLE (doubled on each retry).
+    /// Pause before the first retry of UNAVAILABLE, doubled on each retry up to 256 times
+    /// itself. Short: the usual UNAVAILABLE is a head that installed a new epoch and settles
+    /// with its successor within a millisecond or two, and every append that came meanwhile
+    /// waits this long before it is sent again.
     pub unavailable_backoff: Duration,
+    /// Pause before the first retry after a lost connection, a timeout or a failed connect
+    /// (doubled on each retry, up to 16 times itself): the node may be restarting.
+    pub reconnect_backoff: Duration,
     /// Pause before asking the controller again for the epoch that follows a sealed one
     /// (doubled on each try): the controller extends a sealed epoch within milliseconds, so
     /// this is short, unlike a node's recovery.
@@ -106,8 +112,9 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(30),
             retries_max: 8,
             in_flight_max: Limits::DEFAULT.in_flight_max as usize,
-            unavailable_retries_max: 5,
-            unavailable_backoff: Duration::from_millis(50),
+            unavailable_retries_max: 10,
+            unavailable_backoff: Duration::from_millis(2),
+            reconnect_backoff: Duration::from_millis(50),
             sealed_backoff: Duration::from_millis(5),
             subscription_credit: 1024,
             read_from: ReadFrom::Head,
@@ -189,13 +196,14 @@ struct Route {
     map_version: Option<u64>,
 }
 
-/// The failed tries of one request so far: all of them (bounded by `retries_max`) and the
-/// UNAVAILABLE ones (bounded by `unavailable_retries_max` on their own: a head that settles
-/// with its new chain after a reconfiguration answers UNAVAILABLE right after the SEALEDs
-/// that led the request there, which must not use up its budget).
+/// The failed tries of one request so far: the UNAVAILABLE ones (bounded by
+/// `unavailable_retries_max`) and the others (bounded by `retries_max`), each a budget of
+/// its own: a head that settles with its new chain after a reconfiguration answers
+/// UNAVAILABLE right after the SEALEDs that led the request there, and its short pauses
+/// must not use up the budget of the rest.
 #[derive(Clone, Copy, Debug, Default)]
 struct Failures {
-    all: u32,
+    other: u32,
     unavailable: u32,
 }
 
@@ -639,9 +647,10 @@ impl Client {
                 Ok(answer) => return Ok(answer),
                 Err(e) => e,
             };
-            failures.all += 1;
             if error.code() == Some(ErrorCode::Unavailable) {
                 failures.unavailable += 1;
+            } else {
+                failures.other += 1;
             }
             match self
                 .after_failure(&error, failures, retry, dest, &route, epoch)
@@ -701,10 +710,10 @@ impl Client {
     ) -> Next {
         let config = &self.inner.config;
         let Failures {
-            all: failures,
+            other: failures,
             unavailable,
         } = failures;
-        if failures > config.retries_max {
+        if failures > config.retries_max || unavailable > config.unavailable_retries_max {
             // Not retried here, but the next call must not go where this one failed: a
             // stale route (a new head, a new epoch) is refreshed all the same.
             if let (Some(seen), Some(_)) = (route.map_version, &self.inner.cluster) {
@@ -725,7 +734,7 @@ impl Client {
             }
             return Next::Stop;
         }
-        let backoff = config.unavailable_backoff * (1 << (failures - 1).min(4));
+        let backoff = config.reconnect_backoff * (1 << failures.saturating_sub(1).min(4));
         if retry == Retry::EvenIfUnknown
             && (error.outcome_unknown() || matches!(error, ClientError::Connect { .. }))
         {
@@ -750,8 +759,8 @@ impl Client {
                 ErrorCode::WrongShard if server.arg0 < u64::from(route.node.shard_count()) => {
                     return Next::Shard(server.arg0 as u16);
                 }
-                ErrorCode::Unavailable if unavailable <= config.unavailable_retries_max => {
-                    let backoff = config.unavailable_backoff * (1 << (unavailable - 1).min(4));
+                ErrorCode::Unavailable => {
+                    let backoff = config.unavailable_backoff * (1 << (unavailable - 1).min(8));
                     tokio::time::sleep(backoff).await;
                     return Next::Again;
                 }

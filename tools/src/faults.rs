@@ -12,8 +12,9 @@
 //! ([`crate::load::Outcome`]), with the same conventions as the rest of the report (latency
 //! from the intended send time; an unacknowledged append waits until the run ends):
 //!
-//! - *Unavailability*: the longest stretch without an acknowledgement that starts at or after
-//!   the fault, up to the next fault (the fault's time counts as the stretch's start). The
+//! - *Unavailability*: the longest stretch without an acknowledgement that starts at the fault
+//!   or within [`OUTAGE_START_GRACE`] after it, up to the next fault (the fault's time counts
+//!   as the stretch's start), measured from the fault. The
 //!   acknowledgement that ends it is the *first ack after* the fault (the outage's end).
 //!   Without any acknowledgement after the fault, the fault is not recovered from and its
 //!   unavailability lasts until the run ended: a lower bound.
@@ -42,6 +43,10 @@ use crate::target::DevGuard;
 
 /// The window after an outage's end whose latency says whether the log is back to normal.
 pub(crate) const AFTER: Duration = Duration::from_secs(2);
+/// How soon after a fault its outage starts at the latest: the acknowledgements of appends
+/// already committed at the fault may still arrive for a moment, and a stretch without any
+/// that starts later (a disk stall seconds on) is not the fault's doing.
+const OUTAGE_START_GRACE: Duration = Duration::from_millis(100);
 /// How long reading the cluster map at a fault may take.
 const MAP_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -560,6 +565,9 @@ fn outage_end(acks: &[Duration], fault: Duration, next: Option<Duration>) -> Opt
     let mut previous = fault;
     let mut longest = (Duration::ZERO, acks[from]);
     for &ack in &acks[from..until] {
+        if previous > fault + OUTAGE_START_GRACE {
+            break;
+        }
         if ack - previous > longest.0 {
             longest = (ack - previous, ack);
         }
@@ -762,6 +770,30 @@ mod tests {
         // Meant from 1,400 ms to 3,400 ms: 60 appends, back to 1 ms.
         assert_eq!(l.after.appends, 60);
         assert!(l.after.p99.unwrap() <= 1_001);
+    }
+
+    #[test]
+    fn a_stall_long_after_the_fault_is_not_its_outage() {
+        // One append every 10 ms from 0 to 5 s, acknowledged 1 ms later, except those meant
+        // from 990 ms to 1,070 ms (acknowledged at 1,080 ms: the fault's 85 ms outage) and
+        // from 3,000 ms to 3,110 ms (at 3,120 ms: a stall of the disk two seconds on,
+        // longer than the outage).
+        let outcomes: Vec<Outcome> = (0..500)
+            .map(|i| match i * 10 {
+                t @ 990..=1_070 => acked(t, 1_080),
+                t @ 3_000..=3_110 => acked(t, 3_120),
+                t => acked(t, t + 1),
+            })
+            .collect();
+        let reports = analyse(
+            &[applied("kill:tail@1s", 995)],
+            &outcomes,
+            Duration::ZERO,
+            ms(6_000),
+            None,
+        );
+        assert_eq!(reports[0].first_ack_after_s, Some(1.08));
+        assert!((reports[0].unavailability_s.unwrap() - 0.085).abs() < 1e-9);
     }
 
     #[test]

@@ -938,7 +938,7 @@ impl Chain {
                     tracing::info!(peer, shard, addr = %link.addr, "replication link up");
                     self.links_up(replicas, slot, peer, shard);
                 }
-                LinkEvent::Greeted => {}
+                LinkEvent::Greeted | LinkEvent::Ignored => {}
                 LinkEvent::Answered {
                     log_id,
                     reply,
@@ -1020,8 +1020,13 @@ impl Chain {
                     "successor refused a REPLICATE; holding"
                 );
                 replica.link_down();
-                let hold_ms = refusal_hold_ms(&mut self.refusals, log_id, now_us);
-                self.hold.insert(log_id, now_us + hold_ms * 1000);
+                // The refusals of the other requests that were in flight with it come at
+                // once: they are the same refusal, and do not lengthen the wait.
+                let held = self.hold.get(&log_id).is_some_and(|&until| until > now_us);
+                if !held {
+                    let hold_ms = refusal_hold_ms(&mut self.refusals, log_id, now_us);
+                    self.hold.insert(log_id, now_us + hold_ms * 1000);
+                }
             }
         }
         self.again.insert(log_id);
@@ -1076,6 +1081,8 @@ enum LinkEvent {
     Close,
     /// The HELLO was answered as expected.
     Greeted,
+    /// An ERROR answered a request the link does not track: a refused COMMIT (nothing to do).
+    Ignored,
     /// The PEER was accepted: the link is up.
     Up,
     /// A REPLICATE was answered (`bytes` of records are no longer unacked).
@@ -1111,8 +1118,6 @@ struct Pulled {
     records: Vec<u8>,
 }
 
-/// The next whole answer in the link's input from `consumed` on (advancing it), decoded; or
-/// `None` if it has not fully arrived.
 /// How long `log_id`'s traffic waits after a refusal at `now_us`: [`HOLD_MIN_MS`], doubled
 /// for each refusal that follows the previous one within [`HOLD_RESET_US`], at most
 /// [`HOLD_MS`].
@@ -1127,6 +1132,8 @@ fn refusal_hold_ms(refusals: &mut HashMap<u64, (u64, u64)>, log_id: u64, now_us:
     hold_ms
 }
 
+/// The next whole answer in the link's input from `consumed` on (advancing it), decoded; or
+/// `None` if it has not fully arrived.
 fn next_answer(link: &mut Link, consumed: &mut usize, limits: &Limits) -> Option<LinkEvent> {
     let peer = link.peer;
     let shard = link.shard;
@@ -1150,12 +1157,17 @@ fn next_answer(link: &mut Link, consumed: &mut usize, limits: &Limits) -> Option
     let request_id = frame.request_id;
     let Some(sent) = requests.remove(&request_id) else {
         if let Response::Error(e) = response {
-            tracing::warn!(
+            // A COMMIT is answered only when it is refused (PROTOCOL.md 6.11), and is not
+            // tracked: its log's next tracked request meets the same refusal and is acted
+            // on. Closing the link here (a COMMIT refused as SEALED by a successor sealed a
+            // moment before this node) held a promoted chain's appends for a reconnect.
+            tracing::debug!(
                 peer,
                 code = e.code.name(),
                 message = e.message,
-                "replication link: refused"
+                "replication link: a COMMIT refused"
             );
+            return Some(LinkEvent::Ignored);
         } else {
             tracing::warn!(
                 peer,
@@ -1264,6 +1276,50 @@ fn next_answer(link: &mut Link, consumed: &mut usize, limits: &Limits) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chainlog_net::{encode_error, ErrorResponse, Opcode};
+
+    /// A COMMIT is answered only when refused, and the link does not track it: the
+    /// refusal (a successor sealed a moment before this node) is let go, and the answers
+    /// after it are read. It closed the link, whose reconnect held a promoted chain's
+    /// appends for 50 ms.
+    #[test]
+    fn a_refused_commit_leaves_the_link_up() {
+        let limits = Limits::DEFAULT.replication();
+        let mut link = Link::new(2, 0, "127.0.0.1:7400".parse().unwrap(), 1, 1 << 16);
+        link.requests.insert(
+            8,
+            Sent::Barrier {
+                log_id: 5,
+                covers: 0,
+            },
+        );
+        let mut input = Vec::new();
+        let refusal = ErrorResponse {
+            code: ErrorCode::Sealed,
+            arg0: 40,
+            arg1: 0,
+            message: "log 5: the epoch is sealed here at 40",
+        };
+        // The COMMIT's refusal (request 7, never tracked), then the BARRIER's.
+        encode_error(&mut input, 7, Some(Opcode::Replicate), &refusal);
+        encode_error(&mut input, 8, Some(Opcode::Replicate), &refusal);
+        link.recv_space()[..input.len()].copy_from_slice(&input);
+        link.received(input.len());
+        let mut consumed = 0;
+        assert!(matches!(
+            next_answer(&mut link, &mut consumed, &limits),
+            Some(LinkEvent::Ignored)
+        ));
+        assert!(matches!(
+            next_answer(&mut link, &mut consumed, &limits),
+            Some(LinkEvent::Refused {
+                log_id: 5,
+                code: ErrorCode::Sealed,
+                ..
+            })
+        ));
+        assert_eq!(consumed, input.len());
+    }
 
     #[test]
     fn a_refused_log_waits_briefly_first_then_longer_while_refusals_go_on() {

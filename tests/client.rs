@@ -1503,6 +1503,58 @@ fn cli_status_fails_while_a_shard_does_not_answer_and_waits_for_it_with_wait() {
     );
 }
 
+/// A cluster client whose log's head cannot be reached (it died, and the controller has not
+/// replaced it yet) waits for the newer map and appends at the new head: nothing was sent,
+/// so the append is not lost to the failover. It failed at once with the connect error.
+#[test]
+fn an_append_to_an_unreachable_head_waits_for_the_map_that_replaces_it() {
+    let dead = Refusing::bind();
+    let appends = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&appends);
+    let script: Arc<Script> = Arc::new(move |_, request| match request {
+        Request::Append(_) => {
+            seen.fetch_add(1, Ordering::SeqCst);
+            Act::Answer(Response::Append(AppendResponse {
+                first_lsn: 10,
+                count: 1,
+            }))
+        }
+        _ => Act::Error(ErrorCode::UnknownLog, u64::MAX),
+    });
+    let live = fake_server(1, 1, Role::Node, script).0;
+    // Node 2, the head, is dead; the third map the client fetches has node 1 as the head.
+    let maps = Arc::new(AtomicUsize::new(0));
+    let served = Arc::clone(&maps);
+    let controller: Arc<Script> = Arc::new(move |_, request| match request {
+        Request::GetMap(get) => {
+            let n = if get.after_log_id == 0 {
+                served.fetch_add(1, Ordering::SeqCst) + 1
+            } else {
+                served.load(Ordering::SeqCst)
+            };
+            let replaced = n >= 3;
+            Act::Map(FakeMap {
+                version: if replaced { 2 } else { 1 },
+                nodes: vec![(1, live, 1), (2, dead.addr.port(), 1)],
+                logs: vec![(ROUTED, if replaced { vec![1] } else { vec![2, 1] })],
+            })
+        }
+        _ => Act::Error(ErrorCode::Malformed, u64::MAX),
+    });
+    let (port, _) = fake_server(1, 0, Role::Controller, controller);
+    runtime().block_on(async {
+        let client = Client::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+            .await
+            .unwrap();
+        assert_eq!(
+            client.append(log_id(ROUTED), &[b"x"]).await.unwrap(),
+            10..11
+        );
+        assert_eq!(appends.load(Ordering::SeqCst), 1);
+        assert_eq!(client.map().unwrap().version(), 2);
+    });
+}
+
 /// A loopback address that refuses connections for as long as this lives: a socket bound
 /// there that never listens, so no other socket can take the port meanwhile.
 struct Refusing {

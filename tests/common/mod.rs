@@ -18,7 +18,7 @@
 
 pub(crate) mod raw;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -89,14 +89,25 @@ fn start_fixed<T>(ports: u16, mut start: impl FnMut(u16) -> Result<T, StartError
 /// connections never take), free when looked at: a random base, so that test processes
 /// running at once rarely pick the same. Another process may still bind one first; starts at
 /// a fixed port retry ([`start_fixed`]).
+///
+/// A port handed out is never handed out again in this process: a node restarted at its
+/// port (`Node::start_with(.., Some(port), ..)`) finds it free, where another test of the
+/// same process could take it while the node was down (a restart failed with "Address
+/// already in use" on its metrics port).
 fn fixed_ports(n: u16) -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     let low = ephemeral_low();
     let (from, to) = (low / 2, low - n);
     loop {
         let base =
             from + (RandomState::new().hash_one(std::process::id()) % u64::from(to - from)) as u16;
+        let mut handed_out = HANDED_OUT.lock().expect("no test panics holding it");
+        if (base..base + n).any(|p| handed_out.contains(&p)) {
+            continue;
+        }
         let free = (0..n).all(|i| TcpListener::bind((Ipv4Addr::LOCALHOST, base + i)).is_ok());
         if free {
+            handed_out.extend(base..base + n);
             return base;
         }
     }

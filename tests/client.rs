@@ -919,20 +919,15 @@ fn retryable_errors_are_retried_within_a_bound() {
     });
 }
 
-/// UNAVAILABLE has a budget of its own (`unavailable_retries_max`), not shared with the
-/// failures before it: a head settling with its new chain after a reconfiguration answers
-/// UNAVAILABLE right after the refusals that led the request there. It counted them, so the
-/// request failed at its second UNAVAILABLE.
-#[test]
-fn unavailable_after_other_refusals_still_gets_its_retries() {
+/// Appends once with `config` to a fake node that refuses APPENDs with `refusals` in turn
+/// (`arg0` 1) and then takes it at LSN 3. Returns the APPENDs the node got.
+fn append_through_refusals(refusals: &'static [ErrorCode], config: ClientConfig) -> usize {
     let appends = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&appends);
     let script: Arc<Script> = Arc::new(move |_, request| match request {
-        // OVERLOADED twice, UNAVAILABLE three times, then the append succeeds.
-        Request::Append(_) => match seen.fetch_add(1, Ordering::SeqCst) {
-            0 | 1 => Act::Error(ErrorCode::Overloaded, 1),
-            2..=4 => Act::Error(ErrorCode::Unavailable, u64::MAX),
-            _ => Act::Answer(Response::Append(AppendResponse {
+        Request::Append(_) => match refusals.get(seen.fetch_add(1, Ordering::SeqCst)) {
+            Some(&code) => Act::Error(code, 1),
+            None => Act::Answer(Response::Append(AppendResponse {
                 first_lsn: 3,
                 count: 1,
             })),
@@ -941,15 +936,32 @@ fn unavailable_after_other_refusals_still_gets_its_retries() {
     });
     let (port, _) = fake_node(1, script);
     runtime().block_on(async {
-        let config = ClientConfig {
-            unavailable_retries_max: 3,
-            ..ClientConfig::default()
-        };
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let client = Client::connect_with(addr, config).await.unwrap();
         assert_eq!(client.append(1000, &[b"x"]).await.unwrap(), 3..4);
-        assert_eq!(appends.load(Ordering::SeqCst), 6);
     });
+    appends.load(Ordering::SeqCst)
+}
+
+/// UNAVAILABLE has a budget of its own (`unavailable_retries_max`), not shared with the
+/// failures before it: a head settling with its new chain after a reconfiguration answers
+/// UNAVAILABLE right after the refusals that led the request there. It counted them, so the
+/// request failed at its second UNAVAILABLE.
+#[test]
+fn unavailable_after_other_refusals_still_gets_its_retries() {
+    use ErrorCode::{Overloaded, Unavailable};
+    let config = ClientConfig {
+        unavailable_retries_max: 3,
+        ..ClientConfig::default()
+    };
+    let refusals = &[
+        Overloaded,
+        Overloaded,
+        Unavailable,
+        Unavailable,
+        Unavailable,
+    ];
+    assert_eq!(append_through_refusals(refusals, config), 6);
 }
 
 /// UNAVAILABLE's retries are not counted against `retries_max`: its pauses start short (a
@@ -957,31 +969,15 @@ fn unavailable_after_other_refusals_still_gets_its_retries() {
 /// tries than other refusals to cover the same time.
 #[test]
 fn unavailable_retries_have_their_own_budget_beside_retries_max() {
-    let appends = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::clone(&appends);
-    let script: Arc<Script> = Arc::new(move |_, request| match request {
-        // UNAVAILABLE six times, then the append succeeds.
-        Request::Append(_) => match seen.fetch_add(1, Ordering::SeqCst) {
-            0..=5 => Act::Error(ErrorCode::Unavailable, u64::MAX),
-            _ => Act::Answer(Response::Append(AppendResponse {
-                first_lsn: 3,
-                count: 1,
-            })),
-        },
-        _ => Act::Error(ErrorCode::UnknownLog, u64::MAX),
-    });
-    let (port, _) = fake_node(1, script);
-    runtime().block_on(async {
-        let config = ClientConfig {
-            retries_max: 2,
-            unavailable_retries_max: 6,
-            ..ClientConfig::default()
-        };
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let client = Client::connect_with(addr, config).await.unwrap();
-        assert_eq!(client.append(1000, &[b"x"]).await.unwrap(), 3..4);
-        assert_eq!(appends.load(Ordering::SeqCst), 7);
-    });
+    let config = ClientConfig {
+        retries_max: 2,
+        unavailable_retries_max: 6,
+        ..ClientConfig::default()
+    };
+    assert_eq!(
+        append_through_refusals(&[ErrorCode::Unavailable; 6], config),
+        7
+    );
 }
 
 #[test]

@@ -1168,13 +1168,12 @@ fn next_answer(link: &mut Link, consumed: &mut usize, limits: &Limits) -> Option
                 "replication link: a COMMIT refused"
             );
             return Some(LinkEvent::Ignored);
-        } else {
-            tracing::warn!(
-                peer,
-                request_id,
-                "replication link: an answer to no request"
-            );
         }
+        tracing::warn!(
+            peer,
+            request_id,
+            "replication link: an answer to no request"
+        );
         return Some(LinkEvent::Close);
     };
     let (log_id, barrier, bytes) = match sent {

@@ -543,7 +543,7 @@ fn call_step(world: &mut World, call: &mut Call, request: &Request<'_>, now_us: 
                     (Request::Seal(r), Ok(Response::Seal(s)))
                         if s.log_id == r.log_id && s.epoch == r.epoch =>
                     {
-                        Ok((s.end_lsn, s.epoch))
+                        Ok((s.end_lsn, s.trim_point))
                     }
                     (Request::TailHint { .. }, Ok(Response::TailHint(t))) => Ok((t.tail, t.epoch)),
                     (_, Ok(Response::Error(e))) => Err(format!("{}: {}", e.code.name(), e.message)),

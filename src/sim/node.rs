@@ -105,6 +105,12 @@ pub(crate) struct SimNode {
     pub(crate) offsets: Vec<(u64, i64)>,
     /// A map to install when the node runs again (it was paused).
     map_pending: bool,
+    /// A map was installed since the shards' last turns: each shard takes a turn at once.
+    /// Installing syncs a shard's store, which may reap the completions of the shard's own
+    /// operations (an accept, a timer) with its own; the shard handles them in its next turn
+    /// (as a node's next turn does, without waiting), and only then arms them again, so its
+    /// ring may hold nothing else to wake it: it then never accepted a connection again.
+    turn_owed: bool,
     /// The version of the newest map its shards installed (what its heartbeats report).
     pub(crate) map_version: u64,
     starts: u64,
@@ -143,6 +149,7 @@ impl SimNode {
             clock,
             offsets: vec![(0, 0)],
             map_pending: false,
+            turn_owed: false,
             map_version: 0,
             starts: 0,
         }
@@ -184,6 +191,7 @@ impl SimNode {
             }
         }
         self.map_version = map.map.version();
+        self.turn_owed = true;
         Ok(())
     }
 
@@ -316,13 +324,13 @@ impl SimNode {
             return Ok(false);
         }
         self.paused_until = None;
-        let mut ran = false;
         if std::mem::take(&mut self.map_pending) {
-            ran = true;
             self.install(map)?;
         }
+        let owed = std::mem::take(&mut self.turn_owed);
+        let mut ran = owed;
         for i in 0..self.shards.len() {
-            if self.shards[i].env().next_us().is_none_or(|t| t > now_us) {
+            if !owed && self.shards[i].env().next_us().is_none_or(|t| t > now_us) {
                 continue;
             }
             ran = true;
@@ -344,7 +352,11 @@ impl SimNode {
         if self.down.is_some() {
             return None;
         }
-        let next = self.shards.iter().filter_map(|s| s.env().next_us()).min();
+        let next = if self.turn_owed {
+            Some(0) // Now.
+        } else {
+            self.shards.iter().filter_map(|s| s.env().next_us()).min()
+        };
         match self.paused_until {
             Some(until) => next.map(|t| t.max(until)),
             None => next,

@@ -848,6 +848,7 @@ fn encode_map(out: &mut Vec<u8>, request_id: u64, map: &FakeMap, after: u64) {
             log_id: log_id(name),
             epoch: 3,
             start_lsn: 0,
+            trim_lsn: 0,
             replication_factor: chain.len() as u8,
             created_version: 1,
             chain: Chain::from_slice(chain),

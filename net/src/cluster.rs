@@ -78,6 +78,9 @@ pub struct MapLog {
     pub epoch: u64,
     /// The first LSN of the current epoch.
     pub start_lsn: u64,
+    /// The log's trim point when the current epoch began: every replica of the epoch has
+    /// trimmed at least to it (PROTOCOL.md 6.12).
+    pub trim_lsn: u64,
     /// The current chain's node ids, head first (never empty, at most the replication
     /// factor).
     pub chain: Vec<u64>,
@@ -113,6 +116,7 @@ impl MapLog {
             log_id: self.log_id,
             epoch: self.epoch,
             start_lsn: self.start_lsn,
+            trim_lsn: self.trim_lsn,
             replication_factor: self.replication_factor,
             created_version: self.created_version,
             chain: map::Chain::from_slice(&self.chain),
@@ -130,6 +134,7 @@ impl From<map::MapLog<'_>> for MapLog {
             replication_factor: log.replication_factor,
             epoch: log.epoch,
             start_lsn: log.start_lsn,
+            trim_lsn: log.trim_lsn,
             chain: log.chain.iter().collect(),
             learners: log.learners.iter().collect(),
             created_version: log.created_version,
@@ -207,6 +212,7 @@ mod tests {
             replication_factor: 3,
             epoch: 1,
             start_lsn: 0,
+            trim_lsn: 0,
             chain: chain.to_vec(),
             learners: Vec::new(),
             created_version: 1,

@@ -733,6 +733,7 @@ pub(crate) fn map_log<'a>(
     r.reserved_u8("log.reserved")?;
     r.reserved_u16("log.reserved")?;
     let created_version = r.u64()?;
+    let trim_lsn = r.u64()?;
     if replication_factor == 0 {
         return Err(r.invalid("log.replication_factor", 0));
     }
@@ -756,6 +757,7 @@ pub(crate) fn map_log<'a>(
         log_id,
         epoch,
         start_lsn,
+        trim_lsn,
         replication_factor,
         created_version,
         chain: Chain::encoded(chain),

@@ -343,6 +343,7 @@ fn map_body(out: &mut Vec<u8>, map: &GetMapResponse<'_>) {
         out.push(u8::try_from(log.learners.len()).expect("at most 255 learners"));
         out.extend_from_slice(&[0; 3]);
         put_u64(out, log.created_version);
+        put_u64(out, log.trim_lsn);
         for node_id in log.chain.iter().chain(log.learners.iter()) {
             put_u64(out, node_id);
         }

@@ -13,7 +13,7 @@ pub(crate) const MAP_HEADER_BYTES: usize = 24;
 /// Size of a node entry before its address.
 pub(crate) const NODE_ENTRY_HEADER_BYTES: usize = 24;
 /// Size of a log entry before its chain.
-pub(crate) const LOG_ENTRY_HEADER_BYTES: usize = 40;
+pub(crate) const LOG_ENTRY_HEADER_BYTES: usize = 48;
 
 /// One node of the cluster map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +42,9 @@ pub struct MapLog<'a> {
     pub epoch: u64,
     /// The first LSN of the current epoch.
     pub start_lsn: u64,
+    /// The log's trim point when the current epoch began: every replica of the epoch has
+    /// trimmed at least to it, so no acknowledged trim goes back.
+    pub trim_lsn: u64,
     /// Replicas per chain (at least 1).
     pub replication_factor: u8,
     /// The map version that created the log.

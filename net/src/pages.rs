@@ -138,6 +138,7 @@ mod tests {
             replication_factor: 1,
             epoch: 1,
             start_lsn: 0,
+            trim_lsn: 0,
             chain: vec![1],
             learners: Vec::new(),
             created_version: 1,

@@ -238,6 +238,7 @@ proptest! {
                 log_id,
                 epoch: *epoch,
                 start_lsn: *start_lsn,
+                trim_lsn: *start_lsn / 2,
                 replication_factor: *rf,
                 created_version: *created_version,
                 chain: Chain::from_slice(chain),

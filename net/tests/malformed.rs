@@ -160,7 +160,10 @@ fn map_log_entry(log_id: u64, rf: u8, chain: &[u64], name: &[u8], pad_byte: u8) 
     entry.extend_from_slice(&[rf, chain.len() as u8]);
     entry.extend_from_slice(&(name.len() as u16).to_le_bytes());
     entry.extend_from_slice(&[0; 4]);
-    entry.extend_from_slice(&1u64.to_le_bytes());
+    for v in [1u64, 0] {
+        // created_version, trim_lsn
+        entry.extend_from_slice(&v.to_le_bytes());
+    }
     for id in chain {
         entry.extend_from_slice(&id.to_le_bytes());
     }
@@ -1341,8 +1344,8 @@ fn cases() -> Vec<Case> {
         map_body(1, 2, &[node(1), log(3)]),
         Error::BodyTruncated {
             opcode: GET_MAP,
-            body_bytes: 24 + 32 + 64,
-            needed_bytes: 24 + 32 + 64 + 40,
+            body_bytes: 24 + 32 + 72,
+            needed_bytes: 24 + 32 + 72 + 48,
         },
     ));
     cases.push(map_case(
@@ -1350,7 +1353,7 @@ fn cases() -> Vec<Case> {
         map_body(1, 1, &[node(1), log(3), log(4)]),
         Error::TrailingBytes {
             opcode: GET_MAP,
-            extra_bytes: 64,
+            extra_bytes: 72,
         },
     ));
     cases.push(map_case(
@@ -1446,7 +1449,7 @@ fn cases() -> Vec<Case> {
         // A chain of node 1 and one learner (learner_len at 28, the id after the chain).
         let mut entry = map_log_entry(3, 3, &[1], b"log", 0);
         entry[28] = 1;
-        entry.splice(48..48, learner.to_le_bytes());
+        entry.splice(56..56, learner.to_le_bytes());
         cases.push(map_case(
             name,
             map_body(1, 1, &[node(1), entry]),

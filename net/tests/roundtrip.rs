@@ -684,6 +684,7 @@ fn limits_at_the_edge_are_accepted() {
             log_id,
             epoch: 1,
             start_lsn: 0,
+            trim_lsn: log_id,
             replication_factor: 255,
             created_version: log_id,
             chain: Chain::from_slice(if log_id == 1 {

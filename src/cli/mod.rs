@@ -615,7 +615,7 @@ fn chains_holding(map: &ClusterMap, node_id: u64) -> (Vec<String>, Vec<String>) 
 fn print_epoch(
     out: &mut impl Write,
     name: &str,
-    next: &chainlog::controller::state::Epoch,
+    next: &chainlog::controller::client::NextEpoch,
     json: bool,
 ) -> Result<(), Failure> {
     if json {

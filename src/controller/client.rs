@@ -17,7 +17,6 @@ use chainlog_net::{
     ReconfigureLogRequest, RegisterNodeRequest, Request, Response, Role, EPOCH_CURRENT,
 };
 
-use super::state::Epoch;
 use chainlog_net::cluster::ClusterMap;
 use chainlog_net::pages::{MapPage, MapPages, MapPagesError, MAP_RESTARTS_MAX};
 use chainlog_net::{LogInfo, LogName, ServerError};
@@ -65,6 +64,17 @@ pub enum ClientError {
     /// The map changed between the pages of every one of [`MAP_RESTARTS_MAX`] reads.
     #[error("the cluster map changed during each of {MAP_RESTARTS_MAX} reads; try again")]
     MapUnsettled,
+}
+
+/// The epoch a RECONFIGURE_LOG started, as the controller answered it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NextEpoch {
+    /// The epoch number.
+    pub epoch: u64,
+    /// Its chain's node ids, head first.
+    pub chain: Vec<u64>,
+    /// Its first LSN.
+    pub start_lsn: u64,
 }
 
 /// A connection to the controller, past the handshake.
@@ -269,7 +279,7 @@ impl Client {
         log_id: u64,
         epoch: Option<u64>,
         chain: &[u64],
-    ) -> Result<Epoch, ClientError> {
+    ) -> Result<NextEpoch, ClientError> {
         if chain.len() > usize::from(u8::MAX) || chain.contains(&0) {
             return Err(ClientError::Invalid(format!(
                 "a chain of 0 to 255 nonzero node ids, not {chain:?}"
@@ -281,7 +291,7 @@ impl Client {
             chain: Chain::from_slice(chain),
         });
         self.call(&request, |r| match r {
-            Response::ReconfigureLog(next) if next.log_id == log_id => Some(Epoch {
+            Response::ReconfigureLog(next) if next.log_id == log_id => Some(NextEpoch {
                 epoch: next.epoch,
                 chain: next.chain.iter().collect(),
                 start_lsn: next.start_lsn,
@@ -473,6 +483,7 @@ mod tests {
                                 log_id,
                                 epoch: 1,
                                 start_lsn: 0,
+                                trim_lsn: 0,
                                 replication_factor: 1,
                                 created_version: 1,
                                 chain: Chain::from_slice(&chain),

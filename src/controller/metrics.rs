@@ -257,6 +257,7 @@ mod tests {
                 b,
                 1,
                 &[(chain[0], 0)],
+                0,
                 crate::controller::state::Target::Auto,
                 later,
             )

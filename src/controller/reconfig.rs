@@ -266,16 +266,30 @@ pub fn learner_ready(learner: (u64, u64), tail: (u64, u64), epoch: u64) -> bool 
     learner.1 == epoch && tail.1 == epoch && learner.0.saturating_add(LEARNER_LAG_MAX) >= tail.0
 }
 
-/// The seals a new epoch can build on, as (node, end), from what each member answered
-/// (node, end, trim point): those of members whose end is below another member's trim point
-/// are left out. Such a member lacks records that every member still holding them has
-/// trimmed (a new replica that was still being copied when the epoch was sealed, or whose
-/// copy a crash shortened): in the new chain it could get them from nobody (a member behind
-/// its successor takes records back from it, and they are trimmed there), so the log would
-/// stop. Left out, it is a free node that learns the log again. The members with the longest
-/// end are never left out (a trim point may lie beyond every record, as a trim of an empty
-/// log asks for).
-pub fn usable_seals(seals: &[(u64, u64, u64)]) -> Vec<(u64, u64)> {
+/// The seals a new epoch can build on, from what each member answered (node, end, trim
+/// point).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsableSeals {
+    /// The members to build on, as (node, end): those whose end is below another member's
+    /// trim point are left out. Such a member lacks records that every member still holding
+    /// them has trimmed (a new replica that was still being copied when the epoch was
+    /// sealed, or whose copy a crash shortened): in the new chain it could get them from
+    /// nobody (a member behind its successor takes records back from it, and they are
+    /// trimmed there), so the log would stop. Left out, it is a free node that learns the log
+    /// again. The members with the longest end are never left out (a trim point may lie
+    /// beyond every record, as a trim of an empty log asks for).
+    pub ends: Vec<(u64, u64)>,
+    /// The greatest trim point among them (at most the longest end): every trim
+    /// acknowledged in the sealed epoch is at or below it, since it is on every member. The
+    /// new epoch starts trimmed there ([`ClusterState::extend`]), so that no member of it,
+    /// a promoted learner that copied the log before a trim among them, brings trimmed
+    /// records back.
+    pub trim_point: u64,
+}
+
+/// The seals a new epoch can build on ([`UsableSeals`]), from what each member answered
+/// (node, end, trim point).
+pub fn usable_seals(seals: &[(u64, u64, u64)]) -> UsableSeals {
     let longest = seals.iter().map(|&(_, end, _)| end).max().unwrap_or(0);
     let trimmed = seals
         .iter()
@@ -283,11 +297,14 @@ pub fn usable_seals(seals: &[(u64, u64, u64)]) -> Vec<(u64, u64)> {
         .max()
         .unwrap_or(0)
         .min(longest);
-    seals
-        .iter()
-        .filter(|&&(_, end, _)| end >= trimmed)
-        .map(|&(node, end, _)| (node, end))
-        .collect()
+    UsableSeals {
+        ends: seals
+            .iter()
+            .filter(|&&(_, end, _)| end >= trimmed)
+            .map(|&(node, end, _)| (node, end))
+            .collect(),
+        trim_point: trimmed,
+    }
 }
 
 /// Why a call to a node did not succeed.
@@ -428,6 +445,7 @@ mod tests {
     use super::*;
     use crate::controller::state::{Requested, Target};
     use crate::controller::StateError;
+    use chainlog_net::cluster::MapLog;
 
     /// A member still being copied when the epoch was sealed (end below the others' trim
     /// point) is left out of the next chain; a trim point beyond every record leaves out
@@ -436,13 +454,26 @@ mod tests {
     fn members_behind_the_trim_point_are_left_out_of_the_next_epoch() {
         assert_eq!(
             usable_seals(&[(1, 40, 30), (2, 40, 30), (3, 0, 0)]),
-            vec![(1, 40), (2, 40)]
+            UsableSeals {
+                ends: vec![(1, 40), (2, 40)],
+                trim_point: 30
+            }
         );
         assert_eq!(
             usable_seals(&[(1, 40, 30), (3, 35, 0)]),
-            vec![(1, 40), (3, 35)]
+            UsableSeals {
+                ends: vec![(1, 40), (3, 35)],
+                trim_point: 30
+            }
         );
-        assert_eq!(usable_seals(&[(4, 0, 1), (1, 0, 1)]), vec![(4, 0), (1, 0)]);
+        // A trim point beyond every record: the new epoch starts trimmed at the end.
+        assert_eq!(
+            usable_seals(&[(4, 0, 1), (1, 0, 1)]),
+            UsableSeals {
+                ends: vec![(4, 0), (1, 0)],
+                trim_point: 0
+            }
+        );
     }
 
     fn cluster(nodes: u64, now: Instant) -> ClusterState {
@@ -485,11 +516,37 @@ mod tests {
         assert_eq!(plans[0].seal_at, chain);
         let sealed: Vec<(u64, u64)> = chain.iter().map(|&id| (id, 4)).collect();
         let epoch = state
-            .extend(log_id, 1, &sealed, Target::Auto, later)
+            .extend(log_id, 1, &sealed, 0, Target::Auto, later)
             .expect("extend");
         assert_eq!(epoch.chain, chain);
         assert_eq!(state.log(log_id).expect("log").sealing, None, "done");
         assert!(plan(&state, later).is_empty());
+    }
+
+    /// Every acknowledged trim is on every member that sealed: the next epoch starts trimmed
+    /// at the greatest trim point among the seals, and never below the epoch before's (its
+    /// members, a promoted learner among them, may have sealed below it).
+    #[test]
+    fn an_epoch_starts_trimmed_at_the_seals_trim_point_and_never_lower() {
+        let t0 = Instant::now();
+        let mut state = cluster(3, t0);
+        let log_id = state.create_log("orders", 3, t0).expect("create").log_id;
+        let chain = state.log(log_id).expect("log").current().chain.clone();
+        let usable = usable_seals(&[(chain[0], 40, 35), (chain[1], 40, 35), (chain[2], 38, 20)]);
+        let epoch = state
+            .extend(log_id, 1, &usable.ends, usable.trim_point, Target::Auto, t0)
+            .expect("extend");
+        assert_eq!((epoch.start_lsn, epoch.trim_lsn), (40, 35));
+        assert_eq!(MapLog::from(state.log(log_id).expect("log")).trim_lsn, 35);
+        let usable = usable_seals(&[(chain[2], 40, 11)]);
+        let epoch = state
+            .extend(log_id, 2, &usable.ends, usable.trim_point, Target::Auto, t0)
+            .expect("extend");
+        assert_eq!(
+            (epoch.start_lsn, epoch.trim_lsn),
+            (40, 35),
+            "not back to 11"
+        );
     }
 
     /// Applies every learner change `state` needs at `now`; returns them.
@@ -544,6 +601,7 @@ mod tests {
                 log_id,
                 1,
                 &[(chain[1], 10), (chain[2], 8)],
+                0,
                 Target::Auto,
                 later,
             )
@@ -554,7 +612,7 @@ mod tests {
         assert_eq!(state.version(), version + 1);
         // One reconfiguration per epoch: a second one from epoch 1 loses.
         assert!(matches!(
-            state.extend(log_id, 1, &[(chain[1], 10)], Target::Auto, later),
+            state.extend(log_id, 1, &[(chain[1], 10)], 0, Target::Auto, later),
             Err(StateError::StaleEpoch { current: 2, .. })
         ));
         // The short chain gets the spare as a learner: a change of the map, no seal.
@@ -602,6 +660,7 @@ mod tests {
                 log_id,
                 2,
                 &[(chain[1], 70), (chain[2], 70)],
+                0,
                 Target::Promote(&[spare]),
                 later,
             )
@@ -628,6 +687,7 @@ mod tests {
                 log_id,
                 1,
                 &[(chain[0], 5), (chain[1], 5)],
+                0,
                 Target::Auto,
                 later,
             )
@@ -657,6 +717,7 @@ mod tests {
                 log_id,
                 2,
                 &[(chain[0], 9), (chain[1], 9)],
+                0,
                 Target::Promote(&[chain[2]]),
                 later,
             )
@@ -679,6 +740,7 @@ mod tests {
                 log_id,
                 1,
                 &[(chain[1], 3), (chain[2], 3)],
+                0,
                 Target::Auto,
                 later,
             )
@@ -749,6 +811,7 @@ mod tests {
                 log_id,
                 2,
                 &[(chain[1], 8), (chain[2], 8)],
+                0,
                 Target::Chain(&[chain[1], chain[2], other]),
                 even_later,
             )
@@ -768,6 +831,7 @@ mod tests {
                 log_id,
                 2,
                 &[(chain[1], 8), (chain[2], 8)],
+                0,
                 Target::Chain(&asked),
                 even_later,
             )
@@ -790,6 +854,7 @@ mod tests {
                 log_id,
                 1,
                 &[(chain[0], 4), (chain[1], 4)],
+                0,
                 Target::Auto,
                 later,
             )
@@ -841,7 +906,14 @@ mod tests {
         let later = t0 + Duration::from_millis(500);
         heartbeats(&mut state, later, &[chain[0]]);
         state
-            .extend(a, 1, &[(chain[1], 0), (chain[2], 0)], Target::Auto, later)
+            .extend(
+                a,
+                1,
+                &[(chain[1], 0), (chain[2], 0)],
+                0,
+                Target::Auto,
+                later,
+            )
             .expect("extend");
         tend(&mut state, later);
         let learner = state.log(a).expect("log").learners[0];
@@ -857,7 +929,7 @@ mod tests {
         let later = t0 + Duration::from_secs(5);
         assert!(plan(&state, later).is_empty(), "its only replica is gone");
         assert!(matches!(
-            state.extend(log_id, 1, &[], Target::Auto, later),
+            state.extend(log_id, 1, &[], 0, Target::Auto, later),
             Err(StateError::NoSurvivor { .. })
         ));
     }
@@ -937,7 +1009,7 @@ mod tests {
         // The head sealed at 12 (two records nobody else has), the others at 10.
         let sealed = [(chain[0], 12), (chain[1], 10), (chain[2], 10)];
         let epoch = state
-            .extend(log_id, 1, &sealed, Target::Chain(&asked), t0)
+            .extend(log_id, 1, &sealed, 0, Target::Chain(&asked), t0)
             .expect("extend");
         assert_eq!(epoch.chain, asked);
         assert_eq!(
@@ -964,6 +1036,7 @@ mod tests {
                 log_id,
                 1,
                 &[(chain[0], 5), (chain[2], 5)],
+                0,
                 Target::Chain(&asked),
                 t0,
             )
@@ -972,7 +1045,14 @@ mod tests {
         assert_eq!(state, before);
         // The controller then extends as it would have (the epoch is sealed: it must go on).
         let epoch = state
-            .extend(log_id, 1, &[(chain[0], 5), (chain[2], 5)], Target::Auto, t0)
+            .extend(
+                log_id,
+                1,
+                &[(chain[0], 5), (chain[2], 5)],
+                0,
+                Target::Auto,
+                t0,
+            )
             .expect("extend");
         assert_eq!(&epoch.chain[..2], &[chain[0], chain[2]]);
     }
@@ -995,6 +1075,7 @@ mod tests {
                 log_id,
                 1,
                 &[(chain[1], 100), (chain[2], 100)],
+                0,
                 Target::Chain(&[chain[1], chain[2], spare]),
                 later,
             )
@@ -1003,7 +1084,7 @@ mod tests {
         assert_eq!(joiner, spare);
         let before = state.clone();
         let e = state
-            .extend(log_id, 2, &[(joiner, 40)], Target::Auto, later)
+            .extend(log_id, 2, &[(joiner, 40)], 0, Target::Auto, later)
             .expect_err("the joiner alone lacks records");
         assert_eq!(
             e,
@@ -1021,6 +1102,7 @@ mod tests {
                 log_id,
                 2,
                 &[(chain[1], 130), (joiner, 40)],
+                0,
                 Target::Auto,
                 later,
             )
@@ -1066,6 +1148,7 @@ mod tests {
                 three,
                 1,
                 &[(head, 12), (chain[1], 10), (chain[2], 9)],
+                0,
                 Target::Auto,
                 t0,
             )
@@ -1106,6 +1189,7 @@ mod tests {
                 log_id,
                 1,
                 &[(chain[0], 50)],
+                0,
                 Target::Chain(&[chain[0], spare]),
                 later,
             )
@@ -1120,6 +1204,7 @@ mod tests {
                 log_id,
                 2,
                 &[(chain[0], 60), (joiner, 20)],
+                0,
                 Target::Auto,
                 later,
             )
@@ -1132,6 +1217,7 @@ mod tests {
                 log_id,
                 3,
                 &[(chain[0], 70), (joiner, 70)],
+                0,
                 Target::Auto,
                 later,
             )

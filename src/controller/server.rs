@@ -667,7 +667,8 @@ impl Controller {
                 }
             }
         }
-        let sealed = super::reconfig::usable_seals(&seals);
+        let usable = super::reconfig::usable_seals(&seals);
+        let sealed = usable.ends;
         if sealed.is_empty() {
             return true; // Tried again on the next round (the seals' timeout paces it).
         }
@@ -682,7 +683,14 @@ impl Controller {
         };
         let result = match &plan.chain {
             Some(chain) => {
-                match state.extend(plan.log_id, plan.epoch, &sealed, Target::Chain(chain), now) {
+                match state.extend(
+                    plan.log_id,
+                    plan.epoch,
+                    &sealed,
+                    usable.trim_point,
+                    Target::Chain(chain),
+                    now,
+                ) {
                     Err(e) if !matches!(e, StateError::StaleEpoch { .. }) => {
                         // The epoch is sealed: it must be followed, by the controller's chain.
                         tracing::warn!(log_id = plan.log_id, epoch = plan.epoch, ?chain, error = %e, "the chain asked for cannot follow the sealed epoch; the controller picks one");
@@ -691,12 +699,26 @@ impl Controller {
                             .lock()
                             .expect("refusals lock")
                             .insert((plan.log_id, plan.epoch), e.to_string());
-                        state.extend(plan.log_id, plan.epoch, &sealed, own, now)
+                        state.extend(
+                            plan.log_id,
+                            plan.epoch,
+                            &sealed,
+                            usable.trim_point,
+                            own,
+                            now,
+                        )
                     }
                     other => other,
                 }
             }
-            None => state.extend(plan.log_id, plan.epoch, &sealed, own, now),
+            None => state.extend(
+                plan.log_id,
+                plan.epoch,
+                &sealed,
+                usable.trim_point,
+                own,
+                now,
+            ),
         };
         match result {
             Ok(epoch) => {

@@ -90,6 +90,12 @@ pub struct Epoch {
     pub chain: Vec<u64>,
     /// The first LSN of this epoch.
     pub start_lsn: u64,
+    /// The log's trim point when this epoch began: every member trims at least to it before
+    /// it installs the epoch, so that no acknowledged trim goes back (a learner that copied
+    /// the log before a trim joins the chain without it). Never lower than the epoch
+    /// before's.
+    #[serde(default)]
+    pub trim_lsn: u64,
 }
 
 /// A log.
@@ -521,6 +527,7 @@ impl ClusterState {
                     epoch: EPOCH_FIRST,
                     chain,
                     start_lsn: 0,
+                    trim_lsn: 0,
                 }],
                 sealing: None,
                 requested: None,
@@ -727,6 +734,9 @@ impl ClusterState {
     /// Records above the shortest kept end may have been acknowledged, so the new epoch
     /// starts at the longest kept end (nothing acknowledged is dropped, nothing renumbered);
     /// records beyond it are only on members the chain leaves out, so none was acknowledged.
+    /// Likewise every acknowledged trim of the epoch is at or below `trim_point`, the
+    /// greatest trim point among the seals (`super::reconfig::UsableSeals`): the new epoch
+    /// starts trimmed at it, or at the epoch before's trim point if that is greater.
     ///
     /// [`Target::Auto`] keeps the members that sealed, in order, less the drained ones (all
     /// of them if no other holds the records), and adds nobody: the log runs short until
@@ -746,6 +756,7 @@ impl ClusterState {
         log_id: u64,
         from_epoch: u64,
         sealed: &[(u64, u64)],
+        trim_point: u64,
         target: Target<'_>,
         now: Instant,
     ) -> Result<Epoch, StateError> {
@@ -840,6 +851,7 @@ impl ClusterState {
             epoch: from_epoch + 1,
             chain,
             start_lsn: longest,
+            trim_lsn: current.trim_lsn.max(trim_point),
         };
         self.version += 1;
         let log = self.logs.get_mut(&log_id).expect("checked above");
@@ -1125,6 +1137,7 @@ impl From<&LogState> for MapLog {
             replication_factor: log.replication_factor,
             epoch: epoch.epoch,
             start_lsn: epoch.start_lsn,
+            trim_lsn: epoch.trim_lsn,
             chain: epoch.chain.clone(),
             learners: log.learners.clone(),
             created_version: log.created_version,

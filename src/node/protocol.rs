@@ -930,8 +930,9 @@ impl Server {
     /// here; `before` is what the catalog had). A replica of the epoch just before, that
     /// sealed it (the controller builds a new chain from the old one's sealed members, then
     /// nodes outside the old chain), keeps its records, cut back to the new epoch's start if
-    /// it holds more (never acknowledged: every acknowledged record is below the start).
-    /// Any other node is a new replica of the log: whatever its store holds of it may be
+    /// it holds more (never acknowledged: every acknowledged record is below the start), and
+    /// so does a learner the epoch promotes; both trim to the epoch's trim point (the map's
+    /// `trim_lsn`: every trim acknowledged before is at or below it). Any other node is a new replica of the log: whatever its store holds of it may be
     /// leftovers of an epoch it was sealed out of, so the log starts again empty and is
     /// copied from its predecessor. Both are made durable before the catalog names the new
     /// epoch, so a restart never finds the epoch installed over a store not fit for it.
@@ -951,19 +952,40 @@ impl Server {
         let Some(tail) = store.tail(log.log_id) else {
             return survivor; // Nothing here of this log.
         };
-        let cut = if survivor || learned {
-            if tail.next_lsn <= log.start_lsn {
+        // What it keeps ends at the new epoch's start at most, and must reach the epoch's trim
+        // point: a learner's copy that ends below it lacks records (and fencing raises) the
+        // chain trimmed, so it is copied again, from the trim point, as a new replica's.
+        let keeps = (survivor || learned) && tail.next_lsn.min(log.start_lsn) >= log.trim_lsn;
+        let (prepared, kept_whole) = if keeps {
+            let cut = tail.next_lsn > log.start_lsn;
+            let trim = log.trim_lsn > tail.trim_point;
+            if !cut && !trim {
                 // A survivor holds its records as they were; a learner's copy is not records
                 // this node sequenced (what it sequenced before it left is never answered).
                 return survivor;
             }
-            tracing::info!(
-                log_id = log.log_id,
-                from = log.start_lsn,
-                next = tail.next_lsn,
-                "cutting records of the sealed epoch beyond its end"
-            );
-            store.truncate(log.log_id, log.start_lsn, UNANSWERED)
+            let mut prepared = Ok(());
+            if cut {
+                tracing::info!(
+                    log_id = log.log_id,
+                    from = log.start_lsn,
+                    next = tail.next_lsn,
+                    "cutting records of the sealed epoch beyond its end"
+                );
+                prepared = store.truncate(log.log_id, log.start_lsn, UNANSWERED);
+            }
+            if trim {
+                // A trim acknowledged while this node was not in the chain (it learned the
+                // log then, or a member it replaces did not pass it on): it never goes back.
+                tracing::info!(
+                    log_id = log.log_id,
+                    from = tail.trim_point,
+                    to = log.trim_lsn,
+                    "trimming to the epoch's trim point"
+                );
+                prepared = prepared.and_then(|()| store.trim(log.log_id, log.trim_lsn, UNANSWERED));
+            }
+            (prepared, survivor && !cut)
         } else {
             if tail.next_lsn == 0 && tail.trim_point == 0 {
                 return false;
@@ -973,10 +995,10 @@ impl Server {
                 next = tail.next_lsn,
                 "a new replica of this log here: starting it again empty"
             );
-            store.reset_log(log.log_id, 0, 0, UNANSWERED)
+            (store.reset_log(log.log_id, 0, 0, UNANSWERED), false)
         };
-        self.make_durable(log.log_id, cut, store);
-        false
+        self.make_durable(log.log_id, prepared, store);
+        kept_whole
     }
 
     /// Makes a cut or reset of `log_id` (`cut`: its outcome) durable before what depends on

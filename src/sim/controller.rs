@@ -371,7 +371,8 @@ impl SimController {
                 None => unreachable!("finished when every call has its result"),
             }
         }
-        let sealed = usable_seals(&seals);
+        let usable = usable_seals(&seals);
+        let sealed = usable.ends;
         if sealed.is_empty() {
             return false; // Tried again on the next round (Why::Sealing).
         }
@@ -380,7 +381,14 @@ impl SimController {
             Why::Promote(learners) => Target::Promote(learners),
             _ => Target::Auto,
         };
-        match state.extend(plan.log_id, plan.epoch, &sealed, target, now) {
+        match state.extend(
+            plan.log_id,
+            plan.epoch,
+            &sealed,
+            usable.trim_point,
+            target,
+            now,
+        ) {
             Ok(epoch) => {
                 match plan.why {
                     Why::Failed(_) => self.counts.failed += 1,

@@ -40,6 +40,7 @@ fn cluster_map() -> MapUpdate {
             replication_factor: 2,
             epoch: 1,
             start_lsn: 0,
+            trim_lsn: 0,
             chain: vec![1, 2],
             learners: Vec::new(),
             created_version: 1,

@@ -26,6 +26,17 @@ fn map_with_learners(
     chain: &[u64],
     learners: &[u64],
 ) -> ClusterMap {
+    map_trimmed(version, epoch, (start_lsn, 0), chain, learners)
+}
+
+/// A map whose epoch starts at `start_lsn`, trimmed at `trim_lsn`.
+fn map_trimmed(
+    version: u64,
+    epoch: u64,
+    (start_lsn, trim_lsn): (u64, u64),
+    chain: &[u64],
+    learners: &[u64],
+) -> ClusterMap {
     let nodes = (1..=2)
         .map(|node_id| MapNode {
             node_id,
@@ -42,6 +53,7 @@ fn map_with_learners(
         replication_factor: 2,
         epoch,
         start_lsn,
+        trim_lsn,
         chain: chain.to_vec(),
         learners: learners.to_vec(),
         created_version: 1,
@@ -309,6 +321,58 @@ fn a_learner_copies_committed_records_and_keeps_them_when_it_joins_the_chain() {
     );
     // Appends it sequenced as head in epoch 1 stay unanswered; those of epoch 3 are answered.
     assert_eq!(one.0.rebuilt_in.get(&LOG), Some(&3));
+}
+
+/// A trim the chain acknowledged while a learner copied the log never reaches the learner
+/// (a PULL answer carries records, not the source's trim point). When the next epoch puts
+/// the learner in the chain, it trims to the epoch's trim point before it installs the
+/// epoch: were it the only member left, the trim would otherwise go back. A learner whose
+/// copy ends below that trim point lacks what the chain trimmed and starts again empty, as
+/// a new replica.
+#[test]
+fn a_promoted_learner_trims_to_the_epochs_trim_point() {
+    // (learner PULLs of 4 records, the chain's trim, the learner's (next, trim) after).
+    for (pulls, trim, after) in [(2, 5, (8, 5)), (1, 6, (0, 0))] {
+        let dirs = [
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        ];
+        let disks = [SimDisk::new(), SimDisk::new()];
+        let mut one = node(1, &disks[0], dirs[0].path());
+        let mut two = node(2, &disks[1], dirs[1].path());
+        let epoch2 = map_with_learners(2, 2, 0, &[2], &[1]);
+        two.0.apply_map(&epoch2, &mut two.1);
+        one.0.apply_map(&epoch2, &mut one.1);
+        let payloads: Vec<Vec<u8>> = (0..8u8).map(|i| vec![b'a' + i; 20]).collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        append(&mut two.0, &mut two.1, 2, &refs);
+        sync(&mut two.0, &mut two.1);
+        for pull in 0..pulls {
+            assert_eq!(learn_once(&mut two, &mut one.1, 1, 2), (4 * pull, 4));
+        }
+        // The chain trims after the learner copied past the trim point (or while it is
+        // still below it): the trim is not copied.
+        two.1.trim(LOG, trim, UNANSWERED).expect("trim");
+        sync(&mut two.0, &mut two.1);
+        assert_eq!(
+            one.1.tail(LOG).map(|t| (t.next_lsn, t.trim_point)),
+            Some((4 * pulls, 0))
+        );
+        // Epoch 3 (sealed at 8, trimmed at `trim`) with the learner at the tail.
+        one.0
+            .apply_map(&map_trimmed(3, 3, (8, trim), &[2, 1], &[]), &mut one.1);
+        assert_eq!(
+            one.1.tail(LOG).map(|t| (t.next_lsn, t.trim_point)),
+            Some(after),
+            "trimmed to {trim}, or a new replica below it"
+        );
+        assert_eq!(
+            records(&mut one.1, after.1),
+            records(&mut two.1, trim)[..(after.0 - after.1) as usize]
+        );
+        let replica = one.0.replicas.get(LOG).expect("a replica now");
+        assert_eq!(replica.epoch(), 3);
+    }
 }
 
 /// A map older than the epoch a node installed changes nothing there: one that named the

@@ -932,10 +932,12 @@ impl Server {
     /// nodes outside the old chain), keeps its records, cut back to the new epoch's start if
     /// it holds more (never acknowledged: every acknowledged record is below the start), and
     /// so does a learner the epoch promotes; both trim to the epoch's trim point (the map's
-    /// `trim_lsn`: every trim acknowledged before is at or below it). Any other node is a new replica of the log: whatever its store holds of it may be
-    /// leftovers of an epoch it was sealed out of, so the log starts again empty and is
-    /// copied from its predecessor. Both are made durable before the catalog names the new
-    /// epoch, so a restart never finds the epoch installed over a store not fit for it.
+    /// `trim_lsn`: every trim acknowledged before is at or below it). Any other node is a
+    /// new replica of the log: whatever its store holds of it may be leftovers of an epoch
+    /// it was sealed out of, so the log starts again empty and is copied from its
+    /// predecessor. All of it, and what a learner copied, is made durable before the
+    /// catalog names the new epoch, so a restart never finds the epoch installed over a
+    /// store not fit for it, and the replica made from the store holds only durable records.
     /// Returns true if the store holds this node's records of the earlier epochs as they
     /// were (a survivor that cut nothing).
     fn prepare_store<I: Io>(
@@ -959,7 +961,12 @@ impl Server {
         let (prepared, kept_whole) = if keeps {
             let cut = tail.next_lsn > log.start_lsn;
             let trim = log.trim_lsn > tail.trim_point;
-            if !cut && !trim {
+            // A survivor's records are durable (it sealed); a learner's last copied records
+            // may still be on their way to the disk, and the replica made from the store
+            // counts what it holds as durable: it would serve them as committed to readers
+            // (who then read nothing there) before they are.
+            let unsynced = tail.durable_lsn < tail.next_lsn;
+            if !cut && !trim && !unsynced {
                 // A survivor holds its records as they were; a learner's copy is not records
                 // this node sequenced (what it sequenced before it left is never answered).
                 return survivor;

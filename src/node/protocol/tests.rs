@@ -162,8 +162,21 @@ fn stored(server: &mut Server, lsns: &std::ops::Range<u64>) {
 }
 
 /// One learner PULL of node `learner` to `source` (in `epoch`), answered and stored as the
-/// learner's link stores it. Returns (first LSN, records) of the answer.
+/// learner's link stores it, and made durable. Returns (first LSN, records) of the answer.
 fn learn_once(
+    source: &mut (Server, Store<SimIo>),
+    learner: &mut Store<SimIo>,
+    learner_id: u64,
+    epoch: u64,
+) -> (u64, u32) {
+    let answer = learn_unsynced(source, learner, learner_id, epoch);
+    let mut acks = Vec::new();
+    learner.sync_all(&mut acks).expect("sync");
+    answer
+}
+
+/// As [`learn_once`], leaving the stored records on their way to the disk.
+fn learn_unsynced(
     source: &mut (Server, Store<SimIo>),
     learner: &mut Store<SimIo>,
     learner_id: u64,
@@ -209,8 +222,6 @@ fn learn_once(
         more = p.more;
     }
     assert_eq!(consumed, out.len(), "nothing after the last run");
-    let mut acks = Vec::new();
-    learner.sync_all(&mut acks).expect("sync");
     answer.expect("an answer")
 }
 
@@ -373,6 +384,38 @@ fn a_promoted_learner_trims_to_the_epochs_trim_point() {
         let replica = one.0.replicas.get(LOG).expect("a replica now");
         assert_eq!(replica.epoch(), 3);
     }
+}
+
+/// A learner promoted while its last copied records are still on their way to the disk
+/// makes them durable before it installs the epoch: its replica counts what the store holds
+/// as durable, and would serve a committed tail that a READ finds nothing below (the
+/// simulator's reader saw "a READ from the committed LSN 228 (tail 234) returned no
+/// record").
+#[test]
+fn a_promoted_learner_serves_only_durable_records() {
+    let dirs = [
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    ];
+    let disks = [SimDisk::new(), SimDisk::new()];
+    let mut one = node(1, &disks[0], dirs[0].path());
+    let mut two = node(2, &disks[1], dirs[1].path());
+    let epoch2 = map_with_learners(2, 2, 0, &[2], &[1]);
+    two.0.apply_map(&epoch2, &mut two.1);
+    one.0.apply_map(&epoch2, &mut one.1);
+    let payloads: Vec<Vec<u8>> = (0..8u8).map(|i| vec![b'a' + i; 20]).collect();
+    let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+    append(&mut two.0, &mut two.1, 2, &refs);
+    sync(&mut two.0, &mut two.1);
+    assert_eq!(learn_once(&mut two, &mut one.1, 1, 2), (0, 4));
+    assert_eq!(learn_unsynced(&mut two, &mut one.1, 1, 2), (4, 4));
+    one.0
+        .apply_map(&map_with_learners(3, 3, 8, &[2, 1], &[]), &mut one.1);
+    let durable = one.1.tail(LOG).expect("log").durable_lsn;
+    let readable = one.0.replicas.get(LOG).expect("a replica").readable();
+    assert_eq!((durable, readable), (8, 8));
+    let read = one.1.read(LOG, 4, 10, usize::MAX).expect("read");
+    assert_eq!(read.len(), 4, "every record below the tail it serves");
 }
 
 /// A map older than the epoch a node installed changes nothing there: one that named the

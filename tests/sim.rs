@@ -114,18 +114,23 @@ fn a_restarted_head_that_skips_settling_is_caught() {
         canary: Some(Canary::HeadSkipsSettling),
         ..Options::default()
     };
+    // Replicas that hold different records at one LSN (maybe the same payload, stamped at
+    // another time by the head that sequenced it again), or records lost or moved. (A run
+    // may also stall on what the head did, a liveness failure: not what this looks for.)
+    let unsafe_run = |report: &sim::Report| {
+        report.violations.iter().any(|v| {
+            v.contains("divergent")
+                || v.contains("lost")
+                || v.contains("two LSNs")
+                || v.contains("read differs")
+        })
+    };
     let caught = (0..500)
         .map(|seed| sim::run(seed, &options))
-        .find(|report| !report.violations.is_empty())
-        .expect("500 seeds of a head that sequences before it settles found nothing");
-    // Replicas that hold different records at one LSN (maybe the same payload, stamped at
-    // another time by the head that sequenced it again), or records lost or moved.
+        .any(|report| unsafe_run(&report));
     assert!(
-        caught.violations.iter().any(|v| v.contains("divergent")
-            || v.contains("lost")
-            || v.contains("two LSNs")
-            || v.contains("read differs")),
-        "{caught}"
+        caught,
+        "500 seeds of a head that sequences before it settles broke no safety invariant"
     );
 }
 

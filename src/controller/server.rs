@@ -94,12 +94,12 @@ const LINGER: Duration = Duration::from_millis(500);
 /// Bytes read from a socket at once.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 /// The largest GET_MAP page: every node (each entry 24 bytes and an address padded to 8)
-/// and `list_max` logs (40 bytes, a chain of up to 255 ids, a name padded to 8), after the
+/// and `list_max` logs (48 bytes, a chain of up to 255 ids, a name padded to 8), after the
 /// frame and page headers. It fits a frame, so a page never needs cutting by size.
 const GET_MAP_PAGE_BYTES_MAX: usize = FRAME_HEADER_BYTES
     + 24
     + NODES_MAX * (24 + padded(ADDR_BYTES_MAX as usize))
-    + LIMITS.list_max as usize * (40 + 8 * 255 + padded(LIMITS.name_bytes_max as usize));
+    + LIMITS.list_max as usize * (48 + 8 * 255 + padded(LIMITS.name_bytes_max as usize));
 const _: () = assert!(GET_MAP_PAGE_BYTES_MAX <= LIMITS.frame_bytes_max as usize);
 
 const fn padded(n: usize) -> usize {

@@ -687,44 +687,31 @@ impl Controller {
             Why::Promote(learners) => Target::Promote(learners),
             _ => Target::Auto,
         };
-        let result = match &plan.chain {
-            Some(chain) => {
-                match state.extend(
-                    plan.log_id,
-                    plan.epoch,
-                    &sealed,
-                    usable.trim_point,
-                    Target::Chain(chain),
-                    now,
-                ) {
-                    Err(e) if !matches!(e, StateError::StaleEpoch { .. }) => {
-                        // The epoch is sealed: it must be followed, by the controller's chain.
-                        tracing::warn!(log_id = plan.log_id, epoch = plan.epoch, ?chain, error = %e, "the chain asked for cannot follow the sealed epoch; the controller picks one");
-                        self.count().chain_refused();
-                        self.refusals
-                            .lock()
-                            .expect("refusals lock")
-                            .insert((plan.log_id, plan.epoch), e.to_string());
-                        state.extend(
-                            plan.log_id,
-                            plan.epoch,
-                            &sealed,
-                            usable.trim_point,
-                            own,
-                            now,
-                        )
-                    }
-                    other => other,
-                }
-            }
-            None => state.extend(
+        let extend_with = |state: &mut ClusterState, target: Target<'_>| {
+            state.extend(
                 plan.log_id,
                 plan.epoch,
                 &sealed,
                 usable.trim_point,
-                own,
+                target,
                 now,
-            ),
+            )
+        };
+        let result = match &plan.chain {
+            Some(chain) => match extend_with(&mut state, Target::Chain(chain)) {
+                Err(e) if !matches!(e, StateError::StaleEpoch { .. }) => {
+                    // The epoch is sealed: it must be followed, by the controller's chain.
+                    tracing::warn!(log_id = plan.log_id, epoch = plan.epoch, ?chain, error = %e, "the chain asked for cannot follow the sealed epoch; the controller picks one");
+                    self.count().chain_refused();
+                    self.refusals
+                        .lock()
+                        .expect("refusals lock")
+                        .insert((plan.log_id, plan.epoch), e.to_string());
+                    extend_with(&mut state, own)
+                }
+                other => other,
+            },
+            None => extend_with(&mut state, own),
         };
         match result {
             Ok(epoch) => {

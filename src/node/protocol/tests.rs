@@ -15,6 +15,9 @@ use crate::node::replicas::UNANSWERED;
 
 const LOG: u64 = 7;
 
+/// A node's only shard: its server and store.
+type SimNode = (Server, Store<SimIo>);
+
 fn map(version: u64, epoch: u64, chain: &[u64]) -> ClusterMap {
     map_with_learners(version, epoch, 0, chain, &[])
 }
@@ -62,12 +65,12 @@ fn map_trimmed(
 }
 
 /// Node 1's only shard, on an empty store of `disk` and a catalog in `dir`.
-fn server(disk: &SimDisk, dir: &Path) -> (Server, Store<SimIo>) {
+fn server(disk: &SimDisk, dir: &Path) -> SimNode {
     node(1, disk, dir)
 }
 
 /// Node `node_id`'s only shard, on an empty store of `disk` and a catalog in `dir`.
-fn node(node_id: u64, disk: &SimDisk, dir: &Path) -> (Server, Store<SimIo>) {
+fn node(node_id: u64, disk: &SimDisk, dir: &Path) -> SimNode {
     let clock = Arc::new(disk.clock());
     let io = disk.io(FaultConfig {
         seed: 1,
@@ -164,7 +167,7 @@ fn stored(server: &mut Server, lsns: &std::ops::Range<u64>) {
 /// One learner PULL of node `learner` to `source` (in `epoch`), answered and stored as the
 /// learner's link stores it, and made durable. Returns (first LSN, records) of the answer.
 fn learn_once(
-    source: &mut (Server, Store<SimIo>),
+    source: &mut SimNode,
     learner: &mut Store<SimIo>,
     learner_id: u64,
     epoch: u64,
@@ -177,7 +180,7 @@ fn learn_once(
 
 /// As [`learn_once`], leaving the stored records on their way to the disk.
 fn learn_unsynced(
-    source: &mut (Server, Store<SimIo>),
+    source: &mut SimNode,
     learner: &mut Store<SimIo>,
     learner_id: u64,
     epoch: u64,
@@ -334,6 +337,25 @@ fn a_learner_copies_committed_records_and_keeps_them_when_it_joins_the_chain() {
     assert_eq!(one.0.rebuilt_in.get(&LOG), Some(&3));
 }
 
+/// Node 2 alone in epoch 2 with 8 records of 20 bytes, durable; node 1 its learner, nothing
+/// copied yet. Returns the catalogs' directories (kept until the test ends) and both nodes.
+fn learning_eight_records() -> ([tempfile::TempDir; 2], SimNode, SimNode) {
+    let dirs = [
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    ];
+    let mut one = node(1, &SimDisk::new(), dirs[0].path());
+    let mut two = node(2, &SimDisk::new(), dirs[1].path());
+    let epoch2 = map_with_learners(2, 2, 0, &[2], &[1]);
+    two.0.apply_map(&epoch2, &mut two.1);
+    one.0.apply_map(&epoch2, &mut one.1);
+    let payloads: Vec<Vec<u8>> = (0..8u8).map(|i| vec![b'a' + i; 20]).collect();
+    let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+    append(&mut two.0, &mut two.1, 2, &refs);
+    sync(&mut two.0, &mut two.1);
+    (dirs, one, two)
+}
+
 /// A trim the chain acknowledged while a learner copied the log never reaches the learner
 /// (a PULL answer carries records, not the source's trim point). When the next epoch puts
 /// the learner in the chain, it trims to the epoch's trim point before it installs the
@@ -344,20 +366,7 @@ fn a_learner_copies_committed_records_and_keeps_them_when_it_joins_the_chain() {
 fn a_promoted_learner_trims_to_the_epochs_trim_point() {
     // (learner PULLs of 4 records, the chain's trim, the learner's (next, trim) after).
     for (pulls, trim, after) in [(2, 5, (8, 5)), (1, 6, (0, 0))] {
-        let dirs = [
-            tempfile::tempdir().expect("tempdir"),
-            tempfile::tempdir().expect("tempdir"),
-        ];
-        let disks = [SimDisk::new(), SimDisk::new()];
-        let mut one = node(1, &disks[0], dirs[0].path());
-        let mut two = node(2, &disks[1], dirs[1].path());
-        let epoch2 = map_with_learners(2, 2, 0, &[2], &[1]);
-        two.0.apply_map(&epoch2, &mut two.1);
-        one.0.apply_map(&epoch2, &mut one.1);
-        let payloads: Vec<Vec<u8>> = (0..8u8).map(|i| vec![b'a' + i; 20]).collect();
-        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-        append(&mut two.0, &mut two.1, 2, &refs);
-        sync(&mut two.0, &mut two.1);
+        let (_dirs, mut one, mut two) = learning_eight_records();
         for pull in 0..pulls {
             assert_eq!(learn_once(&mut two, &mut one.1, 1, 2), (4 * pull, 4));
         }
@@ -393,20 +402,7 @@ fn a_promoted_learner_trims_to_the_epochs_trim_point() {
 /// record").
 #[test]
 fn a_promoted_learner_serves_only_durable_records() {
-    let dirs = [
-        tempfile::tempdir().expect("tempdir"),
-        tempfile::tempdir().expect("tempdir"),
-    ];
-    let disks = [SimDisk::new(), SimDisk::new()];
-    let mut one = node(1, &disks[0], dirs[0].path());
-    let mut two = node(2, &disks[1], dirs[1].path());
-    let epoch2 = map_with_learners(2, 2, 0, &[2], &[1]);
-    two.0.apply_map(&epoch2, &mut two.1);
-    one.0.apply_map(&epoch2, &mut one.1);
-    let payloads: Vec<Vec<u8>> = (0..8u8).map(|i| vec![b'a' + i; 20]).collect();
-    let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-    append(&mut two.0, &mut two.1, 2, &refs);
-    sync(&mut two.0, &mut two.1);
+    let (_dirs, mut one, mut two) = learning_eight_records();
     assert_eq!(learn_once(&mut two, &mut one.1, 1, 2), (0, 4));
     assert_eq!(learn_unsynced(&mut two, &mut one.1, 1, 2), (4, 4));
     one.0

@@ -1295,6 +1295,44 @@ fn a_cluster_client_appends_at_the_head_and_follows_not_head_to_the_new_head() {
     });
 }
 
+/// A fake cluster node that installs the map late: the head answers its first
+/// [`LATE_REFUSALS`] appends with NOT_HEAD (it does not know it is the head yet), then as
+/// [`cluster_node`] does.
+fn late_head(node_id: u64, head: u64, request: &Request<'_>) -> Act {
+    static REFUSED: AtomicUsize = AtomicUsize::new(0);
+    match request {
+        Request::Append(_)
+            if node_id == head && REFUSED.fetch_add(1, Ordering::SeqCst) < LATE_REFUSALS =>
+        {
+            Act::Error(ErrorCode::NotHead, 3 - head)
+        }
+        _ => cluster_node(node_id, head, request),
+    }
+}
+
+/// How many appends [`late_head`] refuses.
+const LATE_REFUSALS: usize = 3;
+
+/// NOT_HEAD from the node the newest map names head: the node has not installed that map
+/// yet. Nothing was appended (an ERROR never is), so the client waits for the node (or a
+/// newer map), as for SEALED, rather than fail the append (in head-kill drills about 500
+/// appends a run failed so).
+#[test]
+fn a_head_that_has_not_installed_the_map_yet_is_waited_for() {
+    let cluster = FakeCluster::start(late_head, cluster_admin);
+    let id = log_id(ROUTED);
+    runtime().block_on(async {
+        let client = Client::connect(cluster.controller).await.unwrap();
+        assert_eq!(client.append(id, &[b"x"]).await.unwrap(), 20..21);
+        let on_node_2 = (id % 2) as u16;
+        assert_eq!(
+            cluster.sent(Opcode::Append),
+            vec![(2, on_node_2); LATE_REFUSALS + 1],
+            "refused, then sent again to the same head"
+        );
+    });
+}
+
 #[test]
 fn a_cluster_client_reads_where_read_from_says_and_administers_logs_at_the_controller() {
     let cluster = FakeCluster::start(cluster_node, cluster_admin);

@@ -792,11 +792,14 @@ impl Client {
         self.refresh_quietly(seen).await;
         let view = cluster.view();
         let not_sent = matches!(error, ClientError::Connect { .. });
-        if (error.code() == Some(ErrorCode::Sealed) || not_sent) && view.map.version() <= seen {
+        let waits = matches!(error.code(), Some(ErrorCode::Sealed | ErrorCode::NotHead));
+        if (waits || not_sent) && view.map.version() <= seen {
             // The epoch is sealed, or its head cannot be reached, and the controller has not
-            // published the next one yet (it detects a dead member, seals, then extends):
-            // wait for it rather than give up. The request did not take effect (an ERROR
-            // never does, and nothing was sent to a node that could not be reached).
+            // published the next one yet (it detects a dead member, seals, then extends), or
+            // the map is newer than the node's (the head it names has not installed it yet,
+            // and answers NOT_HEAD): wait for either rather than give up. The request did not
+            // take effect (an ERROR never does, and nothing was sent to a node that could not
+            // be reached).
             tokio::time::sleep(config.sealed_backoff * (1 << (failures - 1).min(4))).await;
             return Next::Reroute;
         }

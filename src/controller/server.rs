@@ -120,10 +120,6 @@ const CATCH_UP_POLL: Duration = Duration::from_millis(20);
 const TAIL_HINT_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a new member is watched at most.
 const CATCH_UP_WATCH_MAX: Duration = Duration::from_secs(600);
-/// How long a HEARTBEAT's answer waits at most for the map to move past the version the node
-/// applied (PROTOCOL.md 6.12): about the nodes' pause between heartbeats, so that a node's
-/// heartbeats come as often as before.
-const HEARTBEAT_HOLD: Duration = Duration::from_millis(50);
 /// How often the learner watch asks learners and their chains' tails for their tails.
 const LEARNER_POLL: Duration = Duration::from_millis(20);
 
@@ -475,8 +471,6 @@ impl Controller {
                 error: format!("controller state: {e}"),
             });
         }
-        // Every change is persisted: held heartbeats answer with the new version.
-        self.changed.notify_all();
     }
 
     /// Accepts connections until the listener is shut down, serving each on its own thread.
@@ -1078,24 +1072,6 @@ impl Controller {
                     state.suspect(heartbeat.suspect, now);
                 }
                 self.changed.notify_all();
-                // Held until the map moves past what the node applied (or HEARTBEAT_HOLD),
-                // so a node that heartbeats again at once learns of a new epoch within a
-                // round trip, not a heartbeat period later: the members of a new chain then
-                // install it together, and its head does not wait for the last of them.
-                let deadline = now + HEARTBEAT_HOLD;
-                let mut map_version = map_version;
-                while map_version <= heartbeat.applied_version && !self.stopping() {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        break;
-                    }
-                    state = self
-                        .changed
-                        .wait_timeout(state, deadline - now)
-                        .expect("no thread panics holding the state")
-                        .0;
-                    map_version = state.version();
-                }
                 Ok(Answer::Heartbeat(MapVersionResponse { map_version }))
             }
             Request::GetMap(get) => Ok(self.map_page(get.after_log_id, get.max)),

@@ -18,8 +18,7 @@ use chainlog_net::cluster::ClusterMap;
 
 use super::chain::Peer;
 
-/// Pause between two heartbeats that the controller answered at once (it holds one up to
-/// about this long while the map does not move: PROTOCOL.md 6.12).
+/// Pause between two heartbeats.
 pub(crate) const HEARTBEAT_EVERY: Duration = Duration::from_millis(50);
 /// How long one call to the controller may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -125,22 +124,13 @@ pub(crate) fn run(
     let mut handed_out = 0u64;
     let mut last_error: Option<(String, Instant)> = None;
     while !stop.load(Ordering::Relaxed) {
-        let started = Instant::now();
         let step = step(controller, me, &shards, &mut client, &mut handed_out);
         let pause = match step {
-            Ok(newer) => {
+            Ok(()) => {
                 if last_error.take().is_some() {
                     tracing::info!(%controller, "controller reachable again");
                 }
-                // The controller holds a heartbeat until the map moves (or about a period):
-                // the next one goes at once after a held one or a newer map, and otherwise
-                // (answered at once because a shard had not applied the map yet) after the
-                // rest of the period.
-                if newer {
-                    Duration::ZERO
-                } else {
-                    HEARTBEAT_EVERY.saturating_sub(started.elapsed())
-                }
+                HEARTBEAT_EVERY
             }
             Err(e) => {
                 client = None;
@@ -171,15 +161,14 @@ fn sleep_unless_stopped(pause: Duration, stop: &AtomicBool) {
     }
 }
 
-/// One round: (re)connect and register if needed, heartbeat, fetch a newer map. Says whether
-/// the map was newer than the last one handed out.
+/// One round: (re)connect and register if needed, heartbeat, fetch a newer map.
 fn step(
     controller: SocketAddr,
     me: Identity,
     shards: &[ShardControl],
     client: &mut Option<ControllerClient>,
     handed_out: &mut u64,
-) -> Result<bool, String> {
+) -> Result<(), String> {
     if client.is_none() {
         let mut c =
             ControllerClient::connect(controller, CALL_TIMEOUT).map_err(|e| e.to_string())?;
@@ -203,8 +192,7 @@ fn step(
     let version = c
         .heartbeat(me.node_id, applied, suspect)
         .map_err(|e| e.to_string())?;
-    let newer = version > *handed_out;
-    if newer || applied < *handed_out {
+    if version > *handed_out || applied < *handed_out {
         // A newer map, or a shard that has not applied the last one (its queue was full):
         // hand out the current map again.
         let map = c.map().map_err(|e| e.to_string())?;
@@ -213,14 +201,14 @@ fn step(
         for shard in shards {
             match shard.updates.try_send(update.clone()) {
                 Ok(()) | Err(TrySendError::Full(_)) => {}
-                Err(TrySendError::Disconnected(_)) => return Ok(newer),
+                Err(TrySendError::Disconnected(_)) => return Ok(()),
             }
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
             unsafe { libc::write(shard.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
         }
     }
-    Ok(newer)
+    Ok(())
 }
 
 /// The nodes of a map, as shards need them (nodes whose address does not parse are left out,

@@ -2,8 +2,7 @@
 //! and [`ClusterState`]) driven as `crate::controller::server` drives them, with the
 //! simulation's time and network. It hears a heartbeat from every node that runs, is not
 //! paused and can reach it (both directions), every [`HEARTBEAT_EVERY_US`], and answers with
-//! the map when the node has not applied the newest (the node's control thread fetches it),
-//! and at once after the map changed (a heartbeat waits there for that);
+//! the map when the node has not applied the newest (the node's control thread fetches it);
 //! every [`RECONFIGURE_EVERY_US`] it asks [`plan`] which logs to reconfigure and carries the
 //! plans out one after the other: it records the intent ([`ClusterState::begin_seal`]), sends
 //! SEAL to the log's shard on each live member over a connection of its own (one that takes
@@ -255,32 +254,8 @@ impl SimController {
     }
 
     /// One step at `now_us`: hears the nodes it can, plans, moves the reconfiguration under
-    /// way along. A node's heartbeat waits at the real controller until the map moves
-    /// (PROTOCOL.md 6.12), so when the map changed, every node it hears fetches it now.
+    /// way along.
     pub(crate) fn step(
-        &mut self,
-        world: &mut World,
-        state: &mut ClusterState,
-        nodes: &[NodeView],
-        now_us: u64,
-    ) -> Step {
-        let mut step = self.step_once(world, state, nodes, now_us);
-        if step.changed {
-            let version = state.version();
-            for node in nodes {
-                if node.running
-                    && node.applied < version
-                    && world.reachable(node.host, HOST)
-                    && !step.fetch.contains(&node.id)
-                {
-                    step.fetch.push(node.id);
-                }
-            }
-        }
-        step
-    }
-
-    fn step_once(
         &mut self,
         world: &mut World,
         state: &mut ClusterState,

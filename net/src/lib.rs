@@ -35,7 +35,10 @@ pub use decode::{check_name, decode_request, decode_response};
 pub use encode::{encode_error, encode_replicate_head, encode_request, encode_response};
 pub use error::{Error, ErrorCode};
 pub use frame::{parse_frame, Flags, Frame, FrameHeader, FRAME_HEADER_BYTES, FRAME_LENGTH_MIN};
-pub use map::{Chain, ChainIter, MapEntries, MapEntriesIter, MapLog, MapLogs, MapNode, MapNodes};
+pub use map::{
+    Chain, ChainIter, MapEntries, MapEntriesIter, MapLog, MapLogs, MapNode, MapNodes,
+    LOG_ENTRY_HEADER_BYTES, MAP_HEADER_BYTES, NODE_ENTRY_HEADER_BYTES,
+};
 pub use message::{
     AppendHeader, AppendRequest, AppendResponse, CreateLogRequest, CreateLogResponse,
     CreditRequest, DescribeLogRequest, DescribeLogResponse, DrainNodeRequest, ErrorResponse,

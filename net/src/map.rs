@@ -9,11 +9,11 @@ use crate::message::Opcode;
 use crate::{Error, Limits};
 
 /// Size of a GET_MAP response before its entries.
-pub(crate) const MAP_HEADER_BYTES: usize = 24;
+pub const MAP_HEADER_BYTES: usize = 24;
 /// Size of a node entry before its address.
-pub(crate) const NODE_ENTRY_HEADER_BYTES: usize = 24;
+pub const NODE_ENTRY_HEADER_BYTES: usize = 24;
 /// Size of a log entry before its chain.
-pub(crate) const LOG_ENTRY_HEADER_BYTES: usize = 48;
+pub const LOG_ENTRY_HEADER_BYTES: usize = 48;
 
 /// One node of the cluster map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -70,7 +70,8 @@ use chainlog_net::{
     DescribeLogResponse, ErrorCode, ErrorResponse, Frame, GetMapResponse, HelloResponse, Limits,
     ListLogsResponse, LogEntries, LogEntry, LogRef, MapLogs, MapNodes, MapVersionResponse, Opcode,
     ReconfigureLogResponse, Request, Response, Role, ADDR_BYTES_MAX, ARG_NONE, EPOCH_CURRENT,
-    FRAME_HEADER_BYTES, PROTOCOL_VERSION, RF_DEFAULT,
+    FRAME_HEADER_BYTES, LOG_ENTRY_HEADER_BYTES, MAP_HEADER_BYTES, NODE_ENTRY_HEADER_BYTES,
+    PROTOCOL_VERSION, RF_DEFAULT,
 };
 
 use super::metrics::{Metrics, Phase};
@@ -93,13 +94,14 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const LINGER: Duration = Duration::from_millis(500);
 /// Bytes read from a socket at once.
 const READ_CHUNK_BYTES: usize = 64 << 10;
-/// The largest GET_MAP page: every node (each entry 24 bytes and an address padded to 8)
-/// and `list_max` logs (48 bytes, a chain of up to 255 ids, a name padded to 8), after the
-/// frame and page headers. It fits a frame, so a page never needs cutting by size.
+/// The largest GET_MAP page: every node (an entry and an address padded to 8) and
+/// `list_max` logs (an entry, a chain of up to 255 ids, a name padded to 8), after the frame
+/// and page headers. It fits a frame, so a page never needs cutting by size.
 const GET_MAP_PAGE_BYTES_MAX: usize = FRAME_HEADER_BYTES
-    + 24
-    + NODES_MAX * (24 + padded(ADDR_BYTES_MAX as usize))
-    + LIMITS.list_max as usize * (48 + 8 * 255 + padded(LIMITS.name_bytes_max as usize));
+    + MAP_HEADER_BYTES
+    + NODES_MAX * (NODE_ENTRY_HEADER_BYTES + padded(ADDR_BYTES_MAX as usize))
+    + LIMITS.list_max as usize
+        * (LOG_ENTRY_HEADER_BYTES + 8 * 255 + padded(LIMITS.name_bytes_max as usize));
 const _: () = assert!(GET_MAP_PAGE_BYTES_MAX <= LIMITS.frame_bytes_max as usize);
 
 const fn padded(n: usize) -> usize {

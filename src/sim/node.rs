@@ -105,11 +105,13 @@ pub(crate) struct SimNode {
     pub(crate) offsets: Vec<(u64, i64)>,
     /// A map to install when the node runs again (it was paused).
     map_pending: bool,
-    /// A map was installed since the shards' last turns: each shard takes a turn at once.
-    /// Installing syncs a shard's store, which may reap the completions of the shard's own
-    /// operations (an accept, a timer) with its own; the shard handles them in its next turn
-    /// (as a node's next turn does, without waiting), and only then arms them again, so its
-    /// ring may hold nothing else to wake it: it then never accepted a connection again.
+    /// A map was installed since the shards' last turns: each shard takes a turn at once. A
+    /// node installs a map within a turn, whose rest (the replication pump, the sends, what
+    /// installing reaped from the store) runs right after; the simulator installs between
+    /// turns, so it owes every shard that rest. Installing syncs a shard's store, which may
+    /// reap the completions of the shard's own operations (an accept, a timer): armed again
+    /// only once handled, so the ring may hold nothing else to wake the shard (it then never
+    /// accepted a connection again).
     turn_owed: bool,
     /// The version of the newest map its shards installed (what its heartbeats report).
     pub(crate) map_version: u64,

@@ -414,7 +414,11 @@ fn replicate_frame(
     let header = ReplicateHeader::new(ReplicateKind::Records, log_id, epoch, first, 0);
     request(
         request_id,
-        &Request::Replicate(ReplicateRequest { header, records }),
+        &Request::Replicate(ReplicateRequest {
+            header,
+            records,
+            keys: chainlog::net::Keys::EMPTY,
+        }),
     )
 }
 

@@ -5,6 +5,7 @@
 
 use crate::error::ErrorCode;
 use crate::frame::{Flags, Frame};
+use crate::keys::Keys;
 use crate::map::{
     Chain, MapLog, MapLogs, MapNode, MapNodes, LOG_ENTRY_HEADER_BYTES, MAP_HEADER_BYTES,
     NODE_ENTRY_HEADER_BYTES,
@@ -250,7 +251,7 @@ fn replicate_request<'a>(
     if kind != ReplicateKind::Trim && trim_before != 0 {
         return Err(r.invalid("trim_before", trim_before));
     }
-    let records = if kind == ReplicateKind::Records {
+    let (records, keys) = if kind == ReplicateKind::Records {
         if count == 0 {
             return Err(r.invalid("count", 0));
         }
@@ -259,25 +260,28 @@ fn replicate_request<'a>(
             epoch,
             first_lsn,
         };
-        Records::parse(r.rest(), count, form, limits)?
+        (Records::parse(r.rest(), count, form, limits)?, Keys::EMPTY)
     } else {
         // Only a batch of records carries the head's decisions about it, and a trim the
-        // log's fencing token (for a replica that skips to the trim point).
-        let token = if kind == ReplicateKind::Trim {
-            0
-        } else {
-            fencing_token
-        };
+        // log's fencing token and idempotency keys (for a replica that skips to the trim
+        // point).
+        let trim = kind == ReplicateKind::Trim;
+        let (token, key_count) = if trim { (0, 0) } else { (fencing_token, count) };
         for (field, value) in [
             ("fencing_token", token),
             ("writer_id", writer_id),
-            ("count", u64::from(count)),
+            ("count", u64::from(key_count)),
         ] {
             if value != 0 {
                 return Err(r.invalid(field, value));
             }
         }
-        Records::EMPTY
+        let keys = if trim {
+            keys(r, count as usize)?
+        } else {
+            Keys::EMPTY
+        };
+        (Records::EMPTY, keys)
     };
     Ok(ReplicateRequest {
         header: ReplicateHeader {
@@ -292,7 +296,13 @@ fn replicate_request<'a>(
             kind,
         },
         records,
+        keys,
     })
+}
+
+/// The rest of the body as exactly `count` idempotency keys.
+fn keys<'a>(r: &mut Reader<'a>, count: usize) -> Result<Keys<'a>, Error> {
+    Keys::parse(r.rest(), count).map_err(|(field, value)| r.invalid(field, value))
 }
 
 fn pull_request(r: &mut Reader<'_>, limits: &Limits) -> Result<PullRequest, Error> {
@@ -334,21 +344,28 @@ fn pull_response<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<PullResponse
         other => return Err(r.invalid("more", u64::from(other))),
     };
     r.reserved_u8("reserved")?;
-    r.reserved_u16("reserved")?;
+    let key_count = r.u16()?;
     if writer_id == WRITER_NONE && writer_seq != 0 {
         return Err(r.invalid("writer_seq", writer_seq));
     }
-    // An empty answer has no key; it has a fencing token only as a learner's at the trim
-    // point (the log's token there).
+    // An empty answer has no key of its own; it has a fencing token and idempotency keys
+    // only as a learner's at the trim point (the log's token and keys there).
     if count == 0 && (writer_id != 0 || more) {
         return Err(r.invalid("count", 0));
+    }
+    if count != 0 && key_count != 0 {
+        return Err(r.invalid("key_count", u64::from(key_count)));
     }
     let form = RecordForm::Replicated {
         log_id,
         epoch,
         first_lsn,
     };
-    let records = Records::parse(r.rest(), count, form, limits)?;
+    let (records, keys) = if count == 0 {
+        (Records::EMPTY, keys(r, usize::from(key_count))?)
+    } else {
+        (Records::parse(r.rest(), count, form, limits)?, Keys::EMPTY)
+    };
     Ok(PullResponse {
         log_id,
         epoch,
@@ -359,6 +376,7 @@ fn pull_response<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<PullResponse
         writer_seq,
         more,
         records,
+        keys,
     })
 }
 

@@ -122,9 +122,15 @@ pub fn encode_request(out: &mut Vec<u8>, request_id: u64, request: &Request<'_>)
             put_u32(out, 0);
         }
         Request::Peer(peer) => put_u64(out, peer.node_id),
-        Request::Replicate(ReplicateRequest { header, records }) => {
-            replicate_header(out, &header, records.count());
+        Request::Replicate(ReplicateRequest {
+            header,
+            records,
+            keys,
+        }) => {
+            let count = records.count() + keys.count() as u32;
+            replicate_header(out, &header, count);
             out.extend_from_slice(records.bytes());
+            out.extend_from_slice(keys.bytes());
         }
         Request::RegisterNode(register) => {
             put_u64(out, register.node_id);
@@ -245,8 +251,10 @@ pub fn encode_response(
             }
             put_u32(out, pull.records.count());
             out.push(u8::from(pull.more));
-            out.extend_from_slice(&[0; 3]);
+            out.push(0);
+            put_u16(out, pull.keys.count() as u16);
             out.extend_from_slice(pull.records.bytes());
+            out.extend_from_slice(pull.keys.bytes());
         }
         Response::Error(error) | Response::PushError(error) => error_body(out, &error),
     }

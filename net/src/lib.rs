@@ -24,6 +24,7 @@ mod decode;
 mod encode;
 pub mod error;
 pub mod frame;
+pub mod keys;
 pub mod map;
 pub mod message;
 pub mod pages;
@@ -35,6 +36,7 @@ pub use decode::{check_name, decode_request, decode_response};
 pub use encode::{encode_error, encode_replicate_head, encode_request, encode_response};
 pub use error::{Error, ErrorCode};
 pub use frame::{parse_frame, Flags, Frame, FrameHeader, FRAME_HEADER_BYTES, FRAME_LENGTH_MIN};
+pub use keys::{encode_keys, Keys, KEYS_MAX, KEY_BYTES};
 pub use map::{
     Chain, ChainIter, MapEntries, MapEntriesIter, MapLog, MapLogs, MapNode, MapNodes,
     LOG_ENTRY_HEADER_BYTES, MAP_HEADER_BYTES, NODE_ENTRY_HEADER_BYTES,

@@ -5,6 +5,7 @@
 //! GET_MAP response (the cluster map) are in [`map`](crate::map).
 
 use crate::error::ErrorCode;
+use crate::keys::Keys;
 use crate::map::{MapLogs, MapNodes};
 use crate::records::Records;
 use crate::{Limits, EPOCH_CURRENT, LSN_UNCONDITIONAL, PROTOCOL_VERSION, TOKEN_NONE, WRITER_NONE};
@@ -505,6 +506,9 @@ pub struct ReplicateRequest<'a> {
     /// The records, in the storage layout, stamped as the header says, every CRC checked:
     /// [`Records::bytes`] can be stored as they are.
     pub records: Records<'a>,
+    /// TRIM: the sender's idempotency keys of the batches below `trim_before`, for a
+    /// successor that skips to it (else none); other kinds: none.
+    pub keys: Keys<'a>,
 }
 
 /// REGISTER_NODE request: a node joins the cluster, or rejoins with a new address or shard
@@ -876,6 +880,9 @@ pub struct PullResponse<'a> {
     pub more: bool,
     /// The records, stamped (record `i` has `lsn` `first_lsn + i` and `epoch`).
     pub records: Records<'a>,
+    /// A learner's answer at the trim point (no records): the receiver's idempotency keys of
+    /// the batches below it; else none.
+    pub keys: Keys<'a>,
 }
 
 /// SEAL request: seal `log_id`'s epoch `epoch` at the receiving replica (PROTOCOL.md 6.14).

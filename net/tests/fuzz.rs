@@ -191,7 +191,7 @@ proptest! {
         let count = if bytes.is_empty() { 0 } else { payloads.len() as u32 };
         let form = RecordForm::Replicated { log_id, epoch, first_lsn };
         let records = Records::parse(&bytes, count, form, &Limits::DEFAULT).unwrap();
-        let request = Request::Replicate(ReplicateRequest { header, records });
+        let request = Request::Replicate(ReplicateRequest { header, records, keys: Keys::EMPTY });
         let mut out = Vec::new();
         encode_request(&mut out, request_id, &request);
         let frame = parse_frame(&out, &Limits::DEFAULT).unwrap().unwrap();

@@ -689,10 +689,24 @@ fn cases() -> Vec<Case> {
         ..ReplicateHeader::new(ReplicateKind::Trim, 7, 3, 12, 12)
     };
     cases.push(request(
-        "REPLICATE TRIM with records",
+        "REPLICATE TRIM with records (not keys)",
         REPLICATE,
         &replicate_body(&trim, 2, 2, &two),
-        invalid("count", 2),
+        invalid("key_count", 2),
+    ));
+    let zero_writer = key_bytes(0, 0, 1);
+    cases.push(request(
+        "REPLICATE TRIM with a key of writer 0",
+        REPLICATE,
+        &replicate_body(&trim, 1, 2, &zero_writer),
+        invalid("writer_id", 0),
+    ));
+    let no_records = key_bytes(4, 0, 0);
+    cases.push(request(
+        "REPLICATE TRIM with a key of no records",
+        REPLICATE,
+        &replicate_body(&trim, 1, 2, &no_records),
+        invalid("count", 0),
     ));
     let barrier = ReplicateHeader::new(ReplicateKind::Barrier, 7, 3, 12, 12);
     cases.push(request(
@@ -1581,6 +1595,24 @@ fn cases() -> Vec<Case> {
         &more_two,
         invalid("more", 2),
     ));
+    let mut keys_and_records = pull_response([7, 3, 10, 11, 0, 0, 0], 1, &one);
+    keys_and_records[62] = 1;
+    cases.push(response(
+        "PULL response with records and keys",
+        PULL,
+        RESP,
+        &keys_and_records,
+        invalid("key_count", 1),
+    ));
+    let mut keys_missing = pull_response([7, 3, 10, 10, 0, 0, 0], 0, &[]);
+    keys_missing[62] = 2;
+    cases.push(response(
+        "PULL response with fewer keys than key_count",
+        PULL,
+        RESP,
+        &keys_missing,
+        invalid("key_count", 2),
+    ));
     let mut reserved = pull_response([7, 3, 10, 11, 0, 0, 0], 1, &one);
     reserved[61] = 1;
     cases.push(response(
@@ -1782,4 +1814,17 @@ fn smaller_limits_are_enforced() {
         ),
         Err(Error::NameTooLong { len: 4, max: 3 })
     );
+}
+
+/// One idempotency key in the wire layout (sequence number 1).
+fn key_bytes(writer_id: u64, first_lsn: u64, count: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    let key = chainlog_storage::WriterKey {
+        writer_id,
+        writer_seq: 1,
+        first_lsn,
+        count,
+    };
+    encode_keys(&mut out, &[key]);
+    out
 }

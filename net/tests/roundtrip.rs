@@ -133,7 +133,11 @@ fn replicate_fields_survive_decoding() {
 #[test]
 fn a_replicate_head_followed_by_its_records_is_the_whole_frame() {
     let corpus = request_corpus();
-    for (bytes, replicate) in replicates(&corpus) {
+    // A TRIM's keys go in the frame itself ([`encode_request`]): only records are sent apart.
+    let without_keys = replicates(&corpus)
+        .into_iter()
+        .filter(|(_, r)| r.keys.count() == 0);
+    for (bytes, replicate) in without_keys {
         let request_id = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
         let mut head = Vec::new();
         encode_replicate_head(
@@ -187,6 +191,7 @@ fn a_batch_that_fits_an_append_frame_fits_a_replicate_frame_on_a_peer_connection
     let request = Request::Replicate(ReplicateRequest {
         header: ReplicateHeader::new(ReplicateKind::Records, 7, 1, 0, 0),
         records,
+        keys: Keys::EMPTY,
     });
     let mut replicate = Vec::new();
     encode_request(&mut replicate, 2, &request);
@@ -437,6 +442,7 @@ fn protocol_md_replicate_example_is_what_the_encoder_writes() {
     let request = Request::Replicate(ReplicateRequest {
         header: ReplicateHeader::new(ReplicateKind::Records, 7, 1, 0, 0),
         records,
+        keys: Keys::EMPTY,
     });
     let mut encoded = Vec::new();
     encode_request(&mut encoded, 3, &request);

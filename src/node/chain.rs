@@ -28,11 +28,11 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use chainlog_net::{
-    decode_response, encode_replicate_head, encode_request, parse_frame, ErrorCode, HelloRequest,
-    Limits, PeerRequest, PullRequest, ReplicateHeader, ReplicateKind, Request, Response, Role,
-    PROTOCOL_VERSION,
+    decode_response, encode_keys, encode_replicate_head, encode_request, parse_frame, ErrorCode,
+    HelloRequest, Keys, Limits, PeerRequest, PullRequest, Records, ReplicateHeader, ReplicateKind,
+    ReplicateRequest, Request, Response, Role, PROTOCOL_VERSION,
 };
-use chainlog_storage::{Error, ReadKind, ReadOutput, ReadRequest, Store, StoredRun};
+use chainlog_storage::{Error, ReadKind, ReadOutput, ReadRequest, Store, StoredRun, WriterKey};
 
 use super::conn::{conn_of, Conn};
 use super::env::Net;
@@ -42,7 +42,7 @@ use super::metrics::ShardMetrics;
 use super::ops::{NetOp, NetToken, GENERATION_MASK};
 use super::reads::{Owner, Reads, Started};
 use super::records::{encode_run, replica_state};
-use super::replicas::{encode_answers, Forward, Replicas, UNANSWERED};
+use super::replicas::{encode_answers, keys_below, Forward, Replicas, UNANSWERED};
 use crate::replication::{NodeId, Reply, Send};
 
 /// Record bytes a link may have sent and not had answered; beyond, appends to its logs get
@@ -241,14 +241,15 @@ impl Chain {
     }
 
     /// Queues a REPLICATE of `kind` without records (a trim carries the log's fencing token
-    /// `fence`, for a successor that skips to the trim point).
+    /// `fence`, for a successor that skips to the trim point, and then `keys`, the
+    /// idempotency keys of the batches below it).
     fn send_control(
         &mut self,
         replicas: &Replicas,
         log_id: u64,
         slot: u32,
         send: Send,
-        fence: u64,
+        (fence, keys): (u64, &[WriterKey]),
     ) {
         let replica = replicas.get(log_id).expect("a log of this shard");
         let (kind, sent) = match send {
@@ -265,13 +266,21 @@ impl Chain {
         };
         let mut header =
             ReplicateHeader::new(kind, log_id, replica.epoch(), replica.next_lsn(), committed);
-        if let Send::Trim { before } = send {
+        if let Send::Trim { before, .. } = send {
             header.trim_before = before;
             header.fencing_token = fence;
         }
         let request_id = self.request_id();
-        let mut out = Vec::with_capacity(128);
-        encode_replicate_head(&mut out, request_id, &header, 0, &[]);
+        let mut key_bytes = Vec::new();
+        let count = encode_keys(&mut key_bytes, keys);
+        let keys = Keys::parse(&key_bytes, count).expect("a store's keys are valid");
+        let request = Request::Replicate(ReplicateRequest {
+            header,
+            records: Records::EMPTY,
+            keys,
+        });
+        let mut out = Vec::with_capacity(128 + key_bytes.len());
+        encode_request(&mut out, request_id, &request);
         let link = self.links[slot as usize].as_mut().expect("up link");
         link.push_bytes(out);
         if let Some(sent) = sent {
@@ -537,7 +546,7 @@ impl Chain {
         let replica = replicas.get_mut(log_id).expect("checked");
         metrics.pulled_records += stored_end - here;
         if let Some(probe) = replica.pulled(here, stored_end, pulled.next) {
-            self.send_control(replicas, log_id, slot, probe, 0);
+            self.send_control(replicas, log_id, slot, probe, (0, &[]));
         }
         replicas.mark(log_id);
         self.again.insert(log_id);
@@ -587,6 +596,7 @@ impl Chain {
             writer: pulled.writer,
             count: pulled.count,
             records: &pulled.records,
+            keys: &pulled.keys,
         };
         match store_learned(store, &learned) {
             Ok(Stored { records, again }) => {
@@ -664,7 +674,7 @@ impl Chain {
             if replica.link_is_down() {
                 // Refused earlier (held meanwhile): probe again.
                 if let Some(probe) = replica.link_up() {
-                    self.send_control(replicas, log_id, slot, probe, 0);
+                    self.send_control(replicas, log_id, slot, probe, (0, &[]));
                 }
                 continue;
             }
@@ -675,7 +685,11 @@ impl Chain {
             replica.to_send(&mut sends);
             let fence = store.tail(log_id).map_or(0, |t| t.fencing_token);
             for send in sends.drain(..) {
-                self.send_control(replicas, log_id, slot, send, fence);
+                let keys = match send {
+                    Send::Trim { before, skip: true } => store.writer_keys(log_id, before),
+                    _ => Vec::new(),
+                };
+                self.send_control(replicas, log_id, slot, send, (fence, &keys));
             }
             let more = self.catch_up(replicas, metrics, store, reads, log_id, slot);
             if more {
@@ -806,7 +820,7 @@ impl Chain {
             }
             let replica = replicas.get_mut(log_id).expect("listed");
             if let Some(probe) = replica.link_up() {
-                self.send_control(replicas, log_id, slot, probe, 0);
+                self.send_control(replicas, log_id, slot, probe, (0, &[]));
             }
         }
     }
@@ -1116,6 +1130,8 @@ struct Pulled {
     writer: (u64, u64),
     count: u32,
     records: Vec<u8>,
+    /// A learner's answer at the trim point: the source's keys below it.
+    keys: Vec<WriterKey>,
 }
 
 /// How long `log_id`'s traffic waits after a refusal at `now_us`: [`HOLD_MIN_MS`], doubled
@@ -1219,6 +1235,7 @@ fn next_answer(link: &mut Link, consumed: &mut usize, limits: &Limits) -> Option
                         writer: (p.writer_id, p.writer_seq),
                         count: p.records.count(),
                         records: p.records.bytes().to_vec(),
+                        keys: keys_below(&p.keys, p.first_lsn),
                     };
                     if learner {
                         if p.more {

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use chainlog_storage::io::Io;
-use chainlog_storage::Store;
+use chainlog_storage::{Store, WriterKey};
 
 use super::catalog::LogEntry;
 use super::records::replica_state;
@@ -62,6 +62,9 @@ pub(crate) struct Learned<'a> {
     pub(crate) writer: (u64, u64),
     pub(crate) count: u32,
     pub(crate) records: &'a [u8],
+    /// An empty answer at the trim point: the source's idempotency keys of the batches
+    /// below it.
+    pub(crate) keys: &'a [WriterKey],
 }
 
 impl Learners {
@@ -166,7 +169,9 @@ pub(crate) struct Stored {
 /// appended as a replica stores them (nobody waits for their acks: the controller reads how
 /// far the copy is durable); an empty answer that starts above the copy's end (the source
 /// trimmed past it) starts the log again at the source's trim point, with the log's fencing
-/// token; any other run that does not continue the copy is dropped.
+/// token and the keys of the batches below it (so that a retry of one of them is answered
+/// with its LSNs once this node is the head); any other run that does not continue the copy
+/// is dropped.
 pub(crate) fn store_learned<I: Io>(
     store: &mut Store<I>,
     learned: &Learned<'_>,
@@ -185,7 +190,13 @@ pub(crate) fn store_learned<I: Io>(
             trim_point = learned.first,
             "learning a log from its source's trim point"
         );
-        store.reset_log(log_id, learned.first, learned.fencing_token, UNANSWERED)?;
+        store.reset_log(
+            log_id,
+            learned.first,
+            learned.fencing_token,
+            learned.keys,
+            UNANSWERED,
+        )?;
         return Ok(none(true));
     }
     if learned.first < here || learned.count == 0 {

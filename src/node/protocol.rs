@@ -906,7 +906,7 @@ impl Server {
                         next = tail.next_lsn,
                         "a learner of this log here: copying it from nothing"
                     );
-                    let reset = store.reset_log(log.log_id, 0, 0, UNANSWERED);
+                    let reset = store.reset_log(log.log_id, 0, 0, &[], UNANSWERED);
                     self.make_durable(log.log_id, reset, store);
                 }
             }
@@ -1002,7 +1002,7 @@ impl Server {
                 next = tail.next_lsn,
                 "a new replica of this log here: starting it again empty"
             );
-            (store.reset_log(log.log_id, 0, 0, UNANSWERED), false)
+            (store.reset_log(log.log_id, 0, 0, &[], UNANSWERED), false)
         };
         self.make_durable(log.log_id, prepared, store);
         kept_whole

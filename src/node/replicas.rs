@@ -19,12 +19,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 
 use chainlog_net::{
-    encode_response, ErrorCode, Limits, Opcode, PullRequest, PullResponse, RecordForm, Records,
-    ReplicateKind, ReplicateRequest, ReplicateResponse, Response, ARG_NONE, TOKEN_NONE,
-    WRITER_NONE,
+    encode_keys, encode_response, ErrorCode, Keys, Limits, Opcode, PullRequest, PullResponse,
+    RecordForm, Records, ReplicateKind, ReplicateRequest, ReplicateResponse, Response, ARG_NONE,
+    KEY_BYTES, TOKEN_NONE, WRITER_NONE,
 };
 use chainlog_storage::io::Io;
-use chainlog_storage::{Ack, Pin, ReplicaState, Store, StoredRun};
+use chainlog_storage::{Ack, Pin, ReplicaState, Store, StoredRun, WriterKey};
 
 use super::catalog::{Catalog, LogEntry as CatalogEntry};
 use super::learners::{is_learner_entry, Learners};
@@ -475,9 +475,11 @@ impl Replicas {
             }
             ReplicateKind::Trim if h.trim_before > replica.next_lsn() => {
                 // The predecessor trimmed past everything here (this replica joined empty, or
-                // far behind): start the log again at the trim point, with the log's token.
+                // far behind): start the log again at the trim point, with the log's token
+                // and the keys of the batches below it.
+                let keys = keys_below(&r.keys, h.trim_before);
                 store
-                    .reset_log(log_id, h.trim_before, h.fencing_token, UNANSWERED)
+                    .reset_log(log_id, h.trim_before, h.fencing_token, &keys, UNANSWERED)
                     .map_err(|e| Refusal::of_store(&e))?;
                 tracing::info!(
                     log_id,
@@ -585,21 +587,22 @@ impl Replicas {
                 first
             };
             let mut body = Vec::new();
+            let mut key_bytes = Vec::new();
             let (first, count, run_epoch, state) = match run {
                 Some(run) => {
                     let (count, state) =
                         encode_run(&mut body, log_id, &run, self.limits.records_bytes_max());
                     (run.first_lsn(), count, run.records[0].epoch, state)
                 }
-                None if from > pull.from_lsn => (
-                    from,
-                    0,
-                    epoch,
-                    ReplicaState {
+                None if from > pull.from_lsn => {
+                    // With the keys of the batches below the trim point (PROTOCOL.md 6.13a).
+                    encode_keys(&mut key_bytes, &store.writer_keys(log_id, from));
+                    let state = ReplicaState {
                         fencing_token: Some(fencing_token).filter(|&t| t != 0),
                         writer: None,
-                    },
-                ),
+                    };
+                    (from, 0, epoch, state)
+                }
                 None => (at, 0, epoch, ReplicaState::default()),
             };
             at = first + u64::from(count);
@@ -631,6 +634,8 @@ impl Replicas {
                 writer_seq,
                 more: !answered,
                 records,
+                keys: Keys::parse(&key_bytes, key_bytes.len() / KEY_BYTES)
+                    .expect("a store's keys are valid"),
             });
             encode_response(out, request_id, Opcode::Pull, &response);
         }
@@ -832,4 +837,13 @@ pub(crate) fn encode_answers(out: &mut Vec<u8>, log_id: u64, answers: &mut Vec<A
         });
         encode_response(out, a.request_id, Opcode::Replicate, &response);
     }
+}
+
+/// The idempotency keys a replica that starts a log at `at` takes from its source (a TRIM
+/// that skips it there, a learner's answer at the trim point): those of batches that end at
+/// or below `at`, as the source sends them; any other would name records it does not hold.
+pub(crate) fn keys_below(keys: &Keys<'_>, at: u64) -> Vec<WriterKey> {
+    keys.iter()
+        .filter(|k| k.first_lsn + u64::from(k.count) <= at)
+        .collect()
 }

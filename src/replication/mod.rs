@@ -131,6 +131,9 @@ pub enum Send {
     Trim {
         /// The trim point.
         before: u64,
+        /// The successor may hold less than `before` (it joined empty, or far behind): the
+        /// trim skips it there, and carries the idempotency keys of the batches below.
+        skip: bool,
     },
     /// REPLICATE BARRIER, answered once the successor and everything after it answered what
     /// came before it; `covers` is the barrier sequence number it settles (passed back in
@@ -268,6 +271,9 @@ pub struct Replica {
     down_durable: u64,
     down_trim: u64,
     down_barrier: u64,
+    /// The successor's next LSN as last learned (its probe's answer, a GAP refusal below the
+    /// trim point, a trim that skipped it): with `down_durable`, what it holds at least.
+    down_next: u64,
     /// What was last sent to the successor on this link (trim, barrier, committed).
     sent_trim: u64,
     sent_barrier: u64,
@@ -355,6 +361,7 @@ impl Replica {
             down_durable: 0,
             down_trim: 0,
             down_barrier: 0,
+            down_next: 0,
             sent_trim: 0,
             sent_barrier: 0,
             sent_commit: 0,
@@ -696,6 +703,7 @@ impl Replica {
     /// The probe's answer: the successor holds records below `next` (and so does every node
     /// after it: a node answers a barrier only once its own link is in sync).
     fn probed(&mut self, next: u64) {
+        self.down_next = next;
         if next > self.next_lsn {
             if !self.settled {
                 // Records this node forwarded and lost in a crash: take them back before
@@ -809,6 +817,7 @@ impl Replica {
         if matches!(self.link, Link::InSync | Link::CatchingUp) && expected < self.forwarded {
             if expected < self.trim_requested {
                 self.sent_trim = self.sent_trim.min(expected);
+                self.down_next = expected;
             }
             self.forwarded = expected.max(self.trim_requested);
             self.link = if self.forwarded == self.next_lsn {
@@ -847,9 +856,12 @@ impl Replica {
         }
         if self.trim_requested > self.sent_trim && self.trim_requested <= self.forwarded {
             self.sent_trim = self.trim_requested;
+            let before = self.trim_requested;
             out.push(Send::Trim {
-                before: self.trim_requested,
+                before,
+                skip: before > self.down_next.max(self.down_durable),
             });
+            self.down_next = self.down_next.max(before);
         }
         if self.barriers_issued > self.sent_barrier {
             self.sent_barrier = self.barriers_issued;

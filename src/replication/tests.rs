@@ -233,7 +233,7 @@ impl Sim {
         self.nodes[i].rep.to_send(&mut sends);
         for s in sends {
             match s {
-                Send::Trim { before } => {
+                Send::Trim { before, .. } => {
                     let req = self.request(i, Sent::Trim);
                     let next = self.nodes[i].rep.next_lsn();
                     self.send_down(i, Down::Trim { req, before, next });
@@ -878,7 +878,11 @@ fn a_middle_that_skipped_to_its_predecessors_trim_point_sends_the_skip_on() {
     );
     let mut out = Vec::new();
     middle.to_send(&mut out);
-    assert!(out.contains(&Send::Trim { before: 74 }), "{out:?}");
+    let skip = Send::Trim {
+        before: 74,
+        skip: true,
+    };
+    assert!(out.contains(&skip), "{out:?}");
 }
 
 #[test]
@@ -904,7 +908,13 @@ fn a_successor_below_the_trim_point_that_refuses_records_is_sent_the_trim_again(
     );
     let mut out = Vec::new();
     middle.to_send(&mut out);
-    assert!(out.contains(&Send::Trim { before: 74 }), "{out:?}");
+    assert!(
+        out.contains(&Send::Trim {
+            before: 74,
+            skip: true
+        }),
+        "{out:?}"
+    );
     middle.refused(0);
     assert_eq!(
         middle.catch_up_from(),
@@ -913,7 +923,13 @@ fn a_successor_below_the_trim_point_that_refuses_records_is_sent_the_trim_again(
     );
     out.clear();
     middle.to_send(&mut out);
-    assert!(out.contains(&Send::Trim { before: 74 }), "{out:?}");
+    assert!(
+        out.contains(&Send::Trim {
+            before: 74,
+            skip: true
+        }),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -944,7 +960,46 @@ fn a_successor_caught_up_from_below_a_new_trim_point_skips_to_it() {
     );
     let mut out = Vec::new();
     middle.to_send(&mut out);
-    assert!(out.contains(&Send::Trim { before: 8 }), "{out:?}");
+    let skip = Send::Trim {
+        before: 8,
+        skip: true,
+    };
+    assert!(out.contains(&skip), "{out:?}");
+}
+
+#[test]
+fn only_a_trim_that_skips_the_successor_says_so() {
+    // A successor that holds records past the trim point trims them; one below it skips to
+    // it (and takes the idempotency keys of the batches below with it): the sender tells
+    // which, from the successor's probe, its answers and the trims it sent.
+    let mut head = Replica::new(1, 1, 3, vec![1, 2], 20, 0);
+    head.link_up();
+    head.reply(Reply {
+        durable_lsn: 12,
+        trim_point: 0,
+        next_lsn: 12,
+        barrier: Some(0),
+    });
+    let sends = |head: &mut Replica, before| {
+        head.trim(before, None);
+        let mut out = Vec::new();
+        head.to_send(&mut out);
+        out.into_iter()
+            .find_map(|s| match s {
+                Send::Trim { before: b, skip } if b == before => Some(skip),
+                _ => None,
+            })
+            .expect("a trim")
+    };
+    assert!(!sends(&mut head, 10), "the successor holds 12");
+    assert!(sends(&mut head, 16), "the successor holds 12 only");
+    head.reply(Reply {
+        durable_lsn: 20,
+        trim_point: 16,
+        next_lsn: 20,
+        barrier: None,
+    });
+    assert!(!sends(&mut head, 18), "the successor vouched for 20");
 }
 
 #[test]

@@ -18,10 +18,11 @@
 use crate::error::{Error, Result};
 use crate::format::{
     record_bytes, ControlRecord, StateRecord, CONTROL_FENCE, CONTROL_RECORD_BYTES, CONTROL_RESET,
-    CONTROL_TRUNCATE, STATE_RECORD_BYTES, SYSTEM_LOG,
+    CONTROL_TRUNCATE, FRAME_HEADER_BYTES, STATE_RECORD_BYTES, SYSTEM_LOG,
 };
 use crate::io::Io;
 use crate::store::{Entry, Store};
+use crate::writers::WriterKey;
 
 impl<I: Io> Store<I> {
     /// Discards `log_id`'s records at and above `from` (durably once [`poll`](Self::poll)
@@ -91,10 +92,14 @@ impl<I: Io> Store<I> {
     ///
     /// One call serves a replica that joins a chain after the head trimmed (the log starts at
     /// the head's trim point, not at 0) and one that must copy the whole log again (whatever
-    /// it held is discarded, whether `at` is below or above it). Idempotency keys of the log
-    /// are forgotten. The fencing token becomes `fencing_token` if that is higher (the head's
-    /// token, so that a replica that becomes the head fences as the head did; 0 for none),
-    /// else stays: a token only rises. Appends made before it are still acknowledged.
+    /// it held is discarded, whether `at` is below or above it). The log's idempotency keys
+    /// become `keys` (the source's batches that end at or below `at`, [`writer_keys`](Self::writer_keys), so
+    /// that a retry of one of them is answered with its LSNs here too; none for a copy from
+    /// scratch); if they do not all fit the reset's frame, the least recently used writers'
+    /// are left out, as the table forgets them first anyway. The fencing token becomes
+    /// `fencing_token` if that is higher (the head's token, so that a replica that becomes
+    /// the head fences as the head did; 0 for none), else stays: a token only rises. Appends
+    /// made before it are still acknowledged.
     ///
     /// Refused, with nothing written: a new log over `logs_max` ([`Error::TooManyLogs`]),
     /// [`Error::Overloaded`].
@@ -103,6 +108,7 @@ impl<I: Io> Store<I> {
         log_id: u64,
         at: u64,
         fencing_token: u64,
+        keys: &[WriterKey],
         token: u64,
     ) -> Result<()> {
         self.check_failed()?;
@@ -122,12 +128,29 @@ impl<I: Io> Store<I> {
             log_id,
             lsn: at,
         };
-        let bytes = record_bytes(CONTROL_RECORD_BYTES)
-            + usize::from(raise.is_some()) * record_bytes(STATE_RECORD_BYTES);
+        let state_bytes = record_bytes(STATE_RECORD_BYTES);
+        let fixed = record_bytes(CONTROL_RECORD_BYTES) + usize::from(raise.is_some()) * state_bytes;
+        let body_max = self.config.batch_bytes_max - FRAME_HEADER_BYTES;
+        let fit = (body_max - fixed) / state_bytes;
+        assert!(
+            keys.iter()
+                .all(|k| k.writer_id != 0 && k.count > 0 && k.first_lsn + u64::from(k.count) <= at),
+            "log {log_id}: a key names a writer and a batch of records below {at}"
+        );
+        if keys.len() > fit {
+            tracing::warn!(
+                log_id,
+                keys = keys.len(),
+                kept = fit,
+                "more idempotency keys than a frame holds: the least recently used are left out"
+            );
+        }
+        let keys = &keys[keys.len().saturating_sub(fit)..];
         let now_wall = self.clock.wall_us();
-        self.make_room(bytes)?;
+        self.make_room(fixed + keys.len() * state_bytes)?;
         self.push_control(bytemuck::bytes_of(&control), now_wall);
         self.push_entry(Entry::Reset { token, log_id, at });
+        self.writers.forget_from(log_id, 0);
         if let Some(token) = raise {
             // After the reset record: recovery applies it to the log the reset created.
             let state = StateRecord {
@@ -139,6 +162,10 @@ impl<I: Io> Store<I> {
             self.push_control(bytemuck::bytes_of(&state), now_wall);
             self.push_entry(Entry::Fence { log_id, token });
         }
+        for key in keys {
+            // Likewise after the reset, which forgot the log's keys before these.
+            self.push_key(log_id, key, now_wall);
+        }
         self.seal_building();
         let log = self.logs.entry(log_id).or_default();
         log.next_lsn = at;
@@ -147,9 +174,16 @@ impl<I: Io> Store<I> {
         log.fence = log.fence.max(fencing_token);
         log.cut_index(0);
         self.discard_in_frames(log_id, 0);
-        self.writers.forget_from(log_id, 0);
         self.reads.reset(log_id);
         Ok(())
+    }
+
+    /// The idempotency keys of `log_id`'s batches that end at or below `lsn`, for a replica
+    /// that starts the log at `lsn` ([`reset_log`](Self::reset_log)). A batch that `lsn` cuts
+    /// through is left out: the replica holds none of its records below `lsn`, and a key
+    /// names records that precede it (recovery checks that).
+    pub fn writer_keys(&self, log_id: u64, lsn: u64) -> Vec<WriterKey> {
+        self.writers.keys_below(log_id, lsn)
     }
 
     /// Ends the building frame with what it holds (a cut is the last thing in its frame).

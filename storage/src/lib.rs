@@ -48,4 +48,4 @@ pub use reads::{
 pub use recovery::RecoveryReport;
 pub use replica::{Pin, ReplicaState, StoredRun};
 pub use store::{Ack, AppendOptions, Batch, LogTail, ReadRecord, Record, Store};
-pub use writers::WRITER_WINDOW;
+pub use writers::{WriterKey, WRITER_WINDOW};

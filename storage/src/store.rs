@@ -32,7 +32,7 @@ use crate::reads::Reads;
 use crate::recovery::{recover, RecoveryReport};
 use crate::replica::{next_store_id, Pin};
 use crate::segment::Segment;
-use crate::writers::{Lookup, WriterBatch, Writers};
+use crate::writers::{Lookup, WriterBatch, WriterKey, Writers};
 
 /// The conditions of an append (all optional): where the batch must start, the writer's
 /// fencing token, and its idempotency key.
@@ -656,25 +656,37 @@ impl<I: Io> Store<I> {
             self.push_entry(Entry::Fence { log_id, token });
         }
         if let Some((writer_id, writer_seq)) = writer {
-            let state = StateRecord {
-                kind: CONTROL_WRITER,
-                count,
-                log_id,
-                writer_id,
-                writer_seq,
-                value: first_lsn,
-            };
-            self.writers.apply(&state);
-            self.push_control(bytemuck::bytes_of(&state), now_wall);
-            self.push_entry(Entry::Key {
-                log_id,
+            let key = WriterKey {
                 writer_id,
                 writer_seq,
                 first_lsn,
                 count,
-            });
+            };
+            self.push_key(log_id, &key, now_wall);
         }
         Ok((first_lsn..first_lsn + u64::from(count), pin))
+    }
+
+    /// Remembers `key` for `log_id` and lays its `CONTROL_WRITER` record into the building
+    /// frame (which has room for it).
+    pub(crate) fn push_key(&mut self, log_id: u64, key: &WriterKey, now_wall: u64) {
+        let state = StateRecord {
+            kind: CONTROL_WRITER,
+            count: key.count,
+            log_id,
+            writer_id: key.writer_id,
+            writer_seq: key.writer_seq,
+            value: key.first_lsn,
+        };
+        self.writers.apply(&state);
+        self.push_control(bytemuck::bytes_of(&state), now_wall);
+        self.push_entry(Entry::Key {
+            log_id,
+            writer_id: key.writer_id,
+            writer_seq: key.writer_seq,
+            first_lsn: key.first_lsn,
+            count: key.count,
+        });
     }
 
     /// Answers a retried batch with its original LSNs: the ack goes with the newest frame

@@ -24,6 +24,22 @@ use crate::format::{StateRecord, CONTROL_WRITER};
 /// outcome unknown) and still resolve every one of them by retrying.
 pub const WRITER_WINDOW: usize = 32;
 
+/// One remembered batch of a writer of a log, as a replica that starts the log at its
+/// source's trim point takes it over ([`crate::Store::writer_keys`],
+/// [`crate::Store::reset_log`]): a retry of a batch below that trim point must be answered with
+/// its LSNs there too, not appended again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterKey {
+    /// The writer (nonzero).
+    pub writer_id: u64,
+    /// The batch's sequence number.
+    pub writer_seq: u64,
+    /// The batch's first LSN.
+    pub first_lsn: u64,
+    /// The batch's records (at least 1).
+    pub count: u32,
+}
+
 /// One remembered batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct WriterBatch {
@@ -140,6 +156,32 @@ impl Writers {
             }
             !writer.batches.is_empty()
         });
+    }
+
+    /// The remembered batches of `log_id` that end at or below `lsn`, least recently used
+    /// writer first and each writer's oldest batch first (the order that
+    /// [`apply`](Self::apply) rebuilds them in).
+    pub(crate) fn keys_below(&self, log_id: u64, lsn: u64) -> Vec<WriterKey> {
+        let mut writers: Vec<_> = self
+            .writers
+            .iter()
+            .filter(|(&(log, _), _)| log == log_id)
+            .collect();
+        writers.sort_unstable_by_key(|(_, w)| w.touched);
+        writers
+            .into_iter()
+            .flat_map(|(&(_, writer_id), w)| {
+                w.batches
+                    .iter()
+                    .filter(move |b| b.first_lsn + u64::from(b.count) <= lsn)
+                    .map(move |b| WriterKey {
+                        writer_id,
+                        writer_seq: b.seq,
+                        first_lsn: b.first_lsn,
+                        count: b.count,
+                    })
+            })
+            .collect()
     }
 
     /// The table as `CONTROL_WRITER` records, least recently used writer first.

@@ -680,7 +680,7 @@ fn reset<I: Io>(store: &mut Store<I>, model: &mut Model, rng: &mut SimRng) -> St
     };
     let token = model.next_token;
     loop {
-        match store.reset_log(log, at, fence, token) {
+        match store.reset_log(log, at, fence, &[], token) {
             Ok(()) => break,
             Err(Error::Overloaded) => poll(store, model, true)?,
             Err(e) => return Err(e.into()),

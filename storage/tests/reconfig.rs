@@ -26,7 +26,7 @@ use chainlog_storage::io::{Completion, FileId};
 use chainlog_storage::{
     Ack, AlignedBuf, AppendOptions, Batch, Durability, DurabilityMode, Error, Io, ReadDone,
     ReadKind, ReadOutput, ReadRecord, ReadRequest, Record, ReplicaState, Store, StoreConfig,
-    READS_IN_FLIGHT_MAX,
+    WriterKey, READS_IN_FLIGHT_MAX,
 };
 
 mod common;
@@ -62,6 +62,7 @@ on_both_backends!(
     truncating_records_not_yet_durable,
     truncations_outside_the_log_are_refused,
     reset_starts_a_log_at_an_lsn,
+    a_reset_takes_the_sources_keys_below_its_point,
     reads_from_memory_complete_at_once_and_disk_reads_wait_in_the_ring,
     a_read_goes_on_from_the_disk_when_its_frames_leave_the_tail_cache,
     a_store_failure_fails_the_reads_waiting,
@@ -625,6 +626,65 @@ fn truncations_outside_the_log_are_refused<B: Backend>(b: &mut B) {
     assert_eq!(read_all(&mut store, LOG), []);
 }
 
+/// A replica that starts a log at its source's trim point takes the source's idempotency keys
+/// of the batches below that point with it: a retry of one of them is answered with its
+/// LSNs, before and after reopening, rather than appended again. A batch the trim point cuts
+/// through is left out (the replica holds none of it), and so are the least recently used
+/// writers' keys when they do not all fit the reset's frame.
+fn a_reset_takes_the_sources_keys_below_its_point<B: Backend>(b: &mut B) {
+    const JOINED: u64 = 9;
+    let mut store = b.open_with("shard", config());
+    for seq in 1..=5 {
+        append(
+            &mut store,
+            LOG,
+            &keyed(seq, None),
+            &payloads(10, 20, 1),
+            seq,
+        );
+    }
+    store.trim(LOG, 35, 10).expect("trim");
+    sync(&mut store);
+    let keys = store.writer_keys(LOG, 35);
+    let batches: Vec<(u64, u64, u32)> = keys
+        .iter()
+        .map(|k| (k.writer_seq, k.first_lsn, k.count))
+        .collect();
+    assert_eq!(batches, [(1, 0, 10), (2, 10, 10), (3, 20, 10)]);
+    store.reset_log(JOINED, 35, 0, &keys, 11).expect("reset");
+    let check = |store: &mut Store<B::Io>, when: &str| {
+        assert_res!(probe(store, JOINED, 2), Ok(10..20), "{when}: a retry below");
+        assert_res!(
+            probe(store, JOINED, 4),
+            Err(Error::ConditionFailed { tail: 35 }),
+            "{when}: the cut batch is new here"
+        );
+    };
+    check(&mut store, "before reopening");
+    drop(store);
+    let mut store = b.open_with("shard", config());
+    check(&mut store, "reopened");
+
+    // More keys than a frame holds: the newest are kept.
+    let many: Vec<WriterKey> = (0..2_000)
+        .map(|i| WriterKey {
+            writer_id: WRITER + i,
+            writer_seq: 1,
+            first_lsn: i,
+            count: 1,
+        })
+        .collect();
+    store.reset_log(JOINED, 2_000, 0, &many, 12).expect("reset");
+    sync(&mut store);
+    let kept = store.writer_keys(JOINED, 2_000);
+    assert!(
+        !kept.is_empty() && kept.len() < many.len(),
+        "{}",
+        kept.len()
+    );
+    assert_eq!(kept.last(), many.last());
+}
+
 /// A replica joining after the head trimmed starts the log at the trim point with the head's
 /// token; an existing log reset below and above its tail loses everything it had (records,
 /// keys) but its token; both survive reopening, also from a snapshot once the segments
@@ -632,7 +692,7 @@ fn truncations_outside_the_log_are_refused<B: Backend>(b: &mut B) {
 fn reset_starts_a_log_at_an_lsn<B: Backend>(b: &mut B) {
     const JOINED: u64 = 9;
     let mut store = b.open_with("shard", config());
-    store.reset_log(JOINED, 1000, 7, 1).expect("reset");
+    store.reset_log(JOINED, 1000, 7, &[], 1).expect("reset");
     let tail = store.tail(JOINED).expect("created");
     assert_eq!(
         (
@@ -692,7 +752,7 @@ fn reset_starts_a_log_at_an_lsn<B: Backend>(b: &mut B) {
             10 + seq,
         );
     }
-    store.reset_log(LOG, 20, 0, 20).expect("reset below");
+    store.reset_log(LOG, 20, 0, &[], 20).expect("reset below");
     let tail = store.tail(LOG).expect("log");
     assert_eq!(
         (tail.next_lsn, tail.trim_point, tail.fencing_token),
@@ -715,7 +775,7 @@ fn reset_starts_a_log_at_an_lsn<B: Backend>(b: &mut B) {
         ),
         Ok(20..22)
     );
-    store.reset_log(LOG, 500, 2, 22).expect("reset above");
+    store.reset_log(LOG, 500, 2, &[], 22).expect("reset above");
     let last = payloads(2, 70, 7);
     assert_res!(
         replicate(&mut store, LOG, 6, 500, &last, &ReplicaState::default(), 23),
@@ -1140,7 +1200,7 @@ fn a_truncation_or_reset_racing_a_read_discards_what_it_gathered<B: Backend>(b: 
         .read_async(request(8, ReadKind::Stored), 3)
         .expect("read")
         .is_none());
-    store.reset_log(LOG, 5, 0, 102).expect("reset");
+    store.reset_log(LOG, 5, 0, &[], 102).expect("reset");
     let last = payloads(5, 10, 0x78);
     assert_res!(
         replicate(&mut store, LOG, 3, 5, &last, &ReplicaState::default(), 103),

@@ -149,6 +149,9 @@ pub fn request_corpus() -> Vec<Vec<u8>> {
         first_lsn: 10,
     };
     let replicated = Records::parse(&replicated, 4, form, &Limits::DEFAULT).unwrap();
+    // A TRIM that skips a successor to the trim point carries the batches' keys below it.
+    let trim_keys = test_keys();
+    let trim_keys = Keys::parse(trim_keys, 2).unwrap();
     let requests = [
         Request::Hello(HelloRequest::CURRENT),
         Request::Hello(HelloRequest {
@@ -218,6 +221,7 @@ pub fn request_corpus() -> Vec<Vec<u8>> {
                 ..ReplicateHeader::new(ReplicateKind::Records, 7, 3, 10, 8)
             },
             records: replicated,
+            keys: Keys::EMPTY,
         }),
         Request::Replicate(ReplicateRequest {
             header: ReplicateHeader {
@@ -225,14 +229,17 @@ pub fn request_corpus() -> Vec<Vec<u8>> {
                 ..ReplicateHeader::new(ReplicateKind::Trim, 7, 3, 14, 14)
             },
             records: Records::EMPTY,
+            keys: trim_keys,
         }),
         Request::Replicate(ReplicateRequest {
             header: ReplicateHeader::new(ReplicateKind::Barrier, 7, 3, 14, 12),
             records: Records::EMPTY,
+            keys: Keys::EMPTY,
         }),
         Request::Replicate(ReplicateRequest {
             header: ReplicateHeader::new(ReplicateKind::Commit, 7, 3, 14, 14),
             records: Records::EMPTY,
+            keys: Keys::EMPTY,
         }),
         Request::RegisterNode(RegisterNodeRequest {
             node_id: 2,
@@ -378,6 +385,7 @@ pub fn response_corpus() -> Vec<Vec<u8>> {
         first_lsn: 10,
     };
     let pulled = Records::parse(&pulled, 4, form, &Limits::DEFAULT).unwrap();
+    let pull_keys = Keys::parse(test_keys(), 2).unwrap();
     let entries = [
         LogEntry {
             log_id: 3,
@@ -510,6 +518,7 @@ pub fn response_corpus() -> Vec<Vec<u8>> {
             writer_seq: 5,
             more: true,
             records: pulled,
+            keys: Keys::EMPTY,
         }),
         Response::Seal(SealResponse {
             log_id: 7,
@@ -534,6 +543,7 @@ pub fn response_corpus() -> Vec<Vec<u8>> {
             writer_seq: 0,
             more: false,
             records: Records::EMPTY,
+            keys: pull_keys,
         }),
     ];
     let mut frames: Vec<Vec<u8>> = responses
@@ -595,4 +605,20 @@ pub fn reencode_response(frame: &Frame<'_>, response: &Response<'_>) -> Vec<u8> 
         ),
     }
     out
+}
+
+/// Two idempotency keys in the wire layout, for the messages that carry them.
+fn test_keys() -> &'static [u8] {
+    static KEYS: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let mut out = Vec::new();
+        let key = |writer_id, first_lsn| chainlog_storage::WriterKey {
+            writer_id,
+            writer_seq: 3,
+            first_lsn,
+            count: 2,
+        };
+        encode_keys(&mut out, &[key(4, 0), key(5, 2)]);
+        out
+    })
 }

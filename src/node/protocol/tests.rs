@@ -4,16 +4,21 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chainlog_net::cluster::{ClusterMap, MapLog, MapNode};
-use chainlog_net::{decode_response, parse_frame, Limits, PullRequest, Response};
+use chainlog_net::{
+    decode_response, encode_keys, parse_frame, Keys, Limits, PullRequest, Records, ReplicateHeader,
+    ReplicateKind, ReplicateRequest, Response,
+};
 use chainlog_storage::io::{FaultConfig, SimIo};
-use chainlog_storage::{Batch, Record, SimDisk, Store, StoreConfig};
+use chainlog_storage::{AppendOptions, Batch, Record, SimDisk, Store, StoreConfig, WriterKey};
 
 use super::{Identity, Server};
 use crate::node::catalog::{Catalog, StoreLogs};
 use crate::node::learners::{store_learned, Learned};
-use crate::node::replicas::UNANSWERED;
+use crate::node::replicas::{keys_below, UNANSWERED};
 
 const LOG: u64 = 7;
+/// The writer of the keyed batches.
+const WRITER: u64 = 40;
 
 /// A node's only shard: its server and store.
 type SimNode = (Server, Store<SimIo>);
@@ -218,6 +223,7 @@ fn learn_unsynced(
             writer: (p.writer_id, p.writer_seq),
             count: p.records.count(),
             records: p.records.bytes(),
+            keys: &keys_below(&p.keys, p.first_lsn),
         };
         store_learned(learner, &learned).expect("stored");
         let (first, count) = answer.unwrap_or((p.first_lsn, 0));
@@ -393,6 +399,129 @@ fn a_promoted_learner_trims_to_the_epochs_trim_point() {
         let replica = one.0.replicas.get(LOG).expect("a replica now");
         assert_eq!(replica.epoch(), 3);
     }
+}
+
+/// Appends keyed batches of writer [`WRITER`] to `LOG` at `server`'s head, one per entry of
+/// `sizes` (records of 20 bytes), sequence numbers from 1, and makes them durable.
+fn append_keyed(server: &mut Server, store: &mut Store<SimIo>, epoch: u64, sizes: &[usize]) {
+    for (seq, &size) in (1..).zip(sizes) {
+        let payloads: Vec<Vec<u8>> = (0..size).map(|i| vec![seq as u8 + i as u8; 20]).collect();
+        let records: Vec<Record<'_>> = payloads.iter().map(|p| Record::new(p)).collect();
+        let options = AppendOptions {
+            writer: Some((WRITER, seq)),
+            ..AppendOptions::default()
+        };
+        let (lsns, _) = store
+            .append_batch(LOG, epoch, &options, Batch::Records(&records), false, 0)
+            .expect("append");
+        stored(server, &lsns);
+    }
+    sync(server, store);
+}
+
+/// What a head answers a retry of a keyed batch.
+#[derive(Debug, PartialEq, Eq)]
+enum Retry {
+    /// The batch's original LSNs.
+    Original(std::ops::Range<u64>),
+    /// A batch it does not know: it would append it (at the log's tail).
+    New,
+    /// Neither new nor known: refused (WriterSeq), appended nowhere.
+    Refused,
+}
+
+/// What `store`, at the head, answers a retry of writer [`WRITER`]'s batch `seq` (with a
+/// condition that never holds, so that a batch taken for new is not appended).
+fn retry(store: &mut Store<SimIo>, seq: u64) -> Retry {
+    let options = AppendOptions {
+        writer: Some((WRITER, seq)),
+        expected_lsn: Some(u64::MAX - 1),
+        ..AppendOptions::default()
+    };
+    let batch = Batch::Records(&[Record::new(b"retry")]);
+    match store.append_batch(LOG, 3, &options, batch, false, 0) {
+        Ok((lsns, _)) => Retry::Original(lsns),
+        Err(chainlog_storage::Error::ConditionFailed { .. }) => Retry::New,
+        Err(chainlog_storage::Error::WriterSeq { .. }) => Retry::Refused,
+        Err(e) => panic!("retry: {e}"),
+    }
+}
+
+/// A learner whose source trimmed past its copy starts the log at the trim point with the
+/// source's idempotency keys of the batches below it: once it is the head, a retry of one
+/// of them is answered with its LSNs, not appended again (a duplicate the simulator found
+/// after a reconfiguration). The batch the trim point cuts through is copied without its
+/// key (the learner holds only part of it): a retry of it is refused, not appended.
+#[test]
+fn a_learner_that_starts_at_the_trim_point_takes_the_keys_below_it() {
+    let dirs = [
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    ];
+    let mut one = node(1, &SimDisk::new(), dirs[0].path());
+    let mut two = node(2, &SimDisk::new(), dirs[1].path());
+    let epoch2 = map_with_learners(2, 2, 0, &[2], &[1]);
+    two.0.apply_map(&epoch2, &mut two.1);
+    one.0.apply_map(&epoch2, &mut one.1);
+    // Batches 0..3, 3..6, 6..9, 9..11; trimmed at 7.
+    append_keyed(&mut two.0, &mut two.1, 2, &[3, 3, 3, 2]);
+    two.1.trim(LOG, 7, UNANSWERED).expect("trim");
+    sync(&mut two.0, &mut two.1);
+    assert_eq!(learn_once(&mut two, &mut one.1, 1, 2), (7, 0));
+    while learn_once(&mut two, &mut one.1, 1, 2).1 > 0 {}
+    assert_eq!(
+        one.1.tail(LOG).map(|t| (t.next_lsn, t.trim_point)),
+        Some((11, 7))
+    );
+    let answers: Vec<Retry> = (1..=4).map(|seq| retry(&mut one.1, seq)).collect();
+    use Retry::*;
+    assert_eq!(
+        answers,
+        [Original(0..3), Original(3..6), Refused, Original(9..11)]
+    );
+}
+
+/// A replica that joined a chain empty skips to its predecessor's trim point on the TRIM
+/// that says so, and takes the keys that TRIM carries (those of the batches below it).
+#[test]
+fn a_replica_that_skips_to_the_trim_point_takes_the_keys_below_it() {
+    let dirs = [tempfile::tempdir().expect("tempdir")];
+    let mut one = node(1, &SimDisk::new(), dirs[0].path());
+    one.0.apply_map(&map(2, 2, &[2, 1]), &mut one.1);
+    let keys = [(1, 0, 3), (2, 3, 3), (3, 6, 3)].map(|(writer_seq, first_lsn, count)| WriterKey {
+        writer_id: WRITER,
+        writer_seq,
+        first_lsn,
+        count,
+    });
+    let mut key_bytes = Vec::new();
+    encode_keys(&mut key_bytes, &keys);
+    let request = ReplicateRequest {
+        header: ReplicateHeader {
+            trim_before: 7,
+            fencing_token: 0,
+            ..ReplicateHeader::new(ReplicateKind::Trim, LOG, 2, 11, 11)
+        },
+        records: Records::EMPTY,
+        keys: Keys::parse(&key_bytes, 3).expect("keys"),
+    };
+    let (server, store) = &mut one;
+    server
+        .replicas
+        .replicate(Some(2), store, 5, &request, 0)
+        .expect("the trim is taken");
+    sync(server, store);
+    assert_eq!(
+        store.tail(LOG).map(|t| (t.next_lsn, t.trim_point)),
+        Some((7, 7))
+    );
+    let answers: Vec<Retry> = (1..=3).map(|seq| retry(store, seq)).collect();
+    use Retry::*;
+    assert_eq!(
+        answers,
+        [Original(0..3), Original(3..6), New],
+        "the key cut by 7 is left out"
+    );
 }
 
 /// A learner promoted while its last copied records are still on their way to the disk

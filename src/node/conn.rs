@@ -2,6 +2,14 @@
 //! place, so record bytes go from this buffer straight into the store's frame), its output
 //! (double-buffered: one buffer is filled while the other is in the kernel), and its protocol
 //! session: the answers it waits for, in order.
+//!
+//! The receive buffer starts at [`RECV_START_BYTES`] and grows, between receives, to hold
+//! the frame that is arriving (up to the shard's maximum, two frames of `frame_bytes_max`),
+//! and shrinks back once what it holds fits the start size again, at once from above
+//! [`RECV_KEEP_BYTES`] and else after [`RECV_SHRINK_AFTER`] small frames in a row (a
+//! stream of 64 KiB appends regrew it for every frame: 20% fewer of them per second). An
+//! idle connection costs tens of kilobytes, not the megabytes of a frame it never sends;
+//! one that sent large frames keeps at most about what it sent (ARCHITECTURE.md 12).
 
 use std::collections::VecDeque;
 
@@ -25,15 +33,34 @@ pub(crate) fn conn_of(conns: &mut [Option<Conn>], token: u64) -> Option<&mut Con
         .filter(|c| c.generation == generation)
 }
 
+/// A connection's receive buffer when it opens, and whenever what it holds fits again.
+pub(crate) const RECV_START_BYTES: usize = 64 << 10;
+/// A grown receive buffer up to this size is kept while large frames keep coming.
+const RECV_KEEP_BYTES: usize = 1 << 20;
+/// Frames in a row that fit [`RECV_START_BYTES`] after which a kept buffer shrinks back.
+const RECV_SHRINK_AFTER: u8 = 8;
+
+/// Frame bytes a frame's length field announces (`4 + length`, PROTOCOL.md 2), if `input`
+/// holds the field.
+fn announced_bytes(input: &[u8]) -> Option<usize> {
+    let length = input.first_chunk::<4>()?;
+    Some(4 + u32::from_le_bytes(*length) as usize)
+}
+
 /// A client connection.
 #[derive(Debug)]
 pub(crate) struct Conn {
     /// The socket (closed by the shard once the connection is idle).
     sock: Sock,
     pub(crate) generation: u32,
-    /// Received bytes not yet consumed are `recv_buf[..recv_len]`.
+    /// Received bytes not yet consumed are `recv_buf[..recv_len]`. Replaced (grown or
+    /// shrunk) only while no receive is in flight.
     recv_buf: Box<[u8]>,
     recv_len: usize,
+    /// How large `recv_buf` may grow.
+    recv_max: usize,
+    /// Consumes in a row of what fit [`RECV_START_BYTES`], with a rest that fits too.
+    recv_small: u8,
     pub(crate) recv_in_flight: bool,
     /// Bytes the kernel is sending (untouched while `send_in_flight`), and how many went.
     sending: Vec<u8>,
@@ -151,12 +178,15 @@ impl Session {
 }
 
 impl Conn {
-    pub(crate) fn new(sock: Sock, generation: u32, recv_bytes: usize) -> Conn {
+    /// A connection whose receive buffer may grow to `recv_max` bytes.
+    pub(crate) fn new(sock: Sock, generation: u32, recv_max: usize) -> Conn {
         Conn {
             sock,
             generation,
-            recv_buf: vec![0; recv_bytes].into_boxed_slice(),
+            recv_buf: vec![0; RECV_START_BYTES.min(recv_max)].into_boxed_slice(),
             recv_len: 0,
+            recv_max,
+            recv_small: 0,
             recv_in_flight: false,
             sending: Vec::new(),
             sent: 0,
@@ -170,10 +200,32 @@ impl Conn {
         self.sock
     }
 
-    /// Where the next receive goes (empty when the buffer is full: a frame larger than the
-    /// buffer is refused by the frame limit before that can happen).
+    /// Where the next receive goes (empty when the buffer is full: [`grow`](Self::grow)).
     pub(crate) fn recv_space(&mut self) -> &mut [u8] {
         &mut self.recv_buf[self.recv_len..]
+    }
+
+    /// Makes room in a full buffer for the frame that is arriving: to the size its length
+    /// field announces (at least double, at most the maximum). False if the buffer is at its
+    /// maximum already (a frame larger than that is refused by the frame limit before it
+    /// fills the buffer, so only a limit mismatch gets here).
+    pub(crate) fn grow(&mut self) -> bool {
+        debug_assert!(!self.recv_in_flight, "the kernel owns the receive buffer");
+        let len = self.recv_buf.len();
+        if len >= self.recv_max {
+            return false;
+        }
+        let wanted = announced_bytes(&self.recv_buf[..self.recv_len]).unwrap_or(0);
+        self.resize(wanted.max(2 * len).min(self.recv_max));
+        true
+    }
+
+    /// Replaces the receive buffer by one of `len` bytes holding what was received.
+    fn resize(&mut self, len: usize) {
+        debug_assert!(len >= self.recv_len);
+        let mut buf = vec![0; len].into_boxed_slice();
+        buf[..self.recv_len].copy_from_slice(&self.recv_buf[..self.recv_len]);
+        self.recv_buf = buf;
     }
 
     pub(crate) fn received(&mut self, n: usize) {
@@ -186,11 +238,26 @@ impl Conn {
         (&self.recv_buf[..self.recv_len], &mut self.session)
     }
 
-    /// Drops the first `n` input bytes (whole frames that were handled).
+    /// Drops the first `n` input bytes (whole frames that were handled); a grown buffer
+    /// shrinks back once the rest, and the frame it begins, fit the start size (module
+    /// header: at once if it is large, else once small frames keep coming).
     pub(crate) fn consume(&mut self, n: usize) {
         debug_assert!(!self.recv_in_flight, "the kernel owns the receive buffer");
         self.recv_buf.copy_within(n..self.recv_len, 0);
         self.recv_len -= n;
+        if self.recv_buf.len() <= RECV_START_BYTES {
+            return;
+        }
+        let rest = &self.recv_buf[..self.recv_len];
+        if n > RECV_START_BYTES || announced_bytes(rest).unwrap_or(0) > RECV_START_BYTES {
+            self.recv_small = 0;
+            return;
+        }
+        self.recv_small = self.recv_small.saturating_add(1);
+        if self.recv_buf.len() > RECV_KEEP_BYTES || self.recv_small >= RECV_SHRINK_AFTER {
+            self.recv_small = 0;
+            self.resize(RECV_START_BYTES);
+        }
     }
 
     /// If nothing is being sent and output is queued, makes it the in-flight buffer and
@@ -241,6 +308,78 @@ mod tests {
 
     fn conn() -> Conn {
         Conn::new(Sock(7), 1, 64)
+    }
+
+    /// Receives `bytes` as the kernel would, growing a full buffer as the shard does.
+    fn receive(c: &mut Conn, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if c.recv_space().is_empty() {
+                assert!(c.grow(), "room for the frame");
+            }
+            let n = c.recv_space().len().min(bytes.len());
+            c.recv_space()[..n].copy_from_slice(&bytes[..n]);
+            c.received(n);
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// A connection starts with a small buffer, grows it to the frame that arrives (up to
+    /// its maximum, once, from the announced length), and shrinks it back once what is left
+    /// fits: at once from above a MiB, else after a few small frames (a stream of large
+    /// frames keeps it). An idle connection held 8 MiB (two frames of `frame_bytes_max`)
+    /// from its accept.
+    #[test]
+    fn the_receive_buffer_grows_to_the_frame_and_shrinks_back() {
+        let max = 8 << 20;
+        let mut c = Conn::new(Sock(7), 1, max);
+        assert_eq!(c.recv_space().len(), RECV_START_BYTES);
+        let frame_bytes = 1 << 20;
+        let mut frame = ((frame_bytes - 4) as u32).to_le_bytes().to_vec();
+        frame.resize(frame_bytes, 0xab);
+        receive(&mut c, &frame[..100 << 10]);
+        assert_eq!(c.recv_buf.len(), frame_bytes, "grown once, to the frame");
+        receive(&mut c, &frame[100 << 10..]);
+        receive(&mut c, &frame[..10]); // the next frame's start
+        assert_eq!(c.input().0.len(), frame_bytes + 10);
+        assert!(c.input().0[..frame_bytes] == frame[..]);
+        c.consume(frame_bytes);
+        assert!(
+            c.recv_space().len() >= frame_bytes - 10,
+            "stays grown: the next frame is as large"
+        );
+        c.consume(10);
+        assert_eq!(c.recv_buf.len(), RECV_START_BYTES, "shrunk back at once");
+        // 100 KiB frames: grown once and kept while they come, shrunk after small ones.
+        let mut c = Conn::new(Sock(7), 1, max);
+        let mut large = ((100 << 10) - 4u32).to_le_bytes().to_vec();
+        large.resize(100 << 10, 1);
+        let mut small = 60u32.to_le_bytes().to_vec();
+        small.resize(64, 2);
+        for _ in 0..3 {
+            receive(&mut c, &large);
+            c.consume(large.len());
+        }
+        assert!(c.recv_buf.len() >= large.len(), "kept");
+        for i in 1..=RECV_SHRINK_AFTER {
+            assert!(c.recv_buf.len() > RECV_START_BYTES, "kept until {i}");
+            receive(&mut c, &small);
+            c.consume(small.len());
+        }
+        assert_eq!(
+            c.recv_buf.len(),
+            RECV_START_BYTES,
+            "shrunk after small frames"
+        );
+        // A frame larger than the maximum can only be refused.
+        let mut c = Conn::new(Sock(7), 1, 2 * RECV_START_BYTES);
+        let huge = (16u32 << 20).to_le_bytes();
+        receive(&mut c, &huge);
+        let rest = c.recv_space().len();
+        receive(&mut c, &vec![0; rest]);
+        assert!(c.grow() && c.recv_buf.len() == 2 * RECV_START_BYTES);
+        let rest = c.recv_space().len();
+        receive(&mut c, &vec![0; rest]);
+        assert!(!c.grow(), "at its maximum");
     }
 
     #[test]

@@ -664,8 +664,9 @@ impl<E: Net> Shard<E> {
             self.subscribed.push(slot as u32);
         }
         let output_full = conn.session.out.len() >= OUTPUT_MAX;
-        if !conn.session.closing && !output_full && conn.recv_space().is_empty() {
-            // A frame larger than the buffer can only come from a limit mismatch: refuse it.
+        if !conn.session.closing && !output_full && conn.recv_space().is_empty() && !conn.grow() {
+            // A frame larger than the largest buffer can only come from a limit mismatch:
+            // refuse it.
             self.protocol.refuse_oversized(&mut conn);
         }
         self.conns[slot] = Some(conn);

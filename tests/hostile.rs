@@ -2102,3 +2102,51 @@ fn idle_connections_cost_kilobytes_and_give_their_memory_back() {
     drop(c);
     assert!(node.terminate().success());
 }
+
+/// Issue 15: a shard holds at most `connections_max` connections (one more is answered
+/// OVERLOADED, retry after 100 ms, and closed), closes a connection that says no HELLO in
+/// time and a client connection that idles with nothing pending, and keeps serving a client
+/// that appends; the slots they held take new connections. Before, connections were
+/// neither capped nor timed out: idle sockets held their slots and buffers for ever.
+#[test]
+fn connections_are_capped_and_silent_ones_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = [
+        "--connections-max",
+        "3",
+        "--hello-timeout-ms",
+        "200",
+        "--idle-timeout-ms",
+        "400",
+    ];
+    let node = Node::start_with(dir.path(), 1, None, &args);
+    let mut good = node.connect(0);
+    let log_id = good.create("capped");
+    let mut silent = Raw::connect(node.addr(0));
+    let mut idle = Raw::greeted(node.addr(0));
+    let mut fourth = Raw::connect(node.addr(0));
+    fourth.expect_error(0, 0, ErrorCode::Overloaded, 100, 0);
+    fourth.expect_closed();
+    // The good client appends every 50 ms while the others are closed.
+    let closer = std::thread::spawn(move || {
+        silent.expect_closed();
+        idle.expect_closed();
+    });
+    let mut appended = 0;
+    while !closer.is_finished() {
+        let header = AppendHeader::new(log_id);
+        assert_eq!(good.append(&header, &[b"again"]), Ok(appended));
+        appended += 1;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    closer
+        .join()
+        .expect("the silent and the idle connection were closed");
+    // Their slots take new connections.
+    let mut another = Raw::greeted(node.addr(0));
+    another.send(&append_frame(2, log_id, &[b"another"]));
+    another.expect_appended(2);
+    drop((good, another));
+    assert!(appended > 0);
+    assert!(node.terminate().success());
+}

@@ -33,6 +33,47 @@ pub(crate) fn conn_of(conns: &mut [Option<Conn>], token: u64) -> Option<&mut Con
         .filter(|c| c.generation == generation)
 }
 
+/// A shard's bounds on its client connections (PROTOCOL.md 3.5): how many it holds, and how
+/// long one may go without saying HELLO, or without sending anything once it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Connections a shard holds at most; one more is answered OVERLOADED and closed.
+    pub connections_max: usize,
+    /// A connection that has not sent a whole HELLO this long after its accept is closed.
+    pub hello_timeout_ms: u64,
+    /// A client connection with nothing unanswered, no subscription and no replication that
+    /// sent nothing for this long is closed (0: never).
+    pub idle_timeout_ms: u64,
+}
+
+impl ConnLimits {
+    /// 4,096 connections per shard, 10 s to say HELLO, 10 minutes idle.
+    pub const DEFAULT: ConnLimits = ConnLimits {
+        connections_max: 4096,
+        hello_timeout_ms: 10_000,
+        idle_timeout_ms: 600_000,
+    };
+
+    /// Why `conn` is to be closed at `now_us`, if it is: no HELLO in time, or idle too long.
+    pub(crate) fn expired(&self, conn: &Conn, now_us: u64) -> Option<&'static str> {
+        let session = &conn.session;
+        if session.closing {
+            return None;
+        }
+        let since = |us: u64| now_us.saturating_sub(us) / 1000;
+        if !session.greeted {
+            return (since(conn.opened_us) >= self.hello_timeout_ms).then_some("no HELLO");
+        }
+        let quiet = session.peer.is_none()
+            && session.pending.is_empty()
+            && session.barriers.is_empty()
+            && session.subscriptions.is_empty()
+            && conn.flushed();
+        (self.idle_timeout_ms > 0 && quiet && since(conn.last_input_us) >= self.idle_timeout_ms)
+            .then_some("idle")
+    }
+}
+
 /// A connection's receive buffer when it opens, and whenever what it holds fits again.
 pub(crate) const RECV_START_BYTES: usize = 64 << 10;
 /// A grown receive buffer up to this size is kept while large frames keep coming.
@@ -61,6 +102,9 @@ pub(crate) struct Conn {
     recv_max: usize,
     /// Consumes in a row of what fit [`RECV_START_BYTES`], with a rest that fits too.
     recv_small: u8,
+    /// When it was accepted, and when bytes last came (µs of the shard's clock).
+    opened_us: u64,
+    last_input_us: u64,
     pub(crate) recv_in_flight: bool,
     /// Bytes the kernel is sending (untouched while `send_in_flight`), and how many went.
     sending: Vec<u8>,
@@ -178,8 +222,8 @@ impl Session {
 }
 
 impl Conn {
-    /// A connection whose receive buffer may grow to `recv_max` bytes.
-    pub(crate) fn new(sock: Sock, generation: u32, recv_max: usize) -> Conn {
+    /// A connection accepted at `now_us` whose receive buffer may grow to `recv_max` bytes.
+    pub(crate) fn new(sock: Sock, generation: u32, recv_max: usize, now_us: u64) -> Conn {
         Conn {
             sock,
             generation,
@@ -187,6 +231,8 @@ impl Conn {
             recv_len: 0,
             recv_max,
             recv_small: 0,
+            opened_us: now_us,
+            last_input_us: now_us,
             recv_in_flight: false,
             sending: Vec::new(),
             sent: 0,
@@ -228,7 +274,9 @@ impl Conn {
         self.recv_buf = buf;
     }
 
-    pub(crate) fn received(&mut self, n: usize) {
+    /// `n` bytes arrived at `now_us`.
+    pub(crate) fn received(&mut self, n: usize, now_us: u64) {
+        self.last_input_us = now_us;
         self.recv_len += n;
         debug_assert!(self.recv_len <= self.recv_buf.len());
     }
@@ -307,7 +355,7 @@ mod tests {
     use super::*;
 
     fn conn() -> Conn {
-        Conn::new(Sock(7), 1, 64)
+        Conn::new(Sock(7), 1, 64, 0)
     }
 
     /// Receives `bytes` as the kernel would, growing a full buffer as the shard does.
@@ -318,7 +366,7 @@ mod tests {
             }
             let n = c.recv_space().len().min(bytes.len());
             c.recv_space()[..n].copy_from_slice(&bytes[..n]);
-            c.received(n);
+            c.received(n, 0);
             bytes = &bytes[n..];
         }
     }
@@ -331,7 +379,7 @@ mod tests {
     #[test]
     fn the_receive_buffer_grows_to_the_frame_and_shrinks_back() {
         let max = 8 << 20;
-        let mut c = Conn::new(Sock(7), 1, max);
+        let mut c = Conn::new(Sock(7), 1, max, 0);
         assert_eq!(c.recv_space().len(), RECV_START_BYTES);
         let frame_bytes = 1 << 20;
         let mut frame = ((frame_bytes - 4) as u32).to_le_bytes().to_vec();
@@ -350,7 +398,7 @@ mod tests {
         c.consume(10);
         assert_eq!(c.recv_buf.len(), RECV_START_BYTES, "shrunk back at once");
         // 100 KiB frames: grown once and kept while they come, shrunk after small ones.
-        let mut c = Conn::new(Sock(7), 1, max);
+        let mut c = Conn::new(Sock(7), 1, max, 0);
         let mut large = ((100 << 10) - 4u32).to_le_bytes().to_vec();
         large.resize(100 << 10, 1);
         let mut small = 60u32.to_le_bytes().to_vec();
@@ -371,7 +419,7 @@ mod tests {
             "shrunk after small frames"
         );
         // A frame larger than the maximum can only be refused.
-        let mut c = Conn::new(Sock(7), 1, 2 * RECV_START_BYTES);
+        let mut c = Conn::new(Sock(7), 1, 2 * RECV_START_BYTES, 0);
         let huge = (16u32 << 20).to_le_bytes();
         receive(&mut c, &huge);
         let rest = c.recv_space().len();
@@ -386,10 +434,43 @@ mod tests {
     fn input_is_consumed_from_the_front() {
         let mut c = conn();
         c.recv_space()[..5].copy_from_slice(b"hello");
-        c.received(5);
+        c.received(5, 0);
         c.consume(2);
         assert_eq!(c.input().0, b"llo");
         assert_eq!(c.recv_space().len(), 61);
+    }
+
+    /// A connection that does not say HELLO in time is closed, and so is a greeted one
+    /// that sends nothing for the idle time while it waits for nothing; one that waits for
+    /// answers or pushes, or carries replication, is not idle.
+    #[test]
+    fn silent_connections_expire() {
+        let limits = ConnLimits {
+            connections_max: 8,
+            hello_timeout_ms: 10,
+            idle_timeout_ms: 100,
+        };
+        let ms = 1000;
+        let mut c = Conn::new(Sock(7), 1, 64, 5 * ms);
+        assert_eq!(limits.expired(&c, 14 * ms), None);
+        assert_eq!(limits.expired(&c, 15 * ms), Some("no HELLO"));
+        c.session.greeted = true;
+        c.received(1, 20 * ms);
+        assert_eq!(limits.expired(&c, 119 * ms), None);
+        assert_eq!(limits.expired(&c, 120 * ms), Some("idle"));
+        c.session.peer = Some(2);
+        assert_eq!(limits.expired(&c, 500 * ms), None, "replication");
+        c.session.peer = None;
+        c.session.out.push(1);
+        assert_eq!(limits.expired(&c, 500 * ms), None, "output to send");
+        c.session.out.clear();
+        let never = ConnLimits {
+            idle_timeout_ms: 0,
+            ..limits
+        };
+        assert_eq!(never.expired(&c, u64::MAX), None);
+        c.session.closing = true;
+        assert_eq!(limits.expired(&c, u64::MAX), None, "closing already");
     }
 
     #[test]

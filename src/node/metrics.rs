@@ -88,6 +88,10 @@ pub(crate) struct ShardMetrics {
     /// Error answers by code name.
     pub(crate) errors: Vec<(&'static str, u64)>,
     pub(crate) connections_accepted: u64,
+    /// Connections answered OVERLOADED and closed: the shard held `connections_max`.
+    pub(crate) connections_refused: u64,
+    /// Connections closed for saying no HELLO in time, or for idling.
+    pub(crate) connections_expired: u64,
     pub(crate) bytes_received: u64,
     /// Appended or received batches forwarded to the successor from the store's buffer.
     pub(crate) forwards: u64,
@@ -122,6 +126,8 @@ impl ShardMetrics {
             requests: Vec::new(),
             errors: Vec::new(),
             connections_accepted: 0,
+            connections_refused: 0,
+            connections_expired: 0,
             bytes_received: 0,
             forwards: 0,
             catch_up_records: 0,
@@ -279,7 +285,25 @@ const BATCHES: [(&str, &str, HistogramOf); 2] = [
         |s| &s.store.batch_bytes,
     ),
 ];
-const COUNTS: [(&str, &str, &str, CountOf); 17] = [
+const COUNTS: [(&str, &str, &str, CountOf); 20] = [
+    (
+        "chainlog_connections_accepted_total",
+        "counter",
+        "Connections accepted (refused ones included).",
+        |s| s.shard.connections_accepted,
+    ),
+    (
+        "chainlog_connections_refused_total",
+        "counter",
+        "Connections answered OVERLOADED and closed: the shard held its connections_max.",
+        |s| s.shard.connections_refused,
+    ),
+    (
+        "chainlog_connections_expired_total",
+        "counter",
+        "Connections closed for sending no HELLO in time, or for idling.",
+        |s| s.shard.connections_expired,
+    ),
     (
         "chainlog_replication_forwards_total",
         "counter",

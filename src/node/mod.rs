@@ -15,6 +15,7 @@
 pub mod catalog;
 pub(crate) mod chain;
 mod conn;
+pub use conn::ConnLimits;
 pub(crate) mod control;
 pub(crate) mod env;
 mod learners;
@@ -63,6 +64,8 @@ pub struct NodeConfig {
     pub recv_bytes: usize,
     /// Requests a connection may have unanswered before the shard stops reading it.
     pub in_flight_max: usize,
+    /// How many connections a shard holds, and how long a silent one is kept.
+    pub conn_limits: ConnLimits,
     /// The protocol limits the node enforces.
     pub limits: chainlog_net::Limits,
     /// This node's id (reported in HELLO).
@@ -161,6 +164,7 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
             store: config.store.clone(),
             recv_bytes: config.recv_bytes,
             in_flight_max: config.in_flight_max,
+            conn_limits: config.conn_limits,
             limits: config.limits,
             node_id: config.node_id,
             core: config.pin.then_some(index % cores),

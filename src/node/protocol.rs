@@ -213,6 +213,20 @@ impl Server {
         conn.session.closing = true;
     }
 
+    /// Refuses a connection over the shard's `max`: OVERLOADED (retry after 100 ms), then
+    /// closed (PROTOCOL.md 3.5).
+    pub(crate) fn refuse_connection(&mut self, conn: &mut Conn, max: usize) {
+        self.metrics.connections_refused += 1;
+        let refusal = Refusal {
+            code: ErrorCode::Overloaded,
+            arg0: 100,
+            arg1: 0,
+            message: format!("too many connections: this shard holds {max} at most"),
+        };
+        self.refuse(&mut conn.session, 0, None, refusal);
+        conn.session.closing = true;
+    }
+
     /// The request a frame carries, or why it is refused: its body does not decode, the
     /// connection did not start with HELLO, or it is about a log of another shard.
     fn decode<'f>(&mut self, frame: &Frame<'f>, session: &Session) -> Result<Request<'f>, Refused> {

@@ -13,6 +13,9 @@
 //! durability = "auto"         # auto, dsync or fdatasync
 //! segment_mib = 64
 //! writes_in_flight_max = 4
+//! connections_max = 4096      # per shard; one more is answered OVERLOADED and closed
+//! hello_timeout_ms = 10000    # a connection that sends no HELLO this long is closed
+//! idle_timeout_ms = 600000    # a client connection silent this long is closed; 0: never
 //! controller = "127.0.0.1:7300" # a cluster member (node_id required); default: standalone
 //! advertise = "10.0.0.5:7400" # where other nodes and clients reach shard 0 [default: its bound address]
 //! ```
@@ -25,7 +28,7 @@ use chainlog_storage::format::{block_align, FRAME_HEADER_BYTES};
 use chainlog_storage::{DurabilityMode, StoreConfig};
 use serde::Deserialize;
 
-use super::{MetricsAt, NodeConfig};
+use super::{ConnLimits, MetricsAt, NodeConfig};
 
 /// A node's command line: `--config FILE`, the settings flags and `--no-pin`.
 #[derive(clap::Args, Debug, Default)]
@@ -97,6 +100,18 @@ pub struct NodeSettings {
     /// Group-commit writes in flight per shard at most [default: 4].
     #[arg(long, value_name = "N")]
     pub writes_in_flight_max: Option<usize>,
+    /// Connections each shard holds at most; one more is answered OVERLOADED and closed
+    /// [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub connections_max: Option<usize>,
+    /// Close a connection that has not sent a whole HELLO this long after it was accepted
+    /// [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub hello_timeout_ms: Option<u64>,
+    /// Close a client connection that sent nothing for this long while nothing of it was
+    /// pending (no answers owed, no subscription, no replication); 0: never [default: 600000].
+    #[arg(long, value_name = "MS")]
+    pub idle_timeout_ms: Option<u64>,
     /// Join the cluster of the controller at HOST:PORT (needs --node-id): the node registers,
     /// heartbeats, takes its logs and chains from the controller's map and replicates them
     /// [default: none, a standalone node].
@@ -126,6 +141,9 @@ impl NodeSettings {
             metrics: self.metrics.or(base.metrics),
             segment_mib: self.segment_mib.or(base.segment_mib),
             writes_in_flight_max: self.writes_in_flight_max.or(base.writes_in_flight_max),
+            connections_max: self.connections_max.or(base.connections_max),
+            hello_timeout_ms: self.hello_timeout_ms.or(base.hello_timeout_ms),
+            idle_timeout_ms: self.idle_timeout_ms.or(base.idle_timeout_ms),
             controller: self.controller.or(base.controller),
             advertise: self.advertise.or(base.advertise),
         }
@@ -192,6 +210,20 @@ impl NodeSettings {
                 Some(resolved)
             }
         };
+        let conn_limits = ConnLimits {
+            connections_max: self
+                .connections_max
+                .unwrap_or(ConnLimits::DEFAULT.connections_max),
+            hello_timeout_ms: self
+                .hello_timeout_ms
+                .unwrap_or(ConnLimits::DEFAULT.hello_timeout_ms),
+            idle_timeout_ms: self
+                .idle_timeout_ms
+                .unwrap_or(ConnLimits::DEFAULT.idle_timeout_ms),
+        };
+        if conn_limits.connections_max == 0 {
+            return Err("connections_max must be at least 1".into());
+        }
         let node_id = self.node_id.unwrap_or(1);
         if node_id == 0 || node_id == u64::MAX {
             return Err(format!("node id {node_id} is reserved; choose another"));
@@ -203,6 +235,7 @@ impl NodeSettings {
             pin: self.pin.unwrap_or(true),
             recv_bytes: 2 * limits.frame_bytes_max as usize,
             in_flight_max: limits.in_flight_max as usize,
+            conn_limits,
             limits,
             node_id,
             metrics,

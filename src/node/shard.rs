@@ -19,7 +19,7 @@ use chainlog_storage::{
 
 use super::catalog::{Catalog, StoreLogs};
 use super::chain::Chain;
-use super::conn::{ack_token, conn_of, Conn};
+use super::conn::{ack_token, conn_of, Conn, ConnLimits};
 use super::control::{ControlInbox, MapUpdate};
 use super::env::{Net, RawSlice, RealEnv, Sock};
 use super::metrics::{self, Board, Snapshot};
@@ -53,6 +53,7 @@ pub(crate) struct ShardContext {
     pub(crate) store: StoreConfig,
     pub(crate) recv_bytes: usize,
     pub(crate) in_flight_max: usize,
+    pub(crate) conn_limits: ConnLimits,
     pub(crate) limits: chainlog_net::Limits,
     pub(crate) node_id: u64,
     pub(crate) core: Option<usize>,
@@ -120,6 +121,7 @@ pub(crate) fn run(ctx: ShardContext, listener: TcpListener) -> Result<(), String
         },
         recv_bytes: ctx.recv_bytes,
         in_flight_max: ctx.in_flight_max,
+        conn_limits: ctx.conn_limits,
     };
     let mut store = store;
     let listener = store.io_mut().adopt(OwnedFd::from(listener));
@@ -153,6 +155,8 @@ pub(crate) struct ShardParams {
     pub(crate) recv_bytes: usize,
     /// Requests a connection may have unanswered before the shard stops reading it.
     pub(crate) in_flight_max: usize,
+    /// How many connections, and how long a silent one is kept.
+    pub(crate) conn_limits: ConnLimits,
 }
 
 /// How a shard running in its own thread hears of a stop and of new cluster maps: eventfds
@@ -370,6 +374,7 @@ impl<E: Net> Shard<E> {
             NetOp::Stop => self.on_stop(),
             NetOp::Tick => {
                 self.publish();
+                self.close_expired();
                 self.store
                     .io_mut()
                     .timeout(METRICS_TICK_US, NetToken::of(NetOp::Tick));
@@ -413,7 +418,7 @@ impl<E: Net> Shard<E> {
                             self.arm_recv(slot);
                         }
                         Ok(n) => {
-                            conn.received(n);
+                            conn.received(n, self.protocol.now_us());
                             self.protocol.metrics.bytes_received += n as u64;
                             self.on_input(slot);
                         }
@@ -479,10 +484,19 @@ impl<E: Net> Shard<E> {
                 // Tokens carry 24 bits of generation: wrap there (0 is never used).
                 self.next_generation = (self.next_generation + 1) & GENERATION_MASK;
                 self.next_generation = self.next_generation.max(1);
-                let conn = Conn::new(sock, generation, self.params.recv_bytes);
-                self.conns[slot as usize] = Some(conn);
+                let now = self.protocol.now_us();
+                let mut conn = Conn::new(sock, generation, self.params.recv_bytes, now);
                 self.protocol.metrics.connections_accepted += 1;
-                self.arm_recv(slot as usize);
+                let open = self.conns.len() - self.free.len() - 1;
+                let max = self.params.conn_limits.connections_max;
+                if open >= max {
+                    // Answered, then closed once the answer is out (read never).
+                    self.protocol.refuse_connection(&mut conn, max);
+                    self.conns[slot as usize] = Some(conn);
+                } else {
+                    self.conns[slot as usize] = Some(conn);
+                    self.arm_recv(slot as usize);
+                }
             }
             Err(e) => tracing::warn!(shard = self.index(), error = %e, "accept failed"),
         }
@@ -490,6 +504,24 @@ impl<E: Net> Shard<E> {
             self.store
                 .io_mut()
                 .accept(listener, NetToken::of(NetOp::Accept));
+        }
+    }
+
+    /// Closes the connections that did not say HELLO in time, and the client connections
+    /// idle for too long (once a second; the flush that follows ends their receive).
+    fn close_expired(&mut self) {
+        let now = self.protocol.now_us();
+        let limits = self.params.conn_limits;
+        for conn in self.conns.iter_mut().flatten() {
+            if let Some(why) = limits.expired(conn, now) {
+                tracing::debug!(
+                    shard = self.params.identity.shard_index,
+                    why,
+                    "closing a connection"
+                );
+                self.protocol.metrics.connections_expired += 1;
+                conn.session.closing = true;
+            }
         }
     }
 

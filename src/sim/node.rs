@@ -24,6 +24,7 @@ use crate::node::control::MapUpdate;
 use crate::node::metrics::Board;
 use crate::node::protocol::Identity;
 use crate::node::shard::{Shard, ShardParams, Signals};
+use crate::node::ConnLimits;
 
 /// The limits simulated nodes enforce: small frames and segments, so that a short run rolls
 /// segments over, fills write buffers and splits batches.
@@ -277,6 +278,7 @@ impl SimNode {
                 },
                 recv_bytes: 2 * limits.frame_bytes_max as usize,
                 in_flight_max: limits.in_flight_max as usize,
+                conn_limits: ConnLimits::DEFAULT,
             };
             let mut shard = Shard::new(
                 params,

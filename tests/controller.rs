@@ -412,9 +412,9 @@ fn connections_are_bounded_and_a_freed_slot_serves_again() {
     let mut open: Vec<Raw> = (0..chainlog::controller::server::CONNECTIONS_MAX)
         .map(|_| Raw::greeted(controller.addr))
         .collect();
-    // One more is closed without an answer.
+    // One more is answered OVERLOADED (retry after 100 ms) and closed, unread.
     let mut refused = Raw::connect(controller.addr);
-    refused.send(&request(1, &Request::Hello(HelloRequest::CURRENT)));
+    refused.expect_error(0, 0, ErrorCode::Overloaded, 100, 0);
     refused.expect_closed();
     // Once a connection closes, its slot serves a new one (the controller notices the close
     // on its own time: try until it has).
@@ -423,7 +423,7 @@ fn connections_are_bounded_and_a_freed_slot_serves_again() {
     loop {
         let mut raw = Raw::connect(controller.addr);
         raw.send(&request(1, &Request::Hello(HelloRequest::CURRENT)));
-        if raw.next().is_some() {
+        if let Some(Answer::Ok { .. }) = raw.next() {
             break;
         }
         tries += 1;
@@ -431,6 +431,43 @@ fn connections_are_bounded_and_a_freed_slot_serves_again() {
         std::thread::sleep(Duration::from_millis(10));
     }
     drop(open);
+    assert!(controller.terminate().success());
+}
+
+/// Issue 15: a connection that says no HELLO in time, or that idles, is closed, so idle
+/// sockets cannot hold the controller's slots for ever (300 of them locked out every CLI,
+/// bench and restarting node); a connection that keeps talking, as a node's heartbeats do,
+/// stays.
+#[test]
+fn silent_connections_are_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = ["--hello-timeout-ms", "200", "--idle-timeout-ms", "400"];
+    let controller = Controller::start(&dir.path().join("controller"), &args);
+    let mut silent = Raw::connect(controller.addr);
+    let mut idle = Raw::greeted(controller.addr);
+    let mut talking = Raw::greeted(controller.addr);
+    let closer = std::thread::spawn(move || {
+        silent.expect_closed();
+        idle.expect_closed();
+    });
+    let mut request_id = 2;
+    while !closer.is_finished() {
+        let get = GetMapRequest {
+            after_log_id: 0,
+            max: 10,
+        };
+        talking.send(&request(request_id, &Request::GetMap(get)));
+        match talking.next() {
+            Some(Answer::Ok { request_id: r, .. }) if r == request_id => {}
+            other => panic!("the talking connection: {other:?}"),
+        }
+        request_id += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    closer
+        .join()
+        .expect("the silent and the idle connection were closed");
+    drop(talking);
     assert!(controller.terminate().success());
 }
 

@@ -36,8 +36,10 @@
 //! | RECONFIGURE_LOG with a chain that cannot follow the current one (before or after the seal), or while another request of the epoch is pending | CONDITION_FAILED, `arg0` = `u64::MAX`, the message says why (terminal: after a seal the controller's chain followed) |
 //! | RECONFIGURE_LOG not done in time (no member answered the seal, none holds every record, the controller stops) | UNAVAILABLE (the request stands: sending it again waits again) |
 //!
-//! Connections beyond [`CONNECTIONS_MAX`] are closed at once, unanswered (as a node does with
-//! connections beyond its slots).
+//! Connections beyond [`CONNECTIONS_MAX`] are answered OVERLOADED (retry after 100 ms) and
+//! closed, as a node's shard does beyond its `connections_max`; a connection that has not
+//! sent a whole HELLO within the HELLO timeout (10 s), or sends nothing for the idle timeout
+//! (10 minutes; nodes heartbeat every 50 ms), is closed.
 //!
 //! **Operations.** RECONFIGURE_LOG records the operator's request durably in the state and
 //! waits, as a create does, until the reconfiguring thread has carried it out (the same seal
@@ -145,6 +147,11 @@ pub struct ControllerConfig {
     pub default_rf: u8,
     /// Where to serve `GET /metrics`, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// A connection that has not sent a whole HELLO this long after its accept is closed.
+    pub hello_timeout: Duration,
+    /// A connection that sends nothing for this long is closed (a node heartbeats far more
+    /// often).
+    pub idle_timeout: Duration,
 }
 
 /// Why the controller stopped other than by a signal, or did not start.
@@ -245,6 +252,8 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
         started: Instant::now(),
         create_timeout: config.create_timeout,
         default_rf: config.default_rf,
+        hello_timeout: config.hello_timeout,
+        idle_timeout: config.idle_timeout,
         stopping: AtomicBool::new(false),
         conns: Mutex::new(BTreeMap::new()),
         conn_count: AtomicUsize::new(0),
@@ -337,6 +346,8 @@ struct Controller {
     started: Instant,
     create_timeout: Duration,
     default_rf: u8,
+    hello_timeout: Duration,
+    idle_timeout: Duration,
     stopping: AtomicBool,
     /// A handle on every open connection, to shut them down at stop.
     conns: Mutex<BTreeMap<u64, TcpStream>>,
@@ -501,6 +512,7 @@ impl Controller {
                     max = CONNECTIONS_MAX,
                     "connection refused: too many connections"
                 );
+                refuse_connection(stream);
                 continue;
             }
             self.conn_count.fetch_add(1, Ordering::SeqCst);
@@ -937,6 +949,7 @@ impl Controller {
         let mut out = Vec::new();
         let mut chunk = vec![0u8; READ_CHUNK_BYTES];
         let mut session = Session::default();
+        let hello_by = Instant::now() + self.hello_timeout;
         loop {
             let mut consumed = 0;
             while !session.closing && !self.stopping() {
@@ -966,6 +979,17 @@ impl Controller {
                 return false;
             }
             input.drain(..consumed);
+            // Until its HELLO a connection has what is left of the HELLO timeout, then the
+            // idle timeout for each read: a silent one is closed (a read that times out
+            // fails).
+            let wait = if session.greeted {
+                self.idle_timeout
+            } else {
+                hello_by.saturating_duration_since(Instant::now())
+            };
+            if wait.is_zero() || stream.set_read_timeout(Some(wait)).is_err() {
+                return false;
+            }
             match stream.read(&mut chunk) {
                 Ok(0) | Err(_) => return false,
                 Ok(n) => input.extend_from_slice(&chunk[..n]),
@@ -1417,6 +1441,17 @@ fn is_transient(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::ECONNABORTED)
     ) || e.kind() == io::ErrorKind::Interrupted
+}
+
+/// Answers a connection over [`CONNECTIONS_MAX`] with OVERLOADED (retry after 100 ms, as a
+/// node's shard does) and closes it, unread, without holding up the accepting thread.
+fn refuse_connection(mut stream: TcpStream) {
+    let mut out = Vec::new();
+    let message = format!("too many connections: the controller holds {CONNECTIONS_MAX} at most");
+    let refusal = Refusal::new(ErrorCode::Overloaded, 100, message);
+    encode_error(&mut out, 0, None, &refusal.response());
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = stream.write_all(&out);
 }
 
 /// Closes a connection the controller refused: sends what is queued, then reads and drops

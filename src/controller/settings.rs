@@ -9,6 +9,8 @@
 //! create_timeout_ms = 5000  # CREATE_LOG waits this long for the replicas to apply the map
 //! default_rf = 3            # the replication factor of a CREATE_LOG that asks for the default
 //! metrics = "127.0.0.1:7301"  # serve GET /metrics there; default: off
+//! hello_timeout_ms = 10000  # a connection that sends no HELLO this long is closed
+//! idle_timeout_ms = 600000  # a connection that sends nothing this long is closed
 //! ```
 
 use std::net::SocketAddr;
@@ -23,6 +25,10 @@ use super::state::LIVENESS_DEFAULT;
 
 /// How long CREATE_LOG waits for every replica's node to apply the new map, by default.
 pub const CREATE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// How long a connection may take to send its HELLO, by default.
+const HELLO_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// How long a connection may send nothing, by default.
+const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(600);
 /// The replication factor of a CREATE_LOG that asks for the default, by default.
 pub const DEFAULT_RF_DEFAULT: u8 = 1;
 /// Where the controller listens by default.
@@ -84,6 +90,13 @@ pub struct ControllerSettings {
     /// on the serving line), or `off` [default: off].
     #[arg(long, value_name = "HOST:PORT|off")]
     pub metrics: Option<String>,
+    /// Close a connection that has not sent a whole HELLO this long after it was accepted
+    /// [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub hello_timeout_ms: Option<u64>,
+    /// Close a connection that sent nothing for this long [default: 600000].
+    #[arg(long, value_name = "MS")]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 impl ControllerSettings {
@@ -101,6 +114,8 @@ impl ControllerSettings {
             create_timeout_ms: self.create_timeout_ms.or(base.create_timeout_ms),
             default_rf: self.default_rf.or(base.default_rf),
             metrics: self.metrics.or(base.metrics),
+            hello_timeout_ms: self.hello_timeout_ms.or(base.hello_timeout_ms),
+            idle_timeout_ms: self.idle_timeout_ms.or(base.idle_timeout_ms),
         }
     }
 
@@ -127,6 +142,16 @@ impl ControllerSettings {
                 CREATE_TIMEOUT_DEFAULT,
             )?,
             default_rf: self.default_rf.unwrap_or(DEFAULT_RF_DEFAULT),
+            hello_timeout: positive(
+                "hello_timeout_ms",
+                self.hello_timeout_ms,
+                HELLO_TIMEOUT_DEFAULT,
+            )?,
+            idle_timeout: positive(
+                "idle_timeout_ms",
+                self.idle_timeout_ms,
+                IDLE_TIMEOUT_DEFAULT,
+            )?,
             metrics: match self.metrics.as_deref() {
                 None | Some("off") => None,
                 Some(addr) => Some(

@@ -694,20 +694,21 @@ fn cases() -> Vec<Case> {
         &replicate_body(&trim, 2, 2, &two),
         invalid("key_count", 2),
     ));
-    let zero_writer = key_bytes(0, 0, 1);
-    cases.push(request(
-        "REPLICATE TRIM with a key of writer 0",
-        REPLICATE,
-        &replicate_body(&trim, 1, 2, &zero_writer),
-        invalid("writer_id", 0),
-    ));
-    let no_records = key_bytes(4, 0, 0);
-    cases.push(request(
-        "REPLICATE TRIM with a key of no records",
-        REPLICATE,
-        &replicate_body(&trim, 1, 2, &no_records),
-        invalid("count", 0),
-    ));
+    for (name, key, field) in [
+        (
+            "REPLICATE TRIM with a key of writer 0",
+            key_bytes(0, 0, 1),
+            "writer_id",
+        ),
+        (
+            "REPLICATE TRIM with a key of no records",
+            key_bytes(4, 0, 0),
+            "count",
+        ),
+    ] {
+        let body = replicate_body(&trim, 1, 2, &key);
+        cases.push(request(name, REPLICATE, &body, invalid(field, 0)));
+    }
     let barrier = ReplicateHeader::new(ReplicateKind::Barrier, 7, 3, 12, 12);
     cases.push(request(
         "REPLICATE BARRIER with bytes after the header",

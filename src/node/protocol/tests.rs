@@ -343,9 +343,9 @@ fn a_learner_copies_committed_records_and_keeps_them_when_it_joins_the_chain() {
     assert_eq!(one.0.rebuilt_in.get(&LOG), Some(&3));
 }
 
-/// Node 2 alone in epoch 2 with 8 records of 20 bytes, durable; node 1 its learner, nothing
-/// copied yet. Returns the catalogs' directories (kept until the test ends) and both nodes.
-fn learning_eight_records() -> ([tempfile::TempDir; 2], SimNode, SimNode) {
+/// Node 2 alone in epoch 2, empty; node 1 its learner. Returns the catalogs' directories
+/// (kept until the test ends) and both nodes.
+fn learning() -> ([tempfile::TempDir; 2], SimNode, SimNode) {
     let dirs = [
         tempfile::tempdir().expect("tempdir"),
         tempfile::tempdir().expect("tempdir"),
@@ -355,6 +355,12 @@ fn learning_eight_records() -> ([tempfile::TempDir; 2], SimNode, SimNode) {
     let epoch2 = map_with_learners(2, 2, 0, &[2], &[1]);
     two.0.apply_map(&epoch2, &mut two.1);
     one.0.apply_map(&epoch2, &mut one.1);
+    (dirs, one, two)
+}
+
+/// As [`learning`], node 2 with 8 records of 20 bytes, durable, nothing copied yet.
+fn learning_eight_records() -> ([tempfile::TempDir; 2], SimNode, SimNode) {
+    let (dirs, one, mut two) = learning();
     let payloads: Vec<Vec<u8>> = (0..8u8).map(|i| vec![b'a' + i; 20]).collect();
     let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
     append(&mut two.0, &mut two.1, 2, &refs);
@@ -454,15 +460,7 @@ fn retry(store: &mut Store<SimIo>, seq: u64) -> Retry {
 /// key (the learner holds only part of it): a retry of it is refused, not appended.
 #[test]
 fn a_learner_that_starts_at_the_trim_point_takes_the_keys_below_it() {
-    let dirs = [
-        tempfile::tempdir().expect("tempdir"),
-        tempfile::tempdir().expect("tempdir"),
-    ];
-    let mut one = node(1, &SimDisk::new(), dirs[0].path());
-    let mut two = node(2, &SimDisk::new(), dirs[1].path());
-    let epoch2 = map_with_learners(2, 2, 0, &[2], &[1]);
-    two.0.apply_map(&epoch2, &mut two.1);
-    one.0.apply_map(&epoch2, &mut one.1);
+    let (_dirs, mut one, mut two) = learning();
     // Batches 0..3, 3..6, 6..9, 9..11; trimmed at 7.
     append_keyed(&mut two.0, &mut two.1, 2, &[3, 3, 3, 2]);
     two.1.trim(LOG, 7, UNANSWERED).expect("trim");

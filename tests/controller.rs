@@ -441,7 +441,7 @@ fn connections_are_bounded_and_a_freed_slot_serves_again() {
 #[test]
 fn silent_connections_are_closed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let args = ["--hello-timeout-ms", "200", "--idle-timeout-ms", "400"];
+    let args = ["--hello-timeout-ms", "500", "--idle-timeout-ms", "1000"];
     let controller = Controller::start(&dir.path().join("controller"), &args);
     let mut silent = Raw::connect(controller.addr);
     let mut idle = Raw::greeted(controller.addr);
@@ -462,7 +462,7 @@ fn silent_connections_are_closed() {
             other => panic!("the talking connection: {other:?}"),
         }
         request_id += 1;
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
     closer
         .join()

@@ -2115,9 +2115,9 @@ fn connections_are_capped_and_silent_ones_closed() {
         "--connections-max",
         "3",
         "--hello-timeout-ms",
-        "200",
+        "500",
         "--idle-timeout-ms",
-        "400",
+        "1000",
     ];
     let node = Node::start_with(dir.path(), 1, None, &args);
     let mut good = node.connect(0);
@@ -2127,7 +2127,8 @@ fn connections_are_capped_and_silent_ones_closed() {
     let mut fourth = Raw::connect(node.addr(0));
     fourth.expect_error(0, 0, ErrorCode::Overloaded, 100, 0);
     fourth.expect_closed();
-    // The good client appends every 50 ms while the others are closed.
+    // The good client appends every 20 ms while the others are closed (well within the
+    // idle time, even on a busy machine).
     let closer = std::thread::spawn(move || {
         silent.expect_closed();
         idle.expect_closed();
@@ -2137,7 +2138,7 @@ fn connections_are_capped_and_silent_ones_closed() {
         let header = AppendHeader::new(log_id);
         assert_eq!(good.append(&header, &[b"again"]), Ok(appended));
         appended += 1;
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     closer
         .join()

@@ -1,11 +1,23 @@
 //! What the node's and the controller's `/metrics` share: the Prometheus text exposition of
 //! families and histograms (ten buckets per decade, which a scraper can subtract between two
-//! scrapes to get the distribution of any window), and the small HTTP/1.1 responder that
-//! serves them (one GET per connection, on a thread of the caller's).
+//! scrapes to get the distribution of any window), and the HTTP server that serves them
+//! (hyper, on a runtime of the caller's thread, with bounds on connections, request heads
+//! and time: [`serve`]).
 
+use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::Semaphore;
 
 use hdrhistogram::Histogram;
 
@@ -64,52 +76,116 @@ pub(crate) fn histogram_series(out: &mut String, name: &str, labels: &str, h: &H
     let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.len());
 }
 
-/// Answers `GET PATH` for each of `paths` on `listener` with `render(PATH)` (Prometheus text),
-/// anything else with 404, one request per connection, until the listener is shut down
-/// (`shutdown(2)`: accept then fails with `EINVAL`). Blocks: run it on a thread of its own.
-pub(crate) fn serve(listener: &TcpListener, paths: &[&str], render: impl Fn(&str) -> String) {
-    for stream in listener.incoming() {
-        let mut stream = match stream {
-            Ok(stream) => stream,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
-            Err(_) => continue,
-        };
-        let mut request_line = String::new();
-        let mut reader = BufReader::new(match stream.try_clone() {
-            Ok(s) => s,
-            Err(_) => continue,
-        });
-        if reader.read_line(&mut request_line).is_err() {
-            continue;
+/// Serves `GET` of `paths` on `listener`, each answered with `render(path)` (Prometheus text),
+/// until the listener is shut down; runs on the caller's thread. HTTP comes from hyper, on a
+/// runtime of this thread alone, with the bounds a port open to anyone needs: at most
+/// [`HTTP_CONNECTIONS_MAX`] connections at once (more are closed at once), a request head
+/// of at most [`HTTP_HEAD_BYTES_MAX`] read within [`HTTP_HEAD_TIMEOUT`], and a connection's
+/// whole life within [`HTTP_CONNECTION_TIMEOUT`]. One request per connection. A hand-written
+/// responder served one connection at a time with no timeout and read a header line without
+/// bound: one idle connection held `/metrics` from everyone, and a header with no newline
+/// grew the node byte for byte (issue 15).
+pub(crate) fn serve(
+    listener: &TcpListener,
+    paths: &'static [&'static str],
+    render: impl Fn(&str) -> String + Send + Sync + 'static,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "metrics: no runtime; not served");
+            return;
         }
-        // Skip the headers.
-        let mut line = String::new();
-        while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-            line.clear();
+    };
+    let listener = match listener
+        .try_clone()
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+    {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "metrics: the listener; not served");
+            return;
         }
-        let asked = request_line
-            .strip_prefix("GET ")
-            .and_then(|rest| rest.split(' ').next())
-            .and_then(|path| paths.iter().find(|&&p| p == path));
-        let (status, body) = match asked {
-            Some(path) => ("200 OK", render(path)),
-            None => (
-                "404 Not Found",
-                format!("only GET {} are served here\n", paths.join(" and GET ")),
-            ),
+    };
+    let render = Arc::new(render);
+    runtime.block_on(async move {
+        let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+            return;
         };
-        let _ = write!(
-            stream,
-            "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-    }
+        let permits = Arc::new(Semaphore::new(HTTP_CONNECTIONS_MAX));
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                // Shut down: the process stops serving metrics.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return,
+                Err(_) => {
+                    // Out of descriptors, or a connection that died queued: back off.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                continue; // Over the bound: closed at once.
+            };
+            let render = Arc::clone(&render);
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let response = respond(&request, paths, render.as_ref());
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HTTP_HEAD_TIMEOUT)
+                    .max_buf_size(HTTP_HEAD_BYTES_MAX)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(HTTP_CONNECTION_TIMEOUT, connection).await;
+                drop(permit);
+            });
+        }
+    });
+}
+
+/// Connections `/metrics` serves at once.
+pub(crate) const HTTP_CONNECTIONS_MAX: usize = 64;
+/// The largest request head read (hyper's smallest buffer).
+const HTTP_HEAD_BYTES_MAX: usize = 8192;
+/// How long a request head may take to arrive.
+const HTTP_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection may last, its answer's sending included.
+const HTTP_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The answer to `request`: `render(path)` for a GET of one of `paths`, else 404.
+fn respond(
+    request: &Request<Incoming>,
+    paths: &[&str],
+    render: &(dyn Fn(&str) -> String + Send + Sync),
+) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
+    let asked = paths.iter().find(|&&p| p == path);
+    let (status, body) = match asked {
+        Some(path) if request.method() == Method::GET => (StatusCode::OK, render(path)),
+        _ => (
+            StatusCode::NOT_FOUND,
+            format!("only GET {} are served here\n", paths.join(" and GET ")),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use std::io::{Read, Write};
 
     #[test]
     fn histograms_have_cumulative_buckets_a_sum_and_a_count() {
@@ -177,6 +253,21 @@ mod tests {
             other.contains("only GET /metrics and GET /traces"),
             "{other}"
         );
+        // An idle connection does not hold the others up (it held every later one), and a
+        // head larger than the bound is refused, not read on (it grew the process byte for
+        // byte).
+        let idle = std::net::TcpStream::connect(addr).expect("connect");
+        assert!(get(addr, "/metrics").ends_with("at /metrics\n"));
+        let mut huge = std::net::TcpStream::connect(addr).expect("connect");
+        let _ = huge.write_all(b"GET /metrics HTTP/1.1\r\nX-Long: ");
+        let _ = huge.write_all(&vec![b'a'; 256 << 10]);
+        let mut answer = String::new();
+        let _ = huge.read_to_string(&mut answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+            "{answer}"
+        );
+        drop(idle);
         // SAFETY: shutdown(2) on the listener's descriptor, open until the thread ends.
         unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
         server.join().expect("the server thread ends");

@@ -357,7 +357,8 @@ fn metrics_are_served_as_prometheus_text() {
     // its four times in order, on this host's CLOCK_MONOTONIC (the same clock as Instant).
     let traces = scrape("/traces");
     assert!(traces.starts_with("HTTP/1.1 200"), "{traces}");
-    let lines: Vec<Vec<u64>> = traces
+    let (_, body) = traces.split_once("\r\n\r\n").expect("an end of headers");
+    let lines: Vec<Vec<u64>> = body
         .lines()
         .filter(|l| !l.starts_with('#') && l.split_whitespace().count() == 7)
         .map(|l| l.split_whitespace().map(|f| f.parse().unwrap()).collect())

@@ -64,7 +64,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chainlog_net::{
@@ -244,7 +244,8 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
         logs = state.logs_after(0, usize::MAX).count(),
         "controller serving"
     );
-    let controller = Controller {
+    // Shared with the metrics thread's server, whose connections outlive no scope.
+    let controller = Arc::new(Controller {
         state: Mutex::new(state),
         changed: Condvar::new(),
         store,
@@ -262,7 +263,7 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
         refusals: Mutex::new(BTreeMap::new()),
         watches: Mutex::new(Vec::new()),
         learning_since: Mutex::new(BTreeMap::new()),
-    };
+    });
     match metrics_at {
         Some(metrics) => println!("{SERVING_AT}{local}{METRICS_AT}{metrics}"),
         None => println!("{SERVING_AT}{local}"),
@@ -302,7 +303,8 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
             std::thread::Builder::new()
                 .name("metrics".into())
                 .spawn_scoped(scope, || {
-                    crate::prometheus::serve(listener, &["/metrics"], |_| {
+                    let controller = Arc::clone(&controller);
+                    crate::prometheus::serve(listener, &["/metrics"], move |_| {
                         controller.render_metrics()
                     })
                 })

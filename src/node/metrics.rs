@@ -473,7 +473,7 @@ pub(crate) fn serve(listener: TcpListener, board: Board) -> std::io::Result<Sock
         .spawn(move || {
             // Rendered under the lock (a shard publishes once a second; the traces are not
             // copied for every scrape).
-            prometheus::serve(&listener, &["/metrics", "/traces"], |path| {
+            prometheus::serve(&listener, &["/metrics", "/traces"], move |path| {
                 let snapshots = board.lock().unwrap_or_else(|e| e.into_inner());
                 match path {
                     "/metrics" => render(&snapshots),

@@ -462,7 +462,6 @@ fn silent_connections_are_closed() {
             other => panic!("the talking connection: {other:?}"),
         }
         request_id += 1;
-        std::thread::sleep(Duration::from_millis(20));
     }
     closer
         .join()

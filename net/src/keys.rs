@@ -49,6 +49,26 @@ impl<'a> Keys<'a> {
         Ok(keys)
     }
 
+    /// Lays `keys` into `out` (cleared first) in the wire layout and views them: at most
+    /// [`KEYS_MAX`], the newest (which come last). Keys a store remembers are valid as they
+    /// are; a writer of 0 or an empty batch is a bug.
+    pub fn encode(out: &'a mut Vec<u8>, keys: &[WriterKey]) -> Keys<'a> {
+        let keys = &keys[keys.len().saturating_sub(KEYS_MAX)..];
+        out.clear();
+        for key in keys {
+            assert!(
+                key.writer_id != 0 && key.count > 0,
+                "a key names a writer and records"
+            );
+            out.extend_from_slice(&key.writer_id.to_le_bytes());
+            out.extend_from_slice(&key.writer_seq.to_le_bytes());
+            out.extend_from_slice(&key.first_lsn.to_le_bytes());
+            out.extend_from_slice(&key.count.to_le_bytes());
+            out.extend_from_slice(&0u32.to_le_bytes());
+        }
+        Keys { bytes: out }
+    }
+
     /// How many.
     pub fn count(&self) -> usize {
         self.bytes.len() / KEY_BYTES
@@ -73,20 +93,6 @@ impl<'a> Keys<'a> {
     }
 }
 
-/// Appends `keys` to `out` in the wire layout (at most [`KEYS_MAX`] of them: the newest,
-/// which come last).
-pub fn encode_keys(out: &mut Vec<u8>, keys: &[WriterKey]) -> usize {
-    let keys = &keys[keys.len().saturating_sub(KEYS_MAX)..];
-    for key in keys {
-        out.extend_from_slice(&key.writer_id.to_le_bytes());
-        out.extend_from_slice(&key.writer_seq.to_le_bytes());
-        out.extend_from_slice(&key.first_lsn.to_le_bytes());
-        out.extend_from_slice(&key.count.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
-    }
-    keys.len()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,20 +109,20 @@ mod tests {
     #[test]
     fn keys_round_trip_and_bad_ones_are_named() {
         let keys = [key(1, 0, 3), key(2, 3, 1)];
-        let mut bytes = Vec::new();
-        assert_eq!(encode_keys(&mut bytes, &keys), 2);
+        let mut out = Vec::new();
+        let mut bytes = Keys::encode(&mut out, &keys).bytes().to_vec();
         let parsed = Keys::parse(&bytes, 2).expect("valid");
         assert_eq!(parsed.iter().collect::<Vec<_>>(), keys);
         assert_eq!(Keys::parse(&bytes, 1), Err(("key_count", 1)));
-        for (bad, field) in [
-            (key(0, 0, 1), "writer_id"),
-            (key(1, 0, 0), "count"),
-            (key(1, u64::MAX, 1), "first_lsn"),
-        ] {
-            let mut bytes = Vec::new();
-            encode_keys(&mut bytes, &[bad]);
-            assert_eq!(Keys::parse(&bytes, 1).map_err(|e| e.0), Err(field));
-        }
+        let mut bad = bytes.clone();
+        bad[..8].fill(0);
+        assert_eq!(Keys::parse(&bad, 2), Err(("writer_id", 0)));
+        let mut bad = bytes.clone();
+        bad[24..28].fill(0);
+        assert_eq!(Keys::parse(&bad, 2), Err(("count", 0)));
+        let mut bad = bytes.clone();
+        bad[16..24].fill(0xff);
+        assert_eq!(Keys::parse(&bad, 2), Err(("first_lsn", u64::MAX)));
         bytes[28] = 1;
         assert_eq!(Keys::parse(&bytes, 2), Err(("reserved", 1)));
     }

@@ -36,7 +36,7 @@ pub use decode::{check_name, decode_request, decode_response};
 pub use encode::{encode_error, encode_replicate_head, encode_request, encode_response};
 pub use error::{Error, ErrorCode};
 pub use frame::{parse_frame, Flags, Frame, FrameHeader, FRAME_HEADER_BYTES, FRAME_LENGTH_MIN};
-pub use keys::{encode_keys, Keys, KEYS_MAX, KEY_BYTES};
+pub use keys::{Keys, KEYS_MAX, KEY_BYTES};
 pub use map::{
     Chain, ChainIter, MapEntries, MapEntriesIter, MapLog, MapLogs, MapNode, MapNodes,
     LOG_ENTRY_HEADER_BYTES, MAP_HEADER_BYTES, NODE_ENTRY_HEADER_BYTES,
@@ -61,6 +61,9 @@ compile_error!("chainlog-net supports little-endian targets only");
 
 /// The protocol version this build speaks (the only one so far).
 pub const PROTOCOL_VERSION: u16 = 1;
+/// OVERLOADED's `arg0` for a connection refused because the server holds as many as it may
+/// (PROTOCOL.md 3.5): milliseconds to wait before connecting again.
+pub const CONNECTION_RETRY_MS: u64 = 100;
 /// `"CHLG"` read as a little-endian u32 (0x474C4843): the first field of a HELLO request.
 pub const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"CHLG");
 /// APPEND `epoch`: append in whatever epoch is current.

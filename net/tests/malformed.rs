@@ -1817,15 +1817,13 @@ fn smaller_limits_are_enforced() {
     );
 }
 
-/// One idempotency key in the wire layout (sequence number 1).
+/// One idempotency key laid out by hand (PROTOCOL.md 6.11a; sequence number 1), valid or not.
 fn key_bytes(writer_id: u64, first_lsn: u64, count: u32) -> Vec<u8> {
     let mut out = Vec::new();
-    let key = chainlog_storage::WriterKey {
-        writer_id,
-        writer_seq: 1,
-        first_lsn,
-        count,
-    };
-    encode_keys(&mut out, &[key]);
+    for field in [writer_id, 1, first_lsn] {
+        out.extend_from_slice(&field.to_le_bytes());
+    }
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
     out
 }

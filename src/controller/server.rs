@@ -71,9 +71,9 @@ use chainlog_net::{
     decode_request, encode_error, encode_response, parse_frame, Chain, CreateLogResponse,
     DescribeLogResponse, ErrorCode, ErrorResponse, Frame, GetMapResponse, HelloResponse, Limits,
     ListLogsResponse, LogEntries, LogEntry, LogRef, MapLogs, MapNodes, MapVersionResponse, Opcode,
-    ReconfigureLogResponse, Request, Response, Role, ADDR_BYTES_MAX, ARG_NONE, EPOCH_CURRENT,
-    FRAME_HEADER_BYTES, LOG_ENTRY_HEADER_BYTES, MAP_HEADER_BYTES, NODE_ENTRY_HEADER_BYTES,
-    PROTOCOL_VERSION, RF_DEFAULT,
+    ReconfigureLogResponse, Request, Response, Role, ADDR_BYTES_MAX, ARG_NONE, CONNECTION_RETRY_MS,
+    EPOCH_CURRENT, FRAME_HEADER_BYTES, LOG_ENTRY_HEADER_BYTES, MAP_HEADER_BYTES,
+    NODE_ENTRY_HEADER_BYTES, PROTOCOL_VERSION, RF_DEFAULT,
 };
 
 use super::metrics::{Metrics, Phase};
@@ -1450,7 +1450,7 @@ fn is_transient(e: &io::Error) -> bool {
 fn refuse_connection(mut stream: TcpStream) {
     let mut out = Vec::new();
     let message = format!("too many connections: the controller holds {CONNECTIONS_MAX} at most");
-    let refusal = Refusal::new(ErrorCode::Overloaded, 100, message);
+    let refusal = Refusal::new(ErrorCode::Overloaded, CONNECTION_RETRY_MS, message);
     encode_error(&mut out, 0, None, &refusal.response());
     let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
     let _ = stream.write_all(&out);

@@ -28,9 +28,9 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use chainlog_net::{
-    decode_response, encode_keys, encode_replicate_head, encode_request, parse_frame, ErrorCode,
-    HelloRequest, Keys, Limits, PeerRequest, PullRequest, Records, ReplicateHeader, ReplicateKind,
-    ReplicateRequest, Request, Response, Role, PROTOCOL_VERSION,
+    decode_response, encode_replicate_head, encode_request, parse_frame, ErrorCode, HelloRequest,
+    Keys, Limits, PeerRequest, PullRequest, Records, ReplicateHeader, ReplicateKind,
+    ReplicateRequest, Request, Response, Role, KEY_BYTES, PROTOCOL_VERSION,
 };
 use chainlog_storage::{Error, ReadKind, ReadOutput, ReadRequest, Store, StoredRun, WriterKey};
 
@@ -272,14 +272,12 @@ impl Chain {
         }
         let request_id = self.request_id();
         let mut key_bytes = Vec::new();
-        let count = encode_keys(&mut key_bytes, keys);
-        let keys = Keys::parse(&key_bytes, count).expect("a store's keys are valid");
         let request = Request::Replicate(ReplicateRequest {
             header,
             records: Records::EMPTY,
-            keys,
+            keys: Keys::encode(&mut key_bytes, keys),
         });
-        let mut out = Vec::with_capacity(128 + key_bytes.len());
+        let mut out = Vec::with_capacity(128 + keys.len() * KEY_BYTES);
         encode_request(&mut out, request_id, &request);
         let link = self.links[slot as usize].as_mut().expect("up link");
         link.push_bytes(out);

@@ -28,8 +28,8 @@ use chainlog_net::{
     decode_request, encode_response, log_id_of, parse_frame, AppendRequest, CreateLogResponse,
     DescribeLogResponse, ErrorCode, Frame, HelloResponse, Limits, ListLogsResponse, LogEntries,
     LogEntry, LogRef, Opcode, ReadBuilder, ReadKind, Request, Response, Role, SealRequest,
-    SealResponse, TailResponse, ARG_NONE, EPOCH_CURRENT, LSN_UNCONDITIONAL, PROTOCOL_VERSION,
-    RF_DEFAULT, TOKEN_NONE, WRITER_NONE,
+    SealResponse, TailResponse, ARG_NONE, CONNECTION_RETRY_MS, EPOCH_CURRENT, LSN_UNCONDITIONAL,
+    PROTOCOL_VERSION, RF_DEFAULT, TOKEN_NONE, WRITER_NONE,
 };
 use chainlog_storage::io::Io;
 use chainlog_storage::{fatal, Ack, AppendOptions, Batch, Clock, FatalReason, Store};
@@ -219,7 +219,7 @@ impl Server {
         self.metrics.connections_refused += 1;
         let refusal = Refusal {
             code: ErrorCode::Overloaded,
-            arg0: 100,
+            arg0: CONNECTION_RETRY_MS,
             arg1: 0,
             message: format!("too many connections: this shard holds {max} at most"),
         };

@@ -19,9 +19,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 
 use chainlog_net::{
-    encode_keys, encode_response, ErrorCode, Keys, Limits, Opcode, PullRequest, PullResponse,
-    RecordForm, Records, ReplicateKind, ReplicateRequest, ReplicateResponse, Response, ARG_NONE,
-    KEY_BYTES, TOKEN_NONE, WRITER_NONE,
+    encode_response, ErrorCode, Keys, Limits, Opcode, PullRequest, PullResponse, RecordForm,
+    Records, ReplicateKind, ReplicateRequest, ReplicateResponse, Response, ARG_NONE, TOKEN_NONE,
+    WRITER_NONE,
 };
 use chainlog_storage::io::Io;
 use chainlog_storage::{Ack, Pin, ReplicaState, Store, StoredRun, WriterKey};
@@ -587,7 +587,7 @@ impl Replicas {
                 first
             };
             let mut body = Vec::new();
-            let mut key_bytes = Vec::new();
+            let mut keys = Vec::new();
             let (first, count, run_epoch, state) = match run {
                 Some(run) => {
                     let (count, state) =
@@ -596,7 +596,7 @@ impl Replicas {
                 }
                 None if from > pull.from_lsn => {
                     // With the keys of the batches below the trim point (PROTOCOL.md 6.13a).
-                    encode_keys(&mut key_bytes, &store.writer_keys(log_id, from));
+                    keys = store.writer_keys(log_id, from);
                     let state = ReplicaState {
                         fencing_token: Some(fencing_token).filter(|&t| t != 0),
                         writer: None,
@@ -624,6 +624,7 @@ impl Replicas {
             let records = Records::parse(&body, count, form, &self.limits.replication())
                 .expect("stored records encode as a valid batch");
             let (writer_id, writer_seq) = state.writer.unwrap_or((WRITER_NONE, 0));
+            let mut key_bytes = Vec::new();
             let response = Response::Pull(PullResponse {
                 log_id,
                 epoch: run_epoch,
@@ -634,8 +635,7 @@ impl Replicas {
                 writer_seq,
                 more: !answered,
                 records,
-                keys: Keys::parse(&key_bytes, key_bytes.len() / KEY_BYTES)
-                    .expect("a store's keys are valid"),
+                keys: Keys::encode(&mut key_bytes, &keys),
             });
             encode_response(out, request_id, Opcode::Pull, &response);
         }

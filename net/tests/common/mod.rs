@@ -618,7 +618,7 @@ fn test_keys() -> &'static [u8] {
             first_lsn,
             count: 2,
         };
-        encode_keys(&mut out, &[key(4, 0), key(5, 2)]);
+        Keys::encode(&mut out, &[key(4, 0), key(5, 2)]);
         out
     })
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chainlog_net::cluster::{ClusterMap, MapLog, MapNode};
 use chainlog_net::{
-    decode_response, encode_keys, parse_frame, Keys, Limits, PullRequest, Records, ReplicateHeader,
+    decode_response, parse_frame, Keys, Limits, PullRequest, Records, ReplicateHeader,
     ReplicateKind, ReplicateRequest, Response,
 };
 use chainlog_storage::io::{FaultConfig, SimIo};
@@ -493,7 +493,6 @@ fn a_replica_that_skips_to_the_trim_point_takes_the_keys_below_it() {
         count,
     });
     let mut key_bytes = Vec::new();
-    encode_keys(&mut key_bytes, &keys);
     let request = ReplicateRequest {
         header: ReplicateHeader {
             trim_before: 7,
@@ -501,7 +500,7 @@ fn a_replica_that_skips_to_the_trim_point_takes_the_keys_below_it() {
             ..ReplicateHeader::new(ReplicateKind::Trim, LOG, 2, 11, 11)
         },
         records: Records::EMPTY,
-        keys: Keys::parse(&key_bytes, 3).expect("keys"),
+        keys: Keys::encode(&mut key_bytes, &keys),
     };
     let (server, store) = &mut one;
     server

@@ -974,24 +974,27 @@ impl Server {
         let keeps = (survivor || learned) && tail.next_lsn.min(log.start_lsn) >= log.trim_lsn;
         let (prepared, kept_whole) = if keeps {
             let cut = tail.next_lsn > log.start_lsn;
+            // The key of the batch a reset here cut through (its last records not here yet)
+            // names LSNs the new epoch gives to other records: the cut forgets it.
+            let stale_key = store.keys_end(log.log_id) > log.start_lsn;
             let trim = log.trim_lsn > tail.trim_point;
             // A survivor's records are durable (it sealed); a learner's last copied records
             // may still be on their way to the disk, and the replica made from the store
             // counts what it holds as durable: it would serve them as committed to readers
             // (who then read nothing there) before they are.
             let unsynced = tail.durable_lsn < tail.next_lsn;
-            if !cut && !trim && !unsynced {
+            if !cut && !stale_key && !trim && !unsynced {
                 // A survivor holds its records as they were; a learner's copy is not records
                 // this node sequenced (what it sequenced before it left is never answered).
                 return survivor;
             }
             let mut prepared = Ok(());
-            if cut {
+            if cut || stale_key {
                 tracing::info!(
                     log_id = log.log_id,
                     from = log.start_lsn,
                     next = tail.next_lsn,
-                    "cutting records of the sealed epoch beyond its end"
+                    "cutting records (or an idempotency key) of the sealed epoch beyond its end"
                 );
                 prepared = store.truncate(log.log_id, log.start_lsn, UNANSWERED);
             }

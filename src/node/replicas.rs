@@ -840,10 +840,9 @@ pub(crate) fn encode_answers(out: &mut Vec<u8>, log_id: u64, answers: &mut Vec<A
 }
 
 /// The idempotency keys a replica that starts a log at `at` takes from its source (a TRIM
-/// that skips it there, a learner's answer at the trim point): those of batches that end at
-/// or below `at`, as the source sends them; any other would name records it does not hold.
+/// that skips it there, a learner's answer at the trim point): those of batches that begin
+/// below `at`, as the source sends them (the one `at` cuts through included: its records from
+/// `at` come without it); any other names a batch whose first records it will get with it.
 pub(crate) fn keys_below(keys: &Keys<'_>, at: u64) -> Vec<WriterKey> {
-    keys.iter()
-        .filter(|k| k.first_lsn + u64::from(k.count) <= at)
-        .collect()
+    keys.iter().filter(|k| k.first_lsn < at).collect()
 }

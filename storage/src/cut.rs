@@ -93,10 +93,15 @@ impl<I: Io> Store<I> {
     /// One call serves a replica that joins a chain after the head trimmed (the log starts at
     /// the head's trim point, not at 0) and one that must copy the whole log again (whatever
     /// it held is discarded, whether `at` is below or above it). The log's idempotency keys
-    /// become `keys` (the source's batches that end at or below `at`, [`writer_keys`](Self::writer_keys), so
-    /// that a retry of one of them is answered with its LSNs here too; none for a copy from
-    /// scratch); if they do not all fit the reset's frame, the least recently used writers'
-    /// are left out, as the table forgets them first anyway. The fencing token becomes
+    /// become `keys` (the source's batches that begin below `at`,
+    /// [`writer_keys`](Self::writer_keys), so that a retry of one of them is answered with its
+    /// LSNs here too; none for a copy from scratch); if they do not all fit the reset's frame,
+    /// the least recently used writers' are left out, as the table forgets them first anyway.
+    /// The batch that `at` cuts through is among them: its records from `at` come afterwards,
+    /// as a run without a key, and a retry of it must be answered with its LSNs once they are
+    /// here. Until then its key names LSNs the log does not hold ([`keys_end`](Self::keys_end)
+    /// is above its next LSN): a caller that starts a new epoch below that end must
+    /// [`truncate`](Self::truncate) there first, which forgets it. The fencing token becomes
     /// `fencing_token` if that is higher (the head's token, so that a replica that becomes
     /// the head fences as the head did; 0 for none), else stays: a token only rises. Appends
     /// made before it are still acknowledged.
@@ -134,8 +139,8 @@ impl<I: Io> Store<I> {
         let fit = (body_max - fixed) / state_bytes;
         assert!(
             keys.iter()
-                .all(|k| k.writer_id != 0 && k.count > 0 && k.first_lsn + u64::from(k.count) <= at),
-            "log {log_id}: a key names a writer and a batch of records below {at}"
+                .all(|k| k.writer_id != 0 && k.count > 0 && k.first_lsn < at),
+            "log {log_id}: a key names a writer and a batch that begins below {at}"
         );
         if keys.len() > fit {
             tracing::warn!(
@@ -178,12 +183,21 @@ impl<I: Io> Store<I> {
         Ok(())
     }
 
-    /// The idempotency keys of `log_id`'s batches that end at or below `lsn`, for a replica
-    /// that starts the log at `lsn` ([`reset_log`](Self::reset_log)). A batch that `lsn` cuts
-    /// through is left out: the replica holds none of its records below `lsn`, and a key
-    /// names records that precede it (recovery checks that).
+    /// The idempotency keys of `log_id`'s batches that begin below `lsn`, for a replica that
+    /// starts the log at `lsn` ([`reset_log`](Self::reset_log)), the batch that `lsn` cuts
+    /// through included: the replica holds none of the records of these batches below `lsn`,
+    /// so it learns none of their keys from the records it gets.
     pub fn writer_keys(&self, log_id: u64, lsn: u64) -> Vec<WriterKey> {
         self.writers.keys_below(log_id, lsn)
+    }
+
+    /// At least the highest LSN that a remembered batch of `log_id` ends at (0 if none). Above
+    /// the log's next LSN only after a [`reset_log`](Self::reset_log) inside a batch, until the
+    /// batch's last records are appended: a new epoch that starts below it must truncate at
+    /// its start, so that a retry of that batch is not answered with LSNs that will hold other
+    /// records.
+    pub fn keys_end(&self, log_id: u64) -> u64 {
+        self.writers.keys_end(log_id)
     }
 
     /// Ends the building frame with what it holds (a cut is the last thing in its frame).

@@ -750,11 +750,13 @@ fn apply_control(out: &mut Recovered, payload: &[u8]) -> std::result::Result<Opt
     }
 }
 
-/// An idempotency key must name a batch of records that precede it.
+/// An idempotency key must name a batch that begins with records preceding it (it may end
+/// above them: the batch a reset cut through, [`crate::Store::reset_log`]).
 fn check_writer(out: &Recovered, state: &StateRecord) -> std::result::Result<(), String> {
     let end = state.value.checked_add(u64::from(state.count));
     let next_lsn = out.logs.get(&state.log_id).map_or(0, |l| l.next_lsn);
-    if state.kind != CONTROL_WRITER || state.count == 0 || end.is_none_or(|end| end > next_lsn) {
+    if state.kind != CONTROL_WRITER || state.count == 0 || end.is_none() || state.value >= next_lsn
+    {
         return Err(format!(
             "idempotency key of log {} names records it does not have",
             state.log_id

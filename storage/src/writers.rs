@@ -15,6 +15,12 @@
 //! A truncation or reset of a log forgets the batches whose records it discards
 //! ([`Writers::forget_from`]): their LSNs will hold other records, so a retry of such a batch
 //! must be appended anew, not answered with those LSNs.
+//!
+//! Every remembered batch begins below its log's next LSN, and all but one end at or below
+//! it: a replica that starts a log at its source's trim point takes the key of the batch that
+//! point cuts through, whose last records it gets afterwards ([`crate::Store::reset_log`]).
+//! Until they come, that key names LSNs the replica does not hold; a new epoch that starts
+//! below its end makes the replica forget it ([`Writers::keys_end`] tells whether one does).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -67,10 +73,21 @@ struct Writer {
     batches: VecDeque<WriterBatch>,
 }
 
+/// What the table holds of one log.
+#[derive(Clone, Copy, Debug, Default)]
+struct LogKeys {
+    /// Its remembered writers (at least 1).
+    writers: usize,
+    /// At least the highest end (first LSN + count) of its remembered batches.
+    end: u64,
+}
+
 /// The shard's idempotency table.
 #[derive(Clone, Debug)]
 pub(crate) struct Writers {
     writers: HashMap<(u64, u64), Writer>,
+    /// Per log with a remembered writer (as many entries as writers at most).
+    logs: HashMap<u64, LogKeys>,
     writers_max: usize,
     tick: u64,
 }
@@ -79,6 +96,7 @@ impl Writers {
     pub(crate) fn new(writers_max: usize) -> Writers {
         Writers {
             writers: HashMap::new(),
+            logs: HashMap::new(),
             writers_max,
             tick: 0,
         }
@@ -109,11 +127,17 @@ impl Writers {
                 .map(|(k, _)| *k)
                 .expect("writers_max is at least 1");
             self.writers.remove(&oldest);
+            self.dropped_writer(oldest.0);
         }
         self.tick += 1;
-        let writer = self.writers.entry(key).or_insert_with(|| Writer {
-            touched: 0,
-            batches: VecDeque::with_capacity(WRITER_WINDOW),
+        let log = self.logs.entry(log_id).or_default();
+        log.end = log.end.max(batch.first_lsn + u64::from(batch.count));
+        let writer = self.writers.entry(key).or_insert_with(|| {
+            log.writers += 1;
+            Writer {
+                touched: 0,
+                batches: VecDeque::with_capacity(WRITER_WINDOW),
+            }
         });
         debug_assert!(writer.batches.back().is_none_or(|b| b.seq < batch.seq));
         writer.touched = self.tick;
@@ -144,6 +168,10 @@ impl Writers {
     /// some of their records); a writer left with none is forgotten. Its next batch is then
     /// new if its sequence number is above its last remembered one.
     pub(crate) fn forget_from(&mut self, log_id: u64, lsn: u64) {
+        if !self.logs.contains_key(&log_id) {
+            return;
+        }
+        let mut dropped = 0;
         self.writers.retain(|&(log, _), writer| {
             if log == log_id {
                 while writer
@@ -153,14 +181,39 @@ impl Writers {
                 {
                     writer.batches.pop_back();
                 }
+                dropped += usize::from(writer.batches.is_empty());
             }
             !writer.batches.is_empty()
         });
+        let log = self.logs.get_mut(&log_id).expect("checked above");
+        log.end = log.end.min(lsn);
+        for _ in 0..dropped {
+            self.dropped_writer(log_id);
+        }
     }
 
-    /// The remembered batches of `log_id` that end at or below `lsn`, least recently used
-    /// writer first and each writer's oldest batch first (the order that
-    /// [`apply`](Self::apply) rebuilds them in).
+    /// Counts a writer of `log_id` no longer remembered.
+    fn dropped_writer(&mut self, log_id: u64) {
+        let log = self
+            .logs
+            .get_mut(&log_id)
+            .expect("a remembered writer's log");
+        log.writers -= 1;
+        if log.writers == 0 {
+            self.logs.remove(&log_id);
+        }
+    }
+
+    /// At least the highest LSN that a remembered batch of `log_id` ends at (0 if none): above
+    /// the log's next LSN only while a replica lacks the last records of the batch it started
+    /// the log in (see the module's header).
+    pub(crate) fn keys_end(&self, log_id: u64) -> u64 {
+        self.logs.get(&log_id).map_or(0, |l| l.end)
+    }
+
+    /// The remembered batches of `log_id` that begin below `lsn`, least recently used writer
+    /// first and each writer's oldest batch first (the order that [`apply`](Self::apply)
+    /// rebuilds them in).
     pub(crate) fn keys_below(&self, log_id: u64, lsn: u64) -> Vec<WriterKey> {
         let mut writers: Vec<_> = self
             .writers
@@ -173,7 +226,7 @@ impl Writers {
             .flat_map(|(&(_, writer_id), w)| {
                 w.batches
                     .iter()
-                    .filter(move |b| b.first_lsn + u64::from(b.count) <= lsn)
+                    .filter(move |b| b.first_lsn < lsn)
                     .map(move |b| WriterKey {
                         writer_id,
                         writer_seq: b.seq,
@@ -262,6 +315,30 @@ mod tests {
         w.record(3, 1, batch(0, 0));
         again.record(3, 1, batch(0, 0));
         assert_eq!(again.records(), w.records());
+    }
+
+    #[test]
+    fn keys_end_bounds_a_logs_batches_and_goes_with_its_last_writer() {
+        let mut w = Writers::new(2);
+        let cut = WriterBatch {
+            seq: 1,
+            first_lsn: 30,
+            count: 10,
+        };
+        w.record(1, 7, cut);
+        assert_eq!(w.keys_end(1), 40);
+        assert_eq!(w.keys_below(1, 35).len(), 1, "it begins below 35");
+        assert!(w.keys_below(1, 30).is_empty());
+        w.forget_from(1, 35);
+        assert_eq!(w.keys_end(1), 0, "no writer left");
+        w.record(1, 7, batch(2, 5));
+        w.record(1, 8, batch(1, 6));
+        assert_eq!(w.keys_end(1), 7);
+        w.record(2, 1, batch(1, 100)); // evicts writer 7 of log 1
+        assert_eq!((w.keys_end(1), w.keys_end(2)), (7, 101));
+        w.record(3, 1, batch(1, 0)); // evicts writer 8, log 1's last
+        assert_eq!(w.keys_end(1), 0);
+        assert_eq!(w.logs.len(), 2, "as many as the logs with writers");
     }
 
     #[test]

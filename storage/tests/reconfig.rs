@@ -627,10 +627,11 @@ fn truncations_outside_the_log_are_refused<B: Backend>(b: &mut B) {
 }
 
 /// A replica that starts a log at its source's trim point takes the source's idempotency keys
-/// of the batches below that point with it: a retry of one of them is answered with its
-/// LSNs, before and after reopening, rather than appended again. A batch the trim point cuts
-/// through is left out (the replica holds none of it), and so are the least recently used
-/// writers' keys when they do not all fit the reset's frame.
+/// of the batches that begin below that point with it: a retry of one of them is answered with
+/// its LSNs, before and after reopening, rather than appended again. That includes the batch
+/// the trim point cuts through, whose key names LSNs the replica does not hold yet: a
+/// truncation at the trim point (a new epoch that starts there) forgets it, durably. The
+/// least recently used writers' keys are left out when they do not all fit the reset's frame.
 fn a_reset_takes_the_sources_keys_below_its_point<B: Backend>(b: &mut B) {
     const JOINED: u64 = 9;
     let mut store = b.open_with("shard", config());
@@ -650,20 +651,33 @@ fn a_reset_takes_the_sources_keys_below_its_point<B: Backend>(b: &mut B) {
         .iter()
         .map(|k| (k.writer_seq, k.first_lsn, k.count))
         .collect();
-    assert_eq!(batches, [(1, 0, 10), (2, 10, 10), (3, 20, 10)]);
+    assert_eq!(batches, [(1, 0, 10), (2, 10, 10), (3, 20, 10), (4, 30, 10)]);
     store.reset_log(JOINED, 35, 0, &keys, 11).expect("reset");
-    let check = |store: &mut Store<B::Io>, when: &str| {
+    let check = |store: &mut Store<B::Io>, when: &str, cut: Result<Range<u64>, Error>| {
         assert_res!(probe(store, JOINED, 2), Ok(10..20), "{when}: a retry below");
+        assert_res!(probe(store, JOINED, 4), cut, "{when}: the cut batch");
         assert_res!(
-            probe(store, JOINED, 4),
+            probe(store, JOINED, 5),
             Err(Error::ConditionFailed { tail: 35 }),
-            "{when}: the cut batch is new here"
+            "{when}: a batch above is new here"
         );
     };
-    check(&mut store, "before reopening");
+    check(&mut store, "before reopening", Ok(30..40));
+    assert_eq!(store.keys_end(JOINED), 40, "beyond the log's next LSN, 35");
     drop(store);
     let mut store = b.open_with("shard", config());
-    check(&mut store, "reopened");
+    check(&mut store, "reopened", Ok(30..40));
+    // A new epoch from 35: the cut batch's records never came, its LSNs will be others'.
+    store
+        .truncate(JOINED, 35, 12)
+        .expect("truncate at the tail");
+    sync(&mut store);
+    assert!(store.keys_end(JOINED) <= 35);
+    let new = || Err(Error::ConditionFailed { tail: 35 });
+    check(&mut store, "truncated", new());
+    drop(store);
+    let mut store = b.open_with("shard", config());
+    check(&mut store, "truncated and reopened", new());
 
     // More keys than a frame holds: the newest are kept.
     let many: Vec<WriterKey> = (0..2_000)
@@ -674,7 +688,7 @@ fn a_reset_takes_the_sources_keys_below_its_point<B: Backend>(b: &mut B) {
             count: 1,
         })
         .collect();
-    store.reset_log(JOINED, 2_000, 0, &many, 12).expect("reset");
+    store.reset_log(JOINED, 2_000, 0, &many, 13).expect("reset");
     sync(&mut store);
     let kept = store.writer_keys(JOINED, 2_000);
     assert!(

@@ -5,15 +5,16 @@ use std::sync::Arc;
 
 use chainlog_net::cluster::{ClusterMap, MapLog, MapNode};
 use chainlog_net::{
-    decode_response, parse_frame, Keys, Limits, PullRequest, Records, ReplicateHeader,
+    decode_response, parse_frame, Keys, Limits, PullRequest, RecordForm, Records, ReplicateHeader,
     ReplicateKind, ReplicateRequest, Response,
 };
 use chainlog_storage::io::{FaultConfig, SimIo};
-use chainlog_storage::{AppendOptions, Batch, Record, SimDisk, Store, StoreConfig, WriterKey};
+use chainlog_storage::{AppendOptions, Batch, Record, SimDisk, Store, StoreConfig};
 
 use super::{Identity, Server};
 use crate::node::catalog::{Catalog, StoreLogs};
 use crate::node::learners::{store_learned, Learned};
+use crate::node::records::encode_run;
 use crate::node::replicas::{keys_below, UNANSWERED};
 
 const LOG: u64 = 7;
@@ -454,10 +455,11 @@ fn retry(store: &mut Store<SimIo>, seq: u64) -> Retry {
 }
 
 /// A learner whose source trimmed past its copy starts the log at the trim point with the
-/// source's idempotency keys of the batches below it: once it is the head, a retry of one
-/// of them is answered with its LSNs, not appended again (a duplicate the simulator found
-/// after a reconfiguration). The batch the trim point cuts through is copied without its
-/// key (the learner holds only part of it): a retry of it is refused, not appended.
+/// source's idempotency keys of the batches that begin below it: once it is the head, a
+/// retry of one of them is answered with its LSNs, not appended again (a duplicate the
+/// simulator found after a reconfiguration). That includes the batch the trim point cuts
+/// through, whose records from there are copied without their key (a retry of it was
+/// refused).
 #[test]
 fn a_learner_that_starts_at_the_trim_point_takes_the_keys_below_it() {
     let (_dirs, mut one, mut two) = learning();
@@ -475,50 +477,94 @@ fn a_learner_that_starts_at_the_trim_point_takes_the_keys_below_it() {
     use Retry::*;
     assert_eq!(
         answers,
-        [Original(0..3), Original(3..6), Refused, Original(9..11)]
+        [
+            Original(0..3),
+            Original(3..6),
+            Original(6..9),
+            Original(9..11)
+        ]
     );
 }
 
 /// A replica that joined a chain empty skips to its predecessor's trim point on the TRIM
-/// that says so, and takes the keys that TRIM carries (those of the batches below it).
+/// that says so, and takes the keys that TRIM carries: those of the batches that begin below
+/// it, the one it cuts through included (a retry of that one was appended again). That key
+/// names LSNs the replica gets later in the epoch; if the next epoch starts before they came
+/// (they were never acknowledged, and will hold other records), the replica forgets it as it
+/// installs that epoch, and a retry of the batch is new there.
 #[test]
 fn a_replica_that_skips_to_the_trim_point_takes_the_keys_below_it() {
-    let dirs = [tempfile::tempdir().expect("tempdir")];
-    let mut one = node(1, &SimDisk::new(), dirs[0].path());
-    one.0.apply_map(&map(2, 2, &[2, 1]), &mut one.1);
-    let keys = [(1, 0, 3), (2, 3, 3), (3, 6, 3)].map(|(writer_seq, first_lsn, count)| WriterKey {
-        writer_id: WRITER,
-        writer_seq,
-        first_lsn,
-        count,
-    });
-    let mut key_bytes = Vec::new();
-    let request = ReplicateRequest {
-        header: ReplicateHeader {
-            trim_before: 7,
-            fencing_token: 0,
-            ..ReplicateHeader::new(ReplicateKind::Trim, LOG, 2, 11, 11)
-        },
-        records: Records::EMPTY,
-        keys: Keys::encode(&mut key_bytes, &keys),
-    };
-    let (server, store) = &mut one;
-    server
-        .replicas
-        .replicate(Some(2), store, 5, &request, 0)
-        .expect("the trim is taken");
-    sync(server, store);
-    assert_eq!(
-        store.tail(LOG).map(|t| (t.next_lsn, t.trim_point)),
-        Some((7, 7))
-    );
-    let answers: Vec<Retry> = (1..=3).map(|seq| retry(store, seq)).collect();
     use Retry::*;
-    assert_eq!(
-        answers,
-        [Original(0..3), Original(3..6), New],
-        "the key cut by 7 is left out"
-    );
+    for (copied, start, cut_batch) in [(false, 7, New), (true, 9, Original(6..9))] {
+        let dirs = [
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        ];
+        let mut one = node(1, &SimDisk::new(), dirs[0].path());
+        let mut two = node(2, &SimDisk::new(), dirs[1].path());
+        for (server, store) in [&mut one, &mut two] {
+            server.apply_map(&map(2, 2, &[2, 1]), store);
+        }
+        // Node 2, the head: batches 0..3, 3..6, 6..9, 9..11, trimmed at 7.
+        append_keyed(&mut two.0, &mut two.1, 2, &[3, 3, 3, 2]);
+        two.1.trim(LOG, 7, UNANSWERED).expect("trim");
+        sync(&mut two.0, &mut two.1);
+        let keys = two.1.writer_keys(LOG, 7);
+        let mut key_bytes = Vec::new();
+        let request = ReplicateRequest {
+            header: ReplicateHeader {
+                trim_before: 7,
+                fencing_token: 0,
+                ..ReplicateHeader::new(ReplicateKind::Trim, LOG, 2, 11, 11)
+            },
+            records: Records::EMPTY,
+            keys: Keys::encode(&mut key_bytes, &keys),
+        };
+        let (server, store) = &mut one;
+        server
+            .replicas
+            .replicate(Some(2), store, 5, &request, 0)
+            .expect("the trim is taken");
+        sync(server, store);
+        assert_eq!(
+            store.tail(LOG).map(|t| (t.next_lsn, t.trim_point)),
+            Some((7, 7))
+        );
+        if copied {
+            // The cut batch's records from 7 come as the head sends them: without its key.
+            let runs = two.1.read_stored_runs(LOG, 7, 2, usize::MAX).expect("read");
+            let mut body = Vec::new();
+            let (count, state) = encode_run(&mut body, LOG, &runs[0], usize::MAX);
+            assert_eq!((count, state.writer), (2, None));
+            let form = RecordForm::Replicated {
+                log_id: LOG,
+                epoch: 2,
+                first_lsn: 7,
+            };
+            let limits = Limits::DEFAULT.replication();
+            let request = ReplicateRequest {
+                header: ReplicateHeader::new(ReplicateKind::Records, LOG, 2, 7, 7),
+                records: Records::parse(&body, count, form, &limits).expect("records"),
+                keys: Keys::EMPTY,
+            };
+            server
+                .replicas
+                .replicate(Some(2), store, 6, &request, 0)
+                .expect("the records are taken");
+            sync(server, store);
+        }
+        // Epoch 2 sealed, epoch 3 (node 1 alone) starts at `start`.
+        server.replicas.seal(LOG, 2).expect("seal");
+        server.catalog.seal(LOG, 2).expect("catalog seal");
+        server.apply_map(&map_with_learners(3, 3, start, &[1], &[]), store);
+        assert_eq!(store.tail(LOG).map(|t| t.next_lsn), Some(start));
+        let answers: Vec<Retry> = (1..=3).map(|seq| retry(store, seq)).collect();
+        assert_eq!(
+            answers,
+            [Original(0..3), Original(3..6), cut_batch],
+            "records of the cut batch here: {copied}"
+        );
+    }
 }
 
 /// A learner promoted while its last copied records are still on their way to the disk

@@ -233,6 +233,8 @@ pub struct Catalog {
     snapshot_bytes: usize,
     /// The change log's size.
     changes_bytes: usize,
+    /// Change records made but not written yet ([`Catalog::create`]).
+    pending: Vec<u8>,
 }
 
 impl Catalog {
@@ -275,6 +277,7 @@ impl Catalog {
                     logs: BTreeMap::new(),
                     snapshot_bytes: 0,
                     changes_bytes: 0,
+                    pending: Vec::new(),
                 });
             }
             Err(source) => return Err(CatalogError::Io { path, source }),
@@ -299,6 +302,7 @@ impl Catalog {
             logs,
             snapshot_bytes: bytes.len(),
             changes_bytes: changes.len(),
+            pending: Vec::new(),
         };
         if whole < changes.len() {
             tracing::warn!(
@@ -326,17 +330,18 @@ impl Catalog {
             .map(|(&id, e)| (id, e))
     }
 
-    /// Adds a log, durably. Returns false (and changes nothing) if its id is taken.
-    pub fn create(&mut self, log_id: u64, entry: LogEntry) -> Result<bool, CatalogError> {
+    /// Adds a log. Returns false (and changes nothing) if its id is taken. The change is
+    /// durable once [`sync`](Self::sync) returned: until then the caller lets out nothing
+    /// that depends on it (an answer, a message), so the creates of one shard turn share one
+    /// write and one fdatasync.
+    pub fn create(&mut self, log_id: u64, entry: LogEntry) -> bool {
         if self.logs.contains_key(&log_id) {
-            return Ok(false);
+            return false;
         }
+        self.pending
+            .extend_from_slice(&change_record(log_id, Some(&entry)));
         self.logs.insert(log_id, entry);
-        if let Err(e) = self.persist(log_id) {
-            self.logs.remove(&log_id);
-            return Err(e);
-        }
-        Ok(true)
+        true
     }
 
     /// Adds or replaces a log, durably (a cluster node installing what the controller says).
@@ -382,15 +387,28 @@ impl Catalog {
     }
 
     /// Makes the change of `log_id`'s entry (to what `logs` holds now, or its removal)
-    /// durable: one change record, or a new snapshot (the shard's first change, or a change
-    /// log grown past the snapshot).
+    /// durable, with the creates before it ([`sync`](Self::sync)).
     fn persist(&mut self, log_id: u64) -> Result<(), CatalogError> {
-        let change = change_record(log_id, self.logs.get(&log_id));
-        let grown = self.changes_bytes + change.len();
+        self.pending
+            .extend_from_slice(&change_record(log_id, self.logs.get(&log_id)));
+        self.sync()
+    }
+
+    /// Makes the changes made so far durable: one append of their records, or a new snapshot
+    /// (the shard's first change, or a change log grown past the snapshot). A failure leaves
+    /// the catalog unusable: the files may hold some of the changes, and the caller stops.
+    pub fn sync(&mut self) -> Result<(), CatalogError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let grown = self.changes_bytes + self.pending.len();
         if self.snapshot_bytes == 0 || grown > self.snapshot_bytes.max(COMPACT_BYTES_MIN) {
             return self.compact();
         }
-        self.file.append(&change).map_err(|source| self.io_error(source))?;
+        self.file
+            .append(&self.pending)
+            .map_err(|source| self.io_error(source))?;
+        self.pending.clear();
         self.changes_bytes = grown;
         Ok(())
     }
@@ -403,6 +421,7 @@ impl Catalog {
             .map_err(|source| self.io_error(source))?;
         self.snapshot_bytes = bytes.len();
         self.changes_bytes = 0;
+        self.pending.clear();
         Ok(())
     }
 
@@ -635,15 +654,9 @@ mod tests {
     fn creates_and_deletes_survive_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut c = Catalog::open(dir.path(), &store(&[])).expect("open");
-        assert!(c
-            .create(log_id_of("orders"), entry("orders"))
-            .expect("create"));
-        assert!(c
-            .create(log_id_of("users"), entry("users"))
-            .expect("create"));
-        assert!(!c
-            .create(log_id_of("orders"), entry("orders"))
-            .expect("duplicate"));
+        assert!(c.create(log_id_of("orders"), entry("orders")));
+        assert!(c.create(log_id_of("users"), entry("users")));
+        assert!(!c.create(log_id_of("orders"), entry("orders")), "duplicate");
         assert!(c.delete(log_id_of("users")).expect("delete"));
         assert!(!c.delete(log_id_of("users")).expect("absent"));
         let c = Catalog::open(dir.path(), &store(&[])).expect("reopen");
@@ -658,6 +671,7 @@ mod tests {
         snapshot: Option<Vec<u8>>,
         changes: Vec<u8>,
         replaced: usize,
+        appended: usize,
         written_bytes: usize,
     }
 
@@ -678,6 +692,7 @@ mod tests {
         fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
             let mut f = self.0.borrow_mut();
             f.changes.extend_from_slice(bytes);
+            f.appended += 1;
             f.written_bytes += bytes.len();
             Ok(())
         }
@@ -702,7 +717,7 @@ mod tests {
         let mut change_bytes = 0;
         for i in 0..20_000u64 {
             let name = format!("log-{i:05}");
-            c.create(i, entry(&name)).expect("create");
+            assert!(c.create(i, entry(&name)));
             change_bytes += CHANGE_HEADER_BYTES + 1 + 24 + name.len();
             if i % 3 == 0 {
                 c.seal(i, STANDALONE_EPOCH).expect("seal");
@@ -713,6 +728,7 @@ mod tests {
                 change_bytes += CHANGE_HEADER_BYTES + 9;
             }
         }
+        c.sync().expect("sync");
         let (replaced, written) = {
             let f = file.0.borrow();
             (f.replaced, f.written_bytes)
@@ -729,6 +745,30 @@ mod tests {
         assert!(again.get(5).is_none());
     }
 
+    /// Creates wait for a sync: all those made since the last one are written with one
+    /// append (one fdatasync); before it, a restart finds none of them. A change made
+    /// durable at once (a delete, an install, a seal) takes the creates before it along.
+    #[test]
+    fn creates_are_durable_together_at_the_next_sync() {
+        let file = Shared::default();
+        let mut c = Catalog::load(Box::new(file.clone()), &store(&[])).expect("load");
+        assert!(c.create(1, entry("first")));
+        c.sync().expect("the first change writes the snapshot");
+        for i in 2..=5 {
+            assert!(c.create(i, entry(&format!("log-{i}"))));
+        }
+        let reload = || Catalog::load(Box::new(file.clone()), &store(&[1])).expect("load");
+        assert_eq!(reload().logs.len(), 1, "not durable before the sync");
+        c.sync().expect("sync");
+        assert_eq!(reload().logs.len(), 5);
+        assert_eq!(file.0.borrow().appended, 1, "four creates, one append");
+        assert!(c.create(6, entry("log-6")));
+        assert!(c.delete(2).expect("delete"));
+        let again = reload();
+        assert_eq!(again.logs, c.logs, "the delete took the create along");
+        assert_eq!(file.0.borrow().appended, 2);
+    }
+
     /// A change record cut short at the end (a crash while it was written: never
     /// acknowledged) is dropped when the catalog loads, and the catalog is compacted so that
     /// no change follows it; a record that fails its checksum with records after it is damage.
@@ -739,14 +779,18 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut c = Catalog::open(dir.path(), &store(&[])).expect("open");
         for i in 1..=4 {
-            c.create(i, entry(&format!("log-{i}"))).expect("create");
+            assert!(c.create(i, entry(&format!("log-{i}"))));
+            c.sync().expect("sync");
         }
         c.delete(2).expect("delete");
         let logs = c.logs.clone();
         drop(c);
         let changes = dir.path().join("catalog.changes");
         let whole = fs::read(&changes).expect("changes");
-        assert!(!whole.is_empty(), "changes appended, not a new snapshot each");
+        assert!(
+            !whole.is_empty(),
+            "changes appended, not a new snapshot each"
+        );
         // Half of a fifth create.
         let mut cut = whole.clone();
         let fifth = change_record(5, Some(&entry("log-5")));
@@ -760,7 +804,8 @@ mod tests {
         fs::write(&changes, &whole).expect("write");
         let mut c = Catalog::open(dir.path(), &store(&[1])).expect("replayed");
         assert_eq!(c.logs, logs);
-        c.create(6, entry("log-6")).expect("create after");
+        assert!(c.create(6, entry("log-6")));
+        c.sync().expect("a create after");
         drop(c);
         // A bit flipped in the first record, with records after it.
         let mut damaged = whole;
@@ -779,7 +824,8 @@ mod tests {
     fn a_damaged_catalog_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut c = Catalog::open(dir.path(), &store(&[])).expect("open");
-        c.create(1, entry("a")).expect("create");
+        assert!(c.create(1, entry("a")));
+        c.sync().expect("sync");
         let path = dir.path().join("catalog");
         let mut bytes = fs::read(&path).expect("read");
         bytes[14] ^= 1;
@@ -862,10 +908,10 @@ mod tests {
         );
         assert!(err.to_string().contains("log id 4"), "{err}");
         // The file there and the store new: the store's data is gone.
-        Catalog::open(dir.path(), &store(&[]))
-            .expect("open")
-            .create(4, entry("a"))
-            .expect("create");
+        let mut c = Catalog::open(dir.path(), &store(&[])).expect("open");
+        assert!(c.create(4, entry("a")));
+        c.sync().expect("sync");
+        drop(c);
         let err = Catalog::open(dir.path(), &new).expect_err("store gone");
         assert!(
             matches!(&err, CatalogError::Mismatch { path: p, .. } if *p == path),

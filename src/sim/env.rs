@@ -283,7 +283,12 @@ impl CatalogFile for SimCatalogFile {
 
     fn read_changes(&mut self) -> io::Result<Vec<u8>> {
         let changes = changes_path(&self.path);
-        Ok(self.files.borrow().get(&changes).cloned().unwrap_or_default())
+        Ok(self
+            .files
+            .borrow()
+            .get(&changes)
+            .cloned()
+            .unwrap_or_default())
     }
 
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {

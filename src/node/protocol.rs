@@ -720,10 +720,9 @@ impl Server {
                     "a single node stores one replica (replication factor 1)",
                 ));
             }
-            match self.catalog.create(log_id, entry.clone()) {
-                Ok(created) => assert!(created, "checked that it does not exist"),
-                Err(e) => self.catalog_failed(&e),
-            }
+            // Durable before the answer goes out (the shard syncs the catalog first).
+            let created = self.catalog.create(log_id, entry.clone());
+            assert!(created, "checked that it does not exist");
             self.replicas.create(log_id, &entry, store);
         }
         let response = Response::CreateLog(CreateLogResponse {
@@ -874,7 +873,11 @@ impl Server {
             // A log this node never held, with no records here, is new to the whole chain:
             // nobody holds records of it. Anything else settles first.
             let recovered = before.is_some() || store.tail(log.log_id).is_some();
-            if let Err(e) = self.catalog.install(log.log_id, entry.clone()) {
+            if !recovered {
+                // Durable with the turn's other creates, before anything of the turn goes out.
+                let created = self.catalog.create(log.log_id, entry.clone());
+                assert!(created, "a log new here is not in the catalog");
+            } else if let Err(e) = self.catalog.install(log.log_id, entry.clone()) {
                 self.catalog_failed(&e);
             }
             if !current {
@@ -1081,6 +1084,14 @@ impl Server {
 
     /// The catalog could not be written: which version is on disk is unknown, so the shard
     /// can answer neither way (the catalog kept the old one in memory); the node stops.
+    /// Makes the catalog's changes of this turn durable (the creates'): before anything of
+    /// the turn goes out.
+    pub(crate) fn sync_catalog(&mut self) {
+        if let Err(e) = self.catalog.sync() {
+            self.catalog_failed(&e);
+        }
+    }
+
     fn catalog_failed(&self, e: &CatalogError) -> ! {
         fatal(FatalReason::StateFile {
             error: format!("shard {}: {e}", self.shard_index),

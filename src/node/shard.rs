@@ -752,9 +752,11 @@ impl<E: Net> Shard<E> {
         *slot = Some(snapshot);
     }
 
-    /// Pushes to subscriptions, starts sends for connections with output, closes connections
-    /// that are done.
+    /// Makes the turn's catalog changes durable, pushes to subscriptions, starts sends for
+    /// connections with output, closes connections that are done.
     fn flush(&mut self) {
+        // First: every answer and message of the turn may depend on a create made in it.
+        self.protocol.sync_catalog();
         let now = self.protocol.now_us();
         let protocol = &mut self.protocol;
         self.chain.pump(

@@ -21,7 +21,7 @@ use chainlog_storage::io::{Completion, Durability, FileId, Io};
 use chainlog_storage::SimIo;
 
 use super::world::{EndpointId, HostId, World};
-use crate::node::catalog::CatalogFile;
+use crate::node::catalog::{changes_path, CatalogFile};
 use crate::node::env::{Net, RawSlice, Sock};
 use crate::node::ops::NetToken;
 
@@ -261,7 +261,8 @@ impl Io for SimEnv {
     }
 }
 
-/// The catalog files of one node, by path: replaced whole, they survive its crashes.
+/// The catalog files of one node, by path (snapshots and change logs): replaced whole or
+/// appended to, they survive its crashes.
 pub(crate) type CatalogFiles = Rc<RefCell<BTreeMap<PathBuf, Vec<u8>>>>;
 
 /// One shard's catalog file in its node's [`CatalogFiles`].
@@ -280,10 +281,27 @@ impl CatalogFile for SimCatalogFile {
         Ok(self.files.borrow().get(&self.path).cloned())
     }
 
+    fn read_changes(&mut self) -> io::Result<Vec<u8>> {
+        let changes = changes_path(&self.path);
+        Ok(self
+            .files
+            .borrow()
+            .get(&changes)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let changes = changes_path(&self.path);
+        let mut files = self.files.borrow_mut();
+        files.entry(changes).or_default().extend_from_slice(bytes);
+        Ok(())
+    }
+
     fn replace(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.files
-            .borrow_mut()
-            .insert(self.path.clone(), bytes.to_vec());
+        let mut files = self.files.borrow_mut();
+        files.insert(self.path.clone(), bytes.to_vec());
+        files.remove(&changes_path(&self.path));
         Ok(())
     }
 }

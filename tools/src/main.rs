@@ -4,9 +4,11 @@
 //!
 //! Modes: `storage` (the storage engine alone, in this process, no network), `append`
 //! (closed- or open-loop appends against a running node or cluster, through the client
-//! library; the load engine is [`load`]) and `plan` (the capacity planner: an open-loop sweep to the knee).
+//! library; the load engine is [`load`]), `plan` (the capacity planner: an open-loop sweep to the knee)
+//! and `catalog` (log creation at scale next to an appender).
 
 mod append_mode;
+mod catalog_mode;
 mod faults;
 mod fingerprint;
 mod html;
@@ -40,6 +42,9 @@ enum Mode {
     /// (--concurrency C appenders, one append outstanding each) or open loop (--rate R
     /// records/s, latency from the intended send time).
     Append(append_mode::AppendArgs),
+    /// Log creation at scale: create --logs N logs while an appender runs on the same shard;
+    /// the create rate as the catalog grows and the appender's latency alone and during it.
+    Catalog(catalog_mode::CatalogArgs),
     /// Capacity planning: calibrate, sweep offered load in open loop, and answer the highest
     /// rate a node sustains at p99 <= --p99-ms for records of --record-size.
     Plan(plan::PlanArgs),
@@ -61,6 +66,7 @@ fn main() -> ExitCode {
         Mode::Storage(args) => storage_mode::main(args).map_err(Failure::Error),
         Mode::Append(args) => append_mode::main(args),
         Mode::Plan(args) => plan::main(args).map_err(Failure::Error),
+        Mode::Catalog(args) => catalog_mode::main(args).map_err(Failure::Error),
         Mode::Node(args) => return args.run("chainlog-bench node"),
         Mode::Controller(args) => return args.run("chainlog-bench controller"),
     };

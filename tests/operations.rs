@@ -313,7 +313,7 @@ fn seal_reconfigure_and_drain_from_the_cli_keep_every_record() {
     assert!(
         metric(
             &text,
-            "chainlog_controller_reconfiguration_phase_us_count{phase=\"seal\"}"
+            "chainlog_controller_reconfiguration_phase_seconds_count{phase=\"seal\"}"
         ) >= 4,
         "{text}"
     );
@@ -389,7 +389,7 @@ fn status_and_metrics_show_a_log_under_replicated_after_a_node_dies_without_a_sp
     assert_eq!(
         metric(
             &text,
-            "chainlog_controller_reconfiguration_phase_us_count{phase=\"detect\"}"
+            "chainlog_controller_reconfiguration_phase_seconds_count{phase=\"detect\"}"
         ),
         1
     );
@@ -405,7 +405,7 @@ fn status_and_metrics_show_a_log_under_replicated_after_a_node_dies_without_a_sp
         if metric(&text, "chainlog_controller_under_replicated_logs") == 0
             && metric(
                 &text,
-                "chainlog_controller_reconfiguration_phase_us_count{phase=\"catch_up\"}",
+                "chainlog_controller_reconfiguration_phase_seconds_count{phase=\"catch_up\"}",
             ) == 1
         {
             assert_eq!(metric(&text, "chainlog_controller_catching_up_replicas"), 0);
@@ -420,7 +420,7 @@ fn status_and_metrics_show_a_log_under_replicated_after_a_node_dies_without_a_sp
             assert_eq!(
                 metric(
                     &text,
-                    "chainlog_controller_reconfiguration_phase_us_count{phase=\"learn\"}"
+                    "chainlog_controller_reconfiguration_phase_seconds_count{phase=\"learn\"}"
                 ),
                 1
             );

@@ -5,9 +5,10 @@
 //! `batch_wait` (handed to the store to its frame's submission: group commit), `disk` (the
 //! frame's durable write), `ack` (durability seen to the answer queued), and `total`
 //! (frame received to answer queued). Group commit batch sizes, bytes and records per shard,
-//! logs and connections complete the picture. Distributions are served as Prometheus
-//! histograms (ten buckets per decade), whose buckets a scraper can subtract to get the
-//! distribution of any window between two scrapes (`chainlog-bench` does, for its run).
+//! logs and connections complete the picture. Distributions are served as Prometheus histograms (ten buckets per decade),
+//! whose buckets a scraper can subtract to get the distribution of any window between two
+//! scrapes (`chainlog-bench` does, for its run). Names end in base units (`_seconds`,
+//! `_bytes`), counters in `_total`.
 //!
 //! **Append traces** break single appends down where histograms cannot (a p99 of the total
 //! is not the sum of the stages' p99s): every append whose first LSN is a multiple of
@@ -25,7 +26,7 @@ use chainlog_storage::StoreMetrics;
 use hdrhistogram::Histogram;
 
 use super::conn::Session;
-use crate::prometheus::{self, family, histogram, histogram_series};
+use crate::prometheus::{self, family, histogram, histogram_series, Recorded};
 
 /// Appends whose first LSN is a multiple of this are traced.
 pub(crate) const TRACE_EVERY: u64 = 16;
@@ -264,7 +265,7 @@ type HistogramOf = fn(&Snapshot) -> &Histogram<u64>;
 type CountOf = fn(&Snapshot) -> u64;
 type NamedCountsOf = fn(&Snapshot) -> &Vec<(&'static str, u64)>;
 
-const STAGES_NAME: &str = "chainlog_append_stage_latency_us";
+const STAGES_NAME: &str = "chainlog_append_stage_latency_seconds";
 const STAGES: [(&str, HistogramOf); 6] = [
     ("queue", |s| &s.shard.queue_us),
     ("batch_wait", |s| &s.store.batch_wait_us),
@@ -359,7 +360,7 @@ const COUNTS: [(&str, &str, &str, CountOf); 20] = [
         |s| s.store.records_appended,
     ),
     (
-        "chainlog_bytes_written_total",
+        "chainlog_written_bytes_total",
         "counter",
         "Bytes written in frames.",
         |s| s.store.bytes_written,
@@ -389,7 +390,7 @@ const COUNTS: [(&str, &str, &str, CountOf); 20] = [
         |s| s.store.rollover_waits,
     ),
     (
-        "chainlog_bytes_received_total",
+        "chainlog_received_bytes_total",
         "counter",
         "Bytes received from clients.",
         |s| s.shard.bytes_received,
@@ -428,8 +429,8 @@ pub(crate) fn render(snapshots: &[Option<Snapshot>]) -> String {
             .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
     };
     let mut out = String::new();
-    let help = "Append latency by stage in microseconds (queue, batch_wait, disk, replication, \
-                ack, total).";
+    let help = "Append latency by stage in seconds (queue, batch_wait, disk, replication, ack, \
+                total).";
     family(&mut out, STAGES_NAME, "histogram", help);
     for (stage, get) in STAGES {
         for (i, s) in shards() {
@@ -438,13 +439,15 @@ pub(crate) fn render(snapshots: &[Option<Snapshot>]) -> String {
                 STAGES_NAME,
                 &format!("shard=\"{i}\",stage=\"{stage}\""),
                 get(s),
+                Recorded::Micros,
             );
         }
     }
     for (name, help, get) in BATCHES {
         family(&mut out, name, "histogram", help);
         for (i, s) in shards() {
-            histogram_series(&mut out, name, &format!("shard=\"{i}\""), get(s));
+            let labels = format!("shard=\"{i}\"");
+            histogram_series(&mut out, name, &labels, get(s), Recorded::Units);
         }
     }
     for (name, kind, help, get) in COUNTS {

@@ -18,8 +18,8 @@
 //!
 //! Learners added and dropped are counted. Gauges are read from the state at each scrape:
 //! nodes registered, alive and drained, logs, under-replicated logs (a chain shorter than the
-//! replication factor), learners, replicas still catching up, the map version. Times are
-//! served in seconds, as Prometheus names units.
+//! replication factor), learners, replicas still catching up, the map version; and the open
+//! connections with their bound. Times are served in seconds, as Prometheus names units.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -123,8 +123,21 @@ impl Metrics {
     }
 }
 
-/// The Prometheus text of `metrics` and of `state` at `now`.
-pub(crate) fn render(metrics: &Metrics, state: &ClusterState, now: Instant) -> String {
+/// Connections the controller serves, and its bound on them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Connections {
+    pub(crate) open: usize,
+    pub(crate) max: usize,
+}
+
+/// The Prometheus text of `metrics`, of `state` at `now` and of the controller's
+/// `connections`.
+pub(crate) fn render(
+    metrics: &Metrics,
+    state: &ClusterState,
+    connections: Connections,
+    now: Instant,
+) -> String {
     let mut out = String::new();
     let name = "chainlog_controller_reconfigurations_total";
     family(
@@ -152,7 +165,7 @@ pub(crate) fn render(metrics: &Metrics, state: &ClusterState, now: Instant) -> S
         histogram_series(&mut out, name, &labels, h, Recorded::Micros);
     }
     let nodes = || state.nodes();
-    let counts: [(&str, &str, &str, u64); 12] = [
+    let counts: [(&str, &str, &str, u64); 14] = [
         (
             "chainlog_controller_seal_failures_total",
             "counter",
@@ -228,6 +241,18 @@ pub(crate) fn render(metrics: &Metrics, state: &ClusterState, now: Instant) -> S
             "The cluster map's version.",
             state.version(),
         ),
+        (
+            "chainlog_controller_connections",
+            "gauge",
+            "Open connections (nodes, clients, operators).",
+            connections.open as u64,
+        ),
+        (
+            "chainlog_controller_connections_max",
+            "gauge",
+            "Connections the controller serves at most; one more is answered OVERLOADED.",
+            connections.max as u64,
+        ),
     ];
     for (name, kind, help, value) in counts {
         family(&mut out, name, kind, help);
@@ -278,7 +303,8 @@ mod tests {
         metrics.phase(Phase::Detect, Duration::from_millis(510));
         metrics.phase(Phase::Seal, Duration::from_micros(900));
         metrics.seal_failed();
-        let text = render(&metrics, &state, later);
+        let connections = Connections { open: 2, max: 256 };
+        let text = render(&metrics, &state, connections, later);
         for line in [
             "chainlog_controller_reconfigurations_total{why=\"failed\"} 1\n",
             "chainlog_controller_reconfigurations_total{why=\"drain\"} 0\n",
@@ -296,6 +322,8 @@ mod tests {
             "chainlog_controller_nodes_drained 1\n",
             "chainlog_controller_logs 2\n",
             "chainlog_controller_under_replicated_logs 1\n",
+            "chainlog_controller_connections 2\n",
+            "chainlog_controller_connections_max 256\n",
         ] {
             assert!(text.contains(line), "{line:?} in\n{text}");
         }

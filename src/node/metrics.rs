@@ -5,7 +5,8 @@
 //! `batch_wait` (handed to the store to its frame's submission: group commit), `disk` (the
 //! frame's durable write), `ack` (durability seen to the answer queued), and `total`
 //! (frame received to answer queued). Group commit batch sizes, bytes and records per shard,
-//! logs and connections complete the picture. Distributions are served as Prometheus histograms (ten buckets per decade),
+//! logs, and connections with their bound and the memory of their receive buffers complete
+//! the picture. Distributions are served as Prometheus histograms (ten buckets per decade),
 //! whose buckets a scraper can subtract to get the distribution of any window between two
 //! scrapes (`chainlog-bench` does, for its run). Names end in base units (`_seconds`,
 //! `_bytes`), counters in `_total`.
@@ -200,6 +201,11 @@ pub(crate) struct Snapshot {
     pub(crate) store: StoreMetrics,
     pub(crate) logs: usize,
     pub(crate) connections: usize,
+    /// The shard's bound on `connections` (`connections_max`).
+    pub(crate) connections_max: usize,
+    /// What the receive buffers of the connections hold in all (their sizes, not what is
+    /// in them: each one's memory).
+    pub(crate) receive_buffer_bytes: usize,
     /// Logs whose successor has not answered every record stored here, and how many records
     /// it is behind in all.
     pub(crate) lagging_logs: usize,
@@ -286,7 +292,7 @@ const BATCHES: [(&str, &str, HistogramOf); 2] = [
         |s| &s.store.batch_bytes,
     ),
 ];
-const COUNTS: [(&str, &str, &str, CountOf); 20] = [
+const COUNTS: [(&str, &str, &str, CountOf); 22] = [
     (
         "chainlog_connections_accepted_total",
         "counter",
@@ -403,6 +409,18 @@ const COUNTS: [(&str, &str, &str, CountOf); 20] = [
         "gauge",
         "Open client connections.",
         |s| s.connections as u64,
+    ),
+    (
+        "chainlog_connections_max",
+        "gauge",
+        "Connections the shard holds at most (connections_max); one more is refused.",
+        |s| s.connections_max as u64,
+    ),
+    (
+        "chainlog_connections_receive_buffer_bytes",
+        "gauge",
+        "Bytes of the receive buffers of the open connections.",
+        |s| s.receive_buffer_bytes as u64,
     ),
 ];
 const NAMED_COUNTS: [(&str, &str, &str, NamedCountsOf); 2] = [

@@ -9,7 +9,8 @@
 //! the picture. Distributions are served as Prometheus histograms (ten buckets per decade),
 //! whose buckets a scraper can subtract to get the distribution of any window between two
 //! scrapes (`chainlog-bench` does, for its run). Names end in base units (`_seconds`,
-//! `_bytes`), counters in `_total`.
+//! `_bytes`), counters in `_total`: `promtool check metrics` finds nothing to say
+//! (`tests/operations.rs`).
 //!
 //! **Append traces** break single appends down where histograms cannot (a p99 of the total
 //! is not the sum of the stages' p99s): every append whose first LSN is a multiple of

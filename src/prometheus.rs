@@ -1,6 +1,7 @@
 //! What the node's and the controller's `/metrics` share: the Prometheus text exposition of
 //! families and histograms (ten buckets per decade, which a scraper can subtract between two
-//! scrapes to get the distribution of any window), and the HTTP server that serves them
+//! scrapes to get the distribution of any window; times recorded in microseconds are written
+//! in seconds, as Prometheus names units: [`Recorded`]), and the HTTP server that serves them
 //! (hyper, on a runtime of the caller's thread, with bounds on connections, request heads
 //! and time: [`serve`]).
 
@@ -53,9 +54,47 @@ fn bucket_bounds() -> Vec<u64> {
     bounds
 }
 
-/// A Prometheus histogram: cumulative buckets, sum and count. Unlike quantiles, buckets of
-/// two scrapes can be subtracted, so a scraper can tell the distribution of any window.
-pub(crate) fn histogram_series(out: &mut String, name: &str, labels: &str, h: &Histogram<u64>) {
+/// What a histogram's recorded whole numbers are, and so how its bounds and sum are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Recorded {
+    /// Quantities in their base unit (records, bytes): written as they are.
+    Units,
+    /// Microseconds: written in seconds, the base unit Prometheus expects of times (a
+    /// `_us` family is flagged by `promtool check metrics`, and would be by every query
+    /// that mixes it with other exporters' `_seconds`).
+    Micros,
+}
+
+impl Recorded {
+    /// `value` in the exposition's unit, as a decimal that parses to exactly the number
+    /// meant (`0.000012`, not `1.2e-5` or a float's rounding of 12 / 1e6).
+    fn format(self, value: u64) -> String {
+        match self {
+            Recorded::Units => value.to_string(),
+            Recorded::Micros => {
+                let fraction = format!("{:06}", value % 1_000_000);
+                let fraction = fraction.trim_end_matches('0');
+                let seconds = value / 1_000_000;
+                if fraction.is_empty() {
+                    seconds.to_string()
+                } else {
+                    format!("{seconds}.{fraction}")
+                }
+            }
+        }
+    }
+}
+
+/// A Prometheus histogram of `h`, whose values are `unit`: cumulative buckets, sum and count.
+/// Unlike quantiles, buckets of two scrapes can be subtracted, so a scraper can tell the
+/// distribution of any window.
+pub(crate) fn histogram_series(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    h: &Histogram<u64>,
+    unit: Recorded,
+) {
     let bounds = bucket_bounds();
     let mut counts = vec![0u64; bounds.len()];
     // One pass over what was recorded (HdrHistogram's own buckets are far finer).
@@ -66,12 +105,13 @@ pub(crate) fn histogram_series(out: &mut String, name: &str, labels: &str, h: &H
         }
     }
     let mut cumulative = 0;
-    for (bound, count) in bounds.iter().zip(counts) {
+    for (&bound, count) in bounds.iter().zip(counts) {
         cumulative += count;
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        let le = unit.format(bound);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
     }
     let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.len());
-    let sum = (h.mean() * h.len() as f64).round() as u64;
+    let sum = unit.format((h.mean() * h.len() as f64).round() as u64);
     let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
     let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.len());
 }
@@ -187,29 +227,36 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
-    #[test]
-    fn histograms_have_cumulative_buckets_a_sum_and_a_count() {
+    /// The count of bucket `le` in the series `m{shard="0"}` of `out`.
+    fn bucket(out: &str, le: &str) -> u64 {
+        let prefix = format!("m_bucket{{shard=\"0\",le=\"{le}\"}} ");
+        let line = out.lines().find(|l| l.starts_with(&prefix)).expect(le);
+        line[prefix.len()..].parse().unwrap()
+    }
+
+    /// 1..=1000 and 50,000, recorded.
+    fn recorded() -> Histogram<u64> {
         let mut h = histogram();
         for us in 1..=1_000 {
             h.record(us).unwrap();
         }
         h.record(50_000).unwrap();
+        h
+    }
+
+    #[test]
+    fn histograms_have_cumulative_buckets_a_sum_and_a_count() {
         let mut out = String::new();
-        histogram_series(&mut out, "m", "shard=\"0\"", &h);
-        let bucket = |le: &str| -> u64 {
-            let prefix = format!("m_bucket{{shard=\"0\",le=\"{le}\"}} ");
-            let line = out.lines().find(|l| l.starts_with(&prefix)).expect(le);
-            line[prefix.len()..].parse().unwrap()
-        };
-        assert_eq!(bucket("1"), 1);
-        assert_eq!(bucket("12"), 12);
-        assert_eq!(bucket("100"), 100);
-        assert_eq!(bucket("800"), 800);
-        assert_eq!(bucket("1000"), 1_000);
-        assert_eq!(bucket("40000"), 1_000);
-        assert_eq!(bucket("50000"), 1_001);
-        assert_eq!(bucket("80000000"), 1_001);
-        assert_eq!(bucket("+Inf"), 1_001);
+        histogram_series(&mut out, "m", "shard=\"0\"", &recorded(), Recorded::Units);
+        assert_eq!(bucket(&out, "1"), 1);
+        assert_eq!(bucket(&out, "12"), 12);
+        assert_eq!(bucket(&out, "100"), 100);
+        assert_eq!(bucket(&out, "800"), 800);
+        assert_eq!(bucket(&out, "1000"), 1_000);
+        assert_eq!(bucket(&out, "40000"), 1_000);
+        assert_eq!(bucket(&out, "50000"), 1_001);
+        assert_eq!(bucket(&out, "80000000"), 1_001);
+        assert_eq!(bucket(&out, "+Inf"), 1_001);
         assert!(out.contains("m_count{shard=\"0\"} 1001\n"), "{out}");
         assert!(out.contains("m_sum{shard=\"0\"} 550500\n"), "{out}");
         // Bounds ascend and the counts never go down.
@@ -222,6 +269,48 @@ mod tests {
         assert_eq!(counts.len(), bounds.len() + 1);
         assert!(counts.windows(2).all(|w| w[0] <= w[1]));
         assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{bounds:?}");
+    }
+
+    #[test]
+    fn microseconds_are_served_in_seconds_with_the_same_buckets() {
+        let mut out = String::new();
+        histogram_series(&mut out, "m", "shard=\"0\"", &recorded(), Recorded::Micros);
+        assert_eq!(bucket(&out, "0.000001"), 1);
+        assert_eq!(bucket(&out, "0.000012"), 12);
+        assert_eq!(bucket(&out, "0.0008"), 800);
+        assert_eq!(bucket(&out, "0.001"), 1_000);
+        assert_eq!(bucket(&out, "0.05"), 1_001);
+        assert_eq!(bucket(&out, "80"), 1_001);
+        assert_eq!(bucket(&out, "+Inf"), 1_001);
+        assert!(out.contains("m_sum{shard=\"0\"} 0.5505\n"), "{out}");
+        assert!(out.contains("m_count{shard=\"0\"} 1001\n"), "{out}");
+        // Every bound parses to exactly the microseconds' bound divided by a million.
+        let les: Vec<f64> = out
+            .lines()
+            .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next())
+            .filter(|&le| le != "+Inf")
+            .map(|le| le.parse().unwrap())
+            .collect();
+        let bounds: Vec<f64> = bucket_bounds().iter().map(|&us| us as f64 / 1e6).collect();
+        assert_eq!(les, bounds);
+    }
+
+    #[test]
+    fn microseconds_are_written_as_exact_decimal_seconds() {
+        let cases = [
+            (0, "0"),
+            (1, "0.000001"),
+            (12, "0.000012"),
+            (1_500, "0.0015"),
+            (600_000, "0.6"),
+            (1_000_000, "1"),
+            (80_000_000, "80"),
+            (3_600_000_001, "3600.000001"),
+        ];
+        for (us, text) in cases {
+            assert_eq!(Recorded::Micros.format(us), text);
+            assert_eq!(Recorded::Units.format(us), us.to_string());
+        }
     }
 
     fn get(addr: std::net::SocketAddr, path: &str) -> String {

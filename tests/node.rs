@@ -344,11 +344,14 @@ fn metrics_are_served_as_prometheus_text() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     for needle in [
         "chainlog_records_appended_total{shard=\"0\"} 20",
-        "chainlog_append_stage_latency_us_count{shard=\"0\",stage=\"total\"} 20",
-        "chainlog_append_stage_latency_us_bucket{shard=\"0\",stage=\"disk\",le=\"+Inf\"}",
+        "chainlog_append_stage_latency_seconds_count{shard=\"0\",stage=\"total\"} 20",
+        "chainlog_append_stage_latency_seconds_bucket{shard=\"0\",stage=\"disk\",le=\"+Inf\"}",
         "chainlog_group_commit_batch_records_count{shard=\"0\"}",
         "chainlog_logs{shard=\"0\"} 1",
         "chainlog_connections{shard=\"0\"} 1",
+        "chainlog_connections_max{shard=\"0\"} 4096",
+        // One connection's receive buffer, at its start size (the appends are small).
+        "chainlog_connections_receive_buffer_bytes{shard=\"0\"} 65536",
         "chainlog_requests_total{shard=\"0\",opcode=\"APPEND\"} 20",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");

@@ -3,7 +3,9 @@
 //! `log reconfigure` start a new epoch by the controller's seal and extend, with no
 //! acknowledged record lost; a chain that cannot follow is refused; `node drain` moves every
 //! chain off a node and `node undrain` undoes it; `status` shows epochs, drained nodes,
-//! under-replicated logs and replicas catching up; the controller's `/metrics` counts it all.
+//! under-replicated logs and replicas catching up; the controller's `/metrics` counts it all,
+//! and its and a node's pass `promtool check metrics` (installed by
+//! `tools/scripts/install-test-deps.sh` if missing).
 //!
 //! Waits have generous deadlines, as guards against hanging, never as timing assertions.
 
@@ -73,6 +75,50 @@ fn metrics(addr: SocketAddr) -> String {
     let mut text = String::new();
     stream.read_to_string(&mut text).expect("answer");
     text
+}
+
+/// What `promtool check metrics` says of the body of the `/metrics` answer `answer` (nothing
+/// when the exposition follows Prometheus's rules and naming conventions). promtool is
+/// installed by `tools/scripts/install-test-deps.sh` if missing (it does nothing when it is
+/// there; it needs root and apt to install); without promtool this fails, saying so.
+fn promtool_complaints(answer: &str) -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let script = format!("{root}/tools/scripts/install-test-deps.sh");
+    let installed = std::process::Command::new(&script)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {script}: {e}"));
+    assert!(
+        installed.status.success(),
+        "promtool is needed to check /metrics and could not be installed: run {script} as \
+         root, or install promtool yourself:\n{}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    let (_, body) = answer.split_once("\r\n\r\n").expect("an end of headers");
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running promtool (is /usr/local/bin on the PATH?): {e}"));
+    check
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(body.as_bytes())
+        .expect("write to promtool");
+    let output = check.wait_with_output().expect("promtool's answer");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.status.success() {
+        said
+    } else {
+        format!("promtool exited with {}: {said}", output.status)
+    }
 }
 
 /// The value of the metric line starting with `series ` in `text`.
@@ -313,10 +359,28 @@ fn seal_reconfigure_and_drain_from_the_cli_keep_every_record() {
     assert!(
         metric(
             &text,
-            "chainlog_controller_reconfiguration_phase_us_count{phase=\"seal\"}"
+            "chainlog_controller_reconfiguration_phase_seconds_count{phase=\"seal\"}"
         ) >= 4,
         "{text}"
     );
+    // Both processes' expositions pass promtool: base units, counters in `_total`, HELP and
+    // TYPE for every family. The node's is read once its shard has published the appends,
+    // so that its histograms hold values.
+    assert_eq!(promtool_complaints(&text), "", "the controller's:\n{text}");
+    let node = cluster
+        .nodes()
+        .iter()
+        .find(|n| n.id() == head)
+        .expect("the head");
+    let appended = "chainlog_records_appended_total{shard=\"0\"}";
+    let deadline = Instant::now() + DEADLINE;
+    let mut text = metrics(node.metrics());
+    while !text.contains(appended) || metric(&text, appended) == 0 {
+        assert!(Instant::now() < deadline, "no appends published:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+        text = metrics(node.metrics());
+    }
+    assert_eq!(promtool_complaints(&text), "", "node {head}'s:\n{text}");
     drop(client);
     cluster.stop();
 }
@@ -389,7 +453,7 @@ fn status_and_metrics_show_a_log_under_replicated_after_a_node_dies_without_a_sp
     assert_eq!(
         metric(
             &text,
-            "chainlog_controller_reconfiguration_phase_us_count{phase=\"detect\"}"
+            "chainlog_controller_reconfiguration_phase_seconds_count{phase=\"detect\"}"
         ),
         1
     );
@@ -405,7 +469,7 @@ fn status_and_metrics_show_a_log_under_replicated_after_a_node_dies_without_a_sp
         if metric(&text, "chainlog_controller_under_replicated_logs") == 0
             && metric(
                 &text,
-                "chainlog_controller_reconfiguration_phase_us_count{phase=\"catch_up\"}",
+                "chainlog_controller_reconfiguration_phase_seconds_count{phase=\"catch_up\"}",
             ) == 1
         {
             assert_eq!(metric(&text, "chainlog_controller_catching_up_replicas"), 0);
@@ -420,7 +484,7 @@ fn status_and_metrics_show_a_log_under_replicated_after_a_node_dies_without_a_sp
             assert_eq!(
                 metric(
                     &text,
-                    "chainlog_controller_reconfiguration_phase_us_count{phase=\"learn\"}"
+                    "chainlog_controller_reconfiguration_phase_seconds_count{phase=\"learn\"}"
                 ),
                 1
             );

@@ -18,7 +18,8 @@
 //!
 //! Learners added and dropped are counted. Gauges are read from the state at each scrape:
 //! nodes registered, alive and drained, logs, under-replicated logs (a chain shorter than the
-//! replication factor), learners, replicas still catching up, the map version.
+//! replication factor), learners, replicas still catching up, the map version; and the open
+//! connections with their bound. Times are served in seconds, as Prometheus names units.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -28,7 +29,7 @@ use hdrhistogram::Histogram;
 
 use super::reconfig::{LearnerChange, Why};
 use super::state::ClusterState;
-use crate::prometheus::{family, histogram, histogram_series};
+use crate::prometheus::{family, histogram, histogram_series, Recorded};
 
 /// A phase of a reconfiguration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -65,7 +66,7 @@ impl Phase {
 pub(crate) struct Metrics {
     /// New epochs started, by why.
     reconfigurations: BTreeMap<&'static str, u64>,
-    /// Microseconds, by phase.
+    /// Microseconds, by phase (served in seconds).
     phases: BTreeMap<Phase, Histogram<u64>>,
     /// Members that did not answer a SEAL (or refused it).
     seal_failures: u64,
@@ -122,8 +123,21 @@ impl Metrics {
     }
 }
 
-/// The Prometheus text of `metrics` and of `state` at `now`.
-pub(crate) fn render(metrics: &Metrics, state: &ClusterState, now: Instant) -> String {
+/// Connections the controller serves, and its bound on them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Connections {
+    pub(crate) open: usize,
+    pub(crate) max: usize,
+}
+
+/// The Prometheus text of `metrics`, of `state` at `now` and of the controller's
+/// `connections`.
+pub(crate) fn render(
+    metrics: &Metrics,
+    state: &ClusterState,
+    connections: Connections,
+    now: Instant,
+) -> String {
     let mut out = String::new();
     let name = "chainlog_controller_reconfigurations_total";
     family(
@@ -136,21 +150,22 @@ pub(crate) fn render(metrics: &Metrics, state: &ClusterState, now: Instant) -> S
         let count = metrics.reconfigurations.get(why).copied().unwrap_or(0);
         let _ = writeln!(out, "{name}{{why=\"{why}\"}} {count}");
     }
-    let name = "chainlog_controller_reconfiguration_phase_us";
+    let name = "chainlog_controller_reconfiguration_phase_seconds";
     family(
         &mut out,
         name,
         "histogram",
-        "Time of each phase of a reconfiguration in microseconds: detect (last heartbeat of \
+        "Time of each phase of a reconfiguration in seconds: detect (last heartbeat of \
          the dead member to the decision), seal, extend (new chain chosen and written), \
          catch_up (extend to every new member holding the log up to the epoch's start), learn \
          (a node made a learner to its promotion into the chain).",
     );
     for (phase, h) in &metrics.phases {
-        histogram_series(&mut out, name, &format!("phase=\"{}\"", phase.label()), h);
+        let labels = format!("phase=\"{}\"", phase.label());
+        histogram_series(&mut out, name, &labels, h, Recorded::Micros);
     }
     let nodes = || state.nodes();
-    let counts: [(&str, &str, &str, u64); 12] = [
+    let counts: [(&str, &str, &str, u64); 14] = [
         (
             "chainlog_controller_seal_failures_total",
             "counter",
@@ -226,6 +241,18 @@ pub(crate) fn render(metrics: &Metrics, state: &ClusterState, now: Instant) -> S
             "The cluster map's version.",
             state.version(),
         ),
+        (
+            "chainlog_controller_connections",
+            "gauge",
+            "Open connections (nodes, clients, operators).",
+            connections.open as u64,
+        ),
+        (
+            "chainlog_controller_connections_max",
+            "gauge",
+            "Connections the controller serves at most; one more is answered OVERLOADED.",
+            connections.max as u64,
+        ),
     ];
     for (name, kind, help, value) in counts {
         family(&mut out, name, kind, help);
@@ -276,23 +303,27 @@ mod tests {
         metrics.phase(Phase::Detect, Duration::from_millis(510));
         metrics.phase(Phase::Seal, Duration::from_micros(900));
         metrics.seal_failed();
-        let text = render(&metrics, &state, later);
+        let connections = Connections { open: 2, max: 256 };
+        let text = render(&metrics, &state, connections, later);
         for line in [
             "chainlog_controller_reconfigurations_total{why=\"failed\"} 1\n",
             "chainlog_controller_reconfigurations_total{why=\"drain\"} 0\n",
-            "chainlog_controller_reconfiguration_phase_us_count{phase=\"detect\"} 1\n",
-            "chainlog_controller_reconfiguration_phase_us_bucket{phase=\"detect\",le=\"500000\"} 0\n",
-            "chainlog_controller_reconfiguration_phase_us_bucket{phase=\"detect\",le=\"600000\"} 1\n",
-            "chainlog_controller_reconfiguration_phase_us_count{phase=\"catch_up\"} 0\n",
+            "chainlog_controller_reconfiguration_phase_seconds_count{phase=\"detect\"} 1\n",
+            "chainlog_controller_reconfiguration_phase_seconds_bucket{phase=\"detect\",le=\"0.5\"} 0\n",
+            "chainlog_controller_reconfiguration_phase_seconds_bucket{phase=\"detect\",le=\"0.6\"} 1\n",
+            "chainlog_controller_reconfiguration_phase_seconds_sum{phase=\"seal\"} 0.0009\n",
+            "chainlog_controller_reconfiguration_phase_seconds_count{phase=\"catch_up\"} 0\n",
             "chainlog_controller_seal_failures_total 1\n",
             "chainlog_controller_nodes 3\n",
             "chainlog_controller_nodes_alive 2\n",
             "chainlog_controller_learners 1\n",
             "chainlog_controller_learners_added_total 1\n",
-            "chainlog_controller_reconfiguration_phase_us_count{phase=\"learn\"} 1\n",
+            "chainlog_controller_reconfiguration_phase_seconds_count{phase=\"learn\"} 1\n",
             "chainlog_controller_nodes_drained 1\n",
             "chainlog_controller_logs 2\n",
             "chainlog_controller_under_replicated_logs 1\n",
+            "chainlog_controller_connections 2\n",
+            "chainlog_controller_connections_max 256\n",
         ] {
             assert!(text.contains(line), "{line:?} in\n{text}");
         }

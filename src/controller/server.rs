@@ -920,7 +920,11 @@ impl Controller {
     fn render_metrics(&self) -> String {
         let state = self.lock();
         let metrics = self.count();
-        super::metrics::render(&metrics, &state, Instant::now())
+        let connections = super::metrics::Connections {
+            open: self.conn_count.load(Ordering::SeqCst),
+            max: CONNECTIONS_MAX,
+        };
+        super::metrics::render(&metrics, &state, connections, Instant::now())
     }
 
     /// Serves one connection until it closes, breaks the protocol or the controller stops.

@@ -246,6 +246,11 @@ impl Conn {
         self.sock
     }
 
+    /// The size of its receive buffer (the memory it holds for input).
+    pub(crate) fn recv_buffer_bytes(&self) -> usize {
+        self.recv_buf.len()
+    }
+
     /// Where the next receive goes (empty when the buffer is full: [`grow`](Self::grow)).
     pub(crate) fn recv_space(&mut self) -> &mut [u8] {
         &mut self.recv_buf[self.recv_len..]

@@ -5,9 +5,12 @@
 //! `batch_wait` (handed to the store to its frame's submission: group commit), `disk` (the
 //! frame's durable write), `ack` (durability seen to the answer queued), and `total`
 //! (frame received to answer queued). Group commit batch sizes, bytes and records per shard,
-//! logs and connections complete the picture. Distributions are served as Prometheus
-//! histograms (ten buckets per decade), whose buckets a scraper can subtract to get the
-//! distribution of any window between two scrapes (`chainlog-bench` does, for its run).
+//! logs, and connections with their bound and the memory of their receive buffers complete
+//! the picture. Distributions are served as Prometheus histograms (ten buckets per decade),
+//! whose buckets a scraper can subtract to get the distribution of any window between two
+//! scrapes (`chainlog-bench` does, for its run). Names end in base units (`_seconds`,
+//! `_bytes`), counters in `_total`: `promtool check metrics` finds nothing to say
+//! (`tests/operations.rs`).
 //!
 //! **Append traces** break single appends down where histograms cannot (a p99 of the total
 //! is not the sum of the stages' p99s): every append whose first LSN is a multiple of
@@ -25,7 +28,7 @@ use chainlog_storage::StoreMetrics;
 use hdrhistogram::Histogram;
 
 use super::conn::Session;
-use crate::prometheus::{self, family, histogram, histogram_series};
+use crate::prometheus::{self, family, histogram, histogram_series, Recorded};
 
 /// Appends whose first LSN is a multiple of this are traced.
 pub(crate) const TRACE_EVERY: u64 = 16;
@@ -199,6 +202,11 @@ pub(crate) struct Snapshot {
     pub(crate) store: StoreMetrics,
     pub(crate) logs: usize,
     pub(crate) connections: usize,
+    /// The shard's bound on `connections` (`connections_max`).
+    pub(crate) connections_max: usize,
+    /// What the receive buffers of the connections hold in all (their sizes, not what is
+    /// in them: each one's memory).
+    pub(crate) receive_buffer_bytes: usize,
     /// Logs whose successor has not answered every record stored here, and how many records
     /// it is behind in all.
     pub(crate) lagging_logs: usize,
@@ -264,7 +272,7 @@ type HistogramOf = fn(&Snapshot) -> &Histogram<u64>;
 type CountOf = fn(&Snapshot) -> u64;
 type NamedCountsOf = fn(&Snapshot) -> &Vec<(&'static str, u64)>;
 
-const STAGES_NAME: &str = "chainlog_append_stage_latency_us";
+const STAGES_NAME: &str = "chainlog_append_stage_latency_seconds";
 const STAGES: [(&str, HistogramOf); 6] = [
     ("queue", |s| &s.shard.queue_us),
     ("batch_wait", |s| &s.store.batch_wait_us),
@@ -285,7 +293,7 @@ const BATCHES: [(&str, &str, HistogramOf); 2] = [
         |s| &s.store.batch_bytes,
     ),
 ];
-const COUNTS: [(&str, &str, &str, CountOf); 20] = [
+const COUNTS: [(&str, &str, &str, CountOf); 22] = [
     (
         "chainlog_connections_accepted_total",
         "counter",
@@ -359,7 +367,7 @@ const COUNTS: [(&str, &str, &str, CountOf); 20] = [
         |s| s.store.records_appended,
     ),
     (
-        "chainlog_bytes_written_total",
+        "chainlog_written_bytes_total",
         "counter",
         "Bytes written in frames.",
         |s| s.store.bytes_written,
@@ -389,7 +397,7 @@ const COUNTS: [(&str, &str, &str, CountOf); 20] = [
         |s| s.store.rollover_waits,
     ),
     (
-        "chainlog_bytes_received_total",
+        "chainlog_received_bytes_total",
         "counter",
         "Bytes received from clients.",
         |s| s.shard.bytes_received,
@@ -402,6 +410,18 @@ const COUNTS: [(&str, &str, &str, CountOf); 20] = [
         "gauge",
         "Open client connections.",
         |s| s.connections as u64,
+    ),
+    (
+        "chainlog_connections_max",
+        "gauge",
+        "Connections the shard holds at most (connections_max); one more is refused.",
+        |s| s.connections_max as u64,
+    ),
+    (
+        "chainlog_connections_receive_buffer_bytes",
+        "gauge",
+        "Bytes of the receive buffers of the open connections.",
+        |s| s.receive_buffer_bytes as u64,
     ),
 ];
 const NAMED_COUNTS: [(&str, &str, &str, NamedCountsOf); 2] = [
@@ -428,8 +448,8 @@ pub(crate) fn render(snapshots: &[Option<Snapshot>]) -> String {
             .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
     };
     let mut out = String::new();
-    let help = "Append latency by stage in microseconds (queue, batch_wait, disk, replication, \
-                ack, total).";
+    let help = "Append latency by stage in seconds (queue, batch_wait, disk, replication, ack, \
+                total).";
     family(&mut out, STAGES_NAME, "histogram", help);
     for (stage, get) in STAGES {
         for (i, s) in shards() {
@@ -438,13 +458,15 @@ pub(crate) fn render(snapshots: &[Option<Snapshot>]) -> String {
                 STAGES_NAME,
                 &format!("shard=\"{i}\",stage=\"{stage}\""),
                 get(s),
+                Recorded::Micros,
             );
         }
     }
     for (name, help, get) in BATCHES {
         family(&mut out, name, "histogram", help);
         for (i, s) in shards() {
-            histogram_series(&mut out, name, &format!("shard=\"{i}\""), get(s));
+            let labels = format!("shard=\"{i}\"");
+            histogram_series(&mut out, name, &labels, get(s), Recorded::Units);
         }
     }
     for (name, kind, help, get) in COUNTS {

@@ -737,6 +737,13 @@ impl<E: Net> Shard<E> {
             store: self.store.metrics().clone(),
             logs: self.protocol.logs(),
             connections: self.conns.iter().flatten().count(),
+            connections_max: self.params.conn_limits.connections_max,
+            receive_buffer_bytes: self
+                .conns
+                .iter()
+                .flatten()
+                .map(Conn::recv_buffer_bytes)
+                .sum(),
             lagging_logs,
             lag_records,
             origin_ns,

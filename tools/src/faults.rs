@@ -852,9 +852,10 @@ mod tests {
         assert_eq!(r.latency_us.after.p99, None);
     }
 
-    /// The controller's phase histograms as it serves them (sum and count per phase).
-    fn controller(detect: (u64, u64), seal: (u64, u64)) -> Scrape {
-        let family = stages::PHASE_FAMILY;
+    /// The controller's phase histograms as it serves them (sum in seconds and count per
+    /// phase).
+    fn controller(detect: (f64, u64), seal: (f64, u64)) -> Scrape {
+        let family = stages::PHASE_FAMILY.name;
         let text = format!(
             "{family}_sum{{phase=\"detect\"}} {}\n{family}_count{{phase=\"detect\"}} {}\n\
              {family}_sum{{phase=\"seal\"}} {}\n{family}_count{{phase=\"seal\"}} {}\n",
@@ -867,11 +868,11 @@ mod tests {
     fn each_fault_gets_the_reconfigurations_until_the_next_one() {
         let outcomes: Vec<Outcome> = (0..40).map(|t| acked(t * 100, t * 100 + 1)).collect();
         let mut first = applied("kill:head@1s", 1_000);
-        first.controller_metrics = Some(controller((0, 0), (0, 0)));
+        first.controller_metrics = Some(controller((0.0, 0), (0.0, 0)));
         let mut second = applied("kill:tail@2s", 2_000);
-        second.controller_metrics = Some(controller((500_000, 1), (20_000, 1)));
+        second.controller_metrics = Some(controller((0.5, 1), (0.02, 1)));
         let third = applied("kill:middle@3s", 3_000);
-        let end = controller((1_500_000, 3), (80_000, 3));
+        let end = controller((1.5, 3), (0.08, 3));
         let reports = analyse(
             &[second, first, third],
             &outcomes,

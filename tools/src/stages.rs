@@ -4,8 +4,11 @@
 //! The stages are the node's (`src/node/metrics.rs`): `queue` (frame received to handed to the
 //! store), `batch_wait` (group commit), `disk` (the durable write), `replication` (durable at
 //! the head to committed on the chain), `ack` (durability seen to
-//! answer queued) and `total`, in the family `chainlog_append_stage_latency_us` with labels
-//! `shard` and `stage`; group-commit batch sizes are `chainlog_group_commit_batch_records`.
+//! answer queued) and `total`, in the family `chainlog_append_stage_latency_seconds` with
+//! labels `shard` and `stage`; group-commit batch sizes are
+//! `chainlog_group_commit_batch_records`. Times are served in seconds (Prometheus's base
+//! unit) and reported in microseconds: bounds, sums and quantiles are scaled as they are read
+//! ([`Family`]).
 //!
 //! Two exposition forms are understood, and the report says which one it used:
 //! - **histogram** (`_bucket{le=...}` series, what the node serves, ten buckets per decade):
@@ -30,10 +33,28 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-/// The node's per-stage append latency family (microseconds).
-pub(crate) const STAGE_FAMILY: &str = "chainlog_append_stage_latency_us";
+/// A histogram (or summary) family of the node or the controller, and what its values are
+/// multiplied by to be in the unit this tool reports.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Family {
+    pub(crate) name: &'static str,
+    pub(crate) to_reported: f64,
+}
+
+/// Seconds, the unit the node and the controller serve times in, in microseconds, the unit
+/// this tool reports them in.
+const MICROS_PER_SECOND: f64 = 1e6;
+
+/// The node's per-stage append latency family (seconds; reported in microseconds).
+pub(crate) const STAGE_FAMILY: Family = Family {
+    name: "chainlog_append_stage_latency_seconds",
+    to_reported: MICROS_PER_SECOND,
+};
 /// The node's group-commit batch size family (records per write).
-pub(crate) const BATCH_RECORDS_FAMILY: &str = "chainlog_group_commit_batch_records";
+const BATCH_RECORDS_FAMILY: Family = Family {
+    name: "chainlog_group_commit_batch_records",
+    to_reported: 1.0,
+};
 /// Connecting, sending and reading the scrape each give up after this long.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A larger answer is refused (the node's is a few KiB per shard).
@@ -325,16 +346,17 @@ impl Estimate {
     }
 }
 
-/// The growth of `family` between the scrapes, over the series whose labels include `want`;
-/// `None` if `after` has no such series.
+/// The growth of `family` between the scrapes, over the series whose labels include `want`,
+/// in the unit reported; `None` if `after` has no such series.
 fn estimate(
     before: &Scrape,
     after: &Scrape,
-    family: &str,
+    family: Family,
     want: &[(&str, &str)],
 ) -> Option<Estimate> {
-    let count_name = format!("{family}_count");
-    let sum_name = format!("{family}_sum");
+    let Family { name, to_reported } = family;
+    let count_name = format!("{name}_count");
+    let sum_name = format!("{name}_sum");
     let counts: Vec<&Sample> = after.matching(&count_name, want).collect();
     if counts.is_empty() {
         return None;
@@ -343,13 +365,15 @@ fn estimate(
     let sum = after
         .matching(&sum_name, want)
         .map(|s| before.growth(s))
-        .sum();
-    let bucket_name = format!("{family}_bucket");
+        .sum::<f64>()
+        * to_reported;
+    let bucket_name = format!("{name}_bucket");
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     for sample in after.matching(&bucket_name, want) {
         let Some(le) = sample.label("le").and_then(parse_bound) else {
             continue;
         };
+        let le = le * to_reported;
         let grown = before.growth(sample);
         match buckets.iter_mut().find(|(bound, _)| *bound == le) {
             Some((_, total)) => *total += grown,
@@ -371,7 +395,7 @@ fn estimate(
     let mut run_only = true;
     let mut quantile_max = |q: f64| -> u64 {
         let mut max = 0.0f64;
-        for sample in after.matching(family, want) {
+        for sample in after.matching(name, want) {
             if sample.label("quantile").and_then(|v| v.parse::<f64>().ok()) != Some(q) {
                 continue;
             }
@@ -391,7 +415,7 @@ fn estimate(
                 run_only = false;
             }
             if sample.value.is_finite() {
-                max = max.max(sample.value);
+                max = max.max(sample.value * to_reported);
             }
         }
         max.round() as u64
@@ -444,8 +468,12 @@ fn bucket_quantile(buckets: &[(f64, f64)], q: f64) -> u64 {
     lower.round() as u64
 }
 
-/// The controller's reconfiguration phase times family (microseconds, label `phase`).
-pub(crate) const PHASE_FAMILY: &str = "chainlog_controller_reconfiguration_phase_us";
+/// The controller's reconfiguration phase times family (seconds, label `phase`; reported in
+/// microseconds).
+pub(crate) const PHASE_FAMILY: Family = Family {
+    name: "chainlog_controller_reconfiguration_phase_seconds",
+    to_reported: MICROS_PER_SECOND,
+};
 /// The controller's phases of a reconfiguration, in order (`src/controller/metrics.rs`):
 /// after a failure, the survivors' epoch (detect, seal, extend), then a learner copies the
 /// log (learn) and is promoted (another seal and extend, then its catch_up).
@@ -481,7 +509,7 @@ pub(crate) fn phase_times(before: &Scrape, after: &Scrape) -> Vec<PhaseTime> {
 /// The node's stages over the run between two scrapes; `None` if `after` has no stage
 /// latencies (not a chainlog node, or a version without them).
 pub(crate) fn breakdown(before: &Scrape, after: &Scrape) -> Option<StageBreakdown> {
-    let count_name = format!("{STAGE_FAMILY}_count");
+    let count_name = format!("{}_count", STAGE_FAMILY.name);
     let mut names: Vec<&str> = Vec::new();
     for sample in after.matching(&count_name, &[]) {
         if let Some(stage) = sample.label("stage") {
@@ -544,7 +572,9 @@ mod tests {
     use super::*;
 
     /// Scrapes of a 2-shard node (`chainlog node --shards 2`): just started (only the first
-    /// segments' snapshot frames written), after appends to three logs, after two more.
+    /// segments' snapshot frames written), after appends to three logs, after two more. Taken
+    /// when nodes served summaries in microseconds, and written since in seconds with today's
+    /// names (the summary form is still understood).
     const FRESH: &str = include_str!("../tests/data/node-metrics-fresh.txt");
     const MID: &str = include_str!("../tests/data/node-metrics-mid.txt");
     const AFTER: &str = include_str!("../tests/data/node-metrics-after.txt");
@@ -568,11 +598,11 @@ mod tests {
             ("shard".to_string(), "1".to_string()),
             ("stage".to_string(), "disk".to_string()),
         ];
-        let name = "chainlog_append_stage_latency_us_sum";
-        assert_eq!(after.value(name, &labels), Some(3603.0));
+        let name = "chainlog_append_stage_latency_seconds_sum";
+        assert_eq!(after.value(name, &labels), Some(0.003603));
         // Label order does not matter.
         let reversed = [labels[1].clone(), labels[0].clone()];
-        assert_eq!(after.value(name, &reversed), Some(3603.0));
+        assert_eq!(after.value(name, &reversed), Some(0.003603));
     }
 
     #[test]
@@ -627,30 +657,30 @@ mod tests {
     #[test]
     fn histogram_buckets_are_subtracted_and_interpolated() {
         let before = parse(
-            "# TYPE chainlog_append_stage_latency_us histogram\n\
-             chainlog_append_stage_latency_us_bucket{shard=\"0\",stage=\"disk\",le=\"100\"} 10\n\
-             chainlog_append_stage_latency_us_bucket{shard=\"0\",stage=\"disk\",le=\"200\"} 10\n\
-             chainlog_append_stage_latency_us_bucket{shard=\"0\",stage=\"disk\",le=\"400\"} 10\n\
-             chainlog_append_stage_latency_us_bucket{shard=\"0\",stage=\"disk\",le=\"+Inf\"} 10\n\
-             chainlog_append_stage_latency_us_sum{shard=\"0\",stage=\"disk\"} 500\n\
-             chainlog_append_stage_latency_us_count{shard=\"0\",stage=\"disk\"} 10\n",
+            "# TYPE chainlog_append_stage_latency_seconds histogram\n\
+             chainlog_append_stage_latency_seconds_bucket{shard=\"0\",stage=\"disk\",le=\"0.0001\"} 10\n\
+             chainlog_append_stage_latency_seconds_bucket{shard=\"0\",stage=\"disk\",le=\"0.0002\"} 10\n\
+             chainlog_append_stage_latency_seconds_bucket{shard=\"0\",stage=\"disk\",le=\"0.0004\"} 10\n\
+             chainlog_append_stage_latency_seconds_bucket{shard=\"0\",stage=\"disk\",le=\"+Inf\"} 10\n\
+             chainlog_append_stage_latency_seconds_sum{shard=\"0\",stage=\"disk\"} 0.0005\n\
+             chainlog_append_stage_latency_seconds_count{shard=\"0\",stage=\"disk\"} 10\n",
         )
         .unwrap();
         // Shard 0 adds 100 appends between 100 and 200 µs; shard 1 (new) 100 between 200 and
-        // 400 µs.
+        // 400 µs. The node serves seconds; the breakdown is in microseconds.
         let after = parse(
-            "chainlog_append_stage_latency_us_bucket{shard=\"0\",stage=\"disk\",le=\"100\"} 10\n\
-             chainlog_append_stage_latency_us_bucket{shard=\"0\",stage=\"disk\",le=\"200\"} 110\n\
-             chainlog_append_stage_latency_us_bucket{shard=\"0\",stage=\"disk\",le=\"400\"} 110\n\
-             chainlog_append_stage_latency_us_bucket{shard=\"0\",stage=\"disk\",le=\"+Inf\"} 110\n\
-             chainlog_append_stage_latency_us_sum{shard=\"0\",stage=\"disk\"} 15500\n\
-             chainlog_append_stage_latency_us_count{shard=\"0\",stage=\"disk\"} 110\n\
-             chainlog_append_stage_latency_us_bucket{shard=\"1\",stage=\"disk\",le=\"100\"} 0\n\
-             chainlog_append_stage_latency_us_bucket{shard=\"1\",stage=\"disk\",le=\"200\"} 0\n\
-             chainlog_append_stage_latency_us_bucket{shard=\"1\",stage=\"disk\",le=\"400\"} 100\n\
-             chainlog_append_stage_latency_us_bucket{shard=\"1\",stage=\"disk\",le=\"+Inf\"} 100\n\
-             chainlog_append_stage_latency_us_sum{shard=\"1\",stage=\"disk\"} 30000\n\
-             chainlog_append_stage_latency_us_count{shard=\"1\",stage=\"disk\"} 100\n",
+            "chainlog_append_stage_latency_seconds_bucket{shard=\"0\",stage=\"disk\",le=\"0.0001\"} 10\n\
+             chainlog_append_stage_latency_seconds_bucket{shard=\"0\",stage=\"disk\",le=\"0.0002\"} 110\n\
+             chainlog_append_stage_latency_seconds_bucket{shard=\"0\",stage=\"disk\",le=\"0.0004\"} 110\n\
+             chainlog_append_stage_latency_seconds_bucket{shard=\"0\",stage=\"disk\",le=\"+Inf\"} 110\n\
+             chainlog_append_stage_latency_seconds_sum{shard=\"0\",stage=\"disk\"} 0.0155\n\
+             chainlog_append_stage_latency_seconds_count{shard=\"0\",stage=\"disk\"} 110\n\
+             chainlog_append_stage_latency_seconds_bucket{shard=\"1\",stage=\"disk\",le=\"0.0001\"} 0\n\
+             chainlog_append_stage_latency_seconds_bucket{shard=\"1\",stage=\"disk\",le=\"0.0002\"} 0\n\
+             chainlog_append_stage_latency_seconds_bucket{shard=\"1\",stage=\"disk\",le=\"0.0004\"} 100\n\
+             chainlog_append_stage_latency_seconds_bucket{shard=\"1\",stage=\"disk\",le=\"+Inf\"} 100\n\
+             chainlog_append_stage_latency_seconds_sum{shard=\"1\",stage=\"disk\"} 0.03\n\
+             chainlog_append_stage_latency_seconds_count{shard=\"1\",stage=\"disk\"} 100\n",
         )
         .unwrap();
         let b = breakdown(&before, &after).unwrap();

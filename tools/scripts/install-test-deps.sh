@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # install-test-deps.sh: what the test command needs beyond the Rust toolchain, installed if
 # missing (running it again does nothing). Today that is `promtool`, which checks the node's
-# and the controller's /metrics (tests/metrics.rs).
+# and the controller's /metrics (tests/operations.rs).
 #
 # promtool comes from Debian's `prometheus` package (there is no package of promtool alone).
 # Only the promtool binary is taken from it, into /usr/local/bin: installing the package

@@ -2052,9 +2052,9 @@ fn rss_bytes(pid: u32) -> u64 {
 /// accepted connection got a receive buffer of two frames (8 MiB) at once; once one had been
 /// freed the allocator served the next ones from its heap, zeroed page by page, and kept
 /// them after their connections closed: 300 connections that only said HELLO took the
-/// node's RSS up by 350 MB, the second time round. Now 2,000 of them, twice (with a 2 MiB
-/// append between, whose buffer grows to its frame and shrinks back), stay within 64 MB of
-/// the start, and the good connection appends throughout.
+/// node's RSS up by 350 MB, the second time round. Now 2,000 of them and 2,000 that sent half
+/// a HELLO, twice (with a 2 MiB append between, whose buffer grows to its frame and shrinks
+/// back), stay within 64 MB of the start, and the good connection appends throughout.
 #[test]
 fn idle_connections_cost_kilobytes_and_give_their_memory_back() {
     const IDLE: usize = 2_000;
@@ -2067,7 +2067,7 @@ fn idle_connections_cost_kilobytes_and_give_their_memory_back() {
     // SAFETY: getrlimit/setrlimit with a valid rlimit for this process.
     unsafe {
         assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        let wanted = (2 * IDLE as libc::rlim_t + 256).min(limit.rlim_max);
+        let wanted = (4 * IDLE as libc::rlim_t + 256).min(limit.rlim_max);
         if limit.rlim_cur < wanted {
             limit.rlim_cur = wanted;
             assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
@@ -2079,15 +2079,23 @@ fn idle_connections_cost_kilobytes_and_give_their_memory_back() {
     let mib = vec![b'm'; 1 << 20];
     for round in 0..2u64 {
         let idle: Vec<Raw> = (0..IDLE).map(|_| Raw::greeted(node.addr(0))).collect();
+        let hello = request(1, &Request::Hello(HelloRequest::CURRENT));
+        let half_sent: Vec<Raw> = (0..IDLE)
+            .map(|_| {
+                let mut r = Raw::connect(node.addr(0));
+                r.send(&hello[..hello.len() / 2]);
+                r
+            })
+            .collect();
         c.send(&append_frame(10 + round, log_id, &[&mib, &mib]));
         c.expect_appended(10 + round);
         let grown = rss_bytes(node.pid()).saturating_sub(start);
         assert!(
             grown < BOUND,
-            "round {round}: {IDLE} idle connections took {} MB",
+            "round {round}: {IDLE} idle connections and {IDLE} half HELLOs took {} MB",
             grown >> 20
         );
-        drop(idle);
+        drop((idle, half_sent));
     }
     // Closed: the node lets them go as it sees them close (a guard, not a measurement).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

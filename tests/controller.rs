@@ -3,7 +3,8 @@
 //! frames (`common::raw`): registration and placement, creates that wait for the replicas to
 //! apply the map (and time out when one does not), describe, list and delete, a restart that
 //! keeps the map, hostile input that must not disturb a good client, a damaged state file that
-//! must stop the controller with a clear error, and a stop while a create waits; and the CLI
+//! must stop the controller with a clear error, a stop while a create waits, and bounded
+//! connections that keep room for nodes while clients hold every other slot; and the CLI
 //! against it (`log create --rf 2`, `status` with every node, the log's chain and each
 //! replica's lag); and a failure with fake replicas answering SEAL and TAIL_HINT: the
 //! survivors' epoch, a learner, its promotion once it answers caught up. Each test stops the
@@ -405,32 +406,83 @@ fn the_client_refuses_a_node_for_the_controller() {
     assert!(node.terminate().success());
 }
 
+/// Every slot is bounded: 8 for anyone, 2 more for nodes (the HELLO timeout far beyond the
+/// test, so that the connections in the nodes' slots, which never show they are nodes, stay).
 #[test]
 fn connections_are_bounded_and_a_freed_slot_serves_again() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let controller = Controller::start(&dir.path().join("controller"), &[]);
-    let mut open: Vec<Raw> = (0..chainlog::controller::server::CONNECTIONS_MAX)
-        .map(|_| Raw::greeted(controller.addr))
-        .collect();
+    let args = [
+        "--connections-max",
+        "8",
+        "--node-connections-reserved",
+        "2",
+        "--hello-timeout-ms",
+        "3600000",
+    ];
+    let controller = Controller::start(&dir.path().join("controller"), &args);
+    let mut open: Vec<Raw> = (0..10).map(|_| Raw::greeted(controller.addr)).collect();
     // One more is answered OVERLOADED (retry after 100 ms) and closed, unread.
     let mut refused = Raw::connect(controller.addr);
     refused.expect_error(0, 0, ErrorCode::Overloaded, 100, 0);
     refused.expect_closed();
-    // Once a connection closes, its slot serves a new one (the controller notices the close
+    // Once a client closes, its slot serves a new client (the controller notices the close
     // on its own time: try until it has).
-    open.pop();
+    open.remove(0);
     let mut tries = 0;
-    loop {
+    let mut raw = loop {
         let mut raw = Raw::connect(controller.addr);
         raw.send(&request(1, &Request::Hello(HelloRequest::CURRENT)));
         if let Some(Answer::Ok { .. }) = raw.next() {
-            break;
+            break raw;
         }
         tries += 1;
         assert!(tries < 1000, "a freed slot never served again");
         std::thread::sleep(Duration::from_millis(10));
-    }
+    };
+    let get = GetMapRequest {
+        after_log_id: 0,
+        max: 10,
+    };
+    raw.send(&request(2, &Request::GetMap(get)));
+    assert!(
+        matches!(raw.next(), Some(Answer::Ok { request_id: 2, .. })),
+        "the new client is served"
+    );
     drop(open);
+    assert!(controller.terminate().success());
+}
+
+/// Issue 15: clients that hold every client slot do not lock the nodes out. With every
+/// client slot held by a greeted, idle client (the idle timeout far beyond the test, so none
+/// frees itself), a node still registers and heartbeats (the map shows it alive), and one
+/// more client is refused OVERLOADED.
+#[test]
+fn a_node_gets_in_while_clients_hold_every_client_slot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = ["--idle-timeout-ms", "3600000"];
+    let controller = Controller::start(&dir.path().join("controller"), &args);
+    let mut clients: Vec<ControllerClient> = (0..chainlog::controller::CONNECTIONS_MAX_DEFAULT)
+        .map(|_| connect(&controller))
+        .collect();
+    let addr = controller.addr.to_string();
+    let node_args = ["--controller", addr.as_str(), "--node-id", "1"];
+    let node = Node::start_with(&dir.path().join("node"), 1, None, &node_args);
+    let mut tries = 0;
+    while !clients[0]
+        .map()
+        .expect("a held client is served")
+        .node(1)
+        .is_some_and(|n| n.alive)
+    {
+        tries += 1;
+        assert!(tries < 1000, "the node never registered: it found no slot");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let refused =
+        ControllerClient::connect(controller.addr, CALL_TIMEOUT).and_then(|mut c| c.list_logs());
+    assert_eq!(code(refused), ErrorCode::Overloaded);
+    assert!(node.terminate().success());
+    drop(clients);
     assert!(controller.terminate().success());
 }
 

@@ -25,7 +25,8 @@ pub mod store;
 
 pub use server::{run, ControllerConfig, ControllerError};
 pub use settings::{
-    ControllerArgs, ControllerSettings, CREATE_TIMEOUT_DEFAULT, DEFAULT_RF_DEFAULT, LISTEN_DEFAULT,
+    ControllerArgs, ControllerSettings, CONNECTIONS_MAX_DEFAULT, CREATE_TIMEOUT_DEFAULT,
+    DEFAULT_RF_DEFAULT, LISTEN_DEFAULT,
 };
 pub use state::{ClusterState, StateError};
 pub use store::{StateStore, StoreError};

@@ -3,9 +3,10 @@
 //! **Threads, not tokio.** The controller is on the control path: a few nodes heartbeating
 //! every few hundred milliseconds and the occasional create or delete, each change written to
 //! disk with an fsync before it is answered. Blocking code says that directly: one thread per
-//! connection (at most [`CONNECTIONS_MAX`]), reading whole frames with the same decoders as
-//! the node, the cluster state behind one mutex, and a condition variable that heartbeats
-//! signal so that a waiting CREATE_LOG wakes up when a replica reports the new map. With
+//! connection (at most `connections_max` plus the nodes' reserve: below), reading whole
+//! frames with the same decoders as the node, the cluster state behind one mutex, and a
+//! condition variable that heartbeats signal so that a waiting CREATE_LOG wakes up when a
+//! replica reports the new map. With
 //! tokio the fsync would have to leave the runtime (`spawn_blocking`) and the wait would need
 //! a notification primitive anyway; nothing here needs thousands of connections.
 //!
@@ -36,10 +37,19 @@
 //! | RECONFIGURE_LOG with a chain that cannot follow the current one (before or after the seal), or while another request of the epoch is pending | CONDITION_FAILED, `arg0` = `u64::MAX`, the message says why (terminal: after a seal the controller's chain followed) |
 //! | RECONFIGURE_LOG not done in time (no member answered the seal, none holds every record, the controller stops) | UNAVAILABLE (the request stands: sending it again waits again) |
 //!
-//! Connections beyond [`CONNECTIONS_MAX`] are answered OVERLOADED (retry after 100 ms) and
-//! closed, as a node's shard does beyond its `connections_max`; a connection that has not
-//! sent a whole HELLO within the HELLO timeout (10 s), or sends nothing for the idle timeout
-//! (10 minutes; nodes heartbeat every 50 ms), is closed.
+//! **Connection slots: clients cannot lock the nodes out.** A connection takes one of the
+//! `connections_max` slots (256) if one is free, whoever it is; once all are held it takes one
+//! of the `node_connections_reserved` (64) kept for nodes, on probation: the HELLO does not
+//! say who the peer is, so its first request after the HELLO must be a node's (REGISTER_NODE
+//! or HEARTBEAT, answered with success) and come within the HELLO timeout. Anything else is
+//! answered OVERLOADED (retry after 100 ms) and the connection closed; a connection
+//! beyond both is answered so at once and closed unread, as a node's shard does beyond its
+//! `connections_max`. The reserve is a fixed count, so the threads stay bounded by the sum,
+//! and it holds one connection per node of a cluster that size (a node holds one). Until
+//! nodes prove who they are (TLS identities, issue 14) a peer that forges a node's
+//! REGISTER_NODE or HEARTBEAT can use the reserve too; a client that merely idles cannot. A
+//! connection that has not sent a whole HELLO within the HELLO timeout (10 s), or sends
+//! nothing for the idle timeout (10 minutes; nodes heartbeat every 50 ms), is closed.
 //!
 //! **Operations.** RECONFIGURE_LOG records the operator's request durably in the state and
 //! waits, as a create does, until the reconfiguring thread has carried it out (the same seal
@@ -83,8 +93,6 @@ use super::store::{StateStore, StoreError};
 use crate::signals::StopSignals;
 use chainlog_net::cluster::{MapLog, MapNode};
 
-/// Connections served at once; more are closed at once (a warning is logged).
-pub const CONNECTIONS_MAX: usize = 256;
 /// The limits the controller announces and enforces: the defaults (PROTOCOL.md 6.1).
 const LIMITS: Limits = Limits::DEFAULT;
 /// How long a write to a peer may block before the connection is dropped (a peer that does
@@ -152,6 +160,10 @@ pub struct ControllerConfig {
     /// A connection that sends nothing for this long is closed (a node heartbeats far more
     /// often).
     pub idle_timeout: Duration,
+    /// Connections served at once, whoever they are (client slots).
+    pub connections_max: usize,
+    /// Connections served beyond `connections_max`, for nodes only (module documentation).
+    pub node_connections_reserved: usize,
 }
 
 /// Why the controller stopped other than by a signal, or did not start.
@@ -199,6 +211,10 @@ pub fn parse_serving(line: &str) -> Option<(SocketAddr, Option<SocketAddr>)> {
 /// e.g. after `--listen 127.0.0.1:0`; [`parse_serving`]).
 pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
     assert!(config.default_rf >= 1, "settings refuse a default_rf of 0");
+    assert!(
+        config.connections_max >= 1,
+        "settings refuse a connections_max of 0"
+    );
     // Blocked before any thread starts, so that every thread inherits the block.
     let signals = StopSignals::block().map_err(|source| ControllerError::System {
         what: "blocking the stop signals",
@@ -257,7 +273,8 @@ pub fn run(config: ControllerConfig) -> Result<(), ControllerError> {
         idle_timeout: config.idle_timeout,
         stopping: AtomicBool::new(false),
         conns: Mutex::new(BTreeMap::new()),
-        conn_count: AtomicUsize::new(0),
+        slots_max: [config.connections_max, config.node_connections_reserved],
+        slots_held: [AtomicUsize::new(0), AtomicUsize::new(0)],
         next_conn: AtomicU64::new(1),
         metrics: Mutex::new(Metrics::new()),
         refusals: Mutex::new(BTreeMap::new()),
@@ -353,7 +370,11 @@ struct Controller {
     stopping: AtomicBool,
     /// A handle on every open connection, to shut them down at stop.
     conns: Mutex<BTreeMap<u64, TcpStream>>,
-    conn_count: AtomicUsize,
+    /// How many connections each kind of [`Slot`] may hold (indexed by the slot)...
+    slots_max: [usize; 2],
+    /// ... and how many it holds (taken by the accepting thread only, given back by the
+    /// connections' threads).
+    slots_held: [AtomicUsize; 2],
     next_conn: AtomicU64,
     /// What `/metrics` counts.
     metrics: Mutex<Metrics>,
@@ -460,12 +481,41 @@ impl From<StateError> for Refusal {
     }
 }
 
+/// The kind of slot a connection holds (module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// One of the `connections_max`, whoever the peer is.
+    Any = 0,
+    /// One of the `node_connections_reserved`: the peer must show it is a node.
+    Node = 1,
+}
+
 /// What a connection keeps between frames.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Session {
+    slot: Slot,
     greeted: bool,
+    /// A REGISTER_NODE or HEARTBEAT succeeded on the connection: the peer is a node.
+    node: bool,
     /// Answer what is queued, then close.
     closing: bool,
+}
+
+impl Session {
+    fn new(slot: Slot) -> Session {
+        Session {
+            slot,
+            greeted: false,
+            node: false,
+            closing: false,
+        }
+    }
+
+    /// In a node's slot without having shown it is a node: its first request after the
+    /// HELLO must be a node's, within the HELLO timeout.
+    fn on_probation(&self) -> bool {
+        self.slot == Slot::Node && !self.node
+    }
 }
 
 impl Controller {
@@ -477,6 +527,16 @@ impl Controller {
 
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// The answer to a connection that finds no slot for it: OVERLOADED, retry after 100 ms,
+    /// as a node's shard answers beyond its `connections_max`.
+    fn overloaded(&self) -> Refusal {
+        let [max, reserved] = self.slots_max;
+        let message = format!(
+            "too many connections: the controller serves {max}, and {reserved} more for nodes"
+        );
+        Refusal::new(ErrorCode::Overloaded, CONNECTION_RETRY_MS, message)
     }
 
     /// Writes the state; a failure is fatal (module documentation).
@@ -509,24 +569,29 @@ impl Controller {
             if self.stopping() {
                 return Ok(());
             }
-            if self.conn_count.load(Ordering::SeqCst) >= CONNECTIONS_MAX {
+            let Some(slot) = [Slot::Any, Slot::Node].into_iter().find(|&slot| {
+                self.slots_held[slot as usize].load(Ordering::SeqCst)
+                    < self.slots_max[slot as usize]
+            }) else {
                 tracing::warn!(
-                    max = CONNECTIONS_MAX,
+                    max = self.slots_max[Slot::Any as usize],
+                    reserved = self.slots_max[Slot::Node as usize],
                     "connection refused: too many connections"
                 );
-                refuse_connection(stream);
+                refuse_connection(stream, &self.overloaded());
                 continue;
-            }
-            self.conn_count.fetch_add(1, Ordering::SeqCst);
+            };
+            let held = &self.slots_held[slot as usize];
+            held.fetch_add(1, Ordering::SeqCst);
             let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
             let spawned = std::thread::Builder::new()
                 .name(format!("conn-{id}"))
                 .spawn_scoped(scope, move || {
-                    self.connection(id, stream);
-                    self.conn_count.fetch_sub(1, Ordering::SeqCst);
+                    self.connection(id, stream, slot);
+                    held.fetch_sub(1, Ordering::SeqCst);
                 });
             if let Err(e) = spawned {
-                self.conn_count.fetch_sub(1, Ordering::SeqCst);
+                held.fetch_sub(1, Ordering::SeqCst);
                 tracing::warn!(error = %e, "connection refused: no thread for it");
             }
         }
@@ -920,15 +985,21 @@ impl Controller {
     fn render_metrics(&self) -> String {
         let state = self.lock();
         let metrics = self.count();
+        // Both kinds of slot together: the bound beyond which a connection is refused unread.
         let connections = super::metrics::Connections {
-            open: self.conn_count.load(Ordering::SeqCst),
-            max: CONNECTIONS_MAX,
+            open: self
+                .slots_held
+                .iter()
+                .map(|held| held.load(Ordering::SeqCst))
+                .sum(),
+            max: self.slots_max.iter().sum(),
         };
         super::metrics::render(&metrics, &state, connections, Instant::now())
     }
 
-    /// Serves one connection until it closes, breaks the protocol or the controller stops.
-    fn connection(&self, id: u64, mut stream: TcpStream) {
+    /// Serves one connection, in `slot`, until it closes, breaks the protocol or the
+    /// controller stops.
+    fn connection(&self, id: u64, mut stream: TcpStream, slot: Slot) {
         let registered = stream.try_clone().map(|clone| {
             self.conns
                 .lock()
@@ -941,7 +1012,7 @@ impl Controller {
         }
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-        let closed_by_us = self.serve(&mut stream);
+        let closed_by_us = self.serve(&mut stream, Session::new(slot));
         self.conns.lock().expect("connections lock").remove(&id);
         if closed_by_us {
             linger(stream);
@@ -950,11 +1021,10 @@ impl Controller {
 
     /// The connection's read loop; true if the controller ended it (a refused frame), false
     /// if the peer did (or the socket failed, or the controller stops).
-    fn serve(&self, stream: &mut TcpStream) -> bool {
+    fn serve(&self, stream: &mut TcpStream, mut session: Session) -> bool {
         let mut input = Vec::new();
         let mut out = Vec::new();
         let mut chunk = vec![0u8; READ_CHUNK_BYTES];
-        let mut session = Session::default();
         let hello_by = Instant::now() + self.hello_timeout;
         loop {
             let mut consumed = 0;
@@ -985,10 +1055,10 @@ impl Controller {
                 return false;
             }
             input.drain(..consumed);
-            // Until its HELLO a connection has what is left of the HELLO timeout, then the
-            // idle timeout for each read: a silent one is closed (a read that times out
-            // fails).
-            let wait = if session.greeted {
+            // Until its HELLO (and in a node's slot, until it showed it is a node) a
+            // connection has what is left of the HELLO timeout, then the idle timeout for
+            // each read: a silent one is closed (a read that times out fails).
+            let wait = if session.greeted && !session.on_probation() {
                 self.idle_timeout
             } else {
                 hello_by.saturating_duration_since(Instant::now())
@@ -1046,6 +1116,15 @@ impl Controller {
 
     /// The answer to a decoded request.
     fn answer(&self, request: Request<'_>, session: &mut Session) -> Result<Answer, Refusal> {
+        let a_nodes = matches!(
+            request,
+            Request::Hello(_) | Request::RegisterNode(_) | Request::Heartbeat(_)
+        );
+        if session.on_probation() && !a_nodes {
+            // A client in a node's slot (every other slot was held): refused, which frees it.
+            session.closing = true;
+            return Err(self.overloaded());
+        }
         match request {
             Request::Hello(_) => {
                 if session.greeted {
@@ -1088,6 +1167,7 @@ impl Controller {
                 }
                 // A node that registers again has applied nothing: waiting creates look again.
                 self.changed.notify_all();
+                session.node = true;
                 Ok(Answer::Registered(MapVersionResponse { map_version }))
             }
             Request::Heartbeat(heartbeat) => {
@@ -1104,6 +1184,7 @@ impl Controller {
                     state.suspect(heartbeat.suspect, now);
                 }
                 self.changed.notify_all();
+                session.node = true;
                 Ok(Answer::Heartbeat(MapVersionResponse { map_version }))
             }
             Request::GetMap(get) => Ok(self.map_page(get.after_log_id, get.max)),
@@ -1449,12 +1530,10 @@ fn is_transient(e: &io::Error) -> bool {
     ) || e.kind() == io::ErrorKind::Interrupted
 }
 
-/// Answers a connection over [`CONNECTIONS_MAX`] with OVERLOADED (retry after 100 ms, as a
-/// node's shard does) and closes it, unread, without holding up the accepting thread.
-fn refuse_connection(mut stream: TcpStream) {
+/// Answers a connection over every slot with `refusal` (OVERLOADED, [`Controller::overloaded`])
+/// and closes it, unread, without holding up the accepting thread.
+fn refuse_connection(mut stream: TcpStream, refusal: &Refusal) {
     let mut out = Vec::new();
-    let message = format!("too many connections: the controller holds {CONNECTIONS_MAX} at most");
-    let refusal = Refusal::new(ErrorCode::Overloaded, CONNECTION_RETRY_MS, message);
     encode_error(&mut out, 0, None, &refusal.response());
     let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
     let _ = stream.write_all(&out);

@@ -11,6 +11,8 @@
 //! metrics = "127.0.0.1:7301"  # serve GET /metrics there; default: off
 //! hello_timeout_ms = 10000  # a connection that sends no HELLO this long is closed
 //! idle_timeout_ms = 600000  # a connection that sends nothing this long is closed
+//! connections_max = 256     # connections served at once, nodes' included
+//! node_connections_reserved = 64  # more, kept for nodes while clients hold the first
 //! ```
 
 use std::net::SocketAddr;
@@ -29,6 +31,11 @@ pub const CREATE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 const HELLO_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// How long a connection may send nothing, by default.
 const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(600);
+/// Connections served at once (client slots), by default.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 256;
+/// Connections beyond those kept for nodes, by default: one per node of a cluster of up to 64
+/// nodes (a node holds one connection to the controller).
+const NODE_CONNECTIONS_RESERVED_DEFAULT: usize = 64;
 /// The replication factor of a CREATE_LOG that asks for the default, by default.
 pub const DEFAULT_RF_DEFAULT: u8 = 1;
 /// Where the controller listens by default.
@@ -97,6 +104,15 @@ pub struct ControllerSettings {
     /// Close a connection that sent nothing for this long [default: 600000].
     #[arg(long, value_name = "MS")]
     pub idle_timeout_ms: Option<u64>,
+    /// Connections served at once, clients' and nodes'; one more is served only by the
+    /// reserve for nodes [default: 256].
+    #[arg(long, value_name = "N")]
+    pub connections_max: Option<usize>,
+    /// Connections served beyond connections_max, for nodes only: one accepted there must
+    /// register or heartbeat within the HELLO timeout, anything else is answered OVERLOADED
+    /// [default: 64; 0: no reserve].
+    #[arg(long, value_name = "N")]
+    pub node_connections_reserved: Option<usize>,
 }
 
 impl ControllerSettings {
@@ -116,6 +132,10 @@ impl ControllerSettings {
             metrics: self.metrics.or(base.metrics),
             hello_timeout_ms: self.hello_timeout_ms.or(base.hello_timeout_ms),
             idle_timeout_ms: self.idle_timeout_ms.or(base.idle_timeout_ms),
+            connections_max: self.connections_max.or(base.connections_max),
+            node_connections_reserved: self
+                .node_connections_reserved
+                .or(base.node_connections_reserved),
         }
     }
 
@@ -131,6 +151,9 @@ impl ControllerSettings {
         };
         if self.default_rf == Some(0) {
             return Err("default_rf must be at least 1".into());
+        }
+        if self.connections_max == Some(0) {
+            return Err("connections_max must be at least 1".into());
         }
         Ok(ControllerConfig {
             data_dir,
@@ -152,6 +175,10 @@ impl ControllerSettings {
                 self.idle_timeout_ms,
                 IDLE_TIMEOUT_DEFAULT,
             )?,
+            connections_max: self.connections_max.unwrap_or(CONNECTIONS_MAX_DEFAULT),
+            node_connections_reserved: self
+                .node_connections_reserved
+                .unwrap_or(NODE_CONNECTIONS_RESERVED_DEFAULT),
             metrics: match self.metrics.as_deref() {
                 None | Some("off") => None,
                 Some(addr) => Some(
@@ -178,7 +205,11 @@ mod tests {
     fn flags_win_over_the_file_and_defaults_fill_the_rest() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("controller.toml");
-        std::fs::write(&file, "data_dir = \"/data\"\nliveness_ms = 500\n").expect("write");
+        std::fs::write(
+            &file,
+            "data_dir = \"/data\"\nliveness_ms = 500\nconnections_max = 8\n",
+        )
+        .expect("write");
         let file = file.to_str().expect("utf-8 path");
         let cli =
             Cli::try_parse_from(["c", "--config", file, "--liveness-ms", "700"]).expect("parses");
@@ -188,6 +219,11 @@ mod tests {
         assert_eq!(config.liveness, Duration::from_millis(700));
         assert_eq!(config.create_timeout, CREATE_TIMEOUT_DEFAULT);
         assert_eq!(config.default_rf, DEFAULT_RF_DEFAULT);
+        assert_eq!(config.connections_max, 8);
+        assert_eq!(
+            config.node_connections_reserved,
+            NODE_CONNECTIONS_RESERVED_DEFAULT
+        );
         let cli =
             Cli::try_parse_from(["c", "--config", file, "--default-rf", "3"]).expect("parses");
         assert_eq!(cli.controller.resolve().expect("resolves").default_rf, 3);
@@ -231,5 +267,14 @@ mod tests {
             ..ControllerSettings::default()
         };
         assert!(bad.resolve().expect_err("bad").contains("metrics address"));
+        let no_slots = ControllerSettings {
+            data_dir: Some("/d".into()),
+            connections_max: Some(0),
+            ..ControllerSettings::default()
+        };
+        assert!(no_slots
+            .resolve()
+            .expect_err("zero")
+            .contains("connections_max"));
     }
 }

@@ -270,9 +270,6 @@ impl Net for RealEnv {
 
 /// The store's side: [`UringIo`]'s, unchanged.
 impl Io for RealEnv {
-    fn register_buffers(&mut self, bufs: &mut [AlignedBuf]) -> bool {
-        self.io.register_buffers(bufs)
-    }
     fn create_dir_all(&mut self, dir: &Path) -> io::Result<()> {
         self.io.create_dir_all(dir)
     }

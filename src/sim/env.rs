@@ -192,9 +192,6 @@ impl Net for SimEnv {
 }
 
 impl Io for SimEnv {
-    fn register_buffers(&mut self, bufs: &mut [AlignedBuf]) -> bool {
-        self.disk.register_buffers(bufs)
-    }
     fn create_dir_all(&mut self, dir: &Path) -> io::Result<()> {
         self.disk.create_dir_all(dir)
     }

@@ -1,9 +1,11 @@
-//! Owned, block-aligned buffers for O_DIRECT I/O, and the fixed pool they come from.
+//! Owned, block-aligned buffers for O_DIRECT I/O.
 //!
 //! A buffer is moved into the I/O seam for the lifetime of an operation and handed back in its
-//! completion, so the kernel never sees memory that Rust code could touch meanwhile. The pool is
-//! allocated once at startup (nothing on the append path allocates); with io_uring its buffers
-//! are registered, and each buffer remembers its registration index.
+//! completion, so the kernel never sees memory that Rust code could touch meanwhile. The store
+//! allocates its write buffers once at startup (nothing on the append path allocates); a large
+//! buffer is a mapping of its own whose pages become memory only once written, so a buffer
+//! sized for the largest frame costs what the frames it held took (ARCHITECTURE.md, "Memory
+//! per shard").
 //!
 //! An [`AlignedBuf`] holds a raw pointer to its allocation, not a `Box`: moving the buffer (into
 //! a write, back out of its completion, between the store's queues) moves neither its bytes nor
@@ -23,28 +25,57 @@ pub struct AlignedBuf {
     ptr: NonNull<u8>,
     capacity: usize,
     len: usize,
-    /// Index among the buffers registered with the I/O backend, if registered.
-    index: Option<u16>,
 }
 
 // SAFETY: the buffer owns its allocation exclusively; moving it across threads moves ownership.
 unsafe impl Send for AlignedBuf {}
 
+/// Buffers of at least this many bytes are mapped on their own (`mmap`), the rest come from
+/// the heap.
+const MAPPED_BYTES_MIN: usize = 64 << 10;
+
 impl AlignedBuf {
     /// A zeroed buffer of `capacity` bytes (rounded up to the block size), length 0.
+    ///
+    /// A buffer of [`MAPPED_BYTES_MIN`] or more is an anonymous mapping of its own: the kernel
+    /// zeroes its pages as they are first touched, so the bytes it never holds cost no memory
+    /// (a write buffer sized for the largest frame mostly holds small ones). The heap's
+    /// zeroed allocation at this alignment writes every byte, making all of it resident.
     pub fn new(capacity: usize) -> AlignedBuf {
         let capacity = crate::format::block_align(capacity.max(1));
         let layout = Layout::from_size_align(capacity, BLOCK_SIZE).expect("buffer layout");
-        // SAFETY: the layout has a non-zero size.
-        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        let raw = if capacity >= MAPPED_BYTES_MIN {
+            // SAFETY: a new private anonymous mapping; nothing else refers to it.
+            let mapped = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    capacity,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if mapped == libc::MAP_FAILED {
+                std::ptr::null_mut()
+            } else {
+                mapped.cast::<u8>()
+            }
+        } else {
+            // SAFETY: the layout has a non-zero size.
+            unsafe { alloc::alloc_zeroed(layout) }
+        };
         let Some(ptr) = NonNull::new(raw) else {
             alloc::handle_alloc_error(layout)
         };
+        assert!(
+            ptr.as_ptr().addr().is_multiple_of(BLOCK_SIZE),
+            "buffer misaligned"
+        );
         AlignedBuf {
             ptr,
             capacity,
             len: 0,
-            index: None,
         }
     }
 
@@ -124,16 +155,6 @@ impl AlignedBuf {
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
         self.ptr.as_ptr()
     }
-
-    /// The buffer's registration index with the I/O backend, if it has one.
-    pub fn index(&self) -> Option<u16> {
-        self.index
-    }
-
-    /// Records the buffer's registration index (done by the backend at registration).
-    pub fn set_index(&mut self, index: Option<u16>) {
-        self.index = index;
-    }
 }
 
 /// The address of an [`AlignedBuf`]'s bytes, kept while the buffer itself is elsewhere (moved
@@ -176,9 +197,14 @@ impl BufAddr {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        let layout = Layout::from_size_align(self.capacity, BLOCK_SIZE).expect("buffer layout");
-        // SAFETY: allocated in `new` with this very layout.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) };
+        if self.capacity >= MAPPED_BYTES_MIN {
+            // SAFETY: mapped in `new` with this very length, and unmapped once.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.capacity) };
+        } else {
+            let layout = Layout::from_size_align(self.capacity, BLOCK_SIZE).expect("buffer layout");
+            // SAFETY: allocated in `new` with this very layout.
+            unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) };
+        }
     }
 }
 
@@ -187,75 +213,29 @@ impl fmt::Debug for AlignedBuf {
         f.debug_struct("AlignedBuf")
             .field("capacity", &self.capacity)
             .field("len", &self.len)
-            .field("index", &self.index)
             .finish()
-    }
-}
-
-/// A fixed set of equally sized buffers, allocated at startup.
-#[derive(Debug)]
-pub struct BufPool {
-    free: Vec<AlignedBuf>,
-    buf_bytes: usize,
-    count: usize,
-}
-
-impl BufPool {
-    /// `count` buffers of `buf_bytes` each.
-    pub fn new(count: usize, buf_bytes: usize) -> BufPool {
-        let free: Vec<AlignedBuf> = (0..count).map(|_| AlignedBuf::new(buf_bytes)).collect();
-        let buf_bytes = free.first().map_or(buf_bytes, AlignedBuf::capacity);
-        BufPool {
-            free,
-            buf_bytes,
-            count,
-        }
-    }
-
-    /// Takes a buffer, length 0; `None` when all are in use.
-    pub fn take(&mut self) -> Option<AlignedBuf> {
-        self.free.pop()
-    }
-
-    /// Returns a buffer taken from this pool.
-    pub fn put(&mut self, mut buf: AlignedBuf) {
-        debug_assert_eq!(buf.capacity(), self.buf_bytes);
-        debug_assert!(self.free.len() < self.count);
-        buf.set_len(0);
-        self.free.push(buf);
-    }
-
-    /// Buffers not in use.
-    pub fn available(&self) -> usize {
-        self.free.len()
-    }
-
-    /// Capacity of each buffer.
-    pub fn buf_bytes(&self) -> usize {
-        self.buf_bytes
-    }
-
-    /// The free buffers, for registration with the backend at startup (all must be free).
-    pub fn all_mut(&mut self) -> &mut [AlignedBuf] {
-        assert_eq!(
-            self.free.len(),
-            self.count,
-            "register the pool before using it"
-        );
-        &mut self.free
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::block_align;
 
     #[test]
     fn buffers_are_aligned_and_zeroed() {
-        let mut buf = AlignedBuf::new(10);
+        let buf = AlignedBuf::new(10);
         assert_eq!(buf.capacity(), BLOCK_SIZE);
-        assert_eq!(buf.as_ptr() as usize % BLOCK_SIZE, 0);
-        assert!(buf.spare_mut().iter().all(|&b| b == 0));
+        // From the heap and mapped on their own, written and written again after a drop.
+        for capacity in [10, MAPPED_BYTES_MIN - 1, MAPPED_BYTES_MIN, 4 << 20] {
+            for _ in 0..2 {
+                let mut buf = AlignedBuf::new(capacity);
+                assert_eq!(buf.capacity(), block_align(capacity));
+                assert_eq!(buf.as_ptr() as usize % BLOCK_SIZE, 0);
+                assert!(buf.spare_mut().iter().all(|&b| b == 0));
+                buf.spare_mut().fill(0xAB);
+            }
+        }
     }
 
     #[test]
@@ -282,16 +262,5 @@ mod tests {
         let mut buf = AlignedBuf::new(BLOCK_SIZE);
         buf.set_len(8);
         buf.range_mut(4..9);
-    }
-
-    #[test]
-    fn pool_hands_out_each_buffer_once() {
-        let mut pool = BufPool::new(2, BLOCK_SIZE);
-        let a = pool.take().unwrap();
-        let b = pool.take().unwrap();
-        assert!(pool.take().is_none());
-        pool.put(a);
-        pool.put(b);
-        assert_eq!(pool.available(), 2);
     }
 }

@@ -418,17 +418,11 @@ impl<I: Io> Store<I> {
     ) -> Result<Store<I>> {
         config.validate()?;
         let recovered = recover(&mut io, dir, config.writers_max)?;
-        let mut free: Vec<Frame> = (0..config.write_buffers)
+        // Address space for every frame at startup; memory only for the bytes frames hold
+        // (`AlignedBuf::new`). Registering the buffers with the ring would pin all of them.
+        let free: Vec<Frame> = (0..config.write_buffers)
             .map(|slot| Frame::new(slot, AlignedBuf::new(config.batch_bytes_max)))
             .collect();
-        let mut bufs: Vec<AlignedBuf> = free
-            .iter_mut()
-            .map(|f| f.buf.take().expect("new frame"))
-            .collect();
-        io.register_buffers(&mut bufs);
-        for (frame, buf) in free.iter_mut().zip(bufs) {
-            frame.buf = Some(buf);
-        }
         let next_segment_id = recovered.segments.back().map_or(1, |s| s.id + 1);
         let spare = match recovered.spare {
             Some(segment) => Spare::Ready(segment),

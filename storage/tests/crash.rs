@@ -1421,9 +1421,6 @@ impl CrashingIo {
 }
 
 impl Io for CrashingIo {
-    fn register_buffers(&mut self, bufs: &mut [AlignedBuf]) -> bool {
-        self.inner.register_buffers(bufs)
-    }
     fn create_dir_all(&mut self, dir: &Path) -> io::Result<()> {
         if !self.powered() {
             return Err(power_lost());
@@ -1949,9 +1946,6 @@ struct FailNextWrite {
 }
 
 impl Io for FailNextWrite {
-    fn register_buffers(&mut self, bufs: &mut [AlignedBuf]) -> bool {
-        self.inner.register_buffers(bufs)
-    }
     fn create_dir_all(&mut self, dir: &Path) -> io::Result<()> {
         self.inner.create_dir_all(dir)
     }

@@ -27,9 +27,6 @@ struct WithOwnerOp {
 }
 
 impl Io for WithOwnerOp {
-    fn register_buffers(&mut self, bufs: &mut [AlignedBuf]) -> bool {
-        self.inner.register_buffers(bufs)
-    }
     fn create_dir_all(&mut self, dir: &Path) -> std::io::Result<()> {
         self.inner.create_dir_all(dir)
     }

@@ -905,9 +905,6 @@ impl<I: Io> Observed<I> {
 }
 
 impl<I: Io> Io for Observed<I> {
-    fn register_buffers(&mut self, bufs: &mut [AlignedBuf]) -> bool {
-        self.inner.register_buffers(bufs)
-    }
     fn create_dir_all(&mut self, dir: &Path) -> std::io::Result<()> {
         self.inner.create_dir_all(dir)
     }

@@ -98,9 +98,6 @@ struct Gated<I: Io> {
 }
 
 impl<I: Io> Io for Gated<I> {
-    fn register_buffers(&mut self, bufs: &mut [AlignedBuf]) -> bool {
-        self.inner.register_buffers(bufs)
-    }
     fn create_dir_all(&mut self, dir: &Path) -> io::Result<()> {
         self.inner.create_dir_all(dir)
     }

@@ -57,9 +57,6 @@ impl<I: Io> FaultyIo<I> {
 }
 
 impl<I: Io> Io for FaultyIo<I> {
-    fn register_buffers(&mut self, bufs: &mut [AlignedBuf]) -> bool {
-        self.inner.register_buffers(bufs)
-    }
     fn create_dir_all(&mut self, dir: &Path) -> io::Result<()> {
         self.inner.create_dir_all(dir)
     }

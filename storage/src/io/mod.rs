@@ -5,7 +5,7 @@
 //! allocate, rename, remove, list) are synchronous; they happen at startup, at segment
 //! creation and at segment deletion, never per append.
 //!
-//! Two implementations are siblings: [`UringIo`] (io_uring, O_DIRECT, registered buffers) and
+//! Two implementations are siblings: [`UringIo`] (io_uring, O_DIRECT) and
 //! [`SimIo`] (an in-memory disk that is deterministic from a seed and injects EIO, latency,
 //! crashes and torn writes). One contract test suite runs against both (`tests/io_contract.rs`).
 
@@ -67,9 +67,6 @@ pub struct Completion {
 /// relies on both: it reads frames whose writes are in flight, and the bytes of pinned frames
 /// are sent from the same memory while it goes to disk (ARCHITECTURE.md 9b).
 pub trait Io {
-    /// Registers fixed buffers with the backend (all of a pool at startup). Returns whether
-    /// the backend registered them; unregistered buffers work too, slightly slower.
-    fn register_buffers(&mut self, bufs: &mut [AlignedBuf]) -> bool;
     /// Creates `dir` and its parents.
     fn create_dir_all(&mut self, dir: &Path) -> io::Result<()>;
     /// The names of the entries of `dir`.

@@ -376,10 +376,6 @@ impl SimClock {
 }
 
 impl Io for SimIo {
-    fn register_buffers(&mut self, _bufs: &mut [AlignedBuf]) -> bool {
-        false
-    }
-
     fn create_dir_all(&mut self, dir: &Path) -> io::Result<()> {
         let mut state = self.alive()?;
         for ancestor in dir.ancestors() {

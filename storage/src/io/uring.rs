@@ -1,5 +1,7 @@
-//! The io_uring backend: O_DIRECT files, registered buffers, `RWF_DSYNC` writes or writes
-//! linked to `fdatasync` in the ring.
+//! The io_uring backend: O_DIRECT files, `RWF_DSYNC` writes or writes linked to `fdatasync`
+//! in the ring. Buffers are not registered with the ring: registering pins every page of
+//! them, and a write buffer is sized for the largest frame (4 MiB) while most frames are a
+//! few KiB (ARCHITECTURE.md, "Memory per shard").
 
 use std::ffi::CString;
 use std::io;
@@ -216,33 +218,6 @@ impl Drop for UringIo {
 }
 
 impl Io for UringIo {
-    fn register_buffers(&mut self, bufs: &mut [AlignedBuf]) -> bool {
-        if bufs.len() > usize::from(u16::MAX) {
-            return false;
-        }
-        let iovecs: Vec<libc::iovec> = bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.capacity(),
-            })
-            .collect();
-        // SAFETY: the buffers belong to a pool that lives as long as the store that owns this
-        // ring, and the ring is dropped (unregistering them) before the pool.
-        match unsafe { self.ring.submitter().register_buffers(&iovecs) } {
-            Ok(()) => {
-                for (i, b) in bufs.iter_mut().enumerate() {
-                    b.set_index(Some(i as u16));
-                }
-                true
-            }
-            Err(e) => {
-                tracing::info!(error = %e, "io_uring buffer registration unavailable; using plain writes");
-                false
-            }
-        }
-    }
-
     fn create_dir_all(&mut self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)
     }
@@ -312,7 +287,7 @@ impl Io for UringIo {
         token: u64,
     ) {
         let fd = types::Fd(self.fd(file));
-        let (ptr, len, index) = (buf.as_ptr(), buf.len() as u32, buf.index());
+        let (ptr, len) = (buf.as_ptr(), buf.len() as u32);
         let parts = if durability == Durability::Fdatasync {
             2
         } else {
@@ -330,16 +305,10 @@ impl Io for UringIo {
         } else {
             0
         };
-        let write = match index {
-            Some(i) => opcode::WriteFixed::new(fd, ptr, len, i)
-                .offset(offset)
-                .rw_flags(rw_flags)
-                .build(),
-            None => opcode::Write::new(fd, ptr, len)
-                .offset(offset)
-                .rw_flags(rw_flags)
-                .build(),
-        };
+        let write = opcode::Write::new(fd, ptr, len)
+            .offset(offset)
+            .rw_flags(rw_flags)
+            .build();
         if durability == Durability::Fdatasync {
             self.push(
                 &write

@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::thread;
 
 use chainlog::net::{
-    encode_request, log_id_of, AppendHeader, CreateLogRequest, ListLogsRequest, Request,
-    Response,
+    encode_request, log_id_of, AppendHeader, CreateLogRequest, ListLogsRequest, Request, Response,
 };
 use common::{Client, Node};
 
@@ -134,7 +133,11 @@ fn a_hundred_thousand_logs_beside_an_appender_survive_a_restart_and_a_kill() {
     // A clean restart: every log, and the appender's records.
     node.terminate();
     let node = Node::start(dir.path(), 1);
-    assert_eq!(listed(&node).len() as u64, LOGS + 1, "the logs and the appender's");
+    assert_eq!(
+        listed(&node).len() as u64,
+        LOGS + 1,
+        "the logs and the appender's"
+    );
     check_appended(&node, appended);
 
     // kill -9 while more are created (up to IN_FLIGHT of them in flight): every one that was
@@ -144,7 +147,10 @@ fn a_hundred_thousand_logs_beside_an_appender_survive_a_restart_and_a_kill() {
     let node = Node::start(dir.path(), 1);
     let names = listed(&node);
     for i in &answered {
-        assert!(names.contains(&format!("log-{i}")), "answered create log-{i}");
+        assert!(
+            names.contains(&format!("log-{i}")),
+            "answered create log-{i}"
+        );
     }
     let created = names.len() as u64 - (LOGS + 1);
     assert!(

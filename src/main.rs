@@ -96,8 +96,10 @@ enum Command {
 struct NodeRun {
     #[command(subcommand)]
     operation: Option<cli::NodeCommand>,
+    /// Boxed: a node's settings are most of the command line's size, and the other commands
+    /// need none of them.
     #[command(flatten)]
-    args: NodeArgs,
+    args: Box<NodeArgs>,
 }
 
 /// `chainlog dev`'s arguments.

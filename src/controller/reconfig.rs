@@ -480,7 +480,7 @@ mod tests {
         let mut state = ClusterState::new(Duration::from_millis(300));
         for id in 1..=nodes {
             state
-                .register(id, &format!("10.0.0.{id}:7400"), 1, now)
+                .register(id, &format!("10.0.0.{id}:7400"), 1, "", "", now)
                 .expect("register");
         }
         state
@@ -507,7 +507,7 @@ mod tests {
         let later = t0 + Duration::from_millis(500);
         for &id in &chain {
             state
-                .register(id, &format!("10.0.0.{id}:7400"), 1, later)
+                .register(id, &format!("10.0.0.{id}:7400"), 1, "", "", later)
                 .expect("register");
         }
         let plans = plan(&state, later);
@@ -697,7 +697,7 @@ mod tests {
         assert!(learner_changes(&state, later).is_empty(), "nobody to learn");
         // The lost node comes back: it learns the log, and joins once it has caught up.
         state
-            .register(chain[2], "10.0.0.3:7400", 1, later)
+            .register(chain[2], "10.0.0.3:7400", 1, "", "", later)
             .expect("register");
         assert!(plan(&state, later).is_empty(), "it has not copied the log");
         assert_eq!(

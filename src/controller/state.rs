@@ -30,8 +30,8 @@
 //! in the chain is dropped ([`ClusterState::remove_learner`]).
 //!
 //! [`ClusterState::map`] is what nodes and clients learn of the state
-//! ([`chainlog_net::cluster::ClusterMap`]): the version, every node (address, shards, whether
-//! it is alive or drained) and every log's current epoch, chain and learners.
+//! ([`chainlog_net::cluster::ClusterMap`]): the version, every node (address, shards, zone and
+//! rack, whether it is alive or drained) and every log's current epoch, chain and learners.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use chainlog_net::cluster::{ClusterMap, MapLog, MapNode};
-use chainlog_net::{log_id_of, ADDR_BYTES_MAX, HEARTBEAT_MS_NEVER};
+use chainlog_net::{log_id_of, ADDR_BYTES_MAX, HEARTBEAT_MS_NEVER, LABEL_BYTES_MAX};
 
 /// How long after its last heartbeat a node still counts as alive, by default.
 pub const LIVENESS_DEFAULT: Duration = Duration::from_millis(500);
@@ -79,6 +79,13 @@ pub struct NodeState {
     /// it ([`ClusterState::drain`]).
     #[serde(default)]
     pub drained: bool,
+    /// Its failure zone, as it registered (empty: none, a zone of its own); placement spreads
+    /// a chain over zones (module documentation).
+    #[serde(default)]
+    pub zone: String,
+    /// Its rack within its zone, as it registered (empty: none, a rack of its own).
+    #[serde(default)]
+    pub rack: String,
 }
 
 /// One epoch of a log: which nodes replicate it, from which LSN on.
@@ -188,6 +195,14 @@ pub enum StateError {
         /// The node.
         node_id: u64,
         /// The address's length.
+        len: usize,
+    },
+    /// A zone or rack label longer than `LABEL_BYTES_MAX` (64).
+    #[error("node {node_id}: a zone or rack label of {len} bytes (0..={LABEL_BYTES_MAX})")]
+    BadLabel {
+        /// The node.
+        node_id: u64,
+        /// The label's length.
         len: usize,
     },
     /// [`NODES_MAX`] nodes are registered already.
@@ -420,14 +435,18 @@ impl ClusterState {
         }
     }
 
-    /// Registers node `node_id` (a registration is also a heartbeat, with nothing applied
-    /// yet). The same id registering again, after a restart, replaces its address and shard
-    /// count. Returns the map version (bumped if the map changed).
+    /// Registers node `node_id`, in `zone` and `rack` (empty: none), (a registration is also
+    /// a heartbeat, with nothing applied yet). The same id registering again, after a
+    /// restart, replaces its address, shard count and labels; the chains it is in stay (a
+    /// node that moved zones is not moved off them). Returns the map version (bumped if the
+    /// map changed).
     pub fn register(
         &mut self,
         node_id: u64,
         addr: &str,
         shard_count: u16,
+        zone: &str,
+        rack: &str,
         now: Instant,
     ) -> Result<u64, StateError> {
         if node_id == 0 {
@@ -442,6 +461,15 @@ impl ClusterState {
                 len: addr.len(),
             });
         }
+        if let Some(label) = [zone, rack]
+            .into_iter()
+            .find(|label| label.len() > usize::from(LABEL_BYTES_MAX))
+        {
+            return Err(StateError::BadLabel {
+                node_id,
+                len: label.len(),
+            });
+        }
         if !self.nodes.contains_key(&node_id) && self.nodes.len() >= NODES_MAX {
             return Err(StateError::TooManyNodes { max: NODES_MAX });
         }
@@ -453,12 +481,20 @@ impl ClusterState {
             applied_version: 0,
             suspected: None,
             drained: false,
+            zone: String::new(),
+            rack: String::new(),
         });
         node.last_heartbeat = Some(now);
         node.applied_version = 0;
-        if node.addr != addr || node.shard_count != shard_count {
+        if node.addr != addr
+            || node.shard_count != shard_count
+            || node.zone != zone
+            || node.rack != rack
+        {
             node.addr = addr.to_string();
             node.shard_count = shard_count;
+            node.zone = zone.to_string();
+            node.rack = rack.to_string();
             self.version += 1;
         }
         Ok(self.version)
@@ -1040,6 +1076,8 @@ impl ClusterState {
             last_heartbeat_ms: node.last_heartbeat.map_or(HEARTBEAT_MS_NEVER, |at| {
                 u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX)
             }),
+            zone: node.zone.clone(),
+            rack: node.rack.clone(),
         }
     }
 
@@ -1063,6 +1101,9 @@ impl ClusterState {
             }
             if node.addr.is_empty() || node.addr.len() > usize::from(ADDR_BYTES_MAX) {
                 return Err(format!("node {id}: bad address"));
+            }
+            if node.zone.len().max(node.rack.len()) > usize::from(LABEL_BYTES_MAX) {
+                return Err(format!("node {id}: a zone or rack label too long"));
             }
         }
         if self.nodes.len() > NODES_MAX || self.logs.len() > LOGS_MAX {
@@ -1156,7 +1197,7 @@ mod tests {
         let mut state = ClusterState::default();
         for id in 1..=n {
             state
-                .register(id, &format!("10.0.0.{id}:7400"), 2, t0)
+                .register(id, &format!("10.0.0.{id}:7400"), 2, "", "", t0)
                 .expect("register");
         }
         state
@@ -1261,20 +1302,37 @@ mod tests {
         let mut state = cluster(2, t0);
         assert_eq!(state.version(), 2);
         assert_eq!(
-            state.register(1, "10.0.0.1:7400", 2, t0),
+            state.register(1, "10.0.0.1:7400", 2, "", "", t0),
             Ok(2),
             "no change"
         );
-        assert_eq!(state.register(1, "10.0.0.9:8000", 4, t0), Ok(3));
+        assert_eq!(state.register(1, "10.0.0.9:8000", 4, "", "", t0), Ok(3));
         let node = state.node(1).expect("node");
         assert_eq!((node.addr.as_str(), node.shard_count), ("10.0.0.9:8000", 4));
-        assert_eq!(state.register(0, "x:1", 1, t0), Err(StateError::NodeIdZero));
+        // Labels are part of the map: a new zone or rack is a new version, the same is not.
+        assert_eq!(state.register(1, "10.0.0.9:8000", 4, "a", "r1", t0), Ok(4));
+        assert_eq!(state.register(1, "10.0.0.9:8000", 4, "a", "r1", t0), Ok(4));
+        assert_eq!(state.register(1, "10.0.0.9:8000", 4, "a", "r2", t0), Ok(5));
+        let node = state.map(t0).node(1).expect("node").clone();
+        assert_eq!((node.zone.as_str(), node.rack.as_str()), ("a", "r2"));
+        let long = "z".repeat(65);
         assert_eq!(
-            state.register(5, "x:1", 0, t0),
+            state.register(1, "10.0.0.9:8000", 4, &long, "", t0),
+            Err(StateError::BadLabel {
+                node_id: 1,
+                len: 65
+            })
+        );
+        assert_eq!(
+            state.register(0, "x:1", 1, "", "", t0),
+            Err(StateError::NodeIdZero)
+        );
+        assert_eq!(
+            state.register(5, "x:1", 0, "", "", t0),
             Err(StateError::NoShards { node_id: 5 })
         );
         assert_eq!(
-            state.register(5, "", 1, t0),
+            state.register(5, "", 1, "", "", t0),
             Err(StateError::BadAddr { node_id: 5, len: 0 })
         );
         assert_eq!(state.nodes().count(), 2);
@@ -1298,7 +1356,9 @@ mod tests {
         state.heartbeat(2, version, t0).expect("heartbeat");
         assert_eq!(state.pending_replicas(created.log_id), Ok(vec![]));
         // A node that registers again (restarted) has applied nothing yet.
-        state.register(2, "10.0.0.2:7400", 2, t0).expect("register");
+        state
+            .register(2, "10.0.0.2:7400", 2, "", "", t0)
+            .expect("register");
         assert_eq!(state.pending_replicas(created.log_id), Ok(vec![2]));
     }
 
@@ -1391,7 +1451,8 @@ mod tests {
         // Learners: registered, distinct, outside the chain.
         for learners in [vec![1], vec![9], vec![3, 3]] {
             let mut bad = state.clone();
-            bad.register(3, "10.0.0.3:7400", 2, t0).expect("register");
+            bad.register(3, "10.0.0.3:7400", 2, "", "", t0)
+                .expect("register");
             bad.logs
                 .values_mut()
                 .for_each(|l| l.learners = learners.clone());

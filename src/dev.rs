@@ -112,6 +112,10 @@ pub struct DevOptions {
     /// The cluster's default replication factor: logs created without one get it (at least
     /// 1, at most `nodes`); above 1, or with more than one node, the cluster has a controller.
     pub rf: usize,
+    /// Failure zones the nodes are spread over (`--zone zone-1` to `zone-Z`, node `i` in
+    /// zone `(i - 1) % Z + 1`), so that placement over zones can be tried on one machine; 0:
+    /// no labels. A cluster only (a standalone node has no placement), at most `nodes`.
+    pub zones: usize,
     /// Shards per node (at least 1).
     pub shards: usize,
     /// Where the processes keep their data and logs; kept after stop. `None`: a temp dir,
@@ -129,6 +133,7 @@ impl DevOptions {
         DevOptions {
             nodes: 1,
             rf: 1,
+            zones: 0,
             shards: 1,
             data_dir: None,
             launcher,
@@ -160,6 +165,12 @@ impl DevOptions {
             return Err(DevError::Invalid(format!(
                 "rf {} is above the {RF_MAX} replicas a chain can have",
                 self.rf
+            )));
+        }
+        if self.zones > 0 && (!self.is_cluster() || self.zones > self.nodes) {
+            return Err(DevError::Invalid(format!(
+                "{} zones need a cluster of at least as many nodes (got {} node(s), rf {})",
+                self.zones, self.nodes, self.rf
             )));
         }
         // A node needs a port per shard and one for its metrics, below 65536.
@@ -519,6 +530,10 @@ impl DevCluster {
         ];
         if let Some(controller) = controller {
             flags.extend(["--controller".into(), controller.to_string().into()]);
+        }
+        if options.zones > 0 {
+            let zone = (id - 1) % options.zones as u64 + 1;
+            flags.extend(["--zone".into(), format!("zone-{zone}").into()]);
         }
         let process = self.launch(
             Member::Node(id),
@@ -1087,6 +1102,17 @@ mod tests {
         }
         for (nodes, rf) in [(1, 2), (0, 1), (3, 0), (300, 256)] {
             let e = options(nodes, rf).check().expect_err("not a cluster");
+            assert!(matches!(e, DevError::Invalid(_)), "{e}");
+        }
+        // Zones: a cluster's, no more than its nodes.
+        let zoned = |nodes, rf, zones| DevOptions {
+            zones,
+            ..options(nodes, rf)
+        };
+        assert!(zoned(3, 3, 3).check().is_ok());
+        assert!(zoned(4, 2, 2).check().is_ok());
+        for (nodes, rf, zones) in [(1, 1, 1), (3, 3, 4)] {
+            let e = zoned(nodes, rf, zones).check().expect_err("refused");
             assert!(matches!(e, DevError::Invalid(_)), "{e}");
         }
     }

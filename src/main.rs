@@ -96,8 +96,10 @@ enum Command {
 struct NodeRun {
     #[command(subcommand)]
     operation: Option<cli::NodeCommand>,
+    /// Boxed: a node's settings are most of the command line's size, and the other commands
+    /// need none of them.
     #[command(flatten)]
-    args: NodeArgs,
+    args: Box<NodeArgs>,
 }
 
 /// `chainlog dev`'s arguments.
@@ -110,6 +112,10 @@ struct DevArgs {
     /// controller too): logs created without one (`chainlog log create` without --rf) get it.
     #[arg(long, value_name = "R", default_value_t = 1)]
     rf: usize,
+    /// Spread the nodes over this many failure zones (`--zone zone-1` ... on each node, in
+    /// turn), to see placement keep a chain's replicas in distinct zones [default: none].
+    #[arg(long, value_name = "Z", default_value_t = 0)]
+    zones: usize,
     /// Shards per node.
     #[arg(long, value_name = "S", default_value_t = 1)]
     shards: usize,
@@ -308,6 +314,7 @@ fn dev(args: DevArgs) -> ExitCode {
     let options = DevOptions {
         nodes: args.nodes,
         rf: args.rf,
+        zones: args.zones,
         shards: args.shards,
         data_dir: args.data_dir,
         ..DevOptions::new(launcher)

@@ -838,6 +838,8 @@ fn encode_map(out: &mut Vec<u8>, request_id: u64, map: &FakeMap, after: u64) {
             drained: false,
             last_heartbeat_ms: 10,
             addr,
+            zone: "",
+            rack: "",
         })
         .collect();
     let logs: Vec<MapLog<'_>> = map

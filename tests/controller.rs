@@ -5,10 +5,10 @@
 //! keeps the map, hostile input that must not disturb a good client, a damaged state file that
 //! must stop the controller with a clear error, a stop while a create waits, and bounded
 //! connections that keep room for nodes while clients hold every other slot; and the CLI
-//! against it (`log create --rf 2`, `status` with every node, the log's chain and each
-//! replica's lag); and a failure with fake replicas answering SEAL and TAIL_HINT: the
-//! survivors' epoch, a learner, its promotion once it answers caught up. Each test stops the
-//! controller it started, by PID.
+//! against it (`log create --rf 2`, `status` with every node and its zone and rack, the log's
+//! chain and each replica's lag); and a failure with fake replicas answering SEAL and
+//! TAIL_HINT: the survivors' epoch, a learner, its promotion once it answers caught up. Each
+//! test stops the controller it started, by PID.
 
 mod common;
 
@@ -242,12 +242,18 @@ fn nodes_register_logs_are_placed_and_a_restart_keeps_the_map() {
     // address is a new map version.
     for id in 1..=3 {
         let version = c
-            .register(id, &format!("127.0.0.1:{}", 17000 + id), 2)
+            .register(id, &format!("127.0.0.1:{}", 17000 + id), 2, "", "")
             .expect("register");
         assert_eq!(version, id);
     }
-    assert_eq!(c.register(3, "127.0.0.1:17003", 2).expect("again"), 3);
-    assert_eq!(c.register(3, "127.0.0.1:18003", 2).expect("moved"), 4);
+    assert_eq!(
+        c.register(3, "127.0.0.1:17003", 2, "", "").expect("again"),
+        3
+    );
+    assert_eq!(
+        c.register(3, "127.0.0.1:18003", 2, "", "").expect("moved"),
+        4
+    );
     assert_eq!(code(c.heartbeat(99, 0, 0)), ErrorCode::UnknownNode);
     let nodes = FakeNodes::start(controller.addr, &[1, 2, 3]);
 
@@ -368,7 +374,8 @@ fn a_stop_answers_a_waiting_create_and_exits_0() {
         &["--liveness-ms", "600000", "--create-timeout-ms", "600000"],
     );
     let mut c = connect(&controller);
-    c.register(1, "127.0.0.1:17001", 1).expect("register");
+    c.register(1, "127.0.0.1:17001", 1, "", "")
+        .expect("register");
     // Node 1 never heartbeats the new version: the create waits until the stop.
     let addr = controller.addr;
     let waiting = std::thread::spawn(move || {
@@ -549,7 +556,7 @@ fn cli_json(args: &[&str]) -> Vec<serde_json::Value> {
 }
 
 #[test]
-fn the_cli_creates_a_replicated_log_and_status_shows_nodes_chains_and_replica_lag() {
+fn the_cli_creates_a_replicated_log_and_status_shows_nodes_zones_chains_and_replica_lag() {
     let dir = tempfile::tempdir().expect("tempdir");
     let controller = Controller::start(&dir.path().join("controller"), &[]);
     // Two standalone nodes stand in for cluster nodes: registered and heartbeating by hand,
@@ -558,10 +565,14 @@ fn the_cli_creates_a_replicated_log_and_status_shows_nodes_chains_and_replica_la
         Node::start(&dir.path().join("node-1"), 1),
         Node::start(&dir.path().join("node-2"), 1),
     ];
+    // Node 1 registers with a zone and a rack, node 2 with a zone alone.
+    let labels = [("eu-west-1a", "r17"), ("eu-west-1b", "")];
     let mut client = connect(&controller);
-    for (node_id, node) in (1..).zip(&nodes) {
+    for ((node_id, node), (zone, rack)) in (1..).zip(&nodes).zip(labels) {
         let addr = node.addr(0).to_string();
-        client.register(node_id, &addr, 1).expect("register");
+        client
+            .register(node_id, &addr, 1, zone, rack)
+            .expect("register");
     }
     let heartbeats = FakeNodes::start(controller.addr, &[1, 2]);
     let target = controller.addr.to_string();
@@ -593,8 +604,12 @@ fn the_cli_creates_a_replicated_log_and_status_shows_nodes_chains_and_replica_la
     };
     let listed = of_kind("node");
     assert_eq!(listed.len(), 2, "{status:?}");
-    for (node, listed) in nodes.iter().zip(&listed) {
+    for ((node, listed), (zone, rack)) in nodes.iter().zip(&listed).zip(labels) {
         assert_eq!(listed["addr"], node.addr(0).to_string());
+        assert_eq!(
+            (listed["zone"].as_str(), listed["rack"].as_str()),
+            (Some(zone), Some(rack))
+        );
         assert_eq!(
             (listed["shard_count"].as_u64(), listed["alive"].as_bool()),
             (Some(1), Some(true))
@@ -625,6 +640,16 @@ fn the_cli_creates_a_replicated_log_and_status_shows_nodes_chains_and_replica_la
         text.contains(&format!("chain {} -> {}", chain[0], chain[1])),
         "{text}"
     );
+    for (node_id, labels) in [
+        (1, "  zone eu-west-1a  rack r17  alive"),
+        (2, "  zone eu-west-1b  alive"),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("node {node_id}  ")))
+            .unwrap_or_else(|| panic!("node {node_id} in {text}"));
+        assert!(line.contains(labels), "{line}");
+    }
     assert!(text.contains("lag 2"), "{text}");
 
     // A replica that does not answer: status shows the rest and exits 1, naming it.
@@ -668,7 +693,7 @@ fn replication_factor_0_is_the_controllers_default() {
     let controller = Controller::start(&dir.path().join("controller"), &flags);
     let mut c = connect(&controller);
     for id in 1..=3 {
-        c.register(id, &format!("127.0.0.1:{}", 17100 + id), 1)
+        c.register(id, &format!("127.0.0.1:{}", 17100 + id), 1, "", "")
             .expect("register");
     }
     let nodes = FakeNodes::start(controller.addr, &[1, 2, 3]);
@@ -847,7 +872,7 @@ fn a_dead_member_is_sealed_out_and_a_learner_joins_the_tail_once_it_caught_up() 
     let ids = [1, 2, 3, 4];
     let (_replicas, addrs) = FakeReplicas::start(&ids, &answers);
     for id in ids {
-        c.register(id, &addrs[&id].to_string(), 1)
+        c.register(id, &addrs[&id].to_string(), 1, "", "")
             .expect("register");
     }
     let nodes = FakeNodes::start(controller.addr, &ids);

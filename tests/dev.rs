@@ -374,7 +374,9 @@ fn a_kill_9_of_chainlog_dev_takes_its_node_down() {
 
 #[test]
 fn chainlog_dev_with_3_nodes_and_rf_3_serves_the_map_and_stops_leaving_no_process() {
-    let mut dev = Dev::start(&["--nodes", "3", "--rf", "3"]);
+    // Over 3 zones: each node registers with its own (`--zone`), the map and `chainlog
+    // status` show them.
+    let mut dev = Dev::start(&["--nodes", "3", "--rf", "3", "--zones", "3"]);
     let target = dev.target();
     // --rf is the cluster's default: the printed command needs no --rf of its own.
     assert!(
@@ -394,6 +396,8 @@ fn chainlog_dev_with_3_nodes_and_rf_3_serves_the_map_and_stops_leaving_no_proces
             .map(|n| n.node_id)
             .collect();
         assert_eq!(alive, [1, 2, 3]);
+        let zones: Vec<&str> = map.nodes().iter().map(|n| n.zone.as_str()).collect();
+        assert_eq!(zones, ["zone-1", "zone-2", "zone-3"]);
         // Created without a replication factor: it gets the cluster's default, --rf 3 (issue
         // 16, F5).
         let id = client.create_log("dev-rf3").await.expect("create");
@@ -412,6 +416,20 @@ fn chainlog_dev_with_3_nodes_and_rf_3_serves_the_map_and_stops_leaving_no_proces
             }
         }
     });
+    let status = std::process::Command::new(chainlog())
+        .args(["status", "--target", &target.to_string()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run chainlog status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{text}");
+    for id in 1..=3 {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("node {id}  "))
+                && l.contains(&format!("  zone zone-{id}  "))),
+            "{text}"
+        );
+    }
     dev.signal(libc::SIGINT);
     let status = dev.wait();
     assert!(status.success(), "{status}");

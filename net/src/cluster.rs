@@ -36,6 +36,10 @@ pub struct MapNode {
     /// Milliseconds since its last heartbeat when the map was served, or `u64::MAX`
     /// ([`HEARTBEAT_MS_NEVER`](crate::HEARTBEAT_MS_NEVER)) if none since the controller started.
     pub last_heartbeat_ms: u64,
+    /// Its failure zone, as it registered (empty: none); placement spreads a chain over zones.
+    pub zone: String,
+    /// Its rack within the zone, as it registered (empty: none).
+    pub rack: String,
 }
 
 impl MapNode {
@@ -48,6 +52,8 @@ impl MapNode {
             drained: self.drained,
             last_heartbeat_ms: self.last_heartbeat_ms,
             addr: &self.addr,
+            zone: &self.zone,
+            rack: &self.rack,
         }
     }
 }
@@ -61,6 +67,8 @@ impl From<map::MapNode<'_>> for MapNode {
             alive: node.alive,
             drained: node.drained,
             last_heartbeat_ms: node.last_heartbeat_ms,
+            zone: node.zone.to_string(),
+            rack: node.rack.to_string(),
         }
     }
 }
@@ -227,6 +235,8 @@ mod tests {
             alive: true,
             drained: false,
             last_heartbeat_ms: 0,
+            zone: format!("zone-{}", node_id % 2),
+            rack: String::new(),
         }
     }
 

@@ -24,8 +24,8 @@ use crate::message::{
 };
 use crate::records::{RecordForm, Records};
 use crate::{
-    Error, Limits, ADDR_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX, HELLO_MAGIC, PROTOCOL_VERSION,
-    WRITER_NONE,
+    Error, Limits, ADDR_BYTES_MAX, ERROR_MESSAGE_BYTES_MAX, HELLO_MAGIC, LABEL_BYTES_MAX,
+    PROTOCOL_VERSION, WRITER_NONE,
 };
 
 /// Decodes a request frame (flags must be 0). The caller answers an error with
@@ -128,10 +128,22 @@ pub fn decode_request<'a>(frame: &Frame<'a>, limits: &Limits) -> Result<Request<
             if shard_count == 0 {
                 return Err(r.invalid("shard_count", 0));
             }
+            let addr = r.addr(addr_len, "addr_len")?;
+            // The labels came later: a body that ends after the address has none.
+            let (zone, rack) = if r.pos == r.body.len() {
+                ("", "")
+            } else {
+                let zone_len = r.u8()?;
+                let zone = r.label(zone_len, "zone_len")?;
+                let rack_len = r.u8()?;
+                (zone, r.label(rack_len, "rack_len")?)
+            };
             Request::RegisterNode(RegisterNodeRequest {
                 node_id,
                 shard_count,
-                addr: r.addr(addr_len, "addr_len")?,
+                addr,
+                zone,
+                rack,
             })
         }
         Opcode::Heartbeat => {
@@ -706,7 +718,8 @@ pub(crate) fn map_node<'a>(r: &mut Reader<'a>, index: u32) -> Result<MapNode<'a>
     let addr_len = r.u16()?;
     let alive = r.u8()?;
     let drained = r.u8()?;
-    r.reserved_u16("node.reserved")?;
+    let zone_len = r.u8()?;
+    let rack_len = r.u8()?;
     let last_heartbeat_ms = r.u64()?;
     if shard_count == 0 {
         return Err(r.invalid("node.shard_count", 0));
@@ -722,7 +735,10 @@ pub(crate) fn map_node<'a>(r: &mut Reader<'a>, index: u32) -> Result<MapNode<'a>
         other => return Err(r.invalid("node.drained", u64::from(other))),
     };
     let addr = r.addr(addr_len, "node.addr_len")?;
-    r.padding(addr_len, "node.padding", index)?;
+    let zone = r.label(zone_len, "node.zone_len")?;
+    let rack = r.label(rack_len, "node.rack_len")?;
+    let strings_len = addr_len + u16::from(zone_len) + u16::from(rack_len);
+    r.padding(strings_len, "node.padding", index)?;
     Ok(MapNode {
         node_id,
         shard_count,
@@ -730,6 +746,8 @@ pub(crate) fn map_node<'a>(r: &mut Reader<'a>, index: u32) -> Result<MapNode<'a>
         drained,
         last_heartbeat_ms,
         addr,
+        zone,
+        rack,
     })
 }
 
@@ -957,6 +975,15 @@ impl<'a> Reader<'a> {
             return Err(self.invalid(field, u64::from(len)));
         }
         std::str::from_utf8(self.take(usize::from(len))?).map_err(|_| Error::AddrNotUtf8)
+    }
+
+    /// A node's zone or rack label of `len` bytes (its length field is `field`):
+    /// 0..=`LABEL_BYTES_MAX` bytes of UTF-8.
+    fn label(&mut self, len: u8, field: &'static str) -> Result<&'a str, Error> {
+        if len > LABEL_BYTES_MAX {
+            return Err(self.invalid(field, u64::from(len)));
+        }
+        std::str::from_utf8(self.take(usize::from(len))?).map_err(|_| Error::LabelNotUtf8)
     }
 
     /// The zero padding after `len` bytes of a name or address, up to a multiple of 8; a

@@ -12,7 +12,7 @@ use crate::message::{
     LogEntries, LogRef, Opcode, ReadResponse, ReplicateHeader, ReplicateRequest, Request, Response,
     TailResponse,
 };
-use crate::{ERROR_MESSAGE_BYTES_MAX, HELLO_MAGIC};
+use crate::{ERROR_MESSAGE_BYTES_MAX, HELLO_MAGIC, LABEL_BYTES_MAX};
 
 /// Appends the head of a REPLICATE request frame to `out`: the frame header and the REPLICATE
 /// header of `count` records whose bytes, `records`, are **not** copied: the frame's length and
@@ -138,6 +138,14 @@ pub fn encode_request(out: &mut Vec<u8>, request_id: u64, request: &Request<'_>)
             put_u16(out, addr_len(register.addr));
             put_u32(out, 0);
             out.extend_from_slice(register.addr.as_bytes());
+            // Without labels the body ends here, as before labels existed, so that a node
+            // without them still registers with a controller that predates them.
+            if !register.zone.is_empty() || !register.rack.is_empty() {
+                for label in [register.zone, register.rack] {
+                    out.push(label_len(label));
+                    out.extend_from_slice(label.as_bytes());
+                }
+            }
         }
         Request::Heartbeat(heartbeat) => {
             put_u64(out, heartbeat.node_id);
@@ -337,9 +345,14 @@ fn map_body(out: &mut Vec<u8>, map: &GetMapResponse<'_>) {
         put_u16(out, addr_len(node.addr));
         out.push(u8::from(node.alive));
         out.push(u8::from(node.drained));
-        put_u16(out, 0);
+        out.push(label_len(node.zone));
+        out.push(label_len(node.rack));
         put_u64(out, node.last_heartbeat_ms);
-        put_padded(out, node.addr.as_bytes());
+        let strings = [node.addr, node.zone, node.rack];
+        strings
+            .iter()
+            .for_each(|s| out.extend_from_slice(s.as_bytes()));
+        put_padding(out, strings.iter().map(|s| s.len()).sum());
     }
     for log in map.logs {
         put_u64(out, log.log_id);
@@ -399,6 +412,15 @@ fn addr_len(addr: &str) -> u16 {
     u16::try_from(addr.len()).expect("a node address is at most 65535 bytes")
 }
 
+fn label_len(label: &str) -> u8 {
+    assert!(
+        label.len() <= usize::from(LABEL_BYTES_MAX),
+        "a label of {} bytes, above {LABEL_BYTES_MAX}",
+        label.len()
+    );
+    label.len() as u8
+}
+
 fn entry_count(len: usize) -> u32 {
     u32::try_from(len).expect("entries fit a u32")
 }
@@ -406,7 +428,12 @@ fn entry_count(len: usize) -> u32 {
 /// `bytes`, then zeros up to a multiple of 8.
 fn put_padded(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
-    out.extend_from_slice(&[0; 7][..padded(bytes.len()) - bytes.len()]);
+    put_padding(out, bytes.len());
+}
+
+/// Zeros after `len` bytes, up to a multiple of 8.
+fn put_padding(out: &mut Vec<u8>, len: usize) {
+    out.extend_from_slice(&[0; 7][..padded(len) - len]);
 }
 
 fn put_u16(out: &mut Vec<u8>, value: u16) {

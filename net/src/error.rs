@@ -374,6 +374,9 @@ pub enum Error {
     /// A node address (REGISTER_NODE, GET_MAP) that is not UTF-8.
     #[error("node address is not valid UTF-8")]
     AddrNotUtf8,
+    /// A node's zone or rack label (REGISTER_NODE, GET_MAP) that is not UTF-8.
+    #[error("node zone or rack label is not valid UTF-8")]
+    LabelNotUtf8,
     /// An ERROR with a code version 1 does not define.
     #[error("unknown error code {code}")]
     UnknownErrorCode {
@@ -533,7 +536,11 @@ mod tests {
         };
         assert_eq!(stamp.code(), ErrorCode::Malformed);
         assert_eq!((stamp.arg0(), stamp.arg1()), (4, 0));
-        for error in [Error::AddrNotUtf8, Error::NodeOutOfOrder { index: 1 }] {
+        for error in [
+            Error::AddrNotUtf8,
+            Error::LabelNotUtf8,
+            Error::NodeOutOfOrder { index: 1 },
+        ] {
             assert_eq!(
                 (error.code(), error.arg0()),
                 (ErrorCode::Malformed, ARG_NONE)

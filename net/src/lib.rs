@@ -85,6 +85,9 @@ pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 pub const ARG_NONE: u64 = u64::MAX;
 /// The longest node address (REGISTER_NODE, GET_MAP), in bytes of UTF-8. Fixed by version 1.
 pub const ADDR_BYTES_MAX: u16 = 255;
+/// The longest zone or rack label of a node (REGISTER_NODE, GET_MAP), in bytes of UTF-8; an
+/// empty label is no label.
+pub const LABEL_BYTES_MAX: u8 = 64;
 /// GET_MAP `last_heartbeat_ms` of a node that never heartbeated.
 pub const HEARTBEAT_MS_NEVER: u64 = u64::MAX;
 

@@ -10,7 +10,7 @@ use crate::{Error, Limits};
 
 /// Size of a GET_MAP response before its entries.
 pub const MAP_HEADER_BYTES: usize = 24;
-/// Size of a node entry before its address.
+/// Size of a node entry before its address, zone and rack.
 pub const NODE_ENTRY_HEADER_BYTES: usize = 24;
 /// Size of a log entry before its chain.
 pub const LOG_ENTRY_HEADER_BYTES: usize = 48;
@@ -31,6 +31,11 @@ pub struct MapNode<'a> {
     /// `"host:port"` of its shard 0 (1..=[`ADDR_BYTES_MAX`](crate::ADDR_BYTES_MAX) bytes of
     /// UTF-8).
     pub addr: &'a str,
+    /// Its failure zone, as registered (0..=[`LABEL_BYTES_MAX`](crate::LABEL_BYTES_MAX) bytes
+    /// of UTF-8; empty: none).
+    pub zone: &'a str,
+    /// Its rack within the zone, as registered (the same bounds; empty: none).
+    pub rack: &'a str,
 }
 
 /// One log of the cluster map.

@@ -511,8 +511,8 @@ pub struct ReplicateRequest<'a> {
     pub keys: Keys<'a>,
 }
 
-/// REGISTER_NODE request: a node joins the cluster, or rejoins with a new address or shard
-/// count.
+/// REGISTER_NODE request: a node joins the cluster, or rejoins with a new address, shard
+/// count or labels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RegisterNodeRequest<'a> {
     /// The node's id (nonzero).
@@ -522,6 +522,11 @@ pub struct RegisterNodeRequest<'a> {
     /// `"host:port"` of its shard 0 (1..=[`ADDR_BYTES_MAX`](crate::ADDR_BYTES_MAX) bytes of
     /// UTF-8).
     pub addr: &'a str,
+    /// Its failure zone (0..=[`LABEL_BYTES_MAX`](crate::LABEL_BYTES_MAX) bytes of UTF-8;
+    /// empty: none). A body that ends after `addr` (a node that predates labels) has none.
+    pub zone: &'a str,
+    /// Its rack within the zone (the same bounds; empty: none).
+    pub rack: &'a str,
 }
 
 /// HEARTBEAT request.

@@ -153,6 +153,8 @@ mod tests {
             alive: true,
             drained: false,
             last_heartbeat_ms: 5,
+            zone: String::new(),
+            rack: String::new(),
         }
     }
 

@@ -204,7 +204,15 @@ proptest! {
         version in any::<u64>(),
         nodes in proptest::collection::btree_map(
             1u64..,
-            (1u16.., any::<bool>(), any::<bool>(), any::<u64>(), "[a-z0-9.:\\[\\]-]{1,40}"),
+            (
+                1u16..,
+                any::<bool>(),
+                any::<bool>(),
+                any::<u64>(),
+                "[a-z0-9.:\\[\\]-]{1,40}",
+                "[a-z0-9\u{e0}-]{0,64}",
+                "[a-z0-9-]{0,30}",
+            ),
             0..6,
         ),
         logs in proptest::collection::btree_map(
@@ -223,13 +231,17 @@ proptest! {
     ) {
         let nodes: Vec<MapNode<'_>> = nodes
             .iter()
-            .map(|(&node_id, (shard_count, alive, drained, last_heartbeat_ms, addr))| MapNode {
-                node_id,
-                shard_count: *shard_count,
-                alive: *alive,
-                drained: *drained,
-                last_heartbeat_ms: *last_heartbeat_ms,
-                addr,
+            .map(|(&node_id, (shard_count, alive, drained, last_heartbeat_ms, addr, zone, rack))| {
+                MapNode {
+                    node_id,
+                    shard_count: *shard_count,
+                    alive: *alive,
+                    drained: *drained,
+                    last_heartbeat_ms: *last_heartbeat_ms,
+                    addr,
+                    zone: &zone[..zone.floor_char_boundary(64)],
+                    rack,
+                }
             })
             .collect();
         let logs: Vec<MapLog<'_>> = logs
@@ -290,6 +302,8 @@ proptest! {
                 node_id: a.max(1),
                 shard_count: (c as u16).max(1),
                 addr: &name,
+                zone: &name[..name.floor_char_boundary(64)],
+                rack: if rf % 2 == 0 { "" } else { "r1" },
             }),
             Request::Heartbeat(HeartbeatRequest { node_id: a.max(1), applied_version: b, suspect: u64::from(c) }),
             Request::GetMap(GetMapRequest { after_log_id: a, max: c }),

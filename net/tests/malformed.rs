@@ -150,6 +150,21 @@ fn map_node_entry(node_id: u64, shard_count: u16, alive: u8, addr: &[u8], pad_by
     entry
 }
 
+/// A GET_MAP node entry with address `h:1` and these zone and rack labels, its padding made
+/// of `pad_byte`.
+fn map_node_labelled(node_id: u64, zone: &[u8], rack: &[u8], pad_byte: u8) -> Vec<u8> {
+    let mut entry = map_node_entry(node_id, 1, 1, b"h:1", 0);
+    entry.truncate(24 + 3);
+    entry[14] = zone.len() as u8;
+    entry[15] = rack.len() as u8;
+    entry.extend_from_slice(zone);
+    entry.extend_from_slice(rack);
+    while !entry.len().is_multiple_of(8) {
+        entry.push(pad_byte);
+    }
+    entry
+}
+
 /// A GET_MAP log entry (epoch 1 from LSN 0, created at version 1), its padding made of
 /// `pad_byte`.
 fn map_log_entry(log_id: u64, rf: u8, chain: &[u64], name: &[u8], pad_byte: u8) -> Vec<u8> {
@@ -998,13 +1013,68 @@ fn cases() -> Vec<Case> {
             needed_bytes: 32,
         },
     ));
+    // After the address: zone_len, zone, rack_len, rack, or nothing (no labels).
+    let labelled = |zone: &[u8], rack: &[u8]| {
+        let mut body = register(2, 1, addr);
+        body.push(zone.len() as u8);
+        body.extend_from_slice(zone);
+        body.push(rack.len() as u8);
+        body.extend_from_slice(rack);
+        body
+    };
     cases.push(request(
-        "REGISTER_NODE bytes after the addr",
+        "REGISTER_NODE labels cut short after the zone",
+        REGISTER,
+        &labelled(b"z1", b"")[..16 + addr.len() + 3],
+        Error::BodyTruncated {
+            opcode: REGISTER,
+            body_bytes: 16 + addr.len() + 3,
+            needed_bytes: 16 + addr.len() + 4,
+        },
+    ));
+    cases.push(request(
+        "REGISTER_NODE zone_len past the body",
         REGISTER,
         &register_body(2, 1, 8, addr),
+        Error::BodyTruncated {
+            opcode: REGISTER,
+            body_bytes: 16 + addr.len(),
+            needed_bytes: 16 + 9 + usize::from(b':'),
+        },
+    ));
+    cases.push(request(
+        "REGISTER_NODE zone over 64 bytes",
+        REGISTER,
+        &labelled(&[b'z'; 65], b""),
+        invalid(REGISTER, "zone_len", 65),
+    ));
+    cases.push(request(
+        "REGISTER_NODE rack over 64 bytes",
+        REGISTER,
+        &labelled(b"z", &[b'r'; 65]),
+        invalid(REGISTER, "rack_len", 65),
+    ));
+    cases.push(request(
+        "REGISTER_NODE zone not UTF-8",
+        REGISTER,
+        &labelled(b"z\xff", b"r"),
+        Error::LabelNotUtf8,
+    ));
+    cases.push(request(
+        "REGISTER_NODE rack not UTF-8",
+        REGISTER,
+        &labelled(b"", b"\xc3"),
+        Error::LabelNotUtf8,
+    ));
+    let mut body = labelled(b"z", b"r");
+    body.push(0);
+    cases.push(request(
+        "REGISTER_NODE bytes after the rack",
+        REGISTER,
+        &body,
         Error::TrailingBytes {
             opcode: REGISTER,
-            extra_bytes: addr.len() - 8,
+            extra_bytes: 1,
         },
     ));
     let heartbeat = |node_id: u64| {
@@ -1418,15 +1488,29 @@ fn cases() -> Vec<Case> {
         map_body(1, 0, &[drained]),
         map_invalid("node.drained", 2),
     ));
-    let mut reserved = node(1);
-    reserved[14] = 1;
+    let mut long_zone = map_node_labelled(1, &[b'z'; 64], b"", 0);
+    long_zone[14] = 65;
     cases.push(map_case(
-        "GET_MAP node reserved nonzero",
-        map_body(1, 0, &[reserved]),
-        Error::ReservedNonzero {
-            opcode: GET_MAP,
-            field: "node.reserved",
-        },
+        "GET_MAP node zone over 64 bytes",
+        map_body(1, 0, &[long_zone]),
+        map_invalid("node.zone_len", 65),
+    ));
+    let mut long_rack = map_node_labelled(1, b"", &[b'r'; 64], 0);
+    long_rack[15] = 65;
+    cases.push(map_case(
+        "GET_MAP node rack over 64 bytes",
+        map_body(1, 0, &[long_rack]),
+        map_invalid("node.rack_len", 65),
+    ));
+    cases.push(map_case(
+        "GET_MAP node zone not UTF-8",
+        map_body(1, 0, &[map_node_labelled(1, b"\xff", b"r", 0)]),
+        Error::LabelNotUtf8,
+    ));
+    cases.push(map_case(
+        "GET_MAP node padding after the labels nonzero",
+        map_body(2, 0, &[node(1), map_node_labelled(2, b"zn", b"r", 9)]),
+        map_invalid("node.padding", 1),
     ));
     cases.push(map_case(
         "GET_MAP log ids not ascending",

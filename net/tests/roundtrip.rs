@@ -11,7 +11,7 @@ use common::*;
 #[test]
 fn every_request_round_trips_byte_for_byte() {
     let corpus = request_corpus();
-    assert_eq!(corpus.len(), 32);
+    assert_eq!(corpus.len(), 33);
     let mut seen = std::collections::HashSet::new();
     for bytes in &corpus {
         let frame = frame(bytes);
@@ -23,6 +23,45 @@ fn every_request_round_trips_byte_for_byte() {
         assert_eq!(&again, bytes, "{request:?}");
     }
     assert_eq!(seen.len(), Opcode::ALL.len(), "every opcode has a request");
+}
+
+/// REGISTER_NODE as a node that predates labels sends it (the body ends after the address):
+/// no zone, no rack; with labels after the address: both; with empty labels spelled out: none,
+/// and the encoder leaves them out again, so that an unlabelled node's body stays the old one.
+#[test]
+fn register_node_decodes_with_and_without_labels() {
+    let mut old = 2u64.to_le_bytes().to_vec();
+    old.extend_from_slice(&4u16.to_le_bytes());
+    old.extend_from_slice(&3u16.to_le_bytes());
+    old.extend_from_slice(&[0; 4]);
+    old.extend_from_slice(b"h:1");
+    let decodes_to = |body: &[u8], expected: Request<'_>| {
+        let bytes = raw_frame(Opcode::RegisterNode as u16, 0, 1, body);
+        assert_eq!(
+            decode_request(&frame(&bytes), &Limits::DEFAULT),
+            Ok(expected)
+        );
+    };
+    let register = |zone, rack| {
+        Request::RegisterNode(RegisterNodeRequest {
+            node_id: 2,
+            shard_count: 4,
+            addr: "h:1",
+            zone,
+            rack,
+        })
+    };
+    decodes_to(&old, register("", ""));
+    let labelled = [&old[..], b"\x0aeu-west-1a\x03r17"].concat();
+    decodes_to(&labelled, register("eu-west-1a", "r17"));
+    let empty = [&old[..], &[0, 0]].concat();
+    decodes_to(&empty, register("", ""));
+    let mut out = Vec::new();
+    encode_request(&mut out, 1, &register("", ""));
+    assert_eq!(&out[24..], &old[..]);
+    let mut out = Vec::new();
+    encode_request(&mut out, 1, &register("eu-west-1a", "r17"));
+    assert_eq!(&out[24..], &labelled[..]);
 }
 
 #[test]
@@ -660,12 +699,16 @@ fn limits_at_the_edge_are_accepted() {
     );
     assert_eq!(check_name(name.as_bytes(), &limits), Ok(name.as_str()));
 
-    // An address of exactly ADDR_BYTES_MAX, a chain of 255 nodes, a page of list_max logs.
+    // An address of exactly ADDR_BYTES_MAX, labels of exactly LABEL_BYTES_MAX, a chain of
+    // 255 nodes, a page of list_max logs.
     let addr = "a".repeat(usize::from(ADDR_BYTES_MAX));
+    let label = "z".repeat(usize::from(LABEL_BYTES_MAX));
     let register = Request::RegisterNode(RegisterNodeRequest {
         node_id: 1,
         shard_count: u16::MAX,
         addr: &addr,
+        zone: &label,
+        rack: &label,
     });
     let mut out = Vec::new();
     encode_request(&mut out, 1, &register);
@@ -683,6 +726,8 @@ fn limits_at_the_edge_are_accepted() {
             drained: false,
             last_heartbeat_ms: 0,
             addr: &addr,
+            zone: &label,
+            rack: &label,
         })
         .collect();
     let logs: Vec<MapLog<'_>> = (1..=u64::from(limits.list_max))

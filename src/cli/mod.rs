@@ -846,7 +846,8 @@ async fn status(
     }
 }
 
-/// A cluster's status: every node (id, address, shards, alive, drained, last heartbeat), then
+/// A cluster's status: every node (id, address, shards, zone and rack if it has them, alive,
+/// drained, last heartbeat), then
 /// every log (name, id, rf, epoch and its start, chain, under-replicated if the chain is
 /// shorter than the rf) with each replica's tail as that replica knows it (TAIL_HINT to it),
 /// its lag behind the head's, and whether it is still catching up (its tail below the epoch's
@@ -883,6 +884,8 @@ async fn cluster_status(
                     "node_id": node.node_id,
                     "addr": node.addr,
                     "shard_count": node.shard_count,
+                    "zone": node.zone,
+                    "rack": node.rack,
                     "alive": node.alive,
                     "drained": node.drained,
                     "last_heartbeat_ms": heartbeat_ms,
@@ -890,9 +893,14 @@ async fn cluster_status(
             )?;
         } else {
             let heartbeat = heartbeat_ms.map_or("never".to_string(), |ms| format!("{ms} ms ago"));
+            let labels: String = [("zone", &node.zone), ("rack", &node.rack)]
+                .into_iter()
+                .filter(|(_, label)| !label.is_empty())
+                .map(|(name, label)| format!("  {name} {label}"))
+                .collect();
             writeln!(
                 out,
-                "node {}  {}  {} shard(s)  {}{}  last heartbeat {heartbeat}",
+                "node {}  {}  {} shard(s){labels}  {}{}  last heartbeat {heartbeat}",
                 node.node_id,
                 node.addr,
                 node.shard_count,

@@ -130,13 +130,15 @@ impl Client {
     }
 
     /// Registers node `node_id` whose shard 0 listens at `shard0_addr` (`host:port`) with
-    /// `shard_count` shards; returns the map version. Registering again (after a restart)
-    /// replaces the address and shard count.
+    /// `shard_count` shards, in `zone` and `rack` (empty: none); returns the map version.
+    /// Registering again (after a restart) replaces the address, shard count and labels.
     pub fn register(
         &mut self,
         node_id: u64,
         shard0_addr: &str,
         shard_count: u16,
+        zone: &str,
+        rack: &str,
     ) -> Result<u64, ClientError> {
         if node_id == 0 || shard_count == 0 {
             return Err(ClientError::Invalid(format!(
@@ -150,10 +152,22 @@ impl Client {
                 chainlog_net::ADDR_BYTES_MAX
             )));
         }
+        if let Some(label) = [zone, rack]
+            .into_iter()
+            .find(|label| label.len() > usize::from(chainlog_net::LABEL_BYTES_MAX))
+        {
+            return Err(ClientError::Invalid(format!(
+                "a zone or rack label of {} bytes (0..={})",
+                label.len(),
+                chainlog_net::LABEL_BYTES_MAX
+            )));
+        }
         let request = Request::RegisterNode(RegisterNodeRequest {
             node_id,
             shard_count,
             addr: shard0_addr,
+            zone,
+            rack,
         });
         self.call(&request, |r| match r {
             Response::RegisterNode(version) => Some(version.map_version),
@@ -476,6 +490,8 @@ mod tests {
                             drained: false,
                             last_heartbeat_ms: 0,
                             addr: "127.0.0.1:1",
+                            zone: "",
+                            rack: "",
                         };
                         logs = ids
                             .iter()

@@ -271,7 +271,7 @@ mod tests {
         let mut state = ClusterState::new(Duration::from_millis(500));
         for id in 1..=3 {
             state
-                .register(id, &format!("10.0.0.{id}:7400"), 1, t0)
+                .register(id, &format!("10.0.0.{id}:7400"), 1, "", "", t0)
                 .expect("register");
         }
         state.create_log("a", 3, t0).expect("create");

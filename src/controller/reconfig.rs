@@ -210,7 +210,8 @@ impl LearnerChange {
 /// copy, and may be picked again once it is back), drained or unknown is dropped, and so are
 /// the newest beyond what the chain lacks of the replication factor; a log whose chain
 /// and learners are fewer than its replication factor gets live, undrained nodes outside
-/// both as learners, the least loaded first ([`ClusterState::spares`]), up to the factor.
+/// both as learners, up to the factor, as placement picks them ([`ClusterState::pick`]: in
+/// the zones the chain and its learners hold fewest of, the least loaded first).
 pub fn learner_changes(state: &ClusterState, now: Instant) -> Vec<LearnerChange> {
     let mut changes = Vec::new();
     for log in state.logs_after(0, usize::MAX) {
@@ -248,7 +249,7 @@ pub fn learner_changes(state: &ClusterState, now: Instant) -> Vec<LearnerChange>
             continue;
         }
         let taken: Vec<u64> = chain.iter().chain(&log.learners).copied().collect();
-        for node_id in state.spares(&taken, now).into_iter().take(wanted) {
+        for node_id in state.pick(&taken, wanted, now) {
             changes.push(LearnerChange::Add {
                 log_id: log.log_id,
                 node_id,
@@ -443,7 +444,7 @@ fn call<R>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::state::{Requested, Target};
+    use crate::controller::state::{Requested, Target, NODES_MAX};
     use crate::controller::StateError;
     use chainlog_net::cluster::MapLog;
 
@@ -480,7 +481,7 @@ mod tests {
         let mut state = ClusterState::new(Duration::from_millis(300));
         for id in 1..=nodes {
             state
-                .register(id, &format!("10.0.0.{id}:7400"), 1, now)
+                .register(id, &format!("10.0.0.{id}:7400"), 1, "", "", now)
                 .expect("register");
         }
         state
@@ -507,7 +508,7 @@ mod tests {
         let later = t0 + Duration::from_millis(500);
         for &id in &chain {
             state
-                .register(id, &format!("10.0.0.{id}:7400"), 1, later)
+                .register(id, &format!("10.0.0.{id}:7400"), 1, "", "", later)
                 .expect("register");
         }
         let plans = plan(&state, later);
@@ -556,6 +557,35 @@ mod tests {
             change.apply(state, now).expect("apply");
         }
         changes
+    }
+
+    /// After node losses the learners that grow a chain back are picked by the placement's
+    /// zone rule against what is left of the chain: in the zones it lost, not in the zone of
+    /// its survivor, even though the nodes there are the lowest ids, and never two in one zone.
+    #[test]
+    fn learners_after_a_node_loss_go_to_the_zones_the_chain_lost() {
+        let t0 = Instant::now();
+        let mut state = ClusterState::new(Duration::from_millis(300));
+        let zones = ["a", "b", "c", "c", "c", "a", "b"];
+        for (id, zone) in (1..).zip(zones) {
+            state
+                .register(id, &format!("10.0.0.{id}:7400"), 1, zone, "", t0)
+                .expect("register");
+        }
+        let log_id = state.create_log("orders", 3, t0).expect("create").log_id;
+        let chain = state.log(log_id).expect("log").current().chain.clone();
+        assert_eq!(chain, [1, 2, 3], "zones a, b and c");
+        // The head and the middle fall silent; the tail seals alone and is the chain.
+        let later = t0 + Duration::from_millis(500);
+        heartbeats(&mut state, later, &chain[..2]);
+        state
+            .extend(log_id, 1, &[(3, 0)], 0, Target::Auto, later)
+            .expect("extend");
+        assert_eq!(
+            tend(&mut state, later),
+            [6, 7].map(|node_id| LearnerChange::Add { log_id, node_id }),
+            "a and b, not 4 and 5 of c"
+        );
     }
 
     #[test]
@@ -697,7 +727,7 @@ mod tests {
         assert!(learner_changes(&state, later).is_empty(), "nobody to learn");
         // The lost node comes back: it learns the log, and joins once it has caught up.
         state
-            .register(chain[2], "10.0.0.3:7400", 1, later)
+            .register(chain[2], "10.0.0.3:7400", 1, "", "", later)
             .expect("register");
         assert!(plan(&state, later).is_empty(), "it has not copied the log");
         assert_eq!(
@@ -918,7 +948,7 @@ mod tests {
         tend(&mut state, later);
         let learner = state.log(a).expect("log").learners[0];
         let other = free.iter().copied().find(|&n| n != learner).expect("other");
-        assert_eq!(state.spares(&chain, later), vec![other, learner]);
+        assert_eq!(state.pick(&chain, 2, later), vec![other, learner]);
     }
 
     #[test]
@@ -1128,7 +1158,7 @@ mod tests {
             Err(StateError::UnknownNode { node_id: 9 })
         );
         assert!(state.map(t0).node(head).expect("node").drained);
-        assert!(!state.spares(&[], t0).contains(&head));
+        assert!(!state.pick(&[], NODES_MAX, t0).contains(&head));
         let plans = plan(&state, t0);
         let moves: Vec<(u64, Why)> = plans.iter().map(|p| (p.log_id, p.why.clone())).collect();
         assert!(
@@ -1171,7 +1201,7 @@ mod tests {
             assert!(!state.log(id).expect("log").current().chain.contains(&head));
         }
         state.drain(head, false).expect("undrain");
-        assert!(state.spares(&[], t0).contains(&head));
+        assert!(state.pick(&[], NODES_MAX, t0).contains(&head));
     }
 
     #[test]

@@ -82,7 +82,7 @@ use chainlog_net::{
     DescribeLogResponse, ErrorCode, ErrorResponse, Frame, GetMapResponse, HelloResponse, Limits,
     ListLogsResponse, LogEntries, LogEntry, LogRef, MapLogs, MapNodes, MapVersionResponse, Opcode,
     ReconfigureLogResponse, Request, Response, Role, ADDR_BYTES_MAX, ARG_NONE, CONNECTION_RETRY_MS,
-    EPOCH_CURRENT, FRAME_HEADER_BYTES, LOG_ENTRY_HEADER_BYTES, MAP_HEADER_BYTES,
+    EPOCH_CURRENT, FRAME_HEADER_BYTES, LABEL_BYTES_MAX, LOG_ENTRY_HEADER_BYTES, MAP_HEADER_BYTES,
     NODE_ENTRY_HEADER_BYTES, PROTOCOL_VERSION, RF_DEFAULT,
 };
 
@@ -104,12 +104,14 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const LINGER: Duration = Duration::from_millis(500);
 /// Bytes read from a socket at once.
 const READ_CHUNK_BYTES: usize = 64 << 10;
-/// The largest GET_MAP page: every node (an entry and an address padded to 8) and
+/// The largest GET_MAP page: every node (an entry, an address and labels padded to 8) and
 /// `list_max` logs (an entry, a chain of up to 255 ids, a name padded to 8), after the frame
 /// and page headers. It fits a frame, so a page never needs cutting by size.
 const GET_MAP_PAGE_BYTES_MAX: usize = FRAME_HEADER_BYTES
     + MAP_HEADER_BYTES
-    + NODES_MAX * (NODE_ENTRY_HEADER_BYTES + padded(ADDR_BYTES_MAX as usize))
+    + NODES_MAX
+        * (NODE_ENTRY_HEADER_BYTES
+            + padded(ADDR_BYTES_MAX as usize + 2 * LABEL_BYTES_MAX as usize))
     + LIMITS.list_max as usize
         * (LOG_ENTRY_HEADER_BYTES + 8 * 255 + padded(LIMITS.name_bytes_max as usize));
 const _: () = assert!(GET_MAP_PAGE_BYTES_MAX <= LIMITS.frame_bytes_max as usize);
@@ -475,6 +477,7 @@ impl From<StateError> for Refusal {
             StateError::NodeIdZero
             | StateError::NoShards { .. }
             | StateError::BadAddr { .. }
+            | StateError::BadLabel { .. }
             | StateError::InvalidName { .. } => ErrorCode::Malformed,
         };
         Refusal::new(code, ARG_NONE, e.to_string())
@@ -1153,6 +1156,8 @@ impl Controller {
                     register.node_id,
                     register.addr,
                     register.shard_count,
+                    register.zone,
+                    register.rack,
                     Instant::now(),
                 )?;
                 if map_version != before {
@@ -1161,6 +1166,8 @@ impl Controller {
                         node_id = register.node_id,
                         addr = register.addr,
                         shards = register.shard_count,
+                        zone = register.zone,
+                        rack = register.rack,
                         version = map_version,
                         "node registered"
                     );

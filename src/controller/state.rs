@@ -8,10 +8,17 @@
 //! durable part is what [`super::store`] writes; the rest starts empty after a restart and
 //! fills up with the next heartbeats.
 //!
-//! **Placement.** A new log of replication factor R goes on R distinct live nodes: those in
-//! the fewest current chains first, ties broken by the fewest heads, then the lowest id. Its
-//! head is the placed node with the fewest heads (ties: lowest id), the others follow in the
-//! order they were picked. So heads and replicas spread evenly as logs are created.
+//! **Placement** ([`ClusterState::pick`]). A new log of replication factor R goes on R
+//! distinct live, undrained nodes, picked one at a time: each in the zone that the nodes
+//! picked before it hold the fewest of, then in the rack (of that zone) they hold the fewest
+//! of, and among those the node in the fewest current chains, then with the fewest heads,
+//! then the lowest id. So a chain spans min(R, zones) zones, and when R is larger its nodes
+//! are spread over the zones as evenly as the zones' nodes allow. A node registered without a
+//! zone is a zone of its own (and without a rack, a rack of its own): a cluster without labels
+//! places exactly by load, as it did before zones existed. Its head is the placed node with
+//! the fewest heads (ties: lowest id), the others follow in the order they were picked. So
+//! heads and replicas spread evenly as logs are created. Learners are picked by the same rule
+//! against the chain and learners a log has, so reconfiguration keeps the zones spread.
 //!
 //! **Reconfiguration** ([`super::reconfig`]): [`ClusterState::extend`] starts a log's next
 //! epoch from the replicas that sealed the current one, with the chain the controller picks
@@ -30,8 +37,8 @@
 //! in the chain is dropped ([`ClusterState::remove_learner`]).
 //!
 //! [`ClusterState::map`] is what nodes and clients learn of the state
-//! ([`chainlog_net::cluster::ClusterMap`]): the version, every node (address, shards, whether
-//! it is alive or drained) and every log's current epoch, chain and learners.
+//! ([`chainlog_net::cluster::ClusterMap`]): the version, every node (address, shards, zone and
+//! rack, whether it is alive or drained) and every log's current epoch, chain and learners.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -39,7 +46,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use chainlog_net::cluster::{ClusterMap, MapLog, MapNode};
-use chainlog_net::{log_id_of, ADDR_BYTES_MAX, HEARTBEAT_MS_NEVER};
+use chainlog_net::{log_id_of, ADDR_BYTES_MAX, HEARTBEAT_MS_NEVER, LABEL_BYTES_MAX};
 
 /// How long after its last heartbeat a node still counts as alive, by default.
 pub const LIVENESS_DEFAULT: Duration = Duration::from_millis(500);
@@ -79,6 +86,27 @@ pub struct NodeState {
     /// it ([`ClusterState::drain`]).
     #[serde(default)]
     pub drained: bool,
+    /// Its failure zone, as it registered (empty: none, a zone of its own); placement spreads
+    /// a chain over zones (module documentation).
+    #[serde(default)]
+    pub zone: String,
+    /// Its rack within its zone, as it registered (empty: none, a rack of its own).
+    #[serde(default)]
+    pub rack: String,
+}
+
+impl NodeState {
+    /// True if `self` and `other` are in one zone: both name the same zone. A node without a
+    /// zone shares it with nobody.
+    fn same_zone(&self, other: &NodeState) -> bool {
+        !self.zone.is_empty() && self.zone == other.zone
+    }
+
+    /// True if `self` and `other` are in one rack: in one zone, and both name the same rack.
+    /// A rack is a rack of its zone: `r1` of two zones is two racks.
+    fn same_rack(&self, other: &NodeState) -> bool {
+        self.same_zone(other) && !self.rack.is_empty() && self.rack == other.rack
+    }
 }
 
 /// One epoch of a log: which nodes replicate it, from which LSN on.
@@ -188,6 +216,14 @@ pub enum StateError {
         /// The node.
         node_id: u64,
         /// The address's length.
+        len: usize,
+    },
+    /// A zone or rack label longer than `LABEL_BYTES_MAX` (64).
+    #[error("node {node_id}: a zone or rack label of {len} bytes (0..={LABEL_BYTES_MAX})")]
+    BadLabel {
+        /// The node.
+        node_id: u64,
+        /// The label's length.
         len: usize,
     },
     /// [`NODES_MAX`] nodes are registered already.
@@ -420,14 +456,18 @@ impl ClusterState {
         }
     }
 
-    /// Registers node `node_id` (a registration is also a heartbeat, with nothing applied
-    /// yet). The same id registering again, after a restart, replaces its address and shard
-    /// count. Returns the map version (bumped if the map changed).
+    /// Registers node `node_id`, in `zone` and `rack` (empty: none), (a registration is also
+    /// a heartbeat, with nothing applied yet). The same id registering again, after a
+    /// restart, replaces its address, shard count and labels; the chains it is in stay (a
+    /// node that moved zones is not moved off them). Returns the map version (bumped if the
+    /// map changed).
     pub fn register(
         &mut self,
         node_id: u64,
         addr: &str,
         shard_count: u16,
+        zone: &str,
+        rack: &str,
         now: Instant,
     ) -> Result<u64, StateError> {
         if node_id == 0 {
@@ -442,6 +482,15 @@ impl ClusterState {
                 len: addr.len(),
             });
         }
+        if let Some(label) = [zone, rack]
+            .into_iter()
+            .find(|label| label.len() > usize::from(LABEL_BYTES_MAX))
+        {
+            return Err(StateError::BadLabel {
+                node_id,
+                len: label.len(),
+            });
+        }
         if !self.nodes.contains_key(&node_id) && self.nodes.len() >= NODES_MAX {
             return Err(StateError::TooManyNodes { max: NODES_MAX });
         }
@@ -453,12 +502,20 @@ impl ClusterState {
             applied_version: 0,
             suspected: None,
             drained: false,
+            zone: String::new(),
+            rack: String::new(),
         });
         node.last_heartbeat = Some(now);
         node.applied_version = 0;
-        if node.addr != addr || node.shard_count != shard_count {
+        if node.addr != addr
+            || node.shard_count != shard_count
+            || node.zone != zone
+            || node.rack != rack
+        {
             node.addr = addr.to_string();
             node.shard_count = shard_count;
+            node.zone = zone.to_string();
+            node.rack = rack.to_string();
             self.version += 1;
         }
         Ok(self.version)
@@ -539,14 +596,13 @@ impl ClusterState {
 
     /// The chain for a new log of `rf` replicas (module documentation), head first.
     fn place(&self, rf: u8, now: Instant) -> Result<Vec<u64>, StateError> {
-        let mut picked = self.spares(&[], now);
+        let mut picked = self.pick(&[], usize::from(rf), now);
         if picked.len() < usize::from(rf) {
             return Err(StateError::NotEnoughNodes {
                 rf,
                 live: picked.len(),
             });
         }
-        picked.truncate(usize::from(rf));
         // The head: the picked node heading the fewest chains (then the lowest id).
         let heads = |node: u64| {
             self.logs
@@ -959,15 +1015,46 @@ impl ClusterState {
             .collect()
     }
 
-    /// Live nodes outside `chain` that are not drained, fewest chains first (a log a node
-    /// learns counts as a chain: it copies that log), then fewest heads, then lowest id:
-    /// where a new log goes, and which nodes learn a short chain's log.
-    pub fn spares(&self, chain: &[u64], now: Instant) -> Vec<u64> {
+    /// Up to `n` nodes to join a chain whose members (and learners) are `taken`, in the order
+    /// picked: where a new log goes ([`ClusterState::create_log`], `taken` empty) and which
+    /// nodes learn a short chain's log ([`super::reconfig`]). The module documentation has
+    /// the rule: live, undrained nodes outside `taken`, one at a time, each in the zone (then
+    /// the rack) that `taken` and the nodes picked before it hold the fewest of, the least
+    /// loaded among those.
+    pub fn pick(&self, taken: &[u64], n: usize, now: Instant) -> Vec<u64> {
+        let mut candidates: Vec<&NodeState> = self
+            .by_load(taken, now)
+            .into_iter()
+            .map(|id| &self.nodes[&id])
+            .collect();
+        let mut group: Vec<&NodeState> = taken.iter().filter_map(|id| self.nodes.get(id)).collect();
+        let mut picked = Vec::with_capacity(n.min(candidates.len()));
+        while picked.len() < n && !candidates.is_empty() {
+            let sharing = |candidate: &NodeState| {
+                let zone = group.iter().filter(|g| g.same_zone(candidate)).count();
+                let rack = group.iter().filter(|g| g.same_rack(candidate)).count();
+                (zone, rack)
+            };
+            // The first of the fewest sharing: `candidates` is in load order.
+            let best = (0..candidates.len())
+                .min_by_key(|&i| (sharing(candidates[i]), i))
+                .expect("candidates is not empty");
+            let node = candidates.remove(best);
+            picked.push(node.node_id);
+            group.push(node);
+        }
+        picked
+    }
+
+    /// Live nodes outside `taken` that are not drained, fewest chains first (a log a node
+    /// learns counts as a chain: it copies that log), then fewest heads, then lowest id: the
+    /// load order [`ClusterState::pick`] picks in, within the zone rule.
+    fn by_load(&self, taken: &[u64], now: Instant) -> Vec<u64> {
         let mut load: BTreeMap<u64, (usize, usize)> = self
             .nodes
             .values()
             .filter(|node| {
-                self.is_alive(node, now) && !node.drained && !chain.contains(&node.node_id)
+                self.is_alive(node, now) && !node.drained && !taken.contains(&node.node_id)
             })
             .map(|node| (node.node_id, (0, 0)))
             .collect();
@@ -1040,6 +1127,8 @@ impl ClusterState {
             last_heartbeat_ms: node.last_heartbeat.map_or(HEARTBEAT_MS_NEVER, |at| {
                 u64::try_from(now.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX)
             }),
+            zone: node.zone.clone(),
+            rack: node.rack.clone(),
         }
     }
 
@@ -1063,6 +1152,9 @@ impl ClusterState {
             }
             if node.addr.is_empty() || node.addr.len() > usize::from(ADDR_BYTES_MAX) {
                 return Err(format!("node {id}: bad address"));
+            }
+            if node.zone.len().max(node.rack.len()) > usize::from(LABEL_BYTES_MAX) {
+                return Err(format!("node {id}: a zone or rack label too long"));
             }
         }
         if self.nodes.len() > NODES_MAX || self.logs.len() > LOGS_MAX {
@@ -1156,7 +1248,7 @@ mod tests {
         let mut state = ClusterState::default();
         for id in 1..=n {
             state
-                .register(id, &format!("10.0.0.{id}:7400"), 2, t0)
+                .register(id, &format!("10.0.0.{id}:7400"), 2, "", "", t0)
                 .expect("register");
         }
         state
@@ -1218,6 +1310,279 @@ mod tests {
         assert_eq!(chains, [vec![1, 2], vec![2, 3], vec![3, 1]]);
     }
 
+    /// A state with nodes `1..` registered at `t0` in these (zone, rack)s.
+    fn zoned(labels: &[(&str, &str)], t0: Instant) -> ClusterState {
+        let mut state = ClusterState::default();
+        for (id, (zone, rack)) in (1..).zip(labels) {
+            state
+                .register(id, &format!("10.0.0.{id}:7400"), 2, zone, rack, t0)
+                .expect("register");
+        }
+        state
+    }
+
+    /// The zones of `chain`'s nodes, in chain order.
+    fn zones_of<'a>(state: &'a ClusterState, chain: &[u64]) -> Vec<&'a str> {
+        chain
+            .iter()
+            .map(|id| state.node(*id).expect("registered").zone.as_str())
+            .collect()
+    }
+
+    /// (chains, heads) of every node, by id.
+    fn load(state: &ClusterState) -> BTreeMap<u64, (usize, usize)> {
+        let mut load: BTreeMap<u64, (usize, usize)> =
+            state.nodes().map(|n| (n.node_id, (0, 0))).collect();
+        for log in state.logs.values() {
+            for (i, id) in log.current().chain.iter().enumerate() {
+                let (chains, heads) = load.get_mut(id).expect("registered");
+                *chains += 1;
+                *heads += usize::from(i == 0);
+            }
+        }
+        load
+    }
+
+    #[test]
+    fn three_zones_of_two_nodes_put_every_chain_of_three_in_three_zones_evenly() {
+        let t0 = Instant::now();
+        let labels = [
+            ("a", ""),
+            ("a", ""),
+            ("b", ""),
+            ("b", ""),
+            ("c", ""),
+            ("c", ""),
+        ];
+        let mut state = zoned(&labels, t0);
+        for i in 0..12 {
+            let id = state
+                .create_log(&format!("log-{i}"), 3, t0)
+                .expect("create")
+                .log_id;
+            let mut zones = zones_of(&state, &state.logs[&id].current().chain);
+            zones.sort_unstable();
+            assert_eq!(zones, ["a", "b", "c"], "log-{i}");
+        }
+        // 36 replicas and 12 heads over 6 nodes: 6 and 2 each.
+        assert!(
+            load(&state).values().all(|&l| l == (6, 2)),
+            "{:?}",
+            load(&state)
+        );
+    }
+
+    #[test]
+    fn two_zones_and_rf_3_put_two_in_one_zone_in_distinct_racks() {
+        let t0 = Instant::now();
+        let labels = [
+            ("a", "r1"),
+            ("a", "r1"),
+            ("a", "r2"),
+            ("b", "r1"),
+            ("b", "r1"),
+            ("b", "r2"),
+        ];
+        let mut state = zoned(&labels, t0);
+        for i in 0..12 {
+            let id = state
+                .create_log(&format!("log-{i}"), 3, t0)
+                .expect("create")
+                .log_id;
+            let chain = &state.logs[&id].current().chain;
+            let zones = zones_of(&state, chain);
+            let in_a = zones.iter().filter(|&&z| z == "a").count();
+            assert!(in_a == 1 || in_a == 2, "log-{i}: {zones:?}");
+            // The two in one zone are in its two racks (rack r1 of a is not rack r1 of b).
+            let mut racks: Vec<(&str, &str)> = chain
+                .iter()
+                .map(|id| {
+                    let node = state.node(*id).expect("registered");
+                    (node.zone.as_str(), node.rack.as_str())
+                })
+                .collect();
+            racks.sort_unstable();
+            racks.dedup();
+            assert_eq!(racks.len(), 3, "log-{i}: {racks:?}");
+        }
+    }
+
+    #[test]
+    fn nodes_without_a_zone_are_each_a_zone_of_their_own() {
+        let t0 = Instant::now();
+        // Zone a has three nodes, node 4 and 5 have none: rf 3 takes one of a, 4 and 5.
+        let labels = [("a", ""), ("a", ""), ("a", ""), ("", "r1"), ("", "r1")];
+        let mut state = zoned(&labels, t0);
+        for i in 0..6 {
+            let id = state
+                .create_log(&format!("log-{i}"), 3, t0)
+                .expect("create")
+                .log_id;
+            let mut chain = state.logs[&id].current().chain.clone();
+            chain.sort_unstable();
+            assert!(chain[0] <= 3 && chain[1..] == [4, 5], "log-{i}: {chain:?}");
+        }
+    }
+
+    #[test]
+    fn picking_several_spreads_them_over_the_zones_the_chain_lacks() {
+        let t0 = Instant::now();
+        let labels = [
+            ("a", ""),
+            ("a", ""),
+            ("b", ""),
+            ("b", ""),
+            ("c", ""),
+            ("c", ""),
+        ];
+        let state = zoned(&labels, t0);
+        // A chain left with node 1 (zone a) gets one of b and one of c, not two of one zone,
+        // nor node 2 before them.
+        let picked = state.pick(&[1], 2, t0);
+        let mut zones = zones_of(&state, &picked);
+        zones.sort_unstable();
+        assert_eq!(zones, ["b", "c"], "{picked:?}");
+        // A second node in a zone only once every zone has one: [b, c], then the rest.
+        assert_eq!(state.pick(&[1], 5, t0), [3, 5, 2, 4, 6]);
+        // Drained and dead nodes are not picked: zone b has only node 4 then.
+        let mut state = state;
+        state.drain(3, true).expect("drain");
+        assert_eq!(zones_of(&state, &state.pick(&[1, 5], 1, t0)), ["b"]);
+        assert_eq!(state.pick(&[1, 5], 1, t0), [4]);
+    }
+
+    /// Random clusters (a seeded loop: the seed is in every message): zones, racks, nodes
+    /// with no labels, drained nodes, replication factors. Every chain placed is as spread
+    /// as the eligible (live, undrained) nodes allow: (a) it spans min(rf, eligible zones)
+    /// zones, and more exactly, no zone holds two more of it than another zone that still
+    /// had an eligible node left out (the greedy pick takes the zone it holds fewest of
+    /// while one has a node to offer). When the cluster is uniform (every zone has the same
+    /// racks, every rack the same number of nodes, none drained), (b) no node holds more
+    /// than 1.1 times the mean number of chains per node, and (c) no node heads more than
+    /// 1.1 times the mean number of heads plus one. Why (b) and (c) hold: every zone is
+    /// alike, so the zone rule leaves every node equally often among the candidates of a
+    /// pick, and within the candidates the least loaded is taken (the head: the fewest
+    /// heads), which keeps any two alike nodes within a small constant of each other; with
+    /// a mean of at least 40 chains and 20 heads a node, 1.1 times the mean leaves room for
+    /// that constant.
+    #[test]
+    fn placement_spreads_zones_and_balances_over_random_clusters() {
+        use chainlog_storage::SimRng;
+        let t0 = Instant::now();
+        for seed in 0..100 {
+            let mut rng = SimRng::new(seed);
+            let zone_count = 1 + rng.below(4) as usize;
+            let rack_count = 1 + rng.below(3) as usize;
+            let uniform = rng.one_in(2);
+            let mut labels: Vec<(String, String)> = Vec::new();
+            let mut drained = Vec::new();
+            if uniform {
+                let per_rack = 1 + rng.below(2) as usize;
+                for zone in 0..zone_count {
+                    for rack in 0..rack_count {
+                        for _ in 0..per_rack {
+                            labels.push((format!("z{zone}"), format!("r{rack}")));
+                        }
+                    }
+                }
+            } else {
+                for id in 1..=(2 + rng.below(14)) {
+                    // A tenth without a zone; a rack for some.
+                    let zone = if rng.one_in(10) {
+                        String::new()
+                    } else {
+                        format!("z{}", rng.below(zone_count as u64))
+                    };
+                    let rack = if rng.one_in(3) {
+                        String::new()
+                    } else {
+                        format!("r{}", rng.below(rack_count as u64))
+                    };
+                    labels.push((zone, rack));
+                    if rng.one_in(8) {
+                        drained.push(id);
+                    }
+                }
+            }
+            let refs: Vec<(&str, &str)> = labels
+                .iter()
+                .map(|(z, r)| (z.as_str(), r.as_str()))
+                .collect();
+            let mut state = zoned(&refs, t0);
+            for &id in &drained {
+                state.drain(id, true).expect("drain");
+            }
+            let eligible: Vec<NodeState> = state.nodes().filter(|n| !n.drained).cloned().collect();
+            // A zone as placement counts them: a node without one is a zone of its own.
+            let zone_of = |node: &NodeState| {
+                if node.zone.is_empty() {
+                    format!("node {}", node.node_id)
+                } else {
+                    node.zone.clone()
+                }
+            };
+            let mut zones: Vec<String> = eligible.iter().map(&zone_of).collect();
+            zones.sort_unstable();
+            zones.dedup();
+            if eligible.is_empty() {
+                continue;
+            }
+            let rf = 1 + rng.below(eligible.len().min(5) as u64) as usize;
+            let logs = (40 * eligible.len()).div_ceil(rf).max(20 * eligible.len());
+            for i in 0..logs {
+                let name = format!("log-{i}");
+                let id = state
+                    .create_log(&name, rf as u8, t0)
+                    .unwrap_or_else(|e| panic!("seed {seed}: {name}: {e}"))
+                    .log_id;
+                let chain = &state.logs[&id].current().chain;
+                let count = |zone: &str| {
+                    chain
+                        .iter()
+                        .filter(|n| zone_of(&state.nodes[n]) == zone)
+                        .count()
+                };
+                let spanned = zones.iter().filter(|z| count(z) > 0).count();
+                assert_eq!(
+                    spanned,
+                    rf.min(zones.len()),
+                    "seed {seed}: {name} on {chain:?}, zones {zones:?}"
+                );
+                for fuller in &zones {
+                    for emptier in &zones {
+                        let left_out = eligible
+                            .iter()
+                            .any(|n| zone_of(n) == *emptier && !chain.contains(&n.node_id));
+                        assert!(
+                            count(fuller) <= count(emptier) + 1 || !left_out,
+                            "seed {seed}: {name} on {chain:?}: {fuller} holds {}, {emptier} {}                              and had a node to spare",
+                            count(fuller),
+                            count(emptier)
+                        );
+                    }
+                }
+            }
+            if !uniform {
+                continue;
+            }
+            let load = load(&state);
+            let nodes = load.len() as f64;
+            let (chains_max, heads_max) = load.values().fold((0, 0), |(c, h), &(chains, heads)| {
+                (c.max(chains), h.max(heads))
+            });
+            let chains_mean = (logs * rf) as f64 / nodes;
+            let heads_mean = logs as f64 / nodes;
+            assert!(
+                chains_max as f64 <= 1.1 * chains_mean,
+                "seed {seed}: {zone_count} zones of {rack_count} racks, rf {rf}: a node in                  {chains_max} chains, the mean is {chains_mean}: {load:?}"
+            );
+            assert!(
+                heads_max as f64 <= 1.1 * heads_mean + 1.0,
+                "seed {seed}: {zone_count} zones of {rack_count} racks, rf {rf}: a node heads                  {heads_max}, the mean is {heads_mean}: {load:?}"
+            );
+        }
+    }
+
     #[test]
     fn placement_uses_live_nodes_only_and_refuses_rf_above_them() {
         let t0 = Instant::now();
@@ -1261,20 +1626,37 @@ mod tests {
         let mut state = cluster(2, t0);
         assert_eq!(state.version(), 2);
         assert_eq!(
-            state.register(1, "10.0.0.1:7400", 2, t0),
+            state.register(1, "10.0.0.1:7400", 2, "", "", t0),
             Ok(2),
             "no change"
         );
-        assert_eq!(state.register(1, "10.0.0.9:8000", 4, t0), Ok(3));
+        assert_eq!(state.register(1, "10.0.0.9:8000", 4, "", "", t0), Ok(3));
         let node = state.node(1).expect("node");
         assert_eq!((node.addr.as_str(), node.shard_count), ("10.0.0.9:8000", 4));
-        assert_eq!(state.register(0, "x:1", 1, t0), Err(StateError::NodeIdZero));
+        // Labels are part of the map: a new zone or rack is a new version, the same is not.
+        assert_eq!(state.register(1, "10.0.0.9:8000", 4, "a", "r1", t0), Ok(4));
+        assert_eq!(state.register(1, "10.0.0.9:8000", 4, "a", "r1", t0), Ok(4));
+        assert_eq!(state.register(1, "10.0.0.9:8000", 4, "a", "r2", t0), Ok(5));
+        let node = state.map(t0).node(1).expect("node").clone();
+        assert_eq!((node.zone.as_str(), node.rack.as_str()), ("a", "r2"));
+        let long = "z".repeat(65);
         assert_eq!(
-            state.register(5, "x:1", 0, t0),
+            state.register(1, "10.0.0.9:8000", 4, &long, "", t0),
+            Err(StateError::BadLabel {
+                node_id: 1,
+                len: 65
+            })
+        );
+        assert_eq!(
+            state.register(0, "x:1", 1, "", "", t0),
+            Err(StateError::NodeIdZero)
+        );
+        assert_eq!(
+            state.register(5, "x:1", 0, "", "", t0),
             Err(StateError::NoShards { node_id: 5 })
         );
         assert_eq!(
-            state.register(5, "", 1, t0),
+            state.register(5, "", 1, "", "", t0),
             Err(StateError::BadAddr { node_id: 5, len: 0 })
         );
         assert_eq!(state.nodes().count(), 2);
@@ -1298,7 +1680,9 @@ mod tests {
         state.heartbeat(2, version, t0).expect("heartbeat");
         assert_eq!(state.pending_replicas(created.log_id), Ok(vec![]));
         // A node that registers again (restarted) has applied nothing yet.
-        state.register(2, "10.0.0.2:7400", 2, t0).expect("register");
+        state
+            .register(2, "10.0.0.2:7400", 2, "", "", t0)
+            .expect("register");
         assert_eq!(state.pending_replicas(created.log_id), Ok(vec![2]));
     }
 
@@ -1391,7 +1775,8 @@ mod tests {
         // Learners: registered, distinct, outside the chain.
         for learners in [vec![1], vec![9], vec![3, 3]] {
             let mut bad = state.clone();
-            bad.register(3, "10.0.0.3:7400", 2, t0).expect("register");
+            bad.register(3, "10.0.0.3:7400", 2, "", "", t0)
+                .expect("register");
             bad.logs
                 .values_mut()
                 .for_each(|l| l.learners = learners.clone());

@@ -9,12 +9,17 @@
 //! ```text
 //! offset size field
 //!      0    4 magic           "CLCS"
-//!      4    2 format_version  1
+//!      4    2 format_version  2
 //!      6    2 reserved        0
 //!      8    4 body_len        bytes of JSON that follow
 //!     12    4 body_crc        CRC32C of the body
 //!     16    . body            JSON
 //! ```
+//!
+//! Format version 2 added the nodes' zones and racks (`zone`, `rack`): a version 1 file, which
+//! has none, still loads, as nodes without labels. A build that knows only version 1 refuses a
+//! version 2 file rather than load it and silently forget the labels (it would write the state
+//! back without them).
 //!
 //! A file that is not this format, is damaged or describes an inconsistent cluster is a
 //! typed error naming the file: the controller refuses to start rather than silently
@@ -32,8 +37,9 @@ use super::state::ClusterState;
 pub const STATE_FILE: &str = "state";
 /// The lock file's name in the data directory.
 pub const LOCK_FILE: &str = "lock";
-/// The state file format this build writes (and the newest it reads).
-pub const FORMAT_VERSION: u16 = 1;
+/// The state file format this build writes (and the newest it reads; it reads every older
+/// one too).
+pub const FORMAT_VERSION: u16 = 2;
 
 const MAGIC: [u8; 4] = *b"CLCS";
 const HEADER_BYTES: usize = 16;
@@ -232,7 +238,7 @@ mod tests {
         let mut state = ClusterState::default();
         for id in 1..=3 {
             state
-                .register(id, &format!("127.0.0.1:{}", 7400 + id), 2, t0)
+                .register(id, &format!("127.0.0.1:{}", 7400 + id), 2, "", "", t0)
                 .expect("register");
         }
         for (name, rf) in [("orders", 3), ("users", 2), ("events", 1)] {
@@ -317,10 +323,10 @@ mod tests {
             StoreError::Corrupt { .. }
         ));
         let mut newer = good.clone();
-        newer[4] = 2;
+        newer[4] = 3;
         assert!(matches!(
             refused(&newer),
-            StoreError::Version { version: 2, .. }
+            StoreError::Version { version: 3, .. }
         ));
         // Well framed and checksummed, but not a consistent cluster: the JSON of a state
         // whose log names a node that is not registered.
@@ -333,6 +339,41 @@ mod tests {
         assert!(err.to_string().contains("inconsistent"), "{err}");
         fs::write(&path, &good).expect("write");
         open(dir.path()).expect("the good file opens");
+    }
+
+    /// A state file of format version 1, before zones and racks, as such a build wrote it:
+    /// its nodes load without labels, and the next save writes version 2 with them.
+    #[test]
+    fn a_version_1_file_loads_as_nodes_without_zones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let body = br#"{"version":2,"nodes":{"1":{"node_id":1,"addr":"10.0.0.1:7400","shard_count":2},"2":{"node_id":2,"addr":"10.0.0.2:7400","shard_count":2,"drained":true}},"logs":{}}"#;
+        let mut file = MAGIC.to_vec();
+        file.extend_from_slice(&1u16.to_le_bytes());
+        file.extend_from_slice(&0u16.to_le_bytes());
+        file.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        file.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+        file.extend_from_slice(body);
+        fs::write(dir.path().join(STATE_FILE), &file).expect("write");
+        let (store, mut state) = open(dir.path()).expect("a version 1 file opens");
+        let labels: Vec<(u64, &str, &str, bool)> = state
+            .nodes()
+            .map(|n| (n.node_id, n.zone.as_str(), n.rack.as_str(), n.drained))
+            .collect();
+        assert_eq!(labels, [(1, "", "", false), (2, "", "", true)]);
+        state
+            .register(1, "10.0.0.1:7400", 2, "eu-west-1a", "r1", Instant::now())
+            .expect("register");
+        store.save(&state).expect("save");
+        let saved = fs::read(store.path()).expect("read");
+        assert_eq!(saved[4..6], FORMAT_VERSION.to_le_bytes());
+        drop(store);
+        let (_store, loaded) = open(dir.path()).expect("reopen");
+        let node = loaded.node(1).expect("node 1");
+        assert_eq!(
+            (node.zone.as_str(), node.rack.as_str()),
+            ("eu-west-1a", "r1")
+        );
+        assert_eq!(loaded, durable(&state));
     }
 
     #[test]

@@ -106,11 +106,13 @@ pub(crate) fn channel() -> std::io::Result<(ShardControl, ControlInbox)> {
 }
 
 /// Who this node is to the controller.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Identity {
     pub(crate) node_id: NodeId,
     pub(crate) advertise: SocketAddr,
     pub(crate) shards: u16,
+    pub(crate) zone: String,
+    pub(crate) rack: String,
 }
 
 /// Runs until `stop` is set: register, heartbeat, fetch and hand out maps.
@@ -124,7 +126,7 @@ pub(crate) fn run(
     let mut handed_out = 0u64;
     let mut last_error: Option<(String, Instant)> = None;
     while !stop.load(Ordering::Relaxed) {
-        let step = step(controller, me, &shards, &mut client, &mut handed_out);
+        let step = step(controller, &me, &shards, &mut client, &mut handed_out);
         let pause = match step {
             Ok(()) => {
                 if last_error.take().is_some() {
@@ -164,7 +166,7 @@ fn sleep_unless_stopped(pause: Duration, stop: &AtomicBool) {
 /// One round: (re)connect and register if needed, heartbeat, fetch a newer map.
 fn step(
     controller: SocketAddr,
-    me: Identity,
+    me: &Identity,
     shards: &[ShardControl],
     client: &mut Option<ControllerClient>,
     handed_out: &mut u64,
@@ -172,8 +174,14 @@ fn step(
     if client.is_none() {
         let mut c =
             ControllerClient::connect(controller, CALL_TIMEOUT).map_err(|e| e.to_string())?;
-        c.register(me.node_id, &me.advertise.to_string(), me.shards)
-            .map_err(|e| e.to_string())?;
+        c.register(
+            me.node_id,
+            &me.advertise.to_string(),
+            me.shards,
+            &me.zone,
+            &me.rack,
+        )
+        .map_err(|e| e.to_string())?;
         tracing::info!(%controller, node_id = me.node_id, "registered with the controller");
         *client = Some(c);
     }

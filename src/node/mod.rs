@@ -76,6 +76,11 @@ pub struct NodeConfig {
     pub controller: Option<SocketAddr>,
     /// Where other nodes and clients reach shard 0 (`None`: the address shard 0 is bound to).
     pub advertise: Option<SocketAddr>,
+    /// The failure zone it registers in (empty: none): the controller spreads a chain's
+    /// replicas over zones.
+    pub zone: String,
+    /// Its rack within the zone (empty: none).
+    pub rack: String,
 }
 
 /// Where a node serves `GET /metrics`.
@@ -190,6 +195,8 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
                 node_id: config.node_id,
                 advertise: config.advertise.unwrap_or(shard0),
                 shards: config.shards as u16,
+                zone: config.zone.clone(),
+                rack: config.rack.clone(),
             };
             let stop = control_stop.clone();
             let spawned = std::thread::Builder::new()

@@ -18,6 +18,8 @@
 //! idle_timeout_ms = 600000    # a client connection silent this long is closed; 0: never
 //! controller = "127.0.0.1:7300" # a cluster member (node_id required); default: standalone
 //! advertise = "10.0.0.5:7400" # where other nodes and clients reach shard 0 [default: its bound address]
+//! zone = "eu-west-1a"         # the failure zone it registers in [default: none]
+//! rack = "r17"                # its rack within the zone [default: none]
 //! ```
 
 use std::net::SocketAddr;
@@ -121,6 +123,15 @@ pub struct NodeSettings {
     /// is bound to].
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise: Option<SocketAddr>,
+    /// The failure zone this cluster member is in (a data centre, an availability zone; at
+    /// most 64 bytes): the controller puts a log's replicas in distinct zones when there are
+    /// enough [default: none, a zone of its own].
+    #[arg(long, value_name = "NAME")]
+    pub zone: Option<String>,
+    /// Its rack within the zone (at most 64 bytes): after zones, the controller spreads a
+    /// chain over racks [default: none, a rack of its own].
+    #[arg(long, value_name = "NAME")]
+    pub rack: Option<String>,
 }
 
 impl NodeSettings {
@@ -146,6 +157,8 @@ impl NodeSettings {
             idle_timeout_ms: self.idle_timeout_ms.or(base.idle_timeout_ms),
             controller: self.controller.or(base.controller),
             advertise: self.advertise.or(base.advertise),
+            zone: self.zone.or(base.zone),
+            rack: self.rack.or(base.rack),
         }
     }
 
@@ -224,6 +237,20 @@ impl NodeSettings {
         if conn_limits.connections_max == 0 {
             return Err("connections_max must be at least 1".into());
         }
+        let (zone, rack) = (self.zone.unwrap_or_default(), self.rack.unwrap_or_default());
+        if (!zone.is_empty() || !rack.is_empty()) && controller.is_none() {
+            return Err("--zone and --rack label a cluster member (they need --controller)".into());
+        }
+        if let Some(label) = [&zone, &rack]
+            .into_iter()
+            .find(|label| label.len() > usize::from(chainlog_net::LABEL_BYTES_MAX))
+        {
+            return Err(format!(
+                "zone or rack {label:?}: {} bytes, above {}",
+                label.len(),
+                chainlog_net::LABEL_BYTES_MAX
+            ));
+        }
         let node_id = self.node_id.unwrap_or(1);
         if node_id == 0 || node_id == u64::MAX {
             return Err(format!("node id {node_id} is reserved; choose another"));
@@ -242,6 +269,8 @@ impl NodeSettings {
             store,
             controller,
             advertise: self.advertise,
+            zone,
+            rack,
         })
     }
 }
@@ -297,6 +326,44 @@ mod tests {
             missing.starts_with("--config /nonexistent/node.toml"),
             "{missing}"
         );
+    }
+
+    #[test]
+    fn zone_and_rack_label_a_cluster_member_only() {
+        let file: NodeSettings = toml::from_str(
+            "data_dir = \"/d\"\nnode_id = 2\ncontroller = \"127.0.0.1:7300\"\nzone = \"a\"\nrack = \"r1\"",
+        )
+        .expect("valid file");
+        let flags = NodeSettings {
+            zone: Some("b".into()),
+            ..NodeSettings::default()
+        };
+        let config = flags.or(file).resolve().expect("resolves");
+        assert_eq!((config.zone.as_str(), config.rack.as_str()), ("b", "r1"));
+        let standalone = NodeSettings {
+            data_dir: Some("/d".into()),
+            zone: Some("a".into()),
+            ..NodeSettings::default()
+        };
+        let refused = standalone
+            .resolve()
+            .expect_err("a standalone node has no zone");
+        assert!(refused.contains("--controller"), "{refused}");
+        let long = NodeSettings {
+            data_dir: Some("/d".into()),
+            node_id: Some(2),
+            controller: Some("127.0.0.1:7300".into()),
+            rack: Some("r".repeat(65)),
+            ..NodeSettings::default()
+        };
+        let refused = long.resolve().expect_err("too long");
+        assert!(refused.contains("65 bytes"), "{refused}");
+        let none = NodeSettings {
+            data_dir: Some("/d".into()),
+            ..NodeSettings::default()
+        };
+        let config = none.resolve().expect("resolves");
+        assert_eq!((config.zone.as_str(), config.rack.as_str()), ("", ""));
     }
 
     #[test]

@@ -495,7 +495,14 @@ pub fn run(seed: u64, options: &Options) -> Report {
         let disk = SimDisk::with_clock(clock.clone());
         let node = SimNode::new(i as u64 + 1, options.shards, disk);
         state
-            .register(node.id, &node.addr.to_string(), options.shards, born)
+            .register(
+                node.id,
+                &node.addr.to_string(),
+                options.shards,
+                "",
+                "",
+                born,
+            )
             .expect("a valid node");
         nodes.push(node);
     }

@@ -30,6 +30,8 @@ fn cluster_map() -> MapUpdate {
             alive: true,
             drained: false,
             last_heartbeat_ms: 0,
+            zone: String::new(),
+            rack: String::new(),
         })
         .collect();
     let logs = [A, B]

@@ -241,15 +241,28 @@ pub fn request_corpus() -> Vec<Vec<u8>> {
             records: Records::EMPTY,
             keys: Keys::EMPTY,
         }),
+        // Without labels (the body of a node that predates them), with a zone and a rack, with
+        // a rack alone.
         Request::RegisterNode(RegisterNodeRequest {
             node_id: 2,
             shard_count: 4,
             addr: "10.0.0.2:7400",
+            zone: "",
+            rack: "",
         }),
         Request::RegisterNode(RegisterNodeRequest {
             node_id: u64::MAX,
             shard_count: 1,
             addr: "[::1]:1",
+            zone: "eu-west-1a",
+            rack: "r17",
+        }),
+        Request::RegisterNode(RegisterNodeRequest {
+            node_id: 3,
+            shard_count: 1,
+            addr: "h:1",
+            zone: "",
+            rack: "rack-\u{e9}",
         }),
         Request::Heartbeat(HeartbeatRequest {
             node_id: 2,
@@ -302,7 +315,8 @@ pub fn request_corpus() -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Nodes of a cluster map: addresses of odd and even lengths, one never heard from.
+/// Nodes of a cluster map: addresses of odd and even lengths, one never heard from; with a
+/// zone and rack, a zone alone, no labels.
 pub const MAP_NODES: [MapNode<'static>; 3] = [
     MapNode {
         node_id: 1,
@@ -311,6 +325,8 @@ pub const MAP_NODES: [MapNode<'static>; 3] = [
         drained: false,
         last_heartbeat_ms: 150,
         addr: "node-1.example:7400",
+        zone: "eu-west-1a",
+        rack: "r1",
     },
     MapNode {
         node_id: 2,
@@ -319,6 +335,8 @@ pub const MAP_NODES: [MapNode<'static>; 3] = [
         drained: true,
         last_heartbeat_ms: 9_000,
         addr: "10.0.0.2:7400",
+        zone: "eu-west-1b",
+        rack: "",
     },
     MapNode {
         node_id: 5,
@@ -327,6 +345,8 @@ pub const MAP_NODES: [MapNode<'static>; 3] = [
         drained: false,
         last_heartbeat_ms: HEARTBEAT_MS_NEVER,
         addr: "h:1",
+        zone: "",
+        rack: "",
     },
 ];
 

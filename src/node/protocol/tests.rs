@@ -54,6 +54,8 @@ fn map_trimmed(
             alive: true,
             drained: false,
             last_heartbeat_ms: 0,
+            zone: String::new(),
+            rack: String::new(),
         })
         .collect();
     let log = MapLog {

@@ -357,6 +357,7 @@ fn scan<I: Io>(
         files[0].file,
         files[0].size,
     );
+    let mut progress = Progress::new(files);
     loop {
         let f = &files[idx];
         let found = window
@@ -411,6 +412,7 @@ fn scan<I: Io>(
                     ));
                     idx += 1;
                     offset = BLOCK_SIZE as u64;
+                    progress.reached(files, idx);
                     continue;
                 }
             }
@@ -458,6 +460,47 @@ fn scan<I: Io>(
         }
     }
     Ok(())
+}
+
+/// Segment bytes from which recovery says how far it got.
+const PROGRESS_BYTES_MIN: u64 = 1 << 30;
+
+/// Recovery's progress line: at the start and at every tenth of the segments' bytes scanned,
+/// when there are at least [`PROGRESS_BYTES_MIN`] of them (a long recovery is not silent).
+struct Progress {
+    total: u64,
+    tenths: u64,
+}
+
+impl Progress {
+    fn new(files: &[SegFile]) -> Progress {
+        let total = files.iter().map(|f| f.size).sum();
+        if total >= PROGRESS_BYTES_MIN {
+            tracing::info!(
+                segments = files.len(),
+                total_mib = total >> 20,
+                "recovering the store: scanning its segments"
+            );
+        }
+        Progress { total, tenths: 0 }
+    }
+
+    /// The scan moved on to `files[idx]`.
+    fn reached(&mut self, files: &[SegFile], idx: usize) {
+        let scanned: u64 = files[..idx].iter().map(|f| f.size).sum();
+        let tenths = scanned * 10 / self.total.max(1);
+        if self.total >= PROGRESS_BYTES_MIN && tenths > self.tenths {
+            self.tenths = tenths;
+            tracing::info!(
+                segments = idx,
+                of = files.len(),
+                scanned_mib = scanned >> 20,
+                total_mib = self.total >> 20,
+                "recovering the store: {}% scanned",
+                tenths * 10
+            );
+        }
+    }
 }
 
 /// After a clean stop, the chain stopped at (`path`, `offset`) after the frames replayed into

@@ -303,23 +303,34 @@ impl SimIo {
                 durability,
                 fail,
             } => {
-                state.in_flight.remove(&id);
-                let bytes = buf
-                    .as_ref()
-                    .map(|b| b.as_slice().to_vec())
-                    .unwrap_or_default();
+                // The copy kept for tearing it in a crash is the write's bytes (its buffer
+                // stayed here, untouched).
+                let bytes = match state.in_flight.remove(&id) {
+                    Some((_, _, bytes)) => bytes,
+                    None => buf
+                        .as_ref()
+                        .map(|b| b.as_slice().to_vec())
+                        .unwrap_or_default(),
+                };
                 match state.files.get_mut(&path) {
                     None => Err(not_found(&path)),
                     Some(_) if fail => Err(io::Error::from_raw_os_error(libc::EIO)),
                     Some(file) => {
                         state.completed_writes += 1;
                         let counter = state.completed_writes;
+                        let n = bytes.len();
                         apply(&mut file.volatile, offset, &bytes);
-                        file.unflushed.push((counter, offset, bytes.clone()));
-                        if durability != Durability::Buffered {
-                            file.flush(counter);
+                        let synced = durability != Durability::Buffered;
+                        if synced && file.unflushed.is_empty() {
+                            // What flushing it after nothing else unflushed would do.
+                            apply(&mut file.durable, offset, &bytes);
+                        } else {
+                            file.unflushed.push((counter, offset, bytes));
+                            if synced {
+                                file.flush(counter);
+                            }
                         }
-                        Ok(bytes.len())
+                        Ok(n)
                     }
                 }
             }

@@ -348,6 +348,8 @@ fn metrics_are_served_as_prometheus_text() {
         "chainlog_append_stage_latency_seconds_bucket{shard=\"0\",stage=\"disk\",le=\"+Inf\"}",
         "chainlog_group_commit_batch_records_count{shard=\"0\"}",
         "chainlog_logs{shard=\"0\"} 1",
+        // The first create wrote the snapshot: header 12, the entry 24 + "measured", CRC 4.
+        "chainlog_catalog_bytes{shard=\"0\"} 48\n",
         "chainlog_connections{shard=\"0\"} 1",
         "chainlog_connections_max{shard=\"0\"} 4096",
         // One connection's receive buffer, at its start size (the appends are small).

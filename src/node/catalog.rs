@@ -316,6 +316,21 @@ impl Catalog {
         Ok(catalog)
     }
 
+    /// How many logs it holds.
+    pub fn len(&self) -> usize {
+        self.logs.len()
+    }
+
+    /// True if it holds no log.
+    pub fn is_empty(&self) -> bool {
+        self.logs.is_empty()
+    }
+
+    /// Its size on disk: the snapshot, the change log, and the changes not written yet.
+    pub fn bytes(&self) -> usize {
+        self.snapshot_bytes + self.changes_bytes + self.pending.len()
+    }
+
     /// The log with this id.
     pub fn get(&self, log_id: u64) -> Option<&LogEntry> {
         self.logs.get(&log_id)

@@ -201,6 +201,8 @@ pub(crate) struct Snapshot {
     pub(crate) shard: ShardMetrics,
     pub(crate) store: StoreMetrics,
     pub(crate) logs: usize,
+    /// The catalog's size on disk (snapshot and change log).
+    pub(crate) catalog_bytes: usize,
     pub(crate) connections: usize,
     /// The shard's bound on `connections` (`connections_max`).
     pub(crate) connections_max: usize,
@@ -293,7 +295,7 @@ const BATCHES: [(&str, &str, HistogramOf); 2] = [
         |s| &s.store.batch_bytes,
     ),
 ];
-const COUNTS: [(&str, &str, &str, CountOf); 22] = [
+const COUNTS: [(&str, &str, &str, CountOf); 23] = [
     (
         "chainlog_connections_accepted_total",
         "counter",
@@ -405,6 +407,12 @@ const COUNTS: [(&str, &str, &str, CountOf); 22] = [
     ("chainlog_logs", "gauge", "Logs owned by the shard.", |s| {
         s.logs as u64
     }),
+    (
+        "chainlog_catalog_bytes",
+        "gauge",
+        "Size of the shard's catalog on disk (snapshot and change log).",
+        |s| s.catalog_bytes as u64,
+    ),
     (
         "chainlog_connections",
         "gauge",

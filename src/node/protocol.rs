@@ -136,7 +136,12 @@ impl Server {
 
     /// Logs this shard owns.
     pub(crate) fn logs(&self) -> usize {
-        self.catalog.list(None, usize::MAX).count()
+        self.catalog.len()
+    }
+
+    /// The catalog's size on disk (snapshot and change log).
+    pub(crate) fn catalog_bytes(&self) -> usize {
+        self.catalog.bytes()
     }
 
     /// The shard that owns `log_id` if it is this one; otherwise the WRONG_SHARD answer that

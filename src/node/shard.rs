@@ -736,6 +736,7 @@ impl<E: Net> Shard<E> {
             shard: self.protocol.metrics.clone(),
             store: self.store.metrics().clone(),
             logs: self.protocol.logs(),
+            catalog_bytes: self.protocol.catalog_bytes(),
             connections: self.conns.iter().flatten().count(),
             connections_max: self.params.conn_limits.connections_max,
             receive_buffer_bytes: self

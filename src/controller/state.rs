@@ -1321,6 +1321,19 @@ mod tests {
         state
     }
 
+    /// Creates `log-0 .. log-(n-1)` with `rf` replicas; returns their chains, in order.
+    fn create_chains(state: &mut ClusterState, n: usize, rf: u8, t0: Instant) -> Vec<Vec<u64>> {
+        (0..n)
+            .map(|i| {
+                let id = state
+                    .create_log(&format!("log-{i}"), rf, t0)
+                    .expect("create")
+                    .log_id;
+                state.logs[&id].current().chain.clone()
+            })
+            .collect()
+    }
+
     /// The zones of `chain`'s nodes, in chain order.
     fn zones_of<'a>(state: &'a ClusterState, chain: &[u64]) -> Vec<&'a str> {
         chain
@@ -1355,12 +1368,8 @@ mod tests {
             ("c", ""),
         ];
         let mut state = zoned(&labels, t0);
-        for i in 0..12 {
-            let id = state
-                .create_log(&format!("log-{i}"), 3, t0)
-                .expect("create")
-                .log_id;
-            let mut zones = zones_of(&state, &state.logs[&id].current().chain);
+        for (i, chain) in create_chains(&mut state, 12, 3, t0).iter().enumerate() {
+            let mut zones = zones_of(&state, chain);
             zones.sort_unstable();
             assert_eq!(zones, ["a", "b", "c"], "log-{i}");
         }
@@ -1384,12 +1393,7 @@ mod tests {
             ("b", "r2"),
         ];
         let mut state = zoned(&labels, t0);
-        for i in 0..12 {
-            let id = state
-                .create_log(&format!("log-{i}"), 3, t0)
-                .expect("create")
-                .log_id;
-            let chain = &state.logs[&id].current().chain;
+        for (i, chain) in create_chains(&mut state, 12, 3, t0).iter().enumerate() {
             let zones = zones_of(&state, chain);
             let in_a = zones.iter().filter(|&&z| z == "a").count();
             assert!(in_a == 1 || in_a == 2, "log-{i}: {zones:?}");
@@ -1413,12 +1417,7 @@ mod tests {
         // Zone a has three nodes, node 4 and 5 have none: rf 3 takes one of a, 4 and 5.
         let labels = [("a", ""), ("a", ""), ("a", ""), ("", "r1"), ("", "r1")];
         let mut state = zoned(&labels, t0);
-        for i in 0..6 {
-            let id = state
-                .create_log(&format!("log-{i}"), 3, t0)
-                .expect("create")
-                .log_id;
-            let mut chain = state.logs[&id].current().chain.clone();
+        for (i, mut chain) in create_chains(&mut state, 6, 3, t0).into_iter().enumerate() {
             chain.sort_unstable();
             assert!(chain[0] <= 3 && chain[1..] == [4, 5], "log-{i}: {chain:?}");
         }

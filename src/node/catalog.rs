@@ -360,19 +360,14 @@ impl Catalog {
     }
 
     /// Adds or replaces a log, durably (a cluster node installing what the controller says).
-    /// Returns false (and writes nothing) if the entry is already exactly this.
+    /// Returns false (and writes nothing) if the entry is already exactly this. An error
+    /// leaves the catalog unusable, as [`sync`](Self::sync)'s does.
     pub fn install(&mut self, log_id: u64, entry: LogEntry) -> Result<bool, CatalogError> {
         if self.logs.get(&log_id) == Some(&entry) {
             return Ok(false);
         }
-        let old = self.logs.insert(log_id, entry);
-        if let Err(e) = self.persist(log_id) {
-            match old {
-                Some(old) => self.logs.insert(log_id, old),
-                None => self.logs.remove(&log_id),
-            };
-            return Err(e);
-        }
+        self.logs.insert(log_id, entry);
+        self.persist(log_id)?;
         Ok(true)
     }
 
@@ -389,15 +384,13 @@ impl Catalog {
         }
     }
 
-    /// Removes a log, durably. Returns false if there was none.
+    /// Removes a log, durably. Returns false if there was none. An error leaves the catalog
+    /// unusable, as [`sync`](Self::sync)'s does.
     pub fn delete(&mut self, log_id: u64) -> Result<bool, CatalogError> {
-        let Some(entry) = self.logs.remove(&log_id) else {
+        if self.logs.remove(&log_id).is_none() {
             return Ok(false);
-        };
-        if let Err(e) = self.persist(log_id) {
-            self.logs.insert(log_id, entry);
-            return Err(e);
         }
+        self.persist(log_id)?;
         Ok(true)
     }
 

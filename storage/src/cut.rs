@@ -191,7 +191,7 @@ impl<I: Io> Store<I> {
         self.writers.keys_below(log_id, lsn)
     }
 
-    /// At least the highest LSN that a remembered batch of `log_id` ends at (0 if none). Above
+    /// The highest LSN that a remembered batch of `log_id` ends at (0 if none). Above
     /// the log's next LSN only after a [`reset_log`](Self::reset_log) inside a batch, until the
     /// batch's last records are appended: a new epoch that starts below it must truncate at
     /// its start, so that a retry of that batch is not answered with LSNs that will hold other

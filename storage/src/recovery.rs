@@ -469,6 +469,7 @@ const PROGRESS_BYTES_MIN: u64 = 1 << 30;
 /// when there are at least [`PROGRESS_BYTES_MIN`] of them (a long recovery is not silent).
 struct Progress {
     total: u64,
+    scanned: u64,
     tenths: u64,
 }
 
@@ -482,12 +483,17 @@ impl Progress {
                 "recovering the store: scanning its segments"
             );
         }
-        Progress { total, tenths: 0 }
+        Progress {
+            total,
+            scanned: 0,
+            tenths: 0,
+        }
     }
 
     /// The scan moved on to `files[idx]`.
     fn reached(&mut self, files: &[SegFile], idx: usize) {
-        let scanned: u64 = files[..idx].iter().map(|f| f.size).sum();
+        self.scanned += files[idx - 1].size;
+        let scanned = self.scanned;
         let tenths = scanned * 10 / self.total.max(1);
         if self.total >= PROGRESS_BYTES_MIN && tenths > self.tenths {
             self.tenths = tenths;

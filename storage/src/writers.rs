@@ -73,21 +73,10 @@ struct Writer {
     batches: VecDeque<WriterBatch>,
 }
 
-/// What the table holds of one log.
-#[derive(Clone, Copy, Debug, Default)]
-struct LogKeys {
-    /// Its remembered writers (at least 1).
-    writers: usize,
-    /// At least the highest end (first LSN + count) of its remembered batches.
-    end: u64,
-}
-
 /// The shard's idempotency table.
 #[derive(Clone, Debug)]
 pub(crate) struct Writers {
     writers: HashMap<(u64, u64), Writer>,
-    /// Per log with a remembered writer (as many entries as writers at most).
-    logs: HashMap<u64, LogKeys>,
     writers_max: usize,
     tick: u64,
 }
@@ -96,7 +85,6 @@ impl Writers {
     pub(crate) fn new(writers_max: usize) -> Writers {
         Writers {
             writers: HashMap::new(),
-            logs: HashMap::new(),
             writers_max,
             tick: 0,
         }
@@ -127,17 +115,11 @@ impl Writers {
                 .map(|(k, _)| *k)
                 .expect("writers_max is at least 1");
             self.writers.remove(&oldest);
-            self.dropped_writer(oldest.0);
         }
         self.tick += 1;
-        let log = self.logs.entry(log_id).or_default();
-        log.end = log.end.max(batch.first_lsn + u64::from(batch.count));
-        let writer = self.writers.entry(key).or_insert_with(|| {
-            log.writers += 1;
-            Writer {
-                touched: 0,
-                batches: VecDeque::with_capacity(WRITER_WINDOW),
-            }
+        let writer = self.writers.entry(key).or_insert_with(|| Writer {
+            touched: 0,
+            batches: VecDeque::with_capacity(WRITER_WINDOW),
         });
         debug_assert!(writer.batches.back().is_none_or(|b| b.seq < batch.seq));
         writer.touched = self.tick;
@@ -168,10 +150,6 @@ impl Writers {
     /// some of their records); a writer left with none is forgotten. Its next batch is then
     /// new if its sequence number is above its last remembered one.
     pub(crate) fn forget_from(&mut self, log_id: u64, lsn: u64) {
-        if !self.logs.contains_key(&log_id) {
-            return;
-        }
-        let mut dropped = 0;
         self.writers.retain(|&(log, _), writer| {
             if log == log_id {
                 while writer
@@ -181,34 +159,23 @@ impl Writers {
                 {
                     writer.batches.pop_back();
                 }
-                dropped += usize::from(writer.batches.is_empty());
             }
             !writer.batches.is_empty()
         });
-        let log = self.logs.get_mut(&log_id).expect("checked above");
-        log.end = log.end.min(lsn);
-        for _ in 0..dropped {
-            self.dropped_writer(log_id);
-        }
     }
 
-    /// Counts a writer of `log_id` no longer remembered.
-    fn dropped_writer(&mut self, log_id: u64) {
-        let log = self
-            .logs
-            .get_mut(&log_id)
-            .expect("a remembered writer's log");
-        log.writers -= 1;
-        if log.writers == 0 {
-            self.logs.remove(&log_id);
-        }
-    }
-
-    /// At least the highest LSN that a remembered batch of `log_id` ends at (0 if none): above
-    /// the log's next LSN only while a replica lacks the last records of the batch it started
-    /// the log in (see the module's header).
+    /// The highest LSN that a remembered batch of `log_id` ends at (0 if none): above the
+    /// log's next LSN only while a replica lacks the last records of the batch it started the
+    /// log in (see the module's header). A pass over the table (at most `writers_max`
+    /// writers), for a new epoch's installation, never for an append.
     pub(crate) fn keys_end(&self, log_id: u64) -> u64 {
-        self.logs.get(&log_id).map_or(0, |l| l.end)
+        self.writers
+            .iter()
+            .filter(|(&(log, _), _)| log == log_id)
+            .filter_map(|(_, w)| w.batches.back())
+            .map(|b| b.first_lsn + u64::from(b.count))
+            .max()
+            .unwrap_or(0)
     }
 
     /// The remembered batches of `log_id` that begin below `lsn`, least recently used writer
@@ -318,7 +285,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_end_bounds_a_logs_batches_and_goes_with_its_last_writer() {
+    fn keys_end_is_where_a_logs_batches_end_and_goes_with_its_last_writer() {
         let mut w = Writers::new(2);
         let cut = WriterBatch {
             seq: 1,
@@ -338,7 +305,6 @@ mod tests {
         assert_eq!((w.keys_end(1), w.keys_end(2)), (7, 101));
         w.record(3, 1, batch(1, 0)); // evicts writer 8, log 1's last
         assert_eq!(w.keys_end(1), 0);
-        assert_eq!(w.logs.len(), 2, "as many as the logs with writers");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use futures_util::future::join_all;
 use hdrhistogram::Histogram;
 
 use crate::append_mode::{connect, create_logs};
+use crate::report::{latency_histogram, record_latency};
 use crate::target::TargetArgs;
 
 /// Arguments of `chainlog-bench catalog`.
@@ -40,11 +41,6 @@ pub(crate) struct CatalogArgs {
     pub(crate) record_size: usize,
 }
 
-/// Latencies in microseconds, up to an hour.
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
-}
-
 /// "p50 / p99 / max µs (n)" of `h`.
 fn summary(h: &Histogram<u64>) -> String {
     format!(
@@ -54,10 +50,6 @@ fn summary(h: &Histogram<u64>) -> String {
         h.max(),
         h.len()
     )
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
 /// Runs `chainlog-bench catalog` and prints its report.
@@ -83,8 +75,8 @@ async fn run(args: &CatalogArgs) -> Result<(), String> {
     // The appender: alone until `flood_started` is set, then during the creates, until
     // `flood_done`.
     let phase = RefCell::new(0u8); // 0 baseline, 1 creates, 2 done
-    let alone = RefCell::new(histogram());
-    let during = RefCell::new(histogram());
+    let alone = RefCell::new(latency_histogram());
+    let during = RefCell::new(latency_histogram());
     let append_loop = async {
         while *phase.borrow() < 2 {
             let sent = Instant::now();
@@ -97,9 +89,7 @@ async fn run(args: &CatalogArgs) -> Result<(), String> {
             } else {
                 &during
             };
-            h.borrow_mut()
-                .record(micros(sent.elapsed()))
-                .expect("within bounds");
+            record_latency(&mut h.borrow_mut(), sent.elapsed());
         }
         Ok::<(), String>(())
     };
@@ -107,7 +97,7 @@ async fn run(args: &CatalogArgs) -> Result<(), String> {
     let tenth = (args.logs / 10).max(1);
     let next = RefCell::new(0u32);
     let created = RefCell::new(0u32);
-    let creates = RefCell::new(histogram());
+    let creates = RefCell::new(latency_histogram());
     let marks = RefCell::new(Vec::new()); // (logs created, when)
     let prefix = format!("catalog-{}", std::process::id());
     let flood = async {
@@ -131,10 +121,7 @@ async fn run(args: &CatalogArgs) -> Result<(), String> {
                     .create_log_with(&name, rf)
                     .await
                     .map_err(|e| format!("creating log {name}: {e}"))?;
-                creates
-                    .borrow_mut()
-                    .record(micros(sent.elapsed()))
-                    .expect("within bounds");
+                record_latency(&mut creates.borrow_mut(), sent.elapsed());
                 let mut done = created.borrow_mut();
                 *done += 1;
                 if done.is_multiple_of(tenth) {

@@ -27,17 +27,21 @@ use chainlog_net::cluster::{ClusterMap, MapLog};
 use chainlog_net::{
     decode_request, encode_response, log_id_of, parse_frame, AppendRequest, CreateLogResponse,
     DescribeLogResponse, ErrorCode, Frame, HelloResponse, Limits, ListLogsResponse, LogEntries,
-    LogEntry, LogRef, Opcode, ReadBuilder, ReadKind, Request, Response, Role, SealRequest,
-    SealResponse, TailResponse, ARG_NONE, CONNECTION_RETRY_MS, EPOCH_CURRENT, LSN_UNCONDITIONAL,
-    PROTOCOL_VERSION, RF_DEFAULT, TOKEN_NONE, WRITER_NONE,
+    LogEntry, LogRef, Opcode, ReadBuilder, ReadKind, ReadRequest as ReadMessage, Request, Response,
+    Role, SealRequest, SealResponse, TailResponse, ARG_NONE, CONNECTION_RETRY_MS, EPOCH_CURRENT,
+    LSN_UNCONDITIONAL, PROTOCOL_VERSION, RF_DEFAULT, TOKEN_NONE, WRITER_NONE,
 };
 use chainlog_storage::io::Io;
-use chainlog_storage::{fatal, Ack, AppendOptions, Batch, Clock, FatalReason, Store};
+use chainlog_storage::{
+    fatal, Ack, AppendOptions, Batch, Clock, Error as StoreError, FatalReason,
+    ReadKind as StoreReadKind, ReadOutput, ReadRecord, ReadRequest, Store,
+};
 
 use super::catalog::{Catalog, CatalogError, LogEntry as CatalogEntry};
 use super::conn::{Barrier, Conn, Pending, Session, Until};
 use super::learners::is_learner_entry;
 use super::metrics::ShardMetrics;
+use super::reads::{Owner, Parked, Reads, Started};
 use super::records::push_records;
 use super::refusal::{refuse, Refusal};
 use super::replicas::{Replicas, UNANSWERED};
@@ -168,6 +172,7 @@ impl Server {
         &mut self,
         conn: &mut Conn,
         store: &mut Store<I>,
+        reads: &mut Reads,
         token: u64,
     ) -> usize {
         self.received_us = self.turn_us;
@@ -187,7 +192,7 @@ impl Server {
                     consumed += frame.frame_bytes();
                     match self.decode(&frame, session) {
                         Ok(request) => {
-                            self.dispatch(request, frame.request_id, session, store, token)
+                            self.dispatch(request, frame.request_id, session, store, reads, token)
                         }
                         Err((opcode, refusal)) => {
                             self.refuse(session, frame.request_id, opcode, refusal)
@@ -267,6 +272,7 @@ impl Server {
         request_id: u64,
         session: &mut Session,
         store: &mut Store<I>,
+        reads: &mut Reads,
         token: u64,
     ) {
         let opcode = request.opcode();
@@ -275,15 +281,7 @@ impl Server {
                 self.hello(session, request_id, hello.min_version, hello.max_version)
             }
             Request::Append(append) => self.append(session, store, request_id, &append, token),
-            Request::Read(read) => self.read(
-                session,
-                store,
-                request_id,
-                read.log_id,
-                read.from_lsn,
-                read.max_records,
-                read.max_bytes,
-            ),
+            Request::Read(read) => self.read(session, store, reads, token, request_id, read),
             Request::CheckTail { log_id } | Request::TailHint { log_id } => {
                 self.tail(session, store, request_id, opcode, log_id)
             }
@@ -314,10 +312,16 @@ impl Server {
                 self.replicas
                     .replicate(session.peer, store, request_id, &replicate, token)
             }
-            Request::Pull(pull) => {
-                self.replicas
-                    .pull(session.peer, store, request_id, &pull, &mut session.out)
-            }
+            Request::Pull(pull) => self.replicas.pull(
+                session.peer,
+                store,
+                reads,
+                token,
+                request_id,
+                &pull,
+                None,
+                &mut session.out,
+            ),
             Request::Seal(seal) => self.seal(session, request_id, &seal),
             Request::Subscribe(sub) => session.subscriptions.subscribe(
                 &mut session.out,
@@ -484,30 +488,66 @@ impl Server {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A READ: answered at once when its records are in memory, else once they are read
+    /// ([`Parked::Read`]: [`answer_parked`](Self::answer_parked)).
     fn read<I: Io>(
         &mut self,
         session: &mut Session,
         store: &mut Store<I>,
+        reads: &mut Reads,
+        conn: u64,
         request_id: u64,
-        log_id: u64,
-        from: u64,
-        max_records: u32,
-        max_bytes: u32,
+        read: ReadMessage,
     ) -> Result<(), Refusal> {
+        let log_id = read.log_id;
         let tail = self.replicas.known(log_id)?.readable();
-        let records = if store.tail(log_id).is_some() {
-            // Only committed records are served (a replica may hold durable ones that are
-            // not committed yet). The store counts payload bytes, fewer than travel: it
-            // returns at least the records that fit `max_bytes` on the wire.
-            let max_records = u64::from(max_records.min(self.limits.batch_records_max))
-                .min(tail.saturating_sub(from)) as usize;
-            store
-                .read(log_id, from, max_records, max_bytes as usize)
-                .map_err(|e| Refusal::of_store(&e))?
-        } else {
-            Vec::new()
+        if store.tail(log_id).is_none() {
+            self.answer_read(session, request_id, read, &[])?;
+            return Ok(());
+        }
+        // Only committed records are served (a replica may hold durable ones that are not
+        // committed yet). The store counts payload bytes, fewer than travel: it returns at
+        // least the records that fit `max_bytes` on the wire.
+        let request = ReadRequest {
+            log_id,
+            from: read.from_lsn,
+            max_records: u64::from(read.max_records.min(self.limits.batch_records_max))
+                .min(tail.saturating_sub(read.from_lsn)) as usize,
+            max_bytes: read.max_bytes as usize,
+            kind: StoreReadKind::Durable,
         };
+        let parked = Parked::Read(read);
+        let records = match reads.start(
+            store,
+            request,
+            Owner::Answer {
+                conn,
+                request_id,
+                parked,
+            },
+        ) {
+            Ok(Started::Now(ReadOutput::Records(records))) => records,
+            Ok(Started::Now(ReadOutput::Runs(_))) => unreachable!("a read of records"),
+            Ok(Started::Waiting(_)) => return Ok(()),
+            // Every read slot waits: the disk is the bottleneck, read inside the call.
+            Err(StoreError::Overloaded) => store
+                .read(log_id, request.from, request.max_records, request.max_bytes)
+                .map_err(|e| Refusal::of_store(&e))?,
+            Err(e) => return Err(Refusal::of_store(&e)),
+        };
+        self.answer_read(session, request_id, read, &records)
+    }
+
+    /// Answers `read` with `records` (read from the store: committed when the read began),
+    /// and the log's tail readers see now.
+    fn answer_read(
+        &mut self,
+        session: &mut Session,
+        request_id: u64,
+        read: ReadMessage,
+        records: &[ReadRecord],
+    ) -> Result<(), Refusal> {
+        let tail = self.replicas.known(read.log_id)?.readable();
         let mut builder = ReadBuilder::new(
             &mut session.out,
             request_id,
@@ -515,9 +555,48 @@ impl Server {
             tail,
             &self.limits,
         );
-        push_records(&mut builder, log_id, &records, max_bytes as usize);
+        push_records(&mut builder, read.log_id, records, read.max_bytes as usize);
         builder.finish();
         Ok(())
+    }
+
+    /// The records a READ or PULL of this connection waited for were read (or the read
+    /// failed): it is answered now.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn answer_parked<I: Io>(
+        &mut self,
+        session: &mut Session,
+        store: &mut Store<I>,
+        reads: &mut Reads,
+        conn: u64,
+        request_id: u64,
+        parked: Parked,
+        read: chainlog_storage::Result<ReadOutput>,
+    ) {
+        let (opcode, result) = match (parked, read) {
+            (_, Err(e)) => (parked.opcode(), Err(Refusal::of_store(&e))),
+            (Parked::Read(read), Ok(ReadOutput::Records(records))) => (
+                Opcode::Read,
+                self.answer_read(session, request_id, read, &records),
+            ),
+            (Parked::Pull(pull), Ok(ReadOutput::Runs(runs))) => (
+                Opcode::Pull,
+                self.replicas.pull(
+                    session.peer,
+                    store,
+                    reads,
+                    conn,
+                    request_id,
+                    &pull,
+                    Some(runs),
+                    &mut session.out,
+                ),
+            ),
+            (_, Ok(_)) => unreachable!("a READ reads records, a PULL runs"),
+        };
+        if let Err(refusal) = result {
+            self.refuse(session, request_id, Some(opcode), refusal);
+        }
     }
 
     fn tail<I: Io>(

@@ -1,15 +1,21 @@
 //! The shard's reads of older records that wait for the disk, and whom each is for.
 //!
-//! Catching a successor up ([`super::chain`]) and pushing to a subscription
-//! ([`super::subscriptions`]) read with `Store::read_async`: records in memory come back at
-//! once, others arrive in a later turn (`Store::take_reads`), so a read never stalls the
-//! appends of the shard's other logs, nor the rest of its own. The shard routes a finished
+//! Catching a successor up ([`super::chain`]), pushing to a subscription
+//! ([`super::subscriptions`]), and answering a client's READ or a node's PULL
+//! ([`super::protocol`], [`super::replicas`]) read with `Store::read_async`: records in
+//! memory come back at once, others arrive in a later turn (`Store::take_reads`), so a read
+//! never stalls the appends of the shard's other logs, nor the rest of its own. A READ or
+//! PULL whose records wait for the disk is answered when they arrive: it is handled again
+//! then, with them ([`Parked`]), and the answer goes out of order with the connection's
+//! others (PROTOCOL.md 3.1 lets it). The shard routes a finished
 //! read by its token to its [`Owner`], which checks that what it read for still stands (the
 //! link, the epoch, the position) before it uses the records; a read whose owner went away
 //! is dropped when it arrives. At most [`READS_IN_FLIGHT_MAX`] reads wait (the store refuses
-//! more with `Overloaded`, and the owner asks again in a later turn), so the table is
+//! more with `Overloaded`: a catch-up or a push asks again in a later turn, a READ or PULL
+//! reads inside the call, as when the disk is the bottleneck anyway), so the table is
 //! bounded.
 
+use chainlog_net::{Opcode, PullRequest, ReadRequest as ReadMessage};
 use chainlog_storage::io::Io;
 use chainlog_storage::{ReadOutput, ReadRequest, Result, Store, READS_IN_FLIGHT_MAX};
 
@@ -28,6 +34,31 @@ pub(crate) enum Owner {
     /// The next records of a subscription of the connection that `conn` names
     /// (`conn::ack_token`); the subscription knows the token.
     Push { conn: u64 },
+    /// The answer to request `request_id` of the connection that `conn` names.
+    Answer {
+        conn: u64,
+        request_id: u64,
+        parked: Parked,
+    },
+}
+
+/// A request whose answer waits for its records to be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Parked {
+    /// A client's READ.
+    Read(ReadMessage),
+    /// A node's PULL.
+    Pull(PullRequest),
+}
+
+impl Parked {
+    /// The request's opcode (for its refusal).
+    pub(crate) fn opcode(self) -> Opcode {
+        match self {
+            Parked::Read(_) => Opcode::Read,
+            Parked::Pull(_) => Opcode::Pull,
+        }
+    }
 }
 
 /// What starting a read gave.

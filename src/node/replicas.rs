@@ -24,10 +24,14 @@ use chainlog_net::{
     WRITER_NONE,
 };
 use chainlog_storage::io::Io;
-use chainlog_storage::{Ack, Pin, ReplicaState, Store, StoredRun, WriterKey};
+use chainlog_storage::{
+    Ack, Error as StoreError, Pin, ReadKind, ReadOutput, ReadRequest, ReplicaState, Store,
+    StoredRun, WriterKey,
+};
 
 use super::catalog::{Catalog, LogEntry as CatalogEntry};
 use super::learners::{is_learner_entry, Learners};
+use super::reads::{Owner, Parked, Reads, Started};
 use super::records::{encode_run, replica_state};
 use super::refusal::{refuse, Refusal};
 use crate::replication::{Answer, Blocked, Forwarding, NodeId, Receive, Replica, Upstream};
@@ -522,13 +526,19 @@ impl Replicas {
     /// PULL from the predecessor (a restarted node taking back records it lost), on a
     /// connection whose PEER is `peer`: its answer, appended to `out`: one run of this
     /// replica's stored records from `from_lsn` on, durable or not, with the keys and fencing
-    /// raises stored with them, and this replica's next LSN.
+    /// raises stored with them, and this replica's next LSN. When its records wait for the
+    /// disk, nothing is appended now: the PULL of connection `conn` is parked
+    /// ([`Parked::Pull`]) and handled again with the runs read (`read`) once they arrive.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn pull<I: Io>(
         &mut self,
         peer: Option<u64>,
         store: &mut Store<I>,
+        reads: &mut Reads,
+        conn: u64,
         request_id: u64,
         pull: &PullRequest,
+        read: Option<Vec<StoredRun>>,
         out: &mut Vec<u8>,
     ) -> Result<(), Refusal> {
         let log_id = pull.log_id;
@@ -556,8 +566,9 @@ impl Replicas {
         };
         let mut records_left = u64::from(pull.max_records.min(self.limits.batch_records_max))
             .min(end.saturating_sub(from));
-        let mut read_ahead = match self.read_ahead.remove(&log_id) {
-            Some((read_in, runs)) if pull.learner && read_in == epoch => runs,
+        let mut read_ahead = match (read, self.read_ahead.remove(&log_id)) {
+            (Some(runs), _) => runs.into(),
+            (None, Some((read_in, runs))) if pull.learner && read_in == epoch => runs,
             _ => VecDeque::new(),
         };
         // A learner's answer is several runs, one PULL response each (all but the last with
@@ -573,15 +584,32 @@ impl Replicas {
                 read_ahead = rest;
                 Some(run)
             } else {
-                let mut runs: VecDeque<StoredRun> = store
-                    .read_stored_runs(
-                        log_id,
-                        at,
-                        records_left as usize,
-                        self.limits.frame_bytes_max as usize,
-                    )
-                    .map_err(|e| Refusal::of_store(&e))?
-                    .into();
+                // Only an answer's first run reads (the next ones come from what it read).
+                debug_assert_eq!(at, from, "a read for a run after the answer's first");
+                let request = ReadRequest {
+                    log_id,
+                    from: at,
+                    max_records: records_left as usize,
+                    max_bytes: self.limits.frame_bytes_max as usize,
+                    kind: ReadKind::StoredRuns,
+                };
+                let owner = Owner::Answer {
+                    conn,
+                    request_id,
+                    parked: Parked::Pull(*pull),
+                };
+                let mut runs: VecDeque<StoredRun> = match reads.start(store, request, owner) {
+                    Ok(Started::Now(ReadOutput::Runs(runs))) => runs.into(),
+                    Ok(Started::Now(ReadOutput::Records(_))) => unreachable!("a read of runs"),
+                    // Answered when they arrive (nothing of the answer is out yet).
+                    Ok(Started::Waiting(_)) => return Ok(()),
+                    // Every read slot waits: the disk is the bottleneck, read inside the call.
+                    Err(StoreError::Overloaded) => store
+                        .read_stored_runs(log_id, at, request.max_records, request.max_bytes)
+                        .map_err(|e| Refusal::of_store(&e))?
+                        .into(),
+                    Err(e) => return Err(Refusal::of_store(&e)),
+                };
                 let first = runs.pop_front();
                 read_ahead = runs;
                 first

@@ -541,6 +541,23 @@ impl<E: Net> Shard<E> {
                     done.result,
                 );
             }
+            Owner::Answer {
+                conn,
+                request_id,
+                parked,
+            } => {
+                if let Some(c) = conn_of(&mut self.conns, conn) {
+                    self.protocol.answer_parked(
+                        &mut c.session,
+                        &mut self.store,
+                        &mut self.reads,
+                        conn,
+                        request_id,
+                        parked,
+                        done.result,
+                    );
+                }
+            }
             Owner::Push { conn } => {
                 if let Some(conn) = conn_of(&mut self.conns, conn) {
                     conn.session.subscriptions.on_read(
@@ -688,9 +705,9 @@ impl<E: Net> Shard<E> {
         let mut conn = self.conns[slot].take().expect("live connection");
         let token = ack_token(slot as u32, conn.generation);
         let subscribed = !conn.session.subscriptions.is_empty();
-        let consumed = self
-            .protocol
-            .handle_input(&mut conn, &mut self.store, token);
+        let consumed =
+            self.protocol
+                .handle_input(&mut conn, &mut self.store, &mut self.reads, token);
         conn.consume(consumed);
         if !subscribed && !conn.session.subscriptions.is_empty() {
             self.subscribed.push(slot as u32);

@@ -5,9 +5,11 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use chainlog_net::cluster::{ClusterMap, MapLog, MapNode};
+use chainlog_net::{ReadRequest, Request, Response};
 use chainlog_storage::{Clock, SimDisk};
 
 use super::client::{Mode, Writer};
+use super::conn::{ClientConn, Link};
 use super::env::{Shared, Slowdown};
 use super::node::SimNode;
 use super::world::{NetConfig, World};
@@ -22,7 +24,13 @@ const SEED: u64 = 7;
 
 /// Two nodes, each of one shard; logs `A` and `B`, both on chain [1, 2].
 fn cluster_map() -> MapUpdate {
-    let nodes = (1..=2)
+    map_of(1, 2, &[])
+}
+
+/// Map `version`: nodes 1 to `nodes`, each of one shard; logs `A` and `B`, both on chain
+/// [1, 2], `A` with `learners`.
+fn map_of(version: u64, nodes: u64, learners: &[u64]) -> MapUpdate {
+    let nodes = (1..=nodes)
         .map(|node_id| MapNode {
             node_id,
             addr: format!("10.0.0.{node_id}:7400"),
@@ -44,11 +52,15 @@ fn cluster_map() -> MapUpdate {
             start_lsn: 0,
             trim_lsn: 0,
             chain: vec![1, 2],
-            learners: Vec::new(),
+            learners: if log_id == A {
+                learners.to_vec()
+            } else {
+                Vec::new()
+            },
             created_version: 1,
         })
         .collect();
-    MapUpdate::of(ClusterMap::new(1, nodes, logs))
+    MapUpdate::of(ClusterMap::new(version, nodes, logs))
 }
 
 /// When a scenario's step is done, from the nodes and the writers (each with its log).
@@ -109,12 +121,22 @@ fn acked(writer: &Writer) -> Option<u64> {
     Some(last)
 }
 
-/// A head catching its successor up reads the records from its disk without waiting for the
-/// read: while the read waits (the disk holds reads back), the head stores and acknowledges
-/// appends to another log of the same shard; when the read completes, the successor gets the
-/// records. A read that waited inside the call stopped the shard until the disk answered.
-#[test]
-fn a_head_acknowledges_appends_while_a_catch_up_read_waits_for_the_disk() {
+/// A writer of `log_id` (batches of 4 records) with client id `id`.
+fn writer(world: &Shared, id: u64, log_id: u64) -> Writer {
+    let mode = Mode::default();
+    Writer::new(&mut world.borrow_mut(), id, log_id, mode, 4, 1, 60_000_000)
+}
+
+/// The records of `log_id` that `node` stores, if it runs and holds the log.
+fn records(node: &mut SimNode, log_id: u64) -> Option<Vec<(u64, Vec<u8>)>> {
+    node.shard_of(log_id)
+        .and_then(|s| s.stored_records(log_id))
+        .map(|(_, _, r)| r)
+}
+
+/// Nodes 1 to `count` started on `map` (`A` and `B` on chain [1, 2]), with 1,600 records of
+/// `A` acknowledged: enough that its first ones left the tail cache of every replica.
+fn written(count: u64, map: &MapUpdate) -> (Shared, Vec<SimNode>, Vec<(u64, Writer)>) {
     let world: Shared = Rc::new(RefCell::new(World::new(
         SEED,
         NetConfig {
@@ -124,26 +146,20 @@ fn a_head_acknowledges_appends_while_a_catch_up_read_waits_for_the_disk() {
         },
     )));
     let clock = world.borrow().clock.clone();
-    let map = cluster_map();
-    let mut nodes: Vec<SimNode> = (1..=2)
+    let mut nodes: Vec<SimNode> = (1..=count)
         .map(|id| SimNode::new(id, 1, SimDisk::with_clock(clock.clone())))
         .collect();
     for node in &mut nodes {
-        node.start(&world, &map, SEED)
+        node.start(&world, map, SEED)
             .unwrap_or_else(|e| panic!("{e:?}"));
     }
-    // Enough of A that its first records left the head's tail cache.
-    let writer = |world: &Shared, id, log_id| {
-        let mode = Mode::default();
-        Writer::new(&mut world.borrow_mut(), id, log_id, mode, 4, 1, 60_000_000)
-    };
     let mut writers = vec![(A, writer(&world, 1, A))];
     let mut batches = 0;
     run(
         &world,
         &mut nodes,
         &mut writers,
-        &map,
+        map,
         60_000_000,
         &mut |_, w| {
             if batches < 400 && w[0].1.invoke(clock.monotonic_us(), 4) {
@@ -152,12 +168,54 @@ fn a_head_acknowledges_appends_while_a_catch_up_read_waits_for_the_disk() {
             batches == 400 && acked(&w[0].1).is_some()
         },
     );
-    let a_end = nodes[0]
-        .shard_of(A)
-        .and_then(|s| s.stored_records(A))
-        .map(|(_, _, records)| records.len())
-        .expect("A at the head");
-    assert_eq!(a_end, 1600);
+    assert_eq!(records(&mut nodes[0], A).map(|r| r.len()), Some(1600));
+    (world, nodes, writers)
+}
+
+/// Holds `node`'s disk reads back for 30 virtual seconds; returns when they end.
+fn stall_reads(world: &Shared, node: &SimNode) -> u64 {
+    let reads_until_us = world.borrow().now_us() + 30_000_000;
+    node.speed.set(Slowdown {
+        reads_until_us,
+        ..Slowdown::default()
+    });
+    reads_until_us
+}
+
+/// Whether a read of `node`'s shard of `A` waits for the disk.
+fn waiting(node: &mut SimNode) -> bool {
+    let shard = node.shard_of(A).expect("the node runs");
+    shard.env().stalled_reads() > 0
+}
+
+/// Appends a batch to `B` (its head is node 1) and runs until it is acknowledged, which must
+/// be before `until_us`; the read that `node` waits for must still wait then.
+fn append_to_b_while_waiting(
+    world: &Shared,
+    nodes: &mut [SimNode],
+    writers: &mut Vec<(u64, Writer)>,
+    map: &MapUpdate,
+    node: usize,
+    until_us: u64,
+) {
+    writers.push((B, writer(world, 2, B)));
+    let now = world.borrow().now_us();
+    assert!(writers[1].1.invoke(now, 4));
+    run(world, nodes, writers, map, until_us, &mut |_, w| {
+        acked(&w[1].1).is_some()
+    });
+    assert!(waiting(&mut nodes[node]), "the read still waits");
+}
+
+/// A head catching its successor up reads the records from its disk without waiting for the
+/// read: while the read waits (the disk holds reads back), the head stores and acknowledges
+/// appends to another log of the same shard; when the read completes, the successor gets the
+/// records. A read that waited inside the call stopped the shard until the disk answered.
+#[test]
+fn a_head_acknowledges_appends_while_a_catch_up_read_waits_for_the_disk() {
+    let map = cluster_map();
+    let (world, mut nodes, mut writers) = written(2, &map);
+    let clock = world.borrow().clock.clone();
     // Node 2 comes back empty (its disk replaced) while node 1's disk holds reads back: the
     // head catches A up from 0, from the disk.
     nodes[1].kill(&world, None);
@@ -165,55 +223,139 @@ fn a_head_acknowledges_appends_while_a_catch_up_read_waits_for_the_disk() {
     nodes[1]
         .start(&world, &map, SEED)
         .unwrap_or_else(|e| panic!("{e:?}"));
-    let reads_until_us = clock.monotonic_us() + 30_000_000;
-    nodes[0].speed.set(Slowdown {
-        reads_until_us,
-        ..Slowdown::default()
-    });
-    let waiting = |nodes: &mut [SimNode]| {
-        let shard = nodes[0].shard_of(A).expect("node 1 runs");
-        shard.env().stalled_reads() > 0
-    };
+    let reads_until_us = stall_reads(&world, &nodes[0]);
     run(
         &world,
         &mut nodes,
         &mut writers,
         &map,
         reads_until_us,
-        &mut |n, _| waiting(n),
+        &mut |n, _| waiting(&mut n[0]),
     );
-    // An append to B now is stored and acknowledged by both nodes while the read waits.
-    writers.push((B, writer(&world, 2, B)));
-    assert!(writers[1].1.invoke(clock.monotonic_us(), 4));
-    run(
-        &world,
-        &mut nodes,
-        &mut writers,
-        &map,
-        reads_until_us,
-        &mut |_, w| acked(&w[1].1).is_some(),
-    );
-    assert!(waiting(&mut nodes), "the catch-up read still waits");
-    assert!(clock.monotonic_us() < reads_until_us);
+    append_to_b_while_waiting(&world, &mut nodes, &mut writers, &map, 0, reads_until_us);
     // Once the disk answers, node 2 gets every record of A.
+    let a = records(&mut nodes[0], A);
     run(
         &world,
         &mut nodes,
         &mut writers,
         &map,
         reads_until_us + 60_000_000,
+        &mut |n, _| records(&mut n[1], A) == a,
+    );
+}
+
+/// The chain's tail answers a learner's PULL of records on its disk once they are read, and
+/// meanwhile serves the rest: while the read waits (the disk holds reads back), it stores and
+/// acknowledges appends to another log of its shard; once the disk answers, the learner
+/// copies the whole log. A read inside the call stopped the tail's shard, and with it the
+/// chain's appends, until the disk answered.
+#[test]
+fn a_tail_acknowledges_appends_while_a_learners_read_waits_for_the_disk() {
+    let (world, mut nodes, mut writers) = written(3, &map_of(1, 3, &[]));
+    // Node 3 becomes a learner of A while node 2's disk holds reads back.
+    let reads_until_us = stall_reads(&world, &nodes[1]);
+    let learning = map_of(2, 3, &[3]);
+    let now = world.borrow().now_us();
+    for node in &mut nodes {
+        node.map_changed(&learning, now).expect("installs");
+    }
+    run(
+        &world,
+        &mut nodes,
+        &mut writers,
+        &learning,
+        reads_until_us,
+        &mut |n, _| waiting(&mut n[1]),
+    );
+    append_to_b_while_waiting(
+        &world,
+        &mut nodes,
+        &mut writers,
+        &learning,
+        1,
+        reads_until_us,
+    );
+    // Once the disk answers, node 3 copies every record of A.
+    let a = records(&mut nodes[0], A);
+    run(
+        &world,
+        &mut nodes,
+        &mut writers,
+        &learning,
+        reads_until_us + 60_000_000,
+        &mut |n, _| records(&mut n[2], A) == a,
+    );
+}
+
+/// A client's READ of records on the disk is answered once they are read, and meanwhile the
+/// node serves the rest: while the read waits, it stores and acknowledges appends to another
+/// log of its shard; then the READ is answered with the log's first records. A read inside
+/// the call stopped the shard until the disk answered.
+#[test]
+fn a_node_acknowledges_appends_while_a_clients_read_waits_for_the_disk() {
+    let map = cluster_map();
+    let (world, mut nodes, mut writers) = written(2, &map);
+    let reads_until_us = stall_reads(&world, &nodes[0]);
+    let addr = nodes[0].addr_of(A);
+    let mut client = ClientConn::new(&mut world.borrow_mut(), 900);
+    let mut asked = None;
+    // The LSNs the READ was answered with, once it is.
+    let mut read = |world: &Shared, client: &mut ClientConn| -> Option<Vec<u64>> {
+        let w = &mut world.borrow_mut();
+        if !matches!(client.poll(w, addr, true), Link::Up | Link::Fresh) {
+            return None;
+        }
+        if asked.is_none() {
+            let request = Request::Read(ReadRequest {
+                log_id: A,
+                from_lsn: 0,
+                max_records: 10,
+                max_bytes: 1 << 20,
+            });
+            asked = Some(client.send(w, &request));
+        }
+        let mut lsns = None;
+        client.receive(w, &mut |id, response| {
+            if Some(id) == asked {
+                match response {
+                    Ok(Response::Read(batch)) => {
+                        lsns = Some(batch.records.iter().map(|r| r.header.lsn).collect());
+                    }
+                    other => panic!("a READ answered with {other:?}"),
+                }
+            }
+        });
+        lsns
+    };
+    run(
+        &world,
+        &mut nodes,
+        &mut writers,
+        &map,
+        reads_until_us,
         &mut |n, _| {
-            let shard = n[1].shard_of(A).expect("node 2 runs");
-            shard.stored_records(A).map(|(_, _, r)| r.len()) == Some(a_end)
+            assert_eq!(read(&world, &mut client), None);
+            waiting(&mut n[0])
         },
     );
-    let records = |node: &mut SimNode| {
-        node.shard_of(A)
-            .and_then(|s| s.stored_records(A))
-            .map(|(_, _, r)| r)
-    };
-    assert!(
-        records(&mut nodes[1]) == records(&mut nodes[0]),
-        "node 2 holds A as node 1 does"
+    append_to_b_while_waiting(&world, &mut nodes, &mut writers, &map, 0, reads_until_us);
+    assert_eq!(
+        read(&world, &mut client),
+        None,
+        "not answered while the read waits"
     );
+    let mut answer = None;
+    run(
+        &world,
+        &mut nodes,
+        &mut writers,
+        &map,
+        reads_until_us + 60_000_000,
+        &mut |_, _| {
+            answer = read(&world, &mut client);
+            answer.is_some()
+        },
+    );
+    assert_eq!(answer, Some((0..10).collect()));
 }

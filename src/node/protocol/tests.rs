@@ -9,11 +9,14 @@ use chainlog_net::{
     ReplicateKind, ReplicateRequest, Response,
 };
 use chainlog_storage::io::{FaultConfig, SimIo};
-use chainlog_storage::{AppendOptions, Batch, Record, SimDisk, Store, StoreConfig};
+use chainlog_storage::{
+    AppendOptions, Batch, ReadOutput, Record, SimDisk, Store, StoreConfig, StoredRun,
+};
 
 use super::{Identity, Server};
 use crate::node::catalog::{Catalog, StoreLogs};
 use crate::node::learners::{store_learned, Learned};
+use crate::node::reads::{Owner, Reads};
 use crate::node::records::encode_run;
 use crate::node::replicas::{keys_below, UNANSWERED};
 
@@ -203,10 +206,27 @@ fn learn_unsynced(
     };
     let mut out = Vec::new();
     let (server, store) = source;
-    server
-        .replicas
-        .pull(Some(learner_id), store, 9, &pull, &mut out)
-        .expect("a learner PULL is answered");
+    let mut reads = Reads::default();
+    let mut read = None;
+    while out.is_empty() {
+        server
+            .replicas
+            .pull(
+                Some(learner_id),
+                store,
+                &mut reads,
+                0,
+                9,
+                &pull,
+                read.take(),
+                &mut out,
+            )
+            .expect("a learner PULL is answered");
+        if out.is_empty() {
+            // Its records wait for the disk: it is answered with them once they are read.
+            read = Some(read_runs(store, &mut reads));
+        }
+    }
     // The answer is one PULL response per run, all but the last with `more`.
     let limits = Limits::DEFAULT.replication();
     let (mut consumed, mut answer, mut more) = (0, None, true);
@@ -235,6 +255,21 @@ fn learn_unsynced(
     }
     assert_eq!(consumed, out.len(), "nothing after the last run");
     answer.expect("an answer")
+}
+
+/// Waits for the read waiting in `reads` (its disk reads) and returns its runs.
+fn read_runs(store: &mut Store<SimIo>, reads: &mut Reads) -> Vec<StoredRun> {
+    let mut done = Vec::new();
+    while done.is_empty() {
+        store.poll(true, &mut Vec::new()).expect("poll");
+        store.take_reads(&mut done);
+    }
+    let done = done.pop().expect("one read");
+    assert!(matches!(reads.finish(done.token), Owner::Answer { .. }));
+    match done.result {
+        Ok(ReadOutput::Runs(runs)) => runs,
+        other => panic!("a read of runs, not {other:?}"),
+    }
 }
 
 /// The records of `LOG` in `store` from `from`: (LSN, epoch, payload).

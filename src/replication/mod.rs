@@ -223,8 +223,8 @@ enum Work {
     Records { end: u64 },
     /// A trim to `before`.
     Trim { before: u64 },
-    /// Barrier number `seq`.
-    Barrier { seq: u64 },
+    /// Barrier number `seq`, issued when this replica's records ended at `end`.
+    Barrier { seq: u64, end: u64 },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -596,12 +596,17 @@ impl Replica {
 
     /// A barrier (CHECK_TAIL at the head, or the predecessor's for `upstream`). Returns its
     /// sequence number: it is settled when [`barriers`](Self::barriers)' second value
-    /// reaches it.
+    /// reaches it, which is once every record this replica holds now is durable on the rest
+    /// of the chain too: the records queued before it, and those of an earlier epoch that a
+    /// new member is still being caught up with.
     pub fn barrier(&mut self, upstream: Option<Upstream>) -> u64 {
         self.barriers_issued += 1;
         let seq = self.barriers_issued;
         self.items.push_back(Item {
-            work: Work::Barrier { seq },
+            work: Work::Barrier {
+                seq,
+                end: self.next_lsn,
+            },
             upstream,
         });
         self.settle();
@@ -908,14 +913,20 @@ impl Replica {
                 // A barrier's answer says where the whole rest of the chain ends (its
                 // `next_lsn`): a replica still settling (its probe found records downstream
                 // that it lost, and it pulls them back) cannot say that yet, even if the probe
-                // that found them covered this barrier.
-                Work::Barrier { seq } => tail || (self.settled && self.down_barrier >= seq),
+                // that found them covered this barrier. Nor before everything it held when
+                // the barrier came is durable down the chain: not only the records queued
+                // before it, but those of an earlier epoch that a new member is still being
+                // caught up with (a head's CHECK_TAIL answered at the start of an epoch named
+                // a tail below records acknowledged in the epoch before).
+                Work::Barrier { seq, end } => {
+                    chain_durable >= end && (tail || (self.settled && self.down_barrier >= seq))
+                }
             };
             if !done {
                 break;
             }
             self.items.pop_front();
-            if let Work::Barrier { seq } = item.work {
+            if let Work::Barrier { seq, .. } = item.work {
                 self.barriers_settled = self.barriers_settled.max(seq);
             }
             if let Some(up) = item.upstream {

@@ -1096,7 +1096,9 @@ fn three_node_chain_with_reordered_answers_duplicates_drops_and_restarts() {
     for seed in 0..200 {
         stats += run(seed, 3, true, 3_000);
     }
-    // The runs exercised what they claim to.
+    // The runs exercised what they claim to (each case a few dozen times at least: partial
+    // resends are the rarest, about 90 in these seeds since a barrier also waits for the
+    // records before its epoch).
     assert!(stats.committed > 200 * 500, "{stats:?}");
     for (what, n) in [
         ("duplicates", stats.duplicates),
@@ -1109,7 +1111,7 @@ fn three_node_chain_with_reordered_answers_duplicates_drops_and_restarts() {
         ("records pulled back", stats.pulled),
         ("catch-ups", stats.catch_ups),
     ] {
-        assert!(n > 100, "only {n} {what}: {stats:?}");
+        assert!(n > 50, "only {n} {what}: {stats:?}");
     }
 }
 

@@ -2,14 +2,15 @@
 //! by step.
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::rc::Rc;
 
 use chainlog_net::cluster::{ClusterMap, MapLog, MapNode};
-use chainlog_net::{ReadRequest, Request, Response};
+use chainlog_net::{ReadRequest, Request, Response, SealRequest};
 use chainlog_storage::{Clock, SimDisk};
 
 use super::client::{Mode, Writer};
-use super::conn::{ClientConn, Link};
+use super::conn::{try_again, ClientConn, Link};
 use super::env::{Shared, Slowdown};
 use super::node::SimNode;
 use super::world::{NetConfig, World};
@@ -28,8 +29,13 @@ fn cluster_map() -> MapUpdate {
 }
 
 /// Map `version`: nodes 1 to `nodes`, each of one shard; logs `A` and `B`, both on chain
-/// [1, 2], `A` with `learners`.
+/// [1, 2] in epoch 1, `A` with `learners`.
 fn map_of(version: u64, nodes: u64, learners: &[u64]) -> MapUpdate {
+    map_with(version, nodes, &mut |a| a.learners = learners.to_vec())
+}
+
+/// As [`map_of`], with `A`'s entry as `change` makes it.
+fn map_with(version: u64, nodes: u64, change: &mut dyn FnMut(&mut MapLog)) -> MapUpdate {
     let nodes = (1..=nodes)
         .map(|node_id| MapNode {
             node_id,
@@ -52,12 +58,14 @@ fn map_of(version: u64, nodes: u64, learners: &[u64]) -> MapUpdate {
             start_lsn: 0,
             trim_lsn: 0,
             chain: vec![1, 2],
-            learners: if log_id == A {
-                learners.to_vec()
-            } else {
-                Vec::new()
-            },
+            learners: Vec::new(),
             created_version: 1,
+        })
+        .map(|mut log| {
+            if log.log_id == A {
+                change(&mut log);
+            }
+            log
         })
         .collect();
     MapUpdate::of(ClusterMap::new(version, nodes, logs))
@@ -207,6 +215,40 @@ fn append_to_b_while_waiting(
     assert!(waiting(&mut nodes[node]), "the read still waits");
 }
 
+/// Sends `request` on `client` to `addr` once the connection is up (again after a retryable
+/// refusal, or on a new connection), and returns what `take` makes of its answer once it
+/// came.
+fn ask<T>(
+    world: &Shared,
+    client: &mut ClientConn,
+    addr: SocketAddr,
+    asked: &mut Option<u64>,
+    request: &Request<'_>,
+    take: &mut dyn FnMut(&Response<'_>) -> T,
+) -> Option<T> {
+    let w = &mut world.borrow_mut();
+    match client.poll(w, addr, true) {
+        Link::Up => {}
+        Link::Fresh => *asked = None,
+        Link::Down | Link::Lost => return None,
+    }
+    if asked.is_none() {
+        *asked = Some(client.send(w, request));
+    }
+    let mut answer = None;
+    client.receive(w, &mut |id, response| {
+        if Some(id) != *asked {
+            return;
+        }
+        match response {
+            Ok(Response::Error(e)) if try_again(e.code) => *asked = None,
+            Ok(r) => answer = Some(take(&r)),
+            Err(e) => panic!("{e}"),
+        }
+    });
+    answer
+}
+
 /// A head catching its successor up reads the records from its disk without waiting for the
 /// read: while the read waits (the disk holds reads back), the head stores and acknowledges
 /// appends to another log of the same shard; when the read completes, the successor gets the
@@ -301,32 +343,28 @@ fn a_node_acknowledges_appends_while_a_clients_read_waits_for_the_disk() {
     let mut client = ClientConn::new(&mut world.borrow_mut(), 900);
     let mut asked = None;
     // The LSNs the READ was answered with, once it is.
-    let mut read = |world: &Shared, client: &mut ClientConn| -> Option<Vec<u64>> {
-        let w = &mut world.borrow_mut();
-        if !matches!(client.poll(w, addr, true), Link::Up | Link::Fresh) {
-            return None;
-        }
-        if asked.is_none() {
-            let request = Request::Read(ReadRequest {
-                log_id: A,
-                from_lsn: 0,
-                max_records: 10,
-                max_bytes: 1 << 20,
-            });
-            asked = Some(client.send(w, &request));
-        }
-        let mut lsns = None;
-        client.receive(w, &mut |id, response| {
-            if Some(id) == asked {
-                match response {
-                    Ok(Response::Read(batch)) => {
-                        lsns = Some(batch.records.iter().map(|r| r.header.lsn).collect());
-                    }
-                    other => panic!("a READ answered with {other:?}"),
-                }
-            }
-        });
-        lsns
+    let request = Request::Read(ReadRequest {
+        log_id: A,
+        from_lsn: 0,
+        max_records: 10,
+        max_bytes: 1 << 20,
+    });
+    let mut read = |world: &Shared, client: &mut ClientConn| {
+        ask(
+            world,
+            client,
+            addr,
+            &mut asked,
+            &request,
+            &mut |r| match r {
+                Response::Read(batch) => batch
+                    .records
+                    .iter()
+                    .map(|r| r.header.lsn)
+                    .collect::<Vec<u64>>(),
+                other => panic!("a READ answered with {other:?}"),
+            },
+        )
     };
     run(
         &world,
@@ -358,4 +396,91 @@ fn a_node_acknowledges_appends_while_a_clients_read_waits_for_the_disk() {
         },
     );
     assert_eq!(answer, Some((0..10).collect()));
+}
+
+/// A head answers CHECK_TAIL only once the members of its new epoch hold every record of the
+/// epoch before: epoch 1 of `A` is sealed after 1,600 acknowledged records; node 1 restarts
+/// (forgetting what it knew committed) into epoch 2, which starts there, with node 2 back
+/// empty; while node 1's disk holds back the reads that catch node 2 up, a CHECK_TAIL must
+/// not name a tail below 1,600. It named 0: the barrier had no records queued before it,
+/// and the empty tail answered it at once.
+#[test]
+fn a_check_tail_at_the_start_of_an_epoch_covers_the_epoch_before() {
+    let (world, mut nodes, mut writers) = written(2, &cluster_map());
+    let clock = world.borrow().clock.clone();
+    let mut client = ClientConn::new(&mut world.borrow_mut(), 900);
+    let mut asked = None;
+    let addr = nodes[0].addr_of(A);
+    let seal = Request::Seal(SealRequest {
+        log_id: A,
+        epoch: 1,
+    });
+    let mut end = None;
+    run(
+        &world,
+        &mut nodes,
+        &mut writers,
+        &cluster_map(),
+        60_000_000,
+        &mut |_, _| {
+            end = ask(
+                &world,
+                &mut client,
+                addr,
+                &mut asked,
+                &seal,
+                &mut |r| match r {
+                    Response::Seal(s) => s.end_lsn,
+                    other => panic!("a SEAL answered with {other:?}"),
+                },
+            );
+            end.is_some()
+        },
+    );
+    assert_eq!(end, Some(1600));
+    let next = map_with(2, 2, &mut |a| {
+        a.epoch = 2;
+        a.start_lsn = 1600;
+    });
+    for node in &mut nodes {
+        node.kill(&world, None);
+    }
+    nodes[1] = SimNode::new(2, 1, SimDisk::with_clock(clock.clone()));
+    for node in &mut nodes {
+        node.start(&world, &next, SEED)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+    }
+    let reads_until_us = stall_reads(&world, &nodes[0]);
+    let mut asked = None;
+    let check = Request::CheckTail { log_id: A };
+    let mut tail = None;
+    run(
+        &world,
+        &mut nodes,
+        &mut writers,
+        &next,
+        reads_until_us + 60_000_000,
+        &mut |_, _| {
+            tail = ask(
+                &world,
+                &mut client,
+                addr,
+                &mut asked,
+                &check,
+                &mut |r| match r {
+                    Response::CheckTail(t) => t.tail,
+                    other => panic!("a CHECK_TAIL answered with {other:?}"),
+                },
+            );
+            tail.is_some()
+        },
+    );
+    assert!(
+        tail.is_some_and(|t| t >= 1600),
+        "CHECK_TAIL named {tail:?}, below the 1,600 records acknowledged"
+    );
+    assert!(
+        clock.monotonic_us() >= reads_until_us,
+        "answered once node 2 caught up"
+    );
 }

@@ -269,17 +269,20 @@ impl<E: Net> Shard<E> {
     /// Every record of `log_id` this shard stores (durable or not), as (LSN, payload), from
     /// its trim point, with that trim point and the LSN below which it serves them as
     /// committed; `None` if the shard has no such log. For a simulator's checks at the end of
-    /// a run.
-    pub(crate) fn stored_records(&mut self, log_id: u64) -> Option<(u64, u64, StoredLog)> {
-        let tail = self.store.tail(log_id)?;
+    /// a run. An error if the store failed (a write's failure can surface in this read): the
+    /// node stops at its next turn.
+    pub(crate) fn stored_records(
+        &mut self,
+        log_id: u64,
+    ) -> chainlog_storage::Result<Option<(u64, u64, StoredLog)>> {
+        let Some(tail) = self.store.tail(log_id) else {
+            return Ok(None);
+        };
         let readable = self.protocol.replicas.readable(log_id);
         let mut out = Vec::new();
         let mut next = tail.trim_point;
         while next < tail.next_lsn {
-            let records = self
-                .store
-                .read_stored(log_id, next, usize::MAX, 1 << 20)
-                .expect("a simulated store reads what it holds");
+            let records = self.store.read_stored(log_id, next, usize::MAX, 1 << 20)?;
             if records.is_empty() {
                 break;
             }
@@ -288,7 +291,7 @@ impl<E: Net> Shard<E> {
                 out.push((r.lsn, r.payload));
             }
         }
-        Some((tail.trim_point, readable, out))
+        Ok(Some((tail.trim_point, readable, out)))
     }
 
     /// Arms what runs for the shard's whole life: the accept, the timers, the signals.

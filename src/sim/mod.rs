@@ -66,6 +66,10 @@ use node::{SimNode, StartFailure};
 use reader::{LookCounts, Reader, Subscriber, Trimmer};
 use world::{HostId, NetConfig, World};
 
+/// What a replica stores of a log at the end of a run: its trim point, the LSN below which
+/// it serves records as committed, and every record it stores (LSN, payload).
+type StoredReplica = (u64, u64, crate::node::shard::StoredLog);
+
 /// What a run simulates.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -1281,21 +1285,27 @@ impl Sim {
                 return false;
             }
         }
+        let mut stored = Vec::new();
         for l in 0..self.logs.len() {
             let (log_id, chain) = (self.logs[l].log_id, self.logs[l].chain.clone());
             let mut tails = Vec::new();
+            let mut replicas = Vec::new();
             for i in chain {
+                let Some(shard) = self.nodes[i].shard_of(log_id) else {
+                    tails.push((0, 0, 0, 0));
+                    replicas.push((i, StoredReplica::default()));
+                    continue;
+                };
                 // (committed as the chain says, served as committed, stored, trim point)
-                match self.nodes[i].shard_of(log_id).and_then(|s| {
-                    let committed = s.chain_committed(log_id);
-                    s.stored_records(log_id).map(|stored| (committed, stored))
-                }) {
-                    Some((committed, (trim, readable, records))) => {
-                        let end = records.last().map_or(trim, |(lsn, _)| lsn + 1);
-                        tails.push((committed, readable, end, trim));
-                    }
-                    None => tails.push((0, 0, 0, 0)),
-                }
+                let committed = shard.chain_committed(log_id);
+                let Ok(replica) = shard.stored_records(log_id) else {
+                    return false; // Its store failed: the node stops at its next turn.
+                };
+                let replica = replica.unwrap_or_default();
+                let (trim, readable, records) = &replica;
+                let end = records.last().map_or(*trim, |(lsn, _)| lsn + 1);
+                tails.push((committed, *readable, end, *trim));
+                replicas.push((i, replica));
             }
             let first = tails[0];
             if tails.iter().any(|&t| t != first) || first.0 != first.2 || first.1 != first.2 {
@@ -1304,25 +1314,23 @@ impl Sim {
             if self.logs[l].subscriber.next < first.0 {
                 return false;
             }
+            stored.push(replicas);
         }
-        self.check();
+        self.check(stored);
         true
     }
 
-    /// Reads every log on every replica and checks the history (module documentation).
-    fn check(&mut self) {
+    /// Checks the history of every log against what each of its replicas stores (`logs`: per
+    /// log, per chain member, the node's index and what it stores; module documentation).
+    fn check(&mut self, logs: Vec<Vec<(usize, StoredReplica)>>) {
         let base_wall_us = self.clock.wall_us() - self.clock.monotonic_us();
         let end_us = self.now();
-        for l in 0..self.logs.len() {
-            let (log_id, chain) = (self.logs[l].log_id, self.logs[l].chain.clone());
+        for (l, members) in logs.into_iter().enumerate() {
+            let log_id = self.logs[l].log_id;
             let mut replicas = Vec::new();
             let mut stored = Vec::new();
-            for &i in &chain {
+            for (i, (trim_point, readable, records)) in members {
                 let id = self.nodes[i].id;
-                let (trim_point, readable, records) = self.nodes[i]
-                    .shard_of(log_id)
-                    .and_then(|s| s.stored_records(log_id))
-                    .unwrap_or_default();
                 replicas.push(Replica {
                     name: format!("node {id}"),
                     trim_point,

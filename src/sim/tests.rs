@@ -138,7 +138,7 @@ fn writer(world: &Shared, id: u64, log_id: u64) -> Writer {
 /// The records of `log_id` that `node` stores, if it runs and holds the log.
 fn records(node: &mut SimNode, log_id: u64) -> Option<Vec<(u64, Vec<u8>)>> {
     node.shard_of(log_id)
-        .and_then(|s| s.stored_records(log_id))
+        .and_then(|s| s.stored_records(log_id).expect("a store that runs reads"))
         .map(|(_, _, r)| r)
 }
 

@@ -7,7 +7,7 @@
 //! never stalls the appends of the shard's other logs, nor the rest of its own. A READ or
 //! PULL whose records wait for the disk is answered when they arrive: it is handled again
 //! then, with them ([`Parked`]), and the answer goes out of order with the connection's
-//! others (PROTOCOL.md 3.1 lets it). The shard routes a finished
+//! others (PROTOCOL.md 3.3 lets it). The shard routes a finished
 //! read by its token to its [`Owner`], which checks that what it read for still stands (the
 //! link, the epoch, the position) before it uses the records; a read whose owner went away
 //! is dropped when it arrives. At most [`READS_IN_FLIGHT_MAX`] reads wait (the store refuses

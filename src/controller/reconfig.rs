@@ -34,14 +34,16 @@
 //! chain left short grows back in two steps that never wait for a copy: [`learner_changes`]
 //! makes live spare nodes **learners** of the log (a change of the map, no seal), which copy
 //! its committed records from the chain's tail outside the chain; once one is within
-//! [`LEARNER_LAG_MAX`] records of the tail in the current epoch ([`learner_ready`], asked by
-//! TAIL_HINT), it is **promoted**: a seal and an extend with it at the tail, where it only
+//! [`LEARNER_LAG_CLOSE`] records of the tail in the current epoch, or within
+//! [`LEARNER_LAG_MAX`] for long enough ([`LearnerWatch`], asked by TAIL_HINT), it is
+//! **promoted**: a seal and an extend with it at the tail, where it only
 //! has the few records it lacks to copy. Only an operator's chain (`chainlog log
 //! reconfigure --chain`) still puts a node new to the log straight in the chain.
 //!
 //! [`plan`] and [`learner_changes`] are pure (the state and the time in, the work out); the
 //! calls to nodes are blocking calls the controller's threads make.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -55,9 +57,18 @@ use super::state::ClusterState;
 use super::StateError;
 
 /// How many records a learner may lag the chain's tail (both answering TAIL_HINT in the
-/// log's current epoch) and be promoted: the records it then copies inside the new epoch,
-/// holding its first appends up (a few milliseconds' worth).
+/// log's current epoch) and be promoted at once: the records it then copies inside the new
+/// epoch, holding its first appends up. Drills promoted at up to 4,096 records behind, and
+/// the copy held appends for 35-70 ms.
+pub const LEARNER_LAG_CLOSE: u64 = 256;
+/// How many records a learner may lag the chain's tail and still be promoted, once it has
+/// stayed within this for [`LEARNER_NEAR_POLLS`] polls in a row: a log that grows faster
+/// than a learner comes within [`LEARNER_LAG_CLOSE`] of it (which it polls for every 20 ms
+/// once it has caught up) still gets its replica back.
 pub const LEARNER_LAG_MAX: u64 = 4096;
+/// Polls in a row within [`LEARNER_LAG_MAX`] after which a learner is promoted (about half a
+/// second at the controller's pace).
+pub const LEARNER_NEAR_POLLS: u32 = 25;
 
 /// Why a log is reconfigured.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -259,12 +270,61 @@ pub fn learner_changes(state: &ClusterState, now: Instant) -> Vec<LearnerChange>
     changes
 }
 
-/// Whether a learner that answered TAIL_HINT `learner` (its durable next LSN, the epoch it
-/// learns in) has caught up with a chain whose tail answered `tail` (its committed and
-/// durable tail, its epoch), in the log's `epoch`: both in that epoch, and the learner at
-/// most [`LEARNER_LAG_MAX`] records behind.
-pub fn learner_ready(learner: (u64, u64), tail: (u64, u64), epoch: u64) -> bool {
-    learner.1 == epoch && tail.1 == epoch && learner.0.saturating_add(LEARNER_LAG_MAX) >= tail.0
+/// Which learners have caught up with their chains, from polls of their tails (TAIL_HINT):
+/// a learner within [`LEARNER_LAG_CLOSE`] records of the chain's tail is ready at once, one
+/// within [`LEARNER_LAG_MAX`] once it stayed there for [`LEARNER_NEAR_POLLS`] polls in a
+/// row; both answering in the log's current epoch.
+#[derive(Debug, Default)]
+pub struct LearnerWatch {
+    /// Polls in a row within [`LEARNER_LAG_MAX`] (and not within [`LEARNER_LAG_CLOSE`]), by
+    /// (log, learner).
+    near: HashMap<(u64, u64), u32>,
+}
+
+impl LearnerWatch {
+    /// Whether learner `node` of `log_id`, which answered `learner` (its durable next LSN,
+    /// the epoch it learns in), has caught up with the chain whose tail answered `tail` (its
+    /// committed and durable tail, its epoch), in the log's `epoch`. `None`: no answer.
+    pub fn ready(
+        &mut self,
+        log_id: u64,
+        node: u64,
+        learner: Option<(u64, u64)>,
+        tail: Option<(u64, u64)>,
+        epoch: u64,
+    ) -> bool {
+        let lag = match (learner, tail) {
+            (Some((next, e)), Some((end, t))) if e == epoch && t == epoch => {
+                Some(end.saturating_sub(next))
+            }
+            _ => None,
+        };
+        let key = (log_id, node);
+        match lag {
+            Some(lag) if lag <= LEARNER_LAG_CLOSE => {
+                self.near.remove(&key);
+                true
+            }
+            Some(lag) if lag <= LEARNER_LAG_MAX => {
+                let polls = self.near.entry(key).or_insert(0);
+                *polls += 1;
+                let ready = *polls >= LEARNER_NEAR_POLLS;
+                if ready {
+                    self.near.remove(&key);
+                }
+                ready
+            }
+            _ => {
+                self.near.remove(&key);
+                false
+            }
+        }
+    }
+
+    /// Forgets the learners `polled` does not name (promoted, dropped, or their log gone).
+    pub fn keep(&mut self, polled: impl Fn(u64, u64) -> bool) {
+        self.near.retain(|&(log_id, node), _| polled(log_id, node));
+    }
 }
 
 /// The seals a new epoch can build on, from what each member answered (node, end, trim
@@ -915,14 +975,35 @@ mod tests {
         );
     }
 
+    /// A learner is ready at once close to its tail, within the wider lag only after it
+    /// stayed there for polls in a row, and only in the log's current epoch.
     #[test]
-    fn a_learner_is_ready_within_the_lag_in_the_current_epoch_only() {
-        assert!(learner_ready((100, 3), (100, 3), 3));
-        assert!(learner_ready((0, 3), (LEARNER_LAG_MAX, 3), 3));
-        assert!(!learner_ready((0, 3), (LEARNER_LAG_MAX + 1, 3), 3));
-        assert!(!learner_ready((100, 2), (100, 3), 3), "an old epoch");
-        assert!(!learner_ready((100, 3), (100, 2), 3), "the tail is behind");
-        assert!(!learner_ready((100, 3), (100, 3), 4), "the log moved on");
+    fn a_learner_is_ready_close_to_its_tail_or_near_it_for_long_enough() {
+        let mut watch = LearnerWatch::default();
+        let mut ready = |learner, tail, epoch| watch.ready(7, 2, Some(learner), Some(tail), epoch);
+        assert!(ready((100, 3), (100, 3), 3));
+        assert!(ready((0, 3), (LEARNER_LAG_CLOSE, 3), 3));
+        assert!(!ready((100, 2), (100, 3), 3), "an old epoch");
+        assert!(!ready((100, 3), (100, 2), 3), "the tail is behind");
+        assert!(!ready((100, 3), (100, 3), 4), "the log moved on");
+        for _ in 1..LEARNER_NEAR_POLLS {
+            assert!(!ready((0, 3), (LEARNER_LAG_MAX, 3), 3));
+        }
+        assert!(
+            ready((0, 3), (LEARNER_LAG_MAX, 3), 3),
+            "near for long enough"
+        );
+        for _ in 1..LEARNER_NEAR_POLLS {
+            assert!(!ready((0, 3), (LEARNER_LAG_MAX, 3), 3));
+        }
+        assert!(
+            !ready((0, 3), (LEARNER_LAG_MAX + 1, 3), 3),
+            "too far: counted again"
+        );
+        assert!(!ready((0, 3), (LEARNER_LAG_MAX, 3), 3));
+        assert!(!watch.ready(7, 2, None, Some((0, 3)), 3), "no answer");
+        watch.keep(|_, _| false);
+        assert!(watch.near.is_empty());
     }
 
     #[test]

@@ -932,10 +932,11 @@ impl Controller {
 
     /// Asks every learner and its log's chain tail for their tails (TAIL_HINT) every
     /// [`LEARNER_POLL`], until the controller stops, and records in the state which learners
-    /// have caught up in the log's current epoch ([`super::reconfig::learner_ready`]): the
+    /// have caught up in the log's current epoch ([`super::reconfig::LearnerWatch`]): the
     /// reconfiguring thread promotes those. A learner or tail that does not answer is not
     /// ready.
     fn learner_loop(&self) {
+        let mut watch = super::reconfig::LearnerWatch::default();
         while !self.stopping() {
             std::thread::sleep(LEARNER_POLL);
             let (logs, addrs): (Vec<Learning>, BTreeMap<u64, (String, u16)>) = {
@@ -955,6 +956,10 @@ impl Controller {
                     .collect();
                 (logs, addrs)
             };
+            watch.keep(|log_id, node| {
+                logs.iter()
+                    .any(|(l, _, _, learners)| *l == log_id && learners.contains(&node))
+            });
             for (log_id, epoch, tail, learners) in logs {
                 if self.stopping() {
                     return;
@@ -967,12 +972,7 @@ impl Controller {
                 let found: Vec<(u64, bool)> = learners
                     .iter()
                     .map(|&node| {
-                        let ready = match (hint(node), at_tail) {
-                            (Some(learner), Some(at_tail)) => {
-                                super::reconfig::learner_ready(learner, at_tail, epoch)
-                            }
-                            _ => false,
-                        };
+                        let ready = watch.ready(log_id, node, hint(node), at_tail, epoch);
                         (node, ready)
                     })
                     .collect();

@@ -43,6 +43,7 @@ use super::ops::{NetOp, NetToken, GENERATION_MASK};
 use super::reads::{Owner, Reads, Started};
 use super::records::{encode_run, replica_state};
 use super::replicas::{encode_answers, keys_below, Forward, Replicas, UNANSWERED};
+use crate::controller::reconfig::LEARNER_LAG_CLOSE;
 use crate::replication::{NodeId, Reply, Send};
 
 /// Record bytes a link may have sent and not had answered; beyond, appends to its logs get
@@ -601,6 +602,12 @@ impl Chain {
                 metrics.learned_records += records;
                 if !more {
                     replicas.learners.answered(log_id, again, now_us);
+                    // Close enough to its source to be promoted: the map that makes this
+                    // node the log's tail comes soon, and the chain waits for it.
+                    let here = store.tail(log_id).map_or(0, |t| t.next_lsn);
+                    if pulled.next.saturating_sub(here) <= LEARNER_LAG_CLOSE {
+                        replicas.expect_map();
+                    }
                 }
             }
             Err(e) => {

@@ -20,6 +20,16 @@ use super::chain::Peer;
 
 /// Pause between two heartbeats.
 pub(crate) const HEARTBEAT_EVERY: Duration = Duration::from_millis(50);
+/// Pause between two heartbeats while a shard expects a new map: the controller seals a
+/// log's members, then extends the chain with a new map (a failover, or a spare promoted at
+/// the tail), and the log takes no appends until its members install that map; a learner
+/// close to its source is about to be promoted by such a map. Polling at [`HEARTBEAT_EVERY`]
+/// left a failover, and the promotion of a spare after it, up to 50 ms more without appends.
+const HEARTBEAT_EVERY_EXPECTING: Duration = Duration::from_millis(2);
+/// How long a node polls at [`HEARTBEAT_EVERY_EXPECTING`] after a shard said it expects a
+/// map, at most (until a newer map arrives; a controller that died mid-way is not waited
+/// for faster than usual).
+const EXPECTING_FOR: Duration = Duration::from_millis(500);
 /// How long one call to the controller may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause after a failed call before trying again.
@@ -55,6 +65,25 @@ pub(crate) struct ShardControl {
     pub(crate) suspect: Arc<AtomicU64>,
 }
 
+/// The shards' nudge to the control thread: a new map is expected (an epoch was sealed here,
+/// or a learner here is close to its source); the control thread wakes and polls for it
+/// quickly for a while ([`HEARTBEAT_EVERY_EXPECTING`]).
+#[derive(Debug, Default)]
+pub(crate) struct Nudge {
+    expected: AtomicBool,
+    /// The control thread, once it runs (woken from its pause).
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+impl Nudge {
+    fn expect_map(&self) {
+        self.expected.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
+}
+
 /// The shard's end.
 #[derive(Debug)]
 pub(crate) struct ControlInbox {
@@ -63,9 +92,16 @@ pub(crate) struct ControlInbox {
     pub(crate) wake: OwnedFd,
     pub(crate) applied: Arc<AtomicU64>,
     pub(crate) suspect: Arc<AtomicU64>,
+    nudge: Arc<Nudge>,
 }
 
 impl ControlInbox {
+    /// The shard expects a new map: the control thread polls for it quickly for a while
+    /// ([`HEARTBEAT_EVERY_EXPECTING`]). Never blocks.
+    pub(crate) fn expect_map(&self) {
+        self.nudge.expect_map();
+    }
+
     /// Names `node` in the next heartbeat: its replication connection with this shard
     /// failed, so the controller checks at once whether it is still heartbeating.
     pub(crate) fn suspect(&self, node: NodeId) {
@@ -82,8 +118,9 @@ impl ControlInbox {
     }
 }
 
-/// A channel and an eventfd between the control thread and one shard.
-pub(crate) fn channel() -> std::io::Result<(ShardControl, ControlInbox)> {
+/// A channel and an eventfd between the control thread and one shard (`nudge`: every shard's,
+/// to the control thread).
+pub(crate) fn channel(nudge: &Arc<Nudge>) -> std::io::Result<(ShardControl, ControlInbox)> {
     let (tx, rx) = std::sync::mpsc::sync_channel(UPDATES_MAX);
     let wake = super::eventfd()?;
     let read = wake.try_clone()?;
@@ -101,6 +138,7 @@ pub(crate) fn channel() -> std::io::Result<(ShardControl, ControlInbox)> {
             wake: read,
             applied,
             suspect,
+            nudge: nudge.clone(),
         },
     ))
 }
@@ -120,19 +158,34 @@ pub(crate) fn run(
     controller: SocketAddr,
     me: Identity,
     shards: Vec<ShardControl>,
+    nudge: Arc<Nudge>,
     stop: Arc<AtomicBool>,
 ) {
+    let _ = nudge.thread.set(std::thread::current());
     let mut client: Option<ControllerClient> = None;
     let mut handed_out = 0u64;
     let mut last_error: Option<(String, Instant)> = None;
+    // Until when heartbeats come quickly: a shard expects a map, and no newer one came yet.
+    let mut quick_until: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
+        if nudge.expected.swap(false, Ordering::Relaxed) {
+            quick_until = Some(Instant::now() + EXPECTING_FOR);
+        }
+        let before = handed_out;
         let step = step(controller, &me, &shards, &mut client, &mut handed_out);
+        if handed_out > before {
+            quick_until = None;
+        }
         let pause = match step {
             Ok(()) => {
                 if last_error.take().is_some() {
                     tracing::info!(%controller, "controller reachable again");
                 }
-                HEARTBEAT_EVERY
+                if quick_until.is_some_and(|t| Instant::now() < t) {
+                    HEARTBEAT_EVERY_EXPECTING
+                } else {
+                    HEARTBEAT_EVERY
+                }
             }
             Err(e) => {
                 client = None;
@@ -148,18 +201,19 @@ pub(crate) fn run(
                 RETRY_AFTER
             }
         };
-        sleep_unless_stopped(pause, &stop);
+        pause_unless(pause, &stop, &nudge);
     }
 }
 
-fn sleep_unless_stopped(pause: Duration, stop: &AtomicBool) {
+/// Waits `pause`, or less if `stop` is set or a shard expects a map.
+fn pause_unless(pause: Duration, stop: &AtomicBool, nudge: &Nudge) {
     let until = Instant::now() + pause;
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) && !nudge.expected.load(Ordering::Relaxed) {
         let now = Instant::now();
         if now >= until {
             return;
         }
-        std::thread::sleep((until - now).min(Duration::from_millis(20)));
+        std::thread::park_timeout((until - now).min(Duration::from_millis(20)));
     }
 }
 
@@ -238,4 +292,33 @@ fn peers_of(map: &ClusterMap) -> HashMap<NodeId, Peer> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shard that expects a map ends the control thread's pause (an hour here): set before
+    /// the pause, or while it waits (the thread is woken). The pause before a heartbeat held
+    /// the next map back up to 50 ms after a seal, and the log with it.
+    #[test]
+    fn an_expected_map_ends_the_pause_between_heartbeats() {
+        let nudge = Arc::new(Nudge::default());
+        let stop = AtomicBool::new(false);
+        nudge.expect_map();
+        pause_unless(Duration::from_secs(3600), &stop, &nudge);
+        assert!(nudge.expected.swap(false, Ordering::Relaxed));
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let waiting = {
+            let nudge = nudge.clone();
+            std::thread::spawn(move || {
+                let _ = nudge.thread.set(std::thread::current());
+                started_tx.send(()).expect("the test waits");
+                pause_unless(Duration::from_secs(3600), &AtomicBool::new(false), &nudge);
+            })
+        };
+        started_rx.recv().expect("the thread started");
+        nudge.expect_map();
+        waiting.join().expect("the pause ended");
+    }
 }

@@ -147,6 +147,7 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
     });
     let mut shards = Vec::new();
     let mut controls = Vec::new();
+    let nudge = std::sync::Arc::new(control::Nudge::default());
     for (index, listener) in listeners.into_iter().enumerate() {
         let setup = |what: &str, e: std::io::Error| NodeError::Shard {
             shard: index,
@@ -156,7 +157,7 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         let wake = stop.try_clone().map_err(|e| setup("dup", e))?;
         let control = match config.controller {
             Some(_) => {
-                let (control, inbox) = control::channel().map_err(|e| setup("eventfd", e))?;
+                let (control, inbox) = control::channel(&nudge).map_err(|e| setup("eventfd", e))?;
                 controls.push(control);
                 Some(inbox)
             }
@@ -201,7 +202,7 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
             let stop = control_stop.clone();
             let spawned = std::thread::Builder::new()
                 .name("control".into())
-                .spawn(move || control::run(controller, me, controls, stop));
+                .spawn(move || control::run(controller, me, controls, nudge, stop));
             Some(spawned.map_err(|e| NodeError::Shard {
                 shard: 0,
                 reason: format!("spawn the control thread: {e}"),

@@ -705,6 +705,8 @@ impl Server {
         let (end, first) = self.replicas.seal(log_id, epoch)?;
         if first {
             tracing::info!(log_id, epoch, end, "epoch sealed");
+            // The controller extends the chain with a new map next.
+            self.replicas.expect_map();
             if let Err(e) = self.catalog.seal(log_id, epoch) {
                 self.catalog_failed(&e);
             }

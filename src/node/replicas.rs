@@ -84,6 +84,9 @@ pub(crate) struct Replicas {
     /// its own, so reading the disk for each would make the copy one disk read per batch.
     /// They are committed records, which never change.
     read_ahead: HashMap<u64, (u64, VecDeque<StoredRun>)>,
+    /// A new map is expected (an epoch was sealed here, or a learner here came close to its
+    /// source) since [`take_map_expected`](Self::take_map_expected).
+    map_expected: bool,
 }
 
 impl Replicas {
@@ -123,6 +126,7 @@ impl Replicas {
             upstream: HashMap::new(),
             learners,
             read_ahead: HashMap::new(),
+            map_expected: false,
         }
     }
 
@@ -313,6 +317,17 @@ impl Replicas {
         replica.knows_committed(known);
         self.logs.insert(log_id, replica);
         self.touched.insert(log_id);
+    }
+
+    /// A new map is expected: the node polls the controller for it quickly for a while
+    /// (`super::control`).
+    pub(crate) fn expect_map(&mut self) {
+        self.map_expected = true;
+    }
+
+    /// Whether a new map was expected since the last call.
+    pub(crate) fn take_map_expected(&mut self) -> bool {
+        std::mem::take(&mut self.map_expected)
     }
 
     /// A log deleted here, or gone from the cluster map.

@@ -795,10 +795,14 @@ impl<E: Net> Shard<E> {
             &mut self.conns,
             now,
         );
+        let expected = self.protocol.replicas.take_map_expected();
         for node in self.chain.take_suspects() {
             if let Some(control) = &self.signals.control {
                 control.suspect(node);
             }
+        }
+        if let Some(control) = self.signals.control.as_ref().filter(|_| expected) {
+            control.expect_map();
         }
         let give_up = self.stop_deadline_us.is_some_and(|d| now >= d);
         let mut i = 0;

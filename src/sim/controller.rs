@@ -35,7 +35,7 @@ use chainlog_net::{Request, Response, SealRequest};
 use super::conn::{ClientConn, Link};
 use super::world::{HostId, World};
 use crate::controller::reconfig::{
-    learner_changes, learner_ready, plan, usable_seals, LearnerChange, Plan, Why,
+    learner_changes, plan, usable_seals, LearnerChange, LearnerWatch, Plan, Why,
 };
 use crate::controller::state::Target;
 use crate::controller::{ClusterState, StateError};
@@ -179,6 +179,8 @@ pub(crate) struct SimController {
     work: Option<Work>,
     /// The learner polls of the current round (at most one per log).
     polls: Vec<Poll>,
+    /// Which learners caught up (kept in memory only, as the controller's).
+    watch: LearnerWatch,
     pub(crate) counts: Reconfigurations,
 }
 
@@ -197,6 +199,7 @@ impl SimController {
             retry_at: BTreeMap::new(),
             work: None,
             polls: Vec::new(),
+            watch: LearnerWatch::default(),
             counts: Reconfigurations::default(),
         }
     }
@@ -234,6 +237,7 @@ impl SimController {
         }
         self.queue.clear();
         self.retry_at.clear();
+        self.watch = LearnerWatch::default();
         self.paused_until = None;
         self.up = false;
     }
@@ -501,10 +505,10 @@ impl SimController {
         for poll in done {
             let tail = poll.tail.result.and_then(Result::ok);
             for call in poll.learners {
-                let ready = match (call.result.and_then(Result::ok), tail) {
-                    (Some(learner), Some(tail)) => learner_ready(learner, tail, poll.epoch),
-                    _ => false,
-                };
+                let learner = call.result.and_then(Result::ok);
+                let ready = self
+                    .watch
+                    .ready(poll.log_id, call.node_id, learner, tail, poll.epoch);
                 state.set_ready(poll.log_id, call.node_id, poll.epoch, ready);
             }
         }

@@ -606,7 +606,7 @@ impl Chain {
                     // node the log's tail comes soon, and the chain waits for it.
                     let here = store.tail(log_id).map_or(0, |t| t.next_lsn);
                     if pulled.next.saturating_sub(here) <= LEARNER_LAG_CLOSE {
-                        replicas.expect_map();
+                        replicas.expect_map(false);
                     }
                 }
             }

@@ -25,11 +25,16 @@ pub(crate) const HEARTBEAT_EVERY: Duration = Duration::from_millis(50);
 /// the tail), and the log takes no appends until its members install that map; a learner
 /// close to its source is about to be promoted by such a map. Polling at [`HEARTBEAT_EVERY`]
 /// left a failover, and the promotion of a spare after it, up to 50 ms more without appends.
-const HEARTBEAT_EVERY_EXPECTING: Duration = Duration::from_millis(2);
+const HEARTBEAT_EVERY_EXPECTING: Duration = Duration::from_millis(5);
 /// How long a node polls at [`HEARTBEAT_EVERY_EXPECTING`] after a shard said it expects a
 /// map, at most (until a newer map arrives; a controller that died mid-way is not waited
-/// for faster than usual).
+/// for faster than usual). Nudges meanwhile do not extend it.
 const EXPECTING_FOR: Duration = Duration::from_millis(500);
+/// After a quick window that ended without a new map, nudges are ignored for this long: a
+/// learner that stays close to its source but is not promoted (the controller cannot reach
+/// its tail) nudges after every answer, and would otherwise keep its node at a heartbeat
+/// every 5 ms for as long (at most about 80 heartbeats a second this way, against 20).
+const EXPECTING_CALM: Duration = Duration::from_secs(1);
 /// How long one call to the controller may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause after a failed call before trying again.
@@ -71,12 +76,17 @@ pub(crate) struct ShardControl {
 #[derive(Debug, Default)]
 pub(crate) struct Nudge {
     expected: AtomicBool,
+    /// The map expected follows a seal made here (so it surely comes, soon).
+    sealed: AtomicBool,
     /// The control thread, once it runs (woken from its pause).
     thread: std::sync::OnceLock<std::thread::Thread>,
 }
 
 impl Nudge {
-    fn expect_map(&self) {
+    fn expect_map(&self, sealed: bool) {
+        if sealed {
+            self.sealed.store(true, Ordering::Relaxed);
+        }
         self.expected.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.get() {
             thread.unpark();
@@ -96,10 +106,10 @@ pub(crate) struct ControlInbox {
 }
 
 impl ControlInbox {
-    /// The shard expects a new map: the control thread polls for it quickly for a while
-    /// ([`HEARTBEAT_EVERY_EXPECTING`]). Never blocks.
-    pub(crate) fn expect_map(&self) {
-        self.nudge.expect_map();
+    /// The shard expects a new map (`sealed`: after a seal it made): the control thread
+    /// polls for it quickly for a while ([`HEARTBEAT_EVERY_EXPECTING`]). Never blocks.
+    pub(crate) fn expect_map(&self, sealed: bool) {
+        self.nudge.expect_map(sealed);
     }
 
     /// Names `node` in the next heartbeat: its replication connection with this shard
@@ -165,27 +175,22 @@ pub(crate) fn run(
     let mut client: Option<ControllerClient> = None;
     let mut handed_out = 0u64;
     let mut last_error: Option<(String, Instant)> = None;
-    // Until when heartbeats come quickly: a shard expects a map, and no newer one came yet.
-    let mut quick_until: Option<Instant> = None;
+    let mut pace = Pace::default();
     while !stop.load(Ordering::Relaxed) {
         if nudge.expected.swap(false, Ordering::Relaxed) {
-            quick_until = Some(Instant::now() + EXPECTING_FOR);
+            pace.expect(Instant::now(), nudge.sealed.swap(false, Ordering::Relaxed));
         }
         let before = handed_out;
         let step = step(controller, &me, &shards, &mut client, &mut handed_out);
         if handed_out > before {
-            quick_until = None;
+            pace.arrived();
         }
         let pause = match step {
             Ok(()) => {
                 if last_error.take().is_some() {
                     tracing::info!(%controller, "controller reachable again");
                 }
-                if quick_until.is_some_and(|t| Instant::now() < t) {
-                    HEARTBEAT_EVERY_EXPECTING
-                } else {
-                    HEARTBEAT_EVERY
-                }
+                pace.pause(Instant::now())
             }
             Err(e) => {
                 client = None;
@@ -202,6 +207,49 @@ pub(crate) fn run(
             }
         };
         pause_unless(pause, &stop, &nudge);
+    }
+}
+
+/// The pause between heartbeats: [`HEARTBEAT_EVERY`], or [`HEARTBEAT_EVERY_EXPECTING`] in a
+/// window of [`EXPECTING_FOR`] that a shard's nudge opens (a nudge after a seal always, others
+/// unless a window ended without a map less than [`EXPECTING_CALM`] ago) and a new map
+/// closes. Seals come only from the controller, which extends after each: they are bounded.
+#[derive(Debug, Default)]
+struct Pace {
+    quick_until: Option<Instant>,
+    calm_until: Option<Instant>,
+}
+
+impl Pace {
+    /// A shard expects a map (at `now`; `sealed`: after a seal).
+    fn expect(&mut self, now: Instant, sealed: bool) {
+        self.lapse(now);
+        if self.quick_until.is_none() && (sealed || self.calm_until.is_none_or(|t| now >= t)) {
+            self.quick_until = Some(now + EXPECTING_FOR);
+        }
+    }
+
+    /// A newer map arrived.
+    fn arrived(&mut self) {
+        self.quick_until = None;
+    }
+
+    /// The pause before the next heartbeat, at `now`.
+    fn pause(&mut self, now: Instant) -> Duration {
+        self.lapse(now);
+        if self.quick_until.is_some() {
+            HEARTBEAT_EVERY_EXPECTING
+        } else {
+            HEARTBEAT_EVERY
+        }
+    }
+
+    /// Ends a window that ran out without a map, and starts the calm after it.
+    fn lapse(&mut self, now: Instant) {
+        if self.quick_until.is_some_and(|t| now >= t) {
+            self.quick_until = None;
+            self.calm_until = Some(now + EXPECTING_CALM);
+        }
     }
 }
 
@@ -305,7 +353,7 @@ mod tests {
     fn an_expected_map_ends_the_pause_between_heartbeats() {
         let nudge = Arc::new(Nudge::default());
         let stop = AtomicBool::new(false);
-        nudge.expect_map();
+        nudge.expect_map(false);
         pause_unless(Duration::from_secs(3600), &stop, &nudge);
         assert!(nudge.expected.swap(false, Ordering::Relaxed));
         let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -318,7 +366,49 @@ mod tests {
             })
         };
         started_rx.recv().expect("the thread started");
-        nudge.expect_map();
+        nudge.expect_map(true);
         waiting.join().expect("the pause ended");
+    }
+
+    /// A nudge opens a quick window, which a map closes; a window that runs out without a
+    /// map is followed by a calm in which nudges are ignored, so a node that expects a map
+    /// that never comes does not heartbeat every 5 ms for good.
+    #[test]
+    fn quick_heartbeats_are_bounded() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut pace = Pace::default();
+        assert_eq!(pace.pause(t0), HEARTBEAT_EVERY);
+        pace.expect(t0, false);
+        assert_eq!(pace.pause(ms(1)), HEARTBEAT_EVERY_EXPECTING);
+        pace.arrived();
+        assert_eq!(pace.pause(ms(2)), HEARTBEAT_EVERY, "the map came");
+        pace.expect(ms(3), false);
+        pace.expect(ms(450), false);
+        assert_eq!(pace.pause(ms(450)), HEARTBEAT_EVERY_EXPECTING);
+        assert_eq!(
+            pace.pause(ms(503)),
+            HEARTBEAT_EVERY,
+            "not extended by a nudge"
+        );
+        pace.expect(ms(800), false);
+        assert_eq!(
+            pace.pause(ms(800)),
+            HEARTBEAT_EVERY,
+            "calm after a window without a map"
+        );
+        pace.expect(ms(900), true);
+        assert_eq!(
+            pace.pause(ms(900)),
+            HEARTBEAT_EVERY_EXPECTING,
+            "a seal's map comes"
+        );
+        pace.arrived();
+        pace.expect(ms(1503), false);
+        assert_eq!(
+            pace.pause(ms(1503)),
+            HEARTBEAT_EVERY_EXPECTING,
+            "the calm is over"
+        );
     }
 }

@@ -706,7 +706,7 @@ impl Server {
         if first {
             tracing::info!(log_id, epoch, end, "epoch sealed");
             // The controller extends the chain with a new map next.
-            self.replicas.expect_map();
+            self.replicas.expect_map(true);
             if let Err(e) = self.catalog.seal(log_id, epoch) {
                 self.catalog_failed(&e);
             }

@@ -84,9 +84,10 @@ pub(crate) struct Replicas {
     /// its own, so reading the disk for each would make the copy one disk read per batch.
     /// They are committed records, which never change.
     read_ahead: HashMap<u64, (u64, VecDeque<StoredRun>)>,
-    /// A new map is expected (an epoch was sealed here, or a learner here came close to its
-    /// source) since [`take_map_expected`](Self::take_map_expected).
-    map_expected: bool,
+    /// A new map is expected since [`take_map_expected`](Self::take_map_expected): `Some(true)`
+    /// after an epoch was sealed here, `Some(false)` when a learner here came close to its
+    /// source.
+    map_expected: Option<bool>,
 }
 
 impl Replicas {
@@ -126,7 +127,7 @@ impl Replicas {
             upstream: HashMap::new(),
             learners,
             read_ahead: HashMap::new(),
-            map_expected: false,
+            map_expected: None,
         }
     }
 
@@ -319,15 +320,15 @@ impl Replicas {
         self.touched.insert(log_id);
     }
 
-    /// A new map is expected: the node polls the controller for it quickly for a while
-    /// (`super::control`).
-    pub(crate) fn expect_map(&mut self) {
-        self.map_expected = true;
+    /// A new map is expected (`sealed`: after a seal here): the node polls the controller
+    /// for it quickly for a while (`super::control`).
+    pub(crate) fn expect_map(&mut self, sealed: bool) {
+        self.map_expected = Some(sealed || self.map_expected == Some(true));
     }
 
-    /// Whether a new map was expected since the last call.
-    pub(crate) fn take_map_expected(&mut self) -> bool {
-        std::mem::take(&mut self.map_expected)
+    /// Whether a new map was expected since the last call, and whether after a seal.
+    pub(crate) fn take_map_expected(&mut self) -> Option<bool> {
+        self.map_expected.take()
     }
 
     /// A log deleted here, or gone from the cluster map.

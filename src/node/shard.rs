@@ -801,8 +801,8 @@ impl<E: Net> Shard<E> {
                 control.suspect(node);
             }
         }
-        if let Some(control) = self.signals.control.as_ref().filter(|_| expected) {
-            control.expect_map();
+        if let (Some(control), Some(sealed)) = (&self.signals.control, expected) {
+            control.expect_map(sealed);
         }
         let give_up = self.stop_deadline_us.is_some_and(|d| now >= d);
         let mut i = 0;

@@ -33,8 +33,8 @@ use chainlog_net::{
 };
 use chainlog_storage::io::Io;
 use chainlog_storage::{
-    fatal, Ack, AppendOptions, Batch, Clock, Error as StoreError, FatalReason,
-    ReadKind as StoreReadKind, ReadOutput, ReadRecord, ReadRequest, Store,
+    fatal, Ack, AppendOptions, Batch, Clock, FatalReason, ReadKind as StoreReadKind, ReadOutput,
+    ReadRecord, ReadRequest, Store,
 };
 
 use super::catalog::{Catalog, CatalogError, LogEntry as CatalogEntry};
@@ -502,8 +502,7 @@ impl Server {
         let log_id = read.log_id;
         let tail = self.replicas.known(log_id)?.readable();
         if store.tail(log_id).is_none() {
-            self.answer_read(session, request_id, read, &[])?;
-            return Ok(());
+            return self.answer_read(session, request_id, read, &[]);
         }
         // Only committed records are served (a replica may hold durable ones that are not
         // committed yet). The store counts payload bytes, fewer than travel: it returns at
@@ -517,7 +516,7 @@ impl Server {
             kind: StoreReadKind::Durable,
         };
         let parked = Parked::Read(read);
-        let records = match reads.start(
+        let records = match reads.start_answer(
             store,
             request,
             Owner::Answer {
@@ -529,10 +528,6 @@ impl Server {
             Ok(Started::Now(ReadOutput::Records(records))) => records,
             Ok(Started::Now(ReadOutput::Runs(_))) => unreachable!("a read of records"),
             Ok(Started::Waiting(_)) => return Ok(()),
-            // Every read slot waits: the disk is the bottleneck, read inside the call.
-            Err(StoreError::Overloaded) => store
-                .read(log_id, request.from, request.max_records, request.max_bytes)
-                .map_err(|e| Refusal::of_store(&e))?,
             Err(e) => return Err(Refusal::of_store(&e)),
         };
         self.answer_read(session, request_id, read, &records)

@@ -101,6 +101,21 @@ impl Reads {
         })
     }
 
+    /// As [`start`](Self::start) for a request that is answered as soon as it can be (a
+    /// READ or PULL, `Owner::Answer`): with every read slot waiting, it reads inside the call
+    /// (the disk is the bottleneck then, and a client should not see OVERLOADED for a read).
+    pub(crate) fn start_answer<I: Io>(
+        &mut self,
+        store: &mut Store<I>,
+        request: ReadRequest,
+        owner: Owner,
+    ) -> Result<Started> {
+        match self.start(store, request, owner) {
+            Err(chainlog_storage::Error::Overloaded) => store.read_now(request).map(Started::Now),
+            started => started,
+        }
+    }
+
     /// The read `token` finished: whom it was for.
     pub(crate) fn finish(&mut self, token: u64) -> Owner {
         let i = self

@@ -25,8 +25,7 @@ use chainlog_net::{
 };
 use chainlog_storage::io::Io;
 use chainlog_storage::{
-    Ack, Error as StoreError, Pin, ReadKind, ReadOutput, ReadRequest, ReplicaState, Store,
-    StoredRun, WriterKey,
+    Ack, Pin, ReadKind, ReadOutput, ReadRequest, ReplicaState, Store, StoredRun, WriterKey,
 };
 
 use super::catalog::{Catalog, LogEntry as CatalogEntry};
@@ -614,16 +613,12 @@ impl Replicas {
                     request_id,
                     parked: Parked::Pull(*pull),
                 };
-                let mut runs: VecDeque<StoredRun> = match reads.start(store, request, owner) {
+                let mut runs: VecDeque<StoredRun> = match reads.start_answer(store, request, owner)
+                {
                     Ok(Started::Now(ReadOutput::Runs(runs))) => runs.into(),
                     Ok(Started::Now(ReadOutput::Records(_))) => unreachable!("a read of runs"),
                     // Answered when they arrive (nothing of the answer is out yet).
                     Ok(Started::Waiting(_)) => return Ok(()),
-                    // Every read slot waits: the disk is the bottleneck, read inside the call.
-                    Err(StoreError::Overloaded) => store
-                        .read_stored_runs(log_id, at, request.max_records, request.max_bytes)
-                        .map_err(|e| Refusal::of_store(&e))?
-                        .into(),
                     Err(e) => return Err(Refusal::of_store(&e)),
                 };
                 let first = runs.pop_front();

@@ -505,6 +505,14 @@ impl<I: Io> Store<I> {
         self.reads.slots.iter().flatten().count()
     }
 
+    /// `request`, waiting inside the call if its records are on disk only: the blocking
+    /// counterpart of [`read_async`](Self::read_async), for a caller that has a
+    /// [`ReadRequest`] (when every read slot waits).
+    pub fn read_now(&mut self, request: ReadRequest) -> Result<ReadOutput> {
+        let r = request;
+        self.read_blocking(r.log_id, r.from, r.max_records, r.max_bytes, r.kind)
+    }
+
     /// Up to `max_records` durable records of `log_id` from `from` on, stopping before
     /// `max_bytes` of payload is exceeded (at least one record is returned if any exists).
     /// Waits inside the call if the records are on disk only: [`read_async`](Self::read_async)

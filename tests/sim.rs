@@ -154,7 +154,7 @@ fn seeds_that_found_bugs_pass() {
         let report = sim::run(seed, &Options::default());
         assert!(report.violations.is_empty(), "{report}");
     }
-    for seed in [45, 280, 30000707, 30015686, 30026586] {
+    for seed in [45, 280, 30000707, 30015686, 30026586, 50003677] {
         let report = sim::run(seed, &Options::reconfiguration());
         assert!(report.violations.is_empty(), "{report}");
     }

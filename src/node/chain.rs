@@ -486,7 +486,11 @@ impl Chain {
         let sent = if learner {
             Sent::Learn { log_id, from }
         } else {
-            Sent::Pull { log_id, from }
+            Sent::Pull {
+                log_id,
+                from,
+                epoch,
+            }
         };
         link.requests.insert(request_id, sent);
     }
@@ -500,11 +504,23 @@ impl Chain {
         store: &mut Store<E>,
         slot: u32,
         pulled: Pulled,
+        asked_in: u64,
     ) {
         let Some(replica) = replicas.get(pulled.log_id) else {
             return;
         };
         let log_id = pulled.log_id;
+        if replica.epoch() != asked_in || !replica.awaits_pull() {
+            // Asked for by the replica of an earlier epoch here (sealed and replaced while the
+            // PULL was out), or before the link was probed again: this replica did not ask.
+            tracing::debug!(
+                log_id,
+                first = pulled.first,
+                asked_in,
+                "a PULL answer nobody waits for; not stored"
+            );
+            return;
+        }
         let here = replica.next_lsn();
         let count = pulled.count as u64;
         let end = pulled.first + count;
@@ -995,7 +1011,9 @@ impl Chain {
                     link.unacked_bytes -= bytes;
                     self.refused(replicas, log_id, sent, code, arg0, &message, now_us);
                 }
-                LinkEvent::Pulled(pulled) => self.on_pulled(replicas, metrics, store, slot, pulled),
+                LinkEvent::Pulled(pulled, epoch) => {
+                    self.on_pulled(replicas, metrics, store, slot, pulled, epoch);
+                }
                 LinkEvent::Learned(pulled, more) => {
                     Self::on_learned(replicas, metrics, store, &pulled, more, now_us);
                 }
@@ -1110,8 +1128,8 @@ enum LinkEvent {
         reply: Reply,
         bytes: usize,
     },
-    /// A PULL was answered.
-    Pulled(Pulled),
+    /// A PULL sent in the given epoch was answered.
+    Pulled(Pulled, u64),
     /// A learner's PULL was answered with a run; `true` if more of the answer follows.
     Learned(Pulled, bool),
     /// A REPLICATE was refused.
@@ -1223,8 +1241,13 @@ fn next_answer(link: &mut Link, consumed: &mut usize, limits: &Limits) -> Option
         Sent::Records { log_id, bytes, .. } => (log_id, None, bytes),
         Sent::Trim { log_id } => (log_id, None, 0),
         Sent::Barrier { log_id, covers } => (log_id, Some(covers), 0),
-        Sent::Pull { log_id, from } | Sent::Learn { log_id, from } => {
-            let learner = matches!(sent, Sent::Learn { .. });
+        Sent::Pull { log_id, from, .. } | Sent::Learn { log_id, from } => {
+            // The epoch a replica's PULL was sent in; none for a learner's.
+            let asked_in = match sent {
+                Sent::Pull { epoch, .. } => Some(epoch),
+                _ => None,
+            };
+            let learner = asked_in.is_none();
             return Some(match response {
                 // A learner's answer starts at the source's trim point if that is above.
                 Response::Pull(p)
@@ -1242,16 +1265,15 @@ fn next_answer(link: &mut Link, consumed: &mut usize, limits: &Limits) -> Option
                         records: p.records.bytes().to_vec(),
                         keys: keys_below(&p.keys, p.first_lsn),
                     };
-                    if learner {
+                    let Some(epoch) = asked_in else {
                         if p.more {
                             // The next run of the same answer follows.
                             let from = p.first_lsn + u64::from(p.records.count());
                             requests.insert(request_id, Sent::Learn { log_id, from });
                         }
-                        LinkEvent::Learned(pulled, p.more)
-                    } else {
-                        LinkEvent::Pulled(pulled)
-                    }
+                        return Some(LinkEvent::Learned(pulled, p.more));
+                    };
+                    LinkEvent::Pulled(pulled, epoch)
                 }
                 Response::Error(e) => LinkEvent::Refused {
                     log_id,

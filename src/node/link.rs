@@ -52,10 +52,11 @@ pub(crate) enum Sent {
         log_id: u64,
         covers: u64,
     },
-    /// PULL of `log_id` from `from`.
+    /// PULL of `log_id` from `from`, sent in the log's `epoch` here.
     Pull {
         log_id: u64,
         from: u64,
+        epoch: u64,
     },
     /// A learner's PULL of `log_id` from `from`.
     Learn {

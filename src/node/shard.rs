@@ -266,6 +266,16 @@ impl<E: Net> Shard<E> {
             .map_or(0, |r| r.committed().min(r.durable_lsn()))
     }
 
+    /// Whether this shard's replica of `log_id` waits for the answer to a PULL (for a
+    /// simulator's scenarios).
+    #[cfg(test)]
+    pub(crate) fn awaits_pull(&self, log_id: u64) -> bool {
+        self.protocol
+            .replicas
+            .get(log_id)
+            .is_some_and(crate::replication::Replica::awaits_pull)
+    }
+
     /// Every record of `log_id` this shard stores (durable or not), as (LSN, payload), from
     /// its trim point, with that trim point and the LSN below which it serves them as
     /// committed; `None` if the shard has no such log. For a simulator's checks at the end of

@@ -774,6 +774,11 @@ impl Replica {
         Some(self.next_lsn)
     }
 
+    /// Whether a PULL of this replica is out (its answer is expected, [`pulled`](Self::pulled)).
+    pub fn awaits_pull(&self) -> bool {
+        matches!(self.link, Link::Pulling { .. }) && self.pull_in_flight
+    }
+
     /// A PULL was answered: the records `[first, end)` were stored here (`first` is this
     /// node's next LSN; `end == first` if the successor had nothing from there, or if the
     /// epoch was sealed here meanwhile: then nothing is stored), and the successor's next

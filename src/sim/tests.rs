@@ -484,3 +484,115 @@ fn a_check_tail_at_the_start_of_an_epoch_covers_the_epoch_before() {
         "answered once node 2 caught up"
     );
 }
+
+/// The answer to a PULL that the replica of an epoch sent is not stored once the log moved
+/// to the next epoch here: node 1, the head, loses its last batch of `A` in a power loss
+/// (node 2 stored it), restarts and PULLs it back; the answer is slow, and meanwhile epoch 1
+/// is sealed and epoch 2 installed, with node 1 as the tail. The late answer was stored for
+/// epoch 2's replica, which never asked for it and did not count it, and the node stopped
+/// on "durable beyond what was stored" once the store made it durable.
+#[test]
+fn a_pull_answered_after_the_next_epoch_was_installed_is_not_stored() {
+    let map = cluster_map();
+    let (world, mut nodes, mut writers) = written(2, &map);
+    let clock = world.borrow().clock.clone();
+    // Node 1's write of the next batch stays in flight; node 2 stores it.
+    nodes[0].speed.set(Slowdown {
+        until_us: clock.monotonic_us() + 60_000_000,
+        extra_us: 30_000_000,
+        reads_until_us: 0,
+    });
+    assert!(writers[0].1.invoke(clock.monotonic_us(), 4));
+    run(
+        &world,
+        &mut nodes,
+        &mut writers,
+        &map,
+        60_000_000,
+        &mut |n, _| records(&mut n[1], A).map(|r| r.len()) == Some(1604),
+    );
+    nodes[0].kill(&world, Some(1));
+    nodes[0].speed.set(Slowdown::default());
+    nodes[0]
+        .start(&world, &map, SEED)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(records(&mut nodes[0], A).map(|r| r.len()), Some(1600));
+    let now = world.borrow().now_us();
+    run(
+        &world,
+        &mut nodes,
+        &mut writers,
+        &map,
+        now + 5_000_000,
+        &mut |n, _| n[0].shard_of(A).is_some_and(|s| s.awaits_pull(A)),
+    );
+    // Node 2's answers take 5 s from here: node 1's PULL stays out.
+    let now = world.borrow().now_us();
+    world
+        .borrow_mut()
+        .slow_down(2, 1, now + 10_000_000, 5_000_000);
+    let mut client = ClientConn::new(&mut world.borrow_mut(), 900);
+    for (node, end) in [(0, 1600), (1, 1604)] {
+        let addr = nodes[node].addr_of(A);
+        let seal = Request::Seal(SealRequest {
+            log_id: A,
+            epoch: 1,
+        });
+        let mut asked = None;
+        let mut sealed = None;
+        run(
+            &world,
+            &mut nodes,
+            &mut writers,
+            &map,
+            now + 5_000_000,
+            &mut |_, _| {
+                sealed = ask(
+                    &world,
+                    &mut client,
+                    addr,
+                    &mut asked,
+                    &seal,
+                    &mut |r| match r {
+                        Response::Seal(s) => s.end_lsn,
+                        other => panic!("a SEAL answered with {other:?}"),
+                    },
+                );
+                sealed.is_some()
+            },
+        );
+        assert_eq!(sealed, Some(end));
+    }
+    let next = map_with(2, 2, &mut |a| {
+        a.epoch = 2;
+        a.start_lsn = 1604;
+        a.chain = vec![2, 1];
+    });
+    // Node 1 installs epoch 2 first: the answer comes before any REPLICATE of epoch 2.
+    let now = world.borrow().now_us();
+    nodes[0].map_changed(&next, now).expect("installs");
+    assert!(
+        nodes[0].shard_of(A).is_some_and(|s| !s.awaits_pull(A)),
+        "epoch 2's replica asked for nothing"
+    );
+    run(
+        &world,
+        &mut nodes,
+        &mut writers,
+        &map,
+        now + 7_000_000,
+        &mut |_, _| clock.monotonic_us() >= now + 6_000_000,
+    );
+    // Node 1 takes the batch from its predecessor in epoch 2.
+    let now = world.borrow().now_us();
+    nodes[1].map_changed(&next, now).expect("installs");
+    let a = records(&mut nodes[1], A);
+    run(
+        &world,
+        &mut nodes,
+        &mut writers,
+        &next,
+        now + 60_000_000,
+        &mut |n, _| records(&mut n[0], A) == a,
+    );
+}

@@ -53,6 +53,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A point in time of a history: the real clock (`Instant`) for real processes, virtual
@@ -215,8 +216,9 @@ pub struct Replica {
     pub trim_point: u64,
     /// The committed tail it reported.
     pub tail: u64,
-    /// Its records as (LSN, payload), in the order read.
-    pub records: Vec<(u64, Vec<u8>)>,
+    /// Its records as (LSN, payload), in the order read. A payload is shared: replicas that
+    /// hold the same bytes at an LSN can hold one copy (a long run's replicas are gigabytes).
+    pub records: Vec<(u64, Arc<[u8]>)>,
 }
 
 /// A record a client was served: its value and the timestamp it was stamped with.
@@ -1379,7 +1381,7 @@ mod tests {
             name: name.into(),
             trim_point: 0,
             tail,
-            records,
+            records: records.into_iter().map(|(l, p)| (l, p.into())).collect(),
         }
     }
 
@@ -1449,7 +1451,8 @@ mod tests {
                 seq: 3,
                 index: 0,
             },
-        );
+        )
+        .into();
         let found = check(LOG, &h.ops, &replicas, &[]);
         assert!(found.contains(&Anomaly::Lost {
             value: Value {
@@ -1503,7 +1506,7 @@ mod tests {
         // An acknowledged one, at its LSN on one replica and elsewhere on another.
         let (h, log) = sample();
         let mut replicas = three(&log);
-        replicas[1].records[9].1 = log[0].1.clone();
+        replicas[1].records[9].1 = log[0].1.as_slice().into();
         let found = check(LOG, &h.ops, &replicas, &[]);
         assert!(found.iter().any(|a| matches!(a,
             Anomaly::Duplicate { acked: true, at, .. } if at == &[(0, vec!["n1".into(), "n2".into(), "n3".into()]), (9, vec!["n2".into()])])));

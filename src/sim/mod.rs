@@ -1338,7 +1338,7 @@ impl Sim {
                     records: records
                         .iter()
                         .filter(|(lsn, _)| *lsn < readable)
-                        .cloned()
+                        .map(|(lsn, p)| (*lsn, p.as_slice().into()))
                         .collect(),
                 });
                 stored.push((id, trim_point, records));

@@ -402,6 +402,38 @@ pub(crate) fn read_log(addr: SocketAddr, log_id: u64) -> Result<common::ReadAnsw
     common::Client::connect(addr).read_all(log_id, 0)
 }
 
+/// A log's records from LSN 0 as the end check holds them: (LSN, payload), a payload shared
+/// between replicas that hold the same bytes.
+pub(crate) type Log = Vec<(u64, Arc<[u8]>)>;
+
+/// Reads a replica of `log_id` at `addr` in full: (tail, records). A record with the same
+/// bytes as `like`'s at its LSN shares its payload, so replicas that agree cost one copy.
+fn read_replica(
+    addr: SocketAddr,
+    log_id: u64,
+    like: Option<&Log>,
+) -> Result<(u64, Log), ErrorCode> {
+    let mut records = Log::new();
+    let tail = common::Client::connect(addr).read_each(log_id, 0, &mut |batch| {
+        for (lsn, bytes) in batch {
+            let same = like
+                .and_then(|l| l.get(lsn as usize))
+                .filter(|(at, p)| *at == lsn && **p == *bytes);
+            let payload = same.map_or_else(|| bytes.into(), |(_, p)| Arc::clone(p));
+            records.push((lsn, payload));
+        }
+    })?;
+    Ok((tail, records))
+}
+
+/// The (LSN, record) pairs of a READ, as a [`Watch`] remembers them.
+fn seen_of(batch: Vec<(u64, Vec<u8>)>) -> impl Iterator<Item = (u64, (u32, usize, String))> {
+    batch.into_iter().map(|(lsn, payload)| {
+        let start = String::from_utf8_lossy(&payload[..payload.len().min(32)]).into_owned();
+        (lsn, (crc32c::crc32c(&payload), payload.len(), start))
+    })
+}
+
 /// What a node served while a [`Watch`] looked: per LSN, each distinct record (its CRC32C,
 /// length and first bytes).
 type Seen = BTreeMap<u64, Vec<(u32, usize, String)>>;
@@ -436,13 +468,7 @@ impl Watch {
                             }
                             std::thread::sleep(POLL);
                         }
-                        for (lsn, payload) in records {
-                            let record = (
-                                crc32c::crc32c(&payload),
-                                payload.len(),
-                                String::from_utf8_lossy(&payload[..payload.len().min(32)])
-                                    .into_owned(),
-                            );
+                        for (lsn, record) in seen_of(records) {
                             let at = seen.entry(lsn).or_default();
                             if !at.contains(&record) {
                                 at.push(record);
@@ -495,7 +521,7 @@ impl Watched {
 
     /// What it served that is not the log's `log` (its records from LSN 0), or why the watch
     /// failed, one line each.
-    pub(crate) fn wrong(&self, log: &[(u64, Vec<u8>)]) -> Vec<String> {
+    pub(crate) fn wrong<P: AsRef<[u8]>>(&self, log: &[(u64, P)]) -> Vec<String> {
         match &self.seen {
             Ok(seen) => served_wrong(&self.name, seen, log),
             Err(panic) => vec![format!("the watch of {} failed: {panic}", self.name)],
@@ -505,18 +531,15 @@ impl Watched {
 
 /// The report lines for records `what` served that are not the log's `log` (its records
 /// from LSN 0, as its chain serves them at the end).
-fn served_wrong(what: &str, served: &Seen, log: &[(u64, Vec<u8>)]) -> Vec<String> {
+fn served_wrong<P: AsRef<[u8]>>(what: &str, served: &Seen, log: &[(u64, P)]) -> Vec<String> {
     let mut wrong = Vec::new();
     for (&lsn, records) in served {
-        let expected = log
-            .get(lsn as usize)
-            .map(|(_, p)| (crc32c::crc32c(p), p.len()));
-        for (crc, len, start) in records {
-            if expected != Some((*crc, *len)) {
+        for record @ (_, len, start) in records {
+            if differs(log, lsn, record) {
                 wrong.push(format!(
                     "{what} served LSN {lsn} as {start:?}.. ({len} bytes), which the log {}",
-                    match log.get(lsn as usize) {
-                        Some((_, p)) => format!(
+                    match log.get(lsn as usize).map(|(_, p)| p.as_ref()) {
+                        Some(p) => format!(
                             "holds as {:?}..",
                             String::from_utf8_lossy(&p[..p.len().min(32)])
                         ),
@@ -529,6 +552,17 @@ fn served_wrong(what: &str, served: &Seen, log: &[(u64, Vec<u8>)]) -> Vec<String
     wrong
 }
 
+/// Whether `record` (as a [`Watch`] remembers one) is not what `log` holds at `lsn`.
+fn differs<P: AsRef<[u8]>>(
+    log: &[(u64, P)],
+    lsn: u64,
+    (crc, len, _): &(u32, usize, String),
+) -> bool {
+    log.get(lsn as usize)
+        .map(|(_, p)| (crc32c::crc32c(p.as_ref()), p.as_ref().len()))
+        != Some((*crc, *len))
+}
+
 /// The end check of `log_id` after the load stopped: waits until the chain is back at its
 /// replication factor (or as long as the running nodes allow) and settled, reads every
 /// running node in full, checks the history `ops` against the chain's replicas, and checks
@@ -539,7 +573,7 @@ pub(crate) fn check_log(
     log_id: u64,
     ops: &[checker::Op<Instant>],
     watched: &[Watched],
-) -> (String, Vec<(u64, Vec<u8>)>) {
+) -> (String, Log) {
     let mut report = String::new();
     let running = cluster.running();
     let (chain, members, epoch) = match cluster.controller_addr {
@@ -574,7 +608,8 @@ pub(crate) fn check_log(
     let mut replicas = Vec::new();
     for &i in &members {
         let name = Cluster::name(i, &chain);
-        match read_log(cluster.addr(i, log_id), log_id) {
+        let like = replicas.first().map(|r: &checker::Replica| &r.records);
+        match read_replica(cluster.addr(i, log_id), log_id, like) {
             Ok((tail, records)) => replicas.push(checker::Replica {
                 name,
                 trim_point: 0,
@@ -596,17 +631,17 @@ pub(crate) fn check_log(
     let mut wrong = Vec::new();
     for i in running.into_iter().filter(|i| !members.contains(i)) {
         let name = Cluster::name(i, &chain);
-        match read_log(cluster.addr(i, log_id), log_id) {
-            Ok((_, records)) => {
-                let served = records
-                    .iter()
-                    .map(|(lsn, p)| {
-                        let start = String::from_utf8_lossy(&p[..p.len().min(32)]).into_owned();
-                        (*lsn, vec![(crc32c::crc32c(p), p.len(), start)])
-                    })
-                    .collect();
-                wrong.extend(served_wrong(&name, &served, &log));
+        let mut client = common::Client::connect(cluster.addr(i, log_id));
+        let mut served = Seen::new();
+        match client.read_each(log_id, 0, &mut |batch| {
+            // Only what differs is kept: the log's records are held once already.
+            for (lsn, record) in seen_of(batch) {
+                if differs(&log, lsn, &record) {
+                    served.entry(lsn).or_default().push(record);
+                }
             }
+        }) {
+            Ok(_) => wrong.extend(served_wrong(&name, &served, &log)),
             Err(ErrorCode::UnknownLog) => {}
             Err(code) => wrong.push(format!("{name} answered a READ with {code:?}")),
         }

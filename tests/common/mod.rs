@@ -671,15 +671,27 @@ impl Client {
     /// Every record of `log_id` from `from_lsn` up to the tail, READ by READ: (tail, records).
     pub(crate) fn read_all(&mut self, log_id: u64, from_lsn: u64) -> Result<ReadAnswer, ErrorCode> {
         let mut records = Vec::new();
+        let tail = self.read_each(log_id, from_lsn, &mut |batch| records.extend(batch))?;
+        Ok((tail, records))
+    }
+
+    /// Reads `log_id` from `from_lsn` up to the tail, READ by READ, handing each READ's
+    /// records to `each` (nothing held here: a long run's log is gigabytes); returns the tail.
+    pub(crate) fn read_each(
+        &mut self,
+        log_id: u64,
+        from_lsn: u64,
+        each: &mut dyn FnMut(Vec<(u64, Vec<u8>)>),
+    ) -> Result<u64, ErrorCode> {
         let mut next = from_lsn;
         loop {
             let (tail, batch) = self.read(log_id, next)?;
             if batch.is_empty() {
                 assert!(next >= tail, "a READ below the tail returns records");
-                return Ok((tail, records));
+                return Ok(tail);
             }
             next = batch.last().expect("nonempty").0 + 1;
-            records.extend(batch);
+            each(batch);
         }
     }
 }

@@ -74,19 +74,19 @@ fn a_killed_tail_left_down_is_replaced_by_the_spare() {
 #[test]
 #[ignore = "long: run with --ignored (HISTORY_KILLS, HISTORY_SEED)"]
 fn long_failover_head() {
-    run_and_check(Settings::failover(Role::Head, 5, DOWN));
+    run_and_check(Settings::failover(Role::Head, 3, DOWN));
 }
 
 #[test]
 #[ignore = "long: run with --ignored (HISTORY_KILLS, HISTORY_SEED)"]
 fn long_failover_middle() {
-    run_and_check(Settings::failover(Role::Middle, 5, DOWN));
+    run_and_check(Settings::failover(Role::Middle, 3, DOWN));
 }
 
 #[test]
 #[ignore = "long: run with --ignored (HISTORY_KILLS, HISTORY_SEED)"]
 fn long_failover_tail() {
-    run_and_check(Settings::failover(Role::Tail, 5, DOWN));
+    run_and_check(Settings::failover(Role::Tail, 3, DOWN));
 }
 
 /// The client library on a runtime of its own (its connections live on it), used from the

@@ -70,10 +70,16 @@ pub(crate) struct Peer {
     pub(crate) shards: u16,
 }
 
+/// The shard of a node of `shards` shards that holds `log_id`.
+pub(super) fn log_shard(log_id: u64, shards: u16) -> u16 {
+    // The remainder is below `shards`, a u16.
+    (log_id % u64::from(shards.max(1))) as u16
+}
+
 impl Peer {
     /// The shard that holds `log_id` on this peer, and its address.
     fn shard_addr(&self, log_id: u64) -> (u16, SocketAddr) {
-        let shard = (log_id % u64::from(self.shards.max(1))) as u16;
+        let shard = log_shard(log_id, self.shards);
         (shard, self.addr_of(shard))
     }
 
@@ -800,6 +806,13 @@ impl Chain {
                 if retired {
                     tracing::info!(peer, shard, "replication link to a moved shard closed");
                     self.links[slot as usize] = None;
+                } else if !self.in_use(replicas, peer, shard) {
+                    // No log goes to that shard any more (its node left their chains): a
+                    // link is made again if one does; meanwhile the peer is nobody's
+                    // neighbour here, so its failures are not reported.
+                    tracing::info!(peer, shard, "replication link closed; no log uses it");
+                    self.links[slot as usize] = None;
+                    self.by_peer.remove(&(peer, shard));
                 } else {
                     tracing::info!(peer, shard, "replication link closed; reconnecting");
                     self.suspects.push(peer);
@@ -812,11 +825,26 @@ impl Chain {
         }
     }
 
+    /// Whether a log goes to (`peer`, `shard`): its successor there, or a learner's source.
+    fn in_use(&self, replicas: &Replicas, peer: NodeId, shard: u16) -> bool {
+        let shards = self.peers.get(&peer).map_or(1, |p| p.shards.max(1));
+        replicas.learners.uses(peer, shard, shards)
+            || replicas.iter().any(|(log_id, r)| {
+                r.successor() == Some(peer) && log_shard(log_id, shards) == shard
+            })
+    }
+
+    /// Whether a link to `peer` is kept (for a simulator's scenarios).
+    #[cfg(test)]
+    pub(crate) fn has_link_to(&self, peer: NodeId) -> bool {
+        self.links.iter().flatten().any(|l| l.peer == peer)
+    }
+
     /// Every log carried by the link to (`peer`, `shard`) lost it.
     fn links_down(&mut self, replicas: &mut Replicas, peer: NodeId, shard: u16) {
         let shards = self.peers.get(&peer).map_or(1, |p| p.shards.max(1));
         for (log_id, replica) in replicas.iter_mut() {
-            if replica.successor() == Some(peer) && (log_id % u64::from(shards)) as u16 == shard {
+            if replica.successor() == Some(peer) && log_shard(log_id, shards) == shard {
                 replica.link_down();
             }
         }
@@ -828,7 +856,7 @@ impl Chain {
         let mut logs: Vec<u64> = replicas
             .iter()
             .filter(|&(log_id, r)| {
-                r.successor() == Some(peer) && (log_id % u64::from(shards)) as u16 == shard
+                r.successor() == Some(peer) && log_shard(log_id, shards) == shard
             })
             .map(|(log_id, _)| log_id)
             .collect();

@@ -19,6 +19,7 @@ use chainlog_storage::io::Io;
 use chainlog_storage::{Store, WriterKey};
 
 use super::catalog::LogEntry;
+use super::chain::log_shard;
 use super::records::replica_state;
 use super::replicas::UNANSWERED;
 use crate::replication::NodeId;
@@ -132,15 +133,20 @@ impl Learners {
         }
     }
 
+    /// Whether a log learnt here copies from `source`'s shard `shard` (of `shards`).
+    pub(crate) fn uses(&self, source: NodeId, shard: u16, shards: u16) -> bool {
+        self.logs
+            .iter()
+            .any(|(&log_id, l)| l.source == source && log_shard(log_id, shards) == shard)
+    }
+
     /// The link to `source`'s shard `shard` (of `shards`) went down: its PULLs are lost.
     pub(crate) fn link_down(&mut self, source: NodeId, shard: u16, shards: u16, now_us: u64) {
         let lost: Vec<u64> = self
             .logs
             .iter()
             .filter(|(&log_id, l)| {
-                l.pulling
-                    && l.source == source
-                    && (log_id % u64::from(shards.max(1))) as u16 == shard
+                l.pulling && l.source == source && log_shard(log_id, shards) == shard
             })
             .map(|(&log_id, _)| log_id)
             .collect();

@@ -266,6 +266,12 @@ impl<E: Net> Shard<E> {
             .map_or(0, |r| r.committed().min(r.durable_lsn()))
     }
 
+    /// Whether this shard keeps a replication link to `peer` (for a simulator's scenarios).
+    #[cfg(test)]
+    pub(crate) fn has_link_to(&self, peer: u64) -> bool {
+        self.chain.has_link_to(peer)
+    }
+
     /// Whether this shard's replica of `log_id` waits for the answer to a PULL (for a
     /// simulator's scenarios).
     #[cfg(test)]

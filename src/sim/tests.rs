@@ -36,6 +36,15 @@ fn map_of(version: u64, nodes: u64, learners: &[u64]) -> MapUpdate {
 
 /// As [`map_of`], with `A`'s entry as `change` makes it.
 fn map_with(version: u64, nodes: u64, change: &mut dyn FnMut(&mut MapLog)) -> MapUpdate {
+    map_all(version, nodes, &mut |log| {
+        if log.log_id == A {
+            change(log);
+        }
+    })
+}
+
+/// As [`map_of`], with every log's entry as `change` makes it.
+fn map_all(version: u64, nodes: u64, change: &mut dyn FnMut(&mut MapLog)) -> MapUpdate {
     let nodes = (1..=nodes)
         .map(|node_id| MapNode {
             node_id,
@@ -62,9 +71,7 @@ fn map_with(version: u64, nodes: u64, change: &mut dyn FnMut(&mut MapLog)) -> Ma
             created_version: 1,
         })
         .map(|mut log| {
-            if log.log_id == A {
-                change(&mut log);
-            }
+            change(&mut log);
             log
         })
         .collect();
@@ -247,6 +254,39 @@ fn ask<T>(
         }
     });
     answer
+}
+
+/// Seals epoch 1 of `log_id` at `nodes[node]` with a client's SEAL (within 5 virtual
+/// seconds); returns the end it was sealed at.
+fn seal_at(
+    world: &Shared,
+    nodes: &mut [SimNode],
+    writers: &mut [(u64, Writer)],
+    map: &MapUpdate,
+    node: usize,
+    log_id: u64,
+) -> u64 {
+    let mut client = ClientConn::new(&mut world.borrow_mut(), 900);
+    let addr = nodes[node].addr_of(log_id);
+    let seal = Request::Seal(SealRequest { log_id, epoch: 1 });
+    let mut asked = None;
+    let mut sealed = None;
+    let until = world.borrow().now_us() + 5_000_000;
+    run(world, nodes, writers, map, until, &mut |_, _| {
+        sealed = ask(
+            world,
+            &mut client,
+            addr,
+            &mut asked,
+            &seal,
+            &mut |r| match r {
+                Response::Seal(s) => s.end_lsn,
+                other => panic!("a SEAL answered with {other:?}"),
+            },
+        );
+        sealed.is_some()
+    });
+    sealed.expect("answered")
 }
 
 /// A head catching its successor up reads the records from its disk without waiting for the
@@ -531,37 +571,9 @@ fn a_pull_answered_after_the_next_epoch_was_installed_is_not_stored() {
     world
         .borrow_mut()
         .slow_down(2, 1, now + 10_000_000, 5_000_000);
-    let mut client = ClientConn::new(&mut world.borrow_mut(), 900);
     for (node, end) in [(0, 1600), (1, 1604)] {
-        let addr = nodes[node].addr_of(A);
-        let seal = Request::Seal(SealRequest {
-            log_id: A,
-            epoch: 1,
-        });
-        let mut asked = None;
-        let mut sealed = None;
-        run(
-            &world,
-            &mut nodes,
-            &mut writers,
-            &map,
-            now + 5_000_000,
-            &mut |_, _| {
-                sealed = ask(
-                    &world,
-                    &mut client,
-                    addr,
-                    &mut asked,
-                    &seal,
-                    &mut |r| match r {
-                        Response::Seal(s) => s.end_lsn,
-                        other => panic!("a SEAL answered with {other:?}"),
-                    },
-                );
-                sealed.is_some()
-            },
-        );
-        assert_eq!(sealed, Some(end));
+        let sealed = seal_at(&world, &mut nodes, &mut writers, &map, node, A);
+        assert_eq!(sealed, end);
     }
     let next = map_with(2, 2, &mut |a| {
         a.epoch = 2;
@@ -595,4 +607,50 @@ fn a_pull_answered_after_the_next_epoch_was_installed_is_not_stored() {
         now + 60_000_000,
         &mut |n, _| records(&mut n[0], A) == a,
     );
+}
+
+/// A node keeps no link to a node that left the chains it forwards to: node 2 dies, and `A`
+/// and `B` go on in epoch 2 on [1, 3]. Node 1's link to node 2 kept reconnecting every
+/// second for as long as node 1 ran, and reported node 2 to the controller as a failed
+/// neighbour each time; a node back after a restart, in other chains by then, could be
+/// sealed out of them on the strength of those reports.
+#[test]
+fn a_link_no_log_uses_any_more_is_closed_not_reconnected() {
+    let map = map_of(1, 3, &[]);
+    let (world, mut nodes, mut writers) = written(3, &map);
+    nodes[1].kill(&world, None);
+    // Epoch 1 ends at node 1, the survivor.
+    assert_eq!(seal_at(&world, &mut nodes, &mut writers, &map, 0, A), 1600);
+    assert_eq!(seal_at(&world, &mut nodes, &mut writers, &map, 0, B), 0);
+    let next = map_all(2, 3, &mut |log| {
+        log.epoch = 2;
+        log.start_lsn = if log.log_id == A { 1600 } else { 0 };
+        log.chain = vec![1, 3];
+    });
+    let now = world.borrow().now_us();
+    for node in [0, 2] {
+        nodes[node].map_changed(&next, now).expect("installs");
+    }
+    // Node 3 takes A from node 1 in epoch 2; by then node 1 tried node 2 again.
+    let a = records(&mut nodes[0], A);
+    run(
+        &world,
+        &mut nodes,
+        &mut writers,
+        &next,
+        now + 60_000_000,
+        &mut |n, _| records(&mut n[2], A) == a,
+    );
+    let until = world.borrow().now_us() + 5_000_000;
+    run(
+        &world,
+        &mut nodes,
+        &mut writers,
+        &next,
+        until + 1_000_000,
+        &mut |_, _| world.borrow().now_us() >= until,
+    );
+    let shard = nodes[0].shard_of(A).expect("node 1 runs");
+    assert!(!shard.has_link_to(2), "{}", shard.describe(A));
+    assert!(shard.has_link_to(3));
 }

@@ -256,6 +256,29 @@ fn ask<T>(
     answer
 }
 
+/// Runs until `request`, sent to `addr` on a client of its own, is answered by
+/// `until_us`; returns what `take` makes of the answer.
+#[allow(clippy::too_many_arguments)]
+fn answer<T>(
+    world: &Shared,
+    nodes: &mut [SimNode],
+    writers: &mut [(u64, Writer)],
+    map: &MapUpdate,
+    until_us: u64,
+    addr: SocketAddr,
+    request: &Request<'_>,
+    take: &mut dyn FnMut(&Response<'_>) -> T,
+) -> T {
+    let mut client = ClientConn::new(&mut world.borrow_mut(), 900);
+    let mut asked = None;
+    let mut answer = None;
+    run(world, nodes, writers, map, until_us, &mut |_, _| {
+        answer = ask(world, &mut client, addr, &mut asked, request, take);
+        answer.is_some()
+    });
+    answer.expect("answered")
+}
+
 /// Seals epoch 1 of `log_id` at `nodes[node]` with a client's SEAL (within 5 virtual
 /// seconds); returns the end it was sealed at.
 fn seal_at(
@@ -266,27 +289,22 @@ fn seal_at(
     node: usize,
     log_id: u64,
 ) -> u64 {
-    let mut client = ClientConn::new(&mut world.borrow_mut(), 900);
     let addr = nodes[node].addr_of(log_id);
     let seal = Request::Seal(SealRequest { log_id, epoch: 1 });
-    let mut asked = None;
-    let mut sealed = None;
     let until = world.borrow().now_us() + 5_000_000;
-    run(world, nodes, writers, map, until, &mut |_, _| {
-        sealed = ask(
-            world,
-            &mut client,
-            addr,
-            &mut asked,
-            &seal,
-            &mut |r| match r {
-                Response::Seal(s) => s.end_lsn,
-                other => panic!("a SEAL answered with {other:?}"),
-            },
-        );
-        sealed.is_some()
-    });
-    sealed.expect("answered")
+    answer(
+        world,
+        nodes,
+        writers,
+        map,
+        until,
+        addr,
+        &seal,
+        &mut |r| match r {
+            Response::Seal(s) => s.end_lsn,
+            other => panic!("a SEAL answered with {other:?}"),
+        },
+    )
 }
 
 /// A head catching its successor up reads the records from its disk without waiting for the
@@ -448,36 +466,11 @@ fn a_node_acknowledges_appends_while_a_clients_read_waits_for_the_disk() {
 fn a_check_tail_at_the_start_of_an_epoch_covers_the_epoch_before() {
     let (world, mut nodes, mut writers) = written(2, &cluster_map());
     let clock = world.borrow().clock.clone();
-    let mut client = ClientConn::new(&mut world.borrow_mut(), 900);
-    let mut asked = None;
-    let addr = nodes[0].addr_of(A);
-    let seal = Request::Seal(SealRequest {
-        log_id: A,
-        epoch: 1,
-    });
-    let mut end = None;
-    run(
-        &world,
-        &mut nodes,
-        &mut writers,
-        &cluster_map(),
-        60_000_000,
-        &mut |_, _| {
-            end = ask(
-                &world,
-                &mut client,
-                addr,
-                &mut asked,
-                &seal,
-                &mut |r| match r {
-                    Response::Seal(s) => s.end_lsn,
-                    other => panic!("a SEAL answered with {other:?}"),
-                },
-            );
-            end.is_some()
-        },
+    assert_eq!(
+        seal_at(&world, &mut nodes, &mut writers, &cluster_map(), 0, A),
+        1600
     );
-    assert_eq!(end, Some(1600));
+    let addr = nodes[0].addr_of(A);
     let next = map_with(2, 2, &mut |a| {
         a.epoch = 2;
         a.start_lsn = 1600;
@@ -491,33 +484,23 @@ fn a_check_tail_at_the_start_of_an_epoch_covers_the_epoch_before() {
             .unwrap_or_else(|e| panic!("{e:?}"));
     }
     let reads_until_us = stall_reads(&world, &nodes[0]);
-    let mut asked = None;
     let check = Request::CheckTail { log_id: A };
-    let mut tail = None;
-    run(
+    let tail = answer(
         &world,
         &mut nodes,
         &mut writers,
         &next,
         reads_until_us + 60_000_000,
-        &mut |_, _| {
-            tail = ask(
-                &world,
-                &mut client,
-                addr,
-                &mut asked,
-                &check,
-                &mut |r| match r {
-                    Response::CheckTail(t) => t.tail,
-                    other => panic!("a CHECK_TAIL answered with {other:?}"),
-                },
-            );
-            tail.is_some()
+        addr,
+        &check,
+        &mut |r| match r {
+            Response::CheckTail(t) => t.tail,
+            other => panic!("a CHECK_TAIL answered with {other:?}"),
         },
     );
     assert!(
-        tail.is_some_and(|t| t >= 1600),
-        "CHECK_TAIL named {tail:?}, below the 1,600 records acknowledged"
+        tail >= 1600,
+        "CHECK_TAIL named {tail}, below the 1,600 records acknowledged"
     );
     assert!(
         clock.monotonic_us() >= reads_until_us,

@@ -766,10 +766,11 @@ fn stored_runs_carry_each_batchs_key_and_raise<B: Backend>(b: &mut B) {
         append(&mut store, batch);
     }
     sync(&mut store);
+    // Not polled: these frames stay in memory (a poll may submit them and, on a real ring,
+    // see them complete in the same call: the check below then failed under load).
     for &batch in &batches[4..] {
         append(&mut store, batch);
     }
-    store.poll(false, &mut Vec::new()).expect("poll");
     let tail = store.tail(LOG).expect("log");
     assert!(
         tail.durable_lsn < tail.next_lsn,

@@ -44,7 +44,7 @@ use super::reads::{Owner, Reads, Started};
 use super::records::{encode_run, replica_state};
 use super::replicas::{encode_answers, keys_below, Forward, Replicas, UNANSWERED};
 use crate::controller::reconfig::LEARNER_LAG_CLOSE;
-use crate::replication::{NodeId, Reply, Send};
+use crate::replication::{NodeId, Replica, Reply, Send};
 
 /// Record bytes a link may have sent and not had answered; beyond, appends to its logs get
 /// OVERLOADED (and a middle node refuses REPLICATEs of those logs the same way).
@@ -74,6 +74,11 @@ pub(crate) struct Peer {
 pub(super) fn log_shard(log_id: u64, shards: u16) -> u16 {
     // The remainder is below `shards`, a u16.
     (log_id % u64::from(shards.max(1))) as u16
+}
+
+/// Whether `replica` (of `log_id`) forwards to shard `shard` of `peer`, a node of `shards`.
+fn forwards_to(log_id: u64, replica: &Replica, peer: NodeId, shard: u16, shards: u16) -> bool {
+    replica.successor() == Some(peer) && log_shard(log_id, shards) == shard
 }
 
 impl Peer {
@@ -818,20 +823,25 @@ impl Chain {
                     self.suspects.push(peer);
                 }
                 self.links_down(replicas, peer, shard);
-                let shards = self.peers.get(&peer).map_or(1, |p| p.shards);
+                let shards = self.peer_shards(peer);
                 replicas.learners.link_down(peer, shard, shards, now_us);
             }
             _ => {}
         }
     }
 
+    /// How many shards `peer` has (1 if it is not in the map).
+    fn peer_shards(&self, peer: NodeId) -> u16 {
+        self.peers.get(&peer).map_or(1, |p| p.shards.max(1))
+    }
+
     /// Whether a log goes to (`peer`, `shard`): its successor there, or a learner's source.
     fn in_use(&self, replicas: &Replicas, peer: NodeId, shard: u16) -> bool {
-        let shards = self.peers.get(&peer).map_or(1, |p| p.shards.max(1));
+        let shards = self.peer_shards(peer);
         replicas.learners.uses(peer, shard, shards)
-            || replicas.iter().any(|(log_id, r)| {
-                r.successor() == Some(peer) && log_shard(log_id, shards) == shard
-            })
+            || replicas
+                .iter()
+                .any(|(log_id, r)| forwards_to(log_id, r, peer, shard, shards))
     }
 
     /// Whether a link to `peer` is kept (for a simulator's scenarios).
@@ -842,9 +852,9 @@ impl Chain {
 
     /// Every log carried by the link to (`peer`, `shard`) lost it.
     fn links_down(&mut self, replicas: &mut Replicas, peer: NodeId, shard: u16) {
-        let shards = self.peers.get(&peer).map_or(1, |p| p.shards.max(1));
+        let shards = self.peer_shards(peer);
         for (log_id, replica) in replicas.iter_mut() {
-            if replica.successor() == Some(peer) && log_shard(log_id, shards) == shard {
+            if forwards_to(log_id, replica, peer, shard, shards) {
                 replica.link_down();
             }
         }
@@ -852,12 +862,10 @@ impl Chain {
 
     /// Every log carried by the link to (`peer`, `shard`) may use it: probe each.
     fn links_up(&mut self, replicas: &mut Replicas, slot: u32, peer: NodeId, shard: u16) {
-        let shards = self.peers.get(&peer).map_or(1, |p| p.shards.max(1));
+        let shards = self.peer_shards(peer);
         let mut logs: Vec<u64> = replicas
             .iter()
-            .filter(|&(log_id, r)| {
-                r.successor() == Some(peer) && log_shard(log_id, shards) == shard
-            })
+            .filter(|&(log_id, r)| forwards_to(log_id, r, peer, shard, shards))
             .map(|(log_id, _)| log_id)
             .collect();
         // In log order, whatever the map's: the same run gives the same requests.

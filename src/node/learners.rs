@@ -44,6 +44,14 @@ pub(crate) struct Learner {
     due_us: u64,
 }
 
+impl Learner {
+    /// Whether this learner (of `log_id`) copies from shard `shard` of `source`, a node of
+    /// `shards`.
+    fn copies_from(&self, log_id: u64, source: NodeId, shard: u16, shards: u16) -> bool {
+        self.source == source && log_shard(log_id, shards) == shard
+    }
+}
+
 /// The logs a shard learns, by id (in id order, so that a simulated run is the same run).
 #[derive(Debug, Default)]
 pub(crate) struct Learners {
@@ -137,7 +145,7 @@ impl Learners {
     pub(crate) fn uses(&self, source: NodeId, shard: u16, shards: u16) -> bool {
         self.logs
             .iter()
-            .any(|(&log_id, l)| l.source == source && log_shard(log_id, shards) == shard)
+            .any(|(&log_id, l)| l.copies_from(log_id, source, shard, shards))
     }
 
     /// The link to `source`'s shard `shard` (of `shards`) went down: its PULLs are lost.
@@ -145,9 +153,7 @@ impl Learners {
         let lost: Vec<u64> = self
             .logs
             .iter()
-            .filter(|(&log_id, l)| {
-                l.pulling && l.source == source && log_shard(log_id, shards) == shard
-            })
+            .filter(|(&log_id, l)| l.pulling && l.copies_from(log_id, source, shard, shards))
             .map(|(&log_id, _)| log_id)
             .collect();
         for log_id in lost {

@@ -147,14 +147,18 @@ fn a_restarted_head_that_skips_settling_is_caught() {
 /// `src/sim/tests.rs` holds the same case as a scenario) and 30015686 and 30026586 (a
 /// write's failure that surfaced in the end-of-run read of a store stopped the simulator
 /// instead of the node). The last three were found on 35372f8, before reads that wait for
-/// the disk were answered asynchronously, which changed their runs.
+/// the disk were answered asynchronously, which changed their runs. 50003677 (a PULL's
+/// answer stored by the replica of the next epoch, which had not asked for it) and 70001438
+/// (a learner dropped and added back took an answer to its deleted copy's PULL as its
+/// source's trim point, and started its new copy without the records below it); both have
+/// their scenario in `src/sim/tests.rs`.
 #[test]
 fn seeds_that_found_bugs_pass() {
     for seed in [3081, 4523] {
         let report = sim::run(seed, &Options::default());
         assert!(report.violations.is_empty(), "{report}");
     }
-    for seed in [45, 280, 30000707, 30015686, 30026586, 50003677] {
+    for seed in [45, 280, 30000707, 30015686, 30026586, 50003677, 70001438] {
         let report = sim::run(seed, &Options::reconfiguration());
         assert!(report.violations.is_empty(), "{report}");
     }

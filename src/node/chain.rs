@@ -599,14 +599,16 @@ impl Chain {
         }
     }
 
-    /// A run of the answer to a learner's PULL arrived: the records go to the store; once
-    /// the answer is whole (`more` false), the next PULL goes at once if the source may hold
-    /// more, else after a pause.
+    /// A run of the answer to a learner's PULL (from `asked`) arrived: the records go to the
+    /// store; once the answer is whole (`more` false), the next PULL goes at once if the
+    /// source may hold more, else after a pause. An answer to a PULL of a copy deleted since
+    /// changes nothing: the PULL of the copy that replaced it is out.
     fn on_learned<E: Net>(
         replicas: &mut Replicas,
         metrics: &mut ShardMetrics,
         store: &mut Store<E>,
         pulled: &Pulled,
+        asked: u64,
         more: bool,
         now_us: u64,
     ) {
@@ -617,6 +619,7 @@ impl Chain {
         let learned = Learned {
             log_id,
             epoch: pulled.epoch,
+            asked,
             first: pulled.first,
             fencing_token: pulled.fencing_token,
             writer: pulled.writer,
@@ -625,7 +628,8 @@ impl Chain {
             keys: &pulled.keys,
         };
         match store_learned(store, &learned) {
-            Ok(Stored { records, again }) => {
+            Ok(None) => {}
+            Ok(Some(Stored { records, again })) => {
                 metrics.learned_records += records;
                 if !more {
                     replicas.learners.answered(log_id, again, now_us);
@@ -1050,8 +1054,12 @@ impl Chain {
                 LinkEvent::Pulled(pulled, epoch) => {
                     self.on_pulled(replicas, metrics, store, slot, pulled, epoch);
                 }
-                LinkEvent::Learned(pulled, more) => {
-                    Self::on_learned(replicas, metrics, store, &pulled, more, now_us);
+                LinkEvent::Learned {
+                    pulled,
+                    asked,
+                    more,
+                } => {
+                    Self::on_learned(replicas, metrics, store, &pulled, asked, more, now_us);
                 }
             }
         }
@@ -1166,8 +1174,14 @@ enum LinkEvent {
     },
     /// A PULL sent in the given epoch was answered.
     Pulled(Pulled, u64),
-    /// A learner's PULL was answered with a run; `true` if more of the answer follows.
-    Learned(Pulled, bool),
+    /// A learner's PULL was answered with a run: `asked` is the LSN the PULL (or, for a
+    /// run after the first, the run before it) asked from; `more` if more of the answer
+    /// follows.
+    Learned {
+        pulled: Pulled,
+        asked: u64,
+        more: bool,
+    },
     /// A REPLICATE was refused.
     Refused {
         log_id: u64,
@@ -1285,10 +1299,12 @@ fn next_answer(link: &mut Link, consumed: &mut usize, limits: &Limits) -> Option
             };
             let learner = asked_in.is_none();
             return Some(match response {
-                // A learner's answer starts at the source's trim point if that is above.
+                // A learner's answer starts at the source's trim point if that is above (and
+                // then holds no records).
                 Response::Pull(p)
                     if p.log_id == log_id
-                        && (p.first_lsn == from || (learner && p.first_lsn > from)) =>
+                        && (p.first_lsn == from
+                            || (learner && p.first_lsn > from && p.records.count() == 0)) =>
                 {
                     let pulled = Pulled {
                         log_id,
@@ -1307,7 +1323,11 @@ fn next_answer(link: &mut Link, consumed: &mut usize, limits: &Limits) -> Option
                             let from = p.first_lsn + u64::from(p.records.count());
                             requests.insert(request_id, Sent::Learn { log_id, from });
                         }
-                        return Some(LinkEvent::Learned(pulled, p.more));
+                        return Some(LinkEvent::Learned {
+                            pulled,
+                            asked: from,
+                            more: p.more,
+                        });
                     };
                     LinkEvent::Pulled(pulled, epoch)
                 }

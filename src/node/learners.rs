@@ -64,7 +64,10 @@ pub(crate) struct Learned<'a> {
     pub(crate) log_id: u64,
     /// The epoch the records were appended in.
     pub(crate) epoch: u64,
-    /// The first record's LSN: the LSN asked for, or the source's trim point above it.
+    /// The LSN the PULL asked from: the end of the copy when it asked.
+    pub(crate) asked: u64,
+    /// The first record's LSN: `asked`, or the source's trim point above it (then the
+    /// answer holds no records).
     pub(crate) first: u64,
     /// The run's fencing token (or, for an empty answer at the trim point, the log's).
     pub(crate) fencing_token: u64,
@@ -184,16 +187,19 @@ pub(crate) struct Stored {
 /// token and the keys of the batches below it (so that a retry of one of them is answered
 /// with its LSNs once this node is the head); any other run that does not continue the copy
 /// is dropped.
+///
+/// `None`: the PULL asked from beyond the copy's end, so the answer is not about this copy
+/// (it was deleted and started over since, or an earlier run of the answer was not
+/// stored): an empty answer above the end says nothing of what the source trimmed.
 pub(crate) fn store_learned<I: Io>(
     store: &mut Store<I>,
     learned: &Learned<'_>,
-) -> chainlog_storage::Result<Stored> {
+) -> chainlog_storage::Result<Option<Stored>> {
     let log_id = learned.log_id;
     let here = store.tail(log_id).map_or(0, |t| t.next_lsn);
-    let none = |again| Stored { records: 0, again };
-    if learned.first > here && learned.count > 0 {
-        // A run of an answer whose earlier run was not stored: nothing to do with it.
-        return Ok(none(true));
+    let none = |again| Some(Stored { records: 0, again });
+    if learned.asked > here {
+        return Ok(None);
     }
     if learned.first > here {
         tracing::info!(
@@ -225,8 +231,8 @@ pub(crate) fn store_learned<I: Io>(
         false,
         UNANSWERED,
     )?;
-    Ok(Stored {
+    Ok(Some(Stored {
         records: u64::from(learned.count),
         again: true,
-    })
+    }))
 }

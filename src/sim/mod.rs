@@ -70,6 +70,24 @@ use world::{HostId, NetConfig, World};
 /// it serves records as committed, and every record it stores (LSN, payload).
 type StoredReplica = (u64, u64, crate::node::shard::StoredLog);
 
+/// Where a replica of a log stands: (committed as the chain says, served as committed,
+/// stored, trim point). A chain has settled when its replicas stand at the same place, with
+/// everything stored committed and served.
+type ReplicaTails = (u64, u64, u64, u64);
+
+/// Where `shard`'s replica of `log_id` stands, and what it stores; `None` if it holds no such
+/// log; an error if its store failed (the node stops at its next turn).
+fn replica_tails(
+    shard: &mut crate::node::shard::Shard<env::SimEnv>,
+    log_id: u64,
+) -> chainlog_storage::Result<(ReplicaTails, StoredReplica)> {
+    let committed = shard.chain_committed(log_id);
+    let replica = shard.stored_records(log_id)?.unwrap_or_default();
+    let (trim, readable, records) = &replica;
+    let end = records.last().map_or(*trim, |(lsn, _)| lsn + 1);
+    Ok(((committed, *readable, end, *trim), replica))
+}
+
 /// What a run simulates.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -830,9 +848,16 @@ impl Sim {
             }
             for i in chain {
                 let id = self.nodes[i].id;
-                let state = self.nodes[i]
-                    .shard_of(log_id)
-                    .map_or("down".into(), |s| s.describe(log_id));
+                let state = self.nodes[i].shard_of(log_id).map_or("down".into(), |s| {
+                    let stands = match replica_tails(s, log_id) {
+                        Ok(((committed, readable, end, trim), _)) => format!(
+                            "stores to {end} from trim point {trim}, committed {committed}, \
+                             serves to {readable}"
+                        ),
+                        Err(e) => format!("its store failed: {e}"),
+                    };
+                    format!("{stands}; {}", s.describe(log_id))
+                });
                 self.violations
                     .push(format!("  log {log_id} on node {id}: {state}"));
             }
@@ -1296,15 +1321,10 @@ impl Sim {
                     replicas.push((i, StoredReplica::default()));
                     continue;
                 };
-                // (committed as the chain says, served as committed, stored, trim point)
-                let committed = shard.chain_committed(log_id);
-                let Ok(replica) = shard.stored_records(log_id) else {
+                let Ok((at, replica)) = replica_tails(shard, log_id) else {
                     return false; // Its store failed: the node stops at its next turn.
                 };
-                let replica = replica.unwrap_or_default();
-                let (trim, readable, records) = &replica;
-                let end = records.last().map_or(*trim, |(lsn, _)| lsn + 1);
-                tails.push((committed, *readable, end, *trim));
+                tails.push(at);
                 replicas.push((i, replica));
             }
             let first = tails[0];

@@ -637,3 +637,60 @@ fn a_link_no_log_uses_any_more_is_closed_not_reconnected() {
     assert!(!shard.has_link_to(2), "{}", shard.describe(A));
     assert!(shard.has_link_to(3));
 }
+
+/// A learner dropped and made a learner again starts its copy over, and an answer to a PULL
+/// of the copy before is not taken for the new one: node 3 copied `A` to its end, 1,600,
+/// asked again, was dropped (its copy deleted) and added back, and asked from 0. The old
+/// PULL's answer (nothing from 1,600) came first and was read as "the source trimmed up to
+/// 1,600": the new copy started there, without the 1,600 records below, which its source
+/// never trimmed.
+#[test]
+fn a_learner_added_again_does_not_take_an_answer_to_its_earlier_copys_pull() {
+    let (world, mut nodes, mut writers) = written(3, &map_of(1, 3, &[]));
+    let learning = map_of(2, 3, &[3]);
+    let now = world.borrow().now_us();
+    for node in &mut nodes {
+        node.map_changed(&learning, now).expect("installs");
+    }
+    let a = records(&mut nodes[0], A);
+    run(
+        &world,
+        &mut nodes,
+        &mut writers,
+        &learning,
+        now + 60_000_000,
+        &mut |n, _| records(&mut n[2], A) == a,
+    );
+    // Node 2's answers to node 3 take 5 s from here: node 3's next PULL (from 1,600) stays
+    // out while node 3 is dropped and added back.
+    let now = world.borrow().now_us();
+    world
+        .borrow_mut()
+        .slow_down(2, 3, now + 10_000_000, 5_000_000);
+    run(
+        &world,
+        &mut nodes,
+        &mut writers,
+        &learning,
+        now + 1_000_000,
+        &mut |_, _| world.borrow().now_us() >= now + 100_000,
+    );
+    let dropped = map_of(3, 3, &[]);
+    let now = world.borrow().now_us();
+    nodes[2].map_changed(&dropped, now).expect("installs");
+    assert!(
+        records(&mut nodes[2], A).is_none_or(|r| r.is_empty()),
+        "the copy is deleted"
+    );
+    let again = map_of(4, 3, &[3]);
+    nodes[2].map_changed(&again, now).expect("installs");
+    // Node 3 copies A from 0 again, every record of it.
+    run(
+        &world,
+        &mut nodes,
+        &mut writers,
+        &again,
+        now + 60_000_000,
+        &mut |n, _| records(&mut n[2], A) == a,
+    );
+}

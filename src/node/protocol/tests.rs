@@ -229,7 +229,7 @@ fn learn_unsynced(
     }
     // The answer is one PULL response per run, all but the last with `more`.
     let limits = Limits::DEFAULT.replication();
-    let (mut consumed, mut answer, mut more) = (0, None, true);
+    let (mut consumed, mut answer, mut more, mut asked) = (0, None, true, from);
     while more {
         let frame = parse_frame(&out[consumed..], &limits)
             .expect("a frame")
@@ -241,6 +241,7 @@ fn learn_unsynced(
         let learned = Learned {
             log_id: LOG,
             epoch: p.epoch,
+            asked,
             first: p.first_lsn,
             fencing_token: p.fencing_token,
             writer: (p.writer_id, p.writer_seq),
@@ -248,7 +249,9 @@ fn learn_unsynced(
             records: p.records.bytes(),
             keys: &keys_below(&p.keys, p.first_lsn),
         };
-        store_learned(learner, &learned).expect("stored");
+        let stored = store_learned(learner, &learned).expect("stored");
+        assert!(stored.is_some(), "an answer to the copy's PULL");
+        asked = p.first_lsn + u64::from(p.records.count());
         let (first, count) = answer.unwrap_or((p.first_lsn, 0));
         answer = Some((first, count + p.records.count()));
         more = p.more;

@@ -200,9 +200,12 @@ impl NodeSettings {
             durability,
             batch_bytes_max: frame_bytes.max(defaults.batch_bytes_max),
             record_bytes_max: limits.record_bytes_max as usize,
-            segment_bytes: self
-                .segment_mib
-                .map_or(defaults.segment_bytes, |mib| mib << 20),
+            segment_bytes: match self.segment_mib {
+                None => defaults.segment_bytes,
+                Some(mib) => mib
+                    .checked_mul(1 << 20)
+                    .ok_or_else(|| format!("segment_mib {mib} is more bytes than a u64 holds"))?,
+            },
             writes_in_flight_max,
             write_buffers: defaults.write_buffers.max(writes_in_flight_max + 3),
             ..defaults
@@ -297,6 +300,19 @@ mod tests {
         assert_eq!(config.metrics, MetricsAt::Off);
         assert!(!config.pin);
         assert_eq!(config.node_id, 1);
+    }
+
+    /// A segment size in MiB whose bytes overflow is refused: it was shifted into bytes,
+    /// and 2^44 + 16 MiB became 16 MiB without a word (found by the `config` fuzz target).
+    #[test]
+    fn a_segment_size_beyond_a_u64_of_bytes_is_refused() {
+        let settings = NodeSettings {
+            data_dir: Some("/data".into()),
+            segment_mib: Some((1 << 44) + 16),
+            ..NodeSettings::default()
+        };
+        let error = settings.resolve().expect_err("refused");
+        assert!(error.contains("segment_mib 17592186044432"), "{error}");
     }
 
     #[test]

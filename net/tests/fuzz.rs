@@ -8,29 +8,6 @@ use chainlog_net::*;
 use common::*;
 use proptest::prelude::*;
 
-/// Runs every decoder over `bytes` under `limits`; checks that a successful decode re-encodes
-/// to the same frame. Returns how many frames decoded.
-fn decode_everything(bytes: &[u8], limits: &Limits) -> usize {
-    let mut decoded = 0;
-    let mut rest = bytes;
-    // Framing errors end the stream, as they end a connection.
-    while let Ok(Some(frame)) = parse_frame(rest, limits) {
-        let this = &rest[..frame.frame_bytes()];
-        if let Ok(request) = decode_request(&frame, limits) {
-            let mut again = Vec::new();
-            encode_request(&mut again, frame.request_id, &request);
-            assert_eq!(again, this, "{request:?}");
-            decoded += 1;
-        }
-        if let Ok(response) = decode_response(&frame, limits) {
-            assert_eq!(reencode_response(&frame, &response), this, "{response:?}");
-            decoded += 1;
-        }
-        rest = &rest[frame.frame_bytes()..];
-    }
-    decoded
-}
-
 fn corpus() -> Vec<Vec<u8>> {
     let mut corpus = request_corpus();
     corpus.extend(response_corpus());
@@ -69,27 +46,6 @@ fn apply(bytes: &mut Vec<u8>, mutation: &Mutation) {
         Mutation::Remove { at } => {
             bytes.remove(at % n);
         }
-    }
-}
-
-/// Sets `length` to the buffer's size and recomputes the CRC, so mutations reach the message
-/// decoders instead of stopping at framing.
-fn reframe(bytes: &mut [u8]) {
-    if bytes.len() >= 24 {
-        let length = (bytes.len() - 4) as u32;
-        bytes[..4].copy_from_slice(&length.to_le_bytes());
-        fix_crc(bytes);
-    }
-}
-
-fn small_limits() -> Limits {
-    Limits {
-        frame_bytes_max: 512,
-        record_bytes_max: 64,
-        batch_records_max: 3,
-        name_bytes_max: 8,
-        list_max: 2,
-        in_flight_max: 1,
     }
 }
 

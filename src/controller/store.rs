@@ -147,7 +147,8 @@ impl StateStore {
     }
 }
 
-fn encode(state: &ClusterState) -> Vec<u8> {
+/// A state file's bytes for `state` ([`decode`] reads them back).
+pub fn encode(state: &ClusterState) -> Vec<u8> {
     let body = serde_json::to_vec_pretty(state).expect("the state serializes to JSON");
     let mut out = Vec::with_capacity(HEADER_BYTES + body.len());
     out.extend_from_slice(&MAGIC);
@@ -160,7 +161,10 @@ fn encode(state: &ClusterState) -> Vec<u8> {
     out
 }
 
-fn decode(bytes: &[u8], path: &Path) -> Result<ClusterState, StoreError> {
+/// Reads a state file's bytes (`path` is for messages): the state, or why the file is not
+/// one this build can load. The controller's start reads its file with it; the `state` fuzz
+/// target feeds it arbitrary bytes.
+pub fn decode(bytes: &[u8], path: &Path) -> Result<ClusterState, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         path: path.to_path_buf(),
         reason,

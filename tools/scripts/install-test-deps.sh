@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# install-test-deps.sh: what the test command needs beyond the Rust toolchain, installed if
-# missing (running it again does nothing). Today that is `promtool`, which checks the node's
-# and the controller's /metrics (tests/operations.rs).
+# install-test-deps.sh: what CI needs beyond the Rust toolchain, installed if missing (running
+# it again does nothing): `promtool`, which checks the node's and the controller's /metrics
+# (tests/operations.rs), and `cargo-fuzz`, which builds and runs the fuzz targets
+# (tools/fuzz/run.sh), from crates.io.
 #
 # promtool comes from Debian's `prometheus` package (there is no package of promtool alone).
 # Only the promtool binary is taken from it, into /usr/local/bin: installing the package
@@ -11,6 +12,9 @@
 #   tools/scripts/install-test-deps.sh
 set -euo pipefail
 
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install --locked cargo-fuzz --version 0.13.2
+fi
 if command -v promtool >/dev/null; then
     exit 0
 fi

@@ -149,6 +149,27 @@ fn records(node: &mut SimNode, log_id: u64) -> Option<Vec<(u64, Vec<u8>)>> {
         .map(|(_, _, r)| r)
 }
 
+/// Runs until `nodes[to]` stores every record of `A` that `nodes[from]` stores now, which
+/// must be within 60 virtual seconds of `from_us`.
+fn run_until_copied(
+    world: &Shared,
+    nodes: &mut [SimNode],
+    writers: &mut [(u64, Writer)],
+    map: &MapUpdate,
+    from_us: u64,
+    (from, to): (usize, usize),
+) {
+    let a = records(&mut nodes[from], A);
+    run(
+        world,
+        nodes,
+        writers,
+        map,
+        from_us + 60_000_000,
+        &mut |n, _| records(&mut n[to], A) == a,
+    );
+}
+
 /// Nodes 1 to `count` started on `map` (`A` and `B` on chain [1, 2]), with 1,600 records of
 /// `A` acknowledged: enough that its first ones left the tail cache of every replica.
 fn written(count: u64, map: &MapUpdate) -> (Shared, Vec<SimNode>, Vec<(u64, Writer)>) {
@@ -334,14 +355,13 @@ fn a_head_acknowledges_appends_while_a_catch_up_read_waits_for_the_disk() {
     );
     append_to_b_while_waiting(&world, &mut nodes, &mut writers, &map, 0, reads_until_us);
     // Once the disk answers, node 2 gets every record of A.
-    let a = records(&mut nodes[0], A);
-    run(
+    run_until_copied(
         &world,
         &mut nodes,
         &mut writers,
         &map,
-        reads_until_us + 60_000_000,
-        &mut |n, _| records(&mut n[1], A) == a,
+        reads_until_us,
+        (0, 1),
     );
 }
 
@@ -377,14 +397,13 @@ fn a_tail_acknowledges_appends_while_a_learners_read_waits_for_the_disk() {
         reads_until_us,
     );
     // Once the disk answers, node 3 copies every record of A.
-    let a = records(&mut nodes[0], A);
-    run(
+    run_until_copied(
         &world,
         &mut nodes,
         &mut writers,
         &learning,
-        reads_until_us + 60_000_000,
-        &mut |n, _| records(&mut n[2], A) == a,
+        reads_until_us,
+        (0, 2),
     );
 }
 
@@ -581,15 +600,7 @@ fn a_pull_answered_after_the_next_epoch_was_installed_is_not_stored() {
     // Node 1 takes the batch from its predecessor in epoch 2.
     let now = world.borrow().now_us();
     nodes[1].map_changed(&next, now).expect("installs");
-    let a = records(&mut nodes[1], A);
-    run(
-        &world,
-        &mut nodes,
-        &mut writers,
-        &next,
-        now + 60_000_000,
-        &mut |n, _| records(&mut n[0], A) == a,
-    );
+    run_until_copied(&world, &mut nodes, &mut writers, &next, now, (1, 0));
 }
 
 /// A node keeps no link to a node that left the chains it forwards to: node 2 dies, and `A`
@@ -615,15 +626,7 @@ fn a_link_no_log_uses_any_more_is_closed_not_reconnected() {
         nodes[node].map_changed(&next, now).expect("installs");
     }
     // Node 3 takes A from node 1 in epoch 2; by then node 1 tried node 2 again.
-    let a = records(&mut nodes[0], A);
-    run(
-        &world,
-        &mut nodes,
-        &mut writers,
-        &next,
-        now + 60_000_000,
-        &mut |n, _| records(&mut n[2], A) == a,
-    );
+    run_until_copied(&world, &mut nodes, &mut writers, &next, now, (0, 2));
     let until = world.borrow().now_us() + 5_000_000;
     run(
         &world,
@@ -652,15 +655,7 @@ fn a_learner_added_again_does_not_take_an_answer_to_its_earlier_copys_pull() {
     for node in &mut nodes {
         node.map_changed(&learning, now).expect("installs");
     }
-    let a = records(&mut nodes[0], A);
-    run(
-        &world,
-        &mut nodes,
-        &mut writers,
-        &learning,
-        now + 60_000_000,
-        &mut |n, _| records(&mut n[2], A) == a,
-    );
+    run_until_copied(&world, &mut nodes, &mut writers, &learning, now, (0, 2));
     // Node 2's answers to node 3 take 5 s from here: node 3's next PULL (from 1,600) stays
     // out while node 3 is dropped and added back.
     let now = world.borrow().now_us();
@@ -685,12 +680,5 @@ fn a_learner_added_again_does_not_take_an_answer_to_its_earlier_copys_pull() {
     let again = map_of(4, 3, &[3]);
     nodes[2].map_changed(&again, now).expect("installs");
     // Node 3 copies A from 0 again, every record of it.
-    run(
-        &world,
-        &mut nodes,
-        &mut writers,
-        &again,
-        now + 60_000_000,
-        &mut |n, _| records(&mut n[2], A) == a,
-    );
+    run_until_copied(&world, &mut nodes, &mut writers, &again, now, (0, 2));
 }

@@ -40,6 +40,8 @@ mod client;
 mod conn;
 mod controller;
 mod env;
+mod fixture;
+mod hostile;
 mod node;
 mod reader;
 #[cfg(test)]
@@ -62,6 +64,7 @@ use client::{Mode, Writer, WriterCounts};
 pub use controller::Reconfigurations;
 use controller::{NodeView, SimController};
 use env::{Shared, Slowdown};
+pub use hostile::{fix_frame_checksums, hostile_client};
 use node::{SimNode, StartFailure};
 use reader::{LookCounts, Reader, Subscriber, Trimmer};
 use world::{HostId, NetConfig, World};

@@ -5,22 +5,19 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use chainlog_net::cluster::{ClusterMap, MapLog, MapNode};
+use chainlog_net::cluster::MapLog;
 use chainlog_net::{ReadRequest, Request, Response, SealRequest};
 use chainlog_storage::{Clock, SimDisk};
 
 use super::client::{Mode, Writer};
 use super::conn::{try_again, ClientConn, Link};
 use super::env::{Shared, Slowdown};
+use super::fixture::{map_all, A, B};
 use super::node::SimNode;
 use super::world::{NetConfig, World};
 use crate::history::Outcome;
 use crate::node::control::MapUpdate;
 
-/// A log with many records, whose successor comes back empty and is caught up from the disk.
-const A: u64 = 1;
-/// A log of the same shard, whose chain is in sync.
-const B: u64 = 2;
 const SEED: u64 = 7;
 
 /// Two nodes, each of one shard; logs `A` and `B`, both on chain [1, 2].
@@ -41,41 +38,6 @@ fn map_with(version: u64, nodes: u64, change: &mut dyn FnMut(&mut MapLog)) -> Ma
             change(log);
         }
     })
-}
-
-/// As [`map_of`], with every log's entry as `change` makes it.
-fn map_all(version: u64, nodes: u64, change: &mut dyn FnMut(&mut MapLog)) -> MapUpdate {
-    let nodes = (1..=nodes)
-        .map(|node_id| MapNode {
-            node_id,
-            addr: format!("10.0.0.{node_id}:7400"),
-            shard_count: 1,
-            alive: true,
-            drained: false,
-            last_heartbeat_ms: 0,
-            zone: String::new(),
-            rack: String::new(),
-        })
-        .collect();
-    let logs = [A, B]
-        .into_iter()
-        .map(|log_id| MapLog {
-            log_id,
-            name: format!("log-{log_id}"),
-            replication_factor: 2,
-            epoch: 1,
-            start_lsn: 0,
-            trim_lsn: 0,
-            chain: vec![1, 2],
-            learners: Vec::new(),
-            created_version: 1,
-        })
-        .map(|mut log| {
-            change(&mut log);
-            log
-        })
-        .collect();
-    MapUpdate::of(ClusterMap::new(version, nodes, logs))
 }
 
 /// When a scenario's step is done, from the nodes and the writers (each with its log).

@@ -57,7 +57,8 @@ node_connections_reserved = 64
 fn main() {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "corpus".into());
     let dir = Path::new(&dir);
-    let mut frames = common::request_corpus();
+    let requests = common::request_corpus();
+    let mut frames = requests.clone();
     frames.extend(common::response_corpus());
     let segment = vec![chainlog_fuzz::written_segment()];
     let state = vec![chainlog_fuzz::written_state()];
@@ -73,6 +74,7 @@ fn main() {
     let configs: Vec<Vec<u8>> = CONFIGS.iter().map(|c| c.as_bytes().to_vec()).collect();
     for mode in [0, 1] {
         write(dir, "wire", Some(mode), &frames);
+        write(dir, "node", Some(mode), &requests);
         write(dir, "segment", Some(mode), &segment);
         write(dir, "state", Some(mode), &state);
         write(dir, "catalog", Some(mode), &catalog);

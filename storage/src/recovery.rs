@@ -606,6 +606,11 @@ fn apply_frame(
     first: bool,
 ) -> Result<()> {
     let bad = |reason: String| Error::corrupt(&f.path, offset, reason);
+    // No writer reaches the last sequence number: one there is forged (its successor would
+    // wrap to 0).
+    if header.seq == u64::MAX {
+        return Err(bad("frame sequence number u64::MAX".into()));
+    }
     // Paired with `Store::submit`: a frame is written with the frontier before it.
     if header.durable_seq >= header.seq {
         return Err(bad(format!(
